@@ -1,0 +1,13 @@
+//! teal: an Envoy xDS control plane for blue/green deployments.
+//!
+//! # Layout
+//!
+//! - [`resources`]: the four xDS resource types, in make-before-break order.
+//! - [`snapshot`]: what teal serves at one version, encoded once.
+//! - [`snapshot_store`]: one writer publishes whole snapshots; every stream reads them.
+//! - [`wire`]: hand-assembled discovery responses that streams share.
+
+pub mod resources;
+pub mod snapshot;
+pub mod snapshot_store;
+pub mod wire;

@@ -1,0 +1,116 @@
+//! The snapshot store: one writer, many readers.
+//!
+//! The writer builds a whole [`Snapshot`] (every group, every type, every
+//! resource encoded) before it swaps it in, so a stream can never see a
+//! version that is only partly there. Readers hold a cheap handle, read the
+//! current snapshot without locking anyone else out, and wait for the next
+//! one. Only the [`SnapshotWriter`] can publish; it is deliberately not
+//! `Clone`, so there is one place that decides what teal serves.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::snapshot::{BuildError, Snapshot, SnapshotInput};
+
+/// Creates an empty store and returns its writer and a reader.
+pub fn snapshot_store() -> (SnapshotWriter, SnapshotReader) {
+    let (tx, rx) = watch::channel(Arc::new(Snapshot::empty()));
+    (SnapshotWriter { tx }, SnapshotReader { rx })
+}
+
+/// The single writer of the store.
+#[derive(Debug)]
+pub struct SnapshotWriter {
+    tx: watch::Sender<Arc<Snapshot>>,
+}
+
+impl SnapshotWriter {
+    /// Builds `input` as `version` and, if it is valid, makes it the version
+    /// every stream serves. On error nothing changes.
+    pub fn publish(
+        &mut self,
+        version: &str,
+        input: &SnapshotInput,
+    ) -> Result<Arc<Snapshot>, BuildError> {
+        let previous = self.tx.borrow().clone();
+        let snapshot = Arc::new(Snapshot::build(version, input, Some(&previous))?);
+        self.tx.send_replace(snapshot.clone());
+        Ok(snapshot)
+    }
+
+    /// The snapshot being served now.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.tx.borrow().clone()
+    }
+
+    /// A new reader of this store.
+    pub fn reader(&self) -> SnapshotReader {
+        SnapshotReader {
+            rx: self.tx.subscribe(),
+        }
+    }
+}
+
+/// A reader of the store: what each stream holds.
+#[derive(Clone, Debug)]
+pub struct SnapshotReader {
+    rx: watch::Receiver<Arc<Snapshot>>,
+}
+
+impl SnapshotReader {
+    /// The snapshot being served now, marking it seen.
+    pub fn current(&mut self) -> Arc<Snapshot> {
+        self.rx.borrow_and_update().clone()
+    }
+
+    /// Waits until a snapshot newer than the last one seen is published.
+    /// Returns `false` once the writer is gone and none will come.
+    pub async fn changed(&mut self) -> bool {
+        self.rx.changed().await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::ResourceType;
+    use crate::snapshot::GroupResources;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+
+    fn input(clusters: &[&str]) -> SnapshotInput {
+        let mut i = SnapshotInput::default();
+        i.groups.insert(
+            "edge".into(),
+            GroupResources {
+                clusters: clusters
+                    .iter()
+                    .map(|n| Cluster {
+                        name: (*n).into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+        );
+        i
+    }
+
+    #[tokio::test]
+    async fn readers_see_whole_versions_and_bad_input_changes_nothing() {
+        let (mut writer, mut reader) = snapshot_store();
+        assert_eq!(reader.current().version(), "");
+        writer.publish("1", &input(&["a", "b"])).expect("valid");
+        assert!(reader.changed().await);
+        let snap = reader.current();
+        assert_eq!(snap.version(), "1");
+        assert_eq!(snap.group("edge").of(ResourceType::Cluster).resources().len(), 2);
+
+        let err = writer.publish("2", &input(&["a", "a"])).expect_err("duplicate");
+        assert!(matches!(err, BuildError::DuplicateName { .. }));
+        assert_eq!(writer.current().version(), "1");
+        let no_change =
+            tokio::time::timeout(std::time::Duration::from_millis(20), reader.changed()).await;
+        assert!(no_change.is_err(), "a rejected publish must not wake readers");
+    }
+}
