@@ -11,3 +11,5 @@ pub mod resources;
 pub mod snapshot;
 pub mod snapshot_store;
 pub mod wire;
+pub mod shutdown;
+pub mod xds;

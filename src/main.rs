@@ -1,1 +1,3 @@
+//! The `teal` command.
+
 fn main() {}

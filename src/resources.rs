@@ -29,9 +29,6 @@ pub enum ResourceType {
     Route,
 }
 
-/// Type URL prefix shared by every protobuf `Any` Envoy sends or receives.
-const TYPE_URL_PREFIX: &str = "type.googleapis.com/";
-
 impl ResourceType {
     /// Every type, in the order updates are pushed (make before break).
     pub const ALL: [ResourceType; 4] = [
@@ -71,12 +68,6 @@ impl ResourceType {
             ResourceType::Listener => "LDS",
             ResourceType::Route => "RDS",
         }
-    }
-
-    /// The type whose resources this type's resources are fetched for, if
-    /// the proxy subscribes to them by name (EDS by cluster, RDS by listener).
-    pub fn is_named_by_default(self) -> bool {
-        matches!(self, ResourceType::Endpoint | ResourceType::Route)
     }
 }
 
@@ -139,7 +130,7 @@ mod tests {
             RouteConfiguration::type_url()
         );
         for t in ResourceType::ALL {
-            assert!(t.type_url().starts_with(TYPE_URL_PREFIX));
+            assert!(t.type_url().starts_with("type.googleapis.com/envoy."));
             assert_eq!(ResourceType::from_type_url(t.type_url()), Some(t));
             assert_eq!(ResourceType::ALL[t.index()], t);
         }

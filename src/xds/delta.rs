@@ -1,0 +1,302 @@
+//! The incremental (delta) stream state machine.
+//!
+//! Like [`super::sotw`], pure: requests and snapshots in, responses and
+//! events out. What differs from state of the world:
+//!
+//! - The client says what it already holds (`initial_resource_versions`
+//!   on the first request of a type) and teal tracks, per resource, the
+//!   version the client has ACKed. A response carries only resources whose
+//!   content-derived version differs, and `removed_resources` for those the
+//!   snapshot no longer has; a reconnecting proxy is not sent what it has.
+//! - Subscriptions change by `resource_names_subscribe` and
+//!   `resource_names_unsubscribe`; `*` is the wildcard, and an empty first
+//!   subscription is the legacy wildcard.
+//! - Make-before-break works per resource: a listener or route waits until
+//!   the client has ACKed the clusters it names, and a cluster is not
+//!   removed while a listener or route the client holds still names it.
+//!
+//! ACK, NACK, stale nonces and "never resend a rejected version" follow the
+//! same rules as state of the world, keyed by the type's system version.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+
+use crate::resources::ResourceType;
+use crate::snapshot::{GroupSnapshot, Resource, Snapshot};
+use crate::wire::OutMessage;
+
+use super::protocol::{
+    NodeInfo, NodeSlot, Nonces, ProtocolError, Reply, StreamEvent, StreamKind, Subscription,
+    WILDCARD, request_type,
+};
+pub use super::sotw::{Output, Response};
+
+/// What the client holds of one resource.
+#[derive(Clone, Debug)]
+struct Held {
+    version: String,
+    /// The resource, when teal sent it on this stream (it is unknown for
+    /// what a reconnecting client says it had).
+    resource: Option<Arc<Resource>>,
+}
+
+/// A response waiting for its ACK.
+#[derive(Debug)]
+struct InFlight {
+    nonce: String,
+    version: String,
+    updated: Vec<Arc<Resource>>,
+    removed: Vec<String>,
+}
+
+/// Per-type state of one delta stream.
+#[derive(Debug, Default)]
+struct TypeState {
+    subscription: Subscription,
+    /// The type was just requested: answer even if there is nothing new.
+    owed: bool,
+    /// What the client holds, as of its last ACK.
+    held: BTreeMap<String, Held>,
+    in_flight: Option<InFlight>,
+    /// The system version the client rejected last; never sent again.
+    rejected: Option<String>,
+}
+
+/// State of one delta stream.
+#[derive(Debug)]
+pub struct DeltaStream {
+    kind: StreamKind,
+    node: NodeSlot,
+    nonces: Nonces,
+    types: [Option<TypeState>; 4],
+}
+
+impl DeltaStream {
+    /// A new stream of `kind`.
+    pub fn new(kind: StreamKind) -> DeltaStream {
+        DeltaStream {
+            kind,
+            node: NodeSlot::default(),
+            nonces: Nonces::default(),
+            types: Default::default(),
+        }
+    }
+
+    /// The proxy on this stream, once its first request arrived.
+    pub fn node(&self) -> Option<&NodeInfo> {
+        self.node.get()
+    }
+
+    /// Handles one request against the current snapshot.
+    pub fn on_request(
+        &mut self,
+        req: &DeltaDiscoveryRequest,
+        snapshot: &Snapshot,
+    ) -> Result<Output, ProtocolError> {
+        self.node.observe(req.node.as_ref())?;
+        let ty = request_type(self.kind, &req.type_url)?;
+        let mut out = Output::default();
+        let first = self.types[ty.index()].is_none();
+        let st = self.types[ty.index()].get_or_insert_with(TypeState::default);
+
+        if first {
+            st.owed = true;
+            st.subscription.wildcard = req.resource_names_subscribe.is_empty();
+            for (name, version) in &req.initial_resource_versions {
+                st.held.insert(
+                    name.clone(),
+                    Held {
+                        version: version.clone(),
+                        resource: None,
+                    },
+                );
+            }
+        }
+
+        if !req.response_nonce.is_empty() {
+            match st.in_flight.take() {
+                Some(f) if f.nonce == req.response_nonce => {
+                    match Reply::from_error_detail(req.error_detail.as_ref()) {
+                        Reply::Ack => {
+                            for r in &f.updated {
+                                st.held.insert(
+                                    r.name().to_owned(),
+                                    Held {
+                                        version: r.version().to_owned(),
+                                        resource: Some(r.clone()),
+                                    },
+                                );
+                            }
+                            for name in &f.removed {
+                                st.held.remove(name);
+                            }
+                            out.events.push(StreamEvent::Acked {
+                                ty,
+                                version: f.version,
+                            });
+                        }
+                        Reply::Nack(message) => {
+                            out.events.push(StreamEvent::Nacked {
+                                ty,
+                                version: f.version.clone(),
+                                message,
+                            });
+                            st.rejected = Some(f.version);
+                        }
+                    }
+                }
+                other => {
+                    st.in_flight = other;
+                    out.events.push(StreamEvent::StaleNonce {
+                        ty,
+                        nonce: req.response_nonce.clone(),
+                    });
+                }
+            }
+        }
+
+        for name in &req.resource_names_subscribe {
+            if name == WILDCARD {
+                st.subscription.wildcard = true;
+            } else {
+                st.subscription.names.insert(name.clone());
+            }
+        }
+        for name in &req.resource_names_unsubscribe {
+            if name == WILDCARD {
+                st.subscription.wildcard = false;
+            } else {
+                st.subscription.names.remove(name);
+            }
+        }
+        // The client forgets what it no longer subscribes to.
+        let sub = &st.subscription;
+        st.held.retain(|name, _| sub.covers(name));
+
+        self.plan(snapshot, &mut out);
+        Ok(out)
+    }
+
+    /// Handles a newly published snapshot.
+    pub fn on_snapshot(&mut self, snapshot: &Snapshot) -> Output {
+        let mut out = Output::default();
+        self.plan(snapshot, &mut out);
+        out
+    }
+
+    fn plan(&mut self, snapshot: &Snapshot, out: &mut Output) {
+        let Some(node) = self.node.get() else {
+            return;
+        };
+        let group = snapshot.group(&node.cluster).clone();
+        for ty in ResourceType::ALL {
+            if let Some(response) = self.next_response(ty, &group, out) {
+                out.responses.push(response);
+            }
+        }
+    }
+
+    fn next_response(
+        &mut self,
+        ty: ResourceType,
+        group: &GroupSnapshot,
+        out: &mut Output,
+    ) -> Option<Response> {
+        let make_before_break = self.make_before_break();
+        let ts = group.of(ty);
+        let acked_clusters = self.held_clusters();
+        let still_named = if ty == ResourceType::Cluster && make_before_break {
+            self.clusters_still_named()
+        } else {
+            BTreeSet::new()
+        };
+        let st = self.types[ty.index()].as_ref()?;
+        if st.in_flight.is_some() || st.rejected.as_deref() == Some(ts.version()) {
+            return None;
+        }
+        let gate = make_before_break && matches!(ty, ResourceType::Listener | ResourceType::Route);
+        let cluster_ready = |c: &String| {
+            group.of(ResourceType::Cluster).get(c).is_none() || acked_clusters.contains(c.as_str())
+        };
+        let updated: Vec<Arc<Resource>> = ts
+            .resources()
+            .iter()
+            .filter(|(name, _)| st.subscription.covers(name))
+            .filter(|(name, r)| st.held.get(*name).is_none_or(|h| h.version != r.version()))
+            .filter(|(_, r)| !gate || r.clusters().iter().all(cluster_ready))
+            .map(|(_, r)| r.clone())
+            .collect();
+        let removed: Vec<String> = st
+            .held
+            .keys()
+            .filter(|name| ts.get(name).is_none() && !still_named.contains(*name))
+            .cloned()
+            .collect();
+        if updated.is_empty() && removed.is_empty() && !st.owed {
+            return None;
+        }
+        let nonce = self.nonces.next();
+        let version = ts.version().to_owned();
+        let message = OutMessage::delta(
+            &version,
+            ty.type_url(),
+            updated.iter().map(|r| r.delta_bytes().clone()),
+            &removed,
+            &nonce,
+        );
+        out.events.push(StreamEvent::Sent {
+            ty,
+            version: version.clone(),
+            nonce: nonce.clone(),
+            resources: updated.len(),
+        });
+        let st = self.types[ty.index()].as_mut()?;
+        st.owed = false;
+        st.in_flight = Some(InFlight {
+            nonce,
+            version,
+            updated,
+            removed,
+        });
+        Some(Response { ty, message })
+    }
+
+    /// As in state of the world: only for clients that take every cluster.
+    fn make_before_break(&self) -> bool {
+        self.types[ResourceType::Cluster.index()]
+            .as_ref()
+            .is_some_and(|c| c.subscription.wildcard)
+    }
+
+    /// Clusters the client has ACKed.
+    fn held_clusters(&self) -> BTreeSet<&str> {
+        self.types[ResourceType::Cluster.index()]
+            .as_ref()
+            .map(|c| c.held.keys().map(String::as_str).collect())
+            .unwrap_or_default()
+    }
+
+    /// Clusters named by listeners and routes the client holds or is being
+    /// sent. A reconnecting client's holdings are unknown until teal sends
+    /// them, so they are assumed to name nothing.
+    fn clusters_still_named(&self) -> BTreeSet<String> {
+        let mut named = BTreeSet::new();
+        for ty in [ResourceType::Listener, ResourceType::Route] {
+            let Some(st) = &self.types[ty.index()] else {
+                continue;
+            };
+            let held = st.held.values().filter_map(|h| h.resource.as_ref());
+            let sending = st.in_flight.iter().flat_map(|f| f.updated.iter());
+            for r in held.chain(sending) {
+                named.extend(r.clusters().iter().cloned());
+            }
+        }
+        named
+    }
+}
+
+#[cfg(test)]
+#[path = "delta_tests.rs"]
+mod tests;

@@ -1,0 +1,24 @@
+//! The xDS engine.
+//!
+//! - [`protocol`]: what the two stream flavours share: the proxy's identity,
+//!   subscriptions, ACK/NACK, errors, and the events streams report.
+//! - [`sotw`]: the state-of-the-world stream state machine.
+//! - [`delta`]: the incremental (delta) stream state machine.
+//! - [`status`]: what teal knows of every connected proxy.
+//! - [`codec`]: the gRPC codec that writes pre-encoded responses.
+//! - [`server`]: the tonic services; they only pump messages between the
+//!   network, the state machines and the snapshot store.
+//!
+//! The state machines are pure (requests and snapshots in, responses and
+//! events out) so the protocol is tested without a network.
+
+pub mod codec;
+pub mod delta;
+pub mod protocol;
+pub mod server;
+pub mod sotw;
+pub mod status;
+
+pub use protocol::{NodeInfo, ProtocolError, StreamEvent, StreamKind};
+pub use server::{XdsServer, XdsServerConfig};
+pub use status::{ProxyRegistry, ProxyStatus};

@@ -1,0 +1,236 @@
+//! Protocol vocabulary shared by the state-of-the-world and delta streams.
+
+use std::collections::BTreeSet;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::rpc;
+
+use crate::resources::ResourceType;
+
+/// The resource name that means "everything of this type".
+pub const WILDCARD: &str = "*";
+
+/// Which gRPC method a stream came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamKind {
+    /// ADS: every type on one stream, ordered make-before-break.
+    Aggregated,
+    /// A per-type service (CDS, EDS, LDS or RDS) carrying one type.
+    Single(ResourceType),
+}
+
+/// Who is on the other end of a stream, from the first request's `node`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// `node.id`: unique per proxy.
+    pub id: String,
+    /// `node.cluster`: the proxy group whose view it is served.
+    pub cluster: String,
+    /// `node.user_agent_name` and version, for status (for example
+    /// `envoy 1.40.0` or `grpc-go`).
+    pub user_agent: String,
+}
+
+impl NodeInfo {
+    /// Reads the identity out of a request's `node`. A node without an id
+    /// cannot be told apart from others, so it is refused.
+    pub fn from_node(node: &Node) -> Result<NodeInfo, ProtocolError> {
+        if node.id.is_empty() {
+            return Err(ProtocolError::MissingNode);
+        }
+        use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
+        let version = match &node.user_agent_version_type {
+            Some(UserAgentVersionType::UserAgentVersion(v)) => v.clone(),
+            Some(UserAgentVersionType::UserAgentBuildVersion(b)) => b
+                .version
+                .as_ref()
+                .map(|v| format!("{}.{}.{}", v.major_number, v.minor_number, v.patch))
+                .unwrap_or_default(),
+            None => String::new(),
+        };
+        let user_agent = [node.user_agent_name.as_str(), version.as_str()]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
+        Ok(NodeInfo {
+            id: node.id.clone(),
+            cluster: node.cluster.clone(),
+            user_agent,
+        })
+    }
+}
+
+/// What a client has asked for of one type.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Subscription {
+    /// Subscribed to every resource of the type (`*`, or the legacy empty
+    /// first request).
+    pub wildcard: bool,
+    /// Resources asked for by name (besides the wildcard, if any).
+    pub names: BTreeSet<String>,
+}
+
+impl Subscription {
+    /// Whether `name` is covered.
+    pub fn covers(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    /// Whether `other` asks for anything this subscription does not.
+    pub fn grew_from(&self, other: &Subscription) -> bool {
+        (self.wildcard && !other.wildcard) || !self.names.is_subset(&other.names)
+    }
+}
+
+/// How a client answered a response, per the xDS spec: a request carrying
+/// the response's nonce is an ACK, unless it has `error_detail`, which
+/// makes it a NACK.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// The client applied the response.
+    Ack,
+    /// The client rejected the response, with its reason.
+    Nack(String),
+}
+
+impl Reply {
+    /// Classifies a request's `error_detail`.
+    pub fn from_error_detail(detail: Option<&rpc::Status>) -> Reply {
+        match detail {
+            None => Reply::Ack,
+            Some(status) => Reply::Nack(status.message.clone()),
+        }
+    }
+}
+
+/// Something a stream did that status and logs care about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// A response was sent.
+    Sent {
+        /// The type.
+        ty: ResourceType,
+        /// Its `version_info` (`system_version_info` for delta).
+        version: String,
+        /// Its nonce.
+        nonce: String,
+        /// How many resources it carried.
+        resources: usize,
+    },
+    /// The client applied a version.
+    Acked {
+        /// The type.
+        ty: ResourceType,
+        /// The version applied.
+        version: String,
+    },
+    /// The client rejected a version.
+    Nacked {
+        /// The type.
+        ty: ResourceType,
+        /// The version rejected.
+        version: String,
+        /// The client's reason, as it sent it.
+        message: String,
+    },
+    /// A request answered a response that is no longer the latest; its
+    /// ACK or NACK was ignored.
+    StaleNonce {
+        /// The type.
+        ty: ResourceType,
+        /// The stale nonce.
+        nonce: String,
+    },
+}
+
+/// A request that breaks the protocol. The stream is closed with the
+/// matching gRPC status; other streams are not affected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The first request of a stream had no node, or a node without an id.
+    #[error("the first request on a stream must carry a node with an id")]
+    MissingNode,
+    /// The request names a type teal does not serve.
+    #[error("unknown resource type {0:?}")]
+    UnknownType(String),
+    /// A per-type stream was sent a request for another type.
+    #[error("this stream serves {expected} but the request asked for {got:?}")]
+    WrongType {
+        /// The type the stream serves.
+        expected: ResourceType,
+        /// The type URL asked for.
+        got: String,
+    },
+    /// The node changed identity in the middle of a stream.
+    #[error("node id changed mid-stream from {from:?} to {to:?}")]
+    NodeChanged {
+        /// The id the stream started with.
+        from: String,
+        /// The id a later request carried.
+        to: String,
+    },
+}
+
+impl From<ProtocolError> for tonic::Status {
+    fn from(e: ProtocolError) -> tonic::Status {
+        tonic::Status::invalid_argument(e.to_string())
+    }
+}
+
+/// Works out the type a request is for on a stream of `kind`.
+pub(crate) fn request_type(kind: StreamKind, type_url: &str) -> Result<ResourceType, ProtocolError> {
+    match kind {
+        StreamKind::Single(expected) if type_url.is_empty() => Ok(expected),
+        StreamKind::Single(expected) => match ResourceType::from_type_url(type_url) {
+            Some(t) if t == expected => Ok(t),
+            _ => Err(ProtocolError::WrongType {
+                expected,
+                got: type_url.to_owned(),
+            }),
+        },
+        StreamKind::Aggregated => ResourceType::from_type_url(type_url)
+            .ok_or_else(|| ProtocolError::UnknownType(type_url.to_owned())),
+    }
+}
+
+/// Tracks the node a stream belongs to: set by the first request, and
+/// only checked afterwards (Envoy may omit it after the first request).
+#[derive(Debug, Default)]
+pub(crate) struct NodeSlot(Option<NodeInfo>);
+
+impl NodeSlot {
+    pub(crate) fn observe(&mut self, node: Option<&Node>) -> Result<(), ProtocolError> {
+        match (&self.0, node) {
+            (None, Some(n)) => {
+                self.0 = Some(NodeInfo::from_node(n)?);
+                Ok(())
+            }
+            (None, None) => Err(ProtocolError::MissingNode),
+            (Some(known), Some(n)) if !n.id.is_empty() && n.id != known.id => {
+                Err(ProtocolError::NodeChanged {
+                    from: known.id.clone(),
+                    to: n.id.clone(),
+                })
+            }
+            (Some(_), _) => Ok(()),
+        }
+    }
+
+    pub(crate) fn get(&self) -> Option<&NodeInfo> {
+        self.0.as_ref()
+    }
+}
+
+/// Hands out this stream's nonces. Nonces only need to be unique within
+/// a stream and type; a counter is enough and keeps tests readable.
+#[derive(Debug, Default)]
+pub(crate) struct Nonces(u64);
+
+impl Nonces {
+    pub(crate) fn next(&mut self) -> String {
+        self.0 += 1;
+        self.0.to_string()
+    }
+}

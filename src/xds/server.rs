@@ -1,0 +1,402 @@
+//! The tonic layer: ADS and the per-type discovery services, state of the
+//! world and delta, on one port.
+//!
+//! It only pumps: each stream gets a task that feeds requests and new
+//! snapshots to its state machine ([`SotwStream`] or [`DeltaStream`]),
+//! records the events in the [`ProxyRegistry`], and writes the responses.
+//! The services are hand-routed rather than taken from envoy-types'
+//! generated servers so they can use [`XdsCodec`], which writes responses
+//! that were encoded once for all streams.
+//!
+//! Served methods (each also answers to its delta twin):
+//! - `envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources`
+//! - `envoy.service.cluster.v3.ClusterDiscoveryService/StreamClusters`
+//! - `envoy.service.endpoint.v3.EndpointDiscoveryService/StreamEndpoints`
+//! - `envoy.service.listener.v3.ListenerDiscoveryService/StreamListeners`
+//! - `envoy.service.route.v3.RouteDiscoveryService/StreamRoutes`
+
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::codegen::{Body, BoxFuture, Context, Poll, Service, StdError};
+use tonic::server::{Grpc, NamedService, StreamingService};
+use tonic::service::Routes;
+use tonic::{Status, Streaming};
+
+use crate::resources::ResourceType;
+use crate::shutdown::Shutdown;
+use crate::snapshot::Snapshot;
+use crate::snapshot_store::SnapshotReader;
+use crate::wire::OutMessage;
+
+use super::codec::XdsCodec;
+use super::delta::DeltaStream;
+use super::protocol::{NodeInfo, ProtocolError, StreamKind};
+use super::sotw::{Output, SotwStream};
+use super::status::ProxyRegistry;
+
+/// Tunables of the xDS server.
+#[derive(Clone, Debug)]
+pub struct XdsServerConfig {
+    /// Largest request accepted, in bytes; a larger one closes that stream
+    /// with `RESOURCE_EXHAUSTED`.
+    pub max_request_bytes: usize,
+    /// Largest response sent, in bytes.
+    pub max_response_bytes: usize,
+    /// How long open streams get to close after shutdown starts.
+    pub drain: Duration,
+}
+
+impl Default for XdsServerConfig {
+    fn default() -> Self {
+        XdsServerConfig {
+            max_request_bytes: 4 * 1024 * 1024,
+            max_response_bytes: 64 * 1024 * 1024,
+            drain: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Responses queued per stream. The state machine keeps at most one
+/// un-ACKed response per type, so four would do; a little slack lets a
+/// burst go out without waiting for the writer.
+const STREAM_QUEUE: usize = 8;
+
+/// What every stream shares.
+#[derive(Debug)]
+struct Shared {
+    reader: SnapshotReader,
+    registry: Arc<ProxyRegistry>,
+    shutdown: Shutdown,
+    config: XdsServerConfig,
+}
+
+/// The xDS server.
+#[derive(Clone, Debug)]
+pub struct XdsServer {
+    shared: Arc<Shared>,
+}
+
+impl XdsServer {
+    /// A server that serves what `reader` publishes and reports to
+    /// `registry`, until `shutdown`.
+    pub fn new(
+        reader: SnapshotReader,
+        registry: Arc<ProxyRegistry>,
+        shutdown: Shutdown,
+        config: XdsServerConfig,
+    ) -> XdsServer {
+        XdsServer {
+            shared: Arc::new(Shared {
+                reader,
+                registry,
+                shutdown,
+                config,
+            }),
+        }
+    }
+
+    /// The five discovery services, to mount on a tonic server.
+    pub fn routes(&self) -> Routes {
+        let s = &self.shared;
+        Routes::new(DiscoveryService::<Ads>::new(s))
+            .add_service(DiscoveryService::<Cds>::new(s))
+            .add_service(DiscoveryService::<Eds>::new(s))
+            .add_service(DiscoveryService::<Lds>::new(s))
+            .add_service(DiscoveryService::<Rds>::new(s))
+    }
+
+    /// Serves on `listener` until shutdown, then gives open streams the
+    /// configured drain time to close.
+    pub async fn serve(self, listener: TcpListener) -> Result<(), tonic::transport::Error> {
+        let local: Option<SocketAddr> = listener.local_addr().ok();
+        tracing::info!(addr = ?local, "xDS server listening");
+        let mut stop = self.shared.shutdown.clone();
+        let mut deadline = self.shared.shutdown.clone();
+        let drain = self.shared.config.drain;
+        let server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .add_routes(self.routes())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                stop.wait().await
+            });
+        tokio::select! {
+            result = server => result,
+            () = async move { deadline.wait().await; tokio::time::sleep(drain).await } => {
+                tracing::warn!(?drain, "drain deadline passed; closing the remaining streams");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A stream state machine, as the server drives it.
+trait Machine: Send + 'static {
+    type Request: prost::Message + Default + Send + 'static;
+    const DELTA: bool;
+    fn new(kind: StreamKind) -> Self;
+    fn node(&self) -> Option<&NodeInfo>;
+    fn on_request(&mut self, req: &Self::Request, snap: &Snapshot) -> Result<Output, ProtocolError>;
+    fn on_snapshot(&mut self, snap: &Snapshot) -> Output;
+}
+
+impl Machine for SotwStream {
+    type Request = DiscoveryRequest;
+    const DELTA: bool = false;
+    fn new(kind: StreamKind) -> Self {
+        SotwStream::new(kind)
+    }
+    fn node(&self) -> Option<&NodeInfo> {
+        SotwStream::node(self)
+    }
+    fn on_request(&mut self, req: &DiscoveryRequest, snap: &Snapshot) -> Result<Output, ProtocolError> {
+        SotwStream::on_request(self, req, snap)
+    }
+    fn on_snapshot(&mut self, snap: &Snapshot) -> Output {
+        SotwStream::on_snapshot(self, snap)
+    }
+}
+
+impl Machine for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    const DELTA: bool = true;
+    fn new(kind: StreamKind) -> Self {
+        DeltaStream::new(kind)
+    }
+    fn node(&self) -> Option<&NodeInfo> {
+        DeltaStream::node(self)
+    }
+    fn on_request(
+        &mut self,
+        req: &DeltaDiscoveryRequest,
+        snap: &Snapshot,
+    ) -> Result<Output, ProtocolError> {
+        DeltaStream::on_request(self, req, snap)
+    }
+    fn on_snapshot(&mut self, snap: &Snapshot) -> Output {
+        DeltaStream::on_snapshot(self, snap)
+    }
+}
+
+/// Runs one stream until the client leaves, breaks the protocol, or
+/// teal shuts down.
+async fn run_stream<M: Machine>(
+    shared: Arc<Shared>,
+    kind: StreamKind,
+    mut requests: Streaming<M::Request>,
+    tx: mpsc::Sender<Result<OutMessage, Status>>,
+) {
+    let mut machine = M::new(kind);
+    let mut handle = shared.registry.register(kind, M::DELTA);
+    let mut reader = shared.reader.clone();
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let output = tokio::select! {
+            () = shutdown.wait() => {
+                let _ = tx.send(Err(Status::unavailable("teal is shutting down"))).await;
+                return;
+            }
+            message = requests.message() => match message {
+                Ok(Some(req)) => {
+                    let snapshot = reader.current();
+                    match machine.on_request(&req, &snapshot) {
+                        Ok(output) => output,
+                        Err(e) => {
+                            tracing::warn!(stream = handle.id(), error = %e, "closing stream: protocol error");
+                            let _ = tx.send(Err(e.into())).await;
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => return,
+                Err(status) => {
+                    tracing::warn!(stream = handle.id(), code = ?status.code(), message = status.message(), "closing stream: bad request");
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            },
+            alive = reader.changed() => {
+                if !alive {
+                    return;
+                }
+                let snapshot = reader.current();
+                machine.on_snapshot(&snapshot)
+            }
+        };
+        handle.set_node(machine.node());
+        handle.record(&output.events);
+        for response in output.responses {
+            if tx.send(Ok(response.message)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One gRPC method: a stream flavour on a service.
+struct Method<M> {
+    shared: Arc<Shared>,
+    kind: StreamKind,
+    _machine: PhantomData<fn() -> M>,
+}
+
+impl<M: Machine> StreamingService<M::Request> for Method<M> {
+    type Response = OutMessage;
+    type ResponseStream = ReceiverStream<Result<OutMessage, Status>>;
+    type Future = BoxFuture<tonic::Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: tonic::Request<Streaming<M::Request>>) -> Self::Future {
+        let shared = self.shared.clone();
+        let kind = self.kind;
+        Box::pin(async move {
+            let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+            tokio::spawn(run_stream::<M>(shared, kind, request.into_inner(), tx));
+            Ok(tonic::Response::new(ReceiverStream::new(rx)))
+        })
+    }
+}
+
+/// Names one discovery service and its two stream methods.
+trait ServiceSpec: Send + Sync + 'static {
+    const NAME: &'static str;
+    const SOTW_METHOD: &'static str;
+    const DELTA_METHOD: &'static str;
+    const KIND: StreamKind;
+}
+
+macro_rules! service_spec {
+    ($marker:ident, $name:literal, $sotw:literal, $delta:literal, $kind:expr) => {
+        #[derive(Debug)]
+        struct $marker;
+        impl ServiceSpec for $marker {
+            const NAME: &'static str = $name;
+            const SOTW_METHOD: &'static str = $sotw;
+            const DELTA_METHOD: &'static str = $delta;
+            const KIND: StreamKind = $kind;
+        }
+    };
+}
+
+service_spec!(
+    Ads,
+    "envoy.service.discovery.v3.AggregatedDiscoveryService",
+    "StreamAggregatedResources",
+    "DeltaAggregatedResources",
+    StreamKind::Aggregated
+);
+service_spec!(
+    Cds,
+    "envoy.service.cluster.v3.ClusterDiscoveryService",
+    "StreamClusters",
+    "DeltaClusters",
+    StreamKind::Single(ResourceType::Cluster)
+);
+service_spec!(
+    Eds,
+    "envoy.service.endpoint.v3.EndpointDiscoveryService",
+    "StreamEndpoints",
+    "DeltaEndpoints",
+    StreamKind::Single(ResourceType::Endpoint)
+);
+service_spec!(
+    Lds,
+    "envoy.service.listener.v3.ListenerDiscoveryService",
+    "StreamListeners",
+    "DeltaListeners",
+    StreamKind::Single(ResourceType::Listener)
+);
+service_spec!(
+    Rds,
+    "envoy.service.route.v3.RouteDiscoveryService",
+    "StreamRoutes",
+    "DeltaRoutes",
+    StreamKind::Single(ResourceType::Route)
+);
+
+/// One discovery service, routed by method name.
+struct DiscoveryService<S> {
+    shared: Arc<Shared>,
+    _spec: PhantomData<fn() -> S>,
+}
+
+impl<S> DiscoveryService<S> {
+    fn new(shared: &Arc<Shared>) -> Self {
+        DiscoveryService {
+            shared: shared.clone(),
+            _spec: PhantomData,
+        }
+    }
+}
+
+impl<S> Clone for DiscoveryService<S> {
+    fn clone(&self) -> Self {
+        DiscoveryService::new(&self.shared)
+    }
+}
+
+impl<S: ServiceSpec> NamedService for DiscoveryService<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> Service<http::Request<B>> for DiscoveryService<S>
+where
+    S: ServiceSpec,
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = req
+            .uri()
+            .path()
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(S::NAME))
+            .and_then(|p| p.strip_prefix('/'))
+            .unwrap_or("");
+        let shared = self.shared.clone();
+        let limits = (
+            Some(shared.config.max_request_bytes),
+            Some(shared.config.max_response_bytes),
+        );
+        if method == S::SOTW_METHOD {
+            Box::pin(async move {
+                let mut grpc = Grpc::new(XdsCodec::<DiscoveryRequest>::default())
+                    .apply_max_message_size_config(limits.0, limits.1);
+                let method = Method::<SotwStream> {
+                    shared,
+                    kind: S::KIND,
+                    _machine: PhantomData,
+                };
+                Ok(grpc.streaming(method, req).await)
+            })
+        } else if method == S::DELTA_METHOD {
+            Box::pin(async move {
+                let mut grpc = Grpc::new(XdsCodec::<DeltaDiscoveryRequest>::default())
+                    .apply_max_message_size_config(limits.0, limits.1);
+                let method = Method::<DeltaStream> {
+                    shared,
+                    kind: S::KIND,
+                    _machine: PhantomData,
+                };
+                Ok(grpc.streaming(method, req).await)
+            })
+        } else {
+            Box::pin(async move { Ok(Status::unimplemented("no such method").into_http()) })
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! The state-of-the-world stream state machine.
+//!
+//! One [`SotwStream`] per gRPC stream (ADS or a per-type service). It is
+//! pure: [`SotwStream::on_request`] and [`SotwStream::on_snapshot`] take a
+//! request or a new snapshot and return the responses to send and the
+//! events to record. The rules it keeps, from the xDS protocol spec
+//! (<https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol>):
+//!
+//! - A request whose `response_nonce` is the last response's nonce is an
+//!   ACK, or a NACK when it has `error_detail`. Any other non-empty nonce
+//!   is stale: its ACK/NACK is ignored, but its `resource_names` still
+//!   become the subscription.
+//! - At most one response per type is waiting for an ACK; newer versions
+//!   coalesce into the next response, so a slow proxy gets the latest and
+//!   never a backlog.
+//! - A NACKed version is never sent to that stream again; the next response
+//!   is the next new version.
+//! - Make-before-break (for clients that take every cluster, as Envoy
+//!   does): a listener or route is held back until every cluster it names
+//!   that the snapshot has was ACKed by the client, and a cluster the
+//!   client's listeners or routes still name is kept in its cluster list
+//!   until they stop naming it.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use sha2::{Digest, Sha256};
+
+use crate::resources::ResourceType;
+use crate::snapshot::{GroupSnapshot, Resource, SelectionKey, Snapshot, TypeSnapshot};
+use crate::wire::{self, OutMessage};
+
+use super::protocol::{
+    NodeInfo, NodeSlot, Nonces, ProtocolError, Reply, StreamEvent, StreamKind, Subscription,
+    WILDCARD, request_type,
+};
+
+/// A response the state machine wants sent.
+#[derive(Debug)]
+pub struct Response {
+    /// The type.
+    pub ty: ResourceType,
+    /// The encoded response.
+    pub message: OutMessage,
+}
+
+/// What one input produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Responses to send, in order.
+    pub responses: Vec<Response>,
+    /// What happened, for status and logs.
+    pub events: Vec<StreamEvent>,
+}
+
+/// One response as sent: what it held, so later decisions can refer to it.
+#[derive(Clone, Debug)]
+struct Sent {
+    version: String,
+    nonce: String,
+    /// The resources it carried (including clusters kept for
+    /// make-before-break), by name.
+    resources: Arc<[Arc<Resource>]>,
+}
+
+impl Sent {
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.resources.iter().map(|r| r.name())
+    }
+
+    fn clusters_named(&self) -> impl Iterator<Item = &String> {
+        self.resources.iter().flat_map(|r| r.clusters().iter())
+    }
+}
+
+/// Per-type state of one stream.
+#[derive(Debug, Default)]
+struct TypeState {
+    subscription: Subscription,
+    /// A response is owed whatever the version: the type was just
+    /// requested, or the subscription grew.
+    owed: bool,
+    /// The last response sent.
+    last: Option<Sent>,
+    /// `last` is waiting for its ACK or NACK.
+    in_flight: bool,
+    /// The last response the client ACKed.
+    applied: Option<Sent>,
+    /// The version the client rejected last; never sent to it again.
+    rejected: Option<String>,
+}
+
+/// State of one state-of-the-world stream.
+#[derive(Debug)]
+pub struct SotwStream {
+    kind: StreamKind,
+    node: NodeSlot,
+    nonces: Nonces,
+    types: [Option<TypeState>; 4],
+}
+
+impl SotwStream {
+    /// A new stream of `kind`.
+    pub fn new(kind: StreamKind) -> SotwStream {
+        SotwStream {
+            kind,
+            node: NodeSlot::default(),
+            nonces: Nonces::default(),
+            types: Default::default(),
+        }
+    }
+
+    /// The proxy on this stream, once its first request arrived.
+    pub fn node(&self) -> Option<&NodeInfo> {
+        self.node.get()
+    }
+
+    /// Handles one request against the current snapshot.
+    pub fn on_request(
+        &mut self,
+        req: &DiscoveryRequest,
+        snapshot: &Snapshot,
+    ) -> Result<Output, ProtocolError> {
+        self.node.observe(req.node.as_ref())?;
+        let ty = request_type(self.kind, &req.type_url)?;
+        let mut out = Output::default();
+        let first = self.types[ty.index()].is_none();
+        let st = self.types[ty.index()].get_or_insert_with(TypeState::default);
+
+        if req.response_nonce.is_empty() {
+            // A request that answers nothing asks for the current state.
+            st.owed = true;
+        } else if let Some(last) = st.last.as_ref().filter(|l| l.nonce == req.response_nonce) {
+            if st.in_flight {
+                st.in_flight = false;
+                match Reply::from_error_detail(req.error_detail.as_ref()) {
+                    Reply::Ack => {
+                        out.events.push(StreamEvent::Acked {
+                            ty,
+                            version: last.version.clone(),
+                        });
+                        st.applied = Some(last.clone());
+                    }
+                    Reply::Nack(message) => {
+                        out.events.push(StreamEvent::Nacked {
+                            ty,
+                            version: last.version.clone(),
+                            message,
+                        });
+                        st.rejected = Some(last.version.clone());
+                    }
+                }
+            }
+        } else {
+            out.events.push(StreamEvent::StaleNonce {
+                ty,
+                nonce: req.response_nonce.clone(),
+            });
+        }
+
+        let subscription = subscription_from(&req.resource_names, first, &st.subscription);
+        if subscription.grew_from(&st.subscription) {
+            st.owed = true;
+        }
+        st.subscription = subscription;
+
+        self.plan(snapshot, &mut out);
+        Ok(out)
+    }
+
+    /// Handles a newly published snapshot.
+    pub fn on_snapshot(&mut self, snapshot: &Snapshot) -> Output {
+        let mut out = Output::default();
+        self.plan(snapshot, &mut out);
+        out
+    }
+
+    /// Sends, in make-before-break order, every response that is due.
+    fn plan(&mut self, snapshot: &Snapshot, out: &mut Output) {
+        let Some(node) = self.node.get() else {
+            return;
+        };
+        let group = snapshot.group(&node.cluster).clone();
+        for ty in ResourceType::ALL {
+            if let Some(response) = self.next_response(ty, &group, out) {
+                out.responses.push(response);
+            }
+        }
+    }
+
+    fn next_response(
+        &mut self,
+        ty: ResourceType,
+        group: &GroupSnapshot,
+        out: &mut Output,
+    ) -> Option<Response> {
+        let ts = group.of(ty);
+        let make_before_break = self.make_before_break();
+        let kept = if ty == ResourceType::Cluster && make_before_break {
+            self.clusters_still_named(ts)
+        } else {
+            Vec::new()
+        };
+        let st = self.types[ty.index()].as_ref()?;
+        if st.in_flight {
+            return None;
+        }
+        let version = if kept.is_empty() {
+            ts.version().to_owned()
+        } else {
+            kept_version(ts.version(), &kept)
+        };
+        let changed = st.last.as_ref().is_none_or(|l| l.version != version);
+        if !(changed || st.owed) || st.rejected.as_deref() == Some(version.as_str()) {
+            return None;
+        }
+        let mut resources: Vec<Arc<Resource>> = select(ts, &st.subscription);
+        if matches!(ty, ResourceType::Listener | ResourceType::Route)
+            && make_before_break
+            && !self.clusters_applied(group, &resources)
+        {
+            return None;
+        }
+        let nonce = self.nonces.next();
+        let body = if kept.is_empty() {
+            ts.sotw_body(&selection_key(&st.subscription))
+        } else {
+            resources.extend(kept);
+            wire::sotw_body(&version, ty.type_url(), resources.iter().map(|r| r.any_bytes()))
+        };
+        let message = OutMessage::sotw(body, &nonce);
+        out.events.push(StreamEvent::Sent {
+            ty,
+            version: version.clone(),
+            nonce: nonce.clone(),
+            resources: resources.len(),
+        });
+        let st = self.types[ty.index()].as_mut()?;
+        st.last = Some(Sent {
+            version,
+            nonce,
+            resources: resources.into(),
+        });
+        st.in_flight = true;
+        st.owed = false;
+        Some(Response { ty, message })
+    }
+
+    /// Make-before-break ordering applies when the client takes every
+    /// cluster (Envoy). Clients that ask for clusters by name, such as
+    /// proxyless gRPC, ask for them only after they see the route, so
+    /// holding the route back would deadlock them; they order for
+    /// themselves.
+    fn make_before_break(&self) -> bool {
+        self.types[ResourceType::Cluster.index()]
+            .as_ref()
+            .is_some_and(|c| c.subscription.wildcard)
+    }
+
+    /// Whether every cluster `resources` name that the group has was ACKed.
+    fn clusters_applied(&self, group: &GroupSnapshot, resources: &[Arc<Resource>]) -> bool {
+        let clusters = group.of(ResourceType::Cluster);
+        let applied: BTreeSet<&str> = self.types[ResourceType::Cluster.index()]
+            .as_ref()
+            .and_then(|c| c.applied.as_ref())
+            .map(|a| a.names().collect())
+            .unwrap_or_default();
+        resources
+            .iter()
+            .flat_map(|r| r.clusters())
+            .all(|c| clusters.get(c).is_none() || applied.contains(c.as_str()))
+    }
+
+    /// Clusters the client was sent before that its listeners or routes
+    /// (sent or applied) still name, but which `clusters` no longer has.
+    fn clusters_still_named(&self, clusters: &TypeSnapshot) -> Vec<Arc<Resource>> {
+        let mut named = BTreeSet::new();
+        for ty in [ResourceType::Listener, ResourceType::Route] {
+            if let Some(st) = &self.types[ty.index()] {
+                for sent in st.last.iter().chain(st.applied.iter()) {
+                    named.extend(
+                        sent.clusters_named()
+                            .filter(|c| clusters.get(c).is_none())
+                            .map(String::as_str),
+                    );
+                }
+            }
+        }
+        if named.is_empty() {
+            return Vec::new();
+        }
+        let Some(cds) = &self.types[ResourceType::Cluster.index()] else {
+            return Vec::new();
+        };
+        let mut kept: Vec<Arc<Resource>> = Vec::new();
+        for sent in cds.last.iter().chain(cds.applied.iter()) {
+            for r in sent.resources.iter() {
+                if named.contains(r.name()) && !kept.iter().any(|k| k.name() == r.name()) {
+                    kept.push(r.clone());
+                }
+            }
+        }
+        kept.sort_by(|a, b| a.name().cmp(b.name()));
+        kept
+    }
+}
+
+/// The subscription a request asks for. An empty first request is the
+/// legacy wildcard, and stays wildcard while the client keeps sending
+/// empty lists; `*` asks for the wildcard explicitly.
+fn subscription_from(names: &[String], first: bool, previous: &Subscription) -> Subscription {
+    if names.is_empty() {
+        let legacy = first || (previous.wildcard && previous.names.is_empty());
+        return Subscription {
+            wildcard: legacy,
+            names: BTreeSet::new(),
+        };
+    }
+    Subscription {
+        wildcard: names.iter().any(|n| n == WILDCARD),
+        names: names.iter().filter(|n| *n != WILDCARD).cloned().collect(),
+    }
+}
+
+fn select(ts: &TypeSnapshot, sub: &Subscription) -> Vec<Arc<Resource>> {
+    if sub.wildcard {
+        ts.resources().values().cloned().collect()
+    } else {
+        sub.names.iter().filter_map(|n| ts.get(n).cloned()).collect()
+    }
+}
+
+fn selection_key(sub: &Subscription) -> SelectionKey {
+    if sub.wildcard {
+        None
+    } else {
+        Some(sub.names.iter().cloned().collect())
+    }
+}
+
+/// The version of a cluster list that keeps clusters for make-before-break:
+/// the snapshot's version plus a digest of what was kept, so the list is
+/// sent again when what is kept changes.
+fn kept_version(version: &str, kept: &[Arc<Resource>]) -> String {
+    let mut h = Sha256::new();
+    for r in kept {
+        h.update(r.name().as_bytes());
+        h.update([0]);
+        h.update(r.version().as_bytes());
+    }
+    let d = h.finalize();
+    format!(
+        "{version}+keep.{:02x}{:02x}{:02x}{:02x}",
+        d[0], d[1], d[2], d[3]
+    )
+}
+
+#[cfg(test)]
+#[path = "sotw_tests.rs"]
+mod tests;
