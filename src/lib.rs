@@ -8,8 +8,8 @@
 //! - [`wire`]: hand-assembled discovery responses that streams share.
 
 pub mod resources;
+pub mod shutdown;
 pub mod snapshot;
 pub mod snapshot_store;
 pub mod wire;
-pub mod shutdown;
 pub mod xds;

@@ -133,6 +133,12 @@ impl OutMessage {
         OutMessage { parts }
     }
 
+    /// The first piece (the shared body of a state-of-the-world response),
+    /// for tests that check sharing.
+    pub fn first_part(&self) -> Option<&Bytes> {
+        self.parts.first()
+    }
+
     /// Encoded length in bytes.
     pub fn len(&self) -> usize {
         self.parts.iter().map(Bytes::len).sum()
@@ -225,8 +231,8 @@ mod tests {
     #[test]
     fn empty_sotw_response_is_valid() {
         let body = sotw_body("", "t", []);
-        let decoded = DiscoveryResponse::decode(OutMessage::sotw(body, "1").to_bytes())
-            .expect("decodes");
+        let decoded =
+            DiscoveryResponse::decode(OutMessage::sotw(body, "1").to_bytes()).expect("decodes");
         assert!(decoded.resources.is_empty());
         assert_eq!(decoded.nonce, "1");
     }

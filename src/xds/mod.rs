@@ -22,3 +22,6 @@ pub mod status;
 pub use protocol::{NodeInfo, ProtocolError, StreamEvent, StreamKind};
 pub use server::{XdsServer, XdsServerConfig};
 pub use status::{ProxyRegistry, ProxyStatus};
+
+#[cfg(test)]
+mod fixtures;

@@ -180,7 +180,10 @@ impl From<ProtocolError> for tonic::Status {
 }
 
 /// Works out the type a request is for on a stream of `kind`.
-pub(crate) fn request_type(kind: StreamKind, type_url: &str) -> Result<ResourceType, ProtocolError> {
+pub(crate) fn request_type(
+    kind: StreamKind,
+    type_url: &str,
+) -> Result<ResourceType, ProtocolError> {
     match kind {
         StreamKind::Single(expected) if type_url.is_empty() => Ok(expected),
         StreamKind::Single(expected) => match ResourceType::from_type_url(type_url) {

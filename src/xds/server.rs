@@ -144,7 +144,8 @@ trait Machine: Send + 'static {
     const DELTA: bool;
     fn new(kind: StreamKind) -> Self;
     fn node(&self) -> Option<&NodeInfo>;
-    fn on_request(&mut self, req: &Self::Request, snap: &Snapshot) -> Result<Output, ProtocolError>;
+    fn on_request(&mut self, req: &Self::Request, snap: &Snapshot)
+    -> Result<Output, ProtocolError>;
     fn on_snapshot(&mut self, snap: &Snapshot) -> Output;
 }
 
@@ -157,7 +158,11 @@ impl Machine for SotwStream {
     fn node(&self) -> Option<&NodeInfo> {
         SotwStream::node(self)
     }
-    fn on_request(&mut self, req: &DiscoveryRequest, snap: &Snapshot) -> Result<Output, ProtocolError> {
+    fn on_request(
+        &mut self,
+        req: &DiscoveryRequest,
+        snap: &Snapshot,
+    ) -> Result<Output, ProtocolError> {
         SotwStream::on_request(self, req, snap)
     }
     fn on_snapshot(&mut self, snap: &Snapshot) -> Output {

@@ -227,7 +227,11 @@ impl SotwStream {
             ts.sotw_body(&selection_key(&st.subscription))
         } else {
             resources.extend(kept);
-            wire::sotw_body(&version, ty.type_url(), resources.iter().map(|r| r.any_bytes()))
+            wire::sotw_body(
+                &version,
+                ty.type_url(),
+                resources.iter().map(|r| r.any_bytes()),
+            )
         };
         let message = OutMessage::sotw(body, &nonce);
         out.events.push(StreamEvent::Sent {
@@ -327,7 +331,10 @@ fn select(ts: &TypeSnapshot, sub: &Subscription) -> Vec<Arc<Resource>> {
     if sub.wildcard {
         ts.resources().values().cloned().collect()
     } else {
-        sub.names.iter().filter_map(|n| ts.get(n).cloned()).collect()
+        sub.names
+            .iter()
+            .filter_map(|n| ts.get(n).cloned())
+            .collect()
     }
 }
 

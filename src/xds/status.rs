@@ -50,7 +50,9 @@ pub struct TypeStatus {
 impl TypeStatus {
     /// Whether the last response sent was rejected.
     pub fn last_was_nacked(&self) -> bool {
-        self.nack.as_ref().is_some_and(|n| Some(&n.version) == self.sent.as_ref())
+        self.nack
+            .as_ref()
+            .is_some_and(|n| Some(&n.version) == self.sent.as_ref())
     }
 }
 
