@@ -234,3 +234,120 @@ async fn status_shows_node_group_and_acked_versions() {
     edge.wait_for_body(edge_port, "blue").await;
     sidecar.wait_for_body(sidecar_port, "blue").await;
 }
+
+/// Proves make-before-break with a real Envoy speaking `protocol`: one
+/// version adds the green cluster, moves the route from blue to green and
+/// removes the blue cluster, and requests sent back to back throughout all
+/// succeed; afterwards Envoy no longer has the blue cluster. (With teal's
+/// ordering switched off, Envoy answers 503 while green is still warming,
+/// and this test fails.)
+async fn switches_and_removes_without_errors(protocol: Protocol) {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let mut teal = Teal::start().await;
+    let port = free_port();
+    teal.publish(
+        "v1",
+        &snapshot([(
+            "edge",
+            http_group(
+                "ingress",
+                port,
+                route_config("ingress", to_cluster("blue")),
+                &[("blue", blue.port)],
+            ),
+        )]),
+    );
+    let envoy = Envoy::start(&teal, "edge", protocol).await;
+    envoy.wait_for_body(port, "blue").await;
+    teal.wait_acked(&envoy.node_id, ResourceType::Route, "v1")
+        .await;
+
+    // Send requests back to back while the switch happens, from before
+    // the publish (20 answers from blue) until the traffic itself has been
+    // answered by green.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let traffic = tokio::spawn(async move {
+        loop {
+            let answer = support::http::get(port, "/", &[])
+                .await
+                .map(|r| (r.status, r.body))
+                .map_err(|e| e.to_string());
+            if tx.send(answer).is_err() {
+                return;
+            }
+        }
+    });
+    let mut answers = Vec::new();
+    while answers.len() < 20 {
+        answers.push(rx.recv().await.expect("traffic runs"));
+    }
+
+    teal.publish(
+        "v2",
+        &snapshot([(
+            "edge",
+            http_group(
+                "ingress",
+                port,
+                route_config("ingress", to_cluster("green")),
+                &[("green", green.port)],
+            ),
+        )]),
+    );
+    envoy.wait_for_body(port, "green").await;
+    let status = teal
+        .wait_acked(&envoy.node_id, ResourceType::Cluster, "v2")
+        .await;
+    assert_eq!(status.of(ResourceType::Route).acked.as_deref(), Some("v2"));
+    tokio::time::timeout(CONVERGE, async {
+        while !matches!(answers.last(), Some(Ok((200, body))) if body == "green") {
+            answers.push(rx.recv().await.expect("traffic runs"));
+        }
+    })
+    .await
+    .expect("the traffic reaches green");
+    drop(rx);
+    traffic.await.expect("traffic task");
+    let failures: Vec<_> = answers
+        .iter()
+        .filter(|a| !matches!(a, Ok((200, _))))
+        .collect();
+    let saw = |body: &str| answers.iter().any(|a| matches!(a, Ok((_, b)) if b == body));
+    assert!(
+        saw("blue") && saw("green"),
+        "the traffic should span the switch: {answers:?}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during the switch: {failures:?}",
+        failures.len(),
+        answers.len()
+    );
+
+    let admin_port: u16 = envoy
+        .admin
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("admin port");
+    let clusters = support::http::get(admin_port, "/clusters", &[])
+        .await
+        .expect("Envoy admin /clusters");
+    assert!(
+        !clusters.body.contains("blue::"),
+        "the blue cluster should be gone: {}",
+        clusters.body
+    );
+    assert!(clusters.body.contains("green::"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_envoy_switches_and_removes_without_errors() {
+    switches_and_removes_without_errors(Protocol::Sotw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_envoy_switches_and_removes_without_errors() {
+    switches_and_removes_without_errors(Protocol::Delta).await;
+}
