@@ -351,3 +351,65 @@ async fn sotw_envoy_switches_and_removes_without_errors() {
 async fn delta_envoy_switches_and_removes_without_errors() {
     switches_and_removes_without_errors(Protocol::Delta).await;
 }
+
+/// Proves that an Envoy speaking `protocol` survives teal restarting: it
+/// keeps serving its configuration while teal is gone, reconnects to the
+/// new teal on the same port, is served there (ACKs every type again) and
+/// applies the new teal's next version.
+async fn reconnects_after_teal_restarts(protocol: Protocol) {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let port = free_port();
+    let upstreams = [("blue", blue.port), ("green", green.port)];
+    let edge = |cluster| {
+        snapshot([(
+            "edge",
+            http_group(
+                "ingress",
+                port,
+                route_config("ingress", to_cluster(cluster)),
+                &upstreams,
+            ),
+        )])
+    };
+    let mut teal = Teal::start().await;
+    let xds_port = teal.port;
+    teal.publish("v1", &edge("blue"));
+    let envoy = Envoy::start(&teal, "edge", protocol).await;
+    envoy.wait_for_body(port, "blue").await;
+    teal.wait_acked(&envoy.node_id, ResourceType::Route, "v1")
+        .await;
+
+    drop(teal);
+    let answer = support::http::get(port, "/", &[])
+        .await
+        .expect("Envoy answers while teal is down");
+    assert_eq!((answer.status, answer.body.as_str()), (200, "blue"));
+
+    // The restarted teal serves the same content, then moves on.
+    let mut teal = Teal::start_on(xds_port).await;
+    teal.publish("v1", &edge("blue"));
+    let what = format!("{} reconnects and ACKs every type", envoy.node_id);
+    teal.wait_for(CONVERGE, &what, |all| {
+        find(all, &envoy.node_id).is_some_and(|p| {
+            ResourceType::ALL
+                .iter()
+                .all(|ty| p.of(*ty).acked.as_deref() == Some("v1"))
+        })
+    })
+    .await;
+    teal.publish("v2", &edge("green"));
+    envoy.wait_for_body(port, "green").await;
+    teal.wait_acked(&envoy.node_id, ResourceType::Route, "v2")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_envoy_reconnects_after_teal_restarts() {
+    reconnects_after_teal_restarts(Protocol::Sotw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_envoy_reconnects_after_teal_restarts() {
+    reconnects_after_teal_restarts(Protocol::Delta).await;
+}

@@ -124,9 +124,15 @@ pub struct Teal {
 impl Teal {
     /// Starts teal with nothing published yet.
     pub async fn start() -> Teal {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Teal::start_on(0).await
+    }
+
+    /// Starts teal on `127.0.0.1:port` (0: any free port), for example the
+    /// port of a teal that was just dropped, to test reconnection.
+    pub async fn start_on(port: u16) -> Teal {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
-            .expect("bind teal's xDS port");
+            .unwrap_or_else(|e| panic!("bind teal's xDS port 127.0.0.1:{port}: {e}"));
         let port = listener.local_addr().expect("xDS address").port();
         let (writer, reader) = snapshot_store();
         let registry = ProxyRegistry::new();
