@@ -118,7 +118,8 @@ pub struct Teal {
     /// What teal knows of connected proxies.
     pub registry: Arc<ProxyRegistry>,
     trigger: ShutdownTrigger,
-    server: JoinHandle<()>,
+    /// `None` once stopped.
+    server: Option<JoinHandle<()>>,
 }
 
 impl Teal {
@@ -153,7 +154,19 @@ impl Teal {
             writer,
             registry,
             trigger,
-            server,
+            server: Some(server),
+        }
+    }
+
+    /// Stops teal and waits until its port is closed, so another teal can
+    /// take it ([`Teal::start_on`]). Dropping a `Teal` also stops it, but
+    /// does not wait.
+    pub async fn stop(mut self) {
+        self.trigger.trigger();
+        if let Some(server) = self.server.take() {
+            server.abort();
+            // The listener is closed once the aborted task is gone.
+            let _ = server.await;
         }
     }
 
@@ -278,7 +291,9 @@ pub fn find<'a>(proxies: &'a [ProxyStatus], node_id: &str) -> Option<&'a ProxySt
 impl Drop for Teal {
     fn drop(&mut self) {
         self.trigger.trigger();
-        self.server.abort();
+        if let Some(server) = &self.server {
+            server.abort();
+        }
     }
 }
 
