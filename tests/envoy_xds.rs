@@ -466,3 +466,87 @@ async fn weighted_route_splits_traffic() {
         assert_eq!((r.status, r.body.as_str()), (200, "green"));
     }
 }
+
+/// Proves, against a real Envoy speaking `protocol`, that a route is held
+/// back while the new cluster it needs is rejected: v2 adds a cluster
+/// Envoy NACKs (negative connect timeout: "Invalid duration: Expected
+/// positive duration") and routes to it; teal records the CDS NACK, does
+/// not send the route, and Envoy keeps answering from blue. v3 fixes the
+/// cluster; it is ACKed, and only then the v2 route follows.
+///
+/// The gate is by cluster name: had green existed (valid) before v2, the
+/// route would go out, to the green Envoy still has.
+async fn route_waits_for_a_rejected_cluster(protocol: Protocol) {
+    use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
+
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let mut teal = Teal::start().await;
+    let port = free_port();
+    // `green_timeout`: None leaves the green cluster out.
+    let edge = |cluster: &str, green_timeout: Option<i64>| {
+        let mut upstreams = vec![("blue", blue.port)];
+        if green_timeout.is_some() {
+            upstreams.push(("green", green.port));
+        }
+        let mut group = http_group(
+            "ingress",
+            port,
+            route_config("ingress", to_cluster(cluster)),
+            &upstreams,
+        );
+        if let Some(seconds) = green_timeout {
+            group.clusters[1].connect_timeout = Some(ProtoDuration { seconds, nanos: 0 });
+        }
+        snapshot([("edge", group)])
+    };
+    teal.publish("v1", &edge("blue", None));
+    let envoy = Envoy::start(&teal, "edge", protocol).await;
+    let id = envoy.node_id.as_str();
+    envoy.wait_for_body(port, "blue").await;
+    teal.wait_acked(id, ResourceType::Route, "v1").await;
+
+    teal.publish("v2", &edge("green", Some(-1)));
+    let proxies = teal
+        .wait_for(CONVERGE, "Envoy NACKs CDS v2", |all| {
+            find(all, id)
+                .and_then(|p| p.of(ResourceType::Cluster).nack.as_ref())
+                .is_some_and(|n| n.version == "v2")
+        })
+        .await;
+    let p = find(&proxies, id).expect("connected");
+    let nack = p.of(ResourceType::Cluster).nack.as_ref().expect("NACKed");
+    assert!(
+        nack.message.contains("Expected positive duration"),
+        "the NACK should carry Envoy's reason, got {:?}",
+        nack.message
+    );
+    let rds = teal
+        .assert_steady(id, ResourceType::Route, Duration::from_millis(500))
+        .await;
+    assert_eq!(
+        rds.sent.as_deref(),
+        Some("v1"),
+        "the v2 route names a cluster Envoy rejected, so it is held back"
+    );
+    let answer = support::http::get(port, "/", &[])
+        .await
+        .expect("Envoy answers");
+    assert_eq!((answer.status, answer.body.as_str()), (200, "blue"));
+
+    teal.publish("v3", &edge("green", Some(1)));
+    teal.wait_acked(id, ResourceType::Cluster, "v3").await;
+    // Routes last changed in v2, so that is the version Envoy now ACKs.
+    teal.wait_acked(id, ResourceType::Route, "v2").await;
+    envoy.wait_for_body(port, "green").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_route_waits_for_a_rejected_cluster() {
+    route_waits_for_a_rejected_cluster(Protocol::Sotw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_route_waits_for_a_rejected_cluster() {
+    route_waits_for_a_rejected_cluster(Protocol::Delta).await;
+}
