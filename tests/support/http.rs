@@ -1,0 +1,193 @@
+//! Just enough HTTP/1.1 for the tests, on plain tokio: upstream servers that
+//! say who they are, and a client that sends one request per connection.
+//! Everything listens on and connects to 127.0.0.1 only.
+
+use std::io;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// How long one client request may take, connect to last byte.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Largest request head an upstream accepts.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// An HTTP/1.1 server on `127.0.0.1:<port>` that answers every request with
+/// `200 OK` and its name as the body, keeping connections alive (Envoy
+/// pools them). It stops, closing its connections, when dropped.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The name it answers with, e.g. `blue`.
+    pub name: String,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    /// Starts an upstream named `name` on a free port.
+    pub async fn start(name: &str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind an upstream on 127.0.0.1:0");
+        let port = listener.local_addr().expect("upstream address").port();
+        let body = name.to_owned();
+        let task = tokio::spawn(async move {
+            // Connections live in the set, so aborting this task (on drop)
+            // drops the set and closes them all.
+            let mut connections = JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                connections.spawn(serve_connection(stream, body.clone()));
+                // Reap finished connections so the set does not grow.
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        Upstream {
+            name: name.to_owned(),
+            port,
+            task,
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Answers requests on one connection until the peer closes it.
+async fn serve_connection(mut stream: TcpStream, body: String) {
+    let mut buf = Vec::new();
+    loop {
+        // Read one request head; GETs from Envoy carry no body we need.
+        let head_end = loop {
+            if let Some(end) = find(&buf, b"\r\n\r\n") {
+                break end + 4;
+            }
+            if buf.len() > MAX_HEAD {
+                return;
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let content_length: usize = header(&head, "content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let close = header(&head, "connection").is_some_and(|v| v == "close");
+        // Skip any request body.
+        while buf.len() < head_end + content_length {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..head_end + content_length);
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}\r\n{}",
+            body.len(),
+            if close { "connection: close\r\n" } else { "" },
+            body
+        );
+        if stream.write_all(response.as_bytes()).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+/// A response as the client read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// The body, decoded from chunked encoding if need be.
+    pub body: String,
+}
+
+/// `GET path` from `127.0.0.1:port` with `Connection: close`. `headers` are
+/// added as given; a `Host` among them replaces the default
+/// `Host: 127.0.0.1:port`.
+pub async fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> io::Result<HttpResponse> {
+    tokio::time::timeout(REQUEST_TIMEOUT, get_inner(port, path, headers))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))?
+}
+
+async fn get_inner(port: u16, path: &str, headers: &[(&str, &str)]) -> io::Result<HttpResponse> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut request = format!("GET {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        request.push_str(&format!("host: 127.0.0.1:{port}\r\n"));
+    }
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> io::Result<HttpResponse> {
+    let bad = |why: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{why}: {:?}", String::from_utf8_lossy(raw)),
+        )
+    };
+    let head_end = find(raw, b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+    let status = head
+        .lines()
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| bad("no status line"))?;
+    let mut body = raw[head_end + 4..].to_vec();
+    if header(&head, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
+    }
+    Ok(HttpResponse {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = find(data, b"\r\n")?;
+        let size_text = std::str::from_utf8(&data[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
+}
+
+/// The value of header `name` in a lower-cased head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        (k.trim() == name).then(|| v.trim())
+    })
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}

