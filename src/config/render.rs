@@ -152,7 +152,7 @@ pub fn render_document(
     Ok(Some(Value::Object(doc)))
 }
 
-/// Writes `value` as block-style YAML. Strings are always double-quoted
+/// Writes `value` as block-style YAML. String values are always double-quoted
 /// (JSON string syntax is valid YAML), so nothing is mistaken for a number
 /// or a boolean.
 pub fn to_yaml(value: &Value) -> String {
@@ -162,6 +162,26 @@ pub fn to_yaml(value: &Value) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Keys print bare when they cannot be read as anything but a string.
+fn yaml_key(key: &str) -> String {
+    let plain = key
+        .bytes()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && key
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+        && !matches!(
+            key.to_ascii_lowercase().as_str(),
+            "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "y" | "n"
+        );
+    if plain {
+        key.to_owned()
+    } else {
+        scalar(&Value::String(key.to_owned()))
+    }
 }
 
 fn scalar(value: &Value) -> String {
@@ -175,7 +195,7 @@ fn yaml_value(value: &Value, indent: usize, out: &mut String) {
         Value::Object(map) if !map.is_empty() => {
             for (k, v) in map {
                 out.push_str(&pad);
-                out.push_str(&scalar(&Value::String(k.clone())));
+                out.push_str(&yaml_key(k));
                 out.push(':');
                 yaml_child(v, indent, out);
             }
