@@ -202,6 +202,11 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
             "s" => 1_000,
             "m" => 60_000,
             "h" => 3_600_000,
+            "" if tail.starts_with('.') => {
+                return Err(format!(
+                    "bad duration {s:?}: fractions are not supported (write 1500ms, not 1.5s)"
+                ));
+            }
             "" => {
                 return Err(format!(
                     "bad duration {s:?}: missing unit (use ms, s, m or h)"
