@@ -14,7 +14,8 @@ use std::process::Command;
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-changed=Cargo.lock");
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     // Filtering to the target platform keeps Cargo from wanting the sources
     // of other platforms' dependencies. `--offline` first: it needs no
@@ -73,7 +74,6 @@ fn main() {
         .join("src/generated/types.bin");
     println!("cargo::rerun-if-changed={}", source.display());
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR")).join("envoy_types.bin");
-    std::fs::copy(&source, &out).unwrap_or_else(|e| {
-        panic!("copy {} to {}: {e}", source.display(), out.display())
-    });
+    std::fs::copy(&source, &out)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", source.display(), out.display()));
 }

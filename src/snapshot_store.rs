@@ -104,13 +104,24 @@ mod tests {
         assert!(reader.changed().await);
         let snap = reader.current();
         assert_eq!(snap.version(), "1");
-        assert_eq!(snap.group("edge").of(ResourceType::Cluster).resources().len(), 2);
+        assert_eq!(
+            snap.group("edge")
+                .of(ResourceType::Cluster)
+                .resources()
+                .len(),
+            2
+        );
 
-        let err = writer.publish("2", &input(&["a", "a"])).expect_err("duplicate");
+        let err = writer
+            .publish("2", &input(&["a", "a"]))
+            .expect_err("duplicate");
         assert!(matches!(err, BuildError::DuplicateName { .. }));
         assert_eq!(writer.current().version(), "1");
         let no_change =
             tokio::time::timeout(std::time::Duration::from_millis(20), reader.changed()).await;
-        assert!(no_change.is_err(), "a rejected publish must not wake readers");
+        assert!(
+            no_change.is_err(),
+            "a rejected publish must not wake readers"
+        );
     }
 }

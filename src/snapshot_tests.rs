@@ -25,7 +25,9 @@ fn weighted_route(name: &str, clusters: &[(&str, u32)]) -> RouteConfiguration {
                                 .iter()
                                 .map(|(n, w)| ClusterWeight {
                                     name: (*n).into(),
-                                    weight: Some(envoy_types::pb::google::protobuf::UInt32Value { value: *w }),
+                                    weight: Some(envoy_types::pb::google::protobuf::UInt32Value {
+                                        value: *w,
+                                    }),
                                     ..Default::default()
                                 })
                                 .collect(),
@@ -88,13 +90,16 @@ fn resource_versions_come_from_content() {
 
 #[test]
 fn routes_record_the_clusters_they_name() {
-    let s = Snapshot::build("1", &input(&[("web-blue", 90), ("web-green", 10)]), None)
-        .expect("valid");
+    let s =
+        Snapshot::build("1", &input(&[("web-blue", 90), ("web-green", 10)]), None).expect("valid");
     let r = s.group("edge").of(ResourceType::Route).get("web").cloned();
     let r = r.expect("route");
     assert_eq!(r.clusters(), ["web-blue", "web-green"]);
     let decoded: RouteConfiguration = r.decode().expect("decodes");
-    assert_eq!(decoded, weighted_route("web", &[("web-blue", 90), ("web-green", 10)]));
+    assert_eq!(
+        decoded,
+        weighted_route("web", &[("web-blue", 90), ("web-green", 10)])
+    );
 }
 
 #[test]
@@ -111,7 +116,11 @@ fn unknown_groups_get_an_empty_view() {
 #[test]
 fn invalid_input_is_refused_whole() {
     let mut bad = input(&[("web-blue", 100)]);
-    bad.groups.get_mut("edge").expect("edge").clusters.push(cluster(""));
+    bad.groups
+        .get_mut("edge")
+        .expect("edge")
+        .clusters
+        .push(cluster(""));
     assert_eq!(
         Snapshot::build("1", &bad, None).expect_err("empty name"),
         BuildError::EmptyName {

@@ -225,8 +225,8 @@ mod tests {
     #[test]
     fn empty_sotw_response_is_valid() {
         let body = sotw_body("", "t", []);
-        let decoded = DiscoveryResponse::decode(OutMessage::sotw(body, "1").to_bytes())
-            .expect("decodes");
+        let decoded =
+            DiscoveryResponse::decode(OutMessage::sotw(body, "1").to_bytes()).expect("decodes");
         assert!(decoded.resources.is_empty());
         assert_eq!(decoded.nonce, "1");
     }

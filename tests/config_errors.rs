@@ -42,8 +42,8 @@ fn every_broken_config_reports_what_it_expects() {
             Err(d) => d,
         };
         let got = lines(&name, &diags);
-        let matches = got.len() == expected.len()
-            && got.iter().zip(&expected).all(|(g, e)| g.starts_with(e));
+        let matches =
+            got.len() == expected.len() && got.iter().zip(&expected).all(|(g, e)| g.starts_with(e));
         if !matches {
             failures.push(format!(
                 "{name}:\n  expected:\n    {}\n  got:\n    {}",

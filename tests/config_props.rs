@@ -26,10 +26,7 @@ fn spec() -> impl Strategy<Value = Spec> {
             (
                 prop::collection::vec(prop::collection::vec(0usize..3, 1..4), n),
                 prop::collection::vec(
-                    prop::collection::vec(
-                        (any::<bool>(), prop::collection::vec(0..n, 1..4)),
-                        1..3,
-                    ),
+                    prop::collection::vec((any::<bool>(), prop::collection::vec(0..n, 1..4)), 1..3),
                     1..4,
                 ),
                 prop::collection::vec(any::<bool>(), n),

@@ -74,7 +74,10 @@ fn render_all_groups_in_order() {
         .iter()
         .map(|r| r["@type"].as_str().expect("@type"))
         .collect();
-    let short: Vec<&str> = types.iter().map(|t| t.rsplit('.').next().unwrap_or(t)).collect();
+    let short: Vec<&str> = types
+        .iter()
+        .map(|t| t.rsplit('.').next().unwrap_or(t))
+        .collect();
     assert_eq!(
         short,
         [
@@ -93,10 +96,16 @@ fn render_all_groups_in_order() {
     // Nested Anys are expanded through the descriptor pool.
     assert!(out.contains("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"));
     assert!(out.contains("type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"));
-    assert!(out.contains("type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"));
+    assert!(
+        out.contains("type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+    );
     // The YAML form is the same document.
     let (_, yaml, _) = render(None, Format::Yaml);
-    assert!(yaml.starts_with("version: \""), "{}", &yaml[..40.min(yaml.len())]);
+    assert!(
+        yaml.starts_with("version: \""),
+        "{}",
+        &yaml[..40.min(yaml.len())]
+    );
 }
 
 #[test]
@@ -104,5 +113,8 @@ fn render_unknown_group() {
     let (code, out, err) = render(Some("nope"), Format::Json);
     assert_eq!(code, EX_USAGE);
     assert!(out.is_empty());
-    assert!(err.contains("no group \"nope\" (groups: edge, sidecar)"), "{err}");
+    assert!(
+        err.contains("no group \"nope\" (groups: edge, sidecar)"),
+        "{err}"
+    );
 }

@@ -185,9 +185,7 @@ impl Config {
                     .values()
                     .flat_map(|vh| vh.routes.iter().map(|r| r.service.as_str()))
                     .collect::<Vec<_>>(),
-                ListenerKind::Sidecar { services } => {
-                    services.iter().map(String::as_str).collect()
-                }
+                ListenerKind::Sidecar { services } => services.iter().map(String::as_str).collect(),
             })
             .collect();
         names.sort_unstable();

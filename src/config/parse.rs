@@ -79,7 +79,11 @@ impl<'n> Fields<'n> {
     fn required(&self, cx: &mut Cx<'_>, key: &str) -> Option<&'n Node> {
         let found = self.get(key);
         if found.is_none() {
-            cx.err(self.pos, &self.path, format!("missing required key `{key}`"));
+            cx.err(
+                self.pos,
+                &self.path,
+                format!("missing required key `{key}`"),
+            );
         }
         found
     }
@@ -93,12 +97,7 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
-fn fields<'n>(
-    cx: &mut Cx<'_>,
-    node: &'n Node,
-    path: &str,
-    allowed: &[&str],
-) -> Option<Fields<'n>> {
+fn fields<'n>(cx: &mut Cx<'_>, node: &'n Node, path: &str, allowed: &[&str]) -> Option<Fields<'n>> {
     let Value::Map(entries) = &node.value else {
         cx.expected(node, path, "a mapping");
         return None;
@@ -237,7 +236,11 @@ fn duration(cx: &mut Cx<'_>, node: &Node, path: &str, allow_zero: bool) -> Optio
     let s = text(cx, node, path)?;
     match parse_duration(&s) {
         Ok(d) if d.is_zero() && !allow_zero => {
-            cx.err(node.pos, path, format!("duration {s:?} must be more than 0"));
+            cx.err(
+                node.pos,
+                path,
+                format!("duration {s:?} must be more than 0"),
+            );
             None
         }
         Ok(d) => Some(d),
@@ -556,9 +559,7 @@ fn service(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Service> {
         None => Some(None),
         Some(node) => duration(cx, node, &f.path("timeout"), true).map(Some),
     };
-    let retries = f
-        .get("retries")
-        .map(|n| retries(cx, n, &f.path("retries")));
+    let retries = f.get("retries").map(|n| retries(cx, n, &f.path("retries")));
     let health_check = f
         .get("health_check")
         .map(|n| health_check(cx, n, &f.path("health_check")));
@@ -668,7 +669,12 @@ fn endpoint(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Endpoint> {
 }
 
 fn retries(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Retries> {
-    let f = fields(cx, node, path, &["retry_on", "num_retries", "per_try_timeout"])?;
+    let f = fields(
+        cx,
+        node,
+        path,
+        &["retry_on", "num_retries", "per_try_timeout"],
+    )?;
     let retry_on = match f.get("retry_on") {
         None => Some("5xx,reset,connect-failure".to_owned()),
         Some(n) => {
@@ -762,7 +768,12 @@ fn outlier_detection(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Outlier
 }
 
 fn check(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Check> {
-    let f = fields(cx, node, path, &["path", "status", "body_contains", "timeout"])?;
+    let f = fields(
+        cx,
+        node,
+        path,
+        &["path", "status", "body_contains", "timeout"],
+    )?;
     let cpath = f
         .required(cx, "path")
         .and_then(|n| http_path(cx, n, &f.path("path")));
@@ -781,12 +792,7 @@ fn check(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Check> {
     })
 }
 
-fn group(
-    cx: &mut Cx<'_>,
-    node: &Node,
-    path: &str,
-    services: &BTreeSet<String>,
-) -> Option<Group> {
+fn group(cx: &mut Cx<'_>, node: &Node, path: &str, services: &BTreeSet<String>) -> Option<Group> {
     let f = fields(cx, node, path, &["listeners"])?;
     let list = f.required(cx, "listeners")?;
     let lpath = f.path("listeners");
@@ -938,7 +944,11 @@ fn edge(
             && let Some(items) = seq(cx, dnode, &f.path("domains"))
         {
             if items.is_empty() {
-                cx.err(dnode.pos, &f.path("domains"), "at least one domain is needed");
+                cx.err(
+                    dnode.pos,
+                    &f.path("domains"),
+                    "at least one domain is needed",
+                );
                 ok = false;
             }
             for (i, item) in items.iter().enumerate() {
@@ -1006,7 +1016,11 @@ fn sidecar(
 ) -> Option<ListenerKind> {
     let items = seq(cx, node, path)?;
     if items.is_empty() {
-        cx.err(node.pos, path, "a sidecar listener needs at least one service");
+        cx.err(
+            node.pos,
+            path,
+            "a sidecar listener needs at least one service",
+        );
         return None;
     }
     let mut ok = true;

@@ -54,7 +54,10 @@ fn the_example_is_valid() {
         "two services"
     );
     assert_eq!(c.services["api"].protocol, Protocol::Http2);
-    assert_eq!(c.services["web"].checks["home"].body_contains.as_deref(), Some("<html"));
+    assert_eq!(
+        c.services["web"].checks["home"].body_contains.as_deref(),
+        Some("<html")
+    );
     assert_eq!(c.groups.len(), 2);
 }
 
@@ -170,7 +173,17 @@ fn durations() {
     assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
     assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
     assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-    for bad in ["", "5", "5 s", "s", "1.5s", "3d", "-1s", "25h", "99999999999999999999s"] {
+    for bad in [
+        "",
+        "5",
+        "5 s",
+        "s",
+        "1.5s",
+        "3d",
+        "-1s",
+        "25h",
+        "99999999999999999999s",
+    ] {
         assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
     }
 }
@@ -181,7 +194,10 @@ fn addresses() {
         parse_address("127.0.0.1:8101").expect("ok").to_string(),
         "127.0.0.1:8101"
     );
-    assert_eq!(parse_address("[::1]:80").expect("ok").to_string(), "[::1]:80");
+    assert_eq!(
+        parse_address("[::1]:80").expect("ok").to_string(),
+        "[::1]:80"
+    );
     for bad in [
         "127.0.0.1",
         "127.0.0.1:0",

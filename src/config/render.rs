@@ -124,15 +124,14 @@ pub fn render_document(
             type_url: format!("type.googleapis.com/{full_name}"),
             value: bytes,
         };
-        let json = message_to_json("google.protobuf.Any", &any.encode_to_vec()).map_err(
-            |e| match e {
+        let json =
+            message_to_json("google.protobuf.Any", &any.encode_to_vec()).map_err(|e| match e {
                 RenderError::Message { reason, .. } => RenderError::Message {
                     name: format!("{kind} {name:?} of group {g:?}"),
                     reason,
                 },
                 other => other,
-            },
-        )?;
+            })?;
         if let Value::Array(list) = groups
             .entry(g.clone())
             .or_insert_with(|| Value::Array(Vec::new()))

@@ -12,10 +12,12 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster, OutlierDetection as EnvoyOutlier,
     cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig},
 };
+use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
 use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiVersion, ConfigSource, HeaderValue, HeaderValueOption,
-    HealthCheck as EnvoyHealthCheck, Locality, SocketAddress,
-    address, config_source::ConfigSourceSpecifier, header_value_option::HeaderAppendAction,
+    HealthCheck as EnvoyHealthCheck, Locality, SocketAddress, address,
+    config_source::ConfigSourceSpecifier,
+    header_value_option::HeaderAppendAction,
     health_check::{HealthChecker, HttpHealthCheck},
     socket_address::{PortSpecifier, Protocol as SocketProtocol},
 };
@@ -42,7 +44,6 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options::UpstreamProtocolOptions,
     http_protocol_options::explicit_http_config::ProtocolConfig,
 };
-use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 use envoy_types::util::pack_any;

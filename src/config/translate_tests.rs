@@ -32,12 +32,19 @@ fn clusters_per_service_and_fleet() {
     let edge = &input.groups["edge"];
     let names: Vec<&str> = edge.clusters.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["api-blue", "api-green", "web-blue", "web-green"]);
-    let cla: Vec<&str> = edge.endpoints.iter().map(|c| c.cluster_name.as_str()).collect();
+    let cla: Vec<&str> = edge
+        .endpoints
+        .iter()
+        .map(|c| c.cluster_name.as_str())
+        .collect();
     assert_eq!(cla, names);
     let web_blue = &edge.endpoints[2];
     assert_eq!(web_blue.endpoints.len(), 1);
     assert_eq!(
-        web_blue.endpoints[0].locality.as_ref().map(|l| l.zone.as_str()),
+        web_blue.endpoints[0]
+            .locality
+            .as_ref()
+            .map(|l| l.zone.as_str()),
         Some("local")
     );
     // Only the api cluster speaks HTTP/2, through exactly one map entry.
@@ -89,7 +96,10 @@ fn routes_preview_then_weighted() {
         .collect();
     assert_eq!(split, [("web-blue", 100), ("web-green", 0)]);
     for cw in &wc.clusters {
-        let h = cw.request_headers_to_add[0].header.as_ref().expect("header");
+        let h = cw.request_headers_to_add[0]
+            .header
+            .as_ref()
+            .expect("header");
         assert_eq!(h.key, FLEET_HEADER);
         assert!(cw.name.ends_with(&format!("-{}", h.value)));
     }
@@ -134,12 +144,18 @@ fn weights_are_checked() {
     let mut w = Weights::initial(&config);
     assert_eq!(
         w.get("web"),
-        Some(&BTreeMap::from([("blue".to_owned(), 100), ("green".to_owned(), 0)]))
+        Some(&BTreeMap::from([
+            ("blue".to_owned(), 100),
+            ("green".to_owned(), 0)
+        ]))
     );
     let bad_sum = BTreeMap::from([("blue".to_owned(), 60), ("green".to_owned(), 60)]);
     assert_eq!(
         w.set(&config, "web", &bad_sum),
-        Err(WeightsError::BadSum { service: "web".into(), sum: 120 })
+        Err(WeightsError::BadSum {
+            service: "web".into(),
+            sum: 120
+        })
     );
     let bad_fleet = BTreeMap::from([("red".to_owned(), 100)]);
     assert!(matches!(

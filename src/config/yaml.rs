@@ -275,7 +275,9 @@ mod tests {
 
     #[test]
     fn positions_are_one_based() {
-        let root = load("a:\n  b: 1\n  c: [x, y]\n").expect("valid").expect("doc");
+        let root = load("a:\n  b: 1\n  c: [x, y]\n")
+            .expect("valid")
+            .expect("doc");
         let a = &map(&root)[0];
         assert_eq!(a.0.text, "a");
         assert_eq!(a.0.pos, Pos { line: 1, col: 1 });
