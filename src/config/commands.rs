@@ -1,0 +1,170 @@
+//! `teal validate` and `teal render` as library functions.
+//!
+//! They write to the writers they are given and return a sysexits-style
+//! exit status; the binary turns it into [`std::process::ExitCode`]. No
+//! function here exits the process.
+
+use std::io::Write;
+use std::path::Path;
+
+use super::diag::Diagnostics;
+use super::model::Config;
+use super::render::{render_document, to_yaml};
+use super::translate::{Weights, config_digest, translate};
+
+/// Success.
+pub const EX_OK: u8 = 0;
+/// Command line usage error (an unknown group for `render`).
+pub const EX_USAGE: u8 = 64;
+/// The config file has problems.
+pub const EX_DATAERR: u8 = 65;
+/// The config file cannot be read.
+pub const EX_NOINPUT: u8 = 66;
+/// An internal error (rendering failed; a bug, not bad input).
+pub const EX_SOFTWARE: u8 = 70;
+/// Writing the output failed.
+pub const EX_IOERR: u8 = 74;
+
+/// Output format of `teal render`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Pretty-printed proto3 JSON.
+    #[default]
+    Json,
+    /// The same document as YAML.
+    Yaml,
+}
+
+/// Why a config file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Unreadable {
+        /// The path as given.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file has problems.
+    #[error("{0}")]
+    Invalid(Diagnostics),
+}
+
+impl LoadError {
+    /// The sysexits status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            LoadError::Unreadable { .. } => EX_NOINPUT,
+            LoadError::Invalid(_) => EX_DATAERR,
+        }
+    }
+}
+
+/// Reads and validates a config file; diagnostics name the path as given.
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Unreadable {
+        path: name.clone(),
+        source,
+    })?;
+    Config::parse(&text, &name).map_err(LoadError::Invalid)
+}
+
+fn report(err: &mut dyn Write, e: &LoadError) -> u8 {
+    // Failing to report is not worth a different status.
+    let _ = writeln!(err, "{e}");
+    if let LoadError::Invalid(d) = e {
+        let _ = writeln!(err, "{} problem(s) found; nothing was changed", d.len());
+    }
+    e.exit_code()
+}
+
+/// `teal validate PATH`: on success prints one line (services, groups,
+/// version) to `out` and returns [`EX_OK`]; otherwise prints every problem
+/// to `err` and returns [`EX_DATAERR`], or [`EX_NOINPUT`] if the file
+/// cannot be read.
+pub fn validate_command(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(e) => return report(err, &e),
+    };
+    let version = config_digest(&translate(&config, &Weights::initial(&config)));
+    let services: Vec<&str> = config.services.keys().map(String::as_str).collect();
+    let groups: Vec<&str> = config.groups.keys().map(String::as_str).collect();
+    match writeln!(
+        out,
+        "{}: ok: {} service(s) ({}), {} group(s) ({}), version {version}",
+        path.display(),
+        services.len(),
+        services.join(", "),
+        groups.len(),
+        groups.join(", "),
+    ) {
+        Ok(()) => EX_OK,
+        Err(_) => EX_IOERR,
+    }
+}
+
+/// `teal render PATH [--group G] [--format json|yaml]`: prints the
+/// resources teal would serve at start (every service on its `live`
+/// fleet) to `out`. Unknown group: [`EX_USAGE`].
+pub fn render_command(
+    path: &Path,
+    group: Option<&str>,
+    format: Format,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(e) => return report(err, &e),
+    };
+    render_config(&config, group, format, out, err)
+}
+
+/// [`render_command`] for an already loaded config.
+pub fn render_config(
+    config: &Config,
+    group: Option<&str>,
+    format: Format,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let input = translate(config, &Weights::initial(config));
+    let version = config_digest(&input);
+    let doc = match render_document(&input, &version, group) {
+        Ok(Some(doc)) => doc,
+        Ok(None) => {
+            let known: Vec<&str> = config.groups.keys().map(String::as_str).collect();
+            let _ = writeln!(
+                err,
+                "no group {:?} (groups: {})",
+                group.unwrap_or_default(),
+                known.join(", ")
+            );
+            return EX_USAGE;
+        }
+        Err(e) => {
+            let _ = writeln!(err, "{e}");
+            return EX_SOFTWARE;
+        }
+    };
+    let text = match format {
+        Format::Json => match serde_json::to_string_pretty(&doc) {
+            Ok(mut s) => {
+                s.push('\n');
+                s
+            }
+            Err(e) => {
+                let _ = writeln!(err, "{e}");
+                return EX_SOFTWARE;
+            }
+        },
+        Format::Yaml => to_yaml(&doc),
+    };
+    match out.write_all(text.as_bytes()) {
+        Ok(()) => EX_OK,
+        Err(_) => EX_IOERR,
+    }
+}

@@ -1,0 +1,195 @@
+//! The typed config model: what a valid `teal.yaml` means.
+//!
+//! Values of these types come only from [`Config::parse`](super::Config::parse),
+//! which checks everything described in `docs/config.md`; code that
+//! consumes a [`Config`] may rely on those checks (every route names an
+//! existing service, every live fleet has endpoints, and so on).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A whole, validated config file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Upstream services, by name.
+    pub services: BTreeMap<String, Service>,
+    /// Proxy groups, by name (the `node.cluster` their proxies announce).
+    pub groups: BTreeMap<String, Group>,
+}
+
+/// One upstream service and its fleets.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    /// Fleets by name (`blue`, `green`, ...). Never empty.
+    pub fleets: BTreeMap<String, Fleet>,
+    /// The fleet that takes all traffic at first. Always a key of
+    /// `fleets`, and that fleet has at least one endpoint.
+    pub live: String,
+    /// The protocol spoken to the upstream endpoints.
+    pub protocol: Protocol,
+    /// Upstream TCP connect timeout (default 1s).
+    pub connect_timeout: Duration,
+    /// Route timeout; `None` keeps Envoy's default (15s); zero disables it.
+    pub timeout: Option<Duration>,
+    /// Route retry policy.
+    pub retries: Option<Retries>,
+    /// Active HTTP health checking of the endpoints.
+    pub health_check: Option<HealthCheck>,
+    /// Passive outlier detection.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Requests a rollout sends straight to each endpoint of a fleet before
+    /// shifting traffic to it, by name.
+    pub checks: BTreeMap<String, Check>,
+}
+
+/// The endpoints of one fleet.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Fleet {
+    /// Endpoints in config order.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One upstream endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// IP address and port.
+    pub address: SocketAddr,
+    /// Load-balancing weight within the fleet (1 to 10000, default 1).
+    pub weight: u32,
+    /// Zone, if given; endpoints are grouped into localities by zone.
+    pub zone: Option<String>,
+}
+
+/// Upstream protocol.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c or TLS-less gRPC).
+    Http2,
+}
+
+/// Route retry policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retries {
+    /// Envoy `retry_on` conditions, comma separated (default
+    /// `5xx,reset,connect-failure`).
+    pub retry_on: String,
+    /// Maximum number of retries (default 1).
+    pub num_retries: u32,
+    /// Timeout of each try, if any.
+    pub per_try_timeout: Option<Duration>,
+}
+
+/// Active HTTP health checking.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Request path, starting with `/`.
+    pub path: String,
+    /// Time between checks (default 5s).
+    pub interval: Duration,
+    /// Timeout of one check (default 1s).
+    pub timeout: Duration,
+    /// Passes needed to mark a host healthy (default 2).
+    pub healthy_threshold: u32,
+    /// Failures needed to mark a host unhealthy (default 3).
+    pub unhealthy_threshold: u32,
+}
+
+/// Passive outlier detection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// Consecutive 5xx responses that eject a host (default 5).
+    pub consecutive_5xx: u32,
+    /// Time between ejection sweeps (default 10s).
+    pub interval: Duration,
+    /// Base ejection time (default 30s).
+    pub base_ejection_time: Duration,
+    /// Most hosts that may be ejected, in percent (default 10).
+    pub max_ejection_percent: u32,
+}
+
+/// A request sent straight to each endpoint of a fleet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    /// Request path, starting with `/`.
+    pub path: String,
+    /// Expected HTTP status (default 200).
+    pub status: u16,
+    /// A substring the response body must contain, if any.
+    pub body_contains: Option<String>,
+    /// Timeout of the request (default 2s).
+    pub timeout: Duration,
+}
+
+/// A proxy group: every Envoy whose `node.cluster` is the group's name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Group {
+    /// Listeners by name. Never empty.
+    pub listeners: BTreeMap<String, Listener>,
+}
+
+/// One listener of a group.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Listener {
+    /// IP address and port to listen on.
+    pub address: SocketAddr,
+    /// What the listener routes.
+    pub kind: ListenerKind,
+}
+
+/// What a listener routes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ListenerKind {
+    /// Routes by `Host` and path prefix (a public ingress).
+    Edge {
+        /// Virtual hosts by name.
+        virtual_hosts: BTreeMap<String, VirtualHost>,
+    },
+    /// Routes by service name (a sidecar's outbound listener): one virtual
+    /// host per service, matching `name` and `name:port`.
+    Sidecar {
+        /// Service names, sorted and without repeats.
+        services: Vec<String>,
+    },
+}
+
+/// A virtual host of an edge listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtualHost {
+    /// `Host` values this virtual host answers (Envoy domain syntax).
+    pub domains: Vec<String>,
+    /// Routes, first match wins.
+    pub routes: Vec<Route>,
+}
+
+/// A route of an edge virtual host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Path prefix, starting with `/`.
+    pub prefix: String,
+    /// The service requests go to.
+    pub service: String,
+}
+
+impl Config {
+    /// The services a group's listeners route to, sorted.
+    pub fn services_of<'a>(&self, group: &'a Group) -> Vec<&'a str> {
+        let mut names: Vec<&str> = group
+            .listeners
+            .values()
+            .flat_map(|l| match &l.kind {
+                ListenerKind::Edge { virtual_hosts } => virtual_hosts
+                    .values()
+                    .flat_map(|vh| vh.routes.iter().map(|r| r.service.as_str()))
+                    .collect::<Vec<_>>(),
+                ListenerKind::Sidecar { services } => services.iter().map(String::as_str).collect(),
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+}

@@ -1,0 +1,224 @@
+use std::time::Duration;
+
+use super::*;
+
+const MINIMAL: &str = "\
+services:
+  web:
+    live: blue
+    fleets:
+      blue:
+        endpoints: [127.0.0.1:8101]
+      green: {}
+groups:
+  edge:
+    listeners:
+      public:
+        kind: edge
+        address: 127.0.0.1:10000
+        virtual_hosts:
+          all:
+            domains: ['*']
+            routes:
+              - prefix: /
+                service: web
+";
+
+fn errors(text: &str) -> Vec<String> {
+    match parse(text, "t.yaml") {
+        Ok(c) => panic!("expected errors, parsed {c:?}"),
+        Err(d) => d.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn minimal_config_and_defaults() {
+    let c = parse(MINIMAL, "t.yaml").expect("valid");
+    let web = &c.services["web"];
+    assert_eq!(web.live, "blue");
+    assert_eq!(web.protocol, Protocol::Http1);
+    assert_eq!(web.connect_timeout, Duration::from_secs(1));
+    assert_eq!(web.timeout, None);
+    assert!(web.fleets["green"].endpoints.is_empty());
+    assert_eq!(web.fleets["blue"].endpoints[0].weight, 1);
+    let g = &c.groups["edge"].listeners["public"];
+    assert_eq!(g.address.port(), 10000);
+}
+
+#[test]
+fn the_example_is_valid() {
+    let c = parse(super::super::DEFAULT_CONFIG, "teal.yaml").expect("example is valid");
+    assert_eq!(
+        c.services.keys().collect::<Vec<_>>(),
+        vec!["api", "web"],
+        "two services"
+    );
+    assert_eq!(c.services["api"].protocol, Protocol::Http2);
+    assert_eq!(
+        c.services["web"].checks["home"].body_contains.as_deref(),
+        Some("<html")
+    );
+    assert_eq!(c.groups.len(), 2);
+}
+
+#[test]
+fn reports_every_problem_with_positions() {
+    let text = "\
+services:
+  web:
+    live: purple
+    colour: teal
+    connect_timeout: 5
+    fleets:
+      blue:
+        endpoints:
+          - 10.0.0.1:http
+          - address: 10.0.0.2:80
+            weight: 0
+groups:
+  edge:
+    listeners:
+      public:
+        kind: edge
+        address: 127.0.0.1:10000
+        virtual_hosts:
+          all:
+            domains: ['*']
+            routes:
+              - prefix: /
+                service: shop
+  empty:
+    listeners: {}
+";
+    let errs = errors(text);
+    let expected = [
+        "t.yaml:3:11: services.web.live: live fleet \"purple\" is not one of the fleets (blue)",
+        "t.yaml:4:5: services.web.colour: unknown key \"colour\"",
+        "t.yaml:5:22: services.web.connect_timeout: bad duration \"5\": missing unit",
+        "t.yaml:9:13: services.web.fleets.blue.endpoints[0]: bad address \"10.0.0.1:http\": port must be",
+        "t.yaml:11:21: services.web.fleets.blue.endpoints[1].weight: 0 is out of range",
+        "t.yaml:23:26: groups.edge.listeners.public.virtual_hosts.all.routes[0].service: unknown service \"shop\"",
+        "t.yaml:25:16: groups.empty.listeners: a group needs at least one listener",
+    ];
+    assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+    for (got, want) in errs.iter().zip(expected) {
+        assert!(got.starts_with(want), "got {got:?}, want {want:?}");
+    }
+}
+
+#[test]
+fn duplicate_keys_are_reported() {
+    let text = MINIMAL.replace("    live: blue\n", "    live: blue\n    live: green\n");
+    let errs = errors(&text);
+    assert_eq!(errs, vec!["t.yaml:4:5: duplicate key \"live\"".to_owned()]);
+}
+
+#[test]
+fn live_fleet_without_endpoints() {
+    let text = MINIMAL.replace("live: blue", "live: green");
+    let errs = errors(&text);
+    assert_eq!(
+        errs,
+        vec!["t.yaml:3:11: services.web.live: live fleet \"green\" has no endpoints".to_owned()]
+    );
+}
+
+#[test]
+fn cluster_name_collisions() {
+    let text = "\
+services:
+  a-b:
+    live: c
+    fleets: {c: {endpoints: [127.0.0.1:1]}}
+  a:
+    live: b-c
+    fleets: {b-c: {endpoints: [127.0.0.1:2]}}
+groups:
+  g:
+    listeners:
+      l: {kind: sidecar, address: 127.0.0.1:15001, services: [a, a-b]}
+";
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].contains("cluster name \"a-b-c\""), "{}", errs[0]);
+}
+
+#[test]
+fn structural_errors_do_not_panic() {
+    for text in [
+        "",
+        "[]",
+        "services: 3\ngroups: []\n",
+        "services:\n  web: []\ngroups:\n  g: x\n",
+        "services: {web: {fleets: {blue: {endpoints: [{}]}}}}\n",
+        "a: [1, 2\n",
+        "a: 1\n---\nb: 2\n",
+        "? [a]\n: b\n",
+        "services: *nope\n",
+        "services:\n  web:\n    fleets:\n      blue:\n        endpoints:\n          - address: [1]\n",
+    ] {
+        let errs = errors(text);
+        assert!(!errs.is_empty(), "{text:?}");
+        for e in &errs {
+            assert!(e.starts_with("t.yaml:"), "{e}");
+        }
+    }
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+    assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+    assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+    assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+    for bad in [
+        "",
+        "5",
+        "5 s",
+        "s",
+        "1.5s",
+        "3d",
+        "-1s",
+        "25h",
+        "99999999999999999999s",
+    ] {
+        assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+    }
+}
+
+#[test]
+fn addresses() {
+    assert_eq!(
+        parse_address("127.0.0.1:8101").expect("ok").to_string(),
+        "127.0.0.1:8101"
+    );
+    assert_eq!(
+        parse_address("[::1]:80").expect("ok").to_string(),
+        "[::1]:80"
+    );
+    for bad in [
+        "127.0.0.1",
+        "127.0.0.1:0",
+        "127.0.0.1:65536",
+        "10.0.0.1:http",
+        "example.com:80",
+        "::1:80",
+        ":80",
+    ] {
+        assert!(parse_address(bad).is_err(), "{bad:?} accepted");
+    }
+}
+
+#[test]
+fn names_are_checked() {
+    assert!(is_dns_name("web"));
+    assert!(is_dns_name("web-2"));
+    assert!(!is_dns_name("Web"));
+    assert!(!is_dns_name("2web"));
+    assert!(!is_dns_name("web-"));
+    assert!(!is_dns_name("we.b"));
+    assert!(is_plain_name("edge_1.a-b"));
+    assert!(!is_plain_name("a b"));
+}

@@ -1,0 +1,526 @@
+//! From a [`Config`] and the current [`Weights`] to Envoy resources.
+//!
+//! See the [module docs](super) for the naming scheme, preview routing and
+//! tier consistency. Everything here iterates `BTreeMap`s or config-order
+//! `Vec`s, and no proto map field ever gets more than one entry, so the
+//! output encodes to the same bytes on every run.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    Cluster, OutlierDetection as EnvoyOutlier,
+    cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig},
+};
+use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, HeaderValue, HeaderValueOption,
+    HealthCheck as EnvoyHealthCheck, Locality, SocketAddress, address,
+    config_source::ConfigSourceSpecifier,
+    header_value_option::HeaderAppendAction,
+    health_check::{HealthChecker, HttpHealthCheck},
+    socket_address::{PortSpecifier, Protocol as SocketProtocol},
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
+    lb_endpoint::HostIdentifier,
+};
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, Listener as EnvoyListener, filter::ConfigType as FilterConfigType,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    HeaderMatcher, RetryPolicy, Route as EnvoyRoute, RouteAction, RouteConfiguration, RouteMatch,
+    VirtualHost as EnvoyVirtualHost, WeightedCluster, header_matcher::HeaderMatchSpecifier,
+    route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier,
+    weighted_cluster::ClusterWeight,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager::CodecType,
+    http_connection_manager::RouteSpecifier, http_filter::ConfigType as HttpFilterConfigType,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options::ExplicitHttpConfig,
+    http_protocol_options::UpstreamProtocolOptions,
+    http_protocol_options::explicit_http_config::ProtocolConfig,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
+use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
+use envoy_types::util::pack_any;
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use super::model::{Config, ListenerKind, Protocol, Service};
+use crate::snapshot::{GroupResources, SnapshotInput};
+
+/// The request header that pins a request to one fleet (preview routing)
+/// and carries the edge's pick downstream (tier consistency).
+pub const FLEET_HEADER: &str = "x-teal-fleet";
+
+/// Key of the HTTP/2 upstream options in `typed_extension_protocol_options`.
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// The Envoy cluster name of one fleet of one service.
+pub fn cluster_name(service: &str, fleet: &str) -> String {
+    format!("{service}-{fleet}")
+}
+
+/// Traffic split per service: fleet → weight, the weights of a service
+/// summing to [`Weights::TOTAL`] (100, so weights read as percentages).
+///
+/// Fleets that a service's entry leaves out get 0. A service without an
+/// entry, or whose entry no longer fits the config (an unknown fleet, a
+/// sum other than 100), is translated with its config `live` fleet at 100;
+/// [`Weights::set`] refuses such entries in the first place.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Weights {
+    services: BTreeMap<String, BTreeMap<String, u32>>,
+}
+
+/// Why [`Weights::set`] refused a split.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WeightsError {
+    /// The service is not in the config.
+    #[error("unknown service {0:?}")]
+    UnknownService(String),
+    /// The fleet is not one of the service's fleets.
+    #[error("service {service:?} has no fleet {fleet:?}")]
+    UnknownFleet {
+        /// The service.
+        service: String,
+        /// The fleet.
+        fleet: String,
+    },
+    /// The weights do not add up to [`Weights::TOTAL`].
+    #[error("weights of service {service:?} add up to {sum}, not 100")]
+    BadSum {
+        /// The service.
+        service: String,
+        /// What they add up to.
+        sum: u64,
+    },
+}
+
+impl Weights {
+    /// What the weights of one service add up to.
+    pub const TOTAL: u32 = 100;
+
+    /// Every service's `live` fleet at 100, the others at 0.
+    pub fn initial(config: &Config) -> Weights {
+        Weights {
+            services: config
+                .services
+                .iter()
+                .map(|(name, s)| (name.clone(), initial_split(s)))
+                .collect(),
+        }
+    }
+
+    /// Replaces one service's split after checking it against `config`.
+    pub fn set(
+        &mut self,
+        config: &Config,
+        service: &str,
+        split: &BTreeMap<String, u32>,
+    ) -> Result<(), WeightsError> {
+        let s = config
+            .services
+            .get(service)
+            .ok_or_else(|| WeightsError::UnknownService(service.to_owned()))?;
+        if let Some(fleet) = split.keys().find(|f| !s.fleets.contains_key(*f)) {
+            return Err(WeightsError::UnknownFleet {
+                service: service.to_owned(),
+                fleet: fleet.clone(),
+            });
+        }
+        let sum: u64 = split.values().map(|w| u64::from(*w)).sum();
+        if sum != u64::from(Self::TOTAL) {
+            return Err(WeightsError::BadSum {
+                service: service.to_owned(),
+                sum,
+            });
+        }
+        let full = s
+            .fleets
+            .keys()
+            .map(|f| (f.clone(), split.get(f).copied().unwrap_or(0)))
+            .collect();
+        self.services.insert(service.to_owned(), full);
+        Ok(())
+    }
+
+    /// One service's split as stored, if any.
+    pub fn get(&self, service: &str) -> Option<&BTreeMap<String, u32>> {
+        self.services.get(service)
+    }
+
+    /// The split translation uses for `service`: every fleet of the
+    /// service, in name order, with its weight.
+    pub fn effective(&self, service: &str, s: &Service) -> Vec<(String, u32)> {
+        let stored = self.services.get(service).filter(|split| {
+            split.keys().all(|f| s.fleets.contains_key(f))
+                && split.values().map(|w| u64::from(*w)).sum::<u64>() == u64::from(Self::TOTAL)
+        });
+        let split = match stored {
+            Some(split) => split.clone(),
+            None => initial_split(s),
+        };
+        s.fleets
+            .keys()
+            .map(|f| (f.clone(), split.get(f).copied().unwrap_or(0)))
+            .collect()
+    }
+}
+
+fn initial_split(s: &Service) -> BTreeMap<String, u32> {
+    s.fleets
+        .keys()
+        .map(|f| {
+            let w = if *f == s.live { Weights::TOTAL } else { 0 };
+            (f.clone(), w)
+        })
+        .collect()
+}
+
+/// Turns the config and the current split into the resources of every
+/// group. Each resource list is sorted by name.
+pub fn translate(config: &Config, weights: &Weights) -> SnapshotInput {
+    let mut groups = BTreeMap::new();
+    for (name, group) in &config.groups {
+        let mut res = GroupResources::default();
+        for service_name in config.services_of(group) {
+            let Some(service) = config.services.get(service_name) else {
+                // Config::parse guarantees every referenced service exists.
+                continue;
+            };
+            for (fleet_name, fleet) in &service.fleets {
+                let cluster = cluster_name(service_name, fleet_name);
+                res.clusters.push(envoy_cluster(&cluster, service));
+                res.endpoints
+                    .push(load_assignment(&cluster, &fleet.endpoints));
+            }
+        }
+        for (listener_name, listener) in &group.listeners {
+            res.listeners
+                .push(envoy_listener(listener_name, listener.address));
+            let virtual_hosts = match &listener.kind {
+                ListenerKind::Edge { virtual_hosts } => virtual_hosts
+                    .iter()
+                    .map(|(vh_name, vh)| EnvoyVirtualHost {
+                        name: vh_name.clone(),
+                        domains: vh.domains.clone(),
+                        routes: vh
+                            .routes
+                            .iter()
+                            .flat_map(|r| service_routes(config, weights, &r.prefix, &r.service))
+                            .collect(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ListenerKind::Sidecar { services } => services
+                    .iter()
+                    .map(|s| EnvoyVirtualHost {
+                        name: s.clone(),
+                        domains: vec![s.clone(), format!("{s}:{}", listener.address.port())],
+                        routes: service_routes(config, weights, "/", s),
+                        ..Default::default()
+                    })
+                    .collect(),
+            };
+            res.routes.push(RouteConfiguration {
+                name: listener_name.clone(),
+                virtual_hosts,
+                ..Default::default()
+            });
+        }
+        res.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        res.endpoints
+            .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+        res.listeners.sort_by(|a, b| a.name.cmp(&b.name));
+        res.routes.sort_by(|a, b| a.name.cmp(&b.name));
+        groups.insert(name.clone(), res);
+    }
+    SnapshotInput { groups }
+}
+
+fn pb_duration(d: std::time::Duration) -> PbDuration {
+    PbDuration {
+        // Durations are capped at 24h by the parser, far inside i64.
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn u32v(value: u32) -> Option<UInt32Value> {
+    Some(UInt32Value { value })
+}
+
+fn ads() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    }
+}
+
+fn envoy_cluster(name: &str, service: &Service) -> Cluster {
+    let mut cluster = Cluster {
+        name: name.to_owned(),
+        connect_timeout: Some(pb_duration(service.connect_timeout)),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: String::new(),
+        }),
+        ..Default::default()
+    };
+    if let Some(hc) = &service.health_check {
+        cluster.health_checks.push(EnvoyHealthCheck {
+            timeout: Some(pb_duration(hc.timeout)),
+            interval: Some(pb_duration(hc.interval)),
+            healthy_threshold: u32v(hc.healthy_threshold),
+            unhealthy_threshold: u32v(hc.unhealthy_threshold),
+            health_checker: Some(HealthChecker::HttpHealthCheck(HttpHealthCheck {
+                path: hc.path.clone(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        });
+    }
+    if let Some(od) = &service.outlier_detection {
+        cluster.outlier_detection = Some(EnvoyOutlier {
+            consecutive_5xx: u32v(od.consecutive_5xx),
+            interval: Some(pb_duration(od.interval)),
+            base_ejection_time: Some(pb_duration(od.base_ejection_time)),
+            max_ejection_percent: u32v(od.max_ejection_percent),
+            ..Default::default()
+        });
+    }
+    if service.protocol == Protocol::Http2 {
+        let options = HttpProtocolOptions {
+            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                ExplicitHttpConfig {
+                    protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                        Http2ProtocolOptions::default(),
+                    )),
+                },
+            )),
+            ..Default::default()
+        };
+        // The only entry of this map: a one-entry map encodes the same way
+        // whatever the hasher's seed.
+        cluster
+            .typed_extension_protocol_options
+            .insert(HTTP_PROTOCOL_OPTIONS.to_owned(), pack_any(options));
+    }
+    cluster
+}
+
+fn socket_address(addr: SocketAddr) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            protocol: SocketProtocol::Tcp as i32,
+            address: addr.ip().to_string(),
+            port_specifier: Some(PortSpecifier::PortValue(u32::from(addr.port()))),
+            ..Default::default()
+        })),
+    }
+}
+
+fn load_assignment(cluster: &str, endpoints: &[super::model::Endpoint]) -> ClusterLoadAssignment {
+    // One locality per zone, zones in name order, endpoints in config order.
+    let mut by_zone: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
+    for e in endpoints {
+        by_zone
+            .entry(e.zone.as_deref().unwrap_or(""))
+            .or_default()
+            .push(LbEndpoint {
+                host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
+                    address: Some(socket_address(e.address)),
+                    ..Default::default()
+                })),
+                load_balancing_weight: u32v(e.weight),
+                ..Default::default()
+            });
+    }
+    ClusterLoadAssignment {
+        cluster_name: cluster.to_owned(),
+        endpoints: by_zone
+            .into_iter()
+            .map(|(zone, lb_endpoints)| LocalityLbEndpoints {
+                locality: (!zone.is_empty()).then(|| Locality {
+                    zone: zone.to_owned(),
+                    ..Default::default()
+                }),
+                lb_endpoints,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn envoy_listener(name: &str, addr: SocketAddr) -> EnvoyListener {
+    let hcm = HttpConnectionManager {
+        stat_prefix: name.to_owned(),
+        codec_type: CodecType::Auto as i32,
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: name.to_owned(),
+        })),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".to_owned(),
+            config_type: Some(HttpFilterConfigType::TypedConfig(pack_any(
+                Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    EnvoyListener {
+        name: name.to_owned(),
+        address: Some(socket_address(addr)),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".to_owned(),
+                config_type: Some(FilterConfigType::TypedConfig(pack_any(hcm))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn fleet_header(fleet: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: FLEET_HEADER.to_owned(),
+            value: fleet.to_owned(),
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+/// The routes for one `prefix → service`: one preview route per fleet,
+/// then the weighted route.
+fn service_routes(
+    config: &Config,
+    weights: &Weights,
+    prefix: &str,
+    service_name: &str,
+) -> Vec<EnvoyRoute> {
+    let Some(service) = config.services.get(service_name) else {
+        // Config::parse guarantees every referenced service exists.
+        return Vec::new();
+    };
+    let action = |cluster_specifier: ClusterSpecifier| {
+        Some(Action::Route(RouteAction {
+            cluster_specifier: Some(cluster_specifier),
+            timeout: service.timeout.map(pb_duration),
+            retry_policy: service.retries.as_ref().map(|r| RetryPolicy {
+                retry_on: r.retry_on.clone(),
+                num_retries: u32v(r.num_retries),
+                per_try_timeout: r.per_try_timeout.map(pb_duration),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    };
+    let split = weights.effective(service_name, service);
+    let mut routes: Vec<EnvoyRoute> = split
+        .iter()
+        .map(|(fleet, _)| EnvoyRoute {
+            name: format!("{service_name}-{fleet}-preview"),
+            r#match: Some(RouteMatch {
+                path_specifier: Some(PathSpecifier::Prefix(prefix.to_owned())),
+                headers: vec![HeaderMatcher {
+                    name: FLEET_HEADER.to_owned(),
+                    header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(
+                        StringMatcher {
+                            match_pattern: Some(MatchPattern::Exact(fleet.clone())),
+                            ignore_case: false,
+                        },
+                    )),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            action: action(ClusterSpecifier::Cluster(cluster_name(service_name, fleet))),
+            ..Default::default()
+        })
+        .collect();
+    routes.push(EnvoyRoute {
+        name: service_name.to_owned(),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix(prefix.to_owned())),
+            ..Default::default()
+        }),
+        action: action(ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: split
+                .iter()
+                .map(|(fleet, weight)| ClusterWeight {
+                    name: cluster_name(service_name, fleet),
+                    weight: u32v(*weight),
+                    request_headers_to_add: vec![fleet_header(fleet)],
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    });
+    routes
+}
+
+/// Every resource of `input`, encoded, in a fixed order: groups by name,
+/// then clusters, endpoints, listeners and routes, each by name.
+pub fn encoded_resources(input: &SnapshotInput) -> Vec<(String, &'static str, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (group, res) in &input.groups {
+        let mut push = |kind: &'static str, name: &str, bytes: Vec<u8>| {
+            out.push((group.clone(), kind, name.to_owned(), bytes));
+        };
+        let mut clusters: Vec<_> = res.clusters.iter().collect();
+        clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        for c in clusters {
+            push("cluster", &c.name, c.encode_to_vec());
+        }
+        let mut endpoints: Vec<_> = res.endpoints.iter().collect();
+        endpoints.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+        for e in endpoints {
+            push("endpoints", &e.cluster_name, e.encode_to_vec());
+        }
+        let mut listeners: Vec<_> = res.listeners.iter().collect();
+        listeners.sort_by(|a, b| a.name.cmp(&b.name));
+        for l in listeners {
+            push("listener", &l.name, l.encode_to_vec());
+        }
+        let mut routes: Vec<_> = res.routes.iter().collect();
+        routes.sort_by(|a, b| a.name.cmp(&b.name));
+        for r in routes {
+            push("route", &r.name, r.encode_to_vec());
+        }
+    }
+    out
+}
+
+/// A version string for `input`: the first 12 hex digits of a SHA-256 over
+/// every encoded resource in [`encoded_resources`] order (each field
+/// length-prefixed). Equal resources give equal digests on any machine.
+pub fn config_digest(input: &SnapshotInput) -> String {
+    let mut hasher = Sha256::new();
+    for (group, kind, name, bytes) in encoded_resources(input) {
+        for part in [group.as_bytes(), kind.as_bytes(), name.as_bytes(), &bytes] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+    }
+    let digest = hasher.finalize();
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+#[path = "translate_tests.rs"]
+mod tests;

@@ -1,0 +1,205 @@
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{Route as EnvoyRoute, RouteConfiguration};
+
+use super::*;
+use crate::config::DEFAULT_CONFIG;
+
+fn example() -> Config {
+    Config::parse(DEFAULT_CONFIG, "teal.yaml").expect("example is valid")
+}
+
+fn cluster_of(route: &EnvoyRoute) -> &ClusterSpecifier {
+    match &route.action {
+        Some(Action::Route(a)) => a.cluster_specifier.as_ref().expect("cluster"),
+        other => panic!("not a route action: {other:?}"),
+    }
+}
+
+fn vhost<'a>(rc: &'a RouteConfiguration, name: &str) -> &'a [EnvoyRoute] {
+    &rc.virtual_hosts
+        .iter()
+        .find(|v| v.name == name)
+        .expect("virtual host")
+        .routes
+}
+
+#[test]
+fn clusters_per_service_and_fleet() {
+    let input = translate(&example(), &Weights::initial(&example()));
+    let edge = &input.groups["edge"];
+    let names: Vec<&str> = edge.clusters.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["api-blue", "api-green", "web-blue", "web-green"]);
+    let cla: Vec<&str> = edge
+        .endpoints
+        .iter()
+        .map(|c| c.cluster_name.as_str())
+        .collect();
+    assert_eq!(cla, names);
+    let web_blue = &edge.endpoints[2];
+    assert_eq!(web_blue.endpoints.len(), 1);
+    assert_eq!(
+        web_blue.endpoints[0]
+            .locality
+            .as_ref()
+            .map(|l| l.zone.as_str()),
+        Some("local")
+    );
+    // Only the api cluster speaks HTTP/2, through exactly one map entry.
+    for c in &edge.clusters {
+        let want = usize::from(c.name.starts_with("api-"));
+        assert_eq!(c.typed_extension_protocol_options.len(), want, "{}", c.name);
+        assert!(c.eds_cluster_config.is_some());
+    }
+}
+
+#[test]
+fn groups_get_only_the_services_they_route_to() {
+    let text = DEFAULT_CONFIG.replace("services: [api, web]", "services: [web]");
+    let config = Config::parse(&text, "t.yaml").expect("valid");
+    let input = translate(&config, &Weights::initial(&config));
+    let names: Vec<&str> = input.groups["sidecar"]
+        .clusters
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["web-blue", "web-green"]);
+    assert_eq!(input.groups["edge"].clusters.len(), 4);
+}
+
+#[test]
+fn routes_preview_then_weighted() {
+    let config = example();
+    let input = translate(&config, &Weights::initial(&config));
+    let rc = &input.groups["edge"].routes[0];
+    assert_eq!(rc.name, "public");
+    let routes = vhost(rc, "site");
+    // api: 2 preview + weighted, then web: 2 preview + weighted.
+    assert_eq!(routes.len(), 6);
+    let preview = &routes[4];
+    let m = preview.r#match.as_ref().expect("match");
+    assert_eq!(m.headers.len(), 1);
+    assert_eq!(m.headers[0].name, FLEET_HEADER);
+    assert_eq!(
+        cluster_of(preview),
+        &ClusterSpecifier::Cluster("web-green".into())
+    );
+    let ClusterSpecifier::WeightedClusters(wc) = cluster_of(&routes[5]) else {
+        panic!("not weighted");
+    };
+    let split: Vec<(&str, u32)> = wc
+        .clusters
+        .iter()
+        .map(|c| (c.name.as_str(), c.weight.as_ref().map_or(0, |w| w.value)))
+        .collect();
+    assert_eq!(split, [("web-blue", 100), ("web-green", 0)]);
+    for cw in &wc.clusters {
+        let h = cw.request_headers_to_add[0]
+            .header
+            .as_ref()
+            .expect("header");
+        assert_eq!(h.key, FLEET_HEADER);
+        assert!(cw.name.ends_with(&format!("-{}", h.value)));
+    }
+}
+
+#[test]
+fn sidecar_virtual_hosts_by_service_name() {
+    let config = example();
+    let input = translate(&config, &Weights::initial(&config));
+    let rc = &input.groups["sidecar"].routes[0];
+    let domains: Vec<Vec<String>> = rc.virtual_hosts.iter().map(|v| v.domains.clone()).collect();
+    assert_eq!(
+        domains,
+        [
+            vec!["api".to_owned(), "api:15001".to_owned()],
+            vec!["web".to_owned(), "web:15001".to_owned()]
+        ]
+    );
+}
+
+#[test]
+fn a_flip_changes_only_routes() {
+    let config = example();
+    let before = translate(&config, &Weights::initial(&config));
+    let mut weights = Weights::initial(&config);
+    let split = BTreeMap::from([("green".to_owned(), 100)]);
+    weights.set(&config, "web", &split).expect("valid split");
+    let after = translate(&config, &weights);
+    for (g, a) in &after.groups {
+        let b = &before.groups[g];
+        assert_eq!(a.clusters, b.clusters);
+        assert_eq!(a.endpoints, b.endpoints);
+        assert_eq!(a.listeners, b.listeners);
+        assert_ne!(a.routes, b.routes);
+    }
+    assert_ne!(config_digest(&before), config_digest(&after));
+}
+
+#[test]
+fn weights_are_checked() {
+    let config = example();
+    let mut w = Weights::initial(&config);
+    assert_eq!(
+        w.get("web"),
+        Some(&BTreeMap::from([
+            ("blue".to_owned(), 100),
+            ("green".to_owned(), 0)
+        ]))
+    );
+    let bad_sum = BTreeMap::from([("blue".to_owned(), 60), ("green".to_owned(), 60)]);
+    assert_eq!(
+        w.set(&config, "web", &bad_sum),
+        Err(WeightsError::BadSum {
+            service: "web".into(),
+            sum: 120
+        })
+    );
+    let bad_fleet = BTreeMap::from([("red".to_owned(), 100)]);
+    assert!(matches!(
+        w.set(&config, "web", &bad_fleet),
+        Err(WeightsError::UnknownFleet { .. })
+    ));
+    assert!(matches!(
+        w.set(&config, "nope", &bad_fleet),
+        Err(WeightsError::UnknownService(_))
+    ));
+    let ok = BTreeMap::from([("blue".to_owned(), 90), ("green".to_owned(), 10)]);
+    w.set(&config, "web", &ok).expect("valid");
+    assert_eq!(
+        w.effective("web", &config.services["web"]),
+        [("blue".to_owned(), 90), ("green".to_owned(), 10)]
+    );
+    // No entry at all: the live fleet takes everything.
+    assert_eq!(
+        Weights::default().effective("web", &config.services["web"]),
+        [("blue".to_owned(), 100), ("green".to_owned(), 0)]
+    );
+}
+
+#[test]
+fn translation_is_deterministic() {
+    let config = example();
+    let a = translate(&config, &Weights::initial(&config));
+    let again = Config::parse(DEFAULT_CONFIG, "other.yaml").expect("valid");
+    let b = translate(&again, &Weights::initial(&again));
+    let bytes = |i: &SnapshotInput| {
+        encoded_resources(i)
+            .into_iter()
+            .map(|(_, _, _, b)| b)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bytes(&a), bytes(&b));
+    assert_eq!(config_digest(&a), config_digest(&b));
+    assert_eq!(config_digest(&a).len(), 12);
+}
+
+#[test]
+fn snapshots_accept_the_translation() {
+    let config = example();
+    let input = translate(&config, &Weights::initial(&config));
+    let snap = crate::snapshot::Snapshot::build(&config_digest(&input), &input, None);
+    assert!(snap.is_ok(), "{snap:?}");
+}

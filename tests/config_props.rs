@@ -1,0 +1,174 @@
+//! Property tests: random valid configs translate into self-consistent,
+//! deterministic snapshots.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+use proptest::prelude::*;
+use teal::config::{Config, Weights, config_digest, encoded_resources, translate};
+
+/// A random config, as YAML text (so the parser is exercised too).
+#[derive(Debug, Clone)]
+struct Spec {
+    /// Per service: fleet count (1..=3) and endpoints per fleet.
+    services: Vec<Vec<usize>>,
+    /// Per group, per listener: edge (routes as service indexes) or sidecar.
+    groups: Vec<Vec<(bool, Vec<usize>)>>,
+    http2: Vec<bool>,
+}
+
+fn spec() -> impl Strategy<Value = Spec> {
+    (1usize..5)
+        .prop_flat_map(|n| {
+            (
+                prop::collection::vec(prop::collection::vec(0usize..3, 1..4), n),
+                prop::collection::vec(
+                    prop::collection::vec((any::<bool>(), prop::collection::vec(0..n, 1..4)), 1..3),
+                    1..4,
+                ),
+                prop::collection::vec(any::<bool>(), n),
+            )
+        })
+        .prop_map(|(services, groups, http2)| Spec {
+            services,
+            groups,
+            http2,
+        })
+}
+
+const FLEETS: [&str; 3] = ["blue", "green", "canary"];
+
+fn yaml(spec: &Spec) -> String {
+    let mut y = String::from("services:\n");
+    let mut port = 20000;
+    for (i, fleets) in spec.services.iter().enumerate() {
+        let _ = writeln!(y, "  svc{i}:\n    live: blue");
+        if spec.http2[i] {
+            y.push_str("    protocol: http2\n");
+        }
+        y.push_str("    fleets:\n");
+        for (f, &count) in fleets.iter().enumerate() {
+            let _ = writeln!(y, "      {}:\n        endpoints:", FLEETS[f]);
+            // The live fleet needs an endpoint.
+            let count = if f == 0 { count.max(1) } else { count };
+            if count == 0 {
+                y.push_str("          []\n");
+            }
+            for _ in 0..count {
+                port += 1;
+                let _ = writeln!(y, "          - 127.0.0.1:{port}");
+            }
+        }
+    }
+    y.push_str("groups:\n");
+    for (g, listeners) in spec.groups.iter().enumerate() {
+        let _ = writeln!(y, "  group{g}:\n    listeners:");
+        for (l, (edge, services)) in listeners.iter().enumerate() {
+            let addr = format!("127.0.0.1:{}", 10000 + l);
+            if *edge {
+                let _ = writeln!(
+                    y,
+                    "      l{l}:\n        kind: edge\n        address: {addr}\n        virtual_hosts:\n          vh:\n            domains: ['*']\n            routes:"
+                );
+                for (r, s) in services.iter().enumerate() {
+                    let _ = writeln!(y, "              - {{prefix: /p{r}/, service: svc{s}}}");
+                }
+            } else {
+                let set: BTreeSet<usize> = services.iter().copied().collect();
+                let names: Vec<String> = set.iter().map(|s| format!("svc{s}")).collect();
+                let _ = writeln!(
+                    y,
+                    "      l{l}: {{kind: sidecar, address: {addr}, services: [{}]}}",
+                    names.join(", ")
+                );
+            }
+        }
+    }
+    y
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn routes_name_only_served_clusters(spec in spec(), shift in 0u32..=100) {
+        let text = yaml(&spec);
+        let config = Config::parse(&text, "gen.yaml")
+            .map_err(|d| TestCaseError::fail(format!("{d}\n{text}")))?;
+        let mut weights = Weights::initial(&config);
+        // Move part of the traffic to green where there is one.
+        for (name, s) in &config.services {
+            if s.fleets.contains_key("green") {
+                let split = BTreeMap::from([
+                    ("blue".to_owned(), 100 - shift),
+                    ("green".to_owned(), shift),
+                ]);
+                weights.set(&config, name, &split).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            }
+        }
+        let input = translate(&config, &weights);
+        prop_assert_eq!(input.groups.len(), spec.groups.len());
+        for (group, res) in &input.groups {
+            let clusters: BTreeSet<&str> = res.clusters.iter().map(|c| c.name.as_str()).collect();
+            let assignments: BTreeSet<&str> =
+                res.endpoints.iter().map(|e| e.cluster_name.as_str()).collect();
+            for c in &res.clusters {
+                if c.cluster_discovery_type == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)) {
+                    prop_assert!(assignments.contains(c.name.as_str()), "{group}: {} has no assignment", c.name);
+                }
+            }
+            let mut named = BTreeSet::new();
+            for rc in &res.routes {
+                for vh in &rc.virtual_hosts {
+                    for r in &vh.routes {
+                        let Some(Action::Route(a)) = &r.action else {
+                            return Err(TestCaseError::fail("route without a route action"));
+                        };
+                        match a.cluster_specifier.as_ref() {
+                            Some(ClusterSpecifier::Cluster(c)) => {
+                                named.insert(c.clone());
+                            }
+                            Some(ClusterSpecifier::WeightedClusters(wc)) => {
+                                let sum: u32 = wc.clusters.iter().map(|c| c.weight.as_ref().map_or(0, |w| w.value)).sum();
+                                prop_assert_eq!(sum, 100);
+                                named.extend(wc.clusters.iter().map(|c| c.name.clone()));
+                            }
+                            other => return Err(TestCaseError::fail(format!("unexpected {other:?}"))),
+                        }
+                    }
+                }
+            }
+            for c in &named {
+                prop_assert!(clusters.contains(c.as_str()), "{group}: route names missing cluster {c}");
+            }
+            // And no cluster is served that no route names.
+            prop_assert_eq!(named.len(), clusters.len());
+            // Every listener's route configuration exists.
+            let routes: BTreeSet<&str> = res.routes.iter().map(|r| r.name.as_str()).collect();
+            for l in &res.listeners {
+                prop_assert!(routes.contains(l.name.as_str()));
+            }
+        }
+        // The engine accepts it.
+        prop_assert!(teal::snapshot::Snapshot::build("v", &input, None).is_ok());
+    }
+
+    #[test]
+    fn translation_is_deterministic(spec in spec()) {
+        let text = yaml(&spec);
+        let a = Config::parse(&text, "a.yaml").map_err(|d| TestCaseError::fail(d.to_string()))?;
+        let b = Config::parse(&text, "b.yaml").map_err(|d| TestCaseError::fail(d.to_string()))?;
+        let ia = translate(&a, &Weights::initial(&a));
+        let ib = translate(&b, &Weights::initial(&b));
+        prop_assert_eq!(encoded_resources(&ia), encoded_resources(&ib));
+        prop_assert_eq!(config_digest(&ia), config_digest(&ib));
+    }
+
+    #[test]
+    fn arbitrary_text_never_panics(text in "[a-z:{}\\[\\], \n\\-0-9.\"'&*#|>!%@`]{0,200}") {
+        let _ = Config::parse(&text, "x.yaml");
+    }
+}

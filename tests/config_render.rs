@@ -1,0 +1,120 @@
+//! Golden files for `teal render`: `TEAL_BLESS=1 cargo test --test
+//! config_render` rewrites them after an intended change.
+
+use std::path::{Path, PathBuf};
+
+use teal::config::commands::{EX_OK, EX_USAGE, Format, render_command};
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/teal.yaml")
+}
+
+fn render(group: Option<&str>, format: Format) -> (u8, String, String) {
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let code = render_command(&example(), group, format, &mut out, &mut err);
+    (
+        code,
+        String::from_utf8(out).expect("utf-8"),
+        String::from_utf8(err).expect("utf-8"),
+    )
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("TEAL_BLESS").is_some_and(|v| v == "1") {
+        std::fs::write(&path, actual).expect("write golden file");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with TEAL_BLESS=1)", path.display()));
+    if expected != actual {
+        let line = expected
+            .lines()
+            .zip(actual.lines())
+            .position(|(a, b)| a != b)
+            .map_or(expected.lines().count().min(actual.lines().count()), |i| i);
+        panic!(
+            "{} differs from the rendered output from line {} on:\n  expected: {:?}\n  actual:   {:?}\n\
+             (run with TEAL_BLESS=1 to accept)",
+            path.display(),
+            line + 1,
+            expected.lines().nth(line),
+            actual.lines().nth(line),
+        );
+    }
+}
+
+#[test]
+fn render_edge_json() {
+    let (code, out, err) = render(Some("edge"), Format::Json);
+    assert_eq!(code, EX_OK, "{err}");
+    golden("render_edge.json", &out);
+}
+
+#[test]
+fn render_sidecar_yaml() {
+    let (code, out, err) = render(Some("sidecar"), Format::Yaml);
+    assert_eq!(code, EX_OK, "{err}");
+    golden("render_sidecar.yaml", &out);
+}
+
+#[test]
+fn render_all_groups_in_order() {
+    let (code, out, _) = render(None, Format::Json);
+    assert_eq!(code, EX_OK);
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
+    let groups = doc["groups"].as_object().expect("groups");
+    assert_eq!(groups.keys().collect::<Vec<_>>(), ["edge", "sidecar"]);
+    let types: Vec<&str> = groups["edge"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|r| r["@type"].as_str().expect("@type"))
+        .collect();
+    let short: Vec<&str> = types
+        .iter()
+        .map(|t| t.rsplit('.').next().unwrap_or(t))
+        .collect();
+    assert_eq!(
+        short,
+        [
+            "Cluster",
+            "Cluster",
+            "Cluster",
+            "Cluster",
+            "ClusterLoadAssignment",
+            "ClusterLoadAssignment",
+            "ClusterLoadAssignment",
+            "ClusterLoadAssignment",
+            "Listener",
+            "RouteConfiguration"
+        ]
+    );
+    // Nested Anys are expanded through the descriptor pool.
+    assert!(out.contains("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"));
+    assert!(out.contains("type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"));
+    assert!(
+        out.contains("type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+    );
+    // The YAML form is the same document.
+    let (_, yaml, _) = render(None, Format::Yaml);
+    assert!(
+        yaml.starts_with("version: \""),
+        "{}",
+        &yaml[..40.min(yaml.len())]
+    );
+}
+
+#[test]
+fn render_unknown_group() {
+    let (code, out, err) = render(Some("nope"), Format::Json);
+    assert_eq!(code, EX_USAGE);
+    assert!(out.is_empty());
+    assert!(
+        err.contains("no group \"nope\" (groups: edge, sidecar)"),
+        "{err}"
+    );
+}
