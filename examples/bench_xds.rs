@@ -20,6 +20,7 @@
 use std::io::{BufRead, Write};
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -40,6 +41,10 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 const SERVICES: usize = 10;
+
+/// Set when the benchmark is done, so clients cut off by the server's exit
+/// stay quiet.
+static DONE: AtomicBool = AtomicBool::new(false);
 
 fn input(green: u32) -> SnapshotInput {
     let mut g = GroupResources::default();
@@ -106,8 +111,9 @@ async fn serve() -> anyhow::Result<()> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Some(_line) = lines.next_line().await? {
         version += 1;
-        writer.publish(&version.to_string(), &input(version % 2 * 100))?;
-        out.write_all(format!("published {version}\n").as_bytes()).await?;
+        writer.publish(&version.to_string(), &input((version + 1) % 2 * 100))?;
+        out.write_all(format!("published {version}\n").as_bytes())
+            .await?;
         out.flush().await?;
     }
     Ok(())
@@ -137,9 +143,7 @@ fn args() -> anyhow::Result<Args> {
             "--streams" => a.streams = value()?,
             "--per-conn" => a.per_conn = value()?.max(1),
             "--pushes" => a.pushes = value()?,
-            other => anyhow::bail!(
-                "unknown flag {other}; use --streams N --per-conn N --pushes N"
-            ),
+            other => anyhow::bail!("unknown flag {other}; use --streams N --per-conn N --pushes N"),
         }
     }
     Ok(a)
@@ -185,20 +189,29 @@ async fn client(
         cluster: "bench".into(),
         ..Default::default()
     };
-    let request = |ty: ResourceType, names: &[&str], nonce: String, version: String| {
-        DiscoveryRequest {
+    let request =
+        |ty: ResourceType, names: &[&str], nonce: String, version: String| DiscoveryRequest {
             node: Some(node.clone()),
             type_url: ty.type_url().into(),
             resource_names: names.iter().map(|n| (*n).to_string()).collect(),
             response_nonce: nonce,
             version_info: version,
             ..Default::default()
-        }
-    };
-    tx.send(request(ResourceType::Cluster, &[], String::new(), String::new()))
-        .await?;
-    tx.send(request(ResourceType::Route, &["bench"], String::new(), String::new()))
-        .await?;
+        };
+    tx.send(request(
+        ResourceType::Cluster,
+        &[],
+        String::new(),
+        String::new(),
+    ))
+    .await?;
+    tx.send(request(
+        ResourceType::Route,
+        &["bench"],
+        String::new(),
+        String::new(),
+    ))
+    .await?;
     let mut responses = ads
         .stream_aggregated_resources(ReceiverStream::new(rx))
         .await?
@@ -211,7 +224,11 @@ async fn client(
             let v: u32 = resp.version_info.parse().unwrap_or(0);
             let _ = seen.send((v, Instant::now()));
         }
-        let names: &[&str] = if ty == ResourceType::Route { &["bench"] } else { &[] };
+        let names: &[&str] = if ty == ResourceType::Route {
+            &["bench"]
+        } else {
+            &[]
+        };
         tx.send(request(ty, names, resp.nonce, resp.version_info))
             .await?;
     }
@@ -251,8 +268,12 @@ async fn run() -> anyhow::Result<()> {
         .spawn()?;
     let pid = child.id();
     let mut child_in = child.stdin.take().ok_or_else(|| anyhow::anyhow!("stdin"))?;
-    let mut child_out =
-        std::io::BufReader::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("stdout"))?);
+    let mut child_out = std::io::BufReader::new(
+        child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("stdout"))?,
+    );
     let mut line = String::new();
     child_out.read_line(&mut line)?;
     let port: u16 = line
@@ -270,12 +291,15 @@ async fn run() -> anyhow::Result<()> {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
             .connect()
             .await?;
-        let ads = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
+        let ads =
+            AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
         for s in 0..args.per_conn.min(args.streams - c * args.per_conn) {
             let id = c * args.per_conn + s;
             let (ads, seen_tx) = (ads.clone(), seen_tx.clone());
             tokio::spawn(async move {
-                if let Err(e) = client(ads, id, seen_tx).await {
+                if let Err(e) = client(ads, id, seen_tx).await
+                    && !DONE.load(Ordering::Relaxed)
+                {
                     eprintln!("client {id}: {e}");
                 }
             });
@@ -324,6 +348,7 @@ async fn run() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    DONE.store(true, Ordering::Relaxed);
     child.kill()?;
     let _ = child.wait();
     Ok(())

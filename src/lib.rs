@@ -2,14 +2,20 @@
 //!
 //! # Layout
 //!
+//! - [`cli`]: the `teal` command line; each command is a function here.
+//! - [`serve`]: `teal serve`, which wires config, snapshots and servers.
 //! - [`config`]: the YAML config model, its validation and translation to Envoy resources.
 //! - [`resources`]: the four xDS resource types, in make-before-break order.
 //! - [`snapshot`]: what teal serves at one version, encoded once.
 //! - [`snapshot_store`]: one writer publishes whole snapshots; every stream reads them.
+//! - [`xds`]: the xDS engine: pure per-stream state machines, proxy status, the gRPC layer.
 //! - [`wire`]: hand-assembled discovery responses that streams share.
+//! - [`shutdown`]: shutdown as a value passed to servers.
 
+pub mod cli;
 pub mod config;
 pub mod resources;
+pub mod serve;
 pub mod shutdown;
 pub mod snapshot;
 pub mod snapshot_store;

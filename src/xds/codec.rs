@@ -8,9 +8,23 @@
 use std::marker::PhantomData;
 
 use tonic::Status;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use crate::wire::OutMessage;
+
+/// Initial size of each stream's encode and decode buffers. tonic's
+/// default is 8 KiB each, which would make buffers most of an idle
+/// stream's memory; discovery requests are small and buffers grow when a
+/// large response passes through.
+const STREAM_BUFFER_BYTES: usize = 1024;
+
+/// Past this many buffered bytes the encoder yields to let the transport
+/// write (tonic's default).
+const YIELD_THRESHOLD_BYTES: usize = 32 * 1024;
+
+fn buffer_settings() -> BufferSettings {
+    BufferSettings::new(STREAM_BUFFER_BYTES, YIELD_THRESHOLD_BYTES)
+}
 
 /// Decodes `D` requests and writes pre-encoded responses.
 #[derive(Debug)]
@@ -50,6 +64,10 @@ impl Encoder for OutEncoder {
         item.write_to(dst);
         Ok(())
     }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        buffer_settings()
+    }
 }
 
 /// Decodes a request with prost. A request that does not parse is the
@@ -65,5 +83,9 @@ impl<D: prost::Message + Default> Decoder for RequestDecoder<D> {
         D::decode(src)
             .map(Some)
             .map_err(|e| Status::invalid_argument(format!("malformed discovery request: {e}")))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        buffer_settings()
     }
 }

@@ -1,0 +1,145 @@
+//! The `teal` command line: what each command takes, and `--help` text.
+//!
+//! `main` parses a [`Cli`] and calls [`run`]; every command returns an exit
+//! code rather than exiting, so commands are testable as functions.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::commands::{self, Format};
+use crate::serve::{self, ServeOptions};
+use crate::shutdown::{os_signal, shutdown_channel};
+
+/// teal: the Envoy control plane for blue/green releases.
+///
+/// teal serves clusters, endpoints, listeners and routes to Envoy proxies
+/// over xDS, and moves traffic between a service's blue and green fleets in
+/// one versioned push that every proxy applies.
+#[derive(Debug, Parser)]
+#[command(name = "teal", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane: serve xDS to proxies and the admin API.
+    ///
+    /// With no --config, serves the bundled example (examples/teal.yaml).
+    /// The config is reloaded on SIGHUP and whenever the file changes; a
+    /// file with problems is refused and the last good config stays. SIGINT
+    /// or SIGTERM closes proxy streams (they reconnect elsewhere) and exits 0.
+    Serve(ServeArgs),
+    /// Check a config file; print every problem with its line and column.
+    ///
+    /// Exits 0 when the file is valid, 65 when it has problems, 66 when it
+    /// cannot be read.
+    Validate {
+        /// The config file.
+        file: PathBuf,
+    },
+    /// Print the Envoy resources teal would serve, in Envoy's JSON form.
+    ///
+    /// Useful to review or diff what a config change does to the proxies.
+    Render {
+        /// The config file.
+        file: PathBuf,
+        /// Only this proxy group (Envoy's node.cluster); all groups if omitted.
+        #[arg(long)]
+        group: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+}
+
+/// Options of `teal serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Config file (YAML). Default: the bundled example.
+    #[arg(long, short = 'c', env = "TEAL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the xDS server that proxies connect to.
+    #[arg(long, env = "TEAL_XDS_ADDR", default_value = "127.0.0.1:18000")]
+    pub xds_addr: SocketAddr,
+    /// Address of the admin API that the CLI talks to.
+    #[arg(long, env = "TEAL_ADMIN_ADDR", default_value = "127.0.0.1:18001")]
+    pub admin_addr: SocketAddr,
+    /// Seconds between checks of the config file for changes.
+    #[arg(long, default_value_t = 1.0, value_parser = positive_seconds)]
+    pub watch_interval: f64,
+    /// Seconds open proxy streams get to close on shutdown.
+    #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
+    pub drain: f64,
+}
+
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    let code = match cli.command {
+        Command::Validate { file } => {
+            commands::validate_command(&file, &mut std::io::stdout(), &mut std::io::stderr())
+        }
+        Command::Render {
+            file,
+            group,
+            format,
+        } => commands::render_command(
+            &file,
+            group.as_deref(),
+            format,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        ),
+        Command::Serve(args) => serve_command(args),
+    };
+    ExitCode::from(code)
+}
+
+fn serve_command(args: ServeArgs) -> u8 {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("teal: cannot start the runtime: {e}");
+            return commands::EX_SOFTWARE;
+        }
+    };
+    let opts = ServeOptions {
+        config: args.config,
+        xds_addr: args.xds_addr,
+        admin_addr: args.admin_addr,
+        watch_interval: Duration::from_secs_f64(args.watch_interval),
+        xds: crate::xds::XdsServerConfig {
+            drain: Duration::from_secs_f64(args.drain),
+            ..Default::default()
+        },
+    };
+    runtime.block_on(async move {
+        let (trigger, shutdown) = shutdown_channel();
+        tokio::spawn(async move {
+            os_signal().await;
+            tracing::info!("signal received; shutting down");
+            trigger.trigger();
+        });
+        match serve::run(opts, shutdown).await {
+            Ok(()) => commands::EX_OK,
+            Err(e) => {
+                eprintln!("teal: {e}");
+                e.exit_code()
+            }
+        }
+    })
+}

@@ -1,0 +1,256 @@
+//! `teal serve`: wires the config, the snapshot store and the xDS server
+//! together, and reloads the config when it changes.
+//!
+//! The config is validated whole before anything is published: a bad file
+//! at start-up is an error (exit 65, every problem printed); a bad file at
+//! reload is logged problem by problem and teal keeps serving the last good
+//! version. Reloads happen on SIGHUP and when the file's contents change
+//! (checked every [`ServeOptions::watch_interval`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::config::{self, Config, Diagnostics, Weights};
+use crate::shutdown::Shutdown;
+use crate::snapshot::BuildError;
+use crate::snapshot_store::{SnapshotWriter, snapshot_store};
+use crate::xds::{ProxyRegistry, XdsServer, XdsServerConfig};
+
+/// What `teal serve` was asked to do.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// The config file; `None` serves the bundled example.
+    pub config: Option<PathBuf>,
+    /// Where the xDS server listens.
+    pub xds_addr: SocketAddr,
+    /// Where the admin API listens.
+    pub admin_addr: SocketAddr,
+    /// How often the config file is checked for changes.
+    pub watch_interval: Duration,
+    /// xDS server tunables.
+    pub xds: XdsServerConfig,
+}
+
+/// Why `teal serve` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The config could not be read.
+    #[error("cannot read {path}: {source}")]
+    ConfigUnreadable {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config has problems.
+    #[error("the config has problems:\n{0}")]
+    ConfigInvalid(Diagnostics),
+    /// The translated config was refused by the snapshot builder (a bug in
+    /// translation, since the config validated).
+    #[error("the config could not be turned into a snapshot: {0}")]
+    Snapshot(#[from] BuildError),
+    /// A listening socket could not be opened.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("xDS server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl ServeError {
+    /// The sysexits exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServeError::ConfigUnreadable { .. } => config::commands::EX_NOINPUT,
+            ServeError::ConfigInvalid(_) => config::commands::EX_DATAERR,
+            ServeError::Snapshot(_) => config::commands::EX_SOFTWARE,
+            // EX_UNAVAILABLE: a service we need (the port) is not there.
+            ServeError::Bind { .. } => 69,
+            ServeError::Transport(_) => config::commands::EX_SOFTWARE,
+        }
+    }
+}
+
+/// Where the config comes from, and its last contents.
+#[derive(Debug)]
+struct ConfigSource {
+    path: Option<PathBuf>,
+    last_text: String,
+}
+
+impl ConfigSource {
+    fn name(&self) -> String {
+        match &self.path {
+            Some(p) => p.display().to_string(),
+            None => config::DEFAULT_CONFIG_NAME.to_owned(),
+        }
+    }
+
+    async fn read(&self) -> Result<String, ServeError> {
+        match &self.path {
+            None => Ok(config::DEFAULT_CONFIG.to_owned()),
+            Some(p) => {
+                tokio::fs::read_to_string(p)
+                    .await
+                    .map_err(|source| ServeError::ConfigUnreadable {
+                        path: p.display().to_string(),
+                        source,
+                    })
+            }
+        }
+    }
+}
+
+/// The one owner of the snapshot writer: turns configs and weights into
+/// published versions.
+#[derive(Debug)]
+struct Publisher {
+    writer: SnapshotWriter,
+    config: Config,
+    weights: Weights,
+}
+
+impl Publisher {
+    fn publish(&mut self) -> Result<String, BuildError> {
+        let input = config::translate(&self.config, &self.weights);
+        let version = config::config_digest(&input);
+        self.writer.publish(&version, &input)?;
+        Ok(version)
+    }
+}
+
+/// Runs `teal serve` until `shutdown`.
+pub async fn run(opts: ServeOptions, shutdown: Shutdown) -> Result<(), ServeError> {
+    let mut source = ConfigSource {
+        path: opts.config.clone(),
+        last_text: String::new(),
+    };
+    let text = source.read().await?;
+    let config = Config::parse(&text, &source.name()).map_err(ServeError::ConfigInvalid)?;
+    source.last_text = text;
+
+    let (writer, reader) = snapshot_store();
+    let weights = Weights::initial(&config);
+    let mut publisher = Publisher {
+        writer,
+        config,
+        weights,
+    };
+    let version = publisher.publish()?;
+    tracing::info!(config = %source.name(), %version, "serving config");
+
+    let registry: Arc<ProxyRegistry> = ProxyRegistry::new();
+    let listener = TcpListener::bind(opts.xds_addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: opts.xds_addr,
+            source,
+        })?;
+    let server = XdsServer::new(reader, registry, shutdown.clone(), opts.xds.clone());
+    let mut server_task = tokio::spawn(server.serve(listener));
+
+    let mut hangup = hangup_signal();
+    let mut tick = tokio::time::interval(opts.watch_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut stop = shutdown.clone();
+    loop {
+        tokio::select! {
+            () = stop.wait() => break,
+            joined = &mut server_task => {
+                return match joined {
+                    Ok(result) => result.map_err(ServeError::from),
+                    Err(e) => {
+                        tracing::error!(error = %e, "xDS server task failed");
+                        Ok(())
+                    }
+                };
+            }
+            () = next_hangup(&mut hangup) => reload(&mut source, &mut publisher, true).await,
+            _ = tick.tick(), if source.path.is_some() => reload(&mut source, &mut publisher, false).await,
+        }
+    }
+    tracing::info!("shutting down: draining xDS streams");
+    match server_task.await {
+        Ok(result) => result.map_err(ServeError::from),
+        Err(e) => {
+            tracing::error!(error = %e, "xDS server task failed");
+            Ok(())
+        }
+    }
+}
+
+/// Re-reads the config; publishes it if it is valid and changed.
+/// `forced` (SIGHUP) reloads even an unchanged file.
+async fn reload(source: &mut ConfigSource, publisher: &mut Publisher, forced: bool) {
+    let text = match source.read().await {
+        Ok(text) => text,
+        Err(e) => {
+            if forced || !source.last_text.is_empty() {
+                tracing::warn!(error = %e, "config reload skipped; still serving the last good config");
+            }
+            return;
+        }
+    };
+    if text == source.last_text && !forced {
+        return;
+    }
+    source.last_text = text.clone();
+    match Config::parse(&text, &source.name()) {
+        Err(problems) => {
+            for p in &problems.0 {
+                tracing::error!(problem = %p, "config rejected");
+            }
+            tracing::warn!(
+                problems = problems.0.len(),
+                "config reload refused; still serving the last good config"
+            );
+        }
+        Ok(config) => {
+            let previous = std::mem::replace(&mut publisher.config, config);
+            match publisher.publish() {
+                Ok(version) => tracing::info!(%version, "config reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "config reload refused");
+                    publisher.config = previous;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = ();
+
+#[cfg(unix)]
+fn hangup_signal() -> Hangup {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> Hangup {}
+
+#[cfg(unix)]
+async fn next_hangup(h: &mut Hangup) {
+    match h {
+        Some(sig) => {
+            sig.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn next_hangup(_: &mut Hangup) {
+    std::future::pending().await
+}
