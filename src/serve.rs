@@ -128,8 +128,38 @@ impl Publisher {
     }
 }
 
+/// A started `teal serve`: where it listens, and the task running it.
+#[derive(Debug)]
+pub struct Running {
+    /// The address the xDS server is bound to (useful with port 0).
+    pub xds_addr: SocketAddr,
+    /// The proxy registry, for in-process callers and tests.
+    pub registry: Arc<ProxyRegistry>,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+impl Running {
+    /// Waits until the server stops (after shutdown, or on failure).
+    pub async fn wait(self) -> Result<(), ServeError> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::error!(error = %e, "teal serve task failed");
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Runs `teal serve` until `shutdown`.
 pub async fn run(opts: ServeOptions, shutdown: Shutdown) -> Result<(), ServeError> {
+    start(opts, shutdown).await?.wait().await
+}
+
+/// Loads the config, binds the sockets and starts serving; returns once
+/// teal is listening. Errors here are the start-up errors (bad config,
+/// port in use); nothing is served when one happens.
+pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, ServeError> {
     let mut source = ConfigSource {
         path: opts.config.clone(),
         last_text: String::new(),
@@ -155,31 +185,48 @@ pub async fn run(opts: ServeOptions, shutdown: Shutdown) -> Result<(), ServeErro
             addr: opts.xds_addr,
             source,
         })?;
-    let server = XdsServer::new(reader, registry, shutdown.clone(), opts.xds.clone());
-    let mut server_task = tokio::spawn(server.serve(listener));
+    let xds_addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: opts.xds_addr,
+        source,
+    })?;
+    let server = XdsServer::new(reader, registry.clone(), shutdown.clone(), opts.xds.clone());
+    let server_task = tokio::spawn(server.serve(listener));
+    let task = tokio::spawn(supervise(opts, source, publisher, server_task, shutdown));
+    Ok(Running {
+        xds_addr,
+        registry,
+        task,
+    })
+}
 
+/// Reloads the config while the server runs, and reports how it ended.
+async fn supervise(
+    opts: ServeOptions,
+    mut source: ConfigSource,
+    mut publisher: Publisher,
+    mut server_task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    shutdown: Shutdown,
+) -> Result<(), ServeError> {
     let mut hangup = hangup_signal();
     let mut tick = tokio::time::interval(opts.watch_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut stop = shutdown.clone();
+    let mut stop = shutdown;
     loop {
         tokio::select! {
             () = stop.wait() => break,
-            joined = &mut server_task => {
-                return match joined {
-                    Ok(result) => result.map_err(ServeError::from),
-                    Err(e) => {
-                        tracing::error!(error = %e, "xDS server task failed");
-                        Ok(())
-                    }
-                };
-            }
+            joined = &mut server_task => return server_result(joined),
             () = next_hangup(&mut hangup) => reload(&mut source, &mut publisher, true).await,
             _ = tick.tick(), if source.path.is_some() => reload(&mut source, &mut publisher, false).await,
         }
     }
     tracing::info!("shutting down: draining xDS streams");
-    match server_task.await {
+    server_result(server_task.await)
+}
+
+fn server_result(
+    joined: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), ServeError> {
+    match joined {
         Ok(result) => result.map_err(ServeError::from),
         Err(e) => {
             tracing::error!(error = %e, "xDS server task failed");
