@@ -5,6 +5,7 @@
 //! - [`cli`]: the `teal` command line; each command is a function here.
 //! - [`serve`]: `teal serve`, which wires config, snapshots and servers.
 //! - [`config`]: the YAML config model, its validation and translation to Envoy resources.
+//! - [`rollout`]: blue/green operations, their progress, and the backend the admin API drives.
 //! - [`resources`]: the four xDS resource types, in make-before-break order.
 //! - [`snapshot`]: what teal serves at one version, encoded once.
 //! - [`snapshot_store`]: one writer publishes whole snapshots; every stream reads them.
@@ -15,6 +16,7 @@
 pub mod cli;
 pub mod config;
 pub mod resources;
+pub mod rollout;
 pub mod serve;
 pub mod shutdown;
 pub mod snapshot;
