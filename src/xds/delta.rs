@@ -62,6 +62,10 @@ struct TypeState {
     in_flight: Option<InFlight>,
     /// The system version the client rejected last; never sent again.
     rejected: Option<String>,
+    /// The system version the client is known to be current with: the
+    /// last one it ACKed, or a later one that changed nothing it
+    /// subscribes to (and so was not sent).
+    current: Option<String>,
 }
 
 /// State of one delta stream.
@@ -132,6 +136,7 @@ impl DeltaStream {
                             for name in &f.removed {
                                 st.held.remove(name);
                             }
+                            st.current = Some(f.version.clone());
                             out.events.push(StreamEvent::Acked {
                                 ty,
                                 version: f.version,
@@ -235,6 +240,22 @@ impl DeltaStream {
             .cloned()
             .collect();
         if updated.is_empty() && removed.is_empty() && !st.owed {
+            // Nothing this client holds changed: it is current with this
+            // version without being sent anything. Report it as applied,
+            // so status and rollouts do not wait for an ACK that cannot
+            // come. Held-back resources (make-before-break) do not count.
+            let held_back = gate
+                && ts.resources().iter().any(|(name, r)| {
+                    st.subscription.covers(name)
+                        && st.held.get(name).is_none_or(|h| h.version != r.version())
+                });
+            if !held_back && st.current.as_deref() != Some(ts.version()) {
+                let version = ts.version().to_owned();
+                if let Some(st) = self.types[ty.index()].as_mut() {
+                    st.current = Some(version.clone());
+                }
+                out.events.push(StreamEvent::Acked { ty, version });
+            }
             return None;
         }
         let nonce = self.nonces.next();

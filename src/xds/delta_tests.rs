@@ -176,3 +176,26 @@ fn make_before_break_per_resource() {
     let cds = delta(&out.responses[0]);
     assert_eq!(cds.removed_resources, ["a"], "now a can go");
 }
+
+#[test]
+fn a_version_that_changes_nothing_subscribed_counts_as_applied() {
+    let v1 = snapshot("1", group(&["a", "b"], "a"), None);
+    let mut g2 = group(&["a", "b"], "a");
+    g2.endpoints[1].endpoints = vec![Default::default()];
+    let v2 = snapshot("2", g2, Some(&v1));
+    let mut s = ads();
+    s.on_request(&dreq(EDS, &["a"], &[], ""), &v1).expect("ok");
+    s.on_request(&dreq(EDS, &[], &[], "1"), &v1).expect("ack");
+    // Only b changed; the client holds a alone, so nothing is sent, and
+    // it is current with version 2.
+    let out = s.on_snapshot(&v2);
+    assert!(out.responses.is_empty());
+    assert_eq!(
+        out.events,
+        [StreamEvent::Acked {
+            ty: EDS,
+            version: "2".into()
+        }]
+    );
+    assert!(s.on_snapshot(&v2).events.is_empty(), "reported once");
+}
