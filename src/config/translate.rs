@@ -5,7 +5,7 @@
 //! `Vec`s, and no proto map field ever gets more than one entry, so the
 //! output encodes to the same bytes on every run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use envoy_types::pb::envoy::config::cluster::v3::{
@@ -75,6 +75,9 @@ pub fn cluster_name(service: &str, fleet: &str) -> String {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Weights {
     services: BTreeMap<String, BTreeMap<String, u32>>,
+    /// Fleets retired per service: their clusters stay (so routes and
+    /// listeners never change), with no endpoints.
+    retired: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// Why [`Weights::set`] refused a split.
@@ -113,6 +116,7 @@ impl Weights {
                 .iter()
                 .map(|(name, s)| (name.clone(), initial_split(s)))
                 .collect(),
+            retired: BTreeMap::new(),
         }
     }
 
@@ -147,6 +151,21 @@ impl Weights {
             .collect();
         self.services.insert(service.to_owned(), full);
         Ok(())
+    }
+
+    /// Sets which fleets of `service` are retired (served with no
+    /// endpoints).
+    pub fn set_retired(&mut self, service: &str, fleets: BTreeSet<String>) {
+        if fleets.is_empty() {
+            self.retired.remove(service);
+        } else {
+            self.retired.insert(service.to_owned(), fleets);
+        }
+    }
+
+    /// Whether `fleet` of `service` is retired.
+    pub fn is_retired(&self, service: &str, fleet: &str) -> bool {
+        self.retired.get(service).is_some_and(|f| f.contains(fleet))
     }
 
     /// One service's split as stored, if any.
@@ -196,8 +215,13 @@ pub fn translate(config: &Config, weights: &Weights) -> SnapshotInput {
             for (fleet_name, fleet) in &service.fleets {
                 let cluster = cluster_name(service_name, fleet_name);
                 res.clusters.push(envoy_cluster(&cluster, service));
-                res.endpoints
-                    .push(load_assignment(&cluster, &fleet.endpoints));
+                let endpoints: &[super::model::Endpoint] =
+                    if weights.is_retired(service_name, fleet_name) {
+                        &[]
+                    } else {
+                        &fleet.endpoints
+                    };
+                res.endpoints.push(load_assignment(&cluster, endpoints));
             }
         }
         for (listener_name, listener) in &group.listeners {

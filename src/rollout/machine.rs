@@ -16,7 +16,7 @@
 //! `*` On the first step nothing was committed yet, so the operation is
 //! refused; on a later step of a shift, earlier steps are undone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use super::{CheckResult, Operation, Outcome, Phase, Progress, RolloutError, Split};
@@ -37,13 +37,14 @@ pub struct ProxyView {
     pub nack: Option<String>,
 }
 
-/// A change to publish: a split, and optionally a fleet to retire.
+/// A service's routing state to publish: every fleet's weight, and which
+/// fleets are retired (no endpoints).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
     /// The weights to serve.
     pub split: Split,
-    /// A fleet whose endpoints to drop.
-    pub retire: Option<String>,
+    /// Fleets served with no endpoints.
+    pub retired: BTreeSet<String>,
 }
 
 /// Something that happened.
@@ -121,7 +122,7 @@ pub struct ServiceView<'a> {
     /// The fleet live before the last switch.
     pub previous: Option<&'a str>,
     /// Retired fleets.
-    pub retired: Vec<&'a str>,
+    pub retired: &'a BTreeSet<String>,
 }
 
 impl ServiceView<'_> {
@@ -150,15 +151,49 @@ impl ServiceView<'_> {
                 "weights must add up to 100, these add up to {sum}"
             )));
         }
-        if let Some((f, _)) = split
-            .iter()
-            .find(|(f, w)| **w > 0 && self.retired.contains(&f.as_str()))
-        {
-            return Err(RolloutError::Invalid(format!(
-                "fleet {f:?} is retired; it has no endpoints to send traffic to"
-            )));
-        }
         Ok(())
+    }
+
+    /// The service's routing state now, which an undo returns to.
+    pub fn current(&self) -> Change {
+        Change {
+            split: self.split.clone(),
+            retired: self.retired.clone(),
+        }
+    }
+
+    /// The changes that send traffic per `split`: a fleet that is retired
+    /// and gets weight first has its endpoints restored in a step of its
+    /// own, so proxies hold them before any route sends traffic there.
+    fn steps_to(&self, splits: &[Split]) -> Vec<Change> {
+        let mut retired = self.retired.clone();
+        let mut steps = Vec::new();
+        for split in splits {
+            let full = self.full(split);
+            let reviving: Vec<String> = full
+                .iter()
+                .filter(|(f, w)| **w > 0 && retired.contains(*f))
+                .map(|(f, _)| f.clone())
+                .collect();
+            if !reviving.is_empty() {
+                for f in &reviving {
+                    retired.remove(f);
+                }
+                let split = steps
+                    .last()
+                    .map(|c: &Change| c.split.clone())
+                    .unwrap_or_else(|| self.split.clone());
+                steps.push(Change {
+                    split,
+                    retired: retired.clone(),
+                });
+            }
+            steps.push(Change {
+                split: full,
+                retired: retired.clone(),
+            });
+        }
+        steps
     }
 
     fn full(&self, split: &Split) -> Split {
@@ -186,10 +221,6 @@ fn all_to(fleet: &str) -> Split {
 
 /// Works out what `op` does to `service`, or why it cannot be done.
 pub fn plan(op: &Operation, service: &ServiceView<'_>) -> Result<Plan, RolloutError> {
-    let change = |split: &Split| Change {
-        split: service.full(split),
-        retire: None,
-    };
     match op {
         Operation::Flip {
             to,
@@ -227,7 +258,7 @@ pub fn plan(op: &Operation, service: &ServiceView<'_>) -> Result<Plan, RolloutEr
                 )));
             }
             Ok(Plan {
-                steps: vec![change(&split)],
+                steps: service.steps_to(&[split]),
                 checks: !skip_checks,
                 timeout: *timeout,
                 interval: Duration::ZERO,
@@ -250,7 +281,7 @@ pub fn plan(op: &Operation, service: &ServiceView<'_>) -> Result<Plan, RolloutEr
                 service.check_split(s)?;
             }
             Ok(Plan {
-                steps: steps.iter().map(change).collect(),
+                steps: service.steps_to(steps),
                 checks: !skip_checks,
                 timeout: *timeout,
                 interval: *interval,
@@ -267,7 +298,7 @@ pub fn plan(op: &Operation, service: &ServiceView<'_>) -> Result<Plan, RolloutEr
             let split = all_to(previous);
             service.check_split(&split)?;
             Ok(Plan {
-                steps: vec![change(&split)],
+                steps: service.steps_to(&[split]),
                 checks: true,
                 timeout: *timeout,
                 interval: Duration::ZERO,
@@ -281,7 +312,7 @@ pub fn plan(op: &Operation, service: &ServiceView<'_>) -> Result<Plan, RolloutEr
                     "fleet {fleet:?} still takes traffic; flip away from it first"
                 )));
             }
-            if service.retired.contains(&fleet.as_str()) {
+            if service.retired.contains(fleet) {
                 return Err(RolloutError::Invalid(format!(
                     "fleet {fleet:?} is already retired"
                 )));
@@ -289,7 +320,11 @@ pub fn plan(op: &Operation, service: &ServiceView<'_>) -> Result<Plan, RolloutEr
             Ok(Plan {
                 steps: vec![Change {
                     split: service.split.clone(),
-                    retire: Some(fleet.clone()),
+                    retired: {
+                        let mut r = service.retired.clone();
+                        r.insert(fleet.clone());
+                        r
+                    },
                 }],
                 checks: false,
                 timeout: Duration::from_secs(30),
@@ -304,7 +339,7 @@ pub fn plan(op: &Operation, service: &ServiceView<'_>) -> Result<Plan, RolloutEr
 #[derive(Debug)]
 pub struct Rollout {
     plan: Plan,
-    original: Split,
+    original: Change,
     state: State,
     deadline: Option<Instant>,
     committed_at: Option<Instant>,
@@ -321,7 +356,7 @@ impl Rollout {
         id: u64,
         op: &Operation,
         plan: Plan,
-        original: Split,
+        original: Change,
         now: Instant,
     ) -> (Rollout, Vec<Action>) {
         let progress = Progress {
@@ -403,8 +438,8 @@ impl Rollout {
         self.confirmed_version.as_deref()
     }
 
-    /// The split before the operation.
-    pub fn original(&self) -> &Split {
+    /// The service's routing state before the operation.
+    pub fn original(&self) -> &Change {
         &self.original
     }
 
@@ -486,10 +521,7 @@ impl Rollout {
         self.deadline = None;
         let msg = format!("{reason}; putting every proxy back");
         self.set(State::UndoCommitting { reason }, Phase::RollingBack, msg);
-        vec![Action::Commit(Change {
-            split: self.original.clone(),
-            retire: None,
-        })]
+        vec![Action::Commit(self.original.clone())]
     }
 
     fn step_done(&mut self, now: Instant) -> Vec<Action> {

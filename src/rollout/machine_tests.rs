@@ -1,6 +1,8 @@
 use super::*;
 use proptest::prelude::*;
 
+static NONE_RETIRED: BTreeSet<String> = BTreeSet::new();
+
 fn split(pairs: &[(&str, u32)]) -> Split {
     pairs.iter().map(|(f, w)| ((*f).to_owned(), *w)).collect()
 }
@@ -11,7 +13,7 @@ fn view<'a>(current: &'a Split, previous: Option<&'a str>) -> ServiceView<'a> {
         fleets: vec!["blue", "green"],
         split: current,
         previous,
-        retired: Vec::new(),
+        retired: &NONE_RETIRED,
     }
 }
 
@@ -44,9 +46,10 @@ fn check(ok: bool) -> CheckResult {
 
 fn started(op: &Operation) -> (Rollout, Instant) {
     let blue = split(&[("blue", 100), ("green", 0)]);
-    let p = plan(op, &view(&blue, None)).expect("plan");
+    let v = view(&blue, None);
+    let p = plan(op, &v).expect("plan");
     let now = Instant::now();
-    let (r, actions) = Rollout::start(7, op, p, blue, now);
+    let (r, actions) = Rollout::start(7, op, p, v.current(), now);
     assert!(actions.is_empty());
     (r, now)
 }
@@ -54,14 +57,14 @@ fn started(op: &Operation) -> (Rollout, Instant) {
 fn green() -> Change {
     Change {
         split: split(&[("blue", 0), ("green", 100)]),
-        retire: None,
+        retired: BTreeSet::new(),
     }
 }
 
 fn back() -> Change {
     Change {
         split: split(&[("blue", 100), ("green", 0)]),
-        retire: None,
+        retired: BTreeSet::new(),
     }
 }
 
@@ -398,4 +401,33 @@ proptest! {
             None => prop_assert!(!r.is_done()),
         }
     }
+}
+
+#[test]
+fn sending_traffic_to_a_retired_fleet_restores_its_endpoints_first() {
+    let green_live = split(&[("blue", 0), ("green", 100)]);
+    let retired = BTreeSet::from(["blue".to_string()]);
+    let v = ServiceView {
+        retired: &retired,
+        ..view(&green_live, None)
+    };
+    let p = plan(&flip(false), &v).expect("plan");
+    assert_eq!(
+        p.steps,
+        [
+            Change {
+                split: green_live.clone(),
+                retired: BTreeSet::new()
+            },
+            back()
+        ]
+    );
+    let retire = Operation::Retire {
+        service: "web".into(),
+        fleet: "blue".into(),
+        after: Duration::from_secs(60),
+    };
+    let p = plan(&retire, &view(&green_live, None)).expect("plan");
+    assert_eq!(p.steps[0].retired, retired);
+    assert!(p.wait_first);
 }
