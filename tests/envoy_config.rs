@@ -294,7 +294,8 @@ async fn routes_previews_and_keeps_tiers_consistent() {
 /// 5. a broken file (a route to an unknown service) is refused: teal sends
 ///    no new version to either Envoy and they keep answering as before for
 ///    a couple of seconds (ten times teal's polling interval), after which
-///    a valid file is picked up again.
+///    a valid file is picked up again, and so is a return to an earlier
+///    file, whose version Envoy has seen before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_without_failures_and_refuses_broken_files() {
     let s = Setup::start().await;
@@ -425,4 +426,14 @@ async fn reloads_without_failures_and_refuses_broken_files() {
         sidecar_before,
         "the sidecar's view did not change in v3 either"
     );
+
+    // Going back to an earlier file is a change like any other, although
+    // its version (a digest of the content) is one Envoy had before.
+    write_atomically(&s.path, &v2_text);
+    s.teal
+        .wait_acked(&s.edge.node_id, ResourceType::Route, &v2)
+        .await;
+    s.edge
+        .wait_for_answer(edge, "/shop/", &[], "api-blue")
+        .await;
 }
