@@ -1,5 +1,6 @@
 //! Just enough HTTP/1.1 for the tests, on plain tokio: upstream servers that
-//! say who they are, and a client that sends one request per connection.
+//! say who they are (and, if asked, which values of some request headers
+//! they received), and a client that sends one request per connection.
 //! Everything listens on and connects to 127.0.0.1 only.
 
 use std::io;
@@ -18,6 +19,11 @@ const MAX_HEAD: usize = 64 * 1024;
 /// An HTTP/1.1 server on `127.0.0.1:<port>` that answers every request with
 /// `200 OK` and its name as the body, keeping connections alive (Envoy
 /// pools them). It stops, closing its connections, when dropped.
+///
+/// Started with [`Upstream::start_echoing`], it also sends back, for each
+/// of the given request headers the request carried, a response header
+/// [`ECHO_PREFIX`]`<name>` with the value it received, so a test can see
+/// what the proxy in front forwarded.
 #[derive(Debug)]
 pub struct Upstream {
     /// The name it answers with, e.g. `blue`.
@@ -30,6 +36,13 @@ pub struct Upstream {
 impl Upstream {
     /// Starts an upstream named `name` on a free port.
     pub async fn start(name: &str) -> Upstream {
+        Upstream::start_echoing(name, &[]).await
+    }
+
+    /// Starts an upstream named `name` on a free port that echoes the
+    /// request headers `echo` (see [`Upstream`]).
+    pub async fn start_echoing(name: &str, echo: &[&str]) -> Upstream {
+        let echo: Vec<String> = echo.iter().map(|h| h.to_ascii_lowercase()).collect();
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind an upstream on 127.0.0.1:0");
@@ -43,7 +56,7 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                connections.spawn(serve_connection(stream, body.clone()));
+                connections.spawn(serve_connection(stream, body.clone(), echo.clone()));
                 // Reap finished connections so the set does not grow.
                 while connections.try_join_next().is_some() {}
             }
@@ -62,8 +75,13 @@ impl Drop for Upstream {
     }
 }
 
-/// Answers requests on one connection until the peer closes it.
-async fn serve_connection(mut stream: TcpStream, body: String) {
+/// The prefix of the response headers in which an upstream echoes request
+/// headers: `x-echo-x-teal-fleet` carries the request's `x-teal-fleet`.
+pub const ECHO_PREFIX: &str = "x-echo-";
+
+/// Answers requests on one connection until the peer closes it, echoing
+/// the request headers named in `echo` (lower case).
+async fn serve_connection(mut stream: TcpStream, body: String, echo: Vec<String>) {
     let mut buf = Vec::new();
     loop {
         // Read one request head; GETs from Envoy carry no body we need.
@@ -80,7 +98,15 @@ async fn serve_connection(mut stream: TcpStream, body: String) {
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let raw_head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let head = raw_head.to_ascii_lowercase();
+        let echoed: String = echo
+            .iter()
+            .filter_map(|name| {
+                let value = header(&raw_head, name)?;
+                Some(format!("{ECHO_PREFIX}{name}: {value}\r\n"))
+            })
+            .collect();
         let content_length: usize = header(&head, "content-length")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
@@ -95,8 +121,9 @@ async fn serve_connection(mut stream: TcpStream, body: String) {
         }
         buf.drain(..head_end + content_length);
         let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}\r\n{}",
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}{}\r\n{}",
             body.len(),
+            echoed,
             if close { "connection: close\r\n" } else { "" },
             body
         );
@@ -113,6 +140,24 @@ pub struct HttpResponse {
     pub status: u16,
     /// The body, decoded from chunked encoding if need be.
     pub body: String,
+    /// The headers, names in lower case, values as sent, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl HttpResponse {
+    /// The value of the first header `name` (any case), if any.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// What an [`Upstream::start_echoing`] behind the proxy received as
+    /// request header `name`, if it echoes that header and got it.
+    pub fn echoed(&self, name: &str) -> Option<&str> {
+        self.header(&format!("{ECHO_PREFIX}{name}"))
+    }
 }
 
 /// `GET path` from `127.0.0.1:port` with `Connection: close`. `headers` are
@@ -148,7 +193,16 @@ fn parse_response(raw: &[u8]) -> io::Result<HttpResponse> {
         )
     };
     let head_end = find(raw, b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
-    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+    let raw_head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let head = raw_head.to_ascii_lowercase();
+    let headers = raw_head
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            Some((k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        })
+        .collect();
     let status = head
         .lines()
         .next()
@@ -162,6 +216,7 @@ fn parse_response(raw: &[u8]) -> io::Result<HttpResponse> {
     Ok(HttpResponse {
         status,
         body: String::from_utf8_lossy(&body).into_owned(),
+        headers,
     })
 }
 
@@ -180,11 +235,11 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// The value of header `name` in a lower-cased head.
+/// The value of the first header `name` (any case) in a message head.
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines().skip(1).find_map(|line| {
         let (k, v) = line.split_once(':')?;
-        (k.trim() == name).then(|| v.trim())
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
     })
 }
 

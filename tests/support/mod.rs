@@ -1,14 +1,18 @@
 //! Harness for tests that put teal in front of real Envoy processes.
 //!
-//! - [`Teal`]: teal's xDS server in-process on `127.0.0.1:0`, with the
-//!   snapshot writer and the proxy registry at hand.
+//! - [`Teal`]: teal in-process on `127.0.0.1:0`, with the proxy registry
+//!   at hand: either the bare xDS server fed through the snapshot writer
+//!   ([`Teal::start`]), or all of `teal serve` on a config file
+//!   ([`Teal::serve`]).
 //! - [`Envoy`]: a real Envoy child process fed by that teal over ADS, state
 //!   of the world or delta, bootstrapped from the shipped `envoy/edge.yaml`.
-//! - [`http`]: local upstream servers that answer with their name, and a
-//!   tiny client.
+//! - [`http`]: local upstream servers that answer with their name (and can
+//!   echo request headers back), and a tiny client.
+//! - [`Traffic`]: requests sent back to back in the background, to prove a
+//!   change happened without a failed request.
 //! - [`resources`]: builders for the clusters, endpoints, listeners and
 //!   routes the tests serve.
-//! - [`wait_until`], [`Teal::wait_for`], [`Envoy::wait_for_body`]: waits
+//! - [`wait_until`], [`Teal::wait_for`], [`Envoy::wait_for_answer`]: waits
 //!   with deadlines that fail with a clear message, never bare sleeps.
 //!
 //! Envoy must be installed; the tests never skip without it (see
@@ -34,6 +38,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use teal::resources::ResourceType;
+use teal::serve::{ServeOptions, start as serve_start};
 use teal::shutdown::{ShutdownTrigger, shutdown_channel};
 use teal::snapshot::{GroupResources, SnapshotInput};
 use teal::snapshot_store::{SnapshotWriter, snapshot_store};
@@ -44,6 +49,19 @@ pub use http::Upstream;
 
 /// How long a test waits for Envoy to converge before failing.
 pub const CONVERGE: Duration = Duration::from_secs(15);
+
+/// How often a [`Teal::serve`] checks its config file for changes.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Replaces the contents of `path` with `text` in one step (write a
+/// sibling file, then rename it over `path`), so a teal polling the file
+/// never reads it half written.
+pub fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+    std::fs::rename(&tmp, path)
+        .unwrap_or_else(|e| panic!("rename {} to {}: {e}", tmp.display(), path.display()));
+}
 
 /// The Envoy binary: `$TEAL_ENVOY` if set, else `envoy` on `PATH`.
 ///
@@ -108,13 +126,14 @@ where
     }
 }
 
-/// teal's xDS server, running in-process on `127.0.0.1:<port>` until
-/// dropped.
+/// teal, running in-process with its xDS server on `127.0.0.1:<port>`
+/// until dropped.
 pub struct Teal {
     /// The xDS port.
     pub port: u16,
-    /// Publishes what teal serves.
-    pub writer: SnapshotWriter,
+    /// Publishes what teal serves; `None` when teal serves a config file
+    /// ([`Teal::serve`]), which owns the writer.
+    writer: Option<SnapshotWriter>,
     /// What teal knows of connected proxies.
     pub registry: Arc<ProxyRegistry>,
     trigger: ShutdownTrigger,
@@ -151,7 +170,45 @@ impl Teal {
         });
         Teal {
             port,
-            writer,
+            writer: Some(writer),
+            registry,
+            trigger,
+            server: Some(server),
+        }
+    }
+
+    /// Starts `teal serve` on the config file `config` (as the command
+    /// would, through [`teal::serve::start`]), with xDS on a free port. It
+    /// checks the file for changes every [`WATCH_INTERVAL`] and reloads it;
+    /// change what it serves by rewriting the file (see [`write_atomically`]).
+    ///
+    /// # Panics
+    ///
+    /// If teal refuses to start (for example, the file is invalid), or
+    /// later, in the task running it, if it stops with an error.
+    pub async fn serve(config: &Path) -> Teal {
+        let (trigger, shutdown) = shutdown_channel();
+        let options = ServeOptions {
+            config: Some(config.to_owned()),
+            xds_addr: "127.0.0.1:0".parse().expect("an address"),
+            admin_addr: "127.0.0.1:0".parse().expect("an address"),
+            watch_interval: WATCH_INTERVAL,
+            xds: XdsServerConfig {
+                drain: Duration::from_millis(200),
+                ..XdsServerConfig::default()
+            },
+        };
+        let running = serve_start(options, shutdown)
+            .await
+            .unwrap_or_else(|e| panic!("teal serve {} did not start: {e}", config.display()));
+        let port = running.xds_addr.port();
+        let registry = running.registry.clone();
+        let server = tokio::spawn(async move {
+            running.wait().await.expect("teal serve failed");
+        });
+        Teal {
+            port,
+            writer: None,
             registry,
             trigger,
             server: Some(server),
@@ -174,9 +231,11 @@ impl Teal {
     ///
     /// # Panics
     ///
-    /// If teal refuses the input.
+    /// If teal refuses the input, or serves a config file ([`Teal::serve`]).
     pub fn publish(&mut self, version: &str, input: &SnapshotInput) {
         self.writer
+            .as_mut()
+            .expect("this teal serves a config file: rewrite the file instead of publishing")
             .publish(version, input)
             .unwrap_or_else(|e| panic!("teal refused snapshot {version:?}: {e}"));
     }
@@ -327,6 +386,12 @@ impl Envoy {
     /// node, xDS port, admin port and protocol replaced, so these tests also
     /// prove that file works.
     pub async fn start(teal: &Teal, group: &str, protocol: Protocol) -> Envoy {
+        Envoy::start_on(teal.port, group, protocol).await
+    }
+
+    /// Like [`Envoy::start`], for an xDS server on `127.0.0.1:xds_port`
+    /// that need not be a [`Teal`] of this harness.
+    pub async fn start_on(xds_port: u16, group: &str, protocol: Protocol) -> Envoy {
         static NEXT: AtomicU32 = AtomicU32::new(1);
         let node_id = format!(
             "{group}-{}-{}",
@@ -340,7 +405,7 @@ impl Envoy {
         let bootstrap = dir.path().join("bootstrap.yaml");
         std::fs::write(
             &bootstrap,
-            render_bootstrap(&node_id, group, teal.port, protocol),
+            render_bootstrap(&node_id, group, xds_port, protocol),
         )
         .expect("write the bootstrap");
         let admin_path = dir.path().join("admin-address");
@@ -398,6 +463,15 @@ impl Envoy {
             .unwrap_or_else(|e| format!("(no log: {e})"))
     }
 
+    /// Its admin port.
+    pub fn admin_port(&self) -> u16 {
+        self.admin
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("admin address {:?} has no port", self.admin))
+    }
+
     /// Waits until `GET /` through this Envoy's listener on `port` answers
     /// `200` with body `body`.
     ///
@@ -405,16 +479,35 @@ impl Envoy {
     ///
     /// After [`CONVERGE`], with the last answer and Envoy's log.
     pub async fn wait_for_body(&self, port: u16, body: &str) {
+        self.wait_for_answer(port, "/", &[], body).await;
+    }
+
+    /// Waits until `GET path` with `headers` through this Envoy's listener
+    /// on `port` answers `200` with body `body`, and returns that answer.
+    ///
+    /// # Panics
+    ///
+    /// After [`CONVERGE`], with the last answer.
+    pub async fn wait_for_answer(
+        &self,
+        port: u16,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> http::HttpResponse {
         let deadline = Instant::now() + CONVERGE;
         loop {
-            let last = http::get(port, "/", &[]).await;
-            if matches!(&last, Ok(r) if r.status == 200 && r.body == body) {
-                return;
+            let last = http::get(port, path, headers).await;
+            if let Ok(r) = &last
+                && r.status == 200
+                && r.body == body
+            {
+                return r.clone();
             }
             assert!(
                 Instant::now() < deadline,
-                "Envoy {} did not answer 200 {body:?} on port {port} within {CONVERGE:?}; \
-                 last answer: {last:?}",
+                "Envoy {} did not answer GET {path} {headers:?} on port {port} with 200 \
+                 {body:?} within {CONVERGE:?}; last answer: {last:?}",
                 self.node_id
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -465,4 +558,99 @@ pub fn render_bootstrap(node_id: &str, group: &str, xds_port: u16, protocol: Pro
         yaml = yaml.replace(from, &to);
     }
     yaml
+}
+
+/// Requests sent back to back in the background, one connection each, to
+/// see every answer while something changes: `GET path` with `headers` to
+/// `127.0.0.1:port`, until [`Traffic::stop`].
+pub struct Traffic {
+    answers: tokio::sync::mpsc::UnboundedReceiver<Answer>,
+    seen: Vec<Answer>,
+    task: JoinHandle<()>,
+}
+
+/// One answer [`Traffic`] got: status and body, or the client's error.
+pub type Answer = Result<(u16, String), String>;
+
+impl Traffic {
+    /// Starts sending.
+    pub fn start(port: u16, path: &str, headers: &[(&str, &str)]) -> Traffic {
+        let (tx, answers) = tokio::sync::mpsc::unbounded_channel();
+        let path = path.to_owned();
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let task = tokio::spawn(async move {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            loop {
+                let answer = http::get(port, &path, &headers)
+                    .await
+                    .map(|r| (r.status, r.body))
+                    .map_err(|e| e.to_string());
+                if tx.send(answer).is_err() {
+                    return;
+                }
+            }
+        });
+        Traffic {
+            answers,
+            seen: Vec::new(),
+            task,
+        }
+    }
+
+    /// How many answers have been seen so far (by the waits).
+    pub fn count(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Waits until `count` answers have come back in all.
+    ///
+    /// # Panics
+    ///
+    /// After [`CONVERGE`].
+    pub async fn wait_for_count(&mut self, count: usize) {
+        let what = format!("{count} answers");
+        self.wait_for(&what, |seen| seen.len() >= count).await;
+    }
+
+    /// Waits until `check` holds for the answers so far.
+    ///
+    /// # Panics
+    ///
+    /// After [`CONVERGE`], with `what` and the answers in the message.
+    pub async fn wait_for(&mut self, what: &str, mut check: impl FnMut(&[Answer]) -> bool) {
+        let deadline = tokio::time::Instant::now() + CONVERGE;
+        while !check(&self.seen) {
+            match tokio::time::timeout_at(deadline, self.answers.recv()).await {
+                Ok(Some(answer)) => self.seen.push(answer),
+                Ok(None) => panic!("the traffic task stopped"),
+                Err(_) => panic!(
+                    "timed out after {CONVERGE:?} waiting for traffic to see {what}; \
+                     answers: {:?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Stops sending and returns every answer, in order.
+    pub async fn stop(mut self) -> Vec<Answer> {
+        self.answers.close();
+        while let Some(answer) = self.answers.recv().await {
+            self.seen.push(answer);
+        }
+        let _ = (&mut self.task).await;
+        std::mem::take(&mut self.seen)
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
