@@ -7,6 +7,7 @@
 //! - [`config`]: the YAML config model, its validation and translation to Envoy resources.
 //! - [`rollout`]: blue/green operations, their progress, and the backend the admin API drives.
 //! - [`resources`]: the four xDS resource types, in make-before-break order.
+//! - [`state`]: durable state (live fleets, weights, versions, history) and where it is kept.
 //! - [`snapshot`]: what teal serves at one version, encoded once.
 //! - [`snapshot_store`]: one writer publishes whole snapshots; every stream reads them.
 //! - [`xds`]: the xDS engine: pure per-stream state machines, proxy status, the gRPC layer.
@@ -21,5 +22,6 @@ pub mod serve;
 pub mod shutdown;
 pub mod snapshot;
 pub mod snapshot_store;
+pub mod state;
 pub mod wire;
 pub mod xds;
