@@ -7,12 +7,15 @@
 //! - [`config`]: the YAML config model, its validation and translation to Envoy resources.
 //! - [`rollout`]: blue/green operations, their progress, and the backend the admin API drives.
 //! - [`resources`]: the four xDS resource types, in make-before-break order.
+//! - [`state`]: durable state (live fleets, weights, versions, history) and where it is kept.
+//! - [`checks`]: the HTTP checks a rollout sends straight to a fleet's endpoints.
 //! - [`snapshot`]: what teal serves at one version, encoded once.
 //! - [`snapshot_store`]: one writer publishes whole snapshots; every stream reads them.
 //! - [`xds`]: the xDS engine: pure per-stream state machines, proxy status, the gRPC layer.
 //! - [`wire`]: hand-assembled discovery responses that streams share.
 //! - [`shutdown`]: shutdown as a value passed to servers.
 
+pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod resources;
@@ -21,5 +24,6 @@ pub mod serve;
 pub mod shutdown;
 pub mod snapshot;
 pub mod snapshot_store;
+pub mod state;
 pub mod wire;
 pub mod xds;

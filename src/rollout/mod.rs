@@ -18,9 +18,12 @@
 //!    previous weights as a new version, everywhere.
 
 pub mod machine;
+pub(crate) mod serde_time;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
 
 use crate::xds::ProxyStatus;
 
@@ -129,7 +132,10 @@ impl Phase {
 }
 
 /// How an operation ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Stored as `{"kind": "succeeded"}`, `{"kind": "refused", "reason": ...}`...
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Outcome {
     /// Every proxy ACKed and every check passed.
     Succeeded,
@@ -204,7 +210,10 @@ pub struct Progress {
 }
 
 /// One past change of one service.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Stored with times as unix milliseconds and durations as milliseconds
+/// (so they round-trip at millisecond precision).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     /// The operation's id.
     pub id: u64,
@@ -213,8 +222,10 @@ pub struct HistoryEntry {
     /// Who asked (the token's name).
     pub actor: String,
     /// When it started.
+    #[serde(rename = "started_unix_ms", with = "serde_time::unix_millis")]
     pub started: SystemTime,
     /// When it ended.
+    #[serde(rename = "finished_unix_ms", with = "serde_time::unix_millis")]
     pub finished: SystemTime,
     /// The split before.
     pub from: Split,
@@ -225,17 +236,20 @@ pub struct HistoryEntry {
     /// How it ended.
     pub outcome: Outcome,
     /// First push to last ACK of the committed version.
+    #[serde(rename = "convergence_ms", with = "serde_time::opt_millis")]
     pub convergence: Option<Duration>,
     /// Per proxy: how long after the push it ACKed.
+    #[serde(rename = "acks_ms", with = "serde_time::acks_millis")]
     pub acks: Vec<(String, Duration)>,
 }
 
-/// A planned retirement.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A planned retirement (stored with `at` as unix milliseconds).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Retirement {
     /// The fleet to retire.
     pub fleet: String,
     /// When its weight and endpoints go.
+    #[serde(rename = "at_unix_ms", with = "serde_time::unix_millis")]
     pub at: SystemTime,
 }
 

@@ -1,0 +1,212 @@
+//! [`FileStore`]: the state as one JSON file in a directory teal owns.
+//!
+//! Layout of the directory:
+//! - `lock`: held with an exclusive lock (`flock`) while a teal process
+//!   uses the directory; it contains that process's id. The OS drops
+//!   the lock when the process dies, even by `kill -9`.
+//! - `state.json`: `{"format": 1, "revision": N, "state": {...}}`.
+//! - `state.json.tmp`: the next `state.json` while it is being written.
+//!   A leftover one (from a crash mid-save) is never read; the next save
+//!   overwrites it.
+//!
+//! A save writes the temporary file, `fsync`s it, renames it over
+//! `state.json` and `fsync`s the directory: after a crash the file holds
+//! either the old state or the new one, whole, and once `save` returned
+//! `Ok` the new one.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::{Deserialize, Serialize};
+
+use super::{PersistedState, Revision, StateError, StateStore, Stored};
+
+/// The `format` written in `state.json`.
+const FORMAT: u32 = 1;
+
+/// State kept in a local directory; one process at a time.
+#[derive(Clone, Debug)]
+pub struct FileStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    state_path: PathBuf,
+    tmp_path: PathBuf,
+    /// Held for the store's lifetime: dropping it releases the lock.
+    _lock: File,
+    /// The revision in `state.json`, once known. Only this process writes
+    /// the file (it holds the lock), so this stays true; `None` forces a
+    /// re-read, e.g. after a save failed halfway.
+    revision: Mutex<Option<Revision>>,
+}
+
+#[derive(Serialize)]
+struct OnDiskRef<'a> {
+    format: u32,
+    revision: Revision,
+    state: &'a PersistedState,
+}
+
+#[derive(Deserialize)]
+struct OnDisk {
+    format: u32,
+    revision: Revision,
+    state: PersistedState,
+}
+
+impl FileStore {
+    /// Opens (creating it if needed) the state directory `dir` and locks
+    /// it; fails with [`StateError::Locked`] if another process, or
+    /// another `FileStore` in this one, holds it.
+    pub fn open(dir: &Path) -> Result<FileStore, StateError> {
+        fs::create_dir_all(dir).map_err(|e| StateError::io(dir, e))?;
+        let lock_path = dir.join("lock");
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| StateError::io(&lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(StateError::Locked { path: lock_path }),
+            Err(TryLockError::Error(e)) => return Err(StateError::io(&lock_path, e)),
+        }
+        // Diagnostics only: which process holds the directory.
+        lock.set_len(0)
+            .and_then(|()| writeln!(lock, "{}", std::process::id()))
+            .map_err(|e| StateError::io(&lock_path, e))?;
+        Ok(FileStore {
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                state_path: dir.join("state.json"),
+                tmp_path: dir.join("state.json.tmp"),
+                _lock: lock,
+                revision: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The path of `state.json`.
+    pub fn state_path(&self) -> &Path {
+        &self.inner.state_path
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, StateError> + Send + 'static,
+    ) -> Result<T, StateError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StateError::io(&self.inner.dir, io::Error::other(e)))?
+    }
+}
+
+impl Inner {
+    fn read(&self) -> Result<Option<Stored>, StateError> {
+        let bytes = match fs::read(&self.state_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StateError::io(&self.state_path, e)),
+        };
+        let corrupt = |reason: String| StateError::Corrupt {
+            path: self.state_path.clone(),
+            reason,
+        };
+        let disk: OnDisk = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        if disk.format != FORMAT {
+            return Err(corrupt(format!("unknown format {}", disk.format)));
+        }
+        if disk.revision == Revision(0) {
+            return Err(corrupt("revision 0 is never stored".to_owned()));
+        }
+        Ok(Some(Stored {
+            state: disk.state,
+            revision: disk.revision,
+        }))
+    }
+
+    fn write_durably(&self, bytes: &[u8]) -> Result<(), StateError> {
+        let tmp = &self.tmp_path;
+        let mut f = File::create(tmp).map_err(|e| StateError::io(tmp, e))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| StateError::io(tmp, e))?;
+        drop(f);
+        fs::rename(tmp, &self.state_path).map_err(|e| StateError::io(&self.state_path, e))?;
+        // Makes the rename itself durable.
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StateError::io(&self.dir, e))
+    }
+}
+
+#[tonic::async_trait]
+impl StateStore for FileStore {
+    async fn load(&self) -> Result<Option<Stored>, StateError> {
+        self.blocking(|inner| {
+            let mut cached = inner
+                .revision
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let stored = inner.read()?;
+            *cached = Some(stored.as_ref().map_or(Revision(0), |s| s.revision));
+            Ok(stored)
+        })
+        .await
+    }
+
+    async fn save(
+        &self,
+        state: &PersistedState,
+        expected: Revision,
+    ) -> Result<Revision, StateError> {
+        let state = state.clone();
+        self.blocking(move |inner| {
+            let mut cached = inner
+                .revision
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let current = match *cached {
+                Some(r) => r,
+                None => inner.read()?.map_or(Revision(0), |s| s.revision),
+            };
+            *cached = Some(current);
+            if current != expected {
+                return Err(StateError::Conflict {
+                    expected,
+                    found: current,
+                });
+            }
+            let next = Revision(current.0 + 1);
+            let bytes = serde_json::to_vec_pretty(&OnDiskRef {
+                format: FORMAT,
+                revision: next,
+                state: &state,
+            })
+            .map_err(|e| StateError::io(&inner.state_path, io::Error::other(e)))?;
+            // Unknown until the write is done: it may land even if a
+            // later step (the directory fsync) fails.
+            *cached = None;
+            inner.write_durably(&bytes)?;
+            *cached = Some(next);
+            Ok(next)
+        })
+        .await
+    }
+
+    fn watch(&self) -> Option<tokio::sync::watch::Receiver<Option<Stored>>> {
+        None
+    }
+
+    fn describe(&self) -> String {
+        format!("file {}", self.inner.state_path.display())
+    }
+}

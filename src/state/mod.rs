@@ -1,0 +1,182 @@
+//! Durable state: which fleet is live per service, the weights, the version
+//! counter and the change history, kept across restarts (even `kill -9`
+//! during a change).
+//!
+//! - [`PersistedState`]: everything teal must not forget, as one value.
+//! - [`StateStore`]: where it is kept, with compare-and-swap saves so a
+//!   distributed backend (etcd, with watches) can replace the file without
+//!   touching the rollout logic.
+//! - [`file::FileStore`]: one JSON file, replaced atomically and durably.
+//! - [`memory::MemoryStore`]: in memory, for tests of other modules.
+//!
+//! After a restart teal serves the last state a `save` returned `Ok` for,
+//! never an older one, so version numbers never go backwards.
+
+pub mod file;
+pub mod memory;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::rollout::serde_time;
+use crate::rollout::{HistoryEntry, Retirement, Split};
+
+pub use file::FileStore;
+pub use memory::MemoryStore;
+
+/// How many history entries are kept per service; older ones are dropped.
+pub const HISTORY_LIMIT: usize = 100;
+
+/// Everything teal keeps across restarts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistedState {
+    /// The last fleet-wide version number used; the next one is larger.
+    pub version_seq: u64,
+    /// Per service, by name.
+    pub services: BTreeMap<String, ServiceState>,
+    /// Per service, oldest first, at most [`HISTORY_LIMIT`] entries each.
+    pub history: BTreeMap<String, Vec<HistoryEntry>>,
+    /// The id the next operation gets.
+    pub next_operation_id: u64,
+}
+
+/// What teal keeps about one service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceState {
+    /// The current split.
+    pub weights: Split,
+    /// The fleet that was live before the last switch, for rollback.
+    pub previous: Option<String>,
+    /// Fleets retired: no weight, no endpoints.
+    pub retired: BTreeSet<String>,
+    /// A pending retirement.
+    pub retirement: Option<Retirement>,
+    /// Since when more than one fleet has had endpoints (stored as unix
+    /// milliseconds); `None` when only one has.
+    #[serde(
+        rename = "both_fleets_since_unix_ms",
+        with = "serde_time::opt_unix_millis"
+    )]
+    pub both_fleets_since: Option<SystemTime>,
+}
+
+impl PersistedState {
+    /// Appends `entry` to `service`'s history, dropping the oldest entries
+    /// beyond [`HISTORY_LIMIT`].
+    pub fn record(&mut self, service: &str, entry: HistoryEntry) {
+        let history = self.history.entry(service.to_owned()).or_default();
+        history.push(entry);
+        let excess = history.len().saturating_sub(HISTORY_LIMIT);
+        history.drain(..excess);
+    }
+
+    /// `service`'s history, newest first.
+    pub fn history_newest_first(&self, service: &str) -> Vec<HistoryEntry> {
+        self.history
+            .get(service)
+            .map(|h| h.iter().rev().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// A store's revision of the state: it grows by one with every save.
+/// `Revision(0)` means nothing has been stored yet.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Revision(pub u64);
+
+impl fmt::Display for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "r{}", self.0)
+    }
+}
+
+/// A stored state and the revision it was stored at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// The state.
+    pub state: PersistedState,
+    /// Its revision; pass it to [`StateStore::save`] to replace it.
+    pub revision: Revision,
+}
+
+/// Why the state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Reading or writing failed; for a save, the old state is still the
+    /// stored one.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The stored state cannot be read back; teal refuses to start from
+    /// an empty state instead.
+    #[error("{path}: corrupt state: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Someone else saved since the state was loaded; load again and retry.
+    #[error("state changed underneath: expected revision {expected}, found {found}")]
+    Conflict {
+        /// The revision the save was based on.
+        expected: Revision,
+        /// The revision actually stored.
+        found: Revision,
+    },
+    /// Another process holds the state directory.
+    #[error("{path}: locked by another teal process")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+}
+
+impl StateError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> StateError {
+        StateError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Where [`PersistedState`] is kept.
+///
+/// Saves are compare-and-swap on the [`Revision`], so several replicas
+/// can share one store: a replica whose save fails with
+/// [`StateError::Conflict`] reloads, and learns of other replicas' saves
+/// through [`watch`](StateStore::watch).
+#[tonic::async_trait]
+pub trait StateStore: Send + Sync + 'static {
+    /// The stored state, or `None` if nothing was ever saved. A stored
+    /// state that cannot be read is an error, never `None`.
+    async fn load(&self) -> Result<Option<Stored>, StateError>;
+    /// Writes `state` if the stored revision is still `expected`
+    /// (compare-and-swap); returns the new revision. When this returns
+    /// `Ok`, the state survives a crash.
+    async fn save(
+        &self,
+        state: &PersistedState,
+        expected: Revision,
+    ) -> Result<Revision, StateError>;
+    /// Changes written by other replicas; `None` for single-process stores.
+    fn watch(&self) -> Option<tokio::sync::watch::Receiver<Option<Stored>>>;
+    /// Where the state is kept, for logs.
+    fn describe(&self) -> String;
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;

@@ -1,0 +1,295 @@
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::*;
+use crate::rollout::Outcome;
+
+fn at(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+fn entry(id: u64) -> HistoryEntry {
+    HistoryEntry {
+        id,
+        verb: "flip".into(),
+        actor: "ops".into(),
+        started: at(1_700_000_000_000 + id),
+        finished: at(1_700_000_000_500 + id),
+        from: Split::from([("blue".into(), 100)]),
+        to: Split::from([("green".into(), 100)]),
+        version: Some(format!("v{id}")),
+        outcome: if id.is_multiple_of(2) {
+            Outcome::Succeeded
+        } else {
+            Outcome::RolledBack {
+                reason: "proxy edge-1 NACKed".into(),
+            }
+        },
+        convergence: Some(Duration::from_millis(42)),
+        acks: vec![("edge-1".into(), Duration::from_millis(7))],
+    }
+}
+
+fn sample(seq: u64) -> PersistedState {
+    let mut s = PersistedState {
+        version_seq: seq,
+        next_operation_id: 7,
+        ..PersistedState::default()
+    };
+    s.services.insert(
+        "api".into(),
+        ServiceState {
+            weights: Split::from([("blue".into(), 10), ("green".into(), 90)]),
+            previous: Some("blue".into()),
+            retired: ["red".to_owned()].into(),
+            retirement: Some(Retirement {
+                fleet: "blue".into(),
+                at: at(1_700_000_100_000),
+            }),
+            both_fleets_since: Some(at(1_699_999_000_000)),
+        },
+    );
+    s.record("api", entry(1));
+    s.record("api", entry(2));
+    s
+}
+
+#[test]
+fn history_keeps_the_newest_entries() {
+    let mut s = PersistedState::default();
+    for id in 0..(HISTORY_LIMIT as u64 + 5) {
+        s.record("api", entry(id));
+    }
+    let h = &s.history["api"];
+    assert_eq!(h.len(), HISTORY_LIMIT);
+    assert_eq!(h[0].id, 5);
+    assert_eq!(
+        s.history_newest_first("api")[0].id,
+        HISTORY_LIMIT as u64 + 4
+    );
+    assert!(s.history_newest_first("web").is_empty());
+}
+
+#[test]
+fn json_is_readable_and_round_trips() {
+    let s = sample(3);
+    let json = serde_json::to_value(&s).expect("test step");
+    let api = &json["services"]["api"];
+    assert_eq!(api["both_fleets_since_unix_ms"], 1_699_999_000_000_u64);
+    assert_eq!(api["retirement"]["at_unix_ms"], 1_700_000_100_000_u64);
+    let h = &json["history"]["api"][0];
+    assert_eq!(h["convergence_ms"], 42);
+    assert_eq!(h["acks_ms"], serde_json::json!([["edge-1", 7]]));
+    assert_eq!(h["outcome"]["kind"], "rolled_back");
+    assert_eq!(json["history"]["api"][1]["outcome"]["kind"], "succeeded");
+    let back: PersistedState = serde_json::from_value(json).expect("test step");
+    assert_eq!(back, s);
+}
+
+#[tokio::test]
+async fn file_store_round_trip_survives_reopening() {
+    let dir = tempfile::tempdir().expect("test step");
+    {
+        let store = FileStore::open(dir.path()).expect("test step");
+        assert_eq!(store.load().await.expect("test step"), None);
+        assert_eq!(
+            store
+                .save(&sample(1), Revision(0))
+                .await
+                .expect("test step"),
+            Revision(1)
+        );
+        assert_eq!(
+            store
+                .save(&sample(2), Revision(1))
+                .await
+                .expect("test step"),
+            Revision(2)
+        );
+        assert!(store.describe().contains("state.json"));
+        assert!(store.watch().is_none());
+    }
+    let store = FileStore::open(dir.path()).expect("test step");
+    let stored = store.load().await.expect("test step").expect("test step");
+    assert_eq!(stored.revision, Revision(2));
+    assert_eq!(stored.state, sample(2));
+    assert_eq!(
+        store
+            .save(&sample(3), Revision(2))
+            .await
+            .expect("test step"),
+        Revision(3)
+    );
+}
+
+#[tokio::test]
+async fn file_store_save_is_compare_and_swap() {
+    let dir = tempfile::tempdir().expect("test step");
+    let store = FileStore::open(dir.path()).expect("test step");
+    store
+        .save(&sample(1), Revision(0))
+        .await
+        .expect("test step");
+    let err = store
+        .save(&sample(9), Revision(0))
+        .await
+        .expect_err("should fail");
+    assert!(
+        matches!(
+            err,
+            StateError::Conflict {
+                expected: Revision(0),
+                found: Revision(1)
+            }
+        ),
+        "{err}"
+    );
+    // Also when the revision is not cached yet (fresh process).
+    drop(store);
+    let store = FileStore::open(dir.path()).expect("test step");
+    let err = store
+        .save(&sample(9), Revision(5))
+        .await
+        .expect_err("should fail");
+    assert!(
+        matches!(
+            err,
+            StateError::Conflict {
+                found: Revision(1),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        store
+            .load()
+            .await
+            .expect("test step")
+            .expect("test step")
+            .state,
+        sample(1)
+    );
+}
+
+#[tokio::test]
+async fn second_open_of_a_directory_is_locked() {
+    let dir = tempfile::tempdir().expect("test step");
+    let store = FileStore::open(dir.path()).expect("test step");
+    let err = FileStore::open(dir.path()).expect_err("should fail");
+    assert!(matches!(err, StateError::Locked { .. }), "{err}");
+    drop(store);
+    FileStore::open(dir.path()).expect("test step");
+}
+
+#[tokio::test]
+async fn leftover_temporary_file_is_ignored() {
+    let dir = tempfile::tempdir().expect("test step");
+    let store = FileStore::open(dir.path()).expect("test step");
+    store
+        .save(&sample(1), Revision(0))
+        .await
+        .expect("test step");
+    std::fs::write(
+        dir.path().join("state.json.tmp"),
+        b"{\"format\": 1, \"revis",
+    )
+    .expect("test step");
+    let stored = store.load().await.expect("test step").expect("test step");
+    assert_eq!((stored.revision, stored.state), (Revision(1), sample(1)));
+    store
+        .save(&sample(2), Revision(1))
+        .await
+        .expect("test step");
+    assert_eq!(
+        store
+            .load()
+            .await
+            .expect("test step")
+            .expect("test step")
+            .state,
+        sample(2)
+    );
+}
+
+#[tokio::test]
+async fn corrupt_state_is_an_error_not_an_empty_state() {
+    for bad in [
+        &b"{\"format\": 1, \"revis"[..],
+        b"",
+        b"{\"format\": 2, \"revision\": 1, \"state\": {}}",
+    ] {
+        let dir = tempfile::tempdir().expect("test step");
+        let store = FileStore::open(dir.path()).expect("test step");
+        std::fs::write(store.state_path(), bad).expect("test step");
+        let err = store.load().await.expect_err("should fail");
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+        // A save does not paper over it either.
+        let err = store
+            .save(&sample(1), Revision(0))
+            .await
+            .expect_err("should fail");
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn memory_store_has_the_same_semantics() {
+    let store = MemoryStore::new();
+    assert!(store.watch().is_none());
+    assert_eq!(store.load().await.expect("test step"), None);
+    assert_eq!(
+        store
+            .save(&sample(1), Revision(0))
+            .await
+            .expect("test step"),
+        Revision(1)
+    );
+    let err = store
+        .save(&sample(2), Revision(0))
+        .await
+        .expect_err("should fail");
+    assert!(
+        matches!(
+            err,
+            StateError::Conflict {
+                found: Revision(1),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    store.fail_saves(true);
+    assert!(matches!(
+        store.save(&sample(2), Revision(1)).await,
+        Err(StateError::Io { .. })
+    ));
+    store.fail_saves(false);
+    assert_eq!(
+        store
+            .save(&sample(2), Revision(1))
+            .await
+            .expect("test step"),
+        Revision(2)
+    );
+    let stored = store.load().await.expect("test step").expect("test step");
+    assert_eq!((stored.revision, stored.state), (Revision(2), sample(2)));
+}
+
+#[tokio::test]
+async fn watchable_memory_store_reports_other_replicas_saves() {
+    let a = MemoryStore::watchable();
+    let b = a.clone();
+    let mut rx = b.watch().expect("test step");
+    a.save(&sample(4), Revision(0)).await.expect("test step");
+    rx.changed().await.expect("test step");
+    let seen = rx.borrow_and_update().clone().expect("test step");
+    assert_eq!((seen.revision, seen.state.version_seq), (Revision(1), 4));
+    assert_eq!(
+        b.load()
+            .await
+            .expect("test step")
+            .expect("test step")
+            .revision,
+        Revision(1)
+    );
+}
