@@ -72,6 +72,13 @@ pub struct ServeArgs {
     /// Address of the admin API that the CLI talks to.
     #[arg(long, env = "TEAL_ADMIN_ADDR", default_value = "127.0.0.1:18001")]
     pub admin_addr: SocketAddr,
+    /// Directory of teal's durable state (live fleets, weights, version
+    /// counter, history). Created if missing; one teal per directory.
+    #[arg(long, env = "TEAL_STATE_DIR", default_value = "teal-state")]
+    pub state_dir: PathBuf,
+    /// Keep state in memory only: nothing survives a restart.
+    #[arg(long, conflicts_with = "state_dir")]
+    pub ephemeral: bool,
     /// Seconds between checks of the config file for changes.
     #[arg(long, default_value_t = 1.0, value_parser = positive_seconds)]
     pub watch_interval: f64,
@@ -122,6 +129,7 @@ fn serve_command(args: ServeArgs) -> u8 {
         xds_addr: args.xds_addr,
         admin_addr: args.admin_addr,
         watch_interval: Duration::from_secs_f64(args.watch_interval),
+        state_dir: (!args.ephemeral).then_some(args.state_dir),
         xds: crate::xds::XdsServerConfig {
             drain: Duration::from_secs_f64(args.drain),
             ..Default::default()

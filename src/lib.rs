@@ -4,6 +4,7 @@
 //!
 //! - [`cli`]: the `teal` command line; each command is a function here.
 //! - [`serve`]: `teal serve`, which wires config, snapshots and servers.
+//! - [`controller`]: runs rollouts: owns the config, the durable state and the snapshot writer.
 //! - [`config`]: the YAML config model, its validation and translation to Envoy resources.
 //! - [`rollout`]: blue/green operations, their progress, and the backend the admin API drives.
 //! - [`resources`]: the four xDS resource types, in make-before-break order.
@@ -18,6 +19,7 @@
 pub mod checks;
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod resources;
 pub mod rollout;
 pub mod serve;

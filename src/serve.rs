@@ -14,10 +14,11 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::config::{self, Config, Diagnostics, Weights};
+use crate::config::{self, Config, Diagnostics};
+use crate::controller::{self, Controller};
 use crate::shutdown::Shutdown;
-use crate::snapshot::BuildError;
-use crate::snapshot_store::{SnapshotWriter, snapshot_store};
+use crate::snapshot_store::snapshot_store;
+use crate::state::{FileStore, MemoryStore, StateStore};
 use crate::xds::{ProxyRegistry, XdsServer, XdsServerConfig};
 
 /// What `teal serve` was asked to do.
@@ -31,6 +32,9 @@ pub struct ServeOptions {
     pub admin_addr: SocketAddr,
     /// How often the config file is checked for changes.
     pub watch_interval: Duration,
+    /// Where the durable state lives; `None` keeps it in memory only
+    /// (tests and throwaway runs).
+    pub state_dir: Option<PathBuf>,
     /// xDS server tunables.
     pub xds: XdsServerConfig,
 }
@@ -49,10 +53,6 @@ pub enum ServeError {
     /// The config has problems.
     #[error("the config has problems:\n{0}")]
     ConfigInvalid(Diagnostics),
-    /// The translated config was refused by the snapshot builder (a bug in
-    /// translation, since the config validated).
-    #[error("the config could not be turned into a snapshot: {0}")]
-    Snapshot(#[from] BuildError),
     /// A listening socket could not be opened.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -64,6 +64,12 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("xDS server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The durable state could not be opened or read.
+    #[error("state: {0}")]
+    State(#[from] crate::state::StateError),
+    /// The controller could not start.
+    #[error("{0}")]
+    Controller(#[from] crate::controller::ControllerError),
 }
 
 impl ServeError {
@@ -72,10 +78,11 @@ impl ServeError {
         match self {
             ServeError::ConfigUnreadable { .. } => config::commands::EX_NOINPUT,
             ServeError::ConfigInvalid(_) => config::commands::EX_DATAERR,
-            ServeError::Snapshot(_) => config::commands::EX_SOFTWARE,
             // EX_UNAVAILABLE: a service we need (the port) is not there.
             ServeError::Bind { .. } => 69,
             ServeError::Transport(_) => config::commands::EX_SOFTWARE,
+            // EX_CANTCREAT / EX_IOERR-like: the state dir is unusable.
+            ServeError::State(_) | ServeError::Controller(_) => 73,
         }
     }
 }
@@ -110,24 +117,6 @@ impl ConfigSource {
     }
 }
 
-/// The one owner of the snapshot writer: turns configs and weights into
-/// published versions.
-#[derive(Debug)]
-struct Publisher {
-    writer: SnapshotWriter,
-    config: Config,
-    weights: Weights,
-}
-
-impl Publisher {
-    fn publish(&mut self) -> Result<String, BuildError> {
-        let input = config::translate(&self.config, &self.weights);
-        let version = config::config_digest(&input);
-        self.writer.publish(&version, &input)?;
-        Ok(version)
-    }
-}
-
 /// A started `teal serve`: where it listens, and the task running it.
 #[derive(Debug)]
 pub struct Running {
@@ -135,6 +124,8 @@ pub struct Running {
     pub xds_addr: SocketAddr,
     /// The proxy registry, for in-process callers and tests.
     pub registry: Arc<ProxyRegistry>,
+    /// The controller, for in-process callers and tests.
+    pub controller: Controller,
     task: tokio::task::JoinHandle<Result<(), ServeError>>,
 }
 
@@ -169,16 +160,14 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     source.last_text = text;
 
     let (writer, reader) = snapshot_store();
-    let weights = Weights::initial(&config);
-    let mut publisher = Publisher {
-        writer,
-        config,
-        weights,
+    let store: Arc<dyn StateStore> = match &opts.state_dir {
+        Some(dir) => Arc::new(FileStore::open(dir)?),
+        None => Arc::new(MemoryStore::default()),
     };
-    let version = publisher.publish()?;
-    tracing::info!(config = %source.name(), %version, "serving config");
-
     let registry: Arc<ProxyRegistry> = ProxyRegistry::new();
+    let (controller, _driver) =
+        controller::start(config, writer, store, registry.clone(), shutdown.clone()).await?;
+    tracing::info!(config = %source.name(), version = %controller.snapshot().version(), "serving config");
     let listener = TcpListener::bind(opts.xds_addr)
         .await
         .map_err(|source| ServeError::Bind {
@@ -191,10 +180,17 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     })?;
     let server = XdsServer::new(reader, registry.clone(), shutdown.clone(), opts.xds.clone());
     let server_task = tokio::spawn(server.serve(listener));
-    let task = tokio::spawn(supervise(opts, source, publisher, server_task, shutdown));
+    let task = tokio::spawn(supervise(
+        opts,
+        source,
+        controller.clone(),
+        server_task,
+        shutdown,
+    ));
     Ok(Running {
         xds_addr,
         registry,
+        controller,
         task,
     })
 }
@@ -203,7 +199,7 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
 async fn supervise(
     opts: ServeOptions,
     mut source: ConfigSource,
-    mut publisher: Publisher,
+    controller: Controller,
     mut server_task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     shutdown: Shutdown,
 ) -> Result<(), ServeError> {
@@ -215,8 +211,8 @@ async fn supervise(
         tokio::select! {
             () = stop.wait() => break,
             joined = &mut server_task => return server_result(joined),
-            () = next_hangup(&mut hangup) => reload(&mut source, &mut publisher, true).await,
-            _ = tick.tick(), if source.path.is_some() => reload(&mut source, &mut publisher, false).await,
+            () = next_hangup(&mut hangup) => reload(&mut source, &controller, true).await,
+            _ = tick.tick(), if source.path.is_some() => reload(&mut source, &controller, false).await,
         }
     }
     tracing::info!("shutting down: draining xDS streams");
@@ -237,7 +233,7 @@ fn server_result(
 
 /// Re-reads the config; publishes it if it is valid and changed.
 /// `forced` (SIGHUP) reloads even an unchanged file.
-async fn reload(source: &mut ConfigSource, publisher: &mut Publisher, forced: bool) {
+async fn reload(source: &mut ConfigSource, controller: &Controller, forced: bool) {
     let text = match source.read().await {
         Ok(text) => text,
         Err(e) => {
@@ -261,16 +257,10 @@ async fn reload(source: &mut ConfigSource, publisher: &mut Publisher, forced: bo
                 "config reload refused; still serving the last good config"
             );
         }
-        Ok(config) => {
-            let previous = std::mem::replace(&mut publisher.config, config);
-            match publisher.publish() {
-                Ok(version) => tracing::info!(%version, "config reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %e, "config reload refused");
-                    publisher.config = previous;
-                }
-            }
-        }
+        Ok(config) => match controller.reload(config).await {
+            Ok(version) => tracing::info!(%version, "config reloaded"),
+            Err(e) => tracing::error!(error = %e, "config reload refused"),
+        },
     }
 }
 

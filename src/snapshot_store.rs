@@ -33,10 +33,26 @@ impl SnapshotWriter {
         version: &str,
         input: &SnapshotInput,
     ) -> Result<Arc<Snapshot>, BuildError> {
-        let previous = self.tx.borrow().clone();
-        let snapshot = Arc::new(Snapshot::build(version, input, Some(&previous))?);
-        self.tx.send_replace(snapshot.clone());
+        let snapshot = self.prepare(version, input)?;
+        self.install(snapshot.clone());
         Ok(snapshot)
+    }
+
+    /// Builds `input` as `version` on top of the current snapshot without
+    /// serving it yet, so a caller can make it durable first and then
+    /// [`install`](Self::install) it.
+    pub fn prepare(
+        &self,
+        version: &str,
+        input: &SnapshotInput,
+    ) -> Result<Arc<Snapshot>, BuildError> {
+        let previous = self.tx.borrow().clone();
+        Ok(Arc::new(Snapshot::build(version, input, Some(&previous))?))
+    }
+
+    /// Serves a snapshot built by [`prepare`](Self::prepare).
+    pub fn install(&mut self, snapshot: Arc<Snapshot>) {
+        self.tx.send_replace(snapshot);
     }
 
     /// The snapshot being served now.
@@ -59,6 +75,11 @@ pub struct SnapshotReader {
 }
 
 impl SnapshotReader {
+    /// The snapshot being served now, without marking it seen.
+    pub fn peek(&self) -> Arc<Snapshot> {
+        self.rx.borrow().clone()
+    }
+
     /// The snapshot being served now, marking it seen.
     pub fn current(&mut self) -> Arc<Snapshot> {
         self.rx.borrow_and_update().clone()

@@ -36,6 +36,10 @@ pub const HISTORY_LIMIT: usize = 100;
 pub struct PersistedState {
     /// The last fleet-wide version number used; the next one is larger.
     pub version_seq: u64,
+    /// The full version string last served (`{seq}-{digest}`), so a
+    /// restart with the same content serves the same version.
+    #[serde(default)]
+    pub version: String,
     /// Per service, by name.
     pub services: BTreeMap<String, ServiceState>,
     /// Per service, oldest first, at most [`HISTORY_LIMIT`] entries each.

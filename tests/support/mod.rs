@@ -193,6 +193,7 @@ impl Teal {
             xds_addr: "127.0.0.1:0".parse().expect("an address"),
             admin_addr: "127.0.0.1:0".parse().expect("an address"),
             watch_interval: WATCH_INTERVAL,
+            state_dir: None,
             xds: XdsServerConfig {
                 drain: Duration::from_millis(200),
                 ..XdsServerConfig::default()
@@ -321,13 +322,19 @@ impl Teal {
         let what = format!("{node_id} ACKs {ty} version {version:?}");
         let proxies = self
             .wait_for(CONVERGE, &what, |all| {
-                find(all, node_id).is_some_and(|p| p.of(ty).acked.as_deref() == Some(version))
+                find(all, node_id).is_some_and(|p| is_version(p.of(ty).acked.as_deref(), version))
             })
             .await;
         find(&proxies, node_id)
             .cloned()
             .expect("the proxy was just found")
     }
+}
+
+/// Whether `got` is `version`, or a `teal serve` version (`{seq}-{digest}`)
+/// whose digest is `version`.
+pub fn is_version(got: Option<&str>, version: &str) -> bool {
+    got.is_some_and(|g| g == version || g.strip_suffix(version).is_some_and(|s| s.ends_with('-')))
 }
 
 /// A snapshot input from `(group, resources)` pairs.
