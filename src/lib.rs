@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - [`cli`]: the `teal` command line; each command is a function here.
+//! - [`admin`]: the admin API (gRPC), `/metrics` and `/healthz`.
 //! - [`serve`]: `teal serve`, which wires config, snapshots and servers.
 //! - [`config`]: the YAML config model, its validation and translation to Envoy resources.
 //! - [`rollout`]: blue/green operations, their progress, and the backend the admin API drives.
@@ -13,6 +14,7 @@
 //! - [`wire`]: hand-assembled discovery responses that streams share.
 //! - [`shutdown`]: shutdown as a value passed to servers.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod resources;

@@ -342,7 +342,8 @@ pub trait Backend: Send + Sync + 'static {
         actor: &str,
     ) -> Result<tokio::sync::watch::Receiver<Progress>, RolloutError>;
     /// Follows an operation already running.
-    async fn follow(&self, id: u64) -> Result<tokio::sync::watch::Receiver<Progress>, RolloutError>;
+    async fn follow(&self, id: u64)
+    -> Result<tokio::sync::watch::Receiver<Progress>, RolloutError>;
     /// Stops an operation between steps (a shift or a pending retirement).
     async fn abort(&self, id: u64, actor: &str) -> Result<(), RolloutError>;
     /// Runs a service's checks against one fleet now.
