@@ -114,10 +114,10 @@ impl Tokens {
             Some(path) => Tokens::from_file(path)?,
             None => Tokens::none(),
         };
-        if let Ok(token) = std::env::var(TOKEN_ENV) {
-            if !token.trim().is_empty() {
-                tokens = tokens.with("admin", token.trim());
-            }
+        if let Ok(token) = std::env::var(TOKEN_ENV)
+            && !token.trim().is_empty()
+        {
+            tokens = tokens.with("admin", token.trim());
         }
         Ok(tokens)
     }

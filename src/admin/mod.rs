@@ -36,11 +36,11 @@
 //!
 //! # Modules
 //!
-//! - [`pb`]: the generated messages, server and client.
-//! - [`convert`]: rollout types ↔ messages.
-//! - [`server`]: the gRPC service over a [`Backend`].
-//! - [`auth`]: tokens.
-//! - [`metrics`]: counters and the `/metrics` page.
+//! - [`pb`][]: the generated messages, server and client.
+//! - [`convert`][]: rollout types ↔ messages.
+//! - [`server`][]: the gRPC service over a [`Backend`].
+//! - [`auth`][]: tokens.
+//! - [`metrics`][]: counters and the `/metrics` page.
 
 pub mod auth;
 pub mod convert;
