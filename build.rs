@@ -30,6 +30,8 @@ fn compile_admin_proto() {
     let fds =
         protox::compile([ADMIN_PROTO], ["proto"]).unwrap_or_else(|e| panic!("{ADMIN_PROTO}: {e}"));
     tonic_prost_build::configure()
+        // Splits print and compare in fleet order.
+        .btree_map(".")
         .compile_fds(fds)
         .unwrap_or_else(|e| panic!("generate the admin API from {ADMIN_PROTO}: {e}"));
 }
