@@ -84,7 +84,9 @@ pub fn resolve(
                 {
                     [other] => (*other).clone(),
                     _ => {
-                        return Err("more than two fleets: say which gains traffic with --to".into());
+                        return Err(
+                            "more than two fleets: say which gains traffic with --to".into()
+                        );
                     }
                 },
             };
