@@ -256,7 +256,7 @@ pub async fn follow(
             Err(status) => return conn.fail(&status).report(err),
         };
         let line = progress_line(&p);
-        if line != last_line {
+        if line != last_line && p.outcome.is_none() {
             let _ = writeln!(err, "{} #{} {}: {line}", p.verb, p.id, p.service);
             last_line = line;
         }
@@ -285,6 +285,13 @@ fn finish(p: &pb::Progress, outcome: &pb::Outcome, out: &mut dyn Write, err: &mu
         }
         Kind::RolledBack => {
             let _ = writeln!(err, "teal: {what} {name}: {}", outcome.reason);
+            for c in p.checks.iter().filter(|c| !c.ok) {
+                let _ = writeln!(
+                    err,
+                    "  check {} failed on {}: {}",
+                    c.check, c.endpoint, c.detail
+                );
+            }
             let _ = writeln!(err, "  every proxy is back on the previous weights");
             EX_ROLLED_BACK
         }

@@ -200,7 +200,7 @@ pub async fn run_admin(
                 watch,
                 output,
             } => read::status(c, service, watch, output, out).await,
-            AdminCommand::Proxies { output } => read::proxies(c, output, out).await,
+            AdminCommand::Proxies { output } => super::proxies::proxies(c, output, out).await,
             AdminCommand::Verify {
                 service,
                 fleet,

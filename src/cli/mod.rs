@@ -5,7 +5,7 @@
 //!
 //! - `serve`, `validate`, `render`: run teal, check and show a config.
 //! - The admin commands ([`commands::AdminCommand`]) talk to a running teal
-//!   over its admin API: reads in [`read`], changes in [`ops`], the
+//!   over its admin API: reads in [`read`] and [`proxies`], changes in [`ops`], the
 //!   connection, exit codes and progress in [`client`], `-o json` in
 //!   [`json`], argument parsing in [`parse`], tables in [`table`].
 //!
@@ -19,6 +19,7 @@ pub mod commands;
 pub mod json;
 pub mod ops;
 pub mod parse;
+pub mod proxies;
 pub mod read;
 pub mod table;
 

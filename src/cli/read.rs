@@ -15,7 +15,7 @@ use super::json;
 use super::parse::human;
 use super::table::{self, Table};
 
-fn print_json(out: &mut dyn Write, v: &serde_json::Value) {
+pub(super) fn print_json(out: &mut dyn Write, v: &serde_json::Value) {
     let text =
         serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     let _ = writeln!(out, "{text}");
@@ -149,110 +149,6 @@ fn change_line(h: &pb::HistoryEntry, now: i64) -> String {
         table::split(&h.from.clone().unwrap_or_default().weights),
         table::split(&h.to.clone().unwrap_or_default().weights),
     )
-}
-
-/// Whether a proxy is on the version its group should be on, for one type.
-pub fn sync_state(t: &pb::TypeStatus, expected: Option<&str>) -> &'static str {
-    let nacked = t
-        .nack
-        .as_ref()
-        .is_some_and(|n| Some(&n.version) == t.sent.as_ref());
-    if t.sent.is_none() {
-        "NOT SENT"
-    } else if nacked {
-        "NACKED"
-    } else if t.acked.is_some() && t.acked.as_deref() == expected.or(t.sent.as_deref()) {
-        "SYNCED"
-    } else {
-        "STALE"
-    }
-}
-
-fn expected<'a>(r: &'a pb::ProxiesResponse, group: &str, ty: usize) -> Option<&'a str> {
-    let v = r.current_versions.get(group)?;
-    Some([&v.cds, &v.eds, &v.lds, &v.rds][ty].as_str()).filter(|s| !s.is_empty())
-}
-
-/// The proxies as a table, followed by every NACK's message.
-pub fn proxies_text(r: &pb::ProxiesResponse) -> String {
-    let mut t = Table::new(&["PROXY", "GROUP", "STREAM", "CDS", "EDS", "LDS", "RDS"]);
-    let mut nacks = Vec::new();
-    for p in &r.proxies {
-        let id = if p.node_id.is_empty() {
-            format!("(stream {})", p.stream_id)
-        } else {
-            p.node_id.clone()
-        };
-        let mut row = vec![
-            id.clone(),
-            p.group.clone(),
-            format!("{}{}", p.kind, if p.delta { " delta" } else { "" }),
-        ];
-        for (i, ty) in p.types.iter().enumerate().take(4) {
-            let state = sync_state(ty, expected(r, &p.group, i));
-            let version = match state {
-                "NACKED" => ty.sent.clone(),
-                _ => ty.acked.clone(),
-            };
-            row.push(match (state, version) {
-                ("NOT SENT", _) => state.to_owned(),
-                (_, Some(v)) => format!("{state} {v}"),
-                (_, None) => state.to_owned(),
-            });
-            if let (true, Some(n)) = (state == "NACKED", &ty.nack) {
-                nacks.push(format!(
-                    "{id} {} NACKED {}: {}",
-                    ty.r#type, n.version, n.message
-                ));
-            }
-        }
-        t.row(row);
-    }
-    let mut text = if t.is_empty() {
-        "no proxies connected\n".to_owned()
-    } else {
-        t.render()
-    };
-    for n in nacks {
-        text.push_str(&n);
-        text.push('\n');
-    }
-    text
-}
-
-/// `teal proxies`.
-pub async fn proxies(conn: &mut Conn, output: Output, out: &mut dyn Write) -> Result<u8, Failure> {
-    let req = conn.request(pb::ProxiesRequest {});
-    let r = conn
-        .client
-        .proxies(req)
-        .await
-        .map_err(|e| conn.fail(&e))?
-        .into_inner();
-    match output {
-        Output::Table => {
-            let _ = write!(out, "{}", proxies_text(&r));
-        }
-        Output::Json => {
-            let proxies: Vec<_> = r.proxies.iter().map(|p| {
-                let types: serde_json::Map<String, serde_json::Value> = p.types.iter().enumerate().map(|(i, t)| {
-                    let expected = expected(&r, &p.group, i);
-                    (t.r#type.clone(), json!({
-                        "state": sync_state(t, expected),
-                        "sent": t.sent, "acked": t.acked, "expected": expected,
-                        "nack": t.nack.as_ref().map(|n| json!({"version": n.version, "message": n.message, "at_unix_ms": n.at_unix_ms})),
-                    }))
-                }).collect();
-                json!({
-                    "node_id": p.node_id, "group": p.group, "stream_id": p.stream_id, "kind": p.kind,
-                    "delta": p.delta, "user_agent": p.user_agent,
-                    "connected_since_unix_ms": p.connected_since_unix_ms, "types": types,
-                })
-            }).collect();
-            print_json(out, &json!({ "proxies": proxies }));
-        }
-    }
-    Ok(EX_OK)
 }
 
 /// `teal verify`: exit 0 when every check passed, 1 otherwise.
