@@ -159,13 +159,18 @@ impl Backend for FakeBackend {
         actor: &str,
     ) -> Result<watch::Receiver<Progress>, RolloutError> {
         let service = op.service().to_owned();
-        if service != "web" && service != "shaky" {
+        if !["web", "shaky", "slow"].contains(&service.as_str()) {
             return Err(RolloutError::UnknownService(service));
         }
         let id = self.starts.fetch_add(1, Ordering::SeqCst) as u64 + 7;
         *self.last.lock().expect("lock") = Some((op, actor.to_owned()));
         let (tx, rx) = watch::channel(progress(id, &service, Phase::Preparing));
         tokio::spawn(async move {
+            if service == "slow" {
+                // Keeps the operation running until the test ends.
+                tx.closed().await;
+                return;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
             tx.send_replace(progress(id, &service, Phase::Confirming));
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -547,4 +552,81 @@ async fn shift_steps_become_splits_and_unreachable_admin_exits_69() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_changes_without_a_token_get_unauthenticated() {
+    use teal::admin::pb;
+    let admin = start_admin().await;
+    let mut client = pb::admin_client::AdminClient::connect(format!("http://{}", admin.addr))
+        .await
+        .expect("connect");
+    let flip = pb::FlipRequest {
+        service: "web".into(),
+        ..Default::default()
+    };
+    let e = client.flip(flip.clone()).await.expect_err("no token");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let e = client
+        .abort(pb::AbortRequest { id: 1 })
+        .await
+        .expect_err("no token");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let mut req = tonic::Request::new(flip);
+    req.metadata_mut()
+        .insert("authorization", "Bearer nope".parse().expect("ascii"));
+    let e = client.flip(req).await.expect_err("wrong token");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert_eq!(admin.backend.starts.load(Ordering::SeqCst), 0);
+    // Reads need no token.
+    let status = client
+        .status(pb::StatusRequest { service: None })
+        .await
+        .expect("status");
+    assert_eq!(status.into_inner().services[0].live, "blue");
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_following_and_says_how_to_follow_again() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let admin = start_admin().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+        .args([
+            "--admin",
+            &admin.addr.to_string(),
+            "--token",
+            TOKEN,
+            "flip",
+            "slow",
+        ])
+        .env_remove("TEAL_TOKEN")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn teal");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let first = tokio::time::timeout(Duration::from_secs(10), stderr.next_line())
+        .await
+        .expect("progress within 10s")
+        .expect("read");
+    assert!(
+        first.as_deref().is_some_and(|l| l.contains("preparing")),
+        "{first:?}"
+    );
+    let pid = child.id().expect("pid").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let mut rest = String::new();
+    while let Ok(Some(line)) = stderr.next_line().await {
+        rest.push_str(&line);
+        rest.push('\n');
+    }
+    let status = child.wait().await.expect("wait");
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(rest.contains("goes on on the server"), "{rest}");
+    assert!(rest.contains("teal status slow"), "{rest}");
 }

@@ -81,7 +81,12 @@ pub fn progress_stream(mut rx: watch::Receiver<Progress>) -> ProgressStream {
             if tx.send(Ok(convert::progress(&current))).await.is_err() || done {
                 return;
             }
-            if rx.changed().await.is_err() {
+            let changed = tokio::select! {
+                changed = rx.changed() => changed,
+                // The client went away: stop following (the operation goes on).
+                () = tx.closed() => return,
+            };
+            if changed.is_err() {
                 let _ = tx
                     .send(Err(Status::unavailable(
                         "the operation's progress stopped without an outcome; \
