@@ -101,7 +101,7 @@ pub enum Output {
     /// Aligned columns for people.
     #[default]
     Table,
-    /// JSON with stable field names (see `teal::cli::json`).
+    /// JSON with stable field names (listed in docs/admin.md).
     Json,
 }
 
