@@ -1,5 +1,11 @@
-//! Makes the protobuf descriptor set that `envoy-types` ships available to
-//! `teal::config::render` as `$OUT_DIR/envoy_types.bin`.
+//! Two jobs:
+//!
+//! 1. Compiles teal's admin API (`proto/teal/admin/v1/admin.proto`) into
+//!    Rust with `protox` (a protobuf compiler in Rust, so no system
+//!    `protoc` is needed) and `tonic-prost-build`; `src/admin/pb.rs`
+//!    includes the result.
+//! 2. Makes the protobuf descriptor set that `envoy-types` ships available to
+//!    `teal::config::render` as `$OUT_DIR/envoy_types.bin`.
 //!
 //! `envoy-types` compiles its descriptor set (`src/generated/types.bin`)
 //! into its package but does not export it. Rather than copy 3 MB into
@@ -11,8 +17,26 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+const ADMIN_PROTO: &str = "proto/teal/admin/v1/admin.proto";
+
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
+    compile_admin_proto();
+    copy_envoy_descriptors();
+}
+
+fn compile_admin_proto() {
+    println!("cargo::rerun-if-changed={ADMIN_PROTO}");
+    let fds =
+        protox::compile([ADMIN_PROTO], ["proto"]).unwrap_or_else(|e| panic!("{ADMIN_PROTO}: {e}"));
+    tonic_prost_build::configure()
+        // Splits print and compare in fleet order.
+        .btree_map(".")
+        .compile_fds(fds)
+        .unwrap_or_else(|e| panic!("generate the admin API from {ADMIN_PROTO}: {e}"));
+}
+
+fn copy_envoy_descriptors() {
     println!("cargo::rerun-if-changed=Cargo.lock");
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));

@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - [`cli`]: the `teal` command line; each command is a function here.
+//! - [`admin`]: the admin API (gRPC), `/metrics` and `/healthz`.
 //! - [`serve`]: `teal serve`, which wires config, snapshots and servers.
 //! - [`controller`]: runs rollouts: owns the config, the durable state and the snapshot writer.
 //! - [`config`]: the YAML config model, its validation and translation to Envoy resources.
@@ -16,6 +17,7 @@
 //! - [`wire`]: hand-assembled discovery responses that streams share.
 //! - [`shutdown`]: shutdown as a value passed to servers.
 
+pub mod admin;
 pub mod checks;
 pub mod cli;
 pub mod config;

@@ -2,15 +2,35 @@
 //!
 //! `main` parses a [`Cli`] and calls [`run`]; every command returns an exit
 //! code rather than exiting, so commands are testable as functions.
+//!
+//! - `serve`, `validate`, `render`: run teal, check and show a config.
+//! - The admin commands ([`commands::AdminCommand`]) talk to a running teal
+//!   over its admin API: reads in [`read`] and [`proxies`], changes in [`ops`], the
+//!   connection, exit codes and progress in [`client`], `-o json` in
+//!   [`json`], argument parsing in [`parse`], tables in [`table`].
+//!
+//! Exit codes of the admin commands: 0 done; 1 refused (nothing changed);
+//! 2 rolled back; 3 aborted; 64 bad command line; 66 unreadable token
+//! file; 69 admin API unreachable; 70 server error; 77 missing or wrong
+//! token; 130 stopped following on Ctrl-C (the operation goes on).
+
+pub mod client;
+pub mod commands;
+pub mod json;
+pub mod ops;
+pub mod parse;
+pub mod proxies;
+pub mod read;
+pub mod table;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::commands::{self, Format};
+use crate::config::commands::{self as config_commands, Format};
 use crate::serve::{self, ServeOptions};
 use crate::shutdown::{os_signal, shutdown_channel};
 
@@ -20,11 +40,69 @@ use crate::shutdown::{os_signal, shutdown_channel};
 /// over xDS, and moves traffic between a service's blue and green fleets in
 /// one versioned push that every proxy applies.
 #[derive(Debug, Parser)]
-#[command(name = "teal", version, propagate_version = true)]
+#[command(
+    name = "teal",
+    version,
+    propagate_version = true,
+    after_long_help = FLOW
+)]
 pub struct Cli {
+    /// Where the admin API is and how to sign changes.
+    #[command(flatten)]
+    pub admin: AdminArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+const FLOW: &str = "A blue/green release with teal:
+  teal status web                       # blue is live
+  (deploy the green fleet; both are in the config)
+  teal verify web green                 # green's checks pass?
+  teal flip web                         # all traffic to green, confirmed by every proxy
+  teal shift web --steps 10,50,100 --interval 5m   # or gradually
+  teal rollback web                     # if green misbehaves
+  teal retire web blue --after 30m      # once green has proven itself
+  teal history web
+
+Changes need the admin token: --token, TEAL_TOKEN or --token-file.
+Exit codes: 0 done, 1 refused, 2 rolled back, 3 aborted, 64 usage,
+69 admin API unreachable, 77 missing or wrong token, 130 interrupted.";
+
+/// Options every admin command shares.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// Address of teal's admin API (`host:port` or a URL).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Admin API",
+        env = "TEAL_ADMIN",
+        default_value = "127.0.0.1:18001"
+    )]
+    pub admin: String,
+    /// Admin token for commands that change traffic.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Admin API",
+        env = "TEAL_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// File holding the admin token (wins over --token).
+    #[arg(long, global = true, help_heading = "Admin API", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// How read commands print.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// JSON with stable field names (listed in docs/admin.md).
+    Json,
 }
 
 /// The commands.
@@ -58,6 +136,9 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Json)]
         format: Format,
     },
+    /// Commands that talk to a running teal.
+    #[command(flatten)]
+    Admin(commands::AdminCommand),
 }
 
 /// Options of `teal serve`.
@@ -98,13 +179,13 @@ fn positive_seconds(s: &str) -> Result<f64, String> {
 pub fn run(cli: Cli) -> ExitCode {
     let code = match cli.command {
         Command::Validate { file } => {
-            commands::validate_command(&file, &mut std::io::stdout(), &mut std::io::stderr())
+            config_commands::validate_command(&file, &mut std::io::stdout(), &mut std::io::stderr())
         }
         Command::Render {
             file,
             group,
             format,
-        } => commands::render_command(
+        } => config_commands::render_command(
             &file,
             group.as_deref(),
             format,
@@ -112,8 +193,33 @@ pub fn run(cli: Cli) -> ExitCode {
             &mut std::io::stderr(),
         ),
         Command::Serve(args) => serve_command(args),
+        Command::Admin(cmd) => admin_command(&cli.admin, cmd),
     };
     ExitCode::from(code)
+}
+
+fn admin_command(args: &AdminArgs, cmd: commands::AdminCommand) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("teal: cannot start the runtime: {e}");
+            return config_commands::EX_SOFTWARE;
+        }
+    };
+    let target = client::Target {
+        addr: args.admin.clone(),
+        token: args.token.clone(),
+        token_file: args.token_file.clone(),
+    };
+    runtime.block_on(commands::run_admin(
+        &target,
+        cmd,
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+    ))
 }
 
 fn serve_command(args: ServeArgs) -> u8 {
@@ -121,7 +227,7 @@ fn serve_command(args: ServeArgs) -> u8 {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("teal: cannot start the runtime: {e}");
-            return commands::EX_SOFTWARE;
+            return config_commands::EX_SOFTWARE;
         }
     };
     let opts = ServeOptions {
@@ -143,7 +249,7 @@ fn serve_command(args: ServeArgs) -> u8 {
             trigger.trigger();
         });
         match serve::run(opts, shutdown).await {
-            Ok(()) => commands::EX_OK,
+            Ok(()) => config_commands::EX_OK,
             Err(e) => {
                 eprintln!("teal: {e}");
                 e.exit_code()

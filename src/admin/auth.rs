@@ -1,0 +1,204 @@
+//! Admin tokens: who may change things.
+//!
+//! A tokens file holds one `name:token` per line; blank lines and lines
+//! starting with `#` are ignored. The environment variable
+//! `TEAL_ADMIN_TOKEN` adds one token named `admin`. A request that changes
+//! anything must carry `authorization: Bearer <token>`; the matching
+//! token's name is the actor recorded in the history.
+//!
+//! Tokens are compared by their SHA-256 digests in constant time, so
+//! neither a token's contents nor its length leak through timing.
+
+use std::fmt;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+use tonic::metadata::MetadataMap;
+
+/// The environment variable holding the `admin` token.
+pub const TOKEN_ENV: &str = "TEAL_ADMIN_TOKEN";
+
+/// A problem in a tokens file.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Unreadable {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A line is not `name:token`.
+    #[error("{path}:{line}: expected `name:token`")]
+    Malformed {
+        /// The file.
+        path: String,
+        /// The 1-based line number.
+        line: usize,
+    },
+}
+
+/// The accepted admin tokens. `Debug` never shows them.
+#[derive(Clone, Default)]
+pub struct Tokens {
+    /// (name, SHA-256 of the token).
+    entries: Vec<(String, [u8; 32])>,
+}
+
+impl fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.entries.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("Tokens").field("names", &names).finish()
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Equality of two digests without an early exit.
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Tokens {
+    /// No tokens: every change is refused.
+    pub fn none() -> Tokens {
+        Tokens::default()
+    }
+
+    /// Adds a token.
+    pub fn with(mut self, name: &str, token: &str) -> Tokens {
+        self.entries.push((name.to_owned(), digest(token)));
+        self
+    }
+
+    /// Parses a tokens file's text; `path` names it in errors.
+    pub fn parse(text: &str, path: &str) -> Result<Tokens, TokensError> {
+        let mut tokens = Tokens::none();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            match line.split_once(':') {
+                Some((name, token)) if !name.trim().is_empty() && !token.trim().is_empty() => {
+                    tokens = tokens.with(name.trim(), token.trim());
+                }
+                _ => {
+                    return Err(TokensError::Malformed {
+                        path: path.to_owned(),
+                        line: i + 1,
+                    });
+                }
+            }
+        }
+        Ok(tokens)
+    }
+
+    /// Reads a tokens file.
+    pub fn from_file(path: &Path) -> Result<Tokens, TokensError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| TokensError::Unreadable {
+            path: name.clone(),
+            source,
+        })?;
+        Tokens::parse(&text, &name)
+    }
+
+    /// The tokens of `file` (if given) plus `TEAL_ADMIN_TOKEN` (if set and
+    /// not empty) as `admin`.
+    pub fn load(file: Option<&Path>) -> Result<Tokens, TokensError> {
+        let mut tokens = match file {
+            Some(path) => Tokens::from_file(path)?,
+            None => Tokens::none(),
+        };
+        if let Ok(token) = std::env::var(TOKEN_ENV)
+            && !token.trim().is_empty()
+        {
+            tokens = tokens.with("admin", token.trim());
+        }
+        Ok(tokens)
+    }
+
+    /// Whether no token is accepted.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The name of the token, if it is one of ours. Every entry is
+    /// compared, so the time taken does not depend on which one matched.
+    pub fn name_of(&self, token: &str) -> Option<&str> {
+        let d = digest(token);
+        let mut found = None;
+        for (name, known) in &self.entries {
+            if same(known, &d) && found.is_none() {
+                found = Some(name.as_str());
+            }
+        }
+        found
+    }
+
+    /// Checks a request's `authorization: Bearer <token>`; returns the
+    /// actor, or the `UNAUTHENTICATED` status to answer with.
+    pub fn authorize(&self, metadata: &MetadataMap) -> Result<String, tonic::Status> {
+        if self.is_empty() {
+            return Err(tonic::Status::unauthenticated(
+                "changes are disabled: the server has no admin tokens \
+                 (set TEAL_ADMIN_TOKEN or give it a tokens file)",
+            ));
+        }
+        let header = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                tonic::Status::unauthenticated(
+                    "this call changes traffic and needs a token: \
+                     `authorization: Bearer <token>` (teal --token or TEAL_TOKEN)",
+                )
+            })?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                tonic::Status::unauthenticated("authorization is not `Bearer <token>`")
+            })?;
+        self.name_of(token)
+            .map(str::to_owned)
+            .ok_or_else(|| tonic::Status::unauthenticated("unknown admin token"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_and_skips_comments() {
+        let t = Tokens::parse("# ops\nalice: s3cret\n\nci:abc:def\n", "t").expect("valid");
+        assert_eq!(t.name_of("s3cret"), Some("alice"));
+        assert_eq!(t.name_of("abc:def"), Some("ci"));
+        assert_eq!(t.name_of("nope"), None);
+        assert!(!format!("{t:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn malformed_line_is_reported_with_its_number() {
+        let e = Tokens::parse("a:b\njunk\n", "tokens").expect_err("malformed");
+        assert_eq!(e.to_string(), "tokens:2: expected `name:token`");
+    }
+
+    #[test]
+    fn authorize_wants_a_known_bearer_token() {
+        let t = Tokens::none().with("admin", "tok");
+        let mut md = MetadataMap::new();
+        assert!(t.authorize(&md).is_err());
+        md.insert("authorization", "Bearer wrong".parse().expect("ascii"));
+        assert!(t.authorize(&md).is_err());
+        md.insert("authorization", "Bearer tok".parse().expect("ascii"));
+        assert_eq!(t.authorize(&md).expect("known"), "admin");
+        assert!(Tokens::none().authorize(&md).is_err());
+    }
+}

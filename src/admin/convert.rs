@@ -1,0 +1,342 @@
+//! Conversions between the rollout types ([`crate::rollout`]) and the
+//! admin API's protobuf messages ([`super::pb`]).
+//!
+//! Times become unix epoch milliseconds and durations milliseconds.
+//! Requests that arrive over the wire become [`Operation`]s here, with the
+//! API's defaults filled in.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::resources::ResourceType;
+use crate::rollout::{
+    CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, Retirement, ServiceStatus,
+    Split, StatusView,
+};
+use crate::xds::status::{Nack, TypeStatus};
+use crate::xds::{ProxyStatus, StreamKind};
+
+use super::pb;
+
+/// How long a flip, shift step or rollback waits for every proxy to ACK
+/// when the request does not say (`timeout_ms: 0`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Unix epoch milliseconds; times before the epoch are negative.
+pub fn unix_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+/// The time `ms` milliseconds after the unix epoch.
+pub fn from_unix_ms(ms: i64) -> SystemTime {
+    let d = Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        UNIX_EPOCH + d
+    } else {
+        UNIX_EPOCH - d
+    }
+}
+
+/// A duration in whole milliseconds (saturating).
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// A split as a message.
+pub fn split(s: &Split) -> pb::Split {
+    pb::Split {
+        weights: s.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+    }
+}
+
+/// A split from a message.
+pub fn split_from(s: &pb::Split) -> Split {
+    s.weights.iter().map(|(k, v)| (k.clone(), *v)).collect()
+}
+
+/// A phase as the wire enum.
+pub fn phase(p: Phase) -> pb::Phase {
+    match p {
+        Phase::Preparing => pb::Phase::Preparing,
+        Phase::PreChecks => pb::Phase::PreChecks,
+        Phase::Confirming => pb::Phase::Confirming,
+        Phase::PostChecks => pb::Phase::PostChecks,
+        Phase::Waiting => pb::Phase::Waiting,
+        Phase::RollingBack => pb::Phase::RollingBack,
+        Phase::Done => pb::Phase::Done,
+    }
+}
+
+/// The lower-case name of a wire phase, as [`Phase::as_str`] spells it.
+pub fn phase_name(p: pb::Phase) -> &'static str {
+    match p {
+        pb::Phase::Unspecified => "unknown",
+        pb::Phase::Preparing => Phase::Preparing.as_str(),
+        pb::Phase::PreChecks => Phase::PreChecks.as_str(),
+        pb::Phase::Confirming => Phase::Confirming.as_str(),
+        pb::Phase::PostChecks => Phase::PostChecks.as_str(),
+        pb::Phase::Waiting => Phase::Waiting.as_str(),
+        pb::Phase::RollingBack => Phase::RollingBack.as_str(),
+        pb::Phase::Done => Phase::Done.as_str(),
+    }
+}
+
+/// An outcome as a message.
+pub fn outcome(o: &Outcome) -> pb::Outcome {
+    use pb::outcome::Kind;
+    let (kind, reason) = match o {
+        Outcome::Succeeded => (Kind::Succeeded, String::new()),
+        Outcome::Refused { reason } => (Kind::Refused, reason.clone()),
+        Outcome::RolledBack { reason } => (Kind::RolledBack, reason.clone()),
+        Outcome::Aborted { reason } => (Kind::Aborted, reason.clone()),
+    };
+    pb::Outcome {
+        kind: kind as i32,
+        reason,
+    }
+}
+
+/// The lower-case name of an outcome kind: `succeeded`, `refused`,
+/// `rolled-back`, `aborted`.
+pub fn outcome_name(kind: pb::outcome::Kind) -> &'static str {
+    use pb::outcome::Kind;
+    match kind {
+        Kind::Unspecified => "unknown",
+        Kind::Succeeded => "succeeded",
+        Kind::Refused => "refused",
+        Kind::RolledBack => "rolled-back",
+        Kind::Aborted => "aborted",
+    }
+}
+
+/// A check result as a message.
+pub fn check(c: &CheckResult) -> pb::CheckResult {
+    pb::CheckResult {
+        check: c.check.clone(),
+        endpoint: c.endpoint.clone(),
+        ok: c.ok,
+        detail: c.detail.clone(),
+    }
+}
+
+/// Progress as a message.
+pub fn progress(p: &Progress) -> pb::Progress {
+    pb::Progress {
+        id: p.id,
+        service: p.service.clone(),
+        verb: p.verb.clone(),
+        phase: phase(p.phase) as i32,
+        step: count(p.step),
+        steps: count(p.steps),
+        target: Some(split(&p.target)),
+        version: p.version.clone(),
+        acked: count(p.acked),
+        total: count(p.total),
+        waiting_for: p.waiting_for.clone(),
+        checks: p.checks.iter().map(check).collect(),
+        message: p.message.clone(),
+        outcome: p.outcome.as_ref().map(outcome),
+    }
+}
+
+/// A history entry as a message.
+pub fn history_entry(h: &HistoryEntry) -> pb::HistoryEntry {
+    pb::HistoryEntry {
+        id: h.id,
+        verb: h.verb.clone(),
+        actor: h.actor.clone(),
+        started_unix_ms: unix_ms(h.started),
+        finished_unix_ms: unix_ms(h.finished),
+        from: Some(split(&h.from)),
+        to: Some(split(&h.to)),
+        version: h.version.clone(),
+        outcome: Some(outcome(&h.outcome)),
+        convergence_ms: h.convergence.map(millis),
+        acks: h
+            .acks
+            .iter()
+            .map(|(proxy, after)| pb::ProxyAck {
+                proxy: proxy.clone(),
+                after_ms: millis(*after),
+            })
+            .collect(),
+    }
+}
+
+fn retirement(r: &Retirement) -> pb::Retirement {
+    pb::Retirement {
+        fleet: r.fleet.clone(),
+        at_unix_ms: unix_ms(r.at),
+    }
+}
+
+/// One service's status as a message.
+pub fn service_status(s: &ServiceStatus) -> pb::ServiceStatus {
+    pb::ServiceStatus {
+        name: s.name.clone(),
+        live: s.live.clone(),
+        previous: s.previous.clone(),
+        weights: Some(split(&s.weights)),
+        retired: s.retired.clone(),
+        retirement: s.retirement.as_ref().map(retirement),
+        both_fleets_since_unix_ms: s.both_fleets_since.map(unix_ms),
+        last_change: s.last_change.as_ref().map(history_entry),
+        in_progress: s.in_progress.as_ref().map(progress),
+    }
+}
+
+/// The status view as a message.
+pub fn status_view(v: &StatusView) -> pb::StatusResponse {
+    pb::StatusResponse {
+        version: v.version.clone(),
+        services: v.services.iter().map(service_status).collect(),
+    }
+}
+
+fn nack(n: &Nack) -> pb::Nack {
+    pb::Nack {
+        version: n.version.clone(),
+        message: n.message.clone(),
+        at_unix_ms: unix_ms(n.at),
+    }
+}
+
+fn type_status(ty: ResourceType, t: &TypeStatus) -> pb::TypeStatus {
+    pb::TypeStatus {
+        r#type: ty.short_name().to_owned(),
+        subscribed: t.subscribed,
+        sent: t.sent.clone(),
+        sent_at_unix_ms: t.sent_at.map(unix_ms),
+        acked: t.acked.clone(),
+        acked_at_unix_ms: t.acked_at.map(unix_ms),
+        nack: t.nack.as_ref().map(nack),
+    }
+}
+
+/// One proxy stream as a message.
+pub fn proxy(p: &ProxyStatus) -> pb::Proxy {
+    let node = p.node.as_ref();
+    pb::Proxy {
+        stream_id: p.stream_id,
+        node_id: node.map(|n| n.id.clone()).unwrap_or_default(),
+        group: node.map(|n| n.cluster.clone()).unwrap_or_default(),
+        user_agent: node.map(|n| n.user_agent.clone()).unwrap_or_default(),
+        kind: match p.kind {
+            StreamKind::Aggregated => "ADS".to_owned(),
+            StreamKind::Single(ty) => ty.short_name().to_owned(),
+        },
+        delta: p.delta,
+        connected_since_unix_ms: unix_ms(p.connected_since),
+        types: ResourceType::ALL
+            .iter()
+            .map(|ty| type_status(*ty, p.of(*ty)))
+            .collect(),
+    }
+}
+
+/// Every proxy and the versions their groups should be on.
+pub fn proxies(
+    proxies: &[ProxyStatus],
+    current: &BTreeMap<String, [String; 4]>,
+) -> pb::ProxiesResponse {
+    pb::ProxiesResponse {
+        proxies: proxies.iter().map(proxy).collect(),
+        current_versions: current
+            .iter()
+            .map(|(group, [cds, eds, lds, rds])| {
+                let v = pb::TypeVersions {
+                    cds: cds.clone(),
+                    eds: eds.clone(),
+                    lds: lds.clone(),
+                    rds: rds.clone(),
+                };
+                (group.clone(), v)
+            })
+            .collect(),
+    }
+}
+
+fn timeout(ms: u64) -> Duration {
+    if ms == 0 {
+        DEFAULT_TIMEOUT
+    } else {
+        Duration::from_millis(ms)
+    }
+}
+
+/// A flip request as an operation.
+pub fn flip(r: pb::FlipRequest) -> Operation {
+    Operation::Flip {
+        service: r.service,
+        to: r.to.filter(|t| !t.is_empty()),
+        skip_checks: r.skip_checks,
+        timeout: timeout(r.timeout_ms),
+    }
+}
+
+/// A shift request as an operation.
+pub fn shift(r: pb::ShiftRequest) -> Operation {
+    Operation::Shift {
+        service: r.service,
+        steps: r.steps.iter().map(split_from).collect(),
+        interval: Duration::from_millis(r.interval_ms),
+        skip_checks: r.skip_checks,
+        timeout: timeout(r.timeout_ms),
+    }
+}
+
+/// A rollback request as an operation.
+pub fn rollback(r: pb::RollbackRequest) -> Operation {
+    Operation::Rollback {
+        service: r.service,
+        timeout: timeout(r.timeout_ms),
+    }
+}
+
+/// A retire request as an operation.
+pub fn retire(r: pb::RetireRequest) -> Operation {
+    Operation::Retire {
+        service: r.service,
+        fleet: r.fleet,
+        after: Duration::from_millis(r.after_ms),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip_through_unix_millis() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(unix_ms(t), 1_700_000_000_123);
+        assert_eq!(from_unix_ms(unix_ms(t)), t);
+        assert_eq!(unix_ms(UNIX_EPOCH - Duration::from_millis(5)), -5);
+    }
+
+    #[test]
+    fn zero_timeout_means_the_default() {
+        let op = flip(pb::FlipRequest {
+            service: "web".into(),
+            to: Some(String::new()),
+            skip_checks: false,
+            timeout_ms: 0,
+        });
+        assert_eq!(
+            op,
+            Operation::Flip {
+                service: "web".into(),
+                to: None,
+                skip_checks: false,
+                timeout: DEFAULT_TIMEOUT
+            }
+        );
+    }
+}

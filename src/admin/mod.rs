@@ -1,0 +1,114 @@
+//! teal's admin API: the gRPC service the `teal` CLI drives, plus
+//! `/metrics` and `/healthz` over plain HTTP, all on one port (the
+//! admin address, `127.0.0.1:18001` by default).
+//!
+//! # Endpoints
+//!
+//! gRPC, service `teal.admin.v1.Admin` (`proto/teal/admin/v1/admin.proto`):
+//!
+//! | Method | Changes things | What |
+//! |---|---|---|
+//! | `Status` | no | Every service's (or one's) fleets, weights, last change, operation in progress, pending retirement, cost window. |
+//! | `Proxies` | no | Every connected proxy with sent/ACKed/NACKed versions per type, and the versions each group should be on. |
+//! | `Flip` | **yes** | All traffic to one fleet; streams `Progress` until the outcome. |
+//! | `Shift` | **yes** | Traffic in steps; streams `Progress`. |
+//! | `Rollback` | **yes** | Back to the previous live fleet; streams `Progress`. |
+//! | `Retire` | **yes** | Drop a fleet after a delay; streams `Progress`. |
+//! | `Follow` | no | Streams the `Progress` of an operation already running. |
+//! | `Abort` | **yes** | Stops an operation between steps. |
+//! | `Verify` | no | Runs a service's checks against one fleet now. |
+//! | `History` | no | A service's past changes, newest first. |
+//!
+//! HTTP/1.1 (or h2) `GET`:
+//!
+//! - `/metrics`: Prometheus text format; every metric is listed in
+//!   [`metrics`].
+//! - `/healthz`: `200 ok` while the server runs.
+//!
+//! # Auth
+//!
+//! Reads are open to whoever can reach the port, which is why it listens on
+//! loopback by default. Calls that change anything need the metadata
+//! `authorization: Bearer <token>` with a token from [`Tokens`] (a tokens
+//! file of `name:token` lines, or `TEAL_ADMIN_TOKEN` as `admin`); the
+//! token's name is recorded as the actor. A missing or unknown token gets
+//! `UNAUTHENTICATED` and the backend is never called.
+//!
+//! # Modules
+//!
+//! - [`pb`][]: the generated messages, server and client.
+//! - [`convert`][]: rollout types ↔ messages.
+//! - [`server`][]: the gRPC service over a [`Backend`].
+//! - [`auth`][]: tokens.
+//! - [`metrics`][]: counters and the `/metrics` page.
+
+pub mod auth;
+pub mod convert;
+pub mod metrics;
+pub mod pb;
+pub mod server;
+
+use std::sync::Arc;
+
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+
+use crate::rollout::Backend;
+use crate::shutdown::Shutdown;
+
+pub use auth::Tokens;
+pub use metrics::Metrics;
+pub use server::AdminService;
+
+/// The content type of Prometheus' text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The gRPC service and the HTTP paths, as one router.
+pub fn routes(backend: Arc<dyn Backend>, metrics: Arc<Metrics>, tokens: Tokens) -> Routes {
+    let grpc = Routes::new(AdminService::new(backend.clone(), tokens).into_server());
+    let router = grpc
+        .into_axum_router()
+        .route(
+            "/metrics",
+            get(move || {
+                let (backend, metrics) = (backend.clone(), metrics.clone());
+                async move {
+                    (
+                        [(CONTENT_TYPE, PROMETHEUS_TEXT)],
+                        metrics.render(&*backend).await,
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    Routes::from(router)
+}
+
+/// Serves the admin API on `listener` until `shutdown`. Accepts HTTP/1.1
+/// next to gRPC so `curl http://127.0.0.1:18001/metrics` works.
+pub async fn serve(
+    listener: TcpListener,
+    backend: Arc<dyn Backend>,
+    metrics: Arc<Metrics>,
+    tokens: Tokens,
+    shutdown: Shutdown,
+) -> Result<(), tonic::transport::Error> {
+    if tokens.is_empty() {
+        tracing::warn!(
+            "admin API has no tokens: flip, shift, rollback, retire and abort are refused \
+             (set TEAL_ADMIN_TOKEN or give a tokens file)"
+        );
+    }
+    tracing::info!(addr = ?listener.local_addr().ok(), "admin API listening");
+    let mut stop = shutdown;
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .add_routes(routes(backend, metrics, tokens))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            stop.wait().await
+        })
+        .await
+}

@@ -1,0 +1,195 @@
+//! The `teal.admin.v1.Admin` gRPC service over a [`Backend`].
+//!
+//! Reads go straight to the backend. Calls that change anything first
+//! check the bearer token ([`Tokens::authorize`]); a refused call never
+//! reaches the backend. Operations stream their [`Progress`] from the
+//! backend's watch channel until a message carries the outcome; a client
+//! that goes away only stops its own stream, never the operation.
+//!
+//! [`Progress`]: crate::rollout::Progress
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::rollout::{Backend, Operation, Progress};
+
+use super::auth::Tokens;
+use super::convert;
+use super::pb;
+use super::pb::admin_server::Admin;
+
+/// A stream of progress messages, as the generated service wants it.
+pub type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::Progress, Status>> + Send>>;
+
+/// The admin service.
+#[derive(Clone)]
+pub struct AdminService {
+    backend: Arc<dyn Backend>,
+    tokens: Arc<Tokens>,
+}
+
+impl std::fmt::Debug for AdminService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminService")
+            .field("tokens", &self.tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminService {
+    /// A service driving `backend`, accepting changes signed by `tokens`.
+    pub fn new(backend: Arc<dyn Backend>, tokens: Tokens) -> AdminService {
+        AdminService {
+            backend,
+            tokens: Arc::new(tokens),
+        }
+    }
+
+    /// The generated tonic server wrapping this service.
+    pub fn into_server(self) -> pb::admin_server::AdminServer<AdminService> {
+        pb::admin_server::AdminServer::new(self)
+    }
+
+    /// Authorizes, starts `op`, and streams its progress.
+    async fn start<T>(
+        &self,
+        request: Request<T>,
+        op: impl FnOnce(T) -> Operation,
+    ) -> Result<Response<ProgressStream>, Status> {
+        let actor = self.tokens.authorize(request.metadata())?;
+        let op = op(request.into_inner());
+        tracing::info!(%actor, verb = op.verb(), service = op.service(), "admin: operation requested");
+        let rx = self.backend.start(op, &actor).await?;
+        Ok(Response::new(progress_stream(rx)))
+    }
+}
+
+/// Forwards every change of `rx` until one carries the outcome. Values the
+/// client was too slow to see are skipped (a watch keeps only the latest),
+/// never the last one.
+pub fn progress_stream(mut rx: watch::Receiver<Progress>) -> ProgressStream {
+    let (tx, out) = mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let current = rx.borrow_and_update().clone();
+            let done = current.outcome.is_some();
+            if tx.send(Ok(convert::progress(&current))).await.is_err() || done {
+                return;
+            }
+            let changed = tokio::select! {
+                changed = rx.changed() => changed,
+                // The client went away: stop following (the operation goes on).
+                () = tx.closed() => return,
+            };
+            if changed.is_err() {
+                let _ = tx
+                    .send(Err(Status::unavailable(
+                        "the operation's progress stopped without an outcome; \
+                         see `teal status` and `teal history`",
+                    )))
+                    .await;
+                return;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(out))
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let service = request.into_inner().service.filter(|s| !s.is_empty());
+        let view = self.backend.status(service.as_deref()).await?;
+        Ok(Response::new(convert::status_view(&view)))
+    }
+
+    async fn proxies(
+        &self,
+        _request: Request<pb::ProxiesRequest>,
+    ) -> Result<Response<pb::ProxiesResponse>, Status> {
+        let proxies = self.backend.proxies();
+        let current = self.backend.current_versions();
+        Ok(Response::new(convert::proxies(&proxies, &current)))
+    }
+
+    type FlipStream = ProgressStream;
+    async fn flip(
+        &self,
+        request: Request<pb::FlipRequest>,
+    ) -> Result<Response<ProgressStream>, Status> {
+        self.start(request, convert::flip).await
+    }
+
+    type ShiftStream = ProgressStream;
+    async fn shift(
+        &self,
+        request: Request<pb::ShiftRequest>,
+    ) -> Result<Response<ProgressStream>, Status> {
+        self.start(request, convert::shift).await
+    }
+
+    type RollbackStream = ProgressStream;
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackRequest>,
+    ) -> Result<Response<ProgressStream>, Status> {
+        self.start(request, convert::rollback).await
+    }
+
+    type RetireStream = ProgressStream;
+    async fn retire(
+        &self,
+        request: Request<pb::RetireRequest>,
+    ) -> Result<Response<ProgressStream>, Status> {
+        self.start(request, convert::retire).await
+    }
+
+    type FollowStream = ProgressStream;
+    async fn follow(
+        &self,
+        request: Request<pb::FollowRequest>,
+    ) -> Result<Response<ProgressStream>, Status> {
+        let rx = self.backend.follow(request.into_inner().id).await?;
+        Ok(Response::new(progress_stream(rx)))
+    }
+
+    async fn abort(
+        &self,
+        request: Request<pb::AbortRequest>,
+    ) -> Result<Response<pb::AbortResponse>, Status> {
+        let actor = self.tokens.authorize(request.metadata())?;
+        let id = request.into_inner().id;
+        tracing::info!(%actor, id, "admin: abort requested");
+        self.backend.abort(id, &actor).await?;
+        Ok(Response::new(pb::AbortResponse {}))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
+        let r = request.into_inner();
+        let checks = self.backend.verify(&r.service, &r.fleet).await?;
+        Ok(Response::new(pb::VerifyResponse {
+            checks: checks.iter().map(convert::check).collect(),
+        }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let entries = self.backend.history(&request.into_inner().service).await?;
+        Ok(Response::new(pb::HistoryResponse {
+            entries: entries.iter().map(convert::history_entry).collect(),
+        }))
+    }
+}

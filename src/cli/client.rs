@@ -1,0 +1,341 @@
+//! Talking to the admin API: connecting, the token, turning gRPC errors
+//! into exit codes, and following an operation's progress.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status, Streaming};
+
+use crate::admin::convert::{outcome_name, phase_name};
+use crate::admin::pb::admin_client::AdminClient;
+use crate::admin::pb::{self, outcome::Kind};
+
+use super::table;
+
+/// Success.
+pub const EX_OK: u8 = 0;
+/// The server refused the request (failing checks, unknown service, busy...).
+pub const EX_REFUSED: u8 = 1;
+/// The change was made, failed, and every proxy was put back.
+pub const EX_ROLLED_BACK: u8 = 2;
+/// An operator aborted the operation.
+pub const EX_ABORTED: u8 = 3;
+/// Bad command line (sysexits EX_USAGE).
+pub const EX_USAGE: u8 = 64;
+/// The token file cannot be read (EX_NOINPUT).
+pub const EX_NOINPUT: u8 = 66;
+/// The admin API cannot be reached (EX_UNAVAILABLE).
+pub const EX_UNAVAILABLE: u8 = 69;
+/// The server failed unexpectedly (EX_SOFTWARE).
+pub const EX_SOFTWARE: u8 = 70;
+/// The token is missing or wrong (EX_NOPERM).
+pub const EX_NOPERM: u8 = 77;
+/// Stopped following on Ctrl-C (128 + SIGINT); the operation goes on.
+pub const EX_INTERRUPTED: u8 = 130;
+
+/// Why a command stopped: the exit code and what to tell the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The exit code.
+    pub code: u8,
+    /// The message, printed as `teal: <message>` on stderr.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure with this code and message.
+    pub fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Maps a gRPC status from the admin API at `addr`.
+    pub fn from_status(status: &Status, addr: &str) -> Failure {
+        let msg = status.message();
+        match status.code() {
+            Code::Unauthenticated => Failure::new(
+                EX_NOPERM,
+                format!(
+                    "not allowed: {msg}\n  give the admin token with --token, TEAL_TOKEN or --token-file"
+                ),
+            ),
+            Code::Unavailable if msg.contains("state store") => {
+                Failure::new(EX_UNAVAILABLE, format!("the server could not act: {msg}"))
+            }
+            Code::Unavailable | Code::Cancelled => unreachable_admin(addr, msg),
+            Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition => {
+                Failure::new(EX_REFUSED, format!("refused: {msg}"))
+            }
+            code => Failure::new(EX_SOFTWARE, format!("admin API error ({code:?}): {msg}")),
+        }
+    }
+
+    /// Prints the message to `err` and returns the code.
+    pub fn report(&self, err: &mut dyn Write) -> u8 {
+        let _ = writeln!(err, "teal: {}", self.message);
+        self.code
+    }
+}
+
+fn unreachable_admin(addr: &str, detail: &str) -> Failure {
+    Failure::new(
+        EX_UNAVAILABLE,
+        format!(
+            "cannot reach the teal admin API at {addr}: {detail}\n  \
+             is `teal serve` running there? set the address with --admin or TEAL_ADMIN"
+        ),
+    )
+}
+
+/// Where the admin API is and how to sign changes.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// `host:port` or a URL.
+    pub addr: String,
+    /// The token given on the command line or in `TEAL_TOKEN`.
+    pub token: Option<String>,
+    /// A file holding the token (wins over `token`).
+    pub token_file: Option<PathBuf>,
+}
+
+/// A connection to the admin API.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    /// The generated client.
+    pub client: AdminClient<Channel>,
+    /// The address, for messages.
+    pub addr: String,
+    token: Option<String>,
+}
+
+impl Conn {
+    /// Reads the token and connects (5 s connect timeout).
+    pub async fn connect(target: &Target) -> Result<Conn, Failure> {
+        let token = match &target.token_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Failure::new(
+                        EX_NOINPUT,
+                        format!("cannot read token file {}: {e}", path.display()),
+                    )
+                })?;
+                Some(text.trim().to_owned())
+            }
+            None => target.token.clone().filter(|t| !t.trim().is_empty()),
+        };
+        let addr = target.addr.clone();
+        let uri = if addr.contains("://") {
+            addr.clone()
+        } else {
+            format!("http://{addr}")
+        };
+        let endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| Failure::new(EX_USAGE, format!("bad --admin address {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(5));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| unreachable_admin(&addr, &error_chain(&e)))?;
+        Ok(Conn {
+            client: AdminClient::new(channel),
+            addr,
+            token,
+        })
+    }
+
+    /// A request carrying the token, if there is one.
+    pub fn request<T>(&self, message: T) -> Request<T> {
+        let mut req = Request::new(message);
+        if let Some(token) = &self.token {
+            match format!("Bearer {token}").parse() {
+                Ok(value) => {
+                    req.metadata_mut().insert("authorization", value);
+                }
+                Err(_) => tracing::warn!("the token has characters a header cannot carry"),
+            }
+        }
+        req
+    }
+
+    /// Maps a status from this server.
+    pub fn fail(&self, status: &Status) -> Failure {
+        Failure::from_status(status, &self.addr)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// One line describing where an operation is, for stderr.
+pub fn progress_line(p: &pb::Progress) -> String {
+    let phase = phase_name(p.phase());
+    let step = if p.steps > 1 {
+        format!("[step {}/{}] ", p.step, p.steps)
+    } else {
+        String::new()
+    };
+    let mut line = match (&p.version, p.phase()) {
+        (Some(v), pb::Phase::Confirming | pb::Phase::RollingBack) => {
+            let mut s = format!("{step}{phase} {v}: {}/{} proxies ACKed", p.acked, p.total);
+            if !p.waiting_for.is_empty() {
+                let shown: Vec<&str> = p.waiting_for.iter().take(5).map(String::as_str).collect();
+                let more = p.waiting_for.len().saturating_sub(shown.len());
+                let extra = if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                };
+                s.push_str(&format!(" (waiting for {}{extra})", shown.join(", ")));
+            }
+            s
+        }
+        _ => format!("{step}{phase}"),
+    };
+    if !p.message.is_empty() {
+        line.push_str(": ");
+        line.push_str(&p.message);
+    }
+    for c in p.checks.iter().filter(|c| !c.ok) {
+        line.push_str(&format!(
+            "\n  check {} failed on {}: {}",
+            c.check, c.endpoint, c.detail
+        ));
+    }
+    line
+}
+
+/// Follows a progress stream to its outcome, printing progress on `err`
+/// and the result on `out`. Ctrl-C stops following (not the operation).
+pub async fn follow(
+    conn: &Conn,
+    mut stream: Streaming<pb::Progress>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let mut last_line = String::new();
+    let mut last: Option<pb::Progress> = None;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        let next = tokio::select! {
+            next = stream.message() => next,
+            _ = &mut interrupted => {
+                let (what, service) = last
+                    .as_ref()
+                    .map(|p| (format!("{} #{}", p.verb, p.id), p.service.clone()))
+                    .unwrap_or_else(|| ("the operation".to_owned(), "SERVICE".to_owned()));
+                let _ = writeln!(err, "\nteal: stopped following {what}; it goes on on the server.");
+                let _ = writeln!(err, "  see it with: teal status {service}");
+                if let Some(p) = &last {
+                    let _ = writeln!(err, "  follow it again: teal follow {}", p.id);
+                }
+                return EX_INTERRUPTED;
+            }
+        };
+        let p = match next {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                return Failure::new(
+                    EX_SOFTWARE,
+                    "the server ended the stream without an outcome",
+                )
+                .report(err);
+            }
+            Err(status) => return conn.fail(&status).report(err),
+        };
+        let line = progress_line(&p);
+        if line != last_line && p.outcome.is_none() {
+            let _ = writeln!(err, "{} #{} {}: {line}", p.verb, p.id, p.service);
+            last_line = line;
+        }
+        if let Some(outcome) = &p.outcome {
+            return finish(&p, outcome, out, err);
+        }
+        last = Some(p);
+    }
+}
+
+fn finish(p: &pb::Progress, outcome: &pb::Outcome, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let what = format!("{} #{} {}", p.verb, p.id, p.service);
+    let kind = outcome.kind();
+    let name = outcome_name(kind);
+    match kind {
+        Kind::Succeeded => {
+            let target = p.target.as_ref().map(|s| table::split(&s.weights));
+            let version = p.version.as_deref().map(|v| format!(", version {v}"));
+            let _ = writeln!(
+                out,
+                "{what}: {name}: {}{}",
+                target.unwrap_or_default(),
+                version.unwrap_or_default()
+            );
+            EX_OK
+        }
+        Kind::RolledBack => {
+            let _ = writeln!(err, "teal: {what} {name}: {}", outcome.reason);
+            for c in p.checks.iter().filter(|c| !c.ok) {
+                let _ = writeln!(
+                    err,
+                    "  check {} failed on {}: {}",
+                    c.check, c.endpoint, c.detail
+                );
+            }
+            let _ = writeln!(err, "  every proxy is back on the previous weights");
+            EX_ROLLED_BACK
+        }
+        Kind::Aborted => {
+            let _ = writeln!(err, "teal: {what} {name}: {}", outcome.reason);
+            EX_ABORTED
+        }
+        Kind::Refused | Kind::Unspecified => {
+            let _ = writeln!(err, "teal: {what} {name}: {}", outcome.reason);
+            EX_REFUSED
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confirming_line_names_the_laggards() {
+        let p = pb::Progress {
+            verb: "flip".into(),
+            phase: pb::Phase::Confirming as i32,
+            version: Some("v12".into()),
+            acked: 7,
+            total: 9,
+            waiting_for: vec!["edge-2".into(), "sidecar-5".into()],
+            step: 1,
+            steps: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            progress_line(&p),
+            "confirming v12: 7/9 proxies ACKed (waiting for edge-2, sidecar-5)"
+        );
+    }
+
+    #[test]
+    fn statuses_map_to_exit_codes() {
+        let code = |s: Status| Failure::from_status(&s, "x").code;
+        assert_eq!(code(Status::unauthenticated("no")), EX_NOPERM);
+        assert_eq!(code(Status::unavailable("conn refused")), EX_UNAVAILABLE);
+        assert_eq!(code(Status::not_found("no service")), EX_REFUSED);
+        assert_eq!(code(Status::failed_precondition("busy")), EX_REFUSED);
+        assert_eq!(code(Status::internal("bug")), EX_SOFTWARE);
+    }
+}

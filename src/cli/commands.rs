@@ -1,0 +1,276 @@
+//! The admin commands as clap sees them, with the help that teaches the
+//! blue/green flow, and [`run_admin`], which runs one.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Subcommand;
+
+use crate::admin::convert::millis;
+use crate::admin::pb;
+
+use super::client::{Conn, Failure, Target};
+use super::ops::{self, ShiftPlan};
+use super::{Output, parse, read};
+
+/// `--steps` as clap stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Steps(pub Vec<u32>);
+
+fn steps_arg(s: &str) -> Result<Steps, String> {
+    parse::steps(s).map(Steps)
+}
+
+/// The commands that talk to a running teal over its admin API.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Show each service's live fleet, weights and rollout state.
+    ///
+    /// The first thing to look at before and after a change: the live fleet
+    /// and the one rollback would go back to, the current weights and
+    /// version, how the last change went (and how long proxies took to
+    /// converge), any flip or shift in progress, a pending retirement, and
+    /// the cost window (how long both fleets have been up).
+    ///
+    /// `-o json` prints stable field names: {version, services: [{name,
+    /// live, previous, weights, retired, retirement, both_fleets_since_unix_ms,
+    /// both_fleets_for_ms, last_change, in_progress}]}.
+    #[command(
+        after_long_help = "Examples:\n  teal status\n  teal status web --watch\n  teal status web -o json"
+    )]
+    Status {
+        /// Only this service.
+        service: Option<String>,
+        /// Refresh every 2 seconds until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// List connected proxies and whether each has applied teal's config.
+    ///
+    /// Per proxy and type (CDS, EDS, LDS, RDS): SYNCED (it ACKed the version
+    /// its group should be on), STALE (it has not yet), NACKED (it rejected
+    /// the last version; Envoy's error is printed below the table) or NOT
+    /// SENT. A flip only completes once every proxy in the affected groups
+    /// is SYNCED.
+    #[command(after_long_help = "Examples:\n  teal proxies\n  teal proxies -o json")]
+    Proxies {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Send all of a service's traffic to one fleet, in one confirmed push.
+    ///
+    /// The blue/green switch. teal checks that every proxy holds both fleets'
+    /// clusters and endpoints, runs the target fleet's checks, pushes one
+    /// version with the new weights, waits for every proxy to ACK it, and
+    /// runs the checks again. Any NACK, timeout or failed check puts every
+    /// proxy back (exit 2). Progress goes to stderr; Ctrl-C stops following
+    /// but not the flip.
+    #[command(
+        after_long_help = "Examples:\n  teal flip web                 # to the other fleet\n  teal flip web --to green --timeout 2m"
+    )]
+    Flip {
+        /// The service.
+        service: String,
+        /// The fleet to switch to (default: the other of two fleets).
+        #[arg(long)]
+        to: Option<String>,
+        /// How long to wait for every proxy to ACK (e.g. 30s, 2m).
+        #[arg(long, default_value = "60s", value_parser = parse::duration)]
+        timeout: Duration,
+        /// Do not run the checks before and after.
+        #[arg(long)]
+        skip_checks: bool,
+    },
+    /// Move traffic gradually: a canary, then more, with checks between.
+    ///
+    /// Either one split (`--weight`, the remainder going to the other fleet)
+    /// or rising steps of the target fleet's weight (`--steps`), each a
+    /// confirmed push followed by `--interval` of watching and the checks.
+    /// A failing step rolls the service back to where it started (exit 2).
+    #[command(
+        after_long_help = "Examples:\n  teal shift web --weight green=10\n  teal shift web --weight green=50 --weight blue=50\n  teal shift web --steps 10,50,100 --interval 5m"
+    )]
+    Shift {
+        /// The service.
+        service: String,
+        /// A fleet's weight, FLEET=PERCENT; repeat for more fleets.
+        #[arg(long = "weight", value_name = "FLEET=PERCENT", value_parser = parse::weight,
+              required_unless_present = "steps", conflicts_with = "steps")]
+        weights: Vec<(String, u32)>,
+        /// The target fleet's weight at each step, rising (e.g. 10,50,100).
+        #[arg(long, value_name = "PERCENTS", value_parser = steps_arg)]
+        steps: Option<Steps>,
+        /// The fleet gaining traffic with --steps (default: the one not live).
+        #[arg(long, requires = "steps")]
+        to: Option<String>,
+        /// Pause between steps.
+        #[arg(long, default_value = "30s", value_parser = parse::duration)]
+        interval: Duration,
+        /// How long each step waits for every proxy to ACK.
+        #[arg(long, default_value = "60s", value_parser = parse::duration)]
+        timeout: Duration,
+        /// Do not run the checks.
+        #[arg(long)]
+        skip_checks: bool,
+    },
+    /// Send traffic back to the fleet that was live before the last switch.
+    ///
+    /// The undo button: works until the previous fleet is retired.
+    #[command(after_long_help = "Example:\n  teal rollback web")]
+    Rollback {
+        /// The service.
+        service: String,
+        /// How long to wait for every proxy to ACK.
+        #[arg(long, default_value = "60s", value_parser = parse::duration)]
+        timeout: Duration,
+    },
+    /// Retire the old fleet: drop its weight and endpoints, after a delay.
+    ///
+    /// The last step once the new fleet has proven itself; it ends the cost
+    /// window of running both. Until the delay is over `teal rollback`
+    /// still works and `teal abort` cancels the retirement.
+    #[command(after_long_help = "Example:\n  teal retire web blue --after 30m")]
+    Retire {
+        /// The service.
+        service: String,
+        /// The fleet to retire (never the live one).
+        fleet: String,
+        /// How long to wait first.
+        #[arg(long, default_value = "0s", value_parser = parse::duration)]
+        after: Duration,
+    },
+    /// Stop an operation between steps (a shift, or a pending retirement).
+    ///
+    /// What was already committed stays; `teal rollback` undoes it.
+    #[command(after_long_help = "Example:\n  teal abort 42      # the id from `teal status`")]
+    Abort {
+        /// The operation's id.
+        id: u64,
+    },
+    /// Follow an operation already running, until its outcome.
+    #[command(after_long_help = "Example:\n  teal follow 42")]
+    Follow {
+        /// The operation's id.
+        id: u64,
+    },
+    /// Run a service's checks against one fleet now; changes nothing.
+    ///
+    /// Use it on the new fleet before flipping. Exits 1 if any check fails.
+    #[command(after_long_help = "Example:\n  teal verify web green")]
+    Verify {
+        /// The service.
+        service: String,
+        /// The fleet.
+        fleet: String,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// List a service's past changes, newest first.
+    ///
+    /// Who changed what, when, the version that carried it, how it ended
+    /// and how long proxies took to converge.
+    #[command(after_long_help = "Examples:\n  teal history web\n  teal history web -o json")]
+    History {
+        /// The service.
+        service: String,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+/// Connects and runs one admin command; returns the exit code.
+pub async fn run_admin(
+    target: &Target,
+    cmd: AdminCommand,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let result = async {
+        let mut conn = Conn::connect(target).await?;
+        let c = &mut conn;
+        match cmd {
+            AdminCommand::Status {
+                service,
+                watch,
+                output,
+            } => read::status(c, service, watch, output, out).await,
+            AdminCommand::Proxies { output } => super::proxies::proxies(c, output, out).await,
+            AdminCommand::Verify {
+                service,
+                fleet,
+                output,
+            } => read::verify(c, service, fleet, output, out).await,
+            AdminCommand::History { service, output } => {
+                read::history(c, service, output, out).await
+            }
+            AdminCommand::Flip {
+                service,
+                to,
+                timeout,
+                skip_checks,
+            } => {
+                let r = pb::FlipRequest {
+                    service,
+                    to,
+                    skip_checks,
+                    timeout_ms: millis(timeout),
+                };
+                ops::flip(c, r, out, err).await
+            }
+            AdminCommand::Shift {
+                service,
+                weights,
+                steps,
+                to,
+                interval,
+                timeout,
+                skip_checks,
+            } => {
+                let plan = match steps {
+                    Some(Steps(percents)) => ShiftPlan::Steps { percents, to },
+                    None => ShiftPlan::Weights(weights),
+                };
+                ops::shift(c, service, plan, interval, timeout, skip_checks, out, err).await
+            }
+            AdminCommand::Rollback { service, timeout } => {
+                ops::rollback(
+                    c,
+                    pb::RollbackRequest {
+                        service,
+                        timeout_ms: millis(timeout),
+                    },
+                    out,
+                    err,
+                )
+                .await
+            }
+            AdminCommand::Retire {
+                service,
+                fleet,
+                after,
+            } => {
+                ops::retire(
+                    c,
+                    pb::RetireRequest {
+                        service,
+                        fleet,
+                        after_ms: millis(after),
+                    },
+                    out,
+                    err,
+                )
+                .await
+            }
+            AdminCommand::Abort { id } => ops::abort(c, id, out).await,
+            AdminCommand::Follow { id } => ops::follow(c, id, out, err).await,
+        }
+    }
+    .await;
+    result.unwrap_or_else(|f: Failure| f.report(err))
+}

@@ -1,0 +1,123 @@
+//! The JSON that `-o json` prints. Field names are part of teal's
+//! interface: they only ever get added to, never renamed. Times are unix
+//! epoch milliseconds (`*_unix_ms`), durations milliseconds (`*_ms`);
+//! absent values are `null`.
+//!
+//! - `teal status`: `{version, services: [service]}`; a service is
+//!   `{name, live, previous, weights: {fleet: weight}, retired: [fleet],
+//!   retirement: {fleet, at_unix_ms} | null, both_fleets_since_unix_ms,
+//!   both_fleets_for_ms, last_change: change | null, in_progress: progress | null}`.
+//! - a change (also each entry of `teal history`: `{service, entries: [change]}`):
+//!   `{id, verb, actor, started_unix_ms, finished_unix_ms, from, to, version,
+//!   outcome, reason, convergence_ms, acks: [{proxy, after_ms}]}`; `outcome`
+//!   is `succeeded`, `refused`, `rolled-back` or `aborted`.
+//! - a progress: `{id, service, verb, phase, step, steps, target, version,
+//!   acked, total, waiting_for: [proxy], checks: [check], message, outcome, reason}`.
+//! - a check (also `teal verify`: `{service, fleet, ok, checks: [check]}`):
+//!   `{check, endpoint, ok, detail}`.
+//! - `teal proxies`: `{proxies: [{node_id, group, stream_id, kind, delta,
+//!   user_agent, connected_since_unix_ms, types: {CDS|EDS|LDS|RDS: {state,
+//!   sent, acked, expected, nack: {version, message, at_unix_ms} | null}}}]}`;
+//!   `state` is `SYNCED`, `STALE`, `NACKED` or `NOT SENT`.
+
+use serde_json::{Value, json};
+
+use crate::admin::convert::{outcome_name, phase_name, unix_ms};
+use crate::admin::pb;
+
+/// A split as `{fleet: weight}`.
+pub fn split(s: Option<&pb::Split>) -> Value {
+    let map: serde_json::Map<String, Value> = s
+        .map(|s| {
+            s.weights
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Value::Object(map)
+}
+
+fn outcome(o: Option<&pb::Outcome>) -> (Value, Value) {
+    match o {
+        Some(o) => (
+            json!(outcome_name(o.kind())),
+            if o.reason.is_empty() {
+                Value::Null
+            } else {
+                json!(o.reason)
+            },
+        ),
+        None => (Value::Null, Value::Null),
+    }
+}
+
+/// A check result.
+pub fn check(c: &pb::CheckResult) -> Value {
+    json!({"check": c.check, "endpoint": c.endpoint, "ok": c.ok, "detail": c.detail})
+}
+
+/// A past change.
+pub fn change(h: &pb::HistoryEntry) -> Value {
+    let (outcome, reason) = outcome(h.outcome.as_ref());
+    json!({
+        "id": h.id,
+        "verb": h.verb,
+        "actor": h.actor,
+        "started_unix_ms": h.started_unix_ms,
+        "finished_unix_ms": h.finished_unix_ms,
+        "from": split(h.from.as_ref()),
+        "to": split(h.to.as_ref()),
+        "version": h.version,
+        "outcome": outcome,
+        "reason": reason,
+        "convergence_ms": h.convergence_ms,
+        "acks": h.acks.iter().map(|a| json!({"proxy": a.proxy, "after_ms": a.after_ms})).collect::<Vec<_>>(),
+    })
+}
+
+/// An operation's progress.
+pub fn progress(p: &pb::Progress) -> Value {
+    let (outcome, reason) = outcome(p.outcome.as_ref());
+    json!({
+        "id": p.id,
+        "service": p.service,
+        "verb": p.verb,
+        "phase": phase_name(p.phase()),
+        "step": p.step,
+        "steps": p.steps,
+        "target": split(p.target.as_ref()),
+        "version": p.version,
+        "acked": p.acked,
+        "total": p.total,
+        "waiting_for": p.waiting_for,
+        "checks": p.checks.iter().map(check).collect::<Vec<_>>(),
+        "message": p.message,
+        "outcome": outcome,
+        "reason": reason,
+    })
+}
+
+/// The status of every service shown.
+pub fn status(s: &pb::StatusResponse, now: std::time::SystemTime) -> Value {
+    let now = unix_ms(now);
+    let services: Vec<Value> = s
+        .services
+        .iter()
+        .map(|svc| {
+            json!({
+                "name": svc.name,
+                "live": svc.live,
+                "previous": svc.previous,
+                "weights": split(svc.weights.as_ref()),
+                "retired": svc.retired,
+                "retirement": svc.retirement.as_ref().map(|r| json!({"fleet": r.fleet, "at_unix_ms": r.at_unix_ms})),
+                "both_fleets_since_unix_ms": svc.both_fleets_since_unix_ms,
+                "both_fleets_for_ms": svc.both_fleets_since_unix_ms.map(|t| (now - t).max(0)),
+                "last_change": svc.last_change.as_ref().map(change),
+                "in_progress": svc.in_progress.as_ref().map(progress),
+            })
+        })
+        .collect();
+    json!({"version": s.version, "services": services})
+}

@@ -1,0 +1,156 @@
+//! Parsing of the admin commands' arguments: durations, weights, steps.
+//! Each parser returns a message clap prints as is, so a bad value is
+//! refused before anything is sent to the server.
+
+use std::time::Duration;
+
+/// Parses a duration: a number and a unit (`ms`, `s`, `m`, `h`), or
+/// several (`1m30s`). A bare number is refused: `30` could mean seconds or
+/// minutes.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let bad = |why: &str| format!("{s:?} is not a duration ({why}); write e.g. 500ms, 30s, 2m, 1h");
+    let text = s.trim();
+    if text.is_empty() {
+        return Err(bad("empty"));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(bad("expected a number"));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| bad("number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let part = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "" => return Err(bad("missing unit")),
+            _ => return Err(bad("unknown unit")),
+        };
+        total = total.saturating_add(part);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// A percentage, 0 to 100.
+fn percent(s: &str, what: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(v) if v <= 100 => Ok(v),
+        _ => Err(format!("{what} {s:?} is not a weight from 0 to 100")),
+    }
+}
+
+/// Parses `FLEET=WEIGHT` (weight 0 to 100).
+pub fn weight(s: &str) -> Result<(String, u32), String> {
+    let (fleet, w) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not FLEET=WEIGHT (e.g. green=10)"))?;
+    let fleet = fleet.trim();
+    if fleet.is_empty() {
+        return Err(format!("{s:?} has no fleet name; write e.g. green=10"));
+    }
+    Ok((
+        fleet.to_owned(),
+        percent(w, &format!("weight of {fleet}:"))?,
+    ))
+}
+
+/// Parses `10,50,100`: the target fleet's weight at each step, rising.
+pub fn steps(s: &str) -> Result<Vec<u32>, String> {
+    let steps = s
+        .split(',')
+        .map(|p| percent(p, "step"))
+        .collect::<Result<Vec<u32>, String>>()?;
+    if steps.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(format!("steps {s:?} must rise (e.g. 10,50,100)"));
+    }
+    Ok(steps)
+}
+
+/// Formats a duration for people: `340ms`, `12s`, `5m 3s`, `2h 5m`, `3d 4h`.
+pub fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1_000 {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs();
+    let (d_, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (d_, h, m) {
+        (0, 0, 0) if s < 10 => format!("{:.1}s", d.as_secs_f64()),
+        (0, 0, 0) => format!("{sec}s"),
+        (0, 0, _) if sec == 0 => format!("{m}m"),
+        (0, 0, _) => format!("{m}m {sec}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d_}d {h}h"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("0s"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn bad_durations_say_why() {
+        for (input, why) in [
+            ("30", "missing unit"),
+            ("", "empty"),
+            ("5x", "unknown unit"),
+            ("-3s", "expected a number"),
+            ("s", "expected a number"),
+            ("1.5s", "unknown unit"),
+        ] {
+            let e = duration(input).expect_err(input);
+            assert!(e.contains(why), "{input:?}: {e}");
+            assert!(e.contains("30s"), "{e}");
+        }
+    }
+
+    #[test]
+    fn weights_and_steps() {
+        assert_eq!(weight("green=10"), Ok(("green".into(), 10)));
+        assert!(weight("green").is_err());
+        assert!(weight("=10").is_err());
+        assert!(
+            weight("green=101")
+                .expect_err("over 100")
+                .contains("0 to 100")
+        );
+        assert!(weight("green=x").is_err());
+        assert_eq!(steps("10,50,100"), Ok(vec![10, 50, 100]));
+        assert!(steps("50,10").expect_err("falling").contains("must rise"));
+        assert!(steps("10,,100").is_err());
+        assert!(steps("10,200").is_err());
+    }
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human(Duration::from_millis(340)), "340ms");
+        assert_eq!(human(Duration::from_millis(2_500)), "2.5s");
+        assert_eq!(human(Duration::from_secs(42)), "42s");
+        assert_eq!(human(Duration::from_secs(120)), "2m");
+        assert_eq!(human(Duration::from_secs(303)), "5m 3s");
+        assert_eq!(human(Duration::from_secs(7_500)), "2h 5m");
+        assert_eq!(human(Duration::from_secs(3 * 86_400 + 4 * 3600)), "3d 4h");
+    }
+}

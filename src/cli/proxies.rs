@@ -1,0 +1,223 @@
+//! `teal proxies`: every connected proxy and, per type, whether it has
+//! applied the version its group should be on, like `istioctl
+//! proxy-status`.
+//!
+//! - SYNCED: the proxy ACKed the group's current version for the type (or,
+//!   when the server does not know the group, the last version sent).
+//! - STALE: it has not ACKed that version yet (still applying, or on an
+//!   older one).
+//! - NACKED: it rejected the last version sent; the error is listed below
+//!   the table.
+//! - NOT SENT: nothing of that type was sent on the stream.
+
+use std::io::Write;
+
+use serde_json::json;
+
+use crate::admin::pb;
+
+use super::Output;
+use super::client::{Conn, EX_OK, Failure};
+use super::read::print_json;
+use super::table::Table;
+
+/// Whether a proxy is on the version its group should be on, for one type.
+pub fn sync_state(t: &pb::TypeStatus, expected: Option<&str>) -> &'static str {
+    let nacked = t
+        .nack
+        .as_ref()
+        .is_some_and(|n| Some(&n.version) == t.sent.as_ref());
+    if t.sent.is_none() {
+        "NOT SENT"
+    } else if nacked {
+        "NACKED"
+    } else if t.acked.is_some() && t.acked.as_deref() == expected.or(t.sent.as_deref()) {
+        "SYNCED"
+    } else {
+        "STALE"
+    }
+}
+
+fn expected<'a>(r: &'a pb::ProxiesResponse, group: &str, ty: usize) -> Option<&'a str> {
+    let v = r.current_versions.get(group)?;
+    Some([&v.cds, &v.eds, &v.lds, &v.rds][ty].as_str()).filter(|s| !s.is_empty())
+}
+
+/// The proxies as a table, followed by every NACK's message.
+pub fn proxies_text(r: &pb::ProxiesResponse) -> String {
+    let mut t = Table::new(&["PROXY", "GROUP", "STREAM", "CDS", "EDS", "LDS", "RDS"]);
+    let mut nacks = Vec::new();
+    for p in &r.proxies {
+        let id = if p.node_id.is_empty() {
+            format!("(stream {})", p.stream_id)
+        } else {
+            p.node_id.clone()
+        };
+        let mut row = vec![
+            id.clone(),
+            p.group.clone(),
+            format!("{}{}", p.kind, if p.delta { " delta" } else { "" }),
+        ];
+        for (i, ty) in p.types.iter().enumerate().take(4) {
+            let state = sync_state(ty, expected(r, &p.group, i));
+            let version = match state {
+                "NACKED" => ty.sent.clone(),
+                _ => ty.acked.clone(),
+            };
+            row.push(match (state, version) {
+                ("NOT SENT", _) => state.to_owned(),
+                (_, Some(v)) => format!("{state} {v}"),
+                (_, None) => state.to_owned(),
+            });
+            if let (true, Some(n)) = (state == "NACKED", &ty.nack) {
+                nacks.push(format!(
+                    "{id} {} NACKED {}: {}",
+                    ty.r#type, n.version, n.message
+                ));
+            }
+        }
+        t.row(row);
+    }
+    let mut text = if t.is_empty() {
+        "no proxies connected\n".to_owned()
+    } else {
+        t.render()
+    };
+    for n in nacks {
+        text.push_str(&n);
+        text.push('\n');
+    }
+    text
+}
+
+/// `teal proxies`.
+pub async fn proxies(conn: &mut Conn, output: Output, out: &mut dyn Write) -> Result<u8, Failure> {
+    let req = conn.request(pb::ProxiesRequest {});
+    let r = conn
+        .client
+        .proxies(req)
+        .await
+        .map_err(|e| conn.fail(&e))?
+        .into_inner();
+    match output {
+        Output::Table => {
+            let _ = write!(out, "{}", proxies_text(&r));
+        }
+        Output::Json => {
+            let proxies: Vec<_> = r.proxies.iter().map(|p| {
+                let types: serde_json::Map<String, serde_json::Value> = p.types.iter().enumerate().map(|(i, t)| {
+                    let expected = expected(&r, &p.group, i);
+                    (t.r#type.clone(), json!({
+                        "state": sync_state(t, expected),
+                        "sent": t.sent, "acked": t.acked, "expected": expected,
+                        "nack": t.nack.as_ref().map(|n| json!({"version": n.version, "message": n.message, "at_unix_ms": n.at_unix_ms})),
+                    }))
+                }).collect();
+                json!({
+                    "node_id": p.node_id, "group": p.group, "stream_id": p.stream_id, "kind": p.kind,
+                    "delta": p.delta, "user_agent": p.user_agent,
+                    "connected_since_unix_ms": p.connected_since_unix_ms, "types": types,
+                })
+            }).collect();
+            print_json(out, &json!({ "proxies": proxies }));
+        }
+    }
+    Ok(EX_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ty(
+        name: &str,
+        sent: Option<&str>,
+        acked: Option<&str>,
+        nacked: Option<&str>,
+    ) -> pb::TypeStatus {
+        pb::TypeStatus {
+            r#type: name.into(),
+            subscribed: sent.is_some(),
+            sent: sent.map(Into::into),
+            acked: acked.map(Into::into),
+            nack: nacked.map(|v| pb::Nack {
+                version: v.into(),
+                message: "bad route".into(),
+                at_unix_ms: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn states_compare_with_the_group_version() {
+        assert_eq!(
+            sync_state(&ty("CDS", Some("2"), Some("2"), None), Some("2")),
+            "SYNCED"
+        );
+        assert_eq!(
+            sync_state(&ty("CDS", Some("2"), Some("1"), None), Some("2")),
+            "STALE"
+        );
+        assert_eq!(
+            sync_state(&ty("CDS", Some("2"), None, None), Some("2")),
+            "STALE"
+        );
+        assert_eq!(
+            sync_state(&ty("CDS", Some("2"), Some("1"), Some("2")), Some("2")),
+            "NACKED"
+        );
+        // An old NACK no longer counts once a later version was sent.
+        assert_eq!(
+            sync_state(&ty("CDS", Some("3"), Some("3"), Some("2")), Some("3")),
+            "SYNCED"
+        );
+        assert_eq!(
+            sync_state(&ty("CDS", None, None, None), Some("2")),
+            "NOT SENT"
+        );
+        // Unknown group: synced means the last version sent was ACKed.
+        assert_eq!(
+            sync_state(&ty("CDS", Some("2"), Some("2"), None), None),
+            "SYNCED"
+        );
+    }
+
+    #[test]
+    fn table_lists_states_and_nack_errors() {
+        let r = pb::ProxiesResponse {
+            proxies: vec![pb::Proxy {
+                node_id: "edge-1".into(),
+                group: "edge".into(),
+                kind: "ADS".into(),
+                types: vec![
+                    ty("CDS", Some("2"), Some("2"), None),
+                    ty("EDS", Some("2"), Some("1"), None),
+                    ty("LDS", None, None, None),
+                    ty("RDS", Some("2"), Some("1"), Some("2")),
+                ],
+                ..Default::default()
+            }],
+            current_versions: [(
+                "edge".to_owned(),
+                pb::TypeVersions {
+                    cds: "2".into(),
+                    eds: "2".into(),
+                    lds: "2".into(),
+                    rds: "2".into(),
+                },
+            )]
+            .into(),
+        };
+        assert_eq!(
+            proxies_text(&r),
+            "PROXY   GROUP  STREAM  CDS       EDS      LDS       RDS\n\
+             edge-1  edge   ADS     SYNCED 2  STALE 1  NOT SENT  NACKED 2\n\
+             edge-1 RDS NACKED 2: bad route\n"
+        );
+        assert_eq!(
+            proxies_text(&pb::ProxiesResponse::default()),
+            "no proxies connected\n"
+        );
+    }
+}

@@ -1,0 +1,283 @@
+//! The read commands: `status`, `proxies`, `verify`, `history`. They need
+//! no token.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+
+use crate::admin::convert::{outcome_name, phase_name, unix_ms};
+use crate::admin::pb;
+
+use super::Output;
+use super::client::{Conn, EX_OK, EX_REFUSED, Failure};
+use super::json;
+use super::parse::human;
+use super::table::{self, Table};
+
+pub(super) fn print_json(out: &mut dyn Write, v: &serde_json::Value) {
+    let text =
+        serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    let _ = writeln!(out, "{text}");
+}
+
+fn ago(unix: i64, now: i64) -> String {
+    human(Duration::from_millis(
+        u64::try_from(now - unix).unwrap_or(0),
+    ))
+}
+
+/// `teal status`: prints once, or every 2 s with `watch` until Ctrl-C.
+pub async fn status(
+    conn: &mut Conn,
+    service: Option<String>,
+    watch: bool,
+    output: Output,
+    out: &mut dyn Write,
+) -> Result<u8, Failure> {
+    let clear = watch && output == Output::Table && std::io::stdout().is_terminal();
+    loop {
+        let req = conn.request(pb::StatusRequest {
+            service: service.clone(),
+        });
+        let s = conn
+            .client
+            .status(req)
+            .await
+            .map_err(|e| conn.fail(&e))?
+            .into_inner();
+        if clear {
+            let _ = write!(out, "\x1b[2J\x1b[H");
+        }
+        match output {
+            Output::Json => print_json(out, &json::status(&s, SystemTime::now())),
+            Output::Table => {
+                let _ = write!(out, "{}", status_text(&s, unix_ms(SystemTime::now())));
+            }
+        }
+        let _ = out.flush();
+        if !watch {
+            return Ok(EX_OK);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(EX_OK),
+        }
+        if !clear {
+            let _ = writeln!(out);
+        }
+    }
+}
+
+/// The status as text: a table of services, then one block per service.
+pub fn status_text(s: &pb::StatusResponse, now: i64) -> String {
+    let mut t = Table::new(&[
+        "SERVICE",
+        "LIVE",
+        "WEIGHTS",
+        "BOTH FLEETS UP",
+        "IN PROGRESS",
+    ]);
+    for svc in &s.services {
+        t.row(vec![
+            svc.name.clone(),
+            svc.live.clone(),
+            table::split(&svc.weights.clone().unwrap_or_default().weights),
+            svc.both_fleets_since_unix_ms
+                .map_or("-".into(), |t| ago(t, now)),
+            svc.in_progress.as_ref().map_or("-".into(), |p| {
+                format!("{} #{} ({})", p.verb, p.id, phase_name(p.phase()))
+            }),
+        ]);
+    }
+    let mut text = format!("version {}\n{}", s.version, t.render());
+    for svc in &s.services {
+        text.push_str(&format!("\n{}:\n", svc.name));
+        let prev = svc
+            .previous
+            .as_deref()
+            .map_or(String::new(), |p| format!(" (rollback goes to {p})"));
+        text.push_str(&format!("  live:        {}{prev}\n", svc.live));
+        if let Some(h) = &svc.last_change {
+            text.push_str(&format!("  last change: {}\n", change_line(h, now)));
+        }
+        if let Some(p) = &svc.in_progress {
+            let line = super::client::progress_line(p);
+            text.push_str(&format!("  in progress: {} #{}: {line}\n", p.verb, p.id));
+        }
+        if let Some(r) = &svc.retirement {
+            let when = if r.at_unix_ms > now {
+                format!("in {}", ago(now, r.at_unix_ms))
+            } else {
+                "now".to_owned()
+            };
+            text.push_str(&format!(
+                "  retiring:    {} {when} ({}); rollback works until then\n",
+                r.fleet,
+                table::utc(r.at_unix_ms)
+            ));
+        }
+        if let Some(since) = svc.both_fleets_since_unix_ms {
+            text.push_str(&format!(
+                "  cost window: more than one fleet up for {} (since {})\n",
+                ago(since, now),
+                table::utc(since)
+            ));
+        }
+        if !svc.retired.is_empty() {
+            text.push_str(&format!("  retired:     {}\n", svc.retired.join(", ")));
+        }
+    }
+    text
+}
+
+fn change_line(h: &pb::HistoryEntry, now: i64) -> String {
+    let outcome = h.outcome.as_ref();
+    let name = outcome.map_or("unknown", |o| outcome_name(o.kind()));
+    let reason = outcome
+        .filter(|o| !o.reason.is_empty())
+        .map_or(String::new(), |o| format!(" ({})", o.reason));
+    let converged = h.convergence_ms.map_or(String::new(), |ms| {
+        format!(", converged in {}", human(Duration::from_millis(ms)))
+    });
+    format!(
+        "{} #{} by {}, {} ago: {} -> {}, {name}{reason}{converged}",
+        h.verb,
+        h.id,
+        h.actor,
+        ago(h.finished_unix_ms, now),
+        table::split(&h.from.clone().unwrap_or_default().weights),
+        table::split(&h.to.clone().unwrap_or_default().weights),
+    )
+}
+
+/// `teal verify`: exit 0 when every check passed, 1 otherwise.
+pub async fn verify(
+    conn: &mut Conn,
+    service: String,
+    fleet: String,
+    output: Output,
+    out: &mut dyn Write,
+) -> Result<u8, Failure> {
+    let req = conn.request(pb::VerifyRequest {
+        service: service.clone(),
+        fleet: fleet.clone(),
+    });
+    let r = conn
+        .client
+        .verify(req)
+        .await
+        .map_err(|e| conn.fail(&e))?
+        .into_inner();
+    let ok = r.checks.iter().all(|c| c.ok);
+    match output {
+        Output::Json => print_json(
+            out,
+            &json!({
+                "service": service, "fleet": fleet, "ok": ok,
+                "checks": r.checks.iter().map(json::check).collect::<Vec<_>>(),
+            }),
+        ),
+        Output::Table => {
+            let mut t = Table::new(&["CHECK", "ENDPOINT", "RESULT", "DETAIL"]);
+            for c in &r.checks {
+                let result = if c.ok { "ok" } else { "FAILED" };
+                t.row(vec![
+                    c.check.clone(),
+                    c.endpoint.clone(),
+                    result.into(),
+                    c.detail.clone(),
+                ]);
+            }
+            let verdict = if r.checks.is_empty() {
+                "no checks configured"
+            } else if ok {
+                "all checks pass"
+            } else {
+                "some checks FAIL"
+            };
+            let _ = writeln!(
+                out,
+                "{}{service} {fleet}: {verdict}",
+                if t.is_empty() {
+                    String::new()
+                } else {
+                    t.render()
+                }
+            );
+        }
+    }
+    Ok(if ok { EX_OK } else { EX_REFUSED })
+}
+
+/// `teal history`.
+pub async fn history(
+    conn: &mut Conn,
+    service: String,
+    output: Output,
+    out: &mut dyn Write,
+) -> Result<u8, Failure> {
+    let req = conn.request(pb::HistoryRequest {
+        service: service.clone(),
+    });
+    let r = conn
+        .client
+        .history(req)
+        .await
+        .map_err(|e| conn.fail(&e))?
+        .into_inner();
+    match output {
+        Output::Json => print_json(
+            out,
+            &json!({
+                "service": service,
+                "entries": r.entries.iter().map(json::change).collect::<Vec<_>>(),
+            }),
+        ),
+        Output::Table => {
+            let mut t = Table::new(&[
+                "ID",
+                "VERB",
+                "ACTOR",
+                "STARTED",
+                "FROM",
+                "TO",
+                "VERSION",
+                "OUTCOME",
+                "CONVERGED",
+            ]);
+            for h in &r.entries {
+                let outcome = h.outcome.as_ref().map_or("-".to_owned(), |o| {
+                    let name = outcome_name(o.kind());
+                    if o.reason.is_empty() {
+                        name.to_owned()
+                    } else {
+                        format!("{name}: {}", o.reason)
+                    }
+                });
+                t.row(vec![
+                    h.id.to_string(),
+                    h.verb.clone(),
+                    h.actor.clone(),
+                    table::utc(h.started_unix_ms),
+                    table::split(&h.from.clone().unwrap_or_default().weights),
+                    table::split(&h.to.clone().unwrap_or_default().weights),
+                    h.version.clone().unwrap_or_else(|| "-".into()),
+                    outcome,
+                    h.convergence_ms
+                        .map_or("-".into(), |ms| human(Duration::from_millis(ms))),
+                ]);
+            }
+            let _ = write!(
+                out,
+                "{}",
+                if t.is_empty() {
+                    format!("no changes to {service} yet\n")
+                } else {
+                    t.render()
+                }
+            );
+        }
+    }
+    Ok(EX_OK)
+}

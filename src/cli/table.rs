@@ -1,0 +1,128 @@
+//! Plain-text tables and timestamps for the read commands.
+
+use std::fmt::Write as _;
+
+/// A table: a header row and rows, columns padded to the widest cell and
+/// separated by two spaces. Trailing spaces are trimmed.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column titles.
+    pub fn new<S: AsRef<str>>(header: &[S]) -> Table {
+        Table {
+            header: header.iter().map(|h| h.as_ref().to_owned()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row; missing cells are blank, extra cells are kept.
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The table as text, one line per row, each ending in `\n`.
+    pub fn render(&self) -> String {
+        let columns = std::iter::once(&self.header)
+            .chain(&self.rows)
+            .map(Vec::len)
+            .max()
+            .unwrap_or(0);
+        let mut widths = vec![0; columns];
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            for (i, cell) in row.iter().enumerate() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, width) in widths.iter().enumerate() {
+                let cell = row.get(i).map_or("", String::as_str);
+                let pad = width - cell.chars().count();
+                let _ = write!(line, "{cell}{:pad$}  ", "");
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// A unix-millis time as UTC `YYYY-MM-DD HH:MM:SSZ`.
+pub fn utc(unix_ms: i64) -> String {
+    let secs = unix_ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// A split as `blue=90 green=10`.
+pub fn split(weights: &std::collections::BTreeMap<String, u32>) -> String {
+    let parts: Vec<String> = weights.iter().map(|(f, w)| format!("{f}={w}")).collect();
+    if parts.is_empty() {
+        "-".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_pad_to_the_widest_cell() {
+        let mut t = Table::new(&["NAME", "STATE"]);
+        t.row(vec!["edge-1".into(), "SYNCED".into()]);
+        t.row(vec!["e".into(), "NACKED v2".into()]);
+        assert_eq!(
+            t.render(),
+            "NAME    STATE\nedge-1  SYNCED\ne       NACKED v2\n"
+        );
+    }
+
+    #[test]
+    fn ragged_rows_and_unicode_widths() {
+        let mut t = Table::new(&["A", "B"]);
+        t.row(vec!["→x".into()]);
+        t.row(vec!["1".into(), "2".into(), "3".into()]);
+        assert_eq!(t.render(), "A   B\n→x\n1   2  3\n");
+    }
+
+    #[test]
+    fn utc_formats_unix_millis() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00Z");
+        assert_eq!(utc(1_700_000_000_999), "2023-11-14 22:13:20Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00Z");
+    }
+
+    #[test]
+    fn splits_are_sorted() {
+        let w = [("green".to_owned(), 10), ("blue".to_owned(), 90)].into();
+        assert_eq!(split(&w), "blue=90 green=10");
+        assert_eq!(split(&Default::default()), "-");
+    }
+}
