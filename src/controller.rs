@@ -23,6 +23,7 @@ use std::time::{Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::admin::Metrics;
 use crate::config::{self, Config, Weights};
 use crate::resources::ResourceType;
 use crate::rollout::machine::{self, Action, Change, Event, ProxyView, Rollout, ServiceView};
@@ -117,6 +118,7 @@ struct Driver {
     /// Progress of finished operations, for `follow` after the end.
     finished: HashMap<u64, watch::Receiver<Progress>>,
     checks_tx: mpsc::Sender<(u64, Vec<CheckResult>)>,
+    metrics: Arc<Metrics>,
 }
 
 /// Starts the controller: loads the durable state (or starts from the
@@ -126,6 +128,7 @@ pub async fn start(
     writer: SnapshotWriter,
     store: Arc<dyn StateStore>,
     registry: Arc<ProxyRegistry>,
+    metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) -> Result<(Controller, tokio::task::JoinHandle<()>), ControllerError> {
     let (state, revision) = match store.load().await? {
@@ -144,6 +147,7 @@ pub async fn start(
         running: BTreeMap::new(),
         finished: HashMap::new(),
         checks_tx,
+        metrics,
     };
     driver.reconcile();
     let version = driver
@@ -693,6 +697,9 @@ impl Driver {
         };
         let p = running.rollout.progress().clone();
         let (convergence, acks) = running.rollout.convergence();
+        if let (Some(took), Outcome::Succeeded) = (convergence, &outcome) {
+            self.metrics.observe_convergence(took);
+        }
         let to = self
             .state
             .services

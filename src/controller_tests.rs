@@ -41,9 +41,17 @@ fn config() -> Config {
 async fn controller(store: Arc<MemoryStore>) -> (Controller, crate::shutdown::ShutdownTrigger) {
     let (writer, _reader) = snapshot_store();
     let (trigger, shutdown) = crate::shutdown::shutdown_channel();
-    let (c, _task) = start(config(), writer, store, ProxyRegistry::new(), shutdown)
-        .await
-        .expect("controller starts");
+    let metrics = Arc::new(Metrics::new());
+    let (c, _task) = start(
+        config(),
+        writer,
+        store,
+        ProxyRegistry::new(),
+        metrics,
+        shutdown,
+    )
+    .await
+    .expect("controller starts");
     (c, trigger)
 }
 

@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::admin::{self, Metrics, Tokens};
 use crate::config::{self, Config, Diagnostics};
 use crate::controller::{self, Controller};
+use crate::rollout::Backend;
 use crate::shutdown::Shutdown;
 use crate::snapshot_store::snapshot_store;
 use crate::state::{FileStore, MemoryStore, StateStore};
@@ -32,6 +34,9 @@ pub struct ServeOptions {
     pub admin_addr: SocketAddr,
     /// How often the config file is checked for changes.
     pub watch_interval: Duration,
+    /// The admin API's tokens file (`name:token` per line); the
+    /// `TEAL_ADMIN_TOKEN` environment variable adds a token named `admin`.
+    pub admin_tokens: Option<PathBuf>,
     /// Where the durable state lives; `None` keeps it in memory only
     /// (tests and throwaway runs).
     pub state_dir: Option<PathBuf>,
@@ -70,6 +75,9 @@ pub enum ServeError {
     /// The controller could not start.
     #[error("{0}")]
     Controller(#[from] crate::controller::ControllerError),
+    /// The admin tokens file is unreadable or malformed.
+    #[error("admin tokens: {0}")]
+    Tokens(#[from] crate::admin::TokensError),
 }
 
 impl ServeError {
@@ -83,6 +91,7 @@ impl ServeError {
             ServeError::Transport(_) => config::commands::EX_SOFTWARE,
             // EX_CANTCREAT / EX_IOERR-like: the state dir is unusable.
             ServeError::State(_) | ServeError::Controller(_) => 73,
+            ServeError::Tokens(_) => config::commands::EX_DATAERR,
         }
     }
 }
@@ -122,6 +131,8 @@ impl ConfigSource {
 pub struct Running {
     /// The address the xDS server is bound to (useful with port 0).
     pub xds_addr: SocketAddr,
+    /// The address the admin API is bound to.
+    pub admin_addr: SocketAddr,
     /// The proxy registry, for in-process callers and tests.
     pub registry: Arc<ProxyRegistry>,
     /// The controller, for in-process callers and tests.
@@ -164,20 +175,36 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
         Some(dir) => Arc::new(FileStore::open(dir)?),
         None => Arc::new(MemoryStore::default()),
     };
-    let registry: Arc<ProxyRegistry> = ProxyRegistry::new();
-    let (controller, _driver) =
-        controller::start(config, writer, store, registry.clone(), shutdown.clone()).await?;
+    let tokens = Tokens::load(opts.admin_tokens.as_deref())?;
+    let metrics = Arc::new(Metrics::new());
+    let registry: Arc<ProxyRegistry> = ProxyRegistry::with_sink(metrics.clone());
+    let (controller, _driver) = controller::start(
+        config,
+        writer,
+        store,
+        registry.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     tracing::info!(config = %source.name(), version = %controller.snapshot().version(), "serving config");
-    let listener = TcpListener::bind(opts.xds_addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: opts.xds_addr,
-            source,
-        })?;
-    let xds_addr = listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: opts.xds_addr,
-        source,
-    })?;
+    let listener = bind(opts.xds_addr).await?;
+    let xds_addr = local_addr(&listener, opts.xds_addr)?;
+    let admin_listener = bind(opts.admin_addr).await?;
+    let admin_addr = local_addr(&admin_listener, opts.admin_addr)?;
+    let backend: Arc<dyn Backend> = Arc::new(controller.clone());
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        backend,
+        metrics,
+        tokens,
+        shutdown.clone(),
+    ));
+    tokio::spawn(async move {
+        if let Ok(Err(e)) = admin_task.await {
+            tracing::error!(error = %e, "admin API failed");
+        }
+    });
     let server = XdsServer::new(reader, registry.clone(), shutdown.clone(), opts.xds.clone());
     let server_task = tokio::spawn(server.serve(listener));
     let task = tokio::spawn(supervise(
@@ -189,10 +216,23 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     ));
     Ok(Running {
         xds_addr,
+        admin_addr,
         registry,
         controller,
         task,
     })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ServeError> {
+    listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })
 }
 
 /// Reloads the config while the server runs, and reports how it ended.

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::rollout::Backend;
-use crate::xds::StreamEvent;
+use crate::xds::{EventSink, StreamEvent};
 
 /// Upper bounds of the convergence histogram's buckets, in milliseconds.
 pub const CONVERGENCE_BUCKETS_MS: [u64; 12] = [
@@ -190,6 +190,12 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+impl EventSink for Metrics {
+    fn record(&self, event: &StreamEvent) {
+        self.record_event(event);
+    }
 }
 
 #[cfg(test)]

@@ -59,7 +59,7 @@ use tonic::service::Routes;
 use crate::rollout::Backend;
 use crate::shutdown::Shutdown;
 
-pub use auth::Tokens;
+pub use auth::{Tokens, TokensError};
 pub use metrics::Metrics;
 pub use server::AdminService;
 

@@ -101,7 +101,7 @@ pub enum Output {
     /// Aligned columns for people.
     #[default]
     Table,
-    /// JSON with stable field names (listed in docs/admin.md).
+    /// JSON with stable field names (listed in the README).
     Json,
 }
 
@@ -153,6 +153,12 @@ pub struct ServeArgs {
     /// Address of the admin API that the CLI talks to.
     #[arg(long, env = "TEAL_ADMIN_ADDR", default_value = "127.0.0.1:18001")]
     pub admin_addr: SocketAddr,
+    /// Admin API tokens file: one `name:token` per line, `#` comments.
+    /// The name is recorded in history as who made each change. The
+    /// environment variable TEAL_ADMIN_TOKEN adds a token named `admin`.
+    /// With no token at all, changes through the admin API are refused.
+    #[arg(long, env = "TEAL_ADMIN_TOKENS")]
+    pub admin_tokens: Option<PathBuf>,
     /// Directory of teal's durable state (live fleets, weights, version
     /// counter, history). Created if missing; one teal per directory.
     #[arg(long, env = "TEAL_STATE_DIR", default_value = "teal-state")]
@@ -236,6 +242,7 @@ fn serve_command(args: ServeArgs) -> u8 {
         admin_addr: args.admin_addr,
         watch_interval: Duration::from_secs_f64(args.watch_interval),
         state_dir: (!args.ephemeral).then_some(args.state_dir),
+        admin_tokens: args.admin_tokens,
         xds: crate::xds::XdsServerConfig {
             drain: Duration::from_secs_f64(args.drain),
             ..Default::default()

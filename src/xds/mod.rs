@@ -21,7 +21,7 @@ pub mod status;
 
 pub use protocol::{NodeInfo, ProtocolError, StreamEvent, StreamKind};
 pub use server::{XdsServer, XdsServerConfig};
-pub use status::{ProxyRegistry, ProxyStatus};
+pub use status::{EventSink, ProxyRegistry, ProxyStatus};
 
 #[cfg(test)]
 mod fixtures;

@@ -85,10 +85,18 @@ impl ProxyStatus {
     }
 }
 
+/// Something that wants every stream event as it happens (metrics).
+pub trait EventSink: Send + Sync + std::fmt::Debug {
+    /// Called once per event, from the stream's task; must not block.
+    fn record(&self, event: &StreamEvent);
+}
+
 /// The registry of connected proxies.
 #[derive(Debug)]
 pub struct ProxyRegistry {
     streams: Mutex<HashMap<u64, ProxyStatus>>,
+    /// Told of every event, if set.
+    sink: Option<Arc<dyn EventSink>>,
     next_id: AtomicU64,
     /// Bumped after every change, so waiters can sleep until something
     /// happens instead of polling.
@@ -99,6 +107,7 @@ impl Default for ProxyRegistry {
     fn default() -> Self {
         ProxyRegistry {
             streams: Mutex::new(HashMap::new()),
+            sink: None,
             next_id: AtomicU64::new(1),
             generation: watch::Sender::new(0),
         }
@@ -109,6 +118,14 @@ impl ProxyRegistry {
     /// A new, empty registry.
     pub fn new() -> Arc<ProxyRegistry> {
         Arc::new(ProxyRegistry::default())
+    }
+
+    /// A new, empty registry that also tells `sink` of every event.
+    pub fn with_sink(sink: Arc<dyn EventSink>) -> Arc<ProxyRegistry> {
+        Arc::new(ProxyRegistry {
+            sink: Some(sink),
+            ..ProxyRegistry::default()
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, ProxyStatus>> {
@@ -211,6 +228,9 @@ impl StreamHandle {
         };
         let node = p.node.as_ref().map(|n| n.id.as_str()).unwrap_or("");
         for event in events {
+            if let Some(sink) = &self.registry.sink {
+                sink.record(event);
+            }
             match event {
                 StreamEvent::Sent {
                     ty,

@@ -194,6 +194,7 @@ impl Teal {
             admin_addr: "127.0.0.1:0".parse().expect("an address"),
             watch_interval: WATCH_INTERVAL,
             state_dir: None,
+            admin_tokens: None,
             xds: XdsServerConfig {
                 drain: Duration::from_millis(200),
                 ..XdsServerConfig::default()
