@@ -1,0 +1,120 @@
+//! The `teal serve` binary: it starts on the bundled config, serves xDS,
+//! refuses a bad config with exit 65, and on SIGTERM closes proxy streams
+//! and exits 0.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DiscoveryRequest, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+};
+use teal::resources::ResourceType;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// A port that was free a moment ago (another process could take it
+/// before teal binds it; unlikely on a test machine).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn teal() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_teal"))
+}
+
+#[test]
+fn a_bad_config_is_refused_with_every_problem() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "services:\n  web:\n    live: blue\n    fleets:\n      blue: {endpoints: [nowhere]}\ngroups: {}\nextra: 1\n",
+    )
+    .expect("write");
+    let out = teal()
+        .args(["serve", "--ephemeral", "--config"])
+        .arg(&path)
+        .args(["--xds-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(65));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml:5:"), "{err}");
+    assert!(err.contains("extra"), "every problem is listed: {err}");
+}
+
+#[tokio::test]
+async fn sigterm_closes_streams_and_exits_zero() {
+    let (xds, admin) = (free_port(), free_port());
+    let mut child = teal()
+        .args(["serve", "--ephemeral", "--drain", "2"])
+        .args(["--xds-addr", &format!("127.0.0.1:{xds}")])
+        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("teal starts");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let channel = loop {
+        match tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{xds}"))
+            .expect("uri")
+            .connect()
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > deadline => panic!("teal never listened: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(DiscoveryRequest {
+        node: Some(Node {
+            id: "edge-1".into(),
+            cluster: "edge".into(),
+            ..Default::default()
+        }),
+        type_url: ResourceType::Cluster.type_url().into(),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let mut stream = AggregatedDiscoveryServiceClient::new(channel)
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    let first = stream.next().await.expect("answer").expect("ok");
+    assert!(
+        !first.resources.is_empty(),
+        "the bundled config has clusters for edge"
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("the stream is closed promptly");
+    match end {
+        Some(Err(status)) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        None => {}
+        Some(Ok(r)) => panic!("unexpected response after SIGTERM: {r:?}"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "teal did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    drop(tx);
+}
