@@ -16,12 +16,14 @@
 //! - [`xds`]: the xDS engine: pure per-stream state machines, proxy status, the gRPC layer.
 //! - [`wire`]: hand-assembled discovery responses that streams share.
 //! - [`shutdown`]: shutdown as a value passed to servers.
+//! - [`exit`]: the command's exit codes.
 
 pub mod admin;
 pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod exit;
 pub mod resources;
 pub mod rollout;
 pub mod serve;

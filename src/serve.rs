@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use crate::admin::{self, Metrics, Tokens};
 use crate::config::{self, Config, Diagnostics};
 use crate::controller::{self, Controller};
+use crate::exit;
 use crate::rollout::Backend;
 use crate::shutdown::Shutdown;
 use crate::snapshot_store::snapshot_store;
@@ -84,14 +85,11 @@ impl ServeError {
     /// The sysexits exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            ServeError::ConfigUnreadable { .. } => config::commands::EX_NOINPUT,
-            ServeError::ConfigInvalid(_) => config::commands::EX_DATAERR,
-            // EX_UNAVAILABLE: a service we need (the port) is not there.
-            ServeError::Bind { .. } => 69,
-            ServeError::Transport(_) => config::commands::EX_SOFTWARE,
-            // EX_CANTCREAT / EX_IOERR-like: the state dir is unusable.
-            ServeError::State(_) | ServeError::Controller(_) => 73,
-            ServeError::Tokens(_) => config::commands::EX_DATAERR,
+            ServeError::ConfigUnreadable { .. } => exit::EX_NOINPUT,
+            ServeError::ConfigInvalid(_) | ServeError::Tokens(_) => exit::EX_DATAERR,
+            ServeError::Bind { .. } => exit::EX_UNAVAILABLE,
+            ServeError::Transport(_) => exit::EX_SOFTWARE,
+            ServeError::State(_) | ServeError::Controller(_) => exit::EX_CANTCREAT,
         }
     }
 }

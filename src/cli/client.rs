@@ -14,26 +14,10 @@ use crate::admin::pb::{self, outcome::Kind};
 
 use super::table;
 
-/// Success.
-pub const EX_OK: u8 = 0;
-/// The server refused the request (failing checks, unknown service, busy...).
-pub const EX_REFUSED: u8 = 1;
-/// The change was made, failed, and every proxy was put back.
-pub const EX_ROLLED_BACK: u8 = 2;
-/// An operator aborted the operation.
-pub const EX_ABORTED: u8 = 3;
-/// Bad command line (sysexits EX_USAGE).
-pub const EX_USAGE: u8 = 64;
-/// The token file cannot be read (EX_NOINPUT).
-pub const EX_NOINPUT: u8 = 66;
-/// The admin API cannot be reached (EX_UNAVAILABLE).
-pub const EX_UNAVAILABLE: u8 = 69;
-/// The server failed unexpectedly (EX_SOFTWARE).
-pub const EX_SOFTWARE: u8 = 70;
-/// The token is missing or wrong (EX_NOPERM).
-pub const EX_NOPERM: u8 = 77;
-/// Stopped following on Ctrl-C (128 + SIGINT); the operation goes on.
-pub const EX_INTERRUPTED: u8 = 130;
+pub use crate::exit::{
+    EX_ABORTED, EX_INTERRUPTED, EX_NOINPUT, EX_NOPERM, EX_OK, EX_REFUSED, EX_ROLLED_BACK,
+    EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE,
+};
 
 /// Why a command stopped: the exit code and what to tell the user.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,18 +12,7 @@ use super::model::Config;
 use super::render::{render_document, to_yaml};
 use super::translate::{Weights, config_digest, translate};
 
-/// Success.
-pub const EX_OK: u8 = 0;
-/// Command line usage error (an unknown group for `render`).
-pub const EX_USAGE: u8 = 64;
-/// The config file has problems.
-pub const EX_DATAERR: u8 = 65;
-/// The config file cannot be read.
-pub const EX_NOINPUT: u8 = 66;
-/// An internal error (rendering failed; a bug, not bad input).
-pub const EX_SOFTWARE: u8 = 70;
-/// Writing the output failed.
-pub const EX_IOERR: u8 = 74;
+pub use crate::exit::{EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_OK, EX_SOFTWARE, EX_USAGE};
 
 /// Output format of `teal render`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

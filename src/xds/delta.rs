@@ -28,10 +28,10 @@ use crate::snapshot::{GroupSnapshot, Resource, Snapshot};
 use crate::wire::OutMessage;
 
 use super::protocol::{
-    NodeInfo, NodeSlot, Nonces, ProtocolError, Reply, StreamEvent, StreamKind, Subscription,
-    WILDCARD, request_type,
+    NodeInfo, NodeSlot, Nonces, Planner, ProtocolError, Reply, StreamEvent, StreamKind,
+    Subscription, WILDCARD, request_type,
 };
-pub use super::sotw::{Output, Response};
+pub use super::protocol::{Output, Response};
 
 /// What the client holds of one resource.
 #[derive(Clone, Debug)]
@@ -190,17 +190,11 @@ impl DeltaStream {
         self.plan(snapshot, &mut out);
         out
     }
+}
 
-    fn plan(&mut self, snapshot: &Snapshot, out: &mut Output) {
-        let Some(node) = self.node.get() else {
-            return;
-        };
-        let group = snapshot.group(&node.cluster).clone();
-        for ty in ResourceType::ALL {
-            if let Some(response) = self.next_response(ty, &group, out) {
-                out.responses.push(response);
-            }
-        }
+impl Planner for DeltaStream {
+    fn node_info(&self) -> Option<&NodeInfo> {
+        self.node.get()
     }
 
     fn next_response(
@@ -283,7 +277,9 @@ impl DeltaStream {
         });
         Some(Response { ty, message })
     }
+}
 
+impl DeltaStream {
     /// As in state of the world: only for clients that take every cluster.
     fn make_before_break(&self) -> bool {
         self.types[ResourceType::Cluster.index()]

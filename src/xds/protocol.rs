@@ -6,6 +6,8 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::rpc;
 
 use crate::resources::ResourceType;
+use crate::snapshot::{GroupSnapshot, Snapshot};
+use crate::wire::OutMessage;
 
 /// The resource name that means "everything of this type".
 pub const WILDCARD: &str = "*";
@@ -235,5 +237,51 @@ impl Nonces {
     pub(crate) fn next(&mut self) -> String {
         self.0 += 1;
         self.0.to_string()
+    }
+}
+
+/// A response the state machine wants sent.
+#[derive(Debug)]
+pub struct Response {
+    /// The type.
+    pub ty: ResourceType,
+    /// The encoded response.
+    pub message: OutMessage,
+}
+
+/// What one input produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Responses to send, in order.
+    pub responses: Vec<Response>,
+    /// What happened, for status and logs.
+    pub events: Vec<StreamEvent>,
+}
+
+/// What both stream state machines do after every input: visit each type
+/// in make-before-break order and send what is due.
+pub(crate) trait Planner {
+    /// The proxy on the stream, once known.
+    fn node_info(&self) -> Option<&NodeInfo>;
+
+    /// The response due for `ty`, if any, recording what it sends.
+    fn next_response(
+        &mut self,
+        ty: ResourceType,
+        group: &GroupSnapshot,
+        out: &mut Output,
+    ) -> Option<Response>;
+
+    /// Sends, in make-before-break order, every response that is due.
+    fn plan(&mut self, snapshot: &Snapshot, out: &mut Output) {
+        let Some(node) = self.node_info() else {
+            return;
+        };
+        let group = snapshot.group(&node.cluster).clone();
+        for ty in ResourceType::ALL {
+            if let Some(response) = self.next_response(ty, &group, out) {
+                out.responses.push(response);
+            }
+        }
     }
 }

@@ -32,27 +32,10 @@ use crate::snapshot::{GroupSnapshot, Resource, SelectionKey, Snapshot, TypeSnaps
 use crate::wire::{self, OutMessage};
 
 use super::protocol::{
-    NodeInfo, NodeSlot, Nonces, ProtocolError, Reply, StreamEvent, StreamKind, Subscription,
-    WILDCARD, request_type,
+    NodeInfo, NodeSlot, Nonces, Planner, ProtocolError, Reply, StreamEvent, StreamKind,
+    Subscription, WILDCARD, request_type,
 };
-
-/// A response the state machine wants sent.
-#[derive(Debug)]
-pub struct Response {
-    /// The type.
-    pub ty: ResourceType,
-    /// The encoded response.
-    pub message: OutMessage,
-}
-
-/// What one input produced.
-#[derive(Debug, Default)]
-pub struct Output {
-    /// Responses to send, in order.
-    pub responses: Vec<Response>,
-    /// What happened, for status and logs.
-    pub events: Vec<StreamEvent>,
-}
+pub use super::protocol::{Output, Response};
 
 /// One response as sent: what it held, so later decisions can refer to it.
 #[derive(Clone, Debug)]
@@ -175,18 +158,11 @@ impl SotwStream {
         self.plan(snapshot, &mut out);
         out
     }
+}
 
-    /// Sends, in make-before-break order, every response that is due.
-    fn plan(&mut self, snapshot: &Snapshot, out: &mut Output) {
-        let Some(node) = self.node.get() else {
-            return;
-        };
-        let group = snapshot.group(&node.cluster).clone();
-        for ty in ResourceType::ALL {
-            if let Some(response) = self.next_response(ty, &group, out) {
-                out.responses.push(response);
-            }
-        }
+impl Planner for SotwStream {
+    fn node_info(&self) -> Option<&NodeInfo> {
+        self.node.get()
     }
 
     fn next_response(
@@ -250,7 +226,9 @@ impl SotwStream {
         st.owed = false;
         Some(Response { ty, message })
     }
+}
 
+impl SotwStream {
     /// Make-before-break ordering applies when the client takes every
     /// cluster (Envoy). Clients that ask for clusters by name, such as
     /// proxyless gRPC, ask for them only after they see the route, so
