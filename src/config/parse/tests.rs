@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::config::model::Protocol;
 
 const MINIMAL: &str = "\
 services:

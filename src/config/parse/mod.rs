@@ -1,0 +1,376 @@
+//! From YAML text to a [`Config`], collecting every problem on the way.
+//!
+//! Decoding never stops at the first problem: each part of the file is
+//! checked on its own, a part with a problem is left out of the result,
+//! and checks that relate parts (a route naming a service, a live fleet
+//! with endpoints) only run against the parts that decoded. The caller gets
+//! either a fully valid [`Config`] or every [`Diagnostic`], never both.
+//!
+//! - [`values`]: the context that collects problems, and readers for
+//!   scalars (names, numbers, durations, addresses, paths).
+//! - [`services`]: `services` and everything under them.
+//! - This file: the top level, proxy groups and their listeners.
+
+mod services;
+mod values;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use crate::config::diag::Diagnostics;
+use crate::config::model::{Config, Group, Listener, ListenerKind, Route, VirtualHost};
+use crate::config::yaml::{self, Node, Pos, Value};
+
+use services::service;
+use values::*;
+
+/// Highest endpoint weight accepted.
+pub(crate) const MAX_ENDPOINT_WEIGHT: u32 = 10_000;
+
+/// Decodes and checks a whole file.
+pub(crate) fn parse(text_: &str, file: &str) -> Result<Config, Diagnostics> {
+    let mut cx = Cx {
+        file,
+        diags: Vec::new(),
+    };
+    let config = match yaml::load(text_) {
+        Err(errors) => {
+            for e in errors {
+                cx.err(e.pos, "", e.message);
+            }
+            None
+        }
+        Ok(None) => {
+            cx.err(
+                Pos { line: 1, col: 1 },
+                "",
+                "the file is empty: it needs `services` and `groups`",
+            );
+            None
+        }
+        Ok(Some(root)) => config(&mut cx, &root),
+    };
+    let mut diags = cx.diags;
+    match config {
+        Some(config) if diags.is_empty() => Ok(config),
+        _ => {
+            diags.sort_by_key(|d| (d.line, d.column));
+            diags.dedup();
+            Err(Diagnostics(diags))
+        }
+    }
+}
+
+fn config(cx: &mut Cx<'_>, root: &Node) -> Option<Config> {
+    let f = fields(cx, root, "", &["services", "groups"])?;
+    let mut services = BTreeMap::new();
+    // Names of every service written, valid or not, so that a route to a
+    // broken service is not also reported as a route to a missing one.
+    let mut service_names = BTreeSet::new();
+    if let Some(node) = f.required(cx, "services")
+        && let Some(entries) = named(cx, node, "services")
+    {
+        if entries.is_empty() {
+            cx.err(node.pos, "services", "at least one service is needed");
+        }
+        let mut clusters: BTreeMap<String, (String, String)> = BTreeMap::new();
+        for (key, value) in entries {
+            let path = join("services", &key.text);
+            service_names.insert(key.text.clone());
+            if !check_name(cx, key, &path, "service", true) {
+                continue;
+            }
+            if let Some(s) = service(cx, value, &path) {
+                for fleet in s.fleets.keys() {
+                    let cluster = format!("{}-{fleet}", key.text);
+                    if let Some((other_s, other_f)) = clusters.get(&cluster) {
+                        cx.err(
+                            key.pos,
+                            &path,
+                            format!(
+                                "cluster name {cluster:?} of fleet {fleet:?} is also the name of \
+                                 service {other_s:?} fleet {other_f:?}; rename one"
+                            ),
+                        );
+                    } else {
+                        clusters.insert(cluster, (key.text.clone(), fleet.clone()));
+                    }
+                }
+                services.insert(key.text.clone(), s);
+            }
+        }
+    }
+    let mut groups = BTreeMap::new();
+    if let Some(node) = f.required(cx, "groups")
+        && let Some(entries) = named(cx, node, "groups")
+    {
+        if entries.is_empty() {
+            cx.err(node.pos, "groups", "at least one group is needed");
+        }
+        for (key, value) in entries {
+            let path = join("groups", &key.text);
+            if !check_name(cx, key, &path, "group", false) {
+                continue;
+            }
+            if let Some(g) = group(cx, value, &path, &service_names) {
+                groups.insert(key.text.clone(), g);
+            }
+        }
+    }
+    Some(Config { services, groups })
+}
+
+fn group(cx: &mut Cx<'_>, node: &Node, path: &str, services: &BTreeSet<String>) -> Option<Group> {
+    let f = fields(cx, node, path, &["listeners"])?;
+    let list = f.required(cx, "listeners")?;
+    let lpath = f.path("listeners");
+    let entries = match &list.value {
+        Value::Null => &[][..],
+        _ => named(cx, list, &lpath)?,
+    };
+    if entries.is_empty() {
+        cx.err(list.pos, &lpath, "a group needs at least one listener");
+        return None;
+    }
+    let mut ok = true;
+    let mut listeners = BTreeMap::new();
+    let mut addresses: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    for (key, value) in entries {
+        let path = join(&lpath, &key.text);
+        if !check_name(cx, key, &path, "listener", false) {
+            ok = false;
+            continue;
+        }
+        match listener(cx, value, &path, services) {
+            Some(l) => {
+                if let Some(other) = addresses.get(&l.address) {
+                    cx.err(
+                        value.pos,
+                        &join(&path, "address"),
+                        format!(
+                            "address {} is already used by listener {other:?}",
+                            l.address
+                        ),
+                    );
+                    ok = false;
+                } else {
+                    addresses.insert(l.address, key.text.clone());
+                }
+                listeners.insert(key.text.clone(), l);
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(Group { listeners })
+}
+
+fn service_ref(
+    cx: &mut Cx<'_>,
+    node: &Node,
+    path: &str,
+    services: &BTreeSet<String>,
+) -> Option<String> {
+    let name = text(cx, node, path)?;
+    if services.contains(&name) {
+        Some(name)
+    } else {
+        let known: Vec<&str> = services.iter().map(String::as_str).collect();
+        cx.err(
+            node.pos,
+            path,
+            format!("unknown service {name:?} (known: {})", known.join(", ")),
+        );
+        None
+    }
+}
+
+fn listener(
+    cx: &mut Cx<'_>,
+    node: &Node,
+    path: &str,
+    services: &BTreeSet<String>,
+) -> Option<Listener> {
+    let f = fields(
+        cx,
+        node,
+        path,
+        &["kind", "address", "virtual_hosts", "services"],
+    )?;
+    let address = f
+        .required(cx, "address")
+        .and_then(|n| address(cx, n, &f.path("address")));
+    let kind_node = f.required(cx, "kind")?;
+    let kpath = f.path("kind");
+    let kind = match text(cx, kind_node, &kpath)?.as_str() {
+        "edge" => {
+            if let Some(n) = f.get("services") {
+                cx.err(
+                    n.pos,
+                    &f.path("services"),
+                    "`services` belongs to sidecar listeners; edge listeners use `virtual_hosts`",
+                );
+            }
+            let vnode = f.required(cx, "virtual_hosts")?;
+            edge(cx, vnode, &f.path("virtual_hosts"), services)?
+        }
+        "sidecar" => {
+            if let Some(n) = f.get("virtual_hosts") {
+                cx.err(
+                    n.pos,
+                    &f.path("virtual_hosts"),
+                    "`virtual_hosts` belongs to edge listeners; sidecar listeners use `services`",
+                );
+            }
+            let snode = f.required(cx, "services")?;
+            sidecar(cx, snode, &f.path("services"), services)?
+        }
+        other => {
+            cx.err(
+                kind_node.pos,
+                &kpath,
+                format!("unknown listener kind {other:?} (expected edge or sidecar)"),
+            );
+            return None;
+        }
+    };
+    Some(Listener {
+        address: address?,
+        kind,
+    })
+}
+
+fn edge(
+    cx: &mut Cx<'_>,
+    node: &Node,
+    path: &str,
+    services: &BTreeSet<String>,
+) -> Option<ListenerKind> {
+    let entries = named(cx, node, path)?;
+    if entries.is_empty() {
+        cx.err(
+            node.pos,
+            path,
+            "an edge listener needs at least one virtual host",
+        );
+        return None;
+    }
+    let mut ok = true;
+    let mut virtual_hosts = BTreeMap::new();
+    let mut domains_seen: BTreeMap<String, String> = BTreeMap::new();
+    for (key, value) in entries {
+        let vpath = join(path, &key.text);
+        if !check_name(cx, key, &vpath, "virtual host", false) {
+            ok = false;
+            continue;
+        }
+        let Some(f) = fields(cx, value, &vpath, &["domains", "routes"]) else {
+            ok = false;
+            continue;
+        };
+        let mut domains = Vec::new();
+        if let Some(dnode) = f.required(cx, "domains")
+            && let Some(items) = seq(cx, dnode, &f.path("domains"))
+        {
+            if items.is_empty() {
+                cx.err(
+                    dnode.pos,
+                    &f.path("domains"),
+                    "at least one domain is needed",
+                );
+                ok = false;
+            }
+            for (i, item) in items.iter().enumerate() {
+                let dpath = format!("{}[{i}]", f.path("domains"));
+                let Some(d) = text(cx, item, &dpath) else {
+                    ok = false;
+                    continue;
+                };
+                if d.is_empty() || d.contains(char::is_whitespace) {
+                    cx.err(item.pos, &dpath, format!("bad domain {d:?}"));
+                    ok = false;
+                } else if let Some(other) = domains_seen.get(&d.to_ascii_lowercase()) {
+                    cx.err(
+                        item.pos,
+                        &dpath,
+                        format!("domain {d:?} is already served by virtual host {other:?}"),
+                    );
+                    ok = false;
+                } else {
+                    domains_seen.insert(d.to_ascii_lowercase(), key.text.clone());
+                    domains.push(d);
+                }
+            }
+        } else {
+            ok = false;
+        }
+        let mut routes = Vec::new();
+        if let Some(rnode) = f.required(cx, "routes")
+            && let Some(items) = seq(cx, rnode, &f.path("routes"))
+        {
+            if items.is_empty() {
+                cx.err(rnode.pos, &f.path("routes"), "at least one route is needed");
+                ok = false;
+            }
+            for (i, item) in items.iter().enumerate() {
+                let rpath = format!("{}[{i}]", f.path("routes"));
+                let Some(rf) = fields(cx, item, &rpath, &["prefix", "service"]) else {
+                    ok = false;
+                    continue;
+                };
+                let prefix = rf
+                    .required(cx, "prefix")
+                    .and_then(|n| http_path(cx, n, &rf.path("prefix")));
+                let service = rf
+                    .required(cx, "service")
+                    .and_then(|n| service_ref(cx, n, &rf.path("service"), services));
+                match (prefix, service) {
+                    (Some(prefix), Some(service)) => routes.push(Route { prefix, service }),
+                    _ => ok = false,
+                }
+            }
+        } else {
+            ok = false;
+        }
+        virtual_hosts.insert(key.text.clone(), VirtualHost { domains, routes });
+    }
+    ok.then_some(ListenerKind::Edge { virtual_hosts })
+}
+
+fn sidecar(
+    cx: &mut Cx<'_>,
+    node: &Node,
+    path: &str,
+    services: &BTreeSet<String>,
+) -> Option<ListenerKind> {
+    let items = seq(cx, node, path)?;
+    if items.is_empty() {
+        cx.err(
+            node.pos,
+            path,
+            "a sidecar listener needs at least one service",
+        );
+        return None;
+    }
+    let mut ok = true;
+    let mut names = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let spath = format!("{path}[{i}]");
+        match service_ref(cx, item, &spath, services) {
+            Some(name) if names.contains(&name) => {
+                cx.err(
+                    item.pos,
+                    &spath,
+                    format!("service {name:?} is listed twice"),
+                );
+                ok = false;
+            }
+            Some(name) => names.push(name),
+            None => ok = false,
+        }
+    }
+    names.sort();
+    ok.then_some(ListenerKind::Sidecar { services: names })
+}
+
+#[cfg(test)]
+mod tests;

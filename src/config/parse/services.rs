@@ -1,0 +1,361 @@
+//! `services.<name>` and everything under it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::config::model::{
+    Check, Endpoint, Fleet, HealthCheck, OutlierDetection, Protocol, Retries, Service,
+};
+use crate::config::yaml::{Node, Value};
+
+use super::MAX_ENDPOINT_WEIGHT;
+use super::values::*;
+
+/// `retry_on` conditions Envoy's router understands.
+pub(super) const RETRY_ON: &[&str] = &[
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "http3-post-connect-failure",
+];
+
+pub(super) fn service(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Service> {
+    let f = fields(
+        cx,
+        node,
+        path,
+        &[
+            "fleets",
+            "live",
+            "protocol",
+            "connect_timeout",
+            "timeout",
+            "retries",
+            "health_check",
+            "outlier_detection",
+            "checks",
+        ],
+    )?;
+    let mut ok = true;
+    let mut fleets = BTreeMap::new();
+    let mut fleet_names = Vec::new();
+    match f.required(cx, "fleets") {
+        None => ok = false,
+        Some(node) => match named(cx, node, &f.path("fleets")) {
+            None => ok = false,
+            Some(entries) => {
+                if entries.is_empty() {
+                    cx.err(node.pos, &f.path("fleets"), "at least one fleet is needed");
+                    ok = false;
+                }
+                for (key, value) in entries {
+                    let path = join(&f.path("fleets"), &key.text);
+                    fleet_names.push(key.text.clone());
+                    if !check_name(cx, key, &path, "fleet", true) {
+                        ok = false;
+                        continue;
+                    }
+                    match fleet(cx, value, &path) {
+                        Some(fl) => {
+                            fleets.insert(key.text.clone(), fl);
+                        }
+                        None => ok = false,
+                    }
+                }
+            }
+        },
+    }
+    let live = f.required(cx, "live").and_then(|node| {
+        let path = f.path("live");
+        let name = text(cx, node, &path)?;
+        if !fleet_names.contains(&name) {
+            cx.err(
+                node.pos,
+                &path,
+                format!(
+                    "live fleet {name:?} is not one of the fleets ({})",
+                    fleet_names.join(", ")
+                ),
+            );
+            return None;
+        }
+        if let Some(fl) = fleets.get(&name)
+            && fl.endpoints.is_empty()
+        {
+            cx.err(
+                node.pos,
+                &path,
+                format!("live fleet {name:?} has no endpoints"),
+            );
+            return None;
+        }
+        Some(name)
+    });
+    let protocol = match f.get("protocol") {
+        None => Some(Protocol::Http1),
+        Some(node) => {
+            let path = f.path("protocol");
+            match text(cx, node, &path).as_deref() {
+                Some("http1") => Some(Protocol::Http1),
+                Some("http2") => Some(Protocol::Http2),
+                Some(other) => {
+                    cx.err(
+                        node.pos,
+                        &path,
+                        format!("unknown protocol {other:?} (expected http1 or http2)"),
+                    );
+                    None
+                }
+                None => None,
+            }
+        }
+    };
+    let connect_timeout = opt_duration(cx, &f, "connect_timeout", Duration::from_secs(1), false);
+    let timeout = match f.get("timeout") {
+        None => Some(None),
+        Some(node) => duration(cx, node, &f.path("timeout"), true).map(Some),
+    };
+    let retries = f.get("retries").map(|n| retries(cx, n, &f.path("retries")));
+    let health_check = f
+        .get("health_check")
+        .map(|n| health_check(cx, n, &f.path("health_check")));
+    let outlier_detection = f
+        .get("outlier_detection")
+        .map(|n| outlier_detection(cx, n, &f.path("outlier_detection")));
+    let mut checks = BTreeMap::new();
+    if let Some(node) = f.get("checks") {
+        let cpath = f.path("checks");
+        match named(cx, node, &cpath) {
+            None => ok = false,
+            Some(entries) => {
+                for (key, value) in entries {
+                    let path = join(&cpath, &key.text);
+                    if !check_name(cx, key, &path, "check", false) {
+                        ok = false;
+                        continue;
+                    }
+                    match check(cx, value, &path) {
+                        Some(c) => {
+                            checks.insert(key.text.clone(), c);
+                        }
+                        None => ok = false,
+                    }
+                }
+            }
+        }
+    }
+    Some(Service {
+        fleets: ok.then_some(fleets)?,
+        live: live?,
+        protocol: protocol?,
+        connect_timeout: connect_timeout?,
+        timeout: timeout?,
+        retries: retries.map_or(Some(None), |r| r.map(Some))?,
+        health_check: health_check.map_or(Some(None), |r| r.map(Some))?,
+        outlier_detection: outlier_detection.map_or(Some(None), |r| r.map(Some))?,
+        checks,
+    })
+}
+
+pub(super) fn fleet(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Fleet> {
+    let f = fields(cx, node, path, &["endpoints"])?;
+    let Some(list) = f.get("endpoints") else {
+        return Some(Fleet::default());
+    };
+    let epath = f.path("endpoints");
+    let items = match &list.value {
+        Value::Null => return Some(Fleet::default()),
+        _ => seq(cx, list, &epath)?,
+    };
+    let mut ok = true;
+    let mut endpoints = Vec::new();
+    let mut seen: BTreeMap<SocketAddr, usize> = BTreeMap::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("{epath}[{i}]");
+        match endpoint(cx, item, &path) {
+            Some(e) => {
+                if let Some(first) = seen.insert(e.address, i) {
+                    cx.err(
+                        item.pos,
+                        &path,
+                        format!("endpoint {} is already listed at [{first}]", e.address),
+                    );
+                    ok = false;
+                }
+                endpoints.push(e);
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(Fleet { endpoints })
+}
+
+pub(super) fn endpoint(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Endpoint> {
+    if let Value::Scalar(_) = node.value {
+        return Some(Endpoint {
+            address: address(cx, node, path)?,
+            weight: 1,
+            zone: None,
+        });
+    }
+    let f = fields(cx, node, path, &["address", "weight", "zone"])?;
+    let address = f
+        .required(cx, "address")
+        .and_then(|n| address(cx, n, &f.path("address")));
+    let weight = opt_uint(cx, &f, "weight", 1, 1, MAX_ENDPOINT_WEIGHT);
+    let zone = match f.get("zone") {
+        None => Some(None),
+        Some(n) => {
+            let zpath = f.path("zone");
+            text(cx, n, &zpath).and_then(|z| {
+                if z.is_empty() {
+                    cx.err(n.pos, &zpath, "zone must not be empty");
+                    None
+                } else {
+                    Some(Some(z))
+                }
+            })
+        }
+    };
+    Some(Endpoint {
+        address: address?,
+        weight: weight?,
+        zone: zone?,
+    })
+}
+
+pub(super) fn retries(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Retries> {
+    let f = fields(
+        cx,
+        node,
+        path,
+        &["retry_on", "num_retries", "per_try_timeout"],
+    )?;
+    let retry_on = match f.get("retry_on") {
+        None => Some("5xx,reset,connect-failure".to_owned()),
+        Some(n) => {
+            let rpath = f.path("retry_on");
+            text(cx, n, &rpath).and_then(|s| {
+                let bad: Vec<&str> = s
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|c| !RETRY_ON.contains(c))
+                    .collect();
+                if bad.is_empty() {
+                    Some(s.split(',').map(str::trim).collect::<Vec<_>>().join(","))
+                } else {
+                    cx.err(
+                        n.pos,
+                        &rpath,
+                        format!(
+                            "unknown retry condition {:?} (known: {})",
+                            bad.join(","),
+                            RETRY_ON.join(", ")
+                        ),
+                    );
+                    None
+                }
+            })
+        }
+    };
+    let num_retries = opt_uint(cx, &f, "num_retries", 1, 0, 10);
+    let per_try_timeout = match f.get("per_try_timeout") {
+        None => Some(None),
+        Some(n) => duration(cx, n, &f.path("per_try_timeout"), false).map(Some),
+    };
+    Some(Retries {
+        retry_on: retry_on?,
+        num_retries: num_retries?,
+        per_try_timeout: per_try_timeout?,
+    })
+}
+
+pub(super) fn health_check(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<HealthCheck> {
+    let f = fields(
+        cx,
+        node,
+        path,
+        &[
+            "path",
+            "interval",
+            "timeout",
+            "healthy_threshold",
+            "unhealthy_threshold",
+        ],
+    )?;
+    let hpath = f
+        .required(cx, "path")
+        .and_then(|n| http_path(cx, n, &f.path("path")));
+    let interval = opt_duration(cx, &f, "interval", Duration::from_secs(5), false);
+    let timeout = opt_duration(cx, &f, "timeout", Duration::from_secs(1), false);
+    let healthy = opt_uint(cx, &f, "healthy_threshold", 2, 1, 100);
+    let unhealthy = opt_uint(cx, &f, "unhealthy_threshold", 3, 1, 100);
+    Some(HealthCheck {
+        path: hpath?,
+        interval: interval?,
+        timeout: timeout?,
+        healthy_threshold: healthy?,
+        unhealthy_threshold: unhealthy?,
+    })
+}
+
+pub(super) fn outlier_detection(
+    cx: &mut Cx<'_>,
+    node: &Node,
+    path: &str,
+) -> Option<OutlierDetection> {
+    let f = fields(
+        cx,
+        node,
+        path,
+        &[
+            "consecutive_5xx",
+            "interval",
+            "base_ejection_time",
+            "max_ejection_percent",
+        ],
+    )?;
+    let consecutive_5xx = opt_uint(cx, &f, "consecutive_5xx", 5, 1, 1000);
+    let interval = opt_duration(cx, &f, "interval", Duration::from_secs(10), false);
+    let base = opt_duration(cx, &f, "base_ejection_time", Duration::from_secs(30), false);
+    let max = opt_uint(cx, &f, "max_ejection_percent", 10, 0, 100);
+    Some(OutlierDetection {
+        consecutive_5xx: consecutive_5xx?,
+        interval: interval?,
+        base_ejection_time: base?,
+        max_ejection_percent: max?,
+    })
+}
+
+pub(super) fn check(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Check> {
+    let f = fields(
+        cx,
+        node,
+        path,
+        &["path", "status", "body_contains", "timeout"],
+    )?;
+    let cpath = f
+        .required(cx, "path")
+        .and_then(|n| http_path(cx, n, &f.path("path")));
+    let status = opt_uint(cx, &f, "status", 200, 100, 599);
+    let body = match f.get("body_contains") {
+        None => Some(None),
+        Some(n) => text(cx, n, &f.path("body_contains")).map(Some),
+    };
+    let timeout = opt_duration(cx, &f, "timeout", Duration::from_secs(2), false);
+    Some(Check {
+        path: cpath?,
+        // The range check above keeps it within u16.
+        status: u16::try_from(status?).ok()?,
+        body_contains: body?,
+        timeout: timeout?,
+    })
+}
