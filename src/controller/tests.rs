@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::rollout::Outcome;
 use crate::snapshot_store::snapshot_store;
 use crate::state::MemoryStore;
 

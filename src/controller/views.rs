@@ -1,0 +1,58 @@
+//! How the rollout sees proxies: per proxy, whether it holds the
+//! clusters (prepared), has applied the committed version (confirmed), or
+//! rejected it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::resources::ResourceType;
+use crate::rollout::machine::ProxyView;
+use crate::snapshot::Snapshot;
+use crate::xds::ProxyStatus;
+
+use super::version_seq;
+
+/// Computes rollout views from proxy statuses. Streams of one node (a
+/// proxy using per-type services) are merged by node id.
+pub fn proxy_views(
+    proxies: &[ProxyStatus],
+    groups: &BTreeSet<&str>,
+    snapshot: &Snapshot,
+    committed: Option<u64>,
+) -> Vec<ProxyView> {
+    let mut by_node: BTreeMap<&str, ProxyView> = BTreeMap::new();
+    for p in proxies {
+        let Some(node) = &p.node else { continue };
+        if !groups.contains(node.cluster.as_str()) {
+            continue;
+        }
+        let group = snapshot.group(&node.cluster);
+        let view = by_node
+            .entry(node.id.as_str())
+            .or_insert_with(|| ProxyView {
+                id: node.id.clone(),
+                prepared: true,
+                confirmed: true,
+                nack: None,
+            });
+        for ty in ResourceType::ALL {
+            let t = p.of(ty);
+            if !t.subscribed {
+                continue;
+            }
+            let current = t.acked.as_deref() == Some(group.of(ty).version());
+            if matches!(ty, ResourceType::Cluster | ResourceType::Endpoint) && !current {
+                view.prepared = false;
+            }
+            if !current {
+                view.confirmed = false;
+            }
+            if let (Some(nack), Some(seq)) = (&t.nack, committed)
+                && version_seq(&nack.version).is_some_and(|v| v >= seq)
+                && t.last_was_nacked()
+            {
+                view.nack = Some(format!("{ty} {}: {}", nack.version, nack.message));
+            }
+        }
+    }
+    by_node.into_values().collect()
+}
