@@ -98,7 +98,10 @@ impl ServeError {
 #[derive(Debug)]
 struct ConfigSource {
     path: Option<PathBuf>,
+    /// What was last read, to skip reloads of an unchanged file.
     last_text: String,
+    /// The last read failed (and was logged).
+    unreadable: bool,
 }
 
 impl ConfigSource {
@@ -163,6 +166,7 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     let mut source = ConfigSource {
         path: opts.config.clone(),
         last_text: String::new(),
+        unreadable: false,
     };
     let text = source.read().await?;
     let config = Config::parse(&text, &source.name()).map_err(ServeError::ConfigInvalid)?;
@@ -275,12 +279,15 @@ async fn reload(source: &mut ConfigSource, controller: &Controller, forced: bool
     let text = match source.read().await {
         Ok(text) => text,
         Err(e) => {
-            if forced || !source.last_text.is_empty() {
+            // Said once, not on every check, while the file stays unreadable.
+            if forced || !source.unreadable {
                 tracing::warn!(error = %e, "config reload skipped; still serving the last good config");
             }
+            source.unreadable = true;
             return;
         }
     };
+    source.unreadable = false;
     if text == source.last_text && !forced {
         return;
     }
