@@ -118,3 +118,59 @@ async fn sigterm_closes_streams_and_exits_zero() {
     assert_eq!(status.code(), Some(0));
     drop(tx);
 }
+
+/// The version `teal status -o json` reports, through the real CLI.
+fn status_version(admin: u16) -> Option<String> {
+    let out = teal()
+        .args(["--admin", &format!("127.0.0.1:{admin}"), "status", "-o", "json"])
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["version"].as_str().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_config_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("teal.yaml");
+    let text = teal::config::DEFAULT_CONFIG;
+    std::fs::write(&path, text).expect("write");
+    let (xds, admin) = (free_port(), free_port());
+    let mut child = teal()
+        .args(["serve", "--ephemeral", "--watch-interval", "3600", "--config"])
+        .arg(&path)
+        .args(["--xds-addr", &format!("127.0.0.1:{xds}")])
+        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("teal starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let before = loop {
+        if let Some(v) = status_version(admin) {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the admin API never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Another timeout changes every cluster; only SIGHUP can make teal
+    // see it, since the file is checked once an hour.
+    let changed = text.replacen("connect_timeout: ", "connect_timeout: 3", 1);
+    assert_ne!(changed, text, "the bundled config sets a connect_timeout");
+    std::fs::write(&path, &changed).expect("write");
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = status_version(admin);
+        if now.as_ref().is_some_and(|v| *v != before) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not reload: still {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().expect("kill");
+    let _ = child.wait();
+}
