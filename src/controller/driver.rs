@@ -408,10 +408,20 @@ impl Driver {
             let Some(running) = self.running.get_mut(service) else {
                 return;
             };
+            let wanted = running.rollout.wants_proxies();
             let actions = running.rollout.on_event(event, Instant::now());
             running
                 .progress
                 .send_replace(running.rollout.progress().clone());
+            // A step that begins (after a shift's pause, a retirement's
+            // delay, or right after the previous step) needs to see the
+            // proxies now: the registry may not change again for a while.
+            if !wanted
+                && running.rollout.wants_proxies()
+                && !queue.iter().any(|e| matches!(e, Event::Proxies(_)))
+            {
+                queue.push_back(Event::Proxies(Vec::new()));
+            }
             for action in actions {
                 match action {
                     Action::RunChecks(fleets) => self.spawn_checks(service, fleets),

@@ -4,6 +4,8 @@
 //! Everything listens on and connects to 127.0.0.1 only.
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,6 +44,16 @@ impl Upstream {
     /// Starts an upstream named `name` on a free port that echoes the
     /// request headers `echo` (see [`Upstream`]).
     pub async fn start_echoing(name: &str, echo: &[&str]) -> Upstream {
+        Upstream::start_inner(name, echo, None).await
+    }
+
+    /// Starts an upstream named `name` on a free port whose [`HEALTH_PATH`]
+    /// answers as `health` says (every other path answers as usual).
+    pub async fn start_with_health(name: &str, health: Arc<Health>) -> Upstream {
+        Upstream::start_inner(name, &[], Some(health)).await
+    }
+
+    async fn start_inner(name: &str, echo: &[&str], health: Option<Arc<Health>>) -> Upstream {
         let echo: Vec<String> = echo.iter().map(|h| h.to_ascii_lowercase()).collect();
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -56,7 +68,12 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                connections.spawn(serve_connection(stream, body.clone(), echo.clone()));
+                connections.spawn(serve_connection(
+                    stream,
+                    body.clone(),
+                    echo.clone(),
+                    health.clone(),
+                ));
                 // Reap finished connections so the set does not grow.
                 while connections.try_join_next().is_some() {}
             }
@@ -75,13 +92,62 @@ impl Drop for Upstream {
     }
 }
 
+/// The path at which an [`Upstream::start_with_health`] reports its health.
+pub const HEALTH_PATH: &str = "/healthz";
+
+/// A health endpoint that can be told to fail: it answers `200 ok` while it
+/// has passes left, then `503 unhealthy`. Starts passing forever.
+#[derive(Debug)]
+pub struct Health {
+    /// Passes left; negative: pass forever.
+    passes: AtomicI64,
+}
+
+impl Health {
+    /// A health endpoint that passes until told otherwise.
+    pub fn new() -> Arc<Health> {
+        Arc::new(Health {
+            passes: AtomicI64::new(-1),
+        })
+    }
+
+    /// Pass every request from now on.
+    pub fn pass(&self) {
+        self.passes.store(-1, Ordering::SeqCst);
+    }
+
+    /// Fail every request from now on.
+    pub fn fail(&self) {
+        self.passes.store(0, Ordering::SeqCst);
+    }
+
+    /// Pass the next `n` requests, then fail.
+    pub fn pass_then_fail(&self, n: i64) {
+        self.passes.store(n, Ordering::SeqCst);
+    }
+
+    /// Whether this request passes (using up one pass).
+    fn next(&self) -> bool {
+        self.passes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| {
+                (p > 0).then(|| p - 1)
+            })
+            .map_or_else(|p| p < 0, |_| true)
+    }
+}
+
 /// The prefix of the response headers in which an upstream echoes request
 /// headers: `x-echo-x-teal-fleet` carries the request's `x-teal-fleet`.
 pub const ECHO_PREFIX: &str = "x-echo-";
 
 /// Answers requests on one connection until the peer closes it, echoing
 /// the request headers named in `echo` (lower case).
-async fn serve_connection(mut stream: TcpStream, body: String, echo: Vec<String>) {
+async fn serve_connection(
+    mut stream: TcpStream,
+    body: String,
+    echo: Vec<String>,
+    health: Option<Arc<Health>>,
+) {
     let mut buf = Vec::new();
     loop {
         // Read one request head; GETs from Envoy carry no body we need.
@@ -120,8 +186,19 @@ async fn serve_connection(mut stream: TcpStream, body: String, echo: Vec<String>
             }
         }
         buf.drain(..head_end + content_length);
+        let path = raw_head.split_whitespace().nth(1).unwrap_or("/");
+        let (status, body) = match &health {
+            Some(h) if path == HEALTH_PATH => {
+                if h.next() {
+                    ("200 OK", "ok")
+                } else {
+                    ("503 Service Unavailable", "unhealthy")
+                }
+            }
+            _ => ("200 OK", body.as_str()),
+        };
         let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}{}\r\n{}",
+            "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}{}\r\n{}",
             body.len(),
             echoed,
             if close { "connection: close\r\n" } else { "" },
