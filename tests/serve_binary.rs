@@ -122,7 +122,13 @@ async fn sigterm_closes_streams_and_exits_zero() {
 /// The version `teal status -o json` reports, through the real CLI.
 fn status_version(admin: u16) -> Option<String> {
     let out = teal()
-        .args(["--admin", &format!("127.0.0.1:{admin}"), "status", "-o", "json"])
+        .args([
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+            "status",
+            "-o",
+            "json",
+        ])
         .output()
         .ok()?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -137,7 +143,13 @@ async fn sighup_reloads_the_config_file() {
     std::fs::write(&path, text).expect("write");
     let (xds, admin) = (free_port(), free_port());
     let mut child = teal()
-        .args(["serve", "--ephemeral", "--watch-interval", "3600", "--config"])
+        .args([
+            "serve",
+            "--ephemeral",
+            "--watch-interval",
+            "3600",
+            "--config",
+        ])
         .arg(&path)
         .args(["--xds-addr", &format!("127.0.0.1:{xds}")])
         .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
@@ -168,7 +180,10 @@ async fn sighup_reloads_the_config_file() {
         if now.as_ref().is_some_and(|v| *v != before) {
             break;
         }
-        assert!(Instant::now() < deadline, "SIGHUP did not reload: still {now:?}");
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload: still {now:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     child.kill().expect("kill");
