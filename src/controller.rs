@@ -433,6 +433,13 @@ impl Driver {
                     let services: Vec<String> = self.running.keys().cloned().collect();
                     for s in services {
                         self.feed(&s, Event::Tick).await;
+                        // A tick may begin a shift's next step, which waits
+                        // on the proxies; they may never change again, so
+                        // show them now rather than on their next change.
+                        if self.running.get(&s).is_some_and(|r| r.rollout.wants_proxies()) {
+                            let views = self.proxy_views(&s);
+                            self.feed(&s, Event::Proxies(views)).await;
+                        }
                     }
                 }
             }
