@@ -237,6 +237,11 @@ impl KeepAlive {
         })
     }
 
+    /// The port it is connected to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// The local (client) port of the connection.
     pub fn local_port(&self) -> io::Result<u16> {
         Ok(self.stream.local_addr()?.port())
