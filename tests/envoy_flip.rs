@@ -34,9 +34,22 @@ const TOKEN: &str = "secret";
 /// How long a flip may wait for every proxy to ACK.
 const FLIP_TIMEOUT: &str = "10s";
 
+/// The edge's route to web in the usual world: every path.
+const PREFIX_ROUTE: &str = "prefix: /";
+
+/// The edge's route to web in the world of case 4: every path again, but
+/// through a regex, which Envoy compiles with RE2 whenever it loads the
+/// route configuration.
+const REGEX_ROUTE: &str = "regex: '/.*'";
+
+/// The Envoy runtime key that caps the size of a compiled RE2 program:
+/// Envoy refuses (NACKs) a RouteConfiguration with a larger regex.
+const RE2_ERROR_LEVEL: &str = "re2.max_program_size.error_level";
+
 /// The config: `web` live on blue, both fleets checked through `/healthz`,
-/// routed by the edge (`/` on any host) and by the sidecars (Host `web`).
-fn config_yaml(blue: u16, green: u16, edge: u16, sidecar: u16) -> String {
+/// routed by the edge (`edge_route` on any host) and by the sidecars
+/// (Host `web`).
+fn config_yaml(blue: u16, green: u16, edge: u16, sidecar: u16, edge_route: &str) -> String {
     format!(
         "\
 services:
@@ -66,7 +79,7 @@ groups:
           site:
             domains: ['*']
             routes:
-              - prefix: /
+              - {edge_route}
                 service: web
   sidecar:
     listeners:
@@ -163,7 +176,14 @@ struct World {
 }
 
 impl World {
+    /// The usual world: the edge routes web by prefix.
     async fn start() -> World {
+        World::start_with(PREFIX_ROUTE, false).await
+    }
+
+    /// A world whose edge routes web by `edge_route`, and whose edge Envoy
+    /// has an admin runtime layer when `edge_runtime` is set.
+    async fn start_with(edge_route: &str, edge_runtime: bool) -> World {
         let green_health = Health::new();
         let blue = Upstream::start_with_health("blue", Health::new()).await;
         let green = Upstream::start_with_health("green", green_health.clone()).await;
@@ -174,13 +194,20 @@ impl World {
             .expect("temporary directory");
         std::fs::write(
             dir.path().join("teal.yaml"),
-            config_yaml(blue.port, green.port, edge_port, sidecar_port),
+            config_yaml(blue.port, green.port, edge_port, sidecar_port, edge_route),
         )
         .expect("write the config");
         let (xds, admin) = (free_port(), free_port());
         let teal = TealProcess::start(dir.path(), xds, admin).await;
+        let edge = async {
+            if edge_runtime {
+                Envoy::start_with_admin_runtime(xds, "edge", Protocol::Sotw).await
+            } else {
+                Envoy::start_on(xds, "edge", Protocol::Sotw).await
+            }
+        };
         let (edge, sidecar_delta, sidecar_sotw) = tokio::join!(
-            Envoy::start_on(xds, "edge", Protocol::Sotw),
+            edge,
             Envoy::start_on(xds, "sidecar", Protocol::Delta),
             Envoy::start_on(xds, "sidecar", Protocol::Sotw),
         );
@@ -628,4 +655,104 @@ async fn restart_after_kill_9_keeps_green() {
         assert!(seen.len() > 10, "too little traffic: {seen:?}");
         assert!(seen.iter().all(|b| b == "green"), "regressed: {seen:?}");
     }
+}
+
+/// How long a flip in case 4 waits for proxies, and so also how long its
+/// undo would wait for a proxy that does not go back: short, to keep the
+/// test fast should that ever happen.
+const NACK_FLIP_TIMEOUT: &str = "5s";
+
+/// (4) A forced NACK during a flip puts every proxy back.
+///
+/// The edge routes web through a regex. A flip only changes route weights,
+/// so an Envoy that accepted blue's routes accepts green's, unless
+/// something on that one Envoy changed in between: here its runtime key
+/// `re2.max_program_size.error_level` goes from 100 to 1, so it refuses
+/// every RouteConfiguration holding that regex (it compiles each
+/// `safe_regex` when it loads one). `teal flip web --to green` then exits
+/// 2: the edge NACKed green's routes, teal published the undo (blue
+/// again), and both sidecars apply it (whether or not they had applied
+/// green already: that races with the edge's NACK).
+///
+/// The edge ACKs the undo at once, although the key is still 1: the undo's
+/// RouteConfiguration is byte for byte the one it runs (teal's resources
+/// depend only on the config and the weights), and Envoy skips, without
+/// compiling anything, a route configuration whose hash is unchanged. So
+/// the undo finishes without waiting for its timeout, every proxy SYNCED.
+///
+/// Then the key goes back to 100 and the next flip succeeds everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_during_a_flip_puts_every_proxy_back() {
+    let w = World::start_with(REGEX_ROUTE, true).await;
+    let (_, v0) = w.web_status().await;
+    let edge = &w.envoys[0];
+    let edge_rds = |proxies: &Value| -> Value {
+        proxies["proxies"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["node_id"] == edge.node_id.as_str()))
+            .map(|p| p["types"]["RDS"].clone())
+            .unwrap_or_else(|| panic!("no {} in {proxies:#}", edge.node_id))
+    };
+    let acked_before = edge_rds(&w.json(&["proxies"]).await)["acked"].clone();
+    assert!(acked_before.is_string(), "{acked_before}");
+
+    edge.set_runtime(RE2_ERROR_LEVEL, "1").await;
+    let started = Instant::now();
+    let out = w
+        .cli(&[
+            "flip",
+            "web",
+            "--to",
+            "green",
+            "--timeout",
+            NACK_FLIP_TIMEOUT,
+        ])
+        .await;
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&edge.node_id), "{err}");
+    // Envoy's own words: "regex '/.*' RE2 program size of N > max program
+    // size of 1 set for the error level threshold".
+    assert!(err.contains("RE2 program size"), "{err}");
+    // Well within the timeout: the undo did not wait for anyone.
+    assert!(took < Duration::from_secs(4), "the flip took {took:?}");
+
+    // Status and history: blue is live again, the flip rolled back.
+    let (web, v) = w.web_status().await;
+    assert_eq!(web["live"], "blue", "{web}");
+    assert_eq!(web["weights"], serde_json::json!({"blue": 100, "green": 0}));
+    assert_eq!(web["last_change"]["outcome"], "rolled-back", "{web}");
+    assert_ne!(v, v0, "the undo is a new version");
+    let history = w.json(&["history", "web"]).await;
+    let flip = &history["entries"][0];
+    assert_eq!(flip["verb"], "flip", "{history:#}");
+    assert_eq!(flip["outcome"], "rolled-back", "{history:#}");
+    let reason = flip["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&edge.node_id) && reason.contains("RE2 program size"),
+        "{history:#}"
+    );
+    assert!(!reason.contains("not yet back"), "{history:#}");
+
+    // Every Envoy routes all of web to blue and has ACKed the undo: the
+    // sidecars went back, the edge never left. teal still shows the edge's
+    // NACK of green, with Envoy's message.
+    w.assert_everyone_on("blue").await;
+    let proxies = w.wait_all_synced().await;
+    let rds = edge_rds(&proxies);
+    assert_eq!(rds["acked"], v.as_str(), "{proxies:#}");
+    assert_ne!(rds["acked"], acked_before, "{proxies:#}");
+    let nack = rds["nack"]["message"].as_str().unwrap_or_default();
+    assert!(nack.contains("RE2 program size"), "{proxies:#}");
+    assert_ne!(rds["nack"]["version"], v.as_str(), "{proxies:#}");
+
+    // With the key back to 100, the next flip goes through everywhere.
+    edge.set_runtime(RE2_ERROR_LEVEL, "100").await;
+    let out = w
+        .cli(&["flip", "web", "--to", "green", "--timeout", FLIP_TIMEOUT])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    w.assert_everyone_on("green").await;
+    w.wait_all_synced().await;
 }

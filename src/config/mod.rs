@@ -36,7 +36,7 @@
 //! listeners stay byte-identical and Envoy never drains them.
 //!
 //! **Preview routing.** Before that weighted route come one route per
-//! fleet, matching the same prefix and the header
+//! fleet, matching the same path (prefix or regex) and the header
 //! [`x-teal-fleet: <fleet>`](FLEET_HEADER), which send the request to that
 //! fleet's cluster whatever the weights. Operators and rollout checks use
 //! it to reach a fleet that takes no traffic yet.

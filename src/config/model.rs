@@ -143,7 +143,7 @@ pub struct Listener {
 /// What a listener routes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ListenerKind {
-    /// Routes by `Host` and path prefix (a public ingress).
+    /// Routes by `Host` and path (prefix or regex; a public ingress).
     Edge {
         /// Virtual hosts by name.
         virtual_hosts: BTreeMap<String, VirtualHost>,
@@ -168,10 +168,21 @@ pub struct VirtualHost {
 /// A route of an edge virtual host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
-    /// Path prefix, starting with `/`.
-    pub prefix: String,
+    /// Which request paths the route takes.
+    pub path: PathMatch,
     /// The service requests go to.
     pub service: String,
+}
+
+/// How a route matches the request path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathMatch {
+    /// Paths starting with this prefix, which starts with `/` (`prefix:`).
+    Prefix(String),
+    /// Whole paths (query string excluded) matching this RE2 pattern
+    /// (`regex:`). Its syntax was checked at parse time; Envoy compiles it
+    /// with RE2 when it loads the route configuration.
+    Regex(String),
 }
 
 impl Config {

@@ -44,13 +44,15 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options::UpstreamProtocolOptions,
     http_protocol_options::explicit_http_config::ProtocolConfig,
 };
-use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    RegexMatcher, StringMatcher, string_matcher::MatchPattern,
+};
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 use envoy_types::util::pack_any;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use super::model::{Config, ListenerKind, Protocol, Service};
+use super::model::{Config, ListenerKind, PathMatch, Protocol, Service};
 use crate::snapshot::{GroupResources, SnapshotInput};
 
 /// The request header that pins a request to one fleet (preview routing)
@@ -236,20 +238,23 @@ pub fn translate(config: &Config, weights: &Weights) -> SnapshotInput {
                         routes: vh
                             .routes
                             .iter()
-                            .flat_map(|r| service_routes(config, weights, &r.prefix, &r.service))
+                            .flat_map(|r| service_routes(config, weights, &r.path, &r.service))
                             .collect(),
                         ..Default::default()
                     })
                     .collect(),
-                ListenerKind::Sidecar { services } => services
-                    .iter()
-                    .map(|s| EnvoyVirtualHost {
-                        name: s.clone(),
-                        domains: vec![s.clone(), format!("{s}:{}", listener.address.port())],
-                        routes: service_routes(config, weights, "/", s),
-                        ..Default::default()
-                    })
-                    .collect(),
+                ListenerKind::Sidecar { services } => {
+                    let slash = PathMatch::Prefix("/".to_owned());
+                    services
+                        .iter()
+                        .map(|s| EnvoyVirtualHost {
+                            name: s.clone(),
+                            domains: vec![s.clone(), format!("{s}:{}", listener.address.port())],
+                            routes: service_routes(config, weights, &slash, s),
+                            ..Default::default()
+                        })
+                        .collect()
+                }
             };
             res.routes.push(RouteConfiguration {
                 name: listener_name.clone(),
@@ -427,12 +432,24 @@ fn fleet_header(fleet: &str) -> HeaderValueOption {
     }
 }
 
-/// The routes for one `prefix → service`: one preview route per fleet,
-/// then the weighted route.
+/// Envoy's form of a route's path match.
+fn path_specifier(path: &PathMatch) -> PathSpecifier {
+    match path {
+        PathMatch::Prefix(prefix) => PathSpecifier::Prefix(prefix.clone()),
+        // No engine_type: Envoy's default engine, Google RE2.
+        PathMatch::Regex(regex) => PathSpecifier::SafeRegex(RegexMatcher {
+            regex: regex.clone(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The routes for one `path → service`: one preview route per fleet,
+/// then the weighted route, all matching `path`.
 fn service_routes(
     config: &Config,
     weights: &Weights,
-    prefix: &str,
+    path: &PathMatch,
     service_name: &str,
 ) -> Vec<EnvoyRoute> {
     let Some(service) = config.services.get(service_name) else {
@@ -458,7 +475,7 @@ fn service_routes(
         .map(|(fleet, _)| EnvoyRoute {
             name: format!("{service_name}-{fleet}-preview"),
             r#match: Some(RouteMatch {
-                path_specifier: Some(PathSpecifier::Prefix(prefix.to_owned())),
+                path_specifier: Some(path_specifier(path)),
                 headers: vec![HeaderMatcher {
                     name: FLEET_HEADER.to_owned(),
                     header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(
@@ -478,7 +495,7 @@ fn service_routes(
     routes.push(EnvoyRoute {
         name: service_name.to_owned(),
         r#match: Some(RouteMatch {
-            path_specifier: Some(PathSpecifier::Prefix(prefix.to_owned())),
+            path_specifier: Some(path_specifier(path)),
             ..Default::default()
         }),
         action: action(ClusterSpecifier::WeightedClusters(WeightedCluster {

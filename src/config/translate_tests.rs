@@ -203,3 +203,47 @@ fn snapshots_accept_the_translation() {
     let snap = crate::snapshot::Snapshot::build(&config_digest(&input), &input, None);
     assert!(snap.is_ok(), "{snap:?}");
 }
+
+#[test]
+fn regex_routes_match_by_safe_regex_on_every_route() {
+    use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+    let text = DEFAULT_CONFIG.replace("- prefix: /api/", "- regex: '/api/v[0-9]+/.*'");
+    assert_ne!(text, DEFAULT_CONFIG);
+    let config = Config::parse(&text, "t.yaml").expect("valid");
+    let input = translate(&config, &Weights::initial(&config));
+    let routes = vhost(&input.groups["edge"].routes[0], "site");
+    let paths: Vec<&PathSpecifier> = routes
+        .iter()
+        .map(|r| {
+            r.r#match
+                .as_ref()
+                .and_then(|m| m.path_specifier.as_ref())
+                .expect("path specifier")
+        })
+        .collect();
+    // api's two preview routes and its weighted route take the regex, with
+    // no engine named (Envoy's default, RE2); web's keep their prefix.
+    let regex = PathSpecifier::SafeRegex(RegexMatcher {
+        regex: "/api/v[0-9]+/.*".to_owned(),
+        engine_type: None,
+    });
+    let slash = PathSpecifier::Prefix("/".to_owned());
+    assert_eq!(
+        paths,
+        [&regex, &regex, &regex, &slash, &slash, &slash],
+        "{routes:#?}"
+    );
+    assert!(matches!(
+        cluster_of(&routes[2]),
+        ClusterSpecifier::WeightedClusters(_)
+    ));
+    // Sidecars route by host, on `/`, whatever the edge's routes are.
+    for vh in &input.groups["sidecar"].routes[0].virtual_hosts {
+        for r in &vh.routes {
+            assert_eq!(
+                r.r#match.as_ref().and_then(|m| m.path_specifier.as_ref()),
+                Some(&slash)
+            );
+        }
+    }
+}

@@ -263,14 +263,36 @@ impl HttpResponse {
 /// added as given; a `Host` among them replaces the default
 /// `Host: 127.0.0.1:port`.
 pub async fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> io::Result<HttpResponse> {
-    tokio::time::timeout(REQUEST_TIMEOUT, get_inner(port, path, headers))
+    request("GET", port, path, headers).await
+}
+
+/// `POST path` with an empty body, otherwise like [`get`].
+pub async fn post(port: u16, path: &str, headers: &[(&str, &str)]) -> io::Result<HttpResponse> {
+    request("POST", port, path, headers).await
+}
+
+async fn request(
+    method: &str,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> io::Result<HttpResponse> {
+    tokio::time::timeout(REQUEST_TIMEOUT, request_inner(method, port, path, headers))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))?
 }
 
-async fn get_inner(port: u16, path: &str, headers: &[(&str, &str)]) -> io::Result<HttpResponse> {
+async fn request_inner(
+    method: &str,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> io::Result<HttpResponse> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-    let mut request = format!("GET {path} HTTP/1.1\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\n");
+    if method != "GET" {
+        request.push_str("content-length: 0\r\n");
+    }
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         request.push_str(&format!("host: 127.0.0.1:{port}\r\n"));
     }

@@ -413,6 +413,44 @@ impl Envoy {
     /// Like [`Envoy::start`], for an xDS server on `127.0.0.1:xds_port`
     /// that need not be a [`Teal`] of this harness.
     pub async fn start_on(xds_port: u16, group: &str, protocol: Protocol) -> Envoy {
+        Envoy::start_with(xds_port, group, protocol, "").await
+    }
+
+    /// Like [`Envoy::start_on`], with an admin runtime layer in the
+    /// bootstrap, so that [`Envoy::set_runtime`] can change runtime keys
+    /// (Envoy 1.40 has no admin layer unless the bootstrap asks for one:
+    /// `/runtime_modify` answers "No admin layer specified").
+    pub async fn start_with_admin_runtime(xds_port: u16, group: &str, protocol: Protocol) -> Envoy {
+        Envoy::start_with(
+            xds_port,
+            group,
+            protocol,
+            "layered_runtime:\n  layers:\n    - name: admin\n      admin_layer: {}\n",
+        )
+        .await
+    }
+
+    /// Sets runtime key `key` to `value` through the admin interface
+    /// (`POST /runtime_modify?key=value`). Needs an Envoy started with
+    /// [`Envoy::start_with_admin_runtime`].
+    ///
+    /// # Panics
+    ///
+    /// If Envoy does not answer `200`.
+    pub async fn set_runtime(&self, key: &str, value: &str) {
+        let path = format!("/runtime_modify?{key}={value}");
+        let r = http::post(self.admin_port(), &path, &[])
+            .await
+            .unwrap_or_else(|e| panic!("POST {path} to {}: {e}", self.node_id));
+        assert_eq!(
+            r.status, 200,
+            "POST {path} to {}: {} {}",
+            self.node_id, r.status, r.body
+        );
+    }
+
+    /// Starts an Envoy with `extra` appended to its bootstrap.
+    async fn start_with(xds_port: u16, group: &str, protocol: Protocol, extra: &str) -> Envoy {
         static NEXT: AtomicU32 = AtomicU32::new(1);
         let node_id = format!(
             "{group}-{}-{}",
@@ -426,7 +464,7 @@ impl Envoy {
         let bootstrap = dir.path().join("bootstrap.yaml");
         std::fs::write(
             &bootstrap,
-            render_bootstrap(&node_id, group, xds_port, protocol),
+            render_bootstrap(&node_id, group, xds_port, protocol) + extra,
         )
         .expect("write the bootstrap");
         let admin_path = dir.path().join("admin-address");

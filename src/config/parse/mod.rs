@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use crate::config::diag::Diagnostics;
-use crate::config::model::{Config, Group, Listener, ListenerKind, Route, VirtualHost};
+use crate::config::model::{Config, Group, Listener, ListenerKind, PathMatch, Route, VirtualHost};
 use crate::config::yaml::{self, Node, Pos, Value};
 
 use services::service;
@@ -313,18 +313,16 @@ fn edge(
             }
             for (i, item) in items.iter().enumerate() {
                 let rpath = format!("{}[{i}]", f.path("routes"));
-                let Some(rf) = fields(cx, item, &rpath, &["prefix", "service"]) else {
+                let Some(rf) = fields(cx, item, &rpath, &["prefix", "regex", "service"]) else {
                     ok = false;
                     continue;
                 };
-                let prefix = rf
-                    .required(cx, "prefix")
-                    .and_then(|n| http_path(cx, n, &rf.path("prefix")));
+                let path = route_path(cx, &rf);
                 let service = rf
                     .required(cx, "service")
                     .and_then(|n| service_ref(cx, n, &rf.path("service"), services));
-                match (prefix, service) {
-                    (Some(prefix), Some(service)) => routes.push(Route { prefix, service }),
+                match (path, service) {
+                    (Some(path), Some(service)) => routes.push(Route { path, service }),
                     _ => ok = false,
                 }
             }
@@ -334,6 +332,30 @@ fn edge(
         virtual_hosts.insert(key.text.clone(), VirtualHost { domains, routes });
     }
     ok.then_some(ListenerKind::Edge { virtual_hosts })
+}
+
+/// A route's path match: exactly one of `prefix` and `regex`.
+fn route_path(cx: &mut Cx<'_>, rf: &Fields<'_>) -> Option<PathMatch> {
+    match (rf.get("prefix"), rf.get("regex")) {
+        (Some(prefix), None) => http_path(cx, prefix, &rf.path("prefix")).map(PathMatch::Prefix),
+        (None, Some(regex)) => path_regex(cx, regex, &rf.path("regex")).map(PathMatch::Regex),
+        (Some(_), Some(regex)) => {
+            cx.err(
+                regex.pos,
+                &rf.path("regex"),
+                "a route takes `prefix` or `regex`, not both",
+            );
+            None
+        }
+        (None, None) => {
+            cx.err(
+                rf.pos,
+                &rf.path,
+                "missing required key `prefix` (or `regex`)",
+            );
+            None
+        }
+    }
 }
 
 fn sidecar(

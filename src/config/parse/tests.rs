@@ -223,3 +223,42 @@ fn names_are_checked() {
     assert!(is_plain_name("edge_1.a-b"));
     assert!(!is_plain_name("a b"));
 }
+
+#[test]
+fn routes_take_a_prefix_or_a_regex() {
+    use crate::config::model::{ListenerKind, PathMatch};
+    let text = MINIMAL.replace("- prefix: /", "- regex: '/(a|b)/[0-9]+'");
+    let c = parse(&text, "t.yaml").expect("valid");
+    let ListenerKind::Edge { virtual_hosts } = &c.groups["edge"].listeners["public"].kind else {
+        panic!("not an edge listener");
+    };
+    assert_eq!(
+        virtual_hosts["all"].routes[0].path,
+        PathMatch::Regex("/(a|b)/[0-9]+".to_owned())
+    );
+    let route = "groups.edge.listeners.public.virtual_hosts.all.routes[0]";
+    assert_eq!(
+        errors(&MINIMAL.replace("- prefix: /", "- regex: '/(unclosed'")),
+        [format!(
+            "t.yaml:18:24: {route}.regex: bad regex \"/(unclosed\": unclosed group"
+        )]
+    );
+    assert_eq!(
+        errors(&MINIMAL.replace("- prefix: /", "- regex: ''")),
+        [format!(
+            "t.yaml:18:24: {route}.regex: empty regex: it would match no path"
+        )]
+    );
+    assert_eq!(
+        errors(&MINIMAL.replace("- prefix: /", "- prefix: /\n                regex: /x")),
+        [format!(
+            "t.yaml:19:24: {route}.regex: a route takes `prefix` or `regex`, not both"
+        )]
+    );
+    assert_eq!(
+        errors(&MINIMAL.replace("- prefix: /\n                service", "- service")),
+        [format!(
+            "t.yaml:18:17: {route}: missing required key `prefix` (or `regex`)"
+        )]
+    );
+}

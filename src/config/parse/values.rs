@@ -350,3 +350,25 @@ pub(super) fn http_path(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Stri
     }
     Some(s)
 }
+
+/// A route's `regex`: a non-empty pattern that parses as a regular
+/// expression. Checked with Rust's `regex-syntax`, which shares RE2's
+/// syntax for everything but a few extensions (see the README), so what
+/// passes here is what Envoy's RE2 compiles in all but those cases.
+pub(super) fn path_regex(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<String> {
+    let s = text(cx, node, path)?;
+    if s.is_empty() {
+        cx.err(node.pos, path, "empty regex: it would match no path");
+        return None;
+    }
+    if let Err(e) = regex_syntax::Parser::new().parse(&s) {
+        let why = match &e {
+            regex_syntax::Error::Parse(e) => e.kind().to_string(),
+            regex_syntax::Error::Translate(e) => e.kind().to_string(),
+            other => other.to_string(),
+        };
+        cx.err(node.pos, path, format!("bad regex {s:?}: {why}"));
+        return None;
+    }
+    Some(s)
+}
