@@ -46,9 +46,12 @@ pub fn proxy_views(
             if !current {
                 view.confirmed = false;
             }
-            if let (Some(nack), Some(seq)) = (&t.nack, committed)
-                && version_seq(&nack.version).is_some_and(|v| v >= seq)
+            // Before a commit, any standing rejection counts (the proxy
+            // cannot take a change); after, only a rejection of the
+            // committed version or a later one.
+            if let Some(nack) = &t.nack
                 && t.last_was_nacked()
+                && committed.is_none_or(|seq| version_seq(&nack.version).is_some_and(|v| v >= seq))
             {
                 view.nack = Some(format!("{ty} {}: {}", nack.version, nack.message));
             }

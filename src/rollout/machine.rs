@@ -33,7 +33,9 @@ pub struct ProxyView {
     /// It has applied the committed version (or a later one) on every type
     /// it subscribes to.
     pub confirmed: bool,
-    /// It rejected the committed version or a later one, with its reason.
+    /// Before a commit: it rejects the configuration it was last sent.
+    /// After: it rejected the committed version or a later one. With the
+    /// proxy's reason.
     pub nack: Option<String>,
 }
 
@@ -567,6 +569,14 @@ impl Rollout {
                 Vec::new()
             }
             (State::Preparing, Event::Proxies(proxies)) => {
+                if let Some(p) = proxies.iter().find(|p| p.nack.is_some()) {
+                    let why = p.nack.clone().unwrap_or_default();
+                    return self.fail(format!(
+                        "proxy {} is rejecting its current configuration ({why}); \
+                         fix that before switching",
+                        p.id
+                    ));
+                }
                 if !self.track(&proxies, |p| p.prepared) {
                     return Vec::new();
                 }

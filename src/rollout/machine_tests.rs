@@ -115,6 +115,17 @@ fn a_flip_goes_through_every_phase() {
 }
 
 #[test]
+fn a_proxy_already_rejecting_its_config_refuses_the_switch() {
+    let (mut r, t) = started(&flip(false));
+    let mut stuck = proxy("b", true, false);
+    stuck.nack = Some("RDS 4-ab: bad regex".into());
+    let actions = r.on_event(Event::Proxies(vec![proxy("a", true, false), stuck]), t);
+    assert!(
+        matches!(&actions[..], [Action::Finish(Outcome::Refused { reason })] if reason.contains("proxy b") && reason.contains("bad regex"))
+    );
+}
+
+#[test]
 fn failing_pre_checks_refuse_and_commit_nothing() {
     let (mut r, t) = started(&flip(false));
     r.on_event(Event::Proxies(vec![proxy("a", true, false)]), t);
