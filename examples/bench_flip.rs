@@ -55,7 +55,10 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
     let mut kinds = vec![Kind::Teal, Kind::EnvoyFile];
     let mut it = args.into_iter();
     while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| anyhow::anyhow!("{flag} needs a value"));
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))
+        };
         match flag.as_str() {
             "--envoys" => o.proxies = value()?.parse()?,
             "--flips" => o.switches = value()?.parse()?,

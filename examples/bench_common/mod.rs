@@ -105,7 +105,7 @@ impl Conn {
             };
         }
         self.buf.clear();
-        let answer = loop {
+        loop {
             if let Some(end) = find(&self.buf, b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
                 let len: usize = head
@@ -129,7 +129,7 @@ impl Conn {
                 if close {
                     self.stream = None;
                 }
-                break match FLEETS.iter().position(|f| f.as_bytes() == body) {
+                return match FLEETS.iter().position(|f| f.as_bytes() == body) {
                     Some(i) if ok => Answer::Fleet(i as u8),
                     _ => Answer::Failed,
                 };
@@ -147,8 +147,7 @@ impl Conn {
                 }
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
             }
-        };
-        answer
+        }
     }
 }
 
@@ -664,11 +663,7 @@ impl System {
                     .await?;
                     let mut reply = String::new();
                     s.read_to_string(&mut reply).await?;
-                    anyhow::ensure!(
-                        reply.trim().is_empty(),
-                        "haproxy said {:?}",
-                        reply.trim()
-                    );
+                    anyhow::ensure!(reply.trim().is_empty(), "haproxy said {:?}", reply.trim());
                 }
             }
         }
@@ -769,12 +764,7 @@ pub async fn teal_child(config: &Path) -> anyhow::Result<()> {
                 .first()
                 .and_then(|h| h.convergence)
                 .unwrap_or_default();
-            writeln!(
-                out,
-                "done ok {} {}",
-                conv.as_micros(),
-                took.as_micros()
-            )?;
+            writeln!(out, "done ok {} {}", conv.as_micros(), took.as_micros())?;
         }
         out.flush()?;
     }
