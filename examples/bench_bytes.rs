@@ -240,10 +240,9 @@ async fn shape(services: usize, per_service: bool, flips: usize) -> anyhow::Resu
     )
     .await?;
     let (clusters, routes) = names(services, per_service);
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", running.xds_addr))?
-            .connect()
-            .await?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", running.xds_addr))?
+        .connect()
+        .await?;
     let ads = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 << 20);
     let (sotw, delta): (Tally, Tally) = Default::default();
     let subs = subscriptions(&clusters, &routes);
@@ -292,7 +291,10 @@ async fn shape(services: usize, per_service: bool, flips: usize) -> anyhow::Resu
         per_flip.entry("delta").or_default().push(total(&delta));
     }
     for (name, flips) in &per_flip {
-        let bytes: Vec<usize> = flips.iter().map(|m| m.values().map(|v| v.1).sum()).collect();
+        let bytes: Vec<usize> = flips
+            .iter()
+            .map(|m| m.values().map(|v| v.1).sum())
+            .collect();
         println!(
             "| {label} | {name} | {} | {:?} | {:?} |",
             bytes.iter().min().copied().unwrap_or(0),
@@ -321,7 +323,9 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     println!("{services} services, {flips} flips of svc0; bytes per flip per proxy");
-    println!("| shape | protocol | bytes per flip | each flip | by type: (responses, bytes, resources) |");
+    println!(
+        "| shape | protocol | bytes per flip | each flip | by type: (responses, bytes, resources) |"
+    );
     println!("| --- | --- | --- | --- | --- |");
     shape(services, false, flips).await?;
     shape(services, true, flips).await?;
