@@ -404,12 +404,12 @@ impl System {
         };
         match kind {
             Kind::Teal => sys.start_teal().await?,
-            Kind::EnvoyFile => sys.start_envoy_file()?,
+            Kind::EnvoyFile => sys.start_envoy_file().await?,
             Kind::Nginx => sys.start_nginx()?,
             Kind::Haproxy => sys.start_haproxy()?,
         }
         for &port in &sys.ports {
-            wait_for_fleet(port, 0, Duration::from_secs(60)).await?;
+            wait_for_fleet(port, 0, Duration::from_secs(120)).await?;
         }
         Ok(sys)
     }
@@ -485,7 +485,7 @@ impl System {
         )
     }
 
-    fn start_envoy_file(&mut self) -> anyhow::Result<()> {
+    async fn start_envoy_file(&mut self) -> anyhow::Result<()> {
         let mut cds = String::from("resources:\n");
         for (fleet, port) in FLEETS.iter().zip(self.upstreams) {
             cds.push_str(&format!(
@@ -527,6 +527,13 @@ impl System {
                 .spawn()?;
             self.pids.extend(child.id());
             self.children.push(child);
+            // Start them a few at a time, as for teal: 50 Envoys starting
+            // at once on two cores can take over a minute.
+            if i % 4 == 3 {
+                for &p in &self.ports[i - 3..=i] {
+                    wait_for_fleet(p, 0, Duration::from_secs(120)).await?;
+                }
+            }
         }
         Ok(())
     }
