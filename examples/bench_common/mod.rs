@@ -393,7 +393,7 @@ impl System {
         let dir = tempfile::Builder::new().prefix("teal-bench-").tempdir()?;
         let mut sys = System {
             kind,
-            ports: (0..proxies).map(|_| support::free_port()).collect(),
+            ports: listen_ports(proxies)?,
             pids: Vec::new(),
             live: 0,
             dir,
@@ -530,8 +530,12 @@ impl System {
             // Start them a few at a time, as for teal: 50 Envoys starting
             // at once on two cores can take over a minute.
             if i % 4 == 3 {
-                for &p in &self.ports[i - 3..=i] {
-                    wait_for_fleet(p, 0, Duration::from_secs(120)).await?;
+                for (k, &p) in self.ports[i - 3..=i].iter().enumerate() {
+                    if let Err(e) = wait_for_fleet(p, 0, Duration::from_secs(120)).await {
+                        let log = self.path(&format!("envoy-{}.log", i - 3 + k));
+                        let log = std::fs::read_to_string(log).unwrap_or_default();
+                        anyhow::bail!("{e}; Envoy's log:\n{log}");
+                    }
                 }
             }
         }
@@ -689,6 +693,31 @@ impl Drop for System {
             let _ = t.child.wait();
         }
     }
+}
+
+/// `n` free ports for proxy listeners, below the kernel's ephemeral range
+/// (`ip_local_port_range`). Ports picked with `bind(:0)` come from that
+/// range, and with 50 Envoys starting (admin ports, upstream
+/// connections) one of them could take a picked port before its proxy
+/// binds it.
+fn listen_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(32768);
+    let (first, span) = (10_000u16, low.saturating_sub(10_000).max(1));
+    let mut port = first + (std::process::id() % u32::from(span)) as u16;
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..span {
+        port = if port + 1 >= first + span { first } else { port + 1 };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+            if ports.len() == n {
+                return Ok(ports);
+            }
+        }
+    }
+    anyhow::bail!("no {n} free ports between {first} and {low}")
 }
 
 /// Live Envoy processes that are children of this process (the harness
