@@ -486,6 +486,20 @@ impl System {
     }
 
     async fn start_envoy_file(&mut self) -> anyhow::Result<()> {
+        // Each Envoy watching files holds 3 inotify instances here (CDS,
+        // LDS and RDS files); the per-user default limit is 128.
+        let limit: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(usize::MAX);
+        anyhow::ensure!(
+            3 * self.ports.len() + 16 <= limit,
+            "{} file-based Envoys need about {} inotify instances and \
+             fs.inotify.max_user_instances is {limit}; raise it for the run, e.g. \
+             `sysctl -w fs.inotify.max_user_instances=1024` (and set it back after)",
+            self.ports.len(),
+            3 * self.ports.len()
+        );
         let mut cds = String::from("resources:\n");
         for (fleet, port) in FLEETS.iter().zip(self.upstreams) {
             cds.push_str(&format!(
