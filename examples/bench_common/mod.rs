@@ -723,7 +723,11 @@ fn listen_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     let mut port = first + (std::process::id() % u32::from(span)) as u16;
     let mut ports = Vec::with_capacity(n);
     for _ in 0..span {
-        port = if port + 1 >= first + span { first } else { port + 1 };
+        port = if port + 1 >= first + span {
+            first
+        } else {
+            port + 1
+        };
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             ports.push(port);
             if ports.len() == n {
