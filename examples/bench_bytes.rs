@@ -40,8 +40,11 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// Per type: (responses, bytes, resources) received since the last reset.
-type Tally = Arc<Mutex<BTreeMap<&'static str, (usize, usize, usize)>>>;
+/// Per type: (responses, bytes, resources).
+type Counts = BTreeMap<&'static str, (usize, usize, usize)>;
+
+/// [`Counts`] received since the last reset.
+type Tally = Arc<Mutex<Counts>>;
 
 fn short(ty: ResourceType) -> &'static str {
     match ty {
@@ -218,7 +221,7 @@ async fn settle(tallies: &[&Tally], quiet: Duration) {
     }
 }
 
-fn total(t: &Tally) -> BTreeMap<&'static str, (usize, usize, usize)> {
+fn total(t: &Tally) -> Counts {
     t.lock().map(|m| m.clone()).unwrap_or_default()
 }
 
@@ -260,8 +263,7 @@ async fn shape(services: usize, per_service: bool, flips: usize) -> anyhow::Resu
         println!("{label} {name}: initial sync {bytes} bytes {all:?}");
     }
     let controller = running.controller.clone();
-    let mut per_flip: BTreeMap<&str, Vec<BTreeMap<&'static str, (usize, usize, usize)>>> =
-        BTreeMap::new();
+    let mut per_flip: BTreeMap<&str, Vec<Counts>> = BTreeMap::new();
     for _ in 0..flips {
         for t in [&sotw, &delta] {
             if let Ok(mut m) = t.lock() {
