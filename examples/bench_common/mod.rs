@@ -697,6 +697,30 @@ impl System {
     }
 }
 
+impl System {
+    /// Stops every process. nginx gets `nginx -s stop` first: killing
+    /// its master alone would leave the worker running.
+    pub async fn stop(mut self) {
+        if self.kind == Kind::Nginx {
+            for i in 0..self.ports.len() {
+                let d = self.path(&format!("nginx-{i}"));
+                let _ = Command::new("nginx")
+                    .arg("-p")
+                    .arg(&d)
+                    .arg("-c")
+                    .arg(d.join("nginx.conf"))
+                    .args(["-s", "stop"])
+                    .stderr(Stdio::null())
+                    .status()
+                    .await;
+            }
+            for c in &mut self.children {
+                let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
+            }
+        }
+    }
+}
+
 impl Drop for System {
     fn drop(&mut self) {
         for c in &mut self.children {
@@ -963,7 +987,7 @@ pub async fn run(kind: Kind, upstreams: [u16; 2], o: &RunOptions) -> anyhow::Res
     report.data_plane.sort();
     drop(probes);
     drop(load);
-    drop(sys);
+    sys.stop().await;
     Ok(report)
 }
 
