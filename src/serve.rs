@@ -45,6 +45,24 @@ pub struct ServeOptions {
     pub xds: XdsServerConfig,
 }
 
+impl ServeOptions {
+    /// Options for running teal inside another program (tests, benchmarks,
+    /// the demo): `config`, both servers on free loopback ports, state in
+    /// memory only, no admin tokens, the file checked every second.
+    pub fn local(config: Option<PathBuf>) -> ServeOptions {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        ServeOptions {
+            config,
+            xds_addr: any_port,
+            admin_addr: any_port,
+            watch_interval: Duration::from_secs(1),
+            state_dir: None,
+            admin_tokens: None,
+            xds: XdsServerConfig::default(),
+        }
+    }
+}
+
 /// Why `teal serve` stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

@@ -200,16 +200,12 @@ impl Teal {
     pub async fn serve(config: &Path) -> Teal {
         let (trigger, shutdown) = shutdown_channel();
         let options = ServeOptions {
-            config: Some(config.to_owned()),
-            xds_addr: "127.0.0.1:0".parse().expect("an address"),
-            admin_addr: "127.0.0.1:0".parse().expect("an address"),
             watch_interval: WATCH_INTERVAL,
-            state_dir: None,
-            admin_tokens: None,
             xds: XdsServerConfig {
                 drain: Duration::from_millis(200),
                 ..XdsServerConfig::default()
             },
+            ..ServeOptions::local(Some(config.to_owned()))
         };
         let running = serve_start(options, shutdown)
             .await

@@ -1,0 +1,121 @@
+//! Flip convergence with real Envoys: teal against Envoy's own file-based
+//! RDS switch, measured in the same run.
+//!
+//! ```text
+//! cargo run --release --example bench_flip -- --envoys 20 --flips 20
+//! ```
+//!
+//! Two local upstreams answer `blue` and `green`. For each mode, N Envoys
+//! (`--concurrency 1` each) front them on their own listener ports:
+//!
+//! - `teal`: teal runs `teal serve` in a child process (this binary,
+//!   `--teal-child`) with one proxy group per Envoy, all routing service
+//!   `web`; a flip is `Operation::Flip { skip_checks: true }` through the
+//!   controller, as `teal flip` does.
+//! - `envoy-file`: the Envoys read CDS and LDS from files and their routes
+//!   over RDS from one shared file; a flip is an atomic rename of a new
+//!   RDS file over it (inotify tells every Envoy).
+//!
+//! A prober sends `GET /` to every Envoy at `--probe-hz` on a kept-alive
+//! connection. Per flip it reports the data-plane time: from the command
+//! until every Envoy answers only from the new fleet (the receive time of
+//! each Envoy's first answer after which at least 10 answers were all
+//! new; resolution one probe period). For teal it also reports teal's own
+//! view: first push to last ACK of the committed version (the rollout's
+//! history entry), and command to outcome.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+mod bench_common;
+
+use std::time::Duration;
+
+use bench_common::{Kind, RunOptions, ms, percentile, sorted};
+
+fn main() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--teal-child") {
+        let config = args.get(1).ok_or_else(|| anyhow::anyhow!("config?"))?;
+        return rt.block_on(bench_common::teal_child(config.as_ref()));
+    }
+    rt.block_on(bench(args))
+}
+
+async fn bench(args: Vec<String>) -> anyhow::Result<()> {
+    let mut o = RunOptions {
+        proxies: 1,
+        switches: 20,
+        probe_hz: 200,
+        load_conns: 0,
+        load_hz: 0,
+        gap: Duration::from_millis(300),
+    };
+    let mut kinds = vec![Kind::Teal, Kind::EnvoyFile];
+    let mut it = args.into_iter();
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--envoys" => o.proxies = value()?.parse()?,
+            "--flips" => o.switches = value()?.parse()?,
+            "--probe-hz" => o.probe_hz = value()?.parse()?,
+            "--modes" => {
+                kinds = value()?
+                    .split(',')
+                    .map(Kind::parse)
+                    .collect::<anyhow::Result<_>>()?
+            }
+            other => anyhow::bail!(
+                "unknown flag {other}; use --envoys N --flips N --probe-hz N --modes teal,envoy-file"
+            ),
+        }
+    }
+    let ups = bench_common::upstreams().await;
+    let ports = [ups[0].port, ups[1].port];
+    println!(
+        "{} Envoys, {} flips, probe {} Hz per Envoy",
+        o.proxies, o.switches, o.probe_hz
+    );
+    println!(
+        "| mode | data plane p50 | p99 | max | teal: push→last ACK p50 | p99 | teal: command→outcome p50 | p99 | failed | probe Hz/Envoy | CPU/flip | RSS/Envoy |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for kind in kinds {
+        let r = bench_common::run(kind, ports, &o).await?;
+        let conv = sorted(r.teal.iter().map(|t| t.convergence).collect());
+        let c2o = sorted(r.teal.iter().map(|t| t.command_to_outcome).collect());
+        let teal_col = |v: &[Duration], p: f64| {
+            if v.is_empty() {
+                "–".to_owned()
+            } else {
+                format!("{} ms", ms(percentile(v, p)))
+            }
+        };
+        println!(
+            "| {} | {} ms | {} ms | {} ms | {} | {} | {} | {} | {} of {} | {:.0} | {} ms | {:.1} MiB |",
+            kind.name(),
+            ms(percentile(&r.data_plane, 0.5)),
+            ms(percentile(&r.data_plane, 0.99)),
+            ms(r.data_plane.last().copied().unwrap_or_default()),
+            teal_col(&conv, 0.5),
+            teal_col(&conv, 0.99),
+            teal_col(&c2o, 0.5),
+            teal_col(&c2o, 0.99),
+            r.failed + r.closed_idle,
+            r.requests,
+            r.probe_rate,
+            ms(r.cpu_per_switch),
+            r.rss_per_proxy_kib as f64 / 1024.0,
+        );
+        println!(
+            "  {}: data plane per flip (ms): {:?}",
+            kind.name(),
+            r.data_plane.iter().map(|d| ms(*d)).collect::<Vec<_>>()
+        );
+    }
+    Ok(())
+}
