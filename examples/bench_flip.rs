@@ -70,7 +70,7 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
                     .collect::<anyhow::Result<_>>()?
             }
             other => anyhow::bail!(
-                "unknown flag {other}; use --envoys N --flips N --probe-hz N --modes teal,envoy-file"
+                "unknown flag {other}; use --envoys N --flips N --probe-hz N --modes teal,envoy-file,envoy-file-teal-routes"
             ),
         }
     }

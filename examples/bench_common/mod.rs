@@ -324,6 +324,10 @@ pub enum Kind {
     /// Envoys reading CDS and LDS from files and RDS from one shared file;
     /// a switch is an atomic move of a new RDS file over the old one.
     EnvoyFile,
+    /// As [`Kind::EnvoyFile`], but the RDS file holds the very
+    /// RouteConfiguration teal serves (preview routes, fleet headers,
+    /// weighted clusters), so the two compare on the same route work.
+    EnvoyFileTealRoutes,
     /// nginx; a switch rewrites the upstream and runs `nginx -s reload`.
     Nginx,
     /// HAProxy; a switch sets server weights on its runtime API.
@@ -336,9 +340,12 @@ impl Kind {
         Ok(match s {
             "teal" => Kind::Teal,
             "envoy-file" => Kind::EnvoyFile,
+            "envoy-file-teal-routes" => Kind::EnvoyFileTealRoutes,
             "nginx" => Kind::Nginx,
             "haproxy" => Kind::Haproxy,
-            _ => anyhow::bail!("unknown system {s}; use teal, envoy-file, nginx or haproxy"),
+            _ => anyhow::bail!(
+                "unknown system {s}; use teal, envoy-file, envoy-file-teal-routes, nginx or haproxy"
+            ),
         })
     }
 
@@ -347,10 +354,45 @@ impl Kind {
         match self {
             Kind::Teal => "teal",
             Kind::EnvoyFile => "envoy-file",
+            Kind::EnvoyFileTealRoutes => "envoy-file-teal-routes",
             Kind::Nginx => "nginx",
             Kind::Haproxy => "haproxy",
         }
     }
+}
+
+/// The RouteConfiguration `web` that teal serves an edge listener named
+/// `web` routing `/` to service `web` with all traffic on `fleet`, as an
+/// RDS file in Envoy's JSON form (cluster names match the file-based CDS).
+fn teal_rds(upstreams: [u16; 2], fleet: u8) -> anyhow::Result<String> {
+    use prost::Message;
+    let [blue, green] = upstreams;
+    let yaml = format!(
+        "services:\n  web:\n    live: blue\n    fleets:\n      blue: {{endpoints: [127.0.0.1:{blue}]}}\n      green: {{endpoints: [127.0.0.1:{green}]}}\ngroups:\n  g:\n    listeners:\n      web:\n        kind: edge\n        address: 127.0.0.1:1\n        virtual_hosts:\n          all:\n            domains: [\"*\"]\n            routes: [{{prefix: /, service: web}}]\n"
+    );
+    let config = teal::config::Config::parse(&yaml, "bench").map_err(|d| anyhow::anyhow!("{d}"))?;
+    let mut weights = teal::config::Weights::initial(&config);
+    let split = std::collections::BTreeMap::from([(FLEETS[usize::from(fleet)].to_owned(), 100)]);
+    weights.set(&config, "web", &split)?;
+    let input = teal::config::translate(&config, &weights);
+    let route = input
+        .groups
+        .get("g")
+        .and_then(|g| g.routes.first())
+        .ok_or_else(|| anyhow::anyhow!("no route configuration"))?;
+    let mut json = teal::config::render::message_to_json(
+        "envoy.config.route.v3.RouteConfiguration",
+        &route.encode_to_vec(),
+    )?;
+    if let Some(fields) = json.as_object_mut() {
+        fields.insert(
+            "@type".into(),
+            "type.googleapis.com/envoy.config.route.v3.RouteConfiguration".into(),
+        );
+    }
+    Ok(serde_json::to_string(
+        &serde_json::json!({ "resources": [json] }),
+    )?)
 }
 
 /// teal's answer to one flip, from its child process.
@@ -404,7 +446,7 @@ impl System {
         };
         match kind {
             Kind::Teal => sys.start_teal().await?,
-            Kind::EnvoyFile => sys.start_envoy_file().await?,
+            Kind::EnvoyFile | Kind::EnvoyFileTealRoutes => sys.start_envoy_file().await?,
             Kind::Nginx => sys.start_nginx()?,
             Kind::Haproxy => sys.start_haproxy()?,
         }
@@ -478,11 +520,14 @@ impl System {
         Ok(())
     }
 
-    fn envoy_file_rds(&self, fleet: u8) -> String {
-        format!(
+    fn envoy_file_rds(&self, fleet: u8) -> anyhow::Result<String> {
+        if self.kind == Kind::EnvoyFileTealRoutes {
+            return teal_rds(self.upstreams, fleet);
+        }
+        Ok(format!(
             "resources:\n- \"@type\": type.googleapis.com/envoy.config.route.v3.RouteConfiguration\n  name: web\n  virtual_hosts:\n  - name: all\n    domains: [\"*\"]\n    routes:\n    - match: {{prefix: /}}\n      route: {{cluster: web-{}}}\n",
             FLEETS[fleet as usize]
-        )
+        ))
     }
 
     async fn start_envoy_file(&mut self) -> anyhow::Result<()> {
@@ -507,7 +552,7 @@ impl System {
             ));
         }
         std::fs::write(self.path("cds.yaml"), cds)?;
-        std::fs::write(self.path("rds.yaml"), self.envoy_file_rds(0))?;
+        std::fs::write(self.path("rds.yaml"), self.envoy_file_rds(0)?)?;
         let rds = self.path("rds.yaml");
         for (i, port) in self.ports.clone().into_iter().enumerate() {
             let lds = format!(
@@ -652,9 +697,9 @@ impl System {
                     command_to_outcome: us(3)?,
                 });
             }
-            Kind::EnvoyFile => {
+            Kind::EnvoyFile | Kind::EnvoyFileTealRoutes => {
                 let tmp = self.path("rds.yaml.new");
-                std::fs::write(&tmp, self.envoy_file_rds(to))?;
+                std::fs::write(&tmp, self.envoy_file_rds(to)?)?;
                 std::fs::rename(&tmp, self.path("rds.yaml"))?;
             }
             Kind::Nginx => {
