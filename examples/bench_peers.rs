@@ -36,13 +36,7 @@ use std::time::Duration;
 use bench_common::{Kind, RunOptions, ms, percentile};
 
 fn main() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Runtime::new()?;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--teal-child") {
-        let config = args.get(1).ok_or_else(|| anyhow::anyhow!("config?"))?;
-        return rt.block_on(bench_common::teal_child(config.as_ref()));
-    }
-    rt.block_on(bench(args))
+    bench_common::main_with(bench)
 }
 
 async fn bench(args: Vec<String>) -> anyhow::Result<()> {

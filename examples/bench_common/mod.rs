@@ -830,6 +830,25 @@ fn envoy_children() -> Vec<u32> {
     pids
 }
 
+/// The `main` of a benchmark that runs teal in a child process: this
+/// same binary started with `--teal-child CONFIG` is that child;
+/// otherwise `bench` runs with the command-line arguments.
+pub fn main_with<F, Fut>(bench: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let rt = tokio::runtime::Runtime::new()?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--teal-child") {
+        let config = args
+            .get(1)
+            .ok_or_else(|| anyhow::anyhow!("--teal-child needs a config path"))?;
+        return rt.block_on(teal_child(config.as_ref()));
+    }
+    rt.block_on(bench(args))
+}
+
 /// The teal side of `--teal-child <config>`: runs `teal serve` on the
 /// config in-process, prints `xds <port>`, then flips service `web` once
 /// per line on stdin and prints `done ok <convergence µs> <command to
