@@ -1,4 +1,4 @@
-//! Issue 4: blue/green operations end to end, as an operator runs them.
+//! Blue/green operations end to end, as an operator runs them.
 //!
 //! The real `teal` binary serves a config file (`teal serve` with a state
 //! directory and `TEAL_ADMIN_TOKEN=secret`) to three real Envoys: one edge

@@ -1,4 +1,4 @@
-//! Zero failures under load, through real Envoys (issue 5).
+//! Zero failures under load, through real Envoys.
 //!
 //! `teal serve` (in-process) serves one service, `web`, with a blue and a
 //! green fleet of two local upstreams each, to 10 real Envoys: one in group
