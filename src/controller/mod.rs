@@ -2,10 +2,11 @@
 //!
 //! One task (the driver) owns everything that decides what teal serves:
 //! the config, the durable state, and the snapshot writer. Admin calls
-//! reach it as [`Command`]s through the cloneable [`Controller`] handle,
+//! reach it as commands through the cloneable [`Controller`] handle,
 //! which implements the admin API's [`Backend`]. The driver feeds each
-//! running [`Rollout`] the proxies' state (from the [`ProxyRegistry`]),
-//! check results and the clock, and carries out what it asks:
+//! running [`Rollout`](crate::rollout::machine::Rollout) the proxies'
+//! state (from the [`ProxyRegistry`]), check results and the clock, and
+//! carries out what it asks:
 //!
 //! - **Commit** builds the new snapshot (validating it whole), saves the
 //!   new state durably, and only then serves the snapshot. A crash between
