@@ -28,8 +28,8 @@ use crate::snapshot::{GroupSnapshot, Resource, Snapshot};
 use crate::wire::OutMessage;
 
 use super::protocol::{
-    NodeInfo, NodeSlot, Nonces, Planner, ProtocolError, Reply, StreamEvent, StreamKind,
-    Subscription, WILDCARD, request_type,
+    NodeInfo, Planner, ProtocolError, Reply, StreamEvent, StreamHead, StreamKind, Subscription,
+    WILDCARD,
 };
 pub use super::protocol::{Output, Response};
 
@@ -71,9 +71,7 @@ struct TypeState {
 /// State of one delta stream.
 #[derive(Debug)]
 pub struct DeltaStream {
-    kind: StreamKind,
-    node: NodeSlot,
-    nonces: Nonces,
+    head: StreamHead,
     types: [Option<TypeState>; 4],
 }
 
@@ -81,16 +79,14 @@ impl DeltaStream {
     /// A new stream of `kind`.
     pub fn new(kind: StreamKind) -> DeltaStream {
         DeltaStream {
-            kind,
-            node: NodeSlot::default(),
-            nonces: Nonces::default(),
+            head: StreamHead::new(kind),
             types: Default::default(),
         }
     }
 
     /// The proxy on this stream, once its first request arrived.
     pub fn node(&self) -> Option<&NodeInfo> {
-        self.node.get()
+        self.head.node()
     }
 
     /// Handles one request against the current snapshot.
@@ -99,8 +95,7 @@ impl DeltaStream {
         req: &DeltaDiscoveryRequest,
         snapshot: &Snapshot,
     ) -> Result<Output, ProtocolError> {
-        self.node.observe(req.node.as_ref())?;
-        let ty = request_type(self.kind, &req.type_url)?;
+        let ty = self.head.accept(req.node.as_ref(), &req.type_url)?;
         let mut out = Output::default();
         let first = self.types[ty.index()].is_none();
         let st = self.types[ty.index()].get_or_insert_with(TypeState::default);
@@ -194,7 +189,7 @@ impl DeltaStream {
 
 impl Planner for DeltaStream {
     fn node_info(&self) -> Option<&NodeInfo> {
-        self.node.get()
+        self.head.node()
     }
 
     fn next_response(
@@ -252,7 +247,7 @@ impl Planner for DeltaStream {
             }
             return None;
         }
-        let nonce = self.nonces.next();
+        let nonce = self.head.next_nonce();
         let version = ts.version().to_owned();
         let message = OutMessage::delta(
             &version,

@@ -182,10 +182,7 @@ impl From<ProtocolError> for tonic::Status {
 }
 
 /// Works out the type a request is for on a stream of `kind`.
-pub(crate) fn request_type(
-    kind: StreamKind,
-    type_url: &str,
-) -> Result<ResourceType, ProtocolError> {
+fn request_type(kind: StreamKind, type_url: &str) -> Result<ResourceType, ProtocolError> {
     match kind {
         StreamKind::Single(expected) if type_url.is_empty() => Ok(expected),
         StreamKind::Single(expected) => match ResourceType::from_type_url(type_url) {
@@ -203,10 +200,10 @@ pub(crate) fn request_type(
 /// Tracks the node a stream belongs to: set by the first request, and
 /// only checked afterwards (Envoy may omit it after the first request).
 #[derive(Debug, Default)]
-pub(crate) struct NodeSlot(Option<NodeInfo>);
+struct NodeSlot(Option<NodeInfo>);
 
 impl NodeSlot {
-    pub(crate) fn observe(&mut self, node: Option<&Node>) -> Result<(), ProtocolError> {
+    fn observe(&mut self, node: Option<&Node>) -> Result<(), ProtocolError> {
         match (&self.0, node) {
             (None, Some(n)) => {
                 self.0 = Some(NodeInfo::from_node(n)?);
@@ -223,18 +220,58 @@ impl NodeSlot {
         }
     }
 
-    pub(crate) fn get(&self) -> Option<&NodeInfo> {
+    fn get(&self) -> Option<&NodeInfo> {
         self.0.as_ref()
+    }
+}
+
+/// What every stream keeps whatever its flavour: the method it came in
+/// on, who is on the other end, and its nonces.
+#[derive(Debug)]
+pub(crate) struct StreamHead {
+    kind: StreamKind,
+    node: NodeSlot,
+    nonces: Nonces,
+}
+
+impl StreamHead {
+    pub(crate) fn new(kind: StreamKind) -> StreamHead {
+        StreamHead {
+            kind,
+            node: NodeSlot::default(),
+            nonces: Nonces::default(),
+        }
+    }
+
+    /// Checks what every request must have: a node on the stream's first
+    /// request (and the same one after), and a type this stream serves.
+    pub(crate) fn accept(
+        &mut self,
+        node: Option<&Node>,
+        type_url: &str,
+    ) -> Result<ResourceType, ProtocolError> {
+        self.node.observe(node)?;
+        request_type(self.kind, type_url)
+    }
+
+    /// The proxy, once its first request arrived.
+    pub(crate) fn node(&self) -> Option<&NodeInfo> {
+        self.node.get()
+    }
+
+    /// A nonce for the next response.
+    pub(crate) fn next_nonce(&mut self) -> String {
+        self.nonces.next()
     }
 }
 
 /// Hands out this stream's nonces. Nonces only need to be unique within
 /// a stream and type; a counter is enough and keeps tests readable.
 #[derive(Debug, Default)]
-pub(crate) struct Nonces(u64);
+struct Nonces(u64);
 
 impl Nonces {
-    pub(crate) fn next(&mut self) -> String {
+    fn next(&mut self) -> String {
         self.0 += 1;
         self.0.to_string()
     }

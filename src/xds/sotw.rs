@@ -32,8 +32,8 @@ use crate::snapshot::{GroupSnapshot, Resource, SelectionKey, Snapshot, TypeSnaps
 use crate::wire::{self, OutMessage};
 
 use super::protocol::{
-    NodeInfo, NodeSlot, Nonces, Planner, ProtocolError, Reply, StreamEvent, StreamKind,
-    Subscription, WILDCARD, request_type,
+    NodeInfo, Planner, ProtocolError, Reply, StreamEvent, StreamHead, StreamKind, Subscription,
+    WILDCARD,
 };
 pub use super::protocol::{Output, Response};
 
@@ -77,9 +77,7 @@ struct TypeState {
 /// State of one state-of-the-world stream.
 #[derive(Debug)]
 pub struct SotwStream {
-    kind: StreamKind,
-    node: NodeSlot,
-    nonces: Nonces,
+    head: StreamHead,
     types: [Option<TypeState>; 4],
 }
 
@@ -87,16 +85,14 @@ impl SotwStream {
     /// A new stream of `kind`.
     pub fn new(kind: StreamKind) -> SotwStream {
         SotwStream {
-            kind,
-            node: NodeSlot::default(),
-            nonces: Nonces::default(),
+            head: StreamHead::new(kind),
             types: Default::default(),
         }
     }
 
     /// The proxy on this stream, once its first request arrived.
     pub fn node(&self) -> Option<&NodeInfo> {
-        self.node.get()
+        self.head.node()
     }
 
     /// Handles one request against the current snapshot.
@@ -105,8 +101,7 @@ impl SotwStream {
         req: &DiscoveryRequest,
         snapshot: &Snapshot,
     ) -> Result<Output, ProtocolError> {
-        self.node.observe(req.node.as_ref())?;
-        let ty = request_type(self.kind, &req.type_url)?;
+        let ty = self.head.accept(req.node.as_ref(), &req.type_url)?;
         let mut out = Output::default();
         let first = self.types[ty.index()].is_none();
         let st = self.types[ty.index()].get_or_insert_with(TypeState::default);
@@ -162,7 +157,7 @@ impl SotwStream {
 
 impl Planner for SotwStream {
     fn node_info(&self) -> Option<&NodeInfo> {
-        self.node.get()
+        self.head.node()
     }
 
     fn next_response(
@@ -198,7 +193,7 @@ impl Planner for SotwStream {
         {
             return None;
         }
-        let nonce = self.nonces.next();
+        let nonce = self.head.next_nonce();
         let body = if kept.is_empty() {
             ts.sotw_body(&selection_key(&st.subscription))
         } else {
