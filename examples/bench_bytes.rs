@@ -46,6 +46,19 @@ type Counts = BTreeMap<&'static str, (usize, usize, usize)>;
 /// [`Counts`] received since the last reset.
 type Tally = Arc<Mutex<Counts>>;
 
+/// Counts one response of `type_url`: `bytes` on the wire and `resources`
+/// carried (or removed).
+fn record(tally: &Tally, type_url: &str, bytes: usize, resources: usize) {
+    if let Some(ty) = ResourceType::from_type_url(type_url)
+        && let Ok(mut t) = tally.lock()
+    {
+        let e = t.entry(short(ty)).or_default();
+        e.0 += 1;
+        e.1 += bytes;
+        e.2 += resources;
+    }
+}
+
 fn short(ty: ResourceType) -> &'static str {
     match ty {
         ResourceType::Cluster => "CDS",
@@ -139,14 +152,13 @@ async fn sotw_client(
         .into_inner();
     while let Some(resp) = responses.next().await {
         let resp = resp?;
-        if let Some(ty) = ResourceType::from_type_url(&resp.type_url)
-            && let Ok(mut t) = tally.lock()
-        {
-            let e = t.entry(short(ty)).or_default();
-            e.0 += 1;
-            e.1 += resp.encoded_len() + 5;
-            e.2 += resp.resources.len();
-        }
+        // Encoded message plus the 5-byte gRPC message prefix.
+        record(
+            &tally,
+            &resp.type_url,
+            resp.encoded_len() + 5,
+            resp.resources.len(),
+        );
         tx.send(DiscoveryRequest {
             type_url: resp.type_url.clone(),
             resource_names: names.get(&resp.type_url).cloned().unwrap_or_default(),
@@ -184,14 +196,12 @@ async fn delta_client(
         .into_inner();
     while let Some(resp) = responses.next().await {
         let resp = resp?;
-        if let Some(ty) = ResourceType::from_type_url(&resp.type_url)
-            && let Ok(mut t) = tally.lock()
-        {
-            let e = t.entry(short(ty)).or_default();
-            e.0 += 1;
-            e.1 += resp.encoded_len() + 5;
-            e.2 += resp.resources.len() + resp.removed_resources.len();
-        }
+        record(
+            &tally,
+            &resp.type_url,
+            resp.encoded_len() + 5,
+            resp.resources.len() + resp.removed_resources.len(),
+        );
         tx.send(DeltaDiscoveryRequest {
             type_url: resp.type_url.clone(),
             response_nonce: resp.nonce,

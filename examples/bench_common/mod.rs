@@ -395,6 +395,15 @@ fn teal_rds(upstreams: [u16; 2], fleet: u8) -> anyhow::Result<String> {
     )?)
 }
 
+/// `command` with no input or output, killed when its `Child` drops.
+fn quiet(command: &mut Command) -> &mut Command {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+}
+
 /// teal's answer to one flip, from its child process.
 #[derive(Clone, Copy, Debug)]
 pub struct TealFlip {
@@ -624,20 +633,21 @@ impl System {
                 d = d.display()
             );
             std::fs::write(d.join("nginx.conf"), conf)?;
-            let child = Command::new("nginx")
+            let mut command = Command::new("nginx");
+            command
                 .arg("-p")
                 .arg(&d)
                 .arg("-c")
-                .arg(d.join("nginx.conf"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()?;
-            self.pids.extend(child.id());
-            self.children.push(child);
+                .arg(d.join("nginx.conf"));
+            self.adopt(quiet(&mut command).spawn()?);
         }
         Ok(())
+    }
+
+    /// Keeps a started proxy: killed on drop, its CPU counted.
+    fn adopt(&mut self, child: Child) {
+        self.pids.extend(child.id());
+        self.children.push(child);
     }
 
     fn start_haproxy(&mut self) -> anyhow::Result<()> {
@@ -650,17 +660,9 @@ impl System {
                 d = d.display()
             );
             std::fs::write(d.join("haproxy.cfg"), conf)?;
-            let child = Command::new("haproxy")
-                .arg("-db")
-                .arg("-f")
-                .arg(d.join("haproxy.cfg"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()?;
-            self.pids.extend(child.id());
-            self.children.push(child);
+            let mut command = Command::new("haproxy");
+            command.arg("-db").arg("-f").arg(d.join("haproxy.cfg"));
+            self.adopt(quiet(&mut command).spawn()?);
         }
         Ok(())
     }
