@@ -1,11 +1,13 @@
 //! Snapshots: everything teal serves at one version, encoded once.
 //!
 //! A [`SnapshotInput`] is what the config model produces: typed Envoy
-//! resources per proxy group. [`Snapshot::build`] checks it, encodes every
-//! resource exactly once, derives per-resource versions from content, and
-//! records which clusters each listener and route names, so that the stream
-//! state machines can order pushes make-before-break without decoding
-//! anything. Streams share the encoded bytes through `Arc`s and
+//! resources per proxy group. [`Snapshot::build_with`] checks it, encodes
+//! every resource exactly once (a resource equal to the previous snapshot's
+//! keeps that encoding, so a flip encodes only the routes it moves),
+//! derives per-resource versions and the snapshot's [`content_digest`] from
+//! content, and records which clusters each listener and route names, so
+//! that the stream state machines can order pushes make-before-break
+//! without decoding anything. Streams share the encoded bytes through `Arc`s and
 //! [`bytes::Bytes`]; nothing here is copied per proxy.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -95,14 +97,8 @@ pub struct Resource {
 
 impl Resource {
     fn new<T: XdsResource>(message: &T, clusters: Vec<String>) -> Resource {
-        let value = message.encode_to_vec();
-        let any = Any {
-            type_url: T::type_url(),
-            value,
-        };
-        let any_bytes = any.encode_to_vec();
-        let digest = Sha256::digest(&any_bytes);
-        let version = hex(&digest[..8]);
+        let any_bytes = any_bytes(message);
+        let version = resource_version(&any_bytes);
         let name = message.resource_name().to_owned();
         let delta = wire::delta_resource(&name, &version, &any_bytes);
         Resource {
@@ -167,17 +163,20 @@ pub struct TypeSnapshot {
 
 impl TypeSnapshot {
     fn new(ty: ResourceType, version: String, resources: BTreeMap<String, Arc<Resource>>) -> Self {
-        let mut hasher = Sha256::new();
-        for (name, r) in &resources {
-            hasher.update(name.as_bytes());
-            hasher.update([0]);
-            hasher.update(r.version.as_bytes());
-            hasher.update([0]);
-        }
+        let digest = type_digest(resources.iter().map(|(n, r)| (n.as_str(), r.version())));
+        TypeSnapshot::with_digest(ty, version, resources, digest)
+    }
+
+    fn with_digest(
+        ty: ResourceType,
+        version: String,
+        resources: BTreeMap<String, Arc<Resource>>,
+        digest: [u8; 32],
+    ) -> Self {
         TypeSnapshot {
             ty,
             version,
-            digest: hasher.finalize().into(),
+            digest,
             resources,
             sotw_cache: Mutex::new(HashMap::new()),
         }
@@ -233,6 +232,9 @@ impl TypeSnapshot {
 #[derive(Debug)]
 pub struct GroupSnapshot {
     types: [Arc<TypeSnapshot>; 4],
+    /// The typed resources this group was built from, kept so that the next
+    /// build encodes only the resources that changed.
+    source: GroupResources,
 }
 
 impl GroupSnapshot {
@@ -245,6 +247,7 @@ impl GroupSnapshot {
         GroupSnapshot {
             types: ResourceType::ALL
                 .map(|ty| Arc::new(TypeSnapshot::new(ty, version.to_owned(), BTreeMap::new()))),
+            source: GroupResources::default(),
         }
     }
 }
@@ -253,6 +256,8 @@ impl GroupSnapshot {
 #[derive(Debug)]
 pub struct Snapshot {
     version: String,
+    /// [`content_digest`] of what this snapshot serves.
+    digest: String,
     groups: BTreeMap<String, Arc<GroupSnapshot>>,
     /// Served to proxies whose group has no configuration.
     empty: Arc<GroupSnapshot>,
@@ -263,45 +268,88 @@ impl Snapshot {
     pub fn empty() -> Snapshot {
         Snapshot {
             version: String::new(),
+            digest: String::new(),
             groups: BTreeMap::new(),
             empty: Arc::new(GroupSnapshot::empty("")),
         }
     }
 
-    /// Checks and encodes `input` as version `version`.
-    ///
-    /// Types whose content is unchanged since `previous` keep their previous
-    /// version string and encoded bytes, so streams are not pushed anything
-    /// for them.
+    /// Checks and encodes `input` as version `version`; see
+    /// [`build_with`](Self::build_with), which this calls with a copy of
+    /// `input`.
     pub fn build(
         version: &str,
         input: &SnapshotInput,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, BuildError> {
+        Snapshot::build_with(input.clone(), previous, |_| version.to_owned())
+    }
+
+    /// Checks and encodes `input`, then names it with the version
+    /// `version_for` returns when given the content digest (see
+    /// [`content_digest`]).
+    ///
+    /// Work is proportional to what changed since `previous`: a resource
+    /// equal to the one of the same name there reuses its encoding, and a
+    /// type whose content is unchanged keeps its previous version string and
+    /// encoded bytes, so streams are not pushed anything for it.
+    pub fn build_with(
+        input: SnapshotInput,
+        previous: Option<&Snapshot>,
+        version_for: impl FnOnce(&str) -> String,
+    ) -> Result<Snapshot, BuildError> {
+        let mut staged = Vec::with_capacity(input.groups.len());
+        for (group, res) in input.groups {
+            let prev = previous.and_then(|p| p.groups.get(&group));
+            let types = [
+                stage(&group, &res.clusters, |_| Vec::new(), prev, |g| &g.clusters)?,
+                stage(
+                    &group,
+                    &res.endpoints,
+                    |_| Vec::new(),
+                    prev,
+                    |g| &g.endpoints,
+                )?,
+                stage(&group, &res.listeners, listener_clusters, prev, |g| {
+                    &g.listeners
+                })?,
+                stage(&group, &res.routes, route_clusters, prev, |g| &g.routes)?,
+            ];
+            staged.push((group, types, res));
+        }
+        let digest = combine_digests(
+            staged
+                .iter()
+                .map(|(group, types, _)| (group.as_str(), types.each_ref().map(Staged::digest))),
+        );
+        let version = version_for(&digest);
         if version.is_empty() {
             return Err(BuildError::EmptyVersion);
         }
-        let mut groups = BTreeMap::new();
-        for (group, res) in &input.groups {
-            let prev = previous.and_then(|p| p.groups.get(group));
-            let built = [
-                build_type(group, version, &res.clusters, |_| Vec::new(), prev)?,
-                build_type(group, version, &res.endpoints, |_| Vec::new(), prev)?,
-                build_type(group, version, &res.listeners, listener_clusters, prev)?,
-                build_type(group, version, &res.routes, route_clusters, prev)?,
-            ];
-            groups.insert(group.clone(), Arc::new(GroupSnapshot { types: built }));
-        }
+        let groups = staged
+            .into_iter()
+            .map(|(group, types, source)| {
+                let types = types.map(|t| t.into_type(&version));
+                (group, Arc::new(GroupSnapshot { types, source }))
+            })
+            .collect();
         Ok(Snapshot {
-            version: version.to_owned(),
+            empty: Arc::new(GroupSnapshot::empty(&version)),
+            version,
+            digest,
             groups,
-            empty: Arc::new(GroupSnapshot::empty(version)),
         })
     }
 
     /// The fleet-wide version.
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// The content digest of what this snapshot serves (see
+    /// [`content_digest`]); empty for [`Snapshot::empty`].
+    pub fn digest(&self) -> &str {
+        &self.digest
     }
 
     /// The view of one proxy group; an empty one for unknown groups.
@@ -320,14 +368,89 @@ impl Snapshot {
     }
 }
 
-fn build_type<T: XdsResource>(
+/// A short digest (12 hex digits) naming everything `input` would serve:
+/// equal content, equal digest, on any machine. It is the digest
+/// [`Snapshot::build_with`] computes for the same input, without keeping
+/// what it encodes; resources with duplicate or empty names, which a build
+/// refuses, still get a digest.
+pub fn content_digest(input: &SnapshotInput) -> String {
+    fn of<T: XdsResource>(messages: &[T]) -> [u8; 32] {
+        let versions: BTreeMap<&str, String> = messages
+            .iter()
+            .map(|m| (m.resource_name(), resource_version(&any_bytes(m))))
+            .collect();
+        type_digest(versions.iter().map(|(n, v)| (*n, v.as_str())))
+    }
+    combine_digests(input.groups.iter().map(|(group, res)| {
+        (
+            group.as_str(),
+            [
+                of(&res.clusters),
+                of(&res.endpoints),
+                of(&res.listeners),
+                of(&res.routes),
+            ],
+        )
+    }))
+}
+
+/// One type of one group, encoded but not yet named with a version.
+enum Staged {
+    /// Unchanged since the previous snapshot.
+    Same(Arc<TypeSnapshot>),
+    /// New content.
+    New {
+        ty: ResourceType,
+        resources: BTreeMap<String, Arc<Resource>>,
+        digest: [u8; 32],
+    },
+}
+
+impl Staged {
+    fn digest(&self) -> [u8; 32] {
+        match self {
+            Staged::Same(t) => t.digest,
+            Staged::New { digest, .. } => *digest,
+        }
+    }
+
+    fn into_type(self, version: &str) -> Arc<TypeSnapshot> {
+        match self {
+            Staged::Same(t) => t,
+            Staged::New {
+                ty,
+                resources,
+                digest,
+            } => Arc::new(TypeSnapshot::with_digest(
+                ty,
+                version.to_owned(),
+                resources,
+                digest,
+            )),
+        }
+    }
+}
+
+/// Checks and encodes one type of one group, reusing from `previous` every
+/// resource (or the whole type) whose message is unchanged.
+fn stage<T: XdsResource + PartialEq>(
     group: &str,
-    version: &str,
     messages: &[T],
     refs: impl Fn(&T) -> Vec<String>,
     previous: Option<&Arc<GroupSnapshot>>,
-) -> Result<Arc<TypeSnapshot>, BuildError> {
+    source_of: impl Fn(&GroupResources) -> &Vec<T>,
+) -> Result<Staged, BuildError> {
     let ty = T::TYPE;
+    let prev = previous.map(|g| (source_of(&g.source), g.of(ty)));
+    if let Some((prev_messages, prev_type)) = prev
+        && prev_messages.as_slice() == messages
+    {
+        // The previous build checked these very messages.
+        return Ok(Staged::Same(prev_type.clone()));
+    }
+    let prev_by_name: HashMap<&str, &T> = prev
+        .map(|(ms, _)| ms.iter().map(|m| (m.resource_name(), m)).collect())
+        .unwrap_or_default();
     let mut resources = BTreeMap::new();
     for m in messages {
         let name = m.resource_name();
@@ -344,15 +467,66 @@ fn build_type<T: XdsResource>(
                 name: name.to_owned(),
             });
         }
-        resources.insert(name.to_owned(), Arc::new(Resource::new(m, refs(m))));
+        let reused = prev.and_then(|(_, prev_type)| {
+            (prev_by_name.get(name) == Some(&m))
+                .then(|| prev_type.get(name).cloned())
+                .flatten()
+        });
+        let resource = reused.unwrap_or_else(|| Arc::new(Resource::new(m, refs(m))));
+        resources.insert(name.to_owned(), resource);
     }
-    let fresh = TypeSnapshot::new(ty, version.to_owned(), resources);
-    if let Some(prev) = previous.map(|g| g.of(ty))
-        && prev.digest == fresh.digest
+    let digest = type_digest(resources.iter().map(|(n, r)| (n.as_str(), r.version())));
+    if let Some((_, prev_type)) = prev
+        && prev_type.digest == digest
     {
-        return Ok(prev.clone());
+        return Ok(Staged::Same(prev_type.clone()));
     }
-    Ok(Arc::new(fresh))
+    Ok(Staged::New {
+        ty,
+        resources,
+        digest,
+    })
+}
+
+/// `message` as an encoded `google.protobuf.Any`.
+fn any_bytes<T: XdsResource>(message: &T) -> Vec<u8> {
+    Any {
+        type_url: T::type_url(),
+        value: message.encode_to_vec(),
+    }
+    .encode_to_vec()
+}
+
+/// A resource's content-derived version: the first 16 hex digits of the
+/// SHA-256 of its encoded `Any`.
+fn resource_version(any: &[u8]) -> String {
+    hex(&Sha256::digest(any)[..8])
+}
+
+/// Digest of one type's content: its (name, resource version) pairs in name
+/// order.
+fn type_digest<'a>(resources: impl Iterator<Item = (&'a str, &'a str)>) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for (name, version) in resources {
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(version.as_bytes());
+        hasher.update([0]);
+    }
+    hasher.finalize().into()
+}
+
+/// The content digest from every group's type digests, in group order.
+fn combine_digests<'a>(groups: impl Iterator<Item = (&'a str, [[u8; 32]; 4])>) -> String {
+    let mut hasher = Sha256::new();
+    for (group, types) in groups {
+        hasher.update((group.len() as u64).to_be_bytes());
+        hasher.update(group.as_bytes());
+        for digest in types {
+            hasher.update(digest);
+        }
+    }
+    hex(&hasher.finalize()[..6])
 }
 
 /// Clusters a route configuration sends traffic to.

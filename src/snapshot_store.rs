@@ -26,28 +26,33 @@ pub struct SnapshotWriter {
 }
 
 impl SnapshotWriter {
-    /// Builds `input` as `version` and, if it is valid, makes it the version
-    /// every stream serves. On error nothing changes.
+    /// Builds a copy of `input` as `version` and, if it is valid, makes it
+    /// the version every stream serves. On error nothing changes.
     pub fn publish(
         &mut self,
         version: &str,
         input: &SnapshotInput,
     ) -> Result<Arc<Snapshot>, BuildError> {
-        let snapshot = self.prepare(version, input)?;
+        let snapshot = self.prepare(input.clone(), |_| version.to_owned())?;
         self.install(snapshot.clone());
         Ok(snapshot)
     }
 
-    /// Builds `input` as `version` on top of the current snapshot without
-    /// serving it yet, so a caller can make it durable first and then
-    /// [`install`](Self::install) it.
+    /// Builds `input` on top of the current snapshot, named with the version
+    /// `version_for` returns for its content digest (see
+    /// [`Snapshot::build_with`]), without serving it yet, so a caller can
+    /// make it durable first and then [`install`](Self::install) it.
     pub fn prepare(
         &self,
-        version: &str,
-        input: &SnapshotInput,
+        input: SnapshotInput,
+        version_for: impl FnOnce(&str) -> String,
     ) -> Result<Arc<Snapshot>, BuildError> {
         let previous = self.tx.borrow().clone();
-        Ok(Arc::new(Snapshot::build(version, input, Some(&previous))?))
+        Ok(Arc::new(Snapshot::build_with(
+            input,
+            Some(&previous),
+            version_for,
+        )?))
     }
 
     /// Serves a snapshot built by [`prepare`](Self::prepare).

@@ -133,3 +133,69 @@ fn invalid_input_is_refused_whole() {
         BuildError::EmptyVersion
     );
 }
+
+#[test]
+fn a_build_encodes_only_what_changed() {
+    let mut first = input(&[("web-blue", 100)]);
+    if let Some(g) = first.groups.get_mut("edge") {
+        g.routes.push(weighted_route("admin", &[("web-blue", 100)]));
+    }
+    let one = Snapshot::build("1", &first, None).expect("valid");
+    let mut second = first.clone();
+    if let Some(g) = second.groups.get_mut("edge") {
+        g.routes[0] = weighted_route("web", &[("web-green", 100)]);
+    }
+    let two = Snapshot::build("2", &second, Some(&one)).expect("valid");
+    let (r1, r2) = (
+        one.group("edge").of(ResourceType::Route),
+        two.group("edge").of(ResourceType::Route),
+    );
+    // The route that did not change is the very same encoding.
+    let same =
+        |name: &str| Arc::ptr_eq(r1.get(name).expect("in one"), r2.get(name).expect("in two"));
+    assert!(same("admin"));
+    assert!(!same("web"));
+    assert_eq!(r2.version(), "2");
+    // Reused or not, every resource is what a fresh build makes of it.
+    let fresh = Snapshot::build("2", &second, None).expect("valid");
+    for ty in ResourceType::ALL {
+        let (a, b) = (two.group("edge").of(ty), fresh.group("edge").of(ty));
+        assert_eq!(a.resources().len(), b.resources().len());
+        for (name, r) in a.resources() {
+            let f = b.get(name).expect("same names");
+            assert_eq!(r.any_bytes(), f.any_bytes(), "{ty} {name}");
+            assert_eq!(r.delta_bytes(), f.delta_bytes(), "{ty} {name}");
+            assert_eq!(r.clusters(), f.clusters(), "{ty} {name}");
+        }
+    }
+}
+
+#[test]
+fn the_content_digest_names_the_content_not_the_version() {
+    let blue = input(&[("web-blue", 100)]);
+    let green = input(&[("web-green", 100)]);
+    let built = Snapshot::build_with(blue.clone(), None, |d| format!("7-{d}")).expect("valid");
+    assert_eq!(built.digest(), content_digest(&blue));
+    assert_eq!(built.version(), format!("7-{}", content_digest(&blue)));
+    assert_eq!(built.digest().len(), 12);
+    assert_ne!(content_digest(&blue), content_digest(&green));
+    // Built on a previous snapshot, with reuse, the digest is the same.
+    let on_green = Snapshot::build("g", &green, None).expect("valid");
+    let again =
+        Snapshot::build_with(blue.clone(), Some(&on_green), |d| d.to_owned()).expect("valid");
+    assert_eq!(again.digest(), content_digest(&blue));
+    // The group a resource is served to is part of the content.
+    let mut moved = SnapshotInput::default();
+    moved.groups.insert(
+        "sidecar".into(),
+        blue.groups.get("edge").cloned().expect("edge"),
+    );
+    assert_ne!(content_digest(&moved), content_digest(&blue));
+}
+
+#[test]
+fn an_empty_version_is_refused_after_naming() {
+    let err = Snapshot::build_with(input(&[("web-blue", 100)]), None, |_| String::new())
+        .expect_err("empty version");
+    assert_eq!(err, BuildError::EmptyVersion);
+}

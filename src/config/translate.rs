@@ -50,7 +50,6 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 use envoy_types::util::pack_any;
 use prost::Message;
-use sha2::{Digest, Sha256};
 
 use super::model::{Config, ListenerKind, PathMatch, Protocol, Service};
 use crate::snapshot::{GroupResources, SnapshotInput};
@@ -548,18 +547,11 @@ pub fn encoded_resources(input: &SnapshotInput) -> Vec<(String, &'static str, St
 }
 
 /// A version string for `input`: the first 12 hex digits of a SHA-256 over
-/// every encoded resource in [`encoded_resources`] order (each field
-/// length-prefixed). Equal resources give equal digests on any machine.
+/// every resource's content (see [`crate::snapshot::content_digest`]), the
+/// same digest the snapshot built from `input` carries. Equal resources give
+/// equal digests on any machine.
 pub fn config_digest(input: &SnapshotInput) -> String {
-    let mut hasher = Sha256::new();
-    for (group, kind, name, bytes) in encoded_resources(input) {
-        for part in [group.as_bytes(), kind.as_bytes(), name.as_bytes(), &bytes] {
-            hasher.update((part.len() as u64).to_be_bytes());
-            hasher.update(part);
-        }
-    }
-    let digest = hasher.finalize();
-    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+    crate::snapshot::content_digest(input)
 }
 
 #[cfg(test)]

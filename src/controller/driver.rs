@@ -122,17 +122,18 @@ impl Driver {
         reuse_seq: bool,
     ) -> Result<String, String> {
         let input = config::translate(&self.config, &self.weights_of(&state));
-        let digest = config::config_digest(&input);
-        let same = state.version.ends_with(&format!("-{digest}"));
-        if !(reuse_seq && same && state.version_seq > 0) {
-            state.version_seq += 1;
-        }
-        let version = format!("{}-{digest}", state.version_seq);
-        state.version = version.clone();
         let snapshot = self
             .writer
-            .prepare(&version, &input)
+            .prepare(input, |digest| {
+                let same = state.version.ends_with(&format!("-{digest}"));
+                if !(reuse_seq && same && state.version_seq > 0) {
+                    state.version_seq += 1;
+                }
+                format!("{}-{digest}", state.version_seq)
+            })
             .map_err(|e| e.to_string())?;
+        let version = snapshot.version().to_owned();
+        state.version = version.clone();
         let revision = self
             .store
             .save(&state, self.revision)
@@ -153,12 +154,12 @@ impl Driver {
                 // the stored state is the same or older by one sequence.
                 tracing::warn!(error = %e, "could not save state at start-up");
                 let input = config::translate(&self.config, &self.weights_of(&self.state));
-                let version = format!(
-                    "{}-{}",
-                    self.state.version_seq.max(1),
-                    config::config_digest(&input)
-                );
-                self.writer.publish(&version, &input)?;
+                let seq = self.state.version_seq.max(1);
+                let snapshot = self
+                    .writer
+                    .prepare(input, |digest| format!("{seq}-{digest}"))?;
+                let version = snapshot.version().to_owned();
+                self.writer.install(snapshot);
                 Ok(version)
             }
         }
