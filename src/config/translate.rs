@@ -81,7 +81,7 @@ pub struct Weights {
     retired: BTreeMap<String, BTreeSet<String>>,
 }
 
-/// Why [`Weights::set`] refused a split.
+/// Why a split was refused, by [`Weights::check`] or [`Weights::set`].
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WeightsError {
     /// The service is not in the config.
@@ -96,7 +96,10 @@ pub enum WeightsError {
         fleet: String,
     },
     /// The weights do not add up to [`Weights::TOTAL`].
-    #[error("weights of service {service:?} add up to {sum}, not 100")]
+    #[error(
+        "weights of service {service:?} must add up to {total}, these add up to {sum}",
+        total = Weights::TOTAL
+    )]
     BadSum {
         /// The service.
         service: String,
@@ -121,18 +124,21 @@ impl Weights {
         }
     }
 
-    /// Replaces one service's split after checking it against `config`.
-    pub fn set(
-        &mut self,
-        config: &Config,
+    /// Checks that `split` is a valid split of `service`, whose fleets are
+    /// the names for which `has_fleet` holds: it names only those fleets
+    /// (fleets it leaves out get 0), and its weights add up to
+    /// [`Weights::TOTAL`].
+    ///
+    /// This is the one place the rule lives: [`Weights::set`] and the
+    /// rollout planner both call it. It never returns
+    /// [`WeightsError::UnknownService`]; finding the service is the
+    /// caller's job.
+    pub fn check(
         service: &str,
+        has_fleet: impl Fn(&str) -> bool,
         split: &BTreeMap<String, u32>,
     ) -> Result<(), WeightsError> {
-        let s = config
-            .services
-            .get(service)
-            .ok_or_else(|| WeightsError::UnknownService(service.to_owned()))?;
-        if let Some(fleet) = split.keys().find(|f| !s.fleets.contains_key(*f)) {
+        if let Some(fleet) = split.keys().find(|f| !has_fleet(f)) {
             return Err(WeightsError::UnknownFleet {
                 service: service.to_owned(),
                 fleet: fleet.clone(),
@@ -145,6 +151,22 @@ impl Weights {
                 sum,
             });
         }
+        Ok(())
+    }
+
+    /// Replaces one service's split after checking it against `config`
+    /// (see [`Weights::check`]).
+    pub fn set(
+        &mut self,
+        config: &Config,
+        service: &str,
+        split: &BTreeMap<String, u32>,
+    ) -> Result<(), WeightsError> {
+        let s = config
+            .services
+            .get(service)
+            .ok_or_else(|| WeightsError::UnknownService(service.to_owned()))?;
+        Self::check(service, |f| s.fleets.contains_key(f), split)?;
         let full = s
             .fleets
             .keys()
@@ -177,10 +199,10 @@ impl Weights {
     /// The split translation uses for `service`: every fleet of the
     /// service, in name order, with its weight.
     pub fn effective(&self, service: &str, s: &Service) -> Vec<(String, u32)> {
-        let stored = self.services.get(service).filter(|split| {
-            split.keys().all(|f| s.fleets.contains_key(f))
-                && split.values().map(|w| u64::from(*w)).sum::<u64>() == u64::from(Self::TOTAL)
-        });
+        let stored = self
+            .services
+            .get(service)
+            .filter(|split| Self::check(service, |f| s.fleets.contains_key(f), split).is_ok());
         let split = match stored {
             Some(split) => split.clone(),
             None => initial_split(s),

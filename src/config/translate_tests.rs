@@ -180,6 +180,52 @@ fn weights_are_checked() {
 }
 
 #[test]
+fn one_rule_checks_a_split() {
+    let fleets = ["blue", "green"];
+    let has_fleet = |f: &str| fleets.contains(&f);
+    let check = |pairs: &[(&str, u32)]| {
+        let split: BTreeMap<String, u32> =
+            pairs.iter().map(|(f, w)| ((*f).to_owned(), *w)).collect();
+        Weights::check("web", has_fleet, &split)
+    };
+    assert_eq!(check(&[("blue", 90), ("green", 10)]), Ok(()));
+    // Fleets left out get 0.
+    assert_eq!(check(&[("green", 100)]), Ok(()));
+    assert_eq!(
+        check(&[("green", 100), ("red", 0)]),
+        Err(WeightsError::UnknownFleet {
+            service: "web".into(),
+            fleet: "red".into()
+        })
+    );
+    let bad_sum = check(&[("blue", 60), ("green", 60)]);
+    assert_eq!(
+        bad_sum,
+        Err(WeightsError::BadSum {
+            service: "web".into(),
+            sum: 120
+        })
+    );
+    assert_eq!(
+        bad_sum.map_err(|e| e.to_string()),
+        Err("weights of service \"web\" must add up to 100, these add up to 120".into())
+    );
+    // Sums are taken without overflow.
+    assert!(matches!(
+        check(&[("blue", u32::MAX), ("green", 101)]),
+        Err(WeightsError::BadSum { .. })
+    ));
+    assert_eq!(
+        WeightsError::UnknownFleet {
+            service: "web".into(),
+            fleet: "red".into()
+        }
+        .to_string(),
+        "service \"web\" has no fleet \"red\""
+    );
+}
+
+#[test]
 fn translation_is_deterministic() {
     let config = example();
     let a = translate(&config, &Weights::initial(&config));

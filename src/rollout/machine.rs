@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use super::{CheckResult, Operation, Outcome, Phase, Progress, RolloutError, Split};
+use crate::config::Weights;
 
 /// One proxy, as the rollout needs to see it. The controller computes it
 /// from the proxy registry and the snapshot being served.
@@ -143,16 +144,10 @@ impl ServiceView<'_> {
         Ok(())
     }
 
+    /// Checks `split` against the service's fleets with
+    /// [`Weights::check`], the rule [`Weights::set`] applies too.
     fn check_split(&self, split: &Split) -> Result<(), RolloutError> {
-        for fleet in split.keys() {
-            self.check_fleet(fleet)?;
-        }
-        let sum: u64 = split.values().map(|w| u64::from(*w)).sum();
-        if sum != 100 {
-            return Err(RolloutError::Invalid(format!(
-                "weights must add up to 100, these add up to {sum}"
-            )));
-        }
+        Weights::check(self.name, |f| self.fleets.contains(&f), split)?;
         Ok(())
     }
 
@@ -218,7 +213,7 @@ pub fn live_of(split: &Split) -> &str {
 }
 
 fn all_to(fleet: &str) -> Split {
-    BTreeMap::from([(fleet.to_owned(), 100)])
+    BTreeMap::from([(fleet.to_owned(), Weights::TOTAL)])
 }
 
 /// Works out what `op` does to `service`, or why it cannot be done.

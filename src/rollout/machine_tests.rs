@@ -313,10 +313,54 @@ fn planning_refuses_what_cannot_be_done() {
         skip_checks: true,
         timeout: Duration::from_secs(1),
     };
-    assert!(matches!(
+    assert_eq!(
         plan(&bad_sum, &view(&green_live, None)),
-        Err(RolloutError::Invalid(_))
-    ));
+        Err(RolloutError::Invalid(
+            "weights of service \"web\" must add up to 100, these add up to 60".into()
+        ))
+    );
+    let to_red_by_shift = Operation::Shift {
+        service: "web".into(),
+        steps: vec![split(&[("green", 50), ("red", 50)])],
+        interval: Duration::ZERO,
+        skip_checks: true,
+        timeout: Duration::from_secs(1),
+    };
+    assert_eq!(
+        plan(&to_red_by_shift, &view(&green_live, None)),
+        Err(RolloutError::UnknownFleet {
+            service: "web".into(),
+            fleet: "red".into()
+        })
+    );
+}
+
+/// A refused split keeps its gRPC code through the conversion: unknown
+/// names are NOT_FOUND, a bad sum INVALID_ARGUMENT.
+#[test]
+fn refused_splits_keep_their_grpc_codes() {
+    use crate::config::WeightsError;
+    use tonic::Code;
+    let code = |e: WeightsError| tonic::Status::from(RolloutError::from(e)).code();
+    assert_eq!(
+        code(WeightsError::UnknownService("nope".into())),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(WeightsError::UnknownFleet {
+            service: "web".into(),
+            fleet: "red".into()
+        }),
+        Code::NotFound
+    );
+    let bad_sum = WeightsError::BadSum {
+        service: "web".into(),
+        sum: 60,
+    };
+    let message = bad_sum.to_string();
+    let status = tonic::Status::from(RolloutError::from(bad_sum));
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(status.message(), message);
 }
 
 fn arb_event() -> impl Strategy<Value = Event> {

@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::WeightsError;
 use crate::xds::ProxyStatus;
 
 /// A traffic split: fleet → weight, weights summing to 100.
@@ -319,6 +320,21 @@ pub enum RolloutError {
     /// Durable state could not be written; nothing changed.
     #[error("state store: {0}")]
     Store(String),
+}
+
+/// A split refused by [`crate::config::Weights::check`]: an unknown
+/// service or fleet stays one (NOT_FOUND over gRPC), a bad sum is
+/// [`RolloutError::Invalid`] (INVALID_ARGUMENT), with the same message.
+impl From<WeightsError> for RolloutError {
+    fn from(e: WeightsError) -> RolloutError {
+        match e {
+            WeightsError::UnknownService(service) => RolloutError::UnknownService(service),
+            WeightsError::UnknownFleet { service, fleet } => {
+                RolloutError::UnknownFleet { service, fleet }
+            }
+            e @ WeightsError::BadSum { .. } => RolloutError::Invalid(e.to_string()),
+        }
+    }
 }
 
 impl From<RolloutError> for tonic::Status {
