@@ -83,7 +83,7 @@ fn main() -> anyhow::Result<()> {
         let t_translate = t.elapsed();
 
         let t = Instant::now();
-        let snapshot = writer.prepare(input, |digest| format!("{seq}-{digest}"))?;
+        let snapshot = writer.prepare(&input, |digest| format!("{seq}-{digest}"))?;
         let t_prepare = t.elapsed();
         state.version_seq = seq as u64;
         state.version = snapshot.version().to_owned();

@@ -2,8 +2,9 @@
 //!
 //! A [`SnapshotInput`] is what the config model produces: typed Envoy
 //! resources per proxy group. [`Snapshot::build_with`] checks it, encodes
-//! every resource exactly once (a resource equal to the previous snapshot's
-//! keeps that encoding, so a flip encodes only the routes it moves),
+//! every resource exactly once (a resource encoded as in the previous
+//! snapshot keeps that snapshot's hashes and wrappers, so a flip builds new
+//! ones only for the routes it moves),
 //! derives per-resource versions and the snapshot's [`content_digest`] from
 //! content, and records which clusters each listener and route names, so
 //! that the stream state machines can order pushes make-before-break
@@ -96,10 +97,8 @@ pub struct Resource {
 }
 
 impl Resource {
-    fn new<T: XdsResource>(message: &T, clusters: Vec<String>) -> Resource {
-        let any_bytes = any_bytes(message);
+    fn from_any(name: String, any_bytes: Vec<u8>, clusters: Vec<String>) -> Resource {
         let version = resource_version(&any_bytes);
-        let name = message.resource_name().to_owned();
         let delta = wire::delta_resource(&name, &version, &any_bytes);
         Resource {
             name,
@@ -232,9 +231,6 @@ impl TypeSnapshot {
 #[derive(Debug)]
 pub struct GroupSnapshot {
     types: [Arc<TypeSnapshot>; 4],
-    /// The typed resources this group was built from, kept so that the next
-    /// build encodes only the resources that changed.
-    source: GroupResources,
 }
 
 impl GroupSnapshot {
@@ -247,7 +243,6 @@ impl GroupSnapshot {
         GroupSnapshot {
             types: ResourceType::ALL
                 .map(|ty| Arc::new(TypeSnapshot::new(ty, version.to_owned(), BTreeMap::new()))),
-            source: GroupResources::default(),
         }
     }
 }
@@ -275,52 +270,43 @@ impl Snapshot {
     }
 
     /// Checks and encodes `input` as version `version`; see
-    /// [`build_with`](Self::build_with), which this calls with a copy of
-    /// `input`.
+    /// [`build_with`](Self::build_with).
     pub fn build(
         version: &str,
         input: &SnapshotInput,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, BuildError> {
-        Snapshot::build_with(input.clone(), previous, |_| version.to_owned())
+        Snapshot::build_with(input, previous, |_| version.to_owned())
     }
 
     /// Checks and encodes `input`, then names it with the version
     /// `version_for` returns when given the content digest (see
     /// [`content_digest`]).
     ///
-    /// Work is proportional to what changed since `previous`: a resource
-    /// equal to the one of the same name there reuses its encoding, and a
+    /// Every resource is encoded once; one whose encoding equals that of
+    /// the resource of the same name in `previous` reuses it whole, and a
     /// type whose content is unchanged keeps its previous version string and
     /// encoded bytes, so streams are not pushed anything for it.
     pub fn build_with(
-        input: SnapshotInput,
+        input: &SnapshotInput,
         previous: Option<&Snapshot>,
         version_for: impl FnOnce(&str) -> String,
     ) -> Result<Snapshot, BuildError> {
         let mut staged = Vec::with_capacity(input.groups.len());
-        for (group, res) in input.groups {
-            let prev = previous.and_then(|p| p.groups.get(&group));
+        for (group, res) in &input.groups {
+            let prev = previous.and_then(|p| p.groups.get(group));
             let types = [
-                stage(&group, &res.clusters, |_| Vec::new(), prev, |g| &g.clusters)?,
-                stage(
-                    &group,
-                    &res.endpoints,
-                    |_| Vec::new(),
-                    prev,
-                    |g| &g.endpoints,
-                )?,
-                stage(&group, &res.listeners, listener_clusters, prev, |g| {
-                    &g.listeners
-                })?,
-                stage(&group, &res.routes, route_clusters, prev, |g| &g.routes)?,
+                stage(group, &res.clusters, |_| Vec::new(), prev)?,
+                stage(group, &res.endpoints, |_| Vec::new(), prev)?,
+                stage(group, &res.listeners, listener_clusters, prev)?,
+                stage(group, &res.routes, route_clusters, prev)?,
             ];
-            staged.push((group, types, res));
+            staged.push((group.clone(), types));
         }
         let digest = combine_digests(
             staged
                 .iter()
-                .map(|(group, types, _)| (group.as_str(), types.each_ref().map(Staged::digest))),
+                .map(|(group, types)| (group.as_str(), types.each_ref().map(Staged::digest))),
         );
         let version = version_for(&digest);
         if version.is_empty() {
@@ -328,9 +314,9 @@ impl Snapshot {
         }
         let groups = staged
             .into_iter()
-            .map(|(group, types, source)| {
+            .map(|(group, types)| {
                 let types = types.map(|t| t.into_type(&version));
-                (group, Arc::new(GroupSnapshot { types, source }))
+                (group, Arc::new(GroupSnapshot { types }))
             })
             .collect();
         Ok(Snapshot {
@@ -431,26 +417,18 @@ impl Staged {
     }
 }
 
-/// Checks and encodes one type of one group, reusing from `previous` every
-/// resource (or the whole type) whose message is unchanged.
-fn stage<T: XdsResource + PartialEq>(
+/// Checks and encodes one type of one group. A resource whose encoding is
+/// the same as in `previous` keeps the previous [`Resource`] (no hashing,
+/// no wrapping, no cluster references to find again), and a type whose
+/// content is unchanged keeps the previous [`TypeSnapshot`].
+fn stage<T: XdsResource>(
     group: &str,
     messages: &[T],
     refs: impl Fn(&T) -> Vec<String>,
     previous: Option<&Arc<GroupSnapshot>>,
-    source_of: impl Fn(&GroupResources) -> &Vec<T>,
 ) -> Result<Staged, BuildError> {
     let ty = T::TYPE;
-    let prev = previous.map(|g| (source_of(&g.source), g.of(ty)));
-    if let Some((prev_messages, prev_type)) = prev
-        && prev_messages.as_slice() == messages
-    {
-        // The previous build checked these very messages.
-        return Ok(Staged::Same(prev_type.clone()));
-    }
-    let prev_by_name: HashMap<&str, &T> = prev
-        .map(|(ms, _)| ms.iter().map(|m| (m.resource_name(), m)).collect())
-        .unwrap_or_default();
+    let prev = previous.map(|g| g.of(ty));
     let mut resources = BTreeMap::new();
     for m in messages {
         let name = m.resource_name();
@@ -467,19 +445,18 @@ fn stage<T: XdsResource + PartialEq>(
                 name: name.to_owned(),
             });
         }
-        let reused = prev.and_then(|(_, prev_type)| {
-            (prev_by_name.get(name) == Some(&m))
-                .then(|| prev_type.get(name).cloned())
-                .flatten()
-        });
-        let resource = reused.unwrap_or_else(|| Arc::new(Resource::new(m, refs(m))));
+        let any = any_bytes(m);
+        let resource = match prev.and_then(|p| p.get(name)) {
+            Some(old) if old.any[..] == any[..] => old.clone(),
+            _ => Arc::new(Resource::from_any(name.to_owned(), any, refs(m))),
+        };
         resources.insert(name.to_owned(), resource);
     }
     let digest = type_digest(resources.iter().map(|(n, r)| (n.as_str(), r.version())));
-    if let Some((_, prev_type)) = prev
-        && prev_type.digest == digest
+    if let Some(prev) = prev
+        && prev.digest == digest
     {
-        return Ok(Staged::Same(prev_type.clone()));
+        return Ok(Staged::Same(prev.clone()));
     }
     Ok(Staged::New {
         ty,

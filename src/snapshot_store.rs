@@ -26,14 +26,14 @@ pub struct SnapshotWriter {
 }
 
 impl SnapshotWriter {
-    /// Builds a copy of `input` as `version` and, if it is valid, makes it
+    /// Builds `input` as `version` and, if it is valid, makes it
     /// the version every stream serves. On error nothing changes.
     pub fn publish(
         &mut self,
         version: &str,
         input: &SnapshotInput,
     ) -> Result<Arc<Snapshot>, BuildError> {
-        let snapshot = self.prepare(input.clone(), |_| version.to_owned())?;
+        let snapshot = self.prepare(input, |_| version.to_owned())?;
         self.install(snapshot.clone());
         Ok(snapshot)
     }
@@ -44,7 +44,7 @@ impl SnapshotWriter {
     /// make it durable first and then [`install`](Self::install) it.
     pub fn prepare(
         &self,
-        input: SnapshotInput,
+        input: &SnapshotInput,
         version_for: impl FnOnce(&str) -> String,
     ) -> Result<Arc<Snapshot>, BuildError> {
         let previous = self.tx.borrow().clone();

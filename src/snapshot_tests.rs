@@ -135,7 +135,7 @@ fn invalid_input_is_refused_whole() {
 }
 
 #[test]
-fn a_build_encodes_only_what_changed() {
+fn a_build_reuses_what_did_not_change() {
     let mut first = input(&[("web-blue", 100)]);
     if let Some(g) = first.groups.get_mut("edge") {
         g.routes.push(weighted_route("admin", &[("web-blue", 100)]));
@@ -174,15 +174,14 @@ fn a_build_encodes_only_what_changed() {
 fn the_content_digest_names_the_content_not_the_version() {
     let blue = input(&[("web-blue", 100)]);
     let green = input(&[("web-green", 100)]);
-    let built = Snapshot::build_with(blue.clone(), None, |d| format!("7-{d}")).expect("valid");
+    let built = Snapshot::build_with(&blue, None, |d| format!("7-{d}")).expect("valid");
     assert_eq!(built.digest(), content_digest(&blue));
     assert_eq!(built.version(), format!("7-{}", content_digest(&blue)));
     assert_eq!(built.digest().len(), 12);
     assert_ne!(content_digest(&blue), content_digest(&green));
     // Built on a previous snapshot, with reuse, the digest is the same.
     let on_green = Snapshot::build("g", &green, None).expect("valid");
-    let again =
-        Snapshot::build_with(blue.clone(), Some(&on_green), |d| d.to_owned()).expect("valid");
+    let again = Snapshot::build_with(&blue, Some(&on_green), |d| d.to_owned()).expect("valid");
     assert_eq!(again.digest(), content_digest(&blue));
     // The group a resource is served to is part of the content.
     let mut moved = SnapshotInput::default();
@@ -195,7 +194,7 @@ fn the_content_digest_names_the_content_not_the_version() {
 
 #[test]
 fn an_empty_version_is_refused_after_naming() {
-    let err = Snapshot::build_with(input(&[("web-blue", 100)]), None, |_| String::new())
+    let err = Snapshot::build_with(&input(&[("web-blue", 100)]), None, |_| String::new())
         .expect_err("empty version");
     assert_eq!(err, BuildError::EmptyVersion);
 }

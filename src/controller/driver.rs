@@ -124,7 +124,7 @@ impl Driver {
         let input = config::translate(&self.config, &self.weights_of(&state));
         let snapshot = self
             .writer
-            .prepare(input, |digest| {
+            .prepare(&input, |digest| {
                 let same = state.version.ends_with(&format!("-{digest}"));
                 if !(reuse_seq && same && state.version_seq > 0) {
                     state.version_seq += 1;
@@ -157,7 +157,7 @@ impl Driver {
                 let seq = self.state.version_seq.max(1);
                 let snapshot = self
                     .writer
-                    .prepare(input, |digest| format!("{seq}-{digest}"))?;
+                    .prepare(&input, |digest| format!("{seq}-{digest}"))?;
                 let version = snapshot.version().to_owned();
                 self.writer.install(snapshot);
                 Ok(version)
