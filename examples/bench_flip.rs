@@ -16,6 +16,11 @@
 //!   over RDS from one shared file; a flip is an atomic rename of a new
 //!   RDS file over it (inotify tells every Envoy).
 //!
+//! teal runs in a session of its own (`--teal-session own`, the default),
+//! so Linux's autogroup scheduler gives it a share of the cores as a
+//! container of its own would get; `--teal-session shared` leaves it in the
+//! benchmark's session, one process among N busy Envoys.
+//!
 //! A prober sends `GET /` to every Envoy at `--probe-hz` on a kept-alive
 //! connection. Per flip it reports the data-plane time: from the command
 //! until every Envoy answers only from the new fleet (the receive time of
@@ -45,6 +50,7 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
         load_conns: 0,
         load_hz: 0,
         gap: Duration::from_millis(300),
+        teal_own_session: true,
     };
     let mut kinds = vec![Kind::Teal, Kind::EnvoyFile];
     let mut it = args.into_iter();
@@ -57,6 +63,13 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
             "--envoys" => o.proxies = value()?.parse()?,
             "--flips" => o.switches = value()?.parse()?,
             "--probe-hz" => o.probe_hz = value()?.parse()?,
+            "--teal-session" => {
+                o.teal_own_session = match value()?.as_str() {
+                    "own" => true,
+                    "shared" => false,
+                    other => anyhow::bail!("--teal-session is own or shared, not {other:?}"),
+                }
+            }
             "--modes" => {
                 kinds = value()?
                     .split(',')
@@ -64,7 +77,7 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
                     .collect::<anyhow::Result<_>>()?
             }
             other => anyhow::bail!(
-                "unknown flag {other}; use --envoys N --flips N --probe-hz N --modes teal,envoy-file,envoy-file-teal-routes"
+                "unknown flag {other}; use --envoys N --flips N --probe-hz N --modes teal,envoy-file,envoy-file-teal-routes --teal-session own|shared"
             ),
         }
     }

@@ -47,6 +47,7 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
         load_conns: 4,
         load_hz: 100,
         gap: Duration::from_millis(500),
+        teal_own_session: true,
     };
     let mut kinds = vec![Kind::Teal, Kind::EnvoyFile, Kind::Nginx, Kind::Haproxy];
     let mut it = args.into_iter();
@@ -59,6 +60,13 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
             "--proxies" => o.proxies = value()?.parse()?,
             "--switches" => o.switches = value()?.parse()?,
             "--probe-hz" => o.probe_hz = value()?.parse()?,
+            "--teal-session" => {
+                o.teal_own_session = match value()?.as_str() {
+                    "own" => true,
+                    "shared" => false,
+                    other => anyhow::bail!("--teal-session is own or shared, not {other:?}"),
+                }
+            }
             "--load-conns" => o.load_conns = value()?.parse()?,
             "--load-hz" => o.load_hz = value()?.parse()?,
             "--systems" => {
@@ -69,7 +77,8 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
             }
             other => anyhow::bail!(
                 "unknown flag {other}; use --proxies N --switches N --probe-hz N \
-                 --load-conns N --load-hz N --systems teal,envoy-file,nginx,haproxy"
+                 --load-conns N --load-hz N --systems teal,envoy-file,nginx,haproxy \
+                 --teal-session own|shared"
             ),
         }
     }

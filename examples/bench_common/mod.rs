@@ -440,7 +440,12 @@ impl System {
     /// Starts `kind` with `proxies` proxies in front of the upstreams on
     /// ports `upstreams` (blue, green), serving blue, and waits until
     /// every proxy answers from blue.
-    pub async fn start(kind: Kind, proxies: usize, upstreams: [u16; 2]) -> anyhow::Result<System> {
+    pub async fn start(
+        kind: Kind,
+        proxies: usize,
+        upstreams: [u16; 2],
+        teal_own_session: bool,
+    ) -> anyhow::Result<System> {
         let dir = tempfile::Builder::new().prefix("teal-bench-").tempdir()?;
         let mut sys = System {
             kind,
@@ -454,7 +459,7 @@ impl System {
             upstreams,
         };
         match kind {
-            Kind::Teal => sys.start_teal().await?,
+            Kind::Teal => sys.start_teal(teal_own_session).await?,
             Kind::EnvoyFile | Kind::EnvoyFileTealRoutes => sys.start_envoy_file().await?,
             Kind::Nginx => sys.start_nginx()?,
             Kind::Haproxy => sys.start_haproxy()?,
@@ -469,7 +474,7 @@ impl System {
         self.dir.path().join(name)
     }
 
-    async fn start_teal(&mut self) -> anyhow::Result<()> {
+    async fn start_teal(&mut self, own_session: bool) -> anyhow::Result<()> {
         let [blue, green] = self.upstreams;
         let mut yaml = format!(
             "services:\n  web:\n    live: blue\n    fleets:\n      blue: {{endpoints: [127.0.0.1:{blue}]}}\n      green: {{endpoints: [127.0.0.1:{green}]}}\ngroups:\n"
@@ -481,7 +486,17 @@ impl System {
         }
         let config = self.path("teal.yaml");
         std::fs::write(&config, yaml)?;
-        let mut child = std::process::Command::new(std::env::current_exe()?)
+        // `setsid` (util-linux) starts a new session and then executes the
+        // program in place, so the pid stays the child's.
+        let exe = std::env::current_exe()?;
+        let mut command = if own_session {
+            let mut c = std::process::Command::new("setsid");
+            c.arg(exe);
+            c
+        } else {
+            std::process::Command::new(exe)
+        };
+        let mut child = command
             .arg("--teal-child")
             .arg(&config)
             .stdin(Stdio::piped())
@@ -925,6 +940,11 @@ pub struct RunOptions {
     pub load_hz: u32,
     /// Pause after each switch has converged.
     pub gap: Duration,
+    /// Run teal in a session of its own, so Linux's autogroup scheduler
+    /// shares the cores between teal and everything else as it would
+    /// between two containers, rather than between teal and each of N
+    /// proxies (see BENCHMARKS.md).
+    pub teal_own_session: bool,
 }
 
 /// What one system did over the switches.
@@ -960,7 +980,7 @@ pub struct Report {
 /// Starts `kind`, sends the probe and load, times `switches` switches and
 /// stops it.
 pub async fn run(kind: Kind, upstreams: [u16; 2], o: &RunOptions) -> anyhow::Result<Report> {
-    let mut sys = System::start(kind, o.proxies, upstreams).await?;
+    let mut sys = System::start(kind, o.proxies, upstreams, o.teal_own_session).await?;
     let period = |hz: u32| Duration::from_secs_f64(1.0 / f64::from(hz.max(1)));
     let probes: Vec<Sender> = sys
         .ports
