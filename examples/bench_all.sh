@@ -8,7 +8,7 @@
 # peers (examples/bench_peers_setup.sh installs them). 50 file-based
 # Envoys need fs.inotify.max_user_instances above 128: as root, this
 # script raises it to 1024 for the run and puts the old value back.
-# Takes about 20 minutes on 2 cores. Run nothing else meanwhile.
+# Takes about 25 minutes on 2 cores. Run nothing else meanwhile.
 set -eu
 cd "$(dirname "$0")/.."
 OUT=${1:-bench-out/$(date +%Y%m%d-%H%M%S)}
@@ -35,7 +35,13 @@ for n in 1000 10000 50000; do
   "$B/bench_xds" --streams "$n" --pushes 5 | tee "$OUT/xds-$n.txt"
 done
 for n in 1 10 20 50; do
-  "$B/bench_flip" --envoys "$n" --flips 20 | tee "$OUT/flip-$n.txt"
+  "$B/bench_flip" --envoys "$n" --flips 20 \
+    --modes teal,envoy-file,envoy-file-teal-routes | tee "$OUT/flip-$n.txt"
+done
+"$B/bench_flip" --envoys 50 --flips 20 --modes teal --teal-session shared \
+  | tee "$OUT/flip-50-shared.txt"
+for args in "--groups 50 --services 1" "--groups 1 --services 1000"; do
+  "$B/bench_commit" $args | tee -a "$OUT/commit.txt"
 done
 "$B/bench_bytes" --services 1000 --flips 5 | tee "$OUT/bytes.txt"
 "$B/bench_peers" --switches 20 | tee "$OUT/peers.txt"
