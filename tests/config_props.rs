@@ -168,6 +168,52 @@ proptest! {
     }
 
     #[test]
+    fn a_snapshot_built_on_another_is_a_fresh_build(spec in spec(), flips in prop::collection::vec(0usize..5, 0..4)) {
+        use teal::resources::ResourceType;
+        use teal::snapshot::Snapshot;
+        let text = yaml(&spec);
+        let config = Config::parse(&text, "a.yaml").map_err(|d| TestCaseError::fail(d.to_string()))?;
+        let before = translate(&config, &Weights::initial(&config));
+        // Move some services (those with a second fleet) to it.
+        let mut weights = Weights::initial(&config);
+        for i in flips {
+            let name = format!("svc{i}");
+            if spec.services.get(i).is_some_and(|f| f.len() > 1) {
+                let split = BTreeMap::from([("green".to_owned(), Weights::TOTAL)]);
+                weights.set(&config, &name, &split).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            }
+        }
+        let after = translate(&config, &weights);
+        let old = Snapshot::build("1", &before, None).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let on_old = Snapshot::build_with(&after, Some(&old), |d| format!("2-{d}"))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let fresh = Snapshot::build("2", &after, None).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(on_old.digest(), config_digest(&after));
+        prop_assert_eq!(fresh.digest(), config_digest(&after));
+        prop_assert_eq!(on_old.digest() == old.digest(), config_digest(&before) == config_digest(&after));
+        for group in after.groups.keys() {
+            for ty in ResourceType::ALL {
+                let (a, b) = (on_old.group(group).of(ty), fresh.group(group).of(ty));
+                let names = |t: &teal::snapshot::TypeSnapshot| t.resources().keys().cloned().collect::<Vec<_>>();
+                prop_assert_eq!(names(a), names(b));
+                for (name, r) in a.resources() {
+                    let f = &b.resources()[name];
+                    prop_assert_eq!(r.any_bytes(), f.any_bytes());
+                    prop_assert_eq!(r.delta_bytes(), f.delta_bytes());
+                    prop_assert_eq!(r.version(), f.version());
+                    prop_assert_eq!(r.clusters(), f.clusters());
+                }
+                // A type keeps the old version label exactly when its
+                // content did not change.
+                let o = old.group(group).of(ty);
+                let same = names(o) == names(a)
+                    && o.resources().iter().all(|(n, r)| r.any_bytes() == a.resources()[n].any_bytes());
+                prop_assert_eq!(a.version() == "1", same, "{} {}", group, ty);
+            }
+        }
+    }
+
+    #[test]
     fn arbitrary_text_never_panics(text in "[a-z:{}\\[\\], \n\\-0-9.\"'&*#|>!%@`]{0,200}") {
         let _ = Config::parse(&text, "x.yaml");
     }
