@@ -501,7 +501,16 @@ impl System {
             .arg(&config)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .spawn()?;
+            .spawn()
+            .map_err(|e| {
+                if own_session {
+                    anyhow::anyhow!(
+                        "cannot start teal with setsid ({e}); install util-linux or pass --teal-session shared"
+                    )
+                } else {
+                    anyhow::anyhow!("cannot start teal: {e}")
+                }
+            })?;
         let stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("stdin"))?;
         let mut stdout = std::io::BufReader::new(
             child
