@@ -118,3 +118,45 @@ fn render_unknown_group() {
         "{err}"
     );
 }
+
+#[test]
+fn render_grpc_listeners() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("teal.yaml");
+    let text = std::fs::read_to_string(example()).expect("read the example")
+        + "\n  clients:\n    listeners:\n      grpc: {kind: grpc, services: [web]}\n";
+    std::fs::write(&path, text).expect("write the config");
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let code = render_command(&path, Some("clients"), Format::Json, &mut out, &mut err);
+    let err = String::from_utf8(err).expect("utf-8");
+    assert_eq!(code, EX_OK, "{err}");
+    let doc: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+    let resources = doc["groups"]["clients"].as_array().expect("list");
+    let of_type = |short: &str| -> Vec<&serde_json::Value> {
+        resources
+            .iter()
+            .filter(|r| r["@type"].as_str().is_some_and(|t| t.ends_with(short)))
+            .collect()
+    };
+    let listeners = of_type(".Listener");
+    assert_eq!(listeners.len(), 1, "{doc:#}");
+    let listener = listeners[0];
+    assert_eq!(listener["name"], "web");
+    assert!(listener.get("address").is_none(), "{listener:#}");
+    let hcm = &listener["api_listener"]["api_listener"];
+    assert_eq!(
+        hcm["@type"],
+        "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "{listener:#}"
+    );
+    assert_eq!(hcm["rds"]["route_config_name"], "web", "{listener:#}");
+    let routes = of_type(".RouteConfiguration");
+    assert_eq!(routes.len(), 1, "{doc:#}");
+    assert_eq!(routes[0]["name"], "web");
+    assert_eq!(
+        routes[0]["virtual_hosts"][0]["domains"],
+        serde_json::json!(["web"])
+    );
+    assert_eq!(of_type(".Cluster").len(), 2, "{doc:#}");
+}

@@ -23,8 +23,14 @@
 //!   `web-blue`. The parser refuses configs where two (service, fleet)
 //!   pairs would share a name (`a-b`/`c` and `a`/`b-c`).
 //! - Listener and its `RouteConfiguration`: the listener's name in the
-//!   config. Names are per group, as each group is a separate set of proxies.
-//! - Virtual host: its config name (edge) or the service name (sidecar).
+//!   config (edge, sidecar). A grpc listener gives each of its services an
+//!   API listener and a `RouteConfiguration` named after the service, since
+//!   a proxyless gRPC client dialing `xds:///web` asks for listener `web`;
+//!   the parser refuses a group where two listeners would produce the same
+//!   name. Names are per group, as each group is a separate set of proxies.
+//! - Virtual host: its config name (edge) or the service name (sidecar,
+//!   grpc). A grpc virtual host's only domain is the service name, the
+//!   authority of `xds:///web`.
 //!
 //! A group only gets the clusters of the services its routes reach.
 //!

@@ -124,7 +124,8 @@ pub struct Check {
     pub timeout: Duration,
 }
 
-/// A proxy group: every Envoy whose `node.cluster` is the group's name.
+/// A proxy group: every Envoy, or proxyless gRPC client, whose
+/// `node.cluster` is the group's name.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Group {
     /// Listeners by name. Never empty.
@@ -134,26 +135,60 @@ pub struct Group {
 /// One listener of a group.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Listener {
-    /// IP address and port to listen on.
-    pub address: SocketAddr,
-    /// What the listener routes.
+    /// What the listener routes, and where it listens.
     pub kind: ListenerKind,
 }
 
-/// What a listener routes.
+/// What a listener routes. Edge and sidecar listeners are Envoy listeners
+/// on an address; grpc listeners are API listeners for proxyless gRPC
+/// clients, which have no address.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ListenerKind {
     /// Routes by `Host` and path (prefix or regex; a public ingress).
     Edge {
+        /// IP address and port to listen on.
+        address: SocketAddr,
         /// Virtual hosts by name.
         virtual_hosts: BTreeMap<String, VirtualHost>,
     },
     /// Routes by service name (a sidecar's outbound listener): one virtual
     /// host per service, matching `name` and `name:port`.
     Sidecar {
+        /// IP address and port to listen on.
+        address: SocketAddr,
         /// Service names, sorted and without repeats.
         services: Vec<String>,
     },
+    /// Proxyless gRPC clients (channel target `xds:///SERVICE`): per
+    /// service, an API listener and a route configuration, both named after
+    /// the service, with one virtual host whose only domain is the service
+    /// name.
+    Grpc {
+        /// Service names, sorted and without repeats.
+        services: Vec<String>,
+    },
+}
+
+impl Listener {
+    /// The address an Envoy listens on; `None` for grpc (API) listeners.
+    pub fn address(&self) -> Option<SocketAddr> {
+        match &self.kind {
+            ListenerKind::Edge { address, .. } | ListenerKind::Sidecar { address, .. } => {
+                Some(*address)
+            }
+            ListenerKind::Grpc { .. } => None,
+        }
+    }
+
+    /// The names of the Listener and RouteConfiguration resources this
+    /// listener produces, called `name` in the config: `name` itself for
+    /// edge and sidecar listeners, each service's name for grpc listeners.
+    pub fn resource_names<'a>(&'a self, name: &'a str) -> Vec<&'a str> {
+        match &self.kind {
+            ListenerKind::Edge { .. } | ListenerKind::Sidecar { .. } => vec![name],
+            ListenerKind::Grpc { services } => services.iter().map(String::as_str).collect(),
+        }
+    }
 }
 
 /// A virtual host of an edge listener.
@@ -192,11 +227,13 @@ impl Config {
             .listeners
             .values()
             .flat_map(|l| match &l.kind {
-                ListenerKind::Edge { virtual_hosts } => virtual_hosts
+                ListenerKind::Edge { virtual_hosts, .. } => virtual_hosts
                     .values()
                     .flat_map(|vh| vh.routes.iter().map(|r| r.service.as_str()))
                     .collect::<Vec<_>>(),
-                ListenerKind::Sidecar { services } => services.iter().map(String::as_str).collect(),
+                ListenerKind::Sidecar { services, .. } | ListenerKind::Grpc { services } => {
+                    services.iter().map(String::as_str).collect()
+                }
             })
             .collect();
         names.sort_unstable();

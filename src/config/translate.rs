@@ -26,7 +26,8 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
-    Filter, FilterChain, Listener as EnvoyListener, filter::ConfigType as FilterConfigType,
+    ApiListener, Filter, FilterChain, Listener as EnvoyListener,
+    filter::ConfigType as FilterConfigType,
 };
 use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, RetryPolicy, Route as EnvoyRoute, RouteAction, RouteConfiguration, RouteMatch,
@@ -230,6 +231,10 @@ pub fn translate(config: &Config, weights: &Weights) -> SnapshotInput {
     let mut groups = BTreeMap::new();
     for (name, group) in &config.groups {
         let mut res = GroupResources::default();
+        let proxyless = group
+            .listeners
+            .values()
+            .any(|l| matches!(l.kind, ListenerKind::Grpc { .. }));
         for service_name in config.services_of(group) {
             let Some(service) = config.services.get(service_name) else {
                 // Config::parse guarantees every referenced service exists.
@@ -244,44 +249,61 @@ pub fn translate(config: &Config, weights: &Weights) -> SnapshotInput {
                     } else {
                         &fleet.endpoints
                     };
-                res.endpoints.push(load_assignment(&cluster, endpoints));
+                res.endpoints
+                    .push(load_assignment(&cluster, endpoints, proxyless));
             }
         }
         for (listener_name, listener) in &group.listeners {
-            res.listeners
-                .push(envoy_listener(listener_name, listener.address));
-            let virtual_hosts = match &listener.kind {
-                ListenerKind::Edge { virtual_hosts } => virtual_hosts
-                    .iter()
-                    .map(|(vh_name, vh)| EnvoyVirtualHost {
-                        name: vh_name.clone(),
-                        domains: vh.domains.clone(),
-                        routes: vh
-                            .routes
-                            .iter()
-                            .flat_map(|r| service_routes(config, weights, &r.path, &r.service))
-                            .collect(),
-                        ..Default::default()
-                    })
-                    .collect(),
-                ListenerKind::Sidecar { services } => {
-                    let slash = PathMatch::Prefix("/".to_owned());
-                    services
+            let slash = PathMatch::Prefix("/".to_owned());
+            match &listener.kind {
+                ListenerKind::Edge {
+                    address,
+                    virtual_hosts,
+                } => {
+                    res.listeners.push(envoy_listener(listener_name, *address));
+                    let virtual_hosts = virtual_hosts
+                        .iter()
+                        .map(|(vh_name, vh)| EnvoyVirtualHost {
+                            name: vh_name.clone(),
+                            domains: vh.domains.clone(),
+                            routes: vh
+                                .routes
+                                .iter()
+                                .flat_map(|r| service_routes(config, weights, &r.path, &r.service))
+                                .collect(),
+                            ..Default::default()
+                        })
+                        .collect();
+                    res.routes.push(route_config(listener_name, virtual_hosts));
+                }
+                ListenerKind::Sidecar { address, services } => {
+                    res.listeners.push(envoy_listener(listener_name, *address));
+                    let virtual_hosts = services
                         .iter()
                         .map(|s| EnvoyVirtualHost {
                             name: s.clone(),
-                            domains: vec![s.clone(), format!("{s}:{}", listener.address.port())],
+                            domains: vec![s.clone(), format!("{s}:{}", address.port())],
                             routes: service_routes(config, weights, &slash, s),
                             ..Default::default()
                         })
-                        .collect()
+                        .collect();
+                    res.routes.push(route_config(listener_name, virtual_hosts));
                 }
-            };
-            res.routes.push(RouteConfiguration {
-                name: listener_name.clone(),
-                virtual_hosts,
-                ..Default::default()
-            });
+                ListenerKind::Grpc { services } => {
+                    for s in services {
+                        res.listeners.push(api_listener(s));
+                        let virtual_host = EnvoyVirtualHost {
+                            name: s.clone(),
+                            // gRPC matches the channel target's authority:
+                            // `xds:///web` asks for `web`.
+                            domains: vec![s.clone()],
+                            routes: service_routes(config, weights, &slash, s),
+                            ..Default::default()
+                        };
+                        res.routes.push(route_config(s, vec![virtual_host]));
+                    }
+                }
+            }
         }
         res.clusters.sort_by(|a, b| a.name.cmp(&b.name));
         res.endpoints
@@ -377,31 +399,41 @@ fn socket_address(addr: SocketAddr) -> Address {
     }
 }
 
-fn load_assignment(cluster: &str, endpoints: &[super::model::Endpoint]) -> ClusterLoadAssignment {
+/// A fleet's endpoints, one locality per zone. With `proxyless`, every
+/// locality carries a `Locality` (its zone, empty without one) and a weight
+/// (the sum of its endpoints' weights): gRPC reaches no endpoint of a
+/// locality without both. Envoy needs neither (it ignores locality weights
+/// unless locality-weighted balancing is on), so only groups with grpc
+/// listeners get them and Envoy groups' endpoints stay as they were.
+fn load_assignment(
+    cluster: &str,
+    endpoints: &[super::model::Endpoint],
+    proxyless: bool,
+) -> ClusterLoadAssignment {
     // One locality per zone, zones in name order, endpoints in config order.
-    let mut by_zone: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
+    let mut by_zone: BTreeMap<&str, (u32, Vec<LbEndpoint>)> = BTreeMap::new();
     for e in endpoints {
-        by_zone
-            .entry(e.zone.as_deref().unwrap_or(""))
-            .or_default()
-            .push(LbEndpoint {
-                host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
-                    address: Some(socket_address(e.address)),
-                    ..Default::default()
-                })),
-                load_balancing_weight: u32v(e.weight),
+        let (weight, lb_endpoints) = by_zone.entry(e.zone.as_deref().unwrap_or("")).or_default();
+        *weight = weight.saturating_add(e.weight);
+        lb_endpoints.push(LbEndpoint {
+            host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
+                address: Some(socket_address(e.address)),
                 ..Default::default()
-            });
+            })),
+            load_balancing_weight: u32v(e.weight),
+            ..Default::default()
+        });
     }
     ClusterLoadAssignment {
         cluster_name: cluster.to_owned(),
         endpoints: by_zone
             .into_iter()
-            .map(|(zone, lb_endpoints)| LocalityLbEndpoints {
-                locality: (!zone.is_empty()).then(|| Locality {
+            .map(|(zone, (weight, lb_endpoints))| LocalityLbEndpoints {
+                locality: (proxyless || !zone.is_empty()).then(|| Locality {
                     zone: zone.to_owned(),
                     ..Default::default()
                 }),
+                load_balancing_weight: proxyless.then_some(UInt32Value { value: weight }),
                 lb_endpoints,
                 ..Default::default()
             })
@@ -410,8 +442,18 @@ fn load_assignment(cluster: &str, endpoints: &[super::model::Endpoint]) -> Clust
     }
 }
 
-fn envoy_listener(name: &str, addr: SocketAddr) -> EnvoyListener {
-    let hcm = HttpConnectionManager {
+fn route_config(name: &str, virtual_hosts: Vec<EnvoyVirtualHost>) -> RouteConfiguration {
+    RouteConfiguration {
+        name: name.to_owned(),
+        virtual_hosts,
+        ..Default::default()
+    }
+}
+
+/// An HTTP connection manager that fetches route configuration `name` over
+/// ADS and ends with the router filter, as both Envoy and gRPC require.
+fn http_connection_manager(name: &str) -> HttpConnectionManager {
+    HttpConnectionManager {
         stat_prefix: name.to_owned(),
         codec_type: CodecType::Auto as i32,
         route_specifier: Some(RouteSpecifier::Rds(Rds {
@@ -426,17 +468,35 @@ fn envoy_listener(name: &str, addr: SocketAddr) -> EnvoyListener {
             ..Default::default()
         }],
         ..Default::default()
-    };
+    }
+}
+
+fn envoy_listener(name: &str, addr: SocketAddr) -> EnvoyListener {
     EnvoyListener {
         name: name.to_owned(),
         address: Some(socket_address(addr)),
         filter_chains: vec![FilterChain {
             filters: vec![Filter {
                 name: "envoy.filters.network.http_connection_manager".to_owned(),
-                config_type: Some(FilterConfigType::TypedConfig(pack_any(hcm))),
+                config_type: Some(FilterConfigType::TypedConfig(pack_any(
+                    http_connection_manager(name),
+                ))),
             }],
             ..Default::default()
         }],
+        ..Default::default()
+    }
+}
+
+/// The listener a proxyless gRPC client asks for when it dials
+/// `xds:///{name}`: no address, just an API listener holding the HTTP
+/// connection manager.
+fn api_listener(name: &str) -> EnvoyListener {
+    EnvoyListener {
+        name: name.to_owned(),
+        api_listener: Some(ApiListener {
+            api_listener: Some(pack_any(http_connection_manager(name))),
+        }),
         ..Default::default()
     }
 }

@@ -293,3 +293,139 @@ fn regex_routes_match_by_safe_regex_on_every_route() {
         }
     }
 }
+
+/// The example with a third group, `clients`, of proxyless gRPC clients of
+/// both services.
+fn with_grpc_group() -> Config {
+    let text = format!(
+        "{DEFAULT_CONFIG}\n  clients:\n    listeners:\n      grpc:\n        kind: grpc\n        \
+         services: [web, api]\n"
+    );
+    Config::parse(&text, "t.yaml").expect("valid")
+}
+
+#[test]
+fn grpc_listeners_are_api_listeners_named_after_services() {
+    use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpConnectionManager, http_connection_manager::RouteSpecifier,
+    };
+    let config = with_grpc_group();
+    let input = translate(&config, &Weights::initial(&config));
+    let g = &input.groups["clients"];
+    let names: Vec<&str> = g.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["api", "web"]);
+    for l in &g.listeners {
+        assert_eq!(l.address, None, "an API listener has no address");
+        assert!(l.filter_chains.is_empty());
+        let any = l
+            .api_listener
+            .as_ref()
+            .and_then(|a| a.api_listener.as_ref())
+            .expect("api_listener");
+        assert_eq!(
+            any.type_url,
+            "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.\
+             HttpConnectionManager"
+        );
+        let hcm = HttpConnectionManager::decode(any.value.as_slice()).expect("an HCM");
+        let Some(RouteSpecifier::Rds(rds)) = &hcm.route_specifier else {
+            panic!("no RDS: {hcm:?}");
+        };
+        assert_eq!(rds.route_config_name, l.name);
+        assert!(matches!(
+            rds.config_source
+                .as_ref()
+                .and_then(|c| c.config_source_specifier.as_ref()),
+            Some(ConfigSourceSpecifier::Ads(_))
+        ));
+        let last = hcm.http_filters.last().expect("filters");
+        assert_eq!(last.name, "envoy.filters.http.router");
+    }
+    // One route configuration per service, one virtual host whose only
+    // domain is the service name, with the sidecar's routes.
+    let rc_names: Vec<&str> = g.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(rc_names, ["api", "web"]);
+    let web = &g.routes[1];
+    assert_eq!(web.virtual_hosts.len(), 1);
+    assert_eq!(web.virtual_hosts[0].domains, ["web"]);
+    let sidecar_web = input.groups["sidecar"].routes[0]
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name == "web")
+        .expect("sidecar web");
+    assert_eq!(web.virtual_hosts[0].routes, sidecar_web.routes);
+    // EDS clusters over ADS, as gRPC requires.
+    let names: Vec<&str> = g.clusters.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["api-blue", "api-green", "web-blue", "web-green"]);
+    for c in &g.clusters {
+        assert!(matches!(
+            c.eds_cluster_config
+                .as_ref()
+                .and_then(|e| e.eds_config.as_ref())
+                .and_then(|s| s.config_source_specifier.as_ref()),
+            Some(ConfigSourceSpecifier::Ads(_))
+        ));
+    }
+}
+
+#[test]
+fn grpc_groups_weigh_localities() {
+    let config = with_grpc_group();
+    let input = translate(&config, &Weights::initial(&config));
+    // api-blue's endpoint has no zone: gRPC still gets a named (empty)
+    // locality with a weight; Envoy groups are unchanged.
+    let cla = |group: &str, cluster: &str| {
+        input.groups[group]
+            .endpoints
+            .iter()
+            .find(|c| c.cluster_name == cluster)
+            .cloned()
+            .expect("cluster")
+    };
+    let grpc = cla("clients", "api-blue");
+    assert_eq!(grpc.endpoints.len(), 1);
+    assert_eq!(grpc.endpoints[0].load_balancing_weight, u32v(1));
+    assert_eq!(
+        grpc.endpoints[0].locality.as_ref().map(|l| l.zone.as_str()),
+        Some("")
+    );
+    let envoy = cla("edge", "api-blue");
+    assert_eq!(envoy.endpoints[0].load_balancing_weight, None);
+    assert_eq!(envoy.endpoints[0].locality, None);
+    assert_eq!(
+        envoy.endpoints[0].lb_endpoints,
+        grpc.endpoints[0].lb_endpoints
+    );
+    // The example's groups translate as before a grpc group was added.
+    let plain = example();
+    let before = translate(&plain, &Weights::initial(&plain));
+    for (name, group) in &before.groups {
+        assert_eq!(&input.groups[name], group, "{name}");
+    }
+}
+
+#[test]
+fn a_flip_reaches_grpc_routes_only() {
+    let config = with_grpc_group();
+    let before = translate(&config, &Weights::initial(&config));
+    let mut weights = Weights::initial(&config);
+    let split = BTreeMap::from([("green".to_owned(), 100)]);
+    weights.set(&config, "web", &split).expect("valid split");
+    let after = translate(&config, &weights);
+    let (a, b) = (&after.groups["clients"], &before.groups["clients"]);
+    assert_eq!(a.clusters, b.clusters);
+    assert_eq!(a.endpoints, b.endpoints);
+    assert_eq!(a.listeners, b.listeners);
+    assert_eq!(a.routes[0], b.routes[0], "api's routes do not change");
+    let weighted = a.routes[1].virtual_hosts[0].routes.last().expect("route");
+    let ClusterSpecifier::WeightedClusters(wc) = cluster_of(weighted) else {
+        panic!("not weighted");
+    };
+    let split: Vec<(&str, u32)> = wc
+        .clusters
+        .iter()
+        .map(|c| (c.name.as_str(), c.weight.as_ref().map_or(0, |w| w.value)))
+        .collect();
+    assert_eq!(split, [("web-blue", 0), ("web-green", 100)]);
+}

@@ -22,7 +22,7 @@
 
 // Each test crate uses its own part of the harness; `pub` marks the
 // harness API, which a test crate cannot export.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 pub mod http;
 pub mod resources;

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 
 use crate::config::diag::Diagnostics;
 use crate::config::model::{Config, Group, Listener, ListenerKind, PathMatch, Route, VirtualHost};
-use crate::config::yaml::{self, Node, Pos, Value};
+use crate::config::yaml::{self, Key, Node, Pos, Value};
 
 use services::service;
 use values::*;
@@ -135,31 +135,49 @@ fn group(cx: &mut Cx<'_>, node: &Node, path: &str, services: &BTreeSet<String>) 
     let mut ok = true;
     let mut listeners = BTreeMap::new();
     let mut addresses: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    // Listener and RouteConfiguration names, to the config listener that
+    // produces them: two listeners must never produce the same name.
+    let mut resource_names: BTreeMap<String, String> = BTreeMap::new();
     for (key, value) in entries {
         let path = join(&lpath, &key.text);
         if !check_name(cx, key, &path, "listener", false) {
             ok = false;
             continue;
         }
-        match listener(cx, value, &path, services) {
-            Some(l) => {
-                if let Some(other) = addresses.get(&l.address) {
-                    cx.err(
-                        value.pos,
-                        &join(&path, "address"),
-                        format!(
-                            "address {} is already used by listener {other:?}",
-                            l.address
-                        ),
-                    );
-                    ok = false;
-                } else {
-                    addresses.insert(l.address, key.text.clone());
-                }
-                listeners.insert(key.text.clone(), l);
+        let Some((l, names)) = listener(cx, key, value, &path, services) else {
+            ok = false;
+            continue;
+        };
+        if let Some(address) = l.address() {
+            if let Some(other) = addresses.get(&address) {
+                cx.err(
+                    value.pos,
+                    &join(&path, "address"),
+                    format!("address {address} is already used by listener {other:?}"),
+                );
+                ok = false;
+            } else {
+                addresses.insert(address, key.text.clone());
             }
-            None => ok = false,
         }
+        for (name, pos, npath) in names {
+            if let Some(other) = resource_names.get(&name) {
+                // Keys are unique, so one of the two is a grpc listener.
+                cx.err(
+                    pos,
+                    &npath,
+                    format!(
+                        "listener name {name:?} is already used by listener {other:?} \
+                         (a grpc listener names its Listener and RouteConfiguration after \
+                         each of its services); rename one"
+                    ),
+                );
+                ok = false;
+            } else {
+                resource_names.insert(name, key.text.clone());
+            }
+        }
+        listeners.insert(key.text.clone(), l);
     }
     ok.then_some(Group { listeners })
 }
@@ -184,59 +202,104 @@ fn service_ref(
     }
 }
 
+/// A resource name a listener produces, with where it comes from.
+type NameAt = (String, Pos, String);
+
+/// One listener, and the Listener/RouteConfiguration names it produces.
 fn listener(
     cx: &mut Cx<'_>,
+    key: &Key,
     node: &Node,
     path: &str,
     services: &BTreeSet<String>,
-) -> Option<Listener> {
+) -> Option<(Listener, Vec<NameAt>)> {
     let f = fields(
         cx,
         node,
         path,
         &["kind", "address", "virtual_hosts", "services"],
     )?;
-    let address = f
-        .required(cx, "address")
-        .and_then(|n| address(cx, n, &f.path("address")));
+    // Read before the kind, so a bad address is reported even when the
+    // kind is missing or unknown.
+    let apath = f.path("address");
+    let address_node = f.get("address");
+    let parsed_address = address_node.map(|n| address(cx, n, &apath));
     let kind_node = f.required(cx, "kind")?;
     let kpath = f.path("kind");
-    let kind = match text(cx, kind_node, &kpath)?.as_str() {
+    let own_name = || vec![(key.text.clone(), key.pos, path.to_owned())];
+    let misplaced = |cx: &mut Cx<'_>, field: &str, message: &str| {
+        if let Some(n) = f.get(field) {
+            cx.err(n.pos, &f.path(field), message);
+        }
+    };
+    match text(cx, kind_node, &kpath)?.as_str() {
         "edge" => {
-            if let Some(n) = f.get("services") {
-                cx.err(
-                    n.pos,
-                    &f.path("services"),
-                    "`services` belongs to sidecar listeners; edge listeners use `virtual_hosts`",
-                );
+            misplaced(
+                cx,
+                "services",
+                "`services` belongs to sidecar and grpc listeners; edge listeners use \
+                 `virtual_hosts`",
+            );
+            if address_node.is_none() {
+                f.required(cx, "address");
             }
             let vnode = f.required(cx, "virtual_hosts")?;
-            edge(cx, vnode, &f.path("virtual_hosts"), services)?
+            let virtual_hosts = edge(cx, vnode, &f.path("virtual_hosts"), services)?;
+            let kind = ListenerKind::Edge {
+                address: parsed_address??,
+                virtual_hosts,
+            };
+            Some((Listener { kind }, own_name()))
         }
         "sidecar" => {
-            if let Some(n) = f.get("virtual_hosts") {
+            misplaced(
+                cx,
+                "virtual_hosts",
+                "`virtual_hosts` belongs to edge listeners; sidecar listeners use `services`",
+            );
+            if address_node.is_none() {
+                f.required(cx, "address");
+            }
+            let snode = f.required(cx, "services")?;
+            let (names, _) = service_list(cx, snode, &f.path("services"), "sidecar", services)?;
+            let kind = ListenerKind::Sidecar {
+                address: parsed_address??,
+                services: names,
+            };
+            Some((Listener { kind }, own_name()))
+        }
+        "grpc" => {
+            misplaced(
+                cx,
+                "virtual_hosts",
+                "`virtual_hosts` belongs to edge listeners; grpc listeners use `services`",
+            );
+            if let Some(n) = address_node {
                 cx.err(
                     n.pos,
-                    &f.path("virtual_hosts"),
-                    "`virtual_hosts` belongs to edge listeners; sidecar listeners use `services`",
+                    &apath,
+                    "a grpc listener has no `address`: proxyless gRPC clients fetch it \
+                     by name (`xds:///SERVICE`) and open no port",
                 );
             }
             let snode = f.required(cx, "services")?;
-            sidecar(cx, snode, &f.path("services"), services)?
+            let (names, at) = service_list(cx, snode, &f.path("services"), "grpc", services)?;
+            address_node.is_none().then_some((
+                Listener {
+                    kind: ListenerKind::Grpc { services: names },
+                },
+                at,
+            ))
         }
         other => {
             cx.err(
                 kind_node.pos,
                 &kpath,
-                format!("unknown listener kind {other:?} (expected edge or sidecar)"),
+                format!("unknown listener kind {other:?} (expected edge, sidecar or grpc)"),
             );
-            return None;
+            None
         }
-    };
-    Some(Listener {
-        address: address?,
-        kind,
-    })
+    }
 }
 
 fn edge(
@@ -244,7 +307,7 @@ fn edge(
     node: &Node,
     path: &str,
     services: &BTreeSet<String>,
-) -> Option<ListenerKind> {
+) -> Option<BTreeMap<String, VirtualHost>> {
     let entries = named(cx, node, path)?;
     if entries.is_empty() {
         cx.err(
@@ -331,7 +394,7 @@ fn edge(
         }
         virtual_hosts.insert(key.text.clone(), VirtualHost { domains, routes });
     }
-    ok.then_some(ListenerKind::Edge { virtual_hosts })
+    ok.then_some(virtual_hosts)
 }
 
 /// A route's path match: exactly one of `prefix` and `regex`.
@@ -358,23 +421,27 @@ fn route_path(cx: &mut Cx<'_>, rf: &Fields<'_>) -> Option<PathMatch> {
     }
 }
 
-fn sidecar(
+/// The `services` list of a sidecar or grpc listener: sorted names, and
+/// each name with where it was written.
+fn service_list(
     cx: &mut Cx<'_>,
     node: &Node,
     path: &str,
+    kind: &str,
     services: &BTreeSet<String>,
-) -> Option<ListenerKind> {
+) -> Option<(Vec<String>, Vec<NameAt>)> {
     let items = seq(cx, node, path)?;
     if items.is_empty() {
         cx.err(
             node.pos,
             path,
-            "a sidecar listener needs at least one service",
+            format!("a {kind} listener needs at least one service"),
         );
         return None;
     }
     let mut ok = true;
     let mut names = Vec::new();
+    let mut at = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let spath = format!("{path}[{i}]");
         match service_ref(cx, item, &spath, services) {
@@ -386,12 +453,15 @@ fn sidecar(
                 );
                 ok = false;
             }
-            Some(name) => names.push(name),
+            Some(name) => {
+                names.push(name.clone());
+                at.push((name, item.pos, spath));
+            }
             None => ok = false,
         }
     }
     names.sort();
-    ok.then_some(ListenerKind::Sidecar { services: names })
+    ok.then_some((names, at))
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ fn minimal_config_and_defaults() {
     assert!(web.fleets["green"].endpoints.is_empty());
     assert_eq!(web.fleets["blue"].endpoints[0].weight, 1);
     let g = &c.groups["edge"].listeners["public"];
-    assert_eq!(g.address.port(), 10000);
+    assert_eq!(g.address().map(|a| a.port()), Some(10000));
 }
 
 #[test]
@@ -229,7 +229,8 @@ fn routes_take_a_prefix_or_a_regex() {
     use crate::config::model::{ListenerKind, PathMatch};
     let text = MINIMAL.replace("- prefix: /", "- regex: '/(a|b)/[0-9]+'");
     let c = parse(&text, "t.yaml").expect("valid");
-    let ListenerKind::Edge { virtual_hosts } = &c.groups["edge"].listeners["public"].kind else {
+    let ListenerKind::Edge { virtual_hosts, .. } = &c.groups["edge"].listeners["public"].kind
+    else {
         panic!("not an edge listener");
     };
     assert_eq!(
@@ -261,4 +262,95 @@ fn routes_take_a_prefix_or_a_regex() {
             "t.yaml:18:17: {route}: missing required key `prefix` (or `regex`)"
         )]
     );
+}
+
+/// MINIMAL with a second service, `api`, and a first group `clients`
+/// whose listeners are `listeners` (YAML at six spaces).
+fn with_clients(listeners: &str) -> String {
+    MINIMAL.replace(
+        "groups:\n",
+        &format!(
+            "  api:\n    live: blue\n    fleets:\n      blue: {{endpoints: [127.0.0.1:8201]}}\n\
+             groups:\n  clients:\n    listeners:\n{listeners}"
+        ),
+    )
+}
+
+#[test]
+fn grpc_listeners_name_resources_after_their_services() {
+    use crate::config::model::ListenerKind;
+    let text = with_clients("      g: {kind: grpc, services: [web, api]}\n");
+    let c = parse(&text, "t.yaml").expect("valid");
+    let l = &c.groups["clients"].listeners["g"];
+    assert_eq!(
+        l.kind,
+        ListenerKind::Grpc {
+            services: vec!["api".to_owned(), "web".to_owned()]
+        }
+    );
+    assert_eq!(l.address(), None);
+    assert_eq!(l.resource_names("g"), ["api", "web"]);
+    assert_eq!(c.services_of(&c.groups["clients"]), ["api", "web"]);
+    let edge = &c.groups["edge"].listeners["public"];
+    assert_eq!(edge.resource_names("public"), ["public"]);
+}
+
+#[test]
+fn grpc_listener_errors() {
+    let g = "groups.clients.listeners";
+    assert_eq!(
+        errors(&with_clients(
+            "      g: {kind: grpc, address: 127.0.0.1:1, services: [web]}\n"
+        )),
+        [format!(
+            "t.yaml:15:32: {g}.g.address: a grpc listener has no `address`: proxyless gRPC \
+             clients fetch it by name (`xds:///SERVICE`) and open no port"
+        )]
+    );
+    assert_eq!(
+        errors(&with_clients("      g: {kind: grpc, services: []}\n")),
+        [format!(
+            "t.yaml:15:33: {g}.g.services: a grpc listener needs at least one service"
+        )]
+    );
+    assert_eq!(
+        errors(&with_clients("      g: {kind: grpc, services: [shop]}\n")),
+        [format!(
+            "t.yaml:15:34: {g}.g.services[0]: unknown service \"shop\" (known: api, web)"
+        )]
+    );
+    assert_eq!(
+        errors(&with_clients("      g: {kind: grpc}\n")),
+        [format!(
+            "t.yaml:15:10: {g}.g: missing required key `services`"
+        )]
+    );
+    // A sidecar listener named like a service of a grpc listener, then two
+    // grpc listeners with a service in common: both clash.
+    let errs = errors(&with_clients(
+        "      web: {kind: sidecar, address: 127.0.0.1:15001, services: [web]}\n\
+         \x20     g: {kind: grpc, services: [api, web]}\n\
+         \x20     h: {kind: grpc, services: [api]}\n",
+    ));
+    assert_eq!(
+        errs,
+        [
+            format!(
+                "t.yaml:16:39: {g}.g.services[1]: listener name \"web\" is already used by \
+                 listener \"web\" (a grpc listener names its Listener and RouteConfiguration \
+                 after each of its services); rename one"
+            ),
+            format!(
+                "t.yaml:17:34: {g}.h.services[0]: listener name \"api\" is already used by \
+                 listener \"g\" (a grpc listener names its Listener and RouteConfiguration \
+                 after each of its services); rename one"
+            ),
+        ]
+    );
+    // The same service in grpc listeners of different groups is fine.
+    let text = with_clients("      g: {kind: grpc, services: [web]}\n").replace(
+        "groups:\n",
+        "groups:\n  other:\n    listeners:\n      g: {kind: grpc, services: [web]}\n",
+    );
+    assert!(parse(&text, "t.yaml").is_ok());
 }
