@@ -26,7 +26,7 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 
 use support::http::{self, Health};
-use support::{CONVERGE, Envoy, Protocol, Traffic, Upstream, free_port, wait_until};
+use support::{CONVERGE, Envoy, Protocol, Traffic, Upstream, free_port, show, wait_until};
 
 /// The token the server accepts.
 const TOKEN: &str = "secret";
@@ -362,16 +362,6 @@ fn collect_weights(v: &Value, out: &mut std::collections::BTreeMap<String, u64>)
         Value::Array(items) => items.iter().for_each(|v| collect_weights(v, out)),
         _ => {}
     }
-}
-
-/// An Output for failure messages.
-fn show(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn stderr(out: &Output) -> String {

@@ -29,7 +29,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use support::{CONVERGE, free_port, http, wait_until};
+use support::{CONVERGE, free_port, http, show, wait_until};
 
 /// The token the admin API accepts.
 const TOKEN: &str = "secret";
@@ -205,15 +205,6 @@ fn bootstrap_json(xds: u16) -> String {
         "node": {"id": NODE_ID, "cluster": GROUP},
     })
     .to_string()
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Runs the teal CLI against the admin API on `admin`.

@@ -86,15 +86,8 @@ fn routes_preview_then_weighted() {
         cluster_of(preview),
         &ClusterSpecifier::Cluster("web-green".into())
     );
-    let ClusterSpecifier::WeightedClusters(wc) = cluster_of(&routes[5]) else {
-        panic!("not weighted");
-    };
-    let split: Vec<(&str, u32)> = wc
-        .clusters
-        .iter()
-        .map(|c| (c.name.as_str(), c.weight.as_ref().map_or(0, |w| w.value)))
-        .collect();
-    assert_eq!(split, [("web-blue", 100), ("web-green", 0)]);
+    let wc = weighted_clusters(&routes[5]);
+    assert_eq!(split_of(wc), [("web-blue", 100), ("web-green", 0)]);
     for cw in &wc.clusters {
         let h = cw.request_headers_to_add[0]
             .header
@@ -120,14 +113,36 @@ fn sidecar_virtual_hosts_by_service_name() {
     );
 }
 
+/// The weighted clusters of `route`; panics on any other action.
+fn weighted_clusters(route: &EnvoyRoute) -> &WeightedCluster {
+    let ClusterSpecifier::WeightedClusters(wc) = cluster_of(route) else {
+        panic!("not weighted: {route:?}");
+    };
+    wc
+}
+
+/// (cluster, weight) pairs of `wc`, in order.
+fn split_of(wc: &WeightedCluster) -> Vec<(&str, u32)> {
+    wc.clusters
+        .iter()
+        .map(|c| (c.name.as_str(), c.weight.as_ref().map_or(0, |w| w.value)))
+        .collect()
+}
+
+/// `config` translated at its initial weights, and with service `web`
+/// all on green.
+fn web_flipped_to_green(config: &Config) -> (SnapshotInput, SnapshotInput) {
+    let before = translate(config, &Weights::initial(config));
+    let mut weights = Weights::initial(config);
+    let split = BTreeMap::from([("green".to_owned(), 100)]);
+    weights.set(config, "web", &split).expect("valid split");
+    (before, translate(config, &weights))
+}
+
 #[test]
 fn a_flip_changes_only_routes() {
     let config = example();
-    let before = translate(&config, &Weights::initial(&config));
-    let mut weights = Weights::initial(&config);
-    let split = BTreeMap::from([("green".to_owned(), 100)]);
-    weights.set(&config, "web", &split).expect("valid split");
-    let after = translate(&config, &weights);
+    let (before, after) = web_flipped_to_green(&config);
     for (g, a) in &after.groups {
         let b = &before.groups[g];
         assert_eq!(a.clusters, b.clusters);
@@ -408,24 +423,15 @@ fn grpc_groups_weigh_localities() {
 #[test]
 fn a_flip_reaches_grpc_routes_only() {
     let config = with_grpc_group();
-    let before = translate(&config, &Weights::initial(&config));
-    let mut weights = Weights::initial(&config);
-    let split = BTreeMap::from([("green".to_owned(), 100)]);
-    weights.set(&config, "web", &split).expect("valid split");
-    let after = translate(&config, &weights);
+    let (before, after) = web_flipped_to_green(&config);
     let (a, b) = (&after.groups["clients"], &before.groups["clients"]);
     assert_eq!(a.clusters, b.clusters);
     assert_eq!(a.endpoints, b.endpoints);
     assert_eq!(a.listeners, b.listeners);
     assert_eq!(a.routes[0], b.routes[0], "api's routes do not change");
     let weighted = a.routes[1].virtual_hosts[0].routes.last().expect("route");
-    let ClusterSpecifier::WeightedClusters(wc) = cluster_of(weighted) else {
-        panic!("not weighted");
-    };
-    let split: Vec<(&str, u32)> = wc
-        .clusters
-        .iter()
-        .map(|c| (c.name.as_str(), c.weight.as_ref().map_or(0, |w| w.value)))
-        .collect();
-    assert_eq!(split, [("web-blue", 0), ("web-green", 100)]);
+    assert_eq!(
+        split_of(weighted_clusters(weighted)),
+        [("web-blue", 0), ("web-green", 100)]
+    );
 }

@@ -100,6 +100,16 @@ pub fn find_envoy() -> Result<PathBuf, String> {
     })
 }
 
+/// A finished command's exit status and output, for failure messages.
+pub fn show(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// A free TCP port on 127.0.0.1, found by binding port 0 and letting go.
 ///
 /// Racy by nature: another process may take the port between this call
