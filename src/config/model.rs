@@ -179,16 +179,6 @@ impl Listener {
             ListenerKind::Grpc { .. } => None,
         }
     }
-
-    /// The names of the Listener and RouteConfiguration resources this
-    /// listener produces, called `name` in the config: `name` itself for
-    /// edge and sidecar listeners, each service's name for grpc listeners.
-    pub fn resource_names<'a>(&'a self, name: &'a str) -> Vec<&'a str> {
-        match &self.kind {
-            ListenerKind::Edge { .. } | ListenerKind::Sidecar { .. } => vec![name],
-            ListenerKind::Grpc { services } => services.iter().map(String::as_str).collect(),
-        }
-    }
 }
 
 /// A virtual host of an edge listener.

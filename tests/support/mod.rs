@@ -22,7 +22,7 @@
 
 // Each test crate uses its own part of the harness; `pub` marks the
 // harness API, which a test crate cannot export.
-#![allow(dead_code, unreachable_pub, unused_imports)]
+#![allow(dead_code, unreachable_pub)]
 
 pub mod http;
 pub mod resources;
@@ -46,6 +46,8 @@ use teal::snapshot_store::{SnapshotWriter, snapshot_store};
 use teal::xds::status::TypeStatus;
 use teal::xds::{ProxyRegistry, ProxyStatus, XdsServer, XdsServerConfig};
 
+// A re-export some test crates do not use.
+#[allow(unused_imports)]
 pub use http::Upstream;
 
 /// How long a test waits for Envoy to converge before failing.

