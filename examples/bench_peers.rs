@@ -60,13 +60,7 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
             "--proxies" => o.proxies = value()?.parse()?,
             "--switches" => o.switches = value()?.parse()?,
             "--probe-hz" => o.probe_hz = value()?.parse()?,
-            "--teal-session" => {
-                o.teal_own_session = match value()?.as_str() {
-                    "own" => true,
-                    "shared" => false,
-                    other => anyhow::bail!("--teal-session is own or shared, not {other:?}"),
-                }
-            }
+            "--teal-session" => o.teal_own_session = bench_common::parse_teal_session(&value()?)?,
             "--load-conns" => o.load_conns = value()?.parse()?,
             "--load-hz" => o.load_hz = value()?.parse()?,
             "--systems" => {

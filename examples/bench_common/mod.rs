@@ -934,6 +934,16 @@ pub async fn teal_child(config: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// The value of `--teal-session`: `own` (true) or `shared` (false); see
+/// [`RunOptions::teal_own_session`].
+pub fn parse_teal_session(value: &str) -> anyhow::Result<bool> {
+    match value {
+        "own" => Ok(true),
+        "shared" => Ok(false),
+        other => anyhow::bail!("--teal-session is own or shared, not {other:?}"),
+    }
+}
+
 /// How to run one system.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
