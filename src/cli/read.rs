@@ -30,13 +30,32 @@ pub(super) fn print_json(out: &mut dyn Write, v: &serde_json::Value) {
 pub fn json_for_terminal(json: &str) -> String {
     let mut out = String::with_capacity(json.len());
     for c in json.chars() {
-        if crate::text::needs_escape(c) {
+        // Below DEL: serde_json's own escapes in strings, and the layout's
+        // newlines outside them.
+        if u32::from(c) >= 0x7f && crate::text::needs_escape(c) {
             let _ = write!(out, "\\u{:04x}", u32::from(c));
         } else {
             out.push(c);
         }
     }
     out
+}
+
+#[cfg(test)]
+#[test]
+fn json_for_a_terminal_means_the_same() {
+    let v = json!({"a\u{9b}": "x\n\u{1b}[31m\u{7f}\u{202e}é…", "n": [1, 2]});
+    let pretty = serde_json::to_string_pretty(&v).expect("serializes");
+    let safe = json_for_terminal(&pretty);
+    assert!(
+        safe.chars()
+            .all(|c| c == '\n' || !crate::text::needs_escape(c)),
+        "{safe}"
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&safe).expect("valid"),
+        v
+    );
 }
 
 fn ago(unix: i64, now: i64) -> String {
