@@ -272,7 +272,11 @@ pub async fn follow(
     tokio::pin!(interrupted);
     loop {
         let next = tokio::select! {
-            next = stream.message() => next,
+            // Ctrl-C first: its handler is installed when first polled, and
+            // must be before any progress is printed, or a Ctrl-C soon
+            // after the first line kills the command instead of stopping
+            // the following.
+            biased;
             _ = &mut interrupted => {
                 let (what, service) = last
                     .as_ref()
@@ -288,6 +292,7 @@ pub async fn follow(
                 }
                 return EX_INTERRUPTED;
             }
+            next = stream.message() => next,
         };
         let p = match next {
             Ok(Some(p)) => p,
