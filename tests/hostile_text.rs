@@ -471,3 +471,44 @@ async fn a_hostile_proxy_cannot_forge_log_lines_or_colour_the_terminal() {
         );
     }
 }
+
+/// What `teal serve` logs on a terminal (a pseudo-terminal from
+/// util-linux's `script`) before failing to bind a taken port.
+fn logged_on_a_terminal(no_color: Option<&str>) -> String {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let command = format!(
+        "{} serve --ephemeral --xds-addr 127.0.0.1:{port} --admin-addr 127.0.0.1:0",
+        env!("CARGO_BIN_EXE_teal")
+    );
+    let mut script = std::process::Command::new("script");
+    script
+        .args(["-qec", &command, "/dev/null"])
+        .env("TEAL_LOG", "info")
+        .stdin(Stdio::null());
+    match no_color {
+        Some(v) => script.env("NO_COLOR", v),
+        None => script.env_remove("NO_COLOR"),
+    };
+    let out = script.output().expect("script (util-linux) runs");
+    let transcript = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(69), "{transcript}");
+    assert!(transcript.contains("controller started"), "{transcript}");
+    transcript
+}
+
+#[test]
+fn colours_only_on_a_terminal_without_no_color() {
+    assert!(
+        logged_on_a_terminal(None).contains("\x1b["),
+        "a terminal gets colours"
+    );
+    assert!(
+        logged_on_a_terminal(Some("")).contains("\x1b["),
+        "an empty NO_COLOR is unset"
+    );
+    assert!(
+        !logged_on_a_terminal(Some("1")).contains('\x1b'),
+        "NO_COLOR=1 turns them off"
+    );
+}
