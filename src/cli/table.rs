@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use crate::text::{CUT, safe};
+use crate::text::{CUT, safe, untrusted};
 
 /// The widest a cell is shown, in characters, unless its column says
 /// otherwise ([`Table::max_width`]). Long enough for real node ids
@@ -129,9 +129,13 @@ pub fn utc(unix_ms: i64) -> String {
     )
 }
 
-/// A split as `blue=90 green=10`.
+/// A split as `blue=90 green=10`, fleet names escaped (it is printed
+/// outside tables too).
 pub fn split(weights: &std::collections::BTreeMap<String, u32>) -> String {
-    let parts: Vec<String> = weights.iter().map(|(f, w)| format!("{f}={w}")).collect();
+    let parts: Vec<String> = weights
+        .iter()
+        .map(|(f, w)| format!("{}={w}", untrusted(f).max_chars(CELL_MAX_CHARS)))
+        .collect();
     if parts.is_empty() {
         "-".to_owned()
     } else {
