@@ -48,6 +48,12 @@ pub fn init(max_value_chars: usize) {
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
         tracing::error!(thread = thread.name().unwrap_or("unnamed"), panic = %info, "panicked");
+        // With RUST_BACKTRACE set, the backtrace as the default hook prints
+        // it: teal's own function names and paths, nothing untrusted.
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            eprintln!("{backtrace}");
+        }
     }));
 }
 

@@ -121,7 +121,8 @@ pub enum Command {
     /// With no --config, serves the bundled example (examples/teal.yaml).
     /// The config is reloaded on SIGHUP and whenever the file changes; a
     /// file with problems is refused and the last good config stays. SIGINT
-    /// or SIGTERM closes proxy streams (they reconnect elsewhere) and exits 0.
+    /// or SIGTERM closes proxy streams (they reconnect elsewhere) and exits 0;
+    /// a panic in any of teal's tasks exits 70.
     Serve(ServeArgs),
     /// Check a config file; print every problem with its line and column.
     ///
