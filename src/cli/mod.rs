@@ -8,6 +8,7 @@
 //!   over its admin API: reads in [`read`] and [`proxies`], changes in [`ops`], the
 //!   connection, exit codes and progress in [`client`], `-o json` in
 //!   [`json`], argument parsing in [`parse`], tables in [`table`].
+//! - [`serve_limits`]: the limits flags of `teal serve`.
 //!
 //! Exit codes of the admin commands: 0 done; 1 refused (nothing changed);
 //! 2 rolled back; 3 aborted; 64 bad command line; 66 unreadable token
@@ -21,6 +22,7 @@ pub mod ops;
 pub mod parse;
 pub mod proxies;
 pub mod read;
+pub mod serve_limits;
 pub mod table;
 
 use std::net::SocketAddr;
@@ -172,6 +174,9 @@ pub struct ServeArgs {
     /// Seconds open proxy streams get to close on shutdown.
     #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
     pub drain: f64,
+    /// What proxies and other clients may make teal hold.
+    #[command(flatten)]
+    pub limits: serve_limits::LimitArgs,
 }
 
 fn positive_seconds(s: &str) -> Result<f64, String> {
@@ -236,7 +241,7 @@ fn serve_command(args: ServeArgs) -> u8 {
             return config_commands::EX_SOFTWARE;
         }
     };
-    let opts = ServeOptions {
+    let mut opts = ServeOptions {
         config: args.config,
         xds_addr: args.xds_addr,
         admin_addr: args.admin_addr,
@@ -247,7 +252,12 @@ fn serve_command(args: ServeArgs) -> u8 {
             drain: Duration::from_secs_f64(args.drain),
             ..Default::default()
         },
+        admin_connections: crate::listener::ConnectionLimits::default_for(
+            crate::listener::Port::Admin,
+        ),
     };
+    args.limits
+        .apply(&mut opts.xds, &mut opts.admin_connections);
     runtime.block_on(async move {
         let (trigger, shutdown) = shutdown_channel();
         tokio::spawn(async move {
