@@ -424,3 +424,98 @@ async fn connections_past_the_limit_are_refused_and_slots_come_back() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// teal's CPU time so far (user + system), from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields overall, in clock ticks (100 per second).
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    Duration::from_millis(ticks * 10)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn teal_status(admin: u16) -> bool {
+    std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+        .args(["--admin", &format!("127.0.0.1:{admin}"), "status"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[tokio::test]
+async fn accept_backs_off_at_the_file_descriptor_limit() {
+    let (xds, admin) = (free_port(), free_port());
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    // `ulimit -n 64` in a shell that then becomes teal: a limit for teal
+    // alone, not for this test process.
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "ulimit -n 64 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_teal"))
+        .args(["serve", "--ephemeral", "--drain", "0.1"])
+        .args(["--xds-addr", &format!("127.0.0.1:{xds}")])
+        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+        .args(["--handshake-timeout", "120", "--idle-timeout", "120"])
+        .stderr(log.reopen().expect("log"))
+        .spawn()
+        .expect("teal starts");
+    let pid = child.id();
+    let started = Instant::now();
+    while !teal_status(admin) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "teal never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // More silent connections than teal has file descriptors for.
+    let mut conns = Vec::new();
+    for _ in 0..100 {
+        conns.push(
+            TcpStream::connect(("127.0.0.1", xds))
+                .await
+                .expect("connect"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = cpu_time(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spent = cpu_time(pid) - before;
+    // Spinning on EMFILE took 97% of a core; backing off takes next to none.
+    assert!(
+        spent < Duration::from_millis(400),
+        "teal used {spent:?} of CPU in 2 s at the fd limit"
+    );
+
+    // Once descriptors come free, teal answers again within its backoff.
+    drop(conns);
+    let freed = Instant::now();
+    while !teal_status(admin) {
+        assert!(
+            freed.elapsed() < Duration::from_secs(15),
+            "teal status never answered again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(log.path()).expect("log");
+    let reports = text
+        .matches("cannot accept connections; backing off")
+        .count();
+    assert!(
+        (1..=4).contains(&reports),
+        "accept errors are logged once per interval, not per error ({reports} reports):\n{text}"
+    );
+}
