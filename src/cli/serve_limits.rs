@@ -32,8 +32,9 @@ pub struct LimitArgs {
     #[arg(long, default_value_t = 2 * MIB, value_parser = clap::value_parser!(u64).range(1..=1024 * MIB))]
     pub max_subscription_bytes: u64,
     /// Longest node.id, node.cluster and user agent a proxy may send, in
-    /// bytes; past it its stream is closed with RESOURCE_EXHAUSTED.
-    #[arg(long, default_value_t = KIB, value_parser = clap::value_parser!(u64).range(16..=64 * KIB))]
+    /// bytes; past it its stream is closed with RESOURCE_EXHAUSTED. At
+    /// most 16 KiB: these are shown in table cells and log lines.
+    #[arg(long, default_value_t = KIB, value_parser = clap::value_parser!(u64).range(16..=16 * KIB))]
     pub max_node_field_bytes: u64,
     /// How much of a NACK's message teal keeps, in bytes; the rest is cut
     /// and the cut marked.
@@ -143,7 +144,7 @@ mod tests {
             &["--max-subscription-names", "0"][..],
             &["--max-subscription-bytes", "0"],
             &["--max-node-field-bytes", "0"],
-            &["--max-node-field-bytes", "1000000"],
+            &["--max-node-field-bytes", "100000"],
             &["--max-nack-bytes", "0"],
             &["--max-request-bytes", "10"],
             &["--max-request-bytes", "99999999999999"],
