@@ -453,23 +453,36 @@ fn teal_status(admin: u16) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// A child process, killed when the test is done with it or fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test]
 async fn accept_backs_off_at_the_file_descriptor_limit() {
     let (xds, admin) = (free_port(), free_port());
     let log = tempfile::NamedTempFile::new().expect("log file");
     // `ulimit -n 64` in a shell that then becomes teal: a limit for teal
     // alone, not for this test process.
-    let mut child = std::process::Command::new("sh")
+    let child = std::process::Command::new("sh")
         .args(["-c", "ulimit -n 64 && exec \"$0\" \"$@\""])
         .arg(env!("CARGO_BIN_EXE_teal"))
         .args(["serve", "--ephemeral", "--drain", "0.1"])
         .args(["--xds-addr", &format!("127.0.0.1:{xds}")])
         .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
         .args(["--handshake-timeout", "120", "--idle-timeout", "120"])
+        .stdout(std::process::Stdio::null())
         .stderr(log.reopen().expect("log"))
         .spawn()
         .expect("teal starts");
     let pid = child.id();
+    // Stopped however the test ends.
+    let child = KillOnDrop(child);
     let started = Instant::now();
     while !teal_status(admin) {
         assert!(
@@ -509,8 +522,7 @@ async fn accept_backs_off_at_the_file_descriptor_limit() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     let text = std::fs::read_to_string(log.path()).expect("log");
     let reports = text
         .matches("cannot accept connections; backing off")
