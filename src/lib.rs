@@ -15,6 +15,7 @@
 //! - [`snapshot_store`]: one writer publishes whole snapshots; every stream reads them.
 //! - [`xds`]: the xDS engine: pure per-stream state machines, proxy status, the gRPC layer.
 //! - [`wire`]: hand-assembled discovery responses that streams share.
+//! - [`listener`]: accepting connections within limits, for both ports.
 //! - [`shutdown`]: shutdown as a value passed to servers.
 //! - [`exit`]: the command's exit codes.
 //! - [`text`]: untrusted text (node ids, NACK messages) escaped and cut for a terminal or a log line.
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod exit;
+pub mod listener;
 pub mod resources;
 pub mod rollout;
 pub mod serve;

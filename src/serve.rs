@@ -18,6 +18,7 @@ use crate::admin::{self, Metrics, Tokens};
 use crate::config::{self, Config, Diagnostics};
 use crate::controller::{self, Controller, ControllerError};
 use crate::exit;
+use crate::listener::{ConnectionLimits, Port};
 use crate::rollout::Backend;
 use crate::shutdown::Shutdown;
 use crate::snapshot_store::snapshot_store;
@@ -43,6 +44,8 @@ pub struct ServeOptions {
     pub state_dir: Option<PathBuf>,
     /// xDS server tunables.
     pub xds: XdsServerConfig,
+    /// Bounds on the admin port's connections.
+    pub admin_connections: ConnectionLimits,
 }
 
 impl ServeOptions {
@@ -59,6 +62,7 @@ impl ServeOptions {
             state_dir: None,
             admin_tokens: None,
             xds: XdsServerConfig::default(),
+            admin_connections: ConnectionLimits::default_for(Port::Admin),
         }
     }
 }
@@ -256,6 +260,7 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     let backend: Arc<dyn Backend> = Arc::new(controller.clone());
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
+        opts.admin_connections,
         backend,
         metrics,
         tokens,

@@ -11,8 +11,8 @@
 //! without decoding anything. Streams share the encoded bytes through `Arc`s and
 //! [`bytes::Bytes`]; nothing here is copied per proxy.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::{
@@ -28,7 +28,7 @@ use prost::{Message, Name};
 use sha2::{Digest, Sha256};
 
 use crate::resources::{ResourceType, XdsResource};
-use crate::wire;
+use crate::wire::{self, OutMessage};
 
 /// Typed Envoy resources served to one proxy group.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -85,9 +85,12 @@ pub struct Resource {
     /// Content-derived version: the first 16 hex digits of the SHA-256 of
     /// the encoded resource. Equal bytes, equal version, on any machine.
     version: String,
-    /// The resource as an encoded `google.protobuf.Any`, ready to splice
-    /// into a state-of-the-world `DiscoveryResponse`.
+    /// The resource as an encoded `google.protobuf.Any` (a slice of
+    /// `sotw`, not a copy).
     any: Bytes,
+    /// The `Any` as a `DiscoveryResponse` resources field, ready to splice
+    /// into a state-of-the-world response.
+    sotw: Bytes,
     /// The resource as an encoded `envoy.service.discovery.v3.Resource`,
     /// ready to splice into a `DeltaDiscoveryResponse`.
     delta: Bytes,
@@ -100,10 +103,13 @@ impl Resource {
     fn from_any(name: String, any_bytes: Vec<u8>, clusters: Vec<String>) -> Resource {
         let version = resource_version(&any_bytes);
         let delta = wire::delta_resource(&name, &version, &any_bytes);
+        let sotw = wire::sotw_resource(&any_bytes);
+        let any = sotw.slice(sotw.len() - any_bytes.len()..);
         Resource {
             name,
             version,
-            any: Bytes::from(any_bytes),
+            any,
+            sotw,
             delta,
             clusters,
         }
@@ -124,6 +130,11 @@ impl Resource {
         &self.any
     }
 
+    /// The encoded `Any` as a state-of-the-world response field.
+    pub(crate) fn sotw_bytes(&self) -> &Bytes {
+        &self.sotw
+    }
+
     /// The encoded delta `Resource` wrapper.
     pub fn delta_bytes(&self) -> &Bytes {
         &self.delta
@@ -141,9 +152,6 @@ impl Resource {
     }
 }
 
-/// Key of the per-version response cache: which names a response holds.
-pub(crate) type SelectionKey = Option<Arc<[String]>>;
-
 /// All resources of one type in one group, at one version.
 #[derive(Debug)]
 pub struct TypeSnapshot {
@@ -154,10 +162,14 @@ pub struct TypeSnapshot {
     /// Digest over every (name, resource version) pair.
     digest: [u8; 32],
     resources: BTreeMap<String, Arc<Resource>>,
-    /// Encoded state-of-the-world response bodies (everything but the
-    /// per-stream nonce), by the set of names they hold (`None`: all). Built
-    /// by the first stream that needs one and shared by the rest.
-    sotw_cache: Mutex<HashMap<SelectionKey, Bytes>>,
+    /// The encoded state-of-the-world response body holding every resource
+    /// (everything but the per-stream nonce), built by the first wildcard
+    /// stream that needs it and shared by the rest. Only this selection is
+    /// cached: it is the group's own, the one Envoy asks for, and there is
+    /// one per version. Selections clients choose by name are assembled per
+    /// stream from the resources' shared encodings instead, so no client
+    /// can make teal hold a response variant per list of names it makes up.
+    sotw_all: OnceLock<Bytes>,
 }
 
 impl TypeSnapshot {
@@ -177,7 +189,7 @@ impl TypeSnapshot {
             version,
             digest,
             resources,
-            sotw_cache: Mutex::new(HashMap::new()),
+            sotw_all: OnceLock::new(),
         }
     }
 
@@ -201,29 +213,17 @@ impl TypeSnapshot {
         self.resources.get(name)
     }
 
-    /// The encoded body of a state-of-the-world response holding `names`
-    /// (`None`: every resource), built once per version and selection.
-    pub(crate) fn sotw_body(&self, names: &SelectionKey) -> Bytes {
-        // The lock guards a map lookup or insert only; it is never held
-        // across an await. A poisoned lock only means another stream
-        // panicked mid-insert, and the map is still consistent, so use it.
-        let mut cache = self
-            .sotw_cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(body) = cache.get(names) {
-            return body.clone();
-        }
-        let selected: Vec<&Bytes> = match names {
-            None => self.resources.values().map(|r| &r.any).collect(),
-            Some(names) => names
-                .iter()
-                .filter_map(|n| self.resources.get(n).map(|r| &r.any))
-                .collect(),
-        };
-        let body = wire::sotw_body(&self.version, self.ty.type_url(), selected);
-        cache.insert(names.clone(), body.clone());
-        body
+    /// A state-of-the-world response holding every resource, with
+    /// `nonce`. Its body is encoded once per version and shared.
+    pub(crate) fn sotw_all(&self, nonce: &str) -> OutMessage {
+        let body = self.sotw_all.get_or_init(|| {
+            wire::sotw_body(
+                &self.version,
+                self.ty.type_url(),
+                self.resources.values().map(|r| &r.any),
+            )
+        });
+        OutMessage::sotw(body.clone(), nonce)
     }
 }
 

@@ -55,6 +55,15 @@ fn string_field(tag: u32, value: &str) -> Bytes {
     buf.freeze()
 }
 
+/// One resource (an encoded `Any`) as field 2 of a `DiscoveryResponse`,
+/// key and length included, so responses holding a client's own selection
+/// of resources are spliced from these pieces without copying them.
+pub(crate) fn sotw_resource(any: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(bytes_field_len(sotw_field::RESOURCES, any.len()));
+    put_bytes_field(&mut buf, sotw_field::RESOURCES, any);
+    buf.freeze()
+}
+
 /// The shared part of a state-of-the-world `DiscoveryResponse`: everything
 /// but the nonce.
 pub(crate) fn sotw_body<'a>(
@@ -107,6 +116,28 @@ impl OutMessage {
         OutMessage {
             parts: vec![body, string_field(sotw_field::NONCE, nonce)],
         }
+    }
+
+    /// A state-of-the-world response from resources encoded by
+    /// [`sotw_resource`]: the version, the resources as they are (shared,
+    /// not copied), then the type URL and this stream's nonce. For
+    /// selections a client chose, which are not worth caching.
+    pub(crate) fn sotw_parts(
+        version: &str,
+        type_url: &str,
+        resources: impl IntoIterator<Item = Bytes>,
+        nonce: &str,
+    ) -> OutMessage {
+        let mut parts = vec![string_field(sotw_field::VERSION_INFO, version)];
+        parts.extend(resources);
+        let mut tail = BytesMut::with_capacity(
+            bytes_field_len(sotw_field::TYPE_URL, type_url.len())
+                + bytes_field_len(sotw_field::NONCE, nonce.len()),
+        );
+        put_bytes_field(&mut tail, sotw_field::TYPE_URL, type_url.as_bytes());
+        put_bytes_field(&mut tail, sotw_field::NONCE, nonce.as_bytes());
+        parts.push(tail.freeze());
+        OutMessage { parts }
     }
 
     /// A delta response from resources encoded by [`delta_resource`].
@@ -185,6 +216,24 @@ mod tests {
         let resources: Vec<Bytes> = (0..3).map(|n| any(n).encode_to_vec().into()).collect();
         let body = sotw_body("v7", "type.googleapis.com/x.Y", &resources);
         let msg = OutMessage::sotw(body, "n-42");
+        let decoded = DiscoveryResponse::decode(msg.to_bytes()).expect("decodes");
+        let expected = DiscoveryResponse {
+            version_info: "v7".into(),
+            resources: (0..3).map(any).collect(),
+            type_url: "type.googleapis.com/x.Y".into(),
+            nonce: "n-42".into(),
+            ..Default::default()
+        };
+        assert_eq!(decoded, expected);
+        assert_eq!(msg.len(), expected.encoded_len());
+    }
+
+    #[test]
+    fn sotw_response_from_parts_decodes_as_prost_would_encode_it() {
+        let resources: Vec<Bytes> = (0..3)
+            .map(|n| sotw_resource(&any(n).encode_to_vec()))
+            .collect();
+        let msg = OutMessage::sotw_parts("v7", "type.googleapis.com/x.Y", resources, "n-42");
         let decoded = DiscoveryResponse::decode(msg.to_bytes()).expect("decodes");
         let expected = DiscoveryResponse {
             version_info: "v7".into(),

@@ -225,6 +225,7 @@ async fn start_admin() -> Admin {
     let tokens = Tokens::none().with("alice", TOKEN);
     tokio::spawn(teal::admin::serve(
         listener,
+        teal::listener::ConnectionLimits::default_for(teal::listener::Port::Admin),
         backend.clone(),
         metrics.clone(),
         tokens,

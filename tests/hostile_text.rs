@@ -205,6 +205,7 @@ async fn start_admin() -> (SocketAddr, ShutdownTrigger) {
     let (trigger, shutdown) = shutdown_channel();
     tokio::spawn(teal::admin::serve(
         listener,
+        teal::listener::ConnectionLimits::default_for(teal::listener::Port::Admin),
         Arc::new(HostileBackend::new()),
         Arc::new(Metrics::new()),
         Tokens::none().with("alice", TOKEN),

@@ -186,7 +186,13 @@ async fn bad_streams_get_clear_errors_and_good_ones_carry_on() {
     let mut huge = cds_request(true);
     huge.resource_names = vec!["x".repeat(LIMIT)];
     let status = first_answer(&channel, huge).await.expect_err("oversized");
-    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("--max-request-bytes")
+            && status.message().contains(&LIMIT.to_string()),
+        "names the limit and its flag: {}",
+        status.message()
+    );
 
     let status = send_garbage(&channel).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");

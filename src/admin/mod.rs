@@ -53,9 +53,9 @@ use std::sync::Arc;
 use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
+use crate::listener::{ConnectionLimits, Incoming, Port};
 use crate::rollout::Backend;
 use crate::shutdown::Shutdown;
 
@@ -84,10 +84,12 @@ pub fn routes(backend: Arc<dyn Backend>, metrics: Arc<Metrics>, tokens: Tokens) 
     Routes::from(router)
 }
 
-/// Serves the admin API on `listener` until `shutdown`. Accepts HTTP/1.1
-/// next to gRPC so `curl http://127.0.0.1:18001/metrics` works.
+/// Serves the admin API on `listener` until `shutdown`, within `limits`.
+/// Accepts HTTP/1.1 next to gRPC so `curl http://127.0.0.1:18001/metrics`
+/// works.
 pub async fn serve(
     listener: TcpListener,
+    limits: ConnectionLimits,
     backend: Arc<dyn Backend>,
     metrics: Arc<Metrics>,
     tokens: Tokens,
@@ -103,8 +105,13 @@ pub async fn serve(
     let mut stop = shutdown;
     tonic::transport::Server::builder()
         .accept_http1(true)
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        // Pings keep a quiet, live client (a `teal shift` following a
+        // long step) clear of the idle timeout.
+        .http2_keepalive_interval(Some(limits.keepalive()))
+        .http2_keepalive_timeout(Some(limits.keepalive()))
         .add_routes(routes(backend, metrics, tokens))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(Incoming::new(listener, Port::Admin, limits), async move {
             stop.wait().await
         })
         .await

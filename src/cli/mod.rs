@@ -9,6 +9,7 @@
 //!   connection, exit codes and progress in [`client`], `-o json` in
 //!   [`json`], argument parsing in [`parse`], tables in [`table`].
 //! - [`logging`]: the log on stderr, every value escaped and cut.
+//! - [`serve_limits`]: the limits flags of `teal serve`.
 //!
 //! Exit codes of the admin commands: 0 done; 1 refused (nothing changed);
 //! 2 rolled back; 3 aborted; 64 bad command line; 66 unreadable token
@@ -23,6 +24,7 @@ pub mod ops;
 pub mod parse;
 pub mod proxies;
 pub mod read;
+pub mod serve_limits;
 pub mod table;
 
 use std::net::SocketAddr;
@@ -186,6 +188,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = crate::text::DEFAULT_MAX_CHARS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(64..=65_536))]
     pub log_value_chars: usize,
+    /// What proxies and other clients may make teal hold.
+    #[command(flatten)]
+    pub limits: serve_limits::LimitArgs,
 }
 
 fn watch_interval(s: &str) -> Result<Duration, String> {
@@ -275,7 +280,7 @@ fn serve_command(args: ServeArgs) -> u8 {
             return config_commands::EX_SOFTWARE;
         }
     };
-    let opts = ServeOptions {
+    let mut opts = ServeOptions {
         config: args.config,
         xds_addr: args.xds_addr,
         admin_addr: args.admin_addr,
@@ -286,7 +291,12 @@ fn serve_command(args: ServeArgs) -> u8 {
             drain: args.drain,
             ..Default::default()
         },
+        admin_connections: crate::listener::ConnectionLimits::default_for(
+            crate::listener::Port::Admin,
+        ),
     };
+    args.limits
+        .apply(&mut opts.xds, &mut opts.admin_connections);
     runtime.block_on(async move {
         let (trigger, shutdown) = shutdown_channel();
         tokio::spawn(async move {

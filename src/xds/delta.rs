@@ -27,6 +27,7 @@ use crate::resources::ResourceType;
 use crate::snapshot::{GroupSnapshot, Resource, Snapshot};
 use crate::wire::OutMessage;
 
+use super::limits::{ECHO_BYTES, StreamLimits, cut};
 use super::protocol::{
     NodeInfo, Planner, ProtocolError, Reply, StreamEvent, StreamHead, StreamKind, Subscription,
     WILDCARD,
@@ -76,10 +77,15 @@ pub struct DeltaStream {
 }
 
 impl DeltaStream {
-    /// A new stream of `kind`.
+    /// A new stream of `kind` with the default limits.
     pub fn new(kind: StreamKind) -> DeltaStream {
+        DeltaStream::with_limits(kind, StreamLimits::default())
+    }
+
+    /// A new stream of `kind` that enforces `limits`.
+    pub fn with_limits(kind: StreamKind, limits: StreamLimits) -> DeltaStream {
         DeltaStream {
-            head: StreamHead::new(kind),
+            head: StreamHead::new(kind, limits),
             types: Default::default(),
         }
     }
@@ -96,8 +102,19 @@ impl DeltaStream {
         snapshot: &Snapshot,
     ) -> Result<Output, ProtocolError> {
         let ty = self.head.accept(req.node.as_ref(), &req.type_url)?;
-        let mut out = Output::default();
         let first = self.types[ty.index()].is_none();
+        // Subscriptions grow across requests: check what this one would
+        // make of them before anything changes.
+        let current = self.types[ty.index()].as_ref().map(|st| &st.subscription);
+        let (names, bytes) = subscription_size_after(current, req);
+        self.head.check_subscription(ty, names, bytes)?;
+        if first {
+            let held = &req.initial_resource_versions;
+            let bytes = held.iter().map(|(n, v)| n.len() + v.len()).sum();
+            self.head.check_subscription(ty, held.len(), bytes)?;
+        }
+        let max_nack_bytes = self.head.limits().max_nack_bytes;
+        let mut out = Output::default();
         let st = self.types[ty.index()].get_or_insert_with(TypeState::default);
 
         if first {
@@ -117,7 +134,7 @@ impl DeltaStream {
         if !req.response_nonce.is_empty() {
             match st.in_flight.take() {
                 Some(f) if f.nonce == req.response_nonce => {
-                    match Reply::from_error_detail(req.error_detail.as_ref()) {
+                    match Reply::from_error_detail(req.error_detail.as_ref(), max_nack_bytes) {
                         Reply::Ack => {
                             for r in &f.updated {
                                 st.held.insert(
@@ -151,7 +168,7 @@ impl DeltaStream {
                     st.in_flight = other;
                     out.events.push(StreamEvent::StaleNonce {
                         ty,
-                        nonce: req.response_nonce.clone(),
+                        nonce: cut(&req.response_nonce, ECHO_BYTES),
                     });
                 }
             }
@@ -307,6 +324,41 @@ impl DeltaStream {
         }
         named
     }
+}
+
+/// How many names, and how many bytes of names, a subscription holds once
+/// `req`'s subscribes and then its unsubscribes are applied to `current`
+/// (`None`: the type's first request). Computed without changing anything,
+/// so a request that would go over a limit is refused whole.
+fn subscription_size_after(
+    current: Option<&Subscription>,
+    req: &DeltaDiscoveryRequest,
+) -> (usize, usize) {
+    use std::collections::HashSet;
+    let has = |name: &str| current.is_some_and(|s| s.names.contains(name));
+    let mut added: HashSet<&str> = HashSet::new();
+    for name in &req.resource_names_subscribe {
+        if name != WILDCARD && !has(name) {
+            added.insert(name);
+        }
+    }
+    let mut removed: HashSet<&str> = HashSet::new();
+    for name in &req.resource_names_unsubscribe {
+        if name != WILDCARD && !added.remove(name.as_str()) && has(name) {
+            removed.insert(name);
+        }
+    }
+    let (count, bytes) = current.map_or((0, 0), |s| {
+        (
+            s.names.len(),
+            s.names.iter().map(String::len).sum::<usize>(),
+        )
+    });
+    let size = |set: &HashSet<&str>| set.iter().map(|n| n.len()).sum::<usize>();
+    (
+        count + added.len() - removed.len(),
+        bytes + size(&added) - size(&removed),
+    )
 }
 
 #[cfg(test)]

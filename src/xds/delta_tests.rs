@@ -199,3 +199,89 @@ fn a_version_that_changes_nothing_subscribed_counts_as_applied() {
     );
     assert!(s.on_snapshot(&v2).events.is_empty(), "reported once");
 }
+
+fn limited(names: usize, bytes: usize) -> DeltaStream {
+    DeltaStream::with_limits(
+        StreamKind::Aggregated,
+        StreamLimits {
+            max_subscription_names: names,
+            max_subscription_bytes: bytes,
+            max_nack_bytes: 16,
+            ..StreamLimits::default()
+        },
+    )
+}
+
+fn limit_of(e: ProtocolError) -> crate::xds::Limit {
+    assert_eq!(
+        tonic::Status::from(e.clone()).code(),
+        tonic::Code::ResourceExhausted
+    );
+    match e {
+        ProtocolError::OverLimit(o) => o.limit,
+        other => panic!("not a limit: {other:?}"),
+    }
+}
+
+#[test]
+fn subscriptions_that_grow_past_the_limits_close_the_stream() {
+    use crate::xds::Limit;
+    let snap = snapshot("1", group(&["a"], "a"), None);
+    let mut s = limited(3, 10);
+    s.on_request(&dreq(EDS, &["a", "b"], &[], ""), &snap)
+        .expect("two");
+    // Names already held, and names subscribed and unsubscribed in the same
+    // request, do not count twice.
+    s.on_request(&dreq(EDS, &["a", "c", "x"], &["b", "x"], "1"), &snap)
+        .expect("a, c");
+    s.on_request(&dreq(EDS, &["b", "a"], &[], ""), &snap)
+        .expect("a, b, c: at the limit");
+    let e = s
+        .on_request(&dreq(EDS, &["d"], &[], ""), &snap)
+        .expect_err("a fourth");
+    assert_eq!(limit_of(e), Limit::SubscriptionNames);
+    // The refused request changed nothing: freeing a slot makes room.
+    s.on_request(&dreq(EDS, &["d"], &["c"], ""), &snap)
+        .expect("a, b, d");
+
+    let e = limited(100, 10)
+        .on_request(&dreq(EDS, &["12345", "678901"], &[], ""), &snap)
+        .expect_err("11 bytes");
+    assert_eq!(limit_of(e), Limit::SubscriptionBytes);
+}
+
+#[test]
+fn initial_versions_count_against_the_limits() {
+    use crate::xds::Limit;
+    let snap = snapshot("1", group(&["a"], "a"), None);
+    let mut req = dreq(CDS, &["*"], &[], "");
+    req.initial_resource_versions = (0..4).map(|i| (format!("r{i}"), "v".into())).collect();
+    let e = limited(3, 100)
+        .on_request(&req, &snap)
+        .expect_err("four held");
+    assert_eq!(limit_of(e), Limit::SubscriptionNames);
+    let e = limited(10, 11)
+        .on_request(&req, &snap)
+        .expect_err("12 bytes");
+    assert_eq!(limit_of(e), Limit::SubscriptionBytes);
+    limited(4, 12)
+        .on_request(&req, &snap)
+        .expect("at the limits");
+}
+
+#[test]
+fn nack_messages_are_kept_cut() {
+    let snap = snapshot("1", group(&["a"], "a"), None);
+    let mut s = limited(10, 100);
+    s.on_request(&dreq(CDS, &[], &[], ""), &snap).expect("ok");
+    let mut n = dnack(CDS, "1");
+    n.error_detail.as_mut().expect("detail").message = "x".repeat(3 << 20);
+    let out = s.on_request(&n, &snap).expect("ok");
+    assert!(
+        out.events.iter().any(|e| matches!(e,
+            StreamEvent::Nacked { message, .. } if message == &format!("{}… [cut: 3145712 bytes]", "x".repeat(16))
+        )),
+        "{:?}",
+        out.events
+    );
+}

@@ -4,6 +4,7 @@
 //!   subscriptions, ACK/NACK, errors, and the events streams report.
 //! - [`sotw`]: the state-of-the-world stream state machine.
 //! - [`delta`]: the incremental (delta) stream state machine.
+//! - [`limits`]: what one stream may make teal hold, and the errors past it.
 //! - [`status`]: what teal knows of every connected proxy.
 //! - [`codec`]: the gRPC codec that writes pre-encoded responses.
 //! - [`server`]: the tonic services; they only pump messages between the
@@ -14,11 +15,13 @@
 
 pub mod codec;
 pub mod delta;
+pub mod limits;
 pub mod protocol;
 pub mod server;
 pub mod sotw;
 pub mod status;
 
+pub use limits::{Limit, OverLimit, StreamLimits};
 pub use protocol::{NodeInfo, ProtocolError, StreamEvent, StreamKind};
 pub use server::{XdsServer, XdsServerConfig};
 pub use status::{EventSink, ProxyRegistry, ProxyStatus};

@@ -9,6 +9,8 @@ use crate::resources::ResourceType;
 use crate::snapshot::{GroupSnapshot, Snapshot};
 use crate::wire::OutMessage;
 
+use super::limits::{ECHO_BYTES, Limit, OverLimit, StreamLimits, cut};
+
 /// The resource name that means "everything of this type".
 pub const WILDCARD: &str = "*";
 
@@ -35,12 +37,32 @@ pub struct NodeInfo {
 
 impl NodeInfo {
     /// Reads the identity out of a request's `node`. A node without an id
-    /// cannot be told apart from others, so it is refused.
-    pub fn from_node(node: &Node) -> Result<NodeInfo, ProtocolError> {
+    /// cannot be told apart from others, so it is refused; so is one whose
+    /// id, cluster or user agent is longer than `max_field_bytes`, since
+    /// teal keeps them for as long as the stream lasts and shows them in
+    /// status, tables and logs.
+    pub fn from_node(node: &Node, max_field_bytes: usize) -> Result<NodeInfo, ProtocolError> {
         if node.id.is_empty() {
             return Err(ProtocolError::MissingNode);
         }
         use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
+        let given_version = match &node.user_agent_version_type {
+            Some(UserAgentVersionType::UserAgentVersion(v)) => v.as_str(),
+            _ => "",
+        };
+        for (field, value) in [
+            ("node.id", node.id.as_str()),
+            ("node.cluster", node.cluster.as_str()),
+            ("node.user_agent_name", node.user_agent_name.as_str()),
+            ("node.user_agent_version", given_version),
+        ] {
+            OverLimit::check(
+                Limit::NodeFieldBytes,
+                || field.to_owned(),
+                value.len(),
+                max_field_bytes,
+            )?;
+        }
         let version = match &node.user_agent_version_type {
             Some(UserAgentVersionType::UserAgentVersion(v)) => v.clone(),
             Some(UserAgentVersionType::UserAgentBuildVersion(b)) => b
@@ -98,11 +120,13 @@ pub enum Reply {
 }
 
 impl Reply {
-    /// Classifies a request's `error_detail`.
-    pub fn from_error_detail(detail: Option<&rpc::Status>) -> Reply {
+    /// Classifies a request's `error_detail`. A NACK's message is kept to
+    /// its first `max_message_bytes` (cut marked), so status, history,
+    /// progress and logs only ever see bounded text.
+    pub fn from_error_detail(detail: Option<&rpc::Status>, max_message_bytes: usize) -> Reply {
         match detail {
             None => Reply::Ack,
-            Some(status) => Reply::Nack(status.message.clone()),
+            Some(status) => Reply::Nack(cut(&status.message, max_message_bytes)),
         }
     }
 }
@@ -134,7 +158,8 @@ pub enum StreamEvent {
         ty: ResourceType,
         /// The version rejected.
         version: String,
-        /// The client's reason, as it sent it.
+        /// The client's reason, as it sent it (cut to
+        /// [`StreamLimits::max_nack_bytes`]).
         message: String,
     },
     /// A request answered a response that is no longer the latest; its
@@ -142,7 +167,7 @@ pub enum StreamEvent {
     StaleNonce {
         /// The type.
         ty: ResourceType,
-        /// The stale nonce.
+        /// The stale nonce (cut: it is the client's text).
         nonce: String,
     },
 }
@@ -173,11 +198,17 @@ pub enum ProtocolError {
         /// The id a later request carried.
         to: String,
     },
+    /// The client went past one of teal's limits.
+    #[error(transparent)]
+    OverLimit(#[from] OverLimit),
 }
 
 impl From<ProtocolError> for tonic::Status {
     fn from(e: ProtocolError) -> tonic::Status {
-        tonic::Status::invalid_argument(e.to_string())
+        match e {
+            ProtocolError::OverLimit(_) => tonic::Status::resource_exhausted(e.to_string()),
+            _ => tonic::Status::invalid_argument(e.to_string()),
+        }
     }
 }
 
@@ -189,11 +220,11 @@ fn request_type(kind: StreamKind, type_url: &str) -> Result<ResourceType, Protoc
             Some(t) if t == expected => Ok(t),
             _ => Err(ProtocolError::WrongType {
                 expected,
-                got: type_url.to_owned(),
+                got: cut(type_url, ECHO_BYTES),
             }),
         },
         StreamKind::Aggregated => ResourceType::from_type_url(type_url)
-            .ok_or_else(|| ProtocolError::UnknownType(type_url.to_owned())),
+            .ok_or_else(|| ProtocolError::UnknownType(cut(type_url, ECHO_BYTES))),
     }
 }
 
@@ -203,14 +234,24 @@ fn request_type(kind: StreamKind, type_url: &str) -> Result<ResourceType, Protoc
 struct NodeSlot(Option<NodeInfo>);
 
 impl NodeSlot {
-    fn observe(&mut self, node: Option<&Node>) -> Result<(), ProtocolError> {
+    fn observe(
+        &mut self,
+        node: Option<&Node>,
+        max_field_bytes: usize,
+    ) -> Result<(), ProtocolError> {
         match (&self.0, node) {
             (None, Some(n)) => {
-                self.0 = Some(NodeInfo::from_node(n)?);
+                self.0 = Some(NodeInfo::from_node(n, max_field_bytes)?);
                 Ok(())
             }
             (None, None) => Err(ProtocolError::MissingNode),
             (Some(known), Some(n)) if !n.id.is_empty() && n.id != known.id => {
+                OverLimit::check(
+                    Limit::NodeFieldBytes,
+                    || "node.id".to_owned(),
+                    n.id.len(),
+                    max_field_bytes,
+                )?;
                 Err(ProtocolError::NodeChanged {
                     from: known.id.clone(),
                     to: n.id.clone(),
@@ -230,17 +271,24 @@ impl NodeSlot {
 #[derive(Debug)]
 pub(crate) struct StreamHead {
     kind: StreamKind,
+    limits: StreamLimits,
     node: NodeSlot,
     nonces: Nonces,
 }
 
 impl StreamHead {
-    pub(crate) fn new(kind: StreamKind) -> StreamHead {
+    pub(crate) fn new(kind: StreamKind, limits: StreamLimits) -> StreamHead {
         StreamHead {
             kind,
+            limits,
             node: NodeSlot::default(),
             nonces: Nonces::default(),
         }
+    }
+
+    /// The bounds this stream enforces.
+    pub(crate) fn limits(&self) -> &StreamLimits {
+        &self.limits
     }
 
     /// Checks what every request must have: a node on the stream's first
@@ -250,13 +298,37 @@ impl StreamHead {
         node: Option<&Node>,
         type_url: &str,
     ) -> Result<ResourceType, ProtocolError> {
-        self.node.observe(node)?;
+        self.node.observe(node, self.limits.max_node_field_bytes)?;
         request_type(self.kind, type_url)
     }
 
     /// The proxy, once its first request arrived.
     pub(crate) fn node(&self) -> Option<&NodeInfo> {
         self.node.get()
+    }
+
+    /// Checks that a subscription to `ty` of `names` names totalling
+    /// `bytes` bytes stays within this stream's limits.
+    pub(crate) fn check_subscription(
+        &self,
+        ty: ResourceType,
+        names: usize,
+        bytes: usize,
+    ) -> Result<(), ProtocolError> {
+        let what = || format!("the {ty} subscription");
+        OverLimit::check(
+            Limit::SubscriptionNames,
+            what,
+            names,
+            self.limits.max_subscription_names,
+        )?;
+        OverLimit::check(
+            Limit::SubscriptionBytes,
+            what,
+            bytes,
+            self.limits.max_subscription_bytes,
+        )?;
+        Ok(())
     }
 
     /// A nonce for the next response.

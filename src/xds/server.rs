@@ -23,12 +23,13 @@ use std::time::Duration;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::{Body, BoxFuture, Context, Poll, Service, StdError};
 use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::service::Routes;
 use tonic::{Status, Streaming};
 
+use crate::listener::{ConnectionLimits, Incoming, Port};
 use crate::resources::ResourceType;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Snapshot;
@@ -37,6 +38,7 @@ use crate::wire::OutMessage;
 
 use super::codec::XdsCodec;
 use super::delta::DeltaStream;
+use super::limits::{Limit, StreamLimits};
 use super::protocol::{NodeInfo, ProtocolError, StreamKind};
 use super::sotw::{Output, SotwStream};
 use super::status::ProxyRegistry;
@@ -45,12 +47,17 @@ use super::status::ProxyRegistry;
 #[derive(Clone, Debug)]
 pub struct XdsServerConfig {
     /// Largest request accepted, in bytes; a larger one closes that stream
-    /// with `RESOURCE_EXHAUSTED`.
+    /// with `RESOURCE_EXHAUSTED`. Default 4 MiB (gRPC's usual limit):
+    /// twice a subscription at its default limits.
     pub max_request_bytes: usize,
-    /// Largest response sent, in bytes.
+    /// Largest response sent, in bytes. Default 64 MiB.
     pub max_response_bytes: usize,
     /// How long open streams get to close after shutdown starts.
     pub drain: Duration,
+    /// What one stream may make teal hold (see [`StreamLimits`]).
+    pub stream: StreamLimits,
+    /// Bounds on the port's connections (see [`ConnectionLimits`]).
+    pub connections: ConnectionLimits,
 }
 
 impl Default for XdsServerConfig {
@@ -59,6 +66,8 @@ impl Default for XdsServerConfig {
             max_request_bytes: 4 * 1024 * 1024,
             max_response_bytes: 64 * 1024 * 1024,
             drain: Duration::from_secs(5),
+            stream: StreamLimits::default(),
+            connections: ConnectionLimits::default_for(Port::Xds),
         }
     }
 }
@@ -120,12 +129,13 @@ impl XdsServer {
         let mut stop = self.shared.shutdown.clone();
         let mut deadline = self.shared.shutdown.clone();
         let drain = self.shared.config.drain;
+        let limits = self.shared.config.connections;
         let server = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .max_concurrent_streams(limits.max_streams_per_connection)
+            .http2_keepalive_interval(Some(limits.keepalive()))
+            .http2_keepalive_timeout(Some(limits.keepalive()))
             .add_routes(self.routes())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(Incoming::new(listener, Port::Xds, limits), async move {
                 stop.wait().await
             });
         tokio::select! {
@@ -142,7 +152,7 @@ impl XdsServer {
 trait Machine: Send + 'static {
     type Request: prost::Message + Default + Send + 'static;
     const DELTA: bool;
-    fn new(kind: StreamKind) -> Self;
+    fn new(kind: StreamKind, limits: StreamLimits) -> Self;
     fn node(&self) -> Option<&NodeInfo>;
     fn on_request(&mut self, req: &Self::Request, snap: &Snapshot)
     -> Result<Output, ProtocolError>;
@@ -152,8 +162,8 @@ trait Machine: Send + 'static {
 impl Machine for SotwStream {
     type Request = DiscoveryRequest;
     const DELTA: bool = false;
-    fn new(kind: StreamKind) -> Self {
-        SotwStream::new(kind)
+    fn new(kind: StreamKind, limits: StreamLimits) -> Self {
+        SotwStream::with_limits(kind, limits)
     }
     fn node(&self) -> Option<&NodeInfo> {
         SotwStream::node(self)
@@ -173,8 +183,8 @@ impl Machine for SotwStream {
 impl Machine for DeltaStream {
     type Request = DeltaDiscoveryRequest;
     const DELTA: bool = true;
-    fn new(kind: StreamKind) -> Self {
-        DeltaStream::new(kind)
+    fn new(kind: StreamKind, limits: StreamLimits) -> Self {
+        DeltaStream::with_limits(kind, limits)
     }
     fn node(&self) -> Option<&NodeInfo> {
         DeltaStream::node(self)
@@ -199,7 +209,7 @@ async fn run_stream<M: Machine>(
     mut requests: Streaming<M::Request>,
     tx: mpsc::Sender<Result<OutMessage, Status>>,
 ) {
-    let mut machine = M::new(kind);
+    let mut machine = M::new(kind, shared.config.stream);
     let mut handle = shared.registry.register(kind, M::DELTA);
     let mut reader = shared.reader.clone();
     let mut shutdown = shared.shutdown.clone();
@@ -223,6 +233,7 @@ async fn run_stream<M: Machine>(
                 }
                 Ok(None) => return,
                 Err(status) => {
+                    let status = request_error(status, shared.config.max_request_bytes);
                     tracing::warn!(stream = handle.id(), code = ?status.code(), message = status.message(), "closing stream: bad request");
                     let _ = tx.send(Err(status)).await;
                     return;
@@ -244,6 +255,26 @@ async fn run_stream<M: Machine>(
             }
         }
     }
+}
+
+/// The status a stream is closed with when reading a request failed.
+///
+/// tonic refuses a request over the size limit, from its length prefix and
+/// before reading it, with `OUT_OF_RANGE`; gRPC's convention (and teal's
+/// for every limit) is `RESOURCE_EXHAUSTED` naming the limit. tonic's
+/// request decoding gives `OUT_OF_RANGE` for nothing else (teal's codec
+/// reports malformed requests as `INVALID_ARGUMENT`), so the code alone
+/// says which error it is.
+fn request_error(status: Status, max_request_bytes: usize) -> Status {
+    if status.code() != tonic::Code::OutOfRange {
+        return status;
+    }
+    let limit = Limit::RequestBytes;
+    Status::resource_exhausted(format!(
+        "a request is over the {limit} of {max_request_bytes} bytes ({flag}): {detail}",
+        flag = limit.flag(),
+        detail = status.message(),
+    ))
 }
 
 /// One gRPC method: a stream flavour on a service.

@@ -28,9 +28,10 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use sha2::{Digest, Sha256};
 
 use crate::resources::ResourceType;
-use crate::snapshot::{GroupSnapshot, Resource, SelectionKey, Snapshot, TypeSnapshot};
-use crate::wire::{self, OutMessage};
+use crate::snapshot::{GroupSnapshot, Resource, Snapshot, TypeSnapshot};
+use crate::wire::OutMessage;
 
+use super::limits::{ECHO_BYTES, StreamLimits, cut};
 use super::protocol::{
     NodeInfo, Planner, ProtocolError, Reply, StreamEvent, StreamHead, StreamKind, Subscription,
     WILDCARD,
@@ -82,10 +83,15 @@ pub struct SotwStream {
 }
 
 impl SotwStream {
-    /// A new stream of `kind`.
+    /// A new stream of `kind` with the default limits.
     pub fn new(kind: StreamKind) -> SotwStream {
+        SotwStream::with_limits(kind, StreamLimits::default())
+    }
+
+    /// A new stream of `kind` that enforces `limits`.
+    pub fn with_limits(kind: StreamKind, limits: StreamLimits) -> SotwStream {
         SotwStream {
-            head: StreamHead::new(kind),
+            head: StreamHead::new(kind, limits),
             types: Default::default(),
         }
     }
@@ -102,6 +108,12 @@ impl SotwStream {
         snapshot: &Snapshot,
     ) -> Result<Output, ProtocolError> {
         let ty = self.head.accept(req.node.as_ref(), &req.type_url)?;
+        // A request names the whole subscription, so checking it before
+        // anything changes keeps a refused request from half-applying.
+        let bytes = req.resource_names.iter().map(String::len).sum();
+        self.head
+            .check_subscription(ty, req.resource_names.len(), bytes)?;
+        let max_nack_bytes = self.head.limits().max_nack_bytes;
         let mut out = Output::default();
         let first = self.types[ty.index()].is_none();
         let st = self.types[ty.index()].get_or_insert_with(TypeState::default);
@@ -112,7 +124,7 @@ impl SotwStream {
         } else if let Some(last) = st.last.as_ref().filter(|l| l.nonce == req.response_nonce) {
             if st.in_flight {
                 st.in_flight = false;
-                match Reply::from_error_detail(req.error_detail.as_ref()) {
+                match Reply::from_error_detail(req.error_detail.as_ref(), max_nack_bytes) {
                     Reply::Ack => {
                         out.events.push(StreamEvent::Acked {
                             ty,
@@ -133,7 +145,7 @@ impl SotwStream {
         } else {
             out.events.push(StreamEvent::StaleNonce {
                 ty,
-                nonce: req.response_nonce.clone(),
+                nonce: cut(&req.response_nonce, ECHO_BYTES),
             });
         }
 
@@ -194,17 +206,17 @@ impl Planner for SotwStream {
             return None;
         }
         let nonce = self.head.next_nonce();
-        let body = if kept.is_empty() {
-            ts.sotw_body(&selection_key(&st.subscription))
+        let message = if st.subscription.wildcard && kept.is_empty() {
+            ts.sotw_all(&nonce)
         } else {
             resources.extend(kept);
-            wire::sotw_body(
+            OutMessage::sotw_parts(
                 &version,
                 ty.type_url(),
-                resources.iter().map(|r| r.any_bytes()),
+                resources.iter().map(|r| r.sotw_bytes().clone()),
+                &nonce,
             )
         };
-        let message = OutMessage::sotw(body, &nonce);
         out.events.push(StreamEvent::Sent {
             ty,
             version: version.clone(),
@@ -308,14 +320,6 @@ fn select(ts: &TypeSnapshot, sub: &Subscription) -> Vec<Arc<Resource>> {
             .iter()
             .filter_map(|n| ts.get(n).cloned())
             .collect()
-    }
-}
-
-fn selection_key(sub: &Subscription) -> SelectionKey {
-    if sub.wildcard {
-        None
-    } else {
-        Some(sub.names.iter().cloned().collect())
     }
 }
 

@@ -281,3 +281,105 @@ fn identical_responses_share_one_encoding() {
         .collect();
     assert!(ptrs.windows(2).all(|w| w[0] == w[1]), "one body, shared");
 }
+
+fn limited(names: usize, bytes: usize) -> SotwStream {
+    SotwStream::with_limits(
+        StreamKind::Aggregated,
+        StreamLimits {
+            max_subscription_names: names,
+            max_subscription_bytes: bytes,
+            max_node_field_bytes: 32,
+            max_nack_bytes: 16,
+        },
+    )
+}
+
+fn over_limit(e: ProtocolError) -> crate::xds::OverLimit {
+    let status = tonic::Status::from(e.clone());
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    match e {
+        ProtocolError::OverLimit(o) => o,
+        other => panic!("not a limit: {other:?}"),
+    }
+}
+
+#[test]
+fn subscriptions_past_the_name_limits_close_the_stream() {
+    use crate::xds::Limit;
+    let snap = snapshot("1", group(&["a"], "a"), None);
+    let mut s = limited(3, 100);
+    s.on_request(&req(EDS, &["a", "b", "c"], ""), &snap)
+        .expect("three names is the limit");
+    let e = s
+        .on_request(&req(EDS, &["a", "b", "c", "d"], ""), &snap)
+        .expect_err("four is over");
+    let o = over_limit(e);
+    assert_eq!((o.limit, o.got, o.max), (Limit::SubscriptionNames, 4, 3));
+    assert!(o.to_string().contains("--max-subscription-names"), "{o}");
+
+    let long = "x".repeat(101);
+    let e = limited(3, 100)
+        .on_request(&req(EDS, &[long.as_str()], ""), &snap)
+        .expect_err("too many bytes");
+    assert_eq!(over_limit(e).limit, Limit::SubscriptionBytes);
+}
+
+#[test]
+fn node_fields_past_the_limit_close_the_stream() {
+    use crate::xds::Limit;
+    let snap = snapshot("1", group(&["a"], "a"), None);
+    let long = "n".repeat(33);
+    for field in ["id", "cluster", "agent"] {
+        let mut r = req(CDS, &[], "");
+        let n = r.node.as_mut().expect("node");
+        match field {
+            "id" => n.id = long.clone(),
+            "cluster" => n.cluster = long.clone(),
+            _ => n.user_agent_name = long.clone(),
+        }
+        let o = over_limit(limited(10, 100).on_request(&r, &snap).expect_err(field));
+        assert_eq!((o.limit, o.got, o.max), (Limit::NodeFieldBytes, 33, 32));
+    }
+    // A later request cannot bring in a long id either (the error would
+    // otherwise echo it).
+    let mut s = limited(10, 100);
+    s.on_request(&req(CDS, &[], ""), &snap).expect("ok");
+    let mut r = req(CDS, &[], "");
+    r.node.as_mut().expect("node").id = long;
+    assert_eq!(
+        over_limit(s.on_request(&r, &snap).expect_err("long")).limit,
+        Limit::NodeFieldBytes
+    );
+}
+
+#[test]
+fn nack_messages_and_stale_nonces_are_kept_cut() {
+    let snap = snapshot("1", group(&["a"], "a"), None);
+    let mut s = limited(10, 100);
+    s.on_request(&req(CDS, &[], ""), &snap).expect("ok");
+    let mut n = nack(CDS, &[], "1");
+    let message = "é".repeat(1_000_000);
+    n.error_detail.as_mut().expect("detail").message = message;
+    let out = s.on_request(&n, &snap).expect("ok");
+    let kept = out
+        .events
+        .iter()
+        .find_map(|e| match e {
+            StreamEvent::Nacked { message, .. } => Some(message.clone()),
+            _ => None,
+        })
+        .expect("a NACK");
+    assert_eq!(kept, format!("{}… [cut: 1999984 bytes]", "é".repeat(8)));
+
+    let stale = "9".repeat(10_000);
+    let out = s
+        .on_request(&req(CDS, &[], &stale), &snap)
+        .expect("stale is fine");
+    let Some(StreamEvent::StaleNonce { nonce, .. }) = out.events.first() else {
+        panic!("a stale nonce: {:?}", out.events);
+    };
+    assert!(
+        nonce.len() < 200 && nonce.ends_with("[cut: 9872 bytes]"),
+        "{nonce}"
+    );
+}

@@ -1,0 +1,166 @@
+//! The limits flags of `teal serve`: what proxies and other clients may
+//! make teal hold. Each is checked when the command line is parsed (zero
+//! and absurd values exit 64), and each has a row in the README's
+//! "Limits" table. The defaults and why they are what they are live with
+//! the fields they set: [`StreamLimits`], [`ConnectionLimits`] and
+//! [`XdsServerConfig`].
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::listener::ConnectionLimits;
+use crate::xds::{StreamLimits, XdsServerConfig};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+/// Limits on what proxies and clients may make teal hold.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitArgs {
+    /// Largest request message on the xDS port, in bytes; a larger one
+    /// closes its stream with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 4 * MIB, value_parser = clap::value_parser!(u64).range(KIB..=256 * MIB))]
+    pub max_request_bytes: u64,
+    /// Most resource names one subscription (one type on one stream) may
+    /// hold; past it the stream is closed with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_subscription_names: u64,
+    /// Most bytes the names of one subscription may total; past it the
+    /// stream is closed with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 2 * MIB, value_parser = clap::value_parser!(u64).range(1..=1024 * MIB))]
+    pub max_subscription_bytes: u64,
+    /// Longest node.id, node.cluster and user agent a proxy may send, in
+    /// bytes; past it its stream is closed with RESOURCE_EXHAUSTED. At
+    /// most 16 KiB: these are shown in table cells and log lines.
+    #[arg(long, default_value_t = KIB, value_parser = clap::value_parser!(u64).range(16..=16 * KIB))]
+    pub max_node_field_bytes: u64,
+    /// How much of a NACK's message teal keeps, in bytes; the rest is cut
+    /// and the cut marked.
+    #[arg(long, default_value_t = KIB, value_parser = clap::value_parser!(u64).range(64..=MIB))]
+    pub max_nack_bytes: u64,
+    /// Most connections open at once on the xDS port; past it new ones are
+    /// closed on accept.
+    #[arg(long, default_value_t = ConnectionLimits::XDS_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_xds_connections: u64,
+    /// Most connections open at once on the admin port; past it new ones
+    /// are closed on accept.
+    #[arg(long, default_value_t = ConnectionLimits::ADMIN_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_admin_connections: u64,
+    /// Most concurrent HTTP/2 streams per connection, on both ports.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_streams_per_connection: u32,
+    /// Seconds a new connection may take to send its first bytes.
+    #[arg(long, default_value = "10", value_parser = timeout_seconds)]
+    pub handshake_timeout: Duration,
+    /// Seconds a connection may send nothing at all (HTTP/2 clients are
+    /// pinged after a third of it).
+    #[arg(long, default_value = "60", value_parser = timeout_seconds)]
+    pub idle_timeout: Duration,
+}
+
+/// A timeout of more than 0 and at most a day, in seconds.
+fn timeout_seconds(s: &str) -> Result<Duration, String> {
+    const DAY: f64 = 86_400.0;
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= DAY => {
+            Duration::try_from_secs_f64(v).map_err(|e| format!("{s:?}: {e}"))
+        }
+        _ => Err(format!(
+            "{s:?} is not a number of seconds above 0 and at most {DAY}"
+        )),
+    }
+}
+
+/// A checked flag value as a `usize`: the ranges above all fit.
+fn size(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+impl LimitArgs {
+    /// Sets the limits of the xDS server and the admin port's connections.
+    pub fn apply(&self, xds: &mut XdsServerConfig, admin: &mut ConnectionLimits) {
+        xds.max_request_bytes = size(self.max_request_bytes);
+        xds.stream = StreamLimits {
+            max_subscription_names: size(self.max_subscription_names),
+            max_subscription_bytes: size(self.max_subscription_bytes),
+            max_node_field_bytes: size(self.max_node_field_bytes),
+            max_nack_bytes: size(self.max_nack_bytes),
+        };
+        let connections = |max: u64| ConnectionLimits {
+            max_connections: size(max),
+            max_streams_per_connection: self.max_streams_per_connection,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.idle_timeout,
+        };
+        xds.connections = connections(self.max_xds_connections);
+        *admin = connections(self.max_admin_connections);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        limits: LimitArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<LimitArgs, clap::Error> {
+        Cmd::try_parse_from(std::iter::once("teal").chain(args.iter().copied())).map(|c| c.limits)
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let mut xds = XdsServerConfig {
+            stream: StreamLimits {
+                max_nack_bytes: 1,
+                ..StreamLimits::default()
+            },
+            ..XdsServerConfig::default()
+        };
+        let mut admin = ConnectionLimits::default_for(crate::listener::Port::Xds);
+        parse(&[])
+            .expect("defaults parse")
+            .apply(&mut xds, &mut admin);
+        let defaults = XdsServerConfig::default();
+        assert_eq!(xds.stream, defaults.stream);
+        assert_eq!(xds.connections, defaults.connections);
+        assert_eq!(xds.max_request_bytes, defaults.max_request_bytes);
+        assert_eq!(
+            admin,
+            ConnectionLimits::default_for(crate::listener::Port::Admin)
+        );
+    }
+
+    #[test]
+    fn zero_and_absurd_values_are_refused() {
+        for bad in [
+            &["--max-subscription-names", "0"][..],
+            &["--max-subscription-bytes", "0"],
+            &["--max-node-field-bytes", "0"],
+            &["--max-node-field-bytes", "100000"],
+            &["--max-nack-bytes", "0"],
+            &["--max-request-bytes", "10"],
+            &["--max-request-bytes", "99999999999999"],
+            &["--max-xds-connections", "0"],
+            &["--max-admin-connections", "-1"],
+            &["--max-streams-per-connection", "0"],
+            &["--handshake-timeout", "0"],
+            &["--idle-timeout", "1e20"],
+            &["--idle-timeout", "NaN"],
+            &["--idle-timeout", "-3"],
+        ] {
+            let e = parse(bad).expect_err(&format!("{bad:?} is refused"));
+            assert!(e.use_stderr(), "{bad:?}: a usage error");
+        }
+        let ok = parse(&["--idle-timeout", "0.5", "--max-xds-connections", "3"]).expect("valid");
+        assert_eq!(ok.idle_timeout, Duration::from_millis(500));
+        assert_eq!(ok.max_xds_connections, 3);
+    }
+}

@@ -1,0 +1,414 @@
+//! Accepting TCP connections within limits, for the xDS and admin ports.
+//!
+//! tonic's own accept loop takes a `TcpListener` as it is: it keeps every
+//! connection a client opens, keeps one that never sends a byte for as
+//! long as the client likes, and retries a failing `accept` at once, so
+//! at the file-descriptor limit (`EMFILE`) it spins a core while the
+//! connection that cannot be accepted waits in the backlog. [`Incoming`]
+//! is the stream of connections handed to tonic's
+//! `serve_with_incoming_shutdown` instead. It is written here because the
+//! three things it adds belong to accepting and nothing in tonic, hyper or
+//! tower offers them for a server:
+//!
+//! - at most [`ConnectionLimits::max_connections`] open at once; past it a
+//!   new connection is closed as soon as it is accepted (its client sees
+//!   the connection reset and retries), and the refusal is logged;
+//! - each connection ([`Conn`]) must send its first bytes within
+//!   [`ConnectionLimits::handshake_timeout`] and then something at least
+//!   every [`ConnectionLimits::idle_timeout`]; HTTP/2 clients are pinged
+//!   after a third of that much silence (see [`ConnectionLimits::keepalive`]),
+//!   so a live one always answers in time;
+//! - a failing `accept` backs off, from 10 ms doubling to 1 s, and is
+//!   logged once per [`LOG_INTERVAL`] with a count, not once per error.
+//!
+//! The HTTP/2 limit on streams per connection is a SETTINGS value, which
+//! tonic's server builder sets; it is carried here so both ports take
+//! every connection limit from one place.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
+use tokio_stream::Stream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// How often a repeating problem (failing accepts, refused connections)
+/// is logged at most.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// First pause after a failing accept.
+const BACKOFF_FIRST: Duration = Duration::from_millis(10);
+
+/// Longest pause between accepts that fail: short enough that teal takes
+/// connections again within a second of file descriptors coming free.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Which of teal's ports a listener serves, for messages and flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Port {
+    /// The xDS port proxies connect to.
+    Xds,
+    /// The admin API port.
+    Admin,
+}
+
+impl Port {
+    fn name(self) -> &'static str {
+        match self {
+            Port::Xds => "xDS",
+            Port::Admin => "admin",
+        }
+    }
+
+    /// The flag that sets this port's connection limit.
+    pub fn max_connections_flag(self) -> &'static str {
+        match self {
+            Port::Xds => "--max-xds-connections",
+            Port::Admin => "--max-admin-connections",
+        }
+    }
+}
+
+/// Bounds on the connections of one port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Most connections open at once; past it new ones are closed on
+    /// accept. Default: [`ConnectionLimits::XDS_MAX_CONNECTIONS`] or
+    /// [`ConnectionLimits::ADMIN_MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams per connection, sent to clients as
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`; a client that opens more has
+    /// them refused (`REFUSED_STREAM`). Default 100, the least RFC 9113
+    /// advises: an Envoy opens one ADS stream, or one per type without ADS.
+    pub max_streams_per_connection: u32,
+    /// How long a new connection may take to send its first bytes.
+    /// Default 10 s: a real client sends its HTTP/2 preface at once.
+    pub handshake_timeout: Duration,
+    /// How long a connection may send nothing at all. Default 60 s. HTTP/2
+    /// clients are pinged after a third of that much silence, and each
+    /// ping must be answered within another third, so a live client never
+    /// gets near it.
+    pub idle_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    /// Default connection limit of the xDS port: room for thousands of
+    /// proxies, one connection each, with headroom for reconnects.
+    pub const XDS_MAX_CONNECTIONS: usize = 16_384;
+    /// Default connection limit of the admin port: the CLI opens one
+    /// connection per command and a scraper one; 256 is many operators.
+    pub const ADMIN_MAX_CONNECTIONS: usize = 256;
+
+    /// The defaults for `port`.
+    pub fn default_for(port: Port) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: match port {
+                Port::Xds => Self::XDS_MAX_CONNECTIONS,
+                Port::Admin => Self::ADMIN_MAX_CONNECTIONS,
+            },
+            max_streams_per_connection: 100,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// The HTTP/2 keepalive for these limits: ping after a third of the
+    /// idle timeout without reading anything, and give up on the
+    /// connection if the ping is not answered within another third.
+    pub fn keepalive(&self) -> Duration {
+        self.idle_timeout / 3
+    }
+}
+
+/// The connections of a port, within [`ConnectionLimits`]. Never yields
+/// an error: accept errors are waited out here.
+#[derive(Debug)]
+pub struct Incoming {
+    listener: TcpListener,
+    port: Port,
+    limits: ConnectionLimits,
+    open: Arc<AtomicUsize>,
+    backoff: Backoff,
+    pause: Option<Pin<Box<Sleep>>>,
+    accept_errors: Throttle,
+    refusals: Throttle,
+}
+
+impl Incoming {
+    /// Accepts from `listener` within `limits`.
+    pub fn new(listener: TcpListener, port: Port, limits: ConnectionLimits) -> Incoming {
+        Incoming {
+            listener,
+            port,
+            limits,
+            open: Arc::new(AtomicUsize::new(0)),
+            backoff: Backoff::default(),
+            pause: None,
+            accept_errors: Throttle::default(),
+            refusals: Throttle::default(),
+        }
+    }
+
+    /// How many accepted connections are open now.
+    pub fn open_connections(&self) -> Arc<AtomicUsize> {
+        self.open.clone()
+    }
+
+    fn admit(&mut self, stream: TcpStream, peer: SocketAddr) -> Option<Conn> {
+        let open = self.open.load(Ordering::Relaxed);
+        if open >= self.limits.max_connections {
+            if let Some(also) = self.refusals.due(Instant::now()) {
+                tracing::warn!(
+                    port = self.port.name(),
+                    %peer,
+                    limit = self.limits.max_connections,
+                    flag = self.port.max_connections_flag(),
+                    refused_since_last_report = also,
+                    "connection refused: the port is at its connection limit"
+                );
+            }
+            return None;
+        }
+        // Nagle's algorithm would hold back small responses and pings.
+        let _ = stream.set_nodelay(true);
+        Some(Conn::new(stream, &self.limits, Slot::take(&self.open)))
+    }
+}
+
+impl Stream for Incoming {
+    type Item = io::Result<Conn>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(pause) = this.pause.as_mut() {
+                ready!(pause.as_mut().poll(cx));
+                this.pause = None;
+            }
+            match ready!(this.listener.poll_accept(cx)) {
+                Ok((stream, peer)) => {
+                    this.backoff.reset();
+                    if let Some(conn) = this.admit(stream, peer) {
+                        return Poll::Ready(Some(Ok(conn)));
+                    }
+                }
+                // The client gave up before teal took the connection:
+                // nothing is wrong with teal, try the next one.
+                Err(e) if is_per_connection(&e) => {}
+                Err(e) => {
+                    let delay = this.backoff.next_delay();
+                    if let Some(also) = this.accept_errors.due(Instant::now()) {
+                        tracing::warn!(
+                            port = this.port.name(),
+                            error = %e,
+                            retry_in = ?delay,
+                            failed_since_last_report = also,
+                            "cannot accept connections; backing off"
+                        );
+                    }
+                    this.pause = Some(Box::pin(tokio::time::sleep(delay)));
+                }
+            }
+        }
+    }
+}
+
+/// Accept errors that are about one connection, not about teal.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// The pause before the next accept after failures: 10 ms, doubling up to
+/// 1 s, back to 10 ms after an accept succeeds.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    fn next_delay(&mut self) -> Duration {
+        let delay = BACKOFF_FIRST
+            .saturating_mul(1u32 << self.failures.min(16))
+            .min(BACKOFF_MAX);
+        self.failures = self.failures.saturating_add(1);
+        delay
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// Says when a repeating problem is due to be logged again: at once the
+/// first time, then at most once per [`LOG_INTERVAL`], with how many
+/// occurrences went unlogged in between.
+#[derive(Debug, Default)]
+struct Throttle {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Throttle {
+    /// `Some(unlogged occurrences since the last report)` when this one
+    /// should be logged.
+    fn due(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.duration_since(last) < LOG_INTERVAL => {
+                self.unlogged += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.unlogged))
+            }
+        }
+    }
+}
+
+/// One of a port's open connections; the count goes down when it drops.
+#[derive(Debug)]
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>) -> Slot {
+        open.fetch_add(1, Ordering::Relaxed);
+        Slot(open.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An accepted connection that fails its reads with `TimedOut` once the
+/// client has been silent too long: [`ConnectionLimits::handshake_timeout`]
+/// before its first byte, [`ConnectionLimits::idle_timeout`] after. The
+/// server then drops it, which closes the socket.
+#[derive(Debug)]
+pub struct Conn {
+    stream: TcpStream,
+    /// Fires at the deadline as it was when last set; moved forward lazily
+    /// (when it fires) rather than on every read.
+    timer: Pin<Box<Sleep>>,
+    idle_timeout: Duration,
+    /// When the client last sent anything; `None` before its first byte.
+    last_read: Option<Instant>,
+    _slot: Slot,
+}
+
+impl Conn {
+    fn new(stream: TcpStream, limits: &ConnectionLimits, slot: Slot) -> Conn {
+        Conn {
+            stream,
+            timer: Box::pin(tokio::time::sleep(limits.handshake_timeout)),
+            idle_timeout: limits.idle_timeout,
+            last_read: None,
+            _slot: slot,
+        }
+    }
+
+    /// Polls the silence deadline: `Ready` with the error once it passed.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        loop {
+            ready!(self.timer.as_mut().poll(cx));
+            let Some(last) = self.last_read else {
+                return Poll::Ready(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client sent nothing within the handshake timeout",
+                ));
+            };
+            let deadline = last + self.idle_timeout;
+            if deadline <= Instant::now() {
+                return Poll::Ready(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client sent nothing within the idle timeout",
+                ));
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.last_read = Some(Instant::now());
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match this.poll_deadline(cx) {
+                Poll::Ready(e) => {
+                    tracing::debug!(peer = ?this.stream.peer_addr().ok(), error = %e, "closing a silent connection");
+                    Poll::Ready(Err(e))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+impl Connected for Conn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+#[cfg(test)]
+#[path = "listener_tests.rs"]
+mod tests;
