@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use crate::config::diag::Diagnostics;
+use crate::config::limits::Limits;
 use crate::config::model::{Config, Group, Listener, ListenerKind, PathMatch, Route, VirtualHost};
 use crate::config::yaml::{self, Key, Node, Pos, Value};
 
@@ -27,16 +28,18 @@ use values::*;
 /// Highest endpoint weight accepted.
 pub(crate) const MAX_ENDPOINT_WEIGHT: u32 = 10_000;
 
-/// Decodes and checks a whole file.
-pub(crate) fn parse(text_: &str, file: &str) -> Result<Config, Diagnostics> {
+/// Decodes and checks a whole file. The walk below follows the format's
+/// fixed shape, never the file's nesting, so it recurses a bounded number
+/// of times whatever the input; `limits` bound the tree it walks.
+pub(crate) fn parse(text_: &str, file: &str, limits: &Limits) -> Result<Config, Diagnostics> {
     let mut cx = Cx {
         file,
         diags: Vec::new(),
     };
-    let config = match yaml::load(text_) {
+    let config = match yaml::load(text_, limits) {
         Err(errors) => {
             for e in errors {
-                cx.err(e.pos, "", e.message);
+                cx.err(e.pos, &e.path, e.message);
             }
             None
         }
