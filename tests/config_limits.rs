@@ -35,6 +35,15 @@ fn billion_laughs() -> String {
     text
 }
 
+/// A 1 MB scalar copied by 50,000 aliases: 50 GB from 1.1 MB.
+fn long_laughs() -> String {
+    format!(
+        "a: &a {}\nb: [{}]\n",
+        "x".repeat(1 << 20),
+        vec!["*a"; 50_000].join(",")
+    )
+}
+
 /// 80,000 distinct service names (1.2 MB), each missing its fields.
 fn many_keys() -> String {
     let mut text = "services:\n".to_owned();
@@ -140,6 +149,17 @@ fn a_billion_laughs_stop_at_the_alias_budget() {
 }
 
 #[test]
+fn long_text_copied_by_aliases_stops_at_the_size_limit() {
+    // The anchor keeps one copy, the first three aliases make three more.
+    refused(
+        long_laughs().as_bytes(),
+        "2:14: b[3]",
+        "limit of 4194304 bytes of text (--config-max-bytes)",
+        Duration::from_secs(10),
+    );
+}
+
+#[test]
 fn oversize_files_are_refused_at_the_size_limit() {
     refused(
         oversize().as_bytes(),
@@ -198,6 +218,37 @@ fn large_maps_are_checked_in_linear_time() {
         // with every other; now well under a second in a release build.
         assert!(took < Duration::from_secs(20), "{name} took {took:?}");
     }
+}
+
+#[test]
+fn many_bad_references_do_not_multiply_the_report() {
+    // 5,000 services and 50,000 references to a missing one: listing every
+    // known service in each message made 1.5 GB of report from 400 KB.
+    let mut text = "services:\n".to_owned();
+    for i in 0..5_000 {
+        text.push_str(&format!(
+            "  s{i}: {{live: a, fleets: {{a: {{endpoints: [127.0.0.1:1]}}}}}}\n"
+        ));
+    }
+    text.push_str("groups:\n  g:\n    listeners:\n      l:\n        kind: sidecar\n");
+    text.push_str("        address: 127.0.0.1:1000\n        services: [");
+    text.push_str(&vec!["nope"; 50_000].join(","));
+    text.push_str("]\n");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("refs.yaml");
+    std::fs::write(&path, text).expect("write");
+    let (out, took) = validate(&path, &[]);
+    assert_eq!(out.status.code(), Some(65));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown service \"nope\" (known: s0, s1, s10, "),
+        "{}",
+        &err[..err.len().min(500)]
+    );
+    assert!(err.contains(", and 4990 more)"));
+    assert!(err.contains("\n50000 problem(s) found"));
+    assert!(err.len() < 20 << 20, "{} bytes of report", err.len());
+    assert!(took < Duration::from_secs(20), "took {took:?}");
 }
 
 #[test]
@@ -350,7 +401,7 @@ fn serve_refuses_bombs_at_reload_and_keeps_the_last_good_config() {
     let mut server = Server::start(&path, &dir.path().join("state"));
     let served = server.version();
 
-    let bombs: [(&str, Vec<u8>, &str); 7] = [
+    let bombs: [(&str, Vec<u8>, &str); 8] = [
         (
             "50,000 deep",
             deep_lists(50_000).into_bytes(),
@@ -371,6 +422,7 @@ fn serve_refuses_bombs_at_reload_and_keeps_the_last_good_config() {
             billion_laughs().into_bytes(),
             "--config-max-alias-nodes",
         ),
+        ("long laughs", long_laughs().into_bytes(), "bytes of text"),
         ("80,000 keys", many_keys().into_bytes(), "services.k0000000"),
         ("oversize", oversize().into_bytes(), "--config-max-bytes"),
         ("not UTF-8", b"services: caf\xe9\n".to_vec(), "not UTF-8"),

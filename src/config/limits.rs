@@ -33,7 +33,8 @@ pub const MAX_MAX_ALIAS_NODES: usize = 10_000_000;
 #[command(next_help_heading = "Config limits")]
 pub struct Limits {
     /// Largest config file accepted, in bytes. Only this many bytes (and
-    /// one more) are ever read.
+    /// one more) are ever read. The text that YAML anchors and aliases copy
+    /// may not exceed it either.
     #[arg(
         long = "config-max-bytes",
         value_name = "BYTES",

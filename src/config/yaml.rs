@@ -77,15 +77,35 @@ pub(crate) struct YamlError {
     pub(crate) message: String,
 }
 
-/// A collection being read. `nodes` counts the nodes already inside it
-/// (keys included), so that the cost of copying it is known when an
-/// anchor or alias asks for a copy.
+/// How much a node holds: nodes (keys included) and bytes of text. It is
+/// what copying the node costs when an anchor or alias asks for a copy.
+#[derive(Clone, Copy, Debug, Default)]
+struct Size {
+    nodes: usize,
+    bytes: usize,
+}
+
+impl Size {
+    fn scalar(text: &str) -> Size {
+        Size {
+            nodes: 1,
+            bytes: text.len(),
+        }
+    }
+
+    fn add(&mut self, other: Size) {
+        self.nodes = self.nodes.saturating_add(other.nodes);
+        self.bytes = self.bytes.saturating_add(other.bytes);
+    }
+}
+
+/// A collection being read, with the [`Size`] of what is already in it.
 enum Frame {
     Seq {
         pos: Pos,
         anchor: usize,
         items: Vec<Node>,
-        nodes: usize,
+        size: Size,
     },
     Map {
         pos: Pos,
@@ -97,7 +117,7 @@ enum Frame {
         pending: Option<Key>,
         /// Set when a key was refused; its value is then dropped.
         skip_value: bool,
-        nodes: usize,
+        size: Size,
     },
 }
 
@@ -152,8 +172,10 @@ fn path_of(stack: &[Frame]) -> String {
 ///   the finished tree is dropped, cloned and compared recursively, so its
 ///   depth must stay small enough for a thread's native stack;
 /// - alias expansion: every node an anchor keeps or an alias copies counts
-///   against `limits.max_alias_nodes`, checked before copying, so a few
-///   hundred bytes of nested aliases cannot ask for a billion nodes;
+///   against `limits.max_alias_nodes`, and the text they copy against
+///   `limits.max_bytes`, checked before copying, so a few hundred bytes of
+///   nested aliases cannot ask for a billion nodes, nor a long scalar
+///   copied by thousands of aliases for gigabytes;
 /// - repeated keys: a hash set per mapping, linear in the number of keys.
 ///
 /// The file's size is bounded before it gets here, by
@@ -161,10 +183,10 @@ fn path_of(stack: &[Frame]) -> String {
 pub(crate) fn load(text: &str, limits: &Limits) -> Result<Option<Node>, Vec<YamlError>> {
     let mut parser = Parser::new_from_str(text);
     let mut stack: Vec<Frame> = Vec::new();
-    // Each anchored node, with how many nodes it holds.
-    let mut anchors: HashMap<usize, (Node, usize)> = HashMap::new();
-    // Nodes copied so far for anchors and aliases.
-    let mut copied = 0usize;
+    // Each anchored node, with its size.
+    let mut anchors: HashMap<usize, (Node, Size)> = HashMap::new();
+    // What anchors and aliases copied so far.
+    let mut copied = Size::default();
     let mut errors = Vec::new();
     let mut root: Option<Node> = None;
     let mut documents = 0usize;
@@ -214,10 +236,10 @@ pub(crate) fn load(text: &str, limits: &Limits) -> Result<Option<Node>, Vec<Yaml
                 None
             }
             Event::Alias(id) => match anchors.get(&id) {
-                Some((node, nodes)) => {
-                    copied = copied.saturating_add(*nodes);
-                    if copied > limits.max_alias_nodes {
-                        errors.push(alias_budget_error(pos, &stack, limits));
+                Some((node, size)) => {
+                    copied.add(*size);
+                    if let Some(e) = over_copy_budget(copied, pos, &stack, limits) {
+                        errors.push(e);
                         return Err(errors);
                     }
                     Some((
@@ -226,7 +248,7 @@ pub(crate) fn load(text: &str, limits: &Limits) -> Result<Option<Node>, Vec<Yaml
                             pos,
                         },
                         0,
-                        *nodes,
+                        *size,
                     ))
                 }
                 None => {
@@ -241,11 +263,12 @@ pub(crate) fn load(text: &str, limits: &Limits) -> Result<Option<Node>, Vec<Yaml
                             pos,
                         },
                         0,
-                        1,
+                        Size::scalar(""),
                     ))
                 }
             },
             Event::Scalar(text, style, anchor, _tag) => {
+                let size = Size::scalar(&text);
                 let value = if style == ScalarStyle::Plain
                     && matches!(&*text, "" | "~" | "null" | "Null" | "NULL")
                 {
@@ -253,14 +276,14 @@ pub(crate) fn load(text: &str, limits: &Limits) -> Result<Option<Node>, Vec<Yaml
                 } else {
                     Value::Scalar(text.into_owned())
                 };
-                Some((Node { value, pos }, anchor, 1))
+                Some((Node { value, pos }, anchor, size))
             }
             Event::SequenceStart(anchor, _) => {
                 stack.push(Frame::Seq {
                     pos,
                     anchor,
                     items: Vec::new(),
-                    nodes: 0,
+                    size: Size::default(),
                 });
                 None
             }
@@ -272,7 +295,7 @@ pub(crate) fn load(text: &str, limits: &Limits) -> Result<Option<Node>, Vec<Yaml
                     keys: HashSet::new(),
                     pending: None,
                     skip_value: false,
-                    nodes: 0,
+                    size: Size::default(),
                 });
                 None
             }
@@ -281,14 +304,17 @@ pub(crate) fn load(text: &str, limits: &Limits) -> Result<Option<Node>, Vec<Yaml
                     pos,
                     anchor,
                     items,
-                    nodes,
+                    mut size,
                 }) => Some((
                     Node {
                         value: Value::Seq(items),
                         pos,
                     },
                     anchor,
-                    nodes.saturating_add(1),
+                    {
+                        size.add(Size::scalar(""));
+                        size
+                    },
                 )),
                 _ => None,
             },
@@ -297,7 +323,7 @@ pub(crate) fn load(text: &str, limits: &Limits) -> Result<Option<Node>, Vec<Yaml
                     pos,
                     anchor,
                     entries,
-                    nodes,
+                    mut size,
                     ..
                 }) => Some((
                     Node {
@@ -305,7 +331,10 @@ pub(crate) fn load(text: &str, limits: &Limits) -> Result<Option<Node>, Vec<Yaml
                         pos,
                     },
                     anchor,
-                    nodes.saturating_add(1),
+                    {
+                        size.add(Size::scalar(""));
+                        size
+                    },
                 )),
                 _ => None,
             },
@@ -314,76 +343,75 @@ pub(crate) fn load(text: &str, limits: &Limits) -> Result<Option<Node>, Vec<Yaml
             continue;
         };
         if anchor != 0 {
-            copied = copied.saturating_add(size);
-            if copied > limits.max_alias_nodes {
-                errors.push(alias_budget_error(node.pos, &stack, limits));
+            copied.add(size);
+            if let Some(e) = over_copy_budget(copied, node.pos, &stack, limits) {
+                errors.push(e);
                 return Err(errors);
             }
             anchors.insert(anchor, (node.clone(), size));
         }
-        let path = match stack.last() {
-            Some(Frame::Map {
-                pending: None,
-                skip_value: false,
-                ..
-            }) => Some(path_of(&stack)),
-            _ => None,
-        };
+        // A refused key: its text (None when it was not a scalar) and place.
+        let mut refused: Option<(Option<String>, Pos)> = None;
         match stack.last_mut() {
             None => root = Some(node),
-            Some(Frame::Seq { items, nodes, .. }) => {
+            Some(Frame::Seq {
+                items, size: own, ..
+            }) => {
                 items.push(node);
-                *nodes = nodes.saturating_add(size);
+                own.add(size);
             }
             Some(Frame::Map {
                 entries,
                 keys,
                 pending,
                 skip_value,
-                nodes,
+                size: own,
                 ..
             }) => {
                 if *skip_value {
                     *skip_value = false;
                 } else if let Some(key) = pending.take() {
                     entries.push((key, node));
-                    *nodes = nodes.saturating_add(size);
+                    own.add(size);
                 } else {
                     let text = match node.value {
                         Value::Scalar(s) => Some(s),
                         Value::Null => Some(String::new()),
                         _ => None,
                     };
-                    let path = path.unwrap_or_default();
                     match text {
-                        Some(text) => {
-                            if keys.contains(&text) {
-                                errors.push(YamlError {
-                                    pos: node.pos,
-                                    path: join(&path, &text),
-                                    message: format!("duplicate key {:?}", short(&text)),
-                                });
-                                *skip_value = true;
-                            } else {
-                                keys.insert(text.clone());
-                                *nodes = nodes.saturating_add(1);
-                                *pending = Some(Key {
-                                    text,
-                                    pos: node.pos,
-                                });
-                            }
-                        }
-                        None => {
-                            errors.push(YamlError {
+                        Some(text) if !keys.contains(&text) => {
+                            keys.insert(text.clone());
+                            own.add(Size::scalar(&text));
+                            *pending = Some(Key {
+                                text,
                                 pos: node.pos,
-                                path,
-                                message: "mapping keys must be plain text".to_owned(),
                             });
+                        }
+                        text => {
+                            refused = Some((text, node.pos));
                             *skip_value = true;
                         }
                     }
                 }
             }
+        }
+        // The path is only worked out for a problem: it costs a walk of
+        // the open collections.
+        if let Some((text, pos)) = refused {
+            let path = path_of(&stack);
+            errors.push(match text {
+                Some(text) => YamlError {
+                    pos,
+                    path: join(&path, &text),
+                    message: format!("duplicate key {:?}", short(&text)),
+                },
+                None => YamlError {
+                    pos,
+                    path,
+                    message: "mapping keys must be plain text".to_owned(),
+                },
+            });
         }
     }
     if errors.is_empty() {
@@ -393,15 +421,27 @@ pub(crate) fn load(text: &str, limits: &Limits) -> Result<Option<Node>, Vec<Yaml
     }
 }
 
-fn alias_budget_error(pos: Pos, stack: &[Frame], limits: &Limits) -> YamlError {
-    YamlError {
-        pos,
-        path: path_of(stack),
-        message: format!(
+/// The problem when `copied` is over a budget: in nodes, or in bytes of
+/// text (a long scalar copied many times is as bad as many nodes).
+fn over_copy_budget(copied: Size, pos: Pos, stack: &[Frame], limits: &Limits) -> Option<YamlError> {
+    let message = if copied.nodes > limits.max_alias_nodes {
+        format!(
             "anchors and aliases copy more than the limit of {} nodes (--config-max-alias-nodes)",
             limits.max_alias_nodes
-        ),
-    }
+        )
+    } else if u64::try_from(copied.bytes).unwrap_or(u64::MAX) > limits.max_bytes {
+        format!(
+            "anchors and aliases copy more than the limit of {} bytes of text (--config-max-bytes)",
+            limits.max_bytes
+        )
+    } else {
+        return None;
+    };
+    Some(YamlError {
+        pos,
+        path: path_of(stack),
+        message,
+    })
 }
 
 #[cfg(test)]
@@ -538,6 +578,26 @@ mod tests {
         let e = only_error("a: &x [1, 2]\n", &with_alias_nodes(2));
         assert!(e.message.contains("--config-max-alias-nodes"), "{e:?}");
         assert!(super::load("a: [1, 2]\nb: [1, 2]\n", &with_alias_nodes(0)).is_ok());
+    }
+
+    #[test]
+    fn copied_text_at_the_size_limit_passes_and_one_byte_more_fails() {
+        let long = "x".repeat(1_000);
+        // The anchor's copy and three aliases: 4,000 bytes of text.
+        let text = format!("a: &x {long}\nb: [*x, *x, *x]\n");
+        let limits = |max_bytes| Limits {
+            max_bytes,
+            ..Limits::default()
+        };
+        assert!(super::load(&text, &limits(4_000)).is_ok());
+        let e = only_error(&text, &limits(3_999));
+        assert_eq!(e.pos, Pos { line: 2, col: 13 });
+        assert_eq!(e.path, "b[2]");
+        assert!(
+            e.message
+                .contains("limit of 3999 bytes of text (--config-max-bytes)"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -25,6 +25,9 @@ use crate::config::yaml::{self, Key, Node, Pos, Value};
 use services::service;
 use values::*;
 
+/// Most known service names an "unknown service" message lists.
+const MAX_KNOWN_LISTED: usize = 10;
+
 /// Highest endpoint weight accepted.
 pub(crate) const MAX_ENDPOINT_WEIGHT: u32 = 10_000;
 
@@ -195,7 +198,19 @@ fn service_ref(
     if services.contains(&name) {
         Some(name)
     } else {
-        let known: Vec<&str> = services.iter().map(String::as_str).collect();
+        // A few names help; all of them, repeated for each of thousands
+        // of bad references, would make the report grow with the square
+        // of the file.
+        let mut known: Vec<&str> = services
+            .iter()
+            .take(MAX_KNOWN_LISTED)
+            .map(String::as_str)
+            .collect();
+        let more = services.len().saturating_sub(MAX_KNOWN_LISTED);
+        let more = format!("and {more} more");
+        if services.len() > MAX_KNOWN_LISTED {
+            known.push(&more);
+        }
         cx.err(
             node.pos,
             path,
@@ -443,7 +458,8 @@ fn service_list(
         return None;
     }
     let mut ok = true;
-    let mut names = Vec::new();
+    // A set, not a scan of the list: a listener may list every service.
+    let mut names = BTreeSet::new();
     let mut at = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let spath = format!("{path}[{i}]");
@@ -457,14 +473,13 @@ fn service_list(
                 ok = false;
             }
             Some(name) => {
-                names.push(name.clone());
+                names.insert(name.clone());
                 at.push((name, item.pos, spath));
             }
             None => ok = false,
         }
     }
-    names.sort();
-    ok.then_some((names, at))
+    ok.then_some((names.into_iter().collect(), at))
 }
 
 #[cfg(test)]
