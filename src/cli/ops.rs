@@ -172,7 +172,9 @@ pub async fn shift(
                 .collect()
         })
         .unwrap_or_default();
-    let steps = resolve(&plan, &fleets, &svc.live).map_err(|e| Failure::new(EX_USAGE, e))?;
+    // The message can name the server's fleets: escaped like all its text.
+    let steps = resolve(&plan, &fleets, &svc.live)
+        .map_err(|e| Failure::new(EX_USAGE, crate::text::untrusted(&e).to_string()))?;
     let req = conn.request(pb::ShiftRequest {
         service,
         steps: steps
