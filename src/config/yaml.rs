@@ -165,7 +165,8 @@ fn path_of(stack: &[Frame]) -> String {
 /// arrives as 16, `1e3` as a float) where teal's decoder wants the text as
 /// written, and it stops at the first problem where teal reports every
 /// repeated key. So the tree is built here from `saphyr-parser` events
-/// (the parser `serde-saphyr` itself derives from), with the limits:
+/// (serde-saphyr's own parser, `granit-parser`, is a fork of it), with
+/// the limits:
 ///
 /// - depth: a collection opened deeper than `limits.max_depth` stops the
 ///   parse. The loop below keeps open collections on a heap stack, but
