@@ -8,6 +8,7 @@
 //! (checked every [`ServeOptions::watch_interval`]).
 
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,8 @@ use crate::xds::{ProxyRegistry, XdsServer, XdsServerConfig};
 pub struct ServeOptions {
     /// The config file; `None` serves the bundled example.
     pub config: Option<PathBuf>,
+    /// Bounds on reading the config file, at start and at every reload.
+    pub config_limits: config::Limits,
     /// Where the xDS server listens.
     pub xds_addr: SocketAddr,
     /// Where the admin API listens.
@@ -56,6 +59,7 @@ impl ServeOptions {
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
         ServeOptions {
             config,
+            config_limits: config::Limits::default(),
             xds_addr: any_port,
             admin_addr: any_port,
             watch_interval: Duration::from_secs(1),
@@ -138,11 +142,27 @@ impl ServeError {
 #[derive(Debug)]
 struct ConfigSource {
     path: Option<PathBuf>,
+    limits: config::Limits,
     /// What was last read, to skip reloads of an unchanged file.
-    last_text: String,
+    last: Arc<Vec<u8>>,
     /// The last read failed (and was logged).
     unreadable: bool,
 }
+
+/// What one look at the config file found, at a reload.
+enum Loaded {
+    /// The same bytes as last time (and the reload was not forced).
+    Unchanged,
+    /// New bytes, and what they parse to.
+    Changed {
+        bytes: Arc<Vec<u8>>,
+        parsed: Result<Config, Diagnostics>,
+    },
+}
+
+/// Stack of the thread that reads and parses the config. The loader's
+/// depth limit is proven against this size (see `config::MAX_MAX_DEPTH`).
+const LOADER_STACK: usize = 2 * 1024 * 1024;
 
 impl ConfigSource {
     fn name(&self) -> String {
@@ -152,17 +172,44 @@ impl ConfigSource {
         }
     }
 
-    async fn read(&self) -> Result<String, ServeError> {
-        match &self.path {
-            None => Ok(config::DEFAULT_CONFIG.to_owned()),
-            Some(p) => {
-                tokio::fs::read_to_string(p)
-                    .await
-                    .map_err(|source| ServeError::ConfigUnreadable {
-                        path: p.display().to_string(),
-                        source,
-                    })
-            }
+    /// Reads the file (at most the size limit) and hands its bytes to
+    /// `then`, which parses them.
+    ///
+    /// Both run on a thread of their own, not on the async runtime: a large
+    /// file takes a while to check, and that time must not stall xDS
+    /// streams or shutdown. A detached thread rather than `spawn_blocking`,
+    /// because the runtime waits for its blocking tasks when it shuts down
+    /// and a SIGTERM during a reload must not wait for the parse; nor for a
+    /// read that hangs (a FIFO with no writer).
+    async fn load<T: Send + 'static>(
+        &self,
+        then: impl FnOnce(Vec<u8>, &str, &config::Limits) -> T + Send + 'static,
+    ) -> Result<T, ServeError> {
+        let (path, limits, name) = (self.path.clone(), self.limits, self.name());
+        let unreadable = |source| ServeError::ConfigUnreadable {
+            path: name.clone(),
+            source,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let file = name.clone();
+        std::thread::Builder::new()
+            .name("teal-config".to_owned())
+            .stack_size(LOADER_STACK)
+            .spawn(move || {
+                let read = match &path {
+                    None => Ok(config::DEFAULT_CONFIG.as_bytes().to_vec()),
+                    Some(p) => config::read_bounded(p, limits.max_bytes),
+                };
+                // The receiver is gone only when teal is shutting down.
+                let _ = tx.send(read.map(|bytes| then(bytes, &file, &limits)));
+            })
+            .map_err(unreadable)?;
+        match rx.await {
+            Ok(loaded) => loaded.map_err(unreadable),
+            // The thread ended without an answer: it panicked.
+            Err(_) => Err(unreadable(std::io::Error::other(
+                "the config loader stopped unexpectedly",
+            ))),
         }
     }
 }
@@ -228,12 +275,18 @@ pub async fn run(opts: ServeOptions, shutdown: Shutdown) -> Result<(), ServeErro
 pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, ServeError> {
     let mut source = ConfigSource {
         path: opts.config.clone(),
-        last_text: String::new(),
+        limits: opts.config_limits,
+        last: Arc::default(),
         unreadable: false,
     };
-    let text = source.read().await?;
-    let config = Config::parse(&text, &source.name()).map_err(ServeError::ConfigInvalid)?;
-    source.last_text = text;
+    let (bytes, parsed) = source
+        .load(|bytes, file, limits| {
+            let parsed = Config::from_bytes(&bytes, file, limits);
+            (bytes, parsed)
+        })
+        .await?;
+    let config = parsed.map_err(ServeError::ConfigInvalid)?;
+    source.last = Arc::new(bytes);
 
     let (writer, reader) = snapshot_store();
     let store: Arc<dyn StateStore> = match &opts.state_dir {
@@ -330,8 +383,16 @@ async fn supervise(
                 joined_driver(joined)?;
                 return Err(failed("controller", "stopped before shutdown".to_owned()));
             }
-            () = next_hangup(&mut hangup) => reload(&mut source, &controller, true).await,
-            _ = tick.tick(), if source.path.is_some() => reload(&mut source, &controller, false).await,
+            () = next_hangup(&mut hangup) => {
+                if reload(&mut source, &controller, true, &mut stop).await.is_break() {
+                    break;
+                }
+            }
+            _ = tick.tick(), if source.path.is_some() => {
+                if reload(&mut source, &controller, false, &mut stop).await.is_break() {
+                    break;
+                }
+            }
         }
     }
     tracing::info!("shutting down: draining xDS streams");
@@ -365,32 +426,61 @@ fn admin_result(
     }
 }
 
+/// Most problems of a refused reload that are logged one by one; the
+/// rest are counted. A file can hold a great many (one per repeated key),
+/// and the first ones are what an operator reads.
+const MAX_LOGGED_PROBLEMS: usize = 100;
+
 /// Re-reads the config; publishes it if it is valid and changed.
-/// `forced` (SIGHUP) reloads even an unchanged file.
-async fn reload(source: &mut ConfigSource, controller: &Controller, forced: bool) {
-    let text = match source.read().await {
-        Ok(text) => text,
+/// `forced` (SIGHUP) reloads even an unchanged file. Breaks when `stop`
+/// fires while the file is being read or parsed.
+async fn reload(
+    source: &mut ConfigSource,
+    controller: &Controller,
+    forced: bool,
+    stop: &mut Shutdown,
+) -> ControlFlow<()> {
+    let last = source.last.clone();
+    let load = source.load(move |bytes, file, limits| {
+        if !forced && bytes == *last {
+            Loaded::Unchanged
+        } else {
+            let parsed = Config::from_bytes(&bytes, file, limits);
+            Loaded::Changed {
+                bytes: Arc::new(bytes),
+                parsed,
+            }
+        }
+    });
+    let loaded = tokio::select! {
+        () = stop.wait() => return ControlFlow::Break(()),
+        loaded = load => loaded,
+    };
+    let (bytes, parsed) = match loaded {
+        Ok(Loaded::Unchanged) => {
+            source.unreadable = false;
+            return ControlFlow::Continue(());
+        }
+        Ok(Loaded::Changed { bytes, parsed }) => (bytes, parsed),
         Err(e) => {
             // Said once, not on every check, while the file stays unreadable.
             if forced || !source.unreadable {
                 tracing::warn!(error = %e, "config reload skipped; still serving the last good config");
             }
             source.unreadable = true;
-            return;
+            return ControlFlow::Continue(());
         }
     };
     source.unreadable = false;
-    if text == source.last_text && !forced {
-        return;
-    }
-    source.last_text = text.clone();
-    match Config::parse(&text, &source.name()) {
+    source.last = bytes;
+    match parsed {
         Err(problems) => {
-            for p in &problems.0 {
+            for p in problems.0.iter().take(MAX_LOGGED_PROBLEMS) {
                 tracing::error!(problem = %p, "config rejected");
             }
             tracing::warn!(
                 problems = problems.0.len(),
+                logged = problems.0.len().min(MAX_LOGGED_PROBLEMS),
                 "config reload refused; still serving the last good config"
             );
         }
@@ -399,6 +489,7 @@ async fn reload(source: &mut ConfigSource, controller: &Controller, forced: bool
             Err(e) => tracing::error!(error = %e, "config reload refused"),
         },
     }
+    ControlFlow::Continue(())
 }
 
 #[cfg(unix)]

@@ -3,12 +3,12 @@
 use std::path::Path;
 
 use teal::config::commands::{EX_DATAERR, EX_NOINPUT, EX_OK, validate_command};
-use teal::config::{Config, DEFAULT_CONFIG, DEFAULT_CONFIG_NAME};
+use teal::config::{Config, DEFAULT_CONFIG, DEFAULT_CONFIG_NAME, Limits};
 
 fn run(path: &Path) -> (u8, String, String) {
     let mut out = Vec::new();
     let mut err = Vec::new();
-    let code = validate_command(path, &mut out, &mut err);
+    let code = validate_command(path, &Limits::default(), &mut out, &mut err);
     (
         code,
         String::from_utf8(out).expect("utf-8"),

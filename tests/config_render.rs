@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use teal::config::Limits;
 use teal::config::commands::{EX_OK, EX_USAGE, Format, render_command};
 
 fn example() -> PathBuf {
@@ -12,7 +13,14 @@ fn example() -> PathBuf {
 fn render(group: Option<&str>, format: Format) -> (u8, String, String) {
     let mut out = Vec::new();
     let mut err = Vec::new();
-    let code = render_command(&example(), group, format, &mut out, &mut err);
+    let code = render_command(
+        &example(),
+        &Limits::default(),
+        group,
+        format,
+        &mut out,
+        &mut err,
+    );
     (
         code,
         String::from_utf8(out).expect("utf-8"),
@@ -128,7 +136,14 @@ fn render_grpc_listeners() {
     std::fs::write(&path, text).expect("write the config");
     let mut out = Vec::new();
     let mut err = Vec::new();
-    let code = render_command(&path, Some("clients"), Format::Json, &mut out, &mut err);
+    let code = render_command(
+        &path,
+        &Limits::default(),
+        Some("clients"),
+        Format::Json,
+        &mut out,
+        &mut err,
+    );
     let err = String::from_utf8(err).expect("utf-8");
     assert_eq!(code, EX_OK, "{err}");
     let doc: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");

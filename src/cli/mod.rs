@@ -133,6 +133,9 @@ pub enum Command {
     Validate {
         /// The config file.
         file: PathBuf,
+        /// Bounds on reading the file.
+        #[command(flatten)]
+        limits: crate::config::Limits,
     },
     /// Print the Envoy resources teal would serve, in Envoy's JSON form.
     ///
@@ -146,6 +149,9 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Json)]
         format: Format,
+        /// Bounds on reading the file.
+        #[command(flatten)]
+        limits: crate::config::Limits,
     },
     /// Commands that talk to a running teal.
     #[command(flatten)]
@@ -158,6 +164,9 @@ pub struct ServeArgs {
     /// Config file (YAML). Default: the bundled example.
     #[arg(long, short = 'c', env = "TEAL_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Bounds on reading the config file, at start and at every reload.
+    #[command(flatten)]
+    pub config_limits: crate::config::Limits,
     /// Address of the xDS server that proxies connect to.
     #[arg(long, env = "TEAL_XDS_ADDR", default_value = "127.0.0.1:18000")]
     pub xds_addr: SocketAddr,
@@ -227,15 +236,20 @@ impl Cli {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     let code = match cli.command {
-        Command::Validate { file } => {
-            config_commands::validate_command(&file, &mut std::io::stdout(), &mut std::io::stderr())
-        }
+        Command::Validate { file, limits } => config_commands::validate_command(
+            &file,
+            &limits,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        ),
         Command::Render {
             file,
             group,
             format,
+            limits,
         } => config_commands::render_command(
             &file,
+            &limits,
             group.as_deref(),
             format,
             &mut std::io::stdout(),
@@ -282,6 +296,7 @@ fn serve_command(args: ServeArgs) -> u8 {
     };
     let mut opts = ServeOptions {
         config: args.config,
+        config_limits: args.config_limits,
         xds_addr: args.xds_addr,
         admin_addr: args.admin_addr,
         watch_interval: args.watch_interval,

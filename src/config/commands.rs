@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::Path;
 
 use super::diag::Diagnostics;
+use super::limits::Limits;
 use super::model::Config;
 use super::render::{render_document, to_yaml};
 use super::translate::{Weights, config_digest, translate};
@@ -50,31 +51,42 @@ impl LoadError {
     }
 }
 
-/// Reads and validates a config file; diagnostics name the path as given.
-pub fn load(path: &Path) -> Result<Config, LoadError> {
+/// Reads and validates a config file within `limits`; diagnostics name
+/// the path as given. Reads no more of the file than the size limit.
+pub fn load(path: &Path, limits: &Limits) -> Result<Config, LoadError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Unreadable {
-        path: name.clone(),
-        source,
-    })?;
-    Config::parse(&text, &name).map_err(LoadError::Invalid)
+    let bytes =
+        super::read_bounded(path, limits.max_bytes).map_err(|source| LoadError::Unreadable {
+            path: name.clone(),
+            source,
+        })?;
+    Config::from_bytes(&bytes, &name, limits).map_err(LoadError::Invalid)
 }
 
 fn report(err: &mut dyn Write, e: &LoadError) -> u8 {
+    // A file can have hundreds of thousands of problems (one per repeated
+    // key); written unbuffered to stderr, that is a system call apiece.
+    let mut err = std::io::BufWriter::new(err);
     // Failing to report is not worth a different status.
     let _ = writeln!(err, "{e}");
     if let LoadError::Invalid(d) = e {
         let _ = writeln!(err, "{} problem(s) found; nothing was changed", d.len());
     }
+    let _ = err.flush();
     e.exit_code()
 }
 
-/// `teal validate PATH`: on success prints one line (services, groups,
+/// `teal validate PATH`: reads the file within `limits`; on success prints one line (services, groups,
 /// version) to `out` and returns [`EX_OK`]; otherwise prints every problem
 /// to `err` and returns [`EX_DATAERR`], or [`EX_NOINPUT`] if the file
 /// cannot be read.
-pub fn validate_command(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    let config = match load(path) {
+pub fn validate_command(
+    path: &Path,
+    limits: &Limits,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let config = match load(path, limits) {
         Ok(c) => c,
         Err(e) => return report(err, &e),
     };
@@ -100,12 +112,13 @@ pub fn validate_command(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -
 /// fleet) to `out`. Unknown group: [`EX_USAGE`].
 pub fn render_command(
     path: &Path,
+    limits: &Limits,
     group: Option<&str>,
     format: Format,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
-    let config = match load(path) {
+    let config = match load(path, limits) {
         Ok(c) => c,
         Err(e) => return report(err, &e),
     };

@@ -9,7 +9,8 @@
 //! 1. [`Config::parse`] reads YAML (through a small spanned tree, so every
 //!    problem has a line and column) and checks everything, reporting all
 //!    problems at once as [`Diagnostics`]. A config is valid as a whole or
-//!    not at all.
+//!    not at all. [`Limits`] bound the file's size, nesting and alias
+//!    expansion; [`read_bounded`] reads a file no further than that.
 //! 2. [`translate`] turns a [`Config`] and the current [`Weights`] into a
 //!    [`SnapshotInput`](crate::snapshot::SnapshotInput): per group, the
 //!    clusters, endpoints, listeners and routes its proxies are served.
@@ -63,6 +64,7 @@
 //! field (prost makes them `HashMap`s) ever has more than one entry.
 
 mod diag;
+mod limits;
 mod model;
 mod parse;
 mod translate;
@@ -72,6 +74,10 @@ pub mod commands;
 pub mod render;
 
 pub use diag::{Diagnostic, Diagnostics};
+pub use limits::{
+    DEFAULT_MAX_ALIAS_NODES, DEFAULT_MAX_BYTES, DEFAULT_MAX_DEPTH, Limits, MAX_MAX_ALIAS_NODES,
+    MAX_MAX_BYTES, MAX_MAX_DEPTH,
+};
 pub use model::{
     Check, Config, Endpoint, Fleet, Group, HealthCheck, Listener, ListenerKind, OutlierDetection,
     Protocol, Retries, Route, Service, VirtualHost,
@@ -87,14 +93,96 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../examples/teal.yaml");
 pub const DEFAULT_CONFIG_NAME: &str = "examples/teal.yaml";
 
 impl Config {
-    /// Parses and validates a config file. `file` is only used in
-    /// diagnostics. Returns every problem found, in source order.
+    /// Parses and validates a config file within the default [`Limits`].
+    /// `file` is only used in diagnostics. Returns every problem found, in
+    /// source order.
     pub fn parse(text: &str, file: &str) -> Result<Config, Diagnostics> {
-        parse::parse(text, file)
+        Config::parse_with(text, file, &Limits::default())
+    }
+
+    /// [`Config::parse`] within `limits`.
+    pub fn parse_with(text: &str, file: &str, limits: &Limits) -> Result<Config, Diagnostics> {
+        if let Some(d) = over_size(text.as_bytes(), file, limits) {
+            return Err(Diagnostics(vec![d]));
+        }
+        parse::parse(text, file, limits)
+    }
+
+    /// [`Config::parse_with`] for the bytes of a file, as [`read_bounded`]
+    /// returns them: a file over `limits.max_bytes`, or one that is not
+    /// UTF-8, is a problem with a position like any other.
+    pub fn from_bytes(bytes: &[u8], file: &str, limits: &Limits) -> Result<Config, Diagnostics> {
+        if let Some(d) = over_size(bytes, file, limits) {
+            return Err(Diagnostics(vec![d]));
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(text) => parse::parse(text, file, limits),
+            Err(e) => {
+                let (line, column) = position_of(bytes, e.valid_up_to());
+                Err(Diagnostics(vec![Diagnostic {
+                    file: file.to_owned(),
+                    line,
+                    column,
+                    path: String::new(),
+                    message: "the file is not UTF-8 text".to_owned(),
+                }]))
+            }
+        }
     }
 
     /// The bundled example, [`DEFAULT_CONFIG`].
     pub fn default_config() -> Result<Config, Diagnostics> {
         Config::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME)
     }
+}
+
+/// Reads at most `max_bytes + 1` bytes of a file: enough for
+/// [`Config::from_bytes`] to tell that it is too large, without reading a
+/// huge file (or an endless one, like a device) into memory first.
+pub fn read_bounded(path: &std::path::Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let cap = max_bytes.saturating_add(1);
+    // The length is only a hint (it is 0 for devices and pipes).
+    let hint = file.metadata().map(|m| m.len().min(cap)).unwrap_or(0);
+    let mut bytes = Vec::with_capacity(usize::try_from(hint).unwrap_or(0));
+    file.take(cap).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// The problem with a file over `limits.max_bytes`, placed where the limit
+/// is crossed.
+fn over_size(bytes: &[u8], file: &str, limits: &Limits) -> Option<Diagnostic> {
+    let limit = usize::try_from(limits.max_bytes).unwrap_or(usize::MAX);
+    if bytes.len() <= limit {
+        return None;
+    }
+    let (line, column) = position_of(bytes, limit);
+    Some(Diagnostic {
+        file: file.to_owned(),
+        line,
+        column,
+        path: String::new(),
+        message: format!(
+            "the file is larger than the limit of {} bytes (--config-max-bytes)",
+            limits.max_bytes
+        ),
+    })
+}
+
+/// The 1-based line and column (in characters, as the YAML parser counts
+/// them) of byte `offset`.
+fn position_of(bytes: &[u8], offset: usize) -> (usize, usize) {
+    let before = &bytes[..offset.min(bytes.len())];
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+    // Count characters by their first bytes; continuation bytes are 10xxxxxx.
+    let column = 1 + before[line_start..]
+        .iter()
+        .filter(|&&b| b & 0xC0 != 0x80)
+        .count();
+    (line, column)
 }

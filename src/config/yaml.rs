@@ -5,10 +5,13 @@
 //! (as text; the decoder gives them types), sequences and mappings whose
 //! keys are scalars. Anchors and aliases are resolved by copying; a
 //! repeated key in a mapping is reported, never silently overwritten.
+//! Depth and copies are bounded by [`Limits`]; see [`load`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+
+use super::limits::Limits;
 
 /// A 1-based line and column in the source text.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -69,32 +72,122 @@ impl Node {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct YamlError {
     pub(crate) pos: Pos,
+    /// Key path of the node being read, as the decoder writes them.
+    pub(crate) path: String,
     pub(crate) message: String,
 }
 
+/// How much a node holds: nodes (keys included) and bytes of text. It is
+/// what copying the node costs when an anchor or alias asks for a copy.
+#[derive(Clone, Copy, Debug, Default)]
+struct Size {
+    nodes: usize,
+    bytes: usize,
+}
+
+impl Size {
+    fn scalar(text: &str) -> Size {
+        Size {
+            nodes: 1,
+            bytes: text.len(),
+        }
+    }
+
+    fn add(&mut self, other: Size) {
+        self.nodes = self.nodes.saturating_add(other.nodes);
+        self.bytes = self.bytes.saturating_add(other.bytes);
+    }
+}
+
+/// A collection being read, with the [`Size`] of what is already in it.
 enum Frame {
     Seq {
         pos: Pos,
         anchor: usize,
         items: Vec<Node>,
+        size: Size,
     },
     Map {
         pos: Pos,
         anchor: usize,
         entries: Vec<(Key, Node)>,
+        /// The keys of `entries`, so a repeated key is found in constant
+        /// time (a scan of `entries` made 80,000 keys take minutes).
+        keys: HashSet<String>,
         pending: Option<Key>,
-        /// Set when a key was not a scalar; its value is then dropped.
+        /// Set when a key was refused; its value is then dropped.
         skip_value: bool,
+        size: Size,
     },
 }
 
+/// Longest key text a path or message quotes; longer keys are cut, so one
+/// huge key cannot make every message under it huge.
+const MAX_QUOTED_KEY: usize = 64;
+
+fn short(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(MAX_QUOTED_KEY) {
+        None => text.into(),
+        Some((end, _)) => format!("{}...", &text[..end]).into(),
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        short(key).into_owned()
+    } else {
+        format!("{path}.{}", short(key))
+    }
+}
+
+/// The key path of the node about to be read, from the open collections.
+fn path_of(stack: &[Frame]) -> String {
+    let mut path = String::new();
+    for frame in stack {
+        match frame {
+            Frame::Seq { items, .. } => path.push_str(&format!("[{}]", items.len())),
+            Frame::Map {
+                pending: Some(key), ..
+            } => path = join(&path, &key.text),
+            Frame::Map { pending: None, .. } => {}
+        }
+    }
+    path
+}
+
 /// Parses one YAML document. `Ok(None)` for an empty document. Syntax
-/// errors stop parsing (only the first is returned); duplicate keys and
-/// unsupported constructs are all collected.
-pub(crate) fn load(text: &str) -> Result<Option<Node>, Vec<YamlError>> {
+/// errors and exceeded limits stop parsing (only the first is returned);
+/// duplicate keys and unsupported constructs are all collected.
+///
+/// The YAML crate `serde-saphyr` has budgets like these, but it is a serde
+/// deserializer: to keep a position on every node it would have to build
+/// this tree through `deserialize_any`, which gives scalars types (`0x10`
+/// arrives as 16, `1e3` as a float) where teal's decoder wants the text as
+/// written, and it stops at the first problem where teal reports every
+/// repeated key. So the tree is built here from `saphyr-parser` events
+/// (serde-saphyr's own parser, `granit-parser`, is a fork of it), with
+/// the limits:
+///
+/// - depth: a collection opened deeper than `limits.max_depth` stops the
+///   parse. The loop below keeps open collections on a heap stack, but
+///   the finished tree is dropped, cloned and compared recursively, so its
+///   depth must stay small enough for a thread's native stack;
+/// - alias expansion: every node an anchor keeps or an alias copies counts
+///   against `limits.max_alias_nodes`, and the text they copy against
+///   `limits.max_bytes`, checked before copying, so a few hundred bytes of
+///   nested aliases cannot ask for a billion nodes, nor a long scalar
+///   copied by thousands of aliases for gigabytes;
+/// - repeated keys: a hash set per mapping, linear in the number of keys.
+///
+/// The file's size is bounded before it gets here, by
+/// [`super::read_bounded`] and [`Config::parse_with`](super::Config::parse_with).
+pub(crate) fn load(text: &str, limits: &Limits) -> Result<Option<Node>, Vec<YamlError>> {
     let mut parser = Parser::new_from_str(text);
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: HashMap<usize, Node> = HashMap::new();
+    // Each anchored node, with its size.
+    let mut anchors: HashMap<usize, (Node, Size)> = HashMap::new();
+    // What anchors and aliases copied so far.
+    let mut copied = Size::default();
     let mut errors = Vec::new();
     let mut root: Option<Node> = None;
     let mut documents = 0usize;
@@ -108,12 +201,27 @@ pub(crate) fn load(text: &str) -> Result<Option<Node>, Vec<YamlError>> {
                         line: e.marker().line(),
                         col: e.marker().col() + 1,
                     },
+                    path: path_of(&stack),
                     message: format!("invalid YAML: {}", e.info()),
                 });
                 return Err(errors);
             }
         };
         let pos = Pos::of(span);
+        if matches!(event, Event::SequenceStart(..) | Event::MappingStart(..))
+            && stack.len() >= limits.max_depth
+        {
+            errors.push(YamlError {
+                pos,
+                path: path_of(&stack),
+                message: format!(
+                    "nested deeper than the limit of {} levels (--config-max-depth)",
+                    limits.max_depth
+                ),
+            });
+            return Err(errors);
+        }
+        // A finished node, its anchor (0 for none) and how many nodes it holds.
         let complete = match event {
             Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => None,
             Event::DocumentStart(_) => {
@@ -121,6 +229,7 @@ pub(crate) fn load(text: &str) -> Result<Option<Node>, Vec<YamlError>> {
                 if documents > 1 {
                     errors.push(YamlError {
                         pos,
+                        path: String::new(),
                         message: "only one YAML document is allowed".to_owned(),
                     });
                     return Err(errors);
@@ -128,16 +237,25 @@ pub(crate) fn load(text: &str) -> Result<Option<Node>, Vec<YamlError>> {
                 None
             }
             Event::Alias(id) => match anchors.get(&id) {
-                Some(node) => Some((
-                    Node {
-                        value: node.value.clone(),
-                        pos,
-                    },
-                    0,
-                )),
+                Some((node, size)) => {
+                    copied.add(*size);
+                    if let Some(e) = over_copy_budget(copied, pos, &stack, limits) {
+                        errors.push(e);
+                        return Err(errors);
+                    }
+                    Some((
+                        Node {
+                            value: node.value.clone(),
+                            pos,
+                        },
+                        0,
+                        *size,
+                    ))
+                }
                 None => {
                     errors.push(YamlError {
                         pos,
+                        path: path_of(&stack),
                         message: "unknown alias".to_owned(),
                     });
                     Some((
@@ -146,10 +264,12 @@ pub(crate) fn load(text: &str) -> Result<Option<Node>, Vec<YamlError>> {
                             pos,
                         },
                         0,
+                        Size::scalar(""),
                     ))
                 }
             },
             Event::Scalar(text, style, anchor, _tag) => {
+                let size = Size::scalar(&text);
                 let value = if style == ScalarStyle::Plain
                     && matches!(&*text, "" | "~" | "null" | "Null" | "NULL")
                 {
@@ -157,13 +277,14 @@ pub(crate) fn load(text: &str) -> Result<Option<Node>, Vec<YamlError>> {
                 } else {
                     Value::Scalar(text.into_owned())
                 };
-                Some((Node { value, pos }, anchor))
+                Some((Node { value, pos }, anchor, size))
             }
             Event::SequenceStart(anchor, _) => {
                 stack.push(Frame::Seq {
                     pos,
                     anchor,
                     items: Vec::new(),
+                    size: Size::default(),
                 });
                 None
             }
@@ -172,18 +293,29 @@ pub(crate) fn load(text: &str) -> Result<Option<Node>, Vec<YamlError>> {
                     pos,
                     anchor,
                     entries: Vec::new(),
+                    keys: HashSet::new(),
                     pending: None,
                     skip_value: false,
+                    size: Size::default(),
                 });
                 None
             }
             Event::SequenceEnd => match stack.pop() {
-                Some(Frame::Seq { pos, anchor, items }) => Some((
+                Some(Frame::Seq {
+                    pos,
+                    anchor,
+                    items,
+                    mut size,
+                }) => Some((
                     Node {
                         value: Value::Seq(items),
                         pos,
                     },
                     anchor,
+                    {
+                        size.add(Size::scalar(""));
+                        size
+                    },
                 )),
                 _ => None,
             },
@@ -192,6 +324,7 @@ pub(crate) fn load(text: &str) -> Result<Option<Node>, Vec<YamlError>> {
                     pos,
                     anchor,
                     entries,
+                    mut size,
                     ..
                 }) => Some((
                     Node {
@@ -199,29 +332,48 @@ pub(crate) fn load(text: &str) -> Result<Option<Node>, Vec<YamlError>> {
                         pos,
                     },
                     anchor,
+                    {
+                        size.add(Size::scalar(""));
+                        size
+                    },
                 )),
                 _ => None,
             },
         };
-        let Some((node, anchor)) = complete else {
+        let Some((node, anchor, size)) = complete else {
             continue;
         };
         if anchor != 0 {
-            anchors.insert(anchor, node.clone());
+            copied.add(size);
+            if let Some(e) = over_copy_budget(copied, node.pos, &stack, limits) {
+                errors.push(e);
+                return Err(errors);
+            }
+            anchors.insert(anchor, (node.clone(), size));
         }
+        // A refused key: its text (None when it was not a scalar) and place.
+        let mut refused: Option<(Option<String>, Pos)> = None;
         match stack.last_mut() {
             None => root = Some(node),
-            Some(Frame::Seq { items, .. }) => items.push(node),
+            Some(Frame::Seq {
+                items, size: own, ..
+            }) => {
+                items.push(node);
+                own.add(size);
+            }
             Some(Frame::Map {
                 entries,
+                keys,
                 pending,
                 skip_value,
+                size: own,
                 ..
             }) => {
                 if *skip_value {
                     *skip_value = false;
                 } else if let Some(key) = pending.take() {
                     entries.push((key, node));
+                    own.add(size);
                 } else {
                     let text = match node.value {
                         Value::Scalar(s) => Some(s),
@@ -229,30 +381,38 @@ pub(crate) fn load(text: &str) -> Result<Option<Node>, Vec<YamlError>> {
                         _ => None,
                     };
                     match text {
-                        Some(text) => {
-                            if entries.iter().any(|(k, _)| k.text == text) {
-                                errors.push(YamlError {
-                                    pos: node.pos,
-                                    message: format!("duplicate key {text:?}"),
-                                });
-                                *skip_value = true;
-                            } else {
-                                *pending = Some(Key {
-                                    text,
-                                    pos: node.pos,
-                                });
-                            }
-                        }
-                        None => {
-                            errors.push(YamlError {
+                        Some(text) if !keys.contains(&text) => {
+                            keys.insert(text.clone());
+                            own.add(Size::scalar(&text));
+                            *pending = Some(Key {
+                                text,
                                 pos: node.pos,
-                                message: "mapping keys must be plain text".to_owned(),
                             });
+                        }
+                        text => {
+                            refused = Some((text, node.pos));
                             *skip_value = true;
                         }
                     }
                 }
             }
+        }
+        // The path is only worked out for a problem: it costs a walk of
+        // the open collections.
+        if let Some((text, pos)) = refused {
+            let path = path_of(&stack);
+            errors.push(match text {
+                Some(text) => YamlError {
+                    pos,
+                    path: join(&path, &text),
+                    message: format!("duplicate key {:?}", short(&text)),
+                },
+                None => YamlError {
+                    pos,
+                    path,
+                    message: "mapping keys must be plain text".to_owned(),
+                },
+            });
         }
     }
     if errors.is_empty() {
@@ -262,9 +422,225 @@ pub(crate) fn load(text: &str) -> Result<Option<Node>, Vec<YamlError>> {
     }
 }
 
+/// The problem when `copied` is over a budget: in nodes, or in bytes of
+/// text (a long scalar copied many times is as bad as many nodes).
+fn over_copy_budget(copied: Size, pos: Pos, stack: &[Frame], limits: &Limits) -> Option<YamlError> {
+    let message = if copied.nodes > limits.max_alias_nodes {
+        format!(
+            "anchors and aliases copy more than the limit of {} nodes (--config-max-alias-nodes)",
+            limits.max_alias_nodes
+        )
+    } else if u64::try_from(copied.bytes).unwrap_or(u64::MAX) > limits.max_bytes {
+        format!(
+            "anchors and aliases copy more than the limit of {} bytes of text (--config-max-bytes)",
+            limits.max_bytes
+        )
+    } else {
+        return None;
+    };
+    Some(YamlError {
+        pos,
+        path: path_of(stack),
+        message,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{DEFAULT_MAX_DEPTH, MAX_MAX_DEPTH};
+
+    fn load(text: &str) -> Result<Option<Node>, Vec<YamlError>> {
+        super::load(text, &Limits::default())
+    }
+
+    fn with_depth(max_depth: usize) -> Limits {
+        Limits {
+            max_depth,
+            ..Limits::default()
+        }
+    }
+
+    fn with_alias_nodes(max_alias_nodes: usize) -> Limits {
+        Limits {
+            max_alias_nodes,
+            ..Limits::default()
+        }
+    }
+
+    /// The one error of a load that must fail.
+    fn only_error(text: &str, limits: &Limits) -> YamlError {
+        let mut errs = super::load(text, limits).expect_err("must fail");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        errs.remove(0)
+    }
+
+    /// Runs `f` on a thread with the stack teal parses on in `teal serve`.
+    fn on_small_stack(f: impl FnOnce() + Send + 'static) {
+        std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(f)
+            .expect("thread")
+            .join()
+            .expect("no stack overflow or panic");
+    }
+
+    #[test]
+    fn depth_at_the_limit_passes_and_one_more_fails() {
+        assert!(super::load("[[[x]]]", &with_depth(3)).is_ok());
+        let e = only_error("[[[[x]]]]", &with_depth(3));
+        assert_eq!(e.pos, Pos { line: 1, col: 4 });
+        assert_eq!(e.path, "[0][0][0]");
+        assert!(e.message.contains("limit of 3 levels (--config-max-depth)"));
+
+        let block = "a:\n  b:\n    c: 1\n";
+        assert!(super::load(block, &with_depth(3)).is_ok());
+        let e = only_error(block, &with_depth(2));
+        assert_eq!(e.pos, Pos { line: 3, col: 5 });
+        assert_eq!(e.path, "a.b");
+        assert!(e.message.contains("--config-max-depth"), "{e:?}");
+    }
+
+    #[test]
+    fn very_deep_input_stops_at_the_limit_on_a_small_stack() {
+        on_small_stack(|| {
+            for depth in [50_000, 200_000] {
+                let lists = format!("x:\n{}1\n", "- ".repeat(depth));
+                let e = only_error(&lists, &Limits::default());
+                assert!(e.message.contains("--config-max-depth"), "{e:?}");
+                assert_eq!(e.pos.line, 2);
+                // `x:` opens the first level; each `- ` one more.
+                assert_eq!(e.pos.col, 2 * DEFAULT_MAX_DEPTH - 1);
+                let maps: String = (0..depth.min(3_000))
+                    .map(|i| format!("{}a:\n", " ".repeat(i)))
+                    .collect();
+                let e = only_error(&maps, &Limits::default());
+                assert!(e.message.contains("--config-max-depth"), "{e:?}");
+                assert_eq!(e.pos.line, DEFAULT_MAX_DEPTH + 1);
+            }
+        });
+    }
+
+    #[test]
+    fn the_deepest_tree_allowed_is_safe_on_a_small_stack() {
+        on_small_stack(|| {
+            let limits = with_depth(MAX_MAX_DEPTH);
+            let text = format!(
+                "{}1{}",
+                "[".repeat(MAX_MAX_DEPTH),
+                "]".repeat(MAX_MAX_DEPTH)
+            );
+            // saphyr-parser refuses flow collections this deep by itself, so
+            // build the tree with block lists: `- - - 1`.
+            assert!(super::load(&text, &limits).is_err());
+            let text = format!("{}1\n", "- ".repeat(MAX_MAX_DEPTH));
+            let tree = super::load(&text, &limits).expect("at the limit");
+            let copy = tree.clone();
+            assert_eq!(copy, tree);
+            drop(copy);
+            drop(tree);
+            let over = format!("{}1\n", "- ".repeat(MAX_MAX_DEPTH + 1));
+            let e = only_error(&over, &limits);
+            assert!(e.message.contains("--config-max-depth"), "{e:?}");
+            // And through the decoder, which walks the tree.
+            let doc = format!(
+                "services:\n  web:\n    fleets:\n      blue:\n        endpoints:\n{}{}1\n",
+                " ".repeat(10),
+                "- ".repeat(MAX_MAX_DEPTH - 5)
+            );
+            let diags = crate::config::Config::parse_with(&doc, "t.yaml", &limits)
+                .expect_err("not a config");
+            assert!(!diags.is_empty());
+        });
+    }
+
+    #[test]
+    fn alias_copies_at_the_limit_pass_and_one_more_fails() {
+        // The anchor keeps a copy of 3 nodes (the list and its items), the
+        // alias makes another: 6 in all.
+        let text = "a: &x [1, 2]\nb: *x\n";
+        let root = super::load(text, &with_alias_nodes(6))
+            .expect("at the limit")
+            .expect("doc");
+        assert_eq!(map(&root)[1].1.value, map(&root)[0].1.value);
+        let e = only_error(text, &with_alias_nodes(5));
+        assert_eq!(e.pos, Pos { line: 2, col: 4 });
+        assert_eq!(e.path, "b");
+        assert!(
+            e.message
+                .contains("limit of 5 nodes (--config-max-alias-nodes)"),
+            "{e:?}"
+        );
+        // Keys count too: a mapping of one entry is 3 nodes.
+        let text = "a: &x {k: v}\nb: *x\n";
+        assert!(super::load(text, &with_alias_nodes(6)).is_ok());
+        assert!(super::load(text, &with_alias_nodes(5)).is_err());
+        // An anchor alone is charged when it is defined.
+        let e = only_error("a: &x [1, 2]\n", &with_alias_nodes(2));
+        assert!(e.message.contains("--config-max-alias-nodes"), "{e:?}");
+        assert!(super::load("a: [1, 2]\nb: [1, 2]\n", &with_alias_nodes(0)).is_ok());
+    }
+
+    #[test]
+    fn copied_text_at_the_size_limit_passes_and_one_byte_more_fails() {
+        let long = "x".repeat(1_000);
+        // The anchor's copy and three aliases: 4,000 bytes of text.
+        let text = format!("a: &x {long}\nb: [*x, *x, *x]\n");
+        let limits = |max_bytes| Limits {
+            max_bytes,
+            ..Limits::default()
+        };
+        assert!(super::load(&text, &limits(4_000)).is_ok());
+        let e = only_error(&text, &limits(3_999));
+        assert_eq!(e.pos, Pos { line: 2, col: 13 });
+        assert_eq!(e.path, "b[2]");
+        assert!(
+            e.message
+                .contains("limit of 3999 bytes of text (--config-max-bytes)"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn billion_laughs_stops_at_the_alias_budget() {
+        let mut text = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n".to_owned();
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+        for w in names.windows(2) {
+            let refs = vec![format!("*{}", w[0]); 9].join(", ");
+            text.push_str(&format!("{}: &{} [{refs}]\n", w[1], w[1]));
+        }
+        let started = std::time::Instant::now();
+        let e = only_error(&text, &Limits::default());
+        assert!(e.message.contains("--config-max-alias-nodes"), "{e:?}");
+        // Generous: the budget is 100,000 copies, well under a second.
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn many_distinct_keys_are_checked_in_linear_time() {
+        let n = 80_000;
+        let text: String = (0..n).map(|i| format!("k{i}: {i}\n")).collect();
+        let started = std::time::Instant::now();
+        let root = load(&text).expect("valid").expect("doc");
+        assert_eq!(map(&root).len(), n);
+        // Generous: the quadratic check took minutes here.
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        let dup = format!("{text}k0: again\n");
+        let errs = load(&dup).expect_err("duplicate");
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].pos.line, n + 1);
+    }
+
+    #[test]
+    fn errors_name_the_key_path_and_cut_long_keys() {
+        let e = only_error("s:\n  l:\n    - a: 1\n      a: 2\n", &Limits::default());
+        assert_eq!(e.pos, Pos { line: 4, col: 7 });
+        assert_eq!(e.path, "s.l[0].a");
+        let long = "k".repeat(10_000);
+        let e = only_error(&format!("{long}: 1\n{long}: 2\n"), &Limits::default());
+        assert!(e.path.len() < 100, "{}", e.path.len());
+        assert!(e.message.len() < 100, "{}", e.message);
+    }
 
     fn map(node: &Node) -> &[(Key, Node)] {
         match &node.value {

@@ -18,25 +18,31 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use crate::config::diag::Diagnostics;
+use crate::config::limits::Limits;
 use crate::config::model::{Config, Group, Listener, ListenerKind, PathMatch, Route, VirtualHost};
 use crate::config::yaml::{self, Key, Node, Pos, Value};
 
 use services::service;
 use values::*;
 
+/// Most known service names an "unknown service" message lists.
+const MAX_KNOWN_LISTED: usize = 10;
+
 /// Highest endpoint weight accepted.
 pub(crate) const MAX_ENDPOINT_WEIGHT: u32 = 10_000;
 
-/// Decodes and checks a whole file.
-pub(crate) fn parse(text_: &str, file: &str) -> Result<Config, Diagnostics> {
+/// Decodes and checks a whole file. The walk below follows the format's
+/// fixed shape, never the file's nesting, so it recurses a bounded number
+/// of times whatever the input; `limits` bound the tree it walks.
+pub(crate) fn parse(text_: &str, file: &str, limits: &Limits) -> Result<Config, Diagnostics> {
     let mut cx = Cx {
         file,
         diags: Vec::new(),
     };
-    let config = match yaml::load(text_) {
+    let config = match yaml::load(text_, limits) {
         Err(errors) => {
             for e in errors {
-                cx.err(e.pos, "", e.message);
+                cx.err(e.pos, &e.path, e.message);
             }
             None
         }
@@ -192,7 +198,19 @@ fn service_ref(
     if services.contains(&name) {
         Some(name)
     } else {
-        let known: Vec<&str> = services.iter().map(String::as_str).collect();
+        // A few names help; all of them, repeated for each of thousands
+        // of bad references, would make the report grow with the square
+        // of the file.
+        let mut known: Vec<&str> = services
+            .iter()
+            .take(MAX_KNOWN_LISTED)
+            .map(String::as_str)
+            .collect();
+        let more = services.len().saturating_sub(MAX_KNOWN_LISTED);
+        let more = format!("and {more} more");
+        if services.len() > MAX_KNOWN_LISTED {
+            known.push(&more);
+        }
         cx.err(
             node.pos,
             path,
@@ -440,7 +458,8 @@ fn service_list(
         return None;
     }
     let mut ok = true;
-    let mut names = Vec::new();
+    // A set, not a scan of the list: a listener may list every service.
+    let mut names = BTreeSet::new();
     let mut at = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let spath = format!("{path}[{i}]");
@@ -454,14 +473,13 @@ fn service_list(
                 ok = false;
             }
             Some(name) => {
-                names.push(name.clone());
+                names.insert(name.clone());
                 at.push((name, item.pos, spath));
             }
             None => ok = false,
         }
     }
-    names.sort();
-    ok.then_some((names, at))
+    ok.then_some((names.into_iter().collect(), at))
 }
 
 #[cfg(test)]

@@ -3,6 +3,11 @@ use std::time::Duration;
 use super::*;
 use crate::config::model::Protocol;
 
+/// The decoder with default limits.
+fn parse(text: &str, file: &str) -> Result<Config, Diagnostics> {
+    super::parse(text, file, &Limits::default())
+}
+
 const MINIMAL: &str = "\
 services:
   web:
@@ -111,7 +116,10 @@ groups:
 fn duplicate_keys_are_reported() {
     let text = MINIMAL.replace("    live: blue\n", "    live: blue\n    live: green\n");
     let errs = errors(&text);
-    assert_eq!(errs, vec!["t.yaml:4:5: duplicate key \"live\"".to_owned()]);
+    assert_eq!(
+        errs,
+        vec!["t.yaml:4:5: services.web.live: duplicate key \"live\"".to_owned()]
+    );
 }
 
 #[test]
