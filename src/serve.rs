@@ -107,7 +107,8 @@ impl ServeError {
             ServeError::ConfigInvalid(_) | ServeError::Tokens(_) => exit::EX_DATAERR,
             ServeError::Bind { .. } => exit::EX_UNAVAILABLE,
             ServeError::Transport(_) => exit::EX_SOFTWARE,
-            ServeError::State(_) | ServeError::Controller(_) => exit::EX_CANTCREAT,
+            ServeError::State(_) => exit::EX_CANTCREAT,
+            ServeError::Controller(e) => e.exit_code(),
         }
     }
 }
@@ -321,7 +322,7 @@ async fn reload(source: &mut ConfigSource, controller: &Controller, forced: bool
             );
         }
         Ok(config) => match controller.reload(config).await {
-            Ok(version) => tracing::info!(%version, "config reloaded"),
+            Ok(outcome) => tracing::info!(%outcome, "config reloaded"),
             Err(e) => tracing::error!(error = %e, "config reload refused"),
         },
     }

@@ -145,6 +145,7 @@ async fn a_restart_serves_the_committed_state_under_the_same_version() {
         .start(
             Operation::Rollback {
                 service: "api".into(),
+                skip_checks: false,
                 timeout: Duration::from_secs(5),
             },
             "carol",
@@ -207,7 +208,7 @@ async fn a_shift_with_an_interval_runs_every_step_without_proxy_changes() {
     };
     let op = Operation::Shift {
         service: "api".into(),
-        steps: vec![split(50, 50), split(0, 100)],
+        steps: crate::rollout::ShiftSteps::Splits(vec![split(50, 50), split(0, 100)]),
         interval: Duration::from_millis(50),
         skip_checks: false,
         timeout: Duration::from_secs(2),
