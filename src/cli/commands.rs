@@ -257,6 +257,13 @@ pub async fn run_admin(
                         format!("--weight: fleet {fleet:?} given twice"),
                     ));
                 }
+                let sum: u32 = weights.iter().map(|(_, w)| *w).sum();
+                if sum > 100 {
+                    return Err(Failure::new(
+                        client::EX_USAGE,
+                        format!("--weight: weights sum to {sum}, more than 100"),
+                    ));
+                }
                 let r = pb::ShiftRequest {
                     service,
                     steps: Vec::new(),
