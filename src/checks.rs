@@ -1,45 +1,84 @@
 //! The checks a rollout sends straight to every endpoint of a fleet,
-//! bypassing Envoy: one HTTP/1.1 `GET` per (check, endpoint) pair, all at
-//! once, each with its check's timeout.
+//! bypassing Envoy: one `GET` per (check, endpoint) pair, all at once,
+//! each on a connection of its own and bounded as a whole by its check's
+//! timeout.
 //!
-//! Plain TCP only. The response's status must equal the check's and, if
-//! the check has `body_contains`, the body (the first [`MAX_BODY`] bytes,
-//! read by `Content-Length`, chunked, or until the server closes) must
-//! contain that text.
+//! HTTP is hyper's client (`hyper::client::conn`), one connection per
+//! request with no pool, so every check really connects to its endpoint.
+//! A service's `protocol` picks the version: `http1` sends HTTP/1.1 with
+//! `Connection: close`, `http2` sends HTTP/2 with prior knowledge (h2c),
+//! as Envoy does to that service. Plain TCP only.
+//!
+//! A check passes when the response's status equals the check's and, if
+//! the check has `body_contains`, that text is in the first [`MAX_BODY`]
+//! bytes of the body. A longer body is cut there: the rest is not read,
+//! so a text past the bound is not found and the check fails saying so.
+//!
+//! A fleet with no endpoints fails: a check that could not run has not
+//! passed.
 
+use std::error::Error as _;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http::header::{ACCEPT, CONNECTION, HOST, USER_AGENT};
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use crate::config::{Check, Service};
+use crate::config::{Check, Protocol, Service};
 use crate::rollout::CheckResult;
 
-/// The most body bytes read from one response; the rest is ignored.
+/// The most body bytes a check reads from one response (1 MiB). A health
+/// page is short; a longer body is cut here and `body_contains` is looked
+/// for in this prefix only, so an endpoint streaming without end costs a
+/// check at most this much memory.
 pub const MAX_BODY: usize = 1024 * 1024;
 
-/// The most bytes of status line and headers accepted.
-const MAX_HEAD: usize = 64 * 1024;
+/// The most bytes of status line and headers a check accepts (64 KiB):
+/// hyper's read buffer for HTTP/1.1, the header list size for HTTP/2.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// The `check` of the one failing result of a fleet with no endpoints.
+pub const NO_ENDPOINTS: &str = "(fleet)";
 
 /// Runs every check of `service` against every endpoint of its fleet
 /// `fleet`, concurrently, and returns the results sorted by (check,
 /// endpoint).
 ///
-/// A service without checks, a fleet without endpoints, or a fleet the
-/// service does not have gives an empty list. Callers treat an empty list
-/// as passing (there is nothing to fail), so they must check that the
-/// fleet exists themselves.
+/// A fleet with no endpoints (or one the service does not have) gives one
+/// failing result, whose `check` is [`NO_ENDPOINTS`]: callers treat a
+/// list as passing when none of its results failed, and there is nothing
+/// to vouch for a fleet that cannot serve. A fleet with endpoints and a
+/// service without checks gives an empty list, which passes.
 pub async fn run_checks(service: &Service, fleet: &str) -> Vec<CheckResult> {
-    let Some(fleet) = service.fleets.get(fleet) else {
-        return Vec::new();
+    let endpoints = match service.fleets.get(fleet) {
+        Some(f) if !f.endpoints.is_empty() => &f.endpoints,
+        found => {
+            let detail = if found.is_some() {
+                format!("fleet {fleet} has no endpoints: nothing can pass its checks")
+            } else {
+                format!("the service has no fleet {fleet}")
+            };
+            return vec![CheckResult {
+                check: NO_ENDPOINTS.to_owned(),
+                endpoint: "(none)".to_owned(),
+                ok: false,
+                detail,
+            }];
+        }
     };
     let mut running = Vec::new();
     for (name, check) in &service.checks {
-        for endpoint in &fleet.endpoints {
+        for endpoint in endpoints {
             let (addr, check_owned) = (endpoint.address, check.clone());
-            let task = tokio::spawn(async move { probe(addr, &check_owned).await });
+            let protocol = service.protocol;
+            let task = tokio::spawn(async move { probe(addr, protocol, &check_owned).await });
             running.push((name.clone(), addr.to_string(), task));
         }
     }
@@ -60,13 +99,13 @@ pub async fn run_checks(service: &Service, fleet: &str) -> Vec<CheckResult> {
 }
 
 /// One check against one endpoint: whether it passed, and what happened.
-async fn probe(addr: SocketAddr, check: &Check) -> (bool, String) {
+async fn probe(addr: SocketAddr, protocol: Protocol, check: &Check) -> (bool, String) {
     let start = Instant::now();
-    let response = match tokio::time::timeout(check.timeout, get(addr, &check.path)).await {
+    // One deadline over connect, request, head and body: a server that
+    // trickles its headers or streams a body without end is cut off here.
+    let exchange = get(addr, protocol, &check.path);
+    let response = match tokio::time::timeout(check.timeout, exchange).await {
         Err(_) => return (false, format!("timed out after {}", human(check.timeout))),
-        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            return (false, "connection refused".to_owned());
-        }
         Ok(Err(e)) => return (false, e.to_string()),
         Ok(Ok(response)) => response,
     };
@@ -83,9 +122,14 @@ async fn probe(addr: SocketAddr, check: &Check) -> (bool, String) {
     if let Some(text) = &check.body_contains
         && !contains(&response.body, text.as_bytes())
     {
+        let which = if response.cut {
+            format!("the first {MAX_BODY} bytes of the body lack")
+        } else {
+            "the body lacks".to_owned()
+        };
         return (
             false,
-            format!("{} in {took}, but the body lacks {text:?}", response.status),
+            format!("{} in {took}, but {which} {text:?}", response.status),
         );
     }
     (true, format!("{} in {took}", response.status))
@@ -113,129 +157,144 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 struct Response {
     status: u16,
     body: Vec<u8>,
+    /// The body went on past [`MAX_BODY`].
+    cut: bool,
 }
 
-fn invalid(what: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what.into())
+/// Why a check got no response; its text is the result's `detail`.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    /// Nothing listens on the endpoint's port.
+    #[error("connection refused")]
+    Refused,
+    /// Any other failure to connect.
+    #[error("connect: {0}")]
+    Connect(io::Error),
+    /// The check's path does not make a request URI.
+    #[error("bad request path {0:?}")]
+    Path(String),
+    /// The exchange failed: the response broke HTTP, was too large in
+    /// its head, or the connection went away.
+    #[error("{}", describe(.0))]
+    Http(#[from] hyper::Error),
 }
 
-/// Reads more bytes into `buf`; 0 at end of stream.
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    buf.reserve(16 * 1024);
-    stream.read_buf(buf).await
-}
-
-/// `GET path` over HTTP/1.1 with `Connection: close`.
-async fn get(addr: SocketAddr, path: &str) -> io::Result<Response> {
-    let mut stream = TcpStream::connect(addr).await?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: teal-check\r\n\
-         Accept: */*\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await?;
-
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(invalid("response headers over 64 KiB"));
-        }
-        if read_more(&mut stream, &mut buf).await? == 0 {
-            return Err(invalid(if buf.is_empty() {
-                "connection closed without a response"
-            } else {
-                "connection closed in the response headers"
-            }));
-        }
+/// A hyper error with its causes, worded for an operator.
+fn describe(e: &hyper::Error) -> String {
+    if e.is_parse_too_large() {
+        return format!("response headers over {} KiB", MAX_HEAD / 1024);
+    }
+    let mut text = if e.is_parse() {
+        format!("bad status line or headers: {e}")
+    } else {
+        e.to_string()
     };
-    let head = std::str::from_utf8(&buf[..head_end])
-        .map_err(|_| invalid("response headers are not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = parse_status_line(status_line)
-        .ok_or_else(|| invalid(format!("bad status line {status_line:?}")))?;
-    let (mut length, mut chunked) = (None, false);
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// `GET path` on a new connection to `addr`, in `protocol`.
+async fn get(addr: SocketAddr, protocol: Protocol, path: &str) -> Result<Response, ProbeError> {
+    let bad_path = || ProbeError::Path(path.to_owned());
+    let stream = TcpStream::connect(addr).await.map_err(|e| {
+        if e.kind() == io::ErrorKind::ConnectionRefused {
+            ProbeError::Refused
+        } else {
+            ProbeError::Connect(e)
+        }
+    })?;
+    // A lone small request: don't hold it back for Nagle.
+    let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(stream);
+    let request = Request::get(path)
+        .header(USER_AGENT, "teal-check")
+        .header(ACCEPT, "*/*");
+    match protocol {
+        Protocol::Http1 => {
+            let request = request
+                .header(HOST, addr.to_string())
+                .header(CONNECTION, "close")
+                .body(Empty::<Bytes>::new())
+                .map_err(|_| bad_path())?;
+            let (mut sender, conn) = http1::Builder::new()
+                .title_case_headers(true)
+                .max_buf_size(MAX_HEAD)
+                .handshake(io)
+                .await?;
+            exchange(conn, async move {
+                read(sender.send_request(request).await?).await
+            })
+            .await
+        }
+        Protocol::Http2 => {
+            // HTTP/2 carries the authority in the URI, not a Host header.
+            let uri: Uri = format!("http://{addr}{path}")
+                .parse()
+                .map_err(|_| bad_path())?;
+            let mut request = request
+                .body(Empty::<Bytes>::new())
+                .map_err(|_| bad_path())?;
+            *request.uri_mut() = uri;
+            let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .max_header_list_size(MAX_HEAD as u32)
+                .handshake(io)
+                .await?;
+            exchange(conn, async move {
+                read(sender.send_request(request).await?).await
+            })
+            .await
+        }
+    }
+}
+
+/// Drives a connection and the request on it together, so that dropping
+/// this future (at the check's deadline) closes the socket with it rather
+/// than leaving a spawned connection task behind.
+async fn exchange<T>(
+    conn: impl Future<Output = hyper::Result<()>>,
+    request: impl Future<Output = Result<T, ProbeError>>,
+) -> Result<T, ProbeError> {
+    tokio::pin!(conn, request);
+    tokio::select! {
+        biased;
+        done = &mut request => done,
+        closed = &mut conn => match closed {
+            // hyper hands a failure to the request waiting on it when it
+            // can, and returns it here when it cannot (mid-body).
+            Err(e) => Err(e.into()),
+            Ok(()) => request.await,
+        },
+    }
+}
+
+/// The status and the first [`MAX_BODY`] bytes of the body.
+async fn read(response: hyper::Response<Incoming>) -> Result<Response, ProbeError> {
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let (mut data, mut cut) = (Vec::new(), false);
+    while let Some(frame) = body.frame().await {
+        // Trailers carry no body text.
+        let Ok(chunk) = frame?.into_data() else {
             continue;
         };
-        let (name, value) = (name.trim(), value.trim());
-        if name.eq_ignore_ascii_case("content-length") {
-            let n: usize = value
-                .parse()
-                .map_err(|_| invalid(format!("bad Content-Length {value:?}")))?;
-            length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.to_ascii_lowercase().contains("chunked");
-        }
-    }
-
-    let mut body = buf.split_off(head_end);
-    if matches!(status, 100..=199 | 204 | 304) {
-        return Ok(Response {
-            status,
-            body: Vec::new(),
-        });
-    }
-    // Chunked framing takes precedence over Content-Length (RFC 9112 6.3).
-    let want = match length {
-        Some(n) if !chunked => n.min(MAX_BODY),
-        // Until EOF; chunk framing may take a little more than the data.
-        _ => MAX_BODY + MAX_HEAD,
-    };
-    while body.len() < want {
-        if read_more(&mut stream, &mut body).await? == 0 {
-            if length.is_some() && !chunked {
-                return Err(invalid(format!(
-                    "response body cut short at {} of {want} bytes",
-                    body.len()
-                )));
-            }
+        let room = MAX_BODY - data.len();
+        if chunk.len() > room {
+            data.extend_from_slice(&chunk[..room]);
+            cut = true;
             break;
         }
+        data.extend_from_slice(&chunk);
     }
-    body.truncate(want);
-    if chunked {
-        body = dechunk(&body);
-    }
-    body.truncate(MAX_BODY);
-    Ok(Response { status, body })
-}
-
-/// The code of `HTTP/1.1 200 OK`.
-fn parse_status_line(line: &str) -> Option<u16> {
-    let mut parts = line.split(' ');
-    let version = parts.next()?;
-    let code = parts.next()?;
-    if !version.starts_with("HTTP/1.") || code.len() != 3 {
-        return None;
-    }
-    code.parse().ok()
-}
-
-/// The data of a chunked body, leniently: stops at the last chunk, or
-/// where the data ends or stops making sense.
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size_field = String::from_utf8_lossy(&raw[..eol]);
-        let size_hex = size_field.split(';').next().unwrap_or_default().trim();
-        let Ok(size) = usize::from_str_radix(size_hex, 16) else {
-            return out;
-        };
-        if size == 0 {
-            return out;
-        }
-        raw = &raw[eol + 2..];
-        let take = size.min(raw.len());
-        out.extend_from_slice(&raw[..take]);
-        raw = raw.get(take + 2..).unwrap_or_default();
-    }
+    Ok(Response {
+        status,
+        body: data,
+        cut,
+    })
 }
 
 #[cfg(test)]

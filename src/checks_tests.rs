@@ -3,7 +3,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use super::*;
@@ -153,7 +153,9 @@ async fn body_until_close_and_chunked_bodies_are_read() {
         vec![("ready", check("/", Some("ready"), SECOND))],
         &[plain, chunked],
     );
-    for r in run_checks(&svc, "green").await {
+    let results = run_checks(&svc, "green").await;
+    assert_eq!(results.len(), 2, "{results:?}");
+    for r in results {
         assert!(r.ok, "{r:?}");
     }
 }
@@ -190,15 +192,35 @@ async fn garbage_response_fails() {
 }
 
 #[tokio::test]
-async fn no_checks_no_fleet_no_results() {
+async fn endpoints_without_checks_pass_with_no_results() {
     let (addr, _rx) = server(b"HTTP/1.1 200 OK\r\n\r\n").await;
-    assert!(
-        run_checks(&service(vec![], &[addr]), "green")
-            .await
-            .is_empty()
-    );
+    assert_eq!(run_checks(&service(vec![], &[addr]), "green").await, []);
+}
+
+#[tokio::test]
+async fn an_empty_fleet_fails_with_or_without_checks() {
+    for checks in [vec![], vec![("ready", check("/", None, SECOND))]] {
+        let results = run_checks(&service(checks, &[]), "green").await;
+        assert_eq!(
+            results,
+            [CheckResult {
+                check: NO_ENDPOINTS.into(),
+                endpoint: "(none)".into(),
+                ok: false,
+                detail: "fleet green has no endpoints: nothing can pass its checks".into(),
+            }]
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_fleet_fails() {
+    let (addr, _rx) = server(b"HTTP/1.1 200 OK\r\n\r\n").await;
     let svc = service(vec![("ready", check("/", None, SECOND))], &[addr]);
-    assert!(run_checks(&svc, "purple").await.is_empty());
+    let results = run_checks(&svc, "purple").await;
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert!(!results[0].ok);
+    assert_eq!(results[0].detail, "the service has no fleet purple");
 }
 
 #[tokio::test]
@@ -234,4 +256,215 @@ async fn every_pair_runs_at_once_and_results_are_sorted() {
             ("z-last", endpoints[1].as_str()),
         ]
     );
+}
+
+/// A server running `answer` on each connection once it has read a
+/// request's head.
+async fn serve_with<F, Fut>(answer: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut req = Vec::new();
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                if conn.read_buf(&mut req).await.unwrap_or(0) == 0 {
+                    break;
+                }
+            }
+            tokio::spawn(answer(conn));
+        }
+    });
+    addr
+}
+
+/// Runs `svc`'s checks on green, failing the test (instead of hanging
+/// it) if they take more than 10 s, and says how long they took.
+async fn run_bounded(svc: &Service) -> (Vec<CheckResult>, Duration) {
+    let start = Instant::now();
+    let results = tokio::time::timeout(Duration::from_secs(10), run_checks(svc, "green"))
+        .await
+        .expect("checks end well before 10s");
+    (results, start.elapsed())
+}
+
+#[tokio::test]
+async fn headers_trickled_forever_time_out() {
+    let addr = serve_with(|mut conn| async move {
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\n").await;
+        for i in 0u64.. {
+            if conn
+                .write_all(format!("X-{i}: y\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let timeout = Duration::from_millis(300);
+    let svc = service(vec![("ready", check("/", None, timeout))], &[addr]);
+    let (results, took) = run_bounded(&svc).await;
+    assert_eq!(results.len(), 1);
+    assert!(!results[0].ok);
+    assert_eq!(results[0].detail, "timed out after 300ms");
+    assert!(took < timeout * 10, "took {took:?}");
+}
+
+#[tokio::test]
+async fn a_body_trickled_forever_times_out() {
+    let addr = serve_with(|mut conn| async move {
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let _ = conn.write_all(head).await;
+        while conn.write_all(b"1\r\nx\r\n").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let timeout = Duration::from_millis(300);
+    let svc = service(vec![("ready", check("/", Some("ready"), timeout))], &[addr]);
+    let (results, took) = run_bounded(&svc).await;
+    assert_eq!(results.len(), 1);
+    assert!(!results[0].ok);
+    assert_eq!(results[0].detail, "timed out after 300ms");
+    assert!(took < timeout * 10, "took {took:?}");
+}
+
+/// A server streaming `x` without end, as fast as the check reads.
+async fn endless_body_server() -> SocketAddr {
+    serve_with(|mut conn| async move {
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let _ = conn.write_all(head).await;
+        let chunk = [b"4000\r\n".as_slice(), &[b'x'; 0x4000], b"\r\n"].concat();
+        while conn.write_all(&chunk).await.is_ok() {}
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_endless_body_is_cut_at_the_bound() {
+    let addr = endless_body_server().await;
+    // A generous timeout: the check must end by reaching MAX_BODY, long
+    // before it.
+    let timeout = Duration::from_secs(8);
+    let svc = service(
+        vec![
+            ("plain", check("/", None, timeout)),
+            ("text", check("/", Some("ready"), timeout)),
+        ],
+        &[addr],
+    );
+    let (results, took) = run_bounded(&svc).await;
+    assert_eq!(results.len(), 2, "{results:?}");
+    assert!(results[0].ok, "{:?}", results[0]);
+    assert!(!results[1].ok);
+    assert!(
+        results[1].detail.contains(&format!(
+            "but the first {MAX_BODY} bytes of the body lack \"ready\""
+        )),
+        "{}",
+        results[1].detail
+    );
+    assert!(took < timeout, "took {took:?}");
+}
+
+#[tokio::test]
+async fn an_oversize_body_is_searched_only_within_the_bound() {
+    /// `text` at byte `at` of a 2 MiB body with a Content-Length.
+    async fn oversize(text: &'static str, at: usize) -> SocketAddr {
+        serve_with(move |mut conn| async move {
+            let len = 2 * MAX_BODY;
+            let mut body = vec![b'x'; len];
+            body[at..at + text.len()].copy_from_slice(text.as_bytes());
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+            let _ = conn.write_all(head.as_bytes()).await;
+            let _ = conn.write_all(&body).await;
+        })
+        .await
+    }
+    let within = oversize("ready", MAX_BODY - 5).await;
+    let past = oversize("ready", MAX_BODY - 4).await;
+    let svc = service(
+        vec![("ready", check("/", Some("ready"), Duration::from_secs(5)))],
+        &[within, past],
+    );
+    let (results, _) = run_bounded(&svc).await;
+    let by_endpoint = |a: SocketAddr| {
+        results
+            .iter()
+            .find(|r| r.endpoint == a.to_string())
+            .expect("a result per endpoint")
+    };
+    assert!(by_endpoint(within).ok, "{:?}", by_endpoint(within));
+    let r = by_endpoint(past);
+    assert!(!r.ok);
+    assert!(
+        r.detail
+            .contains(&format!("the first {MAX_BODY} bytes of the body lack")),
+        "{}",
+        r.detail
+    );
+}
+
+#[tokio::test]
+async fn oversize_headers_fail() {
+    let addr = serve_with(|mut conn| async move {
+        let big = format!("X-Big: {}\r\n", "y".repeat(2 * MAX_HEAD));
+        let head = format!("HTTP/1.1 200 OK\r\n{big}Content-Length: 0\r\n\r\n");
+        let _ = conn.write_all(head.as_bytes()).await;
+    })
+    .await;
+    let svc = service(vec![("ready", check("/", None, SECOND))], &[addr]);
+    let (results, _) = run_bounded(&svc).await;
+    assert_eq!(results.len(), 1);
+    assert!(!results[0].ok);
+    assert_eq!(results[0].detail, "response headers over 64 KiB");
+}
+
+#[tokio::test]
+async fn an_http2_service_is_checked_over_http2() {
+    use hyper::server::conn::http2 as server_http2;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let tx = tx.clone();
+            let svc = hyper::service::service_fn(move |req: http::Request<_>| {
+                let _ = tx.send((req.version(), req.uri().to_string()));
+                async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"h2 ready")),
+                    ))
+                }
+            });
+            tokio::spawn(
+                server_http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(conn), svc),
+            );
+        }
+    });
+    let mut svc = service(
+        vec![("ready", check("/healthz", Some("h2 ready"), SECOND))],
+        &[addr],
+    );
+    svc.protocol = Protocol::Http2;
+    let (results, _) = run_bounded(&svc).await;
+    assert_eq!(results.len(), 1);
+    assert!(results[0].ok, "{:?}", results[0]);
+    let (version, uri) = seen.recv().await.expect("a request");
+    assert_eq!(version, http::Version::HTTP_2);
+    assert_eq!(uri, format!("http://{addr}/healthz"));
+
+    // The same server, spoken to in HTTP/1.1, does not pass.
+    svc.protocol = Protocol::Http1;
+    let (results, _) = run_bounded(&svc).await;
+    assert!(!results[0].ok, "{:?}", results[0]);
 }

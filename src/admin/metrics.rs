@@ -1,9 +1,14 @@
-//! Prometheus metrics, served as text at `GET /metrics` on the admin port.
+//! Prometheus metrics, served at `GET /metrics` on the admin port in the
+//! Prometheus text format 0.0.4 ([`CONTENT_TYPE`]).
 //!
-//! Counters are atomics bumped by the xDS layer through
-//! [`Metrics::record_event`] and by the rollout through
-//! [`Metrics::observe_convergence`]; gauges are read from the
-//! [`Backend`] at scrape time.
+//! The exposition is the Prometheus project's own Rust client,
+//! `prometheus-client`: it names, escapes and formats every sample, so
+//! teal only says what to count. Counters and the histogram live in
+//! [`Metrics`], bumped by the xDS layer through [`Metrics::record_event`]
+//! and by the rollout through [`Metrics::observe_convergence`]; gauges are
+//! read from the [`Backend`] at scrape time into a registry made for that
+//! scrape, so a proxy group or a fleet that goes away leaves no stale
+//! series behind.
 //!
 //! | Metric | Type | Labels | Meaning |
 //! |---|---|---|---|
@@ -17,179 +22,202 @@
 //! | `teal_service_both_fleets_seconds` | gauge | `service` | How long more than one fleet has had endpoints (the cost window); absent when only one has. |
 //! | `teal_up` | gauge | | Always 1: the admin API answers. |
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
-use crate::rollout::Backend;
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::resources::ResourceType;
+use crate::rollout::{Backend, ServiceStatus};
 use crate::xds::{EventSink, StreamEvent};
+
+pub use prometheus_text::CONTENT_TYPE;
 
 /// Upper bounds of the convergence histogram's buckets, in milliseconds.
 pub const CONVERGENCE_BUCKETS_MS: [u64; 12] = [
     10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000,
 ];
 
+/// The `type` label of the xDS counters: `CDS`, `EDS`, `LDS` or `RDS`.
+type TypeLabel = [(&'static str, &'static str); 1];
+/// One label with a value from outside (a group or service name).
+type OneLabel = [(&'static str, String); 1];
+/// The `service` and `fleet` labels.
+type ServiceFleet = [(&'static str, String); 2];
+
 /// teal's counters. Share one `Arc<Metrics>` between the xDS layer, the
-/// rollout and the admin server.
-#[derive(Debug, Default)]
+/// rollout and the admin server; every method takes `&self` and is safe
+/// to call from many tasks at once.
+#[derive(Debug)]
 pub struct Metrics {
-    sent: [AtomicU64; 4],
-    acks: [AtomicU64; 4],
-    nacks: [AtomicU64; 4],
-    /// Non-cumulative counts per bucket; the last one is `+Inf`.
-    convergence: [AtomicU64; CONVERGENCE_BUCKETS_MS.len() + 1],
-    convergence_sum_ms: AtomicU64,
+    sent: Family<TypeLabel, Counter>,
+    acks: Family<TypeLabel, Counter>,
+    nacks: Family<TypeLabel, Counter>,
+    /// Milliseconds; a clone shares the same buckets.
+    convergence: Histogram,
 }
 
-const TYPES: [&str; 4] = ["CDS", "EDS", "LDS", "RDS"];
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
 
 impl Metrics {
-    /// New, all zero.
+    /// New, all zero. Every `type` is there from the start, so a scrape
+    /// shows 0 rather than no series before the first event.
     pub fn new() -> Metrics {
-        Metrics::default()
+        let m = Metrics {
+            sent: Family::default(),
+            acks: Family::default(),
+            nacks: Family::default(),
+            convergence: Histogram::new(CONVERGENCE_BUCKETS_MS.map(|ms| ms as f64)),
+        };
+        for ty in ResourceType::ALL {
+            for family in [&m.sent, &m.acks, &m.nacks] {
+                let _ = family.get_or_create(&type_label(ty));
+            }
+        }
+        m
     }
 
     /// Counts what a stream did: responses sent, ACKs and NACKs.
     pub fn record_event(&self, event: &StreamEvent) {
-        let (counters, ty) = match event {
+        let (family, ty) = match event {
             StreamEvent::Sent { ty, .. } => (&self.sent, ty),
             StreamEvent::Acked { ty, .. } => (&self.acks, ty),
             StreamEvent::Nacked { ty, .. } => (&self.nacks, ty),
             StreamEvent::StaleNonce { .. } => return,
         };
-        counters[ty.index()].fetch_add(1, Ordering::Relaxed);
+        family.get_or_create(&type_label(*ty)).inc();
     }
 
     /// Records how long a version took from first push to last ACK.
     pub fn observe_convergence(&self, took: Duration) {
-        let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
-        let bucket = CONVERGENCE_BUCKETS_MS
-            .iter()
-            .position(|le| ms <= *le)
-            .unwrap_or(CONVERGENCE_BUCKETS_MS.len());
-        self.convergence[bucket].fetch_add(1, Ordering::Relaxed);
-        self.convergence_sum_ms.fetch_add(ms, Ordering::Relaxed);
+        // From nanoseconds, so whole milliseconds stay exact in the sum.
+        self.convergence.observe(took.as_nanos() as f64 / 1e6);
     }
 
-    /// The counters and histogram in Prometheus text format.
+    /// The counters and histogram in Prometheus text format, appended to
+    /// `out`.
     pub fn render_counters(&self, out: &mut String) {
-        for (name, help, counters) in [
-            (
-                "teal_xds_responses_sent_total",
-                "Discovery responses sent.",
-                &self.sent,
-            ),
-            (
-                "teal_xds_acks_total",
-                "Responses proxies ACKed.",
-                &self.acks,
-            ),
-            (
-                "teal_xds_nacks_total",
-                "Responses proxies NACKed.",
-                &self.nacks,
-            ),
-        ] {
-            header(out, name, help, "counter");
-            for (ty, c) in TYPES.iter().zip(counters) {
-                let _ = writeln!(out, "{name}{{type=\"{ty}\"}} {}", c.load(Ordering::Relaxed));
-            }
-        }
-        let name = "teal_convergence_milliseconds";
-        header(
-            out,
-            name,
-            "First push to last ACK of a rollout's version, in milliseconds.",
-            "histogram",
-        );
-        let mut cumulative = 0;
-        for (i, c) in self.convergence.iter().enumerate() {
-            cumulative += c.load(Ordering::Relaxed);
-            let le = CONVERGENCE_BUCKETS_MS
-                .get(i)
-                .map_or_else(|| "+Inf".to_owned(), u64::to_string);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-        }
-        let sum = self.convergence_sum_ms.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {cumulative}");
+        let mut registry = Registry::default();
+        self.register_counters(&mut registry);
+        encode(&registry, out);
     }
 
     /// The whole `/metrics` page: counters plus gauges read from `backend`.
     pub async fn render(&self, backend: &dyn Backend) -> String {
-        let mut out = String::new();
-        header(&mut out, "teal_up", "The admin API answers.", "gauge");
-        out.push_str("teal_up 1\n");
+        let groups: Vec<String> = backend
+            .proxies()
+            .iter()
+            .map(|p| p.group().unwrap_or("").to_owned())
+            .collect();
+        let services = match backend.status(None).await {
+            Ok(view) => view.services,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: service status unavailable");
+                Vec::new()
+            }
+        };
+        self.page(&groups, &services, SystemTime::now())
+    }
 
-        let mut groups: BTreeMap<String, u64> = BTreeMap::new();
-        for p in backend.proxies() {
-            *groups
-                .entry(p.group().unwrap_or("").to_owned())
-                .or_default() += 1;
+    /// The page for proxies in `groups` (one entry per stream) and
+    /// `services`, with cost windows measured up to `now`.
+    fn page(&self, groups: &[String], services: &[ServiceStatus], now: SystemTime) -> String {
+        let mut registry = Registry::default();
+        registry.register("teal_up", "The admin API answers", ConstGauge::new(1_i64));
+
+        let proxies = Family::<OneLabel, Gauge>::default();
+        for group in groups {
+            proxies.get_or_create(&[("group", group.clone())]).inc();
         }
-        let name = "teal_connected_proxies";
-        header(
-            &mut out,
-            name,
-            "Connected proxy streams per proxy group.",
-            "gauge",
+        registry.register(
+            "teal_connected_proxies",
+            "Connected proxy streams per proxy group",
+            proxies,
         );
-        for (group, n) in &groups {
-            let _ = writeln!(out, "{name}{{group=\"{}\"}} {n}", escape(group));
-        }
 
-        self.render_counters(&mut out);
+        self.register_counters(&mut registry);
 
-        match backend.status(None).await {
-            Ok(view) => render_services(&mut out, &view.services),
-            Err(e) => tracing::warn!(error = %e, "metrics: service status unavailable"),
+        let (weight, live) = (
+            Family::<ServiceFleet, Gauge>::default(),
+            Family::<ServiceFleet, Gauge>::default(),
+        );
+        let both = Family::<OneLabel, Gauge<f64, AtomicU64>>::default();
+        for s in services {
+            for (fleet, w) in &s.weights {
+                let labels = [("service", s.name.clone()), ("fleet", fleet.clone())];
+                weight.get_or_create(&labels).set(i64::from(*w));
+            }
+            live.get_or_create(&[("service", s.name.clone()), ("fleet", s.live.clone())])
+                .set(1);
+            if let Some(since) = s.both_fleets_since {
+                let secs = now.duration_since(since).unwrap_or_default().as_secs_f64();
+                both.get_or_create(&[("service", s.name.clone())]).set(secs);
+            }
         }
+        registry.register(
+            "teal_service_weight",
+            "Traffic weight (0-100) of each fleet",
+            weight,
+        );
+        registry.register("teal_service_live", "1 for each service's live fleet", live);
+        registry.register(
+            "teal_service_both_fleets_seconds",
+            "How long more than one fleet has had endpoints",
+            both,
+        );
+
+        let mut out = String::new();
+        encode(&registry, &mut out);
         out
     }
-}
 
-fn render_services(out: &mut String, services: &[crate::rollout::ServiceStatus]) {
-    let name = "teal_service_weight";
-    header(out, name, "Traffic weight (0-100) of each fleet.", "gauge");
-    for s in services {
-        for (fleet, w) in &s.weights {
-            let (svc, fleet) = (escape(&s.name), escape(fleet));
-            let _ = writeln!(out, "{name}{{service=\"{svc}\",fleet=\"{fleet}\"}} {w}");
-        }
-    }
-    let name = "teal_service_live";
-    header(out, name, "1 for each service's live fleet.", "gauge");
-    for s in services {
-        let (svc, fleet) = (escape(&s.name), escape(&s.live));
-        let _ = writeln!(out, "{name}{{service=\"{svc}\",fleet=\"{fleet}\"}} 1");
-    }
-    let name = "teal_service_both_fleets_seconds";
-    header(
-        out,
-        name,
-        "How long more than one fleet has had endpoints.",
-        "gauge",
-    );
-    let now = SystemTime::now();
-    for s in services {
-        if let Some(since) = s.both_fleets_since {
-            let secs = now.duration_since(since).unwrap_or_default().as_secs_f64();
-            let _ = writeln!(out, "{name}{{service=\"{}\"}} {secs:.3}", escape(&s.name));
-        }
+    /// Adds the long-lived metrics to a scrape's registry. The clones
+    /// share their values with `self`.
+    fn register_counters(&self, registry: &mut Registry) {
+        // prometheus-client appends `_total` to a counter's name itself.
+        registry.register(
+            "teal_xds_responses_sent",
+            "Discovery responses sent",
+            self.sent.clone(),
+        );
+        registry.register(
+            "teal_xds_acks",
+            "Responses proxies ACKed",
+            self.acks.clone(),
+        );
+        registry.register(
+            "teal_xds_nacks",
+            "Responses proxies NACKed",
+            self.nacks.clone(),
+        );
+        registry.register(
+            "teal_convergence_milliseconds",
+            "First push to last ACK of a rollout's version, in milliseconds",
+            self.convergence.clone(),
+        );
     }
 }
 
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+fn type_label(ty: ResourceType) -> TypeLabel {
+    [("type", ty.short_name())]
 }
 
-/// Escapes a label value: backslash, double quote and newline.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Appends `registry` in the Prometheus text format to `out`.
+fn encode(registry: &Registry, out: &mut String) {
+    // Writing to a `String` cannot fail, and the encoder fails only when
+    // its writer does.
+    if let Err(e) = prometheus_text::encode(out, registry) {
+        tracing::warn!(error = %e, "metrics: encoding failed");
+    }
 }
 
 impl EventSink for Metrics {
@@ -199,40 +227,5 @@ impl EventSink for Metrics {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::resources::ResourceType;
-
-    #[test]
-    fn counts_events_and_buckets_convergence() {
-        let m = Metrics::new();
-        m.record_event(&StreamEvent::Sent {
-            ty: ResourceType::Route,
-            version: "1".into(),
-            nonce: "1".into(),
-            resources: 1,
-        });
-        m.record_event(&StreamEvent::Nacked {
-            ty: ResourceType::Cluster,
-            version: "1".into(),
-            message: "bad".into(),
-        });
-        m.observe_convergence(Duration::from_millis(30));
-        m.observe_convergence(Duration::from_secs(120));
-        let mut out = String::new();
-        m.render_counters(&mut out);
-        assert!(out.contains("teal_xds_responses_sent_total{type=\"RDS\"} 1\n"));
-        assert!(out.contains("teal_xds_nacks_total{type=\"CDS\"} 1\n"));
-        assert!(out.contains("teal_xds_acks_total{type=\"CDS\"} 0\n"));
-        assert!(out.contains("teal_convergence_milliseconds_bucket{le=\"25\"} 0\n"));
-        assert!(out.contains("teal_convergence_milliseconds_bucket{le=\"50\"} 1\n"));
-        assert!(out.contains("teal_convergence_milliseconds_bucket{le=\"+Inf\"} 2\n"));
-        assert!(out.contains("teal_convergence_milliseconds_sum 120030\n"));
-        assert!(out.contains("teal_convergence_milliseconds_count 2\n"));
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-    }
-}
+#[path = "metrics_tests.rs"]
+mod tests;

@@ -21,8 +21,8 @@
 //!
 //! HTTP/1.1 (or h2) `GET`:
 //!
-//! - `/metrics`: Prometheus text format; every metric is listed in
-//!   [`metrics`].
+//! - `/metrics`: Prometheus text format 0.0.4; every metric is listed
+//!   in [`metrics`].
 //! - `/healthz`: `200 ok` while the server runs.
 //!
 //! # Auth
@@ -63,9 +63,6 @@ pub use auth::{Tokens, TokensError};
 pub use metrics::Metrics;
 pub use server::AdminService;
 
-/// The content type of Prometheus' text exposition format.
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-
 /// The gRPC service and the HTTP paths, as one router.
 pub fn routes(backend: Arc<dyn Backend>, metrics: Arc<Metrics>, tokens: Tokens) -> Routes {
     let grpc = Routes::new(AdminService::new(backend.clone(), tokens).into_server());
@@ -77,7 +74,7 @@ pub fn routes(backend: Arc<dyn Backend>, metrics: Arc<Metrics>, tokens: Tokens) 
                 let (backend, metrics) = (backend.clone(), metrics.clone());
                 async move {
                     (
-                        [(CONTENT_TYPE, PROMETHEUS_TEXT)],
+                        [(CONTENT_TYPE, metrics::CONTENT_TYPE)],
                         metrics.render(&*backend).await,
                     )
                 }
