@@ -553,3 +553,63 @@ async fn an_operation_found_in_flight_is_resolved_at_start() {
     let rx = c.start(flip("api", true), "x").await.expect("starts");
     assert_eq!(rx.borrow().id, 43, "ids go on from the stored counter");
 }
+
+/// A reload that changes a service's endpoints while its flip runs the
+/// checks waits for the flip to end, then applies.
+#[tokio::test]
+async fn a_reload_under_a_running_check_waits_for_the_operation() {
+    // Green's endpoint accepts connections and never answers: the flip's
+    // checks hang until their timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    let text = CONFIG
+        .replace(
+            "      green: {endpoints: [127.0.0.1:2]}",
+            &format!("      green: {{endpoints: [127.0.0.1:{port}]}}"),
+        )
+        .replace("timeout: 200ms", "timeout: 1s");
+    let first = Config::parse(&text, "test.yaml").expect("valid");
+    let (writer, _reader) = snapshot_store();
+    let (_trigger, shutdown) = crate::shutdown::shutdown_channel();
+    let (c, _task) = start(
+        first.clone(),
+        writer,
+        Arc::new(MemoryStore::default()),
+        ProxyRegistry::new(),
+        Arc::new(Metrics::new()),
+        shutdown,
+    )
+    .await
+    .expect("starts");
+    let mut rx = c.start(flip("web", false), "x").await.expect("starts");
+    rx.wait_for(|p| p.phase == crate::rollout::Phase::PreChecks)
+        .await
+        .expect("checking");
+    let version = c.snapshot().version().to_owned();
+    let moved =
+        Config::parse(&text.replace("127.0.0.1:1]", "127.0.0.1:9]"), "test.yaml").expect("valid");
+    let reloaded = c.reload(moved).await.expect("not refused");
+    assert!(
+        matches!(reloaded, super::Reloaded::Deferred { ref service, .. } if service == "web"),
+        "web's config changed under its checks: {reloaded:?}"
+    );
+    assert_eq!(c.snapshot().version(), version, "nothing applied yet");
+    let out = outcome(rx).await;
+    assert!(matches!(out, Outcome::Refused { .. }), "{out:?}");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while c.snapshot().version() == version {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the deferred reload is applied once the flip ended");
+    held.abort();
+}
