@@ -227,6 +227,20 @@ fn retire(service: &str, fleet: &str, after: Duration) -> Operation {
     }
 }
 
+/// A shift to 10% then 100% with an hour between: it waits after step 1.
+fn paused_shift(service: &str) -> Operation {
+    Operation::Shift {
+        service: service.into(),
+        steps: crate::rollout::ShiftSteps::Percents {
+            to: None,
+            percents: vec![10, 100],
+        },
+        interval: Duration::from_secs(3600),
+        skip_checks: true,
+        timeout: Duration::from_secs(5),
+    }
+}
+
 fn rollback_op(service: &str) -> Operation {
     Operation::Rollback {
         service: service.into(),
@@ -405,16 +419,7 @@ async fn a_rollback_cancels_a_waiting_retirement() {
 async fn removing_a_service_ends_its_operation_with_an_entry() {
     let store = Arc::new(MemoryStore::default());
     let (c, _t) = controller(store.clone()).await;
-    let shift = Operation::Shift {
-        service: "api".into(),
-        steps: crate::rollout::ShiftSteps::Percents {
-            to: None,
-            percents: vec![10, 100],
-        },
-        interval: Duration::from_secs(3600),
-        skip_checks: true,
-        timeout: Duration::from_secs(5),
-    };
+    let shift = paused_shift("api");
     let mut rx = c.start(shift, "x").await.expect("starts");
     rx.wait_for(|p| p.phase == crate::rollout::Phase::Waiting)
         .await
@@ -449,16 +454,7 @@ async fn removing_a_service_ends_its_operation_with_an_entry() {
 async fn shutting_down_ends_a_running_shift_with_an_entry() {
     let store = Arc::new(MemoryStore::default());
     let (c, t) = controller(store.clone()).await;
-    let shift = Operation::Shift {
-        service: "api".into(),
-        steps: crate::rollout::ShiftSteps::Percents {
-            to: None,
-            percents: vec![10, 100],
-        },
-        interval: Duration::from_secs(3600),
-        skip_checks: true,
-        timeout: Duration::from_secs(5),
-    };
+    let shift = paused_shift("api");
     let rx = c.start(shift, "x").await.expect("starts");
     t.trigger();
     let out = outcome(rx).await;

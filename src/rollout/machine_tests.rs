@@ -1,59 +1,9 @@
 use super::*;
 use crate::rollout::ShiftSteps;
+use crate::rollout::fixtures::*;
 use crate::rollout::plan::{ServiceView, plan};
 use proptest::prelude::*;
 use std::collections::BTreeSet;
-
-static NONE_RETIRED: BTreeSet<String> = BTreeSet::new();
-
-fn split(pairs: &[(&str, u32)]) -> Split {
-    pairs.iter().map(|(f, w)| ((*f).to_owned(), *w)).collect()
-}
-
-fn view<'a>(current: &'a Split, rollback_to: Option<&'a Split>) -> ServiceView<'a> {
-    ServiceView {
-        name: "web",
-        fleets: vec!["blue", "green"],
-        empty: BTreeSet::new(),
-        split: current,
-        rollback_to,
-        retired: &NONE_RETIRED,
-    }
-}
-
-fn flip(skip_checks: bool) -> Operation {
-    Operation::Flip {
-        service: "web".into(),
-        to: None,
-        skip_checks,
-        timeout: Duration::from_secs(10),
-    }
-}
-
-fn rollback(skip_checks: bool) -> Operation {
-    Operation::Rollback {
-        service: "web".into(),
-        skip_checks,
-        timeout: Duration::from_secs(10),
-    }
-}
-
-fn shift(steps: ShiftSteps, interval: Duration, skip_checks: bool) -> Operation {
-    Operation::Shift {
-        service: "web".into(),
-        steps,
-        interval,
-        skip_checks,
-        timeout: Duration::from_secs(10),
-    }
-}
-
-fn percents(to: Option<&str>, p: &[u32]) -> ShiftSteps {
-    ShiftSteps::Percents {
-        to: to.map(str::to_owned),
-        percents: p.to_vec(),
-    }
-}
 
 fn proxy(id: &str, prepared: bool, confirmed: bool) -> ProxyView {
     ProxyView {
@@ -106,20 +56,6 @@ fn started_at(op: &Operation, current: &Split, point: Option<&Split>) -> (Rollou
 
 fn started(op: &Operation) -> (Rollout, Instant) {
     started_at(op, &split(&[("blue", 100), ("green", 0)]), None)
-}
-
-fn green() -> Change {
-    Change {
-        split: split(&[("blue", 0), ("green", 100)]),
-        retired: BTreeSet::new(),
-    }
-}
-
-fn back() -> Change {
-    Change {
-        split: split(&[("blue", 100), ("green", 0)]),
-        retired: BTreeSet::new(),
-    }
 }
 
 fn committed_event(v: &str) -> Event {

@@ -28,6 +28,8 @@
 //! [`plan::rollback_point`] is the one rule that moves it; a refused or
 //! undone operation leaves it where it was.
 
+#[cfg(test)]
+mod fixtures;
 pub mod machine;
 pub mod plan;
 pub(crate) mod serde_time;

@@ -41,6 +41,25 @@ pub struct Plan {
     pub wait_first: bool,
 }
 
+impl Plan {
+    /// A plan that sends traffic per `split` in one push (a flip, a
+    /// rollback), after restoring a retired fleet's endpoints if needed.
+    fn one_step(
+        service: &ServiceView<'_>,
+        split: Split,
+        skip_checks: bool,
+        timeout: Duration,
+    ) -> Plan {
+        Plan {
+            steps: service.steps_to(&[split]),
+            checks: !skip_checks,
+            timeout,
+            interval: Duration::ZERO,
+            wait_first: false,
+        }
+    }
+}
+
 /// A service as the planner needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceView<'a> {
@@ -334,13 +353,7 @@ pub fn plan(op: &Operation, service: &ServiceView<'_>) -> Result<Plan, RolloutEr
                     service.name
                 )));
             }
-            Ok(Plan {
-                steps: service.steps_to(&[split]),
-                checks: !skip_checks,
-                timeout: *timeout,
-                interval: Duration::ZERO,
-                wait_first: false,
-            })
+            Ok(Plan::one_step(service, split, *skip_checks, *timeout))
         }
         Operation::Shift {
             steps,
@@ -383,13 +396,7 @@ pub fn plan(op: &Operation, service: &ServiceView<'_>) -> Result<Plan, RolloutEr
                 )));
             }
             service.check_split(&split)?;
-            Ok(Plan {
-                steps: service.steps_to(&[split]),
-                checks: !skip_checks,
-                timeout: *timeout,
-                interval: Duration::ZERO,
-                wait_first: false,
-            })
+            Ok(Plan::one_step(service, split, *skip_checks, *timeout))
         }
         Operation::Retire { fleet, after, .. } => {
             check_wait("delay", *after)?;
