@@ -17,6 +17,7 @@
 //! - [`wire`]: hand-assembled discovery responses that streams share.
 //! - [`shutdown`]: shutdown as a value passed to servers.
 //! - [`exit`]: the command's exit codes.
+//! - [`text`]: untrusted text (node ids, NACK messages) escaped and cut for a terminal or a log line.
 
 pub mod admin;
 pub mod checks;
@@ -31,5 +32,6 @@ pub mod shutdown;
 pub mod snapshot;
 pub mod snapshot_store;
 pub mod state;
+pub mod text;
 pub mod wire;
 pub mod xds;

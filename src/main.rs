@@ -4,7 +4,6 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = match teal::cli::Cli::try_parse() {
@@ -20,10 +19,6 @@ fn main() -> ExitCode {
             };
         }
     };
-    let filter = EnvFilter::try_from_env("TEAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    teal::cli::logging::init(cli.log_value_chars());
     teal::cli::run(cli)
 }

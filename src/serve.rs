@@ -21,7 +21,7 @@ use crate::exit;
 use crate::rollout::Backend;
 use crate::shutdown::Shutdown;
 use crate::snapshot_store::snapshot_store;
-use crate::state::{FileStore, MemoryStore, StateStore};
+use crate::state::{FileStore, MemoryStore, StateError, StateStore};
 use crate::xds::{ProxyRegistry, XdsServer, XdsServerConfig};
 
 /// What `teal serve` was asked to do.
@@ -97,6 +97,18 @@ pub enum ServeError {
     /// The admin tokens file is unreadable or malformed.
     #[error("admin tokens: {0}")]
     Tokens(#[from] crate::admin::TokensError),
+    /// The admin API server failed.
+    #[error("admin API failed: {0}")]
+    Admin(tonic::transport::Error),
+    /// A task teal cannot serve without panicked, or stopped before
+    /// shutdown: a bug. teal exits rather than go on half alive.
+    #[error("the {task} task {how}")]
+    TaskFailed {
+        /// Which task.
+        task: &'static str,
+        /// `panicked: <message>`, or what else happened to it.
+        how: String,
+    },
 }
 
 impl ServeError {
@@ -106,7 +118,10 @@ impl ServeError {
             ServeError::ConfigUnreadable { .. } => exit::EX_NOINPUT,
             ServeError::ConfigInvalid(_) | ServeError::Tokens(_) => exit::EX_DATAERR,
             ServeError::Bind { .. } => exit::EX_UNAVAILABLE,
-            ServeError::Transport(_) => exit::EX_SOFTWARE,
+            ServeError::Transport(_) | ServeError::Admin(_) | ServeError::TaskFailed { .. } => {
+                exit::EX_SOFTWARE
+            }
+            ServeError::State(StateError::NewerFormat { .. }) => exit::EX_DATAERR,
             ServeError::State(_) => exit::EX_CANTCREAT,
             ServeError::Controller(e) => e.exit_code(),
         }
@@ -161,16 +176,39 @@ pub struct Running {
 }
 
 impl Running {
-    /// Waits until the server stops (after shutdown, or on failure).
+    /// Waits until the server stops (after shutdown, or on failure). A
+    /// panic in any of teal's tasks is an error here, never a clean stop.
     pub async fn wait(self) -> Result<(), ServeError> {
-        match self.task.await {
-            Ok(result) => result,
-            Err(e) => {
-                tracing::error!(error = %e, "teal serve task failed");
-                Ok(())
-            }
-        }
+        joined("supervisor", self.task.await)?
     }
+}
+
+/// The result of a task teal cannot serve without; a panic (or a
+/// cancellation) becomes [`ServeError::TaskFailed`], logged once here.
+fn joined<T>(
+    task: &'static str,
+    result: Result<T, tokio::task::JoinError>,
+) -> Result<T, ServeError> {
+    result.map_err(|e| {
+        let how = if e.is_panic() {
+            let payload = e.into_panic();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_owned());
+            format!("panicked: {message}")
+        } else {
+            "was cancelled".to_owned()
+        };
+        failed(task, how)
+    })
+}
+
+/// Logs and returns a [`ServeError::TaskFailed`].
+fn failed(task: &'static str, how: String) -> ServeError {
+    tracing::error!(task, what = %how, "a task of teal serve failed; exiting");
+    ServeError::TaskFailed { task, how }
 }
 
 /// Runs `teal serve` until `shutdown`.
@@ -199,7 +237,7 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     let tokens = Tokens::load(opts.admin_tokens.as_deref())?;
     let metrics = Arc::new(Metrics::new());
     let registry: Arc<ProxyRegistry> = ProxyRegistry::with_sink(metrics.clone());
-    let (controller, _driver) = controller::start(
+    let (controller, driver) = controller::start(
         config,
         writer,
         store,
@@ -221,20 +259,14 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
         tokens,
         shutdown.clone(),
     ));
-    tokio::spawn(async move {
-        if let Ok(Err(e)) = admin_task.await {
-            tracing::error!(error = %e, "admin API failed");
-        }
-    });
     let server = XdsServer::new(reader, registry.clone(), shutdown.clone(), opts.xds.clone());
     let server_task = tokio::spawn(server.serve(listener));
-    let task = tokio::spawn(supervise(
-        opts,
-        source,
-        controller.clone(),
-        server_task,
-        shutdown,
-    ));
+    let tasks = Tasks {
+        xds: server_task,
+        admin: admin_task,
+        driver,
+    };
+    let task = tokio::spawn(supervise(opts, source, controller.clone(), tasks, shutdown));
     Ok(Running {
         xds_addr,
         admin_addr,
@@ -256,38 +288,72 @@ fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, Se
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
+/// The tasks `teal serve` cannot go on without; [`supervise`] watches
+/// them all, so that any of them failing ends teal with an error.
+struct Tasks {
+    xds: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    admin: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
 /// Reloads the config while the server runs, and reports how it ended.
 async fn supervise(
     opts: ServeOptions,
     mut source: ConfigSource,
     controller: Controller,
-    mut server_task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    mut tasks: Tasks,
     shutdown: Shutdown,
 ) -> Result<(), ServeError> {
     let mut hangup = hangup_signal();
-    let mut tick = tokio::time::interval(opts.watch_interval);
+    // `interval` panics on a zero period; the CLI refuses one, a library
+    // caller gets the shortest period instead.
+    let period = opts.watch_interval.max(Duration::from_millis(1));
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut stop = shutdown;
     loop {
         tokio::select! {
+            // Shutdown first: the driver and the admin API also stop on
+            // it, and that is no failure.
+            biased;
             () = stop.wait() => break,
-            joined = &mut server_task => return server_result(joined),
+            joined = &mut tasks.xds => return server_result(joined),
+            joined = &mut tasks.admin => return admin_result(joined),
+            joined = &mut tasks.driver => {
+                joined_driver(joined)?;
+                return Err(failed("controller", "stopped before shutdown".to_owned()));
+            }
             () = next_hangup(&mut hangup) => reload(&mut source, &controller, true).await,
             _ = tick.tick(), if source.path.is_some() => reload(&mut source, &controller, false).await,
         }
     }
     tracing::info!("shutting down: draining xDS streams");
-    server_result(server_task.await)
+    let served = server_result(tasks.xds.await);
+    // The driver stops at once on shutdown; a panic on the way is still
+    // reported. The admin API is not waited for: a `teal follow` stream
+    // could hold it open.
+    joined_driver(tasks.driver.await)?;
+    served
+}
+
+fn joined_driver(result: Result<(), tokio::task::JoinError>) -> Result<(), ServeError> {
+    joined("controller", result)
 }
 
 fn server_result(
-    joined: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+    result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
 ) -> Result<(), ServeError> {
-    match joined {
-        Ok(result) => result.map_err(ServeError::from),
+    joined("xDS server", result)?.map_err(ServeError::from)
+}
+
+fn admin_result(
+    result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), ServeError> {
+    match joined("admin API", result)? {
+        Ok(()) => Err(failed("admin API", "stopped before shutdown".to_owned())),
         Err(e) => {
-            tracing::error!(error = %e, "xDS server task failed");
-            Ok(())
+            tracing::error!(error = %e, "admin API failed; exiting");
+            Err(ServeError::Admin(e))
         }
     }
 }
@@ -354,4 +420,63 @@ async fn next_hangup(h: &mut Hangup) {
 #[cfg(not(unix))]
 async fn next_hangup(_: &mut Hangup) {
     std::future::pending().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicked_task_is_an_error_with_exit_70() {
+        let task = tokio::spawn(async {
+            if std::hint::black_box(true) {
+                panic!("boom at {}", 42);
+            }
+            Ok(())
+        });
+        let err = server_result(task.await).expect_err("a panic is no clean stop");
+        assert!(
+            matches!(&err, ServeError::TaskFailed { task: "xDS server", how } if how == "panicked: boom at 42"),
+            "{err}"
+        );
+        assert_eq!(err.exit_code(), exit::EX_SOFTWARE);
+
+        let admin = tokio::spawn(async { panic!("static message") });
+        let err = admin_result(admin.await).expect_err("a panic is no clean stop");
+        assert_eq!(
+            err.to_string(),
+            "the admin API task panicked: static message"
+        );
+
+        let driver = tokio::spawn(std::future::pending::<()>());
+        driver.abort();
+        let err = joined_driver(driver.await).expect_err("cancelled");
+        assert_eq!(err.to_string(), "the controller task was cancelled");
+    }
+
+    #[tokio::test]
+    async fn a_clean_stop_is_ok() {
+        let task = tokio::spawn(async { Ok(()) });
+        assert!(server_result(task.await).is_ok());
+        let driver = tokio::spawn(async {});
+        assert!(joined_driver(driver.await).is_ok());
+    }
+
+    #[tokio::test]
+    async fn wait_reports_a_panicked_supervisor() {
+        let mut running = start(
+            ServeOptions::local(None),
+            crate::shutdown::shutdown_channel().1,
+        )
+        .await
+        .expect("starts on the bundled config");
+        running.task.abort();
+        running.task = tokio::spawn(async { panic!("supervisor bug") });
+        let err = running.wait().await.expect_err("a panic is no clean stop");
+        assert_eq!(
+            err.to_string(),
+            "the supervisor task panicked: supervisor bug"
+        );
+        assert_eq!(err.exit_code(), exit::EX_SOFTWARE);
+    }
 }

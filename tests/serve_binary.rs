@@ -1,6 +1,6 @@
 //! The `teal serve` binary: it starts on the bundled config, serves xDS,
-//! refuses a bad config with exit 65, and on SIGTERM closes proxy streams
-//! and exits 0.
+//! refuses a bad config or a newer state file with exit 65, and on SIGTERM
+//! closes proxy streams and exits 0.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,6 +46,29 @@ fn a_bad_config_is_refused_with_every_problem() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.yaml:5:"), "{err}");
     assert!(err.contains("extra"), "every problem is listed: {err}");
+}
+
+#[test]
+fn a_state_file_from_a_newer_teal_is_named_as_such() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("state.json"),
+        r#"{"format": 9, "revision": 4, "state": {"something": "new"}}"#,
+    )
+    .expect("write");
+    let out = teal()
+        .args(["serve", "--state-dir"])
+        .arg(dir.path())
+        .args(["--xds-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(
+        err.contains("written by a newer teal (state format 9; this teal reads format 1)"),
+        "{err}"
+    );
+    assert!(!err.contains("corrupt"), "{err}");
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ use crate::admin::pb::admin_client::AdminClient;
 use crate::admin::pb::{self, outcome::Kind};
 
 use super::table;
+use crate::text::untrusted;
 
 pub use crate::exit::{
     EX_ABORTED, EX_INTERRUPTED, EX_NOINPUT, EX_NOPERM, EX_OK, EX_REFUSED, EX_ROLLED_BACK,
@@ -39,7 +40,8 @@ impl Failure {
 
     /// Maps a gRPC status from the admin API at `addr`.
     pub fn from_status(status: &Status, addr: &str) -> Failure {
-        let msg = status.message();
+        let raw = status.message();
+        let msg = untrusted(raw).to_string();
         match status.code() {
             Code::Unauthenticated => Failure::new(
                 EX_NOPERM,
@@ -47,13 +49,23 @@ impl Failure {
                     "not allowed: {msg}\n  give the admin token with --token, TEAL_TOKEN or --token-file"
                 ),
             ),
-            Code::Unavailable if msg.contains("state store") => {
+            Code::Unavailable if raw.contains("state store") => {
                 Failure::new(EX_UNAVAILABLE, format!("the server could not act: {msg}"))
             }
-            Code::Unavailable | Code::Cancelled => unreachable_admin(addr, msg),
+            Code::Unavailable | Code::Cancelled => unreachable_admin(addr, &msg),
             Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition => {
                 Failure::new(EX_REFUSED, format!("refused: {msg}"))
             }
+            // What tonic says when an answer is over the client's decode
+            // limit (or the server refused a request as too large).
+            Code::OutOfRange | Code::ResourceExhausted => Failure::new(
+                EX_SOFTWARE,
+                format!(
+                    "admin API error ({:?}): {msg}\n  this command accepts answers up to \
+                     --max-response-bytes (default {DEFAULT_MAX_RESPONSE_BYTES})",
+                    status.code()
+                ),
+            ),
             code => Failure::new(EX_SOFTWARE, format!("admin API error ({code:?}): {msg}")),
         }
     }
@@ -69,11 +81,19 @@ fn unreachable_admin(addr: &str, detail: &str) -> Failure {
     Failure::new(
         EX_UNAVAILABLE,
         format!(
-            "cannot reach the teal admin API at {addr}: {detail}\n  \
-             is `teal serve` running there? set the address with --admin or TEAL_ADMIN"
+            "cannot reach the teal admin API at {}: {}\n  \
+             is `teal serve` running there? set the address with --admin or TEAL_ADMIN",
+            untrusted(addr),
+            untrusted(detail)
         ),
     )
 }
+
+/// The largest answer from the admin API the CLI decodes, by default
+/// (`--max-response-bytes`). tonic's own default, 4 MiB, is too small for
+/// `teal proxies` or `teal history` on a big fleet; some limit is needed
+/// so a broken or hostile server cannot make the CLI allocate without end.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 << 20;
 
 /// Where the admin API is and how to sign changes.
 #[derive(Debug, Clone, Default)]
@@ -84,6 +104,8 @@ pub struct Target {
     pub token: Option<String>,
     /// A file holding the token (wins over `token`).
     pub token_file: Option<PathBuf>,
+    /// The largest answer decoded; 0 means [`DEFAULT_MAX_RESPONSE_BYTES`].
+    pub max_response_bytes: usize,
 }
 
 /// A connection to the admin API.
@@ -124,8 +146,12 @@ impl Conn {
             .connect()
             .await
             .map_err(|e| unreachable_admin(&addr, &error_chain(&e)))?;
+        let max = match target.max_response_bytes {
+            0 => DEFAULT_MAX_RESPONSE_BYTES,
+            n => n,
+        };
         Ok(Conn {
-            client: AdminClient::new(channel),
+            client: AdminClient::new(channel).max_decoding_message_size(max),
             addr,
             token,
         })
@@ -162,7 +188,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// One line describing where an operation is, for stderr.
+/// How many characters of one proxy name a progress line shows.
+const NAME_CHARS: usize = 80;
+
+/// One line describing where an operation is, for stderr. Everything from
+/// the server is escaped and cut (node ids, messages, check details).
 pub fn progress_line(p: &pb::Progress) -> String {
     let phase = phase_name(p.phase());
     let step = if p.steps > 1 {
@@ -172,9 +202,19 @@ pub fn progress_line(p: &pb::Progress) -> String {
     };
     let mut line = match (&p.version, p.phase()) {
         (Some(v), pb::Phase::Confirming | pb::Phase::RollingBack) => {
-            let mut s = format!("{step}{phase} {v}: {}/{} proxies ACKed", p.acked, p.total);
+            let mut s = format!(
+                "{step}{phase} {}: {}/{} proxies ACKed",
+                untrusted(v),
+                p.acked,
+                p.total
+            );
             if !p.waiting_for.is_empty() {
-                let shown: Vec<&str> = p.waiting_for.iter().take(5).map(String::as_str).collect();
+                let shown: Vec<String> = p
+                    .waiting_for
+                    .iter()
+                    .take(5)
+                    .map(|n| untrusted(n).max_chars(NAME_CHARS).to_string())
+                    .collect();
                 let more = p.waiting_for.len().saturating_sub(shown.len());
                 let extra = if more > 0 {
                     format!(" and {more} more")
@@ -189,15 +229,33 @@ pub fn progress_line(p: &pb::Progress) -> String {
     };
     if !p.message.is_empty() {
         line.push_str(": ");
-        line.push_str(&p.message);
+        line.push_str(&untrusted(&p.message).to_string());
     }
     for c in p.checks.iter().filter(|c| !c.ok) {
-        line.push_str(&format!(
-            "\n  check {} failed on {}: {}",
-            c.check, c.endpoint, c.detail
-        ));
+        line.push('\n');
+        line.push_str(&failed_check(c));
     }
     line
+}
+
+/// `  check NAME failed on ENDPOINT: DETAIL`, escaped and cut.
+fn failed_check(c: &pb::CheckResult) -> String {
+    format!(
+        "  check {} failed on {}: {}",
+        untrusted(&c.check).max_chars(NAME_CHARS),
+        untrusted(&c.endpoint).max_chars(NAME_CHARS),
+        untrusted(&c.detail)
+    )
+}
+
+/// `VERB #ID SERVICE`, escaped.
+fn operation(p: &pb::Progress) -> String {
+    format!(
+        "{} #{} {}",
+        untrusted(&p.verb).max_chars(NAME_CHARS),
+        p.id,
+        untrusted(&p.service).max_chars(NAME_CHARS)
+    )
 }
 
 /// Follows a progress stream to its outcome, printing progress on `err`
@@ -214,11 +272,18 @@ pub async fn follow(
     tokio::pin!(interrupted);
     loop {
         let next = tokio::select! {
-            next = stream.message() => next,
+            // Ctrl-C first: its handler is installed when first polled, and
+            // must be before any progress is printed, or a Ctrl-C soon
+            // after the first line kills the command instead of stopping
+            // the following.
+            biased;
             _ = &mut interrupted => {
                 let (what, service) = last
                     .as_ref()
-                    .map(|p| (format!("{} #{}", p.verb, p.id), p.service.clone()))
+                    .map(|p| {
+                        let verb = untrusted(&p.verb).max_chars(NAME_CHARS);
+                        (format!("{verb} #{}", p.id), untrusted(&p.service).to_string())
+                    })
                     .unwrap_or_else(|| ("the operation".to_owned(), "SERVICE".to_owned()));
                 let _ = writeln!(err, "\nteal: stopped following {what}; it goes on on the server.");
                 let _ = writeln!(err, "  see it with: teal status {service}");
@@ -227,6 +292,7 @@ pub async fn follow(
                 }
                 return EX_INTERRUPTED;
             }
+            next = stream.message() => next,
         };
         let p = match next {
             Ok(Some(p)) => p,
@@ -241,7 +307,7 @@ pub async fn follow(
         };
         let line = progress_line(&p);
         if line != last_line && p.outcome.is_none() {
-            let _ = writeln!(err, "{} #{} {}: {line}", p.verb, p.id, p.service);
+            let _ = writeln!(err, "{}: {line}", operation(&p));
             last_line = line;
         }
         if let Some(outcome) = &p.outcome {
@@ -252,16 +318,20 @@ pub async fn follow(
 }
 
 fn finish(p: &pb::Progress, outcome: &pb::Outcome, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    let what = format!("{} #{} {}", p.verb, p.id, p.service);
+    let what = operation(p);
+    let reason = untrusted(&outcome.reason);
     let kind = outcome.kind();
     let name = outcome_name(kind);
     for w in &p.warnings {
-        let _ = writeln!(err, "teal: warning: {w}");
+        let _ = writeln!(err, "teal: warning: {}", untrusted(w));
     }
     match kind {
         Kind::Succeeded => {
             let target = p.target.as_ref().map(|s| table::split(&s.weights));
-            let version = p.version.as_deref().map(|v| format!(", version {v}"));
+            let version = p
+                .version
+                .as_deref()
+                .map(|v| format!(", version {}", untrusted(v)));
             let _ = writeln!(
                 out,
                 "{what}: {name}: {}{}",
@@ -271,36 +341,32 @@ fn finish(p: &pb::Progress, outcome: &pb::Outcome, out: &mut dyn Write, err: &mu
             EX_OK
         }
         Kind::RolledBack => {
-            let _ = writeln!(err, "teal: {what} {name}: {}", outcome.reason);
+            let _ = writeln!(err, "teal: {what} {name}: {reason}");
             for c in p.checks.iter().filter(|c| !c.ok) {
-                let _ = writeln!(
-                    err,
-                    "  check {} failed on {}: {}",
-                    c.check, c.endpoint, c.detail
-                );
+                let _ = writeln!(err, "{}", failed_check(c));
             }
             let _ = writeln!(err, "  every proxy confirmed the weights from before it");
             EX_ROLLED_BACK
         }
         Kind::Aborted => {
-            let _ = writeln!(err, "teal: {what} {name}: {}", outcome.reason);
+            let _ = writeln!(err, "teal: {what} {name}: {reason}");
             EX_ABORTED
         }
         Kind::Unconfirmed => {
-            let _ = writeln!(err, "teal: {what} {name}: {}", outcome.reason);
+            let _ = writeln!(err, "teal: {what} {name}: {reason}");
             let _ = writeln!(
                 err,
                 "  see which proxies hold what with: teal proxies; teal status {}",
-                p.service
+                untrusted(&p.service)
             );
             EX_UNCONFIRMED
         }
         Kind::Interrupted => {
-            let _ = writeln!(err, "teal: {what} {name}: {}", outcome.reason);
+            let _ = writeln!(err, "teal: {what} {name}: {reason}");
             EX_STOPPED
         }
         Kind::Refused | Kind::Unspecified => {
-            let _ = writeln!(err, "teal: {what} {name}: {}", outcome.reason);
+            let _ = writeln!(err, "teal: {what} {name}: {reason}");
             EX_REFUSED
         }
     }

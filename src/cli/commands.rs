@@ -78,8 +78,8 @@ pub enum AdminCommand {
         /// The fleet to switch to (default: the other of two fleets).
         #[arg(long)]
         to: Option<String>,
-        /// How long to wait for every proxy to ACK (e.g. 30s, 2m).
-        #[arg(long, default_value = "60s", value_parser = parse::duration)]
+        /// How long to wait for every proxy to ACK (e.g. 30s, 2m; 1s to 1h).
+        #[arg(long, default_value = "60s", value_parser = parse::timeout)]
         timeout: Duration,
         /// Do not run the checks before and after.
         #[arg(long)]
@@ -107,11 +107,11 @@ pub enum AdminCommand {
         /// The fleet gaining traffic with --steps (default: the one not live).
         #[arg(long, requires = "steps")]
         to: Option<String>,
-        /// Pause between steps.
-        #[arg(long, default_value = "30s", value_parser = parse::duration)]
+        /// Pause between steps (0s to 24h).
+        #[arg(long, default_value = "30s", value_parser = parse::interval)]
         interval: Duration,
-        /// How long each step waits for every proxy to ACK.
-        #[arg(long, default_value = "60s", value_parser = parse::duration)]
+        /// How long each step waits for every proxy to ACK (1s to 1h).
+        #[arg(long, default_value = "60s", value_parser = parse::timeout)]
         timeout: Duration,
         /// Do not run the checks.
         #[arg(long)]
@@ -131,8 +131,8 @@ pub enum AdminCommand {
     Rollback {
         /// The service.
         service: String,
-        /// How long to wait for every proxy to ACK.
-        #[arg(long, default_value = "60s", value_parser = parse::duration)]
+        /// How long to wait for every proxy to ACK (1s to 1h).
+        #[arg(long, default_value = "60s", value_parser = parse::timeout)]
         timeout: Duration,
         /// Do not run the checks of the fleet getting traffic back.
         #[arg(long)]
@@ -149,8 +149,8 @@ pub enum AdminCommand {
         service: String,
         /// The fleet to retire (never the live one).
         fleet: String,
-        /// How long to wait first.
-        #[arg(long, default_value = "0s", value_parser = parse::duration)]
+        /// How long to wait first (0s to 720h).
+        #[arg(long, default_value = "0s", value_parser = parse::after)]
         after: Duration,
     },
     /// Stop an operation.

@@ -8,6 +8,7 @@
 //!   over its admin API: reads in [`read`] and [`proxies`], changes in [`ops`], the
 //!   connection, exit codes and progress in [`client`], `-o json` in
 //!   [`json`], argument parsing in [`parse`], tables in [`table`].
+//! - [`logging`]: the log on stderr, every value escaped and cut.
 //!
 //! Exit codes of the admin commands: 0 done; 1 refused (nothing changed);
 //! 2 rolled back; 3 aborted; 4 in effect but not confirmed by every proxy
@@ -19,6 +20,7 @@
 pub mod client;
 pub mod commands;
 pub mod json;
+pub mod logging;
 pub mod ops;
 pub mod parse;
 pub mod proxies;
@@ -97,6 +99,12 @@ pub struct AdminArgs {
     /// File holding the admin token (wins over --token).
     #[arg(long, global = true, help_heading = "Admin API", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// Largest answer from the admin API this command accepts, in bytes
+    /// (1 MiB to 1 GiB; default 64 MiB).
+    #[arg(long, global = true, help_heading = "Admin API", value_name = "BYTES",
+          default_value_t = client::DEFAULT_MAX_RESPONSE_BYTES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1 << 20..=1 << 30))]
+    pub max_response_bytes: usize,
 }
 
 /// How read commands print.
@@ -117,7 +125,8 @@ pub enum Command {
     /// With no --config, serves the bundled example (examples/teal.yaml).
     /// The config is reloaded on SIGHUP and whenever the file changes; a
     /// file with problems is refused and the last good config stays. SIGINT
-    /// or SIGTERM closes proxy streams (they reconnect elsewhere) and exits 0.
+    /// or SIGTERM closes proxy streams (they reconnect elsewhere) and exits 0;
+    /// a panic in any of teal's tasks exits 70.
     Serve(ServeArgs),
     /// Check a config file; print every problem with its line and column.
     ///
@@ -170,18 +179,47 @@ pub struct ServeArgs {
     /// Keep state in memory only: nothing survives a restart.
     #[arg(long, conflicts_with = "state_dir")]
     pub ephemeral: bool,
-    /// Seconds between checks of the config file for changes.
-    #[arg(long, default_value_t = 1.0, value_parser = positive_seconds)]
-    pub watch_interval: f64,
-    /// Seconds open proxy streams get to close on shutdown.
-    #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
-    pub drain: f64,
+    /// Seconds between checks of the config file for changes (0.1 to 3600).
+    #[arg(long, default_value = "1", value_parser = watch_interval)]
+    pub watch_interval: Duration,
+    /// Seconds open proxy streams get to close on shutdown (0 to 300).
+    #[arg(long, default_value = "5", value_parser = drain)]
+    pub drain: Duration,
+    /// Characters of one value (a node id, a NACK message) a log line
+    /// shows; the rest is cut and marked with `…` (64 to 65536).
+    #[arg(long, default_value_t = crate::text::DEFAULT_MAX_CHARS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(64..=65_536))]
+    pub log_value_chars: usize,
 }
 
-fn positive_seconds(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
-        _ => Err(format!("{s:?} is not a positive number of seconds")),
+fn watch_interval(s: &str) -> Result<Duration, String> {
+    seconds_in(s, 0.1, 3600.0)
+}
+
+fn drain(s: &str) -> Result<Duration, String> {
+    seconds_in(s, 0.0, 300.0)
+}
+
+/// A number of seconds from `min` to `max`, as a duration. Checked here so
+/// that no value can reach `Duration::from_secs_f64`'s panics (negative,
+/// NaN, too large) or a zero period.
+fn seconds_in(s: &str, min: f64, max: f64) -> Result<Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (min..=max).contains(&v) => Duration::try_from_secs_f64(v)
+            .map_err(|e| format!("{s:?} is not a number of seconds: {e}")),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds from {min} to {max}"
+        )),
+    }
+}
+
+impl Cli {
+    /// How many characters of one value a log line shows.
+    pub fn log_value_chars(&self) -> usize {
+        match &self.command {
+            Command::Serve(args) => args.log_value_chars,
+            _ => crate::text::DEFAULT_MAX_CHARS,
+        }
     }
 }
 
@@ -223,6 +261,7 @@ fn admin_command(args: &AdminArgs, cmd: commands::AdminCommand) -> u8 {
         addr: args.admin.clone(),
         token: args.token.clone(),
         token_file: args.token_file.clone(),
+        max_response_bytes: args.max_response_bytes,
     };
     runtime.block_on(commands::run_admin(
         &target,
@@ -244,11 +283,11 @@ fn serve_command(args: ServeArgs) -> u8 {
         config: args.config,
         xds_addr: args.xds_addr,
         admin_addr: args.admin_addr,
-        watch_interval: Duration::from_secs_f64(args.watch_interval),
+        watch_interval: args.watch_interval,
         state_dir: (!args.ephemeral).then_some(args.state_dir),
         admin_tokens: args.admin_tokens,
         xds: crate::xds::XdsServerConfig {
-            drain: Duration::from_secs_f64(args.drain),
+            drain: args.drain,
             ..Default::default()
         },
     };
@@ -262,7 +301,12 @@ fn serve_command(args: ServeArgs) -> u8 {
         match serve::run(opts, shutdown).await {
             Ok(()) => config_commands::EX_OK,
             Err(e) => {
-                eprintln!("teal: {e}");
+                // The message can quote the config file or the state file:
+                // each line escaped, the line breaks between problems kept.
+                for (i, line) in e.to_string().lines().enumerate() {
+                    let prefix = if i == 0 { "teal: " } else { "" };
+                    eprintln!("{prefix}{}", crate::text::untrusted(line));
+                }
                 e.exit_code()
             }
         }

@@ -43,6 +43,42 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// The longest `--timeout`: an hour for every proxy to ACK is already far
+/// past any healthy fleet.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The longest `--interval` between shift steps: a day.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// The longest `--after` of `teal retire`: 30 days.
+pub const MAX_AFTER: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A duration from `min` to `max` (both included).
+fn duration_in(s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d < min || d > max {
+        return Err(format!(
+            "{s:?} is out of range: from {} to {}",
+            human(min),
+            human(max)
+        ));
+    }
+    Ok(d)
+}
+
+/// `--timeout`: 1s to [`MAX_TIMEOUT`].
+pub fn timeout(s: &str) -> Result<Duration, String> {
+    duration_in(s, Duration::from_secs(1), MAX_TIMEOUT)
+}
+
+/// `--interval`: 0s to [`MAX_INTERVAL`].
+pub fn interval(s: &str) -> Result<Duration, String> {
+    duration_in(s, Duration::ZERO, MAX_INTERVAL)
+}
+
+/// `--after`: 0s to [`MAX_AFTER`].
+pub fn after(s: &str) -> Result<Duration, String> {
+    duration_in(s, Duration::ZERO, MAX_AFTER)
+}
+
 /// A percentage, 0 to 100.
 fn percent(s: &str, what: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
@@ -124,6 +160,24 @@ mod tests {
             assert!(e.contains(why), "{input:?}: {e}");
             assert!(e.contains("30s"), "{e}");
         }
+    }
+
+    #[test]
+    fn flag_durations_have_ranges() {
+        assert_eq!(timeout("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(timeout("1h"), Ok(MAX_TIMEOUT));
+        for bad in ["0s", "500ms", "61m", "99999999999h"] {
+            let e = timeout(bad).expect_err(bad);
+            assert!(
+                e.contains("1.0s") || e.contains("not a duration"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(timeout("2h").expect_err("over").contains("to 1h 0m"));
+        assert_eq!(interval("0s"), Ok(Duration::ZERO));
+        assert!(interval("25h").is_err());
+        assert_eq!(after("720h"), Ok(MAX_AFTER));
+        assert!(after("721h").expect_err("over").contains("30d 0h"));
     }
 
     #[test]

@@ -19,7 +19,8 @@ use crate::admin::pb;
 use super::Output;
 use super::client::{Conn, EX_OK, Failure};
 use super::read::print_json;
-use super::table::Table;
+use super::table::{CELL_MAX_CHARS, Table};
+use crate::text::untrusted;
 
 /// Whether a proxy is on the version its group should be on, for one type.
 pub fn sync_state(t: &pb::TypeStatus, expected: Option<&str>) -> &'static str {
@@ -43,7 +44,8 @@ fn expected<'a>(r: &'a pb::ProxiesResponse, group: &str, ty: usize) -> Option<&'
     Some([&v.cds, &v.eds, &v.lds, &v.rds][ty].as_str()).filter(|s| !s.is_empty())
 }
 
-/// The proxies as a table, followed by every NACK's message.
+/// The proxies as a table, followed by every NACK's message (escaped, and
+/// cut at [`crate::text::DEFAULT_MAX_CHARS`]).
 pub fn proxies_text(r: &pb::ProxiesResponse) -> String {
     let mut t = Table::new(&["PROXY", "GROUP", "STREAM", "CDS", "EDS", "LDS", "RDS"]);
     let mut nacks = Vec::new();
@@ -71,8 +73,11 @@ pub fn proxies_text(r: &pb::ProxiesResponse) -> String {
             });
             if let (true, Some(n)) = (state == "NACKED", &ty.nack) {
                 nacks.push(format!(
-                    "{id} {} NACKED {}: {}",
-                    ty.r#type, n.version, n.message
+                    "{} {} NACKED {}: {}",
+                    untrusted(&id).max_chars(CELL_MAX_CHARS),
+                    untrusted(&ty.r#type),
+                    untrusted(&n.version),
+                    untrusted(&n.message)
                 ));
             }
         }

@@ -1,6 +1,7 @@
 //! The read commands: `status`, `proxies`, `verify`, `history`. They need
 //! no token.
 
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, SystemTime};
 
@@ -14,11 +15,47 @@ use super::client::{Conn, EX_OK, EX_REFUSED, Failure};
 use super::json;
 use super::parse::human;
 use super::table::{self, Table};
+use crate::text::untrusted;
 
 pub(super) fn print_json(out: &mut dyn Write, v: &serde_json::Value) {
     let text =
         serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
-    let _ = writeln!(out, "{text}");
+    let _ = writeln!(out, "{}", json_for_terminal(&text));
+}
+
+/// `json` with the characters a terminal acts on written as `\uXXXX`.
+/// serde_json escapes C0 controls but passes DEL, C1 controls, line
+/// separators and bidi marks through; they can only occur inside strings
+/// (JSON's own syntax is ASCII), where the escape means the same value.
+pub fn json_for_terminal(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        // Below DEL: serde_json's own escapes in strings, and the layout's
+        // newlines outside them.
+        if u32::from(c) >= 0x7f && crate::text::needs_escape(c) {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[test]
+fn json_for_a_terminal_means_the_same() {
+    let v = json!({"a\u{9b}": "x\n\u{1b}[31m\u{7f}\u{202e}é…", "n": [1, 2]});
+    let pretty = serde_json::to_string_pretty(&v).expect("serializes");
+    let safe = json_for_terminal(&pretty);
+    assert!(
+        safe.chars()
+            .all(|c| c == '\n' || !crate::text::needs_escape(c)),
+        "{safe}"
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&safe).expect("valid"),
+        v
+    );
 }
 
 fn ago(unix: i64, now: i64) -> String {
@@ -94,13 +131,13 @@ pub fn status_text(s: &pb::StatusResponse, now: i64) -> String {
             }),
         ]);
     }
-    let mut text = format!("version {}\n{}", s.version, t.render());
+    let mut text = format!("version {}\n{}", untrusted(&s.version), t.render());
     for svc in &s.services {
-        text.push_str(&format!("\n{}:\n", svc.name));
+        text.push_str(&format!("\n{}:\n", untrusted(&svc.name)));
         let live = if svc.live.is_empty() {
-            "none (no fleet has more than half of the traffic)"
+            "none (no fleet has more than half of the traffic)".to_owned()
         } else {
-            svc.live.as_str()
+            untrusted(&svc.live).to_string()
         };
         text.push_str(&format!("  live:        {live}\n"));
         let rollback = svc.rollback_to.as_ref().map_or_else(
@@ -113,7 +150,11 @@ pub fn status_text(s: &pb::StatusResponse, now: i64) -> String {
         }
         if let Some(p) = &svc.in_progress {
             let line = super::client::progress_line(p);
-            text.push_str(&format!("  in progress: {} #{}: {line}\n", p.verb, p.id));
+            text.push_str(&format!(
+                "  in progress: {} #{}: {line}\n",
+                untrusted(&p.verb),
+                p.id
+            ));
         }
         if let Some(r) = &svc.retirement {
             let when = if r.at_unix_ms > now {
@@ -123,7 +164,7 @@ pub fn status_text(s: &pb::StatusResponse, now: i64) -> String {
             };
             text.push_str(&format!(
                 "  retiring:    {} {when} ({}); a rollback until then cancels it\n",
-                r.fleet,
+                untrusted(&r.fleet),
                 table::utc(r.at_unix_ms)
             ));
         }
@@ -135,7 +176,10 @@ pub fn status_text(s: &pb::StatusResponse, now: i64) -> String {
             ));
         }
         if !svc.retired.is_empty() {
-            text.push_str(&format!("  retired:     {}\n", svc.retired.join(", ")));
+            text.push_str(&format!(
+                "  retired:     {}\n",
+                untrusted(&svc.retired.join(", "))
+            ));
         }
     }
     text
@@ -146,15 +190,15 @@ fn change_line(h: &pb::HistoryEntry, now: i64) -> String {
     let name = outcome.map_or("unknown", |o| outcome_name(o.kind()));
     let reason = outcome
         .filter(|o| !o.reason.is_empty())
-        .map_or(String::new(), |o| format!(" ({})", o.reason));
+        .map_or(String::new(), |o| format!(" ({})", untrusted(&o.reason)));
     let converged = h.convergence_ms.map_or(String::new(), |ms| {
         format!(", converged in {}", human(Duration::from_millis(ms)))
     });
     format!(
         "{} #{} by {}, {} ago: {} -> {}, {name}{reason}{converged}",
-        h.verb,
+        untrusted(&h.verb),
         h.id,
-        h.actor,
+        untrusted(&h.actor),
         ago(h.finished_unix_ms, now),
         table::split(&h.from.clone().unwrap_or_default().weights),
         table::split(&h.to.clone().unwrap_or_default().weights),
@@ -208,17 +252,22 @@ pub async fn verify(
             };
             let _ = writeln!(
                 out,
-                "{}{service} {fleet}: {verdict}",
+                "{}{} {}: {verdict}",
                 if t.is_empty() {
                     String::new()
                 } else {
                     t.render()
-                }
+                },
+                untrusted(&service),
+                untrusted(&fleet)
             );
         }
     }
     Ok(if ok { EX_OK } else { EX_REFUSED })
 }
+
+/// The widest the OUTCOME column of `teal history` gets, in characters.
+pub const HISTORY_OUTCOME_CHARS: usize = 60;
 
 /// `teal history`.
 pub async fn history(
@@ -245,6 +294,8 @@ pub async fn history(
             }),
         ),
         Output::Table => {
+            // A rollback's reason can quote a proxy's NACK at length: the
+            // table shows its start, `-o json` all of it.
             let mut t = Table::new(&[
                 "ID",
                 "VERB",
@@ -255,7 +306,8 @@ pub async fn history(
                 "VERSION",
                 "OUTCOME",
                 "CONVERGED",
-            ]);
+            ])
+            .max_width(7, HISTORY_OUTCOME_CHARS);
             for h in &r.entries {
                 let outcome = h.outcome.as_ref().map_or("-".to_owned(), |o| {
                     let name = outcome_name(o.kind());
@@ -282,7 +334,7 @@ pub async fn history(
                 out,
                 "{}",
                 if t.is_empty() {
-                    format!("no changes to {service} yet\n")
+                    format!("no changes to {} yet\n", untrusted(&service))
                 } else {
                     t.render()
                 }

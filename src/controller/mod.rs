@@ -52,7 +52,8 @@ pub enum ControllerError {
     /// The first snapshot could not be built.
     #[error("cannot build the first snapshot: {0}")]
     Build(#[from] BuildError),
-    /// The config would move traffic the stored state has elsewhere.
+    /// The config would move traffic the stored state has elsewhere (65,
+    /// like a state file from a newer teal; the rest is 73).
     #[error("the config does not fit the stored state: {0}")]
     Reconcile(#[from] ReconcileError),
 }
@@ -62,7 +63,8 @@ impl ControllerError {
     /// the state is bad input (65), the rest an unusable state (73).
     pub fn exit_code(&self) -> u8 {
         match self {
-            ControllerError::Reconcile(_) => crate::exit::EX_DATAERR,
+            ControllerError::Reconcile(_)
+            | ControllerError::Load(StateError::NewerFormat { .. }) => crate::exit::EX_DATAERR,
             ControllerError::Load(_) | ControllerError::Build(_) => crate::exit::EX_CANTCREAT,
         }
     }

@@ -52,9 +52,15 @@ struct OnDiskRef<'a> {
     state: &'a PersistedState,
 }
 
+/// Just the `format` of `state.json`, read before the rest.
+#[derive(Deserialize)]
+struct FormatOnly {
+    format: u32,
+}
+
+/// The rest, once the format is known to be [`FORMAT`].
 #[derive(Deserialize)]
 struct OnDisk {
-    format: u32,
     revision: Revision,
     state: PersistedState,
 }
@@ -120,10 +126,22 @@ impl Inner {
             path: self.state_path.clone(),
             reason,
         };
-        let disk: OnDisk = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        if disk.format != FORMAT {
-            return Err(corrupt(format!("unknown format {}", disk.format)));
+        // The format first, on its own: a newer teal may have changed
+        // everything else, and then "corrupt" would be the wrong diagnosis.
+        let format = serde_json::from_slice::<FormatOnly>(&bytes)
+            .map_err(|e| corrupt(e.to_string()))?
+            .format;
+        if format > FORMAT {
+            return Err(StateError::NewerFormat {
+                path: self.state_path.clone(),
+                found: format,
+                supported: FORMAT,
+            });
         }
+        if format != FORMAT {
+            return Err(corrupt(format!("unknown format {format}")));
+        }
+        let disk: OnDisk = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
         if disk.revision == Revision(0) {
             return Err(corrupt("revision 0 is never stored".to_owned()));
         }
@@ -208,5 +226,44 @@ impl StateStore for FileStore {
 
     fn describe(&self) -> String {
         format!("file {}", self.inner.state_path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_newer_format_is_named_not_called_corrupt() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = FileStore::open(dir.path()).expect("opens");
+        // A newer teal may have changed more than the number.
+        std::fs::write(
+            store.state_path(),
+            br#"{"format": 7, "revision": "r3", "fleets": []}"#,
+        )
+        .expect("write");
+        let err = store.load().await.expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                StateError::NewerFormat {
+                    found: 7,
+                    supported: FORMAT,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .ends_with("written by a newer teal (state format 7; this teal reads format 1)"),
+            "{err}"
+        );
+        let err = store
+            .save(&PersistedState::default(), Revision(0))
+            .await
+            .expect_err("nor overwritten");
+        assert!(matches!(err, StateError::NewerFormat { .. }), "{err}");
     }
 }

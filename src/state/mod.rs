@@ -139,6 +139,20 @@ pub enum StateError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The stored state was written by a newer teal, in a format this one
+    /// does not know; teal refuses to start rather than lose what it
+    /// cannot read. Run the newer teal (or move the state away).
+    #[error(
+        "{path}: written by a newer teal (state format {found}; this teal reads format {supported})"
+    )]
+    NewerFormat {
+        /// The file.
+        path: PathBuf,
+        /// The format in the file.
+        found: u32,
+        /// The newest format this teal reads.
+        supported: u32,
+    },
     /// Someone else saved since the state was loaded; load again and retry.
     #[error("state changed underneath: expected revision {expected}, found {found}")]
     Conflict {

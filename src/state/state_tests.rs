@@ -243,7 +243,7 @@ async fn corrupt_state_is_an_error_not_an_empty_state() {
     for bad in [
         &b"{\"format\": 1, \"revis"[..],
         b"",
-        b"{\"format\": 2, \"revision\": 1, \"state\": {}}",
+        b"{\"format\": 0, \"revision\": 1, \"state\": {}}",
     ] {
         let dir = tempfile::tempdir().expect("test step");
         let store = FileStore::open(dir.path()).expect("test step");
