@@ -516,7 +516,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Follows an operation already running.
     async fn follow(&self, id: u64)
     -> Result<tokio::sync::watch::Receiver<Progress>, RolloutError>;
-    /// Stops an operation between steps (a shift or a pending retirement).
+    /// Stops an operation: ends it before its step is committed, undoes the
+    /// step being confirmed; a rollback or an undo cannot be stopped.
     async fn abort(&self, id: u64, actor: &str) -> Result<(), RolloutError>;
     /// Runs a service's checks against one fleet now.
     async fn verify(&self, service: &str, fleet: &str) -> Result<Vec<CheckResult>, RolloutError>;
