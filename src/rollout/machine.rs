@@ -296,6 +296,11 @@ impl Rollout {
         now: Instant,
         wall: SystemTime,
     ) -> (Rollout, Vec<Action>) {
+        // The record comes from a file: bound what it may ask to wait, as
+        // `plan` does for a request, so no deadline can overflow the clock.
+        let mut rec = rec;
+        rec.plan.timeout = rec.plan.timeout.min(MAX_WAIT);
+        rec.plan.interval = rec.plan.interval.min(MAX_WAIT);
         let mut r = Rollout {
             id: rec.id,
             verb: rec.verb,

@@ -776,3 +776,12 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_record_asking_for_absurd_waits_is_bounded() {
+    let (r, t) = committed(true);
+    let mut rec = r.record(t, SystemTime::UNIX_EPOCH);
+    rec.plan.timeout = Duration::MAX;
+    let (again, _) = Rollout::resume("web", rec, "2-a", t, SystemTime::UNIX_EPOCH);
+    assert_eq!(again.next_deadline(), Some(t + MAX_WAIT));
+}
