@@ -16,7 +16,7 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::Metrics;
-use crate::config::{self, Config, Weights};
+use crate::config::{self, Config, Weights, WeightsError};
 use crate::rollout::machine::{self, Action, Event, Origin, ProxyView, Rollout};
 use crate::rollout::plan::{self, Change, ServiceView};
 use crate::rollout::{
@@ -31,7 +31,7 @@ use crate::xds::ProxyRegistry;
 
 use super::reconcile::{ReconcileError, reconcile};
 use super::views::proxy_views;
-use super::{Command, ReloadError, Reloaded, version_seq};
+use super::{Command, ControllerError, ReloadError, Reloaded, version_seq};
 
 /// Why a change could not be committed; nothing was served.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,10 @@ pub(super) enum CommitError {
     /// The state could not be saved durably.
     #[error("cannot save the state: {0}")]
     Store(#[from] StateError),
+    /// A split does not fit the config (a fleet it gives traffic to is
+    /// gone): nothing is served rather than a split teal did not choose.
+    #[error("{0}")]
+    Weights(#[from] WeightsError),
 }
 
 /// A running operation and the channel its progress goes out on.
@@ -78,9 +82,39 @@ pub(super) struct Driver {
 }
 
 impl Driver {
-    /// Fits the loaded state to the config (see [`reconcile`]).
+    /// Fits the loaded state to the config (see [`reconcile`]). An
+    /// operation found in flight on a service the config no longer has
+    /// cannot be resumed: it ends `interrupted`, with its history entry.
     pub(super) fn reconcile(&mut self) -> Result<(), ReconcileError> {
-        self.state = reconcile(&self.config, &self.state)?;
+        let mut next = reconcile(&self.config, &self.state)?;
+        for (service, st) in &self.state.services {
+            let (Some(op), false) = (&st.operation, next.services.contains_key(service)) else {
+                continue;
+            };
+            next.record(
+                service,
+                HistoryEntry {
+                    id: op.id,
+                    verb: op.verb,
+                    actor: op.actor.clone(),
+                    started: op.started,
+                    finished: SystemTime::now(),
+                    from: op.original.split.clone(),
+                    to: st.weights.clone(),
+                    target: op.plan.steps.last().map(|c| c.split.clone()),
+                    version: None,
+                    outcome: Outcome::Interrupted {
+                        reason: "teal stopped during the operation, and the service was \
+                                 removed from the config before it started again"
+                            .into(),
+                    },
+                    convergence: None,
+                    acks: Vec::new(),
+                    warnings: op.warnings.clone(),
+                },
+            );
+        }
+        self.state = next;
         self.update_cost_windows(SystemTime::now());
         Ok(())
     }
@@ -104,15 +138,50 @@ impl Driver {
         }
     }
 
-    fn weights_of(&self, state: &PersistedState) -> Weights {
+    /// The weights `state` serves. A split that does not fit the config
+    /// is an error, never replaced by the config's `live`: that would move
+    /// traffic nobody asked to move.
+    fn weights_of(&self, state: &PersistedState) -> Result<Weights, WeightsError> {
         let mut w = Weights::initial(&self.config);
         for (name, st) in &state.services {
-            // reconcile() made every stored split fit the config; a split
-            // that does not keeps the config's initial one.
-            let _ = w.set(&self.config, name, &st.weights);
+            w.set(&self.config, name, &st.weights)?;
             w.set_retired(name, st.retired.clone());
         }
-        w
+        Ok(w)
+    }
+
+    /// `change`, planned against an earlier config, as the current config's
+    /// fleets see it: a fleet the config no longer has may only go at
+    /// weight 0, a fleet it added gets 0.
+    fn fit(&self, service: &str, change: &Change) -> Result<Change, WeightsError> {
+        let svc = self
+            .config
+            .services
+            .get(service)
+            .ok_or_else(|| WeightsError::UnknownService(service.to_owned()))?;
+        if let Some((fleet, _)) = change
+            .split
+            .iter()
+            .find(|(f, w)| **w > 0 && !svc.fleets.contains_key(*f))
+        {
+            return Err(WeightsError::UnknownFleet {
+                service: service.to_owned(),
+                fleet: fleet.clone(),
+            });
+        }
+        Ok(Change {
+            split: svc
+                .fleets
+                .keys()
+                .map(|f| (f.clone(), change.split.get(f).copied().unwrap_or(0)))
+                .collect(),
+            retired: change
+                .retired
+                .iter()
+                .filter(|f| svc.fleets.contains_key(*f))
+                .cloned()
+                .collect(),
+        })
     }
 
     /// Builds `state` as a snapshot, saves `state` durably, then serves it.
@@ -123,7 +192,7 @@ impl Driver {
         mut state: PersistedState,
         reuse_seq: bool,
     ) -> Result<String, CommitError> {
-        let input = config::translate(&self.config, &self.weights_of(&state));
+        let input = config::translate(&self.config, &self.weights_of(&state)?);
         let snapshot = self.writer.prepare(&input, |digest| {
             let same = state.version.ends_with(&format!("-{digest}"));
             if !(reuse_seq && same && state.version_seq > 0) {
@@ -140,16 +209,21 @@ impl Driver {
         Ok(version)
     }
 
-    pub(super) async fn publish_current(&mut self, reuse_seq: bool) -> Result<String, BuildError> {
+    pub(super) async fn publish_current(
+        &mut self,
+        reuse_seq: bool,
+    ) -> Result<String, ControllerError> {
         let state = self.state.clone();
         match self.commit_state(state, reuse_seq).await {
             Ok(v) => Ok(v),
-            Err(CommitError::Build(e)) => Err(e),
+            Err(CommitError::Build(e)) => Err(e.into()),
+            Err(CommitError::Weights(e)) => Err(ControllerError::Weights(e)),
             Err(CommitError::Store(e)) => {
                 // Serve what was loaded even if it could not be saved again:
                 // the stored state is the same or older by one sequence.
                 tracing::warn!(error = %e, "could not save state at start-up");
-                let input = config::translate(&self.config, &self.weights_of(&self.state));
+                let weights = self.weights_of(&self.state)?;
+                let input = config::translate(&self.config, &weights);
                 let seq = self.state.version_seq.max(1);
                 let snapshot = self
                     .writer
@@ -458,7 +532,9 @@ impl Driver {
                 });
             }
             // A rollback is allowed until the retirement happens: it
-            // cancels the retirement first.
+            // cancels the retirement first, once it is known not to be
+            // refused (a refused operation changes nothing).
+            plan::plan(&op, &self.service_view(&service)?)?;
             self.cancel_retirement(&service, &actor).await?;
         }
         let view = self.service_view(&service)?;
@@ -587,6 +663,7 @@ impl Driver {
         service: &str,
         change: &Change,
     ) -> Result<String, CommitError> {
+        let change = &self.fit(service, change)?;
         let mut next = self.state.clone();
         if let Some(st) = next.services.get_mut(service) {
             st.weights = change.split.clone();

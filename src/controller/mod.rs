@@ -56,6 +56,10 @@ pub enum ControllerError {
     /// like a state file from a newer teal; the rest is 73).
     #[error("the config does not fit the stored state: {0}")]
     Reconcile(#[from] ReconcileError),
+    /// A stored split does not fit the config (reconcile makes them fit,
+    /// so this is a bug).
+    #[error("a stored split does not fit the config: {0}")]
+    Weights(#[from] crate::config::WeightsError),
 }
 
 impl ControllerError {
@@ -66,6 +70,7 @@ impl ControllerError {
             ControllerError::Reconcile(_)
             | ControllerError::Load(StateError::NewerFormat { .. }) => crate::exit::EX_DATAERR,
             ControllerError::Load(_) | ControllerError::Build(_) => crate::exit::EX_CANTCREAT,
+            ControllerError::Weights(_) => crate::exit::EX_SOFTWARE,
         }
     }
 }
@@ -198,10 +203,7 @@ pub async fn start(
         pending_reload: None,
     };
     driver.reconcile()?;
-    let version = driver
-        .publish_current(true)
-        .await
-        .map_err(ControllerError::Build)?;
+    let version = driver.publish_current(true).await?;
     tracing::info!(%version, store = %driver.store.describe(), "controller started");
     let (tx, rx) = mpsc::channel(64);
     let controller = Controller {

@@ -609,3 +609,30 @@ async fn a_reload_under_a_running_check_waits_for_the_operation() {
     .expect("the deferred reload is applied once the flip ended");
     held.abort();
 }
+
+/// Steps planned before a reload dropped a 0-weight fleet still apply as
+/// planned: never the config's `live` instead.
+#[tokio::test]
+async fn a_shift_goes_on_as_planned_after_a_reload_drops_an_unused_fleet() {
+    let (c, _t) = controller(Arc::new(MemoryStore::default())).await;
+    c.reload(with_red()).await.expect("adds red");
+    let shift = Operation::Shift {
+        service: "api".into(),
+        steps: crate::rollout::ShiftSteps::Percents {
+            to: Some("green".into()),
+            percents: vec![10, 100],
+        },
+        interval: Duration::from_millis(300),
+        skip_checks: true,
+        timeout: Duration::from_secs(5),
+    };
+    let mut rx = c.start(shift, "x").await.expect("starts");
+    rx.wait_for(|p| p.phase == crate::rollout::Phase::Waiting)
+        .await
+        .expect("waits between steps");
+    c.reload(config()).await.expect("drops red");
+    assert_eq!(outcome(rx).await, Outcome::Succeeded);
+    let api = web_or_api(&c, "api").await;
+    assert_eq!(api.weights, split(&[("blue", 0), ("green", 100)]));
+    assert_eq!(api.rollback_to, Some(split(&[("blue", 100), ("green", 0)])));
+}
