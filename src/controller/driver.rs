@@ -150,40 +150,6 @@ impl Driver {
         Ok(w)
     }
 
-    /// `change`, planned against an earlier config, as the current config's
-    /// fleets see it: a fleet the config no longer has may only go at
-    /// weight 0, a fleet it added gets 0.
-    fn fit(&self, service: &str, change: &Change) -> Result<Change, WeightsError> {
-        let svc = self
-            .config
-            .services
-            .get(service)
-            .ok_or_else(|| WeightsError::UnknownService(service.to_owned()))?;
-        if let Some((fleet, _)) = change
-            .split
-            .iter()
-            .find(|(f, w)| **w > 0 && !svc.fleets.contains_key(*f))
-        {
-            return Err(WeightsError::UnknownFleet {
-                service: service.to_owned(),
-                fleet: fleet.clone(),
-            });
-        }
-        Ok(Change {
-            split: svc
-                .fleets
-                .keys()
-                .map(|f| (f.clone(), change.split.get(f).copied().unwrap_or(0)))
-                .collect(),
-            retired: change
-                .retired
-                .iter()
-                .filter(|f| svc.fleets.contains_key(*f))
-                .cloned()
-                .collect(),
-        })
-    }
-
     /// Builds `state` as a snapshot, saves `state` durably, then serves it.
     /// `reuse_seq` keeps the stored sequence number when the content is the
     /// one already stored (a restart), so the version string is the same.
@@ -663,7 +629,7 @@ impl Driver {
         service: &str,
         change: &Change,
     ) -> Result<String, CommitError> {
-        let change = &self.fit(service, change)?;
+        let change = &fitted(&self.config, service, change)?;
         let mut next = self.state.clone();
         if let Some(st) = next.services.get_mut(service) {
             st.weights = change.split.clone();
@@ -704,7 +670,15 @@ impl Driver {
             })
             .unwrap_or_else(|| r.original().clone());
         if let Some(st) = self.state.services.get_mut(service) {
-            st.rollback_to = r.rollback_after(&in_effect);
+            // Fitted like every change: the operation was planned against
+            // the config of its start.
+            st.rollback_to = r.rollback_after(&in_effect).and_then(|split| {
+                let change = Change {
+                    split,
+                    retired: Default::default(),
+                };
+                fitted(&self.config, service, &change).ok().map(|c| c.split)
+            });
             st.operation = None;
         }
         let progress = r.progress();
@@ -803,4 +777,37 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
     }
+}
+
+/// `change`, planned against an earlier config, as `config`'s fleets of
+/// `service` see it: a fleet the config no longer has may only go at
+/// weight 0, a fleet it added gets 0.
+fn fitted(config: &Config, service: &str, change: &Change) -> Result<Change, WeightsError> {
+    let svc = config
+        .services
+        .get(service)
+        .ok_or_else(|| WeightsError::UnknownService(service.to_owned()))?;
+    if let Some((fleet, _)) = change
+        .split
+        .iter()
+        .find(|(f, w)| **w > 0 && !svc.fleets.contains_key(*f))
+    {
+        return Err(WeightsError::UnknownFleet {
+            service: service.to_owned(),
+            fleet: fleet.clone(),
+        });
+    }
+    Ok(Change {
+        split: svc
+            .fleets
+            .keys()
+            .map(|f| (f.clone(), change.split.get(f).copied().unwrap_or(0)))
+            .collect(),
+        retired: change
+            .retired
+            .iter()
+            .filter(|f| svc.fleets.contains_key(*f))
+            .cloned()
+            .collect(),
+    })
 }
