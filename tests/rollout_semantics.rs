@@ -945,3 +945,69 @@ async fn item12_endpoint_changes_wait_for_the_operation() {
     let (web, _) = w.web_status().await;
     assert_eq!(web["weights"], json!({"blue": 0, "green": 100}), "{web:#}");
 }
+
+/// (9c) `teal serve` shutting down (SIGTERM) while a flip of web waits for
+/// a stopped Envoy ends the flip `aborted` ("teal shut down during
+/// confirming", one history entry; what was committed stays and the
+/// rollback point leads back to blue), while a pending retirement of api
+/// is kept and still pending after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item9c_shutdown_ends_operations_but_keeps_a_pending_retirement() {
+    let with_api = |p: &support::world::Ports| ConfigSpec {
+        api: true,
+        ..World::usual_spec(p, support::world::PREFIX_ROUTE)
+    };
+    let mut w = World::start_custom(false, with_api).await;
+    expect(
+        &w,
+        0,
+        &["flip", "api", "--to", "green", "--timeout", FLIP_TIMEOUT],
+    )
+    .await;
+    let retire = w.cli_spawn(&["retire", "api", "blue", "--after", "60s"]);
+    wait_until(CONVERGE, "api's retirement is pending", || async {
+        !w.service_status("api").await.0["retirement"].is_null()
+    })
+    .await;
+    let retire_id = id_of(&w.service_status("api").await.0["in_progress"]);
+
+    let slow = Paused::stop(&w.envoys[SLOW]);
+    let flip = w.cli_spawn(&["flip", "web", "--to", "green", "--timeout", "30s"]);
+    let id = id_of(&w.wait_phase("confirming", None).await);
+    let status = w.teal.take().expect("teal").terminate().await;
+    assert!(status.success(), "teal serve on SIGTERM: {status}");
+    let out = flip.wait_with_output().await.expect("the flip's CLI");
+    assert_eq!(code(&out), Some(3), "{}", show(&out));
+    assert!(stderr(&out).contains("teal shut down"), "{}", show(&out));
+    drop(retire);
+    w.restart().await;
+    slow.resume();
+
+    let history = w.history().await;
+    let entries = entries_with(&history, id);
+    assert_eq!(entries.len(), 1, "{history:#?}");
+    assert_eq!(entries[0]["outcome"], "aborted", "{history:#?}");
+    assert!(
+        entries[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("teal shut down during confirming")),
+        "{history:#?}"
+    );
+    let (web, _) = w.web_status().await;
+    assert!(web["in_progress"].is_null(), "{web:#}");
+    assert_eq!(web["weights"], json!({"blue": 0, "green": 100}), "{web:#}");
+    assert_eq!(
+        web["rollback_to"],
+        json!({"blue": 100, "green": 0}),
+        "{web:#}"
+    );
+    w.wait_all_synced().await;
+    w.assert_everyone_on("green").await;
+
+    let (api, _) = w.service_status("api").await;
+    assert_eq!(api["retirement"]["fleet"], "blue", "{api:#}");
+    assert_eq!(id_of(&api["in_progress"]), retire_id, "{api:#}");
+
+    expect(&w, 0, &["rollback", "web", "--timeout", FLIP_TIMEOUT]).await;
+    w.assert_everyone_on("blue").await;
+}
