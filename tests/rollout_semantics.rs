@@ -1120,3 +1120,50 @@ async fn item9e_an_operation_of_a_service_removed_while_teal_was_down_is_recorde
     let (web, _) = w.web_status().await;
     assert!(web["in_progress"].is_null(), "{web:#}");
 }
+
+/// (3, mid-shift) web has blue, green and red. While `shift --steps 50,100
+/// --to green` waits between its steps, a reload drops red (weight 0):
+/// applied, every Envoy keeps 50/50, and step 2 then takes every Envoy to
+/// green=100, as the shift and status say.
+///
+/// Fails today: the shift's steps were resolved when it started, over
+/// blue, green and red; step 2 commits a split naming red, which the new
+/// config no longer has, so `Driver::weights_of` cannot apply it and
+/// serves the config's initial split instead: every Envoy goes to
+/// blue=100 while the shift succeeds and status says green=100.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: a step planned before a reload that dropped a fleet sends every proxy to `live:`"]
+async fn item3_a_reload_between_shift_steps_keeps_the_shift_on_course() {
+    let three = |p: &support::world::Ports| {
+        let mut spec = World::usual_spec(p, support::world::PREFIX_ROUTE);
+        if let Some(web) = spec.web.as_mut() {
+            web.push(("red".to_owned(), vec![p.red]));
+        }
+        spec
+    };
+    let w = World::start_custom(false, three).await;
+    let shift = w.cli_spawn(&[
+        "shift",
+        "web",
+        "--steps",
+        "50,100",
+        "--to",
+        "green",
+        "--interval",
+        "5s",
+        "--timeout",
+        FLIP_TIMEOUT,
+    ]);
+    w.wait_phase("waiting", Some(2)).await;
+    let usual = World::usual_spec(&w.ports, support::world::PREFIX_ROUTE);
+    let log = w.reload(&usual).await;
+    assert!(log.contains("config applied"), "{log}");
+    w.wait_all_synced().await;
+    w.wait_weights(&ALL, &[("blue", 50), ("green", 50)]).await;
+
+    let out = shift.wait_with_output().await.expect("the shift's CLI");
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    w.assert_everyone_on("green").await;
+    let (web, _) = w.web_status().await;
+    assert_eq!(web["weights"], json!({"blue": 0, "green": 100}), "{web:#}");
+}
