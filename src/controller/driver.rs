@@ -17,9 +17,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::admin::Metrics;
 use crate::config::{self, Config, Weights};
-use crate::rollout::machine::{
-    self, Action, Change, Event, Origin, ProxyView, Rollout, ServiceView,
-};
+use crate::rollout::machine::{self, Action, Event, Origin, ProxyView, Rollout};
+use crate::rollout::plan::{self, Change, ServiceView};
 use crate::rollout::{
     CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, Retirement, RolloutError,
     ServiceStatus, StatusView, Verb,
@@ -463,7 +462,7 @@ impl Driver {
             self.cancel_retirement(&service, &actor).await?;
         }
         let view = self.service_view(&service)?;
-        let plan = machine::plan(&op, &view)?;
+        let plan = plan::plan(&op, &view)?;
         let original = view.current();
         let rollback_before = view.rollback_to.cloned();
         let id = self.state.next_operation_id + 1;
@@ -599,7 +598,7 @@ impl Driver {
         }
         let version = self.commit_state(next, false).await?;
         self.update_cost_windows(SystemTime::now());
-        tracing::info!(%service, %version, split = %machine::show(&change.split), "committed");
+        tracing::info!(%service, %version, split = %plan::show(&change.split), "committed");
         Ok(version)
     }
 
@@ -678,11 +677,11 @@ impl Driver {
                 let running = self.running.get(name);
                 ServiceStatus {
                     name: name.clone(),
-                    live: machine::live_of(&st.weights).unwrap_or_default().to_owned(),
+                    live: plan::live_of(&st.weights).unwrap_or_default().to_owned(),
                     previous: st
                         .rollback_to
                         .as_ref()
-                        .and_then(|p| machine::live_of(p))
+                        .and_then(|p| plan::live_of(p))
                         .map(str::to_owned),
                     rollback_to: st.rollback_to.clone(),
                     weights: st.weights.clone(),

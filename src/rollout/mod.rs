@@ -1,6 +1,8 @@
 //! Blue/green rollouts: the operations operators ask for, their progress
 //! and results, and the [`Backend`] the admin API drives them through.
 //!
+//! - [`plan`]: what an operation will do to a service, or why it cannot;
+//!   where the rollback point goes.
 //! - [`machine`]: the pure rollout state machine (events in, actions out).
 //! - The controller (`crate::controller`) runs it against the real
 //!   snapshot store, proxy registry, checks and durable state.
@@ -23,10 +25,13 @@
 //!
 //! Each service keeps a **rollback point**: the confirmed weights in effect
 //! before the most recent operation whose changes are still in effect.
-//! [`machine::rollback_point`] is the one rule that moves it; a refused or
+//! [`plan::rollback_point`] is the one rule that moves it; a refused or
 //! undone operation leaves it where it was.
 
+#[cfg(test)]
+mod fixtures;
 pub mod machine;
+pub mod plan;
 pub(crate) mod serde_time;
 
 use std::collections::BTreeMap;
@@ -78,7 +83,7 @@ impl std::fmt::Display for Verb {
 }
 
 /// How a shift says where traffic goes; the server resolves it against
-/// the service's current split ([`machine::plan`]).
+/// the service's current split ([`plan::plan`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ShiftSteps {
     /// Whole splits, applied in order (every fleet not named gets 0).
@@ -369,7 +374,7 @@ pub struct ServiceStatus {
     /// The service.
     pub name: String,
     /// The fleet taking more than half of the traffic; empty when none
-    /// does (a 50/50 split), see [`machine::live_of`].
+    /// does (a 50/50 split), see [`plan::live_of`].
     pub live: String,
     /// The live fleet of the rollback point, if it has one.
     pub previous: Option<String>,

@@ -58,7 +58,7 @@ pub struct ServiceState {
     pub weights: Split,
     /// Where `teal rollback` goes: the confirmed split in effect before
     /// the most recent operation whose changes are still in effect
-    /// ([`crate::rollout::machine::rollback_point`]).
+    /// ([`crate::rollout::plan::rollback_point`]).
     #[serde(default)]
     pub rollback_to: Option<Split>,
     /// Fleets retired: no weight, no endpoints.

@@ -1,7 +1,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::*;
-use crate::rollout::machine::{Change, Plan, Record, Stage};
+use crate::rollout::machine::{Record, Stage};
+use crate::rollout::plan::{Change, Plan};
 use crate::rollout::{Outcome, Verb};
 
 fn at(ms: u64) -> SystemTime {
