@@ -1167,3 +1167,53 @@ async fn item3_a_reload_between_shift_steps_keeps_the_shift_on_course() {
     let (web, _) = w.web_status().await;
     assert_eq!(web["weights"], json!({"blue": 0, "green": 100}), "{web:#}");
 }
+
+/// (3, pending retirement) web has blue, green and red, green takes
+/// everything and red's retirement waits; a reload drops red (weight 0):
+/// applied, and when the retirement's time comes every Envoy stays on
+/// green.
+///
+/// Fails today, for the reason `item3_a_reload_between_shift_steps_keeps_
+/// the_shift_on_course` does: the retirement commits the split it planned
+/// (naming red), which the config no longer has, and every Envoy goes to
+/// the config's `live:` (blue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: a retirement planned before a reload that dropped a fleet sends every proxy to `live:`"]
+async fn item3_a_reload_during_a_pending_retirement_keeps_the_weights() {
+    let three = |p: &support::world::Ports| {
+        let mut spec = World::usual_spec(p, support::world::PREFIX_ROUTE);
+        if let Some(web) = spec.web.as_mut() {
+            web.push(("red".to_owned(), vec![p.red]));
+        }
+        spec
+    };
+    let w = World::start_custom(false, three).await;
+    expect(
+        &w,
+        0,
+        &["flip", "web", "--to", "green", "--timeout", FLIP_TIMEOUT],
+    )
+    .await;
+    let retire = w.cli_spawn(&["retire", "web", "red", "--after", "6s"]);
+    w.wait_web("a retirement", |web| !web["retirement"].is_null())
+        .await;
+    let usual = World::usual_spec(&w.ports, support::world::PREFIX_ROUTE);
+    let log = w.reload(&usual).await;
+    assert!(log.contains("config applied"), "{log}");
+    // The reload alone moves nothing (the retirement still waits).
+    w.wait_all_synced().await;
+    assert!(!w.web_status().await.0["retirement"].is_null());
+    for weights in weights_now(&w, &ALL).await {
+        assert_eq!(weights, [("web-green".to_owned(), 100)].into());
+    }
+    let out = retire
+        .wait_with_output()
+        .await
+        .expect("the retirement's CLI");
+    assert_ne!(code(&out), Some(1), "{}", show(&out));
+    w.wait_all_synced().await;
+    for weights in weights_now(&w, &ALL).await {
+        assert_eq!(weights, [("web-green".to_owned(), 100)].into());
+    }
+    w.assert_everyone_on("green").await;
+}
