@@ -1221,12 +1221,7 @@ async fn item3_a_reload_during_a_pending_retirement_keeps_the_weights() {
 /// (11, refused rollback) A rollback that is refused (nothing to roll back
 /// to: web was never switched) while `retire web green --after 60s` waits
 /// changes nothing: exit 1, and the retirement still waits.
-///
-/// Fails today: `Driver::begin` cancels the waiting retirement before it
-/// plans the rollback, so the refused rollback ends the retirement
-/// (`aborted`) all the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a refused rollback still cancels a waiting retirement"]
 async fn item11_a_refused_rollback_keeps_a_waiting_retirement() {
     let w = World::start().await;
     let retire = w.cli_spawn(&["retire", "web", "green", "--after", "60s"]);

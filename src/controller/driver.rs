@@ -458,7 +458,9 @@ impl Driver {
                 });
             }
             // A rollback is allowed until the retirement happens: it
-            // cancels the retirement first.
+            // cancels the retirement first, once it is known not to be
+            // refused (a refused operation changes nothing).
+            plan::plan(&op, &self.service_view(&service)?)?;
             self.cancel_retirement(&service, &actor).await?;
         }
         let view = self.service_view(&service)?;
