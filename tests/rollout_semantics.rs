@@ -986,10 +986,14 @@ async fn item12_endpoint_changes_wait_for_the_operation() {
 }
 
 /// (9c) `teal serve` shutting down (SIGTERM) while a flip of web waits for
-/// a stopped Envoy ends the flip `aborted` ("teal shut down during
-/// confirming", one history entry; what was committed stays and the
-/// rollback point leads back to blue), while a pending retirement of api
-/// is kept and still pending after the restart.
+/// a stopped Envoy ends the flip `aborted` ("teal shut down during ...",
+/// one history entry; what was committed stays and the rollback point
+/// leads back to blue), while a pending retirement of api is kept and
+/// still pending after the restart.
+///
+/// The phase named is confirming or post-checks: the proxies' streams may
+/// end before the operation does, and with no proxy left connected the
+/// flip counts as confirmed (with a warning) and goes on to its checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn item9c_shutdown_ends_operations_but_keeps_a_pending_retirement() {
     let with_api = |p: &support::world::Ports| ConfigSpec {
@@ -1029,7 +1033,7 @@ async fn item9c_shutdown_ends_operations_but_keeps_a_pending_retirement() {
     assert!(
         entries[0]["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("teal shut down during confirming")),
+            .is_some_and(|r| r.contains("teal shut down during")),
         "{history:#?}"
     );
     let (web, _) = w.web_status().await;
@@ -1241,4 +1245,43 @@ async fn item11_a_refused_rollback_keeps_a_waiting_retirement() {
     assert!(entries_with(&w.history().await, id).is_empty());
     drop(retire);
     w.assert_everyone_on("blue").await;
+}
+
+/// (10, every proxy gone) A flip that two Envoys confirmed and a third
+/// (stopped) did not, when all three go away (killed) before it is
+/// confirmed: with no proxy left it succeeds with the "no connected proxy"
+/// warning, and records no convergence and no `/metrics` sample, since
+/// not every proxy confirmed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item10_no_convergence_when_the_proxies_leave() {
+    let mut w = World::start().await;
+    let samples = convergence_samples(&w.metrics().await);
+    let slow = Paused::stop(&w.envoys[SLOW]);
+    let flip = w.cli_spawn(&["flip", "web", "--to", "green", "--timeout", "30s"]);
+    w.wait_phase("confirming", None).await;
+    w.wait_weights(&OTHERS, &[("green", 100)]).await;
+    w.wait_web("two ACKs", |web| web["in_progress"]["acked"] == 2)
+        .await;
+    // The two that confirmed go first, then the stopped one (SIGKILL ends
+    // a stopped process too).
+    let stopped = w.envoys.pop().expect("three Envoys");
+    w.envoys.clear();
+    wait_until(CONVERGE, "only the stopped Envoy is connected", || async {
+        w.json(&["proxies"]).await["proxies"]
+            .as_array()
+            .is_some_and(|p| p.len() == 1)
+    })
+    .await;
+    drop(stopped);
+    drop(slow);
+    let out = flip.wait_with_output().await.expect("the flip's CLI");
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    assert!(
+        stderr(&out).contains("no connected proxy routes web"),
+        "{}",
+        show(&out)
+    );
+    let history = w.history().await;
+    assert!(history[0]["convergence_ms"].is_null(), "{history:#?}");
+    assert_eq!(convergence_samples(&w.metrics().await), samples);
 }
