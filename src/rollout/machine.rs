@@ -838,7 +838,13 @@ impl Rollout {
                         ),
                     });
                 }
-                self.convergence = self.acks.values().max().copied();
+                // With no proxy left connected, not every proxy that was
+                // sent the version confirmed it: no convergence to record.
+                self.convergence = if proxies.is_empty() {
+                    None
+                } else {
+                    self.acks.values().max().copied()
+                };
                 if proxies.is_empty() {
                     let warning = format!(
                         "no connected proxy routes {}: no proxy confirmed the change",
