@@ -1087,12 +1087,7 @@ async fn item9d_kill_9_during_an_undo_resumes_the_undo() {
 /// (9e) `kill -9` mid-flip, then web is removed from the config before
 /// teal starts again: the flip still gets its one history entry
 /// (`aborted`, the service was removed), visible once web is back.
-///
-/// Fails today: at start-up `reconcile` drops the removed service's state
-/// with the operation saved in it, before `resume_operations` can end it,
-/// so the flip never gets a history entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: an operation of a service removed while teal was down gets no history entry"]
 async fn item9e_an_operation_of_a_service_removed_while_teal_was_down_is_recorded() {
     let with_api = |p: &support::world::Ports| ConfigSpec {
         api: true,
@@ -1130,13 +1125,10 @@ async fn item9e_an_operation_of_a_service_removed_while_teal_was_down_is_recorde
 /// applied, every Envoy keeps 50/50, and step 2 then takes every Envoy to
 /// green=100, as the shift and status say.
 ///
-/// Fails today: the shift's steps were resolved when it started, over
-/// blue, green and red; step 2 commits a split naming red, which the new
-/// config no longer has, so `Driver::weights_of` cannot apply it and
-/// serves the config's initial split instead: every Envoy goes to
-/// blue=100 while the shift succeeds and status says green=100.
+/// The shift's steps were resolved when it started, over blue, green and
+/// red; step 2 is fitted to the config of its commit, never replaced by
+/// the config's `live:`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a step planned before a reload that dropped a fleet sends every proxy to `live:`"]
 async fn item3_a_reload_between_shift_steps_keeps_the_shift_on_course() {
     let three = |p: &support::world::Ports| {
         let mut spec = World::usual_spec(p, support::world::PREFIX_ROUTE);
@@ -1177,12 +1169,10 @@ async fn item3_a_reload_between_shift_steps_keeps_the_shift_on_course() {
 /// applied, and when the retirement's time comes every Envoy stays on
 /// green.
 ///
-/// Fails today, for the reason `item3_a_reload_between_shift_steps_keeps_
-/// the_shift_on_course` does: the retirement commits the split it planned
-/// (naming red), which the config no longer has, and every Envoy goes to
-/// the config's `live:` (blue).
+/// The retirement's change was planned naming red; it is fitted to the
+/// config of its commit, as in `item3_a_reload_between_shift_steps_keeps_
+/// the_shift_on_course`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a retirement planned before a reload that dropped a fleet sends every proxy to `live:`"]
 async fn item3_a_reload_during_a_pending_retirement_keeps_the_weights() {
     let three = |p: &support::world::Ports| {
         let mut spec = World::usual_spec(p, support::world::PREFIX_ROUTE);

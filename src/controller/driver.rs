@@ -84,7 +84,8 @@ pub(super) struct Driver {
 impl Driver {
     /// Fits the loaded state to the config (see [`reconcile`]). An
     /// operation found in flight on a service the config no longer has
-    /// cannot be resumed: it ends `interrupted`, with its history entry.
+    /// cannot be resumed: it ends `aborted`, with its history entry, as it
+    /// would had the service been removed while it ran.
     pub(super) fn reconcile(&mut self) -> Result<(), ReconcileError> {
         let mut next = reconcile(&self.config, &self.state)?;
         for (service, st) in &self.state.services {
@@ -103,9 +104,9 @@ impl Driver {
                     to: st.weights.clone(),
                     target: op.plan.steps.last().map(|c| c.split.clone()),
                     version: None,
-                    outcome: Outcome::Interrupted {
-                        reason: "teal stopped during the operation, and the service was \
-                                 removed from the config before it started again"
+                    outcome: Outcome::Aborted {
+                        reason: "the service was removed from the config while teal was \
+                                 stopped during the operation"
                             .into(),
                     },
                     convergence: None,
@@ -251,6 +252,9 @@ impl Driver {
                 .filter_map(|r| r.rollout.next_deadline())
                 .min();
             tokio::select! {
+                // Shutdown first: the proxies' streams close because of it,
+                // and their going must not count as confirming anything.
+                biased;
                 () = shutdown.wait() => break,
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => self.handle(cmd).await,
