@@ -12,6 +12,11 @@ pub const EX_REFUSED: u8 = 1;
 pub const EX_ROLLED_BACK: u8 = 2;
 /// An operator aborted the operation.
 pub const EX_ABORTED: u8 = 3;
+/// The change is in effect but not every proxy confirmed it (or its checks
+/// failed afterwards): a rollback or an undo, which teal never undoes.
+pub const EX_UNCONFIRMED: u8 = 4;
+/// teal restarted while the operation ran, before its step was committed.
+pub const EX_STOPPED: u8 = 5;
 /// Bad command line (sysexits EX_USAGE), or an unknown group for `render`.
 pub const EX_USAGE: u8 = 64;
 /// The input has problems: a config file, a tokens file (EX_DATAERR).

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 
 use crate::admin::{self, Metrics, Tokens};
 use crate::config::{self, Config, Diagnostics};
-use crate::controller::{self, Controller, ControllerError};
+use crate::controller::{self, Controller};
 use crate::exit;
 use crate::listener::{ConnectionLimits, Port};
 use crate::rollout::Backend;
@@ -129,11 +129,9 @@ impl ServeError {
             ServeError::Transport(_) | ServeError::Admin(_) | ServeError::TaskFailed { .. } => {
                 exit::EX_SOFTWARE
             }
-            ServeError::State(StateError::NewerFormat { .. })
-            | ServeError::Controller(ControllerError::Load(StateError::NewerFormat { .. })) => {
-                exit::EX_DATAERR
-            }
-            ServeError::State(_) | ServeError::Controller(_) => exit::EX_CANTCREAT,
+            ServeError::State(StateError::NewerFormat { .. }) => exit::EX_DATAERR,
+            ServeError::State(_) => exit::EX_CANTCREAT,
+            ServeError::Controller(e) => e.exit_code(),
         }
     }
 }
@@ -485,7 +483,7 @@ async fn reload(
             );
         }
         Ok(config) => match controller.reload(config).await {
-            Ok(version) => tracing::info!(%version, "config reloaded"),
+            Ok(outcome) => tracing::info!(%outcome, "config reloaded"),
             Err(e) => tracing::error!(error = %e, "config reload refused"),
         },
     }

@@ -12,7 +12,7 @@ use teal::admin::{Metrics, Tokens};
 use teal::resources::ResourceType;
 use teal::rollout::{
     Backend, CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, RolloutError,
-    ServiceStatus, Split, StatusView,
+    ServiceStatus, ShiftSteps, Split, StatusView, Verb,
 };
 use teal::shutdown::{ShutdownTrigger, shutdown_channel};
 use teal::xds::status::{Nack, TypeStatus};
@@ -39,7 +39,7 @@ fn progress(id: u64, service: &str, phase: Phase) -> Progress {
     Progress {
         id,
         service: service.to_owned(),
-        verb: "flip".into(),
+        verb: Verb::Flip,
         phase,
         step: 1,
         steps: 1,
@@ -50,6 +50,7 @@ fn progress(id: u64, service: &str, phase: Phase) -> Progress {
         waiting_for: vec!["edge-2".into()],
         checks: vec![],
         message: String::new(),
+        warnings: Vec::new(),
         outcome: None,
     }
 }
@@ -97,13 +98,14 @@ impl Backend for FakeBackend {
                 name: "web".into(),
                 live: "blue".into(),
                 previous: Some("green".into()),
+                rollback_to: Some(split(&[("blue", 0), ("green", 100)])),
                 weights: split(&[("blue", 100), ("green", 0)]),
                 retired: vec![],
                 retirement: None,
                 both_fleets_since: Some(now - Duration::from_secs(600)),
                 last_change: Some(HistoryEntry {
                     id: 1,
-                    verb: "flip".into(),
+                    verb: Verb::Flip,
                     actor: "alice".into(),
                     started: now - Duration::from_secs(60),
                     finished: now - Duration::from_secs(59),
@@ -113,6 +115,8 @@ impl Backend for FakeBackend {
                     outcome: Outcome::Succeeded,
                     convergence: Some(Duration::from_millis(340)),
                     acks: vec![("edge-1".into(), Duration::from_millis(120))],
+                    target: Some(split(&[("blue", 100), ("green", 0)])),
+                    warnings: Vec::new(),
                 }),
                 in_progress: None,
             }],
@@ -536,10 +540,10 @@ async fn shift_steps_become_splits_and_unreachable_admin_exits_69() {
     };
     assert_eq!(
         steps,
-        vec![
-            split(&[("blue", 90), ("green", 10)]),
-            split(&[("blue", 0), ("green", 100)])
-        ]
+        ShiftSteps::Percents {
+            to: None,
+            percents: vec![10, 100]
+        }
     );
     assert_eq!(interval, Duration::from_secs(60));
 

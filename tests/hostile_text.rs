@@ -18,7 +18,7 @@ use teal::admin::{Metrics, Tokens};
 use teal::resources::ResourceType;
 use teal::rollout::{
     Backend, CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, RolloutError,
-    ServiceStatus, Split, StatusView,
+    ServiceStatus, Split, StatusView, Verb,
 };
 use teal::shutdown::{ShutdownTrigger, shutdown_channel};
 use teal::xds::status::{Nack, TypeStatus};
@@ -71,7 +71,7 @@ impl HostileBackend {
         let now = SystemTime::now();
         HistoryEntry {
             id: 1,
-            verb: "flip".into(),
+            verb: Verb::Flip,
             actor: "alice".into(),
             started: now,
             finished: now,
@@ -83,6 +83,8 @@ impl HostileBackend {
             },
             convergence: None,
             acks: vec![(self.node_id.clone(), Duration::from_millis(5))],
+            target: Some(split(&[("blue", 0), ("green", 100)])),
+            warnings: vec![self.nack.clone()],
         }
     }
 
@@ -90,7 +92,7 @@ impl HostileBackend {
         Progress {
             id: 9,
             service: "web".into(),
-            verb: "flip".into(),
+            verb: Verb::Flip,
             phase,
             step: 1,
             steps: 1,
@@ -106,6 +108,7 @@ impl HostileBackend {
                 detail: self.nack.clone(),
             }],
             message: self.progress_message.clone(),
+            warnings: vec![self.nack.clone()],
             outcome: None,
         }
     }
@@ -120,6 +123,7 @@ impl Backend for HostileBackend {
                 name: "web".into(),
                 live: "blue".into(),
                 previous: None,
+                rollback_to: Some(split(&[("blue", 0), ("green", 100)])),
                 weights: split(&[("blue", 100), ("green", 0)]),
                 retired: vec![],
                 retirement: None,

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use teal::rollout::{HistoryEntry, Outcome, Split};
+use teal::rollout::{HistoryEntry, Outcome, Split, Verb};
 use teal::state::{FileStore, PersistedState, Revision, ServiceState, StateStore};
 
 const DIR_VAR: &str = "TEAL_STATE_CRASH_DIR";
@@ -38,7 +38,7 @@ fn state(seq: u64) -> PersistedState {
             "api",
             HistoryEntry {
                 id,
-                verb: "flip".into(),
+                verb: Verb::Flip,
                 actor: "crash-test".into(),
                 started: SystemTime::UNIX_EPOCH,
                 finished: SystemTime::UNIX_EPOCH + Duration::from_millis(seq),
@@ -48,6 +48,8 @@ fn state(seq: u64) -> PersistedState {
                 outcome: Outcome::Succeeded,
                 convergence: None,
                 acks: vec![("edge-1".into(), Duration::from_millis(id))],
+                target: None,
+                warnings: Vec::new(),
             },
         );
     }

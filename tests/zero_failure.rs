@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use teal::controller::Controller;
-use teal::rollout::{Backend, HistoryEntry, Operation, Outcome, Split};
+use teal::rollout::{Backend, HistoryEntry, Operation, Outcome, ShiftSteps, Split};
 
 use support::http::KeepAlive;
 use support::{CONVERGE, Envoy, Protocol, Teal, Upstream, free_port, write_atomically};
@@ -454,6 +454,7 @@ async fn zero_failed_requests_through_twenty_cycles_of_flip_rollback_and_shift()
         (
             Operation::Rollback {
                 service: "web".into(),
+                skip_checks: false,
                 timeout: OP_TIMEOUT,
             },
             vec![],
@@ -461,7 +462,7 @@ async fn zero_failed_requests_through_twenty_cycles_of_flip_rollback_and_shift()
         (
             Operation::Shift {
                 service: "web".into(),
-                steps: vec![split(50, 50), split(0, 100)],
+                steps: ShiftSteps::Splits(vec![split(50, 50), split(0, 100)]),
                 interval: HOLD,
                 skip_checks: false,
                 timeout: OP_TIMEOUT,

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use teal::controller::Controller;
-use teal::rollout::{Backend, Operation, Outcome, Split};
+use teal::rollout::{Backend, Operation, Outcome, ShiftSteps, Split};
 
 use support::http::KeepAlive;
 use support::{Envoy, Protocol, Teal, Upstream, free_port, write_atomically};
@@ -221,11 +221,12 @@ async fn demo(png: PathBuf) -> anyhow::Result<()> {
         },
         Operation::Rollback {
             service: "web".into(),
+            skip_checks: false,
             timeout: OP_TIMEOUT,
         },
         Operation::Shift {
             service: "web".into(),
-            steps: vec![split(10), split(50), split(100)],
+            steps: ShiftSteps::Splits(vec![split(10), split(50), split(100)]),
             interval: STEP,
             skip_checks: false,
             timeout: OP_TIMEOUT,
@@ -339,7 +340,7 @@ async fn run(
         {
             let green = p.target.get("green").copied().unwrap_or(0);
             let label = match verb {
-                "shift" => format!("shift {green}%"),
+                teal::rollout::Verb::Shift => format!("shift {green}%"),
                 _ if green == 100 => format!("{verb} > green"),
                 _ => format!("{verb} > blue"),
             };

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::resources::ResourceType;
 use crate::rollout::{
-    CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, Retirement, ServiceStatus,
-    Split, StatusView,
+    CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, Retirement, RolloutError,
+    ServiceStatus, ShiftSteps, Split, StatusView,
 };
 use crate::xds::status::{Nack, TypeStatus};
 use crate::xds::{ProxyStatus, StreamKind};
@@ -96,6 +96,8 @@ pub fn outcome(o: &Outcome) -> pb::Outcome {
         Outcome::Refused { reason } => (Kind::Refused, reason.clone()),
         Outcome::RolledBack { reason } => (Kind::RolledBack, reason.clone()),
         Outcome::Aborted { reason } => (Kind::Aborted, reason.clone()),
+        Outcome::Unconfirmed { reason } => (Kind::Unconfirmed, reason.clone()),
+        Outcome::Interrupted { reason } => (Kind::Interrupted, reason.clone()),
     };
     pb::Outcome {
         kind: kind as i32,
@@ -104,7 +106,7 @@ pub fn outcome(o: &Outcome) -> pb::Outcome {
 }
 
 /// The lower-case name of an outcome kind: `succeeded`, `refused`,
-/// `rolled-back`, `aborted`.
+/// `rolled-back`, `aborted`, `unconfirmed`, `interrupted`.
 pub fn outcome_name(kind: pb::outcome::Kind) -> &'static str {
     use pb::outcome::Kind;
     match kind {
@@ -113,6 +115,8 @@ pub fn outcome_name(kind: pb::outcome::Kind) -> &'static str {
         Kind::Refused => "refused",
         Kind::RolledBack => "rolled-back",
         Kind::Aborted => "aborted",
+        Kind::Unconfirmed => "unconfirmed",
+        Kind::Interrupted => "interrupted",
     }
 }
 
@@ -131,7 +135,7 @@ pub fn progress(p: &Progress) -> pb::Progress {
     pb::Progress {
         id: p.id,
         service: p.service.clone(),
-        verb: p.verb.clone(),
+        verb: p.verb.to_string(),
         phase: phase(p.phase) as i32,
         step: count(p.step),
         steps: count(p.steps),
@@ -143,6 +147,7 @@ pub fn progress(p: &Progress) -> pb::Progress {
         checks: p.checks.iter().map(check).collect(),
         message: p.message.clone(),
         outcome: p.outcome.as_ref().map(outcome),
+        warnings: p.warnings.clone(),
     }
 }
 
@@ -150,7 +155,7 @@ pub fn progress(p: &Progress) -> pb::Progress {
 pub fn history_entry(h: &HistoryEntry) -> pb::HistoryEntry {
     pb::HistoryEntry {
         id: h.id,
-        verb: h.verb.clone(),
+        verb: h.verb.to_string(),
         actor: h.actor.clone(),
         started_unix_ms: unix_ms(h.started),
         finished_unix_ms: unix_ms(h.finished),
@@ -167,6 +172,8 @@ pub fn history_entry(h: &HistoryEntry) -> pb::HistoryEntry {
                 after_ms: millis(*after),
             })
             .collect(),
+        target: h.target.as_ref().map(split),
+        warnings: h.warnings.clone(),
     }
 }
 
@@ -189,6 +196,7 @@ pub fn service_status(s: &ServiceStatus) -> pb::ServiceStatus {
         both_fleets_since_unix_ms: s.both_fleets_since.map(unix_ms),
         last_change: s.last_change.as_ref().map(history_entry),
         in_progress: s.in_progress.as_ref().map(progress),
+        rollback_to: s.rollback_to.as_ref().map(split),
     }
 }
 
@@ -272,41 +280,61 @@ fn timeout(ms: u64) -> Duration {
 }
 
 /// A flip request as an operation.
-pub fn flip(r: pb::FlipRequest) -> Operation {
-    Operation::Flip {
+pub fn flip(r: pb::FlipRequest) -> Result<Operation, RolloutError> {
+    Ok(Operation::Flip {
         service: r.service,
         to: r.to.filter(|t| !t.is_empty()),
         skip_checks: r.skip_checks,
         timeout: timeout(r.timeout_ms),
-    }
+    })
 }
 
-/// A shift request as an operation.
-pub fn shift(r: pb::ShiftRequest) -> Operation {
-    Operation::Shift {
+/// A shift request as an operation: exactly one of its `steps`,
+/// `weights` and `percents` must be given.
+pub fn shift(r: pb::ShiftRequest) -> Result<Operation, RolloutError> {
+    let given = [
+        !r.steps.is_empty(),
+        !r.weights.is_empty(),
+        !r.percents.is_empty(),
+    ];
+    let steps = match given {
+        [true, false, false] => ShiftSteps::Splits(r.steps.iter().map(split_from).collect()),
+        [false, true, false] => ShiftSteps::Weights(r.weights.into_iter().collect()),
+        [false, false, true] => ShiftSteps::Percents {
+            to: r.to.filter(|t| !t.is_empty()),
+            percents: r.percents,
+        },
+        _ => {
+            return Err(RolloutError::Invalid(
+                "a shift gives exactly one of steps, weights and percents".into(),
+            ));
+        }
+    };
+    Ok(Operation::Shift {
         service: r.service,
-        steps: r.steps.iter().map(split_from).collect(),
+        steps,
         interval: Duration::from_millis(r.interval_ms),
         skip_checks: r.skip_checks,
         timeout: timeout(r.timeout_ms),
-    }
+    })
 }
 
 /// A rollback request as an operation.
-pub fn rollback(r: pb::RollbackRequest) -> Operation {
-    Operation::Rollback {
+pub fn rollback(r: pb::RollbackRequest) -> Result<Operation, RolloutError> {
+    Ok(Operation::Rollback {
         service: r.service,
+        skip_checks: r.skip_checks,
         timeout: timeout(r.timeout_ms),
-    }
+    })
 }
 
 /// A retire request as an operation.
-pub fn retire(r: pb::RetireRequest) -> Operation {
-    Operation::Retire {
+pub fn retire(r: pb::RetireRequest) -> Result<Operation, RolloutError> {
+    Ok(Operation::Retire {
         service: r.service,
         fleet: r.fleet,
         after: Duration::from_millis(r.after_ms),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -331,12 +359,12 @@ mod tests {
         });
         assert_eq!(
             op,
-            Operation::Flip {
+            Ok(Operation::Flip {
                 service: "web".into(),
                 to: None,
                 skip_checks: false,
                 timeout: DEFAULT_TIMEOUT
-            }
+            })
         );
     }
 }

@@ -35,6 +35,7 @@ fn service(name: &str, weights: &[(&str, u32)], both_since: Option<SystemTime>) 
         name: name.into(),
         live: weights[0].0.into(),
         previous: None,
+        rollback_to: None,
         weights: weights
             .iter()
             .map(|(f, w)| ((*f).to_owned(), *w))

@@ -12,10 +12,10 @@
 //! | `Proxies` | no | Every connected proxy with sent/ACKed/NACKed versions per type, and the versions each group should be on. |
 //! | `Flip` | **yes** | All traffic to one fleet; streams `Progress` until the outcome. |
 //! | `Shift` | **yes** | Traffic in steps; streams `Progress`. |
-//! | `Rollback` | **yes** | Back to the previous live fleet; streams `Progress`. |
+//! | `Rollback` | **yes** | Back to the service's rollback point; streams `Progress`. |
 //! | `Retire` | **yes** | Drop a fleet after a delay; streams `Progress`. |
 //! | `Follow` | no | Streams the `Progress` of an operation already running. |
-//! | `Abort` | **yes** | Stops an operation between steps. |
+//! | `Abort` | **yes** | Stops an operation: ends it before its commit, undoes the step being confirmed. |
 //! | `Verify` | no | Runs a service's checks against one fleet now. |
 //! | `History` | no | A service's past changes, newest first. |
 //!

@@ -16,7 +16,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::rollout::{Backend, Operation, Progress};
+use crate::rollout::{Backend, Operation, Progress, RolloutError};
 
 use super::auth::Tokens;
 use super::convert;
@@ -59,11 +59,11 @@ impl AdminService {
     async fn start<T>(
         &self,
         request: Request<T>,
-        op: impl FnOnce(T) -> Operation,
+        op: impl FnOnce(T) -> Result<Operation, RolloutError>,
     ) -> Result<Response<ProgressStream>, Status> {
         let actor = self.tokens.authorize(request.metadata())?;
-        let op = op(request.into_inner());
-        tracing::info!(%actor, verb = op.verb(), service = op.service(), "admin: operation requested");
+        let op = op(request.into_inner())?;
+        tracing::info!(%actor, verb = %op.verb(), service = op.service(), "admin: operation requested");
         let rx = self.backend.start(op, &actor).await?;
         Ok(Response::new(progress_stream(rx)))
     }

@@ -17,7 +17,7 @@ use crate::text::untrusted;
 
 pub use crate::exit::{
     EX_ABORTED, EX_INTERRUPTED, EX_NOINPUT, EX_NOPERM, EX_OK, EX_REFUSED, EX_ROLLED_BACK,
-    EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE,
+    EX_SOFTWARE, EX_STOPPED, EX_UNAVAILABLE, EX_UNCONFIRMED, EX_USAGE,
 };
 
 /// Why a command stopped: the exit code and what to tell the user.
@@ -322,6 +322,9 @@ fn finish(p: &pb::Progress, outcome: &pb::Outcome, out: &mut dyn Write, err: &mu
     let reason = untrusted(&outcome.reason);
     let kind = outcome.kind();
     let name = outcome_name(kind);
+    for w in &p.warnings {
+        let _ = writeln!(err, "teal: warning: {}", untrusted(w));
+    }
     match kind {
         Kind::Succeeded => {
             let target = p.target.as_ref().map(|s| table::split(&s.weights));
@@ -342,12 +345,25 @@ fn finish(p: &pb::Progress, outcome: &pb::Outcome, out: &mut dyn Write, err: &mu
             for c in p.checks.iter().filter(|c| !c.ok) {
                 let _ = writeln!(err, "{}", failed_check(c));
             }
-            let _ = writeln!(err, "  every proxy is back on the previous weights");
+            let _ = writeln!(err, "  every proxy confirmed the weights from before it");
             EX_ROLLED_BACK
         }
         Kind::Aborted => {
             let _ = writeln!(err, "teal: {what} {name}: {reason}");
             EX_ABORTED
+        }
+        Kind::Unconfirmed => {
+            let _ = writeln!(err, "teal: {what} {name}: {reason}");
+            let _ = writeln!(
+                err,
+                "  see which proxies hold what with: teal proxies; teal status {}",
+                untrusted(&p.service)
+            );
+            EX_UNCONFIRMED
+        }
+        Kind::Interrupted => {
+            let _ = writeln!(err, "teal: {what} {name}: {reason}");
+            EX_STOPPED
         }
         Kind::Refused | Kind::Unspecified => {
             let _ = writeln!(err, "teal: {what} {name}: {reason}");

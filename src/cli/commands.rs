@@ -9,8 +9,8 @@ use clap::Subcommand;
 use crate::admin::convert::millis;
 use crate::admin::pb;
 
-use super::client::{Conn, Failure, Target};
-use super::ops::{self, ShiftPlan};
+use super::client::{self, Conn, Failure, Target};
+use super::ops;
 use super::{Output, parse, read};
 
 /// `--steps` as clap stores it.
@@ -117,16 +117,26 @@ pub enum AdminCommand {
         #[arg(long)]
         skip_checks: bool,
     },
-    /// Send traffic back to the fleet that was live before the last switch.
+    /// Send traffic back to the rollback point: the weights before the last
+    /// change that is still in effect.
     ///
-    /// The undo button: works until the previous fleet is retired.
-    #[command(after_long_help = "Example:\n  teal rollback web")]
+    /// The undo button. `teal status SERVICE` shows where it goes. A failed
+    /// or refused operation changed nothing, so it does not move the
+    /// rollback point; a completed retirement of the fleet it would go back
+    /// to removes it. A rollback is never undone by teal: if a proxy does
+    /// not confirm it in time, it stays in effect and exits 4 naming the
+    /// proxies.
+    #[command(after_long_help = "Examples:\n  teal rollback web\n  \
+        teal rollback web --skip-checks   # the old fleet's checks fail, go back anyway")]
     Rollback {
         /// The service.
         service: String,
         /// How long to wait for every proxy to ACK (1s to 1h).
         #[arg(long, default_value = "60s", value_parser = parse::timeout)]
         timeout: Duration,
+        /// Do not run the checks of the fleet getting traffic back.
+        #[arg(long)]
+        skip_checks: bool,
     },
     /// Retire the old fleet: drop its weight and endpoints, after a delay.
     ///
@@ -143,9 +153,13 @@ pub enum AdminCommand {
         #[arg(long, default_value = "0s", value_parser = parse::after)]
         after: Duration,
     },
-    /// Stop an operation between steps (a shift, or a pending retirement).
+    /// Stop an operation.
     ///
-    /// What was already committed stays; `teal rollback` undoes it.
+    /// Before its step is committed (waiting, preparing, checking) it ends
+    /// there; while its step is being confirmed, that step is undone.
+    /// Earlier steps of a shift stay; `teal rollback` undoes them. A
+    /// rollback, or an undo in progress, cannot be stopped: they end on
+    /// their own.
     #[command(after_long_help = "Example:\n  teal abort 42      # the id from `teal status`")]
     Abort {
         /// The operation's id.
@@ -232,18 +246,47 @@ pub async fn run_admin(
                 timeout,
                 skip_checks,
             } => {
-                let plan = match steps {
-                    Some(Steps(percents)) => ShiftPlan::Steps { percents, to },
-                    None => ShiftPlan::Weights(weights),
+                if let Some((fleet, _)) = weights
+                    .iter()
+                    .enumerate()
+                    .find(|(i, (f, _))| weights[..*i].iter().any(|(g, _)| g == f))
+                    .map(|(_, w)| w)
+                {
+                    return Err(Failure::new(
+                        client::EX_USAGE,
+                        format!("--weight: fleet {fleet:?} given twice"),
+                    ));
+                }
+                let sum: u32 = weights.iter().map(|(_, w)| *w).sum();
+                if sum > 100 {
+                    return Err(Failure::new(
+                        client::EX_USAGE,
+                        format!("--weight: weights sum to {sum}, more than 100"),
+                    ));
+                }
+                let r = pb::ShiftRequest {
+                    service,
+                    steps: Vec::new(),
+                    weights: weights.into_iter().collect(),
+                    percents: steps.map(|Steps(p)| p).unwrap_or_default(),
+                    to,
+                    interval_ms: millis(interval),
+                    skip_checks,
+                    timeout_ms: millis(timeout),
                 };
-                ops::shift(c, service, plan, interval, timeout, skip_checks, out, err).await
+                ops::shift(c, r, out, err).await
             }
-            AdminCommand::Rollback { service, timeout } => {
+            AdminCommand::Rollback {
+                service,
+                timeout,
+                skip_checks,
+            } => {
                 ops::rollback(
                     c,
                     pb::RollbackRequest {
                         service,
                         timeout_ms: millis(timeout),
+                        skip_checks,
                     },
                     out,
                     err,

@@ -73,6 +73,8 @@ pub fn change(h: &pb::HistoryEntry) -> Value {
         "reason": reason,
         "convergence_ms": h.convergence_ms,
         "acks": h.acks.iter().map(|a| json!({"proxy": a.proxy, "after_ms": a.after_ms})).collect::<Vec<_>>(),
+        "target": h.target.as_ref().map(|t| split(Some(t))),
+        "warnings": h.warnings,
     })
 }
 
@@ -93,6 +95,7 @@ pub fn progress(p: &pb::Progress) -> Value {
         "waiting_for": p.waiting_for,
         "checks": p.checks.iter().map(check).collect::<Vec<_>>(),
         "message": p.message,
+        "warnings": p.warnings,
         "outcome": outcome,
         "reason": reason,
     })
@@ -109,6 +112,7 @@ pub fn status(s: &pb::StatusResponse, now: std::time::SystemTime) -> Value {
                 "name": svc.name,
                 "live": svc.live,
                 "previous": svc.previous,
+                "rollback_to": svc.rollback_to.as_ref().map(|r| split(Some(r))),
                 "weights": split(svc.weights.as_ref()),
                 "retired": svc.retired,
                 "retirement": svc.retirement.as_ref().map(|r| json!({"fleet": r.fleet, "at_unix_ms": r.at_unix_ms})),

@@ -12,7 +12,9 @@
 //! - [`serve_limits`]: the limits flags of `teal serve`.
 //!
 //! Exit codes of the admin commands: 0 done; 1 refused (nothing changed);
-//! 2 rolled back; 3 aborted; 64 bad command line; 66 unreadable token
+//! 2 rolled back; 3 aborted; 4 in effect but not confirmed by every proxy
+//! (never undone: a rollback, or an undo); 5 interrupted by a teal
+//! restart; 64 bad command line; 66 unreadable token
 //! file; 69 admin API unreachable; 70 server error; 77 missing or wrong
 //! token; 130 stopped following on Ctrl-C (the operation goes on).
 
@@ -70,8 +72,10 @@ const FLOW: &str = "A blue/green release with teal:
   teal history web
 
 Changes need the admin token: --token, TEAL_TOKEN or --token-file.
-Exit codes: 0 done, 1 refused, 2 rolled back, 3 aborted, 64 usage,
-69 admin API unreachable, 77 missing or wrong token, 130 interrupted.";
+Exit codes: 0 done, 1 refused, 2 rolled back, 3 aborted, 4 in effect but
+not confirmed by every proxy, 5 interrupted by a teal restart, 64 usage,
+66 token file unreadable, 69 admin API unreachable, 70 server error,
+77 missing or wrong token, 130 stopped following (Ctrl-C).";
 
 /// Options every admin command shares.
 #[derive(Debug, Clone, Args)]

@@ -118,7 +118,11 @@ pub fn status_text(s: &pb::StatusResponse, now: i64) -> String {
     for svc in &s.services {
         t.row(vec![
             svc.name.clone(),
-            svc.live.clone(),
+            if svc.live.is_empty() {
+                "-".to_owned()
+            } else {
+                svc.live.clone()
+            },
             table::split(&svc.weights.clone().unwrap_or_default().weights),
             svc.both_fleets_since_unix_ms
                 .map_or("-".into(), |t| ago(t, now)),
@@ -130,10 +134,17 @@ pub fn status_text(s: &pb::StatusResponse, now: i64) -> String {
     let mut text = format!("version {}\n{}", untrusted(&s.version), t.render());
     for svc in &s.services {
         text.push_str(&format!("\n{}:\n", untrusted(&svc.name)));
-        let prev = svc.previous.as_deref().map_or(String::new(), |p| {
-            format!(" (rollback goes to {})", untrusted(p))
-        });
-        text.push_str(&format!("  live:        {}{prev}\n", untrusted(&svc.live)));
+        let live = if svc.live.is_empty() {
+            "none (no fleet has more than half of the traffic)".to_owned()
+        } else {
+            untrusted(&svc.live).to_string()
+        };
+        text.push_str(&format!("  live:        {live}\n"));
+        let rollback = svc.rollback_to.as_ref().map_or_else(
+            || "nothing to go back to".to_owned(),
+            |r| table::split(&r.weights),
+        );
+        text.push_str(&format!("  rollback to: {rollback}\n"));
         if let Some(h) = &svc.last_change {
             text.push_str(&format!("  last change: {}\n", change_line(h, now)));
         }
@@ -152,7 +163,7 @@ pub fn status_text(s: &pb::StatusResponse, now: i64) -> String {
                 "now".to_owned()
             };
             text.push_str(&format!(
-                "  retiring:    {} {when} ({}); rollback works until then\n",
+                "  retiring:    {} {when} ({}); a rollback until then cancels it\n",
                 untrusted(&r.fleet),
                 table::utc(r.at_unix_ms)
             ));

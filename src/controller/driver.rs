@@ -1,34 +1,64 @@
 //! The driver: the one task that owns the config, the durable state and
 //! the snapshot writer, and runs every operation.
+//!
+//! It carries out what each [`Rollout`] asks ([`Action`]s) and feeds back
+//! what happened ([`Event`]s); it never guesses what a machine wants by
+//! looking at its state. Durable points: an operation is saved when it
+//! starts (so its id is never reused and a crash before its first commit
+//! is still recorded), with each of its commits (weights, version and
+//! operation record in one write), and when it ends (history entry,
+//! rollback point, no operation).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::Metrics;
-use crate::config::{self, Config, Weights};
-use crate::rollout::machine::{self, Action, Change, Event, ProxyView, Rollout, ServiceView};
+use crate::config::{self, Config, Weights, WeightsError};
+use crate::rollout::machine::{self, Action, Event, Origin, ProxyView, Rollout};
+use crate::rollout::plan::{self, Change, ServiceView};
 use crate::rollout::{
-    CheckResult, HistoryEntry, Operation, Outcome, Progress, Retirement, RolloutError,
-    ServiceStatus, StatusView,
+    CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, Retirement, RolloutError,
+    ServiceStatus, StatusView, Verb,
 };
 use crate::shutdown::Shutdown;
 use crate::snapshot::BuildError;
 use crate::snapshot_store::SnapshotWriter;
-use crate::state::{PersistedState, Revision, ServiceState, StateStore};
+use crate::state::{PersistedState, Revision, StateError, StateStore};
 use crate::xds::ProxyRegistry;
 
+use super::reconcile::{ReconcileError, reconcile};
 use super::views::proxy_views;
-use super::{Command, version_seq};
+use super::{Command, ControllerError, ReloadError, Reloaded, version_seq};
 
-/// A running operation.
+/// Why a change could not be committed; nothing was served.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum CommitError {
+    /// The snapshot could not be built (a bug, or a config the translator
+    /// refuses).
+    #[error("cannot build the snapshot: {0}")]
+    Build(#[from] BuildError),
+    /// The state could not be saved durably.
+    #[error("cannot save the state: {0}")]
+    Store(#[from] StateError),
+    /// A split does not fit the config (a fleet it gives traffic to is
+    /// gone): nothing is served rather than a split teal did not choose.
+    #[error("{0}")]
+    Weights(#[from] WeightsError),
+}
+
+/// A running operation and the channel its progress goes out on.
 pub(super) struct Running {
     pub(super) rollout: Rollout,
     pub(super) progress: watch::Sender<Progress>,
-    pub(super) actor: String,
-    pub(super) started: SystemTime,
+}
+
+impl Running {
+    fn publish(&self) {
+        self.progress.send_replace(self.rollout.progress());
+    }
 }
 
 /// The driver's state.
@@ -45,43 +75,49 @@ pub(super) struct Driver {
     pub(super) finished: HashMap<u64, watch::Receiver<Progress>>,
     pub(super) checks_tx: mpsc::Sender<(u64, Vec<CheckResult>)>,
     pub(super) metrics: Arc<Metrics>,
+    /// A reload that waits for an operation to leave the phases in which
+    /// its service's endpoints and checks must not change (from the
+    /// checks before a commit to the last confirmation).
+    pub(super) pending_reload: Option<Box<Config>>,
 }
 
 impl Driver {
-    /// Makes the stored state fit the config: services that are new get
-    /// their config `live` fleet; splits or retirements that name fleets
-    /// the config no longer has are reset.
-    pub(super) fn reconcile(&mut self) {
-        let initial = Weights::initial(&self.config);
-        let mut services = BTreeMap::new();
-        for (name, svc) in &self.config.services {
-            let mut st = self.state.services.remove(name).unwrap_or_default();
-            let mut weights = Weights::default();
-            if weights.set(&self.config, name, &st.weights).is_err() {
-                st.weights = initial.get(name).cloned().unwrap_or_default();
-                st.previous = None;
-            } else if let Some(full) = weights.get(name) {
-                st.weights = full.clone();
-            }
-            st.retired.retain(|f| svc.fleets.contains_key(f));
-            if st
-                .previous
-                .as_ref()
-                .is_some_and(|p| !svc.fleets.contains_key(p))
-            {
-                st.previous = None;
-            }
-            if st
-                .retirement
-                .as_ref()
-                .is_some_and(|r| !svc.fleets.contains_key(&r.fleet))
-            {
-                st.retirement = None;
-            }
-            services.insert(name.clone(), st);
+    /// Fits the loaded state to the config (see [`reconcile`]). An
+    /// operation found in flight on a service the config no longer has
+    /// cannot be resumed: it ends `aborted`, with its history entry, as it
+    /// would had the service been removed while it ran.
+    pub(super) fn reconcile(&mut self) -> Result<(), ReconcileError> {
+        let mut next = reconcile(&self.config, &self.state)?;
+        for (service, st) in &self.state.services {
+            let (Some(op), false) = (&st.operation, next.services.contains_key(service)) else {
+                continue;
+            };
+            next.record(
+                service,
+                HistoryEntry {
+                    id: op.id,
+                    verb: op.verb,
+                    actor: op.actor.clone(),
+                    started: op.started,
+                    finished: SystemTime::now(),
+                    from: op.original.split.clone(),
+                    to: st.weights.clone(),
+                    target: op.plan.steps.last().map(|c| c.split.clone()),
+                    version: None,
+                    outcome: Outcome::Aborted {
+                        reason: "the service was removed from the config while teal was \
+                                 stopped during the operation"
+                            .into(),
+                    },
+                    convergence: None,
+                    acks: Vec::new(),
+                    warnings: op.warnings.clone(),
+                },
+            );
         }
-        self.state.services = services;
+        self.state = next;
         self.update_cost_windows(SystemTime::now());
+        Ok(())
     }
 
     /// Records since when each service runs more than one fleet.
@@ -103,14 +139,16 @@ impl Driver {
         }
     }
 
-    fn weights_of(&self, state: &PersistedState) -> Weights {
+    /// The weights `state` serves. A split that does not fit the config
+    /// is an error, never replaced by the config's `live`: that would move
+    /// traffic nobody asked to move.
+    fn weights_of(&self, state: &PersistedState) -> Result<Weights, WeightsError> {
         let mut w = Weights::initial(&self.config);
         for (name, st) in &state.services {
-            // reconcile() made every stored split fit the config.
-            let _ = w.set(&self.config, name, &st.weights);
+            w.set(&self.config, name, &st.weights)?;
             w.set_retired(name, st.retired.clone());
         }
-        w
+        Ok(w)
     }
 
     /// Builds `state` as a snapshot, saves `state` durably, then serves it.
@@ -120,40 +158,39 @@ impl Driver {
         &mut self,
         mut state: PersistedState,
         reuse_seq: bool,
-    ) -> Result<String, String> {
-        let input = config::translate(&self.config, &self.weights_of(&state));
-        let snapshot = self
-            .writer
-            .prepare(&input, |digest| {
-                let same = state.version.ends_with(&format!("-{digest}"));
-                if !(reuse_seq && same && state.version_seq > 0) {
-                    state.version_seq += 1;
-                }
-                format!("{}-{digest}", state.version_seq)
-            })
-            .map_err(|e| e.to_string())?;
+    ) -> Result<String, CommitError> {
+        let input = config::translate(&self.config, &self.weights_of(&state)?);
+        let snapshot = self.writer.prepare(&input, |digest| {
+            let same = state.version.ends_with(&format!("-{digest}"));
+            if !(reuse_seq && same && state.version_seq > 0) {
+                state.version_seq += 1;
+            }
+            format!("{}-{digest}", state.version_seq)
+        })?;
         let version = snapshot.version().to_owned();
         state.version = version.clone();
-        let revision = self
-            .store
-            .save(&state, self.revision)
-            .await
-            .map_err(|e| e.to_string())?;
+        let revision = self.store.save(&state, self.revision).await?;
         self.writer.install(snapshot);
         self.state = state;
         self.revision = revision;
         Ok(version)
     }
 
-    pub(super) async fn publish_current(&mut self, reuse_seq: bool) -> Result<String, BuildError> {
+    pub(super) async fn publish_current(
+        &mut self,
+        reuse_seq: bool,
+    ) -> Result<String, ControllerError> {
         let state = self.state.clone();
         match self.commit_state(state, reuse_seq).await {
             Ok(v) => Ok(v),
-            Err(e) => {
+            Err(CommitError::Build(e)) => Err(e.into()),
+            Err(CommitError::Weights(e)) => Err(ControllerError::Weights(e)),
+            Err(CommitError::Store(e)) => {
                 // Serve what was loaded even if it could not be saved again:
                 // the stored state is the same or older by one sequence.
                 tracing::warn!(error = %e, "could not save state at start-up");
-                let input = config::translate(&self.config, &self.weights_of(&self.state));
+                let weights = self.weights_of(&self.state)?;
+                let input = config::translate(&self.config, &weights);
                 let seq = self.state.version_seq.max(1);
                 let snapshot = self
                     .writer
@@ -165,30 +202,42 @@ impl Driver {
         }
     }
 
-    /// Restarts the retirements that were pending when teal stopped.
-    pub(super) fn resume_retirements(&mut self) {
-        let pending: Vec<(String, Retirement)> = self
+    /// Picks up the operations that were running when teal stopped
+    /// (saved with the state): each is resolved and ends with exactly one
+    /// history entry; a pending retirement waits out the rest of its delay.
+    pub(super) async fn resume_operations(&mut self) {
+        let found: Vec<(String, machine::Record)> = self
             .state
             .services
             .iter()
-            .filter_map(|(s, st)| st.retirement.clone().map(|r| (s.clone(), r)))
+            .filter_map(|(s, st)| st.operation.clone().map(|r| (s.clone(), r)))
             .collect();
-        for (service, r) in pending {
-            let after = r.at.duration_since(SystemTime::now()).unwrap_or_default();
-            let op = Operation::Retire {
-                service: service.clone(),
-                fleet: r.fleet.clone(),
-                after,
-            };
-            match self.begin(op, "teal (resumed after restart)".into()) {
-                Ok(_) => {
-                    tracing::info!(%service, fleet = %r.fleet, ?after, "resumed pending retirement")
-                }
-                Err(e) => tracing::warn!(%service, error = %e, "cannot resume retirement"),
-            }
+        for (service, record) in found {
+            let id = record.id;
+            let version = self.state.version.clone();
+            let (rollout, actions) = Rollout::resume(
+                &service,
+                record,
+                &version,
+                Instant::now(),
+                SystemTime::now(),
+            );
+            tracing::info!(id, %service, verb = %rollout.verb(), phase = rollout.phase().as_str(),
+                "resuming an operation found in flight at start-up");
+            let (tx, _rx) = watch::channel(rollout.progress());
+            self.running.insert(
+                service.clone(),
+                Running {
+                    rollout,
+                    progress: tx,
+                },
+            );
+            self.carry_out(&service, actions).await;
         }
     }
 
+    /// Runs until `shutdown`; operations still running then end with a
+    /// history entry (a pending retirement is kept for the next start).
     pub(super) async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
@@ -203,10 +252,13 @@ impl Driver {
                 .filter_map(|r| r.rollout.next_deadline())
                 .min();
             tokio::select! {
-                () = shutdown.wait() => return,
+                // Shutdown first: the proxies' streams close because of it,
+                // and their going must not count as confirming anything.
+                biased;
+                () = shutdown.wait() => break,
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => self.handle(cmd).await,
-                    None => return,
+                    None => break,
                 },
                 Some((id, results)) = checks.recv() => {
                     if let Some(service) = self.service_of(id) {
@@ -215,7 +267,7 @@ impl Driver {
                 }
                 changed = proxies.changed() => {
                     if changed.is_err() {
-                        return;
+                        break;
                     }
                     self.feed_proxies().await;
                 }
@@ -227,12 +279,26 @@ impl Driver {
                 }
             }
         }
+        self.shut_down().await;
+    }
+
+    async fn shut_down(&mut self) {
+        let services: Vec<String> = self.running.keys().cloned().collect();
+        for service in services {
+            let ended = self
+                .running
+                .get_mut(&service)
+                .and_then(|r| r.rollout.shut_down());
+            if ended.is_some() {
+                self.finish(&service).await;
+            }
+        }
     }
 
     fn service_of(&self, id: u64) -> Option<String> {
         self.running
             .iter()
-            .find(|(_, r)| r.rollout.progress().id == id)
+            .find(|(_, r)| r.rollout.id() == id)
             .map(|(s, _)| s.clone())
     }
 
@@ -240,18 +306,21 @@ impl Driver {
         match cmd {
             Command::Start { op, actor, reply } => {
                 let service = op.service().to_owned();
-                let result = self.begin(op, actor);
-                let ok = result.is_ok();
-                let _ = reply.send(result);
-                if ok {
-                    self.after_start(&service).await;
+                match self.begin(op, actor).await {
+                    Ok((rx, actions)) => {
+                        let _ = reply.send(Ok(rx));
+                        self.carry_out(&service, actions).await;
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
                 }
             }
             Command::Follow { id, reply } => {
                 let found = self
                     .running
                     .values()
-                    .find(|r| r.rollout.progress().id == id)
+                    .find(|r| r.rollout.id() == id)
                     .map(|r| r.progress.subscribe())
                     .or_else(|| self.finished.get(&id).cloned());
                 let _ = reply.send(found.ok_or(RolloutError::NoSuchOperation(id)));
@@ -261,17 +330,20 @@ impl Driver {
                     let _ = reply.send(Err(RolloutError::NoSuchOperation(id)));
                     return;
                 };
-                let done_before = self.running.get(&service).map(|r| r.rollout.is_done());
-                self.feed(&service, Event::Abort(format!("by {actor}")))
-                    .await;
-                let still_running = self.running.contains_key(&service);
-                let _ = reply.send(if still_running && done_before == Some(false) {
-                    Err(RolloutError::Invalid(
-                        "the operation is pushing a change; it can be aborted between steps".into(),
-                    ))
-                } else {
-                    Ok(())
-                });
+                let Some(running) = self.running.get_mut(&service) else {
+                    return;
+                };
+                match running.rollout.abort(&actor, Instant::now()) {
+                    Ok(actions) => {
+                        running.publish();
+                        tracing::info!(id, %service, %actor, "abort asked");
+                        let _ = reply.send(Ok(()));
+                        self.carry_out(&service, actions).await;
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
             }
             Command::Status { service, reply } => {
                 let _ = reply.send(self.status(service.as_deref()));
@@ -302,21 +374,86 @@ impl Driver {
                 });
             }
             Command::Reload { config, reply } => {
-                let previous = std::mem::replace(&mut self.config, *config);
-                let previous_state = self.state.clone();
-                self.reconcile();
-                let state = self.state.clone();
-                match self.commit_state(state, false).await {
-                    Ok(v) => {
-                        let _ = reply.send(Ok(v));
-                    }
-                    Err(e) => {
-                        self.config = previous;
-                        self.state = previous_state;
-                        let _ = reply.send(Err(e));
+                let _ = reply.send(self.reload(config).await);
+            }
+        }
+    }
+
+    /// The running operation that a reload to `config` must wait for: one
+    /// whose service's config changes while it checks or confirms (its
+    /// checks and the proxies' confirmation would be about endpoints that
+    /// are no longer the ones served).
+    fn reload_blocker(&self, config: &Config) -> Option<(String, u64, Phase)> {
+        self.running.iter().find_map(|(service, r)| {
+            let phase = r.rollout.phase();
+            let sensitive = matches!(
+                phase,
+                Phase::PreChecks | Phase::Confirming | Phase::PostChecks | Phase::RollingBack
+            );
+            let changed = match (
+                self.config.services.get(service),
+                config.services.get(service),
+            ) {
+                (Some(old), Some(new)) => old != new,
+                _ => false,
+            };
+            (sensitive && changed).then(|| (service.clone(), r.rollout.id(), phase))
+        })
+    }
+
+    /// Applies a new config (already validated): refused whole if it would
+    /// move traffic ([`reconcile`]); deferred while an operation depends on
+    /// the service config it changes; otherwise committed, and operations
+    /// on services it removes end `Aborted`.
+    async fn reload(&mut self, config: Box<Config>) -> Result<Reloaded, ReloadError> {
+        let next = reconcile(&config, &self.state)?;
+        if let Some((service, id, phase)) = self.reload_blocker(&config) {
+            self.pending_reload = Some(config);
+            return Ok(Reloaded::Deferred { service, id, phase });
+        }
+        self.pending_reload = None;
+        let previous = std::mem::replace(&mut self.config, *config);
+        match self.commit_state(next, false).await {
+            Ok(version) => {
+                self.update_cost_windows(SystemTime::now());
+                let removed: Vec<String> = self
+                    .running
+                    .keys()
+                    .filter(|s| !self.config.services.contains_key(*s))
+                    .cloned()
+                    .collect();
+                for service in removed {
+                    let actions = self
+                        .running
+                        .get_mut(&service)
+                        .map(|r| r.rollout.end_removed());
+                    if let Some(actions) = actions {
+                        self.carry_out(&service, actions).await;
                     }
                 }
+                Ok(Reloaded::Applied { version })
             }
+            Err(e) => {
+                self.config = previous;
+                Err(ReloadError::Commit(e.to_string()))
+            }
+        }
+    }
+
+    /// Applies a deferred reload once nothing blocks it any more.
+    async fn apply_pending_reload(&mut self) {
+        let Some(config) = self.pending_reload.as_ref() else {
+            return;
+        };
+        if self.reload_blocker(config).is_some() {
+            return;
+        }
+        let Some(config) = self.pending_reload.take() else {
+            return;
+        };
+        match Box::pin(self.reload(config)).await {
+            Ok(outcome) => tracing::info!(%outcome, "deferred config reload"),
+            Err(e) => tracing::error!(error = %e, "deferred config reload refused"),
         }
     }
 
@@ -334,58 +471,88 @@ impl Driver {
         Ok(ServiceView {
             name: service,
             fleets: svc.fleets.keys().map(String::as_str).collect(),
+            empty: svc
+                .fleets
+                .iter()
+                .filter(|(_, f)| f.endpoints.is_empty())
+                .map(|(n, _)| n.as_str())
+                .collect(),
             split: &st.weights,
-            previous: st.previous.as_deref(),
+            rollback_to: st.rollback_to.as_ref(),
             retired: &st.retired,
         })
     }
 
-    /// Plans and registers an operation; the caller then feeds it.
-    fn begin(
+    /// Plans an operation, saves it as started, and registers it; the
+    /// caller then carries out the returned actions.
+    async fn begin(
         &mut self,
         op: Operation,
         actor: String,
-    ) -> Result<watch::Receiver<Progress>, RolloutError> {
+    ) -> Result<(watch::Receiver<Progress>, Vec<Action>), RolloutError> {
         let service = op.service().to_owned();
         if let Some(r) = self.running.get(&service) {
-            let p = r.rollout.progress();
-            return Err(RolloutError::Busy {
-                service,
-                verb: p.verb.clone(),
-                id: p.id,
-            });
+            let waiting_retirement =
+                r.rollout.verb() == Verb::Retire && r.rollout.phase() == Phase::Waiting;
+            if !(waiting_retirement && op.verb() == Verb::Rollback) {
+                return Err(RolloutError::Busy {
+                    service,
+                    verb: r.rollout.verb(),
+                    id: r.rollout.id(),
+                });
+            }
+            // A rollback is allowed until the retirement happens: it
+            // cancels the retirement first, once it is known not to be
+            // refused (a refused operation changes nothing).
+            plan::plan(&op, &self.service_view(&service)?)?;
+            self.cancel_retirement(&service, &actor).await?;
         }
         let view = self.service_view(&service)?;
-        let plan = machine::plan(&op, &view)?;
+        let plan = plan::plan(&op, &view)?;
         let original = view.current();
-        self.state.next_operation_id += 1;
-        let id = self.state.next_operation_id;
-        let (rollout, _) = Rollout::start(id, &op, plan, original, Instant::now());
-        if let Operation::Retire { fleet, after, .. } = &op
-            && let Some(st) = self.state.services.get_mut(&service)
-        {
-            st.retirement = Some(Retirement {
-                fleet: fleet.clone(),
-                at: SystemTime::now() + *after,
-            });
+        let rollback_before = view.rollback_to.cloned();
+        let id = self.state.next_operation_id + 1;
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let origin = Origin {
+            id,
+            actor: actor.clone(),
+            started: wall,
+        };
+        let (rollout, actions) = Rollout::start(origin, &op, plan, original, rollback_before, now);
+        let mut next = self.state.clone();
+        next.next_operation_id = id;
+        if let Some(st) = next.services.get_mut(&service) {
+            st.operation = Some(rollout.record(now, wall));
         }
-        let (tx, rx) = watch::channel(rollout.progress().clone());
-        tracing::info!(id, %service, verb = op.verb(), %actor, "operation started");
+        self.revision = self
+            .store
+            .save(&next, self.revision)
+            .await
+            .map_err(|e| RolloutError::Store(e.to_string()))?;
+        self.state = next;
+        let (tx, rx) = watch::channel(rollout.progress());
+        tracing::info!(id, %service, verb = %op.verb(), %actor, "operation started");
         self.running.insert(
             service,
             Running {
                 rollout,
                 progress: tx,
-                actor,
-                started: SystemTime::now(),
             },
         );
-        Ok(rx)
+        Ok((rx, actions))
     }
 
-    async fn after_start(&mut self, service: &str) {
-        let views = self.proxy_views(service);
-        self.feed(service, Event::Proxies(views)).await;
+    async fn cancel_retirement(&mut self, service: &str, by: &str) -> Result<(), RolloutError> {
+        let Some(running) = self.running.get_mut(service) else {
+            return Ok(());
+        };
+        let actions = running.rollout.abort(
+            &format!("{by} (a rollback cancels the retirement)"),
+            Instant::now(),
+        )?;
+        running.publish();
+        self.carry_out(service, actions).await;
+        Ok(())
     }
 
     async fn feed_proxies(&mut self) {
@@ -402,56 +569,51 @@ impl Driver {
     }
 
     /// Feeds one event to a service's operation and carries out what it
-    /// asks, feeding back the results until it has nothing more to do.
+    /// asks.
     async fn feed(&mut self, service: &str, event: Event) {
-        let mut queue = std::collections::VecDeque::from([event]);
-        while let Some(event) = queue.pop_front() {
-            let Some(running) = self.running.get_mut(service) else {
-                return;
-            };
-            let wanted = running.rollout.wants_proxies();
-            let actions = running.rollout.on_event(event, Instant::now());
-            running
-                .progress
-                .send_replace(running.rollout.progress().clone());
-            // A step that begins (after a shift's pause, a retirement's
-            // delay, or right after the previous step) needs to see the
-            // proxies now: the registry may not change again for a while.
-            if !wanted
-                && running.rollout.wants_proxies()
-                && !queue.iter().any(|e| matches!(e, Event::Proxies(_)))
-            {
-                queue.push_back(Event::Proxies(Vec::new()));
-            }
-            for action in actions {
-                match action {
-                    Action::RunChecks(fleets) => self.spawn_checks(service, fleets),
-                    Action::Commit(change) => {
-                        queue.push_back(match self.commit_change(service, &change).await {
-                            Ok(version) => Event::Committed { version },
-                            Err(e) => Event::CommitFailed(e),
-                        });
-                        // The new version is going out; see where proxies are.
-                        queue.push_back(Event::Proxies(Vec::new()));
-                    }
-                    Action::Finish(outcome) => self.finish(service, outcome).await,
+        let Some(running) = self.running.get_mut(service) else {
+            return;
+        };
+        let actions = running.rollout.on_event(event, Instant::now());
+        running.publish();
+        self.carry_out(service, actions).await;
+    }
+
+    /// Carries out a machine's actions in order, feeding back what each
+    /// produced, until it asks for nothing more; then applies a reload
+    /// that was waiting for it.
+    async fn carry_out(&mut self, service: &str, actions: Vec<Action>) {
+        let mut queue = VecDeque::from(actions);
+        while let Some(action) = queue.pop_front() {
+            let event = match action {
+                Action::ObserveProxies => Event::Proxies(self.proxy_views(service)),
+                Action::RunChecks(fleets) => {
+                    self.spawn_checks(service, fleets);
+                    continue;
                 }
-            }
-            // Proxy views are computed when their turn comes, after the
-            // commit result moved the rollout to the committed version.
-            if let Some(Event::Proxies(views)) = queue.front_mut()
-                && views.is_empty()
-            {
-                *views = self.proxy_views(service);
-            }
+                Action::Commit(change) => match self.commit_change(service, &change).await {
+                    Ok(version) => Event::Committed { version },
+                    Err(e) => Event::CommitFailed(e.to_string()),
+                },
+                Action::Finish(_) => {
+                    self.finish(service).await;
+                    continue;
+                }
+            };
+            let Some(running) = self.running.get_mut(service) else {
+                break;
+            };
+            queue.extend(running.rollout.on_event(event, Instant::now()));
+            running.publish();
         }
+        self.apply_pending_reload().await;
     }
 
     fn spawn_checks(&self, service: &str, fleets: Vec<String>) {
         let Some(svc) = self.config.services.get(service).cloned() else {
             return;
         };
-        let Some(id) = self.running.get(service).map(|r| r.rollout.progress().id) else {
+        let Some(id) = self.running.get(service).map(|r| r.rollout.id()) else {
             return;
         };
         let tx = self.checks_tx.clone();
@@ -464,66 +626,80 @@ impl Driver {
         });
     }
 
-    async fn commit_change(&mut self, service: &str, change: &Change) -> Result<String, String> {
+    /// Commits `change` for `service` with the operation's record, in one
+    /// durable write.
+    async fn commit_change(
+        &mut self,
+        service: &str,
+        change: &Change,
+    ) -> Result<String, CommitError> {
+        let change = &fitted(&self.config, service, change)?;
         let mut next = self.state.clone();
-        let st: &mut ServiceState = next.services.entry(service.to_owned()).or_default();
-        let old_live = machine::live_of(&st.weights).to_owned();
-        let new_live = machine::live_of(&change.split).to_owned();
-        if old_live != new_live {
-            st.previous = Some(old_live);
+        if let Some(st) = next.services.get_mut(service) {
+            st.weights = change.split.clone();
+            st.retired = change.retired.clone();
+            st.operation = self
+                .running
+                .get(service)
+                .map(|r| r.rollout.record(Instant::now(), SystemTime::now()));
         }
-        st.weights = change.split.clone();
-        if change.retired != st.retired {
-            st.retirement = None;
-        }
-        st.retired = change.retired.clone();
-        let result = self.commit_state(next, false).await;
-        if result.is_ok() {
-            self.update_cost_windows(SystemTime::now());
-        }
-        if let Ok(v) = &result {
-            tracing::info!(%service, version = %v, split = ?change.split, "committed");
-        }
-        result
+        let version = self.commit_state(next, false).await?;
+        self.update_cost_windows(SystemTime::now());
+        tracing::info!(%service, %version, split = %plan::show(&change.split), "committed");
+        Ok(version)
     }
 
-    async fn finish(&mut self, service: &str, outcome: Outcome) {
+    /// Ends a finished operation: its history entry, the service's new
+    /// rollback point, no operation in flight; all in one durable write.
+    async fn finish(&mut self, service: &str) {
         let Some(running) = self.running.remove(service) else {
             return;
         };
-        let p = running.rollout.progress().clone();
-        let (convergence, acks) = running.rollout.convergence();
+        running.publish();
+        let r = &running.rollout;
+        let Some(outcome) = r.outcome().cloned() else {
+            return;
+        };
+        let (convergence, acks) = r.convergence();
         if let (Some(took), Outcome::Succeeded) = (convergence, &outcome) {
             self.metrics.observe_convergence(took);
         }
-        let to = self
+        let in_effect = self
             .state
             .services
             .get(service)
-            .map(|s| s.weights.clone())
-            .unwrap_or_default();
-        if let Some(st) = self.state.services.get_mut(service)
-            && matches!(outcome, Outcome::Aborted { .. } | Outcome::Refused { .. })
-            && p.verb == "retire"
-        {
-            st.retirement = None;
+            .map(|st| Change {
+                split: st.weights.clone(),
+                retired: st.retired.clone(),
+            })
+            .unwrap_or_else(|| r.original().clone());
+        if let Some(st) = self.state.services.get_mut(service) {
+            // Fitted like every change: the operation was planned against
+            // the config of its start.
+            st.rollback_to = r.rollback_after(&in_effect).and_then(|split| {
+                let change = Change {
+                    split,
+                    retired: Default::default(),
+                };
+                fitted(&self.config, service, &change).ok().map(|c| c.split)
+            });
+            st.operation = None;
         }
+        let progress = r.progress();
         let entry = HistoryEntry {
-            id: p.id,
-            verb: p.verb.clone(),
-            actor: running.actor.clone(),
-            started: running.started,
+            id: r.id(),
+            verb: r.verb(),
+            actor: r.actor().to_owned(),
+            started: r.started(),
             finished: SystemTime::now(),
-            from: running.rollout.original().split.clone(),
-            to,
-            version: running
-                .rollout
-                .confirmed_version()
-                .map(str::to_owned)
-                .or(p.version.clone()),
+            from: r.original().split.clone(),
+            to: in_effect.split,
+            target: r.target().cloned(),
+            version: r.last_version().map(str::to_owned),
             outcome: outcome.clone(),
             convergence,
             acks,
+            warnings: progress.warnings,
         };
         self.state.record(service, entry);
         let state = self.state.clone();
@@ -531,8 +707,8 @@ impl Driver {
             Ok(rev) => self.revision = rev,
             Err(e) => tracing::warn!(error = %e, "could not save the history entry"),
         }
-        tracing::info!(id = p.id, %service, verb = %p.verb, ?outcome, "operation finished");
-        self.finished.insert(p.id, running.progress.subscribe());
+        tracing::info!(id = r.id(), %service, verb = %r.verb(), ?outcome, "operation finished");
+        self.finished.insert(r.id(), running.progress.subscribe());
         if self.finished.len() > 256
             && let Some(oldest) = self.finished.keys().min().copied()
         {
@@ -546,21 +722,32 @@ impl Driver {
         {
             return Err(RolloutError::UnknownService(s.to_owned()));
         }
+        let (now, wall) = (Instant::now(), SystemTime::now());
         let services = self
             .state
             .services
             .iter()
             .filter(|(name, _)| only.is_none_or(|o| o == name.as_str()))
-            .map(|(name, st)| ServiceStatus {
-                name: name.clone(),
-                live: machine::live_of(&st.weights).to_owned(),
-                previous: st.previous.clone(),
-                weights: st.weights.clone(),
-                retired: st.retired.iter().cloned().collect(),
-                retirement: st.retirement.clone(),
-                both_fleets_since: st.both_fleets_since,
-                last_change: self.state.history.get(name).and_then(|h| h.last().cloned()),
-                in_progress: self.running.get(name).map(|r| r.rollout.progress().clone()),
+            .map(|(name, st)| {
+                let running = self.running.get(name);
+                ServiceStatus {
+                    name: name.clone(),
+                    live: plan::live_of(&st.weights).unwrap_or_default().to_owned(),
+                    previous: st
+                        .rollback_to
+                        .as_ref()
+                        .and_then(|p| plan::live_of(p))
+                        .map(str::to_owned),
+                    rollback_to: st.rollback_to.clone(),
+                    weights: st.weights.clone(),
+                    retired: st.retired.iter().cloned().collect(),
+                    retirement: running
+                        .and_then(|r| r.rollout.retirement(now, wall))
+                        .map(|(fleet, at)| Retirement { fleet, at }),
+                    both_fleets_since: st.both_fleets_since,
+                    last_change: self.state.history.get(name).and_then(|h| h.last().cloned()),
+                    in_progress: running.map(|r| r.rollout.progress()),
+                }
             })
             .collect();
         Ok(StatusView {
@@ -582,7 +769,7 @@ impl Driver {
         let committed = self
             .running
             .get(service)
-            .and_then(|r| r.rollout.progress().version.as_deref())
+            .and_then(|r| r.rollout.version())
             .and_then(version_seq);
         let snapshot = self.writer.current();
         proxy_views(&self.registry.proxies(), &groups, &snapshot, committed)
@@ -594,4 +781,37 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
     }
+}
+
+/// `change`, planned against an earlier config, as `config`'s fleets of
+/// `service` see it: a fleet the config no longer has may only go at
+/// weight 0, a fleet it added gets 0.
+fn fitted(config: &Config, service: &str, change: &Change) -> Result<Change, WeightsError> {
+    let svc = config
+        .services
+        .get(service)
+        .ok_or_else(|| WeightsError::UnknownService(service.to_owned()))?;
+    if let Some((fleet, _)) = change
+        .split
+        .iter()
+        .find(|(f, w)| **w > 0 && !svc.fleets.contains_key(*f))
+    {
+        return Err(WeightsError::UnknownFleet {
+            service: service.to_owned(),
+            fleet: fleet.clone(),
+        });
+    }
+    Ok(Change {
+        split: svc
+            .fleets
+            .keys()
+            .map(|f| (f.clone(), change.split.get(f).copied().unwrap_or(0)))
+            .collect(),
+        retired: change
+            .retired
+            .iter()
+            .filter(|f| svc.fleets.contains_key(*f))
+            .cloned()
+            .collect(),
+    })
 }

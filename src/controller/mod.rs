@@ -19,6 +19,7 @@
 //! serves the very same version string.
 
 mod driver;
+mod reconcile;
 mod views;
 
 use std::collections::{BTreeMap, HashMap};
@@ -39,6 +40,7 @@ use crate::state::{PersistedState, Revision, StateError, StateStore};
 use crate::xds::{ProxyRegistry, ProxyStatus};
 
 use driver::Driver;
+pub use reconcile::{ReconcileError, reconcile};
 pub use views::proxy_views;
 
 /// Why the controller could not start.
@@ -50,6 +52,76 @@ pub enum ControllerError {
     /// The first snapshot could not be built.
     #[error("cannot build the first snapshot: {0}")]
     Build(#[from] BuildError),
+    /// The config would move traffic the stored state has elsewhere (65,
+    /// like a state file from a newer teal; the rest is 73).
+    #[error("the config does not fit the stored state: {0}")]
+    Reconcile(#[from] ReconcileError),
+    /// A stored split does not fit the config (reconcile makes them fit,
+    /// so this is a bug).
+    #[error("a stored split does not fit the config: {0}")]
+    Weights(#[from] crate::config::WeightsError),
+}
+
+impl ControllerError {
+    /// The exit code of `teal serve` for this error: a config at odds with
+    /// the state is bad input (65), the rest an unusable state (73).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ControllerError::Reconcile(_)
+            | ControllerError::Load(StateError::NewerFormat { .. }) => crate::exit::EX_DATAERR,
+            ControllerError::Load(_) | ControllerError::Build(_) => crate::exit::EX_CANTCREAT,
+            ControllerError::Weights(_) => crate::exit::EX_SOFTWARE,
+        }
+    }
+}
+
+/// What a config reload did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reloaded {
+    /// Published as this version.
+    Applied {
+        /// The version.
+        version: String,
+    },
+    /// Kept until an operation that depends on the service config it
+    /// changes leaves its checks and confirmation; then applied.
+    Deferred {
+        /// The service of the operation.
+        service: String,
+        /// Its id.
+        id: u64,
+        /// Where it is.
+        phase: crate::rollout::Phase,
+    },
+}
+
+impl std::fmt::Display for Reloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reloaded::Applied { version } => write!(f, "config applied as version {version}"),
+            Reloaded::Deferred { service, id, phase } => write!(
+                f,
+                "config change waits for operation #{id} on {service} ({}) to finish \
+                 checking and confirming",
+                phase.as_str()
+            ),
+        }
+    }
+}
+
+/// Why a config reload was refused; the last good config keeps being
+/// served.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The config would move traffic.
+    #[error("{0}")]
+    Reconcile(#[from] ReconcileError),
+    /// The new version could not be built or saved.
+    #[error("{0}")]
+    Commit(String),
+    /// teal is shutting down.
+    #[error("teal is shutting down")]
+    ShuttingDown,
 }
 
 /// A request to the driver.
@@ -83,7 +155,7 @@ enum Command {
     },
     Reload {
         config: Box<Config>,
-        reply: oneshot::Sender<Result<String, String>>,
+        reply: oneshot::Sender<Result<Reloaded, ReloadError>>,
     },
 }
 
@@ -128,12 +200,10 @@ pub async fn start(
         finished: HashMap::new(),
         checks_tx,
         metrics,
+        pending_reload: None,
     };
-    driver.reconcile();
-    let version = driver
-        .publish_current(true)
-        .await
-        .map_err(ControllerError::Build)?;
+    driver.reconcile()?;
+    let version = driver.publish_current(true).await?;
     tracing::info!(%version, store = %driver.store.describe(), "controller started");
     let (tx, rx) = mpsc::channel(64);
     let controller = Controller {
@@ -141,7 +211,7 @@ pub async fn start(
         registry,
         snapshots,
     };
-    driver.resume_retirements();
+    driver.resume_operations().await;
     let task = tokio::spawn(driver.run(rx, checks_rx, shutdown));
     Ok((controller, task))
 }
@@ -155,20 +225,20 @@ impl Controller {
         self.tx
             .send(make(reply))
             .await
-            .map_err(|_| RolloutError::Store("teal is shutting down".into()))?;
-        rx.await
-            .map_err(|_| RolloutError::Store("teal is shutting down".into()))
+            .map_err(|_| RolloutError::ShuttingDown)?;
+        rx.await.map_err(|_| RolloutError::ShuttingDown)
     }
 
-    /// Replaces the config (already validated) and publishes it. Returns
-    /// the new version, or why it was refused (nothing changed then).
-    pub async fn reload(&self, config: Config) -> Result<String, String> {
+    /// Replaces the config (already validated) and publishes it, or defers
+    /// it while an operation depends on what it changes. Refused (nothing
+    /// changed) when it would move traffic.
+    pub async fn reload(&self, config: Config) -> Result<Reloaded, ReloadError> {
         self.ask(|reply| Command::Reload {
             config: Box::new(config),
             reply,
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|_| ReloadError::ShuttingDown)?
     }
 
     /// The snapshot being served.

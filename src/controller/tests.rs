@@ -145,6 +145,7 @@ async fn a_restart_serves_the_committed_state_under_the_same_version() {
         .start(
             Operation::Rollback {
                 service: "api".into(),
+                skip_checks: false,
                 timeout: Duration::from_secs(5),
             },
             "carol",
@@ -207,7 +208,7 @@ async fn a_shift_with_an_interval_runs_every_step_without_proxy_changes() {
     };
     let op = Operation::Shift {
         service: "api".into(),
-        steps: vec![split(50, 50), split(0, 100)],
+        steps: crate::rollout::ShiftSteps::Splits(vec![split(50, 50), split(0, 100)]),
         interval: Duration::from_millis(50),
         skip_checks: false,
         timeout: Duration::from_secs(2),
@@ -216,4 +217,422 @@ async fn a_shift_with_an_interval_runs_every_step_without_proxy_changes() {
     assert_eq!(outcome(rx).await, Outcome::Succeeded);
     let status = c.status(Some("api")).await.expect("status");
     assert_eq!(status.services[0].weights, split(0, 100));
+}
+
+fn retire(service: &str, fleet: &str, after: Duration) -> Operation {
+    Operation::Retire {
+        service: service.into(),
+        fleet: fleet.into(),
+        after,
+    }
+}
+
+/// A shift to 10% then 100% with an hour between: it waits after step 1.
+fn paused_shift(service: &str) -> Operation {
+    Operation::Shift {
+        service: service.into(),
+        steps: crate::rollout::ShiftSteps::Percents {
+            to: None,
+            percents: vec![10, 100],
+        },
+        interval: Duration::from_secs(3600),
+        skip_checks: true,
+        timeout: Duration::from_secs(5),
+    }
+}
+
+fn rollback_op(service: &str) -> Operation {
+    Operation::Rollback {
+        service: service.into(),
+        skip_checks: false,
+        timeout: Duration::from_secs(5),
+    }
+}
+
+async fn web_or_api(c: &Controller, service: &str) -> crate::rollout::ServiceStatus {
+    let mut s = c.status(Some(service)).await.expect("status");
+    s.services.remove(0)
+}
+
+fn split(pairs: &[(&str, u32)]) -> crate::rollout::Split {
+    pairs.iter().map(|(f, w)| ((*f).to_owned(), *w)).collect()
+}
+
+#[tokio::test]
+async fn a_refused_flip_leaves_nothing_to_roll_back_to() {
+    let (c, _t) = controller(Arc::new(MemoryStore::default())).await;
+    let out = outcome(c.start(flip("web", false), "x").await.expect("starts")).await;
+    assert!(matches!(out, Outcome::Refused { .. }), "{out:?}");
+    let web = web_or_api(&c, "web").await;
+    assert_eq!(web.rollback_to, None);
+    assert_eq!(web.previous, None);
+    let err = c.start(rollback_op("web"), "x").await.expect_err("refused");
+    assert!(
+        matches!(&err, RolloutError::Precondition(m) if m.contains("nothing to roll back to")),
+        "{err:?}"
+    );
+    let history = c.history("web").await.expect("history");
+    assert_eq!(history.len(), 1, "one entry for the refused flip");
+    assert_eq!(
+        history[0].target,
+        Some(split(&[("blue", 0), ("green", 100)]))
+    );
+}
+
+#[tokio::test]
+async fn a_flip_with_no_proxy_succeeds_with_a_warning_and_no_convergence() {
+    let (c, _t) = controller(Arc::new(MemoryStore::default())).await;
+    assert_eq!(
+        outcome(c.start(flip("api", true), "x").await.expect("starts")).await,
+        Outcome::Succeeded
+    );
+    let h = &c.history("api").await.expect("history")[0];
+    assert_eq!(h.convergence, None);
+    assert!(
+        h.warnings
+            .iter()
+            .any(|w| w.contains("no connected proxy routes api")),
+        "{:?}",
+        h.warnings
+    );
+    let api = web_or_api(&c, "api").await;
+    assert_eq!(api.rollback_to, Some(split(&[("blue", 100), ("green", 0)])));
+    assert_eq!(api.previous.as_deref(), Some("blue"));
+}
+
+/// The config with a third fleet, `red`, for api.
+fn with_red() -> Config {
+    Config::parse(
+        &CONFIG.replace(
+            "      green: {endpoints: [127.0.0.1:4]}",
+            "      green: {endpoints: [127.0.0.1:4]}\n      red: {endpoints: [127.0.0.1:5]}",
+        ),
+        "test.yaml",
+    )
+    .expect("valid")
+}
+
+#[tokio::test]
+async fn reloads_never_move_traffic() {
+    let store = Arc::new(MemoryStore::default());
+    let (c, _t) = controller(store.clone()).await;
+    c.reload(with_red()).await.expect("adds red");
+    let err = c
+        .start(flip("api", true), "x")
+        .await
+        .expect_err("needs --to");
+    assert!(err.to_string().contains("say which with --to"), "{err}");
+    let to_green = Operation::Flip {
+        service: "api".into(),
+        to: Some("green".into()),
+        skip_checks: true,
+        timeout: Duration::from_secs(5),
+    };
+    assert_eq!(
+        outcome(c.start(to_green, "x").await.expect("starts")).await,
+        Outcome::Succeeded
+    );
+    let version = c.snapshot().version().to_owned();
+    // Dropping red (weight 0) keeps every other weight and the rollback
+    // point; the served routes do not change.
+    match c.reload(config()).await.expect("drops red") {
+        super::Reloaded::Applied { .. } => {}
+        other => panic!("{other:?}"),
+    }
+    let api = web_or_api(&c, "api").await;
+    assert_eq!(api.weights, split(&[("blue", 0), ("green", 100)]));
+    assert_eq!(api.rollback_to, Some(split(&[("blue", 100), ("green", 0)])));
+    assert_ne!(c.snapshot().version(), version, "the clusters changed");
+    // Removing green, which takes the traffic, is refused whole.
+    let without_green = Config::parse(
+        &CONFIG.replace("      green: {endpoints: [127.0.0.1:4]}\n", ""),
+        "test.yaml",
+    )
+    .expect("valid");
+    let before = c.snapshot().version().to_owned();
+    let err = c.reload(without_green).await.expect_err("refused");
+    assert!(err.to_string().contains("\"green\""), "{err}");
+    assert_eq!(c.snapshot().version(), before);
+    assert_eq!(web_or_api(&c, "api").await.weights["green"], 100);
+}
+
+#[tokio::test]
+async fn operations_are_saved_when_they_start_and_ids_are_never_reused() {
+    let store = Arc::new(MemoryStore::default());
+    let (c, t) = controller(store.clone()).await;
+    let rx = c
+        .start(retire("api", "green", Duration::from_secs(3600)), "dave")
+        .await
+        .expect("starts");
+    let id = rx.borrow().id;
+    let stored = store.load().await.expect("load").expect("saved");
+    assert_eq!(stored.state.next_operation_id, id);
+    let op = stored.state.services["api"]
+        .operation
+        .as_ref()
+        .expect("saved at start");
+    assert_eq!(op.id, id);
+    // A graceful restart keeps the pending retirement, with its id.
+    t.trigger();
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (again, _t2) = controller(store.clone()).await;
+    let api = web_or_api(&again, "api").await;
+    assert_eq!(api.retirement.map(|r| r.fleet).as_deref(), Some("green"));
+    assert_eq!(api.in_progress.map(|p| p.id), Some(id));
+    assert!(again.history("api").await.expect("history").is_empty());
+    // The next operation gets a new id.
+    let rx = again.start(flip("web", false), "x").await.expect("starts");
+    assert!(rx.borrow().id > id);
+}
+
+#[tokio::test]
+async fn a_rollback_cancels_a_waiting_retirement() {
+    let (c, _t) = controller(Arc::new(MemoryStore::default())).await;
+    assert_eq!(
+        outcome(c.start(flip("api", true), "x").await.expect("flip")).await,
+        Outcome::Succeeded
+    );
+    let rx = c
+        .start(retire("api", "blue", Duration::from_secs(3600)), "x")
+        .await
+        .expect("retire");
+    let retire_id = rx.borrow().id;
+    let busy = c.start(flip("api", true), "x").await.expect_err("busy");
+    assert!(
+        busy.to_string()
+            .contains(&format!("teal abort {retire_id}")),
+        "{busy}"
+    );
+    let rx = c.start(rollback_op("api"), "x").await.expect("rollback");
+    assert_eq!(outcome(rx).await, Outcome::Succeeded);
+    let history = c.history("api").await.expect("history");
+    assert!(
+        matches!(&history[1].outcome, Outcome::Aborted { reason } if reason.contains("rollback"))
+    );
+    let api = web_or_api(&c, "api").await;
+    assert_eq!(api.weights, split(&[("blue", 100), ("green", 0)]));
+    assert!(api.retirement.is_none());
+}
+
+#[tokio::test]
+async fn removing_a_service_ends_its_operation_with_an_entry() {
+    let store = Arc::new(MemoryStore::default());
+    let (c, _t) = controller(store.clone()).await;
+    let shift = paused_shift("api");
+    let mut rx = c.start(shift, "x").await.expect("starts");
+    rx.wait_for(|p| p.phase == crate::rollout::Phase::Waiting)
+        .await
+        .expect("waits between steps");
+    let only_web = Config::parse(
+        &CONFIG
+            .replace("              - {prefix: /api/, service: api}\n", "")
+            .replace(
+                "  api:\n    live: blue\n    fleets:\n      blue: {endpoints: [127.0.0.1:3]}\n      green: {endpoints: [127.0.0.1:4]}\n",
+                "",
+            ),
+        "test.yaml",
+    )
+    .expect("valid");
+    c.reload(only_web).await.expect("applied");
+    let out = outcome(rx).await;
+    assert!(
+        matches!(&out, Outcome::Aborted { reason } if reason.contains("removed from the config")),
+        "{out:?}"
+    );
+    let stored = store.load().await.expect("load").expect("saved");
+    assert_eq!(stored.state.history["api"].len(), 1);
+    assert!(!stored.state.services.contains_key("api"));
+    // Back in the file, it starts on its live fleet and is not busy.
+    c.reload(config()).await.expect("applied");
+    let api = web_or_api(&c, "api").await;
+    assert_eq!(api.weights["blue"], 100);
+    assert!(c.start(flip("api", true), "x").await.is_ok());
+}
+
+#[tokio::test]
+async fn shutting_down_ends_a_running_shift_with_an_entry() {
+    let store = Arc::new(MemoryStore::default());
+    let (c, t) = controller(store.clone()).await;
+    let shift = paused_shift("api");
+    let rx = c.start(shift, "x").await.expect("starts");
+    t.trigger();
+    let out = outcome(rx).await;
+    assert!(
+        matches!(&out, Outcome::Aborted { reason } if reason.contains("shut down")),
+        "{out:?}"
+    );
+    drop(c);
+    let stored = store.load().await.expect("load").expect("saved");
+    assert_eq!(stored.state.history["api"].len(), 1);
+    assert!(stored.state.services["api"].operation.is_none());
+}
+
+#[tokio::test]
+async fn an_operation_found_in_flight_is_resolved_at_start() {
+    use crate::rollout::Verb;
+    use crate::rollout::machine::{Record, Stage};
+    use crate::rollout::plan::{Change, Plan};
+    let green = split(&[("blue", 0), ("green", 100)]);
+    let blue = split(&[("blue", 100), ("green", 0)]);
+    let record = |stage: Stage, id: u64| Record {
+        id,
+        verb: Verb::Flip,
+        actor: "alice".into(),
+        started: std::time::SystemTime::now(),
+        plan: Plan {
+            steps: vec![Change {
+                split: green.clone(),
+                retired: Default::default(),
+            }],
+            checks: false,
+            timeout: Duration::from_secs(5),
+            interval: Duration::ZERO,
+            wait_first: false,
+        },
+        original: Change {
+            split: blue.clone(),
+            retired: Default::default(),
+        },
+        rollback_before: None,
+        step: 1,
+        stage,
+        confirmed_version: None,
+        confirmed: None,
+        wait_until: None,
+        warnings: Vec::new(),
+    };
+    // As `kill -9` left it: green committed, not yet confirmed; web's flip
+    // found before its commit.
+    let mut state = PersistedState {
+        next_operation_id: 42,
+        ..PersistedState::default()
+    };
+    state.services.insert(
+        "api".into(),
+        crate::state::ServiceState {
+            weights: green.clone(),
+            operation: Some(record(Stage::Applied, 41)),
+            ..Default::default()
+        },
+    );
+    state.services.insert(
+        "web".into(),
+        crate::state::ServiceState {
+            weights: blue.clone(),
+            operation: Some(record(Stage::Pending, 42)),
+            ..Default::default()
+        },
+    );
+    let store = Arc::new(MemoryStore::default());
+    store.save(&state, Revision(0)).await.expect("seed");
+    let (c, _t) = controller(store.clone()).await;
+    let api = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let h = c.history("api").await.expect("history");
+            if !h.is_empty() {
+                return h;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("resolved");
+    assert_eq!((api.len(), api[0].id), (1, 41));
+    assert_eq!(api[0].outcome, Outcome::Succeeded);
+    assert!(api[0].warnings.iter().any(|w| w.contains("restarted")));
+    let web = c.history("web").await.expect("history");
+    assert_eq!(web.len(), 1);
+    assert!(matches!(web[0].outcome, Outcome::Interrupted { .. }));
+    assert_eq!(web_or_api(&c, "api").await.rollback_to, Some(blue.clone()));
+    assert_eq!(web_or_api(&c, "web").await.weights, blue);
+    let rx = c.start(flip("api", true), "x").await.expect("starts");
+    assert_eq!(rx.borrow().id, 43, "ids go on from the stored counter");
+}
+
+/// A reload that changes a service's endpoints while its flip runs the
+/// checks waits for the flip to end, then applies.
+#[tokio::test]
+async fn a_reload_under_a_running_check_waits_for_the_operation() {
+    // Green's endpoint accepts connections and never answers: the flip's
+    // checks hang until their timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    let text = CONFIG
+        .replace(
+            "      green: {endpoints: [127.0.0.1:2]}",
+            &format!("      green: {{endpoints: [127.0.0.1:{port}]}}"),
+        )
+        .replace("timeout: 200ms", "timeout: 1s");
+    let first = Config::parse(&text, "test.yaml").expect("valid");
+    let (writer, _reader) = snapshot_store();
+    let (_trigger, shutdown) = crate::shutdown::shutdown_channel();
+    let (c, _task) = start(
+        first.clone(),
+        writer,
+        Arc::new(MemoryStore::default()),
+        ProxyRegistry::new(),
+        Arc::new(Metrics::new()),
+        shutdown,
+    )
+    .await
+    .expect("starts");
+    let mut rx = c.start(flip("web", false), "x").await.expect("starts");
+    rx.wait_for(|p| p.phase == crate::rollout::Phase::PreChecks)
+        .await
+        .expect("checking");
+    let version = c.snapshot().version().to_owned();
+    let moved =
+        Config::parse(&text.replace("127.0.0.1:1]", "127.0.0.1:9]"), "test.yaml").expect("valid");
+    let reloaded = c.reload(moved).await.expect("not refused");
+    assert!(
+        matches!(reloaded, super::Reloaded::Deferred { ref service, .. } if service == "web"),
+        "web's config changed under its checks: {reloaded:?}"
+    );
+    assert_eq!(c.snapshot().version(), version, "nothing applied yet");
+    let out = outcome(rx).await;
+    assert!(matches!(out, Outcome::Refused { .. }), "{out:?}");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while c.snapshot().version() == version {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the deferred reload is applied once the flip ended");
+    held.abort();
+}
+
+/// Steps planned before a reload dropped a 0-weight fleet still apply as
+/// planned: never the config's `live` instead.
+#[tokio::test]
+async fn a_shift_goes_on_as_planned_after_a_reload_drops_an_unused_fleet() {
+    let (c, _t) = controller(Arc::new(MemoryStore::default())).await;
+    c.reload(with_red()).await.expect("adds red");
+    let shift = Operation::Shift {
+        service: "api".into(),
+        steps: crate::rollout::ShiftSteps::Percents {
+            to: Some("green".into()),
+            percents: vec![10, 100],
+        },
+        interval: Duration::from_millis(300),
+        skip_checks: true,
+        timeout: Duration::from_secs(5),
+    };
+    let mut rx = c.start(shift, "x").await.expect("starts");
+    rx.wait_for(|p| p.phase == crate::rollout::Phase::Waiting)
+        .await
+        .expect("waits between steps");
+    c.reload(config()).await.expect("drops red");
+    assert_eq!(outcome(rx).await, Outcome::Succeeded);
+    let api = web_or_api(&c, "api").await;
+    assert_eq!(api.weights, split(&[("blue", 0), ("green", 100)]));
+    assert_eq!(api.rollback_to, Some(split(&[("blue", 100), ("green", 0)])));
 }

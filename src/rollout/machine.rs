@@ -2,25 +2,42 @@
 //!
 //! A [`Rollout`] takes [`Event`]s (the proxies' state, check results, the
 //! controller's confirmation that a version was published, the clock) and
-//! returns [`Action`]s (run checks, commit a change, finish). It does no
-//! I/O and reads no clock: `now` is passed in, so every order of events is
-//! a plain test.
+//! returns [`Action`]s (look at the proxies, run checks, commit a change,
+//! finish). It does no I/O and reads no clock: `now` is passed in, so every
+//! order of events is a plain test.
 //!
 //! ```text
-//!          ┌──────────── every step ─────────────┐
+//!            ┌───────────────────── every step ─────────────────────┐
 //! start → Preparing → PreChecks → Committing → Confirming → PostChecks ─┬→ Done
-//!            │ timeout    │ fail       │ fail      │ NACK/timeout │ fail  └→ Waiting → next step
+//!            │ NACK,      │ fail,      │ fail      │ NACK,        │ fail  └→ Waiting → next step
+//!            │ timeout    │ timeout    │           │ timeout      │
 //!            ▼            ▼            ▼           ▼              ▼
-//!         Refused     Refused*     Refused*     UndoCommitting → Undoing → RolledBack
+//!         Refused*     Refused*     Refused*    UndoCommitting → Undoing → RolledBack
+//!                                                                  └ timeout, NACK → Unconfirmed
 //! ```
 //! `*` On the first step nothing was committed yet, so the operation is
 //! refused; on a later step of a shift, earlier steps are undone.
+//!
+//! A rollback never goes to `UndoCommitting`: a NACK, a timeout or a failed
+//! post-check leaves it in effect and ends it [`Outcome::Unconfirmed`].
+//! An abort ([`Rollout::abort`]) before the commit ends the operation; after
+//! it, the step in progress is undone (back to the last confirmed step).
+//!
+//! Every phase has a deadline ([`Rollout::next_deadline`]), so every
+//! operation ends on its own. [`Rollout::record`] is what the controller
+//! saves with each commit, and [`Rollout::resume`] picks an operation up
+//! from it after a crash.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime};
 
-use super::{CheckResult, Operation, Outcome, Phase, Progress, RolloutError, Split};
-use crate::config::Weights;
+use serde::{Deserialize, Serialize};
+
+use super::plan::{Change, Plan, rollback_point};
+use super::serde_time;
+use super::{
+    CheckResult, MAX_WAIT, Operation, Outcome, Phase, Progress, RolloutError, Split, Verb,
+};
 
 /// One proxy, as the rollout needs to see it. The controller computes it
 /// from the proxy registry and the snapshot being served.
@@ -31,23 +48,14 @@ pub struct ProxyView {
     /// It has ACKed the clusters and endpoints of the snapshot being
     /// served, so every fleet's cluster is warm on it.
     pub prepared: bool,
-    /// It has applied the committed version (or a later one) on every type
-    /// it subscribes to.
+    /// It has applied the snapshot being served (before a commit) or the
+    /// committed version or a later one (after), on every type it
+    /// subscribes to.
     pub confirmed: bool,
     /// Before a commit: it rejects the configuration it was last sent.
     /// After: it rejected the committed version or a later one. With the
     /// proxy's reason.
     pub nack: Option<String>,
-}
-
-/// A service's routing state to publish: every fleet's weight, and which
-/// fleets are retired (no endpoints).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Change {
-    /// The weights to serve.
-    pub split: Split,
-    /// Fleets served with no endpoints.
-    pub retired: BTreeSet<String>,
 }
 
 /// Something that happened.
@@ -64,375 +72,443 @@ pub enum Event {
         /// The fleet-wide version carrying it.
         version: String,
     },
-    /// The change asked for could not be committed.
+    /// The change asked for could not be committed; nothing was saved or
+    /// published.
     CommitFailed(String),
-    /// The operator asked to stop.
-    Abort(String),
 }
 
 /// Something the controller must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
+    /// Look at the proxies now and send [`Event::Proxies`]: the machine
+    /// began waiting for them (a new step, a commit) and the registry may
+    /// not change again for a while.
+    ObserveProxies,
     /// Run the service's checks against these fleets, then send
     /// [`Event::Checks`].
     RunChecks(Vec<String>),
-    /// Make this change durable, publish it, then send
-    /// [`Event::Committed`] (or [`Event::CommitFailed`]).
+    /// Make this change durable (with [`Rollout::record`]), publish it,
+    /// then send [`Event::Committed`] (or [`Event::CommitFailed`]).
     Commit(Change),
     /// The operation is over.
     Finish(Outcome),
 }
 
+/// Why an undo runs, and where it goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Undo {
+    /// The failure, or who aborted.
+    pub reason: String,
+    /// An operator abort (ends `Aborted`), not a failure (ends
+    /// `RolledBack`).
+    pub abort: bool,
+    /// The routing state it restores.
+    pub to: Change,
+}
+
+/// How far the step in progress got, as saved with every commit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Stage {
+    /// Nothing of this step is committed.
+    Pending,
+    /// This step's change is committed: it is the stored version.
+    Applied,
+    /// The undo is committed: it is the stored version.
+    Undoing(Undo),
+}
+
+/// A running operation as saved in the durable state, so that a restart
+/// (even after `kill -9`) can resolve it ([`Rollout::resume`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The operation's id.
+    pub id: u64,
+    /// What kind.
+    pub verb: Verb,
+    /// Who asked.
+    pub actor: String,
+    /// When it started.
+    #[serde(rename = "started_unix_ms", with = "serde_time::unix_millis")]
+    pub started: SystemTime,
+    /// What it does.
+    pub plan: Plan,
+    /// The routing state before it.
+    pub original: Change,
+    /// The rollback point before it.
+    pub rollback_before: Option<Split>,
+    /// The step in progress, 1-based.
+    pub step: usize,
+    /// How far that step got.
+    pub stage: Stage,
+    /// The version of the last step every proxy confirmed.
+    pub confirmed_version: Option<String>,
+    /// The last confirmed step's change.
+    pub confirmed: Option<Change>,
+    /// When a wait before the step ends (retirements), wall clock.
+    #[serde(
+        rename = "wait_until_unix_ms",
+        with = "serde_time::opt_unix_millis",
+        default
+    )]
+    pub wait_until: Option<SystemTime>,
+    /// Warnings so far.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
 /// Where the machine is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum State {
-    Preparing,
-    PreChecks,
+    Waiting {
+        until: Instant,
+    },
+    Preparing {
+        deadline: Instant,
+    },
+    PreChecks {
+        deadline: Instant,
+    },
     Committing,
-    Confirming,
-    PostChecks,
-    Waiting { until: Instant },
-    UndoCommitting { reason: String },
-    Undoing { reason: String },
-    Done,
-}
-
-/// What the operation will do, worked out from the request and the
-/// service's current state.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Plan {
-    /// The changes, one per step.
-    pub steps: Vec<Change>,
-    /// Run checks?
-    pub checks: bool,
-    /// Deadline of each step's prepare and confirm phases.
-    pub timeout: Duration,
-    /// Pause before each step after the first (and before a retirement).
-    pub interval: Duration,
-    /// Wait `interval` before the first step too (retirement).
-    pub wait_first: bool,
-}
-
-/// A service as the planner needs it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceView<'a> {
-    /// The service's name.
-    pub name: &'a str,
-    /// Its fleets.
-    pub fleets: Vec<&'a str>,
-    /// The current split.
-    pub split: &'a Split,
-    /// The fleet live before the last switch.
-    pub previous: Option<&'a str>,
-    /// Retired fleets.
-    pub retired: &'a BTreeSet<String>,
-}
-
-impl ServiceView<'_> {
-    /// The fleet with the most weight (ties: first by name).
-    pub fn live(&self) -> &str {
-        live_of(self.split)
-    }
-
-    fn check_fleet(&self, fleet: &str) -> Result<(), RolloutError> {
-        if !self.fleets.contains(&fleet) {
-            return Err(RolloutError::UnknownFleet {
-                service: self.name.to_owned(),
-                fleet: fleet.to_owned(),
-            });
-        }
-        Ok(())
-    }
-
-    /// Checks `split` against the service's fleets with
-    /// [`Weights::check`], the rule [`Weights::set`] applies too.
-    fn check_split(&self, split: &Split) -> Result<(), RolloutError> {
-        Weights::check(self.name, |f| self.fleets.contains(&f), split)?;
-        Ok(())
-    }
-
-    /// The service's routing state now, which an undo returns to.
-    pub fn current(&self) -> Change {
-        Change {
-            split: self.split.clone(),
-            retired: self.retired.clone(),
-        }
-    }
-
-    /// The changes that send traffic per `split`: a fleet that is retired
-    /// and gets weight first has its endpoints restored in a step of its
-    /// own, so proxies hold them before any route sends traffic there.
-    fn steps_to(&self, splits: &[Split]) -> Vec<Change> {
-        let mut retired = self.retired.clone();
-        let mut steps = Vec::new();
-        for split in splits {
-            let full = self.full(split);
-            let reviving: Vec<String> = full
-                .iter()
-                .filter(|(f, w)| **w > 0 && retired.contains(*f))
-                .map(|(f, _)| f.clone())
-                .collect();
-            if !reviving.is_empty() {
-                for f in &reviving {
-                    retired.remove(f);
-                }
-                let split = steps
-                    .last()
-                    .map(|c: &Change| c.split.clone())
-                    .unwrap_or_else(|| self.split.clone());
-                steps.push(Change {
-                    split,
-                    retired: retired.clone(),
-                });
-            }
-            steps.push(Change {
-                split: full,
-                retired: retired.clone(),
-            });
-        }
-        steps
-    }
-
-    fn full(&self, split: &Split) -> Split {
-        self.fleets
-            .iter()
-            .map(|f| ((*f).to_owned(), split.get(*f).copied().unwrap_or(0)))
-            .collect()
-    }
-}
-
-/// The fleet with the most weight (ties: first by name).
-pub fn live_of(split: &Split) -> &str {
-    let mut best: Option<(&str, u32)> = None;
-    for (f, w) in split {
-        if best.is_none_or(|(_, bw)| *w > bw) {
-            best = Some((f, *w));
-        }
-    }
-    best.map(|(f, _)| f).unwrap_or("")
-}
-
-fn all_to(fleet: &str) -> Split {
-    BTreeMap::from([(fleet.to_owned(), Weights::TOTAL)])
-}
-
-/// Works out what `op` does to `service`, or why it cannot be done.
-pub fn plan(op: &Operation, service: &ServiceView<'_>) -> Result<Plan, RolloutError> {
-    match op {
-        Operation::Flip {
-            to,
-            skip_checks,
-            timeout,
-            ..
-        } => {
-            let target = match to {
-                Some(t) => t.clone(),
-                None => {
-                    let others: Vec<&&str> = service
-                        .fleets
-                        .iter()
-                        .filter(|f| **f != service.live())
-                        .collect();
-                    match others.as_slice() {
-                        [one] => (**one).to_owned(),
-                        _ => {
-                            return Err(RolloutError::Invalid(format!(
-                                "service {:?} has {} fleets; say which with --to",
-                                service.name,
-                                service.fleets.len()
-                            )));
-                        }
-                    }
-                }
-            };
-            service.check_fleet(&target)?;
-            let split = all_to(&target);
-            service.check_split(&split)?;
-            if service.full(&split) == *service.split {
-                return Err(RolloutError::Invalid(format!(
-                    "{target:?} already takes all of {:?}'s traffic",
-                    service.name
-                )));
-            }
-            Ok(Plan {
-                steps: service.steps_to(&[split]),
-                checks: !skip_checks,
-                timeout: *timeout,
-                interval: Duration::ZERO,
-                wait_first: false,
-            })
-        }
-        Operation::Shift {
-            steps,
-            interval,
-            skip_checks,
-            timeout,
-            ..
-        } => {
-            if steps.is_empty() {
-                return Err(RolloutError::Invalid(
-                    "a shift needs at least one step".into(),
-                ));
-            }
-            for s in steps {
-                service.check_split(s)?;
-            }
-            Ok(Plan {
-                steps: service.steps_to(steps),
-                checks: !skip_checks,
-                timeout: *timeout,
-                interval: *interval,
-                wait_first: false,
-            })
-        }
-        Operation::Rollback { timeout, .. } => {
-            let Some(previous) = service.previous else {
-                return Err(RolloutError::Invalid(format!(
-                    "service {:?} has no previous live fleet to go back to",
-                    service.name
-                )));
-            };
-            let split = all_to(previous);
-            service.check_split(&split)?;
-            Ok(Plan {
-                steps: service.steps_to(&[split]),
-                checks: true,
-                timeout: *timeout,
-                interval: Duration::ZERO,
-                wait_first: false,
-            })
-        }
-        Operation::Retire { fleet, after, .. } => {
-            service.check_fleet(fleet)?;
-            if service.split.get(fleet).copied().unwrap_or(0) > 0 {
-                return Err(RolloutError::Invalid(format!(
-                    "fleet {fleet:?} still takes traffic; flip away from it first"
-                )));
-            }
-            if service.retired.contains(fleet) {
-                return Err(RolloutError::Invalid(format!(
-                    "fleet {fleet:?} is already retired"
-                )));
-            }
-            Ok(Plan {
-                steps: vec![Change {
-                    split: service.split.clone(),
-                    retired: {
-                        let mut r = service.retired.clone();
-                        r.insert(fleet.clone());
-                        r
-                    },
-                }],
-                checks: false,
-                timeout: Duration::from_secs(30),
-                interval: *after,
-                wait_first: true,
-            })
-        }
-    }
+    Confirming {
+        version: String,
+        since: Instant,
+        deadline: Instant,
+    },
+    PostChecks {
+        version: String,
+        deadline: Instant,
+    },
+    UndoCommitting(Undo),
+    Undoing {
+        undo: Undo,
+        version: String,
+        deadline: Instant,
+    },
+    Done(Outcome),
 }
 
 /// One running operation.
 #[derive(Debug)]
 pub struct Rollout {
+    id: u64,
+    verb: Verb,
+    service: String,
+    actor: String,
+    started: SystemTime,
     plan: Plan,
     original: Change,
+    rollback_before: Option<Split>,
+    /// The step in progress, 1-based.
+    step: usize,
     state: State,
-    deadline: Option<Instant>,
-    committed_at: Option<Instant>,
+    /// The last step every proxy confirmed: its version and change.
+    confirmed: Option<(String, Change)>,
+    /// Per proxy, how long after the push of the step in progress it ACKed.
     acks: BTreeMap<String, Duration>,
-    progress: Progress,
-    /// The version of the last step that every proxy confirmed.
-    confirmed_version: Option<String>,
+    /// First push to last ACK of the last confirmed step, when proxies
+    /// confirmed it.
+    convergence: Option<Duration>,
+    /// Picked up after a restart: ends once the step in progress is
+    /// resolved.
+    resumed: bool,
+    /// The last version this operation committed (a step or an undo).
+    last_version: Option<String>,
+    warnings: Vec<String>,
+    // What the progress view shows; the phase, version and outcome come
+    // from the state.
+    acked: usize,
+    total: usize,
+    waiting_for: Vec<String>,
+    checks: Vec<CheckResult>,
+    message: String,
+}
+
+/// Who and when, for a new operation.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    /// The operation's id.
+    pub id: u64,
+    /// Who asked.
+    pub actor: String,
+    /// When, wall clock.
+    pub started: SystemTime,
 }
 
 impl Rollout {
-    /// Starts an operation with id `id` on a service currently split as
-    /// `original`.
+    /// Starts an operation on a service currently in state `original`
+    /// whose rollback point is `rollback_before`.
     pub fn start(
-        id: u64,
+        origin: Origin,
         op: &Operation,
         plan: Plan,
         original: Change,
+        rollback_before: Option<Split>,
         now: Instant,
     ) -> (Rollout, Vec<Action>) {
-        let progress = Progress {
-            id,
+        let mut r = Rollout {
+            id: origin.id,
+            verb: op.verb(),
             service: op.service().to_owned(),
-            verb: op.verb().to_owned(),
-            phase: Phase::Preparing,
+            actor: origin.actor,
+            started: origin.started,
+            plan,
+            original,
+            rollback_before,
             step: 1,
-            steps: plan.steps.len(),
-            target: plan
-                .steps
-                .first()
-                .map(|c| c.split.clone())
-                .unwrap_or_default(),
-            version: None,
+            state: State::Done(Outcome::Succeeded),
+            confirmed: None,
+            acks: BTreeMap::new(),
+            convergence: None,
+            resumed: false,
+            last_version: None,
+            warnings: Vec::new(),
             acked: 0,
             total: 0,
             waiting_for: Vec::new(),
             checks: Vec::new(),
             message: String::new(),
-            outcome: None,
         };
-        let mut r = Rollout {
-            plan,
-            original,
-            state: State::Preparing,
-            deadline: None,
-            committed_at: None,
-            acks: BTreeMap::new(),
-            progress,
-            confirmed_version: None,
-        };
-        if r.plan.wait_first {
+        let actions = if r.plan.wait_first {
             r.wait(now + r.plan.interval);
+            Vec::new()
         } else {
-            r.begin_step(now);
+            r.begin_step(now)
+        };
+        (r, actions)
+    }
+
+    /// Picks up an operation that was running when teal stopped, from its
+    /// record; `service` names it, `now` and `wall` are the same instant on
+    /// the monotonic and the wall clock.
+    ///
+    /// - Nothing of the step in progress committed: a retirement waits out
+    ///   the rest of its delay; anything else ends `Interrupted` (earlier
+    ///   steps of a shift stay in effect).
+    /// - The step committed: every proxy must confirm it again (and the
+    ///   post-checks pass) within the timeout, or it is undone. A shift
+    ///   then ends, `Interrupted` if steps were left.
+    /// - An undo committed: every proxy must confirm it.
+    pub fn resume(
+        service: &str,
+        rec: Record,
+        version: &str,
+        now: Instant,
+        wall: SystemTime,
+    ) -> (Rollout, Vec<Action>) {
+        // The record comes from a file: bound what it may ask to wait, as
+        // `plan` does for a request, so no deadline can overflow the clock.
+        let mut rec = rec;
+        rec.plan.timeout = rec.plan.timeout.min(MAX_WAIT);
+        rec.plan.interval = rec.plan.interval.min(MAX_WAIT);
+        let mut r = Rollout {
+            id: rec.id,
+            verb: rec.verb,
+            service: service.to_owned(),
+            actor: rec.actor,
+            started: rec.started,
+            plan: rec.plan,
+            original: rec.original,
+            rollback_before: rec.rollback_before,
+            step: rec.step.max(1),
+            state: State::Done(Outcome::Succeeded),
+            confirmed: rec.confirmed_version.zip(rec.confirmed),
+            acks: BTreeMap::new(),
+            convergence: None,
+            resumed: true,
+            last_version: None,
+            warnings: rec.warnings,
+            acked: 0,
+            total: 0,
+            waiting_for: Vec::new(),
+            checks: Vec::new(),
+            message: String::new(),
+        };
+        if !matches!(rec.stage, Stage::Pending) {
+            r.last_version = Some(version.to_owned());
         }
-        (r, Vec::new())
+        let actions = match rec.stage {
+            Stage::Pending => match rec.wait_until {
+                Some(at) if r.verb == Verb::Retire => {
+                    let left = at.duration_since(wall).unwrap_or_default().min(MAX_WAIT);
+                    r.wait(now + left);
+                    Vec::new()
+                }
+                _ => {
+                    let mut reason = format!(
+                        "teal stopped before step {} of {} was committed; nothing of it is in effect",
+                        r.step,
+                        r.plan.steps.len()
+                    );
+                    if r.step > 1 {
+                        reason.push_str(&format!("; steps 1 to {} stay in effect", r.step - 1));
+                    }
+                    r.finish(Outcome::Interrupted { reason })
+                }
+            },
+            Stage::Applied => {
+                r.warnings.push(
+                    "teal restarted while this operation ran; its version was confirmed again \
+                     after the restart"
+                        .into(),
+                );
+                r.confirming(version.to_owned(), now)
+            }
+            Stage::Undoing(undo) => {
+                r.message = format!("{}; waiting for every proxy to go back", undo.reason);
+                r.state = State::Undoing {
+                    undo,
+                    version: version.to_owned(),
+                    deadline: now + r.plan.timeout,
+                };
+                vec![Action::ObserveProxies]
+            }
+        };
+        (r, actions)
+    }
+
+    /// The operation's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// What kind of operation.
+    pub fn verb(&self) -> Verb {
+        self.verb
+    }
+
+    /// Who asked.
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    /// When it started, wall clock.
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+
+    /// Where it is.
+    pub fn phase(&self) -> Phase {
+        match &self.state {
+            State::Waiting { .. } => Phase::Waiting,
+            State::Preparing { .. } => Phase::Preparing,
+            State::PreChecks { .. } => Phase::PreChecks,
+            State::Committing | State::Confirming { .. } => Phase::Confirming,
+            State::PostChecks { .. } => Phase::PostChecks,
+            State::UndoCommitting(_) | State::Undoing { .. } => Phase::RollingBack,
+            State::Done(_) => Phase::Done,
+        }
     }
 
     /// The live view of the operation.
-    pub fn progress(&self) -> &Progress {
-        &self.progress
+    pub fn progress(&self) -> Progress {
+        let version = match &self.state {
+            State::Confirming { version, .. }
+            | State::PostChecks { version, .. }
+            | State::Undoing { version, .. } => Some(version.clone()),
+            _ => None,
+        };
+        let target = match &self.state {
+            State::UndoCommitting(u) | State::Undoing { undo: u, .. } => u.to.split.clone(),
+            _ => self
+                .step_change()
+                .map(|c| c.split.clone())
+                .unwrap_or_default(),
+        };
+        Progress {
+            id: self.id,
+            service: self.service.clone(),
+            verb: self.verb,
+            phase: self.phase(),
+            step: self.step,
+            steps: self.plan.steps.len(),
+            target,
+            version,
+            acked: self.acked,
+            total: self.total,
+            waiting_for: self.waiting_for.clone(),
+            checks: self.checks.clone(),
+            message: self.message.clone(),
+            warnings: self.warnings.clone(),
+            outcome: self.outcome().cloned(),
+        }
+    }
+
+    /// How it ended, once it has.
+    pub fn outcome(&self) -> Option<&Outcome> {
+        match &self.state {
+            State::Done(o) => Some(o),
+            _ => None,
+        }
     }
 
     /// When the machine next needs an [`Event::Tick`].
     pub fn next_deadline(&self) -> Option<Instant> {
         match &self.state {
             State::Waiting { until } => Some(*until),
-            State::Done => None,
-            _ => self.deadline,
+            State::Preparing { deadline }
+            | State::PreChecks { deadline }
+            | State::Confirming { deadline, .. }
+            | State::PostChecks { deadline, .. }
+            | State::Undoing { deadline, .. } => Some(*deadline),
+            State::Committing | State::UndoCommitting(_) | State::Done(_) => None,
         }
     }
 
-    /// Whether proxy views matter now (the controller can skip computing
-    /// them otherwise).
+    /// Whether proxy views matter now; the controller skips computing them
+    /// on registry changes otherwise.
     pub fn wants_proxies(&self) -> bool {
         matches!(
             self.state,
-            State::Preparing | State::Confirming | State::Undoing { .. }
+            State::Preparing { .. } | State::Confirming { .. } | State::Undoing { .. }
         )
+    }
+
+    /// The version being confirmed (a step's or an undo's), if any.
+    pub fn version(&self) -> Option<&str> {
+        match &self.state {
+            State::Confirming { version, .. }
+            | State::PostChecks { version, .. }
+            | State::Undoing { version, .. } => Some(version),
+            _ => None,
+        }
+    }
+
+    /// The last version the operation committed, a step's or an undo's.
+    pub fn last_version(&self) -> Option<&str> {
+        self.last_version.as_deref()
     }
 
     /// Whether it is over.
     pub fn is_done(&self) -> bool {
-        self.state == State::Done
+        matches!(self.state, State::Done(_))
     }
 
-    /// First push to last ACK of the last confirmed version, and each
-    /// proxy's ACK delay.
+    /// A pending retirement: the fleet, and when it goes (`now` and `wall`
+    /// are the same instant on both clocks).
+    pub fn retirement(&self, now: Instant, wall: SystemTime) -> Option<(String, SystemTime)> {
+        let State::Waiting { until } = self.state else {
+            return None;
+        };
+        if self.verb != Verb::Retire {
+            return None;
+        }
+        let change = self.plan.steps.first()?;
+        let fleet = change.retired.difference(&self.original.retired).next()?;
+        Some((fleet.clone(), wall + until.saturating_duration_since(now)))
+    }
+
+    /// First push to last ACK of the last step every proxy confirmed
+    /// (`None` when none was, or no proxy was there to confirm it), and
+    /// each proxy's ACK delay for the last step pushed.
     pub fn convergence(&self) -> (Option<Duration>, Vec<(String, Duration)>) {
-        let max = self.acks.values().max().copied();
         let acks = self.acks.iter().map(|(p, d)| (p.clone(), *d)).collect();
-        (max.or(self.committed_at.map(|_| Duration::ZERO)), acks)
+        (self.convergence, acks)
     }
 
     /// The version that carried the last confirmed step.
     pub fn confirmed_version(&self) -> Option<&str> {
-        self.confirmed_version.as_deref()
+        self.confirmed.as_ref().map(|(v, _)| v.as_str())
     }
 
     /// The service's routing state before the operation.
@@ -440,48 +516,90 @@ impl Rollout {
         &self.original
     }
 
-    fn step_change(&self) -> Option<&Change> {
-        self.plan.steps.get(self.progress.step.saturating_sub(1))
+    /// The split the operation set out to apply (its last step's).
+    pub fn target(&self) -> Option<&Split> {
+        self.plan.steps.last().map(|c| &c.split)
     }
 
+    /// The rollback point once the operation is over, given the routing
+    /// state then in effect ([`rollback_point`]).
+    pub fn rollback_after(&self, in_effect: &Change) -> Option<Split> {
+        rollback_point(&self.original, self.rollback_before.as_ref(), in_effect)
+    }
+
+    /// What to save with a commit, or at the start: enough to resolve the
+    /// operation after a crash. `now` and `wall` are the same instant.
+    pub fn record(&self, now: Instant, wall: SystemTime) -> Record {
+        let stage = match &self.state {
+            State::Committing | State::Confirming { .. } | State::PostChecks { .. } => {
+                Stage::Applied
+            }
+            State::UndoCommitting(u) | State::Undoing { undo: u, .. } => Stage::Undoing(u.clone()),
+            _ => Stage::Pending,
+        };
+        let wait_until = match self.state {
+            State::Waiting { until } => Some(wall + until.saturating_duration_since(now)),
+            _ => None,
+        };
+        Record {
+            id: self.id,
+            verb: self.verb,
+            actor: self.actor.clone(),
+            started: self.started,
+            plan: self.plan.clone(),
+            original: self.original.clone(),
+            rollback_before: self.rollback_before.clone(),
+            step: self.step,
+            stage,
+            confirmed_version: self.confirmed.as_ref().map(|(v, _)| v.clone()),
+            confirmed: self.confirmed.as_ref().map(|(_, c)| c.clone()),
+            wait_until,
+            warnings: self.warnings.clone(),
+        }
+    }
+
+    fn step_change(&self) -> Option<&Change> {
+        self.plan.steps.get(self.step.saturating_sub(1))
+    }
+
+    /// The fleets gaining traffic in the step in progress: the ones its
+    /// checks look at. A fleet losing traffic is not checked, so a broken
+    /// fleet never blocks moving away from it.
     fn check_fleets(&self) -> Vec<String> {
+        let before = match self.step {
+            1 => &self.original,
+            n => self.plan.steps.get(n - 2).unwrap_or(&self.original),
+        };
         self.step_change()
             .map(|c| {
                 c.split
                     .iter()
-                    .filter(|(_, w)| **w > 0)
+                    .filter(|(f, w)| **w > before.split.get(*f).copied().unwrap_or(0))
                     .map(|(f, _)| f.clone())
                     .collect()
             })
             .unwrap_or_default()
     }
 
-    fn set(&mut self, state: State, phase: Phase, message: String) {
-        self.state = state;
-        self.progress.phase = phase;
-        self.progress.message = message;
-    }
-
     fn wait(&mut self, until: Instant) {
-        self.deadline = None;
-        let msg = format!(
+        self.message = format!(
             "waiting {:?} before step {} of {}",
-            self.plan.interval, self.progress.step, self.progress.steps
+            self.plan.interval,
+            self.step,
+            self.plan.steps.len()
         );
-        self.set(State::Waiting { until }, Phase::Waiting, msg);
+        self.state = State::Waiting { until };
     }
 
-    fn begin_step(&mut self, now: Instant) {
-        self.deadline = Some(now + self.plan.timeout);
-        self.progress.target = self
-            .step_change()
-            .map(|c| c.split.clone())
-            .unwrap_or_default();
-        self.progress.version = None;
+    fn begin_step(&mut self, now: Instant) -> Vec<Action> {
         self.acks.clear();
-        self.committed_at = None;
-        let msg = "waiting for every proxy to hold every fleet's clusters and endpoints".into();
-        self.set(State::Preparing, Phase::Preparing, msg);
+        self.message = "waiting for every proxy to hold the current configuration, \
+                        every fleet's clusters and endpoints included"
+            .into();
+        self.state = State::Preparing {
+            deadline: now + self.plan.timeout,
+        };
+        vec![Action::ObserveProxies]
     }
 
     fn commit(&mut self) -> Vec<Action> {
@@ -490,80 +608,150 @@ impl Rollout {
                 reason: "nothing to do".into(),
             });
         };
-        self.set(State::Committing, Phase::Confirming, "committing".into());
+        self.message = "committing".into();
+        self.state = State::Committing;
         vec![Action::Commit(change)]
     }
 
-    fn finish(&mut self, outcome: Outcome) -> Vec<Action> {
-        self.deadline = None;
-        self.progress.message = match &outcome {
-            Outcome::Succeeded => "done".into(),
-            Outcome::Refused { reason }
-            | Outcome::RolledBack { reason }
-            | Outcome::Aborted { reason } => reason.clone(),
+    fn confirming(&mut self, version: String, now: Instant) -> Vec<Action> {
+        self.last_version = Some(version.clone());
+        self.message = format!("waiting for every proxy to apply {version}");
+        self.state = State::Confirming {
+            version,
+            since: now,
+            deadline: now + self.plan.timeout,
         };
-        self.state = State::Done;
-        self.progress.phase = Phase::Done;
-        self.progress.outcome = Some(outcome.clone());
+        vec![Action::ObserveProxies]
+    }
+
+    fn finish(&mut self, outcome: Outcome) -> Vec<Action> {
+        self.message = match outcome.reason() {
+            None => "done".into(),
+            Some(reason) => reason.to_owned(),
+        };
+        self.state = State::Done(outcome.clone());
         vec![Action::Finish(outcome)]
     }
 
+    /// Whether a change of this operation (an earlier step, or the step in
+    /// progress) is in effect.
+    fn committed_any(&self) -> bool {
+        self.step > 1
+            || matches!(
+                self.state,
+                State::Confirming { .. } | State::PostChecks { .. }
+            )
+    }
+
     /// Something failed: before anything was committed the operation is
-    /// refused; after, every proxy goes back to the original split.
+    /// refused; after, every proxy goes back to the original state.
     fn fail(&mut self, reason: String) -> Vec<Action> {
-        let anything_committed = self.progress.step > 1 || self.committed_at.is_some();
-        if !anything_committed {
+        if !self.committed_any() {
             return self.finish(Outcome::Refused { reason });
         }
-        self.deadline = None;
-        let msg = format!("{reason}; putting every proxy back");
-        self.set(State::UndoCommitting { reason }, Phase::RollingBack, msg);
-        vec![Action::Commit(self.original.clone())]
+        self.undo(Undo {
+            reason,
+            abort: false,
+            to: self.original.clone(),
+        })
     }
 
-    fn step_done(&mut self, now: Instant) -> Vec<Action> {
-        self.confirmed_version = self.progress.version.clone();
-        if self.progress.step >= self.plan.steps.len() {
+    fn undo(&mut self, undo: Undo) -> Vec<Action> {
+        self.message = format!("{}; putting every proxy back", undo.reason);
+        let to = undo.to.clone();
+        self.state = State::UndoCommitting(undo);
+        vec![Action::Commit(to)]
+    }
+
+    fn step_done(&mut self, version: String, now: Instant) -> Vec<Action> {
+        let change = self.step_change().cloned().unwrap_or_default();
+        self.confirmed = Some((version, change));
+        let steps = self.plan.steps.len();
+        if self.step >= steps {
             return self.finish(Outcome::Succeeded);
         }
-        self.progress.step += 1;
+        if self.resumed {
+            return self.finish(Outcome::Interrupted {
+                reason: format!(
+                    "teal restarted during step {} of {}; steps 1 to {} are in effect and \
+                     confirmed, the rest were not applied",
+                    self.step, steps, self.step
+                ),
+            });
+        }
+        self.step += 1;
         if self.plan.interval.is_zero() {
-            self.begin_step(now);
+            self.begin_step(now)
         } else {
             self.wait(now + self.plan.interval);
+            Vec::new()
         }
-        Vec::new()
     }
 
+    /// Updates the progress counts; true when every proxy is `done`.
     fn track(&mut self, proxies: &[ProxyView], done: impl Fn(&ProxyView) -> bool) -> bool {
-        self.progress.total = proxies.len();
-        self.progress.acked = proxies.iter().filter(|p| done(p)).count();
-        self.progress.waiting_for = proxies
+        self.total = proxies.len();
+        self.acked = proxies.iter().filter(|p| done(p)).count();
+        self.waiting_for = proxies
             .iter()
             .filter(|p| !done(p))
             .map(|p| p.id.clone())
             .collect();
-        self.progress.waiting_for.is_empty()
+        self.waiting_for.is_empty()
+    }
+
+    /// Runs the step's checks (entering `checking`, with `what` for the
+    /// message), or goes on with `otherwise` when there are none to run.
+    fn checks_or(
+        &mut self,
+        checking: State,
+        what: &str,
+        otherwise: impl FnOnce(&mut Self) -> Vec<Action>,
+    ) -> Vec<Action> {
+        let fleets = self.check_fleets();
+        if !self.plan.checks || fleets.is_empty() {
+            return otherwise(self);
+        }
+        self.message = format!("checking {}{what}", fleets.join(", "));
+        self.state = checking;
+        vec![Action::RunChecks(fleets)]
     }
 
     /// Handles one event at time `now`.
     pub fn on_event(&mut self, event: Event, now: Instant) -> Vec<Action> {
-        if let Event::Abort(reason) = &event {
-            return match self.state {
-                State::Waiting { .. } | State::Preparing | State::PreChecks => {
-                    let reason = format!("aborted: {reason}");
-                    self.finish(Outcome::Aborted { reason })
-                }
-                _ => Vec::new(),
-            };
-        }
-        let expired = self.deadline.is_some_and(|d| now >= d);
-        match (self.state.clone(), event) {
-            (State::Waiting { until }, Event::Tick) if now >= until => {
-                self.begin_step(now);
-                Vec::new()
+        match self.state.clone() {
+            State::Waiting { until } => self.on_waiting(event, until, now),
+            State::Preparing { deadline } => self.on_preparing(event, deadline, now),
+            State::PreChecks { deadline } => self.on_pre_checks(event, deadline, now),
+            State::Committing => self.on_committing(event, now),
+            State::Confirming {
+                version,
+                since,
+                deadline,
+            } => self.on_confirming(event, version, since, deadline, now),
+            State::PostChecks { version, deadline } => {
+                self.on_post_checks(event, version, deadline, now)
             }
-            (State::Preparing, Event::Proxies(proxies)) => {
+            State::UndoCommitting(undo) => self.on_undo_committing(event, undo, now),
+            State::Undoing {
+                undo,
+                version: _,
+                deadline,
+            } => self.on_undoing(event, undo, deadline, now),
+            State::Done(_) => Vec::new(),
+        }
+    }
+
+    fn on_waiting(&mut self, event: Event, until: Instant, now: Instant) -> Vec<Action> {
+        match event {
+            Event::Tick if now >= until => self.begin_step(now),
+            _ => Vec::new(),
+        }
+    }
+
+    fn on_preparing(&mut self, event: Event, deadline: Instant, now: Instant) -> Vec<Action> {
+        match event {
+            Event::Proxies(proxies) => {
                 if let Some(p) = proxies.iter().find(|p| p.nack.is_some()) {
                     let why = p.nack.clone().unwrap_or_default();
                     return self.fail(format!(
@@ -572,110 +760,303 @@ impl Rollout {
                         p.id
                     ));
                 }
-                if !self.track(&proxies, |p| p.prepared) {
+                if !self.track(&proxies, |p| p.prepared && p.confirmed) {
                     return Vec::new();
                 }
-                if self.plan.checks && !self.check_fleets().is_empty() {
-                    let fleets = self.check_fleets();
-                    let msg = format!("checking {}", fleets.join(", "));
-                    self.set(State::PreChecks, Phase::PreChecks, msg);
-                    vec![Action::RunChecks(fleets)]
-                } else {
-                    self.commit()
-                }
+                let checking = State::PreChecks {
+                    deadline: now + self.plan.timeout,
+                };
+                self.checks_or(checking, "", |r| r.commit())
             }
-            (State::Preparing, Event::Tick) if expired => {
-                let waiting = self.progress.waiting_for.join(", ");
+            Event::Tick if now >= deadline => {
+                let waiting = self.waiting_for.join(", ");
                 self.fail(format!(
-                    "timed out preparing: not every proxy holds the clusters yet ({waiting})"
+                    "timed out preparing: not every proxy holds the current configuration \
+                     yet ({waiting})"
                 ))
             }
-            (State::PreChecks, Event::Checks(results)) => {
+            _ => Vec::new(),
+        }
+    }
+
+    fn on_pre_checks(&mut self, event: Event, deadline: Instant, now: Instant) -> Vec<Action> {
+        match event {
+            Event::Checks(results) => {
                 let failed = failures(&results);
-                self.progress.checks = results;
+                self.checks = results;
                 if failed.is_empty() {
                     self.commit()
                 } else {
                     self.fail(format!("checks failed before the switch: {failed}"))
                 }
             }
-            (State::Committing, Event::Committed { version }) => {
-                self.committed_at = Some(now);
-                self.deadline = Some(now + self.plan.timeout);
-                let msg = format!("waiting for every proxy to apply {version}");
-                self.progress.version = Some(version);
-                self.set(State::Confirming, Phase::Confirming, msg);
-                Vec::new()
-            }
-            (State::Committing, Event::CommitFailed(reason)) => {
-                self.fail(format!("could not commit: {reason}"))
-            }
-            (State::Confirming, Event::Proxies(proxies)) => {
-                if let Some(p) = proxies.iter().find(|p| p.nack.is_some()) {
+            Event::Tick if now >= deadline => self.fail(format!(
+                "checks did not finish within {:?}",
+                self.plan.timeout
+            )),
+            _ => Vec::new(),
+        }
+    }
+
+    fn on_committing(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        match event {
+            Event::Committed { version } => self.confirming(version, now),
+            // Nothing was saved or published: the state is what it was
+            // before this step.
+            Event::CommitFailed(reason) => self.fail(format!("could not commit: {reason}")),
+            _ => Vec::new(),
+        }
+    }
+
+    fn on_confirming(
+        &mut self,
+        event: Event,
+        version: String,
+        since: Instant,
+        deadline: Instant,
+        now: Instant,
+    ) -> Vec<Action> {
+        let safe = self.verb == Verb::Rollback;
+        match event {
+            Event::Proxies(proxies) => {
+                if !safe && let Some(p) = proxies.iter().find(|p| p.nack.is_some()) {
                     let why = p.nack.clone().unwrap_or_default();
                     return self.fail(format!("proxy {} rejected the change: {why}", p.id));
                 }
-                let since = self.committed_at.map(|t| now.saturating_duration_since(t));
+                let after = now.saturating_duration_since(since);
                 for p in proxies.iter().filter(|p| p.confirmed) {
-                    self.acks
-                        .entry(p.id.clone())
-                        .or_insert(since.unwrap_or_default());
+                    self.acks.entry(p.id.clone()).or_insert(after);
                 }
-                if !self.track(&proxies, |p| p.confirmed) {
+                if !self.track(&proxies, |p| p.confirmed || p.nack.is_some()) {
                     return Vec::new();
                 }
-                if self.plan.checks && !self.check_fleets().is_empty() {
-                    let fleets = self.check_fleets();
-                    let msg = format!("checking {} after the switch", fleets.join(", "));
-                    self.set(State::PostChecks, Phase::PostChecks, msg);
-                    vec![Action::RunChecks(fleets)]
+                let rejected = rejections(&proxies);
+                if !rejected.is_empty() {
+                    return self.finish(Outcome::Unconfirmed {
+                        reason: format!(
+                            "the rollback is in effect, but {rejected}; teal does not undo a rollback"
+                        ),
+                    });
+                }
+                // With no proxy left connected, not every proxy that was
+                // sent the version confirmed it: no convergence to record.
+                self.convergence = if proxies.is_empty() {
+                    None
                 } else {
-                    self.step_done(now)
+                    self.acks.values().max().copied()
+                };
+                if proxies.is_empty() {
+                    let warning = format!(
+                        "no connected proxy routes {}: no proxy confirmed the change",
+                        self.service
+                    );
+                    if !self.warnings.contains(&warning) {
+                        self.warnings.push(warning);
+                    }
+                }
+                let checking = State::PostChecks {
+                    version: version.clone(),
+                    deadline: now + self.plan.timeout,
+                };
+                self.checks_or(checking, " after the switch", |r| r.step_done(version, now))
+            }
+            Event::Tick if now >= deadline => {
+                let waiting = self.waiting_for.join(", ");
+                if safe {
+                    self.finish(Outcome::Unconfirmed {
+                        reason: format!(
+                            "the rollback is in effect, but these proxies did not confirm it \
+                             within {:?}: {waiting}; teal keeps serving it to them",
+                            self.plan.timeout
+                        ),
+                    })
+                } else {
+                    self.fail(format!(
+                        "timed out waiting for proxies to apply the change: {waiting}"
+                    ))
                 }
             }
-            (State::Confirming, Event::Tick) if expired => {
-                let waiting = self.progress.waiting_for.join(", ");
-                self.fail(format!(
-                    "timed out waiting for proxies to apply the change: {waiting}"
-                ))
-            }
-            (State::PostChecks, Event::Checks(results)) => {
+            _ => Vec::new(),
+        }
+    }
+
+    fn on_post_checks(
+        &mut self,
+        event: Event,
+        version: String,
+        deadline: Instant,
+        now: Instant,
+    ) -> Vec<Action> {
+        let failed = match event {
+            Event::Checks(results) => {
                 let failed = failures(&results);
-                self.progress.checks = results;
+                self.checks = results;
                 if failed.is_empty() {
-                    self.step_done(now)
-                } else {
-                    self.fail(format!("checks failed after the switch: {failed}"))
+                    return self.step_done(version, now);
                 }
+                format!("checks failed after the switch: {failed}")
             }
-            (State::UndoCommitting { reason }, Event::Committed { version }) => {
-                self.deadline = Some(now + self.plan.timeout);
-                self.progress.version = Some(version);
-                let msg = format!("{reason}; waiting for every proxy to go back");
-                self.set(State::Undoing { reason }, Phase::RollingBack, msg);
-                Vec::new()
+            Event::Tick if now >= deadline => {
+                format!("checks did not finish within {:?}", self.plan.timeout)
             }
-            (State::UndoCommitting { reason }, Event::CommitFailed(why)) => {
-                self.finish(Outcome::RolledBack {
-                    reason: format!("{reason}; and the undo could not be committed: {why}"),
+            _ => return Vec::new(),
+        };
+        if self.verb == Verb::Rollback {
+            return self.finish(Outcome::Unconfirmed {
+                reason: format!("the rollback is in effect, but {failed}"),
+            });
+        }
+        self.fail(failed)
+    }
+
+    fn on_undo_committing(&mut self, event: Event, undo: Undo, now: Instant) -> Vec<Action> {
+        match event {
+            Event::Committed { version } => {
+                self.last_version = Some(version.clone());
+                self.message = format!("{}; waiting for every proxy to go back", undo.reason);
+                self.acks.clear();
+                self.state = State::Undoing {
+                    undo,
+                    version,
+                    deadline: now + self.plan.timeout,
+                };
+                vec![Action::ObserveProxies]
+            }
+            Event::CommitFailed(why) => self.finish(Outcome::Unconfirmed {
+                reason: format!(
+                    "{}; and the undo could not be committed ({why}): proxies keep the new \
+                     weights (teal rollback returns to the rollback point)",
+                    undo.reason
+                ),
+            }),
+            _ => Vec::new(),
+        }
+    }
+
+    fn on_undoing(
+        &mut self,
+        event: Event,
+        undo: Undo,
+        deadline: Instant,
+        now: Instant,
+    ) -> Vec<Action> {
+        match event {
+            Event::Proxies(proxies) => {
+                if !self.track(&proxies, |p| p.confirmed || p.nack.is_some()) {
+                    return Vec::new();
+                }
+                let rejected = rejections(&proxies);
+                if !rejected.is_empty() {
+                    return self.finish(Outcome::Unconfirmed {
+                        reason: format!("{}; put back, but {rejected}", undo.reason),
+                    });
+                }
+                let reason = if undo.abort {
+                    format!("{}; the step in progress was undone", undo.reason)
+                } else {
+                    undo.reason
+                };
+                self.finish(if undo.abort {
+                    Outcome::Aborted { reason }
+                } else {
+                    Outcome::RolledBack { reason }
                 })
             }
-            (State::Undoing { reason }, Event::Proxies(proxies)) => {
-                if self.track(&proxies, |p| p.confirmed) {
-                    self.finish(Outcome::RolledBack { reason })
-                } else {
-                    Vec::new()
-                }
-            }
-            (State::Undoing { reason }, Event::Tick) if expired => {
-                let waiting = self.progress.waiting_for.join(", ");
-                self.finish(Outcome::RolledBack {
-                    reason: format!("{reason}; not yet back on every proxy: {waiting}"),
+            Event::Tick if now >= deadline => {
+                let waiting = self.waiting_for.join(", ");
+                self.finish(Outcome::Unconfirmed {
+                    reason: format!(
+                        "{}; put back, but not yet confirmed by every proxy: {waiting}; teal \
+                         keeps serving the previous weights to them",
+                        undo.reason
+                    ),
                 })
             }
             _ => Vec::new(),
         }
     }
+
+    /// An operator (`by`) asks to stop. Before the step in progress is
+    /// committed the operation ends; after, that step is undone (back to
+    /// the last confirmed step). A rollback and an undo in progress cannot
+    /// be stopped: they are the way back, and they end on their own.
+    pub fn abort(&mut self, by: &str, _now: Instant) -> Result<Vec<Action>, RolloutError> {
+        let reason = format!("stopped by {by}");
+        match &self.state {
+            State::Waiting { .. } | State::Preparing { .. } | State::PreChecks { .. } => {
+                let reason = if self.step > 1 {
+                    format!("{reason}; steps 1 to {} stay in effect", self.step - 1)
+                } else {
+                    reason
+                };
+                Ok(self.finish(Outcome::Aborted { reason }))
+            }
+            State::Confirming { .. } | State::PostChecks { .. } if self.verb != Verb::Rollback => {
+                let to = self
+                    .confirmed
+                    .as_ref()
+                    .map(|(_, c)| c.clone())
+                    .unwrap_or_else(|| self.original.clone());
+                Ok(self.undo(Undo {
+                    reason,
+                    abort: true,
+                    to,
+                }))
+            }
+            State::Confirming { .. } | State::PostChecks { .. } => Err(RolloutError::CannotAbort {
+                id: self.id,
+                why: "a rollback is not undone; it ends when every proxy confirms it or \
+                      after its timeout"
+                    .into(),
+            }),
+            State::Committing | State::UndoCommitting(_) | State::Undoing { .. } => {
+                Err(RolloutError::CannotAbort {
+                    id: self.id,
+                    why: "every proxy is being put back; that ends when they confirm it or \
+                          after its timeout"
+                        .into(),
+                })
+            }
+            State::Done(_) => Err(RolloutError::NoSuchOperation(self.id)),
+        }
+    }
+
+    /// The service was removed from the config: the operation ends
+    /// `Aborted` where it is.
+    pub fn end_removed(&mut self) -> Vec<Action> {
+        if self.is_done() {
+            return Vec::new();
+        }
+        self.finish(Outcome::Aborted {
+            reason: "the service was removed from the config".into(),
+        })
+    }
+
+    /// teal is shutting down: the operation ends `Aborted` where it is,
+    /// and what is committed stays (its rollback point says where
+    /// `teal rollback` goes). A pending retirement is not ended: it is
+    /// saved, and resumes when teal starts again.
+    pub fn shut_down(&mut self) -> Option<Outcome> {
+        if self.is_done() || (self.verb == Verb::Retire && self.phase() == Phase::Waiting) {
+            return None;
+        }
+        let reason = format!("teal shut down during {}", self.phase().as_str());
+        self.finish(Outcome::Aborted { reason });
+        self.outcome().cloned()
+    }
+}
+
+fn rejections(proxies: &[ProxyView]) -> String {
+    let rejected: Vec<String> = proxies
+        .iter()
+        .filter_map(|p| {
+            p.nack
+                .as_ref()
+                .filter(|_| !p.confirmed)
+                .map(|why| format!("{} rejected it: {why}", p.id))
+        })
+        .collect();
+    rejected.join("; ")
 }
 
 fn failures(results: &[CheckResult]) -> String {

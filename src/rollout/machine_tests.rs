@@ -1,30 +1,9 @@
 use super::*;
+use crate::rollout::ShiftSteps;
+use crate::rollout::fixtures::*;
+use crate::rollout::plan::{ServiceView, plan};
 use proptest::prelude::*;
-
-static NONE_RETIRED: BTreeSet<String> = BTreeSet::new();
-
-fn split(pairs: &[(&str, u32)]) -> Split {
-    pairs.iter().map(|(f, w)| ((*f).to_owned(), *w)).collect()
-}
-
-fn view<'a>(current: &'a Split, previous: Option<&'a str>) -> ServiceView<'a> {
-    ServiceView {
-        name: "web",
-        fleets: vec!["blue", "green"],
-        split: current,
-        previous,
-        retired: &NONE_RETIRED,
-    }
-}
-
-fn flip(skip_checks: bool) -> Operation {
-    Operation::Flip {
-        service: "web".into(),
-        to: None,
-        skip_checks,
-        timeout: Duration::from_secs(10),
-    }
-}
+use std::collections::BTreeSet;
 
 fn proxy(id: &str, prepared: bool, confirmed: bool) -> ProxyView {
     ProxyView {
@@ -32,6 +11,13 @@ fn proxy(id: &str, prepared: bool, confirmed: bool) -> ProxyView {
         prepared,
         confirmed,
         nack: None,
+    }
+}
+
+fn nacking(id: &str, why: &str) -> ProxyView {
+    ProxyView {
+        nack: Some(why.into()),
+        ..proxy(id, true, false)
     }
 }
 
@@ -44,50 +30,63 @@ fn check(ok: bool) -> CheckResult {
     }
 }
 
-fn started(op: &Operation) -> (Rollout, Instant) {
-    let blue = split(&[("blue", 100), ("green", 0)]);
-    let v = view(&blue, None);
+fn origin() -> Origin {
+    Origin {
+        id: 7,
+        actor: "ops".into(),
+        started: SystemTime::UNIX_EPOCH,
+    }
+}
+
+/// Starts `op` on web at `current` with rollback point `point`.
+fn started_at(op: &Operation, current: &Split, point: Option<&Split>) -> (Rollout, Instant) {
+    let v = view(current, point);
     let p = plan(op, &v).expect("plan");
     let now = Instant::now();
-    let (r, actions) = Rollout::start(7, op, p, v.current(), now);
-    assert!(actions.is_empty());
+    let (r, actions) = Rollout::start(origin(), op, p, v.current(), point.cloned(), now);
+    if !matches!(op, Operation::Retire { .. }) {
+        assert_eq!(
+            actions,
+            [Action::ObserveProxies],
+            "a step looks at the proxies"
+        );
+    }
     (r, now)
 }
 
-fn green() -> Change {
-    Change {
-        split: split(&[("blue", 0), ("green", 100)]),
-        retired: BTreeSet::new(),
-    }
+fn started(op: &Operation) -> (Rollout, Instant) {
+    started_at(op, &split(&[("blue", 100), ("green", 0)]), None)
 }
 
-fn back() -> Change {
-    Change {
-        split: split(&[("blue", 100), ("green", 0)]),
-        retired: BTreeSet::new(),
-    }
+fn committed_event(v: &str) -> Event {
+    Event::Committed { version: v.into() }
 }
 
 #[test]
 fn a_flip_goes_through_every_phase() {
     let (mut r, t) = started(&flip(false));
-    assert_eq!(r.progress().phase, Phase::Preparing);
-    let not_ready = vec![proxy("a", true, false), proxy("b", false, false)];
+    assert_eq!(r.phase(), Phase::Preparing);
+    let not_ready = vec![proxy("a", true, true), proxy("b", false, false)];
     assert!(r.on_event(Event::Proxies(not_ready), t).is_empty());
     assert_eq!(r.progress().waiting_for, ["b"]);
-    let ready = vec![proxy("a", true, false), proxy("b", true, false)];
+    // Holding the clusters is not enough: a proxy must be in sync with
+    // everything served before a switch starts from it.
+    let stale_routes = vec![proxy("a", true, true), proxy("b", true, false)];
+    assert!(r.on_event(Event::Proxies(stale_routes), t).is_empty());
+    let ready = vec![proxy("a", true, true), proxy("b", true, true)];
     assert_eq!(
         r.on_event(Event::Proxies(ready), t),
         [Action::RunChecks(vec!["green".into()])]
     );
+    assert_eq!(r.phase(), Phase::PreChecks);
     assert_eq!(
         r.on_event(Event::Checks(vec![check(true)]), t),
         [Action::Commit(green())]
     );
-    let v = Event::Committed {
-        version: "5-abc".into(),
-    };
-    assert!(r.on_event(v, t).is_empty());
+    assert_eq!(
+        r.on_event(committed_event("5-abc"), t),
+        [Action::ObserveProxies]
+    );
     let t1 = t + Duration::from_millis(30);
     let half = vec![proxy("a", true, true), proxy("b", true, false)];
     assert!(r.on_event(Event::Proxies(half), t1).is_empty());
@@ -98,6 +97,7 @@ fn a_flip_goes_through_every_phase() {
         r.on_event(Event::Proxies(all), t2),
         [Action::RunChecks(vec!["green".into()])]
     );
+    assert_eq!(r.phase(), Phase::PostChecks);
     assert_eq!(
         r.on_event(Event::Checks(vec![check(true)]), t2),
         [Action::Finish(Outcome::Succeeded)]
@@ -112,14 +112,16 @@ fn a_flip_goes_through_every_phase() {
         ]
     );
     assert_eq!(r.confirmed_version(), Some("5-abc"));
+    assert_eq!(r.progress().outcome, Some(Outcome::Succeeded));
+    assert!(r.progress().warnings.is_empty());
+    assert_eq!(r.rollback_after(&green()), Some(back().split));
 }
 
 #[test]
 fn a_proxy_already_rejecting_its_config_refuses_the_switch() {
     let (mut r, t) = started(&flip(false));
-    let mut stuck = proxy("b", true, false);
-    stuck.nack = Some("RDS 4-ab: bad regex".into());
-    let actions = r.on_event(Event::Proxies(vec![proxy("a", true, false), stuck]), t);
+    let stuck = nacking("b", "RDS 4-ab: bad regex");
+    let actions = r.on_event(Event::Proxies(vec![proxy("a", true, true), stuck]), t);
     assert!(
         matches!(&actions[..], [Action::Finish(Outcome::Refused { reason })] if reason.contains("proxy b") && reason.contains("bad regex"))
     );
@@ -128,26 +130,26 @@ fn a_proxy_already_rejecting_its_config_refuses_the_switch() {
 #[test]
 fn failing_pre_checks_refuse_and_commit_nothing() {
     let (mut r, t) = started(&flip(false));
-    r.on_event(Event::Proxies(vec![proxy("a", true, false)]), t);
+    r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
     let actions = r.on_event(Event::Checks(vec![check(true), check(false)]), t);
     assert!(
         matches!(&actions[..], [Action::Finish(Outcome::Refused { reason })] if reason.contains("503"))
     );
     assert!(r.is_done());
+    assert_eq!(r.last_version(), None);
+    assert_eq!(r.rollback_after(&back()), None, "nothing to go back to");
 }
 
 fn committed(skip_checks: bool) -> (Rollout, Instant) {
     let (mut r, t) = started(&flip(skip_checks));
-    let a = r.on_event(Event::Proxies(vec![proxy("a", true, false)]), t);
+    let a = r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
     if !skip_checks {
         assert_eq!(a, [Action::RunChecks(vec!["green".into()])]);
         r.on_event(Event::Checks(vec![check(true)]), t);
     }
-    r.on_event(
-        Event::Committed {
-            version: "2".into(),
-        },
-        t,
+    assert_eq!(
+        r.on_event(committed_event("2"), t),
+        [Action::ObserveProxies]
     );
     (r, t)
 }
@@ -155,16 +157,15 @@ fn committed(skip_checks: bool) -> (Rollout, Instant) {
 #[test]
 fn a_nack_puts_every_proxy_back() {
     let (mut r, t) = committed(true);
-    let mut bad = proxy("b", true, false);
-    bad.nack = Some("bad route".into());
-    let actions = r.on_event(Event::Proxies(vec![proxy("a", true, true), bad]), t);
-    assert_eq!(actions, [Action::Commit(back())]);
-    assert_eq!(r.progress().phase, Phase::RollingBack);
-    r.on_event(
-        Event::Committed {
-            version: "3".into(),
-        },
+    let actions = r.on_event(
+        Event::Proxies(vec![proxy("a", true, true), nacking("b", "bad route")]),
         t,
+    );
+    assert_eq!(actions, [Action::Commit(back())]);
+    assert_eq!(r.phase(), Phase::RollingBack);
+    assert_eq!(
+        r.on_event(committed_event("3"), t),
+        [Action::ObserveProxies]
     );
     let actions = r.on_event(
         Event::Proxies(vec![proxy("a", true, true), proxy("b", true, true)]),
@@ -173,6 +174,9 @@ fn a_nack_puts_every_proxy_back() {
     assert!(
         matches!(&actions[..], [Action::Finish(Outcome::RolledBack { reason })] if reason.contains("b rejected") && reason.contains("bad route"))
     );
+    assert_eq!(r.convergence().0, None, "no version was confirmed");
+    assert_eq!(r.last_version(), Some("3"));
+    assert_eq!(r.rollback_after(&back()), None, "undone: the point stays");
 }
 
 #[test]
@@ -186,6 +190,7 @@ fn a_timeout_puts_every_proxy_back() {
     let actions = r.on_event(Event::Tick, t + Duration::from_secs(10));
     assert_eq!(actions, [Action::Commit(back())]);
     assert!(r.progress().message.contains("slow"));
+    assert_eq!(r.convergence().0, None);
 }
 
 #[test]
@@ -194,6 +199,24 @@ fn failing_post_checks_roll_back() {
     let a = r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
     assert_eq!(a, [Action::RunChecks(vec!["green".into()])]);
     let a = r.on_event(Event::Checks(vec![check(false)]), t);
+    assert_eq!(a, [Action::Commit(back())]);
+}
+
+#[test]
+fn checks_that_never_answer_time_out_before_and_after_the_switch() {
+    let (mut r, t) = started(&flip(false));
+    r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    assert_eq!(r.next_deadline(), Some(t + Duration::from_secs(10)));
+    let a = r.on_event(Event::Tick, t + Duration::from_secs(10));
+    assert!(
+        matches!(&a[..], [Action::Finish(Outcome::Refused { reason })] if reason.contains("did not finish")),
+        "{a:?}"
+    );
+
+    let (mut r, t) = committed(false);
+    r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    assert_eq!(r.phase(), Phase::PostChecks);
+    let a = r.on_event(Event::Tick, t + Duration::from_secs(10));
     assert_eq!(a, [Action::Commit(back())]);
 }
 
@@ -212,282 +235,553 @@ fn a_proxy_joining_mid_flip_must_ack_too() {
 }
 
 #[test]
-fn a_shift_steps_waits_and_can_be_aborted_between_steps() {
-    let op = Operation::Shift {
-        service: "web".into(),
-        steps: vec![
-            split(&[("blue", 90), ("green", 10)]),
-            split(&[("blue", 50), ("green", 50)]),
-        ],
-        interval: Duration::from_secs(5),
-        skip_checks: true,
-        timeout: Duration::from_secs(10),
-    };
-    let (mut r, t) = started(&op);
-    let a = r.on_event(Event::Proxies(vec![proxy("a", true, false)]), t);
-    assert!(matches!(&a[..], [Action::Commit(c)] if c.split["green"] == 10));
-    r.on_event(
-        Event::Committed {
-            version: "2".into(),
-        },
-        t,
+fn no_proxy_to_confirm_is_a_warning_and_no_convergence() {
+    let (mut r, t) = started(&flip(true));
+    assert_eq!(
+        r.on_event(Event::Proxies(Vec::new()), t),
+        [Action::Commit(green())]
     );
+    r.on_event(committed_event("2"), t);
+    assert_eq!(
+        r.on_event(Event::Proxies(Vec::new()), t),
+        [Action::Finish(Outcome::Succeeded)]
+    );
+    assert_eq!(r.convergence(), (None, Vec::new()));
+    let w = &r.progress().warnings;
+    assert!(
+        w.len() == 1 && w[0].contains("no connected proxy routes web"),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn a_shift_waits_between_steps_and_an_abort_there_keeps_the_steps_done() {
+    let steps = percents(None, &[10, 50, 100]);
+    let (mut r, t) = started(&shift(steps, Duration::from_secs(5), true));
+    let a = r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    assert!(matches!(&a[..], [Action::Commit(c)] if c.split["green"] == 10));
+    r.on_event(committed_event("2"), t);
     assert!(
         r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t)
             .is_empty()
     );
-    assert_eq!(r.progress().phase, Phase::Waiting);
+    assert_eq!(r.phase(), Phase::Waiting);
     assert_eq!(r.next_deadline(), Some(t + Duration::from_secs(5)));
-    let a = r.on_event(Event::Abort("operator".into()), t);
-    assert!(matches!(&a[..], [Action::Finish(Outcome::Aborted { .. })]));
-    assert_eq!(r.confirmed_version(), Some("2"));
+    let t5 = t + Duration::from_secs(5);
+    assert_eq!(r.on_event(Event::Tick, t5), [Action::ObserveProxies]);
+    r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t5);
+    r.on_event(committed_event("3"), t5);
+    r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t5);
+    assert_eq!((r.phase(), r.progress().step), (Phase::Waiting, 3));
+    let a = r.abort("alice", t5).expect("abortable between steps");
+    let Some(Action::Finish(Outcome::Aborted { reason })) = a.first() else {
+        panic!("{a:?}")
+    };
+    assert_eq!(reason, "stopped by alice; steps 1 to 2 stay in effect");
+    assert_eq!(r.confirmed_version(), Some("3"));
+    // At 50/50 the rollback point is the split before the shift, not a
+    // fleet picked from a tie.
+    let fifty = Change {
+        split: split(&[("blue", 50), ("green", 50)]),
+        retired: BTreeSet::new(),
+    };
+    assert_eq!(r.rollback_after(&fifty), Some(back().split));
+}
+
+#[test]
+fn an_abort_while_confirming_undoes_the_step_in_progress_only() {
+    let steps = percents(None, &[10, 100]);
+    let (mut r, t) = started(&shift(steps, Duration::ZERO, true));
+    r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    r.on_event(committed_event("2"), t);
+    r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    r.on_event(committed_event("3"), t);
+    assert_eq!((r.phase(), r.progress().step), (Phase::Confirming, 2));
+    let a = r.abort("bob", t).expect("abortable while confirming");
+    let ten = split(&[("blue", 90), ("green", 10)]);
+    assert!(
+        matches!(&a[..], [Action::Commit(c)] if c.split == ten),
+        "{a:?}"
+    );
+    assert!(r.abort("bob", t).is_err(), "an undo cannot be stopped");
+    r.on_event(committed_event("4"), t);
+    let a = r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    assert!(
+        matches!(&a[..], [Action::Finish(Outcome::Aborted { reason })] if reason == "stopped by bob; the step in progress was undone"),
+        "{a:?}"
+    );
 }
 
 #[test]
 fn a_failure_in_a_later_step_undoes_the_earlier_ones() {
-    let op = Operation::Shift {
-        service: "web".into(),
-        steps: vec![
-            split(&[("blue", 90), ("green", 10)]),
-            split(&[("green", 100)]),
-        ],
-        interval: Duration::ZERO,
-        skip_checks: false,
-        timeout: Duration::from_secs(10),
-    };
-    let (mut r, t) = started(&op);
-    r.on_event(Event::Proxies(vec![proxy("a", true, false)]), t);
+    let steps = ShiftSteps::Splits(vec![
+        split(&[("blue", 90), ("green", 10)]),
+        split(&[("green", 100)]),
+    ]);
+    let (mut r, t) = started(&shift(steps, Duration::ZERO, false));
+    r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
     r.on_event(Event::Checks(vec![check(true)]), t);
-    r.on_event(
-        Event::Committed {
-            version: "2".into(),
-        },
-        t,
-    );
+    r.on_event(committed_event("2"), t);
     r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
     r.on_event(Event::Checks(vec![check(true)]), t);
     assert_eq!(r.progress().step, 2);
-    r.on_event(Event::Proxies(vec![proxy("a", true, false)]), t);
+    r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
     let a = r.on_event(Event::Checks(vec![check(false)]), t);
     assert_eq!(a, [Action::Commit(back())], "step 1 is undone too");
 }
 
 #[test]
-fn planning_refuses_what_cannot_be_done() {
+fn a_rollback_is_never_undone() {
     let green_live = split(&[("blue", 0), ("green", 100)]);
-    let err = plan(&flip(false), &view(&green_live, None));
-    assert!(matches!(err, Ok(p) if p.steps[0].split["blue"] == 100));
-    let rollback = Operation::Rollback {
-        service: "web".into(),
-        timeout: Duration::from_secs(1),
+    let blue = back().split;
+    let go = |r: &mut Rollout, t| {
+        r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+        assert_eq!(
+            r.on_event(committed_event("9"), t),
+            [Action::ObserveProxies]
+        );
     };
-    assert!(matches!(
-        plan(&rollback, &view(&green_live, None)),
-        Err(RolloutError::Invalid(_))
-    ));
-    let p = plan(&rollback, &view(&green_live, Some("blue"))).expect("rollback");
-    assert_eq!(p.steps[0].split, split(&[("blue", 100), ("green", 0)]));
-    let to_red = Operation::Flip {
-        service: "web".into(),
-        to: Some("red".into()),
-        skip_checks: false,
-        timeout: Duration::from_secs(1),
-    };
-    assert!(matches!(
-        plan(&to_red, &view(&green_live, None)),
-        Err(RolloutError::UnknownFleet { .. })
-    ));
-    let retire_live = Operation::Retire {
-        service: "web".into(),
-        fleet: "green".into(),
-        after: Duration::ZERO,
-    };
-    assert!(matches!(
-        plan(&retire_live, &view(&green_live, None)),
-        Err(RolloutError::Invalid(_))
-    ));
-    let bad_sum = Operation::Shift {
-        service: "web".into(),
-        steps: vec![split(&[("green", 60)])],
-        interval: Duration::ZERO,
-        skip_checks: true,
-        timeout: Duration::from_secs(1),
-    };
-    assert_eq!(
-        plan(&bad_sum, &view(&green_live, None)),
-        Err(RolloutError::Invalid(
-            "weights of service \"web\" must add up to 100, these add up to 60".into()
-        ))
-    );
-    let to_red_by_shift = Operation::Shift {
-        service: "web".into(),
-        steps: vec![split(&[("green", 50), ("red", 50)])],
-        interval: Duration::ZERO,
-        skip_checks: true,
-        timeout: Duration::from_secs(1),
-    };
-    assert_eq!(
-        plan(&to_red_by_shift, &view(&green_live, None)),
-        Err(RolloutError::UnknownFleet {
-            service: "web".into(),
-            fleet: "red".into()
-        })
-    );
-}
 
-/// A refused split keeps its gRPC code through the conversion: unknown
-/// names are NOT_FOUND, a bad sum INVALID_ARGUMENT.
-#[test]
-fn refused_splits_keep_their_grpc_codes() {
-    use crate::config::WeightsError;
-    use tonic::Code;
-    let code = |e: WeightsError| tonic::Status::from(RolloutError::from(e)).code();
-    assert_eq!(
-        code(WeightsError::UnknownService("nope".into())),
-        Code::NotFound
+    // One slow proxy: the rollback stays, and says who has not confirmed.
+    let (mut r, t) = started_at(&rollback(true), &green_live, Some(&blue));
+    go(&mut r, t);
+    r.on_event(
+        Event::Proxies(vec![proxy("a", true, true), proxy("slow", true, false)]),
+        t,
     );
-    assert_eq!(
-        code(WeightsError::UnknownFleet {
-            service: "web".into(),
-            fleet: "red".into()
-        }),
-        Code::NotFound
+    let a = r.on_event(Event::Tick, t + Duration::from_secs(10));
+    assert!(
+        matches!(&a[..], [Action::Finish(Outcome::Unconfirmed { reason })] if reason.contains("slow")),
+        "{a:?}"
     );
-    let bad_sum = WeightsError::BadSum {
-        service: "web".into(),
-        sum: 60,
-    };
-    let message = bad_sum.to_string();
-    let status = tonic::Status::from(RolloutError::from(bad_sum));
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(status.message(), message);
-}
 
-fn arb_event() -> impl Strategy<Value = Event> {
-    let proxies = prop::collection::vec(
-        (
-            0..4u8,
-            any::<bool>(),
-            any::<bool>(),
-            prop::bool::weighted(0.15),
-        ),
-        0..4,
-    )
-    .prop_map(|ps| {
-        Event::Proxies(
-            ps.into_iter()
-                .map(|(id, prepared, confirmed, nack)| ProxyView {
-                    id: format!("p{id}"),
-                    prepared,
-                    confirmed,
-                    nack: nack.then(|| "no".to_string()),
-                })
-                .collect(),
-        )
-    });
-    prop_oneof![
-        Just(Event::Tick),
-        proxies,
-        any::<bool>().prop_map(|ok| Event::Checks(vec![check(ok)])),
-        (0..100u32).prop_map(|v| Event::Committed {
-            version: v.to_string()
-        }),
-        Just(Event::CommitFailed("disk".into())),
-        Just(Event::Abort("operator".into())),
-    ]
-}
+    // A NACK: the others are waited for, nothing is undone.
+    let (mut r, t) = started_at(&rollback(true), &green_live, Some(&blue));
+    go(&mut r, t);
+    let a = r.on_event(
+        Event::Proxies(vec![proxy("a", true, false), nacking("b", "no")]),
+        t,
+    );
+    assert!(a.is_empty(), "still waiting for a: {a:?}");
+    let a = r.on_event(
+        Event::Proxies(vec![proxy("a", true, true), nacking("b", "no")]),
+        t,
+    );
+    assert!(
+        matches!(&a[..], [Action::Finish(Outcome::Unconfirmed { reason })] if reason.contains("b rejected it")),
+        "{a:?}"
+    );
 
-proptest! {
-    /// Whatever order events arrive in: nothing happens after the finish;
-    /// a refusal never follows a successful commit; anything committed and not
-    /// confirmed is undone before the operation reports a rollback; and
-    /// success is only reported once every proxy seen while confirming
-    /// had applied the change.
-    #[test]
-    fn every_event_order_ends_consistently(
-        skip_checks in any::<bool>(),
-        events in prop::collection::vec((arb_event(), 0..3_000u64), 0..40),
-    ) {
-        let (mut r, t0) = started(&flip(skip_checks));
-        let mut now = t0;
-        let mut commits: Vec<Change> = Vec::new();
-        // Commits the controller confirmed (a Commit action answered by
-        // Committed rather than CommitFailed).
-        let mut pending = false;
-        let mut effective = 0;
-        let mut finished: Option<Outcome> = None;
-        let mut last_proxies: Vec<ProxyView> = Vec::new();
-        for (event, dt) in events {
-            now += Duration::from_millis(dt * 10);
-            match &event {
-                // The proxies that decided the confirmation; a proxy that
-                // joins later is sent the committed version on connect.
-                Event::Proxies(p) if r.progress().phase == Phase::Confirming => {
-                    last_proxies = p.clone()
-                }
-                Event::Committed { .. } if pending => {
-                    pending = false;
-                    effective += 1;
-                }
-                Event::CommitFailed(_) => pending = false,
-                _ => {}
-            }
-            let actions = r.on_event(event, now);
-            if finished.is_some() {
-                prop_assert!(actions.is_empty(), "acted after finishing: {actions:?}");
-            }
-            for a in actions {
-                match a {
-                    Action::Commit(c) => {
-                        commits.push(c);
-                        pending = true;
-                    }
-                    Action::Finish(o) => finished = Some(o),
-                    Action::RunChecks(f) => prop_assert_eq!(f, vec!["green".to_string()]),
-                }
-            }
-        }
-        match finished {
-            Some(Outcome::Refused { .. }) => prop_assert_eq!(effective, 0),
-            Some(Outcome::RolledBack { .. }) => {
-                prop_assert_eq!(commits.first(), Some(&green()));
-                prop_assert_eq!(commits.last(), Some(&back()));
-            }
-            Some(Outcome::Succeeded) => {
-                prop_assert_eq!(commits, vec![green()]);
-                prop_assert!(last_proxies.iter().all(|p| p.confirmed && p.nack.is_none()));
-            }
-            Some(Outcome::Aborted { .. }) => prop_assert!(commits.is_empty()),
-            None => prop_assert!(!r.is_done()),
-        }
-    }
+    // Failing checks after it: it stays.
+    let (mut r, t) = started_at(&rollback(false), &green_live, Some(&blue));
+    r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    r.on_event(Event::Checks(vec![check(true)]), t);
+    r.on_event(committed_event("9"), t);
+    r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    let a = r.on_event(Event::Checks(vec![check(false)]), t);
+    assert!(matches!(
+        &a[..],
+        [Action::Finish(Outcome::Unconfirmed { .. })]
+    ));
+    assert!(r.abort("x", t).is_err());
+
+    // And the operator cannot abort it while it is being confirmed.
+    let (mut r, t) = started_at(&rollback(true), &green_live, Some(&blue));
+    go(&mut r, t);
+    assert!(matches!(
+        r.abort("x", t),
+        Err(RolloutError::CannotAbort { .. })
+    ));
+    // Its rollback point is where it came from: rollback twice toggles.
+    let a = r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    assert_eq!(a, [Action::Finish(Outcome::Succeeded)]);
+    assert_eq!(r.rollback_after(&back()), Some(green_live));
 }
 
 #[test]
-fn sending_traffic_to_a_retired_fleet_restores_its_endpoints_first() {
-    let green_live = split(&[("blue", 0), ("green", 100)]);
-    let retired = BTreeSet::from(["blue".to_string()]);
-    let v = ServiceView {
-        retired: &retired,
-        ..view(&green_live, None)
-    };
-    let p = plan(&flip(false), &v).expect("plan");
-    assert_eq!(
-        p.steps,
-        [
-            Change {
-                split: green_live.clone(),
-                retired: BTreeSet::new()
-            },
-            back()
-        ]
+fn an_undo_that_fails_or_times_out_is_not_reported_as_done() {
+    let (mut r, t) = committed(true);
+    r.on_event(Event::Proxies(vec![nacking("b", "bad")]), t);
+    let a = r.on_event(Event::CommitFailed("disk full".into()), t);
+    assert!(
+        matches!(&a[..], [Action::Finish(Outcome::Unconfirmed { reason })] if reason.contains("disk full") && reason.contains("keep the new weights")),
+        "{a:?}"
     );
+    // The change is still in effect: rollback goes to where it came from.
+    assert_eq!(r.rollback_after(&green()), Some(back().split));
+
+    let (mut r, t) = committed(true);
+    r.on_event(Event::Proxies(vec![nacking("b", "bad")]), t);
+    r.on_event(committed_event("3"), t);
+    r.on_event(Event::Proxies(vec![proxy("b", true, false)]), t);
+    let a = r.on_event(Event::Tick, t + Duration::from_secs(10));
+    assert!(
+        matches!(&a[..], [Action::Finish(Outcome::Unconfirmed { reason })] if reason.contains("not yet confirmed by every proxy: b")),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn a_commit_that_fails_on_the_first_step_refuses() {
+    let (mut r, t) = started(&flip(true));
+    r.on_event(Event::Proxies(Vec::new()), t);
+    let a = r.on_event(Event::CommitFailed("disk".into()), t);
+    assert!(matches!(&a[..], [Action::Finish(Outcome::Refused { .. })]));
+}
+
+#[test]
+fn checks_look_only_at_fleets_gaining_traffic() {
+    let fifty = split(&[("blue", 50), ("green", 50)]);
+    let (mut r, t) = started_at(
+        &shift(percents(Some("blue"), &[100]), Duration::ZERO, false),
+        &fifty,
+        None,
+    );
+    assert_eq!(
+        r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t),
+        [Action::RunChecks(vec!["blue".into()])]
+    );
+}
+
+#[test]
+fn a_completed_retirement_of_the_rollback_fleet_ends_rollback() {
+    let green_live = green().split;
+    let blue = back().split;
     let retire = Operation::Retire {
         service: "web".into(),
         fleet: "blue".into(),
         after: Duration::from_secs(60),
     };
-    let p = plan(&retire, &view(&green_live, None)).expect("plan");
-    assert_eq!(p.steps[0].retired, retired);
-    assert!(p.wait_first);
+    let (r, _) = started_at(&retire, &green_live, Some(&blue));
+    let retired = Change {
+        split: green_live.clone(),
+        retired: BTreeSet::from(["blue".to_owned()]),
+    };
+    assert_eq!(r.rollback_after(&retired), None);
+    // Not retired after all (aborted): the point stays.
+    assert_eq!(r.rollback_after(&green()), Some(blue));
+}
+
+#[test]
+fn a_resumed_operation_confirms_its_commit_again_or_is_interrupted() {
+    let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+    let (mut r, t) = committed(true);
+    let rec = r.record(t, wall);
+    assert_eq!(rec.stage, Stage::Applied);
+    // After a restart: the proxies confirm it, so it succeeded.
+    let (mut again, a) = Rollout::resume("web", rec, "2-abc", t, wall);
+    assert_eq!(a, [Action::ObserveProxies]);
+    let a = again.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    assert_eq!(a, [Action::Finish(Outcome::Succeeded)]);
+    assert!(again.progress().warnings[0].contains("restarted"));
+    assert_eq!(again.id(), 7);
+
+    // A NACK after the restart undoes it.
+    let (mut again, _) = Rollout::resume("web", r.record(t, wall), "2-abc", t, wall);
+    let a = again.on_event(Event::Proxies(vec![nacking("a", "no")]), t);
+    assert_eq!(a, [Action::Commit(back())]);
+
+    // Found before its commit: interrupted, nothing in effect.
+    let (r0, t0) = started(&flip(true));
+    let (again, a) = Rollout::resume("web", r0.record(t0, wall), "1-x", t0, wall);
+    assert!(
+        matches!(&a[..], [Action::Finish(Outcome::Interrupted { reason })] if reason.contains("before step 1")),
+        "{a:?}"
+    );
+    assert!(again.is_done());
+
+    // An undo found in flight is confirmed.
+    r.on_event(Event::Proxies(vec![nacking("a", "no")]), t);
+    let rec = r.record(t, wall);
+    assert!(matches!(rec.stage, Stage::Undoing(_)));
+    let (mut again, _) = Rollout::resume("web", rec, "3-abc", t, wall);
+    let a = again.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    assert!(matches!(
+        &a[..],
+        [Action::Finish(Outcome::RolledBack { .. })]
+    ));
+}
+
+#[test]
+fn a_pending_retirement_survives_a_restart_with_the_rest_of_its_delay() {
+    let green_live = green().split;
+    let retire = Operation::Retire {
+        service: "web".into(),
+        fleet: "blue".into(),
+        after: Duration::from_secs(60),
+    };
+    let (r, t) = started_at(&retire, &green_live, None);
+    let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+    let rec = r.record(t + Duration::from_secs(20), wall);
+    assert_eq!(rec.wait_until, Some(wall + Duration::from_secs(40)));
+    let later = wall + Duration::from_secs(30);
+    let t2 = t + Duration::from_secs(500);
+    let (again, a) = Rollout::resume("web", rec, "5-x", t2, later);
+    assert!(a.is_empty());
+    assert_eq!(again.next_deadline(), Some(t2 + Duration::from_secs(10)));
+    assert_eq!(
+        again.retirement(t2, later),
+        Some(("blue".to_owned(), later + Duration::from_secs(10)))
+    );
+}
+
+#[test]
+fn records_round_trip_through_json() {
+    let (r, t) = committed(true);
+    let rec = r.record(t, SystemTime::UNIX_EPOCH + Duration::from_secs(5));
+    let json = serde_json::to_string(&rec).expect("serializes");
+    let back: Record = serde_json::from_str(&json).expect("parses");
+    assert_eq!(back, rec);
+}
+
+/// How a simulated proxy answers one version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    Ack,
+    Nack,
+    Silent,
+}
+
+fn arb_fate() -> impl Strategy<Value = Fate> {
+    prop_oneof![8 => Just(Fate::Ack), 1 => Just(Fate::Nack), 1 => Just(Fate::Silent)]
+}
+
+/// The world the controller and proxies make for a machine: each
+/// committed version gets every proxy's fate, checks and commits succeed
+/// or fail as drawn.
+#[derive(Debug, Clone)]
+struct World {
+    proxies: usize,
+    fates: Vec<Fate>,
+    checks: Vec<bool>,
+    commit_fails: Vec<bool>,
+    aborts: Vec<bool>,
+}
+
+fn arb_world() -> impl Strategy<Value = World> {
+    (
+        0..4usize,
+        prop::collection::vec(arb_fate(), 64),
+        prop::collection::vec(prop::bool::weighted(0.85), 32),
+        prop::collection::vec(prop::bool::weighted(0.1), 32),
+        prop::collection::vec(prop::bool::weighted(0.05), 64),
+    )
+        .prop_map(|(proxies, fates, checks, commit_fails, aborts)| World {
+            proxies,
+            fates,
+            checks,
+            commit_fails,
+            aborts,
+        })
+}
+
+fn arb_op() -> impl Strategy<Value = Operation> {
+    prop_oneof![
+        any::<bool>().prop_map(flip),
+        any::<bool>().prop_map(rollback),
+        (any::<bool>(), 0..3u64).prop_map(|(skip, pause)| shift(
+            percents(None, &[10, 50, 100]),
+            Duration::from_secs(pause),
+            skip
+        )),
+        Just(Operation::Retire {
+            service: "web".into(),
+            fleet: "blue".into(),
+            after: Duration::from_secs(1),
+        }),
+    ]
+}
+
+/// What the simulated service looks like between operations.
+struct Service {
+    in_effect: Change,
+    rollback_to: Option<Split>,
+    /// Each proxy's fate on the version it was last sent.
+    current: Vec<Fate>,
+    seq: u32,
+}
+
+/// Runs `op` against `world` like the controller would, returns the
+/// outcome; asserts on the way that the machine always ends and that
+/// its outcome agrees with what the proxies hold.
+fn run_one(
+    op: &Operation,
+    world: &World,
+    cursor: &mut usize,
+    svc: &mut Service,
+    confirmed_splits: &mut Vec<Split>,
+) -> Result<Option<Outcome>, TestCaseError> {
+    let draw = |v: &[bool], c: &mut usize| {
+        *c += 1;
+        v[*c % v.len()]
+    };
+    let v = ServiceView {
+        name: "web",
+        fleets: vec!["blue", "green"],
+        empty: BTreeSet::new(),
+        split: &svc.in_effect.split,
+        rollback_to: svc.rollback_to.as_ref(),
+        retired: &svc.in_effect.retired,
+    };
+    let Ok(p) = plan(op, &v) else {
+        return Ok(None);
+    };
+    let original = v.current();
+    let mut now = Instant::now();
+    let (mut r, first) = Rollout::start(
+        origin(),
+        op,
+        p,
+        original.clone(),
+        svc.rollback_to.clone(),
+        now,
+    );
+    let mut queue = std::collections::VecDeque::from(first);
+    let views = |current: &[Fate]| -> Vec<ProxyView> {
+        current
+            .iter()
+            .enumerate()
+            .map(|(i, f)| ProxyView {
+                id: format!("p{i}"),
+                prepared: *f == Fate::Ack,
+                confirmed: *f == Fate::Ack,
+                nack: (*f == Fate::Nack).then(|| "no".to_owned()),
+            })
+            .collect()
+    };
+    let mut last_commit_fates: Option<Vec<Fate>> = None;
+    let mut committed_changes = 0;
+    for _ in 0..400 {
+        if r.is_done() {
+            break;
+        }
+        if draw(&world.aborts, cursor)
+            && let Ok(a) = r.abort("op", now)
+        {
+            queue.extend(a);
+        }
+        let Some(action) = queue.pop_front() else {
+            now += Duration::from_secs(11);
+            queue.extend(r.on_event(Event::Tick, now));
+            continue;
+        };
+        let event = match action {
+            Action::ObserveProxies => Event::Proxies(views(&svc.current)),
+            Action::RunChecks(_) => Event::Checks(vec![check(draw(&world.checks, cursor))]),
+            Action::Commit(change) => {
+                if draw(&world.commit_fails, cursor) {
+                    Event::CommitFailed("disk".into())
+                } else {
+                    svc.seq += 1;
+                    svc.in_effect = change.clone();
+                    committed_changes += 1;
+                    svc.current = (0..world.proxies)
+                        .map(|i| {
+                            world.fates[(*cursor + i * 7 + svc.seq as usize) % world.fates.len()]
+                        })
+                        .collect();
+                    *cursor += 1;
+                    if svc.current.iter().all(|f| *f == Fate::Ack) {
+                        confirmed_splits.push(change.split.clone());
+                    }
+                    last_commit_fates = Some(svc.current.clone());
+                    Event::Committed {
+                        version: svc.seq.to_string(),
+                    }
+                }
+            }
+            Action::Finish(_) => continue,
+        };
+        queue.extend(r.on_event(event, now));
+    }
+    prop_assert!(r.is_done(), "the operation never ended: {:?}", r.progress());
+    let outcome = r.outcome().cloned().expect("done");
+    let all_acked = last_commit_fates
+        .as_ref()
+        .is_none_or(|f| f.iter().all(|x| *x == Fate::Ack));
+    match &outcome {
+        Outcome::Succeeded => {
+            prop_assert_eq!(Some(&svc.in_effect), r.plan.steps.last());
+            prop_assert!(all_acked, "success with proxies that did not ACK");
+            prop_assert_eq!(r.progress().warnings.is_empty(), world.proxies > 0);
+        }
+        Outcome::Refused { .. } => {
+            prop_assert_eq!(committed_changes, 0);
+            prop_assert_eq!(&svc.in_effect, &original);
+        }
+        Outcome::RolledBack { .. } => {
+            prop_assert_eq!(&svc.in_effect, &original);
+            prop_assert!(all_acked, "rolled back, but a proxy did not confirm it");
+        }
+        Outcome::Aborted { .. } => {
+            let confirmed = r.confirmed.as_ref().map(|(_, c)| c).unwrap_or(&original);
+            prop_assert_eq!(&svc.in_effect, confirmed);
+        }
+        Outcome::Unconfirmed { .. } => {
+            prop_assert!(committed_changes > 0);
+        }
+        Outcome::Interrupted { .. } => prop_assert!(false, "no restart here"),
+    }
+    if r.verb == Verb::Rollback && committed_changes > 0 {
+        prop_assert!(
+            !matches!(outcome, Outcome::RolledBack { .. }),
+            "a rollback was undone"
+        );
+    }
+    let before = svc.rollback_to.clone();
+    svc.rollback_to = r.rollback_after(&svc.in_effect);
+    if matches!(
+        outcome,
+        Outcome::Refused { .. } | Outcome::RolledBack { .. }
+    ) {
+        prop_assert_eq!(
+            &svc.rollback_to,
+            &before,
+            "a failed operation moved the rollback point"
+        );
+    }
+    Ok(Some(outcome))
+}
+
+proptest! {
+    /// Operations one after another against proxies that ACK, NACK or stay
+    /// silent, checks and commits that fail: every operation ends; success
+    /// means every proxy holds the target, a rollback means every proxy
+    /// confirmed the way back, a refusal committed nothing, a rollback is
+    /// never undone; and the rollback point is always a split that every
+    /// proxy confirmed (or the one teal started from).
+    #[test]
+    fn every_operation_ends_and_agrees_with_what_proxies_hold(
+        world in arb_world(),
+        ops in prop::collection::vec(arb_op(), 1..6),
+    ) {
+        let start = back();
+        let mut svc = Service {
+            in_effect: start.clone(),
+            rollback_to: None,
+            current: vec![Fate::Ack; world.proxies],
+            seq: 1,
+        };
+        let mut confirmed_splits = vec![start.split.clone()];
+        let mut cursor = 0;
+        for op in &ops {
+            run_one(op, &world, &mut cursor, &mut svc, &mut confirmed_splits)?;
+            if let Some(point) = &svc.rollback_to {
+                prop_assert!(
+                    confirmed_splits.contains(point),
+                    "rollback point {point:?} was never confirmed by every proxy"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_record_asking_for_absurd_waits_is_bounded() {
+    let (r, t) = committed(true);
+    let mut rec = r.record(t, SystemTime::UNIX_EPOCH);
+    rec.plan.timeout = Duration::MAX;
+    let (again, _) = Rollout::resume("web", rec, "2-a", t, SystemTime::UNIX_EPOCH);
+    assert_eq!(again.next_deadline(), Some(t + MAX_WAIT));
 }

@@ -1,6 +1,8 @@
 //! Blue/green rollouts: the operations operators ask for, their progress
 //! and results, and the [`Backend`] the admin API drives them through.
 //!
+//! - [`plan`]: what an operation will do to a service, or why it cannot;
+//!   where the rollback point goes.
 //! - [`machine`]: the pure rollout state machine (events in, actions out).
 //! - The controller (`crate::controller`) runs it against the real
 //!   snapshot store, proxy registry, checks and durable state.
@@ -16,8 +18,20 @@
 //!    checks again.
 //! 5. **Undo** on any NACK, timeout or failed post-check: publish the
 //!    previous weights as a new version, everywhere.
+//!
+//! A rollback is the safe direction and is never undone: when a proxy
+//! does not confirm it in time (or rejects it), it stays in effect and its
+//! outcome says which proxies have not confirmed ([`Outcome::Unconfirmed`]).
+//!
+//! Each service keeps a **rollback point**: the confirmed weights in effect
+//! before the most recent operation whose changes are still in effect.
+//! [`plan::rollback_point`] is the one rule that moves it; a refused or
+//! undone operation leaves it where it was.
 
+#[cfg(test)]
+mod fixtures;
 pub mod machine;
+pub mod plan;
 pub(crate) mod serde_time;
 
 use std::collections::BTreeMap;
@@ -30,6 +44,62 @@ use crate::xds::ProxyStatus;
 
 /// A traffic split: fleet → weight, weights summing to 100.
 pub type Split = BTreeMap<String, u32>;
+
+/// The longest wait an operation may ask for (a timeout, a shift's
+/// interval, a retirement's delay): a week. Longer values are refused
+/// when the operation is planned, so no deadline can overflow the clock.
+pub const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// What kind of operation: the verb operators type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verb {
+    /// `teal flip`.
+    Flip,
+    /// `teal shift`.
+    Shift,
+    /// `teal rollback`.
+    Rollback,
+    /// `teal retire`.
+    Retire,
+}
+
+impl Verb {
+    /// The verb as operators type it: `flip`, `shift`, `rollback`, `retire`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Flip => "flip",
+            Verb::Shift => "shift",
+            Verb::Rollback => "rollback",
+            Verb::Retire => "retire",
+        }
+    }
+}
+
+impl std::fmt::Display for Verb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a shift says where traffic goes; the server resolves it against
+/// the service's current split ([`plan::plan`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShiftSteps {
+    /// Whole splits, applied in order (every fleet not named gets 0).
+    Splits(Vec<Split>),
+    /// One step: these fleets' weights; when they add up to less than 100
+    /// and exactly one fleet is not named, that fleet takes the rest.
+    Weights(Vec<(String, u32)>),
+    /// The weight of `to` at each step, rising; the fleet that holds the
+    /// rest of the traffic now gives it up.
+    Percents {
+        /// The fleet gaining traffic; `None` picks the other of two.
+        to: Option<String>,
+        /// Its weight at each step, strictly rising, 1 to 100.
+        percents: Vec<u32>,
+    },
+}
 
 /// What an operator asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,8 +119,8 @@ pub enum Operation {
     Shift {
         /// The service.
         service: String,
-        /// The splits to apply, in order.
-        steps: Vec<Split>,
+        /// Where traffic goes at each step.
+        steps: ShiftSteps,
         /// Pause between steps.
         interval: Duration,
         /// Skip the checks.
@@ -58,10 +128,12 @@ pub enum Operation {
         /// How long each step waits for every proxy to ACK.
         timeout: Duration,
     },
-    /// Go back to the previous live fleet.
+    /// Go back to the service's rollback point.
     Rollback {
         /// The service.
         service: String,
+        /// Skip the checks of the fleets getting traffic back.
+        skip_checks: bool,
         /// How long to wait for every proxy to ACK.
         timeout: Duration,
     },
@@ -87,13 +159,13 @@ impl Operation {
         }
     }
 
-    /// A short verb for logs and history: `flip`, `shift`, `rollback`, `retire`.
-    pub fn verb(&self) -> &'static str {
+    /// What kind of operation it is.
+    pub fn verb(&self) -> Verb {
         match self {
-            Operation::Flip { .. } => "flip",
-            Operation::Shift { .. } => "shift",
-            Operation::Rollback { .. } => "rollback",
-            Operation::Retire { .. } => "retire",
+            Operation::Flip { .. } => Verb::Flip,
+            Operation::Shift { .. } => Verb::Shift,
+            Operation::Rollback { .. } => Verb::Rollback,
+            Operation::Retire { .. } => Verb::Retire,
         }
     }
 }
@@ -150,8 +222,25 @@ pub enum Outcome {
         /// Why.
         reason: String,
     },
-    /// Stopped by the operator; what was committed stays.
+    /// Stopped by the operator (or by teal shutting down): the step in
+    /// progress was undone or never committed; earlier steps of a shift
+    /// stay.
     Aborted {
+        /// Why.
+        reason: String,
+    },
+    /// Committed and left in effect, but not confirmed by every proxy (one
+    /// did not ACK in time or rejected it), or its checks failed
+    /// afterwards, or its undo could not be committed. teal never undoes a
+    /// rollback, nor an undo; the reason names the proxies concerned.
+    Unconfirmed {
+        /// Why.
+        reason: String,
+    },
+    /// teal stopped (a crash, `kill -9`) while the operation ran and found
+    /// it on start-up with nothing left to confirm: the step in progress
+    /// had not been committed.
+    Interrupted {
         /// Why.
         reason: String,
     },
@@ -161,6 +250,18 @@ impl Outcome {
     /// Whether the operation did what was asked.
     pub fn is_success(&self) -> bool {
         matches!(self, Outcome::Succeeded)
+    }
+
+    /// The reason, for every outcome but success.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Outcome::Succeeded => None,
+            Outcome::Refused { reason }
+            | Outcome::RolledBack { reason }
+            | Outcome::Aborted { reason }
+            | Outcome::Unconfirmed { reason }
+            | Outcome::Interrupted { reason } => Some(reason),
+        }
     }
 }
 
@@ -184,8 +285,8 @@ pub struct Progress {
     pub id: u64,
     /// The service.
     pub service: String,
-    /// `flip`, `shift`, `rollback` or `retire`.
-    pub verb: String,
+    /// What kind of operation.
+    pub verb: Verb,
     /// Where it is.
     pub phase: Phase,
     /// The step being applied (1-based), and how many there are.
@@ -206,6 +307,9 @@ pub struct Progress {
     pub checks: Vec<CheckResult>,
     /// A sentence on what is happening.
     pub message: String,
+    /// Things the operator should know that do not stop the operation
+    /// (no proxy to confirm a change, teal restarted during it...).
+    pub warnings: Vec<String>,
     /// Set when the operation is over.
     pub outcome: Option<Outcome>,
 }
@@ -218,8 +322,8 @@ pub struct Progress {
 pub struct HistoryEntry {
     /// The operation's id.
     pub id: u64,
-    /// `flip`, `shift`, `rollback`, `retire`.
-    pub verb: String,
+    /// What kind of operation.
+    pub verb: Verb,
     /// Who asked (the token's name).
     pub actor: String,
     /// When it started.
@@ -230,18 +334,28 @@ pub struct HistoryEntry {
     pub finished: SystemTime,
     /// The split before.
     pub from: Split,
-    /// The split after (the previous one again if it was undone).
+    /// The split in effect when it ended (the one before again if it was
+    /// undone or refused).
     pub to: Split,
+    /// The split it set out to apply (its last step's); `None` in entries
+    /// written before teal recorded it.
+    #[serde(default)]
+    pub target: Option<Split>,
     /// The version that carried the change, if one was committed.
     pub version: Option<String>,
     /// How it ended.
     pub outcome: Outcome,
-    /// First push to last ACK of the committed version.
+    /// First push to last ACK of the last version every proxy confirmed;
+    /// `None` when no version was confirmed, or no proxy was there to
+    /// confirm it.
     #[serde(rename = "convergence_ms", with = "serde_time::opt_millis")]
     pub convergence: Option<Duration>,
-    /// Per proxy: how long after the push it ACKed.
+    /// Per proxy: how long after the last push it ACKed.
     #[serde(rename = "acks_ms", with = "serde_time::acks_millis")]
     pub acks: Vec<(String, Duration)>,
+    /// What the operator should know (see [`Progress::warnings`]).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// A planned retirement (stored with `at` as unix milliseconds).
@@ -259,10 +373,15 @@ pub struct Retirement {
 pub struct ServiceStatus {
     /// The service.
     pub name: String,
-    /// The fleet with the most weight.
+    /// The fleet taking more than half of the traffic; empty when none
+    /// does (a 50/50 split), see [`plan::live_of`].
     pub live: String,
-    /// The fleet that was live before the last switch, for rollback.
+    /// The live fleet of the rollback point, if it has one.
     pub previous: Option<String>,
+    /// Where `teal rollback` goes: the confirmed weights in effect before
+    /// the most recent operation whose changes are still in effect; `None`
+    /// when there is nothing to go back to.
+    pub rollback_to: Option<Split>,
     /// The current split.
     pub weights: Split,
     /// Fleets retired: no weight, no endpoints.
@@ -304,15 +423,31 @@ pub enum RolloutError {
     /// The request does not make sense (bad weights, retiring the live fleet...).
     #[error("{0}")]
     Invalid(String),
+    /// The request is valid but the service's state does not allow it
+    /// (nothing to roll back to, a fleet with no endpoints, already there).
+    #[error("{0}")]
+    Precondition(String),
     /// Another operation on the service is running.
-    #[error("service {service:?} is busy: {verb} #{id} is in progress")]
+    #[error(
+        "service {service:?} is busy: {verb} #{id} is in progress \
+         (follow it with `teal follow {id}`, stop it with `teal abort {id}`)"
+    )]
     Busy {
         /// The service.
         service: String,
         /// What is running.
-        verb: String,
+        verb: Verb,
         /// Its id.
         id: u64,
+    },
+    /// The operation cannot be stopped now; the message says why and when
+    /// it ends on its own.
+    #[error("operation #{id} cannot be aborted now: {why}")]
+    CannotAbort {
+        /// The operation.
+        id: u64,
+        /// Why.
+        why: String,
     },
     /// No such operation.
     #[error("no operation #{0} in progress")]
@@ -320,6 +455,9 @@ pub enum RolloutError {
     /// Durable state could not be written; nothing changed.
     #[error("state store: {0}")]
     Store(String),
+    /// teal is shutting down and takes no more requests.
+    #[error("teal is shutting down")]
+    ShuttingDown,
 }
 
 /// A split refused by [`crate::config::Weights::check`]: an unknown
@@ -345,9 +483,13 @@ impl From<RolloutError> for tonic::Status {
                 Status::not_found(e.to_string())
             }
             RolloutError::Invalid(_) => Status::invalid_argument(e.to_string()),
-            RolloutError::Busy { .. } => Status::failed_precondition(e.to_string()),
+            RolloutError::Precondition(_)
+            | RolloutError::Busy { .. }
+            | RolloutError::CannotAbort { .. } => Status::failed_precondition(e.to_string()),
             RolloutError::NoSuchOperation(_) => Status::not_found(e.to_string()),
-            RolloutError::Store(_) => Status::unavailable(e.to_string()),
+            RolloutError::Store(_) | RolloutError::ShuttingDown => {
+                Status::unavailable(e.to_string())
+            }
         }
     }
 }
@@ -374,7 +516,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Follows an operation already running.
     async fn follow(&self, id: u64)
     -> Result<tokio::sync::watch::Receiver<Progress>, RolloutError>;
-    /// Stops an operation between steps (a shift or a pending retirement).
+    /// Stops an operation: ends it before its step is committed, undoes the
+    /// step being confirmed; a rollback or an undo cannot be stopped.
     async fn abort(&self, id: u64, actor: &str) -> Result<(), RolloutError>;
     /// Runs a service's checks against one fleet now.
     async fn verify(&self, service: &str, fleet: &str) -> Result<Vec<CheckResult>, RolloutError>;

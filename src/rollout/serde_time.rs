@@ -60,6 +60,19 @@ pub(crate) mod opt_unix_millis {
     }
 }
 
+/// `Duration` ↔ milliseconds.
+pub(crate) mod millis {
+    use super::*;
+
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        to_millis(*d).serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
 /// `Option<Duration>` ↔ milliseconds or `null`.
 pub(crate) mod opt_millis {
     use super::*;

@@ -1,6 +1,7 @@
-//! Durable state: which fleet is live per service, the weights, the version
-//! counter and the change history, kept across restarts (even `kill -9`
-//! during a change).
+//! Durable state: per service the weights, the rollback point and the
+//! operation in flight; the version counter, the operation id counter and
+//! the change history, kept across restarts (even `kill -9` during a
+//! change).
 //!
 //! - [`PersistedState`]: everything teal must not forget, as one value.
 //! - [`StateStore`]: where it is kept, with compare-and-swap saves so a
@@ -22,8 +23,9 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::rollout::machine::Record;
 use crate::rollout::serde_time;
-use crate::rollout::{HistoryEntry, Retirement, Split};
+use crate::rollout::{HistoryEntry, Split};
 
 pub use file::FileStore;
 pub use memory::MemoryStore;
@@ -44,7 +46,8 @@ pub struct PersistedState {
     pub services: BTreeMap<String, ServiceState>,
     /// Per service, oldest first, at most [`HISTORY_LIMIT`] entries each.
     pub history: BTreeMap<String, Vec<HistoryEntry>>,
-    /// The id the next operation gets.
+    /// The id of the last operation started; the next one is larger.
+    /// Saved when an operation starts, so ids are never reused.
     pub next_operation_id: u64,
 }
 
@@ -53,12 +56,17 @@ pub struct PersistedState {
 pub struct ServiceState {
     /// The current split.
     pub weights: Split,
-    /// The fleet that was live before the last switch, for rollback.
-    pub previous: Option<String>,
+    /// Where `teal rollback` goes: the confirmed split in effect before
+    /// the most recent operation whose changes are still in effect
+    /// ([`crate::rollout::plan::rollback_point`]).
+    #[serde(default)]
+    pub rollback_to: Option<Split>,
     /// Fleets retired: no weight, no endpoints.
     pub retired: BTreeSet<String>,
-    /// A pending retirement.
-    pub retirement: Option<Retirement>,
+    /// The operation running on the service, saved when it starts and
+    /// with each of its commits, so that a restart resolves it.
+    #[serde(default)]
+    pub operation: Option<Record>,
     /// Since when more than one fleet has had endpoints (stored as unix
     /// milliseconds); `None` when only one has.
     #[serde(

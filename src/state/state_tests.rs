@@ -1,7 +1,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::*;
-use crate::rollout::Outcome;
+use crate::rollout::machine::{Record, Stage};
+use crate::rollout::plan::{Change, Plan};
+use crate::rollout::{Outcome, Verb};
 
 fn at(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
@@ -10,7 +12,7 @@ fn at(ms: u64) -> SystemTime {
 fn entry(id: u64) -> HistoryEntry {
     HistoryEntry {
         id,
-        verb: "flip".into(),
+        verb: Verb::Flip,
         actor: "ops".into(),
         started: at(1_700_000_000_000 + id),
         finished: at(1_700_000_000_500 + id),
@@ -26,6 +28,8 @@ fn entry(id: u64) -> HistoryEntry {
         },
         convergence: Some(Duration::from_millis(42)),
         acks: vec![("edge-1".into(), Duration::from_millis(7))],
+        target: Some(Split::from([("green".into(), 100)])),
+        warnings: Vec::new(),
     }
 }
 
@@ -39,11 +43,28 @@ fn sample(seq: u64) -> PersistedState {
         "api".into(),
         ServiceState {
             weights: Split::from([("blue".into(), 10), ("green".into(), 90)]),
-            previous: Some("blue".into()),
+            rollback_to: Some(Split::from([("blue".into(), 100), ("green".into(), 0)])),
             retired: ["red".to_owned()].into(),
-            retirement: Some(Retirement {
-                fleet: "blue".into(),
-                at: at(1_700_000_100_000),
+            operation: Some(Record {
+                id: 7,
+                verb: Verb::Retire,
+                actor: "ops".into(),
+                started: at(1_700_000_000_000),
+                plan: Plan {
+                    steps: vec![Change::default()],
+                    checks: false,
+                    timeout: Duration::from_secs(30),
+                    interval: Duration::from_secs(100),
+                    wait_first: true,
+                },
+                original: Change::default(),
+                rollback_before: None,
+                step: 1,
+                stage: Stage::Pending,
+                confirmed_version: None,
+                confirmed: None,
+                wait_until: Some(at(1_700_000_100_000)),
+                warnings: Vec::new(),
             }),
             both_fleets_since: Some(at(1_699_999_000_000)),
         },
@@ -75,7 +96,13 @@ fn json_is_readable_and_round_trips() {
     let json = serde_json::to_value(&s).expect("test step");
     let api = &json["services"]["api"];
     assert_eq!(api["both_fleets_since_unix_ms"], 1_699_999_000_000_u64);
-    assert_eq!(api["retirement"]["at_unix_ms"], 1_700_000_100_000_u64);
+    assert_eq!(
+        api["operation"]["wait_until_unix_ms"],
+        1_700_000_100_000_u64
+    );
+    assert_eq!(api["operation"]["plan"]["interval_ms"], 100_000);
+    assert_eq!(api["operation"]["stage"]["kind"], "pending");
+    assert_eq!(api["rollback_to"]["blue"], 100);
     let h = &json["history"]["api"][0];
     assert_eq!(h["convergence_ms"], 42);
     assert_eq!(h["acks_ms"], serde_json::json!([["edge-1", 7]]));

@@ -10,6 +10,8 @@
 //!   echo request headers back), and a tiny client.
 //! - [`Traffic`]: requests sent back to back in the background, to prove a
 //!   change happened without a failed request.
+//! - [`world`]: the real `teal serve` binary, three Envoys and a
+//!   blue/green service, driven through the real CLI.
 //! - [`resources`]: builders for the clusters, endpoints, listeners and
 //!   routes the tests serve.
 //! - [`wait_until`], [`Teal::wait_for`], [`Envoy::wait_for_answer`]: waits
@@ -26,6 +28,7 @@
 
 pub mod http;
 pub mod resources;
+pub mod world;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

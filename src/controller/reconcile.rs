@@ -1,0 +1,203 @@
+//! Fitting the durable state to a config, at start-up and on every reload.
+//!
+//! The rule: **a config never moves traffic.** Weights belong to the
+//! operations and the state; the file only says which services and fleets
+//! exist and where their endpoints are. So a new service starts on its
+//! `live` fleet, a new fleet joins at weight 0, a fleet at weight 0 may go,
+//! and a config that would take away a fleet still holding traffic (by
+//! removing it or emptying its endpoints) is refused whole.
+
+use std::collections::BTreeMap;
+
+use crate::config::{Config, Weights};
+use crate::state::{PersistedState, ServiceState};
+
+/// Why a config cannot be applied to the state; nothing changes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReconcileError {
+    /// The config drops a fleet that still takes traffic.
+    #[error(
+        "fleet {fleet:?} of service {service:?} takes {weight}% of its traffic and is not in \
+         the config; flip or shift its traffic away first, then remove it"
+    )]
+    FleetRemoved {
+        /// The service.
+        service: String,
+        /// The fleet.
+        fleet: String,
+        /// Its weight now.
+        weight: u32,
+    },
+    /// The config leaves a fleet that takes traffic with no endpoints.
+    #[error(
+        "fleet {fleet:?} of service {service:?} takes {weight}% of its traffic and has no \
+         endpoints in the config; flip or shift its traffic away first"
+    )]
+    FleetEmptied {
+        /// The service.
+        service: String,
+        /// The fleet.
+        fleet: String,
+        /// Its weight now.
+        weight: u32,
+    },
+}
+
+/// The state `state` becomes under `config`: services the config no longer
+/// has are dropped (their history is kept), new services start on their
+/// `live` fleet, fleets are added at weight 0 or dropped if they had none,
+/// a rollback point or retirement naming a dropped fleet is dropped. Every
+/// other weight stays as it is.
+pub fn reconcile(
+    config: &Config,
+    state: &PersistedState,
+) -> Result<PersistedState, ReconcileError> {
+    let initial = Weights::initial(config);
+    let mut services = BTreeMap::new();
+    for (name, svc) in &config.services {
+        let Some(old) = state.services.get(name) else {
+            let st = ServiceState {
+                weights: initial.get(name).cloned().unwrap_or_default(),
+                ..ServiceState::default()
+            };
+            services.insert(name.clone(), st);
+            continue;
+        };
+        for (fleet, weight) in old.weights.iter().filter(|(_, w)| **w > 0) {
+            match svc.fleets.get(fleet) {
+                None => {
+                    return Err(ReconcileError::FleetRemoved {
+                        service: name.clone(),
+                        fleet: fleet.clone(),
+                        weight: *weight,
+                    });
+                }
+                Some(f) if f.endpoints.is_empty() => {
+                    return Err(ReconcileError::FleetEmptied {
+                        service: name.clone(),
+                        fleet: fleet.clone(),
+                        weight: *weight,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        let fit = |split: &crate::rollout::Split| -> crate::rollout::Split {
+            svc.fleets
+                .keys()
+                .map(|f| (f.clone(), split.get(f).copied().unwrap_or(0)))
+                .collect()
+        };
+        let mut st = old.clone();
+        st.weights = fit(&old.weights);
+        st.rollback_to = old
+            .rollback_to
+            .as_ref()
+            .filter(|p| {
+                p.iter().all(|(f, w)| {
+                    *w == 0 || svc.fleets.get(f).is_some_and(|x| !x.endpoints.is_empty())
+                })
+            })
+            .map(fit);
+        st.retired.retain(|f| svc.fleets.contains_key(f));
+        services.insert(name.clone(), st);
+    }
+    Ok(PersistedState {
+        services,
+        ..state.clone()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+services:
+  web:
+    live: blue
+    fleets:
+      blue: {endpoints: [127.0.0.1:1]}
+      green: {endpoints: [127.0.0.1:2]}
+      red: {endpoints: [127.0.0.1:3]}
+groups:
+  edge:
+    listeners:
+      public:
+        kind: sidecar
+        address: 127.0.0.1:10000
+        services: [web]
+"#;
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, "t.yaml").expect("valid")
+    }
+
+    fn state(weights: &[(&str, u32)], rollback: Option<&[(&str, u32)]>) -> PersistedState {
+        let split = |p: &[(&str, u32)]| p.iter().map(|(f, w)| ((*f).to_owned(), *w)).collect();
+        let mut s = PersistedState::default();
+        s.services.insert(
+            "web".into(),
+            ServiceState {
+                weights: split(weights),
+                rollback_to: rollback.map(split),
+                ..ServiceState::default()
+            },
+        );
+        s
+    }
+
+    #[test]
+    fn dropping_an_unused_fleet_keeps_every_other_weight() {
+        let st = state(
+            &[("blue", 0), ("green", 100), ("red", 0)],
+            Some(&[("blue", 100)]),
+        );
+        let without_red = BASE.replace("      red: {endpoints: [127.0.0.1:3]}\n", "");
+        let next = reconcile(&config(&without_red), &st).expect("allowed");
+        let web = &next.services["web"];
+        assert_eq!(
+            web.weights,
+            [("blue".to_owned(), 0), ("green".to_owned(), 100)].into()
+        );
+        assert_eq!(
+            web.rollback_to,
+            Some([("blue".to_owned(), 100), ("green".to_owned(), 0)].into())
+        );
+    }
+
+    #[test]
+    fn removing_or_emptying_a_fleet_with_traffic_is_refused() {
+        let st = state(&[("blue", 0), ("green", 0), ("red", 100)], None);
+        let without_red = BASE.replace("      red: {endpoints: [127.0.0.1:3]}\n", "");
+        assert_eq!(
+            reconcile(&config(&without_red), &st),
+            Err(ReconcileError::FleetRemoved {
+                service: "web".into(),
+                fleet: "red".into(),
+                weight: 100
+            })
+        );
+        let red_empty = BASE.replace("red: {endpoints: [127.0.0.1:3]}", "red: {endpoints: []}");
+        assert!(matches!(
+            reconcile(&config(&red_empty), &st),
+            Err(ReconcileError::FleetEmptied { .. })
+        ));
+    }
+
+    #[test]
+    fn a_rollback_point_into_a_removed_fleet_is_dropped_and_new_services_start_live() {
+        let st = state(
+            &[("blue", 100), ("green", 0), ("red", 0)],
+            Some(&[("red", 100)]),
+        );
+        let without_red = BASE.replace("      red: {endpoints: [127.0.0.1:3]}\n", "");
+        let next = reconcile(&config(&without_red), &st).expect("allowed");
+        assert_eq!(next.services["web"].rollback_to, None);
+        assert_eq!(next.services["web"].weights["blue"], 100);
+
+        let fresh = reconcile(&config(BASE), &PersistedState::default()).expect("allowed");
+        assert_eq!(fresh.services["web"].weights["blue"], 100);
+        assert_eq!(fresh.services["web"].rollback_to, None);
+    }
+}

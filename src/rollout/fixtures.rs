@@ -1,0 +1,75 @@
+//! Builders shared by the planner's and the machine's tests.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::plan::{Change, ServiceView};
+use super::{Operation, ShiftSteps, Split};
+
+pub(crate) static NONE_RETIRED: BTreeSet<String> = BTreeSet::new();
+
+pub(crate) fn split(pairs: &[(&str, u32)]) -> Split {
+    pairs.iter().map(|(f, w)| ((*f).to_owned(), *w)).collect()
+}
+
+/// Service `web` with fleets blue and green, split as `current`.
+pub(crate) fn view<'a>(current: &'a Split, rollback_to: Option<&'a Split>) -> ServiceView<'a> {
+    ServiceView {
+        name: "web",
+        fleets: vec!["blue", "green"],
+        empty: BTreeSet::new(),
+        split: current,
+        rollback_to,
+        retired: &NONE_RETIRED,
+    }
+}
+
+pub(crate) fn flip(skip_checks: bool) -> Operation {
+    Operation::Flip {
+        service: "web".into(),
+        to: None,
+        skip_checks,
+        timeout: Duration::from_secs(10),
+    }
+}
+
+pub(crate) fn rollback(skip_checks: bool) -> Operation {
+    Operation::Rollback {
+        service: "web".into(),
+        skip_checks,
+        timeout: Duration::from_secs(10),
+    }
+}
+
+pub(crate) fn shift(steps: ShiftSteps, interval: Duration, skip_checks: bool) -> Operation {
+    Operation::Shift {
+        service: "web".into(),
+        steps,
+        interval,
+        skip_checks,
+        timeout: Duration::from_secs(10),
+    }
+}
+
+pub(crate) fn percents(to: Option<&str>, p: &[u32]) -> ShiftSteps {
+    ShiftSteps::Percents {
+        to: to.map(str::to_owned),
+        percents: p.to_vec(),
+    }
+}
+
+/// All of web on green.
+pub(crate) fn green() -> Change {
+    Change {
+        split: split(&[("blue", 0), ("green", 100)]),
+        retired: BTreeSet::new(),
+    }
+}
+
+/// All of web on blue.
+pub(crate) fn back() -> Change {
+    Change {
+        split: split(&[("blue", 100), ("green", 0)]),
+        retired: BTreeSet::new(),
+    }
+}
