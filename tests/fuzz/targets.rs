@@ -67,13 +67,15 @@ const NAMES: [&str; 8] = ["a", "b", "c", "d", "l", "r", "zzz", ""];
 /// The resources a published snapshot can serve the `edge` group: clusters
 /// (each with an assignment) and the cluster route `r` points at, which
 /// may be one the group does not have.
-const VARIANTS: [(&[&str], &str); 6] = [
+const VARIANTS: [(&[&str], &str); 8] = [
     (&["a"], "a"),
     (&["a", "b"], "a"),
     (&["a", "c"], "c"),
     (&["c"], "c"),
     (&["a", "b", "c", "d"], "b"),
     (&[], "a"),
+    (&["c"], "b"),
+    (&["c"], "a"),
 ];
 
 /// A resource name in a request.
