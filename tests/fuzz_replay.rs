@@ -29,14 +29,16 @@ fn inputs(kind: &str, target: &str) -> Vec<PathBuf> {
     files
 }
 
-/// Runs every input of `files` through `body`, naming the one that fails.
-fn run(files: &[PathBuf], body: fn(&[u8])) {
+/// Runs every input of `files` through `body`; returns those that fail.
+fn run(files: &[PathBuf], body: fn(&[u8])) -> Vec<String> {
+    let mut failed = Vec::new();
     for path in files {
         let data = std::fs::read(path).expect("read a corpus file");
         if std::panic::catch_unwind(|| body(&data)).is_err() {
-            panic!("{} fails its fuzz target", path.display());
+            failed.push(path.display().to_string());
         }
     }
+    failed
 }
 
 /// Replays `target`'s corpus, which must not be empty.
@@ -46,7 +48,8 @@ fn replay(target: &str, body: fn(&[u8])) {
         !files.is_empty(),
         "tests/fuzz/corpus/{target}/ is missing or empty"
     );
-    run(&files, body);
+    let failed = run(&files, body);
+    assert!(failed.is_empty(), "inputs failing {target}: {failed:#?}");
 }
 
 #[test]
@@ -87,7 +90,9 @@ fn regressions() {
         ("state_file", targets::state_file),
         ("admin_convert", targets::admin_convert),
     ];
-    for (target, body) in targets {
-        run(&inputs("regressions", target), body);
-    }
+    let failed: Vec<String> = targets
+        .into_iter()
+        .flat_map(|(target, body)| run(&inputs("regressions", target), body))
+        .collect();
+    assert!(failed.is_empty(), "regressions still failing: {failed:#?}");
 }
