@@ -1,0 +1,9 @@
+//! libFuzzer entry point for [`targets::state_file`]; the body is shared with the
+//! corpus replay in `tests/fuzz_replay.rs`.
+#![no_main]
+
+#[allow(dead_code)]
+#[path = "../targets.rs"]
+mod targets;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::state_file(data));
