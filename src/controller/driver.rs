@@ -160,10 +160,14 @@ impl Driver {
         reuse_seq: bool,
     ) -> Result<String, CommitError> {
         let input = config::translate(&self.config, &self.weights_of(&state)?);
+        let next_seq = state
+            .version_seq
+            .checked_add(1)
+            .ok_or(StateError::Exhausted { counter: "version" })?;
         let snapshot = self.writer.prepare(&input, |digest| {
             let same = state.version.ends_with(&format!("-{digest}"));
             if !(reuse_seq && same && state.version_seq > 0) {
-                state.version_seq += 1;
+                state.version_seq = next_seq;
             }
             format!("{}-{digest}", state.version_seq)
         })?;
@@ -511,7 +515,10 @@ impl Driver {
         let plan = plan::plan(&op, &view)?;
         let original = view.current();
         let rollback_before = view.rollback_to.cloned();
-        let id = self.state.next_operation_id + 1;
+        let id =
+            self.state.next_operation_id.checked_add(1).ok_or_else(|| {
+                RolloutError::Store("the operation id counter is exhausted".into())
+            })?;
         let (now, wall) = (Instant::now(), SystemTime::now());
         let origin = Origin {
             id,

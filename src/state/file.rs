@@ -203,7 +203,7 @@ impl StateStore for FileStore {
                     found: current,
                 });
             }
-            let next = Revision(current.0 + 1);
+            let next = current.next()?;
             let bytes = serde_json::to_vec_pretty(&OnDiskRef {
                 format: FORMAT,
                 revision: next,

@@ -108,7 +108,7 @@ impl StateStore for MemoryStore {
         if found != expected {
             return Err(StateError::Conflict { expected, found });
         }
-        let next = Revision(found.0 + 1);
+        let next = found.next()?;
         let new = Stored {
             state: state.clone(),
             revision: next,

@@ -102,6 +102,19 @@ impl PersistedState {
 )]
 pub struct Revision(pub u64);
 
+impl Revision {
+    /// The revision after this one; a stored revision at the largest
+    /// number (only a hostile or corrupt file has one) cannot be followed.
+    pub fn next(self) -> Result<Revision, StateError> {
+        self.0
+            .checked_add(1)
+            .map(Revision)
+            .ok_or(StateError::Exhausted {
+                counter: "revision",
+            })
+    }
+}
+
 impl fmt::Display for Revision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "r{}", self.0)
@@ -160,6 +173,14 @@ pub enum StateError {
         expected: Revision,
         /// The revision actually stored.
         found: Revision,
+    },
+    /// A counter in the stored state (the revision, the version number,
+    /// the operation id) is at its largest value: teal refuses to wrap it
+    /// around, which would make versions go backwards.
+    #[error("the state's {counter} counter is at its largest value; it cannot go on")]
+    Exhausted {
+        /// Which counter.
+        counter: &'static str,
     },
     /// Another process holds the state directory.
     #[error("{path}: locked by another teal process")]
