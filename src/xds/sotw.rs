@@ -71,9 +71,17 @@ struct TypeState {
     in_flight: bool,
     /// The last response the client ACKed.
     applied: Option<Sent>,
-    /// The version the client rejected last; never sent to it again.
-    rejected: Option<String>,
+    /// The versions the client rejected last, newest last, at most
+    /// [`REJECTED_KEPT`]; none is sent to it again. More than one: a
+    /// cluster list that keeps clusters for make-before-break gets a
+    /// version per kept set, and the set can come back (a, b, a).
+    rejected: std::collections::VecDeque<String>,
 }
+
+/// How many rejected versions a stream remembers per type. teal's own
+/// version strings are short, so this bounds the memory a NACKing proxy
+/// makes a stream hold.
+const REJECTED_KEPT: usize = 8;
 
 /// State of one state-of-the-world stream.
 #[derive(Debug)]
@@ -138,7 +146,10 @@ impl SotwStream {
                             version: last.version.clone(),
                             message,
                         });
-                        st.rejected = Some(last.version.clone());
+                        if st.rejected.len() == REJECTED_KEPT {
+                            st.rejected.pop_front();
+                        }
+                        st.rejected.push_back(last.version.clone());
                     }
                 }
             }
@@ -195,7 +206,7 @@ impl Planner for SotwStream {
             kept_version(ts.version(), &kept)
         };
         let changed = st.last.as_ref().is_none_or(|l| l.version != version);
-        if !(changed || st.owed) || st.rejected.as_deref() == Some(version.as_str()) {
+        if !(changed || st.owed) || st.rejected.contains(&version) {
             return None;
         }
         let mut resources: Vec<Arc<Resource>> = select(ts, &st.subscription);
