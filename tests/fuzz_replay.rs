@@ -80,7 +80,7 @@ fn admin_convert() {
 /// Inputs that crash the current code (a stack overflow or an allocation
 /// failure aborts the process, so these are not part of the default run).
 #[test]
-#[ignore = "known crashes, kept until their fixes land"]
+#[ignore = "known crashing inputs wait here for their fix (none at the moment)"]
 fn regressions() {
     type Body = fn(&[u8]);
     let targets: [(&str, Body); 5] = [

@@ -18,6 +18,33 @@ pub struct Diagnostic {
     pub message: String,
 }
 
+/// Keeps every position inside `text`. The YAML parser places a problem
+/// at the end of input one line past the last one when the file has no
+/// final line break, and counts some columns past a line's end; an editor
+/// cannot jump there, so such a position becomes the end of the last line
+/// (or of its line). Line breaks are counted as YAML counts them: CR LF,
+/// CR or LF. One pass over the text, whatever the number of problems.
+pub(crate) fn clamp_to(diags: &mut [Diagnostic], text: &str) {
+    if diags.is_empty() {
+        return;
+    }
+    let normalized = text.replace("\r\n", "\n");
+    let widths: Vec<usize> = normalized
+        .split(['\n', '\r'])
+        .map(|l| l.chars().count())
+        .collect();
+    let last = widths.len().max(1);
+    for d in diags {
+        if d.line > last {
+            d.line = last;
+            d.column = usize::MAX;
+        }
+        d.line = d.line.max(1);
+        let width = widths.get(d.line - 1).copied().unwrap_or(0);
+        d.column = d.column.clamp(1, width + 1);
+    }
+}
+
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;

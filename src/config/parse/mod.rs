@@ -60,6 +60,7 @@ pub(crate) fn parse(text_: &str, file: &str, limits: &Limits) -> Result<Config, 
     match config {
         Some(config) if diags.is_empty() => Ok(config),
         _ => {
+            crate::config::diag::clamp_to(&mut diags, text_);
             diags.sort_by_key(|d| (d.line, d.column));
             diags.dedup();
             Err(Diagnostics(diags))
