@@ -29,7 +29,7 @@ use crate::snapshot_store::SnapshotWriter;
 use crate::state::{PersistedState, Revision, StateError, StateStore};
 use crate::xds::ProxyRegistry;
 
-use super::reconcile::{ReconcileError, reconcile};
+use super::reconcile::{ReconcileError, fit_split, reconcile};
 use super::views::proxy_views;
 use super::{Command, ControllerError, ReloadError, Reloaded, version_seq};
 
@@ -809,11 +809,7 @@ fn fitted(config: &Config, service: &str, change: &Change) -> Result<Change, Wei
         });
     }
     Ok(Change {
-        split: svc
-            .fleets
-            .keys()
-            .map(|f| (f.clone(), change.split.get(f).copied().unwrap_or(0)))
-            .collect(),
+        split: fit_split(svc, &change.split),
         retired: change
             .retired
             .iter()

@@ -9,7 +9,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{Config, Weights};
+use crate::config::{Config, Service, Weights};
+use crate::rollout::Split;
 use crate::state::{PersistedState, ServiceState};
 
 /// Why a config cannot be applied to the state; nothing changes.
@@ -82,12 +83,7 @@ pub fn reconcile(
                 Some(_) => {}
             }
         }
-        let fit = |split: &crate::rollout::Split| -> crate::rollout::Split {
-            svc.fleets
-                .keys()
-                .map(|f| (f.clone(), split.get(f).copied().unwrap_or(0)))
-                .collect()
-        };
+        let fit = |split: &Split| fit_split(svc, split);
         let mut st = old.clone();
         st.weights = fit(&old.weights);
         st.rollback_to = old
@@ -106,6 +102,16 @@ pub fn reconcile(
         services,
         ..state.clone()
     })
+}
+
+/// `split` over exactly `svc`'s fleets: fleets the config no longer has
+/// are dropped, fleets it added get 0. Callers check first that no dropped
+/// fleet had traffic.
+pub(super) fn fit_split(svc: &Service, split: &Split) -> Split {
+    svc.fleets
+        .keys()
+        .map(|f| (f.clone(), split.get(f).copied().unwrap_or(0)))
+        .collect()
 }
 
 #[cfg(test)]
