@@ -293,6 +293,7 @@ async fn restart_after_kill_9_keeps_green() {
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     w.assert_everyone_on("green").await;
     let (_, v1) = w.web_status().await;
+    let held = acked_versions(&w.wait_all_synced().await);
 
     let edge = Traffic::start(w.edge_port, "/", &[]);
     let sidecars = Traffic::start(w.sidecar_port, "/", &[("host", "web")]);
@@ -303,9 +304,13 @@ async fn restart_after_kill_9_keeps_green() {
     let (web, v) = w.web_status().await;
     assert_eq!(web["live"], "green", "{web}");
     assert_eq!(v, v1, "the restart must serve the same version string");
-    w.wait_all_synced().await;
-    // And a little longer, for anything a reconnect would push.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Each Envoy reconnected and holds the very route version it held
+    // before the crash: the restarted teal had no new routes for it.
+    let after = acked_versions(&w.wait_all_synced().await);
+    assert_eq!(
+        after, held,
+        "routes ACKed before the kill and after the restart"
+    );
     w.assert_everyone_on("green").await;
     for answers in [edge.stop().await, sidecars.stop().await] {
         let seen = bodies(&answers);
@@ -426,4 +431,26 @@ fn kind_of(v: Option<&serde_json::Value>) -> &'static str {
         Some(Value::Array(_)) => "array",
         Some(Value::Object(_)) => "object",
     }
+}
+
+/// Each proxy's ACKed route version, from `teal proxies -o json`.
+fn acked_versions(proxies: &serde_json::Value) -> std::collections::BTreeMap<String, Vec<String>> {
+    proxies["proxies"]
+        .as_array()
+        .expect("proxies")
+        .iter()
+        .map(|p| {
+            let node = p["node_id"].as_str().expect("node id").to_owned();
+            let acked = ["RDS"]
+                .iter()
+                .map(|t| {
+                    p["types"][t]["acked"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("{node} {t} ACKed nothing: {p:#}"))
+                        .to_owned()
+                })
+                .collect();
+            (node, acked)
+        })
+        .collect()
 }
