@@ -369,6 +369,7 @@ async fn supervise(
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut stop = shutdown;
+    let mut driver_done = false;
     loop {
         tokio::select! {
             // Shutdown first: the driver and the admin API also stop on
@@ -376,9 +377,23 @@ async fn supervise(
             biased;
             () = stop.wait() => break,
             joined = &mut tasks.xds => return server_result(joined),
-            joined = &mut tasks.admin => return admin_result(joined),
+            result = &mut tasks.admin => {
+                if stop.is_triggered() {
+                    // It heard the shutdown first: no failure. Its result
+                    // (a panic on the way out) still counts.
+                    joined("admin API", result)?.map_err(ServeError::Admin)?;
+                    break;
+                }
+                return admin_result(result);
+            }
             joined = &mut tasks.driver => {
                 joined_driver(joined)?;
+                if stop.is_triggered() {
+                    // The driver heard the shutdown before this loop did
+                    // (they are woken by the same signal, in no set order).
+                    driver_done = true;
+                    break;
+                }
                 return Err(failed("controller", "stopped before shutdown".to_owned()));
             }
             () = next_hangup(&mut hangup) => {
@@ -398,7 +413,9 @@ async fn supervise(
     // The driver stops at once on shutdown; a panic on the way is still
     // reported. The admin API is not waited for: a `teal follow` stream
     // could hold it open.
-    joined_driver(tasks.driver.await)?;
+    if !driver_done {
+        joined_driver(tasks.driver.await)?;
+    }
     served
 }
 

@@ -51,3 +51,52 @@ fn missing_file_is_no_input() {
     assert!(out.is_empty());
     assert!(err.contains("cannot read /nonexistent/teal.yaml"), "{err}");
 }
+
+/// The binary, not the function: `teal render` into a full device exits 74
+/// (the output could not be written), after rendering everything.
+#[test]
+fn render_into_a_full_device_exits_74() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full exists on Linux");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_NAME);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+        .arg("render")
+        .arg(&path)
+        .stdout(full)
+        .output()
+        .expect("teal runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(74), "{err}");
+    assert!(!err.is_empty(), "it says why");
+}
+
+/// `teal serve` and `teal render` on a file that cannot be read exit 66,
+/// naming the file; serve listens on nothing.
+#[test]
+fn unreadable_files_exit_66_for_serve_and_render() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("missing.yaml");
+    for args in [
+        vec![
+            "serve",
+            "--ephemeral",
+            "--xds-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--config",
+        ],
+        vec!["render"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_teal"))
+            .args(&args)
+            .arg(&missing)
+            .output()
+            .expect("teal runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(66), "teal {args:?}: {err}");
+        assert!(err.contains("missing.yaml"), "teal {args:?}: {err}");
+    }
+}

@@ -8,16 +8,21 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType,
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 use proptest::prelude::*;
-use teal::config::{Config, Weights, config_digest, encoded_resources, translate};
+use teal::config::{Config, FLEET_HEADER, Weights, config_digest, encoded_resources, translate};
 
 /// A random config, as YAML text (so the parser is exercised too).
 #[derive(Debug, Clone)]
 struct Spec {
     /// Per service: fleet count (1..=3) and endpoints per fleet.
     services: Vec<Vec<usize>>,
+    /// Per service: which of its fleets is `live` (taken modulo the count).
+    live: Vec<usize>,
     /// Per group, per listener: edge (routes as service indexes) or sidecar.
     groups: Vec<Vec<(bool, Vec<usize>)>>,
     http2: Vec<bool>,
+    /// Per listener index: its edge routes match paths by regex, and its
+    /// virtual host names domains instead of `*`.
+    regex: Vec<bool>,
 }
 
 fn spec() -> impl Strategy<Value = Spec> {
@@ -30,12 +35,16 @@ fn spec() -> impl Strategy<Value = Spec> {
                     1..4,
                 ),
                 prop::collection::vec(any::<bool>(), n),
+                prop::collection::vec(0usize..3, n),
+                prop::collection::vec(any::<bool>(), 3),
             )
         })
-        .prop_map(|(services, groups, http2)| Spec {
+        .prop_map(|(services, groups, http2, live, regex)| Spec {
             services,
+            live,
             groups,
             http2,
+            regex,
         })
 }
 
@@ -45,7 +54,8 @@ fn yaml(spec: &Spec) -> String {
     let mut y = String::from("services:\n");
     let mut port = 20000;
     for (i, fleets) in spec.services.iter().enumerate() {
-        let _ = writeln!(y, "  svc{i}:\n    live: blue");
+        let live = spec.live[i] % fleets.len();
+        let _ = writeln!(y, "  svc{i}:\n    live: {}", FLEETS[live]);
         if spec.http2[i] {
             y.push_str("    protocol: http2\n");
         }
@@ -53,7 +63,7 @@ fn yaml(spec: &Spec) -> String {
         for (f, &count) in fleets.iter().enumerate() {
             let _ = writeln!(y, "      {}:\n        endpoints:", FLEETS[f]);
             // The live fleet needs an endpoint.
-            let count = if f == 0 { count.max(1) } else { count };
+            let count = if f == live { count.max(1) } else { count };
             if count == 0 {
                 y.push_str("          []\n");
             }
@@ -69,12 +79,23 @@ fn yaml(spec: &Spec) -> String {
         for (l, (edge, services)) in listeners.iter().enumerate() {
             let addr = format!("127.0.0.1:{}", 10000 + l);
             if *edge {
+                let regex = spec.regex[l];
+                let domains = if regex {
+                    "['shop.example', '*.example.com']"
+                } else {
+                    "['*']"
+                };
                 let _ = writeln!(
                     y,
-                    "      l{l}:\n        kind: edge\n        address: {addr}\n        virtual_hosts:\n          vh:\n            domains: ['*']\n            routes:"
+                    "      l{l}:\n        kind: edge\n        address: {addr}\n        virtual_hosts:\n          vh:\n            domains: {domains}\n            routes:"
                 );
                 for (r, s) in services.iter().enumerate() {
-                    let _ = writeln!(y, "              - {{prefix: /p{r}/, service: svc{s}}}");
+                    if regex {
+                        let _ =
+                            writeln!(y, "              - {{regex: '/p{r}/.*', service: svc{s}}}");
+                    } else {
+                        let _ = writeln!(y, "              - {{prefix: /p{r}/, service: svc{s}}}");
+                    }
                 }
             } else {
                 let set: BTreeSet<usize> = services.iter().copied().collect();
@@ -99,15 +120,27 @@ proptest! {
         let config = Config::parse(&text, "gen.yaml")
             .map_err(|d| TestCaseError::fail(format!("{d}\n{text}")))?;
         let mut weights = Weights::initial(&config);
-        // Move part of the traffic to green where there is one.
+        // Move part of the traffic to green where there is one; elsewhere
+        // the live fleet keeps all of it. `expected`: each service's
+        // clusters with weight, as its weighted route must name them.
+        let mut expected: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
         for (name, s) in &config.services {
-            if s.fleets.contains_key("green") {
+            let i: usize = name.strip_prefix("svc").and_then(|n| n.parse().ok()).expect("svcN");
+            let want = if s.fleets.contains_key("green") {
                 let split = BTreeMap::from([
                     ("blue".to_owned(), 100 - shift),
                     ("green".to_owned(), shift),
                 ]);
                 weights.set(&config, name, &split).map_err(|e| TestCaseError::fail(e.to_string()))?;
-            }
+                split
+            } else {
+                let live = FLEETS[spec.live[i] % spec.services[i].len()];
+                BTreeMap::from([(live.to_owned(), 100)])
+            };
+            expected.insert(
+                name.clone(),
+                want.into_iter().filter(|(_, w)| *w > 0).map(|(f, w)| (format!("{name}-{f}"), w)).collect(),
+            );
         }
         let input = translate(&config, &weights);
         prop_assert_eq!(input.groups.len(), spec.groups.len());
@@ -129,11 +162,32 @@ proptest! {
                         };
                         match a.cluster_specifier.as_ref() {
                             Some(ClusterSpecifier::Cluster(c)) => {
+                                // A preview route: `SERVICE-FLEET-preview`,
+                                // pinned by the fleet header to that fleet.
+                                let (svc_fleet, _) = r.name.rsplit_once("-preview")
+                                    .ok_or_else(|| TestCaseError::fail(format!("{} is not a preview route", r.name)))?;
+                                prop_assert_eq!(c, svc_fleet);
+                                let header = &r.r#match.as_ref().expect("a match").headers;
+                                prop_assert_eq!(header.len(), 1);
+                                prop_assert_eq!(header[0].name.as_str(), FLEET_HEADER);
                                 named.insert(c.clone());
                             }
                             Some(ClusterSpecifier::WeightedClusters(wc)) => {
-                                let sum: u32 = wc.clusters.iter().map(|c| c.weight.as_ref().map_or(0, |w| w.value)).sum();
-                                prop_assert_eq!(sum, 100);
+                                // The weighted route of service `r.name`
+                                // carries exactly the weights set above.
+                                let got: BTreeMap<String, u32> = wc.clusters.iter()
+                                    .map(|c| (c.name.clone(), c.weight.as_ref().map_or(0, |w| w.value)))
+                                    .filter(|(_, w)| *w > 0)
+                                    .collect();
+                                prop_assert_eq!(&got, &expected[&r.name], "route {}", r.name);
+                                for c in &wc.clusters {
+                                    let fleet = c.name.strip_prefix(&format!("{}-", r.name)).expect("SERVICE-FLEET");
+                                    prop_assert!(
+                                        c.request_headers_to_add.iter().any(|h| h.header.as_ref()
+                                            .is_some_and(|h| h.key == FLEET_HEADER && h.value == fleet)),
+                                        "{} carries its fleet downstream", c.name
+                                    );
+                                }
                                 named.extend(wc.clusters.iter().map(|c| c.name.clone()));
                             }
                             other => return Err(TestCaseError::fail(format!("unexpected {other:?}"))),
@@ -216,5 +270,111 @@ proptest! {
     #[test]
     fn arbitrary_text_never_panics(text in "[a-z:{}\\[\\], \n\\-0-9.\"'&*#|>!%@`]{0,200}") {
         let _ = Config::parse(&text, "x.yaml");
+    }
+
+    /// A valid config with a few edits (lines dropped, repeated or moved,
+    /// text cut or inserted): parsing never panics, an error points inside
+    /// the file, and whatever parses translates into a snapshot teal can
+    /// build.
+    #[test]
+    fn edited_configs_never_panic(spec in spec(), edits in prop::collection::vec(edit(), 1..5)) {
+        let mut lines: Vec<String> = yaml(&spec).lines().map(str::to_owned).collect();
+        for e in &edits {
+            apply(&mut lines, e);
+        }
+        let text = lines.join("\n");
+        match Config::parse(&text, "edited.yaml") {
+            Ok(config) => {
+                let input = translate(&config, &Weights::initial(&config));
+                prop_assert!(teal::snapshot::Snapshot::build("v", &input, None).is_ok(), "{text}");
+            }
+            Err(diags) => {
+                let shown = diags.to_string();
+                prop_assert!(!shown.is_empty());
+                prop_assert!(shown.contains("edited.yaml"), "{shown}");
+            }
+        }
+    }
+}
+
+/// One edit of a config's lines, positions taken modulo the line count.
+#[derive(Debug, Clone)]
+enum Edit {
+    Drop(usize),
+    Repeat(usize),
+    Move(usize, usize),
+    /// Cut the line at this byte (on a char boundary at or before it).
+    Cut(usize, usize),
+    Insert(usize, usize, &'static str),
+}
+
+/// Text that changes what YAML means: structure, aliases, tags, keys teal
+/// knows and values of the wrong kind.
+const FRAGMENTS: [&str; 14] = [
+    ":",
+    "- ",
+    "[",
+    "]",
+    "{",
+    "}",
+    "&a ",
+    "*a",
+    "!!str ",
+    "|",
+    "live: ",
+    "weight: 150",
+    "endpoints: registered",
+    "  ",
+];
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        any::<usize>().prop_map(Edit::Drop),
+        any::<usize>().prop_map(Edit::Repeat),
+        (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Edit::Move(a, b)),
+        (any::<usize>(), 0usize..40).prop_map(|(a, b)| Edit::Cut(a, b)),
+        (
+            any::<usize>(),
+            0usize..40,
+            prop::sample::select(FRAGMENTS.to_vec())
+        )
+            .prop_map(|(a, b, f)| Edit::Insert(a, b, f)),
+    ]
+}
+
+fn apply(lines: &mut Vec<String>, e: &Edit) {
+    if lines.is_empty() {
+        return;
+    }
+    let n = lines.len();
+    let boundary = |l: &str, at: usize| {
+        let mut at = at.min(l.len());
+        while !l.is_char_boundary(at) {
+            at -= 1;
+        }
+        at
+    };
+    match *e {
+        Edit::Drop(i) => {
+            lines.remove(i % n);
+        }
+        Edit::Repeat(i) => {
+            let l = lines[i % n].clone();
+            lines.insert(i % n, l);
+        }
+        Edit::Move(a, b) => {
+            let l = lines.remove(a % n);
+            lines.insert(b % n, l);
+        }
+        Edit::Cut(i, at) => {
+            let l = &mut lines[i % n];
+            let at = boundary(l, at);
+            l.truncate(at);
+        }
+        Edit::Insert(i, at, text) => {
+            let l = &mut lines[i % n];
+            let at = boundary(l, at);
+            l.insert_str(at, text);
+        }
     }
 }

@@ -287,6 +287,119 @@ async fn routes_previews_and_keeps_tiers_consistent() {
     }
 }
 
+/// Splits `service` 50/50 between blue and green through the controller
+/// (a one-step shift; this config has no checks), and waits until both
+/// Envoys have ACKed the routes of that version.
+async fn split_evenly(s: &Setup, service: &str) {
+    use teal::rollout::{Backend, Operation, ShiftSteps, Split};
+    let controller = s.teal.controller.as_ref().expect("teal serve");
+    let even = Split::from([("blue".to_owned(), 50), ("green".to_owned(), 50)]);
+    let op = Operation::Shift {
+        service: service.to_owned(),
+        steps: ShiftSteps::Splits(vec![even]),
+        interval: Duration::ZERO,
+        skip_checks: true,
+        timeout: CONVERGE,
+    };
+    let mut rx = controller
+        .start(op, "test")
+        .await
+        .expect("the shift starts");
+    let done = tokio::time::timeout(CONVERGE, rx.wait_for(|p| p.outcome.is_some()))
+        .await
+        .expect("the shift ends in time")
+        .expect("progress")
+        .clone();
+    assert_eq!(
+        done.outcome,
+        Some(teal::rollout::Outcome::Succeeded),
+        "{done:?}"
+    );
+}
+
+/// Preview routing and tier consistency where they differ from the
+/// weighted route: at a 50/50 split, request by request.
+/// - Without the header, both fleets answer (the split is real), and each
+///   answer carries the fleet that served it in `x-teal-fleet`; that
+///   fleet, passed to the sidecar, keeps the next hop (api) on the same
+///   fleet, every time.
+/// - With the header, every answer comes from the named fleet, on the
+///   edge and on the sidecar (by chance, 20 answers from one fleet of a
+///   50/50 split happen once in a million).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn previews_and_tiers_hold_at_an_even_split() {
+    let s = Setup::start().await;
+    let (edge, sidecar) = (s.ports.edge, s.ports.sidecar);
+    split_evenly(&s, "web").await;
+    split_evenly(&s, "api").await;
+    // Both Envoys apply the new routes: wait for both fleets to answer.
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + CONVERGE;
+    while seen.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the edge never split web: {seen:?}"
+        );
+        seen.insert(expect_any(edge, "/", &[]).await.body);
+    }
+    for port in [edge, sidecar] {
+        let host = if port == edge { "site" } else { "web" };
+        let mut fleets = std::collections::BTreeMap::<String, u32>::new();
+        for _ in 0..40 {
+            let r = expect_any(port, "/", &[("host", host)]).await;
+            let fleet = r
+                .echoed(FLEET_HEADER)
+                .unwrap_or_else(|| panic!("no {FLEET_HEADER} on {r:?}"))
+                .to_owned();
+            assert_eq!(
+                r.body,
+                format!("web-{fleet}"),
+                "the header names the fleet that answered"
+            );
+            *fleets.entry(fleet.clone()).or_default() += 1;
+            // The next hop stays on that fleet.
+            let next = expect_any(sidecar, "/", &[("host", "api"), (FLEET_HEADER, &fleet)]).await;
+            assert_eq!(next.body, format!("api-{fleet}"));
+        }
+        assert_eq!(
+            fleets.len(),
+            2,
+            "port {port}: both fleets answer at 50/50: {fleets:?}"
+        );
+    }
+    for fleet in ["blue", "green"] {
+        for _ in 0..20 {
+            expect(edge, "/", &[(FLEET_HEADER, fleet)], &format!("web-{fleet}")).await;
+            expect(
+                edge,
+                "/api/x",
+                &[(FLEET_HEADER, fleet)],
+                &format!("api-{fleet}"),
+            )
+            .await;
+            expect(
+                sidecar,
+                "/",
+                &[("host", "web"), (FLEET_HEADER, fleet)],
+                &format!("web-{fleet}"),
+            )
+            .await;
+        }
+    }
+}
+
+/// `GET path` with `headers` on `port`: a 200, whoever answered.
+async fn expect_any(port: u16, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    let r = http::get(port, path, headers)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} {headers:?} on port {port}: {e}"));
+    assert_eq!(
+        r.status, 200,
+        "GET {path} {headers:?} on port {port}: {r:?}"
+    );
+    r
+}
+
 /// Proves reloads of the config file end to end:
 /// 4. a valid change to a route (a new `/shop/` route to `api` on the
 ///    edge) is picked up by teal and applied by Envoy while requests

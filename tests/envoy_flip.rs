@@ -113,43 +113,56 @@ async fn flip_rollback_and_shift_through_real_envoys() {
         1,
         "one delta sidecar:\n{table}"
     );
-    // JSON output: the documented fields.
+    // JSON output: the documented fields, each of the documented kind
+    // (`null` only where nothing has happened yet: no retirement, change
+    // or operation so far; `json_fields_carry_values` in
+    // tests/cli_promises.rs sees them filled).
     let (web, _) = w.web_status().await;
-    for field in [
-        "name",
-        "live",
-        "previous",
-        "weights",
-        "retired",
-        "retirement",
-        "both_fleets_since_unix_ms",
-        "both_fleets_for_ms",
-        "last_change",
-        "in_progress",
+    for (field, want) in [
+        ("name", "string"),
+        ("live", "string"),
+        ("previous", "null"),
+        ("weights", "object"),
+        ("retired", "array"),
+        ("retirement", "null"),
+        ("both_fleets_since_unix_ms", "number"),
+        ("both_fleets_for_ms", "number"),
+        ("last_change", "null"),
+        ("in_progress", "null"),
     ] {
-        assert!(web.get(field).is_some(), "status has no {field}: {web}");
+        assert_eq!(kind_of(web.get(field)), want, "status {field}: {web:#}");
     }
     assert_eq!(web["weights"], serde_json::json!({"blue": 100, "green": 0}));
     let proxies = w.json(&["proxies"]).await;
-    for p in proxies["proxies"].as_array().expect("proxies") {
-        for field in [
-            "node_id",
-            "group",
-            "stream_id",
-            "kind",
-            "delta",
-            "user_agent",
-            "connected_since_unix_ms",
-            "types",
+    let list = proxies["proxies"].as_array().expect("proxies");
+    assert_eq!(list.len(), 3, "{proxies:#}");
+    for p in list {
+        for (field, want) in [
+            ("node_id", "string"),
+            ("group", "string"),
+            ("stream_id", "number"),
+            ("kind", "string"),
+            ("delta", "bool"),
+            ("user_agent", "string"),
+            ("connected_since_unix_ms", "number"),
+            ("types", "object"),
         ] {
-            assert!(p.get(field).is_some(), "proxy has no {field}: {p}");
+            assert_eq!(kind_of(p.get(field)), want, "proxy {field}: {p:#}");
         }
-        for field in ["state", "sent", "acked", "expected", "nack"] {
-            assert!(
-                p["types"]["RDS"].get(field).is_some(),
-                "no RDS {field}: {p}"
+        for (field, want) in [
+            ("state", "string"),
+            ("sent", "string"),
+            ("acked", "string"),
+            ("expected", "string"),
+            ("nack", "null"),
+        ] {
+            assert_eq!(
+                kind_of(p["types"]["RDS"].get(field)),
+                want,
+                "RDS {field}: {p:#}"
             );
         }
+        assert_eq!(p["types"]["RDS"]["sent"], p["types"]["RDS"]["acked"]);
     }
 
     // (1) The flip.
@@ -280,6 +293,7 @@ async fn restart_after_kill_9_keeps_green() {
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     w.assert_everyone_on("green").await;
     let (_, v1) = w.web_status().await;
+    let held = acked_versions(&w.wait_all_synced().await);
 
     let edge = Traffic::start(w.edge_port, "/", &[]);
     let sidecars = Traffic::start(w.sidecar_port, "/", &[("host", "web")]);
@@ -290,9 +304,13 @@ async fn restart_after_kill_9_keeps_green() {
     let (web, v) = w.web_status().await;
     assert_eq!(web["live"], "green", "{web}");
     assert_eq!(v, v1, "the restart must serve the same version string");
-    w.wait_all_synced().await;
-    // And a little longer, for anything a reconnect would push.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Each Envoy reconnected and holds the very route version it held
+    // before the crash: the restarted teal had no new routes for it.
+    let after = acked_versions(&w.wait_all_synced().await);
+    assert_eq!(
+        after, held,
+        "routes ACKed before the kill and after the restart"
+    );
     w.assert_everyone_on("green").await;
     for answers in [edge.stop().await, sidecars.stop().await] {
         let seen = bodies(&answers);
@@ -399,4 +417,40 @@ async fn a_nack_during_a_flip_puts_every_proxy_back() {
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     w.assert_everyone_on("green").await;
     w.wait_all_synced().await;
+}
+
+/// The JSON kind of a field (`missing` when absent).
+fn kind_of(v: Option<&serde_json::Value>) -> &'static str {
+    use serde_json::Value;
+    match v {
+        None => "missing",
+        Some(Value::Null) => "null",
+        Some(Value::Bool(_)) => "bool",
+        Some(Value::Number(_)) => "number",
+        Some(Value::String(_)) => "string",
+        Some(Value::Array(_)) => "array",
+        Some(Value::Object(_)) => "object",
+    }
+}
+
+/// Each proxy's ACKed route version, from `teal proxies -o json`.
+fn acked_versions(proxies: &serde_json::Value) -> std::collections::BTreeMap<String, Vec<String>> {
+    proxies["proxies"]
+        .as_array()
+        .expect("proxies")
+        .iter()
+        .map(|p| {
+            let node = p["node_id"].as_str().expect("node id").to_owned();
+            let acked = ["RDS"]
+                .iter()
+                .map(|t| {
+                    p["types"][t]["acked"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("{node} {t} ACKed nothing: {p:#}"))
+                        .to_owned()
+                })
+                .collect();
+            (node, acked)
+        })
+        .collect()
 }

@@ -164,7 +164,6 @@ async fn each_group_gets_its_own_view() {
         Some("v1"),
         "only sidecar's endpoints changed in v2"
     );
-    edge.wait_for_body(edge_port, "blue").await;
     let edge_status = teal.proxy(&edge.node_id).expect("edge connected");
     for ty in ResourceType::ALL {
         assert_eq!(
@@ -173,6 +172,35 @@ async fn each_group_gets_its_own_view() {
             "edge's {ty} did not change in v2, so nothing new was sent"
         );
     }
+
+    // The other way round: edge's `app` moves to green in v3, sidecar's
+    // view is unchanged. The edge follows (its stream is live), and only
+    // its endpoints were sent again; the sidecar was sent nothing.
+    teal.publish(
+        "v3",
+        &snapshot([
+            ("edge", group(edge_port, &green)),
+            ("sidecar", group(sidecar_port, &blue)),
+        ]),
+    );
+    edge.wait_for_body(edge_port, "green").await;
+    let edge_status = teal
+        .wait_acked(&edge.node_id, ResourceType::Endpoint, "v3")
+        .await;
+    for ty in [
+        ResourceType::Cluster,
+        ResourceType::Listener,
+        ResourceType::Route,
+    ] {
+        assert_eq!(edge_status.of(ty).sent.as_deref(), Some("v1"), "edge {ty}");
+    }
+    let sidecar_status = teal.proxy(&sidecar.node_id).expect("sidecar connected");
+    assert_eq!(
+        sidecar_status.of(ResourceType::Endpoint).sent.as_deref(),
+        Some("v2"),
+        "sidecar's view did not change in v3"
+    );
+    sidecar.wait_for_body(sidecar_port, "blue").await;
 }
 
 /// Proves that teal's status of each connected Envoy names its node id and

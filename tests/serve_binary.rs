@@ -159,9 +159,10 @@ fn status_version(admin: u16) -> Option<String> {
 }
 
 #[tokio::test]
-async fn sighup_reloads_the_config_file() {
+async fn sighup_reloads_the_config_file_refuses_a_broken_one_and_sigint_exits_zero() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("teal.yaml");
+    let log = dir.path().join("teal.log");
     let text = teal::config::DEFAULT_CONFIG;
     std::fs::write(&path, text).expect("write");
     let (xds, admin) = (free_port(), free_port());
@@ -176,7 +177,7 @@ async fn sighup_reloads_the_config_file() {
         .arg(&path)
         .args(["--xds-addr", &format!("127.0.0.1:{xds}")])
         .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("teal starts");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -209,6 +210,43 @@ async fn sighup_reloads_the_config_file() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    child.kill().expect("kill");
-    let _ = child.wait();
+    let good = status_version(admin).expect("teal answers");
+
+    // A broken file sent by SIGHUP is refused whole: teal logs why and
+    // keeps serving the last good version.
+    std::fs::write(&path, "services:\n  web: {live: nowhere}\n").expect("write");
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("refused")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged after SIGHUP with a broken file:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status_version(admin), Some(good), "the last good config");
+
+    // SIGINT: a clean shutdown, exit 0.
+    let int = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(int.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "teal did not exit after SIGINT");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0), "SIGINT exits 0");
 }

@@ -222,3 +222,180 @@ async fn bad_streams_get_clear_errors_and_good_ones_carry_on() {
     assert!(!task.is_finished(), "the server is still running");
     trigger.trigger();
 }
+
+/// Sends `message` (raw protobuf bytes, or garbage) on the stream method
+/// `path` and returns how the stream ends or what it answers first.
+async fn raw_first(channel: &Channel, path: &str, message: Vec<u8>) -> Result<Vec<u8>, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.expect("channel ready");
+    let path = http::uri::PathAndQuery::try_from(path).expect("a path");
+    // The request stream stays open, as a proxy's does.
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(message).await.expect("queue");
+    let response = grpc
+        .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, RawCodec)
+        .await?;
+    let mut stream = response.into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no answer in 5 s"))?;
+    drop(tx);
+    match first {
+        Some(r) => r,
+        None => Err(Status::unknown("the stream ended without a status")),
+    }
+}
+
+/// Every discovery service, not only ADS, and its delta method: a
+/// malformed message, a first request without a node, a type URL the
+/// service does not serve, and a message over the size limit each close
+/// that stream with their status; a good request on the same method is
+/// answered, before and after.
+#[tokio::test]
+async fn every_service_and_delta_refuses_bad_input() {
+    use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+    use prost::Message;
+    let (mut writer, reader) = snapshot_store();
+    writer.publish("1", &input(&["a"])).expect("valid");
+    let (trigger, shutdown) = shutdown_channel();
+    let config = XdsServerConfig {
+        max_request_bytes: LIMIT,
+        ..XdsServerConfig::default()
+    };
+    let server = XdsServer::new(reader, ProxyRegistry::new(), shutdown, config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let task = tokio::spawn(server.serve(listener));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let node = || {
+        Some(Node {
+            id: "probe".into(),
+            cluster: "edge".into(),
+            ..Default::default()
+        })
+    };
+    let services = [
+        (
+            "envoy.service.discovery.v3.AggregatedDiscoveryService",
+            "StreamAggregatedResources",
+            "DeltaAggregatedResources",
+            None,
+        ),
+        (
+            "envoy.service.cluster.v3.ClusterDiscoveryService",
+            "StreamClusters",
+            "DeltaClusters",
+            Some(ResourceType::Cluster),
+        ),
+        (
+            "envoy.service.endpoint.v3.EndpointDiscoveryService",
+            "StreamEndpoints",
+            "DeltaEndpoints",
+            Some(ResourceType::Endpoint),
+        ),
+        (
+            "envoy.service.listener.v3.ListenerDiscoveryService",
+            "StreamListeners",
+            "DeltaListeners",
+            Some(ResourceType::Listener),
+        ),
+        (
+            "envoy.service.route.v3.RouteDiscoveryService",
+            "StreamRoutes",
+            "DeltaRoutes",
+            Some(ResourceType::Route),
+        ),
+    ];
+    for (service, sotw, delta, only) in services {
+        // The type this service serves (ADS: clusters), and one it does not.
+        let served = only.unwrap_or(ResourceType::Cluster);
+        let other = if served == ResourceType::Listener {
+            ResourceType::Cluster
+        } else {
+            ResourceType::Listener
+        };
+        for (method, is_delta) in [(sotw, false), (delta, true)] {
+            let path = format!("/{service}/{method}");
+            let request = |node: Option<Node>, ty: &str, names: Vec<String>| -> Vec<u8> {
+                if is_delta {
+                    DeltaDiscoveryRequest {
+                        node,
+                        type_url: ty.to_owned(),
+                        resource_names_subscribe: names,
+                        ..Default::default()
+                    }
+                    .encode_to_vec()
+                } else {
+                    DiscoveryRequest {
+                        node,
+                        type_url: ty.to_owned(),
+                        resource_names: names,
+                        ..Default::default()
+                    }
+                    .encode_to_vec()
+                }
+            };
+            let good = request(node(), served.type_url(), Vec::new());
+            let answer = raw_first(&channel, &path, good.clone()).await;
+            assert!(
+                answer.is_ok(),
+                "{path}: a good request is answered: {answer:?}"
+            );
+
+            let garbage = vec![0x0a, 0xc8, 0x01, 0xff, 0xff];
+            let status = raw_first(&channel, &path, garbage)
+                .await
+                .expect_err("garbage");
+            assert_eq!(status.code(), Code::InvalidArgument, "{path}: {status:?}");
+            assert!(status.message().contains("malformed"), "{path}: {status:?}");
+
+            let no_node = request(None, served.type_url(), Vec::new());
+            let status = raw_first(&channel, &path, no_node)
+                .await
+                .expect_err("no node");
+            assert_eq!(status.code(), Code::InvalidArgument, "{path}: {status:?}");
+            assert!(status.message().contains("node"), "{path}: {status:?}");
+
+            let unknown = request(
+                node(),
+                "type.googleapis.com/envoy.config.nope.v3.Nope",
+                Vec::new(),
+            );
+            let status = raw_first(&channel, &path, unknown)
+                .await
+                .expect_err("unknown type");
+            assert_eq!(status.code(), Code::InvalidArgument, "{path}: {status:?}");
+            if only.is_some() {
+                let mismatched = request(node(), other.type_url(), Vec::new());
+                let status = raw_first(&channel, &path, mismatched)
+                    .await
+                    .expect_err("a type another service serves");
+                assert_eq!(status.code(), Code::InvalidArgument, "{path}: {status:?}");
+            }
+
+            let huge = request(node(), served.type_url(), vec!["x".repeat(LIMIT)]);
+            let status = raw_first(&channel, &path, huge)
+                .await
+                .expect_err("oversized");
+            assert_eq!(status.code(), Code::ResourceExhausted, "{path}: {status:?}");
+            assert!(
+                status.message().contains("--max-request-bytes"),
+                "{path}: {status:?}"
+            );
+
+            let answer = raw_first(&channel, &path, good).await;
+            assert!(
+                answer.is_ok(),
+                "{path}: still answered afterwards: {answer:?}"
+            );
+        }
+    }
+    assert!(!task.is_finished(), "the server is still running");
+    trigger.trigger();
+}

@@ -101,9 +101,11 @@ pub fn validate_command(
         services.join(", "),
         groups.len(),
         groups.join(", "),
-    ) {
+    )
+    .and_then(|()| out.flush())
+    {
         Ok(()) => EX_OK,
-        Err(_) => EX_IOERR,
+        Err(e) => output_failed(err, &e),
     }
 }
 
@@ -165,8 +167,15 @@ pub fn render_config(
         },
         Format::Yaml => to_yaml(&doc),
     };
-    match out.write_all(text.as_bytes()) {
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => EX_OK,
-        Err(_) => EX_IOERR,
+        Err(e) => output_failed(err, &e),
     }
+}
+
+/// The output could not be written (a closed pipe, a full disk): says so
+/// on `err` and returns [`EX_IOERR`].
+fn output_failed(err: &mut dyn Write, e: &std::io::Error) -> u8 {
+    let _ = writeln!(err, "teal: cannot write the output: {e}");
+    EX_IOERR
 }

@@ -691,7 +691,13 @@ mod tests {
         let errs = load("a: [1, 2\nb: 3\n").expect_err("unclosed");
         assert_eq!(errs.len(), 1);
         assert!(errs[0].message.starts_with("invalid YAML"));
-        assert!(errs[0].pos.line >= 1);
+        // The flow sequence opened on line 1 is still open where line 2
+        // starts a mapping key.
+        assert_eq!(errs[0].pos.line, 2, "{:?}", errs[0]);
+        let errs = load("a: 1\nb: 2\nc: [\n").expect_err("unclosed at the end");
+        assert_eq!(errs[0].pos.line, 4, "{:?}", errs[0]);
+        let errs = load("a: 1\n  b: 2\n").expect_err("bad indentation");
+        assert_eq!(errs[0].pos.line, 2, "{:?}", errs[0]);
     }
 
     #[test]

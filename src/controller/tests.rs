@@ -194,6 +194,7 @@ async fn unknown_names_are_refused() {
         Err(RolloutError::UnknownFleet { .. })
     ));
     let results = c.verify("web", "blue").await.expect("runs");
+    assert!(!results.is_empty(), "blue has endpoints and checks");
     assert!(results.iter().all(|r| !r.ok), "nothing listens on port 1");
 }
 

@@ -17,7 +17,7 @@
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,35 @@ use super::{PersistedState, Revision, StateError, StateStore, Stored};
 
 /// The `format` written in `state.json`.
 const FORMAT: u32 = 1;
+
+/// A point of a save where a crash leaves something different on disk;
+/// see [`FileStore::observe_saves`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaveStep {
+    /// The next state is whole in `state.json.tmp` and `fsync`ed;
+    /// `state.json` still holds the previous one.
+    TempWritten,
+    /// `state.json.tmp` has been renamed over `state.json`, which now holds
+    /// the new state; the directory is not `fsync`ed yet.
+    Renamed,
+}
+
+/// Called at each [`SaveStep`] with the revision being saved.
+type SaveObserver = Arc<dyn Fn(SaveStep, Revision) + Send + Sync>;
+
+/// The observer, if any, behind a `Debug` that does not need one.
+#[derive(Default)]
+struct Observer(OnceLock<SaveObserver>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Observer(set)"
+        } else {
+            "Observer(none)"
+        })
+    }
+}
 
 /// State kept in a local directory; one process at a time.
 #[derive(Clone, Debug)]
@@ -43,6 +72,7 @@ struct Inner {
     /// the file (it holds the lock), so this stays true; `None` forces a
     /// re-read, e.g. after a save failed halfway.
     revision: Mutex<Option<Revision>>,
+    observer: Observer,
 }
 
 #[derive(Serialize)]
@@ -95,8 +125,24 @@ impl FileStore {
                 tmp_path: dir.join("state.json.tmp"),
                 _lock: lock,
                 revision: Mutex::new(None),
+                observer: Observer::default(),
             }),
         })
+    }
+
+    /// Calls `observer` at each step of every save from now on, on the
+    /// thread doing the save (it blocks the save while it runs). For
+    /// crash tests that must kill a process at a known point of a save,
+    /// between writing the temporary file and renaming it; only the first
+    /// observer set is kept.
+    pub fn observe_saves(&self, observer: impl Fn(SaveStep, Revision) + Send + Sync + 'static) {
+        let _ = self.inner.observer.0.set(Arc::new(observer));
+    }
+
+    /// The path of the temporary file a save writes before renaming it
+    /// over [`FileStore::state_path`].
+    pub fn temp_path(&self) -> &Path {
+        &self.inner.tmp_path
     }
 
     /// The path of `state.json`.
@@ -151,14 +197,21 @@ impl Inner {
         }))
     }
 
-    fn write_durably(&self, bytes: &[u8]) -> Result<(), StateError> {
+    fn write_durably(&self, bytes: &[u8], revision: Revision) -> Result<(), StateError> {
+        let observe = |step| {
+            if let Some(f) = self.observer.0.get() {
+                f(step, revision);
+            }
+        };
         let tmp = &self.tmp_path;
         let mut f = File::create(tmp).map_err(|e| StateError::io(tmp, e))?;
         f.write_all(bytes)
             .and_then(|()| f.sync_all())
             .map_err(|e| StateError::io(tmp, e))?;
         drop(f);
+        observe(SaveStep::TempWritten);
         fs::rename(tmp, &self.state_path).map_err(|e| StateError::io(&self.state_path, e))?;
+        observe(SaveStep::Renamed);
         // Makes the rename itself durable.
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
@@ -213,7 +266,7 @@ impl StateStore for FileStore {
             // Unknown until the write is done: it may land even if a
             // later step (the directory fsync) fails.
             *cached = None;
-            inner.write_durably(&bytes)?;
+            inner.write_durably(&bytes, next)?;
             *cached = Some(next);
             Ok(next)
         })

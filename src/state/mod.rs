@@ -27,7 +27,7 @@ use crate::rollout::machine::Record;
 use crate::rollout::serde_time;
 use crate::rollout::{HistoryEntry, Split};
 
-pub use file::FileStore;
+pub use file::{FileStore, SaveStep};
 pub use memory::MemoryStore;
 
 /// How many history entries are kept per service; older ones are dropped.

@@ -159,18 +159,17 @@ fn named_subscriptions_unsubscribe_and_resubscribe() {
 #[test]
 fn legacy_and_explicit_wildcards() {
     let snap = snapshot("1", group(&["a", "b"], "a"), None);
+    // "*" with a name: every resource, whether the name exists or not.
     let mut s = ads();
-    s.on_request(&req(CDS, &["*", "zzz"], ""), &snap)
+    let out = s
+        .on_request(&req(CDS, &["*", "zzz"], ""), &snap)
         .expect("ok");
-    assert!(
-        s.types[CDS.index()]
-            .as_ref()
-            .expect("cds")
-            .subscription
-            .wildcard
-    );
+    assert_eq!(out.responses.len(), 1);
+    assert_eq!(names(&sotw(&out.responses[0])), ["a", "b"]);
+    // Named only: just that resource.
     let mut s = ads();
-    s.on_request(&req(CDS, &["a"], ""), &snap).expect("ok");
+    let out = s.on_request(&req(CDS, &["a"], ""), &snap).expect("ok");
+    assert_eq!(names(&sotw(&out.responses[0])), ["a"]);
     let out = s.on_request(&req(CDS, &[], "1"), &snap).expect("ok");
     assert!(out.responses.is_empty());
     let st = s.types[CDS.index()].as_ref().expect("cds");
