@@ -105,6 +105,14 @@ pub enum ServeError {
     /// The admin tokens file is unreadable or malformed.
     #[error("admin tokens: {0}")]
     Tokens(#[from] crate::admin::TokensError),
+    /// The local token could not be written in the state directory.
+    #[error("cannot write the local admin token {path}: {source}")]
+    LocalToken {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The admin API server failed.
     #[error("admin API failed: {0}")]
     Admin(tonic::transport::Error),
@@ -130,7 +138,7 @@ impl ServeError {
                 exit::EX_SOFTWARE
             }
             ServeError::State(StateError::NewerFormat { .. }) => exit::EX_DATAERR,
-            ServeError::State(_) => exit::EX_CANTCREAT,
+            ServeError::State(_) | ServeError::LocalToken { .. } => exit::EX_CANTCREAT,
             ServeError::Controller(e) => e.exit_code(),
         }
     }
@@ -291,7 +299,7 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
         Some(dir) => Arc::new(FileStore::open(dir)?),
         None => Arc::new(MemoryStore::default()),
     };
-    let tokens = Tokens::load(opts.admin_tokens.as_deref())?;
+    let tokens = with_local_token(Tokens::load(opts.admin_tokens.as_deref())?, &opts)?;
     let metrics = Arc::new(Metrics::new());
     let registry: Arc<ProxyRegistry> = ProxyRegistry::with_sink(metrics.clone());
     let (controller, driver) = controller::start(
@@ -352,6 +360,27 @@ struct Tasks {
     xds: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     admin: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     driver: tokio::task::JoinHandle<()>,
+}
+
+/// `tokens`, or, when there is none and teal keeps its state in a
+/// directory, the directory's local token (see [`admin::local_token`]), so
+/// the CLI on this machine can make changes without any set-up.
+fn with_local_token(tokens: Tokens, opts: &ServeOptions) -> Result<Tokens, ServeError> {
+    let Some(dir) = opts.state_dir.as_deref().filter(|_| tokens.is_empty()) else {
+        return Ok(tokens);
+    };
+    let path = admin::local_token::path(dir);
+    let token = admin::local_token::ensure(dir).map_err(|source| ServeError::LocalToken {
+        path: path.display().to_string(),
+        source,
+    })?;
+    tracing::info!(
+        file = %crate::text::untrusted(&path.display().to_string()),
+        "no admin token configured: changes need the local token in this file (mode 0600), \
+         which the teal CLI on this machine reads by default; set TEAL_ADMIN_TOKEN or \
+         --admin-tokens to use your own"
+    );
+    Ok(tokens.with(admin::local_token::ACTOR, &token))
 }
 
 /// Reloads the config while the server runs, and reports how it ended.

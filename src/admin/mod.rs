@@ -40,10 +40,12 @@
 //! - [`convert`][]: rollout types ↔ messages.
 //! - [`server`][]: the gRPC service over a [`Backend`].
 //! - [`auth`][]: tokens.
+//! - [`local_token`][]: the token the CLI on the same machine uses when the server was given none.
 //! - [`metrics`][]: counters and the `/metrics` page.
 
 pub mod auth;
 pub mod convert;
+pub mod local_token;
 pub mod metrics;
 pub mod pb;
 pub mod server;
@@ -101,7 +103,10 @@ pub async fn serve(
              (set TEAL_ADMIN_TOKEN or give a tokens file)"
         );
     }
-    tracing::info!(addr = ?listener.local_addr().ok(), "admin API listening");
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!(%addr, "admin API listening"),
+        Err(e) => tracing::info!(error = %e, "admin API listening (address unknown)"),
+    }
     let mut stop = shutdown;
     tonic::transport::Server::builder()
         .accept_http1(true)

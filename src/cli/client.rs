@@ -108,6 +108,33 @@ pub struct Target {
     pub max_response_bytes: usize,
 }
 
+/// The local token of a teal on this machine (see
+/// [`crate::admin::local_token`]), for a CLI given no token: read from the
+/// state directory teal uses by default here (`TEAL_STATE_DIR`, else
+/// `teal-state` in the current directory), and only for an admin address
+/// on this machine, so it is never sent anywhere else. `None` when there
+/// is no such file or it cannot be read.
+fn local_token(addr: &str) -> Option<String> {
+    let host = addr
+        .split_once("://")
+        .map_or(addr, |(_, rest)| rest)
+        .rsplit_once(':')
+        .map_or(addr, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        return None;
+    }
+    let dir = std::env::var_os("TEAL_STATE_DIR")
+        .map_or_else(|| PathBuf::from("teal-state"), PathBuf::from);
+    let token = std::fs::read_to_string(crate::admin::local_token::path(&dir)).ok()?;
+    Some(token.trim().to_owned()).filter(|t| !t.is_empty())
+}
+
 /// A connection to the admin API.
 #[derive(Debug, Clone)]
 pub struct Conn {
@@ -131,7 +158,11 @@ impl Conn {
                 })?;
                 Some(text.trim().to_owned())
             }
-            None => target.token.clone().filter(|t| !t.trim().is_empty()),
+            None => target
+                .token
+                .clone()
+                .filter(|t| !t.trim().is_empty())
+                .or_else(|| local_token(&target.addr)),
         };
         let addr = target.addr.clone();
         let uri = if addr.contains("://") {
@@ -179,10 +210,17 @@ impl Conn {
 
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
+    let mut last = s.clone();
     let mut source = e.source();
     while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
+        let text = inner.to_string();
+        // Layers often wrap an error in one that says the same thing
+        // (hyper's "tcp connect error" around the connector's); say it once.
+        if text != last && !last.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        last = text;
         source = inner.source();
     }
     s

@@ -201,8 +201,22 @@ fn change_line(h: &pb::HistoryEntry, now: i64) -> String {
         untrusted(&h.actor),
         ago(h.finished_unix_ms, now),
         table::split(&h.from.clone().unwrap_or_default().weights),
-        table::split(&h.to.clone().unwrap_or_default().weights),
+        to_cell(h),
     )
+}
+
+/// Where a change left the weights, and, when that is not where it meant
+/// to go (refused, rolled back, aborted part way), where it meant to go.
+fn to_cell(h: &pb::HistoryEntry) -> String {
+    let to = h.to.clone().unwrap_or_default().weights;
+    match &h.target {
+        Some(target) if target.weights != to => format!(
+            "{} (meant {})",
+            table::split(&to),
+            table::split(&target.weights)
+        ),
+        _ => table::split(&to),
+    }
 }
 
 /// `teal verify`: exit 0 when every check passed, 1 otherwise.
@@ -323,7 +337,7 @@ pub async fn history(
                     h.actor.clone(),
                     table::utc(h.started_unix_ms),
                     table::split(&h.from.clone().unwrap_or_default().weights),
-                    table::split(&h.to.clone().unwrap_or_default().weights),
+                    to_cell(h),
                     h.version.clone().unwrap_or_else(|| "-".into()),
                     outcome,
                     h.convergence_ms

@@ -125,7 +125,10 @@ impl XdsServer {
     /// configured drain time to close.
     pub async fn serve(self, listener: TcpListener) -> Result<(), tonic::transport::Error> {
         let local: Option<SocketAddr> = listener.local_addr().ok();
-        tracing::info!(addr = ?local, "xDS server listening");
+        match local {
+            Some(addr) => tracing::info!(%addr, "xDS server listening"),
+            None => tracing::info!("xDS server listening (address unknown)"),
+        }
         let mut stop = self.shared.shutdown.clone();
         let mut deadline = self.shared.shutdown.clone();
         let drain = self.shared.config.drain;
