@@ -14,9 +14,9 @@
 //!   older state than it committed, and version numbers never go back.
 //! - **RunChecks** runs the service's checks in a task of its own.
 //!
-//! Versions are `{seq}-{digest}`: a sequence number kept in the state
-//! store and a digest of the content, so a restart with the same state
-//! serves the very same version string.
+//! Versions ([`Version`]) are `{seq}-{digest}`: a sequence number kept in
+//! the state store and a digest of the content, so a restart with the same
+//! state serves the very same version string.
 
 mod driver;
 mod reconcile;
@@ -31,7 +31,7 @@ use crate::admin::Metrics;
 use crate::config::Config;
 use crate::resources::ResourceType;
 use crate::rollout::{
-    Backend, CheckResult, HistoryEntry, Operation, Progress, RolloutError, StatusView,
+    Backend, CheckResult, HistoryEntry, Operation, Progress, RolloutError, StatusView, Version,
 };
 use crate::shutdown::Shutdown;
 use crate::snapshot::{BuildError, Snapshot};
@@ -81,7 +81,7 @@ pub enum Reloaded {
     /// Published as this version.
     Applied {
         /// The version.
-        version: String,
+        version: Version,
     },
     /// Kept until an operation that depends on the service config it
     /// changes leaves its checks and confirmation; then applied.
@@ -211,7 +211,7 @@ pub async fn start(
         registry,
         snapshots,
     };
-    driver.resume_operations().await;
+    driver.resume_operations(&version).await;
     let task = tokio::spawn(driver.run(rx, checks_rx, shutdown));
     Ok((controller, task))
 }
@@ -304,12 +304,6 @@ impl Backend for Controller {
         self.ask(|reply| Command::History { service, reply })
             .await?
     }
-}
-
-/// The sequence number at the front of a version string (`12-ab34...`).
-pub fn version_seq(version: &str) -> Option<u64> {
-    let digits: String = version.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
 }
 
 #[cfg(test)]

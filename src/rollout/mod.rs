@@ -4,6 +4,7 @@
 //! - [`plan`]: what an operation will do to a service, or why it cannot;
 //!   where the rollback point goes.
 //! - [`machine`]: the pure rollout state machine (events in, actions out).
+//! - [`version`]: the fleet-wide version a commit publishes.
 //! - The controller (`crate::controller`) runs it against the real
 //!   snapshot store, proxy registry, checks and durable state.
 //!
@@ -33,6 +34,9 @@ mod fixtures;
 pub mod machine;
 pub mod plan;
 pub(crate) mod serde_time;
+pub mod version;
+
+pub use version::Version;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
