@@ -24,30 +24,13 @@ use crate::rollout::{
     ServiceStatus, StatusView, Verb, Version,
 };
 use crate::shutdown::Shutdown;
-use crate::snapshot::BuildError;
 use crate::snapshot_store::SnapshotWriter;
 use crate::state::{PersistedState, Revision, StateError, StateStore};
 use crate::xds::ProxyRegistry;
 
 use super::reconcile::{ReconcileError, fit_split, reconcile};
 use super::views::proxy_views;
-use super::{Command, ControllerError, ReloadError, Reloaded};
-
-/// Why a change could not be committed; nothing was served.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum CommitError {
-    /// The snapshot could not be built (a bug, or a config the translator
-    /// refuses).
-    #[error("cannot build the snapshot: {0}")]
-    Build(#[from] BuildError),
-    /// The state could not be saved durably.
-    #[error("cannot save the state: {0}")]
-    Store(#[from] StateError),
-    /// A split does not fit the config (a fleet it gives traffic to is
-    /// gone): nothing is served rather than a split teal did not choose.
-    #[error("{0}")]
-    Weights(#[from] WeightsError),
-}
+use super::{Command, CommitError, ControllerError, ReloadError, Reloaded};
 
 /// A running operation and the channel its progress goes out on.
 pub(super) struct Running {
@@ -438,7 +421,7 @@ impl Driver {
             }
             Err(e) => {
                 self.config = previous;
-                Err(ReloadError::Commit(e.to_string()))
+                Err(ReloadError::Commit(e))
             }
         }
     }

@@ -75,6 +75,22 @@ impl ControllerError {
     }
 }
 
+/// Why a change could not be committed; nothing was served.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The snapshot could not be built (a bug, or a config the translator
+    /// refuses).
+    #[error("cannot build the snapshot: {0}")]
+    Build(#[from] BuildError),
+    /// The state could not be saved durably.
+    #[error("cannot save the state: {0}")]
+    Store(#[from] StateError),
+    /// A split does not fit the config (a fleet it gives traffic to is
+    /// gone): nothing is served rather than a split teal did not choose.
+    #[error("{0}")]
+    Weights(#[from] crate::config::WeightsError),
+}
+
 /// What a config reload did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reloaded {
@@ -118,7 +134,7 @@ pub enum ReloadError {
     Reconcile(#[from] ReconcileError),
     /// The new version could not be built or saved.
     #[error("{0}")]
-    Commit(String),
+    Commit(#[from] CommitError),
     /// teal is shutting down.
     #[error("teal is shutting down")]
     ShuttingDown,

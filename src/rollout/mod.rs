@@ -479,10 +479,106 @@ impl From<WeightsError> for RolloutError {
     }
 }
 
+/// The gRPC metadata key (a header or trailer) under which the admin API
+/// names an error's [`ErrorKind`], so a client picks its reaction (the
+/// CLI, its exit code) from the kind, never from the message text.
+pub const ERROR_KIND_KEY: &str = "teal-error-kind";
+
+/// What kind of error the admin API answered, machine-readable (sent as
+/// [`ERROR_KIND_KEY`]). Several kinds share a gRPC code: a full disk and a
+/// server shutting down are both `UNAVAILABLE`, and so is a server that
+/// cannot be reached, which has no kind at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// [`RolloutError::UnknownService`].
+    UnknownService,
+    /// [`RolloutError::UnknownFleet`].
+    UnknownFleet,
+    /// [`RolloutError::Invalid`].
+    Invalid,
+    /// [`RolloutError::Precondition`].
+    Precondition,
+    /// [`RolloutError::Busy`].
+    Busy,
+    /// [`RolloutError::CannotAbort`].
+    CannotAbort,
+    /// [`RolloutError::NoSuchOperation`].
+    NoSuchOperation,
+    /// [`RolloutError::Store`]: the server is up but cannot save.
+    Store,
+    /// [`RolloutError::ShuttingDown`], or an operation's progress that
+    /// stopped because the server is going away.
+    ShuttingDown,
+}
+
+impl ErrorKind {
+    /// Every kind.
+    pub const ALL: [ErrorKind; 9] = [
+        ErrorKind::UnknownService,
+        ErrorKind::UnknownFleet,
+        ErrorKind::Invalid,
+        ErrorKind::Precondition,
+        ErrorKind::Busy,
+        ErrorKind::CannotAbort,
+        ErrorKind::NoSuchOperation,
+        ErrorKind::Store,
+        ErrorKind::ShuttingDown,
+    ];
+
+    /// The name sent on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::UnknownService => "unknown-service",
+            ErrorKind::UnknownFleet => "unknown-fleet",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::Precondition => "precondition",
+            ErrorKind::Busy => "busy",
+            ErrorKind::CannotAbort => "cannot-abort",
+            ErrorKind::NoSuchOperation => "no-such-operation",
+            ErrorKind::Store => "store",
+            ErrorKind::ShuttingDown => "shutting-down",
+        }
+    }
+
+    /// The kind a status names, if it names one this teal knows.
+    pub fn of(status: &tonic::Status) -> Option<ErrorKind> {
+        let name = status.metadata().get(ERROR_KIND_KEY)?.to_str().ok()?;
+        ErrorKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// `status` with this kind attached.
+    pub fn attach(self, mut status: tonic::Status) -> tonic::Status {
+        status.metadata_mut().insert(
+            ERROR_KIND_KEY,
+            tonic::metadata::MetadataValue::from_static(self.as_str()),
+        );
+        status
+    }
+}
+
+impl RolloutError {
+    /// The error's kind, as the admin API names it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            RolloutError::UnknownService(_) => ErrorKind::UnknownService,
+            RolloutError::UnknownFleet { .. } => ErrorKind::UnknownFleet,
+            RolloutError::Invalid(_) => ErrorKind::Invalid,
+            RolloutError::Precondition(_) => ErrorKind::Precondition,
+            RolloutError::Busy { .. } => ErrorKind::Busy,
+            RolloutError::CannotAbort { .. } => ErrorKind::CannotAbort,
+            RolloutError::NoSuchOperation(_) => ErrorKind::NoSuchOperation,
+            RolloutError::Store(_) => ErrorKind::Store,
+            RolloutError::ShuttingDown => ErrorKind::ShuttingDown,
+        }
+    }
+}
+
+/// The gRPC code says what a generic client should do; the attached
+/// [`ErrorKind`] says exactly what happened.
 impl From<RolloutError> for tonic::Status {
     fn from(e: RolloutError) -> tonic::Status {
         use tonic::Status;
-        match &e {
+        let status = match &e {
             RolloutError::UnknownService(_) | RolloutError::UnknownFleet { .. } => {
                 Status::not_found(e.to_string())
             }
@@ -494,7 +590,8 @@ impl From<RolloutError> for tonic::Status {
             RolloutError::Store(_) | RolloutError::ShuttingDown => {
                 Status::unavailable(e.to_string())
             }
-        }
+        };
+        e.kind().attach(status)
     }
 }
 
