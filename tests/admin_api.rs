@@ -481,6 +481,11 @@ async fn bad_durations_and_weights_are_refused_before_sending() {
     let admin = start_admin().await;
     for (args, says) in [
         (vec!["flip", "web", "--timeout", "30"], "missing unit"),
+        // The reason `teal validate` gives for the same text in a config.
+        (
+            vec!["flip", "web", "--timeout", "1.5s"],
+            "\"1.5s\" is not a duration: fractions are not supported (write 1500ms, not 1.5s)",
+        ),
         (
             vec!["retire", "web", "blue", "--after", "soon"],
             "not a duration",

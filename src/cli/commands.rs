@@ -78,9 +78,10 @@ pub enum AdminCommand {
         /// The fleet to switch to (default: the other of two fleets).
         #[arg(long)]
         to: Option<String>,
-        /// How long to wait for every proxy to ACK (e.g. 30s, 2m; 1s to 1h).
-        #[arg(long, default_value = "60s", value_parser = parse::timeout)]
-        timeout: Duration,
+        /// How long to wait for every proxy to ACK (e.g. 30s, 2m; 1s to 1h;
+        /// default: the server's, a minute).
+        #[arg(long, value_parser = parse::timeout)]
+        timeout: Option<Duration>,
         /// Do not run the checks before and after.
         #[arg(long)]
         skip_checks: bool,
@@ -110,9 +111,10 @@ pub enum AdminCommand {
         /// Pause between steps (0s to 24h).
         #[arg(long, default_value = "30s", value_parser = parse::interval)]
         interval: Duration,
-        /// How long each step waits for every proxy to ACK (1s to 1h).
-        #[arg(long, default_value = "60s", value_parser = parse::timeout)]
-        timeout: Duration,
+        /// How long each step waits for every proxy to ACK (1s to 1h;
+        /// default: the server's, a minute).
+        #[arg(long, value_parser = parse::timeout)]
+        timeout: Option<Duration>,
         /// Do not run the checks.
         #[arg(long)]
         skip_checks: bool,
@@ -131,9 +133,10 @@ pub enum AdminCommand {
     Rollback {
         /// The service.
         service: String,
-        /// How long to wait for every proxy to ACK (1s to 1h).
-        #[arg(long, default_value = "60s", value_parser = parse::timeout)]
-        timeout: Duration,
+        /// How long to wait for every proxy to ACK (1s to 1h; default: the
+        /// server's, a minute).
+        #[arg(long, value_parser = parse::timeout)]
+        timeout: Option<Duration>,
         /// Do not run the checks of the fleet getting traffic back.
         #[arg(long)]
         skip_checks: bool,
@@ -233,7 +236,7 @@ pub async fn run_admin(
                     service,
                     to,
                     skip_checks,
-                    timeout_ms: millis(timeout),
+                    timeout_ms: timeout.map_or(0, millis),
                 };
                 ops::flip(c, r, out, err).await
             }
@@ -272,7 +275,7 @@ pub async fn run_admin(
                     to,
                     interval_ms: millis(interval),
                     skip_checks,
-                    timeout_ms: millis(timeout),
+                    timeout_ms: timeout.map_or(0, millis),
                 };
                 ops::shift(c, r, out, err).await
             }
@@ -285,7 +288,7 @@ pub async fn run_admin(
                     c,
                     pb::RollbackRequest {
                         service,
-                        timeout_ms: millis(timeout),
+                        timeout_ms: timeout.map_or(0, millis),
                         skip_checks,
                     },
                     out,

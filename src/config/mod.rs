@@ -64,6 +64,7 @@
 //! field (prost makes them `HashMap`s) ever has more than one entry.
 
 mod diag;
+pub mod duration;
 mod limits;
 mod model;
 mod parse;
@@ -74,6 +75,7 @@ pub mod commands;
 pub mod render;
 
 pub use diag::{Diagnostic, Diagnostics};
+pub use duration::{DurationError, parse_duration};
 pub use limits::{
     DEFAULT_MAX_ALIAS_NODES, DEFAULT_MAX_BYTES, DEFAULT_MAX_DEPTH, Limits, MAX_MAX_ALIAS_NODES,
     MAX_MAX_BYTES, MAX_MAX_DEPTH,

@@ -54,6 +54,11 @@ pub type Split = BTreeMap<String, u32>;
 /// when the operation is planned, so no deadline can overflow the clock.
 pub const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// How long a flip, a shift step or a rollback waits for every proxy to
+/// ACK when the request does not say (`timeout_ms: 0`; the CLI sends that
+/// when `--timeout` is not given, so this is the only default).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// What kind of operation: the verb operators type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
