@@ -81,22 +81,24 @@ impl DeltaStream {
     pub fn new(kind: StreamKind) -> DeltaStream {
         DeltaStream::with_limits(kind, StreamLimits::default())
     }
+}
 
-    /// A new stream of `kind` that enforces `limits`.
-    pub fn with_limits(kind: StreamKind, limits: StreamLimits) -> DeltaStream {
+impl Planner for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    const DELTA: bool = true;
+
+    fn with_limits(kind: StreamKind, limits: StreamLimits) -> DeltaStream {
         DeltaStream {
             head: StreamHead::new(kind, limits),
             types: Default::default(),
         }
     }
 
-    /// The proxy on this stream, once its first request arrived.
-    pub fn node(&self) -> Option<&NodeInfo> {
+    fn node(&self) -> Option<&NodeInfo> {
         self.head.node()
     }
 
-    /// Handles one request against the current snapshot.
-    pub fn on_request(
+    fn on_request(
         &mut self,
         req: &DeltaDiscoveryRequest,
         snapshot: &Snapshot,
@@ -196,17 +198,8 @@ impl DeltaStream {
         Ok(out)
     }
 
-    /// Handles a newly published snapshot.
-    pub fn on_snapshot(&mut self, snapshot: &Snapshot) -> Output {
-        let mut out = Output::default();
-        self.plan(snapshot, &mut out);
-        out
-    }
-}
-
-impl Planner for DeltaStream {
-    fn node_info(&self) -> Option<&NodeInfo> {
-        self.head.node()
+    fn subscription(&self, ty: ResourceType) -> Option<&Subscription> {
+        self.types[ty.index()].as_ref().map(|st| &st.subscription)
     }
 
     fn next_response(
@@ -292,13 +285,6 @@ impl Planner for DeltaStream {
 }
 
 impl DeltaStream {
-    /// As in state of the world: only for clients that take every cluster.
-    fn make_before_break(&self) -> bool {
-        self.types[ResourceType::Cluster.index()]
-            .as_ref()
-            .is_some_and(|c| c.subscription.wildcard)
-    }
-
     /// Clusters the client has ACKed.
     fn held_clusters(&self) -> BTreeSet<&str> {
         self.types[ResourceType::Cluster.index()]
