@@ -210,113 +210,117 @@ pub async fn run_admin(
 ) -> u8 {
     let result = async {
         let mut conn = Conn::connect(target).await?;
-        let c = &mut conn;
-        match cmd {
-            AdminCommand::Status {
-                service,
-                watch,
-                output,
-            } => read::status(c, service, watch, output, out).await,
-            AdminCommand::Proxies { output } => super::proxies::proxies(c, output, out).await,
-            AdminCommand::Verify {
-                service,
-                fleet,
-                output,
-            } => read::verify(c, service, fleet, output, out).await,
-            AdminCommand::History { service, output } => {
-                read::history(c, service, output, out).await
-            }
-            AdminCommand::Flip {
-                service,
-                to,
-                timeout,
-                skip_checks,
-            } => {
-                let r = pb::FlipRequest {
-                    service,
-                    to,
-                    skip_checks,
-                    timeout_ms: timeout.map_or(0, millis),
-                };
-                ops::flip(c, r, out, err).await
-            }
-            AdminCommand::Shift {
-                service,
-                weights,
-                steps,
-                to,
-                interval,
-                timeout,
-                skip_checks,
-            } => {
-                if let Some((fleet, _)) = weights
-                    .iter()
-                    .enumerate()
-                    .find(|(i, (f, _))| weights[..*i].iter().any(|(g, _)| g == f))
-                    .map(|(_, w)| w)
-                {
-                    return Err(Failure::new(
-                        client::EX_USAGE,
-                        format!("--weight: fleet {fleet:?} given twice"),
-                    ));
-                }
-                let sum: u32 = weights.iter().map(|(_, w)| *w).sum();
-                if sum > 100 {
-                    return Err(Failure::new(
-                        client::EX_USAGE,
-                        format!("--weight: weights sum to {sum}, more than 100"),
-                    ));
-                }
-                let r = pb::ShiftRequest {
-                    service,
-                    steps: Vec::new(),
-                    weights: weights.into_iter().collect(),
-                    percents: steps.map(|Steps(p)| p).unwrap_or_default(),
-                    to,
-                    interval_ms: millis(interval),
-                    skip_checks,
-                    timeout_ms: timeout.map_or(0, millis),
-                };
-                ops::shift(c, r, out, err).await
-            }
-            AdminCommand::Rollback {
-                service,
-                timeout,
-                skip_checks,
-            } => {
-                ops::rollback(
-                    c,
-                    pb::RollbackRequest {
-                        service,
-                        timeout_ms: timeout.map_or(0, millis),
-                        skip_checks,
-                    },
-                    out,
-                    err,
-                )
-                .await
-            }
-            AdminCommand::Retire {
-                service,
-                fleet,
-                after,
-            } => {
-                ops::retire(
-                    c,
-                    pb::RetireRequest {
-                        service,
-                        fleet,
-                        after_ms: millis(after),
-                    },
-                    out,
-                    err,
-                )
-                .await
-            }
-            AdminCommand::Abort { id } => ops::abort(c, id, out).await,
-            AdminCommand::Follow { id } => ops::follow(c, id, out, err).await,
-        }
+        run(&mut conn, cmd, out, err).await
     }
     .await;
     result.unwrap_or_else(|f: Failure| f.report(err))
+}
+
+/// Runs one admin command on a connection.
+async fn run(
+    c: &mut Conn,
+    cmd: AdminCommand,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<u8, Failure> {
+    match cmd {
+        AdminCommand::Status {
+            service,
+            watch,
+            output,
+        } => read::status(c, service, watch, output, out).await,
+        AdminCommand::Proxies { output } => super::proxies::proxies(c, output, out).await,
+        AdminCommand::Verify {
+            service,
+            fleet,
+            output,
+        } => read::verify(c, service, fleet, output, out).await,
+        AdminCommand::History { service, output } => read::history(c, service, output, out).await,
+        AdminCommand::Flip {
+            service,
+            to,
+            timeout,
+            skip_checks,
+        } => {
+            let r = pb::FlipRequest {
+                service,
+                to,
+                skip_checks,
+                timeout_ms: timeout.map_or(0, millis),
+            };
+            ops::flip(c, r, out, err).await
+        }
+        AdminCommand::Shift {
+            service,
+            weights,
+            steps,
+            to,
+            interval,
+            timeout,
+            skip_checks,
+        } => {
+            check_weights(&weights)?;
+            let r = pb::ShiftRequest {
+                service,
+                steps: Vec::new(),
+                weights: weights.into_iter().collect(),
+                percents: steps.map(|Steps(p)| p).unwrap_or_default(),
+                to,
+                interval_ms: millis(interval),
+                skip_checks,
+                timeout_ms: timeout.map_or(0, millis),
+            };
+            ops::shift(c, r, out, err).await
+        }
+        AdminCommand::Rollback {
+            service,
+            timeout,
+            skip_checks,
+        } => {
+            let r = pb::RollbackRequest {
+                service,
+                timeout_ms: timeout.map_or(0, millis),
+                skip_checks,
+            };
+            ops::rollback(c, r, out, err).await
+        }
+        AdminCommand::Retire {
+            service,
+            fleet,
+            after,
+        } => {
+            let r = pb::RetireRequest {
+                service,
+                fleet,
+                after_ms: millis(after),
+            };
+            ops::retire(c, r, out, err).await
+        }
+        AdminCommand::Abort { id } => ops::abort(c, id, out).await,
+        AdminCommand::Follow { id } => ops::follow(c, id, out, err).await,
+    }
+}
+
+/// Refuses `--weight`s that name a fleet twice or sum past 100 before
+/// anything is sent (the server checks the split whole).
+fn check_weights(weights: &[(String, u32)]) -> Result<(), Failure> {
+    if let Some((fleet, _)) = weights
+        .iter()
+        .enumerate()
+        .find(|(i, (f, _))| weights[..*i].iter().any(|(g, _)| g == f))
+        .map(|(_, w)| w)
+    {
+        return Err(Failure::new(
+            client::EX_USAGE,
+            format!("--weight: fleet {fleet:?} given twice"),
+        ));
+    }
+    let sum: u32 = weights.iter().map(|(_, w)| *w).sum();
+    if sum > 100 {
+        return Err(Failure::new(
+            client::EX_USAGE,
+            format!("--weight: weights sum to {sum}, more than 100"),
+        ));
+    }
+    Ok(())
 }
