@@ -246,29 +246,14 @@ impl Rollout {
         rollback_before: Option<Split>,
         now: Instant,
     ) -> (Rollout, Vec<Action>) {
-        let mut r = Rollout {
-            id: origin.id,
-            verb: op.verb(),
-            service: op.service().to_owned(),
-            actor: origin.actor,
-            started: origin.started,
+        let mut r = Rollout::new(
+            origin,
+            op.verb(),
+            op.service(),
             plan,
             original,
             rollback_before,
-            step: 1,
-            state: State::Done(Outcome::Succeeded),
-            confirmed: None,
-            acks: BTreeMap::new(),
-            convergence: None,
-            resumed: false,
-            last_version: None,
-            warnings: Vec::new(),
-            acked: 0,
-            total: 0,
-            waiting_for: Vec::new(),
-            checks: Vec::new(),
-            message: String::new(),
-        };
+        );
         let actions = if r.plan.wait_first {
             r.wait(now + r.plan.interval);
             Vec::new()
@@ -301,29 +286,22 @@ impl Rollout {
         let mut rec = rec;
         rec.plan.timeout = rec.plan.timeout.min(MAX_WAIT);
         rec.plan.interval = rec.plan.interval.min(MAX_WAIT);
-        let mut r = Rollout {
-            id: rec.id,
-            verb: rec.verb,
-            service: service.to_owned(),
-            actor: rec.actor,
-            started: rec.started,
-            plan: rec.plan,
-            original: rec.original,
-            rollback_before: rec.rollback_before,
-            step: rec.step.max(1),
-            state: State::Done(Outcome::Succeeded),
-            confirmed: rec.confirmed_version.zip(rec.confirmed),
-            acks: BTreeMap::new(),
-            convergence: None,
-            resumed: true,
-            last_version: None,
-            warnings: rec.warnings,
-            acked: 0,
-            total: 0,
-            waiting_for: Vec::new(),
-            checks: Vec::new(),
-            message: String::new(),
-        };
+        let mut r = Rollout::new(
+            Origin {
+                id: rec.id,
+                actor: rec.actor,
+                started: rec.started,
+            },
+            rec.verb,
+            service,
+            rec.plan,
+            rec.original,
+            rec.rollback_before,
+        );
+        r.step = rec.step.max(1);
+        r.confirmed = rec.confirmed_version.zip(rec.confirmed);
+        r.resumed = true;
+        r.warnings = rec.warnings;
         if !matches!(rec.stage, Stage::Pending) {
             r.last_version = Some(version.clone());
         }
@@ -365,6 +343,41 @@ impl Rollout {
             }
         };
         (r, actions)
+    }
+
+    /// An operation at its first step, before anything happened; `start`
+    /// and `resume` then put it where it is.
+    fn new(
+        origin: Origin,
+        verb: Verb,
+        service: &str,
+        plan: Plan,
+        original: Change,
+        rollback_before: Option<Split>,
+    ) -> Rollout {
+        Rollout {
+            id: origin.id,
+            verb,
+            service: service.to_owned(),
+            actor: origin.actor,
+            started: origin.started,
+            plan,
+            original,
+            rollback_before,
+            step: 1,
+            state: State::Done(Outcome::Succeeded),
+            confirmed: None,
+            acks: BTreeMap::new(),
+            convergence: None,
+            resumed: false,
+            last_version: None,
+            warnings: Vec::new(),
+            acked: 0,
+            total: 0,
+            waiting_for: Vec::new(),
+            checks: Vec::new(),
+            message: String::new(),
+        }
     }
 
     /// The operation's id.
@@ -830,35 +843,7 @@ impl Rollout {
                 if !self.track(&proxies, |p| p.confirmed || p.nack.is_some()) {
                     return Vec::new();
                 }
-                let rejected = rejections(&proxies);
-                if !rejected.is_empty() {
-                    return self.finish(Outcome::Unconfirmed {
-                        reason: format!(
-                            "the rollback is in effect, but {rejected}; teal does not undo a rollback"
-                        ),
-                    });
-                }
-                // With no proxy left connected, not every proxy that was
-                // sent the version confirmed it: no convergence to record.
-                self.convergence = if proxies.is_empty() {
-                    None
-                } else {
-                    self.acks.values().max().copied()
-                };
-                if proxies.is_empty() {
-                    let warning = format!(
-                        "no connected proxy routes {}: no proxy confirmed the change",
-                        self.service
-                    );
-                    if !self.warnings.contains(&warning) {
-                        self.warnings.push(warning);
-                    }
-                }
-                let checking = State::PostChecks {
-                    version: version.clone(),
-                    deadline: now + self.plan.timeout,
-                };
-                self.checks_or(checking, " after the switch", |r| r.step_done(version, now))
+                self.all_answered(&proxies, version, now)
             }
             Event::Tick if now >= deadline => {
                 let waiting = self.waiting_for.join(", ");
@@ -878,6 +863,45 @@ impl Rollout {
             }
             _ => Vec::new(),
         }
+    }
+
+    /// Every proxy confirmed the step's version or (a rollback's) rejected
+    /// it: on to the post-checks, or the end.
+    fn all_answered(
+        &mut self,
+        proxies: &[ProxyView],
+        version: Version,
+        now: Instant,
+    ) -> Vec<Action> {
+        let rejected = rejections(proxies);
+        if !rejected.is_empty() {
+            return self.finish(Outcome::Unconfirmed {
+                reason: format!(
+                    "the rollback is in effect, but {rejected}; teal does not undo a rollback"
+                ),
+            });
+        }
+        // With no proxy left connected, not every proxy that was sent the
+        // version confirmed it: no convergence to record.
+        self.convergence = if proxies.is_empty() {
+            None
+        } else {
+            self.acks.values().max().copied()
+        };
+        if proxies.is_empty() {
+            let warning = format!(
+                "no connected proxy routes {}: no proxy confirmed the change",
+                self.service
+            );
+            if !self.warnings.contains(&warning) {
+                self.warnings.push(warning);
+            }
+        }
+        let checking = State::PostChecks {
+            version: version.clone(),
+            deadline: now + self.plan.timeout,
+        };
+        self.checks_or(checking, " after the switch", |r| r.step_done(version, now))
     }
 
     fn on_post_checks(
