@@ -349,71 +349,88 @@ fn edge(
             ok = false;
             continue;
         };
-        let mut domains = Vec::new();
-        if let Some(dnode) = f.required(cx, "domains")
-            && let Some(items) = seq(cx, dnode, &f.path("domains"))
-        {
-            if items.is_empty() {
-                cx.err(
-                    dnode.pos,
-                    &f.path("domains"),
-                    "at least one domain is needed",
-                );
-                ok = false;
-            }
-            for (i, item) in items.iter().enumerate() {
-                let dpath = format!("{}[{i}]", f.path("domains"));
-                let Some(d) = text(cx, item, &dpath) else {
-                    ok = false;
-                    continue;
-                };
-                if d.is_empty() || d.contains(char::is_whitespace) {
-                    cx.err(item.pos, &dpath, format!("bad domain {d:?}"));
-                    ok = false;
-                } else if let Some(other) = domains_seen.get(&d.to_ascii_lowercase()) {
-                    cx.err(
-                        item.pos,
-                        &dpath,
-                        format!("domain {d:?} is already served by virtual host {other:?}"),
-                    );
-                    ok = false;
-                } else {
-                    domains_seen.insert(d.to_ascii_lowercase(), key.text.clone());
-                    domains.push(d);
-                }
-            }
-        } else {
+        let domains = domains(cx, &f, &key.text, &mut domains_seen);
+        let routes = routes(cx, &f, services);
+        let (Some(domains), Some(routes)) = (domains, routes) else {
             ok = false;
-        }
-        let mut routes = Vec::new();
-        if let Some(rnode) = f.required(cx, "routes")
-            && let Some(items) = seq(cx, rnode, &f.path("routes"))
-        {
-            if items.is_empty() {
-                cx.err(rnode.pos, &f.path("routes"), "at least one route is needed");
-                ok = false;
-            }
-            for (i, item) in items.iter().enumerate() {
-                let rpath = format!("{}[{i}]", f.path("routes"));
-                let Some(rf) = fields(cx, item, &rpath, &["prefix", "regex", "service"]) else {
-                    ok = false;
-                    continue;
-                };
-                let path = route_path(cx, &rf);
-                let service = rf
-                    .required(cx, "service")
-                    .and_then(|n| service_ref(cx, n, &rf.path("service"), services));
-                match (path, service) {
-                    (Some(path), Some(service)) => routes.push(Route { path, service }),
-                    _ => ok = false,
-                }
-            }
-        } else {
-            ok = false;
-        }
+            continue;
+        };
         virtual_hosts.insert(key.text.clone(), VirtualHost { domains, routes });
     }
     ok.then_some(virtual_hosts)
+}
+
+/// A virtual host's `domains`: at least one, none served by another
+/// virtual host of the listener (`seen`: lowercased domain → virtual
+/// host). `None` if any is wrong.
+fn domains(
+    cx: &mut Cx<'_>,
+    f: &Fields<'_>,
+    vhost: &str,
+    seen: &mut BTreeMap<String, String>,
+) -> Option<Vec<String>> {
+    let dnode = f.required(cx, "domains")?;
+    let items = seq(cx, dnode, &f.path("domains"))?;
+    let mut ok = true;
+    if items.is_empty() {
+        cx.err(
+            dnode.pos,
+            &f.path("domains"),
+            "at least one domain is needed",
+        );
+        ok = false;
+    }
+    let mut domains = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let dpath = format!("{}[{i}]", f.path("domains"));
+        let Some(d) = text(cx, item, &dpath) else {
+            ok = false;
+            continue;
+        };
+        if d.is_empty() || d.contains(char::is_whitespace) {
+            cx.err(item.pos, &dpath, format!("bad domain {d:?}"));
+            ok = false;
+        } else if let Some(other) = seen.get(&d.to_ascii_lowercase()) {
+            cx.err(
+                item.pos,
+                &dpath,
+                format!("domain {d:?} is already served by virtual host {other:?}"),
+            );
+            ok = false;
+        } else {
+            seen.insert(d.to_ascii_lowercase(), vhost.to_owned());
+            domains.push(d);
+        }
+    }
+    ok.then_some(domains)
+}
+
+/// A virtual host's `routes`: at least one. `None` if any is wrong.
+fn routes(cx: &mut Cx<'_>, f: &Fields<'_>, services: &BTreeSet<String>) -> Option<Vec<Route>> {
+    let rnode = f.required(cx, "routes")?;
+    let items = seq(cx, rnode, &f.path("routes"))?;
+    let mut ok = true;
+    if items.is_empty() {
+        cx.err(rnode.pos, &f.path("routes"), "at least one route is needed");
+        ok = false;
+    }
+    let mut routes = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let rpath = format!("{}[{i}]", f.path("routes"));
+        let Some(rf) = fields(cx, item, &rpath, &["prefix", "regex", "service"]) else {
+            ok = false;
+            continue;
+        };
+        let path = route_path(cx, &rf);
+        let service = rf
+            .required(cx, "service")
+            .and_then(|n| service_ref(cx, n, &rf.path("service"), services));
+        match (path, service) {
+            (Some(path), Some(service)) => routes.push(Route { path, service }),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(routes)
 }
 
 /// A route's path match: exactly one of `prefix` and `regex`.
