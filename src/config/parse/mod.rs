@@ -240,84 +240,98 @@ fn listener(
     )?;
     // Read before the kind, so a bad address is reported even when the
     // kind is missing or unknown.
-    let apath = f.path("address");
     let address_node = f.get("address");
-    let parsed_address = address_node.map(|n| address(cx, n, &apath));
+    let parsed_address = address_node.map(|n| address(cx, n, &f.path("address")));
     let kind_node = f.required(cx, "kind")?;
     let kpath = f.path("kind");
     let own_name = || vec![(key.text.clone(), key.pos, path.to_owned())];
-    let misplaced = |cx: &mut Cx<'_>, field: &str, message: &str| {
-        if let Some(n) = f.get(field) {
-            cx.err(n.pos, &f.path(field), message);
+    let kind = text(cx, kind_node, &kpath)?;
+    if !matches!(kind.as_str(), "edge" | "sidecar" | "grpc") {
+        cx.err(
+            kind_node.pos,
+            &kpath,
+            format!("unknown listener kind {kind:?} (expected edge, sidecar or grpc)"),
+        );
+        return None;
+    }
+    if kind == "grpc" {
+        return grpc_listener(cx, &f, services);
+    }
+    // Problems in the order the fields are read: the other kind's field,
+    // the address, then this kind's field.
+    let need_address = |cx: &mut Cx<'_>| {
+        if address_node.is_none() {
+            f.required(cx, "address");
         }
     };
-    match text(cx, kind_node, &kpath)?.as_str() {
-        "edge" => {
-            misplaced(
-                cx,
-                "services",
-                "`services` belongs to sidecar and grpc listeners; edge listeners use \
-                 `virtual_hosts`",
-            );
-            if address_node.is_none() {
-                f.required(cx, "address");
-            }
-            let vnode = f.required(cx, "virtual_hosts")?;
-            let virtual_hosts = edge(cx, vnode, &f.path("virtual_hosts"), services)?;
-            let kind = ListenerKind::Edge {
-                address: parsed_address??,
-                virtual_hosts,
-            };
-            Some((Listener { kind }, own_name()))
+    let kind = if kind == "edge" {
+        misplaced(
+            cx,
+            &f,
+            "services",
+            "`services` belongs to sidecar and grpc listeners; edge listeners use \
+             `virtual_hosts`",
+        );
+        need_address(cx);
+        let vnode = f.required(cx, "virtual_hosts")?;
+        let virtual_hosts = edge(cx, vnode, &f.path("virtual_hosts"), services)?;
+        ListenerKind::Edge {
+            address: parsed_address??,
+            virtual_hosts,
         }
-        "sidecar" => {
-            misplaced(
-                cx,
-                "virtual_hosts",
-                "`virtual_hosts` belongs to edge listeners; sidecar listeners use `services`",
-            );
-            if address_node.is_none() {
-                f.required(cx, "address");
-            }
-            let snode = f.required(cx, "services")?;
-            let (names, _) = service_list(cx, snode, &f.path("services"), "sidecar", services)?;
-            let kind = ListenerKind::Sidecar {
-                address: parsed_address??,
-                services: names,
-            };
-            Some((Listener { kind }, own_name()))
+    } else {
+        misplaced(
+            cx,
+            &f,
+            "virtual_hosts",
+            "`virtual_hosts` belongs to edge listeners; sidecar listeners use `services`",
+        );
+        need_address(cx);
+        let snode = f.required(cx, "services")?;
+        let (names, _) = service_list(cx, snode, &f.path("services"), "sidecar", services)?;
+        ListenerKind::Sidecar {
+            address: parsed_address??,
+            services: names,
         }
-        "grpc" => {
-            misplaced(
-                cx,
-                "virtual_hosts",
-                "`virtual_hosts` belongs to edge listeners; grpc listeners use `services`",
-            );
-            if let Some(n) = address_node {
-                cx.err(
-                    n.pos,
-                    &apath,
-                    "a grpc listener has no `address`: proxyless gRPC clients fetch it \
-                     by name (`xds:///SERVICE`) and open no port",
-                );
-            }
-            let snode = f.required(cx, "services")?;
-            let (names, at) = service_list(cx, snode, &f.path("services"), "grpc", services)?;
-            address_node.is_none().then_some((
-                Listener {
-                    kind: ListenerKind::Grpc { services: names },
-                },
-                at,
-            ))
-        }
-        other => {
-            cx.err(
-                kind_node.pos,
-                &kpath,
-                format!("unknown listener kind {other:?} (expected edge, sidecar or grpc)"),
-            );
-            None
-        }
+    };
+    Some((Listener { kind }, own_name()))
+}
+
+/// A grpc listener: services, no address (its clients open no port).
+fn grpc_listener(
+    cx: &mut Cx<'_>,
+    f: &Fields<'_>,
+    services: &BTreeSet<String>,
+) -> Option<(Listener, Vec<NameAt>)> {
+    misplaced(
+        cx,
+        f,
+        "virtual_hosts",
+        "`virtual_hosts` belongs to edge listeners; grpc listeners use `services`",
+    );
+    let address_node = f.get("address");
+    if let Some(n) = address_node {
+        cx.err(
+            n.pos,
+            &f.path("address"),
+            "a grpc listener has no `address`: proxyless gRPC clients fetch it \
+             by name (`xds:///SERVICE`) and open no port",
+        );
+    }
+    let snode = f.required(cx, "services")?;
+    let (names, at) = service_list(cx, snode, &f.path("services"), "grpc", services)?;
+    address_node.is_none().then_some((
+        Listener {
+            kind: ListenerKind::Grpc { services: names },
+        },
+        at,
+    ))
+}
+
+/// Reports `field`, if given, as belonging to another kind of listener.
+fn misplaced(cx: &mut Cx<'_>, f: &Fields<'_>, field: &str, message: &str) {
+    if let Some(n) = f.get(field) {
+        cx.err(n.pos, &f.path(field), message);
     }
 }
 
