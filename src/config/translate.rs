@@ -52,7 +52,7 @@ use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 use envoy_types::util::pack_any;
 use prost::Message;
 
-use super::model::{Config, ListenerKind, PathMatch, Protocol, Service};
+use super::model::{Config, Group, ListenerKind, PathMatch, Protocol, Service};
 use crate::snapshot::{GroupResources, SnapshotInput};
 
 /// The request header that pins a request to one fleet (preview routing)
@@ -228,91 +228,110 @@ fn initial_split(s: &Service) -> BTreeMap<String, u32> {
 /// Turns the config and the current split into the resources of every
 /// group. Each resource list is sorted by name.
 pub fn translate(config: &Config, weights: &Weights) -> SnapshotInput {
-    let mut groups = BTreeMap::new();
-    for (name, group) in &config.groups {
-        let mut res = GroupResources::default();
-        let proxyless = group
-            .listeners
-            .values()
-            .any(|l| matches!(l.kind, ListenerKind::Grpc { .. }));
-        for service_name in config.services_of(group) {
-            let Some(service) = config.services.get(service_name) else {
-                // Config::parse guarantees every referenced service exists.
-                continue;
-            };
-            for (fleet_name, fleet) in &service.fleets {
-                let cluster = cluster_name(service_name, fleet_name);
-                res.clusters.push(envoy_cluster(&cluster, service));
-                let endpoints: &[super::model::Endpoint] =
-                    if weights.is_retired(service_name, fleet_name) {
-                        &[]
-                    } else {
-                        &fleet.endpoints
-                    };
-                res.endpoints
-                    .push(load_assignment(&cluster, endpoints, proxyless));
-            }
-        }
-        for (listener_name, listener) in &group.listeners {
-            let slash = PathMatch::Prefix("/".to_owned());
-            match &listener.kind {
-                ListenerKind::Edge {
-                    address,
-                    virtual_hosts,
-                } => {
-                    res.listeners.push(envoy_listener(listener_name, *address));
-                    let virtual_hosts = virtual_hosts
-                        .iter()
-                        .map(|(vh_name, vh)| EnvoyVirtualHost {
-                            name: vh_name.clone(),
-                            domains: vh.domains.clone(),
-                            routes: vh
-                                .routes
-                                .iter()
-                                .flat_map(|r| service_routes(config, weights, &r.path, &r.service))
-                                .collect(),
-                            ..Default::default()
-                        })
-                        .collect();
-                    res.routes.push(route_config(listener_name, virtual_hosts));
-                }
-                ListenerKind::Sidecar { address, services } => {
-                    res.listeners.push(envoy_listener(listener_name, *address));
-                    let virtual_hosts = services
-                        .iter()
-                        .map(|s| EnvoyVirtualHost {
-                            name: s.clone(),
-                            domains: vec![s.clone(), format!("{s}:{}", address.port())],
-                            routes: service_routes(config, weights, &slash, s),
-                            ..Default::default()
-                        })
-                        .collect();
-                    res.routes.push(route_config(listener_name, virtual_hosts));
-                }
-                ListenerKind::Grpc { services } => {
-                    for s in services {
-                        res.listeners.push(api_listener(s));
-                        let virtual_host = EnvoyVirtualHost {
-                            name: s.clone(),
-                            // gRPC matches the channel target's authority:
-                            // `xds:///web` asks for `web`.
-                            domains: vec![s.clone()],
-                            routes: service_routes(config, weights, &slash, s),
-                            ..Default::default()
-                        };
-                        res.routes.push(route_config(s, vec![virtual_host]));
-                    }
-                }
-            }
-        }
-        res.clusters.sort_by(|a, b| a.name.cmp(&b.name));
-        res.endpoints
-            .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
-        res.listeners.sort_by(|a, b| a.name.cmp(&b.name));
-        res.routes.sort_by(|a, b| a.name.cmp(&b.name));
-        groups.insert(name.clone(), res);
-    }
+    let groups = config
+        .groups
+        .iter()
+        .map(|(name, group)| (name.clone(), group_resources(config, weights, group)))
+        .collect();
     SnapshotInput { groups }
+}
+
+/// What one group's proxies are served: the clusters and endpoints of
+/// every service its routes reach, its listeners and their routes, each
+/// list sorted by name.
+fn group_resources(config: &Config, weights: &Weights, group: &Group) -> GroupResources {
+    let mut res = GroupResources::default();
+    let proxyless = group
+        .listeners
+        .values()
+        .any(|l| matches!(l.kind, ListenerKind::Grpc { .. }));
+    for service_name in config.services_of(group) {
+        let Some(service) = config.services.get(service_name) else {
+            // Config::parse guarantees every referenced service exists.
+            continue;
+        };
+        for (fleet_name, fleet) in &service.fleets {
+            let cluster = cluster_name(service_name, fleet_name);
+            res.clusters.push(envoy_cluster(&cluster, service));
+            let endpoints: &[super::model::Endpoint] =
+                if weights.is_retired(service_name, fleet_name) {
+                    &[]
+                } else {
+                    &fleet.endpoints
+                };
+            res.endpoints
+                .push(load_assignment(&cluster, endpoints, proxyless));
+        }
+    }
+    for (listener_name, listener) in &group.listeners {
+        push_listener(&mut res, config, weights, listener_name, &listener.kind);
+    }
+    res.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    res.endpoints
+        .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+    res.listeners.sort_by(|a, b| a.name.cmp(&b.name));
+    res.routes.sort_by(|a, b| a.name.cmp(&b.name));
+    res
+}
+
+/// Adds one config listener's Envoy listeners and route configurations.
+fn push_listener(
+    res: &mut GroupResources,
+    config: &Config,
+    weights: &Weights,
+    listener_name: &str,
+    kind: &ListenerKind,
+) {
+    let slash = PathMatch::Prefix("/".to_owned());
+    match kind {
+        ListenerKind::Edge {
+            address,
+            virtual_hosts,
+        } => {
+            res.listeners.push(envoy_listener(listener_name, *address));
+            let virtual_hosts = virtual_hosts
+                .iter()
+                .map(|(vh_name, vh)| EnvoyVirtualHost {
+                    name: vh_name.clone(),
+                    domains: vh.domains.clone(),
+                    routes: vh
+                        .routes
+                        .iter()
+                        .flat_map(|r| service_routes(config, weights, &r.path, &r.service))
+                        .collect(),
+                    ..Default::default()
+                })
+                .collect();
+            res.routes.push(route_config(listener_name, virtual_hosts));
+        }
+        ListenerKind::Sidecar { address, services } => {
+            res.listeners.push(envoy_listener(listener_name, *address));
+            let virtual_hosts = services
+                .iter()
+                .map(|s| EnvoyVirtualHost {
+                    name: s.clone(),
+                    domains: vec![s.clone(), format!("{s}:{}", address.port())],
+                    routes: service_routes(config, weights, &slash, s),
+                    ..Default::default()
+                })
+                .collect();
+            res.routes.push(route_config(listener_name, virtual_hosts));
+        }
+        ListenerKind::Grpc { services } => {
+            for s in services {
+                res.listeners.push(api_listener(s));
+                let virtual_host = EnvoyVirtualHost {
+                    name: s.clone(),
+                    // gRPC matches the channel target's authority:
+                    // `xds:///web` asks for `web`.
+                    domains: vec![s.clone()],
+                    routes: service_routes(config, weights, &slash, s),
+                    ..Default::default()
+                };
+                res.routes.push(route_config(s, vec![virtual_host]));
+            }
+        }
+    }
 }
 
 fn pb_duration(d: std::time::Duration) -> PbDuration {
