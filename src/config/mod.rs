@@ -84,9 +84,10 @@ pub use model::{
     Check, Config, Endpoint, Fleet, Group, HealthCheck, Listener, ListenerKind, OutlierDetection,
     Protocol, Retries, Route, Service, VirtualHost,
 };
-pub use translate::{
-    FLEET_HEADER, Weights, WeightsError, cluster_name, config_digest, encoded_resources, translate,
-};
+pub use translate::{FLEET_HEADER, cluster_name, config_digest, encoded_resources, translate};
+// The rollout's split of traffic, which translation reads; re-exported so
+// callers building a snapshot from a config find it here too.
+pub use crate::rollout::{Weights, WeightsError};
 
 /// The bundled example config, the default of `teal serve`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../examples/teal.yaml");

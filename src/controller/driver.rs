@@ -16,12 +16,12 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::Metrics;
-use crate::config::{self, Config, Weights, WeightsError};
+use crate::config::{self, Config};
 use crate::rollout::machine::{self, Action, Event, Origin, ProxyView, Rollout};
 use crate::rollout::plan::{self, Change, ServiceView};
 use crate::rollout::{
     CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, Retirement, RolloutError,
-    ServiceStatus, StatusView, Verb, Version,
+    ServiceStatus, StatusView, Verb, Version, Weights, WeightsError,
 };
 use crate::shutdown::Shutdown;
 use crate::snapshot_store::SnapshotWriter;

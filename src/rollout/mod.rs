@@ -5,6 +5,7 @@
 //!   where the rollback point goes.
 //! - [`machine`]: the pure rollout state machine (events in, actions out).
 //! - [`version`]: the fleet-wide version a commit publishes.
+//! - [`weights`]: every service's split, and the rule a split follows.
 //! - The controller (`crate::controller`) runs it against the real
 //!   snapshot store, proxy registry, checks and durable state.
 //!
@@ -35,15 +36,16 @@ pub mod machine;
 pub mod plan;
 pub(crate) mod serde_time;
 pub mod version;
+pub mod weights;
 
 pub use version::Version;
+pub use weights::{Weights, WeightsError};
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::WeightsError;
 use crate::xds::ProxyStatus;
 
 /// A traffic split: fleet → weight, weights summing to 100.
@@ -469,7 +471,7 @@ pub enum RolloutError {
     ShuttingDown,
 }
 
-/// A split refused by [`crate::config::Weights::check`]: an unknown
+/// A split refused by [`Weights::check`]: an unknown
 /// service or fleet stays one (NOT_FOUND over gRPC), a bad sum is
 /// [`RolloutError::Invalid`] (INVALID_ARGUMENT), with the same message.
 impl From<WeightsError> for RolloutError {
