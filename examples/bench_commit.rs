@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use teal::config::{Config, Weights, translate};
+use teal::rollout::Version;
 use teal::snapshot_store::snapshot_store;
 use teal::state::{FileStore, PersistedState, Revision, ServiceState, StateStore};
 
@@ -83,10 +84,12 @@ fn main() -> anyhow::Result<()> {
         let t_translate = t.elapsed();
 
         let t = Instant::now();
-        let snapshot = writer.prepare(&input, |digest| format!("{seq}-{digest}"))?;
+        let snapshot = writer.prepare(&input, |digest| {
+            Version::new(seq as u64, digest).to_string()
+        })?;
         let t_prepare = t.elapsed();
         state.version_seq = seq as u64;
-        state.version = snapshot.version().to_owned();
+        state.version = Some(Version::new(seq as u64, snapshot.digest()));
 
         let t = Instant::now();
         revision = rt.block_on(store.save(&state, revision))?;

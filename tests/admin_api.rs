@@ -24,6 +24,7 @@ use tokio::sync::watch;
 const TOKEN: &str = "s3cret";
 
 /// Stands in for the controller: `web` flips fine, `shaky` rolls back,
+/// `full` cannot be saved, `closing` meets a server shutting down,
 /// anything else is unknown.
 #[derive(Default)]
 struct FakeBackend {
@@ -163,6 +164,12 @@ impl Backend for FakeBackend {
         actor: &str,
     ) -> Result<watch::Receiver<Progress>, RolloutError> {
         let service = op.service().to_owned();
+        match service.as_str() {
+            // The message names neither what the CLI looks for.
+            "full" => return Err(RolloutError::Store("no space left on device".into())),
+            "closing" => return Err(RolloutError::ShuttingDown),
+            _ => {}
+        }
         if !["web", "shaky", "slow"].contains(&service.as_str()) {
             return Err(RolloutError::UnknownService(service));
         }
@@ -474,6 +481,11 @@ async fn bad_durations_and_weights_are_refused_before_sending() {
     let admin = start_admin().await;
     for (args, says) in [
         (vec!["flip", "web", "--timeout", "30"], "missing unit"),
+        // The reason `teal validate` gives for the same text in a config.
+        (
+            vec!["flip", "web", "--timeout", "1.5s"],
+            "\"1.5s\" is not a duration: fractions are not supported (write 1500ms, not 1.5s)",
+        ),
         (
             vec!["retire", "web", "blue", "--after", "soon"],
             "not a duration",
@@ -557,6 +569,20 @@ async fn shift_steps_become_splits_and_unreachable_admin_exits_69() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_cannot_act_exits_69_by_the_error_kind() {
+    let admin = start_admin().await;
+    for service in ["full", "closing"] {
+        let out = teal(admin.addr, &["--token", TOKEN, "flip", service]).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(69), "{service}: {stderr}");
+        assert!(stderr.contains("the server could not act"), "{stderr}");
+        assert!(!stderr.contains("cannot reach"), "{stderr}");
+    }
+    let out = teal(admin.addr, &["--token", TOKEN, "flip", "nope"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,17 +10,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::resources::ResourceType;
 use crate::rollout::{
-    CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, Retirement, RolloutError,
-    ServiceStatus, ShiftSteps, Split, StatusView,
+    CheckResult, DEFAULT_TIMEOUT, HistoryEntry, Operation, Outcome, Phase, Progress, Retirement,
+    RolloutError, ServiceStatus, ShiftSteps, Split, StatusView,
 };
 use crate::xds::status::{Nack, TypeStatus};
 use crate::xds::{ProxyStatus, StreamKind};
 
 use super::pb;
-
-/// How long a flip, shift step or rollback waits for every proxy to ACK
-/// when the request does not say (`timeout_ms: 0`).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Unix epoch milliseconds; times before the epoch are negative.
 pub fn unix_ms(t: SystemTime) -> i64 {

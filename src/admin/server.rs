@@ -16,7 +16,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::rollout::{Backend, Operation, Progress, RolloutError};
+use crate::rollout::{Backend, ErrorKind, Operation, Progress, RolloutError};
 
 use super::auth::Tokens;
 use super::convert;
@@ -87,11 +87,13 @@ pub fn progress_stream(mut rx: watch::Receiver<Progress>) -> ProgressStream {
                 () = tx.closed() => return,
             };
             if changed.is_err() {
+                // The driver dropped the operation's channel: it is
+                // going away with the server.
                 let _ = tx
-                    .send(Err(Status::unavailable(
+                    .send(Err(ErrorKind::ShuttingDown.attach(Status::unavailable(
                         "the operation's progress stopped without an outcome; \
                          see `teal status` and `teal history`",
-                    )))
+                    ))))
                     .await;
                 return;
             }

@@ -11,6 +11,7 @@ use tonic::{Code, Request, Status, Streaming};
 use crate::admin::convert::{outcome_name, phase_name};
 use crate::admin::pb::admin_client::AdminClient;
 use crate::admin::pb::{self, outcome::Kind};
+use crate::rollout::ErrorKind;
 
 use super::table;
 use crate::text::untrusted;
@@ -38,10 +39,14 @@ impl Failure {
         }
     }
 
-    /// Maps a gRPC status from the admin API at `addr`.
+    /// Maps a gRPC status from the admin API at `addr`: by the error kind
+    /// the server attached ([`ErrorKind`]), else by the gRPC code; never
+    /// by the message, which is only shown.
     pub fn from_status(status: &Status, addr: &str) -> Failure {
-        let raw = status.message();
-        let msg = untrusted(raw).to_string();
+        let msg = untrusted(status.message()).to_string();
+        if let Some(kind) = ErrorKind::of(status) {
+            return Failure::from_kind(kind, &msg);
+        }
         match status.code() {
             Code::Unauthenticated => Failure::new(
                 EX_NOPERM,
@@ -49,9 +54,7 @@ impl Failure {
                     "not allowed: {msg}\n  give the admin token with --token, TEAL_TOKEN or --token-file"
                 ),
             ),
-            Code::Unavailable if raw.contains("state store") => {
-                Failure::new(EX_UNAVAILABLE, format!("the server could not act: {msg}"))
-            }
+            // No kind: tonic's own answer for a server it cannot reach.
             Code::Unavailable | Code::Cancelled => unreachable_admin(addr, &msg),
             Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition => {
                 Failure::new(EX_REFUSED, format!("refused: {msg}"))
@@ -67,6 +70,23 @@ impl Failure {
                 ),
             ),
             code => Failure::new(EX_SOFTWARE, format!("admin API error ({code:?}): {msg}")),
+        }
+    }
+
+    /// Maps an error the admin API named: the server was reached and
+    /// refused (1) or could not act (69).
+    fn from_kind(kind: ErrorKind, msg: &str) -> Failure {
+        match kind {
+            ErrorKind::UnknownService
+            | ErrorKind::UnknownFleet
+            | ErrorKind::Invalid
+            | ErrorKind::Precondition
+            | ErrorKind::Busy
+            | ErrorKind::CannotAbort
+            | ErrorKind::NoSuchOperation => Failure::new(EX_REFUSED, format!("refused: {msg}")),
+            ErrorKind::Store | ErrorKind::ShuttingDown => {
+                Failure::new(EX_UNAVAILABLE, format!("the server could not act: {msg}"))
+            }
         }
     }
 
@@ -413,6 +433,7 @@ fn finish(p: &pb::Progress, outcome: &pb::Outcome, out: &mut dyn Write, err: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rollout::RolloutError;
 
     #[test]
     fn confirming_line_names_the_laggards() {
@@ -441,5 +462,49 @@ mod tests {
         assert_eq!(code(Status::not_found("no service")), EX_REFUSED);
         assert_eq!(code(Status::failed_precondition("busy")), EX_REFUSED);
         assert_eq!(code(Status::internal("bug")), EX_SOFTWARE);
+    }
+
+    #[test]
+    fn the_error_kind_picks_the_exit_code_not_the_message() {
+        let fail = |s: Status| Failure::from_status(&s, "x");
+        // The server's kinds, as the admin API sends them.
+        let store = fail(RolloutError::Store("disk full".into()).into());
+        assert_eq!(store.code, EX_UNAVAILABLE);
+        assert!(store.message.contains("could not act"), "{store:?}");
+        let closing = fail(RolloutError::ShuttingDown.into());
+        assert_eq!(closing.code, EX_UNAVAILABLE);
+        assert!(closing.message.contains("could not act"), "{closing:?}");
+        let busy = fail(
+            RolloutError::Busy {
+                service: "web".into(),
+                verb: crate::rollout::Verb::Flip,
+                id: 3,
+            }
+            .into(),
+        );
+        assert_eq!(busy.code, EX_REFUSED);
+        // Words in a message mean nothing: an UNAVAILABLE without a kind is
+        // a server that was not reached, whatever it says...
+        let words = fail(Status::unavailable("state store: shutting down"));
+        assert!(words.message.contains("cannot reach"), "{words:?}");
+        // ...and a kind is read even from a code that would say otherwise.
+        let kind = fail(ErrorKind::Busy.attach(Status::internal("state store")));
+        assert_eq!(kind.code, EX_REFUSED);
+    }
+
+    #[test]
+    fn every_error_kind_survives_the_wire_name() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(
+                ErrorKind::of(&kind.attach(Status::internal(""))),
+                Some(kind)
+            );
+        }
+        let mut unknown = Status::internal("");
+        unknown.metadata_mut().insert(
+            crate::rollout::ERROR_KIND_KEY,
+            "from-the-future".parse().expect("ascii"),
+        );
+        assert_eq!(ErrorKind::of(&unknown), None);
     }
 }

@@ -78,9 +78,10 @@ pub enum AdminCommand {
         /// The fleet to switch to (default: the other of two fleets).
         #[arg(long)]
         to: Option<String>,
-        /// How long to wait for every proxy to ACK (e.g. 30s, 2m; 1s to 1h).
-        #[arg(long, default_value = "60s", value_parser = parse::timeout)]
-        timeout: Duration,
+        /// How long to wait for every proxy to ACK (e.g. 30s, 2m; 1s to 1h;
+        /// default: the server's, a minute).
+        #[arg(long, value_parser = parse::timeout)]
+        timeout: Option<Duration>,
         /// Do not run the checks before and after.
         #[arg(long)]
         skip_checks: bool,
@@ -110,9 +111,10 @@ pub enum AdminCommand {
         /// Pause between steps (0s to 24h).
         #[arg(long, default_value = "30s", value_parser = parse::interval)]
         interval: Duration,
-        /// How long each step waits for every proxy to ACK (1s to 1h).
-        #[arg(long, default_value = "60s", value_parser = parse::timeout)]
-        timeout: Duration,
+        /// How long each step waits for every proxy to ACK (1s to 1h;
+        /// default: the server's, a minute).
+        #[arg(long, value_parser = parse::timeout)]
+        timeout: Option<Duration>,
         /// Do not run the checks.
         #[arg(long)]
         skip_checks: bool,
@@ -131,9 +133,10 @@ pub enum AdminCommand {
     Rollback {
         /// The service.
         service: String,
-        /// How long to wait for every proxy to ACK (1s to 1h).
-        #[arg(long, default_value = "60s", value_parser = parse::timeout)]
-        timeout: Duration,
+        /// How long to wait for every proxy to ACK (1s to 1h; default: the
+        /// server's, a minute).
+        #[arg(long, value_parser = parse::timeout)]
+        timeout: Option<Duration>,
         /// Do not run the checks of the fleet getting traffic back.
         #[arg(long)]
         skip_checks: bool,
@@ -207,113 +210,117 @@ pub async fn run_admin(
 ) -> u8 {
     let result = async {
         let mut conn = Conn::connect(target).await?;
-        let c = &mut conn;
-        match cmd {
-            AdminCommand::Status {
-                service,
-                watch,
-                output,
-            } => read::status(c, service, watch, output, out).await,
-            AdminCommand::Proxies { output } => super::proxies::proxies(c, output, out).await,
-            AdminCommand::Verify {
-                service,
-                fleet,
-                output,
-            } => read::verify(c, service, fleet, output, out).await,
-            AdminCommand::History { service, output } => {
-                read::history(c, service, output, out).await
-            }
-            AdminCommand::Flip {
-                service,
-                to,
-                timeout,
-                skip_checks,
-            } => {
-                let r = pb::FlipRequest {
-                    service,
-                    to,
-                    skip_checks,
-                    timeout_ms: millis(timeout),
-                };
-                ops::flip(c, r, out, err).await
-            }
-            AdminCommand::Shift {
-                service,
-                weights,
-                steps,
-                to,
-                interval,
-                timeout,
-                skip_checks,
-            } => {
-                if let Some((fleet, _)) = weights
-                    .iter()
-                    .enumerate()
-                    .find(|(i, (f, _))| weights[..*i].iter().any(|(g, _)| g == f))
-                    .map(|(_, w)| w)
-                {
-                    return Err(Failure::new(
-                        client::EX_USAGE,
-                        format!("--weight: fleet {fleet:?} given twice"),
-                    ));
-                }
-                let sum: u32 = weights.iter().map(|(_, w)| *w).sum();
-                if sum > 100 {
-                    return Err(Failure::new(
-                        client::EX_USAGE,
-                        format!("--weight: weights sum to {sum}, more than 100"),
-                    ));
-                }
-                let r = pb::ShiftRequest {
-                    service,
-                    steps: Vec::new(),
-                    weights: weights.into_iter().collect(),
-                    percents: steps.map(|Steps(p)| p).unwrap_or_default(),
-                    to,
-                    interval_ms: millis(interval),
-                    skip_checks,
-                    timeout_ms: millis(timeout),
-                };
-                ops::shift(c, r, out, err).await
-            }
-            AdminCommand::Rollback {
-                service,
-                timeout,
-                skip_checks,
-            } => {
-                ops::rollback(
-                    c,
-                    pb::RollbackRequest {
-                        service,
-                        timeout_ms: millis(timeout),
-                        skip_checks,
-                    },
-                    out,
-                    err,
-                )
-                .await
-            }
-            AdminCommand::Retire {
-                service,
-                fleet,
-                after,
-            } => {
-                ops::retire(
-                    c,
-                    pb::RetireRequest {
-                        service,
-                        fleet,
-                        after_ms: millis(after),
-                    },
-                    out,
-                    err,
-                )
-                .await
-            }
-            AdminCommand::Abort { id } => ops::abort(c, id, out).await,
-            AdminCommand::Follow { id } => ops::follow(c, id, out, err).await,
-        }
+        run(&mut conn, cmd, out, err).await
     }
     .await;
     result.unwrap_or_else(|f: Failure| f.report(err))
+}
+
+/// Runs one admin command on a connection.
+async fn run(
+    c: &mut Conn,
+    cmd: AdminCommand,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<u8, Failure> {
+    match cmd {
+        AdminCommand::Status {
+            service,
+            watch,
+            output,
+        } => read::status(c, service, watch, output, out).await,
+        AdminCommand::Proxies { output } => super::proxies::proxies(c, output, out).await,
+        AdminCommand::Verify {
+            service,
+            fleet,
+            output,
+        } => read::verify(c, service, fleet, output, out).await,
+        AdminCommand::History { service, output } => read::history(c, service, output, out).await,
+        AdminCommand::Flip {
+            service,
+            to,
+            timeout,
+            skip_checks,
+        } => {
+            let r = pb::FlipRequest {
+                service,
+                to,
+                skip_checks,
+                timeout_ms: timeout.map_or(0, millis),
+            };
+            ops::flip(c, r, out, err).await
+        }
+        AdminCommand::Shift {
+            service,
+            weights,
+            steps,
+            to,
+            interval,
+            timeout,
+            skip_checks,
+        } => {
+            check_weights(&weights)?;
+            let r = pb::ShiftRequest {
+                service,
+                steps: Vec::new(),
+                weights: weights.into_iter().collect(),
+                percents: steps.map(|Steps(p)| p).unwrap_or_default(),
+                to,
+                interval_ms: millis(interval),
+                skip_checks,
+                timeout_ms: timeout.map_or(0, millis),
+            };
+            ops::shift(c, r, out, err).await
+        }
+        AdminCommand::Rollback {
+            service,
+            timeout,
+            skip_checks,
+        } => {
+            let r = pb::RollbackRequest {
+                service,
+                timeout_ms: timeout.map_or(0, millis),
+                skip_checks,
+            };
+            ops::rollback(c, r, out, err).await
+        }
+        AdminCommand::Retire {
+            service,
+            fleet,
+            after,
+        } => {
+            let r = pb::RetireRequest {
+                service,
+                fleet,
+                after_ms: millis(after),
+            };
+            ops::retire(c, r, out, err).await
+        }
+        AdminCommand::Abort { id } => ops::abort(c, id, out).await,
+        AdminCommand::Follow { id } => ops::follow(c, id, out, err).await,
+    }
+}
+
+/// Refuses `--weight`s that name a fleet twice or sum past 100 before
+/// anything is sent (the server checks the split whole).
+fn check_weights(weights: &[(String, u32)]) -> Result<(), Failure> {
+    if let Some((fleet, _)) = weights
+        .iter()
+        .enumerate()
+        .find(|(i, (f, _))| weights[..*i].iter().any(|(g, _)| g == f))
+        .map(|(_, w)| w)
+    {
+        return Err(Failure::new(
+            client::EX_USAGE,
+            format!("--weight: fleet {fleet:?} given twice"),
+        ));
+    }
+    let sum: u32 = weights.iter().map(|(_, w)| *w).sum();
+    if sum > 100 {
+        return Err(Failure::new(
+            client::EX_USAGE,
+            format!("--weight: weights sum to {sum}, more than 100"),
+        ));
+    }
+    Ok(())
 }

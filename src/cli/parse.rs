@@ -4,43 +4,13 @@
 
 use std::time::Duration;
 
-/// Parses a duration: a number and a unit (`ms`, `s`, `m`, `h`), or
-/// several (`1m30s`). A bare number is refused: `30` could mean seconds or
-/// minutes.
+/// Parses a duration with the config's parser
+/// ([`crate::config::parse_duration`]), so a flag and a config file take
+/// the same forms and are refused for the same reasons. A bare number is
+/// refused: `30` could mean seconds or minutes.
 pub fn duration(s: &str) -> Result<Duration, String> {
-    let bad = |why: &str| format!("{s:?} is not a duration ({why}); write e.g. 500ms, 30s, 2m, 1h");
-    let text = s.trim();
-    if text.is_empty() {
-        return Err(bad("empty"));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(bad("expected a number"));
-        }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| bad("number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let part = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            "" => return Err(bad("missing unit")),
-            _ => return Err(bad("unknown unit")),
-        };
-        total = total.saturating_add(part);
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
+    crate::config::parse_duration(s.trim())
+        .map_err(|why| format!("{s:?} is not a duration: {why}; write e.g. 500ms, 30s, 2m, 1h"))
 }
 
 /// The longest `--timeout`: an hour for every proxy to ACK is already far
@@ -154,7 +124,10 @@ mod tests {
             ("5x", "unknown unit"),
             ("-3s", "expected a number"),
             ("s", "expected a number"),
-            ("1.5s", "unknown unit"),
+            (
+                "1.5s",
+                "fractions are not supported (write 1500ms, not 1.5s)",
+            ),
         ] {
             let e = duration(input).expect_err(input);
             assert!(e.contains(why), "{input:?}: {e}");

@@ -64,6 +64,7 @@
 //! field (prost makes them `HashMap`s) ever has more than one entry.
 
 mod diag;
+pub mod duration;
 mod limits;
 mod model;
 mod parse;
@@ -74,6 +75,7 @@ pub mod commands;
 pub mod render;
 
 pub use diag::{Diagnostic, Diagnostics};
+pub use duration::{DurationError, parse_duration};
 pub use limits::{
     DEFAULT_MAX_ALIAS_NODES, DEFAULT_MAX_BYTES, DEFAULT_MAX_DEPTH, Limits, MAX_MAX_ALIAS_NODES,
     MAX_MAX_BYTES, MAX_MAX_DEPTH,
@@ -82,9 +84,10 @@ pub use model::{
     Check, Config, Endpoint, Fleet, Group, HealthCheck, Listener, ListenerKind, OutlierDetection,
     Protocol, Retries, Route, Service, VirtualHost,
 };
-pub use translate::{
-    FLEET_HEADER, Weights, WeightsError, cluster_name, config_digest, encoded_resources, translate,
-};
+pub use translate::{FLEET_HEADER, cluster_name, config_digest, encoded_resources, translate};
+// The rollout's split of traffic, which translation reads; re-exported so
+// callers building a snapshot from a config find it here too.
+pub use crate::rollout::{Weights, WeightsError};
 
 /// The bundled example config, the default of `teal serve`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../examples/teal.yaml");

@@ -5,7 +5,7 @@
 //! `Vec`s, and no proto map field ever gets more than one entry, so the
 //! output encodes to the same bytes on every run.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use envoy_types::pb::envoy::config::cluster::v3::{
@@ -52,7 +52,8 @@ use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 use envoy_types::util::pack_any;
 use prost::Message;
 
-use super::model::{Config, ListenerKind, PathMatch, Protocol, Service};
+use super::model::{Config, Group, ListenerKind, PathMatch, Protocol, Service};
+use crate::rollout::{Weights, WeightsError};
 use crate::snapshot::{GroupResources, SnapshotInput};
 
 /// The request header that pins a request to one fleet (preview routing)
@@ -67,92 +68,17 @@ pub fn cluster_name(service: &str, fleet: &str) -> String {
     format!("{service}-{fleet}")
 }
 
-/// Traffic split per service: fleet → weight, the weights of a service
-/// summing to [`Weights::TOTAL`] (100, so weights read as percentages).
-///
-/// Fleets that a service's entry leaves out get 0. A service without an
-/// entry, or whose entry no longer fits the config (an unknown fleet, a
-/// sum other than 100), is translated with its config `live` fleet at 100;
-/// [`Weights::set`] refuses such entries in the first place.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Weights {
-    services: BTreeMap<String, BTreeMap<String, u32>>,
-    /// Fleets retired per service: their clusters stay (so routes and
-    /// listeners never change), with no endpoints.
-    retired: BTreeMap<String, BTreeSet<String>>,
-}
-
-/// Why a split was refused, by [`Weights::check`] or [`Weights::set`].
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum WeightsError {
-    /// The service is not in the config.
-    #[error("unknown service {0:?}")]
-    UnknownService(String),
-    /// The fleet is not one of the service's fleets.
-    #[error("service {service:?} has no fleet {fleet:?}")]
-    UnknownFleet {
-        /// The service.
-        service: String,
-        /// The fleet.
-        fleet: String,
-    },
-    /// The weights do not add up to [`Weights::TOTAL`].
-    #[error(
-        "weights of service {service:?} must add up to {total}, these add up to {sum}",
-        total = Weights::TOTAL
-    )]
-    BadSum {
-        /// The service.
-        service: String,
-        /// What they add up to.
-        sum: u64,
-    },
-}
-
+/// The weights as the config sees them: [`Weights`] lives with the
+/// rollout code (it is the rollout's vocabulary), and what needs a
+/// [`Config`] to work out is here, so `rollout` never depends on `config`.
 impl Weights {
-    /// What the weights of one service add up to.
-    pub const TOTAL: u32 = 100;
-
     /// Every service's `live` fleet at 100, the others at 0.
     pub fn initial(config: &Config) -> Weights {
-        Weights {
-            services: config
-                .services
-                .iter()
-                .map(|(name, s)| (name.clone(), initial_split(s)))
-                .collect(),
-            retired: BTreeMap::new(),
+        let mut w = Weights::default();
+        for (name, s) in &config.services {
+            w.insert_full(name, initial_split(s));
         }
-    }
-
-    /// Checks that `split` is a valid split of `service`, whose fleets are
-    /// the names for which `has_fleet` holds: it names only those fleets
-    /// (fleets it leaves out get 0), and its weights add up to
-    /// [`Weights::TOTAL`].
-    ///
-    /// This is the one place the rule lives: [`Weights::set`] and the
-    /// rollout planner both call it. It never returns
-    /// [`WeightsError::UnknownService`]; finding the service is the
-    /// caller's job.
-    pub fn check(
-        service: &str,
-        has_fleet: impl Fn(&str) -> bool,
-        split: &BTreeMap<String, u32>,
-    ) -> Result<(), WeightsError> {
-        if let Some(fleet) = split.keys().find(|f| !has_fleet(f)) {
-            return Err(WeightsError::UnknownFleet {
-                service: service.to_owned(),
-                fleet: fleet.clone(),
-            });
-        }
-        let sum: u64 = split.values().map(|w| u64::from(*w)).sum();
-        if sum != u64::from(Self::TOTAL) {
-            return Err(WeightsError::BadSum {
-                service: service.to_owned(),
-                sum,
-            });
-        }
-        Ok(())
+        w
     }
 
     /// Replaces one service's split after checking it against `config`
@@ -173,35 +99,16 @@ impl Weights {
             .keys()
             .map(|f| (f.clone(), split.get(f).copied().unwrap_or(0)))
             .collect();
-        self.services.insert(service.to_owned(), full);
+        self.insert_full(service, full);
         Ok(())
     }
 
-    /// Sets which fleets of `service` are retired (served with no
-    /// endpoints).
-    pub fn set_retired(&mut self, service: &str, fleets: BTreeSet<String>) {
-        if fleets.is_empty() {
-            self.retired.remove(service);
-        } else {
-            self.retired.insert(service.to_owned(), fleets);
-        }
-    }
-
-    /// Whether `fleet` of `service` is retired.
-    pub fn is_retired(&self, service: &str, fleet: &str) -> bool {
-        self.retired.get(service).is_some_and(|f| f.contains(fleet))
-    }
-
-    /// One service's split as stored, if any.
-    pub fn get(&self, service: &str) -> Option<&BTreeMap<String, u32>> {
-        self.services.get(service)
-    }
-
     /// The split translation uses for `service`: every fleet of the
-    /// service, in name order, with its weight.
+    /// service, in name order, with its weight. A stored split that no
+    /// longer fits the service (see [`Weights`]) gives way to its `live`
+    /// fleet at 100.
     pub fn effective(&self, service: &str, s: &Service) -> Vec<(String, u32)> {
         let stored = self
-            .services
             .get(service)
             .filter(|split| Self::check(service, |f| s.fleets.contains_key(f), split).is_ok());
         let split = match stored {
@@ -228,91 +135,110 @@ fn initial_split(s: &Service) -> BTreeMap<String, u32> {
 /// Turns the config and the current split into the resources of every
 /// group. Each resource list is sorted by name.
 pub fn translate(config: &Config, weights: &Weights) -> SnapshotInput {
-    let mut groups = BTreeMap::new();
-    for (name, group) in &config.groups {
-        let mut res = GroupResources::default();
-        let proxyless = group
-            .listeners
-            .values()
-            .any(|l| matches!(l.kind, ListenerKind::Grpc { .. }));
-        for service_name in config.services_of(group) {
-            let Some(service) = config.services.get(service_name) else {
-                // Config::parse guarantees every referenced service exists.
-                continue;
-            };
-            for (fleet_name, fleet) in &service.fleets {
-                let cluster = cluster_name(service_name, fleet_name);
-                res.clusters.push(envoy_cluster(&cluster, service));
-                let endpoints: &[super::model::Endpoint] =
-                    if weights.is_retired(service_name, fleet_name) {
-                        &[]
-                    } else {
-                        &fleet.endpoints
-                    };
-                res.endpoints
-                    .push(load_assignment(&cluster, endpoints, proxyless));
-            }
-        }
-        for (listener_name, listener) in &group.listeners {
-            let slash = PathMatch::Prefix("/".to_owned());
-            match &listener.kind {
-                ListenerKind::Edge {
-                    address,
-                    virtual_hosts,
-                } => {
-                    res.listeners.push(envoy_listener(listener_name, *address));
-                    let virtual_hosts = virtual_hosts
-                        .iter()
-                        .map(|(vh_name, vh)| EnvoyVirtualHost {
-                            name: vh_name.clone(),
-                            domains: vh.domains.clone(),
-                            routes: vh
-                                .routes
-                                .iter()
-                                .flat_map(|r| service_routes(config, weights, &r.path, &r.service))
-                                .collect(),
-                            ..Default::default()
-                        })
-                        .collect();
-                    res.routes.push(route_config(listener_name, virtual_hosts));
-                }
-                ListenerKind::Sidecar { address, services } => {
-                    res.listeners.push(envoy_listener(listener_name, *address));
-                    let virtual_hosts = services
-                        .iter()
-                        .map(|s| EnvoyVirtualHost {
-                            name: s.clone(),
-                            domains: vec![s.clone(), format!("{s}:{}", address.port())],
-                            routes: service_routes(config, weights, &slash, s),
-                            ..Default::default()
-                        })
-                        .collect();
-                    res.routes.push(route_config(listener_name, virtual_hosts));
-                }
-                ListenerKind::Grpc { services } => {
-                    for s in services {
-                        res.listeners.push(api_listener(s));
-                        let virtual_host = EnvoyVirtualHost {
-                            name: s.clone(),
-                            // gRPC matches the channel target's authority:
-                            // `xds:///web` asks for `web`.
-                            domains: vec![s.clone()],
-                            routes: service_routes(config, weights, &slash, s),
-                            ..Default::default()
-                        };
-                        res.routes.push(route_config(s, vec![virtual_host]));
-                    }
-                }
-            }
-        }
-        res.clusters.sort_by(|a, b| a.name.cmp(&b.name));
-        res.endpoints
-            .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
-        res.listeners.sort_by(|a, b| a.name.cmp(&b.name));
-        res.routes.sort_by(|a, b| a.name.cmp(&b.name));
-        groups.insert(name.clone(), res);
-    }
+    let groups = config
+        .groups
+        .iter()
+        .map(|(name, group)| (name.clone(), group_resources(config, weights, group)))
+        .collect();
     SnapshotInput { groups }
+}
+
+/// What one group's proxies are served: the clusters and endpoints of
+/// every service its routes reach, its listeners and their routes, each
+/// list sorted by name.
+fn group_resources(config: &Config, weights: &Weights, group: &Group) -> GroupResources {
+    let mut res = GroupResources::default();
+    let proxyless = group
+        .listeners
+        .values()
+        .any(|l| matches!(l.kind, ListenerKind::Grpc { .. }));
+    for service_name in config.services_of(group) {
+        let Some(service) = config.services.get(service_name) else {
+            // Config::parse guarantees every referenced service exists.
+            continue;
+        };
+        for (fleet_name, fleet) in &service.fleets {
+            let cluster = cluster_name(service_name, fleet_name);
+            res.clusters.push(envoy_cluster(&cluster, service));
+            let endpoints: &[super::model::Endpoint] =
+                if weights.is_retired(service_name, fleet_name) {
+                    &[]
+                } else {
+                    &fleet.endpoints
+                };
+            res.endpoints
+                .push(load_assignment(&cluster, endpoints, proxyless));
+        }
+    }
+    for (listener_name, listener) in &group.listeners {
+        push_listener(&mut res, config, weights, listener_name, &listener.kind);
+    }
+    res.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    res.endpoints
+        .sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+    res.listeners.sort_by(|a, b| a.name.cmp(&b.name));
+    res.routes.sort_by(|a, b| a.name.cmp(&b.name));
+    res
+}
+
+/// Adds one config listener's Envoy listeners and route configurations.
+fn push_listener(
+    res: &mut GroupResources,
+    config: &Config,
+    weights: &Weights,
+    listener_name: &str,
+    kind: &ListenerKind,
+) {
+    let slash = PathMatch::Prefix("/".to_owned());
+    match kind {
+        ListenerKind::Edge {
+            address,
+            virtual_hosts,
+        } => {
+            res.listeners.push(envoy_listener(listener_name, *address));
+            let virtual_hosts = virtual_hosts
+                .iter()
+                .map(|(vh_name, vh)| EnvoyVirtualHost {
+                    name: vh_name.clone(),
+                    domains: vh.domains.clone(),
+                    routes: vh
+                        .routes
+                        .iter()
+                        .flat_map(|r| service_routes(config, weights, &r.path, &r.service))
+                        .collect(),
+                    ..Default::default()
+                })
+                .collect();
+            res.routes.push(route_config(listener_name, virtual_hosts));
+        }
+        ListenerKind::Sidecar { address, services } => {
+            res.listeners.push(envoy_listener(listener_name, *address));
+            let virtual_hosts = services
+                .iter()
+                .map(|s| EnvoyVirtualHost {
+                    name: s.clone(),
+                    domains: vec![s.clone(), format!("{s}:{}", address.port())],
+                    routes: service_routes(config, weights, &slash, s),
+                    ..Default::default()
+                })
+                .collect();
+            res.routes.push(route_config(listener_name, virtual_hosts));
+        }
+        ListenerKind::Grpc { services } => {
+            for s in services {
+                res.listeners.push(api_listener(s));
+                let virtual_host = EnvoyVirtualHost {
+                    name: s.clone(),
+                    // gRPC matches the channel target's authority:
+                    // `xds:///web` asks for `web`.
+                    domains: vec![s.clone()],
+                    routes: service_routes(config, weights, &slash, s),
+                    ..Default::default()
+                };
+                res.routes.push(route_config(s, vec![virtual_host]));
+            }
+        }
+    }
 }
 
 fn pb_duration(d: std::time::Duration) -> PbDuration {

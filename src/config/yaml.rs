@@ -183,91 +183,107 @@ fn path_of(stack: &[Frame]) -> String {
 /// [`super::read_bounded`] and [`Config::parse_with`](super::Config::parse_with).
 pub(crate) fn load(text: &str, limits: &Limits) -> Result<Option<Node>, Vec<YamlError>> {
     let mut parser = Parser::new_from_str(text);
-    let mut stack: Vec<Frame> = Vec::new();
-    // Each anchored node, with its size.
-    let mut anchors: HashMap<usize, (Node, Size)> = HashMap::new();
-    // What anchors and aliases copied so far.
-    let mut copied = Size::default();
-    let mut errors = Vec::new();
-    let mut root: Option<Node> = None;
-    let mut documents = 0usize;
-
+    let mut loader = Loader::new(limits);
     while let Some(event) = parser.next_event() {
-        let (event, span) = match event {
-            Ok(ev) => ev,
-            Err(e) => {
-                errors.push(YamlError {
-                    pos: Pos {
-                        line: e.marker().line(),
-                        col: e.marker().col() + 1,
-                    },
-                    path: path_of(&stack),
-                    message: format!("invalid YAML: {}", e.info()),
-                });
-                return Err(errors);
-            }
+        let step = match event {
+            Ok((event, span)) => loader.step(event, Pos::of(span)),
+            Err(e) => Err(YamlError {
+                pos: Pos {
+                    line: e.marker().line(),
+                    col: e.marker().col() + 1,
+                },
+                path: path_of(&loader.stack),
+                message: format!("invalid YAML: {}", e.info()),
+            }),
         };
-        let pos = Pos::of(span);
+        if let Err(fatal) = step {
+            loader.errors.push(fatal);
+            return Err(loader.errors);
+        }
+    }
+    if loader.errors.is_empty() {
+        Ok(loader.root)
+    } else {
+        Err(loader.errors)
+    }
+}
+
+/// A node just finished: the node, its anchor (0 for none) and its size.
+type Complete = (Node, usize, Size);
+
+/// The tree being built from parser events (see [`load`]).
+struct Loader<'l> {
+    limits: &'l Limits,
+    /// The collections open, outermost first.
+    stack: Vec<Frame>,
+    /// Each anchored node, with its size.
+    anchors: HashMap<usize, (Node, Size)>,
+    /// What anchors and aliases copied so far.
+    copied: Size,
+    /// Problems that do not stop the parse (repeated keys, unknown aliases).
+    errors: Vec<YamlError>,
+    root: Option<Node>,
+    documents: usize,
+}
+
+impl<'l> Loader<'l> {
+    fn new(limits: &'l Limits) -> Loader<'l> {
+        Loader {
+            limits,
+            stack: Vec::new(),
+            anchors: HashMap::new(),
+            copied: Size::default(),
+            errors: Vec::new(),
+            root: None,
+            documents: 0,
+        }
+    }
+
+    /// Takes one parser event; `Err` is a problem that stops the parse.
+    fn step(&mut self, event: Event<'_>, pos: Pos) -> Result<(), YamlError> {
         if matches!(event, Event::SequenceStart(..) | Event::MappingStart(..))
-            && stack.len() >= limits.max_depth
+            && self.stack.len() >= self.limits.max_depth
         {
-            errors.push(YamlError {
+            return Err(YamlError {
                 pos,
-                path: path_of(&stack),
+                path: path_of(&self.stack),
                 message: format!(
                     "nested deeper than the limit of {} levels (--config-max-depth)",
-                    limits.max_depth
+                    self.limits.max_depth
                 ),
             });
-            return Err(errors);
         }
-        // A finished node, its anchor (0 for none) and how many nodes it holds.
-        let complete = match event {
+        let Some((node, anchor, size)) = self.complete(event, pos)? else {
+            return Ok(());
+        };
+        if anchor != 0 {
+            self.copied.add(size);
+            if let Some(e) = over_copy_budget(self.copied, node.pos, &self.stack, self.limits) {
+                return Err(e);
+            }
+            self.anchors.insert(anchor, (node.clone(), size));
+        }
+        self.attach(node, size);
+        Ok(())
+    }
+
+    /// Opens or closes collections; returns the node `event` finished, if
+    /// any.
+    fn complete(&mut self, event: Event<'_>, pos: Pos) -> Result<Option<Complete>, YamlError> {
+        Ok(match event {
             Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => None,
             Event::DocumentStart(_) => {
-                documents += 1;
-                if documents > 1 {
-                    errors.push(YamlError {
+                self.documents += 1;
+                if self.documents > 1 {
+                    return Err(YamlError {
                         pos,
                         path: String::new(),
                         message: "only one YAML document is allowed".to_owned(),
                     });
-                    return Err(errors);
                 }
                 None
             }
-            Event::Alias(id) => match anchors.get(&id) {
-                Some((node, size)) => {
-                    copied.add(*size);
-                    if let Some(e) = over_copy_budget(copied, pos, &stack, limits) {
-                        errors.push(e);
-                        return Err(errors);
-                    }
-                    Some((
-                        Node {
-                            value: node.value.clone(),
-                            pos,
-                        },
-                        0,
-                        *size,
-                    ))
-                }
-                None => {
-                    errors.push(YamlError {
-                        pos,
-                        path: path_of(&stack),
-                        message: "unknown alias".to_owned(),
-                    });
-                    Some((
-                        Node {
-                            value: Value::Null,
-                            pos,
-                        },
-                        0,
-                        Size::scalar(""),
-                    ))
-                }
-            },
+            Event::Alias(id) => Some(self.alias(id, pos)?),
             Event::Scalar(text, style, anchor, _tag) => {
                 let size = Size::scalar(&text);
                 let value = if style == ScalarStyle::Plain
@@ -280,7 +296,7 @@ pub(crate) fn load(text: &str, limits: &Limits) -> Result<Option<Node>, Vec<Yaml
                 Some((Node { value, pos }, anchor, size))
             }
             Event::SequenceStart(anchor, _) => {
-                stack.push(Frame::Seq {
+                self.stack.push(Frame::Seq {
                     pos,
                     anchor,
                     items: Vec::new(),
@@ -289,7 +305,7 @@ pub(crate) fn load(text: &str, limits: &Limits) -> Result<Option<Node>, Vec<Yaml
                 None
             }
             Event::MappingStart(anchor, _) => {
-                stack.push(Frame::Map {
+                self.stack.push(Frame::Map {
                     pos,
                     anchor,
                     entries: Vec::new(),
@@ -300,61 +316,61 @@ pub(crate) fn load(text: &str, limits: &Limits) -> Result<Option<Node>, Vec<Yaml
                 });
                 None
             }
-            Event::SequenceEnd => match stack.pop() {
-                Some(Frame::Seq {
-                    pos,
-                    anchor,
-                    items,
-                    mut size,
-                }) => Some((
-                    Node {
-                        value: Value::Seq(items),
-                        pos,
-                    },
-                    anchor,
-                    {
-                        size.add(Size::scalar(""));
-                        size
-                    },
-                )),
-                _ => None,
-            },
-            Event::MappingEnd => match stack.pop() {
-                Some(Frame::Map {
-                    pos,
-                    anchor,
-                    entries,
-                    mut size,
-                    ..
-                }) => Some((
-                    Node {
-                        value: Value::Map(entries),
-                        pos,
-                    },
-                    anchor,
-                    {
-                        size.add(Size::scalar(""));
-                        size
-                    },
-                )),
-                _ => None,
-            },
+            Event::SequenceEnd | Event::MappingEnd => self.close(),
+        })
+    }
+
+    /// A copy of the anchored node `id`, counted against the budgets; an
+    /// unknown alias is recorded and read as null.
+    fn alias(&mut self, id: usize, pos: Pos) -> Result<Complete, YamlError> {
+        let Some((node, size)) = self.anchors.get(&id) else {
+            self.errors.push(YamlError {
+                pos,
+                path: path_of(&self.stack),
+                message: "unknown alias".to_owned(),
+            });
+            let null = Node {
+                value: Value::Null,
+                pos,
+            };
+            return Ok((null, 0, Size::scalar("")));
         };
-        let Some((node, anchor, size)) = complete else {
-            continue;
-        };
-        if anchor != 0 {
-            copied.add(size);
-            if let Some(e) = over_copy_budget(copied, node.pos, &stack, limits) {
-                errors.push(e);
-                return Err(errors);
-            }
-            anchors.insert(anchor, (node.clone(), size));
+        let (value, size) = (node.value.clone(), *size);
+        self.copied.add(size);
+        if let Some(e) = over_copy_budget(self.copied, pos, &self.stack, self.limits) {
+            return Err(e);
         }
+        Ok((Node { value, pos }, 0, size))
+    }
+
+    /// Closes the innermost collection.
+    fn close(&mut self) -> Option<Complete> {
+        let (value, pos, anchor, mut size) = match self.stack.pop()? {
+            Frame::Seq {
+                pos,
+                anchor,
+                items,
+                size,
+            } => (Value::Seq(items), pos, anchor, size),
+            Frame::Map {
+                pos,
+                anchor,
+                entries,
+                size,
+                ..
+            } => (Value::Map(entries), pos, anchor, size),
+        };
+        size.add(Size::scalar(""));
+        Some((Node { value, pos }, anchor, size))
+    }
+
+    /// Puts a finished node where it belongs: the root, the next item of a
+    /// sequence, or a mapping's next key or value.
+    fn attach(&mut self, node: Node, size: Size) {
         // A refused key: its text (None when it was not a scalar) and place.
         let mut refused: Option<(Option<String>, Pos)> = None;
-        match stack.last_mut() {
-            None => root = Some(node),
+        match self.stack.last_mut() {
+            None => self.root = Some(node),
             Some(Frame::Seq {
                 items, size: own, ..
             }) => {
@@ -400,8 +416,8 @@ pub(crate) fn load(text: &str, limits: &Limits) -> Result<Option<Node>, Vec<Yaml
         // The path is only worked out for a problem: it costs a walk of
         // the open collections.
         if let Some((text, pos)) = refused {
-            let path = path_of(&stack);
-            errors.push(match text {
+            let path = path_of(&self.stack);
+            self.errors.push(match text {
                 Some(text) => YamlError {
                     pos,
                     path: join(&path, &text),
@@ -414,11 +430,6 @@ pub(crate) fn load(text: &str, limits: &Limits) -> Result<Option<Node>, Vec<Yaml
                 },
             });
         }
-    }
-    if errors.is_empty() {
-        Ok(root)
-    } else {
-        Err(errors)
     }
 }
 

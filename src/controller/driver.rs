@@ -16,38 +16,21 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::Metrics;
-use crate::config::{self, Config, Weights, WeightsError};
+use crate::config::{self, Config};
 use crate::rollout::machine::{self, Action, Event, Origin, ProxyView, Rollout};
 use crate::rollout::plan::{self, Change, ServiceView};
 use crate::rollout::{
     CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, Retirement, RolloutError,
-    ServiceStatus, StatusView, Verb,
+    ServiceStatus, StatusView, Verb, Version, Weights, WeightsError,
 };
 use crate::shutdown::Shutdown;
-use crate::snapshot::BuildError;
 use crate::snapshot_store::SnapshotWriter;
 use crate::state::{PersistedState, Revision, StateError, StateStore};
 use crate::xds::ProxyRegistry;
 
 use super::reconcile::{ReconcileError, fit_split, reconcile};
 use super::views::proxy_views;
-use super::{Command, ControllerError, ReloadError, Reloaded, version_seq};
-
-/// Why a change could not be committed; nothing was served.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum CommitError {
-    /// The snapshot could not be built (a bug, or a config the translator
-    /// refuses).
-    #[error("cannot build the snapshot: {0}")]
-    Build(#[from] BuildError),
-    /// The state could not be saved durably.
-    #[error("cannot save the state: {0}")]
-    Store(#[from] StateError),
-    /// A split does not fit the config (a fleet it gives traffic to is
-    /// gone): nothing is served rather than a split teal did not choose.
-    #[error("{0}")]
-    Weights(#[from] WeightsError),
-}
+use super::{Command, CommitError, ControllerError, ReloadError, Reloaded};
 
 /// A running operation and the channel its progress goes out on.
 pub(super) struct Running {
@@ -158,21 +141,21 @@ impl Driver {
         &mut self,
         mut state: PersistedState,
         reuse_seq: bool,
-    ) -> Result<String, CommitError> {
+    ) -> Result<Version, CommitError> {
         let input = config::translate(&self.config, &self.weights_of(&state)?);
         let next_seq = state
             .version_seq
             .checked_add(1)
             .ok_or(StateError::Exhausted { counter: "version" })?;
         let snapshot = self.writer.prepare(&input, |digest| {
-            let same = state.version.ends_with(&format!("-{digest}"));
+            let same = state.version.as_ref().is_some_and(|v| v.digest == digest);
             if !(reuse_seq && same && state.version_seq > 0) {
                 state.version_seq = next_seq;
             }
-            format!("{}-{digest}", state.version_seq)
+            Version::new(state.version_seq, digest).to_string()
         })?;
-        let version = snapshot.version().to_owned();
-        state.version = version.clone();
+        let version = Version::new(state.version_seq, snapshot.digest());
+        state.version = Some(version.clone());
         let revision = self.store.save(&state, self.revision).await?;
         self.writer.install(snapshot);
         self.state = state;
@@ -183,7 +166,7 @@ impl Driver {
     pub(super) async fn publish_current(
         &mut self,
         reuse_seq: bool,
-    ) -> Result<String, ControllerError> {
+    ) -> Result<Version, ControllerError> {
         let state = self.state.clone();
         match self.commit_state(state, reuse_seq).await {
             Ok(v) => Ok(v),
@@ -198,9 +181,13 @@ impl Driver {
                 let seq = self.state.version_seq.max(1);
                 let snapshot = self
                     .writer
-                    .prepare(&input, |digest| format!("{seq}-{digest}"))?;
-                let version = snapshot.version().to_owned();
+                    .prepare(&input, |digest| Version::new(seq, digest).to_string())?;
+                let version = Version::new(seq, snapshot.digest());
                 self.writer.install(snapshot);
+                // What is served, though not saved: the next commit numbers
+                // after it, and operations resume against it.
+                self.state.version_seq = seq;
+                self.state.version = Some(version.clone());
                 Ok(version)
             }
         }
@@ -209,7 +196,8 @@ impl Driver {
     /// Picks up the operations that were running when teal stopped
     /// (saved with the state): each is resolved and ends with exactly one
     /// history entry; a pending retirement waits out the rest of its delay.
-    pub(super) async fn resume_operations(&mut self) {
+    /// `version` is the one served at start-up.
+    pub(super) async fn resume_operations(&mut self, version: &Version) {
         let found: Vec<(String, machine::Record)> = self
             .state
             .services
@@ -218,14 +206,8 @@ impl Driver {
             .collect();
         for (service, record) in found {
             let id = record.id;
-            let version = self.state.version.clone();
-            let (rollout, actions) = Rollout::resume(
-                &service,
-                record,
-                &version,
-                Instant::now(),
-                SystemTime::now(),
-            );
+            let (rollout, actions) =
+                Rollout::resume(&service, record, version, Instant::now(), SystemTime::now());
             tracing::info!(id, %service, verb = %rollout.verb(), phase = rollout.phase().as_str(),
                 "resuming an operation found in flight at start-up");
             let (tx, _rx) = watch::channel(rollout.progress());
@@ -439,7 +421,7 @@ impl Driver {
             }
             Err(e) => {
                 self.config = previous;
-                Err(ReloadError::Commit(e.to_string()))
+                Err(ReloadError::Commit(e))
             }
         }
     }
@@ -639,7 +621,7 @@ impl Driver {
         &mut self,
         service: &str,
         change: &Change,
-    ) -> Result<String, CommitError> {
+    ) -> Result<Version, CommitError> {
         let change = &fitted(&self.config, service, change)?;
         let mut next = self.state.clone();
         if let Some(st) = next.services.get_mut(service) {
@@ -702,7 +684,7 @@ impl Driver {
             from: r.original().split.clone(),
             to: in_effect.split,
             target: r.target().cloned(),
-            version: r.last_version().map(str::to_owned),
+            version: r.last_version().map(Version::to_string),
             outcome: outcome.clone(),
             convergence,
             acks,
@@ -758,7 +740,12 @@ impl Driver {
             })
             .collect();
         Ok(StatusView {
-            version: self.state.version.clone(),
+            version: self
+                .state
+                .version
+                .as_ref()
+                .map(Version::to_string)
+                .unwrap_or_default(),
             services,
         })
     }
@@ -777,7 +764,7 @@ impl Driver {
             .running
             .get(service)
             .and_then(|r| r.rollout.version())
-            .and_then(version_seq);
+            .map(|v| v.seq);
         let snapshot = self.writer.current();
         proxy_views(&self.registry.proxies(), &groups, &snapshot, committed)
     }

@@ -14,9 +14,9 @@
 //!   older state than it committed, and version numbers never go back.
 //! - **RunChecks** runs the service's checks in a task of its own.
 //!
-//! Versions are `{seq}-{digest}`: a sequence number kept in the state
-//! store and a digest of the content, so a restart with the same state
-//! serves the very same version string.
+//! Versions ([`Version`]) are `{seq}-{digest}`: a sequence number kept in
+//! the state store and a digest of the content, so a restart with the same
+//! state serves the very same version string.
 
 mod driver;
 mod reconcile;
@@ -31,7 +31,7 @@ use crate::admin::Metrics;
 use crate::config::Config;
 use crate::resources::ResourceType;
 use crate::rollout::{
-    Backend, CheckResult, HistoryEntry, Operation, Progress, RolloutError, StatusView,
+    Backend, CheckResult, HistoryEntry, Operation, Progress, RolloutError, StatusView, Version,
 };
 use crate::shutdown::Shutdown;
 use crate::snapshot::{BuildError, Snapshot};
@@ -75,13 +75,29 @@ impl ControllerError {
     }
 }
 
+/// Why a change could not be committed; nothing was served.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The snapshot could not be built (a bug, or a config the translator
+    /// refuses).
+    #[error("cannot build the snapshot: {0}")]
+    Build(#[from] BuildError),
+    /// The state could not be saved durably.
+    #[error("cannot save the state: {0}")]
+    Store(#[from] StateError),
+    /// A split does not fit the config (a fleet it gives traffic to is
+    /// gone): nothing is served rather than a split teal did not choose.
+    #[error("{0}")]
+    Weights(#[from] crate::config::WeightsError),
+}
+
 /// What a config reload did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reloaded {
     /// Published as this version.
     Applied {
         /// The version.
-        version: String,
+        version: Version,
     },
     /// Kept until an operation that depends on the service config it
     /// changes leaves its checks and confirmation; then applied.
@@ -118,7 +134,7 @@ pub enum ReloadError {
     Reconcile(#[from] ReconcileError),
     /// The new version could not be built or saved.
     #[error("{0}")]
-    Commit(String),
+    Commit(#[from] CommitError),
     /// teal is shutting down.
     #[error("teal is shutting down")]
     ShuttingDown,
@@ -211,7 +227,7 @@ pub async fn start(
         registry,
         snapshots,
     };
-    driver.resume_operations().await;
+    driver.resume_operations(&version).await;
     let task = tokio::spawn(driver.run(rx, checks_rx, shutdown));
     Ok((controller, task))
 }
@@ -304,12 +320,6 @@ impl Backend for Controller {
         self.ask(|reply| Command::History { service, reply })
             .await?
     }
-}
-
-/// The sequence number at the front of a version string (`12-ab34...`).
-pub fn version_seq(version: &str) -> Option<u64> {
-    let digits: String = version.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
 }
 
 #[cfg(test)]

@@ -9,8 +9,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{Config, Service, Weights};
+use crate::config::{Config, Service};
 use crate::rollout::Split;
+use crate::rollout::Weights;
 use crate::state::{PersistedState, ServiceState};
 
 /// Why a config cannot be applied to the state; nothing changes.

@@ -77,11 +77,9 @@ fn flip(service: &str, skip_checks: bool) -> Operation {
     }
 }
 
-#[test]
-fn version_seq_reads_the_front_number() {
-    assert_eq!(version_seq("12-ab34"), Some(12));
-    assert_eq!(version_seq("7-ab+keep.0011"), Some(7));
-    assert_eq!(version_seq("ab"), None);
+/// The sequence number of a version as a view shows it.
+fn version_seq(version: &str) -> Option<u64> {
+    version.parse::<Version>().ok().map(|v| v.seq)
 }
 
 #[tokio::test]
@@ -104,7 +102,10 @@ async fn a_flip_with_no_proxies_commits_persists_and_records_history() {
 
     let stored = store.load().await.expect("load").expect("saved");
     assert_eq!(stored.state.services["api"].weights["green"], 100);
-    assert_eq!(stored.state.version, status.version);
+    assert_eq!(
+        stored.state.version.map(|v| v.to_string()),
+        Some(status.version)
+    );
 }
 
 #[tokio::test]

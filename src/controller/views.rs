@@ -9,7 +9,7 @@ use crate::rollout::machine::ProxyView;
 use crate::snapshot::Snapshot;
 use crate::xds::ProxyStatus;
 
-use super::version_seq;
+use crate::rollout::Version;
 
 /// Computes rollout views from proxy statuses. Streams of one node (a
 /// proxy using per-type services) are merged by node id.
@@ -51,7 +51,8 @@ pub fn proxy_views(
             // committed version or a later one.
             if let Some(nack) = &t.nack
                 && t.last_was_nacked()
-                && committed.is_none_or(|seq| version_seq(&nack.version).is_some_and(|v| v >= seq))
+                && committed
+                    .is_none_or(|seq| Version::of_sent(&nack.version).is_some_and(|v| v.seq >= seq))
             {
                 view.nack = Some(format!("{ty} {}: {}", nack.version, nack.message));
             }

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use super::plan::{Change, Plan, rollback_point};
 use super::serde_time;
 use super::{
-    CheckResult, MAX_WAIT, Operation, Outcome, Phase, Progress, RolloutError, Split, Verb,
+    CheckResult, MAX_WAIT, Operation, Outcome, Phase, Progress, RolloutError, Split, Verb, Version,
 };
 
 /// One proxy, as the rollout needs to see it. The controller computes it
@@ -70,7 +70,7 @@ pub enum Event {
     /// The change asked for was made durable and published as `version`.
     Committed {
         /// The fleet-wide version carrying it.
-        version: String,
+        version: Version,
     },
     /// The change asked for could not be committed; nothing was saved or
     /// published.
@@ -142,7 +142,7 @@ pub struct Record {
     /// How far that step got.
     pub stage: Stage,
     /// The version of the last step every proxy confirmed.
-    pub confirmed_version: Option<String>,
+    pub confirmed_version: Option<Version>,
     /// The last confirmed step's change.
     pub confirmed: Option<Change>,
     /// When a wait before the step ends (retirements), wall clock.
@@ -171,18 +171,18 @@ enum State {
     },
     Committing,
     Confirming {
-        version: String,
+        version: Version,
         since: Instant,
         deadline: Instant,
     },
     PostChecks {
-        version: String,
+        version: Version,
         deadline: Instant,
     },
     UndoCommitting(Undo),
     Undoing {
         undo: Undo,
-        version: String,
+        version: Version,
         deadline: Instant,
     },
     Done(Outcome),
@@ -203,7 +203,7 @@ pub struct Rollout {
     step: usize,
     state: State,
     /// The last step every proxy confirmed: its version and change.
-    confirmed: Option<(String, Change)>,
+    confirmed: Option<(Version, Change)>,
     /// Per proxy, how long after the push of the step in progress it ACKed.
     acks: BTreeMap<String, Duration>,
     /// First push to last ACK of the last confirmed step, when proxies
@@ -213,7 +213,7 @@ pub struct Rollout {
     /// resolved.
     resumed: bool,
     /// The last version this operation committed (a step or an undo).
-    last_version: Option<String>,
+    last_version: Option<Version>,
     warnings: Vec<String>,
     // What the progress view shows; the phase, version and outcome come
     // from the state.
@@ -246,29 +246,14 @@ impl Rollout {
         rollback_before: Option<Split>,
         now: Instant,
     ) -> (Rollout, Vec<Action>) {
-        let mut r = Rollout {
-            id: origin.id,
-            verb: op.verb(),
-            service: op.service().to_owned(),
-            actor: origin.actor,
-            started: origin.started,
+        let mut r = Rollout::new(
+            origin,
+            op.verb(),
+            op.service(),
             plan,
             original,
             rollback_before,
-            step: 1,
-            state: State::Done(Outcome::Succeeded),
-            confirmed: None,
-            acks: BTreeMap::new(),
-            convergence: None,
-            resumed: false,
-            last_version: None,
-            warnings: Vec::new(),
-            acked: 0,
-            total: 0,
-            waiting_for: Vec::new(),
-            checks: Vec::new(),
-            message: String::new(),
-        };
+        );
         let actions = if r.plan.wait_first {
             r.wait(now + r.plan.interval);
             Vec::new()
@@ -292,7 +277,7 @@ impl Rollout {
     pub fn resume(
         service: &str,
         rec: Record,
-        version: &str,
+        version: &Version,
         now: Instant,
         wall: SystemTime,
     ) -> (Rollout, Vec<Action>) {
@@ -301,31 +286,24 @@ impl Rollout {
         let mut rec = rec;
         rec.plan.timeout = rec.plan.timeout.min(MAX_WAIT);
         rec.plan.interval = rec.plan.interval.min(MAX_WAIT);
-        let mut r = Rollout {
-            id: rec.id,
-            verb: rec.verb,
-            service: service.to_owned(),
-            actor: rec.actor,
-            started: rec.started,
-            plan: rec.plan,
-            original: rec.original,
-            rollback_before: rec.rollback_before,
-            step: rec.step.max(1),
-            state: State::Done(Outcome::Succeeded),
-            confirmed: rec.confirmed_version.zip(rec.confirmed),
-            acks: BTreeMap::new(),
-            convergence: None,
-            resumed: true,
-            last_version: None,
-            warnings: rec.warnings,
-            acked: 0,
-            total: 0,
-            waiting_for: Vec::new(),
-            checks: Vec::new(),
-            message: String::new(),
-        };
+        let mut r = Rollout::new(
+            Origin {
+                id: rec.id,
+                actor: rec.actor,
+                started: rec.started,
+            },
+            rec.verb,
+            service,
+            rec.plan,
+            rec.original,
+            rec.rollback_before,
+        );
+        r.step = rec.step.max(1);
+        r.confirmed = rec.confirmed_version.zip(rec.confirmed);
+        r.resumed = true;
+        r.warnings = rec.warnings;
         if !matches!(rec.stage, Stage::Pending) {
-            r.last_version = Some(version.to_owned());
+            r.last_version = Some(version.clone());
         }
         let actions = match rec.stage {
             Stage::Pending => match rec.wait_until {
@@ -352,19 +330,54 @@ impl Rollout {
                      after the restart"
                         .into(),
                 );
-                r.confirming(version.to_owned(), now)
+                r.confirming(version.clone(), now)
             }
             Stage::Undoing(undo) => {
                 r.message = format!("{}; waiting for every proxy to go back", undo.reason);
                 r.state = State::Undoing {
                     undo,
-                    version: version.to_owned(),
+                    version: version.clone(),
                     deadline: now + r.plan.timeout,
                 };
                 vec![Action::ObserveProxies]
             }
         };
         (r, actions)
+    }
+
+    /// An operation at its first step, before anything happened; `start`
+    /// and `resume` then put it where it is.
+    fn new(
+        origin: Origin,
+        verb: Verb,
+        service: &str,
+        plan: Plan,
+        original: Change,
+        rollback_before: Option<Split>,
+    ) -> Rollout {
+        Rollout {
+            id: origin.id,
+            verb,
+            service: service.to_owned(),
+            actor: origin.actor,
+            started: origin.started,
+            plan,
+            original,
+            rollback_before,
+            step: 1,
+            state: State::Done(Outcome::Succeeded),
+            confirmed: None,
+            acks: BTreeMap::new(),
+            convergence: None,
+            resumed: false,
+            last_version: None,
+            warnings: Vec::new(),
+            acked: 0,
+            total: 0,
+            waiting_for: Vec::new(),
+            checks: Vec::new(),
+            message: String::new(),
+        }
     }
 
     /// The operation's id.
@@ -405,7 +418,7 @@ impl Rollout {
         let version = match &self.state {
             State::Confirming { version, .. }
             | State::PostChecks { version, .. }
-            | State::Undoing { version, .. } => Some(version.clone()),
+            | State::Undoing { version, .. } => Some(version.to_string()),
             _ => None,
         };
         let target = match &self.state {
@@ -465,7 +478,7 @@ impl Rollout {
     }
 
     /// The version being confirmed (a step's or an undo's), if any.
-    pub fn version(&self) -> Option<&str> {
+    pub fn version(&self) -> Option<&Version> {
         match &self.state {
             State::Confirming { version, .. }
             | State::PostChecks { version, .. }
@@ -475,8 +488,8 @@ impl Rollout {
     }
 
     /// The last version the operation committed, a step's or an undo's.
-    pub fn last_version(&self) -> Option<&str> {
-        self.last_version.as_deref()
+    pub fn last_version(&self) -> Option<&Version> {
+        self.last_version.as_ref()
     }
 
     /// Whether it is over.
@@ -507,8 +520,8 @@ impl Rollout {
     }
 
     /// The version that carried the last confirmed step.
-    pub fn confirmed_version(&self) -> Option<&str> {
-        self.confirmed.as_ref().map(|(v, _)| v.as_str())
+    pub fn confirmed_version(&self) -> Option<&Version> {
+        self.confirmed.as_ref().map(|(v, _)| v)
     }
 
     /// The service's routing state before the operation.
@@ -613,7 +626,7 @@ impl Rollout {
         vec![Action::Commit(change)]
     }
 
-    fn confirming(&mut self, version: String, now: Instant) -> Vec<Action> {
+    fn confirming(&mut self, version: Version, now: Instant) -> Vec<Action> {
         self.last_version = Some(version.clone());
         self.message = format!("waiting for every proxy to apply {version}");
         self.state = State::Confirming {
@@ -663,7 +676,7 @@ impl Rollout {
         vec![Action::Commit(to)]
     }
 
-    fn step_done(&mut self, version: String, now: Instant) -> Vec<Action> {
+    fn step_done(&mut self, version: Version, now: Instant) -> Vec<Action> {
         let change = self.step_change().cloned().unwrap_or_default();
         self.confirmed = Some((version, change));
         let steps = self.plan.steps.len();
@@ -811,7 +824,7 @@ impl Rollout {
     fn on_confirming(
         &mut self,
         event: Event,
-        version: String,
+        version: Version,
         since: Instant,
         deadline: Instant,
         now: Instant,
@@ -830,35 +843,7 @@ impl Rollout {
                 if !self.track(&proxies, |p| p.confirmed || p.nack.is_some()) {
                     return Vec::new();
                 }
-                let rejected = rejections(&proxies);
-                if !rejected.is_empty() {
-                    return self.finish(Outcome::Unconfirmed {
-                        reason: format!(
-                            "the rollback is in effect, but {rejected}; teal does not undo a rollback"
-                        ),
-                    });
-                }
-                // With no proxy left connected, not every proxy that was
-                // sent the version confirmed it: no convergence to record.
-                self.convergence = if proxies.is_empty() {
-                    None
-                } else {
-                    self.acks.values().max().copied()
-                };
-                if proxies.is_empty() {
-                    let warning = format!(
-                        "no connected proxy routes {}: no proxy confirmed the change",
-                        self.service
-                    );
-                    if !self.warnings.contains(&warning) {
-                        self.warnings.push(warning);
-                    }
-                }
-                let checking = State::PostChecks {
-                    version: version.clone(),
-                    deadline: now + self.plan.timeout,
-                };
-                self.checks_or(checking, " after the switch", |r| r.step_done(version, now))
+                self.all_answered(&proxies, version, now)
             }
             Event::Tick if now >= deadline => {
                 let waiting = self.waiting_for.join(", ");
@@ -880,10 +865,49 @@ impl Rollout {
         }
     }
 
+    /// Every proxy confirmed the step's version or (a rollback's) rejected
+    /// it: on to the post-checks, or the end.
+    fn all_answered(
+        &mut self,
+        proxies: &[ProxyView],
+        version: Version,
+        now: Instant,
+    ) -> Vec<Action> {
+        let rejected = rejections(proxies);
+        if !rejected.is_empty() {
+            return self.finish(Outcome::Unconfirmed {
+                reason: format!(
+                    "the rollback is in effect, but {rejected}; teal does not undo a rollback"
+                ),
+            });
+        }
+        // With no proxy left connected, not every proxy that was sent the
+        // version confirmed it: no convergence to record.
+        self.convergence = if proxies.is_empty() {
+            None
+        } else {
+            self.acks.values().max().copied()
+        };
+        if proxies.is_empty() {
+            let warning = format!(
+                "no connected proxy routes {}: no proxy confirmed the change",
+                self.service
+            );
+            if !self.warnings.contains(&warning) {
+                self.warnings.push(warning);
+            }
+        }
+        let checking = State::PostChecks {
+            version: version.clone(),
+            deadline: now + self.plan.timeout,
+        };
+        self.checks_or(checking, " after the switch", |r| r.step_done(version, now))
+    }
+
     fn on_post_checks(
         &mut self,
         event: Event,
-        version: String,
+        version: Version,
         deadline: Instant,
         now: Instant,
     ) -> Vec<Action> {

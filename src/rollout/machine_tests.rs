@@ -58,8 +58,16 @@ fn started(op: &Operation) -> (Rollout, Instant) {
     started_at(op, &split(&[("blue", 100), ("green", 0)]), None)
 }
 
+/// A version for a test: `SEQ-DIGEST`, or a bare sequence number.
+fn ver(v: &str) -> Version {
+    match v.parse::<u64>() {
+        Ok(seq) => Version::new(seq, "t"),
+        Err(_) => v.parse().expect("a test version"),
+    }
+}
+
 fn committed_event(v: &str) -> Event {
-    Event::Committed { version: v.into() }
+    Event::Committed { version: ver(v) }
 }
 
 #[test]
@@ -111,7 +119,7 @@ fn a_flip_goes_through_every_phase() {
             ("b".to_string(), Duration::from_millis(80))
         ]
     );
-    assert_eq!(r.confirmed_version(), Some("5-abc"));
+    assert_eq!(r.confirmed_version(), Some(&ver("5-abc")));
     assert_eq!(r.progress().outcome, Some(Outcome::Succeeded));
     assert!(r.progress().warnings.is_empty());
     assert_eq!(r.rollback_after(&green()), Some(back().split));
@@ -175,7 +183,7 @@ fn a_nack_puts_every_proxy_back() {
         matches!(&actions[..], [Action::Finish(Outcome::RolledBack { reason })] if reason.contains("b rejected") && reason.contains("bad route"))
     );
     assert_eq!(r.convergence().0, None, "no version was confirmed");
-    assert_eq!(r.last_version(), Some("3"));
+    assert_eq!(r.last_version(), Some(&ver("3")));
     assert_eq!(r.rollback_after(&back()), None, "undone: the point stays");
 }
 
@@ -278,7 +286,7 @@ fn a_shift_waits_between_steps_and_an_abort_there_keeps_the_steps_done() {
         panic!("{a:?}")
     };
     assert_eq!(reason, "stopped by alice; steps 1 to 2 stay in effect");
-    assert_eq!(r.confirmed_version(), Some("3"));
+    assert_eq!(r.confirmed_version(), Some(&ver("3")));
     // At 50/50 the rollback point is the split before the shift, not a
     // fleet picked from a tie.
     let fifty = Change {
@@ -470,7 +478,7 @@ fn a_resumed_operation_confirms_its_commit_again_or_is_interrupted() {
     let rec = r.record(t, wall);
     assert_eq!(rec.stage, Stage::Applied);
     // After a restart: the proxies confirm it, so it succeeded.
-    let (mut again, a) = Rollout::resume("web", rec, "2-abc", t, wall);
+    let (mut again, a) = Rollout::resume("web", rec, &ver("2-abc"), t, wall);
     assert_eq!(a, [Action::ObserveProxies]);
     let a = again.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
     assert_eq!(a, [Action::Finish(Outcome::Succeeded)]);
@@ -478,13 +486,13 @@ fn a_resumed_operation_confirms_its_commit_again_or_is_interrupted() {
     assert_eq!(again.id(), 7);
 
     // A NACK after the restart undoes it.
-    let (mut again, _) = Rollout::resume("web", r.record(t, wall), "2-abc", t, wall);
+    let (mut again, _) = Rollout::resume("web", r.record(t, wall), &ver("2-abc"), t, wall);
     let a = again.on_event(Event::Proxies(vec![nacking("a", "no")]), t);
     assert_eq!(a, [Action::Commit(back())]);
 
     // Found before its commit: interrupted, nothing in effect.
     let (r0, t0) = started(&flip(true));
-    let (again, a) = Rollout::resume("web", r0.record(t0, wall), "1-x", t0, wall);
+    let (again, a) = Rollout::resume("web", r0.record(t0, wall), &ver("1-x"), t0, wall);
     assert!(
         matches!(&a[..], [Action::Finish(Outcome::Interrupted { reason })] if reason.contains("before step 1")),
         "{a:?}"
@@ -495,7 +503,7 @@ fn a_resumed_operation_confirms_its_commit_again_or_is_interrupted() {
     r.on_event(Event::Proxies(vec![nacking("a", "no")]), t);
     let rec = r.record(t, wall);
     assert!(matches!(rec.stage, Stage::Undoing(_)));
-    let (mut again, _) = Rollout::resume("web", rec, "3-abc", t, wall);
+    let (mut again, _) = Rollout::resume("web", rec, &ver("3-abc"), t, wall);
     let a = again.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
     assert!(matches!(
         &a[..],
@@ -517,7 +525,7 @@ fn a_pending_retirement_survives_a_restart_with_the_rest_of_its_delay() {
     assert_eq!(rec.wait_until, Some(wall + Duration::from_secs(40)));
     let later = wall + Duration::from_secs(30);
     let t2 = t + Duration::from_secs(500);
-    let (again, a) = Rollout::resume("web", rec, "5-x", t2, later);
+    let (again, a) = Rollout::resume("web", rec, &ver("5-x"), t2, later);
     assert!(a.is_empty());
     assert_eq!(again.next_deadline(), Some(t2 + Duration::from_secs(10)));
     assert_eq!(
@@ -687,7 +695,7 @@ fn run_one(
                     }
                     last_commit_fates = Some(svc.current.clone());
                     Event::Committed {
-                        version: svc.seq.to_string(),
+                        version: Version::new(u64::from(svc.seq), "t"),
                     }
                 }
             }
@@ -782,7 +790,7 @@ fn a_record_asking_for_absurd_waits_is_bounded() {
     let (r, t) = committed(true);
     let mut rec = r.record(t, SystemTime::UNIX_EPOCH);
     rec.plan.timeout = Duration::MAX;
-    let (again, _) = Rollout::resume("web", rec, "2-a", t, SystemTime::UNIX_EPOCH);
+    let (again, _) = Rollout::resume("web", rec, &ver("2-a"), t, SystemTime::UNIX_EPOCH);
     assert_eq!(again.next_deadline(), Some(t + MAX_WAIT));
 }
 

@@ -4,6 +4,8 @@
 //! - [`plan`]: what an operation will do to a service, or why it cannot;
 //!   where the rollback point goes.
 //! - [`machine`]: the pure rollout state machine (events in, actions out).
+//! - [`version`]: the fleet-wide version a commit publishes.
+//! - [`weights`]: every service's split, and the rule a split follows.
 //! - The controller (`crate::controller`) runs it against the real
 //!   snapshot store, proxy registry, checks and durable state.
 //!
@@ -33,13 +35,17 @@ mod fixtures;
 pub mod machine;
 pub mod plan;
 pub(crate) mod serde_time;
+pub mod version;
+pub mod weights;
+
+pub use version::Version;
+pub use weights::{Weights, WeightsError};
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::WeightsError;
 use crate::xds::ProxyStatus;
 
 /// A traffic split: fleet → weight, weights summing to 100.
@@ -49,6 +55,11 @@ pub type Split = BTreeMap<String, u32>;
 /// interval, a retirement's delay): a week. Longer values are refused
 /// when the operation is planned, so no deadline can overflow the clock.
 pub const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How long a flip, a shift step or a rollback waits for every proxy to
+/// ACK when the request does not say (`timeout_ms: 0`; the CLI sends that
+/// when `--timeout` is not given, so this is the only default).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What kind of operation: the verb operators type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -460,7 +471,7 @@ pub enum RolloutError {
     ShuttingDown,
 }
 
-/// A split refused by [`crate::config::Weights::check`]: an unknown
+/// A split refused by [`Weights::check`]: an unknown
 /// service or fleet stays one (NOT_FOUND over gRPC), a bad sum is
 /// [`RolloutError::Invalid`] (INVALID_ARGUMENT), with the same message.
 impl From<WeightsError> for RolloutError {
@@ -475,10 +486,106 @@ impl From<WeightsError> for RolloutError {
     }
 }
 
+/// The gRPC metadata key (a header or trailer) under which the admin API
+/// names an error's [`ErrorKind`], so a client picks its reaction (the
+/// CLI, its exit code) from the kind, never from the message text.
+pub const ERROR_KIND_KEY: &str = "teal-error-kind";
+
+/// What kind of error the admin API answered, machine-readable (sent as
+/// [`ERROR_KIND_KEY`]). Several kinds share a gRPC code: a full disk and a
+/// server shutting down are both `UNAVAILABLE`, and so is a server that
+/// cannot be reached, which has no kind at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// [`RolloutError::UnknownService`].
+    UnknownService,
+    /// [`RolloutError::UnknownFleet`].
+    UnknownFleet,
+    /// [`RolloutError::Invalid`].
+    Invalid,
+    /// [`RolloutError::Precondition`].
+    Precondition,
+    /// [`RolloutError::Busy`].
+    Busy,
+    /// [`RolloutError::CannotAbort`].
+    CannotAbort,
+    /// [`RolloutError::NoSuchOperation`].
+    NoSuchOperation,
+    /// [`RolloutError::Store`]: the server is up but cannot save.
+    Store,
+    /// [`RolloutError::ShuttingDown`], or an operation's progress that
+    /// stopped because the server is going away.
+    ShuttingDown,
+}
+
+impl ErrorKind {
+    /// Every kind.
+    pub const ALL: [ErrorKind; 9] = [
+        ErrorKind::UnknownService,
+        ErrorKind::UnknownFleet,
+        ErrorKind::Invalid,
+        ErrorKind::Precondition,
+        ErrorKind::Busy,
+        ErrorKind::CannotAbort,
+        ErrorKind::NoSuchOperation,
+        ErrorKind::Store,
+        ErrorKind::ShuttingDown,
+    ];
+
+    /// The name sent on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::UnknownService => "unknown-service",
+            ErrorKind::UnknownFleet => "unknown-fleet",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::Precondition => "precondition",
+            ErrorKind::Busy => "busy",
+            ErrorKind::CannotAbort => "cannot-abort",
+            ErrorKind::NoSuchOperation => "no-such-operation",
+            ErrorKind::Store => "store",
+            ErrorKind::ShuttingDown => "shutting-down",
+        }
+    }
+
+    /// The kind a status names, if it names one this teal knows.
+    pub fn of(status: &tonic::Status) -> Option<ErrorKind> {
+        let name = status.metadata().get(ERROR_KIND_KEY)?.to_str().ok()?;
+        ErrorKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// `status` with this kind attached.
+    pub fn attach(self, mut status: tonic::Status) -> tonic::Status {
+        status.metadata_mut().insert(
+            ERROR_KIND_KEY,
+            tonic::metadata::MetadataValue::from_static(self.as_str()),
+        );
+        status
+    }
+}
+
+impl RolloutError {
+    /// The error's kind, as the admin API names it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            RolloutError::UnknownService(_) => ErrorKind::UnknownService,
+            RolloutError::UnknownFleet { .. } => ErrorKind::UnknownFleet,
+            RolloutError::Invalid(_) => ErrorKind::Invalid,
+            RolloutError::Precondition(_) => ErrorKind::Precondition,
+            RolloutError::Busy { .. } => ErrorKind::Busy,
+            RolloutError::CannotAbort { .. } => ErrorKind::CannotAbort,
+            RolloutError::NoSuchOperation(_) => ErrorKind::NoSuchOperation,
+            RolloutError::Store(_) => ErrorKind::Store,
+            RolloutError::ShuttingDown => ErrorKind::ShuttingDown,
+        }
+    }
+}
+
+/// The gRPC code says what a generic client should do; the attached
+/// [`ErrorKind`] says exactly what happened.
 impl From<RolloutError> for tonic::Status {
     fn from(e: RolloutError) -> tonic::Status {
         use tonic::Status;
-        match &e {
+        let status = match &e {
             RolloutError::UnknownService(_) | RolloutError::UnknownFleet { .. } => {
                 Status::not_found(e.to_string())
             }
@@ -490,7 +597,8 @@ impl From<RolloutError> for tonic::Status {
             RolloutError::Store(_) | RolloutError::ShuttingDown => {
                 Status::unavailable(e.to_string())
             }
-        }
+        };
+        e.kind().attach(status)
     }
 }
 

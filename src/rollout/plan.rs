@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::Weights;
 use super::serde_time;
 use super::{MAX_WAIT, Operation, RolloutError, ShiftSteps, Split};
-use crate::config::Weights;
 
 /// A service's routing state to publish: every fleet's weight, and which
 /// fleets are retired (no endpoints).
@@ -340,19 +340,7 @@ pub fn plan(op: &Operation, service: &ServiceView<'_>) -> Result<Plan, RolloutEr
             ..
         } => {
             check_wait("timeout", *timeout)?;
-            let target = match to {
-                Some(t) => t.clone(),
-                None => service.other_fleet()?,
-            };
-            service.check_fleet(&target)?;
-            let split = all_to(&target);
-            service.check_split(&split)?;
-            if service.full(&split) == *service.split {
-                return Err(RolloutError::Precondition(format!(
-                    "{target:?} already takes all of {:?}'s traffic",
-                    service.name
-                )));
-            }
+            let split = flip_split(service, to.as_deref())?;
             Ok(Plan::one_step(service, split, *skip_checks, *timeout))
         }
         Operation::Shift {
@@ -379,45 +367,13 @@ pub fn plan(op: &Operation, service: &ServiceView<'_>) -> Result<Plan, RolloutEr
             ..
         } => {
             check_wait("timeout", *timeout)?;
-            let Some(point) = service.rollback_to else {
-                return Err(RolloutError::Precondition(format!(
-                    "service {:?} has nothing to roll back to: no change of its weights \
-                     is in effect since teal started managing it, or the last one was \
-                     undone, or the fleet it would go back to was retired",
-                    service.name
-                )));
-            };
-            let split = service.full(point);
-            if split == *service.split {
-                return Err(RolloutError::Precondition(format!(
-                    "service {:?} is at its rollback point ({}) already",
-                    service.name,
-                    show(&split)
-                )));
-            }
-            service.check_split(&split)?;
+            let split = rollback_split(service)?;
             Ok(Plan::one_step(service, split, *skip_checks, *timeout))
         }
         Operation::Retire { fleet, after, .. } => {
             check_wait("delay", *after)?;
-            service.check_fleet(fleet)?;
-            if service.split.get(fleet).copied().unwrap_or(0) > 0 {
-                return Err(RolloutError::Precondition(format!(
-                    "fleet {fleet:?} still takes traffic; flip away from it first"
-                )));
-            }
-            if service.retired.contains(fleet) {
-                return Err(RolloutError::Precondition(format!(
-                    "fleet {fleet:?} is already retired"
-                )));
-            }
-            let mut retired = service.retired.clone();
-            retired.insert(fleet.clone());
             Ok(Plan {
-                steps: vec![Change {
-                    split: service.split.clone(),
-                    retired,
-                }],
+                steps: vec![retirement(service, fleet)?],
                 checks: false,
                 timeout: RETIRE_TIMEOUT,
                 interval: *after,
@@ -425,6 +381,68 @@ pub fn plan(op: &Operation, service: &ServiceView<'_>) -> Result<Plan, RolloutEr
             })
         }
     }
+}
+
+/// A flip's split: everything to `to`, or to the other fleet.
+fn flip_split(service: &ServiceView<'_>, to: Option<&str>) -> Result<Split, RolloutError> {
+    let target = match to {
+        Some(t) => t.to_owned(),
+        None => service.other_fleet()?,
+    };
+    service.check_fleet(&target)?;
+    let split = all_to(&target);
+    service.check_split(&split)?;
+    if service.full(&split) == *service.split {
+        return Err(RolloutError::Precondition(format!(
+            "{target:?} already takes all of {:?}'s traffic",
+            service.name
+        )));
+    }
+    Ok(split)
+}
+
+/// A rollback's split: the rollback point, if there is one to go to.
+fn rollback_split(service: &ServiceView<'_>) -> Result<Split, RolloutError> {
+    let Some(point) = service.rollback_to else {
+        return Err(RolloutError::Precondition(format!(
+            "service {:?} has nothing to roll back to: no change of its weights \
+             is in effect since teal started managing it, or the last one was \
+             undone, or the fleet it would go back to was retired",
+            service.name
+        )));
+    };
+    let split = service.full(point);
+    if split == *service.split {
+        return Err(RolloutError::Precondition(format!(
+            "service {:?} is at its rollback point ({}) already",
+            service.name,
+            show(&split)
+        )));
+    }
+    service.check_split(&split)?;
+    Ok(split)
+}
+
+/// A retirement's change: the same split, `fleet` retired; never a fleet
+/// that takes traffic.
+fn retirement(service: &ServiceView<'_>, fleet: &str) -> Result<Change, RolloutError> {
+    service.check_fleet(fleet)?;
+    if service.split.get(fleet).copied().unwrap_or(0) > 0 {
+        return Err(RolloutError::Precondition(format!(
+            "fleet {fleet:?} still takes traffic; flip away from it first"
+        )));
+    }
+    if service.retired.contains(fleet) {
+        return Err(RolloutError::Precondition(format!(
+            "fleet {fleet:?} is already retired"
+        )));
+    }
+    let mut retired = service.retired.clone();
+    retired.insert(fleet.to_owned());
+    Ok(Change {
+        split: service.split.clone(),
+        retired,
+    })
 }
 
 /// How long a retirement waits for every proxy to drop the fleet's

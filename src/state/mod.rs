@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::rollout::machine::Record;
 use crate::rollout::serde_time;
-use crate::rollout::{HistoryEntry, Split};
+use crate::rollout::{HistoryEntry, Split, Version};
 
 pub use file::{FileStore, SaveStep};
 pub use memory::MemoryStore;
@@ -38,10 +38,11 @@ pub const HISTORY_LIMIT: usize = 100;
 pub struct PersistedState {
     /// The last fleet-wide version number used; the next one is larger.
     pub version_seq: u64,
-    /// The full version string last served (`{seq}-{digest}`), so a
-    /// restart with the same content serves the same version.
-    #[serde(default)]
-    pub version: String,
+    /// The version last committed, so a restart with the same content
+    /// serves the same version; `None` before the first commit. Stored as
+    /// its string, empty for none.
+    #[serde(default, with = "crate::rollout::version::empty_is_none")]
+    pub version: Option<Version>,
     /// Per service, by name.
     pub services: BTreeMap<String, ServiceState>,
     /// Per service, oldest first, at most [`HISTORY_LIMIT`] entries each.

@@ -69,6 +69,80 @@ struct TypeState {
     current: Option<String>,
 }
 
+impl TypeState {
+    /// The client's answer (ACK or NACK) to the response in flight, or a
+    /// stale nonce.
+    fn answer(
+        &mut self,
+        ty: ResourceType,
+        req: &DeltaDiscoveryRequest,
+        max_nack_bytes: usize,
+        out: &mut Output,
+    ) {
+        match self.in_flight.take() {
+            Some(f) if f.nonce == req.response_nonce => {
+                match Reply::from_error_detail(req.error_detail.as_ref(), max_nack_bytes) {
+                    Reply::Ack => {
+                        for r in &f.updated {
+                            self.held.insert(
+                                r.name().to_owned(),
+                                Held {
+                                    version: r.version().to_owned(),
+                                    resource: Some(r.clone()),
+                                },
+                            );
+                        }
+                        for name in &f.removed {
+                            self.held.remove(name);
+                        }
+                        self.current = Some(f.version.clone());
+                        out.events.push(StreamEvent::Acked {
+                            ty,
+                            version: f.version,
+                        });
+                    }
+                    Reply::Nack(message) => {
+                        out.events.push(StreamEvent::Nacked {
+                            ty,
+                            version: f.version.clone(),
+                            message,
+                        });
+                        self.rejected = Some(f.version);
+                    }
+                }
+            }
+            other => {
+                self.in_flight = other;
+                out.events.push(StreamEvent::StaleNonce {
+                    ty,
+                    nonce: cut(&req.response_nonce, ECHO_BYTES),
+                });
+            }
+        }
+    }
+
+    /// Applies the request's subscribes, then its unsubscribes.
+    fn resubscribe(&mut self, req: &DeltaDiscoveryRequest) {
+        for name in &req.resource_names_subscribe {
+            if name == WILDCARD {
+                self.subscription.wildcard = true;
+            } else {
+                self.subscription.names.insert(name.clone());
+            }
+        }
+        for name in &req.resource_names_unsubscribe {
+            if name == WILDCARD {
+                self.subscription.wildcard = false;
+            } else {
+                self.subscription.names.remove(name);
+            }
+        }
+        // The client forgets what it no longer subscribes to.
+        let sub = &self.subscription;
+        self.held.retain(|name, _| sub.covers(name));
+    }
+}
+
 /// State of one delta stream.
 #[derive(Debug)]
 pub struct DeltaStream {
@@ -81,22 +155,24 @@ impl DeltaStream {
     pub fn new(kind: StreamKind) -> DeltaStream {
         DeltaStream::with_limits(kind, StreamLimits::default())
     }
+}
 
-    /// A new stream of `kind` that enforces `limits`.
-    pub fn with_limits(kind: StreamKind, limits: StreamLimits) -> DeltaStream {
+impl Planner for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    const DELTA: bool = true;
+
+    fn with_limits(kind: StreamKind, limits: StreamLimits) -> DeltaStream {
         DeltaStream {
             head: StreamHead::new(kind, limits),
             types: Default::default(),
         }
     }
 
-    /// The proxy on this stream, once its first request arrived.
-    pub fn node(&self) -> Option<&NodeInfo> {
+    fn node(&self) -> Option<&NodeInfo> {
         self.head.node()
     }
 
-    /// Handles one request against the current snapshot.
-    pub fn on_request(
+    fn on_request(
         &mut self,
         req: &DeltaDiscoveryRequest,
         snapshot: &Snapshot,
@@ -132,81 +208,16 @@ impl DeltaStream {
         }
 
         if !req.response_nonce.is_empty() {
-            match st.in_flight.take() {
-                Some(f) if f.nonce == req.response_nonce => {
-                    match Reply::from_error_detail(req.error_detail.as_ref(), max_nack_bytes) {
-                        Reply::Ack => {
-                            for r in &f.updated {
-                                st.held.insert(
-                                    r.name().to_owned(),
-                                    Held {
-                                        version: r.version().to_owned(),
-                                        resource: Some(r.clone()),
-                                    },
-                                );
-                            }
-                            for name in &f.removed {
-                                st.held.remove(name);
-                            }
-                            st.current = Some(f.version.clone());
-                            out.events.push(StreamEvent::Acked {
-                                ty,
-                                version: f.version,
-                            });
-                        }
-                        Reply::Nack(message) => {
-                            out.events.push(StreamEvent::Nacked {
-                                ty,
-                                version: f.version.clone(),
-                                message,
-                            });
-                            st.rejected = Some(f.version);
-                        }
-                    }
-                }
-                other => {
-                    st.in_flight = other;
-                    out.events.push(StreamEvent::StaleNonce {
-                        ty,
-                        nonce: cut(&req.response_nonce, ECHO_BYTES),
-                    });
-                }
-            }
+            st.answer(ty, req, max_nack_bytes, &mut out);
         }
-
-        for name in &req.resource_names_subscribe {
-            if name == WILDCARD {
-                st.subscription.wildcard = true;
-            } else {
-                st.subscription.names.insert(name.clone());
-            }
-        }
-        for name in &req.resource_names_unsubscribe {
-            if name == WILDCARD {
-                st.subscription.wildcard = false;
-            } else {
-                st.subscription.names.remove(name);
-            }
-        }
-        // The client forgets what it no longer subscribes to.
-        let sub = &st.subscription;
-        st.held.retain(|name, _| sub.covers(name));
+        st.resubscribe(req);
 
         self.plan(snapshot, &mut out);
         Ok(out)
     }
 
-    /// Handles a newly published snapshot.
-    pub fn on_snapshot(&mut self, snapshot: &Snapshot) -> Output {
-        let mut out = Output::default();
-        self.plan(snapshot, &mut out);
-        out
-    }
-}
-
-impl Planner for DeltaStream {
-    fn node_info(&self) -> Option<&NodeInfo> {
-        self.head.node()
+    fn subscription(&self, ty: ResourceType) -> Option<&Subscription> {
+        self.types[ty.index()].as_ref().map(|st| &st.subscription)
     }
 
     fn next_response(
@@ -292,13 +303,6 @@ impl Planner for DeltaStream {
 }
 
 impl DeltaStream {
-    /// As in state of the world: only for clients that take every cluster.
-    fn make_before_break(&self) -> bool {
-        self.types[ResourceType::Cluster.index()]
-            .as_ref()
-            .is_some_and(|c| c.subscription.wildcard)
-    }
-
     /// Clusters the client has ACKed.
     fn held_clusters(&self) -> BTreeSet<&str> {
         self.types[ResourceType::Cluster.index()]

@@ -22,7 +22,7 @@ pub mod sotw;
 pub mod status;
 
 pub use limits::{Limit, OverLimit, StreamLimits};
-pub use protocol::{NodeInfo, ProtocolError, StreamEvent, StreamKind};
+pub use protocol::{NodeInfo, Planner, ProtocolError, StreamEvent, StreamKind};
 pub use server::{XdsServer, XdsServerConfig};
 pub use status::{EventSink, ProxyRegistry, ProxyStatus};
 

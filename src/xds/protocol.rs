@@ -367,11 +367,36 @@ pub struct Output {
     pub events: Vec<StreamEvent>,
 }
 
-/// What both stream state machines do after every input: visit each type
-/// in make-before-break order and send what is due.
-pub(crate) trait Planner {
-    /// The proxy on the stream, once known.
-    fn node_info(&self) -> Option<&NodeInfo>;
+/// A stream state machine, SotW or delta: what the gRPC layer drives
+/// (`xds::server` is generic over it), and what both do after every
+/// input: visit each type in make-before-break order and send what is due.
+///
+/// The machines implement the parts that differ (reading a request,
+/// choosing one type's response); the order of types, the
+/// make-before-break rule and the answer to a new snapshot are written
+/// once, here.
+pub trait Planner: Send + Sized + 'static {
+    /// The request message of the stream.
+    type Request: prost::Message + Default + Send + 'static;
+
+    /// Whether this is a delta stream (the proxy registry shows it).
+    const DELTA: bool;
+
+    /// A new stream of `kind` that enforces `limits`.
+    fn with_limits(kind: StreamKind, limits: StreamLimits) -> Self;
+
+    /// The proxy on the stream, once its first request arrived.
+    fn node(&self) -> Option<&NodeInfo>;
+
+    /// Handles one request against the current snapshot.
+    fn on_request(
+        &mut self,
+        req: &Self::Request,
+        snapshot: &Snapshot,
+    ) -> Result<Output, ProtocolError>;
+
+    /// The stream's subscription to `ty`, once the client asked for it.
+    fn subscription(&self, ty: ResourceType) -> Option<&Subscription>;
 
     /// The response due for `ty`, if any, recording what it sends.
     fn next_response(
@@ -381,9 +406,19 @@ pub(crate) trait Planner {
         out: &mut Output,
     ) -> Option<Response>;
 
+    /// Make-before-break ordering applies when the client takes every
+    /// cluster (Envoy). Clients that ask for clusters by name, such as
+    /// proxyless gRPC, ask for them only after they see the route, so
+    /// holding the route back would deadlock them; they order for
+    /// themselves.
+    fn make_before_break(&self) -> bool {
+        self.subscription(ResourceType::Cluster)
+            .is_some_and(|c| c.wildcard)
+    }
+
     /// Sends, in make-before-break order, every response that is due.
     fn plan(&mut self, snapshot: &Snapshot, out: &mut Output) {
-        let Some(node) = self.node_info() else {
+        let Some(node) = self.node() else {
             return;
         };
         let group = snapshot.group(&node.cluster).clone();
@@ -392,5 +427,12 @@ pub(crate) trait Planner {
                 out.responses.push(response);
             }
         }
+    }
+
+    /// Handles a newly published snapshot.
+    fn on_snapshot(&mut self, snapshot: &Snapshot) -> Output {
+        let mut out = Output::default();
+        self.plan(snapshot, &mut out);
+        out
     }
 }

@@ -32,15 +32,14 @@ use tonic::{Status, Streaming};
 use crate::listener::{ConnectionLimits, Incoming, Port};
 use crate::resources::ResourceType;
 use crate::shutdown::Shutdown;
-use crate::snapshot::Snapshot;
 use crate::snapshot_store::SnapshotReader;
 use crate::wire::OutMessage;
 
 use super::codec::XdsCodec;
 use super::delta::DeltaStream;
 use super::limits::{Limit, StreamLimits};
-use super::protocol::{NodeInfo, ProtocolError, StreamKind};
-use super::sotw::{Output, SotwStream};
+use super::protocol::{Planner, StreamKind};
+use super::sotw::SotwStream;
 use super::status::ProxyRegistry;
 
 /// Tunables of the xDS server.
@@ -151,68 +150,15 @@ impl XdsServer {
     }
 }
 
-/// A stream state machine, as the server drives it.
-trait Machine: Send + 'static {
-    type Request: prost::Message + Default + Send + 'static;
-    const DELTA: bool;
-    fn new(kind: StreamKind, limits: StreamLimits) -> Self;
-    fn node(&self) -> Option<&NodeInfo>;
-    fn on_request(&mut self, req: &Self::Request, snap: &Snapshot)
-    -> Result<Output, ProtocolError>;
-    fn on_snapshot(&mut self, snap: &Snapshot) -> Output;
-}
-
-impl Machine for SotwStream {
-    type Request = DiscoveryRequest;
-    const DELTA: bool = false;
-    fn new(kind: StreamKind, limits: StreamLimits) -> Self {
-        SotwStream::with_limits(kind, limits)
-    }
-    fn node(&self) -> Option<&NodeInfo> {
-        SotwStream::node(self)
-    }
-    fn on_request(
-        &mut self,
-        req: &DiscoveryRequest,
-        snap: &Snapshot,
-    ) -> Result<Output, ProtocolError> {
-        SotwStream::on_request(self, req, snap)
-    }
-    fn on_snapshot(&mut self, snap: &Snapshot) -> Output {
-        SotwStream::on_snapshot(self, snap)
-    }
-}
-
-impl Machine for DeltaStream {
-    type Request = DeltaDiscoveryRequest;
-    const DELTA: bool = true;
-    fn new(kind: StreamKind, limits: StreamLimits) -> Self {
-        DeltaStream::with_limits(kind, limits)
-    }
-    fn node(&self) -> Option<&NodeInfo> {
-        DeltaStream::node(self)
-    }
-    fn on_request(
-        &mut self,
-        req: &DeltaDiscoveryRequest,
-        snap: &Snapshot,
-    ) -> Result<Output, ProtocolError> {
-        DeltaStream::on_request(self, req, snap)
-    }
-    fn on_snapshot(&mut self, snap: &Snapshot) -> Output {
-        DeltaStream::on_snapshot(self, snap)
-    }
-}
-
 /// Runs one stream until the client leaves, breaks the protocol, or
 /// teal shuts down.
-async fn run_stream<M: Machine>(
+async fn run_stream<M: Planner>(
     shared: Arc<Shared>,
     kind: StreamKind,
     mut requests: Streaming<M::Request>,
     tx: mpsc::Sender<Result<OutMessage, Status>>,
 ) {
-    let mut machine = M::new(kind, shared.config.stream);
+    let mut machine = M::with_limits(kind, shared.config.stream);
     let mut handle = shared.registry.register(kind, M::DELTA);
     let mut reader = shared.reader.clone();
     let mut shutdown = shared.shutdown.clone();
@@ -287,7 +233,7 @@ struct Method<M> {
     _machine: PhantomData<fn() -> M>,
 }
 
-impl<M: Machine> StreamingService<M::Request> for Method<M> {
+impl<M: Planner> StreamingService<M::Request> for Method<M> {
     type Response = OutMessage;
     type ResponseStream = ReceiverStream<Result<OutMessage, Status>>;
     type Future = BoxFuture<tonic::Response<Self::ResponseStream>, Status>;

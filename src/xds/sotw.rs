@@ -95,22 +95,24 @@ impl SotwStream {
     pub fn new(kind: StreamKind) -> SotwStream {
         SotwStream::with_limits(kind, StreamLimits::default())
     }
+}
 
-    /// A new stream of `kind` that enforces `limits`.
-    pub fn with_limits(kind: StreamKind, limits: StreamLimits) -> SotwStream {
+impl Planner for SotwStream {
+    type Request = DiscoveryRequest;
+    const DELTA: bool = false;
+
+    fn with_limits(kind: StreamKind, limits: StreamLimits) -> SotwStream {
         SotwStream {
             head: StreamHead::new(kind, limits),
             types: Default::default(),
         }
     }
 
-    /// The proxy on this stream, once its first request arrived.
-    pub fn node(&self) -> Option<&NodeInfo> {
+    fn node(&self) -> Option<&NodeInfo> {
         self.head.node()
     }
 
-    /// Handles one request against the current snapshot.
-    pub fn on_request(
+    fn on_request(
         &mut self,
         req: &DiscoveryRequest,
         snapshot: &Snapshot,
@@ -170,17 +172,8 @@ impl SotwStream {
         Ok(out)
     }
 
-    /// Handles a newly published snapshot.
-    pub fn on_snapshot(&mut self, snapshot: &Snapshot) -> Output {
-        let mut out = Output::default();
-        self.plan(snapshot, &mut out);
-        out
-    }
-}
-
-impl Planner for SotwStream {
-    fn node_info(&self) -> Option<&NodeInfo> {
-        self.head.node()
+    fn subscription(&self, ty: ResourceType) -> Option<&Subscription> {
+        self.types[ty.index()].as_ref().map(|st| &st.subscription)
     }
 
     fn next_response(
@@ -247,17 +240,6 @@ impl Planner for SotwStream {
 }
 
 impl SotwStream {
-    /// Make-before-break ordering applies when the client takes every
-    /// cluster (Envoy). Clients that ask for clusters by name, such as
-    /// proxyless gRPC, ask for them only after they see the route, so
-    /// holding the route back would deadlock them; they order for
-    /// themselves.
-    fn make_before_break(&self) -> bool {
-        self.types[ResourceType::Cluster.index()]
-            .as_ref()
-            .is_some_and(|c| c.subscription.wildcard)
-    }
-
     /// Whether every cluster `resources` name that the group has was ACKed.
     fn clusters_applied(&self, group: &GroupSnapshot, resources: &[Arc<Resource>]) -> bool {
         let clusters = group.of(ResourceType::Cluster);

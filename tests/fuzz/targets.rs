@@ -51,7 +51,7 @@ use teal::state::{FileStore, StateError, StateStore};
 use teal::xds::delta::DeltaStream;
 use teal::xds::protocol::Output;
 use teal::xds::sotw::SotwStream;
-use teal::xds::{StreamEvent, StreamKind};
+use teal::xds::{Planner, StreamEvent, StreamKind};
 
 // ---------------------------------------------------------------------------
 // xDS stream machines

@@ -240,84 +240,98 @@ fn listener(
     )?;
     // Read before the kind, so a bad address is reported even when the
     // kind is missing or unknown.
-    let apath = f.path("address");
     let address_node = f.get("address");
-    let parsed_address = address_node.map(|n| address(cx, n, &apath));
+    let parsed_address = address_node.map(|n| address(cx, n, &f.path("address")));
     let kind_node = f.required(cx, "kind")?;
     let kpath = f.path("kind");
     let own_name = || vec![(key.text.clone(), key.pos, path.to_owned())];
-    let misplaced = |cx: &mut Cx<'_>, field: &str, message: &str| {
-        if let Some(n) = f.get(field) {
-            cx.err(n.pos, &f.path(field), message);
+    let kind = text(cx, kind_node, &kpath)?;
+    if !matches!(kind.as_str(), "edge" | "sidecar" | "grpc") {
+        cx.err(
+            kind_node.pos,
+            &kpath,
+            format!("unknown listener kind {kind:?} (expected edge, sidecar or grpc)"),
+        );
+        return None;
+    }
+    if kind == "grpc" {
+        return grpc_listener(cx, &f, services);
+    }
+    // Problems in the order the fields are read: the other kind's field,
+    // the address, then this kind's field.
+    let need_address = |cx: &mut Cx<'_>| {
+        if address_node.is_none() {
+            f.required(cx, "address");
         }
     };
-    match text(cx, kind_node, &kpath)?.as_str() {
-        "edge" => {
-            misplaced(
-                cx,
-                "services",
-                "`services` belongs to sidecar and grpc listeners; edge listeners use \
-                 `virtual_hosts`",
-            );
-            if address_node.is_none() {
-                f.required(cx, "address");
-            }
-            let vnode = f.required(cx, "virtual_hosts")?;
-            let virtual_hosts = edge(cx, vnode, &f.path("virtual_hosts"), services)?;
-            let kind = ListenerKind::Edge {
-                address: parsed_address??,
-                virtual_hosts,
-            };
-            Some((Listener { kind }, own_name()))
+    let kind = if kind == "edge" {
+        misplaced(
+            cx,
+            &f,
+            "services",
+            "`services` belongs to sidecar and grpc listeners; edge listeners use \
+             `virtual_hosts`",
+        );
+        need_address(cx);
+        let vnode = f.required(cx, "virtual_hosts")?;
+        let virtual_hosts = edge(cx, vnode, &f.path("virtual_hosts"), services)?;
+        ListenerKind::Edge {
+            address: parsed_address??,
+            virtual_hosts,
         }
-        "sidecar" => {
-            misplaced(
-                cx,
-                "virtual_hosts",
-                "`virtual_hosts` belongs to edge listeners; sidecar listeners use `services`",
-            );
-            if address_node.is_none() {
-                f.required(cx, "address");
-            }
-            let snode = f.required(cx, "services")?;
-            let (names, _) = service_list(cx, snode, &f.path("services"), "sidecar", services)?;
-            let kind = ListenerKind::Sidecar {
-                address: parsed_address??,
-                services: names,
-            };
-            Some((Listener { kind }, own_name()))
+    } else {
+        misplaced(
+            cx,
+            &f,
+            "virtual_hosts",
+            "`virtual_hosts` belongs to edge listeners; sidecar listeners use `services`",
+        );
+        need_address(cx);
+        let snode = f.required(cx, "services")?;
+        let (names, _) = service_list(cx, snode, &f.path("services"), "sidecar", services)?;
+        ListenerKind::Sidecar {
+            address: parsed_address??,
+            services: names,
         }
-        "grpc" => {
-            misplaced(
-                cx,
-                "virtual_hosts",
-                "`virtual_hosts` belongs to edge listeners; grpc listeners use `services`",
-            );
-            if let Some(n) = address_node {
-                cx.err(
-                    n.pos,
-                    &apath,
-                    "a grpc listener has no `address`: proxyless gRPC clients fetch it \
-                     by name (`xds:///SERVICE`) and open no port",
-                );
-            }
-            let snode = f.required(cx, "services")?;
-            let (names, at) = service_list(cx, snode, &f.path("services"), "grpc", services)?;
-            address_node.is_none().then_some((
-                Listener {
-                    kind: ListenerKind::Grpc { services: names },
-                },
-                at,
-            ))
-        }
-        other => {
-            cx.err(
-                kind_node.pos,
-                &kpath,
-                format!("unknown listener kind {other:?} (expected edge, sidecar or grpc)"),
-            );
-            None
-        }
+    };
+    Some((Listener { kind }, own_name()))
+}
+
+/// A grpc listener: services, no address (its clients open no port).
+fn grpc_listener(
+    cx: &mut Cx<'_>,
+    f: &Fields<'_>,
+    services: &BTreeSet<String>,
+) -> Option<(Listener, Vec<NameAt>)> {
+    misplaced(
+        cx,
+        f,
+        "virtual_hosts",
+        "`virtual_hosts` belongs to edge listeners; grpc listeners use `services`",
+    );
+    let address_node = f.get("address");
+    if let Some(n) = address_node {
+        cx.err(
+            n.pos,
+            &f.path("address"),
+            "a grpc listener has no `address`: proxyless gRPC clients fetch it \
+             by name (`xds:///SERVICE`) and open no port",
+        );
+    }
+    let snode = f.required(cx, "services")?;
+    let (names, at) = service_list(cx, snode, &f.path("services"), "grpc", services)?;
+    address_node.is_none().then_some((
+        Listener {
+            kind: ListenerKind::Grpc { services: names },
+        },
+        at,
+    ))
+}
+
+/// Reports `field`, if given, as belonging to another kind of listener.
+fn misplaced(cx: &mut Cx<'_>, f: &Fields<'_>, field: &str, message: &str) {
+    if let Some(n) = f.get(field) {
+        cx.err(n.pos, &f.path(field), message);
     }
 }
 
@@ -349,71 +363,88 @@ fn edge(
             ok = false;
             continue;
         };
-        let mut domains = Vec::new();
-        if let Some(dnode) = f.required(cx, "domains")
-            && let Some(items) = seq(cx, dnode, &f.path("domains"))
-        {
-            if items.is_empty() {
-                cx.err(
-                    dnode.pos,
-                    &f.path("domains"),
-                    "at least one domain is needed",
-                );
-                ok = false;
-            }
-            for (i, item) in items.iter().enumerate() {
-                let dpath = format!("{}[{i}]", f.path("domains"));
-                let Some(d) = text(cx, item, &dpath) else {
-                    ok = false;
-                    continue;
-                };
-                if d.is_empty() || d.contains(char::is_whitespace) {
-                    cx.err(item.pos, &dpath, format!("bad domain {d:?}"));
-                    ok = false;
-                } else if let Some(other) = domains_seen.get(&d.to_ascii_lowercase()) {
-                    cx.err(
-                        item.pos,
-                        &dpath,
-                        format!("domain {d:?} is already served by virtual host {other:?}"),
-                    );
-                    ok = false;
-                } else {
-                    domains_seen.insert(d.to_ascii_lowercase(), key.text.clone());
-                    domains.push(d);
-                }
-            }
-        } else {
+        let domains = domains(cx, &f, &key.text, &mut domains_seen);
+        let routes = routes(cx, &f, services);
+        let (Some(domains), Some(routes)) = (domains, routes) else {
             ok = false;
-        }
-        let mut routes = Vec::new();
-        if let Some(rnode) = f.required(cx, "routes")
-            && let Some(items) = seq(cx, rnode, &f.path("routes"))
-        {
-            if items.is_empty() {
-                cx.err(rnode.pos, &f.path("routes"), "at least one route is needed");
-                ok = false;
-            }
-            for (i, item) in items.iter().enumerate() {
-                let rpath = format!("{}[{i}]", f.path("routes"));
-                let Some(rf) = fields(cx, item, &rpath, &["prefix", "regex", "service"]) else {
-                    ok = false;
-                    continue;
-                };
-                let path = route_path(cx, &rf);
-                let service = rf
-                    .required(cx, "service")
-                    .and_then(|n| service_ref(cx, n, &rf.path("service"), services));
-                match (path, service) {
-                    (Some(path), Some(service)) => routes.push(Route { path, service }),
-                    _ => ok = false,
-                }
-            }
-        } else {
-            ok = false;
-        }
+            continue;
+        };
         virtual_hosts.insert(key.text.clone(), VirtualHost { domains, routes });
     }
     ok.then_some(virtual_hosts)
+}
+
+/// A virtual host's `domains`: at least one, none served by another
+/// virtual host of the listener (`seen`: lowercased domain → virtual
+/// host). `None` if any is wrong.
+fn domains(
+    cx: &mut Cx<'_>,
+    f: &Fields<'_>,
+    vhost: &str,
+    seen: &mut BTreeMap<String, String>,
+) -> Option<Vec<String>> {
+    let dnode = f.required(cx, "domains")?;
+    let items = seq(cx, dnode, &f.path("domains"))?;
+    let mut ok = true;
+    if items.is_empty() {
+        cx.err(
+            dnode.pos,
+            &f.path("domains"),
+            "at least one domain is needed",
+        );
+        ok = false;
+    }
+    let mut domains = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let dpath = format!("{}[{i}]", f.path("domains"));
+        let Some(d) = text(cx, item, &dpath) else {
+            ok = false;
+            continue;
+        };
+        if d.is_empty() || d.contains(char::is_whitespace) {
+            cx.err(item.pos, &dpath, format!("bad domain {d:?}"));
+            ok = false;
+        } else if let Some(other) = seen.get(&d.to_ascii_lowercase()) {
+            cx.err(
+                item.pos,
+                &dpath,
+                format!("domain {d:?} is already served by virtual host {other:?}"),
+            );
+            ok = false;
+        } else {
+            seen.insert(d.to_ascii_lowercase(), vhost.to_owned());
+            domains.push(d);
+        }
+    }
+    ok.then_some(domains)
+}
+
+/// A virtual host's `routes`: at least one. `None` if any is wrong.
+fn routes(cx: &mut Cx<'_>, f: &Fields<'_>, services: &BTreeSet<String>) -> Option<Vec<Route>> {
+    let rnode = f.required(cx, "routes")?;
+    let items = seq(cx, rnode, &f.path("routes"))?;
+    let mut ok = true;
+    if items.is_empty() {
+        cx.err(rnode.pos, &f.path("routes"), "at least one route is needed");
+        ok = false;
+    }
+    let mut routes = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let rpath = format!("{}[{i}]", f.path("routes"));
+        let Some(rf) = fields(cx, item, &rpath, &["prefix", "regex", "service"]) else {
+            ok = false;
+            continue;
+        };
+        let path = route_path(cx, &rf);
+        let service = rf
+            .required(cx, "service")
+            .and_then(|n| service_ref(cx, n, &rf.path("service"), services));
+        match (path, service) {
+            (Some(path), Some(service)) => routes.push(Route { path, service }),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(routes)
 }
 
 /// A route's path match: exactly one of `prefix` and `regex`.

@@ -44,80 +44,11 @@ pub(super) fn service(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Servic
             "checks",
         ],
     )?;
-    let mut ok = true;
-    let mut fleets = BTreeMap::new();
-    let mut fleet_names = Vec::new();
-    match f.required(cx, "fleets") {
-        None => ok = false,
-        Some(node) => match named(cx, node, &f.path("fleets")) {
-            None => ok = false,
-            Some(entries) => {
-                if entries.is_empty() {
-                    cx.err(node.pos, &f.path("fleets"), "at least one fleet is needed");
-                    ok = false;
-                }
-                for (key, value) in entries {
-                    let path = join(&f.path("fleets"), &key.text);
-                    fleet_names.push(key.text.clone());
-                    if !check_name(cx, key, &path, "fleet", true) {
-                        ok = false;
-                        continue;
-                    }
-                    match fleet(cx, value, &path) {
-                        Some(fl) => {
-                            fleets.insert(key.text.clone(), fl);
-                        }
-                        None => ok = false,
-                    }
-                }
-            }
-        },
-    }
-    let live = f.required(cx, "live").and_then(|node| {
-        let path = f.path("live");
-        let name = text(cx, node, &path)?;
-        if !fleet_names.contains(&name) {
-            cx.err(
-                node.pos,
-                &path,
-                format!(
-                    "live fleet {name:?} is not one of the fleets ({})",
-                    fleet_names.join(", ")
-                ),
-            );
-            return None;
-        }
-        if let Some(fl) = fleets.get(&name)
-            && fl.endpoints.is_empty()
-        {
-            cx.err(
-                node.pos,
-                &path,
-                format!("live fleet {name:?} has no endpoints"),
-            );
-            return None;
-        }
-        Some(name)
-    });
-    let protocol = match f.get("protocol") {
-        None => Some(Protocol::Http1),
-        Some(node) => {
-            let path = f.path("protocol");
-            match text(cx, node, &path).as_deref() {
-                Some("http1") => Some(Protocol::Http1),
-                Some("http2") => Some(Protocol::Http2),
-                Some(other) => {
-                    cx.err(
-                        node.pos,
-                        &path,
-                        format!("unknown protocol {other:?} (expected http1 or http2)"),
-                    );
-                    None
-                }
-                None => None,
-            }
-        }
-    };
+    // Every part is read (and its problems reported) before any missing
+    // one makes the service `None`.
+    let (fleets, fleet_names, fleets_ok) = fleets(cx, &f);
+    let live = live(cx, &f, &fleet_names, &fleets);
+    let protocol = protocol(cx, &f);
     let connect_timeout = opt_duration(cx, &f, "connect_timeout", Duration::from_secs(1), false);
     let timeout = match f.get("timeout") {
         None => Some(None),
@@ -130,30 +61,9 @@ pub(super) fn service(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Servic
     let outlier_detection = f
         .get("outlier_detection")
         .map(|n| outlier_detection(cx, n, &f.path("outlier_detection")));
-    let mut checks = BTreeMap::new();
-    if let Some(node) = f.get("checks") {
-        let cpath = f.path("checks");
-        match named(cx, node, &cpath) {
-            None => ok = false,
-            Some(entries) => {
-                for (key, value) in entries {
-                    let path = join(&cpath, &key.text);
-                    if !check_name(cx, key, &path, "check", false) {
-                        ok = false;
-                        continue;
-                    }
-                    match check(cx, value, &path) {
-                        Some(c) => {
-                            checks.insert(key.text.clone(), c);
-                        }
-                        None => ok = false,
-                    }
-                }
-            }
-        }
-    }
+    let checks = checks(cx, &f);
     Some(Service {
-        fleets: ok.then_some(fleets)?,
+        fleets: fleets_ok.then_some(fleets)?,
         live: live?,
         protocol: protocol?,
         connect_timeout: connect_timeout?,
@@ -161,8 +71,121 @@ pub(super) fn service(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Servic
         retries: retries.map_or(Some(None), |r| r.map(Some))?,
         health_check: health_check.map_or(Some(None), |r| r.map(Some))?,
         outlier_detection: outlier_detection.map_or(Some(None), |r| r.map(Some))?,
-        checks,
+        checks: checks?,
     })
+}
+
+/// `fleets`: the fleets that are right, every name given (for the
+/// messages about `live`), and whether all were right (and there is one).
+fn fleets(cx: &mut Cx<'_>, f: &Fields<'_>) -> (BTreeMap<String, Fleet>, Vec<String>, bool) {
+    let mut fleets = BTreeMap::new();
+    let mut names = Vec::new();
+    let Some(node) = f.required(cx, "fleets") else {
+        return (fleets, names, false);
+    };
+    let Some(entries) = named(cx, node, &f.path("fleets")) else {
+        return (fleets, names, false);
+    };
+    let mut ok = true;
+    if entries.is_empty() {
+        cx.err(node.pos, &f.path("fleets"), "at least one fleet is needed");
+        ok = false;
+    }
+    for (key, value) in entries {
+        let path = join(&f.path("fleets"), &key.text);
+        names.push(key.text.clone());
+        if !check_name(cx, key, &path, "fleet", true) {
+            ok = false;
+            continue;
+        }
+        match fleet(cx, value, &path) {
+            Some(fl) => {
+                fleets.insert(key.text.clone(), fl);
+            }
+            None => ok = false,
+        }
+    }
+    (fleets, names, ok)
+}
+
+/// `live`: one of the fleets, with endpoints.
+fn live(
+    cx: &mut Cx<'_>,
+    f: &Fields<'_>,
+    fleet_names: &[String],
+    fleets: &BTreeMap<String, Fleet>,
+) -> Option<String> {
+    let node = f.required(cx, "live")?;
+    let path = f.path("live");
+    let name = text(cx, node, &path)?;
+    if !fleet_names.contains(&name) {
+        cx.err(
+            node.pos,
+            &path,
+            format!(
+                "live fleet {name:?} is not one of the fleets ({})",
+                fleet_names.join(", ")
+            ),
+        );
+        return None;
+    }
+    if let Some(fl) = fleets.get(&name)
+        && fl.endpoints.is_empty()
+    {
+        cx.err(
+            node.pos,
+            &path,
+            format!("live fleet {name:?} has no endpoints"),
+        );
+        return None;
+    }
+    Some(name)
+}
+
+/// `protocol`: `http1` (the default) or `http2`.
+fn protocol(cx: &mut Cx<'_>, f: &Fields<'_>) -> Option<Protocol> {
+    let Some(node) = f.get("protocol") else {
+        return Some(Protocol::Http1);
+    };
+    let path = f.path("protocol");
+    match text(cx, node, &path).as_deref() {
+        Some("http1") => Some(Protocol::Http1),
+        Some("http2") => Some(Protocol::Http2),
+        Some(other) => {
+            cx.err(
+                node.pos,
+                &path,
+                format!("unknown protocol {other:?} (expected http1 or http2)"),
+            );
+            None
+        }
+        None => None,
+    }
+}
+
+/// `checks`: none by default; `None` if any is wrong.
+fn checks(cx: &mut Cx<'_>, f: &Fields<'_>) -> Option<BTreeMap<String, Check>> {
+    let mut checks = BTreeMap::new();
+    let Some(node) = f.get("checks") else {
+        return Some(checks);
+    };
+    let cpath = f.path("checks");
+    let entries = named(cx, node, &cpath)?;
+    let mut ok = true;
+    for (key, value) in entries {
+        let path = join(&cpath, &key.text);
+        if !check_name(cx, key, &path, "check", false) {
+            ok = false;
+            continue;
+        }
+        match check(cx, value, &path) {
+            Some(c) => {
+                checks.insert(key.text.clone(), c);
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(checks)
 }
 
 pub(super) fn fleet(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Fleet> {

@@ -152,55 +152,10 @@ pub(super) fn uint(cx: &mut Cx<'_>, node: &Node, path: &str, min: u32, max: u32)
     }
 }
 
-/// Parses `250ms`, `5s`, `1m`, `1h` and sums like `1m30s`.
+/// Parses a duration of the config ([`crate::config::parse_duration`],
+/// the parser the CLI uses too), at most a day.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    if s.is_empty() {
-        return Err("empty duration".to_owned());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(format!(
-                "bad duration {s:?}: expected a number followed by ms, s, m or h"
-            ));
-        }
-        let (num, tail) = rest.split_at(digits);
-        let unit_len = tail.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let (unit, tail) = tail.split_at(unit_len);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("bad duration {s:?}: number too large"))?;
-        let millis_per = match unit {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "" if tail.starts_with('.') => {
-                return Err(format!(
-                    "bad duration {s:?}: fractions are not supported (write 1500ms, not 1.5s)"
-                ));
-            }
-            "" => {
-                return Err(format!(
-                    "bad duration {s:?}: missing unit (use ms, s, m or h)"
-                ));
-            }
-            other => {
-                return Err(format!(
-                    "bad duration {s:?}: unknown unit {other:?} (use ms, s, m or h)"
-                ));
-            }
-        };
-        let part = n
-            .checked_mul(millis_per)
-            .ok_or_else(|| format!("bad duration {s:?}: too long"))?;
-        total = total
-            .checked_add(Duration::from_millis(part))
-            .ok_or_else(|| format!("bad duration {s:?}: too long"))?;
-        rest = tail;
-    }
+    let total = crate::config::parse_duration(s).map_err(|e| format!("bad duration {s:?}: {e}"))?;
     // Envoy's Duration seconds are bounded; a day is plenty for any of ours.
     if total > Duration::from_secs(86_400) {
         return Err(format!("bad duration {s:?}: longer than 24h"));
