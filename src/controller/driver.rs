@@ -147,7 +147,8 @@ impl Driver {
             .version_seq
             .checked_add(1)
             .ok_or(StateError::Exhausted { counter: "version" })?;
-        let snapshot = self.writer.prepare(&input, |digest| {
+        let labels = std::mem::take(&mut state.labels);
+        let snapshot = self.writer.prepare_labelled(&input, &labels, |digest| {
             let same = state.version.as_ref().is_some_and(|v| v.digest == digest);
             if !(reuse_seq && same && state.version_seq > 0) {
                 state.version_seq = next_seq;
@@ -156,6 +157,7 @@ impl Driver {
         })?;
         let version = Version::new(state.version_seq, snapshot.digest());
         state.version = Some(version.clone());
+        state.labels = snapshot.labels();
         let revision = self.store.save(&state, self.revision).await?;
         self.writer.install(snapshot);
         self.state = state;
@@ -179,15 +181,19 @@ impl Driver {
                 let weights = self.weights_of(&self.state)?;
                 let input = config::translate(&self.config, &weights);
                 let seq = self.state.version_seq.max(1);
-                let snapshot = self
-                    .writer
-                    .prepare(&input, |digest| Version::new(seq, digest).to_string())?;
+                let snapshot =
+                    self.writer
+                        .prepare_labelled(&input, &self.state.labels, |digest| {
+                            Version::new(seq, digest).to_string()
+                        })?;
                 let version = Version::new(seq, snapshot.digest());
+                let labels = snapshot.labels();
                 self.writer.install(snapshot);
                 // What is served, though not saved: the next commit numbers
                 // after it, and operations resume against it.
                 self.state.version_seq = seq;
                 self.state.version = Some(version.clone());
+                self.state.labels = labels;
                 Ok(version)
             }
         }
