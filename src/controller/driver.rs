@@ -344,7 +344,7 @@ impl Driver {
                 let result = if self.config.services.contains_key(&service) {
                     Ok(self.state.history_newest_first(&service))
                 } else {
-                    Err(RolloutError::UnknownService(service))
+                    Err(self.unknown_service(&service))
                 };
                 let _ = reply.send(result);
             }
@@ -354,7 +354,7 @@ impl Driver {
                 reply,
             } => {
                 let Some(svc) = self.config.services.get(&service).cloned() else {
-                    let _ = reply.send(Err(RolloutError::UnknownService(service)));
+                    let _ = reply.send(Err(self.unknown_service(&service)));
                     return;
                 };
                 if !svc.fleets.contains_key(&fleet) {
@@ -449,17 +449,25 @@ impl Driver {
         }
     }
 
+    /// The refusal for a service the config does not have, naming those it has.
+    fn unknown_service(&self, service: &str) -> RolloutError {
+        RolloutError::UnknownService {
+            service: service.to_owned(),
+            known: self.config.services.keys().cloned().collect(),
+        }
+    }
+
     fn service_view<'a>(&'a self, service: &'a str) -> Result<ServiceView<'a>, RolloutError> {
         let svc = self
             .config
             .services
             .get(service)
-            .ok_or_else(|| RolloutError::UnknownService(service.to_owned()))?;
+            .ok_or_else(|| self.unknown_service(service))?;
         let st = self
             .state
             .services
             .get(service)
-            .ok_or_else(|| RolloutError::UnknownService(service.to_owned()))?;
+            .ok_or_else(|| self.unknown_service(service))?;
         Ok(ServiceView {
             name: service,
             fleets: svc.fleets.keys().map(String::as_str).collect(),
@@ -715,7 +723,7 @@ impl Driver {
         if let Some(s) = only
             && !self.config.services.contains_key(s)
         {
-            return Err(RolloutError::UnknownService(s.to_owned()));
+            return Err(self.unknown_service(s));
         }
         let (now, wall) = (Instant::now(), SystemTime::now());
         let services = self

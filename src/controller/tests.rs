@@ -198,7 +198,7 @@ async fn unknown_names_are_refused() {
     let (c, _t) = controller(Arc::new(MemoryStore::default())).await;
     assert!(matches!(
         c.start(flip("nope", true), "x").await,
-        Err(RolloutError::UnknownService(_))
+        Err(RolloutError::UnknownService { .. })
     ));
     assert!(matches!(
         c.verify("web", "red").await,
