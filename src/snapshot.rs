@@ -292,6 +292,21 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         version_for: impl FnOnce(&str) -> String,
     ) -> Result<Snapshot, BuildError> {
+        Snapshot::build_labelled(input, previous, &TypeLabels::new(), version_for)
+    }
+
+    /// [`build_with`](Self::build_with), naming a type whose content is
+    /// new to `previous` with its label in `labels` when that label was
+    /// given to exactly this content ([`Snapshot::labels`] of a snapshot
+    /// built before, kept with the durable state). So a teal that starts
+    /// again, or another replica, serves each type under the version string
+    /// proxies already hold, and a reconnecting proxy is sent nothing new.
+    pub fn build_labelled(
+        input: &SnapshotInput,
+        previous: Option<&Snapshot>,
+        labels: &TypeLabels,
+        version_for: impl FnOnce(&str) -> String,
+    ) -> Result<Snapshot, BuildError> {
         let mut staged = Vec::with_capacity(input.groups.len());
         for (group, res) in &input.groups {
             let prev = previous.and_then(|p| p.groups.get(group));
@@ -315,7 +330,11 @@ impl Snapshot {
         let groups = staged
             .into_iter()
             .map(|(group, types)| {
-                let types = types.map(|t| t.into_type(&version));
+                let known = labels.get(&group);
+                let types = types.map(|t| {
+                    let label = known.and_then(|k| k.get(t.ty().short_name()));
+                    t.into_type(&version, label)
+                });
                 (group, Arc::new(GroupSnapshot { types }))
             })
             .collect();
@@ -325,6 +344,30 @@ impl Snapshot {
             digest,
             groups,
         })
+    }
+
+    /// The version label and content digest of every type of every group,
+    /// for [`Snapshot::build_labelled`] after a restart.
+    pub fn labels(&self) -> TypeLabels {
+        self.groups
+            .iter()
+            .map(|(group, g)| {
+                let types = g
+                    .types
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.ty.short_name().to_owned(),
+                            TypeLabel {
+                                version: t.version.clone(),
+                                digest: hex(&t.digest),
+                            },
+                        )
+                    })
+                    .collect();
+                (group.clone(), types)
+            })
+            .collect()
     }
 
     /// The fleet-wide version.
@@ -380,6 +423,19 @@ pub fn content_digest(input: &SnapshotInput) -> String {
     }))
 }
 
+/// The version label a type was served under, and the digest of the
+/// content it named.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TypeLabel {
+    /// The version string proxies were sent for this type.
+    pub version: String,
+    /// The type's content digest (hex), see [`Snapshot::labels`].
+    pub digest: String,
+}
+
+/// Per group, per type (`CDS`, `EDS`, `LDS`, `RDS`): its [`TypeLabel`].
+pub type TypeLabels = BTreeMap<String, BTreeMap<String, TypeLabel>>;
+
 /// One type of one group, encoded but not yet named with a version.
 enum Staged {
     /// Unchanged since the previous snapshot.
@@ -400,19 +456,33 @@ impl Staged {
         }
     }
 
-    fn into_type(self, version: &str) -> Arc<TypeSnapshot> {
+    fn ty(&self) -> ResourceType {
+        match self {
+            Staged::Same(t) => t.ty,
+            Staged::New { ty, .. } => *ty,
+        }
+    }
+
+    /// Named `version`, or `known`'s label when `known` named this very
+    /// content.
+    fn into_type(self, version: &str, known: Option<&TypeLabel>) -> Arc<TypeSnapshot> {
         match self {
             Staged::Same(t) => t,
             Staged::New {
                 ty,
                 resources,
                 digest,
-            } => Arc::new(TypeSnapshot::with_digest(
-                ty,
-                version.to_owned(),
-                resources,
-                digest,
-            )),
+            } => {
+                let label = known
+                    .filter(|k| k.digest == hex(&digest) && !k.version.is_empty())
+                    .map_or(version, |k| k.version.as_str());
+                Arc::new(TypeSnapshot::with_digest(
+                    ty,
+                    label.to_owned(),
+                    resources,
+                    digest,
+                ))
+            }
         }
     }
 }

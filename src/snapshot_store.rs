@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::snapshot::{BuildError, Snapshot, SnapshotInput};
+use crate::snapshot::{BuildError, Snapshot, SnapshotInput, TypeLabels};
 
 /// Creates an empty store and returns its writer and a reader.
 pub fn snapshot_store() -> (SnapshotWriter, SnapshotReader) {
@@ -47,10 +47,22 @@ impl SnapshotWriter {
         input: &SnapshotInput,
         version_for: impl FnOnce(&str) -> String,
     ) -> Result<Arc<Snapshot>, BuildError> {
+        self.prepare_labelled(input, &TypeLabels::new(), version_for)
+    }
+
+    /// [`prepare`](Self::prepare), reusing the type labels `labels` where
+    /// they named the same content (see [`Snapshot::build_labelled`]).
+    pub fn prepare_labelled(
+        &self,
+        input: &SnapshotInput,
+        labels: &TypeLabels,
+        version_for: impl FnOnce(&str) -> String,
+    ) -> Result<Arc<Snapshot>, BuildError> {
         let previous = self.tx.borrow().clone();
-        Ok(Arc::new(Snapshot::build_with(
+        Ok(Arc::new(Snapshot::build_labelled(
             input,
             Some(&previous),
+            labels,
             version_for,
         )?))
     }

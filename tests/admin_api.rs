@@ -90,7 +90,10 @@ fn proxy(id: &str, stream_id: u64, types: [TypeStatus; 4]) -> ProxyStatus {
 impl Backend for FakeBackend {
     async fn status(&self, service: Option<&str>) -> Result<StatusView, RolloutError> {
         if let Some(s) = service.filter(|s| *s != "web") {
-            return Err(RolloutError::UnknownService(s.to_owned()));
+            return Err(RolloutError::UnknownService {
+                service: s.to_owned(),
+                known: Vec::new(),
+            });
         }
         let now = SystemTime::now();
         Ok(StatusView {
@@ -171,7 +174,10 @@ impl Backend for FakeBackend {
             _ => {}
         }
         if !["web", "shaky", "slow"].contains(&service.as_str()) {
-            return Err(RolloutError::UnknownService(service));
+            return Err(RolloutError::UnknownService {
+                service,
+                known: Vec::new(),
+            });
         }
         let id = self.starts.fetch_add(1, Ordering::SeqCst) as u64 + 7;
         *self.last.lock().expect("lock") = Some((op, actor.to_owned()));

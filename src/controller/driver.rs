@@ -147,7 +147,8 @@ impl Driver {
             .version_seq
             .checked_add(1)
             .ok_or(StateError::Exhausted { counter: "version" })?;
-        let snapshot = self.writer.prepare(&input, |digest| {
+        let labels = std::mem::take(&mut state.labels);
+        let snapshot = self.writer.prepare_labelled(&input, &labels, |digest| {
             let same = state.version.as_ref().is_some_and(|v| v.digest == digest);
             if !(reuse_seq && same && state.version_seq > 0) {
                 state.version_seq = next_seq;
@@ -156,6 +157,7 @@ impl Driver {
         })?;
         let version = Version::new(state.version_seq, snapshot.digest());
         state.version = Some(version.clone());
+        state.labels = snapshot.labels();
         let revision = self.store.save(&state, self.revision).await?;
         self.writer.install(snapshot);
         self.state = state;
@@ -179,15 +181,19 @@ impl Driver {
                 let weights = self.weights_of(&self.state)?;
                 let input = config::translate(&self.config, &weights);
                 let seq = self.state.version_seq.max(1);
-                let snapshot = self
-                    .writer
-                    .prepare(&input, |digest| Version::new(seq, digest).to_string())?;
+                let snapshot =
+                    self.writer
+                        .prepare_labelled(&input, &self.state.labels, |digest| {
+                            Version::new(seq, digest).to_string()
+                        })?;
                 let version = Version::new(seq, snapshot.digest());
+                let labels = snapshot.labels();
                 self.writer.install(snapshot);
                 // What is served, though not saved: the next commit numbers
                 // after it, and operations resume against it.
                 self.state.version_seq = seq;
                 self.state.version = Some(version.clone());
+                self.state.labels = labels;
                 Ok(version)
             }
         }
@@ -338,7 +344,7 @@ impl Driver {
                 let result = if self.config.services.contains_key(&service) {
                     Ok(self.state.history_newest_first(&service))
                 } else {
-                    Err(RolloutError::UnknownService(service))
+                    Err(self.unknown_service(&service))
                 };
                 let _ = reply.send(result);
             }
@@ -348,7 +354,7 @@ impl Driver {
                 reply,
             } => {
                 let Some(svc) = self.config.services.get(&service).cloned() else {
-                    let _ = reply.send(Err(RolloutError::UnknownService(service)));
+                    let _ = reply.send(Err(self.unknown_service(&service)));
                     return;
                 };
                 if !svc.fleets.contains_key(&fleet) {
@@ -443,17 +449,25 @@ impl Driver {
         }
     }
 
+    /// The refusal for a service the config does not have, naming those it has.
+    fn unknown_service(&self, service: &str) -> RolloutError {
+        RolloutError::UnknownService {
+            service: service.to_owned(),
+            known: self.config.services.keys().cloned().collect(),
+        }
+    }
+
     fn service_view<'a>(&'a self, service: &'a str) -> Result<ServiceView<'a>, RolloutError> {
         let svc = self
             .config
             .services
             .get(service)
-            .ok_or_else(|| RolloutError::UnknownService(service.to_owned()))?;
+            .ok_or_else(|| self.unknown_service(service))?;
         let st = self
             .state
             .services
             .get(service)
-            .ok_or_else(|| RolloutError::UnknownService(service.to_owned()))?;
+            .ok_or_else(|| self.unknown_service(service))?;
         Ok(ServiceView {
             name: service,
             fleets: svc.fleets.keys().map(String::as_str).collect(),
@@ -709,7 +723,7 @@ impl Driver {
         if let Some(s) = only
             && !self.config.services.contains_key(s)
         {
-            return Err(RolloutError::UnknownService(s.to_owned()));
+            return Err(self.unknown_service(s));
         }
         let (now, wall) = (Instant::now(), SystemTime::now());
         let services = self

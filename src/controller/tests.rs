@@ -131,6 +131,11 @@ async fn a_restart_serves_the_committed_state_under_the_same_version() {
     let rx = c.start(flip("api", true), "carol").await.expect("starts");
     assert_eq!(outcome(rx).await, Outcome::Succeeded);
     let version = c.snapshot().version().to_owned();
+    // The flip changed only the routes: the other types keep the label of
+    // the first version.
+    let labels = c.snapshot().labels();
+    let edge = &labels["edge"];
+    assert_ne!(edge["CDS"].version, edge["RDS"].version, "{labels:?}");
     t.trigger();
     drop(c);
 
@@ -139,6 +144,11 @@ async fn a_restart_serves_the_committed_state_under_the_same_version() {
         again.snapshot().version(),
         version,
         "same version after restart"
+    );
+    assert_eq!(
+        again.snapshot().labels(),
+        labels,
+        "every type under the label proxies hold, so a reconnect sends nothing new"
     );
     let status = again.status(Some("api")).await.expect("status");
     assert_eq!(status.services[0].live, "green");
@@ -188,7 +198,7 @@ async fn unknown_names_are_refused() {
     let (c, _t) = controller(Arc::new(MemoryStore::default())).await;
     assert!(matches!(
         c.start(flip("nope", true), "x").await,
-        Err(RolloutError::UnknownService(_))
+        Err(RolloutError::UnknownService { .. })
     ));
     assert!(matches!(
         c.verify("web", "red").await,

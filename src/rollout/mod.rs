@@ -421,8 +421,14 @@ pub struct StatusView {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RolloutError {
     /// No such service.
-    #[error("unknown service {0:?}")]
-    UnknownService(String),
+    #[error("unknown service {service:?}{}", known_services(.known))]
+    UnknownService {
+        /// The name asked for.
+        service: String,
+        /// The services the config has, to say what would have worked
+        /// (empty when the caller does not know them).
+        known: Vec<String>,
+    },
     /// No such fleet.
     #[error("service {service:?} has no fleet {fleet:?}")]
     UnknownFleet {
@@ -477,7 +483,10 @@ pub enum RolloutError {
 impl From<WeightsError> for RolloutError {
     fn from(e: WeightsError) -> RolloutError {
         match e {
-            WeightsError::UnknownService(service) => RolloutError::UnknownService(service),
+            WeightsError::UnknownService(service) => RolloutError::UnknownService {
+                service,
+                known: Vec::new(),
+            },
             WeightsError::UnknownFleet { service, fleet } => {
                 RolloutError::UnknownFleet { service, fleet }
             }
@@ -490,6 +499,15 @@ impl From<WeightsError> for RolloutError {
 /// names an error's [`ErrorKind`], so a client picks its reaction (the
 /// CLI, its exit code) from the kind, never from the message text.
 pub const ERROR_KIND_KEY: &str = "teal-error-kind";
+
+/// ` (known: a, b)` for a refusal naming an unknown service, or nothing.
+fn known_services(known: &[String]) -> String {
+    if known.is_empty() {
+        String::new()
+    } else {
+        format!(" (known: {})", known.join(", "))
+    }
+}
 
 /// What kind of error the admin API answered, machine-readable (sent as
 /// [`ERROR_KIND_KEY`]). Several kinds share a gRPC code: a full disk and a
@@ -567,7 +585,7 @@ impl RolloutError {
     /// The error's kind, as the admin API names it.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            RolloutError::UnknownService(_) => ErrorKind::UnknownService,
+            RolloutError::UnknownService { .. } => ErrorKind::UnknownService,
             RolloutError::UnknownFleet { .. } => ErrorKind::UnknownFleet,
             RolloutError::Invalid(_) => ErrorKind::Invalid,
             RolloutError::Precondition(_) => ErrorKind::Precondition,
@@ -586,7 +604,7 @@ impl From<RolloutError> for tonic::Status {
     fn from(e: RolloutError) -> tonic::Status {
         use tonic::Status;
         let status = match &e {
-            RolloutError::UnknownService(_) | RolloutError::UnknownFleet { .. } => {
+            RolloutError::UnknownService { .. } | RolloutError::UnknownFleet { .. } => {
                 Status::not_found(e.to_string())
             }
             RolloutError::Invalid(_) => Status::invalid_argument(e.to_string()),

@@ -50,6 +50,11 @@ pub struct PersistedState {
     /// The id of the last operation started; the next one is larger.
     /// Saved when an operation starts, so ids are never reused.
     pub next_operation_id: u64,
+    /// The version label of each type of each group served at the last
+    /// commit, with its content: after a restart teal serves unchanged
+    /// types under the labels proxies hold, so it sends them nothing new.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: crate::snapshot::TypeLabels,
 }
 
 /// What teal keeps about one service.
