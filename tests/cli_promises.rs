@@ -55,25 +55,6 @@ fn u64_at(v: &Value, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} is not a number in {v:#}"))
 }
 
-/// The endpoints `envoy` (its admin `/clusters`) holds for `cluster`.
-async fn cluster_endpoints(w: &World, envoy: usize, cluster: &str) -> Vec<String> {
-    let r = http::get(w.envoys[envoy].admin_port(), "/clusters", &[])
-        .await
-        .expect("GET /clusters");
-    let prefix = format!("{cluster}::");
-    let mut eps: Vec<String> = r
-        .body
-        .lines()
-        .filter_map(|l| l.strip_prefix(&prefix))
-        .filter(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
-        .filter_map(|rest| rest.split("::").next())
-        .map(str::to_owned)
-        .collect();
-    eps.sort();
-    eps.dedup();
-    eps
-}
-
 /// `/metrics` during and after a real flip: teal is up, the Envoys' ACKs
 /// are counted, the flip's convergence is one more histogram sample, the
 /// weights and live fleet follow the flip, and the cost window (both
@@ -391,14 +372,14 @@ async fn a_completed_retirement_ends_rollback_and_flip_brings_the_fleet_back() {
     expect(&w, 0, &["flip", "web", "--timeout", "10s"]).await;
     w.assert_everyone_on("green").await;
     assert_eq!(
-        cluster_endpoints(&w, 0, "web-blue").await,
+        w.cluster_endpoints(0, "web-blue").await,
         std::slice::from_ref(&blue)
     );
     expect(&w, 0, &["retire", "web", "blue", "--after", "1s"]).await;
     w.wait_web("blue retired", |web| web["retired"][0] == "blue")
         .await;
     wait_until(CONVERGE, "the edge drops blue's endpoints", || async {
-        cluster_endpoints(&w, 0, "web-blue").await.is_empty()
+        w.cluster_endpoints(0, "web-blue").await.is_empty()
     })
     .await;
     let (web, _) = w.web_status().await;
@@ -411,7 +392,7 @@ async fn a_completed_retirement_ends_rollback_and_flip_brings_the_fleet_back() {
     assert_eq!(web["weights"]["green"], 100, "nothing moved: {web:#}");
 
     expect(&w, 0, &["flip", "web", "--to", "blue", "--timeout", "10s"]).await;
-    assert_eq!(cluster_endpoints(&w, 0, "web-blue").await, [blue]);
+    assert_eq!(w.cluster_endpoints(0, "web-blue").await, [blue]);
     w.assert_everyone_on("blue").await;
     let (web, _) = w.web_status().await;
     assert_eq!(web["retired"], Value::Array(Vec::new()), "{web:#}");

@@ -89,25 +89,6 @@ async fn weights_now(w: &World, which: &[usize]) -> Vec<std::collections::BTreeM
     all
 }
 
-/// The endpoints `envoy` (its admin `/clusters`) holds for `cluster`.
-async fn cluster_endpoints(w: &World, envoy: usize, cluster: &str) -> Vec<String> {
-    let r = http::get(w.envoys[envoy].admin_port(), "/clusters", &[])
-        .await
-        .expect("GET /clusters");
-    let prefix = format!("{cluster}::");
-    let mut eps: Vec<String> = r
-        .body
-        .lines()
-        .filter_map(|l| l.strip_prefix(&prefix))
-        .filter(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
-        .filter_map(|rest| rest.split("::").next())
-        .map(str::to_owned)
-        .collect();
-    eps.sort();
-    eps.dedup();
-    eps
-}
-
 /// (1) A flip NACKed by one Envoy and rolled back (exit 2, every Envoy
 /// back on blue) leaves no rollback point when there was no earlier
 /// change: status shows `rollback_to: null` ("nothing to go back to"), and
@@ -805,7 +786,7 @@ async fn item9b_a_pending_retirement_survives_kill_9() {
     w.wait_all_synced().await;
     w.assert_everyone_on("green").await;
     wait_until(CONVERGE, "the edge drops blue's endpoints", || async {
-        cluster_endpoints(&w, 0, "web-blue").await.is_empty()
+        w.cluster_endpoints(0, "web-blue").await.is_empty()
     })
     .await;
 
@@ -961,7 +942,7 @@ async fn item12_endpoint_changes_wait_for_the_operation() {
     let (_, v) = w.web_status().await;
     assert_eq!(v, v1, "the deferred change was published");
     assert_eq!(
-        cluster_endpoints(&w, 0, "web-green").await,
+        w.cluster_endpoints(0, "web-green").await,
         vec![green.clone()]
     );
 
@@ -977,7 +958,7 @@ async fn item12_endpoint_changes_wait_for_the_operation() {
     wait_until(CONVERGE, "the edge holds green's new endpoint", || async {
         let mut want = vec![green.clone(), red.clone()];
         want.sort();
-        cluster_endpoints(&w, 0, "web-green").await == want
+        w.cluster_endpoints(0, "web-green").await == want
     })
     .await;
     w.envoys[0].wait_for_body(w.edge_port, "red").await;

@@ -130,16 +130,28 @@ async fn sigterm_closes_streams_and_exits_zero() {
         None => {}
         Some(Ok(r)) => panic!("unexpected response after SIGTERM: {r:?}"),
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "teal did not exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = exit_of(&mut child, Duration::from_secs(5), "SIGTERM").await;
     assert_eq!(status.code(), Some(0));
     drop(tx);
+}
+
+/// How `child` exits, which it must within `within` of `signal`.
+async fn exit_of(
+    child: &mut std::process::Child,
+    within: Duration,
+    signal: &str,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "teal did not exit after {signal}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The version `teal status -o json` reports, through the real CLI.
@@ -240,13 +252,6 @@ async fn sighup_reloads_the_config_file_refuses_a_broken_one_and_sigint_exits_ze
         .status()
         .expect("kill runs");
     assert!(int.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "teal did not exit after SIGINT");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = exit_of(&mut child, Duration::from_secs(10), "SIGINT").await;
     assert_eq!(status.code(), Some(0), "SIGINT exits 0");
 }

@@ -103,6 +103,18 @@ async fn child_process_writer() {
     }
 }
 
+/// The directory opened again after a kill (the lock died with the
+/// child), and the state it holds.
+async fn reopen(dir: &std::path::Path) -> (FileStore, teal::state::Stored) {
+    let store = FileStore::open(dir).expect("test step");
+    let stored = store
+        .load()
+        .await
+        .expect("test step")
+        .expect("a state after the crash");
+    (store, stored)
+}
+
 /// How the child is run: the ignored test, alone.
 const CHILD_ARGS: [&str; 5] = [
     "child_process_writer",
@@ -157,12 +169,7 @@ async fn kill_during_saves_never_loses_a_committed_state() {
         );
 
         // The lock died with the child.
-        let store = FileStore::open(dir.path()).expect("test step");
-        let stored = store
-            .load()
-            .await
-            .expect("test step")
-            .expect("a state after the crash");
+        let (_store, stored) = reopen(dir.path()).await;
         let seq = stored.state.version_seq;
         assert!(
             seq >= last,
@@ -222,12 +229,7 @@ async fn kills_inside_a_save_leave_the_old_or_the_new_state_whole() {
         let step = if round % 2 == 0 { "temp" } else { "renamed" };
         kill_held(dir.path(), step, seq);
 
-        let store = FileStore::open(dir.path()).expect("test step");
-        let stored = store
-            .load()
-            .await
-            .expect("test step")
-            .expect("a state after the crash");
+        let (store, stored) = reopen(dir.path()).await;
         let loaded = stored.state.version_seq;
         if step == "temp" {
             assert_eq!(loaded, seq - 1, "round {round}: killed before the rename");

@@ -133,17 +133,22 @@ async fn send_garbage(channel: &Channel) -> Status {
     }
 }
 
-#[tokio::test]
-async fn bad_streams_get_clear_errors_and_good_ones_carry_on() {
-    let (mut writer, reader) = snapshot_store();
-    writer.publish("1", &input(&["a"])).expect("valid");
-    let registry = ProxyRegistry::new();
+/// An xDS server on a free loopback port serving what `reader` holds,
+/// with requests limited to [`LIMIT`] bytes; a channel to it, its shutdown
+/// trigger and its task.
+async fn serve(
+    reader: teal::snapshot_store::SnapshotReader,
+) -> (
+    Channel,
+    teal::shutdown::ShutdownTrigger,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+) {
     let (trigger, shutdown) = shutdown_channel();
     let config = XdsServerConfig {
         max_request_bytes: LIMIT,
         ..XdsServerConfig::default()
     };
-    let server = XdsServer::new(reader, registry.clone(), shutdown, config);
+    let server = XdsServer::new(reader, ProxyRegistry::new(), shutdown, config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -154,6 +159,14 @@ async fn bad_streams_get_clear_errors_and_good_ones_carry_on() {
         .connect()
         .await
         .expect("connect");
+    (channel, trigger, task)
+}
+
+#[tokio::test]
+async fn bad_streams_get_clear_errors_and_good_ones_carry_on() {
+    let (mut writer, reader) = snapshot_store();
+    writer.publish("1", &input(&["a"])).expect("valid");
+    let (channel, trigger, task) = serve(reader).await;
 
     // A good stream, kept open throughout.
     let (good_tx, good_rx) = mpsc::channel(4);
@@ -257,22 +270,7 @@ async fn every_service_and_delta_refuses_bad_input() {
     use prost::Message;
     let (mut writer, reader) = snapshot_store();
     writer.publish("1", &input(&["a"])).expect("valid");
-    let (trigger, shutdown) = shutdown_channel();
-    let config = XdsServerConfig {
-        max_request_bytes: LIMIT,
-        ..XdsServerConfig::default()
-    };
-    let server = XdsServer::new(reader, ProxyRegistry::new(), shutdown, config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let task = tokio::spawn(server.serve(listener));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
+    let (channel, trigger, task) = serve(reader).await;
     let node = || {
         Some(Node {
             id: "probe".into(),

@@ -633,6 +633,26 @@ impl World {
         Traffic::start(self.edge_port, "/", &[])
     }
 
+    /// The endpoints Envoy `envoy` (an index into [`World::envoys`]) holds
+    /// for `cluster`, as its admin `/clusters` lists them, sorted.
+    pub async fn cluster_endpoints(&self, envoy: usize, cluster: &str) -> Vec<String> {
+        let r = http::get(self.envoys[envoy].admin_port(), "/clusters", &[])
+            .await
+            .expect("GET /clusters");
+        let prefix = format!("{cluster}::");
+        let mut eps: Vec<String> = r
+            .body
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .filter(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+            .filter_map(|rest| rest.split("::").next())
+            .map(str::to_owned)
+            .collect();
+        eps.sort();
+        eps.dedup();
+        eps
+    }
+
     /// `GET /metrics` on the admin port.
     pub async fn metrics(&self) -> String {
         let r = http::get(self.admin, "/metrics", &[])
