@@ -18,7 +18,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use support::world::{TOKEN, World, stderr};
-use support::{CONVERGE, http, show, wait_until};
+use support::{CONVERGE, show, wait_until};
 
 fn code(out: &Output) -> Option<i32> {
     out.status.code()

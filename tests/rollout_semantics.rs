@@ -23,7 +23,7 @@ use std::process::Output;
 use serde_json::{Value, json};
 
 use support::world::{ConfigSpec, FLIP_TIMEOUT, Paused, TealProcess, World, route_weights, stderr};
-use support::{CONVERGE, http, show, wait_until};
+use support::{CONVERGE, show, wait_until};
 
 /// The edge's route to web through a regex, which Envoy compiles with RE2
 /// whenever it loads the route configuration.
