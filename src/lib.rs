@@ -16,6 +16,8 @@
 //! - [`xds`]: the xDS engine: pure per-stream state machines, proxy status, the gRPC layer.
 //! - [`wire`]: hand-assembled discovery responses that streams share.
 //! - [`listener`]: accepting connections within limits, for both ports.
+//! - [`tls`]: TLS and mTLS for both ports, certificates rotated in place.
+//! - [`identity`]: a proxy's identity from its client certificate; which identities may join a group.
 //! - [`shutdown`]: shutdown as a value passed to servers.
 //! - [`exit`]: the command's exit codes.
 //! - [`text`]: untrusted text (node ids, NACK messages) escaped and cut for a terminal or a log line.
@@ -26,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod exit;
+pub mod identity;
 pub mod listener;
 pub mod resources;
 pub mod rollout;
@@ -35,5 +38,6 @@ pub mod snapshot;
 pub mod snapshot_store;
 pub mod state;
 pub mod text;
+pub mod tls;
 pub mod wire;
 pub mod xds;

@@ -81,6 +81,7 @@ fn proxy(id: &str, stream_id: u64, types: [TypeStatus; 4]) -> ProxyStatus {
         kind: StreamKind::Aggregated,
         delta: false,
         connected_since: SystemTime::now(),
+        identity: teal::identity::PeerIdentity::Unauthenticated,
         types,
     }
 }

@@ -157,6 +157,7 @@ impl Backend for HostileBackend {
             kind: StreamKind::Aggregated,
             delta: false,
             connected_since: SystemTime::now(),
+            identity: teal::identity::PeerIdentity::Unauthenticated,
             types: [nacked.clone(), nacked.clone(), nacked.clone(), nacked],
         }]
     }

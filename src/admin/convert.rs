@@ -246,6 +246,7 @@ pub fn proxy(p: &ProxyStatus) -> pb::Proxy {
             .iter()
             .map(|ty| type_status(*ty, p.of(*ty)))
             .collect(),
+        identity: p.identity.to_string(),
     }
 }
 

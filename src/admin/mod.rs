@@ -58,6 +58,7 @@ use tonic::service::Routes;
 use crate::listener::{ConnectionLimits, Incoming, Port};
 use crate::rollout::Backend;
 use crate::shutdown::Shutdown;
+use crate::tls::ServerTls;
 
 pub use auth::{Tokens, TokensError};
 pub use metrics::Metrics;
@@ -95,6 +96,19 @@ pub async fn serve(
     tokens: Tokens,
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
+    serve_tls(listener, limits, None, backend, metrics, tokens, shutdown).await
+}
+
+/// [`serve`], with TLS on the port when `tls` is given.
+pub async fn serve_tls(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    tls: Option<Arc<ServerTls>>,
+    backend: Arc<dyn Backend>,
+    metrics: Arc<Metrics>,
+    tokens: Tokens,
+    shutdown: Shutdown,
+) -> Result<(), tonic::transport::Error> {
     if tokens.is_empty() {
         tracing::warn!(
             "admin API has no tokens: flip, shift, rollback, retire and abort are refused \
@@ -111,8 +125,9 @@ pub async fn serve(
         .http2_keepalive_interval(Some(limits.keepalive()))
         .http2_keepalive_timeout(Some(limits.keepalive()))
         .add_routes(routes(backend, metrics, tokens))
-        .serve_with_incoming_shutdown(Incoming::new(listener, Port::Admin, limits), async move {
-            stop.wait().await
-        })
+        .serve_with_incoming_shutdown(
+            Incoming::new(listener, Port::Admin, limits).with_tls(tls),
+            async move { stop.wait().await },
+        )
         .await
 }

@@ -106,6 +106,13 @@ pub struct Target {
     pub token_file: Option<PathBuf>,
     /// The largest answer decoded; 0 means [`DEFAULT_MAX_RESPONSE_BYTES`].
     pub max_response_bytes: usize,
+    /// The CA (PEM) that signs the server's certificate, for `https://`;
+    /// the system's roots without it.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS, with `key`.
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of `cert`.
+    pub key: Option<PathBuf>,
 }
 
 /// A connection to the admin API.
@@ -116,6 +123,8 @@ pub struct Conn {
     /// The address, for messages.
     pub addr: String,
     token: Option<String>,
+    /// Whether the connection is TLS.
+    tls: bool,
 }
 
 impl Conn {
@@ -142,10 +151,13 @@ impl Conn {
         let endpoint = Endpoint::from_shared(uri)
             .map_err(|e| Failure::new(EX_USAGE, format!("bad --admin address {addr:?}: {e}")))?
             .connect_timeout(Duration::from_secs(5));
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| unreachable_admin(&addr, &error_chain(&e)))?;
+        let connector = tls_connector(target, endpoint.uri())?;
+        let tls = connector.is_some();
+        let connected = match connector {
+            Some(tls) => endpoint.connect_with_connector(tls).await,
+            None => endpoint.connect().await,
+        };
+        let channel = connected.map_err(|e| unreachable_admin(&addr, &error_chain(&e)))?;
         let max = match target.max_response_bytes {
             0 => DEFAULT_MAX_RESPONSE_BYTES,
             n => n,
@@ -154,11 +166,20 @@ impl Conn {
             client: AdminClient::new(channel).max_decoding_message_size(max),
             addr,
             token,
+            tls,
         })
     }
 
-    /// A request carrying the token, if there is one.
+    /// A request without the token: reads never send it, so a server
+    /// (or whoever answers at the address) sees it only when a change
+    /// needs it.
     pub fn request<T>(&self, message: T) -> Request<T> {
+        Request::new(message)
+    }
+
+    /// A request carrying the token, if there is one: for the calls that
+    /// change things.
+    pub fn signed<T>(&self, message: T) -> Request<T> {
         let mut req = Request::new(message);
         if let Some(token) = &self.token {
             match format!("Bearer {token}").parse() {
@@ -173,8 +194,63 @@ impl Conn {
 
     /// Maps a status from this server.
     pub fn fail(&self, status: &Status) -> Failure {
+        // With TLS 1.3 the server refuses a client certificate after the
+        // handshake: the first call fails with its alert, or with the
+        // connection reset, depending on timing.
+        if self.tls && status.code() == Code::Unknown {
+            let why = match crate::tls::rustls_error(status) {
+                Some(e) => e.to_string(),
+                None => error_chain(status),
+            };
+            return unreachable_admin(
+                &self.addr,
+                &format!(
+                    "the server closed the TLS connection ({why}); is --cert a certificate \
+                     its --admin-client-ca signed?"
+                ),
+            );
+        }
         Failure::from_status(status, &self.addr)
     }
+}
+
+/// The TLS connector for an `https://` address; `None` for plaintext. TLS
+/// files with a plaintext address are refused rather than ignored: the
+/// user meant TLS, and the token must not cross in the clear.
+fn tls_connector(
+    target: &Target,
+    uri: &http::Uri,
+) -> Result<Option<crate::tls::TlsConnector>, Failure> {
+    let https = uri.scheme_str() == Some("https");
+    let files_given = target.ca.is_some() || target.cert.is_some() || target.key.is_some();
+    if !https {
+        if files_given {
+            return Err(Failure::new(
+                EX_USAGE,
+                "--ca, --cert and --key (TEAL_CA, TEAL_CERT, TEAL_KEY) need an https:// \
+                 --admin address",
+            ));
+        }
+        return Ok(None);
+    }
+    let identity = match (&target.cert, &target.key) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        (None, None) => None,
+        _ => {
+            return Err(Failure::new(
+                EX_USAGE,
+                "--cert and --key (TEAL_CERT, TEAL_KEY) go together",
+            ));
+        }
+    };
+    let config = crate::tls::client_config(target.ca.as_deref(), identity).map_err(|e| {
+        let code = match e {
+            crate::tls::TlsError::Unreadable { .. } => EX_NOINPUT,
+            _ => EX_USAGE,
+        };
+        Failure::new(code, format!("TLS: {}", untrusted(&e.to_string())))
+    })?;
+    Ok(Some(crate::tls::TlsConnector::new(config)))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

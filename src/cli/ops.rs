@@ -26,7 +26,7 @@ pub async fn flip(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<u8, Failure> {
-    let req = conn.request(r);
+    let req = conn.signed(r);
     let call = conn.client.flip(req).await;
     run(conn, call, out, err).await
 }
@@ -39,7 +39,7 @@ pub async fn shift(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<u8, Failure> {
-    let req = conn.request(r);
+    let req = conn.signed(r);
     let call = conn.client.shift(req).await;
     run(conn, call, out, err).await
 }
@@ -51,7 +51,7 @@ pub async fn rollback(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<u8, Failure> {
-    let req = conn.request(r);
+    let req = conn.signed(r);
     let call = conn.client.rollback(req).await;
     run(conn, call, out, err).await
 }
@@ -63,7 +63,7 @@ pub async fn retire(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<u8, Failure> {
-    let req = conn.request(r);
+    let req = conn.signed(r);
     let call = conn.client.retire(req).await;
     run(conn, call, out, err).await
 }
@@ -82,7 +82,7 @@ pub async fn follow(
 
 /// `teal abort`.
 pub async fn abort(conn: &mut Conn, id: u64, out: &mut dyn Write) -> Result<u8, Failure> {
-    let req = conn.request(pb::AbortRequest { id });
+    let req = conn.signed(pb::AbortRequest { id });
     conn.client.abort(req).await.map_err(|e| conn.fail(&e))?;
     let _ = writeln!(
         out,

@@ -9,6 +9,9 @@
 //! - NACKED: it rejected the last version sent; the error is listed below
 //!   the table.
 //! - NOT SENT: nothing of that type was sent on the stream.
+//!
+//! IDENTITY is what the proxy's client certificate proved (its SPIFFE ID,
+//! or its DNS names), `unauthenticated` without mTLS on the xDS port.
 
 use std::io::Write;
 
@@ -47,7 +50,9 @@ fn expected<'a>(r: &'a pb::ProxiesResponse, group: &str, ty: usize) -> Option<&'
 /// The proxies as a table, followed by every NACK's message (escaped, and
 /// cut at [`crate::text::DEFAULT_MAX_CHARS`]).
 pub fn proxies_text(r: &pb::ProxiesResponse) -> String {
-    let mut t = Table::new(&["PROXY", "GROUP", "STREAM", "CDS", "EDS", "LDS", "RDS"]);
+    let mut t = Table::new(&[
+        "PROXY", "GROUP", "IDENTITY", "STREAM", "CDS", "EDS", "LDS", "RDS",
+    ]);
     let mut nacks = Vec::new();
     for p in &r.proxies {
         let id = if p.node_id.is_empty() {
@@ -58,6 +63,7 @@ pub fn proxies_text(r: &pb::ProxiesResponse) -> String {
         let mut row = vec![
             id.clone(),
             p.group.clone(),
+            identity(p).to_owned(),
             format!("{}{}", p.kind, if p.delta { " delta" } else { "" }),
         ];
         for (i, ty) in p.types.iter().enumerate().take(4) {
@@ -95,6 +101,15 @@ pub fn proxies_text(r: &pb::ProxiesResponse) -> String {
     text
 }
 
+/// The identity to show: `unauthenticated` from a server that sends none.
+fn identity(p: &pb::Proxy) -> &str {
+    if p.identity.is_empty() {
+        "unauthenticated"
+    } else {
+        &p.identity
+    }
+}
+
 /// `teal proxies`.
 pub async fn proxies(conn: &mut Conn, output: Output, out: &mut dyn Write) -> Result<u8, Failure> {
     let req = conn.request(pb::ProxiesRequest {});
@@ -120,7 +135,7 @@ pub async fn proxies(conn: &mut Conn, output: Output, out: &mut dyn Write) -> Re
                 }).collect();
                 json!({
                     "node_id": p.node_id, "group": p.group, "stream_id": p.stream_id, "kind": p.kind,
-                    "delta": p.delta, "user_agent": p.user_agent,
+                    "delta": p.delta, "user_agent": p.user_agent, "identity": identity(p),
                     "connected_since_unix_ms": p.connected_since_unix_ms, "types": types,
                 })
             }).collect();
@@ -216,8 +231,8 @@ mod tests {
         };
         assert_eq!(
             proxies_text(&r),
-            "PROXY   GROUP  STREAM  CDS       EDS      LDS       RDS\n\
-             edge-1  edge   ADS     SYNCED 2  STALE 1  NOT SENT  NACKED 2\n\
+            "PROXY   GROUP  IDENTITY         STREAM  CDS       EDS      LDS       RDS\n\
+             edge-1  edge   unauthenticated  ADS     SYNCED 2  STALE 1  NOT SENT  NACKED 2\n\
              edge-1 RDS NACKED 2: bad route\n"
         );
         assert_eq!(

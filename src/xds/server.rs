@@ -29,11 +29,14 @@ use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::service::Routes;
 use tonic::{Status, Streaming};
 
+use crate::identity::{IdentityGate, PeerIdentity};
 use crate::listener::{ConnectionLimits, Incoming, Port};
 use crate::resources::ResourceType;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Snapshot;
 use crate::snapshot_store::SnapshotReader;
+use crate::text::untrusted;
+use crate::tls::{ConnInfo, ServerTls};
 use crate::wire::OutMessage;
 
 use super::codec::XdsCodec;
@@ -58,6 +61,11 @@ pub struct XdsServerConfig {
     pub stream: StreamLimits,
     /// Bounds on the port's connections (see [`ConnectionLimits`]).
     pub connections: ConnectionLimits,
+    /// TLS on the port; with a client CA, streams carry the identity of
+    /// their client certificate. `None`: plaintext.
+    pub tls: Option<Arc<ServerTls>>,
+    /// Which identities may join which group (see [`IdentityGate`]).
+    pub identities: Arc<IdentityGate>,
 }
 
 impl Default for XdsServerConfig {
@@ -68,6 +76,8 @@ impl Default for XdsServerConfig {
             drain: Duration::from_secs(5),
             stream: StreamLimits::default(),
             connections: ConnectionLimits::default_for(Port::Xds),
+            tls: None,
+            identities: IdentityGate::new(),
         }
     }
 }
@@ -135,9 +145,10 @@ impl XdsServer {
             .http2_keepalive_interval(Some(limits.keepalive()))
             .http2_keepalive_timeout(Some(limits.keepalive()))
             .add_routes(self.routes())
-            .serve_with_incoming_shutdown(Incoming::new(listener, Port::Xds, limits), async move {
-                stop.wait().await
-            });
+            .serve_with_incoming_shutdown(
+                Incoming::new(listener, Port::Xds, limits).with_tls(self.shared.config.tls.clone()),
+                async move { stop.wait().await },
+            );
         tokio::select! {
             result = server => result,
             () = async move { deadline.wait().await; tokio::time::sleep(drain).await } => {
@@ -206,11 +217,14 @@ impl Machine for DeltaStream {
 async fn run_stream<M: Machine>(
     shared: Arc<Shared>,
     kind: StreamKind,
+    identity: PeerIdentity,
     mut requests: Streaming<M::Request>,
     tx: mpsc::Sender<Result<OutMessage, Status>>,
 ) {
     let mut machine = M::new(kind, shared.config.stream);
     let mut handle = shared.registry.register(kind, M::DELTA);
+    handle.set_identity(&identity);
+    let mut admitted = false;
     let mut reader = shared.reader.clone();
     let mut shutdown = shared.shutdown.clone();
     loop {
@@ -247,6 +261,30 @@ async fn run_stream<M: Machine>(
                 machine.on_snapshot(&snapshot)
             }
         };
+        if !admitted && let Some(node) = machine.node() {
+            // Checked before the node is recorded or anything is sent: a
+            // refused stream is never a proxy of the group, so no flip
+            // waits for it and its NACKs count for nothing.
+            if !admits(&shared, node, &identity) {
+                tracing::warn!(
+                    stream = handle.id(),
+                    node = %untrusted(&node.id),
+                    group = %untrusted(&node.cluster),
+                    identity = %untrusted(&identity.to_string()),
+                    "stream refused: its identity may not join the group it claims"
+                );
+                let _ = tx
+                    .send(Err(Status::permission_denied(format!(
+                        "identity {} may not join group {} (groups.{}.identities)",
+                        untrusted(&identity.to_string()),
+                        untrusted(&node.cluster),
+                        untrusted(&node.cluster),
+                    ))))
+                    .await;
+                return;
+            }
+            admitted = true;
+        }
         handle.set_node(machine.node());
         handle.record(&output.events);
         for response in output.responses {
@@ -255,6 +293,16 @@ async fn run_stream<M: Machine>(
             }
         }
     }
+}
+
+/// Whether the identity of a stream's connection may join the group its
+/// node claims, under the policy in force now.
+fn admits(shared: &Shared, node: &NodeInfo, identity: &PeerIdentity) -> bool {
+    shared
+        .config
+        .identities
+        .policy()
+        .admits(&node.cluster, identity)
 }
 
 /// The status a stream is closed with when reading a request failed.
@@ -292,9 +340,20 @@ impl<M: Machine> StreamingService<M::Request> for Method<M> {
     fn call(&mut self, request: tonic::Request<Streaming<M::Request>>) -> Self::Future {
         let shared = self.shared.clone();
         let kind = self.kind;
+        let identity = request
+            .extensions()
+            .get::<ConnInfo>()
+            .map(ConnInfo::identity)
+            .unwrap_or(PeerIdentity::Unauthenticated);
         Box::pin(async move {
             let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-            tokio::spawn(run_stream::<M>(shared, kind, request.into_inner(), tx));
+            tokio::spawn(run_stream::<M>(
+                shared,
+                kind,
+                identity,
+                request.into_inner(),
+                tx,
+            ));
             Ok(tonic::Response::new(ReceiverStream::new(rx)))
         })
     }

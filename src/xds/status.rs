@@ -15,6 +15,7 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
+use crate::identity::PeerIdentity;
 use crate::resources::ResourceType;
 
 use super::protocol::{NodeInfo, StreamEvent, StreamKind};
@@ -69,6 +70,8 @@ pub struct ProxyStatus {
     pub delta: bool,
     /// When the stream opened.
     pub connected_since: SystemTime,
+    /// Who its client certificate says it is.
+    pub identity: PeerIdentity,
     /// Per type, in [`ResourceType::ALL`] order.
     pub types: [TypeStatus; 4],
 }
@@ -151,6 +154,7 @@ impl ProxyRegistry {
                 kind,
                 delta,
                 connected_since: SystemTime::now(),
+                identity: PeerIdentity::Unauthenticated,
                 types: Default::default(),
             },
         );
@@ -200,6 +204,16 @@ impl StreamHandle {
     /// The stream's registry id.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Records the identity the stream's connection proved.
+    pub fn set_identity(&self, identity: &PeerIdentity) {
+        if !identity.is_authenticated() {
+            return;
+        }
+        if let Some(p) = self.registry.lock().get_mut(&self.id) {
+            p.identity = identity.clone();
+        }
     }
 
     /// Records the node once it is known.
