@@ -9,6 +9,7 @@
 //! - [`config`]: the YAML config model, its validation and translation to Envoy resources.
 //! - [`rollout`]: blue/green operations, their progress, and the backend the admin API drives.
 //! - [`resources`]: the four xDS resource types, in make-before-break order.
+//! - [`cordon`]: proxies that operations do not wait for, kept durably.
 //! - [`state`]: durable state (live fleets, weights, versions, history) and where it is kept.
 //! - [`checks`]: the HTTP checks a rollout sends straight to a fleet's endpoints.
 //! - [`snapshot`]: what teal serves at one version, encoded once.
@@ -27,6 +28,7 @@ pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod cordon;
 pub mod exit;
 pub mod identity;
 pub mod listener;

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use crate::admin::{self, Metrics, Tokens};
 use crate::config::{self, Config, Diagnostics};
 use crate::controller::{self, Controller};
+use crate::cordon::Cordons;
 use crate::exit;
 use crate::identity::{IdentityGate, IdentityPolicy};
 use crate::listener::{ConnectionLimits, Port};
@@ -113,6 +114,9 @@ pub enum ServeError {
     /// The controller could not start.
     #[error("{0}")]
     Controller(#[from] crate::controller::ControllerError),
+    /// The cordons file is unreadable or malformed.
+    #[error("{0}")]
+    Cordons(#[from] crate::cordon::CordonError),
     /// The admin tokens file is unreadable or malformed.
     #[error("admin tokens: {0}")]
     Tokens(#[from] crate::admin::TokensError),
@@ -158,6 +162,8 @@ impl ServeError {
             } => exit::EX_NOINPUT,
             ServeError::Tls { .. } => exit::EX_DATAERR,
             ServeError::InsecureAdmin(_) => exit::EX_USAGE,
+            ServeError::Cordons(crate::cordon::CordonError::Io { .. }) => exit::EX_CANTCREAT,
+            ServeError::Cordons(_) => exit::EX_DATAERR,
             ServeError::Transport(_) | ServeError::Admin(_) | ServeError::TaskFailed { .. } => {
                 exit::EX_SOFTWARE
             }
@@ -340,7 +346,12 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     };
     let tokens = Tokens::load(opts.admin_tokens.as_deref())?;
     let metrics = Arc::new(Metrics::new());
-    let registry: Arc<ProxyRegistry> = ProxyRegistry::with_sink(metrics.clone());
+    let cordons = match &opts.state_dir {
+        Some(dir) => Cordons::open(dir)?,
+        None => Cordons::in_memory(),
+    };
+    let registry: Arc<ProxyRegistry> =
+        ProxyRegistry::with_sink_and_cordons(metrics.clone(), Arc::new(cordons));
     let (controller, driver) = controller::start(
         config,
         writer,
@@ -360,9 +371,12 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
         admin_listener,
         opts.admin_connections,
         admin_tls.clone(),
-        backend,
-        metrics,
-        tokens.clone(),
+        admin::Parts {
+            backend,
+            metrics,
+            tokens: tokens.clone(),
+            registry: registry.clone(),
+        },
         shutdown.clone(),
     ));
     let xds_config = XdsServerConfig {

@@ -48,6 +48,7 @@ fn progress(id: u64, service: &str, phase: Phase) -> Progress {
         acked: 1,
         total: 2,
         waiting_for: vec!["edge-2".into()],
+        not_waiting_for: vec![],
         checks: vec![],
         message: String::new(),
         warnings: Vec::new(),
@@ -408,11 +409,11 @@ async fn proxies_table_tells_synced_stale_and_nacked() {
             .collect()
     };
     assert_eq!(
-        cells("edge-1")[3..],
+        cells("edge-1")[4..],
         ["SYNCED v2", "SYNCED v2", "SYNCED v2", "SYNCED v2"]
     );
-    assert_eq!(cells("edge-2")[6], "STALE v1");
-    assert_eq!(cells("edge-3")[5..], ["NOT SENT", "NACKED v2"]);
+    assert_eq!(cells("edge-2")[7], "STALE v1");
+    assert_eq!(cells("edge-3")[6..], ["NOT SENT", "NACKED v2"]);
     assert!(
         stdout.contains("edge-3 RDS NACKED v2: route: unknown cluster web-green"),
         "{stdout}"

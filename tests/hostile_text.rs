@@ -101,6 +101,7 @@ impl HostileBackend {
             acked: 0,
             total: 1,
             waiting_for: vec![self.node_id.clone()],
+            not_waiting_for: vec![],
             checks: vec![CheckResult {
                 check: "health".into(),
                 endpoint: "green-1:8080".into(),

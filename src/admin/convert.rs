@@ -148,6 +148,7 @@ pub fn progress(p: &Progress) -> pb::Progress {
         message: p.message.clone(),
         outcome: p.outcome.as_ref().map(outcome),
         warnings: p.warnings.clone(),
+        not_waiting_for: p.not_waiting_for.clone(),
     }
 }
 
@@ -205,6 +206,7 @@ pub fn status_view(v: &StatusView) -> pb::StatusResponse {
     pb::StatusResponse {
         version: v.version.clone(),
         services: v.services.iter().map(service_status).collect(),
+        cordons: Vec::new(),
     }
 }
 
@@ -247,6 +249,9 @@ pub fn proxy(p: &ProxyStatus) -> pb::Proxy {
             .map(|ty| type_status(*ty, p.of(*ty)))
             .collect(),
         identity: p.identity.to_string(),
+        // Cordons are not part of a proxy's stream; the service adds them.
+        cordoned: false,
+        cordon_reason: String::new(),
     }
 }
 

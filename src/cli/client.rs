@@ -276,6 +276,11 @@ pub fn progress_line(p: &pb::Progress) -> String {
     } else {
         String::new()
     };
+    let not_waiting = if p.not_waiting_for.is_empty() {
+        String::new()
+    } else {
+        format!(" (not waiting for cordoned {})", names(&p.not_waiting_for))
+    };
     let mut line = match (&p.version, p.phase()) {
         (Some(v), pb::Phase::Confirming | pb::Phase::RollingBack) => {
             let mut s = format!(
@@ -299,6 +304,7 @@ pub fn progress_line(p: &pb::Progress) -> String {
                 };
                 s.push_str(&format!(" (waiting for {}{extra})", shown.join(", ")));
             }
+            s.push_str(&not_waiting);
             s
         }
         _ => format!("{step}{phase}"),
@@ -312,6 +318,21 @@ pub fn progress_line(p: &pb::Progress) -> String {
         line.push_str(&failed_check(c));
     }
     line
+}
+
+/// Up to five names, escaped and cut, and how many more.
+fn names(all: &[String]) -> String {
+    let shown: Vec<String> = all
+        .iter()
+        .take(5)
+        .map(|n| untrusted(n).max_chars(NAME_CHARS).to_string())
+        .collect();
+    let more = all.len().saturating_sub(shown.len());
+    if more > 0 {
+        format!("{} and {more} more", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
 }
 
 /// `  check NAME failed on ENDPOINT: DETAIL`, escaped and cut.
@@ -400,6 +421,13 @@ fn finish(p: &pb::Progress, outcome: &pb::Outcome, out: &mut dyn Write, err: &mu
     let name = outcome_name(kind);
     for w in &p.warnings {
         let _ = writeln!(err, "teal: warning: {}", untrusted(w));
+    }
+    if !p.not_waiting_for.is_empty() {
+        let _ = writeln!(
+            err,
+            "teal: did not wait for cordoned proxies: {}",
+            names(&p.not_waiting_for)
+        );
     }
     match kind {
         Kind::Succeeded => {

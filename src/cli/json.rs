@@ -93,6 +93,7 @@ pub fn progress(p: &pb::Progress) -> Value {
         "acked": p.acked,
         "total": p.total,
         "waiting_for": p.waiting_for,
+        "not_waiting_for": p.not_waiting_for,
         "checks": p.checks.iter().map(check).collect::<Vec<_>>(),
         "message": p.message,
         "warnings": p.warnings,
@@ -123,5 +124,10 @@ pub fn status(s: &pb::StatusResponse, now: std::time::SystemTime) -> Value {
             })
         })
         .collect();
-    json!({"version": s.version, "services": services})
+    let cordons: Vec<Value> = s
+        .cordons
+        .iter()
+        .map(|c| json!({"node_id": c.node_id, "reason": c.reason, "actor": c.actor, "since_unix_ms": c.since_unix_ms}))
+        .collect();
+    json!({"version": s.version, "services": services, "cordons": cordons})
 }

@@ -71,7 +71,10 @@ const FLOW: &str = "A blue/green release with teal:
   teal retire web blue --after 30m      # once green has proven itself
   teal history web
 
+  teal cordon edge-17 --reason '...'     # stop waiting for one stuck proxy
+
 Changes need the admin token: --token, TEAL_TOKEN or --token-file.
+An https:// --admin speaks TLS only: --ca, --cert, --key (TEAL_CA, ...).
 Exit codes: 0 done, 1 refused, 2 rolled back, 3 aborted, 4 in effect but
 not confirmed by every proxy, 5 interrupted by a teal restart, 64 usage,
 66 token file unreadable, 69 admin API unreachable, 70 server error,

@@ -54,14 +54,30 @@ pub fn proxies_text(r: &pb::ProxiesResponse) -> String {
         "PROXY", "GROUP", "IDENTITY", "STREAM", "CDS", "EDS", "LDS", "RDS",
     ]);
     let mut nacks = Vec::new();
+    let mut cordoned = Vec::new();
     for p in &r.proxies {
         let id = if p.node_id.is_empty() {
             format!("(stream {})", p.stream_id)
         } else {
             p.node_id.clone()
         };
+        if p.cordoned {
+            cordoned.push(format!(
+                "{} CORDONED{}",
+                untrusted(&id).max_chars(CELL_MAX_CHARS),
+                if p.cordon_reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", untrusted(&p.cordon_reason))
+                }
+            ));
+        }
         let mut row = vec![
-            id.clone(),
+            if p.cordoned {
+                format!("{id} CORDONED")
+            } else {
+                id.clone()
+            },
             p.group.clone(),
             identity(p).to_owned(),
             format!("{}{}", p.kind, if p.delta { " delta" } else { "" }),
@@ -94,7 +110,7 @@ pub fn proxies_text(r: &pb::ProxiesResponse) -> String {
     } else {
         t.render()
     };
-    for n in nacks {
+    for n in nacks.into_iter().chain(cordoned) {
         text.push_str(&n);
         text.push('\n');
     }
@@ -136,6 +152,7 @@ pub async fn proxies(conn: &mut Conn, output: Output, out: &mut dyn Write) -> Re
                 json!({
                     "node_id": p.node_id, "group": p.group, "stream_id": p.stream_id, "kind": p.kind,
                     "delta": p.delta, "user_agent": p.user_agent, "identity": identity(p),
+                    "cordoned": p.cordoned, "cordon_reason": p.cordon_reason,
                     "connected_since_unix_ms": p.connected_since_unix_ms, "types": types,
                 })
             }).collect();

@@ -53,11 +53,15 @@ pub(super) enum CommitError {
 pub(super) struct Running {
     pub(super) rollout: Rollout,
     pub(super) progress: watch::Sender<Progress>,
+    /// Cordoned proxies the operation did not wait for, as last observed.
+    pub(super) not_waiting_for: Vec<String>,
 }
 
 impl Running {
     fn publish(&self) {
-        self.progress.send_replace(self.rollout.progress());
+        let mut progress = self.rollout.progress();
+        progress.not_waiting_for = self.not_waiting_for.clone();
+        self.progress.send_replace(progress);
     }
 }
 
@@ -234,6 +238,7 @@ impl Driver {
                 Running {
                     rollout,
                     progress: tx,
+                    not_waiting_for: Vec::new(),
                 },
             );
             self.carry_out(&service, actions).await;
@@ -544,6 +549,7 @@ impl Driver {
             Running {
                 rollout,
                 progress: tx,
+                not_waiting_for: Vec::new(),
             },
         );
         Ok((rx, actions))
@@ -764,8 +770,9 @@ impl Driver {
     }
 
     /// The proxies of every group that routes `service`, as the rollout
-    /// sees them, measured against the version it committed.
-    fn proxy_views(&self, service: &str) -> Vec<ProxyView> {
+    /// sees them, measured against the version it committed; cordoned ones
+    /// are left out and noted on the running operation.
+    fn proxy_views(&mut self, service: &str) -> Vec<ProxyView> {
         let groups: BTreeSet<&str> = self
             .config
             .groups
@@ -779,7 +786,18 @@ impl Driver {
             .and_then(|r| r.rollout.version())
             .and_then(version_seq);
         let snapshot = self.writer.current();
-        proxy_views(&self.registry.proxies(), &groups, &snapshot, committed)
+        let cordoned = self.registry.cordons().ids();
+        let (views, skipped) = proxy_views(
+            &self.registry.proxies(),
+            &groups,
+            &snapshot,
+            committed,
+            &cordoned,
+        );
+        if let Some(running) = self.running.get_mut(service) {
+            running.not_waiting_for = skipped;
+        }
+        views
     }
 }
 

@@ -303,6 +303,9 @@ pub struct Progress {
     pub total: usize,
     /// Ids of proxies that have not ACKed yet.
     pub waiting_for: Vec<String>,
+    /// Ids of cordoned proxies of the service's groups, which the
+    /// operation does not wait for (and whose NACKs do not roll back).
+    pub not_waiting_for: Vec<String>,
     /// The latest check results.
     pub checks: Vec<CheckResult>,
     /// A sentence on what is happening.

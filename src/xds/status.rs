@@ -15,6 +15,7 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
+use crate::cordon::Cordons;
 use crate::identity::PeerIdentity;
 use crate::resources::ResourceType;
 
@@ -104,6 +105,8 @@ pub struct ProxyRegistry {
     /// Bumped after every change, so waiters can sleep until something
     /// happens instead of polling.
     generation: watch::Sender<u64>,
+    /// Proxies that operations do not wait for (see [`Cordons`]).
+    cordons: Arc<Cordons>,
 }
 
 impl Default for ProxyRegistry {
@@ -113,6 +116,7 @@ impl Default for ProxyRegistry {
             sink: None,
             next_id: AtomicU64::new(1),
             generation: watch::Sender::new(0),
+            cordons: Arc::default(),
         }
     }
 }
@@ -129,6 +133,30 @@ impl ProxyRegistry {
             sink: Some(sink),
             ..ProxyRegistry::default()
         })
+    }
+
+    /// A new, empty registry telling `sink` of every event, with the
+    /// cordons `cordons`.
+    pub fn with_sink_and_cordons(
+        sink: Arc<dyn EventSink>,
+        cordons: Arc<Cordons>,
+    ) -> Arc<ProxyRegistry> {
+        Arc::new(ProxyRegistry {
+            sink: Some(sink),
+            cordons,
+            ..ProxyRegistry::default()
+        })
+    }
+
+    /// The cordoned proxies.
+    pub fn cordons(&self) -> &Arc<Cordons> {
+        &self.cordons
+    }
+
+    /// Wakes the registry's watchers, as a proxy's change would: after a
+    /// cordon changes, running operations look at the proxies again.
+    pub fn notify(&self) {
+        self.bump();
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, ProxyStatus>> {
