@@ -119,6 +119,7 @@ impl Backend for FakeBackend {
                     acks: vec![("edge-1".into(), Duration::from_millis(120))],
                     target: Some(split(&[("blue", 100), ("green", 0)])),
                     warnings: Vec::new(),
+                    not_waited_for: Vec::new(),
                 }),
                 in_progress: None,
             }],

@@ -54,6 +54,12 @@ async fn a_cordoned_proxy_that_nacks_does_not_roll_back_and_uncordoned_it_does()
     );
     let (web, _) = w.web_status().await;
     assert_eq!(web["live"], "green", "{web}");
+    let history = w.json(&["history", "web"]).await;
+    assert_eq!(
+        history["entries"][0]["not_waited_for"],
+        serde_json::json!([edge_id.as_str()]),
+        "{history:#}"
+    );
     // The edge did get green, and refused it.
     support::wait_until(support::CONVERGE, "the edge's NACK of green", || async {
         let proxies = w.json(&["proxies"]).await;

@@ -85,6 +85,7 @@ impl HostileBackend {
             acks: vec![(self.node_id.clone(), Duration::from_millis(5))],
             target: Some(split(&[("blue", 0), ("green", 100)])),
             warnings: vec![self.nack.clone()],
+            not_waited_for: vec![self.node_id.clone()],
         }
     }
 

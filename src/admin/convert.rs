@@ -175,6 +175,7 @@ pub fn history_entry(h: &HistoryEntry) -> pb::HistoryEntry {
             .collect(),
         target: h.target.as_ref().map(split),
         warnings: h.warnings.clone(),
+        not_waited_for: h.not_waited_for.clone(),
     }
 }
 

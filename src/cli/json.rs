@@ -75,6 +75,7 @@ pub fn change(h: &pb::HistoryEntry) -> Value {
         "acks": h.acks.iter().map(|a| json!({"proxy": a.proxy, "after_ms": a.after_ms})).collect::<Vec<_>>(),
         "target": h.target.as_ref().map(|t| split(Some(t))),
         "warnings": h.warnings,
+        "not_waited_for": h.not_waited_for,
     })
 }
 

@@ -55,6 +55,8 @@ pub(super) struct Running {
     pub(super) progress: watch::Sender<Progress>,
     /// Cordoned proxies the operation did not wait for, as last observed.
     pub(super) not_waiting_for: Vec<String>,
+    /// Every one it did not wait for at some point, for its history entry.
+    pub(super) not_waited_for: BTreeSet<String>,
 }
 
 impl Running {
@@ -116,6 +118,7 @@ impl Driver {
                     convergence: None,
                     acks: Vec::new(),
                     warnings: op.warnings.clone(),
+                    not_waited_for: Vec::new(),
                 },
             );
         }
@@ -239,6 +242,7 @@ impl Driver {
                     rollout,
                     progress: tx,
                     not_waiting_for: Vec::new(),
+                    not_waited_for: BTreeSet::new(),
                 },
             );
             self.carry_out(&service, actions).await;
@@ -550,6 +554,7 @@ impl Driver {
                 rollout,
                 progress: tx,
                 not_waiting_for: Vec::new(),
+                not_waited_for: BTreeSet::new(),
             },
         );
         Ok((rx, actions))
@@ -713,6 +718,7 @@ impl Driver {
             convergence,
             acks,
             warnings: progress.warnings,
+            not_waited_for: running.not_waited_for.iter().cloned().collect(),
         };
         self.state.record(service, entry);
         let state = self.state.clone();
@@ -795,6 +801,7 @@ impl Driver {
             &cordoned,
         );
         if let Some(running) = self.running.get_mut(service) {
+            running.not_waited_for.extend(skipped.iter().cloned());
             running.not_waiting_for = skipped;
         }
         views

@@ -359,6 +359,10 @@ pub struct HistoryEntry {
     /// What the operator should know (see [`Progress::warnings`]).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Cordoned proxies the operation did not wait for, at any point of
+    /// it (see [`Progress::not_waiting_for`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_waited_for: Vec<String>,
 }
 
 /// A planned retirement (stored with `at` as unix milliseconds).
