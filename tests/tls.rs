@@ -8,7 +8,8 @@
 //!   names another group is refused and the flip does not wait for it; one
 //!   without a client certificate cannot connect;
 //! - rotation: a new server certificate while Envoys stay connected, their
-//!   streams stay up, a new Envoy connects, and a broken file is refused.
+//!   streams stay up, a new Envoy connects, and a broken file is refused;
+//! - a tokens file open to others is refused, and SIGHUP revokes a token.
 
 mod support;
 
@@ -509,4 +510,43 @@ async fn envoys_over_mtls_are_admitted_by_identity_and_survive_rotation() {
     let served = served_certificate(teal.xds, &pki.ca, Some(&allowed)).await;
     assert_eq!(served, rotated.der);
     drop((a, b, c, d));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_removed_from_the_file_is_refused_after_sighup() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "ops:first-token\nci:second-token\n").expect("write");
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let teal = Serve::start(
+        dir.path(),
+        &config(free_port(), None),
+        &["--admin-tokens".into(), path(&tokens)],
+    )
+    .await;
+    let admin = format!("127.0.0.1:{}", teal.admin);
+    // Uncordoning a proxy that is not cordoned needs the token and
+    // changes nothing: a probe of which tokens are accepted.
+    let uncordon = |token: &'static str| {
+        let admin = admin.clone();
+        async move { cli(&["--admin", &admin, "--token", token, "uncordon", "nobody"]).await }
+    };
+    let out = uncordon("ci-token-unknown").await;
+    assert_eq!(out.status.code(), Some(77), "{}", show(&out));
+    let out = uncordon("second-token").await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+
+    std::fs::write(&tokens, "ops:first-token\n").expect("write");
+    let pid = teal.child.id().expect("runs");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    teal.wait_log("admin tokens reloaded", 1).await;
+    let out = uncordon("second-token").await;
+    assert_eq!(out.status.code(), Some(77), "revoked: {}", show(&out));
+    let out = uncordon("first-token").await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
 }
