@@ -2,7 +2,11 @@
 //!
 //! ```text
 //! cargo run --release --example bench_xds -- --streams 10000 --pushes 5
+//! cargo run --release --example bench_xds -- --streams 10000 --per-conn 1 --tls
 //! ```
+//!
+//! With `--tls` the xDS port speaks TLS, with a CA and a server
+//! certificate made by the benchmark.
 //!
 //! The benchmark starts the xDS server in a child process (this same
 //! binary, `--serve`) so that its memory and CPU are measured apart from
@@ -90,15 +94,30 @@ fn input(green: u32) -> SnapshotInput {
     i
 }
 
-/// The server side: serve, and publish a new version per stdin line.
-async fn serve() -> anyhow::Result<()> {
+/// The server side: serve (with TLS when `tls_dir` holds `server.crt`
+/// and `server.key`), and publish a new version per stdin line.
+async fn serve(tls_dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let (mut writer, reader) = teal::snapshot_store::snapshot_store();
     let registry = teal::xds::ProxyRegistry::new();
+    let tls = match tls_dir {
+        Some(dir) => Some(teal::tls::ServerTls::load(
+            teal::listener::Port::Xds,
+            teal::tls::TlsFiles {
+                cert: dir.join("server.crt"),
+                key: dir.join("server.key"),
+                client_ca: None,
+            },
+        )?),
+        None => None,
+    };
     let server = teal::xds::XdsServer::new(
         reader,
         registry,
         teal::shutdown::Shutdown::never(),
-        Default::default(),
+        teal::xds::XdsServerConfig {
+            tls,
+            ..Default::default()
+        },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
@@ -123,6 +142,7 @@ struct Args {
     streams: usize,
     per_conn: usize,
     pushes: usize,
+    tls: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -130,6 +150,7 @@ fn args() -> anyhow::Result<Args> {
         streams: 1000,
         per_conn: 100,
         pushes: 5,
+        tls: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -139,11 +160,17 @@ fn args() -> anyhow::Result<Args> {
                 .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?
                 .parse()?)
         };
+        if flag == "--tls" {
+            a.tls = true;
+            continue;
+        }
         match flag.as_str() {
             "--streams" => a.streams = value()?,
             "--per-conn" => a.per_conn = value()?.max(1),
             "--pushes" => a.pushes = value()?,
-            other => anyhow::bail!("unknown flag {other}; use --streams N --per-conn N --pushes N"),
+            other => anyhow::bail!(
+                "unknown flag {other}; use --streams N --per-conn N --pushes N [--tls]"
+            ),
         }
     }
     Ok(a)
@@ -261,8 +288,33 @@ async fn wait_for(
 async fn run() -> anyhow::Result<()> {
     let args = args()?;
     let exe = std::env::current_exe()?;
-    let mut child = std::process::Command::new(exe)
-        .arg("--serve")
+    // TLS: a CA and a server certificate for localhost, made here.
+    let tls_dir = tempfile::tempdir()?;
+    let client_tls = if args.tls {
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key)?;
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate()?;
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?
+            .signed_by(&key, &issuer)?;
+        std::fs::write(tls_dir.path().join("ca.crt"), ca.pem())?;
+        std::fs::write(tls_dir.path().join("server.crt"), cert.pem())?;
+        std::fs::write(tls_dir.path().join("server.key"), key.serialize_pem())?;
+        Some(teal::tls::client_config(
+            Some(&tls_dir.path().join("ca.crt")),
+            None,
+        )?)
+    } else {
+        None
+    };
+    let mut command = std::process::Command::new(exe);
+    command.arg("--serve");
+    if args.tls {
+        command.arg(tls_dir.path());
+    }
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
@@ -288,9 +340,18 @@ async fn run() -> anyhow::Result<()> {
     let conns = args.streams.div_ceil(args.per_conn);
     let started = Instant::now();
     for c in 0..conns {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
-            .connect()
-            .await?;
+        let channel = match &client_tls {
+            Some(tls) => {
+                tonic::transport::Endpoint::from_shared(format!("https://localhost:{port}"))?
+                    .connect_with_connector(teal::tls::TlsConnector::new(tls.clone()))
+                    .await?
+            }
+            None => {
+                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
+                    .connect()
+                    .await?
+            }
+        };
         let ads =
             AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
         for s in 0..args.per_conn.min(args.streams - c * args.per_conn) {
@@ -357,7 +418,8 @@ async fn run() -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     if std::env::args().nth(1).as_deref() == Some("--serve") {
-        return rt.block_on(serve());
+        let tls_dir = std::env::args().nth(2).map(std::path::PathBuf::from);
+        return rt.block_on(serve(tls_dir));
     }
     rt.block_on(run())
 }

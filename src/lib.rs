@@ -9,6 +9,7 @@
 //! - [`config`]: the YAML config model, its validation and translation to Envoy resources.
 //! - [`rollout`]: blue/green operations, their progress, and the backend the admin API drives.
 //! - [`resources`]: the four xDS resource types, in make-before-break order.
+//! - [`cordon`]: proxies that operations do not wait for, kept durably.
 //! - [`state`]: durable state (live fleets, weights, versions, history) and where it is kept.
 //! - [`checks`]: the HTTP checks a rollout sends straight to a fleet's endpoints.
 //! - [`snapshot`]: what teal serves at one version, encoded once.
@@ -16,6 +17,8 @@
 //! - [`xds`]: the xDS engine: pure per-stream state machines, proxy status, the gRPC layer.
 //! - [`wire`]: hand-assembled discovery responses that streams share.
 //! - [`listener`]: accepting connections within limits, for both ports.
+//! - [`tls`]: TLS and mTLS for both ports, certificates rotated in place.
+//! - [`identity`]: a proxy's identity from its client certificate; which identities may join a group.
 //! - [`shutdown`]: shutdown as a value passed to servers.
 //! - [`exit`]: the command's exit codes.
 //! - [`text`]: untrusted text (node ids, NACK messages) escaped and cut for a terminal or a log line.
@@ -25,7 +28,9 @@ pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod cordon;
 pub mod exit;
+pub mod identity;
 pub mod listener;
 pub mod resources;
 pub mod rollout;
@@ -35,5 +40,6 @@ pub mod snapshot;
 pub mod snapshot_store;
 pub mod state;
 pub mod text;
+pub mod tls;
 pub mod wire;
 pub mod xds;

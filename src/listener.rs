@@ -21,6 +21,10 @@
 //! - a failing `accept` backs off, from 10 ms doubling to 1 s, and is
 //!   logged once per [`LOG_INTERVAL`] with a count, not once per error.
 //!
+//! With TLS on the port ([`Incoming::with_tls`]), each connection is
+//! handed on as a [`ServerConn`] that makes its TLS handshake on the
+//! connection's own task, over these same limits (see [`crate::tls`]).
+//!
 //! The HTTP/2 limit on streams per connection is a SETTINGS value, which
 //! tonic's server builder sets; it is carried here so both ports take
 //! every connection limit from one place.
@@ -38,7 +42,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 use tokio_stream::Stream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::tls::{ServerConn, ServerTls};
 
 /// How often a repeating problem (failing accepts, refused connections)
 /// is logged at most.
@@ -61,7 +66,8 @@ pub enum Port {
 }
 
 impl Port {
-    fn name(self) -> &'static str {
+    /// The port's name in messages: `xDS` or `admin`.
+    pub fn name(self) -> &'static str {
         match self {
             Port::Xds => "xDS",
             Port::Admin => "admin",
@@ -140,6 +146,8 @@ pub struct Incoming {
     pause: Option<Pin<Box<Sleep>>>,
     accept_errors: Throttle,
     refusals: Throttle,
+    /// The port's TLS, if it speaks TLS.
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Incoming {
@@ -154,7 +162,15 @@ impl Incoming {
             pause: None,
             accept_errors: Throttle::default(),
             refusals: Throttle::default(),
+            tls: None,
         }
+    }
+
+    /// Makes every connection start with a TLS handshake with `tls`
+    /// (plaintext when `None`).
+    pub fn with_tls(mut self, tls: Option<Arc<ServerTls>>) -> Incoming {
+        self.tls = tls;
+        self
     }
 
     /// How many accepted connections are open now.
@@ -162,7 +178,7 @@ impl Incoming {
         self.open.clone()
     }
 
-    fn admit(&mut self, stream: TcpStream, peer: SocketAddr) -> Option<Conn> {
+    fn admit(&mut self, stream: TcpStream, peer: SocketAddr) -> Option<ServerConn> {
         let open = self.open.load(Ordering::Relaxed);
         if open >= self.limits.max_connections {
             if let Some(also) = self.refusals.due(Instant::now()) {
@@ -179,12 +195,16 @@ impl Incoming {
         }
         // Nagle's algorithm would hold back small responses and pings.
         let _ = stream.set_nodelay(true);
-        Some(Conn::new(stream, &self.limits, Slot::take(&self.open)))
+        let conn = Conn::new(stream, &self.limits, Slot::take(&self.open));
+        Some(match &self.tls {
+            Some(tls) => ServerConn::tls(conn, tls),
+            None => ServerConn::plain(conn, self.port),
+        })
     }
 }
 
 impl Stream for Incoming {
-    type Item = io::Result<Conn>;
+    type Item = io::Result<ServerConn>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -322,6 +342,11 @@ impl Conn {
         }
     }
 
+    /// The client's address.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.stream.peer_addr().ok()
+    }
+
     /// Polls the silence deadline: `Ready` with the error once it passed.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         loop {
@@ -398,14 +423,6 @@ impl AsyncWrite for Conn {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-}
-
-impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
     }
 }
 

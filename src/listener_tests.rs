@@ -20,7 +20,7 @@ async fn incoming(limits: ConnectionLimits) -> (Incoming, SocketAddr) {
     (Incoming::new(listener, Port::Xds, limits), addr)
 }
 
-async fn next(incoming: &mut Incoming) -> Conn {
+async fn next(incoming: &mut Incoming) -> ServerConn {
     tokio::time::timeout(Duration::from_secs(5), incoming.next())
         .await
         .expect("a connection in time")

@@ -18,12 +18,15 @@ use tokio::net::TcpListener;
 use crate::admin::{self, Metrics, Tokens};
 use crate::config::{self, Config, Diagnostics};
 use crate::controller::{self, Controller};
+use crate::cordon::Cordons;
 use crate::exit;
+use crate::identity::{IdentityGate, IdentityPolicy};
 use crate::listener::{ConnectionLimits, Port};
 use crate::rollout::Backend;
 use crate::shutdown::Shutdown;
 use crate::snapshot_store::snapshot_store;
 use crate::state::{FileStore, MemoryStore, StateError, StateStore};
+use crate::tls::{Reloaded, ServerTls, TlsError, TlsFiles};
 use crate::xds::{ProxyRegistry, XdsServer, XdsServerConfig};
 
 /// What `teal serve` was asked to do.
@@ -49,6 +52,12 @@ pub struct ServeOptions {
     pub xds: XdsServerConfig,
     /// Bounds on the admin port's connections.
     pub admin_connections: ConnectionLimits,
+    /// TLS on the xDS port (mTLS with a client CA).
+    pub xds_tls: Option<TlsFiles>,
+    /// TLS on the admin port (mTLS with a client CA).
+    pub admin_tls: Option<TlsFiles>,
+    /// Serve the admin API in plaintext on a non-loopback address anyway.
+    pub admin_insecure: bool,
 }
 
 impl ServeOptions {
@@ -67,6 +76,9 @@ impl ServeOptions {
             admin_tokens: None,
             xds: XdsServerConfig::default(),
             admin_connections: ConnectionLimits::default_for(Port::Admin),
+            xds_tls: None,
+            admin_tls: None,
+            admin_insecure: false,
         }
     }
 }
@@ -102,6 +114,9 @@ pub enum ServeError {
     /// The controller could not start.
     #[error("{0}")]
     Controller(#[from] crate::controller::ControllerError),
+    /// The cordons file is unreadable or malformed.
+    #[error("{0}")]
+    Cordons(#[from] crate::cordon::CordonError),
     /// The admin tokens file is unreadable or malformed.
     #[error("admin tokens: {0}")]
     Tokens(#[from] crate::admin::TokensError),
@@ -113,6 +128,21 @@ pub enum ServeError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A port's certificate, key or client CA cannot be used.
+    #[error("{} TLS: {source}", port.name())]
+    Tls {
+        /// Which port.
+        port: Port,
+        /// What is wrong.
+        source: TlsError,
+    },
+    /// The admin API would listen in plaintext beyond this machine.
+    #[error(
+        "--admin-addr {0} is not a loopback address: give the admin API a certificate \
+         (--admin-tls-cert and --admin-tls-key), or pass --admin-insecure to serve it in \
+         plaintext anyway"
+    )]
+    InsecureAdmin(SocketAddr),
     /// The admin API server failed.
     #[error("admin API failed: {0}")]
     Admin(tonic::transport::Error),
@@ -134,6 +164,14 @@ impl ServeError {
             ServeError::ConfigUnreadable { .. } => exit::EX_NOINPUT,
             ServeError::ConfigInvalid(_) | ServeError::Tokens(_) => exit::EX_DATAERR,
             ServeError::Bind { .. } => exit::EX_UNAVAILABLE,
+            ServeError::Tls {
+                source: TlsError::Unreadable { .. },
+                ..
+            } => exit::EX_NOINPUT,
+            ServeError::Tls { .. } => exit::EX_DATAERR,
+            ServeError::InsecureAdmin(_) => exit::EX_USAGE,
+            ServeError::Cordons(crate::cordon::CordonError::Io { .. }) => exit::EX_CANTCREAT,
+            ServeError::Cordons(_) => exit::EX_DATAERR,
             ServeError::Transport(_) | ServeError::Admin(_) | ServeError::TaskFailed { .. } => {
                 exit::EX_SOFTWARE
             }
@@ -279,6 +317,19 @@ pub async fn run(opts: ServeOptions, shutdown: Shutdown) -> Result<(), ServeErro
 /// teal is listening. Errors here are the start-up errors (bad config,
 /// port in use); nothing is served when one happens.
 pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, ServeError> {
+    let loopback = opts.admin_addr.ip().is_loopback();
+    if !loopback && opts.admin_tls.is_none() {
+        if !opts.admin_insecure {
+            return Err(ServeError::InsecureAdmin(opts.admin_addr));
+        }
+        tracing::warn!(
+            addr = %opts.admin_addr,
+            "the admin API listens in plaintext beyond this machine (--admin-insecure): \
+             tokens and every answer cross the network in the clear"
+        );
+    }
+    let xds_tls = load_tls(Port::Xds, opts.xds_tls.clone())?;
+    let admin_tls = load_tls(Port::Admin, opts.admin_tls.clone())?;
     let mut source = ConfigSource {
         path: opts.config.clone(),
         limits: opts.config_limits,
@@ -293,6 +344,8 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
         .await?;
     let config = parsed.map_err(ServeError::ConfigInvalid)?;
     source.last = Arc::new(bytes);
+    let identities = IdentityGate::new();
+    identities.set(IdentityPolicy::of(&config));
 
     let (writer, reader) = snapshot_store();
     let store: Arc<dyn StateStore> = match &opts.state_dir {
@@ -301,7 +354,12 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     };
     let tokens = with_local_token(Tokens::load(opts.admin_tokens.as_deref())?, &opts)?;
     let metrics = Arc::new(Metrics::new());
-    let registry: Arc<ProxyRegistry> = ProxyRegistry::with_sink(metrics.clone());
+    let cordons = match &opts.state_dir {
+        Some(dir) => Cordons::open(dir)?,
+        None => Cordons::in_memory(),
+    };
+    let registry: Arc<ProxyRegistry> =
+        ProxyRegistry::with_sink_and_cordons(metrics.clone(), Arc::new(cordons));
     let (controller, driver) = controller::start(
         config,
         writer,
@@ -317,20 +375,32 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     let admin_listener = bind(opts.admin_addr).await?;
     let admin_addr = local_addr(&admin_listener, opts.admin_addr)?;
     let backend: Arc<dyn Backend> = Arc::new(controller.clone());
-    let admin_task = tokio::spawn(admin::serve(
+    let admin_task = tokio::spawn(admin::serve_tls(
         admin_listener,
         opts.admin_connections,
-        backend,
-        metrics,
-        tokens,
+        admin_tls.clone(),
+        admin::Parts {
+            backend,
+            metrics,
+            tokens: tokens.clone(),
+            registry: registry.clone(),
+        },
         shutdown.clone(),
     ));
-    let server = XdsServer::new(reader, registry.clone(), shutdown.clone(), opts.xds.clone());
+    let xds_config = XdsServerConfig {
+        tls: xds_tls.clone(),
+        identities: identities.clone(),
+        ..opts.xds.clone()
+    };
+    let server = XdsServer::new(reader, registry.clone(), shutdown.clone(), xds_config);
     let server_task = tokio::spawn(server.serve(listener));
     let tasks = Tasks {
         xds: server_task,
         admin: admin_task,
         driver,
+        tls: [xds_tls, admin_tls].into_iter().flatten().collect(),
+        identities,
+        tokens,
     };
     let task = tokio::spawn(supervise(opts, source, controller.clone(), tasks, shutdown));
     Ok(Running {
@@ -340,6 +410,87 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
         controller,
         task,
     })
+}
+
+fn load_tls(port: Port, files: Option<TlsFiles>) -> Result<Option<Arc<ServerTls>>, ServeError> {
+    let Some(files) = files else {
+        return Ok(None);
+    };
+    let tls = ServerTls::load(port, files).map_err(|source| ServeError::Tls { port, source })?;
+    tracing::info!(
+        port = port.name(),
+        cert = %tls.files().cert.display(),
+        client_certificates = if tls.requires_client_certificate() { "required" } else { "not asked for" },
+        "TLS on"
+    );
+    Ok(Some(tls))
+}
+
+/// Runs `f` on a detached thread, like the config loader (a file that
+/// hangs must not stall streams or shutdown); `None` if it could not run.
+async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("teal-reload".to_owned())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .ok()?;
+    rx.await.ok()
+}
+
+/// Re-reads the admin tokens (SIGHUP): a token removed from the file is
+/// refused from now on. A file that does not load is refused and the
+/// tokens in force stay.
+async fn reload_tokens(tokens: &Tokens, file: Option<PathBuf>) {
+    match off_runtime(move || Tokens::load(file.as_deref())).await {
+        Some(Ok(new)) => {
+            tokens.replace(&new);
+            tracing::info!("admin tokens reloaded");
+        }
+        Some(Err(e)) => tracing::error!(
+            error = %e,
+            "admin tokens reload refused; the tokens in force stay"
+        ),
+        None => tracing::warn!("cannot re-read the admin tokens; the tokens in force stay"),
+    }
+}
+
+/// Re-reads every port's TLS files, off the runtime (like the config, on
+/// a detached thread: a file that hangs must not stall streams or
+/// shutdown), and logs what changed. `forced` (SIGHUP) rebuilds even
+/// unchanged files and logs an unchanged refusal again.
+async fn reload_tls(tls: &[Arc<ServerTls>], forced: bool) {
+    if tls.is_empty() {
+        return;
+    }
+    let ports = tls.to_vec();
+    let reloaded = off_runtime(move || {
+        ports
+            .iter()
+            .map(|t| (t.port(), t.reload(forced)))
+            .collect::<Vec<(Port, Reloaded)>>()
+    });
+    let Some(results) = reloaded.await else {
+        tracing::warn!("cannot re-read the TLS files; the certificates in force stay");
+        return;
+    };
+    for (port, result) in results {
+        match result {
+            Reloaded::Unchanged => {}
+            Reloaded::Rotated => {
+                tracing::info!(
+                    port = port.name(),
+                    "TLS certificate reloaded; new handshakes use it"
+                )
+            }
+            Reloaded::Refused(e) => tracing::error!(
+                port = port.name(),
+                error = %e,
+                "TLS reload refused; the previous certificate keeps serving"
+            ),
+        }
+    }
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -360,6 +511,12 @@ struct Tasks {
     xds: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     admin: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     driver: tokio::task::JoinHandle<()>,
+    /// The ports' TLS, re-read with the config.
+    tls: Vec<Arc<ServerTls>>,
+    /// Which identities may join which group; set at every reload.
+    identities: Arc<IdentityGate>,
+    /// The admin tokens in force; re-read on SIGHUP.
+    tokens: Tokens,
 }
 
 /// `tokens`, or, when there is none and teal keeps its state in a
@@ -426,12 +583,18 @@ async fn supervise(
                 return Err(failed("controller", "stopped before shutdown".to_owned()));
             }
             () = next_hangup(&mut hangup) => {
-                if reload(&mut source, &controller, true, &mut stop).await.is_break() {
+                reload_tls(&tasks.tls, true).await;
+                reload_tokens(&tasks.tokens, opts.admin_tokens.clone()).await;
+                if reload(&mut source, &controller, &tasks.identities, true, &mut stop).await.is_break() {
                     break;
                 }
             }
-            _ = tick.tick(), if source.path.is_some() => {
-                if reload(&mut source, &controller, false, &mut stop).await.is_break() {
+            _ = tick.tick(), if source.path.is_some() || !tasks.tls.is_empty() => {
+                reload_tls(&tasks.tls, false).await;
+                if source.path.is_none() {
+                    continue;
+                }
+                if reload(&mut source, &controller, &tasks.identities, false, &mut stop).await.is_break() {
                     break;
                 }
             }
@@ -481,6 +644,7 @@ const MAX_LOGGED_PROBLEMS: usize = 100;
 async fn reload(
     source: &mut ConfigSource,
     controller: &Controller,
+    identities: &IdentityGate,
     forced: bool,
     stop: &mut Shutdown,
 ) -> ControlFlow<()> {
@@ -528,10 +692,16 @@ async fn reload(
                 "config reload refused; still serving the last good config"
             );
         }
-        Ok(config) => match controller.reload(config).await {
-            Ok(outcome) => tracing::info!(%outcome, "config reloaded"),
-            Err(e) => tracing::error!(error = %e, "config reload refused"),
-        },
+        Ok(config) => {
+            let policy = IdentityPolicy::of(&config);
+            match controller.reload(config).await {
+                Ok(outcome) => {
+                    identities.set(policy);
+                    tracing::info!(%outcome, "config reloaded")
+                }
+                Err(e) => tracing::error!(error = %e, "config reload refused"),
+            }
+        }
     }
     ControlFlow::Continue(())
 }

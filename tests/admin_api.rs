@@ -49,6 +49,7 @@ fn progress(id: u64, service: &str, phase: Phase) -> Progress {
         acked: 1,
         total: 2,
         waiting_for: vec!["edge-2".into()],
+        not_waiting_for: vec![],
         checks: vec![],
         message: String::new(),
         warnings: Vec::new(),
@@ -82,6 +83,7 @@ fn proxy(id: &str, stream_id: u64, types: [TypeStatus; 4]) -> ProxyStatus {
         kind: StreamKind::Aggregated,
         delta: false,
         connected_since: SystemTime::now(),
+        identity: teal::identity::PeerIdentity::Unauthenticated,
         types,
     }
 }
@@ -121,6 +123,7 @@ impl Backend for FakeBackend {
                     acks: vec![("edge-1".into(), Duration::from_millis(120))],
                     target: Some(split(&[("blue", 100), ("green", 0)])),
                     warnings: Vec::new(),
+                    not_waited_for: Vec::new(),
                 }),
                 in_progress: None,
             }],
@@ -420,11 +423,11 @@ async fn proxies_table_tells_synced_stale_and_nacked() {
             .collect()
     };
     assert_eq!(
-        cells("edge-1")[3..],
+        cells("edge-1")[4..],
         ["SYNCED v2", "SYNCED v2", "SYNCED v2", "SYNCED v2"]
     );
-    assert_eq!(cells("edge-2")[6], "STALE v1");
-    assert_eq!(cells("edge-3")[5..], ["NOT SENT", "NACKED v2"]);
+    assert_eq!(cells("edge-2")[7], "STALE v1");
+    assert_eq!(cells("edge-3")[6..], ["NOT SENT", "NACKED v2"]);
     assert!(
         stdout.contains("edge-3 RDS NACKED v2: route: unknown cluster web-green"),
         "{stdout}"

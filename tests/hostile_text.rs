@@ -85,6 +85,7 @@ impl HostileBackend {
             acks: vec![(self.node_id.clone(), Duration::from_millis(5))],
             target: Some(split(&[("blue", 0), ("green", 100)])),
             warnings: vec![self.nack.clone()],
+            not_waited_for: vec![self.node_id.clone()],
         }
     }
 
@@ -101,6 +102,7 @@ impl HostileBackend {
             acked: 0,
             total: 1,
             waiting_for: vec![self.node_id.clone()],
+            not_waiting_for: vec![],
             checks: vec![CheckResult {
                 check: "health".into(),
                 endpoint: "green-1:8080".into(),
@@ -157,6 +159,7 @@ impl Backend for HostileBackend {
             kind: StreamKind::Aggregated,
             delta: false,
             connected_since: SystemTime::now(),
+            identity: teal::identity::PeerIdentity::Unauthenticated,
             types: [nacked.clone(), nacked.clone(), nacked.clone(), nacked],
         }]
     }

@@ -60,6 +60,7 @@ fn state(seq: u64) -> PersistedState {
                 acks: vec![("edge-1".into(), Duration::from_millis(id))],
                 target: None,
                 warnings: Vec::new(),
+                not_waited_for: Vec::new(),
             },
         );
     }

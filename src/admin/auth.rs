@@ -6,11 +6,17 @@
 //! anything must carry `authorization: Bearer <token>`; the matching
 //! token's name is the actor recorded in the history.
 //!
+//! The tokens file must not be readable or writable by group or others
+//! (as ssh insists for keys): such a file is refused when teal starts. It
+//! is re-read on SIGHUP, so a token is revoked without a restart; a file
+//! that does not load then is refused and the tokens in force stay.
+//!
 //! Tokens are compared by their SHA-256 digests in constant time, so
 //! neither a token's contents nor its length leak through timing.
 
 use std::fmt;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
@@ -29,6 +35,17 @@ pub enum TokensError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// Group or others may read or write the file.
+    #[error(
+        "{path} is open to group or others (mode {mode:03o}); it holds secrets: \
+         chmod 600 {path}"
+    )]
+    TooOpen {
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// A line is not `name:token`.
     #[error("{path}:{line}: expected `name:token`")]
     Malformed {
@@ -39,16 +56,23 @@ pub enum TokensError {
     },
 }
 
-/// The accepted admin tokens. `Debug` never shows them.
+/// (name, SHA-256 of the token).
+type Entries = Vec<(String, [u8; 32])>;
+
+/// The accepted admin tokens. `Debug` never shows them. Clones share one
+/// set, so [`Tokens::replace`] (a SIGHUP) reaches the server that holds a
+/// clone.
 #[derive(Clone, Default)]
 pub struct Tokens {
-    /// (name, SHA-256 of the token).
-    entries: Vec<(String, [u8; 32])>,
+    /// Read per authorized call and replaced whole on reload; never held
+    /// across an `.await`.
+    entries: Arc<RwLock<Arc<Entries>>>,
 }
 
 impl fmt::Debug for Tokens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = self.entries.iter().map(|(n, _)| n.as_str()).collect();
+        let entries = self.snapshot();
+        let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
         f.debug_struct("Tokens").field("names", &names).finish()
     }
 }
@@ -68,10 +92,33 @@ impl Tokens {
         Tokens::default()
     }
 
+    fn snapshot(&self) -> Arc<Entries> {
+        self.entries
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     /// Adds a token.
-    pub fn with(mut self, name: &str, token: &str) -> Tokens {
-        self.entries.push((name.to_owned(), digest(token)));
+    pub fn with(self, name: &str, token: &str) -> Tokens {
+        {
+            let mut guard = self
+                .entries
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            Arc::make_mut(&mut guard).push((name.to_owned(), digest(token)));
+        }
         self
+    }
+
+    /// Puts the tokens of `other` in force in place of these, for every
+    /// clone.
+    pub fn replace(&self, other: &Tokens) {
+        let new = other.snapshot();
+        *self
+            .entries
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = new;
     }
 
     /// Parses a tokens file's text; `path` names it in errors.
@@ -97,9 +144,21 @@ impl Tokens {
         Ok(tokens)
     }
 
-    /// Reads a tokens file.
+    /// Reads a tokens file; refuses one open to group or others.
     pub fn from_file(path: &Path) -> Result<Tokens, TokensError> {
         let name = path.display().to_string();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(path).map_err(|source| TokensError::Unreadable {
+                path: name.clone(),
+                source,
+            })?;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(TokensError::TooOpen { path: name, mode });
+            }
+        }
         let text = std::fs::read_to_string(path).map_err(|source| TokensError::Unreadable {
             path: name.clone(),
             source,
@@ -124,17 +183,17 @@ impl Tokens {
 
     /// Whether no token is accepted.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.snapshot().is_empty()
     }
 
     /// The name of the token, if it is one of ours. Every entry is
     /// compared, so the time taken does not depend on which one matched.
-    pub fn name_of(&self, token: &str) -> Option<&str> {
+    pub fn name_of(&self, token: &str) -> Option<String> {
         let d = digest(token);
         let mut found = None;
-        for (name, known) in &self.entries {
+        for (name, known) in self.snapshot().iter() {
             if same(known, &d) && found.is_none() {
-                found = Some(name.as_str());
+                found = Some(name.clone());
             }
         }
         found
@@ -166,7 +225,6 @@ impl Tokens {
                 tonic::Status::unauthenticated("authorization is not `Bearer <token>`")
             })?;
         self.name_of(token)
-            .map(str::to_owned)
             .ok_or_else(|| tonic::Status::unauthenticated("unknown admin token"))
     }
 }
@@ -178,10 +236,36 @@ mod tests {
     #[test]
     fn parses_names_and_skips_comments() {
         let t = Tokens::parse("# ops\nalice: s3cret\n\nci:abc:def\n", "t").expect("valid");
-        assert_eq!(t.name_of("s3cret"), Some("alice"));
-        assert_eq!(t.name_of("abc:def"), Some("ci"));
+        assert_eq!(t.name_of("s3cret").as_deref(), Some("alice"));
+        assert_eq!(t.name_of("abc:def").as_deref(), Some("ci"));
         assert_eq!(t.name_of("nope"), None);
         assert!(!format!("{t:?}").contains("s3cret"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_file_open_to_group_or_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "ops:tok\n").expect("write");
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let e = Tokens::from_file(&path).expect_err("too open");
+            assert!(matches!(e, TokensError::TooOpen { .. }), "{mode:o}: {e}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let t = Tokens::from_file(&path).expect("private file");
+        assert_eq!(t.name_of("tok").as_deref(), Some("ops"));
+    }
+
+    #[test]
+    fn a_replacement_reaches_every_clone() {
+        let served = Tokens::none().with("old", "a");
+        let held = served.clone();
+        held.replace(&Tokens::none().with("new", "b"));
+        assert_eq!(served.name_of("a"), None, "revoked");
+        assert_eq!(served.name_of("b").as_deref(), Some("new"));
     }
 
     #[test]

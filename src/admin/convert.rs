@@ -144,6 +144,7 @@ pub fn progress(p: &Progress) -> pb::Progress {
         message: p.message.clone(),
         outcome: p.outcome.as_ref().map(outcome),
         warnings: p.warnings.clone(),
+        not_waiting_for: p.not_waiting_for.clone(),
     }
 }
 
@@ -170,6 +171,7 @@ pub fn history_entry(h: &HistoryEntry) -> pb::HistoryEntry {
             .collect(),
         target: h.target.as_ref().map(split),
         warnings: h.warnings.clone(),
+        not_waited_for: h.not_waited_for.clone(),
     }
 }
 
@@ -201,6 +203,7 @@ pub fn status_view(v: &StatusView) -> pb::StatusResponse {
     pb::StatusResponse {
         version: v.version.clone(),
         services: v.services.iter().map(service_status).collect(),
+        cordons: Vec::new(),
     }
 }
 
@@ -242,6 +245,10 @@ pub fn proxy(p: &ProxyStatus) -> pb::Proxy {
             .iter()
             .map(|ty| type_status(*ty, p.of(*ty)))
             .collect(),
+        identity: p.identity.to_string(),
+        // Cordons are not part of a proxy's stream; the service adds them.
+        cordoned: false,
+        cordon_reason: String::new(),
     }
 }
 

@@ -60,6 +60,8 @@ pub struct Metrics {
     nacks: Family<TypeLabel, Counter>,
     /// Milliseconds; a clone shares the same buckets.
     convergence: Histogram,
+    /// Proxies cordoned now; set whenever the cordons change.
+    cordoned: Gauge,
 }
 
 impl Default for Metrics {
@@ -77,6 +79,7 @@ impl Metrics {
             acks: Family::default(),
             nacks: Family::default(),
             convergence: Histogram::new(CONVERGENCE_BUCKETS_MS.map(|ms| ms as f64)),
+            cordoned: Gauge::default(),
         };
         for ty in ResourceType::ALL {
             for family in [&m.sent, &m.acks, &m.nacks] {
@@ -112,6 +115,13 @@ impl Metrics {
     }
 
     /// The whole `/metrics` page: counters plus gauges read from `backend`.
+    /// Records how many proxies are cordoned.
+    pub fn set_cordoned(&self, count: usize) {
+        self.cordoned.set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Renders the page: connected proxies and service weights come from
+    /// `backend` at the time of the scrape.
     pub async fn render(&self, backend: &dyn Backend) -> String {
         let groups: Vec<String> = backend
             .proxies()
@@ -142,6 +152,11 @@ impl Metrics {
             "teal_connected_proxies",
             "Connected proxy streams per proxy group",
             proxies,
+        );
+        registry.register(
+            "teal_cordoned_proxies",
+            "Proxies cordoned: operations do not wait for them",
+            self.cordoned.clone(),
         );
 
         self.register_counters(&mut registry);

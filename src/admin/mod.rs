@@ -18,6 +18,8 @@
 //! | `Abort` | **yes** | Stops an operation: ends it before its commit, undoes the step being confirmed. |
 //! | `Verify` | no | Runs a service's checks against one fleet now. |
 //! | `History` | no | A service's past changes, newest first. |
+//! | `Cordon` | **yes** | Operations stop waiting for one proxy (by node id) and ignore its NACKs; durable. |
+//! | `Uncordon` | **yes** | Lifts a cordon. |
 //!
 //! HTTP/1.1 (or h2) `GET`:
 //!
@@ -28,7 +30,8 @@
 //! # Auth
 //!
 //! Reads are open to whoever can reach the port, which is why it listens on
-//! loopback by default. Calls that change anything need the metadata
+//! loopback by default (or, beyond it, with TLS and client certificates:
+//! see [`crate::tls`]). Calls that change anything need the metadata
 //! `authorization: Bearer <token>` with a token from [`Tokens`] (a tokens
 //! file of `name:token` lines, or `TEAL_ADMIN_TOKEN` as `admin`); the
 //! token's name is recorded as the actor. A missing or unknown token gets
@@ -60,14 +63,23 @@ use tonic::service::Routes;
 use crate::listener::{ConnectionLimits, Incoming, Port};
 use crate::rollout::Backend;
 use crate::shutdown::Shutdown;
+use crate::tls::ServerTls;
+use crate::xds::ProxyRegistry;
 
 pub use auth::{Tokens, TokensError};
 pub use metrics::Metrics;
 pub use server::AdminService;
 
 /// The gRPC service and the HTTP paths, as one router.
-pub fn routes(backend: Arc<dyn Backend>, metrics: Arc<Metrics>, tokens: Tokens) -> Routes {
-    let grpc = Routes::new(AdminService::new(backend.clone(), tokens).into_server());
+pub fn routes(
+    backend: Arc<dyn Backend>,
+    metrics: Arc<Metrics>,
+    tokens: Tokens,
+    registry: Arc<ProxyRegistry>,
+) -> Routes {
+    let service =
+        AdminService::new(backend.clone(), tokens).with_cordons(registry, metrics.clone());
+    let grpc = Routes::new(service.into_server());
     let router = grpc
         .into_axum_router()
         .route(
@@ -97,6 +109,49 @@ pub async fn serve(
     tokens: Tokens,
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
+    let parts = Parts {
+        backend,
+        metrics,
+        tokens,
+        registry: ProxyRegistry::new(),
+    };
+    serve_tls(listener, limits, None, parts, shutdown).await
+}
+
+/// What the admin API serves.
+pub struct Parts {
+    /// The rollouts.
+    pub backend: Arc<dyn Backend>,
+    /// The counters of `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Who may change things.
+    pub tokens: Tokens,
+    /// The proxies, for their cordons.
+    pub registry: Arc<ProxyRegistry>,
+}
+
+impl std::fmt::Debug for Parts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parts")
+            .field("tokens", &self.tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`serve`], with TLS on the port when `tls` is given.
+pub async fn serve_tls(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    tls: Option<Arc<ServerTls>>,
+    parts: Parts,
+    shutdown: Shutdown,
+) -> Result<(), tonic::transport::Error> {
+    let Parts {
+        backend,
+        metrics,
+        tokens,
+        registry,
+    } = parts;
     if tokens.is_empty() {
         tracing::warn!(
             "admin API has no tokens: flip, shift, rollback, retire and abort are refused \
@@ -115,9 +170,10 @@ pub async fn serve(
         // long step) clear of the idle timeout.
         .http2_keepalive_interval(Some(limits.keepalive()))
         .http2_keepalive_timeout(Some(limits.keepalive()))
-        .add_routes(routes(backend, metrics, tokens))
-        .serve_with_incoming_shutdown(Incoming::new(listener, Port::Admin, limits), async move {
-            stop.wait().await
-        })
+        .add_routes(routes(backend, metrics, tokens, registry))
+        .serve_with_incoming_shutdown(
+            Incoming::new(listener, Port::Admin, limits).with_tls(tls),
+            async move { stop.wait().await },
+        )
         .await
 }

@@ -16,7 +16,12 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::cordon::CordonError;
 use crate::rollout::{Backend, ErrorKind, Operation, Progress, RolloutError};
+use crate::text::untrusted;
+use crate::xds::ProxyRegistry;
+
+use super::Metrics;
 
 use super::auth::Tokens;
 use super::convert;
@@ -31,6 +36,10 @@ pub type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::Progress, Status>
 pub struct AdminService {
     backend: Arc<dyn Backend>,
     tokens: Arc<Tokens>,
+    /// The proxies, for their cordons (and to wake running operations
+    /// when a cordon changes).
+    registry: Arc<ProxyRegistry>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for AdminService {
@@ -47,7 +56,39 @@ impl AdminService {
         AdminService {
             backend,
             tokens: Arc::new(tokens),
+            registry: ProxyRegistry::new(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// The service with the cordons of `registry`, counted in `metrics`.
+    pub fn with_cordons(mut self, registry: Arc<ProxyRegistry>, metrics: Arc<Metrics>) -> Self {
+        metrics.set_cordoned(registry.cordons().len());
+        self.registry = registry;
+        self.metrics = metrics;
+        self
+    }
+
+    /// The cordons, as messages.
+    fn cordons(&self) -> Vec<pb::CordonInfo> {
+        self.registry
+            .cordons()
+            .all()
+            .into_iter()
+            .map(|(node_id, c)| pb::CordonInfo {
+                node_id,
+                reason: c.reason,
+                actor: c.actor,
+                since_unix_ms: c.since_unix_ms,
+            })
+            .collect()
+    }
+
+    /// After a cordon changed: the metric, and running operations look at
+    /// the proxies again.
+    fn cordons_changed(&self) {
+        self.metrics.set_cordoned(self.registry.cordons().len());
+        self.registry.notify();
     }
 
     /// The generated tonic server wrapping this service.
@@ -102,6 +143,19 @@ pub fn progress_stream(mut rx: watch::Receiver<Progress>) -> ProgressStream {
     Box::pin(ReceiverStream::new(out))
 }
 
+/// The status a cordon change is refused with.
+fn cordon_status(e: CordonError) -> Status {
+    match e {
+        CordonError::EmptyNode | CordonError::TooLong { .. } => {
+            Status::invalid_argument(e.to_string())
+        }
+        CordonError::TooMany => Status::resource_exhausted(e.to_string()),
+        CordonError::Io { .. } | CordonError::Corrupt { .. } => {
+            Status::unavailable(format!("state store: {e}"))
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn status(
@@ -110,7 +164,9 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let service = request.into_inner().service.filter(|s| !s.is_empty());
         let view = self.backend.status(service.as_deref()).await?;
-        Ok(Response::new(convert::status_view(&view)))
+        let mut response = convert::status_view(&view);
+        response.cordons = self.cordons();
+        Ok(Response::new(response))
     }
 
     async fn proxies(
@@ -119,7 +175,15 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ProxiesResponse>, Status> {
         let proxies = self.backend.proxies();
         let current = self.backend.current_versions();
-        Ok(Response::new(convert::proxies(&proxies, &current)))
+        let mut response = convert::proxies(&proxies, &current);
+        let cordons = self.registry.cordons();
+        for p in &mut response.proxies {
+            if let Some(c) = cordons.get(&p.node_id) {
+                p.cordoned = true;
+                p.cordon_reason = c.reason;
+            }
+        }
+        Ok(Response::new(response))
     }
 
     type FlipStream = ProgressStream;
@@ -172,6 +236,38 @@ impl Admin for AdminService {
         tracing::info!(%actor, id, "admin: abort requested");
         self.backend.abort(id, &actor).await?;
         Ok(Response::new(pb::AbortResponse {}))
+    }
+
+    async fn cordon(
+        &self,
+        request: Request<pb::CordonRequest>,
+    ) -> Result<Response<pb::CordonResponse>, Status> {
+        let actor = self.tokens.authorize(request.metadata())?;
+        let r = request.into_inner();
+        let changed = self
+            .registry
+            .cordons()
+            .cordon(&r.node_id, &r.reason, &actor)
+            .map_err(cordon_status)?;
+        tracing::info!(%actor, node = %untrusted(&r.node_id), reason = %untrusted(&r.reason), "admin: proxy cordoned");
+        self.cordons_changed();
+        Ok(Response::new(pb::CordonResponse { changed }))
+    }
+
+    async fn uncordon(
+        &self,
+        request: Request<pb::UncordonRequest>,
+    ) -> Result<Response<pb::UncordonResponse>, Status> {
+        let actor = self.tokens.authorize(request.metadata())?;
+        let r = request.into_inner();
+        let changed = self
+            .registry
+            .cordons()
+            .uncordon(&r.node_id)
+            .map_err(cordon_status)?;
+        tracing::info!(%actor, node = %untrusted(&r.node_id), "admin: proxy uncordoned");
+        self.cordons_changed();
+        Ok(Response::new(pb::UncordonResponse { changed }))
     }
 
     async fn verify(

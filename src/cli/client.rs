@@ -126,6 +126,13 @@ pub struct Target {
     pub token_file: Option<PathBuf>,
     /// The largest answer decoded; 0 means [`DEFAULT_MAX_RESPONSE_BYTES`].
     pub max_response_bytes: usize,
+    /// The CA (PEM) that signs the server's certificate, for `https://`;
+    /// the system's roots without it.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS, with `key`.
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of `cert`.
+    pub key: Option<PathBuf>,
 }
 
 /// The local token of a teal on this machine (see
@@ -163,6 +170,8 @@ pub struct Conn {
     /// The address, for messages.
     pub addr: String,
     token: Option<String>,
+    /// Whether the connection is TLS.
+    tls: bool,
 }
 
 impl Conn {
@@ -193,10 +202,13 @@ impl Conn {
         let endpoint = Endpoint::from_shared(uri)
             .map_err(|e| Failure::new(EX_USAGE, format!("bad --admin address {addr:?}: {e}")))?
             .connect_timeout(Duration::from_secs(5));
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| unreachable_admin(&addr, &error_chain(&e)))?;
+        let connector = tls_connector(target, endpoint.uri())?;
+        let tls = connector.is_some();
+        let connected = match connector {
+            Some(tls) => endpoint.connect_with_connector(tls).await,
+            None => endpoint.connect().await,
+        };
+        let channel = connected.map_err(|e| unreachable_admin(&addr, &error_chain(&e)))?;
         let max = match target.max_response_bytes {
             0 => DEFAULT_MAX_RESPONSE_BYTES,
             n => n,
@@ -205,11 +217,20 @@ impl Conn {
             client: AdminClient::new(channel).max_decoding_message_size(max),
             addr,
             token,
+            tls,
         })
     }
 
-    /// A request carrying the token, if there is one.
+    /// A request without the token: reads never send it, so a server
+    /// (or whoever answers at the address) sees it only when a change
+    /// needs it.
     pub fn request<T>(&self, message: T) -> Request<T> {
+        Request::new(message)
+    }
+
+    /// A request carrying the token, if there is one: for the calls that
+    /// change things.
+    pub fn signed<T>(&self, message: T) -> Request<T> {
         let mut req = Request::new(message);
         if let Some(token) = &self.token {
             match format!("Bearer {token}").parse() {
@@ -224,8 +245,63 @@ impl Conn {
 
     /// Maps a status from this server.
     pub fn fail(&self, status: &Status) -> Failure {
+        // With TLS 1.3 the server refuses a client certificate after the
+        // handshake: the first call fails with its alert, or with the
+        // connection reset, depending on timing.
+        if self.tls && status.code() == Code::Unknown {
+            let why = match crate::tls::rustls_error(status) {
+                Some(e) => e.to_string(),
+                None => error_chain(status),
+            };
+            return unreachable_admin(
+                &self.addr,
+                &format!(
+                    "the server closed the TLS connection ({why}); is --cert a certificate \
+                     its --admin-client-ca signed?"
+                ),
+            );
+        }
         Failure::from_status(status, &self.addr)
     }
+}
+
+/// The TLS connector for an `https://` address; `None` for plaintext. TLS
+/// files with a plaintext address are refused rather than ignored: the
+/// user meant TLS, and the token must not cross in the clear.
+fn tls_connector(
+    target: &Target,
+    uri: &http::Uri,
+) -> Result<Option<crate::tls::TlsConnector>, Failure> {
+    let https = uri.scheme_str() == Some("https");
+    let files_given = target.ca.is_some() || target.cert.is_some() || target.key.is_some();
+    if !https {
+        if files_given {
+            return Err(Failure::new(
+                EX_USAGE,
+                "--ca, --cert and --key (TEAL_CA, TEAL_CERT, TEAL_KEY) need an https:// \
+                 --admin address",
+            ));
+        }
+        return Ok(None);
+    }
+    let identity = match (&target.cert, &target.key) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        (None, None) => None,
+        _ => {
+            return Err(Failure::new(
+                EX_USAGE,
+                "--cert and --key (TEAL_CERT, TEAL_KEY) go together",
+            ));
+        }
+    };
+    let config = crate::tls::client_config(target.ca.as_deref(), identity).map_err(|e| {
+        let code = match e {
+            crate::tls::TlsError::Unreadable { .. } => EX_NOINPUT,
+            _ => EX_USAGE,
+        };
+        Failure::new(code, format!("TLS: {}", untrusted(&e.to_string())))
+    })?;
+    Ok(Some(crate::tls::TlsConnector::new(config)))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -258,6 +334,11 @@ pub fn progress_line(p: &pb::Progress) -> String {
     } else {
         String::new()
     };
+    let not_waiting = if p.not_waiting_for.is_empty() {
+        String::new()
+    } else {
+        format!(" (not waiting for cordoned {})", names(&p.not_waiting_for))
+    };
     let mut line = match (&p.version, p.phase()) {
         (Some(v), pb::Phase::Confirming | pb::Phase::RollingBack) => {
             let mut s = format!(
@@ -281,6 +362,7 @@ pub fn progress_line(p: &pb::Progress) -> String {
                 };
                 s.push_str(&format!(" (waiting for {}{extra})", shown.join(", ")));
             }
+            s.push_str(&not_waiting);
             s
         }
         _ => format!("{step}{phase}"),
@@ -294,6 +376,21 @@ pub fn progress_line(p: &pb::Progress) -> String {
         line.push_str(&failed_check(c));
     }
     line
+}
+
+/// Up to five names, escaped and cut, and how many more.
+fn names(all: &[String]) -> String {
+    let shown: Vec<String> = all
+        .iter()
+        .take(5)
+        .map(|n| untrusted(n).max_chars(NAME_CHARS).to_string())
+        .collect();
+    let more = all.len().saturating_sub(shown.len());
+    if more > 0 {
+        format!("{} and {more} more", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
 }
 
 /// `  check NAME failed on ENDPOINT: DETAIL`, escaped and cut.
@@ -382,6 +479,13 @@ fn finish(p: &pb::Progress, outcome: &pb::Outcome, out: &mut dyn Write, err: &mu
     let name = outcome_name(kind);
     for w in &p.warnings {
         let _ = writeln!(err, "teal: warning: {}", untrusted(w));
+    }
+    if !p.not_waiting_for.is_empty() {
+        let _ = writeln!(
+            err,
+            "teal: did not wait for cordoned proxies: {}",
+            names(&p.not_waiting_for)
+        );
     }
     match kind {
         Kind::Succeeded => {

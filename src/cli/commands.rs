@@ -168,6 +168,27 @@ pub enum AdminCommand {
         /// The operation's id.
         id: u64,
     },
+    /// Stop waiting for a proxy: flips, shifts and rollbacks no longer
+    /// wait for its ACK, and its NACKs no longer roll them back.
+    ///
+    /// The proxy keeps its stream and receives every version. For a proxy
+    /// that is stuck or broken, so it does not block every release until
+    /// it is fixed. Durable (survives restarts); shown in `teal status`
+    /// and `teal proxies` (CORDONED). Needs the admin token.
+    #[command(after_long_help = "Example:\n  teal cordon edge-17 --reason 'disk full, INC-4411'")]
+    Cordon {
+        /// The proxy's node id (`node.id`), as `teal proxies` shows it.
+        node_id: String,
+        /// Why, for whoever looks next.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Wait for a proxy again: lifts `teal cordon`.
+    #[command(after_long_help = "Example:\n  teal uncordon edge-17")]
+    Uncordon {
+        /// The proxy's node id.
+        node_id: String,
+    },
     /// Follow an operation already running, until its outcome.
     #[command(after_long_help = "Example:\n  teal follow 42")]
     Follow {
@@ -297,6 +318,8 @@ async fn run(
             ops::retire(c, r, out, err).await
         }
         AdminCommand::Abort { id } => ops::abort(c, id, out).await,
+        AdminCommand::Cordon { node_id, reason } => ops::cordon(c, node_id, reason, out).await,
+        AdminCommand::Uncordon { node_id } => ops::uncordon(c, node_id, out).await,
         AdminCommand::Follow { id } => ops::follow(c, id, out, err).await,
     }
 }

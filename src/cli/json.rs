@@ -75,6 +75,7 @@ pub fn change(h: &pb::HistoryEntry) -> Value {
         "acks": h.acks.iter().map(|a| json!({"proxy": a.proxy, "after_ms": a.after_ms})).collect::<Vec<_>>(),
         "target": h.target.as_ref().map(|t| split(Some(t))),
         "warnings": h.warnings,
+        "not_waited_for": h.not_waited_for,
     })
 }
 
@@ -93,6 +94,7 @@ pub fn progress(p: &pb::Progress) -> Value {
         "acked": p.acked,
         "total": p.total,
         "waiting_for": p.waiting_for,
+        "not_waiting_for": p.not_waiting_for,
         "checks": p.checks.iter().map(check).collect::<Vec<_>>(),
         "message": p.message,
         "warnings": p.warnings,
@@ -123,5 +125,10 @@ pub fn status(s: &pb::StatusResponse, now: std::time::SystemTime) -> Value {
             })
         })
         .collect();
-    json!({"version": s.version, "services": services})
+    let cordons: Vec<Value> = s
+        .cordons
+        .iter()
+        .map(|c| json!({"node_id": c.node_id, "reason": c.reason, "actor": c.actor, "since_unix_ms": c.since_unix_ms}))
+        .collect();
+    json!({"version": s.version, "services": services, "cordons": cordons})
 }

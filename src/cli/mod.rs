@@ -71,7 +71,10 @@ const FLOW: &str = "A blue/green release with teal:
   teal retire web blue --after 30m      # once green has proven itself
   teal history web
 
+  teal cordon edge-17 --reason '...'     # stop waiting for one stuck proxy
+
 Changes need the admin token: --token, TEAL_TOKEN or --token-file.
+An https:// --admin speaks TLS only: --ca, --cert, --key (TEAL_CA, ...).
 Exit codes: 0 done, 1 refused, 2 rolled back, 3 aborted, 4 in effect but
 not confirmed by every proxy, 5 interrupted by a teal restart, 64 usage,
 66 token file unreadable, 69 admin API unreachable, 70 server error,
@@ -107,6 +110,35 @@ pub struct AdminArgs {
           default_value_t = client::DEFAULT_MAX_RESPONSE_BYTES,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1 << 20..=1 << 30))]
     pub max_response_bytes: usize,
+    /// CA (PEM) that signs the admin API's certificate, for an https://
+    /// --admin (default: the system's CAs). An https:// address never
+    /// falls back to plaintext.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Admin API",
+        value_name = "FILE",
+        env = "TEAL_CA"
+    )]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for an admin API that asks for one (mTLS).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Admin API",
+        value_name = "FILE",
+        env = "TEAL_CERT"
+    )]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Admin API",
+        value_name = "FILE",
+        env = "TEAL_KEY"
+    )]
+    pub key: Option<PathBuf>,
 }
 
 /// How read commands print.
@@ -129,7 +161,7 @@ pub enum Command {
     /// file with problems is refused and the last good config stays. SIGINT
     /// or SIGTERM closes proxy streams (they reconnect elsewhere) and exits 0;
     /// a panic in any of teal's tasks exits 70.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check a config file; print every problem with its line and column.
     ///
     /// Exits 0 when the file is valid, 65 when it has problems, 66 when it
@@ -204,6 +236,56 @@ pub struct ServeArgs {
     /// What proxies and other clients may make teal hold.
     #[command(flatten)]
     pub limits: serve_limits::LimitArgs,
+    /// TLS on both ports.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// TLS options of `teal serve`. The files are re-read when they change
+/// and on SIGHUP; a rotation to a file that does not load is refused and
+/// logged, and the previous certificate keeps serving.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "TLS")]
+pub struct TlsArgs {
+    /// Certificate chain (PEM) of the xDS port; with --xds-tls-key, the
+    /// port speaks TLS only.
+    #[arg(long, value_name = "FILE", requires = "xds_tls_key")]
+    pub xds_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --xds-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "xds_tls_cert")]
+    pub xds_tls_key: Option<PathBuf>,
+    /// CA (PEM) whose client certificates proxies must present (mTLS); a
+    /// proxy's identity is then its certificate's SPIFFE ID or DNS names.
+    #[arg(long, value_name = "FILE", requires = "xds_tls_cert")]
+    pub xds_client_ca: Option<PathBuf>,
+    /// Certificate chain (PEM) of the admin port.
+    #[arg(long, value_name = "FILE", requires = "admin_tls_key")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --admin-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "admin_tls_cert")]
+    pub admin_tls_key: Option<PathBuf>,
+    /// CA (PEM) whose client certificates the CLI must present (mTLS).
+    #[arg(long, value_name = "FILE", requires = "admin_tls_cert")]
+    pub admin_client_ca: Option<PathBuf>,
+    /// Serve the admin API in plaintext even on a non-loopback
+    /// --admin-addr (refused otherwise); tokens then cross the network in
+    /// the clear.
+    #[arg(long)]
+    pub admin_insecure: bool,
+}
+
+impl TlsArgs {
+    fn files(
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        client_ca: Option<PathBuf>,
+    ) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: cert?,
+            key: key?,
+            client_ca,
+        })
+    }
 }
 
 fn watch_interval(s: &str) -> Result<Duration, String> {
@@ -259,7 +341,7 @@ pub fn run(cli: Cli) -> ExitCode {
             &mut std::io::stdout(),
             &mut std::io::stderr(),
         ),
-        Command::Serve(args) => serve_command(args),
+        Command::Serve(args) => serve_command(*args),
         Command::Admin(cmd) => admin_command(&cli.admin, cmd),
     };
     ExitCode::from(code)
@@ -281,6 +363,9 @@ fn admin_command(args: &AdminArgs, cmd: commands::AdminCommand) -> u8 {
         token: args.token.clone(),
         token_file: args.token_file.clone(),
         max_response_bytes: args.max_response_bytes,
+        ca: args.ca.clone(),
+        cert: args.cert.clone(),
+        key: args.key.clone(),
     };
     runtime.block_on(commands::run_admin(
         &target,
@@ -313,6 +398,17 @@ fn serve_command(args: ServeArgs) -> u8 {
         admin_connections: crate::listener::ConnectionLimits::default_for(
             crate::listener::Port::Admin,
         ),
+        xds_tls: TlsArgs::files(
+            args.tls.xds_tls_cert,
+            args.tls.xds_tls_key,
+            args.tls.xds_client_ca,
+        ),
+        admin_tls: TlsArgs::files(
+            args.tls.admin_tls_cert,
+            args.tls.admin_tls_key,
+            args.tls.admin_client_ca,
+        ),
+        admin_insecure: args.tls.admin_insecure,
     };
     args.limits
         .apply(&mut opts.xds, &mut opts.admin_connections);

@@ -7,6 +7,7 @@ use std::io::Write;
 use crate::admin::pb;
 
 use super::client::{self, Conn, EX_OK, Failure};
+use crate::text::untrusted;
 
 /// Follows an operation stream that `call` started.
 async fn run(
@@ -26,7 +27,7 @@ pub async fn flip(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<u8, Failure> {
-    let req = conn.request(r);
+    let req = conn.signed(r);
     let call = conn.client.flip(req).await;
     run(conn, call, out, err).await
 }
@@ -39,7 +40,7 @@ pub async fn shift(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<u8, Failure> {
-    let req = conn.request(r);
+    let req = conn.signed(r);
     let call = conn.client.shift(req).await;
     run(conn, call, out, err).await
 }
@@ -51,7 +52,7 @@ pub async fn rollback(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<u8, Failure> {
-    let req = conn.request(r);
+    let req = conn.signed(r);
     let call = conn.client.rollback(req).await;
     run(conn, call, out, err).await
 }
@@ -63,7 +64,7 @@ pub async fn retire(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<u8, Failure> {
-    let req = conn.request(r);
+    let req = conn.signed(r);
     let call = conn.client.retire(req).await;
     run(conn, call, out, err).await
 }
@@ -80,9 +81,59 @@ pub async fn follow(
     run(conn, call, out, err).await
 }
 
+/// `teal cordon`.
+pub async fn cordon(
+    conn: &mut Conn,
+    node_id: String,
+    reason: String,
+    out: &mut dyn Write,
+) -> Result<u8, Failure> {
+    let shown = untrusted(&node_id).to_string();
+    let req = conn.signed(pb::CordonRequest { node_id, reason });
+    let r = conn
+        .client
+        .cordon(req)
+        .await
+        .map_err(|e| conn.fail(&e))?
+        .into_inner();
+    let what = if r.changed {
+        "cordoned"
+    } else {
+        "was cordoned already (reason updated)"
+    };
+    let _ = writeln!(
+        out,
+        "{shown} {what}: operations no longer wait for it; undo with: teal uncordon {shown}"
+    );
+    Ok(EX_OK)
+}
+
+/// `teal uncordon`.
+pub async fn uncordon(
+    conn: &mut Conn,
+    node_id: String,
+    out: &mut dyn Write,
+) -> Result<u8, Failure> {
+    let shown = untrusted(&node_id).to_string();
+    let req = conn.signed(pb::UncordonRequest { node_id });
+    let r = conn
+        .client
+        .uncordon(req)
+        .await
+        .map_err(|e| conn.fail(&e))?
+        .into_inner();
+    let what = if r.changed {
+        "uncordoned: operations wait for it again"
+    } else {
+        "was not cordoned"
+    };
+    let _ = writeln!(out, "{shown} {what}");
+    Ok(EX_OK)
+}
+
 /// `teal abort`.
 pub async fn abort(conn: &mut Conn, id: u64, out: &mut dyn Write) -> Result<u8, Failure> {
-    let req = conn.request(pb::AbortRequest { id });
+    let req = conn.signed(pb::AbortRequest { id });
     conn.client.abort(req).await.map_err(|e| conn.fail(&e))?;
     let _ = writeln!(
         out,

@@ -9,6 +9,9 @@
 //! - NACKED: it rejected the last version sent; the error is listed below
 //!   the table.
 //! - NOT SENT: nothing of that type was sent on the stream.
+//!
+//! IDENTITY is what the proxy's client certificate proved (its SPIFFE ID,
+//! or its DNS names), `unauthenticated` without mTLS on the xDS port.
 
 use std::io::Write;
 
@@ -47,17 +50,36 @@ fn expected<'a>(r: &'a pb::ProxiesResponse, group: &str, ty: usize) -> Option<&'
 /// The proxies as a table, followed by every NACK's message (escaped, and
 /// cut at [`crate::text::DEFAULT_MAX_CHARS`]).
 pub fn proxies_text(r: &pb::ProxiesResponse) -> String {
-    let mut t = Table::new(&["PROXY", "GROUP", "STREAM", "CDS", "EDS", "LDS", "RDS"]);
+    let mut t = Table::new(&[
+        "PROXY", "GROUP", "IDENTITY", "STREAM", "CDS", "EDS", "LDS", "RDS",
+    ]);
     let mut nacks = Vec::new();
+    let mut cordoned = Vec::new();
     for p in &r.proxies {
         let id = if p.node_id.is_empty() {
             format!("(stream {})", p.stream_id)
         } else {
             p.node_id.clone()
         };
+        if p.cordoned {
+            cordoned.push(format!(
+                "{} CORDONED{}",
+                untrusted(&id).max_chars(CELL_MAX_CHARS),
+                if p.cordon_reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", untrusted(&p.cordon_reason))
+                }
+            ));
+        }
         let mut row = vec![
-            id.clone(),
+            if p.cordoned {
+                format!("{id} CORDONED")
+            } else {
+                id.clone()
+            },
             p.group.clone(),
+            identity(p).to_owned(),
             format!("{}{}", p.kind, if p.delta { " delta" } else { "" }),
         ];
         for (i, ty) in p.types.iter().enumerate().take(4) {
@@ -88,11 +110,20 @@ pub fn proxies_text(r: &pb::ProxiesResponse) -> String {
     } else {
         t.render()
     };
-    for n in nacks {
+    for n in nacks.into_iter().chain(cordoned) {
         text.push_str(&n);
         text.push('\n');
     }
     text
+}
+
+/// The identity to show: `unauthenticated` from a server that sends none.
+fn identity(p: &pb::Proxy) -> &str {
+    if p.identity.is_empty() {
+        "unauthenticated"
+    } else {
+        &p.identity
+    }
 }
 
 /// `teal proxies`.
@@ -120,7 +151,8 @@ pub async fn proxies(conn: &mut Conn, output: Output, out: &mut dyn Write) -> Re
                 }).collect();
                 json!({
                     "node_id": p.node_id, "group": p.group, "stream_id": p.stream_id, "kind": p.kind,
-                    "delta": p.delta, "user_agent": p.user_agent,
+                    "delta": p.delta, "user_agent": p.user_agent, "identity": identity(p),
+                    "cordoned": p.cordoned, "cordon_reason": p.cordon_reason,
                     "connected_since_unix_ms": p.connected_since_unix_ms, "types": types,
                 })
             }).collect();
@@ -216,8 +248,8 @@ mod tests {
         };
         assert_eq!(
             proxies_text(&r),
-            "PROXY   GROUP  STREAM  CDS       EDS      LDS       RDS\n\
-             edge-1  edge   ADS     SYNCED 2  STALE 1  NOT SENT  NACKED 2\n\
+            "PROXY   GROUP  IDENTITY         STREAM  CDS       EDS      LDS       RDS\n\
+             edge-1  edge   unauthenticated  ADS     SYNCED 2  STALE 1  NOT SENT  NACKED 2\n\
              edge-1 RDS NACKED 2: bad route\n"
         );
         assert_eq!(

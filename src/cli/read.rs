@@ -182,6 +182,22 @@ pub fn status_text(s: &pb::StatusResponse, now: i64) -> String {
             ));
         }
     }
+    if !s.cordons.is_empty() {
+        text.push_str("\ncordoned proxies (operations do not wait for them):\n");
+        for c in &s.cordons {
+            let reason = if c.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", untrusted(&c.reason))
+            };
+            text.push_str(&format!(
+                "  {} by {}, {} ago{reason}\n",
+                untrusted(&c.node_id).max_chars(table::CELL_MAX_CHARS),
+                untrusted(&c.actor),
+                ago(c.since_unix_ms, now)
+            ));
+        }
+    }
     text
 }
 

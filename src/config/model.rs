@@ -130,6 +130,10 @@ pub struct Check {
 pub struct Group {
     /// Listeners by name. Never empty.
     pub listeners: BTreeMap<String, Listener>,
+    /// Identities (SPIFFE IDs or DNS names of client certificates, `*` for
+    /// one whole segment) that may join the group; empty admits any
+    /// proxy, with or without a certificate.
+    pub identities: Vec<crate::identity::IdentityPattern>,
 }
 
 /// One listener of a group.

@@ -36,11 +36,17 @@ use super::{Command, CommitError, ControllerError, ReloadError, Reloaded};
 pub(super) struct Running {
     pub(super) rollout: Rollout,
     pub(super) progress: watch::Sender<Progress>,
+    /// Cordoned proxies the operation did not wait for, as last observed.
+    pub(super) not_waiting_for: Vec<String>,
+    /// Every one it did not wait for at some point, for its history entry.
+    pub(super) not_waited_for: BTreeSet<String>,
 }
 
 impl Running {
     fn publish(&self) {
-        self.progress.send_replace(self.rollout.progress());
+        let mut progress = self.rollout.progress();
+        progress.not_waiting_for = self.not_waiting_for.clone();
+        self.progress.send_replace(progress);
     }
 }
 
@@ -95,6 +101,7 @@ impl Driver {
                     convergence: None,
                     acks: Vec::new(),
                     warnings: op.warnings.clone(),
+                    not_waited_for: Vec::new(),
                 },
             );
         }
@@ -222,6 +229,8 @@ impl Driver {
                 Running {
                     rollout,
                     progress: tx,
+                    not_waiting_for: Vec::new(),
+                    not_waited_for: BTreeSet::new(),
                 },
             );
             self.carry_out(&service, actions).await;
@@ -540,6 +549,8 @@ impl Driver {
             Running {
                 rollout,
                 progress: tx,
+                not_waiting_for: Vec::new(),
+                not_waited_for: BTreeSet::new(),
             },
         );
         Ok((rx, actions))
@@ -703,6 +714,7 @@ impl Driver {
             convergence,
             acks,
             warnings: progress.warnings,
+            not_waited_for: running.not_waited_for.iter().cloned().collect(),
         };
         self.state.record(service, entry);
         let state = self.state.clone();
@@ -765,8 +777,9 @@ impl Driver {
     }
 
     /// The proxies of every group that routes `service`, as the rollout
-    /// sees them, measured against the version it committed.
-    fn proxy_views(&self, service: &str) -> Vec<ProxyView> {
+    /// sees them, measured against the version it committed; cordoned ones
+    /// are left out and noted on the running operation.
+    fn proxy_views(&mut self, service: &str) -> Vec<ProxyView> {
         let groups: BTreeSet<&str> = self
             .config
             .groups
@@ -780,7 +793,19 @@ impl Driver {
             .and_then(|r| r.rollout.version())
             .map(|v| v.seq);
         let snapshot = self.writer.current();
-        proxy_views(&self.registry.proxies(), &groups, &snapshot, committed)
+        let cordoned = self.registry.cordons().ids();
+        let (views, skipped) = proxy_views(
+            &self.registry.proxies(),
+            &groups,
+            &snapshot,
+            committed,
+            &cordoned,
+        );
+        if let Some(running) = self.running.get_mut(service) {
+            running.not_waited_for.extend(skipped.iter().cloned());
+            running.not_waiting_for = skipped;
+        }
+        views
     }
 }
 

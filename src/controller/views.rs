@@ -13,16 +13,26 @@ use crate::rollout::Version;
 
 /// Computes rollout views from proxy statuses. Streams of one node (a
 /// proxy using per-type services) are merged by node id.
+///
+/// Cordoned proxies (by node id, in `cordoned`) are left out: the rollout
+/// neither waits for them nor sees their NACKs. They are listed in the
+/// second value, for the progress to name.
 pub fn proxy_views(
     proxies: &[ProxyStatus],
     groups: &BTreeSet<&str>,
     snapshot: &Snapshot,
     committed: Option<u64>,
-) -> Vec<ProxyView> {
+    cordoned: &BTreeSet<String>,
+) -> (Vec<ProxyView>, Vec<String>) {
     let mut by_node: BTreeMap<&str, ProxyView> = BTreeMap::new();
+    let mut skipped: BTreeSet<&str> = BTreeSet::new();
     for p in proxies {
         let Some(node) = &p.node else { continue };
         if !groups.contains(node.cluster.as_str()) {
+            continue;
+        }
+        if cordoned.contains(&node.id) {
+            skipped.insert(node.id.as_str());
             continue;
         }
         let group = snapshot.group(&node.cluster);
@@ -58,5 +68,8 @@ pub fn proxy_views(
             }
         }
     }
-    by_node.into_values().collect()
+    (
+        by_node.into_values().collect(),
+        skipped.into_iter().map(str::to_owned).collect(),
+    )
 }

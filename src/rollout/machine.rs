@@ -440,6 +440,8 @@ impl Rollout {
             acked: self.acked,
             total: self.total,
             waiting_for: self.waiting_for.clone(),
+            // Cordons are the driver's to know; it fills this in.
+            not_waiting_for: Vec::new(),
             checks: self.checks.clone(),
             message: self.message.clone(),
             warnings: self.warnings.clone(),

@@ -314,6 +314,9 @@ pub struct Progress {
     pub total: usize,
     /// Ids of proxies that have not ACKed yet.
     pub waiting_for: Vec<String>,
+    /// Ids of cordoned proxies of the service's groups, which the
+    /// operation does not wait for (and whose NACKs do not roll back).
+    pub not_waiting_for: Vec<String>,
     /// The latest check results.
     pub checks: Vec<CheckResult>,
     /// A sentence on what is happening.
@@ -367,6 +370,10 @@ pub struct HistoryEntry {
     /// What the operator should know (see [`Progress::warnings`]).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Cordoned proxies the operation did not wait for, at any point of
+    /// it (see [`Progress::not_waiting_for`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_waited_for: Vec<String>,
 }
 
 /// A planned retirement (stored with `at` as unix milliseconds).

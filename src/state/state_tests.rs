@@ -30,6 +30,7 @@ fn entry(id: u64) -> HistoryEntry {
         acks: vec![("edge-1".into(), Duration::from_millis(7))],
         target: Some(Split::from([("green".into(), 100)])),
         warnings: Vec::new(),
+        not_waited_for: Vec::new(),
     }
 }
 

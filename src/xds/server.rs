@@ -29,16 +29,19 @@ use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::service::Routes;
 use tonic::{Status, Streaming};
 
+use crate::identity::{IdentityGate, PeerIdentity};
 use crate::listener::{ConnectionLimits, Incoming, Port};
 use crate::resources::ResourceType;
 use crate::shutdown::Shutdown;
 use crate::snapshot_store::SnapshotReader;
+use crate::text::untrusted;
+use crate::tls::{ConnInfo, ServerTls};
 use crate::wire::OutMessage;
 
 use super::codec::XdsCodec;
 use super::delta::DeltaStream;
 use super::limits::{Limit, StreamLimits};
-use super::protocol::{Planner, StreamKind};
+use super::protocol::{NodeInfo, Planner, StreamKind};
 use super::sotw::SotwStream;
 use super::status::ProxyRegistry;
 
@@ -57,6 +60,11 @@ pub struct XdsServerConfig {
     pub stream: StreamLimits,
     /// Bounds on the port's connections (see [`ConnectionLimits`]).
     pub connections: ConnectionLimits,
+    /// TLS on the port; with a client CA, streams carry the identity of
+    /// their client certificate. `None`: plaintext.
+    pub tls: Option<Arc<ServerTls>>,
+    /// Which identities may join which group (see [`IdentityGate`]).
+    pub identities: Arc<IdentityGate>,
 }
 
 impl Default for XdsServerConfig {
@@ -67,6 +75,8 @@ impl Default for XdsServerConfig {
             drain: Duration::from_secs(5),
             stream: StreamLimits::default(),
             connections: ConnectionLimits::default_for(Port::Xds),
+            tls: None,
+            identities: IdentityGate::new(),
         }
     }
 }
@@ -137,9 +147,10 @@ impl XdsServer {
             .http2_keepalive_interval(Some(limits.keepalive()))
             .http2_keepalive_timeout(Some(limits.keepalive()))
             .add_routes(self.routes())
-            .serve_with_incoming_shutdown(Incoming::new(listener, Port::Xds, limits), async move {
-                stop.wait().await
-            });
+            .serve_with_incoming_shutdown(
+                Incoming::new(listener, Port::Xds, limits).with_tls(self.shared.config.tls.clone()),
+                async move { stop.wait().await },
+            );
         tokio::select! {
             result = server => result,
             () = async move { deadline.wait().await; tokio::time::sleep(drain).await } => {
@@ -155,11 +166,14 @@ impl XdsServer {
 async fn run_stream<M: Planner>(
     shared: Arc<Shared>,
     kind: StreamKind,
+    identity: PeerIdentity,
     mut requests: Streaming<M::Request>,
     tx: mpsc::Sender<Result<OutMessage, Status>>,
 ) {
     let mut machine = M::with_limits(kind, shared.config.stream);
     let mut handle = shared.registry.register(kind, M::DELTA);
+    handle.set_identity(&identity);
+    let mut admitted = false;
     let mut reader = shared.reader.clone();
     let mut shutdown = shared.shutdown.clone();
     loop {
@@ -196,6 +210,30 @@ async fn run_stream<M: Planner>(
                 machine.on_snapshot(&snapshot)
             }
         };
+        if !admitted && let Some(node) = machine.node() {
+            // Checked before the node is recorded or anything is sent: a
+            // refused stream is never a proxy of the group, so no flip
+            // waits for it and its NACKs count for nothing.
+            if !admits(&shared, node, &identity) {
+                tracing::warn!(
+                    stream = handle.id(),
+                    node = %untrusted(&node.id),
+                    group = %untrusted(&node.cluster),
+                    identity = %untrusted(&identity.to_string()),
+                    "stream refused: its identity may not join the group it claims"
+                );
+                let _ = tx
+                    .send(Err(Status::permission_denied(format!(
+                        "identity {} may not join group {} (groups.{}.identities)",
+                        untrusted(&identity.to_string()),
+                        untrusted(&node.cluster),
+                        untrusted(&node.cluster),
+                    ))))
+                    .await;
+                return;
+            }
+            admitted = true;
+        }
         handle.set_node(machine.node());
         handle.record(&output.events);
         for response in output.responses {
@@ -204,6 +242,16 @@ async fn run_stream<M: Planner>(
             }
         }
     }
+}
+
+/// Whether the identity of a stream's connection may join the group its
+/// node claims, under the policy in force now.
+fn admits(shared: &Shared, node: &NodeInfo, identity: &PeerIdentity) -> bool {
+    shared
+        .config
+        .identities
+        .policy()
+        .admits(&node.cluster, identity)
 }
 
 /// The status a stream is closed with when reading a request failed.
@@ -241,9 +289,20 @@ impl<M: Planner> StreamingService<M::Request> for Method<M> {
     fn call(&mut self, request: tonic::Request<Streaming<M::Request>>) -> Self::Future {
         let shared = self.shared.clone();
         let kind = self.kind;
+        let identity = request
+            .extensions()
+            .get::<ConnInfo>()
+            .map(ConnInfo::identity)
+            .unwrap_or(PeerIdentity::Unauthenticated);
         Box::pin(async move {
             let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-            tokio::spawn(run_stream::<M>(shared, kind, request.into_inner(), tx));
+            tokio::spawn(run_stream::<M>(
+                shared,
+                kind,
+                identity,
+                request.into_inner(),
+                tx,
+            ));
             Ok(tonic::Response::new(ReceiverStream::new(rx)))
         })
     }

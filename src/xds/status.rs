@@ -15,6 +15,8 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
+use crate::cordon::Cordons;
+use crate::identity::PeerIdentity;
 use crate::resources::ResourceType;
 
 use super::protocol::{NodeInfo, StreamEvent, StreamKind};
@@ -69,6 +71,8 @@ pub struct ProxyStatus {
     pub delta: bool,
     /// When the stream opened.
     pub connected_since: SystemTime,
+    /// Who its client certificate says it is.
+    pub identity: PeerIdentity,
     /// Per type, in [`ResourceType::ALL`] order.
     pub types: [TypeStatus; 4],
 }
@@ -101,6 +105,8 @@ pub struct ProxyRegistry {
     /// Bumped after every change, so waiters can sleep until something
     /// happens instead of polling.
     generation: watch::Sender<u64>,
+    /// Proxies that operations do not wait for (see [`Cordons`]).
+    cordons: Arc<Cordons>,
 }
 
 impl Default for ProxyRegistry {
@@ -110,6 +116,7 @@ impl Default for ProxyRegistry {
             sink: None,
             next_id: AtomicU64::new(1),
             generation: watch::Sender::new(0),
+            cordons: Arc::default(),
         }
     }
 }
@@ -126,6 +133,30 @@ impl ProxyRegistry {
             sink: Some(sink),
             ..ProxyRegistry::default()
         })
+    }
+
+    /// A new, empty registry telling `sink` of every event, with the
+    /// cordons `cordons`.
+    pub fn with_sink_and_cordons(
+        sink: Arc<dyn EventSink>,
+        cordons: Arc<Cordons>,
+    ) -> Arc<ProxyRegistry> {
+        Arc::new(ProxyRegistry {
+            sink: Some(sink),
+            cordons,
+            ..ProxyRegistry::default()
+        })
+    }
+
+    /// The cordoned proxies.
+    pub fn cordons(&self) -> &Arc<Cordons> {
+        &self.cordons
+    }
+
+    /// Wakes the registry's watchers, as a proxy's change would: after a
+    /// cordon changes, running operations look at the proxies again.
+    pub fn notify(&self) {
+        self.bump();
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, ProxyStatus>> {
@@ -151,6 +182,7 @@ impl ProxyRegistry {
                 kind,
                 delta,
                 connected_since: SystemTime::now(),
+                identity: PeerIdentity::Unauthenticated,
                 types: Default::default(),
             },
         );
@@ -200,6 +232,16 @@ impl StreamHandle {
     /// The stream's registry id.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Records the identity the stream's connection proved.
+    pub fn set_identity(&self, identity: &PeerIdentity) {
+        if !identity.is_authenticated() {
+            return;
+        }
+        if let Some(p) = self.registry.lock().get_mut(&self.id) {
+            p.identity = identity.clone();
+        }
     }
 
     /// Records the node once it is known.

@@ -27,6 +27,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod http;
+pub mod pki;
 pub mod resources;
 pub mod world;
 
@@ -468,16 +469,21 @@ impl Envoy {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
+        let bootstrap = render_bootstrap(&node_id, group, xds_port, protocol) + extra;
+        Envoy::start_bootstrap(node_id, group, &bootstrap).await
+    }
+
+    /// Starts an Envoy `node_id` in `group` on the bootstrap text
+    /// `bootstrap` (which must name that node and group), and waits until
+    /// its admin interface is up.
+    pub async fn start_bootstrap(node_id: String, group: &str, bootstrap: &str) -> Envoy {
         let dir = tempfile::Builder::new()
             .prefix("teal-envoy-")
             .tempdir()
             .expect("temporary directory for Envoy");
+        let text = bootstrap;
         let bootstrap = dir.path().join("bootstrap.yaml");
-        std::fs::write(
-            &bootstrap,
-            render_bootstrap(&node_id, group, xds_port, protocol) + extra,
-        )
-        .expect("write the bootstrap");
+        std::fs::write(&bootstrap, text).expect("write the bootstrap");
         let admin_path = dir.path().join("admin-address");
         let log = std::fs::File::create(dir.path().join("envoy.log")).expect("create Envoy's log");
         let child = Command::new(envoy_binary())

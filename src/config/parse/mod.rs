@@ -21,6 +21,7 @@ use crate::config::diag::Diagnostics;
 use crate::config::limits::Limits;
 use crate::config::model::{Config, Group, Listener, ListenerKind, PathMatch, Route, VirtualHost};
 use crate::config::yaml::{self, Key, Node, Pos, Value};
+use crate::identity::IdentityPattern;
 
 use services::service;
 use values::*;
@@ -128,7 +129,11 @@ fn config(cx: &mut Cx<'_>, root: &Node) -> Option<Config> {
 }
 
 fn group(cx: &mut Cx<'_>, node: &Node, path: &str, services: &BTreeSet<String>) -> Option<Group> {
-    let f = fields(cx, node, path, &["listeners"])?;
+    let f = fields(cx, node, path, &["listeners", "identities"])?;
+    let identities = match f.get("identities") {
+        None => Some(Vec::new()),
+        Some(list) => identities(cx, list, &f.path("identities")),
+    };
     let list = f.required(cx, "listeners")?;
     let lpath = f.path("listeners");
     let entries = match &list.value {
@@ -186,7 +191,42 @@ fn group(cx: &mut Cx<'_>, node: &Node, path: &str, services: &BTreeSet<String>) 
         }
         listeners.insert(key.text.clone(), l);
     }
-    ok.then_some(Group { listeners })
+    let identities = identities?;
+    ok.then_some(Group {
+        listeners,
+        identities,
+    })
+}
+
+/// `groups.<name>.identities`: a non-empty list of identity patterns.
+fn identities(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Vec<IdentityPattern>> {
+    let items = seq(cx, node, path)?;
+    if items.is_empty() {
+        cx.err(
+            node.pos,
+            path,
+            "an empty list would admit no proxy at all; list at least one identity \
+             (or remove the key to admit any)",
+        );
+        return None;
+    }
+    let mut ok = true;
+    let mut patterns = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let ipath = format!("{path}[{i}]");
+        let Some(t) = text(cx, item, &ipath) else {
+            ok = false;
+            continue;
+        };
+        match IdentityPattern::parse(&t) {
+            Ok(p) => patterns.push(p),
+            Err(e) => {
+                cx.err(item.pos, &ipath, format!("bad identity {t:?}: {e}"));
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(patterns)
 }
 
 fn service_ref(

@@ -359,3 +359,42 @@ fn grpc_listener_errors() {
     );
     assert!(parse(&text, "t.yaml").is_ok());
 }
+
+#[test]
+fn group_identities_are_checked_patterns() {
+    let with = |list: &str| {
+        MINIMAL.replace(
+            "  edge:\n    listeners:\n",
+            &format!("  edge:\n    identities: {list}\n    listeners:\n"),
+        )
+    };
+    let c = parse(
+        &with("['spiffe://prod.example/ns/shop/sa/*', edge.example]"),
+        "t.yaml",
+    )
+    .expect("valid");
+    let ids: Vec<&str> = c.groups["edge"]
+        .identities
+        .iter()
+        .map(|p| p.as_str())
+        .collect();
+    assert_eq!(ids, ["spiffe://prod.example/ns/shop/sa/*", "edge.example"]);
+    assert!(
+        parse(MINIMAL, "t.yaml").expect("valid").groups["edge"]
+            .identities
+            .is_empty()
+    );
+    assert_eq!(
+        errors(&with("['spiffe://prod.example/sa/web-*']")),
+        ["t.yaml:10:18: groups.edge.identities[0]: bad identity \
+          \"spiffe://prod.example/sa/web-*\": `*` must be a whole path segment \
+          (`.../sa/*`), not part of one"]
+    );
+    assert_eq!(
+        errors(&with("[]")),
+        [
+            "t.yaml:10:17: groups.edge.identities: an empty list would admit no proxy at all; \
+          list at least one identity (or remove the key to admit any)"
+        ]
+    );
+}

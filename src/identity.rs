@@ -1,0 +1,286 @@
+//! Who a proxy is, by its client certificate, and which identities may
+//! join a group.
+//!
+//! With mTLS on the xDS port, a stream's identity is its certificate's
+//! SPIFFE ID (a URI SAN starting `spiffe://`) or, when it has none, its DNS
+//! SANs. A group's `identities` in the config are exact names or patterns
+//! with `*` standing for one whole path segment
+//! (`spiffe://prod.example/ns/shop/sa/*`); a stream whose identity matches
+//! none of its claimed group's patterns is refused. The matching is written
+//! here rather than taken from a glob crate because its one rule (`*` is a
+//! whole segment, never part of one, never several) is what keeps a
+//! pattern from admitting more than it says.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+/// The identity a stream proved with its client certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PeerIdentity {
+    /// No client certificate: the port has no mTLS (or no TLS).
+    Unauthenticated,
+    /// The certificate's SPIFFE ID (`spiffe://trust-domain/path`).
+    Spiffe(String),
+    /// The certificate's DNS SANs (it had no SPIFFE ID).
+    Dns(Vec<String>),
+}
+
+impl PeerIdentity {
+    /// The identity in a certificate (DER): its first SPIFFE URI SAN, else
+    /// its DNS SANs. A certificate with neither (or that cannot be parsed,
+    /// which rustls would already have refused) names nobody: an empty
+    /// DNS list, which no pattern matches.
+    pub fn from_certificate(der: &[u8]) -> PeerIdentity {
+        use x509_parser::extensions::GeneralName;
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+            return PeerIdentity::Dns(Vec::new());
+        };
+        let Ok(Some(san)) = cert.subject_alternative_name() else {
+            return PeerIdentity::Dns(Vec::new());
+        };
+        let mut dns = Vec::new();
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::URI(uri) if uri.starts_with("spiffe://") => {
+                    return PeerIdentity::Spiffe((*uri).to_owned());
+                }
+                GeneralName::DNSName(d) => dns.push((*d).to_owned()),
+                _ => {}
+            }
+        }
+        PeerIdentity::Dns(dns)
+    }
+
+    /// Whether a client certificate proved this identity.
+    pub fn is_authenticated(&self) -> bool {
+        !matches!(self, PeerIdentity::Unauthenticated)
+    }
+
+    /// The names this identity answers to.
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            PeerIdentity::Unauthenticated => Vec::new(),
+            PeerIdentity::Spiffe(id) => vec![id.as_str()],
+            PeerIdentity::Dns(names) => names.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// Whether any of `patterns` admits this identity.
+    pub fn allowed_by(&self, patterns: &[IdentityPattern]) -> bool {
+        self.names()
+            .iter()
+            .any(|name| patterns.iter().any(|p| p.matches(name)))
+    }
+}
+
+impl fmt::Display for PeerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerIdentity::Unauthenticated => f.write_str("unauthenticated"),
+            PeerIdentity::Spiffe(id) => f.write_str(id),
+            PeerIdentity::Dns(names) if names.is_empty() => f.write_str("(no SAN)"),
+            PeerIdentity::Dns(names) => f.write_str(&names.join(",")),
+        }
+    }
+}
+
+/// A problem with an identity pattern in the config.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    /// The pattern is empty.
+    #[error("an identity pattern cannot be empty")]
+    Empty,
+    /// `*` is part of a segment (`sa/web-*`) rather than the whole of one.
+    #[error("`*` must be a whole path segment (`.../sa/*`), not part of one")]
+    PartialWildcard,
+    /// `*` stands in the trust domain or host of a SPIFFE ID.
+    #[error("`*` may not stand for the trust domain of a SPIFFE ID")]
+    WildcardDomain,
+    /// Characters a SAN never holds (spaces, control characters).
+    #[error("identity patterns hold no spaces or control characters")]
+    BadCharacter,
+}
+
+/// One entry of `groups.<name>.identities`: an exact SPIFFE ID or DNS
+/// name, or one with `*` for whole `/`-separated segments of a SPIFFE
+/// path (or whole `.`-separated labels of a DNS name, as in `*.edge.example`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityPattern {
+    text: String,
+}
+
+impl IdentityPattern {
+    /// Checks and keeps a pattern.
+    pub fn parse(text: &str) -> Result<IdentityPattern, PatternError> {
+        if text.is_empty() {
+            return Err(PatternError::Empty);
+        }
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(PatternError::BadCharacter);
+        }
+        let segments: Vec<&str> = match text.strip_prefix("spiffe://") {
+            Some(rest) => {
+                let mut parts = rest.split('/');
+                if parts.next().is_none_or(|domain| domain.contains('*')) {
+                    return Err(PatternError::WildcardDomain);
+                }
+                parts.collect()
+            }
+            None => text.split('.').collect(),
+        };
+        if segments.iter().any(|s| s.contains('*') && *s != "*") {
+            return Err(PatternError::PartialWildcard);
+        }
+        Ok(IdentityPattern {
+            text: text.to_owned(),
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether `name` matches: segment by segment, `*` standing for
+    /// exactly one non-empty segment.
+    pub fn matches(&self, name: &str) -> bool {
+        if !self.text.contains('*') {
+            return self.text == name;
+        }
+        let sep = if self.text.starts_with("spiffe://") {
+            '/'
+        } else {
+            '.'
+        };
+        let mut pattern = self.text.split(sep);
+        let mut candidate = name.split(sep);
+        loop {
+            match (pattern.next(), candidate.next()) {
+                (None, None) => return true,
+                (Some("*"), Some(seg)) if !seg.is_empty() => {}
+                (Some(p), Some(seg)) if p == seg => {}
+                _ => return false,
+            }
+        }
+    }
+}
+
+impl fmt::Display for IdentityPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Which identities may join which group, from the config in force.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdentityPolicy {
+    /// The groups that list identities; any other group admits anyone.
+    groups: BTreeMap<String, Vec<IdentityPattern>>,
+}
+
+impl IdentityPolicy {
+    /// The policy of `config`.
+    pub fn of(config: &crate::config::Config) -> IdentityPolicy {
+        IdentityPolicy {
+            groups: config
+                .groups
+                .iter()
+                .filter(|(_, g)| !g.identities.is_empty())
+                .map(|(name, g)| (name.clone(), g.identities.clone()))
+                .collect(),
+        }
+    }
+
+    /// Whether a stream of `identity` may join `group`. A group that
+    /// lists identities admits only those; an unauthenticated stream
+    /// (no mTLS on the port) is never one of them.
+    pub fn admits(&self, group: &str, identity: &PeerIdentity) -> bool {
+        match self.groups.get(group) {
+            Some(patterns) => identity.allowed_by(patterns),
+            None => true,
+        }
+    }
+}
+
+/// The [`IdentityPolicy`] in force, replaced whole when a config is
+/// loaded; every new stream reads it once, when its node arrives.
+#[derive(Debug, Default)]
+pub struct IdentityGate {
+    current: RwLock<Arc<IdentityPolicy>>,
+}
+
+impl IdentityGate {
+    /// A gate admitting everyone until a policy is set.
+    pub fn new() -> Arc<IdentityGate> {
+        Arc::default()
+    }
+
+    /// Puts `policy` in force for streams that join from now on.
+    pub fn set(&self, policy: IdentityPolicy) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<IdentityPolicy> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> IdentityPattern {
+        IdentityPattern::parse(s).expect("valid pattern")
+    }
+
+    #[test]
+    fn a_star_is_one_whole_segment() {
+        let pat = p("spiffe://prod.example/ns/shop/sa/*");
+        assert!(pat.matches("spiffe://prod.example/ns/shop/sa/web"));
+        assert!(!pat.matches("spiffe://prod.example/ns/shop/sa/web/extra"));
+        assert!(!pat.matches("spiffe://prod.example/ns/shop/sa/"));
+        assert!(!pat.matches("spiffe://prod.example/ns/shop/sa"));
+        assert!(!pat.matches("spiffe://other.example/ns/shop/sa/web"));
+        let dns = p("*.edge.example");
+        assert!(dns.matches("a.edge.example"));
+        assert!(!dns.matches("a.b.edge.example"));
+        assert!(p("spiffe://d/x").matches("spiffe://d/x"));
+        assert!(!p("spiffe://d/x").matches("spiffe://d/xy"));
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        assert_eq!(IdentityPattern::parse(""), Err(PatternError::Empty));
+        assert_eq!(
+            IdentityPattern::parse("spiffe://d/sa/web-*"),
+            Err(PatternError::PartialWildcard)
+        );
+        assert_eq!(
+            IdentityPattern::parse("spiffe://*/sa/web"),
+            Err(PatternError::WildcardDomain)
+        );
+        assert_eq!(
+            IdentityPattern::parse("web*.example"),
+            Err(PatternError::PartialWildcard)
+        );
+        assert_eq!(
+            IdentityPattern::parse("a b"),
+            Err(PatternError::BadCharacter)
+        );
+    }
+
+    #[test]
+    fn identities_are_allowed_by_any_of_their_names() {
+        let pats = [p("spiffe://d/ns/a/sa/*"), p("edge-1.example")];
+        assert!(PeerIdentity::Spiffe("spiffe://d/ns/a/sa/x".into()).allowed_by(&pats));
+        assert!(!PeerIdentity::Spiffe("spiffe://d/ns/b/sa/x".into()).allowed_by(&pats));
+        assert!(PeerIdentity::Dns(vec!["x".into(), "edge-1.example".into()]).allowed_by(&pats));
+        assert!(!PeerIdentity::Unauthenticated.allowed_by(&pats));
+        assert!(!PeerIdentity::Dns(vec![]).allowed_by(&pats));
+    }
+}

@@ -1,0 +1,552 @@
+//! TLS and mTLS on both ports, through the real binary, the real CLI and
+//! real Envoys; certificates are made by the test (`support::pki`).
+//!
+//! - the CLI over TLS and mTLS; `https://` against a plaintext server is
+//!   exit 69 and sends it nothing but a TLS hello;
+//! - Envoys over mTLS (`envoy/edge-mtls.yaml`): one allowed into its group
+//!   gets the config and a flip confirms on it; one whose certificate
+//!   names another group is refused and the flip does not wait for it; one
+//!   without a client certificate cannot connect;
+//! - rotation: a new server certificate while Envoys stay connected, their
+//!   streams stay up, a new Envoy connects, and a broken file is refused;
+//! - a tokens file open to others is refused, and SIGHUP revokes a token.
+
+mod support;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+use support::pki::{Pair, Pki, served_certificate};
+use support::{CONVERGE, Envoy, free_port, show, wait_until, write_atomically};
+
+const TOKEN: &str = "s3cret-token";
+
+fn teal_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_teal")
+}
+
+/// `teal serve` as a child, its stderr in a file; killed when dropped.
+struct Serve {
+    child: Child,
+    log: PathBuf,
+    xds: u16,
+    admin: u16,
+}
+
+impl Serve {
+    fn spawn(dir: &Path, config: &str, extra: &[String]) -> Serve {
+        let (xds, admin) = (free_port(), free_port());
+        let path = dir.join("teal.yaml");
+        std::fs::write(&path, config).expect("write config");
+        let log = dir.join(format!("teal-{xds}.log"));
+        let stderr = std::fs::File::create(&log).expect("log");
+        let mut command = Command::new(teal_binary());
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .args(["--xds-addr", &format!("127.0.0.1:{xds}")]);
+        if !extra.iter().any(|a| a == "--admin-addr") {
+            command.args(["--admin-addr", &format!("127.0.0.1:{admin}")]);
+        }
+        let child = command
+            .args(["--ephemeral", "--watch-interval", "0.2", "--drain", "0.2"])
+            .args(extra)
+            .env("TEAL_ADMIN_TOKEN", TOKEN)
+            .env("TEAL_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn teal serve");
+        Serve {
+            child,
+            log,
+            xds,
+            admin,
+        }
+    }
+
+    /// Starts teal and waits until both ports listen.
+    async fn start(dir: &Path, config: &str, extra: &[String]) -> Serve {
+        let mut teal = Serve::spawn(dir, config, extra);
+        let deadline = Instant::now() + CONVERGE;
+        while teal.log().matches("listening").count() < 2 {
+            if let Ok(Some(status)) = teal.child.try_wait() {
+                panic!("teal serve exited at start ({status}):\n{}", teal.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "teal did not start:\n{}",
+                teal.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        teal
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_log(&self, what: &str, count: usize) {
+        wait_until(CONVERGE, what, || async {
+            self.log().matches(what).count() >= count
+        })
+        .await;
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- log of teal serve ----\n{}", self.log());
+        }
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Runs the CLI with `args`, no TEAL_* variables from outside.
+async fn cli(args: &[&str]) -> Output {
+    Command::new(teal_binary())
+        .args(args)
+        .env_remove("TEAL_ADMIN")
+        .env_remove("TEAL_TOKEN")
+        .env_remove("TEAL_CA")
+        .env_remove("TEAL_CERT")
+        .env_remove("TEAL_KEY")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run teal")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A config with service `web` (fleets blue and green on ports nobody
+/// listens on: no checks, so flips need only the proxies) and group
+/// `edge`, admitting `identities` when given.
+fn config(edge_port: u16, identities: Option<&str>) -> String {
+    let (blue, green) = (free_port(), free_port());
+    let identities = identities
+        .map(|i| format!("    identities: [{i}]\n"))
+        .unwrap_or_default();
+    format!(
+        "services:
+  web:
+    live: blue
+    fleets:
+      blue:
+        endpoints: [127.0.0.1:{blue}]
+      green:
+        endpoints: [127.0.0.1:{green}]
+groups:
+  edge:
+{identities}    listeners:
+      public:
+        kind: edge
+        address: 127.0.0.1:{edge_port}
+        virtual_hosts:
+          site:
+            domains: ['*']
+            routes:
+              - prefix: /
+                service: web
+"
+    )
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_speaks_tls_and_mtls_and_never_falls_back() {
+    let pki = Pki::new("admin");
+    let server = pki.server("server");
+    let client = pki.dns("cli", &["operator.teal.internal"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let teal = Serve::start(
+        dir.path(),
+        &config(free_port(), None),
+        &[
+            "--admin-tls-cert".into(),
+            path(&server.cert),
+            "--admin-tls-key".into(),
+            path(&server.key),
+            "--admin-client-ca".into(),
+            path(&pki.ca),
+        ],
+    )
+    .await;
+    let https = format!("https://127.0.0.1:{}", teal.admin);
+    let (ca, cert, key) = (path(&pki.ca), path(&client.cert), path(&client.key));
+
+    // mTLS: the CA and a client certificate.
+    let out = cli(&[
+        "--admin", &https, "--ca", &ca, "--cert", &cert, "--key", &key, "status",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    // The same from the environment.
+    let out = Command::new(teal_binary())
+        .args(["--admin", &https, "proxies"])
+        .env("TEAL_CA", &ca)
+        .env("TEAL_CERT", &cert)
+        .env("TEAL_KEY", &key)
+        .output()
+        .await
+        .expect("run teal");
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+
+    // No client certificate: the server refuses the handshake.
+    let out = cli(&["--admin", &https, "--ca", &ca, "status"]).await;
+    assert_eq!(out.status.code(), Some(69), "{}", show(&out));
+    assert!(
+        stderr(&out).contains("client certificate"),
+        "{}",
+        show(&out)
+    );
+    // No CA: the test CA is not one of the system's.
+    let out = cli(&["--admin", &https, "--cert", &cert, "--key", &key, "status"]).await;
+    assert_eq!(out.status.code(), Some(69), "{}", show(&out));
+    assert!(stderr(&out).contains("TLS"), "{}", show(&out));
+    // TLS files with a plaintext address: refused, not ignored.
+    let plain = format!("127.0.0.1:{}", teal.admin);
+    let out = cli(&["--admin", &plain, "--ca", &ca, "status"]).await;
+    assert_eq!(out.status.code(), Some(64), "{}", show(&out));
+    // A client certificate from another CA is refused.
+    let strangers = Pki::new("stranger");
+    let stranger = strangers.dns("cli", &["operator.teal.internal"]);
+    let out = cli(&[
+        "--admin",
+        &https,
+        "--ca",
+        &ca,
+        "--cert",
+        &path(&stranger.cert),
+        "--key",
+        &path(&stranger.key),
+        "status",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(69), "{}", show(&out));
+
+    // The port presents the configured certificate.
+    let served = served_certificate(teal.admin, &pki.ca, Some(&client)).await;
+    assert_eq!(served, server.der);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_against_a_plaintext_server_is_exit_69_and_sends_no_token() {
+    // A plaintext server that records what it is sent and answers as an
+    // HTTP server would.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let received = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut buf = vec![0u8; 4096];
+        let n = conn.read(&mut buf).unwrap_or(0);
+        use std::io::Write;
+        let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n");
+        buf.truncate(n);
+        buf
+    });
+    let pki = Pki::new("plain");
+    let out = cli(&[
+        "--admin",
+        &format!("https://127.0.0.1:{port}"),
+        "--ca",
+        &path(&pki.ca),
+        "--token",
+        TOKEN,
+        "flip",
+        "web",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(69), "{}", show(&out));
+    assert!(
+        stderr(&out).contains("does not speak TLS"),
+        "{}",
+        show(&out)
+    );
+    let bytes = received.join().expect("server thread");
+    assert_eq!(bytes.first(), Some(&0x16), "a TLS handshake record first");
+    assert!(
+        !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+        "the token was sent"
+    );
+
+    // And against teal's own plaintext admin port.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let teal = Serve::start(dir.path(), &config(free_port(), None), &[]).await;
+    let out = cli(&[
+        "--admin",
+        &format!("https://127.0.0.1:{}", teal.admin),
+        "--ca",
+        &path(&pki.ca),
+        "status",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(69), "{}", show(&out));
+    assert!(
+        stderr(&out).contains("does not speak TLS"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_refuses_an_open_admin_port_and_an_open_tokens_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(free_port(), None);
+    let mut teal = Serve::spawn(
+        dir.path(),
+        &cfg,
+        &["--admin-addr".into(), "0.0.0.0:0".into()],
+    );
+    let status = tokio::time::timeout(CONVERGE, teal.child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert_eq!(status.code(), Some(64), "{}", teal.log());
+    assert!(teal.log().contains("--admin-insecure"), "{}", teal.log());
+
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "ops:abc\n").expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut teal = Serve::spawn(dir.path(), &cfg, &["--admin-tokens".into(), path(&tokens)]);
+    let status = tokio::time::timeout(CONVERGE, teal.child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert_eq!(status.code(), Some(65), "{}", teal.log());
+    assert!(teal.log().contains("chmod 600"), "{}", teal.log());
+}
+
+/// `envoy/edge-mtls.yaml` for node `node_id`, xDS on `xds_port`, with the
+/// client certificate `client` (or none: its `tls_certificates` removed).
+fn mtls_bootstrap(node_id: &str, xds_port: u16, pki: &Pki, client: Option<&Pair>) -> String {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy/edge-mtls.yaml");
+    let mut yaml = std::fs::read_to_string(&file).expect("read envoy/edge-mtls.yaml");
+    let cert_block = "            tls_certificates:\n              - certificate_chain: { filename: /etc/teal/tls/edge.crt }\n                private_key: { filename: /etc/teal/tls/edge.key }\n";
+    assert_eq!(yaml.matches(cert_block).count(), 1, "{yaml}");
+    yaml = match client {
+        Some(pair) => yaml
+            .replace(
+                "filename: /etc/teal/tls/edge.crt",
+                &format!("filename: {}", path(&pair.cert)),
+            )
+            .replace(
+                "filename: /etc/teal/tls/edge.key",
+                &format!("filename: {}", path(&pair.key)),
+            ),
+        None => yaml.replace(cert_block, ""),
+    };
+    let replacements = [
+        (
+            "filename: /etc/teal/tls/ca.crt",
+            format!("filename: {}", path(&pki.ca)),
+        ),
+        ("id: edge-1\n", format!("id: {node_id}\n")),
+        ("port_value: 9901", "port_value: 0".to_owned()),
+        ("port_value: 18000", format!("port_value: {xds_port}")),
+    ];
+    for (from, to) in replacements {
+        assert_eq!(yaml.matches(from).count(), 1, "{from:?} in {yaml}");
+        yaml = yaml.replace(from, &to);
+    }
+    yaml
+}
+
+async fn proxies(teal: &Serve) -> Vec<Value> {
+    let out = cli(&[
+        "--admin",
+        &format!("127.0.0.1:{}", teal.admin),
+        "proxies",
+        "-o",
+        "json",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    v["proxies"].as_array().cloned().unwrap_or_default()
+}
+
+fn find<'a>(proxies: &'a [Value], node: &str) -> Option<&'a Value> {
+    proxies.iter().find(|p| p["node_id"] == node)
+}
+
+fn synced(p: &Value) -> bool {
+    ["CDS", "EDS", "LDS", "RDS"]
+        .iter()
+        .all(|t| p["types"][t]["state"] == "SYNCED")
+}
+
+async fn wait_synced(teal: &Serve, node: &str) -> Value {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let all = proxies(teal).await;
+        if let Some(p) = find(&all, node).filter(|p| synced(p)) {
+            return p.clone();
+        }
+        assert!(Instant::now() < deadline, "{node} never synced: {all:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoys_over_mtls_are_admitted_by_identity_and_survive_rotation() {
+    let pki = Pki::new("xds");
+    let server = pki.server("server");
+    let edge_id = "spiffe://teal.test/ns/prod/edge/a";
+    let allowed = pki.spiffe("edge-a", edge_id);
+    let intruder = pki.spiffe("intruder", "spiffe://teal.test/ns/prod/sidecar/b");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let teal = Serve::start(
+        dir.path(),
+        &config(free_port(), Some("'spiffe://teal.test/ns/prod/edge/*'")),
+        &[
+            "--xds-tls-cert".into(),
+            path(&server.cert),
+            "--xds-tls-key".into(),
+            path(&server.key),
+            "--xds-client-ca".into(),
+            path(&pki.ca),
+        ],
+    )
+    .await;
+
+    let a = Envoy::start_bootstrap(
+        "edge-a".into(),
+        "edge",
+        &mtls_bootstrap("edge-a", teal.xds, &pki, Some(&allowed)),
+    )
+    .await;
+    let before = wait_synced(&teal, "edge-a").await;
+    assert_eq!(before["identity"], edge_id, "{before:#}");
+
+    // A certificate of the sidecars claiming the edge group: refused.
+    let b = Envoy::start_bootstrap(
+        "edge-b".into(),
+        "edge",
+        &mtls_bootstrap("edge-b", teal.xds, &pki, Some(&intruder)),
+    )
+    .await;
+    teal.wait_log("stream refused", 1).await;
+    assert!(teal.log().contains("edge-b"), "{}", teal.log());
+    // No client certificate: no connection at all.
+    let c = Envoy::start_bootstrap(
+        "edge-c".into(),
+        "edge",
+        &mtls_bootstrap("edge-c", teal.xds, &pki, None),
+    )
+    .await;
+    teal.wait_log("TLS handshake failed", 1).await;
+    let all = proxies(&teal).await;
+    assert!(find(&all, "edge-b").is_none(), "{all:#?}");
+    assert!(find(&all, "edge-c").is_none(), "{all:#?}");
+
+    // The flip confirms on the one admitted Envoy and waits for no other.
+    let admin = format!("127.0.0.1:{}", teal.admin);
+    let out = cli(&[
+        "--admin",
+        &admin,
+        "--token",
+        TOKEN,
+        "flip",
+        "web",
+        "--timeout",
+        "20s",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    wait_synced(&teal, "edge-a").await;
+
+    // Rotation: a new server certificate (and key) from the same CA.
+    let rotated = pki.server("rotated");
+    let key_text = std::fs::read_to_string(&rotated.key).expect("key");
+    let cert_text = std::fs::read_to_string(&rotated.cert).expect("cert");
+    write_atomically(&server.key, &key_text);
+    write_atomically(&server.cert, &cert_text);
+    teal.wait_log("TLS certificate reloaded", 1).await;
+    let served = served_certificate(teal.xds, &pki.ca, Some(&allowed)).await;
+    assert_eq!(
+        served, rotated.der,
+        "new handshakes get the new certificate"
+    );
+    let d = Envoy::start_bootstrap(
+        "edge-d".into(),
+        "edge",
+        &mtls_bootstrap("edge-d", teal.xds, &pki, Some(&allowed)),
+    )
+    .await;
+    wait_synced(&teal, "edge-d").await;
+    let after = find(&proxies(&teal).await, "edge-a")
+        .cloned()
+        .expect("edge-a still there");
+    assert_eq!(
+        after["stream_id"], before["stream_id"],
+        "edge-a kept its stream through the rotation"
+    );
+
+    // A broken file is refused; the last good certificate keeps serving.
+    let refused = teal.log().matches("TLS reload refused").count();
+    write_atomically(&server.cert, "-----BEGIN CERTIFICATE-----\ngarbage\n");
+    teal.wait_log("TLS reload refused", refused + 1).await;
+    let served = served_certificate(teal.xds, &pki.ca, Some(&allowed)).await;
+    assert_eq!(served, rotated.der);
+    drop((a, b, c, d));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_removed_from_the_file_is_refused_after_sighup() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "ops:first-token\nci:second-token\n").expect("write");
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let teal = Serve::start(
+        dir.path(),
+        &config(free_port(), None),
+        &["--admin-tokens".into(), path(&tokens)],
+    )
+    .await;
+    let admin = format!("127.0.0.1:{}", teal.admin);
+    // Uncordoning a proxy that is not cordoned needs the token and
+    // changes nothing: a probe of which tokens are accepted.
+    let uncordon = |token: &'static str| {
+        let admin = admin.clone();
+        async move { cli(&["--admin", &admin, "--token", token, "uncordon", "nobody"]).await }
+    };
+    let out = uncordon("ci-token-unknown").await;
+    assert_eq!(out.status.code(), Some(77), "{}", show(&out));
+    let out = uncordon("second-token").await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+
+    std::fs::write(&tokens, "ops:first-token\n").expect("write");
+    let pid = teal.child.id().expect("runs");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    teal.wait_log("admin tokens reloaded", 1).await;
+    let out = uncordon("second-token").await;
+    assert_eq!(out.status.code(), Some(77), "revoked: {}", show(&out));
+    let out = uncordon("first-token").await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+}
