@@ -31,13 +31,19 @@
 //! - at half of the time `teal flip web` runs through the CLI; its exit
 //!   code, and then both Envoys answering from `green`, are its outcome.
 //!
-//! RSS is printed every second. The bound is 2 × idle RSS plus, for each
-//! abusive stream alive at once (`--clients`), what the documented limits
-//! (README, "Limits") let one stream make teal hold: a request being
-//! decoded (`--max-request-bytes`, 4 MiB) and its subscription's names
-//! (`--max-subscription-bytes`, 2 MiB). The run passes when teal's RSS
-//! never went over the bound and the flip succeeded; the exit code is 1
-//! otherwise (2: the benchmark itself could not run). Everything started is killed at the end, Ctrl-C included.
+//! RSS is printed every second. The bound is 2 × idle RSS plus what the
+//! README ("Limits", "What a client can make teal hold") documents for
+//! everything the abusers hold at once ([`Bound`]): per abusive client a
+//! connection and a stream with a request being handled and one
+//! subscription, the many-streams connection with its idle streams, and
+//! the silent connections. The run passes when teal's RSS never went
+//! over the bound and the flip succeeded; the exit code is 1 otherwise
+//! (2: the benchmark itself could not run). Everything started is killed
+//! at the end, Ctrl-C included.
+//!
+//! `--costs` measures instead what an idle connection and an idle stream
+//! cost (the README's figures): teal's RSS with 1,000 of each open.
+//! `BENCH_TEAL_WRAP="heaptrack -o FILE"` runs teal under a profiler.
 //!
 //! Everything listens on and connects to 127.0.0.1 only.
 
@@ -56,6 +62,8 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::rpc;
 use teal::resources::ResourceType;
+use teal::xds::XdsServerConfig;
+use teal::xds::limits::cost;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -69,11 +77,63 @@ use support::{Envoy, Protocol, free_port};
 /// The admin token `teal serve` is given.
 const TOKEN: &str = "bench";
 
-/// The documented defaults that bound what one stream makes teal hold
-/// (README, "Limits"): a request being decoded (`--max-request-bytes`)
-/// and the names kept for a subscription (`--max-subscription-bytes`).
-const MAX_REQUEST_BYTES: u64 = 4 << 20;
-const MAX_SUBSCRIPTION_BYTES: u64 = 2 << 20;
+/// Silent connections held open on each port.
+const SILENT_PER_PORT: usize = 100;
+
+/// The RSS bound: twice teal's idle RSS (allocator slack, caches warmed by
+/// the Envoys) plus what the README ("Limits", "What a client can make
+/// teal hold") documents for everything the abusers hold at once, at
+/// teal's default limits ([`cost`]):
+/// - each abusive client: one connection (idle cost and its unread
+///   HTTP/2 window) and one stream subscribed to one type with a request
+///   being handled ([`cost::stream_bytes`]);
+/// - the many-streams client: one connection and as many idle streams as
+///   a connection may carry (`--max-streams-per-connection`; the rest
+///   wait on the client's side);
+/// - the silent connections, on both ports.
+struct Bound {
+    idle: f64,
+    clients: usize,
+    per_client: usize,
+    many_streams: usize,
+    silent: usize,
+}
+
+impl Bound {
+    fn new(idle: f64, clients: usize) -> Bound {
+        let server = XdsServerConfig::default();
+        let connection = cost::IDLE_CONNECTION_BYTES + cost::CONNECTION_WINDOW_BYTES;
+        let streams = server.connections.max_streams_per_connection as usize;
+        Bound {
+            idle,
+            clients,
+            per_client: connection
+                + cost::stream_bytes(server.max_request_bytes, &server.stream, 1),
+            many_streams: connection + streams * cost::IDLE_STREAM_BYTES,
+            silent: 2 * SILENT_PER_PORT * cost::IDLE_CONNECTION_BYTES,
+        }
+    }
+
+    fn total(&self) -> f64 {
+        2.0 * self.idle + mib(self.clients * self.per_client + self.many_streams + self.silent)
+    }
+
+    fn terms(&self) -> String {
+        format!(
+            "2 x idle ({:.1}) + {} abusive clients x {:.1} (connection, stream, request, one subscription) + {:.1} (100 idle streams on a connection) + {:.1} ({} silent connections)",
+            2.0 * self.idle,
+            self.clients,
+            mib(self.per_client),
+            mib(self.many_streams),
+            mib(self.silent),
+            2 * SILENT_PER_PORT,
+        )
+    }
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / f64::from(1 << 20)
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -128,7 +188,13 @@ impl TealServe {
         let stderr = std::fs::File::create(&log)?;
         // `setsid` starts a new session and executes the program in place
         // (this process is not a group leader), so the pid stays teal's.
+        // `BENCH_TEAL_WRAP="heaptrack -o FILE"` runs teal under a profiler;
+        // RSS is then read from teal itself, the wrapper's child.
+        let wrap: Vec<String> = std::env::var("BENCH_TEAL_WRAP")
+            .map(|w| w.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
         let mut child = tokio::process::Command::new("setsid")
+            .args(&wrap)
             .arg(std::env::current_exe()?)
             .args(["--teal", "serve", "--config"])
             .arg(dir.join("teal.yaml"))
@@ -146,7 +212,7 @@ impl TealServe {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| anyhow::anyhow!("cannot start teal serve with setsid: {e}"))?;
-        let pid = child
+        let mut pid = child
             .id()
             .ok_or_else(|| anyhow::anyhow!("teal has no pid"))?;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -166,7 +232,29 @@ impl TealServe {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        if !wrap.is_empty() {
+            // The wrapper runs teal as one of its children.
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
+            pid = children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .find(|p| {
+                    std::fs::read(format!("/proc/{p}/cmdline"))
+                        .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"--teal"))
+                })
+                .ok_or_else(|| anyhow::anyhow!("the wrapper has no teal child"))?;
+        }
         Ok(TealServe { child, pid, log })
+    }
+
+    /// Stops teal with SIGTERM, as an operator would, so that a wrapper
+    /// (a profiler) sees it exit and writes its report.
+    async fn stop(&mut self) {
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
     }
 
     fn log(&self) -> String {
@@ -189,6 +277,7 @@ fn rss_mib(pid: u32) -> f64 {
 async fn bench(args: Vec<String>) -> anyhow::Result<bool> {
     let mut seconds = 60u64;
     let mut clients = 4usize;
+    let mut costs_only = false;
     let mut it = args.into_iter();
     while let Some(flag) = it.next() {
         let mut value = || {
@@ -198,7 +287,8 @@ async fn bench(args: Vec<String>) -> anyhow::Result<bool> {
         match flag.as_str() {
             "--seconds" => seconds = value()?.parse()?,
             "--clients" => clients = value()?.parse()?,
-            other => anyhow::bail!("unknown flag {other}; use --seconds N --clients N"),
+            "--costs" => costs_only = true,
+            other => anyhow::bail!("unknown flag {other}; use --seconds N --clients N [--costs]"),
         }
     }
     anyhow::ensure!((4..=3600).contains(&seconds), "--seconds is 4 to 3600");
@@ -236,14 +326,12 @@ async fn bench(args: Vec<String>) -> anyhow::Result<bool> {
         idle = idle.min(rss_mib(teal.pid));
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    // The bound: twice the idle RSS (allocator slack, caches warmed by the
-    // Envoys) plus, for each abusive stream that may be alive at once
-    // (`--clients`), what the documented limits let one stream make teal
-    // hold: one request being decoded (4 MiB) and the names of its
-    // subscription (2 MiB). The many-streams and idle-connection clients
-    // send no big messages and are not counted.
-    let per_stream = (MAX_REQUEST_BYTES + MAX_SUBSCRIPTION_BYTES) as f64 / f64::from(1 << 20);
-    let bound = 2.0 * idle + clients as f64 * per_stream;
+    if costs_only {
+        costs(xds, teal.pid).await?;
+        teal.stop().await;
+        return Ok(true);
+    }
+    let bound = Bound::new(idle, clients);
     println!(
         "teal pid {}, 2 Envoys synced, idle RSS {idle:.1} MiB; {clients} abusive clients for {seconds} s",
         teal.pid
@@ -308,14 +396,15 @@ async fn bench(args: Vec<String>) -> anyhow::Result<bool> {
         }
     }
     let alive = matches!(teal.child.try_wait(), Ok(None));
-    let rss_ok = max <= bound && alive;
+    let rss_ok = max <= bound.total() && alive;
     println!();
     println!("idle RSS            {idle:.1} MiB");
     println!("max RSS             {max:.1} MiB");
     println!("RSS 3 s after       {after:.1} MiB");
     println!(
-        "bound               {bound:.1} MiB = 2 x idle ({:.1}) + {clients} abusive streams x {per_stream:.0} MiB (max request 4 MiB + subscription names 2 MiB)",
-        2.0 * idle
+        "bound               {:.1} MiB = {}",
+        bound.total(),
+        bound.terms()
     );
     println!(
         "abusive streams     {} served, {} closed RESOURCE_EXHAUSTED, {} other",
@@ -344,6 +433,7 @@ async fn bench(args: Vec<String>) -> anyhow::Result<bool> {
             eprintln!("{}", line.chars().take(300).collect::<String>());
         }
     }
+    teal.stop().await;
     Ok(rss_ok && flip_ok)
 }
 
@@ -639,7 +729,7 @@ async fn idle_connections(xds: u16, admin: u16, end: Instant) {
             let mut b = [0u8; 1];
             matches!(c.try_read(&mut b), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
         });
-        while conns.len() < 200 {
+        while conns.len() < 2 * SILENT_PER_PORT {
             let port = if conns.len() % 2 == 0 { xds } else { admin };
             match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
                 Ok(c) => conns.push(c),
@@ -648,4 +738,57 @@ async fn idle_connections(xds: u16, admin: u16, end: Instant) {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// `--costs`: what an idle connection and an idle stream cost teal, from
+/// its RSS with 1,000 of each open (the figures the README's "Limits"
+/// documents).
+async fn costs(xds: u16, pid: u32) -> anyhow::Result<()> {
+    const N: usize = 1000;
+    let settle = || tokio::time::sleep(Duration::from_secs(2));
+    settle().await;
+    let before = rss_mib(pid);
+    let mut conns = Vec::new();
+    for _ in 0..N {
+        conns.push(tokio::net::TcpStream::connect(("127.0.0.1", xds)).await?);
+    }
+    settle().await;
+    let with_conns = rss_mib(pid);
+    drop(conns);
+    settle().await;
+    let after_conns = rss_mib(pid);
+    // 10 connections of 100 streams each (the per-connection limit).
+    let mut held = Vec::new();
+    for c in 0..N / 100 {
+        let ch = channel(xds).await?;
+        for s in 0..100 {
+            let (tx, rx) = mpsc::channel(1);
+            tx.send(DiscoveryRequest {
+                node: node(format!("idle-{c}-{s}")),
+                type_url: ResourceType::Cluster.type_url().into(),
+                ..Default::default()
+            })
+            .await?;
+            let mut responses = ads(ch.clone())
+                .stream_aggregated_resources(ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            responses.next().await.transpose()?;
+            held.push((tx, responses));
+        }
+    }
+    settle().await;
+    let with_streams = rss_mib(pid);
+    let kib = |mib: f64| mib * 1024.0 / N as f64;
+    println!("RSS before {before:.1} MiB");
+    println!(
+        "{N} silent connections: {with_conns:.1} MiB, {:.1} KiB each; {after_conns:.1} MiB once closed",
+        kib(with_conns - before)
+    );
+    println!(
+        "{N} idle streams on {} connections: {with_streams:.1} MiB, {:.1} KiB each (with their connections)",
+        N / 100,
+        kib(with_streams - after_conns)
+    );
+    Ok(())
 }

@@ -249,6 +249,61 @@ async fn streams_past_a_limit_are_closed_and_others_carry_on() {
     assert_eq!(next.version_info, "2");
 }
 
+/// A request's name lists are bounded on the wire, each by the
+/// subscription limits, before the request is decoded: a delta
+/// unsubscribe list (which never grows the subscription, so the stream
+/// state machine alone let it through, decoded whole) closes the stream.
+#[tokio::test]
+async fn a_request_list_past_a_limit_is_refused_before_it_is_decoded() {
+    let mut server = Server::start(XdsServerConfig {
+        stream: StreamLimits {
+            max_subscription_names: 100,
+            max_subscription_bytes: 10_000,
+            ..StreamLimits::default()
+        },
+        ..XdsServerConfig::default()
+    })
+    .await;
+    let channel = server.channel().await;
+    let mut good = Ads::open(&channel, request("good", vec![]))
+        .await
+        .expect("good");
+    let first = good.next().await.expect("answer");
+
+    let (tx, rx) = mpsc::channel(4);
+    let unsubscribe = DeltaDiscoveryRequest {
+        node: Some(node("unsubscriber")),
+        type_url: ResourceType::Endpoint.type_url().into(),
+        resource_names_unsubscribe: (0..101).map(|i| format!("never-{i}")).collect(),
+        ..Default::default()
+    };
+    tx.send(unsubscribe).await.expect("queue");
+    let mut delta = AggregatedDiscoveryServiceClient::new(channel.clone())
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .expect("delta")
+        .into_inner();
+    let status = match tokio::time::timeout(Duration::from_secs(5), delta.next()).await {
+        Ok(Some(Err(status))) => status,
+        other => panic!("the unsubscribe list was not refused: {other:?}"),
+    };
+    assert_exhausted(&status, "--max-subscription-names");
+    assert!(
+        status.message().contains("resource_names_unsubscribe"),
+        "{status:?}"
+    );
+
+    // The good stream on the same connection carries on: ACK, then a
+    // new version arrives.
+    good.send(DiscoveryRequest {
+        response_nonce: first.nonce.clone(),
+        ..request("good", vec![])
+    })
+    .await;
+    server.writer.publish("2", &input(&["a"])).expect("valid");
+    assert_eq!(good.next().await.expect("new version").version_info, "2");
+}
+
 #[tokio::test]
 async fn streams_per_connection_are_capped_by_http2_settings() {
     let server = Server::start(XdsServerConfig {

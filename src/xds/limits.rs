@@ -132,6 +132,94 @@ impl Default for StreamLimits {
     }
 }
 
+/// What the limits let a client make teal hold: the memory model the
+/// README's "Limits" documents and the abuse soak (`examples/bench_abuse.rs`)
+/// checks teal's RSS against.
+///
+/// The request and subscription figures are upper bounds worked out from
+/// how teal keeps them (below); the figures for an idle connection and an
+/// idle stream are measured (`bench_abuse --costs`: RSS with 1,000 of each
+/// open, rounded up).
+pub mod cost {
+    use super::StreamLimits;
+
+    /// An open connection that sends nothing: its socket's buffers in
+    /// hyper, its HTTP/2 state and its task (15 KiB measured with glibc's
+    /// malloc).
+    pub const IDLE_CONNECTION_BYTES: usize = 16 * 1024;
+
+    /// An open stream with a small subscription: its task, its HTTP/2
+    /// stream, its 1 KiB buffers, its state machine and its status entry
+    /// (5 KiB measured with glibc's malloc, with its share of a connection
+    /// carrying 100 streams).
+    pub const IDLE_STREAM_BYTES: usize = 8 * 1024;
+
+    /// Data a client may have sent on one connection that teal has not
+    /// read yet: hyper's default HTTP/2 connection window.
+    pub const CONNECTION_WINDOW_BYTES: usize = 1024 * 1024;
+
+    /// Heap a name in a decoded request's list costs beyond its text: its
+    /// `String` (24 bytes), the allocation's header and rounding for
+    /// short names (the text's own rounding, up to a quarter for long
+    /// names, is counted by [`text_bytes`]), and its slot in the set of
+    /// new names a delta request is checked with.
+    pub const REQUEST_NAME_BYTES: usize = 96;
+
+    /// Heap an entry of delta's `initial_resource_versions` costs beyond
+    /// its text: two `String`s in a hash map of up to twice as many
+    /// buckets as entries (48 bytes each).
+    pub const VERSION_ENTRY_BYTES: usize = 160;
+
+    /// Heap a name in a subscription costs beyond its text: its `String`
+    /// in a B-tree node that may be half empty (up to 56 bytes a name),
+    /// the tree's inner nodes, and the allocation's header and rounding
+    /// for short names.
+    pub const SUBSCRIPTION_NAME_BYTES: usize = 128;
+
+    /// Heap `bytes` bytes of text take once allocated. glibc's malloc
+    /// adds at most 23 bytes to an allocation (which the per-name figures
+    /// above cover); allocators with size classes, such as jemalloc or
+    /// mimalloc, round up by as much as a quarter, which this allows for.
+    pub const fn text_bytes(bytes: usize) -> usize {
+        bytes + bytes / 4
+    }
+
+    /// Most heap one request costs while teal receives and handles it: the
+    /// buffer it is read into (which the stream keeps, at its largest
+    /// request's size, until it ends) and its decoded form. Its name
+    /// lists are at most `limits` each (longer ones are refused before
+    /// decoding): one for state of the world, two and a version map for
+    /// delta.
+    pub const fn request_bytes(max_request_bytes: usize, limits: &StreamLimits) -> usize {
+        let names = limits.max_subscription_names;
+        max_request_bytes
+            + text_bytes(max_request_bytes)
+            + 2 * names * REQUEST_NAME_BYTES
+            + names * VERSION_ENTRY_BYTES
+    }
+
+    /// Most heap one type's subscription on one stream holds: its names,
+    /// and as much again for the subscription it replaces (state of the
+    /// world, while the new one is built) or for the versions the client
+    /// holds (delta).
+    pub const fn subscription_bytes(limits: &StreamLimits) -> usize {
+        2 * (text_bytes(limits.max_subscription_bytes)
+            + limits.max_subscription_names * SUBSCRIPTION_NAME_BYTES)
+    }
+
+    /// Most heap one stream subscribed to `types` types costs, with a
+    /// request being handled: what the README documents per stream.
+    pub const fn stream_bytes(
+        max_request_bytes: usize,
+        limits: &StreamLimits,
+        types: usize,
+    ) -> usize {
+        IDLE_STREAM_BYTES
+            + request_bytes(max_request_bytes, limits)
+            + types * subscription_bytes(limits)
+    }
+}
+
 /// Longest piece of client text that teal echoes back in an error or a
 /// log line it writes for that client (a stale nonce, an unknown type
 /// URL). teal's own nonces and type URLs are far shorter.
@@ -161,6 +249,26 @@ mod tests {
         // "é" is two bytes: a cut inside it backs up to the boundary.
         assert_eq!(cut("aéb", 2), "a… [cut: 3 bytes]");
         assert_eq!(cut("é", 0), "… [cut: 2 bytes]");
+    }
+
+    /// The figures the README's "Limits" states for the defaults.
+    #[test]
+    fn documented_costs_at_the_default_limits() {
+        let limits = StreamLimits::default();
+        let mib = |b: usize| b as f64 / f64::from(1 << 20);
+        let request = 4 * 1024 * 1024;
+        assert_eq!(
+            format!("{:.1}", mib(cost::request_bytes(request, &limits))),
+            "15.7"
+        );
+        assert_eq!(
+            format!("{:.1}", mib(cost::subscription_bytes(&limits))),
+            "9.9"
+        );
+        assert_eq!(
+            format!("{:.1}", mib(cost::stream_bytes(request, &limits, 1))),
+            "25.6"
+        );
     }
 
     #[test]

@@ -419,7 +419,7 @@ where
         );
         if method == S::SOTW_METHOD {
             Box::pin(async move {
-                let mut grpc = Grpc::new(XdsCodec::<DiscoveryRequest>::default())
+                let mut grpc = Grpc::new(XdsCodec::<DiscoveryRequest>::new(shared.config.stream))
                     .apply_max_message_size_config(limits.0, limits.1);
                 let method = Method::<SotwStream> {
                     shared,
@@ -430,8 +430,9 @@ where
             })
         } else if method == S::DELTA_METHOD {
             Box::pin(async move {
-                let mut grpc = Grpc::new(XdsCodec::<DeltaDiscoveryRequest>::default())
-                    .apply_max_message_size_config(limits.0, limits.1);
+                let mut grpc =
+                    Grpc::new(XdsCodec::<DeltaDiscoveryRequest>::new(shared.config.stream))
+                        .apply_max_message_size_config(limits.0, limits.1);
                 let method = Method::<DeltaStream> {
                     shared,
                     kind: S::KIND,
