@@ -317,15 +317,16 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     let admin_listener = bind(opts.admin_addr).await?;
     let admin_addr = local_addr(&admin_listener, opts.admin_addr)?;
     let backend: Arc<dyn Backend> = Arc::new(controller.clone());
+    let server = XdsServer::new(reader, registry.clone(), shutdown.clone(), opts.xds.clone());
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         opts.admin_connections,
         backend,
         metrics,
         tokens,
+        server.client_status(),
         shutdown.clone(),
     ));
-    let server = XdsServer::new(reader, registry.clone(), shutdown.clone(), opts.xds.clone());
     let server_task = tokio::spawn(server.serve(listener));
     let tasks = Tasks {
         xds: server_task,

@@ -19,6 +19,9 @@
 //! | `Verify` | no | Runs a service's checks against one fleet now. |
 //! | `History` | no | A service's past changes, newest first. |
 //!
+//! and `envoy.service.status.v3.ClientStatusDiscoveryService` (CSDS, read
+//! only; the same service as on the xDS port, see [`crate::xds::csds`]).
+//!
 //! HTTP/1.1 (or h2) `GET`:
 //!
 //! - `/metrics`: Prometheus text format 0.0.4; every metric is listed
@@ -60,14 +63,21 @@ use tonic::service::Routes;
 use crate::listener::{ConnectionLimits, Incoming, Port};
 use crate::rollout::Backend;
 use crate::shutdown::Shutdown;
+use crate::xds::ClientStatus;
 
 pub use auth::{Tokens, TokensError};
 pub use metrics::Metrics;
 pub use server::AdminService;
 
-/// The gRPC service and the HTTP paths, as one router.
-pub fn routes(backend: Arc<dyn Backend>, metrics: Arc<Metrics>, tokens: Tokens) -> Routes {
-    let grpc = Routes::new(AdminService::new(backend.clone(), tokens).into_server());
+/// The gRPC services and the HTTP paths, as one router.
+pub fn routes(
+    backend: Arc<dyn Backend>,
+    metrics: Arc<Metrics>,
+    tokens: Tokens,
+    csds: ClientStatus,
+) -> Routes {
+    let grpc = Routes::new(AdminService::new(backend.clone(), tokens).into_server())
+        .add_service(csds.into_server());
     let router = grpc
         .into_axum_router()
         .route(
@@ -95,6 +105,7 @@ pub async fn serve(
     backend: Arc<dyn Backend>,
     metrics: Arc<Metrics>,
     tokens: Tokens,
+    csds: ClientStatus,
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
     if tokens.is_empty() {
@@ -115,7 +126,7 @@ pub async fn serve(
         // long step) clear of the idle timeout.
         .http2_keepalive_interval(Some(limits.keepalive()))
         .http2_keepalive_timeout(Some(limits.keepalive()))
-        .add_routes(routes(backend, metrics, tokens))
+        .add_routes(routes(backend, metrics, tokens, csds))
         .serve_with_incoming_shutdown(Incoming::new(listener, Port::Admin, limits), async move {
             stop.wait().await
         })
