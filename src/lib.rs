@@ -14,7 +14,7 @@
 //! - [`checks`]: the HTTP checks a rollout sends straight to a fleet's endpoints.
 //! - [`snapshot`]: what teal serves at one version, encoded once.
 //! - [`snapshot_store`]: one writer publishes whole snapshots; every stream reads them.
-//! - [`xds`]: the xDS engine: pure per-stream state machines, proxy status, the gRPC layer.
+//! - [`xds`]: the xDS engine: pure per-stream state machines, proxy status, CSDS, the gRPC layer.
 //! - [`wire`]: hand-assembled discovery responses that streams share.
 //! - [`listener`]: accepting connections within limits, for both ports.
 //! - [`tls`]: TLS and mTLS for both ports, certificates rotated in place.

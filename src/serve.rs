@@ -375,6 +375,12 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     let admin_listener = bind(opts.admin_addr).await?;
     let admin_addr = local_addr(&admin_listener, opts.admin_addr)?;
     let backend: Arc<dyn Backend> = Arc::new(controller.clone());
+    let xds_config = XdsServerConfig {
+        tls: xds_tls.clone(),
+        identities: identities.clone(),
+        ..opts.xds.clone()
+    };
+    let server = XdsServer::new(reader, registry.clone(), shutdown.clone(), xds_config);
     let admin_task = tokio::spawn(admin::serve_tls(
         admin_listener,
         opts.admin_connections,
@@ -384,15 +390,10 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
             metrics,
             tokens: tokens.clone(),
             registry: registry.clone(),
+            csds: server.client_status(),
         },
         shutdown.clone(),
     ));
-    let xds_config = XdsServerConfig {
-        tls: xds_tls.clone(),
-        identities: identities.clone(),
-        ..opts.xds.clone()
-    };
-    let server = XdsServer::new(reader, registry.clone(), shutdown.clone(), xds_config);
     let server_task = tokio::spawn(server.serve(listener));
     let tasks = Tasks {
         xds: server_task,

@@ -249,6 +249,7 @@ async fn start_admin() -> Admin {
         backend.clone(),
         metrics.clone(),
         tokens,
+        no_proxies(&shutdown),
         shutdown,
     ));
     Admin {
@@ -669,4 +670,15 @@ async fn ctrl_c_stops_following_and_says_how_to_follow_again() {
     assert_eq!(status.code(), Some(130), "{rest}");
     assert!(rest.contains("goes on on the server"), "{rest}");
     assert!(rest.contains("teal status slow"), "{rest}");
+}
+
+/// A CSDS service with no proxy connected and nothing served: these tests
+/// drive the admin API over a fake backend, without an xDS server.
+fn no_proxies(shutdown: &teal::shutdown::Shutdown) -> teal::xds::ClientStatus {
+    teal::xds::ClientStatus::new(
+        teal::xds::ProxyRegistry::new(),
+        teal::snapshot_store::snapshot_store().1,
+        teal::xds::CsdsLimits::default(),
+        shutdown.clone(),
+    )
 }

@@ -216,6 +216,7 @@ async fn start_admin() -> (SocketAddr, ShutdownTrigger) {
         Arc::new(HostileBackend::new()),
         Arc::new(Metrics::new()),
         Tokens::none().with("alice", TOKEN),
+        no_proxies(&shutdown),
         shutdown,
     ));
     (addr, trigger)
@@ -519,4 +520,15 @@ fn colours_only_on_a_terminal_without_no_color() {
         !logged_on_a_terminal(Some("1")).contains('\x1b'),
         "NO_COLOR=1 turns them off"
     );
+}
+
+/// A CSDS service with no proxy connected and nothing served: these tests
+/// drive the admin API over a fake backend, without an xDS server.
+fn no_proxies(shutdown: &teal::shutdown::Shutdown) -> teal::xds::ClientStatus {
+    teal::xds::ClientStatus::new(
+        teal::xds::ProxyRegistry::new(),
+        teal::snapshot_store::snapshot_store().1,
+        teal::xds::CsdsLimits::default(),
+        shutdown.clone(),
+    )
 }

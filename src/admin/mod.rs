@@ -21,6 +21,9 @@
 //! | `Cordon` | **yes** | Operations stop waiting for one proxy (by node id) and ignore its NACKs; durable. |
 //! | `Uncordon` | **yes** | Lifts a cordon. |
 //!
+//! and `envoy.service.status.v3.ClientStatusDiscoveryService` (CSDS, read
+//! only; the same service as on the xDS port, see [`crate::xds::csds`]).
+//!
 //! HTTP/1.1 (or h2) `GET`:
 //!
 //! - `/metrics`: Prometheus text format 0.0.4; every metric is listed
@@ -64,22 +67,23 @@ use crate::listener::{ConnectionLimits, Incoming, Port};
 use crate::rollout::Backend;
 use crate::shutdown::Shutdown;
 use crate::tls::ServerTls;
-use crate::xds::ProxyRegistry;
+use crate::xds::{ClientStatus, ProxyRegistry};
 
 pub use auth::{Tokens, TokensError};
 pub use metrics::Metrics;
 pub use server::AdminService;
 
-/// The gRPC service and the HTTP paths, as one router.
+/// The gRPC services and the HTTP paths, as one router.
 pub fn routes(
     backend: Arc<dyn Backend>,
     metrics: Arc<Metrics>,
     tokens: Tokens,
     registry: Arc<ProxyRegistry>,
+    csds: ClientStatus,
 ) -> Routes {
     let service =
         AdminService::new(backend.clone(), tokens).with_cordons(registry, metrics.clone());
-    let grpc = Routes::new(service.into_server());
+    let grpc = Routes::new(service.into_server()).add_service(csds.into_server());
     let router = grpc
         .into_axum_router()
         .route(
@@ -107,6 +111,7 @@ pub async fn serve(
     backend: Arc<dyn Backend>,
     metrics: Arc<Metrics>,
     tokens: Tokens,
+    csds: ClientStatus,
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
     let parts = Parts {
@@ -114,6 +119,7 @@ pub async fn serve(
         metrics,
         tokens,
         registry: ProxyRegistry::new(),
+        csds,
     };
     serve_tls(listener, limits, None, parts, shutdown).await
 }
@@ -128,6 +134,8 @@ pub struct Parts {
     pub tokens: Tokens,
     /// The proxies, for their cordons.
     pub registry: Arc<ProxyRegistry>,
+    /// CSDS, the same service as on the xDS port.
+    pub csds: ClientStatus,
 }
 
 impl std::fmt::Debug for Parts {
@@ -151,6 +159,7 @@ pub async fn serve_tls(
         metrics,
         tokens,
         registry,
+        csds,
     } = parts;
     if tokens.is_empty() {
         tracing::warn!(
@@ -170,7 +179,7 @@ pub async fn serve_tls(
         // long step) clear of the idle timeout.
         .http2_keepalive_interval(Some(limits.keepalive()))
         .http2_keepalive_timeout(Some(limits.keepalive()))
-        .add_routes(routes(backend, metrics, tokens, registry))
+        .add_routes(routes(backend, metrics, tokens, registry, csds))
         .serve_with_incoming_shutdown(
             Incoming::new(listener, Port::Admin, limits).with_tls(tls),
             async move { stop.wait().await },

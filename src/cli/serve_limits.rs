@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::listener::ConnectionLimits;
-use crate::xds::{StreamLimits, XdsServerConfig};
+use crate::xds::{CsdsLimits, StreamLimits, XdsServerConfig};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -58,6 +58,23 @@ pub struct LimitArgs {
     /// pinged after a third of it).
     #[arg(long, default_value = "60", value_parser = timeout_seconds)]
     pub idle_timeout: Duration,
+    /// Largest CSDS request message, in bytes (both ports); a larger one
+    /// ends its call with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 64 * KIB, value_parser = clap::value_parser!(u64).range(KIB..=16 * MIB))]
+    pub max_csds_request_bytes: u64,
+    /// Most node_matchers in one CSDS request; past it the call ends with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_csds_matchers: u64,
+    /// Largest CSDS answer, in bytes; past it the call ends with
+    /// RESOURCE_EXHAUSTED (narrow it with node_matchers or
+    /// exclude_resource_contents).
+    #[arg(long, default_value_t = 64 * MIB, value_parser = clap::value_parser!(u64).range(KIB..=4 * 1024 * MIB))]
+    pub max_csds_response_bytes: u64,
+    /// Most CSDS answers built at once, over both ports; further requests
+    /// wait for a turn.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub max_csds_concurrent: u64,
 }
 
 /// A timeout of more than 0 and at most a day, in seconds.
@@ -95,6 +112,12 @@ impl LimitArgs {
             idle_timeout: self.idle_timeout,
         };
         xds.connections = connections(self.max_xds_connections);
+        xds.csds = CsdsLimits {
+            max_request_bytes: size(self.max_csds_request_bytes),
+            max_matchers: size(self.max_csds_matchers),
+            max_response_bytes: size(self.max_csds_response_bytes),
+            max_concurrent: size(self.max_csds_concurrent),
+        };
         *admin = connections(self.max_admin_connections);
     }
 }
@@ -122,6 +145,10 @@ mod tests {
                 max_nack_bytes: 1,
                 ..StreamLimits::default()
             },
+            csds: CsdsLimits {
+                max_matchers: 1,
+                ..CsdsLimits::default()
+            },
             ..XdsServerConfig::default()
         };
         let mut admin = ConnectionLimits::default_for(crate::listener::Port::Xds);
@@ -132,6 +159,7 @@ mod tests {
         assert_eq!(xds.stream, defaults.stream);
         assert_eq!(xds.connections, defaults.connections);
         assert_eq!(xds.max_request_bytes, defaults.max_request_bytes);
+        assert_eq!(xds.csds, defaults.csds);
         assert_eq!(
             admin,
             ConnectionLimits::default_for(crate::listener::Port::Admin)
@@ -155,6 +183,10 @@ mod tests {
             &["--idle-timeout", "1e20"],
             &["--idle-timeout", "NaN"],
             &["--idle-timeout", "-3"],
+            &["--max-csds-matchers", "0"],
+            &["--max-csds-request-bytes", "10"],
+            &["--max-csds-response-bytes", "0"],
+            &["--max-csds-concurrent", "0"],
         ] {
             let e = parse(bad).expect_err(&format!("{bad:?} is refused"));
             assert!(e.use_stderr(), "{bad:?}: a usage error");

@@ -28,6 +28,12 @@ pub enum Limit {
     NodeFieldBytes,
     /// Bytes of one request message.
     RequestBytes,
+    /// `node_matchers` in one CSDS request.
+    CsdsMatchers,
+    /// Bytes of one CSDS request message.
+    CsdsRequestBytes,
+    /// Bytes of one CSDS answer.
+    CsdsResponseBytes,
 }
 
 impl Limit {
@@ -38,6 +44,9 @@ impl Limit {
             Limit::SubscriptionBytes => "--max-subscription-bytes",
             Limit::NodeFieldBytes => "--max-node-field-bytes",
             Limit::RequestBytes => "--max-request-bytes",
+            Limit::CsdsMatchers => "--max-csds-matchers",
+            Limit::CsdsRequestBytes => "--max-csds-request-bytes",
+            Limit::CsdsResponseBytes => "--max-csds-response-bytes",
         }
     }
 
@@ -45,6 +54,7 @@ impl Limit {
     fn unit(self) -> &'static str {
         match self {
             Limit::SubscriptionNames => "names",
+            Limit::CsdsMatchers => "matchers",
             _ => "bytes",
         }
     }
@@ -57,6 +67,9 @@ impl fmt::Display for Limit {
             Limit::SubscriptionBytes => "subscription bytes limit",
             Limit::NodeFieldBytes => "node field limit",
             Limit::RequestBytes => "request size limit",
+            Limit::CsdsMatchers => "CSDS node matchers limit",
+            Limit::CsdsRequestBytes => "CSDS request size limit",
+            Limit::CsdsResponseBytes => "CSDS answer size limit",
         })
     }
 }

@@ -6,6 +6,7 @@
 //! - [`delta`]: the incremental (delta) stream state machine.
 //! - [`limits`]: what one stream may make teal hold, and the errors past it.
 //! - [`status`]: what teal knows of every connected proxy.
+//! - [`csds`]: CSDS, that knowledge for mesh tooling, with the resources sent.
 //! - [`codec`]: the gRPC codec that writes pre-encoded responses.
 //! - [`server`]: the tonic services; they only pump messages between the
 //!   network, the state machines and the snapshot store.
@@ -14,6 +15,7 @@
 //! events out) so the protocol is tested without a network.
 
 pub mod codec;
+pub mod csds;
 pub mod delta;
 pub mod limits;
 pub mod protocol;
@@ -21,6 +23,7 @@ pub mod server;
 pub mod sotw;
 pub mod status;
 
+pub use csds::{ClientStatus, CsdsLimits};
 pub use limits::{Limit, OverLimit, StreamLimits};
 pub use protocol::{NodeInfo, Planner, ProtocolError, StreamEvent, StreamKind};
 pub use server::{XdsServer, XdsServerConfig};

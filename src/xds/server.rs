@@ -14,6 +14,9 @@
 //! - `envoy.service.endpoint.v3.EndpointDiscoveryService/StreamEndpoints`
 //! - `envoy.service.listener.v3.ListenerDiscoveryService/StreamListeners`
 //! - `envoy.service.route.v3.RouteDiscoveryService/StreamRoutes`
+//!
+//! and, from envoy-types' generated server, CSDS
+//! (`envoy.service.status.v3.ClientStatusDiscoveryService`, see [`csds`](super::csds)).
 
 use std::marker::PhantomData;
 use std::net::SocketAddr;
@@ -39,6 +42,7 @@ use crate::tls::{ConnInfo, ServerTls};
 use crate::wire::OutMessage;
 
 use super::codec::XdsCodec;
+use super::csds::{ClientStatus, CsdsLimits};
 use super::delta::DeltaStream;
 use super::limits::{Limit, StreamLimits};
 use super::protocol::{NodeInfo, Planner, StreamKind};
@@ -65,6 +69,8 @@ pub struct XdsServerConfig {
     pub tls: Option<Arc<ServerTls>>,
     /// Which identities may join which group (see [`IdentityGate`]).
     pub identities: Arc<IdentityGate>,
+    /// What a CSDS request may ask (see [`CsdsLimits`]).
+    pub csds: CsdsLimits,
 }
 
 impl Default for XdsServerConfig {
@@ -77,6 +83,7 @@ impl Default for XdsServerConfig {
             connections: ConnectionLimits::default_for(Port::Xds),
             tls: None,
             identities: IdentityGate::new(),
+            csds: CsdsLimits::default(),
         }
     }
 }
@@ -99,6 +106,7 @@ struct Shared {
 #[derive(Clone, Debug)]
 pub struct XdsServer {
     shared: Arc<Shared>,
+    csds: ClientStatus,
 }
 
 impl XdsServer {
@@ -110,7 +118,14 @@ impl XdsServer {
         shutdown: Shutdown,
         config: XdsServerConfig,
     ) -> XdsServer {
+        let csds = ClientStatus::new(
+            registry.clone(),
+            reader.clone(),
+            config.csds,
+            shutdown.clone(),
+        );
         XdsServer {
+            csds,
             shared: Arc::new(Shared {
                 reader,
                 registry,
@@ -120,7 +135,7 @@ impl XdsServer {
         }
     }
 
-    /// The five discovery services, to mount on a tonic server.
+    /// The five discovery services and CSDS, to mount on a tonic server.
     pub fn routes(&self) -> Routes {
         let s = &self.shared;
         Routes::new(DiscoveryService::<Ads>::new(s))
@@ -128,6 +143,13 @@ impl XdsServer {
             .add_service(DiscoveryService::<Eds>::new(s))
             .add_service(DiscoveryService::<Lds>::new(s))
             .add_service(DiscoveryService::<Rds>::new(s))
+            .add_service(self.csds.clone().into_server())
+    }
+
+    /// The CSDS service of this server (its registry and snapshots), to
+    /// mount on another port too; it shares this server's limits.
+    pub fn client_status(&self) -> ClientStatus {
+        self.csds.clone()
     }
 
     /// Serves on `listener` until shutdown, then gives open streams the
