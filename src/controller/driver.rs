@@ -9,7 +9,7 @@
 //! operation record in one write), and when it ends (history entry,
 //! rollback point, no operation).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -27,10 +27,10 @@ use crate::shutdown::Shutdown;
 use crate::snapshot::BuildError;
 use crate::snapshot_store::SnapshotWriter;
 use crate::state::{PersistedState, Revision, StateError, StateStore};
-use crate::xds::ProxyRegistry;
+use crate::xds::{Changes, ProxyRegistry};
 
+use super::follow::{Basis, Follow};
 use super::reconcile::{ReconcileError, fit_split, reconcile};
-use super::views::proxy_views;
 use super::{Command, ControllerError, ReloadError, Reloaded, version_seq};
 
 /// Why a change could not be committed; nothing was served.
@@ -53,6 +53,8 @@ pub(super) enum CommitError {
 pub(super) struct Running {
     pub(super) rollout: Rollout,
     pub(super) progress: watch::Sender<Progress>,
+    /// Its proxies, as last handed to the rollout.
+    pub(super) follow: Follow,
 }
 
 impl Running {
@@ -234,6 +236,7 @@ impl Driver {
                 Running {
                     rollout,
                     progress: tx,
+                    follow: Follow::default(),
                 },
             );
             self.carry_out(&service, actions).await;
@@ -249,6 +252,7 @@ impl Driver {
         mut shutdown: Shutdown,
     ) {
         let mut proxies = self.registry.watch();
+        let changes = self.registry.feed();
         loop {
             let deadline = self
                 .running
@@ -273,7 +277,7 @@ impl Driver {
                     if changed.is_err() {
                         break;
                     }
-                    self.feed_proxies().await;
+                    self.feed_proxies(changes.take()).await;
                 }
                 () = sleep_until(deadline) => {
                     let services: Vec<String> = self.running.keys().cloned().collect();
@@ -544,6 +548,7 @@ impl Driver {
             Running {
                 rollout,
                 progress: tx,
+                follow: Follow::default(),
             },
         );
         Ok((rx, actions))
@@ -562,16 +567,31 @@ impl Driver {
         Ok(())
     }
 
-    async fn feed_proxies(&mut self) {
-        let services: Vec<String> = self
-            .running
-            .iter()
-            .filter(|(_, r)| r.rollout.wants_proxies())
-            .map(|(s, _)| s.clone())
-            .collect();
+    /// Hands each operation that looks at the proxies what `changes`
+    /// changed of them.
+    async fn feed_proxies(&mut self, changes: Changes) {
+        let services: Vec<String> = self.running.keys().cloned().collect();
         for s in services {
-            let views = self.proxy_views(&s);
-            self.feed(&s, Event::Proxies(views)).await;
+            if let Some(event) = self.follow(&s, &changes) {
+                self.feed(&s, event).await;
+            }
+        }
+    }
+
+    /// What `changes` means to `service`'s operation: its proxies that
+    /// changed, or all of them when their views were not kept or were
+    /// measured against something else.
+    fn follow(&mut self, service: &str, changes: &Changes) -> Option<Event> {
+        let basis = self.basis(service);
+        let snapshot = self.writer.current();
+        let running = self.running.get_mut(service)?;
+        if !running.rollout.wants_proxies() {
+            running.follow.stop();
+            return None;
+        }
+        match running.follow.changes(changes, &basis, &snapshot) {
+            Ok(event) => event,
+            Err(()) => Some(Event::Proxies(self.proxy_views(service))),
         }
     }
 
@@ -763,23 +783,37 @@ impl Driver {
         })
     }
 
+    /// What `service`'s proxies are measured against now: the snapshot
+    /// served, the version its operation committed, the groups routing it.
+    fn basis(&self, service: &str) -> Basis {
+        Basis {
+            snapshot: self.writer.current().version().to_owned(),
+            committed: self
+                .running
+                .get(service)
+                .and_then(|r| r.rollout.version())
+                .and_then(version_seq),
+            groups: self
+                .config
+                .groups
+                .iter()
+                .filter(|(_, g)| self.config.services_of(g).contains(&service))
+                .map(|(name, _)| name.clone())
+                .collect(),
+        }
+    }
+
     /// The proxies of every group that routes `service`, as the rollout
-    /// sees them, measured against the version it committed.
-    fn proxy_views(&self, service: &str) -> Vec<ProxyView> {
-        let groups: BTreeSet<&str> = self
-            .config
-            .groups
-            .iter()
-            .filter(|(_, g)| self.config.services_of(g).contains(&service))
-            .map(|(name, _)| name.as_str())
-            .collect();
-        let committed = self
-            .running
-            .get(service)
-            .and_then(|r| r.rollout.version())
-            .and_then(version_seq);
+    /// sees them, measured against the version it committed: a whole
+    /// pass, which its [`Follow`] then keeps up to date.
+    fn proxy_views(&mut self, service: &str) -> Vec<ProxyView> {
+        let basis = self.basis(service);
         let snapshot = self.writer.current();
-        proxy_views(&self.registry.proxies(), &groups, &snapshot, committed)
+        let proxies = self.registry.proxies();
+        match self.running.get_mut(service) {
+            Some(running) => running.follow.all(&proxies, basis, &snapshot),
+            None => Vec::new(),
+        }
     }
 }
 

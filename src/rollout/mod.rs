@@ -301,7 +301,9 @@ pub struct Progress {
     pub acked: usize,
     /// Proxies that must ACK it.
     pub total: usize,
-    /// Ids of proxies that have not ACKed yet.
+    /// Ids of proxies that have not ACKed yet: the first
+    /// [`WAITING_SHOWN`](machine::WAITING_SHOWN) by id (`total - acked`
+    /// counts them all).
     pub waiting_for: Vec<String>,
     /// The latest check results.
     pub checks: Vec<CheckResult>,

@@ -24,7 +24,7 @@ pub mod status;
 pub use limits::{Limit, OverLimit, StreamLimits};
 pub use protocol::{NodeInfo, ProtocolError, StreamEvent, StreamKind};
 pub use server::{XdsServer, XdsServerConfig};
-pub use status::{EventSink, ProxyRegistry, ProxyStatus};
+pub use status::{ChangeFeed, Changes, EventSink, ProxyRegistry, ProxyStatus};
 
 #[cfg(test)]
 mod fixtures;

@@ -5,10 +5,14 @@
 //! version ACKed and the last NACK with Envoy's message. Readers (the admin
 //! API, the rollout, tests) take a consistent copy with
 //! [`ProxyRegistry::proxies`] and can wait for the next change with
-//! [`ProxyRegistry::watch`]. The lock is a plain mutex held for a map
-//! update, never across an `.await`.
+//! [`ProxyRegistry::watch`]. A reader that follows every change (the
+//! rollout's confirmation) takes a [`ChangeFeed`] instead, which hands it
+//! only the streams that changed since it last looked: with N proxies
+//! ACKing a version one by one, it does O(1) work per ACK rather than
+//! copying all N statuses each time. The lock is a plain mutex held for a
+//! map update, never across an `.await`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -91,10 +95,27 @@ pub trait EventSink: Send + Sync + std::fmt::Debug {
     fn record(&self, event: &StreamEvent);
 }
 
+/// What the registry's lock guards.
+#[derive(Debug, Default)]
+struct Inner {
+    streams: HashMap<u64, ProxyStatus>,
+    /// Per [`ChangeFeed`] (by slot; `None` once it is dropped), the streams
+    /// that changed or went since it last took them.
+    feeds: Vec<Option<HashSet<u64>>>,
+}
+
+impl Inner {
+    fn changed(&mut self, id: u64) {
+        for feed in self.feeds.iter_mut().flatten() {
+            feed.insert(id);
+        }
+    }
+}
+
 /// The registry of connected proxies.
 #[derive(Debug)]
 pub struct ProxyRegistry {
-    streams: Mutex<HashMap<u64, ProxyStatus>>,
+    streams: Mutex<Inner>,
     /// Told of every event, if set.
     sink: Option<Arc<dyn EventSink>>,
     next_id: AtomicU64,
@@ -106,7 +127,7 @@ pub struct ProxyRegistry {
 impl Default for ProxyRegistry {
     fn default() -> Self {
         ProxyRegistry {
-            streams: Mutex::new(HashMap::new()),
+            streams: Mutex::new(Inner::default()),
             sink: None,
             next_id: AtomicU64::new(1),
             generation: watch::Sender::new(0),
@@ -128,7 +149,7 @@ impl ProxyRegistry {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, ProxyStatus>> {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
         // Entries are replaced whole, so a panic elsewhere cannot leave
         // one half-written; a poisoned lock is safe to keep using.
         self.streams
@@ -143,7 +164,9 @@ impl ProxyRegistry {
     /// Registers a new stream; it is removed when the handle drops.
     pub fn register(self: &Arc<Self>, kind: StreamKind, delta: bool) -> StreamHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(
+        let mut inner = self.lock();
+        inner.changed(id);
+        inner.streams.insert(
             id,
             ProxyStatus {
                 stream_id: id,
@@ -154,6 +177,7 @@ impl ProxyRegistry {
                 types: Default::default(),
             },
         );
+        drop(inner);
         self.bump();
         StreamHandle {
             registry: self.clone(),
@@ -164,7 +188,7 @@ impl ProxyRegistry {
 
     /// Every connected stream, ordered by node id and then stream id.
     pub fn proxies(&self) -> Vec<ProxyStatus> {
-        let mut all: Vec<ProxyStatus> = self.lock().values().cloned().collect();
+        let mut all: Vec<ProxyStatus> = self.lock().streams.values().cloned().collect();
         all.sort_by(|a, b| {
             let key = |p: &ProxyStatus| p.node.as_ref().map(|n| n.id.clone());
             key(a).cmp(&key(b)).then(a.stream_id.cmp(&b.stream_id))
@@ -174,7 +198,7 @@ impl ProxyRegistry {
 
     /// How many streams are connected.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().streams.len()
     }
 
     /// Whether no stream is connected.
@@ -185,6 +209,82 @@ impl ProxyRegistry {
     /// A receiver that changes whenever any proxy's state does.
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// A feed of the streams that change from now on; see [`ChangeFeed`].
+    pub fn feed(self: &Arc<Self>) -> ChangeFeed {
+        let mut inner = self.lock();
+        let slot = match inner.feeds.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => {
+                inner.feeds.push(None);
+                inner.feeds.len() - 1
+            }
+        };
+        inner.feeds[slot] = Some(HashSet::new());
+        ChangeFeed {
+            registry: self.clone(),
+            slot,
+        }
+    }
+}
+
+/// The streams that changed since a [`ChangeFeed`] last looked.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Streams registered or updated, as they are now.
+    pub changed: Vec<ProxyStatus>,
+    /// Streams that went away.
+    pub gone: Vec<u64>,
+}
+
+impl Changes {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.gone.is_empty()
+    }
+}
+
+/// One reader's record of which streams changed since it last called
+/// [`ChangeFeed::take`]. It holds at most one entry per stream that
+/// changed (a stream id is never reused), so it stays bounded by the
+/// number of streams that came and went between two takes. Pair it with
+/// [`ProxyRegistry::watch`] to sleep until there is something to take.
+#[derive(Debug)]
+pub struct ChangeFeed {
+    registry: Arc<ProxyRegistry>,
+    slot: usize,
+}
+
+impl ChangeFeed {
+    /// The streams that changed or went since the last call (or since the
+    /// feed was made), each once, in stream id order.
+    pub fn take(&self) -> Changes {
+        let mut inner = self.registry.lock();
+        let Some(ids) = inner.feeds.get_mut(self.slot).and_then(Option::as_mut) else {
+            return Changes::default();
+        };
+        if ids.is_empty() {
+            return Changes::default();
+        }
+        let mut ids: Vec<u64> = std::mem::take(ids).into_iter().collect();
+        ids.sort_unstable();
+        let mut changes = Changes::default();
+        for id in ids {
+            match inner.streams.get(&id) {
+                Some(p) => changes.changed.push(p.clone()),
+                None => changes.gone.push(id),
+            }
+        }
+        changes
+    }
+}
+
+impl Drop for ChangeFeed {
+    fn drop(&mut self) {
+        if let Some(slot) = self.registry.lock().feeds.get_mut(self.slot) {
+            *slot = None;
+        }
     }
 }
 
@@ -208,9 +308,12 @@ impl StreamHandle {
             return;
         }
         let Some(node) = node else { return };
-        if let Some(p) = self.registry.lock().get_mut(&self.id) {
+        let mut inner = self.registry.lock();
+        if let Some(p) = inner.streams.get_mut(&self.id) {
             p.node = Some(node.clone());
         }
+        inner.changed(self.id);
+        drop(inner);
         self.node_known = true;
         tracing::info!(stream = self.id, node = %node.id, group = %node.cluster, agent = %node.user_agent, "proxy connected");
         self.registry.bump();
@@ -222,8 +325,8 @@ impl StreamHandle {
             return;
         }
         let now = SystemTime::now();
-        let mut streams = self.registry.lock();
-        let Some(p) = streams.get_mut(&self.id) else {
+        let mut inner = self.registry.lock();
+        let Some(p) = inner.streams.get_mut(&self.id) else {
             return;
         };
         let node = p.node.as_ref().map(|n| n.id.as_str()).unwrap_or("");
@@ -267,14 +370,19 @@ impl StreamHandle {
                 }
             }
         }
-        drop(streams);
+        inner.changed(self.id);
+        drop(inner);
         self.registry.bump();
     }
 }
 
 impl Drop for StreamHandle {
     fn drop(&mut self) {
-        let removed = self.registry.lock().remove(&self.id);
+        let removed = {
+            let mut inner = self.registry.lock();
+            inner.changed(self.id);
+            inner.streams.remove(&self.id)
+        };
         if let Some(node) = removed.and_then(|p| p.node) {
             tracing::info!(stream = self.id, node = %node.id, group = %node.cluster, "proxy disconnected");
         }
@@ -322,5 +430,47 @@ mod tests {
         assert_eq!(all[0].group(), Some("edge"));
         drop(h);
         assert!(reg.is_empty());
+    }
+
+    #[test]
+    fn a_feed_hands_over_each_changed_stream_once() {
+        let reg = ProxyRegistry::new();
+        let quiet = reg.register(StreamKind::Aggregated, false);
+        let feed = reg.feed();
+        let busy = reg.register(StreamKind::Aggregated, false);
+        let ack = |version: &str| StreamEvent::Acked {
+            ty: ResourceType::Route,
+            version: version.into(),
+        };
+        busy.record(&[ack("1")]);
+        busy.record(&[ack("2")]);
+        let first = feed.take();
+        assert_eq!(
+            first.changed.len(),
+            1,
+            "one entry per stream, not per event"
+        );
+        assert_eq!(first.changed[0].stream_id, busy.id());
+        assert_eq!(
+            first.changed[0].of(ResourceType::Route).acked.as_deref(),
+            Some("2")
+        );
+        assert!(
+            feed.take().is_empty(),
+            "taken changes are not handed over again"
+        );
+        let gone = busy.id();
+        drop(busy);
+        quiet.record(&[ack("3")]);
+        let second = feed.take();
+        assert_eq!(second.gone, vec![gone]);
+        assert_eq!(second.changed.len(), 1);
+        assert_eq!(second.changed[0].stream_id, quiet.id());
+        drop(feed);
+        quiet.record(&[ack("4")]);
+        assert!(
+            reg.lock().feeds.iter().all(Option::is_none),
+            "a dropped feed stops collecting"
+        );
     }
 }

@@ -1,0 +1,307 @@
+//! Following the proxies of a running operation change by change.
+//!
+//! The driver wakes on registry changes, which come with every ACK of
+//! every proxy. Recomputing every proxy's view at each would cost O(N)
+//! per ACK and O(N²) per flip of N proxies. A [`Follow`] keeps each
+//! stream's part of its node's view and hands the machine only the nodes
+//! whose view changed ([`Event::ProxiesChanged`]); a whole pass happens
+//! only when the machine asks for one ([`Action::ObserveProxies`], once
+//! per commit) or when what the views are measured against changed (a new
+//! snapshot served, the groups routing the service).
+//!
+//! [`Action::ObserveProxies`]: crate::rollout::machine::Action::ObserveProxies
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::rollout::machine::{Event, ProxyView};
+use crate::snapshot::Snapshot;
+use crate::xds::{Changes, ProxyStatus};
+
+use super::views::{merge, stream_view};
+
+/// What views are measured against: when any of it changes, every view
+/// may change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Basis {
+    /// The version of the snapshot served.
+    pub(super) snapshot: String,
+    /// The sequence number the operation committed, once it has.
+    pub(super) committed: Option<u64>,
+    /// The proxy groups that route the service.
+    pub(super) groups: BTreeSet<String>,
+}
+
+/// One node: its streams in the followed groups and its merged view.
+#[derive(Debug)]
+struct Node {
+    streams: BTreeSet<u64>,
+    view: ProxyView,
+}
+
+/// The proxies of one running operation, as last handed to its machine.
+#[derive(Debug, Default)]
+pub(super) struct Follow {
+    /// What the views were computed against; `None` when they are not
+    /// kept (before the first whole pass, or after the machine stopped
+    /// looking).
+    basis: Option<Basis>,
+    /// Per stream in the groups: its node id and its part of the view.
+    streams: HashMap<u64, (String, ProxyView)>,
+    nodes: HashMap<String, Node>,
+}
+
+impl Follow {
+    /// Forgets everything; the next look is a whole pass.
+    pub(super) fn stop(&mut self) {
+        *self = Follow::default();
+    }
+
+    /// A whole pass over `proxies`: every node's view, by id.
+    pub(super) fn all(
+        &mut self,
+        proxies: &[ProxyStatus],
+        basis: Basis,
+        snapshot: &Snapshot,
+    ) -> Vec<ProxyView> {
+        self.stop();
+        for p in proxies {
+            self.put(p, &basis, snapshot);
+        }
+        let mut all: BTreeMap<&str, ProxyView> = BTreeMap::new();
+        for (id, node) in &mut self.nodes {
+            node.view = view_of(&node.streams, &self.streams);
+            all.insert(id, node.view.clone());
+        }
+        let all = all.into_values().collect();
+        self.basis = Some(basis);
+        all
+    }
+
+    /// The nodes whose view `changes` changed, as an event for the
+    /// machine (`None` when no view changed). `Err(())` when the views are
+    /// not kept or were measured against another basis: the caller then
+    /// makes a whole pass.
+    pub(super) fn changes(
+        &mut self,
+        changes: &Changes,
+        basis: &Basis,
+        snapshot: &Snapshot,
+    ) -> Result<Option<Event>, ()> {
+        if self.basis.as_ref() != Some(basis) {
+            return Err(());
+        }
+        let mut touched = BTreeSet::new();
+        for id in &changes.gone {
+            if let Some((node, _)) = self.streams.remove(id) {
+                if let Some(n) = self.nodes.get_mut(&node) {
+                    n.streams.remove(id);
+                }
+                touched.insert(node);
+            }
+        }
+        for p in &changes.changed {
+            if let Some(node) = self.put(p, basis, snapshot) {
+                touched.insert(node);
+            }
+        }
+        let (mut changed, mut gone) = (Vec::new(), Vec::new());
+        for id in touched {
+            let Some(node) = self.nodes.get_mut(&id) else {
+                continue;
+            };
+            if node.streams.is_empty() {
+                self.nodes.remove(&id);
+                gone.push(id);
+                continue;
+            }
+            let view = view_of(&node.streams, &self.streams);
+            if view != node.view {
+                node.view = view.clone();
+                changed.push(view);
+            }
+        }
+        if changed.is_empty() && gone.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Event::ProxiesChanged { changed, gone }))
+    }
+
+    /// Records one stream's part (if it is in the groups and named its
+    /// node); returns the node it belongs to.
+    fn put(&mut self, p: &ProxyStatus, basis: &Basis, snapshot: &Snapshot) -> Option<String> {
+        let node = p.node.as_ref()?;
+        if !basis.groups.contains(&node.cluster) {
+            return None;
+        }
+        let part = stream_view(p, snapshot, basis.committed)?;
+        self.nodes
+            .entry(node.id.clone())
+            .or_insert_with(|| Node {
+                streams: BTreeSet::new(),
+                // Never equal to a computed view, so a new node is handed
+                // over.
+                view: ProxyView {
+                    id: String::new(),
+                    prepared: false,
+                    confirmed: false,
+                    nack: None,
+                },
+            })
+            .streams
+            .insert(p.stream_id);
+        self.streams.insert(p.stream_id, (node.id.clone(), part));
+        Some(node.id.clone())
+    }
+}
+
+/// A node's view from its streams' parts, in stream order (as
+/// [`proxy_views`](super::proxy_views) merges them).
+fn view_of(streams: &BTreeSet<u64>, parts: &HashMap<u64, (String, ProxyView)>) -> ProxyView {
+    let mut parts = streams.iter().filter_map(|s| parts.get(s)).map(|(_, v)| v);
+    let Some(first) = parts.next() else {
+        return ProxyView {
+            id: String::new(),
+            prepared: false,
+            confirmed: false,
+            nack: None,
+        };
+    };
+    let mut view = first.clone();
+    for part in parts {
+        merge(&mut view, part);
+    }
+    view
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+
+    use super::*;
+    use crate::controller::proxy_views;
+    use crate::resources::ResourceType;
+    use crate::snapshot::{GroupResources, SnapshotInput};
+    use crate::xds::{NodeInfo, StreamKind};
+
+    fn snapshot(version: &str) -> Arc<Snapshot> {
+        let mut group = GroupResources::default();
+        group.routes.push(RouteConfiguration {
+            name: format!("main-{version}"),
+            ..Default::default()
+        });
+        let mut input = SnapshotInput::default();
+        input.groups.insert("edge".into(), group);
+        let (mut writer, _reader) = crate::snapshot_store::snapshot_store();
+        writer.publish(version, &input).expect("valid input")
+    }
+
+    /// Stream `id` of node `node` in `group`, having ACKed `acked` routes.
+    fn stream(id: u64, node: &str, group: &str, acked: Option<&str>) -> ProxyStatus {
+        let mut p = ProxyStatus {
+            stream_id: id,
+            node: Some(NodeInfo {
+                id: node.into(),
+                cluster: group.into(),
+                user_agent: "envoy".into(),
+            }),
+            kind: StreamKind::Aggregated,
+            delta: false,
+            connected_since: SystemTime::UNIX_EPOCH,
+            types: Default::default(),
+        };
+        let t = &mut p.types[ResourceType::Route.index()];
+        t.subscribed = true;
+        t.acked = acked.map(str::to_owned);
+        p
+    }
+
+    fn basis(snapshot: &Snapshot) -> Basis {
+        Basis {
+            snapshot: snapshot.version().to_owned(),
+            committed: Some(2),
+            groups: ["edge".to_owned()].into(),
+        }
+    }
+
+    #[test]
+    fn only_nodes_whose_view_changed_are_handed_over() {
+        let snap = snapshot("2");
+        let current = snap
+            .group("edge")
+            .of(ResourceType::Route)
+            .version()
+            .to_owned();
+        let old = Some("1");
+        let proxies = vec![
+            stream(1, "a", "edge", old),
+            stream(2, "b", "edge", old),
+            // A second stream of b (per-type services).
+            stream(3, "b", "edge", Some(&current)),
+            stream(4, "c", "other", old),
+        ];
+        let mut follow = Follow::default();
+        let groups = ["edge"].into();
+        let all = follow.all(&proxies, basis(&snap), &snap);
+        assert_eq!(all, proxy_views(&proxies, &groups, &snap, Some(2)));
+        assert_eq!(all.len(), 2, "the other group is not followed");
+
+        // b's first stream ACKs: b is confirmed; a, unchanged, is not
+        // handed over; a stream of another group changes nothing.
+        let changes = Changes {
+            changed: vec![
+                stream(1, "a", "edge", old),
+                stream(2, "b", "edge", Some(&current)),
+                stream(4, "c", "other", Some(&current)),
+            ],
+            gone: Vec::new(),
+        };
+        let Ok(Some(Event::ProxiesChanged { changed, gone })) =
+            follow.changes(&changes, &basis(&snap), &snap)
+        else {
+            panic!("b changed");
+        };
+        assert_eq!(gone, Vec::<String>::new());
+        assert_eq!(changed.len(), 1);
+        assert_eq!((changed[0].id.as_str(), changed[0].confirmed), ("b", true));
+
+        // Nothing visible changed: no event.
+        let same = Changes {
+            changed: vec![stream(1, "a", "edge", old)],
+            gone: vec![99],
+        };
+        assert!(matches!(
+            follow.changes(&same, &basis(&snap), &snap),
+            Ok(None)
+        ));
+
+        // One of b's two streams goes: b stays; then the other: b leaves.
+        let one = Changes {
+            changed: Vec::new(),
+            gone: vec![3],
+        };
+        assert!(matches!(
+            follow.changes(&one, &basis(&snap), &snap),
+            Ok(None)
+        ));
+        let both = Changes {
+            changed: Vec::new(),
+            gone: vec![2],
+        };
+        let Ok(Some(Event::ProxiesChanged { changed, gone })) =
+            follow.changes(&both, &basis(&snap), &snap)
+        else {
+            panic!("b left");
+        };
+        assert!(changed.is_empty());
+        assert_eq!(gone, ["b"]);
+
+        // Another snapshot: the views must be made again, whole.
+        let next = snapshot("3");
+        assert!(follow.changes(&same, &basis(&next), &next).is_err());
+        follow.stop();
+        assert!(follow.changes(&same, &basis(&snap), &snap).is_err());
+    }
+}
