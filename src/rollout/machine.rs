@@ -58,6 +58,13 @@ pub struct ProxyView {
     pub nack: Option<String>,
 }
 
+/// How many proxies' ACK delays a history entry keeps: the slowest. The
+/// state holds up to [`HISTORY_LIMIT`](crate::state::HISTORY_LIMIT)
+/// entries per service and is copied and saved whole at every commit, so
+/// an entry holding every proxy of a large fleet would make each commit
+/// cost O(history × proxies).
+pub const ACKS_KEPT: usize = 100;
+
 /// How many ids of proxies not yet done [`Progress::waiting_for`] and the
 /// timeout messages name; `acked` and `total` count them all.
 pub const WAITING_SHOWN: usize = 20;
@@ -577,9 +584,16 @@ impl Rollout {
 
     /// First push to last ACK of the last step every proxy confirmed
     /// (`None` when none was, or no proxy was there to confirm it), and
-    /// each proxy's ACK delay for the last step pushed.
+    /// the ACK delays for the last step pushed of the [`ACKS_KEPT`]
+    /// slowest proxies, by proxy id.
     pub fn convergence(&self) -> (Option<Duration>, Vec<(String, Duration)>) {
-        let acks = self.acks.iter().map(|(p, d)| (p.clone(), *d)).collect();
+        let mut slowest: Vec<(&String, &Duration)> = self.acks.iter().collect();
+        if slowest.len() > ACKS_KEPT {
+            slowest.select_nth_unstable_by(ACKS_KEPT - 1, |a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            slowest.truncate(ACKS_KEPT);
+            slowest.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        }
+        let acks = slowest.into_iter().map(|(p, d)| (p.clone(), *d)).collect();
         (self.convergence, acks)
     }
 

@@ -860,3 +860,27 @@ fn the_last_ack_of_a_change_completes_the_confirmation() {
         ]
     );
 }
+
+#[test]
+fn a_history_entry_keeps_the_slowest_acks() {
+    let (mut r, t) = started(&flip(true));
+    let n = ACKS_KEPT + 50;
+    let ids: Vec<String> = (0..n).map(|i| format!("p{i:03}")).collect();
+    let all = |confirmed: bool| ids.iter().map(|id| proxy(id, true, confirmed)).collect();
+    r.on_event(Event::Proxies(all(true)), t);
+    r.on_event(committed_event("5-abc"), t);
+    assert!(r.on_event(Event::Proxies(all(false)), t).is_empty());
+    // Proxy i ACKs i ms after the push.
+    for (i, id) in ids.iter().enumerate() {
+        let change = Event::ProxiesChanged {
+            changed: vec![proxy(id, true, true)],
+            gone: Vec::new(),
+        };
+        r.on_event(change, t + Duration::from_millis(i as u64));
+    }
+    let (convergence, acks) = r.convergence();
+    assert_eq!(convergence, Some(Duration::from_millis(n as u64 - 1)));
+    assert_eq!(acks.len(), ACKS_KEPT);
+    assert_eq!(acks[0], ("p050".to_string(), Duration::from_millis(50)));
+    assert_eq!(acks.last().map(|a| a.0.as_str()), Some("p149"));
+}

@@ -352,7 +352,8 @@ pub struct HistoryEntry {
     /// confirm it.
     #[serde(rename = "convergence_ms", with = "serde_time::opt_millis")]
     pub convergence: Option<Duration>,
-    /// Per proxy: how long after the last push it ACKed.
+    /// Per proxy: how long after the last push it ACKed; the
+    /// [`ACKS_KEPT`](machine::ACKS_KEPT) slowest, by proxy id.
     #[serde(rename = "acks_ms", with = "serde_time::acks_millis")]
     pub acks: Vec<(String, Duration)>,
     /// What the operator should know (see [`Progress::warnings`]).
