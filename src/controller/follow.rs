@@ -252,9 +252,9 @@ mod tests {
         // handed over; a stream of another group changes nothing.
         let changes = Changes {
             changed: vec![
-                stream(1, "a", "edge", old),
-                stream(2, "b", "edge", Some(&current)),
-                stream(4, "c", "other", Some(&current)),
+                Arc::new(stream(1, "a", "edge", old)),
+                Arc::new(stream(2, "b", "edge", Some(&current))),
+                Arc::new(stream(4, "c", "other", Some(&current))),
             ],
             gone: Vec::new(),
         };
@@ -269,7 +269,7 @@ mod tests {
 
         // Nothing visible changed: no event.
         let same = Changes {
-            changed: vec![stream(1, "a", "edge", old)],
+            changed: vec![Arc::new(stream(1, "a", "edge", old))],
             gone: vec![99],
         };
         assert!(matches!(

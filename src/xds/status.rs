@@ -98,7 +98,10 @@ pub trait EventSink: Send + Sync + std::fmt::Debug {
 /// What the registry's lock guards.
 #[derive(Debug, Default)]
 struct Inner {
-    streams: HashMap<u64, ProxyStatus>,
+    /// Shared with [`Changes`] handed out, and copied on the next write
+    /// only if a reader still holds it, so [`ChangeFeed::take`] copies
+    /// no status under the lock.
+    streams: HashMap<u64, Arc<ProxyStatus>>,
     /// Per [`ChangeFeed`] (by slot; `None` once it is dropped), the streams
     /// that changed or went since it last took them.
     feeds: Vec<Option<HashSet<u64>>>,
@@ -168,14 +171,14 @@ impl ProxyRegistry {
         inner.changed(id);
         inner.streams.insert(
             id,
-            ProxyStatus {
+            Arc::new(ProxyStatus {
                 stream_id: id,
                 node: None,
                 kind,
                 delta,
                 connected_since: SystemTime::now(),
                 types: Default::default(),
-            },
+            }),
         );
         drop(inner);
         self.bump();
@@ -188,7 +191,8 @@ impl ProxyRegistry {
 
     /// Every connected stream, ordered by node id and then stream id.
     pub fn proxies(&self) -> Vec<ProxyStatus> {
-        let mut all: Vec<ProxyStatus> = self.lock().streams.values().cloned().collect();
+        let all: Vec<Arc<ProxyStatus>> = self.lock().streams.values().cloned().collect();
+        let mut all: Vec<ProxyStatus> = all.iter().map(|p| ProxyStatus::clone(p)).collect();
         all.sort_by(|a, b| {
             let key = |p: &ProxyStatus| p.node.as_ref().map(|n| n.id.clone());
             key(a).cmp(&key(b)).then(a.stream_id.cmp(&b.stream_id))
@@ -233,7 +237,7 @@ impl ProxyRegistry {
 #[derive(Debug, Default)]
 pub struct Changes {
     /// Streams registered or updated, as they are now.
-    pub changed: Vec<ProxyStatus>,
+    pub changed: Vec<Arc<ProxyStatus>>,
     /// Streams that went away.
     pub gone: Vec<u64>,
 }
@@ -310,7 +314,7 @@ impl StreamHandle {
         let Some(node) = node else { return };
         let mut inner = self.registry.lock();
         if let Some(p) = inner.streams.get_mut(&self.id) {
-            p.node = Some(node.clone());
+            Arc::make_mut(p).node = Some(node.clone());
         }
         inner.changed(self.id);
         drop(inner);
@@ -329,6 +333,7 @@ impl StreamHandle {
         let Some(p) = inner.streams.get_mut(&self.id) else {
             return;
         };
+        let p = Arc::make_mut(p);
         let node = p.node.as_ref().map(|n| n.id.as_str()).unwrap_or("");
         for event in events {
             if let Some(sink) = &self.registry.sink {
@@ -383,7 +388,7 @@ impl Drop for StreamHandle {
             inner.changed(self.id);
             inner.streams.remove(&self.id)
         };
-        if let Some(node) = removed.and_then(|p| p.node) {
+        if let Some(node) = removed.and_then(|p| p.node.clone()) {
             tracing::info!(stream = self.id, node = %node.id, group = %node.cluster, "proxy disconnected");
         }
         self.registry.bump();
