@@ -13,7 +13,7 @@ set -eu
 cd "$(dirname "$0")/.."
 OUT=${1:-bench-out/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
-cargo build --release --examples
+cargo build --release --examples --bin teal
 B=target/release/examples
 {
   echo "nproc: $(nproc)"
@@ -34,6 +34,12 @@ trap restore EXIT
 for n in 1000 10000 50000; do
   "$B/bench_xds" --streams "$n" --pushes 5 | tee "$OUT/xds-$n.txt"
 done
+for n in 10000 50000; do
+  "$B/bench_xds" --streams "$n" --pushes 3 --flip | tee "$OUT/xds-flip-$n.txt"
+done
+"$B/bench_cli" --runs 100 | tee "$OUT/cli.txt"
+STATE=$(mktemp -d "$OUT/cli-state.XXXXXX")
+"$B/bench_cli" --runs 100 --state-dir "$STATE" | tee -a "$OUT/cli.txt"
 for n in 1 10 20 50; do
   "$B/bench_flip" --envoys "$n" --flips 20 \
     --modes teal,envoy-file,envoy-file-teal-routes | tee "$OUT/flip-$n.txt"

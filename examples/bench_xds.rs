@@ -20,6 +20,15 @@
 //! the new version (p50, p99, max) and the server's CPU time; once: the
 //! server's resident memory per connected idle stream. Figures are what
 //! they are on the machine that runs it; BENCHMARKS.md records ours.
+//!
+//! With `--flip`, the child is `teal serve` itself (in-process, the same
+//! code as the command) on a config of the same shape (10 services, one
+//! group, one listener `main`), and each push is a real flip of service
+//! `svc0` through the controller: commit, then confirmation, which waits
+//! for every stream to ACK the new routes. The flip is asked of the
+//! controller in the child, as the admin API would; the time runs from
+//! the benchmark's command to each client's receipt, and the server CPU
+//! until the flip's outcome (every ACK handled).
 
 use std::io::{BufRead, Write};
 use std::process::Stdio;
@@ -138,11 +147,78 @@ async fn serve(tls_dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The teal config `--flip` serves: the same routes as [`input`].
+fn teal_config() -> String {
+    let mut yaml = String::from("services:\n");
+    let mut routes = Vec::new();
+    for s in 0..SERVICES {
+        yaml.push_str(&format!(
+            "  svc{s}:\n    live: blue\n    fleets:\n      blue: {{endpoints: [127.0.0.1:9]}}\n      green: {{endpoints: [127.0.0.1:9]}}\n"
+        ));
+        routes.push(format!("{{prefix: /svc{s}, service: svc{s}}}"));
+    }
+    yaml.push_str(&format!(
+        "groups:\n  bench:\n    listeners:\n      main:\n        kind: edge\n        address: 127.0.0.1:10000\n        virtual_hosts:\n          all:\n            domains: [\"*\"]\n            routes: [{}]\n",
+        routes.join(", ")
+    ));
+    yaml
+}
+
+/// The server side of `--flip`: `teal serve`, and a flip of `svc0` per
+/// stdin line, answered `flipped <command to outcome µs> <outcome>`.
+async fn serve_teal() -> anyhow::Result<()> {
+    use teal::rollout::{Backend, Operation};
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("teal.yaml");
+    std::fs::write(&config, teal_config())?;
+    let (_trigger, shutdown) = teal::shutdown::shutdown_channel();
+    let running = teal::serve::start(
+        teal::serve::ServeOptions {
+            watch_interval: Duration::from_secs(3600),
+            ..teal::serve::ServeOptions::local(Some(config))
+        },
+        shutdown,
+    )
+    .await?;
+    let mut out = tokio::io::stdout();
+    out.write_all(format!("port {}\n", running.xds_addr.port()).as_bytes())
+        .await?;
+    out.flush().await?;
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(_line) = lines.next_line().await? {
+        let start = Instant::now();
+        let mut rx = running
+            .controller
+            .start(
+                Operation::Flip {
+                    service: "svc0".into(),
+                    to: None,
+                    skip_checks: true,
+                    timeout: Duration::from_secs(60),
+                },
+                "bench",
+            )
+            .await?;
+        let outcome = loop {
+            if let Some(o) = rx.borrow_and_update().outcome.clone() {
+                break o;
+            }
+            rx.changed().await?;
+        };
+        let took = start.elapsed().as_micros();
+        out.write_all(format!("flipped {took} {outcome:?}\n").as_bytes())
+            .await?;
+        out.flush().await?;
+    }
+    Ok(())
+}
+
 struct Args {
     streams: usize,
     per_conn: usize,
     pushes: usize,
     tls: bool,
+    flip: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -151,6 +227,7 @@ fn args() -> anyhow::Result<Args> {
         per_conn: 100,
         pushes: 5,
         tls: false,
+        flip: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -164,14 +241,21 @@ fn args() -> anyhow::Result<Args> {
             a.tls = true;
             continue;
         }
+        if flag == "--flip" {
+            a.flip = true;
+            continue;
+        }
         match flag.as_str() {
             "--streams" => a.streams = value()?,
             "--per-conn" => a.per_conn = value()?.max(1),
             "--pushes" => a.pushes = value()?,
             other => anyhow::bail!(
-                "unknown flag {other}; use --streams N --per-conn N --pushes N [--tls]"
+                "unknown flag {other}; use --streams N --per-conn N --pushes N [--tls | --flip]"
             ),
         }
+    }
+    if a.tls && a.flip {
+        anyhow::bail!("--tls and --flip do not go together: the flip's teal serve is plaintext");
     }
     Ok(a)
 }
@@ -208,7 +292,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn client(
     mut ads: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
     id: usize,
-    seen: mpsc::UnboundedSender<(u32, Instant)>,
+    route: &'static str,
+    seen: mpsc::UnboundedSender<(String, Instant)>,
 ) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel(8);
     let node = Node {
@@ -234,7 +319,7 @@ async fn client(
     .await?;
     tx.send(request(
         ResourceType::Route,
-        &["bench"],
+        &[route],
         String::new(),
         String::new(),
     ))
@@ -248,11 +333,10 @@ async fn client(
         let ty = ResourceType::from_type_url(&resp.type_url)
             .ok_or_else(|| anyhow::anyhow!("unexpected type {}", resp.type_url))?;
         if ty == ResourceType::Route {
-            let v: u32 = resp.version_info.parse().unwrap_or(0);
-            let _ = seen.send((v, Instant::now()));
+            let _ = seen.send((resp.version_info.clone(), Instant::now()));
         }
         let names: &[&str] = if ty == ResourceType::Route {
-            &["bench"]
+            &[route]
         } else {
             &[]
         };
@@ -262,27 +346,32 @@ async fn client(
     Ok(())
 }
 
+/// Waits until `n` clients received a route version that `wanted`;
+/// returns when each did, sorted, and the last version received.
 async fn wait_for(
-    seen: &mut mpsc::UnboundedReceiver<(u32, Instant)>,
-    version: u32,
+    seen: &mut mpsc::UnboundedReceiver<(String, Instant)>,
+    wanted: impl Fn(&str) -> bool,
     n: usize,
     start: Instant,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<(Vec<Duration>, String)> {
     let mut got = Vec::with_capacity(n);
+    let mut last = String::new();
     let deadline = start + Duration::from_secs(120);
     while got.len() < n {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, seen.recv()).await {
-            Ok(Some((v, at))) if v == version => got.push(at.saturating_duration_since(start)),
+            Ok(Some((v, at))) if wanted(&v) => {
+                got.push(at.saturating_duration_since(start));
+                last = v;
+            }
             Ok(Some(_)) => {}
-            Ok(None) | Err(_) => anyhow::bail!(
-                "only {} of {n} clients received version {version}",
-                got.len()
-            ),
+            Ok(None) | Err(_) => {
+                anyhow::bail!("only {} of {n} clients received the version", got.len())
+            }
         }
     }
     got.sort();
-    Ok(got)
+    Ok((got, last))
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -310,7 +399,7 @@ async fn run() -> anyhow::Result<()> {
         None
     };
     let mut command = std::process::Command::new(exe);
-    command.arg("--serve");
+    command.arg(if args.flip { "--serve-teal" } else { "--serve" });
     if args.tls {
         command.arg(tls_dir.path());
     }
@@ -337,6 +426,7 @@ async fn run() -> anyhow::Result<()> {
     let (rss_before, _) = proc_stats(pid)?;
 
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let route = if args.flip { "main" } else { "bench" };
     let conns = args.streams.div_ceil(args.per_conn);
     let started = Instant::now();
     for c in 0..conns {
@@ -358,7 +448,7 @@ async fn run() -> anyhow::Result<()> {
             let id = c * args.per_conn + s;
             let (ads, seen_tx) = (ads.clone(), seen_tx.clone());
             tokio::spawn(async move {
-                if let Err(e) = client(ads, id, seen_tx).await
+                if let Err(e) = client(ads, id, route, seen_tx).await
                     && !DONE.load(Ordering::Relaxed)
                 {
                     eprintln!("client {id}: {e}");
@@ -366,7 +456,7 @@ async fn run() -> anyhow::Result<()> {
             });
         }
     }
-    wait_for(&mut seen, 1, args.streams, started).await?;
+    let (_, mut current) = wait_for(&mut seen, |_| true, args.streams, started).await?;
     println!(
         "{} streams on {} connections connected and synced in {:.2?}",
         args.streams,
@@ -388,10 +478,17 @@ async fn run() -> anyhow::Result<()> {
         let version = push as u32 + 2;
         let (_, cpu_before) = proc_stats(pid)?;
         let start = Instant::now();
-        child_in.write_all(b"publish\n")?;
+        child_in.write_all(if args.flip { b"flip\n" } else { b"publish\n" })?;
         child_in.flush()?;
-        let got = wait_for(&mut seen, version, args.streams, start).await?;
-        let (_, cpu_after) = proc_stats(pid)?;
+        let old = current.clone();
+        let (got, now_served) = if args.flip {
+            wait_for(&mut seen, |v| v != old, args.streams, start).await?
+        } else {
+            let want = version.to_string();
+            wait_for(&mut seen, |v| v == want, args.streams, start).await?
+        };
+        current = now_served;
+        let (_, mut cpu_after) = proc_stats(pid)?;
         {
             let mut out = shared_child_out
                 .lock()
@@ -399,13 +496,31 @@ async fn run() -> anyhow::Result<()> {
             line.clear();
             out.read_line(&mut line)?;
         }
+        let outcome = if args.flip {
+            // The flip's outcome comes once every ACK is handled: its CPU
+            // counts to there.
+            (_, cpu_after) = proc_stats(pid)?;
+            format!("; command to outcome {}", line.trim())
+        } else {
+            // A publish has no outcome: let the ACKs land, so its CPU
+            // counts them too, as a flip's does.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let (_, settled) = proc_stats(pid)?;
+            format!(
+                "; with the ACKs handled {:?} ({:.1} µs per stream)",
+                settled.saturating_sub(cpu_before),
+                settled.saturating_sub(cpu_before).as_secs_f64() * 1e6 / args.streams as f64
+            )
+        };
+        let cpu = cpu_after.saturating_sub(cpu_before);
         println!(
-            "push {version}: all {} clients in p50 {:.1?}  p99 {:.1?}  max {:.1?}; server CPU {:?}",
+            "push {version}: all {} clients in p50 {:.1?}  p99 {:.1?}  max {:.1?}; server CPU {:?} ({:.1} µs per stream){outcome}",
             args.streams,
             percentile(&got, 0.5),
             percentile(&got, 0.99),
             got.last().copied().unwrap_or_default(),
-            cpu_after.saturating_sub(cpu_before)
+            cpu,
+            cpu.as_secs_f64() * 1e6 / args.streams as f64
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -417,9 +532,13 @@ async fn run() -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
-    if std::env::args().nth(1).as_deref() == Some("--serve") {
-        let tls_dir = std::env::args().nth(2).map(std::path::PathBuf::from);
-        return rt.block_on(serve(tls_dir));
+    match std::env::args().nth(1).as_deref() {
+        Some("--serve") => {
+            let tls_dir = std::env::args().nth(2).map(std::path::PathBuf::from);
+            return rt.block_on(serve(tls_dir));
+        }
+        Some("--serve-teal") => return rt.block_on(serve_teal()),
+        _ => {}
     }
     rt.block_on(run())
 }

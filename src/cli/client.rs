@@ -354,7 +354,9 @@ pub fn progress_line(p: &pb::Progress) -> String {
                     .take(5)
                     .map(|n| untrusted(n).max_chars(NAME_CHARS).to_string())
                     .collect();
-                let more = p.waiting_for.len().saturating_sub(shown.len());
+                // The server names only the first few of a large fleet.
+                let waiting = (p.total.saturating_sub(p.acked) as usize).max(p.waiting_for.len());
+                let more = waiting.saturating_sub(shown.len());
                 let extra = if more > 0 {
                     format!(" and {more} more")
                 } else {

@@ -26,10 +26,10 @@ use crate::rollout::{
 use crate::shutdown::Shutdown;
 use crate::snapshot_store::SnapshotWriter;
 use crate::state::{PersistedState, Revision, StateError, StateStore};
-use crate::xds::ProxyRegistry;
+use crate::xds::{Changes, ProxyRegistry};
 
+use super::follow::{Basis, Follow};
 use super::reconcile::{ReconcileError, fit_split, reconcile};
-use super::views::proxy_views;
 use super::{Command, CommitError, ControllerError, ReloadError, Reloaded};
 
 /// A running operation and the channel its progress goes out on.
@@ -40,9 +40,22 @@ pub(super) struct Running {
     pub(super) not_waiting_for: Vec<String>,
     /// Every one it did not wait for at some point, for its history entry.
     pub(super) not_waited_for: BTreeSet<String>,
+    /// Its proxies, as last handed to the rollout.
+    pub(super) follow: Follow,
 }
 
 impl Running {
+    /// Takes the cordoned proxies its [`Follow`] left out, when they
+    /// changed, into the progress and the history entry.
+    fn note_skipped(&mut self) {
+        if !self.follow.skipped_changed() {
+            return;
+        }
+        let skipped = self.follow.skipped();
+        self.not_waited_for.extend(skipped.iter().cloned());
+        self.not_waiting_for = skipped;
+    }
+
     fn publish(&self) {
         let mut progress = self.rollout.progress();
         progress.not_waiting_for = self.not_waiting_for.clone();
@@ -231,6 +244,7 @@ impl Driver {
                     progress: tx,
                     not_waiting_for: Vec::new(),
                     not_waited_for: BTreeSet::new(),
+                    follow: Follow::default(),
                 },
             );
             self.carry_out(&service, actions).await;
@@ -246,6 +260,7 @@ impl Driver {
         mut shutdown: Shutdown,
     ) {
         let mut proxies = self.registry.watch();
+        let changes = self.registry.feed();
         loop {
             let deadline = self
                 .running
@@ -270,7 +285,7 @@ impl Driver {
                     if changed.is_err() {
                         break;
                     }
-                    self.feed_proxies().await;
+                    self.feed_proxies(changes.take()).await;
                 }
                 () = sleep_until(deadline) => {
                     let services: Vec<String> = self.running.keys().cloned().collect();
@@ -551,6 +566,7 @@ impl Driver {
                 progress: tx,
                 not_waiting_for: Vec::new(),
                 not_waited_for: BTreeSet::new(),
+                follow: Follow::default(),
             },
         );
         Ok((rx, actions))
@@ -569,16 +585,34 @@ impl Driver {
         Ok(())
     }
 
-    async fn feed_proxies(&mut self) {
-        let services: Vec<String> = self
-            .running
-            .iter()
-            .filter(|(_, r)| r.rollout.wants_proxies())
-            .map(|(s, _)| s.clone())
-            .collect();
+    /// Hands each operation that looks at the proxies what `changes`
+    /// changed of them.
+    async fn feed_proxies(&mut self, changes: Changes) {
+        let services: Vec<String> = self.running.keys().cloned().collect();
         for s in services {
-            let views = self.proxy_views(&s);
-            self.feed(&s, Event::Proxies(views)).await;
+            if let Some(event) = self.follow(&s, &changes) {
+                self.feed(&s, event).await;
+            }
+        }
+    }
+
+    /// What `changes` means to `service`'s operation: its proxies that
+    /// changed, or all of them when their views were not kept or were
+    /// measured against something else.
+    fn follow(&mut self, service: &str, changes: &Changes) -> Option<Event> {
+        let basis = self.basis(service);
+        let snapshot = self.writer.current();
+        let running = self.running.get_mut(service)?;
+        if !running.rollout.wants_proxies() {
+            running.follow.stop();
+            return None;
+        }
+        match running.follow.changes(changes, &basis, &snapshot) {
+            Ok(event) => {
+                running.note_skipped();
+                event
+            }
+            Err(()) => Some(Event::Proxies(self.proxy_views(service))),
         }
     }
 
@@ -776,35 +810,43 @@ impl Driver {
         })
     }
 
+    /// What `service`'s proxies are measured against now: the snapshot
+    /// served, the version its operation committed, the groups routing it.
+    fn basis(&self, service: &str) -> Basis {
+        Basis {
+            snapshot: self.writer.current().version().to_owned(),
+            committed: self
+                .running
+                .get(service)
+                .and_then(|r| r.rollout.version())
+                .map(|v| v.seq),
+            groups: self
+                .config
+                .groups
+                .iter()
+                .filter(|(_, g)| self.config.services_of(g).contains(&service))
+                .map(|(name, _)| name.clone())
+                .collect(),
+            cordon_epoch: self.registry.cordon_epoch(),
+        }
+    }
+
     /// The proxies of every group that routes `service`, as the rollout
-    /// sees them, measured against the version it committed; cordoned ones
-    /// are left out and noted on the running operation.
+    /// sees them, measured against the version it committed: a whole
+    /// pass, which its [`Follow`] then keeps up to date. Cordoned ones are
+    /// left out and noted on the running operation.
     fn proxy_views(&mut self, service: &str) -> Vec<ProxyView> {
-        let groups: BTreeSet<&str> = self
-            .config
-            .groups
-            .iter()
-            .filter(|(_, g)| self.config.services_of(g).contains(&service))
-            .map(|(name, _)| name.as_str())
-            .collect();
-        let committed = self
-            .running
-            .get(service)
-            .and_then(|r| r.rollout.version())
-            .map(|v| v.seq);
+        // The epoch (in the basis) is read before the cordons: a cordon
+        // changing in between moves it again, and the next look is whole.
+        let basis = self.basis(service);
         let snapshot = self.writer.current();
         let cordoned = self.registry.cordons().ids();
-        let (views, skipped) = proxy_views(
-            &self.registry.proxies(),
-            &groups,
-            &snapshot,
-            committed,
-            &cordoned,
-        );
-        if let Some(running) = self.running.get_mut(service) {
-            running.not_waited_for.extend(skipped.iter().cloned());
-            running.not_waiting_for = skipped;
-        }
+        let proxies = self.registry.proxies();
+        let Some(running) = self.running.get_mut(service) else {
+            return Vec::new();
+        };
+        let views = running.follow.all(&proxies, basis, &snapshot, cordoned);
+        running.note_skipped();
         views
     }
 }

@@ -19,6 +19,7 @@
 //! state serves the very same version string.
 
 mod driver;
+mod follow;
 mod reconcile;
 mod views;
 

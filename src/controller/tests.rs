@@ -648,3 +648,77 @@ async fn a_shift_goes_on_as_planned_after_a_reload_drops_an_unused_fleet() {
     assert_eq!(api.weights, split(&[("blue", 0), ("green", 100)]));
     assert_eq!(api.rollback_to, Some(split(&[("blue", 100), ("green", 0)])));
 }
+
+/// A flip already waiting on a proxy finishes as soon as that proxy is
+/// cordoned: the cordon (and the registry's `notify`, as the admin API
+/// calls it) makes the running operation look at every proxy again,
+/// although no stream changed.
+#[tokio::test]
+async fn a_flip_waiting_on_a_proxy_finishes_when_it_is_cordoned() {
+    use crate::xds::{NodeInfo, StreamEvent, StreamKind};
+
+    let (writer, _reader) = snapshot_store();
+    let (_trigger, shutdown) = crate::shutdown::shutdown_channel();
+    let registry = ProxyRegistry::new();
+    let (c, _task) = start(
+        config(),
+        writer,
+        Arc::new(MemoryStore::default()),
+        registry.clone(),
+        Arc::new(Metrics::new()),
+        shutdown,
+    )
+    .await
+    .expect("controller starts");
+
+    // One proxy of the edge group holds the current routes and will never
+    // ACK the next ones.
+    let mut stream = registry.register(StreamKind::Aggregated, false);
+    stream.set_node(Some(&NodeInfo {
+        id: "stuck".into(),
+        cluster: "edge".into(),
+        user_agent: "envoy".into(),
+    }));
+    let routes = c
+        .snapshot()
+        .group("edge")
+        .of(ResourceType::Route)
+        .version()
+        .to_owned();
+    stream.record(&[
+        StreamEvent::Sent {
+            ty: ResourceType::Route,
+            version: routes.clone(),
+            nonce: "1".into(),
+            resources: 1,
+        },
+        StreamEvent::Acked {
+            ty: ResourceType::Route,
+            version: routes,
+        },
+    ]);
+
+    let mut rx = c.start(flip("api", true), "dave").await.expect("starts");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|p| p.waiting_for.iter().any(|id| id == "stuck")),
+    )
+    .await
+    .expect("waits for the proxy in time")
+    .expect("progress channel open");
+
+    registry
+        .cordons()
+        .cordon("stuck", "test", "dave")
+        .expect("cordoned");
+    registry.notify();
+    let p = tokio::time::timeout(Duration::from_secs(3), rx.wait_for(|p| p.outcome.is_some()))
+        .await
+        .expect("finishes well before its 5 s timeout")
+        .expect("progress channel open")
+        .clone();
+    assert_eq!(p.outcome, Some(Outcome::Succeeded), "{p:?}");
+    assert_eq!(p.not_waiting_for, ["stuck"], "{p:?}");
+    let history = c.history("api").await.expect("history");
+    assert_eq!(history[0].not_waited_for, ["stuck"]);
+}

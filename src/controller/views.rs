@@ -35,36 +35,13 @@ pub fn proxy_views(
             skipped.insert(node.id.as_str());
             continue;
         }
-        let group = snapshot.group(&node.cluster);
-        let view = by_node
-            .entry(node.id.as_str())
-            .or_insert_with(|| ProxyView {
-                id: node.id.clone(),
-                prepared: true,
-                confirmed: true,
-                nack: None,
-            });
-        for ty in ResourceType::ALL {
-            let t = p.of(ty);
-            if !t.subscribed {
-                continue;
-            }
-            let current = t.acked.as_deref() == Some(group.of(ty).version());
-            if matches!(ty, ResourceType::Cluster | ResourceType::Endpoint) && !current {
-                view.prepared = false;
-            }
-            if !current {
-                view.confirmed = false;
-            }
-            // Before a commit, any standing rejection counts (the proxy
-            // cannot take a change); after, only a rejection of the
-            // committed version or a later one.
-            if let Some(nack) = &t.nack
-                && t.last_was_nacked()
-                && committed
-                    .is_none_or(|seq| Version::of_sent(&nack.version).is_some_and(|v| v.seq >= seq))
-            {
-                view.nack = Some(format!("{ty} {}: {}", nack.version, nack.message));
+        let Some(part) = stream_view(p, snapshot, committed) else {
+            continue;
+        };
+        match by_node.get_mut(node.id.as_str()) {
+            Some(view) => merge(view, &part),
+            None => {
+                by_node.insert(node.id.as_str(), part);
             }
         }
     }
@@ -72,4 +49,56 @@ pub fn proxy_views(
         by_node.into_values().collect(),
         skipped.into_iter().map(str::to_owned).collect(),
     )
+}
+
+/// One stream's part of its node's view (`None` before the stream names
+/// its node).
+pub(super) fn stream_view(
+    p: &ProxyStatus,
+    snapshot: &Snapshot,
+    committed: Option<u64>,
+) -> Option<ProxyView> {
+    let node = p.node.as_ref()?;
+    let group = snapshot.group(&node.cluster);
+    let mut view = ProxyView {
+        id: node.id.clone(),
+        prepared: true,
+        confirmed: true,
+        nack: None,
+    };
+    for ty in ResourceType::ALL {
+        let t = p.of(ty);
+        if !t.subscribed {
+            continue;
+        }
+        let current = t.acked.as_deref() == Some(group.of(ty).version());
+        if matches!(ty, ResourceType::Cluster | ResourceType::Endpoint) && !current {
+            view.prepared = false;
+        }
+        if !current {
+            view.confirmed = false;
+        }
+        // Before a commit, any standing rejection counts (the proxy
+        // cannot take a change); after, only a rejection of the
+        // committed version or a later one.
+        if let Some(nack) = &t.nack
+            && t.last_was_nacked()
+            && committed
+                .is_none_or(|seq| Version::of_sent(&nack.version).is_some_and(|v| v.seq >= seq))
+        {
+            view.nack = Some(format!("{ty} {}: {}", nack.version, nack.message));
+        }
+    }
+    Some(view)
+}
+
+/// Adds another stream of the same node to its view: the node is prepared
+/// and confirmed when all its streams are; the later stream's rejection
+/// wins.
+pub(super) fn merge(view: &mut ProxyView, part: &ProxyView) {
+    view.prepared &= part.prepared;
+    view.confirmed &= part.confirmed;
+    if part.nack.is_some() {
+        view.nack.clone_from(&part.nack);
+    }
 }

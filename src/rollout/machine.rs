@@ -28,7 +28,7 @@
 //! saves with each commit, and [`Rollout::resume`] picks an operation up
 //! from it after a crash.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -58,13 +58,93 @@ pub struct ProxyView {
     pub nack: Option<String>,
 }
 
+/// How many proxies' ACK delays a history entry keeps: the slowest. The
+/// state holds up to [`HISTORY_LIMIT`](crate::state::HISTORY_LIMIT)
+/// entries per service and is copied and saved whole at every commit, so
+/// an entry holding every proxy of a large fleet would make each commit
+/// cost O(history × proxies).
+pub const ACKS_KEPT: usize = 100;
+
+/// How many ids of proxies not yet done [`Progress::waiting_for`] and the
+/// timeout messages name; `acked` and `total` count them all.
+pub const WAITING_SHOWN: usize = 20;
+
+/// The proxies an operation waits for, as last observed, with the sets
+/// its phases ask about kept up to date on every change, so that no event
+/// costs a pass over the whole fleet.
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    views: BTreeMap<String, ProxyView>,
+    /// Not both prepared and confirmed (what preparing waits for).
+    unready: BTreeSet<String>,
+    /// Neither confirmed nor rejecting (what confirming waits for).
+    unsettled: BTreeSet<String>,
+    /// Rejecting, by id.
+    nacking: BTreeSet<String>,
+}
+
+impl Seen {
+    fn clear(&mut self) {
+        *self = Seen::default();
+    }
+
+    fn remove(&mut self, id: &str) {
+        self.views.remove(id);
+        self.unready.remove(id);
+        self.unsettled.remove(id);
+        self.nacking.remove(id);
+    }
+
+    fn insert(&mut self, view: ProxyView) {
+        let mark = |set: &mut BTreeSet<String>, on: bool| {
+            if on {
+                set.insert(view.id.clone());
+            } else {
+                set.remove(&view.id);
+            }
+        };
+        mark(&mut self.unready, !(view.prepared && view.confirmed));
+        mark(
+            &mut self.unsettled,
+            !(view.confirmed || view.nack.is_some()),
+        );
+        mark(&mut self.nacking, view.nack.is_some());
+        self.views.insert(view.id.clone(), view);
+    }
+
+    /// The first rejecting proxy, by id.
+    fn first_nack(&self) -> Option<&ProxyView> {
+        self.nacking.iter().find_map(|id| self.views.get(id))
+    }
+}
+
+/// What a phase waits for every proxy to be.
+#[derive(Clone, Copy)]
+enum Until {
+    /// Prepared and confirmed.
+    Ready,
+    /// Confirmed, or rejecting.
+    Settled,
+}
+
 /// Something that happened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// Time passed; deadlines may have expired.
     Tick,
-    /// The proxies in the affected groups, as they are now.
+    /// The proxies in the affected groups, as they are now: every one of
+    /// them, replacing what the machine saw before.
     Proxies(Vec<ProxyView>),
+    /// Some proxies in the affected groups changed since the last
+    /// [`Event::Proxies`] or [`Event::ProxiesChanged`]: the machine updates
+    /// only these, so following N proxies as they ACK one by one costs
+    /// O(log N) per ACK, not O(N).
+    ProxiesChanged {
+        /// Proxies that joined or changed, as they are now.
+        changed: Vec<ProxyView>,
+        /// Ids of proxies that left.
+        gone: Vec<String>,
+    },
     /// The checks asked for finished.
     Checks(Vec<CheckResult>),
     /// The change asked for was made durable and published as `version`.
@@ -220,6 +300,8 @@ pub struct Rollout {
     acked: usize,
     total: usize,
     waiting_for: Vec<String>,
+    /// The proxies as last observed.
+    seen: Seen,
     checks: Vec<CheckResult>,
     message: String,
 }
@@ -375,6 +457,7 @@ impl Rollout {
             acked: 0,
             total: 0,
             waiting_for: Vec::new(),
+            seen: Seen::default(),
             checks: Vec::new(),
             message: String::new(),
         }
@@ -515,9 +598,16 @@ impl Rollout {
 
     /// First push to last ACK of the last step every proxy confirmed
     /// (`None` when none was, or no proxy was there to confirm it), and
-    /// each proxy's ACK delay for the last step pushed.
+    /// the ACK delays for the last step pushed of the [`ACKS_KEPT`]
+    /// slowest proxies, by proxy id.
     pub fn convergence(&self) -> (Option<Duration>, Vec<(String, Duration)>) {
-        let acks = self.acks.iter().map(|(p, d)| (p.clone(), *d)).collect();
+        let mut slowest: Vec<(&String, &Duration)> = self.acks.iter().collect();
+        if slowest.len() > ACKS_KEPT {
+            slowest.select_nth_unstable_by(ACKS_KEPT - 1, |a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            slowest.truncate(ACKS_KEPT);
+            slowest.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        }
+        let acks = slowest.into_iter().map(|(p, d)| (p.clone(), *d)).collect();
         (self.convergence, acks)
     }
 
@@ -703,16 +793,57 @@ impl Rollout {
         }
     }
 
-    /// Updates the progress counts; true when every proxy is `done`.
-    fn track(&mut self, proxies: &[ProxyView], done: impl Fn(&ProxyView) -> bool) -> bool {
-        self.total = proxies.len();
-        self.acked = proxies.iter().filter(|p| done(p)).count();
-        self.waiting_for = proxies
-            .iter()
-            .filter(|p| !done(p))
-            .map(|p| p.id.clone())
-            .collect();
-        self.waiting_for.is_empty()
+    /// Takes in an observation of the proxies (else does nothing). In
+    /// `Confirming`, a proxy seen confirmed for the first time has its ACK
+    /// time recorded.
+    fn observe(&mut self, event: &Event, now: Instant) {
+        let (changed, gone) = match event {
+            Event::Proxies(all) => {
+                self.seen.clear();
+                (all.as_slice(), [].as_slice())
+            }
+            Event::ProxiesChanged { changed, gone } => (changed.as_slice(), gone.as_slice()),
+            _ => return,
+        };
+        for id in gone {
+            self.seen.remove(id);
+        }
+        let since = match &self.state {
+            State::Confirming { since, .. } => Some(*since),
+            _ => None,
+        };
+        for view in changed {
+            if let Some(since) = since
+                && view.confirmed
+            {
+                let after = now.saturating_duration_since(since);
+                self.acks.entry(view.id.clone()).or_insert(after);
+            }
+            self.seen.insert(view.clone());
+        }
+    }
+
+    /// Updates the progress counts; true when every proxy is done.
+    fn track(&mut self, until: Until) -> bool {
+        let waiting = match until {
+            Until::Ready => &self.seen.unready,
+            Until::Settled => &self.seen.unsettled,
+        };
+        self.total = self.seen.views.len();
+        self.acked = self.total - waiting.len();
+        self.waiting_for = waiting.iter().take(WAITING_SHOWN).cloned().collect();
+        waiting.is_empty()
+    }
+
+    /// The proxies not done yet, for a message: the first
+    /// [`WAITING_SHOWN`] by id, and how many more.
+    fn waiting_list(&self) -> String {
+        let more = (self.total - self.acked).saturating_sub(self.waiting_for.len());
+        let mut list = self.waiting_for.join(", ");
+        if more > 0 {
+            list.push_str(&format!(" and {more} more"));
+        }
+        list
     }
 
     /// Runs the step's checks (entering `checking`, with `what` for the
@@ -734,6 +865,7 @@ impl Rollout {
 
     /// Handles one event at time `now`.
     pub fn on_event(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        self.observe(&event, now);
         match self.state.clone() {
             State::Waiting { until } => self.on_waiting(event, until, now),
             State::Preparing { deadline } => self.on_preparing(event, deadline, now),
@@ -741,9 +873,9 @@ impl Rollout {
             State::Committing => self.on_committing(event, now),
             State::Confirming {
                 version,
-                since,
+                since: _,
                 deadline,
-            } => self.on_confirming(event, version, since, deadline, now),
+            } => self.on_confirming(event, version, deadline, now),
             State::PostChecks { version, deadline } => {
                 self.on_post_checks(event, version, deadline, now)
             }
@@ -766,16 +898,16 @@ impl Rollout {
 
     fn on_preparing(&mut self, event: Event, deadline: Instant, now: Instant) -> Vec<Action> {
         match event {
-            Event::Proxies(proxies) => {
-                if let Some(p) = proxies.iter().find(|p| p.nack.is_some()) {
+            Event::Proxies(_) | Event::ProxiesChanged { .. } => {
+                if let Some(p) = self.seen.first_nack() {
                     let why = p.nack.clone().unwrap_or_default();
+                    let id = p.id.clone();
                     return self.fail(format!(
-                        "proxy {} is rejecting its current configuration ({why}); \
-                         fix that before switching",
-                        p.id
+                        "proxy {id} is rejecting its current configuration ({why}); \
+                         fix that before switching"
                     ));
                 }
-                if !self.track(&proxies, |p| p.prepared && p.confirmed) {
+                if !self.track(Until::Ready) {
                     return Vec::new();
                 }
                 let checking = State::PreChecks {
@@ -784,7 +916,7 @@ impl Rollout {
                 self.checks_or(checking, "", |r| r.commit())
             }
             Event::Tick if now >= deadline => {
-                let waiting = self.waiting_for.join(", ");
+                let waiting = self.waiting_list();
                 self.fail(format!(
                     "timed out preparing: not every proxy holds the current configuration \
                      yet ({waiting})"
@@ -827,28 +959,24 @@ impl Rollout {
         &mut self,
         event: Event,
         version: Version,
-        since: Instant,
         deadline: Instant,
         now: Instant,
     ) -> Vec<Action> {
         let safe = self.verb == Verb::Rollback;
         match event {
-            Event::Proxies(proxies) => {
-                if !safe && let Some(p) = proxies.iter().find(|p| p.nack.is_some()) {
+            Event::Proxies(_) | Event::ProxiesChanged { .. } => {
+                if !safe && let Some(p) = self.seen.first_nack() {
                     let why = p.nack.clone().unwrap_or_default();
-                    return self.fail(format!("proxy {} rejected the change: {why}", p.id));
+                    let id = p.id.clone();
+                    return self.fail(format!("proxy {id} rejected the change: {why}"));
                 }
-                let after = now.saturating_duration_since(since);
-                for p in proxies.iter().filter(|p| p.confirmed) {
-                    self.acks.entry(p.id.clone()).or_insert(after);
-                }
-                if !self.track(&proxies, |p| p.confirmed || p.nack.is_some()) {
+                if !self.track(Until::Settled) {
                     return Vec::new();
                 }
-                self.all_answered(&proxies, version, now)
+                self.all_answered(version, now)
             }
             Event::Tick if now >= deadline => {
-                let waiting = self.waiting_for.join(", ");
+                let waiting = self.waiting_list();
                 if safe {
                     self.finish(Outcome::Unconfirmed {
                         reason: format!(
@@ -869,13 +997,8 @@ impl Rollout {
 
     /// Every proxy confirmed the step's version or (a rollback's) rejected
     /// it: on to the post-checks, or the end.
-    fn all_answered(
-        &mut self,
-        proxies: &[ProxyView],
-        version: Version,
-        now: Instant,
-    ) -> Vec<Action> {
-        let rejected = rejections(proxies);
+    fn all_answered(&mut self, version: Version, now: Instant) -> Vec<Action> {
+        let rejected = rejections(&self.seen);
         if !rejected.is_empty() {
             return self.finish(Outcome::Unconfirmed {
                 reason: format!(
@@ -885,12 +1008,13 @@ impl Rollout {
         }
         // With no proxy left connected, not every proxy that was sent the
         // version confirmed it: no convergence to record.
-        self.convergence = if proxies.is_empty() {
+        let none = self.seen.views.is_empty();
+        self.convergence = if none {
             None
         } else {
             self.acks.values().max().copied()
         };
-        if proxies.is_empty() {
+        if none {
             let warning = format!(
                 "no connected proxy routes {}: no proxy confirmed the change",
                 self.service
@@ -967,11 +1091,11 @@ impl Rollout {
         now: Instant,
     ) -> Vec<Action> {
         match event {
-            Event::Proxies(proxies) => {
-                if !self.track(&proxies, |p| p.confirmed || p.nack.is_some()) {
+            Event::Proxies(_) | Event::ProxiesChanged { .. } => {
+                if !self.track(Until::Settled) {
                     return Vec::new();
                 }
-                let rejected = rejections(&proxies);
+                let rejected = rejections(&self.seen);
                 if !rejected.is_empty() {
                     return self.finish(Outcome::Unconfirmed {
                         reason: format!("{}; put back, but {rejected}", undo.reason),
@@ -989,7 +1113,7 @@ impl Rollout {
                 })
             }
             Event::Tick if now >= deadline => {
-                let waiting = self.waiting_for.join(", ");
+                let waiting = self.waiting_list();
                 self.finish(Outcome::Unconfirmed {
                     reason: format!(
                         "{}; put back, but not yet confirmed by every proxy: {waiting}; teal \
@@ -1072,9 +1196,11 @@ impl Rollout {
     }
 }
 
-fn rejections(proxies: &[ProxyView]) -> String {
-    let rejected: Vec<String> = proxies
+fn rejections(seen: &Seen) -> String {
+    let rejected: Vec<String> = seen
+        .nacking
         .iter()
+        .filter_map(|id| seen.views.get(id))
         .filter_map(|p| {
             p.nack
                 .as_ref()

@@ -851,3 +851,102 @@ fn the_simulation_reaches_every_outcome() {
         assert!(seen.contains(outcome), "never {outcome}: saw {seen:?}");
     }
 }
+
+#[test]
+fn changes_update_what_was_seen_and_name_only_the_first_waiting_proxies() {
+    let (mut r, t) = started(&flip(true));
+    let ids: Vec<String> = (0..50).map(|i| format!("p{i:02}")).collect();
+    let all = |confirmed: bool| ids.iter().map(|id| proxy(id, true, confirmed)).collect();
+    assert_eq!(
+        r.on_event(Event::Proxies(all(true)), t),
+        [Action::Commit(green())]
+    );
+    r.on_event(committed_event("5-abc"), t);
+    assert!(r.on_event(Event::Proxies(all(false)), t).is_empty());
+    let p = r.progress();
+    assert_eq!((p.acked, p.total), (0, 50));
+    assert_eq!(
+        p.waiting_for.len(),
+        WAITING_SHOWN,
+        "a large fleet is not listed whole"
+    );
+    assert_eq!(p.waiting_for[0], "p00");
+    // One proxy ACKs; one leaves: only they are handed over.
+    let t1 = t + Duration::from_millis(10);
+    let one = Event::ProxiesChanged {
+        changed: vec![proxy("p00", true, true)],
+        gone: vec!["p01".into()],
+    };
+    assert!(r.on_event(one, t1).is_empty());
+    let p = r.progress();
+    assert_eq!((p.acked, p.total), (1, 49));
+    assert_eq!(p.waiting_for[0], "p02");
+    // A rejection among the changes fails the flip.
+    let t2 = t + Duration::from_millis(20);
+    let bad = Event::ProxiesChanged {
+        changed: vec![nacking("p30", "bad route")],
+        gone: Vec::new(),
+    };
+    assert_eq!(r.on_event(bad, t2), [Action::Commit(back())]);
+    assert!(r.progress().message.contains("p30 rejected the change"));
+    // Timing out names the first proxies and counts the rest.
+    r.on_event(committed_event("6-def"), t2);
+    assert!(r.on_event(Event::Proxies(all(false)), t2).is_empty());
+    r.on_event(Event::Tick, t2 + Duration::from_secs(3600));
+    let reason = r.outcome().and_then(|o| o.reason()).unwrap_or_default();
+    assert!(reason.contains("p19 and 30 more"), "{reason}");
+}
+
+#[test]
+fn the_last_ack_of_a_change_completes_the_confirmation() {
+    let (mut r, t) = started(&flip(true));
+    r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    r.on_event(committed_event("5-abc"), t);
+    let waiting = vec![proxy("a", true, false), proxy("b", true, false)];
+    assert!(r.on_event(Event::Proxies(waiting), t).is_empty());
+    let t1 = t + Duration::from_millis(5);
+    let a = Event::ProxiesChanged {
+        changed: vec![proxy("a", true, true)],
+        gone: Vec::new(),
+    };
+    assert!(r.on_event(a, t1).is_empty());
+    let t2 = t + Duration::from_millis(9);
+    let b = Event::ProxiesChanged {
+        changed: vec![proxy("b", true, true)],
+        gone: Vec::new(),
+    };
+    assert_eq!(r.on_event(b, t2), [Action::Finish(Outcome::Succeeded)]);
+    let (convergence, acks) = r.convergence();
+    assert_eq!(convergence, Some(Duration::from_millis(9)));
+    assert_eq!(
+        acks,
+        [
+            ("a".to_string(), Duration::from_millis(5)),
+            ("b".to_string(), Duration::from_millis(9))
+        ]
+    );
+}
+
+#[test]
+fn a_history_entry_keeps_the_slowest_acks() {
+    let (mut r, t) = started(&flip(true));
+    let n = ACKS_KEPT + 50;
+    let ids: Vec<String> = (0..n).map(|i| format!("p{i:03}")).collect();
+    let all = |confirmed: bool| ids.iter().map(|id| proxy(id, true, confirmed)).collect();
+    r.on_event(Event::Proxies(all(true)), t);
+    r.on_event(committed_event("5-abc"), t);
+    assert!(r.on_event(Event::Proxies(all(false)), t).is_empty());
+    // Proxy i ACKs i ms after the push.
+    for (i, id) in ids.iter().enumerate() {
+        let change = Event::ProxiesChanged {
+            changed: vec![proxy(id, true, true)],
+            gone: Vec::new(),
+        };
+        r.on_event(change, t + Duration::from_millis(i as u64));
+    }
+    let (convergence, acks) = r.convergence();
+    assert_eq!(convergence, Some(Duration::from_millis(n as u64 - 1)));
+    assert_eq!(acks.len(), ACKS_KEPT);
+    assert_eq!(acks[0], ("p050".to_string(), Duration::from_millis(50)));
+    assert_eq!(acks.last().map(|a| a.0.as_str()), Some("p149"));
+}

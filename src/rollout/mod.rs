@@ -312,7 +312,9 @@ pub struct Progress {
     pub acked: usize,
     /// Proxies that must ACK it.
     pub total: usize,
-    /// Ids of proxies that have not ACKed yet.
+    /// Ids of proxies that have not ACKed yet: the first
+    /// [`WAITING_SHOWN`](machine::WAITING_SHOWN) by id (`total - acked`
+    /// counts them all).
     pub waiting_for: Vec<String>,
     /// Ids of cordoned proxies of the service's groups, which the
     /// operation does not wait for (and whose NACKs do not roll back).
@@ -364,7 +366,8 @@ pub struct HistoryEntry {
     /// confirm it.
     #[serde(rename = "convergence_ms", with = "serde_time::opt_millis")]
     pub convergence: Option<Duration>,
-    /// Per proxy: how long after the last push it ACKed.
+    /// Per proxy: how long after the last push it ACKed; the
+    /// [`ACKS_KEPT`](machine::ACKS_KEPT) slowest, by proxy id.
     #[serde(rename = "acks_ms", with = "serde_time::acks_millis")]
     pub acks: Vec<(String, Duration)>,
     /// What the operator should know (see [`Progress::warnings`]).

@@ -5,10 +5,14 @@
 //! version ACKed and the last NACK with Envoy's message. Readers (the admin
 //! API, the rollout, tests) take a consistent copy with
 //! [`ProxyRegistry::proxies`] and can wait for the next change with
-//! [`ProxyRegistry::watch`]. The lock is a plain mutex held for a map
-//! update, never across an `.await`.
+//! [`ProxyRegistry::watch`]. A reader that follows every change (the
+//! rollout's confirmation) takes a [`ChangeFeed`] instead, which hands it
+//! only the streams that changed since it last looked: with N proxies
+//! ACKing a version one by one, it does O(1) work per ACK rather than
+//! copying all N statuses each time. The lock is a plain mutex held for a
+//! map update, never across an `.await`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -95,10 +99,30 @@ pub trait EventSink: Send + Sync + std::fmt::Debug {
     fn record(&self, event: &StreamEvent);
 }
 
+/// What the registry's lock guards.
+#[derive(Debug, Default)]
+struct Inner {
+    /// Shared with [`Changes`] handed out, and copied on the next write
+    /// only if a reader still holds it, so [`ChangeFeed::take`] copies
+    /// no status under the lock.
+    streams: HashMap<u64, Arc<ProxyStatus>>,
+    /// Per [`ChangeFeed`] (by slot; `None` once it is dropped), the streams
+    /// that changed or went since it last took them.
+    feeds: Vec<Option<HashSet<u64>>>,
+}
+
+impl Inner {
+    fn changed(&mut self, id: u64) {
+        for feed in self.feeds.iter_mut().flatten() {
+            feed.insert(id);
+        }
+    }
+}
+
 /// The registry of connected proxies.
 #[derive(Debug)]
 pub struct ProxyRegistry {
-    streams: Mutex<HashMap<u64, ProxyStatus>>,
+    streams: Mutex<Inner>,
     /// Told of every event, if set.
     sink: Option<Arc<dyn EventSink>>,
     next_id: AtomicU64,
@@ -107,16 +131,19 @@ pub struct ProxyRegistry {
     generation: watch::Sender<u64>,
     /// Proxies that operations do not wait for (see [`Cordons`]).
     cordons: Arc<Cordons>,
+    /// Moved on by every [`ProxyRegistry::notify`].
+    cordon_epoch: AtomicU64,
 }
 
 impl Default for ProxyRegistry {
     fn default() -> Self {
         ProxyRegistry {
-            streams: Mutex::new(HashMap::new()),
+            streams: Mutex::new(Inner::default()),
             sink: None,
             next_id: AtomicU64::new(1),
             generation: watch::Sender::new(0),
             cordons: Arc::default(),
+            cordon_epoch: AtomicU64::new(0),
         }
     }
 }
@@ -155,11 +182,23 @@ impl ProxyRegistry {
 
     /// Wakes the registry's watchers, as a proxy's change would: after a
     /// cordon changes, running operations look at the proxies again.
+    ///
+    /// It also moves [`ProxyRegistry::cordon_epoch`] on, so that a reader
+    /// following changes through a [`ChangeFeed`] (which sees no stream
+    /// change here) knows to look at every proxy again.
     pub fn notify(&self) {
+        self.cordon_epoch.fetch_add(1, Ordering::Release);
         self.bump();
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, ProxyStatus>> {
+    /// How many times [`ProxyRegistry::notify`] was called: when it moved
+    /// since a reader last looked at every proxy, the cordons may have
+    /// changed which proxies count.
+    pub fn cordon_epoch(&self) -> u64 {
+        self.cordon_epoch.load(Ordering::Acquire)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
         // Entries are replaced whole, so a panic elsewhere cannot leave
         // one half-written; a poisoned lock is safe to keep using.
         self.streams
@@ -174,9 +213,11 @@ impl ProxyRegistry {
     /// Registers a new stream; it is removed when the handle drops.
     pub fn register(self: &Arc<Self>, kind: StreamKind, delta: bool) -> StreamHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(
+        let mut inner = self.lock();
+        inner.changed(id);
+        inner.streams.insert(
             id,
-            ProxyStatus {
+            Arc::new(ProxyStatus {
                 stream_id: id,
                 node: None,
                 kind,
@@ -184,8 +225,9 @@ impl ProxyRegistry {
                 connected_since: SystemTime::now(),
                 identity: PeerIdentity::Unauthenticated,
                 types: Default::default(),
-            },
+            }),
         );
+        drop(inner);
         self.bump();
         StreamHandle {
             registry: self.clone(),
@@ -196,7 +238,8 @@ impl ProxyRegistry {
 
     /// Every connected stream, ordered by node id and then stream id.
     pub fn proxies(&self) -> Vec<ProxyStatus> {
-        let mut all: Vec<ProxyStatus> = self.lock().values().cloned().collect();
+        let all: Vec<Arc<ProxyStatus>> = self.lock().streams.values().cloned().collect();
+        let mut all: Vec<ProxyStatus> = all.iter().map(|p| ProxyStatus::clone(p)).collect();
         all.sort_by(|a, b| {
             let key = |p: &ProxyStatus| p.node.as_ref().map(|n| n.id.clone());
             key(a).cmp(&key(b)).then(a.stream_id.cmp(&b.stream_id))
@@ -206,7 +249,7 @@ impl ProxyRegistry {
 
     /// How many streams are connected.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().streams.len()
     }
 
     /// Whether no stream is connected.
@@ -217,6 +260,82 @@ impl ProxyRegistry {
     /// A receiver that changes whenever any proxy's state does.
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// A feed of the streams that change from now on; see [`ChangeFeed`].
+    pub fn feed(self: &Arc<Self>) -> ChangeFeed {
+        let mut inner = self.lock();
+        let slot = match inner.feeds.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => {
+                inner.feeds.push(None);
+                inner.feeds.len() - 1
+            }
+        };
+        inner.feeds[slot] = Some(HashSet::new());
+        ChangeFeed {
+            registry: self.clone(),
+            slot,
+        }
+    }
+}
+
+/// The streams that changed since a [`ChangeFeed`] last looked.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Streams registered or updated, as they are now.
+    pub changed: Vec<Arc<ProxyStatus>>,
+    /// Streams that went away.
+    pub gone: Vec<u64>,
+}
+
+impl Changes {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.gone.is_empty()
+    }
+}
+
+/// One reader's record of which streams changed since it last called
+/// [`ChangeFeed::take`]. It holds at most one entry per stream that
+/// changed (a stream id is never reused), so it stays bounded by the
+/// number of streams that came and went between two takes. Pair it with
+/// [`ProxyRegistry::watch`] to sleep until there is something to take.
+#[derive(Debug)]
+pub struct ChangeFeed {
+    registry: Arc<ProxyRegistry>,
+    slot: usize,
+}
+
+impl ChangeFeed {
+    /// The streams that changed or went since the last call (or since the
+    /// feed was made), each once, in stream id order.
+    pub fn take(&self) -> Changes {
+        let mut inner = self.registry.lock();
+        let Some(ids) = inner.feeds.get_mut(self.slot).and_then(Option::as_mut) else {
+            return Changes::default();
+        };
+        if ids.is_empty() {
+            return Changes::default();
+        }
+        let mut ids: Vec<u64> = std::mem::take(ids).into_iter().collect();
+        ids.sort_unstable();
+        let mut changes = Changes::default();
+        for id in ids {
+            match inner.streams.get(&id) {
+                Some(p) => changes.changed.push(p.clone()),
+                None => changes.gone.push(id),
+            }
+        }
+        changes
+    }
+}
+
+impl Drop for ChangeFeed {
+    fn drop(&mut self) {
+        if let Some(slot) = self.registry.lock().feeds.get_mut(self.slot) {
+            *slot = None;
+        }
     }
 }
 
@@ -239,9 +358,11 @@ impl StreamHandle {
         if !identity.is_authenticated() {
             return;
         }
-        if let Some(p) = self.registry.lock().get_mut(&self.id) {
-            p.identity = identity.clone();
+        let mut inner = self.registry.lock();
+        if let Some(p) = inner.streams.get_mut(&self.id) {
+            Arc::make_mut(p).identity = identity.clone();
         }
+        inner.changed(self.id);
     }
 
     /// Records the node once it is known.
@@ -250,9 +371,12 @@ impl StreamHandle {
             return;
         }
         let Some(node) = node else { return };
-        if let Some(p) = self.registry.lock().get_mut(&self.id) {
-            p.node = Some(node.clone());
+        let mut inner = self.registry.lock();
+        if let Some(p) = inner.streams.get_mut(&self.id) {
+            Arc::make_mut(p).node = Some(node.clone());
         }
+        inner.changed(self.id);
+        drop(inner);
         self.node_known = true;
         tracing::info!(stream = self.id, node = %node.id, group = %node.cluster, agent = %node.user_agent, "proxy connected");
         self.registry.bump();
@@ -264,10 +388,11 @@ impl StreamHandle {
             return;
         }
         let now = SystemTime::now();
-        let mut streams = self.registry.lock();
-        let Some(p) = streams.get_mut(&self.id) else {
+        let mut inner = self.registry.lock();
+        let Some(p) = inner.streams.get_mut(&self.id) else {
             return;
         };
+        let p = Arc::make_mut(p);
         let node = p.node.as_ref().map(|n| n.id.as_str()).unwrap_or("");
         for event in events {
             if let Some(sink) = &self.registry.sink {
@@ -309,15 +434,20 @@ impl StreamHandle {
                 }
             }
         }
-        drop(streams);
+        inner.changed(self.id);
+        drop(inner);
         self.registry.bump();
     }
 }
 
 impl Drop for StreamHandle {
     fn drop(&mut self) {
-        let removed = self.registry.lock().remove(&self.id);
-        if let Some(node) = removed.and_then(|p| p.node) {
+        let removed = {
+            let mut inner = self.registry.lock();
+            inner.changed(self.id);
+            inner.streams.remove(&self.id)
+        };
+        if let Some(node) = removed.and_then(|p| p.node.clone()) {
             tracing::info!(stream = self.id, node = %node.id, group = %node.cluster, "proxy disconnected");
         }
         self.registry.bump();
@@ -364,5 +494,47 @@ mod tests {
         assert_eq!(all[0].group(), Some("edge"));
         drop(h);
         assert!(reg.is_empty());
+    }
+
+    #[test]
+    fn a_feed_hands_over_each_changed_stream_once() {
+        let reg = ProxyRegistry::new();
+        let quiet = reg.register(StreamKind::Aggregated, false);
+        let feed = reg.feed();
+        let busy = reg.register(StreamKind::Aggregated, false);
+        let ack = |version: &str| StreamEvent::Acked {
+            ty: ResourceType::Route,
+            version: version.into(),
+        };
+        busy.record(&[ack("1")]);
+        busy.record(&[ack("2")]);
+        let first = feed.take();
+        assert_eq!(
+            first.changed.len(),
+            1,
+            "one entry per stream, not per event"
+        );
+        assert_eq!(first.changed[0].stream_id, busy.id());
+        assert_eq!(
+            first.changed[0].of(ResourceType::Route).acked.as_deref(),
+            Some("2")
+        );
+        assert!(
+            feed.take().is_empty(),
+            "taken changes are not handed over again"
+        );
+        let gone = busy.id();
+        drop(busy);
+        quiet.record(&[ack("3")]);
+        let second = feed.take();
+        assert_eq!(second.gone, vec![gone]);
+        assert_eq!(second.changed.len(), 1);
+        assert_eq!(second.changed[0].stream_id, quiet.id());
+        drop(feed);
+        quiet.record(&[ack("4")]);
+        assert!(
+            reg.lock().feeds.iter().all(Option::is_none),
+            "a dropped feed stops collecting"
+        );
     }
 }

@@ -1,0 +1,456 @@
+//! Following the proxies of a running operation change by change.
+//!
+//! The driver wakes on registry changes, which come with every ACK of
+//! every proxy. Recomputing every proxy's view at each would cost O(N)
+//! per ACK and O(N²) per flip of N proxies. A [`Follow`] keeps each
+//! stream's part of its node's view and hands the machine only the nodes
+//! whose view changed ([`Event::ProxiesChanged`]); a whole pass happens
+//! only when the machine asks for one ([`Action::ObserveProxies`], once
+//! per commit) or when what the views are measured against changed (a new
+//! snapshot served, the groups routing the service, the cordons).
+//!
+//! Cordoned proxies are left out here as in [`proxy_views`]: the set is
+//! read at each whole pass and held until the next, and a cordon or an
+//! uncordon moves the registry's [`cordon_epoch`], which is part of the
+//! [`Basis`], so the next look is a whole pass with the new set (a flip
+//! waiting on a proxy that is then cordoned finishes; an uncordoned proxy
+//! counts again).
+//!
+//! [`proxy_views`]: super::proxy_views
+//! [`cordon_epoch`]: crate::xds::ProxyRegistry::cordon_epoch
+//!
+//! [`Action::ObserveProxies`]: crate::rollout::machine::Action::ObserveProxies
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::rollout::machine::{Event, ProxyView};
+use crate::snapshot::Snapshot;
+use crate::xds::{Changes, ProxyStatus};
+
+use super::views::{merge, stream_view};
+
+/// What views are measured against: when any of it changes, every view
+/// may change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Basis {
+    /// The version of the snapshot served.
+    pub(super) snapshot: String,
+    /// The sequence number the operation committed, once it has.
+    pub(super) committed: Option<u64>,
+    /// The proxy groups that route the service.
+    pub(super) groups: BTreeSet<String>,
+    /// The registry's cordon epoch: it moves when a cordon changes.
+    pub(super) cordon_epoch: u64,
+}
+
+/// One node: its streams in the followed groups and its merged view.
+#[derive(Debug)]
+struct Node {
+    streams: BTreeSet<u64>,
+    view: ProxyView,
+}
+
+/// The proxies of one running operation, as last handed to its machine.
+#[derive(Debug, Default)]
+pub(super) struct Follow {
+    /// What the views were computed against; `None` when they are not
+    /// kept (before the first whole pass, or after the machine stopped
+    /// looking).
+    basis: Option<Basis>,
+    /// Per stream in the groups: its node id and its part of the view.
+    streams: HashMap<u64, (String, ProxyView)>,
+    nodes: HashMap<String, Node>,
+    /// The cordoned node ids, as read at the last whole pass.
+    cordoned: BTreeSet<String>,
+    /// Streams in the groups left out because their node is cordoned, by
+    /// node id.
+    skipped: BTreeMap<String, BTreeSet<u64>>,
+    /// The node of each stream in `skipped`.
+    skipped_streams: HashMap<u64, String>,
+    /// Whether the set of skipped nodes changed since the last
+    /// [`Follow::skipped_changed`].
+    skipped_moved: bool,
+}
+
+impl Follow {
+    /// Forgets everything; the next look is a whole pass.
+    pub(super) fn stop(&mut self) {
+        *self = Follow::default();
+    }
+
+    /// A whole pass over `proxies`: every node's view, by id, leaving out
+    /// the nodes in `cordoned`.
+    pub(super) fn all(
+        &mut self,
+        proxies: &[ProxyStatus],
+        basis: Basis,
+        snapshot: &Snapshot,
+        cordoned: BTreeSet<String>,
+    ) -> Vec<ProxyView> {
+        self.stop();
+        self.cordoned = cordoned;
+        self.skipped_moved = true;
+        for p in proxies {
+            self.put(p, &basis, snapshot);
+        }
+        let mut all: BTreeMap<&str, ProxyView> = BTreeMap::new();
+        for (id, node) in &mut self.nodes {
+            node.view = view_of(&node.streams, &self.streams);
+            all.insert(id, node.view.clone());
+        }
+        let all = all.into_values().collect();
+        self.basis = Some(basis);
+        all
+    }
+
+    /// The nodes whose view `changes` changed, as an event for the
+    /// machine (`None` when no view changed). `Err(())` when the views are
+    /// not kept or were measured against another basis: the caller then
+    /// makes a whole pass.
+    pub(super) fn changes(
+        &mut self,
+        changes: &Changes,
+        basis: &Basis,
+        snapshot: &Snapshot,
+    ) -> Result<Option<Event>, ()> {
+        if self.basis.as_ref() != Some(basis) {
+            return Err(());
+        }
+        let mut touched = BTreeSet::new();
+        for id in &changes.gone {
+            self.unskip(*id);
+            if let Some((node, _)) = self.streams.remove(id) {
+                if let Some(n) = self.nodes.get_mut(&node) {
+                    n.streams.remove(id);
+                }
+                touched.insert(node);
+            }
+        }
+        for p in &changes.changed {
+            if let Some(node) = self.put(p, basis, snapshot) {
+                touched.insert(node);
+            }
+        }
+        let (mut changed, mut gone) = (Vec::new(), Vec::new());
+        for id in touched {
+            let Some(node) = self.nodes.get_mut(&id) else {
+                continue;
+            };
+            if node.streams.is_empty() {
+                self.nodes.remove(&id);
+                gone.push(id);
+                continue;
+            }
+            let view = view_of(&node.streams, &self.streams);
+            if view != node.view {
+                node.view = view.clone();
+                changed.push(view);
+            }
+        }
+        if changed.is_empty() && gone.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Event::ProxiesChanged { changed, gone }))
+    }
+
+    /// The cordoned nodes left out, by id.
+    pub(super) fn skipped(&self) -> Vec<String> {
+        self.skipped.keys().cloned().collect()
+    }
+
+    /// Whether the nodes left out changed since the last call.
+    pub(super) fn skipped_changed(&mut self) -> bool {
+        std::mem::take(&mut self.skipped_moved)
+    }
+
+    /// Forgets a stream that was left out as cordoned, if it was.
+    fn unskip(&mut self, stream: u64) {
+        let Some(node) = self.skipped_streams.remove(&stream) else {
+            return;
+        };
+        if let Some(streams) = self.skipped.get_mut(&node) {
+            streams.remove(&stream);
+            if streams.is_empty() {
+                self.skipped.remove(&node);
+                self.skipped_moved = true;
+            }
+        }
+    }
+
+    /// Records one stream's part (if it is in the groups, named its node
+    /// and the node is not cordoned); returns the node it belongs to.
+    fn put(&mut self, p: &ProxyStatus, basis: &Basis, snapshot: &Snapshot) -> Option<String> {
+        let node = p.node.as_ref()?;
+        if !basis.groups.contains(&node.cluster) {
+            return None;
+        }
+        if self.cordoned.contains(&node.id) {
+            // Its NACK must not fail the operation, nor its lag hold it.
+            let streams = self.skipped.entry(node.id.clone()).or_default();
+            self.skipped_moved |= streams.is_empty();
+            streams.insert(p.stream_id);
+            self.skipped_streams.insert(p.stream_id, node.id.clone());
+            return None;
+        }
+        let part = stream_view(p, snapshot, basis.committed)?;
+        self.nodes
+            .entry(node.id.clone())
+            .or_insert_with(|| Node {
+                streams: BTreeSet::new(),
+                // Never equal to a computed view, so a new node is handed
+                // over.
+                view: ProxyView {
+                    id: String::new(),
+                    prepared: false,
+                    confirmed: false,
+                    nack: None,
+                },
+            })
+            .streams
+            .insert(p.stream_id);
+        self.streams.insert(p.stream_id, (node.id.clone(), part));
+        Some(node.id.clone())
+    }
+}
+
+/// A node's view from its streams' parts, in stream order (as
+/// [`proxy_views`](super::proxy_views) merges them).
+fn view_of(streams: &BTreeSet<u64>, parts: &HashMap<u64, (String, ProxyView)>) -> ProxyView {
+    let mut parts = streams.iter().filter_map(|s| parts.get(s)).map(|(_, v)| v);
+    let Some(first) = parts.next() else {
+        return ProxyView {
+            id: String::new(),
+            prepared: false,
+            confirmed: false,
+            nack: None,
+        };
+    };
+    let mut view = first.clone();
+    for part in parts {
+        merge(&mut view, part);
+    }
+    view
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+
+    use super::*;
+    use crate::controller::proxy_views;
+    use crate::identity::PeerIdentity;
+    use crate::resources::ResourceType;
+    use crate::snapshot::{GroupResources, SnapshotInput};
+    use crate::xds::{NodeInfo, StreamKind};
+
+    fn snapshot(version: &str) -> Arc<Snapshot> {
+        let mut group = GroupResources::default();
+        group.routes.push(RouteConfiguration {
+            name: format!("main-{version}"),
+            ..Default::default()
+        });
+        let mut input = SnapshotInput::default();
+        input.groups.insert("edge".into(), group);
+        let (mut writer, _reader) = crate::snapshot_store::snapshot_store();
+        writer.publish(version, &input).expect("valid input")
+    }
+
+    /// Stream `id` of node `node` in `group`, having ACKed `acked` routes.
+    fn stream(id: u64, node: &str, group: &str, acked: Option<&str>) -> ProxyStatus {
+        let mut p = ProxyStatus {
+            stream_id: id,
+            node: Some(NodeInfo {
+                id: node.into(),
+                cluster: group.into(),
+                user_agent: "envoy".into(),
+            }),
+            kind: StreamKind::Aggregated,
+            delta: false,
+            connected_since: SystemTime::UNIX_EPOCH,
+            identity: PeerIdentity::Unauthenticated,
+            types: Default::default(),
+        };
+        let t = &mut p.types[ResourceType::Route.index()];
+        t.subscribed = true;
+        t.acked = acked.map(str::to_owned);
+        p
+    }
+
+    fn basis(snapshot: &Snapshot) -> Basis {
+        Basis {
+            snapshot: snapshot.version().to_owned(),
+            committed: Some(2),
+            groups: ["edge".to_owned()].into(),
+            cordon_epoch: 0,
+        }
+    }
+
+    #[test]
+    fn only_nodes_whose_view_changed_are_handed_over() {
+        let snap = snapshot("2");
+        let current = snap
+            .group("edge")
+            .of(ResourceType::Route)
+            .version()
+            .to_owned();
+        let old = Some("1");
+        let proxies = vec![
+            stream(1, "a", "edge", old),
+            stream(2, "b", "edge", old),
+            // A second stream of b (per-type services).
+            stream(3, "b", "edge", Some(&current)),
+            stream(4, "c", "other", old),
+        ];
+        let mut follow = Follow::default();
+        let groups = ["edge"].into();
+        let all = follow.all(&proxies, basis(&snap), &snap, BTreeSet::new());
+        let (whole, skipped) = proxy_views(&proxies, &groups, &snap, Some(2), &BTreeSet::new());
+        assert_eq!(all, whole);
+        assert!(skipped.is_empty());
+        assert_eq!(all.len(), 2, "the other group is not followed");
+
+        // b's first stream ACKs: b is confirmed; a, unchanged, is not
+        // handed over; a stream of another group changes nothing.
+        let changes = Changes {
+            changed: vec![
+                Arc::new(stream(1, "a", "edge", old)),
+                Arc::new(stream(2, "b", "edge", Some(&current))),
+                Arc::new(stream(4, "c", "other", Some(&current))),
+            ],
+            gone: Vec::new(),
+        };
+        let Ok(Some(Event::ProxiesChanged { changed, gone })) =
+            follow.changes(&changes, &basis(&snap), &snap)
+        else {
+            panic!("b changed");
+        };
+        assert_eq!(gone, Vec::<String>::new());
+        assert_eq!(changed.len(), 1);
+        assert_eq!((changed[0].id.as_str(), changed[0].confirmed), ("b", true));
+
+        // Nothing visible changed: no event.
+        let same = Changes {
+            changed: vec![Arc::new(stream(1, "a", "edge", old))],
+            gone: vec![99],
+        };
+        assert!(matches!(
+            follow.changes(&same, &basis(&snap), &snap),
+            Ok(None)
+        ));
+
+        // One of b's two streams goes: b stays; then the other: b leaves.
+        let one = Changes {
+            changed: Vec::new(),
+            gone: vec![3],
+        };
+        assert!(matches!(
+            follow.changes(&one, &basis(&snap), &snap),
+            Ok(None)
+        ));
+        let both = Changes {
+            changed: Vec::new(),
+            gone: vec![2],
+        };
+        let Ok(Some(Event::ProxiesChanged { changed, gone })) =
+            follow.changes(&both, &basis(&snap), &snap)
+        else {
+            panic!("b left");
+        };
+        assert!(changed.is_empty());
+        assert_eq!(gone, ["b"]);
+
+        // Another snapshot: the views must be made again, whole.
+        let next = snapshot("3");
+        assert!(follow.changes(&same, &basis(&next), &next).is_err());
+        follow.stop();
+        assert!(follow.changes(&same, &basis(&snap), &snap).is_err());
+    }
+
+    /// Stream `id` of node `node` in the edge group, rejecting routes
+    /// version `version`.
+    fn rejecting(id: u64, node: &str, version: &str) -> ProxyStatus {
+        let mut p = stream(id, node, "edge", Some("1"));
+        let t = &mut p.types[ResourceType::Route.index()];
+        t.sent = Some(version.to_owned());
+        t.nack = Some(crate::xds::status::Nack {
+            version: version.to_owned(),
+            message: "bad route".into(),
+            at: SystemTime::UNIX_EPOCH,
+        });
+        p
+    }
+
+    #[test]
+    fn cordoned_nodes_are_left_out_of_both_passes_until_the_cordons_change() {
+        let snap = snapshot("2");
+        let current = snap
+            .group("edge")
+            .of(ResourceType::Route)
+            .version()
+            .to_owned();
+        let proxies = vec![
+            stream(1, "a", "edge", Some("1")),
+            stream(2, "b", "edge", Some("1")),
+        ];
+        let cordoned: BTreeSet<String> = ["b".to_owned()].into();
+        let groups = ["edge"].into();
+        let mut follow = Follow::default();
+        let all = follow.all(&proxies, basis(&snap), &snap, cordoned.clone());
+        let (whole, skipped) = proxy_views(&proxies, &groups, &snap, Some(2), &cordoned);
+        assert_eq!(all, whole);
+        assert_eq!(all.len(), 1, "b is cordoned");
+        assert_eq!(skipped, ["b"]);
+        assert!(follow.skipped_changed());
+        assert_eq!(follow.skipped(), ["b"]);
+
+        // b rejects the committed version (the rollback's trigger for a
+        // proxy that counts) and opens a second stream: nothing is handed
+        // over; a stays as it was.
+        let nack = Changes {
+            changed: vec![
+                Arc::new(rejecting(2, "b", "2-abc")),
+                Arc::new(stream(3, "b", "edge", Some("1"))),
+            ],
+            gone: Vec::new(),
+        };
+        assert!(matches!(
+            follow.changes(&nack, &basis(&snap), &snap),
+            Ok(None)
+        ));
+        assert!(!follow.skipped_changed());
+        // a ACKs: only a is handed over.
+        let ack = Changes {
+            changed: vec![Arc::new(stream(1, "a", "edge", Some(&current)))],
+            gone: Vec::new(),
+        };
+        let Ok(Some(Event::ProxiesChanged { changed, .. })) =
+            follow.changes(&ack, &basis(&snap), &snap)
+        else {
+            panic!("a changed");
+        };
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0].id, "a");
+        // b's streams go: it is no longer listed as left out.
+        let gone = Changes {
+            changed: Vec::new(),
+            gone: vec![2, 3],
+        };
+        assert!(matches!(
+            follow.changes(&gone, &basis(&snap), &snap),
+            Ok(None)
+        ));
+        assert!(follow.skipped_changed());
+        assert!(follow.skipped().is_empty());
+
+        // A cordon or uncordon moves the epoch: the views are made again,
+        // whole, with the new set.
+        let moved = Basis {
+            cordon_epoch: 1,
+            ..basis(&snap)
+        };
+        assert!(follow.changes(&ack, &moved, &snap).is_err());
+    }
+}
