@@ -60,6 +60,12 @@ async fn a_cordoned_proxy_that_nacks_does_not_roll_back_and_uncordoned_it_does()
         serde_json::json!([edge_id.as_str()]),
         "{history:#}"
     );
+    let table = w.cli(&["history", "web"]).await;
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(
+        table.contains("(did not wait for cordoned"),
+        "the history table says which proxies a change did not wait for:\n{table}"
+    );
     // The edge did get green, and refused it.
     support::wait_until(support::CONVERGE, "the edge's NACK of green", || async {
         let proxies = w.json(&["proxies"]).await;

@@ -339,7 +339,7 @@ pub async fn history(
             ])
             .max_width(7, HISTORY_OUTCOME_CHARS);
             for h in &r.entries {
-                let outcome = h.outcome.as_ref().map_or("-".to_owned(), |o| {
+                let mut outcome = h.outcome.as_ref().map_or("-".to_owned(), |o| {
                     let name = outcome_name(o.kind());
                     if o.reason.is_empty() {
                         name.to_owned()
@@ -347,6 +347,12 @@ pub async fn history(
                         format!("{name}: {}", o.reason)
                     }
                 });
+                if !h.not_waited_for.is_empty() {
+                    outcome.push_str(&format!(
+                        " (did not wait for cordoned {})",
+                        h.not_waited_for.join(", ")
+                    ));
+                }
                 t.row(vec![
                     h.id.to_string(),
                     h.verb.clone(),
