@@ -659,4 +659,33 @@ pub trait Backend: Send + Sync + 'static {
     async fn verify(&self, service: &str, fleet: &str) -> Result<Vec<CheckResult>, RolloutError>;
     /// Past changes of a service, newest first.
     async fn history(&self, service: &str) -> Result<Vec<HistoryEntry>, RolloutError>;
+    /// Changes the endpoints of a registered fleet (`teal fleet
+    /// set|add|remove`, `teal register|deregister`, heartbeats); `force`
+    /// lets it take the last endpoint of a fleet that takes traffic. A
+    /// backend without registered fleets refuses.
+    async fn change_fleet(
+        &self,
+        service: &str,
+        fleet: &str,
+        request: crate::registration::Request,
+        force: bool,
+        actor: &str,
+    ) -> Result<crate::registration::FleetView, RolloutError> {
+        let _ = (service, fleet, request, force, actor);
+        Err(RolloutError::Invalid(
+            "this server has no registered fleets".into(),
+        ))
+    }
+    /// A fleet's endpoints, where they come from, and recent changes.
+    async fn fleet(
+        &self,
+        service: &str,
+        fleet: &str,
+    ) -> Result<crate::registration::FleetView, RolloutError> {
+        let _ = fleet;
+        Err(RolloutError::UnknownService {
+            service: service.to_owned(),
+            known: Vec::new(),
+        })
+    }
 }

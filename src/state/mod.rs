@@ -55,6 +55,13 @@ pub struct PersistedState {
     /// types under the labels proxies hold, so it sends them nothing new.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: crate::snapshot::TypeLabels,
+    /// Endpoints of `endpoints: registered` fleets and the log of their
+    /// changes. Absent from state files written before teal had them.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::registration::Registrations::is_empty"
+    )]
+    pub registered: crate::registration::Registrations,
 }
 
 /// What teal keeps about one service.
