@@ -458,4 +458,29 @@ mod tests {
             })
         );
     }
+
+    #[test]
+    fn fleet_changes_from_the_wire() {
+        let mut r = pb::ChangeFleetRequest {
+            service: "web".into(),
+            fleet: "green".into(),
+            change: pb::FleetChange::Unspecified as i32,
+            endpoints: vec![pb::RegisteredEndpoint {
+                address: "[::1]:80".into(),
+                ..Default::default()
+            }],
+            ttl_ms: 0,
+            force: true,
+        };
+        assert!(matches!(fleet_change(&r), Err(RolloutError::Invalid(_))));
+        r.change = pb::FleetChange::Add as i32;
+        let (req, force) = fleet_change(&r).expect("valid");
+        assert!(force);
+        let Request::Add(e) = req else {
+            panic!("{req:?}")
+        };
+        assert_eq!(e[0].weight, 1, "0 on the wire is the default weight");
+        r.endpoints[0].address = "example.com:80".into();
+        assert!(matches!(fleet_change(&r), Err(RolloutError::Invalid(_))));
+    }
 }

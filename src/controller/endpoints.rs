@@ -280,6 +280,12 @@ impl Driver {
     pub(super) async fn expire_registrations(&mut self, now: SystemTime) {
         let mut next = self.state.clone();
         let changed = next.registered.expire(now);
+        if changed.is_empty() {
+            // Woken early (the wall clock stepped back since the deadline
+            // was set): look again a little later rather than spin.
+            self.expiry_retry = Some(Instant::now() + Duration::from_millis(100));
+            return;
+        }
         // Expiry only shrinks sets that were admitted within the limits.
         let limits = EndpointLimits {
             max_fleet_endpoints: usize::MAX,

@@ -357,3 +357,38 @@ async fn an_endpoint_change_during_a_shift_loses_neither() {
         "the endpoints stay"
     );
 }
+
+#[tokio::test]
+async fn heartbeats_renew_registrations_and_refuse_strangers() {
+    let (c, _t) = controller(Arc::new(MemoryStore::default())).await;
+    let register = Request::Register {
+        endpoints: vec![reg("127.0.0.1:7")],
+        ttl: Duration::from_secs(30),
+    };
+    let first = c
+        .change_fleet("web", "green", register, false, "instance")
+        .await
+        .expect("registered");
+    let version = c.snapshot().version().to_owned();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let beat = |a: &str| Request::Heartbeat {
+        addresses: vec![a.parse().expect("addr")],
+        ttl: Duration::from_secs(30),
+    };
+    let renewed = c
+        .change_fleet("web", "green", beat("127.0.0.1:7"), false, "instance")
+        .await
+        .expect("renewed");
+    assert!(renewed.endpoints[0].expires > first.endpoints[0].expires);
+    assert_eq!(
+        c.snapshot().version(),
+        version,
+        "a renewal spends no version"
+    );
+    assert_eq!(renewed.changes.len(), 1, "a renewal is not logged");
+    let err = c
+        .change_fleet("web", "green", beat("127.0.0.1:8"), false, "instance")
+        .await
+        .expect_err("not registered");
+    assert!(matches!(err, RolloutError::Precondition(_)), "{err:?}");
+}
