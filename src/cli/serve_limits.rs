@@ -78,7 +78,7 @@ pub struct LimitArgs {
     pub max_csds_concurrent: u64,
     /// Most endpoints one fleet whose endpoints come from outside the file
     /// (`endpoints: registered`) may have; a change past it is refused
-    /// (INVALID_ARGUMENT, exit 1) and nothing changes.
+    /// (RESOURCE_EXHAUSTED, exit 1) and nothing changes.
     #[arg(long, default_value_t = EndpointLimits::DEFAULT_MAX_FLEET_ENDPOINTS as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_fleet_endpoints: u64,
     /// Longest TTL `teal register` may ask for, in seconds; a longer one

@@ -30,7 +30,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::{Endpoint, EndpointSource, check_endpoints};
+use crate::config::{Endpoint, EndpointSetError, EndpointSource, check_endpoints};
 use crate::registration::{
     self, EndpointChange, FleetView, Registered, RegistrationError, Request,
 };
@@ -70,8 +70,10 @@ impl Driver {
                  config file; to set them from outside, make them `endpoints: registered`"
             )));
         }
-        check_endpoints(&endpoints, limits.max_fleet_endpoints)
-            .map_err(|e| RolloutError::Invalid(e.to_string()))?;
+        check_endpoints(&endpoints, limits.max_fleet_endpoints).map_err(|e| match e {
+            EndpointSetError::TooMany { .. } => RolloutError::Limit(e.to_string()),
+            e => RolloutError::Invalid(e.to_string()),
+        })?;
         let mut overlay = self.overlay.clone();
         let changed = overlay.set(service, fleet, endpoints);
         if let (false, Some(version)) = (changed, self.state.version.clone()) {
@@ -145,6 +147,10 @@ impl Driver {
             registration::apply(fleet, &before, &request, now, limits).map_err(|e| match e {
                 RegistrationError::NotRegistered { .. } => {
                     RolloutError::Precondition(e.to_string())
+                }
+                RegistrationError::Ttl { .. }
+                | RegistrationError::Endpoints(EndpointSetError::TooMany { .. }) => {
+                    RolloutError::Limit(e.to_string())
                 }
                 e => RolloutError::Invalid(e.to_string()),
             })?;

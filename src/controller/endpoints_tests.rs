@@ -179,6 +179,7 @@ async fn bad_sets_and_file_fleets_are_refused_whole() {
         .set_fleet_endpoints("web", "green", many)
         .await
         .expect_err("over the limit");
+    assert!(matches!(err, RolloutError::Limit(_)), "{err:?}");
     assert!(err.to_string().contains("--max-fleet-endpoints"), "{err}");
     assert_eq!(c.snapshot().version(), version, "nothing was served");
     assert!(served(&c, "web-green").is_empty());
