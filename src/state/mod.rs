@@ -1,7 +1,7 @@
 //! Durable state: per service the weights, the rollback point and the
-//! operation in flight; the version counter, the operation id counter and
-//! the change history, kept across restarts (even `kill -9` during a
-//! change).
+//! operation in flight; the version counter, the operation id counter,
+//! the change history and the endpoints of `registered` fleets, kept
+//! across restarts (even `kill -9` during a change).
 //!
 //! - [`PersistedState`]: everything teal must not forget, as one value.
 //! - [`StateStore`]: where it is kept, with compare-and-swap saves so a
