@@ -207,7 +207,7 @@ pub enum AdminCommand {
   teal verify web green
   teal flip web --to green
   teal retire web blue --after 10m
-  teal fleet set web blue --force   # after the retirement: forget blue's instances"
+  teal fleet set web blue           # after the retirement: forget blue's instances"
     )]
     Fleet(super::fleet::FleetCommand),
     /// Register one instance in a registered fleet, for a while.
