@@ -393,3 +393,43 @@ async fn heartbeats_renew_registrations_and_refuse_strangers() {
         .expect_err("not registered");
     assert!(matches!(err, RolloutError::Precondition(_)), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_rollouts_checks_run_against_the_registered_endpoints() {
+    let (writer, _reader) = snapshot_store();
+    let (_trigger, shutdown) = crate::shutdown::shutdown_channel();
+    // Nothing listens on port 2: green's check fails there, and only there.
+    let text = CONFIG.replace(
+        "      green: {endpoints: registered}\n",
+        "      green: {endpoints: registered}\n    checks:\n      home: {path: /, timeout: 200ms}\n",
+    );
+    let config = Config::parse(&text, "test.yaml").expect("valid");
+    let (c, _task) = start(
+        config,
+        writer,
+        Arc::new(MemoryStore::default()),
+        ProxyRegistry::new(),
+        Arc::new(Metrics::new()),
+        shutdown,
+    )
+    .await
+    .expect("starts");
+    c.set_fleet_endpoints("web", "green", vec![ep("127.0.0.1:2")])
+        .await
+        .expect("set");
+    let op = Operation::Flip {
+        service: "web".into(),
+        to: Some("green".into()),
+        skip_checks: false,
+        timeout: Duration::from_secs(5),
+    };
+    let rx = c.start(op, "ci").await.expect("starts");
+    let out = outcome(rx).await;
+    assert!(
+        matches!(&out, Outcome::Refused { reason } if reason.contains("127.0.0.1:2")),
+        "the check ran against the registered endpoint: {out:?}"
+    );
+    let checks = c.verify("web", "green").await.expect("verify");
+    assert_eq!(checks.len(), 1, "{checks:?}");
+    assert_eq!(checks[0].endpoint, "127.0.0.1:2");
+}
