@@ -91,6 +91,10 @@ pub(super) struct Driver {
     pub(super) pending_reload: Option<Box<Config>>,
     /// When to try expiring registrations again after a failed save.
     pub(super) expiry_retry: Option<Instant>,
+    /// When the next registration in `state` runs out, kept so the loop
+    /// does not walk every registration on every event; refreshed
+    /// wherever registrations change (only [`super::endpoints`] does).
+    pub(super) next_expiry_at: Option<SystemTime>,
 }
 
 impl Driver {

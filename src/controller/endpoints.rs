@@ -86,6 +86,7 @@ impl Driver {
                     .await
                     .map_err(|e| RolloutError::Store(e.to_string()))?;
                 self.state = next;
+                self.next_expiry_at = self.state.registered.next_expiry();
             }
             return Ok(version);
         }
@@ -94,6 +95,7 @@ impl Driver {
         match self.commit_state(next, false).await {
             Ok(version) => {
                 self.overlay = overlay;
+                self.next_expiry_at = self.state.registered.next_expiry();
                 self.update_cost_windows(std::time::SystemTime::now());
                 tracing::info!(%service, %fleet, %version, "fleet endpoints replaced");
                 Ok(version)
@@ -270,7 +272,7 @@ impl Driver {
     /// driver's loop (the wall clock is read here, at the edge); not
     /// before a retry after a failed expiry.
     pub(super) fn next_expiry(&self) -> Option<Instant> {
-        let at = self.state.registered.next_expiry()?;
+        let at = self.next_expiry_at?;
         let wait = at
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);

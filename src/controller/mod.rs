@@ -251,8 +251,10 @@ pub async fn start(
         metrics,
         pending_reload: None,
         expiry_retry: None,
+        next_expiry_at: None,
     };
     driver.reconcile()?;
+    driver.next_expiry_at = driver.state.registered.next_expiry();
     let version = driver.publish_current(true).await?;
     tracing::info!(%version, store = %driver.store.describe(), "controller started");
     let (tx, rx) = mpsc::channel(64);
