@@ -437,9 +437,8 @@ impl Driver {
                 limits,
                 reply,
             } => {
-                let next = self.state.clone();
                 let result = self
-                    .replace_endpoints(&service, &fleet, endpoints, next, &limits)
+                    .set_from_outside(&service, &fleet, endpoints, &limits)
                     .await;
                 let _ = reply.send(result);
             }

@@ -110,6 +110,35 @@ impl Driver {
         }
     }
 
+    /// [`Controller::set_fleet_endpoints`](super::Controller::set_fleet_endpoints):
+    /// a source's whole set, through [`Driver::replace_endpoints`]. For a
+    /// `registered` fleet the set also becomes its durable registrations
+    /// (without TTLs), so that what is served and what a restart loads
+    /// stay the same.
+    pub(super) async fn set_from_outside(
+        &mut self,
+        service: &str,
+        fleet: &str,
+        endpoints: Vec<Endpoint>,
+        limits: &EndpointLimits,
+    ) -> Result<Version, RolloutError> {
+        let mut next = self.state.clone();
+        if self.file_config.source_of(service, fleet) == Some(&EndpointSource::Registered) {
+            let registered = endpoints
+                .iter()
+                .map(|e| Registered {
+                    address: e.address,
+                    weight: e.weight,
+                    zone: e.zone.clone(),
+                    expires: None,
+                })
+                .collect();
+            next.registered.set(service, fleet, registered);
+        }
+        self.replace_endpoints(service, fleet, endpoints, next, limits)
+            .await
+    }
+
     /// The registration path: applies `request` to a registered fleet
     /// ([`registration::apply`]), refuses to empty a fleet that takes
     /// traffic (or that a running operation sends traffic to) unless

@@ -191,6 +191,12 @@ async fn a_reload_keeps_endpoints_from_outside_the_file() {
     c.set_fleet_endpoints("web", "green", vec![ep("127.0.0.1:2")])
         .await
         .expect("set");
+    let stored = c.fleet("web", "green").await.expect("show");
+    assert_eq!(
+        stored.endpoints.len(),
+        1,
+        "a registered fleet's set is durable"
+    );
     let reloaded = CONFIG.replace("127.0.0.1:1]", "127.0.0.1:1, 127.0.0.1:9]");
     let config = Config::parse(&reloaded, "test.yaml").expect("valid");
     let out = c.reload(config).await.expect("applied");
