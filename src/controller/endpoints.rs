@@ -328,10 +328,31 @@ impl Driver {
             max_fleet_endpoints: usize::MAX,
             ..EndpointLimits::default()
         };
+        // Registrations of a fleet the file no longer calls `registered`
+        // are served by nothing; they only need to go from the state.
+        let served: Vec<(String, String)> = changed
+            .into_iter()
+            .filter(|(s, f)| self.file_config.source_of(s, f) == Some(&EndpointSource::Registered))
+            .collect();
+        if served.is_empty() {
+            match self.store.save(&next, self.revision).await {
+                Ok(revision) => {
+                    self.revision = revision;
+                    self.state = next;
+                    self.next_expiry_at = self.state.registered.next_expiry();
+                    self.expiry_retry = None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not expire registrations; retrying");
+                    self.expiry_retry = Some(Instant::now() + Duration::from_secs(1));
+                }
+            }
+            return;
+        }
         // The first fleet's commit saves every expiry; the next ones build
         // on the state that commit left (its version counter included).
         let mut first = Some(next);
-        for (service, fleet) in changed {
+        for (service, fleet) in served {
             let state = first.take().unwrap_or_else(|| self.state.clone());
             let endpoints = state
                 .registered

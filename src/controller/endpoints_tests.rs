@@ -439,3 +439,41 @@ async fn a_rollouts_checks_run_against_the_registered_endpoints() {
     assert_eq!(checks.len(), 1, "{checks:?}");
     assert_eq!(checks[0].endpoint, "127.0.0.1:2");
 }
+
+#[tokio::test]
+async fn registrations_of_a_fleet_back_in_the_file_expire_quietly() {
+    let store = Arc::new(MemoryStore::default());
+    let (c, _t) = controller(store.clone()).await;
+    let register = Request::Register {
+        endpoints: vec![reg("127.0.0.1:7")],
+        ttl: Duration::from_secs(1),
+    };
+    c.change_fleet("web", "green", register, false, "instance")
+        .await
+        .expect("registered");
+    // green goes back to the file before its registration runs out.
+    let text = CONFIG.replace(
+        "green: {endpoints: registered}",
+        "green: {endpoints: [127.0.0.1:4]}",
+    );
+    let out = c
+        .reload(Config::parse(&text, "test.yaml").expect("valid"))
+        .await
+        .expect("applied");
+    assert!(matches!(out, Reloaded::Applied { .. }), "{out:?}");
+    assert_eq!(served(&c, "web-green"), ["127.0.0.1:4"]);
+    // Generous: the TTL is 1s; a regression shows as never.
+    let gone = async {
+        loop {
+            let stored = store.load().await.expect("load").expect("saved");
+            if stored.state.registered.get("web", "green").is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), gone)
+        .await
+        .expect("the stale registration left the state");
+    assert_eq!(served(&c, "web-green"), ["127.0.0.1:4"]);
+}
