@@ -9,6 +9,7 @@
 //! - [`config`]: the YAML config model, its validation and translation to Envoy resources.
 //! - [`rollout`]: blue/green operations, their progress, and the backend the admin API drives.
 //! - [`resources`]: the four xDS resource types, in make-before-break order.
+//! - [`registration`]: endpoints a deploy pipeline or an instance registers through the admin API, with TTLs.
 //! - [`cordon`]: proxies that operations do not wait for, kept durably.
 //! - [`state`]: durable state (live fleets, weights, versions, history) and where it is kept.
 //! - [`checks`]: the HTTP checks a rollout sends straight to a fleet's endpoints.
@@ -32,6 +33,7 @@ pub mod cordon;
 pub mod exit;
 pub mod identity;
 pub mod listener;
+pub mod registration;
 pub mod resources;
 pub mod rollout;
 pub mod serve;

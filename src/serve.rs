@@ -58,6 +58,8 @@ pub struct ServeOptions {
     pub admin_tls: Option<TlsFiles>,
     /// Serve the admin API in plaintext on a non-loopback address anyway.
     pub admin_insecure: bool,
+    /// Bounds on endpoints registered through the admin API.
+    pub endpoint_limits: crate::registration::EndpointLimits,
 }
 
 impl ServeOptions {
@@ -79,6 +81,7 @@ impl ServeOptions {
             xds_tls: None,
             admin_tls: None,
             admin_insecure: false,
+            endpoint_limits: Default::default(),
         }
     }
 }
@@ -369,6 +372,7 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
         shutdown.clone(),
     )
     .await?;
+    let controller = controller.with_endpoint_limits(opts.endpoint_limits);
     tracing::info!(config = %source.name(), version = %controller.snapshot().version(), "serving config");
     let listener = bind(opts.xds_addr).await?;
     let xds_addr = local_addr(&listener, opts.xds_addr)?;
