@@ -66,6 +66,7 @@ fn service(checks: Vec<(&str, Check)>, green: &[SocketAddr]) -> Service {
                 zone: None,
             })
             .collect(),
+        ..Fleet::default()
     };
     Service {
         fleets: BTreeMap::from([

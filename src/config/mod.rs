@@ -81,8 +81,8 @@ pub use limits::{
     MAX_MAX_BYTES, MAX_MAX_DEPTH,
 };
 pub use model::{
-    Check, Config, Endpoint, Fleet, Group, HealthCheck, Listener, ListenerKind, OutlierDetection,
-    Protocol, Retries, Route, Service, VirtualHost,
+    Check, Config, Endpoint, Fleet, Group, HealthCheck, KubernetesFleet, KubernetesPort, Listener,
+    ListenerKind, OutlierDetection, Protocol, Retries, Route, Service, VirtualHost,
 };
 pub use translate::{FLEET_HEADER, cluster_name, config_digest, encoded_resources, translate};
 // The rollout's split of traffic, which translation reads; re-exported so

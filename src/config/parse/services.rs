@@ -189,7 +189,21 @@ fn checks(cx: &mut Cx<'_>, f: &Fields<'_>) -> Option<BTreeMap<String, Check>> {
 }
 
 pub(super) fn fleet(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Fleet> {
-    let f = fields(cx, node, path, &["endpoints"])?;
+    let f = fields(cx, node, path, &["endpoints", "kubernetes"])?;
+    if let Some(k) = f.get("kubernetes") {
+        if let Some(e) = f.get("endpoints") {
+            cx.err(
+                e.pos,
+                &f.path("endpoints"),
+                "a fleet takes its endpoints from `kubernetes` or from `endpoints`, not both",
+            );
+        }
+        let kubernetes = super::kubernetes::kubernetes(cx, k, &f.path("kubernetes"))?;
+        return f.get("endpoints").is_none().then_some(Fleet {
+            endpoints: Vec::new(),
+            kubernetes: Some(kubernetes),
+        });
+    }
     let Some(list) = f.get("endpoints") else {
         return Some(Fleet::default());
     };
@@ -218,7 +232,10 @@ pub(super) fn fleet(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Fleet> {
             None => ok = false,
         }
     }
-    ok.then_some(Fleet { endpoints })
+    ok.then_some(Fleet {
+        endpoints,
+        kubernetes: None,
+    })
 }
 
 pub(super) fn endpoint(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Endpoint> {
