@@ -58,6 +58,7 @@ fn check(path: &str, body_contains: Option<&str>, timeout: Duration) -> Check {
 
 fn service(checks: Vec<(&str, Check)>, green: &[SocketAddr]) -> Service {
     let fleet = |addrs: &[SocketAddr]| Fleet {
+        source: Default::default(),
         endpoints: addrs
             .iter()
             .map(|&address| Endpoint {
@@ -66,7 +67,6 @@ fn service(checks: Vec<(&str, Check)>, green: &[SocketAddr]) -> Service {
                 zone: None,
             })
             .collect(),
-        ..Fleet::default()
     };
     Service {
         fleets: BTreeMap::from([

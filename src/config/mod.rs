@@ -11,11 +11,15 @@
 //!    problems at once as [`Diagnostics`]. A config is valid as a whole or
 //!    not at all. [`Limits`] bound the file's size, nesting and alias
 //!    expansion; [`read_bounded`] reads a file no further than that.
-//! 2. [`translate`] turns a [`Config`] and the current [`Weights`] into a
+//! 2. A fleet may take its endpoints from elsewhere than the file
+//!    ([`EndpointSource`]); [`Config::with_endpoints`] lays what those
+//!    sources reported ([`EndpointOverlay`]) over the parsed config, and
+//!    everything below works on the result.
+//! 3. [`translate`] turns a [`Config`] and the current [`Weights`] into a
 //!    [`SnapshotInput`](crate::snapshot::SnapshotInput): per group, the
 //!    clusters, endpoints, listeners and routes its proxies are served.
-//! 3. [`config_digest`] names that content with a short version string.
-//! 4. [`render`] prints it in Envoy's JSON form; [`commands`] wraps all of
+//! 4. [`config_digest`] names that content with a short version string.
+//! 5. [`render`] prints it in Envoy's JSON form; [`commands`] wraps all of
 //!    this for `teal validate` and `teal render`.
 //!
 //! # Naming
@@ -67,6 +71,7 @@ mod diag;
 pub mod duration;
 mod limits;
 mod model;
+mod overlay;
 mod parse;
 mod translate;
 mod yaml;
@@ -81,9 +86,11 @@ pub use limits::{
     MAX_MAX_BYTES, MAX_MAX_DEPTH,
 };
 pub use model::{
-    Check, Config, Endpoint, Fleet, Group, HealthCheck, KubernetesFleet, KubernetesPort, Listener,
-    ListenerKind, OutlierDetection, Protocol, Retries, Route, Service, VirtualHost,
+    Check, Config, Endpoint, EndpointSource, Fleet, Group, HealthCheck, KubernetesFleet,
+    KubernetesPort, Listener, ListenerKind, OutlierDetection, Protocol, Retries, Route, Service,
+    VirtualHost,
 };
+pub use overlay::{EndpointOverlay, EndpointSetError, MAX_ZONE_BYTES, check_endpoints};
 pub use translate::{FLEET_HEADER, cluster_name, config_digest, encoded_resources, translate};
 // The rollout's split of traffic, which translation reads; re-exported so
 // callers building a snapshot from a config find it here too.

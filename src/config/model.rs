@@ -3,7 +3,8 @@
 //! Values of these types come only from [`Config::parse`](super::Config::parse),
 //! which checks everything described in the README's Configuration section; code that
 //! consumes a [`Config`] may rely on those checks (every route names an
-//! existing service, every live fleet has endpoints, and so on).
+//! existing service, every live fleet listed in the file has endpoints,
+//! and so on).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,7 +25,8 @@ pub struct Service {
     /// Fleets by name (`blue`, `green`, ...). Never empty.
     pub fleets: BTreeMap<String, Fleet>,
     /// The fleet that takes all traffic at first. Always a key of
-    /// `fleets`, and that fleet has at least one endpoint.
+    /// `fleets`; if that fleet's endpoints come from the file, it has at
+    /// least one.
     pub live: String,
     /// The protocol spoken to the upstream endpoints.
     pub protocol: Protocol,
@@ -46,11 +48,57 @@ pub struct Service {
 /// The endpoints of one fleet.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Fleet {
-    /// Endpoints in config order.
+    /// Where the endpoints come from. For any source but
+    /// [`EndpointSource::File`], `endpoints` is empty as parsed and is
+    /// filled in by [`Config::with_endpoints`] from what that source
+    /// reported last.
+    pub source: EndpointSource,
+    /// Endpoints in config order (or in the order their source gave).
     pub endpoints: Vec<Endpoint>,
-    /// The Kubernetes Service whose ready endpoints the fleet has, if
-    /// any (then `endpoints` is empty in the file).
-    pub kubernetes: Option<KubernetesFleet>,
+}
+
+/// Where a fleet's endpoints come from.
+///
+/// The file always declares the service, its fleets, checks and routes;
+/// only the endpoints of a fleet may live elsewhere. Every source other
+/// than `File` feeds the controller through one entry point
+/// ([`Controller::set_fleet_endpoints`](crate::controller::Controller::set_fleet_endpoints)),
+/// and the snapshot and the checks are built from the config with those
+/// endpoints applied ([`Config::with_endpoints`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum EndpointSource {
+    /// Listed in the file (`endpoints: [...]`, the default).
+    #[default]
+    File,
+    /// Registered through the admin API (`endpoints: registered`) by a
+    /// deploy pipeline or by the instances themselves; kept in the durable
+    /// state.
+    Registered,
+    /// The ready endpoints of a Kubernetes Service's EndpointSlices
+    /// (`kubernetes: {namespace, service, port}`), watched by teal.
+    Kubernetes(KubernetesFleet),
+}
+
+impl EndpointSource {
+    /// Whether the file lists the endpoints.
+    pub fn is_file(&self) -> bool {
+        matches!(self, EndpointSource::File)
+    }
+
+    /// How `teal fleet show` and messages name the source.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EndpointSource::File => "file",
+            EndpointSource::Registered => "registered",
+            EndpointSource::Kubernetes(_) => "kubernetes",
+        }
+    }
+}
+
+impl std::fmt::Display for EndpointSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One upstream endpoint.
@@ -275,6 +323,9 @@ impl std::fmt::Display for KubernetesPort {
 impl Fleet {
     /// Where the fleet's endpoints come from in Kubernetes, if they do.
     pub fn kubernetes(&self) -> Option<&KubernetesFleet> {
-        self.kubernetes.as_ref()
+        match &self.source {
+            EndpointSource::Kubernetes(k) => Some(k),
+            _ => None,
+        }
     }
 }

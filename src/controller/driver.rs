@@ -65,7 +65,15 @@ impl Running {
 
 /// The driver's state.
 pub(super) struct Driver {
+    /// The config served: the file's ([`Driver::file_config`]) with the
+    /// endpoints of [`Driver::overlay`] applied. Everything that looks at
+    /// endpoints (snapshots, checks, guards) reads this one.
     pub(super) config: Config,
+    /// The config as the file gives it, kept to lay a changed overlay over.
+    pub(super) file_config: Config,
+    /// Endpoints of fleets that do not come from the file, as their
+    /// sources reported them last (see [`super::endpoints`]).
+    pub(super) overlay: crate::config::EndpointOverlay,
     pub(super) writer: SnapshotWriter,
     pub(super) store: Arc<dyn StateStore>,
     pub(super) state: PersistedState,
@@ -77,9 +85,9 @@ pub(super) struct Driver {
     pub(super) finished: HashMap<u64, watch::Receiver<Progress>>,
     pub(super) checks_tx: mpsc::Sender<(u64, Vec<CheckResult>)>,
     pub(super) metrics: Arc<Metrics>,
-    /// A reload that waits for an operation to leave the phases in which
-    /// its service's endpoints and checks must not change (from the
-    /// checks before a commit to the last confirmation).
+    /// A reload (the file's config) that waits for an operation to leave
+    /// the phases in which its service's endpoints and checks must not
+    /// change (from the checks before a commit to the last confirmation).
     pub(super) pending_reload: Option<Box<Config>>,
 }
 
@@ -124,7 +132,7 @@ impl Driver {
     }
 
     /// Records since when each service runs more than one fleet.
-    fn update_cost_windows(&mut self, now: SystemTime) {
+    pub(super) fn update_cost_windows(&mut self, now: SystemTime) {
         for (name, st) in self.state.services.iter_mut() {
             let Some(svc) = self.config.services.get(name) else {
                 continue;
@@ -157,7 +165,7 @@ impl Driver {
     /// Builds `state` as a snapshot, saves `state` durably, then serves it.
     /// `reuse_seq` keeps the stored sequence number when the content is the
     /// one already stored (a restart), so the version string is the same.
-    async fn commit_state(
+    pub(super) async fn commit_state(
         &mut self,
         mut state: PersistedState,
         reuse_seq: bool,
@@ -392,6 +400,19 @@ impl Driver {
             Command::Reload { config, reply } => {
                 let _ = reply.send(self.reload(config).await);
             }
+            Command::SetEndpoints {
+                service,
+                fleet,
+                endpoints,
+                limits,
+                reply,
+            } => {
+                let next = self.state.clone();
+                let result = self
+                    .replace_endpoints(&service, &fleet, endpoints, next, &limits)
+                    .await;
+                let _ = reply.send(result);
+            }
         }
     }
 
@@ -421,14 +442,16 @@ impl Driver {
     /// move traffic ([`reconcile`]); deferred while an operation depends on
     /// the service config it changes; otherwise committed, and operations
     /// on services it removes end `Aborted`.
-    async fn reload(&mut self, config: Box<Config>) -> Result<Reloaded, ReloadError> {
+    async fn reload(&mut self, file: Box<Config>) -> Result<Reloaded, ReloadError> {
+        let config = file.with_endpoints(&self.overlay);
         let next = reconcile(&config, &self.state)?;
         if let Some((service, id, phase)) = self.reload_blocker(&config) {
-            self.pending_reload = Some(config);
+            self.pending_reload = Some(file);
             return Ok(Reloaded::Deferred { service, id, phase });
         }
         self.pending_reload = None;
-        let previous = std::mem::replace(&mut self.config, *config);
+        let previous = std::mem::replace(&mut self.config, config);
+        let previous_file = std::mem::replace(&mut self.file_config, *file);
         match self.commit_state(next, false).await {
             Ok(version) => {
                 self.update_cost_windows(SystemTime::now());
@@ -451,6 +474,7 @@ impl Driver {
             }
             Err(e) => {
                 self.config = previous;
+                self.file_config = previous_file;
                 Err(ReloadError::Commit(e))
             }
         }
@@ -458,10 +482,13 @@ impl Driver {
 
     /// Applies a deferred reload once nothing blocks it any more.
     async fn apply_pending_reload(&mut self) {
-        let Some(config) = self.pending_reload.as_ref() else {
+        let Some(file) = self.pending_reload.as_ref() else {
             return;
         };
-        if self.reload_blocker(config).is_some() {
+        if self
+            .reload_blocker(&file.with_endpoints(&self.overlay))
+            .is_some()
+        {
             return;
         }
         let Some(config) = self.pending_reload.take() else {
@@ -474,7 +501,7 @@ impl Driver {
     }
 
     /// The refusal for a service the config does not have, naming those it has.
-    fn unknown_service(&self, service: &str) -> RolloutError {
+    pub(super) fn unknown_service(&self, service: &str) -> RolloutError {
         RolloutError::UnknownService {
             service: service.to_owned(),
             known: self.config.services.keys().cloned().collect(),

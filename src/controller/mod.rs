@@ -19,6 +19,7 @@
 //! state serves the very same version string.
 
 mod driver;
+mod endpoints;
 mod follow;
 mod reconcile;
 mod views;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::admin::Metrics;
-use crate::config::Config;
+use crate::config::{Config, Endpoint};
 use crate::resources::ResourceType;
 use crate::rollout::{
     Backend, CheckResult, HistoryEntry, Operation, Progress, RolloutError, StatusView, Version,
@@ -41,6 +42,7 @@ use crate::state::{PersistedState, Revision, StateError, StateStore};
 use crate::xds::{ProxyRegistry, ProxyStatus};
 
 use driver::Driver;
+pub use endpoints::EndpointLimits;
 pub use reconcile::{ReconcileError, reconcile};
 pub use views::proxy_views;
 
@@ -174,6 +176,13 @@ enum Command {
         config: Box<Config>,
         reply: oneshot::Sender<Result<Reloaded, ReloadError>>,
     },
+    SetEndpoints {
+        service: String,
+        fleet: String,
+        endpoints: Vec<Endpoint>,
+        limits: EndpointLimits,
+        reply: oneshot::Sender<Result<Version, RolloutError>>,
+    },
 }
 
 /// The handle the admin API and `teal serve` use.
@@ -182,6 +191,9 @@ pub struct Controller {
     tx: mpsc::Sender<Command>,
     registry: Arc<ProxyRegistry>,
     snapshots: SnapshotReader,
+    /// Bounds on endpoints from outside the file, sent with each change
+    /// (the driver is already running when `teal serve` sets them).
+    endpoint_limits: EndpointLimits,
 }
 
 impl std::fmt::Debug for Command {
@@ -206,8 +218,11 @@ pub async fn start(
     };
     let snapshots = writer.reader();
     let (checks_tx, checks_rx) = mpsc::channel(64);
+    let overlay = crate::config::EndpointOverlay::new();
     let mut driver = Driver {
-        config,
+        config: config.with_endpoints(&overlay),
+        file_config: config,
+        overlay,
         writer,
         store,
         state,
@@ -227,6 +242,7 @@ pub async fn start(
         tx,
         registry,
         snapshots,
+        endpoint_limits: EndpointLimits::default(),
     };
     driver.resume_operations(&version).await;
     let task = tokio::spawn(driver.run(rx, checks_rx, shutdown));
@@ -256,6 +272,45 @@ impl Controller {
         })
         .await
         .map_err(|_| ReloadError::ShuttingDown)?
+    }
+
+    /// This handle with other bounds on endpoints from outside the file.
+    pub fn with_endpoint_limits(mut self, limits: EndpointLimits) -> Controller {
+        self.endpoint_limits = limits;
+        self
+    }
+
+    /// **The entry point for endpoints that do not come from the file.**
+    /// Replaces the whole endpoint set of `service`'s `fleet`, a fleet
+    /// whose [`EndpointSource`](crate::config::EndpointSource) is not the
+    /// file, and serves it (an EDS-only change); returns the version
+    /// served after (the current one if nothing changed). Refused whole,
+    /// changing nothing, for an unknown service or fleet, a file fleet, or
+    /// a set that breaks the rules file endpoints follow. A source calls
+    /// it whenever its view of the fleet changes; coalescing bursts is the
+    /// source's business.
+    ///
+    /// The change runs on the controller's one task, like every commit of
+    /// a rollout: the two never interleave, each is built on the other's
+    /// result, and neither undoes the other. Only the fleet's
+    /// `ClusterLoadAssignment` changes, so only EDS versions move. Checks
+    /// started after it use the new endpoints.
+    pub async fn set_fleet_endpoints(
+        &self,
+        service: &str,
+        fleet: &str,
+        endpoints: Vec<Endpoint>,
+    ) -> Result<Version, RolloutError> {
+        let (service, fleet) = (service.to_owned(), fleet.to_owned());
+        let limits = self.endpoint_limits;
+        self.ask(|reply| Command::SetEndpoints {
+            service,
+            fleet,
+            endpoints,
+            limits,
+            reply,
+        })
+        .await?
     }
 
     /// The snapshot being served.
@@ -323,5 +378,7 @@ impl Backend for Controller {
     }
 }
 
+#[cfg(test)]
+mod endpoints_tests;
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,11 @@
 //! exist and where their endpoints are. So a new service starts on its
 //! `live` fleet, a new fleet joins at weight 0, a fleet at weight 0 may go,
 //! and a config that would take away a fleet still holding traffic (by
-//! removing it or emptying its endpoints) is refused whole.
+//! removing it or emptying the endpoints it lists) is refused whole. A
+//! fleet whose endpoints come from elsewhere ([`EndpointSource`]) is never
+//! "emptied" by the file: its endpoints are not the file's.
+//!
+//! [`EndpointSource`]: crate::config::EndpointSource
 
 use std::collections::BTreeMap;
 
@@ -74,7 +78,11 @@ pub fn reconcile(
                         weight: *weight,
                     });
                 }
-                Some(f) if f.endpoints.is_empty() => {
+                // Only the file's endpoints are the config's to take away;
+                // other sources report what exists, and the guards on the
+                // registration path keep operators from emptying a live
+                // fleet by mistake.
+                Some(f) if f.source.is_file() && f.endpoints.is_empty() => {
                     return Err(ReconcileError::FleetEmptied {
                         service: name.clone(),
                         fleet: fleet.clone(),
@@ -92,7 +100,11 @@ pub fn reconcile(
             .as_ref()
             .filter(|p| {
                 p.iter().all(|(f, w)| {
-                    *w == 0 || svc.fleets.get(f).is_some_and(|x| !x.endpoints.is_empty())
+                    *w == 0
+                        || svc
+                            .fleets
+                            .get(f)
+                            .is_some_and(|x| !x.source.is_file() || !x.endpoints.is_empty())
                 })
             })
             .map(fit);

@@ -6,12 +6,14 @@
 //!
 //! - `ready` unset means ready; `serving` unset means "as `ready`";
 //!   `terminating` unset means not terminating.
-//! - The fleet is its **ready** endpoints. Only when none is ready, it is
-//!   its endpoints that are `serving` and `terminating` (a Service whose
-//!   every pod is shutting down keeps taking requests until they stop
-//!   serving, as kube-proxy does since Kubernetes 1.26); such a set is
-//!   marked [`FleetEndpoints::terminating_only`], and a flip to it is
-//!   refused as to an empty fleet.
+//! - The fleet is its endpoints that are **ready, serving and not
+//!   terminating**. `ready` alone is not enough: a Service with
+//!   `publishNotReadyAddresses` has every endpoint `ready`, and only
+//!   `serving` tells whether the pod passes its readiness probe; and a
+//!   terminating pod is on its way out, whatever it says. kube-proxy falls
+//!   back to serving terminating endpoints when a Service has no ready
+//!   one; teal does not: a blue/green fleet with no ready endpoint is a
+//!   fleet that must not take traffic, and a flip to it is refused.
 //! - An endpoint's first address is the one used (the others are the
 //!   same pod's, and "clients may choose to only use the first element");
 //!   `FQDN` slices are skipped: Envoy does not resolve EDS host names.
@@ -19,7 +21,7 @@
 //!   numbered) in the config; each slice says its own number, since pods
 //!   behind one Service may map a port name to different numbers.
 //! - An address in several slices (a pod moving between slices) counts
-//!   once, with its best condition.
+//!   once, usable if any slice says so.
 //!
 //! Each slice is reduced on arrival to a compact [`SliceEndpoints`] (what
 //! the watcher keeps), and [`fleet_endpoints`] combines them.
@@ -94,28 +96,10 @@ pub enum SliceError {
 pub struct SliceEntry {
     /// The first address and the chosen port.
     pub address: SocketAddr,
-    /// `conditions.ready` (unset: true).
-    pub ready: bool,
-    /// `conditions.serving` (unset: as `ready`).
-    pub serving: bool,
-    /// `conditions.terminating` (unset: false).
-    pub terminating: bool,
+    /// Ready, serving and not terminating: it may take traffic.
+    pub usable: bool,
     /// `zone`, if any.
     pub zone: Option<String>,
-}
-
-impl SliceEntry {
-    /// How much an entry is worth when one address is in several slices:
-    /// ready, then serving while terminating, then the rest.
-    fn rank(&self) -> u8 {
-        if self.ready {
-            2
-        } else if self.serving && self.terminating {
-            1
-        } else {
-            0
-        }
-    }
 }
 
 /// What one slice contributes to its fleet.
@@ -125,25 +109,9 @@ pub struct SliceEndpoints {
     pub entries: Vec<SliceEntry>,
 }
 
-/// A fleet's endpoints, from all its slices.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FleetEndpoints {
-    /// Sorted by address, each once, weight 1.
-    pub endpoints: Vec<Endpoint>,
-    /// No endpoint is ready: these are the serving, terminating ones.
-    pub terminating_only: bool,
-}
-
-impl FleetEndpoints {
-    /// How many endpoints are ready (what a flip needs).
-    pub fn ready(&self) -> usize {
-        if self.terminating_only {
-            0
-        } else {
-            self.endpoints.len()
-        }
-    }
-}
+/// A fleet's endpoints, from all its slices: sorted by address, each
+/// once, weight 1.
+pub type FleetEndpoints = Vec<Endpoint>;
 
 /// Reduces one slice to its entries for `port`, refusing it past
 /// `max_endpoints` entries (checked before anything is copied).
@@ -193,11 +161,11 @@ pub fn slice_endpoints(
         };
         let c = e.conditions.as_ref();
         let ready = c.and_then(|c| c.ready).unwrap_or(true);
+        let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+        let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
         entries.push(SliceEntry {
             address: SocketAddr::new(ip, number),
-            ready,
-            serving: c.and_then(|c| c.serving).unwrap_or(ready),
-            terminating: c.and_then(|c| c.terminating).unwrap_or(false),
+            usable: ready && serving && !terminating,
             zone,
         });
     }
@@ -258,16 +226,19 @@ fn is_label_value(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
-/// Combines a fleet's slices: the ready endpoints, or, when none is, the
-/// serving terminating ones; refused past `max_endpoints`.
+/// Combines a fleet's slices into its usable endpoints; refused past
+/// `max_endpoints` addresses (usable or not, so that the bound holds
+/// whatever the conditions).
 pub fn fleet_endpoints<'a>(
     slices: impl IntoIterator<Item = &'a SliceEndpoints>,
     max_endpoints: usize,
 ) -> Result<FleetEndpoints, SliceError> {
     let mut best: BTreeMap<SocketAddr, &SliceEntry> = BTreeMap::new();
     for entry in slices.into_iter().flat_map(|s| &s.entries) {
+        // An address in two slices (a pod moving over) counts once, and
+        // usable if either says so.
         match best.get(&entry.address) {
-            Some(have) if have.rank() >= entry.rank() => {}
+            Some(have) if have.usable || !entry.usable => {}
             _ => {
                 best.insert(entry.address, entry);
             }
@@ -278,29 +249,15 @@ pub fn fleet_endpoints<'a>(
             });
         }
     }
-    let pick = |rank: u8| -> Vec<Endpoint> {
-        best.values()
-            .filter(|e| e.rank() == rank)
-            .map(|e| Endpoint {
-                address: e.address,
-                weight: 1,
-                zone: e.zone.clone(),
-            })
-            .collect()
-    };
-    let ready = pick(2);
-    if ready.is_empty() {
-        let draining = pick(1);
-        Ok(FleetEndpoints {
-            terminating_only: !draining.is_empty(),
-            endpoints: draining,
+    Ok(best
+        .values()
+        .filter(|e| e.usable)
+        .map(|e| Endpoint {
+            address: e.address,
+            weight: 1,
+            zone: e.zone.clone(),
         })
-    } else {
-        Ok(FleetEndpoints {
-            endpoints: ready,
-            terminating_only: false,
-        })
-    }
+        .collect())
 }
 
 /// [`slice_endpoints`] and [`fleet_endpoints`] over whole slices: what a

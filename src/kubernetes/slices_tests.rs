@@ -102,7 +102,7 @@ fn http() -> KubernetesPort {
 }
 
 fn addrs(f: &FleetEndpoints) -> Vec<String> {
-    f.endpoints.iter().map(|e| e.address.to_string()).collect()
+    f.iter().map(|e| e.address.to_string()).collect()
 }
 
 #[test]
@@ -111,11 +111,9 @@ fn ready_endpoints_of_the_named_port_with_zones() {
     // Ready, and ready unset (which means ready); not the unready one nor
     // the terminating one.
     assert_eq!(addrs(&f), ["10.244.1.17:8080", "10.244.3.22:8080"]);
-    assert!(!f.terminating_only);
-    assert_eq!(f.ready(), 2);
-    assert_eq!(f.endpoints[0].zone.as_deref(), Some("europe-west1-b"));
-    assert_eq!(f.endpoints[1].zone, None);
-    assert!(f.endpoints.iter().all(|e| e.weight == 1));
+    assert_eq!(f[0].zone.as_deref(), Some("europe-west1-b"));
+    assert_eq!(f[1].zone, None);
+    assert!(f.iter().all(|e| e.weight == 1));
 }
 
 #[test]
@@ -165,25 +163,27 @@ fn port_problems_are_errors() {
 }
 
 #[test]
-fn when_none_is_ready_the_serving_terminating_ones_are_taken_and_marked() {
-    let mut s = slice(GREEN_A);
-    s.endpoints.retain(|e| {
-        e.conditions
-            .as_ref()
-            .is_some_and(|c| c.ready == Some(false))
-    });
-    let f = translate([&s], Some(&http()), 100).expect("usable");
-    assert_eq!(addrs(&f), ["10.244.2.4:8080"]);
-    assert!(f.terminating_only);
-    assert_eq!(f.ready(), 0);
-    // Nothing ready nor serving: empty, and not marked.
-    s.endpoints.retain(|e| {
-        e.conditions
-            .as_ref()
-            .is_some_and(|c| c.serving == Some(false))
-    });
-    let f = translate([&s], Some(&http()), 100).expect("usable");
-    assert!(f.endpoints.is_empty() && !f.terminating_only);
+fn serving_and_terminating_are_honoured() {
+    use k8s_openapi::api::discovery::v1::EndpointConditions;
+    let with = |ready, serving, terminating| {
+        let mut s = slice(GREEN_A);
+        s.endpoints.truncate(1);
+        s.endpoints[0].conditions = Some(EndpointConditions {
+            ready,
+            serving,
+            terminating,
+        });
+        translate([&s], Some(&http()), 100).expect("usable").len()
+    };
+    assert_eq!(with(None, None, None), 1, "unset means ready");
+    assert_eq!(with(Some(true), Some(true), Some(false)), 1);
+    assert_eq!(with(Some(false), None, None), 0);
+    // publishNotReadyAddresses: ready is always true, serving tells.
+    assert_eq!(with(Some(true), Some(false), None), 0);
+    // A terminating pod still serving is on its way out.
+    assert_eq!(with(Some(false), Some(true), Some(true)), 0);
+    assert_eq!(with(Some(true), Some(true), Some(true)), 0);
+    assert_eq!(with(None, None, Some(true)), 0);
 }
 
 #[test]
@@ -194,12 +194,12 @@ fn placeholder_fqdn_and_ipv6_slices() {
         "labels":{"kubernetes.io/service-name":"web-green"}},
         "addressType":"IPv4","endpoints":[],"ports":null}"#;
     let f = translate([&slice(placeholder)], Some(&http()), 100).expect("usable");
-    assert!(f.endpoints.is_empty());
+    assert!(f.is_empty());
     let fqdn = r#"{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice",
         "metadata":{"name":"ext","resourceVersion":"2"},"addressType":"FQDN",
         "endpoints":[{"addresses":["web.example.com"]}],"ports":[{"name":"http","port":80}]}"#;
     let f = translate([&slice(fqdn)], Some(&http()), 100).expect("usable");
-    assert!(f.endpoints.is_empty(), "Envoy does not resolve EDS names");
+    assert!(f.is_empty(), "Envoy does not resolve EDS names");
     let v6 = r#"{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice",
         "metadata":{"name":"v6","resourceVersion":"3"},"addressType":"IPv6",
         "endpoints":[{"addresses":["fd00:10:244::5"],"conditions":{"ready":true}}],

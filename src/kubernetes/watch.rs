@@ -311,8 +311,7 @@ async fn hand_on<S: EndpointSink>(
             tracing::debug!(
                 service,
                 fleet = w.name,
-                endpoints = set.endpoints.len(),
-                ready = set.ready(),
+                endpoints = set.len(),
                 "Kubernetes endpoints changed"
             );
             w.published = Some(set.clone());

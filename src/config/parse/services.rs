@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::config::model::{
-    Check, Endpoint, Fleet, HealthCheck, OutlierDetection, Protocol, Retries, Service,
+    Check, Endpoint, EndpointSource, Fleet, HealthCheck, OutlierDetection, Protocol, Retries,
+    Service,
 };
 use crate::config::yaml::{Node, Value};
 
@@ -108,7 +109,7 @@ fn fleets(cx: &mut Cx<'_>, f: &Fields<'_>) -> (BTreeMap<String, Fleet>, Vec<Stri
     (fleets, names, ok)
 }
 
-/// `live`: one of the fleets, with endpoints.
+/// `live`: one of the fleets, with endpoints if the file lists them.
 fn live(
     cx: &mut Cx<'_>,
     f: &Fields<'_>,
@@ -129,7 +130,11 @@ fn live(
         );
         return None;
     }
+    // A fleet whose endpoints come from elsewhere gets them at run time;
+    // until then it serves nothing, which `teal status` and `teal fleet
+    // show` make plain.
     if let Some(fl) = fleets.get(&name)
+        && fl.source.is_file()
         && fl.endpoints.is_empty()
     {
         cx.err(
@@ -200,8 +205,8 @@ pub(super) fn fleet(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Fleet> {
         }
         let kubernetes = super::kubernetes::kubernetes(cx, k, &f.path("kubernetes"))?;
         return f.get("endpoints").is_none().then_some(Fleet {
+            source: EndpointSource::Kubernetes(kubernetes),
             endpoints: Vec::new(),
-            kubernetes: Some(kubernetes),
         });
     }
     let Some(list) = f.get("endpoints") else {
@@ -210,6 +215,23 @@ pub(super) fn fleet(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Fleet> {
     let epath = f.path("endpoints");
     let items = match &list.value {
         Value::Null => return Some(Fleet::default()),
+        Value::Scalar(s) if s == "registered" => {
+            return Some(Fleet {
+                source: EndpointSource::Registered,
+                endpoints: Vec::new(),
+            });
+        }
+        Value::Scalar(s) => {
+            cx.err(
+                list.pos,
+                &epath,
+                format!(
+                    "expected a list of endpoints or `registered` (endpoints set through \
+                     the admin API), found {s:?}"
+                ),
+            );
+            return None;
+        }
         _ => seq(cx, list, &epath)?,
     };
     let mut ok = true;
@@ -233,8 +255,8 @@ pub(super) fn fleet(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Fleet> {
         }
     }
     ok.then_some(Fleet {
+        source: EndpointSource::File,
         endpoints,
-        kubernetes: None,
     })
 }
 

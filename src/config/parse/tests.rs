@@ -133,6 +133,28 @@ fn live_fleet_without_endpoints() {
 }
 
 #[test]
+fn registered_fleets_take_no_endpoints_from_the_file() {
+    let text = MINIMAL.replace("green: {}", "green: {endpoints: registered}");
+    let config = parse(&text, "t.yaml").expect("valid");
+    let green = &config.services["web"].fleets["green"];
+    assert_eq!(green.source, crate::config::EndpointSource::Registered);
+    assert!(green.endpoints.is_empty());
+    assert!(config.services["web"].fleets["blue"].source.is_file());
+    // A registered live fleet gets its endpoints at run time.
+    let live = text.replace("live: blue", "live: green");
+    assert!(parse(&live, "t.yaml").is_ok());
+    let typo = MINIMAL.replace("green: {}", "green: {endpoints: registerd}");
+    assert_eq!(
+        errors(&typo),
+        vec![
+            "t.yaml:7:26: services.web.fleets.green.endpoints: expected a list of endpoints or \
+             `registered` (endpoints set through the admin API), found \"registerd\""
+                .to_owned()
+        ]
+    );
+}
+
+#[test]
 fn cluster_name_collisions() {
     let text = "\
 services:
