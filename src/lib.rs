@@ -11,8 +11,8 @@
 //! - [`resources`]: the four xDS resource types, in make-before-break order.
 //! - [`cordon`]: proxies that operations do not wait for, kept durably.
 //! - [`state`]: durable state (live fleets, weights, versions, history) and where it is kept.
-//! - `kubernetes` (feature `kubernetes`, on by default): fleets whose endpoints are a Kubernetes
-//!   Service's ready EndpointSlice endpoints, watched and coalesced.
+//! - [`kubernetes`]: fleets whose endpoints are a Kubernetes Service's ready EndpointSlice
+//!   endpoints, watched and coalesced (feature `kubernetes`, on by default).
 //! - [`checks`]: the HTTP checks a rollout sends straight to a fleet's endpoints.
 //! - [`snapshot`]: what teal serves at one version, encoded once.
 //! - [`snapshot_store`]: one writer publishes whole snapshots; every stream reads them.
@@ -33,7 +33,6 @@ pub mod controller;
 pub mod cordon;
 pub mod exit;
 pub mod identity;
-#[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod listener;
 pub mod resources;

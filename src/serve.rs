@@ -21,6 +21,7 @@ use crate::controller::{self, Controller};
 use crate::cordon::Cordons;
 use crate::exit;
 use crate::identity::{IdentityGate, IdentityPolicy};
+use crate::kubernetes::KubeFleets;
 use crate::listener::{ConnectionLimits, Port};
 use crate::rollout::Backend;
 use crate::shutdown::Shutdown;
@@ -58,6 +59,8 @@ pub struct ServeOptions {
     pub admin_tls: Option<TlsFiles>,
     /// Serve the admin API in plaintext on a non-loopback address anyway.
     pub admin_insecure: bool,
+    /// Bounds on what teal keeps of Kubernetes EndpointSlices.
+    pub kube: crate::kubernetes::KubeLimits,
 }
 
 impl ServeOptions {
@@ -79,6 +82,7 @@ impl ServeOptions {
             xds_tls: None,
             admin_tls: None,
             admin_insecure: false,
+            kube: crate::kubernetes::KubeLimits::default(),
         }
     }
 }
@@ -360,6 +364,7 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     };
     let registry: Arc<ProxyRegistry> =
         ProxyRegistry::with_sink_and_cordons(metrics.clone(), Arc::new(cordons));
+    let kube_config = config.clone();
     let (controller, driver) = controller::start(
         config,
         writer,
@@ -370,6 +375,8 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     )
     .await?;
     tracing::info!(config = %source.name(), version = %controller.snapshot().version(), "serving config");
+    let mut kube = KubeFleets::new(controller.clone(), opts.kube);
+    kube.follow(&kube_config).await;
     let listener = bind(opts.xds_addr).await?;
     let xds_addr = local_addr(&listener, opts.xds_addr)?;
     let admin_listener = bind(opts.admin_addr).await?;
@@ -402,6 +409,7 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
         tls: [xds_tls, admin_tls].into_iter().flatten().collect(),
         identities,
         tokens,
+        kube,
     };
     let task = tokio::spawn(supervise(opts, source, controller.clone(), tasks, shutdown));
     Ok(Running {
@@ -518,6 +526,8 @@ struct Tasks {
     identities: Arc<IdentityGate>,
     /// The admin tokens in force; re-read on SIGHUP.
     tokens: Tokens,
+    /// The watchers of Kubernetes fleets; they follow every applied reload.
+    kube: KubeFleets,
 }
 
 /// `tokens`, or, when there is none and teal keeps its state in a
@@ -586,7 +596,7 @@ async fn supervise(
             () = next_hangup(&mut hangup) => {
                 reload_tls(&tasks.tls, true).await;
                 reload_tokens(&tasks.tokens, opts.admin_tokens.clone()).await;
-                if reload(&mut source, &controller, &tasks.identities, true, &mut stop).await.is_break() {
+                if reload(&mut source, &controller, &tasks.identities, &mut tasks.kube, true, &mut stop).await.is_break() {
                     break;
                 }
             }
@@ -595,7 +605,7 @@ async fn supervise(
                 if source.path.is_none() {
                     continue;
                 }
-                if reload(&mut source, &controller, &tasks.identities, false, &mut stop).await.is_break() {
+                if reload(&mut source, &controller, &tasks.identities, &mut tasks.kube, false, &mut stop).await.is_break() {
                     break;
                 }
             }
@@ -646,6 +656,7 @@ async fn reload(
     source: &mut ConfigSource,
     controller: &Controller,
     identities: &IdentityGate,
+    kube: &mut KubeFleets,
     forced: bool,
     stop: &mut Shutdown,
 ) -> ControlFlow<()> {
@@ -695,9 +706,13 @@ async fn reload(
         }
         Ok(config) => {
             let policy = IdentityPolicy::of(&config);
+            let kube_config = config.clone();
             match controller.reload(config).await {
                 Ok(outcome) => {
                     identities.set(policy);
+                    if matches!(outcome, controller::Reloaded::Applied { .. }) {
+                        kube.follow(&kube_config).await;
+                    }
                     tracing::info!(%outcome, "config reloaded")
                 }
                 Err(e) => tracing::error!(error = %e, "config reload refused"),

@@ -38,6 +38,7 @@ use kube::runtime::{WatchStreamExt, watcher as watch_slices};
 use kube::{Api, Client};
 use tokio::time::Instant;
 
+use super::KubeLimits;
 use super::slices::{FleetEndpoints, SliceEndpoints, SliceError, fleet_endpoints, slice_endpoints};
 use crate::config::KubernetesFleet;
 
@@ -46,38 +47,17 @@ use crate::config::KubernetesFleet;
 /// meet the same slices).
 pub const OVERFLOW_RELIST: Duration = Duration::from_secs(30);
 
-/// The bounds and the coalescing window of the watchers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KubeLimits {
-    /// Most EndpointSlices one fleet may have (`--kube-max-slices`).
-    pub max_slices: usize,
-    /// Most endpoints one fleet may have, over all its slices, and one
-    /// slice may list (`--kube-max-endpoints`).
-    pub max_endpoints: usize,
-    /// At most one hand-on per service per window.
-    pub window: Duration,
-}
-
-impl Default for KubeLimits {
-    fn default() -> Self {
-        KubeLimits {
-            max_slices: 1_000,
-            max_endpoints: 10_000,
-            window: Duration::from_millis(100),
-        }
-    }
-}
-
 /// Where a watcher's endpoint sets go: the controller in `teal serve`, a
 /// channel in tests.
 pub trait EndpointSink: Clone + Send + Sync + 'static {
-    /// Replaces the endpoints of `service`'s `fleet`.
+    /// Replaces the endpoints of `service`'s `fleet`; `false` if they
+    /// were refused (they are offered again at the fleet's next change).
     fn replace(
         &self,
         service: &str,
         fleet: &str,
         endpoints: FleetEndpoints,
-    ) -> impl Future<Output = ()> + Send;
+    ) -> impl Future<Output = bool> + Send;
 
     /// A fleet's slices could not be used; its last good endpoints stay.
     /// Called once per new problem.
@@ -314,9 +294,11 @@ async fn hand_on<S: EndpointSink>(
                 endpoints = set.len(),
                 "Kubernetes endpoints changed"
             );
-            w.published = Some(set.clone());
-            sink.replace(service, &w.name, set).await;
-            true
+            let accepted = sink.replace(service, &w.name, set.clone()).await;
+            if accepted {
+                w.published = Some(set);
+            }
+            accepted
         }
         Err(problem) => {
             if w.problem.as_ref() != Some(&problem) {
