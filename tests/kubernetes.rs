@@ -372,3 +372,39 @@ async fn past_the_endpoint_bound_the_last_good_set_stays() {
     h.api.apply(green_slice("web-green-a", &pods(10, 9)));
     assert_eq!(h.next().await.1.len(), 9);
 }
+
+/// The config in `examples/kubernetes/teal-config.yaml`'s ConfigMap is one
+/// `teal serve` accepts, and its fleets are the example's Services.
+#[test]
+fn the_example_configmap_holds_a_valid_config() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/kubernetes/teal-config.yaml"
+    ))
+    .unwrap();
+    let (_, body) = text
+        .split_once("  teal.yaml: |\n")
+        .expect("the teal.yaml key");
+    let config: String = body
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let parsed =
+        teal::config::Config::parse(&config, "teal-config.yaml").unwrap_or_else(|d| panic!("{d}"));
+    let web = &parsed.services["web"];
+    for fleet in ["blue", "green"] {
+        let k = web.fleets[fleet].kubernetes().expect("a Kubernetes fleet");
+        assert_eq!(k.namespace, "shop");
+        assert_eq!(k.service, format!("web-{fleet}"));
+        assert_eq!(k.port, Some(KubernetesPort::Name("http".into())));
+    }
+    let apps = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/kubernetes/apps.yaml"
+    ))
+    .unwrap();
+    for svc in ["name: web-blue", "name: web-green", "{name: http, port: 80"] {
+        assert!(apps.contains(svc), "apps.yaml has {svc}");
+    }
+}
