@@ -710,9 +710,10 @@ async fn reload(
             match controller.reload(config).await {
                 Ok(outcome) => {
                     identities.set(policy);
-                    if matches!(outcome, controller::Reloaded::Applied { .. }) {
-                        kube.follow(&kube_config).await;
-                    }
+                    // A deferred config is applied when the operation in
+                    // the way ends; a new fleet's endpoints, refused
+                    // until then, are offered again.
+                    kube.follow(&kube_config).await;
                     tracing::info!(%outcome, "config reloaded")
                 }
                 Err(e) => tracing::error!(error = %e, "config reload refused"),

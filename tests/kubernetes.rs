@@ -11,6 +11,8 @@
 #[allow(dead_code, unreachable_pub)]
 mod kube_api;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use kube_api::{FakeKube, slice};
@@ -26,6 +28,8 @@ type Handed = (String, Vec<String>, Instant);
 struct Sink {
     tx: mpsc::UnboundedSender<Handed>,
     problems: mpsc::UnboundedSender<String>,
+    /// Sets to refuse before accepting any.
+    refuse: Arc<AtomicUsize>,
 }
 
 impl EndpointSink for Sink {
@@ -34,11 +38,18 @@ impl EndpointSink for Sink {
         _service: &str,
         fleet: &str,
         endpoints: teal::kubernetes::slices::FleetEndpoints,
-    ) -> bool {
+    ) -> Result<(), String> {
+        if self
+            .refuse
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err("unknown fleet (a deferred reload)".into());
+        }
         let addrs = endpoints.iter().map(|e| e.address.to_string()).collect();
         self.tx
             .send((fleet.to_owned(), addrs, Instant::now()))
-            .is_ok()
+            .map_err(|e| e.to_string())
     }
 
     fn refused(&self, _service: &str, fleet: &str, error: &WatchProblem) {
@@ -71,6 +82,15 @@ fn green() -> KubernetesFleet {
 /// The fake server with `before` applied, and a watcher of fleet `green`
 /// (Service `shop/web-green`) reaching it through a kubeconfig file.
 async fn start(before: &[serde_json::Value], limits: KubeLimits) -> Harness {
+    start_refusing(before, limits, 0).await
+}
+
+/// [`start`], with a sink that refuses its first `refuse` sets.
+async fn start_refusing(
+    before: &[serde_json::Value],
+    limits: KubeLimits,
+    refuse: usize,
+) -> Harness {
     let api = FakeKube::start().await;
     for s in before {
         api.apply(s.clone());
@@ -86,7 +106,11 @@ async fn start(before: &[serde_json::Value], limits: KubeLimits) -> Harness {
         "web".into(),
         vec![("green".into(), green())],
         limits,
-        Sink { tx, problems: ptx },
+        Sink {
+            tx,
+            problems: ptx,
+            refuse: Arc::new(AtomicUsize::new(refuse)),
+        },
     ));
     Harness {
         api,
@@ -407,4 +431,27 @@ fn the_example_configmap_holds_a_valid_config() {
     for svc in ["name: web-blue", "name: web-green", "{name: http, port: 80"] {
         assert!(apps.contains(svc), "apps.yaml has {svc}");
     }
+}
+
+#[tokio::test]
+async fn a_refused_set_is_offered_again_without_a_new_event() {
+    let t0 = Instant::now();
+    let mut h = start_refusing(
+        &[green_slice("web-green-a", &pods(1, 1))],
+        KubeLimits::default(),
+        1,
+    )
+    .await;
+    let (_, set, at) = h.next().await;
+    assert_eq!(set, ["10.1.0.1:8080"]);
+    let waited = at - t0;
+    assert!(
+        waited >= teal::kubernetes::watch::REFUSED_RETRY,
+        "offered again after {waited:?}"
+    );
+    assert_eq!(
+        h.api.lists(),
+        1,
+        "from what the watcher holds, not a new list"
+    );
 }

@@ -154,22 +154,18 @@ pub async fn client_from_kubeconfig(path: &std::path::Path) -> Result<kube::Clie
 /// entry point for endpoints from outside the file.
 #[cfg(feature = "kubernetes")]
 impl watch::EndpointSink for Controller {
-    async fn replace(&self, service: &str, fleet: &str, endpoints: slices::FleetEndpoints) -> bool {
+    async fn replace(
+        &self,
+        service: &str,
+        fleet: &str,
+        endpoints: slices::FleetEndpoints,
+    ) -> Result<(), String> {
         let count = endpoints.len();
-        match self.set_fleet_endpoints(service, fleet, endpoints).await {
-            Ok(version) => {
-                tracing::info!(service, fleet, endpoints = count, %version, "Kubernetes endpoints served");
-                true
-            }
-            Err(e) => {
-                tracing::warn!(
-                    service,
-                    fleet,
-                    error = %e,
-                    "Kubernetes endpoints refused; the fleet keeps its last endpoints"
-                );
-                false
-            }
-        }
+        let version = self
+            .set_fleet_endpoints(service, fleet, endpoints)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(service, fleet, endpoints = count, %version, "Kubernetes endpoints served");
+        Ok(())
     }
 }

@@ -47,17 +47,23 @@ use crate::config::KubernetesFleet;
 /// meet the same slices).
 pub const OVERFLOW_RELIST: Duration = Duration::from_secs(30);
 
+/// How long a set the sink refused waits before it is offered again (a
+/// reload that adds the fleet may be deferred behind a rollout, and the
+/// controller does not know the fleet until it is applied).
+pub const REFUSED_RETRY: Duration = Duration::from_secs(2);
+
 /// Where a watcher's endpoint sets go: the controller in `teal serve`, a
 /// channel in tests.
 pub trait EndpointSink: Clone + Send + Sync + 'static {
-    /// Replaces the endpoints of `service`'s `fleet`; `false` if they
-    /// were refused (they are offered again at the fleet's next change).
+    /// Replaces the endpoints of `service`'s `fleet`; why not, if they
+    /// were refused (the watcher offers them again [`REFUSED_RETRY`]
+    /// later, or at the fleet's next change).
     fn replace(
         &self,
         service: &str,
         fleet: &str,
         endpoints: FleetEndpoints,
-    ) -> impl Future<Output = bool> + Send;
+    ) -> impl Future<Output = Result<(), String>> + Send;
 
     /// A fleet's slices could not be used; its last good endpoints stay.
     /// Called once per new problem.
@@ -98,6 +104,10 @@ struct FleetWatch {
     published: Option<FleetEndpoints>,
     /// The problem last reported, so that it is reported once.
     problem: Option<WatchProblem>,
+    /// Why the sink last refused the set, so that it is logged once.
+    refusal: Option<String>,
+    /// When to offer a refused set again.
+    retry_at: Option<Instant>,
 }
 
 impl FleetWatch {
@@ -217,6 +227,8 @@ pub async fn run_service<S: EndpointSink>(
             dirty: false,
             published: None,
             problem: None,
+            refusal: None,
+            retry_at: None,
         })
         .collect();
     let mut streams = tokio_stream::StreamMap::new();
@@ -228,6 +240,7 @@ pub async fn run_service<S: EndpointSink>(
     loop {
         let due = last.map(|t| t + limits.window);
         let any_dirty = watches.iter().any(|w| w.dirty);
+        let retry = watches.iter().filter_map(|w| w.retry_at).min();
         tokio::select! {
             next = streams.next() => {
                 let Some((i, result)) = next else { return };
@@ -252,6 +265,15 @@ pub async fn run_service<S: EndpointSink>(
                 }
             }
             () = sleep_until_opt(due), if any_dirty => {}
+            () = sleep_until_opt(retry), if retry.is_some() => {
+                let now = Instant::now();
+                for w in &mut watches {
+                    if w.retry_at.is_some_and(|t| t <= now) {
+                        w.retry_at = None;
+                        w.dirty = true;
+                    }
+                }
+            }
         }
         let now = Instant::now();
         if watches.iter().any(|w| w.dirty) && due.is_none_or(|d| now >= d) {
@@ -294,11 +316,28 @@ async fn hand_on<S: EndpointSink>(
                 endpoints = set.len(),
                 "Kubernetes endpoints changed"
             );
-            let accepted = sink.replace(service, &w.name, set.clone()).await;
-            if accepted {
-                w.published = Some(set);
+            match sink.replace(service, &w.name, set.clone()).await {
+                Ok(()) => {
+                    w.published = Some(set);
+                    w.refusal = None;
+                    w.retry_at = None;
+                    true
+                }
+                Err(why) => {
+                    if w.refusal.as_ref() != Some(&why) {
+                        tracing::warn!(
+                            service,
+                            fleet = w.name,
+                            error = %why,
+                            "Kubernetes endpoints refused; the fleet keeps its last endpoints, \
+                             and they are offered again"
+                        );
+                        w.refusal = Some(why);
+                    }
+                    w.retry_at = Some(Instant::now() + REFUSED_RETRY);
+                    false
+                }
             }
-            accepted
         }
         Err(problem) => {
             if w.problem.as_ref() != Some(&problem) {
