@@ -111,6 +111,7 @@ async fn start_refusing(
             problems: ptx,
             refuse: Arc::new(AtomicUsize::new(refuse)),
         },
+        None,
     ));
     Harness {
         api,

@@ -28,6 +28,9 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::controller::Controller;
 
+/// How long starting a watcher waits for its first lists.
+pub const FIRST_LIST_WAIT: Duration = Duration::from_secs(5);
+
 /// The bounds and the coalescing window of the watchers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KubeLimits {
@@ -81,9 +84,10 @@ impl KubeFleets {
     }
 
     /// Watches exactly the Kubernetes fleets of `config` (the config now
-    /// served). The client is made the first time a config has one; if
-    /// it cannot be, that is logged, those fleets stay without endpoints,
-    /// and the next reload tries again.
+    /// served), and waits up to [`FIRST_LIST_WAIT`] for the first lists of
+    /// the watchers it starts. The client is made the first time a config
+    /// has one; if it cannot be, that is logged, those fleets stay without
+    /// endpoints, and the next reload tries again.
     #[cfg(feature = "kubernetes")]
     pub async fn follow(&mut self, config: &Config) {
         if self.watchers.is_none() {
@@ -104,8 +108,18 @@ impl KubeFleets {
                 }
             }
         }
-        if let Some(w) = &mut self.watchers {
-            w.follow(config);
+        let Some(w) = &mut self.watchers else {
+            return;
+        };
+        // Wait (a little) for the first lists: at start, this runs before
+        // the xDS port opens, so that proxies (re)connecting to a
+        // restarted teal are not sent a live fleet with no endpoints.
+        let first = futures::future::join_all(w.follow(config));
+        if tokio::time::timeout(FIRST_LIST_WAIT, first).await.is_err() {
+            tracing::warn!(
+                "Kubernetes fleets not listed within {FIRST_LIST_WAIT:?}; serving without their \
+                 endpoints until they are"
+            );
         }
     }
 

@@ -23,7 +23,7 @@
 //! Bounds: at most `max_slices` slices and `max_endpoints` endpoints per
 //! fleet (`--kube-max-slices`, `--kube-max-endpoints`). Past either, or on
 //! a slice teal cannot use, the fleet keeps its last good endpoints, the
-//! problem is logged (once per new problem) and counted; a fleet past the
+//! problem is logged (once per new problem); a fleet past the
 //! slice bound forgets what it saw and lists again after
 //! [`OVERFLOW_RELIST`].
 
@@ -108,6 +108,8 @@ struct FleetWatch {
     refusal: Option<String>,
     /// When to offer a refused set again.
     retry_at: Option<Instant>,
+    /// A set (or a problem) came out of a first list.
+    tried: bool,
 }
 
 impl FleetWatch {
@@ -208,14 +210,17 @@ fn is_gone_on_watch_start(e: &watcher::Error) -> bool {
 }
 
 /// Watches `fleets` (name, spec) of `service` until the task is aborted,
-/// handing their endpoints to `sink`.
+/// handing their endpoints to `sink`. `settled` fires once every fleet's
+/// first list has been handed on (or refused).
 pub async fn run_service<S: EndpointSink>(
     client: Client,
     service: String,
     fleets: Vec<(String, KubernetesFleet)>,
     limits: KubeLimits,
     sink: S,
+    settled: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
+    let mut settled = settled;
     let mut watches: Vec<FleetWatch> = fleets
         .into_iter()
         .map(|(name, spec)| FleetWatch {
@@ -229,6 +234,7 @@ pub async fn run_service<S: EndpointSink>(
             problem: None,
             refusal: None,
             retry_at: None,
+            tried: false,
         })
         .collect();
     let mut streams = tokio_stream::StreamMap::new();
@@ -281,10 +287,16 @@ pub async fn run_service<S: EndpointSink>(
             for w in &mut watches {
                 if std::mem::take(&mut w.dirty) {
                     handed |= hand_on(&service, w, &limits, &sink).await;
+                    w.tried = true;
                 }
             }
             if handed {
                 last = Some(now);
+            }
+            if watches.iter().all(|w| w.tried)
+                && let Some(tx) = settled.take()
+            {
+                let _ = tx.send(());
             }
         }
     }
@@ -397,8 +409,13 @@ impl<S: EndpointSink> Watchers<S> {
     /// Starts, restarts and stops watchers so that each service of
     /// `config` with Kubernetes fleets has one, for exactly those fleets.
     /// A service whose fleets did not change keeps its watcher (and its
-    /// endpoints).
-    pub fn follow(&mut self, config: &crate::config::Config) {
+    /// endpoints). Returns, per watcher started, a signal that its first
+    /// lists were handed on.
+    pub fn follow(
+        &mut self,
+        config: &crate::config::Config,
+    ) -> Vec<tokio::sync::oneshot::Receiver<()>> {
+        let mut started = Vec::new();
         let wanted = kubernetes_fleets(config);
         self.running.retain(|service, (fleets, task)| {
             let keep = wanted.get(service) == Some(fleets);
@@ -411,15 +428,19 @@ impl<S: EndpointSink> Watchers<S> {
             if self.running.contains_key(&service) {
                 continue;
             }
+            let (tx, rx) = tokio::sync::oneshot::channel();
             let task = tokio::spawn(run_service(
                 self.client.clone(),
                 service.clone(),
                 fleets.clone(),
                 self.limits,
                 self.sink.clone(),
+                Some(tx),
             ));
             self.running.insert(service, (fleets, task));
+            started.push(rx);
         }
+        started
     }
 }
 
