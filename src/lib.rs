@@ -9,6 +9,7 @@
 //! - [`config`]: the YAML config model, its validation and translation to Envoy resources.
 //! - [`rollout`]: blue/green operations, their progress, and the backend the admin API drives.
 //! - [`resources`]: the four xDS resource types, in make-before-break order.
+//! - [`registration`]: endpoints a deploy pipeline or an instance registers through the admin API, with TTLs.
 //! - [`cordon`]: proxies that operations do not wait for, kept durably.
 //! - [`state`]: durable state (live fleets, weights, versions, history) and where it is kept.
 //! - [`kubernetes`]: fleets whose endpoints are a Kubernetes Service's ready EndpointSlice
@@ -35,6 +36,7 @@ pub mod exit;
 pub mod identity;
 pub mod kubernetes;
 pub mod listener;
+pub mod registration;
 pub mod resources;
 pub mod rollout;
 pub mod serve;

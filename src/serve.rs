@@ -61,6 +61,8 @@ pub struct ServeOptions {
     pub admin_insecure: bool,
     /// Bounds on what teal keeps of Kubernetes EndpointSlices.
     pub kube: crate::kubernetes::KubeLimits,
+    /// Bounds on endpoints registered through the admin API.
+    pub endpoint_limits: crate::registration::EndpointLimits,
 }
 
 impl ServeOptions {
@@ -83,6 +85,7 @@ impl ServeOptions {
             admin_tls: None,
             admin_insecure: false,
             kube: crate::kubernetes::KubeLimits::default(),
+            endpoint_limits: Default::default(),
         }
     }
 }
@@ -374,6 +377,7 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
         shutdown.clone(),
     )
     .await?;
+    let controller = controller.with_endpoint_limits(opts.endpoint_limits);
     tracing::info!(config = %source.name(), version = %controller.snapshot().version(), "serving config");
     let mut kube = KubeFleets::new(controller.clone(), opts.kube);
     kube.follow(&kube_config).await;

@@ -618,6 +618,27 @@ async fn grpc_changes_without_a_token_get_unauthenticated() {
         .insert("authorization", "Bearer nope".parse().expect("ascii"));
     let e = client.flip(req).await.expect_err("wrong token");
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    // Registered fleets' endpoints change only with a token too.
+    let e = client
+        .change_fleet(pb::ChangeFleetRequest {
+            service: "web".into(),
+            fleet: "green".into(),
+            change: pb::FleetChange::Set as i32,
+            ..Default::default()
+        })
+        .await
+        .expect_err("no token");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let e = client
+        .heartbeat(pb::HeartbeatRequest {
+            service: "web".into(),
+            fleet: "green".into(),
+            addresses: vec!["127.0.0.1:1".into()],
+            ttl_ms: 1000,
+        })
+        .await
+        .expect_err("no token");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
     assert_eq!(admin.backend.starts.load(Ordering::SeqCst), 0);
     // Reads need no token.
     let status = client

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::registration::{FleetView, Registered, Request};
 use crate::resources::ResourceType;
 use crate::rollout::{
     CheckResult, DEFAULT_TIMEOUT, HistoryEntry, Operation, Outcome, Phase, Progress, Retirement,
@@ -340,6 +341,93 @@ pub fn retire(r: pb::RetireRequest) -> Result<Operation, RolloutError> {
     })
 }
 
+/// A registered fleet's endpoint from a message: the address parsed as in
+/// the config file, weight 0 taken as the default 1. The rest (ranges,
+/// repeats, limits) is checked with the whole set by the controller.
+fn registered_from(e: &pb::RegisteredEndpoint) -> Result<Registered, RolloutError> {
+    Ok(Registered {
+        address: crate::config::parse_address(&e.address).map_err(RolloutError::Invalid)?,
+        weight: if e.weight == 0 { 1 } else { e.weight },
+        zone: e.zone.clone(),
+        expires: None,
+    })
+}
+
+/// A `ChangeFleet` request as the controller takes it, with its `force`.
+pub fn fleet_change(r: &pb::ChangeFleetRequest) -> Result<(Request, bool), RolloutError> {
+    let endpoints = || -> Result<Vec<Registered>, RolloutError> {
+        r.endpoints.iter().map(registered_from).collect()
+    };
+    let addresses = || -> Result<Vec<std::net::SocketAddr>, RolloutError> {
+        Ok(endpoints()?.into_iter().map(|e| e.address).collect())
+    };
+    let request = match r.change() {
+        pb::FleetChange::Unspecified => {
+            return Err(RolloutError::Invalid(
+                "say what to change: set, add, remove, register or deregister".into(),
+            ));
+        }
+        pb::FleetChange::Set => Request::Set(endpoints()?),
+        pb::FleetChange::Add => Request::Add(endpoints()?),
+        pb::FleetChange::Remove => Request::Remove(addresses()?),
+        pb::FleetChange::Deregister => Request::Deregister(addresses()?),
+        pb::FleetChange::Register => Request::Register {
+            endpoints: endpoints()?,
+            ttl: Duration::from_millis(r.ttl_ms),
+        },
+    };
+    Ok((request, r.force))
+}
+
+/// A `Heartbeat` request as the controller takes it.
+pub fn heartbeat(r: &pb::HeartbeatRequest) -> Result<Request, RolloutError> {
+    Ok(Request::Heartbeat {
+        addresses: r
+            .addresses
+            .iter()
+            .map(|a| crate::config::parse_address(a).map_err(RolloutError::Invalid))
+            .collect::<Result<_, _>>()?,
+        ttl: Duration::from_millis(r.ttl_ms),
+    })
+}
+
+/// A registered endpoint as a message.
+pub fn registered(e: &Registered) -> pb::RegisteredEndpoint {
+    pb::RegisteredEndpoint {
+        address: e.address.to_string(),
+        weight: e.weight,
+        zone: e.zone.clone(),
+        expires_unix_ms: e.expires.map(unix_ms),
+    }
+}
+
+/// A fleet as a message.
+pub fn fleet(v: &FleetView) -> pb::FleetResponse {
+    let addrs = |a: &[std::net::SocketAddr]| a.iter().map(ToString::to_string).collect();
+    pb::FleetResponse {
+        service: v.service.clone(),
+        fleet: v.fleet.clone(),
+        source: v.source.clone(),
+        weight: v.weight,
+        retired: v.retired,
+        endpoints: v.endpoints.iter().map(registered).collect(),
+        changes: v
+            .changes
+            .iter()
+            .map(|c| pb::EndpointChange {
+                verb: c.verb.as_str().to_owned(),
+                actor: c.actor.clone(),
+                at_unix_ms: unix_ms(c.at),
+                added: addrs(&c.added),
+                added_count: c.added_count as u64,
+                removed: addrs(&c.removed),
+                removed_count: c.removed_count as u64,
+            })
+            .collect(),
+        version: v.version.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,5 +457,30 @@ mod tests {
                 timeout: DEFAULT_TIMEOUT
             })
         );
+    }
+
+    #[test]
+    fn fleet_changes_from_the_wire() {
+        let mut r = pb::ChangeFleetRequest {
+            service: "web".into(),
+            fleet: "green".into(),
+            change: pb::FleetChange::Unspecified as i32,
+            endpoints: vec![pb::RegisteredEndpoint {
+                address: "[::1]:80".into(),
+                ..Default::default()
+            }],
+            ttl_ms: 0,
+            force: true,
+        };
+        assert!(matches!(fleet_change(&r), Err(RolloutError::Invalid(_))));
+        r.change = pb::FleetChange::Add as i32;
+        let (req, force) = fleet_change(&r).expect("valid");
+        assert!(force);
+        let Request::Add(e) = req else {
+            panic!("{req:?}")
+        };
+        assert_eq!(e[0].weight, 1, "0 on the wire is the default weight");
+        r.endpoints[0].address = "example.com:80".into();
+        assert!(matches!(fleet_change(&r), Err(RolloutError::Invalid(_))));
     }
 }

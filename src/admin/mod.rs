@@ -20,6 +20,9 @@
 //! | `History` | no | A service's past changes, newest first. |
 //! | `Cordon` | **yes** | Operations stop waiting for one proxy (by node id) and ignore its NACKs; durable. |
 //! | `Uncordon` | **yes** | Lifts a cordon. |
+//! | `ChangeFleet` | **yes** | Sets, adds to, removes from an `endpoints: registered` fleet; registers (with a TTL) and deregisters instances. EDS-only. |
+//! | `Heartbeat` | **yes** | Renews TTL registrations. |
+//! | `Fleet` | no | A fleet's endpoints (with expiries), source, weight and recent changes. |
 //!
 //! and `envoy.service.status.v3.ClientStatusDiscoveryService` (CSDS, read
 //! only; the same service as on the xDS port, see [`crate::xds::csds`]).

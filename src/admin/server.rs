@@ -290,4 +290,43 @@ impl Admin for AdminService {
             entries: entries.iter().map(convert::history_entry).collect(),
         }))
     }
+
+    async fn change_fleet(
+        &self,
+        request: Request<pb::ChangeFleetRequest>,
+    ) -> Result<Response<pb::FleetResponse>, Status> {
+        let actor = self.tokens.authorize(request.metadata())?;
+        let r = request.into_inner();
+        let (change, force) = convert::fleet_change(&r)?;
+        tracing::info!(%actor, service = %untrusted(&r.service), fleet = %untrusted(&r.fleet),
+            verb = change.verb().as_str(), "admin: fleet change requested");
+        let view = self
+            .backend
+            .change_fleet(&r.service, &r.fleet, change, force, &actor)
+            .await?;
+        Ok(Response::new(convert::fleet(&view)))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::FleetResponse>, Status> {
+        let actor = self.tokens.authorize(request.metadata())?;
+        let r = request.into_inner();
+        let change = convert::heartbeat(&r)?;
+        let view = self
+            .backend
+            .change_fleet(&r.service, &r.fleet, change, false, &actor)
+            .await?;
+        Ok(Response::new(convert::fleet(&view)))
+    }
+
+    async fn fleet(
+        &self,
+        request: Request<pb::FleetRequest>,
+    ) -> Result<Response<pb::FleetResponse>, Status> {
+        let r = request.into_inner();
+        let view = self.backend.fleet(&r.service, &r.fleet).await?;
+        Ok(Response::new(convert::fleet(&view)))
+    }
 }

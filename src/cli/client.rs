@@ -83,7 +83,8 @@ impl Failure {
             | ErrorKind::Precondition
             | ErrorKind::Busy
             | ErrorKind::CannotAbort
-            | ErrorKind::NoSuchOperation => Failure::new(EX_REFUSED, format!("refused: {msg}")),
+            | ErrorKind::NoSuchOperation
+            | ErrorKind::Limit => Failure::new(EX_REFUSED, format!("refused: {msg}")),
             ErrorKind::Store | ErrorKind::ShuttingDown => {
                 Failure::new(EX_UNAVAILABLE, format!("the server could not act: {msg}"))
             }
@@ -596,6 +597,14 @@ mod tests {
         // ...and a kind is read even from a code that would say otherwise.
         let kind = fail(ErrorKind::Busy.attach(Status::internal("state store")));
         assert_eq!(kind.code, EX_REFUSED);
+        // A limit of the server refuses, though RESOURCE_EXHAUSTED without
+        // a kind is an answer too large for the client.
+        let limit = fail(RolloutError::Limit("over --max-fleet-endpoints".into()).into());
+        assert_eq!(limit.code, EX_REFUSED);
+        assert_eq!(
+            fail(Status::resource_exhausted("too large")).code,
+            EX_SOFTWARE
+        );
     }
 
     #[test]

@@ -13,6 +13,11 @@ use super::client::{self, Conn, Failure, Target};
 use super::ops;
 use super::{Output, parse, read};
 
+/// An endpoint address, as the config file writes it.
+fn fleet_address(s: &str) -> Result<std::net::SocketAddr, String> {
+    crate::config::parse_address(s.trim())
+}
+
 /// `--steps` as clap stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Steps(pub Vec<u32>);
@@ -189,6 +194,68 @@ pub enum AdminCommand {
         /// The proxy's node id.
         node_id: String,
     },
+    /// Set, add, remove or show the endpoints of a fleet.
+    ///
+    /// For fleets whose endpoints are `registered` in the config: a deploy
+    /// pipeline sets the new fleet's endpoints once its instances are up,
+    /// then flips. Every change is one EDS-only push, saved durably and
+    /// recorded with who made it (see `teal fleet show`).
+    #[command(
+        subcommand,
+        after_long_help = "A release from a pipeline:
+  teal fleet set web green 10.0.2.1:8080,10.0.2.2:8080
+  teal verify web green
+  teal flip web --to green
+  teal retire web blue --after 10m
+  teal fleet set web blue --force   # after the retirement: forget blue's instances"
+    )]
+    Fleet(super::fleet::FleetCommand),
+    /// Register one instance in a registered fleet, for a while.
+    ///
+    /// For instances that register themselves: the endpoint leaves the
+    /// fleet (and EDS) when --ttl runs out, unless renewed by running
+    /// `teal register` again (or the Heartbeat RPC) before then. Run it
+    /// every ttl/3 or so. Needs the admin token.
+    #[command(after_long_help = "Example (in the instance's start script):
+  while sleep 10; do teal register web green 10.0.2.7:8080 --ttl 30s; done")]
+    Register {
+        /// The service.
+        service: String,
+        /// The fleet.
+        fleet: String,
+        /// The instance's IP:PORT.
+        #[arg(value_parser = fleet_address)]
+        address: std::net::SocketAddr,
+        /// How long the registration lasts without renewal (1s up to the
+        /// server's --max-register-ttl, an hour by default).
+        #[arg(long, value_parser = parse::ttl)]
+        ttl: Duration,
+        /// Load-balancing weight (1 to 10000; default 1).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        weight: Option<u32>,
+        /// Zone.
+        #[arg(long)]
+        zone: Option<String>,
+    },
+    /// Take instances out of a registered fleet now (an instance shutting
+    /// down); not being there is not an error.
+    ///
+    /// Taking the last endpoint of a fleet that takes traffic is refused
+    /// (exit 1) unless --force.
+    #[command(after_long_help = "Example:
+  teal deregister web green 10.0.2.7:8080")]
+    Deregister {
+        /// The service.
+        service: String,
+        /// The fleet.
+        fleet: String,
+        /// The instances' IP:PORT.
+        #[arg(required = true, value_delimiter = ',', value_parser = fleet_address)]
+        addresses: Vec<std::net::SocketAddr>,
+        /// Allow taking the last endpoint of a fleet that takes traffic.
+        #[arg(long)]
+        force: bool,
+    },
     /// Follow an operation already running, until its outcome.
     #[command(after_long_help = "Example:\n  teal follow 42")]
     Follow {
@@ -321,6 +388,21 @@ async fn run(
         AdminCommand::Cordon { node_id, reason } => ops::cordon(c, node_id, reason, out).await,
         AdminCommand::Uncordon { node_id } => ops::uncordon(c, node_id, out).await,
         AdminCommand::Follow { id } => ops::follow(c, id, out, err).await,
+        AdminCommand::Fleet(cmd) => super::fleet::fleet(c, cmd, out).await,
+        AdminCommand::Register {
+            service,
+            fleet,
+            address,
+            ttl,
+            weight,
+            zone,
+        } => super::fleet::register(c, service, fleet, address, ttl, weight, zone, out).await,
+        AdminCommand::Deregister {
+            service,
+            fleet,
+            addresses,
+            force,
+        } => super::fleet::deregister(c, service, fleet, addresses, force, out).await,
     }
 }
 

@@ -5,7 +5,8 @@
 //!
 //! - `serve`, `validate`, `render`: run teal, check and show a config.
 //! - The admin commands ([`commands::AdminCommand`]) talk to a running teal
-//!   over its admin API: reads in [`read`] and [`proxies`], changes in [`ops`], the
+//!   over its admin API: reads in [`read`] and [`proxies`], changes in [`ops`],
+//!   registered fleets' endpoints in [`fleet`], the
 //!   connection, exit codes and progress in [`client`], `-o json` in
 //!   [`json`], argument parsing in [`parse`], tables in [`table`].
 //! - [`logging`]: the log on stderr, every value escaped and cut.
@@ -20,6 +21,7 @@
 
 pub mod client;
 pub mod commands;
+pub mod fleet;
 pub mod json;
 pub mod logging;
 pub mod ops;
@@ -72,6 +74,11 @@ const FLOW: &str = "A blue/green release with teal:
   teal history web
 
   teal cordon edge-17 --reason '...'     # stop waiting for one stuck proxy
+
+From a deploy pipeline (green is `endpoints: registered` in the config):
+  teal fleet set web green 10.0.2.1:8080,10.0.2.2:8080
+  teal flip web --to green
+  teal fleet show web green
 
 Changes need the admin token: --token, TEAL_TOKEN or --token-file.
 An https:// --admin speaks TLS only: --ca, --cert, --key (TEAL_CA, ...).
@@ -426,6 +433,7 @@ fn serve_command(args: ServeArgs) -> u8 {
             max_endpoints: args.kube_max_endpoints,
             ..Default::default()
         },
+        endpoint_limits: args.limits.endpoint_limits(),
     };
     args.limits
         .apply(&mut opts.xds, &mut opts.admin_connections);

@@ -44,6 +44,12 @@ pub fn interval(s: &str) -> Result<Duration, String> {
     duration_in(s, Duration::ZERO, MAX_INTERVAL)
 }
 
+/// `--ttl` of `teal register`: 1s to a day (the server's
+/// `--max-register-ttl` may allow less).
+pub fn ttl(s: &str) -> Result<Duration, String> {
+    duration_in(s, Duration::from_secs(1), MAX_INTERVAL)
+}
+
 /// `--after`: 0s to [`MAX_AFTER`].
 pub fn after(s: &str) -> Result<Duration, String> {
     duration_in(s, Duration::ZERO, MAX_AFTER)

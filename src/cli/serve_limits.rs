@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::listener::ConnectionLimits;
+use crate::registration::EndpointLimits;
 use crate::xds::{CsdsLimits, StreamLimits, XdsServerConfig};
 
 const KIB: u64 = 1024;
@@ -75,6 +76,15 @@ pub struct LimitArgs {
     /// wait for a turn.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub max_csds_concurrent: u64,
+    /// Most endpoints one fleet whose endpoints come from outside the file
+    /// (`endpoints: registered`) may have; a change past it is refused
+    /// (RESOURCE_EXHAUSTED, exit 1) and nothing changes.
+    #[arg(long, default_value_t = EndpointLimits::DEFAULT_MAX_FLEET_ENDPOINTS as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_fleet_endpoints: u64,
+    /// Longest TTL `teal register` may ask for, in seconds; a longer one
+    /// is refused.
+    #[arg(long, default_value = "3600", value_parser = timeout_seconds)]
+    pub max_register_ttl: Duration,
 }
 
 /// A timeout of more than 0 and at most a day, in seconds.
@@ -119,6 +129,14 @@ impl LimitArgs {
             max_concurrent: size(self.max_csds_concurrent),
         };
         *admin = connections(self.max_admin_connections);
+    }
+
+    /// The bounds on registered endpoints.
+    pub fn endpoint_limits(&self) -> EndpointLimits {
+        EndpointLimits {
+            max_fleet_endpoints: size(self.max_fleet_endpoints),
+            max_ttl: self.max_register_ttl,
+        }
     }
 }
 

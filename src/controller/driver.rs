@@ -89,6 +89,8 @@ pub(super) struct Driver {
     /// the phases in which its service's endpoints and checks must not
     /// change (from the checks before a commit to the last confirmation).
     pub(super) pending_reload: Option<Box<Config>>,
+    /// When to try expiring registrations again after a failed save.
+    pub(super) expiry_retry: Option<Instant>,
 }
 
 impl Driver {
@@ -295,6 +297,9 @@ impl Driver {
                     }
                     self.feed_proxies(changes.take()).await;
                 }
+                () = sleep_until(self.next_expiry()) => {
+                    self.expire_registrations(SystemTime::now()).await;
+                }
                 () = sleep_until(deadline) => {
                     let services: Vec<String> = self.running.keys().cloned().collect();
                     for s in services {
@@ -379,6 +384,27 @@ impl Driver {
                     Err(self.unknown_service(&service))
                 };
                 let _ = reply.send(result);
+            }
+            Command::ChangeRegistered {
+                service,
+                fleet,
+                request,
+                actor,
+                force,
+                limits,
+                reply,
+            } => {
+                let result = self
+                    .change_registered(&service, &fleet, request, &actor, force, &limits)
+                    .await;
+                let _ = reply.send(result);
+            }
+            Command::ShowFleet {
+                service,
+                fleet,
+                reply,
+            } => {
+                let _ = reply.send(self.fleet_view(&service, &fleet));
             }
             Command::Verify {
                 service,

@@ -28,33 +28,17 @@
 //!
 //! [`Config::with_endpoints`]: crate::config::Config::with_endpoints
 
-use crate::config::{Endpoint, check_endpoints};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::config::{Endpoint, EndpointSetError, EndpointSource, check_endpoints};
+use crate::registration::{
+    self, EndpointChange, FleetView, Registered, RegistrationError, Request,
+};
 use crate::rollout::{RolloutError, Version};
 use crate::state::PersistedState;
 
 use super::driver::Driver;
-
-/// Bounds on endpoints from outside the file, each a `teal serve` flag.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct EndpointLimits {
-    /// Most endpoints one fleet may have (`--max-fleet-endpoints`).
-    pub max_fleet_endpoints: usize,
-}
-
-impl EndpointLimits {
-    /// Default of `--max-fleet-endpoints`: well above any fleet teal's
-    /// snapshots are built for, low enough that one fleet cannot make an
-    /// EDS push megabytes large.
-    pub const DEFAULT_MAX_FLEET_ENDPOINTS: usize = 1000;
-}
-
-impl Default for EndpointLimits {
-    fn default() -> EndpointLimits {
-        EndpointLimits {
-            max_fleet_endpoints: EndpointLimits::DEFAULT_MAX_FLEET_ENDPOINTS,
-        }
-    }
-}
+use crate::registration::EndpointLimits;
 
 impl Driver {
     /// Replaces `service`'s `fleet` endpoints with `endpoints`, saving
@@ -86,15 +70,24 @@ impl Driver {
                  config file; to set them from outside, make them `endpoints: registered`"
             )));
         }
-        check_endpoints(&endpoints, limits.max_fleet_endpoints)
-            .map_err(|e| RolloutError::Invalid(e.to_string()))?;
+        check_endpoints(&endpoints, limits.max_fleet_endpoints).map_err(|e| match e {
+            EndpointSetError::TooMany { .. } => RolloutError::Limit(e.to_string()),
+            e => RolloutError::Invalid(e.to_string()),
+        })?;
         let mut overlay = self.overlay.clone();
         let changed = overlay.set(service, fleet, endpoints);
-        if !changed
-            && next == self.state
-            && let Some(v) = &self.state.version
-        {
-            return Ok(v.clone());
+        if let (false, Some(version)) = (changed, self.state.version.clone()) {
+            // Nothing served changes (a renewal, a repeated set): the
+            // state alone is saved, and no version is spent on it.
+            if next != self.state {
+                self.revision = self
+                    .store
+                    .save(&next, self.revision)
+                    .await
+                    .map_err(|e| RolloutError::Store(e.to_string()))?;
+                self.state = next;
+            }
+            return Ok(version);
         }
         let config = self.file_config.with_endpoints(&overlay);
         let previous = std::mem::replace(&mut self.config, config);
@@ -114,4 +107,231 @@ impl Driver {
             }
         }
     }
+
+    /// The registration path: applies `request` to a registered fleet
+    /// ([`registration::apply`]), refuses to empty a fleet that takes
+    /// traffic (or that a running operation sends traffic to) unless
+    /// `force`, logs the change with `actor`, and saves and serves it in
+    /// one write through [`Driver::replace_endpoints`].
+    pub(super) async fn change_registered(
+        &mut self,
+        service: &str,
+        fleet: &str,
+        request: Request,
+        actor: &str,
+        force: bool,
+        limits: &EndpointLimits,
+    ) -> Result<FleetView, RolloutError> {
+        match self.file_config.source_of(service, fleet) {
+            None if !self.file_config.services.contains_key(service) => {
+                return Err(self.unknown_service(service));
+            }
+            None => {
+                return Err(RolloutError::UnknownFleet {
+                    service: service.to_owned(),
+                    fleet: fleet.to_owned(),
+                });
+            }
+            Some(EndpointSource::Registered) => {}
+            Some(other) => {
+                return Err(RolloutError::Precondition(format!(
+                    "fleet {fleet:?} of service {service:?} takes its endpoints from the \
+                     {other}; only `endpoints: registered` fleets are changed through the \
+                     admin API"
+                )));
+            }
+        }
+        let now = SystemTime::now();
+        let before = self.state.registered.get(service, fleet).to_vec();
+        let after =
+            registration::apply(fleet, &before, &request, now, limits).map_err(|e| match e {
+                RegistrationError::NotRegistered { .. } => {
+                    RolloutError::Precondition(e.to_string())
+                }
+                RegistrationError::Ttl { .. }
+                | RegistrationError::Endpoints(EndpointSetError::TooMany { .. }) => {
+                    RolloutError::Limit(e.to_string())
+                }
+                e => RolloutError::Invalid(e.to_string()),
+            })?;
+        if after.is_empty() && !before.is_empty() && !force {
+            self.refuse_emptying(service, fleet)?;
+        }
+        let mut next = self.state.clone();
+        next.registered.set(service, fleet, after.clone());
+        let entry = EndpointChange::between(fleet, request.verb(), actor, now, &before, &after);
+        let renewal = matches!(
+            request,
+            Request::Register { .. } | Request::Heartbeat { .. }
+        ) && entry.added_count == 0
+            && entry.removed_count == 0
+            && same_but_expiry(&before, &after);
+        if !renewal && before != after {
+            next.registered.record(service, entry);
+        }
+        let endpoints = after.iter().map(Registered::endpoint).collect();
+        self.replace_endpoints(service, fleet, endpoints, next, limits)
+            .await?;
+        tracing::info!(%service, %fleet, %actor, verb = request.verb().as_str(), "registered fleet changed");
+        self.fleet_view(service, fleet)
+    }
+
+    /// Refuses to take the last endpoint of a fleet that takes traffic,
+    /// or that a running operation is sending traffic to.
+    fn refuse_emptying(&self, service: &str, fleet: &str) -> Result<(), RolloutError> {
+        let weight = self
+            .state
+            .services
+            .get(service)
+            .and_then(|st| st.weights.get(fleet))
+            .copied()
+            .unwrap_or(0);
+        let targeted = self
+            .running
+            .get(service)
+            .and_then(|r| r.rollout.target().and_then(|t| t.get(fleet)).copied())
+            .unwrap_or(0);
+        if weight > 0 {
+            return Err(RolloutError::Precondition(format!(
+                "fleet {fleet:?} of service {service:?} takes {weight}% of its traffic: \
+                 removing its last endpoint leaves that traffic nowhere to go; flip or shift \
+                 it away first, or pass --force"
+            )));
+        }
+        if targeted > 0 {
+            return Err(RolloutError::Precondition(format!(
+                "an operation on service {service:?} is sending {targeted}% of its traffic to \
+                 fleet {fleet:?}: removing its last endpoint would leave that traffic nowhere \
+                 to go; abort the operation first, or pass --force"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A fleet as `teal fleet show` prints it.
+    pub(super) fn fleet_view(&self, service: &str, fleet: &str) -> Result<FleetView, RolloutError> {
+        let svc = self
+            .config
+            .services
+            .get(service)
+            .ok_or_else(|| self.unknown_service(service))?;
+        let fl = svc
+            .fleets
+            .get(fleet)
+            .ok_or_else(|| RolloutError::UnknownFleet {
+                service: service.to_owned(),
+                fleet: fleet.to_owned(),
+            })?;
+        let st = self.state.services.get(service);
+        let endpoints = match fl.source {
+            EndpointSource::Registered => self.state.registered.get(service, fleet).to_vec(),
+            _ => fl
+                .endpoints
+                .iter()
+                .map(|e| Registered {
+                    address: e.address,
+                    weight: e.weight,
+                    zone: e.zone.clone(),
+                    expires: None,
+                })
+                .collect(),
+        };
+        Ok(FleetView {
+            service: service.to_owned(),
+            fleet: fleet.to_owned(),
+            source: fl.source.to_string(),
+            weight: st.and_then(|s| s.weights.get(fleet)).copied().unwrap_or(0),
+            retired: st.is_some_and(|s| s.retired.contains(fleet)),
+            endpoints,
+            changes: self
+                .state
+                .registered
+                .log
+                .get(service)
+                .map(|log| {
+                    log.iter()
+                        .rev()
+                        .filter(|c| c.fleet == fleet)
+                        .take(20)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default(),
+            version: self
+                .state
+                .version
+                .as_ref()
+                .map(Version::to_string)
+                .unwrap_or_default(),
+        })
+    }
+
+    /// When the next registration runs out, as a deadline for the
+    /// driver's loop (the wall clock is read here, at the edge); not
+    /// before a retry after a failed expiry.
+    pub(super) fn next_expiry(&self) -> Option<Instant> {
+        let at = self.state.registered.next_expiry()?;
+        let wait = at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let deadline = Instant::now() + wait;
+        Some(self.expiry_retry.map_or(deadline, |r| r.max(deadline)))
+    }
+
+    /// Drops the registrations whose TTL ran out by `now` and serves the
+    /// fleets without them, through [`Driver::replace_endpoints`] like any
+    /// change. Expiry removes even a live fleet's last endpoint: the
+    /// instance stopped renewing, so it is gone either way. A failed save
+    /// is retried a second later.
+    pub(super) async fn expire_registrations(&mut self, now: SystemTime) {
+        let mut next = self.state.clone();
+        let changed = next.registered.expire(now);
+        if changed.is_empty() {
+            // Woken early (the wall clock stepped back since the deadline
+            // was set): look again a little later rather than spin.
+            self.expiry_retry = Some(Instant::now() + Duration::from_millis(100));
+            return;
+        }
+        // Expiry only shrinks sets that were admitted within the limits.
+        let limits = EndpointLimits {
+            max_fleet_endpoints: usize::MAX,
+            ..EndpointLimits::default()
+        };
+        // The first fleet's commit saves every expiry; the next ones build
+        // on the state that commit left (its version counter included).
+        let mut first = Some(next);
+        for (service, fleet) in changed {
+            let state = first.take().unwrap_or_else(|| self.state.clone());
+            let endpoints = state
+                .registered
+                .get(&service, &fleet)
+                .iter()
+                .map(Registered::endpoint)
+                .collect();
+            tracing::info!(%service, %fleet, "registrations expired");
+            if let Err(e) = self
+                .replace_endpoints(&service, &fleet, endpoints, state, &limits)
+                .await
+            {
+                tracing::warn!(error = %e, %service, %fleet, "could not expire registrations; retrying");
+                self.expiry_retry = Some(Instant::now() + Duration::from_secs(1));
+                return;
+            }
+        }
+        self.expiry_retry = None;
+    }
+}
+
+/// Whether two registration lists differ at most in their expiries.
+fn same_but_expiry(a: &[Registered], b: &[Registered]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            Registered {
+                expires: None,
+                ..x.clone()
+            } == Registered {
+                expires: None,
+                ..y.clone()
+            }
+        })
 }

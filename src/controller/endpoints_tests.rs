@@ -179,6 +179,7 @@ async fn bad_sets_and_file_fleets_are_refused_whole() {
         .set_fleet_endpoints("web", "green", many)
         .await
         .expect_err("over the limit");
+    assert!(matches!(err, RolloutError::Limit(_)), "{err:?}");
     assert!(err.to_string().contains("--max-fleet-endpoints"), "{err}");
     assert_eq!(c.snapshot().version(), version, "nothing was served");
     assert!(served(&c, "web-green").is_empty());
@@ -196,4 +197,199 @@ async fn a_reload_keeps_endpoints_from_outside_the_file() {
     assert!(matches!(out, Reloaded::Applied { .. }), "{out:?}");
     assert_eq!(served(&c, "web-blue"), ["127.0.0.1:1", "127.0.0.1:9"]);
     assert_eq!(served(&c, "web-green"), ["127.0.0.1:2"]);
+}
+
+use crate::registration::{EndpointVerb, Registered, Request};
+
+fn reg(addr: &str) -> Registered {
+    Registered {
+        address: addr.parse().expect("test address"),
+        weight: 1,
+        zone: None,
+        expires: None,
+    }
+}
+
+fn set(addrs: &[&str]) -> Request {
+    Request::Set(addrs.iter().map(|a| reg(a)).collect())
+}
+
+#[tokio::test]
+async fn registrations_are_durable_logged_and_survive_a_restart() {
+    let store = Arc::new(MemoryStore::default());
+    let (c, t) = controller(store.clone()).await;
+    let view = c
+        .change_fleet(
+            "web",
+            "green",
+            set(&["127.0.0.1:2", "127.0.0.1:3"]),
+            false,
+            "ci",
+        )
+        .await
+        .expect("set");
+    assert_eq!(view.endpoints.len(), 2);
+    assert_eq!(view.source, "registered");
+    assert_eq!(view.changes[0].actor, "ci");
+    assert_eq!(view.changes[0].verb, EndpointVerb::Set);
+    assert_eq!(served(&c, "web-green"), ["127.0.0.1:2", "127.0.0.1:3"]);
+    let version = c.snapshot().version().to_owned();
+    let stored = store.load().await.expect("load").expect("saved");
+    assert_eq!(stored.state.registered.get("web", "green").len(), 2);
+
+    t.trigger();
+    drop(c);
+    let (again, _t) = controller(store).await;
+    assert_eq!(served(&again, "web-green"), ["127.0.0.1:2", "127.0.0.1:3"]);
+    assert_eq!(
+        again.snapshot().version(),
+        version,
+        "same content, same version"
+    );
+    let view = again.fleet("web", "green").await.expect("show");
+    assert_eq!(view.changes.len(), 1);
+}
+
+#[tokio::test]
+async fn the_last_endpoint_of_a_fleet_with_traffic_goes_only_with_force() {
+    let (c, _t) = controller(Arc::new(MemoryStore::default())).await;
+    c.change_fleet("web", "green", set(&["127.0.0.1:2"]), false, "ci")
+        .await
+        .expect("set");
+    let rx = c.start(flip_to_green(), "ci").await.expect("flip");
+    assert_eq!(outcome(rx).await, Outcome::Succeeded);
+    let remove = || Request::Remove(vec!["127.0.0.1:2".parse().expect("addr")]);
+    let err = c
+        .change_fleet("web", "green", remove(), false, "ci")
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, RolloutError::Precondition(_)), "{err:?}");
+    assert!(err.to_string().contains("--force"), "{err}");
+    let err = c
+        .change_fleet("web", "green", set(&[]), false, "ci")
+        .await
+        .expect_err("an empty set too");
+    assert!(matches!(err, RolloutError::Precondition(_)), "{err:?}");
+    assert_eq!(served(&c, "web-green"), ["127.0.0.1:2"]);
+    c.change_fleet("web", "green", remove(), true, "ci")
+        .await
+        .expect("forced");
+    assert!(served(&c, "web-green").is_empty());
+    // The file's fleets are not the API's to change.
+    let err = c
+        .change_fleet("web", "blue", set(&["127.0.0.1:5"]), false, "ci")
+        .await
+        .expect_err("file fleet");
+    assert!(matches!(err, RolloutError::Precondition(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_registration_leaves_eds_when_its_ttl_runs_out() {
+    let (c, _t) = controller(Arc::new(MemoryStore::default())).await;
+    let register = Request::Register {
+        endpoints: vec![reg("127.0.0.1:7")],
+        ttl: Duration::from_secs(1),
+    };
+    let view = c
+        .change_fleet("web", "green", register, false, "instance")
+        .await
+        .expect("registered");
+    assert!(view.endpoints[0].expires.is_some());
+    assert_eq!(served(&c, "web-green"), ["127.0.0.1:7"]);
+    // Generous: the TTL is 1s; a regression shows as never.
+    let gone = async {
+        while !served(&c, "web-green").is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), gone)
+        .await
+        .expect("expired in time");
+    let view = c.fleet("web", "green").await.expect("show");
+    assert_eq!(view.changes[0].verb, EndpointVerb::Expire);
+    assert_eq!(view.changes[0].actor, "teal");
+}
+
+#[tokio::test]
+async fn an_endpoint_change_during_a_shift_loses_neither() {
+    let (c, _t) = controller(Arc::new(MemoryStore::default())).await;
+    c.change_fleet("web", "green", set(&["127.0.0.1:2"]), false, "ci")
+        .await
+        .expect("set");
+    // A shift to 10% then 100%, an hour apart: it waits after step 1.
+    let op = Operation::Shift {
+        service: "web".into(),
+        steps: crate::rollout::ShiftSteps::Percents {
+            to: Some("green".into()),
+            percents: vec![10, 100],
+        },
+        interval: Duration::from_secs(3600),
+        skip_checks: true,
+        timeout: Duration::from_secs(5),
+    };
+    let mut rx = c.start(op, "ci").await.expect("shift");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|p| p.phase == crate::rollout::Phase::Waiting),
+    )
+    .await
+    .expect("step 1 in time")
+    .expect("open");
+    c.change_fleet(
+        "web",
+        "green",
+        set(&["127.0.0.1:2", "127.0.0.1:3"]),
+        false,
+        "ci",
+    )
+    .await
+    .expect("set during the shift");
+    let status = c.status(Some("web")).await.expect("status");
+    assert_eq!(
+        status.services[0].weights["green"], 10,
+        "the shift's step stays"
+    );
+    assert_eq!(served(&c, "web-green"), ["127.0.0.1:2", "127.0.0.1:3"]);
+    let id = rx.borrow().id;
+    c.abort(id, "ci").await.expect("abort");
+    assert_eq!(
+        served(&c, "web-green"),
+        ["127.0.0.1:2", "127.0.0.1:3"],
+        "the endpoints stay"
+    );
+}
+
+#[tokio::test]
+async fn heartbeats_renew_registrations_and_refuse_strangers() {
+    let (c, _t) = controller(Arc::new(MemoryStore::default())).await;
+    let register = Request::Register {
+        endpoints: vec![reg("127.0.0.1:7")],
+        ttl: Duration::from_secs(30),
+    };
+    let first = c
+        .change_fleet("web", "green", register, false, "instance")
+        .await
+        .expect("registered");
+    let version = c.snapshot().version().to_owned();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let beat = |a: &str| Request::Heartbeat {
+        addresses: vec![a.parse().expect("addr")],
+        ttl: Duration::from_secs(30),
+    };
+    let renewed = c
+        .change_fleet("web", "green", beat("127.0.0.1:7"), false, "instance")
+        .await
+        .expect("renewed");
+    assert!(renewed.endpoints[0].expires > first.endpoints[0].expires);
+    assert_eq!(
+        c.snapshot().version(),
+        version,
+        "a renewal spends no version"
+    );
+    assert_eq!(renewed.changes.len(), 1, "a renewal is not logged");
+    let err = c
+        .change_fleet("web", "green", beat("127.0.0.1:8"), false, "instance")
+        .await
+        .expect_err("not registered");
+    assert!(matches!(err, RolloutError::Precondition(_)), "{err:?}");
 }

@@ -41,8 +41,8 @@ use crate::snapshot_store::{SnapshotReader, SnapshotWriter};
 use crate::state::{PersistedState, Revision, StateError, StateStore};
 use crate::xds::{ProxyRegistry, ProxyStatus};
 
+pub use crate::registration::EndpointLimits;
 use driver::Driver;
-pub use endpoints::EndpointLimits;
 pub use reconcile::{ReconcileError, reconcile};
 pub use views::proxy_views;
 
@@ -176,6 +176,20 @@ enum Command {
         config: Box<Config>,
         reply: oneshot::Sender<Result<Reloaded, ReloadError>>,
     },
+    ChangeRegistered {
+        service: String,
+        fleet: String,
+        request: crate::registration::Request,
+        actor: String,
+        force: bool,
+        limits: EndpointLimits,
+        reply: oneshot::Sender<Result<crate::registration::FleetView, RolloutError>>,
+    },
+    ShowFleet {
+        service: String,
+        fleet: String,
+        reply: oneshot::Sender<Result<crate::registration::FleetView, RolloutError>>,
+    },
     SetEndpoints {
         service: String,
         fleet: String,
@@ -212,13 +226,16 @@ pub async fn start(
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) -> Result<(Controller, tokio::task::JoinHandle<()>), ControllerError> {
-    let (state, revision) = match store.load().await? {
+    let (mut state, revision) = match store.load().await? {
         Some(stored) => (stored.state, stored.revision),
         None => (PersistedState::default(), Revision(0)),
     };
+    // Registrations that ran out while teal was stopped are not served at
+    // all; the first commit below saves them gone.
+    state.registered.expire(std::time::SystemTime::now());
     let snapshots = writer.reader();
     let (checks_tx, checks_rx) = mpsc::channel(64);
-    let overlay = crate::config::EndpointOverlay::new();
+    let overlay = state.registered.overlay();
     let mut driver = Driver {
         config: config.with_endpoints(&overlay),
         file_config: config,
@@ -233,6 +250,7 @@ pub async fn start(
         checks_tx,
         metrics,
         pending_reload: None,
+        expiry_retry: None,
     };
     driver.reconcile()?;
     let version = driver.publish_current(true).await?;
@@ -375,6 +393,42 @@ impl Backend for Controller {
         let service = service.to_owned();
         self.ask(|reply| Command::History { service, reply })
             .await?
+    }
+
+    async fn change_fleet(
+        &self,
+        service: &str,
+        fleet: &str,
+        request: crate::registration::Request,
+        force: bool,
+        actor: &str,
+    ) -> Result<crate::registration::FleetView, RolloutError> {
+        let (service, fleet, actor) = (service.to_owned(), fleet.to_owned(), actor.to_owned());
+        let limits = self.endpoint_limits;
+        self.ask(|reply| Command::ChangeRegistered {
+            service,
+            fleet,
+            request,
+            actor,
+            force,
+            limits,
+            reply,
+        })
+        .await?
+    }
+
+    async fn fleet(
+        &self,
+        service: &str,
+        fleet: &str,
+    ) -> Result<crate::registration::FleetView, RolloutError> {
+        let (service, fleet) = (service.to_owned(), fleet.to_owned());
+        self.ask(|reply| Command::ShowFleet {
+            service,
+            fleet,
+            reply,
+        })
+        .await?
     }
 }
 

@@ -479,6 +479,10 @@ pub enum RolloutError {
     /// No such operation.
     #[error("no operation #{0} in progress")]
     NoSuchOperation(u64),
+    /// The request goes past a limit the server sets (a flag of `teal
+    /// serve`, named in the message); nothing changed.
+    #[error("{0}")]
+    Limit(String),
     /// Durable state could not be written; nothing changed.
     #[error("state store: {0}")]
     Store(String),
@@ -539,6 +543,8 @@ pub enum ErrorKind {
     CannotAbort,
     /// [`RolloutError::NoSuchOperation`].
     NoSuchOperation,
+    /// [`RolloutError::Limit`].
+    Limit,
     /// [`RolloutError::Store`]: the server is up but cannot save.
     Store,
     /// [`RolloutError::ShuttingDown`], or an operation's progress that
@@ -548,7 +554,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind.
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::UnknownService,
         ErrorKind::UnknownFleet,
         ErrorKind::Invalid,
@@ -556,6 +562,7 @@ impl ErrorKind {
         ErrorKind::Busy,
         ErrorKind::CannotAbort,
         ErrorKind::NoSuchOperation,
+        ErrorKind::Limit,
         ErrorKind::Store,
         ErrorKind::ShuttingDown,
     ];
@@ -570,6 +577,7 @@ impl ErrorKind {
             ErrorKind::Busy => "busy",
             ErrorKind::CannotAbort => "cannot-abort",
             ErrorKind::NoSuchOperation => "no-such-operation",
+            ErrorKind::Limit => "limit",
             ErrorKind::Store => "store",
             ErrorKind::ShuttingDown => "shutting-down",
         }
@@ -602,6 +610,7 @@ impl RolloutError {
             RolloutError::Busy { .. } => ErrorKind::Busy,
             RolloutError::CannotAbort { .. } => ErrorKind::CannotAbort,
             RolloutError::NoSuchOperation(_) => ErrorKind::NoSuchOperation,
+            RolloutError::Limit(_) => ErrorKind::Limit,
             RolloutError::Store(_) => ErrorKind::Store,
             RolloutError::ShuttingDown => ErrorKind::ShuttingDown,
         }
@@ -622,6 +631,7 @@ impl From<RolloutError> for tonic::Status {
             | RolloutError::Busy { .. }
             | RolloutError::CannotAbort { .. } => Status::failed_precondition(e.to_string()),
             RolloutError::NoSuchOperation(_) => Status::not_found(e.to_string()),
+            RolloutError::Limit(_) => Status::resource_exhausted(e.to_string()),
             RolloutError::Store(_) | RolloutError::ShuttingDown => {
                 Status::unavailable(e.to_string())
             }
@@ -659,4 +669,33 @@ pub trait Backend: Send + Sync + 'static {
     async fn verify(&self, service: &str, fleet: &str) -> Result<Vec<CheckResult>, RolloutError>;
     /// Past changes of a service, newest first.
     async fn history(&self, service: &str) -> Result<Vec<HistoryEntry>, RolloutError>;
+    /// Changes the endpoints of a registered fleet (`teal fleet
+    /// set|add|remove`, `teal register|deregister`, heartbeats); `force`
+    /// lets it take the last endpoint of a fleet that takes traffic. A
+    /// backend without registered fleets refuses.
+    async fn change_fleet(
+        &self,
+        service: &str,
+        fleet: &str,
+        request: crate::registration::Request,
+        force: bool,
+        actor: &str,
+    ) -> Result<crate::registration::FleetView, RolloutError> {
+        let _ = (service, fleet, request, force, actor);
+        Err(RolloutError::Invalid(
+            "this server has no registered fleets".into(),
+        ))
+    }
+    /// A fleet's endpoints, where they come from, and recent changes.
+    async fn fleet(
+        &self,
+        service: &str,
+        fleet: &str,
+    ) -> Result<crate::registration::FleetView, RolloutError> {
+        let _ = fleet;
+        Err(RolloutError::UnknownService {
+            service: service.to_owned(),
+            known: Vec::new(),
+        })
+    }
 }

@@ -1,7 +1,7 @@
 //! Durable state: per service the weights, the rollback point and the
-//! operation in flight; the version counter, the operation id counter and
-//! the change history, kept across restarts (even `kill -9` during a
-//! change).
+//! operation in flight; the version counter, the operation id counter,
+//! the change history and the endpoints of `registered` fleets, kept
+//! across restarts (even `kill -9` during a change).
 //!
 //! - [`PersistedState`]: everything teal must not forget, as one value.
 //! - [`StateStore`]: where it is kept, with compare-and-swap saves so a
@@ -55,6 +55,13 @@ pub struct PersistedState {
     /// types under the labels proxies hold, so it sends them nothing new.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: crate::snapshot::TypeLabels,
+    /// Endpoints of `endpoints: registered` fleets and the log of their
+    /// changes. Absent from state files written before teal had them.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::registration::Registrations::is_empty"
+    )]
+    pub registered: crate::registration::Registrations,
 }
 
 /// What teal keeps about one service.

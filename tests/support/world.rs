@@ -360,6 +360,32 @@ impl World {
         edge_runtime: bool,
         spec: impl FnOnce(&Ports) -> ConfigSpec,
     ) -> World {
+        let mut live = None;
+        let world = World::start_edited(
+            edge_runtime,
+            |ports| {
+                let spec = spec(ports);
+                live = spec.web.is_some().then(|| spec.web_live.clone());
+                spec
+            },
+            |yaml| yaml,
+        )
+        .await;
+        if let Some(live) = live {
+            world.assert_everyone_on(&live).await;
+        }
+        world
+    }
+
+    /// A world serving the config `spec` makes of the ports, as `edit`
+    /// rewrites its text (for what [`ConfigSpec`] does not say, like
+    /// `endpoints: registered`). Waits until every Envoy is SYNCED, not
+    /// for any fleet to answer.
+    pub async fn start_edited(
+        edge_runtime: bool,
+        spec: impl FnOnce(&Ports) -> ConfigSpec,
+        edit: impl FnOnce(String) -> String,
+    ) -> World {
         let blue_health = Health::new();
         let green_health = Health::new();
         let blue = Upstream::start_with_health("blue", blue_health.clone()).await;
@@ -378,8 +404,11 @@ impl World {
             .prefix("teal-flip-")
             .tempdir()
             .expect("temporary directory");
-        std::fs::write(dir.path().join("teal.yaml"), config_yaml(&spec, &ports))
-            .expect("write the config");
+        std::fs::write(
+            dir.path().join("teal.yaml"),
+            edit(config_yaml(&spec, &ports)),
+        )
+        .expect("write the config");
         let (xds, admin) = (free_port(), free_port());
         let teal = TealProcess::start(dir.path(), xds, admin).await;
         let edge = async {
@@ -408,9 +437,6 @@ impl World {
             _upstreams: vec![blue, green, red],
         };
         world.wait_all_synced().await;
-        if spec.web.is_some() {
-            world.assert_everyone_on(&spec.web_live).await;
-        }
         world
     }
 

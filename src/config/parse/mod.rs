@@ -25,6 +25,7 @@ use crate::config::yaml::{self, Key, Node, Pos, Value};
 use crate::identity::IdentityPattern;
 
 use services::service;
+pub(crate) use values::parse_address;
 use values::*;
 
 /// Most known service names an "unknown service" message lists.
