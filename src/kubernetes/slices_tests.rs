@@ -248,3 +248,98 @@ fn more_endpoints_than_the_limit_are_refused() {
         Err(SliceError::TooManyEndpoints { limit: 4 })
     ));
 }
+
+mod props {
+    use k8s_openapi::api::discovery::v1::{
+        Endpoint as K8sEndpoint, EndpointConditions, EndpointPort,
+    };
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => (0u8..4, any::<u8>()).prop_map(|(a, b)| format!("10.0.{a}.{b}")),
+            2 => (0u16..16).prop_map(|a| format!("fd00::{a:x}")),
+            1 => ".{0,12}",
+        ]
+    }
+
+    fn endpoint() -> impl Strategy<Value = K8sEndpoint> {
+        (
+            prop::collection::vec(text(), 0..3),
+            prop::option::of((
+                prop::option::of(any::<bool>()),
+                prop::option::of(any::<bool>()),
+                prop::option::of(any::<bool>()),
+            )),
+            prop::option::of(prop_oneof![3 => "[a-z0-9-]{1,12}", 1 => ".{0,70}"]),
+        )
+            .prop_map(|(addresses, conditions, zone)| K8sEndpoint {
+                addresses,
+                conditions: conditions.map(|(ready, serving, terminating)| EndpointConditions {
+                    ready,
+                    serving,
+                    terminating,
+                }),
+                zone,
+                ..K8sEndpoint::default()
+            })
+    }
+
+    fn slice() -> impl Strategy<Value = EndpointSlice> {
+        (
+            prop_oneof![4 => Just("IPv4"), 2 => Just("IPv6"), 1 => Just("FQDN"), 1 => Just("bogus")],
+            prop::collection::vec(endpoint(), 0..8),
+            prop::option::of(prop::collection::vec(
+                (
+                    prop::option::of(prop_oneof![Just("http".to_owned()), ".{0,5}"]),
+                    prop_oneof![
+                        4 => (8080i32..8083).prop_map(Some),
+                        1 => any::<i32>().prop_map(Some),
+                        1 => Just(None),
+                    ],
+                    prop::option::of(prop_oneof![Just("TCP".to_owned()), Just("UDP".to_owned())]),
+                ),
+                0..3,
+            )),
+        )
+            .prop_map(|(family, endpoints, ports)| EndpointSlice {
+                address_type: family.to_owned(),
+                endpoints,
+                ports: ports.map(|ps| {
+                    ps.into_iter()
+                        .map(|(name, port, protocol)| EndpointPort {
+                            name,
+                            port,
+                            protocol,
+                            ..EndpointPort::default()
+                        })
+                        .collect()
+                }),
+                ..EndpointSlice::default()
+            })
+    }
+
+    proptest! {
+        /// Whatever the API server sends, the translation does not panic,
+        /// and what it accepts is sorted, without repeats, within the
+        /// bound, and only ports 1 to 65535 of the slice's family.
+        #[test]
+        fn any_slices_translate_safely(
+            slices in prop::collection::vec(slice(), 0..5),
+            port in prop::option::of(prop_oneof![
+                Just(KubernetesPort::Name("http".into())),
+                (8080u16..8083).prop_map(KubernetesPort::Number),
+            ]),
+            max in 1usize..10,
+        ) {
+            if let Ok(set) = translate(&slices, port.as_ref(), max) {
+                prop_assert!(set.len() <= max);
+                prop_assert!(set.windows(2).all(|w| w[0].address < w[1].address));
+                prop_assert!(set.iter().all(|e| e.address.port() > 0 && e.weight == 1));
+                prop_assert!(set.iter().all(|e| e.zone.as_ref().is_none_or(|z| !z.is_empty() && z.len() <= 63)));
+            }
+        }
+    }
+}
