@@ -68,8 +68,14 @@ async fn cluster_endpoints(envoy: &Envoy, cluster: &str) -> Vec<String> {
     eps
 }
 
-fn spawn_teal(dir: &std::path::Path, kubeconfig: &std::path::Path, xds: u16, admin: u16) -> Child {
-    let log = std::fs::File::create(dir.join("teal.log")).expect("teal's log");
+fn spawn_teal(
+    dir: &std::path::Path,
+    log: &str,
+    kubeconfig: &std::path::Path,
+    xds: u16,
+    admin: u16,
+) -> Child {
+    let log = std::fs::File::create(dir.join(log)).expect("teal's log");
     Command::new(TEAL)
         .args(["serve", "--config"])
         .arg(dir.join("teal.yaml"))
@@ -136,7 +142,7 @@ groups:
     )
     .expect("write the config");
     let (xds, admin) = (free_port(), free_port());
-    let _teal = spawn_teal(dir.path(), &kubeconfig, xds, admin);
+    let mut teal = spawn_teal(dir.path(), "teal.log", &kubeconfig, xds, admin);
     let log = || std::fs::read_to_string(dir.path().join("teal.log")).unwrap_or_default();
     wait_until(Duration::from_secs(30), "teal's admin API", || async {
         http::get(admin, "/healthz", &[])
@@ -205,4 +211,32 @@ groups:
     .await;
     // Only EDS changed for it: the flip's routes are still green's.
     envoy.wait_for_answer(edge, "/", &[], "green").await;
+
+    // A restarted teal lists green before it opens the xDS port, so the
+    // reconnecting Envoy is never served a live green with no endpoints.
+    teal.kill().await.expect("stop teal");
+    let _teal = spawn_teal(dir.path(), "teal-2.log", &kubeconfig, xds, admin);
+    wait_until(
+        Duration::from_secs(30),
+        "the restarted teal's admin API",
+        || async {
+            http::get(admin, "/healthz", &[])
+                .await
+                .is_ok_and(|r| r.status == 200)
+        },
+    )
+    .await;
+    let log = std::fs::read_to_string(dir.path().join("teal-2.log")).unwrap_or_default();
+    let served = log
+        .find("Kubernetes endpoints served")
+        .unwrap_or_else(|| panic!("green listed at start:\n{log}"));
+    let listening = log
+        .find("xDS server listening")
+        .unwrap_or_else(|| panic!("xDS port opened:\n{log}"));
+    assert!(
+        served < listening,
+        "green was listed before the xDS port opened:\n{log}"
+    );
+    envoy.wait_for_answer(edge, "/", &[], "green").await;
+    assert_eq!(cluster_endpoints(&envoy, "web-green").await, want);
 }
