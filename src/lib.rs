@@ -12,6 +12,8 @@
 //! - [`registration`]: endpoints a deploy pipeline or an instance registers through the admin API, with TTLs.
 //! - [`cordon`]: proxies that operations do not wait for, kept durably.
 //! - [`state`]: durable state (live fleets, weights, versions, history) and where it is kept.
+//! - [`kubernetes`]: fleets whose endpoints are a Kubernetes Service's ready EndpointSlice
+//!   endpoints, watched and coalesced (feature `kubernetes`, on by default).
 //! - [`checks`]: the HTTP checks a rollout sends straight to a fleet's endpoints.
 //! - [`snapshot`]: what teal serves at one version, encoded once.
 //! - [`snapshot_store`]: one writer publishes whole snapshots; every stream reads them.
@@ -32,6 +34,7 @@ pub mod controller;
 pub mod cordon;
 pub mod exit;
 pub mod identity;
+pub mod kubernetes;
 pub mod listener;
 pub mod registration;
 pub mod resources;

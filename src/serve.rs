@@ -21,6 +21,7 @@ use crate::controller::{self, Controller};
 use crate::cordon::Cordons;
 use crate::exit;
 use crate::identity::{IdentityGate, IdentityPolicy};
+use crate::kubernetes::KubeFleets;
 use crate::listener::{ConnectionLimits, Port};
 use crate::rollout::Backend;
 use crate::shutdown::Shutdown;
@@ -58,6 +59,8 @@ pub struct ServeOptions {
     pub admin_tls: Option<TlsFiles>,
     /// Serve the admin API in plaintext on a non-loopback address anyway.
     pub admin_insecure: bool,
+    /// Bounds on what teal keeps of Kubernetes EndpointSlices.
+    pub kube: crate::kubernetes::KubeLimits,
     /// Bounds on endpoints registered through the admin API.
     pub endpoint_limits: crate::registration::EndpointLimits,
 }
@@ -81,6 +84,7 @@ impl ServeOptions {
             xds_tls: None,
             admin_tls: None,
             admin_insecure: false,
+            kube: crate::kubernetes::KubeLimits::default(),
             endpoint_limits: Default::default(),
         }
     }
@@ -363,6 +367,7 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     };
     let registry: Arc<ProxyRegistry> =
         ProxyRegistry::with_sink_and_cordons(metrics.clone(), Arc::new(cordons));
+    let kube_config = config.clone();
     let (controller, driver) = controller::start(
         config,
         writer,
@@ -374,6 +379,8 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     .await?;
     let controller = controller.with_endpoint_limits(opts.endpoint_limits);
     tracing::info!(config = %source.name(), version = %controller.snapshot().version(), "serving config");
+    let mut kube = KubeFleets::new(controller.clone(), opts.kube);
+    kube.follow(&kube_config).await;
     let listener = bind(opts.xds_addr).await?;
     let xds_addr = local_addr(&listener, opts.xds_addr)?;
     let admin_listener = bind(opts.admin_addr).await?;
@@ -406,6 +413,7 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
         tls: [xds_tls, admin_tls].into_iter().flatten().collect(),
         identities,
         tokens,
+        kube,
     };
     let task = tokio::spawn(supervise(opts, source, controller.clone(), tasks, shutdown));
     Ok(Running {
@@ -522,6 +530,8 @@ struct Tasks {
     identities: Arc<IdentityGate>,
     /// The admin tokens in force; re-read on SIGHUP.
     tokens: Tokens,
+    /// The watchers of Kubernetes fleets; they follow every applied reload.
+    kube: KubeFleets,
 }
 
 /// `tokens`, or, when there is none and teal keeps its state in a
@@ -590,7 +600,7 @@ async fn supervise(
             () = next_hangup(&mut hangup) => {
                 reload_tls(&tasks.tls, true).await;
                 reload_tokens(&tasks.tokens, opts.admin_tokens.clone()).await;
-                if reload(&mut source, &controller, &tasks.identities, true, &mut stop).await.is_break() {
+                if reload(&mut source, &controller, &tasks.identities, &mut tasks.kube, true, &mut stop).await.is_break() {
                     break;
                 }
             }
@@ -599,7 +609,7 @@ async fn supervise(
                 if source.path.is_none() {
                     continue;
                 }
-                if reload(&mut source, &controller, &tasks.identities, false, &mut stop).await.is_break() {
+                if reload(&mut source, &controller, &tasks.identities, &mut tasks.kube, false, &mut stop).await.is_break() {
                     break;
                 }
             }
@@ -650,6 +660,7 @@ async fn reload(
     source: &mut ConfigSource,
     controller: &Controller,
     identities: &IdentityGate,
+    kube: &mut KubeFleets,
     forced: bool,
     stop: &mut Shutdown,
 ) -> ControlFlow<()> {
@@ -699,9 +710,14 @@ async fn reload(
         }
         Ok(config) => {
             let policy = IdentityPolicy::of(&config);
+            let kube_config = config.clone();
             match controller.reload(config).await {
                 Ok(outcome) => {
                     identities.set(policy);
+                    // A deferred config is applied when the operation in
+                    // the way ends; a new fleet's endpoints, refused
+                    // until then, are offered again.
+                    kube.follow(&kube_config).await;
                     tracing::info!(%outcome, "config reloaded")
                 }
                 Err(e) => tracing::error!(error = %e, "config reload refused"),

@@ -240,6 +240,18 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = crate::text::DEFAULT_MAX_CHARS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(64..=65_536))]
     pub log_value_chars: usize,
+    /// EndpointSlices teal keeps per Kubernetes fleet; past it, the fleet
+    /// keeps its last good endpoints and lists again 30 s later (1 to
+    /// 100000).
+    #[arg(long, default_value_t = crate::kubernetes::KubeLimits::DEFAULT_MAX_SLICES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub kube_max_slices: usize,
+    /// Endpoints (ready or not) teal keeps per Kubernetes fleet, over all
+    /// its slices; past it, the fleet keeps its last good endpoints (1 to
+    /// 100000).
+    #[arg(long, default_value_t = crate::kubernetes::KubeLimits::DEFAULT_MAX_ENDPOINTS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub kube_max_endpoints: usize,
     /// What proxies and other clients may make teal hold.
     #[command(flatten)]
     pub limits: serve_limits::LimitArgs,
@@ -416,6 +428,11 @@ fn serve_command(args: ServeArgs) -> u8 {
             args.tls.admin_client_ca,
         ),
         admin_insecure: args.tls.admin_insecure,
+        kube: crate::kubernetes::KubeLimits {
+            max_slices: args.kube_max_slices,
+            max_endpoints: args.kube_max_endpoints,
+            ..Default::default()
+        },
         endpoint_limits: args.limits.endpoint_limits(),
     };
     args.limits

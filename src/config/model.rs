@@ -74,6 +74,9 @@ pub enum EndpointSource {
     /// deploy pipeline or by the instances themselves; kept in the durable
     /// state.
     Registered,
+    /// The ready endpoints of a Kubernetes Service's EndpointSlices
+    /// (`kubernetes: {namespace, service, port}`), watched by teal.
+    Kubernetes(KubernetesFleet),
 }
 
 impl EndpointSource {
@@ -87,6 +90,7 @@ impl EndpointSource {
         match self {
             EndpointSource::File => "file",
             EndpointSource::Registered => "registered",
+            EndpointSource::Kubernetes(_) => "kubernetes",
         }
     }
 }
@@ -280,5 +284,48 @@ impl Config {
         names.sort_unstable();
         names.dedup();
         names
+    }
+}
+
+/// Where a Kubernetes fleet's endpoints come from
+/// (`fleets.<name>.kubernetes`): the EndpointSlices labelled
+/// `kubernetes.io/service-name: service` in `namespace`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KubernetesFleet {
+    /// The namespace of the Service (a DNS label).
+    pub namespace: String,
+    /// The Service's name (a DNS label).
+    pub service: String,
+    /// Which of the slices' ports the endpoints take; `None` when the
+    /// slices have exactly one.
+    pub port: Option<KubernetesPort>,
+}
+
+/// A port of a Service's EndpointSlices.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KubernetesPort {
+    /// The port of that name (the Service port's `name`).
+    Name(String),
+    /// The port with that number on the endpoints (the target port, which
+    /// is what EndpointSlices list, not the Service's own port).
+    Number(u16),
+}
+
+impl std::fmt::Display for KubernetesPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KubernetesPort::Name(n) => f.write_str(n),
+            KubernetesPort::Number(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl Fleet {
+    /// Where the fleet's endpoints come from in Kubernetes, if they do.
+    pub fn kubernetes(&self) -> Option<&KubernetesFleet> {
+        match &self.source {
+            EndpointSource::Kubernetes(k) => Some(k),
+            _ => None,
+        }
     }
 }

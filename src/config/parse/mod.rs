@@ -11,6 +11,7 @@
 //! - [`services`]: `services` and everything under them.
 //! - This file: the top level, proxy groups and their listeners.
 
+mod kubernetes;
 mod services;
 mod values;
 

@@ -194,7 +194,21 @@ fn checks(cx: &mut Cx<'_>, f: &Fields<'_>) -> Option<BTreeMap<String, Check>> {
 }
 
 pub(super) fn fleet(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Fleet> {
-    let f = fields(cx, node, path, &["endpoints"])?;
+    let f = fields(cx, node, path, &["endpoints", "kubernetes"])?;
+    if let Some(k) = f.get("kubernetes") {
+        if let Some(e) = f.get("endpoints") {
+            cx.err(
+                e.pos,
+                &f.path("endpoints"),
+                "a fleet takes its endpoints from `kubernetes` or from `endpoints`, not both",
+            );
+        }
+        let kubernetes = super::kubernetes::kubernetes(cx, k, &f.path("kubernetes"))?;
+        return f.get("endpoints").is_none().then_some(Fleet {
+            source: EndpointSource::Kubernetes(kubernetes),
+            endpoints: Vec::new(),
+        });
+    }
     let Some(list) = f.get("endpoints") else {
         return Some(Fleet::default());
     };

@@ -1,0 +1,185 @@
+//! Fleets whose endpoints are a Kubernetes Service's ready endpoints
+//! (`fleets.<name>.kubernetes`), from its EndpointSlices.
+//!
+//! - `slices`: the pure translation from `discovery.k8s.io/v1`
+//!   EndpointSlices to teal endpoints (which conditions count, which port,
+//!   zones).
+//! - `watch`: one task per service lists and watches its fleets' slices
+//!   (kube-runtime's watcher), bounds them, and hands each fleet's set on,
+//!   coalesced, to an `EndpointSink`: in `teal serve`, the controller's
+//!   one entry point for endpoints from outside the file
+//!   ([`Controller::set_fleet_endpoints`]).
+//! - [`KubeFleets`] (here): what `teal serve` holds; it starts the
+//!   watchers a config asks for and follows reloads.
+//!
+//! The API server is reached with the kubeconfig `KUBECONFIG` names (or
+//! `~/.kube/config`), else the in-cluster service account, as `kubectl`
+//! would. Without the `kubernetes` feature only [`KubeLimits`] and a
+//! [`KubeFleets`] that does nothing are built (and `teal validate`
+//! refuses `kubernetes` fleets).
+
+#[cfg(feature = "kubernetes")]
+pub mod slices;
+#[cfg(feature = "kubernetes")]
+pub mod watch;
+
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::controller::Controller;
+
+/// How long starting a watcher waits for its first lists.
+pub const FIRST_LIST_WAIT: Duration = Duration::from_secs(5);
+
+/// The bounds and the coalescing window of the watchers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KubeLimits {
+    /// Most EndpointSlices one fleet may have (`--kube-max-slices`).
+    pub max_slices: usize,
+    /// Most endpoints (addresses, ready or not) one fleet may have over
+    /// all its slices, and one slice may list (`--kube-max-endpoints`).
+    pub max_endpoints: usize,
+    /// At most one hand-on per service per window.
+    pub window: Duration,
+}
+
+impl KubeLimits {
+    /// Default of `--kube-max-slices`: the EndpointSlice controller puts
+    /// up to 100 endpoints in a slice, so this is room for a very large
+    /// Service even in slices of one.
+    pub const DEFAULT_MAX_SLICES: usize = 1_000;
+    /// Default of `--kube-max-endpoints`: as many as a fleet may be served
+    /// (`--max-fleet-endpoints`).
+    pub const DEFAULT_MAX_ENDPOINTS: usize = 1_000;
+}
+
+impl Default for KubeLimits {
+    fn default() -> Self {
+        KubeLimits {
+            max_slices: KubeLimits::DEFAULT_MAX_SLICES,
+            max_endpoints: KubeLimits::DEFAULT_MAX_ENDPOINTS,
+            window: Duration::from_millis(100),
+        }
+    }
+}
+
+/// The Kubernetes watchers of `teal serve`: [`KubeFleets::follow`] at
+/// start and after every applied reload. Dropping it stops them.
+pub struct KubeFleets {
+    controller: Controller,
+    limits: KubeLimits,
+    #[cfg(feature = "kubernetes")]
+    watchers: Option<watch::Watchers<Controller>>,
+}
+
+impl KubeFleets {
+    /// No watcher yet.
+    pub fn new(controller: Controller, limits: KubeLimits) -> KubeFleets {
+        KubeFleets {
+            controller,
+            limits,
+            #[cfg(feature = "kubernetes")]
+            watchers: None,
+        }
+    }
+
+    /// Watches exactly the Kubernetes fleets of `config` (the config now
+    /// served), and waits up to [`FIRST_LIST_WAIT`] for the first lists of
+    /// the watchers it starts. The client is made the first time a config
+    /// has one; if it cannot be, that is logged, those fleets stay without
+    /// endpoints, and the next reload tries again.
+    #[cfg(feature = "kubernetes")]
+    pub async fn follow(&mut self, config: &Config) {
+        if self.watchers.is_none() {
+            if watch::kubernetes_fleets(config).is_empty() {
+                return;
+            }
+            match client().await {
+                Ok(c) => {
+                    self.watchers = Some(watch::Watchers::new(
+                        c,
+                        self.limits,
+                        self.controller.clone(),
+                    ))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot reach Kubernetes; its fleets have no endpoints until a reload succeeds");
+                    return;
+                }
+            }
+        }
+        let Some(w) = &mut self.watchers else {
+            return;
+        };
+        // Wait (a little) for the first lists: at start, this runs before
+        // the xDS port opens, so that proxies (re)connecting to a
+        // restarted teal are not sent a live fleet with no endpoints.
+        let first = futures::future::join_all(w.follow(config));
+        if tokio::time::timeout(FIRST_LIST_WAIT, first).await.is_err() {
+            tracing::warn!(
+                "Kubernetes fleets not listed within {FIRST_LIST_WAIT:?}; serving without their \
+                 endpoints until they are"
+            );
+        }
+    }
+
+    /// Without the `kubernetes` feature no config has Kubernetes fleets.
+    #[cfg(not(feature = "kubernetes"))]
+    pub async fn follow(&mut self, config: &Config) {
+        let _ = (config, &self.controller, self.limits);
+    }
+}
+
+/// Why no Kubernetes client could be made.
+#[cfg(feature = "kubernetes")]
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Neither a kubeconfig nor the in-cluster service account was found
+    /// or usable.
+    #[error("no Kubernetes configuration: {0}")]
+    Config(#[from] kube::config::InferConfigError),
+    /// A kubeconfig file could not be read or used.
+    #[error("bad kubeconfig: {0}")]
+    Kubeconfig(#[from] kube::config::KubeconfigError),
+    /// The client could not be built from the configuration.
+    #[error("cannot build the Kubernetes client: {0}")]
+    Build(#[from] kube::Error),
+}
+
+/// A client for the cluster `KUBECONFIG` (or `~/.kube/config`) names,
+/// else the one teal runs in (in-cluster service account).
+#[cfg(feature = "kubernetes")]
+pub async fn client() -> Result<kube::Client, ClientError> {
+    let config = kube::Config::infer().await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// A client from the kubeconfig file at `path` (its current context).
+#[cfg(feature = "kubernetes")]
+pub async fn client_from_kubeconfig(path: &std::path::Path) -> Result<kube::Client, ClientError> {
+    let file = kube::config::Kubeconfig::read_from(path)?;
+    let config =
+        kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+            .await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// The controller takes a Kubernetes fleet's endpoints through its one
+/// entry point for endpoints from outside the file.
+#[cfg(feature = "kubernetes")]
+impl watch::EndpointSink for Controller {
+    async fn replace(
+        &self,
+        service: &str,
+        fleet: &str,
+        endpoints: slices::FleetEndpoints,
+    ) -> Result<(), String> {
+        let count = endpoints.len();
+        let version = self
+            .set_fleet_endpoints(service, fleet, endpoints)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(service, fleet, endpoints = count, %version, "Kubernetes endpoints served");
+        Ok(())
+    }
+}
