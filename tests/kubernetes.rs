@@ -30,14 +30,15 @@ struct Sink {
     problems: mpsc::UnboundedSender<String>,
     /// Sets to refuse before accepting any.
     refuse: Arc<AtomicUsize>,
+    /// The fleets of each accepted call, in order.
+    calls: Arc<std::sync::Mutex<Vec<Vec<String>>>>,
 }
 
 impl EndpointSink for Sink {
     async fn replace(
         &self,
         _service: &str,
-        fleet: &str,
-        endpoints: teal::kubernetes::slices::FleetEndpoints,
+        sets: Vec<(String, teal::kubernetes::slices::FleetEndpoints)>,
     ) -> Result<(), String> {
         if self
             .refuse
@@ -46,10 +47,15 @@ impl EndpointSink for Sink {
         {
             return Err("unknown fleet (a deferred reload)".into());
         }
-        let addrs = endpoints.iter().map(|e| e.address.to_string()).collect();
-        self.tx
-            .send((fleet.to_owned(), addrs, Instant::now()))
-            .map_err(|e| e.to_string())
+        let fleets = sets.iter().map(|(f, _)| f.clone()).collect();
+        self.calls.lock().unwrap().push(fleets);
+        for (fleet, endpoints) in sets {
+            let addrs = endpoints.iter().map(|e| e.address.to_string()).collect();
+            self.tx
+                .send((fleet, addrs, Instant::now()))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     fn refused(&self, _service: &str, fleet: &str, error: &WatchProblem) {
@@ -110,6 +116,7 @@ async fn start_refusing(
             tx,
             problems: ptx,
             refuse: Arc::new(AtomicUsize::new(refuse)),
+            calls: Arc::default(),
         },
         None,
     ));
@@ -250,6 +257,78 @@ async fn a_rolling_deploy_of_100_pods_is_coalesced() {
         assert!(gap >= Duration::from_millis(95), "two sets {gap:?} apart");
     }
     eprintln!("100 readiness changes in {took:?} → {} sets", sets.len());
+}
+
+#[tokio::test]
+async fn fleets_that_change_in_one_window_are_handed_on_in_one_call() {
+    let api = FakeKube::start().await;
+    let blue_slice = |ready| {
+        let p: Vec<(String, bool)> = pods(2, ready)
+            .into_iter()
+            .map(|(ip, r)| (ip.replace("10.1.", "10.2."), r))
+            .collect();
+        let p: Vec<(&str, bool)> = p.iter().map(|(ip, r)| (ip.as_str(), *r)).collect();
+        slice("shop", "web-blue", "web-blue-a", 8080, &p)
+    };
+    api.apply(blue_slice(2));
+    api.apply(green_slice("web-green-a", &pods(2, 0)));
+    let dir = tempfile::tempdir().unwrap();
+    let client = teal::kubernetes::client_from_kubeconfig(&api.kubeconfig(dir.path()))
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (ptx, _problems) = mpsc::unbounded_channel();
+    let calls: Arc<std::sync::Mutex<Vec<Vec<String>>>> = Arc::default();
+    let blue = KubernetesFleet {
+        service: "web-blue".into(),
+        ..green()
+    };
+    // A long window, so that the two changes below surely fall in one.
+    let limits = KubeLimits {
+        window: Duration::from_secs(2),
+        ..KubeLimits::default()
+    };
+    let task = tokio::spawn(run_service(
+        client,
+        "web".into(),
+        vec![("blue".into(), blue), ("green".into(), green())],
+        limits,
+        Sink {
+            tx,
+            problems: ptx,
+            refuse: Arc::new(AtomicUsize::new(0)),
+            calls: calls.clone(),
+        },
+        None,
+    ));
+    let next = async |rx: &mut mpsc::UnboundedReceiver<Handed>| {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a set within 10s")
+            .expect("the watcher runs")
+    };
+    // The first lists of both fleets.
+    let mut first: Vec<String> = vec![next(&mut rx).await.0, next(&mut rx).await.0];
+    first.sort();
+    assert_eq!(first, ["blue", "green"]);
+    let before = calls.lock().unwrap().len();
+
+    // Blue's pods go unready while green's become ready: one window.
+    api.apply(blue_slice(0));
+    api.apply(green_slice("web-green-a", &pods(2, 2)));
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let (fleet, addrs, _) = next(&mut rx).await;
+        if (fleet == "blue" && addrs.is_empty()) || (fleet == "green" && addrs.len() == 2) {
+            seen.push(fleet);
+        }
+    }
+    let after: Vec<Vec<String>> = calls.lock().unwrap()[before..].to_vec();
+    assert!(
+        after.iter().any(|c| c.len() == 2),
+        "blue and green changed in one window but were handed on apart: {after:?}"
+    );
+    task.abort();
 }
 
 #[tokio::test]

@@ -90,7 +90,7 @@ pub use model::{
     KubernetesPort, Listener, ListenerKind, OutlierDetection, Protocol, Retries, Route, Service,
     VirtualHost,
 };
-pub use overlay::{EndpointOverlay, EndpointSetError, MAX_ZONE_BYTES, check_endpoints};
+pub use overlay::{EndpointOverlay, EndpointSetError, FleetSets, MAX_ZONE_BYTES, check_endpoints};
 pub(crate) use parse::parse_address;
 pub use translate::{FLEET_HEADER, cluster_name, config_digest, encoded_resources, translate};
 // The rollout's split of traffic, which translation reads; re-exported so

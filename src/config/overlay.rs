@@ -20,6 +20,11 @@ use super::parse::MAX_ENDPOINT_WEIGHT;
 /// Longest zone name accepted from outside the file, in bytes.
 pub const MAX_ZONE_BYTES: usize = 128;
 
+/// Whole endpoint sets of some fleets of one service, by fleet name: what
+/// a source hands the controller at once, so that fleets that changed
+/// together reach proxies in one version.
+pub type FleetSets = Vec<(String, Vec<Endpoint>)>;
+
 /// The endpoints of fleets whose source is not the file, per service and
 /// fleet, as their sources last reported them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -432,14 +432,11 @@ impl Driver {
             }
             Command::SetEndpoints {
                 service,
-                fleet,
-                endpoints,
+                sets,
                 limits,
                 reply,
             } => {
-                let result = self
-                    .set_from_outside(&service, &fleet, endpoints, &limits)
-                    .await;
+                let result = self.set_from_outside(&service, sets, &limits).await;
                 let _ = reply.send(result);
             }
         }

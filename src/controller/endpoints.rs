@@ -30,7 +30,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::{Endpoint, EndpointSetError, EndpointSource, check_endpoints};
+use crate::config::{EndpointSetError, EndpointSource, FleetSets, check_endpoints};
 use crate::registration::{
     self, EndpointChange, FleetView, Registered, RegistrationError, Request,
 };
@@ -41,15 +41,15 @@ use super::driver::Driver;
 use crate::registration::EndpointLimits;
 
 impl Driver {
-    /// Replaces `service`'s `fleet` endpoints with `endpoints`, saving
+    /// Replaces the endpoints of `service`'s fleets named in `sets`, saving
     /// `next` (the current state, or the caller's new durable state) with
     /// the new snapshot in one write; returns the version served after.
-    /// Nothing changes when it is refused or cannot be committed.
+    /// Every set is checked before any is applied; nothing changes when
+    /// one is refused or the change cannot be committed.
     pub(super) async fn replace_endpoints(
         &mut self,
         service: &str,
-        fleet: &str,
-        endpoints: Vec<Endpoint>,
+        sets: FleetSets,
         next: PersistedState,
         limits: &EndpointLimits,
     ) -> Result<Version, RolloutError> {
@@ -58,24 +58,27 @@ impl Driver {
             .services
             .get(service)
             .ok_or_else(|| self.unknown_service(service))?;
-        let Some(fl) = svc.fleets.get(fleet) else {
-            return Err(RolloutError::UnknownFleet {
-                service: service.to_owned(),
-                fleet: fleet.to_owned(),
-            });
-        };
-        if fl.source.is_file() {
-            return Err(RolloutError::Precondition(format!(
-                "the endpoints of fleet {fleet:?} of service {service:?} are listed in the \
-                 config file; to set them from outside, make them `endpoints: registered`"
-            )));
-        }
-        check_endpoints(&endpoints, limits.max_fleet_endpoints).map_err(|e| match e {
-            EndpointSetError::TooMany { .. } => RolloutError::Limit(e.to_string()),
-            e => RolloutError::Invalid(e.to_string()),
-        })?;
         let mut overlay = self.overlay.clone();
-        let changed = overlay.set(service, fleet, endpoints);
+        let mut changed = false;
+        for (fleet, endpoints) in sets {
+            let Some(fl) = svc.fleets.get(&fleet) else {
+                return Err(RolloutError::UnknownFleet {
+                    service: service.to_owned(),
+                    fleet,
+                });
+            };
+            if fl.source.is_file() {
+                return Err(RolloutError::Precondition(format!(
+                    "the endpoints of fleet {fleet:?} of service {service:?} are listed in the \
+                     config file; to set them from outside, make them `endpoints: registered`"
+                )));
+            }
+            check_endpoints(&endpoints, limits.max_fleet_endpoints).map_err(|e| match e {
+                EndpointSetError::TooMany { .. } => RolloutError::Limit(e.to_string()),
+                e => RolloutError::Invalid(e.to_string()),
+            })?;
+            changed |= overlay.set(service, &fleet, endpoints);
+        }
         if let (false, Some(version)) = (changed, self.state.version.clone()) {
             // Nothing served changes (a renewal, a repeated set): the
             // state alone is saved, and no version is spent on it.
@@ -97,7 +100,7 @@ impl Driver {
                 self.overlay = overlay;
                 self.next_expiry_at = self.state.registered.next_expiry();
                 self.update_cost_windows(std::time::SystemTime::now());
-                tracing::info!(%service, %fleet, %version, "fleet endpoints replaced");
+                tracing::info!(%service, %version, "fleet endpoints replaced");
                 Ok(version)
             }
             Err(e) => {
@@ -118,25 +121,25 @@ impl Driver {
     pub(super) async fn set_from_outside(
         &mut self,
         service: &str,
-        fleet: &str,
-        endpoints: Vec<Endpoint>,
+        sets: FleetSets,
         limits: &EndpointLimits,
     ) -> Result<Version, RolloutError> {
         let mut next = self.state.clone();
-        if self.file_config.source_of(service, fleet) == Some(&EndpointSource::Registered) {
-            let registered = endpoints
-                .iter()
-                .map(|e| Registered {
-                    address: e.address,
-                    weight: e.weight,
-                    zone: e.zone.clone(),
-                    expires: None,
-                })
-                .collect();
-            next.registered.set(service, fleet, registered);
+        for (fleet, endpoints) in &sets {
+            if self.file_config.source_of(service, fleet) == Some(&EndpointSource::Registered) {
+                let registered = endpoints
+                    .iter()
+                    .map(|e| Registered {
+                        address: e.address,
+                        weight: e.weight,
+                        zone: e.zone.clone(),
+                        expires: None,
+                    })
+                    .collect();
+                next.registered.set(service, fleet, registered);
+            }
         }
-        self.replace_endpoints(service, fleet, endpoints, next, limits)
-            .await
+        self.replace_endpoints(service, sets, next, limits).await
     }
 
     /// The registration path: applies `request` to a registered fleet
@@ -165,10 +168,13 @@ impl Driver {
             }
             Some(EndpointSource::Registered) => {}
             Some(other) => {
+                let from = match other {
+                    EndpointSource::Kubernetes(_) => "Kubernetes EndpointSlices",
+                    _ => "the config file",
+                };
                 return Err(RolloutError::Precondition(format!(
-                    "fleet {fleet:?} of service {service:?} takes its endpoints from the \
-                     {other}; only `endpoints: registered` fleets are changed through the \
-                     admin API"
+                    "fleet {fleet:?} of service {service:?} takes its endpoints from {from}; \
+                     only `endpoints: registered` fleets are changed through the admin API"
                 )));
             }
         }
@@ -201,7 +207,7 @@ impl Driver {
             next.registered.record(service, entry);
         }
         let endpoints = after.iter().map(Registered::endpoint).collect();
-        self.replace_endpoints(service, fleet, endpoints, next, limits)
+        self.replace_endpoints(service, vec![(fleet.to_owned(), endpoints)], next, limits)
             .await?;
         tracing::info!(%service, %fleet, %actor, verb = request.verb().as_str(), "registered fleet changed");
         self.fleet_view(service, fleet)
@@ -349,23 +355,32 @@ impl Driver {
             }
             return;
         }
-        // The first fleet's commit saves every expiry; the next ones build
-        // on the state that commit left (its version counter included).
-        let mut first = Some(next);
+        // One commit per service, its fleets together. The first commit
+        // saves every expiry; the next ones build on the state that commit
+        // left (its version counter included).
+        let mut by_service: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         for (service, fleet) in served {
+            by_service.entry(service).or_default().push(fleet);
+        }
+        let mut first = Some(next);
+        for (service, fleets) in by_service {
             let state = first.take().unwrap_or_else(|| self.state.clone());
-            let endpoints = state
-                .registered
-                .get(&service, &fleet)
-                .iter()
-                .map(Registered::endpoint)
-                .collect();
-            tracing::info!(%service, %fleet, "registrations expired");
-            if let Err(e) = self
-                .replace_endpoints(&service, &fleet, endpoints, state, &limits)
-                .await
-            {
-                tracing::warn!(error = %e, %service, %fleet, "could not expire registrations; retrying");
+            let sets = fleets
+                .into_iter()
+                .map(|fleet| {
+                    let endpoints = state
+                        .registered
+                        .get(&service, &fleet)
+                        .iter()
+                        .map(Registered::endpoint)
+                        .collect();
+                    (fleet, endpoints)
+                })
+                .collect::<FleetSets>();
+            let names: Vec<&str> = sets.iter().map(|(f, _)| f.as_str()).collect();
+            tracing::info!(%service, fleets = ?names, "registrations expired");
+            if let Err(e) = self.replace_endpoints(&service, sets, state, &limits).await {
+                tracing::warn!(error = %e, %service, "could not expire registrations; retrying");
                 self.expiry_retry = Some(Instant::now() + Duration::from_secs(1));
                 return;
             }

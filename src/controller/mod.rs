@@ -192,8 +192,7 @@ enum Command {
     },
     SetEndpoints {
         service: String,
-        fleet: String,
-        endpoints: Vec<Endpoint>,
+        sets: crate::config::FleetSets,
         limits: EndpointLimits,
         reply: oneshot::Sender<Result<Version, RolloutError>>,
     },
@@ -321,12 +320,25 @@ impl Controller {
         fleet: &str,
         endpoints: Vec<Endpoint>,
     ) -> Result<Version, RolloutError> {
-        let (service, fleet) = (service.to_owned(), fleet.to_owned());
+        self.set_service_endpoints(service, vec![(fleet.to_owned(), endpoints)])
+            .await
+    }
+
+    /// [`Controller::set_fleet_endpoints`] for several fleets of one
+    /// service at once: every set is checked before any is applied, and
+    /// all of them are served in one version (one EDS push), so a source
+    /// that saw two fleets change together never shows proxies the one
+    /// without the other.
+    pub async fn set_service_endpoints(
+        &self,
+        service: &str,
+        sets: crate::config::FleetSets,
+    ) -> Result<Version, RolloutError> {
+        let service = service.to_owned();
         let limits = self.endpoint_limits;
         self.ask(|reply| Command::SetEndpoints {
             service,
-            fleet,
-            endpoints,
+            sets,
             limits,
             reply,
         })

@@ -8,7 +8,8 @@
 //!   (kube-runtime's watcher), bounds them, and hands each fleet's set on,
 //!   coalesced, to an `EndpointSink`: in `teal serve`, the controller's
 //!   one entry point for endpoints from outside the file
-//!   ([`Controller::set_fleet_endpoints`]).
+//!   ([`Controller::set_service_endpoints`]), all fleets of a service that
+//!   changed in one window in one version.
 //! - [`KubeFleets`] (here): what `teal serve` holds; it starts the
 //!   watchers a config asks for and follows reloads.
 //!
@@ -171,15 +172,14 @@ impl watch::EndpointSink for Controller {
     async fn replace(
         &self,
         service: &str,
-        fleet: &str,
-        endpoints: slices::FleetEndpoints,
+        sets: Vec<(String, slices::FleetEndpoints)>,
     ) -> Result<(), String> {
-        let count = endpoints.len();
+        let counts: Vec<(String, usize)> = sets.iter().map(|(f, e)| (f.clone(), e.len())).collect();
         let version = self
-            .set_fleet_endpoints(service, fleet, endpoints)
+            .set_service_endpoints(service, sets)
             .await
             .map_err(|e| e.to_string())?;
-        tracing::info!(service, fleet, endpoints = count, %version, "Kubernetes endpoints served");
+        tracing::info!(service, fleets = ?counts, %version, "Kubernetes endpoints served");
         Ok(())
     }
 }

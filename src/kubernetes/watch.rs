@@ -55,14 +55,14 @@ pub const REFUSED_RETRY: Duration = Duration::from_secs(2);
 /// Where a watcher's endpoint sets go: the controller in `teal serve`, a
 /// channel in tests.
 pub trait EndpointSink: Clone + Send + Sync + 'static {
-    /// Replaces the endpoints of `service`'s `fleet`; why not, if they
-    /// were refused (the watcher offers them again [`REFUSED_RETRY`]
-    /// later, or at the fleet's next change).
+    /// Replaces the endpoints of the fleets of `service` in `sets` (by
+    /// fleet name), all in one version; why not, if they were refused
+    /// (the watcher offers them again [`REFUSED_RETRY`] later, or at the
+    /// next change).
     fn replace(
         &self,
         service: &str,
-        fleet: &str,
-        endpoints: FleetEndpoints,
+        sets: Vec<(String, FleetEndpoints)>,
     ) -> impl Future<Output = Result<(), String>> + Send;
 
     /// A fleet's slices could not be used; its last good endpoints stay.
@@ -283,13 +283,7 @@ pub async fn run_service<S: EndpointSink>(
         }
         let now = Instant::now();
         if watches.iter().any(|w| w.dirty) && due.is_none_or(|d| now >= d) {
-            let mut handed = false;
-            for w in &mut watches {
-                if std::mem::take(&mut w.dirty) {
-                    handed |= hand_on(&service, w, &limits, &sink).await;
-                    w.tried = true;
-                }
-            }
+            let handed = hand_on(&service, &mut watches, &limits, &sink).await;
             if handed {
                 last = Some(now);
             }
@@ -309,58 +303,79 @@ async fn sleep_until_opt(due: Option<Instant>) {
     }
 }
 
-/// Hands one fleet's endpoints on if they changed; `true` if it did.
+/// Hands the changed endpoints of the dirty fleets of `service` on, in
+/// one call so that fleets that changed in one window share one version;
+/// `true` if it did.
 async fn hand_on<S: EndpointSink>(
     service: &str,
-    w: &mut FleetWatch,
+    watches: &mut [FleetWatch],
     limits: &KubeLimits,
     sink: &S,
 ) -> bool {
-    match w.endpoints(limits) {
-        Ok(set) => {
-            w.problem = None;
-            if w.published.as_ref() == Some(&set) {
-                return false;
-            }
-            tracing::debug!(
-                service,
-                fleet = w.name,
-                endpoints = set.len(),
-                "Kubernetes endpoints changed"
-            );
-            match sink.replace(service, &w.name, set.clone()).await {
-                Ok(()) => {
-                    w.published = Some(set);
-                    w.refusal = None;
-                    w.retry_at = None;
-                    true
+    let mut changed = Vec::new();
+    for (i, w) in watches.iter_mut().enumerate() {
+        if !std::mem::take(&mut w.dirty) {
+            continue;
+        }
+        w.tried = true;
+        match w.endpoints(limits) {
+            Ok(set) => {
+                w.problem = None;
+                if w.published.as_ref() != Some(&set) {
+                    tracing::debug!(
+                        service,
+                        fleet = w.name,
+                        endpoints = set.len(),
+                        "Kubernetes endpoints changed"
+                    );
+                    changed.push((i, set));
                 }
-                Err(why) => {
-                    if w.refusal.as_ref() != Some(&why) {
-                        tracing::warn!(
-                            service,
-                            fleet = w.name,
-                            error = %why,
-                            "Kubernetes endpoints refused; the fleet keeps its last endpoints, \
-                             and they are offered again"
-                        );
-                        w.refusal = Some(why);
-                    }
-                    w.retry_at = Some(Instant::now() + REFUSED_RETRY);
-                    false
+            }
+            Err(problem) => {
+                if w.problem.as_ref() != Some(&problem) {
+                    tracing::warn!(
+                        service,
+                        fleet = w.name,
+                        error = %problem,
+                        "EndpointSlices refused; the fleet keeps its last good endpoints"
+                    );
+                    sink.refused(service, &w.name, &problem);
+                    w.problem = Some(problem);
                 }
             }
         }
-        Err(problem) => {
-            if w.problem.as_ref() != Some(&problem) {
-                tracing::warn!(
-                    service,
-                    fleet = w.name,
-                    error = %problem,
-                    "EndpointSlices refused; the fleet keeps its last good endpoints"
-                );
-                sink.refused(service, &w.name, &problem);
-                w.problem = Some(problem);
+    }
+    if changed.is_empty() {
+        return false;
+    }
+    let sets = changed
+        .iter()
+        .map(|(i, set)| (watches[*i].name.clone(), set.clone()))
+        .collect();
+    match sink.replace(service, sets).await {
+        Ok(()) => {
+            for (i, set) in changed {
+                let w = &mut watches[i];
+                w.published = Some(set);
+                w.refusal = None;
+                w.retry_at = None;
+            }
+            true
+        }
+        Err(why) => {
+            for (i, _) in changed {
+                let w = &mut watches[i];
+                if w.refusal.as_ref() != Some(&why) {
+                    tracing::warn!(
+                        service,
+                        fleet = w.name,
+                        error = %why,
+                        "Kubernetes endpoints refused; the fleet keeps its last endpoints, \
+                         and they are offered again"
+                    );
+                    w.refusal = Some(why.clone());
+                }
+                w.retry_at = Some(Instant::now() + REFUSED_RETRY);
             }
             false
         }
