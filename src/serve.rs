@@ -25,7 +25,7 @@ use crate::listener::{ConnectionLimits, Port};
 use crate::rollout::Backend;
 use crate::shutdown::Shutdown;
 use crate::snapshot_store::snapshot_store;
-use crate::state::{FileStore, MemoryStore, StateError, StateStore};
+use crate::state::{EtcdStore, FileStore, MemoryStore, StateError, StateStore};
 use crate::tls::{Reloaded, ServerTls, TlsError, TlsFiles};
 use crate::xds::{ProxyRegistry, XdsServer, XdsServerConfig};
 
@@ -46,8 +46,12 @@ pub struct ServeOptions {
     /// `TEAL_ADMIN_TOKEN` environment variable adds a token named `admin`.
     pub admin_tokens: Option<PathBuf>,
     /// Where the durable state lives; `None` keeps it in memory only
-    /// (tests and throwaway runs).
+    /// (tests and throwaway runs). With [`ServeOptions::etcd`], only the
+    /// local files (cordons, the local admin token) live here.
     pub state_dir: Option<PathBuf>,
+    /// Keep the state in etcd, shared with other replicas, instead of in
+    /// `state_dir`.
+    pub etcd: Option<crate::state::EtcdOptions>,
     /// xDS server tunables.
     pub xds: XdsServerConfig,
     /// Bounds on the admin port's connections.
@@ -73,6 +77,7 @@ impl ServeOptions {
             admin_addr: any_port,
             watch_interval: Duration::from_secs(1),
             state_dir: None,
+            etcd: None,
             admin_tokens: None,
             xds: XdsServerConfig::default(),
             admin_connections: ConnectionLimits::default_for(Port::Admin),
@@ -348,9 +353,10 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     identities.set(IdentityPolicy::of(&config));
 
     let (writer, reader) = snapshot_store();
-    let store: Arc<dyn StateStore> = match &opts.state_dir {
-        Some(dir) => Arc::new(FileStore::open(dir)?),
-        None => Arc::new(MemoryStore::default()),
+    let store: Arc<dyn StateStore> = match (&opts.etcd, &opts.state_dir) {
+        (Some(etcd), _) => Arc::new(EtcdStore::open(etcd.clone())?),
+        (None, Some(dir)) => Arc::new(FileStore::open(dir)?),
+        (None, None) => Arc::new(MemoryStore::default()),
     };
     let tokens = with_local_token(Tokens::load(opts.admin_tokens.as_deref())?, &opts)?;
     let metrics = Arc::new(Metrics::new());

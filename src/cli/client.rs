@@ -83,7 +83,10 @@ impl Failure {
             | ErrorKind::Precondition
             | ErrorKind::Busy
             | ErrorKind::CannotAbort
-            | ErrorKind::NoSuchOperation => Failure::new(EX_REFUSED, format!("refused: {msg}")),
+            | ErrorKind::NoSuchOperation
+            // The replica is up and keeps serving; the change is refused
+            // until its store is back.
+            | ErrorKind::StoreUnavailable => Failure::new(EX_REFUSED, format!("refused: {msg}")),
             ErrorKind::Store | ErrorKind::ShuttingDown => {
                 Failure::new(EX_UNAVAILABLE, format!("the server could not act: {msg}"))
             }

@@ -145,7 +145,7 @@ impl Driver {
     /// The weights `state` serves. A split that does not fit the config
     /// is an error, never replaced by the config's `live`: that would move
     /// traffic nobody asked to move.
-    fn weights_of(&self, state: &PersistedState) -> Result<Weights, WeightsError> {
+    pub(super) fn weights_of(&self, state: &PersistedState) -> Result<Weights, WeightsError> {
         let mut w = Weights::initial(&self.config);
         for (name, st) in &state.services {
             w.set(&self.config, name, &st.weights)?;
@@ -261,6 +261,8 @@ impl Driver {
     ) {
         let mut proxies = self.registry.watch();
         let changes = self.registry.feed();
+        // Other replicas' saves, with a shared store.
+        let mut saved = self.store.watch();
         loop {
             let deadline = self
                 .running
@@ -286,6 +288,11 @@ impl Driver {
                         break;
                     }
                     self.feed_proxies(changes.take()).await;
+                }
+                Some(stored) = super::replica::saved_elsewhere(&mut saved) => {
+                    if let Err(e) = self.adopt(stored) {
+                        tracing::error!(error = %e, "not applying the state another replica saved");
+                    }
                 }
                 () = sleep_until(deadline) => {
                     let services: Vec<String> = self.running.keys().cloned().collect();
@@ -555,7 +562,7 @@ impl Driver {
             .store
             .save(&next, self.revision)
             .await
-            .map_err(|e| RolloutError::Store(e.to_string()))?;
+            .map_err(RolloutError::from)?;
         self.state = next;
         let (tx, rx) = watch::channel(rollout.progress());
         tracing::info!(id, %service, verb = %op.verb(), %actor, "operation started");

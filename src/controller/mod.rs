@@ -21,6 +21,7 @@
 mod driver;
 mod follow;
 mod reconcile;
+mod replica;
 mod views;
 
 use std::collections::{BTreeMap, HashMap};

@@ -482,6 +482,10 @@ pub enum RolloutError {
     /// Durable state could not be written; nothing changed.
     #[error("state store: {0}")]
     Store(String),
+    /// The shared state store cannot be reached; nothing changed, and
+    /// this replica keeps serving its last version.
+    #[error("{0}")]
+    StoreUnavailable(String),
     /// teal is shutting down and takes no more requests.
     #[error("teal is shutting down")]
     ShuttingDown,
@@ -541,6 +545,8 @@ pub enum ErrorKind {
     NoSuchOperation,
     /// [`RolloutError::Store`]: the server is up but cannot save.
     Store,
+    /// [`RolloutError::StoreUnavailable`]: the shared store is away.
+    StoreUnavailable,
     /// [`RolloutError::ShuttingDown`], or an operation's progress that
     /// stopped because the server is going away.
     ShuttingDown,
@@ -548,7 +554,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind.
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::UnknownService,
         ErrorKind::UnknownFleet,
         ErrorKind::Invalid,
@@ -557,6 +563,7 @@ impl ErrorKind {
         ErrorKind::CannotAbort,
         ErrorKind::NoSuchOperation,
         ErrorKind::Store,
+        ErrorKind::StoreUnavailable,
         ErrorKind::ShuttingDown,
     ];
 
@@ -571,6 +578,7 @@ impl ErrorKind {
             ErrorKind::CannotAbort => "cannot-abort",
             ErrorKind::NoSuchOperation => "no-such-operation",
             ErrorKind::Store => "store",
+            ErrorKind::StoreUnavailable => "store-unavailable",
             ErrorKind::ShuttingDown => "shutting-down",
         }
     }
@@ -603,6 +611,7 @@ impl RolloutError {
             RolloutError::CannotAbort { .. } => ErrorKind::CannotAbort,
             RolloutError::NoSuchOperation(_) => ErrorKind::NoSuchOperation,
             RolloutError::Store(_) => ErrorKind::Store,
+            RolloutError::StoreUnavailable(_) => ErrorKind::StoreUnavailable,
             RolloutError::ShuttingDown => ErrorKind::ShuttingDown,
         }
     }
@@ -622,9 +631,9 @@ impl From<RolloutError> for tonic::Status {
             | RolloutError::Busy { .. }
             | RolloutError::CannotAbort { .. } => Status::failed_precondition(e.to_string()),
             RolloutError::NoSuchOperation(_) => Status::not_found(e.to_string()),
-            RolloutError::Store(_) | RolloutError::ShuttingDown => {
-                Status::unavailable(e.to_string())
-            }
+            RolloutError::Store(_)
+            | RolloutError::StoreUnavailable(_)
+            | RolloutError::ShuttingDown => Status::unavailable(e.to_string()),
         };
         e.kind().attach(status)
     }

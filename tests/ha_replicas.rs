@@ -1,0 +1,242 @@
+//! Replicas sharing one etcd prefix serve the same snapshot: the same
+//! bytes under the same version strings, whether they watched the change
+//! happen or started afterwards with nothing on disk, so a proxy that
+//! fails over from one to another receives nothing new.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
+};
+use prost::Message;
+use teal::resources::ResourceType;
+use teal::rollout::{Backend, Operation};
+use teal::serve::{Running, ServeOptions, start as serve_start};
+use teal::shutdown::{ShutdownTrigger, shutdown_channel};
+
+use support::etcd::Etcd;
+
+struct Replica {
+    running: Running,
+    trigger: ShutdownTrigger,
+}
+
+async fn replica(etcd: &Etcd, prefix: &str) -> Replica {
+    let (trigger, shutdown) = shutdown_channel();
+    let opts = ServeOptions {
+        etcd: Some(etcd.options(prefix)),
+        ..ServeOptions::local(None)
+    };
+    let running = serve_start(opts, shutdown)
+        .await
+        .unwrap_or_else(|e| panic!("replica did not start: {e}"));
+    Replica { running, trigger }
+}
+
+fn node() -> Option<Node> {
+    Some(Node {
+        id: "proxy-1".into(),
+        cluster: "edge".into(),
+        ..Default::default()
+    })
+}
+
+async fn client(port: u16) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20)
+}
+
+/// The first state-of-the-world answer for `ty` (every resource), as bytes.
+async fn sotw(port: u16, ty: ResourceType) -> DiscoveryResponse {
+    let mut c = client(port).await;
+    let req = DiscoveryRequest {
+        node: node(),
+        type_url: ty.type_url().into(),
+        ..Default::default()
+    };
+    let mut stream = c
+        .stream_aggregated_resources(tokio_stream::iter([req]))
+        .await
+        .expect("stream")
+        .into_inner();
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("an answer within 10 s")
+        .expect("no error")
+        .expect("a message")
+}
+
+/// The versions of every resource of `ty` that a delta stream to `port`
+/// holding `held` is sent in its first 2 s.
+async fn delta(
+    port: u16,
+    ty: ResourceType,
+    held: HashMap<String, String>,
+) -> HashMap<String, String> {
+    let mut c = client(port).await;
+    let req = DeltaDiscoveryRequest {
+        node: node(),
+        type_url: ty.type_url().into(),
+        resource_names_subscribe: vec!["*".into()],
+        initial_resource_versions: held,
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(req).await.expect("send");
+    let mut stream = c
+        .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut sent = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(message) = tokio::time::timeout_at(deadline, stream.message()).await {
+        let Some(answer) = message.expect("no error") else {
+            break;
+        };
+        assert!(
+            answer.removed_resources.is_empty(),
+            "removed {:?}",
+            answer.removed_resources
+        );
+        for r in answer.resources {
+            sent.insert(r.name, r.version);
+        }
+    }
+    drop(tx);
+    sent
+}
+
+async fn flip(replica: &Replica, to: &str) {
+    let mut rx = replica
+        .running
+        .controller
+        .start(
+            Operation::Flip {
+                service: "web".into(),
+                to: Some(to.into()),
+                skip_checks: true,
+                timeout: Duration::from_secs(10),
+            },
+            "test",
+        )
+        .await
+        .expect("flip starts");
+    let progress = tokio::time::timeout(
+        Duration::from_secs(20),
+        rx.wait_for(|p| p.outcome.is_some()),
+    )
+    .await
+    .expect("flip ends within 20 s")
+    .expect("progress")
+    .clone();
+    assert_eq!(
+        progress.outcome,
+        Some(teal::rollout::Outcome::Succeeded),
+        "{progress:?}"
+    );
+}
+
+async fn same_version(a: &Replica, b: &Replica) {
+    let want = a.running.controller.snapshot().version().to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while b.running.controller.snapshot().version() != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the other replica still serves {} instead of {want} after 20 s",
+            b.running.controller.snapshot().version()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_serve_the_same_bytes_under_the_same_versions() {
+    let etcd = Etcd::start().await;
+    let a = replica(&etcd, "/ha/").await;
+    // Watches A's changes as they happen.
+    let b = replica(&etcd, "/ha/").await;
+    assert_eq!(
+        a.running.controller.snapshot().version(),
+        b.running.controller.snapshot().version()
+    );
+    let before = a.running.controller.snapshot().version().to_owned();
+    flip(&a, "green").await;
+    assert_ne!(a.running.controller.snapshot().version(), before);
+    same_version(&a, &b).await;
+    // Starts afterwards with nothing on disk.
+    let c = replica(&etcd, "/ha/").await;
+    same_version(&a, &c).await;
+
+    let replicas = [a, b, c];
+    let ports = replicas.each_ref().map(|r| r.running.xds_addr.port());
+    for ty in ResourceType::ALL {
+        let from_a = sotw(ports[0], ty).await;
+        assert!(!from_a.resources.is_empty(), "{ty:?} has resources");
+        for port in &ports[1..] {
+            let other = sotw(*port, ty).await;
+            // The nonce is per stream; everything else is the same bytes.
+            let strip = |mut r: DiscoveryResponse| {
+                r.nonce.clear();
+                r.encode_to_vec()
+            };
+            assert_eq!(
+                strip(from_a.clone()),
+                strip(other),
+                "{ty:?}: a replica serves other bytes"
+            );
+        }
+        // A delta proxy that held A's resources and fails over to B or C
+        // is sent nothing.
+        let held = delta(ports[0], ty, HashMap::new()).await;
+        assert!(!held.is_empty(), "{ty:?}: A sent resources");
+        for port in &ports[1..] {
+            let sent = delta(*port, ty, held.clone()).await;
+            assert!(sent.is_empty(), "{ty:?}: failing over re-sent {sent:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_away_refuses_changes_keeps_serving_and_catches_up() {
+    let mut etcd = Etcd::start().await;
+    let a = replica(&etcd, "/ha/").await;
+    let b = replica(&etcd, "/ha/").await;
+    let served = a.running.controller.snapshot().version().to_owned();
+    etcd.kill().await;
+    let err = a
+        .running
+        .controller
+        .start(
+            Operation::Flip {
+                service: "web".into(),
+                to: Some("green".into()),
+                skip_checks: true,
+                timeout: Duration::from_secs(10),
+            },
+            "test",
+        )
+        .await
+        .expect_err("no change without the store");
+    assert_eq!(
+        err.kind(),
+        teal::rollout::ErrorKind::StoreUnavailable,
+        "{err}"
+    );
+    assert!(err.to_string().contains("store unavailable"), "{err}");
+    assert_eq!(a.running.controller.snapshot().version(), served);
+    etcd.restart().await;
+    flip(&a, "green").await;
+    same_version(&a, &b).await;
+    drop(a.trigger);
+    drop(b.trigger);
+}
