@@ -10,7 +10,8 @@
 //! - [`rollout`]: blue/green operations, their progress, and the backend the admin API drives.
 //! - [`resources`]: the four xDS resource types, in make-before-break order.
 //! - [`cordon`]: proxies that operations do not wait for, kept durably.
-//! - [`state`]: durable state (live fleets, weights, versions, history) and where it is kept.
+//! - [`state`]: durable state (live fleets, weights, versions, history) and where it is kept (a directory, or etcd).
+//! - [`ha`]: replicas on etcd: which one leads.
 //! - [`checks`]: the HTTP checks a rollout sends straight to a fleet's endpoints.
 //! - [`snapshot`]: what teal serves at one version, encoded once.
 //! - [`snapshot_store`]: one writer publishes whole snapshots; every stream reads them.
@@ -30,6 +31,7 @@ pub mod config;
 pub mod controller;
 pub mod cordon;
 pub mod exit;
+pub mod ha;
 pub mod identity;
 pub mod listener;
 pub mod resources;

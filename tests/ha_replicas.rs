@@ -30,6 +30,7 @@ async fn replica(etcd: &Etcd, prefix: &str) -> Replica {
     let (trigger, shutdown) = shutdown_channel();
     let opts = ServeOptions {
         etcd: Some(etcd.options(prefix)),
+        leader_lease: Duration::from_secs(2),
         ..ServeOptions::local(None)
     };
     let running = serve_start(opts, shutdown)
@@ -116,36 +117,6 @@ async fn delta(
     sent
 }
 
-async fn flip(replica: &Replica, to: &str) {
-    let mut rx = replica
-        .running
-        .controller
-        .start(
-            Operation::Flip {
-                service: "web".into(),
-                to: Some(to.into()),
-                skip_checks: true,
-                timeout: Duration::from_secs(10),
-            },
-            "test",
-        )
-        .await
-        .expect("flip starts");
-    let progress = tokio::time::timeout(
-        Duration::from_secs(20),
-        rx.wait_for(|p| p.outcome.is_some()),
-    )
-    .await
-    .expect("flip ends within 20 s")
-    .expect("progress")
-    .clone();
-    assert_eq!(
-        progress.outcome,
-        Some(teal::rollout::Outcome::Succeeded),
-        "{progress:?}"
-    );
-}
-
 async fn same_version(a: &Replica, b: &Replica) {
     let want = a.running.controller.snapshot().version().to_owned();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -170,7 +141,11 @@ async fn replicas_serve_the_same_bytes_under_the_same_versions() {
         b.running.controller.snapshot().version()
     );
     let before = a.running.controller.snapshot().version().to_owned();
-    flip(&a, "green").await;
+    // Whichever leads flips; A is named for it below.
+    let (a, b) = match leader_of(&[&a, &b], "green").await {
+        0 => (a, b),
+        _ => (b, a),
+    };
     assert_ne!(a.running.controller.snapshot().version(), before);
     same_version(&a, &b).await;
     // Starts afterwards with nothing on disk.
@@ -211,6 +186,11 @@ async fn etcd_away_refuses_changes_keeps_serving_and_catches_up() {
     let mut etcd = Etcd::start().await;
     let a = replica(&etcd, "/ha/").await;
     let b = replica(&etcd, "/ha/").await;
+    let (a, b) = match leader_of(&[&a, &b], "green").await {
+        0 => (a, b),
+        _ => (b, a),
+    };
+    same_version(&a, &b).await;
     let served = a.running.controller.snapshot().version().to_owned();
     etcd.kill().await;
     let err = a
@@ -219,7 +199,7 @@ async fn etcd_away_refuses_changes_keeps_serving_and_catches_up() {
         .start(
             Operation::Flip {
                 service: "web".into(),
-                to: Some("green".into()),
+                to: Some("blue".into()),
                 skip_checks: true,
                 timeout: Duration::from_secs(10),
             },
@@ -234,9 +214,97 @@ async fn etcd_away_refuses_changes_keeps_serving_and_catches_up() {
     );
     assert!(err.to_string().contains("store unavailable"), "{err}");
     assert_eq!(a.running.controller.snapshot().version(), served);
+    // Both keep serving what they served.
+    assert_eq!(b.running.controller.snapshot().version(), served);
     etcd.restart().await;
-    flip(&a, "green").await;
-    same_version(&a, &b).await;
-    drop(a.trigger);
-    drop(b.trigger);
+    let leader = leader_of(&[&a, &b], "blue").await;
+    // (Until etcd answers again, no replica may change anything.)
+    let (a, b) = if leader == 0 { (&a, &b) } else { (&b, &a) };
+    same_version(a, b).await;
+    assert_ne!(a.running.controller.snapshot().version(), served);
+}
+
+/// Asks `replica` to flip `web` to `to`: the outcome, or the refusal.
+async fn try_flip(replica: &Replica, to: &str) -> Result<(), teal::rollout::RolloutError> {
+    let mut rx = replica
+        .running
+        .controller
+        .start(
+            Operation::Flip {
+                service: "web".into(),
+                to: Some(to.into()),
+                skip_checks: true,
+                timeout: Duration::from_secs(10),
+            },
+            "test",
+        )
+        .await?;
+    let progress = rx
+        .wait_for(|p| p.outcome.is_some())
+        .await
+        .expect("progress")
+        .clone();
+    assert_eq!(progress.outcome, Some(teal::rollout::Outcome::Succeeded));
+    Ok(())
+}
+
+/// Waits until one of `replicas` leads; returns its index. The others
+/// refuse changes naming its admin address.
+async fn leader_of(replicas: &[&Replica], to: &str) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        for (i, r) in replicas.iter().enumerate() {
+            match try_flip(r, to).await {
+                Ok(()) => {
+                    for (j, other) in replicas.iter().enumerate() {
+                        if j == i {
+                            continue;
+                        }
+                        match try_flip(other, to).await {
+                            Err(teal::rollout::RolloutError::NotLeader { leader }) => assert_eq!(
+                                leader,
+                                Some(r.running.admin_addr.to_string()),
+                                "a follower names the leader"
+                            ),
+                            other => panic!("a second replica accepted a change: {other:?}"),
+                        }
+                    }
+                    return i;
+                }
+                // Not elected yet (or etcd just came back).
+                Err(
+                    teal::rollout::RolloutError::NotLeader { .. }
+                    | teal::rollout::RolloutError::StoreUnavailable(_),
+                ) => {}
+                Err(e) => panic!("unexpected refusal: {e}"),
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no replica leads after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_leads_and_another_takes_over_when_it_goes() {
+    let etcd = Etcd::start().await;
+    let mut replicas = vec![
+        replica(&etcd, "/lead/").await,
+        replica(&etcd, "/lead/").await,
+    ];
+    let first = leader_of(&replicas.iter().collect::<Vec<_>>(), "green").await;
+    let leader = replicas.remove(first);
+    same_version(&leader, &replicas[0]).await;
+    leader.trigger.trigger();
+    leader.running.wait().await.expect("clean stop");
+    // The leader resigned on its way out: the other leads at once.
+    let started = tokio::time::Instant::now();
+    leader_of(&[&replicas[0]], "blue").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
 }

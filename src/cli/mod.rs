@@ -276,6 +276,20 @@ pub struct StoreArgs {
     #[arg(long, default_value_t = crate::state::etcd::DEFAULT_MAX_VALUE_BYTES as u64,
           value_parser = clap::value_parser!(u64).range(4096..=1 << 30))]
     pub store_max_value_bytes: u64,
+    /// Seconds of the etcd lease that holds the leadership (1 to 60): a
+    /// dead leader is replaced within about this long.
+    #[arg(long, default_value = "5", value_parser = leader_lease)]
+    pub leader_lease: Duration,
+    /// The admin address other replicas send the CLI to while this one
+    /// leads (default: --admin-addr).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise_admin: Option<String>,
+}
+
+fn leader_lease(s: &str) -> Result<Duration, String> {
+    let d = seconds_in(s, 1.0, 60.0)?;
+    // etcd leases are whole seconds.
+    Ok(Duration::from_secs(d.as_secs().max(1)))
 }
 
 impl StoreArgs {
@@ -467,6 +481,8 @@ fn serve_command(args: ServeArgs) -> u8 {
         watch_interval: args.watch_interval,
         state_dir,
         etcd,
+        leader_lease: args.store_access.leader_lease,
+        advertise_admin: args.store_access.advertise_admin.clone(),
         admin_tokens: args.admin_tokens,
         xds: crate::xds::XdsServerConfig {
             drain: args.drain,

@@ -81,6 +81,8 @@ pub(super) struct Driver {
     /// its service's endpoints and checks must not change (from the
     /// checks before a commit to the last confirmation).
     pub(super) pending_reload: Option<Box<Config>>,
+    /// With replicas: who leads. Only the leader runs operations.
+    pub(super) leadership: Option<crate::ha::Leadership>,
 }
 
 impl Driver {
@@ -261,8 +263,9 @@ impl Driver {
     ) {
         let mut proxies = self.registry.watch();
         let changes = self.registry.feed();
-        // Other replicas' saves, with a shared store.
+        // Other replicas' saves, with a shared store; and who leads.
         let mut saved = self.store.watch();
+        let mut roles = self.leadership.as_ref().map(crate::ha::Leadership::watch);
         loop {
             let deadline = self
                 .running
@@ -290,9 +293,10 @@ impl Driver {
                     self.feed_proxies(changes.take()).await;
                 }
                 Some(stored) = super::replica::saved_elsewhere(&mut saved) => {
-                    if let Err(e) = self.adopt(stored) {
-                        tracing::error!(error = %e, "not applying the state another replica saved");
-                    }
+                    self.adopt_logged(stored);
+                }
+                Some(role) = super::replica::role_changed(&mut roles) => {
+                    self.on_role(role).await;
                 }
                 () = sleep_until(deadline) => {
                     let services: Vec<String> = self.running.keys().cloned().collect();
@@ -326,6 +330,10 @@ impl Driver {
     }
 
     async fn handle(&mut self, cmd: Command) {
+        let cmd = match self.leader_only(cmd) {
+            Some(cmd) => cmd,
+            None => return,
+        };
         match cmd {
             Command::Start { op, actor, reply } => {
                 let service = op.service().to_owned();

@@ -201,6 +201,20 @@ pub async fn start(
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) -> Result<(Controller, tokio::task::JoinHandle<()>), ControllerError> {
+    start_replica(config, writer, store, registry, metrics, shutdown, None).await
+}
+
+/// [`start`], as one of several replicas sharing `store`: operations run
+/// (and resume) only while `leadership` says this replica leads.
+pub async fn start_replica(
+    config: Config,
+    writer: SnapshotWriter,
+    store: Arc<dyn StateStore>,
+    registry: Arc<ProxyRegistry>,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+    leadership: Option<crate::ha::Leadership>,
+) -> Result<(Controller, tokio::task::JoinHandle<()>), ControllerError> {
     let (state, revision) = match store.load().await? {
         Some(stored) => (stored.state, stored.revision),
         None => (PersistedState::default(), Revision(0)),
@@ -219,9 +233,16 @@ pub async fn start(
         checks_tx,
         metrics,
         pending_reload: None,
+        leadership,
     };
     driver.reconcile()?;
-    let version = driver.publish_current(true).await?;
+    let version = if driver.leadership.is_some() && driver.revision > Revision(0) {
+        // A replica joining others serves what they stored, and saves
+        // nothing until it leads.
+        driver.publish_stored()?
+    } else {
+        driver.publish_current(true).await?
+    };
     tracing::info!(%version, store = %driver.store.describe(), "controller started");
     let (tx, rx) = mpsc::channel(64);
     let controller = Controller {
@@ -229,7 +250,9 @@ pub async fn start(
         registry,
         snapshots,
     };
-    driver.resume_operations(&version).await;
+    if driver.leadership.is_none() {
+        driver.resume_operations(&version).await;
+    }
     let task = tokio::spawn(driver.run(rx, checks_rx, shutdown));
     Ok((controller, task))
 }

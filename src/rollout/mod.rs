@@ -489,7 +489,21 @@ pub enum RolloutError {
     /// teal is shutting down and takes no more requests.
     #[error("teal is shutting down")]
     ShuttingDown,
+    /// This replica does not lead; changes go to the leader (its admin
+    /// address, when one is known, rides along as [`LEADER_KEY`]).
+    #[error("this replica does not lead{}", match leader {
+        Some(a) => format!("; the leader's admin API is at {a}"),
+        None => "; no replica leads right now (is etcd reachable?)".to_owned(),
+    })]
+    NotLeader {
+        /// The leader's admin address, if one leads.
+        leader: Option<String>,
+    },
 }
+
+/// The gRPC metadata key under which a follower names the leader's admin
+/// address with [`ErrorKind::NotLeader`].
+pub const LEADER_KEY: &str = "teal-leader";
 
 /// A split refused by [`Weights::check`]: an unknown
 /// service or fleet stays one (NOT_FOUND over gRPC), a bad sum is
@@ -547,6 +561,8 @@ pub enum ErrorKind {
     Store,
     /// [`RolloutError::StoreUnavailable`]: the shared store is away.
     StoreUnavailable,
+    /// [`RolloutError::NotLeader`]: ask the leader.
+    NotLeader,
     /// [`RolloutError::ShuttingDown`], or an operation's progress that
     /// stopped because the server is going away.
     ShuttingDown,
@@ -554,7 +570,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind.
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::UnknownService,
         ErrorKind::UnknownFleet,
         ErrorKind::Invalid,
@@ -564,6 +580,7 @@ impl ErrorKind {
         ErrorKind::NoSuchOperation,
         ErrorKind::Store,
         ErrorKind::StoreUnavailable,
+        ErrorKind::NotLeader,
         ErrorKind::ShuttingDown,
     ];
 
@@ -579,6 +596,7 @@ impl ErrorKind {
             ErrorKind::NoSuchOperation => "no-such-operation",
             ErrorKind::Store => "store",
             ErrorKind::StoreUnavailable => "store-unavailable",
+            ErrorKind::NotLeader => "not-leader",
             ErrorKind::ShuttingDown => "shutting-down",
         }
     }
@@ -612,6 +630,7 @@ impl RolloutError {
             RolloutError::NoSuchOperation(_) => ErrorKind::NoSuchOperation,
             RolloutError::Store(_) => ErrorKind::Store,
             RolloutError::StoreUnavailable(_) => ErrorKind::StoreUnavailable,
+            RolloutError::NotLeader { .. } => ErrorKind::NotLeader,
             RolloutError::ShuttingDown => ErrorKind::ShuttingDown,
         }
     }
@@ -634,6 +653,13 @@ impl From<RolloutError> for tonic::Status {
             RolloutError::Store(_)
             | RolloutError::StoreUnavailable(_)
             | RolloutError::ShuttingDown => Status::unavailable(e.to_string()),
+            RolloutError::NotLeader { leader } => {
+                let mut status = Status::unavailable(e.to_string());
+                if let Some(value) = leader.as_deref().and_then(|a| a.parse().ok()) {
+                    status.metadata_mut().insert(LEADER_KEY, value);
+                }
+                status
+            }
         };
         e.kind().attach(status)
     }
