@@ -1,0 +1,317 @@
+//! Replicas as operators run them: three real `teal serve` processes on one
+//! real etcd, driven through the real CLI. `teal flip` works against any
+//! replica (a follower names the leader, the CLI asks it once), and a
+//! leader killed with `kill -9` while a flip waits for ACKs is replaced
+//! within the lease TTL + 2 s by a replica that ends the flip, with its
+//! history entry, leaving every replica on one committed version.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use serde_json::Value;
+use teal::resources::ResourceType;
+use tokio::process::{Child, Command};
+
+use support::etcd::{Etcd, free_port};
+
+const TEAL: &str = env!("CARGO_BIN_EXE_teal");
+const LEASE_SECS: u64 = 2;
+
+struct Replica {
+    child: Child,
+    admin: String,
+    xds: u16,
+    _dir: tempfile::TempDir,
+}
+
+async fn replica(etcd: &Etcd, prefix: &str) -> Replica {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (admin, xds) = (free_port(), free_port());
+    let log = std::fs::File::create(dir.path().join("teal.log")).expect("log");
+    let child = Command::new(TEAL)
+        .arg("serve")
+        .arg("--store")
+        .arg(etcd.url(prefix))
+        .arg("--leader-lease")
+        .arg(LEASE_SECS.to_string())
+        .arg("--state-dir")
+        .arg(dir.path().join("local"))
+        .arg("--xds-addr")
+        .arg(format!("127.0.0.1:{xds}"))
+        .arg("--admin-addr")
+        .arg(format!("127.0.0.1:{admin}"))
+        .env("TEAL_ADMIN_TOKEN", "secret")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start teal serve");
+    let r = Replica {
+        child,
+        admin: format!("127.0.0.1:{admin}"),
+        xds,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cli(&r.admin, &["status"]).await.0 != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "replica did not answer within 30 s:\n{}",
+            r.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    r
+}
+
+impl Replica {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("teal.log")).unwrap_or_default()
+    }
+
+    async fn kill9(&mut self) {
+        self.child.kill().await.expect("kill -9");
+    }
+}
+
+/// Runs the CLI against `admin`: exit code, stdout, stderr.
+async fn cli(admin: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(TEAL)
+        .arg("--admin")
+        .arg(admin)
+        .args(args)
+        .env("TEAL_TOKEN", "secret")
+        .env_remove("TEAL_ADMIN")
+        .output()
+        .await
+        .expect("run the CLI");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn status_json(admin: &str) -> Option<Value> {
+    let (code, out, _) = cli(admin, &["status", "-o", "json"]).await;
+    (code == 0)
+        .then(|| serde_json::from_str(&out).ok())
+        .flatten()
+}
+
+/// A proxy that takes every type's first answer, ACKs it, and then never
+/// ACKs again: a flip waits for it until its timeout.
+async fn stubborn_proxy(port: u16) -> tokio::task::JoinHandle<()> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let node = Some(Node {
+        id: "stubborn".into(),
+        cluster: "edge".into(),
+        ..Default::default()
+    });
+    for ty in ResourceType::ALL {
+        tx.send(DiscoveryRequest {
+            node: node.clone(),
+            type_url: ty.type_url().into(),
+            ..Default::default()
+        })
+        .await
+        .expect("send");
+    }
+    let mut stream = client
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    tokio::spawn(async move {
+        let mut acked = std::collections::HashSet::new();
+        while let Ok(Some(answer)) = stream.message().await {
+            if acked.insert(answer.type_url.clone()) {
+                let _ = tx
+                    .send(DiscoveryRequest {
+                        node: node.clone(),
+                        type_url: answer.type_url.clone(),
+                        version_info: answer.version_info.clone(),
+                        response_nonce: answer.nonce.clone(),
+                        ..Default::default()
+                    })
+                    .await;
+            }
+        }
+    })
+}
+
+/// The address the CLI said it was sent to, from a follower's answer.
+fn redirected_to(stderr: &str) -> Option<String> {
+    let at = stderr.find("asking the leader at ")? + "asking the leader at ".len();
+    Some(stderr[at..].lines().next()?.trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flip_through_any_replica_and_survive_the_leader_killed_mid_flip() {
+    let etcd = Etcd::start().await;
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(replica(&etcd, "/failover/").await);
+    }
+    // Through each replica in turn: every one works, followers by sending
+    // the CLI to the leader.
+    let mut leader = None;
+    for (i, to) in ["green", "blue", "green"].into_iter().enumerate() {
+        let (code, _, err) = cli(
+            &replicas[i].admin,
+            &[
+                "flip",
+                "web",
+                "--to",
+                to,
+                "--skip-checks",
+                "--timeout",
+                "10s",
+            ],
+        )
+        .await;
+        assert_eq!(code, 0, "flip through replica {i}:\n{err}");
+        let led_by = redirected_to(&err).unwrap_or_else(|| replicas[i].admin.clone());
+        leader.get_or_insert(led_by.clone());
+        assert_eq!(leader.as_deref(), Some(led_by.as_str()), "one leader");
+    }
+    let leader = leader.expect("a leader");
+    let li = replicas
+        .iter()
+        .position(|r| r.admin == leader)
+        .expect("the leader is a replica");
+
+    // A proxy on the leader that never ACKs holds the next flip in its
+    // confirmation.
+    let _proxy = stubborn_proxy(replicas[li].xds).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let admin = leader.clone();
+    let flip = tokio::spawn(async move {
+        cli(
+            &admin,
+            &[
+                "flip",
+                "web",
+                "--to",
+                "blue",
+                "--skip-checks",
+                "--timeout",
+                "60s",
+            ],
+        )
+        .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let st = status_json(&leader).await.expect("leader status");
+        let web = st["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "web"))
+            .cloned()
+            .expect("web");
+        if web["in_progress"]["phase"] == "confirming" {
+            break web["in_progress"]["id"].as_u64().expect("id");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the flip never waited for ACKs: {web}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    replicas[li].kill9().await;
+    let killed = Instant::now();
+    let _ = flip.await;
+    let survivors: Vec<&Replica> = replicas
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != li)
+        .map(|(_, r)| r)
+        .collect();
+
+    // Another replica leads within the TTL + 2 s: a change through any
+    // survivor is accepted (the flip itself is resumed and ended first, so
+    // the service may be busy for a moment: that is leading too).
+    let took = loop {
+        let (code, _, err) = cli(&survivors[0].admin, &["history", "web", "-o", "json"]).await;
+        assert_eq!(code, 0, "{err}");
+        let (code, _, err) = cli(&survivors[0].admin, &["abort", "999999"]).await;
+        // A leader answers "no such operation" (exit 1, refused); a
+        // follower without a leader answers store unavailable (also 1):
+        // tell them apart by the message.
+        if code == 1 && err.contains("no operation #999999") {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no replica leads 30 s after the kill: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        took < Duration::from_secs(LEASE_SECS + 2),
+        "a new leader took {took:?}, over the lease TTL + 2 s"
+    );
+
+    // The flip ends, rolled forward or back, with its history entry.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let entry = loop {
+        let (_, out, _) = cli(&survivors[0].admin, &["history", "web", "-o", "json"]).await;
+        let history: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        let found = history["entries"]
+            .as_array()
+            .and_then(|h| h.iter().find(|e| e["id"].as_u64() == Some(id)).cloned());
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "operation #{id} has no history entry 60 s after the kill: {history}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        entry["outcome"] == "succeeded" || entry["outcome"] == "rolled-back",
+        "{entry}"
+    );
+    eprintln!(
+        "new leader after {took:?}; operation #{id} ended {}",
+        entry["outcome"]
+    );
+
+    // Every survivor serves the one committed version, and nothing is in
+    // flight.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let a = status_json(&survivors[0].admin).await.expect("status");
+        let b = status_json(&survivors[1].admin).await.expect("status");
+        let busy = |s: &Value| {
+            s["services"]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|s| !s["in_progress"].is_null()))
+        };
+        if a["version"] == b["version"] && !busy(&a) && !busy(&b) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas disagree: {} vs {}",
+            a["version"],
+            b["version"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
