@@ -371,6 +371,14 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     identities.set(IdentityPolicy::of(&config));
 
     let (writer, reader) = snapshot_store();
+    let tokens = with_local_token(Tokens::load(opts.admin_tokens.as_deref())?, &opts)?;
+    let metrics = Arc::new(Metrics::new());
+    let cordons = match &opts.state_dir {
+        Some(dir) => Cordons::open(dir)?,
+        None => Cordons::in_memory(),
+    };
+    let registry: Arc<ProxyRegistry> =
+        ProxyRegistry::with_sink_and_cordons(metrics.clone(), Arc::new(cordons));
     // Bound first: a replica's leader record names its admin address.
     let listener = bind(opts.xds_addr).await?;
     let xds_addr = local_addr(&listener, opts.xds_addr)?;
@@ -393,6 +401,7 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
                 store.client().clone(),
                 me,
                 opts.leader_lease,
+                Some(registry.clone()),
                 shutdown.clone(),
             );
             (Arc::new(store) as Arc<dyn StateStore>, Some(leadership))
@@ -403,14 +412,6 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
             None,
         ),
     };
-    let tokens = with_local_token(Tokens::load(opts.admin_tokens.as_deref())?, &opts)?;
-    let metrics = Arc::new(Metrics::new());
-    let cordons = match &opts.state_dir {
-        Some(dir) => Cordons::open(dir)?,
-        None => Cordons::in_memory(),
-    };
-    let registry: Arc<ProxyRegistry> =
-        ProxyRegistry::with_sink_and_cordons(metrics.clone(), Arc::new(cordons));
     let (controller, driver) = controller::start_replica(
         config,
         writer,

@@ -308,3 +308,46 @@ async fn one_replica_leads_and_another_takes_over_when_it_goes() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_is_listed_and_a_gone_one_leaves_the_list() {
+    let etcd = Etcd::start().await;
+    let a = replica(&etcd, "/list/").await;
+    let b = replica(&etcd, "/list/").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let listed = loop {
+        let listed = a.running.controller.replicas().await;
+        if listed.len() == 2 && listed.iter().filter(|r| r.leader).count() == 1 {
+            break listed;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not two replicas, one leading: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut admins: Vec<String> = listed.iter().map(|r| r.info.admin.clone()).collect();
+    admins.sort();
+    let mut want = vec![
+        a.running.admin_addr.to_string(),
+        b.running.admin_addr.to_string(),
+    ];
+    want.sort();
+    assert_eq!(admins, want);
+    assert!(listed.iter().all(|r| !r.info.config_digest.is_empty()));
+    // b goes: its record goes with its lease.
+    b.trigger.trigger();
+    b.running.wait().await.expect("clean stop");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = a.running.controller.replicas().await;
+        if listed.len() == 1 && listed[0].info.admin == a.running.admin_addr.to_string() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gone replica is still listed: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

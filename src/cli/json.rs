@@ -130,5 +130,10 @@ pub fn status(s: &pb::StatusResponse, now: std::time::SystemTime) -> Value {
         .iter()
         .map(|c| json!({"node_id": c.node_id, "reason": c.reason, "actor": c.actor, "since_unix_ms": c.since_unix_ms}))
         .collect();
-    json!({"version": s.version, "services": services, "cordons": cordons})
+    let replicas: Vec<Value> = s
+        .replicas
+        .iter()
+        .map(|r| json!({"id": r.id, "admin": r.admin, "leader": r.leader, "heartbeat_unix_ms": r.heartbeat_unix_ms, "config_digest": r.config_digest, "proxies": r.proxies, "ineligible": (!r.ineligible.is_empty()).then_some(&r.ineligible)}))
+        .collect();
+    json!({"version": s.version, "services": services, "cordons": cordons, "replicas": replicas})
 }

@@ -183,6 +183,7 @@ pub struct Controller {
     tx: mpsc::Sender<Command>,
     registry: Arc<ProxyRegistry>,
     snapshots: SnapshotReader,
+    leadership: Option<crate::ha::Leadership>,
 }
 
 impl std::fmt::Debug for Command {
@@ -233,7 +234,7 @@ pub async fn start_replica(
         checks_tx,
         metrics,
         pending_reload: None,
-        leadership,
+        leadership: leadership.clone(),
     };
     driver.reconcile()?;
     let version = if driver.leadership.is_some() && driver.revision > Revision(0) {
@@ -249,6 +250,7 @@ pub async fn start_replica(
         tx,
         registry,
         snapshots,
+        leadership,
     };
     if driver.leadership.is_none() {
         driver.resume_operations(&version).await;
@@ -338,6 +340,16 @@ impl Backend for Controller {
             reply,
         })
         .await?
+    }
+
+    async fn replicas(&self) -> Vec<crate::ha::replicas::ReplicaRecord> {
+        match &self.leadership {
+            Some(l) => l.replicas().await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot list the replicas");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        }
     }
 
     async fn history(&self, service: &str) -> Result<Vec<HistoryEntry>, RolloutError> {

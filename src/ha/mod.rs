@@ -19,6 +19,8 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+pub mod replicas;
+
 use crate::shutdown::Shutdown;
 use crate::state::StateError;
 use crate::state::etcd::{EtcdClient, pb};
@@ -62,21 +64,25 @@ pub struct Leadership {
     role: watch::Receiver<Role>,
     eligible: Arc<watch::Sender<Option<String>>>,
     me: ReplicaInfo,
+    client: EtcdClient,
 }
 
 impl Leadership {
     /// Starts campaigning (in a task) as `me`, with leases of `ttl`.
+    /// `registry`'s proxies are counted in this replica's record.
     pub fn start(
         client: EtcdClient,
         me: ReplicaInfo,
         ttl: Duration,
+        registry: Option<Arc<crate::xds::ProxyRegistry>>,
         shutdown: Shutdown,
     ) -> Leadership {
         let (role_tx, role) = watch::channel(Role::Unknown);
         let (eligible, eligible_rx) = watch::channel(None);
         let task = Campaign {
             key: client.key("leader"),
-            client,
+            client: client.clone(),
+            registry,
             me: me.clone(),
             ttl_secs: i64::try_from(ttl.as_secs().max(1)).unwrap_or(60),
             role: role_tx,
@@ -87,6 +93,7 @@ impl Leadership {
             role,
             eligible: Arc::new(eligible),
             me,
+            client,
         }
     }
 
@@ -120,6 +127,11 @@ impl Leadership {
         });
     }
 
+    /// Every replica's record (this one's included, once written).
+    pub async fn replicas(&self) -> Result<Vec<replicas::ReplicaRecord>, StateError> {
+        replicas::list(&self.client).await
+    }
+
     /// Why this replica may not lead, if it may not.
     pub fn ineligible(&self) -> Option<String> {
         self.eligible.borrow().clone()
@@ -128,6 +140,7 @@ impl Leadership {
 
 struct Campaign {
     client: EtcdClient,
+    registry: Option<Arc<crate::xds::ProxyRegistry>>,
     key: Vec<u8>,
     me: ReplicaInfo,
     ttl_secs: i64,
@@ -237,6 +250,14 @@ impl Campaign {
             self.ttl_secs,
             lost_tx,
         ));
+        let record = tokio::spawn(replicas::publish(
+            self.client.clone(),
+            lease,
+            self.me.clone(),
+            self.role.subscribe(),
+            self.eligible.clone(),
+            self.registry.clone(),
+        ));
         let end = loop {
             if let Err(e) = self.campaign(lease).await {
                 break TermEnd::Lost(e);
@@ -267,6 +288,7 @@ impl Campaign {
             }
         };
         keepalive.abort();
+        record.abort();
         end
     }
 

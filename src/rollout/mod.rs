@@ -692,6 +692,10 @@ pub trait Backend: Send + Sync + 'static {
     async fn abort(&self, id: u64, actor: &str) -> Result<(), RolloutError>;
     /// Runs a service's checks against one fleet now.
     async fn verify(&self, service: &str, fleet: &str) -> Result<Vec<CheckResult>, RolloutError>;
+    /// The replicas sharing this one's store (none without replicas).
+    async fn replicas(&self) -> Vec<crate::ha::replicas::ReplicaRecord> {
+        Vec::new()
+    }
     /// Past changes of a service, newest first.
     async fn history(&self, service: &str) -> Result<Vec<HistoryEntry>, RolloutError>;
 }
