@@ -226,9 +226,18 @@ async fn main() {
     // Failover.
     let mut samples = Vec::new();
     for k in 0..kills {
-        let leader = flip(replicas[0].admin, to)
-            .await
-            .expect("flip before the kill");
+        // A replica just restarted may not know the leader yet.
+        let started = Instant::now();
+        let leader = loop {
+            if let Some(l) = flip(replicas[0].admin, to).await {
+                break l;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no flip before the kill"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         to = if to == "green" { "blue" } else { "green" };
         let li = replicas
             .iter()
@@ -251,7 +260,9 @@ async fn main() {
         }
         let took = killed.elapsed();
         to = if to == "green" { "blue" } else { "green" };
-        println!("kill {k}: a flip through another replica succeeded after {took:?}");
+        println!(
+            "kill {k}: leader :{leader} killed; a flip through :{survivor} succeeded after {took:?}"
+        );
         samples.push(took);
         replicas[li].start(&store, lease).await;
     }

@@ -371,6 +371,10 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     identities.set(IdentityPolicy::of(&config));
 
     let (writer, reader) = snapshot_store();
+    if let (Some(_), Some(dir)) = (&opts.etcd, &opts.state_dir) {
+        // With etcd no file store creates it; the local files need it.
+        std::fs::create_dir_all(dir).map_err(|e| StateError::io(dir, e))?;
+    }
     let tokens = with_local_token(Tokens::load(opts.admin_tokens.as_deref())?, &opts)?;
     let metrics = Arc::new(Metrics::new());
     let cordons = match &opts.state_dir {

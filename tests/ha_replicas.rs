@@ -295,13 +295,34 @@ async fn one_replica_leads_and_another_takes_over_when_it_goes() {
         replica(&etcd, "/lead/").await,
     ];
     let first = leader_of(&replicas.iter().collect::<Vec<_>>(), "green").await;
+    // The leader keeps its lease alive: three TTLs later it still holds
+    // the very same leader key (never deleted and taken again).
+    let client = teal::state::etcd::EtcdClient::new(etcd.options("/lead/")).expect("client");
+    let held = || async {
+        let (kv, _) = client.get(b"/lead/leader").await.expect("read");
+        kv.expect("a leader key").create_revision
+    };
+    let taken = held().await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        held().await,
+        taken,
+        "the leader key was lost and taken again"
+    );
+    assert_eq!(
+        leader_of(&replicas.iter().collect::<Vec<_>>(), "blue").await,
+        first,
+        "the leadership moved without a failure"
+    );
+    let listed = replicas[first].running.controller.replicas().await;
+    assert!(listed.iter().any(|r| r.leader), "{listed:?}");
     let leader = replicas.remove(first);
     same_version(&leader, &replicas[0]).await;
     leader.trigger.trigger();
     leader.running.wait().await.expect("clean stop");
     // The leader resigned on its way out: the other leads at once.
     let started = tokio::time::Instant::now();
-    leader_of(&[&replicas[0]], "blue").await;
+    leader_of(&[&replicas[0]], "green").await;
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "took {:?}",

@@ -281,7 +281,7 @@ impl Campaign {
                     }
                     Ok(())
                 }
-                w = self.wait_for_change() => w,
+                w = self.wait_for_change(lease) => w,
             };
             if let Err(e) = waited {
                 break TermEnd::Lost(e);
@@ -389,8 +389,19 @@ impl Campaign {
 
     /// Returns when the leader key changes (or the watch ends: the caller
     /// reads the key again either way, so a compacted watch is harmless).
-    async fn wait_for_change(&self) -> Result<(), StateError> {
-        let (_, revision) = self.client.get(&self.key).await?;
+    async fn wait_for_change(&self, lease: i64) -> Result<(), StateError> {
+        let (holder, revision) = self.client.get(&self.key).await?;
+        // The key may have changed between the campaign and this read (the
+        // leader's lease expired): a watch from here would never see it,
+        // so campaign again at once.
+        let same = match (holder, &*self.role.borrow()) {
+            (Some(kv), Role::Leader) => kv.lease == lease,
+            (Some(kv), Role::Follower { leader }) => decode(&kv.value).as_ref() == Some(leader),
+            _ => false,
+        };
+        if !same {
+            return Ok(());
+        }
         let create = pb::WatchRequest {
             request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
                 pb::WatchCreateRequest {
@@ -449,6 +460,16 @@ async fn keep_alive(
     let mut last_ok = tokio::time::Instant::now();
     let error = loop {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
+        // The first request goes in before the call: etcd answers the
+        // call's headers only with its first answer, so awaiting the call
+        // with nothing sent would wait for ever.
+        if tx
+            .send(pb::LeaseKeepAliveRequest { id: lease })
+            .await
+            .is_err()
+        {
+            break client.unavailable("keep-alive channel closed");
+        }
         let stream = async {
             let req = client
                 .request(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -471,11 +492,13 @@ async fn keep_alive(
                 continue;
             }
         };
+        let mut first = true;
         let broken = loop {
-            if tx
-                .send(pb::LeaseKeepAliveRequest { id: lease })
-                .await
-                .is_err()
+            if !std::mem::take(&mut first)
+                && tx
+                    .send(pb::LeaseKeepAliveRequest { id: lease })
+                    .await
+                    .is_err()
             {
                 break client.unavailable("keep-alive channel closed");
             }
