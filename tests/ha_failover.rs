@@ -189,6 +189,24 @@ async fn flip_through_any_replica_and_survive_the_leader_killed_mid_flip() {
         assert_eq!(leader.as_deref(), Some(led_by.as_str()), "one leader");
     }
     let leader = leader.expect("a leader");
+    // `teal status` on any replica lists all three, one leading.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, out, err) = cli(&replicas[2].admin, &["status"]).await;
+        assert_eq!(code, 0, "{err}");
+        let lines: Vec<&str> = out
+            .lines()
+            .skip_while(|l| *l != "replicas:")
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .collect();
+        let leaders = lines.iter().filter(|l| l.contains(" leader ")).count();
+        if lines.len() == 3 && leaders == 1 && lines.iter().any(|l| l.contains(&leader)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "teal status:\n{out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let li = replicas
         .iter()
         .position(|r| r.admin == leader)

@@ -6,7 +6,9 @@
 //! - `teal status`: `{version, services: [service]}`; a service is
 //!   `{name, live, previous, weights: {fleet: weight}, retired: [fleet],
 //!   retirement: {fleet, at_unix_ms} | null, both_fleets_since_unix_ms,
-//!   both_fleets_for_ms, last_change: change | null, in_progress: progress | null}`.
+//!   both_fleets_for_ms, last_change: change | null, in_progress: progress | null}`;
+//!   with replicas on etcd also `replicas: [{id, admin, leader,
+//!   heartbeat_unix_ms, config_digest, proxies, ineligible}]`.
 //! - a change (also each entry of `teal history`: `{service, entries: [change]}`):
 //!   `{id, verb, actor, started_unix_ms, finished_unix_ms, from, to, version,
 //!   outcome, reason, convergence_ms, acks: [{proxy, after_ms}]}`; `outcome`
