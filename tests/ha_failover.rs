@@ -333,3 +333,83 @@ async fn flip_through_any_replica_and_survive_the_leader_killed_mid_flip() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The leader of `replicas`, as `teal status` lists it.
+async fn find_leader(replicas: &[Replica]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(st) = status_json(&replicas[0].admin).await {
+            let leader = st["replicas"].as_array().and_then(|rs| {
+                rs.iter()
+                    .find(|r| r["leader"] == true)
+                    .and_then(|r| r["admin"].as_str().map(str::to_owned))
+            });
+            if let Some(i) = leader.and_then(|a| replicas.iter().position(|r| r.admin == a)) {
+                return i;
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader listed in 20 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_during_pre_checks_leaves_the_flip_ended_and_traffic_where_it_was() {
+    // green's endpoint (127.0.0.1:8102 in the bundled config) accepts and
+    // never answers: the flip's checks of green hang until their timeout.
+    let hang = std::net::TcpListener::bind("127.0.0.1:8102")
+        .expect("this test needs 127.0.0.1:8102, green's endpoint in the bundled config");
+    let etcd = Etcd::start().await;
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(replica(&etcd, "/prechecks/").await);
+    }
+    let li = find_leader(&replicas).await;
+    let admin = replicas[li].admin.clone();
+    let flip = tokio::spawn(async move {
+        cli(&admin, &["flip", "web", "--to", "green", "--timeout", "30s"]).await
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let st = status_json(&replicas[li].admin).await.expect("status");
+        let web = st["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "web"))
+            .cloned()
+            .expect("web");
+        if web["in_progress"]["phase"] == "pre-checks" {
+            break web["in_progress"]["id"].as_u64().expect("id");
+        }
+        assert!(Instant::now() < deadline, "never in pre-checks: {web}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    replicas[li].kill9().await;
+    let _ = flip.await;
+    let survivor = &replicas[(li + 1) % 3];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let entry = loop {
+        let (_, out, _) = cli(&survivor.admin, &["history", "web", "-o", "json"]).await;
+        let history: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        if let Some(e) = history["entries"]
+            .as_array()
+            .and_then(|h| h.iter().find(|e| e["id"].as_u64() == Some(id)).cloned())
+        {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "#{id} never ended: {history}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Nothing was committed: traffic stays on blue, on every survivor.
+    assert_ne!(entry["outcome"], "succeeded", "{entry}");
+    for r in replicas.iter().enumerate().filter(|(i, _)| *i != li) {
+        let st = status_json(&r.1.admin).await.expect("status");
+        let web = st["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "web"))
+            .cloned()
+            .expect("web");
+        assert_eq!(web["live"], "blue", "{web}");
+        assert!(web["in_progress"].is_null(), "{web}");
+    }
+    drop(hang);
+}
