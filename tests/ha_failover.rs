@@ -1,9 +1,11 @@
 //! Replicas as operators run them: three real `teal serve` processes on one
 //! real etcd, driven through the real CLI. `teal flip` works against any
 //! replica (a follower names the leader, the CLI asks it once), and a
-//! leader killed with `kill -9` while a flip waits for ACKs is replaced
-//! within the lease TTL + 2 s by a replica that ends the flip, with its
-//! history entry, leaving every replica on one committed version.
+//! leader killed with `kill -9` in the middle of a flip (during its
+//! pre-checks, while it waits for ACKs after the commit, during its
+//! post-checks) is replaced within the lease TTL + 2 s by a replica that
+//! ends the flip, with its history entry, leaving every replica on one
+//! committed version.
 
 mod support;
 
@@ -20,6 +22,10 @@ use tokio::process::{Child, Command};
 use support::etcd::{Etcd, free_port};
 
 const TEAL: &str = env!("CARGO_BIN_EXE_teal");
+
+/// Green's endpoint in the bundled config, 127.0.0.1:8102, is taken by
+/// one test at a time.
+static GREEN_PORT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const LEASE_SECS: u64 = 2;
 
 struct Replica {
@@ -355,6 +361,7 @@ async fn find_leader(replicas: &[Replica]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_killed_during_pre_checks_leaves_the_flip_ended_and_traffic_where_it_was() {
+    let _port = GREEN_PORT.lock().await;
     // green's endpoint (127.0.0.1:8102 in the bundled config) accepts and
     // never answers: the flip's checks of green hang until their timeout.
     let hang = std::net::TcpListener::bind("127.0.0.1:8102")
@@ -367,7 +374,11 @@ async fn a_leader_killed_during_pre_checks_leaves_the_flip_ended_and_traffic_whe
     let li = find_leader(&replicas).await;
     let admin = replicas[li].admin.clone();
     let flip = tokio::spawn(async move {
-        cli(&admin, &["flip", "web", "--to", "green", "--timeout", "30s"]).await
+        cli(
+            &admin,
+            &["flip", "web", "--to", "green", "--timeout", "30s"],
+        )
+        .await
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     let id = loop {
@@ -412,4 +423,117 @@ async fn a_leader_killed_during_pre_checks_leaves_the_flip_ended_and_traffic_whe
         assert!(web["in_progress"].is_null(), "{web}");
     }
     drop(hang);
+}
+
+/// Answers green's checks (`/` with `<html>`, `/healthz`) for the first
+/// `answered` connections, then accepts and never answers: a flip's
+/// pre-checks pass and its post-checks hang.
+async fn checks_then_hang(answered: usize) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:8102")
+        .await
+        .expect("this test needs 127.0.0.1:8102, green's endpoint in the bundled config");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        let mut n = 0;
+        while let Ok((mut conn, _)) = listener.accept().await {
+            n += 1;
+            if n > answered {
+                held.push(conn);
+                continue;
+            }
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let _ = conn
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\n<html>",
+                    )
+                    .await;
+            });
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_during_post_checks_leaves_one_committed_version() {
+    let _port = GREEN_PORT.lock().await;
+    let server = checks_then_hang(2).await;
+    let etcd = Etcd::start().await;
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(replica(&etcd, "/postchecks/").await);
+    }
+    let li = find_leader(&replicas).await;
+    let admin = replicas[li].admin.clone();
+    let flip = tokio::spawn(async move {
+        cli(
+            &admin,
+            &["flip", "web", "--to", "green", "--timeout", "30s"],
+        )
+        .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let st = status_json(&replicas[li].admin).await.expect("status");
+        let web = st["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "web"))
+            .cloned()
+            .expect("web");
+        if web["in_progress"]["phase"] == "post-checks" {
+            break web["in_progress"]["id"].as_u64().expect("id");
+        }
+        assert!(Instant::now() < deadline, "never in post-checks: {web}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    replicas[li].kill9().await;
+    let _ = flip.await;
+    let survivors: Vec<&Replica> = replicas
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != li)
+        .map(|(_, r)| r)
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let entry = loop {
+        let (_, out, _) = cli(&survivors[0].admin, &["history", "web", "-o", "json"]).await;
+        let history: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        if let Some(e) = history["entries"]
+            .as_array()
+            .and_then(|h| h.iter().find(|e| e["id"].as_u64() == Some(id)).cloned())
+        {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "#{id} never ended: {history}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Rolled forward (green) or back (blue), the same on every survivor,
+    // nothing in flight.
+    let want = if entry["outcome"] == "succeeded" {
+        "green"
+    } else {
+        "blue"
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for r in &survivors {
+        loop {
+            let st = status_json(&r.admin).await.expect("status");
+            let web = st["services"]
+                .as_array()
+                .and_then(|s| s.iter().find(|s| s["name"] == "web"))
+                .cloned()
+                .expect("web");
+            if web["live"] == want && web["in_progress"].is_null() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{entry}\n{web}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let a = status_json(&survivors[0].admin).await.expect("status");
+    let b = status_json(&survivors[1].admin).await.expect("status");
+    assert_eq!(a["version"], b["version"]);
+    eprintln!("post-checks kill: #{id} ended {}", entry["outcome"]);
+    server.abort();
 }
