@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 
 use super::{PersistedState, Revision, StateError, StateStore, Stored};
 
@@ -105,7 +105,9 @@ impl EtcdOptions {
 /// set. Every unary call is bounded by [`REQUEST_TIMEOUT`].
 #[derive(Clone, Debug)]
 pub struct EtcdClient {
-    channel: Channel,
+    /// One lazily connected channel per member (never empty).
+    channels: Arc<Vec<Channel>>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
     opts: Arc<EtcdOptions>,
     /// The auth token, once authenticated.
     token: Arc<Mutex<Option<MetadataValue<tonic::metadata::Ascii>>>>,
@@ -122,48 +124,49 @@ impl EtcdClient {
         if opts.endpoints.is_empty() {
             return Err(bad("no etcd endpoint given".to_owned()));
         }
+        // TLS through the connector the CLI uses (rustls, ring): one TLS
+        // stack in teal, and no plaintext path on a TLS endpoint.
         let tls = match &opts.tls {
             None => None,
             Some(t) => {
-                let mut cfg = ClientTlsConfig::new();
-                cfg = match &t.ca {
-                    Some(ca) => cfg.ca_certificate(Certificate::from_pem(
-                        read_small(ca).map_err(|e| bad(e.to_string()))?,
-                    )),
-                    None => cfg.with_native_roots(),
+                let identity = match (&t.cert, &t.key) {
+                    (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+                    (None, None) => None,
+                    _ => return Err(bad("--store-cert and --store-key go together".to_owned())),
                 };
-                if let (Some(cert), Some(key)) = (&t.cert, &t.key) {
-                    cfg = cfg.identity(Identity::from_pem(
-                        read_small(cert).map_err(|e| bad(e.to_string()))?,
-                        read_small(key).map_err(|e| bad(e.to_string()))?,
-                    ));
-                }
-                Some(cfg)
+                let config = crate::tls::client_config(t.ca.as_deref(), identity)
+                    .map_err(|e| bad(e.to_string()))?;
+                Some(crate::tls::TlsConnector::new(config))
             }
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let mut endpoints = Vec::new();
+        let mut channels = Vec::new();
         for hp in &opts.endpoints {
-            let mut ep = Endpoint::from_shared(format!("{scheme}://{hp}"))
+            let ep = Endpoint::from_shared(format!("{scheme}://{hp}"))
                 .map_err(|e| bad(format!("{hp}: {e}")))?
                 .connect_timeout(Duration::from_secs(2))
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(5))
                 .keep_alive_while_idle(true);
-            if let Some(cfg) = &tls {
-                ep = ep
-                    .tls_config(cfg.clone())
-                    .map_err(|e| bad(format!("{hp}: {e}")))?;
-            }
-            endpoints.push(ep);
+            channels.push(match &tls {
+                Some(connector) => ep.connect_with_connector_lazy(connector.clone()),
+                None => ep.connect_lazy(),
+            });
         }
-        let channel = Channel::balance_list(endpoints.into_iter());
         Ok(EtcdClient {
-            channel,
+            channels: Arc::new(channels),
+            current: Arc::default(),
             opts: Arc::new(opts),
             token: Arc::default(),
         })
+    }
+
+    /// The member requests go to now; a request that finds it away moves
+    /// on to the next one ([`EtcdClient::status_error`]).
+    fn channel(&self) -> Channel {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.channels.len();
+        self.channels[i].clone()
     }
 
     /// The options it was made with.
@@ -184,17 +187,17 @@ impl EtcdClient {
 
     /// The KV service.
     pub fn kv(&self) -> KvClient<Channel> {
-        KvClient::new(self.channel.clone()).max_decoding_message_size(self.max_decode())
+        KvClient::new(self.channel()).max_decoding_message_size(self.max_decode())
     }
 
     /// The Watch service.
     pub fn watch_service(&self) -> WatchClient<Channel> {
-        WatchClient::new(self.channel.clone()).max_decoding_message_size(self.max_decode())
+        WatchClient::new(self.channel()).max_decoding_message_size(self.max_decode())
     }
 
     /// The Lease service.
     pub fn lease(&self) -> LeaseClient<Channel> {
-        LeaseClient::new(self.channel.clone()).max_decoding_message_size(self.max_decode())
+        LeaseClient::new(self.channel()).max_decoding_message_size(self.max_decode())
     }
 
     /// `message` as a request carrying the auth token (authenticating
@@ -214,7 +217,7 @@ impl EtcdClient {
         if let Some(t) = self.lock_token().clone() {
             return Ok(Some(t));
         }
-        let mut auth = AuthClient::new(self.channel.clone()).max_decoding_message_size(64 << 10);
+        let mut auth = AuthClient::new(self.channel()).max_decoding_message_size(64 << 10);
         let answer = tokio::time::timeout(
             REQUEST_TIMEOUT,
             auth.authenticate(pb::AuthenticateRequest {
@@ -252,7 +255,12 @@ impl EtcdClient {
         for attempt in 0..2 {
             let req = self.request(message.clone()).await?;
             match tokio::time::timeout(REQUEST_TIMEOUT, f(req)).await {
-                Err(_) => return Err(self.unavailable("request timed out")),
+                Err(_) => {
+                    // Too slow: the next request tries the next member.
+                    self.current
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Err(self.unavailable("request timed out"));
+                }
                 Ok(Ok(answer)) => return Ok(answer.into_inner()),
                 Ok(Err(s))
                     if s.code() == tonic::Code::Unauthenticated
@@ -273,6 +281,14 @@ impl EtcdClient {
     pub fn status_error(&self, s: tonic::Status) -> StateError {
         use tonic::Code;
         let reason = crate::text::untrusted(s.message()).to_string();
+        if matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+        ) {
+            // This member is away: the next request tries the next one.
+            self.current
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         match s.code() {
             Code::Unavailable
             | Code::DeadlineExceeded
@@ -315,22 +331,6 @@ impl EtcdClient {
         let revision = answer.header.map_or(0, |h| h.revision);
         Ok((answer.kvs.into_iter().next(), revision))
     }
-}
-
-/// Reads a certificate or key file, at most 1 MiB.
-fn read_small(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take((1 << 20) + 1).read_to_end(&mut bytes))
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-    if bytes.len() > 1 << 20 {
-        return Err(std::io::Error::other(format!(
-            "{}: larger than 1 MiB",
-            path.display()
-        )));
-    }
-    Ok(bytes)
 }
 
 #[derive(Serialize)]
