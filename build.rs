@@ -1,10 +1,13 @@
-//! Two jobs:
+//! Three jobs:
 //!
 //! 1. Compiles teal's admin API (`proto/teal/admin/v1/admin.proto`) into
 //!    Rust with `protox` (a protobuf compiler in Rust, so no system
 //!    `protoc` is needed) and `tonic-prost-build`; `src/admin/pb.rs`
 //!    includes the result.
-//! 2. Makes the protobuf descriptor set that `envoy-types` ships available to
+//! 2. Compiles the part of etcd's v3 API the etcd state store speaks
+//!    (`proto/etcd/rpc.proto`) the same way, client side only;
+//!    `src/state/etcd.rs` includes the result.
+//! 3. Makes the protobuf descriptor set that `envoy-types` ships available to
 //!    `teal::config::render` as `$OUT_DIR/envoy_types.bin`.
 //!
 //! `envoy-types` compiles its descriptor set (`src/generated/types.bin`)
@@ -18,10 +21,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const ADMIN_PROTO: &str = "proto/teal/admin/v1/admin.proto";
+const ETCD_PROTO: &str = "proto/etcd/rpc.proto";
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     compile_admin_proto();
+    compile_etcd_proto();
     copy_envoy_descriptors();
 }
 
@@ -34,6 +39,16 @@ fn compile_admin_proto() {
         .btree_map(".")
         .compile_fds(fds)
         .unwrap_or_else(|e| panic!("generate the admin API from {ADMIN_PROTO}: {e}"));
+}
+
+fn compile_etcd_proto() {
+    println!("cargo::rerun-if-changed={ETCD_PROTO}");
+    let fds =
+        protox::compile([ETCD_PROTO], ["proto"]).unwrap_or_else(|e| panic!("{ETCD_PROTO}: {e}"));
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_fds(fds)
+        .unwrap_or_else(|e| panic!("generate the etcd client from {ETCD_PROTO}: {e}"));
 }
 
 fn copy_envoy_descriptors() {

@@ -11,7 +11,8 @@
 //! - [`resources`]: the four xDS resource types, in make-before-break order.
 //! - [`registration`]: endpoints a deploy pipeline or an instance registers through the admin API, with TTLs.
 //! - [`cordon`]: proxies that operations do not wait for, kept durably.
-//! - [`state`]: durable state (live fleets, weights, versions, history) and where it is kept.
+//! - [`state`]: durable state (live fleets, weights, versions, history) and where it is kept (a directory, or etcd).
+//! - [`ha`]: replicas on etcd: which one leads.
 //! - [`kubernetes`]: fleets whose endpoints are a Kubernetes Service's ready EndpointSlice
 //!   endpoints, watched and coalesced (feature `kubernetes`, on by default).
 //! - [`checks`]: the HTTP checks a rollout sends straight to a fleet's endpoints.
@@ -33,6 +34,7 @@ pub mod config;
 pub mod controller;
 pub mod cordon;
 pub mod exit;
+pub mod ha;
 pub mod identity;
 pub mod kubernetes;
 pub mod listener;

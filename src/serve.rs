@@ -26,7 +26,7 @@ use crate::listener::{ConnectionLimits, Port};
 use crate::rollout::Backend;
 use crate::shutdown::Shutdown;
 use crate::snapshot_store::snapshot_store;
-use crate::state::{FileStore, MemoryStore, StateError, StateStore};
+use crate::state::{EtcdStore, FileStore, MemoryStore, StateError, StateStore};
 use crate::tls::{Reloaded, ServerTls, TlsError, TlsFiles};
 use crate::xds::{ProxyRegistry, XdsServer, XdsServerConfig};
 
@@ -47,8 +47,17 @@ pub struct ServeOptions {
     /// `TEAL_ADMIN_TOKEN` environment variable adds a token named `admin`.
     pub admin_tokens: Option<PathBuf>,
     /// Where the durable state lives; `None` keeps it in memory only
-    /// (tests and throwaway runs).
+    /// (tests and throwaway runs). With [`ServeOptions::etcd`], only the
+    /// local files (cordons, the local admin token) live here.
     pub state_dir: Option<PathBuf>,
+    /// Keep the state in etcd, shared with other replicas, instead of in
+    /// `state_dir`.
+    pub etcd: Option<crate::state::EtcdOptions>,
+    /// With etcd: the TTL of the lease that holds the leadership.
+    pub leader_lease: Duration,
+    /// With etcd: the admin address other replicas send the CLI to when
+    /// this replica leads; the bound admin address by default.
+    pub advertise_admin: Option<String>,
     /// xDS server tunables.
     pub xds: XdsServerConfig,
     /// Bounds on the admin port's connections.
@@ -78,6 +87,9 @@ impl ServeOptions {
             admin_addr: any_port,
             watch_interval: Duration::from_secs(1),
             state_dir: None,
+            etcd: None,
+            leader_lease: crate::ha::DEFAULT_LEASE,
+            advertise_admin: None,
             admin_tokens: None,
             xds: XdsServerConfig::default(),
             admin_connections: ConnectionLimits::default_for(Port::Admin),
@@ -315,6 +327,17 @@ fn failed(task: &'static str, how: String) -> ServeError {
     ServeError::TaskFailed { task, how }
 }
 
+/// The digest replicas compare their configs by: SHA-256 of the file's
+/// bytes, first 12 hex digits.
+fn config_digest(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Runs `teal serve` until `shutdown`.
 pub async fn run(opts: ServeOptions, shutdown: Shutdown) -> Result<(), ServeError> {
     start(opts, shutdown).await?.wait().await
@@ -355,10 +378,10 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     identities.set(IdentityPolicy::of(&config));
 
     let (writer, reader) = snapshot_store();
-    let store: Arc<dyn StateStore> = match &opts.state_dir {
-        Some(dir) => Arc::new(FileStore::open(dir)?),
-        None => Arc::new(MemoryStore::default()),
-    };
+    if let (Some(_), Some(dir)) = (&opts.etcd, &opts.state_dir) {
+        // With etcd no file store creates it; the local files need it.
+        std::fs::create_dir_all(dir).map_err(|e| StateError::io(dir, e))?;
+    }
     let tokens = with_local_token(Tokens::load(opts.admin_tokens.as_deref())?, &opts)?;
     let metrics = Arc::new(Metrics::new());
     let cordons = match &opts.state_dir {
@@ -367,24 +390,56 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     };
     let registry: Arc<ProxyRegistry> =
         ProxyRegistry::with_sink_and_cordons(metrics.clone(), Arc::new(cordons));
+    // Bound first: a replica's leader record names its admin address.
+    let listener = bind(opts.xds_addr).await?;
+    let xds_addr = local_addr(&listener, opts.xds_addr)?;
+    let admin_listener = bind(opts.admin_addr).await?;
+    let admin_addr = local_addr(&admin_listener, opts.admin_addr)?;
+    let (store, leadership): (Arc<dyn StateStore>, _) = match (&opts.etcd, &opts.state_dir) {
+        (Some(etcd), _) => {
+            let store = EtcdStore::open(etcd.clone())?;
+            let me = crate::ha::ReplicaInfo {
+                id: crate::ha::new_replica_id(),
+                admin: opts
+                    .advertise_admin
+                    .clone()
+                    .unwrap_or_else(|| admin_addr.to_string()),
+                config_digest: config_digest(&source.last),
+            };
+            tracing::info!(replica = %me.id, admin = %me.admin, config = %me.config_digest,
+                lease = ?opts.leader_lease, "replica on etcd; campaigning to lead");
+            let leadership = crate::ha::Leadership::start(
+                store.client().clone(),
+                me,
+                opts.leader_lease,
+                Some(registry.clone()),
+                shutdown.clone(),
+            );
+            (Arc::new(store) as Arc<dyn StateStore>, Some(leadership))
+        }
+        (None, Some(dir)) => (Arc::new(FileStore::open(dir)?) as Arc<dyn StateStore>, None),
+        (None, None) => (
+            Arc::new(MemoryStore::default()) as Arc<dyn StateStore>,
+            None,
+        ),
+    };
     let kube_config = config.clone();
-    let (controller, driver) = controller::start(
+    let (controller, driver) = controller::start_replica(
         config,
         writer,
         store,
         registry.clone(),
         metrics.clone(),
         shutdown.clone(),
+        leadership,
     )
     .await?;
     let controller = controller.with_endpoint_limits(opts.endpoint_limits);
     tracing::info!(config = %source.name(), version = %controller.snapshot().version(), "serving config");
+    // The ports are bound but not yet served: proxies that connect now
+    // wait in the backlog until Kubernetes fleets have their first lists.
     let mut kube = KubeFleets::new(controller.clone(), opts.kube);
     kube.follow(&kube_config).await;
-    let listener = bind(opts.xds_addr).await?;
-    let xds_addr = local_addr(&listener, opts.xds_addr)?;
-    let admin_listener = bind(opts.admin_addr).await?;
-    let admin_addr = local_addr(&admin_listener, opts.admin_addr)?;
     let backend: Arc<dyn Backend> = Arc::new(controller.clone());
     let xds_config = XdsServerConfig {
         tls: xds_tls.clone(),

@@ -205,6 +205,7 @@ pub fn status_view(v: &StatusView) -> pb::StatusResponse {
         version: v.version.clone(),
         services: v.services.iter().map(service_status).collect(),
         cordons: Vec::new(),
+        replicas: Vec::new(),
     }
 }
 

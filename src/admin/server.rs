@@ -166,6 +166,21 @@ impl Admin for AdminService {
         let view = self.backend.status(service.as_deref()).await?;
         let mut response = convert::status_view(&view);
         response.cordons = self.cordons();
+        response.replicas = self
+            .backend
+            .replicas()
+            .await
+            .into_iter()
+            .map(|r| pb::Replica {
+                id: r.info.id,
+                admin: r.info.admin,
+                leader: r.leader,
+                heartbeat_unix_ms: i64::try_from(r.heartbeat_unix_ms).unwrap_or(i64::MAX),
+                config_digest: r.info.config_digest,
+                proxies: r.proxies,
+                ineligible: r.ineligible.unwrap_or_default(),
+            })
+            .collect();
         Ok(Response::new(response))
     }
 

@@ -84,8 +84,11 @@ impl Failure {
             | ErrorKind::Busy
             | ErrorKind::CannotAbort
             | ErrorKind::NoSuchOperation
-            | ErrorKind::Limit => Failure::new(EX_REFUSED, format!("refused: {msg}")),
-            ErrorKind::Store | ErrorKind::ShuttingDown => {
+            | ErrorKind::Limit
+            // The replica is up and keeps serving; the change is refused
+            // until its store is back.
+            | ErrorKind::StoreUnavailable => Failure::new(EX_REFUSED, format!("refused: {msg}")),
+            ErrorKind::Store | ErrorKind::ShuttingDown | ErrorKind::NotLeader => {
                 Failure::new(EX_UNAVAILABLE, format!("the server could not act: {msg}"))
             }
         }
@@ -173,6 +176,8 @@ pub struct Conn {
     token: Option<String>,
     /// Whether the connection is TLS.
     tls: bool,
+    /// What it was made from, to reach a replica's leader.
+    target: Target,
 }
 
 impl Conn {
@@ -219,7 +224,46 @@ impl Conn {
             addr,
             token,
             tls,
+            target: target.clone(),
         })
+    }
+
+    /// When `call` failed on a replica that does not lead and names the
+    /// leader (another address), a connection to the leader, said on
+    /// `err`; the caller retries there once. A token from the command
+    /// line goes along; the local token only to a loopback address.
+    pub async fn leader_redirect<T>(
+        &self,
+        call: &Result<T, Status>,
+        err: &mut dyn Write,
+    ) -> Result<Option<Conn>, Failure> {
+        let Err(status) = call else {
+            return Ok(None);
+        };
+        if ErrorKind::of(status) != Some(ErrorKind::NotLeader) {
+            return Ok(None);
+        }
+        let Some(leader) = status
+            .metadata()
+            .get(crate::rollout::LEADER_KEY)
+            .and_then(|v| v.to_str().ok())
+            .filter(|a| *a != self.addr && a.len() <= 256)
+        else {
+            return Ok(None);
+        };
+        let _ = writeln!(
+            err,
+            "{} does not lead; asking the leader at {}",
+            untrusted(&self.addr),
+            untrusted(leader)
+        );
+        let mut target = self.target.clone();
+        target.addr = if self.tls && !leader.contains("://") {
+            format!("https://{leader}")
+        } else {
+            leader.to_owned()
+        };
+        Conn::connect(&target).await.map(Some)
     }
 
     /// A request without the token: reads never send it, so a server

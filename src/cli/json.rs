@@ -6,7 +6,9 @@
 //! - `teal status`: `{version, services: [service]}`; a service is
 //!   `{name, live, previous, weights: {fleet: weight}, retired: [fleet],
 //!   retirement: {fleet, at_unix_ms} | null, both_fleets_since_unix_ms,
-//!   both_fleets_for_ms, last_change: change | null, in_progress: progress | null}`.
+//!   both_fleets_for_ms, last_change: change | null, in_progress: progress | null}`;
+//!   with replicas on etcd also `replicas: [{id, admin, leader,
+//!   heartbeat_unix_ms, config_digest, proxies, ineligible}]`.
 //! - a change (also each entry of `teal history`: `{service, entries: [change]}`):
 //!   `{id, verb, actor, started_unix_ms, finished_unix_ms, from, to, version,
 //!   outcome, reason, convergence_ms, acks: [{proxy, after_ms}]}`; `outcome`
@@ -130,5 +132,10 @@ pub fn status(s: &pb::StatusResponse, now: std::time::SystemTime) -> Value {
         .iter()
         .map(|c| json!({"node_id": c.node_id, "reason": c.reason, "actor": c.actor, "since_unix_ms": c.since_unix_ms}))
         .collect();
-    json!({"version": s.version, "services": services, "cordons": cordons})
+    let replicas: Vec<Value> = s
+        .replicas
+        .iter()
+        .map(|r| json!({"id": r.id, "admin": r.admin, "leader": r.leader, "heartbeat_unix_ms": r.heartbeat_unix_ms, "config_digest": r.config_digest, "proxies": r.proxies, "ineligible": (!r.ineligible.is_empty()).then_some(&r.ineligible)}))
+        .collect();
+    json!({"version": s.version, "services": services, "cordons": cordons, "replicas": replicas})
 }

@@ -229,6 +229,20 @@ pub struct ServeArgs {
     /// Keep state in memory only: nothing survives a restart.
     #[arg(long, conflicts_with = "state_dir")]
     pub ephemeral: bool,
+    /// Where the durable state is kept, shared by replicas:
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (prefix `/teal/` by
+    /// default), or `file://PATH` (the same as --state-dir PATH). With
+    /// etcd, --state-dir keeps only this replica's local files.
+    #[arg(
+        long,
+        env = "TEAL_STORE",
+        value_name = "URL",
+        conflicts_with = "ephemeral"
+    )]
+    pub store: Option<crate::state::StoreSpec>,
+    /// etcd access.
+    #[command(flatten)]
+    pub store_access: StoreArgs,
     /// Seconds between checks of the config file for changes (0.1 to 3600).
     #[arg(long, default_value = "1", value_parser = watch_interval)]
     pub watch_interval: Duration,
@@ -258,6 +272,69 @@ pub struct ServeArgs {
     /// TLS on both ports.
     #[command(flatten)]
     pub tls: TlsArgs,
+}
+
+/// How `teal serve` reaches etcd (with `--store etcd://...`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "State store")]
+pub struct StoreArgs {
+    /// CA (PEM) of etcd's certificates; turns on TLS to etcd.
+    #[arg(long, value_name = "FILE")]
+    pub store_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd; turns on TLS to etcd.
+    #[arg(long, value_name = "FILE", requires = "store_key")]
+    pub store_cert: Option<PathBuf>,
+    /// Private key (PEM) of --store-cert.
+    #[arg(long, value_name = "FILE", requires = "store_cert")]
+    pub store_key: Option<PathBuf>,
+    /// etcd user; the password comes from TEAL_STORE_PASSWORD.
+    #[arg(long, value_name = "NAME")]
+    pub store_user: Option<String>,
+    /// Largest value teal reads from (or writes to) etcd, in bytes; a
+    /// larger stored state is refused whole, never applied.
+    #[arg(long, default_value_t = crate::state::etcd::DEFAULT_MAX_VALUE_BYTES as u64,
+          value_parser = clap::value_parser!(u64).range(4096..=1 << 30))]
+    pub store_max_value_bytes: u64,
+    /// Seconds of the etcd lease that holds the leadership (1 to 60): a
+    /// dead leader is replaced within about this long.
+    #[arg(long, default_value = "5", value_parser = leader_lease)]
+    pub leader_lease: Duration,
+    /// The admin address other replicas send the CLI to while this one
+    /// leads (default: --admin-addr).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise_admin: Option<String>,
+}
+
+fn leader_lease(s: &str) -> Result<Duration, String> {
+    let d = seconds_in(s, 1.0, 60.0)?;
+    // etcd leases are whole seconds.
+    Ok(Duration::from_secs(d.as_secs().max(1)))
+}
+
+impl StoreArgs {
+    /// The etcd options for `endpoints` and `prefix`.
+    fn etcd(
+        &self,
+        endpoints: Vec<String>,
+        prefix: String,
+    ) -> Result<crate::state::EtcdOptions, String> {
+        let mut opts = crate::state::EtcdOptions::new(endpoints, prefix);
+        opts.max_value_bytes = usize::try_from(self.store_max_value_bytes)
+            .map_err(|_| "--store-max-value-bytes is too large".to_owned())?;
+        if self.store_ca.is_some() || self.store_cert.is_some() {
+            opts.tls = Some(crate::state::etcd::EtcdTls {
+                ca: self.store_ca.clone(),
+                cert: self.store_cert.clone(),
+                key: self.store_key.clone(),
+            });
+        }
+        if let Some(user) = &self.store_user {
+            let password = std::env::var("TEAL_STORE_PASSWORD")
+                .map_err(|_| "--store-user needs the password in TEAL_STORE_PASSWORD".to_owned())?;
+            opts.user = Some((user.clone(), password));
+        }
+        Ok(opts)
+    }
 }
 
 /// TLS options of `teal serve`. The files are re-read when they change
@@ -402,13 +479,29 @@ fn serve_command(args: ServeArgs) -> u8 {
             return config_commands::EX_SOFTWARE;
         }
     };
+    let (state_dir, etcd) = match args.store {
+        Some(crate::state::StoreSpec::File(dir)) => (Some(dir), None),
+        Some(crate::state::StoreSpec::Etcd { endpoints, prefix }) => {
+            match args.store_access.etcd(endpoints, prefix) {
+                Ok(etcd) => (Some(args.state_dir), Some(etcd)),
+                Err(e) => {
+                    eprintln!("teal: {e}");
+                    return crate::exit::EX_USAGE;
+                }
+            }
+        }
+        None => ((!args.ephemeral).then_some(args.state_dir), None),
+    };
     let mut opts = ServeOptions {
         config: args.config,
         config_limits: args.config_limits,
         xds_addr: args.xds_addr,
         admin_addr: args.admin_addr,
         watch_interval: args.watch_interval,
-        state_dir: (!args.ephemeral).then_some(args.state_dir),
+        state_dir,
+        etcd,
+        leader_lease: args.store_access.leader_lease,
+        advertise_admin: args.store_access.advertise_admin.clone(),
         admin_tokens: args.admin_tokens,
         xds: crate::xds::XdsServerConfig {
             drain: args.drain,

@@ -27,8 +27,13 @@ pub async fn flip(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<u8, Failure> {
-    let req = conn.signed(r);
-    let call = conn.client.flip(req).await;
+    let call = conn.client.flip(conn.signed(r.clone())).await;
+    // A replica that does not lead names the leader: asked there once.
+    if let Some(leader) = conn.leader_redirect(&call, err).await? {
+        *conn = leader;
+        let call = conn.client.flip(conn.signed(r)).await;
+        return run(conn, call, out, err).await;
+    }
     run(conn, call, out, err).await
 }
 
@@ -40,8 +45,13 @@ pub async fn shift(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<u8, Failure> {
-    let req = conn.signed(r);
-    let call = conn.client.shift(req).await;
+    let call = conn.client.shift(conn.signed(r.clone())).await;
+    // A replica that does not lead names the leader: asked there once.
+    if let Some(leader) = conn.leader_redirect(&call, err).await? {
+        *conn = leader;
+        let call = conn.client.shift(conn.signed(r)).await;
+        return run(conn, call, out, err).await;
+    }
     run(conn, call, out, err).await
 }
 
@@ -52,8 +62,13 @@ pub async fn rollback(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<u8, Failure> {
-    let req = conn.signed(r);
-    let call = conn.client.rollback(req).await;
+    let call = conn.client.rollback(conn.signed(r.clone())).await;
+    // A replica that does not lead names the leader: asked there once.
+    if let Some(leader) = conn.leader_redirect(&call, err).await? {
+        *conn = leader;
+        let call = conn.client.rollback(conn.signed(r)).await;
+        return run(conn, call, out, err).await;
+    }
     run(conn, call, out, err).await
 }
 
@@ -64,8 +79,13 @@ pub async fn retire(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<u8, Failure> {
-    let req = conn.signed(r);
-    let call = conn.client.retire(req).await;
+    let call = conn.client.retire(conn.signed(r.clone())).await;
+    // A replica that does not lead names the leader: asked there once.
+    if let Some(leader) = conn.leader_redirect(&call, err).await? {
+        *conn = leader;
+        let call = conn.client.retire(conn.signed(r)).await;
+        return run(conn, call, out, err).await;
+    }
     run(conn, call, out, err).await
 }
 
@@ -133,8 +153,20 @@ pub async fn uncordon(
 
 /// `teal abort`.
 pub async fn abort(conn: &mut Conn, id: u64, out: &mut dyn Write) -> Result<u8, Failure> {
-    let req = conn.signed(pb::AbortRequest { id });
-    conn.client.abort(req).await.map_err(|e| conn.fail(&e))?;
+    let call = conn
+        .client
+        .abort(conn.signed(pb::AbortRequest { id }))
+        .await;
+    let call = match conn.leader_redirect(&call, &mut std::io::sink()).await? {
+        Some(leader) => {
+            *conn = leader;
+            conn.client
+                .abort(conn.signed(pb::AbortRequest { id }))
+                .await
+        }
+        None => call,
+    };
+    call.map_err(|e| conn.fail(&e))?;
     let _ = writeln!(
         out,
         "asked operation #{id} to stop; follow it with: teal follow {id}"

@@ -182,6 +182,24 @@ pub fn status_text(s: &pb::StatusResponse, now: i64) -> String {
             ));
         }
     }
+    if !s.replicas.is_empty() {
+        text.push_str("\nreplicas:\n");
+        for r in &s.replicas {
+            let role = if r.leader { "leader" } else { "follower" };
+            let why = if r.ineligible.is_empty() {
+                String::new()
+            } else {
+                format!("; may not lead: {}", untrusted(&r.ineligible))
+            };
+            text.push_str(&format!(
+                "  {} {role:<8} heartbeat {} ago, config {}, {} proxies{why}\n",
+                untrusted(&r.admin).max_chars(table::CELL_MAX_CHARS),
+                ago(r.heartbeat_unix_ms, now),
+                untrusted(&r.config_digest),
+                r.proxies
+            ));
+        }
+    }
     if !s.cordons.is_empty() {
         text.push_str("\ncordoned proxies (operations do not wait for them):\n");
         for c in &s.cordons {

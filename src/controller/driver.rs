@@ -95,6 +95,8 @@ pub(super) struct Driver {
     /// does not walk every registration on every event; refreshed
     /// wherever registrations change (only [`super::endpoints`] does).
     pub(super) next_expiry_at: Option<SystemTime>,
+    /// With replicas: who leads. Only the leader runs operations.
+    pub(super) leadership: Option<crate::ha::Leadership>,
 }
 
 impl Driver {
@@ -159,7 +161,7 @@ impl Driver {
     /// The weights `state` serves. A split that does not fit the config
     /// is an error, never replaced by the config's `live`: that would move
     /// traffic nobody asked to move.
-    fn weights_of(&self, state: &PersistedState) -> Result<Weights, WeightsError> {
+    pub(super) fn weights_of(&self, state: &PersistedState) -> Result<Weights, WeightsError> {
         let mut w = Weights::initial(&self.config);
         for (name, st) in &state.services {
             w.set(&self.config, name, &st.weights)?;
@@ -275,6 +277,9 @@ impl Driver {
     ) {
         let mut proxies = self.registry.watch();
         let changes = self.registry.feed();
+        // Other replicas' saves, with a shared store; and who leads.
+        let mut saved = self.store.watch();
+        let mut roles = self.leadership.as_ref().map(crate::ha::Leadership::watch);
         loop {
             let deadline = self
                 .running
@@ -303,6 +308,12 @@ impl Driver {
                 }
                 () = sleep_until(self.next_expiry()) => {
                     self.expire_registrations(SystemTime::now()).await;
+                }
+                Some(stored) = super::replica::saved_elsewhere(&mut saved) => {
+                    self.adopt_logged(stored);
+                }
+                Some(role) = super::replica::role_changed(&mut roles) => {
+                    self.on_role(role).await;
                 }
                 () = sleep_until(deadline) => {
                     let services: Vec<String> = self.running.keys().cloned().collect();
@@ -336,6 +347,10 @@ impl Driver {
     }
 
     async fn handle(&mut self, cmd: Command) {
+        let cmd = match self.leader_only(cmd) {
+            Some(cmd) => cmd,
+            None => return,
+        };
         match cmd {
             Command::Start { op, actor, reply } => {
                 let service = op.service().to_owned();
@@ -608,7 +623,7 @@ impl Driver {
             .store
             .save(&next, self.revision)
             .await
-            .map_err(|e| RolloutError::Store(e.to_string()))?;
+            .map_err(RolloutError::from)?;
         self.state = next;
         let (tx, rx) = watch::channel(rollout.progress());
         tracing::info!(id, %service, verb = %op.verb(), %actor, "operation started");

@@ -22,6 +22,7 @@ mod driver;
 mod endpoints;
 mod follow;
 mod reconcile;
+mod replica;
 mod views;
 
 use std::collections::{BTreeMap, HashMap};
@@ -207,6 +208,7 @@ pub struct Controller {
     /// Bounds on endpoints from outside the file, sent with each change
     /// (the driver is already running when `teal serve` sets them).
     endpoint_limits: EndpointLimits,
+    leadership: Option<crate::ha::Leadership>,
 }
 
 impl std::fmt::Debug for Command {
@@ -224,6 +226,20 @@ pub async fn start(
     registry: Arc<ProxyRegistry>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
+) -> Result<(Controller, tokio::task::JoinHandle<()>), ControllerError> {
+    start_replica(config, writer, store, registry, metrics, shutdown, None).await
+}
+
+/// [`start`], as one of several replicas sharing `store`: operations run
+/// (and resume) only while `leadership` says this replica leads.
+pub async fn start_replica(
+    config: Config,
+    writer: SnapshotWriter,
+    store: Arc<dyn StateStore>,
+    registry: Arc<ProxyRegistry>,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+    leadership: Option<crate::ha::Leadership>,
 ) -> Result<(Controller, tokio::task::JoinHandle<()>), ControllerError> {
     let (mut state, revision) = match store.load().await? {
         Some(stored) => (stored.state, stored.revision),
@@ -251,10 +267,17 @@ pub async fn start(
         pending_reload: None,
         expiry_retry: None,
         next_expiry_at: None,
+        leadership: leadership.clone(),
     };
     driver.reconcile()?;
     driver.next_expiry_at = driver.state.registered.next_expiry();
-    let version = driver.publish_current(true).await?;
+    let version = if driver.leadership.is_some() && driver.revision > Revision(0) {
+        // A replica joining others serves what they stored, and saves
+        // nothing until it leads.
+        driver.publish_stored()?
+    } else {
+        driver.publish_current(true).await?
+    };
     tracing::info!(%version, store = %driver.store.describe(), "controller started");
     let (tx, rx) = mpsc::channel(64);
     let controller = Controller {
@@ -262,8 +285,11 @@ pub async fn start(
         registry,
         snapshots,
         endpoint_limits: EndpointLimits::default(),
+        leadership,
     };
-    driver.resume_operations(&version).await;
+    if driver.leadership.is_none() {
+        driver.resume_operations(&version).await;
+    }
     let task = tokio::spawn(driver.run(rx, checks_rx, shutdown));
     Ok((controller, task))
 }
@@ -401,6 +427,16 @@ impl Backend for Controller {
             reply,
         })
         .await?
+    }
+
+    async fn replicas(&self) -> Vec<crate::ha::replicas::ReplicaRecord> {
+        match &self.leadership {
+            Some(l) => l.replicas().await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot list the replicas");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        }
     }
 
     async fn history(&self, service: &str) -> Result<Vec<HistoryEntry>, RolloutError> {

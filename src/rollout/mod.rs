@@ -486,10 +486,28 @@ pub enum RolloutError {
     /// Durable state could not be written; nothing changed.
     #[error("state store: {0}")]
     Store(String),
+    /// The shared state store cannot be reached; nothing changed, and
+    /// this replica keeps serving its last version.
+    #[error("{0}")]
+    StoreUnavailable(String),
     /// teal is shutting down and takes no more requests.
     #[error("teal is shutting down")]
     ShuttingDown,
+    /// This replica does not lead; changes go to the leader (its admin
+    /// address, when one is known, rides along as [`LEADER_KEY`]).
+    #[error("this replica does not lead{}", match leader {
+        Some(a) => format!("; the leader's admin API is at {a}"),
+        None => "; no replica leads right now (is etcd reachable?)".to_owned(),
+    })]
+    NotLeader {
+        /// The leader's admin address, if one leads.
+        leader: Option<String>,
+    },
 }
+
+/// The gRPC metadata key under which a follower names the leader's admin
+/// address with [`ErrorKind::NotLeader`].
+pub const LEADER_KEY: &str = "teal-leader";
 
 /// A split refused by [`Weights::check`]: an unknown
 /// service or fleet stays one (NOT_FOUND over gRPC), a bad sum is
@@ -547,6 +565,10 @@ pub enum ErrorKind {
     Limit,
     /// [`RolloutError::Store`]: the server is up but cannot save.
     Store,
+    /// [`RolloutError::StoreUnavailable`]: the shared store is away.
+    StoreUnavailable,
+    /// [`RolloutError::NotLeader`]: ask the leader.
+    NotLeader,
     /// [`RolloutError::ShuttingDown`], or an operation's progress that
     /// stopped because the server is going away.
     ShuttingDown,
@@ -554,7 +576,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind.
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::UnknownService,
         ErrorKind::UnknownFleet,
         ErrorKind::Invalid,
@@ -564,6 +586,8 @@ impl ErrorKind {
         ErrorKind::NoSuchOperation,
         ErrorKind::Limit,
         ErrorKind::Store,
+        ErrorKind::StoreUnavailable,
+        ErrorKind::NotLeader,
         ErrorKind::ShuttingDown,
     ];
 
@@ -579,6 +603,8 @@ impl ErrorKind {
             ErrorKind::NoSuchOperation => "no-such-operation",
             ErrorKind::Limit => "limit",
             ErrorKind::Store => "store",
+            ErrorKind::StoreUnavailable => "store-unavailable",
+            ErrorKind::NotLeader => "not-leader",
             ErrorKind::ShuttingDown => "shutting-down",
         }
     }
@@ -612,6 +638,8 @@ impl RolloutError {
             RolloutError::NoSuchOperation(_) => ErrorKind::NoSuchOperation,
             RolloutError::Limit(_) => ErrorKind::Limit,
             RolloutError::Store(_) => ErrorKind::Store,
+            RolloutError::StoreUnavailable(_) => ErrorKind::StoreUnavailable,
+            RolloutError::NotLeader { .. } => ErrorKind::NotLeader,
             RolloutError::ShuttingDown => ErrorKind::ShuttingDown,
         }
     }
@@ -632,8 +660,15 @@ impl From<RolloutError> for tonic::Status {
             | RolloutError::CannotAbort { .. } => Status::failed_precondition(e.to_string()),
             RolloutError::NoSuchOperation(_) => Status::not_found(e.to_string()),
             RolloutError::Limit(_) => Status::resource_exhausted(e.to_string()),
-            RolloutError::Store(_) | RolloutError::ShuttingDown => {
-                Status::unavailable(e.to_string())
+            RolloutError::Store(_)
+            | RolloutError::StoreUnavailable(_)
+            | RolloutError::ShuttingDown => Status::unavailable(e.to_string()),
+            RolloutError::NotLeader { leader } => {
+                let mut status = Status::unavailable(e.to_string());
+                if let Some(value) = leader.as_deref().and_then(|a| a.parse().ok()) {
+                    status.metadata_mut().insert(LEADER_KEY, value);
+                }
+                status
             }
         };
         e.kind().attach(status)
@@ -667,6 +702,10 @@ pub trait Backend: Send + Sync + 'static {
     async fn abort(&self, id: u64, actor: &str) -> Result<(), RolloutError>;
     /// Runs a service's checks against one fleet now.
     async fn verify(&self, service: &str, fleet: &str) -> Result<Vec<CheckResult>, RolloutError>;
+    /// The replicas sharing this one's store (none without replicas).
+    async fn replicas(&self) -> Vec<crate::ha::replicas::ReplicaRecord> {
+        Vec::new()
+    }
     /// Past changes of a service, newest first.
     async fn history(&self, service: &str) -> Result<Vec<HistoryEntry>, RolloutError>;
     /// Changes the endpoints of a registered fleet (`teal fleet

@@ -8,11 +8,15 @@
 //!   distributed backend (etcd, with watches) can replace the file without
 //!   touching the rollout logic.
 //! - [`file::FileStore`]: one JSON file, replaced atomically and durably.
+//! - [`etcd::EtcdStore`]: one key in etcd, shared by replicas, with a
+//!   watch that keeps each replica up to date.
 //! - [`memory::MemoryStore`]: in memory, for tests of other modules.
+//! - [`StoreSpec`]: `--store file://PATH` or `--store etcd://...`.
 //!
 //! After a restart teal serves the last state a `save` returned `Ok` for,
 //! never an older one, so version numbers never go backwards.
 
+pub mod etcd;
 pub mod file;
 pub mod memory;
 
@@ -27,6 +31,7 @@ use crate::rollout::machine::Record;
 use crate::rollout::serde_time;
 use crate::rollout::{HistoryEntry, Split, Version};
 
+pub use etcd::{EtcdOptions, EtcdStore};
 pub use file::{FileStore, SaveStep};
 pub use memory::MemoryStore;
 
@@ -201,6 +206,48 @@ pub enum StateError {
         /// The lock file.
         path: PathBuf,
     },
+    /// The store cannot be reached (etcd down, partitioned away, or too
+    /// slow to answer); nothing was written. teal keeps serving what it
+    /// serves and refuses changes until the store is back.
+    #[error("store unavailable: {store}: {reason}")]
+    Unavailable {
+        /// Which store.
+        store: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The store answered but refused the request (permissions, a request
+    /// over its size limit, bad credentials).
+    #[error("{store} refused: {reason}")]
+    Refused {
+        /// Which store.
+        store: String,
+        /// Its answer.
+        reason: String,
+    },
+    /// A stored value (or one about to be stored) is over the size limit.
+    #[error("{path}: {size} bytes, over the limit of {limit} (--store-max-value-bytes)")]
+    TooLarge {
+        /// Where.
+        path: PathBuf,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// A save that failed, as the admin API reports it: an unreachable store
+/// is its own kind, so the CLI says "store unavailable" and exits 1.
+impl From<StateError> for crate::rollout::RolloutError {
+    fn from(e: StateError) -> Self {
+        match e {
+            StateError::Unavailable { .. } => {
+                crate::rollout::RolloutError::StoreUnavailable(e.to_string())
+            }
+            e => crate::rollout::RolloutError::Store(e.to_string()),
+        }
+    }
 }
 
 impl StateError {
@@ -209,6 +256,41 @@ impl StateError {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// Where `teal serve --store` keeps the state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreSpec {
+    /// `file://PATH`: a state directory, as `--state-dir PATH`.
+    File(PathBuf),
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`.
+    Etcd {
+        /// `host:port` of each member.
+        endpoints: Vec<String>,
+        /// Key prefix, starting and ending with `/`.
+        prefix: String,
+    },
+}
+
+impl std::str::FromStr for StoreSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<StoreSpec, String> {
+        if let Some(path) = s.strip_prefix("file://") {
+            if path.is_empty() {
+                return Err("file:// needs a directory: file://PATH".to_owned());
+            }
+            return Ok(StoreSpec::File(PathBuf::from(path)));
+        }
+        if let Some(rest) = s.strip_prefix("etcd://") {
+            let (endpoints, prefix) =
+                etcd::parse_target(rest).map_err(|e| format!("{s:?}: {e}"))?;
+            return Ok(StoreSpec::Etcd { endpoints, prefix });
+        }
+        Err(format!(
+            "{s:?}: expected file://PATH or etcd://HOST:PORT[,HOST:PORT...][/PREFIX]"
+        ))
     }
 }
 

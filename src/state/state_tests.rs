@@ -321,3 +321,36 @@ async fn watchable_memory_store_reports_other_replicas_saves() {
         Revision(1)
     );
 }
+
+#[test]
+fn store_urls_parse_to_a_directory_or_etcd() {
+    use super::StoreSpec;
+    assert_eq!(
+        "file:///var/lib/teal".parse::<StoreSpec>(),
+        Ok(StoreSpec::File("/var/lib/teal".into()))
+    );
+    assert_eq!(
+        "etcd://10.0.0.1:2379,10.0.0.2:2379/prod".parse::<StoreSpec>(),
+        Ok(StoreSpec::Etcd {
+            endpoints: vec!["10.0.0.1:2379".into(), "10.0.0.2:2379".into()],
+            prefix: "/prod/".into(),
+        })
+    );
+    assert_eq!(
+        "etcd://127.0.0.1:2379".parse::<StoreSpec>(),
+        Ok(StoreSpec::Etcd {
+            endpoints: vec!["127.0.0.1:2379".into()],
+            prefix: "/teal/".into(),
+        })
+    );
+    for bad in [
+        "",
+        "file://",
+        "etcd://",
+        "etcd://host",
+        "http://x:1",
+        "/var/lib/teal",
+    ] {
+        assert!(bad.parse::<StoreSpec>().is_err(), "{bad:?}");
+    }
+}

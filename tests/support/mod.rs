@@ -12,6 +12,8 @@
 //!   change happened without a failed request.
 //! - [`world`]: the real `teal serve` binary, three Envoys and a
 //!   blue/green service, driven through the real CLI.
+//! - [`etcd`]: a real etcd on free loopback ports, for the etcd store and
+//!   replicas.
 //! - [`resources`]: builders for the clusters, endpoints, listeners and
 //!   routes the tests serve.
 //! - [`wait_until`], [`Teal::wait_for`], [`Envoy::wait_for_answer`]: waits
@@ -26,6 +28,7 @@
 // harness API, which a test crate cannot export.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod etcd;
 pub mod http;
 pub mod pki;
 pub mod resources;

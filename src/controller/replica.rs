@@ -1,0 +1,287 @@
+//! Replicas sharing a store: the driver applies the states other replicas
+//! save (seen through [`StateStore::watch`](crate::state::StateStore::watch))
+//! and serves them under the very version labels they were saved with, so
+//! every replica serves the same bytes under the same version strings and
+//! a proxy that fails over from one to another receives nothing new.
+//!
+//! A state is applied only whole and only if this replica's config
+//! renders it to the digest it was saved with: a replica whose config
+//! differs keeps serving the last state that matched, and says so.
+
+use tokio::sync::watch;
+
+use crate::config::{self, Config};
+use crate::rollout::{RolloutError, Version};
+use crate::state::{Revision, Stored};
+
+use super::driver::Driver;
+use super::reconcile::reconcile;
+use super::{Command, ReloadError, Reloaded};
+
+/// Why a state saved by another replica was not applied.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum AdoptError {
+    /// The stored state does not fit this replica's config.
+    #[error("the stored state does not fit this replica's config: {0}")]
+    Reconcile(#[from] super::ReconcileError),
+    /// A stored split does not fit this replica's config.
+    #[error("a stored split does not fit this replica's config: {0}")]
+    Weights(#[from] crate::config::WeightsError),
+    /// The snapshot cannot be built.
+    #[error("cannot build the stored state's snapshot: {0}")]
+    Build(#[from] crate::snapshot::BuildError),
+    /// This replica renders the stored state to other resources than the
+    /// replica that saved it: their configs differ.
+    #[error(
+        "this replica's config renders version {stored} as digest {ours}: its config \
+         differs from the replica that saved it; serving the last state that matched"
+    )]
+    ConfigDiffers {
+        /// The stored version.
+        stored: Version,
+        /// The digest this replica computes.
+        ours: String,
+    },
+}
+
+impl Driver {
+    /// Applies a state another replica saved, if it is newer than the one
+    /// this driver holds: the same snapshot, the same version strings.
+    pub(super) fn adopt(&mut self, stored: Stored) -> Result<bool, AdoptError> {
+        if stored.revision <= self.revision {
+            return Ok(false);
+        }
+        // Refused whole when it does not fit; nothing changes then.
+        let fitted = reconcile(&self.config, &stored.state)?;
+        let weights = self.weights_of(&fitted)?;
+        let input = config::translate(&self.config, &weights);
+        let seq = fitted.version_seq;
+        let snapshot = self
+            .writer
+            .prepare_labelled(&input, &fitted.labels, |digest| {
+                Version::new(seq, digest).to_string()
+            })?;
+        if let Some(v) = &stored.state.version
+            && v.digest != snapshot.digest()
+        {
+            return Err(AdoptError::ConfigDiffers {
+                stored: v.clone(),
+                ours: snapshot.digest().to_owned(),
+            });
+        }
+        let changed = self.writer.current().version() != snapshot.version();
+        self.writer.install(snapshot);
+        self.state = stored.state;
+        self.revision = stored.revision;
+        if changed {
+            tracing::info!(version = %self.writer.current().version(), revision = %self.revision,
+                "applied the state another replica saved");
+        }
+        Ok(true)
+    }
+}
+
+/// The next state the store reports; never, for a store without a watch
+/// (or once its watch is gone).
+pub(super) async fn saved_elsewhere(
+    rx: &mut Option<watch::Receiver<Option<Stored>>>,
+) -> Option<Stored> {
+    let Some(r) = rx.as_mut() else {
+        return std::future::pending().await;
+    };
+    if r.changed().await.is_err() {
+        *rx = None;
+        return std::future::pending().await;
+    }
+    r.borrow_and_update().clone()
+}
+
+/// The next role the election reports; never, without replicas.
+pub(super) async fn role_changed(
+    rx: &mut Option<watch::Receiver<crate::ha::Role>>,
+) -> Option<crate::ha::Role> {
+    let Some(r) = rx.as_mut() else {
+        return std::future::pending().await;
+    };
+    if r.changed().await.is_err() {
+        *rx = None;
+        return std::future::pending().await;
+    }
+    Some(r.borrow_and_update().clone())
+}
+
+impl Driver {
+    /// Applies a state another replica saved, logging a refusal; a
+    /// replica whose config does not render the stored state may not
+    /// lead until it does.
+    pub(super) fn adopt_logged(&mut self, stored: Stored) {
+        match self.adopt(stored) {
+            Ok(_) => {
+                if let Some(l) = &self.leadership {
+                    l.set_eligible(None);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "not applying the state another replica saved");
+                if let (Some(l), AdoptError::ConfigDiffers { .. }) = (&self.leadership, &e) {
+                    l.set_eligible(Some(e.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Whether this replica may run operations now: always without
+    /// replicas, only as the leader with them.
+    pub(super) fn leads(&self) -> bool {
+        self.leadership
+            .as_ref()
+            .is_none_or(crate::ha::Leadership::is_leader)
+    }
+
+    /// The refusal a follower answers changes with.
+    pub(super) fn not_leader(&self) -> RolloutError {
+        match self.leadership.as_ref().map(crate::ha::Leadership::role) {
+            Some(crate::ha::Role::Follower { leader }) => RolloutError::NotLeader {
+                leader: Some(leader.admin),
+            },
+            // No one known to lead: etcd is away (or the election has not
+            // ended yet); either way the change cannot be stored now.
+            _ => RolloutError::StoreUnavailable(
+                "store unavailable: this replica cannot reach etcd or no replica leads yet; \
+                 it keeps serving its last version"
+                    .to_owned(),
+            ),
+        }
+    }
+
+    /// Answers the commands only a leader carries out, on a follower;
+    /// hands back the others.
+    pub(super) fn leader_only(&mut self, cmd: Command) -> Option<Command> {
+        if self.leads() {
+            return Some(cmd);
+        }
+        match cmd {
+            Command::Start { reply, .. } => {
+                let _ = reply.send(Err(self.not_leader()));
+                None
+            }
+            Command::Abort { reply, .. } => {
+                let _ = reply.send(Err(self.not_leader()));
+                None
+            }
+            Command::Reload { config, reply } => {
+                // A follower saves nothing: it takes the config and serves
+                // the stored state with it once the leader saves a state
+                // this config renders.
+                let _ = reply.send(self.follower_reload(config));
+                None
+            }
+            cmd => Some(cmd),
+        }
+    }
+
+    fn follower_reload(&mut self, config: Box<Config>) -> Result<Reloaded, ReloadError> {
+        reconcile(&config, &self.state)?;
+        self.config = *config;
+        let stored = Stored {
+            state: self.state.clone(),
+            revision: self.revision,
+        };
+        // Force a re-render of what is stored, under its labels.
+        self.revision = Revision(0);
+        let result = self.adopt(stored.clone());
+        self.revision = stored.revision;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "config reloaded on a follower; it applies when the \
+                leader saves a state it renders");
+        }
+        Ok(Reloaded::Applied {
+            version: self
+                .state
+                .version
+                .clone()
+                .unwrap_or_else(|| Version::new(0, String::new())),
+        })
+    }
+
+    /// Takes leadership up (catching up with the store, applying this
+    /// replica's config, resuming the operations the last leader left in
+    /// flight) or down (abandoning running operations to the next leader,
+    /// which resumes them from their saved records).
+    pub(super) async fn on_role(&mut self, role: crate::ha::Role) {
+        if role != crate::ha::Role::Leader {
+            if !self.running.is_empty() {
+                tracing::warn!(
+                    operations = self.running.len(),
+                    "no longer leading: the next leader resumes the running operations"
+                );
+                self.running.clear();
+            }
+            return;
+        }
+        match self.store.load().await {
+            Ok(Some(stored)) => {
+                if let Err(e) = self.adopt(stored) {
+                    tracing::warn!(error = %e, "leading with a config that differs from the \
+                        stored state's; committing this replica's config");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "cannot read the state on taking the lead"),
+        }
+        let version = match self.publish_current(true).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot publish on taking the lead");
+                return;
+            }
+        };
+        if self.running.is_empty() {
+            self.resume_operations(&version).await;
+        }
+    }
+}
+
+impl Driver {
+    /// At the start of a replica: serves the stored state (already loaded
+    /// and fitted) under its labels, saving nothing. When this replica's
+    /// config renders it differently, it serves its own rendering of it
+    /// under the stored sequence number and may not lead.
+    pub(super) fn publish_stored(&mut self) -> Result<Version, super::ControllerError> {
+        let stored = Stored {
+            state: self.state.clone(),
+            revision: self.revision,
+        };
+        let revision = self.revision;
+        self.revision = Revision(0);
+        let adopted = self.adopt(stored);
+        self.revision = revision;
+        match adopted {
+            Ok(_) => {}
+            Err(AdoptError::ConfigDiffers { stored, ours }) => {
+                let why = format!(
+                    "this replica's config renders the stored version {stored} as digest \
+                     {ours}: its config differs from the leader's"
+                );
+                tracing::error!(%why, "serving this config's rendering; not leading");
+                if let Some(l) = &self.leadership {
+                    l.set_eligible(Some(why));
+                }
+                let weights = self.weights_of(&self.state)?;
+                let input = config::translate(&self.config, &weights);
+                let seq = self.state.version_seq.max(1);
+                let snapshot =
+                    self.writer
+                        .prepare_labelled(&input, &self.state.labels, |digest| {
+                            Version::new(seq, digest).to_string()
+                        })?;
+                self.writer.install(snapshot);
+            }
+            Err(AdoptError::Reconcile(e)) => return Err(e.into()),
+            Err(AdoptError::Weights(e)) => return Err(e.into()),
+            Err(AdoptError::Build(e)) => return Err(e.into()),
+        }
+        let current = self.writer.current();
+        Ok(Version::new(self.state.version_seq, current.digest()))
+    }
+}

@@ -1,0 +1,538 @@
+//! High availability: which of the replicas sharing an etcd prefix leads.
+//!
+//! Each replica holds an etcd lease (TTL `--leader-lease`, 5 s by
+//! default) kept alive three times per TTL. The leader is the replica
+//! whose record is in `PREFIX/leader`, a key written under its lease only
+//! if no one holds it (a transaction on the key's create revision), so it
+//! disappears when the leader's lease expires: `kill -9`, a partition, or
+//! etcd losing it. Every replica watches the key and campaigns again as
+//! soon as it is gone; within TTL + about a second another one leads.
+//!
+//! Only the leader runs operations (the driver asks [`Leadership::role`]);
+//! a follower refuses changes with the leader's admin address, which the
+//! CLI follows once. A replica that is not [eligible](Leadership::set_eligible)
+//! (its config renders the stored state differently) does not campaign.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+pub mod replicas;
+
+use crate::shutdown::Shutdown;
+use crate::state::StateError;
+use crate::state::etcd::{EtcdClient, pb};
+
+/// The default lease TTL.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+
+/// The largest leader record accepted from etcd: an id, an address and a
+/// digest, far under this.
+const MAX_RECORD_BYTES: usize = 4096;
+
+/// What a replica says about itself in the leader key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaInfo {
+    /// A random id, new at every start.
+    pub id: String,
+    /// Where its admin API answers.
+    pub admin: String,
+    /// The digest of its config file.
+    pub config_digest: String,
+}
+
+/// This replica's role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Not known yet, or etcd cannot be reached: neither leads nor
+    /// follows anyone known.
+    Unknown,
+    /// This replica leads.
+    Leader,
+    /// Another replica leads.
+    Follower {
+        /// The leader.
+        leader: ReplicaInfo,
+    },
+}
+
+/// A handle on the election task.
+#[derive(Clone, Debug)]
+pub struct Leadership {
+    role: watch::Receiver<Role>,
+    eligible: Arc<watch::Sender<Option<String>>>,
+    me: ReplicaInfo,
+    client: EtcdClient,
+}
+
+impl Leadership {
+    /// Starts campaigning (in a task) as `me`, with leases of `ttl`.
+    /// `registry`'s proxies are counted in this replica's record.
+    pub fn start(
+        client: EtcdClient,
+        me: ReplicaInfo,
+        ttl: Duration,
+        registry: Option<Arc<crate::xds::ProxyRegistry>>,
+        shutdown: Shutdown,
+    ) -> Leadership {
+        let (role_tx, role) = watch::channel(Role::Unknown);
+        let (eligible, eligible_rx) = watch::channel(None);
+        let task = Campaign {
+            key: client.key("leader"),
+            client: client.clone(),
+            registry,
+            me: me.clone(),
+            ttl_secs: i64::try_from(ttl.as_secs().max(1)).unwrap_or(60),
+            role: role_tx,
+            eligible: eligible_rx,
+        };
+        tokio::spawn(task.run(shutdown));
+        Leadership {
+            role,
+            eligible: Arc::new(eligible),
+            me,
+            client,
+        }
+    }
+
+    /// The role now.
+    pub fn role(&self) -> Role {
+        self.role.borrow().clone()
+    }
+
+    /// Whether this replica leads now.
+    pub fn is_leader(&self) -> bool {
+        *self.role.borrow() == Role::Leader
+    }
+
+    /// A receiver of role changes.
+    pub fn watch(&self) -> watch::Receiver<Role> {
+        self.role.clone()
+    }
+
+    /// This replica.
+    pub fn me(&self) -> &ReplicaInfo {
+        &self.me
+    }
+
+    /// Stops (`Some(why)`) or resumes (`None`) campaigning; a leader that
+    /// becomes ineligible resigns.
+    pub fn set_eligible(&self, why_not: Option<String>) {
+        self.eligible.send_if_modified(|cur| {
+            let changed = *cur != why_not;
+            *cur = why_not;
+            changed
+        });
+    }
+
+    /// Every replica's record (this one's included, once written).
+    pub async fn replicas(&self) -> Result<Vec<replicas::ReplicaRecord>, StateError> {
+        replicas::list(&self.client).await
+    }
+
+    /// Why this replica may not lead, if it may not.
+    pub fn ineligible(&self) -> Option<String> {
+        self.eligible.borrow().clone()
+    }
+}
+
+struct Campaign {
+    client: EtcdClient,
+    registry: Option<Arc<crate::xds::ProxyRegistry>>,
+    key: Vec<u8>,
+    me: ReplicaInfo,
+    ttl_secs: i64,
+    role: watch::Sender<Role>,
+    eligible: watch::Receiver<Option<String>>,
+}
+
+/// Why one term (one lease) ended.
+enum TermEnd {
+    Shutdown,
+    Lost(StateError),
+}
+
+impl Campaign {
+    async fn run(mut self, mut shutdown: Shutdown) {
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let lease = tokio::select! {
+                () = shutdown.wait() => break,
+                lease = self.grant() => lease,
+            };
+            match lease {
+                Ok(id) => {
+                    pause = Duration::from_millis(200);
+                    match self.term(id, &mut shutdown).await {
+                        TermEnd::Shutdown => {
+                            self.resign(id).await;
+                            break;
+                        }
+                        TermEnd::Lost(e) => {
+                            tracing::warn!(error = %e, "lost the etcd lease; campaigning again");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot get an etcd lease"),
+            }
+            self.set_role(Role::Unknown);
+            tokio::select! {
+                () = shutdown.wait() => break,
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+        self.set_role(Role::Unknown);
+    }
+
+    fn set_role(&self, role: Role) {
+        self.role.send_if_modified(|cur| {
+            if *cur == role {
+                return false;
+            }
+            match &role {
+                Role::Leader => tracing::info!(id = %self.me.id, "this replica leads"),
+                Role::Follower { leader } => {
+                    tracing::info!(leader = %leader.id, admin = %leader.admin, "following")
+                }
+                Role::Unknown => {}
+            }
+            *cur = role;
+            true
+        });
+    }
+
+    async fn grant(&self) -> Result<i64, StateError> {
+        let lease = self.client.lease();
+        let answer = self
+            .client
+            .call(
+                pb::LeaseGrantRequest {
+                    ttl: self.ttl_secs,
+                    id: 0,
+                },
+                |r| {
+                    let mut lease = lease.clone();
+                    async move { lease.lease_grant(r).await }
+                },
+            )
+            .await?;
+        if !answer.error.is_empty() || answer.id == 0 {
+            return Err(self.client.unavailable(&format!(
+                "lease refused: {}",
+                crate::text::untrusted(&answer.error)
+            )));
+        }
+        Ok(answer.id)
+    }
+
+    /// Revokes the lease so another replica leads at once (on shutdown).
+    async fn resign(&self, id: i64) {
+        let lease = self.client.lease();
+        let _ = self
+            .client
+            .call(pb::LeaseRevokeRequest { id }, |r| {
+                let mut lease = lease.clone();
+                async move { lease.lease_revoke(r).await }
+            })
+            .await;
+    }
+
+    /// One lease's life: keeps it alive, campaigns whenever the leader key
+    /// is free, and follows whoever holds it.
+    async fn term(&mut self, lease: i64, shutdown: &mut Shutdown) -> TermEnd {
+        let (lost_tx, mut lost) = tokio::sync::oneshot::channel();
+        let keepalive = tokio::spawn(keep_alive(
+            self.client.clone(),
+            lease,
+            self.ttl_secs,
+            lost_tx,
+        ));
+        let record = tokio::spawn(replicas::publish(
+            self.client.clone(),
+            lease,
+            self.me.clone(),
+            self.role.subscribe(),
+            self.eligible.clone(),
+            self.registry.clone(),
+        ));
+        let end = loop {
+            if let Err(e) = self.campaign(lease).await {
+                break TermEnd::Lost(e);
+            }
+            // Until the leader key changes, eligibility changes, or the
+            // lease is lost.
+            let mut eligible = self.eligible.clone();
+            let waited = tokio::select! {
+                () = shutdown.wait() => break TermEnd::Shutdown,
+                e = &mut lost => break TermEnd::Lost(e.unwrap_or_else(|_| self.client.unavailable("keep-alive stopped"))),
+                changed = eligible.changed() => {
+                    if changed.is_err() {
+                        break TermEnd::Shutdown;
+                    }
+                    self.eligible.mark_unchanged();
+                    if self.role.borrow().clone() == Role::Leader && self.eligible.borrow().is_some() {
+                        // Resign: delete the key only if it is still ours.
+                        if let Err(e) = self.release(lease).await {
+                            break TermEnd::Lost(e);
+                        }
+                    }
+                    Ok(())
+                }
+                w = self.wait_for_change(lease) => w,
+            };
+            if let Err(e) = waited {
+                break TermEnd::Lost(e);
+            }
+        };
+        keepalive.abort();
+        record.abort();
+        end
+    }
+
+    /// Takes the leader key if it is free and this replica is eligible;
+    /// then sets the role from whoever holds it.
+    async fn campaign(&mut self, lease: i64) -> Result<(), StateError> {
+        let eligible = self.eligible.borrow().is_none();
+        let record = serde_json::to_vec(&self.me)
+            .map_err(|e| self.client.unavailable(&format!("encode: {e}")))?;
+        let kv = self.client.kv();
+        let txn = pb::TxnRequest {
+            compare: vec![pb::Compare {
+                result: pb::compare::CompareResult::Equal as i32,
+                target: pb::compare::CompareTarget::Create as i32,
+                key: self.key.clone(),
+                target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
+            }],
+            success: if eligible {
+                vec![pb::RequestOp {
+                    request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                        key: self.key.clone(),
+                        value: record,
+                        lease,
+                    })),
+                }]
+            } else {
+                Vec::new()
+            },
+            failure: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+                    key: self.key.clone(),
+                    ..Default::default()
+                })),
+            }],
+        };
+        let answer = self
+            .client
+            .call(txn, |r| {
+                let mut kv = kv.clone();
+                async move { kv.txn(r).await }
+            })
+            .await?;
+        if answer.succeeded {
+            if eligible {
+                self.set_role(Role::Leader);
+            } else {
+                self.set_role(Role::Unknown);
+            }
+            return Ok(());
+        }
+        let holder = answer.responses.into_iter().find_map(|r| match r.response {
+            Some(pb::response_op::Response::ResponseRange(range)) => range.kvs.into_iter().next(),
+            _ => None,
+        });
+        match holder {
+            Some(kv) if kv.lease == lease => self.set_role(Role::Leader),
+            Some(kv) => match decode(&kv.value) {
+                Some(leader) => self.set_role(Role::Follower { leader }),
+                None => {
+                    tracing::error!("the leader key in etcd does not decode; not following it");
+                    self.set_role(Role::Unknown);
+                }
+            },
+            None => self.set_role(Role::Unknown),
+        }
+        Ok(())
+    }
+
+    /// Deletes the leader key if this lease holds it.
+    async fn release(&self, lease: i64) -> Result<(), StateError> {
+        let kv = self.client.kv();
+        let txn = pb::TxnRequest {
+            compare: vec![pb::Compare {
+                result: pb::compare::CompareResult::Equal as i32,
+                target: pb::compare::CompareTarget::Lease as i32,
+                key: self.key.clone(),
+                target_union: Some(pb::compare::TargetUnion::Lease(lease)),
+            }],
+            success: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestDeleteRange(
+                    pb::DeleteRangeRequest {
+                        key: self.key.clone(),
+                        ..Default::default()
+                    },
+                )),
+            }],
+            failure: Vec::new(),
+        };
+        self.client
+            .call(txn, |r| {
+                let mut kv = kv.clone();
+                async move { kv.txn(r).await }
+            })
+            .await?;
+        tracing::warn!("resigned the leadership");
+        Ok(())
+    }
+
+    /// Returns when the leader key changes (or the watch ends: the caller
+    /// reads the key again either way, so a compacted watch is harmless).
+    async fn wait_for_change(&self, lease: i64) -> Result<(), StateError> {
+        let (holder, revision) = self.client.get(&self.key).await?;
+        // The key may have changed between the campaign and this read (the
+        // leader's lease expired): a watch from here would never see it,
+        // so campaign again at once.
+        let same = match (holder, &*self.role.borrow()) {
+            (Some(kv), Role::Leader) => kv.lease == lease,
+            (Some(kv), Role::Follower { leader }) => decode(&kv.value).as_ref() == Some(leader),
+            _ => false,
+        };
+        if !same {
+            return Ok(());
+        }
+        let create = pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                pb::WatchCreateRequest {
+                    key: self.key.clone(),
+                    start_revision: revision.saturating_add(1),
+                    ..Default::default()
+                },
+            )),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(create)
+            .await
+            .map_err(|_| self.client.unavailable("watch channel closed"))?;
+        let req = self
+            .client
+            .request(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?;
+        let mut stream = self
+            .client
+            .watch_service()
+            .watch(req)
+            .await
+            .map_err(|s| self.client.status_error(s))?
+            .into_inner();
+        loop {
+            match stream.message().await {
+                Err(s) => return Err(self.client.status_error(s)),
+                Ok(None) => return Ok(()),
+                Ok(Some(answer)) if answer.canceled || !answer.events.is_empty() => {
+                    drop(tx);
+                    return Ok(());
+                }
+                Ok(Some(_)) => {}
+            }
+        }
+    }
+}
+
+fn decode(bytes: &[u8]) -> Option<ReplicaInfo> {
+    if bytes.len() > MAX_RECORD_BYTES {
+        return None;
+    }
+    serde_json::from_slice(bytes).ok()
+}
+
+/// Keeps `lease` alive, three times per TTL; reports on `lost` when etcd
+/// says it is gone or cannot be reached for longer than the TTL.
+async fn keep_alive(
+    client: EtcdClient,
+    lease: i64,
+    ttl_secs: i64,
+    lost: tokio::sync::oneshot::Sender<StateError>,
+) {
+    let ttl = Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(5));
+    let every = ttl / 3;
+    let mut last_ok = tokio::time::Instant::now();
+    let error = loop {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        // The first request goes in before the call: etcd answers the
+        // call's headers only with its first answer, so awaiting the call
+        // with nothing sent would wait for ever.
+        if tx
+            .send(pb::LeaseKeepAliveRequest { id: lease })
+            .await
+            .is_err()
+        {
+            break client.unavailable("keep-alive channel closed");
+        }
+        let stream = async {
+            let req = client
+                .request(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await?;
+            client
+                .lease()
+                .lease_keep_alive(req)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| client.status_error(s))
+        };
+        let mut answers = match tokio::time::timeout(every.max(Duration::from_millis(500)), stream)
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) if last_ok.elapsed() >= ttl => break e,
+            Err(_) if last_ok.elapsed() >= ttl => break client.unavailable("keep-alive timed out"),
+            _ => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let mut first = true;
+        let broken = loop {
+            if !std::mem::take(&mut first)
+                && tx
+                    .send(pb::LeaseKeepAliveRequest { id: lease })
+                    .await
+                    .is_err()
+            {
+                break client.unavailable("keep-alive channel closed");
+            }
+            match tokio::time::timeout(every.max(Duration::from_millis(500)), answers.message())
+                .await
+            {
+                Ok(Ok(Some(a))) if a.ttl > 0 => last_ok = tokio::time::Instant::now(),
+                Ok(Ok(Some(_))) => {
+                    let _ = lost.send(client.unavailable("the lease expired"));
+                    return;
+                }
+                Ok(Ok(None)) => break client.unavailable("etcd ended the keep-alive stream"),
+                Ok(Err(s)) => break client.status_error(s),
+                Err(_) => break client.unavailable("keep-alive timed out"),
+            }
+            tokio::time::sleep(every).await;
+        };
+        if last_ok.elapsed() >= ttl {
+            break broken;
+        }
+    };
+    let _ = lost.send(error);
+}
+
+/// A random replica id: 8 bytes of the OS's randomness, in hex; the time
+/// if that fails (ids need only differ between replicas).
+pub fn new_replica_id() -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        return format!("{nanos:x}");
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
