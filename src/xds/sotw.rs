@@ -88,6 +88,23 @@ const REJECTED_KEPT: usize = 8;
 pub struct SotwStream {
     head: StreamHead,
     types: [Option<TypeState>; 4],
+    /// What [`SotwStream::clusters_still_named`] last looked at when it
+    /// found nothing to keep, so that the next look at the same inputs
+    /// (every new snapshot and every ACK ask again) is a few pointer
+    /// comparisons instead of a lookup of every cluster every route
+    /// names.
+    none_kept: Option<NoneKept>,
+}
+
+/// The inputs of a [`SotwStream::clusters_still_named`] that kept
+/// nothing: the cluster list's content digest (equal digests, equal names)
+/// and the listeners and routes sent and applied,
+/// held (not only their addresses) so they cannot be freed and replaced
+/// by others at the same address.
+#[derive(Debug)]
+struct NoneKept {
+    clusters: [u8; 32],
+    sent: [Option<Arc<[Arc<Resource>]>>; 4],
 }
 
 impl SotwStream {
@@ -105,6 +122,7 @@ impl Planner for SotwStream {
         SotwStream {
             head: StreamHead::new(kind, limits),
             types: Default::default(),
+            none_kept: None,
         }
     }
 
@@ -251,12 +269,49 @@ impl SotwStream {
         resources
             .iter()
             .flat_map(|r| r.clusters())
-            .all(|c| clusters.get(c).is_none() || applied.contains(c.as_str()))
+            .all(|c| applied.contains(c.as_str()) || clusters.get(c).is_none())
+    }
+
+    /// The listeners and routes last sent and last applied.
+    fn named_inputs(&self) -> [Option<Arc<[Arc<Resource>]>>; 4] {
+        let sent = |ty: ResourceType, applied: bool| {
+            self.types[ty.index()].as_ref().and_then(|st| {
+                let s = if applied { &st.applied } else { &st.last };
+                s.as_ref().map(|s| s.resources.clone())
+            })
+        };
+        [
+            sent(ResourceType::Listener, false),
+            sent(ResourceType::Listener, true),
+            sent(ResourceType::Route, false),
+            sent(ResourceType::Route, true),
+        ]
     }
 
     /// Clusters the client was sent before that its listeners or routes
     /// (sent or applied) still name, but which `clusters` no longer has.
-    fn clusters_still_named(&self, clusters: &TypeSnapshot) -> Vec<Arc<Resource>> {
+    fn clusters_still_named(&mut self, clusters: &TypeSnapshot) -> Vec<Arc<Resource>> {
+        let inputs = self.named_inputs();
+        if let Some(memo) = &self.none_kept
+            && memo.clusters == *clusters.content_digest()
+            && memo.sent.iter().zip(&inputs).all(|(a, b)| match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            })
+        {
+            return Vec::new();
+        }
+        let kept = self.still_named(clusters);
+        self.none_kept = kept.is_empty().then(|| NoneKept {
+            clusters: *clusters.content_digest(),
+            sent: inputs,
+        });
+        kept
+    }
+
+    /// [`SotwStream::clusters_still_named`], computed.
+    fn still_named(&self, clusters: &TypeSnapshot) -> Vec<Arc<Resource>> {
         let mut named = BTreeSet::new();
         for ty in [ResourceType::Listener, ResourceType::Route] {
             if let Some(st) = &self.types[ty.index()] {
