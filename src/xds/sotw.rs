@@ -46,6 +46,12 @@ struct Sent {
     /// The resources it carried (including clusters kept for
     /// make-before-break), by name.
     resources: Arc<[Arc<Resource>]>,
+    /// For listeners and routes: the content digest of the group's
+    /// cluster list when it was sent, if that list had every cluster these
+    /// resources name. While the list is the same, none of them names a
+    /// cluster that went, which spares [`SotwStream::clusters_still_named`]
+    /// a lookup per name at every plan.
+    clusters_all_in: Option<[u8; 32]>,
 }
 
 impl Sent {
@@ -88,23 +94,6 @@ const REJECTED_KEPT: usize = 8;
 pub struct SotwStream {
     head: StreamHead,
     types: [Option<TypeState>; 4],
-    /// What [`SotwStream::clusters_still_named`] last looked at when it
-    /// found nothing to keep, so that the next look at the same inputs
-    /// (every new snapshot and every ACK ask again) is a few pointer
-    /// comparisons instead of a lookup of every cluster every route
-    /// names.
-    none_kept: Option<NoneKept>,
-}
-
-/// The inputs of a [`SotwStream::clusters_still_named`] that kept
-/// nothing: the cluster list's content digest (equal digests, equal names)
-/// and the listeners and routes sent and applied,
-/// held (not only their addresses) so they cannot be freed and replaced
-/// by others at the same address.
-#[derive(Debug)]
-struct NoneKept {
-    clusters: [u8; 32],
-    sent: [Option<Arc<[Arc<Resource>]>>; 4],
 }
 
 impl SotwStream {
@@ -122,7 +111,6 @@ impl Planner for SotwStream {
         SotwStream {
             head: StreamHead::new(kind, limits),
             types: Default::default(),
-            none_kept: None,
         }
     }
 
@@ -245,11 +233,22 @@ impl Planner for SotwStream {
             nonce: nonce.clone(),
             resources: resources.len(),
         });
+        let clusters_all_in = matches!(ty, ResourceType::Listener | ResourceType::Route)
+            .then(|| {
+                let clusters = group.of(ResourceType::Cluster);
+                resources
+                    .iter()
+                    .flat_map(|r| r.clusters())
+                    .all(|c| clusters.get(c).is_some())
+                    .then(|| *clusters.content_digest())
+            })
+            .flatten();
         let st = self.types[ty.index()].as_mut()?;
         st.last = Some(Sent {
             version,
             nonce,
             resources: resources.into(),
+            clusters_all_in,
         });
         st.in_flight = true;
         st.owed = false;
@@ -261,57 +260,37 @@ impl SotwStream {
     /// Whether every cluster `resources` name that the group has was ACKed.
     fn clusters_applied(&self, group: &GroupSnapshot, resources: &[Arc<Resource>]) -> bool {
         let clusters = group.of(ResourceType::Cluster);
-        let applied: BTreeSet<&str> = self.types[ResourceType::Cluster.index()]
+        let applied = self.types[ResourceType::Cluster.index()]
             .as_ref()
-            .and_then(|c| c.applied.as_ref())
-            .map(|a| a.names().collect())
-            .unwrap_or_default();
+            .and_then(|c| c.applied.as_ref());
+        // The client applied the group's whole cluster list as it is (a
+        // list with kept clusters has another version): whatever the
+        // resources name that the group has, it has.
+        if applied.is_some_and(|a| a.version == clusters.version()) {
+            return true;
+        }
+        let applied: BTreeSet<&str> = applied.map(|a| a.names().collect()).unwrap_or_default();
         resources
             .iter()
             .flat_map(|r| r.clusters())
             .all(|c| applied.contains(c.as_str()) || clusters.get(c).is_none())
     }
 
-    /// The listeners and routes last sent and last applied.
-    fn named_inputs(&self) -> [Option<Arc<[Arc<Resource>]>>; 4] {
-        let sent = |ty: ResourceType, applied: bool| {
-            self.types[ty.index()].as_ref().and_then(|st| {
-                let s = if applied { &st.applied } else { &st.last };
-                s.as_ref().map(|s| s.resources.clone())
-            })
-        };
-        [
-            sent(ResourceType::Listener, false),
-            sent(ResourceType::Listener, true),
-            sent(ResourceType::Route, false),
-            sent(ResourceType::Route, true),
-        ]
-    }
-
     /// Clusters the client was sent before that its listeners or routes
     /// (sent or applied) still name, but which `clusters` no longer has.
-    fn clusters_still_named(&mut self, clusters: &TypeSnapshot) -> Vec<Arc<Resource>> {
-        let inputs = self.named_inputs();
-        if let Some(memo) = &self.none_kept
-            && memo.clusters == *clusters.content_digest()
-            && memo.sent.iter().zip(&inputs).all(|(a, b)| match (a, b) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (None, None) => true,
-                _ => false,
-            })
-        {
+    fn clusters_still_named(&self, clusters: &TypeSnapshot) -> Vec<Arc<Resource>> {
+        // The common case, asked at every plan: every listener and route
+        // sent or applied was sent with this very cluster list and named
+        // only clusters in it.
+        let digest = clusters.content_digest();
+        let all_in = [ResourceType::Listener, ResourceType::Route]
+            .iter()
+            .filter_map(|ty| self.types[ty.index()].as_ref())
+            .flat_map(|st| st.last.iter().chain(st.applied.iter()))
+            .all(|sent| sent.clusters_all_in.as_ref() == Some(digest));
+        if all_in {
             return Vec::new();
         }
-        let kept = self.still_named(clusters);
-        self.none_kept = kept.is_empty().then(|| NoneKept {
-            clusters: *clusters.content_digest(),
-            sent: inputs,
-        });
-        kept
-    }
-
-    /// [`SotwStream::clusters_still_named`], computed.
-    fn still_named(&self, clusters: &TypeSnapshot) -> Vec<Arc<Resource>> {
         let mut named = BTreeSet::new();
         for ty in [ResourceType::Listener, ResourceType::Route] {
             if let Some(st) = &self.types[ty.index()] {
