@@ -46,6 +46,9 @@ for n in 1 10 20 50; do
 done
 "$B/bench_flip" --envoys 50 --flips 20 --modes teal --teal-session shared \
   | tee "$OUT/flip-50-shared.txt"
+"$B/bench_flip" --envoys 20 --flips 20 \
+  --modes teal,teal-cli,teal-mtls,envoy-file,envoy-file-each \
+  | tee "$OUT/flip-20-cli-mtls.txt"
 for args in "--groups 50 --services 1" "--groups 1 --services 1000"; do
   "$B/bench_commit" $args | tee -a "$OUT/commit.txt"
 done

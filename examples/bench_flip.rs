@@ -2,7 +2,9 @@
 //! RDS switch, measured in the same run.
 //!
 //! ```text
-//! cargo run --release --example bench_flip -- --envoys 20 --flips 20
+//! cargo build --release --bin teal --example bench_flip
+//! cargo run --release --example bench_flip -- --envoys 20 --flips 20 \
+//!     --modes teal,teal-cli,teal-mtls,envoy-file,envoy-file-each
 //! ```
 //!
 //! Two local upstreams answer `blue` and `green`. For each mode, N Envoys
@@ -11,10 +13,21 @@
 //! - `teal`: teal runs `teal serve` in a child process (this binary,
 //!   `--teal-child`) with one proxy group per Envoy, all routing service
 //!   `web`; a flip is `Operation::Flip { skip_checks: true }` through the
-//!   controller, as `teal flip` does.
+//!   controller, the call the admin API makes, without the CLI.
+//! - `teal-cli`: the same server, and a flip is the real command, `teal
+//!   --admin ADDR --token T flip web --skip-checks`, the `teal` binary
+//!   (`--teal PATH`, by default `target/<profile>/teal`) run as a
+//!   subprocess: its start-up, the admin round trip and its return count.
+//! - `teal-mtls`: as `teal`, with teal's xDS port on mTLS (certificates
+//!   made by the benchmark with rcgen; each Envoy presents a client
+//!   certificate whose SPIFFE ID its group admits, `envoy/edge-mtls.yaml`).
 //! - `envoy-file`: the Envoys read CDS and LDS from files and their routes
 //!   over RDS from one shared file; a flip is an atomic rename of a new
 //!   RDS file over it (inotify tells every Envoy).
+//! - `envoy-file-each`: each Envoy reads its own RDS file; a flip writes
+//!   and renames a new file over each, in turn.
+//! - `envoy-file-teal-routes`: as `envoy-file`, with the very routes teal
+//!   serves in the file.
 //!
 //! teal runs in a session of its own (`--teal-session own`, the default),
 //! so Linux's autogroup scheduler gives it a share of the cores as a
@@ -27,7 +40,8 @@
 //! each Envoy's first answer after which at least 10 answers were all
 //! new; resolution one probe period). For teal it also reports teal's own
 //! view: first push to last ACK of the committed version (the rollout's
-//! history entry), and command to outcome.
+//! history entry), and command to outcome; and for every mode how long
+//! the switch command took to return.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -37,6 +51,13 @@ mod bench_common;
 use std::time::Duration;
 
 use bench_common::{Kind, RunOptions, ms, percentile, sorted};
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
 
 fn main() -> anyhow::Result<()> {
     bench_common::main_with(bench)
@@ -51,6 +72,7 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
         load_hz: 0,
         gap: Duration::from_millis(300),
         teal_own_session: true,
+        teal_binary: bench_common::default_teal_binary(),
     };
     let mut kinds = vec![Kind::Teal, Kind::EnvoyFile];
     let mut it = args.into_iter();
@@ -64,6 +86,7 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
             "--flips" => o.switches = value()?.parse()?,
             "--probe-hz" => o.probe_hz = value()?.parse()?,
             "--teal-session" => o.teal_own_session = bench_common::parse_teal_session(&value()?)?,
+            "--teal" => o.teal_binary = Some(value()?.into()),
             "--modes" => {
                 kinds = value()?
                     .split(',')
@@ -71,24 +94,30 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
                     .collect::<anyhow::Result<_>>()?
             }
             other => anyhow::bail!(
-                "unknown flag {other}; use --envoys N --flips N --probe-hz N --modes teal,envoy-file,envoy-file-teal-routes --teal-session own|shared"
+                "unknown flag {other}; use --envoys N --flips N --probe-hz N --modes teal,teal-cli,teal-mtls,envoy-file,envoy-file-each,envoy-file-teal-routes --teal-session own|shared --teal PATH"
             ),
         }
     }
     let ups = bench_common::upstreams().await;
     let ports = [ups[0].port, ups[1].port];
     println!(
-        "{} Envoys, {} flips, probe {} Hz per Envoy",
-        o.proxies, o.switches, o.probe_hz
+        "{} Envoys, {} flips, probe {} Hz per Envoy; load average {}",
+        o.proxies,
+        o.switches,
+        o.probe_hz,
+        load_average()
     );
     println!(
-        "| mode | data plane p50 | p99 | max | teal: push→last ACK p50 | p99 | teal: command→outcome p50 | p99 | failed | probe Hz/Envoy | CPU/flip | RSS/Envoy |"
+        "| mode | data plane p50 | p99 | max | teal: push→last ACK p50 | p99 | teal: command→outcome p50 | p99 | switch command p50 | p99 | failed | probe Hz/Envoy | CPU/flip | RSS/Envoy |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
     for kind in kinds {
         let r = bench_common::run(kind, ports, &o).await?;
         let conv = sorted(r.teal.iter().map(|t| t.convergence).collect());
         let c2o = sorted(r.teal.iter().map(|t| t.command_to_outcome).collect());
+        let command = sorted(r.command.clone());
         let teal_col = |v: &[Duration], p: f64| {
             if v.is_empty() {
                 "–".to_owned()
@@ -97,7 +126,7 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
             }
         };
         println!(
-            "| {} | {} ms | {} ms | {} ms | {} | {} | {} | {} | {} of {} | {:.0} | {} ms | {:.1} MiB |",
+            "| {} | {} ms | {} ms | {} ms | {} | {} | {} | {} | {} ms | {} ms | {} of {} | {:.0} | {} ms | {:.1} MiB |",
             kind.name(),
             ms(percentile(&r.data_plane, 0.5)),
             ms(percentile(&r.data_plane, 0.99)),
@@ -106,6 +135,8 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
             teal_col(&conv, 0.99),
             teal_col(&c2o, 0.5),
             teal_col(&c2o, 0.99),
+            ms(percentile(&command, 0.5)),
+            ms(percentile(&command, 0.99)),
             r.failed + r.closed_idle,
             r.requests,
             r.probe_rate,
@@ -113,9 +144,10 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
             r.rss_per_proxy_kib as f64 / 1024.0,
         );
         println!(
-            "  {}: data plane per flip (ms): {:?}",
+            "  {}: data plane per flip (ms): {:?}; load average after: {}",
             kind.name(),
-            r.data_plane.iter().map(|d| ms(*d)).collect::<Vec<_>>()
+            r.data_plane.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+            load_average()
         );
     }
     Ok(())

@@ -48,6 +48,7 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
         load_hz: 100,
         gap: Duration::from_millis(500),
         teal_own_session: true,
+        teal_binary: bench_common::default_teal_binary(),
     };
     let mut kinds = vec![Kind::Teal, Kind::EnvoyFile, Kind::Nginx, Kind::Haproxy];
     let mut it = args.into_iter();

@@ -29,6 +29,13 @@
 //! controller in the child, as the admin API would; the time runs from
 //! the benchmark's command to each client's receipt, and the server CPU
 //! until the flip's outcome (every ACK handled).
+//!
+//! With `--callgrind FILE`, the child runs under `valgrind
+//! --tool=callgrind` with instrumentation off until the first push and on
+//! through the last, then dumps to FILE: an instruction-exact profile of
+//! the pushes alone, with callers (`callgrind_annotate --inclusive=yes
+//! --tree=caller FILE`). Use a smaller `--streams`: everything runs about
+//! 50 times slower under valgrind.
 
 use std::io::{BufRead, Write};
 use std::process::Stdio;
@@ -219,6 +226,7 @@ struct Args {
     pushes: usize,
     tls: bool,
     flip: bool,
+    callgrind: Option<std::path::PathBuf>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -228,6 +236,7 @@ fn args() -> anyhow::Result<Args> {
         pushes: 5,
         tls: false,
         flip: false,
+        callgrind: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -245,12 +254,20 @@ fn args() -> anyhow::Result<Args> {
             a.flip = true;
             continue;
         }
+        if flag == "--callgrind" {
+            a.callgrind = Some(
+                it.next()
+                    .ok_or_else(|| anyhow::anyhow!("--callgrind needs a file"))?
+                    .into(),
+            );
+            continue;
+        }
         match flag.as_str() {
             "--streams" => a.streams = value()?,
             "--per-conn" => a.per_conn = value()?.max(1),
             "--pushes" => a.pushes = value()?,
             other => anyhow::bail!(
-                "unknown flag {other}; use --streams N --per-conn N --pushes N [--tls | --flip]"
+                "unknown flag {other}; use --streams N --per-conn N --pushes N [--tls | --flip] [--callgrind FILE]"
             ),
         }
     }
@@ -398,7 +415,17 @@ async fn run() -> anyhow::Result<()> {
     } else {
         None
     };
-    let mut command = std::process::Command::new(exe);
+    let mut command = match &args.callgrind {
+        Some(out) => {
+            let mut c = std::process::Command::new("valgrind");
+            c.arg("--tool=callgrind")
+                .arg("--instr-atstart=no")
+                .arg(format!("--callgrind-out-file={}", out.display()))
+                .arg(exe);
+            c
+        }
+        None => std::process::Command::new(exe),
+    };
     command.arg(if args.flip { "--serve-teal" } else { "--serve" });
     if args.tls {
         command.arg(tls_dir.path());
@@ -474,6 +501,18 @@ async fn run() -> anyhow::Result<()> {
     );
 
     let shared_child_out = Arc::new(std::sync::Mutex::new(child_out));
+    let callgrind = |what: &str| -> anyhow::Result<()> {
+        if args.callgrind.is_some() {
+            let status = std::process::Command::new("callgrind_control")
+                .arg(what)
+                .arg(pid.to_string())
+                .stdout(Stdio::null())
+                .status()?;
+            anyhow::ensure!(status.success(), "callgrind_control {what}: {status}");
+        }
+        Ok(())
+    };
+    callgrind("--instr=on")?;
     for push in 0..args.pushes {
         let version = push as u32 + 2;
         let (_, cpu_before) = proc_stats(pid)?;
@@ -524,6 +563,7 @@ async fn run() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    callgrind("--dump")?;
     DONE.store(true, Ordering::Relaxed);
     child.kill()?;
     let _ = child.wait();

@@ -203,6 +203,12 @@ impl TypeSnapshot {
         &self.version
     }
 
+    /// The digest over every (name, resource version) pair: equal
+    /// digests, equal contents, whatever the version strings say.
+    pub(crate) fn content_digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+
     /// The resources, by name.
     pub fn resources(&self) -> &BTreeMap<String, Arc<Resource>> {
         &self.resources

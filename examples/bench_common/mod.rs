@@ -13,6 +13,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -321,9 +322,21 @@ pub enum Kind {
     /// teal (in a child process) feeding Envoys over ADS; a switch is a
     /// `flip` through the controller.
     Teal,
+    /// As [`Kind::Teal`], but a switch is the real `teal flip` command (the
+    /// `teal` binary as a subprocess, through the admin API), so the
+    /// command's start-up, connection and return count.
+    TealCli,
+    /// As [`Kind::Teal`], with the xDS port on mTLS: teal requires a
+    /// client certificate, each Envoy presents one whose SPIFFE ID its
+    /// group admits (`envoy/edge-mtls.yaml`).
+    TealMtls,
     /// Envoys reading CDS and LDS from files and RDS from one shared file;
     /// a switch is an atomic move of a new RDS file over the old one.
     EnvoyFile,
+    /// As [`Kind::EnvoyFile`], but each Envoy reads its own RDS file and a
+    /// switch renames a new one over each in turn, as a deployment script
+    /// that configures proxies one by one would.
+    EnvoyFileEach,
     /// As [`Kind::EnvoyFile`], but the RDS file holds the very
     /// RouteConfiguration teal serves (preview routes, fleet headers,
     /// weighted clusters), so the two compare on the same route work.
@@ -339,21 +352,32 @@ impl Kind {
     pub fn parse(s: &str) -> anyhow::Result<Kind> {
         Ok(match s {
             "teal" => Kind::Teal,
+            "teal-cli" => Kind::TealCli,
+            "teal-mtls" => Kind::TealMtls,
             "envoy-file" => Kind::EnvoyFile,
+            "envoy-file-each" => Kind::EnvoyFileEach,
             "envoy-file-teal-routes" => Kind::EnvoyFileTealRoutes,
             "nginx" => Kind::Nginx,
             "haproxy" => Kind::Haproxy,
             _ => anyhow::bail!(
-                "unknown system {s}; use teal, envoy-file, envoy-file-teal-routes, nginx or haproxy"
+                "unknown system {s}; use teal, teal-cli, teal-mtls, envoy-file, envoy-file-each, envoy-file-teal-routes, nginx or haproxy"
             ),
         })
+    }
+
+    /// Whether teal is the control plane.
+    pub fn is_teal(self) -> bool {
+        matches!(self, Kind::Teal | Kind::TealCli | Kind::TealMtls)
     }
 
     /// Name in output.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Teal => "teal",
+            Kind::TealCli => "teal-cli",
+            Kind::TealMtls => "teal-mtls",
             Kind::EnvoyFile => "envoy-file",
+            Kind::EnvoyFileEach => "envoy-file-each",
             Kind::EnvoyFileTealRoutes => "envoy-file-teal-routes",
             Kind::Nginx => "nginx",
             Kind::Haproxy => "haproxy",
@@ -427,8 +451,16 @@ pub struct System {
     children: Vec<Child>,
     envoys: Vec<support::Envoy>,
     teal: Option<TealChild>,
+    /// For [`Kind::TealCli`]: the `teal` binary and the admin address.
+    cli: Option<(PathBuf, String)>,
+    /// For [`Kind::TealMtls`]: the certificates (their files live as long
+    /// as this).
+    pki: Option<support::pki::Pki>,
     upstreams: [u16; 2],
 }
+
+/// The admin token the teal child accepts and `teal flip` sends.
+const TOKEN: &str = "bench-token";
 
 struct TealChild {
     child: std::process::Child,
@@ -440,12 +472,8 @@ impl System {
     /// Starts `kind` with `proxies` proxies in front of the upstreams on
     /// ports `upstreams` (blue, green), serving blue, and waits until
     /// every proxy answers from blue.
-    pub async fn start(
-        kind: Kind,
-        proxies: usize,
-        upstreams: [u16; 2],
-        teal_own_session: bool,
-    ) -> anyhow::Result<System> {
+    pub async fn start(kind: Kind, upstreams: [u16; 2], o: &RunOptions) -> anyhow::Result<System> {
+        let proxies = o.proxies;
         let dir = tempfile::Builder::new().prefix("teal-bench-").tempdir()?;
         let mut sys = System {
             kind,
@@ -456,11 +484,15 @@ impl System {
             children: Vec::new(),
             envoys: Vec::new(),
             teal: None,
+            cli: None,
+            pki: None,
             upstreams,
         };
         match kind {
-            Kind::Teal => sys.start_teal(teal_own_session).await?,
-            Kind::EnvoyFile | Kind::EnvoyFileTealRoutes => sys.start_envoy_file().await?,
+            Kind::Teal | Kind::TealCli | Kind::TealMtls => sys.start_teal(o).await?,
+            Kind::EnvoyFile | Kind::EnvoyFileEach | Kind::EnvoyFileTealRoutes => {
+                sys.start_envoy_file().await?
+            }
             Kind::Nginx => sys.start_nginx()?,
             Kind::Haproxy => sys.start_haproxy()?,
         }
@@ -474,14 +506,23 @@ impl System {
         self.dir.path().join(name)
     }
 
-    async fn start_teal(&mut self, own_session: bool) -> anyhow::Result<()> {
+    async fn start_teal(&mut self, o: &RunOptions) -> anyhow::Result<()> {
+        let own_session = o.teal_own_session;
         let [blue, green] = self.upstreams;
         let mut yaml = format!(
             "services:\n  web:\n    live: blue\n    fleets:\n      blue: {{endpoints: [127.0.0.1:{blue}]}}\n      green: {{endpoints: [127.0.0.1:{green}]}}\ngroups:\n"
         );
+        let mtls = self.kind == Kind::TealMtls;
         for (i, port) in self.ports.iter().enumerate() {
+            if mtls {
+                yaml.push_str(&format!(
+                    "  g{i}:\n    identities: [\"spiffe://bench.teal/g{i}\"]\n"
+                ));
+            } else {
+                yaml.push_str(&format!("  g{i}:\n"));
+            }
             yaml.push_str(&format!(
-                "  g{i}:\n    listeners:\n      main:\n        kind: edge\n        address: 127.0.0.1:{port}\n        virtual_hosts:\n          all:\n            domains: [\"*\"]\n            routes: [{{prefix: /, service: web}}]\n"
+                "    listeners:\n      main:\n        kind: edge\n        address: 127.0.0.1:{port}\n        virtual_hosts:\n          all:\n            domains: [\"*\"]\n            routes: [{{prefix: /, service: web}}]\n"
             ));
         }
         let config = self.path("teal.yaml");
@@ -496,9 +537,41 @@ impl System {
         } else {
             std::process::Command::new(exe)
         };
+        command.arg("--teal-child").arg(&config);
+        let mut client_certs = Vec::new();
+        match self.kind {
+            Kind::TealCli => {
+                let tokens = self.path("tokens");
+                std::fs::write(&tokens, format!("bench:{TOKEN}\n"))?;
+                std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600))?;
+                command.arg("--tokens").arg(&tokens);
+                let teal = o.teal_binary.clone().ok_or_else(|| {
+                    anyhow::anyhow!("teal-cli needs the teal binary (cargo build --release --bin teal, or --teal PATH)")
+                })?;
+                anyhow::ensure!(
+                    teal.exists(),
+                    "no teal binary at {} (cargo build --release --bin teal, or --teal PATH)",
+                    teal.display()
+                );
+                self.cli = Some((teal, String::new()));
+            }
+            Kind::TealMtls => {
+                let pki = support::pki::Pki::new("bench");
+                let server = pki.server("teal");
+                command
+                    .arg("--tls")
+                    .arg(&server.cert)
+                    .arg(&server.key)
+                    .arg(&pki.ca);
+                for i in 0..self.ports.len() {
+                    client_certs
+                        .push(pki.spiffe(&format!("g{i}"), &format!("spiffe://bench.teal/g{i}")));
+                }
+                self.pki = Some(pki);
+            }
+            _ => {}
+        }
         let mut child = command
-            .arg("--teal-child")
-            .arg(&config)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -520,11 +593,14 @@ impl System {
         );
         let mut line = String::new();
         stdout.read_line(&mut line)?;
-        let xds: u16 = line
-            .trim()
-            .strip_prefix("xds ")
-            .ok_or_else(|| anyhow::anyhow!("teal child said {line:?}"))?
-            .parse()?;
+        let said: Vec<&str> = line.split_whitespace().collect();
+        let (xds, admin) = match said[..] {
+            ["xds", xds, "admin", admin] => (xds.parse::<u16>()?, admin.to_owned()),
+            _ => anyhow::bail!("teal child said {line:?}"),
+        };
+        if let Some((_, a)) = &mut self.cli {
+            *a = admin;
+        }
         self.pids.push(child.id());
         self.teal = Some(TealChild {
             child,
@@ -534,11 +610,17 @@ impl System {
         // Start Envoys a few at a time: each one's start-up is CPU-bound.
         let mut set = tokio::task::JoinSet::new();
         for i in 0..self.ports.len() {
+            let group = format!("g{i}");
+            let bootstrap = match (&self.pki, client_certs.get(i)) {
+                (Some(pki), Some(pair)) => Some(mtls_bootstrap(&group, xds, pki, pair)?),
+                _ => None,
+            };
             set.spawn(async move {
-                (
-                    i,
-                    support::Envoy::start_on(xds, &format!("g{i}"), support::Protocol::Sotw).await,
-                )
+                let envoy = match bootstrap {
+                    Some(b) => support::Envoy::start_bootstrap(group.clone(), &group, &b).await,
+                    None => support::Envoy::start_on(xds, &group, support::Protocol::Sotw).await,
+                };
+                (i, envoy)
             });
             if set.len() >= 4
                 && let Some(done) = set.join_next().await
@@ -551,6 +633,16 @@ impl System {
         }
         self.pids.extend(envoy_children());
         Ok(())
+    }
+
+    /// The RDS file Envoy `i` watches: its own with
+    /// [`Kind::EnvoyFileEach`], else the shared one.
+    fn rds_file(&self, i: usize) -> PathBuf {
+        if self.kind == Kind::EnvoyFileEach {
+            self.path(&format!("rds-{i}.yaml"))
+        } else {
+            self.path("rds.yaml")
+        }
     }
 
     fn envoy_file_rds(&self, fleet: u8) -> anyhow::Result<String> {
@@ -586,8 +678,11 @@ impl System {
         }
         std::fs::write(self.path("cds.yaml"), cds)?;
         std::fs::write(self.path("rds.yaml"), self.envoy_file_rds(0)?)?;
-        let rds = self.path("rds.yaml");
         for (i, port) in self.ports.clone().into_iter().enumerate() {
+            let rds = self.rds_file(i);
+            if self.kind == Kind::EnvoyFileEach {
+                std::fs::write(&rds, self.envoy_file_rds(0)?)?;
+            }
             let lds = format!(
                 "resources:\n- \"@type\": type.googleapis.com/envoy.config.listener.v3.Listener\n  name: main\n  address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}\n  filter_chains:\n  - filters:\n    - name: envoy.filters.network.http_connection_manager\n      typed_config:\n        \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n        stat_prefix: main\n        rds:\n          route_config_name: web\n          config_source:\n            path_config_source: {{path: {rds}}}\n            resource_api_version: V3\n        http_filters:\n        - name: envoy.filters.http.router\n          typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}\n",
                 rds = rds.display()
@@ -697,12 +792,42 @@ impl System {
         let to = 1 - self.live;
         let mut result = None;
         match self.kind {
-            Kind::Teal => {
+            Kind::Teal | Kind::TealCli | Kind::TealMtls => {
+                if let Some((teal, admin)) = &self.cli {
+                    // Output to pipes read to the end, as a script
+                    // capturing it would.
+                    let out = Command::new(teal)
+                        .args([
+                            "--admin",
+                            admin,
+                            "--token",
+                            TOKEN,
+                            "flip",
+                            "web",
+                            "--skip-checks",
+                        ])
+                        .stdin(Stdio::null())
+                        .output()
+                        .await?;
+                    anyhow::ensure!(
+                        out.status.success(),
+                        "teal flip: {}: {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                }
                 let t = self
                     .teal
                     .as_mut()
                     .ok_or_else(|| anyhow::anyhow!("no teal"))?;
-                t.stdin.write_all(b"flip\n")?;
+                // With the CLI, the flip is done: ask the child what the
+                // last one took.
+                let ask: &[u8] = if self.cli.is_some() {
+                    b"last\n"
+                } else {
+                    b"flip\n"
+                };
+                t.stdin.write_all(ask)?;
                 t.stdin.flush()?;
                 let mut line = String::new();
                 // teal answers once the flip is confirmed; reading the
@@ -727,6 +852,14 @@ impl System {
                 let tmp = self.path("rds.yaml.new");
                 std::fs::write(&tmp, self.envoy_file_rds(to)?)?;
                 std::fs::rename(&tmp, self.path("rds.yaml"))?;
+            }
+            Kind::EnvoyFileEach => {
+                let text = self.envoy_file_rds(to)?;
+                for i in 0..self.ports.len() {
+                    let tmp = self.path(&format!("rds-{i}.yaml.new"));
+                    std::fs::write(&tmp, &text)?;
+                    std::fs::rename(&tmp, self.rds_file(i))?;
+                }
             }
             Kind::Nginx => {
                 for i in 0..self.ports.len() {
@@ -867,31 +1000,56 @@ where
     let rt = tokio::runtime::Runtime::new()?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--teal-child") {
-        let config = args
-            .get(1)
-            .ok_or_else(|| anyhow::anyhow!("--teal-child needs a config path"))?;
-        return rt.block_on(teal_child(config.as_ref()));
+        return rt.block_on(teal_child(&args[1..]));
     }
     rt.block_on(bench(args))
 }
 
-/// The teal side of `--teal-child <config>`: runs `teal serve` on the
-/// config in-process, prints `xds <port>`, then flips service `web` once
-/// per line on stdin and prints `done ok <convergence µs> <command to
-/// outcome µs>` (or `done <outcome>`).
-pub async fn teal_child(config: &Path) -> anyhow::Result<()> {
+/// The teal side of `--teal-child CONFIG [--tokens FILE] [--tls CERT KEY
+/// CLIENT_CA]`: runs `teal serve` on the config in-process (admin tokens
+/// from FILE; the xDS port on mTLS with `--tls`), prints `xds <port>
+/// admin <address>`, then reads lines on stdin: `flip` flips service
+/// `web` and prints `done ok <convergence µs> <command to outcome µs>`
+/// (or `done <outcome>`); `last` prints the same for the last history
+/// entry (a flip made through the admin API), command to outcome being
+/// its `finished − started`.
+pub async fn teal_child(args: &[String]) -> anyhow::Result<()> {
     use teal::rollout::{Backend, Operation};
+    let config = args
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("--teal-child needs a config path"))?;
+    let mut options = teal::serve::ServeOptions {
+        watch_interval: Duration::from_secs(3600),
+        ..teal::serve::ServeOptions::local(Some(config.into()))
+    };
+    let mut rest = args[1..].iter();
+    while let Some(flag) = rest.next() {
+        let mut value = || {
+            rest.next()
+                .map(PathBuf::from)
+                .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--tokens" => options.admin_tokens = Some(value()?),
+            "--tls" => {
+                options.xds_tls = Some(teal::tls::TlsFiles {
+                    cert: value()?,
+                    key: value()?,
+                    client_ca: Some(value()?),
+                })
+            }
+            other => anyhow::bail!("--teal-child: unknown flag {other}"),
+        }
+    }
     let (_trigger, shutdown) = teal::shutdown::shutdown_channel();
-    let running = teal::serve::start(
-        teal::serve::ServeOptions {
-            watch_interval: Duration::from_secs(3600),
-            ..teal::serve::ServeOptions::local(Some(config.to_owned()))
-        },
-        shutdown,
-    )
-    .await?;
+    let running = teal::serve::start(options, shutdown).await?;
     let mut out = std::io::stdout();
-    writeln!(out, "xds {}", running.xds_addr.port())?;
+    writeln!(
+        out,
+        "xds {} admin {}",
+        running.xds_addr.port(),
+        running.admin_addr
+    )?;
     out.flush()?;
     let controller = running.controller.clone();
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin());
@@ -900,6 +1058,24 @@ pub async fn teal_child(config: &Path) -> anyhow::Result<()> {
         line.clear();
         if tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut line).await? == 0 {
             return Ok(());
+        }
+        if line.trim() == "last" {
+            let history = controller.history("web").await?;
+            let last = history
+                .first()
+                .ok_or_else(|| anyhow::anyhow!("no history entry"))?;
+            let took = last
+                .finished
+                .duration_since(last.started)
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "done ok {} {}",
+                last.convergence.unwrap_or_default().as_micros(),
+                took.as_micros()
+            )?;
+            out.flush()?;
+            continue;
         }
         let start = Instant::now();
         let mut rx = controller
@@ -964,6 +1140,53 @@ pub struct RunOptions {
     /// between two containers, rather than between teal and each of N
     /// proxies (see BENCHMARKS.md).
     pub teal_own_session: bool,
+    /// The `teal` binary [`Kind::TealCli`] runs.
+    pub teal_binary: Option<PathBuf>,
+}
+
+/// `target/<profile>/teal` next to this example's directory, where `cargo
+/// build --bin teal` puts it.
+pub fn default_teal_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.parent()?.join("teal"))
+}
+
+/// `envoy/edge-mtls.yaml` for node and group `group`, xDS on
+/// `127.0.0.1:xds`, trusting `pki`'s CA and presenting `client`.
+fn mtls_bootstrap(
+    group: &str,
+    xds: u16,
+    pki: &support::pki::Pki,
+    client: &support::pki::Pair,
+) -> anyhow::Result<String> {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy/edge-mtls.yaml");
+    let mut yaml = std::fs::read_to_string(&file)?;
+    let replacements = [
+        (
+            "filename: /etc/teal/tls/ca.crt",
+            format!("filename: {}", pki.ca.display()),
+        ),
+        (
+            "filename: /etc/teal/tls/edge.crt",
+            format!("filename: {}", client.cert.display()),
+        ),
+        (
+            "filename: /etc/teal/tls/edge.key",
+            format!("filename: {}", client.key.display()),
+        ),
+        ("id: edge-1\n", format!("id: {group}\n")),
+        ("cluster: edge\n", format!("cluster: {group}\n")),
+        ("port_value: 9901", "port_value: 0".to_owned()),
+        ("port_value: 18000", format!("port_value: {xds}")),
+    ];
+    for (from, to) in replacements {
+        anyhow::ensure!(
+            yaml.matches(from).count() == 1,
+            "envoy/edge-mtls.yaml should hold {from:?} once"
+        );
+        yaml = yaml.replace(from, &to);
+    }
+    Ok(yaml)
 }
 
 /// What one system did over the switches.
@@ -999,7 +1222,7 @@ pub struct Report {
 /// Starts `kind`, sends the probe and load, times `switches` switches and
 /// stops it.
 pub async fn run(kind: Kind, upstreams: [u16; 2], o: &RunOptions) -> anyhow::Result<Report> {
-    let mut sys = System::start(kind, o.proxies, upstreams, o.teal_own_session).await?;
+    let mut sys = System::start(kind, upstreams, o).await?;
     let period = |hz: u32| Duration::from_secs_f64(1.0 / f64::from(hz.max(1)));
     let probes: Vec<Sender> = sys
         .ports
@@ -1021,7 +1244,7 @@ pub async fn run(kind: Kind, upstreams: [u16; 2], o: &RunOptions) -> anyhow::Res
     let proxy_rss: u64 = sys
         .pids
         .iter()
-        .skip(usize::from(kind == Kind::Teal))
+        .skip(usize::from(kind.is_teal()))
         .map(|&p| tree_usage(&[p]).1)
         .sum();
     let base_start = Instant::now();

@@ -909,11 +909,13 @@ impl Driver {
         let basis = self.basis(service);
         let snapshot = self.writer.current();
         let cordoned = self.registry.cordons().ids();
-        let proxies = self.registry.proxies();
+        let proxies = self.registry.statuses();
         let Some(running) = self.running.get_mut(service) else {
             return Vec::new();
         };
-        let views = running.follow.all(&proxies, basis, &snapshot, cordoned);
+        let views = running
+            .follow
+            .all(proxies.iter().map(|p| &**p), basis, &snapshot, cordoned);
         running.note_skipped();
         views
     }

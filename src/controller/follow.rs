@@ -21,6 +21,7 @@
 //!
 //! [`Action::ObserveProxies`]: crate::rollout::machine::Action::ObserveProxies
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::rollout::machine::{Event, ProxyView};
@@ -78,11 +79,11 @@ impl Follow {
         *self = Follow::default();
     }
 
-    /// A whole pass over `proxies`: every node's view, by id, leaving out
-    /// the nodes in `cordoned`.
-    pub(super) fn all(
+    /// A whole pass over `proxies` (in any order): every node's view, by
+    /// id, leaving out the nodes in `cordoned`.
+    pub(super) fn all<'a>(
         &mut self,
-        proxies: &[ProxyStatus],
+        proxies: impl IntoIterator<Item = &'a ProxyStatus>,
         basis: Basis,
         snapshot: &Snapshot,
         cordoned: BTreeSet<String>,
@@ -116,29 +117,29 @@ impl Follow {
         if self.basis.as_ref() != Some(basis) {
             return Err(());
         }
-        let mut touched = BTreeSet::new();
+        let mut touched: BTreeSet<Cow<'_, str>> = BTreeSet::new();
         for id in &changes.gone {
             self.unskip(*id);
             if let Some((node, _)) = self.streams.remove(id) {
                 if let Some(n) = self.nodes.get_mut(&node) {
                     n.streams.remove(id);
                 }
-                touched.insert(node);
+                touched.insert(Cow::Owned(node));
             }
         }
         for p in &changes.changed {
             if let Some(node) = self.put(p, basis, snapshot) {
-                touched.insert(node);
+                touched.insert(Cow::Borrowed(node));
             }
         }
         let (mut changed, mut gone) = (Vec::new(), Vec::new());
         for id in touched {
-            let Some(node) = self.nodes.get_mut(&id) else {
+            let Some(node) = self.nodes.get_mut(&*id) else {
                 continue;
             };
             if node.streams.is_empty() {
-                self.nodes.remove(&id);
-                gone.push(id);
+                self.nodes.remove(&*id);
+                gone.push(id.into_owned());
                 continue;
             }
             let view = view_of(&node.streams, &self.streams);
@@ -179,7 +180,12 @@ impl Follow {
 
     /// Records one stream's part (if it is in the groups, named its node
     /// and the node is not cordoned); returns the node it belongs to.
-    fn put(&mut self, p: &ProxyStatus, basis: &Basis, snapshot: &Snapshot) -> Option<String> {
+    fn put<'p>(
+        &mut self,
+        p: &'p ProxyStatus,
+        basis: &Basis,
+        snapshot: &Snapshot,
+    ) -> Option<&'p str> {
         let node = p.node.as_ref()?;
         if !basis.groups.contains(&node.cluster) {
             return None;
@@ -193,23 +199,36 @@ impl Follow {
             return None;
         }
         let part = stream_view(p, snapshot, basis.committed)?;
-        self.nodes
-            .entry(node.id.clone())
-            .or_insert_with(|| Node {
-                streams: BTreeSet::new(),
-                // Never equal to a computed view, so a new node is handed
-                // over.
-                view: ProxyView {
-                    id: String::new(),
-                    prepared: false,
-                    confirmed: false,
-                    nack: None,
-                },
-            })
-            .streams
-            .insert(p.stream_id);
-        self.streams.insert(p.stream_id, (node.id.clone(), part));
-        Some(node.id.clone())
+        // Looked up before inserting, so that the common case (a known
+        // stream of a known node, at every ACK) copies no node id.
+        match self.nodes.get_mut(&node.id) {
+            Some(n) => {
+                n.streams.insert(p.stream_id);
+            }
+            None => {
+                self.nodes.insert(
+                    node.id.clone(),
+                    Node {
+                        streams: BTreeSet::from([p.stream_id]),
+                        // Never equal to a computed view, so a new node is
+                        // handed over.
+                        view: ProxyView {
+                            id: String::new(),
+                            prepared: false,
+                            confirmed: false,
+                            nack: None,
+                        },
+                    },
+                );
+            }
+        }
+        match self.streams.get_mut(&p.stream_id) {
+            Some((id, old)) if *id == node.id => *old = part,
+            _ => {
+                self.streams.insert(p.stream_id, (node.id.clone(), part));
+            }
+        }
+        Some(&node.id)
     }
 }
 

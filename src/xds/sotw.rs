@@ -46,6 +46,12 @@ struct Sent {
     /// The resources it carried (including clusters kept for
     /// make-before-break), by name.
     resources: Arc<[Arc<Resource>]>,
+    /// For listeners and routes: the content digest of the group's
+    /// cluster list when it was sent, if that list had every cluster these
+    /// resources name. While the list is the same, none of them names a
+    /// cluster that went, which spares [`SotwStream::clusters_still_named`]
+    /// a lookup per name at every plan.
+    clusters_all_in: Option<[u8; 32]>,
 }
 
 impl Sent {
@@ -227,11 +233,22 @@ impl Planner for SotwStream {
             nonce: nonce.clone(),
             resources: resources.len(),
         });
+        let clusters_all_in = matches!(ty, ResourceType::Listener | ResourceType::Route)
+            .then(|| {
+                let clusters = group.of(ResourceType::Cluster);
+                resources
+                    .iter()
+                    .flat_map(|r| r.clusters())
+                    .all(|c| clusters.get(c).is_some())
+                    .then(|| *clusters.content_digest())
+            })
+            .flatten();
         let st = self.types[ty.index()].as_mut()?;
         st.last = Some(Sent {
             version,
             nonce,
             resources: resources.into(),
+            clusters_all_in,
         });
         st.in_flight = true;
         st.owed = false;
@@ -243,20 +260,37 @@ impl SotwStream {
     /// Whether every cluster `resources` name that the group has was ACKed.
     fn clusters_applied(&self, group: &GroupSnapshot, resources: &[Arc<Resource>]) -> bool {
         let clusters = group.of(ResourceType::Cluster);
-        let applied: BTreeSet<&str> = self.types[ResourceType::Cluster.index()]
+        let applied = self.types[ResourceType::Cluster.index()]
             .as_ref()
-            .and_then(|c| c.applied.as_ref())
-            .map(|a| a.names().collect())
-            .unwrap_or_default();
+            .and_then(|c| c.applied.as_ref());
+        // The client applied the group's whole cluster list as it is (a
+        // list with kept clusters has another version): whatever the
+        // resources name that the group has, it has.
+        if applied.is_some_and(|a| a.version == clusters.version()) {
+            return true;
+        }
+        let applied: BTreeSet<&str> = applied.map(|a| a.names().collect()).unwrap_or_default();
         resources
             .iter()
             .flat_map(|r| r.clusters())
-            .all(|c| clusters.get(c).is_none() || applied.contains(c.as_str()))
+            .all(|c| applied.contains(c.as_str()) || clusters.get(c).is_none())
     }
 
     /// Clusters the client was sent before that its listeners or routes
     /// (sent or applied) still name, but which `clusters` no longer has.
     fn clusters_still_named(&self, clusters: &TypeSnapshot) -> Vec<Arc<Resource>> {
+        // The common case, asked at every plan: every listener and route
+        // sent or applied was sent with this very cluster list and named
+        // only clusters in it.
+        let digest = clusters.content_digest();
+        let all_in = [ResourceType::Listener, ResourceType::Route]
+            .iter()
+            .filter_map(|ty| self.types[ty.index()].as_ref())
+            .flat_map(|st| st.last.iter().chain(st.applied.iter()))
+            .all(|sent| sent.clusters_all_in.as_ref() == Some(digest));
+        if all_in {
+            return Vec::new();
+        }
         let mut named = BTreeSet::new();
         for ty in [ResourceType::Listener, ResourceType::Route] {
             if let Some(st) = &self.types[ty.index()] {

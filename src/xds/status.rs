@@ -238,13 +238,26 @@ impl ProxyRegistry {
 
     /// Every connected stream, ordered by node id and then stream id.
     pub fn proxies(&self) -> Vec<ProxyStatus> {
-        let all: Vec<Arc<ProxyStatus>> = self.lock().streams.values().cloned().collect();
+        let all = self.statuses();
         let mut all: Vec<ProxyStatus> = all.iter().map(|p| ProxyStatus::clone(p)).collect();
+        // Keys borrowed, not cloned: a sort makes O(N log N) comparisons.
         all.sort_by(|a, b| {
-            let key = |p: &ProxyStatus| p.node.as_ref().map(|n| n.id.clone());
-            key(a).cmp(&key(b)).then(a.stream_id.cmp(&b.stream_id))
+            let (ka, kb) = (
+                a.node.as_ref().map(|n| n.id.as_str()),
+                b.node.as_ref().map(|n| n.id.as_str()),
+            );
+            ka.cmp(&kb).then(a.stream_id.cmp(&b.stream_id))
         });
         all
+    }
+
+    /// Every connected stream as the registry holds it, shared and in no
+    /// particular order: a whole pass over the fleet (the rollout's) at
+    /// the cost of one reference count per stream instead of a copy of
+    /// every status. Drop it soon: a stream's next event copies its
+    /// status while a reader still holds it.
+    pub fn statuses(&self) -> Vec<Arc<ProxyStatus>> {
+        self.lock().streams.values().cloned().collect()
     }
 
     /// How many streams are connected.
