@@ -347,17 +347,7 @@ pub async fn run(opts: ServeOptions, shutdown: Shutdown) -> Result<(), ServeErro
 /// teal is listening. Errors here are the start-up errors (bad config,
 /// port in use); nothing is served when one happens.
 pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, ServeError> {
-    let loopback = opts.admin_addr.ip().is_loopback();
-    if !loopback && opts.admin_tls.is_none() {
-        if !opts.admin_insecure {
-            return Err(ServeError::InsecureAdmin(opts.admin_addr));
-        }
-        tracing::warn!(
-            addr = %opts.admin_addr,
-            "the admin API listens in plaintext beyond this machine (--admin-insecure): \
-             tokens and every answer cross the network in the clear"
-        );
-    }
+    refuse_open_plaintext_admin(&opts)?;
     let xds_tls = load_tls(Port::Xds, opts.xds_tls.clone())?;
     let admin_tls = load_tls(Port::Admin, opts.admin_tls.clone())?;
     let mut source = ConfigSource {
@@ -395,34 +385,7 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     let xds_addr = local_addr(&listener, opts.xds_addr)?;
     let admin_listener = bind(opts.admin_addr).await?;
     let admin_addr = local_addr(&admin_listener, opts.admin_addr)?;
-    let (store, leadership): (Arc<dyn StateStore>, _) = match (&opts.etcd, &opts.state_dir) {
-        (Some(etcd), _) => {
-            let store = EtcdStore::open(etcd.clone())?;
-            let me = crate::ha::ReplicaInfo {
-                id: crate::ha::new_replica_id(),
-                admin: opts
-                    .advertise_admin
-                    .clone()
-                    .unwrap_or_else(|| admin_addr.to_string()),
-                config_digest: config_digest(&source.last),
-            };
-            tracing::info!(replica = %me.id, admin = %me.admin, config = %me.config_digest,
-                lease = ?opts.leader_lease, "replica on etcd; campaigning to lead");
-            let leadership = crate::ha::Leadership::start(
-                store.client().clone(),
-                me,
-                opts.leader_lease,
-                Some(registry.clone()),
-                shutdown.clone(),
-            );
-            (Arc::new(store) as Arc<dyn StateStore>, Some(leadership))
-        }
-        (None, Some(dir)) => (Arc::new(FileStore::open(dir)?) as Arc<dyn StateStore>, None),
-        (None, None) => (
-            Arc::new(MemoryStore::default()) as Arc<dyn StateStore>,
-            None,
-        ),
-    };
+    let (store, leadership) = open_store(&opts, admin_addr, &source.last, &registry, &shutdown)?;
     let kube_config = config.clone();
     let (controller, driver) = controller::start_replica(
         config,
@@ -477,6 +440,59 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
         registry,
         controller,
         task,
+    })
+}
+
+/// Refuses a plaintext admin API on an address other machines reach,
+/// unless `--admin-insecure` says so (and then warns).
+fn refuse_open_plaintext_admin(opts: &ServeOptions) -> Result<(), ServeError> {
+    if opts.admin_addr.ip().is_loopback() || opts.admin_tls.is_some() {
+        return Ok(());
+    }
+    if !opts.admin_insecure {
+        return Err(ServeError::InsecureAdmin(opts.admin_addr));
+    }
+    tracing::warn!(
+        addr = %opts.admin_addr,
+        "the admin API listens in plaintext beyond this machine (--admin-insecure): \
+         tokens and every answer cross the network in the clear"
+    );
+    Ok(())
+}
+
+/// Where the durable state is kept: etcd (and then this process is one
+/// replica, campaigning to lead), a state directory, or memory.
+fn open_store(
+    opts: &ServeOptions,
+    admin_addr: SocketAddr,
+    config_bytes: &[u8],
+    registry: &Arc<ProxyRegistry>,
+    shutdown: &Shutdown,
+) -> Result<(Arc<dyn StateStore>, Option<crate::ha::Leadership>), ServeError> {
+    Ok(match (&opts.etcd, &opts.state_dir) {
+        (Some(etcd), _) => {
+            let store = EtcdStore::open(etcd.clone())?;
+            let me = crate::ha::ReplicaInfo {
+                id: crate::ha::new_replica_id(),
+                admin: opts
+                    .advertise_admin
+                    .clone()
+                    .unwrap_or_else(|| admin_addr.to_string()),
+                config_digest: config_digest(config_bytes),
+            };
+            tracing::info!(replica = %me.id, admin = %me.admin, config = %me.config_digest,
+                lease = ?opts.leader_lease, "replica on etcd; campaigning to lead");
+            let leadership = crate::ha::Leadership::start(
+                store.client().clone(),
+                me,
+                opts.leader_lease,
+                Some(registry.clone()),
+                shutdown.clone(),
+            );
+            (Arc::new(store), Some(leadership))
+        }
+        (None, Some(dir)) => (Arc::new(FileStore::open(dir)?), None),
+        (None, None) => (Arc::new(MemoryStore::default()), None),
     })
 }
 

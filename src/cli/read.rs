@@ -133,58 +133,70 @@ pub fn status_text(s: &pb::StatusResponse, now: i64) -> String {
     }
     let mut text = format!("version {}\n{}", untrusted(&s.version), t.render());
     for svc in &s.services {
-        text.push_str(&format!("\n{}:\n", untrusted(&svc.name)));
-        let live = if svc.live.is_empty() {
-            "none (no fleet has more than half of the traffic)".to_owned()
-        } else {
-            untrusted(&svc.live).to_string()
-        };
-        text.push_str(&format!("  live:        {live}\n"));
-        let rollback = svc.rollback_to.as_ref().map_or_else(
-            || "nothing to go back to".to_owned(),
-            |r| table::split(&r.weights),
-        );
-        text.push_str(&format!("  rollback to: {rollback}\n"));
-        if let Some(h) = &svc.last_change {
-            text.push_str(&format!("  last change: {}\n", change_line(h, now)));
-        }
-        if let Some(p) = &svc.in_progress {
-            let line = super::client::progress_line(p);
-            text.push_str(&format!(
-                "  in progress: {} #{}: {line}\n",
-                untrusted(&p.verb),
-                p.id
-            ));
-        }
-        if let Some(r) = &svc.retirement {
-            let when = if r.at_unix_ms > now {
-                format!("in {}", ago(now, r.at_unix_ms))
-            } else {
-                "now".to_owned()
-            };
-            text.push_str(&format!(
-                "  retiring:    {} {when} ({}); a rollback until then cancels it\n",
-                untrusted(&r.fleet),
-                table::utc(r.at_unix_ms)
-            ));
-        }
-        if let Some(since) = svc.both_fleets_since_unix_ms {
-            text.push_str(&format!(
-                "  cost window: more than one fleet up for {} (since {})\n",
-                ago(since, now),
-                table::utc(since)
-            ));
-        }
-        if !svc.retired.is_empty() {
-            text.push_str(&format!(
-                "  retired:     {}\n",
-                untrusted(&svc.retired.join(", "))
-            ));
-        }
+        service_details(&mut text, svc, now);
     }
-    if !s.replicas.is_empty() {
+    replicas_text(&mut text, &s.replicas, now);
+    cordons_text(&mut text, &s.cordons, now);
+    text
+}
+
+/// One service's lines under the table of `teal status`.
+fn service_details(text: &mut String, svc: &pb::ServiceStatus, now: i64) {
+    text.push_str(&format!("\n{}:\n", untrusted(&svc.name)));
+    let live = if svc.live.is_empty() {
+        "none (no fleet has more than half of the traffic)".to_owned()
+    } else {
+        untrusted(&svc.live).to_string()
+    };
+    text.push_str(&format!("  live:        {live}\n"));
+    let rollback = svc.rollback_to.as_ref().map_or_else(
+        || "nothing to go back to".to_owned(),
+        |r| table::split(&r.weights),
+    );
+    text.push_str(&format!("  rollback to: {rollback}\n"));
+    if let Some(h) = &svc.last_change {
+        text.push_str(&format!("  last change: {}\n", change_line(h, now)));
+    }
+    if let Some(p) = &svc.in_progress {
+        let line = super::client::progress_line(p);
+        text.push_str(&format!(
+            "  in progress: {} #{}: {line}\n",
+            untrusted(&p.verb),
+            p.id
+        ));
+    }
+    if let Some(r) = &svc.retirement {
+        let when = if r.at_unix_ms > now {
+            format!("in {}", ago(now, r.at_unix_ms))
+        } else {
+            "now".to_owned()
+        };
+        text.push_str(&format!(
+            "  retiring:    {} {when} ({}); a rollback until then cancels it\n",
+            untrusted(&r.fleet),
+            table::utc(r.at_unix_ms)
+        ));
+    }
+    if let Some(since) = svc.both_fleets_since_unix_ms {
+        text.push_str(&format!(
+            "  cost window: more than one fleet up for {} (since {})\n",
+            ago(since, now),
+            table::utc(since)
+        ));
+    }
+    if !svc.retired.is_empty() {
+        text.push_str(&format!(
+            "  retired:     {}\n",
+            untrusted(&svc.retired.join(", "))
+        ));
+    }
+}
+
+/// The replicas sharing the store, if any.
+fn replicas_text(text: &mut String, replicas: &[pb::Replica], now: i64) {
+    if !replicas.is_empty() {
         text.push_str("\nreplicas:\n");
-        for r in &s.replicas {
+        for r in replicas {
             let role = if r.leader { "leader" } else { "follower" };
             let why = if r.ineligible.is_empty() {
                 String::new()
@@ -200,9 +212,13 @@ pub fn status_text(s: &pb::StatusResponse, now: i64) -> String {
             ));
         }
     }
-    if !s.cordons.is_empty() {
+}
+
+/// The cordoned proxies, if any.
+fn cordons_text(text: &mut String, cordons: &[pb::CordonInfo], now: i64) {
+    if !cordons.is_empty() {
         text.push_str("\ncordoned proxies (operations do not wait for them):\n");
-        for c in &s.cordons {
+        for c in cordons {
             let reason = if c.reason.is_empty() {
                 String::new()
             } else {
@@ -216,7 +232,6 @@ pub fn status_text(s: &pb::StatusResponse, now: i64) -> String {
             ));
         }
     }
-    text
 }
 
 fn change_line(h: &pb::HistoryEntry, now: i64) -> String {
