@@ -402,36 +402,16 @@ impl Campaign {
         if !same {
             return Ok(());
         }
-        let create = pb::WatchRequest {
-            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
-                pb::WatchCreateRequest {
-                    key: self.key.clone(),
-                    start_revision: revision.saturating_add(1),
-                    ..Default::default()
-                },
-            )),
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tx.send(create)
-            .await
-            .map_err(|_| self.client.unavailable("watch channel closed"))?;
-        let req = self
+        let mut watch = self
             .client
-            .request(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .watch_key(self.key.clone(), revision.saturating_add(1), false)
             .await?;
-        let mut stream = self
-            .client
-            .watch_service()
-            .watch(req)
-            .await
-            .map_err(|s| self.client.status_error(s))?
-            .into_inner();
+        let stream = &mut watch.answers;
         loop {
             match stream.message().await {
                 Err(s) => return Err(self.client.status_error(s)),
                 Ok(None) => return Ok(()),
                 Ok(Some(answer)) if answer.canceled || !answer.events.is_empty() => {
-                    drop(tx);
                     return Ok(());
                 }
                 Ok(Some(_)) => {}

@@ -101,6 +101,15 @@ impl EtcdOptions {
     }
 }
 
+/// One key's watch ([`EtcdClient::watch_key`]): read `answers` until it
+/// ends; dropping it closes the watch.
+#[derive(Debug)]
+pub struct KeyWatch {
+    _requests: tokio::sync::mpsc::Sender<pb::WatchRequest>,
+    /// etcd's answers.
+    pub answers: tonic::Streaming<pb::WatchResponse>,
+}
+
 /// A cloneable connection to an etcd cluster, authenticated when a user is
 /// set. Every unary call is bounded by [`REQUEST_TIMEOUT`].
 #[derive(Clone, Debug)]
@@ -273,6 +282,45 @@ impl EtcdClient {
             }
         }
         Err(self.unavailable("authentication keeps failing"))
+    }
+
+    /// Watches `key` from `start_revision` on. The request stream stays
+    /// open while the returned [`KeyWatch`] lives (etcd ends a watch
+    /// stream whose client half closes); it holds the one create request.
+    pub async fn watch_key(
+        &self,
+        key: Vec<u8>,
+        start_revision: i64,
+        progress_notify: bool,
+    ) -> Result<KeyWatch, StateError> {
+        let create = pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                pb::WatchCreateRequest {
+                    key,
+                    start_revision,
+                    progress_notify,
+                    ..Default::default()
+                },
+            )),
+        };
+        let (requests, rx) = tokio::sync::mpsc::channel(1);
+        requests
+            .send(create)
+            .await
+            .map_err(|_| self.unavailable("watch request channel closed"))?;
+        let req = self
+            .request(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?;
+        let answers = self
+            .watch_service()
+            .watch(req)
+            .await
+            .map_err(|s| self.status_error(s))?
+            .into_inner();
+        Ok(KeyWatch {
+            _requests: requests,
+            answers,
+        })
     }
 
     /// A failed call as a [`StateError`]: etcd away (or too slow) is
@@ -618,33 +666,11 @@ async fn watch_once(inner: &Inner) -> Result<(), StateError> {
     if let Some(kv) = kv {
         apply_watched(inner, &kv);
     }
-    let create = pb::WatchRequest {
-        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
-            pb::WatchCreateRequest {
-                key: inner.key.clone(),
-                start_revision: header_revision.saturating_add(1),
-                progress_notify: true,
-                ..Default::default()
-            },
-        )),
-    };
-    // The request stream stays open (etcd ends a watch stream whose
-    // client half closes); it holds the one create request.
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(create)
-        .await
-        .map_err(|_| inner.client.unavailable("watch request channel closed"))?;
-    let req = inner
+    let mut watch = inner
         .client
-        .request(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .watch_key(inner.key.clone(), header_revision.saturating_add(1), true)
         .await?;
-    let mut stream = inner
-        .client
-        .watch_service()
-        .watch(req)
-        .await
-        .map_err(|s| inner.client.status_error(s))?
-        .into_inner();
+    let stream = &mut watch.answers;
     loop {
         let message = stream
             .message()
@@ -659,7 +685,6 @@ async fn watch_once(inner: &Inner) -> Result<(), StateError> {
             tracing::info!(compact_revision = answer.compact_revision,
                 reason = %crate::text::untrusted(&answer.cancel_reason),
                 "etcd cancelled the state watch; reading the state again");
-            drop(tx);
             return Ok(());
         }
         for event in answer.events {
