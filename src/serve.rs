@@ -368,8 +368,9 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     identities.set(IdentityPolicy::of(&config));
 
     let (writer, reader) = snapshot_store();
-    if let (Some(_), Some(dir)) = (&opts.etcd, &opts.state_dir) {
-        // With etcd no file store creates it; the local files need it.
+    if let Some(dir) = &opts.state_dir {
+        // The local admin token and the cordons are written before the
+        // store is opened (with etcd no file store ever creates it).
         std::fs::create_dir_all(dir).map_err(|e| StateError::io(dir, e))?;
     }
     let tokens = with_local_token(Tokens::load(opts.admin_tokens.as_deref())?, &opts)?;
