@@ -211,7 +211,7 @@ pub(super) async fn publish(
                     tracing::warn!(
                         bytes = value.len(),
                         limit,
-                        "this replica's proxies exceed the store's value limit (--etcd-max-value-bytes); not published, so the leader does not wait for them"
+                        "this replica's proxies exceed the store's value limit (--store-max-value-bytes); not published, so the leader does not wait for them"
                     );
                     warned = true;
                 }
