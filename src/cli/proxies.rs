@@ -274,4 +274,36 @@ mod tests {
             "no proxies connected\n"
         );
     }
+
+    #[test]
+    fn a_replica_column_appears_when_a_proxy_is_elsewhere() {
+        let proxy = |node: &str, replica: &str| pb::Proxy {
+            stream_id: 1,
+            node_id: node.into(),
+            group: "edge".into(),
+            kind: "ADS".into(),
+            replica: replica.into(),
+            types: vec![
+                ty("CDS", None, None, None),
+                ty("EDS", None, None, None),
+                ty("LDS", None, None, None),
+                ty("RDS", None, None, None),
+            ],
+            ..Default::default()
+        };
+        let r = pb::ProxiesResponse {
+            proxies: vec![proxy("near", ""), proxy("far", "replica-b")],
+            ..Default::default()
+        };
+        let text = proxies_text(&r);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("PROXY  REPLICA "), "{text}");
+        assert!(lines[1].starts_with("near   (this one)"), "{text}");
+        assert!(lines[2].starts_with("far    replica-b"), "{text}");
+        let alone = pb::ProxiesResponse {
+            proxies: vec![proxy("near", "")],
+            ..Default::default()
+        };
+        assert!(!proxies_text(&alone).contains("REPLICA"));
+    }
 }
