@@ -12,7 +12,8 @@
 //! - [`registration`]: endpoints a deploy pipeline or an instance registers through the admin API, with TTLs.
 //! - [`cordon`]: proxies that operations do not wait for, kept durably.
 //! - [`state`]: durable state (live fleets, weights, versions, history) and where it is kept (a directory, or etcd).
-//! - [`ha`]: replicas on etcd: which one leads.
+//! - [`ha`]: replicas on etcd: which one leads, and the leader's view of
+//!   every replica's proxies.
 //! - [`kubernetes`]: fleets whose endpoints are a Kubernetes Service's ready EndpointSlice
 //!   endpoints, watched and coalesced (feature `kubernetes`, on by default).
 //! - [`checks`]: the HTTP checks a rollout sends straight to a fleet's endpoints.

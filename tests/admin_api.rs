@@ -85,6 +85,7 @@ fn proxy(id: &str, stream_id: u64, types: [TypeStatus; 4]) -> ProxyStatus {
         connected_since: SystemTime::now(),
         identity: teal::identity::PeerIdentity::Unauthenticated,
         types,
+        replica: None,
     }
 }
 

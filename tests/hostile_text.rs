@@ -161,6 +161,7 @@ impl Backend for HostileBackend {
             connected_since: SystemTime::now(),
             identity: teal::identity::PeerIdentity::Unauthenticated,
             types: [nacked.clone(), nacked.clone(), nacked.clone(), nacked],
+            replica: None,
         }]
     }
 

@@ -251,6 +251,7 @@ pub fn proxy(p: &ProxyStatus) -> pb::Proxy {
         // Cordons are not part of a proxy's stream; the service adds them.
         cordoned: false,
         cordon_reason: String::new(),
+        replica: p.replica.clone().unwrap_or_default(),
     }
 }
 

@@ -50,9 +50,15 @@ fn expected<'a>(r: &'a pb::ProxiesResponse, group: &str, ty: usize) -> Option<&'
 /// The proxies as a table, followed by every NACK's message (escaped, and
 /// cut at [`crate::text::DEFAULT_MAX_CHARS`]).
 pub fn proxies_text(r: &pb::ProxiesResponse) -> String {
-    let mut t = Table::new(&[
-        "PROXY", "GROUP", "IDENTITY", "STREAM", "CDS", "EDS", "LDS", "RDS",
-    ]);
+    // The REPLICA column appears only when a leader answers with other
+    // replicas' proxies: a single replica's table stays as it was.
+    let remote = r.proxies.iter().any(|p| !p.replica.is_empty());
+    let mut header = vec!["PROXY", "GROUP", "IDENTITY", "STREAM"];
+    if remote {
+        header.insert(1, "REPLICA");
+    }
+    header.extend(["CDS", "EDS", "LDS", "RDS"]);
+    let mut t = Table::new(&header);
     let mut nacks = Vec::new();
     let mut cordoned = Vec::new();
     for p in &r.proxies {
@@ -82,6 +88,16 @@ pub fn proxies_text(r: &pb::ProxiesResponse) -> String {
             identity(p).to_owned(),
             format!("{}{}", p.kind, if p.delta { " delta" } else { "" }),
         ];
+        if remote {
+            row.insert(
+                1,
+                if p.replica.is_empty() {
+                    "(this one)".to_owned()
+                } else {
+                    untrusted(&p.replica).max_chars(CELL_MAX_CHARS).to_string()
+                },
+            );
+        }
         for (i, ty) in p.types.iter().enumerate().take(4) {
             let state = sync_state(ty, expected(r, &p.group, i));
             let version = match state {
@@ -153,6 +169,7 @@ pub async fn proxies(conn: &mut Conn, output: Output, out: &mut dyn Write) -> Re
                     "node_id": p.node_id, "group": p.group, "stream_id": p.stream_id, "kind": p.kind,
                     "delta": p.delta, "user_agent": p.user_agent, "identity": identity(p),
                     "cordoned": p.cordoned, "cordon_reason": p.cordon_reason,
+                    "replica": (!p.replica.is_empty()).then_some(&p.replica),
                     "connected_since_unix_ms": p.connected_since_unix_ms, "types": types,
                 })
             }).collect();
@@ -256,5 +273,37 @@ mod tests {
             proxies_text(&pb::ProxiesResponse::default()),
             "no proxies connected\n"
         );
+    }
+
+    #[test]
+    fn a_replica_column_appears_when_a_proxy_is_elsewhere() {
+        let proxy = |node: &str, replica: &str| pb::Proxy {
+            stream_id: 1,
+            node_id: node.into(),
+            group: "edge".into(),
+            kind: "ADS".into(),
+            replica: replica.into(),
+            types: vec![
+                ty("CDS", None, None, None),
+                ty("EDS", None, None, None),
+                ty("LDS", None, None, None),
+                ty("RDS", None, None, None),
+            ],
+            ..Default::default()
+        };
+        let r = pb::ProxiesResponse {
+            proxies: vec![proxy("near", ""), proxy("far", "replica-b")],
+            ..Default::default()
+        };
+        let text = proxies_text(&r);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("PROXY  REPLICA "), "{text}");
+        assert!(lines[1].starts_with("near   (this one)"), "{text}");
+        assert!(lines[2].starts_with("far    replica-b"), "{text}");
+        let alone = pb::ProxiesResponse {
+            proxies: vec![proxy("near", "")],
+            ..Default::default()
+        };
+        assert!(!proxies_text(&alone).contains("REPLICA"));
     }
 }

@@ -291,6 +291,7 @@ mod tests {
             connected_since: SystemTime::UNIX_EPOCH,
             identity: PeerIdentity::Unauthenticated,
             types: Default::default(),
+            replica: None,
         };
         let t = &mut p.types[ResourceType::Route.index()];
         t.subscribed = true;

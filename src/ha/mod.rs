@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+pub mod proxies;
 pub mod replicas;
 
 use crate::shutdown::Shutdown;
@@ -88,6 +89,15 @@ impl Leadership {
             role: role_tx,
             eligible: eligible_rx,
         };
+        if let Some(registry) = &task.registry {
+            tokio::spawn(proxies::mirror(
+                client.clone(),
+                me.id.clone(),
+                role.clone(),
+                registry.clone(),
+                shutdown.clone(),
+            ));
+        }
         tokio::spawn(task.run(shutdown));
         Leadership {
             role,
@@ -258,6 +268,14 @@ impl Campaign {
             self.eligible.clone(),
             self.registry.clone(),
         ));
+        let published = self.registry.clone().map(|registry| {
+            tokio::spawn(proxies::publish(
+                self.client.clone(),
+                lease,
+                self.me.id.clone(),
+                registry,
+            ))
+        });
         let end = loop {
             if let Err(e) = self.campaign(lease).await {
                 break TermEnd::Lost(e);
@@ -289,6 +307,9 @@ impl Campaign {
         };
         keepalive.abort();
         record.abort();
+        if let Some(published) = published {
+            published.abort();
+        }
         end
     }
 

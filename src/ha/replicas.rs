@@ -62,7 +62,10 @@ pub(super) async fn publish(
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                 .unwrap_or_default(),
-            proxies: registry.as_ref().map_or(0, |r| r.len() as u64),
+            // Its own proxies only, not those a leader mirrors.
+            proxies: registry.as_ref().map_or(0, |r| {
+                r.statuses().iter().filter(|p| p.replica.is_none()).count() as u64
+            }),
             ineligible: eligible.borrow().clone(),
         };
         if let Ok(value) = serde_json::to_vec(&record) {

@@ -293,13 +293,26 @@ impl EtcdClient {
         start_revision: i64,
         progress_notify: bool,
     ) -> Result<KeyWatch, StateError> {
+        self.watch_range(key, Vec::new(), start_revision, progress_notify)
+            .await
+    }
+
+    /// Watches the keys from `key` up to `range_end` (excluded; empty: `key`
+    /// alone), as [`EtcdClient::watch_key`] does one key.
+    pub async fn watch_range(
+        &self,
+        key: Vec<u8>,
+        range_end: Vec<u8>,
+        start_revision: i64,
+        progress_notify: bool,
+    ) -> Result<KeyWatch, StateError> {
         let create = pb::WatchRequest {
             request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
                 pb::WatchCreateRequest {
                     key,
+                    range_end,
                     start_revision,
                     progress_notify,
-                    ..Default::default()
                 },
             )),
         };

@@ -79,6 +79,10 @@ pub struct ProxyStatus {
     pub identity: PeerIdentity,
     /// Per type, in [`ResourceType::ALL`] order.
     pub types: [TypeStatus; 4],
+    /// The replica it is connected to, when not this one: the leader
+    /// mirrors the other replicas' proxies (see [`RemoteStream`]) so that
+    /// a flip waits for the whole fleet. `None`: connected here.
+    pub replica: Option<String>,
 }
 
 impl ProxyStatus {
@@ -225,6 +229,7 @@ impl ProxyRegistry {
                 connected_since: SystemTime::now(),
                 identity: PeerIdentity::Unauthenticated,
                 types: Default::default(),
+                replica: None,
             }),
         );
         drop(inner);
@@ -234,6 +239,20 @@ impl ProxyRegistry {
             id,
             node_known: false,
         }
+    }
+
+    /// Adds a proxy connected to another replica, as that replica last
+    /// published it; it is given a stream id of this registry (the remote
+    /// one is meaningless here) and removed when the handle drops. Readers
+    /// see it as any other stream, so an operation waits for it.
+    pub fn register_remote(self: &Arc<Self>, status: ProxyStatus) -> RemoteStream {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let handle = RemoteStream {
+            registry: self.clone(),
+            id,
+        };
+        handle.replace(status);
+        handle
     }
 
     /// Every connected stream, ordered by node id and then stream id.
@@ -467,6 +486,46 @@ impl Drop for StreamHandle {
     }
 }
 
+/// A mirrored proxy of another replica ([`ProxyRegistry::register_remote`]);
+/// dropping it removes the proxy.
+#[derive(Debug)]
+pub struct RemoteStream {
+    registry: Arc<ProxyRegistry>,
+    id: u64,
+}
+
+impl RemoteStream {
+    /// The stream's id in this registry.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Replaces the proxy's status whole with what its replica published
+    /// last (the stream id is kept); wakes the registry's watchers.
+    pub fn replace(&self, mut status: ProxyStatus) {
+        status.stream_id = self.id;
+        let mut inner = self.registry.lock();
+        if inner.streams.get(&self.id).is_some_and(|p| **p == status) {
+            return;
+        }
+        inner.streams.insert(self.id, Arc::new(status));
+        inner.changed(self.id);
+        drop(inner);
+        self.registry.bump();
+    }
+}
+
+impl Drop for RemoteStream {
+    fn drop(&mut self) {
+        {
+            let mut inner = self.registry.lock();
+            inner.changed(self.id);
+            inner.streams.remove(&self.id);
+        }
+        self.registry.bump();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,5 +608,48 @@ mod tests {
             reg.lock().feeds.iter().all(Option::is_none),
             "a dropped feed stops collecting"
         );
+    }
+
+    #[test]
+    fn a_remote_stream_is_seen_replaced_and_removed_like_a_local_one() {
+        let reg = ProxyRegistry::new();
+        let feed = reg.feed();
+        let mut watch = reg.watch();
+        watch.mark_unchanged();
+        let mut status = ProxyStatus {
+            stream_id: 77,
+            node: Some(NodeInfo {
+                id: "far".into(),
+                cluster: "edge".into(),
+                user_agent: String::new(),
+            }),
+            kind: StreamKind::Aggregated,
+            delta: false,
+            connected_since: SystemTime::UNIX_EPOCH,
+            identity: PeerIdentity::Unauthenticated,
+            types: Default::default(),
+            replica: Some("b".into()),
+        };
+        let remote = reg.register_remote(status.clone());
+        assert!(watch.has_changed().expect("registry alive"));
+        let first = feed.take();
+        assert_eq!(first.changed.len(), 1);
+        assert_eq!(first.changed[0].stream_id, remote.id(), "a local id");
+        assert_eq!(first.changed[0].replica.as_deref(), Some("b"));
+        watch.mark_unchanged();
+        remote.replace(status.clone());
+        assert!(feed.take().is_empty(), "an identical status is no change");
+        assert!(!watch.has_changed().expect("registry alive"));
+        status.types[ResourceType::Route.index()].acked = Some("3".into());
+        remote.replace(status);
+        let second = feed.take();
+        assert_eq!(
+            second.changed[0].of(ResourceType::Route).acked.as_deref(),
+            Some("3")
+        );
+        let id = remote.id();
+        drop(remote);
+        assert_eq!(feed.take().gone, vec![id]);
+        assert!(reg.is_empty());
     }
 }
