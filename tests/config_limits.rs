@@ -294,13 +294,10 @@ fn serve_refuses_a_bomb_at_start() {
     assert!(err.contains("--config-max-depth"), "{err}");
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+#[path = "support/ports.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod ports;
+use ports::free_port;
 
 /// The version `teal status -o json` reports.
 fn status_version(admin: u16) -> Option<String> {

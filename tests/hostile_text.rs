@@ -365,13 +365,10 @@ fn out_of_range_flags_exit_64_naming_the_flag() {
     }
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+#[path = "support/ports.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod ports;
+use ports::free_port;
 
 /// A real `teal serve` logging at debug to a file, and a proxy whose node
 /// id and NACK are hostile: the log stays one event per line, escaped,

@@ -14,14 +14,10 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// A port that was free a moment ago (another process could take it
-/// before teal binds it; unlikely on a test machine).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+#[path = "support/ports.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod ports;
+use ports::free_port;
 
 fn teal() -> Command {
     Command::new(env!("CARGO_BIN_EXE_teal"))

@@ -492,12 +492,10 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+#[path = "support/ports.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod ports;
+use ports::free_port;
 
 fn teal_status(admin: u16) -> bool {
     std::process::Command::new(env!("CARGO_BIN_EXE_teal"))

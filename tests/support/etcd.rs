@@ -35,13 +35,7 @@ pub fn etcd_binary() -> PathBuf {
         })
 }
 
-/// A free port on 127.0.0.1 (bound and released; good enough for tests).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
+pub use super::ports::free_port;
 
 /// One etcd member.
 pub struct Etcd {

@@ -31,6 +31,7 @@
 pub mod etcd;
 pub mod http;
 pub mod pki;
+pub mod ports;
 pub mod resources;
 pub mod world;
 
@@ -119,15 +120,12 @@ pub fn show(out: &std::process::Output) -> String {
     )
 }
 
-/// A free TCP port on 127.0.0.1, found by binding port 0 and letting go.
+/// A free TCP port on 127.0.0.1 ([`ports::free_port`]).
 ///
 /// Racy by nature: another process may take the port between this call
 /// and its use. Use it only where the port must be known up front (an
 /// Envoy listener in a published snapshot); bind `:0` directly elsewhere.
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address").port()
-}
+pub use ports::free_port;
 
 /// Polls `check` every 50 ms until it returns true.
 ///
