@@ -381,9 +381,8 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     };
     let registry: Arc<ProxyRegistry> =
         ProxyRegistry::with_sink_and_cordons(metrics.clone(), Arc::new(cordons));
-    // Bound first: a replica's leader record names its admin address.
-    let listener = bind(opts.xds_addr).await?;
-    let xds_addr = local_addr(&listener, opts.xds_addr)?;
+    // The admin port is bound first: a replica's leader record names its
+    // address.
     let admin_listener = bind(opts.admin_addr).await?;
     let admin_addr = local_addr(&admin_listener, opts.admin_addr)?;
     let (store, leadership) = open_store(&opts, admin_addr, &source.last, &registry, &shutdown)?;
@@ -400,10 +399,12 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     .await?;
     let controller = controller.with_endpoint_limits(opts.endpoint_limits);
     tracing::info!(config = %source.name(), version = %controller.snapshot().version(), "serving config");
-    // The ports are bound but not yet served: proxies that connect now
-    // wait in the backlog until Kubernetes fleets have their first lists.
+    // The xDS port opens once Kubernetes fleets have their first lists, so
+    // no proxy is served a Kubernetes fleet empty.
     let mut kube = KubeFleets::new(controller.clone(), opts.kube);
     kube.follow(&kube_config).await;
+    let listener = bind(opts.xds_addr).await?;
+    let xds_addr = local_addr(&listener, opts.xds_addr)?;
     let backend: Arc<dyn Backend> = Arc::new(controller.clone());
     let xds_config = XdsServerConfig {
         tls: xds_tls.clone(),
