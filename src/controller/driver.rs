@@ -5,9 +5,11 @@
 //! what happened ([`Event`]s); it never guesses what a machine wants by
 //! looking at its state. Durable points: an operation is saved when it
 //! starts (so its id is never reused and a crash before its first commit
-//! is still recorded), with each of its commits (weights, version and
-//! operation record in one write), and when it ends (history entry,
-//! rollback point, no operation).
+//! is still recorded), unless its first step commits at once, with
+//! nothing to wait for in between (then that commit is its first save);
+//! with each of its commits (weights, version and operation record in one
+//! write); and when it ends (history entry, rollback point, no
+//! operation).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -572,6 +574,7 @@ impl Driver {
             split: &st.weights,
             rollback_to: st.rollback_to.as_ref(),
             retired: &st.retired,
+            has_checks: !svc.checks.is_empty(),
         })
     }
 
@@ -614,21 +617,11 @@ impl Driver {
             started: wall,
         };
         let (rollout, actions) = Rollout::start(origin, &op, plan, original, rollback_before, now);
-        let mut next = self.state.clone();
-        next.next_operation_id = id;
-        if let Some(st) = next.services.get_mut(&service) {
-            st.operation = Some(rollout.record(now, wall));
-        }
-        self.revision = self
-            .store
-            .save(&next, self.revision)
-            .await
-            .map_err(RolloutError::from)?;
-        self.state = next;
+        let before = self.state.next_operation_id;
+        self.state.next_operation_id = id;
         let (tx, rx) = watch::channel(rollout.progress());
-        tracing::info!(id, %service, verb = %op.verb(), %actor, "operation started");
         self.running.insert(
-            service,
+            service.clone(),
             Running {
                 rollout,
                 progress: tx,
@@ -637,7 +630,73 @@ impl Driver {
                 follow: Follow::default(),
             },
         );
-        Ok((rx, actions))
+        match self.first_durable_point(&service, actions).await {
+            Ok(actions) => {
+                if let Some(running) = self.running.get(&service) {
+                    running.publish();
+                }
+                tracing::info!(id, %service, verb = %op.verb(), %actor, "operation started");
+                Ok((rx, actions))
+            }
+            Err(e) => {
+                // Nothing was saved or served: the operation never was.
+                self.running.remove(&service);
+                self.state.next_operation_id = before;
+                Err(e)
+            }
+        }
+    }
+
+    /// Carries a new operation to its first durable point. Proxy
+    /// observations are answered at once (they need no wait), so the
+    /// driver knows whether the first thing the operation does is to
+    /// commit: then the commit, which writes the operation's record with
+    /// its step, is its one write before the outcome, instead of a save
+    /// of the start followed at once by the commit's. Otherwise (it waits
+    /// for proxies, checks or a delay first) the start is saved now, so
+    /// its id is never reused and a crash while it waits is recorded.
+    /// Either way a store that cannot save refuses the operation whole,
+    /// before anything is served. Returns what is left to carry out.
+    async fn first_durable_point(
+        &mut self,
+        service: &str,
+        actions: Vec<Action>,
+    ) -> Result<Vec<Action>, RolloutError> {
+        let mut queue = VecDeque::from(actions);
+        while let Some(Action::ObserveProxies) = queue.front() {
+            queue.pop_front();
+            let views = self.proxy_views(service);
+            let Some(running) = self.running.get_mut(service) else {
+                return Ok(Vec::new());
+            };
+            queue.extend(
+                running
+                    .rollout
+                    .on_event(Event::Proxies(views), Instant::now()),
+            );
+        }
+        if let Some(Action::Commit(change)) = queue.front() {
+            let change = change.clone();
+            queue.pop_front();
+            let event = match self.commit_change(service, &change).await {
+                Ok(version) => Event::Committed { version },
+                Err(CommitError::Store(e)) => return Err(e.into()),
+                Err(e) => Event::CommitFailed(e.to_string()),
+            };
+            if let Some(running) = self.running.get_mut(service) {
+                queue.extend(running.rollout.on_event(event, Instant::now()));
+            }
+            return Ok(queue.into());
+        }
+        let mut next = self.state.clone();
+        if let (Some(st), Some(running)) =
+            (next.services.get_mut(service), self.running.get(service))
+        {
+            st.operation = Some(running.rollout.record(Instant::now(), SystemTime::now()));
+        }
+        self.revision = self.store.save(&next, self.revision).await?;
+        self.state = next;
+        Ok(queue.into())
     }
 
     async fn cancel_retirement(&mut self, service: &str, by: &str) -> Result<(), RolloutError> {

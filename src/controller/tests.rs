@@ -108,6 +108,40 @@ async fn a_flip_with_no_proxies_commits_persists_and_records_history() {
     );
 }
 
+/// The revision the store holds, which each save moves by one.
+fn revision(store: &MemoryStore) -> u64 {
+    store.current().map_or(0, |s| s.revision.0)
+}
+
+#[tokio::test]
+async fn a_flip_that_commits_at_once_saves_its_start_with_the_commit() {
+    let store = Arc::new(MemoryStore::default());
+    let (c, _t) = controller(store.clone()).await;
+    let before = revision(&store);
+    // No checks and no proxy: nothing to wait for before the commit, so
+    // the commit (with the operation's record and id) is the first save
+    // and the outcome the second.
+    let rx = c.start(flip("api", false), "alice").await.expect("starts");
+    let id = rx.borrow().id;
+    assert_eq!(outcome(rx).await, Outcome::Succeeded);
+    assert_eq!(revision(&store), before + 2, "one save to commit, one to end");
+    let stored = store.current().expect("saved").state;
+    assert_eq!(stored.next_operation_id, id, "the id is durable");
+    assert_eq!(stored.history["api"].len(), 1);
+
+    // A store that cannot save refuses the operation whole: no id used,
+    // nothing served.
+    let served = c.snapshot().version().to_owned();
+    store.fail_saves(true);
+    let err = c.start(flip("api", false), "alice").await;
+    assert!(matches!(err, Err(RolloutError::Store(_))), "{err:?}");
+    assert_eq!(c.snapshot().version(), served, "nothing was published");
+    store.fail_saves(false);
+    let rx = c.start(flip("api", false), "alice").await.expect("starts");
+    assert_eq!(rx.borrow().id, id + 1, "the refused operation used no id");
+    assert_eq!(outcome(rx).await, Outcome::Succeeded);
+}
+
 #[tokio::test]
 async fn failing_checks_refuse_and_change_nothing() {
     let store = Arc::new(MemoryStore::default());

@@ -21,6 +21,7 @@ pub(crate) fn view<'a>(current: &'a Split, rollback_to: Option<&'a Split>) -> Se
         split: current,
         rollback_to,
         retired: &NONE_RETIRED,
+        has_checks: true,
     }
 }
 

@@ -631,6 +631,7 @@ fn run_one(
         split: &svc.in_effect.split,
         rollback_to: svc.rollback_to.as_ref(),
         retired: &svc.in_effect.retired,
+        has_checks: true,
     };
     let Ok(p) = plan(op, &v) else {
         return Ok(None);

@@ -52,7 +52,7 @@ impl Plan {
     ) -> Plan {
         Plan {
             steps: service.steps_to(&[split]),
-            checks: !skip_checks,
+            checks: !skip_checks && service.has_checks,
             timeout,
             interval: Duration::ZERO,
             wait_first: false,
@@ -75,6 +75,10 @@ pub struct ServiceView<'a> {
     pub rollback_to: Option<&'a Split>,
     /// Retired fleets.
     pub retired: &'a BTreeSet<String>,
+    /// Whether the service has checks configured: a plan for one with
+    /// none has no check phase (nothing to wait for, so a flip commits in
+    /// the same turn it starts).
+    pub has_checks: bool,
 }
 
 impl ServiceView<'_> {
@@ -355,7 +359,7 @@ pub fn plan(op: &Operation, service: &ServiceView<'_>) -> Result<Plan, RolloutEr
             let splits = service.shift_splits(steps)?;
             Ok(Plan {
                 steps: service.steps_to(&splits),
-                checks: !skip_checks,
+                checks: !skip_checks && service.has_checks,
                 timeout: *timeout,
                 interval: *interval,
                 wait_first: false,

@@ -199,6 +199,7 @@ fn sending_traffic_to_a_retired_fleet_restores_its_endpoints_first() {
     let retired = BTreeSet::from(["blue".to_string()]);
     let v = ServiceView {
         retired: &retired,
+        has_checks: true,
         ..view(&green_live, None)
     };
     let p = plan(&flip(false), &v).expect("plan");

@@ -806,6 +806,7 @@ pub(crate) fn admin_convert(data: &[u8]) {
         split: &s.split,
         rollback_to: s.rollback_to.as_ref(),
         retired: &s.retired,
+        has_checks: true,
     };
     let plan = match plan(&op, &view) {
         Ok(plan) => plan,
