@@ -240,10 +240,7 @@ async fn run() -> anyhow::Result<()> {
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, format!("bench:{TOKEN}\n"))?;
     // teal refuses a tokens file others can read.
-    std::fs::set_permissions(
-        &tokens,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )?;
+    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let (_trigger, shutdown) = teal::shutdown::shutdown_channel();
     let running = teal::serve::start(
         teal::serve::ServeOptions {

@@ -315,13 +315,17 @@ fn change(
 }
 
 async fn send(c: &mut Conn, r: pb::ChangeFleetRequest, out: &mut dyn Write) -> Result<u8, Failure> {
-    let req = c.signed(r);
-    let f = c
-        .client
-        .change_fleet(req)
-        .await
-        .map_err(|e| c.fail(&e))?
-        .into_inner();
+    let call = c.client.change_fleet(c.signed(r.clone())).await;
+    // Registrations are the leading replica's to save: a follower names
+    // it, and the change is asked there once.
+    let call = match c.leader_redirect(&call, &mut std::io::sink()).await? {
+        Some(leader) => {
+            *c = leader;
+            c.client.change_fleet(c.signed(r)).await
+        }
+        None => call,
+    };
+    let f = call.map_err(|e| c.fail(&e))?.into_inner();
     let _ = writeln!(
         out,
         "{}/{}: {} endpoint{} ({}% of traffic), version {}",

@@ -281,6 +281,11 @@ impl Driver {
         let changes = self.registry.feed();
         // Other replicas' saves, with a shared store; and who leads.
         let mut saved = self.store.watch();
+        if let Some(rx) = saved.as_mut() {
+            // A save between this replica's load and now is already the
+            // watch's current value, which `changed` would not report.
+            rx.mark_changed();
+        }
         let mut roles = self.leadership.as_ref().map(crate::ha::Leadership::watch);
         loop {
             let deadline = self

@@ -30,7 +30,9 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::{EndpointSetError, EndpointSource, FleetSets, check_endpoints};
+use crate::config::{
+    EndpointOverlay, EndpointSetError, EndpointSource, FleetSets, check_endpoints,
+};
 use crate::registration::{
     self, EndpointChange, FleetView, Registered, RegistrationError, Request,
 };
@@ -53,32 +55,7 @@ impl Driver {
         next: PersistedState,
         limits: &EndpointLimits,
     ) -> Result<Version, RolloutError> {
-        let svc = self
-            .file_config
-            .services
-            .get(service)
-            .ok_or_else(|| self.unknown_service(service))?;
-        let mut overlay = self.overlay.clone();
-        let mut changed = false;
-        for (fleet, endpoints) in sets {
-            let Some(fl) = svc.fleets.get(&fleet) else {
-                return Err(RolloutError::UnknownFleet {
-                    service: service.to_owned(),
-                    fleet,
-                });
-            };
-            if fl.source.is_file() {
-                return Err(RolloutError::Precondition(format!(
-                    "the endpoints of fleet {fleet:?} of service {service:?} are listed in the \
-                     config file; to set them from outside, make them `endpoints: registered`"
-                )));
-            }
-            check_endpoints(&endpoints, limits.max_fleet_endpoints).map_err(|e| match e {
-                EndpointSetError::TooMany { .. } => RolloutError::Limit(e.to_string()),
-                e => RolloutError::Invalid(e.to_string()),
-            })?;
-            changed |= overlay.set(service, &fleet, endpoints);
-        }
+        let (overlay, changed) = self.overlay_with(service, sets, limits)?;
         if let (false, Some(version)) = (changed, self.state.version.clone()) {
             // Nothing served changes (a renewal, a repeated set): the
             // state alone is saved, and no version is spent on it.
@@ -111,6 +88,43 @@ impl Driver {
                 })
             }
         }
+    }
+
+    /// This driver's overlay with `sets` laid over it, checked whole, and
+    /// whether anything changed.
+    pub(super) fn overlay_with(
+        &self,
+        service: &str,
+        sets: FleetSets,
+        limits: &EndpointLimits,
+    ) -> Result<(EndpointOverlay, bool), RolloutError> {
+        let svc = self
+            .file_config
+            .services
+            .get(service)
+            .ok_or_else(|| self.unknown_service(service))?;
+        let mut overlay = self.overlay.clone();
+        let mut changed = false;
+        for (fleet, endpoints) in sets {
+            let Some(fl) = svc.fleets.get(&fleet) else {
+                return Err(RolloutError::UnknownFleet {
+                    service: service.to_owned(),
+                    fleet,
+                });
+            };
+            if fl.source.is_file() {
+                return Err(RolloutError::Precondition(format!(
+                    "the endpoints of fleet {fleet:?} of service {service:?} are listed in the \
+                     config file; to set them from outside, make them `endpoints: registered`"
+                )));
+            }
+            check_endpoints(&endpoints, limits.max_fleet_endpoints).map_err(|e| match e {
+                EndpointSetError::TooMany { .. } => RolloutError::Limit(e.to_string()),
+                e => RolloutError::Invalid(e.to_string()),
+            })?;
+            changed |= overlay.set(service, &fleet, endpoints);
+        }
+        Ok((overlay, changed))
     }
 
     /// [`Controller::set_fleet_endpoints`](super::Controller::set_fleet_endpoints):

@@ -477,3 +477,46 @@ async fn registrations_of_a_fleet_back_in_the_file_expire_quietly() {
         .expect("the stale registration left the state");
     assert_eq!(served(&c, "web-green"), ["127.0.0.1:4"]);
 }
+
+#[tokio::test]
+async fn a_replica_serves_the_registrations_another_saved() {
+    // Two replicas on one store (clones of a watchable store act as a
+    // shared one): registrations travel in the stored state, so the other
+    // replica renders the same endpoints under the same version.
+    let store = MemoryStore::watchable();
+    let (a, _ta) = controller(Arc::new(store.clone())).await;
+    let (b, _tb) = controller(Arc::new(store.clone())).await;
+    // `b` saved at its start; `a` sees that save through the watch, and
+    // until then its compare-and-swap fails and is asked again.
+    let mut tries = 0;
+    while let Err(e) = a
+        .change_fleet("web", "green", set(&["127.0.0.1:2"]), false, "ci")
+        .await
+    {
+        tries += 1;
+        assert!(matches!(e, RolloutError::Store(_)) && tries < 100, "{e:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let version = a.snapshot().version().to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while b.snapshot().version() != version {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the other replica still serves {} instead of {version}",
+            b.snapshot().version()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(served(&b, "web-green"), ["127.0.0.1:2"]);
+    // And the next change builds on them there too.
+    b.change_fleet(
+        "web",
+        "green",
+        Request::Add(vec![reg("127.0.0.1:3")]),
+        false,
+        "ci",
+    )
+    .await
+    .expect("added on the other replica");
+    assert_eq!(served(&b, "web-green"), ["127.0.0.1:2", "127.0.0.1:3"]);
+}

@@ -10,9 +10,10 @@
 
 use tokio::sync::watch;
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, EndpointOverlay, EndpointSource, FleetSets};
+use crate::registration::EndpointLimits;
 use crate::rollout::{RolloutError, Version};
-use crate::state::{Revision, Stored};
+use crate::state::{PersistedState, Revision, Stored};
 
 use super::driver::Driver;
 use super::reconcile::reconcile;
@@ -47,10 +48,48 @@ pub(super) enum AdoptError {
 impl Driver {
     /// Applies a state another replica saved, if it is newer than the one
     /// this driver holds: the same snapshot, the same version strings.
+    /// Registered endpoints travel in the state, so it is rendered with
+    /// the registrations it holds, not this replica's last ones.
     pub(super) fn adopt(&mut self, stored: Stored) -> Result<bool, AdoptError> {
         if stored.revision <= self.revision {
             return Ok(false);
         }
+        let overlay = self.overlay_for(&stored.state);
+        let config = self.file_config.with_endpoints(&overlay);
+        let previous = std::mem::replace(&mut self.config, config);
+        match self.adopt_rendered(stored) {
+            Ok(()) => {
+                self.overlay = overlay;
+                self.next_expiry_at = self.state.registered.next_expiry();
+                Ok(true)
+            }
+            Err(e) => {
+                self.config = previous;
+                Err(e)
+            }
+        }
+    }
+
+    /// This replica's endpoint overlay with every registered fleet's
+    /// endpoints as `state` records them (the other sources' as this
+    /// replica last had them).
+    fn overlay_for(&self, state: &PersistedState) -> EndpointOverlay {
+        let registered = state.registered.overlay();
+        let mut overlay = self.overlay.clone();
+        for (service, svc) in &self.file_config.services {
+            for (fleet, f) in &svc.fleets {
+                if f.source == EndpointSource::Registered {
+                    let endpoints = registered.get(service, fleet).unwrap_or_default();
+                    overlay.set(service, fleet, endpoints.to_vec());
+                }
+            }
+        }
+        overlay
+    }
+
+    /// [`Driver::adopt`] with `self.config` already the config to render
+    /// `stored` with.
+    fn adopt_rendered(&mut self, stored: Stored) -> Result<(), AdoptError> {
         // Refused whole when it does not fit; nothing changes then.
         let fitted = reconcile(&self.config, &stored.state)?;
         let weights = self.weights_of(&fitted)?;
@@ -77,7 +116,7 @@ impl Driver {
             tracing::info!(version = %self.writer.current().version(), revision = %self.revision,
                 "applied the state another replica saved");
         }
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -169,29 +208,90 @@ impl Driver {
                 let _ = reply.send(Err(self.not_leader()));
                 None
             }
+            Command::ChangeRegistered { reply, .. } => {
+                // Registrations are saved state: only the leader writes it.
+                let _ = reply.send(Err(self.not_leader()));
+                None
+            }
+            Command::SetEndpoints {
+                service,
+                sets,
+                limits,
+                reply,
+            } => {
+                let _ = reply.send(self.follower_set_endpoints(&service, sets, &limits));
+                None
+            }
             Command::Reload { config, reply } => {
                 // A follower saves nothing: it takes the config and serves
                 // the stored state with it once the leader saves a state
                 // this config renders.
-                let _ = reply.send(self.follower_reload(config));
+                let _ = reply.send(self.follower_reload(*config));
                 None
             }
             cmd => Some(cmd),
         }
     }
 
-    fn follower_reload(&mut self, config: Box<Config>) -> Result<Reloaded, ReloadError> {
-        reconcile(&config, &self.state)?;
-        self.config = *config;
+    /// Renders the stored state again with this replica's config and
+    /// endpoints, under its labels.
+    fn rerender(&mut self) -> Result<bool, AdoptError> {
+        let revision = self.revision;
         let stored = Stored {
             state: self.state.clone(),
-            revision: self.revision,
+            revision,
         };
-        // Force a re-render of what is stored, under its labels.
         self.revision = Revision(0);
-        let result = self.adopt(stored.clone());
-        self.revision = stored.revision;
-        if let Err(e) = result {
+        let result = self.adopt(stored);
+        self.revision = revision;
+        result
+    }
+
+    /// A source every replica watches (Kubernetes) reported `service`'s
+    /// endpoints to a follower, which saves nothing: they go into its
+    /// overlay, and it renders the stored state with them again. Until the
+    /// leader saves the same endpoints, the stored state renders to
+    /// another digest here, and this replica keeps serving the last state
+    /// that matched. Registered fleets are the leader's to change.
+    fn follower_set_endpoints(
+        &mut self,
+        service: &str,
+        sets: FleetSets,
+        limits: &EndpointLimits,
+    ) -> Result<Version, RolloutError> {
+        let registered = sets.iter().any(|(fleet, _)| {
+            self.file_config.source_of(service, fleet) == Some(&EndpointSource::Registered)
+        });
+        if registered {
+            return Err(self.not_leader());
+        }
+        let (overlay, changed) = self.overlay_with(service, sets, limits)?;
+        if changed {
+            self.overlay = overlay;
+            self.config = self.file_config.with_endpoints(&self.overlay);
+            match self.rerender() {
+                Ok(_) => {
+                    if let Some(l) = &self.leadership {
+                        l.set_eligible(None);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, %service,
+                    "endpoints noted; served once the leader saves them"),
+            }
+        }
+        Ok(self
+            .state
+            .version
+            .clone()
+            .unwrap_or_else(|| Version::new(0, String::new())))
+    }
+
+    fn follower_reload(&mut self, config: Config) -> Result<Reloaded, ReloadError> {
+        let served = config.with_endpoints(&self.overlay);
+        reconcile(&served, &self.state)?;
+        self.config = served;
+        self.file_config = config;
+        if let Err(e) = self.rerender() {
             tracing::warn!(error = %e, "config reloaded on a follower; it applies when the \
                 leader saves a state it renders");
         }

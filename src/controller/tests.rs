@@ -124,7 +124,11 @@ async fn a_flip_that_commits_at_once_saves_its_start_with_the_commit() {
     let rx = c.start(flip("api", false), "alice").await.expect("starts");
     let id = rx.borrow().id;
     assert_eq!(outcome(rx).await, Outcome::Succeeded);
-    assert_eq!(revision(&store), before + 2, "one save to commit, one to end");
+    assert_eq!(
+        revision(&store),
+        before + 2,
+        "one save to commit, one to end"
+    );
     let stored = store.current().expect("saved").state;
     assert_eq!(stored.next_operation_id, id, "the id is durable");
     assert_eq!(stored.history["api"].len(), 1);
