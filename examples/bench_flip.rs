@@ -21,6 +21,11 @@
 //! - `teal-mtls`: as `teal`, with teal's xDS port on mTLS (certificates
 //!   made by the benchmark with rcgen; each Envoy presents a client
 //!   certificate whose SPIFFE ID its group admits, `envoy/edge-mtls.yaml`).
+//! - `teal-ha`: three teal replicas (child processes, as `teal`) on one
+//!   local etcd (`$TEAL_ETCD` or `etcd` on PATH; lease 2 s), Envoy `i` on
+//!   replica `i mod 3`; a flip goes to whichever replica leads and waits
+//!   for the proxies of all three (each replica publishes its own to
+//!   etcd, the leader mirrors them).
 //! - `envoy-file`: the Envoys read CDS and LDS from files and their routes
 //!   over RDS from one shared file; a flip is an atomic rename of a new
 //!   RDS file over it (inotify tells every Envoy).
@@ -94,7 +99,7 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
                     .collect::<anyhow::Result<_>>()?
             }
             other => anyhow::bail!(
-                "unknown flag {other}; use --envoys N --flips N --probe-hz N --modes teal,teal-cli,teal-mtls,envoy-file,envoy-file-each,envoy-file-teal-routes --teal-session own|shared --teal PATH"
+                "unknown flag {other}; use --envoys N --flips N --probe-hz N --modes teal,teal-cli,teal-mtls,teal-ha,envoy-file,envoy-file-each,envoy-file-teal-routes --teal-session own|shared --teal PATH"
             ),
         }
     }

@@ -330,6 +330,11 @@ pub enum Kind {
     /// client certificate, each Envoy presents one whose SPIFFE ID its
     /// group admits (`envoy/edge-mtls.yaml`).
     TealMtls,
+    /// Three teal replicas (child processes) on one local etcd (`$TEAL_ETCD`
+    /// or `etcd` on PATH), the Envoys spread over them in turn; a switch is
+    /// a flip through the controller of whichever replica leads, which
+    /// waits for every replica's proxies.
+    TealHa,
     /// Envoys reading CDS and LDS from files and RDS from one shared file;
     /// a switch is an atomic move of a new RDS file over the old one.
     EnvoyFile,
@@ -354,6 +359,7 @@ impl Kind {
             "teal" => Kind::Teal,
             "teal-cli" => Kind::TealCli,
             "teal-mtls" => Kind::TealMtls,
+            "teal-ha" => Kind::TealHa,
             "envoy-file" => Kind::EnvoyFile,
             "envoy-file-each" => Kind::EnvoyFileEach,
             "envoy-file-teal-routes" => Kind::EnvoyFileTealRoutes,
@@ -367,7 +373,10 @@ impl Kind {
 
     /// Whether teal is the control plane.
     pub fn is_teal(self) -> bool {
-        matches!(self, Kind::Teal | Kind::TealCli | Kind::TealMtls)
+        matches!(
+            self,
+            Kind::Teal | Kind::TealCli | Kind::TealMtls | Kind::TealHa
+        )
     }
 
     /// Name in output.
@@ -376,6 +385,7 @@ impl Kind {
             Kind::Teal => "teal",
             Kind::TealCli => "teal-cli",
             Kind::TealMtls => "teal-mtls",
+            Kind::TealHa => "teal-ha",
             Kind::EnvoyFile => "envoy-file",
             Kind::EnvoyFileEach => "envoy-file-each",
             Kind::EnvoyFileTealRoutes => "envoy-file-teal-routes",
@@ -450,7 +460,12 @@ pub struct System {
     dir: tempfile::TempDir,
     children: Vec<Child>,
     envoys: Vec<support::Envoy>,
-    teal: Option<TealChild>,
+    /// The teal processes: one, or the replicas of [`Kind::TealHa`].
+    teal: Vec<TealChild>,
+    /// Which of `teal` led the last flip.
+    leader: usize,
+    /// For [`Kind::TealHa`]: the etcd the replicas share.
+    etcd: Option<support::etcd::Etcd>,
     /// For [`Kind::TealCli`]: the `teal` binary and the admin address.
     cli: Option<(PathBuf, String)>,
     /// For [`Kind::TealMtls`]: the certificates (their files live as long
@@ -483,13 +498,15 @@ impl System {
             dir,
             children: Vec::new(),
             envoys: Vec::new(),
-            teal: None,
+            teal: Vec::new(),
+            leader: 0,
+            etcd: None,
             cli: None,
             pki: None,
             upstreams,
         };
         match kind {
-            Kind::Teal | Kind::TealCli | Kind::TealMtls => sys.start_teal(o).await?,
+            Kind::Teal | Kind::TealCli | Kind::TealMtls | Kind::TealHa => sys.start_teal(o).await?,
             Kind::EnvoyFile | Kind::EnvoyFileEach | Kind::EnvoyFileTealRoutes => {
                 sys.start_envoy_file().await?
             }
@@ -527,90 +544,103 @@ impl System {
         }
         let config = self.path("teal.yaml");
         std::fs::write(&config, yaml)?;
-        // `setsid` (util-linux) starts a new session and then executes the
-        // program in place, so the pid stays the child's.
-        let exe = std::env::current_exe()?;
-        let mut command = if own_session {
-            let mut c = std::process::Command::new("setsid");
-            c.arg(exe);
-            c
-        } else {
-            std::process::Command::new(exe)
-        };
-        command.arg("--teal-child").arg(&config);
+        if self.kind == Kind::TealHa {
+            self.etcd = Some(support::etcd::Etcd::start().await);
+        }
+        let replicas = if self.kind == Kind::TealHa { 3 } else { 1 };
         let mut client_certs = Vec::new();
-        match self.kind {
-            Kind::TealCli => {
-                let tokens = self.path("tokens");
-                std::fs::write(&tokens, format!("bench:{TOKEN}\n"))?;
-                std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600))?;
-                command.arg("--tokens").arg(&tokens);
-                let teal = o.teal_binary.clone().ok_or_else(|| {
-                    anyhow::anyhow!("teal-cli needs the teal binary (cargo build --release --bin teal, or --teal PATH)")
+        let mut xds_ports = Vec::new();
+        for _ in 0..replicas {
+            // `setsid` (util-linux) starts a new session and then executes
+            // the program in place, so the pid stays the child's.
+            let exe = std::env::current_exe()?;
+            let mut command = if own_session {
+                let mut c = std::process::Command::new("setsid");
+                c.arg(exe);
+                c
+            } else {
+                std::process::Command::new(exe)
+            };
+            command.arg("--teal-child").arg(&config);
+            if let Some(etcd) = &self.etcd {
+                command.arg("--etcd").arg(etcd.endpoint());
+            }
+            match self.kind {
+                Kind::TealCli => {
+                    let tokens = self.path("tokens");
+                    std::fs::write(&tokens, format!("bench:{TOKEN}\n"))?;
+                    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600))?;
+                    command.arg("--tokens").arg(&tokens);
+                    let teal = o.teal_binary.clone().ok_or_else(|| {
+                        anyhow::anyhow!("teal-cli needs the teal binary (cargo build --release --bin teal, or --teal PATH)")
+                    })?;
+                    anyhow::ensure!(
+                        teal.exists(),
+                        "no teal binary at {} (cargo build --release --bin teal, or --teal PATH)",
+                        teal.display()
+                    );
+                    self.cli = Some((teal, String::new()));
+                }
+                Kind::TealMtls => {
+                    let pki = support::pki::Pki::new("bench");
+                    let server = pki.server("teal");
+                    command
+                        .arg("--tls")
+                        .arg(&server.cert)
+                        .arg(&server.key)
+                        .arg(&pki.ca);
+                    for i in 0..self.ports.len() {
+                        client_certs.push(
+                            pki.spiffe(&format!("g{i}"), &format!("spiffe://bench.teal/g{i}")),
+                        );
+                    }
+                    self.pki = Some(pki);
+                }
+                _ => {}
+            }
+            let mut child = command
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .map_err(|e| {
+                    if own_session {
+                        anyhow::anyhow!(
+                            "cannot start teal with setsid ({e}); install util-linux or pass --teal-session shared"
+                        )
+                    } else {
+                        anyhow::anyhow!("cannot start teal: {e}")
+                    }
                 })?;
-                anyhow::ensure!(
-                    teal.exists(),
-                    "no teal binary at {} (cargo build --release --bin teal, or --teal PATH)",
-                    teal.display()
-                );
-                self.cli = Some((teal, String::new()));
+            let stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("stdin"))?;
+            let mut stdout = std::io::BufReader::new(
+                child
+                    .stdout
+                    .take()
+                    .ok_or_else(|| anyhow::anyhow!("stdout"))?,
+            );
+            let mut line = String::new();
+            stdout.read_line(&mut line)?;
+            let said: Vec<&str> = line.split_whitespace().collect();
+            let (xds, admin) = match said[..] {
+                ["xds", xds, "admin", admin] => (xds.parse::<u16>()?, admin.to_owned()),
+                _ => anyhow::bail!("teal child said {line:?}"),
+            };
+            if let Some((_, a)) = &mut self.cli {
+                *a = admin;
             }
-            Kind::TealMtls => {
-                let pki = support::pki::Pki::new("bench");
-                let server = pki.server("teal");
-                command
-                    .arg("--tls")
-                    .arg(&server.cert)
-                    .arg(&server.key)
-                    .arg(&pki.ca);
-                for i in 0..self.ports.len() {
-                    client_certs
-                        .push(pki.spiffe(&format!("g{i}"), &format!("spiffe://bench.teal/g{i}")));
-                }
-                self.pki = Some(pki);
-            }
-            _ => {}
+            xds_ports.push(xds);
+            self.pids.push(child.id());
+            self.teal.push(TealChild {
+                child,
+                stdin,
+                stdout,
+            });
         }
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                if own_session {
-                    anyhow::anyhow!(
-                        "cannot start teal with setsid ({e}); install util-linux or pass --teal-session shared"
-                    )
-                } else {
-                    anyhow::anyhow!("cannot start teal: {e}")
-                }
-            })?;
-        let stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("stdin"))?;
-        let mut stdout = std::io::BufReader::new(
-            child
-                .stdout
-                .take()
-                .ok_or_else(|| anyhow::anyhow!("stdout"))?,
-        );
-        let mut line = String::new();
-        stdout.read_line(&mut line)?;
-        let said: Vec<&str> = line.split_whitespace().collect();
-        let (xds, admin) = match said[..] {
-            ["xds", xds, "admin", admin] => (xds.parse::<u16>()?, admin.to_owned()),
-            _ => anyhow::bail!("teal child said {line:?}"),
-        };
-        if let Some((_, a)) = &mut self.cli {
-            *a = admin;
-        }
-        self.pids.push(child.id());
-        self.teal = Some(TealChild {
-            child,
-            stdin,
-            stdout,
-        });
         // Start Envoys a few at a time: each one's start-up is CPU-bound.
         let mut set = tokio::task::JoinSet::new();
         for i in 0..self.ports.len() {
             let group = format!("g{i}");
+            let xds = xds_ports[i % xds_ports.len()];
             let bootstrap = match (&self.pki, client_certs.get(i)) {
                 (Some(pki), Some(pair)) => Some(mtls_bootstrap(&group, xds, pki, pair)?),
                 _ => None,
@@ -792,7 +822,7 @@ impl System {
         let to = 1 - self.live;
         let mut result = None;
         match self.kind {
-            Kind::Teal | Kind::TealCli | Kind::TealMtls => {
+            Kind::Teal | Kind::TealCli | Kind::TealMtls | Kind::TealHa => {
                 if let Some((teal, admin)) = &self.cli {
                     // Output to pipes read to the end, as a script
                     // capturing it would.
@@ -816,10 +846,6 @@ impl System {
                         String::from_utf8_lossy(&out.stderr).trim()
                     );
                 }
-                let t = self
-                    .teal
-                    .as_mut()
-                    .ok_or_else(|| anyhow::anyhow!("no teal"))?;
                 // With the CLI, the flip is done: ask the child what the
                 // last one took.
                 let ask: &[u8] = if self.cli.is_some() {
@@ -827,13 +853,34 @@ impl System {
                 } else {
                     b"flip\n"
                 };
-                t.stdin.write_all(ask)?;
-                t.stdin.flush()?;
-                let mut line = String::new();
-                // teal answers once the flip is confirmed; reading the
-                // pipe blocks, so do it off the runtime's workers.
-                let stdout = &mut t.stdout;
-                tokio::task::block_in_place(|| stdout.read_line(&mut line))?;
+                // Replicas that do not lead refuse: ask the next one (the
+                // last leader first), for up to 30 s.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let mut tried = 0;
+                let line = loop {
+                    let n = self.teal.len().max(1);
+                    let i = (self.leader + tried) % n;
+                    let t = self
+                        .teal
+                        .get_mut(i)
+                        .ok_or_else(|| anyhow::anyhow!("no teal"))?;
+                    t.stdin.write_all(ask)?;
+                    t.stdin.flush()?;
+                    let mut line = String::new();
+                    // teal answers once the flip is confirmed; reading the
+                    // pipe blocks, so do it off the runtime's workers.
+                    let stdout = &mut t.stdout;
+                    tokio::task::block_in_place(|| stdout.read_line(&mut line))?;
+                    if !line.starts_with("done refused") {
+                        self.leader = i;
+                        break line;
+                    }
+                    anyhow::ensure!(Instant::now() < deadline, "no replica leads: {line}");
+                    tried += 1;
+                    if tried % n == 0 {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                };
                 let f: Vec<&str> = line.split_whitespace().collect();
                 if f.first() != Some(&"done") || f.get(1) != Some(&"ok") {
                     anyhow::bail!("teal flip failed: {line}");
@@ -930,7 +977,7 @@ impl Drop for System {
         for c in &mut self.children {
             let _ = c.start_kill();
         }
-        if let Some(t) = &mut self.teal {
+        for t in &mut self.teal {
             let _ = t.child.kill();
             let _ = t.child.wait();
         }
@@ -1005,12 +1052,14 @@ where
     rt.block_on(bench(args))
 }
 
-/// The teal side of `--teal-child CONFIG [--tokens FILE] [--tls CERT KEY
+/// The teal side of `--teal-child CONFIG [--etcd HOST:PORT] [--tokens FILE] [--tls CERT KEY
 /// CLIENT_CA]`: runs `teal serve` on the config in-process (admin tokens
-/// from FILE; the xDS port on mTLS with `--tls`), prints `xds <port>
+/// from FILE; the xDS port on mTLS with `--tls`; with `--etcd`, the store
+/// is that etcd, prefix `/bench/`, lease 2 s), prints `xds <port>
 /// admin <address>`, then reads lines on stdin: `flip` flips service
 /// `web` and prints `done ok <convergence µs> <command to outcome µs>`
-/// (or `done <outcome>`); `last` prints the same for the last history
+/// (or `done <outcome>`, or `done refused <why>` when this replica does
+/// not lead); `last` prints the same for the last history
 /// entry (a flip made through the admin API), command to outcome being
 /// its `finished − started`.
 pub async fn teal_child(args: &[String]) -> anyhow::Result<()> {
@@ -1031,6 +1080,11 @@ pub async fn teal_child(args: &[String]) -> anyhow::Result<()> {
         };
         match flag.as_str() {
             "--tokens" => options.admin_tokens = Some(value()?),
+            "--etcd" => {
+                let endpoint = value()?.to_string_lossy().into_owned();
+                options.etcd = Some(teal::state::EtcdOptions::new(vec![endpoint], "/bench/"));
+                options.leader_lease = Duration::from_secs(2);
+            }
             "--tls" => {
                 options.xds_tls = Some(teal::tls::TlsFiles {
                     cert: value()?,
@@ -1078,7 +1132,7 @@ pub async fn teal_child(args: &[String]) -> anyhow::Result<()> {
             continue;
         }
         let start = Instant::now();
-        let mut rx = controller
+        let started = controller
             .start(
                 Operation::Flip {
                     service: "web".into(),
@@ -1088,7 +1142,16 @@ pub async fn teal_child(args: &[String]) -> anyhow::Result<()> {
                 },
                 "bench",
             )
-            .await?;
+            .await;
+        // A replica that does not lead refuses (teal-ha asks another).
+        let mut rx = match started {
+            Ok(rx) => rx,
+            Err(e) => {
+                writeln!(out, "done refused {}", e.to_string().replace('\n', " "))?;
+                out.flush()?;
+                continue;
+            }
+        };
         let outcome = loop {
             if let Some(o) = rx.borrow_and_update().outcome.clone() {
                 break o;

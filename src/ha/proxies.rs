@@ -1,22 +1,67 @@
 //! The fleet's ACK/NACK state across replicas, so that a flip through the
 //! leader waits for every proxy of every replica.
 //!
-//! Each replica writes its proxies' xDS state into ONE key,
-//! `PREFIX/proxies/ID`, under its lease: a batch per replica, rewritten
-//! when its registry changes and at most once per [`PUBLISH_EVERY`],
-//! whatever the number of proxies or versions (10,000 proxies ACKing a
-//! version cost at most five writes a second, not 10,000 keys). The key
-//! goes with the lease when the replica dies, so its proxies leave the
-//! wait set; they join it again through the replica they reconnect to.
+//! # Publishing
 //!
-//! The leader reads and watches every other replica's key and mirrors
-//! those proxies into its own [`ProxyRegistry`] as remote streams
-//! ([`ProxyRegistry::register_remote`]): the rollout's confirmation,
-//! which follows the registry, waits for them and rolls back on their
-//! NACK exactly as for its own proxies. When it stops leading, the mirror
-//! is dropped whole.
+//! Each replica publishes its own proxies' xDS state under its lease, so
+//! that the keys go with the lease when it dies and its proxies leave the
+//! wait set (they join it again through the replica they reconnect to):
+//!
+//! - `PREFIX/proxies/ID/c/SLOT.PART.GEN`: a **part**, the proxies whose
+//!   stream id divided by [`SLOT_PROXIES`] is `SLOT`, cut into parts of
+//!   about [`PART_TARGET_BYTES`]. A part names every string it uses (node
+//!   ids, groups, user agents, versions) once, in a table, and its
+//!   records refer to them by index: nearly every proxy holds the same
+//!   versions, so a record costs about 100 bytes. A part is never
+//!   rewritten: new content gets a new `GEN` (the round's number).
+//! - `PREFIX/proxies/ID/m`: the **manifest**: the names of the parts that
+//!   make up the replica's proxies now, how many proxies they hold, and
+//!   the replica's groups.
+//!
+//! A round runs when the registry changed, at most once per
+//! [`PUBLISH_EVERY`], and writes only the slots whose content changed:
+//! their new parts first, then, in the transaction carrying the last of
+//! them, the manifest, with the deletion of the parts it no longer names.
+//! Transactions hold at most [`TXN_MAX_BYTES`] and [`TXN_MAX_OPS`], under
+//! etcd's defaults (1.5 MiB, 128 operations). A round where every proxy
+//! changed (a flip's push or ACK wave) at 10,000 proxies writes 40 parts
+//! of about 30 KiB: two transactions, two etcd revisions, not 10,000
+//! keys. Nothing is written while nothing changes.
+//!
+//! So **every etcd revision shows a complete set**: the manifest names only
+//! parts that exist (they are written before it or with it, and deleted
+//! only with or after the manifest that stops naming them).
+//!
+//! # Bounds, and what is never done
+//!
+//! One record is at most [`RECORD_MAX_BYTES`] whatever the proxy sends:
+//! node fields are bounded by `--max-node-field-bytes` (at most 16 KiB),
+//! versions and NACK messages are cut here; a unit test proves the bound
+//! with the worst strings. A part is at most `PART_TARGET_BYTES` plus one
+//! record, so every proxy can always be published. Should a record still
+//! not fit ([`VALUE_MAX_BYTES`]), the manifest counts it as *unpublished*.
+//!
+//! The leader never confirms a flip without a replica's proxies: it
+//! mirrors a replica only from a complete set (a manifest, every part it
+//! names present and decoded, the counts matching, nothing unpublished).
+//! While a replica's set is incomplete (a part missing or corrupt, a write
+//! that failed half-way and is being retried, proxies unpublished) the
+//! leader keeps the last complete set it mirrored, whose proxies have not
+//! ACKed anything newer, so a flip waits for them; with no complete set
+//! ever seen, it registers one placeholder proxy per group the manifest
+//! lists ("unpublished proxies of replica ID"), which never ACKs: a flip
+//! of those groups waits and ends unconfirmed rather than confirmed.
+//!
+//! # Mirroring
+//!
+//! The leader reads every other replica's keys (at one revision) and then
+//! watches them, mirroring those proxies into its own [`ProxyRegistry`]
+//! as remote streams ([`ProxyRegistry::register_remote`]): the rollout's
+//! confirmation, which follows the registry, waits for them and rolls
+//! back on their NACK exactly as for its own proxies. When it stops
+//! leading, the mirror is dropped whole.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -34,62 +79,95 @@ use crate::xds::status::{Nack, ProxyStatus, RemoteStream, TypeStatus};
 
 use super::Role;
 
-/// The shortest time between two writes of a replica's proxies.
+/// The shortest time between two rounds of a replica's writes.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(200);
+
+/// Proxies per slot (by stream id): a proxy's change rewrites its slot's
+/// parts only.
+pub const SLOT_PROXIES: u64 = 256;
+
+/// A part is closed once it holds this many bytes.
+pub const PART_TARGET_BYTES: usize = 128 << 10;
+
+/// The most one proxy's record (with the strings it adds to its part's
+/// table) encodes to; proved by `a_record_is_bounded_whatever_the_proxy_sends`.
+pub const RECORD_MAX_BYTES: usize = 512 << 10;
+
+/// The largest part or manifest written or read: a part closes past
+/// [`PART_TARGET_BYTES`], so it holds at most that plus one record.
+pub const VALUE_MAX_BYTES: usize = PART_TARGET_BYTES + RECORD_MAX_BYTES + (4 << 10);
+
+/// The most bytes of values in one transaction (etcd refuses requests
+/// over 1.5 MiB by default); a transaction holds at least one part.
+pub const TXN_MAX_BYTES: usize = 1 << 20;
+
+/// The most operations in one transaction (etcd's default `--max-txn-ops`
+/// is 128).
+pub const TXN_MAX_OPS: usize = 100;
+
+/// Bytes of group names a manifest lists (a group name is at most 16 KiB).
+const MANIFEST_GROUP_BYTES: usize = 64 << 10;
+
+/// The most parts the leader holds for one replica (16,384 proxies, the
+/// default connection limit, fill 64 slots).
+const MAX_PARTS_PER_REPLICA: usize = 4096;
 
 /// How much of a NACK's message is published (Envoy's can be long; the
 /// leader needs the version, and enough text for an operator to see why).
 const MAX_NACK_MESSAGE_BYTES: usize = 512;
 
-/// The most replica keys the leader reads at once.
-const MAX_REPLICAS: i64 = 256;
+/// How much of a version is published: teal's versions are far shorter,
+/// so a cut one (from a proxy's NACK) never equals one teal serves.
+const MAX_VERSION_BYTES: usize = 128;
 
-/// How long the mirror waits before reading again after etcd failed.
+/// The most replicas the leader mirrors.
+const MAX_REPLICAS: usize = 256;
+
+/// How long the mirror waits before reading again after etcd failed, and
+/// the publisher before retrying a round.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// One replica's proxies, as published.
+/// One part: a string table and the records that index it.
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
-struct Published {
-    /// The proxies.
-    p: Vec<Proxy>,
+struct Part {
+    /// Strings.
+    s: Vec<String>,
+    /// Records.
+    p: Vec<Record>,
 }
 
-/// One proxy stream, in short field names: this is written to etcd at
-/// most five times a second per replica and must stay small.
+/// One proxy stream, as a JSON array: stream id on its replica; node id,
+/// group and user agent (indexes); its one type (`None`: ADS); delta (0
+/// or 1); connected since (unix ms); per type in [`ResourceType::ALL`]
+/// order, `None` when nothing is known.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
-struct Proxy {
-    /// Stream id on its replica.
-    s: u64,
-    /// Node id, cluster (group) and user agent, once known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    n: Option<(String, String, String)>,
-    /// The one type of a per-type stream; `None`: ADS.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    k: Option<usize>,
-    /// Delta.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    d: bool,
-    /// Connected since, unix milliseconds.
-    c: u64,
-    /// Per type, in [`ResourceType::ALL`] order.
-    t: [Type; 4],
-}
+struct Record(
+    u64,
+    Option<[u32; 3]>,
+    Option<u8>,
+    u8,
+    u64,
+    [Option<TypeRecord>; 4],
+);
 
-/// One type of one proxy.
-#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
-struct Type {
-    /// Subscribed.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    u: bool,
-    /// Sent version.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    s: Option<String>,
-    /// ACKed version.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    a: Option<String>,
-    /// Last NACK: version and message (cut).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    n: Option<(String, String)>,
+/// One type of one proxy: subscribed (0 or 1), sent version, ACKed
+/// version, last NACK (version, message); strings as indexes.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct TypeRecord(u8, Option<u32>, Option<u32>, Option<(u32, u32)>);
+
+/// What makes up one replica's proxies now.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+struct Manifest {
+    /// Part names.
+    c: Vec<String>,
+    /// Proxies held by the listed parts.
+    n: u64,
+    /// Proxies this replica holds but could not publish.
+    #[serde(default)]
+    u: u64,
+    /// The groups of its proxies (cut at [`MANIFEST_GROUP_BYTES`]).
+    #[serde(default)]
+    g: Vec<String>,
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -99,146 +177,331 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 /// `s` cut to at most `max` bytes, on a character boundary.
-fn cut(s: &str, max: usize) -> String {
+fn cut(s: &str, max: usize) -> &str {
     if s.len() <= max {
-        return s.to_owned();
+        return s;
     }
     let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].to_owned()
+    &s[..end]
 }
 
-impl Proxy {
-    fn of(p: &ProxyStatus) -> Proxy {
-        Proxy {
-            s: p.stream_id,
-            n: p.node
-                .as_ref()
-                .map(|n| (n.id.clone(), n.cluster.clone(), n.user_agent.clone())),
-            k: match p.kind {
+/// A part being built.
+#[derive(Default)]
+struct PartBuilder {
+    part: Part,
+    index: HashMap<String, u32>,
+    bytes: usize,
+}
+
+impl PartBuilder {
+    /// The index of `s`, added to the table if new; counts its bytes.
+    fn string(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.index.get(s) {
+            return i;
+        }
+        // The part holds fewer strings than records times 16, far under
+        // u32::MAX (a part holds at most one record past its target).
+        let i = u32::try_from(self.part.s.len()).unwrap_or(u32::MAX);
+        self.bytes += serde_json::to_string(s).map_or(s.len() * 6 + 2, |j| j.len()) + 1;
+        self.part.s.push(s.to_owned());
+        self.index.insert(s.to_owned(), i);
+        i
+    }
+
+    /// Adds `p`'s record.
+    fn add(&mut self, p: &ProxyStatus) {
+        let node = p.node.as_ref().map(|n| {
+            [
+                self.string(&n.id),
+                self.string(&n.cluster),
+                self.string(&n.user_agent),
+            ]
+        });
+        let types = std::array::from_fn(|i| {
+            let t = &p.types[i];
+            if *t == TypeStatus::default() {
+                return None;
+            }
+            Some(TypeRecord(
+                u8::from(t.subscribed),
+                t.sent
+                    .as_deref()
+                    .map(|v| self.string(cut(v, MAX_VERSION_BYTES))),
+                t.acked
+                    .as_deref()
+                    .map(|v| self.string(cut(v, MAX_VERSION_BYTES))),
+                t.nack.as_ref().map(|n| {
+                    (
+                        self.string(cut(&n.version, MAX_VERSION_BYTES)),
+                        self.string(cut(&n.message, MAX_NACK_MESSAGE_BYTES)),
+                    )
+                }),
+            ))
+        });
+        let record = Record(
+            p.stream_id,
+            node,
+            match p.kind {
                 StreamKind::Aggregated => None,
-                StreamKind::Single(ty) => Some(ty.index()),
+                StreamKind::Single(ty) => u8::try_from(ty.index()).ok(),
             },
-            d: p.delta,
-            c: unix_ms(p.connected_since),
-            t: std::array::from_fn(|i| {
-                let t = &p.types[i];
-                Type {
-                    u: t.subscribed,
-                    s: t.sent.clone(),
-                    a: t.acked.clone(),
-                    n: t.nack
-                        .as_ref()
-                        .map(|n| (n.version.clone(), cut(&n.message, MAX_NACK_MESSAGE_BYTES))),
-                }
-            }),
+            u8::from(p.delta),
+            unix_ms(p.connected_since),
+            types,
+        );
+        self.bytes += serde_json::to_vec(&record).map_or(0, |v| v.len()) + 1;
+        self.part.p.push(record);
+    }
+}
+
+/// `proxies` (one slot's, by stream id) as parts of about
+/// [`PART_TARGET_BYTES`]; and how many proxies could not be encoded
+/// within [`VALUE_MAX_BYTES`].
+fn encode_slot(proxies: &[&ProxyStatus]) -> (Vec<Vec<u8>>, u64) {
+    let mut parts = Vec::new();
+    let mut unpublished = 0;
+    let mut building = PartBuilder::default();
+    for p in proxies {
+        building.add(p);
+        if building.bytes >= PART_TARGET_BYTES {
+            close(std::mem::take(&mut building), &mut parts, &mut unpublished);
         }
     }
+    if !building.part.p.is_empty() {
+        close(building, &mut parts, &mut unpublished);
+    }
+    (parts, unpublished)
+}
 
-    /// The status the leader shows and waits for; `None` if the kind is
-    /// not a type teal knows.
-    fn status(self, replica: &str) -> Option<ProxyStatus> {
-        let kind = match self.k {
-            None => StreamKind::Aggregated,
-            Some(i) => StreamKind::Single(*ResourceType::ALL.get(i)?),
-        };
-        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(self.c);
-        Some(ProxyStatus {
-            stream_id: self.s,
-            node: self.n.map(|(id, cluster, user_agent)| NodeInfo {
-                id,
-                cluster,
-                user_agent,
-            }),
-            kind,
-            delta: self.d,
-            connected_since: at,
-            identity: PeerIdentity::Unauthenticated,
-            types: self.t.map(|t| TypeStatus {
-                subscribed: t.u,
-                sent: t.s,
-                sent_at: None,
-                acked: t.a,
-                acked_at: None,
-                nack: t.n.map(|(version, message)| Nack {
-                    version,
-                    message,
-                    at,
-                }),
-            }),
-            replica: Some(replica.to_owned()),
-        })
+fn close(part: PartBuilder, parts: &mut Vec<Vec<u8>>, unpublished: &mut u64) {
+    match serde_json::to_vec(&part.part) {
+        Ok(v) if v.len() <= VALUE_MAX_BYTES => parts.push(v),
+        Ok(_) | Err(_) => {
+            // Not possible with the record bound (see the module doc);
+            // counted so that the leader does not confirm without them.
+            *unpublished += part.part.p.len() as u64;
+            tracing::error!(
+                proxies = part.part.p.len(),
+                "some proxies' state cannot be published; the leader will not confirm flips of their groups"
+            );
+        }
     }
 }
 
-/// This replica's own proxies (never the ones it mirrors), encoded.
-fn encode(registry: &ProxyRegistry) -> Result<Vec<u8>, serde_json::Error> {
-    let mut p: Vec<Proxy> = registry
-        .statuses()
-        .iter()
-        .filter(|s| s.replica.is_none())
-        .map(|s| Proxy::of(s))
-        .collect();
-    p.sort_by_key(|p| p.s);
-    serde_json::to_vec(&Published { p })
+/// One round of writes.
+#[derive(Debug, Default)]
+struct Round {
+    /// New parts: name and value.
+    puts: Vec<(String, Vec<u8>)>,
+    /// The manifest's value.
+    manifest: Vec<u8>,
+    /// Parts no longer named.
+    deletes: Vec<String>,
+    /// Per slot, its parts (name, value) once the round is written.
+    slots: BTreeMap<u64, Vec<(String, Vec<u8>)>>,
 }
 
-/// Writes this replica's proxies to `PREFIX/proxies/ID` under `lease`
-/// whenever the registry changes, at most once per [`PUBLISH_EVERY`], and
-/// not when the value is what was last written; until the task is aborted
-/// (when the lease's term ends).
+/// What a replica last wrote.
+#[derive(Debug, Default)]
+struct Publisher {
+    /// Rounds so far (a part's `GEN`).
+    round: u64,
+    /// Per slot, its parts as last written.
+    slots: BTreeMap<u64, Vec<(String, Vec<u8>)>>,
+    /// Part names written and not known deleted.
+    live: BTreeSet<String>,
+    /// The manifest last written.
+    manifest: Option<Vec<u8>>,
+}
+
+impl Publisher {
+    /// The writes that bring etcd to `proxies` (this replica's own);
+    /// `None` when it already holds them.
+    fn round(&mut self, proxies: &[Arc<ProxyStatus>]) -> Option<Round> {
+        self.round += 1;
+        let mut by_slot: BTreeMap<u64, Vec<&ProxyStatus>> = BTreeMap::new();
+        let mut groups = BTreeSet::new();
+        for p in proxies.iter().filter(|p| p.replica.is_none()) {
+            by_slot
+                .entry(p.stream_id / SLOT_PROXIES)
+                .or_default()
+                .push(p);
+            if let Some(g) = p.group() {
+                groups.insert(g);
+            }
+        }
+        let mut round = Round::default();
+        let mut manifest = Manifest::default();
+        for (slot, mut members) in by_slot {
+            members.sort_by_key(|p| p.stream_id);
+            let (values, unpublished) = encode_slot(&members);
+            manifest.u += unpublished;
+            manifest.n += members.len() as u64 - unpublished;
+            let same = self.slots.get(&slot).is_some_and(|old| {
+                old.len() == values.len() && old.iter().zip(&values).all(|((_, a), b)| a == b)
+            });
+            let parts = if same {
+                self.slots.get(&slot).cloned().unwrap_or_default()
+            } else {
+                values
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let name = format!("{slot}.{i}.{}", self.round);
+                        round.puts.push((name.clone(), v.clone()));
+                        (name, v)
+                    })
+                    .collect()
+            };
+            manifest.c.extend(parts.iter().map(|(n, _)| n.clone()));
+            round.slots.insert(slot, parts);
+        }
+        let mut group_bytes = 0;
+        for g in groups {
+            group_bytes += g.len();
+            if group_bytes > MANIFEST_GROUP_BYTES {
+                tracing::warn!("this replica's proxies are in too many groups to list them all");
+                break;
+            }
+            manifest.g.push(g.to_owned());
+        }
+        round.manifest = serde_json::to_vec(&manifest).unwrap_or_default();
+        let named: BTreeSet<&String> = manifest.c.iter().collect();
+        round.deletes = self
+            .live
+            .iter()
+            .filter(|n| !named.contains(n))
+            .cloned()
+            .collect();
+        if round.puts.is_empty()
+            && round.deletes.is_empty()
+            && self.manifest.as_ref() == Some(&round.manifest)
+        {
+            return None;
+        }
+        Some(round)
+    }
+
+    /// Records that `round`'s puts may exist (before writing it: a round
+    /// that fails half-way leaves parts the next manifest must delete).
+    fn writing(&mut self, round: &Round) {
+        self.live
+            .extend(round.puts.iter().map(|(name, _)| name.clone()));
+    }
+
+    /// Records that `round` was written whole.
+    fn written(&mut self, round: Round) {
+        self.writing(&round);
+        for name in &round.deletes {
+            self.live.remove(name);
+        }
+        self.slots = round.slots;
+        self.manifest = Some(round.manifest);
+    }
+}
+
+/// `round`'s transactions, in the order they must be applied: the parts,
+/// then the manifest (with the last parts when they fit), then the
+/// deletions (with the manifest when they fit).
+fn transactions(client: &EtcdClient, id: &str, lease: i64, round: &Round) -> Vec<pb::TxnRequest> {
+    let put = |key: Vec<u8>, value: Vec<u8>| pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+            key,
+            value,
+            lease,
+        })),
+    };
+    let part_key = |name: &str| client.key(&format!("proxies/{id}/c/{name}"));
+    let mut txns: Vec<Vec<pb::RequestOp>> = vec![Vec::new()];
+    let mut bytes = 0;
+    let mut add = |txns: &mut Vec<Vec<pb::RequestOp>>, op: pb::RequestOp, size: usize| {
+        let full = txns.last().is_some_and(|t| {
+            !t.is_empty() && (bytes + size > TXN_MAX_BYTES || t.len() >= TXN_MAX_OPS)
+        });
+        if full {
+            txns.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(t) = txns.last_mut() {
+            t.push(op);
+        }
+    };
+    for (name, value) in &round.puts {
+        add(
+            &mut txns,
+            put(part_key(name), value.clone()),
+            value.len() + 64,
+        );
+    }
+    add(
+        &mut txns,
+        put(
+            client.key(&format!("proxies/{id}/m")),
+            round.manifest.clone(),
+        ),
+        round.manifest.len() + 64,
+    );
+    for name in &round.deletes {
+        add(
+            &mut txns,
+            pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestDeleteRange(
+                    pb::DeleteRangeRequest {
+                        key: part_key(name),
+                        ..Default::default()
+                    },
+                )),
+            },
+            64,
+        );
+    }
+    txns.into_iter()
+        .map(|success| pb::TxnRequest {
+            compare: Vec::new(),
+            success,
+            failure: Vec::new(),
+        })
+        .collect()
+}
+
+/// Writes this replica's proxies under `lease` whenever the registry
+/// changes, at most once per [`PUBLISH_EVERY`], only what changed; until
+/// the task is aborted (when the lease's term ends).
 pub(super) async fn publish(
     client: EtcdClient,
     lease: i64,
     id: String,
     registry: Arc<ProxyRegistry>,
 ) {
-    let key = client.key(&format!("proxies/{id}"));
-    let limit = client.options().max_value_bytes;
     let mut generation = registry.watch();
-    let mut written: Option<Vec<u8>> = None;
-    let mut warned = false;
+    let mut publisher = Publisher::default();
     loop {
         generation.mark_unchanged();
         let mut failed = false;
-        match encode(&registry) {
-            Err(e) => tracing::warn!(error = %e, "cannot encode this replica's proxies"),
-            Ok(value) if written.as_ref() == Some(&value) => {}
-            Ok(value) if value.len() > limit => {
-                if !warned {
-                    tracing::warn!(
-                        bytes = value.len(),
-                        limit,
-                        "this replica's proxies exceed the store's value limit (--store-max-value-bytes); not published, so the leader does not wait for them"
-                    );
-                    warned = true;
-                }
-            }
-            Ok(value) => {
+        if let Some(round) = publisher.round(&registry.statuses()) {
+            publisher.writing(&round);
+            for txn in transactions(&client, &id, lease, &round) {
                 let kv = client.kv();
-                let put = pb::PutRequest {
-                    key: key.clone(),
-                    value: value.clone(),
-                    lease,
-                };
-                match client
-                    .call(put, |r| {
+                if let Err(e) = client
+                    .call(txn, |r| {
                         let mut kv = kv.clone();
-                        async move { kv.put(r).await }
+                        async move { kv.txn(r).await }
                     })
                     .await
                 {
-                    Ok(_) => {
-                        written = Some(value);
-                        warned = false;
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "cannot write this replica's proxies");
-                        failed = true;
-                    }
+                    // The leader keeps this replica's last complete set
+                    // (it waits for those proxies) until a round succeeds.
+                    tracing::debug!(error = %e, "cannot write this replica's proxies; retrying");
+                    failed = true;
+                    break;
                 }
+            }
+            if !failed {
+                publisher.written(round);
             }
         }
         if failed {
@@ -252,45 +515,211 @@ pub(super) async fn publish(
     }
 }
 
+/// A published part, decoded into statuses (`None`: it did not decode).
+type Decoded = Option<Vec<ProxyStatus>>;
+
+/// Decodes a part of `replica`; `None` if it does not decode whole.
+fn decode_part(replica: &str, value: &[u8]) -> Decoded {
+    if value.len() > VALUE_MAX_BYTES {
+        return None;
+    }
+    let part: Part = serde_json::from_slice(value).ok()?;
+    let s = |i: u32| part.s.get(usize::try_from(i).ok()?).cloned();
+    part.p
+        .iter()
+        .map(|Record(stream, node, kind, delta, connected, types)| {
+            let at = SystemTime::UNIX_EPOCH + Duration::from_millis(*connected);
+            let node = match node {
+                Some([id, cluster, ua]) => Some(NodeInfo {
+                    id: s(*id)?,
+                    cluster: s(*cluster)?,
+                    user_agent: s(*ua)?,
+                }),
+                None => None,
+            };
+            let kind = match kind {
+                None => StreamKind::Aggregated,
+                Some(i) => StreamKind::Single(*ResourceType::ALL.get(usize::from(*i))?),
+            };
+            let mut out: [TypeStatus; 4] = Default::default();
+            for (t, slot) in types.iter().zip(out.iter_mut()) {
+                let Some(TypeRecord(subscribed, sent, acked, nack)) = t else {
+                    continue;
+                };
+                *slot = TypeStatus {
+                    subscribed: *subscribed != 0,
+                    sent: sent.map(s).map_or(Some(None), |v| v.map(Some))?,
+                    sent_at: None,
+                    acked: acked.map(s).map_or(Some(None), |v| v.map(Some))?,
+                    acked_at: None,
+                    nack: match nack {
+                        Some((v, m)) => Some(Nack {
+                            version: s(*v)?,
+                            message: s(*m)?,
+                            at,
+                        }),
+                        None => None,
+                    },
+                };
+            }
+            Some(ProxyStatus {
+                stream_id: *stream,
+                node,
+                kind,
+                delta: *delta != 0,
+                connected_since: at,
+                identity: PeerIdentity::Unauthenticated,
+                types: out,
+                replica: Some(replica.to_owned()),
+            })
+        })
+        .collect()
+}
+
+/// A stand-in for proxies of `replica` in `group` the leader cannot see:
+/// subscribed to everything, ACKing nothing, so a flip of the group waits.
+fn placeholder(replica: &str, group: &str) -> ProxyStatus {
+    let subscribed = TypeStatus {
+        subscribed: true,
+        ..Default::default()
+    };
+    ProxyStatus {
+        stream_id: 0,
+        node: Some(NodeInfo {
+            id: format!("(unpublished proxies of replica {replica} in {group})"),
+            cluster: group.to_owned(),
+            user_agent: String::new(),
+        }),
+        kind: StreamKind::Aggregated,
+        delta: false,
+        connected_since: SystemTime::now(),
+        identity: PeerIdentity::Unauthenticated,
+        types: std::array::from_fn(|_| subscribed.clone()),
+        replica: Some(replica.to_owned()),
+    }
+}
+
+/// One other replica, as read from etcd and mirrored.
+#[derive(Debug, Default)]
+struct Far {
+    /// Its manifest (`Some(None)`: present but not decoding).
+    manifest: Option<Option<Manifest>>,
+    /// Its parts, by name.
+    parts: HashMap<String, Decoded>,
+    /// Mirrored streams, by stream id on that replica.
+    streams: HashMap<u64, RemoteStream>,
+    /// Whether `streams` come from a complete set.
+    mirrored: bool,
+    /// Placeholders while no complete set was ever seen.
+    placeholders: Vec<RemoteStream>,
+    /// Whether the current set was reported incomplete.
+    warned: bool,
+}
+
 /// The other replicas' proxies, as mirrored into the registry.
 #[derive(Debug, Default)]
 struct Mirror {
-    /// Per replica, per its stream id, the mirrored stream.
-    replicas: HashMap<String, HashMap<u64, RemoteStream>>,
+    replicas: HashMap<String, Far>,
+}
+
+/// One change to a replica's keys.
+enum Change<'a> {
+    Put(&'a [u8]),
+    Delete,
 }
 
 impl Mirror {
-    /// Replaces `replica`'s proxies with `value`'s, whole; a value that does
-    /// not decode is logged and leaves them as they were.
-    fn apply(&mut self, registry: &Arc<ProxyRegistry>, replica: &str, value: &[u8], limit: usize) {
-        if value.len() > limit {
-            tracing::warn!(
-                replica,
-                bytes = value.len(),
-                limit,
-                "a replica's proxies exceed the store's value limit; ignored"
-            );
+    /// Applies a change to `replica`'s key `name` (`m` or `c/PART`); call
+    /// [`Mirror::settle`] once a revision's changes are applied.
+    fn change(&mut self, replica: &str, name: &str, change: Change<'_>) {
+        if !self.replicas.contains_key(replica) && self.replicas.len() >= MAX_REPLICAS {
+            tracing::warn!(replica, "too many replicas to mirror; ignored");
             return;
         }
-        let published: Published = match serde_json::from_slice(value) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(replica, error = %e, "cannot decode a replica's proxies; ignored");
-                return;
+        let far = self.replicas.entry(replica.to_owned()).or_default();
+        match (name, change) {
+            ("m", Change::Put(v)) => {
+                far.manifest = Some(if v.len() <= VALUE_MAX_BYTES {
+                    serde_json::from_slice(v).ok()
+                } else {
+                    None
+                });
             }
-        };
-        let Some(fresh) = published
-            .p
-            .into_iter()
-            .map(|p| p.status(replica).map(|s| (s.stream_id, s)))
-            .collect::<Option<HashMap<u64, ProxyStatus>>>()
-        else {
-            tracing::warn!(replica, "a replica's proxies name an unknown type; ignored");
+            ("m", Change::Delete) => far.manifest = None,
+            (part, change) => {
+                let Some(part) = part.strip_prefix("c/") else {
+                    return;
+                };
+                match change {
+                    Change::Put(v) => {
+                        if far.parts.len() >= MAX_PARTS_PER_REPLICA && !far.parts.contains_key(part)
+                        {
+                            tracing::warn!(replica, "too many parts for one replica; ignored");
+                            return;
+                        }
+                        far.parts.insert(part.to_owned(), decode_part(replica, v));
+                    }
+                    Change::Delete => {
+                        far.parts.remove(part);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Mirrors `replica` into `registry` from its keys: its proxies when
+    /// they form a complete set; otherwise the last complete set stays, or
+    /// placeholders stand in for them; nothing once its keys are gone.
+    fn settle(&mut self, registry: &Arc<ProxyRegistry>, replica: &str) {
+        let Some(far) = self.replicas.get_mut(replica) else {
             return;
         };
-        let mut old = self.replicas.remove(replica).unwrap_or_default();
-        let mut now = HashMap::with_capacity(fresh.len());
-        for (stream, status) in fresh {
+        if far.manifest.is_none() && far.parts.is_empty() {
+            tracing::info!(replica, "a replica's proxies are gone (its lease ended)");
+            self.replicas.remove(replica);
+            return;
+        }
+        // Parts written before their manifest: nothing to mirror yet.
+        let Some(manifest) = &far.manifest else {
+            return;
+        };
+        let complete = manifest.as_ref().and_then(|m| {
+            if m.u > 0 {
+                return None;
+            }
+            let mut all = Vec::with_capacity(usize::try_from(m.n).unwrap_or(0));
+            for name in &m.c {
+                all.extend(far.parts.get(name)?.as_ref()?.iter().cloned());
+            }
+            (all.len() as u64 == m.n).then_some(all)
+        });
+        let Some(proxies) = complete else {
+            if !far.warned {
+                tracing::warn!(
+                    replica,
+                    "a replica's published proxies are incomplete; the leader waits for its last complete set (or for placeholders of its groups)"
+                );
+                far.warned = true;
+            }
+            let unpublished = manifest.as_ref().is_some_and(|m| m.u > 0);
+            if (!far.mirrored || unpublished) && far.placeholders.is_empty() {
+                let groups = manifest
+                    .as_ref()
+                    .map(|m| m.g.as_slice())
+                    .unwrap_or_default();
+                far.placeholders = groups
+                    .iter()
+                    .map(|g| registry.register_remote(placeholder(replica, g)))
+                    .collect();
+            }
+            return;
+        };
+        far.warned = false;
+        far.mirrored = true;
+        far.placeholders.clear();
+        let mut old = std::mem::take(&mut far.streams);
+        for status in proxies {
+            let stream = status.stream_id;
             let handle = match old.remove(&stream) {
                 Some(h) => {
                     h.replace(status);
@@ -298,13 +727,10 @@ impl Mirror {
                 }
                 None => registry.register_remote(status),
             };
-            now.insert(stream, handle);
+            far.streams.insert(stream, handle);
         }
         // What is left in `old` went away; dropping it removes it.
         drop(old);
-        if !now.is_empty() {
-            self.replicas.insert(replica.to_owned(), now);
-        }
     }
 }
 
@@ -355,8 +781,16 @@ pub(super) async fn mirror(
     }
 }
 
-/// Reads every replica's proxies, then applies every change, until the
-/// watch ends (an error, or a compaction to read through again).
+/// The replica and the key's name under it (`m` or `c/PART`), for a key
+/// under `prefix`; `None` for this replica's keys and unknown ones.
+fn split_key<'k>(prefix: &[u8], me: &str, key: &'k [u8]) -> Option<(&'k str, &'k str)> {
+    let rest = std::str::from_utf8(key.strip_prefix(prefix)?).ok()?;
+    let (replica, name) = rest.split_once('/')?;
+    (replica != me).then_some((replica, name))
+}
+
+/// Reads every replica's keys at one revision, then applies every change,
+/// until the watch ends (an error, or a compaction to read through again).
 async fn follow(
     client: &EtcdClient,
     me: &str,
@@ -370,39 +804,63 @@ async fn follow(
     if let Some(last) = end.last_mut() {
         *last = last.saturating_add(1);
     }
-    let limit = client.options().max_value_bytes;
-    let replica_of = |key: &[u8]| -> Option<String> {
-        let id = String::from_utf8_lossy(key.strip_prefix(prefix.as_slice())?).into_owned();
-        (id != me).then_some(id)
-    };
+    // Pages small enough for the client's decoding limit.
+    let page =
+        i64::try_from((client.options().max_value_bytes / VALUE_MAX_BYTES).max(1)).unwrap_or(1);
     let kv = client.kv();
-    let answer = match client
-        .call(
-            pb::RangeRequest {
-                key: prefix.clone(),
-                range_end: end.clone(),
-                limit: MAX_REPLICAS,
-                ..Default::default()
-            },
-            |r| {
-                let mut kv = kv.clone();
-                async move { kv.range(r).await }
-            },
-        )
-        .await
-    {
-        Ok(a) => a,
-        Err(e) => return e,
-    };
-    let revision = answer.header.map_or(0, |h| h.revision);
-    let mut present = Vec::new();
-    for kv in &answer.kvs {
-        if let Some(replica) = replica_of(&kv.key) {
-            mirror.apply(registry, &replica, &kv.value, limit);
-            present.push(replica);
+    let mut from = prefix.clone();
+    let mut revision = 0;
+    let mut fresh = Mirror::default();
+    loop {
+        let answer = match client
+            .call(
+                pb::RangeRequest {
+                    key: from.clone(),
+                    range_end: end.clone(),
+                    limit: page,
+                    revision,
+                    ..Default::default()
+                },
+                |r| {
+                    let mut kv = kv.clone();
+                    async move { kv.range(r).await }
+                },
+            )
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => return e,
+        };
+        if revision == 0 {
+            revision = answer.header.map_or(0, |h| h.revision);
+        }
+        for kv in &answer.kvs {
+            if let Some((replica, name)) = split_key(&prefix, me, &kv.key) {
+                fresh.change(replica, name, Change::Put(&kv.value));
+            }
+        }
+        match answer.kvs.last() {
+            Some(last) if answer.more => {
+                from = last.key.clone();
+                from.push(0);
+            }
+            _ => break,
         }
     }
-    mirror.replicas.retain(|r, _| present.contains(r));
+    // The keys as read replace those held; the mirrored streams are kept
+    // (and updated in place) for the replicas still there.
+    for (replica, far) in &mut fresh.replicas {
+        if let Some(old) = mirror.replicas.get_mut(replica) {
+            far.streams = std::mem::take(&mut old.streams);
+            far.placeholders = std::mem::take(&mut old.placeholders);
+            far.mirrored = old.mirrored;
+        }
+    }
+    mirror.replicas = fresh.replicas;
+    let names: Vec<String> = mirror.replicas.keys().cloned().collect();
+    for replica in &names {
+        mirror.settle(registry, replica);
+    }
     let mut watch = match client
         .watch_range(prefix.clone(), end, revision.saturating_add(1), false)
         .await
@@ -422,75 +880,27 @@ async fn follow(
                 answer.compact_revision
             ));
         }
+        // etcd sends a revision's events in one answer: settle after each.
+        let mut touched = BTreeSet::new();
         for event in answer.events {
             let Some(kv) = event.kv else { continue };
-            let Some(replica) = replica_of(&kv.key) else {
+            let Some((replica, name)) = split_key(&prefix, me, &kv.key) else {
                 continue;
             };
-            match pb::event::EventType::try_from(event.r#type) {
-                Ok(pb::event::EventType::Put) => mirror.apply(registry, &replica, &kv.value, limit),
-                Ok(pb::event::EventType::Delete) => {
-                    tracing::info!(replica = %replica, "a replica's proxies are gone (its lease ended)");
-                    mirror.replicas.remove(&replica);
-                }
-                Err(_) => {}
-            }
+            let change = match pb::event::EventType::try_from(event.r#type) {
+                Ok(pb::event::EventType::Put) => Change::Put(&kv.value),
+                Ok(pb::event::EventType::Delete) => Change::Delete,
+                Err(_) => continue,
+            };
+            mirror.change(replica, name, change);
+            touched.insert(replica.to_owned());
+        }
+        for replica in &touched {
+            mirror.settle(registry, replica);
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::xds::protocol::StreamEvent;
-
-    #[test]
-    fn published_proxies_mirror_whole_and_leave_when_gone() {
-        let far = ProxyRegistry::new();
-        let mut h = far.register(StreamKind::Aggregated, true);
-        h.set_node(Some(&NodeInfo {
-            id: "p1".into(),
-            cluster: "edge".into(),
-            user_agent: "envoy".into(),
-        }));
-        h.record(&[
-            StreamEvent::Sent {
-                ty: ResourceType::Route,
-                version: "2".into(),
-                nonce: "1".into(),
-                resources: 1,
-            },
-            StreamEvent::Nacked {
-                ty: ResourceType::Route,
-                version: "2".into(),
-                message: "x".repeat(10_000),
-            },
-        ]);
-        let value = encode(&far).expect("encodes");
-        assert!(value.len() < 2_000, "compact: {} bytes", value.len());
-
-        let leader = ProxyRegistry::new();
-        let mut mirror = Mirror::default();
-        mirror.apply(&leader, "b", &value, 1 << 20);
-        let seen = leader.proxies();
-        assert_eq!(seen.len(), 1);
-        assert_eq!(seen[0].replica.as_deref(), Some("b"));
-        assert_eq!(seen[0].group(), Some("edge"));
-        assert!(seen[0].delta);
-        assert!(seen[0].of(ResourceType::Route).last_was_nacked());
-        assert_eq!(
-            encode(&leader).expect("encodes"),
-            br#"{"p":[]}"#,
-            "mirrored proxies are never published again"
-        );
-
-        mirror.apply(&leader, "b", b"not json", 1 << 20);
-        assert_eq!(leader.len(), 1, "a bad value changes nothing");
-        mirror.apply(&leader, "b", &value, 10);
-        assert_eq!(leader.len(), 1, "an oversized value changes nothing");
-
-        drop(h);
-        mirror.apply(&leader, "b", &encode(&far).expect("encodes"), 1 << 20);
-        assert!(leader.is_empty(), "a proxy gone from the value is removed");
-    }
-}
+#[path = "proxies_tests.rs"]
+mod tests;

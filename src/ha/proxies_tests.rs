@@ -1,0 +1,293 @@
+use super::*;
+use crate::state::EtcdOptions;
+use crate::xds::protocol::StreamEvent;
+use crate::xds::status::StreamHandle;
+
+/// `n` ADS proxies of group `edge` on `registry`, each sent and ACKing
+/// `version` on every type.
+fn proxies(registry: &Arc<ProxyRegistry>, n: usize, version: &str) -> Vec<StreamHandle> {
+    (0..n)
+        .map(|i| {
+            let mut h = registry.register(StreamKind::Aggregated, false);
+            h.set_node(Some(&NodeInfo {
+                id: format!("proxy-{i}"),
+                cluster: "edge".into(),
+                user_agent: "envoy 1.40.0".into(),
+            }));
+            push(&h, version);
+            h
+        })
+        .collect()
+}
+
+/// `h` is sent `version` on every type and ACKs it.
+fn push(h: &StreamHandle, version: &str) {
+    for ty in ResourceType::ALL {
+        h.record(&[
+            StreamEvent::Sent {
+                ty,
+                version: version.into(),
+                nonce: "n".into(),
+                resources: 1,
+            },
+            StreamEvent::Acked {
+                ty,
+                version: version.into(),
+            },
+        ]);
+    }
+}
+
+/// Applies `round` as etcd would (parts, manifest, deletions) to the
+/// leader's `mirror` of replica `b`, leaving out the parts `dropped`
+/// names.
+fn apply(
+    mirror: &mut Mirror,
+    leader: &Arc<ProxyRegistry>,
+    round: &Round,
+    dropped: impl Fn(&str) -> bool,
+) {
+    for (name, value) in &round.puts {
+        if !dropped(name) {
+            mirror.change("b", &format!("c/{name}"), Change::Put(value));
+        }
+    }
+    mirror.change("b", "m", Change::Put(&round.manifest));
+    for name in &round.deletes {
+        mirror.change("b", &format!("c/{name}"), Change::Delete);
+    }
+    mirror.settle(leader, "b");
+}
+
+/// Every mirrored proxy's ACKed route version, and how many there are.
+fn acked(leader: &ProxyRegistry) -> BTreeMap<Option<String>, usize> {
+    let mut seen = BTreeMap::new();
+    for p in leader.statuses() {
+        *seen
+            .entry(p.of(ResourceType::Route).acked.clone())
+            .or_default() += 1;
+    }
+    seen
+}
+
+fn client() -> EtcdClient {
+    EtcdClient::new(EtcdOptions::new(vec!["127.0.0.1:1".into()], "/t/")).expect("client")
+}
+
+#[tokio::test]
+async fn a_flip_over_10000_proxies_writes_few_parts_in_two_transactions() {
+    let far = ProxyRegistry::new();
+    let handles = proxies(&far, 10_000, "1");
+    let mut publisher = Publisher::default();
+    let round = publisher.round(&far.statuses()).expect("a first round");
+    assert_eq!(round.puts.len(), 40, "one part per slot of 256 proxies");
+    let bytes: usize = round.puts.iter().map(|(_, v)| v.len()).sum();
+    assert!(bytes < 10_000 * 150, "{} bytes a proxy", bytes / 10_000);
+    let txns = transactions(&client(), "b", 7, &round);
+    assert!(txns.len() <= 2, "{} transactions", txns.len());
+    for t in &txns {
+        assert!(t.success.len() <= TXN_MAX_OPS);
+    }
+    let leader = ProxyRegistry::new();
+    let mut mirror = Mirror::default();
+    apply(&mut mirror, &leader, &round, |_| false);
+    publisher.written(round);
+    assert_eq!(acked(&leader), BTreeMap::from([(Some("1".into()), 10_000)]));
+    assert!(
+        publisher.round(&far.statuses()).is_none(),
+        "nothing changed, nothing written"
+    );
+
+    // Every proxy moves (a flip): every slot is rewritten, the old parts
+    // deleted, in as few transactions.
+    for h in &handles {
+        push(h, "2");
+    }
+    let round = publisher.round(&far.statuses()).expect("a round");
+    assert_eq!((round.puts.len(), round.deletes.len()), (40, 40));
+    assert!(transactions(&client(), "b", 7, &round).len() <= 2);
+    apply(&mut mirror, &leader, &round, |_| false);
+    publisher.written(round);
+    assert_eq!(acked(&leader), BTreeMap::from([(Some("2".into()), 10_000)]));
+
+    // One proxy moves: one part.
+    push(&handles[5_000], "3");
+    let round = publisher.round(&far.statuses()).expect("a round");
+    assert_eq!((round.puts.len(), round.deletes.len()), (1, 1));
+    apply(&mut mirror, &leader, &round, |_| false);
+    assert_eq!(
+        acked(&leader),
+        BTreeMap::from([(Some("2".into()), 9_999), (Some("3".into()), 1)])
+    );
+}
+
+#[test]
+fn a_missing_part_keeps_the_leader_on_the_last_complete_set() {
+    let far = ProxyRegistry::new();
+    let handles = proxies(&far, 600, "1");
+    let mut publisher = Publisher::default();
+    let leader = ProxyRegistry::new();
+    let mut mirror = Mirror::default();
+    let round = publisher.round(&far.statuses()).expect("a round");
+    apply(&mut mirror, &leader, &round, |_| false);
+    publisher.written(round);
+    assert_eq!(acked(&leader), BTreeMap::from([(Some("1".into()), 600)]));
+
+    // Every proxy ACKs 2; one of the three parts never arrives: the leader
+    // must not see anyone on 2 (the proxies of the missing part would be
+    // left out of the wait), so it keeps the last complete set.
+    for h in &handles {
+        push(h, "2");
+    }
+    let round = publisher.round(&far.statuses()).expect("a round");
+    assert_eq!(round.puts.len(), 3);
+    let lost = round.puts[1].0.clone();
+    apply(&mut mirror, &leader, &round, |n| n == lost);
+    assert_eq!(acked(&leader), BTreeMap::from([(Some("1".into()), 600)]));
+
+    // It arrives: the set is complete.
+    let (_, value) = round.puts.iter().find(|(n, _)| *n == lost).expect("lost");
+    mirror.change("b", &format!("c/{lost}"), Change::Put(value));
+    mirror.settle(&leader, "b");
+    assert_eq!(acked(&leader), BTreeMap::from([(Some("2".into()), 600)]));
+
+    // A corrupt part counts as missing.
+    push(&handles[0], "3");
+    let round = publisher.round(&far.statuses()).expect("a round");
+    mirror.change(
+        "b",
+        &format!("c/{}", round.puts[0].0),
+        Change::Put(b"{\"s\":[],\"p\":[[1,[0,1,2],null,0,0,[null,null,null,null]]]}"),
+    );
+    mirror.change("b", "m", Change::Put(&round.manifest));
+    mirror.settle(&leader, "b");
+    assert_eq!(acked(&leader), BTreeMap::from([(Some("2".into()), 600)]));
+}
+
+#[test]
+fn with_no_complete_set_placeholders_hold_a_flip_of_the_replicas_groups() {
+    let far = ProxyRegistry::new();
+    let _handles = proxies(&far, 600, "1");
+    let round = Publisher::default()
+        .round(&far.statuses())
+        .expect("a round");
+    let leader = ProxyRegistry::new();
+    let mut mirror = Mirror::default();
+    let lost = round.puts[2].0.clone();
+    apply(&mut mirror, &leader, &round, |n| n == lost);
+    let seen = leader.proxies();
+    assert_eq!(seen.len(), 1, "one placeholder for the group: {seen:#?}");
+    assert_eq!(seen[0].group(), Some("edge"));
+    assert!(ResourceType::ALL.iter().all(|&t| seen[0].of(t).subscribed));
+    assert!(
+        ResourceType::ALL
+            .iter()
+            .all(|&t| seen[0].of(t).acked.is_none())
+    );
+
+    // Once complete, the real proxies replace it.
+    let (_, value) = round.puts.iter().find(|(n, _)| *n == lost).expect("lost");
+    mirror.change("b", &format!("c/{lost}"), Change::Put(value));
+    mirror.settle(&leader, "b");
+    assert_eq!(acked(&leader), BTreeMap::from([(Some("1".into()), 600)]));
+
+    // Proxies the replica says it could not publish: placeholders again,
+    // next to the ones it did publish.
+    let mut manifest: Manifest = serde_json::from_slice(&round.manifest).expect("manifest");
+    manifest.u = 1;
+    mirror.change(
+        "b",
+        "m",
+        Change::Put(&serde_json::to_vec(&manifest).expect("json")),
+    );
+    mirror.settle(&leader, "b");
+    assert_eq!(leader.len(), 601);
+}
+
+#[test]
+fn nacks_mirror_and_mirrored_proxies_are_never_published_again() {
+    let far = ProxyRegistry::new();
+    let mut h = far.register(StreamKind::Single(ResourceType::Route), true);
+    h.set_node(Some(&NodeInfo {
+        id: "p1".into(),
+        cluster: "edge".into(),
+        user_agent: "envoy".into(),
+    }));
+    h.record(&[
+        StreamEvent::Sent {
+            ty: ResourceType::Route,
+            version: "2".into(),
+            nonce: "1".into(),
+            resources: 1,
+        },
+        StreamEvent::Nacked {
+            ty: ResourceType::Route,
+            version: "2".into(),
+            message: "x".repeat(10_000),
+        },
+    ]);
+    let round = Publisher::default()
+        .round(&far.statuses())
+        .expect("a round");
+    let leader = ProxyRegistry::new();
+    let mut mirror = Mirror::default();
+    apply(&mut mirror, &leader, &round, |_| false);
+    let seen = leader.proxies();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].replica.as_deref(), Some("b"));
+    assert_eq!(seen[0].kind, StreamKind::Single(ResourceType::Route));
+    assert!(seen[0].delta);
+    assert!(seen[0].of(ResourceType::Route).last_was_nacked());
+    assert_eq!(
+        seen[0]
+            .of(ResourceType::Route)
+            .nack
+            .as_ref()
+            .map(|n| n.message.len()),
+        Some(MAX_NACK_MESSAGE_BYTES)
+    );
+    let again = Publisher::default()
+        .round(&leader.statuses())
+        .expect("a round");
+    assert!(again.puts.is_empty(), "mirrored proxies are not published");
+
+    // The lease ends: every key goes, and the mirror with them.
+    mirror.change("b", "m", Change::Delete);
+    mirror.change("b", &format!("c/{}", round.puts[0].0), Change::Delete);
+    mirror.settle(&leader, "b");
+    assert!(leader.is_empty());
+}
+
+#[test]
+fn a_record_is_bounded_whatever_the_proxy_sends() {
+    // The longest node fields `--max-node-field-bytes` allows, all of
+    // control characters (six bytes each in JSON), and long versions and
+    // messages.
+    let worst = "\u{1}".repeat(16 << 10);
+    let long = "\u{1}".repeat(1 << 20);
+    let mut p = placeholder("b", &worst);
+    p.node = Some(NodeInfo {
+        id: worst.clone(),
+        cluster: format!("{worst}x"),
+        user_agent: format!("{worst} {worst}"),
+    });
+    for (i, t) in p.types.iter_mut().enumerate() {
+        t.sent = Some(format!("{i}{long}"));
+        t.acked = Some(format!("{i}a{long}"));
+        t.nack = Some(Nack {
+            version: format!("{i}n{long}"),
+            message: format!("{i}m{long}"),
+            at: SystemTime::now(),
+        });
+    }
+    let (parts, unpublished) = encode_slot(&[&p]);
+    assert_eq!(unpublished, 0);
+    assert!(
+        parts[0].len() <= RECORD_MAX_BYTES,
+        "{} bytes",
+        parts[0].len()
+    );
+    let mut b = PartBuilder::default();
+    b.add(&p);
+    assert!(b.bytes <= RECORD_MAX_BYTES);
+}
