@@ -18,9 +18,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use teal::state::{EtcdStore, StateStore};
 
 use support::etcd::Etcd;
-use support::http::{Health, Upstream};
+use support::http::Upstream;
 use support::replica::{Replica, ReplicaSpec, cli_command};
 use support::world::route_weights;
 use support::{Envoy, Protocol, Traffic, free_port, render_bootstrap_replicas};
@@ -31,6 +32,8 @@ const REPLICAS: usize = 3;
 const LEASE_SECS: u64 = 2;
 /// A kill in the middle of every this many flips.
 const KILL_EVERY: usize = 3;
+/// How long each fleet takes to answer a health check.
+const CHECK_TAKES: Duration = Duration::from_millis(300);
 
 /// A test's dice: splitmix64, a few lines instead of a dependency for
 /// choices that only need to be repeatable from a printed seed.
@@ -123,12 +126,55 @@ fn web(status: &Value) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// Waits until every running replica answers, with web not in flight, the
-/// same version and the same history; returns that history's entries.
-async fn settled(replicas: &[Replica]) -> Vec<Value> {
+/// The running replica that leads, as the first one that answers lists
+/// the replicas.
+async fn leader_of(replicas: &[Replica]) -> Option<usize> {
+    for r in replicas.iter().filter(|r| r.is_running()) {
+        if let Some(status) = r.json(&["status"]).await {
+            let admin = status["replicas"].as_array().and_then(|rs| {
+                rs.iter()
+                    .find(|r| r["leader"] == true)
+                    .and_then(|r| r["admin"].as_str().map(str::to_owned))
+            })?;
+            return replicas
+                .iter()
+                .position(|r| r.admin == admin && r.is_running());
+        }
+    }
+    None
+}
+
+/// Waits until no operation on web is in flight in the stored state (an
+/// operation is saved when it starts: one whose leader died stays there
+/// until another leader ends it) and every running replica answers, with
+/// web not in flight, the same version and the stored history; returns
+/// that history's entries.
+async fn settled(replicas: &[Replica], store: &EtcdStore) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut last = String::new();
     loop {
+        let stored = match store.load().await {
+            Ok(Some(s)) => Some(s.state),
+            _ => None,
+        };
+        let in_flight = stored
+            .as_ref()
+            .and_then(|s| s.services.get("web"))
+            .and_then(|w| w.operation.as_ref())
+            .map(|op| op.id);
+        let stored_history = stored
+            .as_ref()
+            .and_then(|s| s.history.get("web"))
+            .map_or(0, Vec::len);
+        if let Some(id) = in_flight {
+            last = format!("operation #{id} is in flight in etcd");
+            assert!(
+                Instant::now() < deadline,
+                "the replicas did not settle within 90 s: {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
         let mut seen = Vec::new();
         for r in replicas.iter().filter(|r| r.is_running()) {
             let (Some(status), Some(history)) = (
@@ -144,7 +190,7 @@ async fn settled(replicas: &[Replica]) -> Vec<Value> {
         if let Some((first, history)) = seen.first() {
             let same = seen.iter().all(|(s, h)| {
                 s["version"] == first["version"] && h == history && web(s)["in_progress"].is_null()
-            });
+            }) && history["entries"].as_array().map_or(0, Vec::len) == stored_history;
             if same {
                 return history["entries"].as_array().cloned().unwrap_or_default();
             }
@@ -198,8 +244,10 @@ async fn twenty_flips_under_load_while_replicas_are_killed() {
     eprintln!("ha_load seed {seed} (TEAL_HA_LOAD_SEED={seed} repeats these choices)");
     let mut dice = Dice(seed);
 
-    let blue = Upstream::start_with_health("blue", Health::new()).await;
-    let green = Upstream::start_with_health("green", Health::new()).await;
+    // Health checks that take a while keep each flip in its pre-checks and
+    // post-checks long enough for the kills to land in them.
+    let blue = Upstream::start_slow("blue", "/healthz", CHECK_TAKES).await;
+    let green = Upstream::start_slow("green", "/healthz", CHECK_TAKES).await;
     let listeners: Vec<u16> = (0..ENVOYS).map(|_| free_port()).collect();
     let dir = tempfile::tempdir().expect("temp dir");
     let config_path = dir.path().join("teal.yaml");
@@ -215,6 +263,7 @@ async fn twenty_flips_under_load_while_replicas_are_killed() {
             .to_vec(),
         env: Vec::new(),
     };
+    let store = EtcdStore::open(etcd.options("/load/")).expect("the store, to read");
     let mut replicas = Vec::new();
     for _ in 0..REPLICAS {
         replicas.push(Replica::start(spec.clone()).await);
@@ -268,31 +317,45 @@ async fn twenty_flips_under_load_while_replicas_are_killed() {
                 .filter(|i| replicas[*i].is_running())
                 .collect();
             let via = alive[dice.below(alive.len() as u64) as usize];
-            let child = cli_command(&replicas[via].admin, &["flip", "web", "--timeout", "30s"])
+            let mut child = cli_command(&replicas[via].admin, &["flip", "web", "--timeout", "30s"])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("spawn the CLI");
             let mut victim = None;
             if kill_now && attempts == 1 {
-                // Somewhere in the flip: before it reaches the leader,
-                // during its checks, while it waits for ACKs, or after.
-                let pause = Duration::from_millis(dice.below(1500));
-                tokio::time::sleep(pause).await;
+                // In a phase of the flip picked at random, as the leader
+                // reports it (or once the flip is over, if it went by
+                // unseen); then a random replica, the leader or not.
+                let target = ["pre-checks", "confirming", "post-checks"][dice.below(3) as usize];
+                let leader = leader_of(&replicas).await;
+                let began = Instant::now();
+                let mut phase = Value::Null;
+                while began.elapsed() < Duration::from_secs(30)
+                    && matches!(child.try_wait(), Ok(None))
+                {
+                    phase = match leader {
+                        Some(l) => replicas[l]
+                            .json(&["status", "web"])
+                            .await
+                            .map_or(Value::Null, |s| web(&s)["in_progress"]["phase"].clone()),
+                        None => Value::Null,
+                    };
+                    if phase == target {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 let v = dice.below(REPLICAS as u64) as usize;
-                // What it was doing, for the record.
-                let status = replicas[v].json(&["status", "web"]).await;
-                let leads = status.as_ref().is_some_and(|s| {
-                    s["replicas"].as_array().is_some_and(|rs| {
-                        rs.iter()
-                            .any(|r| r["leader"] == true && r["admin"] == replicas[v].admin)
-                    })
-                });
-                let phase = status.map_or(Value::Null, |s| web(&s)["in_progress"]["phase"].clone());
                 replicas[v].kill9().await;
                 kills.push(format!(
-                    "flip {flip}: replica {v} ({}) after {pause:?}, in phase {phase}",
-                    if leads { "leader" } else { "follower" }
+                    "flip {flip}: replica {v} ({}) after {:?}, waiting for {target}, in {phase}",
+                    if leader == Some(v) {
+                        "leader"
+                    } else {
+                        "follower"
+                    },
+                    began.elapsed()
                 ));
                 victim = Some(v);
             }
@@ -303,7 +366,7 @@ async fn twenty_flips_under_load_while_replicas_are_killed() {
             if let Some(v) = victim {
                 replicas[v].restart().await;
             }
-            let history = settled(&replicas).await;
+            let history = settled(&replicas, &store).await;
             let new: Vec<&Value> = history
                 .iter()
                 .filter(|e| e["id"].as_u64().is_some_and(|id| !known.contains(&id)))
@@ -323,8 +386,12 @@ async fn twenty_flips_under_load_while_replicas_are_killed() {
                 }
                 [entry] => {
                     let outcome = entry["outcome"].as_str().unwrap_or_default();
+                    // `interrupted`: its leader died before it committed
+                    // anything, and the next one ended it with nothing of
+                    // it in effect (a rollback before anything moved).
+                    let killed_early = outcome == "interrupted" && victim.is_some();
                     assert!(
-                        outcome == "succeeded" || outcome == "rolled-back",
+                        outcome == "succeeded" || outcome == "rolled-back" || killed_early,
                         "flip {flip} ended {outcome} (seed {seed}): {entry}\n{stderr}"
                     );
                     // What the CLI said, when it saw the end, is what the
@@ -348,15 +415,16 @@ async fn twenty_flips_under_load_while_replicas_are_killed() {
     eprintln!("kills:\n  {}", kills.join("\n  "));
 
     // The history is the 20 flips, each ended, nothing else.
-    let history = settled(&replicas).await;
+    let history = settled(&replicas, &store).await;
     assert_eq!(
         history.len(),
         FLIPS,
         "one history entry per flip: {history:#?}"
     );
     for entry in &history {
+        let outcome = entry["outcome"].as_str().unwrap_or_default();
         assert!(
-            entry["outcome"] == "succeeded" || entry["outcome"] == "rolled-back",
+            ["succeeded", "rolled-back", "interrupted"].contains(&outcome),
             "{entry}"
         );
     }
@@ -380,6 +448,14 @@ async fn twenty_flips_under_load_while_replicas_are_killed() {
         .as_str()
         .expect("web's live fleet")
         .to_owned();
+    // Blue at the start; each flip that succeeded moved web to the other
+    // fleet, the others left it where it was.
+    let succeeded = recorded
+        .iter()
+        .filter(|e| e["outcome"] == "succeeded")
+        .count();
+    let expected = if succeeded % 2 == 0 { "blue" } else { "green" };
+    assert_eq!(live, expected, "{succeeded} flips succeeded: {recorded:#?}");
     for s in &statuses {
         assert_eq!(s["version"], statuses[0]["version"], "{statuses:#?}");
         assert_eq!(web(s)["live"], live.as_str(), "{statuses:#?}");
