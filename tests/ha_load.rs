@@ -302,6 +302,20 @@ async fn twenty_flips_under_load_while_replicas_are_killed() {
     let mut kills = Vec::new();
     for flip in 0..FLIPS {
         let kill_now = flip % KILL_EVERY == 1;
+        // Every Envoy back on some replica (those of a killed one reconnect
+        // to another), so that the flip waits for all six.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = spread(&replicas).await;
+            if now.values().sum::<usize>() == ENVOYS {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "before flip {flip}, not every Envoy is connected 30 s on: {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let mut attempts = 0;
         // A flip is refused while no replica leads: for up to the dead
         // leader's lease after a kill (a replica restarted on the dead
@@ -403,6 +417,16 @@ async fn twenty_flips_under_load_while_replicas_are_killed() {
                             victim.is_some(),
                             "flip {flip} failed with nothing killed (exit {code:?}): {stderr}"
                         ),
+                    }
+                    // The leader waited for every Envoy, those on other
+                    // replicas too (their ACKs reach it through etcd).
+                    let acked = entry["acks"].as_array().map_or(0, Vec::len);
+                    if outcome == "succeeded" && victim.is_none() {
+                        assert_eq!(
+                            acked, ENVOYS,
+                            "flip {flip} succeeded with {acked} ACKs of {ENVOYS} Envoys \
+                             (seed {seed}): {entry}"
+                        );
                     }
                     known.insert(entry["id"].as_u64().expect("id"));
                     recorded.push((*entry).clone());
