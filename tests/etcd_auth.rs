@@ -212,6 +212,17 @@ async fn teal_logs_in_to_etcd_and_renews_an_expired_token() {
     flip(&replica, "green").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     flip(&replica, "blue").await;
+    // Its lease, leadership and watch went on through the idle spell: no
+    // request failed for want of a live token.
+    let log = replica.log();
+    for trouble in [
+        "lost the etcd lease",
+        "cannot get an etcd lease",
+        "watching the state failed",
+        "invalid auth token",
+    ] {
+        assert!(!log.contains(trouble), "{trouble}:\n{log}");
+    }
     assert_eq!(
         stored_history(&store).await,
         before + 2,
