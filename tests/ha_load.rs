@@ -1,11 +1,16 @@
 //! Three replicas on one etcd, six real Envoys whose bootstrap lists all
 //! three (so one whose replica dies reconnects to another), requests
 //! through every Envoy for the whole test, and 20 flips through the real
-//! CLI while a random replica is killed with `kill -9` in the middle of
-//! every third flip and started again: no request fails, every flip ends
-//! succeeded or rolled back (one history entry each, none left in
-//! flight), and every Envoy ends on the one version the replicas serve,
-//! routing to the fleet the last outcome left live.
+//! CLI, each sent to a random live replica, while a random replica (the
+//! leader or not) is killed with `kill -9` in a random phase of every
+//! third flip (pre-checks, waiting for ACKs, post-checks) and started
+//! again on its ports and store: no request fails; every flip ends
+//! succeeded or rolled back, or, when its leader died before it committed
+//! anything, interrupted with nothing of it in effect (one history entry
+//! each, none left in flight); a flip no kill touched waits for the ACKs of
+//! all six Envoys, wherever they are connected; and every Envoy ends on the
+//! one version the replicas serve, routing to the fleet the outcomes left
+//! live.
 //!
 //! The victims and the moments of the kills come from a seeded generator;
 //! the seed is printed, and `TEAL_HA_LOAD_SEED=N` runs the same choices
