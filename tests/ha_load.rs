@@ -384,6 +384,14 @@ async fn twenty_flips_under_load_while_replicas_are_killed() {
                 .expect("the CLI");
             if let Some(v) = victim {
                 replicas[v].restart().await;
+                // Restarted while its dead predecessor's lease may still
+                // hold the leader key: it must not send the CLI to itself.
+                let (_, _, err) = replicas[v].cli(&["abort", "999999"]).await;
+                let itself = format!("the leader's admin API is at {}", replicas[v].admin);
+                assert!(
+                    !err.contains(&itself),
+                    "a replica restarted after flip {flip} names itself as the leader: {err}"
+                );
             }
             let history = settled(&replicas, &store).await;
             let new: Vec<&Value> = history
