@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -17,92 +16,22 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use serde_json::Value;
 use teal::resources::ResourceType;
-use tokio::process::{Child, Command};
 
-use support::etcd::{Etcd, free_port};
-
-const TEAL: &str = env!("CARGO_BIN_EXE_teal");
+use support::etcd::Etcd;
+use support::replica::{Replica, ReplicaSpec, cli};
 
 /// Green's endpoint in the bundled config, 127.0.0.1:8102, is taken by
 /// one test at a time.
 static GREEN_PORT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const LEASE_SECS: u64 = 2;
 
-struct Replica {
-    child: Child,
-    admin: String,
-    xds: u16,
-    _dir: tempfile::TempDir,
-}
-
 async fn replica(etcd: &Etcd, prefix: &str) -> Replica {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (admin, xds) = (free_port(), free_port());
-    let log = std::fs::File::create(dir.path().join("teal.log")).expect("log");
-    let child = Command::new(TEAL)
-        .arg("serve")
-        .arg("--store")
-        .arg(etcd.url(prefix))
-        .arg("--leader-lease")
-        .arg(LEASE_SECS.to_string())
-        .arg("--state-dir")
-        .arg(dir.path().join("local"))
-        .arg("--xds-addr")
-        .arg(format!("127.0.0.1:{xds}"))
-        .arg("--admin-addr")
-        .arg(format!("127.0.0.1:{admin}"))
-        .env("TEAL_ADMIN_TOKEN", "secret")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start teal serve");
-    let r = Replica {
-        child,
-        admin: format!("127.0.0.1:{admin}"),
-        xds,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while cli(&r.admin, &["status"]).await.0 != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "replica did not answer within 30 s:\n{}",
-            r.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    r
-}
-
-impl Replica {
-    fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("teal.log")).unwrap_or_default()
-    }
-
-    async fn kill9(&mut self) {
-        self.child.kill().await.expect("kill -9");
-    }
-}
-
-/// Runs the CLI against `admin`: exit code, stdout, stderr.
-async fn cli(admin: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(TEAL)
-        .arg("--admin")
-        .arg(admin)
-        .args(args)
-        .env("TEAL_TOKEN", "secret")
-        .env_remove("TEAL_ADMIN")
-        .output()
-        .await
-        .expect("run the CLI");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    Replica::start(ReplicaSpec {
+        store: etcd.url(prefix),
+        lease_secs: LEASE_SECS,
+        ..ReplicaSpec::default()
+    })
+    .await
 }
 
 async fn status_json(admin: &str) -> Option<Value> {

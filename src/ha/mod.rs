@@ -367,6 +367,14 @@ impl Campaign {
         match holder {
             Some(kv) if kv.lease == lease => self.set_role(Role::Leader),
             Some(kv) => match decode(&kv.value) {
+                Some(leader) if self.predecessor(&leader) => {
+                    // Following it would send the CLI back here: no one
+                    // leads until its lease runs out.
+                    tracing::info!(leader = %leader.id, admin = %leader.admin,
+                        "the leader key holds the record of the process that had this \
+                         admin address before this one; campaigning once its lease runs out");
+                    self.set_role(Role::Unknown);
+                }
                 Some(leader) => self.set_role(Role::Follower { leader }),
                 None => {
                     tracing::error!("the leader key in etcd does not decode; not following it");
@@ -376,6 +384,13 @@ impl Campaign {
             None => self.set_role(Role::Unknown),
         }
         Ok(())
+    }
+
+    /// Whether `leader` is the record of an earlier process on this
+    /// replica's admin address (killed while it led, its lease not run out
+    /// yet): this process holds that address now, so that one is gone.
+    fn predecessor(&self, leader: &ReplicaInfo) -> bool {
+        leader.admin == self.me.admin && leader.id != self.me.id
     }
 
     /// Deletes the leader key if this lease holds it.
@@ -418,6 +433,7 @@ impl Campaign {
         let same = match (holder, &*self.role.borrow()) {
             (Some(kv), Role::Leader) => kv.lease == lease,
             (Some(kv), Role::Follower { leader }) => decode(&kv.value).as_ref() == Some(leader),
+            (Some(kv), Role::Unknown) => decode(&kv.value).is_some_and(|l| self.predecessor(&l)),
             _ => false,
         };
         if !same {

@@ -341,7 +341,13 @@ impl EtcdClient {
     /// [`StateError::Refused`].
     pub fn status_error(&self, s: tonic::Status) -> StateError {
         use tonic::Code;
-        let reason = crate::text::untrusted(s.message()).to_string();
+        let reason = match certificate_required(&s) {
+            // The shared TLS connector's message names the CLI's flags.
+            true => "etcd asks for a client certificate: give --store-cert and --store-key; \
+                     nothing was sent"
+                .to_owned(),
+            false => crate::text::untrusted(s.message()).to_string(),
+        };
         if matches!(
             s.code(),
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
@@ -392,6 +398,22 @@ impl EtcdClient {
         let revision = answer.header.map_or(0, |h| h.revision);
         Ok((answer.kvs.into_iter().next(), revision))
     }
+}
+
+/// Whether `s` failed because etcd asked for a client certificate and
+/// none was configured (the connector's error, somewhere in its sources).
+fn certificate_required(s: &tonic::Status) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(e) = next {
+        if matches!(
+            e.downcast_ref::<crate::tls::ConnectError>(),
+            Some(crate::tls::ConnectError::CertificateRequired)
+        ) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 #[derive(Serialize)]

@@ -1,6 +1,8 @@
 //! A real etcd for tests: a child process on free loopback ports with its
 //! data in a temporary directory, which can be stopped (`kill -9`) and
-//! started again on the same ports and data.
+//! started again on the same ports and data; with TLS on its client
+//! port ([`EtcdFlags::tls`]) or a short auth token TTL
+//! ([`EtcdFlags::auth_token_ttl`]) when a test needs them.
 //!
 //! The binary is `$TEAL_ETCD` if set, else `etcd` on `PATH`. A test that
 //! needs one fails, never skips, when there is none: `.ci/run` installs
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
 use teal::state::EtcdOptions;
-use teal::state::etcd::EtcdClient;
+use teal::state::etcd::{EtcdClient, EtcdTls};
 
 /// The etcd binary, or a panic saying how to install one.
 pub fn etcd_binary() -> PathBuf {
@@ -35,7 +37,30 @@ pub fn etcd_binary() -> PathBuf {
         })
 }
 
+use super::pki::Pair;
 pub use super::ports::free_port;
+
+/// TLS on etcd's client port, with client certificates required
+/// (`--client-cert-auth`).
+#[derive(Clone, Debug)]
+pub struct EtcdTlsFiles {
+    /// The CA that signs etcd's certificate and the clients' (PEM).
+    pub ca: PathBuf,
+    /// etcd's server certificate and key.
+    pub server: Pair,
+    /// A client certificate the CA signed, for the readiness probe.
+    pub client: Pair,
+}
+
+/// How a test's etcd runs, beyond the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdFlags {
+    /// TLS on the client port.
+    pub tls: Option<EtcdTlsFiles>,
+    /// `--auth-token-ttl` in seconds: how long a simple auth token lives
+    /// unused (etcd's default is 300).
+    pub auth_token_ttl: Option<u32>,
+}
 
 /// One etcd member.
 pub struct Etcd {
@@ -43,20 +68,32 @@ pub struct Etcd {
     /// The client port.
     pub client_port: u16,
     peer_port: u16,
+    flags: EtcdFlags,
     child: Option<Child>,
 }
 
 impl Etcd {
     /// Starts etcd and waits until it answers.
     pub async fn start() -> Etcd {
+        Etcd::start_with(EtcdFlags::default()).await
+    }
+
+    /// Starts etcd with `flags` and waits until it answers.
+    pub async fn start_with(flags: EtcdFlags) -> Etcd {
         let mut etcd = Etcd {
             dir: tempfile::tempdir().expect("temp dir"),
             client_port: free_port(),
             peer_port: free_port(),
+            flags,
             child: None,
         };
         etcd.restart().await;
         etcd
+    }
+
+    /// What etcd logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
     }
 
     /// `127.0.0.1:PORT`.
@@ -64,9 +101,16 @@ impl Etcd {
         format!("127.0.0.1:{}", self.client_port)
     }
 
-    /// Store options for `prefix` on this etcd.
+    /// Store options for `prefix` on this etcd (with TLS and the probe's
+    /// client certificate when etcd speaks TLS).
     pub fn options(&self, prefix: &str) -> EtcdOptions {
-        EtcdOptions::new(vec![self.endpoint()], prefix)
+        let mut opts = EtcdOptions::new(vec![self.endpoint()], prefix);
+        opts.tls = self.flags.tls.as_ref().map(|t| EtcdTls {
+            ca: Some(t.ca.clone()),
+            cert: Some(t.client.cert.clone()),
+            key: Some(t.client.key.clone()),
+        });
+        opts
     }
 
     /// `etcd://127.0.0.1:PORT/prefix`.
@@ -85,10 +129,29 @@ impl Etcd {
     /// answers.
     pub async fn restart(&mut self) {
         self.kill().await;
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.flags.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("log file");
-        let child = Command::new(etcd_binary())
+        let mut command = Command::new(etcd_binary());
+        if let Some(tls) = &self.flags.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server.cert)
+                .arg("--key-file")
+                .arg(&tls.server.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        if let Some(ttl) = self.flags.auth_token_ttl {
+            command.arg(format!("--auth-token-ttl={ttl}"));
+        }
+        let child = command
             .arg("--name")
             .arg("teal-test")
             .arg("--data-dir")
@@ -115,12 +178,58 @@ impl Etcd {
         loop {
             match client.get(b"/probe/x").await {
                 Ok(_) => return,
-                Err(e) if Instant::now() > deadline => panic!(
-                    "etcd did not answer within 20 s: {e}\n{}",
-                    std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
-                ),
+                Err(e) if Instant::now() > deadline => {
+                    panic!("etcd did not answer within 20 s: {e}\n{}", self.log())
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
+    }
+}
+
+/// Sets up etcd's auth through its JSON gateway (plaintext client port
+/// only; there is no `etcdctl` to ask): a `root` user with the root role,
+/// user `user` with password `password` and a role that may read and write
+/// the keys under `prefix`, then turns auth on.
+pub async fn enable_auth(etcd: &Etcd, prefix: &str, user: &str, password: &str) {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    // The end of the prefix range: the prefix with its last byte + 1.
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    let end = base64::engine::general_purpose::STANDARD.encode(end);
+    let role = format!("{user}-role");
+    let steps = [
+        (
+            "/v3/auth/user/add",
+            serde_json::json!({"name": "root", "password": "root-password"}),
+        ),
+        (
+            "/v3/auth/user/grant",
+            serde_json::json!({"user": "root", "role": "root"}),
+        ),
+        ("/v3/auth/role/add", serde_json::json!({"name": role})),
+        (
+            "/v3/auth/role/grant",
+            serde_json::json!({"name": role, "perm": {
+                "permType": "READWRITE", "key": b64(prefix), "range_end": end}}),
+        ),
+        (
+            "/v3/auth/user/add",
+            serde_json::json!({"name": user, "password": password}),
+        ),
+        (
+            "/v3/auth/user/grant",
+            serde_json::json!({"user": user, "role": role}),
+        ),
+        ("/v3/auth/enable", serde_json::json!({})),
+    ];
+    for (path, body) in steps {
+        let r = super::http::post_json(etcd.client_port, path, &body.to_string())
+            .await
+            .unwrap_or_else(|e| panic!("POST {path} to etcd: {e}"));
+        assert_eq!(r.status, 200, "POST {path} {body}: {}", r.body);
     }
 }

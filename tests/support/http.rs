@@ -271,15 +271,34 @@ pub async fn post(port: u16, path: &str, headers: &[(&str, &str)]) -> io::Result
     request("POST", port, path, headers).await
 }
 
+/// `POST path` with `body` (JSON), otherwise like [`get`].
+pub async fn post_json(port: u16, path: &str, body: &str) -> io::Result<HttpResponse> {
+    tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        request_inner(
+            "POST",
+            port,
+            path,
+            &[("content-type", "application/json")],
+            body,
+        ),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))?
+}
+
 async fn request(
     method: &str,
     port: u16,
     path: &str,
     headers: &[(&str, &str)],
 ) -> io::Result<HttpResponse> {
-    tokio::time::timeout(REQUEST_TIMEOUT, request_inner(method, port, path, headers))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))?
+    tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        request_inner(method, port, path, headers, ""),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))?
 }
 
 async fn request_inner(
@@ -287,11 +306,12 @@ async fn request_inner(
     port: u16,
     path: &str,
     headers: &[(&str, &str)],
+    body: &str,
 ) -> io::Result<HttpResponse> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
     let mut request = format!("{method} {path} HTTP/1.1\r\n");
     if method != "GET" {
-        request.push_str("content-length: 0\r\n");
+        request.push_str(&format!("content-length: {}\r\n", body.len()));
     }
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         request.push_str(&format!("host: 127.0.0.1:{port}\r\n"));
@@ -300,6 +320,7 @@ async fn request_inner(
         request.push_str(&format!("{k}: {v}\r\n"));
     }
     request.push_str("connection: close\r\n\r\n");
+    request.push_str(body);
     stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await?;

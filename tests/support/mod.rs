@@ -13,7 +13,8 @@
 //! - [`world`]: the real `teal serve` binary, three Envoys and a
 //!   blue/green service, driven through the real CLI.
 //! - [`etcd`]: a real etcd on free loopback ports, for the etcd store and
-//!   replicas.
+//!   replicas; [`replica`]: `teal serve` replicas on it as child
+//!   processes, killed with `kill -9` and restarted.
 //! - [`resources`]: builders for the clusters, endpoints, listeners and
 //!   routes the tests serve.
 //! - [`wait_until`], [`Teal::wait_for`], [`Envoy::wait_for_answer`]: waits
@@ -32,6 +33,7 @@ pub mod etcd;
 pub mod http;
 pub mod pki;
 pub mod ports;
+pub mod replica;
 pub mod resources;
 pub mod world;
 
@@ -642,6 +644,32 @@ pub fn render_bootstrap(node_id: &str, group: &str, xds_port: u16, protocol: Pro
     yaml
 }
 
+/// [`render_bootstrap`] with every xDS server of `xds_ports` in the
+/// `teal_xds` cluster (round robin): the bootstrap of a proxy fed by
+/// replicas, which reconnects to another one when its replica goes.
+pub fn render_bootstrap_replicas(
+    node_id: &str,
+    group: &str,
+    xds_ports: &[u16],
+    protocol: Protocol,
+) -> String {
+    let first = *xds_ports.first().expect("at least one xDS port");
+    let yaml = render_bootstrap(node_id, group, first, protocol);
+    let one = |port: u16| {
+        format!(
+            "              - endpoint:\n                  address:\n                    \
+             socket_address: {{ address: 127.0.0.1, port_value: {port} }}\n"
+        )
+    };
+    let all: String = xds_ports.iter().map(|p| one(*p)).collect();
+    assert_eq!(
+        yaml.matches(&one(first)).count(),
+        1,
+        "envoy/edge.yaml's teal_xds cluster should hold one endpoint, as written here"
+    );
+    yaml.replace(&one(first), &all)
+}
+
 /// Requests sent back to back in the background, one connection each, to
 /// see every answer while something changes: `GET path` with `headers` to
 /// `127.0.0.1:port`, until [`Traffic::stop`].
@@ -657,6 +685,12 @@ pub type Answer = Result<(u16, String), String>;
 impl Traffic {
     /// Starts sending.
     pub fn start(port: u16, path: &str, headers: &[(&str, &str)]) -> Traffic {
+        Traffic::start_over(&[port], path, headers)
+    }
+
+    /// Starts sending, each request to the next port of `ports` in turn.
+    pub fn start_over(ports: &[u16], path: &str, headers: &[(&str, &str)]) -> Traffic {
+        let ports = ports.to_vec();
         let (tx, answers) = tokio::sync::mpsc::unbounded_channel();
         let path = path.to_owned();
         let headers: Vec<(String, String)> = headers
@@ -668,11 +702,16 @@ impl Traffic {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
-            loop {
-                let answer = http::get(port, &path, &headers)
+            let many = ports.len() > 1;
+            for port in ports.iter().cycle() {
+                let answer = http::get(*port, &path, &headers)
                     .await
                     .map(|r| (r.status, r.body))
-                    .map_err(|e| e.to_string());
+                    .map_err(|e| match many {
+                        // Which proxy failed, when there are several.
+                        true => format!("port {port}: {e}"),
+                        false => e.to_string(),
+                    });
                 if tx.send(answer).is_err() {
                     return;
                 }

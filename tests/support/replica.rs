@@ -1,0 +1,230 @@
+//! Replicas as operators run them: `teal serve --store etcd://...` as a
+//! child process (`TEAL_ADMIN_TOKEN=secret`), which can be killed with
+//! `kill -9` and started again on the same ports, store and state
+//! directory; and the real CLI to drive one.
+
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+use super::free_port;
+
+/// The `teal` binary Cargo built for the integration tests.
+fn teal_binary() -> &'static str {
+    match option_env!("CARGO_BIN_EXE_teal") {
+        Some(path) => path,
+        None => panic!("only integration tests run the teal binary"),
+    }
+}
+
+/// The admin token every replica accepts.
+pub const TOKEN: &str = "secret";
+
+/// How a replica is started.
+#[derive(Clone, Debug, Default)]
+pub struct ReplicaSpec {
+    /// `--store`.
+    pub store: String,
+    /// `--config` (none: the bundled config).
+    pub config: Option<PathBuf>,
+    /// `--leader-lease` in seconds.
+    pub lease_secs: u64,
+    /// More arguments of `teal serve`.
+    pub args: Vec<String>,
+    /// More environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+/// One `teal serve` replica, killed (SIGKILL) when dropped.
+pub struct Replica {
+    spec: ReplicaSpec,
+    child: Option<Child>,
+    /// `127.0.0.1:PORT` of its admin API.
+    pub admin: String,
+    /// Its xDS port.
+    pub xds: u16,
+    admin_port: u16,
+    starts: usize,
+    dir: tempfile::TempDir,
+}
+
+impl Replica {
+    /// Starts a replica on free ports and waits until its admin API
+    /// answers `teal status`.
+    pub async fn start(spec: ReplicaSpec) -> Replica {
+        let (admin_port, xds) = (free_port(), free_port());
+        let mut r = Replica {
+            spec,
+            child: None,
+            admin: format!("127.0.0.1:{admin_port}"),
+            xds,
+            admin_port,
+            starts: 0,
+            dir: tempfile::Builder::new()
+                .prefix("teal-replica-")
+                .tempdir()
+                .expect("temp dir"),
+        };
+        r.restart().await;
+        r
+    }
+
+    fn spawn(&mut self) -> Child {
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path(self.starts)).expect("create the log");
+        let mut cmd = Command::new(teal_binary());
+        cmd.arg("serve")
+            .arg("--store")
+            .arg(&self.spec.store)
+            .arg("--leader-lease")
+            .arg(self.spec.lease_secs.max(1).to_string())
+            .arg("--state-dir")
+            .arg(self.dir.path().join("local"))
+            .arg("--xds-addr")
+            .arg(format!("127.0.0.1:{}", self.xds))
+            .arg("--admin-addr")
+            .arg(format!("127.0.0.1:{}", self.admin_port))
+            .args(&self.spec.args)
+            .env("TEAL_ADMIN_TOKEN", TOKEN)
+            .env("TEAL_LOG", "info")
+            .env_remove("TEAL_ADMIN_TOKENS")
+            .env_remove("TEAL_STORE_PASSWORD");
+        if let Some(config) = &self.spec.config {
+            cmd.arg("--config").arg(config);
+        }
+        for (k, v) in &self.spec.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start teal serve")
+    }
+
+    fn log_path(&self, start: usize) -> PathBuf {
+        self.dir.path().join(format!("teal-{start}.log"))
+    }
+
+    /// Starts it (again, after [`Replica::kill9`]) on the same ports,
+    /// store and state directory, and waits until it answers.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "the replica still runs");
+        let child = self.spawn();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cli(&self.admin, &["status"]).await.0 != 0 {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("teal serve exited at start ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica did not answer within 30 s:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Starts a replica expecting it to exit at start-up (within 30 s),
+    /// and returns how it exited and its log.
+    pub async fn start_expecting_exit(spec: ReplicaSpec) -> (ExitStatus, String) {
+        let mut r = Replica {
+            spec,
+            child: None,
+            admin: String::new(),
+            xds: free_port(),
+            admin_port: free_port(),
+            starts: 0,
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        let mut child = r.spawn();
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("teal serve kept running:\n{}", r.log()))
+            .expect("wait for teal serve");
+        (status, r.log())
+    }
+
+    /// Whether it runs (it was not killed, or was restarted since).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// `kill -9`, and waits until it is gone.
+    pub async fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill -9");
+        }
+    }
+
+    /// Every log it wrote, one start after another.
+    pub fn log(&self) -> String {
+        (1..=self.starts)
+            .map(|n| {
+                let text = std::fs::read_to_string(self.log_path(n)).unwrap_or_default();
+                format!("---- start {n} of teal serve ({}) ----\n{text}", self.admin)
+            })
+            .collect()
+    }
+
+    /// Runs the CLI against this replica.
+    pub async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        cli(&self.admin, args).await
+    }
+
+    /// `teal ARGS -o json` on this replica, if it answers.
+    pub async fn json(&self, args: &[&str]) -> Option<Value> {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let (code, out, _) = cli(&self.admin, &all).await;
+        (code == 0)
+            .then(|| serde_json::from_str(&out).ok())
+            .flatten()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if std::thread::panicking() && self.starts > 0 {
+            // The end of each start's log: enough to see what went wrong.
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let from = lines.len().saturating_sub(150);
+            eprintln!("{}", lines[from..].join("\n"));
+        }
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// Runs the CLI against `admin` with the token: exit code, stdout, stderr.
+pub async fn cli(admin: &str, args: &[&str]) -> (i32, String, String) {
+    let out = cli_command(admin, args)
+        .output()
+        .await
+        .expect("run the CLI");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The CLI against `admin` with the token, to spawn.
+pub fn cli_command(admin: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(teal_binary());
+    cmd.arg("--admin")
+        .arg(admin)
+        .args(args)
+        .env("TEAL_TOKEN", TOKEN)
+        .env_remove("TEAL_ADMIN")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
