@@ -260,13 +260,27 @@ async fn leader_of(replicas: &[&Replica], to: &str) -> usize {
                         if j == i {
                             continue;
                         }
-                        match try_flip(other, to).await {
-                            Err(teal::rollout::RolloutError::NotLeader { leader }) => assert_eq!(
-                                leader,
-                                Some(r.running.admin_addr.to_string()),
-                                "a follower names the leader"
-                            ),
-                            other => panic!("a second replica accepted a change: {other:?}"),
+                        // A follower that has not read the new leader's
+                        // record yet knows of no leader ("store
+                        // unavailable"); it names the leader once it has.
+                        let named = tokio::time::Instant::now() + Duration::from_secs(10);
+                        loop {
+                            match try_flip(other, to).await {
+                                Err(teal::rollout::RolloutError::NotLeader { leader }) => {
+                                    assert_eq!(
+                                        leader,
+                                        Some(r.running.admin_addr.to_string()),
+                                        "a follower names the leader"
+                                    );
+                                    break;
+                                }
+                                Err(teal::rollout::RolloutError::StoreUnavailable(_))
+                                    if tokio::time::Instant::now() < named =>
+                                {
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                }
+                                other => panic!("a second replica accepted a change: {other:?}"),
+                            }
                         }
                     }
                     return i;
