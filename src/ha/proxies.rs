@@ -19,7 +19,9 @@
 //!   the replica's groups.
 //!
 //! A round runs when the registry changed, at most once per
-//! [`PUBLISH_EVERY`], and writes only the slots whose content changed:
+//! [`PUBLISH_EVERY`] and at most [`PUBLISH_BYTES_PER_SEC`] on average
+//! (a big round waits longer for the next), and writes only the slots
+//! whose content changed:
 //! their new parts first, then, in the transaction carrying the last of
 //! them, the manifest, with the deletion of the parts it no longer names.
 //! Transactions hold at most [`TXN_MAX_BYTES`] and [`TXN_MAX_OPS`], under
@@ -79,8 +81,25 @@ use crate::xds::status::{Nack, ProxyStatus, RemoteStream, TypeStatus};
 
 use super::Role;
 
-/// The shortest time between two rounds of a replica's writes.
-pub const PUBLISH_EVERY: Duration = Duration::from_millis(200);
+/// The shortest time between two rounds of a replica's writes; also how
+/// long a change waits for others to join it after a quiet spell (a flip's
+/// sends, then its ACKs, arrive in bursts).
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(20);
+
+/// What a replica writes to etcd per second at most, on average: after a
+/// round of `B` bytes the next waits at least `B / PUBLISH_BYTES_PER_SEC`.
+/// A small fleet's rounds (a few KiB) follow each other every
+/// [`PUBLISH_EVERY`], so a flip through the leader waits little for the
+/// followers' ACKs; 10,000 proxies changing at once (about 1 MiB) wait
+/// about 250 ms before the next round, which keeps etcd's write load the
+/// same whatever the fleet's size.
+pub const PUBLISH_BYTES_PER_SEC: u64 = 4 << 20;
+
+/// How long to wait after a round of `bytes` before the next.
+fn pause_after(bytes: usize) -> Duration {
+    let by_bytes = Duration::from_secs_f64(bytes as f64 / PUBLISH_BYTES_PER_SEC as f64);
+    by_bytes.max(PUBLISH_EVERY)
+}
 
 /// Proxies per slot (by stream id): a proxy's change rewrites its slot's
 /// parts only.
@@ -304,6 +323,13 @@ struct Round {
     slots: BTreeMap<u64, Vec<(String, Vec<u8>)>>,
 }
 
+impl Round {
+    /// Bytes the round writes (values; keys are short).
+    fn bytes(&self) -> usize {
+        self.manifest.len() + self.puts.iter().map(|(_, v)| v.len()).sum::<usize>()
+    }
+}
+
 /// What a replica last wrote.
 #[derive(Debug, Default)]
 struct Publisher {
@@ -469,7 +495,7 @@ fn transactions(client: &EtcdClient, id: &str, lease: i64, round: &Round) -> Vec
 }
 
 /// Writes this replica's proxies under `lease` whenever the registry
-/// changes, at most once per [`PUBLISH_EVERY`], only what changed; until
+/// changes, paced by [`pause_after`], only what changed; until
 /// the task is aborted (when the lease's term ends).
 pub(super) async fn publish(
     client: EtcdClient,
@@ -481,8 +507,11 @@ pub(super) async fn publish(
     let mut publisher = Publisher::default();
     loop {
         generation.mark_unchanged();
+        let started = tokio::time::Instant::now();
         let mut failed = false;
+        let mut bytes = 0;
         if let Some(round) = publisher.round(&registry.statuses()) {
+            bytes = round.bytes();
             publisher.writing(&round);
             for txn in transactions(&client, &id, lease, &round) {
                 let kv = client.kv();
@@ -508,10 +537,13 @@ pub(super) async fn publish(
             tokio::time::sleep(RETRY).await;
             continue;
         }
+        // Paced from the round's start; after a quiet spell a change
+        // still waits `PUBLISH_EVERY` for the rest of its burst.
+        let next = started + pause_after(bytes);
         if generation.changed().await.is_err() {
             return;
         }
-        tokio::time::sleep(PUBLISH_EVERY).await;
+        tokio::time::sleep_until(next.max(tokio::time::Instant::now() + PUBLISH_EVERY)).await;
     }
 }
 

@@ -291,3 +291,18 @@ fn a_record_is_bounded_whatever_the_proxy_sends() {
     b.add(&p);
     assert!(b.bytes <= RECORD_MAX_BYTES);
 }
+
+#[test]
+fn rounds_are_paced_by_the_bytes_they_write() {
+    // A small fleet's round is followed by the next after the floor, so
+    // followers' ACKs reach the leader quickly.
+    assert_eq!(pause_after(0), PUBLISH_EVERY);
+    assert_eq!(pause_after(4 << 10), PUBLISH_EVERY);
+    // A big round waits in proportion: 4 MiB of writes, a second.
+    assert_eq!(pause_after(4 << 20), Duration::from_secs(1));
+    let mib = pause_after(1 << 20);
+    assert!(
+        mib > Duration::from_millis(240) && mib < Duration::from_millis(260),
+        "{mib:?}"
+    );
+}
