@@ -11,7 +11,7 @@
 //! without decoding anything. Streams share the encoded bytes through `Arc`s and
 //! [`bytes::Bytes`]; nothing here is copied per proxy.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -237,19 +237,54 @@ impl TypeSnapshot {
 #[derive(Debug)]
 pub struct GroupSnapshot {
     types: [Arc<TypeSnapshot>; 4],
+    /// Per listener and route (by type index), the names of those that
+    /// name only clusters of this group's cluster list, worked out once
+    /// by the first stream that asks ([`GroupSnapshot::clusters_all_listed`])
+    /// instead of by every stream at every send.
+    clusters_listed: OnceLock<[HashSet<String>; 2]>,
 }
 
 impl GroupSnapshot {
+    fn new(types: [Arc<TypeSnapshot>; 4]) -> GroupSnapshot {
+        GroupSnapshot {
+            types,
+            clusters_listed: OnceLock::new(),
+        }
+    }
+
     /// The resources of one type.
     pub fn of(&self, ty: ResourceType) -> &Arc<TypeSnapshot> {
         &self.types[ty.index()]
     }
 
+    /// Whether every cluster that listener or route `name` of type `ty`
+    /// names is in this group's cluster list (false for another type or
+    /// a resource the group does not have).
+    pub(crate) fn clusters_all_listed(&self, ty: ResourceType, name: &str) -> bool {
+        let slot = match ty {
+            ResourceType::Listener => 0,
+            ResourceType::Route => 1,
+            _ => return false,
+        };
+        let listed = self.clusters_listed.get_or_init(|| {
+            let clusters = self.of(ResourceType::Cluster);
+            [ResourceType::Listener, ResourceType::Route].map(|ty| {
+                self.of(ty)
+                    .resources()
+                    .iter()
+                    .filter(|(_, r)| r.clusters().iter().all(|c| clusters.get(c).is_some()))
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            })
+        });
+        listed[slot].contains(name)
+    }
+
     fn empty(version: &str) -> GroupSnapshot {
-        GroupSnapshot {
-            types: ResourceType::ALL
+        GroupSnapshot::new(
+            ResourceType::ALL
                 .map(|ty| Arc::new(TypeSnapshot::new(ty, version.to_owned(), BTreeMap::new()))),
-        }
+        )
     }
 }
 
@@ -341,7 +376,7 @@ impl Snapshot {
                     let label = known.and_then(|k| k.get(t.ty().short_name()));
                     t.into_type(&version, label)
                 });
-                (group, Arc::new(GroupSnapshot { types }))
+                (group, Arc::new(GroupSnapshot::new(types)))
             })
             .collect();
         Ok(Snapshot {

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 
@@ -44,7 +44,26 @@ pub(super) struct Running {
     pub(super) not_waited_for: BTreeSet<String>,
     /// Its proxies, as last handed to the rollout.
     pub(super) follow: Follow,
+    /// How its progress is paced ([`Running::publish_soon`]).
+    pub(super) pace: Pace,
 }
+
+/// When the progress was last published by [`Running::publish_soon`].
+#[derive(Debug, Default)]
+pub(super) struct Pace {
+    /// When, and the phase then.
+    published: Option<(Instant, Phase)>,
+    /// The progress moved since.
+    held: bool,
+}
+
+/// How often the progress of an operation is published while only its
+/// counts move. Every ACK of every proxy moves them; publishing each
+/// (building the progress, waking every follower, each sending it to its
+/// client) cost more than following the ACK itself at thousands of
+/// proxies. A follower sees a count at most this old; a new phase and the
+/// outcome go out at once.
+const PROGRESS_EVERY: Duration = Duration::from_millis(5);
 
 impl Running {
     /// Takes the cordoned proxies its [`Follow`] left out, when they
@@ -62,6 +81,39 @@ impl Running {
         let mut progress = self.rollout.progress();
         progress.not_waiting_for = self.not_waiting_for.clone();
         self.progress.send_replace(progress);
+    }
+
+    /// Publishes the progress at once when the phase changed since the
+    /// last publication here, else at most every [`PROGRESS_EVERY`]: what
+    /// is held back goes out at [`Running::next_deadline`].
+    fn publish_soon(&mut self, now: Instant) {
+        let phase = self.rollout.phase();
+        match self.pace.published {
+            Some((at, was)) if was == phase && now < at + PROGRESS_EVERY => {
+                self.pace.held = true;
+            }
+            _ => {
+                self.publish();
+                self.pace = Pace {
+                    published: Some((now, phase)),
+                    held: false,
+                };
+            }
+        }
+    }
+
+    /// When the operation next needs the clock: its machine's deadline,
+    /// or progress held back.
+    fn next_deadline(&self) -> Option<Instant> {
+        let held = self
+            .pace
+            .published
+            .filter(|_| self.pace.held)
+            .map(|(at, _)| at + PROGRESS_EVERY);
+        match (self.rollout.next_deadline(), held) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -263,6 +315,7 @@ impl Driver {
                     not_waiting_for: Vec::new(),
                     not_waited_for: BTreeSet::new(),
                     follow: Follow::default(),
+                    pace: Pace::default(),
                 },
             );
             self.carry_out(&service, actions).await;
@@ -291,7 +344,7 @@ impl Driver {
             let deadline = self
                 .running
                 .values()
-                .filter_map(|r| r.rollout.next_deadline())
+                .filter_map(Running::next_deadline)
                 .min();
             tokio::select! {
                 // Shutdown first: the proxies' streams close because of it,
@@ -633,6 +686,7 @@ impl Driver {
                 not_waiting_for: Vec::new(),
                 not_waited_for: BTreeSet::new(),
                 follow: Follow::default(),
+                pace: Pace::default(),
             },
         );
         match self.first_durable_point(&service, actions).await {
@@ -754,8 +808,9 @@ impl Driver {
         let Some(running) = self.running.get_mut(service) else {
             return;
         };
-        let actions = running.rollout.on_event(event, Instant::now());
-        running.publish();
+        let now = Instant::now();
+        let actions = running.rollout.on_event(event, now);
+        running.publish_soon(now);
         self.carry_out(service, actions).await;
     }
 

@@ -21,8 +21,8 @@
 //!
 //! [`Action::ObserveProxies`]: crate::rollout::machine::Action::ObserveProxies
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use crate::rollout::machine::{Event, ProxyView};
 use crate::snapshot::Snapshot;
@@ -47,8 +47,14 @@ pub(super) struct Basis {
 /// One node: its streams in the followed groups and its merged view.
 #[derive(Debug)]
 struct Node {
+    /// Its id, shared with its streams' parts and its views.
+    id: Arc<str>,
     streams: BTreeSet<u64>,
     view: ProxyView,
+    /// Touched by the changes being followed: its view is made again once
+    /// they are all in (a node is listed once however many of its streams
+    /// changed, without ordering the ids).
+    dirty: bool,
 }
 
 /// The proxies of one running operation, as last handed to its machine.
@@ -59,8 +65,10 @@ pub(super) struct Follow {
     /// looking).
     basis: Option<Basis>,
     /// Per stream in the groups: its node id and its part of the view.
-    streams: HashMap<u64, (String, ProxyView)>,
-    nodes: HashMap<String, Node>,
+    /// The node's id is shared by its streams, its view and the views
+    /// handed to the machine, so following an ACK copies no id.
+    streams: HashMap<u64, (Arc<str>, ProxyView)>,
+    nodes: HashMap<Arc<str>, Node>,
     /// The cordoned node ids, as read at the last whole pass.
     cordoned: BTreeSet<String>,
     /// Streams in the groups left out because their node is cordoned, by
@@ -88,18 +96,30 @@ impl Follow {
         snapshot: &Snapshot,
         cordoned: BTreeSet<String>,
     ) -> Vec<ProxyView> {
-        self.stop();
+        // Emptied, not dropped: the maps keep their room for the pass
+        // after the commit, which sees the same fleet.
+        self.basis = None;
+        self.streams.clear();
+        self.nodes.clear();
+        self.skipped.clear();
+        self.skipped_streams.clear();
         self.cordoned = cordoned;
         self.skipped_moved = true;
+        let proxies = proxies.into_iter();
+        let hint = proxies.size_hint().0;
+        self.streams.reserve(hint);
+        self.nodes.reserve(hint);
         for p in proxies {
             self.put(p, &basis, snapshot);
         }
-        let mut all: BTreeMap<&str, ProxyView> = BTreeMap::new();
-        for (id, node) in &mut self.nodes {
+        let mut all: Vec<ProxyView> = Vec::with_capacity(self.nodes.len());
+        for node in self.nodes.values_mut() {
             node.view = view_of(&node.streams, &self.streams);
-            all.insert(id, node.view.clone());
+            node.dirty = false;
+            all.push(node.view.clone());
         }
-        let all = all.into_values().collect();
+        // One view per node: the ids are distinct.
+        all.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         self.basis = Some(basis);
         all
     }
@@ -117,19 +137,23 @@ impl Follow {
         if self.basis.as_ref() != Some(basis) {
             return Err(());
         }
-        let mut touched: BTreeSet<Cow<'_, str>> = BTreeSet::new();
+        let mut touched: Vec<Arc<str>> = Vec::new();
         for id in &changes.gone {
             self.unskip(*id);
-            if let Some((node, _)) = self.streams.remove(id) {
-                if let Some(n) = self.nodes.get_mut(&node) {
-                    n.streams.remove(id);
+            if let Some((node, _)) = self.streams.remove(id)
+                && let Some(n) = self.nodes.get_mut(&node)
+            {
+                n.streams.remove(id);
+                if !std::mem::replace(&mut n.dirty, true) {
+                    touched.push(node);
                 }
-                touched.insert(Cow::Owned(node));
             }
         }
         for p in &changes.changed {
-            if let Some(node) = self.put(p, basis, snapshot) {
-                touched.insert(Cow::Borrowed(node));
+            if let Some((node, first)) = self.put(p, basis, snapshot)
+                && first
+            {
+                touched.push(node);
             }
         }
         let (mut changed, mut gone) = (Vec::new(), Vec::new());
@@ -137,9 +161,10 @@ impl Follow {
             let Some(node) = self.nodes.get_mut(&*id) else {
                 continue;
             };
+            node.dirty = false;
             if node.streams.is_empty() {
                 self.nodes.remove(&*id);
-                gone.push(id.into_owned());
+                gone.push(id.to_string());
                 continue;
             }
             let view = view_of(&node.streams, &self.streams);
@@ -179,13 +204,14 @@ impl Follow {
     }
 
     /// Records one stream's part (if it is in the groups, named its node
-    /// and the node is not cordoned); returns the node it belongs to.
-    fn put<'p>(
+    /// and the node is not cordoned); returns the node it belongs to, and
+    /// whether this made the node dirty (it was not yet).
+    fn put(
         &mut self,
-        p: &'p ProxyStatus,
+        p: &ProxyStatus,
         basis: &Basis,
         snapshot: &Snapshot,
-    ) -> Option<&'p str> {
+    ) -> Option<(Arc<str>, bool)> {
         let node = p.node.as_ref()?;
         if !basis.groups.contains(&node.cluster) {
             return None;
@@ -198,47 +224,47 @@ impl Follow {
             self.skipped_streams.insert(p.stream_id, node.id.clone());
             return None;
         }
-        let part = stream_view(p, snapshot, basis.committed)?;
-        // Looked up before inserting, so that the common case (a known
-        // stream of a known node, at every ACK) copies no node id.
-        match self.nodes.get_mut(&node.id) {
+        // One lookup of the node by id (at every ACK, a known one): its
+        // shared id names the part.
+        let (id, first) = match self.nodes.get_mut(node.id.as_str()) {
             Some(n) => {
                 n.streams.insert(p.stream_id);
+                (n.id.clone(), !std::mem::replace(&mut n.dirty, true))
             }
             None => {
+                let id: Arc<str> = Arc::from(node.id.as_str());
                 self.nodes.insert(
-                    node.id.clone(),
+                    id.clone(),
                     Node {
+                        id: id.clone(),
                         streams: BTreeSet::from([p.stream_id]),
                         // Never equal to a computed view, so a new node is
                         // handed over.
                         view: ProxyView {
-                            id: String::new(),
+                            id: Arc::from(""),
                             prepared: false,
                             confirmed: false,
                             nack: None,
                         },
+                        dirty: true,
                     },
                 );
+                (id, true)
             }
-        }
-        match self.streams.get_mut(&p.stream_id) {
-            Some((id, old)) if *id == node.id => *old = part,
-            _ => {
-                self.streams.insert(p.stream_id, (node.id.clone(), part));
-            }
-        }
-        Some(&node.id)
+        };
+        let part = stream_view(p, snapshot, basis.committed, || id.clone())?;
+        self.streams.insert(p.stream_id, (id.clone(), part));
+        Some((id, first))
     }
 }
 
 /// A node's view from its streams' parts, in stream order (as
 /// [`proxy_views`](super::proxy_views) merges them).
-fn view_of(streams: &BTreeSet<u64>, parts: &HashMap<u64, (String, ProxyView)>) -> ProxyView {
+fn view_of(streams: &BTreeSet<u64>, parts: &HashMap<u64, (Arc<str>, ProxyView)>) -> ProxyView {
     let mut parts = streams.iter().filter_map(|s| parts.get(s)).map(|(_, v)| v);
     let Some(first) = parts.next() else {
         return ProxyView {
-            id: String::new(),
+            id: Arc::from(""),
             prepared: false,
             confirmed: false,
             nack: None,
@@ -349,7 +375,7 @@ mod tests {
         };
         assert_eq!(gone, Vec::<String>::new());
         assert_eq!(changed.len(), 1);
-        assert_eq!((changed[0].id.as_str(), changed[0].confirmed), ("b", true));
+        assert_eq!((&*changed[0].id, changed[0].confirmed), ("b", true));
 
         // Nothing visible changed: no event.
         let same = Changes {
@@ -452,7 +478,7 @@ mod tests {
             panic!("a changed");
         };
         assert_eq!(changed.len(), 1);
-        assert_eq!(changed[0].id, "a");
+        assert_eq!(&*changed[0].id, "a");
         // b's streams go: it is no longer listed as left out.
         let gone = Changes {
             changed: Vec::new(),

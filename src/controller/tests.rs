@@ -760,3 +760,90 @@ async fn a_flip_waiting_on_a_proxy_finishes_when_it_is_cordoned() {
     let history = c.history("api").await.expect("history");
     assert_eq!(history[0].not_waited_for, ["stuck"]);
 }
+
+/// Progress held back by the pacing (a count moving within
+/// `PROGRESS_EVERY` of the last publication, with nothing after it) still
+/// reaches the followers: it goes out at the driver's next deadline, not
+/// at the next event, which here never comes.
+#[tokio::test]
+async fn progress_held_back_is_published_without_another_event() {
+    use crate::xds::{NodeInfo, StreamEvent, StreamKind};
+
+    let (writer, _reader) = snapshot_store();
+    let (_trigger, shutdown) = crate::shutdown::shutdown_channel();
+    let registry = ProxyRegistry::new();
+    let (c, _task) = start(
+        config(),
+        writer,
+        Arc::new(MemoryStore::default()),
+        registry.clone(),
+        Arc::new(Metrics::new()),
+        shutdown,
+    )
+    .await
+    .expect("controller starts");
+
+    // Three proxies hold the current routes; two will ACK the flip, one
+    // never does, so the flip stays in confirming.
+    let routes = |c: &Controller| {
+        c.snapshot()
+            .group("edge")
+            .of(ResourceType::Route)
+            .version()
+            .to_owned()
+    };
+    let acked = |version: String| {
+        [
+            StreamEvent::Sent {
+                ty: ResourceType::Route,
+                version: version.clone(),
+                nonce: "1".into(),
+                resources: 1,
+            },
+            StreamEvent::Acked {
+                ty: ResourceType::Route,
+                version,
+            },
+        ]
+    };
+    let mut streams = Vec::new();
+    for id in ["a", "b", "stuck"] {
+        let mut stream = registry.register(StreamKind::Aggregated, false);
+        stream.set_node(Some(&NodeInfo {
+            id: id.into(),
+            cluster: "edge".into(),
+            user_agent: "envoy".into(),
+        }));
+        stream.record(&acked(routes(&c)));
+        streams.push(stream);
+    }
+    let long = Operation::Flip {
+        service: "api".into(),
+        to: None,
+        skip_checks: true,
+        timeout: Duration::from_secs(60),
+    };
+    let mut rx = c.start(long, "dave").await.expect("starts");
+    let wait = Duration::from_secs(10);
+    tokio::time::timeout(wait, rx.wait_for(|p| p.version.is_some() && p.total == 3))
+        .await
+        .expect("confirming in time")
+        .expect("progress channel open");
+
+    // a ACKs and is shown; b ACKs right after (within the pacing, on a
+    // fast machine), and nothing happens after that.
+    let next = routes(&c);
+    streams[0].record(&acked(next.clone()));
+    tokio::time::timeout(wait, rx.wait_for(|p| p.acked == 1))
+        .await
+        .expect("a's ACK shown")
+        .expect("progress channel open");
+    streams[1].record(&acked(next));
+    let p = tokio::time::timeout(wait, rx.wait_for(|p| p.acked == 2))
+        .await
+        .expect("b's ACK shown without another event")
+        .expect("progress channel open")
+        .clone();
+    assert_eq!(p.waiting_for, ["stuck"], "{p:?}");
+    assert!(p.outcome.is_none(), "{p:?}");
+}

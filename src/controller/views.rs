@@ -3,6 +3,7 @@
 //! rejected it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::resources::ResourceType;
 use crate::rollout::machine::ProxyView;
@@ -35,7 +36,7 @@ pub fn proxy_views(
             skipped.insert(node.id.as_str());
             continue;
         }
-        let Some(part) = stream_view(p, snapshot, committed) else {
+        let Some(part) = stream_view(p, snapshot, committed, || Arc::from(node.id.as_str())) else {
             continue;
         };
         match by_node.get_mut(node.id.as_str()) {
@@ -52,16 +53,18 @@ pub fn proxy_views(
 }
 
 /// One stream's part of its node's view (`None` before the stream names
-/// its node).
+/// its node), named with the id `id` gives (the caller may hold it
+/// already, shared).
 pub(super) fn stream_view(
     p: &ProxyStatus,
     snapshot: &Snapshot,
     committed: Option<u64>,
+    id: impl FnOnce() -> Arc<str>,
 ) -> Option<ProxyView> {
     let node = p.node.as_ref()?;
     let group = snapshot.group(&node.cluster);
     let mut view = ProxyView {
-        id: node.id.clone(),
+        id: id(),
         prepared: true,
         confirmed: true,
         nack: None,

@@ -28,7 +28,8 @@
 //! saves with each commit, and [`Rollout::resume`] picks an operation up
 //! from it after a crash.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -43,8 +44,10 @@ use super::{
 /// from the proxy registry and the snapshot being served.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProxyView {
-    /// The proxy's node id.
-    pub id: String,
+    /// The proxy's node id, shared: the machine keeps it in several sets
+    /// and every ACK hands a view over, so a copy is a reference count,
+    /// not an allocation.
+    pub id: Arc<str>,
     /// It has ACKed the clusters and endpoints of the snapshot being
     /// served, so every fleet's cluster is warm on it.
     pub prepared: bool,
@@ -71,21 +74,47 @@ pub const WAITING_SHOWN: usize = 20;
 
 /// The proxies an operation waits for, as last observed, with the sets
 /// its phases ask about kept up to date on every change, so that no event
-/// costs a pass over the whole fleet.
+/// costs a pass over the whole fleet. Ids are shared ([`ProxyView::id`]):
+/// an update touches up to four sets, and copying the id into each was
+/// most of what an ACK cost here.
 #[derive(Clone, Debug, Default)]
 struct Seen {
-    views: BTreeMap<String, ProxyView>,
+    /// By id. Hashed: looked up at every change, and only the sets below
+    /// need an order (ids compared byte by byte down a tree of thousands
+    /// cost more than the rest of an ACK).
+    views: HashMap<Arc<str>, ProxyView>,
     /// Not both prepared and confirmed (what preparing waits for).
-    unready: BTreeSet<String>,
+    unready: BTreeSet<Arc<str>>,
     /// Neither confirmed nor rejecting (what confirming waits for).
-    unsettled: BTreeSet<String>,
+    unsettled: BTreeSet<Arc<str>>,
     /// Rejecting, by id.
-    nacking: BTreeSet<String>,
+    nacking: BTreeSet<Arc<str>>,
 }
 
 impl Seen {
-    fn clear(&mut self) {
-        *self = Seen::default();
+    /// Replaces every view: built from the whole list at once (sorted
+    /// first, then each set in one go), not view by view.
+    fn replace(&mut self, mut given: Vec<ProxyView>) {
+        // Stable (and linear on the sorted lists the controller gives):
+        // of two views of one proxy the later wins, as one by one.
+        given.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut all: Vec<ProxyView> = Vec::with_capacity(given.len());
+        for view in given {
+            match all.last_mut() {
+                Some(last) if last.id == view.id => *last = view,
+                _ => all.push(view),
+            }
+        }
+        let ids = |on: fn(&Marks) -> bool| -> BTreeSet<Arc<str>> {
+            all.iter()
+                .filter(|v| on(&Marks::of(v)))
+                .map(|v| v.id.clone())
+                .collect()
+        };
+        self.unready = ids(|m| m.unready);
+        self.unsettled = ids(|m| m.unsettled);
+        self.nacking = ids(|m| m.nacking);
+        self.views = all.into_iter().map(|v| (v.id.clone(), v)).collect();
     }
 
     fn remove(&mut self, id: &str) {
@@ -96,25 +125,55 @@ impl Seen {
     }
 
     fn insert(&mut self, view: ProxyView) {
-        let mark = |set: &mut BTreeSet<String>, on: bool| {
+        let slot = self.views.get_mut(&*view.id);
+        if slot.as_deref() == Some(&view) {
+            return;
+        }
+        let was = slot.as_deref().map(Marks::of);
+        let now = Marks::of(&view);
+        let id = view.id.clone();
+        match slot {
+            Some(slot) => *slot = view,
+            None => {
+                self.views.insert(id.clone(), view);
+            }
+        }
+        let mark = |set: &mut BTreeSet<Arc<str>>, was: Option<bool>, on: bool| {
+            if was == Some(on) {
+                return;
+            }
             if on {
-                set.insert(view.id.clone());
+                set.insert(id.clone());
             } else {
-                set.remove(&view.id);
+                set.remove(&*id);
             }
         };
-        mark(&mut self.unready, !(view.prepared && view.confirmed));
-        mark(
-            &mut self.unsettled,
-            !(view.confirmed || view.nack.is_some()),
-        );
-        mark(&mut self.nacking, view.nack.is_some());
-        self.views.insert(view.id.clone(), view);
+        mark(&mut self.unready, was.map(|w| w.unready), now.unready);
+        mark(&mut self.unsettled, was.map(|w| w.unsettled), now.unsettled);
+        mark(&mut self.nacking, was.map(|w| w.nacking), now.nacking);
     }
 
     /// The first rejecting proxy, by id.
     fn first_nack(&self) -> Option<&ProxyView> {
         self.nacking.iter().find_map(|id| self.views.get(id))
+    }
+}
+
+/// Which of [`Seen`]'s sets a view belongs in.
+#[derive(Clone, Copy)]
+struct Marks {
+    unready: bool,
+    unsettled: bool,
+    nacking: bool,
+}
+
+impl Marks {
+    fn of(view: &ProxyView) -> Marks {
+        Marks {
+            unready: !(view.prepared && view.confirmed),
+            unsettled: !(view.confirmed || view.nack.is_some()),
+            nacking: view.nack.is_some(),
+        }
     }
 }
 
@@ -285,7 +344,8 @@ pub struct Rollout {
     /// The last step every proxy confirmed: its version and change.
     confirmed: Option<(Version, Change)>,
     /// Per proxy, how long after the push of the step in progress it ACKed.
-    acks: BTreeMap<String, Duration>,
+    /// Hashed; [`Rollout::convergence`] orders what it reports.
+    acks: HashMap<Arc<str>, Duration>,
     /// First push to last ACK of the last confirmed step, when proxies
     /// confirmed it.
     convergence: Option<Duration>,
@@ -299,7 +359,7 @@ pub struct Rollout {
     // from the state.
     acked: usize,
     total: usize,
-    waiting_for: Vec<String>,
+    waiting_for: Vec<Arc<str>>,
     /// The proxies as last observed.
     seen: Seen,
     checks: Vec<CheckResult>,
@@ -449,7 +509,7 @@ impl Rollout {
             step: 1,
             state: State::Done(Outcome::Succeeded),
             confirmed: None,
-            acks: BTreeMap::new(),
+            acks: HashMap::new(),
             convergence: None,
             resumed: false,
             last_version: None,
@@ -522,7 +582,7 @@ impl Rollout {
             version,
             acked: self.acked,
             total: self.total,
-            waiting_for: self.waiting_for.clone(),
+            waiting_for: self.waiting_for.iter().map(|id| id.to_string()).collect(),
             // Cordons are the driver's to know; it fills this in.
             not_waiting_for: Vec::new(),
             checks: self.checks.clone(),
@@ -601,13 +661,16 @@ impl Rollout {
     /// the ACK delays for the last step pushed of the [`ACKS_KEPT`]
     /// slowest proxies, by proxy id.
     pub fn convergence(&self) -> (Option<Duration>, Vec<(String, Duration)>) {
-        let mut slowest: Vec<(&String, &Duration)> = self.acks.iter().collect();
+        let mut slowest: Vec<(&Arc<str>, &Duration)> = self.acks.iter().collect();
         if slowest.len() > ACKS_KEPT {
             slowest.select_nth_unstable_by(ACKS_KEPT - 1, |a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
             slowest.truncate(ACKS_KEPT);
-            slowest.sort_unstable_by(|a, b| a.0.cmp(b.0));
         }
-        let acks = slowest.into_iter().map(|(p, d)| (p.clone(), *d)).collect();
+        slowest.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let acks = slowest
+            .into_iter()
+            .map(|(p, d)| (p.to_string(), *d))
+            .collect();
         (self.convergence, acks)
     }
 
@@ -793,19 +856,31 @@ impl Rollout {
         }
     }
 
-    /// Takes in an observation of the proxies (else does nothing). In
+    /// Takes in an observation of the proxies (else does nothing), moving
+    /// the views out of `event` (the phases only look at its kind). In
     /// `Confirming`, a proxy seen confirmed for the first time has its ACK
     /// time recorded.
-    fn observe(&mut self, event: &Event, now: Instant) {
+    fn observe(&mut self, event: &mut Event, now: Instant) {
         let (changed, gone) = match event {
             Event::Proxies(all) => {
-                self.seen.clear();
-                (all.as_slice(), [].as_slice())
+                let all = std::mem::take(all);
+                if let State::Confirming { since, .. } = &self.state {
+                    let after = now.saturating_duration_since(*since);
+                    for view in all.iter().filter(|v| v.confirmed) {
+                        if !self.acks.contains_key(&*view.id) {
+                            self.acks.insert(view.id.clone(), after);
+                        }
+                    }
+                }
+                self.seen.replace(all);
+                return;
             }
-            Event::ProxiesChanged { changed, gone } => (changed.as_slice(), gone.as_slice()),
+            Event::ProxiesChanged { changed, gone } => {
+                (std::mem::take(changed), std::mem::take(gone))
+            }
             _ => return,
         };
-        for id in gone {
+        for id in &gone {
             self.seen.remove(id);
         }
         let since = match &self.state {
@@ -815,11 +890,12 @@ impl Rollout {
         for view in changed {
             if let Some(since) = since
                 && view.confirmed
+                && !self.acks.contains_key(&*view.id)
             {
                 let after = now.saturating_duration_since(since);
-                self.acks.entry(view.id.clone()).or_insert(after);
+                self.acks.insert(view.id.clone(), after);
             }
-            self.seen.insert(view.clone());
+            self.seen.insert(view);
         }
     }
 
@@ -831,7 +907,16 @@ impl Rollout {
         };
         self.total = self.seen.views.len();
         self.acked = self.total - waiting.len();
-        self.waiting_for = waiting.iter().take(WAITING_SHOWN).cloned().collect();
+        // Made again only when it changes: the first ids of the set move
+        // only when one of them answers, a few hundred times in a flip of
+        // thousands of proxies, not at every ACK.
+        if !waiting
+            .iter()
+            .take(WAITING_SHOWN)
+            .eq(self.waiting_for.iter())
+        {
+            self.waiting_for = waiting.iter().take(WAITING_SHOWN).cloned().collect();
+        }
         waiting.is_empty()
     }
 
@@ -864,8 +949,8 @@ impl Rollout {
     }
 
     /// Handles one event at time `now`.
-    pub fn on_event(&mut self, event: Event, now: Instant) -> Vec<Action> {
-        self.observe(&event, now);
+    pub fn on_event(&mut self, mut event: Event, now: Instant) -> Vec<Action> {
+        self.observe(&mut event, now);
         match self.state.clone() {
             State::Waiting { until } => self.on_waiting(event, until, now),
             State::Preparing { deadline } => self.on_preparing(event, deadline, now),

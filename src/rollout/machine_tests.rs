@@ -652,7 +652,7 @@ fn run_one(
             .iter()
             .enumerate()
             .map(|(i, f)| ProxyView {
-                id: format!("p{i}"),
+                id: format!("p{i}").into(),
                 prepared: *f == Fate::Ack,
                 confirmed: *f == Fate::Ack,
                 nack: (*f == Fate::Nack).then(|| "no".to_owned()),

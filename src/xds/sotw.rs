@@ -168,11 +168,18 @@ impl Planner for SotwStream {
             });
         }
 
-        let subscription = subscription_from(&req.resource_names, first, &st.subscription);
-        if subscription.grew_from(&st.subscription) {
-            st.owed = true;
+        // An ACK names the same resources again (in the order teal keeps
+        // them, as clients send them): nothing to rebuild.
+        let same = !st.subscription.wildcard
+            && !req.resource_names.is_empty()
+            && req.resource_names.iter().eq(st.subscription.names.iter());
+        if !same {
+            let subscription = subscription_from(&req.resource_names, first, &st.subscription);
+            if subscription.grew_from(&st.subscription) {
+                st.owed = true;
+            }
+            st.subscription = subscription;
         }
-        st.subscription = subscription;
 
         self.plan(snapshot, &mut out);
         Ok(out)
@@ -199,15 +206,18 @@ impl Planner for SotwStream {
         if st.in_flight {
             return None;
         }
-        let version = if kept.is_empty() {
-            ts.version().to_owned()
+        // Borrowed until a response is due: most plans (every ACK's) send
+        // nothing.
+        let version: std::borrow::Cow<'_, str> = if kept.is_empty() {
+            ts.version().into()
         } else {
-            kept_version(ts.version(), &kept)
+            kept_version(ts.version(), &kept).into()
         };
-        let changed = st.last.as_ref().is_none_or(|l| l.version != version);
-        if !(changed || st.owed) || st.rejected.contains(&version) {
+        let changed = st.last.as_ref().is_none_or(|l| l.version != *version);
+        if !(changed || st.owed) || st.rejected.iter().any(|r| *r == *version) {
             return None;
         }
+        let version = version.into_owned();
         let mut resources: Vec<Arc<Resource>> = select(ts, &st.subscription);
         if matches!(ty, ResourceType::Listener | ResourceType::Route)
             && make_before_break
@@ -233,14 +243,13 @@ impl Planner for SotwStream {
             nonce: nonce.clone(),
             resources: resources.len(),
         });
+        // Asked of the group, which works it out once for every stream.
         let clusters_all_in = matches!(ty, ResourceType::Listener | ResourceType::Route)
             .then(|| {
-                let clusters = group.of(ResourceType::Cluster);
                 resources
                     .iter()
-                    .flat_map(|r| r.clusters())
-                    .all(|c| clusters.get(c).is_some())
-                    .then(|| *clusters.content_digest())
+                    .all(|r| group.clusters_all_listed(ty, r.name()))
+                    .then(|| *group.of(ResourceType::Cluster).content_digest())
             })
             .flatten();
         let st = self.types[ty.index()].as_mut()?;
