@@ -10,10 +10,7 @@ mod support;
 
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use teal::resources::ResourceType;
 use teal::rollout::{Backend, Operation, Outcome, Progress};
 use teal::serve::{Running, ServeOptions, start as serve_start};
 use teal::shutdown::{ShutdownTrigger, shutdown_channel};
@@ -74,33 +71,7 @@ async fn outcome(mut progress: watch::Receiver<Progress>) -> Outcome {
 /// An ADS proxy that ACKs while `ack` is true and holds its answers
 /// otherwise.
 async fn held_proxy(port: u16, ack: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut client =
-        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
-    let node = Some(Node {
-        id: "held-proxy".into(),
-        cluster: "edge".into(),
-        ..Default::default()
-    });
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    for ty in ResourceType::ALL {
-        tx.send(DiscoveryRequest {
-            node: node.clone(),
-            type_url: ty.type_url().into(),
-            ..Default::default()
-        })
-        .await
-        .expect("send");
-    }
-    let mut stream = client
-        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("stream")
-        .into_inner();
+    let (tx, mut stream) = support::ads_subscribed_to_all(port, "held-proxy").await;
     tokio::spawn(async move {
         let mut ack = ack;
         while let Ok(Some(response)) = stream.message().await {
@@ -108,7 +79,6 @@ async fn held_proxy(port: u16, ack: watch::Receiver<bool>) -> tokio::task::JoinH
                 return;
             }
             let request = DiscoveryRequest {
-                node: node.clone(),
                 version_info: response.version_info,
                 type_url: response.type_url,
                 response_nonce: response.nonce,

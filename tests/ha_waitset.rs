@@ -6,11 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::google::rpc::Status;
-use teal::resources::ResourceType;
 use teal::rollout::{Backend, Operation, Outcome, Progress};
 use teal::serve::{Running, ServeOptions, start as serve_start};
 use teal::shutdown::{ShutdownTrigger, shutdown_channel};
@@ -49,33 +46,7 @@ enum Answer {
 /// An ADS proxy on `port` subscribed to every type, answering each
 /// response as `answer` says when it is read.
 async fn proxy(port: u16, answer: watch::Receiver<Answer>) -> tokio::task::JoinHandle<()> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut client =
-        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
-    let node = Some(Node {
-        id: "far-proxy".into(),
-        cluster: "edge".into(),
-        ..Default::default()
-    });
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    for ty in ResourceType::ALL {
-        tx.send(DiscoveryRequest {
-            node: node.clone(),
-            type_url: ty.type_url().into(),
-            ..Default::default()
-        })
-        .await
-        .expect("send");
-    }
-    let mut stream = client
-        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("stream")
-        .into_inner();
+    let (tx, mut stream) = support::ads_subscribed_to_all(port, "far-proxy").await;
     tokio::spawn(async move {
         let mut answer = answer;
         let mut acked = std::collections::HashMap::<String, String>::new();
@@ -90,7 +61,6 @@ async fn proxy(port: u16, answer: watch::Receiver<Answer>) -> tokio::task::JoinH
                 acked.insert(response.type_url.clone(), response.version_info.clone());
             }
             let request = DiscoveryRequest {
-                node: node.clone(),
                 version_info: acked.get(&response.type_url).cloned().unwrap_or_default(),
                 type_url: response.type_url,
                 response_nonce: response.nonce,

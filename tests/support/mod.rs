@@ -775,3 +775,46 @@ impl Drop for Traffic {
         self.task.abort();
     }
 }
+
+/// An ADS stream to teal's xDS port on 127.0.0.1, as node `id` of group
+/// `edge`, subscribed to every type: the sender for its next requests
+/// (ACKs, NACKs) and the responses.
+pub async fn ads_subscribed_to_all(
+    port: u16,
+    id: &str,
+) -> (
+    tokio::sync::mpsc::Sender<envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest>,
+    tonic::Streaming<envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse>,
+) {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
+    let node = Some(Node {
+        id: id.into(),
+        cluster: "edge".into(),
+        ..Default::default()
+    });
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    for ty in teal::resources::ResourceType::ALL {
+        tx.send(DiscoveryRequest {
+            node: node.clone(),
+            type_url: ty.type_url().into(),
+            ..Default::default()
+        })
+        .await
+        .expect("send");
+    }
+    let stream = client
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    (tx, stream)
+}
