@@ -30,6 +30,12 @@
 
 #[path = "bench_common/ads.rs"]
 mod ads;
+/// Ports below the ephemeral range, as the tests pick them: a port picked
+/// by binding port 0 can be taken by an outgoing connection before etcd
+/// or a replica binds it.
+#[path = "../tests/support/ports.rs"]
+#[allow(unreachable_pub)]
+mod ports;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -37,16 +43,10 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use ports::free_port;
 use teal::state::EtcdOptions;
 use teal::state::etcd::EtcdClient;
 use tokio::process::{Child, Command};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
-}
 
 fn binary(name: &str, env: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(env) {
