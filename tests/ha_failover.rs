@@ -11,11 +11,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use serde_json::Value;
-use teal::resources::ResourceType;
 
 use support::etcd::Etcd;
 use support::replica::{Replica, ReplicaSpec, cli};
@@ -44,39 +41,13 @@ async fn status_json(admin: &str) -> Option<Value> {
 /// A proxy that takes every type's first answer, ACKs it, and then never
 /// ACKs again: a flip waits for it until its timeout.
 async fn stubborn_proxy(port: u16) -> tokio::task::JoinHandle<()> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut client = AggregatedDiscoveryServiceClient::new(channel);
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let node = Some(Node {
-        id: "stubborn".into(),
-        cluster: "edge".into(),
-        ..Default::default()
-    });
-    for ty in ResourceType::ALL {
-        tx.send(DiscoveryRequest {
-            node: node.clone(),
-            type_url: ty.type_url().into(),
-            ..Default::default()
-        })
-        .await
-        .expect("send");
-    }
-    let mut stream = client
-        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("stream")
-        .into_inner();
+    let (tx, mut stream) = support::ads_subscribed_to_all(port, "stubborn").await;
     tokio::spawn(async move {
         let mut acked = std::collections::HashSet::new();
         while let Ok(Some(answer)) = stream.message().await {
             if acked.insert(answer.type_url.clone()) {
                 let _ = tx
                     .send(DiscoveryRequest {
-                        node: node.clone(),
                         type_url: answer.type_url.clone(),
                         version_info: answer.version_info.clone(),
                         response_nonce: answer.nonce.clone(),
@@ -88,6 +59,60 @@ async fn stubborn_proxy(port: u16) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// Three replicas on `etcd` under `prefix`.
+async fn three_replicas(etcd: &Etcd, prefix: &str) -> Vec<Replica> {
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(replica(etcd, prefix).await);
+    }
+    replicas
+}
+
+/// Starts `teal flip ARGS` against `admin` in the background and waits
+/// (up to 20 s) until the leader at `admin` reports `web`'s operation in
+/// `phase`; returns the command and the operation's id.
+async fn flip_until_phase(
+    admin: &str,
+    args: &'static [&'static str],
+    phase: &str,
+) -> (tokio::task::JoinHandle<(i32, String, String)>, u64) {
+    let to = admin.to_owned();
+    let flip = tokio::spawn(async move { cli(&to, args).await });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = status_json(admin).await.expect("leader status");
+        let web = st["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "web"))
+            .cloned()
+            .expect("web");
+        if web["in_progress"]["phase"] == phase {
+            let id = web["in_progress"]["id"].as_u64().expect("id");
+            return (flip, id);
+        }
+        assert!(Instant::now() < deadline, "never in {phase}: {web}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The history entry of operation `id` as the replica at `admin` records
+/// it, once it has ended (up to 60 s).
+async fn ended_entry(admin: &str, id: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, out, _) = cli(admin, &["history", "web", "-o", "json"]).await;
+        let history: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        if let Some(e) = history["entries"]
+            .as_array()
+            .and_then(|h| h.iter().find(|e| e["id"].as_u64() == Some(id)).cloned())
+        {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "#{id} never ended: {history}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The address the CLI said it was sent to, from a follower's answer.
 fn redirected_to(stderr: &str) -> Option<String> {
     let at = stderr.find("asking the leader at ")? + "asking the leader at ".len();
@@ -97,10 +122,7 @@ fn redirected_to(stderr: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flip_through_any_replica_and_survive_the_leader_killed_mid_flip() {
     let etcd = Etcd::start().await;
-    let mut replicas = Vec::new();
-    for _ in 0..3 {
-        replicas.push(replica(&etcd, "/failover/").await);
-    }
+    let mut replicas = three_replicas(&etcd, "/failover/").await;
     // Through each replica in turn: every one works, followers by sending
     // the CLI to the leader.
     let mut leader = None;
@@ -151,39 +173,20 @@ async fn flip_through_any_replica_and_survive_the_leader_killed_mid_flip() {
     // confirmation.
     let _proxy = stubborn_proxy(replicas[li].xds).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let admin = leader.clone();
-    let flip = tokio::spawn(async move {
-        cli(
-            &admin,
-            &[
-                "flip",
-                "web",
-                "--to",
-                "blue",
-                "--skip-checks",
-                "--timeout",
-                "60s",
-            ],
-        )
-        .await
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let id = loop {
-        let st = status_json(&leader).await.expect("leader status");
-        let web = st["services"]
-            .as_array()
-            .and_then(|s| s.iter().find(|s| s["name"] == "web"))
-            .cloned()
-            .expect("web");
-        if web["in_progress"]["phase"] == "confirming" {
-            break web["in_progress"]["id"].as_u64().expect("id");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the flip never waited for ACKs: {web}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (flip, id) = flip_until_phase(
+        &leader,
+        &[
+            "flip",
+            "web",
+            "--to",
+            "blue",
+            "--skip-checks",
+            "--timeout",
+            "60s",
+        ],
+        "confirming",
+    )
+    .await;
 
     replicas[li].kill9().await;
     let killed = Instant::now();
@@ -220,22 +223,7 @@ async fn flip_through_any_replica_and_survive_the_leader_killed_mid_flip() {
     );
 
     // The flip ends, rolled forward or back, with its history entry.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let entry = loop {
-        let (_, out, _) = cli(&survivors[0].admin, &["history", "web", "-o", "json"]).await;
-        let history: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
-        let found = history["entries"]
-            .as_array()
-            .and_then(|h| h.iter().find(|e| e["id"].as_u64() == Some(id)).cloned());
-        if let Some(e) = found {
-            break e;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "operation #{id} has no history entry 60 s after the kill: {history}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let entry = ended_entry(&survivors[0].admin, id).await;
     assert!(
         entry["outcome"] == "succeeded" || entry["outcome"] == "rolled-back",
         "{entry}"
@@ -296,49 +284,18 @@ async fn a_leader_killed_during_pre_checks_leaves_the_flip_ended_and_traffic_whe
     let hang = std::net::TcpListener::bind("127.0.0.1:8102")
         .expect("this test needs 127.0.0.1:8102, green's endpoint in the bundled config");
     let etcd = Etcd::start().await;
-    let mut replicas = Vec::new();
-    for _ in 0..3 {
-        replicas.push(replica(&etcd, "/prechecks/").await);
-    }
+    let mut replicas = three_replicas(&etcd, "/prechecks/").await;
     let li = find_leader(&replicas).await;
-    let admin = replicas[li].admin.clone();
-    let flip = tokio::spawn(async move {
-        cli(
-            &admin,
-            &["flip", "web", "--to", "green", "--timeout", "30s"],
-        )
-        .await
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let id = loop {
-        let st = status_json(&replicas[li].admin).await.expect("status");
-        let web = st["services"]
-            .as_array()
-            .and_then(|s| s.iter().find(|s| s["name"] == "web"))
-            .cloned()
-            .expect("web");
-        if web["in_progress"]["phase"] == "pre-checks" {
-            break web["in_progress"]["id"].as_u64().expect("id");
-        }
-        assert!(Instant::now() < deadline, "never in pre-checks: {web}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (flip, id) = flip_until_phase(
+        &replicas[li].admin,
+        &["flip", "web", "--to", "green", "--timeout", "30s"],
+        "pre-checks",
+    )
+    .await;
     replicas[li].kill9().await;
     let _ = flip.await;
     let survivor = &replicas[(li + 1) % 3];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let entry = loop {
-        let (_, out, _) = cli(&survivor.admin, &["history", "web", "-o", "json"]).await;
-        let history: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
-        if let Some(e) = history["entries"]
-            .as_array()
-            .and_then(|h| h.iter().find(|e| e["id"].as_u64() == Some(id)).cloned())
-        {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "#{id} never ended: {history}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let entry = ended_entry(&survivor.admin, id).await;
     // Nothing was committed: traffic stays on blue, on every survivor.
     assert_ne!(entry["outcome"], "succeeded", "{entry}");
     for r in replicas.iter().enumerate().filter(|(i, _)| *i != li) {
@@ -389,33 +346,14 @@ async fn a_leader_killed_during_post_checks_leaves_one_committed_version() {
     let _port = GREEN_PORT.lock().await;
     let server = checks_then_hang(2).await;
     let etcd = Etcd::start().await;
-    let mut replicas = Vec::new();
-    for _ in 0..3 {
-        replicas.push(replica(&etcd, "/postchecks/").await);
-    }
+    let mut replicas = three_replicas(&etcd, "/postchecks/").await;
     let li = find_leader(&replicas).await;
-    let admin = replicas[li].admin.clone();
-    let flip = tokio::spawn(async move {
-        cli(
-            &admin,
-            &["flip", "web", "--to", "green", "--timeout", "30s"],
-        )
-        .await
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let id = loop {
-        let st = status_json(&replicas[li].admin).await.expect("status");
-        let web = st["services"]
-            .as_array()
-            .and_then(|s| s.iter().find(|s| s["name"] == "web"))
-            .cloned()
-            .expect("web");
-        if web["in_progress"]["phase"] == "post-checks" {
-            break web["in_progress"]["id"].as_u64().expect("id");
-        }
-        assert!(Instant::now() < deadline, "never in post-checks: {web}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (flip, id) = flip_until_phase(
+        &replicas[li].admin,
+        &["flip", "web", "--to", "green", "--timeout", "30s"],
+        "post-checks",
+    )
+    .await;
     replicas[li].kill9().await;
     let _ = flip.await;
     let survivors: Vec<&Replica> = replicas
