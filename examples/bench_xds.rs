@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example bench_xds -- --streams 10000 --pushes 5
 //! cargo run --release --example bench_xds -- --streams 10000 --per-conn 1 --tls
+//! cargo run --release --example bench_xds -- --streams 10000 --pushes 3 --bare
 //! ```
 //!
 //! With `--tls` the xDS port speaks TLS, with a CA and a server
@@ -17,9 +18,15 @@
 //! weights, and the benchmark records when each client receives it.
 //!
 //! Reported per push: time from the publish command until each client has
-//! the new version (p50, p99, max) and the server's CPU time; once: the
-//! server's resident memory per connected idle stream. Figures are what
-//! they are on the machine that runs it; BENCHMARKS.md records ours.
+//! the new version (first, p50, p99, max), the CPU time the clients and
+//! the server spent until the last had it; once: the server's resident
+//! memory per connected idle stream. Figures are what they are on the
+//! machine that runs it; BENCHMARKS.md records ours.
+//!
+//! With `--bare`, the child is not teal but the plainest ADS server tonic
+//! and prost make (it answers subscriptions, drops ACKs and fans a new
+//! route version out to every stream): the floor that the same clients
+//! on the same cores allow, to read teal's figures against.
 //!
 //! With `--flip`, the child is `teal serve` itself (in-process, the same
 //! code as the command) on a config of the same shape (10 services, one
@@ -154,6 +161,152 @@ async fn serve(tls_dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A floor to measure teal against: an ADS server written the plainest
+/// way on tonic and prost, with none of teal (no snapshot, no registry,
+/// no state machines). It answers each first request of a type with the
+/// current resources, reads and drops every ACK, and per stdin line sends
+/// a new route version to every stream (prost encodes it for each).
+mod bare {
+    use std::sync::{Arc, Mutex};
+
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    };
+    use envoy_types::pb::envoy::service::discovery::v3::{
+        DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    };
+    use envoy_types::pb::google::protobuf::Any;
+    use prost::Message;
+    use teal::resources::ResourceType;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::sync::mpsc;
+    use tokio_stream::StreamExt;
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::{Request, Response, Status, Streaming};
+
+    type Tx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
+
+    #[derive(Default)]
+    struct State {
+        /// The current cluster and route responses.
+        current: Mutex<(DiscoveryResponse, DiscoveryResponse)>,
+        /// Every stream subscribed to routes.
+        streams: Mutex<Vec<Tx>>,
+    }
+
+    fn responses(version: u32) -> (DiscoveryResponse, DiscoveryResponse) {
+        let input = super::input((version + 1) % 2 * 100);
+        let group = &input.groups["bench"];
+        let any = |ty: ResourceType, value: Vec<u8>| Any {
+            type_url: ty.type_url().into(),
+            value,
+        };
+        let response = |ty: ResourceType, resources: Vec<Any>| DiscoveryResponse {
+            version_info: version.to_string(),
+            type_url: ty.type_url().into(),
+            nonce: version.to_string(),
+            resources,
+            ..Default::default()
+        };
+        (
+            response(
+                ResourceType::Cluster,
+                group
+                    .clusters
+                    .iter()
+                    .map(|c| any(ResourceType::Cluster, c.encode_to_vec()))
+                    .collect(),
+            ),
+            response(
+                ResourceType::Route,
+                group
+                    .routes
+                    .iter()
+                    .map(|r| any(ResourceType::Route, r.encode_to_vec()))
+                    .collect(),
+            ),
+        )
+    }
+
+    struct Bare(Arc<State>);
+
+    #[tonic::async_trait]
+    impl AggregatedDiscoveryService for Bare {
+        type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+        type DeltaAggregatedResourcesStream =
+            ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+        async fn stream_aggregated_resources(
+            &self,
+            request: Request<Streaming<DiscoveryRequest>>,
+        ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+            let (tx, rx) = mpsc::channel(16);
+            let mut requests = request.into_inner();
+            let state = self.0.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(request)) = requests.next().await {
+                    if !request.response_nonce.is_empty() {
+                        continue;
+                    }
+                    let route = request.type_url == ResourceType::Route.type_url();
+                    let response = {
+                        let current = state.current.lock().expect("not poisoned");
+                        if route {
+                            current.1.clone()
+                        } else {
+                            current.0.clone()
+                        }
+                    };
+                    if route {
+                        state.streams.lock().expect("not poisoned").push(tx.clone());
+                    }
+                    if tx.send(Ok(response)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Ok(Response::new(ReceiverStream::new(rx)))
+        }
+
+        async fn delta_aggregated_resources(
+            &self,
+            _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+            Err(Status::unimplemented("the floor server speaks SotW only"))
+        }
+    }
+
+    pub(super) async fn serve() -> anyhow::Result<()> {
+        let state = Arc::new(State::default());
+        let mut version = 1u32;
+        *state.current.lock().expect("not poisoned") = responses(version);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let server = tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(Bare(state.clone())))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        tokio::spawn(server);
+        let mut out = tokio::io::stdout();
+        out.write_all(format!("port {port}\n").as_bytes()).await?;
+        out.flush().await?;
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        while let Some(_line) = lines.next_line().await? {
+            version += 1;
+            let next = responses(version);
+            let route = next.1.clone();
+            *state.current.lock().expect("not poisoned") = next;
+            let streams = state.streams.lock().expect("not poisoned").clone();
+            for tx in streams {
+                let _ = tx.send(Ok(route.clone())).await;
+            }
+            out.write_all(format!("published {version}\n").as_bytes())
+                .await?;
+            out.flush().await?;
+        }
+        Ok(())
+    }
+}
+
 /// The teal config `--flip` serves: the same routes as [`input`].
 fn teal_config() -> String {
     let mut yaml = String::from("services:\n");
@@ -226,6 +379,7 @@ struct Args {
     pushes: usize,
     tls: bool,
     flip: bool,
+    bare: bool,
     callgrind: Option<std::path::PathBuf>,
 }
 
@@ -236,6 +390,7 @@ fn args() -> anyhow::Result<Args> {
         pushes: 5,
         tls: false,
         flip: false,
+        bare: false,
         callgrind: None,
     };
     let mut it = std::env::args().skip(1);
@@ -254,6 +409,10 @@ fn args() -> anyhow::Result<Args> {
             a.flip = true;
             continue;
         }
+        if flag == "--bare" {
+            a.bare = true;
+            continue;
+        }
         if flag == "--callgrind" {
             a.callgrind = Some(
                 it.next()
@@ -267,9 +426,12 @@ fn args() -> anyhow::Result<Args> {
             "--per-conn" => a.per_conn = value()?.max(1),
             "--pushes" => a.pushes = value()?,
             other => anyhow::bail!(
-                "unknown flag {other}; use --streams N --per-conn N --pushes N [--tls | --flip] [--callgrind FILE]"
+                "unknown flag {other}; use --streams N --per-conn N --pushes N [--tls | --flip | --bare] [--callgrind FILE]"
             ),
         }
+    }
+    if a.bare && (a.tls || a.flip) {
+        anyhow::bail!("--bare is the plain publish, without TLS or a flip");
     }
     if a.tls && a.flip {
         anyhow::bail!("--tls and --flip do not go together: the flip's teal serve is plaintext");
@@ -426,7 +588,13 @@ async fn run() -> anyhow::Result<()> {
         }
         None => std::process::Command::new(exe),
     };
-    command.arg(if args.flip { "--serve-teal" } else { "--serve" });
+    command.arg(if args.flip {
+        "--serve-teal"
+    } else if args.bare {
+        "--serve-bare"
+    } else {
+        "--serve"
+    });
     if args.tls {
         command.arg(tls_dir.path());
     }
@@ -516,6 +684,7 @@ async fn run() -> anyhow::Result<()> {
     for push in 0..args.pushes {
         let version = push as u32 + 2;
         let (_, cpu_before) = proc_stats(pid)?;
+        let (_, clients_before) = proc_stats(std::process::id())?;
         let start = Instant::now();
         child_in.write_all(if args.flip { b"flip\n" } else { b"publish\n" })?;
         child_in.flush()?;
@@ -528,6 +697,7 @@ async fn run() -> anyhow::Result<()> {
         };
         current = now_served;
         let (_, mut cpu_after) = proc_stats(pid)?;
+        let (_, clients_after) = proc_stats(std::process::id())?;
         {
             let mut out = shared_child_out
                 .lock()
@@ -553,11 +723,13 @@ async fn run() -> anyhow::Result<()> {
         };
         let cpu = cpu_after.saturating_sub(cpu_before);
         println!(
-            "push {version}: all {} clients in p50 {:.1?}  p99 {:.1?}  max {:.1?}; server CPU {:?} ({:.1} µs per stream){outcome}",
+            "push {version}: all {} clients in first {:.1?}  p50 {:.1?}  p99 {:.1?}  max {:.1?}; clients' CPU to the last {:?}; server CPU {:?} ({:.1} µs per stream){outcome}",
             args.streams,
+            got.first().copied().unwrap_or_default(),
             percentile(&got, 0.5),
             percentile(&got, 0.99),
             got.last().copied().unwrap_or_default(),
+            clients_after.saturating_sub(clients_before),
             cpu,
             cpu.as_secs_f64() * 1e6 / args.streams as f64
         );
@@ -578,6 +750,7 @@ fn main() -> anyhow::Result<()> {
             return rt.block_on(serve(tls_dir));
         }
         Some("--serve-teal") => return rt.block_on(serve_teal()),
+        Some("--serve-bare") => return rt.block_on(bare::serve()),
         _ => {}
     }
     rt.block_on(run())
