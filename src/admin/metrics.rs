@@ -58,6 +58,12 @@ pub struct Metrics {
     sent: Family<TypeLabel, Counter>,
     acks: Family<TypeLabel, Counter>,
     nacks: Family<TypeLabel, Counter>,
+    /// The families' counters per type (by [`ResourceType::index`]),
+    /// looked up once: a counter shares its value with the family's
+    /// series, and every response and ACK of every stream counts here, so
+    /// looking it up by label (a hash and a lock) at each cost more than
+    /// the count.
+    by_type: [[Counter; ResourceType::ALL.len()]; 3],
     /// Milliseconds; a clone shares the same buckets.
     convergence: Histogram,
     /// Proxies cordoned now; set whenever the cordons change.
@@ -74,30 +80,29 @@ impl Metrics {
     /// New, all zero. Every `type` is there from the start, so a scrape
     /// shows 0 rather than no series before the first event.
     pub fn new() -> Metrics {
-        let m = Metrics {
-            sent: Family::default(),
-            acks: Family::default(),
-            nacks: Family::default(),
+        let (sent, acks, nacks) = (Family::default(), Family::default(), Family::default());
+        let by_type = [&sent, &acks, &nacks].map(|family: &Family<TypeLabel, Counter>| {
+            ResourceType::ALL.map(|ty| family.get_or_create(&type_label(ty)).clone())
+        });
+        Metrics {
+            sent,
+            acks,
+            nacks,
+            by_type,
             convergence: Histogram::new(CONVERGENCE_BUCKETS_MS.map(|ms| ms as f64)),
             cordoned: Gauge::default(),
-        };
-        for ty in ResourceType::ALL {
-            for family in [&m.sent, &m.acks, &m.nacks] {
-                let _ = family.get_or_create(&type_label(ty));
-            }
         }
-        m
     }
 
     /// Counts what a stream did: responses sent, ACKs and NACKs.
     pub fn record_event(&self, event: &StreamEvent) {
         let (family, ty) = match event {
-            StreamEvent::Sent { ty, .. } => (&self.sent, ty),
-            StreamEvent::Acked { ty, .. } => (&self.acks, ty),
-            StreamEvent::Nacked { ty, .. } => (&self.nacks, ty),
+            StreamEvent::Sent { ty, .. } => (0, ty),
+            StreamEvent::Acked { ty, .. } => (1, ty),
+            StreamEvent::Nacked { ty, .. } => (2, ty),
             StreamEvent::StaleNonce { .. } => return,
         };
-        family.get_or_create(&type_label(*ty)).inc();
+        self.by_type[family][ty.index()].inc();
     }
 
     /// Records how long a version took from first push to last ACK.

@@ -198,9 +198,13 @@ async fn run_stream<M: Planner>(
     let mut admitted = false;
     let mut reader = shared.reader.clone();
     let mut shutdown = shared.shutdown.clone();
+    // Made once, not at every turn of the loop: a stream turns it at
+    // every request and every push.
+    let stopping = shutdown.wait();
+    tokio::pin!(stopping);
     loop {
         let output = tokio::select! {
-            () = shutdown.wait() => {
+            () = &mut stopping => {
                 let _ = tx.send(Err(Status::unavailable("teal is shutting down"))).await;
                 return;
             }
