@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use crate::rollout::machine::{Event, ProxyView};
 use crate::snapshot::Snapshot;
-use crate::xds::{Changes, ProxyStatus};
+use crate::xds::{Changes, ProxyStatus, StreamMap};
 
 use super::views::{merge, stream_view};
 
@@ -50,7 +50,9 @@ struct Node {
     /// Its id, shared with its streams' parts and its views.
     id: Arc<str>,
     streams: BTreeSet<u64>,
-    view: ProxyView,
+    /// `None` until its view is first computed, so a new node is always
+    /// handed over.
+    view: Option<ProxyView>,
     /// Touched by the changes being followed: its view is made again once
     /// they are all in (a node is listed once however many of its streams
     /// changed, without ordering the ids).
@@ -67,7 +69,7 @@ pub(super) struct Follow {
     /// Per stream in the groups: its node id and its part of the view.
     /// The node's id is shared by its streams, its view and the views
     /// handed to the machine, so following an ACK copies no id.
-    streams: HashMap<u64, (Arc<str>, ProxyView)>,
+    streams: StreamMap<(Arc<str>, ProxyView)>,
     nodes: HashMap<Arc<str>, Node>,
     /// The cordoned node ids, as read at the last whole pass.
     cordoned: BTreeSet<String>,
@@ -75,7 +77,7 @@ pub(super) struct Follow {
     /// node id.
     skipped: BTreeMap<String, BTreeSet<u64>>,
     /// The node of each stream in `skipped`.
-    skipped_streams: HashMap<u64, String>,
+    skipped_streams: StreamMap<String>,
     /// Whether the set of skipped nodes changed since the last
     /// [`Follow::skipped_changed`].
     skipped_moved: bool,
@@ -114,9 +116,10 @@ impl Follow {
         }
         let mut all: Vec<ProxyView> = Vec::with_capacity(self.nodes.len());
         for node in self.nodes.values_mut() {
-            node.view = view_of(&node.streams, &self.streams);
+            let view = view_of(&node.streams, &self.streams);
             node.dirty = false;
-            all.push(node.view.clone());
+            all.push(view.clone());
+            node.view = Some(view);
         }
         // One view per node: the ids are distinct.
         all.sort_unstable_by(|a, b| a.id.cmp(&b.id));
@@ -168,8 +171,8 @@ impl Follow {
                 continue;
             }
             let view = view_of(&node.streams, &self.streams);
-            if view != node.view {
-                node.view = view.clone();
+            if node.view.as_ref() != Some(&view) {
+                node.view = Some(view.clone());
                 changed.push(view);
             }
         }
@@ -238,14 +241,7 @@ impl Follow {
                     Node {
                         id: id.clone(),
                         streams: BTreeSet::from([p.stream_id]),
-                        // Never equal to a computed view, so a new node is
-                        // handed over.
-                        view: ProxyView {
-                            id: Arc::from(""),
-                            prepared: false,
-                            confirmed: false,
-                            nack: None,
-                        },
+                        view: None,
                         dirty: true,
                     },
                 );
@@ -260,7 +256,7 @@ impl Follow {
 
 /// A node's view from its streams' parts, in stream order (as
 /// [`proxy_views`](super::proxy_views) merges them).
-fn view_of(streams: &BTreeSet<u64>, parts: &HashMap<u64, (Arc<str>, ProxyView)>) -> ProxyView {
+fn view_of(streams: &BTreeSet<u64>, parts: &StreamMap<(Arc<str>, ProxyView)>) -> ProxyView {
     let mut parts = streams.iter().filter_map(|s| parts.get(s)).map(|(_, v)| v);
     let Some(first) = parts.next() else {
         return ProxyView {

@@ -27,7 +27,7 @@ pub use csds::{ClientStatus, CsdsLimits};
 pub use limits::{Limit, OverLimit, StreamLimits};
 pub use protocol::{NodeInfo, Planner, ProtocolError, StreamEvent, StreamKind};
 pub use server::{XdsServer, XdsServerConfig};
-pub use status::{ChangeFeed, Changes, EventSink, ProxyRegistry, ProxyStatus};
+pub use status::{ChangeFeed, Changes, EventSink, ProxyRegistry, ProxyStatus, StreamMap};
 
 #[cfg(test)]
 mod fixtures;

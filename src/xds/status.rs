@@ -103,16 +103,26 @@ pub trait EventSink: Send + Sync + std::fmt::Debug {
     fn record(&self, event: &StreamEvent);
 }
 
+/// The hasher of maps keyed by stream id. Stream ids come from the
+/// registry's own counter, never from a client, so they need none of the
+/// flooding resistance of std's keyed SipHash, which was a visible share
+/// of the instructions a flip spends following its ACKs. Maps keyed by
+/// what a client sends (node ids) keep std's hasher.
+pub type StreamIdHasher = foldhash::fast::FixedState;
+
+/// A map keyed by stream id (see [`StreamIdHasher`]).
+pub type StreamMap<V> = HashMap<u64, V, StreamIdHasher>;
+
 /// What the registry's lock guards.
 #[derive(Debug, Default)]
 struct Inner {
     /// Shared with [`Changes`] handed out, and copied on the next write
     /// only if a reader still holds it, so [`ChangeFeed::take`] copies
     /// no status under the lock.
-    streams: HashMap<u64, Arc<ProxyStatus>>,
+    streams: StreamMap<Arc<ProxyStatus>>,
     /// Per [`ChangeFeed`] (by slot; `None` once it is dropped), the streams
     /// that changed or went since it last took them.
-    feeds: Vec<Option<HashSet<u64>>>,
+    feeds: Vec<Option<HashSet<u64, StreamIdHasher>>>,
 }
 
 impl Inner {
@@ -304,7 +314,7 @@ impl ProxyRegistry {
                 inner.feeds.len() - 1
             }
         };
-        inner.feeds[slot] = Some(HashSet::new());
+        inner.feeds[slot] = Some(HashSet::default());
         ChangeFeed {
             registry: self.clone(),
             slot,
@@ -350,7 +360,8 @@ impl ChangeFeed {
         if ids.is_empty() {
             return Changes::default();
         }
-        let mut ids: Vec<u64> = std::mem::take(ids).into_iter().collect();
+        // Drained, so the set keeps its room for the next batch.
+        let mut ids: Vec<u64> = ids.drain().collect();
         ids.sort_unstable();
         let mut changes = Changes::default();
         for id in ids {
