@@ -211,6 +211,21 @@ proptest! {
     }
 
     #[test]
+    fn routes_to_agrees_with_services_of(spec in spec()) {
+        let config = Config::parse(&yaml(&spec), "teal.yaml")
+            .map_err(|d| TestCaseError::fail(d.to_string()))?;
+        let mut routed = 0;
+        for group in config.groups.values() {
+            let listed = config.services_of(group);
+            for service in config.services.keys().map(String::as_str).chain(["nosuch"]) {
+                prop_assert_eq!(Config::routes_to(group, service), listed.contains(&service));
+                routed += usize::from(listed.contains(&service));
+            }
+        }
+        prop_assert!(routed > 0, "every generated group routes a service");
+    }
+
+    #[test]
     fn translation_is_deterministic(spec in spec()) {
         let text = yaml(&spec);
         let a = Config::parse(&text, "a.yaml").map_err(|d| TestCaseError::fail(d.to_string()))?;

@@ -285,6 +285,20 @@ impl Config {
         names.dedup();
         names
     }
+
+    /// Whether a group's listeners route to `service`: what
+    /// [`Config::services_of`] would contain, without building the list
+    /// (the controller asks at every batch of ACKs it follows).
+    pub fn routes_to(group: &Group, service: &str) -> bool {
+        group.listeners.values().any(|l| match &l.kind {
+            ListenerKind::Edge { virtual_hosts, .. } => virtual_hosts
+                .values()
+                .any(|vh| vh.routes.iter().any(|r| r.service == service)),
+            ListenerKind::Sidecar { services, .. } | ListenerKind::Grpc { services } => {
+                services.iter().any(|s| s == service)
+            }
+        })
+    }
 }
 
 /// Where a Kubernetes fleet's endpoints come from

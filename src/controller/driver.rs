@@ -65,6 +65,13 @@ pub(super) struct Pace {
 /// outcome go out at once.
 const PROGRESS_EVERY: Duration = Duration::from_millis(5);
 
+/// How often, at most, the driver takes the proxies' changes. Every ACK
+/// of every proxy wakes it, and each look has a cost of its own whatever
+/// it finds (taking the batch, what the views are measured against, the
+/// loop's timers): looking at every wake-up paid it thousands of times
+/// per flip of thousands of proxies. An ACK counts at most this late.
+const FOLLOW_EVERY: Duration = Duration::from_millis(1);
+
 impl Running {
     /// Takes the cordoned proxies its [`Follow`] left out, when they
     /// changed, into the progress and the history entry.
@@ -340,6 +347,9 @@ impl Driver {
             rx.mark_changed();
         }
         let mut roles = self.leadership.as_ref().map(crate::ha::Leadership::watch);
+        // When the proxies' changes were last taken, and when they will be
+        // next if a change came sooner than FOLLOW_EVERY after that.
+        let (mut last_look, mut look_at): (Option<Instant>, Option<Instant>) = (None, None);
         loop {
             let deadline = self
                 .running
@@ -360,10 +370,22 @@ impl Driver {
                         self.feed(&service, Event::Checks(results)).await;
                     }
                 }
-                changed = proxies.changed() => {
+                changed = proxies.changed(), if look_at.is_none() => {
                     if changed.is_err() {
                         break;
                     }
+                    let now = Instant::now();
+                    match last_look.map(|at| at + FOLLOW_EVERY).filter(|next| *next > now) {
+                        Some(next) => look_at = Some(next),
+                        None => {
+                            last_look = Some(now);
+                            self.feed_proxies(changes.take()).await;
+                        }
+                    }
+                }
+                () = sleep_until(look_at), if look_at.is_some() => {
+                    look_at = None;
+                    last_look = Some(Instant::now());
                     self.feed_proxies(changes.take()).await;
                 }
                 () = sleep_until(self.next_expiry()) => {
@@ -1011,7 +1033,7 @@ impl Driver {
                 .config
                 .groups
                 .iter()
-                .filter(|(_, g)| self.config.services_of(g).contains(&service))
+                .filter(|(_, g)| Config::routes_to(g, service))
                 .map(|(name, _)| name.clone())
                 .collect(),
             cordon_epoch: self.registry.cordon_epoch(),
