@@ -117,6 +117,36 @@ fn input(green: u32) -> SnapshotInput {
     i
 }
 
+/// The server child's side of its pipe to the benchmark: it announces
+/// its port, then takes one push per stdin line and answers each with a
+/// line of its own.
+struct Pipe {
+    lines: tokio::io::Lines<BufReader<tokio::io::Stdin>>,
+    out: tokio::io::Stdout,
+}
+
+impl Pipe {
+    async fn announce(port: u16) -> anyhow::Result<Pipe> {
+        let mut pipe = Pipe {
+            lines: BufReader::new(tokio::io::stdin()).lines(),
+            out: tokio::io::stdout(),
+        };
+        pipe.say(&format!("port {port}")).await?;
+        Ok(pipe)
+    }
+
+    /// Waits for the next push; `false` once the benchmark is done.
+    async fn next(&mut self) -> anyhow::Result<bool> {
+        Ok(self.lines.next_line().await?.is_some())
+    }
+
+    async fn say(&mut self, line: &str) -> anyhow::Result<()> {
+        self.out.write_all(format!("{line}\n").as_bytes()).await?;
+        self.out.flush().await?;
+        Ok(())
+    }
+}
+
 /// The server side: serve (with TLS when `tls_dir` holds `server.crt`
 /// and `server.key`), and publish a new version per stdin line.
 async fn serve(tls_dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
@@ -147,16 +177,11 @@ async fn serve(tls_dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let mut version = 1u32;
     writer.publish(&version.to_string(), &input(0))?;
     tokio::spawn(server.serve(listener));
-    let mut out = tokio::io::stdout();
-    out.write_all(format!("port {port}\n").as_bytes()).await?;
-    out.flush().await?;
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    while let Some(_line) = lines.next_line().await? {
+    let mut pipe = Pipe::announce(port).await?;
+    while pipe.next().await? {
         version += 1;
         writer.publish(&version.to_string(), &input((version + 1) % 2 * 100))?;
-        out.write_all(format!("published {version}\n").as_bytes())
-            .await?;
-        out.flush().await?;
+        pipe.say(&format!("published {version}")).await?;
     }
     Ok(())
 }
@@ -178,7 +203,6 @@ mod bare {
     use envoy_types::pb::google::protobuf::Any;
     use prost::Message;
     use teal::resources::ResourceType;
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     use tokio::sync::mpsc;
     use tokio_stream::StreamExt;
     use tokio_stream::wrappers::ReceiverStream;
@@ -286,11 +310,8 @@ mod bare {
             .add_service(AggregatedDiscoveryServiceServer::new(Bare(state.clone())))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
         tokio::spawn(server);
-        let mut out = tokio::io::stdout();
-        out.write_all(format!("port {port}\n").as_bytes()).await?;
-        out.flush().await?;
-        let mut lines = BufReader::new(tokio::io::stdin()).lines();
-        while let Some(_line) = lines.next_line().await? {
+        let mut pipe = super::Pipe::announce(port).await?;
+        while pipe.next().await? {
             version += 1;
             let next = responses(version);
             let route = next.1.clone();
@@ -299,9 +320,7 @@ mod bare {
             for tx in streams {
                 let _ = tx.send(Ok(route.clone())).await;
             }
-            out.write_all(format!("published {version}\n").as_bytes())
-                .await?;
-            out.flush().await?;
+            pipe.say(&format!("published {version}")).await?;
         }
         Ok(())
     }
@@ -340,12 +359,8 @@ async fn serve_teal() -> anyhow::Result<()> {
         shutdown,
     )
     .await?;
-    let mut out = tokio::io::stdout();
-    out.write_all(format!("port {}\n", running.xds_addr.port()).as_bytes())
-        .await?;
-    out.flush().await?;
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    while let Some(_line) = lines.next_line().await? {
+    let mut pipe = Pipe::announce(running.xds_addr.port()).await?;
+    while pipe.next().await? {
         let start = Instant::now();
         let mut rx = running
             .controller
@@ -366,9 +381,7 @@ async fn serve_teal() -> anyhow::Result<()> {
             rx.changed().await?;
         };
         let took = start.elapsed().as_micros();
-        out.write_all(format!("flipped {took} {outcome:?}\n").as_bytes())
-            .await?;
-        out.flush().await?;
+        pipe.say(&format!("flipped {took} {outcome:?}")).await?;
     }
     Ok(())
 }
