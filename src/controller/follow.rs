@@ -47,30 +47,54 @@ pub(super) struct Basis {
 /// One node: its streams in the followed groups and its merged view.
 #[derive(Debug)]
 struct Node {
-    /// Its id, shared with its streams' parts and its views.
+    /// Its id, shared with the views handed to the machine.
     id: Arc<str>,
-    streams: BTreeSet<u64>,
+    /// Its streams, in id order (almost always one: a proxy on ADS).
+    streams: Vec<u64>,
     /// `None` until its view is first computed, so a new node is always
     /// handed over.
     view: Option<ProxyView>,
     /// Touched by the changes being followed: its view is made again once
     /// they are all in (a node is listed once however many of its streams
-    /// changed, without ordering the ids).
+    /// changed).
     dirty: bool,
+    /// The whole pass that last found one of its streams.
+    pass: u64,
+}
+
+/// A stream in the followed groups: its node (a slot in
+/// [`Follow::nodes`]), its part of the node's view, and the whole pass that
+/// last found it.
+#[derive(Debug)]
+struct Part {
+    node: usize,
+    view: ProxyView,
+    pass: u64,
 }
 
 /// The proxies of one running operation, as last handed to its machine.
+///
+/// Nodes sit in numbered slots, so following a stream's change reaches
+/// its node through the stream id alone: no node id is hashed or copied
+/// per ACK. A whole pass keeps the slots and parts it finds again (the
+/// pass after a commit sees the fleet the pass before it saw) and sweeps
+/// away the rest.
 #[derive(Debug, Default)]
 pub(super) struct Follow {
     /// What the views were computed against; `None` when they are not
     /// kept (before the first whole pass, or after the machine stopped
     /// looking).
     basis: Option<Basis>,
-    /// Per stream in the groups: its node id and its part of the view.
-    /// The node's id is shared by its streams, its view and the views
-    /// handed to the machine, so following an ACK copies no id.
-    streams: StreamMap<(Arc<str>, ProxyView)>,
-    nodes: HashMap<Arc<str>, Node>,
+    /// Per stream in the groups.
+    streams: StreamMap<Part>,
+    /// The nodes, by slot; `None` for a free slot.
+    nodes: Vec<Option<Node>>,
+    /// Free slots of `nodes`.
+    free: Vec<usize>,
+    /// The slot of each node, by id.
+    slots: HashMap<Arc<str>, usize>,
+    /// Counts whole passes, to sweep what the last one did not find.
+    pass: u64,
     /// The cordoned node ids, as read at the last whole pass.
     cordoned: BTreeSet<String>,
     /// Streams in the groups left out because their node is cordoned, by
@@ -98,24 +122,37 @@ impl Follow {
         snapshot: &Snapshot,
         cordoned: BTreeSet<String>,
     ) -> Vec<ProxyView> {
-        // Emptied, not dropped: the maps keep their room for the pass
-        // after the commit, which sees the same fleet.
         self.basis = None;
-        self.streams.clear();
-        self.nodes.clear();
+        self.pass += 1;
         self.skipped.clear();
         self.skipped_streams.clear();
         self.cordoned = cordoned;
         self.skipped_moved = true;
         let proxies = proxies.into_iter();
-        let hint = proxies.size_hint().0;
-        self.streams.reserve(hint);
-        self.nodes.reserve(hint);
+        self.streams.reserve(proxies.size_hint().0);
         for p in proxies {
             self.put(p, &basis, snapshot);
         }
-        let mut all: Vec<ProxyView> = Vec::with_capacity(self.nodes.len());
-        for node in self.nodes.values_mut() {
+        // What this pass did not find left the groups (or the registry),
+        // or is cordoned now.
+        let pass = self.pass;
+        let nodes = &mut self.nodes;
+        self.streams.retain(|id, part| {
+            let found = part.pass == pass;
+            if !found && let Some(Some(node)) = nodes.get_mut(part.node) {
+                node.streams.retain(|s| s != id);
+            }
+            found
+        });
+        let mut all: Vec<ProxyView> = Vec::with_capacity(self.slots.len());
+        for slot in 0..self.nodes.len() {
+            let Some(node) = self.nodes[slot].as_mut() else {
+                continue;
+            };
+            if node.pass != pass || node.streams.is_empty() {
+                self.release(slot);
+                continue;
+            }
             let view = view_of(&node.streams, &self.streams);
             node.dirty = false;
             all.push(view.clone());
@@ -140,34 +177,34 @@ impl Follow {
         if self.basis.as_ref() != Some(basis) {
             return Err(());
         }
-        let mut touched: Vec<Arc<str>> = Vec::new();
+        let mut touched: Vec<usize> = Vec::new();
         for id in &changes.gone {
             self.unskip(*id);
-            if let Some((node, _)) = self.streams.remove(id)
-                && let Some(n) = self.nodes.get_mut(&node)
+            if let Some(part) = self.streams.remove(id)
+                && let Some(Some(node)) = self.nodes.get_mut(part.node)
             {
-                n.streams.remove(id);
-                if !std::mem::replace(&mut n.dirty, true) {
-                    touched.push(node);
+                node.streams.retain(|s| s != id);
+                if !std::mem::replace(&mut node.dirty, true) {
+                    touched.push(part.node);
                 }
             }
         }
         for p in &changes.changed {
-            if let Some((node, first)) = self.put(p, basis, snapshot)
+            if let Some((slot, first)) = self.put(p, basis, snapshot)
                 && first
             {
-                touched.push(node);
+                touched.push(slot);
             }
         }
         let (mut changed, mut gone) = (Vec::new(), Vec::new());
-        for id in touched {
-            let Some(node) = self.nodes.get_mut(&*id) else {
+        for slot in touched {
+            let Some(node) = self.nodes.get_mut(slot).and_then(Option::as_mut) else {
                 continue;
             };
             node.dirty = false;
             if node.streams.is_empty() {
-                self.nodes.remove(&*id);
-                gone.push(id.to_string());
+                gone.push(node.id.to_string());
+                self.release(slot);
                 continue;
             }
             let view = view_of(&node.streams, &self.streams);
@@ -206,15 +243,55 @@ impl Follow {
         }
     }
 
+    /// Frees a node's slot.
+    fn release(&mut self, slot: usize) {
+        if let Some(node) = self.nodes.get_mut(slot).and_then(Option::take) {
+            self.slots.remove(&node.id);
+            self.free.push(slot);
+        }
+    }
+
+    /// The slot of the node `id`, made if it has none, marked as found by
+    /// this pass.
+    fn slot_of(&mut self, id: &str) -> usize {
+        let pass = self.pass;
+        if let Some(&slot) = self.slots.get(id)
+            && let Some(Some(node)) = self.nodes.get_mut(slot)
+        {
+            node.pass = pass;
+            return slot;
+        }
+        let id: Arc<str> = Arc::from(id);
+        let node = Node {
+            id: id.clone(),
+            streams: Vec::with_capacity(1),
+            view: None,
+            dirty: false,
+            pass,
+        };
+        let slot = match self.free.pop() {
+            Some(free) => {
+                self.nodes[free] = Some(node);
+                free
+            }
+            None => {
+                self.nodes.push(Some(node));
+                self.nodes.len() - 1
+            }
+        };
+        self.slots.insert(id, slot);
+        slot
+    }
+
     /// Records one stream's part (if it is in the groups, named its node
-    /// and the node is not cordoned); returns the node it belongs to, and
-    /// whether this made the node dirty (it was not yet).
+    /// and the node is not cordoned); returns the slot of the node it
+    /// belongs to, and whether this made the node dirty (it was not yet).
     fn put(
         &mut self,
         p: &ProxyStatus,
         basis: &Basis,
         snapshot: &Snapshot,
-    ) -> Option<(Arc<str>, bool)> {
+    ) -> Option<(usize, bool)> {
         let node = p.node.as_ref()?;
         if !basis.groups.contains(&node.cluster) {
             return None;
@@ -227,37 +304,50 @@ impl Follow {
             self.skipped_streams.insert(p.stream_id, node.id.clone());
             return None;
         }
-        // One lookup of the node by id (at every ACK, a known one): its
-        // shared id names the part.
-        let (id, first) = match self.nodes.get_mut(node.id.as_str()) {
-            Some(n) => {
-                n.streams.insert(p.stream_id);
-                (n.id.clone(), !std::mem::replace(&mut n.dirty, true))
+        // A known stream reaches its node by its slot (a stream's node
+        // never changes: a stream naming another is closed); only a new
+        // one looks its node up by id.
+        let slot = match self.streams.get(&p.stream_id) {
+            Some(part) => {
+                if let Some(Some(n)) = self.nodes.get_mut(part.node) {
+                    n.pass = self.pass;
+                }
+                part.node
+            }
+            None => self.slot_of(&node.id),
+        };
+        let n = self.nodes.get_mut(slot).and_then(Option::as_mut)?;
+        if let Err(at) = n.streams.binary_search(&p.stream_id) {
+            n.streams.insert(at, p.stream_id);
+        }
+        let first = !std::mem::replace(&mut n.dirty, true);
+        let id = &n.id;
+        let view = stream_view(p, snapshot, basis.committed, || id.clone())?;
+        let pass = self.pass;
+        match self.streams.get_mut(&p.stream_id) {
+            Some(part) => {
+                part.view = view;
+                part.pass = pass;
             }
             None => {
-                let id: Arc<str> = Arc::from(node.id.as_str());
-                self.nodes.insert(
-                    id.clone(),
-                    Node {
-                        id: id.clone(),
-                        streams: BTreeSet::from([p.stream_id]),
-                        view: None,
-                        dirty: true,
+                self.streams.insert(
+                    p.stream_id,
+                    Part {
+                        node: slot,
+                        view,
+                        pass,
                     },
                 );
-                (id, true)
             }
-        };
-        let part = stream_view(p, snapshot, basis.committed, || id.clone())?;
-        self.streams.insert(p.stream_id, (id.clone(), part));
-        Some((id, first))
+        }
+        Some((slot, first))
     }
 }
 
 /// A node's view from its streams' parts, in stream order (as
 /// [`proxy_views`](super::proxy_views) merges them).
-fn view_of(streams: &BTreeSet<u64>, parts: &StreamMap<(Arc<str>, ProxyView)>) -> ProxyView {
-    let mut parts = streams.iter().filter_map(|s| parts.get(s)).map(|(_, v)| v);
+fn view_of(streams: &[u64], parts: &StreamMap<Part>) -> ProxyView {
+    let mut parts = streams.iter().filter_map(|s| parts.get(s)).map(|p| &p.view);
     let Some(first) = parts.next() else {
         return ProxyView {
             id: Arc::from(""),
@@ -494,5 +584,134 @@ mod tests {
             ..basis(&snap)
         };
         assert!(follow.changes(&ack, &moved, &snap).is_err());
+    }
+
+    /// One step of a fleet's life, for the property below.
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// A whole pass, against the first or the second snapshot, with
+        /// these of the four nodes cordoned, following the group "edge"
+        /// alone or "other" too.
+        Pass {
+            second: bool,
+            cordoned: [bool; 4],
+            both: bool,
+        },
+        /// A stream connects, or an existing one ACKs (its node and group
+        /// stay what they were).
+        Set {
+            stream: u64,
+            node: usize,
+            other_group: bool,
+            acked: u8,
+        },
+        /// A stream leaves.
+        Gone { stream: u64 },
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            1 => (any::<bool>(), any::<[bool; 4]>(), any::<bool>())
+                .prop_map(|(second, cordoned, both)| Step::Pass { second, cordoned, both }),
+            4 => (1u64..10, 0usize..4, proptest::bool::weighted(0.2), 0u8..3).prop_map(
+                |(stream, node, other_group, acked)| Step::Set {
+                    stream,
+                    node,
+                    other_group,
+                    acked
+                }
+            ),
+            1 => (1u64..10).prop_map(|stream| Step::Gone { stream }),
+        ]
+    }
+
+    fn basis_of(snapshot: &Snapshot, groups: &BTreeSet<&str>) -> Basis {
+        Basis {
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            ..basis(snapshot)
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever happens, the views the machine holds (the last whole
+        /// pass, then every change handed over) are the views a whole
+        /// recompute gives: slots reused across passes, streams swept,
+        /// nodes coming and going, cordons and the groups followed
+        /// included.
+        #[test]
+        fn followed_views_are_always_a_whole_recompute(
+            steps in proptest::collection::vec(step(), 1..40)
+        ) {
+            const NODES: [&str; 4] = ["a", "b", "c", "d"];
+            let snaps = [snapshot("2"), snapshot("3")];
+            let label = |snap: &Snapshot| {
+                snap.group("edge").of(ResourceType::Route).version().to_owned()
+            };
+            let acked = [None, Some(label(&snaps[0])), Some(label(&snaps[1]))];
+            let mut groups: BTreeSet<&str> = ["edge"].into();
+            let mut live: BTreeMap<u64, ProxyStatus> = BTreeMap::new();
+            let mut follow = Follow::default();
+            let mut held: BTreeMap<String, ProxyView> = BTreeMap::new();
+            let (mut snap, mut cordoned) = (snaps[0].clone(), BTreeSet::new());
+            let mut passed = false;
+            for step in steps {
+                let changes = match step {
+                    Step::Pass { second, cordoned: which, both } => {
+                        snap = snaps[usize::from(second)].clone();
+                        groups = if both { ["edge", "other"].into() } else { ["edge"].into() };
+                        cordoned = NODES
+                            .iter()
+                            .zip(which)
+                            .filter(|(_, on)| *on)
+                            .map(|(n, _)| (*n).to_owned())
+                            .collect();
+                        let all = follow.all(live.values(), basis_of(&snap, &groups), &snap, cordoned.clone());
+                        held = all.into_iter().map(|v| (v.id.to_string(), v)).collect();
+                        passed = true;
+                        None
+                    }
+                    Step::Set { stream: id, node, other_group, acked: a } => {
+                        let mut p = live.get(&id).cloned().unwrap_or_else(|| {
+                            let group = if other_group { "other" } else { "edge" };
+                            stream(id, NODES[node], group, None)
+                        });
+                        p.types[ResourceType::Route.index()].acked = acked[usize::from(a)].clone();
+                        live.insert(id, p.clone());
+                        Some(Changes { changed: vec![Arc::new(p)], gone: Vec::new() })
+                    }
+                    Step::Gone { stream: id } => {
+                        live.remove(&id);
+                        Some(Changes { changed: Vec::new(), gone: vec![id] })
+                    }
+                };
+                if let Some(changes) = changes {
+                    match follow.changes(&changes, &basis_of(&snap, &groups), &snap) {
+                        Ok(Some(Event::ProxiesChanged { changed, gone })) => {
+                            for id in gone {
+                                held.remove(&id);
+                            }
+                            for v in changed {
+                                held.insert(v.id.to_string(), v);
+                            }
+                        }
+                        Ok(None) => {}
+                        Ok(Some(other)) => panic!("unexpected event {other:?}"),
+                        Err(()) => {
+                            proptest::prop_assert!(!passed, "views kept since the last pass");
+                            continue;
+                        }
+                    }
+                }
+                if !passed {
+                    continue;
+                }
+                let statuses: Vec<ProxyStatus> = live.values().cloned().collect();
+                let (whole, skipped) = proxy_views(&statuses, &groups, &snap, Some(2), &cordoned);
+                let held_now: Vec<ProxyView> = held.values().cloned().collect();
+                proptest::prop_assert_eq!(held_now, whole);
+                proptest::prop_assert_eq!(follow.skipped(), skipped);
+            }
+        }
     }
 }
