@@ -386,6 +386,9 @@ impl Driver {
                 () = sleep_until(look_at), if look_at.is_some() => {
                     look_at = None;
                     last_look = Some(Instant::now());
+                    // What woke the loop is taken now: a change after this
+                    // wakes it again, the ones before do not.
+                    proxies.borrow_and_update();
                     self.feed_proxies(changes.take()).await;
                 }
                 () = sleep_until(self.next_expiry()) => {

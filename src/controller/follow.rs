@@ -270,11 +270,11 @@ impl Follow {
             pass,
         };
         let slot = match self.free.pop() {
-            Some(free) => {
+            Some(free) if free < self.nodes.len() => {
                 self.nodes[free] = Some(node);
                 free
             }
-            None => {
+            _ => {
                 self.nodes.push(Some(node));
                 self.nodes.len() - 1
             }
