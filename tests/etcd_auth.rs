@@ -164,7 +164,15 @@ async fn teal_speaks_tls_to_etcd_with_a_client_certificate() {
 
     // Plaintext to a TLS port.
     let (status, log) = Replica::start_expecting_exit(spec(etcd.url("/tls/"), &[], &[])).await;
-    assert_refused("plaintext to TLS", status, &log, &["etcd"]);
+    assert_refused("plaintext to TLS", status, &log, &["etcd", "--store-ca"]);
+    let fatal = log
+        .lines()
+        .find(|l| l.starts_with("teal: "))
+        .unwrap_or_default();
+    assert!(
+        fatal.contains("--store-ca"),
+        "the reason teal stops names the flag that turns TLS on: {fatal}\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

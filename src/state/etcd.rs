@@ -341,12 +341,20 @@ impl EtcdClient {
     /// [`StateError::Refused`].
     pub fn status_error(&self, s: tonic::Status) -> StateError {
         use tonic::Code;
-        let reason = match certificate_required(&s) {
+        let reason = if certificate_required(&s) {
             // The shared TLS connector's message names the CLI's flags.
-            true => "etcd asks for a client certificate: give --store-cert and --store-key; \
-                     nothing was sent"
-                .to_owned(),
-            false => crate::text::untrusted(s.message()).to_string(),
+            "etcd asks for a client certificate: give --store-cert and --store-key; \
+             nothing was sent"
+                .to_owned()
+        } else if self.opts.tls.is_none() && closed_on_open(&s) {
+            format!(
+                "{}: the connection closed before etcd answered; if etcd serves TLS \
+                 there, give --store-ca (and --store-cert and --store-key if it asks for a \
+                 client certificate)",
+                crate::text::untrusted(s.message())
+            )
+        } else {
+            crate::text::untrusted(s.message()).to_string()
         };
         if matches!(
             s.code(),
@@ -409,6 +417,34 @@ fn certificate_required(s: &tonic::Status) -> bool {
             e.downcast_ref::<crate::tls::ConnectError>(),
             Some(crate::tls::ConnectError::CertificateRequired)
         ) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// Whether the connection was made and then closed on teal's first bytes:
+/// what a TLS port does with plaintext (Go's TLS server answers an HTTP/1
+/// error and hangs up, which the HTTP/2 client sees as a broken pipe or a
+/// connection closed before any answer), as opposed to a refused or timed
+/// out connect.
+fn closed_on_open(s: &tonic::Status) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        {
+            return true;
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>()
+            && (h.is_canceled() || h.is_incomplete_message())
+        {
             return true;
         }
         next = e.source();
