@@ -28,13 +28,14 @@
 //! saves with each commit, and [`Rollout::resume`] picks an operation up
 //! from it after a crash.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use super::plan::{Change, Plan, rollback_point};
+use super::seen::{Seen, Until};
 use super::serde_time;
 use super::{
     CheckResult, MAX_WAIT, Operation, Outcome, Phase, Progress, RolloutError, Split, Verb, Version,
@@ -71,120 +72,6 @@ pub const ACKS_KEPT: usize = 100;
 /// How many ids of proxies not yet done [`Progress::waiting_for`] and the
 /// timeout messages name; `acked` and `total` count them all.
 pub const WAITING_SHOWN: usize = 20;
-
-/// The proxies an operation waits for, as last observed, with the sets
-/// its phases ask about kept up to date on every change, so that no event
-/// costs a pass over the whole fleet. Ids are shared ([`ProxyView::id`]):
-/// an update touches up to four sets, and copying the id into each was
-/// most of what an ACK cost here.
-#[derive(Clone, Debug, Default)]
-struct Seen {
-    /// By id. Hashed: looked up at every change, and only the sets below
-    /// need an order (ids compared byte by byte down a tree of thousands
-    /// cost more than the rest of an ACK).
-    views: HashMap<Arc<str>, ProxyView>,
-    /// Not both prepared and confirmed (what preparing waits for).
-    unready: BTreeSet<Arc<str>>,
-    /// Neither confirmed nor rejecting (what confirming waits for).
-    unsettled: BTreeSet<Arc<str>>,
-    /// Rejecting, by id.
-    nacking: BTreeSet<Arc<str>>,
-}
-
-impl Seen {
-    /// Replaces every view: built from the whole list at once (sorted
-    /// first, then each set in one go), not view by view.
-    fn replace(&mut self, mut given: Vec<ProxyView>) {
-        // Stable (and linear on the sorted lists the controller gives):
-        // of two views of one proxy the later wins, as one by one.
-        given.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut all: Vec<ProxyView> = Vec::with_capacity(given.len());
-        for view in given {
-            match all.last_mut() {
-                Some(last) if last.id == view.id => *last = view,
-                _ => all.push(view),
-            }
-        }
-        let ids = |on: fn(&Marks) -> bool| -> BTreeSet<Arc<str>> {
-            all.iter()
-                .filter(|v| on(&Marks::of(v)))
-                .map(|v| v.id.clone())
-                .collect()
-        };
-        self.unready = ids(|m| m.unready);
-        self.unsettled = ids(|m| m.unsettled);
-        self.nacking = ids(|m| m.nacking);
-        self.views = all.into_iter().map(|v| (v.id.clone(), v)).collect();
-    }
-
-    fn remove(&mut self, id: &str) {
-        self.views.remove(id);
-        self.unready.remove(id);
-        self.unsettled.remove(id);
-        self.nacking.remove(id);
-    }
-
-    fn insert(&mut self, view: ProxyView) {
-        let slot = self.views.get_mut(&*view.id);
-        if slot.as_deref() == Some(&view) {
-            return;
-        }
-        let was = slot.as_deref().map(Marks::of);
-        let now = Marks::of(&view);
-        let id = view.id.clone();
-        match slot {
-            Some(slot) => *slot = view,
-            None => {
-                self.views.insert(id.clone(), view);
-            }
-        }
-        let mark = |set: &mut BTreeSet<Arc<str>>, was: Option<bool>, on: bool| {
-            if was == Some(on) {
-                return;
-            }
-            if on {
-                set.insert(id.clone());
-            } else {
-                set.remove(&*id);
-            }
-        };
-        mark(&mut self.unready, was.map(|w| w.unready), now.unready);
-        mark(&mut self.unsettled, was.map(|w| w.unsettled), now.unsettled);
-        mark(&mut self.nacking, was.map(|w| w.nacking), now.nacking);
-    }
-
-    /// The first rejecting proxy, by id.
-    fn first_nack(&self) -> Option<&ProxyView> {
-        self.nacking.iter().find_map(|id| self.views.get(id))
-    }
-}
-
-/// Which of [`Seen`]'s sets a view belongs in.
-#[derive(Clone, Copy)]
-struct Marks {
-    unready: bool,
-    unsettled: bool,
-    nacking: bool,
-}
-
-impl Marks {
-    fn of(view: &ProxyView) -> Marks {
-        Marks {
-            unready: !(view.prepared && view.confirmed),
-            unsettled: !(view.confirmed || view.nack.is_some()),
-            nacking: view.nack.is_some(),
-        }
-    }
-}
-
-/// What a phase waits for every proxy to be.
-#[derive(Clone, Copy)]
-enum Until {
-    /// Prepared and confirmed.
-    Ready,
-    /// Confirmed, or rejecting.
-    Settled,
-}
 
 /// Something that happened.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -783,6 +670,9 @@ impl Rollout {
 
     fn confirming(&mut self, version: Version, now: Instant) -> Vec<Action> {
         self.last_version = Some(version.clone());
+        // Room for every proxy's ACK time at once, not grown (and rehashed)
+        // a few times per flip.
+        self.acks.reserve(self.seen.len());
         self.message = format!("waiting for every proxy to apply {version}");
         self.state = State::Confirming {
             version,
@@ -867,9 +757,7 @@ impl Rollout {
                 if let State::Confirming { since, .. } = &self.state {
                     let after = now.saturating_duration_since(*since);
                     for view in all.iter().filter(|v| v.confirmed) {
-                        if !self.acks.contains_key(&*view.id) {
-                            self.acks.insert(view.id.clone(), after);
-                        }
+                        self.acks.entry(view.id.clone()).or_insert(after);
                     }
                 }
                 self.seen.replace(all);
@@ -890,10 +778,11 @@ impl Rollout {
         for view in changed {
             if let Some(since) = since
                 && view.confirmed
-                && !self.acks.contains_key(&*view.id)
             {
-                let after = now.saturating_duration_since(since);
-                self.acks.insert(view.id.clone(), after);
+                // One lookup: the first confirmation of a proxy is kept.
+                self.acks
+                    .entry(view.id.clone())
+                    .or_insert_with(|| now.saturating_duration_since(since));
             }
             self.seen.insert(view);
         }
@@ -901,23 +790,26 @@ impl Rollout {
 
     /// Updates the progress counts; true when every proxy is done.
     fn track(&mut self, until: Until) -> bool {
-        let waiting = match until {
-            Until::Ready => &self.seen.unready,
-            Until::Settled => &self.seen.unsettled,
-        };
-        self.total = self.seen.views.len();
-        self.acked = self.total - waiting.len();
+        let waiting = self.seen.waiting_len(until);
+        self.total = self.seen.len();
+        self.acked = self.total - waiting;
         // Made again only when it changes: the first ids of the set move
         // only when one of them answers, a few hundred times in a flip of
         // thousands of proxies, not at every ACK.
-        if !waiting
-            .iter()
+        if !self
+            .seen
+            .waiting(until)
             .take(WAITING_SHOWN)
             .eq(self.waiting_for.iter())
         {
-            self.waiting_for = waiting.iter().take(WAITING_SHOWN).cloned().collect();
+            self.waiting_for = self
+                .seen
+                .waiting(until)
+                .take(WAITING_SHOWN)
+                .cloned()
+                .collect();
         }
-        waiting.is_empty()
+        waiting == 0
     }
 
     /// The proxies not done yet, for a message: the first
@@ -1093,7 +985,7 @@ impl Rollout {
         }
         // With no proxy left connected, not every proxy that was sent the
         // version confirmed it: no convergence to record.
-        let none = self.seen.views.is_empty();
+        let none = self.seen.is_empty();
         self.convergence = if none {
             None
         } else {
@@ -1283,9 +1175,7 @@ impl Rollout {
 
 fn rejections(seen: &Seen) -> String {
     let rejected: Vec<String> = seen
-        .nacking
-        .iter()
-        .filter_map(|id| seen.views.get(id))
+        .nacking()
         .filter_map(|p| {
             p.nack
                 .as_ref()

@@ -34,6 +34,7 @@
 mod fixtures;
 pub mod machine;
 pub mod plan;
+mod seen;
 pub(crate) mod serde_time;
 pub mod version;
 pub mod weights;
