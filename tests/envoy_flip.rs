@@ -320,6 +320,66 @@ async fn restart_after_kill_9_keeps_green() {
     }
 }
 
+/// (10) Connections that age: with `--xds-connection-age 2`, teal sends
+/// each Envoy's connection a GOAWAY after 2 s and closes its stream 5 s
+/// later. Every Envoy comes back on a new stream (what spreads proxies over
+/// replicas again after one restarted), none fails a request meanwhile
+/// (traffic through the edge and the sidecars throughout), and a flip after
+/// that reaches every one of them. Without the age, no stream changes and
+/// the test fails at its wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoys_reconnect_when_their_connection_ages() {
+    let mut w = World::start().await;
+    w.teal.take().expect("teal").kill_9().await;
+    w.teal = Some(
+        TealProcess::start_with(w.dir.path(), w.xds, w.admin, &["--xds-connection-age", "2"]).await,
+    );
+    let first = streams(&w.wait_all_synced().await);
+    assert_eq!(first.len(), w.envoys.len(), "{first:?}");
+    let edge = Traffic::start(w.edge_port, "/", &[]);
+    let sidecars = Traffic::start(w.sidecar_port, "/", &[("host", "web")]);
+
+    // Up to 2 s of age, 5 s of grace and Envoy's reconnect backoff.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = streams(&w.wait_all_synced().await);
+        if now.len() == first.len() && now.iter().all(|(node, id)| first.get(node) != Some(id)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every Envoy reconnected within 30 s: first {first:?}, now {now:?}\n{}",
+            w.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let out = w
+        .cli(&["flip", "web", "--to", "green", "--timeout", FLIP_TIMEOUT])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    w.assert_everyone_on("green").await;
+    for answers in [edge.stop().await, sidecars.stop().await] {
+        // `bodies` fails the test on any failed request.
+        let seen = bodies(&answers);
+        assert!(seen.len() > 10, "too little traffic: {seen:?}");
+        assert!(
+            seen.iter().all(|b| b == "blue" || b == "green"),
+            "answered by neither fleet: {seen:?}"
+        );
+    }
+}
+
+/// Each proxy's stream, by node id, from `teal proxies -o json`.
+fn streams(proxies: &serde_json::Value) -> std::collections::BTreeMap<String, u64> {
+    proxies["proxies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| Some((p["node_id"].as_str()?.to_owned(), p["stream_id"].as_u64()?)))
+        .collect()
+}
+
 /// How long a flip in case 4 waits for proxies, and so also how long its
 /// undo would wait for a proxy that does not go back: short, to keep the
 /// test fast should that ever happen.

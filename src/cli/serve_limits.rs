@@ -85,6 +85,25 @@ pub struct LimitArgs {
     /// is refused.
     #[arg(long, default_value = "3600", value_parser = timeout_seconds)]
     pub max_register_ttl: Duration,
+    /// Seconds an xDS connection may stay open, or `never`. Past it teal
+    /// sends GOAWAY and closes its streams 5 s later; the proxy keeps its
+    /// configuration and reconnects, so proxies spread again over
+    /// replicas (one that restarted gets its share back).
+    #[arg(long, default_value = "1800", value_name = "SECONDS|never", value_parser = connection_age)]
+    pub xds_connection_age: ConnectionAge,
+}
+
+/// `--xds-connection-age`: a number of seconds, or never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionAge(pub Option<Duration>);
+
+fn connection_age(s: &str) -> Result<ConnectionAge, String> {
+    if s == "never" {
+        return Ok(ConnectionAge(None));
+    }
+    timeout_seconds(s)
+        .map(|d| ConnectionAge(Some(d)))
+        .map_err(|e| format!("{e}, nor never"))
 }
 
 /// A timeout of more than 0 and at most a day, in seconds.
@@ -129,6 +148,7 @@ impl LimitArgs {
             max_concurrent: size(self.max_csds_concurrent),
         };
         *admin = connections(self.max_admin_connections);
+        xds.max_connection_age = self.xds_connection_age.0;
     }
 
     /// The bounds on registered endpoints.
@@ -178,6 +198,7 @@ mod tests {
         assert_eq!(xds.connections, defaults.connections);
         assert_eq!(xds.max_request_bytes, defaults.max_request_bytes);
         assert_eq!(xds.csds, defaults.csds);
+        assert_eq!(xds.max_connection_age, defaults.max_connection_age);
         assert_eq!(
             admin,
             ConnectionLimits::default_for(crate::listener::Port::Admin)
@@ -205,6 +226,8 @@ mod tests {
             &["--max-csds-request-bytes", "10"],
             &["--max-csds-response-bytes", "0"],
             &["--max-csds-concurrent", "0"],
+            &["--xds-connection-age", "0"],
+            &["--xds-connection-age", "forever"],
         ] {
             let e = parse(bad).expect_err(&format!("{bad:?} is refused"));
             assert!(e.use_stderr(), "{bad:?}: a usage error");
@@ -212,5 +235,12 @@ mod tests {
         let ok = parse(&["--idle-timeout", "0.5", "--max-xds-connections", "3"]).expect("valid");
         assert_eq!(ok.idle_timeout, Duration::from_millis(500));
         assert_eq!(ok.max_xds_connections, 3);
+        let never = parse(&["--xds-connection-age", "never"]).expect("valid");
+        assert_eq!(never.xds_connection_age, ConnectionAge(None));
+        let short = parse(&["--xds-connection-age", "2.5"]).expect("valid");
+        assert_eq!(
+            short.xds_connection_age,
+            ConnectionAge(Some(Duration::from_millis(2500)))
+        );
     }
 }

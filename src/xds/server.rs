@@ -71,7 +71,21 @@ pub struct XdsServerConfig {
     pub identities: Arc<IdentityGate>,
     /// What a CSDS request may ask (see [`CsdsLimits`]).
     pub csds: CsdsLimits,
+    /// How long a connection may stay open before teal asks its client to
+    /// reconnect: an HTTP/2 GOAWAY, then [`CONNECTION_AGE_GRACE`] before
+    /// its streams are closed. A proxy keeps its configuration meanwhile
+    /// and reconnects through whatever spreads proxies over replicas, so a
+    /// replica that restarted wins back its share of them instead of the
+    /// ones that stayed up keeping every proxy. `None`: never. Default 30
+    /// minutes.
+    pub max_connection_age: Option<Duration>,
 }
+
+/// How long the streams of a connection that reached
+/// [`XdsServerConfig::max_connection_age`] have after its GOAWAY: an xDS
+/// stream never ends on its own, so this is when it is closed (a response
+/// on its way still arrives).
+pub const CONNECTION_AGE_GRACE: Duration = Duration::from_secs(5);
 
 impl Default for XdsServerConfig {
     fn default() -> Self {
@@ -84,6 +98,7 @@ impl Default for XdsServerConfig {
             tls: None,
             identities: IdentityGate::new(),
             csds: CsdsLimits::default(),
+            max_connection_age: Some(Duration::from_secs(30 * 60)),
         }
     }
 }
@@ -164,10 +179,16 @@ impl XdsServer {
         let mut deadline = self.shared.shutdown.clone();
         let drain = self.shared.config.drain;
         let limits = self.shared.config.connections;
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder()
             .max_concurrent_streams(limits.max_streams_per_connection)
             .http2_keepalive_interval(Some(limits.keepalive()))
-            .http2_keepalive_timeout(Some(limits.keepalive()))
+            .http2_keepalive_timeout(Some(limits.keepalive()));
+        if let Some(age) = self.shared.config.max_connection_age {
+            builder = builder
+                .max_connection_age(age)
+                .max_connection_age_grace(CONNECTION_AGE_GRACE);
+        }
+        let server = builder
             .add_routes(self.routes())
             .serve_with_incoming_shutdown(
                 Incoming::new(listener, Port::Xds, limits).with_tls(self.shared.config.tls.clone()),

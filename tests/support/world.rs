@@ -164,6 +164,11 @@ pub struct TealProcess {
 impl TealProcess {
     /// `teal serve` on `dir/teal.yaml` and the state directory `dir/state`.
     fn spawn(dir: &Path, xds: u16, admin: u16) -> TealProcess {
+        TealProcess::spawn_with(dir, xds, admin, &[])
+    }
+
+    /// [`TealProcess::spawn`] with more flags.
+    fn spawn_with(dir: &Path, xds: u16, admin: u16, extra: &[&str]) -> TealProcess {
         let log = dir.join(format!("teal-{}.log", free_port()));
         let stderr = std::fs::File::create(&log).expect("create teal's log");
         let child = Command::new(teal_binary())
@@ -174,6 +179,7 @@ impl TealProcess {
             .arg("--state-dir")
             .arg(dir.join("state"))
             .args(["--watch-interval", "0.2", "--drain", "0.2"])
+            .args(extra)
             .env("TEAL_ADMIN_TOKEN", TOKEN)
             .env("TEAL_LOG", "info")
             .env_remove("TEAL_ADMIN_TOKENS")
@@ -188,7 +194,12 @@ impl TealProcess {
 
     /// Starts `teal serve` and waits until its admin API answers.
     pub async fn start(dir: &Path, xds: u16, admin: u16) -> TealProcess {
-        let mut teal = TealProcess::spawn(dir, xds, admin);
+        TealProcess::start_with(dir, xds, admin, &[]).await
+    }
+
+    /// [`TealProcess::start`] with more flags.
+    pub async fn start_with(dir: &Path, xds: u16, admin: u16, extra: &[&str]) -> TealProcess {
+        let mut teal = TealProcess::spawn_with(dir, xds, admin, extra);
         let deadline = Instant::now() + CONVERGE;
         loop {
             if http::get(admin, "/healthz", &[])
