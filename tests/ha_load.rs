@@ -27,7 +27,7 @@ use teal::state::{EtcdStore, StateStore};
 
 use support::etcd::Etcd;
 use support::http::Upstream;
-use support::replica::{Replica, ReplicaSpec, cli_command};
+use support::replica::{Replica, ReplicaSpec, cli_command, edge_groups_config, spread};
 use support::world::route_weights;
 use support::{Envoy, Protocol, Traffic, free_port, render_bootstrap_replicas};
 
@@ -57,48 +57,6 @@ impl Dice {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-}
-
-/// Service web on blue and green (checked on `/healthz`), and one group
-/// per Envoy, each with its own listener port routing all of web.
-fn config(blue: u16, green: u16, listeners: &[u16]) -> String {
-    let mut yaml = format!(
-        "services:
-  web:
-    live: blue
-    connect_timeout: 1s
-    timeout: 5s
-    fleets:
-      blue:
-        endpoints:
-          - 127.0.0.1:{blue}
-      green:
-        endpoints:
-          - 127.0.0.1:{green}
-    checks:
-      health:
-        path: /healthz
-        timeout: 1s
-groups:
-"
-    );
-    for (i, port) in listeners.iter().enumerate() {
-        yaml.push_str(&format!(
-            "  edge{i}:
-    listeners:
-      public:
-        kind: edge
-        address: 127.0.0.1:{port}
-        virtual_hosts:
-          site:
-            domains: ['*']
-            routes:
-              - prefix: /
-                service: web
-"
-        ));
-    }
-    yaml
 }
 
 /// The RDS version an Envoy holds, from its admin `config_dump`.
@@ -220,21 +178,6 @@ async fn settled(replicas: &[Replica], store: &EtcdStore) -> Vec<Value> {
     }
 }
 
-/// Each running replica's own proxies (those `teal proxies` lists with no
-/// other replica named), by admin address.
-async fn spread(replicas: &[Replica]) -> BTreeMap<String, usize> {
-    let mut by = BTreeMap::new();
-    for r in replicas.iter().filter(|r| r.is_running()) {
-        let own = r.json(&["proxies"]).await.map_or(0, |p| {
-            p["proxies"].as_array().map_or(0, |all| {
-                all.iter().filter(|p| p["replica"].is_null()).count()
-            })
-        });
-        by.insert(r.admin.clone(), own);
-    }
-    by
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_flips_under_load_while_replicas_are_killed() {
     let started = Instant::now();
@@ -256,7 +199,11 @@ async fn twenty_flips_under_load_while_replicas_are_killed() {
     let listeners: Vec<u16> = (0..ENVOYS).map(|_| free_port()).collect();
     let dir = tempfile::tempdir().expect("temp dir");
     let config_path = dir.path().join("teal.yaml");
-    std::fs::write(&config_path, config(blue.port, green.port, &listeners)).expect("config");
+    std::fs::write(
+        &config_path,
+        edge_groups_config(blue.port, green.port, &listeners),
+    )
+    .expect("config");
 
     let etcd = Etcd::start().await;
     let spec = ReplicaSpec {

@@ -3,6 +3,7 @@
 //! `kill -9` and started again on the same ports, store and state
 //! directory; and the real CLI to drive one.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -227,4 +228,61 @@ pub fn cli_command(admin: &str, args: &[&str]) -> Command {
         .stdin(Stdio::null())
         .kill_on_drop(true);
     cmd
+}
+
+/// Service web on blue and green (checked on `/healthz`), and one group
+/// per Envoy, each with its own listener port routing all of web.
+pub fn edge_groups_config(blue: u16, green: u16, listeners: &[u16]) -> String {
+    let mut yaml = format!(
+        "services:
+  web:
+    live: blue
+    connect_timeout: 1s
+    timeout: 5s
+    fleets:
+      blue:
+        endpoints:
+          - 127.0.0.1:{blue}
+      green:
+        endpoints:
+          - 127.0.0.1:{green}
+    checks:
+      health:
+        path: /healthz
+        timeout: 1s
+groups:
+"
+    );
+    for (i, port) in listeners.iter().enumerate() {
+        yaml.push_str(&format!(
+            "  edge{i}:
+    listeners:
+      public:
+        kind: edge
+        address: 127.0.0.1:{port}
+        virtual_hosts:
+          site:
+            domains: ['*']
+            routes:
+              - prefix: /
+                service: web
+"
+        ));
+    }
+    yaml
+}
+
+/// Each running replica's own proxies (those `teal proxies` lists with no
+/// other replica named), by admin address.
+pub async fn spread(replicas: &[Replica]) -> BTreeMap<String, usize> {
+    let mut by = BTreeMap::new();
+    for r in replicas.iter().filter(|r| r.is_running()) {
+        let own = r.json(&["proxies"]).await.map_or(0, |p| {
+            p["proxies"].as_array().map_or(0, |all| {
+                all.iter().filter(|p| p["replica"].is_null()).count()
+            })
+        });
+        by.insert(r.admin.clone(), own);
+    }
+    by
 }

@@ -1,0 +1,120 @@
+//! A replica that restarted gets proxies back. Two replicas on one etcd,
+//! four real Envoys whose bootstrap lists both (round robin), every xDS
+//! connection aging after 2 s (`--xds-connection-age 2`): one replica is
+//! killed with `kill -9`, every Envoy moves to the other, the killed one is
+//! started again, and within a few ages some Envoys are back on it, every
+//! Envoy connected to one of the two, and no request through them failed.
+//! Without the age, the Envoys stay where they moved, and the test fails.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::etcd::Etcd;
+use support::http::Upstream;
+use support::replica::{Replica, ReplicaSpec, edge_groups_config, spread};
+use support::world::bodies;
+use support::{Envoy, Protocol, Traffic, free_port, render_bootstrap_replicas};
+
+const ENVOYS: usize = 4;
+
+/// Waits up to `within` until `check` holds for the running replicas' own
+/// proxies (by admin address), and returns them.
+async fn wait_spread(
+    replicas: &[Replica],
+    within: Duration,
+    what: &str,
+    check: impl Fn(&std::collections::BTreeMap<String, usize>) -> bool,
+) -> std::collections::BTreeMap<String, usize> {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = spread(replicas).await;
+        if check(&now) {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {within:?}; proxies per replica {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_gets_its_share_of_proxies_back() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let listeners: Vec<u16> = (0..ENVOYS).map(|_| free_port()).collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_path = dir.path().join("teal.yaml");
+    std::fs::write(
+        &config_path,
+        edge_groups_config(blue.port, green.port, &listeners),
+    )
+    .expect("config");
+    let etcd = Etcd::start().await;
+    let spec = ReplicaSpec {
+        store: etcd.url("/rebalance/"),
+        config: Some(config_path),
+        lease_secs: 2,
+        args: [
+            "--watch-interval",
+            "0.2",
+            "--drain",
+            "0.2",
+            "--xds-connection-age",
+            "2",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        env: Vec::new(),
+    };
+    let mut replicas = vec![
+        Replica::start(spec.clone()).await,
+        Replica::start(spec.clone()).await,
+    ];
+    let xds: Vec<u16> = replicas.iter().map(|r| r.xds).collect();
+    let mut envoys = Vec::new();
+    for i in 0..ENVOYS {
+        let group = format!("edge{i}");
+        let node_id = format!("{group}-{}", std::process::id());
+        let bootstrap = render_bootstrap_replicas(&node_id, &group, &xds, Protocol::Sotw);
+        envoys.push(Envoy::start_bootstrap(node_id, &group, &bootstrap).await);
+    }
+    for (envoy, port) in envoys.iter().zip(&listeners) {
+        envoy.wait_for_body(*port, "blue").await;
+    }
+    let mut traffic = Traffic::start_over(&listeners, "/", &[]);
+    traffic.wait_for_count(ENVOYS * 5).await;
+
+    // The second replica dies: its Envoys move to the first.
+    let restarted = replicas[1].admin.clone();
+    replicas[1].kill9().await;
+    let all_on_one = wait_spread(
+        &replicas,
+        Duration::from_secs(30),
+        "every Envoy on the replica left",
+        |now| now.values().sum::<usize>() == ENVOYS,
+    )
+    .await;
+    eprintln!("with one replica down: {all_on_one:?}");
+
+    // Started again, it gets some back as connections age.
+    replicas[1].restart().await;
+    let back = wait_spread(
+        &replicas,
+        Duration::from_secs(60),
+        "some Envoys back on the restarted replica",
+        |now| now.get(&restarted).is_some_and(|n| *n >= 1) && now.values().sum::<usize>() == ENVOYS,
+    )
+    .await;
+    eprintln!("after the restart: {back:?}");
+
+    traffic.wait_for_count(traffic.count() + ENVOYS * 5).await;
+    let seen = bodies(&traffic.stop().await);
+    assert!(
+        seen.iter().all(|b| b == "blue"),
+        "answered by another fleet: {seen:?}"
+    );
+    drop(envoys);
+}
