@@ -27,9 +27,11 @@ use teal::state::{EtcdStore, StateStore};
 
 use support::etcd::Etcd;
 use support::http::Upstream;
-use support::replica::{Replica, ReplicaSpec, cli_command, edge_groups_config, spread};
+use support::replica::{
+    Replica, ReplicaSpec, cli_command, edge_envoys, spread, write_edge_groups_config,
+};
 use support::world::route_weights;
-use support::{Envoy, Protocol, Traffic, free_port, render_bootstrap_replicas};
+use support::{Envoy, Protocol, Traffic, free_port};
 
 const FLIPS: usize = 20;
 const ENVOYS: usize = 6;
@@ -198,12 +200,7 @@ async fn twenty_flips_under_load_while_replicas_are_killed() {
     let green = Upstream::start_slow("green", "/healthz", CHECK_TAKES).await;
     let listeners: Vec<u16> = (0..ENVOYS).map(|_| free_port()).collect();
     let dir = tempfile::tempdir().expect("temp dir");
-    let config_path = dir.path().join("teal.yaml");
-    std::fs::write(
-        &config_path,
-        edge_groups_config(blue.port, green.port, &listeners),
-    )
-    .expect("config");
+    let config_path = write_edge_groups_config(dir.path(), blue.port, green.port, &listeners);
 
     let etcd = Etcd::start().await;
     let spec = ReplicaSpec {
@@ -223,21 +220,14 @@ async fn twenty_flips_under_load_while_replicas_are_killed() {
     let xds: Vec<u16> = replicas.iter().map(|r| r.xds).collect();
 
     // Every Envoy lists all three replicas; half speak delta.
-    let mut envoys = Vec::new();
-    for i in 0..ENVOYS {
-        let group = format!("edge{i}");
-        let node_id = format!("{group}-{}", std::process::id());
-        let protocol = if i % 2 == 0 {
+    let envoys = edge_envoys(&xds, &listeners, |i| {
+        if i % 2 == 0 {
             Protocol::Sotw
         } else {
             Protocol::Delta
-        };
-        let bootstrap = render_bootstrap_replicas(&node_id, &group, &xds, protocol);
-        envoys.push(Envoy::start_bootstrap(node_id, &group, &bootstrap).await);
-    }
-    for (envoy, port) in envoys.iter().zip(&listeners) {
-        envoy.wait_for_body(*port, "blue").await;
-    }
+        }
+    })
+    .await;
     let before = spread(&replicas).await;
     eprintln!("proxies per replica at the start: {before:?}");
     assert_eq!(

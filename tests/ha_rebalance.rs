@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use support::etcd::Etcd;
 use support::http::Upstream;
-use support::replica::{Replica, ReplicaSpec, edge_groups_config, spread};
+use support::replica::{Replica, ReplicaSpec, edge_envoys, spread, write_edge_groups_config};
 use support::world::bodies;
-use support::{Envoy, Protocol, Traffic, free_port, render_bootstrap_replicas};
+use support::{Protocol, Traffic, free_port};
 
 const ENVOYS: usize = 4;
 
@@ -46,12 +46,7 @@ async fn a_restarted_replica_gets_its_share_of_proxies_back() {
     let green = Upstream::start("green").await;
     let listeners: Vec<u16> = (0..ENVOYS).map(|_| free_port()).collect();
     let dir = tempfile::tempdir().expect("temp dir");
-    let config_path = dir.path().join("teal.yaml");
-    std::fs::write(
-        &config_path,
-        edge_groups_config(blue.port, green.port, &listeners),
-    )
-    .expect("config");
+    let config_path = write_edge_groups_config(dir.path(), blue.port, green.port, &listeners);
     let etcd = Etcd::start().await;
     let spec = ReplicaSpec {
         store: etcd.url("/rebalance/"),
@@ -74,16 +69,7 @@ async fn a_restarted_replica_gets_its_share_of_proxies_back() {
         Replica::start(spec.clone()).await,
     ];
     let xds: Vec<u16> = replicas.iter().map(|r| r.xds).collect();
-    let mut envoys = Vec::new();
-    for i in 0..ENVOYS {
-        let group = format!("edge{i}");
-        let node_id = format!("{group}-{}", std::process::id());
-        let bootstrap = render_bootstrap_replicas(&node_id, &group, &xds, Protocol::Sotw);
-        envoys.push(Envoy::start_bootstrap(node_id, &group, &bootstrap).await);
-    }
-    for (envoy, port) in envoys.iter().zip(&listeners) {
-        envoy.wait_for_body(*port, "blue").await;
-    }
+    let envoys = edge_envoys(&xds, &listeners, |_| Protocol::Sotw).await;
     let mut traffic = Traffic::start_over(&listeners, "/", &[]);
     traffic.wait_for_count(ENVOYS * 5).await;
 

@@ -4,14 +4,14 @@
 //! directory; and the real CLI to drive one.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
-use super::free_port;
+use super::{Envoy, Protocol, free_port, render_bootstrap_replicas};
 
 /// The `teal` binary Cargo built for the integration tests.
 fn teal_binary() -> &'static str {
@@ -228,6 +228,35 @@ pub fn cli_command(admin: &str, args: &[&str]) -> Command {
         .stdin(Stdio::null())
         .kill_on_drop(true);
     cmd
+}
+
+/// Writes [`edge_groups_config`] to `dir/teal.yaml` and returns its path.
+pub fn write_edge_groups_config(dir: &Path, blue: u16, green: u16, listeners: &[u16]) -> PathBuf {
+    let path = dir.join("teal.yaml");
+    std::fs::write(&path, edge_groups_config(blue, green, listeners)).expect("write the config");
+    path
+}
+
+/// One real Envoy per port of `listeners`, the `i`th in group `edge{i}`
+/// (as [`edge_groups_config`] names them), each listing every replica of
+/// `xds` (round robin) and speaking `protocol(i)`; returns once each
+/// answers from blue on its listener.
+pub async fn edge_envoys(
+    xds: &[u16],
+    listeners: &[u16],
+    protocol: impl Fn(usize) -> Protocol,
+) -> Vec<Envoy> {
+    let mut envoys = Vec::new();
+    for i in 0..listeners.len() {
+        let group = format!("edge{i}");
+        let node_id = format!("{group}-{}", std::process::id());
+        let bootstrap = render_bootstrap_replicas(&node_id, &group, xds, protocol(i));
+        envoys.push(Envoy::start_bootstrap(node_id, &group, &bootstrap).await);
+    }
+    for (envoy, port) in envoys.iter().zip(listeners) {
+        envoy.wait_for_body(*port, "blue").await;
+    }
+    envoys
 }
 
 /// Service web on blue and green (checked on `/healthz`), and one group
