@@ -135,9 +135,14 @@ impl Follow {
         self.cordoned = cordoned;
         self.skipped_moved = true;
         let proxies = proxies.into_iter();
-        // Room for all at once: a first pass makes every node and part.
-        self.streams.reserve(proxies.size_hint().0);
-        self.slots.reserve(proxies.size_hint().0);
+        // Room for all at once: a first pass makes every node and part. A
+        // later pass finds most of them again and needs only the rest
+        // (`reserve` counts from what is there: asking for all of them
+        // again would double the tables and rehash every entry).
+        let (hint, _) = proxies.size_hint();
+        self.streams
+            .reserve(hint.saturating_sub(self.streams.len()));
+        self.slots.reserve(hint.saturating_sub(self.slots.len()));
         for p in proxies {
             self.put(p, &basis, snapshot);
         }
