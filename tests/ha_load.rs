@@ -28,7 +28,7 @@ use teal::state::{EtcdStore, StateStore};
 use support::etcd::Etcd;
 use support::http::Upstream;
 use support::replica::{
-    Replica, ReplicaSpec, cli_command, edge_envoys, spread, write_edge_groups_config,
+    Replica, ReplicaSpec, cli_command, edge_envoys, spread, wait_spread, write_edge_groups_config,
 };
 use support::world::route_weights;
 use support::{Envoy, Protocol, Traffic, free_port};
@@ -246,18 +246,13 @@ async fn twenty_flips_under_load_while_replicas_are_killed() {
         let kill_now = flip % KILL_EVERY == 1;
         // Every Envoy back on some replica (those of a killed one reconnect
         // to another), so that the flip waits for all six.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let now = spread(&replicas).await;
-            if now.values().sum::<usize>() == ENVOYS {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "before flip {flip}, not every Envoy is connected 30 s on: {now:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_spread(
+            &replicas,
+            Duration::from_secs(30),
+            &format!("before flip {flip}, every Envoy connected"),
+            |now| now.values().sum::<usize>() == ENVOYS,
+        )
+        .await;
         let mut attempts = 0;
         // A flip is refused while no replica leads: for up to the dead
         // leader's lease after a kill (a replica restarted on the dead

@@ -8,37 +8,15 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::etcd::Etcd;
 use support::http::Upstream;
-use support::replica::{Replica, ReplicaSpec, edge_envoys, spread, write_edge_groups_config};
+use support::replica::{Replica, ReplicaSpec, edge_envoys, wait_spread, write_edge_groups_config};
 use support::world::bodies;
 use support::{Protocol, Traffic, free_port};
 
 const ENVOYS: usize = 4;
-
-/// Waits up to `within` until `check` holds for the running replicas' own
-/// proxies (by admin address), and returns them.
-async fn wait_spread(
-    replicas: &[Replica],
-    within: Duration,
-    what: &str,
-    check: impl Fn(&std::collections::BTreeMap<String, usize>) -> bool,
-) -> std::collections::BTreeMap<String, usize> {
-    let deadline = Instant::now() + within;
-    loop {
-        let now = spread(replicas).await;
-        if check(&now) {
-            return now;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {within:?}; proxies per replica {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_replica_gets_its_share_of_proxies_back() {

@@ -315,3 +315,25 @@ pub async fn spread(replicas: &[Replica]) -> BTreeMap<String, usize> {
     }
     by
 }
+
+/// Waits up to `within` until `check` holds for the running replicas' own
+/// proxies (by admin address), and returns them.
+pub async fn wait_spread(
+    replicas: &[Replica],
+    within: Duration,
+    what: &str,
+    check: impl Fn(&BTreeMap<String, usize>) -> bool,
+) -> BTreeMap<String, usize> {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = spread(replicas).await;
+        if check(&now) {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {within:?}; proxies per replica {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
