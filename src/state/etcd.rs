@@ -120,6 +120,10 @@ pub struct EtcdClient {
     opts: Arc<EtcdOptions>,
     /// The auth token, once authenticated.
     token: Arc<Mutex<Option<MetadataValue<tonic::metadata::Ascii>>>>,
+    /// Whether etcd ever answered a call: after that, a connection closed
+    /// before an answer is etcd going away, not a TLS port spoken to in
+    /// plaintext, and the error says nothing of TLS.
+    answered: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl EtcdClient {
@@ -168,6 +172,7 @@ impl EtcdClient {
             current: Arc::default(),
             opts: Arc::new(opts),
             token: Arc::default(),
+            answered: Arc::default(),
         })
     }
 
@@ -270,7 +275,11 @@ impl EtcdClient {
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return Err(self.unavailable("request timed out"));
                 }
-                Ok(Ok(answer)) => return Ok(answer.into_inner()),
+                Ok(Ok(answer)) => {
+                    self.answered
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(answer.into_inner());
+                }
                 Ok(Err(s))
                     if s.code() == tonic::Code::Unauthenticated
                         && attempt == 0
@@ -346,7 +355,10 @@ impl EtcdClient {
             "etcd asks for a client certificate: give --store-cert and --store-key; \
              nothing was sent"
                 .to_owned()
-        } else if self.opts.tls.is_none() && closed_on_open(&s) {
+        } else if self.opts.tls.is_none()
+            && !self.answered.load(std::sync::atomic::Ordering::Relaxed)
+            && closed_on_open(&s)
+        {
             format!(
                 "{}: the connection closed before etcd answered; if etcd serves TLS \
                  there, give --store-ca (and --store-cert and --store-key if it asks for a \
