@@ -420,20 +420,20 @@ impl EtcdClient {
     }
 }
 
+/// The errors under `s`, outermost first.
+fn causes(s: &tonic::Status) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(std::error::Error::source(s), |e| e.source())
+}
+
 /// Whether `s` failed because etcd asked for a client certificate and
 /// none was configured (the connector's error, somewhere in its sources).
 fn certificate_required(s: &tonic::Status) -> bool {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
-    while let Some(e) = next {
-        if matches!(
+    causes(s).any(|e| {
+        matches!(
             e.downcast_ref::<crate::tls::ConnectError>(),
             Some(crate::tls::ConnectError::CertificateRequired)
-        ) {
-            return true;
-        }
-        next = e.source();
-    }
-    false
+        )
+    })
 }
 
 /// Whether the connection was made and then closed on teal's first bytes:
@@ -442,26 +442,20 @@ fn certificate_required(s: &tonic::Status) -> bool {
 /// connection closed before any answer), as opposed to a refused or timed
 /// out connect.
 fn closed_on_open(s: &tonic::Status) -> bool {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
-    while let Some(e) = next {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && matches!(
+    causes(s).any(|e| {
+        let io_closed = e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
                 io.kind(),
                 std::io::ErrorKind::BrokenPipe
                     | std::io::ErrorKind::ConnectionReset
                     | std::io::ErrorKind::UnexpectedEof
             )
-        {
-            return true;
-        }
-        if let Some(h) = e.downcast_ref::<hyper::Error>()
-            && (h.is_canceled() || h.is_incomplete_message())
-        {
-            return true;
-        }
-        next = e.source();
-    }
-    false
+        });
+        let hyper_closed = e
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_canceled() || h.is_incomplete_message());
+        io_closed || hyper_closed
+    })
 }
 
 #[derive(Serialize)]
