@@ -54,7 +54,7 @@ pub struct Replica {
 
 impl Replica {
     /// Starts a replica on free ports and waits until its admin API
-    /// answers `teal status`.
+    /// answers `teal status` and some replica leads.
     pub async fn start(spec: ReplicaSpec) -> Replica {
         let (admin_port, xds) = (free_port(), free_port());
         let mut r = Replica {
@@ -70,6 +70,25 @@ impl Replica {
                 .expect("temp dir"),
         };
         r.restart().await;
+        // A replica answers before the election is decided; a change sent
+        // meanwhile is refused ("store unavailable": no one leads yet).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let leads = r.json(&["status"]).await.is_some_and(|s| {
+                s["replicas"]
+                    .as_array()
+                    .is_some_and(|all| all.iter().any(|x| x["leader"] == true))
+            });
+            if leads {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no replica leads 30 s after this one started:\n{}",
+                r.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         r
     }
 
