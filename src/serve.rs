@@ -55,6 +55,9 @@ pub struct ServeOptions {
     pub etcd: Option<crate::state::EtcdOptions>,
     /// With etcd: the TTL of the lease that holds the leadership.
     pub leader_lease: Duration,
+    /// With etcd: how long the leader keeps waiting for the proxies of a
+    /// replica whose lease ended, when they do not show up elsewhere.
+    pub departed_hold: Duration,
     /// With etcd: the admin address other replicas send the CLI to when
     /// this replica leads; the bound admin address by default.
     pub advertise_admin: Option<String>,
@@ -89,6 +92,7 @@ impl ServeOptions {
             state_dir: None,
             etcd: None,
             leader_lease: crate::ha::DEFAULT_LEASE,
+            departed_hold: crate::ha::DEFAULT_DEPARTED_HOLD,
             advertise_admin: None,
             admin_tokens: None,
             xds: XdsServerConfig::default(),
@@ -386,6 +390,8 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     let admin_listener = bind(opts.admin_addr).await?;
     let admin_addr = local_addr(&admin_listener, opts.admin_addr)?;
     let (store, leadership) = open_store(&opts, admin_addr, &source.last, &registry, &shutdown)?;
+    // A replica serves proxies only while it holds its etcd lease.
+    let serving = leadership.as_ref().map(crate::ha::Leadership::serving);
     let kube_config = config.clone();
     let (controller, driver) = controller::start_replica(
         config,
@@ -409,6 +415,7 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     let xds_config = XdsServerConfig {
         tls: xds_tls.clone(),
         identities: identities.clone(),
+        serving,
         ..opts.xds.clone()
     };
     let server = XdsServer::new(reader, registry.clone(), shutdown.clone(), xds_config);
@@ -473,7 +480,9 @@ fn open_store(
 ) -> Result<(Arc<dyn StateStore>, Option<crate::ha::Leadership>), ServeError> {
     Ok(match (&opts.etcd, &opts.state_dir) {
         (Some(etcd), _) => {
-            let store = EtcdStore::open(etcd.clone())?;
+            let client = crate::state::etcd::EtcdClient::new(etcd.clone())?;
+            let fence = crate::state::etcd::Fence::default();
+            let store = EtcdStore::fenced(client.clone(), fence.clone())?;
             let me = crate::ha::ReplicaInfo {
                 id: crate::ha::new_replica_id(),
                 admin: opts
@@ -485,10 +494,14 @@ fn open_store(
             tracing::info!(replica = %me.id, admin = %me.admin, config = %me.config_digest,
                 lease = ?opts.leader_lease, "replica on etcd; campaigning to lead");
             let leadership = crate::ha::Leadership::start(
-                store.client().clone(),
+                client,
                 me,
-                opts.leader_lease,
+                &crate::ha::ReplicaOptions {
+                    lease: opts.leader_lease,
+                    departed_hold: opts.departed_hold,
+                },
                 Some(registry.clone()),
+                fence,
                 shutdown.clone(),
             );
             (Arc::new(store), Some(leadership))

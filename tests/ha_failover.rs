@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use serde_json::Value;
 
-use support::etcd::Etcd;
+use support::etcd::{Etcd, Forwarder};
 use support::replica::{Replica, ReplicaSpec, cli};
 
 /// Green's endpoint in the bundled config, 127.0.0.1:8102, is taken by
@@ -39,24 +39,40 @@ async fn status_json(admin: &str) -> Option<Value> {
 }
 
 /// A proxy that takes every type's first answer, ACKs it, and then never
-/// ACKs again: a flip waits for it until its timeout.
-async fn stubborn_proxy(port: u16) -> tokio::task::JoinHandle<()> {
+/// ACKs again: a flip waits for it until its timeout. When its replica
+/// goes, it reconnects to `then` (as Envoy does, to another replica) and
+/// ACKs everything there; with no `then` it is gone for good.
+async fn stubborn_proxy(port: u16, then: Option<u16>) -> tokio::task::JoinHandle<()> {
     let (tx, mut stream) = support::ads_subscribed_to_all(port, "stubborn").await;
     tokio::spawn(async move {
         let mut acked = std::collections::HashSet::new();
         while let Ok(Some(answer)) = stream.message().await {
             if acked.insert(answer.type_url.clone()) {
-                let _ = tx
-                    .send(DiscoveryRequest {
-                        type_url: answer.type_url.clone(),
-                        version_info: answer.version_info.clone(),
-                        response_nonce: answer.nonce.clone(),
-                        ..Default::default()
-                    })
-                    .await;
+                let _ = tx.send(ack(&answer)).await;
             }
         }
+        drop(tx);
+        let Some(port) = then else {
+            return;
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (tx, mut stream) = support::ads_subscribed_to_all(port, "stubborn").await;
+        while let Ok(Some(answer)) = stream.message().await {
+            let _ = tx.send(ack(&answer)).await;
+        }
     })
+}
+
+/// The ACK of `answer`.
+fn ack(
+    answer: &envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse,
+) -> DiscoveryRequest {
+    DiscoveryRequest {
+        type_url: answer.type_url.clone(),
+        version_info: answer.version_info.clone(),
+        response_nonce: answer.nonce.clone(),
+        ..Default::default()
+    }
 }
 
 /// Three replicas on `etcd` under `prefix`.
@@ -171,7 +187,8 @@ async fn flip_through_any_replica_and_survive_the_leader_killed_mid_flip() {
 
     // A proxy on the leader that never ACKs holds the next flip in its
     // confirmation.
-    let _proxy = stubborn_proxy(replicas[li].xds).await;
+    let then = replicas[(li + 1) % 3].xds;
+    let _proxy = stubborn_proxy(replicas[li].xds, Some(then)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (flip, id) = flip_until_phase(
         &leader,
@@ -222,7 +239,8 @@ async fn flip_through_any_replica_and_survive_the_leader_killed_mid_flip() {
         "a new leader took {took:?}, over the lease TTL + 2 s"
     );
 
-    // The flip ends, rolled forward or back, with its history entry.
+    // The flip ends, rolled forward or back, with its history entry: once
+    // the stubborn proxy, back on a survivor, confirmed it.
     let entry = ended_entry(&survivors[0].admin, id).await;
     assert!(
         entry["outcome"] == "succeeded" || entry["outcome"] == "rolled-back",
@@ -403,4 +421,267 @@ async fn a_leader_killed_during_post_checks_leaves_one_committed_version() {
     assert_eq!(a["version"], b["version"]);
     eprintln!("post-checks kill: #{id} ended {}", entry["outcome"]);
     server.abort();
+}
+
+/// The history entries of operation `id` on the replica at `admin`.
+async fn entries_of(admin: &str, id: u64) -> Vec<Value> {
+    let (_, out, _) = cli(admin, &["history", "web", "-o", "json"]).await;
+    let history: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+    history["entries"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .filter(|e| e["id"].as_u64() == Some(id))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_held_on_a_killed_leader_that_never_reconnects_keeps_the_flip_unconfirmed() {
+    let etcd = Etcd::start().await;
+    let mut replicas = three_replicas(&etcd, "/gone/").await;
+    let li = find_leader(&replicas).await;
+    // Held on the leader, and never seen again once it dies: nobody can
+    // say it applied anything.
+    let _proxy = stubborn_proxy(replicas[li].xds, None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (flip, id) = flip_until_phase(
+        &replicas[li].admin,
+        &[
+            "flip",
+            "web",
+            "--to",
+            "green",
+            "--skip-checks",
+            "--timeout",
+            "8s",
+        ],
+        "confirming",
+    )
+    .await;
+    replicas[li].kill9().await;
+    let survivor = replicas[(li + 1) % 3].admin.clone();
+    let entry = ended_entry(&survivor, id).await;
+    assert_eq!(entry["outcome"], "unconfirmed", "{entry}");
+    // The outcome names the proxy nobody heard from.
+    let reason = entry["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("stubborn"), "{entry}");
+    let (code, _, err) = flip.await.expect("the CLI ran");
+    // The CLI that asked the killed leader reports what the cluster
+    // recorded, from the new leader.
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("following it on"), "{err}");
+    assert_eq!(entries_of(&survivor, id).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leaders_flip_ends_once_as_recorded_and_never_succeeds_without_its_proxy() {
+    let etcd = Etcd::start().await;
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        replicas.push(replica(&etcd, "/paused/").await);
+    }
+    let li = find_leader(&replicas).await;
+    let other = replicas[1 - li].admin.clone();
+    // A proxy on the leader that holds its ACK: while the leader is
+    // paused its TCP connection stays open, so it keeps routing blue.
+    let _proxy = stubborn_proxy(replicas[li].xds, None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (flip, id) = flip_until_phase(
+        &replicas[li].admin,
+        &[
+            "flip",
+            "web",
+            "--to",
+            "green",
+            "--skip-checks",
+            "--timeout",
+            "6s",
+        ],
+        "confirming",
+    )
+    .await;
+    replicas[li].signal("STOP");
+    let paused = Instant::now();
+    // The other replica takes over and resumes the flip; it may not call
+    // it succeeded: the held proxy never confirmed.
+    let entry = ended_entry(&other, id).await;
+    assert_eq!(entry["outcome"], "unconfirmed", "{entry}");
+    assert!(
+        paused.elapsed() > Duration::from_secs(LEASE_SECS),
+        "ended {:?} after the pause, before the lease ran out: {entry}",
+        paused.elapsed()
+    );
+    // The paused leader wakes up: it closes its streams, records nothing,
+    // and its CLI reports the outcome the cluster recorded.
+    replicas[li].signal("CONT");
+    let (code, _, err) = tokio::time::timeout(Duration::from_secs(60), flip)
+        .await
+        .expect("the CLI ends once the paused leader wakes")
+        .expect("the CLI ran");
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("following it on"), "{err}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let all = entries_of(&other, id).await;
+    assert_eq!(all.len(), 1, "one operation, one outcome: {all:?}");
+    assert_eq!(all[0]["outcome"], "unconfirmed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_with_sigterm_mid_flip_hands_it_over_like_a_crash() {
+    let etcd = Etcd::start().await;
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        replicas.push(replica(&etcd, "/sigterm/").await);
+    }
+    let li = find_leader(&replicas).await;
+    let other = replicas[1 - li].admin.clone();
+    // Held on the leader; once it stops, the proxy reconnects to the other
+    // replica and ACKs there.
+    let _proxy = stubborn_proxy(replicas[li].xds, Some(replicas[1 - li].xds)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (flip, id) = flip_until_phase(
+        &replicas[li].admin,
+        &[
+            "flip",
+            "web",
+            "--to",
+            "green",
+            "--skip-checks",
+            "--timeout",
+            "30s",
+        ],
+        "confirming",
+    )
+    .await;
+    let stopped = replicas[li].terminate().await;
+    assert!(stopped.success(), "{stopped}");
+    let (code, out, err) = flip.await.expect("the CLI ran");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("following it on"), "{err}");
+    let all = entries_of(&other, id).await;
+    assert_eq!(all.len(), 1, "one operation, one outcome: {all:?}");
+    assert_eq!(all[0]["outcome"], "succeeded", "{all:?}");
+    let log = replicas[li].log();
+    assert!(!log.contains("operation finished"), "{log}");
+}
+
+/// A proxy of node `nacker` that ACKs each type's first answer and then
+/// NACKs every change and ACKs the one after it (a flip's version, then
+/// the version its rollback puts back). When its stream ends it says when
+/// on `closed` and, as Envoy does, reconnects to another replica
+/// (`then`), where it does the same.
+async fn nacking_proxy(
+    port: u16,
+    then: u16,
+    closed: tokio::sync::oneshot::Sender<Instant>,
+) -> tokio::task::JoinHandle<()> {
+    async fn run(port: u16) {
+        let (tx, mut stream) = support::ads_subscribed_to_all(port, "nacker").await;
+        // Per type: the version ACKed last, and how many answers came.
+        let mut seen: std::collections::HashMap<String, (String, usize)> = Default::default();
+        while let Ok(Some(answer)) = stream.message().await {
+            let (acked, count) = seen.entry(answer.type_url.clone()).or_default();
+            *count += 1;
+            let reply = if *count % 2 == 1 {
+                *acked = answer.version_info.clone();
+                ack(&answer)
+            } else {
+                DiscoveryRequest {
+                    version_info: acked.clone(),
+                    error_detail: Some(envoy_types::pb::google::rpc::Status {
+                        code: 3,
+                        message: "nacker refuses every change".into(),
+                        ..Default::default()
+                    }),
+                    ..ack(&answer)
+                }
+            };
+            let _ = tx.send(reply).await;
+        }
+    }
+    tokio::spawn(async move {
+        run(port).await;
+        let _ = closed.send(Instant::now());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        run(then).await;
+    })
+}
+
+/// Waits until the replica at `admin` lists node `node` (up to 20 s),
+/// connected to it (`local`) or to another replica.
+async fn wait_for_proxy(admin: &str, node: &str, local: bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, out, _) = cli(admin, &["proxies", "-o", "json"]).await;
+        let listed: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        if listed["proxies"].as_array().is_some_and(|all| {
+            all.iter()
+                .any(|p| p["node_id"] == node && p["replica"].is_null() == local)
+        }) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{node} never listed: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_etcd_closes_its_streams_and_a_flip_still_hears_its_proxy() {
+    let etcd = Etcd::start().await;
+    let mut fwd = Forwarder::start(&etcd).await;
+    let leader = replica(&etcd, "/cut/").await;
+    let follower = Replica::start(ReplicaSpec {
+        store: fwd.url("/cut/"),
+        lease_secs: LEASE_SECS,
+        ..ReplicaSpec::default()
+    })
+    .await;
+    let replicas = vec![leader, follower];
+    assert_eq!(find_leader(&replicas).await, 0, "the first replica leads");
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    let _proxy = nacking_proxy(replicas[1].xds, replicas[0].xds, closed_tx).await;
+    wait_for_proxy(&replicas[0].admin, "nacker", false).await;
+    let flip = [
+        "flip",
+        "web",
+        "--to",
+        "green",
+        "--skip-checks",
+        "--timeout",
+        "10s",
+    ];
+    // On the follower, its NACK rolls a flip back.
+    let (code, _, err) = cli(&replicas[0].admin, &flip).await;
+    assert_eq!(code, 2, "rolled back before the cut: {err}");
+
+    // The follower loses etcd: it closes its proxies' streams within half
+    // its lease, long before etcd lets its lease go.
+    fwd.cut();
+    let cut = Instant::now();
+    let closed_at = tokio::time::timeout(Duration::from_secs(30), closed)
+        .await
+        .expect("the follower closed the stream")
+        .expect("closed");
+    let took = closed_at.duration_since(cut);
+    assert!(
+        took < Duration::from_secs(LEASE_SECS),
+        "the stream closed {took:?} after the cut, not within the lease"
+    );
+    eprintln!("the cut-off replica closed its streams {took:?} after the cut");
+    // The proxy is back, on the leader: the same flip is rolled back
+    // again, never "succeeded" without it.
+    wait_for_proxy(&replicas[0].admin, "nacker", true).await;
+    let (code, _, err) = cli(&replicas[0].admin, &flip).await;
+    assert_eq!(code, 2, "rolled back after the cut: {err}");
+    let st = status_json(&replicas[0].admin).await.expect("status");
+    let web = st["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "web"))
+        .cloned()
+        .expect("web");
+    assert_eq!(web["live"], "blue", "{web}");
+    fwd.heal().await;
 }

@@ -257,13 +257,19 @@ impl Conn {
             untrusted(&self.addr),
             untrusted(leader)
         );
+        self.to(leader).await.map(Some)
+    }
+
+    /// A connection to another replica at `addr` (as replicas advertise
+    /// it), with this one's trust settings and token rules.
+    pub async fn to(&self, addr: &str) -> Result<Conn, Failure> {
         let mut target = self.target.clone();
-        target.addr = if self.tls && !leader.contains("://") {
-            format!("https://{leader}")
+        target.addr = if self.tls && !addr.contains("://") {
+            format!("https://{addr}")
         } else {
-            leader.to_owned()
+            addr.to_owned()
         };
-        Conn::connect(&target).await.map(Some)
+        Conn::connect(&target).await
     }
 
     /// A request without the token: reads never send it, so a server
@@ -451,7 +457,7 @@ fn failed_check(c: &pb::CheckResult) -> String {
 }
 
 /// `VERB #ID SERVICE`, escaped.
-fn operation(p: &pb::Progress) -> String {
+pub(super) fn operation(p: &pb::Progress) -> String {
     format!(
         "{} #{} {}",
         untrusted(&p.verb).max_chars(NAME_CHARS),
@@ -462,6 +468,11 @@ fn operation(p: &pb::Progress) -> String {
 
 /// Follows a progress stream to its outcome, printing progress on `err`
 /// and the result on `out`. Ctrl-C stops following (not the operation).
+///
+/// With replicas, a stream that ends without an outcome (the replica that
+/// ran the operation stopped leading, or stopped) is not the end: the
+/// next leader carries the operation on, and the outcome reported is the
+/// one the cluster records (see [`super::handover`]).
 pub async fn follow(
     conn: &Conn,
     mut stream: Streaming<pb::Progress>,
@@ -470,6 +481,8 @@ pub async fn follow(
 ) -> u8 {
     let mut last_line = String::new();
     let mut last: Option<pb::Progress> = None;
+    // The other replicas, learnt once the operation is known.
+    let mut peers: Option<Vec<String>> = None;
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     loop {
@@ -496,17 +509,25 @@ pub async fn follow(
             }
             next = stream.message() => next,
         };
-        let p = match next {
-            Ok(Some(p)) => p,
-            Ok(None) => {
-                return Failure::new(
-                    EX_SOFTWARE,
-                    "the server ended the stream without an outcome",
-                )
-                .report(err);
-            }
-            Err(status) => return conn.fail(&status).report(err),
+        let ended = match next {
+            Ok(Some(p)) => Ok(p),
+            Ok(None) => Err(Failure::new(
+                EX_SOFTWARE,
+                "the server ended the stream without an outcome",
+            )),
+            Err(status) => Err(conn.fail(&status)),
         };
+        let p = match (ended, &last, &peers) {
+            (Ok(p), _, _) => p,
+            (Err(_), Some(last), Some(peers)) if !peers.is_empty() => {
+                let follow_on = super::handover::follow_elsewhere(conn, last, peers, out, err);
+                return Box::pin(follow_on).await;
+            }
+            (Err(failure), _, _) => return failure.report(err),
+        };
+        if peers.is_none() && p.outcome.is_none() {
+            peers = Some(super::handover::peers(conn, &p.service).await);
+        }
         let line = progress_line(&p);
         if line != last_line && p.outcome.is_none() {
             let _ = writeln!(err, "{}: {line}", operation(&p));
@@ -519,7 +540,12 @@ pub async fn follow(
     }
 }
 
-fn finish(p: &pb::Progress, outcome: &pb::Outcome, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+pub(super) fn finish(
+    p: &pb::Progress,
+    outcome: &pb::Outcome,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
     let what = operation(p);
     let reason = untrusted(&outcome.reason);
     let kind = outcome.kind();

@@ -22,6 +22,7 @@
 pub mod client;
 pub mod commands;
 pub mod fleet;
+pub mod handover;
 pub mod json;
 pub mod logging;
 pub mod ops;
@@ -299,10 +300,25 @@ pub struct StoreArgs {
     /// dead leader is replaced within about this long.
     #[arg(long, default_value = "5", value_parser = leader_lease)]
     pub leader_lease: Duration,
+    /// How long the leader keeps waiting for the proxies of a replica
+    /// whose etcd lease ended (killed, cut off, paused) when they do not
+    /// reconnect to another replica: until then a flip counts them as not
+    /// confirmed; after it, they are taken as gone. A duration (`90s`,
+    /// `5m`), from 1s to 24h.
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = departed_hold)]
+    pub departed_proxy_hold: Duration,
     /// The admin address other replicas send the CLI to while this one
     /// leads (default: --admin-addr).
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise_admin: Option<String>,
+}
+
+fn departed_hold(s: &str) -> Result<Duration, String> {
+    let d = crate::config::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(24 * 3600) {
+        return Err(format!("{s:?} is not a duration from 1s to 24h"));
+    }
+    Ok(d)
 }
 
 fn leader_lease(s: &str) -> Result<Duration, String> {
@@ -501,6 +517,7 @@ fn serve_command(args: ServeArgs) -> u8 {
         state_dir,
         etcd,
         leader_lease: args.store_access.leader_lease,
+        departed_hold: args.store_access.departed_proxy_hold,
         advertise_admin: args.store_access.advertise_admin.clone(),
         admin_tokens: args.admin_tokens,
         xds: crate::xds::XdsServerConfig {

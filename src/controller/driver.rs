@@ -84,7 +84,17 @@ impl Running {
         self.not_waiting_for = skipped;
     }
 
+    /// Publishes the progress, but never an outcome: only
+    /// [`Driver::finish`] tells it, once it is recorded (a replica that
+    /// cannot record it because another one leads must tell no one).
     fn publish(&self) {
+        if self.rollout.outcome().is_none() {
+            self.send();
+        }
+    }
+
+    /// Publishes the progress as it is, outcome included.
+    fn send(&self) {
         let mut progress = self.rollout.progress();
         progress.not_waiting_for = self.not_waiting_for.clone();
         self.progress.send_replace(progress);
@@ -412,6 +422,14 @@ impl Driver {
     }
 
     async fn shut_down(&mut self) {
+        if self.leadership.is_some() {
+            // A replica's stop hands its operations over exactly as a crash
+            // does: their records stay saved, the lease is given up, and
+            // the next leader resumes them. Ending them here would record
+            // an outcome the next leader could contradict.
+            self.hand_over("this replica is stopping");
+            return;
+        }
         let services: Vec<String> = self.running.keys().cloned().collect();
         for service in services {
             let ended = self
@@ -853,6 +871,12 @@ impl Driver {
                 }
                 Action::Commit(change) => match self.commit_change(service, &change).await {
                     Ok(version) => Event::Committed { version },
+                    Err(CommitError::Store(StateError::NotLeading { .. })) => {
+                        // Nothing was committed, and the operation is the
+                        // new leader's to carry on from its saved record.
+                        self.hand_over("a commit was fenced off");
+                        return;
+                    }
                     Err(e) => Event::CommitFailed(e.to_string()),
                 },
                 Action::Finish(_) => {
@@ -909,13 +933,30 @@ impl Driver {
         Ok(version)
     }
 
+    /// Drops the running operations, unfinished, because this replica
+    /// does not lead (any more): their records stay as the last leader's
+    /// save left them, and the next leader resumes them. Their followers
+    /// see the progress end without an outcome and ask the leader.
+    pub(super) fn hand_over(&mut self, why: &str) {
+        if !self.running.is_empty() {
+            tracing::warn!(
+                operations = self.running.len(),
+                why,
+                "no longer leading: the next leader resumes the running operations"
+            );
+            self.running.clear();
+        }
+    }
+
     /// Ends a finished operation: its history entry, the service's new
-    /// rollback point, no operation in flight; all in one durable write.
+    /// rollback point, no operation in flight; all in one durable write,
+    /// before anyone is told the outcome (a write fenced off means another
+    /// replica leads and carries the operation on: its outcome, not this
+    /// one's, is the one recorded).
     async fn finish(&mut self, service: &str) {
         let Some(running) = self.running.remove(service) else {
             return;
         };
-        running.publish();
         let r = &running.rollout;
         let Some(outcome) = r.outcome().cloned() else {
             return;
@@ -933,7 +974,8 @@ impl Driver {
                 retired: st.retired.clone(),
             })
             .unwrap_or_else(|| r.original().clone());
-        if let Some(st) = self.state.services.get_mut(service) {
+        let mut next = self.state.clone();
+        if let Some(st) = next.services.get_mut(service) {
             // Fitted like every change: the operation was planned against
             // the config of its start.
             st.rollback_to = r.rollback_after(&in_effect).and_then(|split| {
@@ -962,12 +1004,20 @@ impl Driver {
             warnings: progress.warnings,
             not_waited_for: running.not_waited_for.iter().cloned().collect(),
         };
-        self.state.record(service, entry);
-        let state = self.state.clone();
-        match self.store.save(&state, self.revision).await {
+        next.record(service, entry);
+        match self.store.save(&next, self.revision).await {
             Ok(rev) => self.revision = rev,
+            Err(StateError::NotLeading { .. }) => {
+                tracing::warn!(id = r.id(), %service, ?outcome,
+                    "not recording this outcome: this replica no longer leads; the leader \
+                     resumes the operation from its saved record");
+                self.hand_over("a history entry was fenced off");
+                return;
+            }
             Err(e) => tracing::warn!(error = %e, "could not save the history entry"),
         }
+        self.state = next;
+        running.send();
         tracing::info!(id = r.id(), %service, verb = %r.verb(), ?outcome, "operation finished");
         self.finished.insert(r.id(), running.progress.subscribe());
         if self.finished.len() > 256

@@ -321,6 +321,11 @@ impl Driver {
     /// driver's loop (the wall clock is read here, at the edge); not
     /// before a retry after a failed expiry.
     pub(super) fn next_expiry(&self) -> Option<Instant> {
+        // Only the leader writes the state, expiries included; a follower
+        // serves the expiries the leader saves.
+        if !self.leads() {
+            return None;
+        }
         let at = self.next_expiry_at?;
         let wait = at
             .duration_since(SystemTime::now())

@@ -310,13 +310,7 @@ impl Driver {
     /// which resumes them from their saved records).
     pub(super) async fn on_role(&mut self, role: crate::ha::Role) {
         if role != crate::ha::Role::Leader {
-            if !self.running.is_empty() {
-                tracing::warn!(
-                    operations = self.running.len(),
-                    "no longer leading: the next leader resumes the running operations"
-                );
-                self.running.clear();
-            }
+            self.hand_over("the role changed");
             return;
         }
         match self.store.load().await {

@@ -12,6 +12,26 @@
 //! a follower refuses changes with the leader's admin address, which the
 //! CLI follows once. A replica that is not [eligible](Leadership::set_eligible)
 //! (its config renders the stored state differently) does not campaign.
+//!
+//! # What makes "every proxy confirmed" true across replicas
+//!
+//! - **Leading starts with every replica's proxies.** A replica that wins
+//!   the key says it leads ([`Leadership::role`]) only once it has read
+//!   every replica's published proxies ([`proxies`]), so no operation
+//!   starts or resumes on a partial view of the fleet.
+//! - **Only the leader writes, and its writes are fenced.** Every save of
+//!   the shared state compares the leader key's lease with the one this
+//!   replica leads under ([`Fence`]): a replica whose lease ran out (cut
+//!   off, paused) or that resigned cannot land a write, whatever it read
+//!   before.
+//! - **A replica that cannot keep its lease stops serving proxies.** When
+//!   no keep-alive has been answered for half the lease
+//!   ([`Leadership::serving`]), it closes its xDS streams and refuses new
+//!   ones until it holds a lease again, so its proxies reconnect to a
+//!   replica the leader can see, well before etcd drops its lease. The
+//!   proxies it published stay in etcd after its lease ends; the leader
+//!   keeps waiting for them (never counting them as absent) until they
+//!   show up on another replica, or `--departed-proxy-hold` passes.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -24,10 +44,43 @@ pub mod replicas;
 
 use crate::shutdown::Shutdown;
 use crate::state::StateError;
-use crate::state::etcd::{EtcdClient, pb};
+use crate::state::etcd::{EtcdClient, Fence, pb};
 
 /// The default lease TTL.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+
+/// The default of `--departed-proxy-hold`: how long the leader keeps
+/// waiting for the proxies of a replica whose lease ended, when they do
+/// not show up on another replica.
+pub const DEFAULT_DEPARTED_HOLD: Duration = Duration::from_secs(5 * 60);
+
+/// How a replica takes part in the election.
+#[derive(Clone, Debug)]
+pub struct ReplicaOptions {
+    /// The etcd lease's TTL (`--leader-lease`).
+    pub lease: Duration,
+    /// How long the leader keeps waiting for the proxies of a replica
+    /// whose lease ended (`--departed-proxy-hold`).
+    pub departed_hold: Duration,
+}
+
+impl Default for ReplicaOptions {
+    fn default() -> Self {
+        ReplicaOptions {
+            lease: DEFAULT_LEASE,
+            departed_hold: DEFAULT_DEPARTED_HOLD,
+        }
+    }
+}
+
+/// How long after the last answered keep-alive a replica stops serving
+/// proxies: half the lease, so its streams are closed well before etcd
+/// lets the lease go (etcd counts the TTL from when it received the
+/// keep-alive, which is after this replica sent it; teal counts from the
+/// sending).
+pub fn serving_bound(lease: Duration) -> Duration {
+    lease / 2
+}
 
 /// The largest leader record accepted from etcd: an id, an address and a
 /// digest, far under this.
@@ -62,49 +115,78 @@ pub enum Role {
 /// A handle on the election task.
 #[derive(Clone, Debug)]
 pub struct Leadership {
+    /// The role as operations see it: `Leader` only once the other
+    /// replicas' proxies were read (see [`proxies::mirror`]).
     role: watch::Receiver<Role>,
     eligible: Arc<watch::Sender<Option<String>>>,
+    serving: watch::Receiver<bool>,
     me: ReplicaInfo,
     client: EtcdClient,
 }
 
 impl Leadership {
-    /// Starts campaigning (in a task) as `me`, with leases of `ttl`.
-    /// `registry`'s proxies are counted in this replica's record.
+    /// Starts campaigning (in a task) as `me`. `registry`'s proxies are
+    /// published for the leader and counted in this replica's record;
+    /// `fence` is set to the lease this replica leads under, for the
+    /// store's writes.
     pub fn start(
         client: EtcdClient,
         me: ReplicaInfo,
-        ttl: Duration,
+        options: &ReplicaOptions,
         registry: Option<Arc<crate::xds::ProxyRegistry>>,
+        fence: Fence,
         shutdown: Shutdown,
     ) -> Leadership {
-        let (role_tx, role) = watch::channel(Role::Unknown);
+        let (role_tx, won) = watch::channel(Role::Unknown);
+        let (ready_tx, role) = watch::channel(Role::Unknown);
         let (eligible, eligible_rx) = watch::channel(None);
+        let (serving_tx, serving) = watch::channel(false);
+        // Nothing answered yet: not serving until the first lease.
+        let (answered, answered_rx) = watch::channel(None);
+        tokio::spawn(serve_while_answered(
+            answered_rx,
+            serving_tx,
+            serving_bound(options.lease),
+        ));
         let task = Campaign {
             key: client.key("leader"),
             client: client.clone(),
-            registry,
+            registry: registry.clone(),
             me: me.clone(),
-            ttl_secs: i64::try_from(ttl.as_secs().max(1)).unwrap_or(60),
+            ttl_secs: i64::try_from(options.lease.as_secs().max(1)).unwrap_or(60),
             role: role_tx,
             eligible: eligible_rx,
+            fence: fence.clone(),
+            lease: None,
+            answered: Arc::new(answered),
         };
-        if let Some(registry) = &task.registry {
-            tokio::spawn(proxies::mirror(
-                client.clone(),
-                me.id.clone(),
-                role.clone(),
-                registry.clone(),
-                shutdown.clone(),
-            ));
-        }
+        tokio::spawn(proxies::mirror(
+            proxies::MirrorParts {
+                client: client.clone(),
+                me: me.id.clone(),
+                registry,
+                fence,
+                hold: options.departed_hold,
+            },
+            won,
+            ready_tx,
+            shutdown.clone(),
+        ));
         tokio::spawn(task.run(shutdown));
         Leadership {
             role,
             eligible: Arc::new(eligible),
+            serving,
             me,
             client,
         }
+    }
+
+    /// Whether this replica may serve proxies now: it holds a lease whose
+    /// keep-alive was answered within [`serving_bound`]. The xDS server
+    /// closes its streams when this turns false.
+    pub fn serving(&self) -> watch::Receiver<bool> {
+        self.serving.clone()
     }
 
     /// The role now.
@@ -154,8 +236,20 @@ struct Campaign {
     key: Vec<u8>,
     me: ReplicaInfo,
     ttl_secs: i64,
+    /// The role as the election sees it (leading as soon as the key is
+    /// won); operations see it through the mirror, which adds the read
+    /// of every replica's proxies.
     role: watch::Sender<Role>,
     eligible: watch::Receiver<Option<String>>,
+    /// Set to `lease` while this replica leads.
+    fence: Fence,
+    /// The lease of the term under way.
+    lease: Option<i64>,
+    /// When the last lease grant or keep-alive that etcd answered was
+    /// sent, across terms: a term that ends on a broken watch leaves its
+    /// lease alive until it runs out, so proxies keep being served while
+    /// the next term starts (see [`serving_bound`]).
+    answered: Arc<watch::Sender<Option<tokio::time::Instant>>>,
 }
 
 /// Why one term (one lease) ended.
@@ -168,6 +262,7 @@ impl Campaign {
     async fn run(mut self, mut shutdown: Shutdown) {
         let mut pause = Duration::from_millis(200);
         loop {
+            let asked = tokio::time::Instant::now();
             let lease = tokio::select! {
                 () = shutdown.wait() => break,
                 lease = self.grant() => lease,
@@ -175,8 +270,15 @@ impl Campaign {
             match lease {
                 Ok(id) => {
                     pause = Duration::from_millis(200);
-                    match self.term(id, &mut shutdown).await {
+                    self.answered.send_replace(Some(asked));
+                    self.lease = Some(id);
+                    let end = self.term(id, &mut shutdown).await;
+                    self.lease = None;
+                    match end {
                         TermEnd::Shutdown => {
+                            if self.registry.is_some() {
+                                proxies::withdraw(&self.client, &self.me.id, id).await;
+                            }
                             self.resign(id).await;
                             break;
                         }
@@ -198,6 +300,12 @@ impl Campaign {
     }
 
     fn set_role(&self, role: Role) {
+        // The fence first: a replica that stops leading stops writing
+        // before anything else hears of it.
+        self.fence.set(match role {
+            Role::Leader => self.lease,
+            _ => None,
+        });
         self.role.send_if_modified(|cur| {
             if *cur == role {
                 return false;
@@ -259,6 +367,7 @@ impl Campaign {
             lease,
             self.ttl_secs,
             lost_tx,
+            self.answered.clone(),
         ));
         let record = tokio::spawn(replicas::publish(
             self.client.clone(),
@@ -464,19 +573,69 @@ fn decode(bytes: &[u8]) -> Option<ReplicaInfo> {
     serde_json::from_slice(bytes).ok()
 }
 
+/// Says this replica may serve proxies while the last answered
+/// keep-alive (when it was sent, on `answered`) is less than `bound` old,
+/// and may not once it is older: its proxies then reconnect to a replica
+/// the leader can see, before etcd lets this replica's lease go.
+async fn serve_while_answered(
+    mut answered: watch::Receiver<Option<tokio::time::Instant>>,
+    serving: watch::Sender<bool>,
+    bound: Duration,
+) {
+    loop {
+        let deadline = answered.borrow_and_update().map(|at| at + bound);
+        let fresh = deadline.is_some_and(|d| tokio::time::Instant::now() < d);
+        serving.send_if_modified(|s| {
+            if *s == fresh {
+                return false;
+            }
+            if fresh {
+                tracing::info!("holding an etcd lease: serving proxies");
+            } else {
+                tracing::warn!(
+                    ?bound,
+                    "no etcd keep-alive answered for half the lease: \
+                    closing this replica's xDS streams so its proxies reconnect elsewhere"
+                );
+            }
+            *s = fresh;
+            true
+        });
+        tokio::select! {
+            () = sleep_until(deadline), if fresh => {}
+            changed = answered.changed() => if changed.is_err() {
+                // The election is gone (shutdown): nothing is served.
+                serving.send_replace(false);
+                return;
+            },
+        }
+    }
+}
+
+/// Sleeps until `deadline`; never without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Keeps `lease` alive, three times per TTL; reports on `lost` when etcd
-/// says it is gone or cannot be reached for longer than the TTL.
+/// says it is gone or cannot be reached for longer than the TTL, and on
+/// `answered` when (it was sent) each answered keep-alive went out.
 async fn keep_alive(
     client: EtcdClient,
     lease: i64,
     ttl_secs: i64,
     lost: tokio::sync::oneshot::Sender<StateError>,
+    answered: Arc<watch::Sender<Option<tokio::time::Instant>>>,
 ) {
     let ttl = Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(5));
     let every = ttl / 3;
     let mut last_ok = tokio::time::Instant::now();
     let error = loop {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let opened = tokio::time::Instant::now();
         // The first request goes in before the call: etcd answers the
         // call's headers only with its first answer, so awaiting the call
         // with nothing sent would wait for ever.
@@ -510,19 +669,25 @@ async fn keep_alive(
             }
         };
         let mut first = true;
+        let mut sent = opened;
         let broken = loop {
-            if !std::mem::take(&mut first)
-                && tx
+            if !std::mem::take(&mut first) {
+                sent = tokio::time::Instant::now();
+                if tx
                     .send(pb::LeaseKeepAliveRequest { id: lease })
                     .await
                     .is_err()
-            {
-                break client.unavailable("keep-alive channel closed");
+                {
+                    break client.unavailable("keep-alive channel closed");
+                }
             }
             match tokio::time::timeout(every.max(Duration::from_millis(500)), answers.message())
                 .await
             {
-                Ok(Ok(Some(a))) if a.ttl > 0 => last_ok = tokio::time::Instant::now(),
+                Ok(Ok(Some(a))) if a.ttl > 0 => {
+                    last_ok = tokio::time::Instant::now();
+                    answered.send_replace(Some(sent));
+                }
                 Ok(Ok(Some(_))) => {
                     let _ = lost.send(client.unavailable("the lease expired"));
                     return;

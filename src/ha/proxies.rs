@@ -3,10 +3,17 @@
 //!
 //! # Publishing
 //!
-//! Each replica publishes its own proxies' xDS state under its lease, so
-//! that the keys go with the lease when it dies and its proxies leave the
-//! wait set (they join it again through the replica they reconnect to):
+//! Each replica publishes its own proxies' xDS state. The keys outlive
+//! the replica's lease on purpose: a replica whose lease ended may still
+//! hold connected proxies (it is paused, or it has not closed its streams
+//! yet), so the leader never takes them as absent just because the lease
+//! went (see *Departed replicas* below):
 //!
+//! - `PREFIX/proxies/ID/alive`: written under the replica's lease at the
+//!   start of each term (after the keys of its last term are cleared), so
+//!   it is there exactly while the replica holds a lease. Every other
+//!   write of the replica compares this key's lease with its own, so a
+//!   replica whose lease ended cannot publish anything.
 //! - `PREFIX/proxies/ID/c/SLOT.PART.GEN`: a **part**, the proxies whose
 //!   stream id divided by [`SLOT_PROXIES`] is `SLOT`, cut into parts of
 //!   about [`PART_TARGET_BYTES`]. A part names every string it uses (node
@@ -60,8 +67,23 @@
 //! watches them, mirroring those proxies into its own [`ProxyRegistry`]
 //! as remote streams ([`ProxyRegistry::register_remote`]): the rollout's
 //! confirmation, which follows the registry, waits for them and rolls
-//! back on their NACK exactly as for its own proxies. When it stops
-//! leading, the mirror is dropped whole.
+//! back on their NACK exactly as for its own proxies. A replica that wins
+//! the election says it leads only after that first read (see
+//! [`mirror`]). When it stops leading, the mirror is dropped whole.
+//!
+//! # Departed replicas
+//!
+//! When a replica's `alive` key goes (its lease ended), its published
+//! proxies stay mirrored as they were last published: they confirm
+//! nothing newer, so a flip waits for them and names them if it ends
+//! unconfirmed. A replica that loses etcd closes its streams within half
+//! its lease (see [`super::serving_bound`]), so its proxies reconnect to
+//! another replica; the leader drops a departed replica's proxy as soon
+//! as a proxy of the same node id is connected to this replica or to a
+//! live one, and drops the rest after `--departed-proxy-hold` (a proxy
+//! that never reconnects anywhere is taken as gone then, with a warning).
+//! Once none is left, the leader deletes the departed replica's keys, in
+//! a transaction fenced on its own leadership.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -74,7 +96,7 @@ use crate::identity::PeerIdentity;
 use crate::resources::ResourceType;
 use crate::shutdown::Shutdown;
 use crate::state::StateError;
-use crate::state::etcd::{EtcdClient, pb};
+use crate::state::etcd::{EtcdClient, Fence, pb};
 use crate::xds::ProxyRegistry;
 use crate::xds::protocol::{NodeInfo, StreamKind};
 use crate::xds::status::{Nack, ProxyStatus, RemoteStream, TypeStatus};
@@ -145,6 +167,10 @@ const MAX_REPLICAS: usize = 256;
 /// How long the mirror waits before reading again after etcd failed, and
 /// the publisher before retrying a round.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// How often the leader looks whether a departed replica's proxies have
+/// reconnected elsewhere.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
 /// One part: a string table and the records that index it.
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -433,13 +459,15 @@ impl Publisher {
 /// then the manifest (with the last parts when they fit), then the
 /// deletions (with the manifest when they fit).
 fn transactions(client: &EtcdClient, id: &str, lease: i64, round: &Round) -> Vec<pb::TxnRequest> {
+    // Not under the lease: the keys outlive it (see the module doc).
     let put = |key: Vec<u8>, value: Vec<u8>| pb::RequestOp {
         request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
             key,
             value,
-            lease,
+            lease: 0,
         })),
     };
+    let alive = alive_key(client, id);
     let part_key = |name: &str| client.key(&format!("proxies/{id}/c/{name}"));
     let mut txns: Vec<Vec<pb::RequestOp>> = vec![Vec::new()];
     let mut bytes = 0;
@@ -487,11 +515,53 @@ fn transactions(client: &EtcdClient, id: &str, lease: i64, round: &Round) -> Vec
     }
     txns.into_iter()
         .map(|success| pb::TxnRequest {
-            compare: Vec::new(),
+            compare: vec![Fence::compare(&alive, lease)],
             success,
             failure: Vec::new(),
         })
         .collect()
+}
+
+/// The key that says `id` holds a lease.
+fn alive_key(client: &EtcdClient, id: &str) -> Vec<u8> {
+    client.key(&format!("proxies/{id}/alive"))
+}
+
+/// The range end of every key starting with `prefix` (which ends in `/`,
+/// never 0xff: its last byte plus one).
+fn range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last = last.saturating_add(1);
+    }
+    end
+}
+
+/// The start of a term: the keys of this replica's earlier terms go (a
+/// new publisher knows nothing of them) and `alive` is written under the
+/// new lease, in one transaction.
+fn begin_term(client: &EtcdClient, id: &str, lease: i64) -> pb::TxnRequest {
+    let delete = |key: Vec<u8>, range_end: Vec<u8>| pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestDeleteRange(
+            pb::DeleteRangeRequest { key, range_end },
+        )),
+    };
+    let parts = client.key(&format!("proxies/{id}/c/"));
+    pb::TxnRequest {
+        compare: Vec::new(),
+        success: vec![
+            delete(parts.clone(), range_end(&parts)),
+            delete(client.key(&format!("proxies/{id}/m")), Vec::new()),
+            pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                    key: alive_key(client, id),
+                    value: Vec::new(),
+                    lease,
+                })),
+            },
+        ],
+        failure: Vec::new(),
+    }
 }
 
 /// Writes this replica's proxies under `lease` whenever the registry
@@ -506,6 +576,22 @@ pub(super) async fn publish(
     let mut generation = registry.watch();
     let mut publisher = Publisher::default();
     loop {
+        let kv = client.kv();
+        let begun = client
+            .call(begin_term(&client, &id, lease), |r| {
+                let mut kv = kv.clone();
+                async move { kv.txn(r).await }
+            })
+            .await;
+        match begun {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot start publishing this replica's proxies; retrying");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+    loop {
         generation.mark_unchanged();
         let started = tokio::time::Instant::now();
         let mut failed = false;
@@ -515,19 +601,22 @@ pub(super) async fn publish(
             publisher.writing(&round);
             for txn in transactions(&client, &id, lease, &round) {
                 let kv = client.kv();
-                if let Err(e) = client
+                let written = client
                     .call(txn, |r| {
                         let mut kv = kv.clone();
                         async move { kv.txn(r).await }
                     })
-                    .await
-                {
-                    // The leader keeps this replica's last complete set
-                    // (it waits for those proxies) until a round succeeds.
-                    tracing::debug!(error = %e, "cannot write this replica's proxies; retrying");
-                    failed = true;
-                    break;
-                }
+                    .await;
+                let error = match written {
+                    Ok(answer) if answer.succeeded => continue,
+                    Ok(_) => "this replica's lease ended (its alive key is gone)".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                // The leader keeps this replica's last complete set (it
+                // waits for those proxies) until a round succeeds.
+                tracing::debug!(%error, "cannot write this replica's proxies; retrying");
+                failed = true;
+                break;
             }
             if !failed {
                 publisher.written(round);
@@ -544,6 +633,39 @@ pub(super) async fn publish(
             return;
         }
         tokio::time::sleep_until(next.max(tokio::time::Instant::now() + PUBLISH_EVERY)).await;
+    }
+}
+
+/// Withdraws this replica's published proxies as it stops: its streams
+/// are closed (or closing) because of the stop, so its proxies are known
+/// to be gone from it, and the leader stops waiting for them here (they
+/// count again on the replica they reconnect to). Fenced on its lease;
+/// the `alive` key goes when the lease is revoked.
+pub(super) async fn withdraw(client: &EtcdClient, id: &str, lease: i64) {
+    let parts = client.key(&format!("proxies/{id}/c/"));
+    let delete = |key: Vec<u8>, range_end: Vec<u8>| pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestDeleteRange(
+            pb::DeleteRangeRequest { key, range_end },
+        )),
+    };
+    let txn = pb::TxnRequest {
+        compare: vec![Fence::compare(&alive_key(client, id), lease)],
+        success: vec![
+            delete(client.key(&format!("proxies/{id}/m")), Vec::new()),
+            delete(parts.clone(), range_end(&parts)),
+        ],
+        failure: Vec::new(),
+    };
+    let kv = client.kv();
+    if let Err(e) = client
+        .call(txn, |r| {
+            let mut kv = kv.clone();
+            async move { kv.txn(r).await }
+        })
+        .await
+    {
+        tracing::warn!(error = %e, "cannot withdraw this replica's proxies as it stops; \
+            the leader waits for them until they reconnect elsewhere");
     }
 }
 
@@ -646,6 +768,28 @@ struct Far {
     placeholders: Vec<RemoteStream>,
     /// Whether the current set was reported incomplete.
     warned: bool,
+    /// Whether its `alive` key is there.
+    alive: bool,
+    /// Whether its manifest was written under a lease: a replica of an
+    /// earlier teal, whose keys go with its lease (alive while they are).
+    leased: bool,
+    /// Since when its lease is known to have ended, with keys left.
+    departed_since: Option<tokio::time::Instant>,
+    /// The node id of each mirrored stream (by stream id on that replica).
+    nodes: HashMap<u64, String>,
+    /// Streams of a departed replica dropped because their node showed up
+    /// elsewhere: not mirrored again from its keys.
+    resolved: BTreeSet<u64>,
+    /// Whether a departed replica's hold ran out: nothing of it is
+    /// mirrored any more; its keys are being deleted.
+    expired: bool,
+}
+
+impl Far {
+    /// Whether the replica holds a lease.
+    fn is_alive(&self) -> bool {
+        self.alive || self.leased
+    }
 }
 
 /// The other replicas' proxies, as mirrored into the registry.
@@ -656,7 +800,8 @@ struct Mirror {
 
 /// One change to a replica's keys.
 enum Change<'a> {
-    Put(&'a [u8]),
+    /// A value, and the lease it was written under.
+    Put(&'a [u8], i64),
     Delete,
 }
 
@@ -670,20 +815,26 @@ impl Mirror {
         }
         let far = self.replicas.entry(replica.to_owned()).or_default();
         match (name, change) {
-            ("m", Change::Put(v)) => {
+            ("alive", Change::Put(..)) => far.alive = true,
+            ("alive", Change::Delete) => far.alive = false,
+            ("m", Change::Put(v, lease)) => {
+                far.leased = lease != 0;
                 far.manifest = Some(if v.len() <= VALUE_MAX_BYTES {
                     serde_json::from_slice(v).ok()
                 } else {
                     None
                 });
             }
-            ("m", Change::Delete) => far.manifest = None,
+            ("m", Change::Delete) => {
+                far.manifest = None;
+                far.leased = false;
+            }
             (part, change) => {
                 let Some(part) = part.strip_prefix("c/") else {
                     return;
                 };
                 match change {
-                    Change::Put(v) => {
+                    Change::Put(v, _) => {
                         if far.parts.len() >= MAX_PARTS_PER_REPLICA && !far.parts.contains_key(part)
                         {
                             tracing::warn!(replica, "too many parts for one replica; ignored");
@@ -707,8 +858,29 @@ impl Mirror {
             return;
         };
         if far.manifest.is_none() && far.parts.is_empty() {
-            tracing::info!(replica, "a replica's proxies are gone (its lease ended)");
+            if far.alive {
+                // A new term cleared its keys; its first round follows.
+                // Until then its last set stands.
+                return;
+            }
+            tracing::info!(replica, "a replica's proxies are gone");
             self.replicas.remove(replica);
+            return;
+        }
+        if far.is_alive() {
+            far.departed_since = None;
+            far.resolved.clear();
+            far.expired = false;
+        } else if far.departed_since.is_none() {
+            far.departed_since = Some(tokio::time::Instant::now());
+            tracing::warn!(
+                replica,
+                proxies = far.streams.len(),
+                "a replica's lease ended: its proxies count as not confirmed until they \
+                 show up on another replica (or --departed-proxy-hold passes)"
+            );
+        }
+        if far.expired {
             return;
         }
         // Parts written before their manifest: nothing to mirror yet.
@@ -750,8 +922,15 @@ impl Mirror {
         far.mirrored = true;
         far.placeholders.clear();
         let mut old = std::mem::take(&mut far.streams);
+        far.nodes.clear();
         for status in proxies {
             let stream = status.stream_id;
+            if far.resolved.contains(&stream) {
+                continue;
+            }
+            if let Some(node) = &status.node {
+                far.nodes.insert(stream, node.id.clone());
+            }
             let handle = match old.remove(&stream) {
                 Some(h) => {
                     h.replace(status);
@@ -764,42 +943,165 @@ impl Mirror {
         // What is left in `old` went away; dropping it removes it.
         drop(old);
     }
+
+    /// Drops the proxies of departed replicas that are connected again
+    /// (a stream of the same node id on this replica or on a live one),
+    /// and every proxy of those whose hold ran out; returns the departed
+    /// replicas with nothing left, whose keys can go.
+    fn sweep(
+        &mut self,
+        connected: &[Arc<ProxyStatus>],
+        hold: Duration,
+        now: tokio::time::Instant,
+    ) -> Vec<String> {
+        if self.replicas.values().all(|f| f.departed_since.is_none()) {
+            return Vec::new();
+        }
+        let live: BTreeSet<&str> = self
+            .replicas
+            .iter()
+            .filter(|(_, f)| f.is_alive())
+            .map(|(r, _)| r.as_str())
+            .collect();
+        let here: BTreeSet<&str> = connected
+            .iter()
+            .filter(|p| p.replica.as_deref().is_none_or(|r| live.contains(r)))
+            .filter_map(|p| p.node.as_ref().map(|n| n.id.as_str()))
+            .collect();
+        let mut empty = Vec::new();
+        for (replica, far) in &mut self.replicas {
+            let Some(since) = far.departed_since else {
+                continue;
+            };
+            if now >= since + hold {
+                if !far.expired {
+                    tracing::warn!(
+                        replica = %replica,
+                        proxies = far.streams.len() + far.placeholders.len(),
+                        ?hold,
+                        "a departed replica's proxies did not show up on another replica \
+                         within --departed-proxy-hold: taken as gone"
+                    );
+                }
+                far.expired = true;
+                far.streams.clear();
+                far.placeholders.clear();
+            } else {
+                let back: Vec<u64> = far
+                    .streams
+                    .keys()
+                    .filter(|s| far.nodes.get(s).is_some_and(|n| here.contains(n.as_str())))
+                    .copied()
+                    .collect();
+                for stream in back {
+                    far.streams.remove(&stream);
+                    far.resolved.insert(stream);
+                }
+            }
+            if far.streams.is_empty() && far.placeholders.is_empty() {
+                empty.push(replica.clone());
+            }
+        }
+        empty
+    }
 }
 
-/// Waits until this replica leads (`lead`) or does not; false once the
-/// election is gone.
-async fn until(role: &mut watch::Receiver<Role>, lead: bool) -> bool {
-    role.wait_for(|r| (*r == Role::Leader) == lead)
-        .await
-        .is_ok()
+/// Deletes the keys of `replica`, a departed replica with no proxy left:
+/// only while this replica leads under `lease` and `replica` has no
+/// lease (its `alive` key is absent), in one transaction.
+async fn forget(client: &EtcdClient, replica: &str, lease: i64) -> Result<bool, StateError> {
+    let prefix = client.key(&format!("proxies/{replica}/"));
+    let txn = pb::TxnRequest {
+        compare: vec![
+            Fence::compare(&client.key("leader"), lease),
+            pb::Compare {
+                result: pb::compare::CompareResult::Equal as i32,
+                target: pb::compare::CompareTarget::Create as i32,
+                key: alive_key(client, replica),
+                target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
+            },
+        ],
+        success: vec![pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestDeleteRange(
+                pb::DeleteRangeRequest {
+                    range_end: range_end(&prefix),
+                    key: prefix,
+                },
+            )),
+        }],
+        failure: Vec::new(),
+    };
+    let kv = client.kv();
+    let answer = client
+        .call(txn, |r| {
+            let mut kv = kv.clone();
+            async move { kv.txn(r).await }
+        })
+        .await?;
+    Ok(answer.succeeded)
 }
 
-/// While this replica leads, mirrors the other replicas' proxies into
-/// `registry`; drops the mirror when it stops leading. Runs until
-/// shutdown.
+/// What the mirror works with.
+pub(super) struct MirrorParts {
+    /// etcd.
+    pub(super) client: EtcdClient,
+    /// This replica's id (its own keys are not mirrored).
+    pub(super) me: String,
+    /// Where the other replicas' proxies are mirrored; `None`: no proxies
+    /// (nothing to read before leading).
+    pub(super) registry: Option<Arc<ProxyRegistry>>,
+    /// The lease this replica leads under, for deleting departed keys.
+    pub(super) fence: Fence,
+    /// `--departed-proxy-hold`.
+    pub(super) hold: Duration,
+}
+
+/// Passes the election's role (`won`) on to operations (`ready`), except
+/// that a replica that won says it leads only once it has read every
+/// other replica's proxies into the registry, which it then mirrors for
+/// as long as it leads. Runs until shutdown.
 pub(super) async fn mirror(
-    client: EtcdClient,
-    me: String,
-    mut role: watch::Receiver<Role>,
-    registry: Arc<ProxyRegistry>,
+    parts: MirrorParts,
+    mut won: watch::Receiver<Role>,
+    ready: watch::Sender<Role>,
     mut shutdown: Shutdown,
 ) {
+    let say = |role: Role| {
+        ready.send_if_modified(|cur| {
+            let changed = *cur != role;
+            *cur = role;
+            changed
+        });
+    };
     loop {
-        tokio::select! {
-            () = shutdown.wait() => return,
-            alive = until(&mut role, true) => if !alive { return },
-        }
+        let role = won.borrow_and_update().clone();
+        let registry = match (&role, &parts.registry) {
+            (Role::Leader, Some(registry)) => registry,
+            (Role::Leader, None) | (Role::Follower { .. } | Role::Unknown, _) => {
+                say(role);
+                tokio::select! {
+                    () = shutdown.wait() => return,
+                    changed = won.changed() => if changed.is_err() { return },
+                }
+                continue;
+            }
+        };
+        // Won again after a change: whatever led in between, operations
+        // stop until this replica has read the proxies again.
+        say(Role::Unknown);
         let mut mirror = Mirror::default();
         loop {
             tokio::select! {
                 () = shutdown.wait() => return,
-                alive = until(&mut role, false) => {
-                    if !alive {
+                // Any change means the role left `Leader` at some point:
+                // read again from the top.
+                changed = won.changed() => {
+                    if changed.is_err() {
                         return;
                     }
                     break;
                 }
-                e = follow(&client, &me, &registry, &mut mirror) => {
+                e = follow(&parts, registry, &mut mirror, &say) => {
                     // The mirror is kept while etcd is away: its proxies
                     // are still connected to their replicas as far as
                     // anyone knows.
@@ -808,8 +1110,9 @@ pub(super) async fn mirror(
                 }
             }
         }
+        say(Role::Unknown);
         drop(mirror);
-        tracing::info!("no longer leading: the other replicas' proxies are no longer mirrored");
+        tracing::info!("leadership changed: the other replicas' proxies are no longer mirrored");
     }
 }
 
@@ -824,18 +1127,14 @@ fn split_key<'k>(prefix: &[u8], me: &str, key: &'k [u8]) -> Option<(&'k str, &'k
 /// Reads every replica's keys at one revision, then applies every change,
 /// until the watch ends (an error, or a compaction to read through again).
 async fn follow(
-    client: &EtcdClient,
-    me: &str,
+    parts: &MirrorParts,
     registry: &Arc<ProxyRegistry>,
     mirror: &mut Mirror,
+    ready: &impl Fn(Role),
 ) -> StateError {
+    let (client, me) = (&parts.client, parts.me.as_str());
     let prefix = client.key("proxies/");
-    let mut end = prefix.clone();
-    // The range of every key starting with the prefix: its last byte plus
-    // one (the prefix ends in `/`, never 0xff).
-    if let Some(last) = end.last_mut() {
-        *last = last.saturating_add(1);
-    }
+    let end = range_end(&prefix);
     // Pages small enough for the client's decoding limit.
     let page =
         i64::try_from((client.options().max_value_bytes / VALUE_MAX_BYTES).max(1)).unwrap_or(1);
@@ -868,7 +1167,7 @@ async fn follow(
         }
         for kv in &answer.kvs {
             if let Some((replica, name)) = split_key(&prefix, me, &kv.key) {
-                fresh.change(replica, name, Change::Put(&kv.value));
+                fresh.change(replica, name, Change::Put(&kv.value, kv.lease));
             }
         }
         match answer.kvs.last() {
@@ -886,6 +1185,9 @@ async fn follow(
             far.streams = std::mem::take(&mut old.streams);
             far.placeholders = std::mem::take(&mut old.placeholders);
             far.mirrored = old.mirrored;
+            far.departed_since = old.departed_since;
+            far.resolved = std::mem::take(&mut old.resolved);
+            far.expired = old.expired;
         }
     }
     mirror.replicas = fresh.replicas;
@@ -893,6 +1195,10 @@ async fn follow(
     for replica in &names {
         mirror.settle(registry, replica);
     }
+    // Every replica's proxies are in the registry: operations may start.
+    ready(Role::Leader);
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watch = match client
         .watch_range(prefix.clone(), end, revision.saturating_add(1), false)
         .await
@@ -901,7 +1207,24 @@ async fn follow(
         Err(e) => return e,
     };
     loop {
-        let answer = match watch.answers.message().await {
+        let message = tokio::select! {
+            m = watch.answers.message() => m,
+            now = sweep.tick() => {
+                let empty = mirror.sweep(&registry.statuses(), parts.hold, now);
+                if let Some(lease) = parts.fence.lease() {
+                    for replica in empty {
+                        match forget(client, &replica, lease).await {
+                            Ok(true) => tracing::info!(replica = %replica,
+                                "a departed replica has no proxy left; its keys are deleted"),
+                            Ok(false) => {}
+                            Err(e) => return e,
+                        }
+                    }
+                }
+                continue;
+            }
+        };
+        let answer = match message {
             Ok(Some(a)) => a,
             Ok(None) => return client.unavailable("the proxies watch ended"),
             Err(s) => return client.status_error(s),
@@ -920,7 +1243,7 @@ async fn follow(
                 continue;
             };
             let change = match pb::event::EventType::try_from(event.r#type) {
-                Ok(pb::event::EventType::Put) => Change::Put(&kv.value),
+                Ok(pb::event::EventType::Put) => Change::Put(&kv.value, kv.lease),
                 Ok(pb::event::EventType::Delete) => Change::Delete,
                 Err(_) => continue,
             };

@@ -47,12 +47,14 @@ fn apply(
     round: &Round,
     dropped: impl Fn(&str) -> bool,
 ) {
+    // `b` holds a lease.
+    mirror.change("b", "alive", Change::Put(b"", 7));
     for (name, value) in &round.puts {
         if !dropped(name) {
-            mirror.change("b", &format!("c/{name}"), Change::Put(value));
+            mirror.change("b", &format!("c/{name}"), Change::Put(value, 0));
         }
     }
-    mirror.change("b", "m", Change::Put(&round.manifest));
+    mirror.change("b", "m", Change::Put(&round.manifest, 0));
     for name in &round.deletes {
         mirror.change("b", &format!("c/{name}"), Change::Delete);
     }
@@ -147,7 +149,7 @@ fn a_missing_part_keeps_the_leader_on_the_last_complete_set() {
 
     // It arrives: the set is complete.
     let (_, value) = round.puts.iter().find(|(n, _)| *n == lost).expect("lost");
-    mirror.change("b", &format!("c/{lost}"), Change::Put(value));
+    mirror.change("b", &format!("c/{lost}"), Change::Put(value, 0));
     mirror.settle(&leader, "b");
     assert_eq!(acked(&leader), BTreeMap::from([(Some("2".into()), 600)]));
 
@@ -157,9 +159,12 @@ fn a_missing_part_keeps_the_leader_on_the_last_complete_set() {
     mirror.change(
         "b",
         &format!("c/{}", round.puts[0].0),
-        Change::Put(b"{\"s\":[],\"p\":[[1,[0,1,2],null,0,0,[null,null,null,null]]]}"),
+        Change::Put(
+            b"{\"s\":[],\"p\":[[1,[0,1,2],null,0,0,[null,null,null,null]]]}",
+            0,
+        ),
     );
-    mirror.change("b", "m", Change::Put(&round.manifest));
+    mirror.change("b", "m", Change::Put(&round.manifest, 0));
     mirror.settle(&leader, "b");
     assert_eq!(acked(&leader), BTreeMap::from([(Some("2".into()), 600)]));
 }
@@ -187,7 +192,7 @@ fn with_no_complete_set_placeholders_hold_a_flip_of_the_replicas_groups() {
 
     // Once complete, the real proxies replace it.
     let (_, value) = round.puts.iter().find(|(n, _)| *n == lost).expect("lost");
-    mirror.change("b", &format!("c/{lost}"), Change::Put(value));
+    mirror.change("b", &format!("c/{lost}"), Change::Put(value, 0));
     mirror.settle(&leader, "b");
     assert_eq!(acked(&leader), BTreeMap::from([(Some("1".into()), 600)]));
 
@@ -198,7 +203,7 @@ fn with_no_complete_set_placeholders_hold_a_flip_of_the_replicas_groups() {
     mirror.change(
         "b",
         "m",
-        Change::Put(&serde_json::to_vec(&manifest).expect("json")),
+        Change::Put(&serde_json::to_vec(&manifest).expect("json"), 0),
     );
     mirror.settle(&leader, "b");
     assert_eq!(leader.len(), 601);
@@ -251,7 +256,9 @@ fn nacks_mirror_and_mirrored_proxies_are_never_published_again() {
         .expect("a round");
     assert!(again.puts.is_empty(), "mirrored proxies are not published");
 
-    // The lease ends: every key goes, and the mirror with them.
+    // Every key goes (deleted once its lease ended), and the mirror with
+    // them.
+    mirror.change("b", "alive", Change::Delete);
     mirror.change("b", "m", Change::Delete);
     mirror.change("b", &format!("c/{}", round.puts[0].0), Change::Delete);
     mirror.settle(&leader, "b");
@@ -305,4 +312,127 @@ fn rounds_are_paced_by_the_bytes_they_write() {
         mib > Duration::from_millis(240) && mib < Duration::from_millis(260),
         "{mib:?}"
     );
+}
+
+/// The leader's mirror of replica `b`, holding `n` proxies that ACKed
+/// version 1 on every type.
+fn mirrored(n: usize) -> (Arc<ProxyRegistry>, Mirror, Vec<StreamHandle>) {
+    let far = ProxyRegistry::new();
+    let handles = proxies(&far, n, "1");
+    let round = Publisher::default()
+        .round(&far.statuses())
+        .expect("a round");
+    let leader = ProxyRegistry::new();
+    let mut mirror = Mirror::default();
+    apply(&mut mirror, &leader, &round, |_| false);
+    assert_eq!(leader.len(), n);
+    (leader, mirror, handles)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_departed_replicas_proxies_still_count_until_they_connect_elsewhere() {
+    let (leader, mut mirror, _far) = mirrored(3);
+    // Its lease ends: the alive key goes, its proxies' keys stay.
+    mirror.change("b", "alive", Change::Delete);
+    mirror.settle(&leader, "b");
+    assert_eq!(
+        leader.len(),
+        3,
+        "not taken as absent: a flip waits for them"
+    );
+    let hold = Duration::from_secs(60);
+    let now = tokio::time::Instant::now();
+    assert!(mirror.sweep(&leader.statuses(), hold, now).is_empty());
+    assert_eq!(leader.len(), 3);
+
+    // proxy-1 reconnects to this replica: its departed twin goes; the
+    // others still count.
+    let mut back = leader.register(StreamKind::Aggregated, false);
+    back.set_node(Some(&NodeInfo {
+        id: "proxy-1".into(),
+        cluster: "edge".into(),
+        user_agent: "envoy".into(),
+    }));
+    assert!(mirror.sweep(&leader.statuses(), hold, now).is_empty());
+    let left: BTreeSet<String> = leader
+        .statuses()
+        .iter()
+        .filter(|p| p.replica.is_some())
+        .filter_map(|p| p.node.as_ref().map(|n| n.id.clone()))
+        .collect();
+    assert_eq!(
+        left,
+        BTreeSet::from(["proxy-0".to_owned(), "proxy-2".to_owned()])
+    );
+    // Read again from its keys (a new watch): the resolved one stays out.
+    mirror.settle(&leader, "b");
+    assert_eq!(leader.len(), 3, "two departed, one reconnected here");
+
+    // The hold runs out: the rest are taken as gone, and the replica's
+    // keys can be deleted.
+    let gone = mirror.sweep(&leader.statuses(), hold, now + hold);
+    assert_eq!(gone, vec!["b".to_owned()]);
+    assert_eq!(leader.len(), 1, "only the reconnected proxy is left");
+    mirror.settle(&leader, "b");
+    assert_eq!(leader.len(), 1, "an expired replica is not mirrored again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_proxy_on_another_departed_replica_does_not_resolve_a_departed_one() {
+    let (leader, mut mirror, _far) = mirrored(1);
+    // `c` holds proxy-0 too (it moved there), then `c`'s lease ends as
+    // well: that connection is no evidence of anything.
+    let other = ProxyRegistry::new();
+    let _h = proxies(&other, 1, "1");
+    let round = Publisher::default()
+        .round(&other.statuses())
+        .expect("a round");
+    for (name, value) in &round.puts {
+        mirror.change("c", &format!("c/{name}"), Change::Put(value, 0));
+    }
+    mirror.change("c", "m", Change::Put(&round.manifest, 0));
+    mirror.settle(&leader, "c");
+    mirror.change("b", "alive", Change::Delete);
+    mirror.settle(&leader, "b");
+    let now = tokio::time::Instant::now();
+    assert!(
+        mirror
+            .sweep(&leader.statuses(), Duration::from_secs(60), now)
+            .is_empty()
+    );
+    assert_eq!(leader.len(), 2, "both departed copies still count");
+}
+
+#[test]
+fn a_new_term_that_cleared_its_keys_keeps_the_last_set_until_its_first_round() {
+    let (leader, mut mirror, _far) = mirrored(2);
+    // The replica starts a new term: its old keys are deleted and alive is
+    // written again, before its first round.
+    let names: Vec<String> = mirror.replicas["b"].parts.keys().cloned().collect();
+    for name in names {
+        mirror.change("b", &format!("c/{name}"), Change::Delete);
+    }
+    mirror.change("b", "m", Change::Delete);
+    mirror.change("b", "alive", Change::Put(b"", 8));
+    mirror.settle(&leader, "b");
+    assert_eq!(leader.len(), 2, "its proxies are not dropped meanwhile");
+}
+
+#[test]
+fn a_manifest_under_a_lease_is_a_live_replica_of_an_earlier_teal() {
+    let far = ProxyRegistry::new();
+    let _h = proxies(&far, 1, "1");
+    let round = Publisher::default()
+        .round(&far.statuses())
+        .expect("a round");
+    let leader = ProxyRegistry::new();
+    let mut mirror = Mirror::default();
+    for (name, value) in &round.puts {
+        mirror.change("b", &format!("c/{name}"), Change::Put(value, 9));
+    }
+    mirror.change("b", "m", Change::Put(&round.manifest, 9));
+    mirror.settle(&leader, "b");
+    assert!(mirror.replicas["b"].is_alive());
+    assert!(mirror.replicas["b"].departed_since.is_none());
+    assert_eq!(leader.len(), 1);
 }

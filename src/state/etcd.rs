@@ -110,6 +110,43 @@ pub struct KeyWatch {
     pub answers: tonic::Streaming<pb::WatchResponse>,
 }
 
+/// The leadership a replica's writes are fenced on: the lease under
+/// which it holds the leader key, while it holds it.
+///
+/// Every write of the shared state (and of the keys only the leader
+/// cleans up) goes in one etcd transaction that also compares the leader
+/// key's lease with this one, so a write from a replica that lost the
+/// leadership (its lease ran out while it was cut off or paused, or it
+/// resigned) can never land, whatever revision of the state it read last.
+/// The election sets it; the store reads it. Cloning shares it.
+#[derive(Clone, Debug, Default)]
+pub struct Fence {
+    lease: Arc<Mutex<Option<i64>>>,
+}
+
+impl Fence {
+    /// Sets the lease this replica leads under (`None`: it does not lead).
+    pub fn set(&self, lease: Option<i64>) {
+        *self.lease.lock().unwrap_or_else(PoisonError::into_inner) = lease;
+    }
+
+    /// The lease this replica leads under, if it leads.
+    pub fn lease(&self) -> Option<i64> {
+        *self.lease.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The comparison that makes a transaction land only while `lease`
+    /// holds the leader key `leader_key`.
+    pub fn compare(leader_key: &[u8], lease: i64) -> pb::Compare {
+        pb::Compare {
+            result: pb::compare::CompareResult::Equal as i32,
+            target: pb::compare::CompareTarget::Lease as i32,
+            key: leader_key.to_vec(),
+            target_union: Some(pb::compare::TargetUnion::Lease(lease)),
+        }
+    }
+}
+
 /// A cloneable connection to an etcd cluster, authenticated when a user is
 /// set. Every unary call is bounded by [`REQUEST_TIMEOUT`].
 #[derive(Clone, Debug)]
@@ -484,6 +521,9 @@ pub struct EtcdStore {
 struct Inner {
     client: EtcdClient,
     key: Vec<u8>,
+    /// With replicas: saves land only while this replica leads (see
+    /// [`Fence`]); `None` for a store no election shares.
+    fence: Option<(Fence, Vec<u8>)>,
     /// The last value seen at a revision (loaded, saved or watched): a
     /// save of the same bytes at that revision writes nothing.
     last: Mutex<Option<(Revision, Vec<u8>)>>,
@@ -514,12 +554,24 @@ impl EtcdStore {
 
     /// The store over an existing client.
     pub fn with_client(client: EtcdClient) -> Result<EtcdStore, StateError> {
+        EtcdStore::build(client, None)
+    }
+
+    /// The store of a replica: its saves land only while `fence` says it
+    /// leads and etcd agrees (the leader key is held under that lease).
+    pub fn fenced(client: EtcdClient, fence: Fence) -> Result<EtcdStore, StateError> {
+        let leader = client.key("leader");
+        EtcdStore::build(client, Some((fence, leader)))
+    }
+
+    fn build(client: EtcdClient, fence: Option<(Fence, Vec<u8>)>) -> Result<EtcdStore, StateError> {
         let key = client.key("state");
         let (changes, _) = watch::channel(None);
         let store = EtcdStore {
             inner: Arc::new(Inner {
                 client,
                 key,
+                fence,
                 last: Mutex::new(None),
                 changes,
                 watcher: Mutex::new(None),
@@ -640,43 +692,76 @@ impl StateStore for EtcdStore {
                 limit,
             });
         }
+        // Fenced first: a replica that does not lead writes nothing, not
+        // even the bytes already stored.
+        let fenced = match &inner.fence {
+            Some((fence, leader_key)) => match fence.lease() {
+                Some(lease) => Some((lease, leader_key.clone())),
+                None => {
+                    return Err(StateError::NotLeading {
+                        store: inner.client.options().describe(),
+                    });
+                }
+            },
+            None => None,
+        };
         // The same bytes at the same revision: nothing to write. Replicas
         // starting on a stored state, and commits that change nothing,
         // cost etcd no write.
-        if inner
+        let same = inner
             .last
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
-            .is_some_and(|(r, b)| *r == expected && *b == bytes)
-        {
+            .is_some_and(|(r, b)| *r == expected && *b == bytes);
+        // A replica still asks etcd whether it leads (a transaction that
+        // compares and writes nothing, and makes no revision): an answer
+        // from a replica that lost the lead says so, never "saved".
+        if same && fenced.is_none() {
             return Ok(expected);
         }
         let expected_version = i64::try_from(expected.0).map_err(|_| StateError::Exhausted {
             counter: "revision",
         })?;
         let next = expected.next()?;
-        let txn = pb::TxnRequest {
-            compare: vec![pb::Compare {
-                result: pb::compare::CompareResult::Equal as i32,
-                target: pb::compare::CompareTarget::Version as i32,
+        let mut compare = vec![pb::Compare {
+            result: pb::compare::CompareResult::Equal as i32,
+            target: pb::compare::CompareTarget::Version as i32,
+            key: inner.key.clone(),
+            target_union: Some(pb::compare::TargetUnion::Version(expected_version)),
+        }];
+        let mut failure = vec![pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
                 key: inner.key.clone(),
-                target_union: Some(pb::compare::TargetUnion::Version(expected_version)),
-            }],
-            success: vec![pb::RequestOp {
+                keys_only: true,
+                ..Default::default()
+            })),
+        }];
+        if let Some((lease, leader_key)) = &fenced {
+            compare.push(Fence::compare(leader_key, *lease));
+            failure.push(pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+                    key: leader_key.clone(),
+                    keys_only: true,
+                    ..Default::default()
+                })),
+            });
+        }
+        let success = if same {
+            Vec::new()
+        } else {
+            vec![pb::RequestOp {
                 request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
                     key: inner.key.clone(),
                     value: bytes.clone(),
                     lease: 0,
                 })),
-            }],
-            failure: vec![pb::RequestOp {
-                request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
-                    key: inner.key.clone(),
-                    keys_only: true,
-                    ..Default::default()
-                })),
-            }],
+            }]
+        };
+        let txn = pb::TxnRequest {
+            compare,
+            success,
+            failure,
         };
         let kv = inner.client.kv();
         let answer = inner
@@ -686,21 +771,30 @@ impl StateStore for EtcdStore {
                 async move { kv.txn(r).await }
             })
             .await?;
+        if answer.succeeded && same {
+            return Ok(expected);
+        }
         if answer.succeeded {
             inner.remember(next, bytes);
             return Ok(next);
         }
-        let found = answer
-            .responses
-            .into_iter()
-            .find_map(|r| match r.response {
-                Some(pb::response_op::Response::ResponseRange(range)) => {
-                    range.kvs.into_iter().next()
-                }
-                _ => None,
-            })
+        let mut ranges = answer.responses.into_iter().map(|r| match r.response {
+            Some(pb::response_op::Response::ResponseRange(range)) => range.kvs.into_iter().next(),
+            _ => None,
+        });
+        let found = ranges
+            .next()
+            .flatten()
             .and_then(|kv| u64::try_from(kv.version).ok())
             .map_or(Revision(0), Revision);
+        if let Some((lease, _)) = fenced {
+            let holder = ranges.next().flatten().map(|kv| kv.lease);
+            if holder != Some(lease) {
+                return Err(StateError::NotLeading {
+                    store: inner.client.options().describe(),
+                });
+            }
+        }
         Err(StateError::Conflict { expected, found })
     }
 

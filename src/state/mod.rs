@@ -225,6 +225,16 @@ pub enum StateError {
         /// Its answer.
         reason: String,
     },
+    /// This replica does not hold the leadership the write was fenced on
+    /// (its lease ran out, another replica leads, or it never led): the
+    /// write did not land. Only the leader writes the shared state, so a
+    /// replica that was cut off, paused or deposed can never overwrite
+    /// what the new leader saved; it hands its operations over instead.
+    #[error("{store}: this replica does not lead; its write was fenced off")]
+    NotLeading {
+        /// Which store.
+        store: String,
+    },
     /// A stored value (or one about to be stored) is over the size limit.
     #[error("{path}: {size} bytes, over the limit of {limit} (--store-max-value-bytes)")]
     TooLarge {

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::{Body, BoxFuture, Context, Poll, Service, StdError};
 use tonic::server::{Grpc, NamedService, StreamingService};
@@ -79,6 +79,11 @@ pub struct XdsServerConfig {
     /// ones that stayed up keeping every proxy. `None`: never. Default 30
     /// minutes.
     pub max_connection_age: Option<Duration>,
+    /// Whether this server may serve proxies now (a replica on etcd may
+    /// only while it holds its lease): when it turns false, every stream
+    /// is closed with `UNAVAILABLE` and new ones are refused, so proxies
+    /// reconnect to a replica that the leader can see. `None`: always.
+    pub serving: Option<watch::Receiver<bool>>,
 }
 
 /// How long the streams of a connection that reached
@@ -99,6 +104,7 @@ impl Default for XdsServerConfig {
             identities: IdentityGate::new(),
             csds: CsdsLimits::default(),
             max_connection_age: Some(Duration::from_secs(30 * 60)),
+            serving: None,
         }
     }
 }
@@ -213,6 +219,11 @@ async fn run_stream<M: Planner>(
     mut requests: Streaming<M::Request>,
     tx: mpsc::Sender<Result<OutMessage, Status>>,
 ) {
+    let mut serving = shared.config.serving.clone();
+    if serving.as_mut().is_some_and(|s| !*s.borrow_and_update()) {
+        let _ = tx.send(Err(not_serving())).await;
+        return;
+    }
     let mut machine = M::with_limits(kind, shared.config.stream);
     let mut handle = shared.registry.register(kind, M::DELTA);
     handle.set_identity(&identity);
@@ -223,10 +234,17 @@ async fn run_stream<M: Planner>(
     // every request and every push.
     let stopping = shutdown.wait();
     tokio::pin!(stopping);
+    let lost = lost_serving(&mut serving);
+    tokio::pin!(lost);
     loop {
         let output = tokio::select! {
             () = &mut stopping => {
                 let _ = tx.send(Err(Status::unavailable("teal is shutting down"))).await;
+                return;
+            }
+            () = &mut lost => {
+                tracing::warn!(stream = handle.id(), "closing stream: this replica cannot reach etcd");
+                let _ = tx.send(Err(not_serving())).await;
                 return;
             }
             message = requests.message() => match message {
@@ -289,6 +307,27 @@ async fn run_stream<M: Planner>(
             }
         }
     }
+}
+
+/// Returns when `serving` turns false; never without it.
+async fn lost_serving(serving: &mut Option<watch::Receiver<bool>>) {
+    match serving {
+        Some(s) => {
+            if s.wait_for(|ok| !*ok).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The status a stream is refused or closed with while this replica may
+/// not serve proxies.
+fn not_serving() -> Status {
+    Status::unavailable(
+        "this teal replica cannot reach etcd: it serves no proxies until it can; \
+         reconnect to another replica",
+    )
 }
 
 /// Whether the identity of a stream's connection may join the group its

@@ -233,3 +233,70 @@ pub async fn enable_auth(etcd: &Etcd, prefix: &str, user: &str, password: &str) 
         assert_eq!(r.status, 200, "POST {path} {body}: {}", r.body);
     }
 }
+
+/// A TCP forwarder the test owns, between a replica and etcd: cutting it
+/// drops every connection through it and refuses new ones, as a network
+/// partition between that replica and etcd would; healing it forwards
+/// again on the same port.
+pub struct Forwarder {
+    /// The port replicas connect to.
+    pub port: u16,
+    to: String,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Forwarder {
+    /// Forwards a free loopback port to `etcd`.
+    pub async fn start(etcd: &Etcd) -> Forwarder {
+        let mut f = Forwarder {
+            port: free_port(),
+            to: etcd.endpoint(),
+            task: None,
+        };
+        f.heal().await;
+        f
+    }
+
+    /// `etcd://127.0.0.1:PORT/prefix` through the forwarder.
+    pub fn url(&self, prefix: &str) -> String {
+        format!("etcd://127.0.0.1:{}{prefix}", self.port)
+    }
+
+    /// Drops every forwarded connection and stops listening.
+    pub fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// Listens and forwards again.
+    pub async fn heal(&mut self) {
+        self.cut();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("bind the forwarder");
+        let to = self.to.clone();
+        self.task = Some(tokio::spawn(async move {
+            // The connections live in this set: aborting the task drops
+            // them all.
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let to = to.clone();
+                conns.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}

@@ -182,6 +182,31 @@ impl Replica {
         }
     }
 
+    /// Sends it `signal` (`STOP`, `CONT`, `TERM`) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("the replica runs");
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill(1)");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
+    /// `SIGTERM`, and waits (up to 30 s) until it exits.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        let mut child = self.child.take().expect("the replica runs");
+        tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("teal serve did not stop on SIGTERM:\n{}", self.log()))
+            .expect("wait for teal serve")
+    }
+
     /// Every log it wrote, one start after another.
     pub fn log(&self) -> String {
         (1..=self.starts)
