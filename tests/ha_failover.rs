@@ -685,3 +685,48 @@ async fn a_replica_cut_off_from_etcd_closes_its_streams_and_a_flip_still_hears_i
     assert_eq!(web["live"], "blue", "{web}");
     fwd.heal().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_reads_every_replicas_proxies_before_it_resumes_a_flip() {
+    let etcd = Etcd::start().await;
+    let mut link = Forwarder::start(&etcd).await;
+    let mut replicas = vec![
+        replica(&etcd, "/race/").await,
+        replica(&etcd, "/race/").await,
+    ];
+    replicas.push(
+        Replica::start(ReplicaSpec {
+            store: link.url("/race/"),
+            lease_secs: LEASE_SECS,
+            ..ReplicaSpec::default()
+        })
+        .await,
+    );
+    assert_eq!(find_leader(&replicas).await, 0, "the first replica leads");
+    // The held proxy is on the third replica, which will not be the next
+    // leader: the second one has to read it from etcd.
+    let _proxy = stubborn_proxy(replicas[2].xds, None).await;
+    wait_for_proxy(&replicas[0].admin, "stubborn", false).await;
+    let (flip, id) = flip_until_phase(
+        &replicas[0].admin,
+        &[
+            "flip",
+            "web",
+            "--to",
+            "green",
+            "--skip-checks",
+            "--timeout",
+            "6s",
+        ],
+        "confirming",
+    )
+    .await;
+    link.cut();
+    replicas[0].kill9().await;
+    let entry = ended_entry(&replicas[1].admin, id).await;
+    assert_eq!(entry["outcome"], "unconfirmed", "{entry}");
+    let reason = entry["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("stubborn"), "{entry}");
+    let (code, _, err) = flip.await.expect("the CLI ran");
+    assert_eq!(code, 4, "{err}");
+}

@@ -4,7 +4,9 @@
 //! CLI, each sent to a random live replica, while a random replica (the
 //! leader or not) is killed with `kill -9` in a random phase of every
 //! third flip (pre-checks, waiting for ACKs, post-checks) and started
-//! again on its ports and store: no request fails; every flip ends
+//! again on its ports and store, or, as often, cut from etcd (each replica
+//! reaches etcd through a TCP forwarder the test owns) for twice the lease
+//! and then let back: no request fails; every flip ends
 //! succeeded or rolled back, or, when its leader died before it committed
 //! anything, interrupted with nothing of it in effect (one history entry
 //! each, none left in flight); a flip no kill touched waits for the ACKs of
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use teal::state::{EtcdStore, StateStore};
 
-use support::etcd::Etcd;
+use support::etcd::{Etcd, Forwarder};
 use support::http::Upstream;
 use support::replica::{
     Replica, ReplicaSpec, cli_command, edge_envoys, spread, wait_spread, write_edge_groups_config,
@@ -214,8 +216,17 @@ async fn twenty_flips_under_load_while_replicas_are_killed() {
     };
     let store = EtcdStore::open(etcd.options("/load/")).expect("the store, to read");
     let mut replicas = Vec::new();
+    let mut links = Vec::new();
     for _ in 0..REPLICAS {
-        replicas.push(Replica::start(spec.clone()).await);
+        let link = Forwarder::start(&etcd).await;
+        replicas.push(
+            Replica::start(ReplicaSpec {
+                store: link.url("/load/"),
+                ..spec.clone()
+            })
+            .await,
+        );
+        links.push(link);
     }
     let xds: Vec<u16> = replicas.iter().map(|r| r.xds).collect();
 
@@ -274,6 +285,7 @@ async fn twenty_flips_under_load_while_replicas_are_killed() {
                 .spawn()
                 .expect("spawn the CLI");
             let mut victim = None;
+            let mut cut = None;
             if kill_now && attempts == 1 {
                 // In a phase of the flip picked at random, as the leader
                 // reports it (or once the flip is over, if it went by
@@ -298,23 +310,36 @@ async fn twenty_flips_under_load_while_replicas_are_killed() {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 let v = dice.below(REPLICAS as u64) as usize;
-                replicas[v].kill9().await;
+                let partition = dice.below(2) == 0;
+                if partition {
+                    links[v].cut();
+                    cut = Some(v);
+                } else {
+                    replicas[v].kill9().await;
+                }
                 kills.push(format!(
-                    "flip {flip}: replica {v} ({}) after {:?}, waiting for {target}, in {phase}",
+                    "flip {flip}: replica {v} ({}) {} after {:?}, waiting for {target}, in {phase}",
                     if leader == Some(v) {
                         "leader"
                     } else {
                         "follower"
                     },
+                    if partition { "cut from etcd" } else { "killed" },
                     began.elapsed()
                 ));
                 victim = Some(v);
+                if partition {
+                    // Long enough for its lease to run out (a leader's is
+                    // taken over), then it reaches etcd again.
+                    tokio::time::sleep(Duration::from_secs(2 * LEASE_SECS)).await;
+                    links[v].heal().await;
+                }
             }
             let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
                 .await
                 .unwrap_or_else(|_| panic!("flip {flip}: the CLI ran for 90 s (seed {seed})"))
                 .expect("the CLI");
-            if let Some(v) = victim {
+            if let Some(v) = victim.filter(|v| cut != Some(*v)) {
                 replicas[v].restart().await;
                 // Restarted while its dead predecessor's lease may still
                 // hold the leader key: it must not send the CLI to itself.

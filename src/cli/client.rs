@@ -469,20 +469,21 @@ pub(super) fn operation(p: &pb::Progress) -> String {
 /// Follows a progress stream to its outcome, printing progress on `err`
 /// and the result on `out`. Ctrl-C stops following (not the operation).
 ///
-/// With replicas, a stream that ends without an outcome (the replica that
+/// `peers` are the replicas sharing the store (`None`: learnt from `conn`
+/// once the operation is known). With replicas, a stream that ends
+/// without an outcome (the replica that
 /// ran the operation stopped leading, or stopped) is not the end: the
 /// next leader carries the operation on, and the outcome reported is the
 /// one the cluster records (see [`super::handover`]).
 pub async fn follow(
     conn: &Conn,
     mut stream: Streaming<pb::Progress>,
+    mut peers: Option<Vec<String>>,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> u8 {
     let mut last_line = String::new();
     let mut last: Option<pb::Progress> = None;
-    // The other replicas, learnt once the operation is known.
-    let mut peers: Option<Vec<String>> = None;
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     loop {

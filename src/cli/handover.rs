@@ -82,7 +82,8 @@ pub async fn follow_elsewhere(
             match replica.client.clone().follow(request).await {
                 Ok(stream) => {
                     let _ = writeln!(err, "teal: following it on {}", untrusted(&addr));
-                    return Box::pin(follow(&replica, stream.into_inner(), out, err)).await;
+                    let peers = Some(peers.clone());
+                    return Box::pin(follow(&replica, stream.into_inner(), peers, out, err)).await;
                 }
                 // Not running there: ended already (in the history), or
                 // not resumed yet.

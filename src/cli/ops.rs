@@ -7,17 +7,21 @@ use std::io::Write;
 use crate::admin::pb;
 
 use super::client::{self, Conn, EX_OK, Failure};
+use super::handover;
 use crate::text::untrusted;
 
-/// Follows an operation stream that `call` started.
+/// Follows an operation stream that `call` started; `peers` are the
+/// replicas to follow it on should the one running it stop leading
+/// (`None`: learnt from the replica once the operation is known).
 async fn run(
     conn: &Conn,
     call: Result<tonic::Response<tonic::Streaming<pb::Progress>>, tonic::Status>,
+    peers: Option<Vec<String>>,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<u8, Failure> {
     let stream = call.map_err(|e| conn.fail(&e))?.into_inner();
-    Ok(client::follow(conn, stream, out, err).await)
+    Ok(client::follow(conn, stream, peers, out, err).await)
 }
 
 /// `teal flip`.
@@ -27,14 +31,17 @@ pub async fn flip(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<u8, Failure> {
+    // Learnt before the change: the replica asked may be gone by the
+    // time the operation needs following elsewhere.
+    let peers = Some(handover::peers(conn, &r.service).await);
     let call = conn.client.flip(conn.signed(r.clone())).await;
     // A replica that does not lead names the leader: asked there once.
     if let Some(leader) = conn.leader_redirect(&call, err).await? {
         *conn = leader;
         let call = conn.client.flip(conn.signed(r)).await;
-        return run(conn, call, out, err).await;
+        return run(conn, call, peers, out, err).await;
     }
-    run(conn, call, out, err).await
+    run(conn, call, peers, out, err).await
 }
 
 /// `teal shift`: the server resolves the steps against the service's
@@ -45,14 +52,17 @@ pub async fn shift(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<u8, Failure> {
+    // Learnt before the change: the replica asked may be gone by the
+    // time the operation needs following elsewhere.
+    let peers = Some(handover::peers(conn, &r.service).await);
     let call = conn.client.shift(conn.signed(r.clone())).await;
     // A replica that does not lead names the leader: asked there once.
     if let Some(leader) = conn.leader_redirect(&call, err).await? {
         *conn = leader;
         let call = conn.client.shift(conn.signed(r)).await;
-        return run(conn, call, out, err).await;
+        return run(conn, call, peers, out, err).await;
     }
-    run(conn, call, out, err).await
+    run(conn, call, peers, out, err).await
 }
 
 /// `teal rollback`.
@@ -62,14 +72,17 @@ pub async fn rollback(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<u8, Failure> {
+    // Learnt before the change: the replica asked may be gone by the
+    // time the operation needs following elsewhere.
+    let peers = Some(handover::peers(conn, &r.service).await);
     let call = conn.client.rollback(conn.signed(r.clone())).await;
     // A replica that does not lead names the leader: asked there once.
     if let Some(leader) = conn.leader_redirect(&call, err).await? {
         *conn = leader;
         let call = conn.client.rollback(conn.signed(r)).await;
-        return run(conn, call, out, err).await;
+        return run(conn, call, peers, out, err).await;
     }
-    run(conn, call, out, err).await
+    run(conn, call, peers, out, err).await
 }
 
 /// `teal retire`.
@@ -79,14 +92,17 @@ pub async fn retire(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<u8, Failure> {
+    // Learnt before the change: the replica asked may be gone by the
+    // time the operation needs following elsewhere.
+    let peers = Some(handover::peers(conn, &r.service).await);
     let call = conn.client.retire(conn.signed(r.clone())).await;
     // A replica that does not lead names the leader: asked there once.
     if let Some(leader) = conn.leader_redirect(&call, err).await? {
         *conn = leader;
         let call = conn.client.retire(conn.signed(r)).await;
-        return run(conn, call, out, err).await;
+        return run(conn, call, peers, out, err).await;
     }
-    run(conn, call, out, err).await
+    run(conn, call, peers, out, err).await
 }
 
 /// `teal follow`.
@@ -98,7 +114,7 @@ pub async fn follow(
 ) -> Result<u8, Failure> {
     let req = conn.request(pb::FollowRequest { id });
     let call = conn.client.follow(req).await;
-    run(conn, call, out, err).await
+    run(conn, call, None, out, err).await
 }
 
 /// `teal cordon`.
