@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::admin::Metrics;
 use crate::config::{self, Config};
-use crate::rollout::machine::{self, Action, Event, Origin, ProxyView, Rollout};
+use crate::rollout::machine::{self, Action, Event, Gate, Origin, ProxyView, Rollout};
 use crate::rollout::plan::{self, Change, ServiceView};
 use crate::rollout::{
     CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, Retirement, RolloutError,
@@ -762,6 +762,13 @@ impl Driver {
         if let Some(Action::Commit(change)) = queue.front() {
             let change = change.clone();
             queue.pop_front();
+            if let Some(instead) = self.gate(service) {
+                // Refused at its commit: what it asks instead (its end) is
+                // carried out after the start is saved below, so it still
+                // ends with one history entry.
+                queue = instead.into();
+                return self.save_start(service, queue).await;
+            }
             let event = match self.commit_change(service, &change).await {
                 Ok(version) => Event::Committed { version },
                 Err(CommitError::Store(e)) => return Err(e.into()),
@@ -772,6 +779,16 @@ impl Driver {
             }
             return Ok(queue.into());
         }
+        self.save_start(service, queue).await
+    }
+
+    /// Saves a new operation as started; returns `queue`, what is left to
+    /// carry out.
+    async fn save_start(
+        &mut self,
+        service: &str,
+        queue: VecDeque<Action>,
+    ) -> Result<Vec<Action>, RolloutError> {
         let mut next = self.state.clone();
         if let (Some(st), Some(running)) =
             (next.services.get_mut(service), self.running.get(service))
@@ -781,6 +798,33 @@ impl Driver {
         self.revision = self.store.save(&next, self.revision).await?;
         self.state = next;
         Ok(queue.into())
+    }
+
+    /// Asks `service`'s operation whether the commit it asked for still
+    /// goes, telling it which of the service's fleets have no endpoints in
+    /// the config served now; `Some` holds what it asks instead.
+    fn gate(&mut self, service: &str) -> Option<Vec<Action>> {
+        let empty: BTreeSet<String> = self
+            .config
+            .services
+            .get(service)
+            .map(|svc| {
+                svc.fleets
+                    .iter()
+                    .filter(|(_, f)| f.endpoints.is_empty())
+                    .map(|(name, _)| name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let running = self.running.get_mut(service)?;
+        match running.rollout.commit_gate(&empty) {
+            Gate::Go => None,
+            Gate::Withdrawn(instead) => {
+                tracing::warn!(%service, id = running.rollout.id(),
+                    "a commit was withdrawn: a fleet it sends traffic to has no endpoints");
+                Some(instead)
+            }
+        }
     }
 
     async fn cancel_retirement(&mut self, service: &str, by: &str) -> Result<(), RolloutError> {
@@ -851,10 +895,19 @@ impl Driver {
                     self.spawn_checks(service, fleets);
                     continue;
                 }
-                Action::Commit(change) => match self.commit_change(service, &change).await {
-                    Ok(version) => Event::Committed { version },
-                    Err(e) => Event::CommitFailed(e.to_string()),
-                },
+                Action::Commit(change) => {
+                    if let Some(instead) = self.gate(service) {
+                        queue.extend(instead);
+                        if let Some(running) = self.running.get(service) {
+                            running.publish();
+                        }
+                        continue;
+                    }
+                    match self.commit_change(service, &change).await {
+                        Ok(version) => Event::Committed { version },
+                        Err(e) => Event::CommitFailed(e.to_string()),
+                    }
+                }
                 Action::Finish(_) => {
                     self.finish(service).await;
                     continue;

@@ -20,6 +20,10 @@
 //!
 //! A rollback never goes to `UndoCommitting`: a NACK, a timeout or a failed
 //! post-check leaves it in effect and ends it [`Outcome::Unconfirmed`].
+//!
+//! Every commit is checked again when the driver carries it out
+//! ([`Rollout::commit_gate`]): a step that would send traffic to a fleet
+//! left with no endpoints since the plan fails like a failed check.
 //! An abort ([`Rollout::abort`]) before the commit ends the operation; after
 //! it, the step in progress is undone (back to the last confirmed step).
 //!
@@ -28,7 +32,7 @@
 //! saves with each commit, and [`Rollout::resume`] picks an operation up
 //! from it after a crash.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -118,6 +122,17 @@ pub enum Action {
     Commit(Change),
     /// The operation is over.
     Finish(Outcome),
+}
+
+/// Whether the driver carries out the [`Action::Commit`] it is about to,
+/// as [`Rollout::commit_gate`] decides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// Carry it out.
+    Go,
+    /// Do not: the operation moved on (refused, or undoing what it
+    /// committed); carry out these actions instead.
+    Withdrawn(Vec<Action>),
 }
 
 /// Why an undo runs, and where it goes.
@@ -1101,6 +1116,45 @@ impl Rollout {
             }
             _ => Vec::new(),
         }
+    }
+
+    /// Asked by the driver just before it carries out an
+    /// [`Action::Commit`] of this operation, with the service's fleets
+    /// that have no endpoints in the config served at that moment.
+    /// Endpoints can go while an operation prepares, checks or waits
+    /// between steps (a registration expires or is removed, pods go
+    /// unready, a reload): the plan's check is no guarantee by then. A
+    /// step that would send traffic to an empty fleet is not committed:
+    /// it fails as a failed check does (refused before anything was
+    /// committed; else every proxy goes back to where the operation
+    /// started). An undo always goes: it is the way back.
+    pub fn commit_gate(&mut self, empty: &BTreeSet<String>) -> Gate {
+        if !matches!(self.state, State::Committing) {
+            return Gate::Go;
+        }
+        let Some(change) = self.step_change() else {
+            return Gate::Go;
+        };
+        let Some(fleet) = change
+            .split
+            .iter()
+            .find(|(f, w)| **w > 0 && empty.contains(*f))
+            .map(|(f, _)| f.clone())
+        else {
+            return Gate::Go;
+        };
+        let steps = self.plan.steps.len();
+        let at = if steps > 1 {
+            format!(" at step {} of {steps}", self.step)
+        } else {
+            String::new()
+        };
+        let reason = format!(
+            "fleet {fleet:?} of service {:?} has no endpoints any more{at}; traffic would go \
+             nowhere, so it was not committed",
+            self.service
+        );
+        Gate::Withdrawn(self.fail(reason))
     }
 
     /// An operator (`by`) asks to stop. Before the step in progress is

@@ -1,0 +1,197 @@
+//! Traffic never goes to a fleet that cannot take it, checked where it
+//! would happen, through the real binary, CLI and Envoys:
+//!
+//! - a flip held in its checks while its target's only registration runs
+//!   out is refused at its commit, and every Envoy stays on blue;
+//! - a shift whose next step's target was emptied (`--force`) between
+//!   steps is undone to where it started.
+//!
+//! Needs Envoy 1.40 (`TEAL_ENVOY=/path/to/envoy` or on the PATH); without
+//! it these tests fail, they do not skip.
+
+mod support;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use support::world::{FLIP_TIMEOUT, PREFIX_ROUTE, World, stderr};
+use support::{CONVERGE, show, wait_until};
+
+/// The usual world with green `endpoints: registered` (and none
+/// registered), and web's check given `check_timeout` to answer.
+async fn world_with_registered_green(check_timeout: &str) -> World {
+    World::start_edited(
+        false,
+        |ports| {
+            let mut spec = World::usual_spec(ports, PREFIX_ROUTE);
+            spec.web = Some(vec![
+                ("blue".to_owned(), vec![ports.blue]),
+                ("green".to_owned(), Vec::new()),
+            ]);
+            spec
+        },
+        |yaml| {
+            yaml.replace("endpoints: []", "endpoints: registered")
+                .replace(
+                    "        timeout: 1s\n",
+                    &format!("        timeout: {check_timeout}\n"),
+                )
+        },
+    )
+    .await
+}
+
+/// An upstream on 127.0.0.1 whose `/healthz` answers `200` only once
+/// `release` turns true: a check the test holds. Anything else is
+/// answered at once.
+async fn held_health(release: watch::Receiver<bool>) -> (u16, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let mut release = release.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if head.starts_with(b"GET /healthz") {
+                    let _ = release.wait_for(|r| *r).await;
+                }
+                let _ = conn
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\ngreen",
+                    )
+                    .await;
+            });
+        }
+    });
+    (port, task)
+}
+
+/// Every Envoy routes all of web to blue and holds blue's one endpoint.
+async fn assert_blue_everywhere(w: &World) {
+    w.wait_weights(&[0, 1, 2], &[("blue", 100), ("green", 0)])
+        .await;
+    let blue = format!("127.0.0.1:{}", w.ports.blue);
+    for envoy in 0..w.envoys.len() {
+        assert_eq!(
+            w.cluster_endpoints(envoy, "web-blue").await,
+            [blue.as_str()],
+            "{} holds blue's endpoint",
+            w.envoys[envoy].node_id
+        );
+    }
+    w.envoys[0].wait_for_body(w.edge_port, "blue").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flip_whose_target_registration_expires_while_it_checks_is_refused_at_its_commit() {
+    let w = world_with_registered_green("30s").await;
+    let (release, held) = watch::channel(false);
+    let (port, _server) = held_health(held).await;
+    let green = format!("127.0.0.1:{port}");
+
+    let out = w
+        .cli(&["register", "web", "green", &green, "--ttl", "4s"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let flip = w.cli_spawn(&["flip", "web", "--to", "green", "--timeout", "30s"]);
+    // Planned with green's instance there; its check is held.
+    w.wait_phase("pre-checks", None).await;
+    for envoy in 0..w.envoys.len() {
+        wait_until(CONVERGE, "green's registration runs out", || {
+            let w = &w;
+            async move { w.cluster_endpoints(envoy, "web-green").await.is_empty() }
+        })
+        .await;
+    }
+    assert_eq!(w.wait_phase("pre-checks", None).await["step"], 1);
+    // The check passes now; the commit finds green empty.
+    release.send_replace(true);
+
+    let out = flip.wait_with_output().await.expect("flip ends");
+    assert_eq!(out.status.code(), Some(1), "refused: {}", show(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("\"green\"") && err.contains("no endpoints"),
+        "the reason names the empty fleet: {err}"
+    );
+    let history = w.history().await;
+    assert_eq!(history.len(), 1, "{history:#?}");
+    assert_eq!(history[0]["outcome"], "refused", "{history:#?}");
+    assert!(
+        history[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("\"green\"")),
+        "{history:#?}"
+    );
+    assert_eq!(history[0]["to"]["blue"], 100, "{history:#?}");
+    let (web, _) = w.web_status().await;
+    assert_eq!(web["live"], "blue", "{web:#}");
+    assert_eq!(web["weights"]["green"], 0, "{web:#}");
+    assert_eq!(web["last_change"]["outcome"], "refused", "{web:#}");
+    assert_blue_everywhere(&w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shift_whose_next_target_was_emptied_between_steps_is_undone() {
+    let w = world_with_registered_green("1s").await;
+    let green = format!("127.0.0.1:{}", w.ports.green);
+    let out = w.cli(&["fleet", "set", "web", "green", &green]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let version_before = w.web_status().await.1;
+
+    let shift = w.cli_spawn(&[
+        "shift",
+        "web",
+        "--steps",
+        "50,100",
+        "--to",
+        "green",
+        "--interval",
+        "5s",
+        "--timeout",
+        FLIP_TIMEOUT,
+        "--skip-checks",
+    ]);
+    w.wait_phase("waiting", Some(2)).await;
+    // Between the steps, the operator takes green's last instance away.
+    let out = w
+        .cli(&["deregister", "web", "green", &green, "--force"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+
+    let out = shift.wait_with_output().await.expect("shift ends");
+    assert_eq!(out.status.code(), Some(2), "rolled back: {}", show(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("\"green\"") && err.contains("no endpoints"),
+        "the reason names the empty fleet: {err}"
+    );
+    let history = w.history().await;
+    assert_eq!(history.len(), 1, "{history:#?}");
+    assert_eq!(history[0]["outcome"], "rolled-back", "{history:#?}");
+    assert!(
+        history[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("\"green\"") && r.contains("step 2 of 2")),
+        "{history:#?}"
+    );
+    assert_eq!(history[0]["to"]["blue"], 100, "{history:#?}");
+    let (web, version) = w.web_status().await;
+    assert_ne!(version, version_before);
+    assert_eq!(web["weights"]["blue"], 100, "{web:#}");
+    assert_eq!(web["weights"]["green"], 0, "{web:#}");
+    assert_eq!(web["last_change"]["outcome"], "rolled-back", "{web:#}");
+    assert_blue_everywhere(&w).await;
+}
