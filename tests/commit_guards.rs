@@ -4,19 +4,22 @@
 //! - a flip held in its checks while its target's only registration runs
 //!   out is refused at its commit, and every Envoy stays on blue;
 //! - a shift whose next step's target was emptied (`--force`) between
-//!   steps is undone to where it started.
+//!   steps is undone to where it started;
+//! - a reload that points the live fleet at `endpoints: registered`, with
+//!   nothing registered, is refused and blue keeps being served.
 //!
 //! Needs Envoy 1.40 (`TEAL_ENVOY=/path/to/envoy` or on the PATH); without
 //! it these tests fail, they do not skip.
 
 mod support;
 
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use support::world::{FLIP_TIMEOUT, PREFIX_ROUTE, World, stderr};
+use support::world::{FLIP_TIMEOUT, PREFIX_ROUTE, World, config_yaml, stderr};
 use support::{CONVERGE, show, wait_until};
 
 /// The usual world with green `endpoints: registered` (and none
@@ -194,4 +197,47 @@ async fn a_shift_whose_next_target_was_emptied_between_steps_is_undone() {
     assert_eq!(web["weights"]["green"], 0, "{web:#}");
     assert_eq!(web["last_change"]["outcome"], "rolled-back", "{web:#}");
     assert_blue_everywhere(&w).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_pointing_the_live_fleet_at_an_empty_registered_source_is_refused() {
+    let w = World::start().await;
+    let version_before = w.web_status().await.1;
+    let spec = World::usual_spec(&w.ports, PREFIX_ROUTE);
+    let text = config_yaml(&spec, &w.ports).replacen(
+        &format!("endpoints:\n          - 127.0.0.1:{}\n", w.ports.blue),
+        "endpoints: registered\n",
+        1,
+    );
+    assert!(text.contains("endpoints: registered"), "{text}");
+
+    let before = w.log().len();
+    support::write_atomically(&w.config_path(), &text);
+    let mut logged = String::new();
+    wait_until(CONVERGE, "teal logs the reload", || {
+        logged = w.log().get(before..).unwrap_or_default().to_owned();
+        let seen = logged.contains("config reload");
+        async move { seen }
+    })
+    .await;
+    assert!(
+        logged.contains("config reload refused")
+            && (logged.contains(r#"fleet \"blue\" of service \"web\""#)
+                || logged.contains(r#"fleet "blue" of service "web""#))
+            && logged.contains("would have no endpoints"),
+        "the refusal names the service and the fleet:\n{logged}"
+    );
+
+    let (web, version) = w.web_status().await;
+    assert_eq!(version, version_before, "nothing was served anew");
+    assert_eq!(web["weights"]["blue"], 100, "{web:#}");
+    assert_blue_everywhere(&w).await;
+    let out = w.cli(&["fleet", "show", "web", "blue", "-o", "json"]).await;
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(
+        shown["source"],
+        "file",
+        "the old config is served: {}",
+        show(&out)
+    );
 }

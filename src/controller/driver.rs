@@ -18,7 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::Metrics;
-use crate::config::{self, Config};
+use crate::config::{self, Config, EndpointOverlay, EndpointSource};
+use crate::registration::Registered;
 use crate::rollout::machine::{self, Action, Event, Gate, Origin, ProxyView, Rollout};
 use crate::rollout::plan::{self, Change, ServiceView};
 use crate::rollout::{
@@ -31,7 +32,7 @@ use crate::state::{PersistedState, Revision, StateError, StateStore};
 use crate::xds::{Changes, ProxyRegistry};
 
 use super::follow::{Basis, Follow};
-use super::reconcile::{ReconcileError, fit_split, reconcile};
+use super::reconcile::{ReconcileError, check_reload_endpoints, fit_split, reconcile};
 use super::{Command, CommitError, ControllerError, ReloadError, Reloaded};
 
 /// A running operation and the channel its progress goes out on.
@@ -569,8 +570,10 @@ impl Driver {
     /// the service config it changes; otherwise committed, and operations
     /// on services it removes end `Aborted`.
     async fn reload(&mut self, file: Box<Config>) -> Result<Reloaded, ReloadError> {
-        let config = file.with_endpoints(&self.overlay);
+        let overlay = self.overlay_for_file(&file);
+        let config = file.with_endpoints(&overlay);
         let next = reconcile(&config, &self.state)?;
+        check_reload_endpoints(&self.config, &config, &self.state)?;
         if let Some((service, id, phase)) = self.reload_blocker(&config) {
             self.pending_reload = Some(file);
             return Ok(Reloaded::Deferred { service, id, phase });
@@ -580,6 +583,7 @@ impl Driver {
         let previous_file = std::mem::replace(&mut self.file_config, *file);
         match self.commit_state(next, false).await {
             Ok(version) => {
+                self.overlay = overlay;
                 self.update_cost_windows(SystemTime::now());
                 let removed: Vec<String> = self
                     .running
@@ -606,13 +610,33 @@ impl Driver {
         }
     }
 
+    /// The overlay to serve `file` with: a `registered` fleet's endpoints
+    /// are its registrations in the state (what a restart would serve),
+    /// not what the overlay last held for a fleet that had another source.
+    fn overlay_for_file(&self, file: &Config) -> EndpointOverlay {
+        let mut overlay = self.overlay.clone();
+        for (service, svc) in &file.services {
+            for (fleet, f) in &svc.fleets {
+                if f.source == EndpointSource::Registered {
+                    let registered = self.state.registered.get(service, fleet);
+                    overlay.set(
+                        service,
+                        fleet,
+                        registered.iter().map(Registered::endpoint).collect(),
+                    );
+                }
+            }
+        }
+        overlay
+    }
+
     /// Applies a deferred reload once nothing blocks it any more.
     async fn apply_pending_reload(&mut self) {
         let Some(file) = self.pending_reload.as_ref() else {
             return;
         };
         if self
-            .reload_blocker(&file.with_endpoints(&self.overlay))
+            .reload_blocker(&file.with_endpoints(&self.overlay_for_file(file)))
             .is_some()
         {
             return;
