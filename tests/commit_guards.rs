@@ -6,13 +6,19 @@
 //! - a shift whose next step's target was emptied (`--force`) between
 //!   steps is undone to where it started;
 //! - a reload that points the live fleet at `endpoints: registered`, with
-//!   nothing registered, is refused and blue keeps being served.
+//!   nothing registered, is refused and blue keeps being served;
+//! - a rollback goes past a proxy that rejects its configuration and one
+//!   that answers nothing, names both, and ends `unconfirmed`.
 //!
 //! Needs Envoy 1.40 (`TEAL_ENVOY=/path/to/envoy` or on the PATH); without
 //! it these tests fail, they do not skip.
 
 mod support;
 
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::google::rpc::Status;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -239,5 +245,133 @@ async fn a_reload_pointing_the_live_fleet_at_an_empty_registered_source_is_refus
         "file",
         "the old config is served: {}",
         show(&out)
+    );
+}
+
+/// How a fake proxy answers.
+#[derive(Clone, Copy)]
+enum Fake {
+    /// Rejects every response.
+    Nack,
+    /// Reads every response and answers nothing.
+    Silent,
+}
+
+/// A fake ADS proxy of group `edge` named `id`, answering as `how`.
+async fn fake_proxy(port: u16, id: &str, how: Fake) -> JoinHandle<()> {
+    let (tx, mut stream) = support::ads_subscribed_to_all(port, id).await;
+    tokio::spawn(async move {
+        while let Ok(Some(response)) = stream.message().await {
+            if let Fake::Silent = how {
+                continue;
+            }
+            let nack = DiscoveryRequest {
+                type_url: response.type_url,
+                response_nonce: response.nonce,
+                error_detail: Some(Status {
+                    code: 3,
+                    message: "refused by the test".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            if tx.send(nack).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_goes_past_a_rejecting_and_a_silent_proxy_and_names_them() {
+    let w = World::start().await;
+    let out = w
+        .cli(&["flip", "web", "--to", "green", "--timeout", FLIP_TIMEOUT])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+
+    let _nacking = fake_proxy(w.xds, "nacking-proxy", Fake::Nack).await;
+    let _silent = fake_proxy(w.xds, "silent-proxy", Fake::Silent).await;
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let proxies = w.json(&["proxies"]).await;
+        let list = proxies["proxies"].as_array().cloned().unwrap_or_default();
+        let found = |id: &str| list.iter().find(|p| p["node_id"] == id).cloned();
+        let nacked = found("nacking-proxy").is_some_and(|p| {
+            ["CDS", "EDS", "LDS", "RDS"]
+                .iter()
+                .any(|t| p["types"][t]["state"] == "NACKED")
+        });
+        if nacked && found("silent-proxy").is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fakes never showed: {proxies:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A flip still refuses to switch past the rejecting proxy.
+    let out = w
+        .cli(&[
+            "flip",
+            "web",
+            "--to",
+            "blue",
+            "--skip-checks",
+            "--timeout",
+            "3s",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        stderr(&out).contains("fix that before switching"),
+        "{}",
+        show(&out)
+    );
+
+    // The way back does not.
+    let started = Instant::now();
+    let out = w.cli(&["rollback", "web", "--timeout", "3s"]).await;
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(4), "unconfirmed: {}", show(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("silent-proxy") && err.contains("nacking-proxy"),
+        "both proxies are named: {err}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "it switched at once and waited only its 3 s to confirm: {took:?}"
+    );
+    // Every real Envoy took it.
+    assert_blue_everywhere(&w).await;
+
+    let history = w.history().await;
+    let last = &history[0];
+    assert_eq!(last["verb"], "rollback", "{history:#?}");
+    assert_eq!(last["outcome"], "unconfirmed", "{history:#?}");
+    assert!(
+        last["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("silent-proxy")),
+        "{last:#}"
+    );
+    assert_eq!(
+        last["not_waited_for"],
+        serde_json::json!(["nacking-proxy", "silent-proxy"]),
+        "{last:#}"
+    );
+    let (web, _) = w.web_status().await;
+    assert_eq!(web["weights"]["blue"], 100, "{web:#}");
+    assert_eq!(web["last_change"]["outcome"], "unconfirmed", "{web:#}");
+    // The table cuts a long reason; its first line is this rollback's.
+    let out = w.cli(&["history", "web"]).await;
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let first = table.lines().nth(1).unwrap_or_default();
+    assert!(
+        first.contains("rollback") && first.contains("unconfirmed"),
+        "{table}"
     );
 }

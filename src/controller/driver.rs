@@ -1037,7 +1037,16 @@ impl Driver {
             convergence,
             acks,
             warnings: progress.warnings,
-            not_waited_for: running.not_waited_for.iter().cloned().collect(),
+            // Cordoned proxies, and those a rollback went without.
+            not_waited_for: running
+                .not_waited_for
+                .iter()
+                .map(String::as_str)
+                .chain(r.passed_over())
+                .collect::<BTreeSet<&str>>()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
         };
         self.state.record(service, entry);
         let state = self.state.clone();

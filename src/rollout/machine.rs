@@ -20,6 +20,8 @@
 //!
 //! A rollback never goes to `UndoCommitting`: a NACK, a timeout or a failed
 //! post-check leaves it in effect and ends it [`Outcome::Unconfirmed`].
+//! Nor does it wait in `Preparing`: a proxy stuck or rejecting its
+//! configuration does not hold the way back ([`Rollout::passed_over`]).
 //!
 //! Every commit is checked again when the driver carries it out
 //! ([`Rollout::commit_gate`]): a step that would send traffic to a fleet
@@ -257,6 +259,10 @@ pub struct Rollout {
     /// The last version this operation committed (a step or an undo).
     last_version: Option<Version>,
     warnings: Vec<String>,
+    /// Proxies a rollback went without before its switch (not in sync
+    /// with the configuration served, or rejecting it): the first
+    /// [`ACKS_KEPT`] by id, for the history entry.
+    passed_over: Vec<Arc<str>>,
     // What the progress view shows; the phase, version and outcome come
     // from the state.
     acked: usize,
@@ -416,6 +422,7 @@ impl Rollout {
             resumed: false,
             last_version: None,
             warnings: Vec::new(),
+            passed_over: Vec::new(),
             acked: 0,
             total: 0,
             waiting_for: Vec::new(),
@@ -594,6 +601,12 @@ impl Rollout {
     /// The rollback point once the operation is over, given the routing
     /// state then in effect ([`rollback_point`]).
     pub fn rollback_after(&self, in_effect: &Change) -> Option<Split> {
+        // A rollback that went without some proxies leaves a split they
+        // never confirmed: no point to go back to (a rollback point is
+        // weights every proxy confirmed).
+        if !self.passed_over.is_empty() && in_effect.split != self.original.split {
+            return None;
+        }
         rollback_point(&self.original, self.rollback_before.as_ref(), in_effect)
     }
 
@@ -827,6 +840,37 @@ impl Rollout {
         waiting == 0
     }
 
+    /// A rollback's preparation: the proxies not ready (not in sync with
+    /// the configuration served, or rejecting it) are not waited for;
+    /// they are kept for the history entry and named in a warning.
+    fn pass_over_unready(&mut self) {
+        self.track(Until::Ready);
+        let unready: BTreeSet<&Arc<str>> = self
+            .seen
+            .waiting(Until::Ready)
+            .chain(self.seen.nacking().map(|p| &p.id))
+            .collect();
+        if unready.is_empty() {
+            return;
+        }
+        let count = unready.len();
+        self.passed_over = unready.into_iter().take(ACKS_KEPT).cloned().collect();
+        let mut named = self
+            .passed_over
+            .iter()
+            .take(WAITING_SHOWN)
+            .map(|id| id.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if count > WAITING_SHOWN {
+            named.push_str(&format!(" and {} more", count - WAITING_SHOWN));
+        }
+        self.warnings.push(format!(
+            "the rollback did not wait for proxies not in sync with the current configuration \
+             or rejecting it: {named}; they were sent it too"
+        ));
+    }
+
     /// The proxies not done yet, for a message: the first
     /// [`WAITING_SHOWN`] by id, and how many more.
     fn waiting_list(&self) -> String {
@@ -891,16 +935,26 @@ impl Rollout {
     fn on_preparing(&mut self, event: Event, deadline: Instant, now: Instant) -> Vec<Action> {
         match event {
             Event::Proxies(_) | Event::ProxiesChanged { .. } => {
-                if let Some(p) = self.seen.first_nack() {
-                    let why = p.nack.clone().unwrap_or_default();
-                    let id = p.id.clone();
-                    return self.fail(format!(
-                        "proxy {id} is rejecting its current configuration ({why}); \
-                         fix that before switching"
-                    ));
-                }
-                if !self.track(Until::Ready) {
-                    return Vec::new();
+                if self.verb == Verb::Rollback {
+                    // The way back waits for no proxy to be ready: the
+                    // one stuck or rejecting its configuration may be why
+                    // it is needed. Its target's clusters are served
+                    // already (a rollback never goes to a retired fleet),
+                    // so every proxy gets it whole; those not in sync are
+                    // named, and confirming still waits for them.
+                    self.pass_over_unready();
+                } else {
+                    if let Some(p) = self.seen.first_nack() {
+                        let why = p.nack.clone().unwrap_or_default();
+                        let id = p.id.clone();
+                        return self.fail(format!(
+                            "proxy {id} is rejecting its current configuration ({why}); \
+                             fix that before switching"
+                        ));
+                    }
+                    if !self.track(Until::Ready) {
+                        return Vec::new();
+                    }
                 }
                 let checking = State::PreChecks {
                     deadline: now + self.plan.timeout,
@@ -1155,6 +1209,12 @@ impl Rollout {
             self.service
         );
         Gate::Withdrawn(self.fail(reason))
+    }
+
+    /// Proxies a rollback did not wait for before its switch: the first
+    /// [`ACKS_KEPT`] by id.
+    pub fn passed_over(&self) -> impl Iterator<Item = &str> {
+        self.passed_over.iter().map(|id| &**id)
     }
 
     /// An operator (`by`) asks to stop. Before the step in progress is

@@ -713,7 +713,13 @@ fn run_one(
         Outcome::Succeeded => {
             prop_assert_eq!(Some(&svc.in_effect), r.plan.steps.last());
             prop_assert!(all_acked, "success with proxies that did not ACK");
-            prop_assert_eq!(r.progress().warnings.is_empty(), world.proxies > 0);
+            // One warning when no proxy was there to confirm, one when a
+            // rollback went without some.
+            let passed_over = r.passed_over().next().is_some();
+            prop_assert_eq!(
+                r.progress().warnings.len(),
+                usize::from(world.proxies == 0) + usize::from(passed_over)
+            );
         }
         Outcome::Refused { .. } => {
             prop_assert_eq!(committed_changes, 0);
@@ -1037,4 +1043,73 @@ fn a_rollback_whose_target_emptied_is_refused_at_its_commit() {
         matches!(&a[..], [Action::Finish(Outcome::Refused { reason })] if reason.contains("\"blue\"")),
         "{a:?}"
     );
+}
+
+#[test]
+fn a_rollback_does_not_wait_for_a_stuck_or_rejecting_proxy_and_names_them() {
+    let green_live = split(&[("blue", 0), ("green", 100)]);
+    let blue = back().split;
+    let (mut r, t) = started_at(&rollback(true), &green_live, Some(&blue));
+    let views = vec![
+        proxy("a", true, true),
+        nacking("b", "RDS: bad regex"),
+        proxy("stuck", true, false),
+    ];
+    assert_eq!(
+        r.on_event(Event::Proxies(views), t),
+        [Action::Commit(back())],
+        "switches at once"
+    );
+    assert_eq!(r.passed_over().collect::<Vec<_>>(), ["b", "stuck"]);
+    let w = &r.progress().warnings;
+    assert!(
+        w.len() == 1 && w[0].contains("did not wait") && w[0].contains("b, stuck"),
+        "{w:?}"
+    );
+    assert_eq!(
+        r.on_event(committed_event("9"), t),
+        [Action::ObserveProxies]
+    );
+    // a confirms, b rejects the rollback too, stuck never answers: the
+    // rollback stays in effect and ends unconfirmed, naming stuck.
+    let views = vec![
+        proxy("a", true, true),
+        nacking("b", "RDS: bad regex"),
+        proxy("stuck", true, false),
+    ];
+    assert!(r.on_event(Event::Proxies(views), t).is_empty());
+    assert_eq!(r.progress().waiting_for, ["stuck"]);
+    let a = r.on_event(Event::Tick, t + Duration::from_secs(10));
+    assert!(
+        matches!(&a[..], [Action::Finish(Outcome::Unconfirmed { reason })] if reason.contains("stuck")),
+        "{a:?}"
+    );
+    assert_eq!(
+        r.rollback_after(&back()),
+        None,
+        "green was never confirmed by every proxy: no point to go back to"
+    );
+
+    // Only a rejecting proxy: it ends unconfirmed as soon as the others
+    // confirm, naming it.
+    let (mut r, t) = started_at(&rollback(true), &green_live, Some(&blue));
+    let views = vec![proxy("a", true, true), nacking("b", "bad")];
+    assert_eq!(
+        r.on_event(Event::Proxies(views.clone()), t),
+        [Action::Commit(back())]
+    );
+    r.on_event(committed_event("9"), t);
+    let a = r.on_event(Event::Proxies(views), t);
+    assert!(
+        matches!(&a[..], [Action::Finish(Outcome::Unconfirmed { reason })] if reason.contains("b rejected it")),
+        "{a:?}"
+    );
+    // A flip still refuses to switch past a rejecting proxy.
+    let (mut r, t) = started(&flip(true));
+    let a = r.on_event(
+        Event::Proxies(vec![proxy("a", true, true), nacking("b", "bad")]),
+        t,
+    );
+    assert!(matches!(&a[..], [Action::Finish(Outcome::Refused { .. })]));
+    assert_eq!(r.passed_over().count(), 0);
 }
