@@ -63,7 +63,7 @@ async fn a_cordoned_proxy_that_nacks_does_not_roll_back_and_uncordoned_it_does()
     let table = w.cli(&["history", "web"]).await;
     let table = String::from_utf8_lossy(&table.stdout).into_owned();
     assert!(
-        table.contains("(did not wait for cordoned"),
+        table.contains(&format!("(did not wait for {edge_id})")),
         "the history table says which proxies a change did not wait for:\n{table}"
     );
     // The edge did get green, and refused it.

@@ -382,7 +382,7 @@ pub async fn history(
                 });
                 if !h.not_waited_for.is_empty() {
                     outcome.push_str(&format!(
-                        " (did not wait for cordoned {})",
+                        " (did not wait for {})",
                         h.not_waited_for.join(", ")
                     ));
                 }

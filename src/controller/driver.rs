@@ -18,8 +18,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::Metrics;
-use crate::config::{self, Config};
-use crate::rollout::machine::{self, Action, Event, Origin, ProxyView, Rollout};
+use crate::config::{self, Config, EndpointOverlay, EndpointSource};
+use crate::registration::Registered;
+use crate::rollout::machine::{self, Action, Event, Gate, Origin, ProxyView, Rollout};
 use crate::rollout::plan::{self, Change, ServiceView};
 use crate::rollout::{
     CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, Retirement, RolloutError,
@@ -31,7 +32,7 @@ use crate::state::{PersistedState, Revision, StateError, StateStore};
 use crate::xds::{Changes, ProxyRegistry};
 
 use super::follow::{Basis, Follow};
-use super::reconcile::{ReconcileError, fit_split, reconcile};
+use super::reconcile::{ReconcileError, check_reload_endpoints, fit_split, reconcile};
 use super::{Command, CommitError, ControllerError, ReloadError, Reloaded};
 
 /// A running operation and the channel its progress goes out on.
@@ -587,8 +588,10 @@ impl Driver {
     /// the service config it changes; otherwise committed, and operations
     /// on services it removes end `Aborted`.
     async fn reload(&mut self, file: Box<Config>) -> Result<Reloaded, ReloadError> {
-        let config = file.with_endpoints(&self.overlay);
+        let overlay = self.overlay_for_file(&file);
+        let config = file.with_endpoints(&overlay);
         let next = reconcile(&config, &self.state)?;
+        check_reload_endpoints(&self.config, &config, &self.state)?;
         if let Some((service, id, phase)) = self.reload_blocker(&config) {
             self.pending_reload = Some(file);
             return Ok(Reloaded::Deferred { service, id, phase });
@@ -598,6 +601,7 @@ impl Driver {
         let previous_file = std::mem::replace(&mut self.file_config, *file);
         match self.commit_state(next, false).await {
             Ok(version) => {
+                self.overlay = overlay;
                 self.update_cost_windows(SystemTime::now());
                 let removed: Vec<String> = self
                     .running
@@ -624,13 +628,33 @@ impl Driver {
         }
     }
 
+    /// The overlay to serve `file` with: a `registered` fleet's endpoints
+    /// are its registrations in the state (what a restart would serve),
+    /// not what the overlay last held for a fleet that had another source.
+    fn overlay_for_file(&self, file: &Config) -> EndpointOverlay {
+        let mut overlay = self.overlay.clone();
+        for (service, svc) in &file.services {
+            for (fleet, f) in &svc.fleets {
+                if f.source == EndpointSource::Registered {
+                    let registered = self.state.registered.get(service, fleet);
+                    overlay.set(
+                        service,
+                        fleet,
+                        registered.iter().map(Registered::endpoint).collect(),
+                    );
+                }
+            }
+        }
+        overlay
+    }
+
     /// Applies a deferred reload once nothing blocks it any more.
     async fn apply_pending_reload(&mut self) {
         let Some(file) = self.pending_reload.as_ref() else {
             return;
         };
         if self
-            .reload_blocker(&file.with_endpoints(&self.overlay))
+            .reload_blocker(&file.with_endpoints(&self.overlay_for_file(file)))
             .is_some()
         {
             return;
@@ -780,6 +804,13 @@ impl Driver {
         if let Some(Action::Commit(change)) = queue.front() {
             let change = change.clone();
             queue.pop_front();
+            if let Some(instead) = self.gate(service) {
+                // Refused at its commit: what it asks instead (its end) is
+                // carried out after the start is saved below, so it still
+                // ends with one history entry.
+                queue = instead.into();
+                return self.save_start(service, queue).await;
+            }
             let event = match self.commit_change(service, &change).await {
                 Ok(version) => Event::Committed { version },
                 Err(CommitError::Store(e)) => return Err(e.into()),
@@ -790,6 +821,16 @@ impl Driver {
             }
             return Ok(queue.into());
         }
+        self.save_start(service, queue).await
+    }
+
+    /// Saves a new operation as started; returns `queue`, what is left to
+    /// carry out.
+    async fn save_start(
+        &mut self,
+        service: &str,
+        queue: VecDeque<Action>,
+    ) -> Result<Vec<Action>, RolloutError> {
         let mut next = self.state.clone();
         if let (Some(st), Some(running)) =
             (next.services.get_mut(service), self.running.get(service))
@@ -799,6 +840,33 @@ impl Driver {
         self.revision = self.store.save(&next, self.revision).await?;
         self.state = next;
         Ok(queue.into())
+    }
+
+    /// Asks `service`'s operation whether the commit it asked for still
+    /// goes, telling it which of the service's fleets have no endpoints in
+    /// the config served now; `Some` holds what it asks instead.
+    fn gate(&mut self, service: &str) -> Option<Vec<Action>> {
+        let empty: BTreeSet<String> = self
+            .config
+            .services
+            .get(service)
+            .map(|svc| {
+                svc.fleets
+                    .iter()
+                    .filter(|(_, f)| f.endpoints.is_empty())
+                    .map(|(name, _)| name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let running = self.running.get_mut(service)?;
+        match running.rollout.commit_gate(&empty) {
+            Gate::Go => None,
+            Gate::Withdrawn(instead) => {
+                tracing::warn!(%service, id = running.rollout.id(),
+                    "a commit was withdrawn: a fleet it sends traffic to has no endpoints");
+                Some(instead)
+            }
+        }
     }
 
     async fn cancel_retirement(&mut self, service: &str, by: &str) -> Result<(), RolloutError> {
@@ -869,16 +937,26 @@ impl Driver {
                     self.spawn_checks(service, fleets);
                     continue;
                 }
-                Action::Commit(change) => match self.commit_change(service, &change).await {
-                    Ok(version) => Event::Committed { version },
-                    Err(CommitError::Store(StateError::NotLeading { .. })) => {
-                        // Nothing was committed, and the operation is the
-                        // new leader's to carry on from its saved record.
-                        self.hand_over("a commit was fenced off");
-                        return;
+                Action::Commit(change) => {
+                    if let Some(instead) = self.gate(service) {
+                        queue.extend(instead);
+                        if let Some(running) = self.running.get(service) {
+                            running.publish();
+                        }
+                        continue;
                     }
-                    Err(e) => Event::CommitFailed(e.to_string()),
-                },
+                    match self.commit_change(service, &change).await {
+                        Ok(version) => Event::Committed { version },
+                        Err(CommitError::Store(StateError::NotLeading { .. })) => {
+                            // Nothing was committed, and the operation is
+                            // the new leader's to carry on from its saved
+                            // record.
+                            self.hand_over("a commit was fenced off");
+                            return;
+                        }
+                        Err(e) => Event::CommitFailed(e.to_string()),
+                    }
+                }
                 Action::Finish(_) => {
                     self.finish(service).await;
                     continue;
@@ -1002,7 +1080,16 @@ impl Driver {
             convergence,
             acks,
             warnings: progress.warnings,
-            not_waited_for: running.not_waited_for.iter().cloned().collect(),
+            // Cordoned proxies, and those a rollback went without.
+            not_waited_for: running
+                .not_waited_for
+                .iter()
+                .map(String::as_str)
+                .chain(r.passed_over())
+                .collect::<BTreeSet<&str>>()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
         };
         next.record(service, entry);
         match self.store.save(&next, self.revision).await {

@@ -7,13 +7,15 @@
 //! and a config that would take away a fleet still holding traffic (by
 //! removing it or emptying the endpoints it lists) is refused whole. A
 //! fleet whose endpoints come from elsewhere ([`EndpointSource`]) is never
-//! "emptied" by the file: its endpoints are not the file's.
+//! "emptied" by the file: its endpoints are not the file's. But a reload
+//! that points a fleet taking traffic at a source with nothing for it is
+//! ([`check_reload_endpoints`]).
 //!
 //! [`EndpointSource`]: crate::config::EndpointSource
 
 use std::collections::BTreeMap;
 
-use crate::config::{Config, Service};
+use crate::config::{Config, EndpointSource, Service};
 use crate::rollout::Split;
 use crate::rollout::Weights;
 use crate::state::{PersistedState, ServiceState};
@@ -46,6 +48,23 @@ pub enum ReconcileError {
         fleet: String,
         /// Its weight now.
         weight: u32,
+    },
+    /// A reload leaves a fleet that takes traffic, whose endpoints come
+    /// from elsewhere than the file, with none.
+    #[error(
+        "fleet {fleet:?} of service {service:?} takes {weight}% of its traffic and would have \
+         no endpoints after this reload (its source, {origin}, has none for it); flip or shift \
+         its traffic away first, or give it endpoints before changing where they come from"
+    )]
+    FleetLeftEmpty {
+        /// The service.
+        service: String,
+        /// The fleet.
+        fleet: String,
+        /// Its weight now.
+        weight: u32,
+        /// Where its endpoints would come from.
+        origin: &'static str,
     },
 }
 
@@ -115,6 +134,61 @@ pub fn reconcile(
         services,
         ..state.clone()
     })
+}
+
+/// Refuses a reload from `served` to `next` (both the config as served:
+/// with the endpoints from outside the file laid over it) that would leave
+/// a fleet taking traffic in `state` with no endpoints, whatever their
+/// source. The file's own fleets are [`reconcile`]'s to refuse; this one
+/// covers a fleet the reload points at a source that has nothing for it:
+/// `registered` with nothing registered in the state, or a Kubernetes
+/// Service it did not use before (its watch starts after the reload, so
+/// nothing of it has been seen; flip away first, or add the Service as
+/// another fleet).
+///
+/// A fleet whose source the reload leaves as it was, and that has no
+/// endpoints already, does not refuse it: the reload changes nothing for
+/// it (registrations ran out, pods are not ready, or a Kubernetes watch
+/// has not answered since start-up, when such a fleet is served empty
+/// until it does), and refusing would only block unrelated changes,
+/// or the one that gives it endpoints again.
+pub(super) fn check_reload_endpoints(
+    served: &Config,
+    next: &Config,
+    state: &PersistedState,
+) -> Result<(), ReconcileError> {
+    for (name, st) in &state.services {
+        let Some(svc) = next.services.get(name) else {
+            continue;
+        };
+        for (fleet, weight) in st.weights.iter().filter(|(_, w)| **w > 0) {
+            let Some(after) = svc.fleets.get(fleet) else {
+                continue;
+            };
+            if after.source.is_file() {
+                continue;
+            }
+            let before = served.services.get(name).and_then(|s| s.fleets.get(fleet));
+            let same_source = before.is_some_and(|b| b.source == after.source);
+            // A Kubernetes Service the fleet did not use before has not
+            // been seen: its watch starts once the reload is applied, and
+            // what the fleet held until now came from elsewhere.
+            let unseen = !same_source && matches!(after.source, EndpointSource::Kubernetes(_));
+            if !after.endpoints.is_empty() && !unseen {
+                continue;
+            }
+            if same_source && before.is_some_and(|b| b.endpoints.is_empty()) {
+                continue;
+            }
+            return Err(ReconcileError::FleetLeftEmpty {
+                service: name.clone(),
+                fleet: fleet.clone(),
+                weight: *weight,
+                origin: after.source.as_str(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `split` over exactly `svc`'s fleets: fleets the config no longer has
@@ -218,5 +292,65 @@ groups:
         let fresh = reconcile(&config(BASE), &PersistedState::default()).expect("allowed");
         assert_eq!(fresh.services["web"].weights["blue"], 100);
         assert_eq!(fresh.services["web"].rollback_to, None);
+    }
+
+    #[test]
+    fn a_reload_leaving_a_fleet_with_traffic_with_no_endpoints_is_refused_whatever_the_source() {
+        let served = config(BASE);
+        let st = state(&[("blue", 100), ("green", 0), ("red", 0)], None);
+        let registered = config(&BASE.replace(
+            "blue: {endpoints: [127.0.0.1:1]}",
+            "blue: {endpoints: registered}",
+        ));
+        assert_eq!(
+            check_reload_endpoints(&served, &registered, &st),
+            Err(ReconcileError::FleetLeftEmpty {
+                service: "web".into(),
+                fleet: "blue".into(),
+                weight: 100,
+                origin: "registered",
+            })
+        );
+        let kube = config(&BASE.replace(
+            "blue: {endpoints: [127.0.0.1:1]}",
+            "blue: {kubernetes: {namespace: shop, service: web-blue, port: http}}",
+        ));
+        assert!(matches!(
+            check_reload_endpoints(&served, &kube, &st),
+            Err(ReconcileError::FleetLeftEmpty {
+                origin: "kubernetes",
+                ..
+            })
+        ));
+        // A fleet at weight 0 may be left with none.
+        let green = config(&BASE.replace(
+            "green: {endpoints: [127.0.0.1:2]}",
+            "green: {endpoints: registered}",
+        ));
+        assert_eq!(check_reload_endpoints(&served, &green, &st), Ok(()));
+        // Already empty from the same source (registrations ran out, a
+        // watch not answered yet): the reload changes nothing for it.
+        assert_eq!(
+            check_reload_endpoints(&registered, &registered, &st),
+            Ok(())
+        );
+        assert_eq!(check_reload_endpoints(&kube, &kube, &st), Ok(()));
+        // Switching from one empty source to another is the reload's doing.
+        assert!(check_reload_endpoints(&registered, &kube, &st).is_err());
+        // What the fleet held from its last source is not the new
+        // Service's; once that Service's watch reported, it is.
+        let mut overlay = crate::config::EndpointOverlay::new();
+        overlay.set(
+            "web",
+            "blue",
+            vec![crate::config::Endpoint {
+                address: "127.0.0.1:7".parse().expect("address"),
+                weight: 1,
+                zone: None,
+            }],
+        );
+        let kube_held = kube.with_endpoints(&overlay);
+        assert!(check_reload_endpoints(&served, &kube_held, &st).is_err());
+        assert_eq!(check_reload_endpoints(&kube_held, &kube_held, &st), Ok(()));
     }
 }

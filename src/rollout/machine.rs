@@ -20,6 +20,12 @@
 //!
 //! A rollback never goes to `UndoCommitting`: a NACK, a timeout or a failed
 //! post-check leaves it in effect and ends it [`Outcome::Unconfirmed`].
+//! Nor does it wait in `Preparing`: a proxy stuck or rejecting its
+//! configuration does not hold the way back ([`Rollout::passed_over`]).
+//!
+//! Every commit is checked again when the driver carries it out
+//! ([`Rollout::commit_gate`]): a step that would send traffic to a fleet
+//! left with no endpoints since the plan fails like a failed check.
 //! An abort ([`Rollout::abort`]) before the commit ends the operation; after
 //! it, the step in progress is undone (back to the last confirmed step).
 //!
@@ -28,7 +34,7 @@
 //! saves with each commit, and [`Rollout::resume`] picks an operation up
 //! from it after a crash.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -118,6 +124,17 @@ pub enum Action {
     Commit(Change),
     /// The operation is over.
     Finish(Outcome),
+}
+
+/// Whether the driver carries out the [`Action::Commit`] it is about to,
+/// as [`Rollout::commit_gate`] decides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// Carry it out.
+    Go,
+    /// Do not: the operation moved on (refused, or undoing what it
+    /// committed); carry out these actions instead.
+    Withdrawn(Vec<Action>),
 }
 
 /// Why an undo runs, and where it goes.
@@ -242,6 +259,10 @@ pub struct Rollout {
     /// The last version this operation committed (a step or an undo).
     last_version: Option<Version>,
     warnings: Vec<String>,
+    /// Proxies a rollback went without before its switch (not in sync
+    /// with the configuration served, or rejecting it): the first
+    /// [`ACKS_KEPT`] by id, for the history entry.
+    passed_over: Vec<Arc<str>>,
     // What the progress view shows; the phase, version and outcome come
     // from the state.
     acked: usize,
@@ -401,6 +422,7 @@ impl Rollout {
             resumed: false,
             last_version: None,
             warnings: Vec::new(),
+            passed_over: Vec::new(),
             acked: 0,
             total: 0,
             waiting_for: Vec::new(),
@@ -579,6 +601,12 @@ impl Rollout {
     /// The rollback point once the operation is over, given the routing
     /// state then in effect ([`rollback_point`]).
     pub fn rollback_after(&self, in_effect: &Change) -> Option<Split> {
+        // A rollback that went without some proxies leaves a split they
+        // never confirmed: no point to go back to (a rollback point is
+        // weights every proxy confirmed).
+        if !self.passed_over.is_empty() && in_effect.split != self.original.split {
+            return None;
+        }
         rollback_point(&self.original, self.rollback_before.as_ref(), in_effect)
     }
 
@@ -812,6 +840,37 @@ impl Rollout {
         waiting == 0
     }
 
+    /// A rollback's preparation: the proxies not ready (not in sync with
+    /// the configuration served, or rejecting it) are not waited for;
+    /// they are kept for the history entry and named in a warning.
+    fn pass_over_unready(&mut self) {
+        self.track(Until::Ready);
+        let unready: BTreeSet<&Arc<str>> = self
+            .seen
+            .waiting(Until::Ready)
+            .chain(self.seen.nacking().map(|p| &p.id))
+            .collect();
+        if unready.is_empty() {
+            return;
+        }
+        let count = unready.len();
+        self.passed_over = unready.into_iter().take(ACKS_KEPT).cloned().collect();
+        let mut named = self
+            .passed_over
+            .iter()
+            .take(WAITING_SHOWN)
+            .map(|id| id.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if count > WAITING_SHOWN {
+            named.push_str(&format!(" and {} more", count - WAITING_SHOWN));
+        }
+        self.warnings.push(format!(
+            "the rollback did not wait for proxies not in sync with the current configuration \
+             or rejecting it: {named}; they were sent it too"
+        ));
+    }
+
     /// The proxies not done yet, for a message: the first
     /// [`WAITING_SHOWN`] by id, and how many more.
     fn waiting_list(&self) -> String {
@@ -876,16 +935,26 @@ impl Rollout {
     fn on_preparing(&mut self, event: Event, deadline: Instant, now: Instant) -> Vec<Action> {
         match event {
             Event::Proxies(_) | Event::ProxiesChanged { .. } => {
-                if let Some(p) = self.seen.first_nack() {
-                    let why = p.nack.clone().unwrap_or_default();
-                    let id = p.id.clone();
-                    return self.fail(format!(
-                        "proxy {id} is rejecting its current configuration ({why}); \
-                         fix that before switching"
-                    ));
-                }
-                if !self.track(Until::Ready) {
-                    return Vec::new();
+                if self.verb == Verb::Rollback {
+                    // The way back waits for no proxy to be ready: the
+                    // one stuck or rejecting its configuration may be why
+                    // it is needed. Its target's clusters are served
+                    // already (a rollback never goes to a retired fleet),
+                    // so every proxy gets it whole; those not in sync are
+                    // named, and confirming still waits for them.
+                    self.pass_over_unready();
+                } else {
+                    if let Some(p) = self.seen.first_nack() {
+                        let why = p.nack.clone().unwrap_or_default();
+                        let id = p.id.clone();
+                        return self.fail(format!(
+                            "proxy {id} is rejecting its current configuration ({why}); \
+                             fix that before switching"
+                        ));
+                    }
+                    if !self.track(Until::Ready) {
+                        return Vec::new();
+                    }
                 }
                 let checking = State::PreChecks {
                     deadline: now + self.plan.timeout,
@@ -1101,6 +1170,51 @@ impl Rollout {
             }
             _ => Vec::new(),
         }
+    }
+
+    /// Asked by the driver just before it carries out an
+    /// [`Action::Commit`] of this operation, with the service's fleets
+    /// that have no endpoints in the config served at that moment.
+    /// Endpoints can go while an operation prepares, checks or waits
+    /// between steps (a registration expires or is removed, pods go
+    /// unready, a reload): the plan's check is no guarantee by then. A
+    /// step that would send traffic to an empty fleet is not committed:
+    /// it fails as a failed check does (refused before anything was
+    /// committed; else every proxy goes back to where the operation
+    /// started). An undo always goes: it is the way back.
+    pub fn commit_gate(&mut self, empty: &BTreeSet<String>) -> Gate {
+        if !matches!(self.state, State::Committing) {
+            return Gate::Go;
+        }
+        let Some(change) = self.step_change() else {
+            return Gate::Go;
+        };
+        let Some(fleet) = change
+            .split
+            .iter()
+            .find(|(f, w)| **w > 0 && empty.contains(*f))
+            .map(|(f, _)| f.clone())
+        else {
+            return Gate::Go;
+        };
+        let steps = self.plan.steps.len();
+        let at = if steps > 1 {
+            format!(" at step {} of {steps}", self.step)
+        } else {
+            String::new()
+        };
+        let reason = format!(
+            "fleet {fleet:?} of service {:?} has no endpoints any more{at}; traffic would go \
+             nowhere, so it was not committed",
+            self.service
+        );
+        Gate::Withdrawn(self.fail(reason))
+    }
+
+    /// Proxies a rollback did not wait for before its switch: the first
+    /// [`ACKS_KEPT`] by id.
+    pub fn passed_over(&self) -> impl Iterator<Item = &str> {
+        self.passed_over.iter().map(|id| &**id)
     }
 
     /// An operator (`by`) asks to stop. Before the step in progress is

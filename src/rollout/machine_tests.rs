@@ -713,7 +713,13 @@ fn run_one(
         Outcome::Succeeded => {
             prop_assert_eq!(Some(&svc.in_effect), r.plan.steps.last());
             prop_assert!(all_acked, "success with proxies that did not ACK");
-            prop_assert_eq!(r.progress().warnings.is_empty(), world.proxies > 0);
+            // One warning when no proxy was there to confirm, one when a
+            // rollback went without some.
+            let passed_over = r.passed_over().next().is_some();
+            prop_assert_eq!(
+                r.progress().warnings.len(),
+                usize::from(world.proxies == 0) + usize::from(passed_over)
+            );
         }
         Outcome::Refused { .. } => {
             prop_assert_eq!(committed_changes, 0);
@@ -950,4 +956,160 @@ fn a_history_entry_keeps_the_slowest_acks() {
     assert_eq!(acks.len(), ACKS_KEPT);
     assert_eq!(acks[0], ("p050".to_string(), Duration::from_millis(50)));
     assert_eq!(acks.last().map(|a| a.0.as_str()), Some("p149"));
+}
+
+fn empty(fleets: &[&str]) -> BTreeSet<String> {
+    fleets.iter().map(|f| (*f).to_owned()).collect()
+}
+
+#[test]
+fn a_commit_whose_target_fleet_emptied_since_the_plan_is_refused_and_nothing_is_committed() {
+    let (mut r, t) = started(&flip(false));
+    r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    let a = r.on_event(Event::Checks(vec![check(true)]), t);
+    assert_eq!(a, [Action::Commit(green())]);
+    // A fleet at weight 0 in the step may be empty; the target may not.
+    assert_eq!(r.commit_gate(&empty(&["blue"])), Gate::Go);
+    let Gate::Withdrawn(a) = r.commit_gate(&empty(&["green"])) else {
+        panic!("the commit goes to an empty fleet")
+    };
+    assert!(
+        matches!(&a[..], [Action::Finish(Outcome::Refused { reason })]
+            if reason.contains("\"green\"") && reason.contains("no endpoints")),
+        "{a:?}"
+    );
+    assert!(r.is_done());
+    assert_eq!(r.last_version(), None, "nothing was committed");
+    assert_eq!(r.rollback_after(&back()), None, "the point stays");
+}
+
+#[test]
+fn a_commit_goes_when_every_fleet_it_sends_traffic_to_has_endpoints() {
+    let (mut r, t) = started(&flip(true));
+    assert_eq!(
+        r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t),
+        [Action::Commit(green())]
+    );
+    assert_eq!(r.commit_gate(&BTreeSet::new()), Gate::Go);
+    assert_eq!(
+        r.on_event(committed_event("2"), t),
+        [Action::ObserveProxies]
+    );
+    // Not committing: there is nothing to withdraw.
+    assert_eq!(r.commit_gate(&empty(&["green"])), Gate::Go);
+}
+
+#[test]
+fn a_later_step_whose_target_emptied_undoes_the_earlier_ones_and_the_undo_always_goes() {
+    let steps = percents(None, &[10, 100]);
+    let (mut r, t) = started(&shift(steps, Duration::ZERO, true));
+    r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    assert_eq!(r.commit_gate(&BTreeSet::new()), Gate::Go);
+    r.on_event(committed_event("2"), t);
+    r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    let a = r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    assert!(matches!(&a[..], [Action::Commit(c)] if c.split["green"] == 100));
+    assert_eq!(r.progress().step, 2);
+    let Gate::Withdrawn(a) = r.commit_gate(&empty(&["green"])) else {
+        panic!("step 2 goes to an empty fleet")
+    };
+    assert_eq!(a, [Action::Commit(back())], "step 1 is undone too");
+    assert_eq!(r.phase(), Phase::RollingBack);
+    // The way back is not held by the guard, even to an empty fleet.
+    assert_eq!(r.commit_gate(&empty(&["blue", "green"])), Gate::Go);
+    r.on_event(committed_event("3"), t);
+    let a = r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    assert!(
+        matches!(&a[..], [Action::Finish(Outcome::RolledBack { reason })]
+            if reason.contains("\"green\"") && reason.contains("step 2 of 2")),
+        "{a:?}"
+    );
+    assert_eq!(r.rollback_after(&back()), None, "undone: the point stays");
+}
+
+#[test]
+fn a_rollback_whose_target_emptied_is_refused_at_its_commit() {
+    let green_live = split(&[("blue", 0), ("green", 100)]);
+    let blue = back().split;
+    let (mut r, t) = started_at(&rollback(true), &green_live, Some(&blue));
+    assert_eq!(
+        r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t),
+        [Action::Commit(back())]
+    );
+    let Gate::Withdrawn(a) = r.commit_gate(&empty(&["blue"])) else {
+        panic!("a rollback to an empty fleet")
+    };
+    assert!(
+        matches!(&a[..], [Action::Finish(Outcome::Refused { reason })] if reason.contains("\"blue\"")),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn a_rollback_does_not_wait_for_a_stuck_or_rejecting_proxy_and_names_them() {
+    let green_live = split(&[("blue", 0), ("green", 100)]);
+    let blue = back().split;
+    let (mut r, t) = started_at(&rollback(true), &green_live, Some(&blue));
+    let views = vec![
+        proxy("a", true, true),
+        nacking("b", "RDS: bad regex"),
+        proxy("stuck", true, false),
+    ];
+    assert_eq!(
+        r.on_event(Event::Proxies(views), t),
+        [Action::Commit(back())],
+        "switches at once"
+    );
+    assert_eq!(r.passed_over().collect::<Vec<_>>(), ["b", "stuck"]);
+    let w = &r.progress().warnings;
+    assert!(
+        w.len() == 1 && w[0].contains("did not wait") && w[0].contains("b, stuck"),
+        "{w:?}"
+    );
+    assert_eq!(
+        r.on_event(committed_event("9"), t),
+        [Action::ObserveProxies]
+    );
+    // a confirms, b rejects the rollback too, stuck never answers: the
+    // rollback stays in effect and ends unconfirmed, naming stuck.
+    let views = vec![
+        proxy("a", true, true),
+        nacking("b", "RDS: bad regex"),
+        proxy("stuck", true, false),
+    ];
+    assert!(r.on_event(Event::Proxies(views), t).is_empty());
+    assert_eq!(r.progress().waiting_for, ["stuck"]);
+    let a = r.on_event(Event::Tick, t + Duration::from_secs(10));
+    assert!(
+        matches!(&a[..], [Action::Finish(Outcome::Unconfirmed { reason })] if reason.contains("stuck")),
+        "{a:?}"
+    );
+    assert_eq!(
+        r.rollback_after(&back()),
+        None,
+        "green was never confirmed by every proxy: no point to go back to"
+    );
+
+    // Only a rejecting proxy: it ends unconfirmed as soon as the others
+    // confirm, naming it.
+    let (mut r, t) = started_at(&rollback(true), &green_live, Some(&blue));
+    let views = vec![proxy("a", true, true), nacking("b", "bad")];
+    assert_eq!(
+        r.on_event(Event::Proxies(views.clone()), t),
+        [Action::Commit(back())]
+    );
+    r.on_event(committed_event("9"), t);
+    let a = r.on_event(Event::Proxies(views), t);
+    assert!(
+        matches!(&a[..], [Action::Finish(Outcome::Unconfirmed { reason })] if reason.contains("b rejected it")),
+        "{a:?}"
+    );
+    // A flip still refuses to switch past a rejecting proxy.
+    let (mut r, t) = started(&flip(true));
+    let a = r.on_event(
+        Event::Proxies(vec![proxy("a", true, true), nacking("b", "bad")]),
+        t,
+    );
+    assert!(matches!(&a[..], [Action::Finish(Outcome::Refused { .. })]));
+    assert_eq!(r.passed_over().count(), 0);
 }

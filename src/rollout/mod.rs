@@ -374,8 +374,9 @@ pub struct HistoryEntry {
     /// What the operator should know (see [`Progress::warnings`]).
     #[serde(default)]
     pub warnings: Vec<String>,
-    /// Cordoned proxies the operation did not wait for, at any point of
-    /// it (see [`Progress::not_waiting_for`]).
+    /// Proxies the operation did not wait for: cordoned ones, at any
+    /// point of it (see [`Progress::not_waiting_for`]), and those a
+    /// rollback went without before its switch.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_waited_for: Vec<String>,
 }
