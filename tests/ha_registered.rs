@@ -173,3 +173,117 @@ async fn a_registration_through_a_follower_is_served_by_every_replica() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Two replicas on `config` (the same file unless `other` is given for the
+/// second); the leader first.
+async fn two(
+    etcd: &Etcd,
+    prefix: &str,
+    config: &std::path::Path,
+    other: Option<&std::path::Path>,
+) -> Vec<Replica> {
+    let spec = |config: &std::path::Path| ReplicaSpec {
+        store: etcd.url(prefix),
+        config: Some(config.to_owned()),
+        lease_secs: 2,
+        ..ReplicaSpec::default()
+    };
+    let first = Replica::start(spec(config)).await;
+    let leader = leader(std::slice::from_ref(&first)).await;
+    assert_eq!(leader, first.admin, "the first replica leads");
+    let second = Replica::start(spec(other.unwrap_or(config))).await;
+    vec![first, second]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_would_empty_the_live_fleet_is_refused_by_every_replica() {
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("teal.yaml");
+    std::fs::write(&config, CONFIG).expect("write the config");
+    let replicas = two(&etcd, "/reload/", &config, None).await;
+    let before = versions(&replicas).await;
+    support::write_atomically(
+        &config,
+        &CONFIG.replace(
+            "blue: {endpoints: [127.0.0.1:1]}",
+            "blue: {endpoints: registered}",
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for r in &replicas {
+        while !r.log().contains("config reload refused") {
+            assert!(
+                Instant::now() < deadline,
+                "{} took the reload:\n{}",
+                r.admin,
+                r.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let fleet = r
+            .json(&["fleet", "show", "web", "blue"])
+            .await
+            .expect("fleet");
+        assert_eq!(fleet["source"], "file", "{fleet}");
+    }
+    assert_eq!(versions(&replicas).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_expire_on_the_leader_only_and_a_differing_follower_never_writes() {
+    let etcd = Etcd::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("teal.yaml");
+    std::fs::write(&config, CONFIG).expect("write the config");
+    // The follower's config renders other listeners: it may not lead, and
+    // must not write.
+    let differs = dir.path().join("differs.yaml");
+    std::fs::write(
+        &differs,
+        CONFIG.replace("127.0.0.1:10000", "127.0.0.1:10001"),
+    )
+    .expect("write the other config");
+    let mut replicas = two(&etcd, "/expiry/", &config, Some(&differs)).await;
+    // And one that agrees: it holds the registration too, and its TTL.
+    replicas.push(
+        Replica::start(ReplicaSpec {
+            store: etcd.url("/expiry/"),
+            config: Some(config.clone()),
+            lease_secs: 2,
+            ..ReplicaSpec::default()
+        })
+        .await,
+    );
+    let (code, out, err) = replicas[0]
+        .cli(&["register", "web", "green", "127.0.0.1:2", "--ttl", "2s"])
+        .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    // It expires, on the leader.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let fleet = replicas[0].json(&["fleet", "show", "web", "green"]).await;
+        if fleet
+            .as_ref()
+            .and_then(|f| f["endpoints"].as_array())
+            .is_some_and(Vec::is_empty)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never expired: {fleet:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The same replica leads; the followers wrote nothing and tried
+    // nothing.
+    assert_eq!(leader(&replicas).await, replicas[0].admin);
+    for follower in &replicas[1..] {
+        let log = follower.log();
+        assert!(!log.contains("could not expire"), "{log}");
+    }
+    assert!(
+        !replicas[0].log().contains("resigned"),
+        "{}",
+        replicas[0].log()
+    );
+}

@@ -631,7 +631,7 @@ impl Driver {
     /// The overlay to serve `file` with: a `registered` fleet's endpoints
     /// are its registrations in the state (what a restart would serve),
     /// not what the overlay last held for a fleet that had another source.
-    fn overlay_for_file(&self, file: &Config) -> EndpointOverlay {
+    pub(super) fn overlay_for_file(&self, file: &Config) -> EndpointOverlay {
         let mut overlay = self.overlay.clone();
         for (service, svc) in &file.services {
             for (fleet, f) in &svc.fleets {

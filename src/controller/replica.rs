@@ -287,8 +287,14 @@ impl Driver {
     }
 
     fn follower_reload(&mut self, config: Config) -> Result<Reloaded, ReloadError> {
-        let served = config.with_endpoints(&self.overlay);
+        let overlay = self.overlay_for_file(&config);
+        let served = config.with_endpoints(&overlay);
         reconcile(&served, &self.state)?;
+        // Refused as the leader refuses it: a follower must not take a
+        // config that would send traffic to a fleet with no endpoints
+        // once it leads.
+        super::reconcile::check_reload_endpoints(&self.config, &served, &self.state)?;
+        self.overlay = overlay;
         self.config = served;
         self.file_config = config;
         if let Err(e) = self.rerender() {
