@@ -255,6 +255,9 @@ impl Driver {
         let version = Version::new(state.version_seq, snapshot.digest());
         state.version = Some(version.clone());
         state.labels = snapshot.labels();
+        // What replicas must agree on besides the resources (the version
+        // covers those): a replica whose checks differ may not lead.
+        state.checks_digest = Some(crate::checks::digest(&self.config));
         let revision = self.store.save(&state, self.revision).await?;
         self.writer.install(snapshot);
         self.state = state;

@@ -67,6 +67,12 @@ pub struct PersistedState {
         skip_serializing_if = "crate::registration::Registrations::is_empty"
     )]
     pub registered: crate::registration::Registrations,
+    /// The digest of the checks ([`crate::checks::digest`]) of the config
+    /// the state was last committed with: replicas must agree on them as
+    /// on the resources, which the version's digest covers. `None` in
+    /// states saved before teal kept it; then nothing is compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks_digest: Option<String>,
 }
 
 /// What teal keeps about one service.
