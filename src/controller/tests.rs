@@ -847,3 +847,63 @@ async fn progress_held_back_is_published_without_another_event() {
     assert_eq!(p.waiting_for, ["stuck"], "{p:?}");
     assert!(p.outcome.is_none(), "{p:?}");
 }
+
+/// Replicas on one store (clones of a watchable store): a replica whose
+/// config renders a stored state to another digest than it was saved
+/// with does not apply it, and keeps serving the last state that matched;
+/// a state its config does render is applied.
+#[tokio::test]
+async fn a_replica_whose_config_differs_keeps_serving_the_last_state_that_matched() {
+    let store = MemoryStore::watchable();
+    let (a, _ta) = controller(Arc::new(store.clone())).await;
+    let matched = a.snapshot().version().to_owned();
+
+    // Another replica, whose config routes /v2/ instead of /api/, commits
+    // its own rendering of the state.
+    let other = Config::parse(&CONFIG.replace("/api/", "/v2/"), "other.yaml").expect("valid");
+    let (writer, _reader) = snapshot_store();
+    let (_trigger, shutdown) = crate::shutdown::shutdown_channel();
+    let (b, _tb) = start(
+        other,
+        writer,
+        Arc::new(store.clone()),
+        ProxyRegistry::new(),
+        Arc::new(Metrics::new()),
+        shutdown,
+    )
+    .await
+    .expect("the other replica starts");
+    let differs = b.snapshot().version().to_owned();
+    assert_ne!(differs, matched);
+    assert_eq!(
+        store
+            .current()
+            .expect("saved")
+            .state
+            .version
+            .map(|v| v.to_string()),
+        Some(differs.clone())
+    );
+    // `a` sees that save at once through the watch; give it ample time.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        a.snapshot().version(),
+        matched,
+        "a replica served a state its config renders differently"
+    );
+
+    // A third replica with a's config commits again: a applies that one,
+    // so the watch did reach it.
+    let (c, _tc) = controller(Arc::new(store.clone())).await;
+    let again = c.snapshot().version().to_owned();
+    assert_ne!(again, matched, "a newer sequence number");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while a.snapshot().version() != again {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a still serves {} instead of {again}",
+            a.snapshot().version()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
