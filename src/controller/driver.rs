@@ -158,6 +158,9 @@ pub(super) struct Driver {
     pub(super) next_expiry_at: Option<SystemTime>,
     /// With replicas: who leads. Only the leader runs operations.
     pub(super) leadership: Option<crate::ha::Leadership>,
+    /// The cordons of an old `cordons.json`, merged into the state at its
+    /// next commit (see [`super::cordons`]).
+    pub(super) legacy_cordons: Option<crate::cordon::Legacy>,
 }
 
 impl Driver {
@@ -258,10 +261,13 @@ impl Driver {
         // What replicas must agree on besides the resources (the version
         // covers those): a replica whose checks differ may not lead.
         state.checks_digest = Some(crate::checks::digest(&self.config));
+        self.merge_legacy_cordons(&mut state);
         let revision = self.store.save(&state, self.revision).await?;
         self.writer.install(snapshot);
         self.state = state;
         self.revision = revision;
+        self.legacy_cordons_saved();
+        self.apply_cordons();
         Ok(version)
     }
 
@@ -541,6 +547,13 @@ impl Driver {
             } => {
                 let result = self.set_from_outside(&service, sets, &limits).await;
                 let _ = reply.send(result);
+            }
+            Command::Cordon {
+                change,
+                actor,
+                reply,
+            } => {
+                let _ = reply.send(self.change_cordon(change, &actor).await);
             }
         }
     }

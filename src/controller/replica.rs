@@ -112,6 +112,7 @@ impl Driver {
         self.writer.install(snapshot);
         self.state = stored.state;
         self.revision = stored.revision;
+        self.apply_cordons();
         if changed {
             tracing::info!(version = %self.writer.current().version(), revision = %self.revision,
                 "applied the state another replica saved");
@@ -232,6 +233,11 @@ impl Driver {
                 None
             }
             Command::Abort { reply, .. } => {
+                let _ = reply.send(Err(self.not_leader()));
+                None
+            }
+            Command::Cordon { reply, .. } => {
+                // Cordons are saved state: only the leader writes it.
                 let _ = reply.send(Err(self.not_leader()));
                 None
             }
