@@ -11,11 +11,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use serde_json::Value;
 
 use support::etcd::Etcd;
-use support::replica::{Replica, ReplicaSpec, cli};
+use support::replica::{Replica, ReplicaSpec, cli, stubborn_proxy};
 
 /// Green's endpoint in the bundled config, 127.0.0.1:8102, is taken by
 /// one test at a time.
@@ -36,27 +35,6 @@ async fn status_json(admin: &str) -> Option<Value> {
     (code == 0)
         .then(|| serde_json::from_str(&out).ok())
         .flatten()
-}
-
-/// A proxy that takes every type's first answer, ACKs it, and then never
-/// ACKs again: a flip waits for it until its timeout.
-async fn stubborn_proxy(port: u16) -> tokio::task::JoinHandle<()> {
-    let (tx, mut stream) = support::ads_subscribed_to_all(port, "stubborn").await;
-    tokio::spawn(async move {
-        let mut acked = std::collections::HashSet::new();
-        while let Ok(Some(answer)) = stream.message().await {
-            if acked.insert(answer.type_url.clone()) {
-                let _ = tx
-                    .send(DiscoveryRequest {
-                        type_url: answer.type_url.clone(),
-                        version_info: answer.version_info.clone(),
-                        response_nonce: answer.nonce.clone(),
-                        ..Default::default()
-                    })
-                    .await;
-            }
-        }
-    })
 }
 
 /// Three replicas on `etcd` under `prefix`.
@@ -171,7 +149,7 @@ async fn flip_through_any_replica_and_survive_the_leader_killed_mid_flip() {
 
     // A proxy on the leader that never ACKs holds the next flip in its
     // confirmation.
-    let _proxy = stubborn_proxy(replicas[li].xds).await;
+    let _proxy = stubborn_proxy(replicas[li].xds, "stubborn").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (flip, id) = flip_until_phase(
         &leader,
