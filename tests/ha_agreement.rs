@@ -1,6 +1,8 @@
 //! What replicas on one etcd must agree on, through real `teal serve`
 //! replicas and the real CLI:
 //!
+//! - resources: a replica whose config renders the stored state to other
+//!   resources serves what it served and never leads.
 //! - checks: a replica whose config differs from the leader's only in
 //!   `checks:` (which no proxy sees, so it serves the very same version)
 //!   says so in `teal status` and never leads, even when the leader is
@@ -195,6 +197,64 @@ async fn a_replica_whose_checks_differ_is_flagged_and_never_leads_or_runs_flips(
         Some(2),
         "only the two flips the leaders ran: {history:#}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_resources_differ_keeps_serving_what_it_served_and_never_leads() {
+    let etcd = Etcd::start().await;
+    let (blue, green) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let same = edge_groups_config(blue.port, green.port, &[free_port()]);
+    // Another route timeout: other route configurations, another digest.
+    let differs = same.replace("    timeout: 5s\n", "    timeout: 6s\n");
+    assert_ne!(
+        same, differs,
+        "the route timeout is where this test expects"
+    );
+    let (same_path, differs_path) = (
+        dir.path().join("same.yaml"),
+        dir.path().join("differs.yaml"),
+    );
+    std::fs::write(&same_path, &same).expect("write");
+    std::fs::write(&differs_path, &differs).expect("write");
+    let mut replicas = vec![
+        replica(&etcd, "/resources/", Some(&same_path)).await,
+        replica(&etcd, "/resources/", Some(&differs_path)).await,
+    ];
+    assert_eq!(wait_leader(&replicas, FAILOVER).await, 0);
+    let why = ineligible(&replicas[0], &replicas[1]).await;
+    assert!(why.contains("config differs"), "{why}");
+    let version = |st: Option<Value>| st.map(|s| s["version"].clone()).unwrap_or(Value::Null);
+    let served = version(replicas[1].json(&["status"]).await);
+
+    // The leader flips; the other replica does not take the state its
+    // config renders differently, and serves what it served.
+    let (code, err) = flip(&replicas[0], "green", "10s", false).await;
+    assert_eq!(code, 0, "{err}");
+    let flipped = version(replicas[0].json(&["status"]).await);
+    assert_ne!(flipped, served);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(version(replicas[1].json(&["status"]).await), served);
+    assert!(
+        ineligible(&replicas[0], &replicas[1])
+            .await
+            .contains("config differs")
+    );
+
+    // Nor does it lead when the leader is gone.
+    replicas[0].kill9().await;
+    tokio::time::sleep(FAILOVER).await;
+    let st = replicas[1].json(&["status"]).await.expect("still answers");
+    assert!(
+        st["replicas"]
+            .as_array()
+            .is_some_and(|rs| rs.iter().all(|r| r["leader"] != true)),
+        "{st:#}"
+    );
+    assert_eq!(version(Some(st)), served);
 }
 
 /// The cordons `replica` serves, by node id.
