@@ -156,7 +156,11 @@ impl Driver {
     /// lead until it does.
     pub(super) fn adopt_logged(&mut self, stored: Stored) {
         match self.adopt(stored) {
-            Ok(_) => self.eligible_if_checks_match(),
+            Ok(true) => self.eligible_if_checks_match(),
+            // Nothing newer than the state this replica holds (the watch's
+            // first report repeats the state loaded at start): what it
+            // found then, eligible or not, still holds.
+            Ok(false) => {}
             Err(e) => {
                 tracing::error!(error = %e, "not applying the state another replica saved");
                 if let (Some(l), AdoptError::ConfigDiffers { .. }) = (&self.leadership, &e) {
