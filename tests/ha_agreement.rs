@@ -71,6 +71,12 @@ async fn ineligible(on: &Replica, of: &Replica) -> String {
     }
 }
 
+/// How many history entries of `web` `replica` lists, if it answers.
+async fn entries(replica: &Replica) -> Option<usize> {
+    let history = replica.json(&["history", "web"]).await?;
+    history["entries"].as_array().map(Vec::len)
+}
+
 /// `teal flip web --to TO` through `via`, with its own checks unless
 /// `skip_checks`: exit code and stderr.
 async fn flip(via: &Replica, to: &str, timeout: &str, skip_checks: bool) -> (i32, String) {
@@ -175,6 +181,12 @@ async fn a_replica_whose_checks_differ_is_flagged_and_never_leads_or_runs_flips(
     assert_eq!(code, 0, "run by the new leader with its checks: {err}");
     assert!(err.contains(&replicas[1].admin), "asked the leader: {err}");
 
+    // Both flips' history entries reached this replica.
+    support::wait_until(Duration::from_secs(10), "both entries", || async {
+        entries(&replicas[2]).await == Some(2)
+    })
+    .await;
+
     // That one killed too: no one leads, rather than this one with its
     // checks. A flip is refused.
     replicas[1].kill9().await;
@@ -188,14 +200,10 @@ async fn a_replica_whose_checks_differ_is_flagged_and_never_leads_or_runs_flips(
     );
     let (code, err) = flip(&replicas[2], "green", "5s", true).await;
     assert_ne!(code, 0, "{err}");
-    let history = replicas[2]
-        .json(&["history", "web"])
-        .await
-        .expect("history");
     assert_eq!(
-        history["entries"].as_array().map(Vec::len),
+        entries(&replicas[2]).await,
         Some(2),
-        "only the two flips the leaders ran: {history:#}"
+        "only the two flips the leaders ran"
     );
 }
 
@@ -281,6 +289,23 @@ async fn every_replica_cordons(replicas: &[Replica], want: &[&str]) {
     }
 }
 
+/// Waits (up to 10 s) until `leader` lists a proxy `node` (its own or one
+/// it mirrors from another replica): its flips wait for it from then on.
+async fn sees_proxy(leader: &Replica, node: &str) {
+    support::wait_until(
+        Duration::from_secs(10),
+        &format!("{} lists {node}", leader.admin),
+        || async {
+            leader.json(&["proxies"]).await.is_some_and(|p| {
+                p["proxies"]
+                    .as_array()
+                    .is_some_and(|all| all.iter().any(|x| x["node_id"] == node))
+            })
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cordons_sent_to_a_follower_hold_fleet_wide_and_survive_failovers() {
     let etcd = Etcd::start().await;
@@ -294,7 +319,7 @@ async fn cordons_sent_to_a_follower_hold_fleet_wide_and_survive_failovers() {
     // A proxy that never ACKs past its first answers, on a follower, holds
     // flips until their timeout.
     let held = stubborn_proxy(replicas[followers[0]].xds, "stubborn").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    sees_proxy(&replicas[first], "stubborn").await;
     let (code, err) = flip(&replicas[first], "green", "3s", true).await;
     assert_ne!(
         code, 0,
@@ -317,6 +342,7 @@ async fn cordons_sent_to_a_follower_hold_fleet_wide_and_survive_failovers() {
     // The leader killed: the next one does not wait for the proxy either.
     replicas[first].kill9().await;
     let second = wait_leader(&replicas, FAILOVER).await;
+    sees_proxy(&replicas[second], "stubborn").await;
     let started = Instant::now();
     let (code, err) = flip(&replicas[second], "green", "20s", true).await;
     assert_eq!(code, 0, "{err}");
