@@ -31,7 +31,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use crate::config::{Check, Protocol, Service};
+use crate::config::{Check, Config, Protocol, Service};
 use crate::rollout::CheckResult;
 
 /// The most body bytes a check reads from one response (1 MiB). A health
@@ -136,6 +136,50 @@ async fn probe(addr: SocketAddr, protocol: Protocol, check: &Check) -> (bool, St
 }
 
 /// `2s`, `1500ms`: a check timeout as the config would spell it.
+/// A short digest of every service's checks and the protocol they are
+/// sent in: what replicas must agree on besides the resources. The
+/// resources' digest (and so the version string) leaves checks out, as
+/// Envoy never sees them; a replica compares this one with the one the
+/// stored state was saved with before it may lead, so a flip runs the
+/// same checks whichever replica runs it.
+pub fn digest(config: &Config) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    // Every field length-prefixed, so no two configs feed the same bytes.
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    for (name, svc) in &config.services {
+        if svc.checks.is_empty() {
+            continue;
+        }
+        field(name.as_bytes());
+        field(match svc.protocol {
+            Protocol::Http1 => b"http1",
+            Protocol::Http2 => b"http2",
+        });
+        for (check, c) in &svc.checks {
+            field(check.as_bytes());
+            field(c.path.as_bytes());
+            field(&c.status.to_le_bytes());
+            match &c.body_contains {
+                Some(text) => {
+                    field(b"body");
+                    field(text.as_bytes());
+                }
+                None => field(b""),
+            }
+            field(&c.timeout.as_nanos().to_le_bytes());
+        }
+    }
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn human(d: Duration) -> String {
     if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())

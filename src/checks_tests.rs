@@ -469,3 +469,48 @@ async fn an_http2_service_is_checked_over_http2() {
     let (results, _) = run_bounded(&svc).await;
     assert!(!results[0].ok, "{:?}", results[0]);
 }
+
+/// What replicas compare about checks: equal for equal checks, and moved
+/// by any field of any check, by a check added, and by the protocol they
+/// are sent in; configs without checks all agree.
+#[test]
+fn the_checks_digest_moves_with_every_field_of_every_check() {
+    let yaml = |checks: &str, protocol: &str| {
+        format!(
+            "services:\n  web:\n    live: blue\n    protocol: {protocol}\n    fleets:\n      \
+             blue: {{endpoints: [127.0.0.1:1]}}\n{checks}groups:\n  edge:\n    listeners:\n      \
+             public:\n        kind: edge\n        address: 127.0.0.1:10000\n        \
+             virtual_hosts:\n          all:\n            domains: [\"*\"]\n            \
+             routes:\n              - {{prefix: /, service: web}}\n"
+        )
+    };
+    let digest_of = |checks: &str, protocol: &str| {
+        let config = Config::parse(&yaml(checks, protocol), "t.yaml").expect("valid");
+        digest(&config)
+    };
+    let check = |fields: &str| format!("    checks:\n      home: {{{fields}}}\n");
+    let base = digest_of(&check("path: /, status: 200, timeout: 1s"), "http1");
+    assert_eq!(
+        base,
+        digest_of(&check("path: /, status: 200, timeout: 1s"), "http1")
+    );
+    for other in [
+        check("path: /health, status: 200, timeout: 1s"),
+        check("path: /, status: 204, timeout: 1s"),
+        check("path: /, status: 200, timeout: 2s"),
+        check("path: /, status: 200, timeout: 1s, body_contains: ok"),
+        check("path: /, status: 200, timeout: 1s, body_contains: ''"),
+        format!(
+            "{}      deep: {{path: /deep}}\n",
+            check("path: /, status: 200, timeout: 1s")
+        ),
+        String::new(),
+    ] {
+        assert_ne!(base, digest_of(&other, "http1"), "{other}");
+    }
+    assert_ne!(
+        base,
+        digest_of(&check("path: /, status: 200, timeout: 1s"), "http2")
+    );
+    assert_eq!(digest_of("", "http1"), digest_of("", "http2"));
+}

@@ -6,15 +6,18 @@
 //! its NACK; the operation's progress names the cordoned proxies it did
 //! not wait for.
 //!
-//! Cordons are durable: with a state directory they live in
-//! `cordons.json` there, written whole to a temporary file, synced and
-//! renamed over the old one before the change is in force, so a crash
-//! leaves either the old set or the new one. The file is separate from
-//! the state file because cordons belong to proxies, not to a service's
-//! rollout state, and change on their own schedule.
+//! Cordons are fleet-wide durable state: they live in the persisted
+//! state ([`crate::state::PersistedState::cordons`]), which only the
+//! leader (or the single server) changes and saves before the change is
+//! in force; every replica applies the cordons of the state it serves to
+//! its [`Cordons`], so whichever replica leads waits, or not, for the
+//! same proxies.
+//!
+//! teal once kept them in `cordons.json` in the state directory, one set
+//! per process. [`Cordons::open`] still reads that file; the driver merges
+//! what it held into the state at its next save and then removes it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -79,27 +82,41 @@ struct File {
     cordons: BTreeMap<String, Cordon>,
 }
 
-/// The cordoned proxies, by node id.
+/// The cordons a state directory's `cordons.json` held, still to be
+/// merged into the stored state.
+#[derive(Debug)]
+pub struct Legacy {
+    /// The file, removed once its cordons are saved in the state.
+    pub path: PathBuf,
+    /// What it held.
+    pub cordons: BTreeMap<String, Cordon>,
+}
+
+/// The cordoned proxies this replica applies, by node id: those of the
+/// state it serves.
 #[derive(Debug, Default)]
 pub struct Cordons {
-    /// `None`: in memory only (`--ephemeral`, tests).
-    path: Option<PathBuf>,
-    /// Held while a change is written, which is rare and small; never
-    /// across an `.await`.
+    /// Held briefly (a read, or a whole replacement); never across an
+    /// `.await`.
     map: Mutex<BTreeMap<String, Cordon>>,
+    /// A state directory's `cordons.json`, read at start and not yet
+    /// merged into the state.
+    legacy: Mutex<Option<Legacy>>,
 }
 
 impl Cordons {
-    /// Cordons kept in memory only.
+    /// No cordons, until the driver applies its state's.
     pub fn in_memory() -> Cordons {
         Cordons::default()
     }
 
-    /// The cordons of the state directory `dir` (none if it has no file).
+    /// No cordons yet, and the ones `cordons.json` in the state directory
+    /// `dir` holds (if it has one), for [`Cordons::take_legacy`]. A file
+    /// that does not decode stops teal rather than losing what it holds.
     pub fn open(dir: &Path) -> Result<Cordons, CordonError> {
         let path = dir.join(CORDONS_FILE);
         let name = path.display().to_string();
-        let map = match std::fs::read(&path) {
+        let legacy = match std::fs::read(&path) {
             Ok(bytes) => {
                 let file: File =
                     serde_json::from_slice(&bytes).map_err(|e| CordonError::Corrupt {
@@ -109,14 +126,17 @@ impl Cordons {
                 if file.cordons.len() > MAX_CORDONS {
                     return Err(CordonError::TooMany);
                 }
-                file.cordons
+                Some(Legacy {
+                    path,
+                    cordons: file.cordons,
+                })
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(source) => return Err(CordonError::Io { path: name, source }),
         };
         Ok(Cordons {
-            path: Some(path),
-            map: Mutex::new(map),
+            map: Mutex::default(),
+            legacy: Mutex::new(legacy),
         })
     }
 
@@ -124,47 +144,20 @@ impl Cordons {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Cordons `node`; true if it was not cordoned. Saved before it is in
-    /// force.
-    pub fn cordon(&self, node: &str, reason: &str, actor: &str) -> Result<bool, CordonError> {
-        check(node, "node id")?;
-        check_len(reason, "reason")?;
-        let mut map = self.lock();
-        if !map.contains_key(node) && map.len() >= MAX_CORDONS {
-            return Err(CordonError::TooMany);
-        }
-        let mut next = map.clone();
-        let since_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
-        let new = next
-            .insert(
-                node.to_owned(),
-                Cordon {
-                    reason: reason.to_owned(),
-                    actor: actor.to_owned(),
-                    since_unix_ms,
-                },
-            )
-            .is_none();
-        self.save(&next)?;
-        *map = next;
-        Ok(new)
+    /// The cordons of an old `cordons.json`, once: the driver owns them
+    /// from then on.
+    pub fn take_legacy(&self) -> Option<Legacy> {
+        self.legacy.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    /// Lifts the cordon of `node`; true if it was cordoned.
-    pub fn uncordon(&self, node: &str) -> Result<bool, CordonError> {
-        check(node, "node id")?;
+    /// Applies `cordons` (the state's); true if they changed.
+    pub fn replace(&self, cordons: &BTreeMap<String, Cordon>) -> bool {
         let mut map = self.lock();
-        if !map.contains_key(node) {
-            return Ok(false);
+        if *map == *cordons {
+            return false;
         }
-        let mut next = map.clone();
-        next.remove(node);
-        self.save(&next)?;
-        *map = next;
-        Ok(true)
+        *map = cordons.clone();
+        true
     }
 
     /// The cordoned node ids.
@@ -191,34 +184,76 @@ impl Cordons {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
 
-    /// Writes `map` whole: temporary file, sync, rename, sync the
-    /// directory.
-    fn save(&self, map: &BTreeMap<String, Cordon>) -> Result<(), CordonError> {
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
-        let io = |source| CordonError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let file = File {
-            cordons: map.clone(),
-        };
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| io(std::io::Error::other(e)))?;
-        let tmp = path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(io)?;
-        if let Some(dir) = path.parent()
-            && let Ok(d) = std::fs::File::open(dir)
-        {
-            let _ = d.sync_all();
-        }
-        Ok(())
+/// `cordons` with `node` cordoned (its reason and actor replaced if it
+/// was already), and whether it was not cordoned before. Validated whole
+/// before anything changes.
+pub fn with_cordon(
+    cordons: &BTreeMap<String, Cordon>,
+    node: &str,
+    reason: &str,
+    actor: &str,
+    since_unix_ms: i64,
+) -> Result<(BTreeMap<String, Cordon>, bool), CordonError> {
+    check(node, "node id")?;
+    check_len(reason, "reason")?;
+    if !cordons.contains_key(node) && cordons.len() >= MAX_CORDONS {
+        return Err(CordonError::TooMany);
     }
+    let mut next = cordons.clone();
+    let new = next
+        .insert(
+            node.to_owned(),
+            Cordon {
+                reason: reason.to_owned(),
+                actor: actor.to_owned(),
+                since_unix_ms,
+            },
+        )
+        .is_none();
+    Ok((next, new))
+}
+
+/// `cordons` without `node`, if it was cordoned.
+pub fn without_cordon(
+    cordons: &BTreeMap<String, Cordon>,
+    node: &str,
+) -> Result<Option<BTreeMap<String, Cordon>>, CordonError> {
+    check(node, "node id")?;
+    if !cordons.contains_key(node) {
+        return Ok(None);
+    }
+    let mut next = cordons.clone();
+    next.remove(node);
+    Ok(Some(next))
+}
+
+/// `into` with every cordon of `legacy` it does not have (the state's own
+/// win: they are newer), up to [`MAX_CORDONS`]; how many were added.
+pub fn merge_legacy(
+    into: &mut BTreeMap<String, Cordon>,
+    legacy: &BTreeMap<String, Cordon>,
+) -> usize {
+    let mut added = 0;
+    for (node, c) in legacy {
+        if into.len() >= MAX_CORDONS {
+            break;
+        }
+        if !into.contains_key(node) {
+            into.insert(node.clone(), c.clone());
+            added += 1;
+        }
+    }
+    added
+}
+
+/// Now, in unix milliseconds, as a cordon records it.
+pub fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 fn check(node: &str, what: &'static str) -> Result<(), CordonError> {
@@ -240,31 +275,90 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cordons_survive_a_reopen_and_are_bounded() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let c = Cordons::open(dir.path()).expect("open");
-        assert!(c.cordon("edge-7", "stuck", "alice").expect("saved"));
-        assert!(!c.cordon("edge-7", "still stuck", "bob").expect("saved"));
-        assert!(c.cordon("edge-8", "", "alice").expect("saved"));
-        assert!(c.uncordon("edge-8").expect("saved"));
-        assert!(!c.uncordon("edge-8").expect("no-op"));
-        let again = Cordons::open(dir.path()).expect("reopen");
-        assert_eq!(again.ids(), BTreeSet::from(["edge-7".to_owned()]));
-        let edge7 = again.get("edge-7").expect("kept");
+    fn cordon_changes_are_validated_whole_and_bounded() {
+        let none = BTreeMap::new();
+        let (one, new) = with_cordon(&none, "edge-7", "stuck", "alice", 1).expect("valid");
+        assert!(new);
+        let (again, new) = with_cordon(&one, "edge-7", "still stuck", "bob", 2).expect("valid");
+        assert!(!new, "already cordoned: the reason is updated");
+        let edge7 = &again["edge-7"];
         assert_eq!(
-            (edge7.reason.as_str(), edge7.actor.as_str()),
-            ("still stuck", "bob")
+            (
+                edge7.reason.as_str(),
+                edge7.actor.as_str(),
+                edge7.since_unix_ms
+            ),
+            ("still stuck", "bob", 2)
+        );
+        assert_eq!(without_cordon(&again, "edge-8").expect("valid"), None);
+        assert!(
+            without_cordon(&again, "edge-7")
+                .expect("valid")
+                .is_some_and(|m| m.is_empty())
         );
 
         assert!(matches!(
-            c.cordon("", "x", "a"),
+            with_cordon(&none, "", "x", "a", 0),
+            Err(CordonError::EmptyNode)
+        ));
+        assert!(matches!(
+            without_cordon(&none, ""),
             Err(CordonError::EmptyNode)
         ));
         let long = "x".repeat(MAX_CORDON_TEXT_BYTES + 1);
         assert!(matches!(
-            c.cordon("n", &long, "a"),
+            with_cordon(&none, "n", &long, "a", 0),
             Err(CordonError::TooLong { what: "reason" })
         ));
+        let full: BTreeMap<String, Cordon> = (0..MAX_CORDONS)
+            .map(|i| (format!("n{i}"), edge7.clone()))
+            .collect();
+        assert!(matches!(
+            with_cordon(&full, "one-more", "", "a", 0),
+            Err(CordonError::TooMany)
+        ));
+        assert!(
+            with_cordon(&full, "n1", "", "a", 0).is_ok(),
+            "a cordoned node may be updated"
+        );
+    }
+
+    #[test]
+    fn an_old_cordons_file_is_read_once_and_merged_without_overriding_the_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(
+            Cordons::open(dir.path())
+                .expect("no file")
+                .take_legacy()
+                .is_none()
+        );
+        // The file as teal wrote it when cordons were per process.
+        std::fs::write(
+            dir.path().join(CORDONS_FILE),
+            r#"{"cordons": {"edge-7": {"reason": "stuck", "actor": "alice", "since_unix_ms": 5},
+                            "edge-8": {"reason": "old", "actor": "bob", "since_unix_ms": 6}}}"#,
+        )
+        .expect("write");
+        let c = Cordons::open(dir.path()).expect("opens");
+        assert!(c.is_empty(), "applied only once the state has them");
+        let legacy = c.take_legacy().expect("read");
+        assert!(c.take_legacy().is_none(), "handed over once");
+        assert_eq!(legacy.path, dir.path().join(CORDONS_FILE));
+        let (mut state, _) =
+            with_cordon(&BTreeMap::new(), "edge-8", "newer", "carol", 9).expect("valid");
+        assert_eq!(merge_legacy(&mut state, &legacy.cordons), 1);
+        assert_eq!(state["edge-7"].reason, "stuck");
+        assert_eq!(
+            state["edge-8"].reason, "newer",
+            "the state's own cordon wins"
+        );
+        assert!(c.replace(&state));
+        assert!(!c.replace(&state));
+        assert_eq!(
+            c.ids(),
+            BTreeSet::from(["edge-7".to_owned(), "edge-8".to_owned()])
+        );
+
         std::fs::write(dir.path().join(CORDONS_FILE), "{not json").expect("write");
         assert!(matches!(
             Cordons::open(dir.path()),

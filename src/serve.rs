@@ -373,8 +373,8 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
 
     let (writer, reader) = snapshot_store();
     if let Some(dir) = &opts.state_dir {
-        // The local admin token and the cordons are written before the
-        // store is opened (with etcd no file store ever creates it).
+        // The local admin token is written before the store is opened
+        // (with etcd no file store ever creates it).
         std::fs::create_dir_all(dir).map_err(|e| StateError::io(dir, e))?;
     }
     let tokens = with_local_token(Tokens::load(opts.admin_tokens.as_deref())?, &opts)?;

@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use serde_json::Value;
 
 use support::etcd::{Etcd, Forwarder};
-use support::replica::{Replica, ReplicaSpec, cli};
+use support::replica::{Replica, ReplicaSpec, cli, stubborn_proxy, stubborn_proxy_then};
 
 /// Green's endpoint in the bundled config, 127.0.0.1:8102, is taken by
 /// one test at a time.
@@ -36,31 +36,6 @@ async fn status_json(admin: &str) -> Option<Value> {
     (code == 0)
         .then(|| serde_json::from_str(&out).ok())
         .flatten()
-}
-
-/// A proxy that takes every type's first answer, ACKs it, and then never
-/// ACKs again: a flip waits for it until its timeout. When its replica
-/// goes, it reconnects to `then` (as Envoy does, to another replica) and
-/// ACKs everything there; with no `then` it is gone for good.
-async fn stubborn_proxy(port: u16, then: Option<u16>) -> tokio::task::JoinHandle<()> {
-    let (tx, mut stream) = support::ads_subscribed_to_all(port, "stubborn").await;
-    tokio::spawn(async move {
-        let mut acked = std::collections::HashSet::new();
-        while let Ok(Some(answer)) = stream.message().await {
-            if acked.insert(answer.type_url.clone()) {
-                let _ = tx.send(ack(&answer)).await;
-            }
-        }
-        drop(tx);
-        let Some(port) = then else {
-            return;
-        };
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let (tx, mut stream) = support::ads_subscribed_to_all(port, "stubborn").await;
-        while let Ok(Some(answer)) = stream.message().await {
-            let _ = tx.send(ack(&answer)).await;
-        }
-    })
 }
 
 /// The ACK of `answer`.
@@ -188,7 +163,7 @@ async fn flip_through_any_replica_and_survive_the_leader_killed_mid_flip() {
     // A proxy on the leader that never ACKs holds the next flip in its
     // confirmation.
     let then = replicas[(li + 1) % 3].xds;
-    let _proxy = stubborn_proxy(replicas[li].xds, Some(then)).await;
+    let _proxy = stubborn_proxy_then(replicas[li].xds, "stubborn", Some(then)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (flip, id) = flip_until_phase(
         &leader,
@@ -445,7 +420,7 @@ async fn a_proxy_held_on_a_killed_leader_that_never_reconnects_keeps_the_flip_un
     let li = find_leader(&replicas).await;
     // Held on the leader, and never seen again once it dies: nobody can
     // say it applied anything.
-    let _proxy = stubborn_proxy(replicas[li].xds, None).await;
+    let _proxy = stubborn_proxy(replicas[li].xds, "stubborn").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (flip, id) = flip_until_phase(
         &replicas[li].admin,
@@ -487,7 +462,7 @@ async fn a_paused_leaders_flip_ends_once_as_recorded_and_never_succeeds_without_
     let other = replicas[1 - li].admin.clone();
     // A proxy on the leader that holds its ACK: while the leader is
     // paused its TCP connection stays open, so it keeps routing blue.
-    let _proxy = stubborn_proxy(replicas[li].xds, None).await;
+    let _proxy = stubborn_proxy(replicas[li].xds, "stubborn").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (flip, id) = flip_until_phase(
         &replicas[li].admin,
@@ -540,7 +515,8 @@ async fn a_leader_stopped_with_sigterm_mid_flip_hands_it_over_like_a_crash() {
     let other = replicas[1 - li].admin.clone();
     // Held on the leader; once it stops, the proxy reconnects to the other
     // replica and ACKs there.
-    let _proxy = stubborn_proxy(replicas[li].xds, Some(replicas[1 - li].xds)).await;
+    let _proxy =
+        stubborn_proxy_then(replicas[li].xds, "stubborn", Some(replicas[1 - li].xds)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (flip, id) = flip_until_phase(
         &replicas[li].admin,
@@ -705,7 +681,7 @@ async fn a_new_leader_reads_every_replicas_proxies_before_it_resumes_a_flip() {
     assert_eq!(find_leader(&replicas).await, 0, "the first replica leads");
     // The held proxy is on the third replica, which will not be the next
     // leader: the second one has to read it from etcd.
-    let _proxy = stubborn_proxy(replicas[2].xds, None).await;
+    let _proxy = stubborn_proxy(replicas[2].xds, "stubborn").await;
     wait_for_proxy(&replicas[0].admin, "stubborn", false).await;
     let (flip, id) = flip_until_phase(
         &replicas[0].admin,

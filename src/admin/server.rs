@@ -16,7 +16,6 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::cordon::CordonError;
 use crate::rollout::{Backend, ErrorKind, Operation, Progress, RolloutError};
 use crate::text::untrusted;
 use crate::xds::ProxyRegistry;
@@ -36,10 +35,9 @@ pub type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::Progress, Status>
 pub struct AdminService {
     backend: Arc<dyn Backend>,
     tokens: Arc<Tokens>,
-    /// The proxies, for their cordons (and to wake running operations
-    /// when a cordon changes).
+    /// The proxies, for the cordons in force on this replica (those of
+    /// the state it serves; the backend changes them).
     registry: Arc<ProxyRegistry>,
-    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for AdminService {
@@ -57,7 +55,6 @@ impl AdminService {
             backend,
             tokens: Arc::new(tokens),
             registry: ProxyRegistry::new(),
-            metrics: Arc::default(),
         }
     }
 
@@ -65,7 +62,6 @@ impl AdminService {
     pub fn with_cordons(mut self, registry: Arc<ProxyRegistry>, metrics: Arc<Metrics>) -> Self {
         metrics.set_cordoned(registry.cordons().len());
         self.registry = registry;
-        self.metrics = metrics;
         self
     }
 
@@ -82,13 +78,6 @@ impl AdminService {
                 since_unix_ms: c.since_unix_ms,
             })
             .collect()
-    }
-
-    /// After a cordon changed: the metric, and running operations look at
-    /// the proxies again.
-    fn cordons_changed(&self) {
-        self.metrics.set_cordoned(self.registry.cordons().len());
-        self.registry.notify();
     }
 
     /// The generated tonic server wrapping this service.
@@ -141,19 +130,6 @@ pub fn progress_stream(mut rx: watch::Receiver<Progress>) -> ProgressStream {
         }
     });
     Box::pin(ReceiverStream::new(out))
-}
-
-/// The status a cordon change is refused with.
-fn cordon_status(e: CordonError) -> Status {
-    match e {
-        CordonError::EmptyNode | CordonError::TooLong { .. } => {
-            Status::invalid_argument(e.to_string())
-        }
-        CordonError::TooMany => Status::resource_exhausted(e.to_string()),
-        CordonError::Io { .. } | CordonError::Corrupt { .. } => {
-            Status::unavailable(format!("state store: {e}"))
-        }
-    }
 }
 
 #[tonic::async_trait]
@@ -259,13 +235,10 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::CordonResponse>, Status> {
         let actor = self.tokens.authorize(request.metadata())?;
         let r = request.into_inner();
-        let changed = self
-            .registry
-            .cordons()
-            .cordon(&r.node_id, &r.reason, &actor)
-            .map_err(cordon_status)?;
+        // Saved in the state by the backend (a follower refuses, naming
+        // the leader), so the cordon holds on whichever replica leads.
+        let changed = self.backend.cordon(&r.node_id, &r.reason, &actor).await?;
         tracing::info!(%actor, node = %untrusted(&r.node_id), reason = %untrusted(&r.reason), "admin: proxy cordoned");
-        self.cordons_changed();
         Ok(Response::new(pb::CordonResponse { changed }))
     }
 
@@ -275,13 +248,8 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::UncordonResponse>, Status> {
         let actor = self.tokens.authorize(request.metadata())?;
         let r = request.into_inner();
-        let changed = self
-            .registry
-            .cordons()
-            .uncordon(&r.node_id)
-            .map_err(cordon_status)?;
+        let changed = self.backend.uncordon(&r.node_id, &actor).await?;
         tracing::info!(%actor, node = %untrusted(&r.node_id), "admin: proxy uncordoned");
-        self.cordons_changed();
         Ok(Response::new(pb::UncordonResponse { changed }))
     }
 

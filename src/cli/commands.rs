@@ -178,8 +178,11 @@ pub enum AdminCommand {
     ///
     /// The proxy keeps its stream and receives every version. For a proxy
     /// that is stuck or broken, so it does not block every release until
-    /// it is fixed. Durable (survives restarts); shown in `teal status`
-    /// and `teal proxies` (CORDONED). Needs the admin token.
+    /// it is fixed. Durable (survives restarts) and fleet-wide: with
+    /// replicas the leader saves it (a replica that does not lead names
+    /// the leader, asked there once) and whichever replica leads does not
+    /// wait for the proxy. Shown in `teal status` and `teal proxies`
+    /// (CORDONED). Needs the admin token.
     #[command(after_long_help = "Example:\n  teal cordon edge-17 --reason 'disk full, INC-4411'")]
     Cordon {
         /// The proxy's node id (`node.id`), as `teal proxies` shows it.
@@ -385,8 +388,8 @@ async fn run(
             ops::retire(c, r, out, err).await
         }
         AdminCommand::Abort { id } => ops::abort(c, id, out).await,
-        AdminCommand::Cordon { node_id, reason } => ops::cordon(c, node_id, reason, out).await,
-        AdminCommand::Uncordon { node_id } => ops::uncordon(c, node_id, out).await,
+        AdminCommand::Cordon { node_id, reason } => ops::cordon(c, node_id, reason, out, err).await,
+        AdminCommand::Uncordon { node_id } => ops::uncordon(c, node_id, out, err).await,
         AdminCommand::Follow { id } => ops::follow(c, id, out, err).await,
         AdminCommand::Fleet(cmd) => super::fleet::fleet(c, cmd, out).await,
         AdminCommand::Register {

@@ -117,21 +117,26 @@ pub async fn follow(
     run(conn, call, None, out, err).await
 }
 
-/// `teal cordon`.
+/// `teal cordon`: the leader saves it (a follower names the leader,
+/// asked there once), so every replica stops waiting for the proxy.
 pub async fn cordon(
     conn: &mut Conn,
     node_id: String,
     reason: String,
     out: &mut dyn Write,
+    err: &mut dyn Write,
 ) -> Result<u8, Failure> {
     let shown = untrusted(&node_id).to_string();
-    let req = conn.signed(pb::CordonRequest { node_id, reason });
-    let r = conn
-        .client
-        .cordon(req)
-        .await
-        .map_err(|e| conn.fail(&e))?
-        .into_inner();
+    let r = pb::CordonRequest { node_id, reason };
+    let call = conn.client.cordon(conn.signed(r.clone())).await;
+    let call = match conn.leader_redirect(&call, err).await? {
+        Some(leader) => {
+            *conn = leader;
+            conn.client.cordon(conn.signed(r)).await
+        }
+        None => call,
+    };
+    let r = call.map_err(|e| conn.fail(&e))?.into_inner();
     let what = if r.changed {
         "cordoned"
     } else {
@@ -144,20 +149,24 @@ pub async fn cordon(
     Ok(EX_OK)
 }
 
-/// `teal uncordon`.
+/// `teal uncordon`, asked of the leader as `teal cordon` is.
 pub async fn uncordon(
     conn: &mut Conn,
     node_id: String,
     out: &mut dyn Write,
+    err: &mut dyn Write,
 ) -> Result<u8, Failure> {
     let shown = untrusted(&node_id).to_string();
-    let req = conn.signed(pb::UncordonRequest { node_id });
-    let r = conn
-        .client
-        .uncordon(req)
-        .await
-        .map_err(|e| conn.fail(&e))?
-        .into_inner();
+    let r = pb::UncordonRequest { node_id };
+    let call = conn.client.uncordon(conn.signed(r.clone())).await;
+    let call = match conn.leader_redirect(&call, err).await? {
+        Some(leader) => {
+            *conn = leader;
+            conn.client.uncordon(conn.signed(r)).await
+        }
+        None => call,
+    };
+    let r = call.map_err(|e| conn.fail(&e))?.into_inner();
     let what = if r.changed {
         "uncordoned: operations wait for it again"
     } else {

@@ -169,6 +169,9 @@ pub(super) struct Driver {
     pub(super) next_expiry_at: Option<SystemTime>,
     /// With replicas: who leads. Only the leader runs operations.
     pub(super) leadership: Option<crate::ha::Leadership>,
+    /// The cordons of an old `cordons.json`, merged into the state at its
+    /// next commit (see [`super::cordons`]).
+    pub(super) legacy_cordons: Option<crate::cordon::Legacy>,
 }
 
 impl Driver {
@@ -266,10 +269,16 @@ impl Driver {
         let version = Version::new(state.version_seq, snapshot.digest());
         state.version = Some(version.clone());
         state.labels = snapshot.labels();
+        // What replicas must agree on besides the resources (the version
+        // covers those): a replica whose checks differ may not lead.
+        state.checks_digest = Some(crate::checks::digest(&self.config));
+        self.merge_legacy_cordons(&mut state);
         let revision = self.store.save(&state, self.revision).await?;
         self.writer.install(snapshot);
         self.state = state;
         self.revision = revision;
+        self.legacy_cordons_saved();
+        self.apply_cordons();
         Ok(version)
     }
 
@@ -557,6 +566,13 @@ impl Driver {
             } => {
                 let result = self.set_from_outside(&service, sets, &limits).await;
                 let _ = reply.send(result);
+            }
+            Command::Cordon {
+                change,
+                actor,
+                reply,
+            } => {
+                let _ = reply.send(self.change_cordon(change, &actor).await);
             }
         }
     }

@@ -18,6 +18,7 @@
 //! the state store and a digest of the content, so a restart with the same
 //! state serves the very same version string.
 
+mod cordons;
 mod driver;
 mod endpoints;
 mod follow;
@@ -197,6 +198,11 @@ enum Command {
         limits: EndpointLimits,
         reply: oneshot::Sender<Result<Version, RolloutError>>,
     },
+    Cordon {
+        change: cordons::CordonChange,
+        actor: String,
+        reply: oneshot::Sender<Result<bool, RolloutError>>,
+    },
 }
 
 /// The handle the admin API and `teal serve` use.
@@ -268,6 +274,7 @@ pub async fn start_replica(
         expiry_retry: None,
         next_expiry_at: None,
         leadership: leadership.clone(),
+        legacy_cordons: registry.cordons().take_legacy(),
     };
     driver.reconcile()?;
     driver.next_expiry_at = driver.state.registered.next_expiry();
@@ -278,6 +285,12 @@ pub async fn start_replica(
     } else {
         driver.publish_current(true).await?
     };
+    // The stored cordons, in force before any operation resumes.
+    driver.apply_cordons();
+    if let Some(legacy) = &driver.legacy_cordons {
+        tracing::warn!(cordons = legacy.cordons.len(), file = %legacy.path.display(),
+            "the cordons of an old cordons file join the stored ones when this replica leads");
+    }
     tracing::info!(%version, store = %driver.store.describe(), "controller started");
     let (tx, rx) = mpsc::channel(64);
     let controller = Controller {
@@ -462,6 +475,33 @@ impl Backend for Controller {
             actor,
             force,
             limits,
+            reply,
+        })
+        .await?
+    }
+
+    async fn cordon(&self, node: &str, reason: &str, actor: &str) -> Result<bool, RolloutError> {
+        let change = cordons::CordonChange::Cordon {
+            node: node.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let actor = actor.to_owned();
+        self.ask(|reply| Command::Cordon {
+            change,
+            actor,
+            reply,
+        })
+        .await?
+    }
+
+    async fn uncordon(&self, node: &str, actor: &str) -> Result<bool, RolloutError> {
+        let change = cordons::CordonChange::Uncordon {
+            node: node.to_owned(),
+        };
+        let actor = actor.to_owned();
+        self.ask(|reply| Command::Cordon {
+            change,
+            actor,
             reply,
         })
         .await?

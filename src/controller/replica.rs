@@ -112,6 +112,7 @@ impl Driver {
         self.writer.install(snapshot);
         self.state = stored.state;
         self.revision = stored.revision;
+        self.apply_cordons();
         if changed {
             tracing::info!(version = %self.writer.current().version(), revision = %self.revision,
                 "applied the state another replica saved");
@@ -155,11 +156,11 @@ impl Driver {
     /// lead until it does.
     pub(super) fn adopt_logged(&mut self, stored: Stored) {
         match self.adopt(stored) {
-            Ok(_) => {
-                if let Some(l) = &self.leadership {
-                    l.set_eligible(None);
-                }
-            }
+            Ok(true) => self.eligible_if_checks_match(),
+            // Nothing newer than the state this replica holds (the watch's
+            // first report repeats the state loaded at start): what it
+            // found then, eligible or not, still holds.
+            Ok(false) => {}
             Err(e) => {
                 tracing::error!(error = %e, "not applying the state another replica saved");
                 if let (Some(l), AdoptError::ConfigDiffers { .. }) = (&self.leadership, &e) {
@@ -167,6 +168,37 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// After this replica applied the stored state (its resources match):
+    /// it may lead if its checks are those the state was committed with
+    /// too. Checks are not in the resources, so two configs that differ
+    /// only there render the same version; a replica leading with other
+    /// checks would run flips with them. It still serves the state, which
+    /// is byte for byte the leader's.
+    fn eligible_if_checks_match(&self) {
+        let Some(l) = &self.leadership else {
+            return;
+        };
+        let why = self.checks_differ();
+        if why.is_some() && l.ineligible() != why {
+            tracing::error!(why = why.as_deref().unwrap_or_default(), "not leading");
+        }
+        l.set_eligible(why);
+    }
+
+    /// Why this replica's checks are not those the stored state was
+    /// committed with; `None` when they are, or when the state predates
+    /// the checks' digest (nothing to compare: the next commit adds it).
+    pub(super) fn checks_differ(&self) -> Option<String> {
+        let stored = self.state.checks_digest.as_ref()?;
+        let ours = crate::checks::digest(&self.config);
+        (*stored != ours).then(|| {
+            format!(
+                "this replica's checks (digest {ours}) differ from those the stored state was \
+                 committed with (digest {stored}): its config's checks differ from the leader's"
+            )
+        })
     }
 
     /// Whether this replica may run operations now: always without
@@ -205,6 +237,11 @@ impl Driver {
                 None
             }
             Command::Abort { reply, .. } => {
+                let _ = reply.send(Err(self.not_leader()));
+                None
+            }
+            Command::Cordon { reply, .. } => {
+                // Cordons are saved state: only the leader writes it.
                 let _ = reply.send(Err(self.not_leader()));
                 None
             }
@@ -270,11 +307,7 @@ impl Driver {
             self.overlay = overlay;
             self.config = self.file_config.with_endpoints(&self.overlay);
             match self.rerender() {
-                Ok(_) => {
-                    if let Some(l) = &self.leadership {
-                        l.set_eligible(None);
-                    }
-                }
+                Ok(_) => self.eligible_if_checks_match(),
                 Err(e) => tracing::debug!(error = %e, %service,
                     "endpoints noted; served once the leader saves them"),
             }
@@ -297,9 +330,10 @@ impl Driver {
         self.overlay = overlay;
         self.config = served;
         self.file_config = config;
-        if let Err(e) = self.rerender() {
-            tracing::warn!(error = %e, "config reloaded on a follower; it applies when the \
-                leader saves a state it renders");
+        match self.rerender() {
+            Ok(_) => self.eligible_if_checks_match(),
+            Err(e) => tracing::warn!(error = %e, "config reloaded on a follower; it applies when \
+                the leader saves a state it renders"),
         }
         Ok(Reloaded::Applied {
             version: self
@@ -357,7 +391,7 @@ impl Driver {
         let adopted = self.adopt(stored);
         self.revision = revision;
         match adopted {
-            Ok(_) => {}
+            Ok(_) => self.eligible_if_checks_match(),
             Err(AdoptError::ConfigDiffers { stored, ours }) => {
                 let why = format!(
                     "this replica's config renders the stored version {stored} as digest \

@@ -688,9 +688,9 @@ async fn a_shift_goes_on_as_planned_after_a_reload_drops_an_unused_fleet() {
 }
 
 /// A flip already waiting on a proxy finishes as soon as that proxy is
-/// cordoned: the cordon (and the registry's `notify`, as the admin API
-/// calls it) makes the running operation look at every proxy again,
-/// although no stream changed.
+/// cordoned: the cordon (and the registry's `notify`, which the driver
+/// calls when the cordons in force change) makes the running operation
+/// look at every proxy again, although no stream changed.
 #[tokio::test]
 async fn a_flip_waiting_on_a_proxy_finishes_when_it_is_cordoned() {
     use crate::xds::{NodeInfo, StreamEvent, StreamKind};
@@ -745,11 +745,7 @@ async fn a_flip_waiting_on_a_proxy_finishes_when_it_is_cordoned() {
     .expect("waits for the proxy in time")
     .expect("progress channel open");
 
-    registry
-        .cordons()
-        .cordon("stuck", "test", "dave")
-        .expect("cordoned");
-    registry.notify();
+    assert!(c.cordon("stuck", "test", "dave").await.expect("cordoned"));
     let p = tokio::time::timeout(Duration::from_secs(3), rx.wait_for(|p| p.outcome.is_some()))
         .await
         .expect("finishes well before its 5 s timeout")
@@ -846,4 +842,148 @@ async fn progress_held_back_is_published_without_another_event() {
         .clone();
     assert_eq!(p.waiting_for, ["stuck"], "{p:?}");
     assert!(p.outcome.is_none(), "{p:?}");
+}
+
+/// Cordons are saved state: a cordon is in the stored state before it is
+/// in force, and a controller started on that state (a restart, or
+/// another replica taking the lead) applies it; an uncordon is saved the
+/// same way.
+#[tokio::test]
+async fn cordons_are_kept_in_the_stored_state_and_applied_by_the_next_controller() {
+    let store = Arc::new(MemoryStore::default());
+    let (c, t) = controller(store.clone()).await;
+    assert!(c.cordon("edge-7", "stuck", "dave").await.expect("cordoned"));
+    assert!(
+        !c.cordon("edge-7", "still stuck", "erin")
+            .await
+            .expect("updated")
+    );
+    assert!(matches!(
+        c.cordon("", "no node", "dave").await,
+        Err(RolloutError::Invalid(_))
+    ));
+    let stored = store.current().expect("saved").state.cordons;
+    assert_eq!(stored["edge-7"].reason, "still stuck");
+    assert_eq!(stored["edge-7"].actor, "erin");
+    drop((c, t));
+
+    let (writer, _reader) = snapshot_store();
+    let (_trigger, shutdown) = crate::shutdown::shutdown_channel();
+    let registry = ProxyRegistry::new();
+    let (c, _task) = start(
+        config(),
+        writer,
+        store.clone(),
+        registry.clone(),
+        Arc::new(Metrics::new()),
+        shutdown,
+    )
+    .await
+    .expect("controller starts");
+    assert_eq!(
+        registry.cordons().ids(),
+        std::collections::BTreeSet::from(["edge-7".to_owned()])
+    );
+    assert!(c.uncordon("edge-7", "dave").await.expect("uncordoned"));
+    assert!(!c.uncordon("edge-7", "dave").await.expect("not cordoned"));
+    assert!(registry.cordons().is_empty());
+    assert!(store.current().expect("saved").state.cordons.is_empty());
+}
+
+/// A state directory from before cordons were saved state holds them in
+/// `cordons.json`: they are merged into the state at the first commit,
+/// in force from then on, and the file goes (a file left behind would
+/// bring back a cordon lifted since, at the next start).
+#[tokio::test]
+async fn the_cordons_of_an_old_cordons_file_move_into_the_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join(crate::cordon::CORDONS_FILE);
+    std::fs::write(
+        &file,
+        r#"{"cordons": {"edge-7": {"reason": "stuck", "actor": "alice", "since_unix_ms": 5}}}"#,
+    )
+    .expect("write");
+    let metrics = Arc::new(Metrics::new());
+    let cordons = crate::cordon::Cordons::open(dir.path()).expect("reads the old file");
+    let registry = ProxyRegistry::with_sink_and_cordons(metrics.clone(), Arc::new(cordons));
+    let store = Arc::new(MemoryStore::default());
+    let (writer, _reader) = snapshot_store();
+    let (_trigger, shutdown) = crate::shutdown::shutdown_channel();
+    let (c, _task) = start(
+        config(),
+        writer,
+        store.clone(),
+        registry.clone(),
+        metrics,
+        shutdown,
+    )
+    .await
+    .expect("controller starts");
+    let stored = store.current().expect("saved").state.cordons;
+    assert_eq!(stored["edge-7"].reason, "stuck");
+    assert_eq!(stored["edge-7"].actor, "alice");
+    assert!(registry.cordons().get("edge-7").is_some());
+    assert!(!file.exists(), "the state keeps them now");
+    assert!(c.uncordon("edge-7", "bob").await.expect("uncordoned"));
+    assert!(registry.cordons().is_empty());
+}
+
+/// Replicas on one store (clones of a watchable store): a replica whose
+/// config renders a stored state to another digest than it was saved
+/// with does not apply it, and keeps serving the last state that matched;
+/// a state its config does render is applied.
+#[tokio::test]
+async fn a_replica_whose_config_differs_keeps_serving_the_last_state_that_matched() {
+    let store = MemoryStore::watchable();
+    let (a, _ta) = controller(Arc::new(store.clone())).await;
+    let matched = a.snapshot().version().to_owned();
+
+    // Another replica, whose config routes /v2/ instead of /api/, commits
+    // its own rendering of the state.
+    let other = Config::parse(&CONFIG.replace("/api/", "/v2/"), "other.yaml").expect("valid");
+    let (writer, _reader) = snapshot_store();
+    let (_trigger, shutdown) = crate::shutdown::shutdown_channel();
+    let (b, _tb) = start(
+        other,
+        writer,
+        Arc::new(store.clone()),
+        ProxyRegistry::new(),
+        Arc::new(Metrics::new()),
+        shutdown,
+    )
+    .await
+    .expect("the other replica starts");
+    let differs = b.snapshot().version().to_owned();
+    assert_ne!(differs, matched);
+    assert_eq!(
+        store
+            .current()
+            .expect("saved")
+            .state
+            .version
+            .map(|v| v.to_string()),
+        Some(differs.clone())
+    );
+    // `a` sees that save at once through the watch; give it ample time.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        a.snapshot().version(),
+        matched,
+        "a replica served a state its config renders differently"
+    );
+
+    // A third replica with a's config commits again: a applies that one,
+    // so the watch did reach it.
+    let (c, _tc) = controller(Arc::new(store.clone())).await;
+    let again = c.snapshot().version().to_owned();
+    assert_ne!(again, matched, "a newer sequence number");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while a.snapshot().version() != again {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a still serves {} instead of {again}",
+            a.snapshot().version()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -727,6 +727,18 @@ pub trait Backend: Send + Sync + 'static {
             "this server has no registered fleets".into(),
         ))
     }
+    /// Cordons `node`: operations stop waiting for it, whichever replica
+    /// runs them; saved before it is in force. True if it was not
+    /// cordoned. A backend that keeps no cordons refuses.
+    async fn cordon(&self, node: &str, reason: &str, actor: &str) -> Result<bool, RolloutError> {
+        let _ = (node, reason, actor);
+        Err(RolloutError::Invalid("this server keeps no cordons".into()))
+    }
+    /// Lifts the cordon of `node`; true if it was cordoned.
+    async fn uncordon(&self, node: &str, actor: &str) -> Result<bool, RolloutError> {
+        let _ = (node, actor);
+        Err(RolloutError::Invalid("this server keeps no cordons".into()))
+    }
     /// A fleet's endpoints, where they come from, and recent changes.
     async fn fleet(
         &self,

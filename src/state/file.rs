@@ -203,20 +203,83 @@ impl Inner {
                 f(step, revision);
             }
         };
-        let tmp = &self.tmp_path;
-        let mut f = File::create(tmp).map_err(|e| StateError::io(tmp, e))?;
-        f.write_all(bytes)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| StateError::io(tmp, e))?;
-        drop(f);
-        observe(SaveStep::TempWritten);
-        fs::rename(tmp, &self.state_path).map_err(|e| StateError::io(&self.state_path, e))?;
-        observe(SaveStep::Renamed);
-        // Makes the rename itself durable.
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| StateError::io(&self.dir, e))
+        write_durably(
+            &mut RealFs,
+            &self.dir,
+            &self.tmp_path,
+            &self.state_path,
+            bytes,
+            observe,
+        )
     }
+}
+
+/// The file-system steps of a save. Production uses [`RealFs`]; a test
+/// records the calls to hold their order, which no crash test can see
+/// (killing the process loses nothing the kernel already has: only a
+/// power cut drops a rename whose directory was not `fsync`ed). Generic,
+/// not `dyn`: each save compiles to the plain calls.
+trait SaveFs {
+    /// An open file.
+    type File;
+    /// Creates (truncating) `path` and writes `bytes` to it.
+    fn create_and_write(&mut self, path: &Path, bytes: &[u8]) -> io::Result<Self::File>;
+    /// `fsync`s `file`, written at `path`.
+    fn sync_file(&mut self, file: &Self::File, path: &Path) -> io::Result<()>;
+    /// Renames `from` over `to`.
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()>;
+    /// `fsync`s the directory `dir`.
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()>;
+}
+
+/// The real file system.
+struct RealFs;
+
+impl SaveFs for RealFs {
+    type File = File;
+
+    fn create_and_write(&mut self, path: &Path, bytes: &[u8]) -> io::Result<File> {
+        let mut f = File::create(path)?;
+        f.write_all(bytes)?;
+        Ok(f)
+    }
+
+    fn sync_file(&mut self, file: &File, _path: &Path) -> io::Result<()> {
+        file.sync_all()
+    }
+
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+        File::open(dir).and_then(|d| d.sync_all())
+    }
+}
+
+/// Writes `bytes` to `tmp`, `fsync`s it, renames it over `state_path` and
+/// `fsync`s `dir`, in that order: the file's contents are on disk before
+/// the name points at them, and the new name is on disk before the save
+/// returns `Ok`.
+fn write_durably<F: SaveFs>(
+    fs: &mut F,
+    dir: &Path,
+    tmp: &Path,
+    state_path: &Path,
+    bytes: &[u8],
+    observe: impl Fn(SaveStep),
+) -> Result<(), StateError> {
+    let f = fs
+        .create_and_write(tmp, bytes)
+        .map_err(|e| StateError::io(tmp, e))?;
+    fs.sync_file(&f, tmp).map_err(|e| StateError::io(tmp, e))?;
+    drop(f);
+    observe(SaveStep::TempWritten);
+    fs.rename(tmp, state_path)
+        .map_err(|e| StateError::io(state_path, e))?;
+    observe(SaveStep::Renamed);
+    // Makes the rename itself durable.
+    fs.sync_dir(dir).map_err(|e| StateError::io(dir, e))
 }
 
 #[tonic::async_trait]
@@ -285,6 +348,65 @@ impl StateStore for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One step of a save, as [`Recorder`] saw it.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Op {
+        Write(PathBuf),
+        SyncFile(PathBuf),
+        Rename(PathBuf, PathBuf),
+        SyncDir(PathBuf),
+    }
+
+    /// Records the steps and carries them out on the real file system.
+    #[derive(Default)]
+    struct Recorder(Vec<Op>);
+
+    impl SaveFs for Recorder {
+        type File = File;
+
+        fn create_and_write(&mut self, path: &Path, bytes: &[u8]) -> io::Result<File> {
+            self.0.push(Op::Write(path.to_owned()));
+            RealFs.create_and_write(path, bytes)
+        }
+
+        fn sync_file(&mut self, file: &File, path: &Path) -> io::Result<()> {
+            self.0.push(Op::SyncFile(path.to_owned()));
+            RealFs.sync_file(file, path)
+        }
+
+        fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+            self.0.push(Op::Rename(from.to_owned(), to.to_owned()));
+            RealFs.rename(from, to)
+        }
+
+        fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+            self.0.push(Op::SyncDir(dir.to_owned()));
+            RealFs.sync_dir(dir)
+        }
+    }
+
+    #[test]
+    fn a_save_syncs_the_file_before_the_rename_and_the_directory_after_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (tmp, state) = (
+            dir.path().join("state.json.tmp"),
+            dir.path().join("state.json"),
+        );
+        let mut fs = Recorder::default();
+        write_durably(&mut fs, dir.path(), &tmp, &state, b"{}", |_| {}).expect("saved");
+        assert_eq!(
+            fs.0,
+            [
+                Op::Write(tmp.clone()),
+                Op::SyncFile(tmp.clone()),
+                Op::Rename(tmp.clone(), state.clone()),
+                Op::SyncDir(dir.path().to_owned()),
+            ]
+        );
+        assert_eq!(std::fs::read(&state).expect("renamed"), b"{}");
+        assert!(!tmp.exists());
+    }
 
     #[tokio::test]
     async fn a_newer_format_is_named_not_called_corrupt() {

@@ -67,6 +67,19 @@ pub struct PersistedState {
         skip_serializing_if = "crate::registration::Registrations::is_empty"
     )]
     pub registered: crate::registration::Registrations,
+    /// The digest of the checks ([`crate::checks::digest`]) of the config
+    /// the state was last committed with: replicas must agree on them as
+    /// on the resources, which the version's digest covers. `None` in
+    /// states saved before teal kept it; then nothing is compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks_digest: Option<String>,
+    /// Proxies that operations do not wait for, by node id: fleet-wide,
+    /// changed only by the leader, applied by whichever replica leads.
+    /// Absent from states saved before cordons were kept here (they were
+    /// in a file of their own, `cordons.json`, which is read once and
+    /// merged in: [`crate::cordon::Cordons::open`]).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub cordons: BTreeMap<String, crate::cordon::Cordon>,
 }
 
 /// What teal keeps about one service.

@@ -113,6 +113,34 @@ fn json_is_readable_and_round_trips() {
     assert_eq!(back, s);
 }
 
+/// The checks' digest and the cordons are in the state only when set, so
+/// a state without them reads as before and a state saved before teal had
+/// them loads, comparing no checks and with no cordons; set, they round
+/// trip.
+#[test]
+fn a_state_without_checks_digest_or_cordons_loads_and_with_them_round_trips() {
+    let old = serde_json::to_value(sample(3)).expect("test step");
+    assert!(old.get("checks_digest").is_none() && old.get("cordons").is_none());
+    let back: PersistedState = serde_json::from_value(old).expect("an older state loads");
+    assert_eq!((back.checks_digest, back.cordons.len()), (None, 0));
+
+    let mut s = sample(3);
+    s.checks_digest = Some("0123456789abcdef".into());
+    s.cordons.insert(
+        "edge-7".into(),
+        crate::cordon::Cordon {
+            reason: "stuck".into(),
+            actor: "ops".into(),
+            since_unix_ms: 5,
+        },
+    );
+    let json = serde_json::to_value(&s).expect("test step");
+    assert_eq!(json["checks_digest"], "0123456789abcdef");
+    assert_eq!(json["cordons"]["edge-7"]["reason"], "stuck");
+    let back: PersistedState = serde_json::from_value(json).expect("test step");
+    assert_eq!(back, s);
+}
+
 #[tokio::test]
 async fn file_store_round_trip_survives_reopening() {
     let dir = tempfile::tempdir().expect("test step");

@@ -381,3 +381,77 @@ pub async fn wait_spread(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A proxy of group `edge`, node `node`, connected to the xDS port `port`:
+/// it takes every type's first answer, ACKs it, and then never ACKs
+/// again, so a flip waits for it until its timeout. Gone when the handle
+/// is aborted or the replica goes.
+pub async fn stubborn_proxy(port: u16, node: &str) -> tokio::task::JoinHandle<()> {
+    stubborn_proxy_then(port, node, None).await
+}
+
+/// [`stubborn_proxy`] that, when its replica goes, reconnects to `then`
+/// (as Envoy does, to another replica) and ACKs everything there; with no
+/// `then` it is gone for good.
+pub async fn stubborn_proxy_then(
+    port: u16,
+    node: &str,
+    then: Option<u16>,
+) -> tokio::task::JoinHandle<()> {
+    use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+    fn ack(answer: &DiscoveryResponse) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: answer.type_url.clone(),
+            version_info: answer.version_info.clone(),
+            response_nonce: answer.nonce.clone(),
+            ..Default::default()
+        }
+    }
+    let node = node.to_owned();
+    let (tx, mut stream) = super::ads_subscribed_to_all(port, &node).await;
+    tokio::spawn(async move {
+        let mut acked = std::collections::HashSet::new();
+        while let Ok(Some(answer)) = stream.message().await {
+            if acked.insert(answer.type_url.clone()) {
+                let _ = tx.send(ack(&answer)).await;
+            }
+        }
+        drop(tx);
+        let Some(port) = then else {
+            return;
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (tx, mut stream) = super::ads_subscribed_to_all(port, &node).await;
+        while let Ok(Some(answer)) = stream.message().await {
+            let _ = tx.send(ack(&answer)).await;
+        }
+    })
+}
+
+/// The index in `replicas` of the one leading, as the running replicas'
+/// `teal status` lists it, once one does (up to `within`).
+pub async fn wait_leader(replicas: &[Replica], within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        for r in replicas.iter().filter(|r| r.is_running()) {
+            let Some(st) = r.json(&["status"]).await else {
+                continue;
+            };
+            let leader = st["replicas"].as_array().and_then(|rs| {
+                rs.iter()
+                    .find(|x| x["leader"] == true)
+                    .and_then(|x| x["admin"].as_str().map(str::to_owned))
+            });
+            if let Some(i) =
+                leader.and_then(|a| replicas.iter().position(|x| x.admin == a && x.is_running()))
+            {
+                return i;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no running replica listed as leading within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
