@@ -52,11 +52,47 @@ fn ack(
 
 /// Three replicas on `etcd` under `prefix`.
 async fn three_replicas(etcd: &Etcd, prefix: &str) -> Vec<Replica> {
+    replicas(etcd, prefix, 3).await
+}
+
+/// `n` replicas on `etcd` under `prefix`.
+async fn replicas(etcd: &Etcd, prefix: &str, n: usize) -> Vec<Replica> {
     let mut replicas = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..n {
         replicas.push(replica(etcd, prefix).await);
     }
     replicas
+}
+
+/// Starts `teal flip web --to green --skip-checks --timeout TIMEOUT`
+/// against `admin` and waits until the flip waits for ACKs (see
+/// [`flip_until_phase`]).
+async fn flip_to_green_held(
+    admin: &str,
+    timeout: &str,
+) -> (tokio::task::JoinHandle<(i32, String, String)>, u64) {
+    let args = [
+        "flip",
+        "web",
+        "--to",
+        "green",
+        "--skip-checks",
+        "--timeout",
+        timeout,
+    ];
+    flip_until_phase(admin, &args, "confirming").await
+}
+
+/// Asserts that `entry` ended `unconfirmed` naming the stubborn proxy,
+/// as the CLI (exit 4) that followed it reported.
+fn unconfirmed_for_stubborn(entry: &Value, cli: (i32, String, String)) {
+    assert_eq!(entry["outcome"], "unconfirmed", "{entry}");
+    // The outcome names the proxy nobody heard from.
+    let reason = entry["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("stubborn"), "{entry}");
+    let (code, _, err) = cli;
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("following it on"), "{err}");
 }
 
 /// Starts `teal flip ARGS` against `admin` in the background and waits
@@ -64,11 +100,15 @@ async fn three_replicas(etcd: &Etcd, prefix: &str) -> Vec<Replica> {
 /// `phase`; returns the command and the operation's id.
 async fn flip_until_phase(
     admin: &str,
-    args: &'static [&'static str],
+    args: &[&str],
     phase: &str,
 ) -> (tokio::task::JoinHandle<(i32, String, String)>, u64) {
     let to = admin.to_owned();
-    let flip = tokio::spawn(async move { cli(&to, args).await });
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let flip = tokio::spawn(async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&to, &args).await
+    });
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let st = status_json(admin).await.expect("leader status");
@@ -422,62 +462,27 @@ async fn a_proxy_held_on_a_killed_leader_that_never_reconnects_keeps_the_flip_un
     // say it applied anything.
     let _proxy = stubborn_proxy(replicas[li].xds, "stubborn").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (flip, id) = flip_until_phase(
-        &replicas[li].admin,
-        &[
-            "flip",
-            "web",
-            "--to",
-            "green",
-            "--skip-checks",
-            "--timeout",
-            "8s",
-        ],
-        "confirming",
-    )
-    .await;
+    let (flip, id) = flip_to_green_held(&replicas[li].admin, "8s").await;
     replicas[li].kill9().await;
     let survivor = replicas[(li + 1) % 3].admin.clone();
     let entry = ended_entry(&survivor, id).await;
-    assert_eq!(entry["outcome"], "unconfirmed", "{entry}");
-    // The outcome names the proxy nobody heard from.
-    let reason = entry["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("stubborn"), "{entry}");
-    let (code, _, err) = flip.await.expect("the CLI ran");
     // The CLI that asked the killed leader reports what the cluster
     // recorded, from the new leader.
-    assert_eq!(code, 4, "{err}");
-    assert!(err.contains("following it on"), "{err}");
+    unconfirmed_for_stubborn(&entry, flip.await.expect("the CLI ran"));
     assert_eq!(entries_of(&survivor, id).await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_leaders_flip_ends_once_as_recorded_and_never_succeeds_without_its_proxy() {
     let etcd = Etcd::start().await;
-    let mut replicas = Vec::new();
-    for _ in 0..2 {
-        replicas.push(replica(&etcd, "/paused/").await);
-    }
+    let replicas = replicas(&etcd, "/paused/", 2).await;
     let li = find_leader(&replicas).await;
     let other = replicas[1 - li].admin.clone();
     // A proxy on the leader that holds its ACK: while the leader is
     // paused its TCP connection stays open, so it keeps routing blue.
     let _proxy = stubborn_proxy(replicas[li].xds, "stubborn").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (flip, id) = flip_until_phase(
-        &replicas[li].admin,
-        &[
-            "flip",
-            "web",
-            "--to",
-            "green",
-            "--skip-checks",
-            "--timeout",
-            "6s",
-        ],
-        "confirming",
-    )
-    .await;
+    let (flip, id) = flip_to_green_held(&replicas[li].admin, "6s").await;
     replicas[li].signal("STOP");
     let paused = Instant::now();
     // The other replica takes over and resumes the flip; it may not call
@@ -507,10 +512,7 @@ async fn a_paused_leaders_flip_ends_once_as_recorded_and_never_succeeds_without_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_stopped_with_sigterm_mid_flip_hands_it_over_like_a_crash() {
     let etcd = Etcd::start().await;
-    let mut replicas = Vec::new();
-    for _ in 0..2 {
-        replicas.push(replica(&etcd, "/sigterm/").await);
-    }
+    let mut replicas = replicas(&etcd, "/sigterm/", 2).await;
     let li = find_leader(&replicas).await;
     let other = replicas[1 - li].admin.clone();
     // Held on the leader; once it stops, the proxy reconnects to the other
@@ -518,20 +520,7 @@ async fn a_leader_stopped_with_sigterm_mid_flip_hands_it_over_like_a_crash() {
     let _proxy =
         stubborn_proxy_then(replicas[li].xds, "stubborn", Some(replicas[1 - li].xds)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (flip, id) = flip_until_phase(
-        &replicas[li].admin,
-        &[
-            "flip",
-            "web",
-            "--to",
-            "green",
-            "--skip-checks",
-            "--timeout",
-            "30s",
-        ],
-        "confirming",
-    )
-    .await;
+    let (flip, id) = flip_to_green_held(&replicas[li].admin, "30s").await;
     let stopped = replicas[li].terminate().await;
     assert!(stopped.success(), "{stopped}");
     let (code, out, err) = flip.await.expect("the CLI ran");
@@ -683,26 +672,9 @@ async fn a_new_leader_reads_every_replicas_proxies_before_it_resumes_a_flip() {
     // leader: the second one has to read it from etcd.
     let _proxy = stubborn_proxy(replicas[2].xds, "stubborn").await;
     wait_for_proxy(&replicas[0].admin, "stubborn", false).await;
-    let (flip, id) = flip_until_phase(
-        &replicas[0].admin,
-        &[
-            "flip",
-            "web",
-            "--to",
-            "green",
-            "--skip-checks",
-            "--timeout",
-            "6s",
-        ],
-        "confirming",
-    )
-    .await;
+    let (flip, id) = flip_to_green_held(&replicas[0].admin, "6s").await;
     link.cut();
     replicas[0].kill9().await;
     let entry = ended_entry(&replicas[1].admin, id).await;
-    assert_eq!(entry["outcome"], "unconfirmed", "{entry}");
-    let reason = entry["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("stubborn"), "{entry}");
-    let (code, _, err) = flip.await.expect("the CLI ran");
-    assert_eq!(code, 4, "{err}");
+    unconfirmed_for_stubborn(&entry, flip.await.expect("the CLI ran"));
 }
