@@ -419,7 +419,10 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
         leadership,
     )
     .await?;
-    let controller = controller.with_endpoint_limits(opts.endpoint_limits);
+    let controller = controller.with_endpoint_limits(crate::registration::EndpointLimits {
+        admin_addr: Some(admin_addr),
+        ..opts.endpoint_limits
+    });
     tracing::info!(config = %source.name(), version = %controller.snapshot().version(), "serving config");
     // The xDS port opens once Kubernetes fleets have their first lists, so
     // no proxy is served a Kubernetes fleet empty.

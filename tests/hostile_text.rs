@@ -532,8 +532,9 @@ fn no_proxies(shutdown: &teal::shutdown::Shutdown) -> teal::xds::ClientStatus {
 }
 
 /// A `teal serve` (in-process) whose service `web` has a `registered`
-/// fleet `green`, with the admin token [`TOKEN`] from a tokens file.
-async fn serve_registered(dir: &std::path::Path) -> (SocketAddr, ShutdownTrigger) {
+/// fleet `green`, with the admin token [`TOKEN`] from a tokens file;
+/// `allow_any`: `--allow-any-endpoint-address`.
+async fn serve_registered(dir: &std::path::Path, allow_any: bool) -> (SocketAddr, ShutdownTrigger) {
     use std::os::unix::fs::PermissionsExt;
     let config = dir.join("teal.yaml");
     std::fs::write(
@@ -562,6 +563,10 @@ groups:
     let running = teal::serve::start(
         teal::serve::ServeOptions {
             admin_tokens: Some(tokens),
+            endpoint_limits: teal::registration::EndpointLimits {
+                allow_any_address: allow_any,
+                ..Default::default()
+            },
             ..teal::serve::ServeOptions::local(Some(config))
         },
         shutdown,
@@ -575,7 +580,7 @@ groups:
 async fn zones_with_invisible_or_bidi_characters_are_refused() {
     use teal::admin::pb;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (addr, _stop) = serve_registered(dir.path()).await;
+    let (addr, _stop) = serve_registered(dir.path(), false).await;
     let hidden = ["a\u{202e}b", "a\u{2028}c", "a\u{200b}d", "\u{feff}e"];
     // The CLI refuses before sending anything.
     for zone in hidden {
@@ -649,4 +654,55 @@ async fn zones_with_invisible_or_bidi_characters_are_refused() {
     )
     .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_no_fleet_means_are_refused_unless_allowed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (addr, _stop) = serve_registered(dir.path(), false).await;
+    let own = format!("127.0.0.1:{}", addr.port());
+    let add = |endpoint: String| async move {
+        teal(
+            addr,
+            &["--token", TOKEN, "fleet", "add", "web", "green", &endpoint],
+        )
+        .await
+    };
+    for (endpoint, why) in [
+        ("169.254.169.254:80".to_owned(), "link-local"),
+        ("[fe80::1]:80".to_owned(), "link-local"),
+        ("239.1.2.3:80".to_owned(), "multicast"),
+        ("255.255.255.255:80".to_owned(), "broadcast"),
+        (own.clone(), "admin API"),
+    ] {
+        let out = add(endpoint.clone()).await;
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{endpoint}: {}",
+            text(&out.stderr)
+        );
+        let said = text(&out.stderr);
+        assert!(said.contains(why), "{endpoint}: {said}");
+        assert!(said.contains("--allow-any-endpoint-address"), "{said}");
+    }
+    let out = add("10.1.2.3:80".to_owned()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let other = tempfile::tempdir().expect("tempdir");
+    let (addr, _stop) = serve_registered(other.path(), true).await;
+    let out = teal(
+        addr,
+        &[
+            "--token",
+            TOKEN,
+            "fleet",
+            "add",
+            "web",
+            "green",
+            "169.254.169.254:80",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "allowed: {}", text(&out.stderr));
 }
