@@ -548,6 +548,14 @@ fn open_store(
 ) -> Result<(Arc<dyn StateStore>, Option<crate::ha::Leadership>), ServeError> {
     Ok(match (&opts.etcd, &opts.state_dir) {
         (Some(etcd), _) => {
+            let exposed = password_in_clear(etcd);
+            if !exposed.is_empty() {
+                tracing::warn!(
+                    endpoints = %exposed.join(","),
+                    "the etcd password (--store-user) goes in plaintext to etcd beyond this \
+                     machine: anyone on the path can read it; give --store-ca for TLS"
+                );
+            }
             let client = crate::state::etcd::EtcdClient::new(etcd.clone())?;
             let fence = crate::state::etcd::Fence::default();
             let store = EtcdStore::fenced(client.clone(), fence.clone())?;
@@ -577,6 +585,36 @@ fn open_store(
         (None, Some(dir)) => (Arc::new(FileStore::open(dir)?), None),
         (None, None) => (Arc::new(MemoryStore::default()), None),
     })
+}
+
+/// The etcd endpoints a password would reach in plaintext: with a user
+/// and no TLS, those not on loopback (an address or `localhost`). teal
+/// warns rather than refuses: a private network may be trusted, and
+/// refusing would stop replicas that ran before.
+fn password_in_clear(etcd: &crate::state::EtcdOptions) -> Vec<String> {
+    if etcd.user.is_none() || etcd.tls.is_some() {
+        return Vec::new();
+    }
+    etcd.endpoints
+        .iter()
+        .filter(|e| {
+            let host = e
+                .parse::<http::uri::Authority>()
+                .map(|a| {
+                    a.host()
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_owned()
+                })
+                .unwrap_or_default();
+            let loopback = host.eq_ignore_ascii_case("localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            !loopback
+        })
+        .cloned()
+        .collect()
 }
 
 fn load_tls(port: Port, files: Option<TlsFiles>) -> Result<Option<Arc<ServerTls>>, ServeError> {
@@ -932,6 +970,32 @@ async fn next_hangup(_: &mut Hangup) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_etcd_password_in_plaintext_beyond_loopback_is_named() {
+        let endpoints = [
+            "127.0.0.1:2379",
+            "localhost:2379",
+            "[::1]:2379",
+            "10.0.0.5:2379",
+            "etcd.internal:2379",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let mut etcd = crate::state::EtcdOptions::new(endpoints, "/teal/");
+        assert!(password_in_clear(&etcd).is_empty(), "no password");
+        etcd.user = Some(("teal".to_owned(), "pw".to_owned()));
+        assert_eq!(
+            password_in_clear(&etcd),
+            vec!["10.0.0.5:2379".to_owned(), "etcd.internal:2379".to_owned()]
+        );
+        etcd.tls = Some(crate::state::etcd::EtcdTls {
+            ca: None,
+            cert: None,
+            key: None,
+        });
+        assert!(password_in_clear(&etcd).is_empty(), "over TLS");
+    }
 
     #[tokio::test]
     async fn a_panicked_task_is_an_error_with_exit_70() {
