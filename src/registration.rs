@@ -232,6 +232,17 @@ pub enum RegistrationError {
     /// A request with nothing in it.
     #[error("no endpoints given")]
     Empty,
+    /// An address no fleet means.
+    #[error(
+        "endpoint {address} is {why}: no fleet means it (start teal serve with \
+         --allow-any-endpoint-address to allow it)"
+    )]
+    Address {
+        /// The address.
+        address: SocketAddr,
+        /// What it is.
+        why: AddressError,
+    },
 }
 
 /// Bounds on endpoints from outside the file, each a `teal serve` flag
@@ -242,6 +253,70 @@ pub struct EndpointLimits {
     pub max_fleet_endpoints: usize,
     /// Longest TTL a registration may ask for (`--max-register-ttl`).
     pub max_ttl: Duration,
+    /// Accept addresses no fleet normally means ([`AddressError`]):
+    /// `--allow-any-endpoint-address`.
+    pub allow_any_address: bool,
+    /// teal's own admin address, refused as an endpoint (on it or on
+    /// loopback) unless `allow_any_address`; set by `teal serve` once the
+    /// port is bound.
+    pub admin_addr: Option<SocketAddr>,
+}
+
+/// Why an address is refused as a registered endpoint by default: no fleet
+/// means it, and a pipeline (or a token holder) that registered it would
+/// send a fleet's traffic, with its headers, where it must not go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressError {
+    /// 169.254.0.0/16 or fe80::/10: cloud metadata services live there.
+    LinkLocal,
+    /// 224.0.0.0/4 or ff00::/8.
+    Multicast,
+    /// 255.255.255.255.
+    Broadcast,
+    /// teal's own admin API.
+    TealAdmin,
+}
+
+impl std::fmt::Display for AddressError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AddressError::LinkLocal => {
+                "a link-local address (where cloud metadata services answer)"
+            }
+            AddressError::Multicast => "a multicast address",
+            AddressError::Broadcast => "the broadcast address",
+            AddressError::TealAdmin => "teal's own admin API",
+        })
+    }
+}
+
+impl EndpointLimits {
+    /// Why `address` is refused as an endpoint, if it is.
+    pub fn refuses(&self, address: SocketAddr) -> Option<AddressError> {
+        if self.allow_any_address {
+            return None;
+        }
+        let ip = match address.ip() {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        let why = match ip {
+            std::net::IpAddr::V4(v4) if v4.is_link_local() => Some(AddressError::LinkLocal),
+            std::net::IpAddr::V4(v4) if v4.is_multicast() => Some(AddressError::Multicast),
+            std::net::IpAddr::V4(v4) if v4.is_broadcast() => Some(AddressError::Broadcast),
+            std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80 => {
+                Some(AddressError::LinkLocal)
+            }
+            std::net::IpAddr::V6(v6) if v6.is_multicast() => Some(AddressError::Multicast),
+            _ => None,
+        };
+        let admin = self.admin_addr.is_some_and(|admin| {
+            address.port() == admin.port() && (ip.is_loopback() || ip == admin.ip())
+        });
+        why.or(admin.then_some(AddressError::TealAdmin))
+    }
 }
 
 impl EndpointLimits {
@@ -259,6 +334,8 @@ impl Default for EndpointLimits {
         EndpointLimits {
             max_fleet_endpoints: EndpointLimits::DEFAULT_MAX_FLEET_ENDPOINTS,
             max_ttl: EndpointLimits::DEFAULT_MAX_TTL,
+            allow_any_address: false,
+            admin_addr: None,
         }
     }
 }
@@ -311,6 +388,16 @@ pub fn apply(
     let mut seen = std::collections::BTreeSet::new();
     if let Some(a) = addresses.iter().find(|a| !seen.insert(**a)) {
         return Err(RegistrationError::Repeated(*a));
+    }
+    // Only what the request adds: one registered before the rule (or with
+    // the flag) can still be removed, renewed, or kept by a change of
+    // another endpoint.
+    if let Request::Set(e) | Request::Add(e) | Request::Register { endpoints: e, .. } = request
+        && let Some((address, why)) = e
+            .iter()
+            .find_map(|r| limits.refuses(r.address).map(|why| (r.address, why)))
+    {
+        return Err(RegistrationError::Address { address, why });
     }
     let mut next = current.to_vec();
     match request {

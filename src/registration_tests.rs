@@ -23,7 +23,74 @@ fn limits() -> EndpointLimits {
     EndpointLimits {
         max_fleet_endpoints: 3,
         max_ttl: Duration::from_secs(60),
+        ..EndpointLimits::default()
     }
+}
+
+#[test]
+fn addresses_no_fleet_means_are_refused_unless_allowed() {
+    let mut limits = EndpointLimits {
+        admin_addr: Some(addr("127.0.0.1:18001")),
+        ..limits()
+    };
+    for (bad, why) in [
+        ("169.254.169.254:80", AddressError::LinkLocal),
+        ("[fe80::1]:80", AddressError::LinkLocal),
+        ("[::ffff:169.254.169.254]:80", AddressError::LinkLocal),
+        ("224.0.0.1:80", AddressError::Multicast),
+        ("[ff02::1]:80", AddressError::Multicast),
+        ("255.255.255.255:80", AddressError::Broadcast),
+        ("127.0.0.1:18001", AddressError::TealAdmin),
+        ("127.0.0.2:18001", AddressError::TealAdmin),
+        ("[::1]:18001", AddressError::TealAdmin),
+    ] {
+        for request in [
+            Request::Set(vec![reg(bad)]),
+            Request::Add(vec![reg("10.0.0.1:80"), reg(bad)]),
+        ] {
+            let e = apply("green", &[], &request, at(0), &limits).expect_err(bad);
+            assert_eq!(
+                e,
+                RegistrationError::Address {
+                    address: addr(bad),
+                    why
+                },
+                "{bad}"
+            );
+            assert!(
+                e.to_string().contains("--allow-any-endpoint-address"),
+                "{e}"
+            );
+        }
+    }
+    for fine in [
+        "10.0.0.1:18001",
+        "127.0.0.1:8080",
+        "[2001:db8::1]:80",
+        "169.255.0.1:80",
+    ] {
+        apply("green", &[], &Request::Set(vec![reg(fine)]), at(0), &limits).expect(fine);
+    }
+    // One registered before (or with the flag) can still go.
+    let held = [reg("169.254.169.254:80")];
+    let gone = apply(
+        "green",
+        &held,
+        &Request::Remove(vec![addr("169.254.169.254:80")]),
+        at(0),
+        &limits,
+    )
+    .expect("removed");
+    assert!(gone.is_empty());
+    limits.allow_any_address = true;
+    apply(
+        "green",
+        &[],
+        &Request::Set(vec![reg("169.254.169.254:80"), reg("127.0.0.1:18001")]),
+        at(0),
+        &limits,
+    )
+    .expect("allowed");
 }
 
 fn run(current: &[Registered], request: Request) -> Result<Vec<Registered>, RegistrationError> {

@@ -46,6 +46,8 @@ pub struct ServeOptions {
     /// The admin API's tokens file (`name:token` per line); the
     /// `TEAL_ADMIN_TOKEN` environment variable adds a token named `admin`.
     pub admin_tokens: Option<PathBuf>,
+    /// The largest tokens file read (`--admin-tokens-max-bytes`).
+    pub admin_tokens_max_bytes: u64,
     /// Where the durable state lives; `None` keeps it in memory only
     /// (tests and throwaway runs). With [`ServeOptions::etcd`], only the
     /// local files (cordons, the local admin token) live here.
@@ -95,6 +97,7 @@ impl ServeOptions {
             departed_hold: crate::ha::DEFAULT_DEPARTED_HOLD,
             advertise_admin: None,
             admin_tokens: None,
+            admin_tokens_max_bytes: admin::auth::DEFAULT_MAX_TOKENS_BYTES,
             xds: XdsServerConfig::default(),
             admin_connections: ConnectionLimits::default_for(Port::Admin),
             xds_tls: None,
@@ -143,13 +146,17 @@ pub enum ServeError {
     /// The admin tokens file is unreadable or malformed.
     #[error("admin tokens: {0}")]
     Tokens(#[from] crate::admin::TokensError),
-    /// The local token could not be written in the state directory.
-    #[error("cannot write the local admin token {path}: {source}")]
-    LocalToken {
-        /// The file.
-        path: String,
-        /// The I/O error.
-        source: std::io::Error,
+    /// The state directory or its local token cannot be used (unwritable,
+    /// or owned by another user).
+    #[error("the local admin token: {0}")]
+    LocalToken(#[from] admin::local_token::LocalTokenError),
+    /// `--advertise-admin` is not an address the CLI may be sent to.
+    #[error("--advertise-admin {addr:?}: {why}")]
+    AdvertiseAdmin {
+        /// The address given.
+        addr: String,
+        /// What is wrong with it.
+        why: String,
     },
     /// A port's certificate, key or client CA cannot be used.
     #[error("{} TLS: {source}", port.name())]
@@ -192,14 +199,17 @@ impl ServeError {
                 ..
             } => exit::EX_NOINPUT,
             ServeError::Tls { .. } => exit::EX_DATAERR,
-            ServeError::InsecureAdmin(_) => exit::EX_USAGE,
+            ServeError::InsecureAdmin(_) | ServeError::AdvertiseAdmin { .. } => exit::EX_USAGE,
+            ServeError::LocalToken(admin::local_token::LocalTokenError::NotOwned { .. }) => {
+                exit::EX_NOPERM
+            }
             ServeError::Cordons(crate::cordon::CordonError::Io { .. }) => exit::EX_CANTCREAT,
             ServeError::Cordons(_) => exit::EX_DATAERR,
             ServeError::Transport(_) | ServeError::Admin(_) | ServeError::TaskFailed { .. } => {
                 exit::EX_SOFTWARE
             }
             ServeError::State(StateError::NewerFormat { .. }) => exit::EX_DATAERR,
-            ServeError::State(_) | ServeError::LocalToken { .. } => exit::EX_CANTCREAT,
+            ServeError::State(_) | ServeError::LocalToken(_) => exit::EX_CANTCREAT,
             ServeError::Controller(e) => e.exit_code(),
         }
     }
@@ -352,6 +362,7 @@ pub async fn run(opts: ServeOptions, shutdown: Shutdown) -> Result<(), ServeErro
 /// port in use); nothing is served when one happens.
 pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, ServeError> {
     refuse_open_plaintext_admin(&opts)?;
+    check_advertise_admin(&opts)?;
     let xds_tls = load_tls(Port::Xds, opts.xds_tls.clone())?;
     let admin_tls = load_tls(Port::Admin, opts.admin_tls.clone())?;
     let mut source = ConfigSource {
@@ -376,8 +387,13 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
         // The local admin token is written before the store is opened
         // (with etcd no file store ever creates it).
         std::fs::create_dir_all(dir).map_err(|e| StateError::io(dir, e))?;
+        // Another user's directory is refused whatever the tokens: its
+        // owner could change teal's state, or plant a local token.
+        admin::local_token::check_dir(dir)?;
     }
-    let tokens = with_local_token(Tokens::load(opts.admin_tokens.as_deref())?, &opts)?;
+    let file_tokens = Tokens::load(opts.admin_tokens.as_deref(), opts.admin_tokens_max_bytes)?;
+    let local_token = local_token(&file_tokens, &opts)?;
+    let tokens = with_local(file_tokens, local_token.as_deref());
     let metrics = Arc::new(Metrics::new());
     let cordons = match &opts.state_dir {
         Some(dir) => Cordons::open(dir)?,
@@ -403,7 +419,10 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
         leadership,
     )
     .await?;
-    let controller = controller.with_endpoint_limits(opts.endpoint_limits);
+    let controller = controller.with_endpoint_limits(crate::registration::EndpointLimits {
+        admin_addr: Some(admin_addr),
+        ..opts.endpoint_limits
+    });
     tracing::info!(config = %source.name(), version = %controller.snapshot().version(), "serving config");
     // The xDS port opens once Kubernetes fleets have their first lists, so
     // no proxy is served a Kubernetes fleet empty.
@@ -440,6 +459,7 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
         tls: [xds_tls, admin_tls].into_iter().flatten().collect(),
         identities,
         tokens,
+        local_token,
         kube,
     };
     let task = tokio::spawn(supervise(opts, source, controller.clone(), tasks, shutdown));
@@ -450,6 +470,54 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
         controller,
         task,
     })
+}
+
+/// Refuses an `--advertise-admin` the CLI would be sent to and must not
+/// follow: another scheme than the admin port's (`http://` for a TLS port
+/// would send tokens in the clear; `https://` for a plaintext one fails),
+/// user information (`user@host`), or not an address at all. A bare
+/// `host:port` takes the scheme of the CLI that is sent there.
+fn check_advertise_admin(opts: &ServeOptions) -> Result<(), ServeError> {
+    let Some(addr) = &opts.advertise_admin else {
+        return Ok(());
+    };
+    let refused = |why: String| ServeError::AdvertiseAdmin {
+        addr: addr.clone(),
+        why,
+    };
+    let tls = opts.admin_tls.is_some();
+    let authority = match addr.split_once("://") {
+        Some(_) => {
+            let uri: http::Uri = addr
+                .parse()
+                .map_err(|e| refused(format!("not an address: {e}")))?;
+            let scheme = uri.scheme_str().unwrap_or_default();
+            let expected = if tls { "https" } else { "http" };
+            if scheme != expected {
+                return Err(refused(format!(
+                    "the scheme is {scheme}:// but the admin API serves {expected}:// \
+                     ({}); the CLI would refuse to follow it",
+                    if tls {
+                        "--admin-tls-cert is given"
+                    } else {
+                        "no --admin-tls-cert"
+                    }
+                )));
+            }
+            uri.authority().cloned()
+        }
+        None => Some(
+            addr.parse::<http::uri::Authority>()
+                .map_err(|e| refused(format!("not HOST:PORT: {e}")))?,
+        ),
+    };
+    match authority {
+        Some(a) if a.as_str().contains('@') => Err(refused(
+            "it carries user information (`...@`): give the host and port only".to_owned(),
+        )),
+        Some(a) if !a.host().is_empty() => Ok(()),
+        _ => Err(refused("no host".to_owned())),
+    }
 }
 
 /// Refuses a plaintext admin API on an address other machines reach,
@@ -480,6 +548,14 @@ fn open_store(
 ) -> Result<(Arc<dyn StateStore>, Option<crate::ha::Leadership>), ServeError> {
     Ok(match (&opts.etcd, &opts.state_dir) {
         (Some(etcd), _) => {
+            let exposed = password_in_clear(etcd);
+            if !exposed.is_empty() {
+                tracing::warn!(
+                    endpoints = %exposed.join(","),
+                    "the etcd password (--store-user) goes in plaintext to etcd beyond this \
+                     machine: anyone on the path can read it; give --store-ca for TLS"
+                );
+            }
             let client = crate::state::etcd::EtcdClient::new(etcd.clone())?;
             let fence = crate::state::etcd::Fence::default();
             let store = EtcdStore::fenced(client.clone(), fence.clone())?;
@@ -511,6 +587,36 @@ fn open_store(
     })
 }
 
+/// The etcd endpoints a password would reach in plaintext: with a user
+/// and no TLS, those not on loopback (an address or `localhost`). teal
+/// warns rather than refuses: a private network may be trusted, and
+/// refusing would stop replicas that ran before.
+fn password_in_clear(etcd: &crate::state::EtcdOptions) -> Vec<String> {
+    if etcd.user.is_none() || etcd.tls.is_some() {
+        return Vec::new();
+    }
+    etcd.endpoints
+        .iter()
+        .filter(|e| {
+            let host = e
+                .parse::<http::uri::Authority>()
+                .map(|a| {
+                    a.host()
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_owned()
+                })
+                .unwrap_or_default();
+            let loopback = host.eq_ignore_ascii_case("localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            !loopback
+        })
+        .cloned()
+        .collect()
+}
+
 fn load_tls(port: Port, files: Option<TlsFiles>) -> Result<Option<Arc<ServerTls>>, ServeError> {
     let Some(files) = files else {
         return Ok(None);
@@ -540,11 +646,17 @@ async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) 
 
 /// Re-reads the admin tokens (SIGHUP): a token removed from the file is
 /// refused from now on. A file that does not load is refused and the
-/// tokens in force stay.
-async fn reload_tokens(tokens: &Tokens, file: Option<PathBuf>) {
-    match off_runtime(move || Tokens::load(file.as_deref())).await {
+/// tokens in force stay. The local token is not from the file: it stays
+/// in force on the same terms as at start (while no other token is).
+async fn reload_tokens(
+    tokens: &Tokens,
+    file: Option<PathBuf>,
+    max_bytes: u64,
+    local: Option<&str>,
+) {
+    match off_runtime(move || Tokens::load(file.as_deref(), max_bytes)).await {
         Some(Ok(new)) => {
-            tokens.replace(&new);
+            tokens.replace(&with_local(new, local));
             tracing::info!("admin tokens reloaded");
         }
         Some(Err(e)) => tracing::error!(
@@ -616,29 +728,37 @@ struct Tasks {
     identities: Arc<IdentityGate>,
     /// The admin tokens in force; re-read on SIGHUP.
     tokens: Tokens,
+    /// The state directory's local token, when teal was given no other.
+    local_token: Option<String>,
     /// The watchers of Kubernetes fleets; they follow every applied reload.
     kube: KubeFleets,
 }
 
-/// `tokens`, or, when there is none and teal keeps its state in a
-/// directory, the directory's local token (see [`admin::local_token`]), so
-/// the CLI on this machine can make changes without any set-up.
-fn with_local_token(tokens: Tokens, opts: &ServeOptions) -> Result<Tokens, ServeError> {
+/// When teal was given no token and keeps its state in a directory, the
+/// directory's local token (see [`admin::local_token`]), so the CLI on
+/// this machine can make changes without any set-up.
+fn local_token(tokens: &Tokens, opts: &ServeOptions) -> Result<Option<String>, ServeError> {
     let Some(dir) = opts.state_dir.as_deref().filter(|_| tokens.is_empty()) else {
-        return Ok(tokens);
+        return Ok(None);
     };
     let path = admin::local_token::path(dir);
-    let token = admin::local_token::ensure(dir).map_err(|source| ServeError::LocalToken {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let token = admin::local_token::ensure(dir)?;
     tracing::info!(
         file = %crate::text::untrusted(&path.display().to_string()),
         "no admin token configured: changes need the local token in this file (mode 0600), \
          which the teal CLI on this machine reads by default; set TEAL_ADMIN_TOKEN or \
          --admin-tokens to use your own"
     );
-    Ok(tokens.with(admin::local_token::ACTOR, &token))
+    Ok(Some(token))
+}
+
+/// `tokens`, or, when there is none, the local token (if any) as the actor
+/// `local`.
+fn with_local(tokens: Tokens, local: Option<&str>) -> Tokens {
+    match local {
+        Some(token) if tokens.is_empty() => tokens.with(admin::local_token::ACTOR, token),
+        _ => tokens,
+    }
 }
 
 /// Reloads the config while the server runs, and reports how it ended.
@@ -685,7 +805,13 @@ async fn supervise(
             }
             () = next_hangup(&mut hangup) => {
                 reload_tls(&tasks.tls, true).await;
-                reload_tokens(&tasks.tokens, opts.admin_tokens.clone()).await;
+                reload_tokens(
+                    &tasks.tokens,
+                    opts.admin_tokens.clone(),
+                    opts.admin_tokens_max_bytes,
+                    tasks.local_token.as_deref(),
+                )
+                .await;
                 if reload(&mut source, &controller, &tasks.identities, &mut tasks.kube, true, &mut stop).await.is_break() {
                     break;
                 }
@@ -844,6 +970,32 @@ async fn next_hangup(_: &mut Hangup) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_etcd_password_in_plaintext_beyond_loopback_is_named() {
+        let endpoints = [
+            "127.0.0.1:2379",
+            "localhost:2379",
+            "[::1]:2379",
+            "10.0.0.5:2379",
+            "etcd.internal:2379",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let mut etcd = crate::state::EtcdOptions::new(endpoints, "/teal/");
+        assert!(password_in_clear(&etcd).is_empty(), "no password");
+        etcd.user = Some(("teal".to_owned(), "pw".to_owned()));
+        assert_eq!(
+            password_in_clear(&etcd),
+            vec!["10.0.0.5:2379".to_owned(), "etcd.internal:2379".to_owned()]
+        );
+        etcd.tls = Some(crate::state::etcd::EtcdTls {
+            ca: None,
+            cert: None,
+            key: None,
+        });
+        assert!(password_in_clear(&etcd).is_empty(), "over TLS");
+    }
 
     #[tokio::test]
     async fn a_panicked_task_is_an_error_with_exit_70() {

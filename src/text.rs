@@ -5,8 +5,14 @@
 //! Two dangers, two answers:
 //! - **Control characters** forge log lines (`\n`), rewrite the operator's
 //!   terminal (ESC and C1 sequences: colours, cursor moves, window titles)
-//!   or reorder what is shown (bidi overrides). Each is written as a visible
-//!   escape (`\n`, `\x1b`, `\u{9b}`, `\u{202e}`); ordinary Unicode is kept.
+//!   or reorder what is shown (bidi overrides); **format characters**
+//!   (Unicode category Cf: zero-width spaces and joiners, the byte order
+//!   mark, invisible operators, tags) make two different names look the
+//!   same. Each is written as a visible escape (`\n`, `\x1b`, `\u{9b}`,
+//!   `\u{202e}`, `\u{200b}`); ordinary Unicode is kept.
+//!
+//! Text teal stores and shows again (a zone) must be **printable text**:
+//! none of these at all ([`is_plain`]), one rule wherever it is checked.
 //! - **Length**: a 4 MB node id must not become a 4 MB log line or a table
 //!   a screen wide. Text is cut after a number of characters and marked
 //!   with [`CUT`].
@@ -44,20 +50,45 @@ fn escape(c: char) -> Option<Escape> {
     match code {
         // C0 controls and DEL.
         0x00..=0x1f | 0x7f => Some(Escape::Byte(code)),
-        // C1 controls (0x9b is a one-character CSI on some terminals), the
-        // Unicode line and paragraph separators (line breaks to some log
-        // viewers), and the bidi marks, embeddings, overrides and isolates
-        // that make a terminal show text in another order than it is.
-        0x80..=0x9f
-        | 0x2028
-        | 0x2029
-        | 0x061c
-        | 0x200e
-        | 0x200f
-        | 0x202a..=0x202e
-        | 0x2066..=0x2069 => Some(Escape::Unicode(code)),
+        // C1 controls (0x9b is a one-character CSI on some terminals), and
+        // the Unicode line and paragraph separators (line breaks to some
+        // log viewers).
+        0x80..=0x9f | 0x2028 | 0x2029 => Some(Escape::Unicode(code)),
+        _ if is_format(code) => Some(Escape::Unicode(code)),
         _ => None,
     }
+}
+
+/// Whether `code` is a format character (Unicode general category Cf, as
+/// of Unicode 16): invisible, or changing how the text around it is
+/// shown, among them the bidi marks, embeddings, overrides and isolates
+/// that make a terminal show text in another order than it is, and the
+/// zero-width space and joiners that make two names look the same.
+fn is_format(code: u32) -> bool {
+    matches!(
+        code,
+        0x00ad
+            | 0x0600..=0x0605
+            | 0x061c
+            | 0x06dd
+            | 0x070f
+            | 0x0890..=0x0891
+            | 0x08e2
+            | 0x180e
+            | 0x200b..=0x200f
+            | 0x202a..=0x202e
+            | 0x2060..=0x2064
+            | 0x2066..=0x206f
+            | 0xfeff
+            | 0xfff9..=0xfffb
+            | 0x110bd
+            | 0x110cd
+            | 0x13430..=0x1343f
+            | 0x1bca0..=0x1bca3
+            | 0x1d173..=0x1d17a
+            | 0xe0001
+            | 0xe0020..=0xe007f
+    )
 }
 
 #[derive(Clone, Copy)]
@@ -98,7 +129,8 @@ pub fn needs_escape(c: char) -> bool {
 }
 
 /// Whether `text` would be shown unchanged (no escape needed; length not
-/// considered).
+/// considered): printable text, with no control, format (Cf), line or
+/// paragraph separator character.
 pub fn is_plain(text: &str) -> bool {
     text.chars().all(|c| escape(c).is_none())
 }
@@ -250,6 +282,27 @@ mod tests {
         assert_eq!(safe("a\u{2028}b", 100), "a\\u{2028}b");
         assert_eq!(safe("\u{202e}txt.exe", 100), "\\u{202e}txt.exe");
         assert_eq!(safe("\u{2066}x\u{2069}", 100), "\\u{2066}x\\u{2069}");
+    }
+
+    #[test]
+    fn invisible_format_characters_are_escaped_and_not_plain() {
+        assert_eq!(safe("a\u{200b}b", 100), "a\\u{200b}b");
+        assert_eq!(safe("\u{feff}x\u{ad}", 100), "\\u{feff}x\\u{ad}");
+        assert_eq!(safe("tag\u{e0041}", 100), "tag\\u{e0041}");
+        for hidden in [
+            "a\u{200b}b",
+            "\u{202e}",
+            "a\u{2028}",
+            "\u{2029}",
+            "\u{feff}",
+            "\u{2060}",
+        ] {
+            assert!(!is_plain(hidden), "{hidden:?}");
+        }
+        assert!(
+            is_plain("eu-west-1a ζώνη 日本 🦀"),
+            "ordinary Unicode is kept"
+        );
     }
 
     #[test]

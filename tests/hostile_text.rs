@@ -530,3 +530,179 @@ fn no_proxies(shutdown: &teal::shutdown::Shutdown) -> teal::xds::ClientStatus {
         shutdown.clone(),
     )
 }
+
+/// A `teal serve` (in-process) whose service `web` has a `registered`
+/// fleet `green`, with the admin token [`TOKEN`] from a tokens file;
+/// `allow_any`: `--allow-any-endpoint-address`.
+async fn serve_registered(dir: &std::path::Path, allow_any: bool) -> (SocketAddr, ShutdownTrigger) {
+    use std::os::unix::fs::PermissionsExt;
+    let config = dir.join("teal.yaml");
+    std::fs::write(
+        &config,
+        "services:
+  web:
+    live: blue
+    fleets:
+      blue: {endpoints: [127.0.0.1:9]}
+      green: {endpoints: registered}
+groups:
+  edge:
+    listeners:
+      public:
+        kind: edge
+        address: 127.0.0.1:10000
+        virtual_hosts:
+          all: {domains: ['*'], routes: [{prefix: /, service: web}]}
+",
+    )
+    .expect("write config");
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, format!("alice:{TOKEN}\n")).expect("write tokens");
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (trigger, shutdown) = shutdown_channel();
+    let running = teal::serve::start(
+        teal::serve::ServeOptions {
+            admin_tokens: Some(tokens),
+            endpoint_limits: teal::registration::EndpointLimits {
+                allow_any_address: allow_any,
+                ..Default::default()
+            },
+            ..teal::serve::ServeOptions::local(Some(config))
+        },
+        shutdown,
+    )
+    .await
+    .expect("teal serve starts");
+    (running.admin_addr, trigger)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zones_with_invisible_or_bidi_characters_are_refused() {
+    use teal::admin::pb;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (addr, _stop) = serve_registered(dir.path(), false).await;
+    let hidden = ["a\u{202e}b", "a\u{2028}c", "a\u{200b}d", "\u{feff}e"];
+    // The CLI refuses before sending anything.
+    for zone in hidden {
+        let out = teal(
+            addr,
+            &[
+                "--token",
+                TOKEN,
+                "fleet",
+                "add",
+                "web",
+                "green",
+                "127.0.0.1:9",
+                "--zone",
+                &format!("127.0.0.1:9={zone}"),
+            ],
+        )
+        .await;
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{zone:?}: {}",
+            text(&out.stderr)
+        );
+        let said = text(&out.stderr);
+        assert!(said.contains("printable text"), "{zone:?}: {said}");
+        assert_clean("the refusal", &said);
+    }
+    // The admin API refuses a client that sends them anyway, and keeps
+    // nothing of the change.
+    let mut client = pb::admin_client::AdminClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    for zone in hidden {
+        let mut req = tonic::Request::new(pb::ChangeFleetRequest {
+            service: "web".into(),
+            fleet: "green".into(),
+            change: pb::FleetChange::Add as i32,
+            endpoints: vec![pb::RegisteredEndpoint {
+                address: "127.0.0.1:9".into(),
+                zone: Some(zone.into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {TOKEN}").parse().expect("ascii"),
+        );
+        let e = client.change_fleet(req).await.expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{zone:?}: {e:?}");
+    }
+    let out = teal(addr, &["fleet", "show", "web", "green", "-o", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(shown["endpoints"], serde_json::json!([]), "{shown}");
+    // An ordinary zone is fine.
+    let out = teal(
+        addr,
+        &[
+            "--token",
+            TOKEN,
+            "fleet",
+            "add",
+            "web",
+            "green",
+            "127.0.0.1:9",
+            "--zone",
+            "127.0.0.1:9=eu-west-1a",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_no_fleet_means_are_refused_unless_allowed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (addr, _stop) = serve_registered(dir.path(), false).await;
+    let own = format!("127.0.0.1:{}", addr.port());
+    let add = |endpoint: String| async move {
+        teal(
+            addr,
+            &["--token", TOKEN, "fleet", "add", "web", "green", &endpoint],
+        )
+        .await
+    };
+    for (endpoint, why) in [
+        ("169.254.169.254:80".to_owned(), "link-local"),
+        ("[fe80::1]:80".to_owned(), "link-local"),
+        ("239.1.2.3:80".to_owned(), "multicast"),
+        ("255.255.255.255:80".to_owned(), "broadcast"),
+        (own.clone(), "admin API"),
+    ] {
+        let out = add(endpoint.clone()).await;
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{endpoint}: {}",
+            text(&out.stderr)
+        );
+        let said = text(&out.stderr);
+        assert!(said.contains(why), "{endpoint}: {said}");
+        assert!(said.contains("--allow-any-endpoint-address"), "{said}");
+    }
+    let out = add("10.1.2.3:80".to_owned()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let other = tempfile::tempdir().expect("tempdir");
+    let (addr, _stop) = serve_registered(other.path(), true).await;
+    let out = teal(
+        addr,
+        &[
+            "--token",
+            TOKEN,
+            "fleet",
+            "add",
+            "web",
+            "green",
+            "169.254.169.254:80",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "allowed: {}", text(&out.stderr));
+}

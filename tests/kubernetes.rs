@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use kube_api::{FakeKube, slice};
-use teal::config::{KubernetesFleet, KubernetesPort};
+use teal::config::{DEFAULT_SLICE_MANAGER, KubernetesFleet, KubernetesPort};
 use teal::kubernetes::KubeLimits;
 use teal::kubernetes::watch::{EndpointSink, WatchProblem, run_service};
 use tokio::sync::mpsc;
@@ -82,6 +82,7 @@ fn green() -> KubernetesFleet {
         namespace: "shop".into(),
         service: "web-green".into(),
         port: Some(KubernetesPort::Name("http".into())),
+        managed_by: Some(DEFAULT_SLICE_MANAGER.into()),
     }
 }
 
@@ -97,6 +98,16 @@ async fn start_refusing(
     limits: KubeLimits,
     refuse: usize,
 ) -> Harness {
+    start_fleet(before, limits, refuse, green()).await
+}
+
+/// [`start_refusing`], watching `fleet` as the fleet `green`.
+async fn start_fleet(
+    before: &[serde_json::Value],
+    limits: KubeLimits,
+    refuse: usize,
+    fleet: KubernetesFleet,
+) -> Harness {
     let api = FakeKube::start().await;
     for s in before {
         api.apply(s.clone());
@@ -110,7 +121,7 @@ async fn start_refusing(
     let task = tokio::spawn(run_service(
         client,
         "web".into(),
-        vec![("green".into(), green())],
+        vec![("green".into(), fleet)],
         limits,
         Sink {
             tx,
@@ -534,4 +545,55 @@ async fn a_refused_set_is_offered_again_without_a_new_event() {
         1,
         "from what the watcher holds, not a new list"
     );
+}
+
+/// A slice labelled for the Service by someone who may create slices in
+/// the namespace, not by the EndpointSlice controller.
+fn hand_made(name: &str, ip: &str) -> serde_json::Value {
+    let mut s = slice("shop", "web-green", name, 8080, &[(ip, true)]);
+    s["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] = "someone".into();
+    s
+}
+
+#[tokio::test]
+async fn slices_not_made_by_the_endpointslice_controller_are_not_taken() {
+    let mut h = start(
+        &[
+            green_slice("web-green-a", &pods(1, 1)),
+            hand_made("web-green-evil", "10.66.0.1"),
+        ],
+        KubeLimits::default(),
+    )
+    .await;
+    let (_, first, _) = h.next().await;
+    assert_eq!(
+        first,
+        ["10.1.0.1:8080"],
+        "the listed hand-made slice is not taken"
+    );
+    // Nor one added later, over the watch; the controller's next change is.
+    h.api.apply(hand_made("web-green-evil-2", "10.66.0.2"));
+    h.api.apply(green_slice("web-green-a", &pods(2, 2)));
+    let seen = h.until(&["10.1.0.1:8080", "10.1.0.2:8080"]).await;
+    assert!(
+        seen.iter()
+            .all(|(_, set, _)| set.iter().all(|a| !a.starts_with("10.66."))),
+        "{seen:?}"
+    );
+
+    // Configured to take any manager's slices, the fleet takes them.
+    let mut any = start_fleet(
+        &[
+            green_slice("web-green-a", &pods(1, 1)),
+            hand_made("web-green-mesh", "10.66.0.1"),
+        ],
+        KubeLimits::default(),
+        0,
+        KubernetesFleet {
+            managed_by: None,
+            ..green()
+        },
+    )
+    .await;
+    any.until(&["10.1.0.1:8080", "10.66.0.1:8080"]).await;
 }

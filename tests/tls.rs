@@ -40,6 +40,16 @@ struct Serve {
 
 impl Serve {
     fn spawn(dir: &Path, config: &str, extra: &[String]) -> Serve {
+        Serve::spawn_with(dir, config, extra, false)
+    }
+
+    /// [`Serve::spawn`] as a user would run it on their machine: state in
+    /// `dir/state`, no token at all (so the local token is made).
+    fn spawn_local(dir: &Path, config: &str, extra: &[String]) -> Serve {
+        Serve::spawn_with(dir, config, extra, true)
+    }
+
+    fn spawn_with(dir: &Path, config: &str, extra: &[String], local: bool) -> Serve {
         let (xds, admin) = (free_port(), free_port());
         let path = dir.join("teal.yaml");
         std::fs::write(&path, config).expect("write config");
@@ -54,10 +64,18 @@ impl Serve {
         if !extra.iter().any(|a| a == "--admin-addr") {
             command.args(["--admin-addr", &format!("127.0.0.1:{admin}")]);
         }
+        if local {
+            command
+                .arg("--state-dir")
+                .arg(dir.join("state"))
+                .env_remove("TEAL_ADMIN_TOKEN");
+        } else {
+            command.arg("--ephemeral").env("TEAL_ADMIN_TOKEN", TOKEN);
+        }
         let child = command
-            .args(["--ephemeral", "--watch-interval", "0.2", "--drain", "0.2"])
+            .args(["--watch-interval", "0.2", "--drain", "0.2"])
             .args(extra)
-            .env("TEAL_ADMIN_TOKEN", TOKEN)
+            .env_remove("TEAL_ADMIN_TOKENS")
             .env("TEAL_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -76,7 +94,25 @@ impl Serve {
 
     /// Starts teal and waits until both ports listen.
     async fn start(dir: &Path, config: &str, extra: &[String]) -> Serve {
-        let mut teal = Serve::spawn(dir, config, extra);
+        Serve::wait_started(Serve::spawn(dir, config, extra)).await
+    }
+
+    /// [`Serve::start`] of [`Serve::spawn_local`].
+    async fn start_local(dir: &Path, config: &str, extra: &[String]) -> Serve {
+        Serve::wait_started(Serve::spawn_local(dir, config, extra)).await
+    }
+
+    /// How it exited at start, and its log; it must exit within
+    /// [`CONVERGE`].
+    async fn exit_at_start(mut self) -> (Option<i32>, String) {
+        let status = tokio::time::timeout(CONVERGE, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("teal serve kept running:\n{}", self.log()))
+            .expect("wait");
+        (status.code(), self.log())
+    }
+
+    async fn wait_started(mut teal: Serve) -> Serve {
         let deadline = Instant::now() + CONVERGE;
         while teal.log().matches("listening").count() < 2 {
             if let Ok(Some(status)) = teal.child.try_wait() {
@@ -115,6 +151,11 @@ impl Drop for Serve {
 
 /// Runs the CLI with `args`, no TEAL_* variables from outside.
 async fn cli(args: &[&str]) -> Output {
+    cli_env(args, &[]).await
+}
+
+/// [`cli`] with these environment variables.
+async fn cli_env(args: &[&str], env: &[(&str, &Path)]) -> Output {
     Command::new(teal_binary())
         .args(args)
         .env_remove("TEAL_ADMIN")
@@ -122,6 +163,8 @@ async fn cli(args: &[&str]) -> Output {
         .env_remove("TEAL_CA")
         .env_remove("TEAL_CERT")
         .env_remove("TEAL_KEY")
+        .env_remove("TEAL_STATE_DIR")
+        .envs(env.iter().copied())
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .output()
@@ -549,4 +592,398 @@ async fn a_token_removed_from_the_file_is_refused_after_sighup() {
     assert_eq!(out.status.code(), Some(77), "revoked: {}", show(&out));
     let out = uncordon("first-token").await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+}
+
+/// What a [`FakeReplica`] was asked: each call's path and its
+/// `authorization` header, if any.
+type Calls = std::sync::Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
+
+/// An admin API that is not teal: over TLS when given an acceptor, it
+/// answers every call as a replica that does not lead, naming `leader`
+/// (or, without one, `UNIMPLEMENTED`), and records what it was sent.
+struct FakeReplica {
+    port: u16,
+    calls: Calls,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeReplica {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeReplica {
+    async fn start(tls: Option<tokio_rustls::TlsAcceptor>, leader: Option<String>) -> FakeReplica {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let calls = Calls::default();
+        let seen = calls.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (tls, leader, seen) = (tls.clone(), leader.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                        let auth = req
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        seen.lock()
+                            .expect("calls")
+                            .push((req.uri().path().to_owned(), auth));
+                        let mut answer =
+                            http::Response::builder().header("content-type", "application/grpc");
+                        answer = match &leader {
+                            Some(leader) => answer
+                                .header("grpc-status", "9")
+                                .header("grpc-message", "this replica does not lead")
+                                .header("teal-error-kind", "not-leader")
+                                .header("teal-leader", leader.as_str()),
+                            None => answer.header("grpc-status", "12"),
+                        };
+                        let body = http_body_util::Empty::<bytes::Bytes>::new();
+                        std::future::ready(Ok::<_, std::convert::Infallible>(
+                            answer.body(body).expect("response"),
+                        ))
+                    });
+                    let h2 = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    let _ = match tls {
+                        Some(acceptor) => match acceptor.accept(tcp).await {
+                            Ok(io) => {
+                                h2.serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                                    .await
+                            }
+                            Err(_) => return,
+                        },
+                        None => {
+                            h2.serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                                .await
+                        }
+                    };
+                });
+            }
+        });
+        FakeReplica { port, calls, task }
+    }
+
+    fn calls(&self) -> Vec<(String, Option<String>)> {
+        self.calls.lock().expect("calls").clone()
+    }
+}
+
+/// A TLS acceptor for a fake replica, with a certificate of `pki`.
+fn fake_tls(pki: &Pki) -> tokio_rustls::TlsAcceptor {
+    let pair = pki.server("fake-replica");
+    let files = teal::tls::TlsFiles {
+        cert: pair.cert,
+        key: pair.key,
+        client_ca: None,
+    };
+    teal::tls::ServerTls::load(teal::listener::Port::Admin, files)
+        .expect("server TLS")
+        .acceptor()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_named_over_plaintext_is_not_followed_from_https() {
+    let pki = Pki::new("redirect");
+    let plaintext = FakeReplica::start(None, None).await;
+    let leader = format!("http://127.0.0.1:{}", plaintext.port);
+    let follower = FakeReplica::start(Some(fake_tls(&pki)), Some(leader.clone())).await;
+    // No --ca: the system's roots, which here are the test CA. That is the
+    // CLI that took the plaintext leader before (with --ca it refused the
+    // plaintext address for its TLS files).
+    let out = cli_env(
+        &[
+            "--admin",
+            &format!("https://127.0.0.1:{}", follower.port),
+            "--token",
+            TOKEN,
+            "flip",
+            "web",
+        ],
+        &[("SSL_CERT_FILE", &pki.ca)],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(69), "{}", show(&out));
+    let said = stderr(&out);
+    assert!(said.contains(&leader), "names the address: {said}");
+    assert!(said.contains("not followed"), "{said}");
+    assert!(
+        follower
+            .calls()
+            .iter()
+            .any(|(path, _)| path.ends_with("/Flip")),
+        "the follower was asked: {:?}",
+        follower.calls()
+    );
+    assert_eq!(
+        plaintext.calls(),
+        vec![],
+        "nothing, and no token, reached the plaintext address"
+    );
+
+    // A bare host:port from an https replica is followed over https (the
+    // same trust settings): a TLS leader is asked, with the token.
+    let tls_leader = FakeReplica::start(Some(fake_tls(&pki)), None).await;
+    let follower = FakeReplica::start(
+        Some(fake_tls(&pki)),
+        Some(format!("127.0.0.1:{}", tls_leader.port)),
+    )
+    .await;
+    let out = cli_env(
+        &[
+            "--admin",
+            &format!("https://127.0.0.1:{}", follower.port),
+            "--token",
+            TOKEN,
+            "flip",
+            "web",
+        ],
+        &[("SSL_CERT_FILE", &pki.ca)],
+    )
+    .await;
+    assert_ne!(out.status.code(), Some(0), "{}", show(&out));
+    let asked = tls_leader.calls();
+    assert!(
+        asked.iter().any(|(path, auth)| path.ends_with("/Flip")
+            && auth.as_deref() == Some(&*format!("Bearer {TOKEN}"))),
+        "the TLS leader was asked with the token: {asked:?}\n{}",
+        show(&out)
+    );
+}
+
+/// A state directory holding a local token, as `teal serve` writes it.
+fn local_state(dir: &Path) -> PathBuf {
+    let state = dir.join("cli-state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    let token = state.join("admin-token");
+    std::fs::write(&token, format!("{}\n", "ab".repeat(32))).expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_address_with_user_information_is_refused_and_gets_no_local_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = local_state(dir.path());
+    let catcher = FakeReplica::start(None, None).await;
+    // `localhost:x` is user information: the host is what follows `@`.
+    let sly = format!("http://localhost:x@127.0.0.1:{}", catcher.port);
+    let out = cli_env(
+        &["--admin", &sly, "uncordon", "nobody"],
+        &[("TEAL_STATE_DIR", &state)],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(64), "{}", show(&out));
+    assert!(stderr(&out).contains("user information"), "{}", show(&out));
+    assert_eq!(catcher.calls(), vec![], "nothing was sent");
+
+    // Named as the leader by a replica: not followed either.
+    let follower = FakeReplica::start(None, Some(sly)).await;
+    let out = cli_env(
+        &[
+            "--admin",
+            &format!("127.0.0.1:{}", follower.port),
+            "flip",
+            "web",
+        ],
+        &[("TEAL_STATE_DIR", &state)],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(69), "{}", show(&out));
+    assert!(stderr(&out).contains("user information"), "{}", show(&out));
+    assert!(!follower.calls().is_empty(), "the follower was asked");
+    assert_eq!(catcher.calls(), vec![], "the local token went nowhere else");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_an_advertised_admin_address_of_another_scheme() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new("advertise");
+    let server = pki.server("teal");
+    let cfg = config(free_port(), None);
+    let tls = [
+        "--admin-tls-cert".to_owned(),
+        path(&server.cert),
+        "--admin-tls-key".to_owned(),
+        path(&server.key),
+    ];
+    let cases: [(&[String], &str); 3] = [
+        (&tls, "http://127.0.0.1:9"),
+        (&[], "https://127.0.0.1:9"),
+        (&[], "localhost:x@127.0.0.1:9"),
+    ];
+    for (extra, advertised) in cases {
+        let mut args = extra.to_vec();
+        args.extend(["--advertise-admin".to_owned(), advertised.to_owned()]);
+        let (code, log) = Serve::spawn(dir.path(), &cfg, &args).exit_at_start().await;
+        assert_eq!(code, Some(64), "{advertised}: {log}");
+        assert!(log.contains("--advertise-admin"), "{advertised}: {log}");
+    }
+    // The same scheme, or none, is fine.
+    let mut args = tls.to_vec();
+    args.extend([
+        "--advertise-admin".to_owned(),
+        "https://teal.internal:9".to_owned(),
+    ]);
+    Serve::start(dir.path(), &cfg, &args).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_token_survives_sighup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let teal = Serve::start_local(dir.path(), &config(free_port(), None), &[]).await;
+    let admin = format!("127.0.0.1:{}", teal.admin);
+    let state = dir.path().join("state");
+    let cordon = |node: &'static str| {
+        let (admin, state) = (admin.clone(), state.clone());
+        async move {
+            cli_env(
+                &["--admin", &admin, "cordon", node],
+                &[("TEAL_STATE_DIR", &state)],
+            )
+            .await
+        }
+    };
+    let out = cordon("a").await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let pid = teal.child.id().expect("runs");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    teal.wait_log("admin tokens reloaded", 1).await;
+    let out = cordon("b").await;
+    assert_eq!(out.status.code(), Some(0), "after SIGHUP: {}", show(&out));
+}
+
+/// The uid of `nobody`.
+const NOBODY: u32 = 65534;
+
+/// Whether these tests run as root: only root can give files away.
+fn root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_directory_or_local_token_of_another_user_is_refused() {
+    if !root() {
+        eprintln!("not root: cannot make files owned by another user; skipped");
+        return;
+    }
+    let cfg = config(free_port(), None);
+    // A state directory someone else made.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("mkdir");
+    std::os::unix::fs::chown(&state, Some(NOBODY), Some(NOBODY)).expect("chown");
+    let (code, log) = Serve::spawn_local(dir.path(), &cfg, &[])
+        .exit_at_start()
+        .await;
+    assert_eq!(code, Some(77), "{log}");
+    assert!(log.contains("owned by uid 65534"), "{log}");
+    // With tokens of its own too: the directory holds teal's state.
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "ops:tok\n").expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (code, log) =
+        Serve::spawn_local(dir.path(), &cfg, &["--admin-tokens".into(), path(&tokens)])
+            .exit_at_start()
+            .await;
+    assert_eq!(code, Some(77), "{log}");
+    assert!(log.contains("owned by uid 65534"), "{log}");
+
+    // A token planted in our own directory, 0600 but someone else's.
+    std::os::unix::fs::chown(&state, Some(0), Some(0)).expect("chown back");
+    let planted = state.join("admin-token");
+    std::fs::write(&planted, format!("{}\n", "cd".repeat(32))).expect("write");
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::os::unix::fs::chown(&planted, Some(NOBODY), Some(NOBODY)).expect("chown");
+    let (code, log) = Serve::spawn_local(dir.path(), &cfg, &[])
+        .exit_at_start()
+        .await;
+    assert_eq!(code, Some(77), "{log}");
+    assert!(log.contains("owned by uid 65534"), "{log}");
+
+    // The CLI does not send it either, and says why.
+    let catcher = FakeReplica::start(None, None).await;
+    let out = cli_env(
+        &[
+            "--admin",
+            &format!("127.0.0.1:{}", catcher.port),
+            "cordon",
+            "a",
+        ],
+        &[("TEAL_STATE_DIR", &state)],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(77), "{}", show(&out));
+    assert!(
+        stderr(&out).contains("owned by uid 65534"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(catcher.calls(), vec![], "nothing was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tokens_file_that_is_a_fifo_or_too_large_is_refused_at_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(free_port(), None);
+    let fifo = dir.path().join("tokens-fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let started = Instant::now();
+    let (code, log) = Serve::spawn(dir.path(), &cfg, &["--admin-tokens".into(), path(&fifo)])
+        .exit_at_start()
+        .await;
+    assert_eq!(code, Some(65), "{log}");
+    assert!(log.contains("not a regular file"), "{log}");
+    assert!(started.elapsed() < Duration::from_secs(5), "at once");
+
+    // 200 MB, sparse: refused by its size, never read.
+    let big = dir.path().join("tokens-big");
+    let file = std::fs::File::create(&big).expect("create");
+    file.set_len(200 << 20).expect("grow");
+    std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (code, log) = Serve::spawn(dir.path(), &cfg, &["--admin-tokens".into(), path(&big)])
+        .exit_at_start()
+        .await;
+    assert_eq!(code, Some(65), "{log}");
+    assert!(log.contains("--admin-tokens-max-bytes"), "{log}");
+
+    // The limit is a flag.
+    let small = dir.path().join("tokens-small");
+    std::fs::write(
+        &small,
+        "ops:a-rather-long-token-of-ninety-bytes-or-so-0123456789-0123456789\n",
+    )
+    .expect("write");
+    std::fs::set_permissions(&small, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let args = [
+        "--admin-tokens".to_owned(),
+        path(&small),
+        "--admin-tokens-max-bytes".to_owned(),
+        "64".to_owned(),
+    ];
+    let (code, log) = Serve::spawn(dir.path(), &cfg, &args).exit_at_start().await;
+    assert_eq!(code, Some(65), "{log}");
+    assert!(log.contains("over the limit of 64"), "{log}");
 }

@@ -9,7 +9,11 @@
 //! The tokens file must not be readable or writable by group or others
 //! (as ssh insists for keys): such a file is refused when teal starts. It
 //! is re-read on SIGHUP, so a token is revoked without a restart; a file
-//! that does not load then is refused and the tokens in force stay.
+//! that does not load then is refused and the tokens in force stay. Only
+//! a regular file of at most `--admin-tokens-max-bytes` is read: a FIFO or
+//! a device is refused at once (opened without blocking, so a FIFO with
+//! no writer cannot hang start-up), a larger file by its size before any
+//! of it is read.
 //!
 //! Tokens are compared by their SHA-256 digests in constant time, so
 //! neither a token's contents nor its length leak through timing.
@@ -23,6 +27,11 @@ use tonic::metadata::MetadataMap;
 
 /// The environment variable holding the `admin` token.
 pub const TOKEN_ENV: &str = "TEAL_ADMIN_TOKEN";
+
+/// The largest tokens file read, by default (`--admin-tokens-max-bytes`):
+/// thousands of tokens; a file larger than that is a mistake, and reading
+/// it whole would only cost memory.
+pub const DEFAULT_MAX_TOKENS_BYTES: u64 = 1 << 20;
 
 /// A problem in a tokens file.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +54,22 @@ pub enum TokensError {
         path: String,
         /// Its permission bits.
         mode: u32,
+    },
+    /// Not a regular file (a FIFO, a device, a directory).
+    #[error("{path} is not a regular file; give a file of `name:token` lines")]
+    NotAFile {
+        /// The file.
+        path: String,
+    },
+    /// Larger than the limit.
+    #[error("{path} is {size} bytes, over the limit of {max} (--admin-tokens-max-bytes)")]
+    TooLarge {
+        /// The file.
+        path: String,
+        /// Its size, as far as it was read.
+        size: u64,
+        /// The limit.
+        max: u64,
     },
     /// A line is not `name:token`.
     #[error("{path}:{line}: expected `name:token`")]
@@ -144,33 +169,59 @@ impl Tokens {
         Ok(tokens)
     }
 
-    /// Reads a tokens file; refuses one open to group or others.
-    pub fn from_file(path: &Path) -> Result<Tokens, TokensError> {
+    /// Reads a tokens file of at most `max_bytes`; refuses one open to
+    /// group or others, and anything but a regular file.
+    pub fn from_file(path: &Path, max_bytes: u64) -> Result<Tokens, TokensError> {
+        use std::io::Read;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let name = path.display().to_string();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let meta = std::fs::metadata(path).map_err(|source| TokensError::Unreadable {
-                path: name.clone(),
-                source,
-            })?;
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(TokensError::TooOpen { path: name, mode });
-            }
-        }
-        let text = std::fs::read_to_string(path).map_err(|source| TokensError::Unreadable {
+        let unreadable = |source| TokensError::Unreadable {
             path: name.clone(),
             source,
-        })?;
+        };
+        // Non-blocking, so opening a FIFO returns at once instead of
+        // waiting for a writer; what was opened is then checked by its
+        // descriptor, so nothing can be swapped in between.
+        let nonblocking = i32::try_from(rustix::fs::OFlags::NONBLOCK.bits()).unwrap_or(0);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nonblocking)
+            .open(path)
+            .map_err(unreadable)?;
+        let meta = file.metadata().map_err(unreadable)?;
+        if !meta.is_file() {
+            return Err(TokensError::NotAFile { path: name });
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(TokensError::TooOpen { path: name, mode });
+        }
+        let too_large = |size| TokensError::TooLarge {
+            path: name.clone(),
+            size,
+            max: max_bytes,
+        };
+        if meta.len() > max_bytes {
+            return Err(too_large(meta.len()));
+        }
+        // Bounded again while reading: the file may grow after the check.
+        let mut bytes = Vec::new();
+        file.take(max_bytes.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(unreadable)?;
+        if bytes.len() as u64 > max_bytes {
+            return Err(too_large(bytes.len() as u64));
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|e| unreadable(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
         Tokens::parse(&text, &name)
     }
 
-    /// The tokens of `file` (if given) plus `TEAL_ADMIN_TOKEN` (if set and
-    /// not empty) as `admin`.
-    pub fn load(file: Option<&Path>) -> Result<Tokens, TokensError> {
+    /// The tokens of `file` (if given, at most `max_bytes`) plus
+    /// `TEAL_ADMIN_TOKEN` (if set and not empty) as `admin`.
+    pub fn load(file: Option<&Path>, max_bytes: u64) -> Result<Tokens, TokensError> {
         let mut tokens = match file {
-            Some(path) => Tokens::from_file(path)?,
+            Some(path) => Tokens::from_file(path, max_bytes)?,
             None => Tokens::none(),
         };
         if let Ok(token) = std::env::var(TOKEN_ENV)
@@ -251,12 +302,52 @@ mod tests {
         std::fs::write(&path, "ops:tok\n").expect("write");
         for mode in [0o644, 0o640, 0o604, 0o660] {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-            let e = Tokens::from_file(&path).expect_err("too open");
+            let e = Tokens::from_file(&path, DEFAULT_MAX_TOKENS_BYTES).expect_err("too open");
             assert!(matches!(e, TokensError::TooOpen { .. }), "{mode:o}: {e}");
         }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        let t = Tokens::from_file(&path).expect("private file");
+        let t = Tokens::from_file(&path, DEFAULT_MAX_TOKENS_BYTES).expect("private file");
         assert_eq!(t.name_of("tok").as_deref(), Some("ops"));
+    }
+
+    #[test]
+    fn a_fifo_is_refused_at_once_and_a_large_file_by_its_size() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        // No writer ever comes: a blocking open would wait for ever.
+        let e = Tokens::from_file(&fifo, DEFAULT_MAX_TOKENS_BYTES).expect_err("a FIFO");
+        assert!(matches!(e, TokensError::NotAFile { .. }), "{e}");
+
+        let big = dir.path().join("big");
+        std::fs::write(&big, "ops:tok\n").expect("write");
+        std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        Tokens::from_file(&big, 8).expect("at the limit");
+        // Sparse: the size it reports is its size on disk, and the refusal
+        // names it whole, so it was judged by it, not read.
+        std::fs::File::options()
+            .write(true)
+            .open(&big)
+            .and_then(|f| f.set_len(1 << 30))
+            .expect("grow");
+        let e = Tokens::from_file(&big, 7).expect_err("over the limit");
+        assert!(
+            matches!(
+                e,
+                TokensError::TooLarge {
+                    size: 1073741824,
+                    max: 7,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]

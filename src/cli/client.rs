@@ -139,31 +139,109 @@ pub struct Target {
     pub key: Option<PathBuf>,
 }
 
+/// An admin address, parsed once: what the CLI connects to, and what it
+/// decides by (TLS or not, where the local token may go).
+#[derive(Debug, Clone)]
+struct AdminAddr {
+    /// The address as a URI, with its scheme.
+    uri: http::Uri,
+    /// Whether the scheme is `https`.
+    https: bool,
+    /// The host, without brackets around an IPv6 address.
+    host: String,
+}
+
+/// Why an admin address is not one the CLI connects to.
+#[derive(Debug, thiserror::Error)]
+enum AdminAddrError {
+    /// Not a URI at all.
+    #[error("not an address: {0}")]
+    Malformed(http::uri::InvalidUri),
+    /// A scheme other than `http` or `https`.
+    #[error("the scheme is not http:// or https://")]
+    Scheme,
+    /// No host.
+    #[error("no host")]
+    NoHost,
+    /// `user@host`: refused, because the host is only what follows the
+    /// `@`, and anything reading the address by eye (or by a naive split)
+    /// takes the part before it for the host.
+    #[error("it carries user information (`...@`): give the host and port only")]
+    UserInfo,
+}
+
+impl AdminAddr {
+    /// Parses `host:port` (plaintext) or `http://` / `https://` URLs with
+    /// the same parser the connection uses, so the host decided on here is
+    /// the host connected to.
+    fn parse(addr: &str) -> Result<AdminAddr, AdminAddrError> {
+        let text = if addr.contains("://") {
+            addr.to_owned()
+        } else {
+            format!("http://{addr}")
+        };
+        let uri: http::Uri = text.parse().map_err(AdminAddrError::Malformed)?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(AdminAddrError::Scheme),
+        };
+        let authority = uri.authority().ok_or(AdminAddrError::NoHost)?;
+        if authority.as_str().contains('@') {
+            return Err(AdminAddrError::UserInfo);
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        if host.is_empty() {
+            return Err(AdminAddrError::NoHost);
+        }
+        Ok(AdminAddr { uri, https, host })
+    }
+
+    /// Whether the host is this machine: a loopback IP, or `localhost`.
+    fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.https { "https" } else { "http" }
+    }
+}
+
 /// The local token of a teal on this machine (see
 /// [`crate::admin::local_token`]), for a CLI given no token: read from the
 /// state directory teal uses by default here (`TEAL_STATE_DIR`, else
 /// `teal-state` in the current directory), and only for an admin address
-/// on this machine, so it is never sent anywhere else. `None` when there
-/// is no such file or it cannot be read.
-fn local_token(addr: &str) -> Option<String> {
-    let host = addr
-        .split_once("://")
-        .map_or(addr, |(_, rest)| rest)
-        .rsplit_once(':')
-        .map_or(addr, |(host, _)| host)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let loopback = host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if !loopback {
-        return None;
+/// on this machine (`addr`, as parsed for the connection), so it is never
+/// sent anywhere else. `None` when there is no such file or it cannot be
+/// read; refused (77) when it or its directory belongs to another user,
+/// who could have planted it to learn what the CLI then asks for.
+fn local_token(addr: &AdminAddr) -> Result<Option<String>, Failure> {
+    use crate::admin::local_token::{self, LocalTokenError};
+    if !addr.is_loopback() {
+        return Ok(None);
     }
     let dir = std::env::var_os("TEAL_STATE_DIR")
         .map_or_else(|| PathBuf::from("teal-state"), PathBuf::from);
-    let token = std::fs::read_to_string(crate::admin::local_token::path(&dir)).ok()?;
-    Some(token.trim().to_owned()).filter(|t| !t.is_empty())
+    match local_token::read(&dir) {
+        Ok(token) => Ok(token),
+        Err(e @ LocalTokenError::NotOwned { .. }) => Err(Failure::new(
+            EX_NOPERM,
+            format!(
+                "not using the local admin token: {}\n  or give a token with --token, \
+                 TEAL_TOKEN or --token-file",
+                untrusted(&e.to_string())
+            ),
+        )),
+        Err(LocalTokenError::Io { .. }) => Ok(None),
+    }
 }
 
 /// A connection to the admin API.
@@ -183,6 +261,14 @@ pub struct Conn {
 impl Conn {
     /// Reads the token and connects (5 s connect timeout).
     pub async fn connect(target: &Target) -> Result<Conn, Failure> {
+        let addr = target.addr.clone();
+        let parsed = AdminAddr::parse(&addr).map_err(|e| {
+            Failure::new(
+                EX_USAGE,
+                format!("bad --admin address {}: {e}", untrusted(&addr)),
+            )
+        })?;
+        let given = target.token.clone().filter(|t| !t.trim().is_empty());
         let token = match &target.token_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
@@ -193,21 +279,10 @@ impl Conn {
                 })?;
                 Some(text.trim().to_owned())
             }
-            None => target
-                .token
-                .clone()
-                .filter(|t| !t.trim().is_empty())
-                .or_else(|| local_token(&target.addr)),
+            None if given.is_some() => given,
+            None => local_token(&parsed)?,
         };
-        let addr = target.addr.clone();
-        let uri = if addr.contains("://") {
-            addr.clone()
-        } else {
-            format!("http://{addr}")
-        };
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| Failure::new(EX_USAGE, format!("bad --admin address {addr:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(5));
+        let endpoint = Endpoint::from(parsed.uri).connect_timeout(Duration::from_secs(5));
         let connector = tls_connector(target, endpoint.uri())?;
         let tls = connector.is_some();
         let connected = match connector {
@@ -261,15 +336,49 @@ impl Conn {
     }
 
     /// A connection to another replica at `addr` (as replicas advertise
-    /// it), with this one's trust settings and token rules.
+    /// it), with this one's trust settings and token rules; refused (69)
+    /// unless it is over the same scheme (see [`Conn::follows_to`]).
     pub async fn to(&self, addr: &str) -> Result<Conn, Failure> {
-        let mut target = self.target.clone();
-        target.addr = if self.tls && !addr.contains("://") {
-            format!("https://{addr}")
-        } else {
+        Conn::connect(&self.follows_to(addr)?).await
+    }
+
+    /// What connecting to the replica at `addr` (a leader named by a
+    /// server, or a replica a server listed) would use: this connection's
+    /// trust settings and token, only over the same scheme. A replica's
+    /// word never downgrades `https` to plaintext (the token would cross
+    /// in the clear) nor moves a plaintext CLI to TLS it was not set up
+    /// for; a bare `host:port` takes this connection's scheme. An address
+    /// with user information is refused (its host is not what it seems).
+    pub fn follows_to(&self, addr: &str) -> Result<Target, Failure> {
+        let scheme = if self.tls { "https" } else { "http" };
+        let full = if addr.contains("://") {
             addr.to_owned()
+        } else {
+            format!("{scheme}://{addr}")
         };
-        Conn::connect(&target).await
+        let refused = |why: String| {
+            Failure::new(
+                EX_UNAVAILABLE,
+                format!(
+                    "{} sends the CLI to {}, which is not followed: {why}\n  \
+                     check the replicas' --advertise-admin, or give --admin the leader's \
+                     address",
+                    untrusted(&self.addr),
+                    untrusted(addr)
+                ),
+            )
+        };
+        let parsed = AdminAddr::parse(&full).map_err(|e| refused(e.to_string()))?;
+        if parsed.https != self.tls {
+            return Err(refused(format!(
+                "it is {}:// while this CLI speaks {scheme}:// (the same scheme with the \
+                 same trust settings, or nothing)",
+                parsed.scheme()
+            )));
+        }
+        let mut target = self.target.clone();
+        target.addr = full;
+        Ok(target)
     }
 
     /// A request without the token: reads never send it, so a server
@@ -676,6 +785,78 @@ mod tests {
             fail(Status::resource_exhausted("too large")).code,
             EX_SOFTWARE
         );
+    }
+
+    #[test]
+    fn the_host_is_what_the_connection_reaches_and_user_information_is_refused() {
+        let host =
+            |a: &str| AdminAddr::parse(a).map(|p| (p.host.clone(), p.https, p.is_loopback()));
+        assert_eq!(
+            host("127.0.0.1:18001").expect("bare"),
+            ("127.0.0.1".to_owned(), false, true)
+        );
+        assert_eq!(
+            host("https://[::1]:18001").expect("v6"),
+            ("::1".to_owned(), true, true)
+        );
+        assert!(
+            host("http://LocalHost:1").expect("name").2,
+            "localhost in any case"
+        );
+        assert!(!host("http://vm:1").expect("remote").2);
+        assert!(!host("localhost.evil:1").expect("remote").2);
+        for sly in [
+            "http://localhost:x@vm",
+            "localhost:x@vm:1",
+            "https://127.0.0.1@vm:1",
+            "http://@vm:1",
+        ] {
+            assert!(
+                matches!(AdminAddr::parse(sly), Err(AdminAddrError::UserInfo)),
+                "{sly}"
+            );
+        }
+        assert!(matches!(
+            AdminAddr::parse("ftp://127.0.0.1:1"),
+            Err(AdminAddrError::Scheme)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_replica_is_followed_only_over_the_same_scheme() {
+        let conn = |addr: &str, tls: bool| Conn {
+            client: AdminClient::new(Endpoint::from_static("http://127.0.0.1:1").connect_lazy()),
+            addr: addr.to_owned(),
+            token: Some("t".to_owned()),
+            tls,
+            target: Target {
+                addr: addr.to_owned(),
+                token: Some("t".to_owned()),
+                ..Default::default()
+            },
+        };
+        let https = conn("https://a:1", true);
+        assert_eq!(
+            https.follows_to("b:2").expect("bare").addr,
+            "https://b:2",
+            "takes this connection's scheme"
+        );
+        assert_eq!(
+            https
+                .follows_to("https://b:2")
+                .expect("same")
+                .token
+                .as_deref(),
+            Some("t")
+        );
+        let down = https.follows_to("http://b:2").expect_err("downgrade");
+        assert_eq!(down.code, EX_UNAVAILABLE);
+        assert!(down.message.contains("http://b:2"), "{down:?}");
+        let plain = conn("a:1", false);
+        assert_eq!(plain.follows_to("b:2").expect("bare").addr, "http://b:2");
+        assert!(plain.follows_to("https://b:2").is_err(), "nor up");
+        let sly = plain.follows_to("localhost:x@b:2").expect_err("user info");
+        assert_eq!(sly.code, EX_UNAVAILABLE);
     }
 
     #[test]

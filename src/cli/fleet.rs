@@ -150,6 +150,24 @@ fn address_zone(s: &str) -> Result<(SocketAddr, String), String> {
     Ok((a, z.to_owned()))
 }
 
+/// The server's rule for a zone (`check_endpoints`), checked before
+/// anything is sent. Not in the flag's parser: clap would echo the value
+/// raw in its message.
+fn check_zone(a: &SocketAddr, z: &str) -> Result<(), Failure> {
+    if z.len() > crate::config::MAX_ZONE_BYTES || !crate::text::is_plain(z) {
+        return Err(Failure::new(
+            EX_USAGE,
+            format!(
+                "zone of {a}: {} is not 1 to {} bytes of printable text (no control, \
+                 invisible or bidi characters)",
+                crate::text::untrusted(z),
+                crate::config::MAX_ZONE_BYTES
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The endpoints as a request carries them; a `--weight` or `--zone` for
 /// an address not given is a usage error, not silently dropped.
 fn endpoints(
@@ -167,6 +185,9 @@ fn endpoints(
             EX_USAGE,
             format!("--weight/--zone name {a}, which is not one of the endpoints given"),
         ));
+    }
+    for (a, z) in &attrs.zones {
+        check_zone(a, z)?;
     }
     Ok(addresses
         .iter()
@@ -259,6 +280,9 @@ pub async fn register(
     zone: Option<String>,
     out: &mut dyn Write,
 ) -> Result<u8, Failure> {
+    if let Some(z) = &zone {
+        check_zone(&address, z)?;
+    }
     let e = pb::RegisteredEndpoint {
         address: address.to_string(),
         weight: weight.unwrap_or(1),

@@ -65,11 +65,20 @@ pub async fn follow_elsewhere(
         operation(last)
     );
     let mut peers: Vec<String> = peers.to_vec();
+    // Replicas named at an address this CLI does not follow (another
+    // scheme, user information), said once each.
+    let mut refused = std::collections::HashSet::new();
     let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
     loop {
         let mut i = 0;
         while let Some(addr) = peers.get(i).cloned() {
             i += 1;
+            if let Err(failure) = conn.follows_to(&addr) {
+                if refused.insert(addr) {
+                    let _ = writeln!(err, "teal: {}", failure.message);
+                }
+                continue;
+            }
             let Ok(replica) = conn.to(&addr).await else {
                 continue;
             };

@@ -223,6 +223,10 @@ pub struct ServeArgs {
     /// With no token at all, changes through the admin API are refused.
     #[arg(long, env = "TEAL_ADMIN_TOKENS")]
     pub admin_tokens: Option<PathBuf>,
+    /// Largest admin tokens file read, in bytes; a larger one is refused
+    /// (at start: exit 65; on SIGHUP: the tokens in force stay).
+    #[arg(long, default_value_t = crate::admin::auth::DEFAULT_MAX_TOKENS_BYTES, value_parser = clap::value_parser!(u64).range(64..=64 * 1024 * 1024))]
+    pub admin_tokens_max_bytes: u64,
     /// Directory of teal's durable state (live fleets, weights, version
     /// counter, history). Created if missing; one teal per directory.
     #[arg(long, env = "TEAL_STATE_DIR", default_value = "teal-state")]
@@ -520,6 +524,7 @@ fn serve_command(args: ServeArgs) -> u8 {
         departed_hold: args.store_access.departed_proxy_hold,
         advertise_admin: args.store_access.advertise_admin.clone(),
         admin_tokens: args.admin_tokens,
+        admin_tokens_max_bytes: args.admin_tokens_max_bytes,
         xds: crate::xds::XdsServerConfig {
             drain: args.drain,
             ..Default::default()

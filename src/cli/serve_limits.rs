@@ -85,6 +85,12 @@ pub struct LimitArgs {
     /// is refused.
     #[arg(long, default_value = "3600", value_parser = timeout_seconds)]
     pub max_register_ttl: Duration,
+    /// Accept registered endpoints that no fleet normally means, refused
+    /// by default: link-local (169.254.0.0/16, fe80::/10, where cloud
+    /// metadata services answer), multicast, broadcast, and teal's own
+    /// admin port.
+    #[arg(long)]
+    pub allow_any_endpoint_address: bool,
     /// Seconds an xDS connection may stay open, or `never`. Past it teal
     /// sends GOAWAY and closes its streams 5 s later; the proxy keeps its
     /// configuration and reconnects, so proxies spread again over
@@ -156,6 +162,8 @@ impl LimitArgs {
         EndpointLimits {
             max_fleet_endpoints: size(self.max_fleet_endpoints),
             max_ttl: self.max_register_ttl,
+            allow_any_address: self.allow_any_endpoint_address,
+            admin_addr: None,
         }
     }
 }

@@ -86,9 +86,9 @@ pub use limits::{
     MAX_MAX_BYTES, MAX_MAX_DEPTH,
 };
 pub use model::{
-    Check, Config, Endpoint, EndpointSource, Fleet, Group, HealthCheck, KubernetesFleet,
-    KubernetesPort, Listener, ListenerKind, OutlierDetection, Protocol, Retries, Route, Service,
-    VirtualHost,
+    Check, Config, DEFAULT_SLICE_MANAGER, Endpoint, EndpointSource, Fleet, Group, HealthCheck,
+    KubernetesFleet, KubernetesPort, Listener, ListenerKind, OutlierDetection, Protocol, Retries,
+    Route, Service, VirtualHost,
 };
 pub use overlay::{EndpointOverlay, EndpointSetError, FleetSets, MAX_ZONE_BYTES, check_endpoints};
 pub(crate) use parse::parse_address;

@@ -301,9 +301,15 @@ impl Config {
     }
 }
 
+/// The manager of the EndpointSlices a Kubernetes fleet takes by default:
+/// Kubernetes' own EndpointSlice controller, which writes them from the
+/// Service's selector and its pods' readiness.
+pub const DEFAULT_SLICE_MANAGER: &str = "endpointslice-controller.k8s.io";
+
 /// Where a Kubernetes fleet's endpoints come from
 /// (`fleets.<name>.kubernetes`): the EndpointSlices labelled
-/// `kubernetes.io/service-name: service` in `namespace`.
+/// `kubernetes.io/service-name: service` in `namespace`, and
+/// `endpointslice.kubernetes.io/managed-by: managed_by`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KubernetesFleet {
     /// The namespace of the Service (a DNS label).
@@ -313,6 +319,25 @@ pub struct KubernetesFleet {
     /// Which of the slices' ports the endpoints take; `None` when the
     /// slices have exactly one.
     pub port: Option<KubernetesPort>,
+    /// The `endpointslice.kubernetes.io/managed-by` label the slices must
+    /// carry ([`DEFAULT_SLICE_MANAGER`] unless configured), so that whoever
+    /// may create an EndpointSlice in the namespace cannot add endpoints
+    /// to the fleet by naming the Service; `None` (`managed_by: '*'`)
+    /// takes the slices of any manager.
+    pub managed_by: Option<String>,
+}
+
+impl KubernetesFleet {
+    /// The label selector of the fleet's slices (names and manager were
+    /// checked as label values, so it is well formed).
+    pub fn label_selector(&self) -> String {
+        let mut selector = format!("kubernetes.io/service-name={}", self.service);
+        if let Some(manager) = &self.managed_by {
+            selector.push_str(",endpointslice.kubernetes.io/managed-by=");
+            selector.push_str(manager);
+        }
+        selector
+    }
 }
 
 /// A port of a Service's EndpointSlices.

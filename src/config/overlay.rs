@@ -116,7 +116,8 @@ pub enum EndpointSetError {
         /// The weight given.
         weight: u32,
     },
-    /// An empty or overlong zone, or one with control characters.
+    /// An empty or overlong zone, or one with control, format (invisible,
+    /// bidi) or separator characters ([`crate::text::is_plain`]).
     #[error("endpoint {address}: a zone must be 1 to {MAX_ZONE_BYTES} bytes of printable text")]
     Zone {
         /// The endpoint.
@@ -161,9 +162,7 @@ pub fn check_endpoints(endpoints: &[Endpoint], max: usize) -> Result<(), Endpoin
             });
         }
         if let Some(zone) = &e.zone
-            && (zone.is_empty()
-                || zone.len() > MAX_ZONE_BYTES
-                || zone.chars().any(char::is_control))
+            && (zone.is_empty() || zone.len() > MAX_ZONE_BYTES || !crate::text::is_plain(zone))
         {
             return Err(EndpointSetError::Zone { address: e.address });
         }
@@ -249,8 +248,25 @@ groups:
             check_endpoints(&[zoned.clone()], 5),
             Err(EndpointSetError::Zone { .. })
         ));
-        zoned.zone = Some("a\nb".into());
-        assert!(check_endpoints(&[zoned], 5).is_err());
+        for hidden in [
+            "a\nb",
+            "a\u{200b}b",
+            "a\u{202e}b",
+            "a\u{2028}b",
+            "\u{feff}a",
+            "a\u{2029}",
+        ] {
+            zoned.zone = Some(hidden.into());
+            assert!(
+                matches!(
+                    check_endpoints(&[zoned.clone()], 5),
+                    Err(EndpointSetError::Zone { .. })
+                ),
+                "{hidden:?}"
+            );
+        }
+        zoned.zone = Some("eu-west-1a/ζώνη".into());
+        assert!(check_endpoints(&[zoned], 5).is_ok(), "ordinary Unicode");
         assert!(matches!(
             check_endpoints(&[ep("0.0.0.0:80")], 5),
             Err(EndpointSetError::Unreachable(_))

@@ -188,9 +188,7 @@ fn key(s: &EndpointSlice) -> String {
 /// A new watcher of `spec`'s slices, starting after `delay`.
 fn slice_stream(client: &Client, spec: &KubernetesFleet, delay: Duration) -> SliceStream {
     let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &spec.namespace);
-    // Names were checked as DNS labels, so the selector is well formed.
-    let config =
-        watcher::Config::default().labels(&format!("kubernetes.io/service-name={}", spec.service));
+    let config = watcher::Config::default().labels(&spec.label_selector());
     let stream = watch_slices(api, config).default_backoff();
     if delay.is_zero() {
         stream.boxed()

@@ -309,12 +309,14 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Whether `object` has every label of `selector` (`k=v[,k=v...]`, the
+/// equality-based selectors teal sends).
 fn matches(object: &Value, selector: Option<&str>) -> bool {
     let Some(sel) = selector else { return true };
-    let Some((k, v)) = sel.split_once('=') else {
-        return false;
-    };
-    object["metadata"]["labels"][k].as_str() == Some(v)
+    sel.split(',').all(|term| {
+        term.split_once('=')
+            .is_some_and(|(k, v)| object["metadata"]["labels"][k].as_str() == Some(v))
+    })
 }
 
 async fn answer(

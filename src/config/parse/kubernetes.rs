@@ -1,15 +1,20 @@
 //! `fleets.<name>.kubernetes`: a fleet whose endpoints are a Kubernetes
 //! Service's ready EndpointSlice endpoints.
 
-use crate::config::model::{KubernetesFleet, KubernetesPort};
+use crate::config::model::{DEFAULT_SLICE_MANAGER, KubernetesFleet, KubernetesPort};
 use crate::config::yaml::Node;
 
 use super::values::*;
 
-/// `{namespace, service [, port]}`; `None` (with every problem reported)
-/// if any part is wrong.
+/// `{namespace, service [, port] [, managed_by]}`; `None` (with every
+/// problem reported) if any part is wrong.
 pub(super) fn kubernetes(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<KubernetesFleet> {
-    let f = fields(cx, node, path, &["namespace", "service", "port"])?;
+    let f = fields(
+        cx,
+        node,
+        path,
+        &["namespace", "service", "port", "managed_by"],
+    )?;
     // A label selector and a URL path are built from these: only names
     // Kubernetes itself accepts get that far.
     let namespace = f
@@ -21,6 +26,10 @@ pub(super) fn kubernetes(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Kub
     let port = match f.get("port") {
         None => Some(None),
         Some(n) => port(cx, n, &f.path("port")).map(Some),
+    };
+    let managed_by = match f.get("managed_by") {
+        None => Some(Some(DEFAULT_SLICE_MANAGER.to_owned())),
+        Some(n) => manager(cx, n, &f.path("managed_by")),
     };
     if cfg!(not(feature = "kubernetes")) {
         cx.err(
@@ -34,7 +43,38 @@ pub(super) fn kubernetes(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Kub
         namespace: namespace?,
         service: service?,
         port: port?,
+        managed_by: managed_by?,
     })
+}
+
+/// `managed_by`: a label value (it goes into a label selector), or `*`
+/// for slices of any manager.
+fn manager(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Option<String>> {
+    let s = text(cx, node, path)?;
+    if s == "*" {
+        return Some(None);
+    }
+    let b = s.as_bytes();
+    let label_value = !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+    if label_value {
+        Some(Some(s))
+    } else {
+        cx.err(
+            node.pos,
+            path,
+            format!(
+                "invalid managed_by {s:?}: a Kubernetes label value (letters, digits, '-', '_' \
+                 and '.', starting and ending with a letter or digit, at most 63), or '*' for \
+                 slices of any manager"
+            ),
+        );
+        None
+    }
 }
 
 /// A DNS label as Kubernetes checks it (RFC 1123): lowercase letters,
@@ -146,8 +186,45 @@ groups:
                 namespace: "shop".into(),
                 service: "web-green".into(),
                 port: Some(KubernetesPort::Name("http".into())),
+                managed_by: Some(crate::config::DEFAULT_SLICE_MANAGER.into()),
             })
         );
+        let selector = |line: &str| {
+            parse(line).map(|c| {
+                c.services["web"].fleets["green"]
+                    .kubernetes()
+                    .map(KubernetesFleet::label_selector)
+            })
+        };
+        assert_eq!(
+            selector("        kubernetes: {namespace: shop, service: web}").expect("valid"),
+            Some(
+                "kubernetes.io/service-name=web,\
+                 endpointslice.kubernetes.io/managed-by=endpointslice-controller.k8s.io"
+                    .to_owned()
+            ),
+            "only the EndpointSlice controller's slices by default"
+        );
+        assert_eq!(
+            selector("        kubernetes: {namespace: shop, service: web, managed_by: mesh.example}")
+                .expect("valid"),
+            Some(
+                "kubernetes.io/service-name=web,endpointslice.kubernetes.io/managed-by=mesh.example"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            selector("        kubernetes: {namespace: shop, service: web, managed_by: '*'}")
+                .expect("valid"),
+            Some("kubernetes.io/service-name=web".to_owned())
+        );
+        for bad in ["'a,b=c'", "''", "'-x'", "'a b'"] {
+            let e = selector(&format!(
+                "        kubernetes: {{namespace: shop, service: web, managed_by: {bad}}}"
+            ))
+            .expect_err(bad);
+            assert!(e.iter().any(|e| e.contains("managed_by")), "{bad}: {e:?}");
+        }
         let c = parse("        kubernetes: {namespace: shop, service: web, port: 8080}")
             .expect("valid");
         let k = c.services["web"].fleets["green"].kubernetes().cloned();

@@ -281,6 +281,18 @@ pub(super) fn endpoint(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Endpo
                 if z.is_empty() {
                     cx.err(n.pos, &zpath, "zone must not be empty");
                     None
+                } else if z.len() > crate::config::MAX_ZONE_BYTES || !crate::text::is_plain(&z) {
+                    cx.err(
+                        n.pos,
+                        &zpath,
+                        format!(
+                            "a zone must be 1 to {} bytes of printable text (no control, \
+                             invisible or bidi characters): {}",
+                            crate::config::MAX_ZONE_BYTES,
+                            crate::text::safe(&z, 80)
+                        ),
+                    );
+                    None
                 } else {
                     Some(Some(z))
                 }

@@ -420,3 +420,23 @@ fn group_identities_are_checked_patterns() {
         ]
     );
 }
+
+#[test]
+fn zones_are_printable_text() {
+    let zoned = |zone: &str| {
+        MINIMAL.replace(
+            "endpoints: [127.0.0.1:8101]",
+            &format!("endpoints: [{{address: 127.0.0.1:8101, zone: \"{zone}\"}}]"),
+        )
+    };
+    assert!(parse(&zoned("eu-west-1a"), "t.yaml").is_ok());
+    for hidden in ["a\\u200bb", "a\\u202eb", "a\\u2028b", "\\ufeffa", "a\\x1bb"] {
+        let e = errors(&zoned(hidden));
+        assert!(
+            e.iter().any(|e| e.contains("printable text")),
+            "{hidden}: {e:?}"
+        );
+    }
+    let e = errors(&zoned(&"z".repeat(129)));
+    assert!(e.iter().any(|e| e.contains("printable text")), "{e:?}");
+}
