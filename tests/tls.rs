@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
@@ -405,6 +408,169 @@ async fn wait_synced(teal: &Serve, node: &str) -> Value {
         }
         assert!(Instant::now() < deadline, "{node} never synced: {all:#?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The config of [`config`] with several groups, each admitting its
+/// `identities` when given (a YAML list's items).
+fn groups_config(groups: &[(&str, Option<&str>)]) -> String {
+    let mut yaml = config(free_port(), None);
+    let at = yaml.find("groups:\n").expect("groups") + "groups:\n".len();
+    yaml.truncate(at);
+    for (name, identities) in groups {
+        let identities = identities
+            .map(|i| format!("    identities: [{i}]\n"))
+            .unwrap_or_default();
+        yaml.push_str(&format!(
+            "  {name}:
+{identities}    listeners:
+      public:
+        kind: edge
+        address: 127.0.0.1:{port}
+        virtual_hosts:
+          site:
+            domains: ['*']
+            routes:
+              - prefix: /
+                service: web
+",
+            port = free_port()
+        ));
+    }
+    yaml
+}
+
+/// `teal serve`'s flags for TLS with client certificates on the xDS port.
+fn xds_mtls_args(pki: &Pki, server: &Pair) -> Vec<String> {
+    vec![
+        "--xds-tls-cert".into(),
+        path(&server.cert),
+        "--xds-tls-key".into(),
+        path(&server.key),
+        "--xds-client-ca".into(),
+        path(&pki.ca),
+    ]
+}
+
+/// A gRPC channel to teal's xDS port over TLS, presenting `client`.
+async fn xds_channel(port: u16, pki: &Pki, client: &Pair) -> tonic::transport::Channel {
+    let tls = teal::tls::client_config(Some(&pki.ca), Some((&client.cert, &client.key)))
+        .expect("client TLS");
+    tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+        .expect("uri")
+        .connect_with_connector(teal::tls::TlsConnector::new(tls))
+        .await
+        .expect("connect to the xDS port")
+}
+
+/// An ADS stream over TLS as `client`, claiming node `id` in `group`: its
+/// first answer, and the stream (to keep it open, or read it further).
+async fn ads_as(
+    port: u16,
+    pki: &Pki,
+    client: &Pair,
+    id: &str,
+    group: &str,
+) -> (
+    Result<DiscoveryResponse, tonic::Status>,
+    tonic::Streaming<DiscoveryResponse>,
+    tokio::sync::mpsc::Sender<DiscoveryRequest>,
+) {
+    let mut ads = AggregatedDiscoveryServiceClient::new(xds_channel(port, pki, client).await);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(DiscoveryRequest {
+        node: Some(Node {
+            id: id.into(),
+            cluster: group.into(),
+            ..Default::default()
+        }),
+        type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("queue the request");
+    let mut stream = ads
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("open the ADS stream")
+        .into_inner();
+    let first = tokio::time::timeout(CONVERGE, stream.message())
+        .await
+        .expect("an answer in time")
+        .and_then(|m| m.ok_or_else(|| tonic::Status::unknown("the stream ended")));
+    (first, stream, tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_san_joins_only_groups_whose_patterns_are_of_its_own_kind() {
+    let pki = Pki::new("kinds");
+    let server = pki.server("server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let teal = Serve::start(
+        dir.path(),
+        &groups_config(&[
+            ("edge", Some("'spiffe://test.example/ns/prod/edge/*'")),
+            ("sidecar", Some("'*.edge.example'")),
+            ("open", None),
+        ]),
+        &xds_mtls_args(&pki, &server),
+    )
+    .await;
+    let denied = |r: &Result<DiscoveryResponse, tonic::Status>, what: &str| match r {
+        Err(s) if s.code() == tonic::Code::PermissionDenied => {}
+        other => panic!("{what}: expected PERMISSION_DENIED, got {other:?}"),
+    };
+
+    // A DNS SAN spelling a SPIFFE ID does not join the SPIFFE group.
+    let forged = pki.dns("forged", &["spiffe://test.example/ns/prod/edge/edge-1"]);
+    let (r, _, _) = ads_as(teal.xds, &pki, &forged, "forged", "edge").await;
+    denied(&r, "a DNS SAN spiffe://");
+    // A SPIFFE ID whose last segment looks like a host does not join the
+    // DNS group.
+    let uri = pki.spiffe("uri", "spiffe://prod/ns/tenant/sa/a.edge.example");
+    let (r, _, _) = ads_as(teal.xds, &pki, &uri, "uri", "sidecar").await;
+    denied(&r, "a URI SAN ending in a.edge.example");
+    // URI SANs that are not SPIFFE IDs (though `*` matches their text)
+    // are no identity at all.
+    for (i, bad) in [
+        "spiffe://test.example/ns/prod/edge/..",
+        "spiffe://test.example/ns/prod/edge/edge-1?as=admin",
+        "spiffe://test.example/ns/prod/edge/edge%2F1",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let cert = pki.spiffe(&format!("bad-{i}"), bad);
+        let (r, _, _) = ads_as(teal.xds, &pki, &cert, &format!("bad-{i}"), "edge").await;
+        denied(&r, bad);
+    }
+
+    // The real ones join.
+    let real = pki.spiffe("real", "spiffe://test.example/ns/prod/edge/edge-1");
+    let (r, _keep_edge, _tx_edge) = ads_as(teal.xds, &pki, &real, "real-edge", "edge").await;
+    r.expect("a SPIFFE ID joins the SPIFFE group");
+    let host = pki.dns("host", &["a.edge.example"]);
+    let (r, _keep_side, _tx_side) = ads_as(teal.xds, &pki, &host, "real-side", "sidecar").await;
+    r.expect("a DNS name joins the DNS group");
+    // The forged certificate in a group open to anyone: `teal proxies`
+    // does not show its DNS SAN as if it were a SPIFFE ID.
+    let (r, _keep_open, _tx_open) = ads_as(teal.xds, &pki, &forged, "forged-open", "open").await;
+    r.expect("an open group admits anyone");
+    let all = proxies(&teal).await;
+    let identity = |node: &str| {
+        find(&all, node).unwrap_or_else(|| panic!("{node} listed: {all:#?}"))["identity"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(
+        identity("real-edge"),
+        "spiffe://test.example/ns/prod/edge/edge-1"
+    );
+    assert_eq!(identity("real-side"), "a.edge.example");
+    assert_eq!(identity("forged-open"), "(no SAN)");
+    for refused in ["forged", "uri", "bad-0", "bad-1", "bad-2"] {
+        assert!(find(&all, refused).is_none(), "{refused}: {all:#?}");
     }
 }
 
