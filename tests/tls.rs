@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::status::v3::ClientStatusRequest;
+use envoy_types::pb::envoy::service::status::v3::client_status_discovery_service_client::ClientStatusDiscoveryServiceClient;
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
@@ -572,6 +574,76 @@ async fn a_san_joins_only_groups_whose_patterns_are_of_its_own_kind() {
     for refused in ["forged", "uri", "bad-0", "bad-1", "bad-2"] {
         assert!(find(&all, refused).is_none(), "{refused}: {all:#?}");
     }
+}
+
+/// The node ids a CSDS `FetchClientStatus` on the xDS port shows `client`.
+async fn csds_ids(port: u16, pki: &Pki, client: &Pair) -> Vec<String> {
+    let mut csds = ClientStatusDiscoveryServiceClient::new(xds_channel(port, pki, client).await);
+    let answer = csds
+        .fetch_client_status(ClientStatusRequest::default())
+        .await
+        .expect("CSDS answers")
+        .into_inner();
+    answer
+        .config
+        .iter()
+        .filter_map(|c| c.node.as_ref().map(|n| n.id.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csds_on_the_xds_port_shows_only_the_groups_the_identity_may_join() {
+    let pki = Pki::new("csds");
+    let server = pki.server("server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let teal = Serve::start(
+        dir.path(),
+        &groups_config(&[
+            ("edge", Some("'spiffe://test.example/ns/prod/edge/*'")),
+            ("sidecar", Some("'spiffe://test.example/ns/prod/sidecar/*'")),
+        ]),
+        &xds_mtls_args(&pki, &server),
+    )
+    .await;
+    let edge = pki.spiffe("edge", "spiffe://test.example/ns/prod/edge/e1");
+    let sidecar = pki.spiffe("sidecar", "spiffe://test.example/ns/prod/sidecar/s1");
+    let (r, _keep_edge, _tx_edge) = ads_as(teal.xds, &pki, &edge, "edge-1", "edge").await;
+    r.expect("edge admitted");
+    let (r, _keep_side, _tx_side) = ads_as(teal.xds, &pki, &sidecar, "sidecar-1", "sidecar").await;
+    r.expect("sidecar admitted");
+
+    assert_eq!(csds_ids(teal.xds, &pki, &edge).await, ["edge-1"]);
+    assert_eq!(csds_ids(teal.xds, &pki, &sidecar).await, ["sidecar-1"]);
+    let nobody = pki.dns("nobody", &[]);
+    assert_eq!(csds_ids(teal.xds, &pki, &nobody).await, [] as [&str; 0]);
+    // The admin port (loopback, the operators') shows every group.
+    let (all, ok) = csds_admin(teal.admin).await;
+    assert!(ok, "{all:#}");
+    let mut ids: Vec<&str> = all["config"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| c["node"]["id"].as_str())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["edge-1", "sidecar-1"]);
+}
+
+/// The CSDS answer of the admin port, from the real CSDS client
+/// (`tests/support/csds_client.py`), and whether the call succeeded.
+async fn csds_admin(port: u16) -> (Value, bool) {
+    const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/csds_client.py");
+    let out = Command::new("python3")
+        .arg(CLIENT)
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--no-contents")
+        .output()
+        .await
+        .expect("run the CSDS client");
+    let json: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON from the CSDS client ({e}): {}", show(&out)));
+    (json, out.status.success())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

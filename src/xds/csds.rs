@@ -42,6 +42,19 @@
 //! matchers) is refused with `INVALID_ARGUMENT` rather than ignored, so a
 //! filter never silently selects more than asked.
 //!
+//! # Who sees what
+//!
+//! On the xDS port, a CSDS client sees only the proxies of the groups its
+//! own connection's identity could join ([`IdentityPolicy::admits`]): the
+//! groups that list no `identities`, and those whose `identities` admit
+//! its client certificate. A proxy's certificate thus shows it its own
+//! group and nothing of the others; a certificate no group admits, or a
+//! client without one, sees only the groups open to anyone. Without
+//! `identities` in the config every group is open, and the port shows
+//! every proxy to whoever reaches it. The admin port's CSDS is not
+//! filtered: reaching it is the operators' privilege (loopback, or its
+//! own TLS and client CA).
+//!
 //! # Bounds
 //!
 //! A request may hold at most [`CsdsLimits::max_matchers`] matchers and
@@ -80,10 +93,12 @@ use tonic::codegen::{Body, BoxFuture, Context, Poll, Service, StdError};
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::identity::{IdentityGate, IdentityPolicy, PeerIdentity};
 use crate::resources::ResourceType;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Snapshot, TypeSnapshot};
 use crate::snapshot_store::SnapshotReader;
+use crate::tls::ConnInfo;
 
 use super::limits::{Limit, OverLimit};
 use super::protocol::StreamKind;
@@ -268,10 +283,14 @@ impl NodeFilter {
     }
 }
 
-/// Which proxies a request selects: those any filter matches, or all.
+/// Which proxies a request selects: those any filter matches, or all;
+/// and of those only the groups the asker may see, when it is gated.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Selector {
     filters: Vec<NodeFilter>,
+    /// The identity policy in force and the asker's identity: only the
+    /// groups that policy would let it join are visible.
+    visible_to: Option<(Arc<IdentityPolicy>, PeerIdentity)>,
 }
 
 impl Selector {
@@ -289,12 +308,25 @@ impl Selector {
             .enumerate()
             .map(|(i, m)| NodeFilter::parse(m, i))
             .collect::<Result<_, _>>()?;
-        Ok(Selector { filters })
+        Ok(Selector {
+            filters,
+            visible_to: None,
+        })
+    }
+
+    /// Narrows the selection to the groups `policy` lets `identity` join.
+    pub fn visible_to(mut self, policy: Arc<IdentityPolicy>, identity: PeerIdentity) -> Selector {
+        self.visible_to = Some((policy, identity));
+        self
     }
 
     /// Whether the proxy with node id `id` in `group` is selected.
     pub fn matches(&self, id: &str, group: &str) -> bool {
-        self.filters.is_empty() || self.filters.iter().any(|f| f.matches(id, group))
+        let visible = self
+            .visible_to
+            .as_ref()
+            .is_none_or(|(policy, identity)| policy.admits(group, identity));
+        visible && (self.filters.is_empty() || self.filters.iter().any(|f| f.matches(id, group)))
     }
 }
 
@@ -496,6 +528,9 @@ struct Shared {
 #[derive(Clone, Debug)]
 pub struct ClientStatus {
     shared: Arc<Shared>,
+    /// On the xDS port: answers show only the groups the asker's identity
+    /// may join (see the module docs). `None` on the admin port.
+    gate: Option<Arc<IdentityGate>>,
 }
 
 impl ClientStatus {
@@ -514,7 +549,15 @@ impl ClientStatus {
                 limits,
                 shutdown,
             }),
+            gate: None,
         }
+    }
+
+    /// This service, answering each asker with only the groups `gate`'s
+    /// policy lets its connection's identity join (for the xDS port).
+    pub fn gated(mut self, gate: Arc<IdentityGate>) -> ClientStatus {
+        self.gate = Some(gate);
+        self
     }
 
     /// The service to mount on a tonic server.
@@ -528,14 +571,21 @@ impl ClientStatus {
         }
     }
 
-    /// Answers one request: checks it whole, then builds the answer from
-    /// a copy of the registry on a blocking thread, once it has a turn.
+    /// Answers one request of a client of `identity`: checks it whole,
+    /// then builds the answer from a copy of the registry on a blocking
+    /// thread, once it has a turn.
     pub async fn answer(
         &self,
         request: &ClientStatusRequest,
+        identity: &PeerIdentity,
     ) -> Result<ClientStatusResponse, Status> {
         let s = &self.shared;
-        let selector = Selector::parse(&request.node_matchers, s.limits.max_matchers)?;
+        let mut selector = Selector::parse(&request.node_matchers, s.limits.max_matchers)?;
+        if let Some(gate) = &self.gate {
+            // The policy in force when the request is answered: a reload
+            // that revokes an identity narrows its next answer.
+            selector = selector.visible_to(gate.policy(), identity.clone());
+        }
         let contents = !request.exclude_resource_contents;
         let _turn = s
             .turns
@@ -565,6 +615,7 @@ impl ClientStatusDiscoveryService for ClientStatus {
         &self,
         request: Request<Streaming<ClientStatusRequest>>,
     ) -> Result<Response<Self::StreamClientStatusStream>, Status> {
+        let identity = identity_of(&request);
         let mut requests = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let this = self.clone();
@@ -580,7 +631,7 @@ impl ClientStatusDiscoveryService for ClientStatus {
                     next = requests.message() => next,
                 };
                 let answer = match next {
-                    Ok(Some(req)) => this.answer(&req).await,
+                    Ok(Some(req)) => this.answer(&req, &identity).await,
                     Ok(None) => return,
                     Err(status) => Err(request_error(status, max_request_bytes)),
                 };
@@ -598,8 +649,20 @@ impl ClientStatusDiscoveryService for ClientStatus {
         &self,
         request: Request<ClientStatusRequest>,
     ) -> Result<Response<ClientStatusResponse>, Status> {
-        self.answer(request.get_ref()).await.map(Response::new)
+        let identity = identity_of(&request);
+        self.answer(request.get_ref(), &identity)
+            .await
+            .map(Response::new)
     }
+}
+
+/// The identity the client certificate of a request's connection proved.
+fn identity_of<T>(request: &Request<T>) -> PeerIdentity {
+    request
+        .extensions()
+        .get::<ConnInfo>()
+        .map(ConnInfo::identity)
+        .unwrap_or(PeerIdentity::Unauthenticated)
 }
 
 /// The status a request over the size limit gets. tonic refuses it from

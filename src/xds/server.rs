@@ -164,11 +164,18 @@ impl XdsServer {
             .add_service(DiscoveryService::<Eds>::new(s))
             .add_service(DiscoveryService::<Lds>::new(s))
             .add_service(DiscoveryService::<Rds>::new(s))
-            .add_service(self.csds.clone().into_server())
+            .add_service(
+                self.csds
+                    .clone()
+                    .gated(s.config.identities.clone())
+                    .into_server(),
+            )
     }
 
     /// The CSDS service of this server (its registry and snapshots), to
-    /// mount on another port too; it shares this server's limits.
+    /// mount on another port too; it shares this server's limits. Unlike
+    /// the xDS port's, it shows every group whatever the asker's identity
+    /// (for the admin port, whose clients are operators).
     pub fn client_status(&self) -> ClientStatus {
         self.csds.clone()
     }
