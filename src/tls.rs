@@ -14,7 +14,9 @@
 //! The handshake runs inside the connection ([`ServerConn`]), lazily, on
 //! the connection's own task: the accept loop never waits for a slow
 //! client, and the connection limits and the handshake and idle timeouts
-//! of [`crate::listener`] apply to the bytes underneath, TLS included.
+//! of [`crate::listener`] apply to the bytes underneath, TLS included:
+//! the TLS handshake and then the protocol's preface must both be done
+//! within the handshake timeout.
 //!
 //! The client side ([`client_config`]) is what the CLI uses for
 //! `--admin https://...`.
@@ -36,7 +38,7 @@ use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
 use crate::identity::PeerIdentity;
-use crate::listener::{Conn, Port};
+use crate::listener::{Conn, PREFACE_BYTES, Port};
 
 /// Largest certificate, key or CA file read, in bytes. A chain of a few
 /// certificates is a few KiB; a bundle of public roots is ~250 KiB.
@@ -319,6 +321,9 @@ pub struct ServerConn {
     inner: Inner,
     info: ConnInfo,
     port: Port,
+    /// Bytes of the protocol's preface still to read before the
+    /// connection's handshake is done ([`Conn::establish`]).
+    preface_left: usize,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -347,6 +352,7 @@ impl ServerConn {
                 identity: Arc::default(),
             },
             port,
+            preface_left: PREFACE_BYTES,
         }
     }
 
@@ -360,6 +366,23 @@ impl ServerConn {
                 identity: Arc::default(),
             },
             port: tls.port(),
+            preface_left: PREFACE_BYTES,
+        }
+    }
+
+    /// Counts `n` bytes read of the protocol; the connection's handshake
+    /// is done once its preface is in.
+    fn count_preface(&mut self, n: usize) {
+        if self.preface_left == 0 || n == 0 {
+            return;
+        }
+        self.preface_left = self.preface_left.saturating_sub(n);
+        if self.preface_left == 0 {
+            match &mut self.inner {
+                Inner::Plain(c) => c.establish(),
+                Inner::Tls(s) => s.get_mut().0.establish(),
+                Inner::Handshaking(_) | Inner::Failed => {}
+            }
         }
     }
 
@@ -413,11 +436,16 @@ impl AsyncRead for ServerConn {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         std::task::ready!(this.poll_handshake(cx))?;
-        match &mut this.inner {
+        let before = buf.filled().len();
+        let read = match &mut this.inner {
             Inner::Plain(c) => Pin::new(c).poll_read(cx, buf),
             Inner::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Inner::Handshaking(_) | Inner::Failed => Poll::Ready(Ok(())),
+        };
+        if let Poll::Ready(Ok(())) = read {
+            this.count_preface(buf.filled().len() - before);
         }
+        read
     }
 }
 
@@ -567,9 +595,17 @@ pub enum ConnectError {
     /// The TCP connection failed.
     #[error("cannot connect: {0}")]
     Tcp(io::Error),
+    /// The server closed the connection in the middle of the handshake
+    /// without answering anything that is not TLS: a TLS server that
+    /// timed the handshake out or closed it at its connection limit (a
+    /// plaintext HTTP server answers a TLS hello with bytes of its own).
+    #[error(
+        "the server closed the connection before the TLS handshake finished: the handshake \
+         timed out, or the server is at its connection limit; nothing was sent, try again ({0})"
+    )]
+    Closed(io::Error),
     /// The server answered the TLS handshake with something that is not
-    /// TLS, or closed the connection in the middle of it: it serves
-    /// plaintext (or something else entirely) on that port.
+    /// TLS: it serves plaintext (or something else entirely) on that port.
     #[error(
         "the server does not speak TLS ({0}); it may be serving plaintext: use an \
          http:// address if that is what you mean, nothing was sent"
@@ -591,12 +627,18 @@ pub enum ConnectError {
 
 impl ConnectError {
     fn from_handshake(e: io::Error) -> ConnectError {
-        let not_tls = e.kind() == io::ErrorKind::UnexpectedEof
-            || e.get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                .is_some_and(|r| matches!(r, rustls::Error::InvalidMessage(_)));
+        let not_tls = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some_and(|r| matches!(r, rustls::Error::InvalidMessage(_)));
+        let closed = matches!(
+            e.kind(),
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+        );
         if not_tls {
             ConnectError::NotTls(e)
+        } else if closed {
+            ConnectError::Closed(e)
         } else {
             ConnectError::Handshake(e)
         }

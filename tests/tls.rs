@@ -313,6 +313,139 @@ async fn https_against_a_plaintext_server_is_exit_69_and_sends_no_token() {
     );
 }
 
+/// The first bytes a TLS client sends: a real ClientHello, from rustls.
+fn client_hello() -> Vec<u8> {
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    let mut conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).expect("hello");
+    hello
+}
+
+/// A client that opens a connection to `port` and sends `bytes` one a
+/// second; how long until the server closed it (`None`: not within 60 s).
+async fn dribble(port: u16, bytes: Vec<u8>) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (mut rd, mut wr) = conn.split();
+    let mut buf = [0u8; 4096];
+    let closed = async {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    let send = async {
+        for b in bytes.iter().cycle() {
+            if wr.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        () = closed => Some(started.elapsed()),
+        () = send => None,
+        () = tokio::time::sleep(Duration::from_secs(60)) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_handshakes_are_closed_in_time_and_never_lock_the_cli_out() {
+    let pki = Pki::new("slow");
+    let server = pki.server("server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let teal = Serve::start(
+        dir.path(),
+        &config(free_port(), None),
+        &[
+            "--admin-tls-cert".into(),
+            path(&server.cert),
+            "--admin-tls-key".into(),
+            path(&server.key),
+            "--max-admin-connections".into(),
+            "8".into(),
+            "--handshake-timeout".into(),
+            "3".into(),
+        ],
+    )
+    .await;
+    // Eight TLS hellos a byte a second fill the admin port; an HTTP/2
+    // preface a byte a second on the (plaintext) xDS port.
+    let hello = client_hello();
+    let mut slow: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(dribble(teal.admin, hello.clone())))
+        .collect();
+    slow.push(tokio::spawn(dribble(
+        teal.xds,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+    )));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The CLI gets in while they dribble, more than once.
+    let https = format!("https://127.0.0.1:{}", teal.admin);
+    let ca = path(&pki.ca);
+    for _ in 0..3 {
+        let out = cli(&["--admin", &https, "--ca", &ca, "status"]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Each dribbler is closed within the handshake timeout, plus slack
+    // (or sooner, when the CLI took its place).
+    for (i, s) in slow.into_iter().enumerate() {
+        let took = s.await.expect("dribbler");
+        assert!(
+            took.is_some_and(|t| t < Duration::from_secs(6)),
+            "slow client {i} closed after {took:?}"
+        );
+    }
+    assert!(
+        teal.log().contains("connection limit"),
+        "the eviction is logged: {}",
+        teal.log()
+    );
+
+    // A server that reads the hello and closes without a word (as a full
+    // or timing-out TLS port does): the CLI says so, not "not TLS".
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let closer = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 4096];
+        let _ = conn.read(&mut buf);
+    });
+    let out = cli(&[
+        "--admin",
+        &format!("https://127.0.0.1:{port}"),
+        "--ca",
+        &ca,
+        "status",
+    ])
+    .await;
+    closer.join().expect("closer");
+    assert_eq!(out.status.code(), Some(69), "{}", show(&out));
+    assert!(stderr(&out).contains("timed out"), "{}", show(&out));
+    assert!(
+        !stderr(&out).contains("does not speak TLS"),
+        "{}",
+        show(&out)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_refuses_an_open_admin_port_and_an_open_tokens_file() {
     let dir = tempfile::tempdir().expect("tempdir");

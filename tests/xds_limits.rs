@@ -456,7 +456,11 @@ async fn connections_past_the_limit_are_refused_and_slots_come_back() {
     let a = server.channel().await;
     let mut held = Ads::open(&a, request("a", vec![])).await.expect("a");
     held.next().await.expect("a served");
-    let idle = TcpStream::connect(server.addr).await.expect("b");
+    // A second connection done with its handshake (one that is not would
+    // be closed to make room for the third).
+    let b = server.channel().await;
+    let mut held_b = Ads::open(&b, request("b", vec![])).await.expect("b");
+    held_b.next().await.expect("b served");
     // The third connection is closed at once.
     let mut third = TcpStream::connect(server.addr).await.expect("c");
     let took = closed_within(&mut third, Duration::from_secs(5)).await;
@@ -464,7 +468,7 @@ async fn connections_past_the_limit_are_refused_and_slots_come_back() {
     // The first is undisturbed.
     held.send(request("a", vec!["a".into()])).await;
     // Once a slot frees, a new client is served.
-    drop(idle);
+    drop((held_b, b));
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))

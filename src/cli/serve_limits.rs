@@ -41,18 +41,20 @@ pub struct LimitArgs {
     /// and the cut marked.
     #[arg(long, default_value_t = KIB, value_parser = clap::value_parser!(u64).range(64..=MIB))]
     pub max_nack_bytes: u64,
-    /// Most connections open at once on the xDS port; past it new ones are
-    /// closed on accept.
+    /// Most connections open at once on the xDS port; past it the oldest
+    /// still in its handshake makes room, or new ones are closed on accept.
     #[arg(long, default_value_t = ConnectionLimits::XDS_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_xds_connections: u64,
-    /// Most connections open at once on the admin port; past it new ones
-    /// are closed on accept.
+    /// Most connections open at once on the admin port; past it the oldest
+    /// still in its handshake makes room, or new ones are closed on accept.
     #[arg(long, default_value_t = ConnectionLimits::ADMIN_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_admin_connections: u64,
     /// Most concurrent HTTP/2 streams per connection, on both ports.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_streams_per_connection: u32,
-    /// Seconds a new connection may take to send its first bytes.
+    /// Seconds a new connection may take, from its accept, to finish its
+    /// handshake (TLS, then its protocol's preface); on a full port the
+    /// oldest connection still in its handshake makes room for a new one.
     #[arg(long, default_value = "10", value_parser = timeout_seconds)]
     pub handshake_timeout: Duration,
     /// Seconds a connection may send nothing at all (HTTP/2 clients are
