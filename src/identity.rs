@@ -20,7 +20,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use tokio::sync::watch;
 
 /// The identity a stream proved with its client certificate.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -297,10 +299,20 @@ impl IdentityPolicy {
 }
 
 /// The [`IdentityPolicy`] in force, replaced whole when a config is
-/// loaded; every new stream reads it once, when its node arrives.
-#[derive(Debug, Default)]
+/// loaded. A new stream reads it when its node arrives; an admitted
+/// stream watches it ([`IdentityGate::watch`]) and is closed when a new
+/// policy no longer admits it.
+#[derive(Debug)]
 pub struct IdentityGate {
-    current: RwLock<Arc<IdentityPolicy>>,
+    current: watch::Sender<Arc<IdentityPolicy>>,
+}
+
+impl Default for IdentityGate {
+    fn default() -> Self {
+        IdentityGate {
+            current: watch::Sender::new(Arc::default()),
+        }
+    }
 }
 
 impl IdentityGate {
@@ -309,17 +321,20 @@ impl IdentityGate {
         Arc::default()
     }
 
-    /// Puts `policy` in force for streams that join from now on.
+    /// Puts `policy` in force: for streams that join from now on, and
+    /// for the admitted ones, which check it again.
     pub fn set(&self, policy: IdentityPolicy) {
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+        self.current.send_replace(Arc::new(policy));
     }
 
     /// The policy in force.
     pub fn policy(&self) -> Arc<IdentityPolicy> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current.borrow().clone()
+    }
+
+    /// A receiver that sees every policy put in force after this call.
+    pub fn watch(&self) -> watch::Receiver<Arc<IdentityPolicy>> {
+        self.current.subscribe()
     }
 }
 

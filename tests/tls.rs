@@ -709,6 +709,75 @@ async fn a_san_joins_only_groups_whose_patterns_are_of_its_own_kind() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_revokes_an_identity_closes_its_admitted_streams() {
+    let pki = Pki::new("revoke");
+    let server = pki.server("server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let before = "'spiffe://test.example/ns/prod/edge/*'";
+    let yaml = groups_config(&[("edge", Some(before))]);
+    let teal = Serve::start(dir.path(), &yaml, &xds_mtls_args(&pki, &server)).await;
+    let revoked = pki.spiffe("revoked", "spiffe://test.example/ns/prod/edge/old");
+    let kept = pki.spiffe("kept", "spiffe://test.example/ns/prod/edge/kept");
+    let (r, mut revoked_stream, _tx_revoked) =
+        ads_as(teal.xds, &pki, &revoked, "edge-old", "edge").await;
+    r.expect("admitted under the first config");
+    let (r, mut kept_stream, tx_kept) = ads_as(teal.xds, &pki, &kept, "edge-kept", "edge").await;
+    r.expect("admitted under the first config");
+
+    // The reload admits only the kept identity.
+    let reloads = teal.log().matches("config reloaded").count();
+    write_atomically(
+        &dir.path().join("teal.yaml"),
+        &yaml.replace(before, "'spiffe://test.example/ns/prod/edge/kept'"),
+    );
+    teal.wait_log("config reloaded", reloads + 1).await;
+    let closed = tokio::time::timeout(CONVERGE, async {
+        loop {
+            match revoked_stream.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the revoked stream is closed in time");
+    match closed {
+        Err(s) if s.code() == tonic::Code::PermissionDenied => {}
+        other => panic!("expected PERMISSION_DENIED, got {other:?}"),
+    }
+    teal.wait_log("no longer lets its identity join", 1).await;
+    // The stream still admitted stays.
+    let quiet = tokio::time::timeout(Duration::from_secs(1), kept_stream.message()).await;
+    assert!(
+        !matches!(quiet, Ok(Err(_)) | Ok(Ok(None))),
+        "the kept stream ended: {quiet:?}"
+    );
+    let all = proxies(&teal).await;
+    assert!(find(&all, "edge-old").is_none(), "{all:#?}");
+    assert!(find(&all, "edge-kept").is_some(), "{all:#?}");
+    drop((kept_stream, tx_kept));
+    wait_until(CONVERGE, "edge-kept gone", || async {
+        find(&proxies(&teal).await, "edge-kept").is_none()
+    })
+    .await;
+
+    // A flip does not wait for the revoked proxy (which never ACKs).
+    let admin = format!("127.0.0.1:{}", teal.admin);
+    let out = cli(&[
+        "--admin",
+        &admin,
+        "--token",
+        TOKEN,
+        "flip",
+        "web",
+        "--timeout",
+        "5s",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+}
+
 /// The node ids a CSDS `FetchClientStatus` on the xDS port shows `client`.
 async fn csds_ids(port: u16, pki: &Pki, client: &Pair) -> Vec<String> {
     let mut csds = ClientStatusDiscoveryServiceClient::new(xds_channel(port, pki, client).await);
