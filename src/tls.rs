@@ -202,6 +202,9 @@ pub enum Reloaded {
     Rotated,
     /// The files changed but do not load; the old material keeps serving.
     Refused(TlsError),
+    /// The files still cannot be used, for the reason last reported: not
+    /// worth another log line.
+    StillRefused,
 }
 
 /// One port's TLS: the config new connections take, and the files it
@@ -216,6 +219,9 @@ pub struct ServerTls {
     /// What the files held at the last look, loadable or not: a broken
     /// file is reported once, not at every look.
     last: Mutex<Material>,
+    /// Why the files could not be read at the last look (missing, too
+    /// large, unreadable): reported again only when the reason changes.
+    last_refusal: Mutex<Option<String>>,
 }
 
 impl ServerTls {
@@ -229,6 +235,7 @@ impl ServerTls {
             files,
             current: RwLock::new(config),
             last: Mutex::new(material),
+            last_refusal: Mutex::new(None),
         }))
     }
 
@@ -259,11 +266,24 @@ impl ServerTls {
 
     /// Re-reads the files (blocking: call it off the async runtime). New
     /// contents that load are swapped in; `forced` (SIGHUP) rebuilds even
-    /// unchanged files.
+    /// unchanged files. Files that cannot be read for the reason of the
+    /// last look are [`Reloaded::StillRefused`] (unless `forced`), so a
+    /// missing file is reported once, not at every look.
     pub fn reload(&self, forced: bool) -> Reloaded {
         let material = match Material::read(&self.files) {
-            Ok(m) => m,
-            Err(e) => return Reloaded::Refused(e),
+            Ok(m) => {
+                *self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                m
+            }
+            Err(e) => {
+                let cause = e.to_string();
+                let mut last = self.last_refusal.lock().unwrap_or_else(|p| p.into_inner());
+                if !forced && last.as_deref() == Some(cause.as_str()) {
+                    return Reloaded::StillRefused;
+                }
+                *last = Some(cause);
+                return Reloaded::Refused(e);
+            }
         };
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if !forced && *last == material {

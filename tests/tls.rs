@@ -953,6 +953,51 @@ async fn envoys_over_mtls_are_admitted_by_identity_and_survive_rotation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_oversized_certificate_is_logged_once_per_cause() {
+    let pki = Pki::new("flood");
+    let server = pki.server("server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Both ports share the files; the watch interval is 0.2 s.
+    let teal = Serve::start(
+        dir.path(),
+        &config(free_port(), None),
+        &[
+            "--xds-tls-cert".into(),
+            path(&server.cert),
+            "--xds-tls-key".into(),
+            path(&server.key),
+            "--admin-tls-cert".into(),
+            path(&server.cert),
+            "--admin-tls-key".into(),
+            path(&server.key),
+        ],
+    )
+    .await;
+    let refused = || teal.log().matches("TLS reload refused").count();
+    let good = std::fs::read_to_string(&server.cert).expect("read");
+
+    std::fs::remove_file(&server.cert).expect("remove");
+    teal.wait_log("TLS reload refused", 2).await;
+    // Ten more intervals: no more lines for the same cause.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(refused(), 2, "once per port:\n{}", teal.log());
+
+    // Another cause: once more per port.
+    std::fs::write(&server.cert, "x".repeat(2 << 20)).expect("write");
+    teal.wait_log("TLS reload refused", 4).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(refused(), 4, "once per port and cause:\n{}", teal.log());
+
+    // Back, then missing again: that is news.
+    write_atomically(&server.cert, &good);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    std::fs::remove_file(&server.cert).expect("remove");
+    teal.wait_log("TLS reload refused", 6).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(refused(), 6, "{}", teal.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_removed_from_the_file_is_refused_after_sighup() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
