@@ -313,9 +313,65 @@ pub struct ConnInfo {
     /// The client's address.
     pub remote: Option<std::net::SocketAddr>,
     identity: Arc<OnceLock<PeerIdentity>>,
+    closer: Arc<Closer>,
+}
+
+/// Closes a connection from outside its task: its next read fails, so
+/// the HTTP/2 connection over it ends and drops everything it holds.
+#[derive(Debug, Default)]
+struct Closer {
+    closed: std::sync::atomic::AtomicBool,
+    /// The connection's reading task, woken by [`ConnInfo::close`].
+    waker: Mutex<Option<std::task::Waker>>,
 }
 
 impl ConnInfo {
+    fn new(remote: Option<std::net::SocketAddr>) -> ConnInfo {
+        ConnInfo {
+            remote,
+            identity: Arc::default(),
+            closer: Arc::default(),
+        }
+    }
+
+    /// Closes the connection (for a client that holds teal's memory and
+    /// reads nothing); its streams end.
+    pub fn close(&self) {
+        self.closer
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        if let Some(w) = self
+            .closer
+            .waker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            w.wake();
+        }
+    }
+
+    /// Whether [`ConnInfo::close`] was called; registers `cx` to be woken
+    /// when it is.
+    fn poll_closed(&self, cx: &mut Context<'_>) -> bool {
+        {
+            let mut waker = self.closer.waker.lock().unwrap_or_else(|p| p.into_inner());
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
+        }
+        self.closer
+            .closed
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn closed_error() -> io::Error {
+        io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "connection closed by teal: its client left answers unread too long",
+        )
+    }
+
     /// The identity of the client: [`PeerIdentity::Unauthenticated`]
     /// without a client certificate.
     pub fn identity(&self) -> PeerIdentity {
@@ -367,10 +423,7 @@ impl ServerConn {
         let remote = conn.peer_addr();
         ServerConn {
             inner: Inner::Plain(conn),
-            info: ConnInfo {
-                remote,
-                identity: Arc::default(),
-            },
+            info: ConnInfo::new(remote),
             port,
             preface_left: PREFACE_BYTES,
         }
@@ -381,10 +434,7 @@ impl ServerConn {
         let remote = conn.peer_addr();
         ServerConn {
             inner: Inner::Handshaking(Box::new(tls.acceptor().accept(conn))),
-            info: ConnInfo {
-                remote,
-                identity: Arc::default(),
-            },
+            info: ConnInfo::new(remote),
             port: tls.port(),
             preface_left: PREFACE_BYTES,
         }
@@ -455,6 +505,9 @@ impl AsyncRead for ServerConn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.info.poll_closed(cx) {
+            return Poll::Ready(Err(ConnInfo::closed_error()));
+        }
         std::task::ready!(this.poll_handshake(cx))?;
         let before = buf.filled().len();
         let read = match &mut this.inner {

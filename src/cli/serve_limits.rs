@@ -78,6 +78,19 @@ pub struct LimitArgs {
     /// wait for a turn.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub max_csds_concurrent: u64,
+    /// Most bytes of CSDS answers built and not yet read by their clients,
+    /// over both ports; an answer past it ends its call with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 256 * MIB, value_parser = clap::value_parser!(u64).range(KIB..=16 * 1024 * MIB))]
+    pub max_csds_unread_bytes: u64,
+    /// Most bytes of CSDS answers built and not yet read on one
+    /// connection; an answer past it ends its call with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 64 * MIB, value_parser = clap::value_parser!(u64).range(KIB..=16 * 1024 * MIB))]
+    pub max_csds_unread_bytes_per_connection: u64,
+    /// Seconds a CSDS answer may stay unread before its connection is
+    /// closed.
+    #[arg(long, default_value = "30", value_parser = timeout_seconds)]
+    pub csds_unread_timeout: Duration,
     /// Most endpoints one fleet whose endpoints come from outside the file
     /// (`endpoints: registered`) may have; a change past it is refused
     /// (RESOURCE_EXHAUSTED, exit 1) and nothing changes.
@@ -148,6 +161,9 @@ impl LimitArgs {
             max_matchers: size(self.max_csds_matchers),
             max_response_bytes: size(self.max_csds_response_bytes),
             max_concurrent: size(self.max_csds_concurrent),
+            max_unread_bytes: size(self.max_csds_unread_bytes),
+            max_unread_bytes_per_connection: size(self.max_csds_unread_bytes_per_connection),
+            unread_timeout: self.csds_unread_timeout,
         };
         *admin = connections(self.max_admin_connections);
         xds.max_connection_age = self.xds_connection_age.0;
@@ -228,6 +244,9 @@ mod tests {
             &["--max-csds-request-bytes", "10"],
             &["--max-csds-response-bytes", "0"],
             &["--max-csds-concurrent", "0"],
+            &["--max-csds-unread-bytes", "0"],
+            &["--max-csds-unread-bytes-per-connection", "10"],
+            &["--csds-unread-timeout", "0"],
             &["--xds-connection-age", "0"],
             &["--xds-connection-age", "forever"],
         ] {
