@@ -184,3 +184,26 @@ async fn a_full_port_makes_room_by_closing_the_oldest_unfinished_handshake() {
     assert!(closed_by_peer(&mut fourth).await, "the fourth is closed");
     assert_eq!(open.load(Ordering::Relaxed), 2);
 }
+
+#[tokio::test]
+async fn a_handshake_read_slowly_from_a_full_buffer_still_times_out() {
+    // Every read finds data waiting, so none is left pending (where the
+    // timer is looked at); the deadline is checked on the data too.
+    let (mut incoming, addr) = incoming(limits(10)).await;
+    let mut client = TcpStream::connect(addr).await.expect("connect");
+    let mut conn = next(&mut incoming).await;
+    client.write_all(PREFACE).await.expect("preface");
+    let mut buf = [0u8; 1];
+    let mut read = 0;
+    let err = loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        match conn.read(&mut buf).await {
+            Ok(n) => {
+                read += n;
+                assert!(read < PREFACE_BYTES, "the whole preface was taken late");
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+}
