@@ -26,6 +26,13 @@
 //!   per-connection limit), renewed every 5 s;
 //! - one task keeps 100 TCP connections open on each port (xDS and admin)
 //!   that send nothing, reopened as teal closes them;
+//! - one task keeps 50 connections on each port sending the HTTP/2
+//!   preface a byte a second (slow handshakes), reopened as teal closes
+//!   them; the longest any stayed open is printed (the handshake timeout
+//!   bounds it);
+//! - one task asks CSDS for answers on an HTTP/2 connection that never
+//!   reads (a window of 0) until teal refuses (`RESOURCE_EXHAUSTED`) and
+//!   closes it after `--csds-unread-timeout`, then again;
 //! - at a quarter of the time a YAML bomb (billion laughs) is written over
 //!   the served config, and the good file is put back 2 s later;
 //! - at half of the time `teal flip web` runs through the CLI; its exit
@@ -80,6 +87,10 @@ const TOKEN: &str = "bench";
 /// Silent connections held open on each port.
 const SILENT_PER_PORT: usize = 100;
 
+/// Connections held on each port sending the HTTP/2 preface a byte a
+/// second.
+const SLOW_PER_PORT: usize = 50;
+
 /// The RSS bound: twice teal's idle RSS (allocator slack, caches warmed by
 /// the Envoys) plus what the README ("Limits", "What a client can make
 /// teal hold") documents for everything the abusers hold at once, at
@@ -90,13 +101,16 @@ const SILENT_PER_PORT: usize = 100;
 /// - the many-streams client: one connection and as many idle streams as
 ///   a connection may carry (`--max-streams-per-connection`; the rest
 ///   wait on the client's side);
-/// - the silent connections, on both ports.
+/// - the silent connections, and the slow handshakes, on both ports;
+/// - the CSDS answers left unread on one connection
+///   (`--max-csds-unread-bytes-per-connection`).
 struct Bound {
     idle: f64,
     clients: usize,
     per_client: usize,
     many_streams: usize,
     silent: usize,
+    unread_csds: usize,
 }
 
 impl Bound {
@@ -110,23 +124,29 @@ impl Bound {
             per_client: connection
                 + cost::stream_bytes(server.max_request_bytes, &server.stream, 1),
             many_streams: connection + streams * cost::IDLE_STREAM_BYTES,
-            silent: 2 * SILENT_PER_PORT * cost::IDLE_CONNECTION_BYTES,
+            silent: 2 * (SILENT_PER_PORT + SLOW_PER_PORT) * cost::IDLE_CONNECTION_BYTES,
+            unread_csds: server.csds.max_unread_bytes_per_connection,
         }
     }
 
     fn total(&self) -> f64 {
-        2.0 * self.idle + mib(self.clients * self.per_client + self.many_streams + self.silent)
+        2.0 * self.idle
+            + mib(self.clients * self.per_client
+                + self.many_streams
+                + self.silent
+                + self.unread_csds)
     }
 
     fn terms(&self) -> String {
         format!(
-            "2 x idle ({:.1}) + {} abusive clients x {:.1} (connection, stream, request, one subscription) + {:.1} (100 idle streams on a connection) + {:.1} ({} silent connections)",
+            "2 x idle ({:.1}) + {} abusive clients x {:.1} (connection, stream, request, one subscription) + {:.1} (100 idle streams on a connection) + {:.1} ({} silent and slow-handshake connections) + {:.1} (unread CSDS answers on one connection)",
             2.0 * self.idle,
             self.clients,
             mib(self.per_client),
             mib(self.many_streams),
             mib(self.silent),
-            2 * SILENT_PER_PORT,
+            2 * (SILENT_PER_PORT + SLOW_PER_PORT),
+            mib(self.unread_csds),
         )
     }
 }
@@ -346,6 +366,13 @@ async fn bench(args: Vec<String>) -> anyhow::Result<bool> {
     }
     tasks.push(tokio::spawn(many_streams(xds, end, stats.clone())));
     tasks.push(tokio::spawn(idle_connections(xds, admin, end)));
+    let slow = Arc::new(SlowStats::default());
+    for i in 0..2 * SLOW_PER_PORT {
+        let port = if i % 2 == 0 { xds } else { admin };
+        tasks.push(tokio::spawn(slow_handshake(port, end, slow.clone())));
+    }
+    let csds = Arc::new(CsdsStats::default());
+    tasks.push(tokio::spawn(unread_csds(xds, end, csds.clone())));
 
     let mut max = idle;
     let mut bomb_done = false;
@@ -411,6 +438,18 @@ async fn bench(args: Vec<String>) -> anyhow::Result<bool> {
         stats.ok.load(Ordering::Relaxed),
         stats.exhausted.load(Ordering::Relaxed),
         stats.other.load(Ordering::Relaxed)
+    );
+    println!(
+        "slow handshakes     {} closed by teal, the longest after {:.1} s (--handshake-timeout: 10 s)",
+        slow.closed.load(Ordering::Relaxed),
+        slow.longest_ms.load(Ordering::Relaxed) as f64 / 1000.0
+    );
+    println!(
+        "unread CSDS         {} answers held unread, {} refused RESOURCE_EXHAUSTED, {} connections closed by teal (bound {:.1} MiB a connection, --csds-unread-timeout 30 s)",
+        csds.held.load(Ordering::Relaxed),
+        csds.refused.load(Ordering::Relaxed),
+        csds.closed.load(Ordering::Relaxed),
+        mib(bound.unread_csds)
     );
     println!("YAML bomb           {bomb_outcome}");
     let output: String = output.trim().chars().take(300).collect();
@@ -737,6 +776,132 @@ async fn idle_connections(xds: u16, admin: u16, end: Instant) {
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// How the slow handshakes ended.
+#[derive(Default)]
+struct SlowStats {
+    closed: AtomicU64,
+    longest_ms: AtomicU64,
+}
+
+/// A connection to `port` sending the HTTP/2 preface a byte a second,
+/// opened again each time teal closes it, until `end`.
+async fn slow_handshake(port: u16, end: Instant, stats: Arc<SlowStats>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    while Instant::now() < end {
+        let Ok(mut conn) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let started = Instant::now();
+        let (mut rd, mut wr) = conn.split();
+        let mut buf = [0u8; 1024];
+        let closed = async {
+            while let Ok(n) = rd.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        let send = async {
+            for b in PREFACE.iter().cycle() {
+                if wr.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        };
+        tokio::select! {
+            () = closed => {}
+            () = send => {}
+            () = tokio::time::sleep_until(end.into()) => return,
+        }
+        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        stats.closed.fetch_add(1, Ordering::Relaxed);
+        stats.longest_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+}
+
+/// How the unread CSDS calls ended.
+#[derive(Default)]
+struct CsdsStats {
+    held: AtomicU64,
+    refused: AtomicU64,
+    closed: AtomicU64,
+}
+
+/// CSDS calls on an HTTP/2 connection that never reads (every stream's
+/// window is 0), until teal refuses one; then waits for teal to close
+/// the connection, and starts again, until `end`.
+async fn unread_csds(xds: u16, end: Instant, stats: Arc<CsdsStats>) {
+    use envoy_types::pb::envoy::service::status::v3::ClientStatusRequest;
+    use prost::Message;
+    let body = ClientStatusRequest::default().encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(body.len()).unwrap_or(0).to_be_bytes());
+    frame.extend_from_slice(&body);
+    let frame = bytes::Bytes::from(frame);
+    while Instant::now() < end {
+        let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", xds)).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok((send, conn)) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+        else {
+            continue;
+        };
+        let mut driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        // Kept, unread, until teal closes the connection.
+        let mut calls = Vec::new();
+        loop {
+            let Ok(mut ready) = send.clone().ready().await else {
+                break;
+            };
+            let Ok(request) = ::http::Request::post(
+                "http://teal/envoy.service.status.v3.ClientStatusDiscoveryService/FetchClientStatus",
+            )
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(()) else {
+                break;
+            };
+            let Ok((response, mut stream)) = ready.send_request(request, false) else {
+                break;
+            };
+            if stream.send_data(frame.clone(), true).is_err() {
+                break;
+            }
+            let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(10), response).await
+            else {
+                break;
+            };
+            if tonic::Status::from_header_map(response.headers())
+                .is_some_and(|s| s.code() == Code::ResourceExhausted)
+            {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            stats.held.fetch_add(1, Ordering::Relaxed);
+            calls.push((response, stream));
+            if Instant::now() >= end {
+                return;
+            }
+        }
+        tokio::select! {
+            _ = &mut driver => {
+                stats.closed.fetch_add(1, Ordering::Relaxed);
+            }
+            () = tokio::time::sleep_until(end.into()) => return,
+        }
+        drop(calls);
     }
 }
 

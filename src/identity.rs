@@ -2,18 +2,27 @@
 //! join a group.
 //!
 //! With mTLS on the xDS port, a stream's identity is its certificate's
-//! SPIFFE ID (a URI SAN starting `spiffe://`) or, when it has none, its DNS
-//! SANs. A group's `identities` in the config are exact names or patterns
-//! with `*` standing for one whole path segment
+//! SPIFFE ID (a URI SAN that is a valid SPIFFE ID, see [`is_spiffe_id`])
+//! or, when it has none, its DNS SANs that are DNS names. A group's
+//! `identities` in the config are exact names or patterns with `*`
+//! standing for one whole path segment
 //! (`spiffe://prod.example/ns/shop/sa/*`); a stream whose identity matches
 //! none of its claimed group's patterns is refused. The matching is written
 //! here rather than taken from a glob crate because its one rule (`*` is a
 //! whole segment, never part of one, never several) is what keeps a
 //! pattern from admitting more than it says.
+//!
+//! The kind of a SAN is part of the identity: a `spiffe://` pattern is
+//! matched against SPIFFE IDs (URI SANs) only and any other pattern
+//! against DNS SANs only. A CA that signs whatever DNS names it is asked
+//! for (`DNS:spiffe://prod/...`) therefore cannot make a SPIFFE ID, and a
+//! URI SAN whose text looks like a host name cannot join a DNS group.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use tokio::sync::watch;
 
 /// The identity a stream proved with its client certificate.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -27,10 +36,12 @@ pub enum PeerIdentity {
 }
 
 impl PeerIdentity {
-    /// The identity in a certificate (DER): its first SPIFFE URI SAN, else
-    /// its DNS SANs. A certificate with neither (or that cannot be parsed,
-    /// which rustls would already have refused) names nobody: an empty
-    /// DNS list, which no pattern matches.
+    /// The identity in a certificate (DER): its first URI SAN that is a
+    /// valid SPIFFE ID, else its DNS SANs that are DNS names. Other SANs
+    /// (a URI that is not a SPIFFE ID, a "DNS name" holding `spiffe://`)
+    /// name nobody. A certificate with none left (or that cannot be
+    /// parsed, which rustls would already have refused) is an empty DNS
+    /// list, which no pattern matches.
     pub fn from_certificate(der: &[u8]) -> PeerIdentity {
         use x509_parser::extensions::GeneralName;
         let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
@@ -42,10 +53,10 @@ impl PeerIdentity {
         let mut dns = Vec::new();
         for name in &san.value.general_names {
             match name {
-                GeneralName::URI(uri) if uri.starts_with("spiffe://") => {
+                GeneralName::URI(uri) if is_spiffe_id(uri) => {
                     return PeerIdentity::Spiffe((*uri).to_owned());
                 }
-                GeneralName::DNSName(d) => dns.push((*d).to_owned()),
+                GeneralName::DNSName(d) if is_dns_name(d) => dns.push((*d).to_owned()),
                 _ => {}
             }
         }
@@ -66,11 +77,15 @@ impl PeerIdentity {
         }
     }
 
-    /// Whether any of `patterns` admits this identity.
+    /// Whether any of `patterns` admits this identity: a SPIFFE ID by a
+    /// `spiffe://` pattern, a DNS name by any other.
     pub fn allowed_by(&self, patterns: &[IdentityPattern]) -> bool {
-        self.names()
-            .iter()
-            .any(|name| patterns.iter().any(|p| p.matches(name)))
+        let spiffe = matches!(self, PeerIdentity::Spiffe(_));
+        self.names().iter().any(|name| {
+            patterns
+                .iter()
+                .any(|p| p.is_spiffe() == spiffe && p.matches(name))
+        })
     }
 }
 
@@ -83,6 +98,58 @@ impl fmt::Display for PeerIdentity {
             PeerIdentity::Dns(names) => f.write_str(&names.join(",")),
         }
     }
+}
+
+/// Whether `uri` is a SPIFFE ID as the SPIFFE ID specification defines
+/// it: `spiffe://`, a trust domain of lowercase letters, digits, `.`, `-`
+/// and `_`, then a path of `/`-separated segments of letters, digits,
+/// `.`, `-` and `_`, none of them empty, `.` or `..` (so no query,
+/// fragment, port or userinfo, and no trailing `/`). The path may be
+/// empty (the ID of a trust domain).
+pub fn is_spiffe_id(uri: &str) -> bool {
+    const MAX_BYTES: usize = 2048;
+    let Some(rest) = uri.strip_prefix("spiffe://") else {
+        return false;
+    };
+    if uri.len() > MAX_BYTES {
+        return false;
+    }
+    let (domain, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
+    };
+    let domain_ok = !domain.is_empty()
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+    domain_ok
+        && path.is_none_or(|path| {
+            path.split('/').all(|seg| {
+                !seg.is_empty()
+                    && seg != "."
+                    && seg != ".."
+                    && seg
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+            })
+        })
+}
+
+/// Whether a DNS SAN is a DNS name: labels of letters, digits, `-` and
+/// `_` separated by single dots, the first label possibly `*`. Anything
+/// else (`spiffe://...`, spaces, `/`) in a DNS SAN is not a name a
+/// resolver could return, and would only be mistaken for something else.
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').enumerate().all(|(i, label)| {
+            (i == 0 && label == "*")
+                || (!label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        })
 }
 
 /// A problem with an identity pattern in the config.
@@ -100,6 +167,12 @@ pub enum PatternError {
     /// Characters a SAN never holds (spaces, control characters).
     #[error("identity patterns hold no spaces or control characters")]
     BadCharacter,
+    /// A `spiffe://` pattern that no SPIFFE ID could match.
+    #[error(
+        "not a SPIFFE ID: a lowercase trust domain, then path segments of letters, digits, \
+         `.`, `-` and `_` (none empty, `.` or `..`), with no port, query or fragment"
+    )]
+    NotSpiffe,
 }
 
 /// One entry of `groups.<name>.identities`: an exact SPIFFE ID or DNS
@@ -125,7 +198,19 @@ impl IdentityPattern {
                 if parts.next().is_none_or(|domain| domain.contains('*')) {
                     return Err(PatternError::WildcardDomain);
                 }
-                parts.collect()
+                // With each `*` standing for one segment, the pattern must
+                // be a SPIFFE ID itself, or it matches nothing.
+                let segments: Vec<&str> = parts.collect();
+                let example = text
+                    .split('/')
+                    .map(|s| if s == "*" { "x" } else { s })
+                    .collect::<Vec<_>>()
+                    .join("/");
+                if !segments.iter().any(|s| s.contains('*') && *s != "*") && !is_spiffe_id(&example)
+                {
+                    return Err(PatternError::NotSpiffe);
+                }
+                segments
             }
             None => text.split('.').collect(),
         };
@@ -135,6 +220,12 @@ impl IdentityPattern {
         Ok(IdentityPattern {
             text: text.to_owned(),
         })
+    }
+
+    /// Whether this is a SPIFFE ID pattern (`spiffe://...`), matched
+    /// against SPIFFE IDs only; any other is matched against DNS names.
+    pub fn is_spiffe(&self) -> bool {
+        self.text.starts_with("spiffe://")
     }
 
     /// The pattern as written.
@@ -148,11 +239,7 @@ impl IdentityPattern {
         if !self.text.contains('*') {
             return self.text == name;
         }
-        let sep = if self.text.starts_with("spiffe://") {
-            '/'
-        } else {
-            '.'
-        };
+        let sep = if self.is_spiffe() { '/' } else { '.' };
         let mut pattern = self.text.split(sep);
         let mut candidate = name.split(sep);
         loop {
@@ -180,6 +267,14 @@ pub struct IdentityPolicy {
 }
 
 impl IdentityPolicy {
+    /// A policy where each group of `groups` admits the identities its
+    /// patterns match, and every other group anyone.
+    pub fn new(groups: BTreeMap<String, Vec<IdentityPattern>>) -> IdentityPolicy {
+        IdentityPolicy {
+            groups: groups.into_iter().filter(|(_, p)| !p.is_empty()).collect(),
+        }
+    }
+
     /// The policy of `config`.
     pub fn of(config: &crate::config::Config) -> IdentityPolicy {
         IdentityPolicy {
@@ -204,10 +299,20 @@ impl IdentityPolicy {
 }
 
 /// The [`IdentityPolicy`] in force, replaced whole when a config is
-/// loaded; every new stream reads it once, when its node arrives.
-#[derive(Debug, Default)]
+/// loaded. A new stream reads it when its node arrives; an admitted
+/// stream watches it ([`IdentityGate::watch`]) and is closed when a new
+/// policy no longer admits it.
+#[derive(Debug)]
 pub struct IdentityGate {
-    current: RwLock<Arc<IdentityPolicy>>,
+    current: watch::Sender<Arc<IdentityPolicy>>,
+}
+
+impl Default for IdentityGate {
+    fn default() -> Self {
+        IdentityGate {
+            current: watch::Sender::new(Arc::default()),
+        }
+    }
 }
 
 impl IdentityGate {
@@ -216,17 +321,20 @@ impl IdentityGate {
         Arc::default()
     }
 
-    /// Puts `policy` in force for streams that join from now on.
+    /// Puts `policy` in force: for streams that join from now on, and
+    /// for the admitted ones, which check it again.
     pub fn set(&self, policy: IdentityPolicy) {
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+        self.current.send_replace(Arc::new(policy));
     }
 
     /// The policy in force.
     pub fn policy(&self) -> Arc<IdentityPolicy> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current.borrow().clone()
+    }
+
+    /// A receiver that sees every policy put in force after this call.
+    pub fn watch(&self) -> watch::Receiver<Arc<IdentityPolicy>> {
+        self.current.subscribe()
     }
 }
 
@@ -282,5 +390,97 @@ mod tests {
         assert!(PeerIdentity::Dns(vec!["x".into(), "edge-1.example".into()]).allowed_by(&pats));
         assert!(!PeerIdentity::Unauthenticated.allowed_by(&pats));
         assert!(!PeerIdentity::Dns(vec![]).allowed_by(&pats));
+    }
+
+    #[test]
+    fn spiffe_ids_follow_the_specification() {
+        for good in [
+            "spiffe://prod.example/ns/shop/sa/web",
+            "spiffe://trust_domain-1/a.b/c-d/e_f",
+            "spiffe://prod.example",
+        ] {
+            assert!(is_spiffe_id(good), "{good}");
+        }
+        for bad in [
+            "spiffe://",
+            "spiffe:///ns/a",
+            "spiffe://Prod.example/ns/a",
+            "spiffe://prod.example:8443/ns/a",
+            "spiffe://user@prod.example/ns/a",
+            "spiffe://prod.example/ns/a?x=1",
+            "spiffe://prod.example/ns/a#frag",
+            "spiffe://prod.example/ns//a",
+            "spiffe://prod.example/ns/a/",
+            "spiffe://prod.example/ns/../a",
+            "spiffe://prod.example/./a",
+            "spiffe://prod.example/ns/a%2Fb",
+            "SPIFFE://prod.example/ns/a",
+            "https://prod.example/ns/a",
+        ] {
+            assert!(!is_spiffe_id(bad), "{bad}");
+        }
+        assert_eq!(
+            IdentityPattern::parse("spiffe://prod.example/ns/*/sa/../x"),
+            Err(PatternError::NotSpiffe)
+        );
+        assert!(IdentityPattern::parse("spiffe://prod.example/ns/*/sa/*").is_ok());
+    }
+
+    #[test]
+    fn a_san_matches_only_patterns_of_its_own_kind() {
+        let spiffe = [p("spiffe://test.example/ns/prod/edge/*")];
+        let dns = [p("*.edge.example")];
+        // A DNS SAN spelling a SPIFFE ID is not one.
+        let forged = PeerIdentity::Dns(vec!["spiffe://test.example/ns/prod/edge/edge-1".into()]);
+        assert!(!forged.allowed_by(&spiffe));
+        // A SPIFFE ID whose last segment looks like a host name is not one.
+        let uri = PeerIdentity::Spiffe("spiffe://prod/ns/tenant/sa/a.edge.example".into());
+        assert!(!uri.allowed_by(&dns));
+        assert!(!PeerIdentity::Spiffe("a.edge.example".into()).allowed_by(&dns));
+        assert!(PeerIdentity::Dns(vec!["a.edge.example".into()]).allowed_by(&dns));
+    }
+
+    fn certificate(sans: Vec<rcgen::SanType>) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.subject_alt_names = sans;
+        params.self_signed(&key).expect("sign").der().to_vec()
+    }
+
+    fn uri(s: &str) -> rcgen::SanType {
+        rcgen::SanType::URI(s.try_into().expect("ia5"))
+    }
+
+    fn dns(s: &str) -> rcgen::SanType {
+        rcgen::SanType::DnsName(s.try_into().expect("ia5"))
+    }
+
+    #[test]
+    fn only_valid_sans_of_a_certificate_name_it() {
+        let forged = certificate(vec![dns("spiffe://test.example/ns/prod/edge/edge-1")]);
+        assert_eq!(
+            PeerIdentity::from_certificate(&forged),
+            PeerIdentity::Dns(vec![])
+        );
+        assert_eq!(
+            PeerIdentity::from_certificate(&forged).to_string(),
+            "(no SAN)"
+        );
+        let bad_uri = certificate(vec![
+            uri("spiffe://prod.example:443/ns/a"),
+            dns("edge-1.example"),
+        ]);
+        assert_eq!(
+            PeerIdentity::from_certificate(&bad_uri),
+            PeerIdentity::Dns(vec!["edge-1.example".into()])
+        );
+        let good = certificate(vec![
+            uri("https://prod.example/x"),
+            uri("spiffe://prod.example/ns/a/sa/b"),
+        ]);
+        assert_eq!(
+            PeerIdentity::from_certificate(&good),
+            PeerIdentity::Spiffe("spiffe://prod.example/ns/a/sa/b".into())
+        );
     }
 }

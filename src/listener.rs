@@ -10,14 +10,22 @@
 //! three things it adds belong to accepting and nothing in tonic, hyper or
 //! tower offers them for a server:
 //!
-//! - at most [`ConnectionLimits::max_connections`] open at once; past it a
-//!   new connection is closed as soon as it is accepted (its client sees
-//!   the connection reset and retries), and the refusal is logged;
-//! - each connection ([`Conn`]) must send its first bytes within
-//!   [`ConnectionLimits::handshake_timeout`] and then something at least
-//!   every [`ConnectionLimits::idle_timeout`]; HTTP/2 clients are pinged
-//!   after a third of that much silence (see [`ConnectionLimits::keepalive`]),
-//!   so a live one always answers in time;
+//! - at most [`ConnectionLimits::max_connections`] open at once; past it
+//!   the oldest connection still in its handshake is closed to make room
+//!   for the new one, and when every open connection has finished its
+//!   handshake the new one is closed as soon as it is accepted (its client
+//!   sees the connection reset and retries); either is logged. Clients
+//!   that open connections and dribble their handshake therefore cannot
+//!   keep a real client, whose handshake takes milliseconds, out of a
+//!   full port;
+//! - each connection ([`Conn`]) must finish its handshake (TLS, then the
+//!   first [`PREFACE_BYTES`] bytes of its protocol: HTTP/2's whole client
+//!   preface) within [`ConnectionLimits::handshake_timeout`] of being
+//!   accepted, however it spreads its bytes, and then send something at
+//!   least every [`ConnectionLimits::idle_timeout`]; HTTP/2 clients are
+//!   pinged after a third of that much silence (see
+//!   [`ConnectionLimits::keepalive`]), so a live one always answers in
+//!   time;
 //! - a failing `accept` backs off, from 10 ms doubling to 1 s, and is
 //!   logged once per [`LOG_INTERVAL`] with a count, not once per error.
 //!
@@ -29,13 +37,14 @@
 //! tonic's server builder sets; it is carried here so both ports take
 //! every connection limit from one place.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -55,6 +64,12 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(10);
 /// Longest pause between accepts that fail: short enough that teal takes
 /// connections again within a second of file descriptors coming free.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The bytes of a protocol a connection must have sent, after TLS, for
+/// its handshake to be complete: the length of HTTP/2's client preface
+/// (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`). An HTTP/1.1 request on the
+/// admin port (`GET /metrics HTTP/1.1` and its `Host` header) is longer.
+pub const PREFACE_BYTES: usize = 24;
 
 /// Which of teal's ports a listener serves, for messages and flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,8 +101,9 @@ impl Port {
 /// Bounds on the connections of one port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// Most connections open at once; past it new ones are closed on
-    /// accept. Default: [`ConnectionLimits::XDS_MAX_CONNECTIONS`] or
+    /// Most connections open at once; past it the oldest connection still
+    /// in its handshake is closed to make room, or, when there is none,
+    /// the new one is closed on accept. Default: [`ConnectionLimits::XDS_MAX_CONNECTIONS`] or
     /// [`ConnectionLimits::ADMIN_MAX_CONNECTIONS`].
     pub max_connections: usize,
     /// Most concurrent HTTP/2 streams per connection, sent to clients as
@@ -95,8 +111,10 @@ pub struct ConnectionLimits {
     /// them refused (`REFUSED_STREAM`). Default 100, the least RFC 9113
     /// advises: an Envoy opens one ADS stream, or one per type without ADS.
     pub max_streams_per_connection: u32,
-    /// How long a new connection may take to send its first bytes.
-    /// Default 10 s: a real client sends its HTTP/2 preface at once.
+    /// How long a new connection may take, from its accept, to finish
+    /// its handshake: TLS, if the port speaks it, and its first
+    /// [`PREFACE_BYTES`] bytes. Default 10 s: a real client sends its
+    /// hello and preface at once.
     pub handshake_timeout: Duration,
     /// How long a connection may send nothing at all. Default 60 s. HTTP/2
     /// clients are pinged after a third of that much silence, and each
@@ -146,6 +164,10 @@ pub struct Incoming {
     pause: Option<Pin<Box<Sleep>>>,
     accept_errors: Throttle,
     refusals: Throttle,
+    evictions: Throttle,
+    /// The connections accepted and maybe still in their handshake,
+    /// oldest first: the first to go when the port is full.
+    handshaking: VecDeque<Weak<Handshake>>,
     /// The port's TLS, if it speaks TLS.
     tls: Option<Arc<ServerTls>>,
 }
@@ -162,6 +184,8 @@ impl Incoming {
             pause: None,
             accept_errors: Throttle::default(),
             refusals: Throttle::default(),
+            evictions: Throttle::default(),
+            handshaking: VecDeque::new(),
             tls: None,
         }
     }
@@ -178,9 +202,47 @@ impl Incoming {
         self.open.clone()
     }
 
+    /// Closes the oldest connection still in its handshake, if any; true
+    /// if one was (its slot is free at once).
+    fn evict_oldest_handshake(&mut self) -> bool {
+        while let Some(oldest) = self.handshaking.pop_front() {
+            if oldest.upgrade().is_some_and(|h| h.evict()) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Forgets the connections that are closed or past their handshake:
+    /// from the front at every accept, and all through when the list
+    /// grows past twice the connection limit (a slow handshake at the
+    /// front keeps the ones behind it until it ends).
+    fn prune_handshaking(&mut self) {
+        let live = |w: &Weak<Handshake>| w.upgrade().is_some_and(|h| h.is_handshaking());
+        while self.handshaking.front().is_some_and(|w| !live(w)) {
+            self.handshaking.pop_front();
+        }
+        if self.handshaking.len() > self.limits.max_connections.saturating_mul(2) {
+            self.handshaking.retain(live);
+        }
+    }
+
     fn admit(&mut self, stream: TcpStream, peer: SocketAddr) -> Option<ServerConn> {
+        self.prune_handshaking();
         let open = self.open.load(Ordering::Relaxed);
-        if open >= self.limits.max_connections {
+        if open >= self.limits.max_connections && self.evict_oldest_handshake() {
+            if let Some(also) = self.evictions.due(Instant::now()) {
+                tracing::warn!(
+                    port = self.port.name(),
+                    %peer,
+                    limit = self.limits.max_connections,
+                    flag = self.port.max_connections_flag(),
+                    evicted_since_last_report = also,
+                    "the port is at its connection limit: closed the oldest connection \
+                     still in its handshake to make room"
+                );
+            }
+        } else if open >= self.limits.max_connections {
             if let Some(also) = self.refusals.due(Instant::now()) {
                 tracing::warn!(
                     port = self.port.name(),
@@ -195,7 +257,9 @@ impl Incoming {
         }
         // Nagle's algorithm would hold back small responses and pings.
         let _ = stream.set_nodelay(true);
-        let conn = Conn::new(stream, &self.limits, Slot::take(&self.open));
+        let slot = Slot::take(&self.open);
+        self.handshaking.push_back(Arc::downgrade(&slot.handshake));
+        let conn = Conn::new(stream, &self.limits, slot);
         Some(match &self.tls {
             Some(tls) => ServerConn::tls(conn, tls),
             None => ServerConn::plain(conn, self.port),
@@ -298,47 +362,129 @@ impl Throttle {
     }
 }
 
-/// One of a port's open connections; the count goes down when it drops.
+/// Where a connection is in its life; see [`Handshake`].
+const HANDSHAKING: u8 = 0;
+const ESTABLISHED: u8 = 1;
+const EVICTED: u8 = 2;
+const CLOSED: u8 = 3;
+
+/// A connection's progress through its handshake, shared by the
+/// connection and its port's list of handshaking connections. It moves
+/// once, by compare-and-swap, from handshaking to established, evicted
+/// or closed (and from established to closed), so the port's count goes
+/// down exactly once whoever gets there first: an eviction frees the
+/// slot at once, before the evicted connection's task has run.
 #[derive(Debug)]
-struct Slot(Arc<AtomicUsize>);
+struct Handshake {
+    state: AtomicU8,
+    open: Arc<AtomicUsize>,
+    /// The task reading the connection, woken when it is evicted.
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Handshake {
+    fn is_handshaking(&self) -> bool {
+        self.state.load(Ordering::Acquire) == HANDSHAKING
+    }
+
+    fn is_evicted(&self) -> bool {
+        self.state.load(Ordering::Acquire) == EVICTED
+    }
+
+    fn establish(&self) {
+        let _ = self.state.compare_exchange(
+            HANDSHAKING,
+            ESTABLISHED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    /// Evicts the connection if it is still in its handshake: frees its
+    /// slot and wakes its task, whose next read fails.
+    fn evict(&self) -> bool {
+        let evicted = self
+            .state
+            .compare_exchange(HANDSHAKING, EVICTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if evicted {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            if let Some(w) = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                w.wake();
+            }
+        }
+        evicted
+    }
+
+    fn register(&self, waker: &Waker) {
+        let mut slot = self.waker.lock().unwrap_or_else(|p| p.into_inner());
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
+    }
+}
+
+/// One of a port's open connections; the count goes down when it drops
+/// (or when it is evicted, whichever comes first).
+#[derive(Debug)]
+struct Slot {
+    handshake: Arc<Handshake>,
+}
 
 impl Slot {
     fn take(open: &Arc<AtomicUsize>) -> Slot {
         open.fetch_add(1, Ordering::Relaxed);
-        Slot(open.clone())
+        Slot {
+            handshake: Arc::new(Handshake {
+                state: AtomicU8::new(HANDSHAKING),
+                open: open.clone(),
+                waker: Mutex::new(None),
+            }),
+        }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        let h = &self.handshake;
+        if h.state.swap(CLOSED, Ordering::AcqRel) != EVICTED {
+            h.open.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 /// An accepted connection that fails its reads with `TimedOut` once the
-/// client has been silent too long: [`ConnectionLimits::handshake_timeout`]
-/// before its first byte, [`ConnectionLimits::idle_timeout`] after. The
-/// server then drops it, which closes the socket.
+/// client has been too slow: when its handshake is not done
+/// ([`Conn::establish`]) within [`ConnectionLimits::handshake_timeout`] of
+/// its accept, or, after it, when it is silent for
+/// [`ConnectionLimits::idle_timeout`]. While in its handshake it can also
+/// be evicted to make room for a new connection (its reads then fail with
+/// `ConnectionAborted`). The server then drops it, which closes the
+/// socket.
 #[derive(Debug)]
 pub struct Conn {
     stream: TcpStream,
     /// Fires at the deadline as it was when last set; moved forward lazily
     /// (when it fires) rather than on every read.
     timer: Pin<Box<Sleep>>,
+    /// When the handshake must be done by.
+    handshake_deadline: Instant,
     idle_timeout: Duration,
     /// When the client last sent anything; `None` before its first byte.
     last_read: Option<Instant>,
-    _slot: Slot,
+    slot: Slot,
 }
 
 impl Conn {
     fn new(stream: TcpStream, limits: &ConnectionLimits, slot: Slot) -> Conn {
+        let handshake_deadline = Instant::now() + limits.handshake_timeout;
         Conn {
             stream,
-            timer: Box::pin(tokio::time::sleep(limits.handshake_timeout)),
+            timer: Box::pin(tokio::time::sleep_until(handshake_deadline)),
+            handshake_deadline,
             idle_timeout: limits.idle_timeout,
             last_read: None,
-            _slot: slot,
+            slot,
         }
     }
 
@@ -347,16 +493,41 @@ impl Conn {
         self.stream.peer_addr().ok()
     }
 
+    /// Marks the handshake done: from now on only the idle timeout
+    /// applies, and the connection is no longer evicted to make room.
+    pub fn establish(&mut self) {
+        self.slot.handshake.establish();
+    }
+
+    fn handshake_timed_out() -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client did not finish its handshake (TLS and its protocol's preface) within \
+             the handshake timeout",
+        )
+    }
+
+    fn evicted() -> io::Error {
+        io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "closed to make room for a new connection: the port is at its connection limit \
+             and this one had not finished its handshake",
+        )
+    }
+
     /// Polls the silence deadline: `Ready` with the error once it passed.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         loop {
             ready!(self.timer.as_mut().poll(cx));
-            let Some(last) = self.last_read else {
-                return Poll::Ready(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the client sent nothing within the handshake timeout",
-                ));
-            };
+            if self.slot.handshake.is_evicted() {
+                return Poll::Ready(Self::evicted());
+            }
+            if self.slot.handshake.is_handshaking() {
+                return Poll::Ready(Self::handshake_timed_out());
+            }
+            // The handshake was done in time: the idle timeout runs from
+            // the last byte (its end, at the latest).
+            let last = *self.last_read.get_or_insert_with(Instant::now);
             let deadline = last + self.idle_timeout;
             if deadline <= Instant::now() {
                 return Poll::Ready(io::Error::new(
@@ -376,11 +547,27 @@ impl AsyncRead for Conn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let handshake = &this.slot.handshake;
+        let handshaking = handshake.is_handshaking();
+        // Registered before the eviction is looked at: an eviction
+        // between the two then finds this waker.
+        if handshaking {
+            handshake.register(cx.waker());
+        }
+        if handshake.is_evicted() {
+            return Poll::Ready(Err(Self::evicted()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
-                    this.last_read = Some(Instant::now());
+                    let now = Instant::now();
+                    // A client that sends a byte whenever asked never
+                    // leaves the read pending, where the timer is looked at.
+                    if handshaking && now >= this.handshake_deadline {
+                        return Poll::Ready(Err(Self::handshake_timed_out()));
+                    }
+                    this.last_read = Some(now);
                 }
                 Poll::Ready(Ok(()))
             }

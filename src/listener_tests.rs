@@ -37,14 +37,25 @@ async fn closed_by_peer(client: &mut TcpStream) -> bool {
     )
 }
 
+const PREFACE: &[u8; PREFACE_BYTES] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A connection whose handshake is done: its client sent the preface and
+/// the server read it.
+async fn established(addr: SocketAddr, incoming: &mut Incoming) -> (TcpStream, ServerConn) {
+    let mut client = TcpStream::connect(addr).await.expect("connect");
+    let mut conn = next(incoming).await;
+    client.write_all(PREFACE).await.expect("preface");
+    let mut buf = [0u8; PREFACE_BYTES];
+    conn.read_exact(&mut buf).await.expect("read the preface");
+    (client, conn)
+}
+
 #[tokio::test]
 async fn connections_past_the_limit_are_closed_and_slots_come_back() {
     let (mut incoming, addr) = incoming(limits(2)).await;
     let open = incoming.open_connections();
-    let _a = TcpStream::connect(addr).await.expect("a");
-    let _b = TcpStream::connect(addr).await.expect("b");
-    let first = next(&mut incoming).await;
-    let _second = next(&mut incoming).await;
+    let (_a, first) = established(addr, &mut incoming).await;
+    let (_b, _second) = established(addr, &mut incoming).await;
     assert_eq!(open.load(Ordering::Relaxed), 2);
 
     let mut c = TcpStream::connect(addr).await.expect("c");
@@ -76,8 +87,7 @@ async fn a_silent_connection_times_out_and_a_talking_one_does_not() {
 
     // A client that keeps sending within the idle timeout stays, past
     // several handshake and idle periods.
-    let mut talker = TcpStream::connect(addr).await.expect("connect");
-    let mut conn = next(&mut incoming).await;
+    let (mut talker, mut conn) = established(addr, &mut incoming).await;
     for _ in 0..6 {
         talker.write_all(b"x").await.expect("write");
         let n = conn.read(&mut buf).await.expect("reads");
@@ -112,4 +122,88 @@ fn throttle_logs_once_per_interval_with_a_count() {
     }
     assert_eq!(t.due(start + LOG_INTERVAL), Some(50));
     assert_eq!(t.due(start + LOG_INTERVAL + Duration::from_secs(1)), None);
+}
+
+#[tokio::test]
+async fn a_handshake_dribbled_a_byte_at_a_time_times_out() {
+    let (mut incoming, addr) = incoming(limits(10)).await;
+    let mut client = TcpStream::connect(addr).await.expect("connect");
+    let mut conn = next(&mut incoming).await;
+    let started = Instant::now();
+    let dribble = tokio::spawn(async move {
+        // One byte every 50 ms: well within the idle timeout, never a
+        // whole preface within the handshake timeout.
+        for byte in PREFACE.iter().cycle().take(200) {
+            if client.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut buf = [0u8; 1];
+    let err = loop {
+        match conn.read(&mut buf).await {
+            Ok(0) => panic!("the client closed first"),
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+    assert!(err.to_string().contains("handshake"), "{err}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(600),
+        "closed after {took:?}, the handshake timeout is 300 ms"
+    );
+    dribble.abort();
+}
+
+#[tokio::test]
+async fn a_full_port_makes_room_by_closing_the_oldest_unfinished_handshake() {
+    let (mut incoming, addr) = incoming(limits(2)).await;
+    let open = incoming.open_connections();
+    let mut slow = TcpStream::connect(addr).await.expect("slow");
+    let mut oldest = next(&mut incoming).await;
+    let (_done, _established) = established(addr, &mut incoming).await;
+    assert_eq!(open.load(Ordering::Relaxed), 2);
+
+    // A third client: the oldest unfinished handshake makes room for it.
+    let (_new, _new_conn) = established(addr, &mut incoming).await;
+    assert_eq!(open.load(Ordering::Relaxed), 2);
+    let mut buf = [0u8; 8];
+    let err = oldest.read(&mut buf).await.expect_err("evicted");
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted, "{err}");
+    drop(oldest);
+    assert!(closed_by_peer(&mut slow).await, "the slow client is closed");
+    assert_eq!(open.load(Ordering::Relaxed), 2, "counted once");
+
+    // Every connection is established now: a fourth is refused.
+    let mut fourth = TcpStream::connect(addr).await.expect("fourth");
+    let pending = tokio::time::timeout(Duration::from_millis(300), incoming.next()).await;
+    assert!(pending.is_err(), "no fourth connection is handed out");
+    assert!(closed_by_peer(&mut fourth).await, "the fourth is closed");
+    assert_eq!(open.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn a_handshake_read_slowly_from_a_full_buffer_still_times_out() {
+    // Every read finds data waiting, so none is left pending (where the
+    // timer is looked at); the deadline is checked on the data too.
+    let (mut incoming, addr) = incoming(limits(10)).await;
+    let mut client = TcpStream::connect(addr).await.expect("connect");
+    let mut conn = next(&mut incoming).await;
+    client.write_all(PREFACE).await.expect("preface");
+    let mut buf = [0u8; 1];
+    let mut read = 0;
+    let err = loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        match conn.read(&mut buf).await {
+            Ok(n) => {
+                read += n;
+                assert!(read < PREFACE_BYTES, "the whole preface was taken late");
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
 }

@@ -688,7 +688,7 @@ async fn reload_tls(tls: &[Arc<ServerTls>], forced: bool) {
     };
     for (port, result) in results {
         match result {
-            Reloaded::Unchanged => {}
+            Reloaded::Unchanged | Reloaded::StillRefused => {}
             Reloaded::Rotated => {
                 tracing::info!(
                     port = port.name(),

@@ -14,7 +14,9 @@
 //! The handshake runs inside the connection ([`ServerConn`]), lazily, on
 //! the connection's own task: the accept loop never waits for a slow
 //! client, and the connection limits and the handshake and idle timeouts
-//! of [`crate::listener`] apply to the bytes underneath, TLS included.
+//! of [`crate::listener`] apply to the bytes underneath, TLS included:
+//! the TLS handshake and then the protocol's preface must both be done
+//! within the handshake timeout.
 //!
 //! The client side ([`client_config`]) is what the CLI uses for
 //! `--admin https://...`.
@@ -36,7 +38,7 @@ use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
 use crate::identity::PeerIdentity;
-use crate::listener::{Conn, Port};
+use crate::listener::{Conn, PREFACE_BYTES, Port};
 
 /// Largest certificate, key or CA file read, in bytes. A chain of a few
 /// certificates is a few KiB; a bundle of public roots is ~250 KiB.
@@ -200,6 +202,9 @@ pub enum Reloaded {
     Rotated,
     /// The files changed but do not load; the old material keeps serving.
     Refused(TlsError),
+    /// The files still cannot be used, for the reason last reported: not
+    /// worth another log line.
+    StillRefused,
 }
 
 /// One port's TLS: the config new connections take, and the files it
@@ -214,6 +219,9 @@ pub struct ServerTls {
     /// What the files held at the last look, loadable or not: a broken
     /// file is reported once, not at every look.
     last: Mutex<Material>,
+    /// Why the files could not be read at the last look (missing, too
+    /// large, unreadable): reported again only when the reason changes.
+    last_refusal: Mutex<Option<String>>,
 }
 
 impl ServerTls {
@@ -227,6 +235,7 @@ impl ServerTls {
             files,
             current: RwLock::new(config),
             last: Mutex::new(material),
+            last_refusal: Mutex::new(None),
         }))
     }
 
@@ -257,11 +266,24 @@ impl ServerTls {
 
     /// Re-reads the files (blocking: call it off the async runtime). New
     /// contents that load are swapped in; `forced` (SIGHUP) rebuilds even
-    /// unchanged files.
+    /// unchanged files. Files that cannot be read for the reason of the
+    /// last look are [`Reloaded::StillRefused`] (unless `forced`), so a
+    /// missing file is reported once, not at every look.
     pub fn reload(&self, forced: bool) -> Reloaded {
         let material = match Material::read(&self.files) {
-            Ok(m) => m,
-            Err(e) => return Reloaded::Refused(e),
+            Ok(m) => {
+                *self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                m
+            }
+            Err(e) => {
+                let cause = e.to_string();
+                let mut last = self.last_refusal.lock().unwrap_or_else(|p| p.into_inner());
+                if !forced && last.as_deref() == Some(cause.as_str()) {
+                    return Reloaded::StillRefused;
+                }
+                *last = Some(cause);
+                return Reloaded::Refused(e);
+            }
         };
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if !forced && *last == material {
@@ -291,9 +313,65 @@ pub struct ConnInfo {
     /// The client's address.
     pub remote: Option<std::net::SocketAddr>,
     identity: Arc<OnceLock<PeerIdentity>>,
+    closer: Arc<Closer>,
+}
+
+/// Closes a connection from outside its task: its next read fails, so
+/// the HTTP/2 connection over it ends and drops everything it holds.
+#[derive(Debug, Default)]
+struct Closer {
+    closed: std::sync::atomic::AtomicBool,
+    /// The connection's reading task, woken by [`ConnInfo::close`].
+    waker: Mutex<Option<std::task::Waker>>,
 }
 
 impl ConnInfo {
+    fn new(remote: Option<std::net::SocketAddr>) -> ConnInfo {
+        ConnInfo {
+            remote,
+            identity: Arc::default(),
+            closer: Arc::default(),
+        }
+    }
+
+    /// Closes the connection (for a client that holds teal's memory and
+    /// reads nothing); its streams end.
+    pub fn close(&self) {
+        self.closer
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        if let Some(w) = self
+            .closer
+            .waker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            w.wake();
+        }
+    }
+
+    /// Whether [`ConnInfo::close`] was called; registers `cx` to be woken
+    /// when it is.
+    fn poll_closed(&self, cx: &mut Context<'_>) -> bool {
+        {
+            let mut waker = self.closer.waker.lock().unwrap_or_else(|p| p.into_inner());
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
+        }
+        self.closer
+            .closed
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn closed_error() -> io::Error {
+        io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "connection closed by teal: its client left answers unread too long",
+        )
+    }
+
     /// The identity of the client: [`PeerIdentity::Unauthenticated`]
     /// without a client certificate.
     pub fn identity(&self) -> PeerIdentity {
@@ -319,6 +397,9 @@ pub struct ServerConn {
     inner: Inner,
     info: ConnInfo,
     port: Port,
+    /// Bytes of the protocol's preface still to read before the
+    /// connection's handshake is done ([`Conn::establish`]).
+    preface_left: usize,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -342,11 +423,9 @@ impl ServerConn {
         let remote = conn.peer_addr();
         ServerConn {
             inner: Inner::Plain(conn),
-            info: ConnInfo {
-                remote,
-                identity: Arc::default(),
-            },
+            info: ConnInfo::new(remote),
             port,
+            preface_left: PREFACE_BYTES,
         }
     }
 
@@ -355,11 +434,25 @@ impl ServerConn {
         let remote = conn.peer_addr();
         ServerConn {
             inner: Inner::Handshaking(Box::new(tls.acceptor().accept(conn))),
-            info: ConnInfo {
-                remote,
-                identity: Arc::default(),
-            },
+            info: ConnInfo::new(remote),
             port: tls.port(),
+            preface_left: PREFACE_BYTES,
+        }
+    }
+
+    /// Counts `n` bytes read of the protocol; the connection's handshake
+    /// is done once its preface is in.
+    fn count_preface(&mut self, n: usize) {
+        if self.preface_left == 0 || n == 0 {
+            return;
+        }
+        self.preface_left = self.preface_left.saturating_sub(n);
+        if self.preface_left == 0 {
+            match &mut self.inner {
+                Inner::Plain(c) => c.establish(),
+                Inner::Tls(s) => s.get_mut().0.establish(),
+                Inner::Handshaking(_) | Inner::Failed => {}
+            }
         }
     }
 
@@ -412,12 +505,20 @@ impl AsyncRead for ServerConn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.info.poll_closed(cx) {
+            return Poll::Ready(Err(ConnInfo::closed_error()));
+        }
         std::task::ready!(this.poll_handshake(cx))?;
-        match &mut this.inner {
+        let before = buf.filled().len();
+        let read = match &mut this.inner {
             Inner::Plain(c) => Pin::new(c).poll_read(cx, buf),
             Inner::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Inner::Handshaking(_) | Inner::Failed => Poll::Ready(Ok(())),
+        };
+        if let Poll::Ready(Ok(())) = read {
+            this.count_preface(buf.filled().len() - before);
         }
+        read
     }
 }
 
@@ -567,9 +668,17 @@ pub enum ConnectError {
     /// The TCP connection failed.
     #[error("cannot connect: {0}")]
     Tcp(io::Error),
+    /// The server closed the connection in the middle of the handshake
+    /// without answering anything that is not TLS: a TLS server that
+    /// timed the handshake out or closed it at its connection limit (a
+    /// plaintext HTTP server answers a TLS hello with bytes of its own).
+    #[error(
+        "the server closed the connection before the TLS handshake finished: the handshake \
+         timed out, or the server is at its connection limit; nothing was sent, try again ({0})"
+    )]
+    Closed(io::Error),
     /// The server answered the TLS handshake with something that is not
-    /// TLS, or closed the connection in the middle of it: it serves
-    /// plaintext (or something else entirely) on that port.
+    /// TLS: it serves plaintext (or something else entirely) on that port.
     #[error(
         "the server does not speak TLS ({0}); it may be serving plaintext: use an \
          http:// address if that is what you mean, nothing was sent"
@@ -591,12 +700,18 @@ pub enum ConnectError {
 
 impl ConnectError {
     fn from_handshake(e: io::Error) -> ConnectError {
-        let not_tls = e.kind() == io::ErrorKind::UnexpectedEof
-            || e.get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                .is_some_and(|r| matches!(r, rustls::Error::InvalidMessage(_)));
+        let not_tls = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some_and(|r| matches!(r, rustls::Error::InvalidMessage(_)));
+        let closed = matches!(
+            e.kind(),
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+        );
         if not_tls {
             ConnectError::NotTls(e)
+        } else if closed {
+            ConnectError::Closed(e)
         } else {
             ConnectError::Handshake(e)
         }

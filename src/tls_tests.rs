@@ -37,6 +37,42 @@ impl Pki {
 }
 
 #[test]
+fn a_missing_or_oversized_file_is_reported_once_per_cause() {
+    let pki = Pki::new();
+    let (cert, key) = pki.self_signed("server", "localhost");
+    let files = TlsFiles {
+        cert: cert.clone(),
+        key,
+        client_ca: None,
+    };
+    let tls = ServerTls::load(Port::Admin, files).expect("loads");
+    let good = std::fs::read(&cert).expect("read");
+    std::fs::remove_file(&cert).expect("remove");
+    assert!(matches!(
+        tls.reload(false),
+        Reloaded::Refused(TlsError::Unreadable { .. })
+    ));
+    for _ in 0..5 {
+        assert!(matches!(tls.reload(false), Reloaded::StillRefused));
+    }
+    // SIGHUP reports it again.
+    assert!(matches!(tls.reload(true), Reloaded::Refused(_)));
+    // Another cause is reported, once.
+    let big = vec![b'x'; MAX_PEM_BYTES as usize + 1];
+    std::fs::write(&cert, &big).expect("write");
+    assert!(matches!(
+        tls.reload(false),
+        Reloaded::Refused(TlsError::TooLarge { .. })
+    ));
+    assert!(matches!(tls.reload(false), Reloaded::StillRefused));
+    // Readable again: the next time it goes missing is news.
+    std::fs::write(&cert, &good).expect("write");
+    assert!(matches!(tls.reload(false), Reloaded::Unchanged));
+    std::fs::remove_file(&cert).expect("remove");
+    assert!(matches!(tls.reload(false), Reloaded::Refused(_)));
+}
+
+#[test]
 fn a_broken_rotation_is_refused_and_the_old_config_stays() {
     let pki = Pki::new();
     let (cert, key) = pki.self_signed("server", "localhost");

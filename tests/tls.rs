@@ -18,6 +18,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::status::v3::ClientStatusRequest;
+use envoy_types::pb::envoy::service::status::v3::client_status_discovery_service_client::ClientStatusDiscoveryServiceClient;
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
@@ -351,6 +356,139 @@ async fn https_against_a_plaintext_server_is_exit_69_and_sends_no_token() {
     );
 }
 
+/// The first bytes a TLS client sends: a real ClientHello, from rustls.
+fn client_hello() -> Vec<u8> {
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    let mut conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).expect("hello");
+    hello
+}
+
+/// A client that opens a connection to `port` and sends `bytes` one a
+/// second; how long until the server closed it (`None`: not within 60 s).
+async fn dribble(port: u16, bytes: Vec<u8>) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (mut rd, mut wr) = conn.split();
+    let mut buf = [0u8; 4096];
+    let closed = async {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    let send = async {
+        for b in bytes.iter().cycle() {
+            if wr.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        () = closed => Some(started.elapsed()),
+        () = send => None,
+        () = tokio::time::sleep(Duration::from_secs(60)) => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_handshakes_are_closed_in_time_and_never_lock_the_cli_out() {
+    let pki = Pki::new("slow");
+    let server = pki.server("server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let teal = Serve::start(
+        dir.path(),
+        &config(free_port(), None),
+        &[
+            "--admin-tls-cert".into(),
+            path(&server.cert),
+            "--admin-tls-key".into(),
+            path(&server.key),
+            "--max-admin-connections".into(),
+            "8".into(),
+            "--handshake-timeout".into(),
+            "3".into(),
+        ],
+    )
+    .await;
+    // Eight TLS hellos a byte a second fill the admin port; an HTTP/2
+    // preface a byte a second on the (plaintext) xDS port.
+    let hello = client_hello();
+    let mut slow: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(dribble(teal.admin, hello.clone())))
+        .collect();
+    slow.push(tokio::spawn(dribble(
+        teal.xds,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+    )));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The CLI gets in while they dribble, more than once.
+    let https = format!("https://127.0.0.1:{}", teal.admin);
+    let ca = path(&pki.ca);
+    for _ in 0..3 {
+        let out = cli(&["--admin", &https, "--ca", &ca, "status"]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Each dribbler is closed within the handshake timeout, plus slack
+    // (or sooner, when the CLI took its place).
+    for (i, s) in slow.into_iter().enumerate() {
+        let took = s.await.expect("dribbler");
+        assert!(
+            took.is_some_and(|t| t < Duration::from_secs(6)),
+            "slow client {i} closed after {took:?}"
+        );
+    }
+    assert!(
+        teal.log().contains("connection limit"),
+        "the eviction is logged: {}",
+        teal.log()
+    );
+
+    // A server that reads the hello and closes without a word (as a full
+    // or timing-out TLS port does): the CLI says so, not "not TLS".
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let closer = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 4096];
+        let _ = conn.read(&mut buf);
+    });
+    let out = cli(&[
+        "--admin",
+        &format!("https://127.0.0.1:{port}"),
+        "--ca",
+        &ca,
+        "status",
+    ])
+    .await;
+    closer.join().expect("closer");
+    assert_eq!(out.status.code(), Some(69), "{}", show(&out));
+    assert!(stderr(&out).contains("timed out"), "{}", show(&out));
+    assert!(
+        !stderr(&out).contains("does not speak TLS"),
+        "{}",
+        show(&out)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_refuses_an_open_admin_port_and_an_open_tokens_file() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -449,6 +587,308 @@ async fn wait_synced(teal: &Serve, node: &str) -> Value {
         assert!(Instant::now() < deadline, "{node} never synced: {all:#?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The config of [`config`] with several groups, each admitting its
+/// `identities` when given (a YAML list's items).
+fn groups_config(groups: &[(&str, Option<&str>)]) -> String {
+    let mut yaml = config(free_port(), None);
+    let at = yaml.find("groups:\n").expect("groups") + "groups:\n".len();
+    yaml.truncate(at);
+    for (name, identities) in groups {
+        let identities = identities
+            .map(|i| format!("    identities: [{i}]\n"))
+            .unwrap_or_default();
+        yaml.push_str(&format!(
+            "  {name}:
+{identities}    listeners:
+      public:
+        kind: edge
+        address: 127.0.0.1:{port}
+        virtual_hosts:
+          site:
+            domains: ['*']
+            routes:
+              - prefix: /
+                service: web
+",
+            port = free_port()
+        ));
+    }
+    yaml
+}
+
+/// `teal serve`'s flags for TLS with client certificates on the xDS port.
+fn xds_mtls_args(pki: &Pki, server: &Pair) -> Vec<String> {
+    vec![
+        "--xds-tls-cert".into(),
+        path(&server.cert),
+        "--xds-tls-key".into(),
+        path(&server.key),
+        "--xds-client-ca".into(),
+        path(&pki.ca),
+    ]
+}
+
+/// A gRPC channel to teal's xDS port over TLS, presenting `client`.
+async fn xds_channel(port: u16, pki: &Pki, client: &Pair) -> tonic::transport::Channel {
+    let tls = teal::tls::client_config(Some(&pki.ca), Some((&client.cert, &client.key)))
+        .expect("client TLS");
+    tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+        .expect("uri")
+        .connect_with_connector(teal::tls::TlsConnector::new(tls))
+        .await
+        .expect("connect to the xDS port")
+}
+
+/// An ADS stream over TLS as `client`, claiming node `id` in `group`: its
+/// first answer, and the stream (to keep it open, or read it further).
+async fn ads_as(
+    port: u16,
+    pki: &Pki,
+    client: &Pair,
+    id: &str,
+    group: &str,
+) -> (
+    Result<DiscoveryResponse, tonic::Status>,
+    tonic::Streaming<DiscoveryResponse>,
+    tokio::sync::mpsc::Sender<DiscoveryRequest>,
+) {
+    let mut ads = AggregatedDiscoveryServiceClient::new(xds_channel(port, pki, client).await);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(DiscoveryRequest {
+        node: Some(Node {
+            id: id.into(),
+            cluster: group.into(),
+            ..Default::default()
+        }),
+        type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("queue the request");
+    let mut stream = ads
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("open the ADS stream")
+        .into_inner();
+    let first = tokio::time::timeout(CONVERGE, stream.message())
+        .await
+        .expect("an answer in time")
+        .and_then(|m| m.ok_or_else(|| tonic::Status::unknown("the stream ended")));
+    (first, stream, tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_san_joins_only_groups_whose_patterns_are_of_its_own_kind() {
+    let pki = Pki::new("kinds");
+    let server = pki.server("server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let teal = Serve::start(
+        dir.path(),
+        &groups_config(&[
+            ("edge", Some("'spiffe://test.example/ns/prod/edge/*'")),
+            ("sidecar", Some("'*.edge.example'")),
+            ("open", None),
+        ]),
+        &xds_mtls_args(&pki, &server),
+    )
+    .await;
+    let denied = |r: &Result<DiscoveryResponse, tonic::Status>, what: &str| match r {
+        Err(s) if s.code() == tonic::Code::PermissionDenied => {}
+        other => panic!("{what}: expected PERMISSION_DENIED, got {other:?}"),
+    };
+
+    // A DNS SAN spelling a SPIFFE ID does not join the SPIFFE group.
+    let forged = pki.dns("forged", &["spiffe://test.example/ns/prod/edge/edge-1"]);
+    let (r, _, _) = ads_as(teal.xds, &pki, &forged, "forged", "edge").await;
+    denied(&r, "a DNS SAN spiffe://");
+    // A SPIFFE ID whose last segment looks like a host does not join the
+    // DNS group.
+    let uri = pki.spiffe("uri", "spiffe://prod/ns/tenant/sa/a.edge.example");
+    let (r, _, _) = ads_as(teal.xds, &pki, &uri, "uri", "sidecar").await;
+    denied(&r, "a URI SAN ending in a.edge.example");
+    // URI SANs that are not SPIFFE IDs (though `*` matches their text)
+    // are no identity at all.
+    for (i, bad) in [
+        "spiffe://test.example/ns/prod/edge/..",
+        "spiffe://test.example/ns/prod/edge/edge-1?as=admin",
+        "spiffe://test.example/ns/prod/edge/edge%2F1",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let cert = pki.spiffe(&format!("bad-{i}"), bad);
+        let (r, _, _) = ads_as(teal.xds, &pki, &cert, &format!("bad-{i}"), "edge").await;
+        denied(&r, bad);
+    }
+
+    // The real ones join.
+    let real = pki.spiffe("real", "spiffe://test.example/ns/prod/edge/edge-1");
+    let (r, _keep_edge, _tx_edge) = ads_as(teal.xds, &pki, &real, "real-edge", "edge").await;
+    r.expect("a SPIFFE ID joins the SPIFFE group");
+    let host = pki.dns("host", &["a.edge.example"]);
+    let (r, _keep_side, _tx_side) = ads_as(teal.xds, &pki, &host, "real-side", "sidecar").await;
+    r.expect("a DNS name joins the DNS group");
+    // The forged certificate in a group open to anyone: `teal proxies`
+    // does not show its DNS SAN as if it were a SPIFFE ID.
+    let (r, _keep_open, _tx_open) = ads_as(teal.xds, &pki, &forged, "forged-open", "open").await;
+    r.expect("an open group admits anyone");
+    let all = proxies(&teal).await;
+    let identity = |node: &str| {
+        find(&all, node).unwrap_or_else(|| panic!("{node} listed: {all:#?}"))["identity"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(
+        identity("real-edge"),
+        "spiffe://test.example/ns/prod/edge/edge-1"
+    );
+    assert_eq!(identity("real-side"), "a.edge.example");
+    assert_eq!(identity("forged-open"), "(no SAN)");
+    for refused in ["forged", "uri", "bad-0", "bad-1", "bad-2"] {
+        assert!(find(&all, refused).is_none(), "{refused}: {all:#?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_revokes_an_identity_closes_its_admitted_streams() {
+    let pki = Pki::new("revoke");
+    let server = pki.server("server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let before = "'spiffe://test.example/ns/prod/edge/*'";
+    let yaml = groups_config(&[("edge", Some(before))]);
+    let teal = Serve::start(dir.path(), &yaml, &xds_mtls_args(&pki, &server)).await;
+    let revoked = pki.spiffe("revoked", "spiffe://test.example/ns/prod/edge/old");
+    let kept = pki.spiffe("kept", "spiffe://test.example/ns/prod/edge/kept");
+    let (r, mut revoked_stream, _tx_revoked) =
+        ads_as(teal.xds, &pki, &revoked, "edge-old", "edge").await;
+    r.expect("admitted under the first config");
+    let (r, mut kept_stream, tx_kept) = ads_as(teal.xds, &pki, &kept, "edge-kept", "edge").await;
+    r.expect("admitted under the first config");
+
+    // The reload admits only the kept identity.
+    let reloads = teal.log().matches("config reloaded").count();
+    write_atomically(
+        &dir.path().join("teal.yaml"),
+        &yaml.replace(before, "'spiffe://test.example/ns/prod/edge/kept'"),
+    );
+    teal.wait_log("config reloaded", reloads + 1).await;
+    let closed = tokio::time::timeout(CONVERGE, async {
+        loop {
+            match revoked_stream.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the revoked stream is closed in time");
+    match closed {
+        Err(s) if s.code() == tonic::Code::PermissionDenied => {}
+        other => panic!("expected PERMISSION_DENIED, got {other:?}"),
+    }
+    teal.wait_log("no longer lets its identity join", 1).await;
+    // The stream still admitted stays.
+    let quiet = tokio::time::timeout(Duration::from_secs(1), kept_stream.message()).await;
+    assert!(
+        !matches!(quiet, Ok(Err(_)) | Ok(Ok(None))),
+        "the kept stream ended: {quiet:?}"
+    );
+    let all = proxies(&teal).await;
+    assert!(find(&all, "edge-old").is_none(), "{all:#?}");
+    assert!(find(&all, "edge-kept").is_some(), "{all:#?}");
+    drop((kept_stream, tx_kept));
+    wait_until(CONVERGE, "edge-kept gone", || async {
+        find(&proxies(&teal).await, "edge-kept").is_none()
+    })
+    .await;
+
+    // A flip does not wait for the revoked proxy (which never ACKs).
+    let admin = format!("127.0.0.1:{}", teal.admin);
+    let out = cli(&[
+        "--admin",
+        &admin,
+        "--token",
+        TOKEN,
+        "flip",
+        "web",
+        "--timeout",
+        "5s",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+}
+
+/// The node ids a CSDS `FetchClientStatus` on the xDS port shows `client`.
+async fn csds_ids(port: u16, pki: &Pki, client: &Pair) -> Vec<String> {
+    let mut csds = ClientStatusDiscoveryServiceClient::new(xds_channel(port, pki, client).await);
+    let answer = csds
+        .fetch_client_status(ClientStatusRequest::default())
+        .await
+        .expect("CSDS answers")
+        .into_inner();
+    answer
+        .config
+        .iter()
+        .filter_map(|c| c.node.as_ref().map(|n| n.id.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csds_on_the_xds_port_shows_only_the_groups_the_identity_may_join() {
+    let pki = Pki::new("csds");
+    let server = pki.server("server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let teal = Serve::start(
+        dir.path(),
+        &groups_config(&[
+            ("edge", Some("'spiffe://test.example/ns/prod/edge/*'")),
+            ("sidecar", Some("'spiffe://test.example/ns/prod/sidecar/*'")),
+        ]),
+        &xds_mtls_args(&pki, &server),
+    )
+    .await;
+    let edge = pki.spiffe("edge", "spiffe://test.example/ns/prod/edge/e1");
+    let sidecar = pki.spiffe("sidecar", "spiffe://test.example/ns/prod/sidecar/s1");
+    let (r, _keep_edge, _tx_edge) = ads_as(teal.xds, &pki, &edge, "edge-1", "edge").await;
+    r.expect("edge admitted");
+    let (r, _keep_side, _tx_side) = ads_as(teal.xds, &pki, &sidecar, "sidecar-1", "sidecar").await;
+    r.expect("sidecar admitted");
+
+    assert_eq!(csds_ids(teal.xds, &pki, &edge).await, ["edge-1"]);
+    assert_eq!(csds_ids(teal.xds, &pki, &sidecar).await, ["sidecar-1"]);
+    let nobody = pki.dns("nobody", &[]);
+    assert_eq!(csds_ids(teal.xds, &pki, &nobody).await, [] as [&str; 0]);
+    // The admin port (loopback, the operators') shows every group.
+    let (all, ok) = csds_admin(teal.admin).await;
+    assert!(ok, "{all:#}");
+    let mut ids: Vec<&str> = all["config"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| c["node"]["id"].as_str())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["edge-1", "sidecar-1"]);
+}
+
+/// The CSDS answer of the admin port, from the real CSDS client
+/// (`tests/support/csds_client.py`), and whether the call succeeded.
+async fn csds_admin(port: u16) -> (Value, bool) {
+    const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/csds_client.py");
+    let out = Command::new("python3")
+        .arg(CLIENT)
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--no-contents")
+        .output()
+        .await
+        .expect("run the CSDS client");
+    let json: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON from the CSDS client ({e}): {}", show(&out)));
+    (json, out.status.success())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -553,6 +993,51 @@ async fn envoys_over_mtls_are_admitted_by_identity_and_survive_rotation() {
     let served = served_certificate(teal.xds, &pki.ca, Some(&allowed)).await;
     assert_eq!(served, rotated.der);
     drop((a, b, c, d));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_oversized_certificate_is_logged_once_per_cause() {
+    let pki = Pki::new("flood");
+    let server = pki.server("server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Both ports share the files; the watch interval is 0.2 s.
+    let teal = Serve::start(
+        dir.path(),
+        &config(free_port(), None),
+        &[
+            "--xds-tls-cert".into(),
+            path(&server.cert),
+            "--xds-tls-key".into(),
+            path(&server.key),
+            "--admin-tls-cert".into(),
+            path(&server.cert),
+            "--admin-tls-key".into(),
+            path(&server.key),
+        ],
+    )
+    .await;
+    let refused = || teal.log().matches("TLS reload refused").count();
+    let good = std::fs::read_to_string(&server.cert).expect("read");
+
+    std::fs::remove_file(&server.cert).expect("remove");
+    teal.wait_log("TLS reload refused", 2).await;
+    // Ten more intervals: no more lines for the same cause.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(refused(), 2, "once per port:\n{}", teal.log());
+
+    // Another cause: once more per port.
+    std::fs::write(&server.cert, "x".repeat(2 << 20)).expect("write");
+    teal.wait_log("TLS reload refused", 4).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(refused(), 4, "once per port and cause:\n{}", teal.log());
+
+    // Back, then missing again: that is news.
+    write_atomically(&server.cert, &good);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    std::fs::remove_file(&server.cert).expect("remove");
+    teal.wait_log("TLS reload refused", 6).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(refused(), 6, "{}", teal.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,9 @@ use teal::resources::ResourceType;
 use teal::shutdown::{ShutdownTrigger, shutdown_channel};
 use teal::snapshot::{GroupResources, SnapshotInput};
 use teal::snapshot_store::{SnapshotWriter, snapshot_store};
-use teal::xds::{ProxyRegistry, StreamLimits, XdsServer, XdsServerConfig};
+use teal::xds::{
+    ClientStatus, CsdsLimits, ProxyRegistry, StreamLimits, XdsServer, XdsServerConfig,
+};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -69,6 +71,7 @@ struct Server {
     addr: SocketAddr,
     writer: SnapshotWriter,
     registry: Arc<ProxyRegistry>,
+    csds: ClientStatus,
     _stop: ShutdownTrigger,
 }
 
@@ -83,11 +86,13 @@ impl Server {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let server = XdsServer::new(reader, registry.clone(), shutdown, config);
+        let csds = server.client_status();
         tokio::spawn(server.serve(listener));
         Server {
             addr,
             writer,
             registry,
+            csds,
             _stop: trigger,
         }
     }
@@ -456,7 +461,11 @@ async fn connections_past_the_limit_are_refused_and_slots_come_back() {
     let a = server.channel().await;
     let mut held = Ads::open(&a, request("a", vec![])).await.expect("a");
     held.next().await.expect("a served");
-    let idle = TcpStream::connect(server.addr).await.expect("b");
+    // A second connection done with its handshake (one that is not would
+    // be closed to make room for the third).
+    let b = server.channel().await;
+    let mut held_b = Ads::open(&b, request("b", vec![])).await.expect("b");
+    held_b.next().await.expect("b served");
     // The third connection is closed at once.
     let mut third = TcpStream::connect(server.addr).await.expect("c");
     let took = closed_within(&mut third, Duration::from_secs(5)).await;
@@ -464,7 +473,7 @@ async fn connections_past_the_limit_are_refused_and_slots_come_back() {
     // The first is undisturbed.
     held.send(request("a", vec!["a".into()])).await;
     // Once a slot frees, a new client is served.
-    drop(idle);
+    drop((held_b, b));
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
@@ -584,4 +593,166 @@ async fn accept_backs_off_at_the_file_descriptor_limit() {
         (1..=4).contains(&reports),
         "accept errors are logged once per interval, not per error ({reports} reports):\n{text}"
     );
+}
+
+/// A raw HTTP/2 connection to `addr` that never reads: every stream's
+/// flow-control window is 0, while the connection answers pings. Its
+/// driver task ends when teal closes the connection.
+async fn unread_connection(
+    addr: SocketAddr,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<()>,
+) {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake(tcp)
+        .await
+        .expect("HTTP/2 handshake");
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (send, driver)
+}
+
+/// A call kept open and unread: its response and request halves.
+type Unread = (http::Response<h2::RecvStream>, h2::SendStream<bytes::Bytes>);
+
+/// A unary `FetchClientStatus` on `send` whose answer is never read: the
+/// call, once its answer is on its way (its response headers came), or
+/// the status it was refused with.
+async fn fetch_unread(send: &h2::client::SendRequest<bytes::Bytes>) -> Result<Unread, Status> {
+    use envoy_types::pb::envoy::service::status::v3::ClientStatusRequest;
+    use prost::Message;
+    let body = ClientStatusRequest::default().encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(body.len()).expect("small").to_be_bytes());
+    frame.extend_from_slice(&body);
+    let request = http::Request::post(
+        "http://teal/envoy.service.status.v3.ClientStatusDiscoveryService/FetchClientStatus",
+    )
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .expect("request");
+    let mut ready = send.clone().ready().await.expect("ready");
+    let (response, mut stream) = ready.send_request(request, false).expect("send");
+    stream
+        .send_data(bytes::Bytes::from(frame), true)
+        .expect("send the request");
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("headers in time")
+        .expect("headers");
+    match Status::from_header_map(response.headers()) {
+        Some(status) if status.code() != Code::Ok => Err(status),
+        _ => Ok((response, stream)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csds_answers_left_unread_are_bounded_and_their_connection_closed() {
+    const PER_CONNECTION: usize = 256 * 1024;
+    const TOTAL: usize = 384 * 1024;
+    let server = Server::start(XdsServerConfig {
+        csds: CsdsLimits {
+            max_unread_bytes_per_connection: PER_CONNECTION,
+            max_unread_bytes: TOTAL,
+            unread_timeout: Duration::from_secs(2),
+            ..CsdsLimits::default()
+        },
+        ..XdsServerConfig::default()
+    })
+    .await;
+    // 40 proxies with 1 KiB node ids: an answer of about 50 KiB.
+    let channel = server.channel().await;
+    let mut proxies = Vec::new();
+    for i in 0..40 {
+        let id = format!("{i:04}-{}", "x".repeat(1000));
+        let mut ads = Ads::open(&channel, request(&id, vec![]))
+            .await
+            .expect("open");
+        ads.next().await.expect("served");
+        proxies.push(ads);
+    }
+
+    // One connection asks and never reads: answers are built until the
+    // connection's bound, then refused naming it.
+    let (first, first_driver) = unread_connection(server.addr).await;
+    let mut held = Vec::new();
+    let refused = loop {
+        match fetch_unread(&first).await {
+            Ok(call) => held.push(call),
+            Err(status) => break status,
+        }
+        assert!(held.len() < 50, "never refused");
+    };
+    assert_exhausted(&refused, "--max-csds-unread-bytes-per-connection");
+    let one_connection = server.csds.unread().total();
+    eprintln!(
+        "unread CSDS answers: {} calls, {one_connection} bytes on one connection",
+        held.len()
+    );
+    assert!(held.len() >= 2, "{} answers", held.len());
+    assert!(one_connection <= PER_CONNECTION, "{one_connection}");
+
+    // A second one: up to the bound over all connections.
+    let (second, second_driver) = unread_connection(server.addr).await;
+    let refused = loop {
+        match fetch_unread(&second).await {
+            Ok(call) => held.push(call),
+            Err(status) => break status,
+        }
+        assert!(held.len() < 100, "never refused");
+    };
+    assert_exhausted(&refused, "(--max-csds-unread-bytes)");
+    let all = server.csds.unread().total();
+    eprintln!("unread CSDS answers over two connections: {all} bytes (bound {TOTAL})");
+    assert!(all <= TOTAL && all > one_connection, "{all}");
+
+    // Neither reads: both are closed after the unread timeout, which
+    // gives everything back.
+    let started = Instant::now();
+    for driver in [first_driver, second_driver] {
+        tokio::time::timeout(Duration::from_secs(10), driver)
+            .await
+            .expect("the connection is closed in time")
+            .expect("driver");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(held);
+    wait_until_zero(&server.csds).await;
+
+    // A client that reads gets its answer.
+    use envoy_types::pb::envoy::service::status::v3::ClientStatusRequest;
+    use envoy_types::pb::envoy::service::status::v3::client_status_discovery_service_client::ClientStatusDiscoveryServiceClient;
+    let answer = ClientStatusDiscoveryServiceClient::new(server.channel().await)
+        .fetch_client_status(ClientStatusRequest::default())
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!(answer.config.len(), 40);
+    assert_eq!(
+        server.csds.unread().total(),
+        0,
+        "a read answer is given back"
+    );
+    drop(proxies);
+}
+
+async fn wait_until_zero(csds: &ClientStatus) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while csds.unread().total() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} bytes still counted",
+            csds.unread().total()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -41,18 +41,20 @@ pub struct LimitArgs {
     /// and the cut marked.
     #[arg(long, default_value_t = KIB, value_parser = clap::value_parser!(u64).range(64..=MIB))]
     pub max_nack_bytes: u64,
-    /// Most connections open at once on the xDS port; past it new ones are
-    /// closed on accept.
+    /// Most connections open at once on the xDS port; past it the oldest
+    /// still in its handshake makes room, or new ones are closed on accept.
     #[arg(long, default_value_t = ConnectionLimits::XDS_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_xds_connections: u64,
-    /// Most connections open at once on the admin port; past it new ones
-    /// are closed on accept.
+    /// Most connections open at once on the admin port; past it the oldest
+    /// still in its handshake makes room, or new ones are closed on accept.
     #[arg(long, default_value_t = ConnectionLimits::ADMIN_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_admin_connections: u64,
     /// Most concurrent HTTP/2 streams per connection, on both ports.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_streams_per_connection: u32,
-    /// Seconds a new connection may take to send its first bytes.
+    /// Seconds a new connection may take, from its accept, to finish its
+    /// handshake (TLS, then its protocol's preface); on a full port the
+    /// oldest connection still in its handshake makes room for a new one.
     #[arg(long, default_value = "10", value_parser = timeout_seconds)]
     pub handshake_timeout: Duration,
     /// Seconds a connection may send nothing at all (HTTP/2 clients are
@@ -76,6 +78,19 @@ pub struct LimitArgs {
     /// wait for a turn.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub max_csds_concurrent: u64,
+    /// Most bytes of CSDS answers built and not yet read by their clients,
+    /// over both ports; an answer past it ends its call with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 256 * MIB, value_parser = clap::value_parser!(u64).range(KIB..=16 * 1024 * MIB))]
+    pub max_csds_unread_bytes: u64,
+    /// Most bytes of CSDS answers built and not yet read on one
+    /// connection; an answer past it ends its call with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 64 * MIB, value_parser = clap::value_parser!(u64).range(KIB..=16 * 1024 * MIB))]
+    pub max_csds_unread_bytes_per_connection: u64,
+    /// Seconds a CSDS answer may stay unread before its connection is
+    /// closed.
+    #[arg(long, default_value = "30", value_parser = timeout_seconds)]
+    pub csds_unread_timeout: Duration,
     /// Most endpoints one fleet whose endpoints come from outside the file
     /// (`endpoints: registered`) may have; a change past it is refused
     /// (RESOURCE_EXHAUSTED, exit 1) and nothing changes.
@@ -152,6 +167,9 @@ impl LimitArgs {
             max_matchers: size(self.max_csds_matchers),
             max_response_bytes: size(self.max_csds_response_bytes),
             max_concurrent: size(self.max_csds_concurrent),
+            max_unread_bytes: size(self.max_csds_unread_bytes),
+            max_unread_bytes_per_connection: size(self.max_csds_unread_bytes_per_connection),
+            unread_timeout: self.csds_unread_timeout,
         };
         *admin = connections(self.max_admin_connections);
         xds.max_connection_age = self.xds_connection_age.0;
@@ -234,6 +252,9 @@ mod tests {
             &["--max-csds-request-bytes", "10"],
             &["--max-csds-response-bytes", "0"],
             &["--max-csds-concurrent", "0"],
+            &["--max-csds-unread-bytes", "0"],
+            &["--max-csds-unread-bytes-per-connection", "10"],
+            &["--csds-unread-timeout", "0"],
             &["--xds-connection-age", "0"],
             &["--xds-connection-age", "forever"],
         ] {

@@ -42,6 +42,19 @@
 //! matchers) is refused with `INVALID_ARGUMENT` rather than ignored, so a
 //! filter never silently selects more than asked.
 //!
+//! # Who sees what
+//!
+//! On the xDS port, a CSDS client sees only the proxies of the groups its
+//! own connection's identity could join ([`IdentityPolicy::admits`]): the
+//! groups that list no `identities`, and those whose `identities` admit
+//! its client certificate. A proxy's certificate thus shows it its own
+//! group and nothing of the others; a certificate no group admits, or a
+//! client without one, sees only the groups open to anyone. Without
+//! `identities` in the config every group is open, and the port shows
+//! every proxy to whoever reaches it. The admin port's CSDS is not
+//! filtered: reaching it is the operators' privilege (loopback, or its
+//! own TLS and client CA).
+//!
 //! # Bounds
 //!
 //! A request may hold at most [`CsdsLimits::max_matchers`] matchers and
@@ -51,14 +64,24 @@
 //! answers are built at once, the rest wait their turn. Past a limit the
 //! call (or stream) ends with `RESOURCE_EXHAUSTED` naming it.
 //!
+//! An answer built is held until its client has read it, which a client
+//! can put off for ever (an HTTP/2 window of 0, while it answers pings).
+//! So the bytes of answers built and not yet sent whole are counted, per
+//! connection ([`CsdsLimits::max_unread_bytes_per_connection`]) and in all
+//! ([`CsdsLimits::max_unread_bytes`]): an answer that would go past either
+//! is dropped and its call ends with `RESOURCE_EXHAUSTED` naming the
+//! limit. An answer still unread after [`CsdsLimits::unread_timeout`]
+//! closes its connection, which frees everything it holds.
+//!
 //! An answer is built from a copy of the registry ([`ProxyRegistry::proxies`])
 //! and the snapshot's `Arc`, on a blocking thread: no lock is held while
 //! it is built, and a large answer does not stall the xDS streams.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use envoy_types::pb::envoy::admin::v3::{ClientResourceStatus, UpdateFailureState};
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -74,16 +97,17 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 };
 use envoy_types::pb::google::protobuf::{Any, Timestamp};
 use prost::Message;
-use tokio::sync::{Semaphore, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::codegen::{Body, BoxFuture, Context, Poll, Service, StdError};
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::identity::{IdentityGate, IdentityPolicy, PeerIdentity};
 use crate::resources::ResourceType;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Snapshot, TypeSnapshot};
 use crate::snapshot_store::SnapshotReader;
+use crate::tls::ConnInfo;
 
 use super::limits::{Limit, OverLimit};
 use super::protocol::StreamKind;
@@ -112,6 +136,15 @@ pub struct CsdsLimits {
     /// take up to `max_response_bytes` of memory and a core while built;
     /// further requests wait for a turn.
     pub max_concurrent: usize,
+    /// Most bytes of answers built and not yet read by their clients, over
+    /// both ports. Default 256 MiB: four answers at the largest size.
+    pub max_unread_bytes: usize,
+    /// Most bytes of answers built and not yet read on one connection.
+    /// Default 64 MiB: one answer at the largest size.
+    pub max_unread_bytes_per_connection: usize,
+    /// How long an answer may stay unread before its connection is
+    /// closed. Default 30 s: a client that asked reads its answer at once.
+    pub unread_timeout: Duration,
 }
 
 impl Default for CsdsLimits {
@@ -121,6 +154,9 @@ impl Default for CsdsLimits {
             max_matchers: 64,
             max_response_bytes: 64 * 1024 * 1024,
             max_concurrent: 4,
+            max_unread_bytes: 256 * 1024 * 1024,
+            max_unread_bytes_per_connection: 64 * 1024 * 1024,
+            unread_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -268,10 +304,14 @@ impl NodeFilter {
     }
 }
 
-/// Which proxies a request selects: those any filter matches, or all.
+/// Which proxies a request selects: those any filter matches, or all;
+/// and of those only the groups the asker may see, when it is gated.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Selector {
     filters: Vec<NodeFilter>,
+    /// The identity policy in force and the asker's identity: only the
+    /// groups that policy would let it join are visible.
+    visible_to: Option<(Arc<IdentityPolicy>, PeerIdentity)>,
 }
 
 impl Selector {
@@ -289,12 +329,25 @@ impl Selector {
             .enumerate()
             .map(|(i, m)| NodeFilter::parse(m, i))
             .collect::<Result<_, _>>()?;
-        Ok(Selector { filters })
+        Ok(Selector {
+            filters,
+            visible_to: None,
+        })
+    }
+
+    /// Narrows the selection to the groups `policy` lets `identity` join.
+    pub fn visible_to(mut self, policy: Arc<IdentityPolicy>, identity: PeerIdentity) -> Selector {
+        self.visible_to = Some((policy, identity));
+        self
     }
 
     /// Whether the proxy with node id `id` in `group` is selected.
     pub fn matches(&self, id: &str, group: &str) -> bool {
-        self.filters.is_empty() || self.filters.iter().any(|f| f.matches(id, group))
+        let visible = self
+            .visible_to
+            .as_ref()
+            .is_none_or(|(policy, identity)| policy.admits(group, identity));
+        visible && (self.filters.is_empty() || self.filters.iter().any(|f| f.matches(id, group)))
     }
 }
 
@@ -488,7 +541,155 @@ struct Shared {
     limits: CsdsLimits,
     /// Turns to build an answer ([`CsdsLimits::max_concurrent`]).
     turns: Semaphore,
+    /// Bytes of answers built and not yet read.
+    unread: Arc<Unread>,
     shutdown: Shutdown,
+}
+
+/// Bytes of answers built and not yet read, in all and per connection
+/// (by the client's address; an answer for a caller without one counts
+/// in all only).
+#[derive(Debug, Default)]
+pub struct Unread {
+    state: Mutex<UnreadState>,
+}
+
+#[derive(Debug, Default)]
+struct UnreadState {
+    total: usize,
+    per_connection: HashMap<SocketAddr, usize>,
+}
+
+impl Unread {
+    /// Bytes of answers built and not yet read, in all.
+    pub fn total(&self) -> usize {
+        self.lock().total
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, UnreadState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts `bytes` for `conn`, or says which limit they would go past.
+    fn reserve(
+        self: &Arc<Self>,
+        conn: Option<SocketAddr>,
+        bytes: usize,
+        limits: &CsdsLimits,
+    ) -> Result<Held, OverLimit> {
+        let mut state = self.lock();
+        if let Some(addr) = conn {
+            let held = state.per_connection.get(&addr).copied().unwrap_or(0);
+            OverLimit::check(
+                Limit::CsdsUnreadBytesPerConnection,
+                || format!("this connection's unread CSDS answers (with this one, {bytes} bytes)"),
+                held.saturating_add(bytes),
+                limits.max_unread_bytes_per_connection,
+            )?;
+        }
+        OverLimit::check(
+            Limit::CsdsUnreadBytes,
+            || format!("all clients' unread CSDS answers (with this one, {bytes} bytes)"),
+            state.total.saturating_add(bytes),
+            limits.max_unread_bytes,
+        )?;
+        state.total += bytes;
+        if let Some(addr) = conn {
+            *state.per_connection.entry(addr).or_default() += bytes;
+        }
+        Ok(Held {
+            unread: self.clone(),
+            conn,
+            bytes,
+            _watchdog: None,
+        })
+    }
+}
+
+/// The bytes of one answer, counted as unread until this drops: when the
+/// answer was sent whole, or its call or connection ended.
+#[derive(Debug)]
+struct Held {
+    unread: Arc<Unread>,
+    conn: Option<SocketAddr>,
+    bytes: usize,
+    /// Dropped with this, which tells the watchdog the answer was read.
+    _watchdog: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut state = self.unread.lock();
+        state.total = state.total.saturating_sub(self.bytes);
+        if let Some(addr) = self.conn
+            && let Some(n) = state.per_connection.get_mut(&addr)
+        {
+            *n = n.saturating_sub(self.bytes);
+            if *n == 0 {
+                state.per_connection.remove(&addr);
+            }
+        }
+    }
+}
+
+/// A [`Held`] in a response's extensions (which want `Clone`), moved into
+/// its body by [`CsdsServer`].
+#[derive(Clone, Debug)]
+struct HeldAnswer {
+    _held: Arc<Held>,
+}
+
+/// A response body that holds its answer's count until it is dropped.
+struct HeldBody {
+    inner: tonic::body::Body,
+    _held: HeldAnswer,
+}
+
+impl http_body::Body for HeldBody {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Status>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The answers of a `StreamClientStatus` call; each answer's count is
+/// held until the next is taken (the previous one has been handed to the
+/// connection then) or the call ends.
+#[derive(Debug)]
+pub struct Answers {
+    rx: mpsc::Receiver<(Result<ClientStatusResponse, Status>, Option<Held>)>,
+    last: Option<Held>,
+}
+
+impl tokio_stream::Stream for Answers {
+    type Item = Result<ClientStatusResponse, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        match std::task::ready!(this.rx.poll_recv(cx)) {
+            Some((answer, held)) => {
+                this.last = held;
+                Poll::Ready(Some(answer))
+            }
+            None => {
+                this.last = None;
+                Poll::Ready(None)
+            }
+        }
+    }
 }
 
 /// The CSDS service; clones share the registry, the snapshot store and
@@ -496,6 +697,9 @@ struct Shared {
 #[derive(Clone, Debug)]
 pub struct ClientStatus {
     shared: Arc<Shared>,
+    /// On the xDS port: answers show only the groups the asker's identity
+    /// may join (see the module docs). `None` on the admin port.
+    gate: Option<Arc<IdentityGate>>,
 }
 
 impl ClientStatus {
@@ -511,10 +715,19 @@ impl ClientStatus {
                 registry,
                 reader,
                 turns: Semaphore::new(limits.max_concurrent.max(1)),
+                unread: Arc::default(),
                 limits,
                 shutdown,
             }),
+            gate: None,
         }
+    }
+
+    /// This service, answering each asker with only the groups `gate`'s
+    /// policy lets its connection's identity join (for the xDS port).
+    pub fn gated(mut self, gate: Arc<IdentityGate>) -> ClientStatus {
+        self.gate = Some(gate);
+        self
     }
 
     /// The service to mount on a tonic server.
@@ -528,14 +741,41 @@ impl ClientStatus {
         }
     }
 
-    /// Answers one request: checks it whole, then builds the answer from
-    /// a copy of the registry on a blocking thread, once it has a turn.
+    /// Bytes of answers built and not yet read by their clients.
+    pub fn unread(&self) -> Arc<Unread> {
+        self.shared.unread.clone()
+    }
+
+    /// Answers one request of a client of `identity`: checks it whole,
+    /// then builds the answer from a copy of the registry on a blocking
+    /// thread, once it has a turn.
     pub async fn answer(
         &self,
         request: &ClientStatusRequest,
+        identity: &PeerIdentity,
     ) -> Result<ClientStatusResponse, Status> {
+        self.answer_held(request, identity, None)
+            .await
+            .map(|(answer, _)| answer)
+    }
+
+    /// [`ClientStatus::answer`], counted as unread for the connection
+    /// `conn` until the returned [`Held`] drops; watched, so that the
+    /// connection is closed if it is not read within
+    /// [`CsdsLimits::unread_timeout`].
+    async fn answer_held(
+        &self,
+        request: &ClientStatusRequest,
+        identity: &PeerIdentity,
+        conn: Option<&ConnInfo>,
+    ) -> Result<(ClientStatusResponse, Held), Status> {
         let s = &self.shared;
-        let selector = Selector::parse(&request.node_matchers, s.limits.max_matchers)?;
+        let mut selector = Selector::parse(&request.node_matchers, s.limits.max_matchers)?;
+        if let Some(gate) = &self.gate {
+            // The policy in force when the request is answered: a reload
+            // that revokes an identity narrows its next answer.
+            selector = selector.visible_to(gate.policy(), identity.clone());
+        }
         let contents = !request.exclude_resource_contents;
         let _turn = s
             .turns
@@ -550,7 +790,35 @@ impl ClientStatus {
         })
         .await
         .map_err(|e| Status::internal(format!("building the CSDS answer failed: {e}")))?;
-        Ok(built?)
+        let answer = built?;
+        let remote = conn.and_then(|c| c.remote);
+        let mut held = s
+            .unread
+            .reserve(remote, answer.encoded_len(), &s.limits)
+            .map_err(CsdsError::from)?;
+        if let Some(conn) = conn {
+            let (done, read) = oneshot::channel();
+            held._watchdog = Some(done);
+            let conn = conn.clone();
+            let timeout = s.limits.unread_timeout;
+            tokio::spawn(async move {
+                tokio::select! {
+                    // Read whole (or dropped with its call): the sender
+                    // went with the `Held`.
+                    _ = read => {}
+                    () = tokio::time::sleep(timeout) => {
+                        tracing::warn!(
+                            peer = ?conn.remote,
+                            ?timeout,
+                            flag = "--csds-unread-timeout",
+                            "closing a connection: its client left a CSDS answer unread"
+                        );
+                        conn.close();
+                    }
+                }
+            });
+        }
+        Ok((answer, held))
     }
 }
 
@@ -559,12 +827,14 @@ const STREAM_QUEUE: usize = 2;
 
 #[tonic::async_trait]
 impl ClientStatusDiscoveryService for ClientStatus {
-    type StreamClientStatusStream = ReceiverStream<Result<ClientStatusResponse, Status>>;
+    type StreamClientStatusStream = Answers;
 
     async fn stream_client_status(
         &self,
         request: Request<Streaming<ClientStatusRequest>>,
     ) -> Result<Response<Self::StreamClientStatusStream>, Status> {
+        let identity = identity_of(&request);
+        let conn = request.extensions().get::<ConnInfo>().cloned();
         let mut requests = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let this = self.clone();
@@ -574,32 +844,57 @@ impl ClientStatusDiscoveryService for ClientStatus {
             loop {
                 let next = tokio::select! {
                     () = shutdown.wait() => {
-                        let _ = tx.send(Err(Status::unavailable("teal is shutting down"))).await;
+                        let _ = tx.send((Err(Status::unavailable("teal is shutting down")), None)).await;
                         return;
                     }
                     next = requests.message() => next,
                 };
                 let answer = match next {
-                    Ok(Some(req)) => this.answer(&req).await,
+                    Ok(Some(req)) => this
+                        .answer_held(&req, &identity, conn.as_ref())
+                        .await
+                        .map(|(answer, held)| (answer, Some(held))),
                     Ok(None) => return,
                     Err(status) => Err(request_error(status, max_request_bytes)),
                 };
                 let failed = answer.is_err();
+                let answer = match answer {
+                    Ok((answer, held)) => (Ok(answer), held),
+                    Err(status) => (Err(status), None),
+                };
                 // The client left, or this was its last answer.
                 if tx.send(answer).await.is_err() || failed {
                     return;
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Answers { rx, last: None }))
     }
 
     async fn fetch_client_status(
         &self,
         request: Request<ClientStatusRequest>,
     ) -> Result<Response<ClientStatusResponse>, Status> {
-        self.answer(request.get_ref()).await.map(Response::new)
+        let identity = identity_of(&request);
+        let conn = request.extensions().get::<ConnInfo>().cloned();
+        let (answer, held) = self
+            .answer_held(request.get_ref(), &identity, conn.as_ref())
+            .await?;
+        let mut response = Response::new(answer);
+        response.extensions_mut().insert(HeldAnswer {
+            _held: Arc::new(held),
+        });
+        Ok(response)
     }
+}
+
+/// The identity the client certificate of a request's connection proved.
+fn identity_of<T>(request: &Request<T>) -> PeerIdentity {
+    request
+        .extensions()
+        .get::<ConnInfo>()
+        .map(ConnInfo::identity)
+        .unwrap_or(PeerIdentity::Unauthenticated)
 }
 
 /// The status a request over the size limit gets. tonic refuses it from
@@ -649,14 +944,22 @@ where
         let max = self.max_request_bytes;
         let call: Pin<Box<_>> = Box::pin(self.inner.call(req));
         Box::pin(async move {
-            let response = call.await?;
+            let mut response = call.await?;
             // A refused unary request is answered with its status in the
             // headers (trailers only); streams map theirs themselves.
             match Status::from_header_map(response.headers()) {
                 Some(status) if status.code() == tonic::Code::OutOfRange => {
                     Ok(request_error(status, max).into_http())
                 }
-                _ => Ok(response),
+                _ => {
+                    // The answer's count goes with its body, which hyper
+                    // drops once it is sent whole or the call ends.
+                    if let Some(held) = response.extensions_mut().remove::<HeldAnswer>() {
+                        response = response
+                            .map(|inner| tonic::body::Body::new(HeldBody { inner, _held: held }));
+                    }
+                    Ok(response)
+                }
             }
         })
     }

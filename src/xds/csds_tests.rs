@@ -345,6 +345,43 @@ fn by_group(g: &str) -> NodeMatcher {
 }
 
 #[test]
+fn a_gated_selector_shows_only_the_groups_the_identity_may_join() {
+    use crate::identity::{IdentityPattern, IdentityPolicy};
+    let reg = ProxyRegistry::new();
+    let snap = snapshot("v1", group(&["a"], "a"), None);
+    let _h = [
+        connect(&reg, StreamKind::Aggregated, "edge-1", "edge"),
+        connect(&reg, StreamKind::Aggregated, "side-1", "sidecar"),
+        connect(&reg, StreamKind::Aggregated, "open-1", "open"),
+    ];
+    let pattern = |p: &str| vec![IdentityPattern::parse(p).expect("pattern")];
+    let policy = Arc::new(IdentityPolicy::new(
+        [
+            ("edge".to_owned(), pattern("spiffe://t/ns/edge/*")),
+            ("sidecar".to_owned(), pattern("*.sidecar.example")),
+        ]
+        .into_iter()
+        .collect(),
+    ));
+    let seen = |identity: PeerIdentity| {
+        let selector = Selector::parse(&[], 64)
+            .expect("supported")
+            .visible_to(policy.clone(), identity);
+        ids(&answer(&reg, &snap, &selector))
+    };
+    assert_eq!(
+        seen(PeerIdentity::Spiffe("spiffe://t/ns/edge/a".into())),
+        ["edge-1", "open-1"]
+    );
+    assert_eq!(
+        seen(PeerIdentity::Dns(vec!["a.sidecar.example".into()])),
+        ["open-1", "side-1"]
+    );
+    assert_eq!(seen(PeerIdentity::Dns(vec![])), ["open-1"]);
+    assert_eq!(seen(PeerIdentity::Unauthenticated), ["open-1"]);
+}
+
+#[test]
 fn matchers_select_by_id_and_group() {
     use string_matcher::MatchPattern as P;
     let reg = ProxyRegistry::new();
@@ -482,17 +519,23 @@ async fn the_service_answers_from_the_registry_and_the_served_snapshot() {
     let (_trigger, shutdown) = crate::shutdown::shutdown_channel();
     let csds = ClientStatus::new(reg, reader, CsdsLimits::default(), shutdown);
     let r = csds
-        .answer(&ClientStatusRequest::default())
+        .answer(
+            &ClientStatusRequest::default(),
+            &PeerIdentity::Unauthenticated,
+        )
         .await
         .expect("answer");
     let cds = entries(&r, ResourceType::Cluster);
     assert_eq!(cds[0].name, "a");
     assert_eq!(status(cds[0]).0, ConfigStatus::Synced);
     let refused = csds
-        .answer(&ClientStatusRequest {
-            node_matchers: vec![by_group("edge"); 65],
-            ..Default::default()
-        })
+        .answer(
+            &ClientStatusRequest {
+                node_matchers: vec![by_group("edge"); 65],
+                ..Default::default()
+            },
+            &PeerIdentity::Unauthenticated,
+        )
         .await
         .expect_err("over the default of 64");
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted);

@@ -34,6 +34,10 @@ pub enum Limit {
     CsdsRequestBytes,
     /// Bytes of one CSDS answer.
     CsdsResponseBytes,
+    /// Bytes of CSDS answers built and not yet read, over all clients.
+    CsdsUnreadBytes,
+    /// Bytes of CSDS answers built and not yet read, on one connection.
+    CsdsUnreadBytesPerConnection,
 }
 
 impl Limit {
@@ -47,6 +51,8 @@ impl Limit {
             Limit::CsdsMatchers => "--max-csds-matchers",
             Limit::CsdsRequestBytes => "--max-csds-request-bytes",
             Limit::CsdsResponseBytes => "--max-csds-response-bytes",
+            Limit::CsdsUnreadBytes => "--max-csds-unread-bytes",
+            Limit::CsdsUnreadBytesPerConnection => "--max-csds-unread-bytes-per-connection",
         }
     }
 
@@ -70,6 +76,10 @@ impl fmt::Display for Limit {
             Limit::CsdsMatchers => "CSDS node matchers limit",
             Limit::CsdsRequestBytes => "CSDS request size limit",
             Limit::CsdsResponseBytes => "CSDS answer size limit",
+            Limit::CsdsUnreadBytes => "limit on CSDS answers not yet read",
+            Limit::CsdsUnreadBytesPerConnection => {
+                "limit on CSDS answers not yet read per connection"
+            }
         })
     }
 }

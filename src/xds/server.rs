@@ -164,11 +164,18 @@ impl XdsServer {
             .add_service(DiscoveryService::<Eds>::new(s))
             .add_service(DiscoveryService::<Lds>::new(s))
             .add_service(DiscoveryService::<Rds>::new(s))
-            .add_service(self.csds.clone().into_server())
+            .add_service(
+                self.csds
+                    .clone()
+                    .gated(s.config.identities.clone())
+                    .into_server(),
+            )
     }
 
     /// The CSDS service of this server (its registry and snapshots), to
-    /// mount on another port too; it shares this server's limits.
+    /// mount on another port too; it shares this server's limits. Unlike
+    /// the xDS port's, it shows every group whatever the asker's identity
+    /// (for the admin port, whose clients are operators).
     pub fn client_status(&self) -> ClientStatus {
         self.csds.clone()
     }
@@ -228,6 +235,9 @@ async fn run_stream<M: Planner>(
     let mut handle = shared.registry.register(kind, M::DELTA);
     handle.set_identity(&identity);
     let mut admitted = false;
+    // Subscribed before the node is checked: a policy put in force after
+    // that check is seen as a change.
+    let mut policies = shared.config.identities.watch();
     let mut reader = shared.reader.clone();
     let mut shutdown = shared.shutdown.clone();
     // Made once, not at every turn of the loop: a stream turns it at
@@ -274,6 +284,25 @@ async fn run_stream<M: Planner>(
                 let snapshot = reader.current();
                 machine.on_snapshot(&snapshot)
             }
+            () = next_policy(&mut policies), if admitted => {
+                // A reload that no longer admits this stream's identity to
+                // its group ends it, as if it had just arrived: it leaves
+                // the registry, so no flip waits for it.
+                if let Some(node) = machine.node()
+                    && !admits(&shared, node, &identity)
+                {
+                    tracing::warn!(
+                        stream = handle.id(),
+                        node = %untrusted(&node.id),
+                        group = %untrusted(&node.cluster),
+                        identity = %untrusted(&identity.to_string()),
+                        "stream closed: the reloaded config no longer lets its identity join its group"
+                    );
+                    let _ = tx.send(Err(refused(node, &identity))).await;
+                    return;
+                }
+                continue;
+            }
         };
         if !admitted && let Some(node) = machine.node() {
             // Checked before the node is recorded or anything is sent: a
@@ -287,14 +316,7 @@ async fn run_stream<M: Planner>(
                     identity = %untrusted(&identity.to_string()),
                     "stream refused: its identity may not join the group it claims"
                 );
-                let _ = tx
-                    .send(Err(Status::permission_denied(format!(
-                        "identity {} may not join group {} (groups.{}.identities)",
-                        untrusted(&identity.to_string()),
-                        untrusted(&node.cluster),
-                        untrusted(&node.cluster),
-                    ))))
-                    .await;
+                let _ = tx.send(Err(refused(node, &identity))).await;
                 return;
             }
             admitted = true;
@@ -306,6 +328,26 @@ async fn run_stream<M: Planner>(
                 return;
             }
         }
+    }
+}
+
+/// The status of a stream whose identity may not join its group.
+fn refused(node: &NodeInfo, identity: &PeerIdentity) -> Status {
+    Status::permission_denied(format!(
+        "identity {} may not join group {} (groups.{}.identities)",
+        untrusted(&identity.to_string()),
+        untrusted(&node.cluster),
+        untrusted(&node.cluster),
+    ))
+}
+
+/// Returns when a new identity policy is put in force; never once the
+/// gate is gone (the policy in force then stays).
+async fn next_policy(
+    policies: &mut watch::Receiver<std::sync::Arc<crate::identity::IdentityPolicy>>,
+) {
+    if policies.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
