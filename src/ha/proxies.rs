@@ -69,7 +69,7 @@
 //! confirmation, which follows the registry, waits for them and rolls
 //! back on their NACK exactly as for its own proxies. A replica that wins
 //! the election says it leads only after that first read (see
-//! [`mirror`]). When it stops leading, the mirror is dropped whole.
+//! `mirror`). When it stops leading, the mirror is dropped whole.
 //!
 //! # Departed replicas
 //!
