@@ -1,5 +1,6 @@
-//! The rollout semantics of issue 9, one test per numbered item, end to
-//! end: the real `teal serve` binary on a config file and a state
+//! The rollout semantics, one test per promise (the rollback point,
+//! reloads, empty fleets, shift steps, undos, crashes, retirements), end
+//! to end: the real `teal serve` binary on a config file and a state
 //! directory, three real Envoys (an edge and two sidecars, see
 //! `support::world`), and the real CLI. Each test judges the CLI's exit
 //! codes and output, `teal status`/`teal history` JSON, and what the
@@ -96,7 +97,7 @@ async fn weights_now(w: &World, which: &[usize]) -> Vec<std::collections::BTreeM
 /// nothing moves, every Envoy stays on blue. The NACKed flip records no
 /// convergence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item1_rollback_after_a_nacked_flip_is_refused() {
+async fn rollback_after_a_nacked_flip_is_refused() {
     let w = World::start_with(REGEX_ROUTE, true).await;
     let edge = &w.envoys[0];
 
@@ -146,7 +147,7 @@ async fn item1_rollback_after_a_nacked_flip_is_refused() {
 /// and the rollback point is blue=100, the split before the shift; `teal
 /// rollback` brings every Envoy back to blue, not to green.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item2_rollback_after_an_aborted_shift_restores_the_split_before_it() {
+async fn rollback_after_an_aborted_shift_restores_the_split_before_it() {
     let w = World::start().await;
     expect(
         &w,
@@ -222,7 +223,7 @@ async fn item2_rollback_after_an_aborted_shift_restores_the_split_before_it() {
 /// start on such a config (exit 65), and starts again on a good one with
 /// green still live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item3_reloads_never_move_traffic() {
+async fn reloads_never_move_traffic() {
     let three = |p: &support::world::Ports| {
         let mut spec = World::usual_spec(p, support::world::PREFIX_ROUTE);
         if let Some(web) = spec.web.as_mut() {
@@ -315,7 +316,7 @@ async fn item3_reloads_never_move_traffic() {
 /// 1, "no endpoints"), and so is a rollback (nothing to go back to);
 /// nothing is published and every Envoy stays on blue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item4_no_traffic_to_an_empty_fleet() {
+async fn no_traffic_to_an_empty_fleet() {
     let w = World::start().await;
     expect(
         &w,
@@ -373,7 +374,7 @@ async fn item4_no_traffic_to_an_empty_fleet() {
 /// too, while `--steps 80,100` goes through. Every Envoy holds what status
 /// says at each point.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item5_shift_steps_start_from_the_current_split() {
+async fn shift_steps_start_from_the_current_split() {
     let w = World::start().await;
     let (_, v0) = w.web_status().await;
     let out = expect(
@@ -443,7 +444,7 @@ async fn item5_shift_steps_start_from_the_current_split() {
 /// back to blue even though blue's checks fail, which a plain rollback
 /// refuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item6_a_rollback_that_times_out_is_not_undone() {
+async fn a_rollback_that_times_out_is_not_undone() {
     let w = World::start().await;
     expect(
         &w,
@@ -527,7 +528,7 @@ async fn item6_a_rollback_that_times_out_is_not_undone() {
 /// says blue under the rollback's version, which teal keeps serving
 /// (nothing is pushed back to green).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item6_a_rejected_rollback_is_not_undone() {
+async fn a_rejected_rollback_is_not_undone() {
     let w = World::start_with(REGEX_ROUTE, true).await;
     let edge = &w.envoys[0];
     expect(
@@ -568,7 +569,7 @@ async fn item6_a_rejected_rollback_is_not_undone() {
 /// `unconfirmed` (exit 4), and every Envoy does hold green, as status
 /// says; `teal rollback` then goes back to blue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item7_unconfirmed_undos_are_not_reported_as_rolled_back() {
+async fn unconfirmed_undos_are_not_reported_as_rolled_back() {
     let w = World::start().await;
 
     // Undo not confirmed in time.
@@ -620,7 +621,7 @@ async fn item7_unconfirmed_undos_are_not_reported_as_rolled_back() {
 /// starts on its `live` fleet with the aborted flip in its history, and a
 /// new flip is not busy and goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item8_removing_a_service_ends_its_operation() {
+async fn removing_a_service_ends_its_operation() {
     let with_api = |p: &support::world::Ports| ConfigSpec {
         api: true,
         ..World::usual_spec(p, support::world::PREFIX_ROUTE)
@@ -677,7 +678,7 @@ async fn item8_removing_a_service_ends_its_operation() {
 /// ends `interrupted` (exit 5 through `teal follow`) with step 1 in effect
 /// on every Envoy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item9a_kill_9_mid_operation_is_resolved_on_restart() {
+async fn kill_9_mid_operation_is_resolved_on_restart() {
     let mut w = World::start().await;
 
     let slow = Paused::stop(&w.envoys[SLOW]);
@@ -744,7 +745,7 @@ async fn item9a_kill_9_mid_operation_is_resolved_on_restart() {
 /// happens on its own (recorded once, `succeeded`, blue retired, every
 /// Envoy on green), and the next operation's id is larger.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item9b_a_pending_retirement_survives_kill_9() {
+async fn a_pending_retirement_survives_kill_9() {
     let mut w = World::start().await;
     expect(
         &w,
@@ -807,7 +808,7 @@ async fn item9b_a_pending_retirement_survives_kill_9() {
 /// convergence and no sample; a flip that times out on a stopped Envoy
 /// and is rolled back records none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item10_convergence_is_recorded_only_when_confirmed() {
+async fn convergence_is_recorded_only_when_confirmed() {
     let with_api = |p: &support::world::Ports| ConfigSpec {
         api: true,
         ..World::usual_spec(p, support::world::PREFIX_ROUTE)
@@ -865,7 +866,7 @@ async fn item10_convergence_is_recorded_only_when_confirmed() {
 /// cancels the retirement (its CLI exits 3, recorded `aborted`) and goes
 /// back to blue on every Envoy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item11_busy_names_abort_and_rollback_cancels_a_retirement() {
+async fn busy_names_abort_and_rollback_cancels_a_retirement() {
     let w = World::start().await;
     expect(
         &w,
@@ -920,7 +921,7 @@ async fn item11_busy_names_abort_and_rollback_cancels_a_retirement() {
 /// not get the endpoint; once the flip has succeeded the change is applied
 /// as a new version and the edge routes to the new endpoint too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item12_endpoint_changes_wait_for_the_operation() {
+async fn endpoint_changes_wait_for_the_operation() {
     let w = World::start().await;
     let green = format!("127.0.0.1:{}", w.ports.green);
     let red = format!("127.0.0.1:{}", w.ports.red);
@@ -976,7 +977,7 @@ async fn item12_endpoint_changes_wait_for_the_operation() {
 /// end before the operation does, and with no proxy left connected the
 /// flip counts as confirmed (with a warning) and goes on to its checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item9c_shutdown_ends_operations_but_keeps_a_pending_retirement() {
+async fn shutdown_ends_operations_but_keeps_a_pending_retirement() {
     let with_api = |p: &support::world::Ports| ConfigSpec {
         api: true,
         ..World::usual_spec(p, support::world::PREFIX_ROUTE)
@@ -1042,7 +1043,7 @@ async fn item9c_shutdown_ends_operations_but_keeps_a_pending_retirement() {
 /// (`teal follow` exits 2) with one history entry and no convergence;
 /// once resumed, the stopped Envoy is on blue too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item9d_kill_9_during_an_undo_resumes_the_undo() {
+async fn kill_9_during_an_undo_resumes_the_undo() {
     let mut w = World::start().await;
     let slow = Paused::stop(&w.envoys[SLOW]);
     let flip = w.cli_spawn(&["flip", "web", "--to", "green", "--timeout", "3s"]);
@@ -1069,7 +1070,7 @@ async fn item9d_kill_9_during_an_undo_resumes_the_undo() {
 /// teal starts again: the flip still gets its one history entry
 /// (`aborted`, the service was removed), visible once web is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item9e_an_operation_of_a_service_removed_while_teal_was_down_is_recorded() {
+async fn an_operation_of_a_service_removed_while_teal_was_down_is_recorded() {
     let with_api = |p: &support::world::Ports| ConfigSpec {
         api: true,
         ..World::usual_spec(p, support::world::PREFIX_ROUTE)
@@ -1110,7 +1111,7 @@ async fn item9e_an_operation_of_a_service_removed_while_teal_was_down_is_recorde
 /// red; step 2 is fitted to the config of its commit, never replaced by
 /// the config's `live:`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item3_a_reload_between_shift_steps_keeps_the_shift_on_course() {
+async fn a_reload_between_shift_steps_keeps_the_shift_on_course() {
     let three = |p: &support::world::Ports| {
         let mut spec = World::usual_spec(p, support::world::PREFIX_ROUTE);
         if let Some(web) = spec.web.as_mut() {
@@ -1151,10 +1152,10 @@ async fn item3_a_reload_between_shift_steps_keeps_the_shift_on_course() {
 /// green.
 ///
 /// The retirement's change was planned naming red; it is fitted to the
-/// config of its commit, as in `item3_a_reload_between_shift_steps_keeps_
+/// config of its commit, as in `a_reload_between_shift_steps_keeps_
 /// the_shift_on_course`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item3_a_reload_during_a_pending_retirement_keeps_the_weights() {
+async fn a_reload_during_a_pending_retirement_keeps_the_weights() {
     let three = |p: &support::world::Ports| {
         let mut spec = World::usual_spec(p, support::world::PREFIX_ROUTE);
         if let Some(web) = spec.web.as_mut() {
@@ -1197,7 +1198,7 @@ async fn item3_a_reload_during_a_pending_retirement_keeps_the_weights() {
 /// to: web was never switched) while `retire web green --after 60s` waits
 /// changes nothing: exit 1, and the retirement still waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item11_a_refused_rollback_keeps_a_waiting_retirement() {
+async fn a_refused_rollback_keeps_a_waiting_retirement() {
     let w = World::start().await;
     let retire = w.cli_spawn(&["retire", "web", "green", "--after", "60s"]);
     let web = w
@@ -1224,7 +1225,7 @@ async fn item11_a_refused_rollback_keeps_a_waiting_retirement() {
 /// warning, and records no convergence and no `/metrics` sample, since
 /// not every proxy confirmed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn item10_no_convergence_when_the_proxies_leave() {
+async fn no_convergence_when_the_proxies_leave() {
     let mut w = World::start().await;
     let samples = convergence_samples(&w.metrics().await);
     let slow = Paused::stop(&w.envoys[SLOW]);
