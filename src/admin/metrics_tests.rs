@@ -2,9 +2,9 @@ use std::collections::BTreeMap;
 
 use super::*;
 
-/// The README's Metrics table: (name, type, labels) per row.
+/// The Metrics table of `docs/cli-and-admin-api.md`: (name, type, labels) per row.
 fn readme_metrics() -> Vec<(String, String, Vec<String>)> {
-    let readme = include_str!("../../README.md");
+    let readme = include_str!("../../docs/cli-and-admin-api.md");
     let table = readme
         .split("### Metrics")
         .nth(1)
