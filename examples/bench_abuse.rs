@@ -39,7 +39,7 @@
 //!   code, and then both Envoys answering from `green`, are its outcome.
 //!
 //! RSS is printed every second. The bound is 2 × idle RSS plus what the
-//! README ("Limits", "What a client can make teal hold") documents for
+//! docs/limits.md ("Limits", "What a client can make teal hold") documents for
 //! everything the abusers hold at once ([`Bound`]): per abusive client a
 //! connection and a stream with a request being handled and one
 //! subscription, the many-streams connection with its idle streams, and
@@ -49,7 +49,7 @@
 //! at the end, Ctrl-C included.
 //!
 //! `--costs` measures instead what an idle connection and an idle stream
-//! cost (the README's figures): teal's RSS with 1,000 of each open.
+//! cost (the figures in docs/limits.md): teal's RSS with 1,000 of each open.
 //! `BENCH_TEAL_WRAP="heaptrack -o FILE"` runs teal under a profiler.
 //!
 //! Everything listens on and connects to 127.0.0.1 only.
@@ -92,7 +92,7 @@ const SILENT_PER_PORT: usize = 100;
 const SLOW_PER_PORT: usize = 50;
 
 /// The RSS bound: twice teal's idle RSS (allocator slack, caches warmed by
-/// the Envoys) plus what the README ("Limits", "What a client can make
+/// the Envoys) plus what docs/limits.md ("Limits", "What a client can make
 /// teal hold") documents for everything the abusers hold at once, at
 /// teal's default limits ([`cost`]):
 /// - each abusive client: one connection (idle cost and its unread
@@ -906,7 +906,7 @@ async fn unread_csds(xds: u16, end: Instant, stats: Arc<CsdsStats>) {
 }
 
 /// `--costs`: what an idle connection and an idle stream cost teal, from
-/// its RSS with 1,000 of each open (the figures the README's "Limits"
+/// its RSS with 1,000 of each open (the figures docs/limits.md's "Limits"
 /// documents).
 async fn costs(xds: u16, pid: u32) -> anyhow::Result<()> {
     const N: usize = 1000;

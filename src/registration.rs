@@ -246,7 +246,7 @@ pub enum RegistrationError {
 }
 
 /// Bounds on endpoints from outside the file, each a `teal serve` flag
-/// with a row in the README's Limits table.
+/// with a row in the limits table (docs/limits.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EndpointLimits {
     /// Most endpoints one fleet may have (`--max-fleet-endpoints`).

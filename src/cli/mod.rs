@@ -155,7 +155,7 @@ pub enum Output {
     /// Aligned columns for people.
     #[default]
     Table,
-    /// JSON with stable field names (listed in the README).
+    /// JSON with stable field names (listed in docs/cli-and-admin-api.md).
     Json,
 }
 

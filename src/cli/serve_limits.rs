@@ -1,7 +1,7 @@
 //! The limits flags of `teal serve`: what proxies and other clients may
 //! make teal hold. Each is checked when the command line is parsed (zero
-//! and absurd values exit 64), and each has a row in the README's
-//! "Limits" table. The defaults and why they are what they are live with
+//! and absurd values exit 64), and each has a row in the
+//! "Limits" table (docs/limits.md). The defaults and why they are what they are live with
 //! the fields they set: [`StreamLimits`], [`ConnectionLimits`] and
 //! [`XdsServerConfig`].
 

@@ -1,7 +1,7 @@
 //! The config model: operators describe services once, in YAML, and teal
 //! turns that into Envoy resources for every proxy group.
 //!
-//! The format is documented in the README's Configuration section; [`DEFAULT_CONFIG`] is a
+//! The format is documented in docs/configuration.md; [`DEFAULT_CONFIG`] is a
 //! complete example.
 //!
 //! # Pipeline

@@ -1,7 +1,7 @@
 //! The typed config model: what a valid `teal.yaml` means.
 //!
 //! Values of these types come only from [`Config::parse`](super::Config::parse),
-//! which checks everything described in the README's Configuration section; code that
+//! which checks everything described in docs/configuration.md; code that
 //! consumes a [`Config`] may rely on those checks (every route names an
 //! existing service, every live fleet listed in the file has endpoints,
 //! and so on).

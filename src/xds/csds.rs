@@ -118,7 +118,7 @@ use super::status::{ProxyRegistry, ProxyStatus, TypeStatus};
 pub const GROUP_KEY: &str = "node.cluster";
 
 /// What one CSDS request may ask of teal. Each bound has a `teal serve`
-/// flag and a row in the README's "Limits" table.
+/// flag and a row in the "Limits" table (docs/limits.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CsdsLimits {
     /// Largest request message, in bytes. Default 64 KiB: a request is a

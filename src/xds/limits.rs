@@ -5,7 +5,7 @@
 //! delta subscription grows across requests, and strings a proxy sends
 //! (its node id, its NACK messages) are kept for as long as it stays
 //! connected and copied into status, history and logs. Each bound here has
-//! a `teal serve` flag and a row in the README's "Limits" table.
+//! a `teal serve` flag and a row in the "Limits" table (docs/limits.md).
 //!
 //! The defaults are sized for thousands of real Envoys with room to spare:
 //! an Envoy sidecar names hundreds to a few thousand clusters (its EDS
@@ -156,7 +156,7 @@ impl Default for StreamLimits {
 }
 
 /// What the limits let a client make teal hold: the memory model the
-/// README's "Limits" documents and the abuse soak (`examples/bench_abuse.rs`)
+/// "Limits" table (docs/limits.md) documents and the abuse soak (`examples/bench_abuse.rs`)
 /// checks teal's RSS against.
 ///
 /// The request and subscription figures are upper bounds worked out from
@@ -231,7 +231,7 @@ pub mod cost {
     }
 
     /// Most heap one stream subscribed to `types` types costs, with a
-    /// request being handled: what the README documents per stream.
+    /// request being handled: what docs/limits.md documents per stream.
     pub const fn stream_bytes(
         max_request_bytes: usize,
         limits: &StreamLimits,
@@ -274,7 +274,7 @@ mod tests {
         assert_eq!(cut("é", 0), "… [cut: 2 bytes]");
     }
 
-    /// The figures the README's "Limits" states for the defaults.
+    /// The figures docs/limits.md states for the defaults.
     #[test]
     fn documented_costs_at_the_default_limits() {
         let limits = StreamLimits::default();

@@ -308,7 +308,7 @@ pub(super) fn http_path(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Stri
 
 /// A route's `regex`: a non-empty pattern that parses as a regular
 /// expression. Checked with Rust's `regex-syntax`, which shares RE2's
-/// syntax for everything but a few extensions (see the README), so what
+/// syntax for everything but a few extensions (see docs/configuration.md), so what
 /// passes here is what Envoy's RE2 compiles in all but those cases.
 pub(super) fn path_regex(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<String> {
     let s = text(cx, node, path)?;
