@@ -107,8 +107,12 @@ impl Escape {
         match self {
             Escape::Named(_) => 2,
             Escape::Byte(_) => 4,
-            Escape::Unicode(code) if code > 0xff => 8,
-            Escape::Unicode(_) => 6,
+            // `\u{` + the hex digits + `}`: format characters reach five
+            // digits (the tag characters at U+E0000).
+            Escape::Unicode(code) => {
+                let digits = (u32::BITS - code.leading_zeros()).div_ceil(4).max(1);
+                4 + usize::try_from(digits).unwrap_or(8)
+            }
         }
     }
 }
@@ -324,6 +328,15 @@ mod tests {
         assert_eq!(safe("🦀🦀🦀", 2), "🦀🦀…");
         assert_eq!(safe("é", 0), "…");
         assert_eq!(safe("", 0), "");
+    }
+
+    #[test]
+    fn a_five_digit_escape_counts_all_its_characters() {
+        // U+E0020 (a tag character) shows as `\u{e0020}`: nine characters.
+        let out = safe("\u{e0020}\u{e0020}", 9);
+        assert_eq!(out, "\\u{e0020}…");
+        assert_eq!(safe("\u{e0020}", 8), "…");
+        assert_eq!(safe("\u{9b}", 6), "\\u{9b}");
     }
 
     #[test]
