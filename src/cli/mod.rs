@@ -248,10 +248,13 @@ pub struct ServeArgs {
     /// etcd access.
     #[command(flatten)]
     pub store_access: StoreArgs,
-    /// Seconds between checks of the config file for changes (0.1 to 3600).
+    /// How often the config file is checked for changes: a duration
+    /// (`1s`, `500ms`; 100ms to 1h; a bare number of seconds is still
+    /// taken).
     #[arg(long, default_value = "1", value_parser = watch_interval)]
     pub watch_interval: Duration,
-    /// Seconds open proxy streams get to close on shutdown (0 to 300).
+    /// How long open proxy streams get to close on shutdown: a duration
+    /// (`5s`; 0s to 5m; a bare number of seconds is still taken).
     #[arg(long, default_value = "5", value_parser = drain)]
     pub drain: Duration,
     /// Characters of one value (a node id, a NACK message) a log line
@@ -300,8 +303,9 @@ pub struct StoreArgs {
     #[arg(long, default_value_t = crate::state::etcd::DEFAULT_MAX_VALUE_BYTES as u64,
           value_parser = clap::value_parser!(u64).range(4096..=1 << 30))]
     pub store_max_value_bytes: u64,
-    /// Seconds of the etcd lease that holds the leadership (1 to 60): a
-    /// dead leader is replaced within about this long.
+    /// The etcd lease that holds the leadership, in whole seconds (`5s`;
+    /// 1s to 60s; a bare number of seconds is still taken): a dead leader
+    /// is replaced within about this long.
     #[arg(long, default_value = "5", value_parser = leader_lease)]
     pub leader_lease: Duration,
     /// How long the leader keeps waiting for the proxies of a replica
@@ -412,15 +416,24 @@ fn drain(s: &str) -> Result<Duration, String> {
     seconds_in(s, 0.0, 300.0)
 }
 
-/// A number of seconds from `min` to `max`, as a duration. Checked here so
-/// that no value can reach `Duration::from_secs_f64`'s panics (negative,
-/// NaN, too large) or a zero period.
-fn seconds_in(s: &str, min: f64, max: f64) -> Result<Duration, String> {
-    match s.trim().parse::<f64>() {
-        Ok(v) if (min..=max).contains(&v) => Duration::try_from_secs_f64(v)
-            .map_err(|e| format!("{s:?} is not a number of seconds: {e}")),
+/// A duration from `min` to `max` seconds, written as every duration in
+/// teal is (`10s`, `1m30s`, `500ms`: [`crate::config::parse_duration`]),
+/// or as a bare number of seconds, which the flags of `teal serve` took
+/// before and still take (deprecated: scripts that pass `5` keep
+/// working). Checked here so that no value can reach
+/// `Duration::from_secs_f64`'s panics (negative, NaN, too large) or a
+/// zero period.
+pub(crate) fn seconds_in(s: &str, min: f64, max: f64) -> Result<Duration, String> {
+    let s = s.trim();
+    let d = match s.parse::<f64>() {
+        Ok(v) if (min..=max).contains(&v) => Duration::try_from_secs_f64(v).ok(),
+        Ok(_) => None,
+        Err(_) => crate::config::parse_duration(s).ok(),
+    };
+    match d {
+        Some(d) if (min..=max).contains(&d.as_secs_f64()) => Ok(d),
         _ => Err(format!(
-            "{s:?} is not a number of seconds from {min} to {max}"
+            "{s:?} is not a duration from {min} s to {max} s (write it like 10s, 1m30s or 500ms)"
         )),
     }
 }
@@ -572,4 +585,25 @@ fn serve_command(args: ServeArgs) -> u8 {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod duration_flag_tests {
+    use super::*;
+
+    #[test]
+    fn serve_durations_take_units_and_bare_seconds() {
+        assert_eq!(drain("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(drain("0.2"), Ok(Duration::from_millis(200)));
+        assert_eq!(watch_interval("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(leader_lease("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(leader_lease("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(departed_hold("5m"), Ok(Duration::from_secs(300)));
+        for bad in ["1e20", "301", "6m", "NaN", "-1s", "5 s", ""] {
+            assert!(drain(bad).is_err(), "--drain {bad:?} is refused");
+        }
+        assert!(watch_interval("50ms").is_err(), "under 100ms");
+        assert!(leader_lease("61s").is_err());
+        assert!(departed_hold("25h").is_err());
+    }
 }

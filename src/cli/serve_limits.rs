@@ -52,12 +52,12 @@ pub struct LimitArgs {
     /// Most concurrent HTTP/2 streams per connection, on both ports.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_streams_per_connection: u32,
-    /// Seconds a new connection may take, from its accept, to finish its
+    /// How long (a duration: `10s`) a new connection may take, from its accept, to finish its
     /// handshake (TLS, then its protocol's preface); on a full port the
     /// oldest connection still in its handshake makes room for a new one.
     #[arg(long, default_value = "10", value_parser = timeout_seconds)]
     pub handshake_timeout: Duration,
-    /// Seconds a connection may send nothing at all (HTTP/2 clients are
+    /// How long (`60s`) a connection may send nothing at all (HTTP/2 clients are
     /// pinged after a third of it).
     #[arg(long, default_value = "60", value_parser = timeout_seconds)]
     pub idle_timeout: Duration,
@@ -87,7 +87,7 @@ pub struct LimitArgs {
     /// connection; an answer past it ends its call with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 64 * MIB, value_parser = clap::value_parser!(u64).range(KIB..=16 * 1024 * MIB))]
     pub max_csds_unread_bytes_per_connection: u64,
-    /// Seconds a CSDS answer may stay unread before its connection is
+    /// How long (`30s`) a CSDS answer may stay unread before its connection is
     /// closed.
     #[arg(long, default_value = "30", value_parser = timeout_seconds)]
     pub csds_unread_timeout: Duration,
@@ -96,7 +96,7 @@ pub struct LimitArgs {
     /// (RESOURCE_EXHAUSTED, exit 1) and nothing changes.
     #[arg(long, default_value_t = EndpointLimits::DEFAULT_MAX_FLEET_ENDPOINTS as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_fleet_endpoints: u64,
-    /// Longest TTL `teal register` may ask for, in seconds; a longer one
+    /// Longest TTL `teal register` may ask for (`1h`); a longer one
     /// is refused.
     #[arg(long, default_value = "3600", value_parser = timeout_seconds)]
     pub max_register_ttl: Duration,
@@ -106,15 +106,15 @@ pub struct LimitArgs {
     /// admin port.
     #[arg(long)]
     pub allow_any_endpoint_address: bool,
-    /// Seconds an xDS connection may stay open, or `never`. Past it teal
+    /// How long (`30m`) an xDS connection may stay open, or `never`. Past it teal
     /// sends GOAWAY and closes its streams 5 s later; the proxy keeps its
     /// configuration and reconnects, so proxies spread again over
     /// replicas (one that restarted gets its share back).
-    #[arg(long, default_value = "1800", value_name = "SECONDS|never", value_parser = connection_age)]
+    #[arg(long, default_value = "1800", value_name = "DURATION|never", value_parser = connection_age)]
     pub xds_connection_age: ConnectionAge,
 }
 
-/// `--xds-connection-age`: a number of seconds, or never.
+/// `--xds-connection-age`: a duration, or never.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionAge(pub Option<Duration>);
 
@@ -127,15 +127,14 @@ fn connection_age(s: &str) -> Result<ConnectionAge, String> {
         .map_err(|e| format!("{e}, nor never"))
 }
 
-/// A timeout of more than 0 and at most a day, in seconds.
+/// A timeout of more than 0 and at most a day: a duration (`10s`, `2m`)
+/// or a bare number of seconds (see [`super::seconds_in`]).
 fn timeout_seconds(s: &str) -> Result<Duration, String> {
     const DAY: f64 = 86_400.0;
-    match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v <= DAY => {
-            Duration::try_from_secs_f64(v).map_err(|e| format!("{s:?}: {e}"))
-        }
+    match super::seconds_in(s, 0.0, DAY) {
+        Ok(d) if !d.is_zero() => Ok(d),
         _ => Err(format!(
-            "{s:?} is not a number of seconds above 0 and at most {DAY}"
+            "{s:?} is not a duration above 0 and at most 24h (write it like 10s or 500ms)"
         )),
     }
 }
@@ -271,5 +270,37 @@ mod tests {
             short.xds_connection_age,
             ConnectionAge(Some(Duration::from_millis(2500)))
         );
+    }
+
+    #[test]
+    fn durations_are_written_as_everywhere_else_and_bare_seconds_still_work() {
+        let d = parse(&[
+            "--handshake-timeout",
+            "1m30s",
+            "--idle-timeout",
+            "500ms",
+            "--xds-connection-age",
+            "30m",
+            "--max-register-ttl",
+            "2h",
+        ])
+        .expect("durations");
+        assert_eq!(d.handshake_timeout, Duration::from_secs(90));
+        assert_eq!(d.idle_timeout, Duration::from_millis(500));
+        assert_eq!(
+            d.xds_connection_age,
+            ConnectionAge(Some(Duration::from_secs(1800)))
+        );
+        assert_eq!(d.max_register_ttl, Duration::from_secs(7200));
+        let bare = parse(&["--handshake-timeout", "7"]).expect("bare seconds");
+        assert_eq!(bare.handshake_timeout, Duration::from_secs(7));
+        for bad in [
+            &["--handshake-timeout", "0s"][..],
+            &["--handshake-timeout", "25h"],
+            &["--idle-timeout", "10 s"],
+            &["--idle-timeout", "1.5s"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} is refused");
+        }
     }
 }
