@@ -251,11 +251,11 @@ pub struct ServeArgs {
     /// How often the config file is checked for changes: a duration
     /// (`1s`, `500ms`; 100ms to 1h; a bare number of seconds is still
     /// taken).
-    #[arg(long, default_value = "1", value_parser = watch_interval)]
+    #[arg(long, default_value = "1s", value_parser = watch_interval)]
     pub watch_interval: Duration,
     /// How long open proxy streams get to close on shutdown: a duration
     /// (`5s`; 0s to 5m; a bare number of seconds is still taken).
-    #[arg(long, default_value = "5", value_parser = drain)]
+    #[arg(long, default_value = "5s", value_parser = drain)]
     pub drain: Duration,
     /// Characters of one value (a node id, a NACK message) a log line
     /// shows; the rest is cut and marked with `…` (64 to 65536).
@@ -306,7 +306,7 @@ pub struct StoreArgs {
     /// The etcd lease that holds the leadership, in whole seconds (`5s`;
     /// 1s to 60s; a bare number of seconds is still taken): a dead leader
     /// is replaced within about this long.
-    #[arg(long, default_value = "5", value_parser = leader_lease)]
+    #[arg(long, default_value = "5s", value_parser = leader_lease)]
     pub leader_lease: Duration,
     /// How long the leader keeps waiting for the proxies of a replica
     /// whose etcd lease ended (killed, cut off, paused) when they do not

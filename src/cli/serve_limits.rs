@@ -55,11 +55,11 @@ pub struct LimitArgs {
     /// How long (a duration: `10s`) a new connection may take, from its accept, to finish its
     /// handshake (TLS, then its protocol's preface); on a full port the
     /// oldest connection still in its handshake makes room for a new one.
-    #[arg(long, default_value = "10", value_parser = timeout_seconds)]
+    #[arg(long, default_value = "10s", value_parser = timeout_seconds)]
     pub handshake_timeout: Duration,
     /// How long (`60s`) a connection may send nothing at all (HTTP/2 clients are
     /// pinged after a third of it).
-    #[arg(long, default_value = "60", value_parser = timeout_seconds)]
+    #[arg(long, default_value = "60s", value_parser = timeout_seconds)]
     pub idle_timeout: Duration,
     /// Largest CSDS request message, in bytes (both ports); a larger one
     /// ends its call with RESOURCE_EXHAUSTED.
@@ -89,7 +89,7 @@ pub struct LimitArgs {
     pub max_csds_unread_bytes_per_connection: u64,
     /// How long (`30s`) a CSDS answer may stay unread before its connection is
     /// closed.
-    #[arg(long, default_value = "30", value_parser = timeout_seconds)]
+    #[arg(long, default_value = "30s", value_parser = timeout_seconds)]
     pub csds_unread_timeout: Duration,
     /// Most endpoints one fleet whose endpoints come from outside the file
     /// (`endpoints: registered`) may have; a change past it is refused
@@ -98,7 +98,7 @@ pub struct LimitArgs {
     pub max_fleet_endpoints: u64,
     /// Longest TTL `teal register` may ask for (`1h`); a longer one
     /// is refused.
-    #[arg(long, default_value = "3600", value_parser = timeout_seconds)]
+    #[arg(long, default_value = "1h", value_parser = timeout_seconds)]
     pub max_register_ttl: Duration,
     /// Accept registered endpoints that no fleet normally means, refused
     /// by default: link-local (169.254.0.0/16, fe80::/10, where cloud
@@ -110,7 +110,7 @@ pub struct LimitArgs {
     /// sends GOAWAY and closes its streams 5 s later; the proxy keeps its
     /// configuration and reconnects, so proxies spread again over
     /// replicas (one that restarted gets its share back).
-    #[arg(long, default_value = "1800", value_name = "DURATION|never", value_parser = connection_age)]
+    #[arg(long, default_value = "30m", value_name = "DURATION|never", value_parser = connection_age)]
     pub xds_connection_age: ConnectionAge,
 }
 
