@@ -34,8 +34,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
 };
 use prost::Message;
-use teal::resources::ResourceType;
 use teal::rollout::{Backend, Operation};
+use teal::xds::resources::ResourceType;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use teal::config::{Config, Weights, translate};
 use teal::rollout::Version;
-use teal::snapshot_store::snapshot_store;
 use teal::state::{FileStore, PersistedState, Revision, ServiceState, StateStore};
+use teal::xds::snapshot_store::snapshot_store;
 
 fn main() -> anyhow::Result<()> {
     let mut groups = 50usize;

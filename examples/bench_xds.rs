@@ -60,8 +60,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DiscoveryRequest, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
-use teal::resources::ResourceType;
-use teal::snapshot::{GroupResources, SnapshotInput};
+use teal::xds::resources::ResourceType;
+use teal::xds::snapshot::{GroupResources, SnapshotInput};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -150,12 +150,12 @@ impl Pipe {
 /// The server side: serve (with TLS when `tls_dir` holds `server.crt`
 /// and `server.key`), and publish a new version per stdin line.
 async fn serve(tls_dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
-    let (mut writer, reader) = teal::snapshot_store::snapshot_store();
+    let (mut writer, reader) = teal::xds::snapshot_store::snapshot_store();
     let registry = teal::xds::ProxyRegistry::new();
     let tls = match tls_dir {
-        Some(dir) => Some(teal::tls::ServerTls::load(
-            teal::listener::Port::Xds,
-            teal::tls::TlsFiles {
+        Some(dir) => Some(teal::transport::tls::ServerTls::load(
+            teal::transport::listener::Port::Xds,
+            teal::transport::tls::TlsFiles {
                 cert: dir.join("server.crt"),
                 key: dir.join("server.key"),
                 client_ca: None,
@@ -202,7 +202,7 @@ mod bare {
     };
     use envoy_types::pb::google::protobuf::Any;
     use prost::Message;
-    use teal::resources::ResourceType;
+    use teal::xds::resources::ResourceType;
     use tokio::sync::mpsc;
     use tokio_stream::StreamExt;
     use tokio_stream::wrappers::ReceiverStream;
@@ -583,7 +583,7 @@ async fn run() -> anyhow::Result<()> {
         std::fs::write(tls_dir.path().join("ca.crt"), ca.pem())?;
         std::fs::write(tls_dir.path().join("server.crt"), cert.pem())?;
         std::fs::write(tls_dir.path().join("server.key"), key.serialize_pem())?;
-        Some(teal::tls::client_config(
+        Some(teal::transport::tls::client_config(
             Some(&tls_dir.path().join("ca.crt")),
             None,
         )?)
@@ -641,7 +641,7 @@ async fn run() -> anyhow::Result<()> {
         let channel = match &client_tls {
             Some(tls) => {
                 tonic::transport::Endpoint::from_shared(format!("https://localhost:{port}"))?
-                    .connect_with_connector(teal::tls::TlsConnector::new(tls.clone()))
+                    .connect_with_connector(teal::transport::tls::TlsConnector::new(tls.clone()))
                     .await?
             }
             None => {

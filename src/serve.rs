@@ -15,19 +15,20 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::admin::{self, Metrics, Tokens};
+use crate::admin::{self, Tokens};
 use crate::config::{self, Config, Diagnostics};
+use crate::controller::cordon::Cordons;
 use crate::controller::{self, Controller};
-use crate::cordon::Cordons;
 use crate::exit;
-use crate::identity::{IdentityGate, IdentityPolicy};
 use crate::kubernetes::KubeFleets;
-use crate::listener::{ConnectionLimits, Port};
+use crate::metrics::Metrics;
 use crate::rollout::Backend;
 use crate::shutdown::Shutdown;
-use crate::snapshot_store::snapshot_store;
 use crate::state::{EtcdStore, FileStore, MemoryStore, StateError, StateStore};
-use crate::tls::{Reloaded, ServerTls, TlsError, TlsFiles};
+use crate::transport::identity::{IdentityGate, IdentityPolicy};
+use crate::transport::listener::{ConnectionLimits, Port};
+use crate::transport::tls::{Reloaded, ServerTls, TlsError, TlsFiles};
+use crate::xds::snapshot_store::snapshot_store;
 use crate::xds::{ProxyRegistry, XdsServer, XdsServerConfig};
 
 /// What `teal serve` was asked to do.
@@ -76,7 +77,7 @@ pub struct ServeOptions {
     /// Bounds on what teal keeps of Kubernetes EndpointSlices.
     pub kube: crate::kubernetes::KubeLimits,
     /// Bounds on endpoints registered through the admin API.
-    pub endpoint_limits: crate::registration::EndpointLimits,
+    pub endpoint_limits: crate::rollout::registration::EndpointLimits,
 }
 
 impl ServeOptions {
@@ -142,7 +143,7 @@ pub enum ServeError {
     Controller(#[from] crate::controller::ControllerError),
     /// The cordons file is unreadable or malformed.
     #[error("{0}")]
-    Cordons(#[from] crate::cordon::CordonError),
+    Cordons(#[from] crate::controller::cordon::CordonError),
     /// The admin tokens file is unreadable or malformed.
     #[error("admin tokens: {0}")]
     Tokens(#[from] crate::admin::TokensError),
@@ -203,7 +204,9 @@ impl ServeError {
             ServeError::LocalToken(admin::local_token::LocalTokenError::NotOwned { .. }) => {
                 exit::EX_NOPERM
             }
-            ServeError::Cordons(crate::cordon::CordonError::Io { .. }) => exit::EX_CANTCREAT,
+            ServeError::Cordons(crate::controller::cordon::CordonError::Io { .. }) => {
+                exit::EX_CANTCREAT
+            }
             ServeError::Cordons(_) => exit::EX_DATAERR,
             ServeError::Transport(_) | ServeError::Admin(_) | ServeError::TaskFailed { .. } => {
                 exit::EX_SOFTWARE
@@ -419,10 +422,11 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
         leadership,
     )
     .await?;
-    let controller = controller.with_endpoint_limits(crate::registration::EndpointLimits {
-        admin_addr: Some(admin_addr),
-        ..opts.endpoint_limits
-    });
+    let controller =
+        controller.with_endpoint_limits(crate::rollout::registration::EndpointLimits {
+            admin_addr: Some(admin_addr),
+            ..opts.endpoint_limits
+        });
     tracing::info!(config = %source.name(), version = %controller.snapshot().version(), "serving config");
     // The xDS port opens once Kubernetes fleets have their first lists, so
     // no proxy is served a Kubernetes fleet empty.

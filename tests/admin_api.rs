@@ -8,13 +8,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use teal::admin::{Metrics, Tokens};
-use teal::resources::ResourceType;
+use teal::admin::Tokens;
+use teal::metrics::Metrics;
 use teal::rollout::{
     Backend, CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, RolloutError,
     ServiceStatus, ShiftSteps, Split, StatusView, Verb,
 };
 use teal::shutdown::{ShutdownTrigger, shutdown_channel};
+use teal::xds::resources::ResourceType;
 use teal::xds::status::{Nack, TypeStatus};
 use teal::xds::{NodeInfo, ProxyStatus, StreamKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -83,7 +84,7 @@ fn proxy(id: &str, stream_id: u64, types: [TypeStatus; 4]) -> ProxyStatus {
         kind: StreamKind::Aggregated,
         delta: false,
         connected_since: SystemTime::now(),
-        identity: teal::identity::PeerIdentity::Unauthenticated,
+        identity: teal::transport::identity::PeerIdentity::Unauthenticated,
         types,
         replica: None,
     }
@@ -246,7 +247,9 @@ async fn start_admin() -> Admin {
     let tokens = Tokens::none().with("alice", TOKEN);
     tokio::spawn(teal::admin::serve(
         listener,
-        teal::listener::ConnectionLimits::default_for(teal::listener::Port::Admin),
+        teal::transport::listener::ConnectionLimits::default_for(
+            teal::transport::listener::Port::Admin,
+        ),
         backend.clone(),
         metrics.clone(),
         tokens,
@@ -699,7 +702,7 @@ async fn ctrl_c_stops_following_and_says_how_to_follow_again() {
 fn no_proxies(shutdown: &teal::shutdown::Shutdown) -> teal::xds::ClientStatus {
     teal::xds::ClientStatus::new(
         teal::xds::ProxyRegistry::new(),
-        teal::snapshot_store::snapshot_store().1,
+        teal::xds::snapshot_store::snapshot_store().1,
         teal::xds::CsdsLimits::default(),
         shutdown.clone(),
     )

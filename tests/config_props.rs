@@ -207,7 +207,7 @@ proptest! {
             }
         }
         // The engine accepts it.
-        prop_assert!(teal::snapshot::Snapshot::build("v", &input, None).is_ok());
+        prop_assert!(teal::xds::snapshot::Snapshot::build("v", &input, None).is_ok());
     }
 
     #[test]
@@ -238,8 +238,8 @@ proptest! {
 
     #[test]
     fn a_snapshot_built_on_another_is_a_fresh_build(spec in spec(), flips in prop::collection::vec(0usize..5, 0..4)) {
-        use teal::resources::ResourceType;
-        use teal::snapshot::Snapshot;
+        use teal::xds::resources::ResourceType;
+        use teal::xds::snapshot::Snapshot;
         let text = yaml(&spec);
         let config = Config::parse(&text, "a.yaml").map_err(|d| TestCaseError::fail(d.to_string()))?;
         let before = translate(&config, &Weights::initial(&config));
@@ -263,7 +263,7 @@ proptest! {
         for group in after.groups.keys() {
             for ty in ResourceType::ALL {
                 let (a, b) = (on_old.group(group).of(ty), fresh.group(group).of(ty));
-                let names = |t: &teal::snapshot::TypeSnapshot| t.resources().keys().cloned().collect::<Vec<_>>();
+                let names = |t: &teal::xds::snapshot::TypeSnapshot| t.resources().keys().cloned().collect::<Vec<_>>();
                 prop_assert_eq!(names(a), names(b));
                 for (name, r) in a.resources() {
                     let f = &b.resources()[name];
@@ -301,7 +301,7 @@ proptest! {
         match Config::parse(&text, "edited.yaml") {
             Ok(config) => {
                 let input = translate(&config, &Weights::initial(&config));
-                prop_assert!(teal::snapshot::Snapshot::build("v", &input, None).is_ok(), "{text}");
+                prop_assert!(teal::xds::snapshot::Snapshot::build("v", &input, None).is_ok(), "{text}");
             }
             Err(diags) => {
                 let shown = diags.to_string();

@@ -17,9 +17,9 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatchAndSubstitute, RegexMatcher};
 use serde_json::Value;
-use teal::resources::ResourceType;
 use teal::serve::{ServeOptions, start as serve_start};
 use teal::shutdown::shutdown_channel;
+use teal::xds::resources::ResourceType;
 
 use support::resources::{http_group, route_config, to_cluster, weighted};
 use support::{CONVERGE, Envoy, Protocol, Teal, Upstream, find, free_port, snapshot};

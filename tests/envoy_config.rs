@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use teal::config::{Config, FLEET_HEADER, Weights, config_digest, translate};
-use teal::resources::ResourceType;
+use teal::xds::resources::ResourceType;
 use teal::xds::status::TypeStatus;
 
 use support::http::{self, HttpResponse};

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatchAndSubstitute, RegexMatcher};
-use teal::resources::ResourceType;
+use teal::xds::resources::ResourceType;
 
 use support::resources::{http_group, route_config, to_cluster, weighted};
 use support::{CONVERGE, Envoy, Protocol, Teal, Upstream, find, free_port, snapshot};

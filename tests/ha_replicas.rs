@@ -14,10 +14,10 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
 };
 use prost::Message;
-use teal::resources::ResourceType;
 use teal::rollout::{Backend, Operation};
 use teal::serve::{Running, ServeOptions, start as serve_start};
 use teal::shutdown::{ShutdownTrigger, shutdown_channel};
+use teal::xds::resources::ResourceType;
 
 use support::etcd::Etcd;
 

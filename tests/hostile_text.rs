@@ -14,13 +14,14 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DiscoveryRequest, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
 };
 use envoy_types::pb::google::rpc::Status as RpcStatus;
-use teal::admin::{Metrics, Tokens};
-use teal::resources::ResourceType;
+use teal::admin::Tokens;
+use teal::metrics::Metrics;
 use teal::rollout::{
     Backend, CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, RolloutError,
     ServiceStatus, Split, StatusView, Verb,
 };
 use teal::shutdown::{ShutdownTrigger, shutdown_channel};
+use teal::xds::resources::ResourceType;
 use teal::xds::status::{Nack, TypeStatus};
 use teal::xds::{NodeInfo, ProxyStatus, StreamKind};
 use tokio::net::TcpListener;
@@ -159,7 +160,7 @@ impl Backend for HostileBackend {
             kind: StreamKind::Aggregated,
             delta: false,
             connected_since: SystemTime::now(),
-            identity: teal::identity::PeerIdentity::Unauthenticated,
+            identity: teal::transport::identity::PeerIdentity::Unauthenticated,
             types: [nacked.clone(), nacked.clone(), nacked.clone(), nacked],
             replica: None,
         }]
@@ -213,7 +214,9 @@ async fn start_admin() -> (SocketAddr, ShutdownTrigger) {
     let (trigger, shutdown) = shutdown_channel();
     tokio::spawn(teal::admin::serve(
         listener,
-        teal::listener::ConnectionLimits::default_for(teal::listener::Port::Admin),
+        teal::transport::listener::ConnectionLimits::default_for(
+            teal::transport::listener::Port::Admin,
+        ),
         Arc::new(HostileBackend::new()),
         Arc::new(Metrics::new()),
         Tokens::none().with("alice", TOKEN),
@@ -525,7 +528,7 @@ fn colours_only_on_a_terminal_without_no_color() {
 fn no_proxies(shutdown: &teal::shutdown::Shutdown) -> teal::xds::ClientStatus {
     teal::xds::ClientStatus::new(
         teal::xds::ProxyRegistry::new(),
-        teal::snapshot_store::snapshot_store().1,
+        teal::xds::snapshot_store::snapshot_store().1,
         teal::xds::CsdsLimits::default(),
         shutdown.clone(),
     )
@@ -563,7 +566,7 @@ groups:
     let running = teal::serve::start(
         teal::serve::ServeOptions {
             admin_tokens: Some(tokens),
-            endpoint_limits: teal::registration::EndpointLimits {
+            endpoint_limits: teal::rollout::registration::EndpointLimits {
                 allow_any_address: allow_any,
                 ..Default::default()
             },

@@ -632,11 +632,11 @@ fn xds_mtls_args(pki: &Pki, server: &Pair) -> Vec<String> {
 
 /// A gRPC channel to teal's xDS port over TLS, presenting `client`.
 async fn xds_channel(port: u16, pki: &Pki, client: &Pair) -> tonic::transport::Channel {
-    let tls = teal::tls::client_config(Some(&pki.ca), Some((&client.cert, &client.key)))
+    let tls = teal::transport::tls::client_config(Some(&pki.ca), Some((&client.cert, &client.key)))
         .expect("client TLS");
     tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
         .expect("uri")
-        .connect_with_connector(teal::tls::TlsConnector::new(tls))
+        .connect_with_connector(teal::transport::tls::TlsConnector::new(tls))
         .await
         .expect("connect to the xDS port")
 }
@@ -1167,12 +1167,12 @@ impl FakeReplica {
 /// A TLS acceptor for a fake replica, with a certificate of `pki`.
 fn fake_tls(pki: &Pki) -> tokio_rustls::TlsAcceptor {
     let pair = pki.server("fake-replica");
-    let files = teal::tls::TlsFiles {
+    let files = teal::transport::tls::TlsFiles {
         cert: pair.cert,
         key: pair.key,
         client_ca: None,
     };
-    teal::tls::ServerTls::load(teal::listener::Port::Admin, files)
+    teal::transport::tls::ServerTls::load(teal::transport::listener::Port::Admin, files)
         .expect("server TLS")
         .acceptor()
 }

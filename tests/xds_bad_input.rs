@@ -10,10 +10,10 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DiscoveryRequest, DiscoveryResponse,
     aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
 };
-use teal::resources::ResourceType;
 use teal::shutdown::shutdown_channel;
-use teal::snapshot::{GroupResources, SnapshotInput};
-use teal::snapshot_store::snapshot_store;
+use teal::xds::resources::ResourceType;
+use teal::xds::snapshot::{GroupResources, SnapshotInput};
+use teal::xds::snapshot_store::snapshot_store;
 use teal::xds::{ProxyRegistry, XdsServer, XdsServerConfig};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -137,7 +137,7 @@ async fn send_garbage(channel: &Channel) -> Status {
 /// with requests limited to [`LIMIT`] bytes; a channel to it, its shutdown
 /// trigger and its task.
 async fn serve(
-    reader: teal::snapshot_store::SnapshotReader,
+    reader: teal::xds::snapshot_store::SnapshotReader,
 ) -> (
     Channel,
     teal::shutdown::ShutdownTrigger,

@@ -13,11 +13,11 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
 };
 use envoy_types::pb::google::rpc;
-use teal::listener::{ConnectionLimits, Port};
-use teal::resources::ResourceType;
 use teal::shutdown::{ShutdownTrigger, shutdown_channel};
-use teal::snapshot::{GroupResources, SnapshotInput};
-use teal::snapshot_store::{SnapshotWriter, snapshot_store};
+use teal::transport::listener::{ConnectionLimits, Port};
+use teal::xds::resources::ResourceType;
+use teal::xds::snapshot::{GroupResources, SnapshotInput};
+use teal::xds::snapshot_store::{SnapshotWriter, snapshot_store};
 use teal::xds::{
     ClientStatus, CsdsLimits, ProxyRegistry, StreamLimits, XdsServer, XdsServerConfig,
 };

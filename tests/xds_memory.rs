@@ -17,10 +17,10 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DiscoveryRequest,
     aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
 };
-use teal::resources::ResourceType;
 use teal::shutdown::shutdown_channel;
-use teal::snapshot::{GroupResources, SnapshotInput};
-use teal::snapshot_store::snapshot_store;
+use teal::xds::resources::ResourceType;
+use teal::xds::snapshot::{GroupResources, SnapshotInput};
+use teal::xds::snapshot_store::snapshot_store;
 use teal::xds::{ProxyRegistry, XdsServer, XdsServerConfig};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;

@@ -1086,7 +1086,7 @@ pub async fn teal_child(args: &[String]) -> anyhow::Result<()> {
                 options.leader_lease = Duration::from_secs(2);
             }
             "--tls" => {
-                options.xds_tls = Some(teal::tls::TlsFiles {
+                options.xds_tls = Some(teal::transport::tls::TlsFiles {
                     cert: value()?,
                     key: value()?,
                     client_ca: Some(value()?),

@@ -8,12 +8,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::registration::{FleetView, Registered, Request};
-use crate::resources::ResourceType;
+use crate::rollout::registration::{FleetView, Registered, Request};
 use crate::rollout::{
     CheckResult, DEFAULT_TIMEOUT, HistoryEntry, Operation, Outcome, Phase, Progress, Retirement,
     RolloutError, ServiceStatus, ShiftSteps, Split, StatusView,
 };
+use crate::xds::resources::ResourceType;
 use crate::xds::status::{Nack, TypeStatus};
 use crate::xds::{ProxyStatus, StreamKind};
 

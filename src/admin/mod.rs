@@ -30,14 +30,14 @@
 //! HTTP/1.1 (or h2) `GET`:
 //!
 //! - `/metrics`: Prometheus text format 0.0.4; every metric is listed
-//!   in [`metrics`].
+//!   in [`crate::metrics`].
 //! - `/healthz`: `200 ok` while the server runs.
 //!
 //! # Auth
 //!
 //! Reads are open to whoever can reach the port, which is why it listens on
 //! loopback by default (or, beyond it, with TLS and client certificates:
-//! see [`crate::tls`]). Calls that change anything need the metadata
+//! see [`crate::transport::tls`]). Calls that change anything need the metadata
 //! `authorization: Bearer <token>` with a token from [`Tokens`] (a tokens
 //! file of `name:token` lines, or `TEAL_ADMIN_TOKEN` as `admin`); the
 //! token's name is recorded as the actor. A missing or unknown token gets
@@ -50,12 +50,10 @@
 //! - [`server`][]: the gRPC service over a [`Backend`].
 //! - [`auth`][]: tokens.
 //! - [`local_token`][]: the token the CLI on the same machine uses when the server was given none.
-//! - [`metrics`][]: counters and the `/metrics` page.
 
 pub mod auth;
 pub mod convert;
 pub mod local_token;
-pub mod metrics;
 pub mod pb;
 pub mod server;
 
@@ -66,14 +64,14 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
-use crate::listener::{ConnectionLimits, Incoming, Port};
 use crate::rollout::Backend;
 use crate::shutdown::Shutdown;
-use crate::tls::ServerTls;
+use crate::transport::listener::{ConnectionLimits, Incoming, Port};
+use crate::transport::tls::ServerTls;
 use crate::xds::{ClientStatus, ProxyRegistry};
 
+use crate::metrics::Metrics;
 pub use auth::{Tokens, TokensError};
-pub use metrics::Metrics;
 pub use server::AdminService;
 
 /// The gRPC services and the HTTP paths, as one router.
@@ -95,7 +93,7 @@ pub fn routes(
                 let (backend, metrics) = (backend.clone(), metrics.clone());
                 async move {
                     (
-                        [(CONTENT_TYPE, metrics::CONTENT_TYPE)],
+                        [(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
                         metrics.render(&*backend).await,
                     )
                 }

@@ -409,7 +409,7 @@ impl Conn {
         // handshake: the first call fails with its alert, or with the
         // connection reset, depending on timing.
         if self.tls && status.code() == Code::Unknown {
-            let why = match crate::tls::rustls_error(status) {
+            let why = match crate::transport::tls::rustls_error(status) {
                 Some(e) => e.to_string(),
                 None => error_chain(status),
             };
@@ -431,7 +431,7 @@ impl Conn {
 fn tls_connector(
     target: &Target,
     uri: &http::Uri,
-) -> Result<Option<crate::tls::TlsConnector>, Failure> {
+) -> Result<Option<crate::transport::tls::TlsConnector>, Failure> {
     let https = uri.scheme_str() == Some("https");
     let files_given = target.ca.is_some() || target.cert.is_some() || target.key.is_some();
     if !https {
@@ -454,14 +454,15 @@ fn tls_connector(
             ));
         }
     };
-    let config = crate::tls::client_config(target.ca.as_deref(), identity).map_err(|e| {
-        let code = match e {
-            crate::tls::TlsError::Unreadable { .. } => EX_NOINPUT,
-            _ => EX_USAGE,
-        };
-        Failure::new(code, format!("TLS: {}", untrusted(&e.to_string())))
-    })?;
-    Ok(Some(crate::tls::TlsConnector::new(config)))
+    let config =
+        crate::transport::tls::client_config(target.ca.as_deref(), identity).map_err(|e| {
+            let code = match e {
+                crate::transport::tls::TlsError::Unreadable { .. } => EX_NOINPUT,
+                _ => EX_USAGE,
+            };
+            Failure::new(code, format!("TLS: {}", untrusted(&e.to_string())))
+        })?;
+    Ok(Some(crate::transport::tls::TlsConnector::new(config)))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

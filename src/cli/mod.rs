@@ -399,8 +399,8 @@ impl TlsArgs {
         cert: Option<PathBuf>,
         key: Option<PathBuf>,
         client_ca: Option<PathBuf>,
-    ) -> Option<crate::tls::TlsFiles> {
-        Some(crate::tls::TlsFiles {
+    ) -> Option<crate::transport::tls::TlsFiles> {
+        Some(crate::transport::tls::TlsFiles {
             cert: cert?,
             key: key?,
             client_ca,
@@ -542,8 +542,8 @@ fn serve_command(args: ServeArgs) -> u8 {
             drain: args.drain,
             ..Default::default()
         },
-        admin_connections: crate::listener::ConnectionLimits::default_for(
-            crate::listener::Port::Admin,
+        admin_connections: crate::transport::listener::ConnectionLimits::default_for(
+            crate::transport::listener::Port::Admin,
         ),
         xds_tls: TlsArgs::files(
             args.tls.xds_tls_cert,

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::listener::ConnectionLimits;
-use crate::registration::EndpointLimits;
+use crate::rollout::registration::EndpointLimits;
+use crate::transport::listener::ConnectionLimits;
 use crate::xds::{CsdsLimits, StreamLimits, XdsServerConfig};
 
 const KIB: u64 = 1024;
@@ -214,7 +214,7 @@ mod tests {
             },
             ..XdsServerConfig::default()
         };
-        let mut admin = ConnectionLimits::default_for(crate::listener::Port::Xds);
+        let mut admin = ConnectionLimits::default_for(crate::transport::listener::Port::Xds);
         parse(&[])
             .expect("defaults parse")
             .apply(&mut xds, &mut admin);
@@ -226,7 +226,7 @@ mod tests {
         assert_eq!(xds.max_connection_age, defaults.max_connection_age);
         assert_eq!(
             admin,
-            ConnectionLimits::default_for(crate::listener::Port::Admin)
+            ConnectionLimits::default_for(crate::transport::listener::Port::Admin)
         );
     }
 

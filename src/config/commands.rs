@@ -12,7 +12,7 @@ use super::limits::Limits;
 use super::model::Config;
 use super::render::{render_document, to_yaml};
 use super::translate::{config_digest, translate};
-use crate::rollout::Weights;
+use crate::config::Weights;
 
 pub use crate::exit::{EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_OK, EX_SOFTWARE, EX_USAGE};
 

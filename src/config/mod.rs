@@ -16,7 +16,7 @@
 //!    sources reported ([`EndpointOverlay`]) over the parsed config, and
 //!    everything below works on the result.
 //! 3. [`translate`] turns a [`Config`] and the current [`Weights`] into a
-//!    [`SnapshotInput`](crate::snapshot::SnapshotInput): per group, the
+//!    [`SnapshotInput`](crate::xds::snapshot::SnapshotInput): per group, the
 //!    clusters, endpoints, listeners and routes its proxies are served.
 //! 4. [`config_digest`] names that content with a short version string.
 //! 5. [`render`] prints it in Envoy's JSON form; [`commands`] wraps all of
@@ -78,6 +78,7 @@ mod yaml;
 
 pub mod commands;
 pub mod render;
+pub mod weights;
 
 pub use diag::{Diagnostic, Diagnostics};
 pub use duration::{DurationError, parse_duration};
@@ -95,7 +96,7 @@ pub(crate) use parse::parse_address;
 pub use translate::{FLEET_HEADER, cluster_name, config_digest, encoded_resources, translate};
 // The rollout's split of traffic, which translation reads; re-exported so
 // callers building a snapshot from a config find it here too.
-pub use crate::rollout::{Weights, WeightsError};
+pub use weights::{Weights, WeightsError};
 
 /// The bundled example config, the default of `teal serve`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../examples/teal.yaml");

@@ -184,7 +184,7 @@ pub struct Group {
     /// Identities (SPIFFE IDs or DNS names of client certificates, `*` for
     /// one whole segment) that may join the group; empty admits any
     /// proxy, with or without a certificate.
-    pub identities: Vec<crate::identity::IdentityPattern>,
+    pub identities: Vec<crate::transport::identity::IdentityPattern>,
 }
 
 /// One listener of a group.

@@ -33,7 +33,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde_json::{Map, Value};
 
 use super::translate::encoded_resources;
-use crate::snapshot::SnapshotInput;
+use crate::xds::snapshot::SnapshotInput;
 
 static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_types.bin"));
 

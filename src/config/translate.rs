@@ -53,8 +53,8 @@ use envoy_types::util::pack_any;
 use prost::Message;
 
 use super::model::{Config, Group, ListenerKind, PathMatch, Protocol, Service};
-use crate::rollout::{Weights, WeightsError};
-use crate::snapshot::{GroupResources, SnapshotInput};
+use crate::config::{Weights, WeightsError};
+use crate::xds::snapshot::{GroupResources, SnapshotInput};
 
 /// The request header that pins a request to one fleet (preview routing)
 /// and carries the edge's pick downstream (tier consistency).
@@ -555,11 +555,11 @@ pub fn encoded_resources(input: &SnapshotInput) -> Vec<(String, &'static str, St
 }
 
 /// A version string for `input`: the first 12 hex digits of a SHA-256 over
-/// every resource's content (see [`crate::snapshot::content_digest`]), the
+/// every resource's content (see [`crate::xds::snapshot::content_digest`]), the
 /// same digest the snapshot built from `input` carries. Equal resources give
 /// equal digests on any machine.
 pub fn config_digest(input: &SnapshotInput) -> String {
-    crate::snapshot::content_digest(input)
+    crate::xds::snapshot::content_digest(input)
 }
 
 #[cfg(test)]

@@ -261,7 +261,7 @@ fn translation_is_deterministic() {
 fn snapshots_accept_the_translation() {
     let config = example();
     let input = translate(&config, &Weights::initial(&config));
-    let snap = crate::snapshot::Snapshot::build(&config_digest(&input), &input, None);
+    let snap = crate::xds::snapshot::Snapshot::build(&config_digest(&input), &input, None);
     assert!(snap.is_ok(), "{snap:?}");
 }
 

@@ -4,7 +4,7 @@
 //! cordons of the state it serves to the registry, so a new leader waits
 //! for the same proxies as the last one.
 
-use crate::cordon::{self, CordonError};
+use crate::controller::cordon::{self, CordonError};
 use crate::rollout::RolloutError;
 
 use super::driver::Driver;

@@ -17,18 +17,18 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 
-use crate::admin::Metrics;
-use crate::config::{self, Config, EndpointOverlay, EndpointSource};
-use crate::registration::Registered;
+use crate::config::{self, Config, EndpointOverlay, EndpointSource, Weights, WeightsError};
+use crate::metrics::Metrics;
 use crate::rollout::machine::{self, Action, Event, Gate, Origin, ProxyView, Rollout};
 use crate::rollout::plan::{self, Change, ServiceView};
+use crate::rollout::registration::Registered;
 use crate::rollout::{
     CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, Retirement, RolloutError,
-    ServiceStatus, StatusView, Verb, Version, Weights, WeightsError,
+    ServiceStatus, StatusView, Verb, Version,
 };
 use crate::shutdown::Shutdown;
-use crate::snapshot_store::SnapshotWriter;
 use crate::state::{PersistedState, Revision, StateError, StateStore};
+use crate::xds::snapshot_store::SnapshotWriter;
 use crate::xds::{Changes, ProxyRegistry};
 
 use super::follow::{Basis, Follow};
@@ -171,7 +171,7 @@ pub(super) struct Driver {
     pub(super) leadership: Option<crate::ha::Leadership>,
     /// The cordons of an old `cordons.json`, merged into the state at its
     /// next commit (see [`super::cordons`]).
-    pub(super) legacy_cordons: Option<crate::cordon::Legacy>,
+    pub(super) legacy_cordons: Option<crate::controller::cordon::Legacy>,
 }
 
 impl Driver {
@@ -271,7 +271,7 @@ impl Driver {
         state.labels = snapshot.labels();
         // What replicas must agree on besides the resources (the version
         // covers those): a replica whose checks differ may not lead.
-        state.checks_digest = Some(crate::checks::digest(&self.config));
+        state.checks_digest = Some(crate::rollout::checks::digest(&self.config));
         self.merge_legacy_cordons(&mut state);
         let revision = self.store.save(&state, self.revision).await?;
         self.writer.install(snapshot);
@@ -552,7 +552,7 @@ impl Driver {
                     return;
                 }
                 tokio::spawn(async move {
-                    let _ = reply.send(Ok(crate::checks::run_checks(&svc, &fleet).await));
+                    let _ = reply.send(Ok(crate::rollout::checks::run_checks(&svc, &fleet).await));
                 });
             }
             Command::Reload { config, reply } => {
@@ -998,7 +998,7 @@ impl Driver {
         tokio::spawn(async move {
             let mut all = Vec::new();
             for fleet in fleets {
-                all.extend(crate::checks::run_checks(&svc, &fleet).await);
+                all.extend(crate::rollout::checks::run_checks(&svc, &fleet).await);
             }
             let _ = tx.send((id, all)).await;
         });

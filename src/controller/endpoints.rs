@@ -33,14 +33,14 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::config::{
     EndpointOverlay, EndpointSetError, EndpointSource, FleetSets, check_endpoints,
 };
-use crate::registration::{
+use crate::rollout::registration::{
     self, EndpointChange, FleetView, Registered, RegistrationError, Request,
 };
 use crate::rollout::{RolloutError, Version};
 use crate::state::PersistedState;
 
 use super::driver::Driver;
-use crate::registration::EndpointLimits;
+use crate::rollout::registration::EndpointLimits;
 
 impl Driver {
     /// Replaces the endpoints of `service`'s fleets named in `sets`, saving

@@ -8,8 +8,8 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use super::*;
 use crate::config::Endpoint;
 use crate::rollout::Outcome;
-use crate::snapshot_store::snapshot_store;
 use crate::state::MemoryStore;
+use crate::xds::snapshot_store::snapshot_store;
 
 /// `web`: blue in the file, green registered (empty at first).
 pub(super) const CONFIG: &str = r#"
@@ -205,7 +205,7 @@ async fn a_reload_keeps_endpoints_from_outside_the_file() {
     assert_eq!(served(&c, "web-green"), ["127.0.0.1:2"]);
 }
 
-use crate::registration::{EndpointVerb, Registered, Request};
+use crate::rollout::registration::{EndpointVerb, Registered, Request};
 
 fn reg(addr: &str) -> Registered {
     Registered {

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::rollout::machine::{Event, ProxyView};
-use crate::snapshot::Snapshot;
+use crate::xds::snapshot::Snapshot;
 use crate::xds::{Changes, ProxyStatus, StreamMap};
 
 use super::views::{merge, stream_view};
@@ -407,9 +407,9 @@ mod tests {
 
     use super::*;
     use crate::controller::proxy_views;
-    use crate::identity::PeerIdentity;
-    use crate::resources::ResourceType;
-    use crate::snapshot::{GroupResources, SnapshotInput};
+    use crate::transport::identity::PeerIdentity;
+    use crate::xds::resources::ResourceType;
+    use crate::xds::snapshot::{GroupResources, SnapshotInput};
     use crate::xds::{NodeInfo, StreamKind};
 
     fn snapshot(version: &str) -> Arc<Snapshot> {
@@ -420,7 +420,7 @@ mod tests {
         });
         let mut input = SnapshotInput::default();
         input.groups.insert("edge".into(), group);
-        let (mut writer, _reader) = crate::snapshot_store::snapshot_store();
+        let (mut writer, _reader) = crate::xds::snapshot_store::snapshot_store();
         writer.publish(version, &input).expect("valid input")
     }
 

@@ -18,6 +18,7 @@
 //! the state store and a digest of the content, so a restart with the same
 //! state serves the very same version string.
 
+pub mod cordon;
 mod cordons;
 mod driver;
 mod endpoints;
@@ -31,19 +32,19 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::admin::Metrics;
 use crate::config::{Config, Endpoint};
-use crate::resources::ResourceType;
+use crate::metrics::Metrics;
 use crate::rollout::{
     Backend, CheckResult, HistoryEntry, Operation, Progress, RolloutError, StatusView, Version,
 };
 use crate::shutdown::Shutdown;
-use crate::snapshot::{BuildError, Snapshot};
-use crate::snapshot_store::{SnapshotReader, SnapshotWriter};
 use crate::state::{PersistedState, Revision, StateError, StateStore};
+use crate::xds::resources::ResourceType;
+use crate::xds::snapshot::{BuildError, Snapshot};
+use crate::xds::snapshot_store::{SnapshotReader, SnapshotWriter};
 use crate::xds::{ProxyRegistry, ProxyStatus};
 
-pub use crate::registration::EndpointLimits;
+pub use crate::rollout::registration::EndpointLimits;
 use driver::Driver;
 pub use reconcile::{ReconcileError, reconcile};
 pub use views::proxy_views;
@@ -181,16 +182,16 @@ enum Command {
     ChangeRegistered {
         service: String,
         fleet: String,
-        request: crate::registration::Request,
+        request: crate::rollout::registration::Request,
         actor: String,
         force: bool,
         limits: EndpointLimits,
-        reply: oneshot::Sender<Result<crate::registration::FleetView, RolloutError>>,
+        reply: oneshot::Sender<Result<crate::rollout::registration::FleetView, RolloutError>>,
     },
     ShowFleet {
         service: String,
         fleet: String,
-        reply: oneshot::Sender<Result<crate::registration::FleetView, RolloutError>>,
+        reply: oneshot::Sender<Result<crate::rollout::registration::FleetView, RolloutError>>,
     },
     SetEndpoints {
         service: String,
@@ -462,10 +463,10 @@ impl Backend for Controller {
         &self,
         service: &str,
         fleet: &str,
-        request: crate::registration::Request,
+        request: crate::rollout::registration::Request,
         force: bool,
         actor: &str,
-    ) -> Result<crate::registration::FleetView, RolloutError> {
+    ) -> Result<crate::rollout::registration::FleetView, RolloutError> {
         let (service, fleet, actor) = (service.to_owned(), fleet.to_owned(), actor.to_owned());
         let limits = self.endpoint_limits;
         self.ask(|reply| Command::ChangeRegistered {
@@ -511,7 +512,7 @@ impl Backend for Controller {
         &self,
         service: &str,
         fleet: &str,
-    ) -> Result<crate::registration::FleetView, RolloutError> {
+    ) -> Result<crate::rollout::registration::FleetView, RolloutError> {
         let (service, fleet) = (service.to_owned(), fleet.to_owned());
         self.ask(|reply| Command::ShowFleet {
             service,

@@ -15,9 +15,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::config::Weights;
 use crate::config::{Config, EndpointSource, Service};
 use crate::rollout::Split;
-use crate::rollout::Weights;
 use crate::state::{PersistedState, ServiceState};
 
 /// Why a config cannot be applied to the state; nothing changes.

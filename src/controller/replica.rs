@@ -11,7 +11,7 @@
 use tokio::sync::watch;
 
 use crate::config::{self, Config, EndpointOverlay, EndpointSource, FleetSets};
-use crate::registration::EndpointLimits;
+use crate::rollout::registration::EndpointLimits;
 use crate::rollout::{RolloutError, Version};
 use crate::state::{PersistedState, Revision, Stored};
 
@@ -30,7 +30,7 @@ pub(super) enum AdoptError {
     Weights(#[from] crate::config::WeightsError),
     /// The snapshot cannot be built.
     #[error("cannot build the stored state's snapshot: {0}")]
-    Build(#[from] crate::snapshot::BuildError),
+    Build(#[from] crate::xds::snapshot::BuildError),
     /// This replica renders the stored state to other resources than the
     /// replica that saved it: their configs differ.
     #[error(
@@ -192,7 +192,7 @@ impl Driver {
     /// the checks' digest (nothing to compare: the next commit adds it).
     pub(super) fn checks_differ(&self) -> Option<String> {
         let stored = self.state.checks_digest.as_ref()?;
-        let ours = crate::checks::digest(&self.config);
+        let ours = crate::rollout::checks::digest(&self.config);
         (*stored != ours).then(|| {
             format!(
                 "this replica's checks (digest {ours}) differ from those the stored state was \

@@ -2,8 +2,8 @@ use std::time::Duration;
 
 use super::*;
 use crate::rollout::Outcome;
-use crate::snapshot_store::snapshot_store;
 use crate::state::MemoryStore;
+use crate::xds::snapshot_store::snapshot_store;
 
 /// Two services; `web` has checks against a port nothing listens on, so
 /// its checks fail; `api` has none.
@@ -897,14 +897,14 @@ async fn cordons_are_kept_in_the_stored_state_and_applied_by_the_next_controller
 #[tokio::test]
 async fn the_cordons_of_an_old_cordons_file_move_into_the_state() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join(crate::cordon::CORDONS_FILE);
+    let file = dir.path().join(crate::controller::cordon::CORDONS_FILE);
     std::fs::write(
         &file,
         r#"{"cordons": {"edge-7": {"reason": "stuck", "actor": "alice", "since_unix_ms": 5}}}"#,
     )
     .expect("write");
     let metrics = Arc::new(Metrics::new());
-    let cordons = crate::cordon::Cordons::open(dir.path()).expect("reads the old file");
+    let cordons = crate::controller::cordon::Cordons::open(dir.path()).expect("reads the old file");
     let registry = ProxyRegistry::with_sink_and_cordons(metrics.clone(), Arc::new(cordons));
     let store = Arc::new(MemoryStore::default());
     let (writer, _reader) = snapshot_store();

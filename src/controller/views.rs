@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::resources::ResourceType;
 use crate::rollout::machine::ProxyView;
-use crate::snapshot::Snapshot;
 use crate::xds::ProxyStatus;
+use crate::xds::resources::ResourceType;
+use crate::xds::snapshot::Snapshot;
 
 use crate::rollout::Version;
 

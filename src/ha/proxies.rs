@@ -92,13 +92,13 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::identity::PeerIdentity;
-use crate::resources::ResourceType;
 use crate::shutdown::Shutdown;
 use crate::state::StateError;
 use crate::state::etcd::{EtcdClient, Fence, pb};
+use crate::transport::identity::PeerIdentity;
 use crate::xds::ProxyRegistry;
 use crate::xds::protocol::{NodeInfo, StreamKind};
+use crate::xds::resources::ResourceType;
 use crate::xds::status::{Nack, ProxyStatus, RemoteStream, TypeStatus};
 
 use super::Role;

@@ -5,7 +5,12 @@
 //!   where the rollback point goes.
 //! - [`machine`]: the pure rollout state machine (events in, actions out).
 //! - [`version`]: the fleet-wide version a commit publishes.
-//! - [`weights`]: every service's split, and the rule a split follows.
+//! - [`checks`]: the HTTP checks a rollout sends straight to a fleet's
+//!   endpoints.
+//! - [`registration`]: endpoints a deploy pipeline or an instance
+//!   registers through the admin API, with TTLs.
+//! - Every service's split, and the rule a split follows, are the
+//!   config's ([`crate::config::weights`]).
 //! - The controller (`crate::controller`) runs it against the real
 //!   snapshot store, proxy registry, checks and durable state.
 //!
@@ -30,17 +35,19 @@
 //! [`plan::rollback_point`] is the one rule that moves it; a refused or
 //! undone operation leaves it where it was.
 
+pub mod checks;
 #[cfg(test)]
 mod fixtures;
 pub mod machine;
 pub mod plan;
+pub mod registration;
 mod seen;
 pub(crate) mod serde_time;
 pub mod version;
-pub mod weights;
+
+use crate::config::WeightsError;
 
 pub use version::Version;
-pub use weights::{Weights, WeightsError};
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -511,7 +518,7 @@ pub enum RolloutError {
 /// address with [`ErrorKind::NotLeader`].
 pub const LEADER_KEY: &str = "teal-leader";
 
-/// A split refused by [`Weights::check`]: an unknown
+/// A split refused by [`crate::config::Weights::check`]: an unknown
 /// service or fleet stays one (NOT_FOUND over gRPC), a bad sum is
 /// [`RolloutError::Invalid`] (INVALID_ARGUMENT), with the same message.
 impl From<WeightsError> for RolloutError {
@@ -718,10 +725,10 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         service: &str,
         fleet: &str,
-        request: crate::registration::Request,
+        request: crate::rollout::registration::Request,
         force: bool,
         actor: &str,
-    ) -> Result<crate::registration::FleetView, RolloutError> {
+    ) -> Result<crate::rollout::registration::FleetView, RolloutError> {
         let _ = (service, fleet, request, force, actor);
         Err(RolloutError::Invalid(
             "this server has no registered fleets".into(),
@@ -744,7 +751,7 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         service: &str,
         fleet: &str,
-    ) -> Result<crate::registration::FleetView, RolloutError> {
+    ) -> Result<crate::rollout::registration::FleetView, RolloutError> {
         let _ = fleet;
         Err(RolloutError::UnknownService {
             service: service.to_owned(),

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Weights;
 use super::serde_time;
 use super::{MAX_WAIT, Operation, RolloutError, ShiftSteps, Split};
+use crate::config::Weights;
 
 /// A service's routing state to publish: every fleet's weight, and which
 /// fleets are retired (no endpoints).

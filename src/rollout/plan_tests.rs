@@ -169,7 +169,7 @@ fn live_is_the_fleet_with_a_majority() {
 /// names are NOT_FOUND, a bad sum INVALID_ARGUMENT.
 #[test]
 fn refused_splits_keep_their_grpc_codes() {
-    use crate::rollout::WeightsError;
+    use crate::config::WeightsError;
     use tonic::Code;
     let code = |e: WeightsError| tonic::Status::from(RolloutError::from(e)).code();
     assert_eq!(

@@ -184,9 +184,9 @@ impl EtcdClient {
                     (None, None) => None,
                     _ => return Err(bad("--store-cert and --store-key go together".to_owned())),
                 };
-                let config = crate::tls::client_config(t.ca.as_deref(), identity)
+                let config = crate::transport::tls::client_config(t.ca.as_deref(), identity)
                     .map_err(|e| bad(e.to_string()))?;
-                Some(crate::tls::TlsConnector::new(config))
+                Some(crate::transport::tls::TlsConnector::new(config))
             }
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -467,8 +467,8 @@ fn causes(s: &tonic::Status) -> impl Iterator<Item = &(dyn std::error::Error + '
 fn certificate_required(s: &tonic::Status) -> bool {
     causes(s).any(|e| {
         matches!(
-            e.downcast_ref::<crate::tls::ConnectError>(),
-            Some(crate::tls::ConnectError::CertificateRequired)
+            e.downcast_ref::<crate::transport::tls::ConnectError>(),
+            Some(crate::transport::tls::ConnectError::CertificateRequired)
         )
     })
 }

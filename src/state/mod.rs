@@ -59,15 +59,15 @@ pub struct PersistedState {
     /// commit, with its content: after a restart teal serves unchanged
     /// types under the labels proxies hold, so it sends them nothing new.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub labels: crate::snapshot::TypeLabels,
+    pub labels: crate::xds::snapshot::TypeLabels,
     /// Endpoints of `endpoints: registered` fleets and the log of their
     /// changes. Absent from state files written before teal had them.
     #[serde(
         default,
-        skip_serializing_if = "crate::registration::Registrations::is_empty"
+        skip_serializing_if = "crate::rollout::registration::Registrations::is_empty"
     )]
-    pub registered: crate::registration::Registrations,
-    /// The digest of the checks ([`crate::checks::digest`]) of the config
+    pub registered: crate::rollout::registration::Registrations,
+    /// The digest of the checks ([`crate::rollout::checks::digest`]) of the config
     /// the state was last committed with: replicas must agree on them as
     /// on the resources, which the version's digest covers. `None` in
     /// states saved before teal kept it; then nothing is compared.
@@ -77,9 +77,9 @@ pub struct PersistedState {
     /// changed only by the leader, applied by whichever replica leads.
     /// Absent from states saved before cordons were kept here (they were
     /// in a file of their own, `cordons.json`, which is read once and
-    /// merged in: [`crate::cordon::Cordons::open`]).
+    /// merged in: [`crate::controller::cordon::Cordons::open`]).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub cordons: BTreeMap<String, crate::cordon::Cordon>,
+    pub cordons: BTreeMap<String, crate::controller::cordon::Cordon>,
 }
 
 /// What teal keeps about one service.

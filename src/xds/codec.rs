@@ -32,8 +32,8 @@ use prost::Message;
 use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-use crate::resources::ResourceType;
-use crate::wire::OutMessage;
+use crate::xds::resources::ResourceType;
+use crate::xds::wire::OutMessage;
 
 use super::limits::{Limit, OverLimit, StreamLimits};
 

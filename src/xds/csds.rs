@@ -102,12 +102,12 @@ use tonic::codegen::{Body, BoxFuture, Context, Poll, Service, StdError};
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::identity::{IdentityGate, IdentityPolicy, PeerIdentity};
-use crate::resources::ResourceType;
 use crate::shutdown::Shutdown;
-use crate::snapshot::{Snapshot, TypeSnapshot};
-use crate::snapshot_store::SnapshotReader;
-use crate::tls::ConnInfo;
+use crate::transport::identity::{IdentityGate, IdentityPolicy, PeerIdentity};
+use crate::transport::tls::ConnInfo;
+use crate::xds::resources::ResourceType;
+use crate::xds::snapshot::{Snapshot, TypeSnapshot};
+use crate::xds::snapshot_store::SnapshotReader;
 
 use super::limits::{Limit, OverLimit};
 use super::protocol::StreamKind;

@@ -346,7 +346,7 @@ fn by_group(g: &str) -> NodeMatcher {
 
 #[test]
 fn a_gated_selector_shows_only_the_groups_the_identity_may_join() {
-    use crate::identity::{IdentityPattern, IdentityPolicy};
+    use crate::transport::identity::{IdentityPattern, IdentityPolicy};
     let reg = ProxyRegistry::new();
     let snap = snapshot("v1", group(&["a"], "a"), None);
     let _h = [
@@ -507,8 +507,8 @@ fn an_answer_over_its_limit_is_refused_naming_the_flag() {
 #[tokio::test]
 async fn the_service_answers_from_the_registry_and_the_served_snapshot() {
     let reg = ProxyRegistry::new();
-    let (mut writer, reader) = crate::snapshot_store::snapshot_store();
-    let mut input = crate::snapshot::SnapshotInput::default();
+    let (mut writer, reader) = crate::xds::snapshot_store::snapshot_store();
+    let mut input = crate::xds::snapshot::SnapshotInput::default();
     input.groups.insert("edge".into(), group(&["a"], "a"));
     writer.publish("v1", &input).expect("valid");
     let h = connect(&reg, StreamKind::Aggregated, "p1", "edge");

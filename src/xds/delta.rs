@@ -23,9 +23,9 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
-use crate::resources::ResourceType;
-use crate::snapshot::{GroupSnapshot, Resource, Snapshot};
-use crate::wire::OutMessage;
+use crate::xds::resources::ResourceType;
+use crate::xds::snapshot::{GroupSnapshot, Resource, Snapshot};
+use crate::xds::wire::OutMessage;
 
 use super::limits::{ECHO_BYTES, StreamLimits, cut};
 use super::protocol::{

@@ -13,8 +13,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::rpc;
 use prost::Message;
 
-use crate::resources::ResourceType;
-use crate::snapshot::{GroupResources, Snapshot, SnapshotInput};
+use crate::xds::resources::ResourceType;
+use crate::xds::snapshot::{GroupResources, Snapshot, SnapshotInput};
 
 use super::sotw::Response;
 

@@ -10,6 +10,11 @@
 //! - [`codec`]: the gRPC codec that writes pre-encoded responses.
 //! - [`server`]: the tonic services; they only pump messages between the
 //!   network, the state machines and the snapshot store.
+//! - [`resources`]: the four xDS resource types, in make-before-break order.
+//! - [`snapshot`]: what teal serves at one version, encoded once.
+//! - [`snapshot_store`]: one writer publishes whole snapshots; every stream
+//!   reads them.
+//! - [`wire`]: hand-assembled discovery responses that streams share.
 //!
 //! The state machines are pure (requests and snapshots in, responses and
 //! events out) so the protocol is tested without a network.
@@ -19,9 +24,13 @@ pub mod csds;
 pub mod delta;
 pub mod limits;
 pub mod protocol;
+pub mod resources;
 pub mod server;
+pub mod snapshot;
+pub mod snapshot_store;
 pub mod sotw;
 pub mod status;
+pub mod wire;
 
 pub use csds::{ClientStatus, CsdsLimits};
 pub use limits::{Limit, OverLimit, StreamLimits};

@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::rpc;
 
-use crate::resources::ResourceType;
-use crate::snapshot::{GroupSnapshot, Snapshot};
-use crate::wire::OutMessage;
+use crate::xds::resources::ResourceType;
+use crate::xds::snapshot::{GroupSnapshot, Snapshot};
+use crate::xds::wire::OutMessage;
 
 use super::limits::{ECHO_BYTES, Limit, OverLimit, StreamLimits, cut};
 

@@ -32,14 +32,14 @@ use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::service::Routes;
 use tonic::{Status, Streaming};
 
-use crate::identity::{IdentityGate, PeerIdentity};
-use crate::listener::{ConnectionLimits, Incoming, Port};
-use crate::resources::ResourceType;
 use crate::shutdown::Shutdown;
-use crate::snapshot_store::SnapshotReader;
 use crate::text::untrusted;
-use crate::tls::{ConnInfo, ServerTls};
-use crate::wire::OutMessage;
+use crate::transport::identity::{IdentityGate, PeerIdentity};
+use crate::transport::listener::{ConnectionLimits, Incoming, Port};
+use crate::transport::tls::{ConnInfo, ServerTls};
+use crate::xds::resources::ResourceType;
+use crate::xds::snapshot_store::SnapshotReader;
+use crate::xds::wire::OutMessage;
 
 use super::codec::XdsCodec;
 use super::csds::{ClientStatus, CsdsLimits};
@@ -344,7 +344,7 @@ fn refused(node: &NodeInfo, identity: &PeerIdentity) -> Status {
 /// Returns when a new identity policy is put in force; never once the
 /// gate is gone (the policy in force then stays).
 async fn next_policy(
-    policies: &mut watch::Receiver<std::sync::Arc<crate::identity::IdentityPolicy>>,
+    policies: &mut watch::Receiver<std::sync::Arc<crate::transport::identity::IdentityPolicy>>,
 ) {
     if policies.changed().await.is_err() {
         std::future::pending::<()>().await;

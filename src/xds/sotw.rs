@@ -27,9 +27,9 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use sha2::{Digest, Sha256};
 
-use crate::resources::ResourceType;
-use crate::snapshot::{GroupSnapshot, Resource, Snapshot, TypeSnapshot};
-use crate::wire::OutMessage;
+use crate::xds::resources::ResourceType;
+use crate::xds::snapshot::{GroupSnapshot, Resource, Snapshot, TypeSnapshot};
+use crate::xds::wire::OutMessage;
 
 use super::limits::{ECHO_BYTES, StreamLimits, cut};
 use super::protocol::{

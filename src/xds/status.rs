@@ -19,9 +19,9 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
-use crate::cordon::Cordons;
-use crate::identity::PeerIdentity;
-use crate::resources::ResourceType;
+use crate::controller::cordon::Cordons;
+use crate::transport::identity::PeerIdentity;
+use crate::xds::resources::ResourceType;
 
 use super::protocol::{NodeInfo, StreamEvent, StreamKind};
 

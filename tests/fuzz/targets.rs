@@ -42,14 +42,14 @@ use prost::Message;
 
 use teal::admin::{convert, pb};
 use teal::config::{Config, Weights, translate};
-use teal::resources::ResourceType;
 use teal::rollout::machine::{Origin, Rollout};
 use teal::rollout::plan::{ServiceView, plan};
 use teal::rollout::{Operation, RolloutError, Split};
-use teal::snapshot::{GroupResources, Snapshot, SnapshotInput};
 use teal::state::{FileStore, StateError, StateStore};
 use teal::xds::delta::DeltaStream;
 use teal::xds::protocol::Output;
+use teal::xds::resources::ResourceType;
+use teal::xds::snapshot::{GroupResources, Snapshot, SnapshotInput};
 use teal::xds::sotw::SotwStream;
 use teal::xds::{Planner, StreamEvent, StreamKind};
 

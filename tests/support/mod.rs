@@ -48,11 +48,11 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use teal::controller::Controller;
-use teal::resources::ResourceType;
 use teal::serve::{ServeOptions, start as serve_start};
 use teal::shutdown::{ShutdownTrigger, shutdown_channel};
-use teal::snapshot::{GroupResources, SnapshotInput};
-use teal::snapshot_store::{SnapshotWriter, snapshot_store};
+use teal::xds::resources::ResourceType;
+use teal::xds::snapshot::{GroupResources, SnapshotInput};
+use teal::xds::snapshot_store::{SnapshotWriter, snapshot_store};
 use teal::xds::status::TypeStatus;
 use teal::xds::{ProxyRegistry, ProxyStatus, XdsServer, XdsServerConfig};
 
@@ -802,7 +802,7 @@ pub async fn ads_subscribed_to_all(
         ..Default::default()
     });
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    for ty in teal::resources::ResourceType::ALL {
+    for ty in teal::xds::resources::ResourceType::ALL {
         tx.send(DiscoveryRequest {
             node: node.clone(),
             type_url: ty.type_url().into(),

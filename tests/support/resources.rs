@@ -28,7 +28,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
 use envoy_types::util::pack_any;
 
-use teal::snapshot::GroupResources;
+use teal::xds::snapshot::GroupResources;
 
 /// `ConfigSource { ads: {}, resource_api_version: V3 }`: "get it on the ADS
 /// stream", as the bootstraps in `envoy/` say for CDS and LDS.

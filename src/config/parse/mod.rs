@@ -22,7 +22,7 @@ use crate::config::diag::Diagnostics;
 use crate::config::limits::Limits;
 use crate::config::model::{Config, Group, Listener, ListenerKind, PathMatch, Route, VirtualHost};
 use crate::config::yaml::{self, Key, Node, Pos, Value};
-use crate::identity::IdentityPattern;
+use crate::transport::identity::IdentityPattern;
 
 use services::service;
 pub(crate) use values::parse_address;

@@ -27,8 +27,8 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use sha2::{Digest, Sha256};
 
-use crate::resources::{ResourceType, XdsResource};
-use crate::wire::{self, OutMessage};
+use crate::xds::resources::{ResourceType, XdsResource};
+use crate::xds::wire::{self, OutMessage};
 
 /// Typed Envoy resources served to one proxy group.
 #[derive(Clone, Debug, Default, PartialEq)]

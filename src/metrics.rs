@@ -32,8 +32,8 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::resources::ResourceType;
 use crate::rollout::{Backend, ServiceStatus};
+use crate::xds::resources::ResourceType;
 use crate::xds::{EventSink, StreamEvent};
 
 pub use prometheus_text::CONTENT_TYPE;

@@ -14,7 +14,7 @@
 //! The handshake runs inside the connection ([`ServerConn`]), lazily, on
 //! the connection's own task: the accept loop never waits for a slow
 //! client, and the connection limits and the handshake and idle timeouts
-//! of [`crate::listener`] apply to the bytes underneath, TLS included:
+//! of [`crate::transport::listener`] apply to the bytes underneath, TLS included:
 //! the TLS handshake and then the protocol's preface must both be done
 //! within the handshake timeout.
 //!
@@ -37,8 +37,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
-use crate::identity::PeerIdentity;
-use crate::listener::{Conn, PREFACE_BYTES, Port};
+use crate::transport::identity::PeerIdentity;
+use crate::transport::listener::{Conn, PREFACE_BYTES, Port};
 
 /// Largest certificate, key or CA file read, in bytes. A chain of a few
 /// certificates is a few KiB; a bundle of public roots is ~250 KiB.

@@ -31,7 +31,7 @@
 //!
 //! With TLS on the port ([`Incoming::with_tls`]), each connection is
 //! handed on as a [`ServerConn`] that makes its TLS handshake on the
-//! connection's own task, over these same limits (see [`crate::tls`]).
+//! connection's own task, over these same limits (see [`crate::transport::tls`]).
 //!
 //! The HTTP/2 limit on streams per connection is a SETTINGS value, which
 //! tonic's server builder sets; it is carried here so both ports take
@@ -52,7 +52,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 use tokio_stream::Stream;
 
-use crate::tls::{ServerConn, ServerTls};
+use crate::transport::tls::{ServerConn, ServerTls};
 
 /// How often a repeating problem (failing accepts, refused connections)
 /// is logged at most.

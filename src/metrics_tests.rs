@@ -4,7 +4,7 @@ use super::*;
 
 /// The Metrics table of `docs/cli-and-admin-api.md`: (name, type, labels) per row.
 fn readme_metrics() -> Vec<(String, String, Vec<String>)> {
-    let readme = include_str!("../../docs/cli-and-admin-api.md");
+    let readme = include_str!("../docs/cli-and-admin-api.md");
     let table = readme
         .split("### Metrics")
         .nth(1)

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::snapshot::{BuildError, Snapshot, SnapshotInput, TypeLabels};
+use crate::xds::snapshot::{BuildError, Snapshot, SnapshotInput, TypeLabels};
 
 /// Creates an empty store and returns its writer and a reader.
 pub fn snapshot_store() -> (SnapshotWriter, SnapshotReader) {
@@ -112,8 +112,8 @@ impl SnapshotReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::ResourceType;
-    use crate::snapshot::GroupResources;
+    use crate::xds::resources::ResourceType;
+    use crate::xds::snapshot::GroupResources;
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 
     fn input(clusters: &[&str]) -> SnapshotInput {
