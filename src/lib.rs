@@ -9,12 +9,13 @@
 //!   servers together.
 //! - [`admin`]: the admin API (gRPC) and `/healthz`, over which the CLI
 //!   drives teal.
+//! - [`kubernetes`]: fleets whose endpoints are a Kubernetes Service's ready
+//!   EndpointSlice endpoints, fed to the controller (feature `kubernetes`,
+//!   on by default).
 //! - [`controller`]: runs rollouts: owns the config, the durable state and
-//!   the snapshot writer; cordons.
+//!   the snapshot writer.
 //! - [`ha`]: replicas on etcd: who leads, fencing, and the leader's view of
 //!   every replica's proxies.
-//! - [`kubernetes`]: fleets whose endpoints are a Kubernetes Service's ready
-//!   EndpointSlice endpoints (feature `kubernetes`, on by default).
 //! - [`state`]: durable state (live fleets, weights, versions, history,
 //!   cordons) and where it is kept (a directory, or etcd).
 //! - [`rollout`]: blue/green operations as pure machines, their plans and
@@ -25,15 +26,22 @@
 //!   pure per-stream state machines, proxy status, CSDS, the gRPC layer.
 //! - [`transport`]: accepting connections within limits, TLS, and the
 //!   identity of a client certificate.
-//! - [`metrics`]: the counters every layer feeds, served at `/metrics`.
-//! - [`shutdown`], [`exit`], [`text`]: shutdown as a value, the exit
-//!   codes, and untrusted text escaped and cut for a terminal or a log.
+//! - [`metrics`]: the counters the controller and the proxy registry
+//!   feed, served at `/metrics`.
+//! - [`shutdown`], [`exit`], [`text`], [`files`]: shutdown as a value,
+//!   the exit codes, untrusted text escaped and cut for a terminal or a
+//!   log, and files read within a bound.
+//!
+//! The order, bottom up, is [`LAYERS`]; a test reads every `crate::` path
+//! in `src/` and fails, naming the file and line, on one that reaches a
+//! layer above its own (so no two layers import each other in a loop).
 
 pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod exit;
+pub mod files;
 pub mod ha;
 pub mod kubernetes;
 pub mod metrics;
@@ -44,3 +52,27 @@ pub mod state;
 pub mod text;
 pub mod transport;
 pub mod xds;
+
+/// The layers, bottom up: a module may use those before it in this list,
+/// never those after it.
+pub const LAYERS: &[&str] = &[
+    "text",
+    "shutdown",
+    "exit",
+    "files",
+    "transport",
+    "xds",
+    "config",
+    "rollout",
+    "state",
+    "ha",
+    "metrics",
+    "controller",
+    "kubernetes",
+    "admin",
+    "serve",
+    "cli",
+];
+
+#[cfg(test)]
+mod layers_tests;

@@ -17,7 +17,6 @@ use tokio::net::TcpListener;
 
 use crate::admin::{self, Tokens};
 use crate::config::{self, Config, Diagnostics};
-use crate::controller::cordon::Cordons;
 use crate::controller::{self, Controller};
 use crate::exit;
 use crate::kubernetes::KubeFleets;
@@ -25,9 +24,10 @@ use crate::metrics::Metrics;
 use crate::rollout::Backend;
 use crate::shutdown::Shutdown;
 use crate::state::{EtcdStore, FileStore, MemoryStore, StateError, StateStore};
-use crate::transport::identity::{IdentityGate, IdentityPolicy};
+use crate::transport::identity::IdentityGate;
 use crate::transport::listener::{ConnectionLimits, Port};
 use crate::transport::tls::{Reloaded, ServerTls, TlsError, TlsFiles};
+use crate::xds::cordon::Cordons;
 use crate::xds::snapshot_store::snapshot_store;
 use crate::xds::{ProxyRegistry, XdsServer, XdsServerConfig};
 
@@ -143,7 +143,7 @@ pub enum ServeError {
     Controller(#[from] crate::controller::ControllerError),
     /// The cordons file is unreadable or malformed.
     #[error("{0}")]
-    Cordons(#[from] crate::controller::cordon::CordonError),
+    Cordons(#[from] crate::xds::cordon::CordonError),
     /// The admin tokens file is unreadable or malformed.
     #[error("admin tokens: {0}")]
     Tokens(#[from] crate::admin::TokensError),
@@ -204,9 +204,7 @@ impl ServeError {
             ServeError::LocalToken(admin::local_token::LocalTokenError::NotOwned { .. }) => {
                 exit::EX_NOPERM
             }
-            ServeError::Cordons(crate::controller::cordon::CordonError::Io { .. }) => {
-                exit::EX_CANTCREAT
-            }
+            ServeError::Cordons(crate::xds::cordon::CordonError::Io { .. }) => exit::EX_CANTCREAT,
             ServeError::Cordons(_) => exit::EX_DATAERR,
             ServeError::Transport(_) | ServeError::Admin(_) | ServeError::TaskFailed { .. } => {
                 exit::EX_SOFTWARE
@@ -383,7 +381,7 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     let config = parsed.map_err(ServeError::ConfigInvalid)?;
     source.last = Arc::new(bytes);
     let identities = IdentityGate::new();
-    identities.set(IdentityPolicy::of(&config));
+    identities.set(config.identity_policy());
 
     let (writer, reader) = snapshot_store();
     if let Some(dir) = &opts.state_dir {
@@ -925,7 +923,7 @@ async fn reload(
             );
         }
         Ok(config) => {
-            let policy = IdentityPolicy::of(&config);
+            let policy = config.identity_policy();
             let kube_config = config.clone();
             match controller.reload(config).await {
                 Ok(outcome) => {

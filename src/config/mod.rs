@@ -148,19 +148,7 @@ impl Config {
     }
 }
 
-/// Reads at most `max_bytes + 1` bytes of a file: enough for
-/// [`Config::from_bytes`] to tell that it is too large, without reading a
-/// huge file (or an endless one, like a device) into memory first.
-pub fn read_bounded(path: &std::path::Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let file = std::fs::File::open(path)?;
-    let cap = max_bytes.saturating_add(1);
-    // The length is only a hint (it is 0 for devices and pipes).
-    let hint = file.metadata().map(|m| m.len().min(cap)).unwrap_or(0);
-    let mut bytes = Vec::with_capacity(usize::try_from(hint).unwrap_or(0));
-    file.take(cap).read_to_end(&mut bytes)?;
-    Ok(bytes)
-}
+pub use crate::files::read_bounded;
 
 /// The problem with a file over `limits.max_bytes`, placed where the limit
 /// is crossed.
@@ -197,4 +185,17 @@ fn position_of(bytes: &[u8], offset: usize) -> (usize, usize) {
         .filter(|&&b| b & 0xC0 != 0x80)
         .count();
     (line, column)
+}
+
+impl Config {
+    /// Which identities may join which group: each group's `identities`
+    /// patterns (a group without any admits anyone).
+    pub fn identity_policy(&self) -> crate::transport::identity::IdentityPolicy {
+        crate::transport::identity::IdentityPolicy::new(
+            self.groups
+                .iter()
+                .map(|(name, g)| (name.clone(), g.identities.clone()))
+                .collect(),
+        )
+    }
 }

@@ -4,8 +4,8 @@
 //! cordons of the state it serves to the registry, so a new leader waits
 //! for the same proxies as the last one.
 
-use crate::controller::cordon::{self, CordonError};
 use crate::rollout::RolloutError;
+use crate::xds::cordon::{self, CordonError};
 
 use super::driver::Driver;
 

@@ -171,7 +171,7 @@ pub(super) struct Driver {
     pub(super) leadership: Option<crate::ha::Leadership>,
     /// The cordons of an old `cordons.json`, merged into the state at its
     /// next commit (see [`super::cordons`]).
-    pub(super) legacy_cordons: Option<crate::controller::cordon::Legacy>,
+    pub(super) legacy_cordons: Option<crate::xds::cordon::Legacy>,
 }
 
 impl Driver {

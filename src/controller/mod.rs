@@ -18,7 +18,6 @@
 //! the state store and a digest of the content, so a restart with the same
 //! state serves the very same version string.
 
-pub mod cordon;
 mod cordons;
 mod driver;
 mod endpoints;

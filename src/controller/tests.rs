@@ -897,14 +897,14 @@ async fn cordons_are_kept_in_the_stored_state_and_applied_by_the_next_controller
 #[tokio::test]
 async fn the_cordons_of_an_old_cordons_file_move_into_the_state() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join(crate::controller::cordon::CORDONS_FILE);
+    let file = dir.path().join(crate::xds::cordon::CORDONS_FILE);
     std::fs::write(
         &file,
         r#"{"cordons": {"edge-7": {"reason": "stuck", "actor": "alice", "since_unix_ms": 5}}}"#,
     )
     .expect("write");
     let metrics = Arc::new(Metrics::new());
-    let cordons = crate::controller::cordon::Cordons::open(dir.path()).expect("reads the old file");
+    let cordons = crate::xds::cordon::Cordons::open(dir.path()).expect("reads the old file");
     let registry = ProxyRegistry::with_sink_and_cordons(metrics.clone(), Arc::new(cordons));
     let store = Arc::new(MemoryStore::default());
     let (writer, _reader) = snapshot_store();

@@ -77,9 +77,9 @@ pub struct PersistedState {
     /// changed only by the leader, applied by whichever replica leads.
     /// Absent from states saved before cordons were kept here (they were
     /// in a file of their own, `cordons.json`, which is read once and
-    /// merged in: [`crate::controller::cordon::Cordons::open`]).
+    /// merged in: [`crate::xds::cordon::Cordons::open`]).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub cordons: BTreeMap<String, crate::controller::cordon::Cordon>,
+    pub cordons: BTreeMap<String, crate::xds::cordon::Cordon>,
 }
 
 /// What teal keeps about one service.

@@ -128,7 +128,7 @@ fn a_state_without_checks_digest_or_cordons_loads_and_with_them_round_trips() {
     s.checks_digest = Some("0123456789abcdef".into());
     s.cordons.insert(
         "edge-7".into(),
-        crate::controller::cordon::Cordon {
+        crate::xds::cordon::Cordon {
             reason: "stuck".into(),
             actor: "ops".into(),
             since_unix_ms: 5,

@@ -275,18 +275,6 @@ impl IdentityPolicy {
         }
     }
 
-    /// The policy of `config`.
-    pub fn of(config: &crate::config::Config) -> IdentityPolicy {
-        IdentityPolicy {
-            groups: config
-                .groups
-                .iter()
-                .filter(|(_, g)| !g.identities.is_empty())
-                .map(|(name, g)| (name.clone(), g.identities.clone()))
-                .collect(),
-        }
-    }
-
     /// Whether a stream of `identity` may join `group`. A group that
     /// lists identities admits only those; an unauthenticated stream
     /// (no mTLS on the port) is never one of them.

@@ -89,12 +89,11 @@ pub enum TlsError {
 
 fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
     let name = || path.display().to_string();
-    let bytes = crate::config::read_bounded(path, MAX_PEM_BYTES).map_err(|source| {
-        TlsError::Unreadable {
+    let bytes =
+        crate::files::read_bounded(path, MAX_PEM_BYTES).map_err(|source| TlsError::Unreadable {
             path: name(),
             source,
-        }
-    })?;
+        })?;
     if bytes.len() as u64 > MAX_PEM_BYTES {
         return Err(TlsError::TooLarge { path: name() });
     }

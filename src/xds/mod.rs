@@ -8,6 +8,8 @@
 //! - [`status`]: what teal knows of every connected proxy.
 //! - [`csds`]: CSDS, that knowledge for mesh tooling, with the resources sent.
 //! - [`codec`]: the gRPC codec that writes pre-encoded responses.
+//! - [`cordon`]: proxies that operations do not wait for (the registry
+//!   marks them; the controller keeps them in the stored state).
 //! - [`server`]: the tonic services; they only pump messages between the
 //!   network, the state machines and the snapshot store.
 //! - [`resources`]: the four xDS resource types, in make-before-break order.
@@ -20,6 +22,7 @@
 //! events out) so the protocol is tested without a network.
 
 pub mod codec;
+pub mod cordon;
 pub mod csds;
 pub mod delta;
 pub mod limits;

@@ -19,8 +19,8 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
-use crate::controller::cordon::Cordons;
 use crate::transport::identity::PeerIdentity;
+use crate::xds::cordon::Cordons;
 use crate::xds::resources::ResourceType;
 
 use super::protocol::{NodeInfo, StreamEvent, StreamKind};
