@@ -265,10 +265,13 @@ pub enum StateError {
 impl From<StateError> for crate::rollout::RolloutError {
     fn from(e: StateError) -> Self {
         match e {
+            StateError::Unavailable { .. } => {
+                crate::rollout::RolloutError::StoreUnavailable(e.to_string())
+            }
             // No longer leading is, for whoever asked, the store being
             // unavailable to this replica: no change can land here now.
-            StateError::Unavailable { .. } | StateError::NotLeading { .. } => {
-                crate::rollout::RolloutError::StoreUnavailable(e.to_string())
+            StateError::NotLeading { .. } => {
+                crate::rollout::RolloutError::StoreUnavailable(format!("store unavailable: {e}"))
             }
             e => crate::rollout::RolloutError::Store(e.to_string()),
         }

@@ -382,3 +382,14 @@ fn store_urls_parse_to_a_directory_or_etcd() {
         assert!(bad.parse::<StoreSpec>().is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn a_write_fenced_off_is_reported_as_the_store_being_unavailable_here() {
+    let e: crate::rollout::RolloutError = StateError::NotLeading {
+        store: "etcd://127.0.0.1:2379/teal/".into(),
+    }
+    .into();
+    assert_eq!(e.kind(), crate::rollout::ErrorKind::StoreUnavailable);
+    assert!(e.to_string().contains("store unavailable"), "{e}");
+    assert!(e.to_string().contains("does not lead"), "{e}");
+}
