@@ -428,7 +428,6 @@ impl Campaign {
         let eligible = self.eligible.borrow().is_none();
         let record = serde_json::to_vec(&self.me)
             .map_err(|e| self.client.unavailable(&format!("encode: {e}")))?;
-        let kv = self.client.kv();
         let txn = pb::TxnRequest {
             compare: vec![pb::Compare {
                 result: pb::compare::CompareResult::Equal as i32,
@@ -454,13 +453,7 @@ impl Campaign {
                 })),
             }],
         };
-        let answer = self
-            .client
-            .call(txn, |r| {
-                let mut kv = kv.clone();
-                async move { kv.txn(r).await }
-            })
-            .await?;
+        let answer = self.client.txn(txn).await?;
         if answer.succeeded {
             if eligible {
                 self.set_role(Role::Leader);
@@ -504,7 +497,6 @@ impl Campaign {
 
     /// Deletes the leader key if this lease holds it.
     async fn release(&self, lease: i64) -> Result<(), StateError> {
-        let kv = self.client.kv();
         let txn = pb::TxnRequest {
             compare: vec![pb::Compare {
                 result: pb::compare::CompareResult::Equal as i32,
@@ -522,12 +514,7 @@ impl Campaign {
             }],
             failure: Vec::new(),
         };
-        self.client
-            .call(txn, |r| {
-                let mut kv = kv.clone();
-                async move { kv.txn(r).await }
-            })
-            .await?;
+        self.client.txn(txn).await?;
         tracing::warn!("resigned the leadership");
         Ok(())
     }

@@ -500,18 +500,7 @@ fn transactions(client: &EtcdClient, id: &str, lease: i64, round: &Round) -> Vec
         round.manifest.len() + 64,
     );
     for name in &round.deletes {
-        add(
-            &mut txns,
-            pb::RequestOp {
-                request: Some(pb::request_op::Request::RequestDeleteRange(
-                    pb::DeleteRangeRequest {
-                        key: part_key(name),
-                        ..Default::default()
-                    },
-                )),
-            },
-            64,
-        );
+        add(&mut txns, delete(part_key(name), Vec::new()), 64);
     }
     txns.into_iter()
         .map(|success| pb::TxnRequest {
@@ -537,21 +526,35 @@ fn range_end(prefix: &[u8]) -> Vec<u8> {
     end
 }
 
+/// Deletes `key` (with a `range_end`, every key from it up to that).
+fn delete(key: Vec<u8>, range_end: Vec<u8>) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestDeleteRange(
+            pb::DeleteRangeRequest { key, range_end },
+        )),
+    }
+}
+
+/// Deletes what replica `id` published (its manifest and parts), not its
+/// `alive` key.
+fn unpublish(client: &EtcdClient, id: &str) -> [pb::RequestOp; 2] {
+    let parts = client.key(&format!("proxies/{id}/c/"));
+    [
+        delete(client.key(&format!("proxies/{id}/m")), Vec::new()),
+        delete(parts.clone(), range_end(&parts)),
+    ]
+}
+
 /// The start of a term: the keys of this replica's earlier terms go (a
 /// new publisher knows nothing of them) and `alive` is written under the
 /// new lease, in one transaction.
 fn begin_term(client: &EtcdClient, id: &str, lease: i64) -> pb::TxnRequest {
-    let delete = |key: Vec<u8>, range_end: Vec<u8>| pb::RequestOp {
-        request: Some(pb::request_op::Request::RequestDeleteRange(
-            pb::DeleteRangeRequest { key, range_end },
-        )),
-    };
-    let parts = client.key(&format!("proxies/{id}/c/"));
+    let [manifest, parts] = unpublish(client, id);
     pb::TxnRequest {
         compare: Vec::new(),
         success: vec![
-            delete(parts.clone(), range_end(&parts)),
-            delete(client.key(&format!("proxies/{id}/m")), Vec::new()),
+            manifest,
+            parts,
             pb::RequestOp {
                 request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
                     key: alive_key(client, id),
@@ -576,13 +579,7 @@ pub(super) async fn publish(
     let mut generation = registry.watch();
     let mut publisher = Publisher::default();
     loop {
-        let kv = client.kv();
-        let begun = client
-            .call(begin_term(&client, &id, lease), |r| {
-                let mut kv = kv.clone();
-                async move { kv.txn(r).await }
-            })
-            .await;
+        let begun = client.txn(begin_term(&client, &id, lease)).await;
         match begun {
             Ok(_) => break,
             Err(e) => {
@@ -600,13 +597,7 @@ pub(super) async fn publish(
             bytes = round.bytes();
             publisher.writing(&round);
             for txn in transactions(&client, &id, lease, &round) {
-                let kv = client.kv();
-                let written = client
-                    .call(txn, |r| {
-                        let mut kv = kv.clone();
-                        async move { kv.txn(r).await }
-                    })
-                    .await;
+                let written = client.txn(txn).await;
                 let error = match written {
                     Ok(answer) if answer.succeeded => continue,
                     Ok(_) => "this replica's lease ended (its alive key is gone)".to_owned(),
@@ -642,28 +633,12 @@ pub(super) async fn publish(
 /// count again on the replica they reconnect to). Fenced on its lease;
 /// the `alive` key goes when the lease is revoked.
 pub(super) async fn withdraw(client: &EtcdClient, id: &str, lease: i64) {
-    let parts = client.key(&format!("proxies/{id}/c/"));
-    let delete = |key: Vec<u8>, range_end: Vec<u8>| pb::RequestOp {
-        request: Some(pb::request_op::Request::RequestDeleteRange(
-            pb::DeleteRangeRequest { key, range_end },
-        )),
-    };
     let txn = pb::TxnRequest {
         compare: vec![Fence::compare(&alive_key(client, id), lease)],
-        success: vec![
-            delete(client.key(&format!("proxies/{id}/m")), Vec::new()),
-            delete(parts.clone(), range_end(&parts)),
-        ],
+        success: unpublish(client, id).to_vec(),
         failure: Vec::new(),
     };
-    let kv = client.kv();
-    if let Err(e) = client
-        .call(txn, |r| {
-            let mut kv = kv.clone();
-            async move { kv.txn(r).await }
-        })
-        .await
-    {
+    if let Err(e) = client.txn(txn).await {
         tracing::warn!(error = %e, "cannot withdraw this replica's proxies as it stops; \
             the leader waits for them until they reconnect elsewhere");
     }
@@ -1021,23 +996,10 @@ async fn forget(client: &EtcdClient, replica: &str, lease: i64) -> Result<bool, 
                 target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
             },
         ],
-        success: vec![pb::RequestOp {
-            request: Some(pb::request_op::Request::RequestDeleteRange(
-                pb::DeleteRangeRequest {
-                    range_end: range_end(&prefix),
-                    key: prefix,
-                },
-            )),
-        }],
+        success: vec![delete(prefix.clone(), range_end(&prefix))],
         failure: Vec::new(),
     };
-    let kv = client.kv();
-    let answer = client
-        .call(txn, |r| {
-            let mut kv = kv.clone();
-            async move { kv.txn(r).await }
-        })
-        .await?;
+    let answer = client.txn(txn).await?;
     Ok(answer.succeeded)
 }
 

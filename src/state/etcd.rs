@@ -437,6 +437,16 @@ impl EtcdClient {
         }
     }
 
+    /// One transaction, bounded and retried like every unary call.
+    pub async fn txn(&self, txn: pb::TxnRequest) -> Result<pb::TxnResponse, StateError> {
+        let kv = self.kv();
+        self.call(txn, |r| {
+            let mut kv = kv.clone();
+            async move { kv.txn(r).await }
+        })
+        .await
+    }
+
     /// Reads one key.
     pub async fn get(&self, key: &[u8]) -> Result<(Option<pb::KeyValue>, i64), StateError> {
         let kv = self.kv();
@@ -763,14 +773,7 @@ impl StateStore for EtcdStore {
             success,
             failure,
         };
-        let kv = inner.client.kv();
-        let answer = inner
-            .client
-            .call(txn, |r| {
-                let mut kv = kv.clone();
-                async move { kv.txn(r).await }
-            })
-            .await?;
+        let answer = inner.client.txn(txn).await?;
         if answer.succeeded && same {
             return Ok(expected);
         }
