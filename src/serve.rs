@@ -402,6 +402,7 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     };
     let registry: Arc<ProxyRegistry> =
         ProxyRegistry::with_sink_and_cordons(metrics.clone(), Arc::new(cordons));
+    registry.set_reconnect_hold(opts.xds.proxy_reconnect_hold);
     // The admin port is bound first: a replica's leader record names its
     // address.
     let admin_listener = bind(opts.admin_addr).await?;

@@ -87,6 +87,7 @@ fn proxy(id: &str, stream_id: u64, types: [TypeStatus; 4]) -> ProxyStatus {
         identity: teal::transport::identity::PeerIdentity::Unauthenticated,
         types,
         replica: None,
+        disconnected: false,
     }
 }
 

@@ -163,6 +163,7 @@ impl Backend for HostileBackend {
             identity: teal::transport::identity::PeerIdentity::Unauthenticated,
             types: [nacked.clone(), nacked.clone(), nacked.clone(), nacked],
             replica: None,
+            disconnected: false,
         }]
     }
 

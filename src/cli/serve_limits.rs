@@ -112,6 +112,17 @@ pub struct LimitArgs {
     /// replicas (one that restarted gets its share back).
     #[arg(long, default_value = "30m", value_name = "DURATION|never", value_parser = connection_age)]
     pub xds_connection_age: ConnectionAge,
+    /// How long a proxy whose xDS stream ended still counts for a change
+    /// under way, as not confirming it, unless it reconnects first (here
+    /// or, with replicas, to any replica): a change is never taken as
+    /// confirmed because its proxies were reconnecting. `0s` turns it off
+    /// (a proxy is forgotten as its stream ends); up to 1h.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = reconnect_hold)]
+    pub proxy_reconnect_hold: Duration,
+}
+
+fn reconnect_hold(s: &str) -> Result<Duration, String> {
+    super::seconds_in(s, 0.0, 3600.0)
 }
 
 /// `--xds-connection-age`: a duration, or never.
@@ -172,6 +183,7 @@ impl LimitArgs {
         };
         *admin = connections(self.max_admin_connections);
         xds.max_connection_age = self.xds_connection_age.0;
+        xds.proxy_reconnect_hold = self.proxy_reconnect_hold;
     }
 
     /// The bounds on registered endpoints.

@@ -70,6 +70,9 @@ struct Part {
     node: usize,
     view: ProxyView,
     pass: u64,
+    /// The stream ended and stands for its proxy until it reconnects (see
+    /// [`ProxyStatus::disconnected`]).
+    disconnected: bool,
 }
 
 /// The proxies of one running operation, as last handed to its machine.
@@ -363,6 +366,7 @@ impl Follow {
             Some(part) => {
                 part.view = view;
                 part.pass = pass;
+                part.disconnected = p.disconnected;
             }
             None => {
                 self.streams.insert(
@@ -371,6 +375,7 @@ impl Follow {
                         node: slot,
                         view,
                         pass,
+                        disconnected: p.disconnected,
                     },
                 );
             }
@@ -380,9 +385,16 @@ impl Follow {
 }
 
 /// A node's view from its streams' parts, in stream order (as
-/// [`proxy_views`](super::proxy_views) merges them).
+/// [`proxy_views`](super::proxy_views) merges them). Disconnected streams
+/// count only while the node has no connected one: a proxy that
+/// reconnected (to another replica, say, while the one it left still
+/// holds its old stream) is judged by its new stream.
 fn view_of(streams: &[u64], parts: &StreamMap<Part>) -> ProxyView {
-    let mut parts = streams.iter().filter_map(|s| parts.get(s)).map(|p| &p.view);
+    let of_node = || streams.iter().filter_map(|s| parts.get(s));
+    let connected = of_node().any(|p| !p.disconnected);
+    let mut parts = of_node()
+        .filter(|p| !connected || !p.disconnected)
+        .map(|p| &p.view);
     let Some(first) = parts.next() else {
         return ProxyView {
             id: Arc::from(""),
@@ -439,6 +451,7 @@ mod tests {
             identity: PeerIdentity::Unauthenticated,
             types: Default::default(),
             replica: None,
+            disconnected: false,
         };
         let t = &mut p.types[ResourceType::Route.index()];
         t.subscribed = true;
@@ -642,6 +655,8 @@ mod tests {
         },
         /// A stream leaves.
         Gone { stream: u64 },
+        /// A stream ends but still stands for its node, disconnected.
+        Disconnected { stream: u64 },
     }
 
     fn step() -> impl proptest::strategy::Strategy<Value = Step> {
@@ -658,6 +673,7 @@ mod tests {
                 }
             ),
             1 => (1u64..10).prop_map(|stream| Step::Gone { stream }),
+            1 => (1u64..10).prop_map(|stream| Step::Disconnected { stream }),
         ]
     }
 
@@ -672,8 +688,9 @@ mod tests {
         /// Whatever happens, the views the machine holds (the last whole
         /// pass, then every change handed over) are the views a whole
         /// recompute gives: slots reused across passes, streams swept,
-        /// nodes coming and going, cordons and the groups followed
-        /// included.
+        /// nodes coming and going, streams ending but still counted (a
+        /// node's connected stream outweighing them), cordons and the
+        /// groups followed included.
         #[test]
         fn followed_views_are_always_a_whole_recompute(
             steps in proptest::collection::vec(step(), 1..40)
@@ -723,6 +740,13 @@ mod tests {
                         live.remove(&id);
                         Some(Changes { changed: Vec::new(), gone: vec![id] })
                     }
+                    Step::Disconnected { stream: id } => match live.get_mut(&id) {
+                        Some(p) => {
+                            p.disconnected = true;
+                            Some(Changes { changed: vec![Arc::new(p.clone())], gone: Vec::new() })
+                        }
+                        None => None,
+                    },
                 };
                 if let Some(changes) = changes {
                     match follow.changes(&changes, &basis_of(&snap, &groups), &snap) {

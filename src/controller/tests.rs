@@ -987,3 +987,154 @@ async fn a_replica_whose_config_differs_keeps_serving_the_last_state_that_matche
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A proxy whose stream ended a moment before a flip (reconnecting, as
+/// after a replica closed its streams or its connection aged) is not
+/// known to be gone: the flip waits for it, and confirms only once it is
+/// back on a new stream and has ACKed the committed routes. With no
+/// reconnect hold, the same flip would have succeeded at once, confirmed
+/// by no proxy.
+#[tokio::test]
+async fn a_flip_waits_for_a_proxy_that_is_reconnecting() {
+    use crate::xds::{NodeInfo, StreamEvent, StreamKind};
+
+    let (writer, _reader) = snapshot_store();
+    let (_trigger, shutdown) = crate::shutdown::shutdown_channel();
+    let registry = ProxyRegistry::new();
+    registry.set_reconnect_hold(Duration::from_secs(30));
+    let (c, _task) = start(
+        config(),
+        writer,
+        Arc::new(MemoryStore::default()),
+        registry.clone(),
+        Arc::new(Metrics::new()),
+        shutdown,
+    )
+    .await
+    .expect("controller starts");
+    let node = NodeInfo {
+        id: "edge-1".into(),
+        cluster: "edge".into(),
+        user_agent: "envoy".into(),
+    };
+    let ack = |stream: &crate::xds::status::StreamHandle, version: String| {
+        stream.record(&[
+            StreamEvent::Sent {
+                ty: ResourceType::Route,
+                version: version.clone(),
+                nonce: "1".into(),
+                resources: 1,
+            },
+            StreamEvent::Acked {
+                ty: ResourceType::Route,
+                version,
+            },
+        ]);
+    };
+    let routes = |c: &Controller| {
+        c.snapshot()
+            .group("edge")
+            .of(ResourceType::Route)
+            .version()
+            .to_owned()
+    };
+    let mut first = registry.register(StreamKind::Aggregated, false);
+    first.set_node(Some(&node));
+    ack(&first, routes(&c));
+    drop(first);
+    assert_eq!(registry.len(), 0, "no stream is connected");
+
+    let mut rx = c.start(flip("api", true), "dave").await.expect("starts");
+    let waited = tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|p| p.waiting_for.iter().any(|id| id == "edge-1")),
+    )
+    .await
+    .expect("the flip waits for the reconnecting proxy")
+    .is_ok();
+    assert!(waited, "the flip ended: {:?}", *rx.borrow());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        rx.borrow().outcome.is_none() && rx.borrow().version.is_none(),
+        "nothing is committed or ended while the proxy is away: {:?}",
+        *rx.borrow()
+    );
+
+    // Back on a new stream, it holds the routes (prepared), then ACKs the
+    // committed ones.
+    let mut back = registry.register(StreamKind::Aggregated, false);
+    back.set_node(Some(&node));
+    ack(&back, routes(&c));
+    let committed = tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|p| p.version.is_some()),
+    )
+    .await
+    .expect("commits once the proxy is back")
+    .is_ok();
+    assert!(committed, "the flip ended: {:?}", *rx.borrow());
+    ack(&back, routes(&c));
+    let p = tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|p| p.outcome.is_some()),
+    )
+    .await
+    .expect("finishes once the proxy is back")
+    .expect("progress channel open")
+    .clone();
+    assert_eq!(p.outcome, Some(Outcome::Succeeded), "{p:?}");
+    let history = c.history("api").await.expect("history");
+    let acked: Vec<&str> = history[0].acks.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(acked, ["edge-1"], "{:?}", history[0]);
+    assert!(history[0].warnings.is_empty(), "{:?}", history[0]);
+}
+
+/// A proxy that does not come back within the hold is taken as gone: the
+/// flip goes on without it (here, with no proxy left, succeeding with the
+/// warning that no proxy confirmed it), after the hold and not before.
+#[tokio::test]
+async fn a_proxy_that_does_not_reconnect_within_the_hold_is_taken_as_gone() {
+    use crate::xds::{NodeInfo, StreamKind};
+
+    let (writer, _reader) = snapshot_store();
+    let (_trigger, shutdown) = crate::shutdown::shutdown_channel();
+    let registry = ProxyRegistry::new();
+    let hold = Duration::from_millis(800);
+    registry.set_reconnect_hold(hold);
+    let (c, _task) = start(
+        config(),
+        writer,
+        Arc::new(MemoryStore::default()),
+        registry.clone(),
+        Arc::new(Metrics::new()),
+        shutdown,
+    )
+    .await
+    .expect("controller starts");
+    let mut stream = registry.register(StreamKind::Aggregated, false);
+    stream.set_node(Some(&NodeInfo {
+        id: "edge-1".into(),
+        cluster: "edge".into(),
+        user_agent: "envoy".into(),
+    }));
+    let gone_at = std::time::Instant::now();
+    drop(stream);
+    let rx = c.start(flip("api", true), "dave").await.expect("starts");
+    let p = outcome(rx).await;
+    assert_eq!(p, Outcome::Succeeded);
+    assert!(
+        gone_at.elapsed() >= hold,
+        "the flip ended {:?} after the proxy left, within the {hold:?} hold",
+        gone_at.elapsed()
+    );
+    let history = c.history("api").await.expect("history");
+    assert!(
+        history[0]
+            .warnings
+            .iter()
+            .any(|w| w.contains("no connected proxy routes api")),
+        "{:?}",
+        history[0]
+    );
+    assert!(registry.statuses().is_empty(), "the proxy is forgotten");
+}

@@ -25,7 +25,9 @@ pub fn proxy_views(
     committed: Option<u64>,
     cordoned: &BTreeSet<String>,
 ) -> (Vec<ProxyView>, Vec<String>) {
-    let mut by_node: BTreeMap<&str, ProxyView> = BTreeMap::new();
+    // Per node: its view, and whether only disconnected streams made it
+    // (see `view_of` in `follow`: a connected stream of the node wins).
+    let mut by_node: BTreeMap<&str, (ProxyView, bool)> = BTreeMap::new();
     let mut skipped: BTreeSet<&str> = BTreeSet::new();
     for p in proxies {
         let Some(node) = &p.node else { continue };
@@ -40,14 +42,18 @@ pub fn proxy_views(
             continue;
         };
         match by_node.get_mut(node.id.as_str()) {
-            Some(view) => merge(view, &part),
+            Some((view, lingering)) => match (*lingering, p.disconnected) {
+                (true, false) => (*view, *lingering) = (part, false),
+                (false, true) => {}
+                _ => merge(view, &part),
+            },
             None => {
-                by_node.insert(node.id.as_str(), part);
+                by_node.insert(node.id.as_str(), (part, p.disconnected));
             }
         }
     }
     (
-        by_node.into_values().collect(),
+        by_node.into_values().map(|(view, _)| view).collect(),
         skipped.into_iter().map(str::to_owned).collect(),
     )
 }
@@ -63,10 +69,12 @@ pub(super) fn stream_view(
 ) -> Option<ProxyView> {
     let node = p.node.as_ref()?;
     let group = snapshot.group(&node.cluster);
+    // A disconnected stream still counted holds nothing teal can see
+    // applied: the proxy confirms again on a new stream.
     let mut view = ProxyView {
         id: id(),
-        prepared: true,
-        confirmed: true,
+        prepared: !p.disconnected,
+        confirmed: !p.disconnected,
         nack: None,
     };
     for ty in ResourceType::ALL {

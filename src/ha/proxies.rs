@@ -182,9 +182,15 @@ struct Part {
 }
 
 /// One proxy stream, as a JSON array: stream id on its replica; node id,
-/// group and user agent (indexes); its one type (`None`: ADS); delta (0
-/// or 1); connected since (unix ms); per type in [`ResourceType::ALL`]
-/// order, `None` when nothing is known.
+/// group and user agent (indexes); its one type (`None`: ADS); flags (bit
+/// 0: delta; bit 1: disconnected, still counted until it reconnects, see
+/// [`ProxyStatus::disconnected`]); connected since (unix ms); per type in
+/// [`ResourceType::ALL`] order, `None` when nothing is known.
+///
+/// The disconnected bit rides in the byte that was only delta's so that
+/// replicas of a version before it still read the record: they take any
+/// non-zero byte as delta and count the proxy as connected and not
+/// confirming, which keeps a flip waiting, never the other way round.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct Record(
     u64,
@@ -293,7 +299,7 @@ impl PartBuilder {
                 StreamKind::Aggregated => None,
                 StreamKind::Single(ty) => u8::try_from(ty.index()).ok(),
             },
-            u8::from(p.delta),
+            u8::from(p.delta) | (u8::from(p.disconnected) << 1),
             unix_ms(p.connected_since),
             types,
         );
@@ -695,11 +701,12 @@ fn decode_part(replica: &str, value: &[u8]) -> Decoded {
                 stream_id: *stream,
                 node,
                 kind,
-                delta: *delta != 0,
+                delta: *delta & 1 != 0,
                 connected_since: at,
                 identity: PeerIdentity::Unauthenticated,
                 types: out,
                 replica: Some(replica.to_owned()),
+                disconnected: *delta & 2 != 0,
             })
         })
         .collect()
@@ -725,6 +732,7 @@ fn placeholder(replica: &str, group: &str) -> ProxyStatus {
         identity: PeerIdentity::Unauthenticated,
         types: std::array::from_fn(|_| subscribed.clone()),
         replica: Some(replica.to_owned()),
+        disconnected: false,
     }
 }
 
@@ -940,6 +948,7 @@ impl Mirror {
             .collect();
         let here: BTreeSet<&str> = connected
             .iter()
+            .filter(|p| !p.disconnected)
             .filter(|p| p.replica.as_deref().is_none_or(|r| live.contains(r)))
             .filter_map(|p| p.node.as_ref().map(|n| n.id.as_str()))
             .collect();

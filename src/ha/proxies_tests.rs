@@ -436,3 +436,32 @@ fn a_manifest_under_a_lease_is_a_live_replica_of_an_earlier_teal() {
     assert!(mirror.replicas["b"].departed_since.is_none());
     assert_eq!(leader.len(), 1);
 }
+
+/// A follower's proxy whose stream ended but still counts is published as
+/// such: the leader holds it as disconnected (not a connected proxy, but
+/// one a flip waits for), delta kept apart; and it is not taken as the
+/// node being back when a departed replica's proxies are swept.
+#[tokio::test]
+async fn a_disconnected_proxy_still_counted_is_published_as_disconnected() {
+    let far = ProxyRegistry::new();
+    far.set_reconnect_hold(Duration::from_secs(60));
+    let mut h = far.register(StreamKind::Aggregated, true);
+    h.set_node(Some(&NodeInfo {
+        id: "p1".into(),
+        cluster: "edge".into(),
+        user_agent: "envoy".into(),
+    }));
+    push(&h, "2");
+    drop(h);
+    let round = Publisher::default()
+        .round(&far.statuses())
+        .expect("a round");
+    let leader = ProxyRegistry::new();
+    let mut mirror = Mirror::default();
+    apply(&mut mirror, &leader, &round, |_| false);
+    assert!(leader.proxies().is_empty(), "not listed as connected");
+    let held = leader.statuses();
+    assert_eq!(held.len(), 1);
+    assert!(held[0].disconnected && held[0].delta, "{:?}", held[0]);
+    assert_eq!(held[0].replica.as_deref(), Some("b"));
+}

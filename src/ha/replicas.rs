@@ -64,7 +64,10 @@ pub(super) async fn publish(
                 .unwrap_or_default(),
             // Its own proxies only, not those a leader mirrors.
             proxies: registry.as_ref().map_or(0, |r| {
-                r.statuses().iter().filter(|p| p.replica.is_none()).count() as u64
+                r.statuses()
+                    .iter()
+                    .filter(|p| p.replica.is_none() && !p.disconnected)
+                    .count() as u64
             }),
             ineligible: eligible.borrow().clone(),
         };

@@ -79,6 +79,11 @@ pub struct XdsServerConfig {
     /// ones that stayed up keeping every proxy. `None`: never. Default 30
     /// minutes.
     pub max_connection_age: Option<Duration>,
+    /// How long a proxy whose stream ended still counts, as not
+    /// confirming anything newer, unless it reconnects first
+    /// (`--proxy-reconnect-hold`; zero: not at all). See
+    /// [`ProxyRegistry::set_reconnect_hold`](crate::xds::ProxyRegistry::set_reconnect_hold).
+    pub proxy_reconnect_hold: Duration,
     /// Whether this server may serve proxies now (a replica on etcd may
     /// only while it holds its lease): when it turns false, every stream
     /// is closed with `UNAVAILABLE` and new ones are refused, so proxies
@@ -92,6 +97,12 @@ pub struct XdsServerConfig {
 /// on its way still arrives).
 pub const CONNECTION_AGE_GRACE: Duration = Duration::from_secs(5);
 
+/// The default of `--proxy-reconnect-hold`: longer than Envoy's first
+/// reconnect backoff (about a second) and a replica's time to close its
+/// streams when it cannot reach etcd, short enough that a proxy scaled
+/// away mid-change holds the change up only briefly.
+pub const DEFAULT_PROXY_RECONNECT_HOLD: Duration = Duration::from_secs(10);
+
 impl Default for XdsServerConfig {
     fn default() -> Self {
         XdsServerConfig {
@@ -104,6 +115,7 @@ impl Default for XdsServerConfig {
             identities: IdentityGate::new(),
             csds: CsdsLimits::default(),
             max_connection_age: Some(Duration::from_secs(30 * 60)),
+            proxy_reconnect_hold: DEFAULT_PROXY_RECONNECT_HOLD,
             serving: None,
         }
     }

@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
@@ -83,6 +83,13 @@ pub struct ProxyStatus {
     /// mirrors the other replicas' proxies (see [`RemoteStream`]) so that
     /// a flip waits for the whole fleet. `None`: connected here.
     pub replica: Option<String>,
+    /// The stream ended and the proxy has not come back yet: it still
+    /// counts, as not confirming anything newer, until a stream of the
+    /// same node connects or the registry's reconnect hold passes (see
+    /// [`ProxyRegistry::set_reconnect_hold`]). A proxy whose stream ended
+    /// is not known to be gone: it may be reconnecting, to this replica or
+    /// another, and a change it has not applied is not confirmed.
+    pub disconnected: bool,
 }
 
 impl ProxyStatus {
@@ -123,6 +130,12 @@ struct Inner {
     /// Per [`ChangeFeed`] (by slot; `None` once it is dropped), the streams
     /// that changed or went since it last took them.
     feeds: Vec<Option<HashSet<u64, StreamIdHasher>>>,
+    /// The disconnected streams still counted (see
+    /// [`ProxyStatus::disconnected`]), by node id: a new stream of the node
+    /// ends them without a scan of every stream.
+    lingering: HashMap<String, Vec<u64>>,
+    /// How many streams `lingering` holds.
+    lingering_count: usize,
 }
 
 impl Inner {
@@ -130,6 +143,25 @@ impl Inner {
         for feed in self.feeds.iter_mut().flatten() {
             feed.insert(id);
         }
+    }
+
+    /// Removes the disconnected stream `id` of node `node`, if it is still
+    /// held; whether it was.
+    fn end_lingering(&mut self, node: &str, id: u64) -> bool {
+        let Some(ids) = self.lingering.get_mut(node) else {
+            return false;
+        };
+        let Some(at) = ids.iter().position(|s| *s == id) else {
+            return false;
+        };
+        ids.swap_remove(at);
+        if ids.is_empty() {
+            self.lingering.remove(node);
+        }
+        self.lingering_count -= 1;
+        self.streams.remove(&id);
+        self.changed(id);
+        true
     }
 }
 
@@ -147,6 +179,9 @@ pub struct ProxyRegistry {
     cordons: Arc<Cordons>,
     /// Moved on by every [`ProxyRegistry::notify`].
     cordon_epoch: AtomicU64,
+    /// How long a proxy whose stream ended still counts, in milliseconds
+    /// (0: not at all); see [`ProxyRegistry::set_reconnect_hold`].
+    reconnect_hold_ms: AtomicU64,
 }
 
 impl Default for ProxyRegistry {
@@ -158,6 +193,7 @@ impl Default for ProxyRegistry {
             generation: watch::Sender::new(0),
             cordons: Arc::default(),
             cordon_epoch: AtomicU64::new(0),
+            reconnect_hold_ms: AtomicU64::new(0),
         }
     }
 }
@@ -187,6 +223,21 @@ impl ProxyRegistry {
             cordons,
             ..ProxyRegistry::default()
         })
+    }
+
+    /// Keeps a proxy whose stream ends counted, as disconnected and not
+    /// confirming anything newer, for up to `hold` or until a stream of
+    /// the same node connects here (`--proxy-reconnect-hold`; zero: a
+    /// proxy is forgotten as its stream ends). Without it, a change
+    /// committed while proxies reconnect (an xDS connection's age, a
+    /// replica closing its streams when it cannot reach etcd, a network
+    /// blip) would be taken as confirmed by every proxy left, which may be
+    /// none. The streams list ([`ProxyRegistry::proxies`]) and the count
+    /// ([`ProxyRegistry::len`]) show connected streams only; the rollout's
+    /// pass ([`ProxyRegistry::statuses`]) and the changes sees them all.
+    pub fn set_reconnect_hold(&self, hold: Duration) {
+        let ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX);
+        self.reconnect_hold_ms.store(ms, Ordering::Relaxed);
     }
 
     /// The cordoned proxies.
@@ -240,6 +291,7 @@ impl ProxyRegistry {
                 identity: PeerIdentity::Unauthenticated,
                 types: Default::default(),
                 replica: None,
+                disconnected: false,
             }),
         );
         drop(inner);
@@ -265,10 +317,15 @@ impl ProxyRegistry {
         handle
     }
 
-    /// Every connected stream, ordered by node id and then stream id.
+    /// Every connected stream, ordered by node id and then stream id
+    /// (disconnected ones still counted are left out).
     pub fn proxies(&self) -> Vec<ProxyStatus> {
         let all = self.statuses();
-        let mut all: Vec<ProxyStatus> = all.iter().map(|p| ProxyStatus::clone(p)).collect();
+        let mut all: Vec<ProxyStatus> = all
+            .iter()
+            .filter(|p| !p.disconnected)
+            .map(|p| ProxyStatus::clone(p))
+            .collect();
         // Keys borrowed, not cloned: a sort makes O(N log N) comparisons.
         all.sort_by(|a, b| {
             let (ka, kb) = (
@@ -280,7 +337,8 @@ impl ProxyRegistry {
         all
     }
 
-    /// Every connected stream as the registry holds it, shared and in no
+    /// Every stream as the registry holds it, disconnected ones still
+    /// counted included, shared and in no
     /// particular order: a whole pass over the fleet (the rollout's) at
     /// the cost of one reference count per stream instead of a copy of
     /// every status. Drop it soon: a stream's next event copies its
@@ -291,7 +349,8 @@ impl ProxyRegistry {
 
     /// How many streams are connected.
     pub fn len(&self) -> usize {
-        self.lock().streams.len()
+        let inner = self.lock();
+        inner.streams.len() - inner.lingering_count
     }
 
     /// Whether no stream is connected.
@@ -419,6 +478,14 @@ impl StreamHandle {
             Arc::make_mut(p).node = Some(node.clone());
         }
         inner.changed(self.id);
+        // The node is back: its earlier streams no longer stand for it.
+        if let Some(ids) = inner.lingering.remove(&node.id) {
+            inner.lingering_count -= ids.len();
+            for id in ids {
+                inner.streams.remove(&id);
+                inner.changed(id);
+            }
+        }
         drop(inner);
         self.node_known = true;
         tracing::info!(stream = self.id, node = %node.id, group = %node.cluster, agent = %node.user_agent, "proxy connected");
@@ -485,13 +552,49 @@ impl StreamHandle {
 
 impl Drop for StreamHandle {
     fn drop(&mut self) {
-        let removed = {
-            let mut inner = self.registry.lock();
-            inner.changed(self.id);
-            inner.streams.remove(&self.id)
+        let hold = Duration::from_millis(self.registry.reconnect_hold_ms.load(Ordering::Relaxed));
+        // The end of the hold is a timer task: without a runtime (a
+        // registry used outside one) the stream goes at once.
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let mut inner = self.registry.lock();
+        inner.changed(self.id);
+        let node = inner
+            .streams
+            .get(&self.id)
+            .and_then(|p| p.node.as_ref().map(|n| (n.id.clone(), n.cluster.clone())));
+        let held = match (&node, &runtime) {
+            (Some((id, _)), Some(runtime)) if !hold.is_zero() => {
+                if let Some(p) = inner.streams.get_mut(&self.id) {
+                    Arc::make_mut(p).disconnected = true;
+                }
+                inner.lingering.entry(id.clone()).or_default().push(self.id);
+                inner.lingering_count += 1;
+                let registry = Arc::downgrade(&self.registry);
+                let (node, stream) = (id.clone(), self.id);
+                runtime.spawn(async move {
+                    tokio::time::sleep(hold).await;
+                    let Some(registry) = registry.upgrade() else {
+                        return;
+                    };
+                    if registry.lock().end_lingering(&node, stream) {
+                        tracing::info!(stream, node = %node, ?hold, "a disconnected proxy did not come back within --proxy-reconnect-hold: forgotten");
+                        registry.bump();
+                    }
+                });
+                true
+            }
+            _ => {
+                inner.streams.remove(&self.id);
+                false
+            }
         };
-        if let Some(node) = removed.and_then(|p| p.node.clone()) {
-            tracing::info!(stream = self.id, node = %node.id, group = %node.cluster, "proxy disconnected");
+        drop(inner);
+        if let Some((id, group)) = node {
+            if held {
+                tracing::info!(stream = self.id, node = %id, group = %group, ?hold, "proxy disconnected; it counts as not confirming until it reconnects or the hold passes");
+            } else {
+                tracing::info!(stream = self.id, node = %id, group = %group, "proxy disconnected");
+            }
         }
         self.registry.bump();
     }
@@ -540,6 +643,60 @@ impl Drop for RemoteStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn edge_node(id: &str) -> NodeInfo {
+        NodeInfo {
+            id: id.into(),
+            cluster: "edge".into(),
+            user_agent: "envoy".into(),
+        }
+    }
+
+    /// A stream that ends stays counted (for the rollout, not in the
+    /// list of connected streams) until a stream of its node connects or
+    /// the hold passes; a stream that never named its node, or a registry
+    /// without a hold, forgets it at once.
+    #[tokio::test(start_paused = true)]
+    async fn an_ended_stream_counts_until_its_node_is_back_or_the_hold_passes() {
+        let reg = ProxyRegistry::new();
+        reg.set_reconnect_hold(Duration::from_secs(10));
+        let feed = reg.feed();
+        let mut a = reg.register(StreamKind::Aggregated, false);
+        a.set_node(Some(&edge_node("a")));
+        let mut b = reg.register(StreamKind::Aggregated, false);
+        b.set_node(Some(&edge_node("b")));
+        let anonymous = reg.register(StreamKind::Aggregated, false);
+        let (a_id, b_id) = (a.id(), b.id());
+        feed.take();
+        drop((a, b, anonymous));
+        assert_eq!(reg.len(), 0);
+        assert!(reg.proxies().is_empty());
+        let held = reg.statuses();
+        assert_eq!(held.len(), 2, "{held:?}");
+        assert!(held.iter().all(|p| p.disconnected));
+        let changes = feed.take();
+        assert_eq!(changes.changed.len(), 2, "both are handed over as changed");
+
+        // a comes back: its old stream goes at once.
+        let mut again = reg.register(StreamKind::Aggregated, false);
+        again.set_node(Some(&edge_node("a")));
+        let ids: Vec<u64> = reg.statuses().iter().map(|p| p.stream_id).collect();
+        assert!(!ids.contains(&a_id) && ids.contains(&b_id), "{ids:?}");
+        assert!(feed.take().gone.contains(&a_id));
+
+        // b never does: it goes when the hold passes, and not before.
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(reg.statuses().iter().any(|p| p.stream_id == b_id));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!reg.statuses().iter().any(|p| p.stream_id == b_id));
+        assert!(feed.take().gone.contains(&b_id));
+        assert_eq!(reg.len(), 1);
+
+        // With no hold, an ended stream is forgotten at once.
+        reg.set_reconnect_hold(Duration::ZERO);
+        drop(again);
+        assert!(reg.statuses().is_empty());
+    }
 
     #[test]
     fn events_update_status_and_drop_unregisters() {
@@ -640,6 +797,7 @@ mod tests {
             identity: PeerIdentity::Unauthenticated,
             types: Default::default(),
             replica: Some("b".into()),
+            disconnected: false,
         };
         let remote = reg.register_remote(status.clone());
         assert!(watch.has_changed().expect("registry alive"));
