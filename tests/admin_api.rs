@@ -15,7 +15,7 @@ use teal::rollout::{
     ServiceStatus, ShiftSteps, Split, StatusView, Verb,
 };
 use teal::shutdown::{ShutdownTrigger, shutdown_channel};
-use teal::xds::resources::ResourceType;
+use teal::xds::resources::{PerType, ResourceType};
 use teal::xds::status::{Nack, TypeStatus};
 use teal::xds::{NodeInfo, ProxyStatus, StreamKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -85,7 +85,7 @@ fn proxy(id: &str, stream_id: u64, types: [TypeStatus; 4]) -> ProxyStatus {
         delta: false,
         connected_since: SystemTime::now(),
         identity: teal::transport::identity::PeerIdentity::Unauthenticated,
-        types,
+        types: types.into(),
         replica: None,
     }
 }
@@ -159,10 +159,10 @@ impl Backend for FakeBackend {
         ]
     }
 
-    fn current_versions(&self) -> BTreeMap<String, [String; 4]> {
+    fn current_versions(&self) -> BTreeMap<String, PerType<String>> {
         BTreeMap::from([(
             "edge".to_owned(),
-            ["v2", "v2", "v2", "v2"].map(String::from),
+            ["v2", "v2", "v2", "v2"].map(String::from).into(),
         )])
     }
 

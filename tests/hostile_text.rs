@@ -21,7 +21,7 @@ use teal::rollout::{
     ServiceStatus, Split, StatusView, Verb,
 };
 use teal::shutdown::{ShutdownTrigger, shutdown_channel};
-use teal::xds::resources::ResourceType;
+use teal::xds::resources::{PerType, ResourceType};
 use teal::xds::status::{Nack, TypeStatus};
 use teal::xds::{NodeInfo, ProxyStatus, StreamKind};
 use tokio::net::TcpListener;
@@ -161,15 +161,15 @@ impl Backend for HostileBackend {
             delta: false,
             connected_since: SystemTime::now(),
             identity: teal::transport::identity::PeerIdentity::Unauthenticated,
-            types: [nacked.clone(), nacked.clone(), nacked.clone(), nacked],
+            types: [nacked.clone(), nacked.clone(), nacked.clone(), nacked].into(),
             replica: None,
         }]
     }
 
-    fn current_versions(&self) -> BTreeMap<String, [String; 4]> {
+    fn current_versions(&self) -> BTreeMap<String, PerType<String>> {
         BTreeMap::from([(
             "edge".to_owned(),
-            ["v2", "v2", "v2", "v2"].map(String::from),
+            ["v2", "v2", "v2", "v2"].map(String::from).into(),
         )])
     }
 

@@ -13,7 +13,7 @@ use crate::rollout::{
     CheckResult, DEFAULT_TIMEOUT, HistoryEntry, Operation, Outcome, Phase, Progress, Retirement,
     RolloutError, ServiceStatus, ShiftSteps, Split, StatusView,
 };
-use crate::xds::resources::ResourceType;
+use crate::xds::resources::{PerType, ResourceType};
 use crate::xds::status::{Nack, TypeStatus};
 use crate::xds::{ProxyStatus, StreamKind};
 
@@ -243,10 +243,7 @@ pub fn proxy(p: &ProxyStatus) -> pb::Proxy {
         },
         delta: p.delta,
         connected_since_unix_ms: unix_ms(p.connected_since),
-        types: ResourceType::ALL
-            .iter()
-            .map(|ty| type_status(*ty, p.of(*ty)))
-            .collect(),
+        types: p.types.iter().map(|(ty, t)| type_status(ty, t)).collect(),
         identity: p.identity.to_string(),
         // Cordons are not part of a proxy's stream; the service adds them.
         cordoned: false,
@@ -258,18 +255,18 @@ pub fn proxy(p: &ProxyStatus) -> pb::Proxy {
 /// Every proxy and the versions their groups should be on.
 pub fn proxies(
     proxies: &[ProxyStatus],
-    current: &BTreeMap<String, [String; 4]>,
+    current: &BTreeMap<String, PerType<String>>,
 ) -> pb::ProxiesResponse {
     pb::ProxiesResponse {
         proxies: proxies.iter().map(proxy).collect(),
         current_versions: current
             .iter()
-            .map(|(group, [cds, eds, lds, rds])| {
+            .map(|(group, versions)| {
                 let v = pb::TypeVersions {
-                    cds: cds.clone(),
-                    eds: eds.clone(),
-                    lds: lds.clone(),
-                    rds: rds.clone(),
+                    cds: versions[ResourceType::Cluster].clone(),
+                    eds: versions[ResourceType::Endpoint].clone(),
+                    lds: versions[ResourceType::Listener].clone(),
+                    rds: versions[ResourceType::Route].clone(),
                 };
                 (group.clone(), v)
             })

@@ -9,6 +9,7 @@ use super::*;
 use crate::config::Endpoint;
 use crate::rollout::Outcome;
 use crate::state::MemoryStore;
+use crate::xds::resources::ResourceType;
 use crate::xds::snapshot_store::snapshot_store;
 
 /// `web`: blue in the file, green registered (empty at first).

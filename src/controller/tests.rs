@@ -3,6 +3,7 @@ use std::time::Duration;
 use super::*;
 use crate::rollout::Outcome;
 use crate::state::MemoryStore;
+use crate::xds::resources::ResourceType;
 use crate::xds::snapshot_store::snapshot_store;
 
 /// Two services; `web` has checks against a port nothing listens on, so

@@ -55,6 +55,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::xds::ProxyStatus;
+use crate::xds::resources::PerType;
 
 /// A traffic split: fleet → weight, weights summing to 100.
 pub type Split = BTreeMap<String, u32>;
@@ -692,9 +693,13 @@ pub trait Backend: Send + Sync + 'static {
     async fn status(&self, service: Option<&str>) -> Result<StatusView, RolloutError>;
     /// Every connected proxy.
     fn proxies(&self) -> Vec<ProxyStatus>;
-    /// The fleet-wide version the proxies should be on, per proxy group
-    /// and type, to tell SYNCED from STALE.
-    fn current_versions(&self) -> BTreeMap<String, [String; 4]>;
+    /// The version the proxies should be on, per proxy group and type, to
+    /// tell SYNCED from STALE: the `version_info` each type is served
+    /// under. Text, not a [`Version`]: the xDS engine serves a type under
+    /// whatever label it was published with (a type unchanged since an
+    /// earlier commit keeps that commit's label, recorded in the state),
+    /// and what it is compared with is what proxies ACKed, which is text.
+    fn current_versions(&self) -> BTreeMap<String, PerType<String>>;
     /// Starts an operation; its progress arrives on the returned receiver,
     /// the last value having `outcome` set. The operation belongs to the
     /// server: dropping the receiver does not stop it.
