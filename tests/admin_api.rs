@@ -12,7 +12,7 @@ use teal::admin::Tokens;
 use teal::metrics::Metrics;
 use teal::rollout::{
     Backend, CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, RolloutError,
-    ServiceStatus, ShiftSteps, Split, StatusView, Verb,
+    ServiceStatus, ShiftSteps, Split, StatusView, Verb, Version,
 };
 use teal::shutdown::{ShutdownTrigger, shutdown_channel};
 use teal::xds::resources::{PerType, ResourceType};
@@ -46,7 +46,7 @@ fn progress(id: u64, service: &str, phase: Phase) -> Progress {
         step: 1,
         steps: 1,
         target: split(&[("blue", 0), ("green", 100)]),
-        version: Some("v3".into()),
+        version: Some(Version::new(3, "v3")),
         acked: 1,
         total: 2,
         waiting_for: vec!["edge-2".into()],
@@ -101,7 +101,7 @@ impl Backend for FakeBackend {
         }
         let now = SystemTime::now();
         Ok(StatusView {
-            version: "v2".into(),
+            version: Some(Version::new(2, "v2")),
             services: vec![ServiceStatus {
                 name: "web".into(),
                 live: "blue".into(),
@@ -119,7 +119,7 @@ impl Backend for FakeBackend {
                     finished: now - Duration::from_secs(59),
                     from: split(&[("blue", 0), ("green", 100)]),
                     to: split(&[("blue", 100), ("green", 0)]),
-                    version: Some("v2".into()),
+                    version: Some(Version::new(2, "v2")),
                     outcome: Outcome::Succeeded,
                     convergence: Some(Duration::from_millis(340)),
                     acks: vec![("edge-1".into(), Duration::from_millis(120))],
@@ -325,7 +325,7 @@ async fn authenticated_flip_streams_progress_and_succeeds() {
         "stdout: {stdout}\nstderr: {stderr}"
     );
     assert!(
-        stderr.contains("confirming v3: 1/2 proxies ACKed (waiting for edge-2)"),
+        stderr.contains("confirming 3-v3: 1/2 proxies ACKed (waiting for edge-2)"),
         "{stderr}"
     );
     assert!(stdout.contains("succeeded"), "{stdout}");
@@ -373,7 +373,7 @@ async fn status_json_has_the_documented_fields() {
     let out = teal(admin.addr, &["status", "web", "-o", "json"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status -o json is JSON");
-    assert_eq!(v["version"], "v2");
+    assert_eq!(v["version"], "2-v2");
     let web = &v["services"][0];
     for field in [
         "name",

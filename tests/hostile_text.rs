@@ -18,7 +18,7 @@ use teal::admin::Tokens;
 use teal::metrics::Metrics;
 use teal::rollout::{
     Backend, CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, RolloutError,
-    ServiceStatus, Split, StatusView, Verb,
+    ServiceStatus, Split, StatusView, Verb, Version,
 };
 use teal::shutdown::{ShutdownTrigger, shutdown_channel};
 use teal::xds::resources::{PerType, ResourceType};
@@ -78,7 +78,7 @@ impl HostileBackend {
             finished: now,
             from: split(&[("blue", 100), ("green", 0)]),
             to: split(&[("blue", 100), ("green", 0)]),
-            version: Some("v2".into()),
+            version: Some(Version::new(2, "v2")),
             outcome: Outcome::RolledBack {
                 reason: self.reason.clone(),
             },
@@ -99,7 +99,7 @@ impl HostileBackend {
             step: 1,
             steps: 1,
             target: split(&[("blue", 0), ("green", 100)]),
-            version: Some("v3".into()),
+            version: Some(Version::new(3, "v3")),
             acked: 0,
             total: 1,
             waiting_for: vec![self.node_id.clone()],
@@ -121,7 +121,7 @@ impl HostileBackend {
 impl Backend for HostileBackend {
     async fn status(&self, _service: Option<&str>) -> Result<StatusView, RolloutError> {
         Ok(StatusView {
-            version: "v2".into(),
+            version: Some(Version::new(2, "v2")),
             services: vec![ServiceStatus {
                 name: "web".into(),
                 live: "blue".into(),

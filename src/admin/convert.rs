@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::rollout::registration::{FleetView, Registered, Request};
 use crate::rollout::{
     CheckResult, DEFAULT_TIMEOUT, HistoryEntry, Operation, Outcome, Phase, Progress, Retirement,
-    RolloutError, ServiceStatus, ShiftSteps, Split, StatusView,
+    RolloutError, ServiceStatus, ShiftSteps, Split, StatusView, Version,
 };
 use crate::xds::resources::{PerType, ResourceType};
 use crate::xds::status::{Nack, TypeStatus};
@@ -137,7 +137,7 @@ pub fn progress(p: &Progress) -> pb::Progress {
         step: count(p.step),
         steps: count(p.steps),
         target: Some(split(&p.target)),
-        version: p.version.clone(),
+        version: p.version.as_ref().map(Version::to_string),
         acked: count(p.acked),
         total: count(p.total),
         waiting_for: p.waiting_for.clone(),
@@ -159,7 +159,7 @@ pub fn history_entry(h: &HistoryEntry) -> pb::HistoryEntry {
         finished_unix_ms: unix_ms(h.finished),
         from: Some(split(&h.from)),
         to: Some(split(&h.to)),
-        version: h.version.clone(),
+        version: h.version.as_ref().map(Version::to_string),
         outcome: Some(outcome(&h.outcome)),
         convergence_ms: h.convergence.map(millis),
         acks: h
@@ -199,10 +199,15 @@ pub fn service_status(s: &ServiceStatus) -> pb::ServiceStatus {
     }
 }
 
+/// A version as the API's plain string fields carry it: empty for none.
+fn version_text(v: Option<&Version>) -> String {
+    v.map(Version::to_string).unwrap_or_default()
+}
+
 /// The status view as a message.
 pub fn status_view(v: &StatusView) -> pb::StatusResponse {
     pb::StatusResponse {
-        version: v.version.clone(),
+        version: version_text(v.version.as_ref()),
         services: v.services.iter().map(service_status).collect(),
         cordons: Vec::new(),
         replicas: Vec::new(),
@@ -423,7 +428,7 @@ pub fn fleet(v: &FleetView) -> pb::FleetResponse {
                 removed_count: c.removed_count as u64,
             })
             .collect(),
-        version: v.version.clone(),
+        version: version_text(v.version.as_ref()),
     }
 }
 
@@ -437,6 +442,17 @@ mod tests {
         assert_eq!(unix_ms(t), 1_700_000_000_123);
         assert_eq!(from_unix_ms(unix_ms(t)), t);
         assert_eq!(unix_ms(UNIX_EPOCH - Duration::from_millis(5)), -5);
+    }
+
+    #[test]
+    fn versions_go_on_the_wire_as_their_string_and_none_as_empty() {
+        let mut view = StatusView {
+            version: None,
+            services: Vec::new(),
+        };
+        assert_eq!(status_view(&view).version, "");
+        view.version = Some(Version::new(4, "ab12"));
+        assert_eq!(status_view(&view).version, "4-ab12");
     }
 
     #[test]

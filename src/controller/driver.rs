@@ -1091,7 +1091,7 @@ impl Driver {
             from: r.original().split.clone(),
             to: in_effect.split,
             target: r.target().cloned(),
-            version: r.last_version().map(Version::to_string),
+            version: r.last_version().cloned(),
             outcome: outcome.clone(),
             convergence,
             acks,
@@ -1165,12 +1165,7 @@ impl Driver {
             })
             .collect();
         Ok(StatusView {
-            version: self
-                .state
-                .version
-                .as_ref()
-                .map(Version::to_string)
-                .unwrap_or_default(),
+            version: self.state.version.clone(),
             services,
         })
     }

@@ -470,7 +470,7 @@ impl Rollout {
         let version = match &self.state {
             State::Confirming { version, .. }
             | State::PostChecks { version, .. }
-            | State::Undoing { version, .. } => Some(version.to_string()),
+            | State::Undoing { version, .. } => Some(version.clone()),
             _ => None,
         };
         let target = match &self.state {

@@ -316,7 +316,7 @@ pub struct Progress {
     /// The split being applied.
     pub target: Split,
     /// The version being confirmed, once committed.
-    pub version: Option<String>,
+    pub version: Option<Version>,
     /// Proxies that ACKed it.
     pub acked: usize,
     /// Proxies that must ACK it.
@@ -366,8 +366,9 @@ pub struct HistoryEntry {
     /// written before teal recorded it.
     #[serde(default)]
     pub target: Option<Split>,
-    /// The version that carried the change, if one was committed.
-    pub version: Option<String>,
+    /// The version that carried the change, if one was committed (stored
+    /// as its string, or null).
+    pub version: Option<Version>,
     /// How it ended.
     pub outcome: Outcome,
     /// First push to last ACK of the last version every proxy confirmed;
@@ -431,8 +432,9 @@ pub struct ServiceStatus {
 /// Everything `teal status` shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatusView {
-    /// The fleet-wide version being served.
-    pub version: String,
+    /// The fleet-wide version being served; `None` before the first
+    /// commit.
+    pub version: Option<Version>,
     /// Services, by name.
     pub services: Vec<ServiceStatus>,
 }

@@ -290,6 +290,13 @@ impl GroupSnapshot {
 /// Everything teal serves at one fleet-wide version.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// The label it is published under. Text, not a
+    /// `rollout::Version`: the xDS engine serves whatever label
+    /// its writer gives (the controller names each snapshot with a
+    /// `Version`'s text, tests and tools with their own), and a type
+    /// unchanged since an earlier snapshot keeps that one's label, possibly
+    /// recorded by an earlier run ([`TypeLabels`]). The controller keeps
+    /// the typed version with its durable state.
     version: String,
     /// [`content_digest`] of what this snapshot serves.
     digest: String,

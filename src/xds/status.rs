@@ -37,6 +37,12 @@ pub struct Nack {
 }
 
 /// One proxy's state for one type.
+///
+/// Versions here are the `version_info` text as it went over the wire,
+/// not `rollout::Version`s: what a proxy ACKs or rejects may come
+/// from another control plane, and what teal sends may carry a `+keep.`
+/// suffix (see `xds::sotw`) or a label a test published. Readers that need
+/// teal's version out of one parse it with `Version::of_sent`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TypeStatus {
     /// The proxy asked for this type.
