@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use teal::admin::Tokens;
 use teal::metrics::Metrics;
 use teal::rollout::{
-    Backend, CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, RolloutError,
+    Backend, CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, Reason, RolloutError,
     ServiceStatus, ShiftSteps, Split, StatusView, Verb, Version,
 };
 use teal::shutdown::{ShutdownTrigger, shutdown_channel};
@@ -201,7 +201,7 @@ impl Backend for FakeBackend {
                 Outcome::Succeeded
             } else {
                 Outcome::RolledBack {
-                    reason: "edge-3 NACKed v3: unknown cluster".into(),
+                    reason: Reason::Recorded("edge-3 NACKed v3: unknown cluster".into()),
                 }
             });
             tx.send_replace(done);

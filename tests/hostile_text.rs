@@ -17,7 +17,7 @@ use envoy_types::pb::google::rpc::Status as RpcStatus;
 use teal::admin::Tokens;
 use teal::metrics::Metrics;
 use teal::rollout::{
-    Backend, CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, RolloutError,
+    Backend, CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, Reason, RolloutError,
     ServiceStatus, Split, StatusView, Verb, Version,
 };
 use teal::shutdown::{ShutdownTrigger, shutdown_channel};
@@ -80,7 +80,7 @@ impl HostileBackend {
             to: split(&[("blue", 100), ("green", 0)]),
             version: Some(Version::new(2, "v2")),
             outcome: Outcome::RolledBack {
-                reason: self.reason.clone(),
+                reason: Reason::Recorded(self.reason.clone()),
             },
             convergence: None,
             acks: vec![(self.node_id.clone(), Duration::from_millis(5))],
@@ -181,7 +181,7 @@ impl Backend for HostileBackend {
         let (tx, rx) = watch::channel(self.progress(Phase::Confirming));
         let mut done = self.progress(Phase::Done);
         done.outcome = Some(Outcome::RolledBack {
-            reason: self.reason.clone(),
+            reason: Reason::Recorded(self.reason.clone()),
         });
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -90,11 +90,11 @@ pub fn outcome(o: &Outcome) -> pb::Outcome {
     use pb::outcome::Kind;
     let (kind, reason) = match o {
         Outcome::Succeeded => (Kind::Succeeded, String::new()),
-        Outcome::Refused { reason } => (Kind::Refused, reason.clone()),
-        Outcome::RolledBack { reason } => (Kind::RolledBack, reason.clone()),
-        Outcome::Aborted { reason } => (Kind::Aborted, reason.clone()),
-        Outcome::Unconfirmed { reason } => (Kind::Unconfirmed, reason.clone()),
-        Outcome::Interrupted { reason } => (Kind::Interrupted, reason.clone()),
+        Outcome::Refused { reason } => (Kind::Refused, reason.to_string()),
+        Outcome::RolledBack { reason } => (Kind::RolledBack, reason.to_string()),
+        Outcome::Aborted { reason } => (Kind::Aborted, reason.to_string()),
+        Outcome::Unconfirmed { reason } => (Kind::Unconfirmed, reason.to_string()),
+        Outcome::Interrupted { reason } => (Kind::Interrupted, reason.to_string()),
     };
     pb::Outcome {
         kind: kind as i32,

@@ -5,6 +5,7 @@
 //!   where the rollback point goes.
 //! - [`machine`]: the pure rollout state machine (events in, actions out).
 //! - [`version`]: the fleet-wide version a commit publishes.
+//! - [`reason`]: why an operation did not simply succeed.
 //! - [`checks`]: the HTTP checks a rollout sends straight to a fleet's
 //!   endpoints.
 //! - [`registration`]: endpoints a deploy pipeline or an instance
@@ -40,6 +41,7 @@ pub mod checks;
 mod fixtures;
 pub mod machine;
 pub mod plan;
+pub mod reason;
 pub mod registration;
 mod seen;
 pub(crate) mod serde_time;
@@ -47,6 +49,7 @@ pub mod version;
 
 use crate::config::WeightsError;
 
+pub use reason::Reason;
 pub use version::Version;
 
 use std::collections::BTreeMap;
@@ -235,19 +238,19 @@ pub enum Outcome {
     /// Refused before anything changed (failing pre-checks, bad request).
     Refused {
         /// Why.
-        reason: String,
+        reason: Reason,
     },
     /// Something failed after the commit; every proxy was put back.
     RolledBack {
         /// Why.
-        reason: String,
+        reason: Reason,
     },
     /// Stopped by the operator (or by teal shutting down): the step in
     /// progress was undone or never committed; earlier steps of a shift
     /// stay.
     Aborted {
         /// Why.
-        reason: String,
+        reason: Reason,
     },
     /// Committed and left in effect, but not confirmed by every proxy (one
     /// did not ACK in time or rejected it), or its checks failed
@@ -255,14 +258,14 @@ pub enum Outcome {
     /// rollback, nor an undo; the reason names the proxies concerned.
     Unconfirmed {
         /// Why.
-        reason: String,
+        reason: Reason,
     },
     /// teal stopped (a crash, `kill -9`) while the operation ran and found
     /// it on start-up with nothing left to confirm: the step in progress
     /// had not been committed.
     Interrupted {
         /// Why.
-        reason: String,
+        reason: Reason,
     },
 }
 
@@ -273,7 +276,7 @@ impl Outcome {
     }
 
     /// The reason, for every outcome but success.
-    pub fn reason(&self) -> Option<&str> {
+    pub fn reason(&self) -> Option<&Reason> {
         match self {
             Outcome::Succeeded => None,
             Outcome::Refused { reason }

@@ -3,7 +3,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::*;
 use crate::rollout::machine::{Record, Stage};
 use crate::rollout::plan::{Change, Plan};
-use crate::rollout::{Outcome, Verb};
+use crate::rollout::{Outcome, Reason, Verb};
 
 fn at(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
@@ -23,7 +23,7 @@ fn entry(id: u64) -> HistoryEntry {
             Outcome::Succeeded
         } else {
             Outcome::RolledBack {
-                reason: "proxy edge-1 NACKed".into(),
+                reason: Reason::Recorded("proxy edge-1 NACKed".into()),
             }
         },
         convergence: Some(Duration::from_millis(42)),
