@@ -33,7 +33,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::rollout::{Backend, ServiceStatus};
-use crate::xds::resources::ResourceType;
+use crate::xds::resources::{PerType, ResourceType};
 use crate::xds::{EventSink, StreamEvent};
 
 pub use prometheus_text::CONTENT_TYPE;
@@ -63,7 +63,7 @@ pub struct Metrics {
     /// series, and every response and ACK of every stream counts here, so
     /// looking it up by label (a hash and a lock) at each cost more than
     /// the count.
-    by_type: [[Counter; ResourceType::ALL.len()]; 3],
+    by_type: [PerType<Counter>; 3],
     /// Milliseconds; a clone shares the same buckets.
     convergence: Histogram,
     /// Proxies cordoned now; set whenever the cordons change.
@@ -82,7 +82,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let (sent, acks, nacks) = (Family::default(), Family::default(), Family::default());
         let by_type = [&sent, &acks, &nacks].map(|family: &Family<TypeLabel, Counter>| {
-            ResourceType::ALL.map(|ty| family.get_or_create(&type_label(ty)).clone())
+            PerType::from_fn(|ty| family.get_or_create(&type_label(ty)).clone())
         });
         Metrics {
             sent,
@@ -102,7 +102,7 @@ impl Metrics {
             StreamEvent::Nacked { ty, .. } => (2, ty),
             StreamEvent::StaleNonce { .. } => return,
         };
-        self.by_type[family][ty.index()].inc();
+        self.by_type[family][*ty].inc();
     }
 
     /// Records how long a version took from first push to last ACK.

@@ -11,11 +11,11 @@ use std::time::{Duration, SystemTime};
 use teal::admin::Tokens;
 use teal::metrics::Metrics;
 use teal::rollout::{
-    Backend, CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, RolloutError,
-    ServiceStatus, ShiftSteps, Split, StatusView, Verb,
+    Backend, CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, Reason, RolloutError,
+    ServiceStatus, ShiftSteps, Split, StatusView, Verb, Version,
 };
 use teal::shutdown::{ShutdownTrigger, shutdown_channel};
-use teal::xds::resources::ResourceType;
+use teal::xds::resources::{PerType, ResourceType};
 use teal::xds::status::{Nack, TypeStatus};
 use teal::xds::{NodeInfo, ProxyStatus, StreamKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,7 +46,7 @@ fn progress(id: u64, service: &str, phase: Phase) -> Progress {
         step: 1,
         steps: 1,
         target: split(&[("blue", 0), ("green", 100)]),
-        version: Some("v3".into()),
+        version: Some(Version::new(3, "v3")),
         acked: 1,
         total: 2,
         waiting_for: vec!["edge-2".into()],
@@ -85,7 +85,7 @@ fn proxy(id: &str, stream_id: u64, types: [TypeStatus; 4]) -> ProxyStatus {
         delta: false,
         connected_since: SystemTime::now(),
         identity: teal::transport::identity::PeerIdentity::Unauthenticated,
-        types,
+        types: types.into(),
         replica: None,
         disconnected: false,
     }
@@ -102,7 +102,7 @@ impl Backend for FakeBackend {
         }
         let now = SystemTime::now();
         Ok(StatusView {
-            version: "v2".into(),
+            version: Some(Version::new(2, "v2")),
             services: vec![ServiceStatus {
                 name: "web".into(),
                 live: "blue".into(),
@@ -120,7 +120,7 @@ impl Backend for FakeBackend {
                     finished: now - Duration::from_secs(59),
                     from: split(&[("blue", 0), ("green", 100)]),
                     to: split(&[("blue", 100), ("green", 0)]),
-                    version: Some("v2".into()),
+                    version: Some(Version::new(2, "v2")),
                     outcome: Outcome::Succeeded,
                     convergence: Some(Duration::from_millis(340)),
                     acks: vec![("edge-1".into(), Duration::from_millis(120))],
@@ -160,10 +160,10 @@ impl Backend for FakeBackend {
         ]
     }
 
-    fn current_versions(&self) -> BTreeMap<String, [String; 4]> {
+    fn current_versions(&self) -> BTreeMap<String, PerType<String>> {
         BTreeMap::from([(
             "edge".to_owned(),
-            ["v2", "v2", "v2", "v2"].map(String::from),
+            ["v2", "v2", "v2", "v2"].map(String::from).into(),
         )])
     }
 
@@ -202,7 +202,7 @@ impl Backend for FakeBackend {
                 Outcome::Succeeded
             } else {
                 Outcome::RolledBack {
-                    reason: "edge-3 NACKed v3: unknown cluster".into(),
+                    reason: Reason::Recorded("edge-3 NACKed v3: unknown cluster".into()),
                 }
             });
             tx.send_replace(done);
@@ -326,7 +326,7 @@ async fn authenticated_flip_streams_progress_and_succeeds() {
         "stdout: {stdout}\nstderr: {stderr}"
     );
     assert!(
-        stderr.contains("confirming v3: 1/2 proxies ACKed (waiting for edge-2)"),
+        stderr.contains("confirming 3-v3: 1/2 proxies ACKed (waiting for edge-2)"),
         "{stderr}"
     );
     assert!(stdout.contains("succeeded"), "{stdout}");
@@ -374,7 +374,7 @@ async fn status_json_has_the_documented_fields() {
     let out = teal(admin.addr, &["status", "web", "-o", "json"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status -o json is JSON");
-    assert_eq!(v["version"], "v2");
+    assert_eq!(v["version"], "2-v2");
     let web = &v["services"][0];
     for field in [
         "name",

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use teal::config::{Config, FLEET_HEADER, Weights, config_digest, translate};
-use teal::xds::resources::ResourceType;
+use teal::xds::resources::{PerType, ResourceType};
 use teal::xds::status::TypeStatus;
 
 use support::http::{self, HttpResponse};
@@ -196,7 +196,7 @@ impl Setup {
     }
 
     /// What teal's registry shows for `envoy`, type by type.
-    fn types(&self, envoy: &Envoy) -> [TypeStatus; 4] {
+    fn types(&self, envoy: &Envoy) -> PerType<TypeStatus> {
         self.teal
             .proxy(&envoy.node_id)
             .unwrap_or_else(|| panic!("{} is not connected", envoy.node_id))

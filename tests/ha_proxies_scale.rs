@@ -104,7 +104,7 @@ async fn until(leader: &Replica, secs: u64, what: &str, check: impl Fn(&Running)
                 .registry
                 .statuses()
                 .iter()
-                .filter(|p| p.types.iter().all(|t| !t.subscribed || t.acked.is_some()))
+                .filter(|p| p.types.values().all(|t| !t.subscribed || t.acked.is_some()))
                 .count()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -186,7 +186,7 @@ async fn thousands_of_a_followers_proxies_are_mirrored_and_waited_for() {
         all.iter().filter(|p| p.replica.is_some()).count() == proxies + 1
             && all
                 .iter()
-                .all(|p| p.types.iter().all(|t| !t.subscribed || t.acked.is_some()))
+                .all(|p| p.types.values().all(|t| !t.subscribed || t.acked.is_some()))
     })
     .await;
 

@@ -175,7 +175,7 @@ async fn a_flip_waits_for_a_proxy_connected_only_to_a_follower() {
         r.registry.proxies().iter().any(|p| {
             p.replica.is_some()
                 && p.node.as_ref().is_some_and(|n| n.id == "far-proxy")
-                && p.types.iter().all(|t| t.subscribed && t.acked.is_some())
+                && p.types.values().all(|t| t.subscribed && t.acked.is_some())
         })
     })
     .await;

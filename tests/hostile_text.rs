@@ -17,11 +17,11 @@ use envoy_types::pb::google::rpc::Status as RpcStatus;
 use teal::admin::Tokens;
 use teal::metrics::Metrics;
 use teal::rollout::{
-    Backend, CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, RolloutError,
-    ServiceStatus, Split, StatusView, Verb,
+    Backend, CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, Reason, RolloutError,
+    ServiceStatus, Split, StatusView, Verb, Version,
 };
 use teal::shutdown::{ShutdownTrigger, shutdown_channel};
-use teal::xds::resources::ResourceType;
+use teal::xds::resources::{PerType, ResourceType};
 use teal::xds::status::{Nack, TypeStatus};
 use teal::xds::{NodeInfo, ProxyStatus, StreamKind};
 use tokio::net::TcpListener;
@@ -78,9 +78,9 @@ impl HostileBackend {
             finished: now,
             from: split(&[("blue", 100), ("green", 0)]),
             to: split(&[("blue", 100), ("green", 0)]),
-            version: Some("v2".into()),
+            version: Some(Version::new(2, "v2")),
             outcome: Outcome::RolledBack {
-                reason: self.reason.clone(),
+                reason: Reason::Recorded(self.reason.clone()),
             },
             convergence: None,
             acks: vec![(self.node_id.clone(), Duration::from_millis(5))],
@@ -99,7 +99,7 @@ impl HostileBackend {
             step: 1,
             steps: 1,
             target: split(&[("blue", 0), ("green", 100)]),
-            version: Some("v3".into()),
+            version: Some(Version::new(3, "v3")),
             acked: 0,
             total: 1,
             waiting_for: vec![self.node_id.clone()],
@@ -121,7 +121,7 @@ impl HostileBackend {
 impl Backend for HostileBackend {
     async fn status(&self, _service: Option<&str>) -> Result<StatusView, RolloutError> {
         Ok(StatusView {
-            version: "v2".into(),
+            version: Some(Version::new(2, "v2")),
             services: vec![ServiceStatus {
                 name: "web".into(),
                 live: "blue".into(),
@@ -161,16 +161,16 @@ impl Backend for HostileBackend {
             delta: false,
             connected_since: SystemTime::now(),
             identity: teal::transport::identity::PeerIdentity::Unauthenticated,
-            types: [nacked.clone(), nacked.clone(), nacked.clone(), nacked],
+            types: [nacked.clone(), nacked.clone(), nacked.clone(), nacked].into(),
             replica: None,
             disconnected: false,
         }]
     }
 
-    fn current_versions(&self) -> BTreeMap<String, [String; 4]> {
+    fn current_versions(&self) -> BTreeMap<String, PerType<String>> {
         BTreeMap::from([(
             "edge".to_owned(),
-            ["v2", "v2", "v2", "v2"].map(String::from),
+            ["v2", "v2", "v2", "v2"].map(String::from).into(),
         )])
     }
 
@@ -182,7 +182,7 @@ impl Backend for HostileBackend {
         let (tx, rx) = watch::channel(self.progress(Phase::Confirming));
         let mut done = self.progress(Phase::Done);
         done.outcome = Some(Outcome::RolledBack {
-            reason: self.reason.clone(),
+            reason: Reason::Recorded(self.reason.clone()),
         });
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use teal::rollout::{HistoryEntry, Outcome, Split, Verb};
+use teal::rollout::{HistoryEntry, Outcome, Split, Verb, Version};
 use teal::state::{FileStore, PersistedState, Revision, SaveStep, ServiceState, StateStore};
 
 const DIR_VAR: &str = "TEAL_STATE_CRASH_DIR";
@@ -54,7 +54,7 @@ fn state(seq: u64) -> PersistedState {
                 finished: SystemTime::UNIX_EPOCH + Duration::from_millis(seq),
                 from: Split::from([("blue".into(), 100)]),
                 to: Split::from([("green".into(), 100)]),
-                version: Some(format!("{seq}-{id}")),
+                version: Some(Version::new(seq, id.to_string())),
                 outcome: Outcome::Succeeded,
                 convergence: None,
                 acks: vec![("edge-1".into(), Duration::from_millis(id))],

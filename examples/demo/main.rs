@@ -336,7 +336,9 @@ async fn run(
         let now = t0.elapsed();
         if p.phase == teal::rollout::Phase::Confirming
             && let Some(version) = &p.version
-            && confirming.as_ref().is_none_or(|(v, _, _)| v != version)
+            && confirming
+                .as_ref()
+                .is_none_or(|(v, _, _)| *v != version.to_string())
         {
             let green = p.target.get("green").copied().unwrap_or(0);
             let label = match verb {
@@ -344,7 +346,7 @@ async fn run(
                 _ if green == 100 => format!("{verb} > green"),
                 _ => format!("{verb} > blue"),
             };
-            confirming = Some((version.clone(), now, label));
+            confirming = Some((version.to_string(), now, label));
         }
         if p.phase != teal::rollout::Phase::Confirming
             && let Some((version, committed, label)) = confirming.take()

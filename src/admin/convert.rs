@@ -11,9 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::rollout::registration::{FleetView, Registered, Request};
 use crate::rollout::{
     CheckResult, DEFAULT_TIMEOUT, HistoryEntry, Operation, Outcome, Phase, Progress, Retirement,
-    RolloutError, ServiceStatus, ShiftSteps, Split, StatusView,
+    RolloutError, ServiceStatus, ShiftSteps, Split, StatusView, Version,
 };
-use crate::xds::resources::ResourceType;
+use crate::xds::resources::{PerType, ResourceType};
 use crate::xds::status::{Nack, TypeStatus};
 use crate::xds::{ProxyStatus, StreamKind};
 
@@ -90,11 +90,11 @@ pub fn outcome(o: &Outcome) -> pb::Outcome {
     use pb::outcome::Kind;
     let (kind, reason) = match o {
         Outcome::Succeeded => (Kind::Succeeded, String::new()),
-        Outcome::Refused { reason } => (Kind::Refused, reason.clone()),
-        Outcome::RolledBack { reason } => (Kind::RolledBack, reason.clone()),
-        Outcome::Aborted { reason } => (Kind::Aborted, reason.clone()),
-        Outcome::Unconfirmed { reason } => (Kind::Unconfirmed, reason.clone()),
-        Outcome::Interrupted { reason } => (Kind::Interrupted, reason.clone()),
+        Outcome::Refused { reason } => (Kind::Refused, reason.to_string()),
+        Outcome::RolledBack { reason } => (Kind::RolledBack, reason.to_string()),
+        Outcome::Aborted { reason } => (Kind::Aborted, reason.to_string()),
+        Outcome::Unconfirmed { reason } => (Kind::Unconfirmed, reason.to_string()),
+        Outcome::Interrupted { reason } => (Kind::Interrupted, reason.to_string()),
     };
     pb::Outcome {
         kind: kind as i32,
@@ -137,7 +137,7 @@ pub fn progress(p: &Progress) -> pb::Progress {
         step: count(p.step),
         steps: count(p.steps),
         target: Some(split(&p.target)),
-        version: p.version.clone(),
+        version: p.version.as_ref().map(Version::to_string),
         acked: count(p.acked),
         total: count(p.total),
         waiting_for: p.waiting_for.clone(),
@@ -159,7 +159,7 @@ pub fn history_entry(h: &HistoryEntry) -> pb::HistoryEntry {
         finished_unix_ms: unix_ms(h.finished),
         from: Some(split(&h.from)),
         to: Some(split(&h.to)),
-        version: h.version.clone(),
+        version: h.version.as_ref().map(Version::to_string),
         outcome: Some(outcome(&h.outcome)),
         convergence_ms: h.convergence.map(millis),
         acks: h
@@ -199,10 +199,15 @@ pub fn service_status(s: &ServiceStatus) -> pb::ServiceStatus {
     }
 }
 
+/// A version as the API's plain string fields carry it: empty for none.
+fn version_text(v: Option<&Version>) -> String {
+    v.map(Version::to_string).unwrap_or_default()
+}
+
 /// The status view as a message.
 pub fn status_view(v: &StatusView) -> pb::StatusResponse {
     pb::StatusResponse {
-        version: v.version.clone(),
+        version: version_text(v.version.as_ref()),
         services: v.services.iter().map(service_status).collect(),
         cordons: Vec::new(),
         replicas: Vec::new(),
@@ -243,10 +248,7 @@ pub fn proxy(p: &ProxyStatus) -> pb::Proxy {
         },
         delta: p.delta,
         connected_since_unix_ms: unix_ms(p.connected_since),
-        types: ResourceType::ALL
-            .iter()
-            .map(|ty| type_status(*ty, p.of(*ty)))
-            .collect(),
+        types: p.types.iter().map(|(ty, t)| type_status(ty, t)).collect(),
         identity: p.identity.to_string(),
         // Cordons are not part of a proxy's stream; the service adds them.
         cordoned: false,
@@ -258,18 +260,18 @@ pub fn proxy(p: &ProxyStatus) -> pb::Proxy {
 /// Every proxy and the versions their groups should be on.
 pub fn proxies(
     proxies: &[ProxyStatus],
-    current: &BTreeMap<String, [String; 4]>,
+    current: &BTreeMap<String, PerType<String>>,
 ) -> pb::ProxiesResponse {
     pb::ProxiesResponse {
         proxies: proxies.iter().map(proxy).collect(),
         current_versions: current
             .iter()
-            .map(|(group, [cds, eds, lds, rds])| {
+            .map(|(group, versions)| {
                 let v = pb::TypeVersions {
-                    cds: cds.clone(),
-                    eds: eds.clone(),
-                    lds: lds.clone(),
-                    rds: rds.clone(),
+                    cds: versions[ResourceType::Cluster].clone(),
+                    eds: versions[ResourceType::Endpoint].clone(),
+                    lds: versions[ResourceType::Listener].clone(),
+                    rds: versions[ResourceType::Route].clone(),
                 };
                 (group.clone(), v)
             })
@@ -426,7 +428,7 @@ pub fn fleet(v: &FleetView) -> pb::FleetResponse {
                 removed_count: c.removed_count as u64,
             })
             .collect(),
-        version: v.version.clone(),
+        version: version_text(v.version.as_ref()),
     }
 }
 
@@ -440,6 +442,17 @@ mod tests {
         assert_eq!(unix_ms(t), 1_700_000_000_123);
         assert_eq!(from_unix_ms(unix_ms(t)), t);
         assert_eq!(unix_ms(UNIX_EPOCH - Duration::from_millis(5)), -5);
+    }
+
+    #[test]
+    fn versions_go_on_the_wire_as_their_string_and_none_as_empty() {
+        let mut view = StatusView {
+            version: None,
+            services: Vec::new(),
+        };
+        assert_eq!(status_view(&view).version, "");
+        view.version = Some(Version::new(4, "ab12"));
+        assert_eq!(status_view(&view).version, "4-ab12");
     }
 
     #[test]

@@ -23,8 +23,8 @@ use crate::rollout::machine::{self, Action, Event, Gate, Origin, ProxyView, Roll
 use crate::rollout::plan::{self, Change, ServiceView};
 use crate::rollout::registration::Registered;
 use crate::rollout::{
-    CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, Retirement, RolloutError,
-    ServiceStatus, StatusView, Verb, Version,
+    CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, Reason, Retirement,
+    RolloutError, ServiceStatus, StatusView, Verb, Version,
 };
 use crate::shutdown::Shutdown;
 use crate::state::{PersistedState, Revision, StateError, StateStore};
@@ -198,9 +198,7 @@ impl Driver {
                     target: op.plan.steps.last().map(|c| c.split.clone()),
                     version: None,
                     outcome: Outcome::Aborted {
-                        reason: "the service was removed from the config while teal was \
-                                 stopped during the operation"
-                            .into(),
+                        reason: Reason::ServiceRemovedWhileStopped,
                     },
                     convergence: None,
                     acks: Vec::new(),
@@ -889,10 +887,7 @@ impl Driver {
         let Some(running) = self.running.get_mut(service) else {
             return Ok(());
         };
-        let actions = running.rollout.abort(
-            &format!("{by} (a rollback cancels the retirement)"),
-            Instant::now(),
-        )?;
+        let actions = running.rollout.cancel_retirement(by, Instant::now())?;
         running.publish();
         self.carry_out(service, actions).await;
         Ok(())
@@ -1091,7 +1086,7 @@ impl Driver {
             from: r.original().split.clone(),
             to: in_effect.split,
             target: r.target().cloned(),
-            version: r.last_version().map(Version::to_string),
+            version: r.last_version().cloned(),
             outcome: outcome.clone(),
             convergence,
             acks,
@@ -1165,12 +1160,7 @@ impl Driver {
             })
             .collect();
         Ok(StatusView {
-            version: self
-                .state
-                .version
-                .as_ref()
-                .map(Version::to_string)
-                .unwrap_or_default(),
+            version: self.state.version.clone(),
             services,
         })
     }

@@ -308,12 +308,7 @@ impl Driver {
                         .collect()
                 })
                 .unwrap_or_default(),
-            version: self
-                .state
-                .version
-                .as_ref()
-                .map(Version::to_string)
-                .unwrap_or_default(),
+            version: self.state.version.clone(),
         })
     }
 

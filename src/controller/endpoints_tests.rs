@@ -7,8 +7,9 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 
 use super::*;
 use crate::config::Endpoint;
-use crate::rollout::Outcome;
+use crate::rollout::{Outcome, Reason};
 use crate::state::MemoryStore;
+use crate::xds::resources::ResourceType;
 use crate::xds::snapshot_store::snapshot_store;
 
 /// `web`: blue in the file, green registered (empty at first).
@@ -432,7 +433,8 @@ async fn a_rollouts_checks_run_against_the_registered_endpoints() {
     let rx = c.start(op, "ci").await.expect("starts");
     let out = outcome(rx).await;
     assert!(
-        matches!(&out, Outcome::Refused { reason } if reason.contains("127.0.0.1:2")),
+        matches!(&out, Outcome::Refused { reason: Reason::ChecksFailed { after_switch: false, failed } }
+            if failed.iter().map(|r| r.endpoint.as_str()).eq(["127.0.0.1:2"])),
         "the check ran against the registered endpoint: {out:?}"
     );
     let checks = c.verify("web", "green").await.expect("verify");

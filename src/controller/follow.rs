@@ -453,7 +453,7 @@ mod tests {
             replica: None,
             disconnected: false,
         };
-        let t = &mut p.types[ResourceType::Route.index()];
+        let t = &mut p.types[ResourceType::Route];
         t.subscribed = true;
         t.acked = acked.map(str::to_owned);
         p
@@ -553,7 +553,7 @@ mod tests {
     /// version `version`.
     fn rejecting(id: u64, node: &str, version: &str) -> ProxyStatus {
         let mut p = stream(id, node, "edge", Some("1"));
-        let t = &mut p.types[ResourceType::Route.index()];
+        let t = &mut p.types[ResourceType::Route];
         t.sent = Some(version.to_owned());
         t.nack = Some(crate::xds::status::Nack {
             version: version.to_owned(),
@@ -732,7 +732,7 @@ mod tests {
                             let group = if other_group { "other" } else { "edge" };
                             stream(id, NODES[node], group, None)
                         });
-                        p.types[ResourceType::Route.index()].acked = acked[usize::from(a)].clone();
+                        p.types[ResourceType::Route].acked = acked[usize::from(a)].clone();
                         live.insert(id, p.clone());
                         Some(Changes { changed: vec![Arc::new(p)], gone: Vec::new() })
                     }

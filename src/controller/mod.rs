@@ -38,7 +38,7 @@ use crate::rollout::{
 };
 use crate::shutdown::Shutdown;
 use crate::state::{PersistedState, Revision, StateError, StateStore};
-use crate::xds::resources::ResourceType;
+use crate::xds::resources::PerType;
 use crate::xds::snapshot::{BuildError, Snapshot};
 use crate::xds::snapshot_store::{SnapshotReader, SnapshotWriter};
 use crate::xds::{ProxyRegistry, ProxyStatus};
@@ -401,12 +401,12 @@ impl Backend for Controller {
         self.registry.proxies()
     }
 
-    fn current_versions(&self) -> BTreeMap<String, [String; 4]> {
+    fn current_versions(&self) -> BTreeMap<String, PerType<String>> {
         let snap = self.snapshots.peek();
         snap.group_names()
             .map(|g| {
                 let group = snap.group(g);
-                let versions = ResourceType::ALL.map(|t| group.of(t).version().to_owned());
+                let versions = PerType::from_fn(|t| group.of(t).version().to_owned());
                 (g.to_owned(), versions)
             })
             .collect()

@@ -1,8 +1,9 @@
 use std::time::Duration;
 
 use super::*;
-use crate::rollout::Outcome;
+use crate::rollout::{Outcome, Phase, Reason};
 use crate::state::MemoryStore;
+use crate::xds::resources::ResourceType;
 use crate::xds::snapshot_store::snapshot_store;
 
 /// Two services; `web` has checks against a port nothing listens on, so
@@ -94,7 +95,7 @@ async fn a_flip_with_no_proxies_commits_persists_and_records_history() {
     let api = &status.services[0];
     assert_eq!(api.live, "green");
     assert_eq!(api.previous.as_deref(), Some("blue"));
-    assert!(version_seq(&status.version) > version_seq(&before));
+    assert!(status.version.as_ref().map(|v| v.seq) > version_seq(&before));
     let history = c.history("api").await.expect("history");
     assert_eq!(history[0].actor, "alice");
     assert_eq!(history[0].outcome, Outcome::Succeeded);
@@ -102,10 +103,7 @@ async fn a_flip_with_no_proxies_commits_persists_and_records_history() {
 
     let stored = store.load().await.expect("load").expect("saved");
     assert_eq!(stored.state.services["api"].weights["green"], 100);
-    assert_eq!(
-        stored.state.version.map(|v| v.to_string()),
-        Some(status.version)
-    );
+    assert_eq!(stored.state.version, status.version);
 }
 
 /// The revision the store holds, which each save moves by one.
@@ -154,7 +152,8 @@ async fn failing_checks_refuse_and_change_nothing() {
     let rx = c.start(flip("web", false), "bob").await.expect("starts");
     let out = outcome(rx).await;
     assert!(
-        matches!(&out, Outcome::Refused { reason } if reason.contains("127.0.0.1:2")),
+        matches!(&out, Outcome::Refused { reason: Reason::ChecksFailed { after_switch: false, failed } }
+            if failed.iter().map(|r| r.endpoint.as_str()).eq(["127.0.0.1:2"])),
         "{out:?}"
     );
     assert_eq!(c.snapshot().version(), before, "nothing was published");
@@ -458,7 +457,8 @@ async fn a_rollback_cancels_a_waiting_retirement() {
     assert_eq!(outcome(rx).await, Outcome::Succeeded);
     let history = c.history("api").await.expect("history");
     assert!(
-        matches!(&history[1].outcome, Outcome::Aborted { reason } if reason.contains("rollback"))
+        matches!(&history[1].outcome, Outcome::Aborted { reason: Reason::StoppedBeforeCommit { by, for_rollback: true, .. } }
+            if by == "x")
     );
     let api = web_or_api(&c, "api").await;
     assert_eq!(api.weights, split(&[("blue", 100), ("green", 0)]));
@@ -487,7 +487,12 @@ async fn removing_a_service_ends_its_operation_with_an_entry() {
     c.reload(only_web).await.expect("applied");
     let out = outcome(rx).await;
     assert!(
-        matches!(&out, Outcome::Aborted { reason } if reason.contains("removed from the config")),
+        matches!(
+            &out,
+            Outcome::Aborted {
+                reason: Reason::ServiceRemoved
+            }
+        ),
         "{out:?}"
     );
     let stored = store.load().await.expect("load").expect("saved");
@@ -509,7 +514,14 @@ async fn shutting_down_ends_a_running_shift_with_an_entry() {
     t.trigger();
     let out = outcome(rx).await;
     assert!(
-        matches!(&out, Outcome::Aborted { reason } if reason.contains("shut down")),
+        matches!(
+            &out,
+            Outcome::Aborted {
+                reason: Reason::ShutDown {
+                    phase: Phase::Waiting
+                }
+            }
+        ),
         "{out:?}"
     );
     drop(c);

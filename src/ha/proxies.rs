@@ -98,7 +98,7 @@ use crate::state::etcd::{EtcdClient, Fence, pb};
 use crate::transport::identity::PeerIdentity;
 use crate::xds::ProxyRegistry;
 use crate::xds::protocol::{NodeInfo, StreamKind};
-use crate::xds::resources::ResourceType;
+use crate::xds::resources::{PerType, ResourceType};
 use crate::xds::status::{Nack, ProxyStatus, RemoteStream, TypeStatus};
 
 use super::Role;
@@ -198,7 +198,7 @@ struct Record(
     Option<u8>,
     u8,
     u64,
-    [Option<TypeRecord>; 4],
+    PerType<Option<TypeRecord>>,
 );
 
 /// One type of one proxy: subscribed (0 or 1), sent version, ACKed
@@ -271,8 +271,7 @@ impl PartBuilder {
                 self.string(&n.user_agent),
             ]
         });
-        let types = std::array::from_fn(|i| {
-            let t = &p.types[i];
+        let types = p.types.each_ref().map(|t| {
             if *t == TypeStatus::default() {
                 return None;
             }
@@ -676,12 +675,12 @@ fn decode_part(replica: &str, value: &[u8]) -> Decoded {
                 None => StreamKind::Aggregated,
                 Some(i) => StreamKind::Single(*ResourceType::ALL.get(usize::from(*i))?),
             };
-            let mut out: [TypeStatus; 4] = Default::default();
-            for (t, slot) in types.iter().zip(out.iter_mut()) {
+            let mut out: PerType<TypeStatus> = Default::default();
+            for (ty, t) in types.iter() {
                 let Some(TypeRecord(subscribed, sent, acked, nack)) = t else {
                     continue;
                 };
-                *slot = TypeStatus {
+                out[ty] = TypeStatus {
                     subscribed: *subscribed != 0,
                     sent: sent.map(s).map_or(Some(None), |v| v.map(Some))?,
                     sent_at: None,
@@ -730,7 +729,7 @@ fn placeholder(replica: &str, group: &str) -> ProxyStatus {
         delta: false,
         connected_since: SystemTime::now(),
         identity: PeerIdentity::Unauthenticated,
-        types: std::array::from_fn(|_| subscribed.clone()),
+        types: PerType::from_fn(|_| subscribed.clone()),
         replica: Some(replica.to_owned()),
         disconnected: false,
     }

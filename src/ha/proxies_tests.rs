@@ -278,7 +278,7 @@ fn a_record_is_bounded_whatever_the_proxy_sends() {
         cluster: format!("{worst}x"),
         user_agent: format!("{worst} {worst}"),
     });
-    for (i, t) in p.types.iter_mut().enumerate() {
+    for (i, (_, t)) in p.types.iter_mut().enumerate() {
         t.sent = Some(format!("{i}{long}"));
         t.acked = Some(format!("{i}a{long}"));
         t.nack = Some(Nack {

@@ -41,10 +41,12 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::plan::{Change, Plan, rollback_point};
+use super::reason::{Proxies, Rejection};
 use super::seen::{Seen, Until};
 use super::serde_time;
 use super::{
-    CheckResult, MAX_WAIT, Operation, Outcome, Phase, Progress, RolloutError, Split, Verb, Version,
+    CheckResult, MAX_WAIT, Operation, Outcome, Phase, Progress, Reason, RolloutError, Split, Verb,
+    Version,
 };
 
 /// One proxy, as the rollout needs to see it. The controller computes it
@@ -140,8 +142,9 @@ pub enum Gate {
 /// Why an undo runs, and where it goes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Undo {
-    /// The failure, or who aborted.
-    pub reason: String,
+    /// The failure, or who aborted (read back from a record as
+    /// [`Reason::Recorded`]).
+    pub reason: Reason,
     /// An operator abort (ends `Aborted`), not a failure (ends
     /// `RolledBack`).
     pub abort: bool,
@@ -363,14 +366,10 @@ impl Rollout {
                     Vec::new()
                 }
                 _ => {
-                    let mut reason = format!(
-                        "teal stopped before step {} of {} was committed; nothing of it is in effect",
-                        r.step,
-                        r.plan.steps.len()
-                    );
-                    if r.step > 1 {
-                        reason.push_str(&format!("; steps 1 to {} stay in effect", r.step - 1));
-                    }
+                    let reason = Reason::StoppedBeforeStep {
+                        step: r.step,
+                        steps: r.plan.steps.len(),
+                    };
                     r.finish(Outcome::Interrupted { reason })
                 }
             },
@@ -470,7 +469,7 @@ impl Rollout {
         let version = match &self.state {
             State::Confirming { version, .. }
             | State::PostChecks { version, .. }
-            | State::Undoing { version, .. } => Some(version.to_string()),
+            | State::Undoing { version, .. } => Some(version.clone()),
             _ => None,
         };
         let target = match &self.state {
@@ -688,7 +687,7 @@ impl Rollout {
     fn commit(&mut self) -> Vec<Action> {
         let Some(change) = self.step_change().cloned() else {
             return self.finish(Outcome::Refused {
-                reason: "nothing to do".into(),
+                reason: Reason::NothingToDo,
             });
         };
         self.message = "committing".into();
@@ -713,7 +712,7 @@ impl Rollout {
     fn finish(&mut self, outcome: Outcome) -> Vec<Action> {
         self.message = match outcome.reason() {
             None => "done".into(),
-            Some(reason) => reason.to_owned(),
+            Some(reason) => reason.to_string(),
         };
         self.state = State::Done(outcome.clone());
         vec![Action::Finish(outcome)]
@@ -731,7 +730,7 @@ impl Rollout {
 
     /// Something failed: before anything was committed the operation is
     /// refused; after, every proxy goes back to the original state.
-    fn fail(&mut self, reason: String) -> Vec<Action> {
+    fn fail(&mut self, reason: Reason) -> Vec<Action> {
         if !self.committed_any() {
             return self.finish(Outcome::Refused { reason });
         }
@@ -758,11 +757,10 @@ impl Rollout {
         }
         if self.resumed {
             return self.finish(Outcome::Interrupted {
-                reason: format!(
-                    "teal restarted during step {} of {}; steps 1 to {} are in effect and \
-                     confirmed, the rest were not applied",
-                    self.step, steps, self.step
-                ),
+                reason: Reason::RestartedDuring {
+                    step: self.step,
+                    steps,
+                },
             });
         }
         self.step += 1;
@@ -871,15 +869,13 @@ impl Rollout {
         ));
     }
 
-    /// The proxies not done yet, for a message: the first
-    /// [`WAITING_SHOWN`] by id, and how many more.
-    fn waiting_list(&self) -> String {
-        let more = (self.total - self.acked).saturating_sub(self.waiting_for.len());
-        let mut list = self.waiting_for.join(", ");
-        if more > 0 {
-            list.push_str(&format!(" and {more} more"));
+    /// The proxies not done yet: the first [`WAITING_SHOWN`] by id, and
+    /// how many more.
+    fn waiting_list(&self) -> Proxies {
+        Proxies {
+            named: self.waiting_for.iter().map(|id| id.to_string()).collect(),
+            more: (self.total - self.acked).saturating_sub(self.waiting_for.len()),
         }
-        list
     }
 
     /// Runs the step's checks (entering `checking`, with `what` for the
@@ -945,12 +941,11 @@ impl Rollout {
                     self.pass_over_unready();
                 } else {
                     if let Some(p) = self.seen.first_nack() {
-                        let why = p.nack.clone().unwrap_or_default();
-                        let id = p.id.clone();
-                        return self.fail(format!(
-                            "proxy {id} is rejecting its current configuration ({why}); \
-                             fix that before switching"
-                        ));
+                        let reason = Reason::RejectingCurrent {
+                            proxy: p.id.to_string(),
+                            why: p.nack.clone().unwrap_or_default(),
+                        };
+                        return self.fail(reason);
                     }
                     if !self.track(Until::Ready) {
                         return Vec::new();
@@ -963,10 +958,7 @@ impl Rollout {
             }
             Event::Tick if now >= deadline => {
                 let waiting = self.waiting_list();
-                self.fail(format!(
-                    "timed out preparing: not every proxy holds the current configuration \
-                     yet ({waiting})"
-                ))
+                self.fail(Reason::PrepareTimedOut { waiting })
             }
             _ => Vec::new(),
         }
@@ -980,13 +972,15 @@ impl Rollout {
                 if failed.is_empty() {
                     self.commit()
                 } else {
-                    self.fail(format!("checks failed before the switch: {failed}"))
+                    self.fail(Reason::ChecksFailed {
+                        after_switch: false,
+                        failed,
+                    })
                 }
             }
-            Event::Tick if now >= deadline => self.fail(format!(
-                "checks did not finish within {:?}",
-                self.plan.timeout
-            )),
+            Event::Tick if now >= deadline => self.fail(Reason::ChecksTimedOut {
+                within: self.plan.timeout,
+            }),
             _ => Vec::new(),
         }
     }
@@ -996,7 +990,7 @@ impl Rollout {
             Event::Committed { version } => self.confirming(version, now),
             // Nothing was saved or published: the state is what it was
             // before this step.
-            Event::CommitFailed(reason) => self.fail(format!("could not commit: {reason}")),
+            Event::CommitFailed(error) => self.fail(Reason::CommitFailed { error }),
             _ => Vec::new(),
         }
     }
@@ -1012,9 +1006,11 @@ impl Rollout {
         match event {
             Event::Proxies(_) | Event::ProxiesChanged { .. } => {
                 if !safe && let Some(p) = self.seen.first_nack() {
-                    let why = p.nack.clone().unwrap_or_default();
-                    let id = p.id.clone();
-                    return self.fail(format!("proxy {id} rejected the change: {why}"));
+                    let reason = Reason::Rejected {
+                        proxy: p.id.to_string(),
+                        why: p.nack.clone().unwrap_or_default(),
+                    };
+                    return self.fail(reason);
                 }
                 if !self.track(Until::Settled) {
                     return Vec::new();
@@ -1025,16 +1021,13 @@ impl Rollout {
                 let waiting = self.waiting_list();
                 if safe {
                     self.finish(Outcome::Unconfirmed {
-                        reason: format!(
-                            "the rollback is in effect, but these proxies did not confirm it \
-                             within {:?}: {waiting}; teal keeps serving it to them",
-                            self.plan.timeout
-                        ),
+                        reason: Reason::RollbackUnconfirmed {
+                            within: self.plan.timeout,
+                            waiting,
+                        },
                     })
                 } else {
-                    self.fail(format!(
-                        "timed out waiting for proxies to apply the change: {waiting}"
-                    ))
+                    self.fail(Reason::ApplyTimedOut { waiting })
                 }
             }
             _ => Vec::new(),
@@ -1044,12 +1037,10 @@ impl Rollout {
     /// Every proxy confirmed the step's version or (a rollback's) rejected
     /// it: on to the post-checks, or the end.
     fn all_answered(&mut self, version: Version, now: Instant) -> Vec<Action> {
-        let rejected = rejections(&self.seen);
-        if !rejected.is_empty() {
+        let rejections = rejections(&self.seen);
+        if !rejections.is_empty() {
             return self.finish(Outcome::Unconfirmed {
-                reason: format!(
-                    "the rollback is in effect, but {rejected}; teal does not undo a rollback"
-                ),
+                reason: Reason::RollbackRejected { rejections },
             });
         }
         // With no proxy left connected, not every proxy that was sent the
@@ -1090,16 +1081,21 @@ impl Rollout {
                 if failed.is_empty() {
                     return self.step_done(version, now);
                 }
-                format!("checks failed after the switch: {failed}")
+                Reason::ChecksFailed {
+                    after_switch: true,
+                    failed,
+                }
             }
-            Event::Tick if now >= deadline => {
-                format!("checks did not finish within {:?}", self.plan.timeout)
-            }
+            Event::Tick if now >= deadline => Reason::ChecksTimedOut {
+                within: self.plan.timeout,
+            },
             _ => return Vec::new(),
         };
         if self.verb == Verb::Rollback {
             return self.finish(Outcome::Unconfirmed {
-                reason: format!("the rollback is in effect, but {failed}"),
+                reason: Reason::RollbackChecks {
+                    checks: Box::new(failed),
+                },
             });
         }
         self.fail(failed)
@@ -1118,12 +1114,11 @@ impl Rollout {
                 };
                 vec![Action::ObserveProxies]
             }
-            Event::CommitFailed(why) => self.finish(Outcome::Unconfirmed {
-                reason: format!(
-                    "{}; and the undo could not be committed ({why}): proxies keep the new \
-                     weights (teal rollback returns to the rollback point)",
-                    undo.reason
-                ),
+            Event::CommitFailed(error) => self.finish(Outcome::Unconfirmed {
+                reason: Reason::UndoNotCommitted {
+                    cause: Box::new(undo.reason),
+                    error,
+                },
             }),
             _ => Vec::new(),
         }
@@ -1141,31 +1136,34 @@ impl Rollout {
                 if !self.track(Until::Settled) {
                     return Vec::new();
                 }
-                let rejected = rejections(&self.seen);
-                if !rejected.is_empty() {
+                let rejections = rejections(&self.seen);
+                if !rejections.is_empty() {
                     return self.finish(Outcome::Unconfirmed {
-                        reason: format!("{}; put back, but {rejected}", undo.reason),
+                        reason: Reason::UndoRejected {
+                            cause: Box::new(undo.reason),
+                            rejections,
+                        },
                     });
                 }
-                let reason = if undo.abort {
-                    format!("{}; the step in progress was undone", undo.reason)
-                } else {
-                    undo.reason
-                };
                 self.finish(if undo.abort {
-                    Outcome::Aborted { reason }
+                    Outcome::Aborted {
+                        reason: Reason::Undone {
+                            cause: Box::new(undo.reason),
+                        },
+                    }
                 } else {
-                    Outcome::RolledBack { reason }
+                    Outcome::RolledBack {
+                        reason: undo.reason,
+                    }
                 })
             }
             Event::Tick if now >= deadline => {
                 let waiting = self.waiting_list();
                 self.finish(Outcome::Unconfirmed {
-                    reason: format!(
-                        "{}; put back, but not yet confirmed by every proxy: {waiting}; teal \
-                         keeps serving the previous weights to them",
-                        undo.reason
-                    ),
+                    reason: Reason::UndoUnconfirmed {
+                        cause: Box::new(undo.reason),
+                        waiting,
+                    },
                 })
             }
             _ => Vec::new(),
@@ -1198,16 +1196,11 @@ impl Rollout {
             return Gate::Go;
         };
         let steps = self.plan.steps.len();
-        let at = if steps > 1 {
-            format!(" at step {} of {steps}", self.step)
-        } else {
-            String::new()
+        let reason = Reason::FleetEmptied {
+            service: self.service.clone(),
+            fleet,
+            step: (steps > 1).then_some((self.step, steps)),
         };
-        let reason = format!(
-            "fleet {fleet:?} of service {:?} has no endpoints any more{at}; traffic would go \
-             nowhere, so it was not committed",
-            self.service
-        );
         Gate::Withdrawn(self.fail(reason))
     }
 
@@ -1222,13 +1215,26 @@ impl Rollout {
     /// the last confirmed step). A rollback and an undo in progress cannot
     /// be stopped: they are the way back, and they end on their own.
     pub fn abort(&mut self, by: &str, _now: Instant) -> Result<Vec<Action>, RolloutError> {
-        let reason = format!("stopped by {by}");
+        self.stop(by, false)
+    }
+
+    /// A rollback `by` asked for cancels this retirement: it stops as
+    /// [`Rollout::abort`] would stop it.
+    pub fn cancel_retirement(
+        &mut self,
+        by: &str,
+        _now: Instant,
+    ) -> Result<Vec<Action>, RolloutError> {
+        self.stop(by, true)
+    }
+
+    fn stop(&mut self, by: &str, for_rollback: bool) -> Result<Vec<Action>, RolloutError> {
         match &self.state {
             State::Waiting { .. } | State::Preparing { .. } | State::PreChecks { .. } => {
-                let reason = if self.step > 1 {
-                    format!("{reason}; steps 1 to {} stay in effect", self.step - 1)
-                } else {
-                    reason
+                let reason = Reason::StoppedBeforeCommit {
+                    by: by.to_owned(),
+                    for_rollback,
+                    kept: self.step.saturating_sub(1),
                 };
                 Ok(self.finish(Outcome::Aborted { reason }))
             }
@@ -1239,7 +1245,10 @@ impl Rollout {
                     .map(|(_, c)| c.clone())
                     .unwrap_or_else(|| self.original.clone());
                 Ok(self.undo(Undo {
-                    reason,
+                    reason: Reason::StoppedBy {
+                        by: by.to_owned(),
+                        for_rollback,
+                    },
                     abort: true,
                     to,
                 }))
@@ -1269,7 +1278,7 @@ impl Rollout {
             return Vec::new();
         }
         self.finish(Outcome::Aborted {
-            reason: "the service was removed from the config".into(),
+            reason: Reason::ServiceRemoved,
         })
     }
 
@@ -1281,32 +1290,32 @@ impl Rollout {
         if self.is_done() || (self.verb == Verb::Retire && self.phase() == Phase::Waiting) {
             return None;
         }
-        let reason = format!("teal shut down during {}", self.phase().as_str());
+        let reason = Reason::ShutDown {
+            phase: self.phase(),
+        };
         self.finish(Outcome::Aborted { reason });
         self.outcome().cloned()
     }
 }
 
-fn rejections(seen: &Seen) -> String {
-    let rejected: Vec<String> = seen
-        .nacking()
+/// The proxies that rejected the version being confirmed and have not
+/// applied it since.
+fn rejections(seen: &Seen) -> Vec<Rejection> {
+    seen.nacking()
         .filter_map(|p| {
             p.nack
                 .as_ref()
                 .filter(|_| !p.confirmed)
-                .map(|why| format!("{} rejected it: {why}", p.id))
+                .map(|why| Rejection {
+                    proxy: p.id.to_string(),
+                    why: why.clone(),
+                })
         })
-        .collect();
-    rejected.join("; ")
+        .collect()
 }
 
-fn failures(results: &[CheckResult]) -> String {
-    results
-        .iter()
-        .filter(|r| !r.ok)
-        .map(|r| format!("{} on {}: {}", r.check, r.endpoint, r.detail))
-        .collect::<Vec<_>>()
-        .join("; ")
+fn failures(results: &[CheckResult]) -> Vec<CheckResult> {
+    results.iter().filter(|r| !r.ok).cloned().collect()
 }
 
 #[cfg(test)]

@@ -131,7 +131,7 @@ fn a_proxy_already_rejecting_its_config_refuses_the_switch() {
     let stuck = nacking("b", "RDS 4-ab: bad regex");
     let actions = r.on_event(Event::Proxies(vec![proxy("a", true, true), stuck]), t);
     assert!(
-        matches!(&actions[..], [Action::Finish(Outcome::Refused { reason })] if reason.contains("proxy b") && reason.contains("bad regex"))
+        matches!(&actions[..], [Action::Finish(Outcome::Refused { reason: Reason::RejectingCurrent { proxy, why } })] if proxy == "b" && why == "RDS 4-ab: bad regex")
     );
 }
 
@@ -141,7 +141,7 @@ fn failing_pre_checks_refuse_and_commit_nothing() {
     r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
     let actions = r.on_event(Event::Checks(vec![check(true), check(false)]), t);
     assert!(
-        matches!(&actions[..], [Action::Finish(Outcome::Refused { reason })] if reason.contains("503"))
+        matches!(&actions[..], [Action::Finish(Outcome::Refused { reason: Reason::ChecksFailed { after_switch: false, failed } })] if *failed == [check(false)])
     );
     assert!(r.is_done());
     assert_eq!(r.last_version(), None);
@@ -180,7 +180,7 @@ fn a_nack_puts_every_proxy_back() {
         t,
     );
     assert!(
-        matches!(&actions[..], [Action::Finish(Outcome::RolledBack { reason })] if reason.contains("b rejected") && reason.contains("bad route"))
+        matches!(&actions[..], [Action::Finish(Outcome::RolledBack { reason: Reason::Rejected { proxy, why } })] if proxy == "b" && why == "bad route")
     );
     assert_eq!(r.convergence().0, None, "no version was confirmed");
     assert_eq!(r.last_version(), Some(&ver("3")));
@@ -217,7 +217,7 @@ fn checks_that_never_answer_time_out_before_and_after_the_switch() {
     assert_eq!(r.next_deadline(), Some(t + Duration::from_secs(10)));
     let a = r.on_event(Event::Tick, t + Duration::from_secs(10));
     assert!(
-        matches!(&a[..], [Action::Finish(Outcome::Refused { reason })] if reason.contains("did not finish")),
+        matches!(&a[..], [Action::Finish(Outcome::Refused { reason: Reason::ChecksTimedOut { within } })] if *within == Duration::from_secs(10)),
         "{a:?}"
     );
 
@@ -285,7 +285,18 @@ fn a_shift_waits_between_steps_and_an_abort_there_keeps_the_steps_done() {
     let Some(Action::Finish(Outcome::Aborted { reason })) = a.first() else {
         panic!("{a:?}")
     };
-    assert_eq!(reason, "stopped by alice; steps 1 to 2 stay in effect");
+    assert_eq!(
+        *reason,
+        Reason::StoppedBeforeCommit {
+            by: "alice".into(),
+            for_rollback: false,
+            kept: 2
+        }
+    );
+    assert_eq!(
+        reason.to_string(),
+        "stopped by alice; steps 1 to 2 stay in effect"
+    );
     assert_eq!(r.confirmed_version(), Some(&ver("3")));
     // At 50/50 the rollback point is the split before the shift, not a
     // fleet picked from a tie.
@@ -316,7 +327,9 @@ fn an_abort_while_confirming_undoes_the_step_in_progress_only() {
     r.on_event(committed_event("4"), t);
     let a = r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
     assert!(
-        matches!(&a[..], [Action::Finish(Outcome::Aborted { reason })] if reason == "stopped by bob; the step in progress was undone"),
+        matches!(&a[..], [Action::Finish(Outcome::Aborted { reason })]
+            if *reason == Reason::Undone { cause: Box::new(Reason::StoppedBy { by: "bob".into(), for_rollback: false }) }
+                && reason.to_string() == "stopped by bob; the step in progress was undone"),
         "{a:?}"
     );
 }
@@ -360,7 +373,7 @@ fn a_rollback_is_never_undone() {
     );
     let a = r.on_event(Event::Tick, t + Duration::from_secs(10));
     assert!(
-        matches!(&a[..], [Action::Finish(Outcome::Unconfirmed { reason })] if reason.contains("slow")),
+        matches!(&a[..], [Action::Finish(Outcome::Unconfirmed { reason: Reason::RollbackUnconfirmed { waiting, .. } })] if waiting.named == ["slow"]),
         "{a:?}"
     );
 
@@ -377,7 +390,8 @@ fn a_rollback_is_never_undone() {
         t,
     );
     assert!(
-        matches!(&a[..], [Action::Finish(Outcome::Unconfirmed { reason })] if reason.contains("b rejected it")),
+        matches!(&a[..], [Action::Finish(Outcome::Unconfirmed { reason: Reason::RollbackRejected { rejections } })]
+            if rejections.iter().map(|r| r.proxy.as_str()).eq(["b"])),
         "{a:?}"
     );
 
@@ -413,7 +427,7 @@ fn an_undo_that_fails_or_times_out_is_not_reported_as_done() {
     r.on_event(Event::Proxies(vec![nacking("b", "bad")]), t);
     let a = r.on_event(Event::CommitFailed("disk full".into()), t);
     assert!(
-        matches!(&a[..], [Action::Finish(Outcome::Unconfirmed { reason })] if reason.contains("disk full") && reason.contains("keep the new weights")),
+        matches!(&a[..], [Action::Finish(Outcome::Unconfirmed { reason: Reason::UndoNotCommitted { error, .. } })] if error == "disk full"),
         "{a:?}"
     );
     // The change is still in effect: rollback goes to where it came from.
@@ -425,7 +439,8 @@ fn an_undo_that_fails_or_times_out_is_not_reported_as_done() {
     r.on_event(Event::Proxies(vec![proxy("b", true, false)]), t);
     let a = r.on_event(Event::Tick, t + Duration::from_secs(10));
     assert!(
-        matches!(&a[..], [Action::Finish(Outcome::Unconfirmed { reason })] if reason.contains("not yet confirmed by every proxy: b")),
+        matches!(&a[..], [Action::Finish(Outcome::Unconfirmed { reason: Reason::UndoUnconfirmed { waiting, .. } })]
+            if waiting.named == ["b"] && waiting.more == 0),
         "{a:?}"
     );
 }
@@ -494,7 +509,12 @@ fn a_resumed_operation_confirms_its_commit_again_or_is_interrupted() {
     let (r0, t0) = started(&flip(true));
     let (again, a) = Rollout::resume("web", r0.record(t0, wall), &ver("1-x"), t0, wall);
     assert!(
-        matches!(&a[..], [Action::Finish(Outcome::Interrupted { reason })] if reason.contains("before step 1")),
+        matches!(
+            &a[..],
+            [Action::Finish(Outcome::Interrupted {
+                reason: Reason::StoppedBeforeStep { step: 1, steps: 1 }
+            })]
+        ),
         "{a:?}"
     );
     assert!(again.is_done());
@@ -900,8 +920,14 @@ fn changes_update_what_was_seen_and_name_only_the_first_waiting_proxies() {
     r.on_event(committed_event("6-def"), t2);
     assert!(r.on_event(Event::Proxies(all(false)), t2).is_empty());
     r.on_event(Event::Tick, t2 + Duration::from_secs(3600));
-    let reason = r.outcome().and_then(|o| o.reason()).unwrap_or_default();
-    assert!(reason.contains("p19 and 30 more"), "{reason}");
+    let reason = r.outcome().and_then(|o| o.reason());
+    assert!(
+        matches!(reason, Some(Reason::UndoUnconfirmed { waiting, .. })
+            if waiting.named.len() == WAITING_SHOWN
+                && waiting.named.last().map(String::as_str) == Some("p19")
+                && waiting.more == 30),
+        "{reason:?}"
+    );
 }
 
 #[test]
@@ -974,8 +1000,8 @@ fn a_commit_whose_target_fleet_emptied_since_the_plan_is_refused_and_nothing_is_
         panic!("the commit goes to an empty fleet")
     };
     assert!(
-        matches!(&a[..], [Action::Finish(Outcome::Refused { reason })]
-            if reason.contains("\"green\"") && reason.contains("no endpoints")),
+        matches!(&a[..], [Action::Finish(Outcome::Refused { reason: Reason::FleetEmptied { fleet, step: None, .. } })]
+            if fleet == "green"),
         "{a:?}"
     );
     assert!(r.is_done());
@@ -1020,8 +1046,8 @@ fn a_later_step_whose_target_emptied_undoes_the_earlier_ones_and_the_undo_always
     r.on_event(committed_event("3"), t);
     let a = r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
     assert!(
-        matches!(&a[..], [Action::Finish(Outcome::RolledBack { reason })]
-            if reason.contains("\"green\"") && reason.contains("step 2 of 2")),
+        matches!(&a[..], [Action::Finish(Outcome::RolledBack { reason: Reason::FleetEmptied { fleet, step: Some((2, 2)), .. } })]
+            if fleet == "green"),
         "{a:?}"
     );
     assert_eq!(r.rollback_after(&back()), None, "undone: the point stays");
@@ -1040,7 +1066,7 @@ fn a_rollback_whose_target_emptied_is_refused_at_its_commit() {
         panic!("a rollback to an empty fleet")
     };
     assert!(
-        matches!(&a[..], [Action::Finish(Outcome::Refused { reason })] if reason.contains("\"blue\"")),
+        matches!(&a[..], [Action::Finish(Outcome::Refused { reason: Reason::FleetEmptied { fleet, .. } })] if fleet == "blue"),
         "{a:?}"
     );
 }
@@ -1081,7 +1107,7 @@ fn a_rollback_does_not_wait_for_a_stuck_or_rejecting_proxy_and_names_them() {
     assert_eq!(r.progress().waiting_for, ["stuck"]);
     let a = r.on_event(Event::Tick, t + Duration::from_secs(10));
     assert!(
-        matches!(&a[..], [Action::Finish(Outcome::Unconfirmed { reason })] if reason.contains("stuck")),
+        matches!(&a[..], [Action::Finish(Outcome::Unconfirmed { reason: Reason::RollbackUnconfirmed { waiting, .. } })] if waiting.named == ["stuck"]),
         "{a:?}"
     );
     assert_eq!(
@@ -1101,7 +1127,8 @@ fn a_rollback_does_not_wait_for_a_stuck_or_rejecting_proxy_and_names_them() {
     r.on_event(committed_event("9"), t);
     let a = r.on_event(Event::Proxies(views), t);
     assert!(
-        matches!(&a[..], [Action::Finish(Outcome::Unconfirmed { reason })] if reason.contains("b rejected it")),
+        matches!(&a[..], [Action::Finish(Outcome::Unconfirmed { reason: Reason::RollbackRejected { rejections } })]
+            if rejections.iter().map(|r| r.proxy.as_str()).eq(["b"])),
         "{a:?}"
     );
     // A flip still refuses to switch past a rejecting proxy.

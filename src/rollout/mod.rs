@@ -5,6 +5,7 @@
 //!   where the rollback point goes.
 //! - [`machine`]: the pure rollout state machine (events in, actions out).
 //! - [`version`]: the fleet-wide version a commit publishes.
+//! - [`reason`]: why an operation did not simply succeed.
 //! - [`checks`]: the HTTP checks a rollout sends straight to a fleet's
 //!   endpoints.
 //! - [`registration`]: endpoints a deploy pipeline or an instance
@@ -40,6 +41,7 @@ pub mod checks;
 mod fixtures;
 pub mod machine;
 pub mod plan;
+pub mod reason;
 pub mod registration;
 mod seen;
 pub(crate) mod serde_time;
@@ -47,6 +49,7 @@ pub mod version;
 
 use crate::config::WeightsError;
 
+pub use reason::Reason;
 pub use version::Version;
 
 use std::collections::BTreeMap;
@@ -55,6 +58,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::xds::ProxyStatus;
+use crate::xds::resources::PerType;
 
 /// A traffic split: fleet → weight, weights summing to 100.
 pub type Split = BTreeMap<String, u32>;
@@ -234,19 +238,19 @@ pub enum Outcome {
     /// Refused before anything changed (failing pre-checks, bad request).
     Refused {
         /// Why.
-        reason: String,
+        reason: Reason,
     },
     /// Something failed after the commit; every proxy was put back.
     RolledBack {
         /// Why.
-        reason: String,
+        reason: Reason,
     },
     /// Stopped by the operator (or by teal shutting down): the step in
     /// progress was undone or never committed; earlier steps of a shift
     /// stay.
     Aborted {
         /// Why.
-        reason: String,
+        reason: Reason,
     },
     /// Committed and left in effect, but not confirmed by every proxy (one
     /// did not ACK in time or rejected it), or its checks failed
@@ -254,14 +258,14 @@ pub enum Outcome {
     /// rollback, nor an undo; the reason names the proxies concerned.
     Unconfirmed {
         /// Why.
-        reason: String,
+        reason: Reason,
     },
     /// teal stopped (a crash, `kill -9`) while the operation ran and found
     /// it on start-up with nothing left to confirm: the step in progress
     /// had not been committed.
     Interrupted {
         /// Why.
-        reason: String,
+        reason: Reason,
     },
 }
 
@@ -272,7 +276,7 @@ impl Outcome {
     }
 
     /// The reason, for every outcome but success.
-    pub fn reason(&self) -> Option<&str> {
+    pub fn reason(&self) -> Option<&Reason> {
         match self {
             Outcome::Succeeded => None,
             Outcome::Refused { reason }
@@ -315,7 +319,7 @@ pub struct Progress {
     /// The split being applied.
     pub target: Split,
     /// The version being confirmed, once committed.
-    pub version: Option<String>,
+    pub version: Option<Version>,
     /// Proxies that ACKed it.
     pub acked: usize,
     /// Proxies that must ACK it.
@@ -365,8 +369,9 @@ pub struct HistoryEntry {
     /// written before teal recorded it.
     #[serde(default)]
     pub target: Option<Split>,
-    /// The version that carried the change, if one was committed.
-    pub version: Option<String>,
+    /// The version that carried the change, if one was committed (stored
+    /// as its string, or null).
+    pub version: Option<Version>,
     /// How it ended.
     pub outcome: Outcome,
     /// First push to last ACK of the last version every proxy confirmed;
@@ -430,8 +435,9 @@ pub struct ServiceStatus {
 /// Everything `teal status` shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatusView {
-    /// The fleet-wide version being served.
-    pub version: String,
+    /// The fleet-wide version being served; `None` before the first
+    /// commit.
+    pub version: Option<Version>,
     /// Services, by name.
     pub services: Vec<ServiceStatus>,
 }
@@ -692,9 +698,13 @@ pub trait Backend: Send + Sync + 'static {
     async fn status(&self, service: Option<&str>) -> Result<StatusView, RolloutError>;
     /// Every connected proxy.
     fn proxies(&self) -> Vec<ProxyStatus>;
-    /// The fleet-wide version the proxies should be on, per proxy group
-    /// and type, to tell SYNCED from STALE.
-    fn current_versions(&self) -> BTreeMap<String, [String; 4]>;
+    /// The version the proxies should be on, per proxy group and type, to
+    /// tell SYNCED from STALE: the `version_info` each type is served
+    /// under. Text, not a [`Version`]: the xDS engine serves a type under
+    /// whatever label it was published with (a type unchanged since an
+    /// earlier commit keeps that commit's label, recorded in the state),
+    /// and what it is compared with is what proxies ACKed, which is text.
+    fn current_versions(&self) -> BTreeMap<String, PerType<String>>;
     /// Starts an operation; its progress arrives on the returned receiver,
     /// the last value having `outcome` set. The operation belongs to the
     /// server: dropping the receiver does not stop it.

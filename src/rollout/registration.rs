@@ -473,8 +473,8 @@ pub struct FleetView {
     pub endpoints: Vec<Registered>,
     /// Its recent changes, newest first (registered fleets only).
     pub changes: Vec<EndpointChange>,
-    /// The version being served.
-    pub version: String,
+    /// The version being served; `None` before the first commit.
+    pub version: Option<crate::rollout::Version>,
 }
 
 /// Every registered fleet's endpoints, and the log of their changes.

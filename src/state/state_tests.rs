@@ -3,7 +3,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::*;
 use crate::rollout::machine::{Record, Stage};
 use crate::rollout::plan::{Change, Plan};
-use crate::rollout::{Outcome, Verb};
+use crate::rollout::{Outcome, Reason, Verb};
 
 fn at(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
@@ -18,12 +18,12 @@ fn entry(id: u64) -> HistoryEntry {
         finished: at(1_700_000_000_500 + id),
         from: Split::from([("blue".into(), 100)]),
         to: Split::from([("green".into(), 100)]),
-        version: Some(format!("v{id}")),
+        version: Some(Version::new(id, format!("v{id}"))),
         outcome: if id.is_multiple_of(2) {
             Outcome::Succeeded
         } else {
             Outcome::RolledBack {
-                reason: "proxy edge-1 NACKed".into(),
+                reason: Reason::Recorded("proxy edge-1 NACKed".into()),
             }
         },
         convergence: Some(Duration::from_millis(42)),
@@ -108,6 +108,7 @@ fn json_is_readable_and_round_trips() {
     assert_eq!(h["convergence_ms"], 42);
     assert_eq!(h["acks_ms"], serde_json::json!([["edge-1", 7]]));
     assert_eq!(h["outcome"]["kind"], "rolled_back");
+    assert_eq!(h["version"], "1-v1", "a version is stored as its string");
     assert_eq!(json["history"]["api"][1]["outcome"]["kind"], "succeeded");
     let back: PersistedState = serde_json::from_value(json).expect("test step");
     assert_eq!(back, s);
@@ -139,6 +140,22 @@ fn a_state_without_checks_digest_or_cordons_loads_and_with_them_round_trips() {
     assert_eq!(json["cordons"]["edge-7"]["reason"], "stuck");
     let back: PersistedState = serde_json::from_value(json).expect("test step");
     assert_eq!(back, s);
+}
+
+/// A history entry names its version as a string, or null when nothing
+/// was committed; one that names something else is refused as the stored
+/// version is.
+#[test]
+fn a_history_entry_reads_its_version_from_the_string_or_null() {
+    let mut json = serde_json::to_value(entry(1)).expect("test step");
+    json["version"] = serde_json::json!("12-ab34");
+    let back: HistoryEntry = serde_json::from_value(json.clone()).expect("test step");
+    assert_eq!(back.version, Some(Version::new(12, "ab34")));
+    json["version"] = serde_json::Value::Null;
+    let back: HistoryEntry = serde_json::from_value(json.clone()).expect("test step");
+    assert_eq!(back.version, None);
+    json["version"] = serde_json::json!("not a version");
+    assert!(serde_json::from_value::<HistoryEntry>(json).is_err());
 }
 
 #[tokio::test]

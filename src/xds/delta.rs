@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
-use crate::xds::resources::ResourceType;
+use crate::xds::resources::{PerType, ResourceType};
 use crate::xds::snapshot::{GroupSnapshot, Resource, Snapshot};
 use crate::xds::wire::OutMessage;
 
@@ -147,7 +147,7 @@ impl TypeState {
 #[derive(Debug)]
 pub struct DeltaStream {
     head: StreamHead,
-    types: [Option<TypeState>; 4],
+    types: PerType<Option<TypeState>>,
 }
 
 impl DeltaStream {
@@ -178,10 +178,10 @@ impl Planner for DeltaStream {
         snapshot: &Snapshot,
     ) -> Result<Output, ProtocolError> {
         let ty = self.head.accept(req.node.as_ref(), &req.type_url)?;
-        let first = self.types[ty.index()].is_none();
+        let first = self.types[ty].is_none();
         // Subscriptions grow across requests: check what this one would
         // make of them before anything changes.
-        let current = self.types[ty.index()].as_ref().map(|st| &st.subscription);
+        let current = self.types[ty].as_ref().map(|st| &st.subscription);
         let (names, bytes) = subscription_size_after(current, req);
         self.head.check_subscription(ty, names, bytes)?;
         if first {
@@ -191,7 +191,7 @@ impl Planner for DeltaStream {
         }
         let max_nack_bytes = self.head.limits().max_nack_bytes;
         let mut out = Output::default();
-        let st = self.types[ty.index()].get_or_insert_with(TypeState::default);
+        let st = self.types[ty].get_or_insert_with(TypeState::default);
 
         if first {
             st.owed = true;
@@ -217,7 +217,7 @@ impl Planner for DeltaStream {
     }
 
     fn subscription(&self, ty: ResourceType) -> Option<&Subscription> {
-        self.types[ty.index()].as_ref().map(|st| &st.subscription)
+        self.types[ty].as_ref().map(|st| &st.subscription)
     }
 
     fn next_response(
@@ -234,7 +234,7 @@ impl Planner for DeltaStream {
         } else {
             BTreeSet::new()
         };
-        let st = self.types[ty.index()].as_ref()?;
+        let st = self.types[ty].as_ref()?;
         if st.in_flight.is_some() || st.rejected.as_deref() == Some(ts.version()) {
             return None;
         }
@@ -268,7 +268,7 @@ impl Planner for DeltaStream {
                 });
             if !held_back && st.current.as_deref() != Some(ts.version()) {
                 let version = ts.version().to_owned();
-                if let Some(st) = self.types[ty.index()].as_mut() {
+                if let Some(st) = self.types[ty].as_mut() {
                     st.current = Some(version.clone());
                 }
                 out.events.push(StreamEvent::Acked { ty, version });
@@ -290,7 +290,7 @@ impl Planner for DeltaStream {
             nonce: nonce.clone(),
             resources: updated.len(),
         });
-        let st = self.types[ty.index()].as_mut()?;
+        let st = self.types[ty].as_mut()?;
         st.owed = false;
         st.in_flight = Some(InFlight {
             nonce,
@@ -305,7 +305,7 @@ impl Planner for DeltaStream {
 impl DeltaStream {
     /// Clusters the client has ACKed.
     fn held_clusters(&self) -> BTreeSet<&str> {
-        self.types[ResourceType::Cluster.index()]
+        self.types[ResourceType::Cluster]
             .as_ref()
             .map(|c| c.held.keys().map(String::as_str).collect())
             .unwrap_or_default()
@@ -317,7 +317,7 @@ impl DeltaStream {
     fn clusters_still_named(&self) -> BTreeSet<String> {
         let mut named = BTreeSet::new();
         for ty in [ResourceType::Listener, ResourceType::Route] {
-            let Some(st) = &self.types[ty.index()] else {
+            let Some(st) = &self.types[ty] else {
                 continue;
             };
             let held = st.held.values().filter_map(|h| h.resource.as_ref());

@@ -7,8 +7,12 @@
 //! the other way. See "Eventual consistency considerations" in the xDS
 //! protocol spec:
 //! <https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol#eventual-consistency-considerations>
+//!
+//! Anything kept per type (a stream's subscriptions, a group's encoded
+//! resources, a proxy's ACKs) is a [`PerType`], walked in that order.
 
 use std::fmt;
+use std::ops::{Index, IndexMut};
 
 use envoy_types::pb::envoy::config::{
     cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
@@ -55,7 +59,8 @@ impl ResourceType {
         ResourceType::ALL.into_iter().find(|t| t.type_url() == url)
     }
 
-    /// Position in [`ResourceType::ALL`], for per-type arrays.
+    /// Position in [`ResourceType::ALL`]: the slot of a [`PerType`], or
+    /// the type's number in a compact encoding.
     pub fn index(self) -> usize {
         self as usize
     }
@@ -74,6 +79,80 @@ impl ResourceType {
 impl fmt::Display for ResourceType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.short_name())
+    }
+}
+
+/// One value per resource type, indexed by [`ResourceType`] and walked in
+/// make-before-break order ([`ResourceType::ALL`]).
+///
+/// Serialized as an array of four, in that order.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct PerType<T>([T; 4]);
+
+impl<T> PerType<T> {
+    /// The value `f` gives each type, asked in make-before-break order.
+    pub fn from_fn(f: impl FnMut(ResourceType) -> T) -> PerType<T> {
+        PerType(ResourceType::ALL.map(f))
+    }
+
+    /// Every type with its value, in make-before-break order.
+    pub fn iter(&self) -> impl Iterator<Item = (ResourceType, &T)> {
+        ResourceType::ALL.into_iter().zip(&self.0)
+    }
+
+    /// Every type with its value, mutable, in make-before-break order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (ResourceType, &mut T)> {
+        ResourceType::ALL.into_iter().zip(&mut self.0)
+    }
+
+    /// The values alone, in make-before-break order.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.0.iter()
+    }
+
+    /// Each value through `f`, type by type.
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> PerType<U> {
+        PerType(self.0.map(f))
+    }
+
+    /// A `PerType` of references to these values.
+    pub fn each_ref(&self) -> PerType<&T> {
+        PerType(self.0.each_ref())
+    }
+}
+
+impl<T> Index<ResourceType> for PerType<T> {
+    type Output = T;
+
+    fn index(&self, ty: ResourceType) -> &T {
+        &self.0[ty.index()]
+    }
+}
+
+impl<T> IndexMut<ResourceType> for PerType<T> {
+    fn index_mut(&mut self, ty: ResourceType) -> &mut T {
+        &mut self.0[ty.index()]
+    }
+}
+
+/// Values given in make-before-break order: clusters, endpoints,
+/// listeners, routes.
+impl<T> From<[T; 4]> for PerType<T> {
+    fn from(values: [T; 4]) -> PerType<T> {
+        PerType(values)
+    }
+}
+
+impl<T> IntoIterator for PerType<T> {
+    type Item = (ResourceType, T);
+    type IntoIter =
+        std::iter::Zip<std::array::IntoIter<ResourceType, 4>, std::array::IntoIter<T, 4>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        ResourceType::ALL.into_iter().zip(self.0)
     }
 }
 
@@ -135,5 +214,33 @@ mod tests {
             assert_eq!(ResourceType::ALL[t.index()], t);
         }
         assert_eq!(ResourceType::from_type_url("type.googleapis.com/x"), None);
+    }
+
+    #[test]
+    fn per_type_values_are_found_by_type_and_walked_in_push_order() {
+        let mut v = PerType::from_fn(ResourceType::short_name);
+        for ty in ResourceType::ALL {
+            assert_eq!(v[ty], ty.short_name());
+        }
+        v[ResourceType::Listener] = "changed";
+        assert_eq!(v[ResourceType::Listener], "changed");
+        assert_eq!(v[ResourceType::Route], "RDS");
+        let order: Vec<ResourceType> = v.iter().map(|(ty, _)| ty).collect();
+        assert_eq!(order, ResourceType::ALL);
+        let from_array = PerType::from(["CDS", "EDS", "changed", "RDS"]);
+        assert_eq!(from_array, v);
+        assert_eq!(v.map(str::len)[ResourceType::Cluster], 3);
+    }
+
+    #[test]
+    fn per_type_serializes_as_an_array_of_four() {
+        let v = PerType::from([1, 2, 3, 4]);
+        let json = serde_json::to_string(&v).expect("serializes");
+        assert_eq!(json, "[1,2,3,4]");
+        assert_eq!(
+            serde_json::from_str::<PerType<u8>>(&json).expect("parses"),
+            v
+        );
+        assert!(serde_json::from_str::<PerType<u8>>("[1,2,3]").is_err());
     }
 }

@@ -27,7 +27,7 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use sha2::{Digest, Sha256};
 
-use crate::xds::resources::{ResourceType, XdsResource};
+use crate::xds::resources::{PerType, ResourceType, XdsResource};
 use crate::xds::wire::{self, OutMessage};
 
 /// Typed Envoy resources served to one proxy group.
@@ -236,7 +236,7 @@ impl TypeSnapshot {
 /// Everything one proxy group is served, at one version.
 #[derive(Debug)]
 pub struct GroupSnapshot {
-    types: [Arc<TypeSnapshot>; 4],
+    types: PerType<Arc<TypeSnapshot>>,
     /// Per listener and route (by type index), the names of those that
     /// name only clusters of this group's cluster list, worked out once
     /// by the first stream that asks ([`GroupSnapshot::clusters_all_listed`])
@@ -245,7 +245,7 @@ pub struct GroupSnapshot {
 }
 
 impl GroupSnapshot {
-    fn new(types: [Arc<TypeSnapshot>; 4]) -> GroupSnapshot {
+    fn new(types: PerType<Arc<TypeSnapshot>>) -> GroupSnapshot {
         GroupSnapshot {
             types,
             clusters_listed: OnceLock::new(),
@@ -254,7 +254,7 @@ impl GroupSnapshot {
 
     /// The resources of one type.
     pub fn of(&self, ty: ResourceType) -> &Arc<TypeSnapshot> {
-        &self.types[ty.index()]
+        &self.types[ty]
     }
 
     /// Whether every cluster that listener or route `name` of type `ty`
@@ -281,16 +281,22 @@ impl GroupSnapshot {
     }
 
     fn empty(version: &str) -> GroupSnapshot {
-        GroupSnapshot::new(
-            ResourceType::ALL
-                .map(|ty| Arc::new(TypeSnapshot::new(ty, version.to_owned(), BTreeMap::new()))),
-        )
+        GroupSnapshot::new(PerType::from_fn(|ty| {
+            Arc::new(TypeSnapshot::new(ty, version.to_owned(), BTreeMap::new()))
+        }))
     }
 }
 
 /// Everything teal serves at one fleet-wide version.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// The label it is published under. Text, not a
+    /// `rollout::Version`: the xDS engine serves whatever label
+    /// its writer gives (the controller names each snapshot with a
+    /// `Version`'s text, tests and tools with their own), and a type
+    /// unchanged since an earlier snapshot keeps that one's label, possibly
+    /// recorded by an earlier run ([`TypeLabels`]). The controller keeps
+    /// the typed version with its durable state.
     version: String,
     /// [`content_digest`] of what this snapshot serves.
     digest: String,
@@ -351,12 +357,12 @@ impl Snapshot {
         let mut staged = Vec::with_capacity(input.groups.len());
         for (group, res) in &input.groups {
             let prev = previous.and_then(|p| p.groups.get(group));
-            let types = [
+            let types = PerType::from([
                 stage(group, &res.clusters, |_| Vec::new(), prev)?,
                 stage(group, &res.endpoints, |_| Vec::new(), prev)?,
                 stage(group, &res.listeners, listener_clusters, prev)?,
                 stage(group, &res.routes, route_clusters, prev)?,
-            ];
+            ]);
             staged.push((group.clone(), types));
         }
         let digest = combine_digests(
@@ -395,7 +401,7 @@ impl Snapshot {
             .map(|(group, g)| {
                 let types = g
                     .types
-                    .iter()
+                    .values()
                     .map(|t| {
                         (
                             t.ty.short_name().to_owned(),
@@ -454,12 +460,12 @@ pub fn content_digest(input: &SnapshotInput) -> String {
     combine_digests(input.groups.iter().map(|(group, res)| {
         (
             group.as_str(),
-            [
+            PerType::from([
                 of(&res.clusters),
                 of(&res.endpoints),
                 of(&res.listeners),
                 of(&res.routes),
-            ],
+            ]),
         )
     }))
 }
@@ -605,12 +611,12 @@ fn type_digest<'a>(resources: impl Iterator<Item = (&'a str, &'a str)>) -> [u8; 
 }
 
 /// The content digest from every group's type digests, in group order.
-fn combine_digests<'a>(groups: impl Iterator<Item = (&'a str, [[u8; 32]; 4])>) -> String {
+fn combine_digests<'a>(groups: impl Iterator<Item = (&'a str, PerType<[u8; 32]>)>) -> String {
     let mut hasher = Sha256::new();
     for (group, types) in groups {
         hasher.update((group.len() as u64).to_be_bytes());
         hasher.update(group.as_bytes());
-        for digest in types {
+        for (_, digest) in types {
             hasher.update(digest);
         }
     }

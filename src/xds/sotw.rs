@@ -27,7 +27,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use sha2::{Digest, Sha256};
 
-use crate::xds::resources::ResourceType;
+use crate::xds::resources::{PerType, ResourceType};
 use crate::xds::snapshot::{GroupSnapshot, Resource, Snapshot, TypeSnapshot};
 use crate::xds::wire::OutMessage;
 
@@ -93,7 +93,7 @@ const REJECTED_KEPT: usize = 8;
 #[derive(Debug)]
 pub struct SotwStream {
     head: StreamHead,
-    types: [Option<TypeState>; 4],
+    types: PerType<Option<TypeState>>,
 }
 
 impl SotwStream {
@@ -131,8 +131,8 @@ impl Planner for SotwStream {
             .check_subscription(ty, req.resource_names.len(), bytes)?;
         let max_nack_bytes = self.head.limits().max_nack_bytes;
         let mut out = Output::default();
-        let first = self.types[ty.index()].is_none();
-        let st = self.types[ty.index()].get_or_insert_with(TypeState::default);
+        let first = self.types[ty].is_none();
+        let st = self.types[ty].get_or_insert_with(TypeState::default);
 
         if req.response_nonce.is_empty() {
             // A request that answers nothing asks for the current state.
@@ -186,7 +186,7 @@ impl Planner for SotwStream {
     }
 
     fn subscription(&self, ty: ResourceType) -> Option<&Subscription> {
-        self.types[ty.index()].as_ref().map(|st| &st.subscription)
+        self.types[ty].as_ref().map(|st| &st.subscription)
     }
 
     fn next_response(
@@ -202,7 +202,7 @@ impl Planner for SotwStream {
         } else {
             Vec::new()
         };
-        let st = self.types[ty.index()].as_ref()?;
+        let st = self.types[ty].as_ref()?;
         if st.in_flight {
             return None;
         }
@@ -252,7 +252,7 @@ impl Planner for SotwStream {
                     .then(|| *group.of(ResourceType::Cluster).content_digest())
             })
             .flatten();
-        let st = self.types[ty.index()].as_mut()?;
+        let st = self.types[ty].as_mut()?;
         st.last = Some(Sent {
             version,
             nonce,
@@ -269,7 +269,7 @@ impl SotwStream {
     /// Whether every cluster `resources` name that the group has was ACKed.
     fn clusters_applied(&self, group: &GroupSnapshot, resources: &[Arc<Resource>]) -> bool {
         let clusters = group.of(ResourceType::Cluster);
-        let applied = self.types[ResourceType::Cluster.index()]
+        let applied = self.types[ResourceType::Cluster]
             .as_ref()
             .and_then(|c| c.applied.as_ref());
         // The client applied the group's whole cluster list as it is (a
@@ -294,7 +294,7 @@ impl SotwStream {
         let digest = clusters.content_digest();
         let all_in = [ResourceType::Listener, ResourceType::Route]
             .iter()
-            .filter_map(|ty| self.types[ty.index()].as_ref())
+            .filter_map(|ty| self.types[*ty].as_ref())
             .flat_map(|st| st.last.iter().chain(st.applied.iter()))
             .all(|sent| sent.clusters_all_in.as_ref() == Some(digest));
         if all_in {
@@ -302,7 +302,7 @@ impl SotwStream {
         }
         let mut named = BTreeSet::new();
         for ty in [ResourceType::Listener, ResourceType::Route] {
-            if let Some(st) = &self.types[ty.index()] {
+            if let Some(st) = &self.types[ty] {
                 for sent in st.last.iter().chain(st.applied.iter()) {
                     named.extend(
                         sent.clusters_named()
@@ -315,7 +315,7 @@ impl SotwStream {
         if named.is_empty() {
             return Vec::new();
         }
-        let Some(cds) = &self.types[ResourceType::Cluster.index()] else {
+        let Some(cds) = &self.types[ResourceType::Cluster] else {
             return Vec::new();
         };
         let mut kept: Vec<Arc<Resource>> = Vec::new();

@@ -172,7 +172,7 @@ fn legacy_and_explicit_wildcards() {
     assert_eq!(names(&sotw(&out.responses[0])), ["a"]);
     let out = s.on_request(&req(CDS, &[], "1"), &snap).expect("ok");
     assert!(out.responses.is_empty());
-    let st = s.types[CDS.index()].as_ref().expect("cds");
+    let st = s.types[CDS].as_ref().expect("cds");
     assert!(
         !st.subscription.wildcard,
         "an empty list after names is not a wildcard"

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::transport::identity::PeerIdentity;
 use crate::xds::cordon::Cordons;
-use crate::xds::resources::ResourceType;
+use crate::xds::resources::{PerType, ResourceType};
 
 use super::protocol::{NodeInfo, StreamEvent, StreamKind};
 
@@ -37,6 +37,12 @@ pub struct Nack {
 }
 
 /// One proxy's state for one type.
+///
+/// Versions here are the `version_info` text as it went over the wire,
+/// not `rollout::Version`s: what a proxy ACKs or rejects may come
+/// from another control plane, and what teal sends may carry a `+keep.`
+/// suffix (see `xds::sotw`) or a label a test published. Readers that need
+/// teal's version out of one parse it with `Version::of_sent`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TypeStatus {
     /// The proxy asked for this type.
@@ -77,8 +83,8 @@ pub struct ProxyStatus {
     pub connected_since: SystemTime,
     /// Who its client certificate says it is.
     pub identity: PeerIdentity,
-    /// Per type, in [`ResourceType::ALL`] order.
-    pub types: [TypeStatus; 4],
+    /// Per type.
+    pub types: PerType<TypeStatus>,
     /// The replica it is connected to, when not this one: the leader
     /// mirrors the other replicas' proxies (see [`RemoteStream`]) so that
     /// a flip waits for the whole fleet. `None`: connected here.
@@ -95,7 +101,7 @@ pub struct ProxyStatus {
 impl ProxyStatus {
     /// The state of one type.
     pub fn of(&self, ty: ResourceType) -> &TypeStatus {
-        &self.types[ty.index()]
+        &self.types[ty]
     }
 
     /// The proxy group (`node.cluster`), if known.
@@ -515,14 +521,14 @@ impl StreamHandle {
                     nonce,
                     resources,
                 } => {
-                    let t = &mut p.types[ty.index()];
+                    let t = &mut p.types[*ty];
                     t.subscribed = true;
                     t.sent = Some(version.clone());
                     t.sent_at = Some(now);
                     tracing::debug!(stream = self.id, node, %ty, %version, %nonce, resources, "sent");
                 }
                 StreamEvent::Acked { ty, version } => {
-                    let t = &mut p.types[ty.index()];
+                    let t = &mut p.types[*ty];
                     t.acked = Some(version.clone());
                     t.acked_at = Some(now);
                     tracing::debug!(stream = self.id, node, %ty, %version, "ACK");
@@ -532,7 +538,7 @@ impl StreamHandle {
                     version,
                     message,
                 } => {
-                    p.types[ty.index()].nack = Some(Nack {
+                    p.types[*ty].nack = Some(Nack {
                         version: version.clone(),
                         message: message.clone(),
                         at: now,
@@ -809,7 +815,7 @@ mod tests {
         remote.replace(status.clone());
         assert!(feed.take().is_empty(), "an identical status is no change");
         assert!(!watch.has_changed().expect("registry alive"));
-        status.types[ResourceType::Route.index()].acked = Some("3".into());
+        status.types[ResourceType::Route].acked = Some("3".into());
         remote.replace(status);
         let second = feed.take();
         assert_eq!(

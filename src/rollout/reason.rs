@@ -1,0 +1,617 @@
+//! Why an operation did not simply succeed: the reason an [`Outcome`]
+//! carries, one variant per thing that can happen, with what it needs to
+//! say so.
+//!
+//! A reason is rendered to text only at the edges (the admin API, the
+//! history stored with the state, the progress message), by [`Display`],
+//! and that text is what operators and scripts have always read. Stored
+//! history keeps the text, not the variant: a reason read back from the
+//! state is [`Reason::Recorded`], whichever teal wrote it, so old state
+//! files read the same and nothing is parsed out of a sentence.
+//!
+//! [`Outcome`]: super::Outcome
+//! [`Display`]: std::fmt::Display
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{CheckResult, Phase};
+
+/// Why an operation was refused, rolled back, aborted, left unconfirmed
+/// or interrupted.
+///
+/// Serialized as its text; deserialized as [`Reason::Recorded`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Before the switch, a proxy rejects the configuration it was last
+    /// sent.
+    RejectingCurrent {
+        /// The proxy's node id.
+        proxy: String,
+        /// What it rejected and its message.
+        why: String,
+    },
+    /// Not every proxy held every fleet's clusters and endpoints in time.
+    PrepareTimedOut {
+        /// The proxies not ready.
+        waiting: Proxies,
+    },
+    /// Some checks failed.
+    ChecksFailed {
+        /// Before the switch (nothing committed) or after it.
+        after_switch: bool,
+        /// The failed results.
+        failed: Vec<CheckResult>,
+    },
+    /// The checks did not answer in time.
+    ChecksTimedOut {
+        /// The timeout.
+        within: Duration,
+    },
+    /// The change could not be made durable or published.
+    CommitFailed {
+        /// The store's or the build's error.
+        error: String,
+    },
+    /// The step would have sent traffic to a fleet whose endpoints went
+    /// after the plan ([`super::machine::Rollout::commit_gate`]).
+    FleetEmptied {
+        /// The service.
+        service: String,
+        /// The fleet with no endpoints.
+        fleet: String,
+        /// The step and how many there are, for a shift of several steps.
+        step: Option<(usize, usize)>,
+    },
+    /// The plan had no step to apply.
+    NothingToDo,
+    /// A proxy rejected the version carrying the change.
+    Rejected {
+        /// The proxy's node id.
+        proxy: String,
+        /// What it rejected and its message.
+        why: String,
+    },
+    /// Not every proxy applied the change in time.
+    ApplyTimedOut {
+        /// The proxies that did not.
+        waiting: Proxies,
+    },
+    /// An operator stopped it while its step was being confirmed; the
+    /// step is undone ([`Reason::Undone`] says so once it is).
+    StoppedBy {
+        /// Who.
+        by: String,
+        /// It is a retirement, cancelled by the rollback `by` asked for.
+        for_rollback: bool,
+    },
+    /// An operator stopped it before its step was committed.
+    StoppedBeforeCommit {
+        /// Who.
+        by: String,
+        /// It is a retirement, cancelled by the rollback `by` asked for.
+        for_rollback: bool,
+        /// How many earlier steps stay in effect (a shift's).
+        kept: usize,
+    },
+    /// The service left the config while the operation ran.
+    ServiceRemoved,
+    /// The service left the config while teal was stopped during the
+    /// operation.
+    ServiceRemovedWhileStopped,
+    /// teal shut down while the operation ran.
+    ShutDown {
+        /// Where it was.
+        phase: Phase,
+    },
+    /// teal stopped before the step in progress was committed.
+    StoppedBeforeStep {
+        /// The step, 1-based.
+        step: usize,
+        /// How many steps in all.
+        steps: usize,
+    },
+    /// teal restarted during a step of a shift; that step was confirmed
+    /// after the restart and the rest were not applied.
+    RestartedDuring {
+        /// The step, 1-based.
+        step: usize,
+        /// How many steps in all.
+        steps: usize,
+    },
+    /// A rollback stays in effect, but these proxies did not confirm it.
+    RollbackUnconfirmed {
+        /// The rollback's timeout.
+        within: Duration,
+        /// The proxies that did not confirm.
+        waiting: Proxies,
+    },
+    /// A rollback stays in effect, but proxies rejected it.
+    RollbackRejected {
+        /// Who rejected it, and why.
+        rejections: Vec<Rejection>,
+    },
+    /// A rollback stays in effect, but its checks afterwards did not pass
+    /// (failed or timed out: `checks`).
+    RollbackChecks {
+        /// Why the checks did not pass.
+        checks: Box<Reason>,
+    },
+    /// The step in progress was undone after an operator stopped it.
+    Undone {
+        /// Why it was undone.
+        cause: Box<Reason>,
+    },
+    /// Undoing the step failed at its commit: proxies keep the new weights.
+    UndoNotCommitted {
+        /// Why the step was being undone.
+        cause: Box<Reason>,
+        /// Why the undo could not be committed.
+        error: String,
+    },
+    /// The undo is in effect, but proxies rejected it.
+    UndoRejected {
+        /// Why the step was undone.
+        cause: Box<Reason>,
+        /// Who rejected the undo, and why.
+        rejections: Vec<Rejection>,
+    },
+    /// The undo is in effect, but not every proxy confirmed it in time.
+    UndoUnconfirmed {
+        /// Why the step was undone.
+        cause: Box<Reason>,
+        /// The proxies that did not confirm.
+        waiting: Proxies,
+    },
+    /// A reason as text, read back from the state (or given by a backend
+    /// that only has the text).
+    Recorded(String),
+}
+
+/// Proxies a reason names: the first few by id, and how many more.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Proxies {
+    /// Node ids, the first [`WAITING_SHOWN`](super::machine::WAITING_SHOWN).
+    pub named: Vec<String>,
+    /// How many were left unnamed.
+    pub more: usize,
+}
+
+/// A proxy that rejected a version, with its message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// The proxy's node id.
+    pub proxy: String,
+    /// What it rejected and its message.
+    pub why: String,
+}
+
+impl fmt::Display for Proxies {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.named.join(", "))?;
+        if self.more > 0 {
+            write!(f, " and {} more", self.more)?;
+        }
+        Ok(())
+    }
+}
+
+/// `items` each written by `one`, separated by `sep`.
+fn list<T>(
+    f: &mut fmt::Formatter<'_>,
+    items: &[T],
+    sep: &str,
+    one: impl Fn(&mut fmt::Formatter<'_>, &T) -> fmt::Result,
+) -> fmt::Result {
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            f.write_str(sep)?;
+        }
+        one(f, item)?;
+    }
+    Ok(())
+}
+
+fn failures(f: &mut fmt::Formatter<'_>, failed: &[CheckResult]) -> fmt::Result {
+    list(f, failed, "; ", |f, r| {
+        write!(f, "{} on {}: {}", r.check, r.endpoint, r.detail)
+    })
+}
+
+fn rejections(f: &mut fmt::Formatter<'_>, rejections: &[Rejection]) -> fmt::Result {
+    list(f, rejections, "; ", |f, r| {
+        write!(f, "{} rejected it: {}", r.proxy, r.why)
+    })
+}
+
+fn stopped_by(f: &mut fmt::Formatter<'_>, by: &str, for_rollback: bool) -> fmt::Result {
+    write!(f, "stopped by {by}")?;
+    if for_rollback {
+        f.write_str(" (a rollback cancels the retirement)")?;
+    }
+    Ok(())
+}
+
+fn steps_kept(f: &mut fmt::Formatter<'_>, kept: usize) -> fmt::Result {
+    if kept > 0 {
+        write!(f, "; steps 1 to {kept} stay in effect")?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::RejectingCurrent { proxy, why } => write!(
+                f,
+                "proxy {proxy} is rejecting its current configuration ({why}); fix that before \
+                 switching"
+            ),
+            Reason::PrepareTimedOut { waiting } => write!(
+                f,
+                "timed out preparing: not every proxy holds the current configuration yet \
+                 ({waiting})"
+            ),
+            Reason::ChecksFailed {
+                after_switch,
+                failed,
+            } => {
+                let when = if *after_switch { "after" } else { "before" };
+                write!(f, "checks failed {when} the switch: ")?;
+                failures(f, failed)
+            }
+            Reason::ChecksTimedOut { within } => {
+                write!(f, "checks did not finish within {within:?}")
+            }
+            Reason::CommitFailed { error } => write!(f, "could not commit: {error}"),
+            Reason::FleetEmptied {
+                service,
+                fleet,
+                step,
+            } => {
+                write!(
+                    f,
+                    "fleet {fleet:?} of service {service:?} has no endpoints any more"
+                )?;
+                if let Some((step, steps)) = step {
+                    write!(f, " at step {step} of {steps}")?;
+                }
+                f.write_str("; traffic would go nowhere, so it was not committed")
+            }
+            Reason::NothingToDo => f.write_str("nothing to do"),
+            Reason::Rejected { proxy, why } => {
+                write!(f, "proxy {proxy} rejected the change: {why}")
+            }
+            Reason::ApplyTimedOut { waiting } => write!(
+                f,
+                "timed out waiting for proxies to apply the change: {waiting}"
+            ),
+            Reason::StoppedBy { by, for_rollback } => stopped_by(f, by, *for_rollback),
+            Reason::StoppedBeforeCommit {
+                by,
+                for_rollback,
+                kept,
+            } => {
+                stopped_by(f, by, *for_rollback)?;
+                steps_kept(f, *kept)
+            }
+            Reason::ServiceRemoved => f.write_str("the service was removed from the config"),
+            Reason::ServiceRemovedWhileStopped => f.write_str(
+                "the service was removed from the config while teal was stopped during the \
+                 operation",
+            ),
+            Reason::ShutDown { phase } => write!(f, "teal shut down during {}", phase.as_str()),
+            Reason::StoppedBeforeStep { step, steps } => {
+                write!(
+                    f,
+                    "teal stopped before step {step} of {steps} was committed; nothing of it is \
+                     in effect"
+                )?;
+                steps_kept(f, step.saturating_sub(1))
+            }
+            Reason::RestartedDuring { step, steps } => write!(
+                f,
+                "teal restarted during step {step} of {steps}; steps 1 to {step} are in effect \
+                 and confirmed, the rest were not applied"
+            ),
+            Reason::RollbackUnconfirmed { within, waiting } => write!(
+                f,
+                "the rollback is in effect, but these proxies did not confirm it within \
+                 {within:?}: {waiting}; teal keeps serving it to them"
+            ),
+            Reason::RollbackRejected { rejections: r } => {
+                f.write_str("the rollback is in effect, but ")?;
+                rejections(f, r)?;
+                f.write_str("; teal does not undo a rollback")
+            }
+            Reason::RollbackChecks { checks } => {
+                write!(f, "the rollback is in effect, but {checks}")
+            }
+            Reason::Undone { cause } => write!(f, "{cause}; the step in progress was undone"),
+            Reason::UndoNotCommitted { cause, error } => write!(
+                f,
+                "{cause}; and the undo could not be committed ({error}): proxies keep the new \
+                 weights (teal rollback returns to the rollback point)"
+            ),
+            Reason::UndoRejected {
+                cause,
+                rejections: r,
+            } => {
+                write!(f, "{cause}; put back, but ")?;
+                rejections(f, r)
+            }
+            Reason::UndoUnconfirmed { cause, waiting } => write!(
+                f,
+                "{cause}; put back, but not yet confirmed by every proxy: {waiting}; teal keeps \
+                 serving the previous weights to them"
+            ),
+            Reason::Recorded(text) => f.write_str(text),
+        }
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Reason {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Reason, D::Error> {
+        String::deserialize(d).map(Reason::Recorded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxies(named: &[&str], more: usize) -> Proxies {
+        Proxies {
+            named: named.iter().map(|p| (*p).to_owned()).collect(),
+            more,
+        }
+    }
+
+    fn failed(check: &str, endpoint: &str, detail: &str) -> CheckResult {
+        CheckResult {
+            check: check.into(),
+            endpoint: endpoint.into(),
+            ok: false,
+            detail: detail.into(),
+        }
+    }
+
+    fn rejection(proxy: &str, why: &str) -> Rejection {
+        Rejection {
+            proxy: proxy.into(),
+            why: why.into(),
+        }
+    }
+
+    /// The texts operators, scripts and stored histories know, word for
+    /// word.
+    #[test]
+    fn every_reason_reads_as_it_always_has() {
+        let stopped = || {
+            Box::new(Reason::StoppedBy {
+                by: "bob".into(),
+                for_rollback: false,
+            })
+        };
+        let cases = [
+            (
+                Reason::RejectingCurrent {
+                    proxy: "b".into(),
+                    why: "RDS 4-ab: bad regex".into(),
+                },
+                "proxy b is rejecting its current configuration (RDS 4-ab: bad regex); fix that \
+                 before switching",
+            ),
+            (
+                Reason::PrepareTimedOut {
+                    waiting: proxies(&["a", "b"], 3),
+                },
+                "timed out preparing: not every proxy holds the current configuration yet (a, b \
+                 and 3 more)",
+            ),
+            (
+                Reason::ChecksFailed {
+                    after_switch: false,
+                    failed: vec![
+                        failed("health", "10.0.0.1:80", "503"),
+                        failed("ready", "10.0.0.2:80", "timed out"),
+                    ],
+                },
+                "checks failed before the switch: health on 10.0.0.1:80: 503; ready on \
+                 10.0.0.2:80: timed out",
+            ),
+            (
+                Reason::ChecksFailed {
+                    after_switch: true,
+                    failed: vec![failed("health", "10.0.0.1:80", "503")],
+                },
+                "checks failed after the switch: health on 10.0.0.1:80: 503",
+            ),
+            (
+                Reason::ChecksTimedOut {
+                    within: Duration::from_secs(10),
+                },
+                "checks did not finish within 10s",
+            ),
+            (
+                Reason::CommitFailed {
+                    error: "disk full".into(),
+                },
+                "could not commit: disk full",
+            ),
+            (
+                Reason::FleetEmptied {
+                    service: "web".into(),
+                    fleet: "green".into(),
+                    step: None,
+                },
+                "fleet \"green\" of service \"web\" has no endpoints any more; traffic would go \
+                 nowhere, so it was not committed",
+            ),
+            (
+                Reason::FleetEmptied {
+                    service: "web".into(),
+                    fleet: "green".into(),
+                    step: Some((2, 3)),
+                },
+                "fleet \"green\" of service \"web\" has no endpoints any more at step 2 of 3; \
+                 traffic would go nowhere, so it was not committed",
+            ),
+            (Reason::NothingToDo, "nothing to do"),
+            (
+                Reason::Rejected {
+                    proxy: "b".into(),
+                    why: "RDS 3-ab: bad route".into(),
+                },
+                "proxy b rejected the change: RDS 3-ab: bad route",
+            ),
+            (
+                Reason::ApplyTimedOut {
+                    waiting: proxies(&["slow"], 0),
+                },
+                "timed out waiting for proxies to apply the change: slow",
+            ),
+            (*stopped(), "stopped by bob"),
+            (
+                Reason::StoppedBy {
+                    by: "bob".into(),
+                    for_rollback: true,
+                },
+                "stopped by bob (a rollback cancels the retirement)",
+            ),
+            (
+                Reason::StoppedBeforeCommit {
+                    by: "alice".into(),
+                    for_rollback: false,
+                    kept: 0,
+                },
+                "stopped by alice",
+            ),
+            (
+                Reason::StoppedBeforeCommit {
+                    by: "alice".into(),
+                    for_rollback: true,
+                    kept: 0,
+                },
+                "stopped by alice (a rollback cancels the retirement)",
+            ),
+            (
+                Reason::StoppedBeforeCommit {
+                    by: "alice".into(),
+                    for_rollback: false,
+                    kept: 2,
+                },
+                "stopped by alice; steps 1 to 2 stay in effect",
+            ),
+            (
+                Reason::ServiceRemoved,
+                "the service was removed from the config",
+            ),
+            (
+                Reason::ServiceRemovedWhileStopped,
+                "the service was removed from the config while teal was stopped during the \
+                 operation",
+            ),
+            (
+                Reason::ShutDown {
+                    phase: Phase::PreChecks,
+                },
+                "teal shut down during pre-checks",
+            ),
+            (
+                Reason::StoppedBeforeStep { step: 1, steps: 1 },
+                "teal stopped before step 1 of 1 was committed; nothing of it is in effect",
+            ),
+            (
+                Reason::StoppedBeforeStep { step: 3, steps: 4 },
+                "teal stopped before step 3 of 4 was committed; nothing of it is in effect; \
+                 steps 1 to 2 stay in effect",
+            ),
+            (
+                Reason::RestartedDuring { step: 2, steps: 3 },
+                "teal restarted during step 2 of 3; steps 1 to 2 are in effect and confirmed, \
+                 the rest were not applied",
+            ),
+            (
+                Reason::RollbackUnconfirmed {
+                    within: Duration::from_secs(10),
+                    waiting: proxies(&["stuck"], 0),
+                },
+                "the rollback is in effect, but these proxies did not confirm it within 10s: \
+                 stuck; teal keeps serving it to them",
+            ),
+            (
+                Reason::RollbackRejected {
+                    rejections: vec![rejection("b", "RDS 4-ab: no"), rejection("c", "CDS: no")],
+                },
+                "the rollback is in effect, but b rejected it: RDS 4-ab: no; c rejected it: CDS: \
+                 no; teal does not undo a rollback",
+            ),
+            (
+                Reason::RollbackChecks {
+                    checks: Box::new(Reason::ChecksTimedOut {
+                        within: Duration::from_secs(10),
+                    }),
+                },
+                "the rollback is in effect, but checks did not finish within 10s",
+            ),
+            (
+                Reason::Undone { cause: stopped() },
+                "stopped by bob; the step in progress was undone",
+            ),
+            (
+                Reason::UndoNotCommitted {
+                    cause: stopped(),
+                    error: "disk full".into(),
+                },
+                "stopped by bob; and the undo could not be committed (disk full): proxies keep \
+                 the new weights (teal rollback returns to the rollback point)",
+            ),
+            (
+                Reason::UndoRejected {
+                    cause: stopped(),
+                    rejections: vec![rejection("b", "RDS 5-ab: no")],
+                },
+                "stopped by bob; put back, but b rejected it: RDS 5-ab: no",
+            ),
+            (
+                Reason::UndoUnconfirmed {
+                    cause: stopped(),
+                    waiting: proxies(&["b"], 0),
+                },
+                "stopped by bob; put back, but not yet confirmed by every proxy: b; teal keeps \
+                 serving the previous weights to them",
+            ),
+            (Reason::Recorded("as it was".into()), "as it was"),
+        ];
+        for (reason, text) in cases {
+            assert_eq!(reason.to_string(), text, "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn a_reason_is_stored_as_its_text_and_read_back_as_that_text() {
+        let reason = Reason::Undone {
+            cause: Box::new(Reason::StoppedBy {
+                by: "bob".into(),
+                for_rollback: false,
+            }),
+        };
+        let json = serde_json::to_string(&reason).expect("serializes");
+        assert_eq!(json, "\"stopped by bob; the step in progress was undone\"");
+        let back: Reason = serde_json::from_str(&json).expect("parses");
+        assert_eq!(
+            back,
+            Reason::Recorded("stopped by bob; the step in progress was undone".into())
+        );
+        assert_eq!(back.to_string(), reason.to_string());
+    }
+}
