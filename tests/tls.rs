@@ -759,7 +759,11 @@ async fn a_reload_that_revokes_an_identity_closes_its_admitted_streams() {
     let dir = tempfile::tempdir().expect("tempdir");
     let before = "'spiffe://test.example/ns/prod/edge/*'";
     let yaml = groups_config(&[("edge", Some(before))]);
-    let teal = Serve::start(dir.path(), &yaml, &xds_mtls_args(&pki, &server)).await;
+    // A proxy that leaves on its own counts as reconnecting for the whole
+    // test; one whose identity is revoked must not count at all.
+    let mut args = xds_mtls_args(&pki, &server);
+    args.extend(["--proxy-reconnect-hold".to_owned(), "1h".to_owned()]);
+    let teal = Serve::start(dir.path(), &yaml, &args).await;
     let revoked = pki.spiffe("revoked", "spiffe://test.example/ns/prod/edge/old");
     let kept = pki.spiffe("kept", "spiffe://test.example/ns/prod/edge/kept");
     let (r, mut revoked_stream, _tx_revoked) =
@@ -805,7 +809,8 @@ async fn a_reload_that_revokes_an_identity_closes_its_admitted_streams() {
     })
     .await;
 
-    // A flip does not wait for the revoked proxy (which never ACKs).
+    // A flip waits for the proxy that left on its own (it may be
+    // reconnecting), never for the revoked one, which teal turned away.
     let admin = format!("127.0.0.1:{}", teal.admin);
     let out = cli(&[
         "--admin",
@@ -815,10 +820,17 @@ async fn a_reload_that_revokes_an_identity_closes_its_admitted_streams() {
         "flip",
         "web",
         "--timeout",
-        "5s",
+        "2s",
     ])
     .await;
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        err.contains("not every proxy holds the current configuration yet (edge-kept)"),
+        "{}",
+        show(&out)
+    );
+    assert!(!err.contains("edge-old"), "{}", show(&out));
 }
 
 /// The node ids a CSDS `FetchClientStatus` on the xDS port shows `client`.

@@ -276,6 +276,7 @@ async fn run_stream<M: Planner>(
                         Ok(output) => output,
                         Err(e) => {
                             tracing::warn!(stream = handle.id(), error = %e, "closing stream: protocol error");
+                            handle.forget();
                             let _ = tx.send(Err(e.into())).await;
                             return;
                         }
@@ -299,7 +300,8 @@ async fn run_stream<M: Planner>(
             () = next_policy(&mut policies), if admitted => {
                 // A reload that no longer admits this stream's identity to
                 // its group ends it, as if it had just arrived: it leaves
-                // the registry, so no flip waits for it.
+                // the registry at once (not counted as reconnecting), so
+                // no flip waits for it.
                 if let Some(node) = machine.node()
                     && !admits(&shared, node, &identity)
                 {
@@ -310,6 +312,7 @@ async fn run_stream<M: Planner>(
                         identity = %untrusted(&identity.to_string()),
                         "stream closed: the reloaded config no longer lets its identity join its group"
                     );
+                    handle.forget();
                     let _ = tx.send(Err(refused(node, &identity))).await;
                     return;
                 }

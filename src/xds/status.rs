@@ -306,6 +306,7 @@ impl ProxyRegistry {
             registry: self.clone(),
             id,
             node_known: false,
+            forget: false,
         }
     }
 
@@ -453,12 +454,23 @@ pub struct StreamHandle {
     registry: Arc<ProxyRegistry>,
     id: u64,
     node_known: bool,
+    /// Closed for cause (see [`StreamHandle::forget`]): not held after it
+    /// ends.
+    forget: bool,
 }
 
 impl StreamHandle {
     /// The stream's registry id.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Marks the stream as closed for cause (its identity no longer
+    /// admitted, a protocol error): when it ends, the proxy goes at once
+    /// instead of counting as reconnecting, since teal itself turned it
+    /// away.
+    pub fn forget(&mut self) {
+        self.forget = true;
     }
 
     /// Records the identity the stream's connection proved.
@@ -569,7 +581,7 @@ impl Drop for StreamHandle {
             .get(&self.id)
             .and_then(|p| p.node.as_ref().map(|n| (n.id.clone(), n.cluster.clone())));
         let held = match (&node, &runtime) {
-            (Some((id, _)), Some(runtime)) if !hold.is_zero() => {
+            (Some((id, _)), Some(runtime)) if !hold.is_zero() && !self.forget => {
                 if let Some(p) = inner.streams.get_mut(&self.id) {
                     Arc::make_mut(p).disconnected = true;
                 }
