@@ -75,4 +75,5 @@ pub const LAYERS: &[&str] = &[
 ];
 
 #[cfg(test)]
-mod layers_tests;
+#[path = "lib_tests.rs"]
+mod tests;

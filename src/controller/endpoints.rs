@@ -421,3 +421,7 @@ fn same_but_expiry(a: &[Registered], b: &[Registered]) -> bool {
             }
         })
 }
+
+#[cfg(test)]
+#[path = "endpoints_tests.rs"]
+mod tests;

@@ -7,6 +7,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 
 use super::*;
 use crate::config::Endpoint;
+use crate::controller::*;
 use crate::rollout::Outcome;
 use crate::state::MemoryStore;
 use crate::xds::snapshot_store::snapshot_store;

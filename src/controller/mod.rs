@@ -523,6 +523,5 @@ impl Backend for Controller {
 }
 
 #[cfg(test)]
-mod endpoints_tests;
-#[cfg(test)]
+#[path = "controller_tests.rs"]
 mod tests;

@@ -557,4 +557,5 @@ fn service_list(
 }
 
 #[cfg(test)]
+#[path = "parse_tests.rs"]
 mod tests;
