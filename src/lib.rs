@@ -7,13 +7,15 @@
 //! - [`cli`]: the `teal` command line; each command is a function here.
 //! - [`serve`]: `teal serve`, which wires config, store, controller and
 //!   servers together.
-//! - [`admin`]: the admin API (gRPC) and `/healthz`, over which the CLI
-//!   drives teal.
 //! - [`kubernetes`]: fleets whose endpoints are a Kubernetes Service's ready
 //!   EndpointSlice endpoints, fed to the controller (feature `kubernetes`,
 //!   on by default).
 //! - [`controller`]: runs rollouts: owns the config, the durable state and
 //!   the snapshot writer.
+//! - [`admin`]: the admin API (gRPC), `/metrics` and `/healthz`, over which
+//!   the CLI drives teal, and the [`Backend`](admin::Backend) it runs over.
+//!   The controller implements that trait, so the admin API sits below the
+//!   controller and knows it only through it.
 //! - [`ha`]: replicas on etcd: who leads, fencing, and the leader's view of
 //!   every replica's proxies.
 //! - [`state`]: durable state (live fleets, weights, versions, history,
@@ -67,9 +69,9 @@ pub const LAYERS: &[&str] = &[
     "state",
     "ha",
     "metrics",
+    "admin",
     "controller",
     "kubernetes",
-    "admin",
     "serve",
     "cli",
 ];

@@ -31,10 +31,11 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::admin::Backend;
 use crate::config::{Config, Endpoint};
 use crate::metrics::Metrics;
 use crate::rollout::{
-    Backend, CheckResult, HistoryEntry, Operation, Progress, RolloutError, StatusView, Version,
+    CheckResult, HistoryEntry, Operation, Progress, RolloutError, StatusView, Version,
 };
 use crate::shutdown::Shutdown;
 use crate::state::{PersistedState, Revision, StateError, StateStore};
