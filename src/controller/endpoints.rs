@@ -83,7 +83,7 @@ impl Driver {
             Err(e) => {
                 self.config = previous;
                 Err(match e {
-                    super::CommitError::Store(e) => RolloutError::Store(e.to_string()),
+                    super::command::CommitError::Store(e) => RolloutError::Store(e.to_string()),
                     e => RolloutError::Invalid(e.to_string()),
                 })
             }
