@@ -88,10 +88,10 @@ pub use limits::{
 };
 pub use model::{
     Check, Config, DEFAULT_SLICE_MANAGER, Endpoint, EndpointSource, Fleet, Group, HealthCheck,
-    KubernetesFleet, KubernetesPort, Listener, ListenerKind, OutlierDetection, Protocol, Retries,
-    Route, Service, VirtualHost,
+    KubernetesFleet, KubernetesPort, Listener, ListenerKind, MAX_ZONE_BYTES, OutlierDetection,
+    Protocol, Retries, Route, Service, VirtualHost,
 };
-pub use overlay::{EndpointOverlay, EndpointSetError, FleetSets, MAX_ZONE_BYTES, check_endpoints};
+pub use overlay::{EndpointOverlay, EndpointSetError, FleetSets, check_endpoints};
 pub(crate) use parse::parse_address;
 pub use translate::{FLEET_HEADER, cluster_name, config_digest, encoded_resources, translate};
 // The rollout's split of traffic, which translation reads; re-exported so

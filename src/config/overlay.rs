@@ -14,11 +14,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use super::model::{Config, Endpoint, EndpointSource};
-use super::parse::MAX_ENDPOINT_WEIGHT;
-
-/// Longest zone name accepted from outside the file, in bytes.
-pub const MAX_ZONE_BYTES: usize = 128;
+use super::model::{Config, Endpoint, EndpointSource, MAX_ENDPOINT_WEIGHT, MAX_ZONE_BYTES};
 
 /// Whole endpoint sets of some fleets of one service, by fleet name: what
 /// a source hands the controller at once, so that fleets that changed
