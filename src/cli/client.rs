@@ -584,7 +584,7 @@ pub(super) fn operation(p: &pb::Progress) -> String {
 /// without an outcome (the replica that
 /// ran the operation stopped leading, or stopped) is not the end: the
 /// next leader carries the operation on, and the outcome reported is the
-/// one the cluster records (see [`super::handover`]).
+/// one the cluster records (see [`super::progress`]).
 pub async fn follow(
     conn: &Conn,
     mut stream: Streaming<pb::Progress>,
@@ -631,13 +631,13 @@ pub async fn follow(
         let p = match (ended, &last, &peers) {
             (Ok(p), _, _) => p,
             (Err(_), Some(last), Some(peers)) if !peers.is_empty() => {
-                let follow_on = super::handover::follow_elsewhere(conn, last, peers, out, err);
+                let follow_on = super::progress::follow_elsewhere(conn, last, peers, out, err);
                 return Box::pin(follow_on).await;
             }
             (Err(failure), _, _) => return failure.report(err),
         };
         if peers.is_none() && p.outcome.is_none() {
-            peers = Some(super::handover::peers(conn, &p.service).await);
+            peers = Some(super::progress::peers(conn, &p.service).await);
         }
         let line = progress_line(&p);
         if line != last_line && p.outcome.is_none() {

@@ -22,11 +22,11 @@
 pub mod client;
 pub mod commands;
 pub mod fleet;
-pub mod handover;
 pub mod json;
 pub mod logging;
 pub mod ops;
 pub mod parse;
+pub mod progress;
 pub mod proxies;
 pub mod read;
 pub mod serve_limits;
