@@ -7,8 +7,9 @@
 //! - The admin commands ([`commands::AdminCommand`]) talk to a running teal
 //!   over its admin API: reads in [`read`] and [`proxies`], changes in [`ops`],
 //!   registered fleets' endpoints in [`fleet`], the
-//!   connection, exit codes and progress in [`client`], `-o json` in
-//!   [`json`], argument parsing in [`parse`], tables in [`table`].
+//!   connection and exit codes in [`client`], following an operation to
+//!   its outcome in [`progress`], `-o json` in [`json`], argument parsing
+//!   in [`parse`], tables in [`table`].
 //! - [`logging`]: the log on stderr, every value escaped and cut.
 //! - [`serve_limits`]: the limits flags of `teal serve`.
 //!

@@ -6,7 +6,7 @@ use std::io::Write;
 
 use crate::admin::pb;
 
-use super::client::{self, Conn, EX_OK, Failure};
+use super::client::{Conn, EX_OK, Failure};
 use super::progress;
 use crate::text::untrusted;
 
@@ -21,7 +21,7 @@ async fn run(
     err: &mut dyn Write,
 ) -> Result<u8, Failure> {
     let stream = call.map_err(|e| conn.fail(&e))?.into_inner();
-    Ok(client::follow(conn, stream, peers, out, err).await)
+    Ok(progress::follow(conn, stream, peers, out, err).await)
 }
 
 /// `teal flip`.

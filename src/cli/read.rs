@@ -158,7 +158,7 @@ fn service_details(text: &mut String, svc: &pb::ServiceStatus, now: i64) {
         text.push_str(&format!("  last change: {}\n", change_line(h, now)));
     }
     if let Some(p) = &svc.in_progress {
-        let line = super::client::progress_line(p);
+        let line = super::progress::progress_line(p);
         text.push_str(&format!(
             "  in progress: {} #{}: {line}\n",
             untrusted(&p.verb),
