@@ -16,7 +16,13 @@ use std::path::{Path, PathBuf};
 /// paths kept for code outside `src/` (integration tests, examples) that
 /// still names an item by where it used to be. Each goes once nothing
 /// outside names that path.
-const KEPT_PATHS: &[(&str, &str)] = &[("rollout/mod.rs", "pub use crate::admin::Backend;")];
+const KEPT_PATHS: &[(&str, &str)] = &[
+    ("rollout/mod.rs", "pub use crate::admin::Backend;"),
+    (
+        "config/mod.rs",
+        "pub use crate::cli::config_commands as commands;",
+    ),
+];
 
 /// `text` with comments and the insides of string and character literals
 /// blanked to spaces, newlines kept: byte offsets and line numbers stay

@@ -22,6 +22,7 @@
 
 pub mod client;
 pub mod commands;
+pub mod config_commands;
 pub mod fleet;
 pub mod json;
 pub mod logging;
@@ -40,9 +41,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::commands::{self as config_commands, Format};
 use crate::serve::{self, ServeOptions};
 use crate::shutdown::{os_signal, shutdown_channel};
+use config_commands::Format;
 
 /// teal: the Envoy control plane for blue/green releases.
 ///
