@@ -10,12 +10,21 @@ use serde_json::json;
 use crate::admin::convert::{outcome_name, phase_name, unix_ms};
 use crate::admin::pb;
 
-use super::Output;
 use super::client::{Conn, EX_OK, EX_REFUSED, Failure};
 use super::json;
 use super::parse::human;
 use super::table::{self, Table};
 use crate::text::untrusted;
+
+/// How read commands print.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// JSON with stable field names (listed in docs/cli-and-admin-api.md).
+    Json,
+}
 
 pub(super) fn print_json(out: &mut dyn Write, v: &serde_json::Value) {
     let text =
