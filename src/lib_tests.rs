@@ -5,6 +5,23 @@
 //! `super::…`, `self::…`, or a child module by name, in a `use` list or
 //! in code) must land in a layer at or below its own file's.
 //!
+//! **No loops inside a layer.** The files of a layer form a graph: one
+//! file has an edge to another when one of its paths lands there. A path
+//! through a re-export lands in the file that defines the item, so
+//! `crate::rollout::Version` points at `rollout/version.rs`, not at
+//! `rollout/mod.rs`. A parent's `mod child;` and its `pub use child::…`
+//! are no edges: a parent listing and re-exporting its children is its
+//! table of contents. Any other use of a child's items by its parent is
+//! an edge, so a child using its parent's items while the parent uses the
+//! child's is a loop. The graph must have no cycle; the test names the
+//! files of each one and the lines that close it.
+//!
+//! Paths are what is read, not method calls: a file that adds methods to
+//! a type defined in another (`impl Driver` in `controller/replica.rs`)
+//! depends on that file, and the type calling its own methods is not an
+//! edge back. Split that way, a type's file must still name nothing of
+//! the files that extend it.
+//!
 //! Test code may reach anything: a module behind `#[cfg(test)]` (inline
 //! or a file) is skipped, and everything else is read, even after it.
 //! Comments and the insides of string literals are not code.
@@ -246,6 +263,8 @@ struct ModDecl {
 struct Ref {
     path: Vec<String>,
     line: usize,
+    /// In a `pub use`, `pub(crate) use`, ….
+    reexport: bool,
 }
 
 /// A file under `src/`, read for the rules.
@@ -501,6 +520,7 @@ fn paths(
                 refs.push(Ref {
                     path,
                     line: lines.at(at),
+                    reexport,
                 });
             }
             k = j.max(k + 1);
@@ -522,6 +542,7 @@ fn paths(
                 refs.push(Ref {
                     path,
                     line: lines.at(*at),
+                    reexport: false,
                 });
             }
             k = j;
@@ -757,6 +778,105 @@ fn upward_imports(src: &Path) -> Vec<String> {
     found
 }
 
+/// Every loop between files of one layer: the files, then each line that
+/// closes the loop.
+fn loops(src: &Path) -> Vec<String> {
+    let tree = Tree::read(src);
+    let n = tree.code.len();
+    // edges[from][to]: the first line of `from` whose path lands in `to`.
+    let mut edges: Vec<BTreeMap<usize, usize>> = vec![BTreeMap::new(); n];
+    for (from, s) in tree.code.iter().enumerate() {
+        for r in &s.refs {
+            let Some(to) = tree.land(&r.path) else {
+                continue;
+            };
+            let t = &tree.code[to];
+            let same_layer = s.layer().is_some() && s.layer() == t.layer();
+            let reexports_a_child = r.reexport && t.module.starts_with(&s.module);
+            if to != from && same_layer && !reexports_a_child {
+                let line = edges[from].entry(to).or_insert(r.line);
+                *line = (*line).min(r.line);
+            }
+        }
+    }
+    let reach = |start: usize| {
+        let mut seen = BTreeSet::from([start]);
+        let mut todo = vec![start];
+        while let Some(f) = todo.pop() {
+            for &t in edges[f].keys() {
+                if seen.insert(t) {
+                    todo.push(t);
+                }
+            }
+        }
+        seen
+    };
+    let reaches: Vec<BTreeSet<usize>> = (0..n).map(reach).collect();
+    let mut found = Vec::new();
+    let mut done = BTreeSet::new();
+    for start in 0..n {
+        if done.contains(&start) {
+            continue;
+        }
+        // The files that reach `start` and that it reaches: its loop.
+        let scc: BTreeSet<usize> = reaches[start]
+            .iter()
+            .copied()
+            .filter(|&f| reaches[f].contains(&start))
+            .collect();
+        done.extend(scc.iter().copied());
+        if scc.len() < 2 {
+            continue;
+        }
+        // The shortest way round from `start` back to it, within the loop.
+        let mut back: BTreeMap<usize, usize> = BTreeMap::new();
+        let mut queue = std::collections::VecDeque::from([start]);
+        'search: while let Some(f) = queue.pop_front() {
+            for &t in edges[f].keys().filter(|t| scc.contains(t)) {
+                if t == start {
+                    back.insert(start, f);
+                    break 'search;
+                }
+                if let std::collections::btree_map::Entry::Vacant(e) = back.entry(t) {
+                    e.insert(f);
+                    queue.push_back(t);
+                }
+            }
+        }
+        let mut cycle = vec![start];
+        let mut at = back.get(&start).copied();
+        while let Some(f) = at.filter(|&f| f != start) {
+            cycle.push(f);
+            at = back.get(&f).copied();
+        }
+        cycle.reverse();
+        cycle.rotate_right(1);
+        let names: Vec<String> = cycle
+            .iter()
+            .chain([&start])
+            .map(|&f| tree.code[f].rel.display().to_string())
+            .collect();
+        let mut report = names.join(" -> ");
+        for (i, &f) in cycle.iter().enumerate() {
+            let t = cycle[(i + 1) % cycle.len()];
+            let line = edges[f][&t];
+            let s = &tree.code[f];
+            report.push_str(&format!(
+                "\n    {}:{}: {}",
+                s.rel.display(),
+                line,
+                s.line(line)
+            ));
+        }
+        let others = scc.len() - cycle.len();
+        if others > 0 {
+            report.push_str(&format!("\n    (and {others} more files in the same knot)"));
+        }
+        found.push(report);
+    }
+    found
+}
+
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
@@ -778,6 +898,16 @@ fn no_module_imports_a_layer_above_its_own() {
         kept.len(),
         KEPT_PATHS.len(),
         "a path of KEPT_PATHS is gone or no longer points up; drop it: {kept:?}"
+    );
+}
+
+#[test]
+fn no_files_of_a_layer_import_each_other_in_a_loop() {
+    let found = loops(&src());
+    assert!(
+        found.is_empty(),
+        "loops between files of one layer:\n{}",
+        found.join("\n")
     );
 }
 
@@ -857,4 +987,62 @@ fn g() { let _ = "crate::serve::E"; crate::serve::run(); }
         "{up:#?}"
     );
     assert!(up[0].contains("xds -> admin"), "{up:?}");
+}
+
+#[test]
+fn a_loop_between_siblings_through_a_reexport_is_found() {
+    let dir = tree_of(&[
+        ("rollout/mod.rs", "mod a;\nmod b;\npub use a::A;\n"),
+        ("rollout/a.rs", "use super::b::B;\npub struct A;\n"),
+        (
+            "rollout/b.rs",
+            "pub struct B;\n\nfn f(_: crate::rollout::A) {}\n",
+        ),
+    ]);
+    let found = loops(dir.path());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("rollout/a.rs -> rollout/b.rs -> rollout/a.rs"),
+        "{found:?}"
+    );
+    assert!(
+        found[0].contains("rollout/a.rs:1: use super::b::B;"),
+        "{found:?}"
+    );
+    assert!(
+        found[0].contains("rollout/b.rs:3: fn f(_: crate::rollout::A) {}"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn a_parent_reexporting_its_children_is_no_loop_but_using_them_is() {
+    let reexports = tree_of(&[
+        (
+            "rollout/mod.rs",
+            "mod c;\npub use c::C;\npub(crate) use self::c::{D as E};\npub struct P;\n",
+        ),
+        (
+            "rollout/c.rs",
+            "use super::P;\npub struct C;\npub struct D;\n",
+        ),
+    ]);
+    assert_eq!(loops(reexports.path()), Vec::<String>::new());
+    let uses = tree_of(&[
+        (
+            "rollout/mod.rs",
+            "mod c;\npub struct P;\nfn g(_: c::C) {}\n",
+        ),
+        ("rollout/c.rs", "use super::P;\npub struct C;\n"),
+    ]);
+    let found = loops(uses.path());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("rollout/mod.rs:3: fn g(_: c::C) {}"),
+        "{found:?}"
+    );
+    assert!(
+        found[0].contains("rollout/c.rs:1: use super::P;"),
+        "{found:?}"
+    );
 }
