@@ -560,7 +560,7 @@ fn serve_command(args: ServeArgs) -> u8 {
 }
 
 #[cfg(test)]
-mod duration_flag_tests {
+mod tests {
     use super::*;
 
     #[test]

@@ -50,23 +50,6 @@ pub fn json_for_terminal(json: &str) -> String {
     out
 }
 
-#[cfg(test)]
-#[test]
-fn json_for_a_terminal_means_the_same() {
-    let v = json!({"a\u{9b}": "x\n\u{1b}[31m\u{7f}\u{202e}é…", "n": [1, 2]});
-    let pretty = serde_json::to_string_pretty(&v).expect("serializes");
-    let safe = json_for_terminal(&pretty);
-    assert!(
-        safe.chars()
-            .all(|c| c == '\n' || !crate::text::needs_escape(c)),
-        "{safe}"
-    );
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&safe).expect("valid"),
-        v
-    );
-}
-
 fn ago(unix: i64, now: i64) -> String {
     human(Duration::from_millis(
         u64::try_from(now - unix).unwrap_or(0),
@@ -420,4 +403,25 @@ pub async fn history(
         }
     }
     Ok(EX_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_for_a_terminal_means_the_same() {
+        let v = json!({"a\u{9b}": "x\n\u{1b}[31m\u{7f}\u{202e}é…", "n": [1, 2]});
+        let pretty = serde_json::to_string_pretty(&v).expect("serializes");
+        let safe = json_for_terminal(&pretty);
+        assert!(
+            safe.chars()
+                .all(|c| c == '\n' || !crate::text::needs_escape(c)),
+            "{safe}"
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&safe).expect("valid"),
+            v
+        );
+    }
 }
