@@ -22,12 +22,24 @@
 //! edge back. Split that way, a type's file must still name nothing of
 //! the files that extend it.
 //!
+//! **One unit-test convention.** A module's unit tests are `mod tests`:
+//! inline while short (up to [`INLINE_TESTS_MAX_LINES`] lines), else in
+//! the sibling file `<stem>_tests.rs`, declared as
+//! `#[cfg(test)] #[path = "<stem>_tests.rs"] mod tests;` (the stem of a
+//! `mod.rs` is its folder's name). The only other test-only module is
+//! `fixtures`, builders that the tests of several modules share. No
+//! `#[test]` sits outside a test module, and every file under `src/` is
+//! declared by some `mod`.
+//!
 //! Test code may reach anything: a module behind `#[cfg(test)]` (inline
 //! or a file) is skipped, and everything else is read, even after it.
 //! Comments and the insides of string literals are not code.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+/// Above this many lines, a module's unit tests move to their own file.
+const INLINE_TESTS_MAX_LINES: usize = 150;
 
 /// Re-exports that point up a layer, each as its file and line: public
 /// paths kept for code outside `src/` (integration tests, examples) that
@@ -249,6 +261,8 @@ fn is_cfg_test(toks: &[Token], open: usize, close: usize) -> bool {
 #[derive(Debug)]
 struct ModDecl {
     name: String,
+    /// Where its first attribute (or `mod`) is.
+    line: usize,
     /// From the first attribute to the closing brace; none for `mod name;`.
     inline_lines: Option<usize>,
     /// Its `#[path = "…"]`.
@@ -279,6 +293,8 @@ struct Source {
     refs: Vec<Ref>,
     /// Names it re-exports, each with the path it stands for.
     reexports: BTreeMap<String, Vec<String>>,
+    /// Lines of `#[test]` functions outside test modules.
+    stray_tests: Vec<usize>,
 }
 
 impl Source {
@@ -287,7 +303,7 @@ impl Source {
         let rel = file.strip_prefix(src).unwrap_or(file).to_path_buf();
         let code = blank(&raw);
         let lines = Lines::of(&code);
-        let (mods, toks, inline) = modules(&tokens(&code), &raw, &lines);
+        let (mods, toks, inline, stray_tests) = modules(&tokens(&code), &raw, &lines);
         let scope = Scope {
             module: module_of(&rel),
             inline,
@@ -305,6 +321,7 @@ impl Source {
             mods,
             refs,
             reexports,
+            stray_tests,
         }
     }
 
@@ -368,11 +385,13 @@ impl Lines {
 }
 
 /// The modules a file declares; its tokens but those of its test
-/// modules; and its inline modules, each with the offsets of its braces.
-fn modules(all: &[Token], raw: &str, lines: &Lines) -> (Vec<ModDecl>, Vec<Token>, Vec<Inline>) {
+/// modules; its inline modules, each with the offsets of its braces; and
+/// the lines of `#[test]`s outside test modules.
+fn modules(all: &[Token], raw: &str, lines: &Lines) -> FileModules {
     let mut mods = Vec::new();
     let mut toks: Vec<Token> = Vec::new();
     let mut inline = Vec::new();
+    let mut stray_tests = Vec::new();
     let mut i = 0;
     while i < all.len() {
         let start = i;
@@ -382,15 +401,20 @@ fn modules(all: &[Token], raw: &str, lines: &Lines) -> (Vec<ModDecl>, Vec<Token>
                 break;
             };
             test |= is_cfg_test(all, i + 1, close);
-            if let [
-                (Tok::Ident(p), _),
-                (Tok::Punct(b'='), _),
-                (Tok::Punct(b'"'), a),
-                (Tok::Punct(b'"'), z),
-            ] = &all[i + 2..close]
-                && p == "path"
-            {
-                path = Some(raw[a + 1..*z].to_owned());
+            match &all[i + 2..close] {
+                [
+                    (Tok::Ident(p), _),
+                    (Tok::Punct(b'='), _),
+                    (Tok::Punct(b'"'), a),
+                    (Tok::Punct(b'"'), z),
+                ] if p == "path" => path = Some(raw[a + 1..*z].to_owned()),
+                [(Tok::Ident(t), _)] if t == "test" => stray_tests.push(lines.at(all[i].1)),
+                [(Tok::Ident(t), _), (Tok::Sep, _), (Tok::Ident(u), _), ..]
+                    if t == "tokio" && u == "test" =>
+                {
+                    stray_tests.push(lines.at(all[i].1))
+                }
+                _ => {}
             }
             i = close + 1;
         }
@@ -412,6 +436,7 @@ fn modules(all: &[Token], raw: &str, lines: &Lines) -> (Vec<ModDecl>, Vec<Token>
                 let line = lines.at(all[start].1);
                 mods.push(ModDecl {
                     name: name.clone(),
+                    line,
                     inline_lines: braced.then(|| lines.at(all[end].1) - line + 1),
                     path,
                     test,
@@ -432,12 +457,15 @@ fn modules(all: &[Token], raw: &str, lines: &Lines) -> (Vec<ModDecl>, Vec<Token>
             i += 1;
         }
     }
-    (mods, toks, inline)
+    (mods, toks, inline, stray_tests)
 }
 
 /// An inline module (`mod name { … }`): its name and the offsets of its
 /// braces.
 type Inline = (String, usize, usize);
+
+/// What [`modules`] finds in a file.
+type FileModules = (Vec<ModDecl>, Vec<Token>, Vec<Inline>, Vec<usize>);
 
 /// Where a file's relative paths start from.
 struct Scope {
@@ -666,6 +694,8 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// The library's files under `src`, read, but for those of test modules.
 struct Tree {
     code: Vec<Source>,
+    /// Every file some `mod` declares.
+    declared: BTreeSet<PathBuf>,
     /// Files of `code` by module path.
     by_module: BTreeMap<Vec<String>, usize>,
 }
@@ -683,6 +713,7 @@ impl Tree {
         // Files declared by test modules are tests, and so is whatever
         // those declare in turn.
         let mut tests = BTreeSet::new();
+        let mut declared = BTreeSet::new();
         loop {
             let before = tests.len();
             for s in &all {
@@ -691,6 +722,7 @@ impl Tree {
                     if m.test || in_test {
                         tests.extend(s.declared(m));
                     }
+                    declared.extend(s.declared(m));
                 }
             }
             if tests.len() == before {
@@ -705,6 +737,7 @@ impl Tree {
             .collect();
         Tree {
             code: all,
+            declared,
             by_module,
         }
     }
@@ -877,6 +910,49 @@ fn loops(src: &Path) -> Vec<String> {
     found
 }
 
+/// Every departure from the unit-test convention, naming file and line.
+fn test_convention(src: &Path) -> Vec<String> {
+    let tree = Tree::read(src);
+    let mut found = Vec::new();
+    for s in &tree.code {
+        let rel = s.rel.display();
+        for m in s.mods.iter().filter(|m| m.test) {
+            let wanted = format!("{}_tests.rs", s.stem());
+            match (m.name.as_str(), m.inline_lines, m.path.as_deref()) {
+                ("fixtures", ..) => {}
+                ("tests", Some(lines), _) if lines > INLINE_TESTS_MAX_LINES => found.push(format!(
+                    "{rel}:{}: inline tests of {lines} lines: move them to {wanted}",
+                    m.line
+                )),
+                ("tests", Some(_), _) => {}
+                ("tests", None, Some(path)) if path == wanted => {}
+                ("tests", None, _) => found.push(format!(
+                    "{rel}:{}: `mod tests;` is not #[path = \"{wanted}\"]",
+                    m.line
+                )),
+                (name, ..) => found.push(format!(
+                    "{rel}:{}: test module `{name}`: a module's unit tests are `mod tests`",
+                    m.line
+                )),
+            }
+        }
+        for line in &s.stray_tests {
+            found.push(format!("{rel}:{line}: a test outside `mod tests`"));
+        }
+    }
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    files.sort();
+    for f in files {
+        let rel = f.strip_prefix(src).unwrap_or(&f).to_path_buf();
+        let root = rel == Path::new("lib.rs") || rel == Path::new("main.rs");
+        if !root && !tree.declared.contains(&rel) {
+            found.push(format!("{}: no `mod` declares it", rel.display()));
+        }
+    }
+    found
+}
+
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
@@ -907,6 +983,16 @@ fn no_files_of_a_layer_import_each_other_in_a_loop() {
     assert!(
         found.is_empty(),
         "loops between files of one layer:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn unit_tests_follow_one_convention() {
+    let found = test_convention(&src());
+    assert!(
+        found.is_empty(),
+        "unit tests off the convention:\n{}",
         found.join("\n")
     );
 }
@@ -1044,5 +1130,45 @@ fn a_parent_reexporting_its_children_is_no_loop_but_using_them_is() {
     assert!(
         found[0].contains("rollout/c.rs:1: use super::P;"),
         "{found:?}"
+    );
+}
+
+#[test]
+fn unit_tests_off_the_convention_are_named() {
+    let long_tests = format!(
+        "#[cfg(test)]\nmod tests {{\n{}}}\n",
+        "    // a line\n".repeat(INLINE_TESTS_MAX_LINES)
+    );
+    let dir = tree_of(&[
+        ("lib.rs", "mod a;\nmod b;\nmod c;\n"),
+        (
+            "a.rs",
+            "#[cfg(test)]\nmod a_checks;\n#[cfg(test)]\nmod fixtures;\n",
+        ),
+        ("a/a_checks.rs", ""),
+        ("a/fixtures.rs", ""),
+        (
+            "b.rs",
+            &format!("fn f() {{}}\n#[cfg(test)]\n#[test]\nfn t() {{}}\n{long_tests}"),
+        ),
+        (
+            "c/mod.rs",
+            "#[cfg(test)]\n#[path = \"c_tests.rs\"]\nmod tests;\n",
+        ),
+        ("c/c_tests.rs", ""),
+        ("c/mod_tests.rs", ""),
+    ]);
+    let found = test_convention(dir.path());
+    assert_eq!(
+        found,
+        [
+            "a.rs:1: test module `a_checks`: a module's unit tests are `mod tests`".to_owned(),
+            format!(
+                "b.rs:5: inline tests of {} lines: move them to b_tests.rs",
+                INLINE_TESTS_MAX_LINES + 3
+            ),
+            "b.rs:3: a test outside `mod tests`".to_owned(),
+            "c/mod_tests.rs: no `mod` declares it".to_owned(),
+        ]
     );
 }
