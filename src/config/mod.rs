@@ -70,6 +70,8 @@
 
 mod diag;
 pub mod duration;
+#[cfg(test)]
+pub(crate) mod fixtures;
 mod limits;
 mod model;
 mod overlay;

@@ -169,23 +169,7 @@ pub fn check_endpoints(endpoints: &[Endpoint], max: usize) -> Result<(), Endpoin
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const CONFIG: &str = r#"
-services:
-  web:
-    live: blue
-    fleets:
-      blue: {endpoints: [127.0.0.1:1]}
-      green: {endpoints: registered}
-groups:
-  edge:
-    listeners:
-      public:
-        kind: edge
-        address: 127.0.0.1:10000
-        virtual_hosts:
-          all: {domains: ["*"], routes: [{prefix: /, service: web}]}
-"#;
+    use crate::config::fixtures;
 
     fn ep(addr: &str) -> Endpoint {
         Endpoint {
@@ -197,7 +181,9 @@ groups:
 
     #[test]
     fn the_overlay_fills_registered_fleets_only() {
-        let config = Config::parse(CONFIG, "t.yaml").expect("valid");
+        let config = fixtures::web()
+            .fleet("web", "green", "endpoints: registered")
+            .config();
         let fleets = &config.services["web"].fleets;
         assert_eq!(fleets["green"].source, EndpointSource::Registered);
         assert!(fleets["green"].endpoints.is_empty());

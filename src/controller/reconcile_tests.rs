@@ -1,24 +1,11 @@
 use super::*;
+use crate::config::fixtures;
 
-const BASE: &str = r#"
-services:
-  web:
-    live: blue
-    fleets:
-      blue: {endpoints: [127.0.0.1:1]}
-      green: {endpoints: [127.0.0.1:2]}
-      red: {endpoints: [127.0.0.1:3]}
-groups:
-  edge:
-    listeners:
-      public:
-        kind: sidecar
-        address: 127.0.0.1:10000
-        services: [web]
-"#;
-
-fn config(text: &str) -> Config {
-    Config::parse(text, "t.yaml").expect("valid")
+/// `web` on blue, green and red, behind a sidecar listener.
+fn base() -> fixtures::ConfigFixture {
+    fixtures::web()
+        .fleet("web", "red", "endpoints: [127.0.0.1:3]")
+        .sidecar()
 }
 
 fn state(weights: &[(&str, u32)], rollback: Option<&[(&str, u32)]>) -> PersistedState {
@@ -41,8 +28,8 @@ fn dropping_an_unused_fleet_keeps_every_other_weight() {
         &[("blue", 0), ("green", 100), ("red", 0)],
         Some(&[("blue", 100)]),
     );
-    let without_red = BASE.replace("      red: {endpoints: [127.0.0.1:3]}\n", "");
-    let next = reconcile(&config(&without_red), &st).expect("allowed");
+    let without_red = base().without_fleet("web", "red").config();
+    let next = reconcile(&without_red, &st).expect("allowed");
     let web = &next.services["web"];
     assert_eq!(
         web.weights,
@@ -57,18 +44,18 @@ fn dropping_an_unused_fleet_keeps_every_other_weight() {
 #[test]
 fn removing_or_emptying_a_fleet_with_traffic_is_refused() {
     let st = state(&[("blue", 0), ("green", 0), ("red", 100)], None);
-    let without_red = BASE.replace("      red: {endpoints: [127.0.0.1:3]}\n", "");
+    let without_red = base().without_fleet("web", "red").config();
     assert_eq!(
-        reconcile(&config(&without_red), &st),
+        reconcile(&without_red, &st),
         Err(ReconcileError::FleetRemoved {
             service: "web".into(),
             fleet: "red".into(),
             weight: 100
         })
     );
-    let red_empty = BASE.replace("red: {endpoints: [127.0.0.1:3]}", "red: {endpoints: []}");
+    let red_empty = base().fleet("web", "red", "endpoints: []").config();
     assert!(matches!(
-        reconcile(&config(&red_empty), &st),
+        reconcile(&red_empty, &st),
         Err(ReconcileError::FleetEmptied { .. })
     ));
 }
@@ -79,24 +66,23 @@ fn a_rollback_point_into_a_removed_fleet_is_dropped_and_new_services_start_live(
         &[("blue", 100), ("green", 0), ("red", 0)],
         Some(&[("red", 100)]),
     );
-    let without_red = BASE.replace("      red: {endpoints: [127.0.0.1:3]}\n", "");
-    let next = reconcile(&config(&without_red), &st).expect("allowed");
+    let without_red = base().without_fleet("web", "red").config();
+    let next = reconcile(&without_red, &st).expect("allowed");
     assert_eq!(next.services["web"].rollback_to, None);
     assert_eq!(next.services["web"].weights["blue"], 100);
 
-    let fresh = reconcile(&config(BASE), &PersistedState::default()).expect("allowed");
+    let fresh = reconcile(&base().config(), &PersistedState::default()).expect("allowed");
     assert_eq!(fresh.services["web"].weights["blue"], 100);
     assert_eq!(fresh.services["web"].rollback_to, None);
 }
 
 #[test]
 fn a_reload_leaving_a_fleet_with_traffic_with_no_endpoints_is_refused_whatever_the_source() {
-    let served = config(BASE);
+    let served = base().config();
     let st = state(&[("blue", 100), ("green", 0), ("red", 0)], None);
-    let registered = config(&BASE.replace(
-        "blue: {endpoints: [127.0.0.1:1]}",
-        "blue: {endpoints: registered}",
-    ));
+    let registered = base()
+        .fleet("web", "blue", "endpoints: registered")
+        .config();
     assert_eq!(
         check_reload_endpoints(&served, &registered, &st),
         Err(ReconcileError::FleetLeftEmpty {
@@ -106,10 +92,13 @@ fn a_reload_leaving_a_fleet_with_traffic_with_no_endpoints_is_refused_whatever_t
             origin: "registered",
         })
     );
-    let kube = config(&BASE.replace(
-        "blue: {endpoints: [127.0.0.1:1]}",
-        "blue: {kubernetes: {namespace: shop, service: web-blue, port: http}}",
-    ));
+    let kube = base()
+        .fleet(
+            "web",
+            "blue",
+            "kubernetes: {namespace: shop, service: web-blue, port: http}",
+        )
+        .config();
     assert!(matches!(
         check_reload_endpoints(&served, &kube, &st),
         Err(ReconcileError::FleetLeftEmpty {
@@ -118,10 +107,9 @@ fn a_reload_leaving_a_fleet_with_traffic_with_no_endpoints_is_refused_whatever_t
         })
     ));
     // A fleet at weight 0 may be left with none.
-    let green = config(&BASE.replace(
-        "green: {endpoints: [127.0.0.1:2]}",
-        "green: {endpoints: registered}",
-    ));
+    let green = base()
+        .fleet("web", "green", "endpoints: registered")
+        .config();
     assert_eq!(check_reload_endpoints(&served, &green, &st), Ok(()));
     // Already empty from the same source (registrations ran out, a
     // watch not answered yet): the reload changes nothing for it.
