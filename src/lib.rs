@@ -7,13 +7,17 @@
 //! - [`cli`]: the `teal` command line; each command is a function here.
 //! - [`serve`]: `teal serve`, which wires config, store, controller and
 //!   servers together.
-//! - [`admin`]: the admin API (gRPC) and `/healthz`, over which the CLI
-//!   drives teal.
 //! - [`kubernetes`]: fleets whose endpoints are a Kubernetes Service's ready
 //!   EndpointSlice endpoints, fed to the controller (feature `kubernetes`,
 //!   on by default).
 //! - [`controller`]: runs rollouts: owns the config, the durable state and
 //!   the snapshot writer.
+//! - [`admin`]: the admin API (gRPC), `/metrics` and `/healthz`, over which
+//!   the CLI drives teal, and the [`Backend`](admin::Backend) it runs over.
+//!   The controller implements that trait, so the admin API sits below the
+//!   controller and knows it only through it.
+//! - [`metrics`]: the counters the controller and the proxy registry
+//!   feed, served at `/metrics`.
 //! - [`ha`]: replicas on etcd: who leads, fencing, and the leader's view of
 //!   every replica's proxies.
 //! - [`state`]: durable state (live fleets, weights, versions, history,
@@ -26,15 +30,16 @@
 //!   pure per-stream state machines, proxy status, CSDS, the gRPC layer.
 //! - [`transport`]: accepting connections within limits, TLS, and the
 //!   identity of a client certificate.
-//! - [`metrics`]: the counters the controller and the proxy registry
-//!   feed, served at `/metrics`.
 //! - [`shutdown`], [`exit`], [`text`], [`files`]: shutdown as a value,
 //!   the exit codes, untrusted text escaped and cut for a terminal or a
 //!   log, and files read within a bound.
 //!
-//! The order, bottom up, is [`LAYERS`]; a test reads every `crate::` path
-//! in `src/` and fails, naming the file and line, on one that reaches a
-//! layer above its own (so no two layers import each other in a loop).
+//! The order, bottom up, is [`LAYERS`]. A test reads every path in `src/`
+//! that names an item of this crate and fails, naming the file and line,
+//! on one that reaches a layer above its own, and on files of one layer
+//! that import each other in a loop: no two layers, and no two files,
+//! depend on each other both ways. The same test keeps the unit tests to
+//! one convention (docs/tests.md, "Unit tests").
 
 pub mod admin;
 pub mod cli;
@@ -67,12 +72,13 @@ pub const LAYERS: &[&str] = &[
     "state",
     "ha",
     "metrics",
+    "admin",
     "controller",
     "kubernetes",
-    "admin",
     "serve",
     "cli",
 ];
 
 #[cfg(test)]
-mod layers_tests;
+#[path = "lib_tests.rs"]
+mod tests;

@@ -6,9 +6,9 @@
 //! teal only says what to count. Counters and the histogram live in
 //! [`Metrics`], bumped by the xDS layer through [`Metrics::record_event`]
 //! and by the rollout through [`Metrics::observe_convergence`]; gauges are
-//! read from the [`Backend`] at scrape time into a registry made for that
-//! scrape, so a proxy group or a fleet that goes away leaves no stale
-//! series behind.
+//! read at scrape time (the admin API asks its backend) into a registry
+//! made for that scrape ([`Metrics::page`]), so a proxy group or a fleet
+//! that goes away leaves no stale series behind.
 //!
 //! | Metric | Type | Labels | Meaning |
 //! |---|---|---|---|
@@ -32,7 +32,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::rollout::{Backend, ServiceStatus};
+use crate::rollout::ServiceStatus;
 use crate::xds::resources::{PerType, ResourceType};
 use crate::xds::{EventSink, StreamEvent};
 
@@ -119,33 +119,14 @@ impl Metrics {
         encode(&registry, out);
     }
 
-    /// The whole `/metrics` page: counters plus gauges read from `backend`.
     /// Records how many proxies are cordoned.
     pub fn set_cordoned(&self, count: usize) {
         self.cordoned.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
-    /// Renders the page: connected proxies and service weights come from
-    /// `backend` at the time of the scrape.
-    pub async fn render(&self, backend: &dyn Backend) -> String {
-        let groups: Vec<String> = backend
-            .proxies()
-            .iter()
-            .map(|p| p.group().unwrap_or("").to_owned())
-            .collect();
-        let services = match backend.status(None).await {
-            Ok(view) => view.services,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics: service status unavailable");
-                Vec::new()
-            }
-        };
-        self.page(&groups, &services, SystemTime::now())
-    }
-
     /// The page for proxies in `groups` (one entry per stream) and
     /// `services`, with cost windows measured up to `now`.
-    fn page(&self, groups: &[String], services: &[ServiceStatus], now: SystemTime) -> String {
+    pub fn page(&self, groups: &[String], services: &[ServiceStatus], now: SystemTime) -> String {
         let mut registry = Registry::default();
         registry.register("teal_up", "The admin API answers", ConstGauge::new(1_i64));
 

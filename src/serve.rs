@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::admin::Backend;
 use crate::admin::{self, Tokens};
 use crate::config::{self, Config, Diagnostics};
 use crate::controller::{self, Controller};
 use crate::exit;
 use crate::kubernetes::KubeFleets;
 use crate::metrics::Metrics;
-use crate::rollout::Backend;
 use crate::shutdown::Shutdown;
 use crate::state::{EtcdStore, FileStore, MemoryStore, StateError, StateStore};
 use crate::transport::identity::IdentityGate;

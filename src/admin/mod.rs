@@ -47,24 +47,27 @@
 //!
 //! - [`pb`][]: the generated messages, server and client.
 //! - [`convert`][]: rollout types ↔ messages.
+//! - [`backend`][]: the [`Backend`] the service runs over; the controller
+//!   implements it.
 //! - [`server`][]: the gRPC service over a [`Backend`].
 //! - [`auth`][]: tokens.
 //! - [`local_token`][]: the token the CLI on the same machine uses when the server was given none.
 
 pub mod auth;
+pub mod backend;
 pub mod convert;
 pub mod local_token;
 pub mod pb;
 pub mod server;
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
-use crate::rollout::Backend;
 use crate::shutdown::Shutdown;
 use crate::transport::listener::{ConnectionLimits, Incoming, Port};
 use crate::transport::tls::ServerTls;
@@ -72,6 +75,7 @@ use crate::xds::{ClientStatus, ProxyRegistry};
 
 use crate::metrics::Metrics;
 pub use auth::{Tokens, TokensError};
+pub use backend::Backend;
 pub use server::AdminService;
 
 /// The gRPC services and the HTTP paths, as one router.
@@ -94,13 +98,31 @@ pub fn routes(
                 async move {
                     (
                         [(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-                        metrics.render(&*backend).await,
+                        metrics_page(&metrics, &*backend).await,
                     )
                 }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }));
     Routes::from(router)
+}
+
+/// The whole `/metrics` page: the counters, plus connected proxies and
+/// service weights read from `backend` at the time of the scrape.
+async fn metrics_page(metrics: &Metrics, backend: &dyn Backend) -> String {
+    let groups: Vec<String> = backend
+        .proxies()
+        .iter()
+        .map(|p| p.group().unwrap_or("").to_owned())
+        .collect();
+    let services = match backend.status(None).await {
+        Ok(view) => view.services,
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: service status unavailable");
+            Vec::new()
+        }
+    };
+    metrics.page(&groups, &services, SystemTime::now())
 }
 
 /// Serves the admin API on `listener` until `shutdown`, within `limits`.

@@ -16,7 +16,8 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::rollout::{Backend, ErrorKind, Operation, Progress, RolloutError};
+use super::Backend;
+use crate::rollout::{ErrorKind, Operation, Progress, RolloutError};
 use crate::text::untrusted;
 use crate::xds::ProxyRegistry;
 

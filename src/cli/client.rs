@@ -1,19 +1,17 @@
-//! Talking to the admin API: connecting, the token, turning gRPC errors
-//! into exit codes, and following an operation's progress.
+//! Talking to the admin API: connecting, the token, and turning gRPC
+//! errors into exit codes. Following an operation's progress is
+//! [`super::progress`].
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Status, Streaming};
+use tonic::{Code, Request, Status};
 
-use crate::admin::convert::{outcome_name, phase_name};
 use crate::admin::pb::admin_client::AdminClient;
-use crate::admin::pb::{self, outcome::Kind};
 use crate::rollout::ErrorKind;
 
-use super::table;
 use crate::text::untrusted;
 
 pub use crate::exit::{
@@ -483,264 +481,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// How many characters of one proxy name a progress line shows.
-const NAME_CHARS: usize = 80;
-
-/// One line describing where an operation is, for stderr. Everything from
-/// the server is escaped and cut (node ids, messages, check details).
-pub fn progress_line(p: &pb::Progress) -> String {
-    let phase = phase_name(p.phase());
-    let step = if p.steps > 1 {
-        format!("[step {}/{}] ", p.step, p.steps)
-    } else {
-        String::new()
-    };
-    let not_waiting = if p.not_waiting_for.is_empty() {
-        String::new()
-    } else {
-        format!(" (not waiting for cordoned {})", names(&p.not_waiting_for))
-    };
-    let mut line = match (&p.version, p.phase()) {
-        (Some(v), pb::Phase::Confirming | pb::Phase::RollingBack) => {
-            let mut s = format!(
-                "{step}{phase} {}: {}/{} proxies ACKed",
-                untrusted(v),
-                p.acked,
-                p.total
-            );
-            if !p.waiting_for.is_empty() {
-                let shown: Vec<String> = p
-                    .waiting_for
-                    .iter()
-                    .take(5)
-                    .map(|n| untrusted(n).max_chars(NAME_CHARS).to_string())
-                    .collect();
-                // The server names only the first few of a large fleet.
-                let waiting = (p.total.saturating_sub(p.acked) as usize).max(p.waiting_for.len());
-                let more = waiting.saturating_sub(shown.len());
-                let extra = if more > 0 {
-                    format!(" and {more} more")
-                } else {
-                    String::new()
-                };
-                s.push_str(&format!(" (waiting for {}{extra})", shown.join(", ")));
-            }
-            s.push_str(&not_waiting);
-            s
-        }
-        _ => format!("{step}{phase}"),
-    };
-    if !p.message.is_empty() {
-        line.push_str(": ");
-        line.push_str(&untrusted(&p.message).to_string());
-    }
-    for c in p.checks.iter().filter(|c| !c.ok) {
-        line.push('\n');
-        line.push_str(&failed_check(c));
-    }
-    line
-}
-
-/// Up to five names, escaped and cut, and how many more.
-fn names(all: &[String]) -> String {
-    let shown: Vec<String> = all
-        .iter()
-        .take(5)
-        .map(|n| untrusted(n).max_chars(NAME_CHARS).to_string())
-        .collect();
-    let more = all.len().saturating_sub(shown.len());
-    if more > 0 {
-        format!("{} and {more} more", shown.join(", "))
-    } else {
-        shown.join(", ")
-    }
-}
-
-/// `  check NAME failed on ENDPOINT: DETAIL`, escaped and cut.
-fn failed_check(c: &pb::CheckResult) -> String {
-    format!(
-        "  check {} failed on {}: {}",
-        untrusted(&c.check).max_chars(NAME_CHARS),
-        untrusted(&c.endpoint).max_chars(NAME_CHARS),
-        untrusted(&c.detail)
-    )
-}
-
-/// `VERB #ID SERVICE`, escaped.
-pub(super) fn operation(p: &pb::Progress) -> String {
-    format!(
-        "{} #{} {}",
-        untrusted(&p.verb).max_chars(NAME_CHARS),
-        p.id,
-        untrusted(&p.service).max_chars(NAME_CHARS)
-    )
-}
-
-/// Follows a progress stream to its outcome, printing progress on `err`
-/// and the result on `out`. Ctrl-C stops following (not the operation).
-///
-/// `peers` are the replicas sharing the store (`None`: learnt from `conn`
-/// once the operation is known). With replicas, a stream that ends
-/// without an outcome (the replica that
-/// ran the operation stopped leading, or stopped) is not the end: the
-/// next leader carries the operation on, and the outcome reported is the
-/// one the cluster records (see [`super::handover`]).
-pub async fn follow(
-    conn: &Conn,
-    mut stream: Streaming<pb::Progress>,
-    mut peers: Option<Vec<String>>,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> u8 {
-    let mut last_line = String::new();
-    let mut last: Option<pb::Progress> = None;
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
-    loop {
-        let next = tokio::select! {
-            // Ctrl-C first: its handler is installed when first polled, and
-            // must be before any progress is printed, or a Ctrl-C soon
-            // after the first line kills the command instead of stopping
-            // the following.
-            biased;
-            _ = &mut interrupted => {
-                let (what, service) = last
-                    .as_ref()
-                    .map(|p| {
-                        let verb = untrusted(&p.verb).max_chars(NAME_CHARS);
-                        (format!("{verb} #{}", p.id), untrusted(&p.service).to_string())
-                    })
-                    .unwrap_or_else(|| ("the operation".to_owned(), "SERVICE".to_owned()));
-                let _ = writeln!(err, "\nteal: stopped following {what}; it goes on on the server.");
-                let _ = writeln!(err, "  see it with: teal status {service}");
-                if let Some(p) = &last {
-                    let _ = writeln!(err, "  follow it again: teal follow {}", p.id);
-                }
-                return EX_INTERRUPTED;
-            }
-            next = stream.message() => next,
-        };
-        let ended = match next {
-            Ok(Some(p)) => Ok(p),
-            Ok(None) => Err(Failure::new(
-                EX_SOFTWARE,
-                "the server ended the stream without an outcome",
-            )),
-            Err(status) => Err(conn.fail(&status)),
-        };
-        let p = match (ended, &last, &peers) {
-            (Ok(p), _, _) => p,
-            (Err(_), Some(last), Some(peers)) if !peers.is_empty() => {
-                let follow_on = super::handover::follow_elsewhere(conn, last, peers, out, err);
-                return Box::pin(follow_on).await;
-            }
-            (Err(failure), _, _) => return failure.report(err),
-        };
-        if peers.is_none() && p.outcome.is_none() {
-            peers = Some(super::handover::peers(conn, &p.service).await);
-        }
-        let line = progress_line(&p);
-        if line != last_line && p.outcome.is_none() {
-            let _ = writeln!(err, "{}: {line}", operation(&p));
-            last_line = line;
-        }
-        if let Some(outcome) = &p.outcome {
-            return finish(&p, outcome, out, err);
-        }
-        last = Some(p);
-    }
-}
-
-pub(super) fn finish(
-    p: &pb::Progress,
-    outcome: &pb::Outcome,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> u8 {
-    let what = operation(p);
-    let reason = untrusted(&outcome.reason);
-    let kind = outcome.kind();
-    let name = outcome_name(kind);
-    for w in &p.warnings {
-        let _ = writeln!(err, "teal: warning: {}", untrusted(w));
-    }
-    if !p.not_waiting_for.is_empty() {
-        let _ = writeln!(
-            err,
-            "teal: did not wait for cordoned proxies: {}",
-            names(&p.not_waiting_for)
-        );
-    }
-    match kind {
-        Kind::Succeeded => {
-            let target = p.target.as_ref().map(|s| table::split(&s.weights));
-            let version = p
-                .version
-                .as_deref()
-                .map(|v| format!(", version {}", untrusted(v)));
-            let _ = writeln!(
-                out,
-                "{what}: {name}: {}{}",
-                target.unwrap_or_default(),
-                version.unwrap_or_default()
-            );
-            EX_OK
-        }
-        Kind::RolledBack => {
-            let _ = writeln!(err, "teal: {what} {name}: {reason}");
-            for c in p.checks.iter().filter(|c| !c.ok) {
-                let _ = writeln!(err, "{}", failed_check(c));
-            }
-            let _ = writeln!(err, "  every proxy confirmed the weights from before it");
-            EX_ROLLED_BACK
-        }
-        Kind::Aborted => {
-            let _ = writeln!(err, "teal: {what} {name}: {reason}");
-            EX_ABORTED
-        }
-        Kind::Unconfirmed => {
-            let _ = writeln!(err, "teal: {what} {name}: {reason}");
-            let _ = writeln!(
-                err,
-                "  see which proxies hold what with: teal proxies; teal status {}",
-                untrusted(&p.service)
-            );
-            EX_UNCONFIRMED
-        }
-        Kind::Interrupted => {
-            let _ = writeln!(err, "teal: {what} {name}: {reason}");
-            EX_STOPPED
-        }
-        Kind::Refused | Kind::Unspecified => {
-            let _ = writeln!(err, "teal: {what} {name}: {reason}");
-            EX_REFUSED
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::rollout::RolloutError;
-
-    #[test]
-    fn confirming_line_names_the_laggards() {
-        let p = pb::Progress {
-            verb: "flip".into(),
-            phase: pb::Phase::Confirming as i32,
-            version: Some("v12".into()),
-            acked: 7,
-            total: 9,
-            waiting_for: vec!["edge-2".into(), "sidecar-5".into()],
-            step: 1,
-            steps: 1,
-            ..Default::default()
-        };
-        assert_eq!(
-            progress_line(&p),
-            "confirming v12: 7/9 proxies ACKed (waiting for edge-2, sidecar-5)"
-        );
-    }
 
     #[test]
     fn statuses_map_to_exit_codes() {

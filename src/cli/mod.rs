@@ -7,8 +7,9 @@
 //! - The admin commands ([`commands::AdminCommand`]) talk to a running teal
 //!   over its admin API: reads in [`read`] and [`proxies`], changes in [`ops`],
 //!   registered fleets' endpoints in [`fleet`], the
-//!   connection, exit codes and progress in [`client`], `-o json` in
-//!   [`json`], argument parsing in [`parse`], tables in [`table`].
+//!   connection and exit codes in [`client`], following an operation to
+//!   its outcome in [`progress`], `-o json` in [`json`], argument parsing
+//!   in [`parse`], tables in [`table`].
 //! - [`logging`]: the log on stderr, every value escaped and cut.
 //! - [`serve_limits`]: the limits flags of `teal serve`.
 //!
@@ -21,12 +22,13 @@
 
 pub mod client;
 pub mod commands;
+pub mod config_commands;
 pub mod fleet;
-pub mod handover;
 pub mod json;
 pub mod logging;
 pub mod ops;
 pub mod parse;
+pub mod progress;
 pub mod proxies;
 pub mod read;
 pub mod serve_limits;
@@ -37,11 +39,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
-use crate::config::commands::{self as config_commands, Format};
 use crate::serve::{self, ServeOptions};
 use crate::shutdown::{os_signal, shutdown_channel};
+use config_commands::Format;
+use parse::seconds_in;
+pub use read::Output;
 
 /// teal: the Envoy control plane for blue/green releases.
 ///
@@ -147,16 +151,6 @@ pub struct AdminArgs {
         env = "TEAL_KEY"
     )]
     pub key: Option<PathBuf>,
-}
-
-/// How read commands print.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    /// Aligned columns for people.
-    #[default]
-    Table,
-    /// JSON with stable field names (listed in docs/cli-and-admin-api.md).
-    Json,
 }
 
 /// The commands.
@@ -416,28 +410,6 @@ fn drain(s: &str) -> Result<Duration, String> {
     seconds_in(s, 0.0, 300.0)
 }
 
-/// A duration from `min` to `max` seconds, written as every duration in
-/// teal is (`10s`, `1m30s`, `500ms`: [`crate::config::parse_duration`]),
-/// or as a bare number of seconds, which the flags of `teal serve` took
-/// before and still take (deprecated: scripts that pass `5` keep
-/// working). Checked here so that no value can reach
-/// `Duration::from_secs_f64`'s panics (negative, NaN, too large) or a
-/// zero period.
-pub(crate) fn seconds_in(s: &str, min: f64, max: f64) -> Result<Duration, String> {
-    let s = s.trim();
-    let d = match s.parse::<f64>() {
-        Ok(v) if (min..=max).contains(&v) => Duration::try_from_secs_f64(v).ok(),
-        Ok(_) => None,
-        Err(_) => crate::config::parse_duration(s).ok(),
-    };
-    match d {
-        Some(d) if (min..=max).contains(&d.as_secs_f64()) => Ok(d),
-        _ => Err(format!(
-            "{s:?} is not a duration from {min} s to {max} s (write it like 10s, 1m30s or 500ms)"
-        )),
-    }
-}
-
 impl Cli {
     /// How many characters of one value a log line shows.
     pub fn log_value_chars(&self) -> usize {
@@ -588,7 +560,7 @@ fn serve_command(args: ServeArgs) -> u8 {
 }
 
 #[cfg(test)]
-mod duration_flag_tests {
+mod tests {
     use super::*;
 
     #[test]

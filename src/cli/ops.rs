@@ -6,8 +6,8 @@ use std::io::Write;
 
 use crate::admin::pb;
 
-use super::client::{self, Conn, EX_OK, Failure};
-use super::handover;
+use super::client::{Conn, EX_OK, Failure};
+use super::progress;
 use crate::text::untrusted;
 
 /// Follows an operation stream that `call` started; `peers` are the
@@ -21,7 +21,7 @@ async fn run(
     err: &mut dyn Write,
 ) -> Result<u8, Failure> {
     let stream = call.map_err(|e| conn.fail(&e))?.into_inner();
-    Ok(client::follow(conn, stream, peers, out, err).await)
+    Ok(progress::follow(conn, stream, peers, out, err).await)
 }
 
 /// `teal flip`.
@@ -33,7 +33,7 @@ pub async fn flip(
 ) -> Result<u8, Failure> {
     // Learnt before the change: the replica asked may be gone by the
     // time the operation needs following elsewhere.
-    let peers = Some(handover::peers(conn, &r.service).await);
+    let peers = Some(progress::peers(conn, &r.service).await);
     let call = conn.client.flip(conn.signed(r.clone())).await;
     // A replica that does not lead names the leader: asked there once.
     if let Some(leader) = conn.leader_redirect(&call, err).await? {
@@ -54,7 +54,7 @@ pub async fn shift(
 ) -> Result<u8, Failure> {
     // Learnt before the change: the replica asked may be gone by the
     // time the operation needs following elsewhere.
-    let peers = Some(handover::peers(conn, &r.service).await);
+    let peers = Some(progress::peers(conn, &r.service).await);
     let call = conn.client.shift(conn.signed(r.clone())).await;
     // A replica that does not lead names the leader: asked there once.
     if let Some(leader) = conn.leader_redirect(&call, err).await? {
@@ -74,7 +74,7 @@ pub async fn rollback(
 ) -> Result<u8, Failure> {
     // Learnt before the change: the replica asked may be gone by the
     // time the operation needs following elsewhere.
-    let peers = Some(handover::peers(conn, &r.service).await);
+    let peers = Some(progress::peers(conn, &r.service).await);
     let call = conn.client.rollback(conn.signed(r.clone())).await;
     // A replica that does not lead names the leader: asked there once.
     if let Some(leader) = conn.leader_redirect(&call, err).await? {
@@ -94,7 +94,7 @@ pub async fn retire(
 ) -> Result<u8, Failure> {
     // Learnt before the change: the replica asked may be gone by the
     // time the operation needs following elsewhere.
-    let peers = Some(handover::peers(conn, &r.service).await);
+    let peers = Some(progress::peers(conn, &r.service).await);
     let call = conn.client.retire(conn.signed(r.clone())).await;
     // A replica that does not lead names the leader: asked there once.
     if let Some(leader) = conn.leader_redirect(&call, err).await? {

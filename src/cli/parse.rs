@@ -13,6 +13,28 @@ pub fn duration(s: &str) -> Result<Duration, String> {
         .map_err(|why| format!("{s:?} is not a duration: {why}; write e.g. 500ms, 30s, 2m, 1h"))
 }
 
+/// A duration from `min` to `max` seconds, written as every duration in
+/// teal is (`10s`, `1m30s`, `500ms`: [`crate::config::parse_duration`]),
+/// or as a bare number of seconds, which the flags of `teal serve` took
+/// before and still take (deprecated: scripts that pass `5` keep
+/// working). Checked here so that no value can reach
+/// `Duration::from_secs_f64`'s panics (negative, NaN, too large) or a
+/// zero period.
+pub(crate) fn seconds_in(s: &str, min: f64, max: f64) -> Result<Duration, String> {
+    let s = s.trim();
+    let d = match s.parse::<f64>() {
+        Ok(v) if (min..=max).contains(&v) => Duration::try_from_secs_f64(v).ok(),
+        Ok(_) => None,
+        Err(_) => crate::config::parse_duration(s).ok(),
+    };
+    match d {
+        Some(d) if (min..=max).contains(&d.as_secs_f64()) => Ok(d),
+        _ => Err(format!(
+            "{s:?} is not a duration from {min} s to {max} s (write it like 10s, 1m30s or 500ms)"
+        )),
+    }
+}
+
 /// The longest `--timeout`: an hour for every proxy to ACK is already far
 /// past any healthy fleet.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);

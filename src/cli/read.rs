@@ -10,12 +10,21 @@ use serde_json::json;
 use crate::admin::convert::{outcome_name, phase_name, unix_ms};
 use crate::admin::pb;
 
-use super::Output;
 use super::client::{Conn, EX_OK, EX_REFUSED, Failure};
 use super::json;
 use super::parse::human;
 use super::table::{self, Table};
 use crate::text::untrusted;
+
+/// How read commands print.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// JSON with stable field names (listed in docs/cli-and-admin-api.md).
+    Json,
+}
 
 pub(super) fn print_json(out: &mut dyn Write, v: &serde_json::Value) {
     let text =
@@ -39,23 +48,6 @@ pub fn json_for_terminal(json: &str) -> String {
         }
     }
     out
-}
-
-#[cfg(test)]
-#[test]
-fn json_for_a_terminal_means_the_same() {
-    let v = json!({"a\u{9b}": "x\n\u{1b}[31m\u{7f}\u{202e}é…", "n": [1, 2]});
-    let pretty = serde_json::to_string_pretty(&v).expect("serializes");
-    let safe = json_for_terminal(&pretty);
-    assert!(
-        safe.chars()
-            .all(|c| c == '\n' || !crate::text::needs_escape(c)),
-        "{safe}"
-    );
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&safe).expect("valid"),
-        v
-    );
 }
 
 fn ago(unix: i64, now: i64) -> String {
@@ -158,7 +150,7 @@ fn service_details(text: &mut String, svc: &pb::ServiceStatus, now: i64) {
         text.push_str(&format!("  last change: {}\n", change_line(h, now)));
     }
     if let Some(p) = &svc.in_progress {
-        let line = super::client::progress_line(p);
+        let line = super::progress::progress_line(p);
         text.push_str(&format!(
             "  in progress: {} #{}: {line}\n",
             untrusted(&p.verb),
@@ -411,4 +403,25 @@ pub async fn history(
         }
     }
     Ok(EX_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_for_a_terminal_means_the_same() {
+        let v = json!({"a\u{9b}": "x\n\u{1b}[31m\u{7f}\u{202e}é…", "n": [1, 2]});
+        let pretty = serde_json::to_string_pretty(&v).expect("serializes");
+        let safe = json_for_terminal(&pretty);
+        assert!(
+            safe.chars()
+                .all(|c| c == '\n' || !crate::text::needs_escape(c)),
+            "{safe}"
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&safe).expect("valid"),
+            v
+        );
+    }
 }

@@ -122,7 +122,7 @@ pub struct LimitArgs {
 }
 
 fn reconnect_hold(s: &str) -> Result<Duration, String> {
-    super::seconds_in(s, 0.0, 3600.0)
+    super::parse::seconds_in(s, 0.0, 3600.0)
 }
 
 /// `--xds-connection-age`: a duration, or never.
@@ -139,10 +139,10 @@ fn connection_age(s: &str) -> Result<ConnectionAge, String> {
 }
 
 /// A timeout of more than 0 and at most a day: a duration (`10s`, `2m`)
-/// or a bare number of seconds (see [`super::seconds_in`]).
+/// or a bare number of seconds (see [`super::parse::seconds_in`]).
 fn timeout_seconds(s: &str) -> Result<Duration, String> {
     const DAY: f64 = 86_400.0;
-    match super::seconds_in(s, 0.0, DAY) {
+    match super::parse::seconds_in(s, 0.0, DAY) {
         Ok(d) if !d.is_zero() => Ok(d),
         _ => Err(format!(
             "{s:?} is not a duration above 0 and at most 24h (write it like 10s or 500ms)"

@@ -19,8 +19,9 @@
 //!    [`SnapshotInput`](crate::xds::snapshot::SnapshotInput): per group, the
 //!    clusters, endpoints, listeners and routes its proxies are served.
 //! 4. [`config_digest`] names that content with a short version string.
-//! 5. [`render`] prints it in Envoy's JSON form; [`commands`] wraps all of
-//!    this for `teal validate` and `teal render`.
+//! 5. [`render`] prints it in Envoy's JSON form; the CLI's
+//!    [`config_commands`](crate::cli::config_commands) wraps all of this
+//!    for `teal validate` and `teal render`.
 //!
 //! # Naming
 //!
@@ -69,6 +70,8 @@
 
 mod diag;
 pub mod duration;
+#[cfg(test)]
+pub(crate) mod fixtures;
 mod limits;
 mod model;
 mod overlay;
@@ -76,7 +79,6 @@ mod parse;
 mod translate;
 mod yaml;
 
-pub mod commands;
 pub mod render;
 pub mod weights;
 
@@ -88,15 +90,20 @@ pub use limits::{
 };
 pub use model::{
     Check, Config, DEFAULT_SLICE_MANAGER, Endpoint, EndpointSource, Fleet, Group, HealthCheck,
-    KubernetesFleet, KubernetesPort, Listener, ListenerKind, OutlierDetection, Protocol, Retries,
-    Route, Service, VirtualHost,
+    KubernetesFleet, KubernetesPort, Listener, ListenerKind, MAX_ZONE_BYTES, OutlierDetection,
+    Protocol, Retries, Route, Service, VirtualHost,
 };
-pub use overlay::{EndpointOverlay, EndpointSetError, FleetSets, MAX_ZONE_BYTES, check_endpoints};
+pub use overlay::{EndpointOverlay, EndpointSetError, FleetSets, check_endpoints};
 pub(crate) use parse::parse_address;
 pub use translate::{FLEET_HEADER, cluster_name, config_digest, encoded_resources, translate};
 // The rollout's split of traffic, which translation reads; re-exported so
 // callers building a snapshot from a config find it here too.
 pub use weights::{Weights, WeightsError};
+// `teal validate` and `teal render` are CLI code, in
+// `crate::cli::config_commands`; this path stays for the integration
+// tests, which name them here.
+#[doc(hidden)]
+pub use crate::cli::config_commands as commands;
 
 /// The bundled example config, the default of `teal serve`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../examples/teal.yaml");

@@ -101,6 +101,12 @@ impl std::fmt::Display for EndpointSource {
     }
 }
 
+/// Highest endpoint weight accepted, from the file or from outside it.
+pub(crate) const MAX_ENDPOINT_WEIGHT: u32 = 10_000;
+
+/// Longest zone name accepted from outside the file, in bytes.
+pub const MAX_ZONE_BYTES: usize = 128;
+
 /// One upstream endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {

@@ -14,11 +14,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use super::model::{Config, Endpoint, EndpointSource};
-use super::parse::MAX_ENDPOINT_WEIGHT;
-
-/// Longest zone name accepted from outside the file, in bytes.
-pub const MAX_ZONE_BYTES: usize = 128;
+use super::model::{Config, Endpoint, EndpointSource, MAX_ENDPOINT_WEIGHT, MAX_ZONE_BYTES};
 
 /// Whole endpoint sets of some fleets of one service, by fleet name: what
 /// a source hands the controller at once, so that fleets that changed
@@ -173,23 +169,7 @@ pub fn check_endpoints(endpoints: &[Endpoint], max: usize) -> Result<(), Endpoin
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const CONFIG: &str = r#"
-services:
-  web:
-    live: blue
-    fleets:
-      blue: {endpoints: [127.0.0.1:1]}
-      green: {endpoints: registered}
-groups:
-  edge:
-    listeners:
-      public:
-        kind: edge
-        address: 127.0.0.1:10000
-        virtual_hosts:
-          all: {domains: ["*"], routes: [{prefix: /, service: web}]}
-"#;
+    use crate::config::fixtures;
 
     fn ep(addr: &str) -> Endpoint {
         Endpoint {
@@ -201,7 +181,9 @@ groups:
 
     #[test]
     fn the_overlay_fills_registered_fleets_only() {
-        let config = Config::parse(CONFIG, "t.yaml").expect("valid");
+        let config = fixtures::web()
+            .fleet("web", "green", "endpoints: registered")
+            .config();
         let fleets = &config.services["web"].fleets;
         assert_eq!(fleets["green"].source, EndpointSource::Registered);
         assert!(fleets["green"].endpoints.is_empty());

@@ -7,23 +7,8 @@
 use crate::rollout::RolloutError;
 use crate::xds::cordon::{self, CordonError};
 
+use super::command::CordonChange;
 use super::driver::Driver;
-
-/// A cordon change a client asked for.
-pub(super) enum CordonChange {
-    /// Stop waiting for `node`.
-    Cordon {
-        /// Its node id.
-        node: String,
-        /// Why, as the operator said.
-        reason: String,
-    },
-    /// Wait for `node` again.
-    Uncordon {
-        /// Its node id.
-        node: String,
-    },
-}
 
 /// The admin error a refused cordon change is answered with.
 fn refusal(e: CordonError) -> RolloutError {

@@ -27,13 +27,13 @@ use crate::rollout::{
     RolloutError, ServiceStatus, StatusView, Verb, Version,
 };
 use crate::shutdown::Shutdown;
-use crate::state::{PersistedState, Revision, StateError, StateStore};
+use crate::state::{PersistedState, Revision, StateError, StateStore, Stored};
 use crate::xds::snapshot_store::SnapshotWriter;
 use crate::xds::{Changes, ProxyRegistry};
 
+use super::command::{Command, CommitError, ControllerError, ReloadError, Reloaded};
 use super::follow::{Basis, Follow};
 use super::reconcile::{ReconcileError, check_reload_endpoints, fit_split, reconcile};
-use super::{Command, CommitError, ControllerError, ReloadError, Reloaded};
 
 /// A running operation and the channel its progress goes out on.
 pub(super) struct Running {
@@ -412,10 +412,10 @@ impl Driver {
                 () = sleep_until(self.next_expiry()) => {
                     self.expire_registrations(SystemTime::now()).await;
                 }
-                Some(stored) = super::replica::saved_elsewhere(&mut saved) => {
+                Some(stored) = saved_elsewhere(&mut saved) => {
                     self.adopt_logged(stored);
                 }
-                Some(role) = super::replica::role_changed(&mut roles) => {
+                Some(role) = role_changed(&mut roles) => {
                     self.on_role(role).await;
                 }
                 () = sleep_until(deadline) => {
@@ -1213,6 +1213,33 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
     }
+}
+
+/// The next state the store reports; never, for a store without a watch
+/// (or once its watch is gone).
+async fn saved_elsewhere(rx: &mut Option<watch::Receiver<Option<Stored>>>) -> Option<Stored> {
+    let Some(r) = rx.as_mut() else {
+        return std::future::pending().await;
+    };
+    if r.changed().await.is_err() {
+        *rx = None;
+        return std::future::pending().await;
+    }
+    r.borrow_and_update().clone()
+}
+
+/// The next role the election reports; never, without replicas.
+async fn role_changed(
+    rx: &mut Option<watch::Receiver<crate::ha::Role>>,
+) -> Option<crate::ha::Role> {
+    let Some(r) = rx.as_mut() else {
+        return std::future::pending().await;
+    };
+    if r.changed().await.is_err() {
+        *rx = None;
+        return std::future::pending().await;
+    }
+    Some(r.borrow_and_update().clone())
 }
 
 /// `change`, planned against an earlier config, as `config`'s fleets of

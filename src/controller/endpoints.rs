@@ -83,7 +83,7 @@ impl Driver {
             Err(e) => {
                 self.config = previous;
                 Err(match e {
-                    super::CommitError::Store(e) => RolloutError::Store(e.to_string()),
+                    super::command::CommitError::Store(e) => RolloutError::Store(e.to_string()),
                     e => RolloutError::Invalid(e.to_string()),
                 })
             }
@@ -416,3 +416,7 @@ fn same_but_expiry(a: &[Registered], b: &[Registered]) -> bool {
             }
         })
 }
+
+#[cfg(test)]
+#[path = "endpoints_tests.rs"]
+mod tests;

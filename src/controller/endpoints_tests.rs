@@ -6,39 +6,24 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 
 use super::*;
-use crate::config::Endpoint;
+use crate::config::{Endpoint, fixtures};
+use crate::controller::*;
 use crate::rollout::{Outcome, Reason};
 use crate::state::MemoryStore;
 use crate::xds::resources::ResourceType;
 use crate::xds::snapshot_store::snapshot_store;
 
 /// `web`: blue in the file, green registered (empty at first).
-pub(super) const CONFIG: &str = r#"
-services:
-  web:
-    live: blue
-    fleets:
-      blue: {endpoints: [127.0.0.1:1]}
-      green: {endpoints: registered}
-groups:
-  edge:
-    listeners:
-      public:
-        kind: edge
-        address: 127.0.0.1:10000
-        virtual_hosts:
-          all:
-            domains: ["*"]
-            routes:
-              - {prefix: /, service: web}
-"#;
+fn config() -> fixtures::ConfigFixture {
+    fixtures::web().fleet("web", "green", "endpoints: registered")
+}
 
 pub(super) async fn controller(
     store: Arc<MemoryStore>,
 ) -> (Controller, crate::shutdown::ShutdownTrigger) {
     let (writer, _reader) = snapshot_store();
     let (trigger, shutdown) = crate::shutdown::shutdown_channel();
-    let config = Config::parse(CONFIG, "test.yaml").expect("valid test config");
+    let config = config().config();
     let (c, _task) = start(
         config,
         writer,
@@ -198,8 +183,9 @@ async fn a_reload_keeps_endpoints_from_outside_the_file() {
         1,
         "a registered fleet's set is durable"
     );
-    let reloaded = CONFIG.replace("127.0.0.1:1]", "127.0.0.1:1, 127.0.0.1:9]");
-    let config = Config::parse(&reloaded, "test.yaml").expect("valid");
+    let config = config()
+        .fleet("web", "blue", "endpoints: [127.0.0.1:1, 127.0.0.1:9]")
+        .config();
     let out = c.reload(config).await.expect("applied");
     assert!(matches!(out, Reloaded::Applied { .. }), "{out:?}");
     assert_eq!(served(&c, "web-blue"), ["127.0.0.1:1", "127.0.0.1:9"]);
@@ -406,11 +392,9 @@ async fn a_rollouts_checks_run_against_the_registered_endpoints() {
     let (writer, _reader) = snapshot_store();
     let (_trigger, shutdown) = crate::shutdown::shutdown_channel();
     // Nothing listens on port 2: green's check fails there, and only there.
-    let text = CONFIG.replace(
-        "      green: {endpoints: registered}\n",
-        "      green: {endpoints: registered}\n    checks:\n      home: {path: /, timeout: 200ms}\n",
-    );
-    let config = Config::parse(&text, "test.yaml").expect("valid");
+    let config = config()
+        .checks("web", "home: {path: /, timeout: 200ms}")
+        .config();
     let (c, _task) = start(
         config,
         writer,
@@ -454,14 +438,8 @@ async fn registrations_of_a_fleet_back_in_the_file_expire_quietly() {
         .await
         .expect("registered");
     // green goes back to the file before its registration runs out.
-    let text = CONFIG.replace(
-        "green: {endpoints: registered}",
-        "green: {endpoints: [127.0.0.1:4]}",
-    );
-    let out = c
-        .reload(Config::parse(&text, "test.yaml").expect("valid"))
-        .await
-        .expect("applied");
+    let back = config().fleet("web", "green", "endpoints: [127.0.0.1:4]");
+    let out = c.reload(back.config()).await.expect("applied");
     assert!(matches!(out, Reloaded::Applied { .. }), "{out:?}");
     assert_eq!(served(&c, "web-green"), ["127.0.0.1:4"]);
     // Generous: the TTL is 1s; a regression shows as never.

@@ -18,6 +18,7 @@
 //! the state store and a digest of the content, so a restart with the same
 //! state serves the very same version string.
 
+mod command;
 mod cordons;
 mod driver;
 mod endpoints;
@@ -31,179 +32,25 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::admin::Backend;
 use crate::config::{Config, Endpoint};
 use crate::metrics::Metrics;
 use crate::rollout::{
-    Backend, CheckResult, HistoryEntry, Operation, Progress, RolloutError, StatusView, Version,
+    CheckResult, HistoryEntry, Operation, Progress, RolloutError, StatusView, Version,
 };
 use crate::shutdown::Shutdown;
-use crate::state::{PersistedState, Revision, StateError, StateStore};
+use crate::state::{PersistedState, Revision, StateStore};
 use crate::xds::resources::PerType;
-use crate::xds::snapshot::{BuildError, Snapshot};
+use crate::xds::snapshot::Snapshot;
 use crate::xds::snapshot_store::{SnapshotReader, SnapshotWriter};
 use crate::xds::{ProxyRegistry, ProxyStatus};
 
 pub use crate::rollout::registration::EndpointLimits;
+use command::{Command, CordonChange};
+pub use command::{CommitError, ControllerError, ReloadError, Reloaded};
 use driver::Driver;
 pub use reconcile::{ReconcileError, reconcile};
 pub use views::proxy_views;
-
-/// Why the controller could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ControllerError {
-    /// The state store could not be read.
-    #[error("cannot load state: {0}")]
-    Load(#[from] StateError),
-    /// The first snapshot could not be built.
-    #[error("cannot build the first snapshot: {0}")]
-    Build(#[from] BuildError),
-    /// The config would move traffic the stored state has elsewhere (65,
-    /// like a state file from a newer teal; the rest is 73).
-    #[error("the config does not fit the stored state: {0}")]
-    Reconcile(#[from] ReconcileError),
-    /// A stored split does not fit the config (reconcile makes them fit,
-    /// so this is a bug).
-    #[error("a stored split does not fit the config: {0}")]
-    Weights(#[from] crate::config::WeightsError),
-}
-
-impl ControllerError {
-    /// The exit code of `teal serve` for this error: a config at odds with
-    /// the state is bad input (65), the rest an unusable state (73).
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            ControllerError::Reconcile(_)
-            | ControllerError::Load(StateError::NewerFormat { .. }) => crate::exit::EX_DATAERR,
-            ControllerError::Load(_) | ControllerError::Build(_) => crate::exit::EX_CANTCREAT,
-            ControllerError::Weights(_) => crate::exit::EX_SOFTWARE,
-        }
-    }
-}
-
-/// Why a change could not be committed; nothing was served.
-#[derive(Debug, thiserror::Error)]
-pub enum CommitError {
-    /// The snapshot could not be built (a bug, or a config the translator
-    /// refuses).
-    #[error("cannot build the snapshot: {0}")]
-    Build(#[from] BuildError),
-    /// The state could not be saved durably.
-    #[error("cannot save the state: {0}")]
-    Store(#[from] StateError),
-    /// A split does not fit the config (a fleet it gives traffic to is
-    /// gone): nothing is served rather than a split teal did not choose.
-    #[error("{0}")]
-    Weights(#[from] crate::config::WeightsError),
-}
-
-/// What a config reload did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reloaded {
-    /// Published as this version.
-    Applied {
-        /// The version.
-        version: Version,
-    },
-    /// Kept until an operation that depends on the service config it
-    /// changes leaves its checks and confirmation; then applied.
-    Deferred {
-        /// The service of the operation.
-        service: String,
-        /// Its id.
-        id: u64,
-        /// Where it is.
-        phase: crate::rollout::Phase,
-    },
-}
-
-impl std::fmt::Display for Reloaded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Reloaded::Applied { version } => write!(f, "config applied as version {version}"),
-            Reloaded::Deferred { service, id, phase } => write!(
-                f,
-                "config change waits for operation #{id} on {service} ({}) to finish \
-                 checking and confirming",
-                phase.as_str()
-            ),
-        }
-    }
-}
-
-/// Why a config reload was refused; the last good config keeps being
-/// served.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    /// The config would move traffic.
-    #[error("{0}")]
-    Reconcile(#[from] ReconcileError),
-    /// The new version could not be built or saved.
-    #[error("{0}")]
-    Commit(#[from] CommitError),
-    /// teal is shutting down.
-    #[error("teal is shutting down")]
-    ShuttingDown,
-}
-
-/// A request to the driver.
-enum Command {
-    Start {
-        op: Operation,
-        actor: String,
-        reply: oneshot::Sender<Result<watch::Receiver<Progress>, RolloutError>>,
-    },
-    Follow {
-        id: u64,
-        reply: oneshot::Sender<Result<watch::Receiver<Progress>, RolloutError>>,
-    },
-    Abort {
-        id: u64,
-        actor: String,
-        reply: oneshot::Sender<Result<(), RolloutError>>,
-    },
-    Status {
-        service: Option<String>,
-        reply: oneshot::Sender<Result<StatusView, RolloutError>>,
-    },
-    History {
-        service: String,
-        reply: oneshot::Sender<Result<Vec<HistoryEntry>, RolloutError>>,
-    },
-    Verify {
-        service: String,
-        fleet: String,
-        reply: oneshot::Sender<Result<Vec<CheckResult>, RolloutError>>,
-    },
-    Reload {
-        config: Box<Config>,
-        reply: oneshot::Sender<Result<Reloaded, ReloadError>>,
-    },
-    ChangeRegistered {
-        service: String,
-        fleet: String,
-        request: crate::rollout::registration::Request,
-        actor: String,
-        force: bool,
-        limits: EndpointLimits,
-        reply: oneshot::Sender<Result<crate::rollout::registration::FleetView, RolloutError>>,
-    },
-    ShowFleet {
-        service: String,
-        fleet: String,
-        reply: oneshot::Sender<Result<crate::rollout::registration::FleetView, RolloutError>>,
-    },
-    SetEndpoints {
-        service: String,
-        sets: crate::config::FleetSets,
-        limits: EndpointLimits,
-        reply: oneshot::Sender<Result<Version, RolloutError>>,
-    },
-    Cordon {
-        change: cordons::CordonChange,
-        actor: String,
-        reply: oneshot::Sender<Result<bool, RolloutError>>,
-    },
-}
 
 /// The handle the admin API and `teal serve` use.
 #[derive(Clone, Debug)]
@@ -481,7 +328,7 @@ impl Backend for Controller {
     }
 
     async fn cordon(&self, node: &str, reason: &str, actor: &str) -> Result<bool, RolloutError> {
-        let change = cordons::CordonChange::Cordon {
+        let change = CordonChange::Cordon {
             node: node.to_owned(),
             reason: reason.to_owned(),
         };
@@ -495,7 +342,7 @@ impl Backend for Controller {
     }
 
     async fn uncordon(&self, node: &str, actor: &str) -> Result<bool, RolloutError> {
-        let change = cordons::CordonChange::Uncordon {
+        let change = CordonChange::Uncordon {
             node: node.to_owned(),
         };
         let actor = actor.to_owned();
@@ -523,6 +370,5 @@ impl Backend for Controller {
 }
 
 #[cfg(test)]
-mod endpoints_tests;
-#[cfg(test)]
+#[path = "controller_tests.rs"]
 mod tests;

@@ -8,23 +8,21 @@
 //! renders it to the digest it was saved with: a replica whose config
 //! differs keeps serving the last state that matched, and says so.
 
-use tokio::sync::watch;
-
 use crate::config::{self, Config, EndpointOverlay, EndpointSource, FleetSets};
 use crate::rollout::registration::EndpointLimits;
 use crate::rollout::{RolloutError, Version};
 use crate::state::{PersistedState, Revision, Stored};
 
+use super::command::{Command, ReloadError, Reloaded};
 use super::driver::Driver;
 use super::reconcile::reconcile;
-use super::{Command, ReloadError, Reloaded};
 
 /// Why a state saved by another replica was not applied.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum AdoptError {
     /// The stored state does not fit this replica's config.
     #[error("the stored state does not fit this replica's config: {0}")]
-    Reconcile(#[from] super::ReconcileError),
+    Reconcile(#[from] super::reconcile::ReconcileError),
     /// A stored split does not fit this replica's config.
     #[error("a stored split does not fit this replica's config: {0}")]
     Weights(#[from] crate::config::WeightsError),
@@ -119,35 +117,6 @@ impl Driver {
         }
         Ok(())
     }
-}
-
-/// The next state the store reports; never, for a store without a watch
-/// (or once its watch is gone).
-pub(super) async fn saved_elsewhere(
-    rx: &mut Option<watch::Receiver<Option<Stored>>>,
-) -> Option<Stored> {
-    let Some(r) = rx.as_mut() else {
-        return std::future::pending().await;
-    };
-    if r.changed().await.is_err() {
-        *rx = None;
-        return std::future::pending().await;
-    }
-    r.borrow_and_update().clone()
-}
-
-/// The next role the election reports; never, without replicas.
-pub(super) async fn role_changed(
-    rx: &mut Option<watch::Receiver<crate::ha::Role>>,
-) -> Option<crate::ha::Role> {
-    let Some(r) = rx.as_mut() else {
-        return std::future::pending().await;
-    };
-    if r.changed().await.is_err() {
-        *rx = None;
-        return std::future::pending().await;
-    }
-    Some(r.borrow_and_update().clone())
 }
 
 impl Driver {
@@ -381,7 +350,7 @@ impl Driver {
     /// and fitted) under its labels, saving nothing. When this replica's
     /// config renders it differently, it serves its own rendering of it
     /// under the stored sequence number and may not lead.
-    pub(super) fn publish_stored(&mut self) -> Result<Version, super::ControllerError> {
+    pub(super) fn publish_stored(&mut self) -> Result<Version, super::command::ControllerError> {
         let stored = Stored {
             state: self.state.clone(),
             revision: self.revision,

@@ -36,11 +36,13 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub mod proxies;
 pub mod replicas;
+mod role;
+
+pub use role::{ReplicaInfo, Role};
 
 use crate::shutdown::Shutdown;
 use crate::state::StateError;
@@ -85,32 +87,6 @@ pub fn serving_bound(lease: Duration) -> Duration {
 /// The largest leader record accepted from etcd: an id, an address and a
 /// digest, far under this.
 const MAX_RECORD_BYTES: usize = 4096;
-
-/// What a replica says about itself in the leader key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplicaInfo {
-    /// A random id, new at every start.
-    pub id: String,
-    /// Where its admin API answers.
-    pub admin: String,
-    /// The digest of its config file.
-    pub config_digest: String,
-}
-
-/// This replica's role.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// Not known yet, or etcd cannot be reached: neither leads nor
-    /// follows anyone known.
-    Unknown,
-    /// This replica leads.
-    Leader,
-    /// Another replica leads.
-    Follower {
-        /// The leader.
-        leader: ReplicaInfo,
-    },
-}
 
 /// A handle on the election task.
 #[derive(Clone, Debug)]

@@ -101,7 +101,7 @@ use crate::xds::protocol::{NodeInfo, StreamKind};
 use crate::xds::resources::{PerType, ResourceType};
 use crate::xds::status::{Nack, ProxyStatus, RemoteStream, TypeStatus};
 
-use super::Role;
+use super::role::Role;
 
 /// The shortest time between two rounds of a replica's writes; also how
 /// long a change waits for others to join it after a quiet spell (a flip's

@@ -15,7 +15,7 @@ use crate::state::StateError;
 use crate::state::etcd::{EtcdClient, pb};
 use crate::xds::ProxyRegistry;
 
-use super::{ReplicaInfo, Role};
+use super::role::{ReplicaInfo, Role};
 
 /// How often a replica rewrites its record.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);

@@ -19,6 +19,7 @@
 //! [`KubeFleets`] that does nothing are built (and `teal validate`
 //! refuses `kubernetes` fleets).
 
+mod limits;
 #[cfg(feature = "kubernetes")]
 pub mod slices;
 #[cfg(feature = "kubernetes")]
@@ -29,40 +30,10 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::controller::Controller;
 
+pub use limits::KubeLimits;
+
 /// How long starting a watcher waits for its first lists.
 pub const FIRST_LIST_WAIT: Duration = Duration::from_secs(5);
-
-/// The bounds and the coalescing window of the watchers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KubeLimits {
-    /// Most EndpointSlices one fleet may have (`--kube-max-slices`).
-    pub max_slices: usize,
-    /// Most endpoints (addresses, ready or not) one fleet may have over
-    /// all its slices, and one slice may list (`--kube-max-endpoints`).
-    pub max_endpoints: usize,
-    /// At most one hand-on per service per window.
-    pub window: Duration,
-}
-
-impl KubeLimits {
-    /// Default of `--kube-max-slices`: the EndpointSlice controller puts
-    /// up to 100 endpoints in a slice, so this is room for a very large
-    /// Service even in slices of one.
-    pub const DEFAULT_MAX_SLICES: usize = 1_000;
-    /// Default of `--kube-max-endpoints`: as many as a fleet may be served
-    /// (`--max-fleet-endpoints`).
-    pub const DEFAULT_MAX_ENDPOINTS: usize = 1_000;
-}
-
-impl Default for KubeLimits {
-    fn default() -> Self {
-        KubeLimits {
-            max_slices: KubeLimits::DEFAULT_MAX_SLICES,
-            max_endpoints: KubeLimits::DEFAULT_MAX_ENDPOINTS,
-            window: Duration::from_millis(100),
-        }
-    }
-}
 
 /// The Kubernetes watchers of `teal serve`: [`KubeFleets::follow`] at
 /// start and after every applied reload. Dropping it stops them.

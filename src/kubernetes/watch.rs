@@ -38,7 +38,7 @@ use kube::runtime::{WatchStreamExt, watcher as watch_slices};
 use kube::{Api, Client};
 use tokio::time::Instant;
 
-use super::KubeLimits;
+use super::limits::KubeLimits;
 use super::slices::{FleetEndpoints, SliceEndpoints, SliceError, fleet_endpoints, slice_endpoints};
 use crate::config::KubernetesFleet;
 

@@ -7,7 +7,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::config::{Endpoint, Fleet, Protocol};
+use crate::config::{Endpoint, Fleet, Protocol, fixtures};
 
 /// A server answering every connection with `response`, reporting each
 /// request it read.
@@ -475,20 +475,17 @@ async fn an_http2_service_is_checked_over_http2() {
 /// are sent in; configs without checks all agree.
 #[test]
 fn the_checks_digest_moves_with_every_field_of_every_check() {
-    let yaml = |checks: &str, protocol: &str| {
-        format!(
-            "services:\n  web:\n    live: blue\n    protocol: {protocol}\n    fleets:\n      \
-             blue: {{endpoints: [127.0.0.1:1]}}\n{checks}groups:\n  edge:\n    listeners:\n      \
-             public:\n        kind: edge\n        address: 127.0.0.1:10000\n        \
-             virtual_hosts:\n          all:\n            domains: [\"*\"]\n            \
-             routes:\n              - {{prefix: /, service: web}}\n"
-        )
-    };
+    // `web` on blue alone; `checks` are its checks' lines (none if empty).
     let digest_of = |checks: &str, protocol: &str| {
-        let config = Config::parse(&yaml(checks, protocol), "t.yaml").expect("valid");
-        digest(&config)
+        let mut config = fixtures::web()
+            .without_fleet("web", "green")
+            .protocol("web", protocol);
+        if !checks.is_empty() {
+            config = config.checks("web", checks);
+        }
+        digest(&config.config())
     };
-    let check = |fields: &str| format!("    checks:\n      home: {{{fields}}}\n");
+    let check = |fields: &str| format!("home: {{{fields}}}");
     let base = digest_of(&check("path: /, status: 200, timeout: 1s"), "http1");
     assert_eq!(
         base,
@@ -501,7 +498,7 @@ fn the_checks_digest_moves_with_every_field_of_every_check() {
         check("path: /, status: 200, timeout: 1s, body_contains: ok"),
         check("path: /, status: 200, timeout: 1s, body_contains: ''"),
         format!(
-            "{}      deep: {{path: /deep}}\n",
+            "{}\ndeep: {{path: /deep}}",
             check("path: /, status: 200, timeout: 1s")
         ),
         String::new(),

@@ -49,26 +49,8 @@ use super::{
     Version,
 };
 
-/// One proxy, as the rollout needs to see it. The controller computes it
-/// from the proxy registry and the snapshot being served.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProxyView {
-    /// The proxy's node id, shared: the machine keeps it in several sets
-    /// and every ACK hands a view over, so a copy is a reference count,
-    /// not an allocation.
-    pub id: Arc<str>,
-    /// It has ACKed the clusters and endpoints of the snapshot being
-    /// served, so every fleet's cluster is warm on it.
-    pub prepared: bool,
-    /// It has applied the snapshot being served (before a commit) or the
-    /// committed version or a later one (after), on every type it
-    /// subscribes to.
-    pub confirmed: bool,
-    /// Before a commit: it rejects the configuration it was last sent.
-    /// After: it rejected the committed version or a later one. With the
-    /// proxy's reason.
-    pub nack: Option<String>,
-}
+// Defined beside the sets that hold it; the events name it from here.
+pub use super::seen::ProxyView;
 
 /// How many proxies' ACK delays a history entry keeps: the slowest. The
 /// state holds up to [`HISTORY_LIMIT`](crate::state::HISTORY_LIMIT)

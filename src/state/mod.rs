@@ -19,6 +19,7 @@
 pub mod etcd;
 pub mod file;
 pub mod memory;
+mod spec;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -34,6 +35,7 @@ use crate::rollout::{HistoryEntry, Split, Version};
 pub use etcd::{EtcdOptions, EtcdStore};
 pub use file::{FileStore, SaveStep};
 pub use memory::MemoryStore;
+pub use spec::StoreSpec;
 
 /// How many history entries are kept per service; older ones are dropped.
 pub const HISTORY_LIMIT: usize = 100;
@@ -284,41 +286,6 @@ impl StateError {
             path: path.into(),
             source,
         }
-    }
-}
-
-/// Where `teal serve --store` keeps the state.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StoreSpec {
-    /// `file://PATH`: a state directory, as `--state-dir PATH`.
-    File(PathBuf),
-    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`.
-    Etcd {
-        /// `host:port` of each member.
-        endpoints: Vec<String>,
-        /// Key prefix, starting and ending with `/`.
-        prefix: String,
-    },
-}
-
-impl std::str::FromStr for StoreSpec {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<StoreSpec, String> {
-        if let Some(path) = s.strip_prefix("file://") {
-            if path.is_empty() {
-                return Err("file:// needs a directory: file://PATH".to_owned());
-            }
-            return Ok(StoreSpec::File(PathBuf::from(path)));
-        }
-        if let Some(rest) = s.strip_prefix("etcd://") {
-            let (endpoints, prefix) =
-                etcd::parse_target(rest).map_err(|e| format!("{s:?}: {e}"))?;
-            return Ok(StoreSpec::Etcd { endpoints, prefix });
-        }
-        Err(format!(
-            "{s:?}: expected file://PATH or etcd://HOST:PORT[,HOST:PORT...][/PREFIX]"
-        ))
     }
 }
 

@@ -37,8 +37,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
+use crate::transport::conn::{Conn, PREFACE_BYTES, Port};
 use crate::transport::identity::PeerIdentity;
-use crate::transport::listener::{Conn, PREFACE_BYTES, Port};
 
 /// Largest certificate, key or CA file read, in bytes. A chain of a few
 /// certificates is a few KiB; a bundle of public roots is ~250 KiB.

@@ -31,9 +31,6 @@ use values::*;
 /// Most known service names an "unknown service" message lists.
 const MAX_KNOWN_LISTED: usize = 10;
 
-/// Highest endpoint weight accepted.
-pub(crate) const MAX_ENDPOINT_WEIGHT: u32 = 10_000;
-
 /// Decodes and checks a whole file. The walk below follows the format's
 /// fixed shape, never the file's nesting, so it recurses a bounded number
 /// of times whatever the input; `limits` bound the tree it walks.
@@ -557,4 +554,5 @@ fn service_list(
 }
 
 #[cfg(test)]
+#[path = "parse_tests.rs"]
 mod tests;

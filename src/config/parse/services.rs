@@ -5,12 +5,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::config::model::{
-    Check, Endpoint, EndpointSource, Fleet, HealthCheck, OutlierDetection, Protocol, Retries,
-    Service,
+    Check, Endpoint, EndpointSource, Fleet, HealthCheck, MAX_ENDPOINT_WEIGHT, OutlierDetection,
+    Protocol, Retries, Service,
 };
 use crate::config::yaml::{Node, Value};
 
-use super::MAX_ENDPOINT_WEIGHT;
 use super::values::*;
 
 /// `retry_on` conditions Envoy's router understands.

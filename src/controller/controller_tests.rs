@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::config::fixtures;
 use crate::rollout::{Outcome, Phase, Reason};
 use crate::state::MemoryStore;
 use crate::xds::resources::ResourceType;
@@ -8,36 +9,16 @@ use crate::xds::snapshot_store::snapshot_store;
 
 /// Two services; `web` has checks against a port nothing listens on, so
 /// its checks fail; `api` has none.
-const CONFIG: &str = r#"
-services:
-  web:
-    live: blue
-    fleets:
-      blue: {endpoints: [127.0.0.1:1]}
-      green: {endpoints: [127.0.0.1:2]}
-    checks:
-      home: {path: /, status: 200, timeout: 200ms}
-  api:
-    live: blue
-    fleets:
-      blue: {endpoints: [127.0.0.1:3]}
-      green: {endpoints: [127.0.0.1:4]}
-groups:
-  edge:
-    listeners:
-      public:
-        kind: edge
-        address: 127.0.0.1:10000
-        virtual_hosts:
-          all:
-            domains: ["*"]
-            routes:
-              - {prefix: /api/, service: api}
-              - {prefix: /, service: web}
-"#;
+fn base() -> fixtures::ConfigFixture {
+    fixtures::web()
+        .checks("web", "home: {path: /, status: 200, timeout: 200ms}")
+        .service("api", "/api/")
+        .fleet("api", "blue", "endpoints: [127.0.0.1:3]")
+        .fleet("api", "green", "endpoints: [127.0.0.1:4]")
+}
 
 fn config() -> Config {
-    Config::parse(CONFIG, "test.yaml").expect("valid test config")
+    base().config()
 }
 
 async fn controller(store: Arc<MemoryStore>) -> (Controller, crate::shutdown::ShutdownTrigger) {
@@ -351,14 +332,9 @@ async fn a_flip_with_no_proxy_succeeds_with_a_warning_and_no_convergence() {
 
 /// The config with a third fleet, `red`, for api.
 fn with_red() -> Config {
-    Config::parse(
-        &CONFIG.replace(
-            "      green: {endpoints: [127.0.0.1:4]}",
-            "      green: {endpoints: [127.0.0.1:4]}\n      red: {endpoints: [127.0.0.1:5]}",
-        ),
-        "test.yaml",
-    )
-    .expect("valid")
+    base()
+        .fleet("api", "red", "endpoints: [127.0.0.1:5]")
+        .config()
 }
 
 #[tokio::test]
@@ -393,11 +369,7 @@ async fn reloads_never_move_traffic() {
     assert_eq!(api.rollback_to, Some(split(&[("blue", 100), ("green", 0)])));
     assert_ne!(c.snapshot().version(), version, "the clusters changed");
     // Removing green, which takes the traffic, is refused whole.
-    let without_green = Config::parse(
-        &CONFIG.replace("      green: {endpoints: [127.0.0.1:4]}\n", ""),
-        "test.yaml",
-    )
-    .expect("valid");
+    let without_green = base().without_fleet("api", "green").config();
     let before = c.snapshot().version().to_owned();
     let err = c.reload(without_green).await.expect_err("refused");
     assert!(err.to_string().contains("\"green\""), "{err}");
@@ -474,16 +446,7 @@ async fn removing_a_service_ends_its_operation_with_an_entry() {
     rx.wait_for(|p| p.phase == crate::rollout::Phase::Waiting)
         .await
         .expect("waits between steps");
-    let only_web = Config::parse(
-        &CONFIG
-            .replace("              - {prefix: /api/, service: api}\n", "")
-            .replace(
-                "  api:\n    live: blue\n    fleets:\n      blue: {endpoints: [127.0.0.1:3]}\n      green: {endpoints: [127.0.0.1:4]}\n",
-                "",
-            ),
-        "test.yaml",
-    )
-    .expect("valid");
+    let only_web = base().without_service("api").config();
     c.reload(only_web).await.expect("applied");
     let out = outcome(rx).await;
     assert!(
@@ -628,13 +591,10 @@ async fn a_reload_under_a_running_check_waits_for_the_operation() {
             open.push(conn);
         }
     });
-    let text = CONFIG
-        .replace(
-            "      green: {endpoints: [127.0.0.1:2]}",
-            &format!("      green: {{endpoints: [127.0.0.1:{port}]}}"),
-        )
-        .replace("timeout: 200ms", "timeout: 1s");
-    let first = Config::parse(&text, "test.yaml").expect("valid");
+    let fixture = base()
+        .fleet("web", "green", &format!("endpoints: [127.0.0.1:{port}]"))
+        .checks("web", "home: {path: /, status: 200, timeout: 1s}");
+    let first = fixture.config();
     let (writer, _reader) = snapshot_store();
     let (_trigger, shutdown) = crate::shutdown::shutdown_channel();
     let (c, _task) = start(
@@ -652,8 +612,9 @@ async fn a_reload_under_a_running_check_waits_for_the_operation() {
         .await
         .expect("checking");
     let version = c.snapshot().version().to_owned();
-    let moved =
-        Config::parse(&text.replace("127.0.0.1:1]", "127.0.0.1:9]"), "test.yaml").expect("valid");
+    let moved = fixture
+        .fleet("web", "blue", "endpoints: [127.0.0.1:9]")
+        .config();
     let reloaded = c.reload(moved).await.expect("not refused");
     assert!(
         matches!(reloaded, super::Reloaded::Deferred { ref service, .. } if service == "web"),
@@ -952,7 +913,7 @@ async fn a_replica_whose_config_differs_keeps_serving_the_last_state_that_matche
 
     // Another replica, whose config routes /v2/ instead of /api/, commits
     // its own rendering of the state.
-    let other = Config::parse(&CONFIG.replace("/api/", "/v2/"), "other.yaml").expect("valid");
+    let other = base().prefix("api", "/v2/").config();
     let (writer, _reader) = snapshot_store();
     let (_trigger, shutdown) = crate::shutdown::shutdown_channel();
     let (b, _tb) = start(

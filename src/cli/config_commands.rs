@@ -1,4 +1,5 @@
-//! `teal validate` and `teal render` as library functions.
+//! `teal validate` and `teal render` as library functions: the commands
+//! that read a config file and need no server.
 //!
 //! They write to the writers they are given and return a sysexits-style
 //! exit status; the binary turns it into [`std::process::ExitCode`]. No
@@ -7,12 +8,8 @@
 use std::io::Write;
 use std::path::Path;
 
-use super::diag::Diagnostics;
-use super::limits::Limits;
-use super::model::Config;
-use super::render::{render_document, to_yaml};
-use super::translate::{config_digest, translate};
-use crate::config::Weights;
+use crate::config::render::{render_document, to_yaml};
+use crate::config::{Config, Diagnostics, Limits, Weights, config_digest, translate};
 
 pub use crate::exit::{EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_OK, EX_SOFTWARE, EX_USAGE};
 
@@ -56,11 +53,12 @@ impl LoadError {
 /// the path as given. Reads no more of the file than the size limit.
 pub fn load(path: &Path, limits: &Limits) -> Result<Config, LoadError> {
     let name = path.display().to_string();
-    let bytes =
-        super::read_bounded(path, limits.max_bytes).map_err(|source| LoadError::Unreadable {
+    let bytes = crate::config::read_bounded(path, limits.max_bytes).map_err(|source| {
+        LoadError::Unreadable {
             path: name.clone(),
             source,
-        })?;
+        }
+    })?;
     Config::from_bytes(&bytes, &name, limits).map_err(LoadError::Invalid)
 }
 
