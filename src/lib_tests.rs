@@ -484,6 +484,8 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// The library's files under `src`, read, but for those of test modules.
 struct Tree {
     code: Vec<Source>,
+    /// Every `.rs` file under `src`, relative to it, test files too.
+    files: Vec<PathBuf>,
     /// Every file some `mod` declares.
     declared: BTreeSet<PathBuf>,
     /// Files of `code` by module path.
@@ -527,6 +529,10 @@ impl Tree {
             .collect();
         Tree {
             code: all,
+            files: files
+                .iter()
+                .map(|f| f.strip_prefix(src).unwrap_or(f).to_path_buf())
+                .collect(),
             declared,
             by_module,
         }
@@ -567,8 +573,7 @@ fn rank(layer: &str) -> Option<usize> {
 
 /// Every path that lands in a layer above its file's, as `file:line:
 /// from -> to: line`.
-fn upward_imports(src: &Path) -> Vec<String> {
-    let tree = Tree::read(src);
+fn upward_imports(tree: &Tree) -> Vec<String> {
     let mut found = Vec::new();
     for s in &tree.code {
         let Some(from) = s.layer() else { continue };
@@ -603,8 +608,7 @@ fn upward_imports(src: &Path) -> Vec<String> {
 
 /// Every loop between files of one layer: the files, then each line that
 /// closes the loop.
-fn loops(src: &Path) -> Vec<String> {
-    let tree = Tree::read(src);
+fn loops(tree: &Tree) -> Vec<String> {
     let n = tree.code.len();
     // edges[from][to]: the first line of `from` whose path lands in `to`.
     let mut edges: Vec<BTreeMap<usize, usize>> = vec![BTreeMap::new(); n];
@@ -701,8 +705,7 @@ fn loops(src: &Path) -> Vec<String> {
 }
 
 /// Every departure from the unit-test convention, naming file and line.
-fn test_convention(src: &Path) -> Vec<String> {
-    let tree = Tree::read(src);
+fn test_convention(tree: &Tree) -> Vec<String> {
     let mut found = Vec::new();
     for s in &tree.code {
         let rel = s.rel.display();
@@ -730,13 +733,9 @@ fn test_convention(src: &Path) -> Vec<String> {
             found.push(format!("{rel}:{line}: a test outside `mod tests`"));
         }
     }
-    let mut files = Vec::new();
-    rust_files(src, &mut files);
-    files.sort();
-    for f in files {
-        let rel = f.strip_prefix(src).unwrap_or(&f).to_path_buf();
+    for rel in &tree.files {
         let root = rel == Path::new("lib.rs") || rel == Path::new("main.rs");
-        if !root && !tree.declared.contains(&rel) {
+        if !root && !tree.declared.contains(rel) {
             found.push(format!("{}: no `mod` declares it", rel.display()));
         }
     }
@@ -747,10 +746,17 @@ fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
+/// `src/`, read once for the tests that share it: parsing is the slow part
+/// (most of a second with an unoptimized `syn`).
+fn src_tree() -> &'static Tree {
+    static TREE: std::sync::OnceLock<Tree> = std::sync::OnceLock::new();
+    TREE.get_or_init(|| Tree::read(&src()))
+}
+
 #[test]
 fn no_module_imports_a_layer_above_its_own() {
     let (kept, up): (Vec<String>, Vec<String>) =
-        upward_imports(&src()).into_iter().partition(|u| {
+        upward_imports(src_tree()).into_iter().partition(|u| {
             KEPT_PATHS
                 .iter()
                 .any(|(file, line)| u.starts_with(&format!("{file}:")) && u.ends_with(line))
@@ -769,7 +775,7 @@ fn no_module_imports_a_layer_above_its_own() {
 
 #[test]
 fn no_files_of_a_layer_import_each_other_in_a_loop() {
-    let found = loops(&src());
+    let found = loops(src_tree());
     assert!(
         found.is_empty(),
         "loops between files of one layer:\n{}",
@@ -779,7 +785,7 @@ fn no_files_of_a_layer_import_each_other_in_a_loop() {
 
 #[test]
 fn unit_tests_follow_one_convention() {
-    let found = test_convention(&src());
+    let found = test_convention(src_tree());
     assert!(
         found.is_empty(),
         "unit tests off the convention:\n{}",
@@ -818,7 +824,7 @@ fn an_upward_import_is_found_and_named() {
         ),
         ("config.rs", "use crate::xds::Thing;\n"),
     ]);
-    let up = upward_imports(dir.path());
+    let up = upward_imports(&Tree::read(dir.path()));
     assert_eq!(up.len(), 1, "{up:?}");
     assert!(
         up[0].starts_with("xds/status.rs:2: xds -> controller"),
@@ -852,7 +858,7 @@ fn g() { let _ = "crate::serve::E"; crate::serve::run(); }
         ),
         ("xds/xds_tests.rs", "use crate::cli::F;\n"),
     ]);
-    let up = upward_imports(dir.path());
+    let up = upward_imports(&Tree::read(dir.path()));
     let at: Vec<&str> = up
         .iter()
         .map(|u| u.split(": ").next().unwrap_or(""))
@@ -884,7 +890,8 @@ macro_rules! t { () => { #[test] fn t() {} } }
 "#,
         ),
     ]);
-    let up = upward_imports(dir.path());
+    let tree = Tree::read(dir.path());
+    let up = upward_imports(&tree);
     let at: Vec<&str> = up
         .iter()
         .map(|u| u.split(": ").next().unwrap_or(""))
@@ -895,7 +902,7 @@ macro_rules! t { () => { #[test] fn t() {} } }
         "{up:#?}"
     );
     assert_eq!(
-        test_convention(dir.path()),
+        test_convention(&tree),
         ["xds/mod.rs:10: a test outside `mod tests`"]
     );
 }
@@ -910,7 +917,7 @@ fn a_loop_between_siblings_through_a_reexport_is_found() {
             "pub struct B;\n\nfn f(_: crate::rollout::A) {}\n",
         ),
     ]);
-    let found = loops(dir.path());
+    let found = loops(&Tree::read(dir.path()));
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(
         found[0].starts_with("rollout/a.rs -> rollout/b.rs -> rollout/a.rs"),
@@ -938,7 +945,7 @@ fn a_parent_reexporting_its_children_is_no_loop_but_using_them_is() {
             "use super::P;\npub struct C;\npub struct D;\n",
         ),
     ]);
-    assert_eq!(loops(reexports.path()), Vec::<String>::new());
+    assert_eq!(loops(&Tree::read(reexports.path())), Vec::<String>::new());
     let uses = tree_of(&[
         (
             "rollout/mod.rs",
@@ -946,7 +953,7 @@ fn a_parent_reexporting_its_children_is_no_loop_but_using_them_is() {
         ),
         ("rollout/c.rs", "use super::P;\npub struct C;\n"),
     ]);
-    let found = loops(uses.path());
+    let found = loops(&Tree::read(uses.path()));
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(
         found[0].contains("rollout/mod.rs:3: fn g(_: c::C) {}"),
@@ -983,7 +990,7 @@ fn unit_tests_off_the_convention_are_named() {
         ("c/c_tests.rs", ""),
         ("c/mod_tests.rs", ""),
     ]);
-    let found = test_convention(dir.path());
+    let found = test_convention(&Tree::read(dir.path()));
     assert_eq!(
         found,
         [
