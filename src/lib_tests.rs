@@ -795,12 +795,14 @@ fn unit_tests_follow_one_convention() {
 
 #[test]
 fn every_top_level_module_is_a_layer() {
-    let lib = std::fs::read_to_string(src().join("lib.rs")).unwrap_or_default();
-    for line in lib.lines() {
-        if let Some(m) = line.strip_prefix("pub mod ") {
-            let m = m.trim_end_matches(';');
-            assert!(crate::LAYERS.contains(&m), "{m} is not in LAYERS");
-        }
+    let lib = src_tree()
+        .code
+        .iter()
+        .find(|s| s.rel == Path::new("lib.rs"))
+        .expect("src/lib.rs is read");
+    for m in lib.mods.iter().filter(|m| !m.test) {
+        let m = m.name.as_str();
+        assert!(crate::LAYERS.contains(&m), "{m} is not in LAYERS");
     }
 }
 
