@@ -33,10 +33,21 @@
 //!
 //! Test code may reach anything: a module behind `#[cfg(test)]` (inline
 //! or a file) is skipped, and everything else is read, even after it.
-//! Comments and the insides of string literals are not code.
+//!
+//! **How a file is read.** `syn` parses it. Lexing Rust (raw strings,
+//! nested comments, a lifetime beside a character literal) is a solved
+//! problem, so nothing here does it by hand, and no comment or string is
+//! taken for code. `syn` leaves the body of a macro and the arguments of
+//! an attribute as tokens: in those, a path is a run of `name::name…`
+//! tokens not led by `$`, `.` or `::` (`crate::text::untrusted` in a
+//! `tracing::warn!`, a clap `default_value_t`), and a `#[test]` is a test.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+use proc_macro2::{Delimiter, Spacing, TokenStream, TokenTree};
+use syn::punctuated::Punctuated;
+use syn::visit::Visit;
 
 /// Above this many lines, a module's unit tests move to their own file.
 const INLINE_TESTS_MAX_LINES: usize = 150;
@@ -53,215 +64,12 @@ const KEPT_PATHS: &[(&str, &str)] = &[
     ),
 ];
 
-/// `text` with comments and the insides of string and character literals
-/// blanked to spaces, newlines kept: byte offsets and line numbers stay
-/// those of `text`, and what is left is code.
-fn blank(text: &str) -> String {
-    let b = text.as_bytes();
-    let mut out = b.to_vec();
-    let wipe = |out: &mut Vec<u8>, from: usize, to: usize| {
-        for byte in &mut out[from..to.min(b.len())] {
-            if *byte != b'\n' {
-                *byte = b' ';
-            }
-        }
-    };
-    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
-    let mut i = 0;
-    while i < b.len() {
-        let rest = &b[i..];
-        if rest.starts_with(b"//") {
-            let end = rest
-                .iter()
-                .position(|&c| c == b'\n')
-                .map_or(b.len(), |n| i + n);
-            wipe(&mut out, i, end);
-            i = end;
-        } else if rest.starts_with(b"/*") {
-            let (mut depth, mut j) = (0usize, i);
-            while j < b.len() {
-                if b[j..].starts_with(b"/*") {
-                    depth += 1;
-                    j += 2;
-                } else if b[j..].starts_with(b"*/") {
-                    depth -= 1;
-                    j += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    j += 1;
-                }
-            }
-            wipe(&mut out, i, j);
-            i = j;
-        } else if let Some((open, hashes)) =
-            raw_string_at(b, i).filter(|_| i == 0 || !ident(b[i - 1]))
-        {
-            let close: Vec<u8> = std::iter::once(b'"')
-                .chain(std::iter::repeat_n(b'#', hashes))
-                .collect();
-            let end = b[open + 1..]
-                .windows(close.len())
-                .position(|w| w == close.as_slice())
-                .map_or(b.len(), |n| open + 1 + n);
-            wipe(&mut out, open + 1, end);
-            i = end + close.len();
-        } else if b[i] == b'"' {
-            let mut j = i + 1;
-            while j < b.len() && b[j] != b'"' {
-                j += if b[j] == b'\\' { 2 } else { 1 };
-            }
-            wipe(&mut out, i + 1, j);
-            i = j + 1;
-        } else if b[i] == b'\'' {
-            // A character literal, or a lifetime or a label (left alone).
-            if b.get(i + 1) == Some(&b'\\') {
-                let end = b[i + 3..]
-                    .iter()
-                    .position(|&c| c == b'\'')
-                    .map_or(b.len(), |n| i + 3 + n);
-                wipe(&mut out, i + 1, end);
-                i = end + 1;
-            } else {
-                let width = text[i + 1..].chars().next().map_or(1, char::len_utf8);
-                if b.get(i + 1 + width) == Some(&b'\'') {
-                    wipe(&mut out, i + 1, i + 1 + width);
-                    i += width + 2;
-                } else {
-                    i += 1;
-                }
-            }
-        } else {
-            i += 1;
-        }
-    }
-    // Only whole characters were blanked, so the bytes are still UTF-8.
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// If a raw string (`r"…"`, `r#"…"#`, `br"…"`) starts at `i`: the
-/// offset of its opening quote and its number of `#`.
-fn raw_string_at(b: &[u8], i: usize) -> Option<(usize, usize)> {
-    let r = match b.get(i)? {
-        b'r' => i,
-        b'b' if b.get(i + 1) == Some(&b'r') => i + 1,
-        _ => return None,
-    };
-    let hashes = b[r + 1..].iter().take_while(|&&c| c == b'#').count();
-    (b.get(r + 1 + hashes) == Some(&b'"')).then_some((r + 1 + hashes, hashes))
-}
-
-#[derive(Clone, Debug, PartialEq)]
-enum Tok {
-    Ident(String),
-    /// `::`
-    Sep,
-    Punct(u8),
-}
-
-/// A token and the byte offset it starts at.
-type Token = (Tok, usize);
-
-fn tokens(code: &str) -> Vec<Token> {
-    let b = code.as_bytes();
-    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if c.is_ascii_whitespace() {
-            i += 1;
-        } else if word(c) {
-            let start = i;
-            while i < b.len() && word(b[i]) {
-                i += 1;
-            }
-            if !c.is_ascii_digit() {
-                out.push((Tok::Ident(code[start..i].to_owned()), start));
-            }
-        } else if b[i..].starts_with(b"::") {
-            out.push((Tok::Sep, i));
-            i += 2;
-        } else {
-            out.push((Tok::Punct(c), i));
-            i += 1;
-        }
-    }
-    out
-}
-
-fn is_ident(t: Option<&Token>, name: &str) -> bool {
-    matches!(t, Some((Tok::Ident(s), _)) if s == name)
-}
-
-fn is_punct(t: Option<&Token>, c: u8) -> bool {
-    matches!(t, Some((Tok::Punct(p), _)) if *p == c)
-}
-
-/// The index of the bracket closing the one opened at `open`.
-fn closing(toks: &[Token], open: usize) -> Option<usize> {
-    let (o, c) = match toks.get(open)? {
-        (Tok::Punct(b'{'), _) => (b'{', b'}'),
-        (Tok::Punct(b'['), _) => (b'[', b']'),
-        (Tok::Punct(b'('), _) => (b'(', b')'),
-        _ => return None,
-    };
-    let mut depth = 0usize;
-    for (i, t) in toks.iter().enumerate().skip(open) {
-        match t.0 {
-            Tok::Punct(p) if p == o => depth += 1,
-            Tok::Punct(p) if p == c => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(i);
-                }
-            }
-            _ => {}
-        }
-    }
-    None
-}
-
-/// Whether the attribute `#[…]` whose `[` is at `open` (closed at
-/// `close`) compiles its item for tests only: `cfg(test)`, or an
-/// `all(…)` with `test` among its terms.
-fn is_cfg_test(toks: &[Token], open: usize, close: usize) -> bool {
-    let inner = &toks[open + 1..close];
-    if !is_ident(inner.first(), "cfg") {
-        return false;
-    }
-    match &inner[1..] {
-        [
-            (Tok::Punct(b'('), _),
-            (Tok::Ident(t), _),
-            (Tok::Punct(b')'), _),
-        ] => t == "test",
-        [(Tok::Punct(b'('), _), (Tok::Ident(all), _), rest @ ..] if all == "all" => {
-            let mut depth = 0usize;
-            rest.iter().any(|t| match &t.0 {
-                Tok::Punct(b'(') => {
-                    depth += 1;
-                    false
-                }
-                Tok::Punct(b')') => {
-                    depth = depth.saturating_sub(1);
-                    false
-                }
-                Tok::Ident(s) => depth == 1 && s == "test",
-                _ => false,
-            })
-        }
-        _ => false,
-    }
-}
-
 /// A module declared in a file: inline (`mod name { … }`) or in a file
 /// of its own (`mod name;`).
 #[derive(Debug)]
 struct ModDecl {
     name: String,
-    /// Where its first attribute (or `mod`) is.
+    /// Where its first attribute (or `mod`) is; doc comments don't count.
     line: usize,
     /// From the first attribute to the closing brace; none for `mod name;`.
     inline_lines: Option<usize>,
@@ -301,27 +109,46 @@ impl Source {
     fn read(src: &Path, file: &Path) -> Source {
         let raw = std::fs::read_to_string(file).unwrap_or_default();
         let rel = file.strip_prefix(src).unwrap_or(file).to_path_buf();
-        let code = blank(&raw);
-        let lines = Lines::of(&code);
-        let (mods, toks, inline, stray_tests) = modules(&tokens(&code), &raw, &lines);
-        let scope = Scope {
-            module: module_of(&rel),
-            inline,
-            children: mods
-                .iter()
-                .filter(|m| !m.test)
-                .map(|m| m.name.clone())
-                .collect(),
-        };
-        let (refs, reexports) = paths(&toks, &scope, &lines);
+        // A file that does not parse would not compile either; reading
+        // on without it could pass a tree the rules have not seen.
+        let ast = syn::parse_file(&raw).unwrap_or_else(|e| {
+            let line = e.span().start().line;
+            panic!("{}:{line}: {e}", rel.display())
+        });
+        let mut walk = Walk::default();
+        walk.visit_file(&ast);
+        let module = module_of(&rel);
+        // A module it declares may be named bare (`machine::…`) anywhere
+        // in the file, even above its `mod`.
+        let children: BTreeSet<&str> = walk
+            .mods
+            .iter()
+            .filter(|m| !m.test)
+            .map(|m| m.name.as_str())
+            .collect();
+        let mut refs = Vec::new();
+        let mut reexports = BTreeMap::new();
+        for w in &walk.paths {
+            let Some(path) = absolute(&module, w, &children) else {
+                continue;
+            };
+            if let (true, Some(name)) = (w.reexport, &w.bound) {
+                reexports.insert(name.clone(), path.clone());
+            }
+            refs.push(Ref {
+                path,
+                line: w.line,
+                reexport: w.reexport,
+            });
+        }
         Source {
             rel,
-            module: scope.module,
+            module,
             lines: raw.lines().map(str::to_owned).collect(),
-            mods,
+            mods: walk.mods,
             refs,
             reexports,
-            stray_tests,
+            stray_tests: walk.stray_tests,
         }
     }
 
@@ -366,297 +193,260 @@ impl Source {
     }
 }
 
-/// Line numbers by byte offset.
-struct Lines(Vec<usize>);
-
-impl Lines {
-    fn of(text: &str) -> Lines {
-        Lines(
-            std::iter::once(0)
-                .chain(text.match_indices('\n').map(|(at, _)| at + 1))
-                .collect(),
-        )
-    }
-
-    /// The line (from 1) the byte at `at` is on.
-    fn at(&self, at: usize) -> usize {
-        self.0.partition_point(|&start| start <= at)
-    }
+/// A path as written in a file, before it is resolved against the
+/// file's module.
+struct Written {
+    segs: Vec<String>,
+    /// The inline modules (`mod name { … }`) it sits in, outermost first.
+    inside: Vec<String>,
+    /// Where its first segment is; for a `use` leaf, its last.
+    line: usize,
+    /// A leaf of a `pub use`, `pub(crate) use`, ….
+    reexport: bool,
+    /// For a `use` leaf, the name it binds (`as` or its last segment).
+    bound: Option<String>,
 }
 
-/// The modules a file declares; its tokens but those of its test
-/// modules; its inline modules, each with the offsets of its braces; and
-/// the lines of `#[test]`s outside test modules.
-fn modules(all: &[Token], raw: &str, lines: &Lines) -> FileModules {
-    let mut mods = Vec::new();
-    let mut toks: Vec<Token> = Vec::new();
-    let mut inline = Vec::new();
-    let mut stray_tests = Vec::new();
-    let mut i = 0;
-    while i < all.len() {
-        let start = i;
-        let (mut test, mut path) = (false, None);
-        while is_punct(all.get(i), b'#') && is_punct(all.get(i + 1), b'[') {
-            let Some(close) = closing(all, i + 1) else {
-                break;
+/// One walk over a file's syntax tree, gathering what the rules read.
+/// Test modules are recorded, never entered.
+#[derive(Default)]
+struct Walk {
+    /// The inline modules the walk is in now.
+    inside: Vec<String>,
+    mods: Vec<ModDecl>,
+    paths: Vec<Written>,
+    stray_tests: Vec<usize>,
+}
+
+impl Walk {
+    /// The leaves of a `use` tree under `prefix`.
+    fn use_leaves(&mut self, tree: &syn::UseTree, prefix: &mut Vec<String>, reexport: bool) {
+        let (leaf, bound, line) = match tree {
+            syn::UseTree::Path(p) => {
+                prefix.push(p.ident.to_string());
+                self.use_leaves(&p.tree, prefix, reexport);
+                prefix.pop();
+                return;
+            }
+            syn::UseTree::Group(g) => {
+                for t in &g.items {
+                    self.use_leaves(t, prefix, reexport);
+                }
+                return;
+            }
+            // `use a::{self}` binds `a`, but a parent re-exporting itself
+            // is nothing the rules follow.
+            syn::UseTree::Name(n) => (
+                n.ident.to_string(),
+                Some(n.ident.to_string()).filter(|n| n != "self"),
+                n.ident.span().start().line,
+            ),
+            syn::UseTree::Rename(r) => (
+                r.ident.to_string(),
+                Some(r.rename.to_string()),
+                r.ident.span().start().line,
+            ),
+            syn::UseTree::Glob(g) => ("*".to_owned(), None, g.star_token.span.start().line),
+        };
+        let mut segs = prefix.clone();
+        segs.push(leaf);
+        self.paths.push(Written {
+            segs,
+            inside: self.inside.clone(),
+            line,
+            reexport,
+            bound,
+        });
+    }
+
+    /// The paths in tokens `syn` leaves unparsed, a macro's body or an
+    /// attribute's arguments: runs of `name::name…` that follow no `$`,
+    /// `.` or `::`, so `$crate::…` and `x.y::<T>()` are none.
+    fn scan(&mut self, tokens: TokenStream) {
+        let tts: Vec<TokenTree> = tokens.into_iter().collect();
+        let sep = |j: usize| match (tts.get(j), tts.get(j + 1)) {
+            (Some(TokenTree::Punct(a)), Some(TokenTree::Punct(b))) => {
+                a.as_char() == ':' && a.spacing() == Spacing::Joint && b.as_char() == ':'
+            }
+            _ => false,
+        };
+        let mut i = 0;
+        while let Some(tt) = tts.get(i) {
+            let led = match i.checked_sub(1).map(|p| &tts[p]) {
+                Some(TokenTree::Punct(p)) => {
+                    matches!(p.as_char(), '$' | '.') || (i >= 2 && sep(i - 2))
+                }
+                _ => false,
             };
-            test |= is_cfg_test(all, i + 1, close);
-            match &all[i + 2..close] {
-                [
-                    (Tok::Ident(p), _),
-                    (Tok::Punct(b'='), _),
-                    (Tok::Punct(b'"'), a),
-                    (Tok::Punct(b'"'), z),
-                ] if p == "path" => path = Some(raw[a + 1..*z].to_owned()),
-                [(Tok::Ident(t), _)] if t == "test" => stray_tests.push(lines.at(all[i].1)),
-                [(Tok::Ident(t), _), (Tok::Sep, _), (Tok::Ident(u), _), ..]
-                    if t == "tokio" && u == "test" =>
-                {
-                    stray_tests.push(lines.at(all[i].1))
+            i += 1;
+            match tt {
+                TokenTree::Group(g) => self.scan(g.stream()),
+                // A test a macro writes (`proptest! { #[test] fn … }`).
+                TokenTree::Punct(p) if p.as_char() == '#' => {
+                    if let Some(TokenTree::Group(g)) = tts.get(i)
+                        && g.delimiter() == Delimiter::Bracket
+                        && syn::parse2::<syn::Meta>(g.stream()).is_ok_and(|m| is_test(m.path()))
+                    {
+                        self.stray_tests.push(p.span().start().line);
+                    }
+                }
+                TokenTree::Ident(first) if !led => {
+                    let mut segs = vec![first.to_string()];
+                    while let (true, Some(TokenTree::Ident(next))) = (sep(i), tts.get(i + 2)) {
+                        segs.push(next.to_string());
+                        i += 3;
+                    }
+                    if segs.len() > 1 {
+                        self.paths.push(Written {
+                            segs,
+                            inside: self.inside.clone(),
+                            line: first.span().start().line,
+                            reexport: false,
+                            bound: None,
+                        });
+                    }
                 }
                 _ => {}
             }
-            i = close + 1;
-        }
-        let mut m = i;
-        if is_ident(all.get(m), "pub") {
-            m += 1;
-            if is_punct(all.get(m), b'(') {
-                m = closing(all, m).map_or(m, |c| c + 1);
-            }
-        }
-        if let (true, Some((Tok::Ident(name), _))) = (is_ident(all.get(m), "mod"), all.get(m + 1)) {
-            let braced = is_punct(all.get(m + 2), b'{');
-            let end = if braced {
-                closing(all, m + 2)
-            } else {
-                is_punct(all.get(m + 2), b';').then_some(m + 2)
-            };
-            if let Some(end) = end {
-                let line = lines.at(all[start].1);
-                mods.push(ModDecl {
-                    name: name.clone(),
-                    line,
-                    inline_lines: braced.then(|| lines.at(all[end].1) - line + 1),
-                    path,
-                    test,
-                });
-                if test {
-                    // A test module may reach anything: skip it whole.
-                    i = end + 1;
-                    continue;
-                }
-                if braced {
-                    inline.push((name.clone(), all[m + 2].1, all[end].1));
-                }
-            }
-        }
-        toks.extend_from_slice(&all[start..i]);
-        if i == start {
-            toks.push(all[i].clone());
-            i += 1;
         }
     }
-    (mods, toks, inline, stray_tests)
 }
 
-/// An inline module (`mod name { … }`): its name and the offsets of its
-/// braces.
-type Inline = (String, usize, usize);
-
-/// What [`modules`] finds in a file.
-type FileModules = (Vec<ModDecl>, Vec<Token>, Vec<Inline>, Vec<usize>);
-
-/// Where a file's relative paths start from.
-struct Scope {
-    module: Vec<String>,
-    inline: Vec<Inline>,
-    /// Modules it declares, which its code may name bare (`machine::…`).
-    children: BTreeSet<String>,
-}
-
-impl Scope {
-    /// `segs`, met at offset `at`, as a path from the crate root; none
-    /// for a path outside this crate.
-    fn absolute(&self, at: usize, segs: &[String]) -> Option<Vec<String>> {
-        let mut base = self.module.clone();
-        base.extend(
-            self.inline
-                .iter()
-                .filter(|(_, open, close)| *open < at && at < *close)
-                .map(|(name, _, _)| name.clone()),
-        );
-        let rest = match segs.first()?.as_str() {
-            "crate" => {
-                base.clear();
-                &segs[1..]
-            }
-            "self" => &segs[1..],
-            "super" => {
-                let ups = segs.iter().take_while(|s| *s == "super").count();
-                for _ in 0..ups {
-                    base.pop()?;
-                }
-                &segs[ups..]
-            }
-            first if self.children.contains(first) => segs,
-            _ => return None,
+impl<'ast> Visit<'ast> for Walk {
+    fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
+        let test = m.attrs.iter().any(is_cfg_test);
+        let first_attr = m.attrs.iter().find(|a| !a.path().is_ident("doc"));
+        let line = match (first_attr, &m.vis) {
+            (Some(a), _) => a.pound_token.span.start().line,
+            (None, syn::Visibility::Public(p)) => p.span.start().line,
+            (None, syn::Visibility::Restricted(r)) => r.pub_token.span.start().line,
+            (None, syn::Visibility::Inherited) => m.mod_token.span.start().line,
         };
-        base.extend(rest.iter().filter(|s| *s != "self").cloned());
-        Some(base)
+        let close = m.content.as_ref().map(|(brace, _)| brace.span.close());
+        self.mods.push(ModDecl {
+            name: m.ident.to_string(),
+            line,
+            inline_lines: close.map(|c| c.start().line - line + 1),
+            path: m.attrs.iter().find_map(path_attr),
+            test,
+        });
+        // Test code may reach anything.
+        if test {
+            return;
+        }
+        let inline = m.content.is_some();
+        if inline {
+            self.inside.push(m.ident.to_string());
+        }
+        syn::visit::visit_item_mod(self, m);
+        if inline {
+            self.inside.pop();
+        }
     }
 
-    /// Whether a path starting with `first` names this crate's items.
-    fn starts_path(&self, first: &str) -> bool {
-        ["crate", "self", "super"].contains(&first) || self.children.contains(first)
+    fn visit_item_use(&mut self, u: &'ast syn::ItemUse) {
+        for attr in &u.attrs {
+            self.visit_attribute(attr);
+        }
+        // `use ::name` names another crate.
+        if u.leading_colon.is_none() {
+            let reexport = !matches!(u.vis, syn::Visibility::Inherited);
+            self.use_leaves(&u.tree, &mut Vec::new(), reexport);
+        }
+    }
+
+    fn visit_path(&mut self, path: &'ast syn::Path) {
+        // One segment (`self`, `crate` in `pub(crate)`) names no item,
+        // and `::name` is another crate's.
+        if path.leading_colon.is_none() && path.segments.len() > 1 {
+            self.paths.push(Written {
+                segs: path.segments.iter().map(|s| s.ident.to_string()).collect(),
+                inside: self.inside.clone(),
+                line: path.segments[0].ident.span().start().line,
+                reexport: false,
+                bound: None,
+            });
+        }
+        syn::visit::visit_path(self, path);
+    }
+
+    fn visit_macro(&mut self, mac: &'ast syn::Macro) {
+        syn::visit::visit_macro(self, mac);
+        self.scan(mac.tokens.clone());
+    }
+
+    fn visit_meta_list(&mut self, list: &'ast syn::MetaList) {
+        syn::visit::visit_meta_list(self, list);
+        self.scan(list.tokens.clone());
+    }
+
+    fn visit_attribute(&mut self, attr: &'ast syn::Attribute) {
+        if is_test(attr.path()) {
+            self.stray_tests.push(attr.pound_token.span.start().line);
+        }
+        syn::visit::visit_attribute(self, attr);
     }
 }
 
-/// The paths in `toks` that name this crate's items, and the names a
-/// `pub use` re-exports, each with the path it stands for.
-fn paths(
-    toks: &[Token],
-    scope: &Scope,
-    lines: &Lines,
-) -> (Vec<Ref>, BTreeMap<String, Vec<String>>) {
-    let mut refs = Vec::new();
-    let mut reexports = BTreeMap::new();
-    let mut k = 0;
-    while k < toks.len() {
-        // `a::crate::…` or `$crate::…` starts no path of ours.
-        let after_path = k > 0
-            && matches!(
-                toks[k - 1].0,
-                Tok::Sep | Tok::Punct(b'$') | Tok::Punct(b'.')
-            );
-        if is_ident(toks.get(k), "use") && !after_path {
-            let reexport = is_reexport(toks, k);
-            let mut leaves = Vec::new();
-            let mut j = k + 1;
-            use_tree(toks, &mut j, &[], &mut leaves);
-            for (segs, alias, at) in leaves {
-                let Some(path) = scope.absolute(at, &segs) else {
-                    continue;
-                };
-                if reexport {
-                    let name = alias
-                        .or_else(|| segs.last().filter(|s| *s != "*" && *s != "self").cloned());
-                    if let Some(name) = name {
-                        reexports.insert(name, path.clone());
-                    }
-                }
-                refs.push(Ref {
-                    path,
-                    line: lines.at(at),
-                    reexport,
-                });
-            }
-            k = j.max(k + 1);
-            continue;
-        }
-        if let (Some((Tok::Ident(first), at)), Some((Tok::Sep, _)), false) =
-            (toks.get(k), toks.get(k + 1), after_path)
-            && scope.starts_path(first)
-        {
-            let mut segs = vec![first.clone()];
-            let mut j = k + 1;
-            while let (Some((Tok::Sep, _)), Some((Tok::Ident(s), _))) =
-                (toks.get(j), toks.get(j + 1))
-            {
-                segs.push(s.clone());
-                j += 2;
-            }
-            if let Some(path) = scope.absolute(*at, &segs) {
-                refs.push(Ref {
-                    path,
-                    line: lines.at(*at),
-                    reexport: false,
-                });
-            }
-            k = j;
-            continue;
-        }
-        k += 1;
-    }
-    (refs, reexports)
+/// Whether an attribute of this path makes its function a test.
+fn is_test(path: &syn::Path) -> bool {
+    let segs: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
+    segs == ["test"] || segs == ["tokio", "test"]
 }
 
-/// Whether the `use` at `k` is public (`pub use`, `pub(crate) use`, …).
-fn is_reexport(toks: &[Token], k: usize) -> bool {
-    let Some(prev) = k.checked_sub(1) else {
+/// Whether an attribute compiles its item for tests only: `cfg(test)`,
+/// or an `all(…)` with `test` among its terms.
+fn is_cfg_test(attr: &syn::Attribute) -> bool {
+    if !attr.path().is_ident("cfg") {
         return false;
+    }
+    match attr.parse_args::<syn::Meta>() {
+        Ok(syn::Meta::Path(p)) => p.is_ident("test"),
+        Ok(syn::Meta::List(all)) if all.path.is_ident("all") => all
+            .parse_args_with(Punctuated::<syn::Meta, syn::Token![,]>::parse_terminated)
+            .is_ok_and(|terms| terms.iter().any(|t| t.path().is_ident("test"))),
+        _ => false,
+    }
+}
+
+/// The file of a `#[path = "…"]` attribute.
+fn path_attr(attr: &syn::Attribute) -> Option<String> {
+    let syn::Meta::NameValue(nv) = &attr.meta else {
+        return None;
     };
-    if is_ident(toks.get(prev), "pub") {
-        return true;
+    match &nv.value {
+        syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(file),
+            ..
+        }) if nv.path.is_ident("path") => Some(file.value()),
+        _ => None,
     }
-    if !is_punct(toks.get(prev), b')') {
-        return false;
-    }
-    let open = (0..prev).rev().find(|&i| is_punct(toks.get(i), b'('));
-    open.and_then(|o| o.checked_sub(1))
-        .is_some_and(|p| is_ident(toks.get(p), "pub"))
 }
 
-/// The paths of the `use` tree starting at `*i` (after `use`), each with
-/// the name it is bound to (`as`) and the offset of its last segment;
-/// `*i` ends after the tree.
-fn use_tree(
-    toks: &[Token],
-    i: &mut usize,
-    prefix: &[String],
-    out: &mut Vec<(Vec<String>, Option<String>, usize)>,
-) {
-    let mut path = prefix.to_vec();
-    while let Some((tok, at)) = toks.get(*i) {
-        match tok {
-            Tok::Sep => *i += 1,
-            Tok::Ident(name) => {
-                path.push(name.clone());
-                let last_at = *at;
-                *i += 1;
-                if matches!(toks.get(*i), Some((Tok::Sep, _))) {
-                    continue;
-                }
-                let mut alias = None;
-                if is_ident(toks.get(*i), "as") {
-                    alias = match toks.get(*i + 1) {
-                        Some((Tok::Ident(a), _)) => Some(a.clone()),
-                        _ => None,
-                    };
-                    *i += 2;
-                }
-                out.push((path, alias, last_at));
-                return;
-            }
-            Tok::Punct(b'*') => {
-                path.push("*".to_owned());
-                out.push((path, None, *at));
-                *i += 1;
-                return;
-            }
-            Tok::Punct(b'{') => {
-                *i += 1;
-                while let Some((tok, _)) = toks.get(*i) {
-                    match tok {
-                        Tok::Punct(b'}') => {
-                            *i += 1;
-                            return;
-                        }
-                        Tok::Punct(b',') => *i += 1,
-                        _ => {
-                            let before = *i;
-                            use_tree(toks, i, &path, out);
-                            if *i == before {
-                                *i += 1;
-                            }
-                        }
-                    }
-                }
-                return;
-            }
-            _ => return,
+/// `w` as a path from the crate root, for a file of module `module`
+/// declaring `children`; none for a path outside this crate.
+fn absolute(module: &[String], w: &Written, children: &BTreeSet<&str>) -> Option<Vec<String>> {
+    let mut base = module.to_vec();
+    base.extend(w.inside.iter().cloned());
+    let segs = &w.segs;
+    let rest = match segs.first()?.as_str() {
+        "crate" => {
+            base.clear();
+            &segs[1..]
         }
-    }
+        "self" => &segs[1..],
+        "super" => {
+            let ups = segs.iter().take_while(|s| *s == "super").count();
+            for _ in 0..ups {
+                base.pop()?;
+            }
+            &segs[ups..]
+        }
+        first if children.contains(first) => &segs[..],
+        _ => return None,
+    };
+    base.extend(rest.iter().filter(|s| *s != "self").cloned());
+    Some(base)
 }
 
 /// The module path of a file, from its path under `src/`.
@@ -694,6 +484,8 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// The library's files under `src`, read, but for those of test modules.
 struct Tree {
     code: Vec<Source>,
+    /// Every `.rs` file under `src`, relative to it, test files too.
+    files: Vec<PathBuf>,
     /// Every file some `mod` declares.
     declared: BTreeSet<PathBuf>,
     /// Files of `code` by module path.
@@ -737,6 +529,10 @@ impl Tree {
             .collect();
         Tree {
             code: all,
+            files: files
+                .iter()
+                .map(|f| f.strip_prefix(src).unwrap_or(f).to_path_buf())
+                .collect(),
             declared,
             by_module,
         }
@@ -777,8 +573,7 @@ fn rank(layer: &str) -> Option<usize> {
 
 /// Every path that lands in a layer above its file's, as `file:line:
 /// from -> to: line`.
-fn upward_imports(src: &Path) -> Vec<String> {
-    let tree = Tree::read(src);
+fn upward_imports(tree: &Tree) -> Vec<String> {
     let mut found = Vec::new();
     for s in &tree.code {
         let Some(from) = s.layer() else { continue };
@@ -813,8 +608,7 @@ fn upward_imports(src: &Path) -> Vec<String> {
 
 /// Every loop between files of one layer: the files, then each line that
 /// closes the loop.
-fn loops(src: &Path) -> Vec<String> {
-    let tree = Tree::read(src);
+fn loops(tree: &Tree) -> Vec<String> {
     let n = tree.code.len();
     // edges[from][to]: the first line of `from` whose path lands in `to`.
     let mut edges: Vec<BTreeMap<usize, usize>> = vec![BTreeMap::new(); n];
@@ -911,8 +705,7 @@ fn loops(src: &Path) -> Vec<String> {
 }
 
 /// Every departure from the unit-test convention, naming file and line.
-fn test_convention(src: &Path) -> Vec<String> {
-    let tree = Tree::read(src);
+fn test_convention(tree: &Tree) -> Vec<String> {
     let mut found = Vec::new();
     for s in &tree.code {
         let rel = s.rel.display();
@@ -940,13 +733,9 @@ fn test_convention(src: &Path) -> Vec<String> {
             found.push(format!("{rel}:{line}: a test outside `mod tests`"));
         }
     }
-    let mut files = Vec::new();
-    rust_files(src, &mut files);
-    files.sort();
-    for f in files {
-        let rel = f.strip_prefix(src).unwrap_or(&f).to_path_buf();
+    for rel in &tree.files {
         let root = rel == Path::new("lib.rs") || rel == Path::new("main.rs");
-        if !root && !tree.declared.contains(&rel) {
+        if !root && !tree.declared.contains(rel) {
             found.push(format!("{}: no `mod` declares it", rel.display()));
         }
     }
@@ -957,10 +746,17 @@ fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
+/// `src/`, read once for the tests that share it: parsing is the slow part
+/// (most of a second with an unoptimized `syn`).
+fn src_tree() -> &'static Tree {
+    static TREE: std::sync::OnceLock<Tree> = std::sync::OnceLock::new();
+    TREE.get_or_init(|| Tree::read(&src()))
+}
+
 #[test]
 fn no_module_imports_a_layer_above_its_own() {
     let (kept, up): (Vec<String>, Vec<String>) =
-        upward_imports(&src()).into_iter().partition(|u| {
+        upward_imports(src_tree()).into_iter().partition(|u| {
             KEPT_PATHS
                 .iter()
                 .any(|(file, line)| u.starts_with(&format!("{file}:")) && u.ends_with(line))
@@ -979,7 +775,7 @@ fn no_module_imports_a_layer_above_its_own() {
 
 #[test]
 fn no_files_of_a_layer_import_each_other_in_a_loop() {
-    let found = loops(&src());
+    let found = loops(src_tree());
     assert!(
         found.is_empty(),
         "loops between files of one layer:\n{}",
@@ -989,7 +785,7 @@ fn no_files_of_a_layer_import_each_other_in_a_loop() {
 
 #[test]
 fn unit_tests_follow_one_convention() {
-    let found = test_convention(&src());
+    let found = test_convention(src_tree());
     assert!(
         found.is_empty(),
         "unit tests off the convention:\n{}",
@@ -999,12 +795,14 @@ fn unit_tests_follow_one_convention() {
 
 #[test]
 fn every_top_level_module_is_a_layer() {
-    let lib = std::fs::read_to_string(src().join("lib.rs")).unwrap_or_default();
-    for line in lib.lines() {
-        if let Some(m) = line.strip_prefix("pub mod ") {
-            let m = m.trim_end_matches(';');
-            assert!(crate::LAYERS.contains(&m), "{m} is not in LAYERS");
-        }
+    let lib = src_tree()
+        .code
+        .iter()
+        .find(|s| s.rel == Path::new("lib.rs"))
+        .expect("src/lib.rs is read");
+    for m in lib.mods.iter().filter(|m| !m.test) {
+        let m = m.name.as_str();
+        assert!(crate::LAYERS.contains(&m), "{m} is not in LAYERS");
     }
 }
 
@@ -1028,7 +826,7 @@ fn an_upward_import_is_found_and_named() {
         ),
         ("config.rs", "use crate::xds::Thing;\n"),
     ]);
-    let up = upward_imports(dir.path());
+    let up = upward_imports(&Tree::read(dir.path()));
     assert_eq!(up.len(), 1, "{up:?}");
     assert!(
         up[0].starts_with("xds/status.rs:2: xds -> controller"),
@@ -1062,7 +860,7 @@ fn g() { let _ = "crate::serve::E"; crate::serve::run(); }
         ),
         ("xds/xds_tests.rs", "use crate::cli::F;\n"),
     ]);
-    let up = upward_imports(dir.path());
+    let up = upward_imports(&Tree::read(dir.path()));
     let at: Vec<&str> = up
         .iter()
         .map(|u| u.split(": ").next().unwrap_or(""))
@@ -1076,6 +874,42 @@ fn g() { let _ = "crate::serve::E"; crate::serve::run(); }
 }
 
 #[test]
+fn what_syn_leaves_as_tokens_is_still_read() {
+    let dir = tree_of(&[
+        ("lib.rs", "mod xds;\n"),
+        (
+            "xds/mod.rs",
+            r#"
+macro_rules! m { () => { $crate::admin::A } }
+fn f() { tracing::warn!(error = %crate::admin::B, "x"); }
+#[arg(default_value_t = crate::cli::C)]
+struct S;
+pub(crate) mod inner {
+    // One module down, so two `super`s are the crate root.
+    fn g(_: super::super::serve::D) {}
+}
+macro_rules! t { () => { #[test] fn t() {} } }
+"#,
+        ),
+    ]);
+    let tree = Tree::read(dir.path());
+    let up = upward_imports(&tree);
+    let at: Vec<&str> = up
+        .iter()
+        .map(|u| u.split(": ").next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        at,
+        ["xds/mod.rs:3", "xds/mod.rs:4", "xds/mod.rs:8"],
+        "{up:#?}"
+    );
+    assert_eq!(
+        test_convention(&tree),
+        ["xds/mod.rs:10: a test outside `mod tests`"]
+    );
+}
+
+#[test]
 fn a_loop_between_siblings_through_a_reexport_is_found() {
     let dir = tree_of(&[
         ("rollout/mod.rs", "mod a;\nmod b;\npub use a::A;\n"),
@@ -1085,7 +919,7 @@ fn a_loop_between_siblings_through_a_reexport_is_found() {
             "pub struct B;\n\nfn f(_: crate::rollout::A) {}\n",
         ),
     ]);
-    let found = loops(dir.path());
+    let found = loops(&Tree::read(dir.path()));
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(
         found[0].starts_with("rollout/a.rs -> rollout/b.rs -> rollout/a.rs"),
@@ -1113,7 +947,7 @@ fn a_parent_reexporting_its_children_is_no_loop_but_using_them_is() {
             "use super::P;\npub struct C;\npub struct D;\n",
         ),
     ]);
-    assert_eq!(loops(reexports.path()), Vec::<String>::new());
+    assert_eq!(loops(&Tree::read(reexports.path())), Vec::<String>::new());
     let uses = tree_of(&[
         (
             "rollout/mod.rs",
@@ -1121,7 +955,7 @@ fn a_parent_reexporting_its_children_is_no_loop_but_using_them_is() {
         ),
         ("rollout/c.rs", "use super::P;\npub struct C;\n"),
     ]);
-    let found = loops(uses.path());
+    let found = loops(&Tree::read(uses.path()));
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(
         found[0].contains("rollout/mod.rs:3: fn g(_: c::C) {}"),
@@ -1158,7 +992,7 @@ fn unit_tests_off_the_convention_are_named() {
         ("c/c_tests.rs", ""),
         ("c/mod_tests.rs", ""),
     ]);
-    let found = test_convention(dir.path());
+    let found = test_convention(&Tree::read(dir.path()));
     assert_eq!(
         found,
         [
