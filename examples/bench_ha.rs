@@ -34,7 +34,7 @@ mod ads;
 /// by binding port 0 can be taken by an outgoing connection before etcd
 /// or a replica binds it.
 #[path = "../tests/support/ports.rs"]
-#[allow(unreachable_pub)]
+#[allow(dead_code, unreachable_pub)]
 mod ports;
 
 use std::collections::BTreeSet;

@@ -15,6 +15,8 @@
 //! - [`etcd`]: a real etcd on free loopback ports, for the etcd store and
 //!   replicas; [`replica`]: `teal serve` replicas on it as child
 //!   processes, killed with `kill -9` and restarted.
+//! - [`kube_api`]: a fake Kubernetes API server speaking the real
+//!   list/watch protocol for EndpointSlices.
 //! - [`resources`]: builders for the clusters, endpoints, listeners and
 //!   routes the tests serve.
 //! - [`wait_until`], [`Teal::wait_for`], [`Envoy::wait_for_answer`]: waits
@@ -23,14 +25,16 @@
 //! Envoy must be installed; the tests never skip without it (see
 //! [`envoy_binary`]). Everything listens on 127.0.0.1 only.
 //!
-//! Use it from an integration test with `mod support;`.
+//! Each test binary includes it once, as `#[path = "../support/mod.rs"]
+//! mod support;` in its `main.rs`.
 
-// Each test crate uses its own part of the harness; `pub` marks the
-// harness API, which a test crate cannot export.
+// Each test binary uses its own part of the harness; `pub` marks the
+// harness API, which a test binary cannot export.
 #![allow(dead_code, unreachable_pub)]
 
 pub mod etcd;
 pub mod http;
+pub mod kube_api;
 pub mod pki;
 pub mod ports;
 pub mod replica;
@@ -65,6 +69,17 @@ pub const CONVERGE: Duration = Duration::from_secs(15);
 
 /// How often a [`Teal::serve`] checks its config file for changes.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The name libtest runs test `test` of the module whose `module_path!()`
+/// is `module` under: the path without the crate's name. For a test that
+/// runs another test of its own binary in a child process
+/// (`--exact NAME`), which must name it as libtest does.
+pub fn test_name(module: &str, test: &str) -> String {
+    match module.split_once("::") {
+        Some((_crate, path)) => format!("{path}::{test}"),
+        None => test.to_owned(),
+    }
+}
 
 /// Replaces the contents of `path` with `text` in one step (write a
 /// sibling file, then rename it over `path`), so a teal polling the file
