@@ -13,8 +13,6 @@
 //! Needs Envoy 1.40 (`TEAL_ENVOY=/path/to/envoy` or on the PATH); without
 //! it these tests fail, they do not skip.
 
-use crate::support;
-
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
@@ -25,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::support;
 use crate::support::world::{FLIP_TIMEOUT, PREFIX_ROUTE, World, config_yaml, stderr};
 use crate::support::{CONVERGE, show, wait_until};
 

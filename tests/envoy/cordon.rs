@@ -3,10 +3,9 @@
 //! for; the same proxy uncordoned rolls the flip back. Cordons survive a
 //! restart and show in status, proxies and metrics.
 
-use crate::support;
-
 use serde_json::Value;
 
+use crate::support;
 use crate::support::show;
 use crate::support::world::{FLIP_TIMEOUT, World, stderr};
 

@@ -6,8 +6,6 @@
 //! xds-protos==1.76.0`, which `.ci/run` installs); without them these tests
 //! fail, they do not skip.
 
-use crate::support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -21,6 +19,7 @@ use teal::serve::{ServeOptions, start as serve_start};
 use teal::shutdown::shutdown_channel;
 use teal::xds::resources::ResourceType;
 
+use crate::support;
 use crate::support::resources::{http_group, route_config, to_cluster, weighted};
 use crate::support::{CONVERGE, Envoy, Protocol, Teal, Upstream, find, free_port, snapshot};
 

@@ -6,10 +6,9 @@
 //! Needs Envoy 1.40 (`TEAL_ENVOY=/path/to/envoy` or on the PATH); without
 //! it this test fails, it does not skip.
 
-use crate::support;
-
 use serde_json::Value;
 
+use crate::support;
 use crate::support::world::{FLIP_TIMEOUT, World, bodies, stderr};
 use crate::support::{CONVERGE, show, wait_until};
 

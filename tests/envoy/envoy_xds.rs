@@ -3,14 +3,13 @@
 //! `TEAL_ENVOY=/path/to/envoy`); without it these tests fail, they do not
 //! skip.
 
-use crate::support;
-
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatchAndSubstitute, RegexMatcher};
 use teal::xds::resources::ResourceType;
 
+use crate::support;
 use crate::support::resources::{http_group, route_config, to_cluster, weighted};
 use crate::support::{CONVERGE, Envoy, Protocol, Teal, Upstream, find, free_port, snapshot};
 

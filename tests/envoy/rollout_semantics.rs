@@ -17,12 +17,11 @@
 //! `TEAL_ENVOY=/path/to/envoy`); without it these tests fail, they do not
 //! skip.
 
-use crate::support;
-
 use std::process::Output;
 
 use serde_json::{Value, json};
 
+use crate::support;
 use crate::support::world::{
     ConfigSpec, FLIP_TIMEOUT, Paused, TealProcess, World, route_weights, stderr,
 };

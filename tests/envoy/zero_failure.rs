@@ -29,8 +29,6 @@
 //! `TEAL_ENVOY=/path/to/envoy`); without it this test fails. Run it with
 //! `cargo test --test envoy zero_failure:: -- --nocapture` to see the summary.
 
-use crate::support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -40,6 +38,7 @@ use std::time::{Duration, Instant, SystemTime};
 use teal::controller::Controller;
 use teal::rollout::{Backend, HistoryEntry, Operation, Outcome, ShiftSteps, Split};
 
+use crate::support;
 use crate::support::http::KeepAlive;
 use crate::support::{CONVERGE, Envoy, Protocol, Teal, Upstream, free_port, write_atomically};
 

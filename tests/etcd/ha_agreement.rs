@@ -13,13 +13,12 @@
 //!   for the cordoned proxy; an uncordon sent to a follower survives the
 //!   next failover the same way.
 
-use crate::support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::support;
 use crate::support::etcd::Etcd;
 use crate::support::free_port;
 use crate::support::http::Upstream;

@@ -7,13 +7,12 @@
 //! ends the flip, with its history entry, leaving every replica on one
 //! committed version.
 
-use crate::support;
-
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use serde_json::Value;
 
+use crate::support;
 use crate::support::etcd::{Etcd, Forwarder};
 use crate::support::ports;
 use crate::support::replica::{Replica, ReplicaSpec, cli, stubborn_proxy, stubborn_proxy_then};

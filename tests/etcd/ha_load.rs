@@ -18,8 +18,6 @@
 //! the seed is printed, and `TEAL_HA_LOAD_SEED=N` runs the same choices
 //! again.
 
-use crate::support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -27,6 +25,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use teal::state::{EtcdStore, StateStore};
 
+use crate::support;
 use crate::support::etcd::{Etcd, Forwarder};
 use crate::support::http::Upstream;
 use crate::support::replica::{

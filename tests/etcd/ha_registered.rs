@@ -4,12 +4,11 @@
 //! registrations travel in the stored state. Real etcd, three real
 //! `teal serve` processes, the real CLI.
 
-use crate::support;
-
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::support;
 use crate::support::etcd::Etcd;
 use crate::support::replica::{Replica, ReplicaSpec};
 

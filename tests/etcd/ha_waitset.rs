@@ -2,8 +2,6 @@
 //! proxy connected only to a follower holds the flip until it ACKs, and
 //! its NACK rolls the flip back.
 
-use crate::support;
-
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
@@ -13,6 +11,7 @@ use teal::serve::{Running, ServeOptions, start as serve_start};
 use teal::shutdown::{ShutdownTrigger, shutdown_channel};
 use tokio::sync::watch;
 
+use crate::support;
 use crate::support::etcd::Etcd;
 
 struct Replica {

@@ -16,10 +16,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use crate::support;
-
 use teal::rollout::{HistoryEntry, Outcome, Split, Verb};
 use teal::state::{FileStore, PersistedState, Revision, SaveStep, ServiceState, StateStore};
+
+use crate::support;
 
 const DIR_VAR: &str = "TEAL_STATE_CRASH_DIR";
 
