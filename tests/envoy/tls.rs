@@ -25,13 +25,9 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 
 use crate::support::pki::{Pair, Pki, served_certificate};
-use crate::support::{CONVERGE, Envoy, free_port, show, wait_until, write_atomically};
+use crate::support::{CONVERGE, Envoy, free_port, show, teal_binary, wait_until, write_atomically};
 
 const TOKEN: &str = "s3cret-token";
-
-fn teal_binary() -> &'static str {
-    env!("CARGO_BIN_EXE_teal")
-}
 
 /// `teal serve` as a child, its stderr in a file; killed when dropped.
 struct Serve {

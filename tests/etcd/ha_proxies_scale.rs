@@ -4,10 +4,6 @@
 //! counts every one of them and waits for the one that holds its ACK.
 //! (`TEST_PROXIES=N` runs another count; `TEST_LOG=1` shows teal's log.)
 
-#[path = "../../examples/bench_common/ads.rs"]
-mod ads;
-use crate::support;
-
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
@@ -17,6 +13,7 @@ use teal::shutdown::{ShutdownTrigger, shutdown_channel};
 use teal::state::etcd::{EtcdClient, pb};
 use tokio::sync::watch;
 
+use crate::support;
 use crate::support::etcd::Etcd;
 
 struct Replica {
@@ -176,7 +173,7 @@ async fn thousands_of_a_followers_proxies_are_mirrored_and_waited_for() {
 
     let port = follower.running.xds_addr.port();
     let (seen, _seen) = tokio::sync::mpsc::unbounded_channel();
-    let _sims = ads::connect(&[port], proxies, 0, 50, "edge", "public", seen)
+    let _sims = support::ads::connect(&[port], proxies, 0, 50, "edge", "public", seen)
         .await
         .expect("connect");
     let (ack, acks) = watch::channel(true);

@@ -11,18 +11,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
-use super::{Envoy, Protocol, free_port, render_bootstrap_replicas};
+use super::{Envoy, Protocol, free_port, render_bootstrap_replicas, teal_binary};
 
-/// The `teal` binary Cargo built for the integration tests.
-fn teal_binary() -> &'static str {
-    match option_env!("CARGO_BIN_EXE_teal") {
-        Some(path) => path,
-        None => panic!("only integration tests run the teal binary"),
-    }
-}
-
-/// The admin token every replica accepts.
-pub const TOKEN: &str = "secret";
+pub use super::TOKEN;
 
 /// How a replica is started.
 #[derive(Clone, Debug, Default)]
@@ -293,7 +284,7 @@ pub async fn edge_envoys(
     let mut envoys = Vec::new();
     for i in 0..listeners.len() {
         let group = format!("edge{i}");
-        let node_id = format!("{group}-{}", std::process::id());
+        let node_id = super::envoy::node_id(&group);
         let bootstrap = render_bootstrap_replicas(&node_id, &group, xds, protocol(i));
         envoys.push(Envoy::start_bootstrap(node_id, &group, &bootstrap).await);
     }

@@ -1,8 +1,12 @@
-//! Simulated ADS clients that answer as Envoy does: one stream each,
-//! subscribed to every cluster, every listener and one route
-//! configuration, ACKing every response with its version and nonce.
-//! Many streams share one HTTP/2 connection (`per_conn`), as bench_xds
-//! does, so that 10,000 of them fit in a benchmark's process.
+//! ADS clients that stand in for proxies, for tests and benchmarks alike:
+//!
+//! - [`proxy`] and [`connect`]: simulated proxies that answer as Envoy
+//!   does, one stream each, subscribed to every cluster, every listener
+//!   and one route configuration, ACKing every response with its version
+//!   and nonce. Many streams share one HTTP/2 connection (`per_conn`), as
+//!   bench_xds does, so that 10,000 of them fit in one process.
+//! - [`ads_subscribed_to_all`]: one stream subscribed to every type whose
+//!   requests the test writes itself (to ACK, NACK or hold).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -10,7 +14,8 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DiscoveryRequest, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+    DiscoveryRequest, DiscoveryResponse,
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
 };
 use teal::xds::resources::ResourceType;
 use tokio::sync::mpsc;
@@ -118,4 +123,44 @@ pub async fn connect(
         });
     }
     Ok(set)
+}
+
+/// An ADS stream to teal's xDS port on 127.0.0.1, as node `id` of group
+/// `edge`, subscribed to every type: the sender for its next requests
+/// (ACKs, NACKs) and the responses.
+pub async fn ads_subscribed_to_all(
+    port: u16,
+    id: &str,
+) -> (
+    mpsc::Sender<DiscoveryRequest>,
+    tonic::Streaming<DiscoveryResponse>,
+) {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
+    let node = Some(Node {
+        id: id.into(),
+        cluster: "edge".into(),
+        ..Default::default()
+    });
+    let (tx, rx) = mpsc::channel(16);
+    for ty in ResourceType::ALL {
+        tx.send(DiscoveryRequest {
+            node: node.clone(),
+            type_url: ty.type_url().into(),
+            ..Default::default()
+        })
+        .await
+        .expect("send");
+    }
+    let stream = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    (tx, stream)
 }
