@@ -15,7 +15,9 @@ use serde_json::Value;
 use crate::support;
 use crate::support::etcd::{Etcd, Forwarder};
 use crate::support::ports;
-use crate::support::replica::{Replica, ReplicaSpec, cli, stubborn_proxy, stubborn_proxy_then};
+use crate::support::replica::{
+    Replica, ReplicaSpec, cli, stubborn_proxy, stubborn_proxy_then, wait_leader,
+};
 
 const LEASE_SECS: u64 = 2;
 
@@ -287,23 +289,9 @@ async fn flip_through_any_replica_and_survive_the_leader_killed_mid_flip() {
     }
 }
 
-/// The leader of `replicas`, as `teal status` lists it.
+/// The leader of `replicas`, as `teal status` lists it (within 20 s).
 async fn find_leader(replicas: &[Replica]) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(st) = status_json(&replicas[0].admin).await {
-            let leader = st["replicas"].as_array().and_then(|rs| {
-                rs.iter()
-                    .find(|r| r["leader"] == true)
-                    .and_then(|r| r["admin"].as_str().map(str::to_owned))
-            });
-            if let Some(i) = leader.and_then(|a| replicas.iter().position(|r| r.admin == a)) {
-                return i;
-            }
-        }
-        assert!(Instant::now() < deadline, "no leader listed in 20 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_leader(replicas, Duration::from_secs(20)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

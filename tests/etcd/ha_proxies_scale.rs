@@ -7,62 +7,27 @@
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use teal::rollout::{Backend, Operation, Outcome, Progress};
-use teal::serve::{Running, ServeOptions, start as serve_start};
-use teal::shutdown::{ShutdownTrigger, shutdown_channel};
+use teal::rollout::{Outcome, Progress, RolloutError};
+use teal::serve::Running;
 use teal::state::etcd::{EtcdClient, pb};
 use tokio::sync::watch;
 
 use crate::support;
 use crate::support::etcd::Etcd;
+use crate::support::replica::{self, InProcessReplica};
 
-struct Replica {
-    running: Running,
-    trigger: ShutdownTrigger,
+/// Generous: thousands of streams start at once in a debug build.
+const LEASE: Duration = Duration::from_secs(10);
+
+async fn flip(
+    replica: &InProcessReplica,
+    to: &str,
+) -> Result<watch::Receiver<Progress>, RolloutError> {
+    replica.flip(to, Duration::from_secs(120)).await
 }
 
-async fn replica(etcd: &Etcd) -> Replica {
-    let (trigger, shutdown) = shutdown_channel();
-    let opts = ServeOptions {
-        etcd: Some(etcd.options("/scale/")),
-        // Generous: thousands of streams start at once in a debug build.
-        leader_lease: Duration::from_secs(10),
-        ..ServeOptions::local(None)
-    };
-    let running = serve_start(opts, shutdown)
-        .await
-        .unwrap_or_else(|e| panic!("replica did not start: {e}"));
-    Replica { running, trigger }
-}
-
-async fn flip(replica: &Replica, to: &str) -> Result<watch::Receiver<Progress>, String> {
-    replica
-        .running
-        .controller
-        .start(
-            Operation::Flip {
-                service: "web".into(),
-                to: Some(to.into()),
-                skip_checks: true,
-                timeout: Duration::from_secs(120),
-            },
-            "test",
-        )
-        .await
-        .map_err(|e| e.to_string())
-}
-
-async fn outcome(mut progress: watch::Receiver<Progress>) -> Outcome {
-    tokio::time::timeout(
-        Duration::from_secs(180),
-        progress.wait_for(|p| p.outcome.is_some()),
-    )
-    .await
-    .expect("an outcome within 180 s")
-    .expect("progress")
-    .outcome
-    .clone()
-    .expect("an outcome")
+async fn outcome(progress: watch::Receiver<Progress>) -> Outcome {
+    replica::outcome(progress, Duration::from_secs(180)).await
 }
 
 /// An ADS proxy that ACKs while `ack` is true and holds its answers
@@ -89,7 +54,7 @@ async fn held_proxy(port: u16, ack: watch::Receiver<bool>) -> tokio::task::JoinH
 }
 
 /// Waits (up to `secs`) until `check` holds of the leader.
-async fn until(leader: &Replica, secs: u64, what: &str, check: impl Fn(&Running) -> bool) {
+async fn until(leader: &InProcessReplica, secs: u64, what: &str, check: impl Fn(&Running) -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     while !check(&leader.running) {
         assert!(
@@ -145,8 +110,8 @@ async fn keys(etcd: &Etcd, prefix: &str) -> Vec<(String, usize)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_a_followers_proxies_are_mirrored_and_waited_for() {
     let etcd = Etcd::start().await;
-    let a = replica(&etcd).await;
-    let b = replica(&etcd).await;
+    let a = InProcessReplica::start(&etcd, "/scale/", LEASE).await;
+    let b = InProcessReplica::start(&etcd, "/scale/", LEASE).await;
     if std::env::var_os("TEST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("teal=debug")
@@ -222,6 +187,6 @@ async fn thousands_of_a_followers_proxies_are_mirrored_and_waited_for() {
     }
     ack.send_replace(true);
     assert_eq!(outcome(progress).await, Outcome::Succeeded);
-    follower.trigger.trigger();
-    leader.trigger.trigger();
+    follower.stop();
+    leader.stop();
 }

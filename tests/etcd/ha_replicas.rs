@@ -12,30 +12,14 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
 };
 use prost::Message;
-use teal::rollout::{Backend, Operation};
-use teal::serve::{Running, ServeOptions, start as serve_start};
-use teal::shutdown::{ShutdownTrigger, shutdown_channel};
+use teal::rollout::Backend;
 use teal::xds::resources::ResourceType;
 
 use crate::support::etcd::Etcd;
+use crate::support::replica::InProcessReplica;
 
-struct Replica {
-    running: Running,
-    trigger: ShutdownTrigger,
-}
-
-async fn replica(etcd: &Etcd, prefix: &str) -> Replica {
-    let (trigger, shutdown) = shutdown_channel();
-    let opts = ServeOptions {
-        etcd: Some(etcd.options(prefix)),
-        leader_lease: Duration::from_secs(2),
-        ..ServeOptions::local(None)
-    };
-    let running = serve_start(opts, shutdown)
-        .await
-        .unwrap_or_else(|e| panic!("replica did not start: {e}"));
-    Replica { running, trigger }
-}
+/// The leader lease of every replica here.
+const LEASE: Duration = Duration::from_secs(2);
 
 fn node() -> Option<Node> {
     Some(Node {
@@ -115,7 +99,7 @@ async fn delta(
     sent
 }
 
-async fn same_version(a: &Replica, b: &Replica) {
+async fn same_version(a: &InProcessReplica, b: &InProcessReplica) {
     let want = a.running.controller.snapshot().version().to_owned();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while b.running.controller.snapshot().version() != want {
@@ -131,9 +115,9 @@ async fn same_version(a: &Replica, b: &Replica) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_serve_the_same_bytes_under_the_same_versions() {
     let etcd = Etcd::start().await;
-    let a = replica(&etcd, "/ha/").await;
+    let a = InProcessReplica::start(&etcd, "/ha/", LEASE).await;
     // Watches A's changes as they happen.
-    let b = replica(&etcd, "/ha/").await;
+    let b = InProcessReplica::start(&etcd, "/ha/", LEASE).await;
     assert_eq!(
         a.running.controller.snapshot().version(),
         b.running.controller.snapshot().version()
@@ -147,7 +131,7 @@ async fn replicas_serve_the_same_bytes_under_the_same_versions() {
     assert_ne!(a.running.controller.snapshot().version(), before);
     same_version(&a, &b).await;
     // Starts afterwards with nothing on disk.
-    let c = replica(&etcd, "/ha/").await;
+    let c = InProcessReplica::start(&etcd, "/ha/", LEASE).await;
     same_version(&a, &c).await;
 
     let replicas = [a, b, c];
@@ -182,8 +166,8 @@ async fn replicas_serve_the_same_bytes_under_the_same_versions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_away_refuses_changes_keeps_serving_and_catches_up() {
     let mut etcd = Etcd::start().await;
-    let a = replica(&etcd, "/ha/").await;
-    let b = replica(&etcd, "/ha/").await;
+    let a = InProcessReplica::start(&etcd, "/ha/", LEASE).await;
+    let b = InProcessReplica::start(&etcd, "/ha/", LEASE).await;
     let (a, b) = match leader_of(&[&a, &b], "green").await {
         0 => (a, b),
         _ => (b, a),
@@ -192,17 +176,7 @@ async fn etcd_away_refuses_changes_keeps_serving_and_catches_up() {
     let served = a.running.controller.snapshot().version().to_owned();
     etcd.kill().await;
     let err = a
-        .running
-        .controller
-        .start(
-            Operation::Flip {
-                service: "web".into(),
-                to: Some("blue".into()),
-                skip_checks: true,
-                timeout: Duration::from_secs(10),
-            },
-            "test",
-        )
+        .flip("blue", Duration::from_secs(10))
         .await
         .expect_err("no change without the store");
     assert_eq!(
@@ -223,20 +197,8 @@ async fn etcd_away_refuses_changes_keeps_serving_and_catches_up() {
 }
 
 /// Asks `replica` to flip `web` to `to`: the outcome, or the refusal.
-async fn try_flip(replica: &Replica, to: &str) -> Result<(), teal::rollout::RolloutError> {
-    let mut rx = replica
-        .running
-        .controller
-        .start(
-            Operation::Flip {
-                service: "web".into(),
-                to: Some(to.into()),
-                skip_checks: true,
-                timeout: Duration::from_secs(10),
-            },
-            "test",
-        )
-        .await?;
+async fn try_flip(replica: &InProcessReplica, to: &str) -> Result<(), teal::rollout::RolloutError> {
+    let mut rx = replica.flip(to, Duration::from_secs(10)).await?;
     let progress = rx
         .wait_for(|p| p.outcome.is_some())
         .await
@@ -248,7 +210,7 @@ async fn try_flip(replica: &Replica, to: &str) -> Result<(), teal::rollout::Roll
 
 /// Waits until one of `replicas` leads; returns its index. The others
 /// refuse changes naming its admin address.
-async fn leader_of(replicas: &[&Replica], to: &str) -> usize {
+async fn leader_of(replicas: &[&InProcessReplica], to: &str) -> usize {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         for (i, r) in replicas.iter().enumerate() {
@@ -303,8 +265,8 @@ async fn leader_of(replicas: &[&Replica], to: &str) -> usize {
 async fn one_replica_leads_and_another_takes_over_when_it_goes() {
     let etcd = Etcd::start().await;
     let mut replicas = vec![
-        replica(&etcd, "/lead/").await,
-        replica(&etcd, "/lead/").await,
+        InProcessReplica::start(&etcd, "/lead/", LEASE).await,
+        InProcessReplica::start(&etcd, "/lead/", LEASE).await,
     ];
     let first = leader_of(&replicas.iter().collect::<Vec<_>>(), "green").await;
     // The leader keeps its lease alive: three TTLs later it still holds
@@ -330,7 +292,7 @@ async fn one_replica_leads_and_another_takes_over_when_it_goes() {
     assert!(listed.iter().any(|r| r.leader), "{listed:?}");
     let leader = replicas.remove(first);
     same_version(&leader, &replicas[0]).await;
-    leader.trigger.trigger();
+    leader.stop();
     leader.running.wait().await.expect("clean stop");
     // The leader resigned on its way out: the other leads at once.
     let started = tokio::time::Instant::now();
@@ -345,8 +307,8 @@ async fn one_replica_leads_and_another_takes_over_when_it_goes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_replica_is_listed_and_a_gone_one_leaves_the_list() {
     let etcd = Etcd::start().await;
-    let a = replica(&etcd, "/list/").await;
-    let b = replica(&etcd, "/list/").await;
+    let a = InProcessReplica::start(&etcd, "/list/", LEASE).await;
+    let b = InProcessReplica::start(&etcd, "/list/", LEASE).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let listed = loop {
         let listed = a.running.controller.replicas().await;
@@ -369,7 +331,7 @@ async fn every_replica_is_listed_and_a_gone_one_leaves_the_list() {
     assert_eq!(admins, want);
     assert!(listed.iter().all(|r| !r.info.config_digest.is_empty()));
     // b goes: its record goes with its lease.
-    b.trigger.trigger();
+    b.stop();
     b.running.wait().await.expect("clean stop");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {

@@ -6,31 +6,16 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::google::rpc::Status;
-use teal::rollout::{Backend, Operation, Outcome, Progress};
-use teal::serve::{Running, ServeOptions, start as serve_start};
-use teal::shutdown::{ShutdownTrigger, shutdown_channel};
+use teal::rollout::{Outcome, Progress};
+use teal::serve::Running;
 use tokio::sync::watch;
 
 use crate::support;
 use crate::support::etcd::Etcd;
+use crate::support::replica::{self, InProcessReplica};
 
-struct Replica {
-    running: Running,
-    trigger: ShutdownTrigger,
-}
-
-async fn replica(etcd: &Etcd, prefix: &str) -> Replica {
-    let (trigger, shutdown) = shutdown_channel();
-    let opts = ServeOptions {
-        etcd: Some(etcd.options(prefix)),
-        leader_lease: Duration::from_secs(2),
-        ..ServeOptions::local(None)
-    };
-    let running = serve_start(opts, shutdown)
-        .await
-        .unwrap_or_else(|e| panic!("replica did not start: {e}"));
-    Replica { running, trigger }
-}
+/// The leader lease of every replica here.
+const LEASE: Duration = Duration::from_secs(2);
 
 /// What the simulated proxy does with each response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,38 +63,19 @@ async fn proxy(port: u16, answer: watch::Receiver<Answer>) -> tokio::task::JoinH
 }
 
 /// Starts a flip of `web` to `to` on `replica`: its progress.
-async fn flip(replica: &Replica, to: &str) -> watch::Receiver<Progress> {
+async fn flip(replica: &InProcessReplica, to: &str) -> watch::Receiver<Progress> {
     replica
-        .running
-        .controller
-        .start(
-            Operation::Flip {
-                service: "web".into(),
-                to: Some(to.into()),
-                skip_checks: true,
-                timeout: Duration::from_secs(60),
-            },
-            "test",
-        )
+        .flip(to, Duration::from_secs(60))
         .await
         .unwrap_or_else(|e| panic!("flip refused: {e}"))
 }
 
-async fn outcome(mut progress: watch::Receiver<Progress>) -> Outcome {
-    tokio::time::timeout(
-        Duration::from_secs(90),
-        progress.wait_for(|p| p.outcome.is_some()),
-    )
-    .await
-    .expect("an outcome within 90 s")
-    .expect("progress")
-    .outcome
-    .clone()
-    .expect("an outcome")
+async fn outcome(progress: watch::Receiver<Progress>) -> Outcome {
+    replica::outcome(progress, Duration::from_secs(90)).await
 }
 
 /// Waits (up to 20 s) until `check` holds of the leader's registry.
-async fn until(leader: &Replica, what: &str, check: impl Fn(&Running) -> bool) {
+async fn until(leader: &InProcessReplica, what: &str, check: impl Fn(&Running) -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !check(&leader.running) {
         assert!(
@@ -124,27 +90,15 @@ async fn until(leader: &Replica, what: &str, check: impl Fn(&Running) -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flip_waits_for_a_proxy_connected_only_to_a_follower() {
     let etcd = Etcd::start().await;
-    let a = replica(&etcd, "/wait/").await;
-    let b = replica(&etcd, "/wait/").await;
+    let a = InProcessReplica::start(&etcd, "/wait/", LEASE).await;
+    let b = InProcessReplica::start(&etcd, "/wait/", LEASE).await;
     // Whichever accepts a change leads (with no proxy yet, the flip ends
     // at once); the other refuses it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let (leader, follower) = 'elected: loop {
         for first in [true, false] {
             let r = if first { &a } else { &b };
-            let started = r
-                .running
-                .controller
-                .start(
-                    Operation::Flip {
-                        service: "web".into(),
-                        to: Some("green".into()),
-                        skip_checks: true,
-                        timeout: Duration::from_secs(10),
-                    },
-                    "test",
-                )
-                .await;
+            let started = r.flip("green", Duration::from_secs(10)).await;
             if let Ok(progress) = started {
                 assert_eq!(outcome(progress).await, Outcome::Succeeded);
                 break 'elected if first { (a, b) } else { (b, a) };
@@ -211,11 +165,11 @@ async fn a_flip_waits_for_a_proxy_connected_only_to_a_follower() {
     answer.send_replace(Answer::Ack);
 
     // The follower goes: its proxies leave the leader's wait set.
-    follower.trigger.trigger();
+    follower.stop();
     follower.running.wait().await.expect("clean stop");
     until(&leader, "rid of the gone follower's proxy", |r| {
         r.registry.proxies().iter().all(|p| p.replica.is_none())
     })
     .await;
-    leader.trigger.trigger();
+    leader.stop();
 }
