@@ -11,7 +11,7 @@ use crate::support::world::{FLIP_TIMEOUT, World, stderr};
 
 /// The edge routes web through a regex, so an Envoy whose RE2 program
 /// size limit drops to 1 NACKs every route configuration it has not
-/// loaded yet (see `tests/envoy_flip.rs`, case 4).
+/// loaded yet (see `envoy_flip::a_nack_during_a_flip_puts_every_proxy_back`).
 const REGEX_ROUTE: &str = "regex: '/.*'";
 const RE2_ERROR_LEVEL: &str = "re2.max_program_size.error_level";
 

@@ -22,7 +22,8 @@ use serde_json::Value;
 use crate::support::world::{FLIP_TIMEOUT, TealProcess, World, bodies, stderr};
 use crate::support::{Traffic, show};
 
-/// The edge's route to web in the world of case 4: every path again, but
+/// The edge's route to web in the world of
+/// [`a_nack_during_a_flip_puts_every_proxy_back`]: every path again, but
 /// through a regex, which Envoy compiles with RE2 whenever it loads the
 /// route configuration.
 const REGEX_ROUTE: &str = "regex: '/.*'";
@@ -32,16 +33,16 @@ const REGEX_ROUTE: &str = "regex: '/.*'";
 const RE2_ERROR_LEVEL: &str = "re2.max_program_size.error_level";
 
 /// One world, in order:
-/// - (8) a flip without a token, or with a wrong one, exits 77 and changes
+/// - a flip without a token, or with a wrong one, exits 77 and changes
 ///   nothing;
-/// - (9) `teal status` and `teal proxies` tables show the expected columns
+/// - `teal status` and `teal proxies` tables show the expected columns
 ///   and values, their JSON the documented fields;
-/// - (1) `teal flip web --to green` exits 0, every Envoy answers green,
+/// - `teal flip web --to green` exits 0, every Envoy answers green,
 ///   status shows green live under a new version, every proxy SYNCED, and
 ///   the history records the flip with its convergence and each proxy's
 ///   ACK delay;
-/// - (3) `teal rollback web` exits 0 and every Envoy is back on blue;
-/// - (2) `teal shift web --steps 50,100 --to green --interval 1s` exits 0,
+/// - `teal rollback web` exits 0 and every Envoy is back on blue;
+/// - `teal shift web --steps 50,100 --to green --interval 1s` exits 0,
 ///   the edge answers from both fleets between the steps, and all green at
 ///   the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,7 +50,7 @@ async fn flip_rollback_and_shift_through_real_envoys() {
     let w = World::start().await;
     let (_, v0) = w.web_status().await;
 
-    // (8) Unauthenticated and wrongly authenticated flips are refused.
+    // Unauthenticated and wrongly authenticated flips are refused.
     for token in [None, Some("not-the-secret")] {
         let out = w
             .cli_with(
@@ -72,7 +73,7 @@ async fn flip_rollback_and_shift_through_real_envoys() {
     assert!(web["last_change"].is_null(), "{web}");
     w.assert_everyone_on("blue").await;
 
-    // (9) Table output.
+    // Table output.
     let out = w.cli(&["status"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -114,7 +115,7 @@ async fn flip_rollback_and_shift_through_real_envoys() {
     // JSON output: the documented fields, each of the documented kind
     // (`null` only where nothing has happened yet: no retirement, change
     // or operation so far; `json_fields_carry_values` in
-    // tests/cli_promises.rs sees them filled).
+    // cli_promises sees them filled).
     let (web, _) = w.web_status().await;
     for (field, want) in [
         ("name", "string"),
@@ -163,7 +164,7 @@ async fn flip_rollback_and_shift_through_real_envoys() {
         assert_eq!(p["types"]["RDS"]["sent"], p["types"]["RDS"]["acked"]);
     }
 
-    // (1) The flip.
+    // The flip.
     let out = w
         .cli(&["flip", "web", "--to", "green", "--timeout", FLIP_TIMEOUT])
         .await;
@@ -192,7 +193,7 @@ async fn flip_rollback_and_shift_through_real_envoys() {
         );
     }
 
-    // (3) Rollback.
+    // Rollback.
     let out = w.cli(&["rollback", "web", "--timeout", FLIP_TIMEOUT]).await;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     w.assert_everyone_on("blue").await;
@@ -200,7 +201,7 @@ async fn flip_rollback_and_shift_through_real_envoys() {
     assert_eq!(web["live"], "blue", "{web}");
     assert_ne!(v2, v1);
 
-    // (2) Stepped shift, watched through the edge.
+    // Stepped shift, watched through the edge.
     let traffic = w.edge_answers();
     let out = w
         .cli(&[
@@ -235,11 +236,11 @@ async fn flip_rollback_and_shift_through_real_envoys() {
     assert_eq!(web["weights"], serde_json::json!({"blue": 0, "green": 100}));
 }
 
-/// (5) With green's health endpoint failing, `teal flip web --to green`
+/// With green's health endpoint failing, `teal flip web --to green`
 /// exits 1 with the failing check, and nothing changes: status still blue
 /// under the same version, every Envoy still on blue.
 ///
-/// (6) With green's health passing the pre-check and failing right after
+/// With green's health passing the pre-check and failing right after
 /// the commit, the flip exits 2 (rolled back) naming the failed post-check,
 /// and every Envoy is back on blue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,7 +248,7 @@ async fn failing_checks_refuse_or_roll_back() {
     let w = World::start().await;
     let (_, v0) = w.web_status().await;
 
-    // (5) Failing pre-check.
+    // Failing pre-check.
     w.green_health.fail();
     let out = w
         .cli(&["flip", "web", "--to", "green", "--timeout", FLIP_TIMEOUT])
@@ -261,7 +262,7 @@ async fn failing_checks_refuse_or_roll_back() {
     assert_eq!(web["last_change"]["outcome"], "refused", "{web}");
     w.assert_everyone_on("blue").await;
 
-    // (6) Failing post-check: one pass (the pre-check), then 503s.
+    // Failing post-check: one pass (the pre-check), then 503s.
     w.green_health.pass_then_fail(1);
     let out = w
         .cli(&["flip", "web", "--to", "green", "--timeout", FLIP_TIMEOUT])
@@ -277,7 +278,7 @@ async fn failing_checks_refuse_or_roll_back() {
     assert_ne!(v, v0, "the undo is a new version");
 }
 
-/// (7) After a flip to green, `kill -9` of teal and a restart on the same
+/// After a flip to green, `kill -9` of teal and a restart on the same
 /// state directory and ports: status still says green under the very same
 /// version string, the Envoys reconnect and SYNC, and none of them answers
 /// from blue at any point (traffic runs through the edge and the sidecars
@@ -318,7 +319,7 @@ async fn restart_after_kill_9_keeps_green() {
     }
 }
 
-/// (10) Connections that age: with `--xds-connection-age 2`, teal sends
+/// Connections that age: with `--xds-connection-age 2`, teal sends
 /// each Envoy's connection a GOAWAY after 2 s and closes its stream 5 s
 /// later. Every Envoy comes back on a new stream (what spreads proxies over
 /// replicas again after one restarted), none fails a request meanwhile
@@ -378,12 +379,12 @@ fn streams(proxies: &serde_json::Value) -> std::collections::BTreeMap<String, u6
         .collect()
 }
 
-/// How long a flip in case 4 waits for proxies, and so also how long its
+/// How long a flip in [`a_nack_during_a_flip_puts_every_proxy_back`] waits for proxies, and so also how long its
 /// undo would wait for a proxy that does not go back: short, to keep the
 /// test fast should that ever happen.
 const NACK_FLIP_TIMEOUT: &str = "5s";
 
-/// (4) A forced NACK during a flip puts every proxy back.
+/// A forced NACK during a flip puts every proxy back.
 ///
 /// The edge routes web through a regex. A flip only changes route weights,
 /// so an Envoy that accepted blue's routes accepts green's, unless

@@ -201,7 +201,7 @@ async fn sotw_selections(port: u16) {
     }
 }
 
-/// The client: 20 requests of 80,000 made-up cluster names. The
+/// An abusive client: 20 requests of 80,000 made-up cluster names. The
 /// first is over the names limit and closes the stream.
 async fn sotw_made_up_names(port: u16) {
     let (tx, rx) = mpsc::channel(1);
@@ -235,7 +235,7 @@ async fn sotw_made_up_names(port: u16) {
     }
 }
 
-/// The delta client: 20 requests subscribing 4 MB of names each.
+/// An abusive delta client: 20 requests subscribing 4 MB of names each.
 async fn delta_growth(port: u16) {
     let (tx, rx) = mpsc::channel(1);
     let mut responses = client(port)
