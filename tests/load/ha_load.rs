@@ -183,6 +183,7 @@ async fn settled(replicas: &[Replica], store: &EtcdStore) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_flips_under_load_while_replicas_are_killed() {
+    let _alone = support::alone().await;
     let started = Instant::now();
     let seed = std::env::var("TEAL_HA_LOAD_SEED")
         .ok()
