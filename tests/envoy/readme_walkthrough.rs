@@ -86,12 +86,17 @@ fn example(name: &str) -> PathBuf {
     let (_, dir) = built();
     let path = dir.join(name);
     if !path.exists() {
+        // In the profile `cargo test` builds with, so that it reuses the
+        // library this test was built with rather than building it again.
         let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--example", name])
+            .args(["build", "--profile", "test", "--example", name])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build");
-        assert!(status.success(), "cargo build --example {name} failed");
+        assert!(
+            status.success(),
+            "cargo build --profile test --example {name} failed"
+        );
     }
     assert!(path.exists(), "no example binary at {}", path.display());
     path
