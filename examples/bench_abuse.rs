@@ -17,7 +17,7 @@
 //! Once both Envoys answer from `blue`, the idle RSS of teal is read
 //! (`VmRSS`), then for `--seconds`:
 //!
-//! - `--clients` tasks each run the abusive streams in turn, every
+//! - `--clients` tasks each run the abusive streams below in turn, every
 //!   one bounded by a timeout: 80,000 made-up SotW names (over the names
 //!   limit), 19,000 names of 100 bytes (just under the names and bytes
 //!   limits, held for 2 s), delta subscriptions of 1.9 MB twice (the second
@@ -603,7 +603,7 @@ fn names(prefix: &str, n: usize, len: usize) -> Vec<String> {
         .collect()
 }
 
-/// One client: the abusive streams in turn until `end`, each
+/// One client: the abusive streams in turn until `end`, each
 /// bounded by a timeout, one at a time.
 async fn abusive_client(xds: u16, c: usize, end: Instant, stats: Arc<Stats>) {
     let mut i = 0usize;

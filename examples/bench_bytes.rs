@@ -34,7 +34,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
 };
 use prost::Message;
-use teal::rollout::{Backend, Operation};
+use teal::admin::Backend;
+use teal::rollout::Operation;
 use teal::xds::resources::ResourceType;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;

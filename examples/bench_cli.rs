@@ -33,7 +33,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use teal::rollout::Backend;
+use teal::admin::Backend;
 
 const CONFIG: &str = "services:
   web:

@@ -14,7 +14,7 @@
 //! - **etcd cost per flip**: the etcd revisions (one per write) and the
 //!   bytes of the state value written, per flip, over `--flips` flips.
 //! - **etcd cost per flip with proxies** (`--proxies 10,1000,10000`): that
-//!   many simulated ADS streams (`bench_common/ads.rs`: subscribed to
+//!   many simulated ADS streams (`tests/support/ads.rs`: subscribed to
 //!   clusters, listeners and the edge routes, ACKing like Envoy), spread
 //!   over the three replicas, `--proxy-flips` flips each through the
 //!   leader, each confirmed by every stream. A watch on the prefix sees
@@ -28,13 +28,13 @@
 //!
 //! Everything listens on 127.0.0.1.
 
-#[path = "bench_common/ads.rs"]
+#[path = "../tests/support/ads.rs"]
 mod ads;
 /// Ports below the ephemeral range, as the tests pick them: a port picked
 /// by binding port 0 can be taken by an outgoing connection before etcd
 /// or a replica binds it.
 #[path = "../tests/support/ports.rs"]
-#[allow(unreachable_pub)]
+#[allow(dead_code, unreachable_pub)]
 mod ports;
 
 use std::collections::BTreeSet;

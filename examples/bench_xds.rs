@@ -346,7 +346,8 @@ fn teal_config() -> String {
 /// The server side of `--flip`: `teal serve`, and a flip of `svc0` per
 /// stdin line, answered `flipped <command to outcome µs> <outcome>`.
 async fn serve_teal() -> anyhow::Result<()> {
-    use teal::rollout::{Backend, Operation};
+    use teal::admin::Backend;
+    use teal::rollout::Operation;
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("teal.yaml");
     std::fs::write(&config, teal_config())?;

@@ -56,13 +56,7 @@ const INLINE_TESTS_MAX_LINES: usize = 150;
 /// paths kept for code outside `src/` (integration tests, examples) that
 /// still names an item by where it used to be. Each goes once nothing
 /// outside names that path.
-const KEPT_PATHS: &[(&str, &str)] = &[
-    ("rollout/mod.rs", "pub use crate::admin::Backend;"),
-    (
-        "config/mod.rs",
-        "pub use crate::cli::config_commands as commands;",
-    ),
-];
+const KEPT_PATHS: &[(&str, &str)] = &[];
 
 /// A module declared in a file: inline (`mod name { … }`) or in a file
 /// of its own (`mod name;`).

@@ -1063,7 +1063,8 @@ where
 /// entry (a flip made through the admin API), command to outcome being
 /// its `finished − started`.
 pub async fn teal_child(args: &[String]) -> anyhow::Result<()> {
-    use teal::rollout::{Backend, Operation};
+    use teal::admin::Backend;
+    use teal::rollout::Operation;
     let config = args
         .first()
         .ok_or_else(|| anyhow::anyhow!("--teal-child needs a config path"))?;

@@ -26,8 +26,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use teal::admin::Backend;
 use teal::controller::Controller;
-use teal::rollout::{Backend, Operation, Outcome, ShiftSteps, Split};
+use teal::rollout::{Operation, Outcome, ShiftSteps, Split};
 
 use support::http::KeepAlive;
 use support::{Envoy, Protocol, Teal, Upstream, free_port, write_atomically};

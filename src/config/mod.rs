@@ -99,11 +99,6 @@ pub use translate::{FLEET_HEADER, cluster_name, config_digest, encoded_resources
 // The rollout's split of traffic, which translation reads; re-exported so
 // callers building a snapshot from a config find it here too.
 pub use weights::{Weights, WeightsError};
-// `teal validate` and `teal render` are CLI code, in
-// `crate::cli::config_commands`; this path stays for the integration
-// tests, which name them here.
-#[doc(hidden)]
-pub use crate::cli::config_commands as commands;
 
 /// The bundled example config, the default of `teal serve`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../examples/teal.yaml");

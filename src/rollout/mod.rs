@@ -52,12 +52,6 @@ use crate::config::WeightsError;
 pub use reason::Reason;
 pub use version::Version;
 
-// The admin API's `Backend` is defined beside the API
-// (`crate::admin::backend`), above the rollout; this path stays for the
-// integration tests and examples, which name it here.
-#[doc(hidden)]
-pub use crate::admin::Backend;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 

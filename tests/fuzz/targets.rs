@@ -3,8 +3,9 @@
 //!
 //! This file is compiled twice: by the libFuzzer binaries in
 //! `tests/fuzz/fuzz_targets/` (nightly, `cargo fuzz`), and by the corpus
-//! replay `tests/fuzz_replay.rs` (stable, part of `cargo test`), which runs
-//! every file of `tests/fuzz/corpus/<target>/` through the same function.
+//! replay `tests/server/fuzz_replay.rs` (stable, part of `cargo test`),
+//! which runs every file of `tests/fuzz/corpus/<target>/` through the same
+//! function.
 //!
 //! A target fails by panicking. Besides "never panics", each asserts what
 //! the code under test promises in its docs and tests:

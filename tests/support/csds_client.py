@@ -1,5 +1,5 @@
-"""A CSDS client for tests/csds.rs, on Envoy's own generated Python stubs
-(PyPI package xds-protos) and grpcio: what mesh tooling does to ask a
+"""A CSDS client for tests/envoy/csds.rs, on Envoy's own generated Python
+stubs (PyPI package xds-protos) and grpcio: what mesh tooling does to ask a
 control plane about its proxies.
 
     csds_client.py ADDR [--id-exact ID] [--id-prefix P] [--group G]...

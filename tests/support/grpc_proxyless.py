@@ -1,4 +1,4 @@
-"""Both ends of tests/grpc_proxyless.rs, on Python's grpcio (no codegen).
+"""Both ends of tests/envoy/grpc_proxyless.rs, on Python's grpcio (no codegen).
 
     grpc_proxyless.py server NAME
         A gRPC server on 127.0.0.1 (a free port) whose one method,

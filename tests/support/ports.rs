@@ -1,5 +1,7 @@
 //! Ports for test servers that must be known before they bind (an Envoy
-//! listener named in a snapshot, a `teal serve --xds-addr`).
+//! listener named in a snapshot, a `teal serve --xds-addr`): free ones
+//! ([`free_port`]), and the fixed ones of the README and the bundled
+//! config, one test at a time ([`fixed`]).
 
 use std::sync::atomic::{AtomicU16, Ordering};
 
@@ -27,4 +29,51 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free port between {FIRST} and {LAST}")
+}
+
+/// The fixed ports some tests cannot do without, which no two tests may
+/// use at once: the README walk-through's (teal 18000 and 18001, Envoy
+/// 10000 and 9901, the fleets 8101, 8102, 8201 and 8202) and the bundled
+/// config's (`examples/teal.yaml`: listeners 10000 and 15001, fleets
+/// 8101-8202), which a test binds when it stands in for a fleet of that
+/// config or hands a real Envoy its listeners. [`free_port`] never picks
+/// them.
+pub const FIXED: [u16; 9] = [8101, 8102, 8201, 8202, 9901, 10000, 15001, 18000, 18001];
+
+/// The file whose lock is the right to use the [`FIXED`] ports.
+pub fn fixed_lock_path() -> std::path::PathBuf {
+    std::env::temp_dir().join("teal-tests-fixed-ports.lock")
+}
+
+/// The right to use the [`FIXED`] ports, until dropped.
+#[must_use = "the ports are only held while the guard lives"]
+pub struct FixedPorts {
+    _lock: std::fs::File,
+}
+
+/// Waits until no other test uses the [`FIXED`] ports, and holds them for
+/// this one until the guard is dropped.
+///
+/// The tests of one binary run on threads of one process, and `cargo
+/// nextest` or two checkouts on one machine run several test processes at
+/// once, so the lock is a file lock (flock) in the temporary directory:
+/// it holds across processes as well as threads, and goes with the
+/// process if that dies.
+pub async fn fixed() -> FixedPorts {
+    let path = fixed_lock_path();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    // Waiting for the lock blocks a thread; not one of the runtime's.
+    let file = tokio::task::spawn_blocking(move || {
+        file.lock()
+            .unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
+        file
+    })
+    .await
+    .expect("the lock's thread");
+    FixedPorts { _lock: file }
 }

@@ -1,7 +1,11 @@
-//! Replicas as operators run them: `teal serve --store etcd://...` as a
-//! child process (`TEAL_ADMIN_TOKEN=secret`), which can be killed with
-//! `kill -9` and started again on the same ports, store and state
-//! directory; and the real CLI to drive one.
+//! Replicas of teal sharing one etcd, two ways:
+//!
+//! - [`Replica`]: as operators run them, `teal serve --store etcd://...`
+//!   as a child process (`TEAL_ADMIN_TOKEN=secret`), which can be killed
+//!   with `kill -9` and started again on the same ports, store and state
+//!   directory; and the real CLI to drive one ([`cli`]).
+//! - [`InProcessReplica`]: all of `teal serve` in the test process, for a
+//!   test that reads its controller and registry directly.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,20 +13,17 @@ use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use teal::admin::Backend;
+use teal::rollout::{Operation, Outcome, Progress, RolloutError};
+use teal::serve::{Running, ServeOptions, start as serve_start};
+use teal::shutdown::{ShutdownTrigger, shutdown_channel};
 use tokio::process::{Child, Command};
+use tokio::sync::watch;
 
-use super::{Envoy, Protocol, free_port, render_bootstrap_replicas};
+use super::etcd::Etcd;
+use super::{Envoy, Protocol, free_port, render_bootstrap_replicas, teal_binary};
 
-/// The `teal` binary Cargo built for the integration tests.
-fn teal_binary() -> &'static str {
-    match option_env!("CARGO_BIN_EXE_teal") {
-        Some(path) => path,
-        None => panic!("only integration tests run the teal binary"),
-    }
-}
-
-/// The admin token every replica accepts.
-pub const TOKEN: &str = "secret";
+pub use super::TOKEN;
 
 /// How a replica is started.
 #[derive(Clone, Debug, Default)]
@@ -293,7 +294,7 @@ pub async fn edge_envoys(
     let mut envoys = Vec::new();
     for i in 0..listeners.len() {
         let group = format!("edge{i}");
-        let node_id = format!("{group}-{}", std::process::id());
+        let node_id = super::envoy::node_id(&group);
         let bootstrap = render_bootstrap_replicas(&node_id, &group, xds, protocol(i));
         envoys.push(Envoy::start_bootstrap(node_id, &group, &bootstrap).await);
     }
@@ -454,4 +455,75 @@ pub async fn wait_leader(replicas: &[Replica], within: Duration) -> usize {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A replica in the test process: `teal serve` on the bundled config with
+/// its store under `prefix` on an etcd, started as the command starts it
+/// ([`teal::serve::start`]). Stops when dropped.
+pub struct InProcessReplica {
+    /// What `teal serve` runs: its controller, registry and addresses.
+    pub running: Running,
+    trigger: ShutdownTrigger,
+}
+
+impl InProcessReplica {
+    /// Starts a replica on `etcd` under `prefix` with a leader lease of
+    /// `lease`.
+    ///
+    /// # Panics
+    ///
+    /// If it does not start.
+    pub async fn start(etcd: &Etcd, prefix: &str, lease: Duration) -> InProcessReplica {
+        let (trigger, shutdown) = shutdown_channel();
+        let opts = ServeOptions {
+            etcd: Some(etcd.options(prefix)),
+            leader_lease: lease,
+            ..ServeOptions::local(None)
+        };
+        let running = serve_start(opts, shutdown)
+            .await
+            .unwrap_or_else(|e| panic!("replica did not start: {e}"));
+        InProcessReplica { running, trigger }
+    }
+
+    /// Asks it to flip `web` to `to`, without checks, waiting up to
+    /// `timeout` for the proxies: the flip's progress, or why it refused.
+    pub async fn flip(
+        &self,
+        to: &str,
+        timeout: Duration,
+    ) -> Result<watch::Receiver<Progress>, RolloutError> {
+        self.running
+            .controller
+            .start(
+                Operation::Flip {
+                    service: "web".into(),
+                    to: Some(to.into()),
+                    skip_checks: true,
+                    timeout,
+                },
+                "test",
+            )
+            .await
+    }
+
+    /// Starts its shutdown, as SIGTERM would.
+    pub fn stop(&self) {
+        self.trigger.trigger();
+    }
+}
+
+/// How the operation whose progress is `progress` ended.
+///
+/// # Panics
+///
+/// If it has not ended `within`.
+pub async fn outcome(mut progress: watch::Receiver<Progress>, within: Duration) -> Outcome {
+    tokio::time::timeout(within, progress.wait_for(|p| p.outcome.is_some()))
+        .await
+        .unwrap_or_else(|_| panic!("an outcome within {within:?}"))
+        .expect("progress")
+        .outcome
+        .clone()
+        .expect("an outcome")
 }

@@ -28,20 +28,11 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 
 use super::http::{self, Health};
-use super::{CONVERGE, Envoy, Protocol, Traffic, Upstream, free_port, show, wait_until};
+use super::{
+    CONVERGE, Envoy, Protocol, Traffic, Upstream, free_port, show, teal_binary, wait_until,
+};
 
-/// The `teal` binary Cargo built for the integration tests. The examples
-/// that share this harness (the demo, the benchmarks) are built without
-/// it, hence `option_env!`; they do not use this module.
-fn teal_binary() -> &'static str {
-    match option_env!("CARGO_BIN_EXE_teal") {
-        Some(path) => path,
-        None => panic!("only integration tests run the teal binary"),
-    }
-}
-
-/// The token the server accepts.
-pub const TOKEN: &str = "secret";
+pub use super::TOKEN;
 
 /// How long a flip may wait for every proxy to ACK.
 pub const FLIP_TIMEOUT: &str = "10s";

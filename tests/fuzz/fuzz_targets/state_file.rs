@@ -1,5 +1,5 @@
 //! libFuzzer entry point for [`targets::state_file`]; the body is shared with the
-//! corpus replay in `tests/fuzz_replay.rs`.
+//! corpus replay in `tests/server/fuzz_replay.rs`.
 #![no_main]
 
 #[allow(dead_code)]

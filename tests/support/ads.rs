@@ -1,0 +1,166 @@
+//! ADS clients that stand in for proxies, for tests and benchmarks alike:
+//!
+//! - [`proxy`] and [`connect`]: simulated proxies that answer as Envoy
+//!   does, one stream each, subscribed to every cluster, every listener
+//!   and one route configuration, ACKing every response with its version
+//!   and nonce. Many streams share one HTTP/2 connection (`per_conn`), as
+//!   bench_xds does, so that 10,000 of them fit in one process.
+//! - [`ads_subscribed_to_all`]: one stream subscribed to every type whose
+//!   requests the test writes itself (to ACK, NACK or hold).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DiscoveryRequest, DiscoveryResponse,
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+};
+use teal::xds::resources::ResourceType;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// One simulated proxy: node `id` in group `group` on `ads`, subscribed
+/// to clusters and listeners (wildcard) and to route configuration
+/// `route`; ACKs everything until the server ends the stream. Sends the
+/// route versions it receives on `seen`, if given.
+pub async fn proxy(
+    mut ads: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    id: String,
+    group: String,
+    route: String,
+    seen: Option<mpsc::UnboundedSender<String>>,
+) -> anyhow::Result<()> {
+    let (tx, rx) = mpsc::channel(8);
+    let node = Node {
+        id,
+        cluster: group,
+        ..Default::default()
+    };
+    let names = |ty: ResourceType| -> Vec<String> {
+        if ty == ResourceType::Route {
+            vec![route.clone()]
+        } else {
+            Vec::new()
+        }
+    };
+    let request = |ty: ResourceType, nonce: String, version: String| DiscoveryRequest {
+        node: Some(node.clone()),
+        type_url: ty.type_url().into(),
+        resource_names: names(ty),
+        response_nonce: nonce,
+        version_info: version,
+        ..Default::default()
+    };
+    for ty in [
+        ResourceType::Cluster,
+        ResourceType::Listener,
+        ResourceType::Route,
+    ] {
+        tx.send(request(ty, String::new(), String::new())).await?;
+    }
+    let mut responses = ads
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    while let Some(resp) = responses.next().await {
+        let resp = resp?;
+        let ty = ResourceType::from_type_url(&resp.type_url)
+            .ok_or_else(|| anyhow::anyhow!("unexpected type {}", resp.type_url))?;
+        if ty == ResourceType::Route
+            && let Some(seen) = &seen
+        {
+            let _ = seen.send(resp.version_info.clone());
+        }
+        tx.send(request(ty, resp.nonce, resp.version_info)).await?;
+    }
+    Ok(())
+}
+
+/// `n` simulated proxies `sim-<first + i>` of `group` against the xDS
+/// ports `ports` in turn, `per_conn` streams per connection; each sends
+/// on `seen` every route version it receives. Abort the tasks to
+/// disconnect them.
+pub async fn connect(
+    ports: &[u16],
+    n: usize,
+    first: usize,
+    per_conn: usize,
+    group: &str,
+    route: &str,
+    seen: mpsc::UnboundedSender<String>,
+) -> anyhow::Result<tokio::task::JoinSet<()>> {
+    let mut set = tokio::task::JoinSet::new();
+    let mut channels = Vec::new();
+    for i in 0..n {
+        let port = ports[i % ports.len()];
+        let conn = i / ports.len() / per_conn.max(1);
+        let key = (port, conn);
+        let channel = match channels.iter().find(|(k, _)| *k == key) {
+            Some((_, c)) => tonic::transport::Channel::clone(c),
+            None => {
+                let c =
+                    tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
+                        .connect_timeout(Duration::from_secs(10))
+                        .connect()
+                        .await?;
+                channels.push((key, c.clone()));
+                c
+            }
+        };
+        let ads =
+            AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
+        let (id, group, route, seen) = (
+            format!("sim-{}", first + i),
+            group.to_owned(),
+            route.to_owned(),
+            seen.clone(),
+        );
+        set.spawn(async move {
+            let _ = proxy(ads, id, group, route, Some(seen)).await;
+        });
+    }
+    Ok(set)
+}
+
+/// An ADS stream to teal's xDS port on 127.0.0.1, as node `id` of group
+/// `edge`, subscribed to every type: the sender for its next requests
+/// (ACKs, NACKs) and the responses.
+pub async fn ads_subscribed_to_all(
+    port: u16,
+    id: &str,
+) -> (
+    mpsc::Sender<DiscoveryRequest>,
+    tonic::Streaming<DiscoveryResponse>,
+) {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
+    let node = Some(Node {
+        id: id.into(),
+        cluster: "edge".into(),
+        ..Default::default()
+    });
+    let (tx, rx) = mpsc::channel(16);
+    for ty in ResourceType::ALL {
+        tx.send(DiscoveryRequest {
+            node: node.clone(),
+            type_url: ty.type_url().into(),
+            ..Default::default()
+        })
+        .await
+        .expect("send");
+    }
+    let stream = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    (tx, stream)
+}
