@@ -148,11 +148,6 @@ impl Config {
             }
         }
     }
-
-    /// The bundled example, [`DEFAULT_CONFIG`].
-    pub fn default_config() -> Result<Config, Diagnostics> {
-        Config::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME)
-    }
 }
 
 pub use crate::files::read_bounded;

@@ -96,7 +96,6 @@ pub struct Leadership {
     role: watch::Receiver<Role>,
     eligible: Arc<watch::Sender<Option<String>>>,
     serving: watch::Receiver<bool>,
-    me: ReplicaInfo,
     client: EtcdClient,
 }
 
@@ -153,7 +152,6 @@ impl Leadership {
             role,
             eligible: Arc::new(eligible),
             serving,
-            me,
             client,
         }
     }
@@ -178,11 +176,6 @@ impl Leadership {
     /// A receiver of role changes.
     pub fn watch(&self) -> watch::Receiver<Role> {
         self.role.clone()
-    }
-
-    /// This replica.
-    pub fn me(&self) -> &ReplicaInfo {
-        &self.me
     }
 
     /// Stops (`Some(why)`) or resumes (`None`) campaigning; a leader that

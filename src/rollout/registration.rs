@@ -100,15 +100,6 @@ impl Request {
             Request::Deregister(_) => EndpointVerb::Deregister,
         }
     }
-
-    /// Whether it only removes endpoints (the guard on a live fleet's last
-    /// endpoint applies to these and to `Set`).
-    pub fn may_empty(&self) -> bool {
-        matches!(
-            self,
-            Request::Set(_) | Request::Remove(_) | Request::Deregister(_)
-        )
-    }
 }
 
 /// What changed a registered fleet, as its log records it.

@@ -596,11 +596,6 @@ impl EtcdStore {
             .unwrap_or_else(PoisonError::into_inner) = Some(task.abort_handle());
         Ok(store)
     }
-
-    /// The client, for the other keys replicas share.
-    pub fn client(&self) -> &EtcdClient {
-        &self.inner.client
-    }
 }
 
 impl Inner {

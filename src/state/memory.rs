@@ -44,17 +44,6 @@ impl MemoryStore {
         MemoryStore::build(None, true)
     }
 
-    /// A store already holding `state` at revision 1.
-    pub fn with_state(state: PersistedState) -> MemoryStore {
-        MemoryStore::build(
-            Some(Stored {
-                state,
-                revision: Revision(1),
-            }),
-            false,
-        )
-    }
-
     fn build(stored: Option<Stored>, watchable: bool) -> MemoryStore {
         let (changes, _) = watch::channel(stored.clone());
         MemoryStore {

@@ -193,11 +193,6 @@ impl TypeSnapshot {
         }
     }
 
-    /// The resource type.
-    pub fn resource_type(&self) -> ResourceType {
-        self.ty
-    }
-
     /// The version string sent as `version_info` for this type.
     pub fn version(&self) -> &str {
         &self.version

@@ -210,14 +210,6 @@ impl ProxyRegistry {
         Arc::new(ProxyRegistry::default())
     }
 
-    /// A new, empty registry that also tells `sink` of every event.
-    pub fn with_sink(sink: Arc<dyn EventSink>) -> Arc<ProxyRegistry> {
-        Arc::new(ProxyRegistry {
-            sink: Some(sink),
-            ..ProxyRegistry::default()
-        })
-    }
-
     /// A new, empty registry telling `sink` of every event, with the
     /// cordons `cordons`.
     pub fn with_sink_and_cordons(
