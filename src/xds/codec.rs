@@ -53,14 +53,14 @@ fn buffer_settings() -> BufferSettings {
 
 /// Decodes `D` requests and writes pre-encoded responses.
 #[derive(Debug)]
-pub struct XdsCodec<D> {
+pub(crate) struct XdsCodec<D> {
     limits: StreamLimits,
     _request: PhantomData<fn() -> D>,
 }
 
 impl<D> XdsCodec<D> {
     /// A codec that refuses requests whose name lists go past `limits`.
-    pub fn new(limits: StreamLimits) -> Self {
+    pub(crate) fn new(limits: StreamLimits) -> Self {
         XdsCodec {
             limits,
             _request: PhantomData,
@@ -88,7 +88,7 @@ impl<D: XdsRequest> Codec for XdsCodec<D> {
 
 /// Writes an [`OutMessage`] as it is.
 #[derive(Debug)]
-pub struct OutEncoder;
+pub(crate) struct OutEncoder;
 
 impl Encoder for OutEncoder {
     type Item = OutMessage;
@@ -110,7 +110,7 @@ impl Encoder for OutEncoder {
 /// client's fault, so it is `INVALID_ARGUMENT`; one whose list is past a
 /// limit is `RESOURCE_EXHAUSTED` naming the limit.
 #[derive(Debug)]
-pub struct RequestDecoder<D> {
+pub(crate) struct RequestDecoder<D> {
     limits: StreamLimits,
     _request: PhantomData<fn() -> D>,
 }
@@ -156,7 +156,7 @@ fn decode_request<D: XdsRequest>(msg: &[u8], limits: &StreamLimits) -> Result<D,
 /// A discovery request type the codec decodes: where its name lists are
 /// on the wire, and how its lean form becomes the envoy-types message the
 /// stream state machines take.
-pub trait XdsRequest: Sized + Send + 'static {
+pub(crate) trait XdsRequest: Sized + Send + 'static {
     /// Field number of `type_url`.
     #[doc(hidden)]
     const TYPE_URL_FIELD: u32;
@@ -218,7 +218,7 @@ struct ListSize {
 /// The sizes of a request's name lists, counted on the wire.
 #[derive(Debug)]
 #[doc(hidden)]
-pub struct NameLists {
+pub(crate) struct NameLists {
     /// The type the request names, for messages.
     ty: Option<ResourceType>,
     /// One per [`XdsRequest::NAME_LISTS`] entry.
@@ -307,7 +307,7 @@ impl NameLists {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid protobuf at byte {at}: {what}")]
 #[doc(hidden)]
-pub struct WireError {
+pub(crate) struct WireError {
     at: usize,
     what: &'static str,
 }
@@ -398,7 +398,7 @@ impl<'a> Iterator for Fields<'a> {
 /// Field numbers are those of `envoy.service.discovery.v3` and
 /// `envoy.config.core.v3.Node`.
 #[doc(hidden)]
-pub mod lean {
+pub(crate) mod lean {
     use envoy_types::pb::envoy::config::core::v3 as core;
     use envoy_types::pb::envoy::service::discovery::v3 as discovery;
     use envoy_types::pb::envoy::r#type::v3::SemanticVersion;
@@ -406,24 +406,24 @@ pub mod lean {
 
     /// `envoy.config.core.v3.Node`: who the proxy is.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Node {
+    pub(crate) struct Node {
         /// `id`.
         #[prost(string, tag = "1")]
-        pub id: String,
+        pub(crate) id: String,
         /// `cluster`.
         #[prost(string, tag = "2")]
-        pub cluster: String,
+        pub(crate) cluster: String,
         /// `user_agent_name`.
         #[prost(string, tag = "6")]
-        pub user_agent_name: String,
+        pub(crate) user_agent_name: String,
         /// `user_agent_version` or `user_agent_build_version`.
         #[prost(oneof = "UserAgentVersion", tags = "7, 8")]
-        pub user_agent_version: Option<UserAgentVersion>,
+        pub(crate) user_agent_version: Option<UserAgentVersion>,
     }
 
     /// `Node.user_agent_version_type`.
     #[derive(Clone, PartialEq, prost::Oneof)]
-    pub enum UserAgentVersion {
+    pub(crate) enum UserAgentVersion {
         /// `user_agent_version`.
         #[prost(string, tag = "7")]
         Text(String),
@@ -434,70 +434,70 @@ pub mod lean {
 
     /// `envoy.config.core.v3.BuildVersion` without its metadata.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct BuildVersion {
+    pub(crate) struct BuildVersion {
         /// `version`.
         #[prost(message, optional, tag = "1")]
-        pub version: Option<SemanticVersion>,
+        pub(crate) version: Option<SemanticVersion>,
     }
 
     /// `google.rpc.Status` without its details: a NACK's code and message.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Status {
+    pub(crate) struct Status {
         /// `code`.
         #[prost(int32, tag = "1")]
-        pub code: i32,
+        pub(crate) code: i32,
         /// `message`.
         #[prost(string, tag = "2")]
-        pub message: String,
+        pub(crate) message: String,
     }
 
     /// `envoy.service.discovery.v3.DiscoveryRequest`.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct DiscoveryRequest {
+    pub(crate) struct DiscoveryRequest {
         /// `version_info`.
         #[prost(string, tag = "1")]
-        pub version_info: String,
+        pub(crate) version_info: String,
         /// `node`.
         #[prost(message, optional, tag = "2")]
-        pub node: Option<Node>,
+        pub(crate) node: Option<Node>,
         /// `resource_names`.
         #[prost(string, repeated, tag = "3")]
-        pub resource_names: Vec<String>,
+        pub(crate) resource_names: Vec<String>,
         /// `type_url`.
         #[prost(string, tag = "4")]
-        pub type_url: String,
+        pub(crate) type_url: String,
         /// `response_nonce`.
         #[prost(string, tag = "5")]
-        pub response_nonce: String,
+        pub(crate) response_nonce: String,
         /// `error_detail`.
         #[prost(message, optional, tag = "6")]
-        pub error_detail: Option<Status>,
+        pub(crate) error_detail: Option<Status>,
     }
 
     /// `envoy.service.discovery.v3.DeltaDiscoveryRequest`.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct DeltaDiscoveryRequest {
+    pub(crate) struct DeltaDiscoveryRequest {
         /// `node`.
         #[prost(message, optional, tag = "1")]
-        pub node: Option<Node>,
+        pub(crate) node: Option<Node>,
         /// `type_url`.
         #[prost(string, tag = "2")]
-        pub type_url: String,
+        pub(crate) type_url: String,
         /// `resource_names_subscribe`.
         #[prost(string, repeated, tag = "3")]
-        pub resource_names_subscribe: Vec<String>,
+        pub(crate) resource_names_subscribe: Vec<String>,
         /// `resource_names_unsubscribe`.
         #[prost(string, repeated, tag = "4")]
-        pub resource_names_unsubscribe: Vec<String>,
+        pub(crate) resource_names_unsubscribe: Vec<String>,
         /// `initial_resource_versions`.
         #[prost(map = "string, string", tag = "5")]
-        pub initial_resource_versions: std::collections::HashMap<String, String>,
+        pub(crate) initial_resource_versions: std::collections::HashMap<String, String>,
         /// `response_nonce`.
         #[prost(string, tag = "6")]
-        pub response_nonce: String,
+        pub(crate) response_nonce: String,
         /// `error_detail`.
         #[prost(message, optional, tag = "7")]
-        pub error_detail: Option<Status>,
+        pub(crate) error_detail: Option<Status>,
     }
 
     impl From<Node> for core::Node {
