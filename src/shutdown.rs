@@ -23,7 +23,6 @@ impl ShutdownTrigger {
         self.tx.send_replace(true);
     }
 
-    /// Another listener.
     #[cfg(test)]
     pub(crate) fn subscribe(&self) -> Shutdown {
         Shutdown {

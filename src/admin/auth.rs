@@ -68,7 +68,7 @@ pub enum TokensError {
         path: String,
         /// Its size, as far as it was read.
         size: u64,
-        /// The limit.
+        /// The limit in bytes (`--admin-tokens-max-bytes`).
         max: u64,
     },
     /// A line is not `name:token`.

@@ -31,7 +31,6 @@ use super::pb::admin_server::Admin;
 /// A stream of progress messages, as the generated service wants it.
 pub(crate) type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::Progress, Status>> + Send>>;
 
-/// The admin service.
 #[derive(Clone)]
 pub(crate) struct AdminService {
     backend: Arc<dyn Backend>,

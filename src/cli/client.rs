@@ -159,7 +159,6 @@ enum AdminAddrError {
     /// A scheme other than `http` or `https`.
     #[error("the scheme is not http:// or https://")]
     Scheme,
-    /// No host.
     #[error("no host")]
     NoHost,
     /// `user@host`: refused, because the host is only what follows the
@@ -246,7 +245,6 @@ fn local_token(addr: &AdminAddr) -> Result<Option<String>, Failure> {
 /// A connection to the admin API.
 #[derive(Debug, Clone)]
 pub(crate) struct Conn {
-    /// The generated client.
     pub(crate) client: AdminClient<Channel>,
     /// The address, for messages.
     pub(crate) addr: String,

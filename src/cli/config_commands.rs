@@ -32,7 +32,6 @@ pub(crate) enum LoadError {
     Unreadable {
         /// The path as given.
         path: String,
-        /// The I/O error.
         source: std::io::Error,
     },
     /// The file has problems.

@@ -272,7 +272,6 @@ pub(crate) async fn fleet(
     }
 }
 
-/// `teal register`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn register(
     c: &mut Conn,
@@ -304,7 +303,6 @@ pub(crate) async fn register(
     send(c, r, out).await
 }
 
-/// `teal deregister`.
 pub(crate) async fn deregister(
     c: &mut Conn,
     service: String,

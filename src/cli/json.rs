@@ -54,12 +54,10 @@ fn outcome(o: Option<&pb::Outcome>) -> (Value, Value) {
     }
 }
 
-/// A check result.
 pub(crate) fn check(c: &pb::CheckResult) -> Value {
     json!({"check": c.check, "endpoint": c.endpoint, "ok": c.ok, "detail": c.detail})
 }
 
-/// A past change.
 pub(crate) fn change(h: &pb::HistoryEntry) -> Value {
     let (outcome, reason) = outcome(h.outcome.as_ref());
     json!({
@@ -81,7 +79,6 @@ pub(crate) fn change(h: &pb::HistoryEntry) -> Value {
     })
 }
 
-/// An operation's progress.
 pub(crate) fn progress(p: &pb::Progress) -> Value {
     let (outcome, reason) = outcome(p.outcome.as_ref());
     json!({

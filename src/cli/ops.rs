@@ -24,7 +24,6 @@ async fn run(
     Ok(progress::follow(conn, stream, peers, out, err).await)
 }
 
-/// `teal flip`.
 pub(crate) async fn flip(
     conn: &mut Conn,
     r: pb::FlipRequest,
@@ -65,7 +64,6 @@ pub(crate) async fn shift(
     run(conn, call, peers, out, err).await
 }
 
-/// `teal rollback`.
 pub(crate) async fn rollback(
     conn: &mut Conn,
     r: pb::RollbackRequest,
@@ -85,7 +83,6 @@ pub(crate) async fn rollback(
     run(conn, call, peers, out, err).await
 }
 
-/// `teal retire`.
 pub(crate) async fn retire(
     conn: &mut Conn,
     r: pb::RetireRequest,
@@ -105,7 +102,6 @@ pub(crate) async fn retire(
     run(conn, call, peers, out, err).await
 }
 
-/// `teal follow`.
 pub(crate) async fn follow(
     conn: &mut Conn,
     id: u64,
@@ -176,7 +172,6 @@ pub(crate) async fn uncordon(
     Ok(EX_OK)
 }
 
-/// `teal abort`.
 pub(crate) async fn abort(conn: &mut Conn, id: u64, out: &mut dyn Write) -> Result<u8, Failure> {
     let call = conn
         .client

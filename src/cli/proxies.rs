@@ -142,7 +142,6 @@ fn identity(p: &pb::Proxy) -> &str {
     }
 }
 
-/// `teal proxies`.
 pub(crate) async fn proxies(
     conn: &mut Conn,
     output: Output,

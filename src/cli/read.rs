@@ -324,7 +324,6 @@ pub(crate) async fn verify(
 /// The widest the OUTCOME column of `teal history` gets, in characters.
 pub(crate) const HISTORY_OUTCOME_CHARS: usize = 60;
 
-/// `teal history`.
 pub(crate) async fn history(
     conn: &mut Conn,
     service: String,

@@ -13,7 +13,6 @@ use std::time::Duration;
 /// config and the CLI each say which value it was about.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum DurationError {
-    /// Nothing was given.
     #[error("empty")]
     Empty,
     /// A part does not start with a number.

@@ -106,19 +106,11 @@ pub(crate) enum EndpointSetError {
     Duplicate(SocketAddr),
     /// A weight outside 1 to 10000.
     #[error("endpoint {address}: weight {weight} is not from 1 to {MAX_ENDPOINT_WEIGHT}")]
-    Weight {
-        /// The endpoint.
-        address: SocketAddr,
-        /// The weight given.
-        weight: u32,
-    },
+    Weight { address: SocketAddr, weight: u32 },
     /// An empty or overlong zone, or one with control, format (invisible,
     /// bidi) or separator characters ([`crate::text::is_plain`]).
     #[error("endpoint {address}: a zone must be 1 to {MAX_ZONE_BYTES} bytes of printable text")]
-    Zone {
-        /// The endpoint.
-        address: SocketAddr,
-    },
+    Zone { address: SocketAddr },
     /// Port 0, or the unspecified address (0.0.0.0, ::), where no
     /// instance can be reached.
     #[error("endpoint {0}: not an address an instance can be reached at")]
@@ -128,7 +120,6 @@ pub(crate) enum EndpointSetError {
     TooMany {
         /// How many were given.
         count: usize,
-        /// The limit.
         max: usize,
     },
 }

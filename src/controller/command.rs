@@ -67,18 +67,13 @@ pub(crate) enum CommitError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Reloaded {
     /// Published as this version.
-    Applied {
-        /// The version.
-        version: Version,
-    },
+    Applied { version: Version },
     /// Kept until an operation that depends on the service config it
     /// changes leaves its checks and confirmation; then applied.
     Deferred {
         /// The service of the operation.
         service: String,
-        /// Its id.
         id: u64,
-        /// Where it is.
         phase: crate::rollout::Phase,
     },
 }

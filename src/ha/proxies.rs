@@ -175,9 +175,7 @@ const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// One part: a string table and the records that index it.
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
 struct Part {
-    /// Strings.
     s: Vec<String>,
-    /// Records.
     p: Vec<Record>,
 }
 
@@ -262,7 +260,6 @@ impl PartBuilder {
         i
     }
 
-    /// Adds `p`'s record.
     fn add(&mut self, p: &ProxyStatus) {
         let node = p.node.as_ref().map(|n| {
             [
@@ -346,7 +343,6 @@ fn close(part: PartBuilder, parts: &mut Vec<Vec<u8>>, unpublished: &mut u64) {
 struct Round {
     /// New parts: name and value.
     puts: Vec<(String, Vec<u8>)>,
-    /// The manifest's value.
     manifest: Vec<u8>,
     /// Parts no longer named.
     deletes: Vec<String>,
@@ -1013,7 +1009,6 @@ async fn forget(client: &EtcdClient, replica: &str, lease: i64) -> Result<bool, 
 
 /// What the mirror works with.
 pub(super) struct MirrorParts {
-    /// etcd.
     pub(super) client: EtcdClient,
     /// This replica's id (its own keys are not mirrored).
     pub(super) me: String,

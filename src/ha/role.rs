@@ -24,8 +24,5 @@ pub(crate) enum Role {
     /// This replica leads.
     Leader,
     /// Another replica leads.
-    Follower {
-        /// The leader.
-        leader: ReplicaInfo,
-    },
+    Follower { leader: ReplicaInfo },
 }

@@ -86,7 +86,7 @@ pub enum SliceError {
     /// More endpoints than `--kube-max-endpoints`.
     #[error("more than {limit} endpoints (--kube-max-endpoints)")]
     TooManyEndpoints {
-        /// The limit.
+        /// The `--kube-max-endpoints` value.
         limit: usize,
     },
 }
@@ -98,7 +98,6 @@ pub(crate) struct SliceEntry {
     pub(crate) address: SocketAddr,
     /// Ready, serving and not terminating: it may take traffic.
     pub(crate) usable: bool,
-    /// `zone`, if any.
     pub(crate) zone: Option<String>,
 }
 

@@ -81,7 +81,7 @@ pub enum WatchProblem {
     /// More slices than `--kube-max-slices`.
     #[error("more than {limit} EndpointSlices (--kube-max-slices); listing again in 30s")]
     TooManySlices {
-        /// The limit.
+        /// The `--kube-max-slices` value.
         limit: usize,
     },
 }

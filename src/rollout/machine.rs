@@ -63,7 +63,6 @@ pub(crate) const ACKS_KEPT: usize = 100;
 /// timeout messages name; `acked` and `total` count them all.
 pub(crate) const WAITING_SHOWN: usize = 20;
 
-/// Something that happened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Event {
     /// Time passed; deadlines may have expired.
@@ -114,7 +113,6 @@ pub enum Action {
 /// as [`Rollout::commit_gate`] decides.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Gate {
-    /// Carry it out.
     Go,
     /// Do not: the operation moved on (refused, or undoing what it
     /// committed); carry out these actions instead.
@@ -152,14 +150,10 @@ pub(crate) enum Stage {
 pub struct Record {
     /// The operation's id.
     pub id: u64,
-    /// What kind.
     pub(crate) verb: Verb,
-    /// Who asked.
     pub(crate) actor: String,
-    /// When it started.
     #[serde(rename = "started_unix_ms", with = "serde_time::unix_millis")]
     pub(crate) started: SystemTime,
-    /// What it does.
     pub(crate) plan: Plan,
     /// The routing state before it.
     pub(crate) original: Change,
@@ -180,7 +174,6 @@ pub struct Record {
         default
     )]
     pub(crate) wait_until: Option<SystemTime>,
-    /// Warnings so far.
     #[serde(default)]
     pub(crate) warnings: Vec<String>,
 }
@@ -413,7 +406,6 @@ impl Rollout {
         }
     }
 
-    /// The operation's id.
     pub(crate) fn id(&self) -> u64 {
         self.id
     }
@@ -423,7 +415,6 @@ impl Rollout {
         self.verb
     }
 
-    /// Who asked.
     pub(crate) fn actor(&self) -> &str {
         &self.actor
     }
@@ -433,7 +424,6 @@ impl Rollout {
         self.started
     }
 
-    /// Where it is.
     pub(crate) fn phase(&self) -> Phase {
         match &self.state {
             State::Waiting { .. } => Phase::Waiting,

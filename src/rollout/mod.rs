@@ -593,7 +593,6 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// Every kind.
     pub(crate) const ALL: [ErrorKind; 12] = [
         ErrorKind::UnknownService,
         ErrorKind::UnknownFleet,

@@ -29,7 +29,6 @@ pub struct Change {
 pub struct Plan {
     /// The changes, one per step.
     pub steps: Vec<Change>,
-    /// Run checks?
     pub(crate) checks: bool,
     /// Deadline of each phase of a step (prepare, checks, confirm).
     #[serde(rename = "timeout_ms", with = "serde_time::millis")]

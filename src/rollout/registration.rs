@@ -32,7 +32,6 @@ pub struct Registered {
     pub(crate) address: SocketAddr,
     /// Load-balancing weight within the fleet, 1 to 10000.
     pub(crate) weight: u32,
-    /// Zone, if given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) zone: Option<String>,
     /// When it leaves unless renewed (`teal register --ttl`); `None` for
@@ -137,22 +136,18 @@ impl EndpointVerb {
 /// One change of a registered fleet, with who made it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct EndpointChange {
-    /// The fleet.
     pub(crate) fleet: String,
     /// What kind of change.
     pub(crate) verb: EndpointVerb,
     /// Who (the admin token's name; `teal` for expiry).
     pub(crate) actor: String,
-    /// When.
     #[serde(rename = "at_unix_ms", with = "unix_ms")]
     pub(crate) at: SystemTime,
     /// Addresses that joined, at most [`LOG_ADDRESSES`].
     pub(crate) added: Vec<SocketAddr>,
-    /// How many joined.
     pub(crate) added_count: usize,
     /// Addresses that left, at most [`LOG_ADDRESSES`].
     pub(crate) removed: Vec<SocketAddr>,
-    /// How many left.
     pub(crate) removed_count: usize,
 }
 
@@ -202,9 +197,7 @@ pub(crate) enum RegistrationError {
     /// Removing or renewing an address that is not registered.
     #[error("endpoint {address} is not registered in fleet {fleet:?}{hint}")]
     NotRegistered {
-        /// The fleet.
         fleet: String,
-        /// The address.
         address: SocketAddr,
         /// What to do instead.
         hint: &'static str,
@@ -217,7 +210,6 @@ pub(crate) enum RegistrationError {
     Ttl {
         /// The TTL asked for.
         ttl: Duration,
-        /// The limit.
         max: Duration,
     },
     /// A request with nothing in it.
@@ -229,9 +221,7 @@ pub(crate) enum RegistrationError {
          --allow-any-endpoint-address to allow it)"
     )]
     Address {
-        /// The address.
         address: SocketAddr,
-        /// What it is.
         why: AddressError,
     },
 }
@@ -450,9 +440,7 @@ fn upsert(next: &mut Vec<Registered>, endpoints: &[Registered], expires: Option<
 /// A fleet as `teal fleet show` prints it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FleetView {
-    /// The service.
     pub(crate) service: String,
-    /// The fleet.
     pub(crate) fleet: String,
     /// Where its endpoints come from (`file`, `registered`, ...).
     pub(crate) source: String,
@@ -486,7 +474,6 @@ impl Registrations {
         self.fleets.is_empty() && self.log.is_empty()
     }
 
-    /// A fleet's registrations.
     pub(crate) fn get(&self, service: &str, fleet: &str) -> &[Registered] {
         self.fleets
             .get(service)

@@ -58,7 +58,6 @@ pub(super) struct Seen {
     unready: IdSet,
     /// Neither confirmed nor rejecting (what confirming waits for).
     unsettled: IdSet,
-    /// Rejecting.
     nacking: IdSet,
 }
 

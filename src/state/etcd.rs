@@ -241,7 +241,6 @@ impl EtcdClient {
         KvClient::new(self.channel()).max_decoding_message_size(self.max_decode())
     }
 
-    /// The Watch service.
     pub(crate) fn watch_service(&self) -> WatchClient<Channel> {
         WatchClient::new(self.channel()).max_decoding_message_size(self.max_decode())
     }

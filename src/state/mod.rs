@@ -253,11 +253,12 @@ pub enum StateError {
     /// A stored value (or one about to be stored) is over the size limit.
     #[error("{path}: {size} bytes, over the limit of {limit} (--store-max-value-bytes)")]
     TooLarge {
-        /// Where.
+        /// Where the value is kept: the store and the key, as in
+        /// `etcd://HOST:PORT/PREFIXstate`.
         path: PathBuf,
-        /// Its size.
+        /// Its size in bytes.
         size: usize,
-        /// The limit.
+        /// The limit in bytes (`--store-max-value-bytes`).
         limit: usize,
     },
 }

@@ -233,7 +233,6 @@ impl Conn {
         }
     }
 
-    /// The client's address.
     pub(crate) fn peer_addr(&self) -> Option<SocketAddr> {
         self.stream.peer_addr().ok()
     }

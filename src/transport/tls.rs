@@ -243,7 +243,6 @@ impl ServerTls {
         self.port
     }
 
-    /// The files.
     pub(crate) fn files(&self) -> &TlsFiles {
         &self.files
     }
@@ -309,7 +308,6 @@ impl ServerTls {
 /// this in every request's extensions.
 #[derive(Clone, Debug)]
 pub(crate) struct ConnInfo {
-    /// The client's address.
     pub(crate) remote: Option<std::net::SocketAddr>,
     identity: Arc<OnceLock<PeerIdentity>>,
     closer: Arc<Closer>,

@@ -407,13 +407,10 @@ pub(crate) mod lean {
     /// `envoy.config.core.v3.Node`: who the proxy is.
     #[derive(Clone, PartialEq, prost::Message)]
     pub(crate) struct Node {
-        /// `id`.
         #[prost(string, tag = "1")]
         pub(crate) id: String,
-        /// `cluster`.
         #[prost(string, tag = "2")]
         pub(crate) cluster: String,
-        /// `user_agent_name`.
         #[prost(string, tag = "6")]
         pub(crate) user_agent_name: String,
         /// `user_agent_version` or `user_agent_build_version`.
@@ -435,7 +432,6 @@ pub(crate) mod lean {
     /// `envoy.config.core.v3.BuildVersion` without its metadata.
     #[derive(Clone, PartialEq, prost::Message)]
     pub(crate) struct BuildVersion {
-        /// `version`.
         #[prost(message, optional, tag = "1")]
         pub(crate) version: Option<SemanticVersion>,
     }
@@ -443,10 +439,8 @@ pub(crate) mod lean {
     /// `google.rpc.Status` without its details: a NACK's code and message.
     #[derive(Clone, PartialEq, prost::Message)]
     pub(crate) struct Status {
-        /// `code`.
         #[prost(int32, tag = "1")]
         pub(crate) code: i32,
-        /// `message`.
         #[prost(string, tag = "2")]
         pub(crate) message: String,
     }
@@ -454,22 +448,16 @@ pub(crate) mod lean {
     /// `envoy.service.discovery.v3.DiscoveryRequest`.
     #[derive(Clone, PartialEq, prost::Message)]
     pub(crate) struct DiscoveryRequest {
-        /// `version_info`.
         #[prost(string, tag = "1")]
         pub(crate) version_info: String,
-        /// `node`.
         #[prost(message, optional, tag = "2")]
         pub(crate) node: Option<Node>,
-        /// `resource_names`.
         #[prost(string, repeated, tag = "3")]
         pub(crate) resource_names: Vec<String>,
-        /// `type_url`.
         #[prost(string, tag = "4")]
         pub(crate) type_url: String,
-        /// `response_nonce`.
         #[prost(string, tag = "5")]
         pub(crate) response_nonce: String,
-        /// `error_detail`.
         #[prost(message, optional, tag = "6")]
         pub(crate) error_detail: Option<Status>,
     }
@@ -477,25 +465,18 @@ pub(crate) mod lean {
     /// `envoy.service.discovery.v3.DeltaDiscoveryRequest`.
     #[derive(Clone, PartialEq, prost::Message)]
     pub(crate) struct DeltaDiscoveryRequest {
-        /// `node`.
         #[prost(message, optional, tag = "1")]
         pub(crate) node: Option<Node>,
-        /// `type_url`.
         #[prost(string, tag = "2")]
         pub(crate) type_url: String,
-        /// `resource_names_subscribe`.
         #[prost(string, repeated, tag = "3")]
         pub(crate) resource_names_subscribe: Vec<String>,
-        /// `resource_names_unsubscribe`.
         #[prost(string, repeated, tag = "4")]
         pub(crate) resource_names_unsubscribe: Vec<String>,
-        /// `initial_resource_versions`.
         #[prost(map = "string, string", tag = "5")]
         pub(crate) initial_resource_versions: std::collections::HashMap<String, String>,
-        /// `response_nonce`.
         #[prost(string, tag = "6")]
         pub(crate) response_nonce: String,
-        /// `error_detail`.
         #[prost(message, optional, tag = "7")]
         pub(crate) error_detail: Option<Status>,
     }

@@ -88,7 +88,6 @@ struct File {
 pub(crate) struct Legacy {
     /// The file, removed once its cordons are saved in the state.
     pub(crate) path: PathBuf,
-    /// What it held.
     pub(crate) cordons: BTreeMap<String, Cordon>,
 }
 
@@ -180,7 +179,6 @@ impl Cordons {
         self.lock().len()
     }
 
-    /// Whether none is.
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0

@@ -88,13 +88,11 @@ impl fmt::Display for Limit {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{what} has {got} {unit}, over the {limit} of {max} ({flag})", unit = limit.unit(), flag = limit.flag())]
 pub struct OverLimit {
-    /// The limit.
     pub(crate) limit: Limit,
     /// What went over it, such as `node.id` or `the cluster subscription`.
     pub(crate) what: String,
     /// How much the client sent.
     pub(crate) got: usize,
-    /// The limit's value.
     pub(crate) max: usize,
 }
 

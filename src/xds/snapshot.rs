@@ -115,7 +115,6 @@ impl Resource {
         }
     }
 
-    /// The resource name.
     pub(crate) fn name(&self) -> &str {
         &self.name
     }
@@ -435,7 +434,6 @@ impl Snapshot {
         self.groups.contains_key(group)
     }
 
-    /// The configured groups.
     pub(crate) fn group_names(&self) -> impl Iterator<Item = &str> {
         self.groups.keys().map(String::as_str)
     }
@@ -484,7 +482,6 @@ pub(crate) type TypeLabels = BTreeMap<String, BTreeMap<String, TypeLabel>>;
 enum Staged {
     /// Unchanged since the previous snapshot.
     Same(Arc<TypeSnapshot>),
-    /// New content.
     New {
         ty: ResourceType,
         resources: BTreeMap<String, Arc<Resource>>,

@@ -83,7 +83,7 @@ pub struct ProxyStatus {
     pub connected_since: SystemTime,
     /// Who its client certificate says it is.
     pub identity: PeerIdentity,
-    /// Per type.
+    /// What was sent to it and what it ACKed or NACKed, per resource type.
     pub types: PerType<TypeStatus>,
     /// The replica it is connected to, when not this one: the leader
     /// mirrors the other replicas' proxies (see `RemoteStream`) so that
@@ -238,7 +238,6 @@ impl ProxyRegistry {
         self.reconnect_hold_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// The cordoned proxies.
     pub(crate) fn cordons(&self) -> &Arc<Cordons> {
         &self.cordons
     }
@@ -390,7 +389,6 @@ pub(crate) struct Changes {
 }
 
 impl Changes {
-    /// Whether nothing changed.
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.changed.is_empty() && self.gone.is_empty()
