@@ -5,7 +5,7 @@
 /// Reads at most `max_bytes + 1` bytes of a file: enough for the caller to
 /// tell that it is too large (a config, a certificate), without reading a
 /// huge file (or an endless one, like a device) into memory first.
-pub fn read_bounded(path: &std::path::Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_bounded(path: &std::path::Path, max_bytes: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let file = std::fs::File::open(path)?;
     let cap = max_bytes.saturating_add(1);

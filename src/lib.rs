@@ -18,7 +18,7 @@
 //!   controller and knows it only through it.
 //! - [`metrics`]: the counters the controller and the proxy registry
 //!   feed, served at `/metrics`.
-//! - [`ha`]: replicas on etcd: who leads, fencing, and the leader's view of
+//! - `ha`: replicas on etcd: who leads, fencing, and the leader's view of
 //!   every replica's proxies.
 //! - [`state`]: durable state (live fleets, weights, versions, history,
 //!   cordons) and where it is kept (a directory, or etcd).
@@ -30,7 +30,7 @@
 //!   pure per-stream state machines, proxy status, CSDS, the gRPC layer.
 //! - [`transport`]: accepting connections within limits, TLS, and the
 //!   identity of a client certificate.
-//! - [`shutdown`], [`exit`], [`text`], [`files`]: shutdown as a value,
+//! - [`shutdown`], [`exit`], `text`, `files`: shutdown as a value,
 //!   the exit codes, untrusted text escaped and cut for a terminal or a
 //!   log, and files read within a bound.
 //!
@@ -46,15 +46,15 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod exit;
-pub mod files;
-pub mod ha;
+pub(crate) mod files;
+pub(crate) mod ha;
 pub mod kubernetes;
 pub mod metrics;
 pub mod rollout;
 pub mod serve;
 pub mod shutdown;
 pub mod state;
-pub mod text;
+pub(crate) mod text;
 pub mod transport;
 pub mod xds;
 

@@ -7,7 +7,7 @@
 //! [`Metrics`], bumped by the xDS layer through [`Metrics::record_event`]
 //! and by the rollout through [`Metrics::observe_convergence`]; gauges are
 //! read at scrape time (the admin API asks its backend) into a registry
-//! made for that scrape ([`Metrics::page`]), so a proxy group or a fleet
+//! made for that scrape (`Metrics::page`), so a proxy group or a fleet
 //! that goes away leaves no stale series behind.
 //!
 //! | Metric | Type | Labels | Meaning |
@@ -36,10 +36,10 @@ use crate::rollout::ServiceStatus;
 use crate::xds::resources::{PerType, ResourceType};
 use crate::xds::{EventSink, StreamEvent};
 
-pub use prometheus_text::CONTENT_TYPE;
+pub(crate) use prometheus_text::CONTENT_TYPE;
 
 /// Upper bounds of the convergence histogram's buckets, in milliseconds.
-pub const CONVERGENCE_BUCKETS_MS: [u64; 12] = [
+pub(crate) const CONVERGENCE_BUCKETS_MS: [u64; 12] = [
     10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000,
 ];
 
@@ -113,20 +113,26 @@ impl Metrics {
 
     /// The counters and histogram in Prometheus text format, appended to
     /// `out`.
-    pub fn render_counters(&self, out: &mut String) {
+    #[cfg(test)]
+    pub(crate) fn render_counters(&self, out: &mut String) {
         let mut registry = Registry::default();
         self.register_counters(&mut registry);
         encode(&registry, out);
     }
 
     /// Records how many proxies are cordoned.
-    pub fn set_cordoned(&self, count: usize) {
+    pub(crate) fn set_cordoned(&self, count: usize) {
         self.cordoned.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// The page for proxies in `groups` (one entry per stream) and
     /// `services`, with cost windows measured up to `now`.
-    pub fn page(&self, groups: &[String], services: &[ServiceStatus], now: SystemTime) -> String {
+    pub(crate) fn page(
+        &self,
+        groups: &[String],
+        services: &[ServiceStatus],
+        now: SystemTime,
+    ) -> String {
         let mut registry = Registry::default();
         registry.register("teal_up", "The admin API answers", ConstGauge::new(1_i64));
 

@@ -190,7 +190,7 @@ pub enum ServeError {
 
 impl ServeError {
     /// The sysexits exit code for this error.
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             ServeError::ConfigUnreadable { .. } => exit::EX_NOINPUT,
             ServeError::ConfigInvalid(_) | ServeError::Tokens(_) => exit::EX_DATAERR,
@@ -354,7 +354,7 @@ fn config_digest(bytes: &[u8]) -> String {
 }
 
 /// Runs `teal serve` until `shutdown`.
-pub async fn run(opts: ServeOptions, shutdown: Shutdown) -> Result<(), ServeError> {
+pub(crate) async fn run(opts: ServeOptions, shutdown: Shutdown) -> Result<(), ServeError> {
     start(opts, shutdown).await?.wait().await
 }
 

@@ -23,8 +23,8 @@ impl ShutdownTrigger {
         self.tx.send_replace(true);
     }
 
-    /// Another listener.
-    pub fn subscribe(&self) -> Shutdown {
+    #[cfg(test)]
+    pub(crate) fn subscribe(&self) -> Shutdown {
         Shutdown {
             rx: self.tx.subscribe(),
         }
@@ -49,18 +49,18 @@ impl Shutdown {
     }
 
     /// Whether shutdown has started.
-    pub fn is_triggered(&self) -> bool {
+    pub(crate) fn is_triggered(&self) -> bool {
         *self.rx.borrow()
     }
 
     /// Waits until shutdown starts. A dropped trigger counts as shutdown.
-    pub async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         let _ = self.rx.wait_for(|stop| *stop).await;
     }
 }
 
 /// Waits for SIGINT or SIGTERM (Ctrl-C elsewhere).
-pub async fn os_signal() {
+pub(crate) async fn os_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -29,11 +29,11 @@
 use std::fmt::{self, Write as _};
 
 /// Marks text that was cut.
-pub const CUT: char = '…';
+pub(crate) const CUT: char = '…';
 
 /// How many characters of one untrusted value a terminal line or a log
 /// field shows by default.
-pub const DEFAULT_MAX_CHARS: usize = 1024;
+pub(crate) const DEFAULT_MAX_CHARS: usize = 1024;
 
 /// How `c` is shown, if it cannot be shown as itself.
 fn escape(c: char) -> Option<Escape> {
@@ -128,14 +128,14 @@ impl fmt::Display for Escape {
 }
 
 /// Whether `c` is shown as an escape rather than as itself.
-pub fn needs_escape(c: char) -> bool {
+pub(crate) fn needs_escape(c: char) -> bool {
     escape(c).is_some()
 }
 
 /// Whether `text` would be shown unchanged (no escape needed; length not
 /// considered): printable text, with no control, format (Cf), line or
 /// paragraph separator character.
-pub fn is_plain(text: &str) -> bool {
+pub(crate) fn is_plain(text: &str) -> bool {
     text.chars().all(|c| escape(c).is_none())
 }
 
@@ -145,7 +145,7 @@ pub fn is_plain(text: &str) -> bool {
 /// characters, however much is written, and the work done past the limit
 /// is only skipping.
 #[derive(Debug)]
-pub struct SafeWriter<W> {
+pub(crate) struct SafeWriter<W> {
     inner: W,
     /// Characters still allowed.
     left: usize,
@@ -155,7 +155,7 @@ pub struct SafeWriter<W> {
 
 impl<W: fmt::Write> SafeWriter<W> {
     /// Writes into `inner`, at most `max_chars` characters before the mark.
-    pub fn new(inner: W, max_chars: usize) -> SafeWriter<W> {
+    pub(crate) fn new(inner: W, max_chars: usize) -> SafeWriter<W> {
         SafeWriter {
             inner,
             left: max_chars,
@@ -164,18 +164,19 @@ impl<W: fmt::Write> SafeWriter<W> {
     }
 
     /// Whether something was left out so far.
-    pub fn was_cut(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn was_cut(&self) -> bool {
         self.cut
     }
 
     /// Marks the text as cut even if nothing was left out here (the caller
     /// cut it before writing).
-    pub fn mark_cut(&mut self) {
+    pub(crate) fn mark_cut(&mut self) {
         self.cut = true;
     }
 
     /// Writes the [`CUT`] mark if needed and returns the inner writer.
-    pub fn finish(mut self) -> Result<W, fmt::Error> {
+    pub(crate) fn finish(mut self) -> Result<W, fmt::Error> {
         if self.cut {
             self.inner.write_char(CUT)?;
         }
@@ -220,13 +221,13 @@ impl<W: fmt::Write> fmt::Write for SafeWriter<W> {
 /// Untrusted text for a terminal or a log: escaped and cut (see the
 /// module doc). `format!("{}", untrusted(msg))`.
 #[derive(Clone, Copy, Debug)]
-pub struct Untrusted<'a> {
+pub(crate) struct Untrusted<'a> {
     text: &'a str,
     max_chars: usize,
 }
 
 /// `text`, escaped and cut at [`DEFAULT_MAX_CHARS`].
-pub fn untrusted(text: &str) -> Untrusted<'_> {
+pub(crate) fn untrusted(text: &str) -> Untrusted<'_> {
     Untrusted {
         text,
         max_chars: DEFAULT_MAX_CHARS,
@@ -235,7 +236,7 @@ pub fn untrusted(text: &str) -> Untrusted<'_> {
 
 impl<'a> Untrusted<'a> {
     /// The same text cut at `max_chars` characters instead.
-    pub fn max_chars(self, max_chars: usize) -> Untrusted<'a> {
+    pub(crate) fn max_chars(self, max_chars: usize) -> Untrusted<'a> {
         Untrusted { max_chars, ..self }
     }
 }
@@ -249,7 +250,7 @@ impl fmt::Display for Untrusted<'_> {
 }
 
 /// `text` escaped and cut at `max_chars`, as a `String`.
-pub fn safe(text: &str, max_chars: usize) -> String {
+pub(crate) fn safe(text: &str, max_chars: usize) -> String {
     untrusted(text).max_chars(max_chars).to_string()
 }
 

@@ -26,12 +26,12 @@ use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 
 /// The environment variable holding the `admin` token.
-pub const TOKEN_ENV: &str = "TEAL_ADMIN_TOKEN";
+pub(crate) const TOKEN_ENV: &str = "TEAL_ADMIN_TOKEN";
 
 /// The largest tokens file read, by default (`--admin-tokens-max-bytes`):
 /// thousands of tokens; a file larger than that is a mistake, and reading
 /// it whole would only cost memory.
-pub const DEFAULT_MAX_TOKENS_BYTES: u64 = 1 << 20;
+pub(crate) const DEFAULT_MAX_TOKENS_BYTES: u64 = 1 << 20;
 
 /// A problem in a tokens file.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +68,7 @@ pub enum TokensError {
         path: String,
         /// Its size, as far as it was read.
         size: u64,
-        /// The limit.
+        /// The limit in bytes (`--admin-tokens-max-bytes`).
         max: u64,
     },
     /// A line is not `name:token`.
@@ -85,7 +85,7 @@ pub enum TokensError {
 type Entries = Vec<(String, [u8; 32])>;
 
 /// The accepted admin tokens. `Debug` never shows them. Clones share one
-/// set, so [`Tokens::replace`] (a SIGHUP) reaches the server that holds a
+/// set, so `Tokens::replace` (a SIGHUP) reaches the server that holds a
 /// clone.
 #[derive(Clone, Default)]
 pub struct Tokens {
@@ -138,7 +138,7 @@ impl Tokens {
 
     /// Puts the tokens of `other` in force in place of these, for every
     /// clone.
-    pub fn replace(&self, other: &Tokens) {
+    pub(crate) fn replace(&self, other: &Tokens) {
         let new = other.snapshot();
         *self
             .entries
@@ -147,7 +147,7 @@ impl Tokens {
     }
 
     /// Parses a tokens file's text; `path` names it in errors.
-    pub fn parse(text: &str, path: &str) -> Result<Tokens, TokensError> {
+    pub(crate) fn parse(text: &str, path: &str) -> Result<Tokens, TokensError> {
         let mut tokens = Tokens::none();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -171,7 +171,7 @@ impl Tokens {
 
     /// Reads a tokens file of at most `max_bytes`; refuses one open to
     /// group or others, and anything but a regular file.
-    pub fn from_file(path: &Path, max_bytes: u64) -> Result<Tokens, TokensError> {
+    pub(crate) fn from_file(path: &Path, max_bytes: u64) -> Result<Tokens, TokensError> {
         use std::io::Read;
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let name = path.display().to_string();
@@ -219,7 +219,7 @@ impl Tokens {
 
     /// The tokens of `file` (if given, at most `max_bytes`) plus
     /// `TEAL_ADMIN_TOKEN` (if set and not empty) as `admin`.
-    pub fn load(file: Option<&Path>, max_bytes: u64) -> Result<Tokens, TokensError> {
+    pub(crate) fn load(file: Option<&Path>, max_bytes: u64) -> Result<Tokens, TokensError> {
         let mut tokens = match file {
             Some(path) => Tokens::from_file(path, max_bytes)?,
             None => Tokens::none(),
@@ -233,13 +233,13 @@ impl Tokens {
     }
 
     /// Whether no token is accepted.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.snapshot().is_empty()
     }
 
     /// The name of the token, if it is one of ours. Every entry is
     /// compared, so the time taken does not depend on which one matched.
-    pub fn name_of(&self, token: &str) -> Option<String> {
+    pub(crate) fn name_of(&self, token: &str) -> Option<String> {
         let d = digest(token);
         let mut found = None;
         for (name, known) in self.snapshot().iter() {
@@ -252,7 +252,7 @@ impl Tokens {
 
     /// Checks a request's `authorization: Bearer <token>`; returns the
     /// actor, or the `UNAUTHENTICATED` status to answer with.
-    pub fn authorize(&self, metadata: &MetadataMap) -> Result<String, tonic::Status> {
+    pub(crate) fn authorize(&self, metadata: &MetadataMap) -> Result<String, tonic::Status> {
         if self.is_empty() {
             return Err(tonic::Status::unauthenticated(
                 "changes are disabled: the server has no admin tokens \

@@ -20,7 +20,7 @@ use crate::xds::{ProxyStatus, StreamKind};
 use super::pb;
 
 /// Unix epoch milliseconds; times before the epoch are negative.
-pub fn unix_ms(t: SystemTime) -> i64 {
+pub(crate) fn unix_ms(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
         Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
@@ -28,7 +28,8 @@ pub fn unix_ms(t: SystemTime) -> i64 {
 }
 
 /// The time `ms` milliseconds after the unix epoch.
-pub fn from_unix_ms(ms: i64) -> SystemTime {
+#[cfg(test)]
+pub(crate) fn from_unix_ms(ms: i64) -> SystemTime {
     let d = Duration::from_millis(ms.unsigned_abs());
     if ms >= 0 {
         UNIX_EPOCH + d
@@ -38,7 +39,7 @@ pub fn from_unix_ms(ms: i64) -> SystemTime {
 }
 
 /// A duration in whole milliseconds (saturating).
-pub fn millis(d: Duration) -> u64 {
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -47,19 +48,19 @@ fn count(n: usize) -> u32 {
 }
 
 /// A split as a message.
-pub fn split(s: &Split) -> pb::Split {
+pub(crate) fn split(s: &Split) -> pb::Split {
     pb::Split {
         weights: s.iter().map(|(k, v)| (k.clone(), *v)).collect(),
     }
 }
 
 /// A split from a message.
-pub fn split_from(s: &pb::Split) -> Split {
+pub(crate) fn split_from(s: &pb::Split) -> Split {
     s.weights.iter().map(|(k, v)| (k.clone(), *v)).collect()
 }
 
 /// A phase as the wire enum.
-pub fn phase(p: Phase) -> pb::Phase {
+pub(crate) fn phase(p: Phase) -> pb::Phase {
     match p {
         Phase::Preparing => pb::Phase::Preparing,
         Phase::PreChecks => pb::Phase::PreChecks,
@@ -72,7 +73,7 @@ pub fn phase(p: Phase) -> pb::Phase {
 }
 
 /// The lower-case name of a wire phase, as [`Phase::as_str`] spells it.
-pub fn phase_name(p: pb::Phase) -> &'static str {
+pub(crate) fn phase_name(p: pb::Phase) -> &'static str {
     match p {
         pb::Phase::Unspecified => "unknown",
         pb::Phase::Preparing => Phase::Preparing.as_str(),
@@ -86,7 +87,7 @@ pub fn phase_name(p: pb::Phase) -> &'static str {
 }
 
 /// An outcome as a message.
-pub fn outcome(o: &Outcome) -> pb::Outcome {
+pub(crate) fn outcome(o: &Outcome) -> pb::Outcome {
     use pb::outcome::Kind;
     let (kind, reason) = match o {
         Outcome::Succeeded => (Kind::Succeeded, String::new()),
@@ -104,7 +105,7 @@ pub fn outcome(o: &Outcome) -> pb::Outcome {
 
 /// The lower-case name of an outcome kind: `succeeded`, `refused`,
 /// `rolled-back`, `aborted`, `unconfirmed`, `interrupted`.
-pub fn outcome_name(kind: pb::outcome::Kind) -> &'static str {
+pub(crate) fn outcome_name(kind: pb::outcome::Kind) -> &'static str {
     use pb::outcome::Kind;
     match kind {
         Kind::Unspecified => "unknown",
@@ -118,7 +119,7 @@ pub fn outcome_name(kind: pb::outcome::Kind) -> &'static str {
 }
 
 /// A check result as a message.
-pub fn check(c: &CheckResult) -> pb::CheckResult {
+pub(crate) fn check(c: &CheckResult) -> pb::CheckResult {
     pb::CheckResult {
         check: c.check.clone(),
         endpoint: c.endpoint.clone(),
@@ -150,7 +151,7 @@ pub fn progress(p: &Progress) -> pb::Progress {
 }
 
 /// A history entry as a message.
-pub fn history_entry(h: &HistoryEntry) -> pb::HistoryEntry {
+pub(crate) fn history_entry(h: &HistoryEntry) -> pb::HistoryEntry {
     pb::HistoryEntry {
         id: h.id,
         verb: h.verb.to_string(),
@@ -184,7 +185,7 @@ fn retirement(r: &Retirement) -> pb::Retirement {
 }
 
 /// One service's status as a message.
-pub fn service_status(s: &ServiceStatus) -> pb::ServiceStatus {
+pub(crate) fn service_status(s: &ServiceStatus) -> pb::ServiceStatus {
     pb::ServiceStatus {
         name: s.name.clone(),
         live: s.live.clone(),
@@ -205,7 +206,7 @@ fn version_text(v: Option<&Version>) -> String {
 }
 
 /// The status view as a message.
-pub fn status_view(v: &StatusView) -> pb::StatusResponse {
+pub(crate) fn status_view(v: &StatusView) -> pb::StatusResponse {
     pb::StatusResponse {
         version: version_text(v.version.as_ref()),
         services: v.services.iter().map(service_status).collect(),
@@ -235,7 +236,7 @@ fn type_status(ty: ResourceType, t: &TypeStatus) -> pb::TypeStatus {
 }
 
 /// One proxy stream as a message.
-pub fn proxy(p: &ProxyStatus) -> pb::Proxy {
+pub(crate) fn proxy(p: &ProxyStatus) -> pb::Proxy {
     let node = p.node.as_ref();
     pb::Proxy {
         stream_id: p.stream_id,
@@ -258,7 +259,7 @@ pub fn proxy(p: &ProxyStatus) -> pb::Proxy {
 }
 
 /// Every proxy and the versions their groups should be on.
-pub fn proxies(
+pub(crate) fn proxies(
     proxies: &[ProxyStatus],
     current: &BTreeMap<String, PerType<String>>,
 ) -> pb::ProxiesResponse {
@@ -358,7 +359,7 @@ fn registered_from(e: &pb::RegisteredEndpoint) -> Result<Registered, RolloutErro
 }
 
 /// A `ChangeFleet` request as the controller takes it, with its `force`.
-pub fn fleet_change(r: &pb::ChangeFleetRequest) -> Result<(Request, bool), RolloutError> {
+pub(crate) fn fleet_change(r: &pb::ChangeFleetRequest) -> Result<(Request, bool), RolloutError> {
     let endpoints = || -> Result<Vec<Registered>, RolloutError> {
         r.endpoints.iter().map(registered_from).collect()
     };
@@ -384,7 +385,7 @@ pub fn fleet_change(r: &pb::ChangeFleetRequest) -> Result<(Request, bool), Rollo
 }
 
 /// A `Heartbeat` request as the controller takes it.
-pub fn heartbeat(r: &pb::HeartbeatRequest) -> Result<Request, RolloutError> {
+pub(crate) fn heartbeat(r: &pb::HeartbeatRequest) -> Result<Request, RolloutError> {
     Ok(Request::Heartbeat {
         addresses: r
             .addresses
@@ -396,7 +397,7 @@ pub fn heartbeat(r: &pb::HeartbeatRequest) -> Result<Request, RolloutError> {
 }
 
 /// A registered endpoint as a message.
-pub fn registered(e: &Registered) -> pb::RegisteredEndpoint {
+pub(crate) fn registered(e: &Registered) -> pb::RegisteredEndpoint {
     pb::RegisteredEndpoint {
         address: e.address.to_string(),
         weight: e.weight,
@@ -406,7 +407,7 @@ pub fn registered(e: &Registered) -> pb::RegisteredEndpoint {
 }
 
 /// A fleet as a message.
-pub fn fleet(v: &FleetView) -> pb::FleetResponse {
+pub(crate) fn fleet(v: &FleetView) -> pb::FleetResponse {
     let addrs = |a: &[std::net::SocketAddr]| a.iter().map(ToString::to_string).collect();
     pb::FleetResponse {
         service: v.service.clone(),

@@ -59,7 +59,7 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> LocalTokenError + '_ {
 
 /// Refuses `meta` (of `path`) unless it belongs to the user this process
 /// runs as, or to root (who can read everything anyway).
-pub fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<(), LocalTokenError> {
+pub(crate) fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<(), LocalTokenError> {
     let me = rustix::process::geteuid().as_raw();
     let owner = meta.uid();
     if owner == me || owner == 0 {
@@ -73,22 +73,22 @@ pub fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<(), LocalTokenErr
 }
 
 /// Refuses a state directory another user owns (see [`check_owner`]).
-pub fn check_dir(state_dir: &Path) -> Result<(), LocalTokenError> {
+pub(crate) fn check_dir(state_dir: &Path) -> Result<(), LocalTokenError> {
     let meta = fs::metadata(state_dir).map_err(io_error(state_dir))?;
     check_owner(state_dir, &meta)
 }
 
 /// The file's name inside the state directory.
-pub const FILE_NAME: &str = "admin-token";
+pub(crate) const FILE_NAME: &str = "admin-token";
 
 /// The actor recorded in history for changes made with the local token.
-pub const ACTOR: &str = "local";
+pub(crate) const ACTOR: &str = "local";
 
 /// Bytes of randomness in a token (hex-encoded: twice as many characters).
 const TOKEN_BYTES: usize = 32;
 
 /// Where the local token of the state directory `state_dir` is kept.
-pub fn path(state_dir: &Path) -> PathBuf {
+pub(crate) fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE_NAME)
 }
 
@@ -96,7 +96,7 @@ pub fn path(state_dir: &Path) -> PathBuf {
 /// is none (or it is open to others or malformed: the server replaces such
 /// a file, never uses it); refused when the directory or the file belongs
 /// to another user.
-pub fn read(state_dir: &Path) -> Result<Option<String>, LocalTokenError> {
+pub(crate) fn read(state_dir: &Path) -> Result<Option<String>, LocalTokenError> {
     match fs::metadata(state_dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_error(state_dir)(e)),
@@ -108,7 +108,7 @@ pub fn read(state_dir: &Path) -> Result<Option<String>, LocalTokenError> {
 /// The local token of `state_dir`: the one already there if it is private
 /// to its owner and well formed, else a new one, written (0600) before it
 /// is returned. A directory or file owned by another user is refused.
-pub fn ensure(state_dir: &Path) -> Result<String, LocalTokenError> {
+pub(crate) fn ensure(state_dir: &Path) -> Result<String, LocalTokenError> {
     check_dir(state_dir)?;
     let file = path(state_dir);
     if let Some(token) = existing(&file)? {

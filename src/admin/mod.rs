@@ -25,7 +25,7 @@
 //! | `Fleet` | no | A fleet's endpoints (with expiries), source, weight and recent changes. |
 //!
 //! and `envoy.service.status.v3.ClientStatusDiscoveryService` (CSDS, read
-//! only; the same service as on the xDS port, see [`crate::xds::csds`]).
+//! only; the same service as on the xDS port, see `crate::xds::csds`).
 //!
 //! HTTP/1.1 (or h2) `GET`:
 //!
@@ -47,18 +47,18 @@
 //!
 //! - [`pb`][]: the generated messages, server and client.
 //! - [`convert`][]: rollout types ↔ messages.
-//! - [`backend`][]: the [`Backend`] the service runs over; the controller
+//! - `backend`: the [`Backend`] the service runs over; the controller
 //!   implements it.
-//! - [`server`][]: the gRPC service over a [`Backend`].
-//! - [`auth`][]: tokens.
-//! - [`local_token`][]: the token the CLI on the same machine uses when the server was given none.
+//! - `server`: the gRPC service over a [`Backend`].
+//! - `auth`: tokens.
+//! - `local_token`: the token the CLI on the same machine uses when the server was given none.
 
-pub mod auth;
-pub mod backend;
+pub(crate) mod auth;
+pub(crate) mod backend;
 pub mod convert;
-pub mod local_token;
+pub(crate) mod local_token;
 pub mod pb;
-pub mod server;
+pub(crate) mod server;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -74,12 +74,13 @@ use crate::transport::tls::ServerTls;
 use crate::xds::{ClientStatus, ProxyRegistry};
 
 use crate::metrics::Metrics;
-pub use auth::{Tokens, TokensError};
+pub use auth::Tokens;
+pub(crate) use auth::TokensError;
 pub use backend::Backend;
-pub use server::AdminService;
+pub(crate) use server::AdminService;
 
 /// The gRPC services and the HTTP paths, as one router.
-pub fn routes(
+pub(crate) fn routes(
     backend: Arc<dyn Backend>,
     metrics: Arc<Metrics>,
     tokens: Tokens,
@@ -148,17 +149,17 @@ pub async fn serve(
 }
 
 /// What the admin API serves.
-pub struct Parts {
+pub(crate) struct Parts {
     /// The rollouts.
-    pub backend: Arc<dyn Backend>,
+    pub(crate) backend: Arc<dyn Backend>,
     /// The counters of `/metrics`.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Who may change things.
-    pub tokens: Tokens,
+    pub(crate) tokens: Tokens,
     /// The proxies, for their cordons.
-    pub registry: Arc<ProxyRegistry>,
+    pub(crate) registry: Arc<ProxyRegistry>,
     /// CSDS, the same service as on the xDS port.
-    pub csds: ClientStatus,
+    pub(crate) csds: ClientStatus,
 }
 
 impl std::fmt::Debug for Parts {
@@ -170,7 +171,7 @@ impl std::fmt::Debug for Parts {
 }
 
 /// [`serve`], with TLS on the port when `tls` is given.
-pub async fn serve_tls(
+pub(crate) async fn serve_tls(
     listener: TcpListener,
     limits: ConnectionLimits,
     tls: Option<Arc<ServerTls>>,

@@ -29,11 +29,10 @@ use super::pb;
 use super::pb::admin_server::Admin;
 
 /// A stream of progress messages, as the generated service wants it.
-pub type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::Progress, Status>> + Send>>;
+pub(crate) type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::Progress, Status>> + Send>>;
 
-/// The admin service.
 #[derive(Clone)]
-pub struct AdminService {
+pub(crate) struct AdminService {
     backend: Arc<dyn Backend>,
     tokens: Arc<Tokens>,
     /// The proxies, for the cordons in force on this replica (those of
@@ -51,7 +50,7 @@ impl std::fmt::Debug for AdminService {
 
 impl AdminService {
     /// A service driving `backend`, accepting changes signed by `tokens`.
-    pub fn new(backend: Arc<dyn Backend>, tokens: Tokens) -> AdminService {
+    pub(crate) fn new(backend: Arc<dyn Backend>, tokens: Tokens) -> AdminService {
         AdminService {
             backend,
             tokens: Arc::new(tokens),
@@ -60,7 +59,11 @@ impl AdminService {
     }
 
     /// The service with the cordons of `registry`, counted in `metrics`.
-    pub fn with_cordons(mut self, registry: Arc<ProxyRegistry>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn with_cordons(
+        mut self,
+        registry: Arc<ProxyRegistry>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         metrics.set_cordoned(registry.cordons().len());
         self.registry = registry;
         self
@@ -82,7 +85,7 @@ impl AdminService {
     }
 
     /// The generated tonic server wrapping this service.
-    pub fn into_server(self) -> pb::admin_server::AdminServer<AdminService> {
+    pub(crate) fn into_server(self) -> pb::admin_server::AdminServer<AdminService> {
         pb::admin_server::AdminServer::new(self)
     }
 
@@ -103,7 +106,7 @@ impl AdminService {
 /// Forwards every change of `rx` until one carries the outcome. Values the
 /// client was too slow to see are skipped (a watch keeps only the latest),
 /// never the last one.
-pub fn progress_stream(mut rx: watch::Receiver<Progress>) -> ProgressStream {
+pub(crate) fn progress_stream(mut rx: watch::Receiver<Progress>) -> ProgressStream {
     let (tx, out) = mpsc::channel(16);
     tokio::spawn(async move {
         loop {

@@ -1,6 +1,6 @@
 //! Talking to the admin API: connecting, the token, and turning gRPC
 //! errors into exit codes. Following an operation's progress is
-//! [`super::progress`].
+//! `super::progress`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,23 +14,24 @@ use crate::rollout::ErrorKind;
 
 use crate::text::untrusted;
 
-pub use crate::exit::{
+pub use crate::exit::EX_USAGE;
+pub(crate) use crate::exit::{
     EX_ABORTED, EX_INTERRUPTED, EX_NOINPUT, EX_NOPERM, EX_OK, EX_REFUSED, EX_ROLLED_BACK,
-    EX_SOFTWARE, EX_STOPPED, EX_UNAVAILABLE, EX_UNCONFIRMED, EX_USAGE,
+    EX_SOFTWARE, EX_STOPPED, EX_UNAVAILABLE, EX_UNCONFIRMED,
 };
 
 /// Why a command stopped: the exit code and what to tell the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// The exit code.
-    pub code: u8,
+    pub(crate) code: u8,
     /// The message, printed as `teal: <message>` on stderr.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl Failure {
     /// A failure with this code and message.
-    pub fn new(code: u8, message: impl Into<String>) -> Failure {
+    pub(crate) fn new(code: u8, message: impl Into<String>) -> Failure {
         Failure {
             code,
             message: message.into(),
@@ -40,7 +41,7 @@ impl Failure {
     /// Maps a gRPC status from the admin API at `addr`: by the error kind
     /// the server attached ([`ErrorKind`]), else by the gRPC code; never
     /// by the message, which is only shown.
-    pub fn from_status(status: &Status, addr: &str) -> Failure {
+    pub(crate) fn from_status(status: &Status, addr: &str) -> Failure {
         let msg = untrusted(status.message()).to_string();
         if let Some(kind) = ErrorKind::of(status) {
             return Failure::from_kind(kind, &msg);
@@ -93,7 +94,7 @@ impl Failure {
     }
 
     /// Prints the message to `err` and returns the code.
-    pub fn report(&self, err: &mut dyn Write) -> u8 {
+    pub(crate) fn report(&self, err: &mut dyn Write) -> u8 {
         let _ = writeln!(err, "teal: {}", self.message);
         self.code
     }
@@ -115,26 +116,26 @@ fn unreachable_admin(addr: &str, detail: &str) -> Failure {
 /// (`--max-response-bytes`). tonic's own default, 4 MiB, is too small for
 /// `teal proxies` or `teal history` on a big fleet; some limit is needed
 /// so a broken or hostile server cannot make the CLI allocate without end.
-pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 << 20;
+pub(crate) const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 << 20;
 
 /// Where the admin API is and how to sign changes.
 #[derive(Debug, Clone, Default)]
-pub struct Target {
+pub(crate) struct Target {
     /// `host:port` or a URL.
-    pub addr: String,
+    pub(crate) addr: String,
     /// The token given on the command line or in `TEAL_TOKEN`.
-    pub token: Option<String>,
+    pub(crate) token: Option<String>,
     /// A file holding the token (wins over `token`).
-    pub token_file: Option<PathBuf>,
+    pub(crate) token_file: Option<PathBuf>,
     /// The largest answer decoded; 0 means [`DEFAULT_MAX_RESPONSE_BYTES`].
-    pub max_response_bytes: usize,
+    pub(crate) max_response_bytes: usize,
     /// The CA (PEM) that signs the server's certificate, for `https://`;
     /// the system's roots without it.
-    pub ca: Option<PathBuf>,
+    pub(crate) ca: Option<PathBuf>,
     /// Client certificate (PEM) for mTLS, with `key`.
-    pub cert: Option<PathBuf>,
+    pub(crate) cert: Option<PathBuf>,
     /// Private key (PEM) of `cert`.
-    pub key: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
 }
 
 /// An admin address, parsed once: what the CLI connects to, and what it
@@ -158,7 +159,6 @@ enum AdminAddrError {
     /// A scheme other than `http` or `https`.
     #[error("the scheme is not http:// or https://")]
     Scheme,
-    /// No host.
     #[error("no host")]
     NoHost,
     /// `user@host`: refused, because the host is only what follows the
@@ -244,11 +244,10 @@ fn local_token(addr: &AdminAddr) -> Result<Option<String>, Failure> {
 
 /// A connection to the admin API.
 #[derive(Debug, Clone)]
-pub struct Conn {
-    /// The generated client.
-    pub client: AdminClient<Channel>,
+pub(crate) struct Conn {
+    pub(crate) client: AdminClient<Channel>,
     /// The address, for messages.
-    pub addr: String,
+    pub(crate) addr: String,
     token: Option<String>,
     /// Whether the connection is TLS.
     tls: bool,
@@ -258,7 +257,7 @@ pub struct Conn {
 
 impl Conn {
     /// Reads the token and connects (5 s connect timeout).
-    pub async fn connect(target: &Target) -> Result<Conn, Failure> {
+    pub(crate) async fn connect(target: &Target) -> Result<Conn, Failure> {
         let addr = target.addr.clone();
         let parsed = AdminAddr::parse(&addr).map_err(|e| {
             Failure::new(
@@ -305,7 +304,7 @@ impl Conn {
     /// leader (another address), a connection to the leader, said on
     /// `err`; the caller retries there once. A token from the command
     /// line goes along; the local token only to a loopback address.
-    pub async fn leader_redirect<T>(
+    pub(crate) async fn leader_redirect<T>(
         &self,
         call: &Result<T, Status>,
         err: &mut dyn Write,
@@ -336,7 +335,7 @@ impl Conn {
     /// A connection to another replica at `addr` (as replicas advertise
     /// it), with this one's trust settings and token rules; refused (69)
     /// unless it is over the same scheme (see [`Conn::follows_to`]).
-    pub async fn to(&self, addr: &str) -> Result<Conn, Failure> {
+    pub(crate) async fn to(&self, addr: &str) -> Result<Conn, Failure> {
         Conn::connect(&self.follows_to(addr)?).await
     }
 
@@ -347,7 +346,7 @@ impl Conn {
     /// in the clear) nor moves a plaintext CLI to TLS it was not set up
     /// for; a bare `host:port` takes this connection's scheme. An address
     /// with user information is refused (its host is not what it seems).
-    pub fn follows_to(&self, addr: &str) -> Result<Target, Failure> {
+    pub(crate) fn follows_to(&self, addr: &str) -> Result<Target, Failure> {
         let scheme = if self.tls { "https" } else { "http" };
         let full = if addr.contains("://") {
             addr.to_owned()
@@ -382,13 +381,13 @@ impl Conn {
     /// A request without the token: reads never send it, so a server
     /// (or whoever answers at the address) sees it only when a change
     /// needs it.
-    pub fn request<T>(&self, message: T) -> Request<T> {
+    pub(crate) fn request<T>(&self, message: T) -> Request<T> {
         Request::new(message)
     }
 
     /// A request carrying the token, if there is one: for the calls that
     /// change things.
-    pub fn signed<T>(&self, message: T) -> Request<T> {
+    pub(crate) fn signed<T>(&self, message: T) -> Request<T> {
         let mut req = Request::new(message);
         if let Some(token) = &self.token {
             match format!("Bearer {token}").parse() {
@@ -402,7 +401,7 @@ impl Conn {
     }
 
     /// Maps a status from this server.
-    pub fn fail(&self, status: &Status) -> Failure {
+    pub(crate) fn fail(&self, status: &Status) -> Failure {
         // With TLS 1.3 the server refuses a client certificate after the
         // handshake: the first call fails with its alert, or with the
         // connection reset, depending on timing.

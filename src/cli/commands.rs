@@ -20,7 +20,7 @@ fn fleet_address(s: &str) -> Result<std::net::SocketAddr, String> {
 
 /// `--steps` as clap stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Steps(pub Vec<u32>);
+pub(crate) struct Steps(pub(crate) Vec<u32>);
 
 fn steps_arg(s: &str) -> Result<Steps, String> {
     parse::steps(s).map(Steps)
@@ -28,7 +28,7 @@ fn steps_arg(s: &str) -> Result<Steps, String> {
 
 /// The commands that talk to a running teal over its admin API.
 #[derive(Debug, Subcommand)]
-pub enum AdminCommand {
+pub(crate) enum AdminCommand {
     /// Show each service's live fleet, weights and rollout state.
     ///
     /// The first thing to look at before and after a change: the live fleet
@@ -293,7 +293,7 @@ pub enum AdminCommand {
 }
 
 /// Connects and runs one admin command; returns the exit code.
-pub async fn run_admin(
+pub(crate) async fn run_admin(
     target: &Target,
     cmd: AdminCommand,
     out: &mut dyn Write,

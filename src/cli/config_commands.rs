@@ -11,7 +11,8 @@ use std::path::Path;
 use crate::config::render::{render_document, to_yaml};
 use crate::config::{Config, Diagnostics, Limits, Weights, config_digest, translate};
 
-pub use crate::exit::{EX_DATAERR, EX_IOERR, EX_NOINPUT, EX_OK, EX_SOFTWARE, EX_USAGE};
+pub use crate::exit::{EX_DATAERR, EX_NOINPUT, EX_OK, EX_USAGE};
+pub(crate) use crate::exit::{EX_IOERR, EX_SOFTWARE};
 
 /// Output format of `teal render`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -25,13 +26,12 @@ pub enum Format {
 
 /// Why a config file could not be loaded.
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+pub(crate) enum LoadError {
     /// The file could not be read.
     #[error("cannot read {path}: {source}")]
     Unreadable {
         /// The path as given.
         path: String,
-        /// The I/O error.
         source: std::io::Error,
     },
     /// The file has problems.
@@ -41,7 +41,7 @@ pub enum LoadError {
 
 impl LoadError {
     /// The sysexits status for this error.
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             LoadError::Unreadable { .. } => EX_NOINPUT,
             LoadError::Invalid(_) => EX_DATAERR,
@@ -51,7 +51,7 @@ impl LoadError {
 
 /// Reads and validates a config file within `limits`; diagnostics name
 /// the path as given. Reads no more of the file than the size limit.
-pub fn load(path: &Path, limits: &Limits) -> Result<Config, LoadError> {
+pub(crate) fn load(path: &Path, limits: &Limits) -> Result<Config, LoadError> {
     let name = path.display().to_string();
     let bytes = crate::config::read_bounded(path, limits.max_bytes).map_err(|source| {
         LoadError::Unreadable {
@@ -127,7 +127,7 @@ pub fn render_command(
 }
 
 /// [`render_command`] for an already loaded config.
-pub fn render_config(
+pub(crate) fn render_config(
     config: &Config,
     group: Option<&str>,
     format: Format,

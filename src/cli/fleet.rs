@@ -26,7 +26,7 @@ const SET_HELP: &str = "Examples:
 
 /// `teal fleet ...`.
 #[derive(Debug, Subcommand)]
-pub enum FleetCommand {
+pub(crate) enum FleetCommand {
     /// Replace a registered fleet's whole endpoint set, atomically.
     ///
     /// What a deploy pipeline runs once the new version is up on its
@@ -109,14 +109,14 @@ pub enum FleetCommand {
 
 /// `--weight` and `--zone` of endpoints being set or added.
 #[derive(Debug, Clone, clap::Args)]
-pub struct EndpointAttrs {
+pub(crate) struct EndpointAttrs {
     /// An endpoint's load-balancing weight, ADDR=WEIGHT (1 to 10000;
     /// default 1); repeat for more endpoints.
     #[arg(long = "weight", value_name = "ADDR=WEIGHT", value_parser = address_weight)]
-    pub weights: Vec<(SocketAddr, u32)>,
+    pub(crate) weights: Vec<(SocketAddr, u32)>,
     /// An endpoint's zone, ADDR=ZONE; repeat for more endpoints.
     #[arg(long = "zone", value_name = "ADDR=ZONE", value_parser = address_zone)]
-    pub zones: Vec<(SocketAddr, String)>,
+    pub(crate) zones: Vec<(SocketAddr, String)>,
 }
 
 /// An endpoint address, as the config file writes it.
@@ -221,7 +221,11 @@ fn bare(addresses: &[SocketAddr]) -> Vec<pb::RegisteredEndpoint> {
 }
 
 /// Runs `teal fleet ...`.
-pub async fn fleet(c: &mut Conn, cmd: FleetCommand, out: &mut dyn Write) -> Result<u8, Failure> {
+pub(crate) async fn fleet(
+    c: &mut Conn,
+    cmd: FleetCommand,
+    out: &mut dyn Write,
+) -> Result<u8, Failure> {
     match cmd {
         FleetCommand::Set {
             service,
@@ -268,9 +272,8 @@ pub async fn fleet(c: &mut Conn, cmd: FleetCommand, out: &mut dyn Write) -> Resu
     }
 }
 
-/// `teal register`.
 #[allow(clippy::too_many_arguments)]
-pub async fn register(
+pub(crate) async fn register(
     c: &mut Conn,
     service: String,
     fleet: String,
@@ -300,8 +303,7 @@ pub async fn register(
     send(c, r, out).await
 }
 
-/// `teal deregister`.
-pub async fn deregister(
+pub(crate) async fn deregister(
     c: &mut Conn,
     service: String,
     fleet: String,

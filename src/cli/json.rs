@@ -28,7 +28,7 @@ use crate::admin::convert::{outcome_name, phase_name, unix_ms};
 use crate::admin::pb;
 
 /// A split as `{fleet: weight}`.
-pub fn split(s: Option<&pb::Split>) -> Value {
+pub(crate) fn split(s: Option<&pb::Split>) -> Value {
     let map: serde_json::Map<String, Value> = s
         .map(|s| {
             s.weights
@@ -54,13 +54,11 @@ fn outcome(o: Option<&pb::Outcome>) -> (Value, Value) {
     }
 }
 
-/// A check result.
-pub fn check(c: &pb::CheckResult) -> Value {
+pub(crate) fn check(c: &pb::CheckResult) -> Value {
     json!({"check": c.check, "endpoint": c.endpoint, "ok": c.ok, "detail": c.detail})
 }
 
-/// A past change.
-pub fn change(h: &pb::HistoryEntry) -> Value {
+pub(crate) fn change(h: &pb::HistoryEntry) -> Value {
     let (outcome, reason) = outcome(h.outcome.as_ref());
     json!({
         "id": h.id,
@@ -81,8 +79,7 @@ pub fn change(h: &pb::HistoryEntry) -> Value {
     })
 }
 
-/// An operation's progress.
-pub fn progress(p: &pb::Progress) -> Value {
+pub(crate) fn progress(p: &pb::Progress) -> Value {
     let (outcome, reason) = outcome(p.outcome.as_ref());
     json!({
         "id": p.id,
@@ -106,7 +103,7 @@ pub fn progress(p: &pb::Progress) -> Value {
 }
 
 /// The status of every service shown.
-pub fn status(s: &pb::StatusResponse, now: std::time::SystemTime) -> Value {
+pub(crate) fn status(s: &pb::StatusResponse, now: std::time::SystemTime) -> Value {
     let now = unix_ms(now);
     let services: Vec<Value> = s
         .services

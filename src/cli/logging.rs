@@ -2,8 +2,8 @@
 //! is made safe.
 //!
 //! Log lines quote what proxies send (node ids, NACK messages), so every
-//! field value, and the message itself, goes through [`SafeFields`], which
-//! escapes control characters and cuts long values ([`crate::text`]). It is
+//! field value, and the message itself, goes through `SafeFields`, which
+//! escapes control characters and cuts long values (`crate::text`). It is
 //! done here, in the formatter, so that no call site can forget it.
 //!
 //! Colours only when stderr is a terminal and `NO_COLOR` is unset or empty
@@ -21,11 +21,11 @@ use tracing_subscriber::fmt::format::Writer;
 use crate::text::SafeWriter;
 
 /// The environment variable holding the log filter (`info` if unset).
-pub const FILTER_VAR: &str = "TEAL_LOG";
+pub(crate) const FILTER_VAR: &str = "TEAL_LOG";
 
 /// Whether the log gets colours: only on a terminal, and not when
 /// `NO_COLOR` is set to anything non-empty.
-pub fn colours(stderr_is_terminal: bool, no_color: Option<OsString>) -> bool {
+pub(crate) fn colours(stderr_is_terminal: bool, no_color: Option<OsString>) -> bool {
     stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
@@ -60,13 +60,13 @@ pub fn init(max_value_chars: usize) {
 /// Formats event and span fields like tracing-subscriber's default
 /// (`message key=value ...`), with every value escaped and cut.
 #[derive(Clone, Copy, Debug)]
-pub struct SafeFields {
+pub(crate) struct SafeFields {
     max_value_chars: usize,
 }
 
 impl SafeFields {
     /// Cuts each value at `max_value_chars` characters.
-    pub fn new(max_value_chars: usize) -> SafeFields {
+    pub(crate) fn new(max_value_chars: usize) -> SafeFields {
         SafeFields { max_value_chars }
     }
 }
@@ -86,7 +86,7 @@ impl<'w> MakeVisitor<Writer<'w>> for SafeFields {
 
 /// Writes one event's fields; see [`SafeFields`].
 #[derive(Debug)]
-pub struct SafeVisitor<'w> {
+pub(crate) struct SafeVisitor<'w> {
     writer: Writer<'w>,
     max_value_chars: usize,
     /// Nothing written yet: no separating space.

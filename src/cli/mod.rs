@@ -4,14 +4,14 @@
 //! code rather than exiting, so commands are testable as functions.
 //!
 //! - `serve`, `validate`, `render`: run teal, check and show a config.
-//! - The admin commands ([`commands::AdminCommand`]) talk to a running teal
-//!   over its admin API: reads in [`read`] and [`proxies`], changes in [`ops`],
-//!   registered fleets' endpoints in [`fleet`], the
+//! - The admin commands (`commands::AdminCommand`) talk to a running teal
+//!   over its admin API: reads in `read` and `proxies`, changes in `ops`,
+//!   registered fleets' endpoints in `fleet`, the
 //!   connection and exit codes in [`client`], following an operation to
-//!   its outcome in [`progress`], `-o json` in [`json`], argument parsing
-//!   in [`parse`], tables in [`table`].
+//!   its outcome in `progress`, `-o json` in `json`, argument parsing
+//!   in `parse`, tables in `table`.
 //! - [`logging`]: the log on stderr, every value escaped and cut.
-//! - [`serve_limits`]: the limits flags of `teal serve`.
+//! - `serve_limits`: the limits flags of `teal serve`.
 //!
 //! Exit codes of the admin commands: 0 done; 1 refused (nothing changed);
 //! 2 rolled back; 3 aborted; 4 in effect but not confirmed by every proxy
@@ -21,18 +21,18 @@
 //! token; 130 stopped following on Ctrl-C (the operation goes on).
 
 pub mod client;
-pub mod commands;
+pub(crate) mod commands;
 pub mod config_commands;
-pub mod fleet;
-pub mod json;
+pub(crate) mod fleet;
+pub(crate) mod json;
 pub mod logging;
-pub mod ops;
-pub mod parse;
-pub mod progress;
-pub mod proxies;
-pub mod read;
-pub mod serve_limits;
-pub mod table;
+pub(crate) mod ops;
+pub(crate) mod parse;
+pub(crate) mod progress;
+pub(crate) mod proxies;
+pub(crate) mod read;
+pub(crate) mod serve_limits;
+pub(crate) mod table;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,7 +45,7 @@ use crate::serve::{self, ServeOptions};
 use crate::shutdown::{os_signal, shutdown_channel};
 use config_commands::Format;
 use parse::seconds_in;
-pub use read::Output;
+pub(crate) use read::Output;
 
 /// teal: the Envoy control plane for blue/green releases.
 ///
@@ -62,10 +62,10 @@ pub use read::Output;
 pub struct Cli {
     /// Where the admin API is and how to sign changes.
     #[command(flatten)]
-    pub admin: AdminArgs,
+    pub(crate) admin: AdminArgs,
     /// What to do.
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 const FLOW: &str = "A blue/green release with teal:
@@ -94,7 +94,7 @@ not confirmed by every proxy, 5 interrupted by a teal restart, 64 usage,
 
 /// Options every admin command shares.
 #[derive(Debug, Clone, Args)]
-pub struct AdminArgs {
+pub(crate) struct AdminArgs {
     /// Address of teal's admin API (`host:port` or a URL).
     #[arg(
         long,
@@ -103,7 +103,7 @@ pub struct AdminArgs {
         env = "TEAL_ADMIN",
         default_value = "127.0.0.1:18001"
     )]
-    pub admin: String,
+    pub(crate) admin: String,
     /// Admin token for commands that change traffic.
     #[arg(
         long,
@@ -112,16 +112,16 @@ pub struct AdminArgs {
         env = "TEAL_TOKEN",
         hide_env_values = true
     )]
-    pub token: Option<String>,
+    pub(crate) token: Option<String>,
     /// File holding the admin token (wins over --token).
     #[arg(long, global = true, help_heading = "Admin API", value_name = "PATH")]
-    pub token_file: Option<PathBuf>,
+    pub(crate) token_file: Option<PathBuf>,
     /// Largest answer from the admin API this command accepts, in bytes
     /// (1 MiB to 1 GiB; default 64 MiB).
     #[arg(long, global = true, help_heading = "Admin API", value_name = "BYTES",
           default_value_t = client::DEFAULT_MAX_RESPONSE_BYTES,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1 << 20..=1 << 30))]
-    pub max_response_bytes: usize,
+    pub(crate) max_response_bytes: usize,
     /// CA (PEM) that signs the admin API's certificate, for an https://
     /// --admin (default: the system's CAs). An https:// address never
     /// falls back to plaintext.
@@ -132,7 +132,7 @@ pub struct AdminArgs {
         value_name = "FILE",
         env = "TEAL_CA"
     )]
-    pub ca: Option<PathBuf>,
+    pub(crate) ca: Option<PathBuf>,
     /// Client certificate (PEM) for an admin API that asks for one (mTLS).
     #[arg(
         long,
@@ -141,7 +141,7 @@ pub struct AdminArgs {
         value_name = "FILE",
         env = "TEAL_CERT"
     )]
-    pub cert: Option<PathBuf>,
+    pub(crate) cert: Option<PathBuf>,
     /// Private key (PEM) of --cert.
     #[arg(
         long,
@@ -150,12 +150,12 @@ pub struct AdminArgs {
         value_name = "FILE",
         env = "TEAL_KEY"
     )]
-    pub key: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
 }
 
 /// The commands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the control plane: serve xDS to proxies and the admin API.
     ///
     /// With no --config, serves the bundled example (examples/teal.yaml).
@@ -198,36 +198,36 @@ pub enum Command {
 
 /// Options of `teal serve`.
 #[derive(Debug, Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Config file (YAML). Default: the bundled example.
     #[arg(long, short = 'c', env = "TEAL_CONFIG")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Bounds on reading the config file, at start and at every reload.
     #[command(flatten)]
-    pub config_limits: crate::config::Limits,
+    pub(crate) config_limits: crate::config::Limits,
     /// Address of the xDS server that proxies connect to.
     #[arg(long, env = "TEAL_XDS_ADDR", default_value = "127.0.0.1:18000")]
-    pub xds_addr: SocketAddr,
+    pub(crate) xds_addr: SocketAddr,
     /// Address of the admin API that the CLI talks to.
     #[arg(long, env = "TEAL_ADMIN_ADDR", default_value = "127.0.0.1:18001")]
-    pub admin_addr: SocketAddr,
+    pub(crate) admin_addr: SocketAddr,
     /// Admin API tokens file: one `name:token` per line, `#` comments.
     /// The name is recorded in history as who made each change. The
     /// environment variable TEAL_ADMIN_TOKEN adds a token named `admin`.
     /// With no token at all, changes through the admin API are refused.
     #[arg(long, env = "TEAL_ADMIN_TOKENS")]
-    pub admin_tokens: Option<PathBuf>,
+    pub(crate) admin_tokens: Option<PathBuf>,
     /// Largest admin tokens file read, in bytes; a larger one is refused
     /// (at start: exit 65; on SIGHUP: the tokens in force stay).
     #[arg(long, default_value_t = crate::admin::auth::DEFAULT_MAX_TOKENS_BYTES, value_parser = clap::value_parser!(u64).range(64..=64 * 1024 * 1024))]
-    pub admin_tokens_max_bytes: u64,
+    pub(crate) admin_tokens_max_bytes: u64,
     /// Directory of teal's durable state (live fleets, weights, version
     /// counter, history). Created if missing; one teal per directory.
     #[arg(long, env = "TEAL_STATE_DIR", default_value = "teal-state")]
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// Keep state in memory only: nothing survives a restart.
     #[arg(long, conflicts_with = "state_dir")]
-    pub ephemeral: bool,
+    pub(crate) ephemeral: bool,
     /// Where the durable state is kept, shared by replicas:
     /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (prefix `/teal/` by
     /// default), or `file://PATH` (the same as --state-dir PATH). With
@@ -238,81 +238,81 @@ pub struct ServeArgs {
         value_name = "URL",
         conflicts_with = "ephemeral"
     )]
-    pub store: Option<crate::state::StoreSpec>,
+    pub(crate) store: Option<crate::state::StoreSpec>,
     /// etcd access.
     #[command(flatten)]
-    pub store_access: StoreArgs,
+    pub(crate) store_access: StoreArgs,
     /// How often the config file is checked for changes: a duration
     /// (`1s`, `500ms`; 100ms to 1h; a bare number of seconds is still
     /// taken).
     #[arg(long, default_value = "1s", value_parser = watch_interval)]
-    pub watch_interval: Duration,
+    pub(crate) watch_interval: Duration,
     /// How long open proxy streams get to close on shutdown: a duration
     /// (`5s`; 0s to 5m; a bare number of seconds is still taken).
     #[arg(long, default_value = "5s", value_parser = drain)]
-    pub drain: Duration,
+    pub(crate) drain: Duration,
     /// Characters of one value (a node id, a NACK message) a log line
     /// shows; the rest is cut and marked with `…` (64 to 65536).
     #[arg(long, default_value_t = crate::text::DEFAULT_MAX_CHARS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(64..=65_536))]
-    pub log_value_chars: usize,
+    pub(crate) log_value_chars: usize,
     /// EndpointSlices teal keeps per Kubernetes fleet; past it, the fleet
     /// keeps its last good endpoints and lists again 30 s later (1 to
     /// 100000).
     #[arg(long, default_value_t = crate::kubernetes::KubeLimits::DEFAULT_MAX_SLICES,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
-    pub kube_max_slices: usize,
+    pub(crate) kube_max_slices: usize,
     /// Endpoints (ready or not) teal keeps per Kubernetes fleet, over all
     /// its slices; past it, the fleet keeps its last good endpoints (1 to
     /// 100000).
     #[arg(long, default_value_t = crate::kubernetes::KubeLimits::DEFAULT_MAX_ENDPOINTS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
-    pub kube_max_endpoints: usize,
+    pub(crate) kube_max_endpoints: usize,
     /// What proxies and other clients may make teal hold.
     #[command(flatten)]
-    pub limits: serve_limits::LimitArgs,
+    pub(crate) limits: serve_limits::LimitArgs,
     /// TLS on both ports.
     #[command(flatten)]
-    pub tls: TlsArgs,
+    pub(crate) tls: TlsArgs,
 }
 
 /// How `teal serve` reaches etcd (with `--store etcd://...`).
 #[derive(Debug, Args)]
 #[command(next_help_heading = "State store")]
-pub struct StoreArgs {
+pub(crate) struct StoreArgs {
     /// CA (PEM) of etcd's certificates; turns on TLS to etcd.
     #[arg(long, value_name = "FILE")]
-    pub store_ca: Option<PathBuf>,
+    pub(crate) store_ca: Option<PathBuf>,
     /// Client certificate (PEM) for etcd; turns on TLS to etcd.
     #[arg(long, value_name = "FILE", requires = "store_key")]
-    pub store_cert: Option<PathBuf>,
+    pub(crate) store_cert: Option<PathBuf>,
     /// Private key (PEM) of --store-cert.
     #[arg(long, value_name = "FILE", requires = "store_cert")]
-    pub store_key: Option<PathBuf>,
+    pub(crate) store_key: Option<PathBuf>,
     /// etcd user; the password comes from TEAL_STORE_PASSWORD.
     #[arg(long, value_name = "NAME")]
-    pub store_user: Option<String>,
+    pub(crate) store_user: Option<String>,
     /// Largest value teal reads from (or writes to) etcd, in bytes; a
     /// larger stored state is refused whole, never applied.
     #[arg(long, default_value_t = crate::state::etcd::DEFAULT_MAX_VALUE_BYTES as u64,
           value_parser = clap::value_parser!(u64).range(4096..=1 << 30))]
-    pub store_max_value_bytes: u64,
+    pub(crate) store_max_value_bytes: u64,
     /// The etcd lease that holds the leadership, in whole seconds (`5s`;
     /// 1s to 60s; a bare number of seconds is still taken): a dead leader
     /// is replaced within about this long.
     #[arg(long, default_value = "5s", value_parser = leader_lease)]
-    pub leader_lease: Duration,
+    pub(crate) leader_lease: Duration,
     /// How long the leader keeps waiting for the proxies of a replica
     /// whose etcd lease ended (killed, cut off, paused) when they do not
     /// reconnect to another replica: until then a flip counts them as not
     /// confirmed; after it, they are taken as gone. A duration (`90s`,
     /// `5m`), from 1s to 24h.
     #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = departed_hold)]
-    pub departed_proxy_hold: Duration,
+    pub(crate) departed_proxy_hold: Duration,
     /// The admin address other replicas send the CLI to while this one
     /// leads (default: --admin-addr).
     #[arg(long, value_name = "HOST:PORT")]
-    pub advertise_admin: Option<String>,
+    pub(crate) advertise_admin: Option<String>,
 }
 
 fn departed_hold(s: &str) -> Result<Duration, String> {
@@ -360,32 +360,32 @@ impl StoreArgs {
 /// logged, and the previous certificate keeps serving.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "TLS")]
-pub struct TlsArgs {
+pub(crate) struct TlsArgs {
     /// Certificate chain (PEM) of the xDS port; with --xds-tls-key, the
     /// port speaks TLS only.
     #[arg(long, value_name = "FILE", requires = "xds_tls_key")]
-    pub xds_tls_cert: Option<PathBuf>,
+    pub(crate) xds_tls_cert: Option<PathBuf>,
     /// Private key (PEM) of --xds-tls-cert.
     #[arg(long, value_name = "FILE", requires = "xds_tls_cert")]
-    pub xds_tls_key: Option<PathBuf>,
+    pub(crate) xds_tls_key: Option<PathBuf>,
     /// CA (PEM) whose client certificates proxies must present (mTLS); a
     /// proxy's identity is then its certificate's SPIFFE ID or DNS names.
     #[arg(long, value_name = "FILE", requires = "xds_tls_cert")]
-    pub xds_client_ca: Option<PathBuf>,
+    pub(crate) xds_client_ca: Option<PathBuf>,
     /// Certificate chain (PEM) of the admin port.
     #[arg(long, value_name = "FILE", requires = "admin_tls_key")]
-    pub admin_tls_cert: Option<PathBuf>,
+    pub(crate) admin_tls_cert: Option<PathBuf>,
     /// Private key (PEM) of --admin-tls-cert.
     #[arg(long, value_name = "FILE", requires = "admin_tls_cert")]
-    pub admin_tls_key: Option<PathBuf>,
+    pub(crate) admin_tls_key: Option<PathBuf>,
     /// CA (PEM) whose client certificates the CLI must present (mTLS).
     #[arg(long, value_name = "FILE", requires = "admin_tls_cert")]
-    pub admin_client_ca: Option<PathBuf>,
+    pub(crate) admin_client_ca: Option<PathBuf>,
     /// Serve the admin API in plaintext even on a non-loopback
     /// --admin-addr (refused otherwise); tokens then cross the network in
     /// the clear.
     #[arg(long)]
-    pub admin_insecure: bool,
+    pub(crate) admin_insecure: bool,
 }
 
 impl TlsArgs {

@@ -24,8 +24,7 @@ async fn run(
     Ok(progress::follow(conn, stream, peers, out, err).await)
 }
 
-/// `teal flip`.
-pub async fn flip(
+pub(crate) async fn flip(
     conn: &mut Conn,
     r: pb::FlipRequest,
     out: &mut dyn Write,
@@ -46,7 +45,7 @@ pub async fn flip(
 
 /// `teal shift`: the server resolves the steps against the service's
 /// current split.
-pub async fn shift(
+pub(crate) async fn shift(
     conn: &mut Conn,
     r: pb::ShiftRequest,
     out: &mut dyn Write,
@@ -65,8 +64,7 @@ pub async fn shift(
     run(conn, call, peers, out, err).await
 }
 
-/// `teal rollback`.
-pub async fn rollback(
+pub(crate) async fn rollback(
     conn: &mut Conn,
     r: pb::RollbackRequest,
     out: &mut dyn Write,
@@ -85,8 +83,7 @@ pub async fn rollback(
     run(conn, call, peers, out, err).await
 }
 
-/// `teal retire`.
-pub async fn retire(
+pub(crate) async fn retire(
     conn: &mut Conn,
     r: pb::RetireRequest,
     out: &mut dyn Write,
@@ -105,8 +102,7 @@ pub async fn retire(
     run(conn, call, peers, out, err).await
 }
 
-/// `teal follow`.
-pub async fn follow(
+pub(crate) async fn follow(
     conn: &mut Conn,
     id: u64,
     out: &mut dyn Write,
@@ -119,7 +115,7 @@ pub async fn follow(
 
 /// `teal cordon`: the leader saves it (a follower names the leader,
 /// asked there once), so every replica stops waiting for the proxy.
-pub async fn cordon(
+pub(crate) async fn cordon(
     conn: &mut Conn,
     node_id: String,
     reason: String,
@@ -150,7 +146,7 @@ pub async fn cordon(
 }
 
 /// `teal uncordon`, asked of the leader as `teal cordon` is.
-pub async fn uncordon(
+pub(crate) async fn uncordon(
     conn: &mut Conn,
     node_id: String,
     out: &mut dyn Write,
@@ -176,8 +172,7 @@ pub async fn uncordon(
     Ok(EX_OK)
 }
 
-/// `teal abort`.
-pub async fn abort(conn: &mut Conn, id: u64, out: &mut dyn Write) -> Result<u8, Failure> {
+pub(crate) async fn abort(conn: &mut Conn, id: u64, out: &mut dyn Write) -> Result<u8, Failure> {
     let call = conn
         .client
         .abort(conn.signed(pb::AbortRequest { id }))

@@ -8,7 +8,7 @@ use std::time::Duration;
 /// ([`crate::config::parse_duration`]), so a flag and a config file take
 /// the same forms and are refused for the same reasons. A bare number is
 /// refused: `30` could mean seconds or minutes.
-pub fn duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn duration(s: &str) -> Result<Duration, String> {
     crate::config::parse_duration(s.trim())
         .map_err(|why| format!("{s:?} is not a duration: {why}; write e.g. 500ms, 30s, 2m, 1h"))
 }
@@ -37,11 +37,11 @@ pub(crate) fn seconds_in(s: &str, min: f64, max: f64) -> Result<Duration, String
 
 /// The longest `--timeout`: an hour for every proxy to ACK is already far
 /// past any healthy fleet.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The longest `--interval` between shift steps: a day.
-pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// The longest `--after` of `teal retire`: 30 days.
-pub const MAX_AFTER: Duration = Duration::from_secs(30 * 24 * 3600);
+pub(crate) const MAX_AFTER: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// A duration from `min` to `max` (both included).
 fn duration_in(s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
@@ -57,23 +57,23 @@ fn duration_in(s: &str, min: Duration, max: Duration) -> Result<Duration, String
 }
 
 /// `--timeout`: 1s to [`MAX_TIMEOUT`].
-pub fn timeout(s: &str) -> Result<Duration, String> {
+pub(crate) fn timeout(s: &str) -> Result<Duration, String> {
     duration_in(s, Duration::from_secs(1), MAX_TIMEOUT)
 }
 
 /// `--interval`: 0s to [`MAX_INTERVAL`].
-pub fn interval(s: &str) -> Result<Duration, String> {
+pub(crate) fn interval(s: &str) -> Result<Duration, String> {
     duration_in(s, Duration::ZERO, MAX_INTERVAL)
 }
 
 /// `--ttl` of `teal register`: 1s to a day (the server's
 /// `--max-register-ttl` may allow less).
-pub fn ttl(s: &str) -> Result<Duration, String> {
+pub(crate) fn ttl(s: &str) -> Result<Duration, String> {
     duration_in(s, Duration::from_secs(1), MAX_INTERVAL)
 }
 
 /// `--after`: 0s to [`MAX_AFTER`].
-pub fn after(s: &str) -> Result<Duration, String> {
+pub(crate) fn after(s: &str) -> Result<Duration, String> {
     duration_in(s, Duration::ZERO, MAX_AFTER)
 }
 
@@ -86,7 +86,7 @@ fn percent(s: &str, what: &str) -> Result<u32, String> {
 }
 
 /// Parses `FLEET=WEIGHT` (weight 0 to 100).
-pub fn weight(s: &str) -> Result<(String, u32), String> {
+pub(crate) fn weight(s: &str) -> Result<(String, u32), String> {
     let (fleet, w) = s
         .split_once('=')
         .ok_or_else(|| format!("{s:?} is not FLEET=WEIGHT (e.g. green=10)"))?;
@@ -101,7 +101,7 @@ pub fn weight(s: &str) -> Result<(String, u32), String> {
 }
 
 /// Parses `10,50,100`: the target fleet's weight at each step, rising.
-pub fn steps(s: &str) -> Result<Vec<u32>, String> {
+pub(crate) fn steps(s: &str) -> Result<Vec<u32>, String> {
     let steps = s
         .split(',')
         .map(|p| percent(p, "step"))
@@ -113,7 +113,7 @@ pub fn steps(s: &str) -> Result<Vec<u32>, String> {
 }
 
 /// Formats a duration for people: `340ms`, `12s`, `5m 3s`, `2h 5m`, `3d 4h`.
-pub fn human(d: Duration) -> String {
+pub(crate) fn human(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1_000 {
         return format!("{ms}ms");

@@ -28,7 +28,7 @@ use super::table;
 /// How long the CLI looks for the outcome after the replica running the
 /// operation stopped: a new leader takes over within a lease (60 s at
 /// most) and resumes at once.
-pub const HANDOVER_WAIT: Duration = Duration::from_secs(90);
+pub(crate) const HANDOVER_WAIT: Duration = Duration::from_secs(90);
 
 /// How often it asks the replicas again meanwhile.
 const RETRY: Duration = Duration::from_millis(500);
@@ -38,7 +38,7 @@ const MAX_PEERS: usize = 64;
 
 /// The admin addresses of the replicas sharing `conn`'s store, as they
 /// advertise them; empty without replicas (or when `conn` cannot say).
-pub async fn peers(conn: &Conn, service: &str) -> Vec<String> {
+pub(crate) async fn peers(conn: &Conn, service: &str) -> Vec<String> {
     let request = conn.request(pb::StatusRequest {
         service: Some(service.to_owned()),
     });
@@ -59,7 +59,7 @@ pub async fn peers(conn: &Conn, service: &str) -> Vec<String> {
 /// `conn` stopped running before it ended: followed on the replica that
 /// carries it on, or read from the history every replica keeps; asked of
 /// `peers` (and the replicas they name) until [`HANDOVER_WAIT`] passes.
-pub async fn follow_elsewhere(
+pub(crate) async fn follow_elsewhere(
     conn: &Conn,
     last: &pb::Progress,
     peers: &[String],
@@ -167,7 +167,7 @@ const NAME_CHARS: usize = 80;
 
 /// One line describing where an operation is, for stderr. Everything from
 /// the server is escaped and cut (node ids, messages, check details).
-pub fn progress_line(p: &pb::Progress) -> String {
+pub(crate) fn progress_line(p: &pb::Progress) -> String {
     let phase = phase_name(p.phase());
     let step = if p.steps > 1 {
         format!("[step {}/{}] ", p.step, p.steps)
@@ -264,7 +264,7 @@ pub(super) fn operation(p: &pb::Progress) -> String {
 /// ran the operation stopped leading, or stopped) is not the end: the
 /// next leader carries the operation on, and the outcome reported is the
 /// one the cluster records (see [`super::progress`]).
-pub async fn follow(
+pub(crate) async fn follow(
     conn: &Conn,
     mut stream: Streaming<pb::Progress>,
     mut peers: Option<Vec<String>>,

@@ -26,7 +26,7 @@ use super::table::{CELL_MAX_CHARS, Table};
 use crate::text::untrusted;
 
 /// Whether a proxy is on the version its group should be on, for one type.
-pub fn sync_state(t: &pb::TypeStatus, expected: Option<&str>) -> &'static str {
+pub(crate) fn sync_state(t: &pb::TypeStatus, expected: Option<&str>) -> &'static str {
     let nacked = t
         .nack
         .as_ref()
@@ -49,7 +49,7 @@ fn expected<'a>(r: &'a pb::ProxiesResponse, group: &str, ty: usize) -> Option<&'
 
 /// The proxies as a table, followed by every NACK's message (escaped, and
 /// cut at [`crate::text::DEFAULT_MAX_CHARS`]).
-pub fn proxies_text(r: &pb::ProxiesResponse) -> String {
+pub(crate) fn proxies_text(r: &pb::ProxiesResponse) -> String {
     // The REPLICA column appears only when a leader answers with other
     // replicas' proxies: a single replica's table stays as it was.
     let remote = r.proxies.iter().any(|p| !p.replica.is_empty());
@@ -142,8 +142,11 @@ fn identity(p: &pb::Proxy) -> &str {
     }
 }
 
-/// `teal proxies`.
-pub async fn proxies(conn: &mut Conn, output: Output, out: &mut dyn Write) -> Result<u8, Failure> {
+pub(crate) async fn proxies(
+    conn: &mut Conn,
+    output: Output,
+    out: &mut dyn Write,
+) -> Result<u8, Failure> {
     let req = conn.request(pb::ProxiesRequest {});
     let r = conn
         .client

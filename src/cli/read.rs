@@ -18,7 +18,7 @@ use crate::text::untrusted;
 
 /// How read commands print.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
+pub(crate) enum Output {
     /// Aligned columns for people.
     #[default]
     Table,
@@ -36,7 +36,7 @@ pub(super) fn print_json(out: &mut dyn Write, v: &serde_json::Value) {
 /// serde_json escapes C0 controls but passes DEL, C1 controls, line
 /// separators and bidi marks through; they can only occur inside strings
 /// (JSON's own syntax is ASCII), where the escape means the same value.
-pub fn json_for_terminal(json: &str) -> String {
+pub(crate) fn json_for_terminal(json: &str) -> String {
     let mut out = String::with_capacity(json.len());
     for c in json.chars() {
         // Below DEL: serde_json's own escapes in strings, and the layout's
@@ -57,7 +57,7 @@ fn ago(unix: i64, now: i64) -> String {
 }
 
 /// `teal status`: prints once, or every 2 s with `watch` until Ctrl-C.
-pub async fn status(
+pub(crate) async fn status(
     conn: &mut Conn,
     service: Option<String>,
     watch: bool,
@@ -99,7 +99,7 @@ pub async fn status(
 }
 
 /// The status as text: a table of services, then one block per service.
-pub fn status_text(s: &pb::StatusResponse, now: i64) -> String {
+pub(crate) fn status_text(s: &pb::StatusResponse, now: i64) -> String {
     let mut t = Table::new(&[
         "SERVICE",
         "LIVE",
@@ -261,7 +261,7 @@ fn to_cell(h: &pb::HistoryEntry) -> String {
 }
 
 /// `teal verify`: exit 0 when every check passed, 1 otherwise.
-pub async fn verify(
+pub(crate) async fn verify(
     conn: &mut Conn,
     service: String,
     fleet: String,
@@ -322,10 +322,9 @@ pub async fn verify(
 }
 
 /// The widest the OUTCOME column of `teal history` gets, in characters.
-pub const HISTORY_OUTCOME_CHARS: usize = 60;
+pub(crate) const HISTORY_OUTCOME_CHARS: usize = 60;
 
-/// `teal history`.
-pub async fn history(
+pub(crate) async fn history(
     conn: &mut Conn,
     service: String,
     output: Output,

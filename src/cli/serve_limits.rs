@@ -19,106 +19,106 @@ const MIB: u64 = 1024 * KIB;
 /// Limits on what proxies and clients may make teal hold.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Limits")]
-pub struct LimitArgs {
+pub(crate) struct LimitArgs {
     /// Largest request message on the xDS port, in bytes; a larger one
     /// closes its stream with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 4 * MIB, value_parser = clap::value_parser!(u64).range(KIB..=256 * MIB))]
-    pub max_request_bytes: u64,
+    pub(crate) max_request_bytes: u64,
     /// Most resource names one subscription (one type on one stream) may
     /// hold; past it the stream is closed with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
-    pub max_subscription_names: u64,
+    pub(crate) max_subscription_names: u64,
     /// Most bytes the names of one subscription may total; past it the
     /// stream is closed with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 2 * MIB, value_parser = clap::value_parser!(u64).range(1..=1024 * MIB))]
-    pub max_subscription_bytes: u64,
+    pub(crate) max_subscription_bytes: u64,
     /// Longest node.id, node.cluster and user agent a proxy may send, in
     /// bytes; past it its stream is closed with RESOURCE_EXHAUSTED. At
     /// most 16 KiB: these are shown in table cells and log lines.
     #[arg(long, default_value_t = KIB, value_parser = clap::value_parser!(u64).range(16..=16 * KIB))]
-    pub max_node_field_bytes: u64,
+    pub(crate) max_node_field_bytes: u64,
     /// How much of a NACK's message teal keeps, in bytes; the rest is cut
     /// and the cut marked.
     #[arg(long, default_value_t = KIB, value_parser = clap::value_parser!(u64).range(64..=MIB))]
-    pub max_nack_bytes: u64,
+    pub(crate) max_nack_bytes: u64,
     /// Most connections open at once on the xDS port; past it the oldest
     /// still in its handshake makes room, or new ones are closed on accept.
     #[arg(long, default_value_t = ConnectionLimits::XDS_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub max_xds_connections: u64,
+    pub(crate) max_xds_connections: u64,
     /// Most connections open at once on the admin port; past it the oldest
     /// still in its handshake makes room, or new ones are closed on accept.
     #[arg(long, default_value_t = ConnectionLimits::ADMIN_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    pub max_admin_connections: u64,
+    pub(crate) max_admin_connections: u64,
     /// Most concurrent HTTP/2 streams per connection, on both ports.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub max_streams_per_connection: u32,
+    pub(crate) max_streams_per_connection: u32,
     /// How long (a duration: `10s`) a new connection may take, from its accept, to finish its
     /// handshake (TLS, then its protocol's preface); on a full port the
     /// oldest connection still in its handshake makes room for a new one.
     #[arg(long, default_value = "10s", value_parser = timeout_seconds)]
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     /// How long (`60s`) a connection may send nothing at all (HTTP/2 clients are
     /// pinged after a third of it).
     #[arg(long, default_value = "60s", value_parser = timeout_seconds)]
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Largest CSDS request message, in bytes (both ports); a larger one
     /// ends its call with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 64 * KIB, value_parser = clap::value_parser!(u64).range(KIB..=16 * MIB))]
-    pub max_csds_request_bytes: u64,
+    pub(crate) max_csds_request_bytes: u64,
     /// Most node_matchers in one CSDS request; past it the call ends with
     /// RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    pub max_csds_matchers: u64,
+    pub(crate) max_csds_matchers: u64,
     /// Largest CSDS answer, in bytes; past it the call ends with
     /// RESOURCE_EXHAUSTED (narrow it with node_matchers or
     /// exclude_resource_contents).
     #[arg(long, default_value_t = 64 * MIB, value_parser = clap::value_parser!(u64).range(KIB..=4 * 1024 * MIB))]
-    pub max_csds_response_bytes: u64,
+    pub(crate) max_csds_response_bytes: u64,
     /// Most CSDS answers built at once, over both ports; further requests
     /// wait for a turn.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
-    pub max_csds_concurrent: u64,
+    pub(crate) max_csds_concurrent: u64,
     /// Most bytes of CSDS answers built and not yet read by their clients,
     /// over both ports; an answer past it ends its call with
     /// RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 256 * MIB, value_parser = clap::value_parser!(u64).range(KIB..=16 * 1024 * MIB))]
-    pub max_csds_unread_bytes: u64,
+    pub(crate) max_csds_unread_bytes: u64,
     /// Most bytes of CSDS answers built and not yet read on one
     /// connection; an answer past it ends its call with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 64 * MIB, value_parser = clap::value_parser!(u64).range(KIB..=16 * 1024 * MIB))]
-    pub max_csds_unread_bytes_per_connection: u64,
+    pub(crate) max_csds_unread_bytes_per_connection: u64,
     /// How long (`30s`) a CSDS answer may stay unread before its connection is
     /// closed.
     #[arg(long, default_value = "30s", value_parser = timeout_seconds)]
-    pub csds_unread_timeout: Duration,
+    pub(crate) csds_unread_timeout: Duration,
     /// Most endpoints one fleet whose endpoints come from outside the file
     /// (`endpoints: registered`) may have; a change past it is refused
     /// (RESOURCE_EXHAUSTED, exit 1) and nothing changes.
     #[arg(long, default_value_t = EndpointLimits::DEFAULT_MAX_FLEET_ENDPOINTS as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    pub max_fleet_endpoints: u64,
+    pub(crate) max_fleet_endpoints: u64,
     /// Longest TTL `teal register` may ask for (`1h`); a longer one
     /// is refused.
     #[arg(long, default_value = "1h", value_parser = timeout_seconds)]
-    pub max_register_ttl: Duration,
+    pub(crate) max_register_ttl: Duration,
     /// Accept registered endpoints that no fleet normally means, refused
     /// by default: link-local (169.254.0.0/16, fe80::/10, where cloud
     /// metadata services answer), multicast, broadcast, and teal's own
     /// admin port.
     #[arg(long)]
-    pub allow_any_endpoint_address: bool,
+    pub(crate) allow_any_endpoint_address: bool,
     /// How long (`30m`) an xDS connection may stay open, or `never`. Past it teal
     /// sends GOAWAY and closes its streams 5 s later; the proxy keeps its
     /// configuration and reconnects, so proxies spread again over
     /// replicas (one that restarted gets its share back).
     #[arg(long, default_value = "30m", value_name = "DURATION|never", value_parser = connection_age)]
-    pub xds_connection_age: ConnectionAge,
+    pub(crate) xds_connection_age: ConnectionAge,
     /// How long a proxy whose xDS stream ended still counts for a change
     /// under way, as not confirming it, unless it reconnects first (here
     /// or, with replicas, to any replica): a change is never taken as
     /// confirmed because its proxies were reconnecting. `0s` turns it off
     /// (a proxy is forgotten as its stream ends); up to 1h.
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = reconnect_hold)]
-    pub proxy_reconnect_hold: Duration,
+    pub(crate) proxy_reconnect_hold: Duration,
 }
 
 fn reconnect_hold(s: &str) -> Result<Duration, String> {
@@ -127,7 +127,7 @@ fn reconnect_hold(s: &str) -> Result<Duration, String> {
 
 /// `--xds-connection-age`: a duration, or never.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionAge(pub Option<Duration>);
+pub(crate) struct ConnectionAge(pub(crate) Option<Duration>);
 
 fn connection_age(s: &str) -> Result<ConnectionAge, String> {
     if s == "never" {
@@ -157,7 +157,7 @@ fn size(v: u64) -> usize {
 
 impl LimitArgs {
     /// Sets the limits of the xDS server and the admin port's connections.
-    pub fn apply(&self, xds: &mut XdsServerConfig, admin: &mut ConnectionLimits) {
+    pub(crate) fn apply(&self, xds: &mut XdsServerConfig, admin: &mut ConnectionLimits) {
         xds.max_request_bytes = size(self.max_request_bytes);
         xds.stream = StreamLimits {
             max_subscription_names: size(self.max_subscription_names),
@@ -187,7 +187,7 @@ impl LimitArgs {
     }
 
     /// The bounds on registered endpoints.
-    pub fn endpoint_limits(&self) -> EndpointLimits {
+    pub(crate) fn endpoint_limits(&self) -> EndpointLimits {
         EndpointLimits {
             max_fleet_endpoints: size(self.max_fleet_endpoints),
             max_ttl: self.max_register_ttl,

@@ -13,12 +13,12 @@ use crate::text::{CUT, safe, untrusted};
 /// The widest a cell is shown, in characters, unless its column says
 /// otherwise ([`Table::max_width`]). Long enough for real node ids
 /// (`sidecar~10.1.2.3~web-7d9f.prod~prod.svc.cluster.local`).
-pub const CELL_MAX_CHARS: usize = 80;
+pub(crate) const CELL_MAX_CHARS: usize = 80;
 
 /// A table: a header row and rows, columns padded to the widest cell and
 /// separated by two spaces. Trailing spaces are trimmed.
 #[derive(Debug, Clone, Default)]
-pub struct Table {
+pub(crate) struct Table {
     header: Vec<String>,
     rows: Vec<Vec<String>>,
     /// Per column, where it differs from [`CELL_MAX_CHARS`].
@@ -27,7 +27,7 @@ pub struct Table {
 
 impl Table {
     /// A table with these column titles.
-    pub fn new<S: AsRef<str>>(header: &[S]) -> Table {
+    pub(crate) fn new<S: AsRef<str>>(header: &[S]) -> Table {
         Table {
             header: header.iter().map(|h| h.as_ref().to_owned()).collect(),
             rows: Vec::new(),
@@ -36,18 +36,18 @@ impl Table {
     }
 
     /// Cuts the cells of column `column` (from 0) at `chars` characters.
-    pub fn max_width(mut self, column: usize, chars: usize) -> Table {
+    pub(crate) fn max_width(mut self, column: usize, chars: usize) -> Table {
         self.max_widths.push((column, chars));
         self
     }
 
     /// Adds a row; missing cells are blank, extra cells are kept.
-    pub fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
     /// Whether there are no rows.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
 
@@ -61,7 +61,7 @@ impl Table {
 
     /// The table as text, one line per row, each ending in `\n`; if a cell
     /// was cut, a last line says so.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut cut = false;
         let shown: Vec<Vec<String>> = std::iter::once(&self.header)
             .chain(&self.rows)
@@ -108,7 +108,7 @@ impl Table {
 }
 
 /// A unix-millis time as UTC `YYYY-MM-DD HH:MM:SSZ`.
-pub fn utc(unix_ms: i64) -> String {
+pub(crate) fn utc(unix_ms: i64) -> String {
     let secs = unix_ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Howard Hinnant's civil_from_days.
@@ -131,7 +131,7 @@ pub fn utc(unix_ms: i64) -> String {
 
 /// A split as `blue=90 green=10`, fleet names escaped (it is printed
 /// outside tables too).
-pub fn split(weights: &std::collections::BTreeMap<String, u32>) -> String {
+pub(crate) fn split(weights: &std::collections::BTreeMap<String, u32>) -> String {
     let parts: Vec<String> = weights
         .iter()
         .map(|(f, w)| format!("{}={w}", untrusted(f).max_chars(CELL_MAX_CHARS)))

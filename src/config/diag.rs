@@ -58,7 +58,7 @@ impl fmt::Display for Diagnostic {
 /// Every problem found in a config file, in source order. Never empty when
 /// returned as an error.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Diagnostics(pub Vec<Diagnostic>);
+pub struct Diagnostics(pub(crate) Vec<Diagnostic>);
 
 impl Diagnostics {
     /// The problems, in source order.
@@ -67,7 +67,7 @@ impl Diagnostics {
     }
 
     /// How many problems there are.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.0.len()
     }
 

@@ -12,8 +12,7 @@ use std::time::Duration;
 /// Why a text is not a duration. Its message is the reason only; the
 /// config and the CLI each say which value it was about.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum DurationError {
-    /// Nothing was given.
+pub(crate) enum DurationError {
     #[error("empty")]
     Empty,
     /// A part does not start with a number.
@@ -34,7 +33,7 @@ pub enum DurationError {
 }
 
 /// Parses a duration (see the module doc). No whitespace is allowed.
-pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     if s.is_empty() {
         return Err(DurationError::Empty);
     }

@@ -73,7 +73,6 @@ impl ConfigFixture {
         self
     }
 
-    /// Drops `service`'s `fleet`.
     pub(crate) fn without_fleet(mut self, service: &str, fleet: &str) -> ConfigFixture {
         self.service_mut(service)
             .fleets
@@ -88,7 +87,6 @@ impl ConfigFixture {
         self
     }
 
-    /// Sets `service`'s `protocol`.
     pub(crate) fn protocol(mut self, service: &str, protocol: &str) -> ConfigFixture {
         self.service_mut(service).protocol = Some(protocol.to_owned());
         self

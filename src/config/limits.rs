@@ -11,22 +11,22 @@ use clap::builder::RangedU64ValueParser;
 
 /// Default of [`Limits::max_bytes`]: 4 MiB, far above any real config
 /// (the bundled example is under 4 KiB) and small enough to read at once.
-pub const DEFAULT_MAX_BYTES: u64 = 4 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_BYTES: u64 = 4 * 1024 * 1024;
 /// Highest [`Limits::max_bytes`] accepted: 1 GiB.
-pub const MAX_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+pub(crate) const MAX_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 /// Default of [`Limits::max_depth`]. The format itself nests about 8
 /// deep (`groups.g.listeners.l.virtual_hosts.v.routes[0].prefix`).
-pub const DEFAULT_MAX_DEPTH: usize = 64;
+pub(crate) const DEFAULT_MAX_DEPTH: usize = 64;
 /// Highest [`Limits::max_depth`] accepted. Dropping, cloning and comparing
 /// the loaded tree recurse once per level; a test walks a tree this deep
 /// on a thread with a 2 MiB stack, the size of the threads teal parses on.
-pub const MAX_MAX_DEPTH: usize = 1_000;
+pub(crate) const MAX_MAX_DEPTH: usize = 1_000;
 /// Default of [`Limits::max_alias_nodes`]. A config that shares a few
 /// health checks through anchors copies some hundreds of nodes; the
 /// 342-byte "billion laughs" file would copy a billion.
-pub const DEFAULT_MAX_ALIAS_NODES: usize = 100_000;
+pub(crate) const DEFAULT_MAX_ALIAS_NODES: usize = 100_000;
 /// Highest [`Limits::max_alias_nodes`] accepted: about 1 GiB of nodes.
-pub const MAX_MAX_ALIAS_NODES: usize = 10_000_000;
+pub(crate) const MAX_MAX_ALIAS_NODES: usize = 10_000_000;
 
 /// How much of a config file teal is willing to read and expand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Args)]
@@ -41,7 +41,7 @@ pub struct Limits {
         default_value_t = DEFAULT_MAX_BYTES,
         value_parser = RangedU64ValueParser::<u64>::new().range(1..=MAX_MAX_BYTES),
     )]
-    pub max_bytes: u64,
+    pub(crate) max_bytes: u64,
     /// Deepest nesting of lists and mappings accepted in a config file.
     #[arg(
         long = "config-max-depth",
@@ -49,7 +49,7 @@ pub struct Limits {
         default_value_t = DEFAULT_MAX_DEPTH,
         value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_MAX_DEPTH as u64),
     )]
-    pub max_depth: usize,
+    pub(crate) max_depth: usize,
     /// Most nodes that YAML anchors and aliases (`&a`, `*a`) may copy in a
     /// config file, counting every node of every copy.
     #[arg(
@@ -58,7 +58,7 @@ pub struct Limits {
         default_value_t = DEFAULT_MAX_ALIAS_NODES,
         value_parser = RangedU64ValueParser::<usize>::new().range(0..=MAX_MAX_ALIAS_NODES as u64),
     )]
-    pub max_alias_nodes: usize,
+    pub(crate) max_alias_nodes: usize,
 }
 
 impl Default for Limits {

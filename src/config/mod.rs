@@ -10,10 +10,10 @@
 //!    problem has a line and column) and checks everything, reporting all
 //!    problems at once as [`Diagnostics`]. A config is valid as a whole or
 //!    not at all. [`Limits`] bound the file's size, nesting and alias
-//!    expansion; [`read_bounded`] reads a file no further than that.
+//!    expansion; `read_bounded` reads a file no further than that.
 //! 2. A fleet may take its endpoints from elsewhere than the file
-//!    ([`EndpointSource`]); [`Config::with_endpoints`] lays what those
-//!    sources reported ([`EndpointOverlay`]) over the parsed config, and
+//!    (`EndpointSource`); `Config::with_endpoints` lays what those
+//!    sources reported (`EndpointOverlay`) over the parsed config, and
 //!    everything below works on the result.
 //! 3. [`translate`] turns a [`Config`] and the current [`Weights`] into a
 //!    [`SnapshotInput`](crate::xds::snapshot::SnapshotInput): per group, the
@@ -69,7 +69,7 @@
 //! field (prost makes them `HashMap`s) ever has more than one entry.
 
 mod diag;
-pub mod duration;
+pub(crate) mod duration;
 #[cfg(test)]
 pub(crate) mod fixtures;
 mod limits;
@@ -80,25 +80,25 @@ mod translate;
 mod yaml;
 
 pub mod render;
-pub mod weights;
+pub(crate) mod weights;
 
-pub use diag::{Diagnostic, Diagnostics};
-pub use duration::{DurationError, parse_duration};
-pub use limits::{
-    DEFAULT_MAX_ALIAS_NODES, DEFAULT_MAX_BYTES, DEFAULT_MAX_DEPTH, Limits, MAX_MAX_ALIAS_NODES,
-    MAX_MAX_BYTES, MAX_MAX_DEPTH,
-};
-pub use model::{
-    Check, Config, DEFAULT_SLICE_MANAGER, Endpoint, EndpointSource, Fleet, Group, HealthCheck,
-    KubernetesFleet, KubernetesPort, Listener, ListenerKind, MAX_ZONE_BYTES, OutlierDetection,
-    Protocol, Retries, Route, Service, VirtualHost,
-};
-pub use overlay::{EndpointOverlay, EndpointSetError, FleetSets, check_endpoints};
+pub(crate) use diag::Diagnostic;
+pub use diag::Diagnostics;
+pub(crate) use duration::parse_duration;
+pub use limits::Limits;
+#[cfg(test)]
+pub(crate) use limits::{DEFAULT_MAX_DEPTH, MAX_MAX_DEPTH};
+#[cfg(test)]
+pub(crate) use model::Fleet;
+pub(crate) use model::{Check, EndpointSource, MAX_ZONE_BYTES, Protocol, Service};
+pub use model::{Config, DEFAULT_SLICE_MANAGER, Endpoint, KubernetesFleet, KubernetesPort};
+pub(crate) use overlay::{EndpointOverlay, EndpointSetError, FleetSets, check_endpoints};
 pub(crate) use parse::parse_address;
-pub use translate::{FLEET_HEADER, cluster_name, config_digest, encoded_resources, translate};
+pub use translate::{FLEET_HEADER, config_digest, encoded_resources, translate};
 // The rollout's split of traffic, which translation reads; re-exported so
 // callers building a snapshot from a config find it here too.
-pub use weights::{Weights, WeightsError};
+pub use weights::Weights;
+pub(crate) use weights::WeightsError;
 
 /// The bundled example config, the default of `teal serve`.
 pub const DEFAULT_CONFIG: &str = include_str!("../../examples/teal.yaml");
@@ -115,7 +115,11 @@ impl Config {
     }
 
     /// [`Config::parse`] within `limits`.
-    pub fn parse_with(text: &str, file: &str, limits: &Limits) -> Result<Config, Diagnostics> {
+    pub(crate) fn parse_with(
+        text: &str,
+        file: &str,
+        limits: &Limits,
+    ) -> Result<Config, Diagnostics> {
         if let Some(d) = over_size(text.as_bytes(), file, limits) {
             return Err(Diagnostics(vec![d]));
         }
@@ -125,7 +129,11 @@ impl Config {
     /// [`Config::parse_with`] for the bytes of a file, as [`read_bounded`]
     /// returns them: a file over `limits.max_bytes`, or one that is not
     /// UTF-8, is a problem with a position like any other.
-    pub fn from_bytes(bytes: &[u8], file: &str, limits: &Limits) -> Result<Config, Diagnostics> {
+    pub(crate) fn from_bytes(
+        bytes: &[u8],
+        file: &str,
+        limits: &Limits,
+    ) -> Result<Config, Diagnostics> {
         if let Some(d) = over_size(bytes, file, limits) {
             return Err(Diagnostics(vec![d]));
         }
@@ -143,14 +151,9 @@ impl Config {
             }
         }
     }
-
-    /// The bundled example, [`DEFAULT_CONFIG`].
-    pub fn default_config() -> Result<Config, Diagnostics> {
-        Config::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME)
-    }
 }
 
-pub use crate::files::read_bounded;
+pub(crate) use crate::files::read_bounded;
 
 /// The problem with a file over `limits.max_bytes`, placed where the limit
 /// is crossed.
@@ -192,7 +195,7 @@ fn position_of(bytes: &[u8], offset: usize) -> (usize, usize) {
 impl Config {
     /// Which identities may join which group: each group's `identities`
     /// patterns (a group without any admits anyone).
-    pub fn identity_policy(&self) -> crate::transport::identity::IdentityPolicy {
+    pub(crate) fn identity_policy(&self) -> crate::transport::identity::IdentityPolicy {
         crate::transport::identity::IdentityPolicy::new(
             self.groups
                 .iter()

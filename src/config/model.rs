@@ -27,22 +27,22 @@ pub struct Service {
     /// The fleet that takes all traffic at first. Always a key of
     /// `fleets`; if that fleet's endpoints come from the file, it has at
     /// least one.
-    pub live: String,
+    pub(crate) live: String,
     /// The protocol spoken to the upstream endpoints.
-    pub protocol: Protocol,
+    pub(crate) protocol: Protocol,
     /// Upstream TCP connect timeout (default 1s).
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// Route timeout; `None` keeps Envoy's default (15s); zero disables it.
-    pub timeout: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
     /// Route retry policy.
-    pub retries: Option<Retries>,
+    pub(crate) retries: Option<Retries>,
     /// Active HTTP health checking of the endpoints.
-    pub health_check: Option<HealthCheck>,
+    pub(crate) health_check: Option<HealthCheck>,
     /// Passive outlier detection.
-    pub outlier_detection: Option<OutlierDetection>,
+    pub(crate) outlier_detection: Option<OutlierDetection>,
     /// Requests a rollout sends straight to each endpoint of a fleet before
     /// shifting traffic to it, by name.
-    pub checks: BTreeMap<String, Check>,
+    pub(crate) checks: BTreeMap<String, Check>,
 }
 
 /// The endpoints of one fleet.
@@ -52,9 +52,9 @@ pub struct Fleet {
     /// [`EndpointSource::File`], `endpoints` is empty as parsed and is
     /// filled in by [`Config::with_endpoints`] from what that source
     /// reported last.
-    pub source: EndpointSource,
+    pub(crate) source: EndpointSource,
     /// Endpoints in config order (or in the order their source gave).
-    pub endpoints: Vec<Endpoint>,
+    pub(crate) endpoints: Vec<Endpoint>,
 }
 
 /// Where a fleet's endpoints come from.
@@ -66,7 +66,7 @@ pub struct Fleet {
 /// and the snapshot and the checks are built from the config with those
 /// endpoints applied ([`Config::with_endpoints`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum EndpointSource {
+pub(crate) enum EndpointSource {
     /// Listed in the file (`endpoints: [...]`, the default).
     #[default]
     File,
@@ -81,12 +81,12 @@ pub enum EndpointSource {
 
 impl EndpointSource {
     /// Whether the file lists the endpoints.
-    pub fn is_file(&self) -> bool {
+    pub(crate) fn is_file(&self) -> bool {
         matches!(self, EndpointSource::File)
     }
 
     /// How `teal fleet show` and messages name the source.
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             EndpointSource::File => "file",
             EndpointSource::Registered => "registered",
@@ -105,7 +105,7 @@ impl std::fmt::Display for EndpointSource {
 pub(crate) const MAX_ENDPOINT_WEIGHT: u32 = 10_000;
 
 /// Longest zone name accepted from outside the file, in bytes.
-pub const MAX_ZONE_BYTES: usize = 128;
+pub(crate) const MAX_ZONE_BYTES: usize = 128;
 
 /// One upstream endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,14 +113,14 @@ pub struct Endpoint {
     /// IP address and port.
     pub address: SocketAddr,
     /// Load-balancing weight within the fleet (1 to 10000, default 1).
-    pub weight: u32,
+    pub(crate) weight: u32,
     /// Zone, if given; endpoints are grouped into localities by zone.
-    pub zone: Option<String>,
+    pub(crate) zone: Option<String>,
 }
 
 /// Upstream protocol.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     /// HTTP/1.1 (the default).
     #[default]
     Http1,
@@ -130,55 +130,55 @@ pub enum Protocol {
 
 /// Route retry policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Retries {
+pub(crate) struct Retries {
     /// Envoy `retry_on` conditions, comma separated (default
     /// `5xx,reset,connect-failure`).
-    pub retry_on: String,
+    pub(crate) retry_on: String,
     /// Maximum number of retries (default 1).
-    pub num_retries: u32,
+    pub(crate) num_retries: u32,
     /// Timeout of each try, if any.
-    pub per_try_timeout: Option<Duration>,
+    pub(crate) per_try_timeout: Option<Duration>,
 }
 
 /// Active HTTP health checking.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HealthCheck {
+pub(crate) struct HealthCheck {
     /// Request path, starting with `/`.
-    pub path: String,
+    pub(crate) path: String,
     /// Time between checks (default 5s).
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     /// Timeout of one check (default 1s).
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Passes needed to mark a host healthy (default 2).
-    pub healthy_threshold: u32,
+    pub(crate) healthy_threshold: u32,
     /// Failures needed to mark a host unhealthy (default 3).
-    pub unhealthy_threshold: u32,
+    pub(crate) unhealthy_threshold: u32,
 }
 
 /// Passive outlier detection.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutlierDetection {
+pub(crate) struct OutlierDetection {
     /// Consecutive 5xx responses that eject a host (default 5).
-    pub consecutive_5xx: u32,
+    pub(crate) consecutive_5xx: u32,
     /// Time between ejection sweeps (default 10s).
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     /// Base ejection time (default 30s).
-    pub base_ejection_time: Duration,
+    pub(crate) base_ejection_time: Duration,
     /// Most hosts that may be ejected, in percent (default 10).
-    pub max_ejection_percent: u32,
+    pub(crate) max_ejection_percent: u32,
 }
 
 /// A request sent straight to each endpoint of a fleet.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Check {
+pub(crate) struct Check {
     /// Request path, starting with `/`.
-    pub path: String,
+    pub(crate) path: String,
     /// Expected HTTP status (default 200).
-    pub status: u16,
+    pub(crate) status: u16,
     /// A substring the response body must contain, if any.
-    pub body_contains: Option<String>,
+    pub(crate) body_contains: Option<String>,
     /// Timeout of the request (default 2s).
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// A proxy group: every Envoy, or proxyless gRPC client, whose
@@ -186,25 +186,25 @@ pub struct Check {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Group {
     /// Listeners by name. Never empty.
-    pub listeners: BTreeMap<String, Listener>,
+    pub(crate) listeners: BTreeMap<String, Listener>,
     /// Identities (SPIFFE IDs or DNS names of client certificates, `*` for
     /// one whole segment) that may join the group; empty admits any
     /// proxy, with or without a certificate.
-    pub identities: Vec<crate::transport::identity::IdentityPattern>,
+    pub(crate) identities: Vec<crate::transport::identity::IdentityPattern>,
 }
 
 /// One listener of a group.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Listener {
+pub(crate) struct Listener {
     /// What the listener routes, and where it listens.
-    pub kind: ListenerKind,
+    pub(crate) kind: ListenerKind,
 }
 
 /// What a listener routes. Edge and sidecar listeners are Envoy listeners
 /// on an address; grpc listeners are API listeners for proxyless gRPC
 /// clients, which have no address.
 #[derive(Clone, Debug, PartialEq)]
-pub enum ListenerKind {
+pub(crate) enum ListenerKind {
     /// Routes by `Host` and path (prefix or regex; a public ingress).
     Edge {
         /// IP address and port to listen on.
@@ -232,7 +232,7 @@ pub enum ListenerKind {
 
 impl Listener {
     /// The address an Envoy listens on; `None` for grpc (API) listeners.
-    pub fn address(&self) -> Option<SocketAddr> {
+    pub(crate) fn address(&self) -> Option<SocketAddr> {
         match &self.kind {
             ListenerKind::Edge { address, .. } | ListenerKind::Sidecar { address, .. } => {
                 Some(*address)
@@ -244,25 +244,25 @@ impl Listener {
 
 /// A virtual host of an edge listener.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VirtualHost {
+pub(crate) struct VirtualHost {
     /// `Host` values this virtual host answers (Envoy domain syntax).
-    pub domains: Vec<String>,
+    pub(crate) domains: Vec<String>,
     /// Routes, first match wins.
-    pub routes: Vec<Route>,
+    pub(crate) routes: Vec<Route>,
 }
 
 /// A route of an edge virtual host.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Route {
+pub(crate) struct Route {
     /// Which request paths the route takes.
-    pub path: PathMatch,
+    pub(crate) path: PathMatch,
     /// The service requests go to.
-    pub service: String,
+    pub(crate) service: String,
 }
 
 /// How a route matches the request path.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PathMatch {
+pub(crate) enum PathMatch {
     /// Paths starting with this prefix, which starts with `/` (`prefix:`).
     Prefix(String),
     /// Whole paths (query string excluded) matching this RE2 pattern
@@ -336,7 +336,8 @@ pub struct KubernetesFleet {
 impl KubernetesFleet {
     /// The label selector of the fleet's slices (names and manager were
     /// checked as label values, so it is well formed).
-    pub fn label_selector(&self) -> String {
+    #[cfg(feature = "kubernetes")]
+    pub(crate) fn label_selector(&self) -> String {
         let mut selector = format!("kubernetes.io/service-name={}", self.service);
         if let Some(manager) = &self.managed_by {
             selector.push_str(",endpointslice.kubernetes.io/managed-by=");

@@ -19,23 +19,23 @@ use super::model::{Config, Endpoint, EndpointSource, MAX_ENDPOINT_WEIGHT, MAX_ZO
 /// Whole endpoint sets of some fleets of one service, by fleet name: what
 /// a source hands the controller at once, so that fleets that changed
 /// together reach proxies in one version.
-pub type FleetSets = Vec<(String, Vec<Endpoint>)>;
+pub(crate) type FleetSets = Vec<(String, Vec<Endpoint>)>;
 
 /// The endpoints of fleets whose source is not the file, per service and
 /// fleet, as their sources last reported them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct EndpointOverlay {
+pub(crate) struct EndpointOverlay {
     fleets: BTreeMap<String, BTreeMap<String, Vec<Endpoint>>>,
 }
 
 impl EndpointOverlay {
     /// An empty overlay: every non-file fleet has no endpoints.
-    pub fn new() -> EndpointOverlay {
+    pub(crate) fn new() -> EndpointOverlay {
         EndpointOverlay::default()
     }
 
     /// The endpoints reported for a fleet, if any were.
-    pub fn get(&self, service: &str, fleet: &str) -> Option<&[Endpoint]> {
+    pub(crate) fn get(&self, service: &str, fleet: &str) -> Option<&[Endpoint]> {
         self.fleets
             .get(service)
             .and_then(|f| f.get(fleet))
@@ -44,7 +44,7 @@ impl EndpointOverlay {
 
     /// Replaces a fleet's endpoints; returns whether anything changed. An
     /// empty set removes the fleet's entry.
-    pub fn set(&mut self, service: &str, fleet: &str, endpoints: Vec<Endpoint>) -> bool {
+    pub(crate) fn set(&mut self, service: &str, fleet: &str, endpoints: Vec<Endpoint>) -> bool {
         if self.get(service, fleet).unwrap_or_default() == endpoints.as_slice() {
             return false;
         }
@@ -71,7 +71,7 @@ impl Config {
     /// file fleets, or for services and fleets the config does not have,
     /// are ignored: the file decides which fleets exist and where their
     /// endpoints come from.
-    pub fn with_endpoints(&self, overlay: &EndpointOverlay) -> Config {
+    pub(crate) fn with_endpoints(&self, overlay: &EndpointOverlay) -> Config {
         let mut config = self.clone();
         for (service_name, service) in config.services.iter_mut() {
             for (fleet_name, fleet) in service.fleets.iter_mut() {
@@ -89,7 +89,7 @@ impl Config {
 
     /// Where `service`'s `fleet` takes its endpoints from, if the config
     /// has that fleet.
-    pub fn source_of(&self, service: &str, fleet: &str) -> Option<&EndpointSource> {
+    pub(crate) fn source_of(&self, service: &str, fleet: &str) -> Option<&EndpointSource> {
         self.services
             .get(service)
             .and_then(|s| s.fleets.get(fleet))
@@ -100,25 +100,17 @@ impl Config {
 /// Why an endpoint set from outside the file is refused; nothing of it is
 /// applied.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum EndpointSetError {
+pub(crate) enum EndpointSetError {
     /// The same address twice.
     #[error("endpoint {0} is listed twice")]
     Duplicate(SocketAddr),
     /// A weight outside 1 to 10000.
     #[error("endpoint {address}: weight {weight} is not from 1 to {MAX_ENDPOINT_WEIGHT}")]
-    Weight {
-        /// The endpoint.
-        address: SocketAddr,
-        /// The weight given.
-        weight: u32,
-    },
+    Weight { address: SocketAddr, weight: u32 },
     /// An empty or overlong zone, or one with control, format (invisible,
     /// bidi) or separator characters ([`crate::text::is_plain`]).
     #[error("endpoint {address}: a zone must be 1 to {MAX_ZONE_BYTES} bytes of printable text")]
-    Zone {
-        /// The endpoint.
-        address: SocketAddr,
-    },
+    Zone { address: SocketAddr },
     /// Port 0, or the unspecified address (0.0.0.0, ::), where no
     /// instance can be reached.
     #[error("endpoint {0}: not an address an instance can be reached at")]
@@ -128,7 +120,6 @@ pub enum EndpointSetError {
     TooMany {
         /// How many were given.
         count: usize,
-        /// The limit.
         max: usize,
     },
 }
@@ -136,7 +127,7 @@ pub enum EndpointSetError {
 /// Checks an endpoint set from outside the file whole: at most `max`
 /// endpoints, each address once, weights from 1 to 10000, zones of
 /// printable text. The first problem is returned.
-pub fn check_endpoints(endpoints: &[Endpoint], max: usize) -> Result<(), EndpointSetError> {
+pub(crate) fn check_endpoints(endpoints: &[Endpoint], max: usize) -> Result<(), EndpointSetError> {
     if endpoints.len() > max {
         return Err(EndpointSetError::TooMany {
             count: endpoints.len(),

@@ -104,7 +104,7 @@ fn type_name(kind: &str) -> &'static str {
 /// Resources come in make-before-break order (clusters, endpoints,
 /// listeners, routes), each kind by name. With `group` set, only that
 /// group is included; `None` if there is no such group.
-pub fn render_document(
+pub(crate) fn render_document(
     input: &SnapshotInput,
     version: &str,
     group: Option<&str>,
@@ -154,7 +154,7 @@ pub fn render_document(
 /// Writes `value` as block-style YAML. String values are always double-quoted
 /// (JSON string syntax is valid YAML), so nothing is mistaken for a number
 /// or a boolean.
-pub fn to_yaml(value: &Value) -> String {
+pub(crate) fn to_yaml(value: &Value) -> String {
     let mut out = String::new();
     yaml_value(value, 0, &mut out);
     if !out.ends_with('\n') {

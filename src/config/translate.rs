@@ -64,7 +64,7 @@ pub const FLEET_HEADER: &str = "x-teal-fleet";
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// The Envoy cluster name of one fleet of one service.
-pub fn cluster_name(service: &str, fleet: &str) -> String {
+pub(crate) fn cluster_name(service: &str, fleet: &str) -> String {
     format!("{service}-{fleet}")
 }
 
@@ -82,7 +82,7 @@ impl Weights {
     }
 
     /// Replaces one service's split after checking it against `config`
-    /// (see [`Weights::check`]).
+    /// (see `Weights::check`).
     pub fn set(
         &mut self,
         config: &Config,
@@ -107,7 +107,7 @@ impl Weights {
     /// service, in name order, with its weight. A stored split that no
     /// longer fits the service (see [`Weights`]) gives way to its `live`
     /// fleet at 100.
-    pub fn effective(&self, service: &str, s: &Service) -> Vec<(String, u32)> {
+    pub(crate) fn effective(&self, service: &str, s: &Service) -> Vec<(String, u32)> {
         let stored = self
             .get(service)
             .filter(|split| Self::check(service, |f| s.fleets.contains_key(f), split).is_ok());
@@ -555,7 +555,7 @@ pub fn encoded_resources(input: &SnapshotInput) -> Vec<(String, &'static str, St
 }
 
 /// A version string for `input`: the first 12 hex digits of a SHA-256 over
-/// every resource's content (see [`crate::xds::snapshot::content_digest`]), the
+/// every resource's content (see `crate::xds::snapshot::content_digest`), the
 /// same digest the snapshot built from `input` carries. Equal resources give
 /// equal digests on any machine.
 pub fn config_digest(input: &SnapshotInput) -> String {

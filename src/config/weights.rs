@@ -64,7 +64,7 @@ impl Weights {
     /// rollout planner both call it. It never returns
     /// [`WeightsError::UnknownService`]; finding the service is the
     /// caller's job.
-    pub fn check(
+    pub(crate) fn check(
         service: &str,
         has_fleet: impl Fn(&str) -> bool,
         split: &BTreeMap<String, u32>,
@@ -93,7 +93,7 @@ impl Weights {
 
     /// Sets which fleets of `service` are retired (served with no
     /// endpoints).
-    pub fn set_retired(&mut self, service: &str, fleets: BTreeSet<String>) {
+    pub(crate) fn set_retired(&mut self, service: &str, fleets: BTreeSet<String>) {
         if fleets.is_empty() {
             self.retired.remove(service);
         } else {
@@ -102,12 +102,12 @@ impl Weights {
     }
 
     /// Whether `fleet` of `service` is retired.
-    pub fn is_retired(&self, service: &str, fleet: &str) -> bool {
+    pub(crate) fn is_retired(&self, service: &str, fleet: &str) -> bool {
         self.retired.get(service).is_some_and(|f| f.contains(fleet))
     }
 
     /// One service's split as stored, if any.
-    pub fn get(&self, service: &str) -> Option<&BTreeMap<String, u32>> {
+    pub(crate) fn get(&self, service: &str) -> Option<&BTreeMap<String, u32>> {
         self.services.get(service)
     }
 }

@@ -36,7 +36,6 @@ pub(crate) enum Value {
     Null,
     /// Any other scalar, as written (after unquoting).
     Scalar(String),
-    /// A sequence.
     Seq(Vec<Node>),
     /// A mapping with scalar keys, in source order.
     Map(Vec<(Key, Node)>),

@@ -37,7 +37,7 @@ pub enum ControllerError {
 impl ControllerError {
     /// The exit code of `teal serve` for this error: a config at odds with
     /// the state is bad input (65), the rest an unusable state (73).
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             ControllerError::Reconcile(_)
             | ControllerError::Load(StateError::NewerFormat { .. }) => crate::exit::EX_DATAERR,
@@ -49,7 +49,7 @@ impl ControllerError {
 
 /// Why a change could not be committed; nothing was served.
 #[derive(Debug, thiserror::Error)]
-pub enum CommitError {
+pub(crate) enum CommitError {
     /// The snapshot could not be built (a bug, or a config the translator
     /// refuses).
     #[error("cannot build the snapshot: {0}")]
@@ -65,20 +65,15 @@ pub enum CommitError {
 
 /// What a config reload did.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reloaded {
+pub(crate) enum Reloaded {
     /// Published as this version.
-    Applied {
-        /// The version.
-        version: Version,
-    },
+    Applied { version: Version },
     /// Kept until an operation that depends on the service config it
     /// changes leaves its checks and confirmation; then applied.
     Deferred {
         /// The service of the operation.
         service: String,
-        /// Its id.
         id: u64,
-        /// Where it is.
         phase: crate::rollout::Phase,
     },
 }
@@ -100,7 +95,7 @@ impl std::fmt::Display for Reloaded {
 /// Why a config reload was refused; the last good config keeps being
 /// served.
 #[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
+pub(crate) enum ReloadError {
     /// The config would move traffic.
     #[error("{0}")]
     Reconcile(#[from] ReconcileError),

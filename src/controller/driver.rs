@@ -135,7 +135,6 @@ impl Running {
     }
 }
 
-/// The driver's state.
 pub(super) struct Driver {
     /// The config served: the file's ([`Driver::file_config`]) with the
     /// endpoints of [`Driver::overlay`] applied. Everything that looks at

@@ -33,7 +33,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::admin::Backend;
-use crate::config::{Config, Endpoint};
+use crate::config::Config;
+#[cfg(test)]
+use crate::config::Endpoint;
 use crate::metrics::Metrics;
 use crate::rollout::{
     CheckResult, HistoryEntry, Operation, Progress, RolloutError, StatusView, Version,
@@ -45,12 +47,13 @@ use crate::xds::snapshot::Snapshot;
 use crate::xds::snapshot_store::{SnapshotReader, SnapshotWriter};
 use crate::xds::{ProxyRegistry, ProxyStatus};
 
-pub use crate::rollout::registration::EndpointLimits;
+pub(crate) use crate::rollout::registration::EndpointLimits;
 use command::{Command, CordonChange};
-pub use command::{CommitError, ControllerError, ReloadError, Reloaded};
+pub(crate) use command::{ControllerError, ReloadError, Reloaded};
 use driver::Driver;
-pub use reconcile::{ReconcileError, reconcile};
-pub use views::proxy_views;
+pub use reconcile::ReconcileError;
+#[cfg(test)]
+pub(crate) use views::proxy_views;
 
 /// The handle the admin API and `teal serve` use.
 #[derive(Clone, Debug)]
@@ -72,7 +75,8 @@ impl std::fmt::Debug for Command {
 
 /// Starts the controller: loads the durable state (or starts from the
 /// config), publishes the first snapshot and spawns the driver.
-pub async fn start(
+#[cfg(test)]
+pub(crate) async fn start(
     config: Config,
     writer: SnapshotWriter,
     store: Arc<dyn StateStore>,
@@ -85,7 +89,7 @@ pub async fn start(
 
 /// [`start`], as one of several replicas sharing `store`: operations run
 /// (and resume) only while `leadership` says this replica leads.
-pub async fn start_replica(
+pub(crate) async fn start_replica(
     config: Config,
     writer: SnapshotWriter,
     store: Arc<dyn StateStore>,
@@ -170,7 +174,7 @@ impl Controller {
     /// Replaces the config (already validated) and publishes it, or defers
     /// it while an operation depends on what it changes. Refused (nothing
     /// changed) when it would move traffic.
-    pub async fn reload(&self, config: Config) -> Result<Reloaded, ReloadError> {
+    pub(crate) async fn reload(&self, config: Config) -> Result<Reloaded, ReloadError> {
         self.ask(|reply| Command::Reload {
             config: Box::new(config),
             reply,
@@ -180,7 +184,7 @@ impl Controller {
     }
 
     /// This handle with other bounds on endpoints from outside the file.
-    pub fn with_endpoint_limits(mut self, limits: EndpointLimits) -> Controller {
+    pub(crate) fn with_endpoint_limits(mut self, limits: EndpointLimits) -> Controller {
         self.endpoint_limits = limits;
         self
     }
@@ -200,7 +204,8 @@ impl Controller {
     /// result, and neither undoes the other. Only the fleet's
     /// `ClusterLoadAssignment` changes, so only EDS versions move. Checks
     /// started after it use the new endpoints.
-    pub async fn set_fleet_endpoints(
+    #[cfg(test)]
+    pub(crate) async fn set_fleet_endpoints(
         &self,
         service: &str,
         fleet: &str,
@@ -215,7 +220,10 @@ impl Controller {
     /// all of them are served in one version (one EDS push), so a source
     /// that saw two fleets change together never shows proxies the one
     /// without the other.
-    pub async fn set_service_endpoints(
+    // Only the Kubernetes watcher calls this; the command it sends and the
+    // driver's handling of it stay compiled either way.
+    #[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
+    pub(crate) async fn set_service_endpoints(
         &self,
         service: &str,
         sets: crate::config::FleetSets,

@@ -73,7 +73,7 @@ pub enum ReconcileError {
 /// `live` fleet, fleets are added at weight 0 or dropped if they had none,
 /// a rollback point or retirement naming a dropped fleet is dropped. Every
 /// other weight stays as it is.
-pub fn reconcile(
+pub(crate) fn reconcile(
     config: &Config,
     state: &PersistedState,
 ) -> Result<PersistedState, ReconcileError> {

@@ -36,7 +36,6 @@ pub(super) enum AdoptError {
          differs from the replica that saved it; serving the last state that matched"
     )]
     ConfigDiffers {
-        /// The stored version.
         stored: Version,
         /// The digest this replica computes.
         ours: String,

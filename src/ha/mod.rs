@@ -38,32 +38,32 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-pub mod proxies;
-pub mod replicas;
+pub(crate) mod proxies;
+pub(crate) mod replicas;
 mod role;
 
-pub use role::{ReplicaInfo, Role};
+pub(crate) use role::{ReplicaInfo, Role};
 
 use crate::shutdown::Shutdown;
 use crate::state::StateError;
 use crate::state::etcd::{EtcdClient, Fence, pb};
 
 /// The default lease TTL.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(5);
 
 /// The default of `--departed-proxy-hold`: how long the leader keeps
 /// waiting for the proxies of a replica whose lease ended, when they do
 /// not show up on another replica.
-pub const DEFAULT_DEPARTED_HOLD: Duration = Duration::from_secs(5 * 60);
+pub(crate) const DEFAULT_DEPARTED_HOLD: Duration = Duration::from_secs(5 * 60);
 
 /// How a replica takes part in the election.
 #[derive(Clone, Debug)]
-pub struct ReplicaOptions {
+pub(crate) struct ReplicaOptions {
     /// The etcd lease's TTL (`--leader-lease`).
-    pub lease: Duration,
+    pub(crate) lease: Duration,
     /// How long the leader keeps waiting for the proxies of a replica
     /// whose lease ended (`--departed-proxy-hold`).
-    pub departed_hold: Duration,
+    pub(crate) departed_hold: Duration,
 }
 
 impl Default for ReplicaOptions {
@@ -80,7 +80,7 @@ impl Default for ReplicaOptions {
 /// lets the lease go (etcd counts the TTL from when it received the
 /// keep-alive, which is after this replica sent it; teal counts from the
 /// sending).
-pub fn serving_bound(lease: Duration) -> Duration {
+pub(crate) fn serving_bound(lease: Duration) -> Duration {
     lease / 2
 }
 
@@ -90,13 +90,12 @@ const MAX_RECORD_BYTES: usize = 4096;
 
 /// A handle on the election task.
 #[derive(Clone, Debug)]
-pub struct Leadership {
+pub(crate) struct Leadership {
     /// The role as operations see it: `Leader` only once the other
     /// replicas' proxies were read (see [`proxies::mirror`]).
     role: watch::Receiver<Role>,
     eligible: Arc<watch::Sender<Option<String>>>,
     serving: watch::Receiver<bool>,
-    me: ReplicaInfo,
     client: EtcdClient,
 }
 
@@ -105,7 +104,7 @@ impl Leadership {
     /// published for the leader and counted in this replica's record;
     /// `fence` is set to the lease this replica leads under, for the
     /// store's writes.
-    pub fn start(
+    pub(crate) fn start(
         client: EtcdClient,
         me: ReplicaInfo,
         options: &ReplicaOptions,
@@ -153,7 +152,6 @@ impl Leadership {
             role,
             eligible: Arc::new(eligible),
             serving,
-            me,
             client,
         }
     }
@@ -161,33 +159,28 @@ impl Leadership {
     /// Whether this replica may serve proxies now: it holds a lease whose
     /// keep-alive was answered within [`serving_bound`]. The xDS server
     /// closes its streams when this turns false.
-    pub fn serving(&self) -> watch::Receiver<bool> {
+    pub(crate) fn serving(&self) -> watch::Receiver<bool> {
         self.serving.clone()
     }
 
     /// The role now.
-    pub fn role(&self) -> Role {
+    pub(crate) fn role(&self) -> Role {
         self.role.borrow().clone()
     }
 
     /// Whether this replica leads now.
-    pub fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         *self.role.borrow() == Role::Leader
     }
 
     /// A receiver of role changes.
-    pub fn watch(&self) -> watch::Receiver<Role> {
+    pub(crate) fn watch(&self) -> watch::Receiver<Role> {
         self.role.clone()
-    }
-
-    /// This replica.
-    pub fn me(&self) -> &ReplicaInfo {
-        &self.me
     }
 
     /// Stops (`Some(why)`) or resumes (`None`) campaigning; a leader that
     /// becomes ineligible resigns.
-    pub fn set_eligible(&self, why_not: Option<String>) {
+    pub(crate) fn set_eligible(&self, why_not: Option<String>) {
         self.eligible.send_if_modified(|cur| {
             let changed = *cur != why_not;
             *cur = why_not;
@@ -196,12 +189,12 @@ impl Leadership {
     }
 
     /// Every replica's record (this one's included, once written).
-    pub async fn replicas(&self) -> Result<Vec<replicas::ReplicaRecord>, StateError> {
+    pub(crate) async fn replicas(&self) -> Result<Vec<replicas::ReplicaRecord>, StateError> {
         replicas::list(&self.client).await
     }
 
     /// Why this replica may not lead, if it may not.
-    pub fn ineligible(&self) -> Option<String> {
+    pub(crate) fn ineligible(&self) -> Option<String> {
         self.eligible.borrow().clone()
     }
 }
@@ -670,7 +663,7 @@ async fn keep_alive(
 
 /// A random replica id: 8 bytes of the OS's randomness, in hex; the time
 /// if that fails (ids need only differ between replicas).
-pub fn new_replica_id() -> String {
+pub(crate) fn new_replica_id() -> String {
     let mut bytes = [0u8; 8];
     if getrandom::fill(&mut bytes).is_err() {
         let nanos = SystemTime::now()

@@ -106,7 +106,7 @@ use super::role::Role;
 /// The shortest time between two rounds of a replica's writes; also how
 /// long a change waits for others to join it after a quiet spell (a flip's
 /// sends, then its ACKs, arrive in bursts).
-pub const PUBLISH_EVERY: Duration = Duration::from_millis(20);
+pub(crate) const PUBLISH_EVERY: Duration = Duration::from_millis(20);
 
 /// What a replica writes to etcd per second at most, on average: after a
 /// round of `B` bytes the next waits at least `B / PUBLISH_BYTES_PER_SEC`.
@@ -115,7 +115,7 @@ pub const PUBLISH_EVERY: Duration = Duration::from_millis(20);
 /// followers' ACKs; 10,000 proxies changing at once (about 1 MiB) wait
 /// about 250 ms before the next round, which keeps etcd's write load the
 /// same whatever the fleet's size.
-pub const PUBLISH_BYTES_PER_SEC: u64 = 4 << 20;
+pub(crate) const PUBLISH_BYTES_PER_SEC: u64 = 4 << 20;
 
 /// How long to wait after a round of `bytes` before the next.
 fn pause_after(bytes: usize) -> Duration {
@@ -125,26 +125,26 @@ fn pause_after(bytes: usize) -> Duration {
 
 /// Proxies per slot (by stream id): a proxy's change rewrites its slot's
 /// parts only.
-pub const SLOT_PROXIES: u64 = 256;
+pub(crate) const SLOT_PROXIES: u64 = 256;
 
 /// A part is closed once it holds this many bytes.
-pub const PART_TARGET_BYTES: usize = 128 << 10;
+pub(crate) const PART_TARGET_BYTES: usize = 128 << 10;
 
 /// The most one proxy's record (with the strings it adds to its part's
 /// table) encodes to; proved by `a_record_is_bounded_whatever_the_proxy_sends`.
-pub const RECORD_MAX_BYTES: usize = 512 << 10;
+pub(crate) const RECORD_MAX_BYTES: usize = 512 << 10;
 
 /// The largest part or manifest written or read: a part closes past
 /// [`PART_TARGET_BYTES`], so it holds at most that plus one record.
-pub const VALUE_MAX_BYTES: usize = PART_TARGET_BYTES + RECORD_MAX_BYTES + (4 << 10);
+pub(crate) const VALUE_MAX_BYTES: usize = PART_TARGET_BYTES + RECORD_MAX_BYTES + (4 << 10);
 
 /// The most bytes of values in one transaction (etcd refuses requests
 /// over 1.5 MiB by default); a transaction holds at least one part.
-pub const TXN_MAX_BYTES: usize = 1 << 20;
+pub(crate) const TXN_MAX_BYTES: usize = 1 << 20;
 
 /// The most operations in one transaction (etcd's default `--max-txn-ops`
 /// is 128).
-pub const TXN_MAX_OPS: usize = 100;
+pub(crate) const TXN_MAX_OPS: usize = 100;
 
 /// Bytes of group names a manifest lists (a group name is at most 16 KiB).
 const MANIFEST_GROUP_BYTES: usize = 64 << 10;
@@ -175,9 +175,7 @@ const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// One part: a string table and the records that index it.
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
 struct Part {
-    /// Strings.
     s: Vec<String>,
-    /// Records.
     p: Vec<Record>,
 }
 
@@ -262,7 +260,6 @@ impl PartBuilder {
         i
     }
 
-    /// Adds `p`'s record.
     fn add(&mut self, p: &ProxyStatus) {
         let node = p.node.as_ref().map(|n| {
             [
@@ -346,7 +343,6 @@ fn close(part: PartBuilder, parts: &mut Vec<Vec<u8>>, unpublished: &mut u64) {
 struct Round {
     /// New parts: name and value.
     puts: Vec<(String, Vec<u8>)>,
-    /// The manifest's value.
     manifest: Vec<u8>,
     /// Parts no longer named.
     deletes: Vec<String>,
@@ -1013,7 +1009,6 @@ async fn forget(client: &EtcdClient, replica: &str, lease: i64) -> Result<bool, 
 
 /// What the mirror works with.
 pub(super) struct MirrorParts {
-    /// etcd.
     pub(super) client: EtcdClient,
     /// This replica's id (its own keys are not mirrored).
     pub(super) me: String,

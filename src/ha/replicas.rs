@@ -18,7 +18,7 @@ use crate::xds::ProxyRegistry;
 use super::role::{ReplicaInfo, Role};
 
 /// How often a replica rewrites its record.
-pub const HEARTBEAT: Duration = Duration::from_secs(1);
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// The largest replica record accepted from etcd.
 const MAX_RECORD_BYTES: usize = 16 << 10;
@@ -35,12 +35,12 @@ pub struct ReplicaRecord {
     /// Whether it leads.
     pub leader: bool,
     /// When it wrote this, unix milliseconds.
-    pub heartbeat_unix_ms: u64,
+    pub(crate) heartbeat_unix_ms: u64,
     /// Proxies connected to it.
-    pub proxies: u64,
+    pub(crate) proxies: u64,
     /// Why it may not lead, if it may not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ineligible: Option<String>,
+    pub(crate) ineligible: Option<String>,
 }
 
 /// Writes this replica's record under `lease` every [`HEARTBEAT`] until
@@ -93,7 +93,7 @@ pub(super) async fn publish(
 }
 
 /// Every replica's record, by id; records that do not decode are skipped.
-pub async fn list(client: &EtcdClient) -> Result<Vec<ReplicaRecord>, StateError> {
+pub(crate) async fn list(client: &EtcdClient) -> Result<Vec<ReplicaRecord>, StateError> {
     let prefix = client.key("replicas/");
     let mut end = prefix.clone();
     // The range of every key starting with the prefix: its last byte plus

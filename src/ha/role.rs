@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaInfo {
     /// A random id, new at every start.
-    pub id: String,
+    pub(crate) id: String,
     /// Where its admin API answers.
     pub admin: String,
     /// The digest of its config file.
@@ -17,15 +17,12 @@ pub struct ReplicaInfo {
 
 /// This replica's role.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     /// Not known yet, or etcd cannot be reached: neither leads nor
     /// follows anyone known.
     Unknown,
     /// This replica leads.
     Leader,
     /// Another replica leads.
-    Follower {
-        /// The leader.
-        leader: ReplicaInfo,
-    },
+    Follower { leader: ReplicaInfo },
 }

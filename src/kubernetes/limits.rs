@@ -20,10 +20,10 @@ impl KubeLimits {
     /// Default of `--kube-max-slices`: the EndpointSlice controller puts
     /// up to 100 endpoints in a slice, so this is room for a very large
     /// Service even in slices of one.
-    pub const DEFAULT_MAX_SLICES: usize = 1_000;
+    pub(crate) const DEFAULT_MAX_SLICES: usize = 1_000;
     /// Default of `--kube-max-endpoints`: as many as a fleet may be served
     /// (`--max-fleet-endpoints`).
-    pub const DEFAULT_MAX_ENDPOINTS: usize = 1_000;
+    pub(crate) const DEFAULT_MAX_ENDPOINTS: usize = 1_000;
 }
 
 impl Default for KubeLimits {

@@ -8,15 +8,15 @@
 //!   (kube-runtime's watcher), bounds them, and hands each fleet's set on,
 //!   coalesced, to an `EndpointSink`: in `teal serve`, the controller's
 //!   one entry point for endpoints from outside the file
-//!   ([`Controller::set_service_endpoints`]), all fleets of a service that
+//!   (`Controller::set_service_endpoints`), all fleets of a service that
 //!   changed in one window in one version.
-//! - [`KubeFleets`] (here): what `teal serve` holds; it starts the
+//! - `KubeFleets` (here): what `teal serve` holds; it starts the
 //!   watchers a config asks for and follows reloads.
 //!
 //! The API server is reached with the kubeconfig `KUBECONFIG` names (or
 //! `~/.kube/config`), else the in-cluster service account, as `kubectl`
 //! would. Without the `kubernetes` feature only [`KubeLimits`] and a
-//! [`KubeFleets`] that does nothing are built (and `teal validate`
+//! `KubeFleets` that does nothing are built (and `teal validate`
 //! refuses `kubernetes` fleets).
 
 mod limits;
@@ -25,6 +25,7 @@ pub mod slices;
 #[cfg(feature = "kubernetes")]
 pub mod watch;
 
+#[cfg(feature = "kubernetes")]
 use std::time::Duration;
 
 use crate::config::Config;
@@ -33,11 +34,12 @@ use crate::controller::Controller;
 pub use limits::KubeLimits;
 
 /// How long starting a watcher waits for its first lists.
-pub const FIRST_LIST_WAIT: Duration = Duration::from_secs(5);
+#[cfg(feature = "kubernetes")]
+pub(crate) const FIRST_LIST_WAIT: Duration = Duration::from_secs(5);
 
 /// The Kubernetes watchers of `teal serve`: [`KubeFleets::follow`] at
 /// start and after every applied reload. Dropping it stops them.
-pub struct KubeFleets {
+pub(crate) struct KubeFleets {
     controller: Controller,
     limits: KubeLimits,
     #[cfg(feature = "kubernetes")]
@@ -46,7 +48,7 @@ pub struct KubeFleets {
 
 impl KubeFleets {
     /// No watcher yet.
-    pub fn new(controller: Controller, limits: KubeLimits) -> KubeFleets {
+    pub(crate) fn new(controller: Controller, limits: KubeLimits) -> KubeFleets {
         KubeFleets {
             controller,
             limits,
@@ -61,7 +63,7 @@ impl KubeFleets {
     /// has one; if it cannot be, that is logged, those fleets stay without
     /// endpoints, and the next reload tries again.
     #[cfg(feature = "kubernetes")]
-    pub async fn follow(&mut self, config: &Config) {
+    pub(crate) async fn follow(&mut self, config: &Config) {
         if self.watchers.is_none() {
             if watch::kubernetes_fleets(config).is_empty() {
                 return;
@@ -97,7 +99,7 @@ impl KubeFleets {
 
     /// Without the `kubernetes` feature no config has Kubernetes fleets.
     #[cfg(not(feature = "kubernetes"))]
-    pub async fn follow(&mut self, config: &Config) {
+    pub(crate) async fn follow(&mut self, config: &Config) {
         let _ = (config, &self.controller, self.limits);
     }
 }
@@ -121,7 +123,7 @@ pub enum ClientError {
 /// A client for the cluster `KUBECONFIG` (or `~/.kube/config`) names,
 /// else the one teal runs in (in-cluster service account).
 #[cfg(feature = "kubernetes")]
-pub async fn client() -> Result<kube::Client, ClientError> {
+pub(crate) async fn client() -> Result<kube::Client, ClientError> {
     let config = kube::Config::infer().await?;
     Ok(kube::Client::try_from(config)?)
 }

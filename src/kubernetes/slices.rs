@@ -23,8 +23,8 @@
 //! - An address in several slices (a pod moving between slices) counts
 //!   once, usable if any slice says so.
 //!
-//! Each slice is reduced on arrival to a compact [`SliceEndpoints`] (what
-//! the watcher keeps), and [`fleet_endpoints`] combines them.
+//! Each slice is reduced on arrival to a compact `SliceEndpoints` (what
+//! the watcher keeps), and `fleet_endpoints` combines them.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -86,27 +86,26 @@ pub enum SliceError {
     /// More endpoints than `--kube-max-endpoints`.
     #[error("more than {limit} endpoints (--kube-max-endpoints)")]
     TooManyEndpoints {
-        /// The limit.
+        /// The `--kube-max-endpoints` value.
         limit: usize,
     },
 }
 
 /// One endpoint of a slice, as much as teal needs of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SliceEntry {
+pub(crate) struct SliceEntry {
     /// The first address and the chosen port.
-    pub address: SocketAddr,
+    pub(crate) address: SocketAddr,
     /// Ready, serving and not terminating: it may take traffic.
-    pub usable: bool,
-    /// `zone`, if any.
-    pub zone: Option<String>,
+    pub(crate) usable: bool,
+    pub(crate) zone: Option<String>,
 }
 
 /// What one slice contributes to its fleet.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SliceEndpoints {
+pub(crate) struct SliceEndpoints {
     /// Its endpoints, in the slice's order.
-    pub entries: Vec<SliceEntry>,
+    pub(crate) entries: Vec<SliceEntry>,
 }
 
 /// A fleet's endpoints, from all its slices: sorted by address, each
@@ -115,7 +114,7 @@ pub type FleetEndpoints = Vec<Endpoint>;
 
 /// Reduces one slice to its entries for `port`, refusing it past
 /// `max_endpoints` entries (checked before anything is copied).
-pub fn slice_endpoints(
+pub(crate) fn slice_endpoints(
     slice: &EndpointSlice,
     port: Option<&KubernetesPort>,
     max_endpoints: usize,
@@ -229,7 +228,7 @@ fn is_label_value(s: &str) -> bool {
 /// Combines a fleet's slices into its usable endpoints; refused past
 /// `max_endpoints` addresses (usable or not, so that the bound holds
 /// whatever the conditions).
-pub fn fleet_endpoints<'a>(
+pub(crate) fn fleet_endpoints<'a>(
     slices: impl IntoIterator<Item = &'a SliceEndpoints>,
     max_endpoints: usize,
 ) -> Result<FleetEndpoints, SliceError> {
@@ -262,7 +261,8 @@ pub fn fleet_endpoints<'a>(
 
 /// [`slice_endpoints`] and [`fleet_endpoints`] over whole slices: what a
 /// fleet is given these slices.
-pub fn translate<'a>(
+#[cfg(test)]
+pub(crate) fn translate<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     port: Option<&KubernetesPort>,
     max_endpoints: usize,

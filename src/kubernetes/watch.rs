@@ -25,7 +25,7 @@
 //! a slice teal cannot use, the fleet keeps its last good endpoints, the
 //! problem is logged (once per new problem); a fleet past the
 //! slice bound forgets what it saw and lists again after
-//! [`OVERFLOW_RELIST`].
+//! `OVERFLOW_RELIST`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
@@ -45,7 +45,7 @@ use crate::config::KubernetesFleet;
 /// How long a fleet that went past `max_slices` waits before listing
 /// again (its view is incomplete until then, and listing at once would
 /// meet the same slices).
-pub const OVERFLOW_RELIST: Duration = Duration::from_secs(30);
+pub(crate) const OVERFLOW_RELIST: Duration = Duration::from_secs(30);
 
 /// How long a set the sink refused waits before it is offered again (a
 /// reload that adds the fleet may be deferred behind a rollout, and the
@@ -81,7 +81,7 @@ pub enum WatchProblem {
     /// More slices than `--kube-max-slices`.
     #[error("more than {limit} EndpointSlices (--kube-max-slices); listing again in 30s")]
     TooManySlices {
-        /// The limit.
+        /// The `--kube-max-slices` value.
         limit: usize,
     },
 }
@@ -381,10 +381,10 @@ async fn hand_on<S: EndpointSink>(
 }
 
 /// A service's Kubernetes fleets: (fleet name, where its endpoints are).
-pub type ServiceFleets = Vec<(String, KubernetesFleet)>;
+pub(crate) type ServiceFleets = Vec<(String, KubernetesFleet)>;
 
 /// The Kubernetes fleets of a config, by service.
-pub fn kubernetes_fleets(config: &crate::config::Config) -> BTreeMap<String, ServiceFleets> {
+pub(crate) fn kubernetes_fleets(config: &crate::config::Config) -> BTreeMap<String, ServiceFleets> {
     let mut out = BTreeMap::new();
     for (sname, s) in &config.services {
         let fleets: Vec<_> = s
@@ -401,7 +401,7 @@ pub fn kubernetes_fleets(config: &crate::config::Config) -> BTreeMap<String, Ser
 
 /// The running watchers of a config; follows reloads. Dropping it stops
 /// them.
-pub struct Watchers<S: EndpointSink> {
+pub(crate) struct Watchers<S: EndpointSink> {
     client: Client,
     limits: KubeLimits,
     sink: S,
@@ -410,7 +410,7 @@ pub struct Watchers<S: EndpointSink> {
 
 impl<S: EndpointSink> Watchers<S> {
     /// No watcher yet; [`Watchers::follow`] starts them.
-    pub fn new(client: Client, limits: KubeLimits, sink: S) -> Watchers<S> {
+    pub(crate) fn new(client: Client, limits: KubeLimits, sink: S) -> Watchers<S> {
         Watchers {
             client,
             limits,
@@ -424,7 +424,7 @@ impl<S: EndpointSink> Watchers<S> {
     /// A service whose fleets did not change keeps its watcher (and its
     /// endpoints). Returns, per watcher started, a signal that its first
     /// lists were handed on.
-    pub fn follow(
+    pub(crate) fn follow(
         &mut self,
         config: &crate::config::Config,
     ) -> Vec<tokio::sync::oneshot::Receiver<()>> {

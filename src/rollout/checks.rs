@@ -38,14 +38,14 @@ use crate::rollout::CheckResult;
 /// page is short; a longer body is cut here and `body_contains` is looked
 /// for in this prefix only, so an endpoint streaming without end costs a
 /// check at most this much memory.
-pub const MAX_BODY: usize = 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 1024 * 1024;
 
 /// The most bytes of status line and headers a check accepts (64 KiB):
 /// hyper's read buffer for HTTP/1.1, the header list size for HTTP/2.
-pub const MAX_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
 
 /// The `check` of the one failing result of a fleet with no endpoints.
-pub const NO_ENDPOINTS: &str = "(fleet)";
+pub(crate) const NO_ENDPOINTS: &str = "(fleet)";
 
 /// Runs every check of `service` against every endpoint of its fleet
 /// `fleet`, concurrently, and returns the results sorted by (check,
@@ -56,7 +56,7 @@ pub const NO_ENDPOINTS: &str = "(fleet)";
 /// list as passing when none of its results failed, and there is nothing
 /// to vouch for a fleet that cannot serve. A fleet with endpoints and a
 /// service without checks gives an empty list, which passes.
-pub async fn run_checks(service: &Service, fleet: &str) -> Vec<CheckResult> {
+pub(crate) async fn run_checks(service: &Service, fleet: &str) -> Vec<CheckResult> {
     let endpoints = match service.fleets.get(fleet) {
         Some(f) if !f.endpoints.is_empty() => &f.endpoints,
         found => {
@@ -142,7 +142,7 @@ async fn probe(addr: SocketAddr, protocol: Protocol, check: &Check) -> (bool, St
 /// Envoy never sees them; a replica compares this one with the one the
 /// stored state was saved with before it may lead, so a flip runs the
 /// same checks whichever replica runs it.
-pub fn digest(config: &Config) -> String {
+pub(crate) fn digest(config: &Config) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     // Every field length-prefixed, so no two configs feed the same bytes.

@@ -1,6 +1,6 @@
 //! The pure rollout state machine.
 //!
-//! A [`Rollout`] takes [`Event`]s (the proxies' state, check results, the
+//! A [`Rollout`] takes `Event`s (the proxies' state, check results, the
 //! controller's confirmation that a version was published, the clock) and
 //! returns [`Action`]s (look at the proxies, run checks, commit a change,
 //! finish). It does no I/O and reads no clock: `now` is passed in, so every
@@ -21,17 +21,17 @@
 //! A rollback never goes to `UndoCommitting`: a NACK, a timeout or a failed
 //! post-check leaves it in effect and ends it [`Outcome::Unconfirmed`].
 //! Nor does it wait in `Preparing`: a proxy stuck or rejecting its
-//! configuration does not hold the way back ([`Rollout::passed_over`]).
+//! configuration does not hold the way back (`Rollout::passed_over`).
 //!
 //! Every commit is checked again when the driver carries it out
-//! ([`Rollout::commit_gate`]): a step that would send traffic to a fleet
+//! (`Rollout::commit_gate`): a step that would send traffic to a fleet
 //! left with no endpoints since the plan fails like a failed check.
-//! An abort ([`Rollout::abort`]) before the commit ends the operation; after
+//! An abort (`Rollout::abort`) before the commit ends the operation; after
 //! it, the step in progress is undone (back to the last confirmed step).
 //!
-//! Every phase has a deadline ([`Rollout::next_deadline`]), so every
-//! operation ends on its own. [`Rollout::record`] is what the controller
-//! saves with each commit, and [`Rollout::resume`] picks an operation up
+//! Every phase has a deadline (`Rollout::next_deadline`), so every
+//! operation ends on its own. `Rollout::record` is what the controller
+//! saves with each commit, and `Rollout::resume` picks an operation up
 //! from it after a crash.
 
 use std::collections::{BTreeSet, HashMap};
@@ -50,22 +50,21 @@ use super::{
 };
 
 // Defined beside the sets that hold it; the events name it from here.
-pub use super::seen::ProxyView;
+pub(crate) use super::seen::ProxyView;
 
 /// How many proxies' ACK delays a history entry keeps: the slowest. The
 /// state holds up to [`HISTORY_LIMIT`](crate::state::HISTORY_LIMIT)
 /// entries per service and is copied and saved whole at every commit, so
 /// an entry holding every proxy of a large fleet would make each commit
 /// cost O(history × proxies).
-pub const ACKS_KEPT: usize = 100;
+pub(crate) const ACKS_KEPT: usize = 100;
 
 /// How many ids of proxies not yet done [`Progress::waiting_for`] and the
 /// timeout messages name; `acked` and `total` count them all.
-pub const WAITING_SHOWN: usize = 20;
+pub(crate) const WAITING_SHOWN: usize = 20;
 
-/// Something that happened.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     /// Time passed; deadlines may have expired.
     Tick,
     /// The proxies in the affected groups, as they are now: every one of
@@ -96,15 +95,15 @@ pub enum Event {
 /// Something the controller must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Look at the proxies now and send [`Event::Proxies`]: the machine
+    /// Look at the proxies now and send `Event::Proxies`: the machine
     /// began waiting for them (a new step, a commit) and the registry may
     /// not change again for a while.
     ObserveProxies,
     /// Run the service's checks against these fleets, then send
-    /// [`Event::Checks`].
+    /// `Event::Checks`.
     RunChecks(Vec<String>),
-    /// Make this change durable (with [`Rollout::record`]), publish it,
-    /// then send [`Event::Committed`] (or [`Event::CommitFailed`]).
+    /// Make this change durable (with `Rollout::record`), publish it,
+    /// then send `Event::Committed` (or `Event::CommitFailed`).
     Commit(Change),
     /// The operation is over.
     Finish(Outcome),
@@ -113,8 +112,7 @@ pub enum Action {
 /// Whether the driver carries out the [`Action::Commit`] it is about to,
 /// as [`Rollout::commit_gate`] decides.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Gate {
-    /// Carry it out.
+pub(crate) enum Gate {
     Go,
     /// Do not: the operation moved on (refused, or undoing what it
     /// committed); carry out these actions instead.
@@ -123,21 +121,21 @@ pub enum Gate {
 
 /// Why an undo runs, and where it goes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Undo {
+pub(crate) struct Undo {
     /// The failure, or who aborted (read back from a record as
     /// [`Reason::Recorded`]).
-    pub reason: Reason,
+    pub(crate) reason: Reason,
     /// An operator abort (ends `Aborted`), not a failure (ends
     /// `RolledBack`).
-    pub abort: bool,
+    pub(crate) abort: bool,
     /// The routing state it restores.
-    pub to: Change,
+    pub(crate) to: Change,
 }
 
 /// How far the step in progress got, as saved with every commit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Stage {
+pub(crate) enum Stage {
     /// Nothing of this step is committed.
     Pending,
     /// This step's change is committed: it is the stored version.
@@ -147,42 +145,37 @@ pub enum Stage {
 }
 
 /// A running operation as saved in the durable state, so that a restart
-/// (even after `kill -9`) can resolve it ([`Rollout::resume`]).
+/// (even after `kill -9`) can resolve it (`Rollout::resume`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// The operation's id.
     pub id: u64,
-    /// What kind.
-    pub verb: Verb,
-    /// Who asked.
-    pub actor: String,
-    /// When it started.
+    pub(crate) verb: Verb,
+    pub(crate) actor: String,
     #[serde(rename = "started_unix_ms", with = "serde_time::unix_millis")]
-    pub started: SystemTime,
-    /// What it does.
-    pub plan: Plan,
+    pub(crate) started: SystemTime,
+    pub(crate) plan: Plan,
     /// The routing state before it.
-    pub original: Change,
+    pub(crate) original: Change,
     /// The rollback point before it.
-    pub rollback_before: Option<Split>,
+    pub(crate) rollback_before: Option<Split>,
     /// The step in progress, 1-based.
-    pub step: usize,
+    pub(crate) step: usize,
     /// How far that step got.
-    pub stage: Stage,
+    pub(crate) stage: Stage,
     /// The version of the last step every proxy confirmed.
-    pub confirmed_version: Option<Version>,
+    pub(crate) confirmed_version: Option<Version>,
     /// The last confirmed step's change.
-    pub confirmed: Option<Change>,
+    pub(crate) confirmed: Option<Change>,
     /// When a wait before the step ends (retirements), wall clock.
     #[serde(
         rename = "wait_until_unix_ms",
         with = "serde_time::opt_unix_millis",
         default
     )]
-    pub wait_until: Option<SystemTime>,
-    /// Warnings so far.
+    pub(crate) wait_until: Option<SystemTime>,
     #[serde(default)]
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 /// Where the machine is.
@@ -309,7 +302,7 @@ impl Rollout {
     ///   post-checks pass) within the timeout, or it is undone. A shift
     ///   then ends, `Interrupted` if steps were left.
     /// - An undo committed: every proxy must confirm it.
-    pub fn resume(
+    pub(crate) fn resume(
         service: &str,
         rec: Record,
         version: &Version,
@@ -413,28 +406,25 @@ impl Rollout {
         }
     }
 
-    /// The operation's id.
-    pub fn id(&self) -> u64 {
+    pub(crate) fn id(&self) -> u64 {
         self.id
     }
 
     /// What kind of operation.
-    pub fn verb(&self) -> Verb {
+    pub(crate) fn verb(&self) -> Verb {
         self.verb
     }
 
-    /// Who asked.
-    pub fn actor(&self) -> &str {
+    pub(crate) fn actor(&self) -> &str {
         &self.actor
     }
 
     /// When it started, wall clock.
-    pub fn started(&self) -> SystemTime {
+    pub(crate) fn started(&self) -> SystemTime {
         self.started
     }
 
-    /// Where it is.
-    pub fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         match &self.state {
             State::Waiting { .. } => Phase::Waiting,
             State::Preparing { .. } => Phase::Preparing,
@@ -483,7 +473,7 @@ impl Rollout {
     }
 
     /// How it ended, once it has.
-    pub fn outcome(&self) -> Option<&Outcome> {
+    pub(crate) fn outcome(&self) -> Option<&Outcome> {
         match &self.state {
             State::Done(o) => Some(o),
             _ => None,
@@ -491,7 +481,7 @@ impl Rollout {
     }
 
     /// When the machine next needs an [`Event::Tick`].
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         match &self.state {
             State::Waiting { until } => Some(*until),
             State::Preparing { deadline }
@@ -505,7 +495,7 @@ impl Rollout {
 
     /// Whether proxy views matter now; the controller skips computing them
     /// on registry changes otherwise.
-    pub fn wants_proxies(&self) -> bool {
+    pub(crate) fn wants_proxies(&self) -> bool {
         matches!(
             self.state,
             State::Preparing { .. } | State::Confirming { .. } | State::Undoing { .. }
@@ -513,7 +503,7 @@ impl Rollout {
     }
 
     /// The version being confirmed (a step's or an undo's), if any.
-    pub fn version(&self) -> Option<&Version> {
+    pub(crate) fn version(&self) -> Option<&Version> {
         match &self.state {
             State::Confirming { version, .. }
             | State::PostChecks { version, .. }
@@ -523,18 +513,22 @@ impl Rollout {
     }
 
     /// The last version the operation committed, a step's or an undo's.
-    pub fn last_version(&self) -> Option<&Version> {
+    pub(crate) fn last_version(&self) -> Option<&Version> {
         self.last_version.as_ref()
     }
 
     /// Whether it is over.
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         matches!(self.state, State::Done(_))
     }
 
     /// A pending retirement: the fleet, and when it goes (`now` and `wall`
     /// are the same instant on both clocks).
-    pub fn retirement(&self, now: Instant, wall: SystemTime) -> Option<(String, SystemTime)> {
+    pub(crate) fn retirement(
+        &self,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Option<(String, SystemTime)> {
         let State::Waiting { until } = self.state else {
             return None;
         };
@@ -550,7 +544,7 @@ impl Rollout {
     /// (`None` when none was, or no proxy was there to confirm it), and
     /// the ACK delays for the last step pushed of the [`ACKS_KEPT`]
     /// slowest proxies, by proxy id.
-    pub fn convergence(&self) -> (Option<Duration>, Vec<(String, Duration)>) {
+    pub(crate) fn convergence(&self) -> (Option<Duration>, Vec<(String, Duration)>) {
         let mut slowest: Vec<(&Arc<str>, &Duration)> = self.acks.iter().collect();
         if slowest.len() > ACKS_KEPT {
             slowest.select_nth_unstable_by(ACKS_KEPT - 1, |a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
@@ -565,23 +559,24 @@ impl Rollout {
     }
 
     /// The version that carried the last confirmed step.
-    pub fn confirmed_version(&self) -> Option<&Version> {
+    #[cfg(test)]
+    pub(crate) fn confirmed_version(&self) -> Option<&Version> {
         self.confirmed.as_ref().map(|(v, _)| v)
     }
 
     /// The service's routing state before the operation.
-    pub fn original(&self) -> &Change {
+    pub(crate) fn original(&self) -> &Change {
         &self.original
     }
 
     /// The split the operation set out to apply (its last step's).
-    pub fn target(&self) -> Option<&Split> {
+    pub(crate) fn target(&self) -> Option<&Split> {
         self.plan.steps.last().map(|c| &c.split)
     }
 
     /// The rollback point once the operation is over, given the routing
     /// state then in effect ([`rollback_point`]).
-    pub fn rollback_after(&self, in_effect: &Change) -> Option<Split> {
+    pub(crate) fn rollback_after(&self, in_effect: &Change) -> Option<Split> {
         // A rollback that went without some proxies leaves a split they
         // never confirmed: no point to go back to (a rollback point is
         // weights every proxy confirmed).
@@ -593,7 +588,7 @@ impl Rollout {
 
     /// What to save with a commit, or at the start: enough to resolve the
     /// operation after a crash. `now` and `wall` are the same instant.
-    pub fn record(&self, now: Instant, wall: SystemTime) -> Record {
+    pub(crate) fn record(&self, now: Instant, wall: SystemTime) -> Record {
         let stage = match &self.state {
             State::Committing | State::Confirming { .. } | State::PostChecks { .. } => {
                 Stage::Applied
@@ -878,7 +873,7 @@ impl Rollout {
     }
 
     /// Handles one event at time `now`.
-    pub fn on_event(&mut self, mut event: Event, now: Instant) -> Vec<Action> {
+    pub(crate) fn on_event(&mut self, mut event: Event, now: Instant) -> Vec<Action> {
         self.observe(&mut event, now);
         match self.state.clone() {
             State::Waiting { until } => self.on_waiting(event, until, now),
@@ -1162,7 +1157,7 @@ impl Rollout {
     /// it fails as a failed check does (refused before anything was
     /// committed; else every proxy goes back to where the operation
     /// started). An undo always goes: it is the way back.
-    pub fn commit_gate(&mut self, empty: &BTreeSet<String>) -> Gate {
+    pub(crate) fn commit_gate(&mut self, empty: &BTreeSet<String>) -> Gate {
         if !matches!(self.state, State::Committing) {
             return Gate::Go;
         }
@@ -1188,7 +1183,7 @@ impl Rollout {
 
     /// Proxies a rollback did not wait for before its switch: the first
     /// [`ACKS_KEPT`] by id.
-    pub fn passed_over(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn passed_over(&self) -> impl Iterator<Item = &str> {
         self.passed_over.iter().map(|id| &**id)
     }
 
@@ -1196,13 +1191,13 @@ impl Rollout {
     /// committed the operation ends; after, that step is undone (back to
     /// the last confirmed step). A rollback and an undo in progress cannot
     /// be stopped: they are the way back, and they end on their own.
-    pub fn abort(&mut self, by: &str, _now: Instant) -> Result<Vec<Action>, RolloutError> {
+    pub(crate) fn abort(&mut self, by: &str, _now: Instant) -> Result<Vec<Action>, RolloutError> {
         self.stop(by, false)
     }
 
     /// A rollback `by` asked for cancels this retirement: it stops as
     /// [`Rollout::abort`] would stop it.
-    pub fn cancel_retirement(
+    pub(crate) fn cancel_retirement(
         &mut self,
         by: &str,
         _now: Instant,
@@ -1255,7 +1250,7 @@ impl Rollout {
 
     /// The service was removed from the config: the operation ends
     /// `Aborted` where it is.
-    pub fn end_removed(&mut self) -> Vec<Action> {
+    pub(crate) fn end_removed(&mut self) -> Vec<Action> {
         if self.is_done() {
             return Vec::new();
         }
@@ -1268,7 +1263,7 @@ impl Rollout {
     /// and what is committed stays (its rollback point says where
     /// `teal rollback` goes). A pending retirement is not ended: it is
     /// saved, and resumes when teal starts again.
-    pub fn shut_down(&mut self) -> Option<Outcome> {
+    pub(crate) fn shut_down(&mut self) -> Option<Outcome> {
         if self.is_done() || (self.verb == Verb::Retire && self.phase() == Phase::Waiting) {
             return None;
         }

@@ -4,14 +4,14 @@
 //! - [`plan`]: what an operation will do to a service, or why it cannot;
 //!   where the rollback point goes.
 //! - [`machine`]: the pure rollout state machine (events in, actions out).
-//! - [`version`]: the fleet-wide version a commit publishes.
-//! - [`reason`]: why an operation did not simply succeed.
-//! - [`checks`]: the HTTP checks a rollout sends straight to a fleet's
+//! - `version`: the fleet-wide version a commit publishes.
+//! - `reason`: why an operation did not simply succeed.
+//! - `checks`: the HTTP checks a rollout sends straight to a fleet's
 //!   endpoints.
 //! - [`registration`]: endpoints a deploy pipeline or an instance
 //!   registers through the admin API, with TTLs.
 //! - Every service's split, and the rule a split follows, are the
-//!   config's ([`crate::config::weights`]).
+//!   config's (`crate::config::weights`).
 //! - The controller (`crate::controller`) runs it against the real
 //!   snapshot store, proxy registry, checks and durable state.
 //!
@@ -33,19 +33,19 @@
 //!
 //! Each service keeps a **rollback point**: the confirmed weights in effect
 //! before the most recent operation whose changes are still in effect.
-//! [`plan::rollback_point`] is the one rule that moves it; a refused or
+//! `plan::rollback_point` is the one rule that moves it; a refused or
 //! undone operation leaves it where it was.
 
-pub mod checks;
+pub(crate) mod checks;
 #[cfg(test)]
 mod fixtures;
 pub mod machine;
 pub mod plan;
-pub mod reason;
+pub(crate) mod reason;
 pub mod registration;
 mod seen;
 pub(crate) mod serde_time;
-pub mod version;
+pub(crate) mod version;
 
 use crate::config::WeightsError;
 
@@ -63,12 +63,12 @@ pub type Split = BTreeMap<String, u32>;
 /// The longest wait an operation may ask for (a timeout, a shift's
 /// interval, a retirement's delay): a week. Longer values are refused
 /// when the operation is planned, so no deadline can overflow the clock.
-pub const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How long a flip, a shift step or a rollback waits for every proxy to
 /// ACK when the request does not say (`timeout_ms: 0`; the CLI sends that
 /// when `--timeout` is not given, so this is the only default).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What kind of operation: the verb operators type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -211,7 +211,7 @@ pub enum Phase {
 
 impl Phase {
     /// Lower-case name for output.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Phase::Preparing => "preparing",
             Phase::PreChecks => "pre-checks",
@@ -273,7 +273,7 @@ impl Outcome {
     }
 
     /// The reason, for every outcome but success.
-    pub fn reason(&self) -> Option<&Reason> {
+    pub(crate) fn reason(&self) -> Option<&Reason> {
         match self {
             Outcome::Succeeded => None,
             Outcome::Refused { reason }
@@ -322,7 +322,7 @@ pub struct Progress {
     /// Proxies that must ACK it.
     pub total: usize,
     /// Ids of proxies that have not ACKed yet: the first
-    /// [`WAITING_SHOWN`](machine::WAITING_SHOWN) by id (`total - acked`
+    /// `WAITING_SHOWN` by id (`total - acked`
     /// counts them all).
     pub waiting_for: Vec<String>,
     /// Ids of cordoned proxies of the service's groups, which the
@@ -377,7 +377,7 @@ pub struct HistoryEntry {
     #[serde(rename = "convergence_ms", with = "serde_time::opt_millis")]
     pub convergence: Option<Duration>,
     /// Per proxy: how long after the last push it ACKed; the
-    /// [`ACKS_KEPT`](machine::ACKS_KEPT) slowest, by proxy id.
+    /// `ACKS_KEPT` slowest, by proxy id.
     #[serde(rename = "acks_ms", with = "serde_time::acks_millis")]
     pub acks: Vec<(String, Duration)>,
     /// What the operator should know (see [`Progress::warnings`]).
@@ -394,10 +394,10 @@ pub struct HistoryEntry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Retirement {
     /// The fleet to retire.
-    pub fleet: String,
+    pub(crate) fleet: String,
     /// When its weight and endpoints go.
     #[serde(rename = "at_unix_ms", with = "serde_time::unix_millis")]
-    pub at: SystemTime,
+    pub(crate) at: SystemTime,
 }
 
 /// One service as `teal status` shows it.
@@ -406,7 +406,7 @@ pub struct ServiceStatus {
     /// The service.
     pub name: String,
     /// The fleet taking more than half of the traffic; empty when none
-    /// does (a 50/50 split), see [`plan::live_of`].
+    /// does (a 50/50 split), see `plan::live_of`.
     pub live: String,
     /// The live fleet of the rollback point, if it has one.
     pub previous: Option<String>,
@@ -506,7 +506,7 @@ pub enum RolloutError {
     #[error("teal is shutting down")]
     ShuttingDown,
     /// This replica does not lead; changes go to the leader (its admin
-    /// address, when one is known, rides along as [`LEADER_KEY`]).
+    /// address, when one is known, rides along as `LEADER_KEY`).
     #[error("this replica does not lead{}", match leader {
         Some(a) => format!("; the leader's admin API is at {a}"),
         None => "; no replica leads right now (is etcd reachable?)".to_owned(),
@@ -519,7 +519,7 @@ pub enum RolloutError {
 
 /// The gRPC metadata key under which a follower names the leader's admin
 /// address with [`ErrorKind::NotLeader`].
-pub const LEADER_KEY: &str = "teal-leader";
+pub(crate) const LEADER_KEY: &str = "teal-leader";
 
 /// A split refused by [`crate::config::Weights::check`]: an unknown
 /// service or fleet stays one (NOT_FOUND over gRPC), a bad sum is
@@ -542,7 +542,7 @@ impl From<WeightsError> for RolloutError {
 /// The gRPC metadata key (a header or trailer) under which the admin API
 /// names an error's [`ErrorKind`], so a client picks its reaction (the
 /// CLI, its exit code) from the kind, never from the message text.
-pub const ERROR_KIND_KEY: &str = "teal-error-kind";
+pub(crate) const ERROR_KIND_KEY: &str = "teal-error-kind";
 
 /// ` (known: a, b)` for a refusal naming an unknown service, or nothing.
 fn known_services(known: &[String]) -> String {
@@ -554,7 +554,7 @@ fn known_services(known: &[String]) -> String {
 }
 
 /// What kind of error the admin API answered, machine-readable (sent as
-/// [`ERROR_KIND_KEY`]). Several kinds share a gRPC code: a full disk and a
+/// `ERROR_KIND_KEY`). Several kinds share a gRPC code: a full disk and a
 /// server shutting down are both `UNAVAILABLE`, and so is a server that
 /// cannot be reached, which has no kind at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -587,8 +587,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    /// Every kind.
-    pub const ALL: [ErrorKind; 12] = [
+    pub(crate) const ALL: [ErrorKind; 12] = [
         ErrorKind::UnknownService,
         ErrorKind::UnknownFleet,
         ErrorKind::Invalid,
@@ -604,7 +603,7 @@ impl ErrorKind {
     ];
 
     /// The name sent on the wire.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ErrorKind::UnknownService => "unknown-service",
             ErrorKind::UnknownFleet => "unknown-fleet",
@@ -622,13 +621,13 @@ impl ErrorKind {
     }
 
     /// The kind a status names, if it names one this teal knows.
-    pub fn of(status: &tonic::Status) -> Option<ErrorKind> {
+    pub(crate) fn of(status: &tonic::Status) -> Option<ErrorKind> {
         let name = status.metadata().get(ERROR_KIND_KEY)?.to_str().ok()?;
         ErrorKind::ALL.into_iter().find(|k| k.as_str() == name)
     }
 
     /// `status` with this kind attached.
-    pub fn attach(self, mut status: tonic::Status) -> tonic::Status {
+    pub(crate) fn attach(self, mut status: tonic::Status) -> tonic::Status {
         status.metadata_mut().insert(
             ERROR_KIND_KEY,
             tonic::metadata::MetadataValue::from_static(self.as_str()),

@@ -29,16 +29,15 @@ pub struct Change {
 pub struct Plan {
     /// The changes, one per step.
     pub steps: Vec<Change>,
-    /// Run checks?
-    pub checks: bool,
+    pub(crate) checks: bool,
     /// Deadline of each phase of a step (prepare, checks, confirm).
     #[serde(rename = "timeout_ms", with = "serde_time::millis")]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Pause before each step after the first (and before a retirement).
     #[serde(rename = "interval_ms", with = "serde_time::millis")]
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     /// Wait `interval` before the first step too (retirement).
-    pub wait_first: bool,
+    pub(crate) wait_first: bool,
 }
 
 impl Plan {
@@ -83,7 +82,7 @@ pub struct ServiceView<'a> {
 
 impl ServiceView<'_> {
     /// The fleet taking more than half of the traffic, if one does.
-    pub fn live(&self) -> Option<&str> {
+    pub(crate) fn live(&self) -> Option<&str> {
         live_of(self.split)
     }
 
@@ -303,7 +302,7 @@ impl ServiceView<'_> {
 /// The fleet taking more than half of a split's traffic: the live fleet.
 /// A split without one (50/50, or three fleets none of which has a
 /// majority) has no live fleet.
-pub fn live_of(split: &Split) -> Option<&str> {
+pub(crate) fn live_of(split: &Split) -> Option<&str> {
     let total: u32 = split.values().fold(0, |a, w| a.saturating_add(*w));
     split
         .iter()
@@ -312,7 +311,7 @@ pub fn live_of(split: &Split) -> Option<&str> {
 }
 
 /// A split as `blue=90 green=10`, for messages.
-pub fn show(split: &Split) -> String {
+pub(crate) fn show(split: &Split) -> String {
     split
         .iter()
         .map(|(f, w)| format!("{f}={w}"))
@@ -463,7 +462,7 @@ const RETIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// split before it; one that was refused or undone leaves it; a retirement
 /// changes no weight and leaves it too. A point that would send traffic to
 /// a retired fleet is dropped: that fleet is gone.
-pub fn rollback_point(
+pub(crate) fn rollback_point(
     original: &Change,
     before: Option<&Split>,
     in_effect: &Change,

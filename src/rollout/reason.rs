@@ -56,7 +56,7 @@ pub enum Reason {
         error: String,
     },
     /// The step would have sent traffic to a fleet whose endpoints went
-    /// after the plan ([`super::machine::Rollout::commit_gate`]).
+    /// after the plan (`super::machine::Rollout::commit_gate`).
     FleetEmptied {
         /// The service.
         service: String,
@@ -174,18 +174,18 @@ pub enum Reason {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Proxies {
     /// Node ids, the first [`WAITING_SHOWN`](super::machine::WAITING_SHOWN).
-    pub named: Vec<String>,
+    pub(crate) named: Vec<String>,
     /// How many were left unnamed.
-    pub more: usize,
+    pub(crate) more: usize,
 }
 
 /// A proxy that rejected a version, with its message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
     /// The proxy's node id.
-    pub proxy: String,
+    pub(crate) proxy: String,
     /// What it rejected and its message.
-    pub why: String,
+    pub(crate) why: String,
 }
 
 impl fmt::Display for Proxies {

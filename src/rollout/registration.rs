@@ -1,8 +1,8 @@
 //! Registered endpoints: the fleets a deploy pipeline or the instances
 //! themselves fill through the admin API (`endpoints: registered`).
 //!
-//! Everything here is pure: [`apply`] turns a fleet's registrations and a
-//! [`Request`] into the new registrations, [`Registrations::expire`]
+//! Everything here is pure: `apply` turns a fleet's registrations and a
+//! [`Request`] into the new registrations, `Registrations::expire`
 //! drops those whose TTL ran out at a `now` it is given. The controller
 //! saves the result in the durable state (so through whichever store
 //! teal uses) and serves it through its one entry point for endpoints
@@ -17,24 +17,23 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Endpoint, EndpointOverlay, EndpointSetError, check_endpoints};
 
 /// How many endpoint changes are kept per service; older ones go.
-pub const LOG_LIMIT: usize = 100;
+pub(crate) const LOG_LIMIT: usize = 100;
 /// How many addresses one log entry lists per side; the count says how
 /// many there were.
-pub const LOG_ADDRESSES: usize = 16;
+pub(crate) const LOG_ADDRESSES: usize = 16;
 /// Shortest TTL accepted: a registration must outlive the request that
 /// renews it.
-pub const MIN_TTL: Duration = Duration::from_secs(1);
+pub(crate) const MIN_TTL: Duration = Duration::from_secs(1);
 
 /// One registered endpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registered {
     /// IP address and port.
-    pub address: SocketAddr,
+    pub(crate) address: SocketAddr,
     /// Load-balancing weight within the fleet, 1 to 10000.
-    pub weight: u32,
-    /// Zone, if given.
+    pub(crate) weight: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub zone: Option<String>,
+    pub(crate) zone: Option<String>,
     /// When it leaves unless renewed (`teal register --ttl`); `None` for
     /// endpoints set by `teal fleet set|add`, which stay until removed.
     #[serde(
@@ -43,12 +42,12 @@ pub struct Registered {
         with = "unix_ms::opt",
         skip_serializing_if = "Option::is_none"
     )]
-    pub expires: Option<SystemTime>,
+    pub(crate) expires: Option<SystemTime>,
 }
 
 impl Registered {
     /// The endpoint it serves.
-    pub fn endpoint(&self) -> Endpoint {
+    pub(crate) fn endpoint(&self) -> Endpoint {
         Endpoint {
             address: self.address,
             weight: self.weight,
@@ -91,7 +90,7 @@ pub enum Request {
 
 impl Request {
     /// The verb its log entry records.
-    pub fn verb(&self) -> EndpointVerb {
+    pub(crate) fn verb(&self) -> EndpointVerb {
         match self {
             Request::Set(_) => EndpointVerb::Set,
             Request::Add(_) => EndpointVerb::Add,
@@ -100,21 +99,12 @@ impl Request {
             Request::Deregister(_) => EndpointVerb::Deregister,
         }
     }
-
-    /// Whether it only removes endpoints (the guard on a live fleet's last
-    /// endpoint applies to these and to `Set`).
-    pub fn may_empty(&self) -> bool {
-        matches!(
-            self,
-            Request::Set(_) | Request::Remove(_) | Request::Deregister(_)
-        )
-    }
 }
 
 /// What changed a registered fleet, as its log records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum EndpointVerb {
+pub(crate) enum EndpointVerb {
     /// `teal fleet set`.
     Set,
     /// `teal fleet add`.
@@ -131,7 +121,7 @@ pub enum EndpointVerb {
 
 impl EndpointVerb {
     /// The verb as `teal fleet show` prints it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EndpointVerb::Set => "set",
             EndpointVerb::Add => "add",
@@ -145,29 +135,25 @@ impl EndpointVerb {
 
 /// One change of a registered fleet, with who made it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndpointChange {
-    /// The fleet.
-    pub fleet: String,
+pub(crate) struct EndpointChange {
+    pub(crate) fleet: String,
     /// What kind of change.
-    pub verb: EndpointVerb,
+    pub(crate) verb: EndpointVerb,
     /// Who (the admin token's name; `teal` for expiry).
-    pub actor: String,
-    /// When.
+    pub(crate) actor: String,
     #[serde(rename = "at_unix_ms", with = "unix_ms")]
-    pub at: SystemTime,
+    pub(crate) at: SystemTime,
     /// Addresses that joined, at most [`LOG_ADDRESSES`].
-    pub added: Vec<SocketAddr>,
-    /// How many joined.
-    pub added_count: usize,
+    pub(crate) added: Vec<SocketAddr>,
+    pub(crate) added_count: usize,
     /// Addresses that left, at most [`LOG_ADDRESSES`].
-    pub removed: Vec<SocketAddr>,
-    /// How many left.
-    pub removed_count: usize,
+    pub(crate) removed: Vec<SocketAddr>,
+    pub(crate) removed_count: usize,
 }
 
 impl EndpointChange {
     /// The entry for a change from `before` to `after`.
-    pub fn between(
+    pub(crate) fn between(
         fleet: &str,
         verb: EndpointVerb,
         actor: &str,
@@ -200,7 +186,7 @@ impl EndpointChange {
 
 /// Why a request is refused; nothing changes.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum RegistrationError {
+pub(crate) enum RegistrationError {
     /// The resulting set breaks the rules file endpoints follow, or the
     /// per-fleet limit.
     #[error("{0}")]
@@ -211,9 +197,7 @@ pub enum RegistrationError {
     /// Removing or renewing an address that is not registered.
     #[error("endpoint {address} is not registered in fleet {fleet:?}{hint}")]
     NotRegistered {
-        /// The fleet.
         fleet: String,
-        /// The address.
         address: SocketAddr,
         /// What to do instead.
         hint: &'static str,
@@ -226,7 +210,6 @@ pub enum RegistrationError {
     Ttl {
         /// The TTL asked for.
         ttl: Duration,
-        /// The limit.
         max: Duration,
     },
     /// A request with nothing in it.
@@ -238,9 +221,7 @@ pub enum RegistrationError {
          --allow-any-endpoint-address to allow it)"
     )]
     Address {
-        /// The address.
         address: SocketAddr,
-        /// What it is.
         why: AddressError,
     },
 }
@@ -253,7 +234,7 @@ pub struct EndpointLimits {
     pub max_fleet_endpoints: usize,
     /// Longest TTL a registration may ask for (`--max-register-ttl`).
     pub max_ttl: Duration,
-    /// Accept addresses no fleet normally means ([`AddressError`]):
+    /// Accept addresses no fleet normally means (`AddressError`):
     /// `--allow-any-endpoint-address`.
     pub allow_any_address: bool,
     /// teal's own admin address, refused as an endpoint (on it or on
@@ -266,7 +247,7 @@ pub struct EndpointLimits {
 /// means it, and a pipeline (or a token holder) that registered it would
 /// send a fleet's traffic, with its headers, where it must not go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AddressError {
+pub(crate) enum AddressError {
     /// 169.254.0.0/16 or fe80::/10: cloud metadata services live there.
     LinkLocal,
     /// 224.0.0.0/4 or ff00::/8.
@@ -292,7 +273,7 @@ impl std::fmt::Display for AddressError {
 
 impl EndpointLimits {
     /// Why `address` is refused as an endpoint, if it is.
-    pub fn refuses(&self, address: SocketAddr) -> Option<AddressError> {
+    pub(crate) fn refuses(&self, address: SocketAddr) -> Option<AddressError> {
         if self.allow_any_address {
             return None;
         }
@@ -323,10 +304,10 @@ impl EndpointLimits {
     /// Default of `--max-fleet-endpoints`: well above the fleets teal is
     /// built for, low enough that one fleet cannot make an EDS push
     /// megabytes large or the state file huge.
-    pub const DEFAULT_MAX_FLEET_ENDPOINTS: usize = 1000;
+    pub(crate) const DEFAULT_MAX_FLEET_ENDPOINTS: usize = 1000;
     /// Default of `--max-register-ttl`: an instance that stopped renewing
     /// leaves within the hour at most.
-    pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(3600);
+    pub(crate) const DEFAULT_MAX_TTL: Duration = Duration::from_secs(3600);
 }
 
 impl Default for EndpointLimits {
@@ -343,7 +324,7 @@ impl Default for EndpointLimits {
 /// A fleet's registrations after `request`, at `now`: checked whole (the
 /// set as file endpoints are, the limits), or refused with nothing
 /// changed.
-pub fn apply(
+pub(crate) fn apply(
     fleet: &str,
     current: &[Registered],
     request: &Request,
@@ -459,22 +440,20 @@ fn upsert(next: &mut Vec<Registered>, endpoints: &[Registered], expires: Option<
 /// A fleet as `teal fleet show` prints it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FleetView {
-    /// The service.
-    pub service: String,
-    /// The fleet.
-    pub fleet: String,
+    pub(crate) service: String,
+    pub(crate) fleet: String,
     /// Where its endpoints come from (`file`, `registered`, ...).
-    pub source: String,
+    pub(crate) source: String,
     /// Its share of the service's traffic, in percent.
-    pub weight: u32,
+    pub(crate) weight: u32,
     /// Whether it is retired (it serves no endpoints).
-    pub retired: bool,
+    pub(crate) retired: bool,
     /// Its endpoints; only registered ones can have an expiry.
-    pub endpoints: Vec<Registered>,
+    pub(crate) endpoints: Vec<Registered>,
     /// Its recent changes, newest first (registered fleets only).
-    pub changes: Vec<EndpointChange>,
+    pub(crate) changes: Vec<EndpointChange>,
     /// The version being served; `None` before the first commit.
-    pub version: Option<crate::rollout::Version>,
+    pub(crate) version: Option<crate::rollout::Version>,
 }
 
 /// Every registered fleet's endpoints, and the log of their changes.
@@ -482,21 +461,20 @@ pub struct FleetView {
 pub struct Registrations {
     /// Per service, per fleet, in registration order.
     #[serde(default)]
-    pub fleets: BTreeMap<String, BTreeMap<String, Vec<Registered>>>,
+    pub(crate) fleets: BTreeMap<String, BTreeMap<String, Vec<Registered>>>,
     /// Per service, oldest first, at most [`LOG_LIMIT`] entries.
     #[serde(default)]
-    pub log: BTreeMap<String, Vec<EndpointChange>>,
+    pub(crate) log: BTreeMap<String, Vec<EndpointChange>>,
 }
 
 impl Registrations {
     /// Whether nothing was ever registered (the field is then left out of
     /// the state file).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.fleets.is_empty() && self.log.is_empty()
     }
 
-    /// A fleet's registrations.
-    pub fn get(&self, service: &str, fleet: &str) -> &[Registered] {
+    pub(crate) fn get(&self, service: &str, fleet: &str) -> &[Registered] {
         self.fleets
             .get(service)
             .and_then(|f| f.get(fleet))
@@ -504,7 +482,7 @@ impl Registrations {
     }
 
     /// Replaces a fleet's registrations.
-    pub fn set(&mut self, service: &str, fleet: &str, registered: Vec<Registered>) {
+    pub(crate) fn set(&mut self, service: &str, fleet: &str, registered: Vec<Registered>) {
         if registered.is_empty() {
             if let Some(f) = self.fleets.get_mut(service) {
                 f.remove(fleet);
@@ -521,7 +499,7 @@ impl Registrations {
     }
 
     /// Appends to `service`'s log, dropping the oldest beyond [`LOG_LIMIT`].
-    pub fn record(&mut self, service: &str, change: EndpointChange) {
+    pub(crate) fn record(&mut self, service: &str, change: EndpointChange) {
         let log = self.log.entry(service.to_owned()).or_default();
         log.push(change);
         let excess = log.len().saturating_sub(LOG_LIMIT);
@@ -530,7 +508,7 @@ impl Registrations {
 
     /// The endpoints every registered fleet serves, as the controller lays
     /// them over the config.
-    pub fn overlay(&self) -> EndpointOverlay {
+    pub(crate) fn overlay(&self) -> EndpointOverlay {
         let mut overlay = EndpointOverlay::new();
         for (service, fleets) in &self.fleets {
             for (fleet, registered) in fleets {
@@ -545,7 +523,7 @@ impl Registrations {
     }
 
     /// When the next registration runs out, if any has a TTL.
-    pub fn next_expiry(&self) -> Option<SystemTime> {
+    pub(crate) fn next_expiry(&self) -> Option<SystemTime> {
         self.fleets
             .values()
             .flat_map(BTreeMap::values)
@@ -557,7 +535,7 @@ impl Registrations {
     /// Drops every registration whose TTL ran out by `now`, logging each
     /// fleet's as one `expire` change; returns the (service, fleet) pairs
     /// that changed.
-    pub fn expire(&mut self, now: SystemTime) -> Vec<(String, String)> {
+    pub(crate) fn expire(&mut self, now: SystemTime) -> Vec<(String, String)> {
         let mut changed = Vec::new();
         for (service, fleets) in &self.fleets {
             for (fleet, registered) in fleets {

@@ -18,22 +18,22 @@ use std::sync::Arc;
 /// One proxy, as the rollout needs to see it. The controller computes it
 /// from the proxy registry and the snapshot being served.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProxyView {
+pub(crate) struct ProxyView {
     /// The proxy's node id, shared: the machine keeps it in several sets
     /// and every ACK hands a view over, so a copy is a reference count,
     /// not an allocation.
-    pub id: Arc<str>,
+    pub(crate) id: Arc<str>,
     /// It has ACKed the clusters and endpoints of the snapshot being
     /// served, so every fleet's cluster is warm on it.
-    pub prepared: bool,
+    pub(crate) prepared: bool,
     /// It has applied the snapshot being served (before a commit) or the
     /// committed version or a later one (after), on every type it
     /// subscribes to.
-    pub confirmed: bool,
+    pub(crate) confirmed: bool,
     /// Before a commit: it rejects the configuration it was last sent.
     /// After: it rejected the committed version or a later one. With the
     /// proxy's reason.
-    pub nack: Option<String>,
+    pub(crate) nack: Option<String>,
 }
 
 /// What a phase waits for every proxy to be.
@@ -58,7 +58,6 @@ pub(super) struct Seen {
     unready: IdSet,
     /// Neither confirmed nor rejecting (what confirming waits for).
     unsettled: IdSet,
-    /// Rejecting.
     nacking: IdSet,
 }
 

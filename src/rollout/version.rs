@@ -16,7 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The longest digest a version may carry. teal's digests are 12 hex
 /// digits; the bound keeps a hostile state file or NACK from making teal
 /// hold a long one.
-pub const MAX_DIGEST_BYTES: usize = 64;
+pub(crate) const MAX_DIGEST_BYTES: usize = 64;
 
 /// A fleet-wide version. Ordered by sequence number first.
 ///
@@ -25,9 +25,9 @@ pub const MAX_DIGEST_BYTES: usize = 64;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Version {
     /// The sequence number: larger for every new commit.
-    pub seq: u64,
+    pub(crate) seq: u64,
     /// The digest of the content served at this version.
-    pub digest: String,
+    pub(crate) digest: String,
 }
 
 /// Why a string is not a [`Version`].
@@ -38,7 +38,7 @@ pub struct Version {
 )]
 pub struct VersionError {
     /// What was given (cut to a few dozen characters).
-    pub text: String,
+    pub(crate) text: String,
 }
 
 impl Version {
@@ -57,7 +57,7 @@ impl Version {
     /// make-before-break carries the snapshot's version with a `+keep.`
     /// suffix (see `xds::sotw`), which is not part of the version. `None`
     /// for anything else, such as a version from another control plane.
-    pub fn of_sent(version_info: &str) -> Option<Version> {
+    pub(crate) fn of_sent(version_info: &str) -> Option<Version> {
         let version = version_info
             .split_once('+')
             .map_or(version_info, |(v, _)| v);

@@ -44,18 +44,18 @@ use pb::watch_client::WatchClient;
 const FORMAT: u32 = 1;
 
 /// The default prefix of teal's keys.
-pub const DEFAULT_PREFIX: &str = "/teal/";
+pub(crate) const DEFAULT_PREFIX: &str = "/teal/";
 
 /// The default bound on one value read from etcd: etcd itself refuses
 /// requests over 1.5 MiB by default, so a state this large could not have
 /// been written by a default etcd; it leaves room for one configured with
 /// a larger `--max-request-bytes`.
-pub const DEFAULT_MAX_VALUE_BYTES: usize = 8 << 20;
+pub(crate) const DEFAULT_MAX_VALUE_BYTES: usize = 8 << 20;
 
 /// How long one request to etcd may take before the store calls etcd
 /// unavailable. Long enough for a loaded cluster's fsync, short enough
 /// that a refused change is reported while the operator still waits.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// TLS towards etcd.
 #[derive(Clone, Debug, Default)]
@@ -72,9 +72,9 @@ pub struct EtcdTls {
 #[derive(Clone, Debug)]
 pub struct EtcdOptions {
     /// `host:port` of each etcd member; requests go to any reachable one.
-    pub endpoints: Vec<String>,
+    pub(crate) endpoints: Vec<String>,
     /// The prefix of every key teal writes, ending in `/`.
-    pub prefix: String,
+    pub(crate) prefix: String,
     /// TLS, when etcd speaks it.
     pub tls: Option<EtcdTls>,
     /// etcd user and password, when etcd has auth enabled.
@@ -96,12 +96,12 @@ impl EtcdOptions {
     }
 
     /// `etcd://h:p,h:p/prefix`, for logs.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!("etcd://{}{}", self.endpoints.join(","), self.prefix)
     }
 }
 
-/// One key's watch ([`EtcdClient::watch_key`]): read `answers` until it
+/// One key's watch (`EtcdClient::watch_key`): read `answers` until it
 /// ends; dropping it closes the watch.
 #[derive(Debug)]
 pub struct KeyWatch {
@@ -131,13 +131,13 @@ impl Fence {
     }
 
     /// The lease this replica leads under, if it leads.
-    pub fn lease(&self) -> Option<i64> {
+    pub(crate) fn lease(&self) -> Option<i64> {
         *self.lease.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The comparison that makes a transaction land only while `lease`
     /// holds the leader key `leader_key`.
-    pub fn compare(leader_key: &[u8], lease: i64) -> pb::Compare {
+    pub(crate) fn compare(leader_key: &[u8], lease: i64) -> pb::Compare {
         pb::Compare {
             result: pb::compare::CompareResult::Equal as i32,
             target: pb::compare::CompareTarget::Lease as i32,
@@ -148,7 +148,7 @@ impl Fence {
 }
 
 /// A cloneable connection to an etcd cluster, authenticated when a user is
-/// set. Every unary call is bounded by [`REQUEST_TIMEOUT`].
+/// set. Every unary call is bounded by `REQUEST_TIMEOUT`.
 #[derive(Clone, Debug)]
 pub struct EtcdClient {
     /// One lazily connected channel per member (never empty).
@@ -221,7 +221,7 @@ impl EtcdClient {
     }
 
     /// The options it was made with.
-    pub fn options(&self) -> &EtcdOptions {
+    pub(crate) fn options(&self) -> &EtcdOptions {
         &self.opts
     }
 
@@ -241,8 +241,7 @@ impl EtcdClient {
         KvClient::new(self.channel()).max_decoding_message_size(self.max_decode())
     }
 
-    /// The Watch service.
-    pub fn watch_service(&self) -> WatchClient<Channel> {
+    pub(crate) fn watch_service(&self) -> WatchClient<Channel> {
         WatchClient::new(self.channel()).max_decoding_message_size(self.max_decode())
     }
 
@@ -253,7 +252,7 @@ impl EtcdClient {
 
     /// `message` as a request carrying the auth token (authenticating
     /// first when there is a user and no token yet).
-    pub async fn request<T>(&self, message: T) -> Result<tonic::Request<T>, StateError> {
+    pub(crate) async fn request<T>(&self, message: T) -> Result<tonic::Request<T>, StateError> {
         let mut req = tonic::Request::new(message);
         if let Some(token) = self.token().await? {
             req.metadata_mut().insert("token", token);
@@ -295,7 +294,7 @@ impl EtcdClient {
         self.token.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs one unary call with the token and [`REQUEST_TIMEOUT`]; an
+    /// Runs one unary call with the token and `REQUEST_TIMEOUT`; an
     /// expired token is renewed once.
     pub async fn call<M, R, F, Fut>(&self, message: M, f: F) -> Result<R, StateError>
     where
@@ -333,7 +332,7 @@ impl EtcdClient {
     /// Watches `key` from `start_revision` on. The request stream stays
     /// open while the returned [`KeyWatch`] lives (etcd ends a watch
     /// stream whose client half closes); it holds the one create request.
-    pub async fn watch_key(
+    pub(crate) async fn watch_key(
         &self,
         key: Vec<u8>,
         start_revision: i64,
@@ -344,7 +343,7 @@ impl EtcdClient {
     }
 
     /// Watches the keys from `key` up to `range_end` (excluded; empty: `key`
-    /// alone), as [`EtcdClient::watch_key`] does one key.
+    /// alone), as `EtcdClient::watch_key` does one key.
     pub async fn watch_range(
         &self,
         key: Vec<u8>,
@@ -385,7 +384,7 @@ impl EtcdClient {
     /// A failed call as a [`StateError`]: etcd away (or too slow) is
     /// [`StateError::Unavailable`]; etcd answering no is
     /// [`StateError::Refused`].
-    pub fn status_error(&self, s: tonic::Status) -> StateError {
+    pub(crate) fn status_error(&self, s: tonic::Status) -> StateError {
         use tonic::Code;
         let reason = if certificate_required(&s) {
             // The shared TLS connector's message names the CLI's flags.
@@ -430,7 +429,7 @@ impl EtcdClient {
     }
 
     /// A [`StateError::Unavailable`] for this cluster.
-    pub fn unavailable(&self, reason: &str) -> StateError {
+    pub(crate) fn unavailable(&self, reason: &str) -> StateError {
         StateError::Unavailable {
             store: self.opts.describe(),
             reason: reason.to_owned(),
@@ -438,7 +437,7 @@ impl EtcdClient {
     }
 
     /// One transaction, bounded and retried like every unary call.
-    pub async fn txn(&self, txn: pb::TxnRequest) -> Result<pb::TxnResponse, StateError> {
+    pub(crate) async fn txn(&self, txn: pb::TxnRequest) -> Result<pb::TxnResponse, StateError> {
         let kv = self.kv();
         self.call(txn, |r| {
             let mut kv = kv.clone();
@@ -563,7 +562,7 @@ impl EtcdStore {
     }
 
     /// The store over an existing client.
-    pub fn with_client(client: EtcdClient) -> Result<EtcdStore, StateError> {
+    pub(crate) fn with_client(client: EtcdClient) -> Result<EtcdStore, StateError> {
         EtcdStore::build(client, None)
     }
 
@@ -595,11 +594,6 @@ impl EtcdStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(task.abort_handle());
         Ok(store)
-    }
-
-    /// The client, for the other keys replicas share.
-    pub fn client(&self) -> &EtcdClient {
-        &self.inner.client
     }
 }
 
@@ -887,7 +881,7 @@ fn apply_watched(inner: &Inner, kv: &pb::KeyValue) {
 
 /// Parses `HOST:PORT[,HOST:PORT...][/PREFIX]` (what follows `etcd://`):
 /// the endpoints and the prefix, which always starts and ends with `/`.
-pub fn parse_target(s: &str) -> Result<(Vec<String>, String), String> {
+pub(crate) fn parse_target(s: &str) -> Result<(Vec<String>, String), String> {
     let (hosts, prefix) = match s.find('/') {
         Some(i) => (&s[..i], &s[i..]),
         None => (s, ""),

@@ -220,7 +220,6 @@ impl Inner {
 /// power cut drops a rename whose directory was not `fsync`ed). Generic,
 /// not `dyn`: each save compiles to the plain calls.
 trait SaveFs {
-    /// An open file.
     type File;
     /// Creates (truncating) `path` and writes `bytes` to it.
     fn create_and_write(&mut self, path: &Path, bytes: &[u8]) -> io::Result<Self::File>;

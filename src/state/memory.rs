@@ -11,7 +11,7 @@ use super::{PersistedState, Revision, StateError, StateStore, Stored};
 /// State in memory. Clones share the same state, like replicas sharing a
 /// distributed store.
 #[derive(Clone, Debug)]
-pub struct MemoryStore {
+pub(crate) struct MemoryStore {
     shared: Arc<Shared>,
 }
 
@@ -34,25 +34,15 @@ impl Default for MemoryStore {
 
 impl MemoryStore {
     /// An empty store whose `watch` is `None`, like a single-process store.
-    pub fn new() -> MemoryStore {
+    pub(crate) fn new() -> MemoryStore {
         MemoryStore::build(None, false)
     }
 
     /// An empty store whose `watch` reports every save, like a
     /// distributed store (clones act as the other replicas).
-    pub fn watchable() -> MemoryStore {
+    #[cfg(test)]
+    pub(crate) fn watchable() -> MemoryStore {
         MemoryStore::build(None, true)
-    }
-
-    /// A store already holding `state` at revision 1.
-    pub fn with_state(state: PersistedState) -> MemoryStore {
-        MemoryStore::build(
-            Some(Stored {
-                state,
-                revision: Revision(1),
-            }),
-            false,
-        )
     }
 
     fn build(stored: Option<Stored>, watchable: bool) -> MemoryStore {
@@ -69,12 +59,13 @@ impl MemoryStore {
 
     /// While `fail` is set, every save fails with [`StateError::Io`] and
     /// changes nothing.
-    pub fn fail_saves(&self, fail: bool) {
+    #[cfg(test)]
+    pub(crate) fn fail_saves(&self, fail: bool) {
         self.shared.failing.store(fail, Ordering::SeqCst);
     }
 
     /// The stored state, without going through the async trait.
-    pub fn current(&self) -> Option<Stored> {
+    pub(crate) fn current(&self) -> Option<Stored> {
         self.lock().clone()
     }
 

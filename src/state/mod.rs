@@ -10,15 +10,15 @@
 //! - [`file::FileStore`]: one JSON file, replaced atomically and durably.
 //! - [`etcd::EtcdStore`]: one key in etcd, shared by replicas, with a
 //!   watch that keeps each replica up to date.
-//! - [`memory::MemoryStore`]: in memory, for tests of other modules.
-//! - [`StoreSpec`]: `--store file://PATH` or `--store etcd://...`.
+//! - `memory::MemoryStore`: in memory, for tests of other modules.
+//! - `StoreSpec`: `--store file://PATH` or `--store etcd://...`.
 //!
 //! After a restart teal serves the last state a `save` returned `Ok` for,
 //! never an older one, so version numbers never go backwards.
 
 pub mod etcd;
-pub mod file;
-pub mod memory;
+pub(crate) mod file;
+pub(crate) mod memory;
 mod spec;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,11 +34,11 @@ use crate::rollout::{HistoryEntry, Split, Version};
 
 pub use etcd::{EtcdOptions, EtcdStore};
 pub use file::{FileStore, SaveStep};
-pub use memory::MemoryStore;
-pub use spec::StoreSpec;
+pub(crate) use memory::MemoryStore;
+pub(crate) use spec::StoreSpec;
 
 /// How many history entries are kept per service; older ones are dropped.
-pub const HISTORY_LIMIT: usize = 100;
+pub(crate) const HISTORY_LIMIT: usize = 100;
 
 /// Everything teal keeps across restarts.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,7 +52,7 @@ pub struct PersistedState {
     pub version: Option<Version>,
     /// Per service, by name.
     pub services: BTreeMap<String, ServiceState>,
-    /// Per service, oldest first, at most [`HISTORY_LIMIT`] entries each.
+    /// Per service, oldest first, at most `HISTORY_LIMIT` entries each.
     pub history: BTreeMap<String, Vec<HistoryEntry>>,
     /// The id of the last operation started; the next one is larger.
     /// Saved when an operation starts, so ids are never reused.
@@ -69,7 +69,7 @@ pub struct PersistedState {
         skip_serializing_if = "crate::rollout::registration::Registrations::is_empty"
     )]
     pub registered: crate::rollout::registration::Registrations,
-    /// The digest of the checks ([`crate::rollout::checks::digest`]) of the config
+    /// The digest of the checks (`crate::rollout::checks::digest`) of the config
     /// the state was last committed with: replicas must agree on them as
     /// on the resources, which the version's digest covers. `None` in
     /// states saved before teal kept it; then nothing is compared.
@@ -79,7 +79,7 @@ pub struct PersistedState {
     /// changed only by the leader, applied by whichever replica leads.
     /// Absent from states saved before cordons were kept here (they were
     /// in a file of their own, `cordons.json`, which is read once and
-    /// merged in: [`crate::xds::cordon::Cordons::open`]).
+    /// merged in: `crate::xds::cordon::Cordons::open`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub cordons: BTreeMap<String, crate::xds::cordon::Cordon>,
 }
@@ -91,7 +91,7 @@ pub struct ServiceState {
     pub weights: Split,
     /// Where `teal rollback` goes: the confirmed split in effect before
     /// the most recent operation whose changes are still in effect
-    /// ([`crate::rollout::plan::rollback_point`]).
+    /// (`crate::rollout::plan::rollback_point`).
     #[serde(default)]
     pub rollback_to: Option<Split>,
     /// Fleets retired: no weight, no endpoints.
@@ -111,7 +111,7 @@ pub struct ServiceState {
 
 impl PersistedState {
     /// Appends `entry` to `service`'s history, dropping the oldest entries
-    /// beyond [`HISTORY_LIMIT`].
+    /// beyond `HISTORY_LIMIT`.
     pub fn record(&mut self, service: &str, entry: HistoryEntry) {
         let history = self.history.entry(service.to_owned()).or_default();
         history.push(entry);
@@ -120,7 +120,7 @@ impl PersistedState {
     }
 
     /// `service`'s history, newest first.
-    pub fn history_newest_first(&self, service: &str) -> Vec<HistoryEntry> {
+    pub(crate) fn history_newest_first(&self, service: &str) -> Vec<HistoryEntry> {
         self.history
             .get(service)
             .map(|h| h.iter().rev().cloned().collect())
@@ -138,7 +138,7 @@ pub struct Revision(pub u64);
 impl Revision {
     /// The revision after this one; a stored revision at the largest
     /// number (only a hostile or corrupt file has one) cannot be followed.
-    pub fn next(self) -> Result<Revision, StateError> {
+    pub(crate) fn next(self) -> Result<Revision, StateError> {
         self.0
             .checked_add(1)
             .map(Revision)
@@ -253,11 +253,12 @@ pub enum StateError {
     /// A stored value (or one about to be stored) is over the size limit.
     #[error("{path}: {size} bytes, over the limit of {limit} (--store-max-value-bytes)")]
     TooLarge {
-        /// Where.
+        /// Where the value is kept: the store and the key, as in
+        /// `etcd://HOST:PORT/PREFIXstate`.
         path: PathBuf,
-        /// Its size.
+        /// Its size in bytes.
         size: usize,
-        /// The limit.
+        /// The limit in bytes (`--store-max-value-bytes`).
         limit: usize,
     },
 }

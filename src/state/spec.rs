@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 /// Where `teal serve --store` keeps the state.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StoreSpec {
+pub(crate) enum StoreSpec {
     /// `file://PATH`: a state directory, as `--state-dir PATH`.
     File(PathBuf),
     /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`.

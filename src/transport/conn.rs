@@ -24,7 +24,7 @@ use tokio::time::{Instant, Sleep};
 /// its handshake to be complete: the length of HTTP/2's client preface
 /// (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`). An HTTP/1.1 request on the
 /// admin port (`GET /metrics HTTP/1.1` and its `Host` header) is longer.
-pub const PREFACE_BYTES: usize = 24;
+pub(crate) const PREFACE_BYTES: usize = 24;
 
 /// Which of teal's ports a listener serves, for messages and flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub enum Port {
 
 impl Port {
     /// The port's name in messages: `xDS` or `admin`.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Port::Xds => "xDS",
             Port::Admin => "admin",
@@ -45,7 +45,7 @@ impl Port {
     }
 
     /// The flag that sets this port's connection limit.
-    pub fn max_connections_flag(self) -> &'static str {
+    pub(crate) fn max_connections_flag(self) -> &'static str {
         match self {
             Port::Xds => "--max-xds-connections",
             Port::Admin => "--max-admin-connections",
@@ -58,8 +58,8 @@ impl Port {
 pub struct ConnectionLimits {
     /// Most connections open at once; past it the oldest connection still
     /// in its handshake is closed to make room, or, when there is none,
-    /// the new one is closed on accept. Default: [`ConnectionLimits::XDS_MAX_CONNECTIONS`] or
-    /// [`ConnectionLimits::ADMIN_MAX_CONNECTIONS`].
+    /// the new one is closed on accept. Default: `ConnectionLimits::XDS_MAX_CONNECTIONS` or
+    /// `ConnectionLimits::ADMIN_MAX_CONNECTIONS`.
     pub max_connections: usize,
     /// Most concurrent HTTP/2 streams per connection, sent to clients as
     /// `SETTINGS_MAX_CONCURRENT_STREAMS`; a client that opens more has
@@ -68,7 +68,7 @@ pub struct ConnectionLimits {
     pub max_streams_per_connection: u32,
     /// How long a new connection may take, from its accept, to finish
     /// its handshake: TLS, if the port speaks it, and its first
-    /// [`PREFACE_BYTES`] bytes. Default 10 s: a real client sends its
+    /// `PREFACE_BYTES` bytes. Default 10 s: a real client sends its
     /// hello and preface at once.
     pub handshake_timeout: Duration,
     /// How long a connection may send nothing at all. Default 60 s. HTTP/2
@@ -81,10 +81,10 @@ pub struct ConnectionLimits {
 impl ConnectionLimits {
     /// Default connection limit of the xDS port: room for thousands of
     /// proxies, one connection each, with headroom for reconnects.
-    pub const XDS_MAX_CONNECTIONS: usize = 16_384;
+    pub(crate) const XDS_MAX_CONNECTIONS: usize = 16_384;
     /// Default connection limit of the admin port: the CLI opens one
     /// connection per command and a scraper one; 256 is many operators.
-    pub const ADMIN_MAX_CONNECTIONS: usize = 256;
+    pub(crate) const ADMIN_MAX_CONNECTIONS: usize = 256;
 
     /// The defaults for `port`.
     pub fn default_for(port: Port) -> ConnectionLimits {
@@ -102,7 +102,7 @@ impl ConnectionLimits {
     /// The HTTP/2 keepalive for these limits: ping after a third of the
     /// idle timeout without reading anything, and give up on the
     /// connection if the ping is not answered within another third.
-    pub fn keepalive(&self) -> Duration {
+    pub(crate) fn keepalive(&self) -> Duration {
         self.idle_timeout / 3
     }
 }
@@ -207,7 +207,7 @@ impl Drop for Slot {
 /// `ConnectionAborted`). The server then drops it, which closes the
 /// socket.
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     stream: TcpStream,
     /// Fires at the deadline as it was when last set; moved forward lazily
     /// (when it fires) rather than on every read.
@@ -233,14 +233,13 @@ impl Conn {
         }
     }
 
-    /// The client's address.
-    pub fn peer_addr(&self) -> Option<SocketAddr> {
+    pub(crate) fn peer_addr(&self) -> Option<SocketAddr> {
         self.stream.peer_addr().ok()
     }
 
     /// Marks the handshake done: from now on only the idle timeout
     /// applies, and the connection is no longer evicted to make room.
-    pub fn establish(&mut self) {
+    pub(crate) fn establish(&mut self) {
         self.slot.handshake.establish();
     }
 

@@ -2,7 +2,7 @@
 //! join a group.
 //!
 //! With mTLS on the xDS port, a stream's identity is its certificate's
-//! SPIFFE ID (a URI SAN that is a valid SPIFFE ID, see [`is_spiffe_id`])
+//! SPIFFE ID (a URI SAN that is a valid SPIFFE ID, see `is_spiffe_id`)
 //! or, when it has none, its DNS SANs that are DNS names. A group's
 //! `identities` in the config are exact names or patterns with `*`
 //! standing for one whole path segment
@@ -42,7 +42,7 @@ impl PeerIdentity {
     /// name nobody. A certificate with none left (or that cannot be
     /// parsed, which rustls would already have refused) is an empty DNS
     /// list, which no pattern matches.
-    pub fn from_certificate(der: &[u8]) -> PeerIdentity {
+    pub(crate) fn from_certificate(der: &[u8]) -> PeerIdentity {
         use x509_parser::extensions::GeneralName;
         let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
             return PeerIdentity::Dns(Vec::new());
@@ -64,12 +64,12 @@ impl PeerIdentity {
     }
 
     /// Whether a client certificate proved this identity.
-    pub fn is_authenticated(&self) -> bool {
+    pub(crate) fn is_authenticated(&self) -> bool {
         !matches!(self, PeerIdentity::Unauthenticated)
     }
 
     /// The names this identity answers to.
-    pub fn names(&self) -> Vec<&str> {
+    pub(crate) fn names(&self) -> Vec<&str> {
         match self {
             PeerIdentity::Unauthenticated => Vec::new(),
             PeerIdentity::Spiffe(id) => vec![id.as_str()],
@@ -79,7 +79,7 @@ impl PeerIdentity {
 
     /// Whether any of `patterns` admits this identity: a SPIFFE ID by a
     /// `spiffe://` pattern, a DNS name by any other.
-    pub fn allowed_by(&self, patterns: &[IdentityPattern]) -> bool {
+    pub(crate) fn allowed_by(&self, patterns: &[IdentityPattern]) -> bool {
         let spiffe = matches!(self, PeerIdentity::Spiffe(_));
         self.names().iter().any(|name| {
             patterns
@@ -106,7 +106,7 @@ impl fmt::Display for PeerIdentity {
 /// `.`, `-` and `_`, none of them empty, `.` or `..` (so no query,
 /// fragment, port or userinfo, and no trailing `/`). The path may be
 /// empty (the ID of a trust domain).
-pub fn is_spiffe_id(uri: &str) -> bool {
+pub(crate) fn is_spiffe_id(uri: &str) -> bool {
     const MAX_BYTES: usize = 2048;
     let Some(rest) = uri.strip_prefix("spiffe://") else {
         return false;
@@ -154,7 +154,7 @@ fn is_dns_name(name: &str) -> bool {
 
 /// A problem with an identity pattern in the config.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PatternError {
+pub(crate) enum PatternError {
     /// The pattern is empty.
     #[error("an identity pattern cannot be empty")]
     Empty,
@@ -179,13 +179,13 @@ pub enum PatternError {
 /// name, or one with `*` for whole `/`-separated segments of a SPIFFE
 /// path (or whole `.`-separated labels of a DNS name, as in `*.edge.example`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IdentityPattern {
+pub(crate) struct IdentityPattern {
     text: String,
 }
 
 impl IdentityPattern {
     /// Checks and keeps a pattern.
-    pub fn parse(text: &str) -> Result<IdentityPattern, PatternError> {
+    pub(crate) fn parse(text: &str) -> Result<IdentityPattern, PatternError> {
         if text.is_empty() {
             return Err(PatternError::Empty);
         }
@@ -224,18 +224,19 @@ impl IdentityPattern {
 
     /// Whether this is a SPIFFE ID pattern (`spiffe://...`), matched
     /// against SPIFFE IDs only; any other is matched against DNS names.
-    pub fn is_spiffe(&self) -> bool {
+    pub(crate) fn is_spiffe(&self) -> bool {
         self.text.starts_with("spiffe://")
     }
 
     /// The pattern as written.
-    pub fn as_str(&self) -> &str {
+    #[cfg(test)]
+    pub(crate) fn as_str(&self) -> &str {
         &self.text
     }
 
     /// Whether `name` matches: segment by segment, `*` standing for
     /// exactly one non-empty segment.
-    pub fn matches(&self, name: &str) -> bool {
+    pub(crate) fn matches(&self, name: &str) -> bool {
         if !self.text.contains('*') {
             return self.text == name;
         }
@@ -261,7 +262,7 @@ impl fmt::Display for IdentityPattern {
 
 /// Which identities may join which group, from the config in force.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct IdentityPolicy {
+pub(crate) struct IdentityPolicy {
     /// The groups that list identities; any other group admits anyone.
     groups: BTreeMap<String, Vec<IdentityPattern>>,
 }
@@ -269,7 +270,7 @@ pub struct IdentityPolicy {
 impl IdentityPolicy {
     /// A policy where each group of `groups` admits the identities its
     /// patterns match, and every other group anyone.
-    pub fn new(groups: BTreeMap<String, Vec<IdentityPattern>>) -> IdentityPolicy {
+    pub(crate) fn new(groups: BTreeMap<String, Vec<IdentityPattern>>) -> IdentityPolicy {
         IdentityPolicy {
             groups: groups.into_iter().filter(|(_, p)| !p.is_empty()).collect(),
         }
@@ -278,7 +279,7 @@ impl IdentityPolicy {
     /// Whether a stream of `identity` may join `group`. A group that
     /// lists identities admits only those; an unauthenticated stream
     /// (no mTLS on the port) is never one of them.
-    pub fn admits(&self, group: &str, identity: &PeerIdentity) -> bool {
+    pub(crate) fn admits(&self, group: &str, identity: &PeerIdentity) -> bool {
         match self.groups.get(group) {
             Some(patterns) => identity.allowed_by(patterns),
             None => true,
@@ -286,9 +287,9 @@ impl IdentityPolicy {
     }
 }
 
-/// The [`IdentityPolicy`] in force, replaced whole when a config is
+/// The `IdentityPolicy` in force, replaced whole when a config is
 /// loaded. A new stream reads it when its node arrives; an admitted
-/// stream watches it ([`IdentityGate::watch`]) and is closed when a new
+/// stream watches it (`IdentityGate::watch`) and is closed when a new
 /// policy no longer admits it.
 #[derive(Debug)]
 pub struct IdentityGate {
@@ -305,23 +306,23 @@ impl Default for IdentityGate {
 
 impl IdentityGate {
     /// A gate admitting everyone until a policy is set.
-    pub fn new() -> Arc<IdentityGate> {
+    pub(crate) fn new() -> Arc<IdentityGate> {
         Arc::default()
     }
 
     /// Puts `policy` in force: for streams that join from now on, and
     /// for the admitted ones, which check it again.
-    pub fn set(&self, policy: IdentityPolicy) {
+    pub(crate) fn set(&self, policy: IdentityPolicy) {
         self.current.send_replace(Arc::new(policy));
     }
 
     /// The policy in force.
-    pub fn policy(&self) -> Arc<IdentityPolicy> {
+    pub(crate) fn policy(&self) -> Arc<IdentityPolicy> {
         self.current.borrow().clone()
     }
 
     /// A receiver that sees every policy put in force after this call.
-    pub fn watch(&self) -> watch::Receiver<Arc<IdentityPolicy>> {
+    pub(crate) fn watch(&self) -> watch::Receiver<Arc<IdentityPolicy>> {
         self.current.subscribe()
     }
 }

@@ -4,7 +4,7 @@
 //! connection a client opens, keeps one that never sends a byte for as
 //! long as the client likes, and retries a failing `accept` at once, so
 //! at the file-descriptor limit (`EMFILE`) it spins a core while the
-//! connection that cannot be accepted waits in the backlog. [`Incoming`]
+//! connection that cannot be accepted waits in the backlog. `Incoming`
 //! is the stream of connections handed to tonic's
 //! `serve_with_incoming_shutdown` instead. It is written here because the
 //! three things it adds belong to accepting and nothing in tonic, hyper or
@@ -18,19 +18,19 @@
 //!   that open connections and dribble their handshake therefore cannot
 //!   keep a real client, whose handshake takes milliseconds, out of a
 //!   full port;
-//! - each connection ([`Conn`]) must finish its handshake (TLS, then the
-//!   first [`PREFACE_BYTES`] bytes of its protocol: HTTP/2's whole client
+//! - each connection (`Conn`) must finish its handshake (TLS, then the
+//!   first `PREFACE_BYTES` bytes of its protocol: HTTP/2's whole client
 //!   preface) within [`ConnectionLimits::handshake_timeout`] of being
 //!   accepted, however it spreads its bytes, and then send something at
 //!   least every [`ConnectionLimits::idle_timeout`]; HTTP/2 clients are
 //!   pinged after a third of that much silence (see
-//!   [`ConnectionLimits::keepalive`]), so a live one always answers in
+//!   `ConnectionLimits::keepalive`), so a live one always answers in
 //!   time;
 //! - a failing `accept` backs off, from 10 ms doubling to 1 s, and is
-//!   logged once per [`LOG_INTERVAL`] with a count, not once per error.
+//!   logged once per `LOG_INTERVAL` with a count, not once per error.
 //!
-//! With TLS on the port ([`Incoming::with_tls`]), each connection is
-//! handed on as a [`ServerConn`] that makes its TLS handshake on the
+//! With TLS on the port (`Incoming::with_tls`), each connection is
+//! handed on as a `ServerConn` that makes its TLS handshake on the
 //! connection's own task, over these same limits (see [`crate::transport::tls`]).
 //!
 //! The HTTP/2 limit on streams per connection is a SETTINGS value, which
@@ -55,11 +55,14 @@ use super::conn::{Handshake, Slot};
 use crate::transport::tls::{ServerConn, ServerTls};
 
 // What a port accepts, defined beside the connection; named from here too.
-pub use super::conn::{Conn, ConnectionLimits, PREFACE_BYTES, Port};
+pub(crate) use super::conn::Conn;
+#[cfg(test)]
+pub(crate) use super::conn::PREFACE_BYTES;
+pub use super::conn::{ConnectionLimits, Port};
 
 /// How often a repeating problem (failing accepts, refused connections)
 /// is logged at most.
-pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// First pause after a failing accept.
 const BACKOFF_FIRST: Duration = Duration::from_millis(10);
@@ -71,7 +74,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// The connections of a port, within [`ConnectionLimits`]. Never yields
 /// an error: accept errors are waited out here.
 #[derive(Debug)]
-pub struct Incoming {
+pub(crate) struct Incoming {
     listener: TcpListener,
     port: Port,
     limits: ConnectionLimits,
@@ -90,7 +93,7 @@ pub struct Incoming {
 
 impl Incoming {
     /// Accepts from `listener` within `limits`.
-    pub fn new(listener: TcpListener, port: Port, limits: ConnectionLimits) -> Incoming {
+    pub(crate) fn new(listener: TcpListener, port: Port, limits: ConnectionLimits) -> Incoming {
         Incoming {
             listener,
             port,
@@ -108,13 +111,14 @@ impl Incoming {
 
     /// Makes every connection start with a TLS handshake with `tls`
     /// (plaintext when `None`).
-    pub fn with_tls(mut self, tls: Option<Arc<ServerTls>>) -> Incoming {
+    pub(crate) fn with_tls(mut self, tls: Option<Arc<ServerTls>>) -> Incoming {
         self.tls = tls;
         self
     }
 
     /// How many accepted connections are open now.
-    pub fn open_connections(&self) -> Arc<AtomicUsize> {
+    #[cfg(test)]
+    pub(crate) fn open_connections(&self) -> Arc<AtomicUsize> {
         self.open.clone()
     }
 

@@ -11,7 +11,7 @@
 //! logged, and the old one keeps serving. The CA is swapped with the
 //! certificate, which a certificate resolver alone could not do.
 //!
-//! The handshake runs inside the connection ([`ServerConn`]), lazily, on
+//! The handshake runs inside the connection (`ServerConn`), lazily, on
 //! the connection's own task: the accept loop never waits for a slow
 //! client, and the connection limits and the handshake and idle timeouts
 //! of [`crate::transport::listener`] apply to the bytes underneath, TLS included:
@@ -42,7 +42,7 @@ use crate::transport::identity::PeerIdentity;
 
 /// Largest certificate, key or CA file read, in bytes. A chain of a few
 /// certificates is a few KiB; a bundle of public roots is ~250 KiB.
-pub const MAX_PEM_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_PEM_BYTES: u64 = 1 << 20;
 
 /// The files of one port's TLS.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,7 +67,7 @@ pub enum TlsError {
         /// The I/O error.
         source: io::Error,
     },
-    /// A file is over [`MAX_PEM_BYTES`].
+    /// A file is over `MAX_PEM_BYTES`.
     #[error("{path} is larger than {MAX_PEM_BYTES} bytes; it is not a PEM certificate or key")]
     TooLarge {
         /// The file.
@@ -194,7 +194,7 @@ impl Material {
 
 /// What a look at a port's TLS files found.
 #[derive(Debug)]
-pub enum Reloaded {
+pub(crate) enum Reloaded {
     /// The files hold what they held.
     Unchanged,
     /// New material is in use for new handshakes.
@@ -239,17 +239,16 @@ impl ServerTls {
     }
 
     /// The port this is for.
-    pub fn port(&self) -> Port {
+    pub(crate) fn port(&self) -> Port {
         self.port
     }
 
-    /// The files.
-    pub fn files(&self) -> &TlsFiles {
+    pub(crate) fn files(&self) -> &TlsFiles {
         &self.files
     }
 
     /// Whether clients must present a certificate.
-    pub fn requires_client_certificate(&self) -> bool {
+    pub(crate) fn requires_client_certificate(&self) -> bool {
         self.files.client_ca.is_some()
     }
 
@@ -268,7 +267,7 @@ impl ServerTls {
     /// unchanged files. Files that cannot be read for the reason of the
     /// last look are [`Reloaded::StillRefused`] (unless `forced`), so a
     /// missing file is reported once, not at every look.
-    pub fn reload(&self, forced: bool) -> Reloaded {
+    pub(crate) fn reload(&self, forced: bool) -> Reloaded {
         let material = match Material::read(&self.files) {
             Ok(m) => {
                 *self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -308,9 +307,8 @@ impl ServerTls {
 /// completes, which is before any request arrives on it). tonic puts
 /// this in every request's extensions.
 #[derive(Clone, Debug)]
-pub struct ConnInfo {
-    /// The client's address.
-    pub remote: Option<std::net::SocketAddr>,
+pub(crate) struct ConnInfo {
+    pub(crate) remote: Option<std::net::SocketAddr>,
     identity: Arc<OnceLock<PeerIdentity>>,
     closer: Arc<Closer>,
 }
@@ -335,7 +333,7 @@ impl ConnInfo {
 
     /// Closes the connection (for a client that holds teal's memory and
     /// reads nothing); its streams end.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.closer
             .closed
             .store(true, std::sync::atomic::Ordering::Release);
@@ -373,7 +371,7 @@ impl ConnInfo {
 
     /// The identity of the client: [`PeerIdentity::Unauthenticated`]
     /// without a client certificate.
-    pub fn identity(&self) -> PeerIdentity {
+    pub(crate) fn identity(&self) -> PeerIdentity {
         self.identity
             .get()
             .cloned()
@@ -392,7 +390,7 @@ enum Inner {
 }
 
 /// An accepted connection, in plaintext or TLS, within the port's limits.
-pub struct ServerConn {
+pub(crate) struct ServerConn {
     inner: Inner,
     info: ConnInfo,
     port: Port,
@@ -418,7 +416,7 @@ impl std::fmt::Debug for ServerConn {
 
 impl ServerConn {
     /// A plaintext connection.
-    pub fn plain(conn: Conn, port: Port) -> ServerConn {
+    pub(crate) fn plain(conn: Conn, port: Port) -> ServerConn {
         let remote = conn.peer_addr();
         ServerConn {
             inner: Inner::Plain(conn),
@@ -429,7 +427,7 @@ impl ServerConn {
     }
 
     /// A connection whose first bytes are a TLS handshake with `tls`.
-    pub fn tls(conn: Conn, tls: &ServerTls) -> ServerConn {
+    pub(crate) fn tls(conn: Conn, tls: &ServerTls) -> ServerConn {
         let remote = conn.peer_addr();
         ServerConn {
             inner: Inner::Handshaking(Box::new(tls.acceptor().accept(conn))),
@@ -721,7 +719,9 @@ impl ConnectError {
 /// a server that refuses the client's certificate says so after the
 /// handshake, so the refusal reaches the CLI as the failure of its first
 /// call rather than of the connection.
-pub fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+pub(crate) fn rustls_error<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
     let mut next = Some(e);
     while let Some(err) = next {
         if let Some(r) = err.downcast_ref::<rustls::Error>() {

@@ -53,14 +53,14 @@ fn buffer_settings() -> BufferSettings {
 
 /// Decodes `D` requests and writes pre-encoded responses.
 #[derive(Debug)]
-pub struct XdsCodec<D> {
+pub(crate) struct XdsCodec<D> {
     limits: StreamLimits,
     _request: PhantomData<fn() -> D>,
 }
 
 impl<D> XdsCodec<D> {
     /// A codec that refuses requests whose name lists go past `limits`.
-    pub fn new(limits: StreamLimits) -> Self {
+    pub(crate) fn new(limits: StreamLimits) -> Self {
         XdsCodec {
             limits,
             _request: PhantomData,
@@ -88,7 +88,7 @@ impl<D: XdsRequest> Codec for XdsCodec<D> {
 
 /// Writes an [`OutMessage`] as it is.
 #[derive(Debug)]
-pub struct OutEncoder;
+pub(crate) struct OutEncoder;
 
 impl Encoder for OutEncoder {
     type Item = OutMessage;
@@ -110,7 +110,7 @@ impl Encoder for OutEncoder {
 /// client's fault, so it is `INVALID_ARGUMENT`; one whose list is past a
 /// limit is `RESOURCE_EXHAUSTED` naming the limit.
 #[derive(Debug)]
-pub struct RequestDecoder<D> {
+pub(crate) struct RequestDecoder<D> {
     limits: StreamLimits,
     _request: PhantomData<fn() -> D>,
 }
@@ -156,7 +156,7 @@ fn decode_request<D: XdsRequest>(msg: &[u8], limits: &StreamLimits) -> Result<D,
 /// A discovery request type the codec decodes: where its name lists are
 /// on the wire, and how its lean form becomes the envoy-types message the
 /// stream state machines take.
-pub trait XdsRequest: Sized + Send + 'static {
+pub(crate) trait XdsRequest: Sized + Send + 'static {
     /// Field number of `type_url`.
     #[doc(hidden)]
     const TYPE_URL_FIELD: u32;
@@ -218,7 +218,7 @@ struct ListSize {
 /// The sizes of a request's name lists, counted on the wire.
 #[derive(Debug)]
 #[doc(hidden)]
-pub struct NameLists {
+pub(crate) struct NameLists {
     /// The type the request names, for messages.
     ty: Option<ResourceType>,
     /// One per [`XdsRequest::NAME_LISTS`] entry.
@@ -307,7 +307,7 @@ impl NameLists {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid protobuf at byte {at}: {what}")]
 #[doc(hidden)]
-pub struct WireError {
+pub(crate) struct WireError {
     at: usize,
     what: &'static str,
 }
@@ -398,7 +398,7 @@ impl<'a> Iterator for Fields<'a> {
 /// Field numbers are those of `envoy.service.discovery.v3` and
 /// `envoy.config.core.v3.Node`.
 #[doc(hidden)]
-pub mod lean {
+pub(crate) mod lean {
     use envoy_types::pb::envoy::config::core::v3 as core;
     use envoy_types::pb::envoy::service::discovery::v3 as discovery;
     use envoy_types::pb::envoy::r#type::v3::SemanticVersion;
@@ -406,24 +406,21 @@ pub mod lean {
 
     /// `envoy.config.core.v3.Node`: who the proxy is.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Node {
-        /// `id`.
+    pub(crate) struct Node {
         #[prost(string, tag = "1")]
-        pub id: String,
-        /// `cluster`.
+        pub(crate) id: String,
         #[prost(string, tag = "2")]
-        pub cluster: String,
-        /// `user_agent_name`.
+        pub(crate) cluster: String,
         #[prost(string, tag = "6")]
-        pub user_agent_name: String,
+        pub(crate) user_agent_name: String,
         /// `user_agent_version` or `user_agent_build_version`.
         #[prost(oneof = "UserAgentVersion", tags = "7, 8")]
-        pub user_agent_version: Option<UserAgentVersion>,
+        pub(crate) user_agent_version: Option<UserAgentVersion>,
     }
 
     /// `Node.user_agent_version_type`.
     #[derive(Clone, PartialEq, prost::Oneof)]
-    pub enum UserAgentVersion {
+    pub(crate) enum UserAgentVersion {
         /// `user_agent_version`.
         #[prost(string, tag = "7")]
         Text(String),
@@ -434,70 +431,54 @@ pub mod lean {
 
     /// `envoy.config.core.v3.BuildVersion` without its metadata.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct BuildVersion {
-        /// `version`.
+    pub(crate) struct BuildVersion {
         #[prost(message, optional, tag = "1")]
-        pub version: Option<SemanticVersion>,
+        pub(crate) version: Option<SemanticVersion>,
     }
 
     /// `google.rpc.Status` without its details: a NACK's code and message.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Status {
-        /// `code`.
+    pub(crate) struct Status {
         #[prost(int32, tag = "1")]
-        pub code: i32,
-        /// `message`.
+        pub(crate) code: i32,
         #[prost(string, tag = "2")]
-        pub message: String,
+        pub(crate) message: String,
     }
 
     /// `envoy.service.discovery.v3.DiscoveryRequest`.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct DiscoveryRequest {
-        /// `version_info`.
+    pub(crate) struct DiscoveryRequest {
         #[prost(string, tag = "1")]
-        pub version_info: String,
-        /// `node`.
+        pub(crate) version_info: String,
         #[prost(message, optional, tag = "2")]
-        pub node: Option<Node>,
-        /// `resource_names`.
+        pub(crate) node: Option<Node>,
         #[prost(string, repeated, tag = "3")]
-        pub resource_names: Vec<String>,
-        /// `type_url`.
+        pub(crate) resource_names: Vec<String>,
         #[prost(string, tag = "4")]
-        pub type_url: String,
-        /// `response_nonce`.
+        pub(crate) type_url: String,
         #[prost(string, tag = "5")]
-        pub response_nonce: String,
-        /// `error_detail`.
+        pub(crate) response_nonce: String,
         #[prost(message, optional, tag = "6")]
-        pub error_detail: Option<Status>,
+        pub(crate) error_detail: Option<Status>,
     }
 
     /// `envoy.service.discovery.v3.DeltaDiscoveryRequest`.
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct DeltaDiscoveryRequest {
-        /// `node`.
+    pub(crate) struct DeltaDiscoveryRequest {
         #[prost(message, optional, tag = "1")]
-        pub node: Option<Node>,
-        /// `type_url`.
+        pub(crate) node: Option<Node>,
         #[prost(string, tag = "2")]
-        pub type_url: String,
-        /// `resource_names_subscribe`.
+        pub(crate) type_url: String,
         #[prost(string, repeated, tag = "3")]
-        pub resource_names_subscribe: Vec<String>,
-        /// `resource_names_unsubscribe`.
+        pub(crate) resource_names_subscribe: Vec<String>,
         #[prost(string, repeated, tag = "4")]
-        pub resource_names_unsubscribe: Vec<String>,
-        /// `initial_resource_versions`.
+        pub(crate) resource_names_unsubscribe: Vec<String>,
         #[prost(map = "string, string", tag = "5")]
-        pub initial_resource_versions: std::collections::HashMap<String, String>,
-        /// `response_nonce`.
+        pub(crate) initial_resource_versions: std::collections::HashMap<String, String>,
         #[prost(string, tag = "6")]
-        pub response_nonce: String,
-        /// `error_detail`.
+        pub(crate) response_nonce: String,
         #[prost(message, optional, tag = "7")]
-        pub error_detail: Option<Status>,
+        pub(crate) error_detail: Option<Status>,
     }
 
     impl From<Node> for core::Node {

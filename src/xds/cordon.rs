@@ -25,13 +25,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 /// Most proxies cordoned at once.
-pub const MAX_CORDONS: usize = 10_000;
+pub(crate) const MAX_CORDONS: usize = 10_000;
 
 /// Longest node id or reason, in bytes.
-pub const MAX_CORDON_TEXT_BYTES: usize = 1024;
+pub(crate) const MAX_CORDON_TEXT_BYTES: usize = 1024;
 
 /// The file in the state directory.
-pub const CORDONS_FILE: &str = "cordons.json";
+pub(crate) const CORDONS_FILE: &str = "cordons.json";
 
 /// Why a cordon could not be read, changed or saved.
 #[derive(Debug, thiserror::Error)]
@@ -70,11 +70,11 @@ pub enum CordonError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cordon {
     /// Why, as the operator said.
-    pub reason: String,
+    pub(crate) reason: String,
     /// Who (the admin token's name).
-    pub actor: String,
+    pub(crate) actor: String,
     /// Since when, unix milliseconds.
-    pub since_unix_ms: i64,
+    pub(crate) since_unix_ms: i64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -85,17 +85,16 @@ struct File {
 /// The cordons a state directory's `cordons.json` held, still to be
 /// merged into the stored state.
 #[derive(Debug)]
-pub struct Legacy {
+pub(crate) struct Legacy {
     /// The file, removed once its cordons are saved in the state.
-    pub path: PathBuf,
-    /// What it held.
-    pub cordons: BTreeMap<String, Cordon>,
+    pub(crate) path: PathBuf,
+    pub(crate) cordons: BTreeMap<String, Cordon>,
 }
 
 /// The cordoned proxies this replica applies, by node id: those of the
 /// state it serves.
 #[derive(Debug, Default)]
-pub struct Cordons {
+pub(crate) struct Cordons {
     /// Held briefly (a read, or a whole replacement); never across an
     /// `.await`.
     map: Mutex<BTreeMap<String, Cordon>>,
@@ -106,14 +105,14 @@ pub struct Cordons {
 
 impl Cordons {
     /// No cordons, until the driver applies its state's.
-    pub fn in_memory() -> Cordons {
+    pub(crate) fn in_memory() -> Cordons {
         Cordons::default()
     }
 
     /// No cordons yet, and the ones `cordons.json` in the state directory
     /// `dir` holds (if it has one), for [`Cordons::take_legacy`]. A file
     /// that does not decode stops teal rather than losing what it holds.
-    pub fn open(dir: &Path) -> Result<Cordons, CordonError> {
+    pub(crate) fn open(dir: &Path) -> Result<Cordons, CordonError> {
         let path = dir.join(CORDONS_FILE);
         let name = path.display().to_string();
         let legacy = match std::fs::read(&path) {
@@ -146,12 +145,12 @@ impl Cordons {
 
     /// The cordons of an old `cordons.json`, once: the driver owns them
     /// from then on.
-    pub fn take_legacy(&self) -> Option<Legacy> {
+    pub(crate) fn take_legacy(&self) -> Option<Legacy> {
         self.legacy.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// Applies `cordons` (the state's); true if they changed.
-    pub fn replace(&self, cordons: &BTreeMap<String, Cordon>) -> bool {
+    pub(crate) fn replace(&self, cordons: &BTreeMap<String, Cordon>) -> bool {
         let mut map = self.lock();
         if *map == *cordons {
             return false;
@@ -161,27 +160,27 @@ impl Cordons {
     }
 
     /// The cordoned node ids.
-    pub fn ids(&self) -> BTreeSet<String> {
+    pub(crate) fn ids(&self) -> BTreeSet<String> {
         self.lock().keys().cloned().collect()
     }
 
     /// Every cordon, by node id.
-    pub fn all(&self) -> BTreeMap<String, Cordon> {
+    pub(crate) fn all(&self) -> BTreeMap<String, Cordon> {
         self.lock().clone()
     }
 
     /// The cordon of `node`, if any.
-    pub fn get(&self, node: &str) -> Option<Cordon> {
+    pub(crate) fn get(&self, node: &str) -> Option<Cordon> {
         self.lock().get(node).cloned()
     }
 
     /// How many proxies are cordoned.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
@@ -189,7 +188,7 @@ impl Cordons {
 /// `cordons` with `node` cordoned (its reason and actor replaced if it
 /// was already), and whether it was not cordoned before. Validated whole
 /// before anything changes.
-pub fn with_cordon(
+pub(crate) fn with_cordon(
     cordons: &BTreeMap<String, Cordon>,
     node: &str,
     reason: &str,
@@ -216,7 +215,7 @@ pub fn with_cordon(
 }
 
 /// `cordons` without `node`, if it was cordoned.
-pub fn without_cordon(
+pub(crate) fn without_cordon(
     cordons: &BTreeMap<String, Cordon>,
     node: &str,
 ) -> Result<Option<BTreeMap<String, Cordon>>, CordonError> {
@@ -231,7 +230,7 @@ pub fn without_cordon(
 
 /// `into` with every cordon of `legacy` it does not have (the state's own
 /// win: they are newer), up to [`MAX_CORDONS`]; how many were added.
-pub fn merge_legacy(
+pub(crate) fn merge_legacy(
     into: &mut BTreeMap<String, Cordon>,
     legacy: &BTreeMap<String, Cordon>,
 ) -> usize {
@@ -249,7 +248,7 @@ pub fn merge_legacy(
 }
 
 /// Now, in unix milliseconds, as a cordon records it.
-pub fn now_unix_ms() -> i64 {
+pub(crate) fn now_unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

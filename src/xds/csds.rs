@@ -115,7 +115,7 @@ use super::status::{ProxyRegistry, ProxyStatus, TypeStatus};
 
 /// The metadata path that `node_metadatas` may name: it matches the proxy
 /// group (`node.cluster`), which teal keeps, where real metadata is not.
-pub const GROUP_KEY: &str = "node.cluster";
+pub(crate) const GROUP_KEY: &str = "node.cluster";
 
 /// What one CSDS request may ask of teal. Each bound has a `teal serve`
 /// flag and a row in the "Limits" table (docs/limits.md).
@@ -163,7 +163,7 @@ impl Default for CsdsLimits {
 
 /// Why a CSDS request is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CsdsError {
+pub(crate) enum CsdsError {
     /// The request (or its answer) is over a limit.
     #[error(transparent)]
     OverLimit(#[from] OverLimit),
@@ -307,7 +307,7 @@ impl NodeFilter {
 /// Which proxies a request selects: those any filter matches, or all;
 /// and of those only the groups the asker may see, when it is gated.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Selector {
+pub(crate) struct Selector {
     filters: Vec<NodeFilter>,
     /// The identity policy in force and the asker's identity: only the
     /// groups that policy would let it join are visible.
@@ -317,7 +317,10 @@ pub struct Selector {
 impl Selector {
     /// Checks a request's `node_matchers` whole: every one must be
     /// supported and there must be at most `max_matchers`.
-    pub fn parse(matchers: &[NodeMatcher], max_matchers: usize) -> Result<Selector, CsdsError> {
+    pub(crate) fn parse(
+        matchers: &[NodeMatcher],
+        max_matchers: usize,
+    ) -> Result<Selector, CsdsError> {
         OverLimit::check(
             Limit::CsdsMatchers,
             || "the request's node_matchers".to_owned(),
@@ -336,13 +339,17 @@ impl Selector {
     }
 
     /// Narrows the selection to the groups `policy` lets `identity` join.
-    pub fn visible_to(mut self, policy: Arc<IdentityPolicy>, identity: PeerIdentity) -> Selector {
+    pub(crate) fn visible_to(
+        mut self,
+        policy: Arc<IdentityPolicy>,
+        identity: PeerIdentity,
+    ) -> Selector {
         self.visible_to = Some((policy, identity));
         self
     }
 
     /// Whether the proxy with node id `id` in `group` is selected.
-    pub fn matches(&self, id: &str, group: &str) -> bool {
+    pub(crate) fn matches(&self, id: &str, group: &str) -> bool {
         let visible = self
             .visible_to
             .as_ref()
@@ -492,7 +499,7 @@ fn client_config(streams: &[&ProxyStatus], snapshot: &Snapshot, contents: bool) 
 /// node id order, with the resources' contents unless `contents` is
 /// false. Fails, without building the rest, once the answer grows past
 /// `max_bytes`.
-pub fn client_status(
+pub(crate) fn client_status(
     proxies: &[ProxyStatus],
     snapshot: &Snapshot,
     selector: &Selector,
@@ -725,13 +732,13 @@ impl ClientStatus {
 
     /// This service, answering each asker with only the groups `gate`'s
     /// policy lets its connection's identity join (for the xDS port).
-    pub fn gated(mut self, gate: Arc<IdentityGate>) -> ClientStatus {
+    pub(crate) fn gated(mut self, gate: Arc<IdentityGate>) -> ClientStatus {
         self.gate = Some(gate);
         self
     }
 
     /// The service to mount on a tonic server.
-    pub fn into_server(self) -> CsdsServer {
+    pub(crate) fn into_server(self) -> CsdsServer {
         let max = self.shared.limits.max_request_bytes;
         CsdsServer {
             inner: ClientStatusDiscoveryServiceServer::new(self)
@@ -749,7 +756,8 @@ impl ClientStatus {
     /// Answers one request of a client of `identity`: checks it whole,
     /// then builds the answer from a copy of the registry on a blocking
     /// thread, once it has a turn.
-    pub async fn answer(
+    #[cfg(test)]
+    pub(crate) async fn answer(
         &self,
         request: &ClientStatusRequest,
         identity: &PeerIdentity,
@@ -917,7 +925,7 @@ fn request_error(status: Status, max: usize) -> Status {
 /// as teal refuses every limit (`RESOURCE_EXHAUSTED` naming it): tonic answers a
 /// unary call whose request is too large before teal's handler runs.
 #[derive(Clone, Debug)]
-pub struct CsdsServer {
+pub(crate) struct CsdsServer {
     inner: ClientStatusDiscoveryServiceServer<ClientStatus>,
     max_request_bytes: usize,
 }

@@ -32,7 +32,7 @@ use super::protocol::{
     NodeInfo, Planner, ProtocolError, Reply, StreamEvent, StreamHead, StreamKind, Subscription,
     WILDCARD,
 };
-pub use super::protocol::{Output, Response};
+pub(crate) use super::protocol::{Output, Response};
 
 /// What the client holds of one resource.
 #[derive(Clone, Debug)]

@@ -18,7 +18,7 @@ use std::fmt;
 /// A bound a client can run into, with the flag that sets it. Used in
 /// error messages so that an operator seeing one knows what to raise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Limit {
+pub(crate) enum Limit {
     /// Resource names in one subscription (one type on one stream).
     SubscriptionNames,
     /// Total bytes of the resource names in one subscription.
@@ -42,7 +42,7 @@ pub enum Limit {
 
 impl Limit {
     /// The `teal serve` flag that sets this limit.
-    pub fn flag(self) -> &'static str {
+    pub(crate) fn flag(self) -> &'static str {
         match self {
             Limit::SubscriptionNames => "--max-subscription-names",
             Limit::SubscriptionBytes => "--max-subscription-bytes",
@@ -84,23 +84,21 @@ impl fmt::Display for Limit {
     }
 }
 
-/// A client went past a [`Limit`]: what, by how much.
+/// A client went past a `Limit`: what, by how much.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{what} has {got} {unit}, over the {limit} of {max} ({flag})", unit = limit.unit(), flag = limit.flag())]
 pub struct OverLimit {
-    /// The limit.
-    pub limit: Limit,
+    pub(crate) limit: Limit,
     /// What went over it, such as `node.id` or `the cluster subscription`.
-    pub what: String,
+    pub(crate) what: String,
     /// How much the client sent.
-    pub got: usize,
-    /// The limit's value.
-    pub max: usize,
+    pub(crate) got: usize,
+    pub(crate) max: usize,
 }
 
 impl OverLimit {
     /// Checks `got` against `max`.
-    pub fn check(
+    pub(crate) fn check(
         limit: Limit,
         what: impl FnOnce() -> String,
         got: usize,
@@ -186,24 +184,24 @@ pub mod cost {
     /// short names (the text's own rounding, up to a quarter for long
     /// names, is counted by [`text_bytes`]), and its slot in the set of
     /// new names a delta request is checked with.
-    pub const REQUEST_NAME_BYTES: usize = 96;
+    pub(crate) const REQUEST_NAME_BYTES: usize = 96;
 
     /// Heap an entry of delta's `initial_resource_versions` costs beyond
     /// its text: two `String`s in a hash map of up to twice as many
     /// buckets as entries (48 bytes each).
-    pub const VERSION_ENTRY_BYTES: usize = 160;
+    pub(crate) const VERSION_ENTRY_BYTES: usize = 160;
 
     /// Heap a name in a subscription costs beyond its text: its `String`
     /// in a B-tree node that may be half empty (up to 56 bytes a name),
     /// the tree's inner nodes, and the allocation's header and rounding
     /// for short names.
-    pub const SUBSCRIPTION_NAME_BYTES: usize = 128;
+    pub(crate) const SUBSCRIPTION_NAME_BYTES: usize = 128;
 
     /// Heap `bytes` bytes of text take once allocated. glibc's malloc
     /// adds at most 23 bytes to an allocation (which the per-name figures
     /// above cover); allocators with size classes, such as jemalloc or
     /// mimalloc, round up by as much as a quarter, which this allows for.
-    pub const fn text_bytes(bytes: usize) -> usize {
+    pub(crate) const fn text_bytes(bytes: usize) -> usize {
         bytes + bytes / 4
     }
 
@@ -213,7 +211,7 @@ pub mod cost {
     /// lists are at most `limits` each (longer ones are refused before
     /// decoding): one for state of the world, two and a version map for
     /// delta.
-    pub const fn request_bytes(max_request_bytes: usize, limits: &StreamLimits) -> usize {
+    pub(crate) const fn request_bytes(max_request_bytes: usize, limits: &StreamLimits) -> usize {
         let names = limits.max_subscription_names;
         max_request_bytes
             + text_bytes(max_request_bytes)
@@ -225,7 +223,7 @@ pub mod cost {
     /// and as much again for the subscription it replaces (state of the
     /// world, while the new one is built) or for the versions the client
     /// holds (delta).
-    pub const fn subscription_bytes(limits: &StreamLimits) -> usize {
+    pub(crate) const fn subscription_bytes(limits: &StreamLimits) -> usize {
         2 * (text_bytes(limits.max_subscription_bytes)
             + limits.max_subscription_names * SUBSCRIPTION_NAME_BYTES)
     }
@@ -250,7 +248,7 @@ pub(crate) const ECHO_BYTES: usize = 128;
 
 /// `text` cut to at most `max` bytes on a char boundary, with a marker
 /// saying how many bytes were dropped, or `text` whole if it fits.
-pub fn cut(text: &str, max: usize) -> String {
+pub(crate) fn cut(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_owned();
     }

@@ -12,7 +12,7 @@ use crate::xds::wire::OutMessage;
 use super::limits::{ECHO_BYTES, Limit, OverLimit, StreamLimits, cut};
 
 /// The resource name that means "everything of this type".
-pub const WILDCARD: &str = "*";
+pub(crate) const WILDCARD: &str = "*";
 
 /// Which gRPC method a stream came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +41,10 @@ impl NodeInfo {
     /// id, cluster or user agent is longer than `max_field_bytes`, since
     /// teal keeps them for as long as the stream lasts and shows them in
     /// status, tables and logs.
-    pub fn from_node(node: &Node, max_field_bytes: usize) -> Result<NodeInfo, ProtocolError> {
+    pub(crate) fn from_node(
+        node: &Node,
+        max_field_bytes: usize,
+    ) -> Result<NodeInfo, ProtocolError> {
         if node.id.is_empty() {
             return Err(ProtocolError::MissingNode);
         }
@@ -91,19 +94,19 @@ impl NodeInfo {
 pub struct Subscription {
     /// Subscribed to every resource of the type (`*`, or the legacy empty
     /// first request).
-    pub wildcard: bool,
+    pub(crate) wildcard: bool,
     /// Resources asked for by name (besides the wildcard, if any).
-    pub names: BTreeSet<String>,
+    pub(crate) names: BTreeSet<String>,
 }
 
 impl Subscription {
     /// Whether `name` is covered.
-    pub fn covers(&self, name: &str) -> bool {
+    pub(crate) fn covers(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
     }
 
     /// Whether `other` asks for anything this subscription does not.
-    pub fn grew_from(&self, other: &Subscription) -> bool {
+    pub(crate) fn grew_from(&self, other: &Subscription) -> bool {
         (self.wildcard && !other.wildcard) || !self.names.is_subset(&other.names)
     }
 }
@@ -112,7 +115,7 @@ impl Subscription {
 /// the response's nonce is an ACK, unless it has `error_detail`, which
 /// makes it a NACK.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// The client applied the response.
     Ack,
     /// The client rejected the response, with its reason.
@@ -123,7 +126,10 @@ impl Reply {
     /// Classifies a request's `error_detail`. A NACK's message is kept to
     /// its first `max_message_bytes` (cut marked), so status, history,
     /// progress and logs only ever see bounded text.
-    pub fn from_error_detail(detail: Option<&rpc::Status>, max_message_bytes: usize) -> Reply {
+    pub(crate) fn from_error_detail(
+        detail: Option<&rpc::Status>,
+        max_message_bytes: usize,
+    ) -> Reply {
         match detail {
             None => Reply::Ack,
             Some(status) => Reply::Nack(cut(&status.message, max_message_bytes)),

@@ -66,7 +66,7 @@ impl ResourceType {
     }
 
     /// The short name operators know the type by (`CDS`, `EDS`, `LDS`, `RDS`).
-    pub fn short_name(self) -> &'static str {
+    pub(crate) fn short_name(self) -> &'static str {
         match self {
             ResourceType::Cluster => "CDS",
             ResourceType::Endpoint => "EDS",
@@ -94,7 +94,7 @@ pub struct PerType<T>([T; 4]);
 
 impl<T> PerType<T> {
     /// The value `f` gives each type, asked in make-before-break order.
-    pub fn from_fn(f: impl FnMut(ResourceType) -> T) -> PerType<T> {
+    pub(crate) fn from_fn(f: impl FnMut(ResourceType) -> T) -> PerType<T> {
         PerType(ResourceType::ALL.map(f))
     }
 
@@ -104,7 +104,8 @@ impl<T> PerType<T> {
     }
 
     /// Every type with its value, mutable, in make-before-break order.
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (ResourceType, &mut T)> {
+    #[cfg(test)]
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (ResourceType, &mut T)> {
         ResourceType::ALL.into_iter().zip(&mut self.0)
     }
 
@@ -114,12 +115,12 @@ impl<T> PerType<T> {
     }
 
     /// Each value through `f`, type by type.
-    pub fn map<U>(self, f: impl FnMut(T) -> U) -> PerType<U> {
+    pub(crate) fn map<U>(self, f: impl FnMut(T) -> U) -> PerType<U> {
         PerType(self.0.map(f))
     }
 
     /// A `PerType` of references to these values.
-    pub fn each_ref(&self) -> PerType<&T> {
+    pub(crate) fn each_ref(&self) -> PerType<&T> {
         PerType(self.0.each_ref())
     }
 }
@@ -157,7 +158,7 @@ impl<T> IntoIterator for PerType<T> {
 }
 
 /// Compile-time link between an Envoy message type and its [`ResourceType`].
-pub trait XdsResource: prost::Message + Name + Sized {
+pub(crate) trait XdsResource: prost::Message + Name + Sized {
     /// The type this message is served as.
     const TYPE: ResourceType;
     /// The resource's name, as proxies subscribe to it.

@@ -72,7 +72,7 @@ pub struct XdsServerConfig {
     /// What a CSDS request may ask (see [`CsdsLimits`]).
     pub csds: CsdsLimits,
     /// How long a connection may stay open before teal asks its client to
-    /// reconnect: an HTTP/2 GOAWAY, then [`CONNECTION_AGE_GRACE`] before
+    /// reconnect: an HTTP/2 GOAWAY, then `CONNECTION_AGE_GRACE` before
     /// its streams are closed. A proxy keeps its configuration meanwhile
     /// and reconnects through whatever spreads proxies over replicas, so a
     /// replica that restarted wins back its share of them instead of the
@@ -82,7 +82,7 @@ pub struct XdsServerConfig {
     /// How long a proxy whose stream ended still counts, as not
     /// confirming anything newer, unless it reconnects first
     /// (`--proxy-reconnect-hold`; zero: not at all). See
-    /// [`ProxyRegistry::set_reconnect_hold`](crate::xds::ProxyRegistry::set_reconnect_hold).
+    /// `ProxyRegistry::set_reconnect_hold`.
     pub proxy_reconnect_hold: Duration,
     /// Whether this server may serve proxies now (a replica on etcd may
     /// only while it holds its lease): when it turns false, every stream
@@ -95,13 +95,13 @@ pub struct XdsServerConfig {
 /// [`XdsServerConfig::max_connection_age`] have after its GOAWAY: an xDS
 /// stream never ends on its own, so this is when it is closed (a response
 /// on its way still arrives).
-pub const CONNECTION_AGE_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const CONNECTION_AGE_GRACE: Duration = Duration::from_secs(5);
 
 /// The default of `--proxy-reconnect-hold`: longer than Envoy's first
 /// reconnect backoff (about a second) and a replica's time to close its
 /// streams when it cannot reach etcd, short enough that a proxy scaled
 /// away mid-change holds the change up only briefly.
-pub const DEFAULT_PROXY_RECONNECT_HOLD: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_PROXY_RECONNECT_HOLD: Duration = Duration::from_secs(10);
 
 impl Default for XdsServerConfig {
     fn default() -> Self {
@@ -169,7 +169,7 @@ impl XdsServer {
     }
 
     /// The five discovery services and CSDS, to mount on a tonic server.
-    pub fn routes(&self) -> Routes {
+    pub(crate) fn routes(&self) -> Routes {
         let s = &self.shared;
         Routes::new(DiscoveryService::<Ads>::new(s))
             .add_service(DiscoveryService::<Cds>::new(s))

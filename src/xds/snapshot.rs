@@ -5,7 +5,7 @@
 //! every resource exactly once (a resource encoded as in the previous
 //! snapshot keeps that snapshot's hashes and wrappers, so a flip builds new
 //! ones only for the routes it moves),
-//! derives per-resource versions and the snapshot's [`content_digest`] from
+//! derives per-resource versions and the snapshot's `content_digest` from
 //! content, and records which clusters each listener and route names, so
 //! that the stream state machines can order pushes make-before-break
 //! without decoding anything. Streams share the encoded bytes through `Arc`s and
@@ -115,8 +115,7 @@ impl Resource {
         }
     }
 
-    /// The resource name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
@@ -146,7 +145,8 @@ impl Resource {
     }
 
     /// Decodes the resource back into its typed message (tests, render).
-    pub fn decode<T: XdsResource + Default>(&self) -> Result<T, prost::DecodeError> {
+    #[cfg(test)]
+    pub(crate) fn decode<T: XdsResource + Default>(&self) -> Result<T, prost::DecodeError> {
         let any = Any::decode(self.any.clone())?;
         T::decode(any.value.as_slice())
     }
@@ -191,11 +191,6 @@ impl TypeSnapshot {
             resources,
             sotw_all: OnceLock::new(),
         }
-    }
-
-    /// The resource type.
-    pub fn resource_type(&self) -> ResourceType {
-        self.ty
     }
 
     /// The version string sent as `version_info` for this type.
@@ -307,7 +302,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// A snapshot that serves nothing, the state before the first publish.
-    pub fn empty() -> Snapshot {
+    pub(crate) fn empty() -> Snapshot {
         Snapshot {
             version: String::new(),
             digest: String::new(),
@@ -328,7 +323,7 @@ impl Snapshot {
 
     /// Checks and encodes `input`, then names it with the version
     /// `version_for` returns when given the content digest (see
-    /// [`content_digest`]).
+    /// `content_digest`).
     ///
     /// Every resource is encoded once; one whose encoding equals that of
     /// the resource of the same name in `previous` reuses it whole, and a
@@ -348,7 +343,7 @@ impl Snapshot {
     /// built before, kept with the durable state). So a teal that starts
     /// again, or another replica, serves each type under the version string
     /// proxies already hold, and a reconnecting proxy is sent nothing new.
-    pub fn build_labelled(
+    pub(crate) fn build_labelled(
         input: &SnapshotInput,
         previous: Option<&Snapshot>,
         labels: &TypeLabels,
@@ -395,7 +390,7 @@ impl Snapshot {
 
     /// The version label and content digest of every type of every group,
     /// for [`Snapshot::build_labelled`] after a restart.
-    pub fn labels(&self) -> TypeLabels {
+    pub(crate) fn labels(&self) -> TypeLabels {
         self.groups
             .iter()
             .map(|(group, g)| {
@@ -423,7 +418,7 @@ impl Snapshot {
     }
 
     /// The content digest of what this snapshot serves (see
-    /// [`content_digest`]); empty for [`Snapshot::empty`].
+    /// `content_digest`); empty for `Snapshot::empty`.
     pub fn digest(&self) -> &str {
         &self.digest
     }
@@ -434,12 +429,12 @@ impl Snapshot {
     }
 
     /// Whether `group` has configuration.
-    pub fn has_group(&self, group: &str) -> bool {
+    #[cfg(test)]
+    pub(crate) fn has_group(&self, group: &str) -> bool {
         self.groups.contains_key(group)
     }
 
-    /// The configured groups.
-    pub fn group_names(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn group_names(&self) -> impl Iterator<Item = &str> {
         self.groups.keys().map(String::as_str)
     }
 }
@@ -449,7 +444,7 @@ impl Snapshot {
 /// [`Snapshot::build_with`] computes for the same input, without keeping
 /// what it encodes; resources with duplicate or empty names, which a build
 /// refuses, still get a digest.
-pub fn content_digest(input: &SnapshotInput) -> String {
+pub(crate) fn content_digest(input: &SnapshotInput) -> String {
     fn of<T: XdsResource>(messages: &[T]) -> [u8; 32] {
         let versions: BTreeMap<&str, String> = messages
             .iter()
@@ -475,19 +470,18 @@ pub fn content_digest(input: &SnapshotInput) -> String {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TypeLabel {
     /// The version string proxies were sent for this type.
-    pub version: String,
+    pub(crate) version: String,
     /// The type's content digest (hex), see [`Snapshot::labels`].
-    pub digest: String,
+    pub(crate) digest: String,
 }
 
 /// Per group, per type (`CDS`, `EDS`, `LDS`, `RDS`): its [`TypeLabel`].
-pub type TypeLabels = BTreeMap<String, BTreeMap<String, TypeLabel>>;
+pub(crate) type TypeLabels = BTreeMap<String, BTreeMap<String, TypeLabel>>;
 
 /// One type of one group, encoded but not yet named with a version.
 enum Staged {
     /// Unchanged since the previous snapshot.
     Same(Arc<TypeSnapshot>),
-    /// New content.
     New {
         ty: ResourceType,
         resources: BTreeMap<String, Arc<Resource>>,

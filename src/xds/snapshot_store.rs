@@ -52,7 +52,7 @@ impl SnapshotWriter {
 
     /// [`prepare`](Self::prepare), reusing the type labels `labels` where
     /// they named the same content (see [`Snapshot::build_labelled`]).
-    pub fn prepare_labelled(
+    pub(crate) fn prepare_labelled(
         &self,
         input: &SnapshotInput,
         labels: &TypeLabels,
@@ -73,12 +73,12 @@ impl SnapshotWriter {
     }
 
     /// The snapshot being served now.
-    pub fn current(&self) -> Arc<Snapshot> {
+    pub(crate) fn current(&self) -> Arc<Snapshot> {
         self.tx.borrow().clone()
     }
 
     /// A new reader of this store.
-    pub fn reader(&self) -> SnapshotReader {
+    pub(crate) fn reader(&self) -> SnapshotReader {
         SnapshotReader {
             rx: self.tx.subscribe(),
         }
@@ -93,18 +93,18 @@ pub struct SnapshotReader {
 
 impl SnapshotReader {
     /// The snapshot being served now, without marking it seen.
-    pub fn peek(&self) -> Arc<Snapshot> {
+    pub(crate) fn peek(&self) -> Arc<Snapshot> {
         self.rx.borrow().clone()
     }
 
     /// The snapshot being served now, marking it seen.
-    pub fn current(&mut self) -> Arc<Snapshot> {
+    pub(crate) fn current(&mut self) -> Arc<Snapshot> {
         self.rx.borrow_and_update().clone()
     }
 
     /// Waits until a snapshot newer than the last one seen is published.
     /// Returns `false` once the writer is gone and none will come.
-    pub async fn changed(&mut self) -> bool {
+    pub(crate) async fn changed(&mut self) -> bool {
         self.rx.changed().await.is_ok()
     }
 }

@@ -36,7 +36,7 @@ use super::protocol::{
     NodeInfo, Planner, ProtocolError, Reply, StreamEvent, StreamHead, StreamKind, Subscription,
     WILDCARD,
 };
-pub use super::protocol::{Output, Response};
+pub(crate) use super::protocol::{Output, Response};
 
 /// One response as sent: what it held, so later decisions can refer to it.
 #[derive(Clone, Debug)]

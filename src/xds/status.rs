@@ -6,7 +6,7 @@
 //! API, the rollout, tests) take a consistent copy with
 //! [`ProxyRegistry::proxies`] and can wait for the next change with
 //! [`ProxyRegistry::watch`]. A reader that follows every change (the
-//! rollout's confirmation) takes a [`ChangeFeed`] instead, which hands it
+//! rollout's confirmation) takes a `ChangeFeed` instead, which hands it
 //! only the streams that changed since it last looked: with N proxies
 //! ACKing a version one by one, it does O(1) work per ACK rather than
 //! copying all N statuses each time. The lock is a plain mutex held for a
@@ -83,16 +83,16 @@ pub struct ProxyStatus {
     pub connected_since: SystemTime,
     /// Who its client certificate says it is.
     pub identity: PeerIdentity,
-    /// Per type.
+    /// What was sent to it and what it ACKed or NACKed, per resource type.
     pub types: PerType<TypeStatus>,
     /// The replica it is connected to, when not this one: the leader
-    /// mirrors the other replicas' proxies (see [`RemoteStream`]) so that
+    /// mirrors the other replicas' proxies (see `RemoteStream`) so that
     /// a flip waits for the whole fleet. `None`: connected here.
     pub replica: Option<String>,
     /// The stream ended and the proxy has not come back yet: it still
     /// counts, as not confirming anything newer, until a stream of the
     /// same node connects or the registry's reconnect hold passes (see
-    /// [`ProxyRegistry::set_reconnect_hold`]). A proxy whose stream ended
+    /// `ProxyRegistry::set_reconnect_hold`). A proxy whose stream ended
     /// is not known to be gone: it may be reconnecting, to this replica or
     /// another, and a change it has not applied is not confirmed.
     pub disconnected: bool,
@@ -111,7 +111,7 @@ impl ProxyStatus {
 }
 
 /// Something that wants every stream event as it happens (metrics).
-pub trait EventSink: Send + Sync + std::fmt::Debug {
+pub(crate) trait EventSink: Send + Sync + std::fmt::Debug {
     /// Called once per event, from the stream's task; must not block.
     fn record(&self, event: &StreamEvent);
 }
@@ -121,10 +121,10 @@ pub trait EventSink: Send + Sync + std::fmt::Debug {
 /// flooding resistance of std's keyed SipHash, which was a visible share
 /// of the instructions a flip spends following its ACKs. Maps keyed by
 /// what a client sends (node ids) keep std's hasher.
-pub type StreamIdHasher = foldhash::fast::FixedState;
+pub(crate) type StreamIdHasher = foldhash::fast::FixedState;
 
 /// A map keyed by stream id (see [`StreamIdHasher`]).
-pub type StreamMap<V> = HashMap<u64, V, StreamIdHasher>;
+pub(crate) type StreamMap<V> = HashMap<u64, V, StreamIdHasher>;
 
 /// What the registry's lock guards.
 #[derive(Debug, Default)]
@@ -210,17 +210,9 @@ impl ProxyRegistry {
         Arc::new(ProxyRegistry::default())
     }
 
-    /// A new, empty registry that also tells `sink` of every event.
-    pub fn with_sink(sink: Arc<dyn EventSink>) -> Arc<ProxyRegistry> {
-        Arc::new(ProxyRegistry {
-            sink: Some(sink),
-            ..ProxyRegistry::default()
-        })
-    }
-
     /// A new, empty registry telling `sink` of every event, with the
     /// cordons `cordons`.
-    pub fn with_sink_and_cordons(
+    pub(crate) fn with_sink_and_cordons(
         sink: Arc<dyn EventSink>,
         cordons: Arc<Cordons>,
     ) -> Arc<ProxyRegistry> {
@@ -241,13 +233,12 @@ impl ProxyRegistry {
     /// none. The streams list ([`ProxyRegistry::proxies`]) and the count
     /// ([`ProxyRegistry::len`]) show connected streams only; the rollout's
     /// pass ([`ProxyRegistry::statuses`]) and the changes sees them all.
-    pub fn set_reconnect_hold(&self, hold: Duration) {
+    pub(crate) fn set_reconnect_hold(&self, hold: Duration) {
         let ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX);
         self.reconnect_hold_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// The cordoned proxies.
-    pub fn cordons(&self) -> &Arc<Cordons> {
+    pub(crate) fn cordons(&self) -> &Arc<Cordons> {
         &self.cordons
     }
 
@@ -257,7 +248,7 @@ impl ProxyRegistry {
     /// It also moves [`ProxyRegistry::cordon_epoch`] on, so that a reader
     /// following changes through a [`ChangeFeed`] (which sees no stream
     /// change here) knows to look at every proxy again.
-    pub fn notify(&self) {
+    pub(crate) fn notify(&self) {
         self.cordon_epoch.fetch_add(1, Ordering::Release);
         self.bump();
     }
@@ -265,7 +256,7 @@ impl ProxyRegistry {
     /// How many times [`ProxyRegistry::notify`] was called: when it moved
     /// since a reader last looked at every proxy, the cordons may have
     /// changed which proxies count.
-    pub fn cordon_epoch(&self) -> u64 {
+    pub(crate) fn cordon_epoch(&self) -> u64 {
         self.cordon_epoch.load(Ordering::Acquire)
     }
 
@@ -282,7 +273,7 @@ impl ProxyRegistry {
     }
 
     /// Registers a new stream; it is removed when the handle drops.
-    pub fn register(self: &Arc<Self>, kind: StreamKind, delta: bool) -> StreamHandle {
+    pub(crate) fn register(self: &Arc<Self>, kind: StreamKind, delta: bool) -> StreamHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.lock();
         inner.changed(id);
@@ -314,7 +305,7 @@ impl ProxyRegistry {
     /// published it; it is given a stream id of this registry (the remote
     /// one is meaningless here) and removed when the handle drops. Readers
     /// see it as any other stream, so an operation waits for it.
-    pub fn register_remote(self: &Arc<Self>, status: ProxyStatus) -> RemoteStream {
+    pub(crate) fn register_remote(self: &Arc<Self>, status: ProxyStatus) -> RemoteStream {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let handle = RemoteStream {
             registry: self.clone(),
@@ -371,7 +362,7 @@ impl ProxyRegistry {
     }
 
     /// A feed of the streams that change from now on; see [`ChangeFeed`].
-    pub fn feed(self: &Arc<Self>) -> ChangeFeed {
+    pub(crate) fn feed(self: &Arc<Self>) -> ChangeFeed {
         let mut inner = self.lock();
         let slot = match inner.feeds.iter().position(Option::is_none) {
             Some(free) => free,
@@ -390,16 +381,16 @@ impl ProxyRegistry {
 
 /// The streams that changed since a [`ChangeFeed`] last looked.
 #[derive(Debug, Default)]
-pub struct Changes {
+pub(crate) struct Changes {
     /// Streams registered or updated, as they are now.
-    pub changed: Vec<Arc<ProxyStatus>>,
+    pub(crate) changed: Vec<Arc<ProxyStatus>>,
     /// Streams that went away.
-    pub gone: Vec<u64>,
+    pub(crate) gone: Vec<u64>,
 }
 
 impl Changes {
-    /// Whether nothing changed.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.changed.is_empty() && self.gone.is_empty()
     }
 }
@@ -410,7 +401,7 @@ impl Changes {
 /// number of streams that came and went between two takes. Pair it with
 /// [`ProxyRegistry::watch`] to sleep until there is something to take.
 #[derive(Debug)]
-pub struct ChangeFeed {
+pub(crate) struct ChangeFeed {
     registry: Arc<ProxyRegistry>,
     slot: usize,
 }
@@ -418,7 +409,7 @@ pub struct ChangeFeed {
 impl ChangeFeed {
     /// The streams that changed or went since the last call (or since the
     /// feed was made), each once, in stream id order.
-    pub fn take(&self) -> Changes {
+    pub(crate) fn take(&self) -> Changes {
         let mut inner = self.registry.lock();
         let Some(ids) = inner.feeds.get_mut(self.slot).and_then(Option::as_mut) else {
             return Changes::default();
@@ -450,7 +441,7 @@ impl Drop for ChangeFeed {
 
 /// A stream's registration; dropping it removes the stream.
 #[derive(Debug)]
-pub struct StreamHandle {
+pub(crate) struct StreamHandle {
     registry: Arc<ProxyRegistry>,
     id: u64,
     node_known: bool,
@@ -461,7 +452,7 @@ pub struct StreamHandle {
 
 impl StreamHandle {
     /// The stream's registry id.
-    pub fn id(&self) -> u64 {
+    pub(crate) fn id(&self) -> u64 {
         self.id
     }
 
@@ -469,12 +460,12 @@ impl StreamHandle {
     /// admitted, a protocol error): when it ends, the proxy goes at once
     /// instead of counting as reconnecting, since teal itself turned it
     /// away.
-    pub fn forget(&mut self) {
+    pub(crate) fn forget(&mut self) {
         self.forget = true;
     }
 
     /// Records the identity the stream's connection proved.
-    pub fn set_identity(&self, identity: &PeerIdentity) {
+    pub(crate) fn set_identity(&self, identity: &PeerIdentity) {
         if !identity.is_authenticated() {
             return;
         }
@@ -486,7 +477,7 @@ impl StreamHandle {
     }
 
     /// Records the node once it is known.
-    pub fn set_node(&mut self, node: Option<&NodeInfo>) {
+    pub(crate) fn set_node(&mut self, node: Option<&NodeInfo>) {
         if self.node_known {
             return;
         }
@@ -511,7 +502,7 @@ impl StreamHandle {
     }
 
     /// Records what a stream did and logs it.
-    pub fn record(&self, events: &[StreamEvent]) {
+    pub(crate) fn record(&self, events: &[StreamEvent]) {
         if events.is_empty() {
             return;
         }
@@ -621,20 +612,21 @@ impl Drop for StreamHandle {
 /// A mirrored proxy of another replica ([`ProxyRegistry::register_remote`]);
 /// dropping it removes the proxy.
 #[derive(Debug)]
-pub struct RemoteStream {
+pub(crate) struct RemoteStream {
     registry: Arc<ProxyRegistry>,
     id: u64,
 }
 
 impl RemoteStream {
     /// The stream's id in this registry.
-    pub fn id(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn id(&self) -> u64 {
         self.id
     }
 
     /// Replaces the proxy's status whole with what its replica published
     /// last (the stream id is kept); wakes the registry's watchers.
-    pub fn replace(&self, mut status: ProxyStatus) {
+    pub(crate) fn replace(&self, mut status: ProxyStatus) {
         status.stream_id = self.id;
         let mut inner = self.registry.lock();
         if inner.streams.get(&self.id).is_some_and(|p| **p == status) {

@@ -166,22 +166,18 @@ impl OutMessage {
 
     /// The first piece (the shared body of a state-of-the-world response),
     /// for tests that check sharing.
-    pub fn first_part(&self) -> Option<&Bytes> {
+    #[cfg(test)]
+    pub(crate) fn first_part(&self) -> Option<&Bytes> {
         self.parts.first()
     }
 
     /// Encoded length in bytes.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.parts.iter().map(Bytes::len).sum()
     }
 
-    /// Whether the message is empty (never true for a real response).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Writes the message into `dst`.
-    pub fn write_to(&self, dst: &mut impl BufMut) {
+    pub(crate) fn write_to(&self, dst: &mut impl BufMut) {
         for part in &self.parts {
             dst.put_slice(part);
         }
