@@ -218,7 +218,21 @@ groups:
         },
     )
     .await;
-    let log = std::fs::read_to_string(dir.path().join("teal-2.log")).unwrap_or_default();
+    // teal starts its admin API and its xDS server as two tasks: the admin
+    // API may answer before the xDS task has logged that it listens. What
+    // counts is the order of the two lines, once both are there.
+    let log_path = dir.path().join("teal-2.log");
+    let mut log = String::new();
+    wait_until(
+        Duration::from_secs(10),
+        "the restarted teal logs its xDS port",
+        || {
+            log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let listening = log.contains("xDS server listening");
+            async move { listening }
+        },
+    )
+    .await;
     let served = log
         .find("Kubernetes endpoints served")
         .unwrap_or_else(|| panic!("green listed at start:\n{log}"));
