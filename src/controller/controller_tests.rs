@@ -22,15 +22,23 @@ fn config() -> Config {
 }
 
 async fn controller(store: Arc<MemoryStore>) -> (Controller, crate::shutdown::ShutdownTrigger) {
+    on_registry(&ProxyRegistry::new(), store).await
+}
+
+/// A controller on `store` whose proxies are `registry`'s, so a test can
+/// connect, ACK and drop streams of its own.
+async fn on_registry(
+    registry: &Arc<ProxyRegistry>,
+    store: Arc<MemoryStore>,
+) -> (Controller, crate::shutdown::ShutdownTrigger) {
     let (writer, _reader) = snapshot_store();
     let (trigger, shutdown) = crate::shutdown::shutdown_channel();
-    let metrics = Arc::new(Metrics::new());
     let (c, _task) = start(
         config(),
         writer,
         store,
-        ProxyRegistry::new(),
-        metrics,
+        registry.clone(),
+        Arc::new(Metrics::new()),
         shutdown,
     )
     .await
@@ -668,19 +676,8 @@ async fn a_shift_goes_on_as_planned_after_a_reload_drops_an_unused_fleet() {
 async fn a_flip_waiting_on_a_proxy_finishes_when_it_is_cordoned() {
     use crate::xds::{NodeInfo, StreamEvent, StreamKind};
 
-    let (writer, _reader) = snapshot_store();
-    let (_trigger, shutdown) = crate::shutdown::shutdown_channel();
     let registry = ProxyRegistry::new();
-    let (c, _task) = start(
-        config(),
-        writer,
-        Arc::new(MemoryStore::default()),
-        registry.clone(),
-        Arc::new(Metrics::new()),
-        shutdown,
-    )
-    .await
-    .expect("controller starts");
+    let (c, _trigger) = on_registry(&registry, Arc::new(MemoryStore::default())).await;
 
     // One proxy of the edge group holds the current routes and will never
     // ACK the next ones.
@@ -738,19 +735,8 @@ async fn a_flip_waiting_on_a_proxy_finishes_when_it_is_cordoned() {
 async fn progress_held_back_is_published_without_another_event() {
     use crate::xds::{NodeInfo, StreamEvent, StreamKind};
 
-    let (writer, _reader) = snapshot_store();
-    let (_trigger, shutdown) = crate::shutdown::shutdown_channel();
     let registry = ProxyRegistry::new();
-    let (c, _task) = start(
-        config(),
-        writer,
-        Arc::new(MemoryStore::default()),
-        registry.clone(),
-        Arc::new(Metrics::new()),
-        shutdown,
-    )
-    .await
-    .expect("controller starts");
+    let (c, _trigger) = on_registry(&registry, Arc::new(MemoryStore::default())).await;
 
     // Three proxies hold the current routes; two will ACK the flip, one
     // never does, so the flip stays in confirming.
@@ -840,19 +826,8 @@ async fn cordons_are_kept_in_the_stored_state_and_applied_by_the_next_controller
     assert_eq!(stored["edge-7"].actor, "erin");
     drop((c, t));
 
-    let (writer, _reader) = snapshot_store();
-    let (_trigger, shutdown) = crate::shutdown::shutdown_channel();
     let registry = ProxyRegistry::new();
-    let (c, _task) = start(
-        config(),
-        writer,
-        store.clone(),
-        registry.clone(),
-        Arc::new(Metrics::new()),
-        shutdown,
-    )
-    .await
-    .expect("controller starts");
+    let (c, _trigger) = on_registry(&registry, store.clone()).await;
     assert_eq!(
         registry.cordons().ids(),
         std::collections::BTreeSet::from(["edge-7".to_owned()])
@@ -971,20 +946,9 @@ async fn a_replica_whose_config_differs_keeps_serving_the_last_state_that_matche
 async fn a_flip_waits_for_a_proxy_that_is_reconnecting() {
     use crate::xds::{NodeInfo, StreamEvent, StreamKind};
 
-    let (writer, _reader) = snapshot_store();
-    let (_trigger, shutdown) = crate::shutdown::shutdown_channel();
     let registry = ProxyRegistry::new();
     registry.set_reconnect_hold(Duration::from_secs(30));
-    let (c, _task) = start(
-        config(),
-        writer,
-        Arc::new(MemoryStore::default()),
-        registry.clone(),
-        Arc::new(Metrics::new()),
-        shutdown,
-    )
-    .await
-    .expect("controller starts");
+    let (c, _trigger) = on_registry(&registry, Arc::new(MemoryStore::default())).await;
     let node = NodeInfo {
         id: "edge-1".into(),
         cluster: "edge".into(),
@@ -1069,21 +1033,10 @@ async fn a_flip_waits_for_a_proxy_that_is_reconnecting() {
 async fn a_proxy_that_does_not_reconnect_within_the_hold_is_taken_as_gone() {
     use crate::xds::{NodeInfo, StreamKind};
 
-    let (writer, _reader) = snapshot_store();
-    let (_trigger, shutdown) = crate::shutdown::shutdown_channel();
     let registry = ProxyRegistry::new();
     let hold = Duration::from_millis(800);
     registry.set_reconnect_hold(hold);
-    let (c, _task) = start(
-        config(),
-        writer,
-        Arc::new(MemoryStore::default()),
-        registry.clone(),
-        Arc::new(Metrics::new()),
-        shutdown,
-    )
-    .await
-    .expect("controller starts");
+    let (c, _trigger) = on_registry(&registry, Arc::new(MemoryStore::default())).await;
     let mut stream = registry.register(StreamKind::Aggregated, false);
     stream.set_node(Some(&NodeInfo {
         id: "edge-1".into(),
