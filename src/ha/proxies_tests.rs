@@ -460,6 +460,7 @@ async fn a_disconnected_proxy_still_counted_is_published_as_disconnected() {
     let mut mirror = Mirror::default();
     apply(&mut mirror, &leader, &round, |_| false);
     assert!(leader.proxies().is_empty(), "not listed as connected");
+    assert_eq!(leader.len(), 0, "not counted as connected");
     let held = leader.statuses();
     assert_eq!(held.len(), 1);
     assert!(held[0].disconnected && held[0].delta, "{:?}", held[0]);

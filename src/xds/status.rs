@@ -140,8 +140,6 @@ struct Inner {
     /// [`ProxyStatus::disconnected`]), by node id: a new stream of the node
     /// ends them without a scan of every stream.
     lingering: HashMap<String, Vec<u64>>,
-    /// How many streams `lingering` holds.
-    lingering_count: usize,
 }
 
 impl Inner {
@@ -164,7 +162,6 @@ impl Inner {
         if ids.is_empty() {
             self.lingering.remove(node);
         }
-        self.lingering_count -= 1;
         self.streams.remove(&id);
         self.changed(id);
         true
@@ -345,10 +342,15 @@ impl ProxyRegistry {
         self.lock().streams.values().cloned().collect()
     }
 
-    /// How many streams are connected.
+    /// How many streams are connected (disconnected ones still counted,
+    /// this replica's or mirrored, are left out, as in
+    /// [`ProxyRegistry::proxies`]).
     pub fn len(&self) -> usize {
-        let inner = self.lock();
-        inner.streams.len() - inner.lingering_count
+        self.lock()
+            .streams
+            .values()
+            .filter(|p| !p.disconnected)
+            .count()
     }
 
     /// Whether no stream is connected.
@@ -489,7 +491,6 @@ impl StreamHandle {
         inner.changed(self.id);
         // The node is back: its earlier streams no longer stand for it.
         if let Some(ids) = inner.lingering.remove(&node.id) {
-            inner.lingering_count -= ids.len();
             for id in ids {
                 inner.streams.remove(&id);
                 inner.changed(id);
@@ -577,7 +578,6 @@ impl Drop for StreamHandle {
                     Arc::make_mut(p).disconnected = true;
                 }
                 inner.lingering.entry(id.clone()).or_default().push(self.id);
-                inner.lingering_count += 1;
                 let registry = Arc::downgrade(&self.registry);
                 let (node, stream) = (id.clone(), self.id);
                 runtime.spawn(async move {
