@@ -6,6 +6,7 @@
 //! - [`delta`]: the incremental (delta) stream state machine.
 //! - [`limits`]: what one stream may make teal hold, and the errors past it.
 //! - [`status`]: what teal knows of every connected proxy.
+//! - [`load`]: what the proxies' load reports (LRS) say their traffic did.
 //! - `csds`: CSDS, that knowledge for mesh tooling, with the resources sent.
 //! - `codec`: the gRPC codec that writes pre-encoded responses.
 //! - `cordon`: proxies that operations do not wait for (the registry
@@ -26,6 +27,7 @@ pub(crate) mod cordon;
 pub(crate) mod csds;
 pub mod delta;
 pub mod limits;
+pub mod load;
 pub mod protocol;
 pub mod resources;
 pub(crate) mod server;

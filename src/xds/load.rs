@@ -1,0 +1,484 @@
+//! What the proxies' own load reports (LRS) say their traffic did.
+//!
+//! Envoy and proxyless gRPC clients report, per cluster teal asks for and
+//! per interval, the *deltas* of requests that succeeded, failed and were
+//! issued, and a *snapshot* of requests in progress (see `lrs`, which
+//! speaks the protocol). The [`LoadStore`] keeps, per proxy (by node id)
+//! and per fleet cluster, the sums since its load stream opened and how
+//! many reports in a row said nothing was in progress; and per group and
+//! cluster, one-second buckets of the last [`WINDOW_BUCKETS`] seconds for
+//! the measured split. Memory is bounded per proxy by the clusters teal
+//! asks it for ([`LoadTargets`]), and a proxy whose load stream ends takes
+//! its counts with it.
+//!
+//! Reports are hostile until checked: only clusters teal asked the proxy's
+//! group for are counted (others are ignored and counted as such), counts
+//! past [`MAX_REQUESTS_PER_REPORT`] are cut there, and a stream sending
+//! more than its rate has its excess reports dropped. The lock is a plain
+//! mutex held for a map update, never across an `.await`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterStats;
+use tokio::sync::watch;
+
+/// Per report and cluster, the most requests (or requests in progress)
+/// counted; more is cut to this. A proxy serving a million requests per
+/// second reporting every minute stays under it; a counter sent as a lie
+/// cannot overflow a sum or outweigh every honest proxy for years.
+pub const MAX_REQUESTS_PER_REPORT: u64 = 1 << 36;
+
+/// One-second buckets kept per group and cluster: the longest window the
+/// measured split can be taken over.
+pub const WINDOW_BUCKETS: usize = 120;
+
+/// What a group's proxies are asked to report: its services' fleet
+/// clusters, each with the service and fleet it carries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadTargets {
+    /// By group, by cluster name.
+    pub groups: BTreeMap<String, BTreeMap<String, Target>>,
+}
+
+/// A fleet cluster load is reported for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target {
+    pub service: String,
+    pub fleet: String,
+}
+
+impl LoadTargets {
+    /// The clusters `group`'s proxies are asked for, in name order.
+    pub fn clusters_of(&self, group: &str) -> Vec<String> {
+        self.groups
+            .get(group)
+            .map(|c| c.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn target(&self, group: &str, cluster: &str) -> Option<&Target> {
+        self.groups.get(group)?.get(cluster)
+    }
+}
+
+/// One cluster of one report, summed over its localities.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterReport {
+    pub cluster: String,
+    /// Requests that completed without error (Envoy counts 4xx here).
+    pub success: u64,
+    /// Requests that failed: 5xx, a failed connection, a gRPC status
+    /// other than OK (proxyless clients).
+    pub errors: u64,
+    /// Requests sent upstream.
+    pub issued: u64,
+    /// Requests in progress when the report was made.
+    pub in_progress: u64,
+}
+
+impl ClusterReport {
+    /// Sums one cluster's locality stats, each count cut at
+    /// [`MAX_REQUESTS_PER_REPORT`]; `true` with it if a count was cut.
+    pub fn of(stats: &ClusterStats) -> (ClusterReport, bool) {
+        let mut r = ClusterReport {
+            cluster: stats.cluster_name.clone(),
+            ..ClusterReport::default()
+        };
+        for l in &stats.upstream_locality_stats {
+            r.success = r.success.saturating_add(l.total_successful_requests);
+            r.errors = r.errors.saturating_add(l.total_error_requests);
+            r.issued = r.issued.saturating_add(l.total_issued_requests);
+            r.in_progress = r.in_progress.saturating_add(l.total_requests_in_progress);
+        }
+        let mut cut = false;
+        for n in [
+            &mut r.success,
+            &mut r.errors,
+            &mut r.issued,
+            &mut r.in_progress,
+        ] {
+            if *n > MAX_REQUESTS_PER_REPORT {
+                *n = MAX_REQUESTS_PER_REPORT;
+                cut = true;
+            }
+        }
+        (r, cut)
+    }
+
+    /// Requests that completed: the denominator of an error ratio (a
+    /// refused connection is an error that was never issued, so issued
+    /// requests are not).
+    pub fn completed(&self) -> u64 {
+        self.success.saturating_add(self.errors)
+    }
+}
+
+/// One proxy's counts for one cluster since its load stream opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterCounters {
+    /// Requests completed (succeeded or failed).
+    pub requests: u64,
+    pub errors: u64,
+    /// In progress at the last report.
+    pub in_progress: u64,
+    /// Reports in a row, up to the last, that had nothing in progress.
+    pub idle_reports: u32,
+}
+
+/// One proxy's load, as readers see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyLoad {
+    pub node: Arc<str>,
+    pub group: String,
+    /// The replica it reports to, when not this one.
+    pub replica: Option<String>,
+    /// Reports taken since its load stream opened.
+    pub reports: u64,
+    /// When the last was taken (`None`: none yet).
+    pub last_report: Option<Instant>,
+    /// Per cluster asked for, the sums since the stream opened; a cluster
+    /// appears once a report named it.
+    pub clusters: BTreeMap<String, ClusterCounters>,
+}
+
+/// What became of one report.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Taken {
+    /// Clusters counted.
+    pub counted: usize,
+    /// Clusters ignored: not asked of this proxy's group.
+    pub ignored: Vec<String>,
+    /// The report came faster than the stream's rate and was dropped.
+    pub dropped: bool,
+    /// The stream was replaced by a newer one of the same node, or closed.
+    pub stale: bool,
+}
+
+/// Identifies one open load stream (see [`LoadStore::open`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadStreamId {
+    node: Arc<str>,
+    serial: u64,
+}
+
+impl LoadStreamId {
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+}
+
+/// Measured traffic of one fleet over a window.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FleetMeasured {
+    pub fleet: String,
+    /// Requests completed.
+    pub requests: u64,
+    pub errors: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    serial: u64,
+    load: ProxyLoad,
+    /// Start of the second the rate counts reports in, and how many.
+    rate_second: Option<Instant>,
+    rate_count: u32,
+}
+
+/// A group's cluster's counts per second, newest last.
+#[derive(Debug, Default)]
+struct Window {
+    /// (second since the store's epoch, requests, errors)
+    buckets: VecDeque<(u64, u64, u64)>,
+}
+
+impl Window {
+    fn add(&mut self, second: u64, requests: u64, errors: u64) {
+        match self.buckets.back_mut() {
+            Some(b) if b.0 == second => {
+                b.1 = b.1.saturating_add(requests);
+                b.2 = b.2.saturating_add(errors);
+            }
+            _ => {
+                self.buckets.push_back((second, requests, errors));
+                while self.buckets.len() > WINDOW_BUCKETS {
+                    self.buckets.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Sums of the buckets in the last `seconds` seconds up to `now_second`.
+    fn sum(&self, now_second: u64, seconds: u64) -> (u64, u64) {
+        let from = now_second.saturating_sub(seconds.saturating_sub(1));
+        self.buckets
+            .iter()
+            .filter(|b| b.0 >= from && b.0 <= now_second)
+            .fold((0, 0), |(r, e), b| {
+                (r.saturating_add(b.1), e.saturating_add(b.2))
+            })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    targets: Arc<LoadTargets>,
+    /// This replica's proxies, by node id.
+    local: HashMap<Arc<str>, Entry>,
+    /// Other replicas' proxies as they last published them, by replica.
+    remote: HashMap<String, Vec<ProxyLoad>>,
+    /// By (group, cluster).
+    windows: HashMap<(String, String), Window>,
+    next_serial: u64,
+}
+
+/// Every proxy's load reports (see the module docs).
+#[derive(Debug)]
+pub struct LoadStore {
+    inner: Mutex<Inner>,
+    /// Seconds of the windows count from here.
+    epoch: Instant,
+    /// At most this many reports per second per stream are taken.
+    max_reports_per_sec: u32,
+    targets: watch::Sender<Arc<LoadTargets>>,
+    /// Bumped after every report taken or proxy gone.
+    generation: watch::Sender<u64>,
+}
+
+impl LoadStore {
+    pub fn new(max_reports_per_sec: u32) -> LoadStore {
+        LoadStore {
+            inner: Mutex::default(),
+            epoch: Instant::now(),
+            max_reports_per_sec: max_reports_per_sec.max(1),
+            targets: watch::Sender::new(Arc::default()),
+            generation: watch::Sender::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while the lock was held left nothing half-written that
+        // matters more than keeping the counts readable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self) {
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// Sets what each group is asked to report (the controller, at every
+    /// config it serves); counts of clusters no longer asked for go.
+    pub fn set_targets(&self, targets: LoadTargets) {
+        let targets = Arc::new(targets);
+        {
+            let mut inner = self.lock();
+            if *inner.targets == *targets {
+                return;
+            }
+            inner.targets = targets.clone();
+            for e in inner.local.values_mut() {
+                let group = e.load.group.clone();
+                e.load
+                    .clusters
+                    .retain(|c, _| targets.target(&group, c).is_some());
+            }
+            inner
+                .windows
+                .retain(|(g, c), _| targets.target(g, c).is_some());
+        }
+        self.targets.send_replace(targets);
+        self.bump();
+    }
+
+    /// The current targets, and their changes.
+    pub fn watch_targets(&self) -> watch::Receiver<Arc<LoadTargets>> {
+        self.targets.subscribe()
+    }
+
+    /// Wakes after any report taken or proxy gone.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// A load stream of `node` (of `group`) opened: it replaces an older
+    /// one of the same node, whose counts go.
+    pub fn open(&self, node: &str, group: &str) -> LoadStreamId {
+        let node: Arc<str> = Arc::from(node);
+        let mut inner = self.lock();
+        inner.next_serial += 1;
+        let serial = inner.next_serial;
+        inner.local.insert(
+            node.clone(),
+            Entry {
+                serial,
+                load: ProxyLoad {
+                    node: node.clone(),
+                    group: group.to_owned(),
+                    replica: None,
+                    reports: 0,
+                    last_report: None,
+                    clusters: BTreeMap::new(),
+                },
+                rate_second: None,
+                rate_count: 0,
+            },
+        );
+        drop(inner);
+        self.bump();
+        LoadStreamId { node, serial }
+    }
+
+    /// The stream ended: its proxy's counts go, unless a newer stream of
+    /// the node replaced it.
+    pub fn close(&self, id: &LoadStreamId) {
+        let mut inner = self.lock();
+        if inner.local.get(&id.node).is_some_and(|e| e.serial == id.serial) {
+            inner.local.remove(&id.node);
+            drop(inner);
+            self.bump();
+        }
+    }
+
+    /// Takes one report of stream `id` at `now`.
+    pub fn report(&self, id: &LoadStreamId, clusters: &[ClusterReport], now: Instant) -> Taken {
+        let mut taken = Taken::default();
+        let second = now.saturating_duration_since(self.epoch).as_secs();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let Some(e) = inner.local.get_mut(&id.node).filter(|e| e.serial == id.serial) else {
+            taken.stale = true;
+            return taken;
+        };
+        match e.rate_second {
+            Some(start) if now.saturating_duration_since(start) < Duration::from_secs(1) => {
+                if e.rate_count >= self.max_reports_per_sec {
+                    taken.dropped = true;
+                    return taken;
+                }
+                e.rate_count += 1;
+            }
+            _ => {
+                e.rate_second = Some(now);
+                e.rate_count = 1;
+            }
+        }
+        let group = e.load.group.clone();
+        let asked = inner.targets.groups.get(&group);
+        // Every cluster asked for counts in this report: one it leaves out
+        // had nothing to say (no traffic, nothing in progress).
+        if let Some(asked) = asked {
+            for cluster in asked.keys() {
+                let c = e.load.clusters.entry(cluster.clone()).or_default();
+                let r = clusters.iter().find(|r| &r.cluster == cluster);
+                let (requests, errors, in_progress) = r
+                    .map(|r| (r.completed(), r.errors, r.in_progress))
+                    .unwrap_or_default();
+                c.requests = c.requests.saturating_add(requests);
+                c.errors = c.errors.saturating_add(errors);
+                c.in_progress = in_progress;
+                c.idle_reports = if in_progress == 0 {
+                    c.idle_reports.saturating_add(1)
+                } else {
+                    0
+                };
+                if r.is_some() {
+                    taken.counted += 1;
+                }
+                if requests > 0 {
+                    inner
+                        .windows
+                        .entry((group.clone(), cluster.clone()))
+                        .or_default()
+                        .add(second, requests, errors);
+                }
+            }
+        }
+        for r in clusters {
+            if !asked.is_some_and(|a| a.contains_key(&r.cluster)) {
+                taken.ignored.push(r.cluster.clone());
+            }
+        }
+        e.load.reports += 1;
+        e.load.last_report = Some(now);
+        self.bump();
+        taken
+    }
+
+    /// Replaces what replica `replica` published of its proxies' load
+    /// (`None`: it published nothing, or is gone).
+    pub fn set_remote(&self, replica: &str, proxies: Option<Vec<ProxyLoad>>) {
+        let mut inner = self.lock();
+        match proxies {
+            Some(p) => inner.remote.insert(replica.to_owned(), p),
+            None => inner.remote.remove(replica),
+        };
+        drop(inner);
+        self.bump();
+    }
+
+    /// Every proxy's load, this replica's and the others' as published, of
+    /// the groups `wanted` accepts.
+    pub fn proxies(&self, wanted: impl Fn(&str) -> bool) -> Vec<ProxyLoad> {
+        let inner = self.lock();
+        inner
+            .local
+            .values()
+            .map(|e| &e.load)
+            .chain(inner.remote.values().flatten())
+            .filter(|p| wanted(&p.group))
+            .cloned()
+            .collect()
+    }
+
+    /// This replica's own proxies' load (what a follower publishes).
+    pub fn local(&self) -> Vec<ProxyLoad> {
+        self.lock().local.values().map(|e| e.load.clone()).collect()
+    }
+
+    /// One proxy's load, by node id (this replica's first).
+    pub fn proxy(&self, node: &str) -> Option<ProxyLoad> {
+        let inner = self.lock();
+        inner
+            .local
+            .get(node)
+            .map(|e| e.load.clone())
+            .or_else(|| {
+                inner
+                    .remote
+                    .values()
+                    .flatten()
+                    .find(|p| &*p.node == node)
+                    .cloned()
+            })
+    }
+
+    /// `service`'s traffic per fleet over the last `window` (whole
+    /// seconds, at most [`WINDOW_BUCKETS`]) up to `now`, over every group,
+    /// as this replica's proxies reported it.
+    pub fn measured(&self, service: &str, window: Duration, now: Instant) -> Vec<FleetMeasured> {
+        let second = now.saturating_duration_since(self.epoch).as_secs();
+        let seconds = window.as_secs().clamp(1, WINDOW_BUCKETS as u64);
+        let inner = self.lock();
+        let mut by_fleet: BTreeMap<&str, FleetMeasured> = BTreeMap::new();
+        for (group, clusters) in &inner.targets.groups {
+            for (cluster, t) in clusters.iter().filter(|(_, t)| t.service == service) {
+                let m = by_fleet.entry(&t.fleet).or_insert_with(|| FleetMeasured {
+                    fleet: t.fleet.clone(),
+                    ..FleetMeasured::default()
+                });
+                if let Some(w) = inner.windows.get(&(group.clone(), cluster.clone())) {
+                    let (r, e) = w.sum(second, seconds);
+                    m.requests = m.requests.saturating_add(r);
+                    m.errors = m.errors.saturating_add(e);
+                }
+            }
+        }
+        by_fleet.into_values().collect()
+    }
+}
+
+#[cfg(test)]
+#[path = "load_tests.rs"]
+mod tests;
