@@ -28,30 +28,30 @@ use tokio::sync::watch;
 /// counted; more is cut to this. A proxy serving a million requests per
 /// second reporting every minute stays under it; a counter sent as a lie
 /// cannot overflow a sum or outweigh every honest proxy for years.
-pub const MAX_REQUESTS_PER_REPORT: u64 = 1 << 36;
+pub(crate) const MAX_REQUESTS_PER_REPORT: u64 = 1 << 36;
 
 /// One-second buckets kept per group and cluster: the longest window the
 /// measured split can be taken over.
-pub const WINDOW_BUCKETS: usize = 120;
+pub(crate) const WINDOW_BUCKETS: usize = 120;
 
 /// What a group's proxies are asked to report: its services' fleet
 /// clusters, each with the service and fleet it carries.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LoadTargets {
+pub(crate) struct LoadTargets {
     /// By group, by cluster name.
-    pub groups: BTreeMap<String, BTreeMap<String, Target>>,
+    pub(crate) groups: BTreeMap<String, BTreeMap<String, Target>>,
 }
 
 /// A fleet cluster load is reported for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Target {
-    pub service: String,
-    pub fleet: String,
+pub(crate) struct Target {
+    pub(crate) service: String,
+    pub(crate) fleet: String,
 }
 
 impl LoadTargets {
     /// The clusters `group`'s proxies are asked for, in name order.
-    pub fn clusters_of(&self, group: &str) -> Vec<String> {
+    pub(crate) fn clusters_of(&self, group: &str) -> Vec<String> {
         self.groups
             .get(group)
             .map(|c| c.keys().cloned().collect())
@@ -65,23 +65,23 @@ impl LoadTargets {
 
 /// One cluster of one report, summed over its localities.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ClusterReport {
-    pub cluster: String,
+pub(crate) struct ClusterReport {
+    pub(crate) cluster: String,
     /// Requests that completed without error (Envoy counts 4xx here).
-    pub success: u64,
+    pub(crate) success: u64,
     /// Requests that failed: 5xx, a failed connection, a gRPC status
     /// other than OK (proxyless clients).
-    pub errors: u64,
+    pub(crate) errors: u64,
     /// Requests sent upstream.
-    pub issued: u64,
+    pub(crate) issued: u64,
     /// Requests in progress when the report was made.
-    pub in_progress: u64,
+    pub(crate) in_progress: u64,
 }
 
 impl ClusterReport {
     /// Sums one cluster's locality stats, each count cut at
     /// [`MAX_REQUESTS_PER_REPORT`]; `true` with it if a count was cut.
-    pub fn of(stats: &ClusterStats) -> (ClusterReport, bool) {
+    pub(crate) fn of(stats: &ClusterStats) -> (ClusterReport, bool) {
         let mut r = ClusterReport {
             cluster: stats.cluster_name.clone(),
             ..ClusterReport::default()
@@ -110,72 +110,72 @@ impl ClusterReport {
     /// Requests that completed: the denominator of an error ratio (a
     /// refused connection is an error that was never issued, so issued
     /// requests are not).
-    pub fn completed(&self) -> u64 {
+    pub(crate) fn completed(&self) -> u64 {
         self.success.saturating_add(self.errors)
     }
 }
 
 /// One proxy's counts for one cluster since its load stream opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ClusterCounters {
+pub(crate) struct ClusterCounters {
     /// Requests completed (succeeded or failed).
-    pub requests: u64,
-    pub errors: u64,
+    pub(crate) requests: u64,
+    pub(crate) errors: u64,
     /// In progress at the last report.
-    pub in_progress: u64,
+    pub(crate) in_progress: u64,
     /// Reports in a row, up to the last, that had nothing in progress.
-    pub idle_reports: u32,
+    pub(crate) idle_reports: u32,
 }
 
 /// One proxy's load, as readers see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProxyLoad {
-    pub node: Arc<str>,
-    pub group: String,
+pub(crate) struct ProxyLoad {
+    pub(crate) node: Arc<str>,
+    pub(crate) group: String,
     /// The replica it reports to, when not this one.
-    pub replica: Option<String>,
+    pub(crate) replica: Option<String>,
     /// Reports taken since its load stream opened.
-    pub reports: u64,
+    pub(crate) reports: u64,
     /// When the last was taken (`None`: none yet).
-    pub last_report: Option<Instant>,
+    pub(crate) last_report: Option<Instant>,
     /// Per cluster asked for, the sums since the stream opened; a cluster
     /// appears once a report named it.
-    pub clusters: BTreeMap<String, ClusterCounters>,
+    pub(crate) clusters: BTreeMap<String, ClusterCounters>,
 }
 
 /// What became of one report.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Taken {
+pub(crate) struct Taken {
     /// Clusters counted.
-    pub counted: usize,
+    pub(crate) counted: usize,
     /// Clusters ignored: not asked of this proxy's group.
-    pub ignored: Vec<String>,
+    pub(crate) ignored: Vec<String>,
     /// The report came faster than the stream's rate and was dropped.
-    pub dropped: bool,
+    pub(crate) dropped: bool,
     /// The stream was replaced by a newer one of the same node, or closed.
-    pub stale: bool,
+    pub(crate) stale: bool,
 }
 
 /// Identifies one open load stream (see [`LoadStore::open`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LoadStreamId {
+pub(crate) struct LoadStreamId {
     node: Arc<str>,
     serial: u64,
 }
 
 impl LoadStreamId {
-    pub fn node(&self) -> &str {
+    pub(crate) fn node(&self) -> &str {
         &self.node
     }
 }
 
 /// Measured traffic of one fleet over a window.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FleetMeasured {
-    pub fleet: String,
+pub(crate) struct FleetMeasured {
+    pub(crate) fleet: String,
     /// Requests completed.
-    pub requests: u64,
-    pub errors: u64,
+    pub(crate) requests: u64,
+    pub(crate) errors: u64,
 }
 
 #[derive(Debug)]
@@ -236,7 +236,7 @@ struct Inner {
 
 /// Every proxy's load reports (see the module docs).
 #[derive(Debug)]
-pub struct LoadStore {
+pub(crate) struct LoadStore {
     inner: Mutex<Inner>,
     /// Seconds of the windows count from here.
     epoch: Instant,
@@ -248,7 +248,7 @@ pub struct LoadStore {
 }
 
 impl LoadStore {
-    pub fn new(max_reports_per_sec: u32) -> LoadStore {
+    pub(crate) fn new(max_reports_per_sec: u32) -> LoadStore {
         LoadStore {
             inner: Mutex::default(),
             epoch: Instant::now(),
@@ -270,7 +270,7 @@ impl LoadStore {
 
     /// Sets what each group is asked to report (the controller, at every
     /// config it serves); counts of clusters no longer asked for go.
-    pub fn set_targets(&self, targets: LoadTargets) {
+    pub(crate) fn set_targets(&self, targets: LoadTargets) {
         let targets = Arc::new(targets);
         {
             let mut inner = self.lock();
@@ -293,18 +293,18 @@ impl LoadStore {
     }
 
     /// The current targets, and their changes.
-    pub fn watch_targets(&self) -> watch::Receiver<Arc<LoadTargets>> {
+    pub(crate) fn watch_targets(&self) -> watch::Receiver<Arc<LoadTargets>> {
         self.targets.subscribe()
     }
 
     /// Wakes after any report taken or proxy gone.
-    pub fn watch(&self) -> watch::Receiver<u64> {
+    pub(crate) fn watch(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
     }
 
     /// A load stream of `node` (of `group`) opened: it replaces an older
     /// one of the same node, whose counts go.
-    pub fn open(&self, node: &str, group: &str) -> LoadStreamId {
+    pub(crate) fn open(&self, node: &str, group: &str) -> LoadStreamId {
         let node: Arc<str> = Arc::from(node);
         let mut inner = self.lock();
         inner.next_serial += 1;
@@ -332,7 +332,7 @@ impl LoadStore {
 
     /// The stream ended: its proxy's counts go, unless a newer stream of
     /// the node replaced it.
-    pub fn close(&self, id: &LoadStreamId) {
+    pub(crate) fn close(&self, id: &LoadStreamId) {
         let mut inner = self.lock();
         if inner.local.get(&id.node).is_some_and(|e| e.serial == id.serial) {
             inner.local.remove(&id.node);
@@ -342,7 +342,7 @@ impl LoadStore {
     }
 
     /// Takes one report of stream `id` at `now`.
-    pub fn report(&self, id: &LoadStreamId, clusters: &[ClusterReport], now: Instant) -> Taken {
+    pub(crate) fn report(&self, id: &LoadStreamId, clusters: &[ClusterReport], now: Instant) -> Taken {
         let mut taken = Taken::default();
         let second = now.saturating_duration_since(self.epoch).as_secs();
         let mut inner = self.lock();
@@ -408,7 +408,7 @@ impl LoadStore {
 
     /// Replaces what replica `replica` published of its proxies' load
     /// (`None`: it published nothing, or is gone).
-    pub fn set_remote(&self, replica: &str, proxies: Option<Vec<ProxyLoad>>) {
+    pub(crate) fn set_remote(&self, replica: &str, proxies: Option<Vec<ProxyLoad>>) {
         let mut inner = self.lock();
         match proxies {
             Some(p) => inner.remote.insert(replica.to_owned(), p),
@@ -420,7 +420,7 @@ impl LoadStore {
 
     /// Every proxy's load, this replica's and the others' as published, of
     /// the groups `wanted` accepts.
-    pub fn proxies(&self, wanted: impl Fn(&str) -> bool) -> Vec<ProxyLoad> {
+    pub(crate) fn proxies(&self, wanted: impl Fn(&str) -> bool) -> Vec<ProxyLoad> {
         let inner = self.lock();
         inner
             .local
@@ -433,12 +433,12 @@ impl LoadStore {
     }
 
     /// This replica's own proxies' load (what a follower publishes).
-    pub fn local(&self) -> Vec<ProxyLoad> {
+    pub(crate) fn local(&self) -> Vec<ProxyLoad> {
         self.lock().local.values().map(|e| e.load.clone()).collect()
     }
 
     /// One proxy's load, by node id (this replica's first).
-    pub fn proxy(&self, node: &str) -> Option<ProxyLoad> {
+    pub(crate) fn proxy(&self, node: &str) -> Option<ProxyLoad> {
         let inner = self.lock();
         inner
             .local
@@ -457,7 +457,7 @@ impl LoadStore {
     /// `service`'s traffic per fleet over the last `window` (whole
     /// seconds, at most [`WINDOW_BUCKETS`]) up to `now`, over every group,
     /// as this replica's proxies reported it.
-    pub fn measured(&self, service: &str, window: Duration, now: Instant) -> Vec<FleetMeasured> {
+    pub(crate) fn measured(&self, service: &str, window: Duration, now: Instant) -> Vec<FleetMeasured> {
         let second = now.saturating_duration_since(self.epoch).as_secs();
         let seconds = window.as_secs().clamp(1, WINDOW_BUCKETS as u64);
         let inner = self.lock();

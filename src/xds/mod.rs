@@ -27,7 +27,7 @@ pub(crate) mod cordon;
 pub(crate) mod csds;
 pub mod delta;
 pub mod limits;
-pub mod load;
+pub(crate) mod load;
 pub mod protocol;
 pub mod resources;
 pub(crate) mod server;
