@@ -94,6 +94,7 @@ pub(crate) use model::{Check, EndpointSource, MAX_ZONE_BYTES, Protocol, Service}
 pub use model::{Config, DEFAULT_SLICE_MANAGER, Endpoint, KubernetesFleet, KubernetesPort};
 pub(crate) use overlay::{EndpointOverlay, EndpointSetError, FleetSets, check_endpoints};
 pub(crate) use parse::parse_address;
+pub(crate) use translate::cluster_name;
 pub use translate::{FLEET_HEADER, config_digest, encoded_resources, translate};
 // The rollout's split of traffic, which translation reads; re-exported so
 // callers building a snapshot from a config find it here too.

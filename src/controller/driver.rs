@@ -22,12 +22,14 @@ use crate::metrics::Metrics;
 use crate::rollout::machine::{self, Action, Event, Gate, Origin, ProxyView, Rollout};
 use crate::rollout::plan::{self, Change, ServiceView};
 use crate::rollout::registration::Registered;
+use crate::rollout::traffic::{FleetTraffic, ProxyTraffic};
 use crate::rollout::{
     CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, Reason, Retirement,
     RolloutError, ServiceStatus, StatusView, Verb, Version,
 };
 use crate::shutdown::Shutdown;
 use crate::state::{PersistedState, Revision, StateError, StateStore, Stored};
+use crate::xds::load::{LoadTargets, ProxyLoad, Target};
 use crate::xds::snapshot_store::SnapshotWriter;
 use crate::xds::{Changes, ProxyRegistry};
 
@@ -271,12 +273,21 @@ impl Driver {
         state.checks_digest = Some(crate::rollout::checks::digest(&self.config));
         self.merge_legacy_cordons(&mut state);
         let revision = self.store.save(&state, self.revision).await?;
-        self.writer.install(snapshot);
+        self.install(snapshot);
         self.state = state;
         self.revision = revision;
         self.legacy_cordons_saved();
         self.apply_cordons();
         Ok(version)
+    }
+
+    /// Serves `snapshot`, built from the config in `self.config`, and asks
+    /// the proxies for load reports of the fleets it routes them to.
+    pub(super) fn install(&mut self, snapshot: Arc<crate::xds::snapshot::Snapshot>) {
+        self.writer.install(snapshot);
+        self.registry
+            .loads()
+            .set_targets(load_targets(&self.config));
     }
 
     pub(super) async fn publish_current(
@@ -302,7 +313,7 @@ impl Driver {
                         })?;
                 let version = Version::new(seq, snapshot.digest());
                 let labels = snapshot.labels();
-                self.writer.install(snapshot);
+                self.install(snapshot);
                 // What is served, though not saved: the next commit numbers
                 // after it, and operations resume against it.
                 self.state.version_seq = seq;
@@ -367,12 +378,23 @@ impl Driver {
         // When the proxies' changes were last taken, and when they will be
         // next if a change came sooner than FOLLOW_EVERY after that.
         let (mut last_look, mut look_at): (Option<Instant>, Option<Instant>) = (None, None);
+        // When operations that judge the proxies' traffic get it next.
+        let mut traffic_at: Option<Instant> = None;
         loop {
             let deadline = self
                 .running
                 .values()
                 .filter_map(Running::next_deadline)
                 .min();
+            let wants_traffic = self
+                .running
+                .values()
+                .any(|r| !r.rollout.wants_traffic().is_empty());
+            if !wants_traffic {
+                traffic_at = None;
+            } else if traffic_at.is_none() {
+                traffic_at = Some(Instant::now() + self.registry.loads().interval());
+            }
             tokio::select! {
                 // Shutdown first: the proxies' streams close because of it,
                 // and their going must not count as confirming anything.
@@ -422,6 +444,10 @@ impl Driver {
                     for s in services {
                         self.feed(&s, Event::Tick).await;
                     }
+                }
+                () = sleep_until(traffic_at), if traffic_at.is_some() => {
+                    traffic_at = None;
+                    self.feed_traffic().await;
                 }
             }
         }
@@ -923,6 +949,67 @@ impl Driver {
         }
     }
 
+    /// Hands each operation that judges the proxies' traffic what their
+    /// load reports say now.
+    async fn feed_traffic(&mut self) {
+        let wanted: Vec<(String, Vec<String>)> = self
+            .running
+            .iter()
+            .map(|(s, r)| (s.clone(), r.rollout.wants_traffic()))
+            .filter(|(_, fleets)| !fleets.is_empty())
+            .collect();
+        for (service, fleets) in wanted {
+            let traffic = self.traffic(&service, &fleets);
+            self.feed(&service, Event::Traffic(traffic)).await;
+        }
+    }
+
+    /// What the load reports say of `service`'s `fleets`: per fleet, every
+    /// connected proxy of the groups routing the service that operations
+    /// wait for (cordoned ones are left out, as they are from the
+    /// confirmation), with its counts, or none when it reports nothing.
+    fn traffic(&self, service: &str, fleets: &[String]) -> Vec<FleetTraffic> {
+        let groups = self.basis(service).groups;
+        let cordoned = self.registry.cordons().ids();
+        let loads: HashMap<Arc<str>, ProxyLoad> = self
+            .registry
+            .loads()
+            .proxies(|g| groups.contains(g))
+            .into_iter()
+            .map(|p| (p.node.clone(), p))
+            .collect();
+        let mut nodes: Vec<Arc<str>> = self
+            .registry
+            .statuses()
+            .iter()
+            .filter(|p| !p.disconnected)
+            .filter_map(|p| p.node.as_ref())
+            .filter(|n| groups.contains(&n.cluster) && !cordoned.contains(&n.id))
+            .map(|n| Arc::from(n.id.as_str()))
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        fleets
+            .iter()
+            .map(|fleet| {
+                let cluster = config::cluster_name(service, fleet);
+                FleetTraffic {
+                    fleet: fleet.clone(),
+                    proxies: nodes
+                        .iter()
+                        .map(|id| ProxyTraffic {
+                            id: id.clone(),
+                            load: loads
+                                .get(id)
+                                .and_then(|l| l.clusters.get(&cluster))
+                                .copied(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
     /// Feeds one event to a service's operation and carries out what it
     /// asks.
     async fn feed(&mut self, service: &str, event: Event) {
@@ -1205,6 +1292,30 @@ impl Driver {
         running.note_skipped();
         views
     }
+}
+
+/// Per group, the fleet clusters of every service it routes to: what its
+/// proxies are asked to report load for.
+fn load_targets(config: &Config) -> LoadTargets {
+    let mut targets = LoadTargets::default();
+    for (name, group) in &config.groups {
+        let clusters = targets.groups.entry(name.clone()).or_default();
+        for (service, svc) in &config.services {
+            if !Config::routes_to(group, service) {
+                continue;
+            }
+            for fleet in svc.fleets.keys() {
+                clusters.insert(
+                    config::cluster_name(service, fleet),
+                    Target {
+                        service: service.clone(),
+                        fleet: fleet.clone(),
+                    },
+                );
+            }
+        }
+    }
+    targets
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -106,7 +106,7 @@ impl Driver {
             });
         }
         let changed = self.writer.current().version() != snapshot.version();
-        self.writer.install(snapshot);
+        self.install(snapshot);
         self.state = stored.state;
         self.revision = stored.revision;
         self.apply_cordons();
@@ -377,7 +377,7 @@ impl Driver {
                         .prepare_labelled(&input, &self.state.labels, |digest| {
                             Version::new(seq, digest).to_string()
                         })?;
-                self.writer.install(snapshot);
+                self.install(snapshot);
             }
             Err(AdoptError::Reconcile(e)) => return Err(e.into()),
             Err(AdoptError::Weights(e)) => return Err(e.into()),

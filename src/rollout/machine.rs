@@ -44,6 +44,7 @@ use super::plan::{Change, Plan, rollback_point};
 use super::reason::{Proxies, Rejection};
 use super::seen::{Seen, Until};
 use super::serde_time;
+use super::traffic::FleetTraffic;
 use super::{
     CheckResult, MAX_WAIT, Operation, Outcome, Phase, Progress, Reason, RolloutError, Split, Verb,
     Version,
@@ -90,6 +91,9 @@ pub(crate) enum Event {
     /// The change asked for could not be committed; nothing was saved or
     /// published.
     CommitFailed(String),
+    /// What the proxies' load reports say of the fleets
+    /// [`Rollout::wants_traffic`] named, one entry per fleet.
+    Traffic(Vec<FleetTraffic>),
 }
 
 /// Something the controller must do.
@@ -500,6 +504,12 @@ impl Rollout {
             self.state,
             State::Preparing { .. } | State::Confirming { .. } | State::Undoing { .. }
         )
+    }
+
+    /// The fleets whose traffic the machine needs now, as
+    /// [`Event::Traffic`] every report interval (empty: none).
+    pub(crate) fn wants_traffic(&self) -> Vec<String> {
+        Vec::new()
     }
 
     /// The version being confirmed (a step's or an undo's), if any.

@@ -45,6 +45,7 @@ pub(crate) mod reason;
 pub mod registration;
 mod seen;
 pub(crate) mod serde_time;
+pub(crate) mod traffic;
 pub(crate) mod version;
 
 use crate::config::WeightsError;

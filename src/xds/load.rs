@@ -18,6 +18,7 @@
 //! mutex held for a map update, never across an `.await`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -234,6 +235,9 @@ struct Inner {
     next_serial: u64,
 }
 
+/// The default of `--load-report-interval`.
+pub(crate) const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Every proxy's load reports (see the module docs).
 #[derive(Debug)]
 pub(crate) struct LoadStore {
@@ -241,21 +245,48 @@ pub(crate) struct LoadStore {
     /// Seconds of the windows count from here.
     epoch: Instant,
     /// At most this many reports per second per stream are taken.
-    max_reports_per_sec: u32,
+    max_reports_per_sec: AtomicU32,
+    /// How often proxies are asked to report, in milliseconds.
+    interval_ms: AtomicU64,
     targets: watch::Sender<Arc<LoadTargets>>,
     /// Bumped after every report taken or proxy gone.
     generation: watch::Sender<u64>,
 }
 
+impl Default for LoadStore {
+    fn default() -> Self {
+        LoadStore::new(10)
+    }
+}
+
 impl LoadStore {
     pub(crate) fn new(max_reports_per_sec: u32) -> LoadStore {
+        let interval_ms = u64::try_from(DEFAULT_REPORT_INTERVAL.as_millis()).unwrap_or(1000);
         LoadStore {
             inner: Mutex::default(),
             epoch: Instant::now(),
-            max_reports_per_sec: max_reports_per_sec.max(1),
+            max_reports_per_sec: AtomicU32::new(max_reports_per_sec.max(1)),
+            interval_ms: AtomicU64::new(interval_ms),
             targets: watch::Sender::new(Arc::default()),
             generation: watch::Sender::new(0),
         }
+    }
+
+    /// Sets how often proxies are asked to report (`--load-report-interval`)
+    /// and how many reports per second one stream may send
+    /// (`--max-load-reports-per-second`).
+    pub(crate) fn configure(&self, interval: Duration, max_reports_per_sec: u32) {
+        let ms = u64::try_from(interval.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.interval_ms.store(ms, Ordering::Relaxed);
+        self.max_reports_per_sec
+            .store(max_reports_per_sec.max(1), Ordering::Relaxed);
+    }
+
+    /// How often proxies are asked to report.
+    pub(crate) fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms.load(Ordering::Relaxed))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -334,7 +365,11 @@ impl LoadStore {
     /// the node replaced it.
     pub(crate) fn close(&self, id: &LoadStreamId) {
         let mut inner = self.lock();
-        if inner.local.get(&id.node).is_some_and(|e| e.serial == id.serial) {
+        if inner
+            .local
+            .get(&id.node)
+            .is_some_and(|e| e.serial == id.serial)
+        {
             inner.local.remove(&id.node);
             drop(inner);
             self.bump();
@@ -342,18 +377,27 @@ impl LoadStore {
     }
 
     /// Takes one report of stream `id` at `now`.
-    pub(crate) fn report(&self, id: &LoadStreamId, clusters: &[ClusterReport], now: Instant) -> Taken {
+    pub(crate) fn report(
+        &self,
+        id: &LoadStreamId,
+        clusters: &[ClusterReport],
+        now: Instant,
+    ) -> Taken {
         let mut taken = Taken::default();
         let second = now.saturating_duration_since(self.epoch).as_secs();
         let mut inner = self.lock();
         let inner = &mut *inner;
-        let Some(e) = inner.local.get_mut(&id.node).filter(|e| e.serial == id.serial) else {
+        let Some(e) = inner
+            .local
+            .get_mut(&id.node)
+            .filter(|e| e.serial == id.serial)
+        else {
             taken.stale = true;
             return taken;
         };
         match e.rate_second {
             Some(start) if now.saturating_duration_since(start) < Duration::from_secs(1) => {
-                if e.rate_count >= self.max_reports_per_sec {
+                if e.rate_count >= self.max_reports_per_sec.load(Ordering::Relaxed) {
                     taken.dropped = true;
                     return taken;
                 }
@@ -440,24 +484,25 @@ impl LoadStore {
     /// One proxy's load, by node id (this replica's first).
     pub(crate) fn proxy(&self, node: &str) -> Option<ProxyLoad> {
         let inner = self.lock();
-        inner
-            .local
-            .get(node)
-            .map(|e| e.load.clone())
-            .or_else(|| {
-                inner
-                    .remote
-                    .values()
-                    .flatten()
-                    .find(|p| &*p.node == node)
-                    .cloned()
-            })
+        inner.local.get(node).map(|e| e.load.clone()).or_else(|| {
+            inner
+                .remote
+                .values()
+                .flatten()
+                .find(|p| &*p.node == node)
+                .cloned()
+        })
     }
 
     /// `service`'s traffic per fleet over the last `window` (whole
     /// seconds, at most [`WINDOW_BUCKETS`]) up to `now`, over every group,
     /// as this replica's proxies reported it.
-    pub(crate) fn measured(&self, service: &str, window: Duration, now: Instant) -> Vec<FleetMeasured> {
+    pub(crate) fn measured(
+        &self,
+        service: &str,
+        window: Duration,
+        now: Instant,
+    ) -> Vec<FleetMeasured> {
         let second = now.saturating_duration_since(self.epoch).as_secs();
         let seconds = window.as_secs().clamp(1, WINDOW_BUCKETS as u64);
         let inner = self.lock();

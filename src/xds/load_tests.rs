@@ -62,9 +62,17 @@ fn nothing_in_progress_is_counted_in_a_row_and_reset_by_a_request() {
     let t0 = Instant::now();
     let idle = |s: &LoadStore| s.proxy("p1").map(|p| p.clusters["api-blue"].idle_reports);
     s.report(&id, &[cluster("api-blue", 1, 0, 0)], t0);
-    s.report(&id, &[cluster("api-blue", 1, 0, 0)], t0 + Duration::from_secs(1));
+    s.report(
+        &id,
+        &[cluster("api-blue", 1, 0, 0)],
+        t0 + Duration::from_secs(1),
+    );
     assert_eq!(idle(&s), Some(2));
-    s.report(&id, &[cluster("api-blue", 0, 0, 1)], t0 + Duration::from_secs(2));
+    s.report(
+        &id,
+        &[cluster("api-blue", 0, 0, 1)],
+        t0 + Duration::from_secs(2),
+    );
     assert_eq!(idle(&s), Some(0));
 }
 
@@ -78,7 +86,10 @@ fn reports_past_the_rate_are_dropped() {
     assert!(!s.report(&id, &r, t0).dropped);
     assert!(!s.report(&id, &r, t0 + Duration::from_millis(10)).dropped);
     assert!(s.report(&id, &r, t0 + Duration::from_millis(20)).dropped);
-    assert_eq!(s.proxy("p1").map(|p| p.clusters["api-blue"].requests), Some(2));
+    assert_eq!(
+        s.proxy("p1").map(|p| p.clusters["api-blue"].requests),
+        Some(2)
+    );
     // The next second takes reports again.
     assert!(!s.report(&id, &r, t0 + Duration::from_millis(1001)).dropped);
 }
@@ -116,7 +127,10 @@ fn a_newer_stream_of_the_node_replaces_the_old_and_a_closed_one_takes_its_counts
     let new = s.open("p1", "web");
     assert!(s.report(&old, &[cluster("api-blue", 5, 0, 0)], now).stale);
     s.close(&old);
-    assert!(s.proxy("p1").is_some(), "closing the replaced stream keeps the new");
+    assert!(
+        s.proxy("p1").is_some(),
+        "closing the replaced stream keeps the new"
+    );
     s.close(&new);
     assert!(s.proxy("p1").is_none());
 }
@@ -163,5 +177,8 @@ fn targets_that_change_drop_counts_of_clusters_no_longer_asked() {
     s.set_targets(t);
     let p = s.proxy("p1").expect("still there");
     assert!(!p.clusters.contains_key("api-green"));
-    assert_eq!(s.watch_targets().borrow().clusters_of("web"), vec!["api-blue"]);
+    assert_eq!(
+        s.watch_targets().borrow().clusters_of("web"),
+        vec!["api-blue"]
+    );
 }

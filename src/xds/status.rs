@@ -23,6 +23,7 @@ use crate::transport::identity::PeerIdentity;
 use crate::xds::cordon::Cordons;
 use crate::xds::resources::{PerType, ResourceType};
 
+use super::load::LoadStore;
 use super::protocol::{NodeInfo, StreamEvent, StreamKind};
 
 /// The last NACK of one type.
@@ -185,6 +186,10 @@ pub struct ProxyRegistry {
     /// How long a proxy whose stream ended still counts, in milliseconds
     /// (0: not at all); see [`ProxyRegistry::set_reconnect_hold`].
     reconnect_hold_ms: AtomicU64,
+    /// What the proxies' load reports say (see [`LoadStore`]): kept
+    /// beside the xDS state, so everything that sees the proxies sees
+    /// their traffic too.
+    loads: LoadStore,
 }
 
 impl Default for ProxyRegistry {
@@ -197,6 +202,7 @@ impl Default for ProxyRegistry {
             cordons: Arc::default(),
             cordon_epoch: AtomicU64::new(0),
             reconnect_hold_ms: AtomicU64::new(0),
+            loads: LoadStore::default(),
         }
     }
 }
@@ -237,6 +243,11 @@ impl ProxyRegistry {
 
     pub(crate) fn cordons(&self) -> &Arc<Cordons> {
         &self.cordons
+    }
+
+    /// The proxies' load reports.
+    pub(crate) fn loads(&self) -> &LoadStore {
+        &self.loads
     }
 
     /// Wakes the registry's watchers, as a proxy's change would: after a
