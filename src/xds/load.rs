@@ -238,6 +238,11 @@ struct Inner {
 /// The default of `--load-report-interval`.
 pub(crate) const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The default of `--max-load-reports-per-second`: twice what Envoy sends
+/// at the shortest interval teal asks for (100 ms), so only a client that
+/// ignores the interval meets it.
+pub(crate) const DEFAULT_MAX_REPORTS_PER_SEC: u32 = 20;
+
 /// Every proxy's load reports (see the module docs).
 #[derive(Debug)]
 pub(crate) struct LoadStore {
@@ -255,7 +260,7 @@ pub(crate) struct LoadStore {
 
 impl Default for LoadStore {
     fn default() -> Self {
-        LoadStore::new(10)
+        LoadStore::new(DEFAULT_MAX_REPORTS_PER_SEC)
     }
 }
 
