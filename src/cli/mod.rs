@@ -34,6 +34,7 @@ pub(crate) mod read;
 pub(crate) mod serve_limits;
 pub(crate) mod serve_load_reports;
 pub(crate) mod table;
+pub(crate) mod traffic;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

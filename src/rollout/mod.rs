@@ -51,6 +51,7 @@ pub(crate) mod version;
 use crate::config::WeightsError;
 
 pub use reason::Reason;
+pub use traffic::MeasuredFleet;
 pub use version::Version;
 
 use std::collections::BTreeMap;
@@ -428,6 +429,8 @@ pub struct ServiceStatus {
     pub last_change: Option<HistoryEntry>,
     /// The operation in progress.
     pub in_progress: Option<Progress>,
+    /// What the proxies' load reports say, per fleet.
+    pub traffic: Vec<MeasuredFleet>,
 }
 
 /// Everything `teal status` shows.

@@ -164,12 +164,6 @@ pub(crate) struct LoadStreamId {
     serial: u64,
 }
 
-impl LoadStreamId {
-    pub(crate) fn node(&self) -> &str {
-        &self.node
-    }
-}
-
 /// Measured traffic of one fleet over a window.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct FleetMeasured {
@@ -232,6 +226,10 @@ struct Inner {
     remote: HashMap<String, Vec<ProxyLoad>>,
     /// By (group, cluster).
     windows: HashMap<(String, String), Window>,
+    /// Per service and fleet, requests and errors this replica's proxies
+    /// reported since teal started (or since the fleet was last asked
+    /// for): the counters of `/metrics`.
+    totals: HashMap<Target, (u64, u64)>,
     next_serial: u64,
 }
 
@@ -323,6 +321,9 @@ impl LoadStore {
             inner
                 .windows
                 .retain(|(g, c), _| targets.target(g, c).is_some());
+            let asked: std::collections::HashSet<&Target> =
+                targets.groups.values().flat_map(|c| c.values()).collect();
+            inner.totals.retain(|t, _| asked.contains(t));
         }
         self.targets.send_replace(targets);
         self.bump();
@@ -418,7 +419,7 @@ impl LoadStore {
         // Every cluster asked for counts in this report: one it leaves out
         // had nothing to say (no traffic, nothing in progress).
         if let Some(asked) = asked {
-            for cluster in asked.keys() {
+            for (cluster, target) in asked {
                 let c = e.load.clusters.entry(cluster.clone()).or_default();
                 let r = clusters.iter().find(|r| &r.cluster == cluster);
                 let (requests, errors, in_progress) = r
@@ -441,6 +442,9 @@ impl LoadStore {
                         .entry((group.clone(), cluster.clone()))
                         .or_default()
                         .add(second, requests, errors);
+                    let total = inner.totals.entry(target.clone()).or_default();
+                    total.0 = total.0.saturating_add(requests);
+                    total.1 = total.1.saturating_add(errors);
                 }
             }
         }
@@ -524,6 +528,7 @@ impl LoadStore {
         self.lock().local.values().map(|e| e.load.clone()).collect()
     }
 
+    #[cfg(test)]
     /// One proxy's load, by node id (this replica's first).
     pub(crate) fn proxy(&self, node: &str) -> Option<ProxyLoad> {
         let inner = self.lock();
@@ -535,6 +540,18 @@ impl LoadStore {
                 .find(|p| &*p.node == node)
                 .cloned()
         })
+    }
+
+    /// Per fleet of `service`, the requests and errors this replica's
+    /// proxies reported since it was first asked for (counters: they
+    /// never go down while the fleet is asked for).
+    pub(crate) fn totals(&self, service: &str) -> BTreeMap<String, (u64, u64)> {
+        self.lock()
+            .totals
+            .iter()
+            .filter(|(t, _)| t.service == service)
+            .map(|(t, n)| (t.fleet.clone(), *n))
+            .collect()
     }
 
     /// `service`'s traffic per fleet over the last `window` (whole
