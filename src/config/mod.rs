@@ -90,7 +90,9 @@ pub use limits::Limits;
 pub(crate) use limits::{DEFAULT_MAX_DEPTH, MAX_MAX_DEPTH};
 #[cfg(test)]
 pub(crate) use model::Fleet;
-pub(crate) use model::{Check, EndpointSource, MAX_ZONE_BYTES, Protocol, Service};
+pub(crate) use model::{
+    Analysis, Check, EndpointSource, MAX_ZONE_BYTES, Protocol, Ratio, Service, TooFewRequests,
+};
 pub use model::{Config, DEFAULT_SLICE_MANAGER, Endpoint, KubernetesFleet, KubernetesPort};
 pub(crate) use overlay::{EndpointOverlay, EndpointSetError, FleetSets, check_endpoints};
 pub(crate) use parse::parse_address;
