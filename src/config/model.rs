@@ -101,7 +101,16 @@ impl TooFewRequests {
 /// 5,000. Whole numbers keep plans comparable and stored exactly; a
 /// millionth is finer than any threshold worth setting.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(transparent)]
 pub(crate) struct Ratio(u32);

@@ -177,7 +177,8 @@ pub(crate) fn digest(config: &Config) -> String {
         }
         if let Some(a) = &svc.analysis {
             field(b"analysis");
-            let ratio = |r: Option<crate::config::Ratio>| r.map_or(u64::MAX, |r| u64::from(r.ppm()));
+            let ratio =
+                |r: Option<crate::config::Ratio>| r.map_or(u64::MAX, |r| u64::from(r.ppm()));
             field(&ratio(a.max_error_ratio).to_le_bytes());
             field(&ratio(a.max_error_ratio_over_baseline).to_le_bytes());
             field(&a.min_requests.to_le_bytes());

@@ -36,6 +36,7 @@
 //! `plan::rollback_point` is the one rule that moves it; a refused or
 //! undone operation leaves it where it was.
 
+pub(crate) mod analysis;
 pub(crate) mod checks;
 #[cfg(test)]
 mod fixtures;
@@ -50,6 +51,7 @@ pub(crate) mod version;
 
 use crate::config::WeightsError;
 
+pub use analysis::Criteria;
 pub use reason::Reason;
 pub use version::Version;
 

@@ -444,7 +444,10 @@ fn zones_are_printable_text() {
 /// MINIMAL with `analysis:` set to `body` (lines under the key).
 fn with_analysis(body: &str) -> String {
     let indented: String = body.lines().map(|l| format!("      {l}\n")).collect();
-    MINIMAL.replace("    live: blue\n", &format!("    live: blue\n    analysis:\n{indented}"))
+    MINIMAL.replace(
+        "    live: blue\n",
+        &format!("    live: blue\n    analysis:\n{indented}"),
+    )
 }
 
 #[test]
@@ -457,11 +460,16 @@ fn an_analysis_takes_defaults_for_all_but_its_threshold() {
     assert_eq!(a.min_requests, 100);
     assert_eq!(a.window, Duration::from_secs(30));
     assert_eq!(a.too_few_requests, TooFewRequests::Wait);
-    assert_eq!(parse(MINIMAL, "t.yaml").expect("valid").services["web"].analysis, None);
+    assert_eq!(
+        parse(MINIMAL, "t.yaml").expect("valid").services["web"].analysis,
+        None
+    );
 
     let full = "max_error_ratio: 2.5%\nmax_error_ratio_over_baseline: 0.05%\n\
                 min_requests: 20\nwindow: 10m\ntoo_few_requests: pass";
-    let a = parse(&with_analysis(full), "t.yaml").expect("valid").services["web"]
+    let a = parse(&with_analysis(full), "t.yaml")
+        .expect("valid")
+        .services["web"]
         .analysis
         .clone()
         .expect("an analysis");
@@ -525,11 +533,26 @@ fn percentages_are_read_to_a_millionth_and_shown_as_written() {
         let r = Ratio::parse_percent(text).unwrap_or_else(|e| panic!("{text}: {e}"));
         assert_eq!(r.ppm(), ppm, "{text}");
     }
-    for (ppm, shown) in [(0, "0%"), (10_000, "1%"), (5_000, "0.5%"), (123_450, "12.345%")] {
+    for (ppm, shown) in [
+        (0, "0%"),
+        (10_000, "1%"),
+        (5_000, "0.5%"),
+        (123_450, "12.345%"),
+    ] {
         assert_eq!(Ratio::from_ppm(ppm).to_string(), shown);
     }
     for bad in [
-        "", "%", "1", "1.%", ".5%", "1.23456%", "-1%", "100.0001%", "101%", "1 %", "1e2%",
+        "",
+        "%",
+        "1",
+        "1.%",
+        ".5%",
+        "1.23456%",
+        "-1%",
+        "100.0001%",
+        "101%",
+        "1 %",
+        "1e2%",
         "99999999999%",
     ] {
         assert!(Ratio::parse_percent(bad).is_err(), "{bad:?} accepted");
