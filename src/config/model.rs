@@ -113,12 +113,13 @@ impl TooFewRequests {
     serde::Deserialize,
 )]
 #[serde(transparent)]
-pub(crate) struct Ratio(u32);
+pub struct Ratio(u32);
 
 impl Ratio {
     /// Parts per million in a whole.
     pub(crate) const WHOLE: u32 = 1_000_000;
 
+    #[cfg(test)]
     pub(crate) const fn from_ppm(ppm: u32) -> Ratio {
         Ratio(ppm)
     }
@@ -138,10 +139,6 @@ impl Ratio {
         let ppm = (f * f64::from(Ratio::WHOLE)).round();
         // Clamped first, so the cast cannot truncate (NaN casts to 0).
         Ratio(ppm.clamp(0.0, f64::from(Ratio::WHOLE)) as u32)
-    }
-
-    pub(crate) fn fraction(self) -> f64 {
-        f64::from(self.0) / f64::from(Ratio::WHOLE)
     }
 
     /// The sum, at most a whole.

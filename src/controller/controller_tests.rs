@@ -522,6 +522,7 @@ async fn an_operation_found_in_flight_is_resolved_at_start() {
             timeout: Duration::from_secs(5),
             interval: Duration::ZERO,
             wait_first: false,
+            analysis: None,
         },
         original: Change {
             split: blue.clone(),
@@ -534,6 +535,7 @@ async fn an_operation_found_in_flight_is_resolved_at_start() {
         confirmed: None,
         wait_until: None,
         warnings: Vec::new(),
+        baseline: None,
     };
     // As `kill -9` left it: green committed, not yet confirmed; web's flip
     // found before its commit.

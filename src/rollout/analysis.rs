@@ -333,8 +333,37 @@ impl Window {
         }
     }
 
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
     pub(crate) fn ends(&self) -> Instant {
         self.ends
+    }
+
+    /// What each fleet's proxies reported in the window so far, as the
+    /// progress shows it: `green: 0.2% errors in 812 requests from 5 of 6
+    /// proxies`.
+    pub(crate) fn summary(&self) -> String {
+        self.fleets
+            .iter()
+            .map(|(fleet, marks)| {
+                let (requests, errors, reporting) =
+                    marks.values().fold((0u64, 0u64, 0usize), |(r, e, n), m| {
+                        (
+                            r.saturating_add(m.counted.0),
+                            e.saturating_add(m.counted.1.min(m.counted.0)),
+                            n + usize::from(m.counted.0 > 0),
+                        )
+                    });
+                format!(
+                    "{fleet}: {} errors in {requests} requests from {reporting} of {} proxies",
+                    Ratio::of(errors, requests),
+                    marks.len()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// The fleets it judges, by name.

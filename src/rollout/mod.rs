@@ -204,6 +204,9 @@ pub enum Phase {
     Confirming,
     /// Running checks after the switch.
     PostChecks,
+    /// Watching the error ratio of the fleets gaining traffic in the
+    /// proxies' load reports, after the switch.
+    Analysis,
     /// Between two steps of a shift, or before a retirement.
     Waiting,
     /// Putting every proxy back on the previous weights.
@@ -220,6 +223,7 @@ impl Phase {
             Phase::PreChecks => "pre-checks",
             Phase::Confirming => "confirming",
             Phase::PostChecks => "post-checks",
+            Phase::Analysis => "analysis",
             Phase::Waiting => "waiting",
             Phase::RollingBack => "rolling-back",
             Phase::Done => "done",

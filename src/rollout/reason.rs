@@ -212,7 +212,7 @@ pub struct TrafficFigures {
 
 /// The error ratio a fleet may show, and where that figure comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Allowed {
+pub(crate) struct Allowed {
     /// The threshold.
     pub(crate) ratio: Ratio,
     /// Set when the threshold over the baseline is the one that applies
@@ -223,7 +223,7 @@ pub struct Allowed {
 /// A threshold set relative to what the fleets losing traffic did before
 /// the switch.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OverBaseline {
+pub(crate) struct OverBaseline {
     /// The fleets losing traffic.
     pub(crate) fleets: Vec<String>,
     /// Their error ratio before the switch; `None`: too few requests to
