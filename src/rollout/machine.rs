@@ -22,7 +22,7 @@
 //! its change is confirmed and its post-checks (if any) passed: the
 //! machine watches the error ratio of the fleets gaining traffic in the
 //! proxies' load reports for the analysis's window
-//! ([`super::analysis`]), and fails the step as soon as it is over the
+//! (`super::analysis`), and fails the step as soon as it is over the
 //! threshold with enough requests, as a failed post-check does. Its
 //! baseline, what the fleets losing traffic did before the commit, is
 //! measured just before the commit (`Action::MeasureBaseline`).
@@ -124,7 +124,7 @@ pub enum Action {
     /// then send `Event::Committed` (or `Event::CommitFailed`).
     Commit(Change),
     /// Look at what the proxies' load reports say of the fleets
-    /// [`Rollout::wants_traffic`] names now and send `Event::Traffic`:
+    /// `Rollout::wants_traffic` names now and send `Event::Traffic`:
     /// the machine began judging their traffic, or its window ended.
     ObserveTraffic,
     /// Sum what these fleets' load reports counted over the last `window`
