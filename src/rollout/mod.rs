@@ -53,6 +53,7 @@ use crate::config::WeightsError;
 
 pub use analysis::Criteria;
 pub use reason::Reason;
+pub use traffic::MeasuredFleet;
 pub use version::Version;
 
 use std::collections::BTreeMap;
@@ -434,6 +435,8 @@ pub struct ServiceStatus {
     pub last_change: Option<HistoryEntry>,
     /// The operation in progress.
     pub in_progress: Option<Progress>,
+    /// What the proxies' load reports say, per fleet.
+    pub traffic: Vec<MeasuredFleet>,
 }
 
 /// Everything `teal status` shows.

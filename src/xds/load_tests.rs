@@ -182,3 +182,28 @@ fn targets_that_change_drop_counts_of_clusters_no_longer_asked() {
         vec!["api-blue"]
     );
 }
+
+#[test]
+fn totals_count_every_report_per_fleet_and_outlive_the_stream_until_the_fleet_goes() {
+    let s = store();
+    let (a, b) = (s.open("a", "web"), s.open("b", "edge"));
+    let now = Instant::now();
+    s.report(&a, &[cluster("api-blue", 50, 2, 0)], now);
+    s.report(&b, &[cluster("api-blue", 40, 0, 0)], now);
+    s.report(&b, &[cluster("api-green", 9, 1, 0)], now);
+    let totals = s.totals("api");
+    assert_eq!(totals.get("blue"), Some(&(92, 2)));
+    assert_eq!(totals.get("green"), Some(&(10, 1)));
+    // A counter does not go down when a proxy leaves.
+    s.close(&a);
+    assert_eq!(s.totals("api").get("blue"), Some(&(92, 2)));
+    assert!(s.totals("web").is_empty(), "no such service");
+    // A fleet no group is asked for any more takes its totals with it.
+    let mut t = targets();
+    for clusters in t.groups.values_mut() {
+        clusters.remove("api-green");
+    }
+    s.set_targets(t);
+    assert_eq!(s.totals("api").get("green"), None);
+    assert_eq!(s.totals("api").get("blue"), Some(&(92, 2)));
+}

@@ -113,6 +113,7 @@ impl Backend for FakeBackend {
                 retired: vec![],
                 retirement: None,
                 both_fleets_since: Some(now - Duration::from_secs(600)),
+                traffic: Vec::new(),
                 last_change: Some(HistoryEntry {
                     id: 1,
                     verb: Verb::Flip,
