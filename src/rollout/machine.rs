@@ -1265,7 +1265,7 @@ impl Rollout {
                 self.message = format!(
                     "watching the traffic: {}; {:?} left",
                     window.summary(),
-                    ends.saturating_duration_since(now)
+                    whole_seconds(ends.saturating_duration_since(now))
                 );
                 return Vec::new();
             }
@@ -1296,7 +1296,7 @@ impl Rollout {
                 self.message = format!(
                     "{fleet}'s traffic cannot be judged yet: {shortfall}; waiting for more, \
                      {:?} left",
-                    deadline.saturating_duration_since(now)
+                    whole_seconds(deadline.saturating_duration_since(now))
                 );
                 self.state = State::Analysing {
                     version,
@@ -1524,6 +1524,12 @@ fn rejections(seen: &Seen) -> Vec<Rejection> {
                 })
         })
         .collect()
+}
+
+/// `d` rounded up to whole seconds, for what a progress message says is
+/// left.
+fn whole_seconds(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
 fn failures(results: &[CheckResult]) -> Vec<CheckResult> {

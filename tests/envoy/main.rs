@@ -23,3 +23,4 @@ mod grpc_proxyless;
 mod readme_walkthrough;
 mod rollout_semantics;
 mod tls;
+mod traffic_analysis;
