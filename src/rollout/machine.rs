@@ -366,6 +366,9 @@ impl Rollout {
         let mut rec = rec;
         rec.plan.timeout = rec.plan.timeout.min(MAX_WAIT);
         rec.plan.interval = rec.plan.interval.min(MAX_WAIT);
+        if let Some(a) = rec.plan.analysis.as_mut() {
+            a.window = a.window.min(crate::config::ANALYSIS_WINDOW.1);
+        }
         let mut r = Rollout::new(
             Origin {
                 id: rec.id,

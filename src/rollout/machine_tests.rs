@@ -917,6 +917,20 @@ fn a_record_asking_for_absurd_waits_is_bounded() {
     rec.plan.timeout = Duration::MAX;
     let (again, _) = Rollout::resume("web", rec, &ver("2-a"), t, SystemTime::UNIX_EPOCH);
     assert_eq!(again.next_deadline(), Some(t + MAX_WAIT));
+
+    // An analysis's window too: at most the longest the config allows.
+    let (r, t) = analysing(criteria(TooFewRequests::Wait), true);
+    let mut rec = r.record(t, SystemTime::UNIX_EPOCH);
+    if let Some(a) = rec.plan.analysis.as_mut() {
+        a.window = Duration::MAX;
+    }
+    let (mut again, _) = Rollout::resume("web", rec, &ver("2-a"), t, SystemTime::UNIX_EPOCH);
+    again.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    assert_eq!(again.phase(), Phase::Analysis);
+    assert_eq!(
+        again.next_deadline(),
+        Some(t + crate::config::ANALYSIS_WINDOW.1)
+    );
 }
 
 /// The simulation above reaches every outcome it can judge: a property
