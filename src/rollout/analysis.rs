@@ -20,10 +20,12 @@
 //!    count ("reporting proxies"); one that reports nothing is neither
 //!    healthy nor failing.
 //! 2. **Capped weight.** A proxy counts for at most [`WEIGHT_CAP`] times
-//!    the requests of the median reporting proxy (its errors scaled down
-//!    in proportion), so one proxy claiming a billion requests weighs no
-//!    more than a couple of ordinary ones. `min_requests` is checked
-//!    against these capped counts.
+//!    the requests of the median reporting proxy (the lower middle one of
+//!    an even number; its errors scaled down in proportion), so one proxy
+//!    claiming a billion requests weighs no more than a couple of ordinary
+//!    ones. `min_requests` is checked against these capped counts: of two
+//!    proxies, whose verdict rests on both, the busier counts for at most
+//!    twice the other.
 //! 3. **The extremes left out.** With three or more reporting proxies,
 //!    the one with the highest error ratio and the one with the lowest are
 //!    left out, and the ratio is the others' pooled: errors over requests,
