@@ -36,6 +36,7 @@
 //! `plan::rollback_point` is the one rule that moves it; a refused or
 //! undone operation leaves it where it was.
 
+pub(crate) mod analysis;
 pub(crate) mod checks;
 #[cfg(test)]
 mod fixtures;
@@ -50,6 +51,7 @@ pub(crate) mod version;
 
 use crate::config::WeightsError;
 
+pub use analysis::Criteria;
 pub use reason::Reason;
 pub use traffic::MeasuredFleet;
 pub use version::Version;
@@ -203,6 +205,9 @@ pub enum Phase {
     Confirming,
     /// Running checks after the switch.
     PostChecks,
+    /// Watching the error ratio of the fleets gaining traffic in the
+    /// proxies' load reports, after the switch.
+    Analysis,
     /// Between two steps of a shift, or before a retirement.
     Waiting,
     /// Putting every proxy back on the previous weights.
@@ -219,6 +224,7 @@ impl Phase {
             Phase::PreChecks => "pre-checks",
             Phase::Confirming => "confirming",
             Phase::PostChecks => "post-checks",
+            Phase::Analysis => "analysis",
             Phase::Waiting => "waiting",
             Phase::RollingBack => "rolling-back",
             Phase::Done => "done",

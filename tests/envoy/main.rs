@@ -24,3 +24,4 @@ mod load_reports;
 mod readme_walkthrough;
 mod rollout_semantics;
 mod tls;
+mod traffic_analysis;
