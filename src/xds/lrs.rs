@@ -75,7 +75,7 @@ pub struct LoadReportConfig {
     pub max_report_clusters: usize,
     /// Most reports one stream may send per second; the rest are
     /// dropped. Default 20 (see
-    /// [`DEFAULT_MAX_REPORTS_PER_SEC`](super::load::DEFAULT_MAX_REPORTS_PER_SEC)).
+    /// `load::DEFAULT_MAX_REPORTS_PER_SEC`).
     pub max_reports_per_sec: u32,
 }
 

@@ -175,7 +175,9 @@ struct Failing {
 
 impl Failing {
     fn next_fails(&self) -> bool {
-        self.seen.fetch_add(1, Ordering::SeqCst) % self.every == 0
+        self.seen
+            .fetch_add(1, Ordering::SeqCst)
+            .is_multiple_of(self.every)
     }
 }
 
