@@ -74,8 +74,9 @@ pub struct LoadReportConfig {
     /// a few thousand at most.
     pub max_report_clusters: usize,
     /// Most reports one stream may send per second; the rest are
-    /// dropped. Default 20 (see
-    /// [`DEFAULT_MAX_REPORTS_PER_SEC`](super::load::DEFAULT_MAX_REPORTS_PER_SEC)).
+    /// dropped. Default 20: twice what Envoy sends at the shortest
+    /// interval teal asks for (100 ms), so only a client that ignores the
+    /// interval meets it.
     pub max_reports_per_sec: u32,
 }
 
