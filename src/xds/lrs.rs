@@ -376,6 +376,7 @@ pub(crate) struct LrsServer {
 }
 
 const SERVICE: &str = "envoy.service.load_stats.v3.LoadReportingService";
+const STREAM_LOAD_STATS: &str = "/envoy.service.load_stats.v3.LoadReportingService/StreamLoadStats";
 
 impl NamedService for LrsServer {
     const NAME: &'static str = SERVICE;
@@ -396,7 +397,7 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let shared = self.reporting.shared.clone();
-        if req.uri().path() != format!("/{SERVICE}/StreamLoadStats") {
+        if req.uri().path() != STREAM_LOAD_STATS {
             return Box::pin(
                 async move { Ok(Status::unimplemented("no such method").into_http()) },
             );
