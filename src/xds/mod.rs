@@ -32,6 +32,7 @@ pub(crate) mod gate;
 pub mod limits;
 pub(crate) mod load;
 pub(crate) mod lrs;
+pub(crate) mod lrs_codec;
 pub mod protocol;
 pub mod resources;
 pub(crate) mod server;
