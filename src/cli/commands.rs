@@ -146,12 +146,21 @@ pub(crate) enum AdminCommand {
         #[arg(long)]
         skip_checks: bool,
     },
-    /// Retire the old fleet: drop its weight and endpoints, after a delay.
+    /// Retire the old fleet: drop its weight and endpoints, after a delay
+    /// and once no proxy has a request in flight to it.
     ///
     /// The last step once the new fleet has proven itself; it ends the cost
-    /// window of running both. Until the delay is over `teal rollback`
-    /// still works and `teal abort` cancels the retirement.
-    #[command(after_long_help = "Example:\n  teal retire web blue --after 30m")]
+    /// window of running both. After --after, teal waits until every proxy
+    /// routing the service reports no request in progress to the fleet for
+    /// two report intervals in a row (the proxies' load reports, LRS), so
+    /// a long upload or a slow query ends before the endpoints go; progress
+    /// names the proxies still draining and their requests in flight. A
+    /// proxy that reports no load is never taken as drained. Not drained
+    /// within --drain-timeout: refused (exit 1), nothing retired. Until the
+    /// endpoints go, `teal rollback` still works and `teal abort` cancels
+    /// the retirement.
+    #[command(after_long_help = "Examples:\n  teal retire web blue --after 30m\n  \
+        teal retire web blue --drain-timeout 0s   # do not wait for requests in flight")]
     Retire {
         /// The service.
         service: String,
@@ -160,6 +169,11 @@ pub(crate) enum AdminCommand {
         /// How long to wait first (0s to 720h).
         #[arg(long, default_value = "0s", value_parser = parse::after)]
         after: Duration,
+        /// Then how long to wait for the fleet to drain (0s to 24h;
+        /// default: the server's, 5 minutes). 0s retires without waiting
+        /// for requests in flight, as teal did before it read load reports.
+        #[arg(long, value_parser = parse::drain_timeout)]
+        drain_timeout: Option<Duration>,
     },
     /// Stop an operation.
     ///
@@ -379,11 +393,13 @@ async fn run(
             service,
             fleet,
             after,
+            drain_timeout,
         } => {
             let r = pb::RetireRequest {
                 service,
                 fleet,
                 after_ms: millis(after),
+                drain_timeout_ms: drain_timeout.map(millis),
             };
             ops::retire(c, r, out, err).await
         }

@@ -77,6 +77,11 @@ pub(crate) fn after(s: &str) -> Result<Duration, String> {
     duration_in(s, Duration::ZERO, MAX_AFTER)
 }
 
+/// `--drain-timeout` of `teal retire`: 0s (do not wait) to a day.
+pub(crate) fn drain_timeout(s: &str) -> Result<Duration, String> {
+    duration_in(s, Duration::ZERO, MAX_INTERVAL)
+}
+
 /// A percentage, 0 to 100.
 fn percent(s: &str, what: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
@@ -179,6 +184,9 @@ mod tests {
         assert!(interval("25h").is_err());
         assert_eq!(after("720h"), Ok(MAX_AFTER));
         assert!(after("721h").expect_err("over").contains("30d 0h"));
+        assert_eq!(drain_timeout("0s"), Ok(Duration::ZERO));
+        assert_eq!(drain_timeout("24h"), Ok(MAX_INTERVAL));
+        assert!(drain_timeout("25h").is_err());
     }
 
     #[test]

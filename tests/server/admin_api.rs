@@ -112,6 +112,7 @@ impl Backend for FakeBackend {
                 weights: split(&[("blue", 100), ("green", 0)]),
                 retired: vec![],
                 retirement: None,
+                drains: vec![],
                 both_fleets_since: Some(now - Duration::from_secs(600)),
                 last_change: Some(HistoryEntry {
                     id: 1,
