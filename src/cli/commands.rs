@@ -273,6 +273,9 @@ pub(crate) enum AdminCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Wait for what the proxies report: `teal wait drained SERVICE FLEET`.
+    #[command(subcommand)]
+    Wait(super::wait::WaitCommand),
     /// Follow an operation already running, until its outcome.
     #[command(after_long_help = "Example:\n  teal follow 42")]
     Follow {
@@ -407,6 +410,7 @@ async fn run(
         AdminCommand::Cordon { node_id, reason } => ops::cordon(c, node_id, reason, out, err).await,
         AdminCommand::Uncordon { node_id } => ops::uncordon(c, node_id, out, err).await,
         AdminCommand::Follow { id } => ops::follow(c, id, out, err).await,
+        AdminCommand::Wait(cmd) => super::wait::wait(c, cmd, out, err).await,
         AdminCommand::Fleet(cmd) => super::fleet::fleet(c, cmd, out).await,
         AdminCommand::Register {
             service,

@@ -82,6 +82,11 @@ pub(crate) fn drain_timeout(s: &str) -> Result<Duration, String> {
     duration_in(s, Duration::ZERO, MAX_INTERVAL)
 }
 
+/// `--timeout` of `teal wait`: 1s to a day.
+pub(crate) fn wait(s: &str) -> Result<Duration, String> {
+    duration_in(s, Duration::from_secs(1), MAX_INTERVAL)
+}
+
 /// A percentage, 0 to 100.
 fn percent(s: &str, what: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
@@ -187,6 +192,9 @@ mod tests {
         assert_eq!(drain_timeout("0s"), Ok(Duration::ZERO));
         assert_eq!(drain_timeout("24h"), Ok(MAX_INTERVAL));
         assert!(drain_timeout("25h").is_err());
+        assert!(wait("0s").is_err(), "a wait that cannot succeed");
+        assert_eq!(wait("10m"), Ok(Duration::from_secs(600)));
+        assert!(wait("25h").is_err());
     }
 
     #[test]
