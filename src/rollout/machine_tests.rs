@@ -832,6 +832,14 @@ fn a_record_asking_for_absurd_waits_is_bounded() {
     rec.plan.timeout = Duration::MAX;
     let (again, _) = Rollout::resume("web", rec, &ver("2-a"), t, SystemTime::UNIX_EPOCH);
     assert_eq!(again.next_deadline(), Some(t + MAX_WAIT));
+    // A retirement's drain timeout too.
+    let (r, t) = draining();
+    let mut rec = r.record(t, SystemTime::UNIX_EPOCH);
+    rec.plan.drain_timeout = Duration::MAX;
+    let (mut again, _) = Rollout::resume("web", rec, &ver("2-a"), t, SystemTime::UNIX_EPOCH);
+    again.on_event(Event::Tick, t);
+    assert_eq!(again.phase(), Phase::Draining);
+    assert_eq!(again.next_deadline(), Some(t + MAX_WAIT));
 }
 
 /// The simulation above reaches every outcome it can judge: a property
