@@ -34,12 +34,15 @@ pub(crate) enum AdminCommand {
     /// The first thing to look at before and after a change: the live fleet
     /// and the one rollback would go back to, the current weights and
     /// version, how the last change went (and how long proxies took to
-    /// converge), any flip or shift in progress, a pending retirement, and
-    /// the cost window (how long both fleets have been up).
+    /// converge), any flip or shift in progress, a pending retirement,
+    /// whether each fleet with no weight is drained (no proxy reports a
+    /// request in flight to it), and the cost window (how long both fleets
+    /// have been up).
     ///
     /// `-o json` prints stable field names: {version, services: [{name,
-    /// live, previous, weights, retired, retirement, both_fleets_since_unix_ms,
-    /// both_fleets_for_ms, last_change, in_progress}]}.
+    /// live, previous, weights, retired, retirement, drains,
+    /// both_fleets_since_unix_ms, both_fleets_for_ms, last_change,
+    /// in_progress}]}.
     #[command(
         after_long_help = "Examples:\n  teal status\n  teal status web --watch\n  teal status web -o json"
     )]

@@ -3,12 +3,12 @@
 //!
 //! One rule serves the retirement that waits for it
 //! ([`super::machine`]'s drain phase) and `teal status`: a proxy is idle
-//! once its last [`IDLE_REPORTS`] reports said nothing was in progress to
-//! the fleet. One report is a snapshot: it can fall between the end of a
-//! request and the start of the next. Two in a row, an interval apart,
-//! leave a request that starts after the first report still in progress
-//! or finished by the second. A proxy that reports no load is never
-//! idle: teal cannot see what it carries, so it is named, not counted.
+//! once its last `IDLE_REPORTS` (two) reports said nothing was in progress
+//! to the fleet. One report is a snapshot: it can fall between the end of
+//! one request and the start of the next. Of two in a row, an interval
+//! apart, the second sees a request that started after the first, unless
+//! it is over already. A proxy that reports no load is never idle: teal
+//! cannot see what it carries, so it is named, not counted.
 
 use std::sync::Arc;
 
@@ -37,7 +37,7 @@ pub struct FleetDrain {
     pub fleet: String,
     /// Proxies looked at.
     pub proxies: usize,
-    /// Of them, idle for [`IDLE_REPORTS`] reports.
+    /// Of them, idle for two reports in a row.
     pub idle: usize,
     /// Proxies not idle yet, the first few by node id.
     pub draining: Vec<Draining>,

@@ -22,7 +22,7 @@
 //! not to, waits in `Draining` until every proxy routing the service
 //! reports no request in progress to the fleet for two reports in a row
 //! ([`super::drain`]); it asks for those reports with
-//! [`Rollout::wants_traffic`]. A proxy that reports no load is never taken
+//! `Rollout::wants_traffic`. A proxy that reports no load is never taken
 //! as drained. Past its drain timeout the retirement is refused, naming
 //! the proxies still draining and those not reporting; nothing was
 //! committed, so the fleet keeps its endpoints.
