@@ -20,6 +20,11 @@
 //! | `teal_service_weight` | gauge | `service`, `fleet` | Current traffic weight (0–100) of each fleet. |
 //! | `teal_service_live` | gauge | `service`, `fleet` | 1 for the service's live fleet. |
 //! | `teal_service_both_fleets_seconds` | gauge | `service` | How long more than one fleet has had endpoints (the cost window); absent when only one has. |
+//! | `teal_load_requests_total` | counter | `service`, `fleet` | Requests the proxies' load reports (LRS) counted as completed. |
+//! | `teal_load_errors_total` | counter | `service`, `fleet` | Of those, the ones that failed (5xx, failed connections, gRPC statuses but OK). |
+//! | `teal_load_in_progress` | gauge | `service`, `fleet` | Requests in progress at the proxies' last reports. |
+//! | `teal_load_reporting_proxies` | gauge | `service`, `fleet` | Proxies routing the service whose load reports name the fleet. |
+//! | `teal_load_routing_proxies` | gauge | `service` | Proxies routing the service (connected, not cordoned). |
 //! | `teal_up` | gauge | | Always 1: the admin API answers. |
 
 use std::sync::atomic::AtomicU64;
@@ -181,6 +186,7 @@ impl Metrics {
             "How long more than one fleet has had endpoints",
             both,
         );
+        register_load(&mut registry, services);
 
         let mut out = String::new();
         encode(&registry, &mut out);
@@ -212,6 +218,60 @@ impl Metrics {
             self.convergence.clone(),
         );
     }
+}
+
+/// What the proxies' load reports say, per service and fleet: never per
+/// proxy, so a fleet of thousands of proxies is a handful of series.
+fn register_load(registry: &mut Registry, services: &[ServiceStatus]) {
+    let (requests, errors) = (
+        Family::<ServiceFleet, Counter>::default(),
+        Family::<ServiceFleet, Counter>::default(),
+    );
+    let (in_progress, reporting) = (
+        Family::<ServiceFleet, Gauge>::default(),
+        Family::<ServiceFleet, Gauge>::default(),
+    );
+    let routing = Family::<OneLabel, Gauge>::default();
+    let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    for s in services {
+        for f in &s.traffic {
+            let labels = [("service", s.name.clone()), ("fleet", f.fleet.clone())];
+            requests.get_or_create(&labels).inc_by(f.total_requests);
+            errors.get_or_create(&labels).inc_by(f.total_errors);
+            in_progress.get_or_create(&labels).set(gauge(f.in_progress));
+            reporting
+                .get_or_create(&labels)
+                .set(gauge(f.proxies_reporting as u64));
+            routing
+                .get_or_create(&[("service", s.name.clone())])
+                .set(gauge(f.proxies_routing as u64));
+        }
+    }
+    registry.register(
+        "teal_load_requests",
+        "Requests the proxies' load reports counted as completed",
+        requests,
+    );
+    registry.register(
+        "teal_load_errors",
+        "Requests the proxies' load reports counted as failed",
+        errors,
+    );
+    registry.register(
+        "teal_load_in_progress",
+        "Requests in progress at the proxies' last load reports",
+        in_progress,
+    );
+    registry.register(
+        "teal_load_reporting_proxies",
+        "Proxies routing the service whose load reports name the fleet",
+        reporting,
+    );
+    registry.register(
+        "teal_load_routing_proxies",
+        "Proxies routing the service",
+        routing,
+    );
 }
 
 fn type_label(ty: ResourceType) -> TypeLabel {

@@ -26,7 +26,7 @@ fn readme_metrics() -> Vec<(String, String, Vec<String>)> {
             (unquote(cells[1]), cells[2].to_owned(), labels)
         })
         .collect();
-    assert_eq!(rows.len(), 10, "{rows:?}");
+    assert_eq!(rows.len(), 15, "{rows:?}");
     rows
 }
 
@@ -46,6 +46,20 @@ fn service(name: &str, weights: &[(&str, u32)], both_since: Option<SystemTime>) 
         both_fleets_since: both_since,
         last_change: None,
         in_progress: None,
+        traffic: weights
+            .iter()
+            .map(|(f, w)| crate::rollout::MeasuredFleet {
+                fleet: (*f).to_owned(),
+                window: Duration::from_secs(10),
+                requests: u64::from(*w),
+                errors: 1,
+                in_progress: 2,
+                proxies_reporting: 3,
+                proxies_routing: 4,
+                total_requests: 1000 + u64::from(*w),
+                total_errors: 5,
+            })
+            .collect(),
     }
 }
 
@@ -107,6 +121,11 @@ fn gauges_carry_the_backend_values() {
         "teal_service_live{service=\"web\",fleet=\"blue\"} 1\n",
         "teal_service_live{service=\"api\",fleet=\"blue\"} 1\n",
         "teal_service_both_fleets_seconds{service=\"web\"} 2.5\n",
+        "teal_load_requests_total{service=\"web\",fleet=\"green\"} 1010\n",
+        "teal_load_errors_total{service=\"web\",fleet=\"blue\"} 5\n",
+        "teal_load_in_progress{service=\"api\",fleet=\"blue\"} 2\n",
+        "teal_load_reporting_proxies{service=\"web\",fleet=\"green\"} 3\n",
+        "teal_load_routing_proxies{service=\"web\"} 4\n",
     ] {
         assert!(page.contains(line), "missing {line:?} in\n{page}");
     }

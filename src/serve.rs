@@ -403,6 +403,10 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     let registry: Arc<ProxyRegistry> =
         ProxyRegistry::with_sink_and_cordons(metrics.clone(), Arc::new(cordons));
     registry.set_reconnect_hold(opts.xds.proxy_reconnect_hold);
+    let loads = &opts.xds.load_reports;
+    registry
+        .loads()
+        .configure(loads.interval, loads.max_reports_per_sec);
     // The admin port is bound first: a replica's leader record names its
     // address.
     let admin_listener = bind(opts.admin_addr).await?;

@@ -10,10 +10,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::rollout::registration::{FleetView, Registered, Request};
 use crate::rollout::{
-    CheckResult, DEFAULT_DRAIN_TIMEOUT, DEFAULT_TIMEOUT, FleetDrain, HistoryEntry, Operation,
-    Outcome, Phase, Progress, Retirement, RolloutError, ServiceStatus, ShiftSteps, Split,
-    StatusView, Version,
+    CheckResult, DEFAULT_DRAIN_TIMEOUT, DEFAULT_TIMEOUT, FleetDrain, HistoryEntry, MeasuredFleet,
+    Operation, Outcome, Phase, Progress, Retirement, RolloutError, ServiceStatus, ShiftSteps,
+    Split, StatusView, Version,
 };
+use crate::xds::load::ProxyLoad;
 use crate::xds::resources::{PerType, ResourceType};
 use crate::xds::status::{Nack, TypeStatus};
 use crate::xds::{ProxyStatus, StreamKind};
@@ -223,6 +224,56 @@ pub(crate) fn service_status(s: &ServiceStatus) -> pb::ServiceStatus {
         in_progress: s.in_progress.as_ref().map(progress),
         rollback_to: s.rollback_to.as_ref().map(split),
         drains: s.drains.iter().map(drain).collect(),
+        traffic: traffic(&s.traffic),
+    }
+}
+
+/// A service's measured traffic as messages, ratios worked out; none when
+/// no proxy reports.
+pub(crate) fn traffic(fleets: &[MeasuredFleet]) -> Vec<pb::FleetTraffic> {
+    if fleets.iter().all(|f| f.proxies_reporting == 0) {
+        return Vec::new();
+    }
+    let all: u64 = fleets.iter().map(|f| f.requests).sum();
+    let ratio = |n: u64, of: u64| if of == 0 { 0.0 } else { n as f64 / of as f64 };
+    fleets
+        .iter()
+        .map(|f| pb::FleetTraffic {
+            fleet: f.fleet.clone(),
+            requests: f.requests,
+            errors: f.errors,
+            requests_per_second: if f.window.is_zero() {
+                0.0
+            } else {
+                f.requests as f64 / f.window.as_secs_f64()
+            },
+            error_ratio: ratio(f.errors, f.requests),
+            share: ratio(f.requests, all),
+            in_progress: f.in_progress,
+            proxies_reporting: u32::try_from(f.proxies_reporting).unwrap_or(u32::MAX),
+            proxies_routing: u32::try_from(f.proxies_routing).unwrap_or(u32::MAX),
+            window_ms: u64::try_from(f.window.as_millis()).unwrap_or(u64::MAX),
+        })
+        .collect()
+}
+
+/// What a proxy's load reports said, as of `now`.
+pub(crate) fn load_report(l: &ProxyLoad, now: std::time::Instant) -> pb::LoadReport {
+    pb::LoadReport {
+        age_ms: l.last_report.map(|t| {
+            u64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX)
+        }),
+        reports: l.reports,
+        clusters: l
+            .clusters
+            .iter()
+            .map(|(cluster, c)| pb::ClusterLoad {
+                cluster: cluster.clone(),
+                requests: c.requests,
+                errors: c.errors,
+                in_progress: c.in_progress,
+            })
+            .collect(),
     }
 }
 
@@ -281,6 +332,8 @@ pub(crate) fn proxy(p: &ProxyStatus) -> pb::Proxy {
         cordoned: false,
         cordon_reason: String::new(),
         replica: p.replica.clone().unwrap_or_default(),
+        // Load reports are kept apart from the stream; the service adds them.
+        load: None,
     }
 }
 

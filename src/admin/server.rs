@@ -172,11 +172,22 @@ impl Admin for AdminService {
         let current = self.backend.current_versions();
         let mut response = convert::proxies(&proxies, &current);
         let cordons = self.registry.cordons();
+        let now = std::time::Instant::now();
+        let loads: std::collections::HashMap<Arc<str>, _> = self
+            .registry
+            .loads()
+            .proxies(|_| true)
+            .into_iter()
+            .map(|l| (l.node.clone(), l))
+            .collect();
         for p in &mut response.proxies {
             if let Some(c) = cordons.get(&p.node_id) {
                 p.cordoned = true;
                 p.cordon_reason = c.reason;
             }
+            p.load = loads
+                .get(p.node_id.as_str())
+                .map(|l| convert::load_report(l, now));
         }
         Ok(Response::new(response))
     }

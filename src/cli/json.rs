@@ -6,7 +6,10 @@
 //! - `teal status`: `{version, services: [service]}`; a service is
 //!   `{name, live, previous, weights: {fleet: weight}, retired: [fleet],
 //!   retirement: {fleet, at_unix_ms} | null, drains: [drain], both_fleets_since_unix_ms,
-//!   both_fleets_for_ms, last_change: change | null, in_progress: progress | null}`;
+//!   both_fleets_for_ms, last_change: change | null, in_progress: progress | null,
+//!   traffic: [{fleet, requests, errors, requests_per_second, error_ratio,
+//!   share, in_progress, proxies_reporting, proxies_routing, window_ms}]}`
+//!   (`traffic` is empty when no proxy routing the service reports its load);
 //!   a drain (one per fleet with weight 0) is `{fleet, drained, proxies, idle,
 //!   in_flight, draining: [{proxy, in_flight}], draining_count, not_reporting:
 //!   [proxy], not_reporting_count}`;
@@ -22,7 +25,10 @@
 //!   `{check, endpoint, ok, detail}`.
 //! - `teal proxies`: `{proxies: [{node_id, group, stream_id, kind, delta,
 //!   user_agent, connected_since_unix_ms, types: {CDS|EDS|LDS|RDS: {state,
-//!   sent, acked, expected, nack: {version, message, at_unix_ms} | null}}}]}`;
+//!   sent, acked, expected, nack: {version, message, at_unix_ms} | null}},
+//!   load: {age_ms, reports, clusters: [{cluster, requests, errors,
+//!   in_progress}]} | null}]}` (`load`: its load reports, null without a
+//!   load stream);
 //!   `state` is `SYNCED`, `STALE`, `NACKED` or `NOT SENT`.
 
 use serde_json::{Value, json};
@@ -140,6 +146,7 @@ pub(crate) fn status(s: &pb::StatusResponse, now: std::time::SystemTime) -> Valu
                 "both_fleets_for_ms": svc.both_fleets_since_unix_ms.map(|t| (now - t).max(0)),
                 "last_change": svc.last_change.as_ref().map(change),
                 "in_progress": svc.in_progress.as_ref().map(progress),
+                "traffic": super::traffic::traffic_json(svc),
             })
         })
         .collect();

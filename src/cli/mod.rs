@@ -33,7 +33,9 @@ pub(crate) mod progress;
 pub(crate) mod proxies;
 pub(crate) mod read;
 pub(crate) mod serve_limits;
+pub(crate) mod serve_load_reports;
 pub(crate) mod table;
+pub(crate) mod traffic;
 pub(crate) mod wait;
 
 use std::net::SocketAddr;
@@ -274,6 +276,9 @@ pub(crate) struct ServeArgs {
     /// What proxies and other clients may make teal hold.
     #[command(flatten)]
     pub(crate) limits: serve_limits::LimitArgs,
+    /// How the proxies report their traffic.
+    #[command(flatten)]
+    pub(crate) load_reports: serve_load_reports::LoadReportArgs,
     /// TLS on both ports.
     #[command(flatten)]
     pub(crate) tls: TlsArgs,
@@ -515,6 +520,7 @@ fn serve_command(args: ServeArgs) -> u8 {
         admin_tokens_max_bytes: args.admin_tokens_max_bytes,
         xds: crate::xds::XdsServerConfig {
             drain: args.drain,
+            load_reports: args.load_reports.config(),
             ..Default::default()
         },
         admin_connections: crate::transport::listener::ConnectionLimits::default_for(

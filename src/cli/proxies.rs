@@ -58,6 +58,11 @@ pub(crate) fn proxies_text(r: &pb::ProxiesResponse) -> String {
         header.insert(1, "REPLICA");
     }
     header.extend(["CDS", "EDS", "LDS", "RDS"]);
+    // So is the LOAD REPORT column: it appears once a proxy reports load.
+    let loads = r.proxies.iter().any(|p| p.load.is_some());
+    if loads {
+        header.push("LOAD REPORT");
+    }
     let mut t = Table::new(&header);
     let mut nacks = Vec::new();
     let mut cordoned = Vec::new();
@@ -119,6 +124,9 @@ pub(crate) fn proxies_text(r: &pb::ProxiesResponse) -> String {
                 ));
             }
         }
+        if loads {
+            row.push(super::traffic::load_cell(p.load.as_ref()));
+        }
         t.row(row);
     }
     let mut text = if t.is_empty() {
@@ -174,6 +182,7 @@ pub(crate) async fn proxies(
                     "cordoned": p.cordoned, "cordon_reason": p.cordon_reason,
                     "replica": (!p.replica.is_empty()).then_some(&p.replica),
                     "connected_since_unix_ms": p.connected_since_unix_ms, "types": types,
+                    "load": super::traffic::load_json(p.load.as_ref()),
                 })
             }).collect();
             print_json(out, &json!({ "proxies": proxies }));

@@ -141,6 +141,7 @@ fn service_details(text: &mut String, svc: &pb::ServiceStatus, now: i64) {
         untrusted(&svc.live).to_string()
     };
     text.push_str(&format!("  live:        {live}\n"));
+    text.push_str(&super::traffic::measured_lines(svc));
     let rollback = svc.rollback_to.as_ref().map_or_else(
         || "nothing to go back to".to_owned(),
         |r| table::split(&r.weights),

@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
 use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
 use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiVersion, ConfigSource, HeaderValue, HeaderValueOption,
-    HealthCheck as EnvoyHealthCheck, Locality, SocketAddress, address,
+    HealthCheck as EnvoyHealthCheck, Locality, SelfConfigSource, SocketAddress, address,
     config_source::ConfigSourceSpecifier,
     header_value_option::HeaderAppendAction,
     health_check::{HealthChecker, HttpHealthCheck},
@@ -159,7 +159,11 @@ fn group_resources(config: &Config, weights: &Weights, group: &Group) -> GroupRe
         };
         for (fleet_name, fleet) in &service.fleets {
             let cluster = cluster_name(service_name, fleet_name);
-            res.clusters.push(envoy_cluster(&cluster, service));
+            let mut envoy = envoy_cluster(&cluster, service);
+            if proxyless {
+                envoy.lrs_server = Some(lrs_self());
+            }
+            res.clusters.push(envoy);
             let endpoints: &[super::model::Endpoint] =
                 if weights.is_retired(service_name, fleet_name) {
                     &[]
@@ -257,6 +261,19 @@ fn ads() -> ConfigSource {
     ConfigSource {
         resource_api_version: ApiVersion::V3 as i32,
         config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    }
+}
+
+/// Where a proxyless gRPC client sends a cluster's load reports: `self`,
+/// the xDS server it got the cluster from (gRFC A27). gRPC reports the
+/// load of no cluster without it; Envoy ignores it (its reports follow its
+/// bootstrap's `load_stats_config`), so a group that mixes both is served
+/// one cluster for both.
+fn lrs_self() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(ConfigSourceSpecifier::Self_(SelfConfigSource::default())),
         ..Default::default()
     }
 }

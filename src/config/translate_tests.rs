@@ -370,7 +370,8 @@ fn grpc_listeners_are_api_listeners_named_after_services() {
         .find(|v| v.name == "web")
         .expect("sidecar web");
     assert_eq!(web.virtual_hosts[0].routes, sidecar_web.routes);
-    // EDS clusters over ADS, as gRPC requires.
+    // EDS clusters over ADS, as gRPC requires, that send their load
+    // reports to teal (`self`): gRPC reports none without it.
     let names: Vec<&str> = g.clusters.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["api-blue", "api-green", "web-blue", "web-green"]);
     for c in &g.clusters {
@@ -381,7 +382,20 @@ fn grpc_listeners_are_api_listeners_named_after_services() {
                 .and_then(|s| s.config_source_specifier.as_ref()),
             Some(ConfigSourceSpecifier::Ads(_))
         ));
+        assert!(matches!(
+            c.lrs_server
+                .as_ref()
+                .and_then(|s| s.config_source_specifier.as_ref()),
+            Some(ConfigSourceSpecifier::Self_(_))
+        ));
     }
+    // Envoy groups' clusters name no LRS server: their bootstrap does.
+    assert!(
+        input.groups["edge"]
+            .clusters
+            .iter()
+            .all(|c| c.lrs_server.is_none())
+    );
 }
 
 #[test]

@@ -967,7 +967,7 @@ impl Driver {
     /// connected proxy of the groups routing the service that operations
     /// wait for (cordoned ones are left out, as they are from the
     /// confirmation), with its counts, or none when it reports nothing.
-    fn traffic(&self, service: &str, fleets: &[String]) -> Vec<FleetTraffic> {
+    pub(super) fn traffic(&self, service: &str, fleets: &[String]) -> Vec<FleetTraffic> {
         let groups = self.basis(service).groups;
         let cordoned = self.registry.cordons().ids();
         let loads: HashMap<Arc<str>, ProxyLoad> = self
@@ -1242,6 +1242,7 @@ impl Driver {
                     both_fleets_since: st.both_fleets_since,
                     last_change: self.state.history.get(name).and_then(|h| h.last().cloned()),
                     in_progress: running.map(|r| r.rollout.progress()),
+                    traffic: self.measured(name, now),
                 }
             })
             .collect();

@@ -23,6 +23,7 @@ mod cordons;
 mod driver;
 mod endpoints;
 mod follow;
+mod measured;
 mod reconcile;
 mod replica;
 mod views;

@@ -55,6 +55,7 @@ use crate::config::WeightsError;
 
 pub use drain::FleetDrain;
 pub use reason::Reason;
+pub use traffic::MeasuredFleet;
 pub use version::Version;
 
 use std::collections::BTreeMap;
@@ -451,6 +452,8 @@ pub struct ServiceStatus {
     pub last_change: Option<HistoryEntry>,
     /// The operation in progress.
     pub in_progress: Option<Progress>,
+    /// What the proxies' load reports say, per fleet.
+    pub traffic: Vec<MeasuredFleet>,
 }
 
 /// Everything `teal status` shows.

@@ -31,3 +31,29 @@ pub(crate) struct FleetTraffic {
     pub(crate) fleet: String,
     pub(crate) proxies: Vec<ProxyTraffic>,
 }
+
+/// What `teal status` shows of one fleet's traffic: what the load reports
+/// of the proxies routing its service say, over a window.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeasuredFleet {
+    /// The fleet.
+    pub fleet: String,
+    /// The window the counts are over.
+    pub window: std::time::Duration,
+    /// Requests completed over the window.
+    pub requests: u64,
+    /// Of those, the ones that failed.
+    pub errors: u64,
+    /// Requests in progress at each proxy's last report, summed.
+    pub in_progress: u64,
+    /// Proxies routing the service whose load reports name the fleet.
+    pub proxies_reporting: usize,
+    /// Proxies routing the service (connected, in its groups, not
+    /// cordoned).
+    pub proxies_routing: usize,
+    /// Requests reported since teal first asked for the fleet (a counter
+    /// for `/metrics`).
+    pub total_requests: u64,
+    /// Of those, the ones that failed.
+    pub total_errors: u64,
+}

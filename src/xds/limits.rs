@@ -38,6 +38,10 @@ pub(crate) enum Limit {
     CsdsUnreadBytes,
     /// Bytes of CSDS answers built and not yet read, on one connection.
     CsdsUnreadBytesPerConnection,
+    /// Bytes of one load report (LRS) message.
+    LoadReportBytes,
+    /// Clusters in one load report.
+    LoadReportClusters,
 }
 
 impl Limit {
@@ -53,6 +57,8 @@ impl Limit {
             Limit::CsdsResponseBytes => "--max-csds-response-bytes",
             Limit::CsdsUnreadBytes => "--max-csds-unread-bytes",
             Limit::CsdsUnreadBytesPerConnection => "--max-csds-unread-bytes-per-connection",
+            Limit::LoadReportBytes => "--max-load-report-bytes",
+            Limit::LoadReportClusters => "--max-load-report-clusters",
         }
     }
 
@@ -61,6 +67,7 @@ impl Limit {
         match self {
             Limit::SubscriptionNames => "names",
             Limit::CsdsMatchers => "matchers",
+            Limit::LoadReportClusters => "clusters",
             _ => "bytes",
         }
     }
@@ -80,6 +87,8 @@ impl fmt::Display for Limit {
             Limit::CsdsUnreadBytesPerConnection => {
                 "limit on CSDS answers not yet read per connection"
             }
+            Limit::LoadReportBytes => "load report size limit",
+            Limit::LoadReportClusters => "load report clusters limit",
         })
     }
 }

@@ -232,11 +232,20 @@ struct Inner {
     remote: HashMap<String, Vec<ProxyLoad>>,
     /// By (group, cluster).
     windows: HashMap<(String, String), Window>,
+    /// Per service and fleet, requests and errors this replica's proxies
+    /// reported since teal started (or since the fleet was last asked
+    /// for): the counters of `/metrics`.
+    totals: HashMap<Target, (u64, u64)>,
     next_serial: u64,
 }
 
 /// The default of `--load-report-interval`.
 pub(crate) const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The default of `--max-load-reports-per-second`: twice what Envoy sends
+/// at the shortest interval teal asks for (100 ms), so only a client that
+/// ignores the interval meets it.
+pub(crate) const DEFAULT_MAX_REPORTS_PER_SEC: u32 = 20;
 
 /// Every proxy's load reports (see the module docs).
 #[derive(Debug)]
@@ -255,7 +264,7 @@ pub(crate) struct LoadStore {
 
 impl Default for LoadStore {
     fn default() -> Self {
-        LoadStore::new(10)
+        LoadStore::new(DEFAULT_MAX_REPORTS_PER_SEC)
     }
 }
 
@@ -318,6 +327,9 @@ impl LoadStore {
             inner
                 .windows
                 .retain(|(g, c), _| targets.target(g, c).is_some());
+            let asked: std::collections::HashSet<&Target> =
+                targets.groups.values().flat_map(|c| c.values()).collect();
+            inner.totals.retain(|t, _| asked.contains(t));
         }
         self.targets.send_replace(targets);
         self.bump();
@@ -413,7 +425,7 @@ impl LoadStore {
         // Every cluster asked for counts in this report: one it leaves out
         // had nothing to say (no traffic, nothing in progress).
         if let Some(asked) = asked {
-            for cluster in asked.keys() {
+            for (cluster, target) in asked {
                 let c = e.load.clusters.entry(cluster.clone()).or_default();
                 let r = clusters.iter().find(|r| &r.cluster == cluster);
                 let (requests, errors, in_progress) = r
@@ -436,6 +448,9 @@ impl LoadStore {
                         .entry((group.clone(), cluster.clone()))
                         .or_default()
                         .add(second, requests, errors);
+                    let total = inner.totals.entry(target.clone()).or_default();
+                    total.0 = total.0.saturating_add(requests);
+                    total.1 = total.1.saturating_add(errors);
                 }
             }
         }
@@ -492,6 +507,18 @@ impl LoadStore {
                 .find(|p| &*p.node == node)
                 .cloned()
         })
+    }
+
+    /// Per fleet of `service`, the requests and errors this replica's
+    /// proxies reported since it was first asked for (counters: they
+    /// never go down while the fleet is asked for).
+    pub(crate) fn totals(&self, service: &str) -> BTreeMap<String, (u64, u64)> {
+        self.lock()
+            .totals
+            .iter()
+            .filter(|(t, _)| t.service == service)
+            .map(|(t, n)| (t.fleet.clone(), *n))
+            .collect()
     }
 
     /// `service`'s traffic per fleet over the last `window` (whole

@@ -7,10 +7,12 @@
 //! - [`limits`]: what one stream may make teal hold, and the errors past it.
 //! - [`status`]: what teal knows of every connected proxy.
 //! - [`load`]: what the proxies' load reports (LRS) say their traffic did.
+//! - `lrs`: LRS, where the proxies send those load reports.
 //! - `csds`: CSDS, that knowledge for mesh tooling, with the resources sent.
 //! - `codec`: the gRPC codec that writes pre-encoded responses.
 //! - `cordon`: proxies that operations do not wait for (the registry
 //!   marks them; the controller keeps them in the stored state).
+//! - `gate`: who may hold a stream on the xDS port (identity, serving).
 //! - `server`: the tonic services; they only pump messages between the
 //!   network, the state machines and the snapshot store.
 //! - [`resources`]: the four xDS resource types, in make-before-break order.
@@ -26,8 +28,10 @@ pub(crate) mod codec;
 pub(crate) mod cordon;
 pub(crate) mod csds;
 pub mod delta;
+pub(crate) mod gate;
 pub mod limits;
 pub(crate) mod load;
+pub(crate) mod lrs;
 pub mod protocol;
 pub mod resources;
 pub(crate) mod server;
@@ -41,6 +45,7 @@ pub use csds::{ClientStatus, CsdsLimits};
 pub use limits::StreamLimits;
 #[cfg(test)]
 pub(crate) use limits::{Limit, OverLimit};
+pub use lrs::LoadReportConfig;
 pub use protocol::{NodeInfo, Planner, StreamEvent, StreamKind};
 pub use server::{XdsServer, XdsServerConfig};
 pub(crate) use status::{Changes, EventSink, StreamMap};

@@ -15,8 +15,9 @@
 //! - `envoy.service.listener.v3.ListenerDiscoveryService/StreamListeners`
 //! - `envoy.service.route.v3.RouteDiscoveryService/StreamRoutes`
 //!
-//! and, from envoy-types' generated server, CSDS
-//! (`envoy.service.status.v3.ClientStatusDiscoveryService`, see [`csds`](super::csds)).
+//! and, from envoy-types' generated servers, CSDS
+//! (`envoy.service.status.v3.ClientStatusDiscoveryService`, see [`csds`](super::csds))
+//! and LRS (`envoy.service.load_stats.v3.LoadReportingService`, see `lrs`).
 
 use std::marker::PhantomData;
 use std::net::SocketAddr;
@@ -44,8 +45,10 @@ use crate::xds::wire::OutMessage;
 use super::codec::XdsCodec;
 use super::csds::{ClientStatus, CsdsLimits};
 use super::delta::DeltaStream;
+use super::gate::{admits, lost_serving, next_policy, not_serving, not_serving_now, refused};
 use super::limits::{Limit, StreamLimits};
-use super::protocol::{NodeInfo, Planner, StreamKind};
+use super::lrs::{LoadReportConfig, LoadReporting};
+use super::protocol::{Planner, StreamKind};
 use super::sotw::SotwStream;
 use super::status::ProxyRegistry;
 
@@ -71,6 +74,9 @@ pub struct XdsServerConfig {
     pub identities: Arc<IdentityGate>,
     /// What a CSDS request may ask (see [`CsdsLimits`]).
     pub csds: CsdsLimits,
+    /// How load reports are asked for and bounded (see
+    /// [`LoadReportConfig`]).
+    pub load_reports: LoadReportConfig,
     /// How long a connection may stay open before teal asks its client to
     /// reconnect: an HTTP/2 GOAWAY, then `CONNECTION_AGE_GRACE` before
     /// its streams are closed. A proxy keeps its configuration meanwhile
@@ -114,6 +120,7 @@ impl Default for XdsServerConfig {
             tls: None,
             identities: IdentityGate::new(),
             csds: CsdsLimits::default(),
+            load_reports: LoadReportConfig::default(),
             max_connection_age: Some(Duration::from_secs(30 * 60)),
             proxy_reconnect_hold: DEFAULT_PROXY_RECONNECT_HOLD,
             serving: None,
@@ -140,6 +147,7 @@ struct Shared {
 pub struct XdsServer {
     shared: Arc<Shared>,
     csds: ClientStatus,
+    lrs: LoadReporting,
 }
 
 impl XdsServer {
@@ -157,8 +165,17 @@ impl XdsServer {
             config.csds,
             shutdown.clone(),
         );
+        let lrs = LoadReporting::new(
+            registry.clone(),
+            config.identities.clone(),
+            config.serving.clone(),
+            shutdown.clone(),
+            config.load_reports,
+            config.stream.max_node_field_bytes,
+        );
         XdsServer {
             csds,
+            lrs,
             shared: Arc::new(Shared {
                 reader,
                 registry,
@@ -168,7 +185,8 @@ impl XdsServer {
         }
     }
 
-    /// The five discovery services and CSDS, to mount on a tonic server.
+    /// The five discovery services, CSDS and LRS, to mount on a tonic
+    /// server.
     pub(crate) fn routes(&self) -> Routes {
         let s = &self.shared;
         Routes::new(DiscoveryService::<Ads>::new(s))
@@ -182,6 +200,7 @@ impl XdsServer {
                     .gated(s.config.identities.clone())
                     .into_server(),
             )
+            .add_service(self.lrs.clone().into_server())
     }
 
     /// The CSDS service of this server (its registry and snapshots), to
@@ -239,7 +258,7 @@ async fn run_stream<M: Planner>(
     tx: mpsc::Sender<Result<OutMessage, Status>>,
 ) {
     let mut serving = shared.config.serving.clone();
-    if serving.as_mut().is_some_and(|s| !*s.borrow_and_update()) {
+    if not_serving_now(&mut serving) {
         let _ = tx.send(Err(not_serving())).await;
         return;
     }
@@ -303,7 +322,7 @@ async fn run_stream<M: Planner>(
                 // the registry at once (not counted as reconnecting), so
                 // no flip waits for it.
                 if let Some(node) = machine.node()
-                    && !admits(&shared, node, &identity)
+                    && !admits(&shared.config.identities, node, &identity)
                 {
                     tracing::warn!(
                         stream = handle.id(),
@@ -323,7 +342,7 @@ async fn run_stream<M: Planner>(
             // Checked before the node is recorded or anything is sent: a
             // refused stream is never a proxy of the group, so no flip
             // waits for it and its NACKs count for nothing.
-            if !admits(&shared, node, &identity) {
+            if !admits(&shared.config.identities, node, &identity) {
                 tracing::warn!(
                     stream = handle.id(),
                     node = %untrusted(&node.id),
@@ -344,57 +363,6 @@ async fn run_stream<M: Planner>(
             }
         }
     }
-}
-
-/// The status of a stream whose identity may not join its group.
-fn refused(node: &NodeInfo, identity: &PeerIdentity) -> Status {
-    Status::permission_denied(format!(
-        "identity {} may not join group {} (groups.{}.identities)",
-        untrusted(&identity.to_string()),
-        untrusted(&node.cluster),
-        untrusted(&node.cluster),
-    ))
-}
-
-/// Returns when a new identity policy is put in force; never once the
-/// gate is gone (the policy in force then stays).
-async fn next_policy(
-    policies: &mut watch::Receiver<std::sync::Arc<crate::transport::identity::IdentityPolicy>>,
-) {
-    if policies.changed().await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
-/// Returns when `serving` turns false; never without it.
-async fn lost_serving(serving: &mut Option<watch::Receiver<bool>>) {
-    match serving {
-        Some(s) => {
-            if s.wait_for(|ok| !*ok).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending().await,
-    }
-}
-
-/// The status a stream is refused or closed with while this replica may
-/// not serve proxies.
-fn not_serving() -> Status {
-    Status::unavailable(
-        "this teal replica cannot reach etcd: it serves no proxies until it can; \
-         reconnect to another replica",
-    )
-}
-
-/// Whether the identity of a stream's connection may join the group its
-/// node claims, under the policy in force now.
-fn admits(shared: &Shared, node: &NodeInfo, identity: &PeerIdentity) -> bool {
-    shared
-        .config
-        .identities
-        .policy()
-        .admits(&node.cluster, identity)
 }
 
 /// The status a stream is closed with when reading a request failed.

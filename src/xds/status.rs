@@ -141,6 +141,11 @@ struct Inner {
     /// [`ProxyStatus::disconnected`]), by node id: a new stream of the node
     /// ends them without a scan of every stream.
     lingering: HashMap<String, Vec<u64>>,
+    /// This replica's connected streams that named their node, by node
+    /// id: a load report stream checks that its node is connected here
+    /// without a scan of every stream (10,000 proxies reconnecting would
+    /// make that quadratic).
+    connected: HashMap<String, Vec<u64>>,
 }
 
 impl Inner {
@@ -167,6 +172,26 @@ impl Inner {
         self.changed(id);
         true
     }
+
+    /// Takes stream `id` of node `node` out of [`Inner::connected`].
+    fn disconnect(&mut self, node: &str, id: u64) {
+        if let Some(ids) = self.connected.get_mut(node) {
+            ids.retain(|s| *s != id);
+            if ids.is_empty() {
+                self.connected.remove(node);
+            }
+        }
+    }
+}
+
+/// One xDS stream a node has connected to this replica: what a load
+/// report stream of the node is checked against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct XdsPresence {
+    /// The group it joined.
+    pub(crate) group: String,
+    /// Who its client certificate says it is.
+    pub(crate) identity: PeerIdentity,
 }
 
 /// The registry of connected proxies.
@@ -321,6 +346,25 @@ impl ProxyRegistry {
         };
         handle.replace(status);
         handle
+    }
+
+    /// The xDS streams `node` has connected to this replica, not those
+    /// that ended nor other replicas' (a proxy sends its load reports
+    /// over its xDS connection, so to the same replica).
+    pub(crate) fn connected_here(&self, node: &str) -> Vec<XdsPresence> {
+        let inner = self.lock();
+        let Some(ids) = inner.connected.get(node) else {
+            return Vec::new();
+        };
+        ids.iter()
+            .filter_map(|id| inner.streams.get(id))
+            .filter_map(|p| {
+                Some(XdsPresence {
+                    group: p.node.as_ref()?.cluster.clone(),
+                    identity: p.identity.clone(),
+                })
+            })
+            .collect()
     }
 
     /// Every connected stream, ordered by node id and then stream id
@@ -500,6 +544,11 @@ impl StreamHandle {
             Arc::make_mut(p).node = Some(node.clone());
         }
         inner.changed(self.id);
+        inner
+            .connected
+            .entry(node.id.clone())
+            .or_default()
+            .push(self.id);
         // The node is back: its earlier streams no longer stand for it.
         if let Some(ids) = inner.lingering.remove(&node.id) {
             for id in ids {
@@ -583,6 +632,9 @@ impl Drop for StreamHandle {
             .streams
             .get(&self.id)
             .and_then(|p| p.node.as_ref().map(|n| (n.id.clone(), n.cluster.clone())));
+        if let Some((id, _)) = &node {
+            inner.disconnect(id, self.id);
+        }
         let held = match (&node, &runtime) {
             (Some((id, _)), Some(runtime)) if !hold.is_zero() && !self.forget => {
                 if let Some(p) = inner.streams.get_mut(&self.id) {

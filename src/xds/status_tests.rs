@@ -177,3 +177,46 @@ fn a_remote_stream_is_seen_replaced_and_removed_like_a_local_one() {
     assert_eq!(feed.take().gone, vec![id]);
     assert!(reg.is_empty());
 }
+
+/// The index load streams check their node against holds this replica's
+/// connected streams, not those that ended (even while held) nor
+/// mirrored ones.
+#[tokio::test(start_paused = true)]
+async fn connected_here_finds_a_nodes_live_streams_only() {
+    let reg = ProxyRegistry::new();
+    reg.set_reconnect_hold(Duration::from_secs(10));
+    assert!(reg.connected_here("a").is_empty());
+    let mut a = reg.register(StreamKind::Aggregated, false);
+    let spiffe = PeerIdentity::Spiffe("spiffe://t/a".into());
+    a.set_identity(&spiffe);
+    a.set_node(Some(&edge_node("a")));
+    let mut a2 = reg.register(StreamKind::Single(ResourceType::Endpoint), false);
+    a2.set_node(Some(&edge_node("a")));
+    let here = reg.connected_here("a");
+    assert_eq!(here.len(), 2, "{here:?}");
+    assert!(here.iter().all(|p| p.group == "edge"));
+    assert!(here.iter().any(|p| p.identity == spiffe));
+    drop(a);
+    assert_eq!(
+        reg.connected_here("a").len(),
+        1,
+        "a held stream is not live"
+    );
+    drop(a2);
+    assert!(reg.connected_here("a").is_empty());
+    let _mirrored = reg.register_remote(ProxyStatus {
+        stream_id: 0,
+        node: Some(edge_node("b")),
+        kind: StreamKind::Aggregated,
+        delta: false,
+        connected_since: SystemTime::now(),
+        identity: PeerIdentity::Unauthenticated,
+        types: Default::default(),
+        replica: Some("r2".into()),
+        disconnected: false,
+    });
+    assert!(
+        reg.connected_here("b").is_empty(),
+        "another replica's proxy"
+    );
+}

@@ -128,6 +128,7 @@ impl Backend for FakeBackend {
                     silent_count: 1,
                 }],
                 both_fleets_since: Some(now - Duration::from_secs(600)),
+                traffic: Vec::new(),
                 last_change: Some(HistoryEntry {
                     id: 1,
                     verb: Verb::Flip,

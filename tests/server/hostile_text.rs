@@ -137,6 +137,7 @@ impl Backend for HostileBackend {
                 both_fleets_since: None,
                 last_change: Some(self.entry()),
                 in_progress: Some(self.progress(Phase::Confirming)),
+                traffic: Vec::new(),
             }],
         })
     }
