@@ -1097,10 +1097,15 @@ fn synced_edge_proxy(
     stream
 }
 
-/// A report of `in_progress` requests to api's blue fleet on `load`.
-fn report_blue(registry: &ProxyRegistry, load: &crate::xds::load::LoadStreamId, in_progress: u64) {
+/// A report of `in_progress` requests to api's `fleet` on `load`.
+fn report_api(
+    registry: &ProxyRegistry,
+    load: &crate::xds::load::LoadStreamId,
+    fleet: &str,
+    in_progress: u64,
+) {
     let report = crate::xds::load::ClusterReport {
-        cluster: crate::config::cluster_name("api", "blue"),
+        cluster: crate::config::cluster_name("api", fleet),
         in_progress,
         ..Default::default()
     };
@@ -1120,7 +1125,7 @@ async fn a_retirement_waits_until_the_load_reports_say_its_fleet_drained() {
     // A proxy with one request to blue still in flight.
     let _stream = synced_edge_proxy(&registry, &c, "edge-1");
     let load = registry.loads().open("edge-1", "edge");
-    report_blue(&registry, &load, 1);
+    report_api(&registry, &load, "blue", 1);
     let drains = web_or_api(&c, "api").await.drains;
     assert_eq!(drains.len(), 1, "{drains:?}");
     assert_eq!(
@@ -1149,8 +1154,8 @@ async fn a_retirement_waits_until_the_load_reports_say_its_fleet_drained() {
     assert_eq!(rx.borrow().phase, Phase::Draining);
     assert!(web_or_api(&c, "api").await.retired.is_empty());
     // The request ends: two idle reports and blue goes.
-    report_blue(&registry, &load, 0);
-    report_blue(&registry, &load, 0);
+    report_api(&registry, &load, "blue", 0);
+    report_api(&registry, &load, "blue", 0);
     assert_eq!(outcome(rx).await, Outcome::Succeeded);
     let api = web_or_api(&c, "api").await;
     assert_eq!(api.retired, ["blue"]);
@@ -1186,4 +1191,44 @@ async fn a_proxy_that_reports_no_load_holds_a_retirement_until_it_is_refused() {
     assert!(api.retired.is_empty(), "nothing was retired");
     let history = c.history("api").await.expect("history");
     assert!(matches!(history[0].outcome, Outcome::Refused { .. }));
+}
+
+/// A reload that drops the fleet a retirement drains leaves nothing to
+/// drain: no proxy is served that fleet's cluster any more, nor asked to
+/// report it, so the retirement goes on instead of waiting out its drain
+/// timeout for reports that will never come.
+#[tokio::test]
+async fn a_retirement_whose_fleet_a_reload_dropped_does_not_wait_for_its_drain() {
+    let registry = ProxyRegistry::new();
+    registry.loads().configure(Duration::from_millis(20), 1000);
+    let (c, _t) = on_registry(&registry, Arc::new(MemoryStore::default())).await;
+    let stream = synced_edge_proxy(&registry, &c, "edge-1");
+    let load = registry.loads().open("edge-1", "edge");
+    report_api(&registry, &load, "green", 1);
+    let op = Operation::Retire {
+        service: "api".into(),
+        fleet: "green".into(),
+        after: Duration::ZERO,
+        drain_timeout: Duration::from_secs(3600),
+    };
+    let mut rx = c.start(op, "x").await.expect("retire");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        rx.wait_for(|p| p.phase == Phase::Draining && !p.waiting_for.is_empty()),
+    )
+    .await
+    .expect("drains in time")
+    .expect("progress open");
+    c.reload(base().without_fleet("api", "green").config())
+        .await
+        .expect("applied");
+    // The proxy takes the new config (a stream of its own, in sync).
+    drop(stream);
+    let _stream = synced_edge_proxy(&registry, &c, "edge-1");
+    let p = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|p| p.outcome.is_some()))
+        .await
+        .expect("well within its drain timeout")
+        .expect("progress open")
+        .clone();
+    assert_eq!(p.outcome, Some(Outcome::Succeeded), "{p:?}");
 }

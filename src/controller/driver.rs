@@ -988,9 +988,20 @@ impl Driver {
             .collect();
         nodes.sort_unstable();
         nodes.dedup();
+        let served = self.config.services.get(service).map(|svc| &svc.fleets);
         fleets
             .iter()
             .map(|fleet| {
+                // A fleet the config no longer has is served to no proxy:
+                // its cluster left them all, and none is asked to report
+                // it (a retirement planned before a reload dropped the
+                // fleet has nothing left to drain).
+                if !served.is_some_and(|f| f.contains_key(fleet)) {
+                    return FleetTraffic {
+                        fleet: fleet.clone(),
+                        proxies: Vec::new(),
+                    };
+                }
                 let cluster = config::cluster_name(service, fleet);
                 FleetTraffic {
                     fleet: fleet.clone(),
