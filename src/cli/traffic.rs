@@ -14,7 +14,7 @@ pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -28,7 +28,7 @@ fn percent(ratio: f64) -> String {
 
 /// The fleet the headline gives the share of: the one traffic moves to
 /// (weighted, not live), else the live one, else the busiest.
-fn headline_fleet<'a>(svc: &'a pb::ServiceStatus) -> Option<&'a pb::FleetTraffic> {
+fn headline_fleet(svc: &pb::ServiceStatus) -> Option<&pb::FleetTraffic> {
     let weights = svc.weights.as_ref().map(|w| &w.weights);
     let moving = svc.traffic.iter().rev().find(|f| {
         f.fleet != svc.live

@@ -31,10 +31,19 @@ async fn on_registry(
     registry: &Arc<ProxyRegistry>,
     store: Arc<MemoryStore>,
 ) -> (Controller, crate::shutdown::ShutdownTrigger) {
+    on_config(registry, store, config()).await
+}
+
+/// [`on_registry`], serving `config`.
+async fn on_config(
+    registry: &Arc<ProxyRegistry>,
+    store: Arc<MemoryStore>,
+    config: Config,
+) -> (Controller, crate::shutdown::ShutdownTrigger) {
     let (writer, _reader) = snapshot_store();
     let (trigger, shutdown) = crate::shutdown::shutdown_channel();
     let (c, _task) = start(
-        config(),
+        config,
         writer,
         store,
         registry.clone(),
@@ -520,6 +529,7 @@ async fn an_operation_found_in_flight_is_resolved_at_start() {
             interval: Duration::ZERO,
             wait_first: false,
             drain_timeout: Duration::ZERO,
+            analysis: None,
         },
         original: Change {
             split: blue.clone(),
@@ -532,6 +542,7 @@ async fn an_operation_found_in_flight_is_resolved_at_start() {
         confirmed: None,
         wait_until: None,
         warnings: Vec::new(),
+        baseline: None,
     };
     // As `kill -9` left it: green committed, not yet confirmed; web's flip
     // found before its commit.
@@ -1231,4 +1242,165 @@ async fn a_retirement_whose_fleet_a_reload_dropped_does_not_wait_for_its_drain()
         .expect("progress open")
         .clone();
     assert_eq!(p.outcome, Some(Outcome::Succeeded), "{p:?}");
+}
+
+/// `api` judged by its traffic: at most `threshold` errors (`max_error_ratio`
+/// or `max_error_ratio_over_baseline`) over a 2 s window, 10 requests
+/// needed; one proxy, `a`, of the edge group, connected and holding the
+/// current routes, with a load stream reporting every 100 ms.
+struct Judged {
+    c: Controller,
+    registry: Arc<ProxyRegistry>,
+    stream: crate::xds::status::StreamHandle,
+    load: crate::xds::load::LoadStreamId,
+    _trigger: crate::shutdown::ShutdownTrigger,
+}
+
+impl Judged {
+    async fn new(threshold: &str) -> Judged {
+        use crate::xds::{NodeInfo, StreamKind};
+        let registry = ProxyRegistry::new();
+        registry.loads().configure(Duration::from_millis(100), 100);
+        let config = base()
+            .analysis("api", &format!("{threshold}\nmin_requests: 10\nwindow: 2s"))
+            .config();
+        let (c, _trigger) = on_config(&registry, Arc::new(MemoryStore::default()), config).await;
+        let mut stream = registry.register(StreamKind::Aggregated, false);
+        stream.set_node(Some(&NodeInfo {
+            id: "a".into(),
+            cluster: "edge".into(),
+            user_agent: "envoy".into(),
+        }));
+        let load = registry.loads().open("a", "edge");
+        let j = Judged {
+            c,
+            registry,
+            stream,
+            load,
+            _trigger,
+        };
+        j.ack_routes();
+        j
+    }
+
+    /// `a` ACKs the routes served now.
+    fn ack_routes(&self) {
+        use crate::xds::StreamEvent;
+        let version = self
+            .c
+            .snapshot()
+            .group("edge")
+            .of(ResourceType::Route)
+            .version()
+            .to_owned();
+        self.stream.record(&[
+            StreamEvent::Sent {
+                ty: ResourceType::Route,
+                version: version.clone(),
+                nonce: version.clone(),
+                resources: 1,
+            },
+            StreamEvent::Acked {
+                ty: ResourceType::Route,
+                version,
+            },
+        ]);
+    }
+
+    /// `a` reports `success` and `errors` requests to api's `fleet`.
+    fn report(&self, fleet: &str, success: u64, errors: u64) {
+        let taken = self.registry.loads().report(
+            &self.load,
+            &[crate::xds::load::ClusterReport {
+                cluster: format!("api-{fleet}"),
+                success,
+                errors,
+                issued: success + errors,
+                in_progress: 0,
+            }],
+            std::time::Instant::now(),
+        );
+        assert_eq!(taken.counted, 1, "{taken:?}");
+    }
+
+    /// Flips api to green, confirms it, and waits for its analysis.
+    async fn flip_to_analysis(&self) -> watch::Receiver<Progress> {
+        let mut rx = self
+            .c
+            .start(flip("api", true), "erin")
+            .await
+            .expect("starts");
+        let wait = Duration::from_secs(10);
+        tokio::time::timeout(wait, rx.wait_for(|p| p.version.is_some()))
+            .await
+            .expect("committed in time")
+            .expect("progress channel open");
+        self.ack_routes();
+        tokio::time::timeout(wait, rx.wait_for(|p| p.phase == Phase::Analysis))
+            .await
+            .expect("analysing in time")
+            .expect("progress channel open");
+        rx
+    }
+}
+
+/// Green failing 10% of what the proxy reports is rolled back well before
+/// the window ends, and the history entry gives the figures.
+#[tokio::test]
+async fn a_flip_whose_traffic_fails_is_rolled_back_with_the_figures() {
+    let j = Judged::new("max_error_ratio: 1%").await;
+    let mut rx = j.flip_to_analysis().await;
+    let started = std::time::Instant::now();
+    j.report("green", 90, 10);
+    let undo = tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|p| p.phase == Phase::RollingBack && p.version.is_some()),
+    )
+    .await
+    .expect("rolling back in time")
+    .expect("progress channel open")
+    .clone();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "failed early, not at the window's end: {:?}",
+        started.elapsed()
+    );
+    j.ack_routes();
+    let ended = outcome(rx).await;
+    let Outcome::RolledBack { reason } = ended else {
+        panic!("rolled back: {ended:?} ({undo:?})");
+    };
+    let text = reason.to_string();
+    assert!(
+        text.starts_with(
+            "green's error ratio was 10%, over the 1% allowed: 10 errors in 100 \
+             requests reported by proxy a, "
+        ),
+        "{text}"
+    );
+    let history = j.c.history("api").await.expect("history");
+    assert_eq!(
+        history[0].outcome.reason().map(|r| r.to_string()),
+        Some(text)
+    );
+    let status = web_or_api(&j.c, "api").await;
+    assert_eq!(status.weights, split(&[("blue", 100), ("green", 0)]));
+}
+
+/// Healthy traffic passes, but only once the window has run; a baseline
+/// measured from blue's reports before the flip lifts the threshold.
+#[tokio::test]
+async fn a_flip_whose_traffic_is_healthy_succeeds_at_the_end_of_its_window() {
+    let j = Judged::new("max_error_ratio_over_baseline: 1%").await;
+    // Blue fails 5% before the flip: 6% is allowed after it.
+    j.report("blue", 95, 5);
+    let rx = j.flip_to_analysis().await;
+    let started = std::time::Instant::now();
+    j.report("green", 945, 55);
+    assert_eq!(outcome(rx).await, Outcome::Succeeded);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "passed before its window ended: {:?}",
+        started.elapsed()
+    );
 }

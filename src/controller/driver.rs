@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{self, Config, EndpointOverlay, EndpointSource, Weights, WeightsError};
 use crate::metrics::Metrics;
+use crate::rollout::analysis::Baseline;
 use crate::rollout::drain;
 use crate::rollout::machine::{self, Action, Event, Gate, Origin, ProxyView, Rollout};
 use crate::rollout::plan::{self, Change, ServiceView};
@@ -740,6 +741,7 @@ impl Driver {
             rollback_to: st.rollback_to.as_ref(),
             retired: &st.retired,
             has_checks: !svc.checks.is_empty(),
+            analysis: svc.analysis.as_ref().map(Into::into),
         })
     }
 
@@ -827,17 +829,19 @@ impl Driver {
         actions: Vec<Action>,
     ) -> Result<Vec<Action>, RolloutError> {
         let mut queue = VecDeque::from(actions);
-        while let Some(Action::ObserveProxies) = queue.front() {
+        loop {
+            let event = match queue.front() {
+                Some(Action::ObserveProxies) => Event::Proxies(self.proxy_views(service)),
+                Some(Action::MeasureBaseline { fleets, window }) => {
+                    Event::Baseline(self.baseline(service, fleets.clone(), *window))
+                }
+                _ => break,
+            };
             queue.pop_front();
-            let views = self.proxy_views(service);
             let Some(running) = self.running.get_mut(service) else {
                 return Ok(Vec::new());
             };
-            queue.extend(
-                running
-                    .rollout
-                    .on_event(Event::Proxies(views), Instant::now()),
-            );
+            queue.extend(running.rollout.on_event(event, Instant::now()));
         }
         if let Some(Action::Commit(change)) = queue.front() {
             let change = change.clone();
@@ -1020,6 +1024,27 @@ impl Driver {
             .collect()
     }
 
+    /// What `service`'s `fleets` did over the last `window` (at most the
+    /// [`WINDOW_BUCKETS`](crate::xds::load::WINDOW_BUCKETS) seconds kept),
+    /// as this replica's proxies reported it.
+    fn baseline(&self, service: &str, fleets: Vec<String>, window: Duration) -> Baseline {
+        let measured = self
+            .registry
+            .loads()
+            .measured(service, window, Instant::now());
+        let (requests, errors) = measured
+            .iter()
+            .filter(|m| fleets.contains(&m.fleet))
+            .fold((0u64, 0u64), |(r, e), m| {
+                (r.saturating_add(m.requests), e.saturating_add(m.errors))
+            });
+        Baseline {
+            fleets,
+            requests,
+            errors,
+        }
+    }
+
     /// Feeds one event to a service's operation and carries out what it
     /// asks.
     async fn feed(&mut self, service: &str, event: Event) {
@@ -1063,6 +1088,17 @@ impl Driver {
                         }
                         Err(e) => Event::CommitFailed(e.to_string()),
                     }
+                }
+                Action::ObserveTraffic => {
+                    let fleets = self
+                        .running
+                        .get(service)
+                        .map(|r| r.rollout.wants_traffic())
+                        .unwrap_or_default();
+                    Event::Traffic(self.traffic(service, &fleets))
+                }
+                Action::MeasureBaseline { fleets, window } => {
+                    Event::Baseline(self.baseline(service, fleets, window))
                 }
                 Action::Finish(_) => {
                     self.finish(service).await;

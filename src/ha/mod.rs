@@ -38,6 +38,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
+mod loads;
 pub(crate) mod proxies;
 pub(crate) mod replicas;
 mod role;
@@ -135,6 +136,15 @@ impl Leadership {
             lease: None,
             answered: Arc::new(answered),
         };
+        if let Some(registry) = &registry {
+            tokio::spawn(loads::mirror(
+                client.clone(),
+                me.id.clone(),
+                registry.clone(),
+                ready_tx.subscribe(),
+                shutdown.clone(),
+            ));
+        }
         tokio::spawn(proxies::mirror(
             proxies::MirrorParts {
                 client: client.clone(),
@@ -347,12 +357,20 @@ impl Campaign {
             self.registry.clone(),
         ));
         let published = self.registry.clone().map(|registry| {
-            tokio::spawn(proxies::publish(
-                self.client.clone(),
-                lease,
-                self.me.id.clone(),
-                registry,
-            ))
+            [
+                tokio::spawn(loads::publish(
+                    self.client.clone(),
+                    lease,
+                    self.me.id.clone(),
+                    registry.clone(),
+                )),
+                tokio::spawn(proxies::publish(
+                    self.client.clone(),
+                    lease,
+                    self.me.id.clone(),
+                    registry,
+                )),
+            ]
         });
         let end = loop {
             if let Err(e) = self.campaign(lease).await {
@@ -385,8 +403,8 @@ impl Campaign {
         };
         keepalive.abort();
         record.abort();
-        if let Some(published) = published {
-            published.abort();
+        for task in published.iter().flatten() {
+            task.abort();
         }
         end
     }

@@ -513,13 +513,13 @@ fn transactions(client: &EtcdClient, id: &str, lease: i64, round: &Round) -> Vec
 }
 
 /// The key that says `id` holds a lease.
-fn alive_key(client: &EtcdClient, id: &str) -> Vec<u8> {
+pub(super) fn alive_key(client: &EtcdClient, id: &str) -> Vec<u8> {
     client.key(&format!("proxies/{id}/alive"))
 }
 
 /// The range end of every key starting with `prefix` (which ends in `/`,
 /// never 0xff: its last byte plus one).
-fn range_end(prefix: &[u8]) -> Vec<u8> {
+pub(super) fn range_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     if let Some(last) = end.last_mut() {
         *last = last.saturating_add(1);
@@ -528,7 +528,7 @@ fn range_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 /// Deletes `key` (with a `range_end`, every key from it up to that).
-fn delete(key: Vec<u8>, range_end: Vec<u8>) -> pb::RequestOp {
+pub(super) fn delete(key: Vec<u8>, range_end: Vec<u8>) -> pb::RequestOp {
     pb::RequestOp {
         request: Some(pb::request_op::Request::RequestDeleteRange(
             pb::DeleteRangeRequest { key, range_end },

@@ -22,6 +22,7 @@ pub(crate) fn view<'a>(current: &'a Split, rollback_to: Option<&'a Split>) -> Se
         rollback_to,
         retired: &NONE_RETIRED,
         has_checks: true,
+        analysis: None,
     }
 }
 

@@ -1,5 +1,7 @@
 use super::*;
+use crate::config::Ratio;
 use crate::rollout::ShiftSteps;
+use crate::rollout::analysis::Criteria;
 use crate::rollout::fixtures::*;
 use crate::rollout::plan::{ServiceView, plan};
 use crate::rollout::traffic::ProxyTraffic;
@@ -578,6 +580,18 @@ struct World {
     checks: Vec<bool>,
     commit_fails: Vec<bool>,
     aborts: Vec<bool>,
+    /// The service's analysis, if it has one: what too few requests mean.
+    analysis: Option<TooFewRequests>,
+    /// What each proxy reports at each look at the traffic: nothing new,
+    /// healthy requests, or failing ones.
+    traffic: Vec<Traffic>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Traffic {
+    Quiet,
+    Healthy,
+    Failing,
 }
 
 fn arb_world() -> impl Strategy<Value = World> {
@@ -587,14 +601,43 @@ fn arb_world() -> impl Strategy<Value = World> {
         prop::collection::vec(prop::bool::weighted(0.85), 32),
         prop::collection::vec(prop::bool::weighted(0.1), 32),
         prop::collection::vec(prop::bool::weighted(0.05), 64),
+        prop::option::of(prop_oneof![
+            Just(TooFewRequests::Pass),
+            Just(TooFewRequests::Fail),
+            Just(TooFewRequests::Wait)
+        ]),
+        prop::collection::vec(
+            prop_oneof![
+                1 => Just(Traffic::Quiet),
+                6 => Just(Traffic::Healthy),
+                1 => Just(Traffic::Failing)
+            ],
+            32,
+        ),
     )
-        .prop_map(|(proxies, fates, checks, commit_fails, aborts)| World {
-            proxies,
-            fates,
-            checks,
-            commit_fails,
-            aborts,
-        })
+        .prop_map(
+            |(proxies, fates, checks, commit_fails, aborts, analysis, traffic)| World {
+                proxies,
+                fates,
+                checks,
+                commit_fails,
+                aborts,
+                analysis,
+                traffic,
+            },
+        )
+}
+
+/// The analysis a simulated service has: 1% at most, or 0.5 points over
+/// the baseline, over 5 s, with 10 requests needed.
+fn sim_criteria(too_few_requests: TooFewRequests) -> Criteria {
+    Criteria {
+        max_error_ratio: Some(Ratio::from_ppm(10_000)),
+        over_baseline: Some(Ratio::from_ppm(5_000)),
+        min_requests: 10,
+        window: Duration::from_secs(5),
+        too_few_requests,
+    }
 }
 
 fn arb_op() -> impl Strategy<Value = Operation> {
@@ -646,6 +689,7 @@ fn run_one(
         rollback_to: svc.rollback_to.as_ref(),
         retired: &svc.in_effect.retired,
         has_checks: true,
+        analysis: world.analysis.map(sim_criteria),
     };
     let Ok(p) = plan(op, &v) else {
         return Ok(None);
@@ -675,6 +719,8 @@ fn run_one(
     };
     let mut last_commit_fates: Option<Vec<Fate>> = None;
     let mut committed_changes = 0;
+    // Each proxy's load sums since its stream opened.
+    let mut sums = vec![(0u64, 0u64); world.proxies];
     for _ in 0..400 {
         if r.is_done() {
             break;
@@ -733,6 +779,47 @@ fn run_one(
                     }
                 }
             }
+            Action::ObserveTraffic => {
+                for (i, sum) in sums.iter_mut().enumerate() {
+                    let t = world.traffic[(*cursor + i) % world.traffic.len()];
+                    let (requests, errors) = match t {
+                        Traffic::Quiet => (0, 0),
+                        Traffic::Healthy => (20, 0),
+                        Traffic::Failing => (20, 10),
+                    };
+                    *sum = (sum.0 + requests, sum.1 + errors);
+                }
+                *cursor += 1;
+                // Empty when an abort moved the machine on since it asked.
+                let fleets = r.wants_traffic();
+                Event::Traffic(
+                    fleets
+                        .into_iter()
+                        .map(|fleet| FleetTraffic {
+                            fleet,
+                            proxies: sums
+                                .iter()
+                                .enumerate()
+                                .map(|(i, (requests, errors))| {
+                                    crate::rollout::traffic::ProxyTraffic {
+                                        id: format!("p{i}").into(),
+                                        load: Some(crate::xds::load::ClusterCounters {
+                                            requests: *requests,
+                                            errors: *errors,
+                                            ..Default::default()
+                                        }),
+                                    }
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                )
+            }
+            Action::MeasureBaseline { fleets, .. } => Event::Baseline(Baseline {
+                fleets,
+                requests: 100,
+                errors: u64::from(draw(&world.checks, cursor)),
+            }),
             Action::Finish(_) => continue,
         };
         queue.extend(r.on_event(event, now));
@@ -749,9 +836,20 @@ fn run_one(
             // One warning when no proxy was there to confirm, one when a
             // rollback went without some.
             let passed_over = r.passed_over().next().is_some();
+            let unjudged = r
+                .progress()
+                .warnings
+                .iter()
+                .filter(|w| w.contains("could not be judged"))
+                .count();
+            prop_assert!(
+                unjudged == 0 || world.analysis == Some(TooFewRequests::Pass),
+                "passed unjudged: {:?}",
+                r.progress().warnings
+            );
             prop_assert_eq!(
                 r.progress().warnings.len(),
-                usize::from(world.proxies == 0) + usize::from(passed_over)
+                usize::from(world.proxies == 0) + usize::from(passed_over) + unjudged
             );
         }
         Outcome::Refused { .. } => {
@@ -832,6 +930,20 @@ fn a_record_asking_for_absurd_waits_is_bounded() {
     rec.plan.timeout = Duration::MAX;
     let (again, _) = Rollout::resume("web", rec, &ver("2-a"), t, SystemTime::UNIX_EPOCH);
     assert_eq!(again.next_deadline(), Some(t + MAX_WAIT));
+
+    // An analysis's window too: at most the longest the config allows.
+    let (r, t) = analysing(criteria(TooFewRequests::Wait), true);
+    let mut rec = r.record(t, SystemTime::UNIX_EPOCH);
+    if let Some(a) = rec.plan.analysis.as_mut() {
+        a.window = Duration::MAX;
+    }
+    let (mut again, _) = Rollout::resume("web", rec, &ver("2-a"), t, SystemTime::UNIX_EPOCH);
+    again.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    assert_eq!(again.phase(), Phase::Analysis);
+    assert_eq!(
+        again.next_deadline(),
+        Some(t + crate::config::ANALYSIS_WINDOW.1)
+    );
     // A retirement's drain timeout too.
     let (r, t) = draining();
     let mut rec = r.record(t, SystemTime::UNIX_EPOCH);
@@ -881,6 +993,12 @@ fn the_simulation_reaches_every_outcome() {
                 seen.insert(match outcome {
                     Outcome::Succeeded => "succeeded",
                     Outcome::Refused { .. } => "refused",
+                    Outcome::RolledBack {
+                        reason: Reason::TrafficErrors(_),
+                    } => "rolled back by its traffic",
+                    Outcome::RolledBack {
+                        reason: Reason::TrafficUnjudged { .. },
+                    } => "rolled back unjudged",
                     Outcome::RolledBack { .. } => "rolled back",
                     Outcome::Aborted { .. } => "aborted",
                     Outcome::Unconfirmed { .. } => "unconfirmed",
@@ -893,6 +1011,8 @@ fn the_simulation_reaches_every_outcome() {
         "succeeded",
         "refused",
         "rolled back",
+        "rolled back by its traffic",
+        "rolled back unjudged",
         "aborted",
         "unconfirmed",
     ] {
@@ -1162,6 +1282,382 @@ fn a_rollback_does_not_wait_for_a_stuck_or_rejecting_proxy_and_names_them() {
     assert_eq!(r.passed_over().count(), 0);
 }
 
+/// At most 1% errors over 10 s, 100 requests needed.
+fn criteria(too_few_requests: TooFewRequests) -> Criteria {
+    Criteria {
+        max_error_ratio: Some(Ratio::from_ppm(10_000)),
+        over_baseline: None,
+        min_requests: 100,
+        window: Duration::from_secs(10),
+        too_few_requests,
+    }
+}
+
+/// Plans `op` on web at `current` (rollback point `point`), whose
+/// analysis is `c`, and starts it.
+fn started_judged(
+    op: &Operation,
+    current: &Split,
+    point: Option<&Split>,
+    c: Criteria,
+) -> (Rollout, Instant) {
+    let v = ServiceView {
+        analysis: Some(c),
+        ..view(current, point)
+    };
+    let p = plan(op, &v).expect("plan");
+    let t = Instant::now();
+    let (r, a) = Rollout::start(origin(), op, p, v.current(), point.cloned(), t);
+    assert_eq!(a, [Action::ObserveProxies]);
+    (r, t)
+}
+
+/// A flip of web to green whose analysis is `c`, with checks unless
+/// `skip_checks`, at the start of its analysis.
+fn analysing(c: Criteria, skip_checks: bool) -> (Rollout, Instant) {
+    let blue = split(&[("blue", 100), ("green", 0)]);
+    let (mut r, t) = started_judged(&flip(skip_checks), &blue, None, c);
+    let mut a = r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    if !skip_checks {
+        assert_eq!(a, [Action::RunChecks(vec!["green".into()])]);
+        a = r.on_event(Event::Checks(vec![check(true)]), t);
+    }
+    assert_eq!(a, [Action::Commit(green())]);
+    assert_eq!(
+        r.on_event(committed_event("2"), t),
+        [Action::ObserveProxies]
+    );
+    let mut a = r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    if !skip_checks {
+        assert_eq!(
+            a,
+            [Action::RunChecks(vec!["green".into()])],
+            "post-checks first"
+        );
+        a = r.on_event(Event::Checks(vec![check(true)]), t);
+    }
+    assert_eq!(a, [Action::ObserveTraffic]);
+    assert_eq!(r.phase(), Phase::Analysis);
+    assert_eq!(r.wants_traffic(), ["green"]);
+    (r, t)
+}
+
+/// What the proxies report of green: each proxy's sums since its load
+/// stream opened.
+fn green_traffic(proxies: &[(&str, u64, u64)]) -> Event {
+    Event::Traffic(vec![FleetTraffic {
+        fleet: "green".into(),
+        proxies: proxies
+            .iter()
+            .map(
+                |(id, requests, errors)| crate::rollout::traffic::ProxyTraffic {
+                    id: (*id).into(),
+                    load: Some(crate::xds::load::ClusterCounters {
+                        requests: *requests,
+                        errors: *errors,
+                        ..Default::default()
+                    }),
+                },
+            )
+            .collect(),
+    }])
+}
+
+/// Confirms the undo `r` asked for, and returns how it ended.
+fn undone(r: &mut Rollout, t: Instant) -> Outcome {
+    assert_eq!(r.phase(), Phase::RollingBack);
+    assert_eq!(
+        r.on_event(committed_event("3"), t),
+        [Action::ObserveProxies]
+    );
+    let a = r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    let [Action::Finish(outcome)] = &a[..] else {
+        panic!("{a:?}")
+    };
+    outcome.clone()
+}
+
+const SEC: Duration = Duration::from_secs(1);
+
+#[test]
+fn healthy_traffic_passes_once_the_window_ends_on_the_counts_then() {
+    let (mut r, t) = analysing(criteria(TooFewRequests::Wait), false);
+    assert!(
+        r.on_event(green_traffic(&[("a", 7, 7), ("b", 0, 0)]), t)
+            .is_empty()
+    );
+    let a = r.on_event(green_traffic(&[("a", 307, 8), ("b", 300, 2)]), t + 5 * SEC);
+    assert!(a.is_empty(), "a pass waits for the window's end: {a:?}");
+    let p = r.progress();
+    assert_eq!((p.phase, p.version), (Phase::Analysis, Some(ver("2"))));
+    assert!(
+        p.message
+            .contains("green: 0.5% errors in 600 requests from 2 of 2 proxies; 5s left"),
+        "{}",
+        p.message
+    );
+    assert_eq!(r.record(t, SystemTime::UNIX_EPOCH).stage, Stage::Applied);
+    assert_eq!(r.next_deadline(), Some(t + 10 * SEC));
+    assert_eq!(
+        r.on_event(Event::Tick, t + 10 * SEC),
+        [Action::ObserveTraffic]
+    );
+    assert_eq!(
+        r.on_event(green_traffic(&[("a", 407, 8), ("b", 400, 2)]), t + 10 * SEC),
+        [Action::Finish(Outcome::Succeeded)]
+    );
+    assert!(r.progress().warnings.is_empty());
+    assert_eq!(r.rollback_after(&green()), Some(back().split));
+}
+
+#[test]
+fn failing_traffic_rolls_back_at_once_with_the_figures() {
+    let (mut r, t) = analysing(criteria(TooFewRequests::Wait), true);
+    let zero = [("a", 0, 0), ("b", 0, 0), ("c", 0, 0)];
+    assert!(r.on_event(green_traffic(&zero), t).is_empty());
+    // a at 10%, b at 11%, c at 0%: the highest and the lowest left out,
+    // a's 10% is over the 1% allowed.
+    let bad = [("a", 200, 20), ("b", 200, 22), ("c", 200, 0)];
+    assert_eq!(
+        r.on_event(green_traffic(&bad), t + 2 * SEC),
+        [Action::Commit(back())]
+    );
+    let Outcome::RolledBack { reason } = undone(&mut r, t + 2 * SEC) else {
+        panic!("rolled back");
+    };
+    assert_eq!(
+        reason.to_string(),
+        "green's error ratio was 10%, over the 1% allowed: 42 errors in 600 requests reported \
+         by proxies a, b, c, 2s after the switch"
+    );
+    assert_eq!(r.rollback_after(&back()), None, "undone: the point stays");
+}
+
+#[test]
+fn too_few_requests_pass_fail_or_wait_as_the_analysis_says() {
+    let few = [("a", 50, 0)];
+    let end = 10 * SEC;
+
+    let (mut r, t) = analysing(criteria(TooFewRequests::Pass), true);
+    r.on_event(green_traffic(&[("a", 0, 0)]), t);
+    assert_eq!(r.on_event(Event::Tick, t + end), [Action::ObserveTraffic]);
+    assert_eq!(
+        r.on_event(green_traffic(&few), t + end),
+        [Action::Finish(Outcome::Succeeded)]
+    );
+    assert_eq!(
+        r.progress().warnings,
+        [
+            "green's traffic could not be judged within 10s: too few requests (50 from 1 proxy, \
+          100 needed); passed, as `too_few_requests: pass` says"
+        ]
+    );
+
+    let (mut r, t) = analysing(criteria(TooFewRequests::Fail), true);
+    r.on_event(green_traffic(&[("a", 0, 0)]), t);
+    r.on_event(Event::Tick, t + end);
+    assert_eq!(
+        r.on_event(green_traffic(&few), t + end),
+        [Action::Commit(back())]
+    );
+    let outcome = undone(&mut r, t + end);
+    assert!(
+        matches!(
+            &outcome,
+            Outcome::RolledBack {
+                reason: Reason::TrafficUnjudged { waited: false, .. }
+            }
+        ),
+        "{outcome:?}"
+    );
+
+    // Waiting: more requests after the window still decide...
+    let (mut r, t) = analysing(criteria(TooFewRequests::Wait), true);
+    r.on_event(green_traffic(&[("a", 0, 0)]), t);
+    r.on_event(Event::Tick, t + end);
+    assert!(r.on_event(green_traffic(&few), t + end).is_empty());
+    assert_eq!(r.phase(), Phase::Analysis);
+    assert_eq!(r.next_deadline(), Some(t + end + 10 * SEC), "the timeout");
+    assert!(r.progress().message.contains("waiting for more"));
+    assert_eq!(
+        r.on_event(green_traffic(&[("a", 150, 1)]), t + 15 * SEC),
+        [Action::Finish(Outcome::Succeeded)]
+    );
+    // ... until the operation's timeout, which fails it.
+    let (mut r, t) = analysing(criteria(TooFewRequests::Wait), true);
+    r.on_event(green_traffic(&[("a", 0, 0)]), t);
+    r.on_event(Event::Tick, t + end);
+    r.on_event(green_traffic(&few), t + end);
+    assert!(r.on_event(Event::Tick, t + 19 * SEC).is_empty());
+    assert_eq!(
+        r.on_event(Event::Tick, t + 20 * SEC),
+        [Action::Commit(back())]
+    );
+    assert!(
+        r.progress()
+            .message
+            .contains("waited for more until the operation's timeout"),
+        "{}",
+        r.progress().message
+    );
+}
+
+#[test]
+fn a_shift_step_waits_for_its_window_before_the_next_step() {
+    let blue = split(&[("blue", 100), ("green", 0)]);
+    let op = shift(percents(None, &[10, 100]), Duration::ZERO, true);
+    let (mut r, t) = started_judged(&op, &blue, None, criteria(TooFewRequests::Wait));
+    let a = r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    assert!(matches!(&a[..], [Action::Commit(c)] if c.split["green"] == 10));
+    r.on_event(committed_event("2"), t);
+    assert_eq!(
+        r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t),
+        [Action::ObserveTraffic]
+    );
+    assert_eq!((r.phase(), r.progress().step), (Phase::Analysis, 1));
+    r.on_event(green_traffic(&[("a", 0, 0)]), t);
+    assert!(
+        r.on_event(green_traffic(&[("a", 500, 0)]), t + 9 * SEC)
+            .is_empty()
+    );
+    assert_eq!(
+        r.on_event(Event::Tick, t + 10 * SEC),
+        [Action::ObserveTraffic]
+    );
+    assert_eq!(
+        r.on_event(green_traffic(&[("a", 600, 0)]), t + 10 * SEC),
+        [Action::ObserveProxies],
+        "the next step begins only now"
+    );
+    assert_eq!((r.phase(), r.progress().step), (Phase::Preparing, 2));
+}
+
+#[test]
+fn a_rollback_or_a_retirement_is_never_judged_by_its_traffic() {
+    let green_live = green().split;
+    let blue = back().split;
+    let (mut r, t) = started_judged(
+        &rollback(true),
+        &green_live,
+        Some(&blue),
+        criteria(TooFewRequests::Fail),
+    );
+    assert_eq!(r.plan.analysis, None);
+    r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    r.on_event(committed_event("2"), t);
+    assert_eq!(
+        r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t),
+        [Action::Finish(Outcome::Succeeded)]
+    );
+    let retire = retire("blue", SEC, Duration::ZERO);
+    let v = ServiceView {
+        analysis: Some(criteria(TooFewRequests::Fail)),
+        ..view(&green_live, None)
+    };
+    assert_eq!(plan(&retire, &v).expect("plan").analysis, None);
+    assert!(plan(&flip(true), &v).expect("plan").analysis.is_some());
+}
+
+#[test]
+fn a_threshold_over_the_baseline_measures_the_fleets_losing_traffic_before_the_commit() {
+    let c = Criteria {
+        max_error_ratio: None,
+        over_baseline: Some(Ratio::from_ppm(5_000)),
+        ..criteria(TooFewRequests::Wait)
+    };
+    let blue = split(&[("blue", 100), ("green", 0)]);
+    let (mut r, t) = started_judged(&flip(true), &blue, None, c);
+    assert_eq!(
+        r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t),
+        [
+            Action::MeasureBaseline {
+                fleets: vec!["blue".into()],
+                window: 10 * SEC
+            },
+            Action::Commit(green())
+        ]
+    );
+    let baseline = Baseline {
+        fleets: vec!["blue".into()],
+        requests: 1000,
+        errors: 20,
+    };
+    assert!(r.on_event(Event::Baseline(baseline.clone()), t).is_empty());
+    // Saved with the commit, so a restart judges against it too.
+    assert_eq!(r.record(t, SystemTime::UNIX_EPOCH).baseline, Some(baseline));
+    r.on_event(committed_event("2"), t);
+    r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    r.on_event(green_traffic(&[("a", 0, 0)]), t);
+    // Blue failed 2% before: 2.4% is under the 2.5% allowed, 3% over.
+    assert!(
+        r.on_event(green_traffic(&[("a", 1000, 24)]), t + SEC)
+            .is_empty()
+    );
+    assert_eq!(
+        r.on_event(green_traffic(&[("a", 2000, 54)]), t + 2 * SEC),
+        [Action::Commit(back())]
+    );
+    let Outcome::RolledBack { reason } = undone(&mut r, t) else {
+        panic!("rolled back");
+    };
+    assert!(
+        reason
+            .to_string()
+            .contains("over the 2.5% allowed (blue's 2% before the switch + 0.5 points)"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_resumed_step_is_judged_over_a_whole_window_from_the_restart() {
+    let (r, t) = analysing(criteria(TooFewRequests::Wait), true);
+    let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+    let rec = r.record(t + 8 * SEC, wall);
+    assert_eq!(rec.stage, Stage::Applied);
+    let later = t + 60 * SEC;
+    let (mut again, a) = Rollout::resume("web", rec, &ver("2-abc"), later, wall);
+    assert_eq!(a, [Action::ObserveProxies]);
+    assert_eq!(
+        again.on_event(Event::Proxies(vec![proxy("a", true, true)]), later),
+        [Action::ObserveTraffic]
+    );
+    assert_eq!(again.next_deadline(), Some(later + 10 * SEC));
+    again.on_event(green_traffic(&[("a", 5000, 500)]), later);
+    let a = again.on_event(green_traffic(&[("a", 5200, 500)]), later + SEC);
+    assert!(
+        a.is_empty(),
+        "what came before the restart is not counted: {a:?}"
+    );
+}
+
+#[test]
+fn an_abort_during_the_analysis_undoes_the_step() {
+    let (mut r, t) = analysing(criteria(TooFewRequests::Wait), true);
+    assert_eq!(
+        r.abort("alice", t).expect("abortable"),
+        [Action::Commit(back())]
+    );
+    assert!(matches!(undone(&mut r, t), Outcome::Aborted { .. }));
+}
+
+#[test]
+fn records_carry_the_analysis_and_old_records_load_without_one() {
+    let (r, t) = analysing(criteria(TooFewRequests::Pass), true);
+    let rec = r.record(t, SystemTime::UNIX_EPOCH);
+    let mut json = serde_json::to_value(&rec).expect("serializes");
+    assert_eq!(json["plan"]["analysis"]["window_ms"], 10_000);
+    assert_eq!(json["plan"]["analysis"]["too_few_requests"], "pass");
+    assert_eq!(
+        serde_json::from_value::<Record>(json.clone()).expect("loads"),
+        rec
+    );
+    // As teal wrote it before analyses: no such keys.
+    let plan = json["plan"].as_object_mut().expect("an object");
+    plan.remove("analysis");
+    let old: Record = serde_json::from_value(json).expect("an old record loads");
+    assert_eq!((old.plan.analysis, old.baseline), (None, None));
+}
+
 fn traffic(id: &str, load: Option<(u64, u32)>) -> ProxyTraffic {
     ProxyTraffic {
         id: id.into(),
@@ -1193,7 +1689,11 @@ fn draining() -> (Rollout, Instant) {
     assert_eq!(r.phase(), Phase::Waiting);
     assert!(r.wants_traffic().is_empty(), "no reports while it waits");
     let t = t + Duration::from_secs(60);
-    assert!(r.on_event(Event::Tick, t).is_empty());
+    assert_eq!(
+        r.on_event(Event::Tick, t),
+        [Action::ObserveTraffic],
+        "the reports at once"
+    );
     assert_eq!(r.phase(), Phase::Draining);
     assert_eq!(r.wants_traffic(), ["blue"]);
     assert_eq!(r.next_deadline(), Some(t + Duration::from_secs(30)));
@@ -1372,7 +1872,7 @@ fn a_draining_retirement_is_kept_on_shutdown_and_drains_again_after_a_restart() 
     let (mut again, a) = Rollout::resume("web", rec, &ver("5-x"), t2, later);
     assert!(a.is_empty());
     assert_eq!(again.next_deadline(), Some(t2), "no delay left");
-    assert!(again.on_event(Event::Tick, t2).is_empty());
+    assert_eq!(again.on_event(Event::Tick, t2), [Action::ObserveTraffic]);
     assert_eq!(again.phase(), Phase::Draining);
     assert_eq!(again.wants_traffic(), ["blue"]);
     assert_eq!(

@@ -38,6 +38,7 @@
 //! `plan::rollback_point` is the one rule that moves it; a refused or
 //! undone operation leaves it where it was.
 
+pub(crate) mod analysis;
 pub(crate) mod checks;
 pub mod drain;
 #[cfg(test)]
@@ -53,6 +54,7 @@ pub(crate) mod version;
 
 use crate::config::WeightsError;
 
+pub use analysis::Criteria;
 pub use drain::FleetDrain;
 pub use reason::Reason;
 pub use traffic::MeasuredFleet;
@@ -218,6 +220,9 @@ pub enum Phase {
     Confirming,
     /// Running checks after the switch.
     PostChecks,
+    /// Watching the error ratio of the fleets gaining traffic in the
+    /// proxies' load reports, after the switch.
+    Analysis,
     /// Between two steps of a shift, or before a retirement.
     Waiting,
     /// Before a retirement, after its delay: waiting for every proxy to
@@ -237,6 +242,7 @@ impl Phase {
             Phase::PreChecks => "pre-checks",
             Phase::Confirming => "confirming",
             Phase::PostChecks => "post-checks",
+            Phase::Analysis => "analysis",
             Phase::Waiting => "waiting",
             Phase::Draining => "draining",
             Phase::RollingBack => "rolling-back",

@@ -196,6 +196,7 @@ fn sending_traffic_to_a_retired_fleet_restores_its_endpoints_first() {
     let v = ServiceView {
         retired: &retired,
         has_checks: true,
+        analysis: None,
         ..view(&green_live, None)
     };
     let p = plan(&flip(false), &v).expect("plan");

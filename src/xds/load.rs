@@ -164,12 +164,6 @@ pub(crate) struct LoadStreamId {
     serial: u64,
 }
 
-impl LoadStreamId {
-    pub(crate) fn node(&self) -> &str {
-        &self.node
-    }
-}
-
 /// Measured traffic of one fleet over a window.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct FleetMeasured {
@@ -467,13 +461,51 @@ impl LoadStore {
 
     /// Replaces what replica `replica` published of its proxies' load
     /// (`None`: it published nothing, or is gone).
-    pub(crate) fn set_remote(&self, replica: &str, proxies: Option<Vec<ProxyLoad>>) {
+    ///
+    /// What their counts grew by since the replica's last set goes into
+    /// the windows at `now`, so the measured split counts every replica's
+    /// proxies (as late as the replica's last round). The first set of a
+    /// replica only marks where its counts start: they are sums over its
+    /// proxies' whole streams, not this second's.
+    pub(crate) fn set_remote(&self, replica: &str, proxies: Option<Vec<ProxyLoad>>, now: Instant) {
+        let second = now.saturating_duration_since(self.epoch).as_secs();
         let mut inner = self.lock();
-        match proxies {
-            Some(p) => inner.remote.insert(replica.to_owned(), p),
+        let inner = &mut *inner;
+        let old = match proxies {
+            Some(p) => {
+                let before = inner.remote.insert(replica.to_owned(), p);
+                let first = before.is_none();
+                let before = before.unwrap_or_default();
+                let before: HashMap<&str, &ProxyLoad> =
+                    before.iter().map(|p| (&*p.node, p)).collect();
+                for p in inner.remote.get(replica).into_iter().flatten() {
+                    for (cluster, c) in &p.clusters {
+                        if inner.targets.target(&p.group, cluster).is_none() {
+                            continue;
+                        }
+                        // Counts only grow while a load stream lasts; a
+                        // smaller one is a new stream, counted from zero.
+                        let (requests, errors) =
+                            match before.get(&*p.node).and_then(|b| b.clusters.get(cluster)) {
+                                Some(b) if b.requests <= c.requests && b.errors <= c.errors => {
+                                    (c.requests - b.requests, c.errors - b.errors)
+                                }
+                                _ => (c.requests, c.errors),
+                            };
+                        if requests > 0 && !first {
+                            inner
+                                .windows
+                                .entry((p.group.clone(), cluster.clone()))
+                                .or_default()
+                                .add(second, requests, errors);
+                        }
+                    }
+                }
+                None
+            }
             None => inner.remote.remove(replica),
         };
-        drop(inner);
+        drop(old);
         self.bump();
     }
 
@@ -496,6 +528,7 @@ impl LoadStore {
         self.lock().local.values().map(|e| e.load.clone()).collect()
     }
 
+    #[cfg(test)]
     /// One proxy's load, by node id (this replica's first).
     pub(crate) fn proxy(&self, node: &str) -> Option<ProxyLoad> {
         let inner = self.lock();
@@ -522,8 +555,9 @@ impl LoadStore {
     }
 
     /// `service`'s traffic per fleet over the last `window` (whole
-    /// seconds, at most [`WINDOW_BUCKETS`]) up to `now`, over every group,
-    /// as this replica's proxies reported it.
+    /// seconds, at most [`WINDOW_BUCKETS`]) up to `now`, over every group:
+    /// this replica's proxies' reports, and (on the leader) what the other
+    /// replicas' counts grew by.
     pub(crate) fn measured(
         &self,
         service: &str,

@@ -182,3 +182,65 @@ fn targets_that_change_drop_counts_of_clusters_no_longer_asked() {
         vec!["api-blue"]
     );
 }
+
+#[test]
+fn other_replicas_counts_join_the_windows_by_what_they_grew() {
+    let s = store();
+    let t0 = Instant::now();
+    let remote = |requests: u64, errors: u64| {
+        vec![ProxyLoad {
+            node: Arc::from("far"),
+            group: "web".into(),
+            replica: Some("r2".into()),
+            reports: 1,
+            last_report: Some(t0),
+            clusters: BTreeMap::from([(
+                "api-green".to_owned(),
+                ClusterCounters {
+                    requests,
+                    errors,
+                    in_progress: 0,
+                    idle_reports: 1,
+                },
+            )]),
+        }]
+    };
+    // The first set marks where the counts start.
+    s.set_remote("r2", Some(remote(1000, 10)), t0);
+    let later = t0 + Duration::from_secs(1);
+    s.set_remote("r2", Some(remote(1040, 12)), later);
+    let m = s.measured("api", Duration::from_secs(10), later);
+    assert_eq!(
+        (m[1].fleet.as_str(), m[1].requests, m[1].errors),
+        ("green", 40, 2)
+    );
+    assert_eq!(s.proxies(|g| g == "web").len(), 1);
+    assert_eq!(s.proxy("far").and_then(|p| p.replica), Some("r2".into()));
+    s.set_remote("r2", None, later);
+    assert!(s.proxy("far").is_none());
+}
+
+#[test]
+fn totals_count_every_report_per_fleet_and_outlive_the_stream_until_the_fleet_goes() {
+    let s = store();
+    let (a, b) = (s.open("a", "web"), s.open("b", "edge"));
+    let now = Instant::now();
+    s.report(&a, &[cluster("api-blue", 50, 2, 0)], now);
+    s.report(&b, &[cluster("api-blue", 40, 0, 0)], now);
+    s.report(&b, &[cluster("api-green", 9, 1, 0)], now);
+    let totals = s.totals("api");
+    assert_eq!(totals.get("blue"), Some(&(92, 2)));
+    assert_eq!(totals.get("green"), Some(&(10, 1)));
+    // A counter does not go down when a proxy leaves.
+    s.close(&a);
+    assert_eq!(s.totals("api").get("blue"), Some(&(92, 2)));
+    assert!(s.totals("web").is_empty(), "no such service");
+    // A fleet no group is asked for any more takes its totals with it.
+    let mut t = targets();
+    for clusters in t.groups.values_mut() {
+        clusters.remove("api-green");
+    }
+    s.set_targets(t);
+    assert_eq!(s.totals("api").get("green"), None);
+    assert_eq!(s.totals("api").get("blue"), Some(&(92, 2)));
+}

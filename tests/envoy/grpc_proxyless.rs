@@ -33,8 +33,8 @@ use crate::support::{CONVERGE, free_port, http, show, wait_until};
 const TOKEN: &str = "secret";
 
 /// The group the client joins, and its node id.
-const GROUP: &str = "mesh";
-const NODE_ID: &str = "grpc-client-1";
+pub(super) const GROUP: &str = "mesh";
+pub(super) const NODE_ID: &str = "grpc-client-1";
 
 /// The helper script, both servers and client.
 fn script() -> PathBuf {
@@ -42,7 +42,7 @@ fn script() -> PathBuf {
 }
 
 /// Fails, with what to install, unless `python3` can import grpcio.
-fn require_grpcio() {
+pub(super) fn require_grpcio() {
     let out = std::process::Command::new("python3")
         .args(["-c", "import grpc; print(grpc.__version__)"])
         .output();
@@ -64,7 +64,7 @@ fn require_grpcio() {
 
 /// A child process whose stdout lines are collected as they come. Killed
 /// when dropped; its stderr goes to a file printed if the test fails.
-struct Process {
+pub(super) struct Process {
     name: String,
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
@@ -72,7 +72,7 @@ struct Process {
 }
 
 impl Process {
-    fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Process {
+    pub(super) fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Process {
         let log = dir.join(format!("{name}.log"));
         let stderr = std::fs::File::create(&log).expect("create a log file");
         let mut child = cmd
@@ -99,7 +99,7 @@ impl Process {
         }
     }
 
-    fn python(name: &str, args: &[&str], env: &[(&str, &Path)], dir: &Path) -> Process {
+    pub(super) fn python(name: &str, args: &[&str], env: &[(&str, &Path)], dir: &Path) -> Process {
         let mut cmd = Command::new("python3");
         cmd.arg("-u").arg(script()).args(args);
         for (key, value) in env {
@@ -108,7 +108,7 @@ impl Process {
         Process::spawn(name, cmd, dir)
     }
 
-    fn lines(&self) -> Vec<String> {
+    pub(super) fn lines(&self) -> Vec<String> {
         self.lines.lock().expect("lines").clone()
     }
 
@@ -117,7 +117,7 @@ impl Process {
     }
 
     /// Waits until stdout has a line satisfying `check`, and returns it.
-    async fn wait_line(&mut self, what: &str, check: impl Fn(&str) -> bool) -> String {
+    pub(super) async fn wait_line(&mut self, what: &str, check: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + CONVERGE;
         loop {
             if let Some(line) = self.lines().into_iter().find(|l| check(l)) {
@@ -147,7 +147,7 @@ impl Drop for Process {
 }
 
 /// Starts a gRPC server answering `fleet`, and returns it with its port.
-async fn fleet_server(fleet: &str, dir: &Path) -> (Process, u16) {
+pub(super) async fn fleet_server(fleet: &str, dir: &Path) -> (Process, u16) {
     let mut server = Process::python(fleet, &["server", fleet], &[], dir);
     let line = server
         .wait_line("its port", |l| l.starts_with("port "))
@@ -193,7 +193,7 @@ groups:
 }
 
 /// gRPC's bootstrap: teal as the xDS server, the client in group `mesh`.
-fn bootstrap_json(xds: u16) -> String {
+pub(super) fn bootstrap_json(xds: u16) -> String {
     serde_json::json!({
         "xds_servers": [{
             "server_uri": format!("127.0.0.1:{xds}"),
@@ -219,7 +219,7 @@ async fn cli(admin: u16, args: &[&str]) -> Output {
 }
 
 /// Runs the CLI with `-o json`, and parses what it prints.
-async fn json(admin: u16, args: &[&str]) -> Value {
+pub(super) async fn json(admin: u16, args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.extend(["-o", "json"]);
     let out = cli(admin, &all).await;
@@ -370,7 +370,7 @@ async fn a_proxyless_grpc_client_follows_a_flip() {
 }
 
 /// The next `n` lines the client prints (one per call).
-async fn collect(client: &Process, n: usize) -> Vec<String> {
+pub(super) async fn collect(client: &Process, n: usize) -> Vec<String> {
     let from = client.lines().len();
     let what = format!("{n} more calls");
     wait_until(CONVERGE, &what, || {

@@ -21,6 +21,8 @@ mod envoy_config;
 mod envoy_flip;
 mod envoy_xds;
 mod grpc_proxyless;
+mod load_reports;
 mod readme_walkthrough;
 mod rollout_semantics;
 mod tls;
+mod traffic_analysis;

@@ -14,6 +14,7 @@ mod etcd_auth;
 mod etcd_store;
 mod ha_agreement;
 mod ha_failover;
+mod ha_loads;
 mod ha_rebalance;
 mod ha_registered;
 mod ha_replicas;

@@ -17,6 +17,7 @@ mod config_props;
 mod config_render;
 mod fuzz_replay;
 mod hostile_text;
+mod load_reports;
 mod serve_binary;
 mod state_crash;
 mod toolkit;

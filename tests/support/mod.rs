@@ -19,7 +19,8 @@
 //!   echo request headers back), and a tiny client; [`traffic`]: requests
 //!   sent back to back in the background ([`Traffic`]), to prove a change
 //!   happened without a failed request.
-//! - [`ads`]: ADS clients that stand in for proxies, one or thousands.
+//! - [`ads`]: ADS clients that stand in for proxies, one or thousands;
+//!   [`lrs`]: a load-report client that stands in for a proxy's.
 //! - [`resources`]: builders for the clusters, endpoints, listeners and
 //!   routes the tests serve; [`pki`]: certificates made on the spot.
 //! - [`ports`]: free ports, and the fixed ones one test at a time
@@ -44,6 +45,7 @@ pub mod envoy;
 pub mod etcd;
 pub mod http;
 pub mod kube_api;
+pub mod lrs;
 pub mod pki;
 pub mod ports;
 pub mod replica;
