@@ -178,7 +178,7 @@ fn fleet_drain(
 const NAMES_SHOWN: usize = 5;
 
 /// What stands between a fleet and drained, escaped and cut:
-/// `3 of 5 proxies idle; requests in flight on edge-1 (2), edge-2 (1);
+/// `3 of 5 proxies idle; 3 requests in flight on edge-1 (2), edge-2 (1);
 /// no load reports from edge-9`.
 pub(crate) fn drain_text(d: &pb::FleetDrain) -> String {
     let name = |n: &str| untrusted(n).max_chars(CELL_MAX_CHARS).to_string();
@@ -201,8 +201,9 @@ pub(crate) fn drain_text(d: &pb::FleetDrain) -> String {
         .map(|p| format!("{} ({})", name(&p.proxy), p.in_flight))
         .collect();
     if d.draining_count > 0 {
+        let plural = if d.in_flight == 1 { "" } else { "s" };
         text.push_str(&format!(
-            "; {} requests in flight on {}{}",
+            "; {} request{plural} in flight on {}{}",
             d.in_flight,
             draining.join(", "),
             more(d.draining_count, draining.len())
@@ -295,6 +296,21 @@ mod tests {
             drain_text(&draining_blue()),
             "1 of 9 proxies idle; 7 requests in flight on edge-0 (1), edge-1 (1), edge-2 (1), \
              edge-3 (1), edge-4 (1) and 2 more; no load reports from side\\x1b[31m"
+        );
+        let one = pb::FleetDrain {
+            proxies: 2,
+            idle: 1,
+            draining: vec![pb::DrainingProxy {
+                proxy: "edge-1".into(),
+                in_flight: 1,
+            }],
+            draining_count: 1,
+            in_flight: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            drain_text(&one),
+            "1 of 2 proxies idle; 1 request in flight on edge-1 (1)"
         );
         let none = pb::FleetDrain {
             drained: true,
