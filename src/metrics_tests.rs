@@ -42,6 +42,7 @@ fn service(name: &str, weights: &[(&str, u32)], both_since: Option<SystemTime>) 
             .collect::<BTreeMap<_, _>>(),
         retired: Vec::new(),
         retirement: None,
+        drains: vec![],
         both_fleets_since: both_since,
         last_change: None,
         in_progress: None,

@@ -8,12 +8,12 @@
 //!
 //! | Method | Changes things | What |
 //! |---|---|---|
-//! | `Status` | no | Every service's (or one's) fleets, weights, last change, operation in progress, pending retirement, cost window. |
+//! | `Status` | no | Every service's (or one's) fleets, weights, last change, operation in progress, pending retirement, whether each fleet with no weight is drained, cost window. |
 //! | `Proxies` | no | Every connected proxy with sent/ACKed/NACKed versions per type, and the versions each group should be on. |
 //! | `Flip` | **yes** | All traffic to one fleet; streams `Progress` until the outcome. |
 //! | `Shift` | **yes** | Traffic in steps; streams `Progress`. |
 //! | `Rollback` | **yes** | Back to the service's rollback point; streams `Progress`. |
-//! | `Retire` | **yes** | Drop a fleet after a delay; streams `Progress`. |
+//! | `Retire` | **yes** | Drop a fleet after a delay, once every proxy reports it drained; streams `Progress`. |
 //! | `Follow` | no | Streams the `Progress` of an operation already running. |
 //! | `Abort` | **yes** | Stops an operation: ends it before its commit, undoes the step being confirmed. |
 //! | `Verify` | no | Runs a service's checks against one fleet now. |

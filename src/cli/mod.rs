@@ -6,7 +6,8 @@
 //! - `serve`, `validate`, `render`: run teal, check and show a config.
 //! - The admin commands (`commands::AdminCommand`) talk to a running teal
 //!   over its admin API: reads in `read` and `proxies`, changes in `ops`,
-//!   registered fleets' endpoints in `fleet`, the
+//!   registered fleets' endpoints in `fleet`, waiting for a fleet to
+//!   drain in `wait`, the
 //!   connection and exit codes in [`client`], following an operation to
 //!   its outcome in `progress`, `-o json` in `json`, argument parsing
 //!   in `parse`, tables in `table`.
@@ -35,6 +36,7 @@ pub(crate) mod serve_limits;
 pub(crate) mod serve_load_reports;
 pub(crate) mod table;
 pub(crate) mod traffic;
+pub(crate) mod wait;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -77,7 +79,8 @@ const FLOW: &str = "A blue/green release with teal:
   teal flip web                         # all traffic to green, confirmed by every proxy
   teal shift web --steps 10,50,100 --interval 5m   # or gradually
   teal rollback web                     # if green misbehaves
-  teal retire web blue --after 30m      # once green has proven itself
+  teal retire web blue --after 30m      # once green has proven itself and blue has drained
+  teal wait drained web blue            # or: scale blue to zero once no request is in flight
   teal history web
 
   teal cordon edge-17 --reason '...'     # stop waiting for one stuck proxy

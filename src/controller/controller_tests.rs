@@ -205,11 +205,7 @@ async fn a_restart_serves_the_committed_state_under_the_same_version() {
 #[tokio::test]
 async fn one_operation_per_service_at_a_time() {
     let (c, _t) = controller(Arc::new(MemoryStore::default())).await;
-    let retire = Operation::Retire {
-        service: "api".into(),
-        fleet: "green".into(),
-        after: Duration::from_secs(3600),
-    };
+    let retire = retire("api", "green", Duration::from_secs(3600));
     let rx = c.start(retire, "dave").await.expect("starts");
     let id = rx.borrow().id;
     let busy = c.start(flip("api", true), "erin").await.expect_err("busy");
@@ -271,6 +267,7 @@ fn retire(service: &str, fleet: &str, after: Duration) -> Operation {
         service: service.into(),
         fleet: fleet.into(),
         after,
+        drain_timeout: Duration::from_secs(60),
     }
 }
 
@@ -531,6 +528,7 @@ async fn an_operation_found_in_flight_is_resolved_at_start() {
             timeout: Duration::from_secs(5),
             interval: Duration::ZERO,
             wait_first: false,
+            drain_timeout: Duration::ZERO,
             analysis: None,
         },
         original: Change {
@@ -1074,6 +1072,176 @@ async fn a_proxy_that_does_not_reconnect_within_the_hold_is_taken_as_gone() {
         history[0]
     );
     assert!(registry.statuses().is_empty(), "the proxy is forgotten");
+}
+
+/// One `edge` proxy, `id`, in sync with the routes served now.
+fn synced_edge_proxy(
+    registry: &Arc<ProxyRegistry>,
+    c: &Controller,
+    id: &str,
+) -> crate::xds::status::StreamHandle {
+    use crate::xds::{NodeInfo, StreamEvent, StreamKind};
+    let mut stream = registry.register(StreamKind::Aggregated, false);
+    stream.set_node(Some(&NodeInfo {
+        id: id.into(),
+        cluster: "edge".into(),
+        user_agent: "envoy".into(),
+    }));
+    let routes = c
+        .snapshot()
+        .group("edge")
+        .of(ResourceType::Route)
+        .version()
+        .to_owned();
+    stream.record(&[
+        StreamEvent::Sent {
+            ty: ResourceType::Route,
+            version: routes.clone(),
+            nonce: "1".into(),
+            resources: 1,
+        },
+        StreamEvent::Acked {
+            ty: ResourceType::Route,
+            version: routes,
+        },
+    ]);
+    stream
+}
+
+/// A report of `in_progress` requests to api's `fleet` on `load`.
+fn report_api(
+    registry: &ProxyRegistry,
+    load: &crate::xds::load::LoadStreamId,
+    fleet: &str,
+    in_progress: u64,
+) {
+    let report = crate::xds::load::ClusterReport {
+        cluster: crate::config::cluster_name("api", fleet),
+        in_progress,
+        ..Default::default()
+    };
+    let taken = registry
+        .loads()
+        .report(load, &[report], std::time::Instant::now());
+    assert_eq!(taken.counted, 1, "{taken:?}");
+}
+
+#[tokio::test]
+async fn a_retirement_waits_until_the_load_reports_say_its_fleet_drained() {
+    let registry = ProxyRegistry::new();
+    registry.loads().configure(Duration::from_millis(20), 1000);
+    let (c, _t) = on_registry(&registry, Arc::new(MemoryStore::default())).await;
+    let flipped = c.start(flip("api", true), "x").await.expect("flip");
+    assert_eq!(outcome(flipped).await, Outcome::Succeeded);
+    // A proxy with one request to blue still in flight.
+    let _stream = synced_edge_proxy(&registry, &c, "edge-1");
+    let load = registry.loads().open("edge-1", "edge");
+    report_api(&registry, &load, "blue", 1);
+    let drains = web_or_api(&c, "api").await.drains;
+    assert_eq!(drains.len(), 1, "{drains:?}");
+    assert_eq!(
+        (drains[0].fleet.as_str(), drains[0].is_drained()),
+        ("blue", false)
+    );
+    assert_eq!(drains[0].draining[0].proxy, "edge-1");
+    assert_eq!(drains[0].in_flight, 1);
+
+    let mut rx = c
+        .start(retire("api", "blue", Duration::ZERO), "x")
+        .await
+        .expect("retire");
+    let p = tokio::time::timeout(
+        Duration::from_secs(5),
+        rx.wait_for(|p| p.phase == Phase::Draining && p.message.contains("edge-1 (1)")),
+    )
+    .await
+    .expect("drains in time")
+    .expect("progress open")
+    .clone();
+    assert_eq!(p.waiting_for, ["edge-1"], "{p:?}");
+    // Many report intervals later, blue is still there: edge-1 has not
+    // said its request ended.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.borrow().phase, Phase::Draining);
+    assert!(web_or_api(&c, "api").await.retired.is_empty());
+    // The request ends: two idle reports and blue goes.
+    report_api(&registry, &load, "blue", 0);
+    report_api(&registry, &load, "blue", 0);
+    assert_eq!(outcome(rx).await, Outcome::Succeeded);
+    let api = web_or_api(&c, "api").await;
+    assert_eq!(api.retired, ["blue"]);
+    assert!(api.drains[0].is_drained(), "{:?}", api.drains);
+}
+
+#[tokio::test]
+async fn a_proxy_that_reports_no_load_holds_a_retirement_until_it_is_refused() {
+    let registry = ProxyRegistry::new();
+    registry.loads().configure(Duration::from_millis(20), 1000);
+    let (c, _t) = on_registry(&registry, Arc::new(MemoryStore::default())).await;
+    let flipped = c.start(flip("api", true), "x").await.expect("flip");
+    assert_eq!(outcome(flipped).await, Outcome::Succeeded);
+    let _quiet = synced_edge_proxy(&registry, &c, "quiet");
+    let drains = web_or_api(&c, "api").await.drains;
+    assert_eq!(drains[0].silent, ["quiet"], "named as not reporting");
+    let op = Operation::Retire {
+        service: "api".into(),
+        fleet: "blue".into(),
+        after: Duration::ZERO,
+        drain_timeout: Duration::from_millis(300),
+    };
+    let rx = c.start(op, "x").await.expect("retire");
+    let out = outcome(rx).await;
+    assert!(
+        matches!(&out, Outcome::Refused { reason: Reason::DrainTimedOut { last: Some(d), .. } }
+            if d.silent == ["quiet"]),
+        "{out:?}"
+    );
+    let reason = out.reason().map(ToString::to_string).unwrap_or_default();
+    assert!(reason.contains("no load reports from quiet"), "{reason}");
+    let api = web_or_api(&c, "api").await;
+    assert!(api.retired.is_empty(), "nothing was retired");
+    let history = c.history("api").await.expect("history");
+    assert!(matches!(history[0].outcome, Outcome::Refused { .. }));
+}
+
+/// A reload that drops the fleet a retirement drains leaves nothing to
+/// drain: no proxy is served that fleet's cluster any more, nor asked to
+/// report it, so the retirement goes on instead of waiting out its drain
+/// timeout for reports that will never come.
+#[tokio::test]
+async fn a_retirement_whose_fleet_a_reload_dropped_does_not_wait_for_its_drain() {
+    let registry = ProxyRegistry::new();
+    registry.loads().configure(Duration::from_millis(20), 1000);
+    let (c, _t) = on_registry(&registry, Arc::new(MemoryStore::default())).await;
+    let stream = synced_edge_proxy(&registry, &c, "edge-1");
+    let load = registry.loads().open("edge-1", "edge");
+    report_api(&registry, &load, "green", 1);
+    let op = Operation::Retire {
+        service: "api".into(),
+        fleet: "green".into(),
+        after: Duration::ZERO,
+        drain_timeout: Duration::from_secs(3600),
+    };
+    let mut rx = c.start(op, "x").await.expect("retire");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        rx.wait_for(|p| p.phase == Phase::Draining && !p.waiting_for.is_empty()),
+    )
+    .await
+    .expect("drains in time")
+    .expect("progress open");
+    c.reload(base().without_fleet("api", "green").config())
+        .await
+        .expect("applied");
+    // The proxy takes the new config (a stream of its own, in sync).
+    drop(stream);
+    let _stream = synced_edge_proxy(&registry, &c, "edge-1");
+    let p = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|p| p.outcome.is_some()))
+        .await
+        .expect("well within its drain timeout")
+        .expect("progress open")
+        .clone();
+    assert_eq!(p.outcome, Some(Outcome::Succeeded), "{p:?}");
 }
 
 /// `api` judged by its traffic: at most `threshold` errors (`max_error_ratio`

@@ -20,12 +20,13 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{self, Config, EndpointOverlay, EndpointSource, Weights, WeightsError};
 use crate::metrics::Metrics;
 use crate::rollout::analysis::Baseline;
+use crate::rollout::drain;
 use crate::rollout::machine::{self, Action, Event, Gate, Origin, ProxyView, Rollout};
 use crate::rollout::plan::{self, Change, ServiceView};
 use crate::rollout::registration::Registered;
 use crate::rollout::traffic::{FleetTraffic, ProxyTraffic};
 use crate::rollout::{
-    CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, Reason, Retirement,
+    CheckResult, FleetDrain, HistoryEntry, Operation, Outcome, Phase, Progress, Reason, Retirement,
     RolloutError, ServiceStatus, StatusView, Verb, Version,
 };
 use crate::shutdown::Shutdown;
@@ -753,9 +754,7 @@ impl Driver {
     ) -> Result<(watch::Receiver<Progress>, Vec<Action>), RolloutError> {
         let service = op.service().to_owned();
         if let Some(r) = self.running.get(&service) {
-            let waiting_retirement =
-                r.rollout.verb() == Verb::Retire && r.rollout.phase() == Phase::Waiting;
-            if !(waiting_retirement && op.verb() == Verb::Rollback) {
+            if !(r.rollout.is_pending_retirement() && op.verb() == Verb::Rollback) {
                 return Err(RolloutError::Busy {
                     service,
                     verb: r.rollout.verb(),
@@ -993,9 +992,20 @@ impl Driver {
             .collect();
         nodes.sort_unstable();
         nodes.dedup();
+        let served = self.config.services.get(service).map(|svc| &svc.fleets);
         fleets
             .iter()
             .map(|fleet| {
+                // A fleet the config no longer has is served to no proxy:
+                // its cluster left them all, and none is asked to report
+                // it (a retirement planned before a reload dropped the
+                // fleet has nothing left to drain).
+                if !served.is_some_and(|f| f.contains_key(fleet)) {
+                    return FleetTraffic {
+                        fleet: fleet.clone(),
+                        proxies: Vec::new(),
+                    };
+                }
                 let cluster = config::cluster_name(service, fleet);
                 FleetTraffic {
                     fleet: fleet.clone(),
@@ -1275,6 +1285,7 @@ impl Driver {
                     retirement: running
                         .and_then(|r| r.rollout.retirement(now, wall))
                         .map(|(fleet, at)| Retirement { fleet, at }),
+                    drains: self.drains(name, &st.weights),
                     both_fleets_since: st.both_fleets_since,
                     last_change: self.state.history.get(name).and_then(|h| h.last().cloned()),
                     in_progress: running.map(|r| r.rollout.progress()),
@@ -1286,6 +1297,23 @@ impl Driver {
             version: self.state.version.clone(),
             services,
         })
+    }
+
+    /// Whether each of `service`'s fleets with no weight in `weights` is
+    /// drained, by the load reports.
+    fn drains(&self, service: &str, weights: &crate::rollout::Split) -> Vec<FleetDrain> {
+        let idle: Vec<String> = weights
+            .iter()
+            .filter(|(_, w)| **w == 0)
+            .map(|(f, _)| f.clone())
+            .collect();
+        if idle.is_empty() {
+            return Vec::new();
+        }
+        self.traffic(service, &idle)
+            .iter()
+            .map(|t| drain::judge(t, machine::WAITING_SHOWN))
+            .collect()
     }
 
     /// What `service`'s proxies are measured against now: the snapshot

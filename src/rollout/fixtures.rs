@@ -53,6 +53,17 @@ pub(crate) fn shift(steps: ShiftSteps, interval: Duration, skip_checks: bool) ->
     }
 }
 
+/// Retire `fleet` of web after `after`, waiting up to `drain` for it to
+/// drain.
+pub(crate) fn retire(fleet: &str, after: Duration, drain: Duration) -> Operation {
+    Operation::Retire {
+        service: "web".into(),
+        fleet: fleet.into(),
+        after,
+        drain_timeout: drain,
+    }
+}
+
 pub(crate) fn percents(to: Option<&str>, p: &[u32]) -> ShiftSteps {
     ShiftSteps::Percents {
         to: to.map(str::to_owned),

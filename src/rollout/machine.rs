@@ -27,6 +27,20 @@
 //! baseline, what the fleets losing traffic did before the commit, is
 //! measured just before the commit (`Action::MeasureBaseline`).
 //!
+//! A retirement first waits out its delay (`Waiting`), then, unless told
+//! not to, waits in `Draining` until every proxy routing the service
+//! reports no request in progress to the fleet for two reports in a row
+//! ([`super::drain`]); it asks for those reports with
+//! `Rollout::wants_traffic`. A proxy that reports no load is never taken
+//! as drained. Past its drain timeout the retirement is refused, naming
+//! the proxies still draining and those not reporting; nothing was
+//! committed, so the fleet keeps its endpoints.
+//!
+//! ```text
+//! start → Waiting → Draining ─┬→ Preparing → … (as above)
+//!                             └ timeout → Refused
+//! ```
+//!
 //! A rollback never goes to `UndoCommitting`: a NACK, a timeout or a failed
 //! post-check leaves it in effect and ends it [`Outcome::Unconfirmed`].
 //! Nor does it wait in `Preparing`: a proxy stuck or rejecting its
@@ -50,6 +64,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::analysis::{Baseline, Verdict, Window};
+use super::drain::{self, FleetDrain};
 use super::plan::{Change, Plan, rollback_point};
 use super::reason::{Proxies, Rejection};
 use super::seen::{Seen, Until};
@@ -125,7 +140,8 @@ pub enum Action {
     Commit(Change),
     /// Look at what the proxies' load reports say of the fleets
     /// `Rollout::wants_traffic` names now and send `Event::Traffic`:
-    /// the machine began judging their traffic, or its window ended.
+    /// the machine began judging their traffic, or its window ended, or a
+    /// retirement began waiting for its fleet to drain.
     ObserveTraffic,
     /// Sum what these fleets' load reports counted over the last `window`
     /// and send `Event::Baseline`: the step about to be committed moves
@@ -220,6 +236,10 @@ enum State {
     Waiting {
         until: Instant,
     },
+    /// A retirement waiting for its fleet to drain.
+    Draining {
+        deadline: Instant,
+    },
     Preparing {
         deadline: Instant,
     },
@@ -295,6 +315,8 @@ pub struct Rollout {
     waiting_for: Vec<Arc<str>>,
     /// The proxies as last observed.
     seen: Seen,
+    /// What the load reports said of the fleet being drained, last.
+    drain: Option<FleetDrain>,
     checks: Vec<CheckResult>,
     message: String,
     /// The traffic counted since the step in progress began its analysis.
@@ -348,8 +370,9 @@ impl Rollout {
     /// the monotonic and the wall clock.
     ///
     /// - Nothing of the step in progress committed: a retirement waits out
-    ///   the rest of its delay; anything else ends `Interrupted` (earlier
-    ///   steps of a shift stay in effect).
+    ///   the rest of its delay, then for its fleet to drain (again, if it
+    ///   was draining, with its whole drain timeout); anything else ends
+    ///   `Interrupted` (earlier steps of a shift stay in effect).
     /// - The step committed: every proxy must confirm it again (and the
     ///   post-checks pass) within the timeout, or it is undone. A shift
     ///   then ends, `Interrupted` if steps were left.
@@ -366,6 +389,7 @@ impl Rollout {
         let mut rec = rec;
         rec.plan.timeout = rec.plan.timeout.min(MAX_WAIT);
         rec.plan.interval = rec.plan.interval.min(MAX_WAIT);
+        rec.plan.drain_timeout = rec.plan.drain_timeout.min(MAX_WAIT);
         if let Some(a) = rec.plan.analysis.as_mut() {
             a.window = a.window.min(crate::config::ANALYSIS_WINDOW.1);
         }
@@ -457,6 +481,7 @@ impl Rollout {
             total: 0,
             waiting_for: Vec::new(),
             seen: Seen::default(),
+            drain: None,
             checks: Vec::new(),
             message: String::new(),
             window: None,
@@ -485,6 +510,7 @@ impl Rollout {
     pub(crate) fn phase(&self) -> Phase {
         match &self.state {
             State::Waiting { .. } => Phase::Waiting,
+            State::Draining { .. } => Phase::Draining,
             State::Preparing { .. } => Phase::Preparing,
             State::PreChecks { .. } => Phase::PreChecks,
             State::Committing | State::Confirming { .. } => Phase::Confirming,
@@ -538,6 +564,7 @@ impl Rollout {
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         match &self.state {
             State::Waiting { until } => Some(*until),
+            State::Draining { deadline } => Some(*deadline),
             State::Preparing { deadline }
             | State::PreChecks { deadline }
             | State::Confirming { deadline, .. }
@@ -566,9 +593,23 @@ impl Rollout {
     /// [`Event::Traffic`] every report interval (empty: none).
     pub(crate) fn wants_traffic(&self) -> Vec<String> {
         match (&self.state, &self.window) {
+            (State::Draining { .. }, _) => self.retiring().into_iter().collect(),
             (State::Analysing { .. }, Some(w)) => w.fleets().cloned().collect(),
             _ => Vec::new(),
         }
+    }
+
+    /// The fleet a retirement retires.
+    fn retiring(&self) -> Option<String> {
+        if self.verb != Verb::Retire {
+            return None;
+        }
+        let change = self.plan.steps.first()?;
+        change
+            .retired
+            .difference(&self.original.retired)
+            .next()
+            .cloned()
     }
 
     /// The version being confirmed (a step's or an undo's), if any.
@@ -592,22 +633,27 @@ impl Rollout {
         matches!(self.state, State::Done(_))
     }
 
+    /// A retirement that has not started its step: waiting out its delay
+    /// or for its fleet to drain. A rollback may still cancel it.
+    pub(crate) fn is_pending_retirement(&self) -> bool {
+        self.verb == Verb::Retire
+            && matches!(self.state, State::Waiting { .. } | State::Draining { .. })
+    }
+
     /// A pending retirement: the fleet, and when it goes (`now` and `wall`
-    /// are the same instant on both clocks).
+    /// are the same instant on both clocks); while it waits for the fleet
+    /// to drain, as soon as it has (`wall`).
     pub(crate) fn retirement(
         &self,
         now: Instant,
         wall: SystemTime,
     ) -> Option<(String, SystemTime)> {
-        let State::Waiting { until } = self.state else {
-            return None;
+        let at = match self.state {
+            State::Waiting { until } => wall + until.saturating_duration_since(now),
+            State::Draining { .. } => wall,
+            _ => return None,
         };
-        if self.verb != Verb::Retire {
-            return None;
-        }
-        let change = self.plan.steps.first()?;
-        let fleet = change.retired.difference(&self.original.retired).next()?;
-        Some((fleet.clone(), wall + until.saturating_duration_since(now)))
+        Some((self.retiring()?, at))
     }
 
     /// First push to last ACK of the last step every proxy confirmed
@@ -669,6 +715,8 @@ impl Rollout {
         };
         let wait_until = match self.state {
             State::Waiting { until } => Some(wall + until.saturating_duration_since(now)),
+            // Its delay is over: resumed, it drains again at once.
+            State::Draining { .. } => Some(wall),
             _ => None,
         };
         Record {
@@ -971,6 +1019,7 @@ impl Rollout {
         self.observe(&mut event, now);
         match self.state.clone() {
             State::Waiting { until } => self.on_waiting(event, until, now),
+            State::Draining { deadline } => self.on_draining(event, deadline, now),
             State::Preparing { deadline } => self.on_preparing(event, deadline, now),
             State::PreChecks { deadline } => self.on_pre_checks(event, deadline, now),
             State::Committing => self.on_committing(event, now),
@@ -1000,7 +1049,61 @@ impl Rollout {
 
     fn on_waiting(&mut self, event: Event, until: Instant, now: Instant) -> Vec<Action> {
         match event {
-            Event::Tick if now >= until => self.begin_step(now),
+            Event::Tick if now >= until => self.after_wait(now),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The wait before a step is over: a retirement that waits for its
+    /// fleet to drain starts draining, anything else its step.
+    fn after_wait(&mut self, now: Instant) -> Vec<Action> {
+        if self.verb != Verb::Retire || self.plan.drain_timeout.is_zero() {
+            return self.begin_step(now);
+        }
+        let fleet = self.retiring().unwrap_or_default();
+        self.message = format!("waiting for every proxy to report {fleet} drained");
+        self.drain = None;
+        self.state = State::Draining {
+            deadline: now + self.plan.drain_timeout,
+        };
+        // At once: a fleet idle for long is retired without waiting for
+        // the next report interval.
+        vec![Action::ObserveTraffic]
+    }
+
+    fn on_draining(&mut self, event: Event, deadline: Instant, now: Instant) -> Vec<Action> {
+        match event {
+            Event::Traffic(fleets) => {
+                let fleet = self.retiring();
+                let Some(traffic) = fleets.iter().find(|f| Some(&f.fleet) == fleet.as_ref()) else {
+                    return Vec::new();
+                };
+                let drain = drain::judge(traffic, WAITING_SHOWN);
+                if drain.is_drained() {
+                    // With no proxy at all, none carries anything; the
+                    // step then warns that no proxy confirmed it.
+                    self.drain = Some(drain);
+                    return self.begin_step(now);
+                }
+                self.message = format!("waiting for {} to drain: {drain}", drain.fleet);
+                self.acked = drain.idle;
+                self.total = drain.proxies;
+                self.waiting_for = drain
+                    .not_drained(WAITING_SHOWN)
+                    .into_iter()
+                    .map(Arc::from)
+                    .collect();
+                self.drain = Some(drain);
+                Vec::new()
+            }
+            Event::Tick if now >= deadline => {
+                let reason = Reason::DrainTimedOut {
+                    fleet: self.retiring().unwrap_or_default(),
+                    within: self.plan.drain_timeout,
+                    last: self.drain.take().map(Box::new),
+                };
+                self.fail(reason)
+            }
             _ => Vec::new(),
         }
     }
@@ -1441,7 +1544,10 @@ impl Rollout {
 
     fn stop(&mut self, by: &str, for_rollback: bool) -> Result<Vec<Action>, RolloutError> {
         match &self.state {
-            State::Waiting { .. } | State::Preparing { .. } | State::PreChecks { .. } => {
+            State::Waiting { .. }
+            | State::Draining { .. }
+            | State::Preparing { .. }
+            | State::PreChecks { .. } => {
                 let reason = Reason::StoppedBeforeCommit {
                     by: by.to_owned(),
                     for_rollback,
@@ -1499,10 +1605,10 @@ impl Rollout {
 
     /// teal is shutting down: the operation ends `Aborted` where it is,
     /// and what is committed stays (its rollback point says where
-    /// `teal rollback` goes). A pending retirement is not ended: it is
-    /// saved, and resumes when teal starts again.
+    /// `teal rollback` goes). A pending retirement (waiting or draining)
+    /// is not ended: it is saved, and resumes when teal starts again.
     pub(crate) fn shut_down(&mut self) -> Option<Outcome> {
-        if self.is_done() || (self.verb == Verb::Retire && self.phase() == Phase::Waiting) {
+        if self.is_done() || self.is_pending_retirement() {
             return None;
         }
         let reason = Reason::ShutDown {

@@ -4,6 +4,7 @@ use crate::rollout::ShiftSteps;
 use crate::rollout::analysis::Criteria;
 use crate::rollout::fixtures::*;
 use crate::rollout::plan::{ServiceView, plan};
+use crate::rollout::traffic::ProxyTraffic;
 use proptest::prelude::*;
 use std::collections::BTreeSet;
 
@@ -473,11 +474,7 @@ fn checks_look_only_at_fleets_gaining_traffic() {
 fn a_completed_retirement_of_the_rollback_fleet_ends_rollback() {
     let green_live = green().split;
     let blue = back().split;
-    let retire = Operation::Retire {
-        service: "web".into(),
-        fleet: "blue".into(),
-        after: Duration::from_secs(60),
-    };
+    let retire = retire("blue", Duration::from_secs(60), Duration::ZERO);
     let (r, _) = started_at(&retire, &green_live, Some(&blue));
     let retired = Change {
         split: green_live.clone(),
@@ -536,11 +533,7 @@ fn a_resumed_operation_confirms_its_commit_again_or_is_interrupted() {
 #[test]
 fn a_pending_retirement_survives_a_restart_with_the_rest_of_its_delay() {
     let green_live = green().split;
-    let retire = Operation::Retire {
-        service: "web".into(),
-        fleet: "blue".into(),
-        after: Duration::from_secs(60),
-    };
+    let retire = retire("blue", Duration::from_secs(60), Duration::ZERO);
     let (r, t) = started_at(&retire, &green_live, None);
     let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
     let rec = r.record(t + Duration::from_secs(20), wall);
@@ -656,11 +649,12 @@ fn arb_op() -> impl Strategy<Value = Operation> {
             Duration::from_secs(pause),
             skip
         )),
-        Just(Operation::Retire {
-            service: "web".into(),
-            fleet: "blue".into(),
-            after: Duration::from_secs(1),
-        }),
+        Just(retire("blue", Duration::from_secs(1), Duration::ZERO)),
+        Just(retire(
+            "blue",
+            Duration::from_secs(1),
+            Duration::from_secs(30)
+        )),
     ]
 }
 
@@ -737,6 +731,25 @@ fn run_one(
             queue.extend(a);
         }
         let Some(action) = queue.pop_front() else {
+            // A retirement draining its fleet hears from the proxies'
+            // load reports between ticks: idle or not, as drawn.
+            let fleets = r.wants_traffic();
+            if !fleets.is_empty() {
+                let idle = draw(&world.checks, cursor);
+                let traffic = fleets
+                    .into_iter()
+                    .map(|fleet| FleetTraffic {
+                        fleet,
+                        proxies: (0..world.proxies)
+                            .map(|i| traffic(&format!("p{i}"), Some((u64::from(!idle), 2))))
+                            .collect(),
+                    })
+                    .collect();
+                queue.extend(r.on_event(Event::Traffic(traffic), now));
+                if !queue.is_empty() {
+                    continue;
+                }
+            }
             now += Duration::from_secs(11);
             queue.extend(r.on_event(Event::Tick, now));
             continue;
@@ -931,6 +944,14 @@ fn a_record_asking_for_absurd_waits_is_bounded() {
         again.next_deadline(),
         Some(t + crate::config::ANALYSIS_WINDOW.1)
     );
+    // A retirement's drain timeout too.
+    let (r, t) = draining();
+    let mut rec = r.record(t, SystemTime::UNIX_EPOCH);
+    rec.plan.drain_timeout = Duration::MAX;
+    let (mut again, _) = Rollout::resume("web", rec, &ver("2-a"), t, SystemTime::UNIX_EPOCH);
+    again.on_event(Event::Tick, t);
+    assert_eq!(again.phase(), Phase::Draining);
+    assert_eq!(again.next_deadline(), Some(t + MAX_WAIT));
 }
 
 /// The simulation above reaches every outcome it can judge: a property
@@ -1528,11 +1549,7 @@ fn a_rollback_or_a_retirement_is_never_judged_by_its_traffic() {
         r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t),
         [Action::Finish(Outcome::Succeeded)]
     );
-    let retire = Operation::Retire {
-        service: "web".into(),
-        fleet: "blue".into(),
-        after: SEC,
-    };
+    let retire = retire("blue", SEC, Duration::ZERO);
     let v = ServiceView {
         analysis: Some(criteria(TooFewRequests::Fail)),
         ..view(&green_live, None)
@@ -1639,4 +1656,245 @@ fn records_carry_the_analysis_and_old_records_load_without_one() {
     plan.remove("analysis");
     let old: Record = serde_json::from_value(json).expect("an old record loads");
     assert_eq!((old.plan.analysis, old.baseline), (None, None));
+}
+
+fn traffic(id: &str, load: Option<(u64, u32)>) -> ProxyTraffic {
+    ProxyTraffic {
+        id: id.into(),
+        load: load.map(
+            |(in_progress, idle_reports)| crate::xds::load::ClusterCounters {
+                in_progress,
+                idle_reports,
+                ..Default::default()
+            },
+        ),
+    }
+}
+
+/// What the load reports say of blue: per proxy, its requests in progress
+/// and idle reports in a row, or `None` when it reports nothing.
+fn blue_reports(proxies: &[(&str, Option<(u64, u32)>)]) -> Event {
+    Event::Traffic(vec![FleetTraffic {
+        fleet: "blue".into(),
+        proxies: proxies.iter().map(|(id, l)| traffic(id, *l)).collect(),
+    }])
+}
+
+/// A retirement of blue (green live), after a minute, draining up to
+/// half a minute; at the end of its delay.
+fn draining() -> (Rollout, Instant) {
+    let green_live = green().split;
+    let op = retire("blue", Duration::from_secs(60), Duration::from_secs(30));
+    let (mut r, t) = started_at(&op, &green_live, None);
+    assert_eq!(r.phase(), Phase::Waiting);
+    assert!(r.wants_traffic().is_empty(), "no reports while it waits");
+    let t = t + Duration::from_secs(60);
+    assert_eq!(
+        r.on_event(Event::Tick, t),
+        [Action::ObserveTraffic],
+        "the reports at once"
+    );
+    assert_eq!(r.phase(), Phase::Draining);
+    assert_eq!(r.wants_traffic(), ["blue"]);
+    assert_eq!(r.next_deadline(), Some(t + Duration::from_secs(30)));
+    (r, t)
+}
+
+fn blue_retired() -> Change {
+    Change {
+        split: green().split,
+        retired: BTreeSet::from(["blue".to_owned()]),
+    }
+}
+
+#[test]
+fn a_retirement_waits_for_every_proxy_to_report_its_fleet_drained() {
+    let (mut r, t) = draining();
+    let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+    assert_eq!(
+        r.retirement(t, wall),
+        Some(("blue".to_owned(), wall)),
+        "pending, as soon as blue drains"
+    );
+    let reports = blue_reports(&[
+        ("a", Some((2, 0))),
+        ("b", Some((0, 1))),
+        ("c", Some((0, 2))),
+        ("d", None),
+    ]);
+    assert!(r.on_event(reports, t + Duration::from_secs(1)).is_empty());
+    let p = r.progress();
+    assert_eq!(p.phase, Phase::Draining);
+    assert_eq!((p.acked, p.total), (1, 4));
+    assert_eq!(p.waiting_for, ["a", "b", "d"]);
+    assert!(
+        p.message.contains("a (2), b (0)") && p.message.contains("no load reports from d"),
+        "{}",
+        p.message
+    );
+    // Another fleet's reports say nothing of blue.
+    let green_only = Event::Traffic(vec![FleetTraffic {
+        fleet: "green".into(),
+        proxies: vec![traffic("a", Some((0, 5)))],
+    }]);
+    assert!(r.on_event(green_only, t).is_empty());
+    assert_eq!(r.phase(), Phase::Draining);
+    // Every proxy idle for two reports: the retirement goes on.
+    let idle = blue_reports(&[
+        ("a", Some((0, 2))),
+        ("b", Some((0, 3))),
+        ("c", Some((0, 4))),
+        ("d", Some((0, 2))),
+    ]);
+    assert_eq!(
+        r.on_event(idle, t + Duration::from_secs(3)),
+        [Action::ObserveProxies]
+    );
+    assert_eq!(r.phase(), Phase::Preparing);
+    assert!(r.wants_traffic().is_empty());
+    assert_eq!(
+        r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t),
+        [Action::Commit(blue_retired())]
+    );
+    r.on_event(committed_event("4"), t);
+    assert_eq!(
+        r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t),
+        [Action::Finish(Outcome::Succeeded)]
+    );
+}
+
+#[test]
+fn a_fleet_not_drained_in_time_is_not_retired_and_the_refusal_names_the_proxies() {
+    let (mut r, t) = draining();
+    let reports = blue_reports(&[("a", Some((3, 0))), ("b", Some((0, 9))), ("d", None)]);
+    assert!(r.on_event(reports, t + Duration::from_secs(1)).is_empty());
+    assert!(
+        r.on_event(Event::Tick, t + Duration::from_secs(29))
+            .is_empty(),
+        "not before its timeout"
+    );
+    let a = r.on_event(Event::Tick, t + Duration::from_secs(30));
+    let [Action::Finish(Outcome::Refused { reason })] = &a[..] else {
+        panic!("refused: {a:?}")
+    };
+    let Reason::DrainTimedOut {
+        fleet,
+        within,
+        last: Some(last),
+    } = reason
+    else {
+        panic!("{reason:?}")
+    };
+    assert_eq!((fleet.as_str(), *within), ("blue", Duration::from_secs(30)));
+    assert_eq!((last.draining_count, last.in_flight), (1, 3));
+    assert_eq!(last.draining[0].proxy, "a");
+    assert_eq!(last.silent, ["d"]);
+    let text = reason.to_string();
+    assert!(
+        text.contains("a (3)") && text.contains("no load reports from d"),
+        "{text}"
+    );
+    assert_eq!(r.last_version(), None, "nothing was committed");
+
+    // No report came in at all (a drain timeout shorter than the report
+    // interval): refused all the same, saying so.
+    let (mut r, t) = draining();
+    let a = r.on_event(Event::Tick, t + Duration::from_secs(30));
+    assert!(
+        matches!(
+            &a[..],
+            [Action::Finish(Outcome::Refused {
+                reason: Reason::DrainTimedOut { last: None, .. }
+            })]
+        ),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn a_proxy_that_reports_no_load_is_never_taken_as_drained() {
+    let (mut r, t) = draining();
+    for i in 1..30 {
+        let reports = blue_reports(&[("a", Some((0, 2 + i))), ("quiet", None)]);
+        assert!(
+            r.on_event(reports, t + Duration::from_secs(u64::from(i)))
+                .is_empty()
+        );
+    }
+    assert_eq!(r.progress().waiting_for, ["quiet"]);
+    let a = r.on_event(Event::Tick, t + Duration::from_secs(30));
+    assert!(
+        matches!(&a[..], [Action::Finish(Outcome::Refused { reason: Reason::DrainTimedOut { last: Some(d), .. } })]
+            if d.silent == ["quiet"] && d.draining.is_empty()),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn a_rollback_or_an_abort_cancels_a_retirement_while_it_drains() {
+    let (mut r, t) = draining();
+    r.on_event(blue_reports(&[("a", Some((1, 0)))]), t);
+    assert!(r.is_pending_retirement(), "a rollback may still cancel it");
+    let a = r.cancel_retirement("carol", t).expect("cancels");
+    assert!(
+        matches!(
+            &a[..],
+            [Action::Finish(Outcome::Aborted {
+                reason: Reason::StoppedBeforeCommit {
+                    for_rollback: true,
+                    ..
+                }
+            })]
+        ),
+        "{a:?}"
+    );
+    assert!(r.wants_traffic().is_empty());
+    assert_eq!(r.last_version(), None);
+
+    let (mut r, t) = draining();
+    let a = r.abort("dave", t).expect("aborts");
+    assert!(matches!(&a[..], [Action::Finish(Outcome::Aborted { .. })]));
+}
+
+#[test]
+fn a_draining_retirement_is_kept_on_shutdown_and_drains_again_after_a_restart() {
+    let (mut r, t) = draining();
+    r.on_event(blue_reports(&[("a", Some((1, 0)))]), t);
+    let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+    let rec = r.record(t, wall);
+    assert_eq!(rec.stage, Stage::Pending);
+    assert_eq!(rec.wait_until, Some(wall), "its delay is over");
+    assert_eq!(rec.plan.drain_timeout, Duration::from_secs(30));
+    assert_eq!(r.shut_down(), None, "saved for the next start, not ended");
+
+    let t2 = t + Duration::from_secs(500);
+    let later = wall + Duration::from_secs(500);
+    let (mut again, a) = Rollout::resume("web", rec, &ver("5-x"), t2, later);
+    assert!(a.is_empty());
+    assert_eq!(again.next_deadline(), Some(t2), "no delay left");
+    assert_eq!(again.on_event(Event::Tick, t2), [Action::ObserveTraffic]);
+    assert_eq!(again.phase(), Phase::Draining);
+    assert_eq!(again.wants_traffic(), ["blue"]);
+    assert_eq!(
+        again.next_deadline(),
+        Some(t2 + Duration::from_secs(30)),
+        "a whole drain timeout again"
+    );
+    assert_eq!(
+        again.on_event(blue_reports(&[("a", Some((0, 2)))]), t2),
+        [Action::ObserveProxies]
+    );
+}
+
+#[test]
+fn a_drain_timeout_of_zero_retires_without_waiting_for_reports() {
+    let green_live = green().split;
+    let op = retire("blue", Duration::from_secs(60), Duration::ZERO);
+    let (mut r, t) = started_at(&op, &green_live, None);
+    assert_eq!(
+        r.on_event(Event::Tick, t + Duration::from_secs(60)),
+        [Action::ObserveProxies]
+    );
+    assert_eq!(r.phase(), Phase::Preparing);
+    assert!(r.wants_traffic().is_empty());
 }

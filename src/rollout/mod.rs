@@ -8,6 +8,8 @@
 //! - `reason`: why an operation did not simply succeed.
 //! - `checks`: the HTTP checks a rollout sends straight to a fleet's
 //!   endpoints.
+//! - [`drain`]: whether a fleet is drained, by the proxies' load reports
+//!   (what they say of it arrives as `traffic`).
 //! - [`registration`]: endpoints a deploy pipeline or an instance
 //!   registers through the admin API, with TTLs.
 //! - Every service's split, and the rule a split follows, are the
@@ -38,6 +40,7 @@
 
 pub(crate) mod analysis;
 pub(crate) mod checks;
+pub mod drain;
 #[cfg(test)]
 mod fixtures;
 pub mod machine;
@@ -52,6 +55,7 @@ pub(crate) mod version;
 use crate::config::WeightsError;
 
 pub use analysis::Criteria;
+pub use drain::FleetDrain;
 pub use reason::Reason;
 pub use traffic::MeasuredFleet;
 pub use version::Version;
@@ -73,6 +77,13 @@ pub(crate) const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// ACK when the request does not say (`timeout_ms: 0`; the CLI sends that
 /// when `--timeout` is not given, so this is the only default).
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a retirement waits for every proxy to report the fleet
+/// drained when the request does not say (`drain_timeout_ms` unset; the
+/// CLI leaves it unset when `--drain-timeout` is not given). Long enough
+/// for a slow upload or a long poll, short enough that a proxy that never
+/// reports does not hold a release for an afternoon.
+pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What kind of operation: the verb operators type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -161,7 +172,8 @@ pub enum Operation {
         /// How long to wait for every proxy to ACK.
         timeout: Duration,
     },
-    /// After a delay, drop a fleet's weight and endpoints.
+    /// After a delay, and once every proxy reports no request in
+    /// progress to it, drop a fleet's weight and endpoints.
     Retire {
         /// The service.
         service: String,
@@ -169,6 +181,9 @@ pub enum Operation {
         fleet: String,
         /// How long to wait first; `rollback` still works until then.
         after: Duration,
+        /// How long to wait, after `after`, for every proxy to report the
+        /// fleet drained before refusing; zero retires without waiting.
+        drain_timeout: Duration,
     },
 }
 
@@ -210,6 +225,9 @@ pub enum Phase {
     Analysis,
     /// Between two steps of a shift, or before a retirement.
     Waiting,
+    /// Before a retirement, after its delay: waiting for every proxy to
+    /// report no request in progress to the fleet.
+    Draining,
     /// Putting every proxy back on the previous weights.
     RollingBack,
     /// Finished; see the outcome.
@@ -226,6 +244,7 @@ impl Phase {
             Phase::PostChecks => "post-checks",
             Phase::Analysis => "analysis",
             Phase::Waiting => "waiting",
+            Phase::Draining => "draining",
             Phase::RollingBack => "rolling-back",
             Phase::Done => "done",
         }
@@ -325,13 +344,14 @@ pub struct Progress {
     pub target: Split,
     /// The version being confirmed, once committed.
     pub version: Option<Version>,
-    /// Proxies that ACKed it.
+    /// Proxies that ACKed it; while draining, proxies that report the
+    /// fleet idle.
     pub acked: usize,
-    /// Proxies that must ACK it.
+    /// Proxies that must ACK it (or report the fleet idle).
     pub total: usize,
-    /// Ids of proxies that have not ACKed yet: the first
-    /// `WAITING_SHOWN` by id (`total - acked`
-    /// counts them all).
+    /// Ids of proxies not done yet (not ACKed; while draining, not
+    /// reporting the fleet idle): the first `WAITING_SHOWN` by id
+    /// (`total - acked` counts them all).
     pub waiting_for: Vec<String>,
     /// Ids of cordoned proxies of the service's groups, which the
     /// operation does not wait for (and whose NACKs do not roll back).
@@ -428,6 +448,9 @@ pub struct ServiceStatus {
     pub retired: Vec<String>,
     /// A pending retirement.
     pub retirement: Option<Retirement>,
+    /// Per fleet with no weight, whether the proxies report it drained,
+    /// in fleet order.
+    pub drains: Vec<FleetDrain>,
     /// Since when more than one fleet has had endpoints (the cost window
     /// of running both fleets); `None` when only one has.
     pub both_fleets_since: Option<SystemTime>,

@@ -39,6 +39,11 @@ pub struct Plan {
     pub(crate) interval: Duration,
     /// Wait `interval` before the first step too (retirement).
     pub(crate) wait_first: bool,
+    /// A retirement: after its wait, how long to wait for every proxy to
+    /// report the fleet drained; zero does not wait (and is what a record
+    /// saved before teal waited for drains reads as).
+    #[serde(rename = "drain_timeout_ms", with = "serde_time::millis", default)]
+    pub(crate) drain_timeout: Duration,
     /// How each step's traffic is judged once it is confirmed; `None`
     /// (and in plans saved before analyses existed): it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,6 +67,7 @@ impl Plan {
             timeout,
             interval: Duration::ZERO,
             wait_first: false,
+            drain_timeout: Duration::ZERO,
             analysis,
         }
     }
@@ -380,6 +386,7 @@ pub fn plan(op: &Operation, service: &ServiceView<'_>) -> Result<Plan, RolloutEr
                 timeout: *timeout,
                 interval: *interval,
                 wait_first: false,
+                drain_timeout: Duration::ZERO,
                 analysis: service.analysis.clone(),
             })
         }
@@ -394,14 +401,21 @@ pub fn plan(op: &Operation, service: &ServiceView<'_>) -> Result<Plan, RolloutEr
             // the service had before.
             Ok(Plan::one_step(service, split, *skip_checks, *timeout, None))
         }
-        Operation::Retire { fleet, after, .. } => {
+        Operation::Retire {
+            fleet,
+            after,
+            drain_timeout,
+            ..
+        } => {
             check_wait("delay", *after)?;
+            check_wait("drain timeout", *drain_timeout)?;
             Ok(Plan {
                 steps: vec![retirement(service, fleet)?],
                 checks: false,
                 timeout: RETIRE_TIMEOUT,
                 interval: *after,
                 wait_first: true,
+                drain_timeout: *drain_timeout,
                 analysis: None,
             })
         }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::drain::FleetDrain;
 use super::{CheckResult, Phase};
 use crate::config::Ratio;
 
@@ -68,6 +69,17 @@ pub enum Reason {
     },
     /// The plan had no step to apply.
     NothingToDo,
+    /// A retirement's fleet was not reported drained by every proxy in
+    /// time; nothing was retired.
+    DrainTimedOut {
+        /// The fleet.
+        fleet: String,
+        /// The drain timeout.
+        within: Duration,
+        /// What the last load reports said; `None` when none came in.
+        /// Boxed: every reason is carried by value, most of them small.
+        last: Option<Box<FleetDrain>>,
+    },
     /// A proxy rejected the version carrying the change.
     Rejected {
         /// The proxy's node id.
@@ -420,6 +432,21 @@ impl fmt::Display for Reason {
                 f.write_str("; traffic would go nowhere, so it was not committed")
             }
             Reason::NothingToDo => f.write_str("nothing to do"),
+            Reason::DrainTimedOut {
+                fleet,
+                within,
+                last,
+            } => {
+                write!(f, "fleet {fleet:?} did not drain within {within:?}: ")?;
+                match last {
+                    Some(drain) => write!(f, "{drain}")?,
+                    None => f.write_str("no load report came in")?,
+                }
+                f.write_str(
+                    "; nothing was retired (retry later, or retire without waiting with \
+                     --drain-timeout 0)",
+                )
+            }
             Reason::Rejected { proxy, why } => {
                 write!(f, "proxy {proxy} rejected the change: {why}")
             }

@@ -99,6 +99,37 @@ fn every_reason_reads_as_it_always_has() {
         ),
         (Reason::NothingToDo, "nothing to do"),
         (
+            Reason::DrainTimedOut {
+                fleet: "blue".into(),
+                within: std::time::Duration::from_secs(300),
+                last: Some(Box::new(FleetDrain {
+                    fleet: "blue".into(),
+                    proxies: 3,
+                    idle: 1,
+                    draining: vec![crate::rollout::drain::Draining {
+                        proxy: "edge-1".into(),
+                        in_flight: 2,
+                    }],
+                    draining_count: 1,
+                    in_flight: 2,
+                    silent: vec!["edge-9".into()],
+                    silent_count: 1,
+                })),
+            },
+            "fleet \"blue\" did not drain within 300s: 1 of 3 proxies idle; requests in \
+             flight on edge-1 (2); no load reports from edge-9; nothing was retired (retry \
+             later, or retire without waiting with --drain-timeout 0)",
+        ),
+        (
+            Reason::DrainTimedOut {
+                fleet: "blue".into(),
+                within: std::time::Duration::from_millis(500),
+                last: None,
+            },
+            "fleet \"blue\" did not drain within 500ms: no load report came in; nothing was \
+             retired (retry later, or retire without waiting with --drain-timeout 0)",
+        ),
+        (
             Reason::Rejected {
                 proxy: "b".into(),
                 why: "RDS 3-ab: bad route".into(),

@@ -57,6 +57,7 @@ fn sample(seq: u64) -> PersistedState {
                     timeout: Duration::from_secs(30),
                     interval: Duration::from_secs(100),
                     wait_first: true,
+                    drain_timeout: Duration::from_secs(60),
                     analysis: None,
                 },
                 original: Change::default(),

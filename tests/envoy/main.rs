@@ -16,6 +16,7 @@ mod commit_guards;
 mod cordon;
 mod csds;
 mod deploy_pipeline;
+mod drain;
 mod envoy_config;
 mod envoy_flip;
 mod envoy_xds;

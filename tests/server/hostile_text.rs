@@ -133,6 +133,7 @@ impl Backend for HostileBackend {
                 weights: split(&[("blue", 100), ("green", 0)]),
                 retired: vec![],
                 retirement: None,
+                drains: vec![],
                 both_fleets_since: None,
                 last_change: Some(self.entry()),
                 in_progress: Some(self.progress(Phase::Confirming)),

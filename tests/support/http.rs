@@ -301,6 +301,19 @@ pub async fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> io::Result<
     request("GET", port, path, headers).await
 }
 
+/// [`get`] that waits up to `timeout` for the whole answer: for a request
+/// an upstream holds open on purpose, longer than [`get`] waits.
+pub async fn get_within(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> io::Result<HttpResponse> {
+    tokio::time::timeout(timeout, request_inner("GET", port, path, headers, ""))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))?
+}
+
 /// `POST path` with an empty body, otherwise like [`get`].
 pub async fn post(port: u16, path: &str, headers: &[(&str, &str)]) -> io::Result<HttpResponse> {
     request("POST", port, path, headers).await
