@@ -1404,3 +1404,24 @@ async fn a_flip_whose_traffic_is_healthy_succeeds_at_the_end_of_its_window() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_proxy_that_is_reconnecting_is_not_drained() {
+    let registry = ProxyRegistry::new();
+    registry.set_reconnect_hold(Duration::from_secs(30));
+    registry.loads().configure(Duration::from_millis(20), 1000);
+    let (c, _t) = on_registry(&registry, Arc::new(MemoryStore::default())).await;
+    let flipped = c.start(flip("api", true), "x").await.expect("flip");
+    assert_eq!(outcome(flipped).await, Outcome::Succeeded);
+    let stream = synced_edge_proxy(&registry, &c, "edge-1");
+    let load = registry.loads().open("edge-1", "edge");
+    report_api(&registry, &load, "blue", 0);
+    report_api(&registry, &load, "blue", 0);
+    let drains = web_or_api(&c, "api").await.drains;
+    assert!(drains[0].is_drained(), "{drains:?}");
+    // Its xDS stream ends: its requests in flight go on while it
+    // reconnects, so it is not drained until it reports again.
+    drop(stream);
+    let drains = web_or_api(&c, "api").await.drains;
+    assert!(!drains[0].is_drained(), "{drains:?}");
+}

@@ -981,17 +981,19 @@ impl Driver {
             .into_iter()
             .map(|p| (p.node.clone(), p))
             .collect();
-        let mut nodes: Vec<Arc<str>> = self
-            .registry
-            .statuses()
-            .iter()
-            .filter(|p| !p.disconnected)
-            .filter_map(|p| p.node.as_ref())
-            .filter(|n| groups.contains(&n.cluster) && !cordoned.contains(&n.id))
-            .map(|n| Arc::from(n.id.as_str()))
-            .collect();
-        nodes.sort_unstable();
-        nodes.dedup();
+        // By node: whether a stream of it is connected. A proxy whose
+        // stream ended and that has not come back yet (see
+        // `ProxyStatus::disconnected`) still counts, as reporting nothing:
+        // its requests in flight go on while it reconnects, so it is not
+        // drained until a new load stream says so.
+        let mut nodes: BTreeMap<Arc<str>, bool> = BTreeMap::new();
+        for p in self.registry.statuses().iter() {
+            let Some(n) = p.node.as_ref() else { continue };
+            if !groups.contains(&n.cluster) || cordoned.contains(&n.id) {
+                continue;
+            }
+            *nodes.entry(Arc::from(n.id.as_str())).or_default() |= !p.disconnected;
+        }
         let served = self.config.services.get(service).map(|svc| &svc.fleets);
         fleets
             .iter()
@@ -1011,10 +1013,11 @@ impl Driver {
                     fleet: fleet.clone(),
                     proxies: nodes
                         .iter()
-                        .map(|id| ProxyTraffic {
+                        .map(|(id, connected)| ProxyTraffic {
                             id: id.clone(),
                             load: loads
                                 .get(id)
+                                .filter(|_| *connected)
                                 .and_then(|l| l.clusters.get(&cluster))
                                 .copied(),
                         })
