@@ -94,7 +94,9 @@ pub(crate) use model::{
     ANALYSIS_WINDOW, Analysis, Check, EndpointSource, MAX_ZONE_BYTES, Protocol, Service,
     TooFewRequests,
 };
-pub use model::{Config, DEFAULT_SLICE_MANAGER, Endpoint, KubernetesFleet, KubernetesPort, Ratio};
+pub use model::{
+    Config, DEFAULT_SLICE_MANAGER, Endpoint, KubernetesFleet, KubernetesPort, KubernetesRef, Ratio,
+};
 pub(crate) use overlay::{EndpointOverlay, EndpointSetError, FleetSets, check_endpoints};
 pub(crate) use parse::parse_address;
 pub(crate) use translate::cluster_name;

@@ -46,6 +46,9 @@ pub struct Service {
     /// How a rollout judges the traffic a fleet takes after a switch, from
     /// the proxies' load reports; `None`: it does not.
     pub(crate) analysis: Option<Analysis>,
+    /// The Gateway API `HTTPRoute` whose weights drive the service's split
+    /// (`kubernetes.route`); while set, only it changes the weights.
+    pub(crate) route: Option<KubernetesRef>,
 }
 
 /// `analysis:` of a service: the error ratio a fleet gaining traffic may
@@ -336,6 +339,10 @@ pub struct Group {
     /// one whole segment) that may join the group; empty admits any
     /// proxy, with or without a certificate.
     pub(crate) identities: Vec<crate::transport::identity::IdentityPattern>,
+    /// The Gateway API `Gateway` this group implements
+    /// (`kubernetes.gateway`): routes whose parent is that Gateway are the
+    /// group's.
+    pub(crate) gateway: Option<KubernetesRef>,
 }
 
 /// One listener of a group.
@@ -508,6 +515,36 @@ impl std::fmt::Display for KubernetesPort {
             KubernetesPort::Name(n) => f.write_str(n),
             KubernetesPort::Number(n) => write!(f, "{n}"),
         }
+    }
+}
+
+/// A namespaced Kubernetes object by name (`{namespace, name}`), both
+/// checked as Kubernetes checks them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KubernetesRef {
+    /// A DNS label.
+    pub namespace: String,
+    /// A DNS subdomain (lowercase, `.` and `-`, at most 253).
+    pub name: String,
+}
+
+impl std::fmt::Display for KubernetesRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl Service {
+    /// The `HTTPRoute` that drives the service's weights, if one does.
+    pub fn route(&self) -> Option<&KubernetesRef> {
+        self.route.as_ref()
+    }
+}
+
+impl Group {
+    /// The `Gateway` the group implements, if it does.
+    pub fn gateway(&self) -> Option<&KubernetesRef> {
+        self.gateway.as_ref()
     }
 }
 

@@ -85,6 +85,7 @@ fn service(checks: Vec<(&str, Check)>, green: &[SocketAddr]) -> Service {
         outlier_detection: None,
         checks: checks.into_iter().map(|(n, c)| (n.to_owned(), c)).collect(),
         analysis: None,
+        route: None,
     }
 }
 

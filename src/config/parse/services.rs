@@ -43,6 +43,7 @@ pub(super) fn service(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Servic
             "outlier_detection",
             "checks",
             "analysis",
+            "kubernetes",
         ],
     )?;
     // Every part is read (and its problems reported) before any missing
@@ -66,7 +67,12 @@ pub(super) fn service(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Servic
     let analysis = f
         .get("analysis")
         .map(|n| analysis(cx, n, &f.path("analysis")));
+    let route = match f.get("kubernetes") {
+        None => Some(None),
+        Some(n) => super::kubernetes::service_route(cx, n, &f.path("kubernetes")),
+    };
     Some(Service {
+        route: route?,
         fleets: fleets_ok.then_some(fleets)?,
         live: live?,
         protocol: protocol?,
