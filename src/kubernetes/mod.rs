@@ -19,7 +19,11 @@
 //! `KubeFleets` that does nothing are built (and `teal validate`
 //! refuses `kubernetes` fleets).
 
+#[cfg(feature = "kubernetes")]
+pub mod gateway;
 mod limits;
+#[cfg(feature = "kubernetes")]
+pub(crate) mod routes;
 #[cfg(feature = "kubernetes")]
 pub mod slices;
 #[cfg(feature = "kubernetes")]
