@@ -273,6 +273,15 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = crate::kubernetes::KubeLimits::DEFAULT_MAX_ENDPOINTS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub(crate) kube_max_endpoints: usize,
+    /// The least time between two status writes of one HTTPRoute
+    /// (`50ms` to `1m`).
+    #[arg(long, default_value = "250ms", value_parser = status_interval)]
+    pub(crate) kube_status_interval: Duration,
+    /// The `controllerName` of the GatewayClasses teal implements: an
+    /// HTTPRoute's Gateway parent is teal's when its class names this.
+    #[arg(long, default_value = crate::kubernetes::DEFAULT_CONTROLLER_NAME,
+          value_parser = controller_name)]
+    pub(crate) gateway_controller_name: String,
     /// What proxies and other clients may make teal hold.
     #[command(flatten)]
     pub(crate) limits: serve_limits::LimitArgs,
@@ -418,6 +427,36 @@ fn drain(s: &str) -> Result<Duration, String> {
     seconds_in(s, 0.0, 300.0)
 }
 
+fn status_interval(s: &str) -> Result<Duration, String> {
+    seconds_in(s, 0.05, 60.0)
+}
+
+/// A GatewayClass `controllerName`: a domain-prefixed path
+/// (`example.com/name`), as the Gateway API validates it.
+fn controller_name(s: &str) -> Result<String, String> {
+    let ok = s.len() <= 253
+        && s.split_once('/').is_some_and(|(domain, path)| {
+            !domain.is_empty()
+                && domain.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+                })
+                && !path.is_empty()
+                && path
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"/-._~%!$&'()*+,;=:".contains(&c))
+        });
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a controller name: a domain, '/', and a path (teal.dev/gateway-controller)"
+        ))
+    }
+}
+
 impl Cli {
     /// How many characters of one value a log line shows.
     pub fn log_value_chars(&self) -> usize {
@@ -540,8 +579,10 @@ fn serve_command(args: ServeArgs) -> u8 {
         kube: crate::kubernetes::KubeLimits {
             max_slices: args.kube_max_slices,
             max_endpoints: args.kube_max_endpoints,
+            status_interval: args.kube_status_interval,
             ..Default::default()
         },
+        gateway_controller_name: args.gateway_controller_name,
         endpoint_limits: args.limits.endpoint_limits(),
     };
     args.limits

@@ -490,8 +490,17 @@ impl Driver {
             None => return,
         };
         match cmd {
-            Command::Start { op, actor, reply } => {
+            Command::Start {
+                op,
+                actor,
+                route,
+                reply,
+            } => {
                 let service = op.service().to_owned();
+                if let Err(e) = self.route_may_start(&op, route.as_ref()) {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
                 match self.begin(op, actor).await {
                     Ok((rx, actions)) => {
                         let _ = reply.send(Ok(rx));
@@ -747,6 +756,33 @@ impl Driver {
 
     /// Plans an operation, saves it as started, and registers it; the
     /// caller then carries out the returned actions.
+    /// While an HTTPRoute drives a service's weights, only that route
+    /// changes them: a flip, shift or rollback from anyone else is refused
+    /// naming the route (a retirement, which moves no traffic, is not).
+    fn route_may_start(
+        &self,
+        op: &Operation,
+        asking: Option<&crate::config::KubernetesRef>,
+    ) -> Result<(), RolloutError> {
+        let Some(driving) = self
+            .config
+            .services
+            .get(op.service())
+            .and_then(|s| s.route())
+        else {
+            return Ok(());
+        };
+        if op.verb() == Verb::Retire || asking == Some(driving) {
+            return Ok(());
+        }
+        Err(RolloutError::Precondition(format!(
+            "the weights of service {:?} follow HTTPRoute {driving} \
+             (services.{}.kubernetes.route): change the route, not the service",
+            op.service(),
+            op.service()
+        )))
+    }
+
     async fn begin(
         &mut self,
         op: Operation,

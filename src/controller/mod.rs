@@ -240,10 +240,35 @@ impl Controller {
         .await?
     }
 
+    /// Starts `op` on behalf of `route`, the HTTPRoute that drives the
+    /// service (`services.<s>.kubernetes.route`): the one way to change
+    /// its weights while it does. The actor is `k8s:HTTPRoute/<ns>/<name>`.
+    #[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
+    pub(crate) async fn start_for_route(
+        &self,
+        op: Operation,
+        route: &crate::config::KubernetesRef,
+    ) -> Result<watch::Receiver<Progress>, RolloutError> {
+        let actor = route_actor(route);
+        let route = Some(route.clone());
+        self.ask(|reply| Command::Start {
+            op,
+            actor,
+            route,
+            reply,
+        })
+        .await?
+    }
+
     /// The snapshot being served.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshots.peek()
     }
+}
+
+/// How history and logs name a change an HTTPRoute made.
+pub(crate) fn route_actor(route: &crate::config::KubernetesRef) -> String {
+    format!("k8s:HTTPRoute/{}/{}", route.namespace, route.name)
 }
 
 #[tonic::async_trait]
@@ -274,8 +299,13 @@ impl Backend for Controller {
         actor: &str,
     ) -> Result<watch::Receiver<Progress>, RolloutError> {
         let actor = actor.to_owned();
-        self.ask(|reply| Command::Start { op, actor, reply })
-            .await?
+        self.ask(|reply| Command::Start {
+            op,
+            actor,
+            route: None,
+            reply,
+        })
+        .await?
     }
 
     async fn follow(&self, id: u64) -> Result<watch::Receiver<Progress>, RolloutError> {

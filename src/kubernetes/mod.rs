@@ -23,6 +23,8 @@
 pub mod gateway;
 mod limits;
 #[cfg(feature = "kubernetes")]
+mod route_watch;
+#[cfg(feature = "kubernetes")]
 pub(crate) mod routes;
 #[cfg(feature = "kubernetes")]
 pub mod slices;
@@ -35,7 +37,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::controller::Controller;
 
-pub use limits::KubeLimits;
+pub use limits::{DEFAULT_CONTROLLER_NAME, KubeLimits};
 
 /// How long starting a watcher waits for its first lists.
 #[cfg(feature = "kubernetes")]
@@ -48,16 +50,38 @@ pub(crate) struct KubeFleets {
     limits: KubeLimits,
     #[cfg(feature = "kubernetes")]
     watchers: Option<watch::Watchers<Controller>>,
+    /// `--gateway-controller-name`.
+    controller_name: String,
+    /// The HTTPRoute tasks, by service, with the config each was started
+    /// for (a reload that changes it restarts the task).
+    #[cfg(feature = "kubernetes")]
+    routes: std::collections::BTreeMap<String, (Config, tokio::task::JoinHandle<()>)>,
+}
+
+#[cfg(feature = "kubernetes")]
+impl Drop for KubeFleets {
+    fn drop(&mut self) {
+        for (_, task) in self.routes.values() {
+            task.abort();
+        }
+    }
 }
 
 impl KubeFleets {
     /// No watcher yet.
-    pub(crate) fn new(controller: Controller, limits: KubeLimits) -> KubeFleets {
+    pub(crate) fn new(
+        controller: Controller,
+        limits: KubeLimits,
+        controller_name: String,
+    ) -> KubeFleets {
         KubeFleets {
             controller,
             limits,
             #[cfg(feature = "kubernetes")]
             watchers: None,
+            controller_name,
+            #[cfg(feature = "kubernetes")]
+            routes: std::collections::BTreeMap::new(),
         }
     }
 
@@ -69,7 +93,9 @@ impl KubeFleets {
     #[cfg(feature = "kubernetes")]
     pub(crate) async fn follow(&mut self, config: &Config) {
         if self.watchers.is_none() {
-            if watch::kubernetes_fleets(config).is_empty() {
+            if watch::kubernetes_fleets(config).is_empty()
+                && config.services.values().all(|s| s.route().is_none())
+            {
                 return;
             }
             match client().await {
@@ -89,6 +115,11 @@ impl KubeFleets {
         let Some(w) = &mut self.watchers else {
             return;
         };
+        let client = w.client();
+        self.follow_routes(client, config);
+        let Some(w) = &mut self.watchers else {
+            return;
+        };
         // Wait (a little) for the first lists: at start, this runs before
         // the xDS port opens, so that proxies (re)connecting to a
         // restarted teal are not sent a live fleet with no endpoints.
@@ -101,10 +132,47 @@ impl KubeFleets {
         }
     }
 
+    /// Starts, restarts and stops the HTTPRoute tasks so that each
+    /// service of `config` with `kubernetes.route` has one. A task is
+    /// restarted when the config changes (its fleets or groups may have).
+    #[cfg(feature = "kubernetes")]
+    fn follow_routes(&mut self, client: kube::Client, config: &Config) {
+        let wanted: std::collections::BTreeMap<&String, &crate::config::KubernetesRef> = config
+            .services
+            .iter()
+            .filter_map(|(name, s)| s.route().map(|r| (name, r)))
+            .collect();
+        self.routes.retain(|service, (started_for, task)| {
+            let keep = wanted.contains_key(service) && started_for == config;
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        let settings = route_watch::RouteSettings {
+            controller_name: self.controller_name.clone(),
+            status_interval: self.limits.status_interval,
+        };
+        for (service, route) in wanted {
+            if self.routes.contains_key(service) {
+                continue;
+            }
+            let task = tokio::spawn(route_watch::run_route(
+                client.clone(),
+                service.clone(),
+                route.clone(),
+                config.clone(),
+                settings.clone(),
+                self.controller.clone(),
+            ));
+            self.routes.insert(service.clone(), (config.clone(), task));
+        }
+    }
+
     /// Without the `kubernetes` feature no config has Kubernetes fleets.
     #[cfg(not(feature = "kubernetes"))]
     pub(crate) async fn follow(&mut self, config: &Config) {
-        let _ = (config, &self.controller, self.limits);
+        let _ = (config, &self.controller, self.limits, &self.controller_name);
     }
 }
 

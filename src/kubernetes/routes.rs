@@ -28,13 +28,13 @@ use std::collections::BTreeMap;
 
 use super::gateway::{Condition, HttpRoute, ParentRef, RouteParentStatus};
 use crate::config::{Config, KubernetesRef, ListenerKind, Service};
-use crate::rollout::Split;
+use crate::rollout::{Outcome, Progress, Split};
 
 /// teal's own condition: every connected proxy ACKed the weights of the
 /// route's `observedGeneration`.
 pub(crate) const CONFIRMED: &str = "teal.dev/Confirmed";
-/// The default of `--gateway-controller-name`.
-pub(crate) const DEFAULT_CONTROLLER_NAME: &str = "teal.dev/gateway-controller";
+#[cfg(test)]
+pub(crate) use super::DEFAULT_CONTROLLER_NAME;
 /// The most weight one backend may have (the Gateway API's own bound).
 pub(crate) const MAX_BACKEND_WEIGHT: i64 = 1_000_000;
 /// The most `status.parents` entries a route may have (the Gateway API's
@@ -292,6 +292,8 @@ pub(crate) enum Confirmation {
         acked: usize,
         total: usize,
     },
+    /// The split asked for was already served, with nothing running.
+    InEffect { version: String },
     /// Applied, then undone (a NACK, a failed check, the analysis).
     RolledBack { why: String },
     /// Not applied.
@@ -326,8 +328,45 @@ impl Confirmation {
                 "Confirmed",
                 format!("version {version} confirmed by {acked}/{total} proxies"),
             ),
+            Confirmation::InEffect { version } => (
+                "True",
+                "Confirmed",
+                format!("these weights were already in effect (version {version})"),
+            ),
             Confirmation::RolledBack { why } => ("False", "RolledBack", why.clone()),
             Confirmation::Refused { why } => ("False", "Refused", why.clone()),
+        }
+    }
+}
+
+impl Confirmation {
+    /// Where an operation that applies a route's weights is.
+    pub(crate) fn of(progress: &Progress) -> Confirmation {
+        let version = progress.version.as_ref().map(ToString::to_string);
+        match &progress.outcome {
+            None => Confirmation::Pending {
+                version,
+                acked: progress.acked,
+                total: progress.total,
+                waiting_for: progress.waiting_for.clone(),
+                phase: progress.phase.as_str().to_owned(),
+            },
+            Some(Outcome::Succeeded) => Confirmation::Confirmed {
+                version: version.unwrap_or_else(|| "-".to_owned()),
+                acked: progress.acked,
+                total: progress.total,
+            },
+            Some(Outcome::Refused { reason }) => Confirmation::Refused {
+                why: reason.to_string(),
+            },
+            Some(
+                Outcome::RolledBack { reason }
+                | Outcome::Unconfirmed { reason }
+                | Outcome::Aborted { reason }
+                | Outcome::Interrupted { reason },
+            ) => Confirmation::RolledBack {
+                why: reason.to_string(),
+            },
         }
     }
 }
