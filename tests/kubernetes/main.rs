@@ -13,4 +13,5 @@
 mod support;
 
 mod flip;
+mod routes;
 mod watcher;

@@ -335,6 +335,22 @@ pub async fn post_json(port: u16, path: &str, body: &str) -> io::Result<HttpResp
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))?
 }
 
+/// Any `method` with `body` (JSON), otherwise like [`get`].
+pub async fn send_json(
+    method: &str,
+    port: u16,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> io::Result<HttpResponse> {
+    tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        request_inner(method, port, path, &[("content-type", content_type)], body),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))?
+}
+
 async fn request(
     method: &str,
     port: u16,

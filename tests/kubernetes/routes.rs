@@ -1,0 +1,319 @@
+//! An HTTPRoute drives a service's weights: the real `teal serve` against
+//! the fake API server (`support/kube_api.rs`: HTTPRoute, Gateway and
+//! GatewayClass list/watch, status writes with `resourceVersion`
+//! conflicts), a real edge Envoy under load, and the real CLI.
+//!
+//! The route is changed the way Argo Rollouts' Gateway API plugin changes
+//! it (read the route, set the backends' weights, update it with the
+//! version read); teal applies each generation through a confirmed shift
+//! and writes `Accepted`, `ResolvedRefs` and `teal.dev/Confirmed` into the
+//! route's status, beside another controller's entry, which survives.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::flip::{cli, spawn_teal};
+use crate::support::http::{self, Upstream};
+use crate::support::kube_api::{FakeKube, gateway, gateway_class, route, slice};
+use crate::support::traffic::Traffic;
+use crate::support::{Envoy, Protocol, free_port, show, wait_until};
+
+const TEAL_CONTROLLER: &str = "teal.dev/gateway-controller";
+const OTHER_CONTROLLER: &str = "example.com/other-gateway";
+
+/// The entry `controller` wrote for parent `parent` in the route's status.
+fn entry<'a>(route: &'a Value, controller: &str, parent: &str) -> Option<&'a Value> {
+    route["status"]["parents"].as_array()?.iter().find(|e| {
+        e["controllerName"] == controller && e["parentRef"]["name"].as_str() == Some(parent)
+    })
+}
+
+/// `(status, reason, observedGeneration, message)` of condition `type_`.
+fn condition(entry: &Value, type_: &str) -> Option<(String, String, i64, String)> {
+    let c = entry["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?;
+    Some((
+        c["status"].as_str()?.to_owned(),
+        c["reason"].as_str()?.to_owned(),
+        c["observedGeneration"].as_i64()?,
+        c["message"].as_str().unwrap_or("").to_owned(),
+    ))
+}
+
+/// Waits until teal's entry for `public` says `type_` is `status` with
+/// `reason` for `generation`; returns its message.
+async fn wait_condition(
+    api: &FakeKube,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    generation: i64,
+    log: impl Fn() -> String,
+) -> String {
+    let what = format!("{type_}={status} ({reason}) for generation {generation}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = api.get("httproutes", "shop", "web").expect("the route");
+        if let Some(c) = entry(&r, TEAL_CONTROLLER, "public").and_then(|e| condition(e, type_))
+            && c.0 == status
+            && c.1 == reason
+            && c.2 == generation
+        {
+            return c.3;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "no {what}; the route is {}\nteal's log:\n{}",
+                serde_json::to_string_pretty(&r).unwrap_or_default(),
+                log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What Argo Rollouts' plugin does: read the route, set the weights of
+/// its backends, and update it with the version it read.
+async fn set_weights(api: &FakeKube, weights: &[(&str, i64)]) -> i64 {
+    let path = "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/web";
+    let got = http::get(api.addr.port(), path, &[])
+        .await
+        .expect("GET the route");
+    assert_eq!(got.status, 200, "{}", got.body);
+    let mut r: Value = serde_json::from_str(&got.body).expect("JSON");
+    let refs: Vec<Value> = weights
+        .iter()
+        .map(|(n, w)| json!({"group": "", "kind": "Service", "name": n, "port": 80, "weight": w}))
+        .collect();
+    r["spec"]["rules"][0]["backendRefs"] = json!(refs);
+    let put = http::send_json(
+        "PUT",
+        api.addr.port(),
+        path,
+        "application/json",
+        &r.to_string(),
+    )
+    .await
+    .expect("PUT the route");
+    assert_eq!(put.status, 200, "{}", put.body);
+    let written: Value = serde_json::from_str(&put.body).expect("JSON");
+    written["metadata"]["generation"]
+        .as_i64()
+        .expect("a generation")
+}
+
+#[tokio::test]
+async fn an_httproute_drives_the_weights_and_its_status_says_every_proxy_confirmed() {
+    let api = FakeKube::start().await;
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    api.apply(slice(
+        "shop",
+        "web-blue",
+        "web-blue-1",
+        blue.port,
+        &[("127.0.0.1", true)],
+    ));
+    api.apply(slice(
+        "shop",
+        "web-green",
+        "web-green-1",
+        green.port,
+        &[("127.0.0.1", true)],
+    ));
+    api.apply(gateway_class("teal", TEAL_CONTROLLER));
+    api.apply(gateway_class("other", OTHER_CONTROLLER));
+    api.apply(gateway("infra", "public", "teal"));
+    api.apply(gateway("infra", "elsewhere", "other"));
+    // Attached to teal's Gateway and to another controller's, which has
+    // written its own entry already.
+    let mut r = route(
+        "shop",
+        "web",
+        json!([{"name": "public", "namespace": "infra"},
+               {"name": "elsewhere", "namespace": "infra"}]),
+        &[("web-blue", 100), ("web-green", 0)],
+    );
+    let theirs = json!({
+        "parentRef": {"name": "elsewhere", "namespace": "infra"},
+        "controllerName": OTHER_CONTROLLER,
+        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
+                        "message": "theirs", "lastTransitionTime": "2026-01-01T00:00:00Z",
+                        "observedGeneration": 1}],
+        "vendorExtension": {"kept": true}
+    });
+    r["status"] = json!({"parents": [theirs.clone()]});
+    api.apply(r);
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let kubeconfig = api.kubeconfig(dir.path());
+    let edge = free_port();
+    std::fs::write(
+        dir.path().join("teal.yaml"),
+        format!(
+            "services:
+  web:
+    live: blue
+    connect_timeout: 1s
+    kubernetes: {{route: {{namespace: shop, name: web}}}}
+    fleets:
+      blue:
+        kubernetes: {{namespace: shop, service: web-blue, port: http}}
+      green:
+        kubernetes: {{namespace: shop, service: web-green, port: http}}
+groups:
+  edge:
+    kubernetes: {{gateway: {{namespace: infra, name: public}}}}
+    listeners:
+      public:
+        kind: edge
+        address: 127.0.0.1:{edge}
+        virtual_hosts:
+          site:
+            domains: ['*']
+            routes:
+              - prefix: /
+                service: web
+"
+        ),
+    )
+    .expect("write the config");
+    let (xds, admin) = (free_port(), free_port());
+    let _teal = spawn_teal(dir.path(), "teal.log", &kubeconfig, xds, admin);
+    let log = || std::fs::read_to_string(dir.path().join("teal.log")).unwrap_or_default();
+    wait_until(Duration::from_secs(30), "teal's admin API", || async {
+        http::get(admin, "/healthz", &[])
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    let envoy = Envoy::start_on(xds, "edge", Protocol::Sotw).await;
+    envoy.wait_for_answer(edge, "/", &[], "blue").await;
+
+    // Generation 1 asks for what is served: confirmed as it is.
+    let m = wait_condition(&api, "teal.dev/Confirmed", "True", "Confirmed", 1, log).await;
+    assert!(m.contains("already in effect"), "{m}");
+    let r = api.get("httproutes", "shop", "web").expect("the route");
+    let ours = entry(&r, TEAL_CONTROLLER, "public").expect("teal's entry");
+    assert_eq!(
+        condition(ours, "Accepted").map(|c| (c.0, c.1)),
+        Some(("True".into(), "Accepted".into()))
+    );
+    assert_eq!(
+        condition(ours, "ResolvedRefs").map(|c| (c.0, c.1)),
+        Some(("True".into(), "ResolvedRefs".into()))
+    );
+    assert!(
+        entry(&r, TEAL_CONTROLLER, "elsewhere").is_none(),
+        "teal writes no entry for a parent it does not implement: {r}"
+    );
+    assert_eq!(entry(&r, OTHER_CONTROLLER, "elsewhere"), Some(&theirs));
+
+    // Argo moves all traffic to green, under load: a confirmed shift,
+    // Pending then Confirmed, and no request fails.
+    let mut traffic = Traffic::start(edge, "/", &[]);
+    traffic.wait_for_count(50).await;
+    let writes_before = api.status_writes().len();
+    let g = set_weights(&api, &[("web-blue", 0), ("web-green", 100)]).await;
+    assert_eq!(g, 2);
+    let m = wait_condition(&api, "teal.dev/Confirmed", "True", "Confirmed", 2, log).await;
+    assert!(m.contains("1/1 proxies"), "{m}");
+    envoy.wait_for_answer(edge, "/", &[], "green").await;
+    let pending = api.status_writes()[writes_before..].iter().any(|w| {
+        w.body["status"]["parents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|e| e["conditions"].as_array().into_iter().flatten())
+            .any(|c| c["reason"] == "Pending" && c["observedGeneration"] == 2)
+    });
+    assert!(pending, "the status said Pending before Confirmed");
+    traffic.wait_for_count(traffic.count() + 50).await;
+    let answers = traffic.stop().await;
+    let failed: Vec<_> = answers
+        .iter()
+        .filter(|a| !matches!(a, Ok((200, _))))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        answers.len(),
+        &failed[..failed.len().min(5)]
+    );
+
+    // One history entry for the generation, by the route.
+    let out = cli(admin, &["history", "web"]).await;
+    let history = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        history.matches("k8s:HTTPRoute/shop/web").count(),
+        1,
+        "{}",
+        show(&out)
+    );
+
+    // The CLI may not change what the route drives.
+    for args in [
+        &["flip", "web", "--to", "blue", "--timeout", "5s"][..],
+        &[
+            "shift",
+            "web",
+            "--to",
+            "blue",
+            "--steps",
+            "50",
+            "--timeout",
+            "5s",
+        ][..],
+        &["rollback", "web", "--timeout", "5s"][..],
+    ] {
+        let out = cli(admin, args).await;
+        assert_ne!(out.status.code(), Some(0), "{args:?}: {}", show(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("HTTPRoute shop/web"),
+            "{args:?}: {}",
+            show(&out)
+        );
+    }
+    envoy.wait_for_answer(edge, "/", &[], "green").await;
+
+    // A backend that is not a fleet: ResolvedRefs=False, nothing moves.
+    let g = set_weights(&api, &[("web-blue", 50), ("web-canary", 50)]).await;
+    let m = wait_condition(&api, "ResolvedRefs", "False", "BackendNotFound", g, log).await;
+    assert!(m.contains("web-canary"), "{m}");
+    let r = api.get("httproutes", "shop", "web").expect("the route");
+    let ours = entry(&r, TEAL_CONTROLLER, "public").expect("teal's entry");
+    assert!(
+        condition(ours, "teal.dev/Confirmed").is_none(),
+        "nothing to confirm: {ours}"
+    );
+    for _ in 0..10 {
+        let a = http::get(edge, "/", &[]).await.expect("a request");
+        assert_eq!(a.body.trim(), "green", "traffic stays where it was");
+    }
+
+    // Status writes that meet a concurrent change are answered 409 and
+    // made again from a fresh read.
+    api.conflict_status_writes(2);
+    let g = set_weights(&api, &[("web-blue", 90), ("web-green", 10)]).await;
+    wait_condition(&api, "teal.dev/Confirmed", "True", "Confirmed", g, log).await;
+    let codes: Vec<u16> = api.status_writes().iter().map(|w| w.code).collect();
+    let conflicts = codes.iter().filter(|c| **c == 409).count();
+    assert_eq!(conflicts, 2, "{codes:?}");
+    let r = api.get("httproutes", "shop", "web").expect("the route");
+    assert_eq!(
+        entry(&r, OTHER_CONTROLLER, "elsewhere"),
+        Some(&theirs),
+        "another controller's entry survives every write of teal's"
+    );
+    let out = cli(admin, &["status", "web"]).await;
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status.contains("90") && status.contains("10"),
+        "{}",
+        show(&out)
+    );
+}
