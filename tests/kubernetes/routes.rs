@@ -11,6 +11,8 @@
 
 use std::time::Duration;
 
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::google::rpc::Status;
 use serde_json::{Value, json};
 
 use super::flip::{cli, spawn_teal};
@@ -105,56 +107,74 @@ async fn set_weights(api: &FakeKube, weights: &[(&str, i64)]) -> i64 {
         .expect("a generation")
 }
 
-#[tokio::test]
-async fn an_httproute_drives_the_weights_and_its_status_says_every_proxy_confirmed() {
-    let api = FakeKube::start().await;
-    let blue = Upstream::start("blue").await;
-    let green = Upstream::start("green").await;
-    api.apply(slice(
-        "shop",
-        "web-blue",
-        "web-blue-1",
-        blue.port,
-        &[("127.0.0.1", true)],
-    ));
-    api.apply(slice(
-        "shop",
-        "web-green",
-        "web-green-1",
-        green.port,
-        &[("127.0.0.1", true)],
-    ));
-    api.apply(gateway_class("teal", TEAL_CONTROLLER));
-    api.apply(gateway_class("other", OTHER_CONTROLLER));
-    api.apply(gateway("infra", "public", "teal"));
-    api.apply(gateway("infra", "elsewhere", "other"));
-    // Attached to teal's Gateway and to another controller's, which has
-    // written its own entry already.
-    let mut r = route(
-        "shop",
-        "web",
-        json!([{"name": "public", "namespace": "infra"},
-               {"name": "elsewhere", "namespace": "infra"}]),
-        &[("web-blue", 100), ("web-green", 0)],
-    );
-    let theirs = json!({
-        "parentRef": {"name": "elsewhere", "namespace": "infra"},
-        "controllerName": OTHER_CONTROLLER,
-        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
-                        "message": "theirs", "lastTransitionTime": "2026-01-01T00:00:00Z",
-                        "observedGeneration": 1}],
-        "vendorExtension": {"kept": true}
-    });
-    r["status"] = json!({"parents": [theirs.clone()]});
-    api.apply(r);
+/// teal serving `web` (blue and green from EndpointSlices, driven by
+/// HTTPRoute `shop/web`) to an edge Envoy of the group implementing
+/// Gateway `infra/public`; the route is attached to that Gateway and to
+/// one of another controller, whose entry is in the route's status.
+struct RouteWorld {
+    api: FakeKube,
+    dir: tempfile::TempDir,
+    kubeconfig: std::path::PathBuf,
+    xds: u16,
+    admin: u16,
+    edge: u16,
+    envoy: Envoy,
+    teal: tokio::process::Child,
+    /// The other controller's entry, as written.
+    theirs: Value,
+    _upstreams: [Upstream; 2],
+}
 
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let kubeconfig = api.kubeconfig(dir.path());
-    let edge = free_port();
-    std::fs::write(
-        dir.path().join("teal.yaml"),
-        format!(
-            "services:
+impl RouteWorld {
+    async fn start() -> RouteWorld {
+        let api = FakeKube::start().await;
+        let blue = Upstream::start("blue").await;
+        let green = Upstream::start("green").await;
+        api.apply(slice(
+            "shop",
+            "web-blue",
+            "web-blue-1",
+            blue.port,
+            &[("127.0.0.1", true)],
+        ));
+        api.apply(slice(
+            "shop",
+            "web-green",
+            "web-green-1",
+            green.port,
+            &[("127.0.0.1", true)],
+        ));
+        api.apply(gateway_class("teal", TEAL_CONTROLLER));
+        api.apply(gateway_class("other", OTHER_CONTROLLER));
+        api.apply(gateway("infra", "public", "teal"));
+        api.apply(gateway("infra", "elsewhere", "other"));
+        // Attached to teal's Gateway and to another controller's, which has
+        // written its own entry already.
+        let mut r = route(
+            "shop",
+            "web",
+            json!([{"name": "public", "namespace": "infra"},
+                   {"name": "elsewhere", "namespace": "infra"}]),
+            &[("web-blue", 100), ("web-green", 0)],
+        );
+        let theirs = json!({
+            "parentRef": {"name": "elsewhere", "namespace": "infra"},
+            "controllerName": OTHER_CONTROLLER,
+            "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
+                            "message": "theirs", "lastTransitionTime": "2026-01-01T00:00:00Z",
+                            "observedGeneration": 1}],
+            "vendorExtension": {"kept": true}
+        });
+        r["status"] = json!({"parents": [theirs.clone()]});
+        api.apply(r);
+
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let kubeconfig = api.kubeconfig(dir.path());
+        let edge = free_port();
+        std::fs::write(
+            dir.path().join("teal.yaml"),
+            format!(
+                "services:
   web:
     live: blue
     connect_timeout: 1s
@@ -178,21 +198,59 @@ groups:
               - prefix: /
                 service: web
 "
-        ),
-    )
-    .expect("write the config");
-    let (xds, admin) = (free_port(), free_port());
-    let _teal = spawn_teal(dir.path(), "teal.log", &kubeconfig, xds, admin);
-    let log = || std::fs::read_to_string(dir.path().join("teal.log")).unwrap_or_default();
-    wait_until(Duration::from_secs(30), "teal's admin API", || async {
-        http::get(admin, "/healthz", &[])
-            .await
-            .is_ok_and(|r| r.status == 200)
-    })
-    .await;
-    let envoy = Envoy::start_on(xds, "edge", Protocol::Sotw).await;
-    envoy.wait_for_answer(edge, "/", &[], "blue").await;
+            ),
+        )
+        .expect("write the config");
+        let (xds, admin) = (free_port(), free_port());
+        let teal = spawn_teal(dir.path(), "teal.log", &kubeconfig, xds, admin);
+        wait_until(Duration::from_secs(30), "teal's admin API", || async {
+            http::get(admin, "/healthz", &[])
+                .await
+                .is_ok_and(|r| r.status == 200)
+        })
+        .await;
+        let envoy = Envoy::start_on(xds, "edge", Protocol::Sotw).await;
+        envoy.wait_for_answer(edge, "/", &[], "blue").await;
+        RouteWorld {
+            api,
+            dir,
+            kubeconfig,
+            xds,
+            admin,
+            edge,
+            envoy,
+            teal,
+            theirs,
+            _upstreams: [blue, green],
+        }
+    }
 
+    fn log(&self) -> String {
+        let mut all = String::new();
+        for name in ["teal.log", "teal-2.log"] {
+            all.push_str(&std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default());
+        }
+        all
+    }
+
+    async fn wait(&self, type_: &str, status: &str, reason: &str, generation: i64) -> String {
+        wait_condition(&self.api, type_, status, reason, generation, || self.log()).await
+    }
+}
+
+#[tokio::test]
+async fn an_httproute_drives_the_weights_and_its_status_says_every_proxy_confirmed() {
+    let w = RouteWorld::start().await;
+    let RouteWorld {
+        api,
+        admin,
+        edge,
+        envoy,
+        theirs,
+        ..
+    } = &w;
+    let (admin, edge) = (*admin, *edge);
+    let log = || w.log();
     // Generation 1 asks for what is served: confirmed as it is.
     let m = wait_condition(&api, "teal.dev/Confirmed", "True", "Confirmed", 1, log).await;
     assert!(m.contains("already in effect"), "{m}");
@@ -210,7 +268,7 @@ groups:
         entry(&r, TEAL_CONTROLLER, "elsewhere").is_none(),
         "teal writes no entry for a parent it does not implement: {r}"
     );
-    assert_eq!(entry(&r, OTHER_CONTROLLER, "elsewhere"), Some(&theirs));
+    assert_eq!(entry(&r, OTHER_CONTROLLER, "elsewhere"), Some(theirs));
 
     // Argo moves all traffic to green, under load: a confirmed shift,
     // Pending then Confirmed, and no request fails.
@@ -306,7 +364,7 @@ groups:
     let r = api.get("httproutes", "shop", "web").expect("the route");
     assert_eq!(
         entry(&r, OTHER_CONTROLLER, "elsewhere"),
-        Some(&theirs),
+        Some(theirs),
         "another controller's entry survives every write of teal's"
     );
     let out = cli(admin, &["status", "web"]).await;
@@ -316,4 +374,107 @@ groups:
         "{}",
         show(&out)
     );
+}
+
+/// A fake proxy of group `edge` that takes the configuration it is first
+/// sent and rejects (NACKs) every route configuration after it: any
+/// change of weights.
+async fn nacking_proxy(xds: u16, id: &str) -> tokio::task::JoinHandle<()> {
+    let (tx, mut stream) = crate::support::ads_subscribed_to_all(xds, id).await;
+    tokio::spawn(async move {
+        let mut routes_seen = 0;
+        while let Ok(Some(response)) = stream.message().await {
+            let is_route = response.type_url.ends_with("RouteConfiguration");
+            if is_route {
+                routes_seen += 1;
+            }
+            let nack = is_route && routes_seen > 1;
+            let answer = DiscoveryRequest {
+                type_url: response.type_url,
+                response_nonce: response.nonce,
+                version_info: if nack {
+                    String::new()
+                } else {
+                    response.version_info
+                },
+                error_detail: nack.then(|| Status {
+                    code: 3,
+                    message: "refused by the test".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            if tx.send(answer).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_nacked_generation_is_rolled_back_and_not_tried_again() {
+    let mut w = RouteWorld::start().await;
+    w.wait("teal.dev/Confirmed", "True", "Confirmed", 1).await;
+    let _nacker = nacking_proxy(w.xds, "nacking-proxy").await;
+    wait_until(
+        Duration::from_secs(10),
+        "the NACKing proxy ACKed",
+        || async {
+            let out = cli(w.admin, &["proxies"]).await;
+            String::from_utf8_lossy(&out.stdout).contains("nacking-proxy")
+        },
+    )
+    .await;
+
+    let mut traffic = Traffic::start(w.edge, "/", &[]);
+    traffic.wait_for_count(20).await;
+    let g = set_weights(&w.api, &[("web-blue", 0), ("web-green", 100)]).await;
+    let m = w.wait("teal.dev/Confirmed", "False", "RolledBack", g).await;
+    assert!(
+        m.contains("nacking-proxy"),
+        "the reason names the proxy: {m}"
+    );
+    traffic.wait_for_count(traffic.count() + 20).await;
+    let answers = traffic.stop().await;
+    assert!(
+        answers.iter().all(|a| matches!(a, Ok((200, _)))),
+        "no request failed"
+    );
+    for _ in 0..10 {
+        let a = http::get(w.edge, "/", &[]).await.expect("a request");
+        assert_eq!(a.body, "blue", "traffic stays where it was");
+    }
+
+    // The generation is not applied again: not by this teal, nor by one
+    // restarted (the route's status remembers).
+    let route_ops = |out: &std::process::Output| {
+        String::from_utf8_lossy(&out.stdout)
+            .matches("k8s:HTTPRoute/shop/web")
+            .count()
+    };
+    let once = route_ops(&cli(w.admin, &["history", "web"]).await);
+    assert_eq!(once, 1);
+    w.teal.kill().await.expect("stop teal");
+    w.teal = spawn_teal(w.dir.path(), "teal-2.log", &w.kubeconfig, w.xds, w.admin);
+    wait_until(Duration::from_secs(30), "the restarted teal", || async {
+        http::get(w.admin, "/healthz", &[])
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = cli(w.admin, &["history", "web"]).await;
+    assert_eq!(route_ops(&out), 1, "{}\n{}", show(&out), w.log());
+    w.envoy.wait_for_answer(w.edge, "/", &[], "blue").await;
+    let r = w.api.get("httproutes", "shop", "web").expect("the route");
+    let ours = entry(&r, TEAL_CONTROLLER, "public").expect("teal's entry");
+    assert_eq!(
+        condition(ours, "teal.dev/Confirmed").map(|c| (c.1, c.2)),
+        Some(("RolledBack".to_owned(), g)),
+        "still says why"
+    );
+
+    // A new generation is applied.
+    let g = set_weights(&w.api, &[("web-blue", 100), ("web-green", 0)]).await;
+    w.wait("teal.dev/Confirmed", "True", "Confirmed", g).await;
 }
