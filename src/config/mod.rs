@@ -90,9 +90,11 @@ pub use limits::Limits;
 pub(crate) use limits::{DEFAULT_MAX_DEPTH, MAX_MAX_DEPTH};
 #[cfg(test)]
 pub(crate) use model::Fleet;
+#[cfg(feature = "kubernetes")]
+pub(crate) use model::ListenerKind;
 pub(crate) use model::{
-    ANALYSIS_WINDOW, Analysis, Check, EndpointSource, ListenerKind, MAX_ZONE_BYTES, Protocol,
-    Service, TooFewRequests,
+    ANALYSIS_WINDOW, Analysis, Check, EndpointSource, MAX_ZONE_BYTES, Protocol, Service,
+    TooFewRequests,
 };
 pub use model::{
     Config, DEFAULT_SLICE_MANAGER, Endpoint, KubernetesFleet, KubernetesPort, KubernetesRef, Ratio,

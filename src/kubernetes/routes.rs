@@ -312,7 +312,7 @@ impl Confirmation {
             } => {
                 let mut m = match version {
                     Some(v) => format!("{phase}: version {v}, {acked}/{total} proxies"),
-                    None => format!("{phase}"),
+                    None => phase.clone(),
                 };
                 if !waiting_for.is_empty() {
                     m.push_str(&format!("; waiting for {}", waiting_for.join(", ")));

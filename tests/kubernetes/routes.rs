@@ -252,7 +252,7 @@ async fn an_httproute_drives_the_weights_and_its_status_says_every_proxy_confirm
     let (admin, edge) = (*admin, *edge);
     let log = || w.log();
     // Generation 1 asks for what is served: confirmed as it is.
-    let m = wait_condition(&api, "teal.dev/Confirmed", "True", "Confirmed", 1, log).await;
+    let m = wait_condition(api, "teal.dev/Confirmed", "True", "Confirmed", 1, log).await;
     assert!(m.contains("already in effect"), "{m}");
     let r = api.get("httproutes", "shop", "web").expect("the route");
     let ours = entry(&r, TEAL_CONTROLLER, "public").expect("teal's entry");
@@ -275,9 +275,9 @@ async fn an_httproute_drives_the_weights_and_its_status_says_every_proxy_confirm
     let mut traffic = Traffic::start(edge, "/", &[]);
     traffic.wait_for_count(50).await;
     let writes_before = api.status_writes().len();
-    let g = set_weights(&api, &[("web-blue", 0), ("web-green", 100)]).await;
+    let g = set_weights(api, &[("web-blue", 0), ("web-green", 100)]).await;
     assert_eq!(g, 2);
-    let m = wait_condition(&api, "teal.dev/Confirmed", "True", "Confirmed", 2, log).await;
+    let m = wait_condition(api, "teal.dev/Confirmed", "True", "Confirmed", 2, log).await;
     assert!(m.contains("1/1 proxies"), "{m}");
     envoy.wait_for_answer(edge, "/", &[], "green").await;
     let pending = api.status_writes()[writes_before..].iter().any(|w| {
@@ -339,8 +339,8 @@ async fn an_httproute_drives_the_weights_and_its_status_says_every_proxy_confirm
     envoy.wait_for_answer(edge, "/", &[], "green").await;
 
     // A backend that is not a fleet: ResolvedRefs=False, nothing moves.
-    let g = set_weights(&api, &[("web-blue", 50), ("web-canary", 50)]).await;
-    let m = wait_condition(&api, "ResolvedRefs", "False", "BackendNotFound", g, log).await;
+    let g = set_weights(api, &[("web-blue", 50), ("web-canary", 50)]).await;
+    let m = wait_condition(api, "ResolvedRefs", "False", "BackendNotFound", g, log).await;
     assert!(m.contains("web-canary"), "{m}");
     let r = api.get("httproutes", "shop", "web").expect("the route");
     let ours = entry(&r, TEAL_CONTROLLER, "public").expect("teal's entry");
@@ -356,8 +356,8 @@ async fn an_httproute_drives_the_weights_and_its_status_says_every_proxy_confirm
     // Status writes that meet a concurrent change are answered 409 and
     // made again from a fresh read.
     api.conflict_status_writes(2);
-    let g = set_weights(&api, &[("web-blue", 90), ("web-green", 10)]).await;
-    wait_condition(&api, "teal.dev/Confirmed", "True", "Confirmed", g, log).await;
+    let g = set_weights(api, &[("web-blue", 90), ("web-green", 10)]).await;
+    wait_condition(api, "teal.dev/Confirmed", "True", "Confirmed", g, log).await;
     let codes: Vec<u16> = api.status_writes().iter().map(|w| w.code).collect();
     let conflicts = codes.iter().filter(|c| **c == 409).count();
     assert_eq!(conflicts, 2, "{codes:?}");
