@@ -260,6 +260,12 @@ impl Controller {
         .await?
     }
 
+    /// Whether this replica carries out changes: it is alone, or it leads.
+    #[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
+    pub(crate) fn leads(&self) -> bool {
+        self.leadership.as_ref().is_none_or(|l| l.is_leader())
+    }
+
     /// The snapshot being served.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshots.peek()

@@ -11,6 +11,10 @@
 //!   generation refused or rolled back is not tried again (not after a
 //!   restart either: the route's status records it) until the spec
 //!   changes; the previous weights stay served meanwhile.
+//! - **One writer.** Among replicas sharing a store, only the leader
+//!   applies generations and writes status; a follower's task forgets
+//!   what it knew and looks again every second, so the replica that
+//!   takes over starts from the route and its status as they are.
 //! - **Parents.** The Gateways the route names are read (with their
 //!   `GatewayClass`) when a new generation arrives, not watched; a route
 //!   with no parent teal owns is left alone.
@@ -177,6 +181,13 @@ impl RouteWatch {
     /// Takes on the latest generation if it is new and nothing of the
     /// route's is running.
     async fn take_on(&mut self) {
+        if !self.controller.leads() {
+            self.handled = None;
+            self.outcome = None;
+            self.op = None;
+            self.retry_at = Some(Instant::now() + BUSY_RETRY);
+            return;
+        }
         let Some(route) = self.latest.clone() else {
             return;
         };
@@ -246,6 +257,10 @@ impl RouteWatch {
                 self.handled = Some(generation);
                 self.outcome = Some(Ok(Confirmation::of(&rx.borrow())));
                 self.op = Some(rx);
+            }
+            Err(RolloutError::NotLeader { .. } | RolloutError::ShuttingDown) => {
+                // Whoever leads (or the next teal) takes it on.
+                self.retry_at = Some(Instant::now() + BUSY_RETRY);
             }
             Err(RolloutError::Busy { id, verb, .. }) => {
                 self.outcome = Some(Ok(Confirmation::Pending {
@@ -381,6 +396,9 @@ impl RouteWatch {
     /// Writes the status if it says something else than teal would.
     async fn write_status(&mut self) {
         self.dirty = false;
+        if !self.controller.leads() {
+            return;
+        }
         let Some(mut route) = self.latest.clone() else {
             return;
         };

@@ -367,6 +367,18 @@ async fn an_httproute_drives_the_weights_and_its_status_says_every_proxy_confirm
         Some(theirs),
         "another controller's entry survives every write of teal's"
     );
+    // At most one write per --kube-status-interval (250ms by default),
+    // but for those made again at once after a 409.
+    let writes = api.status_writes();
+    for pair in writes.windows(2) {
+        if pair[0].code == 200 {
+            let gap = pair[1].at - pair[0].at;
+            assert!(
+                gap >= Duration::from_millis(200),
+                "two status writes {gap:?} apart"
+            );
+        }
+    }
     let out = cli(admin, &["status", "web"]).await;
     let status = String::from_utf8_lossy(&out.stdout);
     assert!(

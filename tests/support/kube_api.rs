@@ -71,6 +71,8 @@ pub struct StatusWrite {
     pub code: u16,
     /// The body sent.
     pub body: Value,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 /// (plural, namespace or "" for cluster-scoped, name).
@@ -609,6 +611,7 @@ async fn one(
                 method: method.to_string(),
                 code,
                 body: body.clone(),
+                at: std::time::Instant::now(),
             });
         }
     };
