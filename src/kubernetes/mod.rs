@@ -10,8 +10,16 @@
 //!   one entry point for endpoints from outside the file
 //!   (`Controller::set_service_endpoints`), all fleets of a service that
 //!   changed in one window in one version.
+//! - `gateway`: the Gateway API kinds teal reads (`HTTPRoute`, `Gateway`,
+//!   `GatewayClass`), only the fields it uses, the rest kept as read.
+//! - `routes`: the pure mapping from an HTTPRoute to a split, and from
+//!   what became of it to the route's status entries.
+//! - `route_watch`: one task per route that drives a service
+//!   (`services.<s>.kubernetes.route`): each generation is a confirmed
+//!   shift through the controller, and its fate goes into the route's
+//!   status.
 //! - `KubeFleets` (here): what `teal serve` holds; it starts the
-//!   watchers a config asks for and follows reloads.
+//!   watchers and route tasks a config asks for and follows reloads.
 //!
 //! The API server is reached with the kubeconfig `KUBECONFIG` names (or
 //! `~/.kube/config`), else the in-cluster service account, as `kubectl`
