@@ -3,6 +3,11 @@
 //! each new generation into a confirmed shift through the controller, and
 //! writes what became of it into the route's status.
 //!
+//! - **Refused now, applied later.** A generation the controller refuses
+//!   before anything runs (a fleet with no ready endpoints, say) is
+//!   offered again every [`REFUSED_RETRY`] while it is the latest, so it
+//!   goes through once the pods are ready; its status says `Refused`
+//!   meanwhile. Nothing was served, so nothing is undone.
 //! - **One operation per generation.** A generation whose split differs
 //!   from the served one starts a shift to it (the controller's machine,
 //!   checks and traffic analysis, like `teal shift`), actor
@@ -55,6 +60,10 @@ pub(crate) const STATUS_TRIES: usize = 5;
 /// that is not the route's before it is offered again.
 const BUSY_RETRY: Duration = Duration::from_secs(1);
 
+/// How long a generation the controller refused up front waits before it
+/// is offered again.
+pub(crate) const REFUSED_RETRY: Duration = Duration::from_secs(2);
+
 /// What the route tasks share.
 #[derive(Clone, Debug)]
 pub(crate) struct RouteSettings {
@@ -87,6 +96,8 @@ struct RouteWatch {
     outcome: Option<Result<Confirmation, RouteProblem>>,
     /// When to offer the latest generation again (the service was busy).
     retry_at: Option<Instant>,
+    /// `handled` was refused up front: offer it again at `retry_at`.
+    refused: bool,
     /// The last status write.
     last_write: Option<Instant>,
     /// A status write is owed (held back by the interval, or failed).
@@ -119,6 +130,7 @@ pub(crate) async fn run_route(
         op: None,
         outcome: None,
         retry_at: None,
+        refused: false,
         last_write: None,
         dirty: false,
     };
@@ -185,6 +197,7 @@ impl RouteWatch {
             self.handled = None;
             self.outcome = None;
             self.op = None;
+            self.refused = false;
             self.retry_at = Some(Instant::now() + BUSY_RETRY);
             return;
         }
@@ -192,9 +205,10 @@ impl RouteWatch {
             return;
         };
         let generation = route.metadata.generation.unwrap_or(0);
-        if self.handled == Some(generation) || self.op.is_some() {
+        if (self.handled == Some(generation) && !self.refused) || self.op.is_some() {
             return;
         }
+        self.refused = false;
         self.parents = self.roles(&route).await;
         if !self.parents.iter().any(|(_, r)| r.is_ours()) {
             tracing::info!(route = %self.route, service = self.service,
@@ -276,11 +290,18 @@ impl RouteWatch {
         }
     }
 
+    /// Records a refusal of the controller's, before anything ran; the
+    /// generation is offered again later (logged once per reason).
     fn refuse(&mut self, generation: i64, e: RolloutError) {
-        tracing::warn!(route = %self.route, service = self.service, generation,
-            error = %e, "HTTPRoute generation refused");
+        let outcome = Some(Ok(Confirmation::Refused { why: e.to_string() }));
+        if self.handled != Some(generation) || self.outcome != outcome {
+            tracing::warn!(route = %self.route, service = self.service, generation,
+                error = %e, "HTTPRoute generation refused; offered again while it is the latest");
+        }
         self.handled = Some(generation);
-        self.outcome = Some(Ok(Confirmation::Refused { why: e.to_string() }));
+        self.outcome = outcome;
+        self.refused = true;
+        self.retry_at = Some(Instant::now() + REFUSED_RETRY);
     }
 
     /// Follows the operation applying the route; once it ends, takes on a

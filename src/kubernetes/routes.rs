@@ -473,9 +473,10 @@ pub(crate) fn merge_entries(
     out
 }
 
-/// The generation teal last recorded as rolled back or refused on the
-/// route, if its `Confirmed` condition says so: that generation is not
-/// applied again (after a restart, say) until the spec changes.
+/// The generation teal last recorded as rolled back on the route, if its
+/// `Confirmed` condition says so: that generation is not applied again
+/// (after a restart, say) until the spec changes. A refused one is: it
+/// changed nothing, and what refused it may have changed.
 pub(crate) fn recorded_failure(route: &HttpRoute, controller: &str) -> Option<i64> {
     let status = route.status.as_ref()?;
     status
@@ -483,7 +484,7 @@ pub(crate) fn recorded_failure(route: &HttpRoute, controller: &str) -> Option<i6
         .iter()
         .filter(|e| e.controller_name == controller)
         .flat_map(|e| &e.conditions)
-        .find(|c| c.type_ == CONFIRMED && matches!(c.reason.as_str(), "RolledBack" | "Refused"))
+        .find(|c| c.type_ == CONFIRMED && c.reason == "RolledBack")
         .and_then(|c| c.observed_generation)
 }
 

@@ -381,3 +381,89 @@ fn a_recorded_rollback_names_its_generation() {
         "only teal's own entry counts"
     );
 }
+
+#[test]
+fn a_recorded_refusal_does_not_hold_its_generation() {
+    let mut r = weights(&[("web-blue", 1)]);
+    r.status = Some(crate::kubernetes::gateway::RouteStatus {
+        parents: vec![entry(
+            TEAL,
+            "public",
+            json!([{"type": CONFIRMED, "status": "False", "reason": "Refused",
+                    "observedGeneration": 3}]),
+        )],
+        rest: Default::default(),
+    });
+    assert_eq!(recorded_failure(&r, TEAL), None);
+}
+
+#[test]
+fn an_operation_s_progress_is_what_confirmed_says() {
+    use crate::rollout::{Outcome, Phase, Progress, Reason, Verb};
+    let mut p = Progress {
+        id: 7,
+        service: "web".into(),
+        verb: Verb::Shift,
+        phase: Phase::Confirming,
+        step: 1,
+        steps: 1,
+        target: split(&[("blue", 0), ("green", 100)]),
+        version: None,
+        acked: 19,
+        total: 20,
+        waiting_for: vec!["envoy-7".into()],
+        not_waiting_for: Vec::new(),
+        checks: Vec::new(),
+        message: String::new(),
+        warnings: Vec::new(),
+        outcome: None,
+    };
+    assert!(matches!(
+        Confirmation::of(&p),
+        Confirmation::Pending { ref waiting_for, acked: 19, total: 20, .. } if waiting_for == &["envoy-7"]
+    ));
+    p.acked = 20;
+    p.outcome = Some(Outcome::Succeeded);
+    assert!(matches!(
+        Confirmation::of(&p),
+        Confirmation::Confirmed {
+            acked: 20,
+            total: 20,
+            ..
+        }
+    ));
+    let reason = Reason::NothingToDo;
+    for (outcome, rolled_back) in [
+        (
+            Outcome::RolledBack {
+                reason: reason.clone(),
+            },
+            true,
+        ),
+        (
+            Outcome::Unconfirmed {
+                reason: reason.clone(),
+            },
+            true,
+        ),
+        (
+            Outcome::Refused {
+                reason: reason.clone(),
+            },
+            false,
+        ),
+    ] {
+        p.outcome = Some(outcome);
+        let c = Confirmation::of(&p);
+        assert_eq!(
+            matches!(c, Confirmation::RolledBack { .. }),
+            rolled_back,
+            "{c:?}"
+        );
+        assert_eq!(
+            matches!(c, Confirmation::Refused { .. }),
+            !rolled_back,
+            "{c:?}"
+        );
+    }
+}

@@ -122,7 +122,7 @@ struct RouteWorld {
     teal: tokio::process::Child,
     /// The other controller's entry, as written.
     theirs: Value,
-    _upstreams: [Upstream; 2],
+    upstreams: [Upstream; 2],
 }
 
 impl RouteWorld {
@@ -221,7 +221,7 @@ groups:
             envoy,
             teal,
             theirs,
-            _upstreams: [blue, green],
+            upstreams: [blue, green],
         }
     }
 
@@ -270,13 +270,41 @@ async fn an_httproute_drives_the_weights_and_its_status_says_every_proxy_confirm
     );
     assert_eq!(entry(&r, OTHER_CONTROLLER, "elsewhere"), Some(theirs));
 
-    // Argo moves all traffic to green, under load: a confirmed shift,
-    // Pending then Confirmed, and no request fails.
+    // Argo moves all traffic to green, under load, while green's pod is
+    // not ready: refused, saying why, and nothing moves.
+    let green_port = w.upstreams[1].port;
+    let green_pod = |ready| {
+        slice(
+            "shop",
+            "web-green",
+            "web-green-1",
+            green_port,
+            &[("127.0.0.1", ready)],
+        )
+    };
+    api.apply(green_pod(false));
+    wait_until(
+        Duration::from_secs(10),
+        "green has no ready endpoint",
+        || async {
+            let out = cli(admin, &["fleet", "show", "web", "green", "-o", "json"]).await;
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            v["endpoints"].as_array().is_some_and(Vec::is_empty)
+        },
+    )
+    .await;
     let mut traffic = Traffic::start(edge, "/", &[]);
     traffic.wait_for_count(50).await;
     let writes_before = api.status_writes().len();
     let g = set_weights(api, &[("web-blue", 0), ("web-green", 100)]).await;
     assert_eq!(g, 2);
+    let m = wait_condition(api, "teal.dev/Confirmed", "False", "Refused", 2, log).await;
+    assert!(m.contains("no endpoints"), "{m}");
+    envoy.wait_for_answer(edge, "/", &[], "blue").await;
+
+    // The pod becomes ready: the same generation goes through, a
+    // confirmed shift, Pending then Confirmed, and no request fails.
+    api.apply(green_pod(true));
     let m = wait_condition(api, "teal.dev/Confirmed", "True", "Confirmed", 2, log).await;
     assert!(m.contains("1/1 proxies"), "{m}");
     envoy.wait_for_answer(edge, "/", &[], "green").await;
