@@ -627,5 +627,31 @@ mod tests {
         assert!(watch_interval("50ms").is_err(), "under 100ms");
         assert!(leader_lease("61s").is_err());
         assert!(departed_hold("25h").is_err());
+        assert_eq!(status_interval("250ms"), Ok(Duration::from_millis(250)));
+        assert!(status_interval("10ms").is_err(), "under 50ms");
+        assert!(status_interval("2m").is_err(), "over a minute");
+    }
+
+    #[test]
+    fn a_gateway_controller_name_is_a_domain_and_a_path() {
+        for ok in [
+            crate::kubernetes::DEFAULT_CONTROLLER_NAME,
+            "example.com/gateway",
+            "a.b-c.io/x/y_z",
+        ] {
+            assert_eq!(controller_name(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "",
+            "teal",
+            "/path",
+            "Teal.dev/x",
+            "teal.dev/",
+            "teal..dev/x",
+            "teal.dev/a b",
+            &format!("teal.dev/{}", "x".repeat(250)),
+        ] {
+            assert!(controller_name(bad).is_err(), "{bad:?}");
+        }
     }
 }
