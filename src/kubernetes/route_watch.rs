@@ -13,7 +13,7 @@
 //!   checks and traffic analysis, like `teal shift`), actor
 //!   `k8s:HTTPRoute/<ns>/<name>`. A generation that arrives while one is
 //!   being applied waits for it to end; only the latest is applied. A
-//!   generation refused or rolled back is not tried again (not after a
+//!   generation rolled back is not tried again (not after a
 //!   restart either: the route's status records it) until the spec
 //!   changes; the previous weights stay served meanwhile.
 //! - **One writer.** Among replicas sharing a store, only the leader
@@ -44,7 +44,7 @@ use tokio::time::Instant;
 
 use super::gateway::{Gateway, GatewayClass, HttpRoute, RouteParentStatus};
 use super::routes::{
-    Confirmation, ParentRole, RouteProblem, merge_entries, our_entries, parent_gateway,
+    Confirmation, ParentRole, RouteProblem, holding, merge_entries, our_entries, parent_gateway,
     parent_role, recorded_failure, route_split,
 };
 use crate::admin::Backend;
@@ -96,8 +96,9 @@ struct RouteWatch {
     outcome: Option<Result<Confirmation, RouteProblem>>,
     /// When to offer the latest generation again (the service was busy).
     retry_at: Option<Instant>,
-    /// `handled` was refused up front: offer it again at `retry_at`.
-    refused: bool,
+    /// `handled` was refused up front, or found in effect but not yet held
+    /// by every proxy: offer it again at `retry_at`.
+    offer_again: bool,
     /// The last status write.
     last_write: Option<Instant>,
     /// A status write is owed (held back by the interval, or failed).
@@ -130,7 +131,7 @@ pub(crate) async fn run_route(
         op: None,
         outcome: None,
         retry_at: None,
-        refused: false,
+        offer_again: false,
         last_write: None,
         dirty: false,
     };
@@ -197,7 +198,7 @@ impl RouteWatch {
             self.handled = None;
             self.outcome = None;
             self.op = None;
-            self.refused = false;
+            self.offer_again = false;
             self.retry_at = Some(Instant::now() + BUSY_RETRY);
             return;
         }
@@ -205,10 +206,10 @@ impl RouteWatch {
             return;
         };
         let generation = route.metadata.generation.unwrap_or(0);
-        if (self.handled == Some(generation) && !self.refused) || self.op.is_some() {
+        if (self.handled == Some(generation) && !self.offer_again) || self.op.is_some() {
             return;
         }
-        self.refused = false;
+        self.offer_again = false;
         self.parents = self.roles(&route).await;
         if !self.parents.iter().any(|(_, r)| r.is_ours()) {
             tracing::info!(route = %self.route, service = self.service,
@@ -253,8 +254,32 @@ impl RouteWatch {
                 .version
                 .as_ref()
                 .map_or_else(|| "-".to_owned(), ToString::to_string);
+            let (acked, total, waiting_for) = holding(
+                &self.config,
+                &self.service,
+                &self.controller.proxies(),
+                &self.controller.current_versions(),
+            );
             self.handled = Some(generation);
-            self.outcome = Some(Ok(Confirmation::InEffect { version }));
+            self.outcome = Some(Ok(if acked == total {
+                Confirmation::InEffect {
+                    version,
+                    acked,
+                    total,
+                }
+            } else {
+                // Committed before, and some proxy has not ACKed it yet:
+                // look again shortly.
+                self.offer_again = true;
+                self.retry_at = Some(Instant::now() + BUSY_RETRY);
+                Confirmation::Pending {
+                    version: Some(version),
+                    acked,
+                    total,
+                    waiting_for,
+                    phase: "in effect".to_owned(),
+                }
+            }));
             return;
         }
         let op = Operation::Shift {
@@ -300,7 +325,7 @@ impl RouteWatch {
         }
         self.handled = Some(generation);
         self.outcome = outcome;
-        self.refused = true;
+        self.offer_again = true;
         self.retry_at = Some(Instant::now() + REFUSED_RETRY);
     }
 

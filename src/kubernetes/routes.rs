@@ -29,6 +29,8 @@ use std::collections::BTreeMap;
 use super::gateway::{Condition, HttpRoute, ParentRef, RouteParentStatus};
 use crate::config::{Config, KubernetesRef, ListenerKind, Service};
 use crate::rollout::{Outcome, Progress, Split};
+use crate::xds::ProxyStatus;
+use crate::xds::resources::{PerType, ResourceType};
 
 /// teal's own condition: every connected proxy ACKed the weights of the
 /// route's `observedGeneration`.
@@ -292,8 +294,13 @@ pub(crate) enum Confirmation {
         acked: usize,
         total: usize,
     },
-    /// The split asked for was already served, with nothing running.
-    InEffect { version: String },
+    /// The split asked for was already served, with nothing running, and
+    /// every proxy holds it.
+    InEffect {
+        version: String,
+        acked: usize,
+        total: usize,
+    },
     /// Applied, then undone (a NACK, a failed check, the analysis).
     RolledBack { why: String },
     /// Not applied.
@@ -328,10 +335,17 @@ impl Confirmation {
                 "Confirmed",
                 format!("version {version} confirmed by {acked}/{total} proxies"),
             ),
-            Confirmation::InEffect { version } => (
+            Confirmation::InEffect {
+                version,
+                acked,
+                total,
+            } => (
                 "True",
                 "Confirmed",
-                format!("these weights were already in effect (version {version})"),
+                format!(
+                    "these weights were already in effect: version {version} held by \
+                     {acked}/{total} proxies"
+                ),
             ),
             Confirmation::RolledBack { why } => ("False", "RolledBack", why.clone()),
             Confirmation::Refused { why } => ("False", "Refused", why.clone()),
@@ -369,6 +383,39 @@ impl Confirmation {
             },
         }
     }
+}
+
+/// Of the proxies whose group routes `service`, how many hold the route
+/// configuration their group is served now (`versions`, per group), how
+/// many there are, and the ids of those that do not (a proxy whose stream
+/// ended counts as not holding it): what says that weights already in
+/// effect are confirmed.
+pub(crate) fn holding(
+    config: &Config,
+    service: &str,
+    proxies: &[ProxyStatus],
+    versions: &BTreeMap<String, PerType<String>>,
+) -> (usize, usize, Vec<String>) {
+    let (mut acked, mut total, mut waiting) = (0, 0, Vec::new());
+    for p in proxies {
+        let Some(node) = &p.node else { continue };
+        let Some(group) = config.groups.get(&node.cluster) else {
+            continue;
+        };
+        if !Config::routes_to(group, service) {
+            continue;
+        }
+        total += 1;
+        let want = versions.get(&node.cluster).map(|v| &v[ResourceType::Route]);
+        if !p.disconnected && p.of(ResourceType::Route).acked.as_ref() == want {
+            acked += 1;
+        } else {
+            waiting.push(node.id.clone());
+        }
+    }
+    waiting.sort();
+    waiting.dedup();
+    (acked, total, waiting)
 }
 
 /// The parent entries teal writes for `route`: one per parent it owns.

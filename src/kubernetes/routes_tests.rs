@@ -467,3 +467,50 @@ fn an_operation_s_progress_is_what_confirmed_says() {
         );
     }
 }
+
+#[test]
+fn weights_in_effect_are_confirmed_by_the_proxies_holding_their_group_s_version() {
+    use crate::transport::identity::PeerIdentity;
+    use crate::xds::resources::{PerType, ResourceType};
+    use crate::xds::{NodeInfo, ProxyStatus, StreamKind};
+    let proxy = |id: &str, group: &str, acked: Option<&str>, disconnected: bool| {
+        let mut types: PerType<crate::xds::status::TypeStatus> = Default::default();
+        types[ResourceType::Route].acked = acked.map(str::to_owned);
+        ProxyStatus {
+            stream_id: 1,
+            node: Some(NodeInfo {
+                id: id.into(),
+                cluster: group.into(),
+                user_agent: String::new(),
+            }),
+            kind: StreamKind::Aggregated,
+            delta: false,
+            connected_since: std::time::SystemTime::UNIX_EPOCH,
+            identity: PeerIdentity::Unauthenticated,
+            types,
+            replica: None,
+            disconnected,
+        }
+    };
+    let versions: BTreeMap<String, PerType<String>> = ["edge", "apis", "mesh"]
+        .into_iter()
+        .map(|g| (g.to_owned(), PerType::from_fn(|_| format!("{g}-v2"))))
+        .collect();
+    let proxies = [
+        proxy("e1", "edge", Some("edge-v2"), false),
+        proxy("e2", "edge", Some("edge-v1"), false),
+        proxy("m1", "mesh", Some("mesh-v2"), false),
+        proxy("m2", "mesh", Some("mesh-v2"), true),
+        // apis does not route web.
+        proxy("a1", "apis", None, false),
+        proxy("x1", "nobody", None, false),
+    ];
+    assert_eq!(
+        holding(&config(), "web", &proxies, &versions),
+        (2, 4, vec!["e2".to_owned(), "m2".to_owned()])
+    );
+    assert_eq!(
+        holding(&config(), "web", &proxies[..1], &versions),
+        (1, 1, vec![])
+    );
+}
