@@ -514,3 +514,43 @@ fn weights_in_effect_are_confirmed_by_the_proxies_holding_their_group_s_version(
         (1, 1, vec![])
     );
 }
+
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any weights within the API's bounds make a split of every fleet
+        /// summing to 100, where each fleet is within one point of its
+        /// exact share; anything else is refused, never a panic.
+        #[test]
+        fn any_weights_make_a_whole_split_or_a_refusal(
+            backends in prop::collection::vec(
+                (prop::sample::select(vec!["web-blue", "web-green", "web-red"]),
+                 prop_oneof![4 => 0i64..=1_000_000, 1 => any::<i64>()]),
+                1..16,
+            )
+        ) {
+            let r = weights(&backends);
+            match split_of(&r) {
+                Ok(s) => {
+                    prop_assert_eq!(s.values().sum::<u32>(), 100);
+                    prop_assert_eq!(s.len(), 3);
+                    let total: i64 = backends.iter().map(|(_, w)| w).sum();
+                    for (fleet, service) in [("blue", "web-blue"), ("green", "web-green")] {
+                        let w: i64 = backends.iter().filter(|(n, _)| *n == service).map(|(_, w)| w).sum();
+                        let exact = w as f64 * 100.0 / total as f64;
+                        prop_assert!((f64::from(s[fleet]) - exact).abs() < 1.0, "{fleet}: {} vs {exact}", s[fleet]);
+                    }
+                }
+                Err(e) => {
+                    let fine = backends.iter().all(|(_, w)| (0..=1_000_000).contains(w));
+                    let red = backends.iter().any(|(n, _)| *n == "web-red");
+                    let zero = backends.iter().all(|(_, w)| *w == 0);
+                    prop_assert!(!fine || red || zero, "refused: {}", e);
+                }
+            }
+        }
+    }
+}
