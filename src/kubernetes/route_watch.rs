@@ -22,7 +22,8 @@
 //!   takes over starts from the route and its status as they are.
 //! - **Parents.** The Gateways the route names are read (with their
 //!   `GatewayClass`) when a new generation arrives, not watched; a route
-//!   with no parent teal owns is left alone.
+//!   with no parent teal owns is left alone, and looked at again every
+//!   [`PARENTS_RETRY`] (its Gateway may be created after it).
 //! - **Status.** Written through the status subresource with a JSON merge
 //!   patch carrying the `resourceVersion` read, so a concurrent writer
 //!   makes it fail with 409; then the route is read again and the entries
@@ -59,6 +60,10 @@ pub(crate) const STATUS_TRIES: usize = 5;
 /// How long a generation waits when the service is busy with an operation
 /// that is not the route's before it is offered again.
 const BUSY_RETRY: Duration = Duration::from_secs(1);
+
+/// How often a route with no parent of teal's is looked at again (its
+/// Gateway or GatewayClass may be created after it).
+pub(crate) const PARENTS_RETRY: Duration = Duration::from_secs(5);
 
 /// How long a generation the controller refused up front waits before it
 /// is offered again.
@@ -212,10 +217,16 @@ impl RouteWatch {
         self.offer_again = false;
         self.parents = self.roles(&route).await;
         if !self.parents.iter().any(|(_, r)| r.is_ours()) {
-            tracing::info!(route = %self.route, service = self.service,
-                "HTTPRoute has no parent teal implements; left alone");
+            if self.handled != Some(generation) {
+                tracing::info!(route = %self.route, service = self.service,
+                    "HTTPRoute has no parent teal implements; left alone");
+            }
             self.handled = Some(generation);
             self.outcome = None;
+            // Its Gateway or GatewayClass may not exist yet (they are
+            // read, not watched): look again while this is the latest.
+            self.offer_again = true;
+            self.retry_at = Some(Instant::now() + PARENTS_RETRY);
             return;
         }
         let controller_name = &self.settings.controller_name;

@@ -127,6 +127,11 @@ struct RouteWorld {
 
 impl RouteWorld {
     async fn start() -> RouteWorld {
+        RouteWorld::start_with(true).await
+    }
+
+    /// [`RouteWorld::start`], without teal's Gateway unless `gateway`.
+    async fn start_with(gateway_first: bool) -> RouteWorld {
         let api = FakeKube::start().await;
         let blue = Upstream::start("blue").await;
         let green = Upstream::start("green").await;
@@ -146,7 +151,9 @@ impl RouteWorld {
         ));
         api.apply(gateway_class("teal", TEAL_CONTROLLER));
         api.apply(gateway_class("other", OTHER_CONTROLLER));
-        api.apply(gateway("infra", "public", "teal"));
+        if gateway_first {
+            api.apply(gateway("infra", "public", "teal"));
+        }
         api.apply(gateway("infra", "elsewhere", "other"));
         // Attached to teal's Gateway and to another controller's, which has
         // written its own entry already.
@@ -517,4 +524,19 @@ async fn a_nacked_generation_is_rolled_back_and_not_tried_again() {
     // A new generation is applied.
     let g = set_weights(&w.api, &[("web-blue", 100), ("web-green", 0)]).await;
     w.wait("teal.dev/Confirmed", "True", "Confirmed", g).await;
+}
+
+#[tokio::test]
+async fn a_route_whose_gateway_comes_later_is_taken_on_when_it_appears() {
+    let w = RouteWorld::start_with(false).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = w.api.get("httproutes", "shop", "web").expect("the route");
+    assert!(
+        entry(&r, TEAL_CONTROLLER, "public").is_none(),
+        "no Gateway of teal's yet, no entry: {r}"
+    );
+    w.api.apply(gateway("infra", "public", "teal"));
+    w.wait("teal.dev/Confirmed", "True", "Confirmed", 1).await;
+    let r = w.api.get("httproutes", "shop", "web").expect("the route");
+    assert_eq!(entry(&r, OTHER_CONTROLLER, "elsewhere"), Some(&w.theirs));
 }
