@@ -540,3 +540,92 @@ async fn a_route_whose_gateway_comes_later_is_taken_on_when_it_appears() {
     let r = w.api.get("httproutes", "shop", "web").expect("the route");
     assert_eq!(entry(&r, OTHER_CONTROLLER, "elsewhere"), Some(&w.theirs));
 }
+
+#[tokio::test]
+async fn a_mesh_route_with_a_service_parent_drives_the_sidecars() {
+    let api = FakeKube::start().await;
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    api.apply(slice(
+        "shop",
+        "web-blue",
+        "web-blue-1",
+        blue.port,
+        &[("127.0.0.1", true)],
+    ));
+    api.apply(slice(
+        "shop",
+        "web-green",
+        "web-green-1",
+        green.port,
+        &[("127.0.0.1", true)],
+    ));
+    // GAMMA: the parent is the Service callers address.
+    api.apply(route(
+        "shop",
+        "web",
+        json!([{"group": "", "kind": "Service", "name": "web"}]),
+        &[("web-blue", 100), ("web-green", 0)],
+    ));
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let kubeconfig = api.kubeconfig(dir.path());
+    let sidecar = free_port();
+    std::fs::write(
+        dir.path().join("teal.yaml"),
+        format!(
+            "services:
+  web:
+    live: blue
+    kubernetes: {{route: {{namespace: shop, name: web}}}}
+    fleets:
+      blue:
+        kubernetes: {{namespace: shop, service: web-blue, port: http}}
+      green:
+        kubernetes: {{namespace: shop, service: web-green, port: http}}
+groups:
+  mesh:
+    listeners:
+      out:
+        kind: sidecar
+        address: 127.0.0.1:{sidecar}
+        services: [web]
+"
+        ),
+    )
+    .expect("write the config");
+    let (xds, admin) = (free_port(), free_port());
+    let _teal = spawn_teal(dir.path(), "teal.log", &kubeconfig, xds, admin);
+    let log = || std::fs::read_to_string(dir.path().join("teal.log")).unwrap_or_default();
+    wait_until(Duration::from_secs(30), "teal's admin API", || async {
+        http::get(admin, "/healthz", &[])
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    let envoy = Envoy::start_on(xds, "mesh", Protocol::Sotw).await;
+    let host = [("host", "web")];
+    envoy.wait_for_answer(sidecar, "/", &host, "blue").await;
+    let g = set_weights(&api, &[("web-blue", 0), ("web-green", 100)]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = api.get("httproutes", "shop", "web").expect("the route");
+        let ours = r["status"]["parents"].as_array().and_then(|ps| {
+            ps.iter().find(|e| {
+                e["controllerName"] == TEAL_CONTROLLER && e["parentRef"]["kind"] == "Service"
+            })
+        });
+        if let Some(c) = ours.and_then(|e| condition(e, "teal.dev/Confirmed"))
+            && (c.0.as_str(), c.1.as_str(), c.2) == ("True", "Confirmed", g)
+        {
+            assert!(c.3.contains("1/1 proxies"), "{c:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no Confirmed entry for the Service parent: {r}\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    envoy.wait_for_answer(sidecar, "/", &host, "green").await;
+}
