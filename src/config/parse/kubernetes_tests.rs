@@ -124,8 +124,9 @@ fn dns_labels() {
 fn routed(web: &str, api: &str, edge: &str, mesh: &str) -> Result<Config, Vec<String>> {
     let yaml = format!(
         "services:\n  web:\n    live: blue\n    fleets:\n      blue: {{endpoints: [127.0.0.1:1]}}\n\
-         \x20     green: {{endpoints: [127.0.0.1:2]}}\n{web}\
-         \x20 api:\n    live: blue\n    fleets:\n      blue: {{endpoints: [127.0.0.1:3]}}\n{api}\
+         \x20     green: {{kubernetes: {{namespace: shop, service: web-green}}}}\n{web}\
+         \x20 api:\n    live: blue\n    fleets:\n      blue: {{endpoints: [127.0.0.1:3]}}\n\
+         \x20     green: {{kubernetes: {{namespace: shop, service: api-green}}}}\n{api}\
          groups:\n  edge:\n    listeners:\n      public:\n        address: 127.0.0.1:10000\n\
          \x20       kind: edge\n        virtual_hosts:\n          all:\n            domains: [\"*\"]\n\
          \x20           routes: [{{prefix: /, service: web}}]\n{edge}\
@@ -211,6 +212,24 @@ fn bad_routes_and_gateways_are_refused_with_the_key() {
             "{errors:?} lacks {want:?}"
         );
     }
+}
+
+#[test]
+fn a_route_needs_a_kubernetes_fleet_to_drive() {
+    let yaml = "services:\n  web:\n    live: blue\n    kubernetes: {route: {namespace: shop, name: web}}\n\
+        \x20   fleets:\n      blue: {endpoints: [127.0.0.1:1]}\n      green: {endpoints: registered}\n\
+        groups:\n  mesh:\n    listeners:\n      out:\n        address: 127.0.0.1:10001\n\
+        \x20       kind: sidecar\n        services: [web]\n";
+    let errors: Vec<String> = Config::parse_with(yaml, "t.yaml", &Limits::default())
+        .map_err(|d| d.iter().map(ToString::to_string).collect())
+        .expect_err("no Kubernetes fleet");
+    assert!(
+        errors.iter().any(|e| e.contains(
+            "services.web.kubernetes.route: HTTPRoute shop/web can drive only fleets whose \
+             endpoints come from Kubernetes"
+        )),
+        "{errors:?}"
+    );
 }
 
 #[test]

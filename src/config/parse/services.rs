@@ -71,6 +71,21 @@ pub(super) fn service(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Servic
         None => Some(None),
         Some(n) => super::kubernetes::service_route(cx, n, &f.path("kubernetes")),
     };
+    // A route's backends are Services: with no Kubernetes fleet, none of
+    // them could ever be one of this service's fleets.
+    if let (Some(Some(r)), Some(n)) = (&route, f.get("kubernetes"))
+        && fleets_ok
+        && fleets.values().all(|fl| fl.kubernetes().is_none())
+    {
+        cx.err(
+            n.pos,
+            &f.path("kubernetes.route"),
+            format!(
+                "HTTPRoute {r} can drive only fleets whose endpoints come from Kubernetes \
+                 (`kubernetes: {{namespace, service}}`), and this service has none"
+            ),
+        );
+    }
     Some(Service {
         route: route?,
         fleets: fleets_ok.then_some(fleets)?,
