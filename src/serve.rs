@@ -442,6 +442,7 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
         controller.clone(),
         opts.kube,
         opts.gateway_controller_name.clone(),
+        metrics.clone(),
     );
     kube.follow(&kube_config).await;
     let listener = bind(opts.xds_addr).await?;

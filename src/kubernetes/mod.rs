@@ -60,6 +60,8 @@ pub(crate) struct KubeFleets {
     watchers: Option<watch::Watchers<Controller>>,
     /// `--gateway-controller-name`.
     controller_name: String,
+    /// Where the route tasks count their status writes.
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// The HTTPRoute tasks, by service, with the config each was started
     /// for (a reload that changes it restarts the task).
     #[cfg(feature = "kubernetes")]
@@ -81,6 +83,7 @@ impl KubeFleets {
         controller: Controller,
         limits: KubeLimits,
         controller_name: String,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> KubeFleets {
         KubeFleets {
             controller,
@@ -88,6 +91,7 @@ impl KubeFleets {
             #[cfg(feature = "kubernetes")]
             watchers: None,
             controller_name,
+            metrics,
             #[cfg(feature = "kubernetes")]
             routes: std::collections::BTreeMap::new(),
         }
@@ -160,6 +164,7 @@ impl KubeFleets {
         let settings = route_watch::RouteSettings {
             controller_name: self.controller_name.clone(),
             status_interval: self.limits.status_interval,
+            metrics: self.metrics.clone(),
         };
         for (service, route) in wanted {
             if self.routes.contains_key(service) {
@@ -180,7 +185,13 @@ impl KubeFleets {
     /// Without the `kubernetes` feature no config has Kubernetes fleets.
     #[cfg(not(feature = "kubernetes"))]
     pub(crate) async fn follow(&mut self, config: &Config) {
-        let _ = (config, &self.controller, self.limits, &self.controller_name);
+        let _ = (
+            config,
+            &self.controller,
+            self.limits,
+            &self.controller_name,
+            &self.metrics,
+        );
     }
 }
 

@@ -51,6 +51,7 @@ use super::routes::{
 use crate::admin::Backend;
 use crate::config::{Config, KubernetesRef};
 use crate::controller::Controller;
+use crate::metrics::StatusWrite;
 use crate::rollout::{DEFAULT_TIMEOUT, Operation, Progress, RolloutError, ShiftSteps};
 
 /// How many times a status write that met a conflict is tried again from
@@ -77,6 +78,8 @@ pub(crate) struct RouteSettings {
     /// `--kube-status-interval`: the least time between two status writes
     /// of one route.
     pub(crate) status_interval: Duration,
+    /// Where status writes are counted.
+    pub(crate) metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// What the task knows of the route.
@@ -478,11 +481,17 @@ impl RouteWatch {
                 .await
             {
                 Ok(written) => {
+                    self.settings
+                        .metrics
+                        .count_status_write(StatusWrite::Written);
                     tracing::debug!(route = %self.route, "HTTPRoute status written");
                     self.latest = Some(written);
                     return;
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => {
+                    self.settings
+                        .metrics
+                        .count_status_write(StatusWrite::Conflict);
                     tracing::info!(route = %self.route,
                         "HTTPRoute status changed meanwhile; reading it again");
                     match self.api.get_status(&self.route.name).await {
@@ -497,6 +506,9 @@ impl RouteWatch {
                     }
                 }
                 Err(e) => {
+                    self.settings
+                        .metrics
+                        .count_status_write(StatusWrite::Failed);
                     tracing::warn!(route = %self.route,
                         error = %crate::text::untrusted(&e.to_string()),
                         "cannot write the HTTPRoute status; trying again");

@@ -396,6 +396,14 @@ async fn an_httproute_drives_the_weights_and_its_status_says_every_proxy_confirm
     let codes: Vec<u16> = api.status_writes().iter().map(|w| w.code).collect();
     let conflicts = codes.iter().filter(|c| **c == 409).count();
     assert_eq!(conflicts, 2, "{codes:?}");
+    let page = http::get(admin, "/metrics", &[])
+        .await
+        .expect("/metrics")
+        .body;
+    assert!(
+        page.contains("teal_route_status_writes_total{result=\"conflict\"} 2\n"),
+        "{page}"
+    );
     let r = api.get("httproutes", "shop", "web").expect("the route");
     assert_eq!(
         entry(&r, OTHER_CONTROLLER, "elsewhere"),
