@@ -164,6 +164,9 @@ pub(crate) async fn run_route(
                         tracing::warn!(route = %w.route, service = w.service,
                             "HTTPRoute deleted; the service keeps its weights");
                         w.latest = None;
+                        // One made again starts at generation 1.
+                        w.handled = None;
+                        w.outcome = None;
                     }
                     Ok(Event::Init | Event::InitDone) => {}
                     Err(e) => tracing::warn!(route = %w.route,
@@ -171,11 +174,12 @@ pub(crate) async fn run_route(
                         "HTTPRoute watch error; retrying"),
                 }
             }
-            ended = op_changed => {
-                if !ended {
+            changed = op_changed => {
+                w.follow_op().await;
+                if !changed {
+                    // Gone without an outcome (teal is shutting down).
                     w.op = None;
                 }
-                w.follow_op().await;
             }
             () = sleep_until_opt(w.retry_at), if w.retry_at.is_some() => {
                 w.retry_at = None;
