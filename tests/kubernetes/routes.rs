@@ -77,8 +77,9 @@ async fn wait_condition(
     }
 }
 
-/// What Argo Rollouts' plugin does: read the route, set the weights of
-/// its backends, and update it with the version it read.
+/// What Argo Rollouts' Gateway API plugin does: read the route, set the
+/// weights of its backends and its in-progress label, and update it with
+/// the version it read.
 async fn set_weights(api: &FakeKube, weights: &[(&str, i64)]) -> i64 {
     let path = "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/web";
     let got = http::get(api.addr.port(), path, &[])
@@ -91,6 +92,7 @@ async fn set_weights(api: &FakeKube, weights: &[(&str, i64)]) -> i64 {
         .map(|(n, w)| json!({"group": "", "kind": "Service", "name": n, "port": 80, "weight": w}))
         .collect();
     r["spec"]["rules"][0]["backendRefs"] = json!(refs);
+    r["metadata"]["labels"]["rollouts.argoproj.io/gatewayapi-canary"] = json!("in-progress");
     let put = http::send_json(
         "PUT",
         api.addr.port(),
