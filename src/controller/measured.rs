@@ -1,11 +1,15 @@
 //! What `teal status` shows of a service's traffic: per fleet, what the
-//! load reports of the proxies routing it say over [`STATUS_WINDOW`].
+//! load reports of the proxies routing it say over [`STATUS_WINDOW`]; and
+//! how many of those proxies hold what is served.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::rollout::MeasuredFleet;
+use crate::rollout::machine::WAITING_SHOWN;
+use crate::rollout::{Applied, MeasuredFleet};
 
 use super::driver::Driver;
+use super::views::proxy_views;
 
 /// The window `teal status` measures traffic over: ten reports of every
 /// proxy at the default interval, short enough to show a flip within
@@ -47,5 +51,44 @@ impl Driver {
                 }
             })
             .collect()
+    }
+}
+
+impl Driver {
+    /// How many of the proxies routing `service` (cordoned ones aside)
+    /// ACKed what is served to their groups now. A proxy whose stream
+    /// ended and that holds its place while it reconnects has not: it
+    /// will confirm again on its new stream.
+    pub(super) fn applied(&self, service: &str) -> Applied {
+        let groups = self.basis(service).groups;
+        let groups: BTreeSet<&str> = groups.iter().map(String::as_str).collect();
+        let snapshot = self.writer.current();
+        let cordoned = self.registry.cordons().ids();
+        let statuses = self.registry.statuses();
+        let (views, _) = proxy_views(
+            statuses.iter().map(|p| &**p),
+            &groups,
+            &snapshot,
+            None,
+            &cordoned,
+        );
+        let mut applied = Applied {
+            total: views.len(),
+            ..Applied::default()
+        };
+        // The views come by node id, so the first shown are the first by id.
+        for v in views {
+            if v.confirmed {
+                applied.acked += 1;
+            } else if applied.waiting_for.len() < WAITING_SHOWN {
+                applied.waiting_for.push(v.id.to_string());
+            }
+            if let Some(nack) = v.nack
+                && applied.rejecting.len() < WAITING_SHOWN
+            {
+                applied.rejecting.push((v.id.to_string(), nack));
+            }
+        }
+        applied
     }
 }

@@ -2,7 +2,6 @@
 //! clusters (prepared), has applied the committed version (confirmed), or
 //! rejected it.
 
-#[cfg(test)]
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -19,9 +18,8 @@ use crate::rollout::Version;
 /// Cordoned proxies (by node id, in `cordoned`) are left out: the rollout
 /// neither waits for them nor sees their NACKs. They are listed in the
 /// second value, for the progress to name.
-#[cfg(test)]
-pub(crate) fn proxy_views(
-    proxies: &[ProxyStatus],
+pub(crate) fn proxy_views<'a>(
+    proxies: impl IntoIterator<Item = &'a ProxyStatus>,
     groups: &BTreeSet<&str>,
     snapshot: &Snapshot,
     committed: Option<u64>,
