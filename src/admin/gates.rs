@@ -90,8 +90,14 @@ pub(crate) fn router(backend: Arc<dyn Backend>, limits: GateLimits) -> axum::Rou
         turns: Semaphore::new(limits.max_concurrent.max(1)),
     });
     axum::Router::new()
-        .route("/v1/services/{service}", get(service))
-        .route("/v1/gates/flagger", post(flagger))
+        .route(
+            "/v1/services/{service}",
+            get(service).fallback(|| method_not_allowed("GET")),
+        )
+        .route(
+            "/v1/gates/flagger",
+            post(flagger).fallback(|| method_not_allowed("POST")),
+        )
         .route("/v1/{*rest}", axum::routing::any(unknown_path))
         .with_state(gates)
 }
@@ -106,6 +112,18 @@ fn reply(status: StatusCode, body: &Value) -> Response {
 /// A JSON error: `{"error": message}`.
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     reply(status, &json!({ "error": message.to_string() }))
+}
+
+async fn method_not_allowed(allowed: &'static str) -> Response {
+    let mut answer = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("this gate answers {allowed} only"),
+    );
+    answer.headers_mut().insert(
+        axum::http::header::ALLOW,
+        axum::http::HeaderValue::from_static(allowed),
+    );
+    answer
 }
 
 async fn unknown_path() -> Response {

@@ -238,6 +238,14 @@ async fn hostile_paths_and_payloads_get_a_clear_4xx() {
         (get("/v1/services/%FF%FE"), StatusCode::BAD_REQUEST),
         (get("/v1/services/api"), StatusCode::NOT_FOUND),
         (get("/v1/other"), StatusCode::NOT_FOUND),
+        (get("/v1/services/"), StatusCode::NOT_FOUND),
+        (get("/v1/gates/flagger"), StatusCode::METHOD_NOT_ALLOWED),
+        (
+            Request::delete("/v1/services/web")
+                .body(Body::empty())
+                .expect("request"),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
         (flagger("not json"), StatusCode::BAD_REQUEST),
         (flagger("{}"), StatusCode::BAD_REQUEST),
         (flagger(r#"{"name": 3}"#), StatusCode::BAD_REQUEST),

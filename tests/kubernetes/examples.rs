@@ -61,7 +61,7 @@ fn documents(file: &str) -> Vec<Value> {
 
 fn text<'a>(v: &'a Value, path: &str) -> &'a str {
     path.split('.')
-        .fold(Some(v), |v, k| v?.get(k))
+        .try_fold(v, |v, k| v.get(k))
         .and_then(Value::as_str)
         .unwrap_or_else(|| panic!("no {path} in {v}"))
 }
