@@ -285,3 +285,83 @@ fn futures_like_stream(n: usize) -> Body {
     let chunks = (0..n / 64).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 64])));
     Body::from_stream(tokio_stream::iter(chunks))
 }
+
+/// A backend whose status takes a while, counting the calls in flight.
+struct Slow {
+    inner: OneService,
+    now: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+#[tonic::async_trait]
+impl Backend for Slow {
+    async fn status(&self, service: Option<&str>) -> Result<StatusView, RolloutError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = self.now.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(n, SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.now.fetch_sub(1, SeqCst);
+        self.inner.status(service).await
+    }
+    fn proxies(&self) -> Vec<ProxyStatus> {
+        Vec::new()
+    }
+    fn current_versions(&self) -> BTreeMap<String, PerType<String>> {
+        BTreeMap::new()
+    }
+    async fn start(
+        &self,
+        o: Operation,
+        a: &str,
+    ) -> Result<watch::Receiver<Progress>, RolloutError> {
+        self.inner.start(o, a).await
+    }
+    async fn follow(&self, id: u64) -> Result<watch::Receiver<Progress>, RolloutError> {
+        self.inner.follow(id).await
+    }
+    async fn abort(&self, id: u64, a: &str) -> Result<(), RolloutError> {
+        self.inner.abort(id, a).await
+    }
+    async fn verify(&self, s: &str, f: &str) -> Result<Vec<CheckResult>, RolloutError> {
+        self.inner.verify(s, f).await
+    }
+    async fn history(&self, s: &str) -> Result<Vec<HistoryEntry>, RolloutError> {
+        self.inner.history(s).await
+    }
+}
+
+#[tokio::test]
+async fn no_more_than_the_limit_are_answered_at_once_and_the_rest_wait_their_turn() {
+    let backend = Arc::new(Slow {
+        inner: OneService(std::sync::Mutex::new(web(3))),
+        now: Default::default(),
+        most: Default::default(),
+    });
+    let limits = GateLimits {
+        max_request_bytes: 1024,
+        max_concurrent: 2,
+    };
+    let router = router(backend.clone(), limits);
+    let mut all = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let mut router = router.clone();
+        all.spawn(async move {
+            std::future::poll_fn(|cx| Service::<Request<Body>>::poll_ready(&mut router, cx))
+                .await
+                .expect("ready");
+            router
+                .call(get("/v1/services/web"))
+                .await
+                .expect("infallible")
+                .status()
+        });
+    }
+    while let Some(status) = all.join_next().await {
+        assert_eq!(
+            status.expect("join"),
+            StatusCode::OK,
+            "every one is answered"
+        );
+    }
+    assert_eq!(backend.most.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
