@@ -21,6 +21,12 @@
 //! being answered at once (further ones wait for a turn), and a service
 //! name no longer than a service name can be. Anything else is a clear
 //! `4xx` with `{"error": ...}`, never a panic.
+//!
+//! With replicas, only the leader answers: it runs the operations and sees
+//! every replica's proxies, while a follower would see no operation
+//! running and count only its own proxies, and could call a change
+//! confirmed that is not. A follower answers `503` naming the leader's
+//! admin address.
 
 use std::sync::Arc;
 
@@ -159,6 +165,16 @@ impl Gates {
     async fn status(&self, service: &str) -> Result<ServiceStatus, Response> {
         if !plausible_name(service) {
             return Err(bad_name(service));
+        }
+        if let Err(e) = self.backend.leading() {
+            let leader = match &e {
+                RolloutError::NotLeader { leader } => leader.clone(),
+                _ => None,
+            };
+            return Err(reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({ "error": e.to_string(), "leader": leader }),
+            ));
         }
         // The semaphore is never closed, so acquiring only waits.
         let Ok(_turn) = self.turns.acquire().await else {

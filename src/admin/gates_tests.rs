@@ -365,3 +365,68 @@ async fn no_more_than_the_limit_are_answered_at_once_and_the_rest_wait_their_tur
     }
     assert_eq!(backend.most.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+/// A follower's backend: it knows the service, another replica leads.
+struct Follower(OneService);
+
+#[tonic::async_trait]
+impl Backend for Follower {
+    fn leading(&self) -> Result<(), RolloutError> {
+        Err(RolloutError::NotLeader {
+            leader: Some("10.0.0.7:18001".into()),
+        })
+    }
+    async fn status(&self, service: Option<&str>) -> Result<StatusView, RolloutError> {
+        self.0.status(service).await
+    }
+    fn proxies(&self) -> Vec<ProxyStatus> {
+        Vec::new()
+    }
+    fn current_versions(&self) -> BTreeMap<String, PerType<String>> {
+        BTreeMap::new()
+    }
+    async fn start(
+        &self,
+        o: Operation,
+        a: &str,
+    ) -> Result<watch::Receiver<Progress>, RolloutError> {
+        self.0.start(o, a).await
+    }
+    async fn follow(&self, id: u64) -> Result<watch::Receiver<Progress>, RolloutError> {
+        self.0.follow(id).await
+    }
+    async fn abort(&self, id: u64, a: &str) -> Result<(), RolloutError> {
+        self.0.abort(id, a).await
+    }
+    async fn verify(&self, s: &str, f: &str) -> Result<Vec<CheckResult>, RolloutError> {
+        self.0.verify(s, f).await
+    }
+    async fn history(&self, s: &str) -> Result<Vec<HistoryEntry>, RolloutError> {
+        self.0.history(s).await
+    }
+}
+
+#[tokio::test]
+async fn a_follower_never_says_confirmed_and_names_the_leader() {
+    let backend = Arc::new(Follower(OneService(std::sync::Mutex::new(web(3)))));
+    for request in [
+        get("/v1/services/web"),
+        flagger(r#"{"name":"web","namespace":"shop","phase":"Progressing"}"#),
+    ] {
+        let mut router = router(backend.clone(), GateLimits::default());
+        std::future::poll_fn(|cx| Service::<Request<Body>>::poll_ready(&mut router, cx))
+            .await
+            .expect("ready");
+        let response = router.call(request).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let json: Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(json["leader"], "10.0.0.7:18001", "{json}");
+        assert_eq!(json["confirmed"], Value::Null, "{json}");
+    }
+}
