@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::google::rpc::Status;
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -52,29 +53,57 @@ enum Answer {
     Ack,
     /// Answers nothing until told otherwise.
     Hold,
+    /// Rejects the next response, then ACKs (the version put back).
+    NackOnce,
 }
 
-/// A proxy of group `edge` on `xds`, subscribed to every type, ACKing each
-/// response when `answer` lets it.
+/// A proxy of group `edge` on `xds`, subscribed to every type, answering
+/// each response as `answer` says when it is read.
 async fn proxy(xds: u16, answer: watch::Receiver<Answer>) -> tokio::task::JoinHandle<()> {
     let (tx, mut stream) = ads_subscribed_to_all(xds, "edge-1").await;
     tokio::spawn(async move {
         let mut answer = answer;
+        let mut acked = std::collections::HashMap::<String, String>::new();
+        let mut nacked = false;
         while let Ok(Some(response)) = stream.message().await {
-            if answer.wait_for(|a| *a == Answer::Ack).await.is_err() {
+            let Ok(mode) = answer.wait_for(|a| *a != Answer::Hold).await.map(|a| *a) else {
                 return;
+            };
+            let nack = mode == Answer::NackOnce && !nacked;
+            nacked = mode == Answer::NackOnce;
+            if !nack {
+                acked.insert(response.type_url.clone(), response.version_info.clone());
             }
-            let ack = DiscoveryRequest {
-                version_info: response.version_info,
+            let request = DiscoveryRequest {
+                version_info: acked.get(&response.type_url).cloned().unwrap_or_default(),
                 type_url: response.type_url,
                 response_nonce: response.nonce,
+                error_detail: nack.then(|| Status {
+                    code: 3,
+                    message: "refused by the test".into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             };
-            if tx.send(ack).await.is_err() {
+            if tx.send(request).await.is_err() {
                 return;
             }
         }
     })
+}
+
+/// `teal shift web --weight green=<percent>` against `admin`, to its end.
+async fn shift(admin: u16, percent: u32) -> std::process::Output {
+    tokio::process::Command::new(teal_binary())
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .args(["shift", "web", "--weight", &format!("green={percent}")])
+        .args(["--timeout", "60s"])
+        .env("TEAL_TOKEN", TOKEN)
+        .env_remove("TEAL_ADMIN")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run teal shift")
 }
 
 fn json(r: &HttpResponse) -> Value {
@@ -147,14 +176,7 @@ async fn the_gates_stay_closed_while_a_shift_step_waits_for_a_proxy_and_open_onc
 
     // The proxy holds its ACK; a shift step to green 50 waits for it.
     answer.send(Answer::Hold).expect("the proxy listens");
-    let shift = tokio::process::Command::new(teal_binary())
-        .args(["--admin", &format!("127.0.0.1:{admin}")])
-        .args(["shift", "web", "--weight", "green=50", "--timeout", "60s"])
-        .env("TEAL_TOKEN", TOKEN)
-        .env_remove("TEAL_ADMIN")
-        .stdin(Stdio::null())
-        .output();
-    let shift = tokio::spawn(shift);
+    let shift = tokio::spawn(shift(admin, 50));
     let held = wait_web(admin, "confirming the step", |b| {
         b["in_progress"]["phase"] == "confirming"
     })
@@ -186,8 +208,7 @@ async fn the_gates_stay_closed_while_a_shift_step_waits_for_a_proxy_and_open_onc
     let out = tokio::time::timeout(CONVERGE, shift)
         .await
         .expect("the shift ends once the proxy ACKs")
-        .expect("join")
-        .expect("run teal shift");
+        .expect("join");
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let after = wait_web(admin, "confirmed again", |b| b["confirmed"] == true).await;
     assert_eq!(
@@ -260,5 +281,63 @@ async fn gates_are_reads_open_without_a_token_and_refuse_what_names_no_service()
     assert_eq!(r.status, 405, "only POST: {}", r.body);
     let (_, web) = service(admin, "web").await;
     assert_eq!(web["last_change"], Value::Null);
+    drop(teal);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_a_proxy_rejects_keeps_the_gates_closed_until_a_later_change_lands() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::write(dir.join("teal.yaml"), config()).expect("write the config");
+    let (xds, admin) = (free_port(), free_port());
+    let teal = TealProcess::start_with(dir, xds, admin, &[]).await;
+    let (answer, answers) = watch::channel(Answer::Ack);
+    let _proxy = proxy(xds, answers).await;
+    wait_web(admin, "confirmed by the proxy", |b| {
+        b["confirmed"] == true && b["proxies"]["total"] == 1
+    })
+    .await;
+
+    // The proxy rejects the step: teal puts the weights back.
+    answer.send(Answer::NackOnce).expect("the proxy listens");
+    let out = shift(admin, 50).await;
+    assert_ne!(out.status.code(), Some(0), "{}", show(&out));
+    let after = wait_web(admin, "the step rolled back", |b| {
+        b["in_progress"].is_null() && b["proxies"]["all_acked"] == true
+    })
+    .await;
+    assert_eq!(
+        after["weights"],
+        serde_json::json!({"blue": 100, "green": 0})
+    );
+    assert_eq!(
+        after["confirmed_weights"], after["weights"],
+        "the undo is held by all"
+    );
+    assert_eq!(
+        after["confirmed"], false,
+        "the weights asked for never landed: {after}"
+    );
+    assert_eq!(after["unconfirmed"], "last_change");
+    assert_eq!(after["last_change"]["outcome"], "rolled-back", "{after}");
+    let (status, closed) = flagger(admin, CANARY).await;
+    assert_eq!(status, 403, "{closed}");
+    assert!(
+        closed["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("refused by the test")),
+        "the reason quotes the rejection: {closed}"
+    );
+
+    // A later change that lands opens them again.
+    answer.send(Answer::Ack).expect("the proxy listens");
+    let out = shift(admin, 10).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let (status, open) = flagger(admin, CANARY).await;
+    assert_eq!(status, 200, "{open}");
+    assert_eq!(
+        open["weights"],
+        serde_json::json!({"blue": 90, "green": 10})
+    );
     drop(teal);
 }
