@@ -2,6 +2,7 @@
 //! clusters (prepared), has applied the committed version (confirmed), or
 //! rejected it.
 
+#[cfg(test)]
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -18,8 +19,9 @@ use crate::rollout::Version;
 /// Cordoned proxies (by node id, in `cordoned`) are left out: the rollout
 /// neither waits for them nor sees their NACKs. They are listed in the
 /// second value, for the progress to name.
-pub(crate) fn proxy_views<'a>(
-    proxies: impl IntoIterator<Item = &'a ProxyStatus>,
+#[cfg(test)]
+pub(crate) fn proxy_views(
+    proxies: &[ProxyStatus],
     groups: &BTreeSet<&str>,
     snapshot: &Snapshot,
     committed: Option<u64>,

@@ -5,7 +5,8 @@
 //! Confirmed means all of: no operation is running on the service; its
 //! last change did what it was asked (or it has none yet); and every
 //! proxy routing it (cordoned ones aside, as operations leave them aside)
-//! has ACKed what is served to its group now. The last change matters,
+//! has ACKed the route configuration served to its group now (it carries
+//! the weights). The last change matters,
 //! not only the proxies: after a change rolled back, the proxies all hold
 //! the weights put back, but the weights asked for never landed, and an
 //! orchestrator that moved on would promote a release teal refused. Such
@@ -57,7 +58,7 @@ pub enum Unconfirmed {
         /// How it ended.
         outcome: Outcome,
     },
-    /// Some proxies routing it have not ACKed what is served.
+    /// Some proxies routing it have not ACKed the routes served.
     Proxies {
         /// Those that did.
         acked: usize,
@@ -147,7 +148,7 @@ impl fmt::Display for Unconfirmed {
                 let left = total.saturating_sub(*acked);
                 write!(
                     f,
-                    "{acked}/{total} proxies ACKed the configuration served; waiting for {}",
+                    "{acked}/{total} proxies ACKed the routes served; waiting for {}",
                     some_of(waiting_for, left)
                 )?;
                 if let Some((proxy, why)) = rejecting.first() {

@@ -71,7 +71,7 @@ fn a_proxy_that_has_not_acked_what_is_served_holds_it() {
     assert_eq!(why.kind(), "proxies");
     assert_eq!(
         why.to_string(),
-        "2/3 proxies ACKed the configuration served; waiting for p2"
+        "2/3 proxies ACKed the routes served; waiting for p2"
     );
 }
 
@@ -144,7 +144,7 @@ fn long_lists_of_proxies_say_how_many_more() {
     };
     assert_eq!(
         why.to_string(),
-        "20/30 proxies ACKed the configuration served; waiting for p1, p2 and 8 more; \
+        "20/30 proxies ACKed the routes served; waiting for p1, p2 and 8 more; \
          p1 rejects it: RDS 9: bad route"
     );
 }

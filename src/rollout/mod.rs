@@ -464,23 +464,23 @@ pub struct ServiceStatus {
     pub in_progress: Option<Progress>,
     /// What the proxies' load reports say, per fleet.
     pub traffic: Vec<MeasuredFleet>,
-    /// How many of the proxies routing the service hold what is served
-    /// now.
+    /// How many of the proxies routing the service hold the weights
+    /// served now.
     pub applied: Applied,
     /// The split every proxy confirmed, as far as teal knows: with an
     /// operation running, its last confirmed step's (or the split it
     /// started from); otherwise `weights` once every proxy routing the
-    /// service ACKed what is served, `None` until then.
+    /// service ACKed the routes served, `None` until then.
     pub confirmed: Option<Split>,
 }
 
 /// The proxies routing a service (connected, or holding their place while
 /// they reconnect; cordoned ones left out, as operations leave them out)
-/// against the configuration served to their groups now.
+/// against the route configuration served to their groups now.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
-    /// Those that ACKed, for every type they subscribe to, the version
-    /// served to their group.
+    /// Those that ACKed the route configuration (which carries the
+    /// weights) served to their group, or do not ask for one.
     pub acked: usize,
     /// All of them.
     pub total: usize,
@@ -493,7 +493,7 @@ pub struct Applied {
 }
 
 impl Applied {
-    /// Whether every proxy routing the service holds what is served.
+    /// Whether every proxy routing the service holds the weights served.
     pub fn all(&self) -> bool {
         self.acked == self.total
     }
