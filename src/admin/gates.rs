@@ -154,8 +154,8 @@ fn bad_name(name: &str) -> Response {
     error(
         StatusCode::BAD_REQUEST,
         format!(
-            "{:?} is not a service name: letters, digits, '-', '_' and '.', at most {MAX_SERVICE_NAME} bytes",
-            untrusted(name).max_chars(MAX_SERVICE_NAME + 8).to_string()
+            "\"{}\" is not a service name: letters, digits, '-', '_' and '.', at most {MAX_SERVICE_NAME} bytes",
+            untrusted(name).max_chars(MAX_SERVICE_NAME + 8)
         ),
     )
 }
