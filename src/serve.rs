@@ -78,6 +78,8 @@ pub struct ServeOptions {
     pub kube: crate::kubernetes::KubeLimits,
     /// Bounds on endpoints registered through the admin API.
     pub endpoint_limits: crate::rollout::registration::EndpointLimits,
+    /// Bounds on the gates' requests on the admin port.
+    pub gate_limits: admin::GateLimits,
 }
 
 impl ServeOptions {
@@ -106,6 +108,7 @@ impl ServeOptions {
             admin_insecure: false,
             kube: crate::kubernetes::KubeLimits::default(),
             endpoint_limits: Default::default(),
+            gate_limits: admin::GateLimits::default(),
         }
     }
 }
@@ -455,6 +458,7 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
             tokens: tokens.clone(),
             registry: registry.clone(),
             csds: server.client_status(),
+            gates: opts.gate_limits,
         },
         shutdown.clone(),
     ));

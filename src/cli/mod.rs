@@ -543,6 +543,7 @@ fn serve_command(args: ServeArgs) -> u8 {
             ..Default::default()
         },
         endpoint_limits: args.limits.endpoint_limits(),
+        gate_limits: args.limits.gate_limits(),
     };
     args.limits
         .apply(&mut opts.xds, &mut opts.admin_connections);
