@@ -44,6 +44,8 @@ fn service(name: &str, weights: &[(&str, u32)], both_since: Option<SystemTime>) 
         retirement: None,
         drains: vec![],
         both_fleets_since: both_since,
+        applied: Default::default(),
+        confirmed: None,
         last_change: None,
         in_progress: None,
         traffic: weights

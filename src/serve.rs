@@ -82,6 +82,8 @@ pub struct ServeOptions {
     pub gateway_controller_name: String,
     /// Bounds on endpoints registered through the admin API.
     pub endpoint_limits: crate::rollout::registration::EndpointLimits,
+    /// Bounds on the gates' requests on the admin port.
+    pub gate_limits: admin::GateLimits,
 }
 
 impl ServeOptions {
@@ -111,6 +113,7 @@ impl ServeOptions {
             kube: crate::kubernetes::KubeLimits::default(),
             gateway_controller_name: crate::kubernetes::DEFAULT_CONTROLLER_NAME.to_owned(),
             endpoint_limits: Default::default(),
+            gate_limits: admin::GateLimits::default(),
         }
     }
 }
@@ -465,6 +468,7 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
             tokens: tokens.clone(),
             registry: registry.clone(),
             csds: server.client_status(),
+            gates: opts.gate_limits,
         },
         shutdown.clone(),
     ));

@@ -584,6 +584,7 @@ fn serve_command(args: ServeArgs) -> u8 {
         },
         gateway_controller_name: args.gateway_controller_name,
         endpoint_limits: args.limits.endpoint_limits(),
+        gate_limits: args.limits.gate_limits(),
     };
     args.limits
         .apply(&mut opts.xds, &mut opts.admin_connections);

@@ -1425,3 +1425,51 @@ async fn a_proxy_that_is_reconnecting_is_not_drained() {
     let drains = web_or_api(&c, "api").await.drains;
     assert!(!drains[0].is_drained(), "{drains:?}");
 }
+
+#[tokio::test]
+async fn status_counts_the_proxies_holding_the_routes_served_leaving_cordoned_ones_out() {
+    use crate::xds::{NodeInfo, StreamEvent, StreamKind};
+
+    let registry = ProxyRegistry::new();
+    let (c, _trigger) = on_registry(&registry, Arc::new(MemoryStore::default())).await;
+    let _synced = synced_edge_proxy(&registry, &c, "synced");
+    // A proxy sent the routes that has not ACKed them.
+    let mut behind = registry.register(StreamKind::Aggregated, false);
+    behind.set_node(Some(&NodeInfo {
+        id: "behind".into(),
+        cluster: "edge".into(),
+        user_agent: "envoy".into(),
+    }));
+    let routes = c
+        .snapshot()
+        .group("edge")
+        .of(ResourceType::Route)
+        .version()
+        .to_owned();
+    behind.record(&[StreamEvent::Sent {
+        ty: ResourceType::Route,
+        version: routes,
+        nonce: "1".into(),
+        resources: 1,
+    }]);
+
+    // A proxy that holds the routes and is an endpoints push behind still
+    // routes by the weights: only the routes carry them.
+    let endpoints_behind = synced_edge_proxy(&registry, &c, "endpoints-behind");
+    endpoints_behind.record(&[StreamEvent::Sent {
+        ty: ResourceType::Endpoint,
+        version: "a-later-eds-version".into(),
+        nonce: "2".into(),
+        resources: 1,
+    }]);
+
+    let api = web_or_api(&c, "api").await;
+    assert_eq!((api.applied.acked, api.applied.total), (2, 3));
+    assert_eq!(api.applied.waiting_for, ["behind"]);
+    assert_eq!(api.confirmed, None, "not every proxy holds the weights");
+
+    assert!(c.cordon("behind", "test", "dave").await.expect("cordoned"));
+    let api = web_or_api(&c, "api").await;
+    assert_eq!((api.applied.acked, api.applied.total), (2, 2));
+    assert_eq!(api.confirmed.as_ref(), Some(&api.weights));
+}

@@ -1310,6 +1310,13 @@ impl Driver {
             .filter(|(name, _)| only.is_none_or(|o| o == name.as_str()))
             .map(|(name, st)| {
                 let running = self.running.get(name);
+                let applied = self.applied(name);
+                // With an operation running, what it confirmed; without,
+                // what is served, once every proxy holds it.
+                let confirmed = match running {
+                    Some(r) => Some(r.rollout.confirmed_split().clone()),
+                    None => applied.all().then(|| st.weights.clone()),
+                };
                 ServiceStatus {
                     name: name.clone(),
                     live: plan::live_of(&st.weights).unwrap_or_default().to_owned(),
@@ -1329,6 +1336,8 @@ impl Driver {
                     last_change: self.state.history.get(name).and_then(|h| h.last().cloned()),
                     in_progress: running.map(|r| r.rollout.progress()),
                     traffic: self.measured(name, now),
+                    applied,
+                    confirmed,
                 }
             })
             .collect();
@@ -1357,7 +1366,7 @@ impl Driver {
 
     /// What `service`'s proxies are measured against now: the snapshot
     /// served, the version its operation committed, the groups routing it.
-    fn basis(&self, service: &str) -> Basis {
+    pub(super) fn basis(&self, service: &str) -> Basis {
         Basis {
             snapshot: self.writer.current().version().to_owned(),
             committed: self

@@ -288,6 +288,19 @@ impl Backend for Controller {
         self.registry.proxies()
     }
 
+    fn leading(&self) -> Result<(), RolloutError> {
+        let Some(l) = &self.leadership else {
+            return Ok(());
+        };
+        match l.role() {
+            crate::ha::Role::Leader => Ok(()),
+            crate::ha::Role::Follower { leader } => Err(RolloutError::NotLeader {
+                leader: Some(leader.admin),
+            }),
+            crate::ha::Role::Unknown => Err(RolloutError::NotLeader { leader: None }),
+        }
+    }
+
     fn current_versions(&self) -> BTreeMap<String, PerType<String>> {
         let snap = self.snapshots.peek();
         snap.group_names()

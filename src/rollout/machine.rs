@@ -552,6 +552,15 @@ impl Rollout {
         }
     }
 
+    /// The split every proxy confirmed last, as far as this operation
+    /// knows: its last confirmed step's, or, before one, the split it
+    /// started from (what was in effect when it began).
+    pub(crate) fn confirmed_split(&self) -> &Split {
+        self.confirmed
+            .as_ref()
+            .map_or(&self.original.split, |(_, change)| &change.split)
+    }
+
     /// How it ended, once it has.
     pub(crate) fn outcome(&self) -> Option<&Outcome> {
         match &self.state {

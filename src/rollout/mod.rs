@@ -10,6 +10,8 @@
 //!   endpoints.
 //! - [`drain`]: whether a fleet is drained, by the proxies' load reports
 //!   (what they say of it arrives as `traffic`).
+//! - [`confirmation`]: whether a service's current weights are confirmed
+//!   by every proxy, the answer the orchestrators' gates give.
 //! - [`registration`]: endpoints a deploy pipeline or an instance
 //!   registers through the admin API, with TTLs.
 //! - Every service's split, and the rule a split follows, are the
@@ -40,6 +42,7 @@
 
 pub(crate) mod analysis;
 pub(crate) mod checks;
+pub mod confirmation;
 pub mod drain;
 #[cfg(test)]
 mod fixtures;
@@ -55,6 +58,7 @@ pub(crate) mod version;
 use crate::config::WeightsError;
 
 pub use analysis::Criteria;
+pub use confirmation::{Confirmation, Unconfirmed};
 pub use drain::FleetDrain;
 pub use reason::Reason;
 pub use traffic::MeasuredFleet;
@@ -460,6 +464,39 @@ pub struct ServiceStatus {
     pub in_progress: Option<Progress>,
     /// What the proxies' load reports say, per fleet.
     pub traffic: Vec<MeasuredFleet>,
+    /// How many of the proxies routing the service hold the weights
+    /// served now.
+    pub applied: Applied,
+    /// The split every proxy confirmed, as far as teal knows: with an
+    /// operation running, its last confirmed step's (or the split it
+    /// started from); otherwise `weights` once every proxy routing the
+    /// service ACKed the routes served, `None` until then.
+    pub confirmed: Option<Split>,
+}
+
+/// The proxies routing a service (connected, or holding their place while
+/// they reconnect; cordoned ones left out, as operations leave them out)
+/// against the route configuration served to their groups now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Those that ACKed the route configuration (which carries the
+    /// weights) served to their group, or do not ask for one.
+    pub acked: usize,
+    /// All of them.
+    pub total: usize,
+    /// Ids of those that have not: the first `machine::WAITING_SHOWN` by
+    /// id (`total - acked` counts them all).
+    pub waiting_for: Vec<String>,
+    /// Ids of those whose last answer was a rejection, with it: the first
+    /// `machine::WAITING_SHOWN` by id.
+    pub rejecting: Vec<(String, String)>,
+}
+
+impl Applied {
+    /// Whether every proxy routing the service holds the weights served.
+    pub fn all(&self) -> bool {
+        self.acked == self.total
+    }
 }
 
 /// Everything `teal status` shows.

@@ -129,6 +129,8 @@ impl Backend for FakeBackend {
                 }],
                 both_fleets_since: Some(now - Duration::from_secs(600)),
                 traffic: Vec::new(),
+                applied: Default::default(),
+                confirmed: None,
                 last_change: Some(HistoryEntry {
                     id: 1,
                     verb: Verb::Flip,

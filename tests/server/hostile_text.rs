@@ -135,6 +135,8 @@ impl Backend for HostileBackend {
                 retirement: None,
                 drains: vec![],
                 both_fleets_since: None,
+                applied: Default::default(),
+                confirmed: None,
                 last_change: Some(self.entry()),
                 in_progress: Some(self.progress(Phase::Confirming)),
                 traffic: Vec::new(),
