@@ -46,6 +46,7 @@ fn service(name: &str, weights: &[(&str, u32)], both_since: Option<SystemTime>) 
         both_fleets_since: both_since,
         applied: Default::default(),
         confirmed: None,
+        route: None,
         last_change: None,
         in_progress: None,
         traffic: weights

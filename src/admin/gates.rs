@@ -305,9 +305,14 @@ pub(crate) fn service_json(s: &ServiceStatus) -> Value {
                 .collect::<Vec<_>>(),
             "not_reporting": d.silent,
         })).collect::<Vec<_>>(),
-        // The HTTPRoute driving the service and the generation its
-        // proxies confirmed, once routes drive services; null until then.
-        "route": Value::Null,
+        // The HTTPRoute driving the service and how far teal got with it.
+        "route": s.route.as_ref().map(|r| json!({
+            "namespace": r.namespace,
+            "name": r.name,
+            "generation": r.generation,
+            "confirmed_generation": r.confirmed_generation,
+            "state": r.state.map(|st| st.as_str()),
+        })),
     })
 }
 

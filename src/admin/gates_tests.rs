@@ -40,6 +40,7 @@ fn web(acked: usize) -> ServiceStatus {
             rejecting: Vec::new(),
         },
         confirmed: (acked == 3).then(|| split(&[("blue", 100), ("green", 0)])),
+        route: None,
     }
 }
 

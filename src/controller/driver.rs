@@ -1338,6 +1338,18 @@ impl Driver {
                     traffic: self.measured(name, now),
                     applied,
                     confirmed,
+                    // The route's progress is the route task's; the handle
+                    // adds it (`Controller::with_routes`).
+                    route: self
+                        .config
+                        .services
+                        .get(name)
+                        .and_then(|s| s.route())
+                        .map(|r| crate::rollout::RouteView {
+                            namespace: r.namespace.clone(),
+                            name: r.name.clone(),
+                            ..Default::default()
+                        }),
                 }
             })
             .collect();

@@ -39,7 +39,7 @@ use crate::config::Config;
 use crate::config::Endpoint;
 use crate::metrics::Metrics;
 use crate::rollout::{
-    CheckResult, HistoryEntry, Operation, Progress, RolloutError, StatusView, Version,
+    CheckResult, HistoryEntry, Operation, Progress, RolloutError, RouteView, StatusView, Version,
 };
 use crate::shutdown::Shutdown;
 use crate::state::{PersistedState, Revision, StateStore};
@@ -66,6 +66,9 @@ pub struct Controller {
     /// (the driver is already running when `teal serve` sets them).
     endpoint_limits: EndpointLimits,
     leadership: Option<crate::ha::Leadership>,
+    /// What each route task last said of its route, by service; read into
+    /// `status` answers. Locked briefly, never across an await.
+    routes: Arc<std::sync::Mutex<BTreeMap<String, RouteView>>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -151,6 +154,7 @@ pub(crate) async fn start_replica(
         snapshots,
         endpoint_limits: EndpointLimits::default(),
         leadership,
+        routes: Arc::default(),
     };
     if driver.leadership.is_none() {
         driver.resume_operations(&version).await;
@@ -260,6 +264,32 @@ impl Controller {
         .await?
     }
 
+    /// Records what the task of `service`'s route knows of it, for
+    /// `status` answers (the gates show it).
+    #[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
+    pub(crate) fn set_route_view(&self, service: &str, view: RouteView) {
+        // A poisoned lock only means a panic elsewhere mid-insert; the
+        // map is still a map.
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        routes.insert(service.to_owned(), view);
+    }
+
+    /// `view` with what the route tasks said of each service's route
+    /// (only if it is about the route the config names now).
+    fn with_routes(&self, mut view: StatusView) -> StatusView {
+        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        for s in &mut view.services {
+            if let Some(r) = &mut s.route
+                && let Some(known) = routes.get(&s.name)
+                && known.namespace == r.namespace
+                && known.name == r.name
+            {
+                *r = known.clone();
+            }
+        }
+        view
+    }
+
     /// Whether this replica carries out changes: it is alone, or it leads.
     #[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
     pub(crate) fn leads(&self) -> bool {
@@ -281,7 +311,10 @@ pub(crate) fn route_actor(route: &crate::config::KubernetesRef) -> String {
 impl Backend for Controller {
     async fn status(&self, service: Option<&str>) -> Result<StatusView, RolloutError> {
         let service = service.map(str::to_owned);
-        self.ask(|reply| Command::Status { service, reply }).await?
+        let view = self
+            .ask(|reply| Command::Status { service, reply })
+            .await??;
+        Ok(self.with_routes(view))
     }
 
     fn proxies(&self) -> Vec<ProxyStatus> {

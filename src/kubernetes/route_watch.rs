@@ -46,13 +46,15 @@ use tokio::time::Instant;
 use super::gateway::{Gateway, GatewayClass, HttpRoute, RouteParentStatus};
 use super::routes::{
     Confirmation, ParentRole, RouteProblem, holding, merge_entries, our_entries, parent_gateway,
-    parent_role, recorded_failure, route_split,
+    parent_role, recorded_confirmed, recorded_failure, route_split, route_state,
 };
 use crate::admin::Backend;
 use crate::config::{Config, KubernetesRef};
 use crate::controller::Controller;
 use crate::metrics::StatusWrite;
-use crate::rollout::{DEFAULT_TIMEOUT, Operation, Progress, RolloutError, ShiftSteps};
+use crate::rollout::{
+    DEFAULT_TIMEOUT, Operation, Progress, RolloutError, RouteState, RouteView, ShiftSteps,
+};
 
 /// How many times a status write that met a conflict is tried again from
 /// a fresh read.
@@ -111,6 +113,8 @@ struct RouteWatch {
     last_write: Option<Instant>,
     /// A status write is owed (held back by the interval, or failed).
     dirty: bool,
+    /// The latest generation every proxy confirmed, for the gates.
+    confirmed_generation: Option<i64>,
 }
 
 /// Watches `route`, which drives `service` in `config`, until aborted.
@@ -142,6 +146,7 @@ pub(crate) async fn run_route(
         offer_again: false,
         last_write: None,
         dirty: false,
+        confirmed_generation: None,
     };
     loop {
         let write_due = w.last_write.map(|t| t + w.settings.status_interval);
@@ -187,6 +192,9 @@ pub(crate) async fn run_route(
             }
             () = sleep_until_opt(write_due), if w.dirty => {}
         }
+        // The gates learn first: whoever reads the status and then asks
+        // a gate finds it at least as far.
+        w.publish();
         if write_due.is_none_or(|t| Instant::now() >= t) {
             w.write_status().await;
         } else {
@@ -203,6 +211,29 @@ async fn sleep_until_opt(due: Option<Instant>) {
 }
 
 impl RouteWatch {
+    /// Tells the controller how far the route got, for the gates.
+    fn publish(&mut self) {
+        let state = self.outcome.as_ref().map(|o| route_state(o.as_ref()));
+        if state == Some(RouteState::Confirmed) {
+            self.confirmed_generation = self.handled.max(self.confirmed_generation);
+        }
+        if self.confirmed_generation.is_none()
+            && let Some(r) = &self.latest
+        {
+            self.confirmed_generation = recorded_confirmed(r, &self.settings.controller_name);
+        }
+        self.controller.set_route_view(
+            &self.service,
+            RouteView {
+                namespace: self.route.namespace.clone(),
+                name: self.route.name.clone(),
+                generation: self.handled,
+                confirmed_generation: self.confirmed_generation,
+                state,
+            },
+        );
+    }
+
     /// Takes on the latest generation if it is new and nothing of the
     /// route's is running.
     async fn take_on(&mut self) {

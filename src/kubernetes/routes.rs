@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 
 use super::gateway::{Condition, HttpRoute, ParentRef, RouteParentStatus};
 use crate::config::{Config, KubernetesRef, ListenerKind, Service};
-use crate::rollout::{Outcome, Progress, Split};
+use crate::rollout::{Outcome, Progress, RouteState, Split};
 use crate::xds::ProxyStatus;
 use crate::xds::resources::{PerType, ResourceType};
 
@@ -518,6 +518,32 @@ pub(crate) fn merge_entries(
     let room = MAX_STATUS_PARENTS.saturating_sub(out.len());
     out.extend(ours.into_iter().take(room));
     out
+}
+
+/// What the gates show of where a route's generation is.
+pub(crate) fn route_state(outcome: Result<&Confirmation, &RouteProblem>) -> RouteState {
+    match outcome {
+        Ok(Confirmation::Pending { .. }) => RouteState::Pending,
+        Ok(Confirmation::Confirmed { .. } | Confirmation::InEffect { .. }) => RouteState::Confirmed,
+        Ok(Confirmation::RolledBack { .. }) => RouteState::RolledBack,
+        Ok(Confirmation::Refused { .. }) => RouteState::Refused,
+        Err(p) if p.condition() == ProblemCondition::Refused => RouteState::Refused,
+        Err(_) => RouteState::NotApplied,
+    }
+}
+
+/// The latest generation teal's entries on the route say every proxy
+/// confirmed, if they say so (written before a restart, say).
+pub(crate) fn recorded_confirmed(route: &HttpRoute, controller: &str) -> Option<i64> {
+    let status = route.status.as_ref()?;
+    status
+        .parents
+        .iter()
+        .filter(|e| e.controller_name == controller)
+        .flat_map(|e| &e.conditions)
+        .filter(|c| c.type_ == CONFIRMED && c.status == "True")
+        .filter_map(|c| c.observed_generation)
+        .max()
 }
 
 /// The generation teal last recorded as rolled back on the route, if its

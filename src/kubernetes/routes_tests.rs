@@ -554,3 +554,47 @@ mod props {
         }
     }
 }
+
+#[test]
+fn the_gates_see_where_a_generation_is() {
+    use crate::rollout::RouteState;
+    let problem = RouteProblem::BackendNotFound {
+        namespace: "shop".into(),
+        name: "x".into(),
+        service: "web".into(),
+    };
+    assert_eq!(route_state(Err(&problem)), RouteState::NotApplied);
+    assert_eq!(
+        route_state(Err(&RouteProblem::ZeroWeights)),
+        RouteState::Refused
+    );
+    let in_effect = Confirmation::InEffect {
+        version: "1".into(),
+        acked: 0,
+        total: 0,
+    };
+    assert_eq!(route_state(Ok(&in_effect)), RouteState::Confirmed);
+    let rolled = Confirmation::RolledBack { why: "x".into() };
+    assert_eq!(route_state(Ok(&rolled)), RouteState::RolledBack);
+
+    let mut r = weights(&[("web-blue", 1)]);
+    assert_eq!(recorded_confirmed(&r, TEAL), None);
+    r.status = Some(crate::kubernetes::gateway::RouteStatus {
+        parents: vec![
+            entry(
+                TEAL,
+                "public",
+                json!([{"type": CONFIRMED, "status": "True", "reason": "Confirmed",
+                        "observedGeneration": 5}]),
+            ),
+            entry(
+                "example.com/other",
+                "public",
+                json!([{"type": CONFIRMED, "status": "True", "reason": "Confirmed",
+                        "observedGeneration": 9}]),
+            ),
+        ],
+        rest: Default::default(),
+    });
+    assert_eq!(recorded_confirmed(&r, TEAL), Some(5));
+}

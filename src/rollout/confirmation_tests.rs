@@ -27,6 +27,7 @@ fn service(total: usize, waiting: &[&str]) -> ServiceStatus {
             rejecting: Vec::new(),
         },
         confirmed: None,
+        route: None,
     }
 }
 

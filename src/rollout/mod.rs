@@ -472,6 +472,54 @@ pub struct ServiceStatus {
     /// started from); otherwise `weights` once every proxy routing the
     /// service ACKed the routes served, `None` until then.
     pub confirmed: Option<Split>,
+    /// The HTTPRoute that drives the service's weights, and how far teal
+    /// got with it; `None` when no route does.
+    pub route: Option<RouteView>,
+}
+
+/// The HTTPRoute that drives a service (`services.<s>.kubernetes.route`),
+/// as its task last said.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteView {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The latest generation teal took on; `None` before the first.
+    pub generation: Option<i64>,
+    /// The latest generation whose weights every proxy confirmed.
+    pub confirmed_generation: Option<i64>,
+    /// Where `generation` is; `None` before the first.
+    pub state: Option<RouteState>,
+}
+
+/// Where a route's generation is, as its `teal.dev/Confirmed` condition
+/// (or, when it was not applied, its other conditions) says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteState {
+    /// Being applied.
+    Pending,
+    /// Every proxy confirmed it.
+    Confirmed,
+    /// Applied, then undone.
+    RolledBack,
+    /// Refused before anything ran.
+    Refused,
+    /// Not accepted, or its backends do not resolve: nothing to apply.
+    NotApplied,
+}
+
+impl RouteState {
+    /// The name the gates' JSON uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteState::Pending => "pending",
+            RouteState::Confirmed => "confirmed",
+            RouteState::RolledBack => "rolled_back",
+            RouteState::Refused => "refused",
+            RouteState::NotApplied => "not_applied",
+        }
+    }
 }
 
 /// The proxies routing a service (connected, or holding their place while

@@ -317,6 +317,18 @@ async fn an_httproute_drives_the_weights_and_its_status_says_every_proxy_confirm
     let m = wait_condition(api, "teal.dev/Confirmed", "True", "Confirmed", 2, log).await;
     assert!(m.contains("1/1 proxies"), "{m}");
     envoy.wait_for_answer(edge, "/", &[], "green").await;
+    // The gate says the same, with the generation.
+    let gate = http::get(admin, "/v1/services/web", &[])
+        .await
+        .expect("the gate");
+    let gate: Value = serde_json::from_str(&gate.body).expect("JSON");
+    assert_eq!(gate["confirmed"], true, "{gate}");
+    assert_eq!(
+        gate["route"],
+        json!({"namespace": "shop", "name": "web", "generation": 2,
+               "confirmed_generation": 2, "state": "confirmed"}),
+        "{gate}"
+    );
     let pending = api.status_writes()[writes_before..].iter().any(|w| {
         w.body["status"]["parents"]
             .as_array()
@@ -379,6 +391,13 @@ async fn an_httproute_drives_the_weights_and_its_status_says_every_proxy_confirm
     let g = set_weights(api, &[("web-blue", 50), ("web-canary", 50)]).await;
     let m = wait_condition(api, "ResolvedRefs", "False", "BackendNotFound", g, log).await;
     assert!(m.contains("web-canary"), "{m}");
+    let gate = http::get(admin, "/v1/services/web", &[])
+        .await
+        .expect("the gate");
+    let gate: Value = serde_json::from_str(&gate.body).expect("JSON");
+    assert_eq!(gate["route"]["generation"], g, "{gate}");
+    assert_eq!(gate["route"]["confirmed_generation"], 2, "{gate}");
+    assert_eq!(gate["route"]["state"], "not_applied", "{gate}");
     let r = api.get("httproutes", "shop", "web").expect("the route");
     let ours = entry(&r, TEAL_CONTROLLER, "public").expect("teal's entry");
     assert!(

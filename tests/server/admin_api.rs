@@ -131,6 +131,7 @@ impl Backend for FakeBackend {
                 traffic: Vec::new(),
                 applied: Default::default(),
                 confirmed: None,
+                route: None,
                 last_change: Some(HistoryEntry {
                     id: 1,
                     verb: Verb::Flip,

@@ -137,6 +137,7 @@ impl Backend for HostileBackend {
                 both_fleets_since: None,
                 applied: Default::default(),
                 confirmed: None,
+                route: None,
                 last_change: Some(self.entry()),
                 in_progress: Some(self.progress(Phase::Confirming)),
                 traffic: Vec::new(),
