@@ -658,3 +658,41 @@ groups:
     }
     envoy.wait_for_answer(sidecar, "/", &host, "green").await;
 }
+
+/// `examples/kubernetes/gateway-api/teal-config.yaml` holds a config
+/// `teal serve` accepts, whose route and Gateway are the example's.
+#[test]
+fn the_gateway_api_example_config_names_the_example_route_and_gateway() {
+    let read = |file: &str| {
+        std::fs::read_to_string(format!(
+            "{}/examples/kubernetes/gateway-api/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
+    };
+    let text = read("teal-config.yaml");
+    let (_, body) = text
+        .split_once("  teal.yaml: |\n")
+        .expect("the teal.yaml key");
+    let config: String = body
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let parsed =
+        teal::config::Config::parse(&config, "teal-config.yaml").unwrap_or_else(|d| panic!("{d}"));
+    let route = parsed.services["web"].route().expect("a route");
+    let gateway = parsed.groups["edge"].gateway().expect("a Gateway");
+    let named = |file: &str, r: &teal::config::KubernetesRef| {
+        let text = read(file);
+        assert!(
+            text.contains(&format!(
+                "  name: {}\n  namespace: {}\n",
+                r.name, r.namespace
+            )),
+            "{file} is not {r}:\n{text}"
+        );
+    };
+    named("httproute.yaml", route);
+    named("gateway.yaml", gateway);
+}
