@@ -45,8 +45,8 @@ use tokio::time::Instant;
 
 use super::gateway::{Gateway, GatewayClass, HttpRoute, RouteParentStatus};
 use super::routes::{
-    Confirmation, ParentRole, RouteProblem, holding, merge_entries, our_entries, parent_gateway,
-    parent_role, recorded_confirmed, recorded_failure, route_split, route_state,
+    CONFIRMED, Confirmation, ParentRole, RouteProblem, holding, merge_entries, our_entries,
+    parent_gateway, parent_role, recorded_confirmed, recorded_failure, route_split, route_state,
 };
 use crate::admin::Backend;
 use crate::config::{Config, KubernetesRef};
@@ -270,9 +270,19 @@ impl RouteWatch {
         let controller_name = &self.settings.controller_name;
         if recorded_failure(&route, controller_name) == Some(generation) {
             // Said so before (by this teal or one before a restart): the
-            // previous weights stay until the spec changes.
+            // previous weights stay until the spec changes, and the status
+            // keeps saying why, word for word.
+            let why = route
+                .status
+                .iter()
+                .flat_map(|s| &s.parents)
+                .filter(|e| e.controller_name == *controller_name)
+                .flat_map(|e| &e.conditions)
+                .find(|c| c.type_ == CONFIRMED && c.reason == "RolledBack")
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
             self.handled = Some(generation);
-            self.outcome = None;
+            self.outcome = Some(Ok(Confirmation::RolledBack { why }));
             return;
         }
         let Some(service) = self.config.services.get(&self.service) else {

@@ -549,6 +549,15 @@ async fn a_nacked_generation_is_rolled_back_and_not_tried_again() {
         Some(("RolledBack".to_owned(), g)),
         "still says why"
     );
+    let gate = http::get(w.admin, "/v1/services/web", &[])
+        .await
+        .expect("the gate");
+    let gate: Value = serde_json::from_str(&gate.body).expect("JSON");
+    assert_eq!(
+        (&gate["route"]["generation"], &gate["route"]["state"]),
+        (&json!(g), &json!("rolled_back")),
+        "the restarted teal knows it too: {gate}"
+    );
 
     // A new generation is applied.
     let g = set_weights(&w.api, &[("web-blue", 100), ("web-green", 0)]).await;
