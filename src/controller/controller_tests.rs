@@ -683,37 +683,12 @@ async fn a_shift_goes_on_as_planned_after_a_reload_drops_an_unused_fleet() {
 /// look at every proxy again, although no stream changed.
 #[tokio::test]
 async fn a_flip_waiting_on_a_proxy_finishes_when_it_is_cordoned() {
-    use crate::xds::{NodeInfo, StreamEvent, StreamKind};
-
     let registry = ProxyRegistry::new();
     let (c, _trigger) = on_registry(&registry, Arc::new(MemoryStore::default())).await;
 
     // One proxy of the edge group holds the current routes and will never
     // ACK the next ones.
-    let mut stream = registry.register(StreamKind::Aggregated, false);
-    stream.set_node(Some(&NodeInfo {
-        id: "stuck".into(),
-        cluster: "edge".into(),
-        user_agent: "envoy".into(),
-    }));
-    let routes = c
-        .snapshot()
-        .group("edge")
-        .of(ResourceType::Route)
-        .version()
-        .to_owned();
-    stream.record(&[
-        StreamEvent::Sent {
-            ty: ResourceType::Route,
-            version: routes.clone(),
-            nonce: "1".into(),
-            resources: 1,
-        },
-        StreamEvent::Acked {
-            ty: ResourceType::Route,
-            version: routes,
-        },
-    ]);
+    let _stream = synced_edge_proxy(&registry, &c, "stuck");
 
     let mut rx = c.start(flip("api", true), "dave").await.expect("starts");
     tokio::time::timeout(

@@ -7,14 +7,13 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use envoy_types::pb::google::rpc::Status;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::support::ads::{Answer, answering_proxy};
 use crate::support::http::{self, HttpResponse};
 use crate::support::world::TealProcess;
-use crate::support::{CONVERGE, TOKEN, ads_subscribed_to_all, free_port, show, teal_binary};
+use crate::support::{CONVERGE, TOKEN, free_port, show, teal_binary};
 
 /// `web` (blue, green) routed by group `edge`.
 fn config() -> String {
@@ -45,51 +44,6 @@ groups:
         p2 = free_port(),
         l1 = free_port(),
     )
-}
-
-/// Whether the test's proxy answers what it receives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Answer {
-    Ack,
-    /// Answers nothing until told otherwise.
-    Hold,
-    /// Rejects the next response, then ACKs (the version put back).
-    NackOnce,
-}
-
-/// A proxy of group `edge` on `xds`, subscribed to every type, answering
-/// each response as `answer` says when it is read.
-async fn proxy(xds: u16, answer: watch::Receiver<Answer>) -> tokio::task::JoinHandle<()> {
-    let (tx, mut stream) = ads_subscribed_to_all(xds, "edge-1").await;
-    tokio::spawn(async move {
-        let mut answer = answer;
-        let mut acked = std::collections::HashMap::<String, String>::new();
-        let mut nacked = false;
-        while let Ok(Some(response)) = stream.message().await {
-            let Ok(mode) = answer.wait_for(|a| *a != Answer::Hold).await.map(|a| *a) else {
-                return;
-            };
-            let nack = mode == Answer::NackOnce && !nacked;
-            nacked = mode == Answer::NackOnce;
-            if !nack {
-                acked.insert(response.type_url.clone(), response.version_info.clone());
-            }
-            let request = DiscoveryRequest {
-                version_info: acked.get(&response.type_url).cloned().unwrap_or_default(),
-                type_url: response.type_url,
-                response_nonce: response.nonce,
-                error_detail: nack.then(|| Status {
-                    code: 3,
-                    message: "refused by the test".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
-            if tx.send(request).await.is_err() {
-                return;
-            }
-        }
-    })
 }
 
 /// `teal shift web --weight green=<percent>` against `admin`, to its end.
@@ -159,7 +113,7 @@ async fn the_gates_stay_closed_while_a_shift_step_waits_for_a_proxy_and_open_onc
     let teal = TealProcess::start_with(dir, xds, admin, &[]).await;
 
     let (answer, answers) = watch::channel(Answer::Ack);
-    let _proxy = proxy(xds, answers).await;
+    let _proxy = answering_proxy(xds, "edge-1", answers).await;
     let before = wait_web(admin, "confirmed by the proxy", |b| {
         b["confirmed"] == true && b["proxies"]["total"] == 1
     })
@@ -292,7 +246,7 @@ async fn a_step_a_proxy_rejects_keeps_the_gates_closed_until_a_later_change_land
     let (xds, admin) = (free_port(), free_port());
     let teal = TealProcess::start_with(dir, xds, admin, &[]).await;
     let (answer, answers) = watch::channel(Answer::Ack);
-    let _proxy = proxy(xds, answers).await;
+    let _proxy = answering_proxy(xds, "edge-1", answers).await;
     wait_web(admin, "confirmed by the proxy", |b| {
         b["confirmed"] == true && b["proxies"]["total"] == 1
     })
