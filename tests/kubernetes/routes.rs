@@ -11,11 +11,10 @@
 
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use envoy_types::pb::google::rpc::Status;
 use serde_json::{Value, json};
 
 use super::flip::{cli, spawn_teal};
+use crate::support::ads::{Answer, answering_proxy};
 use crate::support::http::{self, Upstream};
 use crate::support::kube_api::{FakeKube, gateway, gateway_class, route, slice};
 use crate::support::traffic::Traffic;
@@ -452,46 +451,12 @@ async fn an_httproute_drives_the_weights_and_its_status_says_every_proxy_confirm
     );
 }
 
-/// A fake proxy of group `edge` that takes the configuration it is first
-/// sent and rejects (NACKs) every route configuration after it: any
-/// change of weights.
-async fn nacking_proxy(xds: u16, id: &str) -> tokio::task::JoinHandle<()> {
-    let (tx, mut stream) = crate::support::ads_subscribed_to_all(xds, id).await;
-    tokio::spawn(async move {
-        let mut routes_seen = 0;
-        while let Ok(Some(response)) = stream.message().await {
-            let is_route = response.type_url.ends_with("RouteConfiguration");
-            if is_route {
-                routes_seen += 1;
-            }
-            let nack = is_route && routes_seen > 1;
-            let answer = DiscoveryRequest {
-                type_url: response.type_url,
-                response_nonce: response.nonce,
-                version_info: if nack {
-                    String::new()
-                } else {
-                    response.version_info
-                },
-                error_detail: nack.then(|| Status {
-                    code: 3,
-                    message: "refused by the test".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
-            if tx.send(answer).await.is_err() {
-                return;
-            }
-        }
-    })
-}
-
 #[tokio::test]
 async fn a_nacked_generation_is_rolled_back_and_not_tried_again() {
     let mut w = RouteWorld::start().await;
     w.wait("teal.dev/Confirmed", "True", "Confirmed", 1).await;
-    let _nacker = nacking_proxy(w.xds, "nacking-proxy").await;
+    let (answer, answers) = tokio::sync::watch::channel(Answer::Ack);
+    let _nacker = answering_proxy(w.xds, "nacking-proxy", answers).await;
     wait_until(
         Duration::from_secs(10),
         "the NACKing proxy ACKed",
@@ -504,6 +469,8 @@ async fn a_nacked_generation_is_rolled_back_and_not_tried_again() {
 
     let mut traffic = Traffic::start(w.edge, "/", &[]);
     traffic.wait_for_count(20).await;
+    // It rejects the next thing it is sent: the new weights.
+    answer.send(Answer::NackOnce).expect("the proxy listens");
     let g = set_weights(&w.api, &[("web-blue", 0), ("web-green", 100)]).await;
     let m = w.wait("teal.dev/Confirmed", "False", "RolledBack", g).await;
     assert!(
