@@ -469,8 +469,10 @@ async fn a_nacked_generation_is_rolled_back_and_not_tried_again() {
 
     let mut traffic = Traffic::start(w.edge, "/", &[]);
     traffic.wait_for_count(20).await;
-    // It rejects the next thing it is sent: the new weights.
-    answer.send(Answer::NackOnce).expect("the proxy listens");
+    // It rejects any new weights from now on.
+    answer
+        .send(Answer::NackRouteChanges)
+        .expect("the proxy listens");
     let g = set_weights(&w.api, &[("web-blue", 0), ("web-green", 100)]).await;
     let m = w.wait("teal.dev/Confirmed", "False", "RolledBack", g).await;
     assert!(

@@ -173,6 +173,10 @@ pub enum Answer {
     Hold,
     /// Rejects the next response, then ACKs (the version put back).
     NackOnce,
+    /// Rejects every route configuration of a version other than the one
+    /// it holds (any change of weights), and ACKs the rest: unlike
+    /// `NackOnce`, a response sent again meanwhile cannot take the NACK.
+    NackRouteChanges,
 }
 
 /// A proxy `id` of group `edge` on teal's xDS port `port`, subscribed to
@@ -191,7 +195,12 @@ pub async fn answering_proxy(
             let Ok(mode) = answer.wait_for(|a| *a != Answer::Hold).await.map(|a| *a) else {
                 return;
             };
-            let nack = mode == Answer::NackOnce && !nacked;
+            let changed_route = response.type_url.ends_with("RouteConfiguration")
+                && acked
+                    .get(&response.type_url)
+                    .is_some_and(|held| *held != response.version_info);
+            let nack = (mode == Answer::NackOnce && !nacked)
+                || (mode == Answer::NackRouteChanges && changed_route);
             nacked = mode == Answer::NackOnce;
             if !nack {
                 acked.insert(response.type_url.clone(), response.version_info.clone());
