@@ -125,8 +125,20 @@ async fn the_gates_stay_closed_while_a_shift_step_waits_for_a_proxy_and_open_onc
     assert_eq!(before["confirmed_weights"], before["weights"]);
     assert_eq!(before["in_progress"], Value::Null);
     assert_eq!(before["route"], Value::Null);
-    let (status, open) = flagger(admin, CANARY).await;
-    assert_eq!(status, 200, "{open}");
+    // teal may still serve a version the proxy has yet to ACK at start
+    // (the gate then closes until it does): wait for the gate to open.
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    loop {
+        let (status, open) = flagger(admin, CANARY).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gate did not open: {status} {open}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The proxy holds its ACK; a shift step to green 50 waits for it.
     answer.send(Answer::Hold).expect("the proxy listens");

@@ -171,11 +171,14 @@ pub enum Answer {
     Ack,
     /// Answers nothing until told otherwise.
     Hold,
-    /// Rejects the next response, then ACKs (the version put back).
+    /// Rejects the next route configuration of a version other than the
+    /// one it holds (the next change of weights), then ACKs everything
+    /// (the version put back too). A response sent again meanwhile is not
+    /// a change, so it cannot take the rejection's place.
     NackOnce,
     /// Rejects every route configuration of a version other than the one
-    /// it holds (any change of weights), and ACKs the rest: unlike
-    /// `NackOnce`, a response sent again meanwhile cannot take the NACK.
+    /// it holds (any change of weights, the way back too), and ACKs the
+    /// rest.
     NackRouteChanges,
 }
 
@@ -199,9 +202,13 @@ pub async fn answering_proxy(
                 && acked
                     .get(&response.type_url)
                     .is_some_and(|held| *held != response.version_info);
-            let nack = (mode == Answer::NackOnce && !nacked)
-                || (mode == Answer::NackRouteChanges && changed_route);
-            nacked = mode == Answer::NackOnce;
+            let nack = match mode {
+                Answer::NackOnce => changed_route && !nacked,
+                Answer::NackRouteChanges => changed_route,
+                Answer::Ack | Answer::Hold => false,
+            };
+            // Armed again once the proxy is told anything else.
+            nacked = mode == Answer::NackOnce && (nacked || nack);
             if !nack {
                 acked.insert(response.type_url.clone(), response.version_info.clone());
             }
