@@ -14,10 +14,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::flip::{cli, spawn_teal};
-use crate::support::ads::{Answer, answering_proxy};
 use crate::support::http::{self, Upstream};
 use crate::support::kube_api::{FakeKube, gateway, gateway_class, route, slice};
 use crate::support::traffic::Traffic;
+use crate::support::world::route_weights;
 use crate::support::{Envoy, Protocol, free_port, show, wait_until};
 
 const TEAL_CONTROLLER: &str = "teal.dev/gateway-controller";
@@ -108,10 +108,28 @@ async fn set_weights(api: &FakeKube, weights: &[(&str, i64)]) -> i64 {
         .expect("a generation")
 }
 
+/// The Envoys a [`RouteWorld`] serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proxies {
+    /// One edge Envoy, routing web by prefix.
+    Edge,
+    /// An edge Envoy routing web through a regex, with an admin runtime
+    /// layer so that it can be made to refuse route changes (see
+    /// [`RE2_ERROR_LEVEL`]), and a sidecar Envoy of group `mesh`, whose
+    /// routes to web have no regex and so are never refused.
+    NackableEdgeAndSidecar,
+}
+
+/// The Envoy runtime key that caps the size of a compiled RE2 program:
+/// set to 1, Envoy refuses (NACKs) every RouteConfiguration that holds a
+/// regex, since it compiles each one when it loads the configuration.
+const RE2_ERROR_LEVEL: &str = "re2.max_program_size.error_level";
+
 /// teal serving `web` (blue and green from EndpointSlices, driven by
 /// HTTPRoute `shop/web`) to an edge Envoy of the group implementing
-/// Gateway `infra/public`; the route is attached to that Gateway and to
-/// one of another controller, whose entry is in the route's status.
+/// Gateway `infra/public` (and, as [`Proxies`] says, a sidecar); the route
+/// is attached to that Gateway and to one of another controller, whose
+/// entry is in the route's status.
 struct RouteWorld {
     api: FakeKube,
     dir: tempfile::TempDir,
@@ -120,6 +138,9 @@ struct RouteWorld {
     admin: u16,
     edge: u16,
     envoy: Envoy,
+    /// The sidecar Envoy and its listener's port, with
+    /// [`Proxies::NackableEdgeAndSidecar`].
+    sidecar: Option<(Envoy, u16)>,
     teal: tokio::process::Child,
     /// The other controller's entry, as written.
     theirs: Value,
@@ -128,11 +149,12 @@ struct RouteWorld {
 
 impl RouteWorld {
     async fn start() -> RouteWorld {
-        RouteWorld::start_with(true).await
+        RouteWorld::start_with(true, Proxies::Edge).await
     }
 
-    /// [`RouteWorld::start`], without teal's Gateway unless `gateway`.
-    async fn start_with(gateway_first: bool) -> RouteWorld {
+    /// [`RouteWorld::start`], without teal's Gateway unless
+    /// `gateway_first`, serving `proxies`.
+    async fn start_with(gateway_first: bool, proxies: Proxies) -> RouteWorld {
         let api = FakeKube::start().await;
         let blue = Upstream::start("blue").await;
         let green = Upstream::start("green").await;
@@ -178,7 +200,22 @@ impl RouteWorld {
 
         let dir = tempfile::tempdir().expect("temporary directory");
         let kubeconfig = api.kubeconfig(dir.path());
-        let edge = free_port();
+        let (edge, sidecar) = (free_port(), free_port());
+        let (edge_route, mesh) = match proxies {
+            Proxies::Edge => ("prefix: /", String::new()),
+            Proxies::NackableEdgeAndSidecar => (
+                "regex: '/.*'",
+                format!(
+                    "  mesh:
+    listeners:
+      out:
+        kind: sidecar
+        address: 127.0.0.1:{sidecar}
+        services: [web]
+"
+                ),
+            ),
+        };
         std::fs::write(
             dir.path().join("teal.yaml"),
             format!(
@@ -203,9 +240,9 @@ groups:
           site:
             domains: ['*']
             routes:
-              - prefix: /
+              - {edge_route}
                 service: web
-"
+{mesh}"
             ),
         )
         .expect("write the config");
@@ -217,7 +254,18 @@ groups:
                 .is_ok_and(|r| r.status == 200)
         })
         .await;
-        let envoy = Envoy::start_on(xds, "edge", Protocol::Sotw).await;
+        let (envoy, sidecar) = match proxies {
+            Proxies::Edge => (Envoy::start_on(xds, "edge", Protocol::Sotw).await, None),
+            Proxies::NackableEdgeAndSidecar => {
+                let (envoy, mesh) = tokio::join!(
+                    Envoy::start_with_admin_runtime(xds, "edge", Protocol::Sotw),
+                    Envoy::start_on(xds, "mesh", Protocol::Sotw),
+                );
+                mesh.wait_for_answer(sidecar, "/", &[("host", "web")], "blue")
+                    .await;
+                (envoy, Some((mesh, sidecar)))
+            }
+        };
         envoy.wait_for_answer(edge, "/", &[], "blue").await;
         RouteWorld {
             api,
@@ -227,6 +275,7 @@ groups:
             admin,
             edge,
             envoy,
+            sidecar,
             teal,
             theirs,
             upstreams: [blue, green],
@@ -243,6 +292,53 @@ groups:
 
     async fn wait(&self, type_: &str, status: &str, reason: &str, generation: i64) -> String {
         wait_condition(&self.api, type_, status, reason, generation, || self.log()).await
+    }
+
+    /// Every Envoy, and the sidecar if there is one: each reports weight
+    /// 100 for `web-<fleet>` (its admin interface's route configurations)
+    /// and answers 10 requests in a row from `fleet`, waiting for the
+    /// first.
+    async fn assert_everyone_on(&self, fleet: &str) {
+        let cluster = format!("web-{fleet}");
+        let mut envoys = vec![(&self.envoy, self.edge)];
+        envoys.extend(self.sidecar.as_ref().map(|(s, p)| (s, *p)));
+        for (envoy, port) in envoys {
+            wait_until(
+                Duration::from_secs(30),
+                &format!("{} routes all of web to {cluster}", envoy.node_id),
+                || async { route_weights(envoy).await.get(&cluster) == Some(&100) },
+            )
+            .await;
+            let host = [("host", "web")];
+            envoy.wait_for_answer(port, "/", &host, fleet).await;
+            for _ in 0..10 {
+                let a = http::get(port, "/", &host).await.expect("a request");
+                assert_eq!(
+                    (a.status, a.body.as_str()),
+                    (200, fleet),
+                    "through {}",
+                    envoy.node_id
+                );
+            }
+        }
+    }
+
+    /// [`RouteWorld::assert_everyone_on`] blue, and no Envoy's weights
+    /// give any other fleet of web a share.
+    async fn assert_everyone_on_blue(&self) {
+        self.assert_everyone_on("blue").await;
+        let mut envoys = vec![&self.envoy];
+        envoys.extend(self.sidecar.as_ref().map(|(s, _)| s));
+        for envoy in envoys {
+            let mut weights = route_weights(envoy).await;
+            weights.retain(|c, w| c.starts_with("web-") && *w > 0);
+            assert_eq!(
+                weights.into_iter().collect::<Vec<_>>(),
+                vec![("web-blue".to_owned(), 100)],
+                "{}",
+                envoy.node_id
+            );
+        }
     }
 }
 
@@ -451,54 +547,60 @@ async fn an_httproute_drives_the_weights_and_its_status_says_every_proxy_confirm
     );
 }
 
+/// A generation a real Envoy refuses is rolled back, and not tried again.
+///
+/// The edge Envoy routes web through a regex; with its runtime key
+/// [`RE2_ERROR_LEVEL`] at 1 it NACKs every new RouteConfiguration, while the
+/// sidecar, whose routes hold no regex, takes them. Under traffic through
+/// both, the route's weights go to green: the edge's NACK rolls the
+/// generation back, the route's status says `RolledBack`, naming the edge
+/// and quoting Envoy, and both Envoys route all of web to blue (the undo is
+/// the configuration the edge runs, which it takes without compiling
+/// anything).
+///
+/// Then the key goes back to 100, so that the edge would take green now:
+/// neither this teal nor one restarted applies the generation again (the
+/// route's status remembers it was rolled back). A new generation, with
+/// the same split, is applied and confirmed by both.
 #[tokio::test]
-async fn a_nacked_generation_is_rolled_back_and_not_tried_again() {
-    let mut w = RouteWorld::start().await;
+async fn a_generation_a_real_envoy_nacks_is_rolled_back_and_not_tried_again() {
+    let mut w = RouteWorld::start_with(true, Proxies::NackableEdgeAndSidecar).await;
     w.wait("teal.dev/Confirmed", "True", "Confirmed", 1).await;
-    let (answer, answers) = tokio::sync::watch::channel(Answer::Ack);
-    let _nacker = answering_proxy(w.xds, "nacking-proxy", answers).await;
-    wait_until(
-        Duration::from_secs(10),
-        "the NACKing proxy ACKed",
-        || async {
-            let out = cli(w.admin, &["proxies"]).await;
-            String::from_utf8_lossy(&out.stdout).contains("nacking-proxy")
-        },
-    )
-    .await;
-
-    let mut traffic = Traffic::start(w.edge, "/", &[]);
+    let sidecar_port = w.sidecar.as_ref().map(|(_, p)| *p).expect("a sidecar");
+    let host = [("host", "web")];
+    let mut traffic = Traffic::start_over(&[w.edge, sidecar_port], "/", &host);
     traffic.wait_for_count(20).await;
-    // It rejects any new weights from now on.
-    answer
-        .send(Answer::NackRouteChanges)
-        .expect("the proxy listens");
+
+    w.envoy.set_runtime(RE2_ERROR_LEVEL, "1").await;
     let g = set_weights(&w.api, &[("web-blue", 0), ("web-green", 100)]).await;
     let m = w.wait("teal.dev/Confirmed", "False", "RolledBack", g).await;
-    assert!(
-        m.contains("nacking-proxy"),
-        "the reason names the proxy: {m}"
-    );
+    assert!(m.contains(&w.envoy.node_id), "names the edge: {m}");
+    // Envoy's own words: "regex '/.*' RE2 program size of N > max program
+    // size of 1 set for the error level threshold".
+    assert!(m.contains("RE2 program size"), "quotes Envoy: {m}");
     traffic.wait_for_count(traffic.count() + 20).await;
     let answers = traffic.stop().await;
-    assert!(
-        answers.iter().all(|a| matches!(a, Ok((200, _)))),
-        "no request failed"
-    );
-    for _ in 0..10 {
-        let a = http::get(w.edge, "/", &[]).await.expect("a request");
-        assert_eq!(a.body, "blue", "traffic stays where it was");
-    }
+    let failed: Vec<_> = answers
+        .iter()
+        .filter(|a| !matches!(a, Ok((200, _))))
+        .collect();
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    w.assert_everyone_on_blue().await;
 
-    // The generation is not applied again: not by this teal, nor by one
-    // restarted (the route's status remembers).
+    // The edge would take green now; the generation is not applied again,
+    // not even after the route is looked at again (every 5 s).
+    w.envoy.set_runtime(RE2_ERROR_LEVEL, "100").await;
     let route_ops = |out: &std::process::Output| {
         String::from_utf8_lossy(&out.stdout)
             .matches("k8s:HTTPRoute/shop/web")
             .count()
     };
-    let once = route_ops(&cli(w.admin, &["history", "web"]).await);
-    assert_eq!(once, 1);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let out = cli(w.admin, &["history", "web"]).await;
+    assert_eq!(route_ops(&out), 1, "{}\n{}", show(&out), w.log());
+    w.assert_everyone_on_blue().await;
+
+    // Nor by a teal restarted: the route's status remembers.
     w.teal.kill().await.expect("stop teal");
     w.teal = spawn_teal(w.dir.path(), "teal-2.log", &w.kubeconfig, w.xds, w.admin);
     wait_until(Duration::from_secs(30), "the restarted teal", || async {
@@ -507,17 +609,32 @@ async fn a_nacked_generation_is_rolled_back_and_not_tried_again() {
             .is_ok_and(|r| r.status == 200)
     })
     .await;
+    wait_until(
+        Duration::from_secs(30),
+        "both Envoys back on the restarted teal",
+        || async {
+            let out = cli(w.admin, &["proxies"]).await;
+            let table = String::from_utf8_lossy(&out.stdout);
+            table.contains(&w.envoy.node_id)
+                && w.sidecar
+                    .as_ref()
+                    .is_some_and(|(s, _)| table.contains(&s.node_id))
+        },
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let out = cli(w.admin, &["history", "web"]).await;
     assert_eq!(route_ops(&out), 1, "{}\n{}", show(&out), w.log());
-    w.envoy.wait_for_answer(w.edge, "/", &[], "blue").await;
+    w.assert_everyone_on_blue().await;
     let r = w.api.get("httproutes", "shop", "web").expect("the route");
     let ours = entry(&r, TEAL_CONTROLLER, "public").expect("teal's entry");
+    let kept = condition(ours, "teal.dev/Confirmed").expect("a Confirmed condition");
     assert_eq!(
-        condition(ours, "teal.dev/Confirmed").map(|c| (c.1, c.2)),
-        Some(("RolledBack".to_owned(), g)),
-        "still says why"
+        (kept.1.as_str(), kept.2),
+        ("RolledBack", g),
+        "still says why: {kept:?}"
     );
+    assert_eq!(kept.3, m, "word for word");
     let gate = http::get(w.admin, "/v1/services/web", &[])
         .await
         .expect("the gate");
@@ -528,14 +645,18 @@ async fn a_nacked_generation_is_rolled_back_and_not_tried_again() {
         "the restarted teal knows it too: {gate}"
     );
 
-    // A new generation is applied.
-    let g = set_weights(&w.api, &[("web-blue", 100), ("web-green", 0)]).await;
-    w.wait("teal.dev/Confirmed", "True", "Confirmed", g).await;
+    // A new generation is applied, though its split is the refused
+    // generation's (the spec must change for a new generation: the same
+    // weights written again are no change to the API server).
+    let g = set_weights(&w.api, &[("web-blue", 0), ("web-green", 50)]).await;
+    let m = w.wait("teal.dev/Confirmed", "True", "Confirmed", g).await;
+    assert!(m.contains("2/2 proxies"), "{m}");
+    w.assert_everyone_on("green").await;
 }
 
 #[tokio::test]
 async fn a_route_whose_gateway_comes_later_is_taken_on_when_it_appears() {
-    let w = RouteWorld::start_with(false).await;
+    let w = RouteWorld::start_with(false, Proxies::Edge).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let r = w.api.get("httproutes", "shop", "web").expect("the route");
     assert!(

@@ -176,10 +176,6 @@ pub enum Answer {
     /// (the version put back too). A response sent again meanwhile is not
     /// a change, so it cannot take the rejection's place.
     NackOnce,
-    /// Rejects every route configuration of a version other than the one
-    /// it holds (any change of weights, the way back too), and ACKs the
-    /// rest.
-    NackRouteChanges,
 }
 
 /// A proxy `id` of group `edge` on teal's xDS port `port`, subscribed to
@@ -204,7 +200,6 @@ pub async fn answering_proxy(
                     .is_some_and(|held| *held != response.version_info);
             let nack = match mode {
                 Answer::NackOnce => changed_route && !nacked,
-                Answer::NackRouteChanges => changed_route,
                 Answer::Ack | Answer::Hold => false,
             };
             // Armed again once the proxy is told anything else.
