@@ -1,7 +1,8 @@
 //! An HTTPRoute drives a service's weights: the real `teal serve` against
 //! the fake API server (`support/kube_api.rs`: HTTPRoute, Gateway and
 //! GatewayClass list/watch, status writes with `resourceVersion`
-//! conflicts), a real edge Envoy under load, and the real CLI.
+//! conflicts), a real edge Envoy under load (beside a sidecar Envoy where
+//! the edge is made to NACK), and the real CLI.
 //!
 //! The route is changed the way Argo Rollouts' Gateway API plugin changes
 //! it (read the route, set the backends' weights, update it with the
