@@ -320,15 +320,15 @@ impl RouteWatch {
                 &self.controller.current_versions(),
             );
             self.handled = Some(generation);
-            self.outcome = Some(Ok(if acked == total {
+            self.outcome = Some(Ok(if acked == total && total > 0 {
                 Confirmation::InEffect {
                     version,
                     acked,
                     total,
                 }
             } else {
-                // Committed before, and some proxy has not ACKed it yet:
-                // look again shortly.
+                // Committed before, and some proxy has not ACKed it yet
+                // (or none is connected to): look again shortly.
                 self.offer_again = true;
                 self.retry_at = Some(Instant::now() + BUSY_RETRY);
                 Confirmation::Pending {
@@ -336,7 +336,11 @@ impl RouteWatch {
                     acked,
                     total,
                     waiting_for,
-                    phase: "in effect".to_owned(),
+                    phase: if total == 0 {
+                        super::routes::NO_PROXY.to_owned()
+                    } else {
+                        "in effect".to_owned()
+                    },
                 }
             }));
             return;
@@ -400,6 +404,12 @@ impl RouteWatch {
             tracing::info!(route = %self.route, service = self.service,
                 id = progress.id, outcome = ?progress.outcome, "HTTPRoute generation done");
             self.op = None;
+            if progress.outcome == Some(crate::rollout::Outcome::Succeeded) && progress.total == 0 {
+                // Applied with no proxy to confirm it: looked at again as
+                // weights in effect, until proxies hold them.
+                self.offer_again = true;
+                self.retry_at = Some(Instant::now() + BUSY_RETRY);
+            }
             self.take_on().await;
         }
     }

@@ -353,6 +353,12 @@ impl Confirmation {
     }
 }
 
+/// The phase a route's status gives weights served while no proxy that
+/// routes the service is connected: no proxy has confirmed them, so they
+/// are not `Confirmed` (see [`Confirmation::of`]).
+pub(crate) const NO_PROXY: &str =
+    "served, but no proxy routing the service is connected to confirm it";
+
 impl Confirmation {
     /// Where an operation that applies a route's weights is.
     pub(crate) fn of(progress: &Progress) -> Confirmation {
@@ -364,6 +370,15 @@ impl Confirmation {
                 total: progress.total,
                 waiting_for: progress.waiting_for.clone(),
                 phase: progress.phase.as_str().to_owned(),
+            },
+            // An operation with no proxy to wait for succeeds, but nobody
+            // confirmed its weights: the route says so and waits for one.
+            Some(Outcome::Succeeded) if progress.total == 0 => Confirmation::Pending {
+                version,
+                acked: 0,
+                total: 0,
+                waiting_for: Vec::new(),
+                phase: NO_PROXY.to_owned(),
             },
             Some(Outcome::Succeeded) => Confirmation::Confirmed {
                 version: version.unwrap_or_else(|| "-".to_owned()),

@@ -422,8 +422,17 @@ fn an_operation_s_progress_is_what_confirmed_says() {
         Confirmation::of(&p),
         Confirmation::Pending { ref waiting_for, acked: 19, total: 20, .. } if waiting_for == &["envoy-7"]
     ));
-    p.acked = 20;
+    // Succeeded with no proxy to confirm it: not confirmed.
+    p.acked = 0;
+    p.total = 0;
     p.outcome = Some(Outcome::Succeeded);
+    assert!(matches!(
+        Confirmation::of(&p),
+        Confirmation::Pending { total: 0, .. }
+    ));
+    assert_eq!(Confirmation::of(&p).condition().0, "False");
+    p.acked = 20;
+    p.total = 20;
     assert!(matches!(
         Confirmation::of(&p),
         Confirmation::Confirmed {

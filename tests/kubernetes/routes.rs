@@ -359,6 +359,14 @@ async fn an_httproute_drives_the_weights_and_its_status_says_every_proxy_confirm
     // Generation 1 asks for what is served: confirmed as it is.
     let m = wait_condition(api, "teal.dev/Confirmed", "True", "Confirmed", 1, log).await;
     assert!(m.contains("already in effect"), "{m}");
+    // Never confirmed by nobody: no write said Confirmed with 0 proxies.
+    for w in api.status_writes() {
+        let text = w.body.to_string();
+        assert!(
+            !(text.contains("\"Confirmed\"") && text.contains("0/0 proxies")),
+            "a status write confirmed the route with no proxy: {text}"
+        );
+    }
     let r = api.get("httproutes", "shop", "web").expect("the route");
     let ours = entry(&r, TEAL_CONTROLLER, "public").expect("teal's entry");
     assert_eq!(
