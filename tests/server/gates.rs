@@ -87,6 +87,38 @@ async fn flagger(admin: u16, body: &str) -> (u16, Value) {
 
 const CANARY: &str = r#"{"name":"web","namespace":"shop","phase":"Progressing","checksum":"6c1f","type":"confirm-traffic-increase","metadata":{}}"#;
 
+/// Waits until every type of every proxy is `SYNCED` in `teal proxies`.
+async fn wait_synced(admin: u16) {
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    loop {
+        let out = tokio::process::Command::new(teal_binary())
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .args(["proxies", "-o", "json"])
+            .env_remove("TEAL_ADMIN")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("run teal proxies");
+        let proxies: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let synced = proxies["proxies"].as_array().is_some_and(|all| {
+            !all.is_empty()
+                && all.iter().all(|p| {
+                    p["types"]
+                        .as_object()
+                        .is_some_and(|t| t.values().all(|t| t["state"] == "SYNCED"))
+                })
+        });
+        if synced {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the proxy did not hold everything served: {proxies}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Polls `/v1/services/web` until `check` holds.
 async fn wait_web(admin: u16, what: &str, check: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + CONVERGE;
@@ -141,6 +173,9 @@ async fn the_gates_stay_closed_while_a_shift_step_waits_for_a_proxy_and_open_onc
     }
 
     // The proxy holds its ACK; a shift step to green 50 waits for it.
+    // First it holds everything served (what it still has to ACK of the
+    // start-up would hold the step in preparing instead).
+    wait_synced(admin).await;
     answer.send(Answer::Hold).expect("the proxy listens");
     let shift = tokio::spawn(shift(admin, 50));
     let held = wait_web(admin, "confirming the step", |b| {
