@@ -60,6 +60,10 @@
 //! reported for a few intervals: the difference is what a proxy's load
 //! reporting costs the server.
 //!
+//! `BENCH_XDS_WRAP="heaptrack -o FILE"` runs the child under that
+//! command (a heap profiler here); the CPU and memory printed are then
+//! the wrapper's.
+//!
 //! With `--callgrind FILE`, the child runs under `valgrind
 //! --tool=callgrind` with instrumentation off until the first push and on
 //! through the last, then dumps to FILE: an instruction-exact profile of
@@ -83,8 +87,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::service::discovery::v3::{
     DiscoveryRequest, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
 };
-use envoy_types::pb::envoy::service::load_stats::v3::LoadStatsRequest;
-use envoy_types::pb::envoy::service::load_stats::v3::load_reporting_service_client::LoadReportingServiceClient;
+use envoy_types::pb::envoy::service::load_stats::v3::{LoadStatsRequest, LoadStatsResponse};
 use envoy_types::pb::google::protobuf::UInt32Value;
 use teal::xds::resources::ResourceType;
 use teal::xds::snapshot::{GroupResources, SnapshotInput};
@@ -450,6 +453,8 @@ struct Args {
     lrs: bool,
     /// How often teal asks for load reports.
     lrs_interval: Duration,
+    /// Which node the load messages carry.
+    lrs_node: LrsNode,
     /// The idle span measured before the pushes.
     idle: Duration,
     callgrind: Option<std::path::PathBuf>,
@@ -469,6 +474,7 @@ fn args() -> anyhow::Result<Args> {
         bare: false,
         lrs: false,
         lrs_interval: Duration::from_secs(1),
+        lrs_node: LrsNode::Envoy,
         idle: Duration::from_secs(10),
         callgrind: None,
     };
@@ -496,6 +502,14 @@ fn args() -> anyhow::Result<Args> {
             a.lrs = true;
             continue;
         }
+        if flag == "--lrs-node" {
+            a.lrs_node = match it.next().as_deref() {
+                Some("envoy") => LrsNode::Envoy,
+                Some("first") => LrsNode::First,
+                other => anyhow::bail!("--lrs-node is envoy or first, not {other:?}"),
+            };
+            continue;
+        }
         if flag == "--callgrind" {
             a.callgrind = Some(
                 it.next()
@@ -511,7 +525,7 @@ fn args() -> anyhow::Result<Args> {
             "--lrs-interval" => a.lrs_interval = Duration::from_millis(value()? as u64),
             "--idle" => a.idle = Duration::from_secs(value()? as u64),
             other => anyhow::bail!(
-                "unknown flag {other}; use --streams N --per-conn N --pushes N --idle SECONDS [--tls | --flip [--lrs [--lrs-interval MS]] | --bare] [--callgrind FILE]"
+                "unknown flag {other}; use --streams N --per-conn N --pushes N --idle SECONDS [--tls | --flip [--lrs [--lrs-interval MS] [--lrs-node envoy|first]] | --bare] [--callgrind FILE]"
             ),
         }
     }
@@ -591,8 +605,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// What the simulated clients' load streams share: the signal to open
 /// them, and counts the benchmark reads.
-#[derive(Default)]
 struct LoadClients {
+    /// Which node the load messages carry.
+    node: LrsNode,
+    /// The node's fields but id and group, encoded once for all.
+    node_rest: bytes::Bytes,
     /// Set when the load streams may open (the ADS streams are synced and
     /// their memory measured).
     go: tokio::sync::Notify,
@@ -610,6 +627,21 @@ struct LoadClients {
 }
 
 impl LoadClients {
+    fn new(node: LrsNode) -> LoadClients {
+        use prost::Message;
+        LoadClients {
+            node,
+            node_rest: envoy_like_node().encode_to_vec().into(),
+            go: tokio::sync::Notify::new(),
+            opened: AtomicBool::new(false),
+            admitted: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            sent: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            max_late_us: AtomicU64::new(0),
+        }
+    }
+
     fn open(&self) {
         self.opened.store(true, Ordering::SeqCst);
         self.go.notify_waiters();
@@ -631,24 +663,211 @@ fn proto_duration(d: Duration) -> envoy_types::pb::google::protobuf::Duration {
     }
 }
 
+/// Which node a simulated proxy's load messages carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LrsNode {
+    /// Every message carries the whole node, as large as Envoy 1.40's,
+    /// as Envoy sends it (its load reporter puts the node in every
+    /// report; `set_node_on_first_message_only` is for xDS only).
+    Envoy,
+    /// Only the first message names the node, with its id and group
+    /// alone; the reports carry none.
+    First,
+}
+
+/// The extensions Envoy 1.40 lists in its node, measured from its admin
+/// `/server_info` (`envoy/edge.yaml`): 516 of them in 108 categories,
+/// names of 33 bytes and categories of 24 on average, 428 with one type
+/// URL of 64 bytes. Together 60.9 kB of protobuf, in every report: teal
+/// received 61 kB per second from each Envoy reporting every second.
+const ENVOY_EXTENSIONS: usize = 516;
+
+/// A node with Envoy 1.40's fields but its id and group: its build, its
+/// client features, and extensions of the sizes [`ENVOY_EXTENSIONS`]
+/// describes (made up names, the same lengths).
+fn envoy_like_node() -> Node {
+    use envoy_types::pb::envoy::config::core::v3::{BuildVersion, Extension, node};
+    use envoy_types::pb::envoy::r#type::v3::SemanticVersion;
+    let fit = |mut text: String, len: usize| {
+        text.truncate(len);
+        while text.len() < len {
+            text.push('x');
+        }
+        text
+    };
+    let extensions = (0..ENVOY_EXTENSIONS)
+        .map(|i| Extension {
+            name: fit(format!("envoy.filters.bench.extension_{i:04}"), 33),
+            category: fit(format!("envoy.bench.category_{:03}", i % 108), 24),
+            type_urls: if i % 6 == 0 && i / 6 < 88 {
+                vec![]
+            } else {
+                vec![fit(
+                    format!("envoy.extensions.bench.v3.ExtensionConfigurationNumber{i:04}"),
+                    64,
+                )]
+            },
+            ..Default::default()
+        })
+        .collect();
+    let metadata = [
+        ("revision.sha", "9e5580933739775e8bce696a57a2e1bc99368f23"),
+        ("build.type", "RELEASE"),
+        ("revision.status", "Clean"),
+        ("ssl.version", "BoringSSL"),
+    ];
+    Node {
+        user_agent_name: "envoy".into(),
+        user_agent_version_type: Some(node::UserAgentVersionType::UserAgentBuildVersion(
+            BuildVersion {
+                version: Some(SemanticVersion {
+                    major_number: 1,
+                    minor_number: 40,
+                    patch: 0,
+                }),
+                metadata: Some(envoy_types::pb::google::protobuf::Struct {
+                    fields: metadata
+                        .iter()
+                        .map(|(k, v)| {
+                            (
+                                (*k).to_owned(),
+                                envoy_types::pb::google::protobuf::Value {
+                                    kind: Some(
+                                        envoy_types::pb::google::protobuf::value::Kind::StringValue(
+                                            (*v).to_owned(),
+                                        ),
+                                    ),
+                                },
+                            )
+                        })
+                        .collect(),
+                }),
+            },
+        )),
+        extensions,
+        client_features: vec!["envoy.lrs.supports_send_all_clusters".into()],
+        ..Default::default()
+    }
+}
+
+/// A load message as the simulated proxies send it: pieces of one
+/// encoded `LoadStatsRequest`, written one after the other (protobuf
+/// fields concatenate), so what every message repeats is encoded once
+/// for all clients and only copied into each message, as a proxy would.
+struct RawLoadMessage(Vec<bytes::Bytes>);
+
+/// The client's codec for load streams: writes [`RawLoadMessage`]s,
+/// decodes teal's answers with prost.
+#[derive(Clone, Copy, Default)]
+struct RawLoadCodec;
+
+struct RawLoadEncoder;
+
+impl tonic::codec::Encoder for RawLoadEncoder {
+    type Item = RawLoadMessage;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: RawLoadMessage,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        for piece in item.0 {
+            bytes::BufMut::put_slice(dst, &piece);
+        }
+        Ok(())
+    }
+}
+
+impl tonic::codec::Codec for RawLoadCodec {
+    type Encode = RawLoadMessage;
+    type Decode = LoadStatsResponse;
+    type Encoder = RawLoadEncoder;
+    type Decoder = tonic_prost::ProstDecoder<LoadStatsResponse>;
+
+    fn encoder(&mut self) -> RawLoadEncoder {
+        RawLoadEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::default()
+    }
+}
+
+/// The `node` field of a `LoadStatsRequest` for node `id` of group
+/// `bench`, whose other node fields are `rest` (an encoded `Node`): its
+/// header, id and group, to be followed by `rest`.
+fn node_head(id: &str, rest: &[u8]) -> bytes::Bytes {
+    use prost::Message;
+    let named = Node {
+        id: id.to_owned(),
+        cluster: "bench".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut head = Vec::with_capacity(named.len() + 8);
+    prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut head);
+    prost::encoding::encode_varint((named.len() + rest.len()) as u64, &mut head);
+    head.extend_from_slice(&named);
+    head.into()
+}
+
+/// The `cluster_stats` of a report naming `clusters`, each with four
+/// successful requests, one error and one request in progress over
+/// `interval`, encoded.
+fn report_stats(clusters: &[String], interval: Duration) -> bytes::Bytes {
+    use prost::Message;
+    LoadStatsRequest {
+        node: None,
+        cluster_stats: clusters
+            .iter()
+            .map(|c| ClusterStats {
+                cluster_name: c.clone(),
+                upstream_locality_stats: vec![UpstreamLocalityStats {
+                    total_successful_requests: 4,
+                    total_error_requests: 1,
+                    total_issued_requests: 5,
+                    total_requests_in_progress: 1,
+                    ..Default::default()
+                }],
+                load_report_interval: Some(proto_duration(interval)),
+                ..Default::default()
+            })
+            .collect(),
+    }
+    .encode_to_vec()
+    .into()
+}
+
+const STREAM_LOAD_STATS: &str = "/envoy.service.load_stats.v3.LoadReportingService/StreamLoadStats";
+
 /// One simulated proxy's load stream, as Envoy's: opened on the ADS
 /// stream's connection, first message names the node, then a report per
 /// interval teal asks for, naming every cluster teal asks for, until the
-/// benchmark ends.
+/// benchmark ends. `rest` is the rest of the node ([`envoy_like_node`]
+/// encoded), which every message repeats with [`LrsNode::Envoy`].
 async fn report_load(
     channel: tonic::transport::Channel,
-    node: Node,
+    id: String,
     shared: Arc<LoadClients>,
 ) -> anyhow::Result<()> {
     shared.wait_open().await;
+    let rest = match shared.node {
+        LrsNode::Envoy => shared.node_rest.clone(),
+        LrsNode::First => bytes::Bytes::new(),
+    };
+    let head = node_head(&id, &rest);
     let (tx, rx) = mpsc::channel(4);
-    tx.send(LoadStatsRequest {
-        node: Some(node),
-        cluster_stats: vec![],
-    })
-    .await?;
-    let mut answers = LoadReportingServiceClient::new(channel)
-        .stream_load_stats(ReceiverStream::new(rx))
+    tx.send(RawLoadMessage(vec![head.clone(), rest.clone()]))
+        .await?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await?;
+    let mut answers = grpc
+        .streaming(
+            tonic::Request::new(ReceiverStream::new(rx)),
+            http::uri::PathAndQuery::from_static(STREAM_LOAD_STATS),
+            RawLoadCodec,
+        )
         .await?
         .into_inner();
     let mut asked = answers
@@ -656,6 +875,10 @@ async fn report_load(
         .await?
         .ok_or_else(|| anyhow::anyhow!("teal ended the load stream without an answer"))?;
     shared.admitted.fetch_add(1, Ordering::Relaxed);
+    let every_report = match shared.node {
+        LrsNode::Envoy => vec![head, rest],
+        LrsNode::First => vec![],
+    };
     loop {
         let interval = asked
             .load_reporting_interval
@@ -667,6 +890,7 @@ async fn report_load(
             })
             .filter(|d| !d.is_zero())
             .ok_or_else(|| anyhow::anyhow!("teal asked for no interval"))?;
+        let stats = report_stats(&asked.clusters, interval);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         // Envoy's report timer is re-armed after each report, so a late
         // report delays the next rather than bunching them.
@@ -674,26 +898,9 @@ async fn report_load(
         loop {
             tokio::select! {
                 due = tick.tick() => {
-                    let report = LoadStatsRequest {
-                        node: None,
-                        cluster_stats: asked
-                            .clusters
-                            .iter()
-                            .map(|c| ClusterStats {
-                                cluster_name: c.clone(),
-                                upstream_locality_stats: vec![UpstreamLocalityStats {
-                                    total_successful_requests: 4,
-                                    total_error_requests: 1,
-                                    total_issued_requests: 5,
-                                    total_requests_in_progress: 1,
-                                    ..Default::default()
-                                }],
-                                load_report_interval: Some(proto_duration(interval)),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    };
-                    tx.send(report).await?;
+                    let mut pieces = every_report.clone();
+                    pieces.push(stats.clone());
+                    tx.send(RawLoadMessage(pieces)).await?;
                     shared.sent.fetch_add(1, Ordering::Relaxed);
                     let late = due.elapsed();
                     if late > interval / 2 {
@@ -766,9 +973,9 @@ async fn client(
         if ty == ResourceType::Route {
             let _ = seen.send((resp.version_info.clone(), Instant::now()));
             if let Some((channel, shared)) = load.take() {
-                let node = node.clone();
+                let node_id = node.id.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = report_load(channel, node, shared.clone()).await
+                    if let Err(e) = report_load(channel, node_id, shared.clone()).await
                         && !DONE.load(Ordering::Relaxed)
                         && shared.failed.fetch_add(1, Ordering::Relaxed) < 3
                     {
@@ -849,7 +1056,17 @@ async fn run() -> anyhow::Result<()> {
                 .arg(exe);
             c
         }
-        None => std::process::Command::new(exe),
+        // `BENCH_XDS_WRAP="heaptrack -o FILE"` runs the server under a
+        // profiler (the CPU and memory printed are then the wrapper's).
+        None => match std::env::var("BENCH_XDS_WRAP") {
+            Ok(wrap) if !wrap.trim().is_empty() => {
+                let mut words = wrap.split_whitespace();
+                let mut c = std::process::Command::new(words.next().unwrap_or_default());
+                c.args(words).arg(exe);
+                c
+            }
+            _ => std::process::Command::new(exe),
+        },
     };
     command.arg(if args.flip {
         "--serve-teal"
@@ -877,7 +1094,14 @@ async fn run() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("stdout"))?,
     );
     let mut line = String::new();
-    child_out.read_line(&mut line)?;
+    // A wrapper may say something first (heaptrack does, on stdout).
+    while !line.starts_with("port ") {
+        line.clear();
+        anyhow::ensure!(
+            child_out.read_line(&mut line)? > 0,
+            "the server ended before saying its port"
+        );
+    }
     let port: u16 = line
         .trim()
         .strip_prefix("port ")
@@ -887,7 +1111,20 @@ async fn run() -> anyhow::Result<()> {
     let (rss_before, _) = proc_stats(pid)?;
 
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    let load = Arc::new(LoadClients::default());
+    let load = Arc::new(LoadClients::new(args.lrs_node));
+    if args.lrs {
+        println!(
+            "load reports: every {:?}; {}",
+            args.lrs_interval,
+            match args.lrs_node {
+                LrsNode::Envoy => format!(
+                    "every message carries a node as large as Envoy 1.40's ({} bytes)",
+                    load.node_rest.len()
+                ),
+                LrsNode::First => "only the first message names the node".to_owned(),
+            }
+        );
+    }
     let route = if args.flip { "main" } else { "bench" };
     let conns = args.streams.div_ceil(args.per_conn);
     let started = Instant::now();
