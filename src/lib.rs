@@ -8,8 +8,9 @@
 //! - [`serve`]: `teal serve`, which wires config, store, controller and
 //!   servers together.
 //! - [`kubernetes`]: fleets whose endpoints are a Kubernetes Service's ready
-//!   EndpointSlice endpoints, fed to the controller (feature `kubernetes`,
-//!   on by default).
+//!   EndpointSlice endpoints, and weights that follow a Gateway API
+//!   HTTPRoute, fed to the controller (feature `kubernetes`, on by
+//!   default).
 //! - [`controller`]: runs rollouts: owns the config, the durable state and
 //!   the snapshot writer.
 //! - [`admin`]: the admin API (gRPC), `/metrics` and `/healthz`, over which

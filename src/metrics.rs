@@ -25,6 +25,7 @@
 //! | `teal_load_in_progress` | gauge | `service`, `fleet` | Requests in progress at the proxies' last reports. |
 //! | `teal_load_reporting_proxies` | gauge | `service`, `fleet` | Proxies routing the service whose load reports name the fleet. |
 //! | `teal_load_routing_proxies` | gauge | `service` | Proxies routing the service (connected, not cordoned). |
+//! | `teal_route_status_writes_total` | counter | `result` (`written`, `conflict`, `failed`) | Writes of HTTPRoute status: done, answered 409 (made again from a fresh read), or failed otherwise. |
 //! | `teal_up` | gauge | | Always 1: the admin API answers. |
 
 use std::sync::atomic::AtomicU64;
@@ -73,6 +74,32 @@ pub struct Metrics {
     convergence: Histogram,
     /// Proxies cordoned now; set whenever the cordons change.
     cordoned: Gauge,
+    /// HTTPRoute status writes, by result.
+    route_status_writes: Family<[(&'static str, &'static str); 1], Counter>,
+}
+
+/// How an HTTPRoute status write ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StatusWrite {
+    /// The API server took it.
+    Written,
+    /// Answered 409: the route changed since it was read.
+    Conflict,
+    /// Any other failure.
+    Failed,
+}
+
+impl StatusWrite {
+    fn label(self) -> [(&'static str, &'static str); 1] {
+        [(
+            "result",
+            match self {
+                StatusWrite::Written => "written",
+                StatusWrite::Conflict => "conflict",
+                StatusWrite::Failed => "failed",
+            },
+        )]
+    }
 }
 
 impl Default for Metrics {
@@ -96,7 +123,27 @@ impl Metrics {
             by_type,
             convergence: Histogram::new(CONVERGENCE_BUCKETS_MS.map(|ms| ms as f64)),
             cordoned: Gauge::default(),
+            route_status_writes: {
+                // Every result from the start: 0 rather than no series.
+                let family = Family::default();
+                for r in [
+                    StatusWrite::Written,
+                    StatusWrite::Conflict,
+                    StatusWrite::Failed,
+                ] {
+                    drop(family.get_or_create(&r.label()));
+                }
+                family
+            },
         }
+    }
+
+    /// Counts one HTTPRoute status write.
+    #[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
+    pub(crate) fn count_status_write(&self, result: StatusWrite) {
+        self.route_status_writes
+            .get_or_create(&result.label())
+            .inc();
     }
 
     /// Counts what a stream did: responses sent, ACKs and NACKs.
@@ -216,6 +263,11 @@ impl Metrics {
             "teal_convergence_milliseconds",
             "First push to last ACK of a rollout's version, in milliseconds",
             self.convergence.clone(),
+        );
+        registry.register(
+            "teal_route_status_writes",
+            "HTTPRoute status writes, by result",
+            self.route_status_writes.clone(),
         );
     }
 }

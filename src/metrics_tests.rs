@@ -26,7 +26,7 @@ fn readme_metrics() -> Vec<(String, String, Vec<String>)> {
             (unquote(cells[1]), cells[2].to_owned(), labels)
         })
         .collect();
-    assert_eq!(rows.len(), 15, "{rows:?}");
+    assert_eq!(rows.len(), 16, "{rows:?}");
     rows
 }
 
@@ -42,7 +42,11 @@ fn service(name: &str, weights: &[(&str, u32)], both_since: Option<SystemTime>) 
             .collect::<BTreeMap<_, _>>(),
         retired: Vec::new(),
         retirement: None,
+        drains: vec![],
         both_fleets_since: both_since,
+        applied: Default::default(),
+        confirmed: None,
+        route: None,
         last_change: None,
         in_progress: None,
         traffic: weights

@@ -74,10 +74,16 @@ pub struct ServeOptions {
     pub admin_tls: Option<TlsFiles>,
     /// Serve the admin API in plaintext on a non-loopback address anyway.
     pub admin_insecure: bool,
-    /// Bounds on what teal keeps of Kubernetes EndpointSlices.
+    /// Bounds on what teal keeps of Kubernetes EndpointSlices, and how
+    /// often it writes an HTTPRoute's status.
     pub kube: crate::kubernetes::KubeLimits,
+    /// The `controllerName` of the GatewayClasses teal implements
+    /// (`--gateway-controller-name`).
+    pub gateway_controller_name: String,
     /// Bounds on endpoints registered through the admin API.
     pub endpoint_limits: crate::rollout::registration::EndpointLimits,
+    /// Bounds on the gates' requests on the admin port.
+    pub gate_limits: admin::GateLimits,
 }
 
 impl ServeOptions {
@@ -105,7 +111,9 @@ impl ServeOptions {
             admin_tls: None,
             admin_insecure: false,
             kube: crate::kubernetes::KubeLimits::default(),
+            gateway_controller_name: crate::kubernetes::DEFAULT_CONTROLLER_NAME.to_owned(),
             endpoint_limits: Default::default(),
+            gate_limits: admin::GateLimits::default(),
         }
     }
 }
@@ -433,7 +441,12 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
     tracing::info!(config = %source.name(), version = %controller.snapshot().version(), "serving config");
     // The xDS port opens once Kubernetes fleets have their first lists, so
     // no proxy is served a Kubernetes fleet empty.
-    let mut kube = KubeFleets::new(controller.clone(), opts.kube);
+    let mut kube = KubeFleets::new(
+        controller.clone(),
+        opts.kube,
+        opts.gateway_controller_name.clone(),
+        metrics.clone(),
+    );
     kube.follow(&kube_config).await;
     let listener = bind(opts.xds_addr).await?;
     let xds_addr = local_addr(&listener, opts.xds_addr)?;
@@ -455,6 +468,7 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
             tokens: tokens.clone(),
             registry: registry.clone(),
             csds: server.client_status(),
+            gates: opts.gate_limits,
         },
         shutdown.clone(),
     ));

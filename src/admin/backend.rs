@@ -45,6 +45,13 @@ pub trait Backend: Send + Sync + 'static {
     async fn abort(&self, id: u64, actor: &str) -> Result<(), RolloutError>;
     /// Runs a service's checks against one fleet now.
     async fn verify(&self, service: &str, fleet: &str) -> Result<Vec<CheckResult>, RolloutError>;
+    /// Whether this replica runs the operations: always without replicas;
+    /// with them, only the leader, and a follower says who leads. Its
+    /// status sees no operation running and counts only its own proxies,
+    /// so it cannot say whether a change is confirmed.
+    fn leading(&self) -> Result<(), RolloutError> {
+        Ok(())
+    }
     /// The replicas sharing this one's store (none without replicas).
     async fn replicas(&self) -> Vec<ReplicaRecord> {
         Vec::new()

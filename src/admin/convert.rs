@@ -10,8 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::rollout::registration::{FleetView, Registered, Request};
 use crate::rollout::{
-    CheckResult, DEFAULT_TIMEOUT, HistoryEntry, MeasuredFleet, Operation, Outcome, Phase, Progress,
-    Retirement, RolloutError, ServiceStatus, ShiftSteps, Split, StatusView, Version,
+    CheckResult, DEFAULT_DRAIN_TIMEOUT, DEFAULT_TIMEOUT, FleetDrain, HistoryEntry, MeasuredFleet,
+    Operation, Outcome, Phase, Progress, Retirement, RolloutError, ServiceStatus, ShiftSteps,
+    Split, StatusView, Version,
 };
 use crate::xds::load::ProxyLoad;
 use crate::xds::resources::{PerType, ResourceType};
@@ -67,7 +68,9 @@ pub(crate) fn phase(p: Phase) -> pb::Phase {
         Phase::PreChecks => pb::Phase::PreChecks,
         Phase::Confirming => pb::Phase::Confirming,
         Phase::PostChecks => pb::Phase::PostChecks,
+        Phase::Analysis => pb::Phase::Analysis,
         Phase::Waiting => pb::Phase::Waiting,
+        Phase::Draining => pb::Phase::Draining,
         Phase::RollingBack => pb::Phase::RollingBack,
         Phase::Done => pb::Phase::Done,
     }
@@ -81,7 +84,9 @@ pub(crate) fn phase_name(p: pb::Phase) -> &'static str {
         pb::Phase::PreChecks => Phase::PreChecks.as_str(),
         pb::Phase::Confirming => Phase::Confirming.as_str(),
         pb::Phase::PostChecks => Phase::PostChecks.as_str(),
+        pb::Phase::Analysis => Phase::Analysis.as_str(),
         pb::Phase::Waiting => Phase::Waiting.as_str(),
+        pb::Phase::Draining => Phase::Draining.as_str(),
         pb::Phase::RollingBack => Phase::RollingBack.as_str(),
         pb::Phase::Done => Phase::Done.as_str(),
     }
@@ -185,6 +190,28 @@ fn retirement(r: &Retirement) -> pb::Retirement {
     }
 }
 
+/// A fleet's drain as a message.
+pub(crate) fn drain(d: &FleetDrain) -> pb::FleetDrain {
+    pb::FleetDrain {
+        fleet: d.fleet.clone(),
+        drained: d.is_drained(),
+        proxies: count(d.proxies),
+        idle: count(d.idle),
+        draining: d
+            .draining
+            .iter()
+            .map(|p| pb::DrainingProxy {
+                proxy: p.proxy.clone(),
+                in_flight: p.in_flight,
+            })
+            .collect(),
+        draining_count: count(d.draining_count),
+        in_flight: d.in_flight,
+        not_reporting: d.silent.clone(),
+        not_reporting_count: count(d.silent_count),
+    }
+}
+
 /// One service's status as a message.
 pub(crate) fn service_status(s: &ServiceStatus) -> pb::ServiceStatus {
     pb::ServiceStatus {
@@ -198,6 +225,7 @@ pub(crate) fn service_status(s: &ServiceStatus) -> pb::ServiceStatus {
         last_change: s.last_change.as_ref().map(history_entry),
         in_progress: s.in_progress.as_ref().map(progress),
         rollback_to: s.rollback_to.as_ref().map(split),
+        drains: s.drains.iter().map(drain).collect(),
         traffic: traffic(&s.traffic),
     }
 }
@@ -396,6 +424,9 @@ pub fn retire(r: pb::RetireRequest) -> Result<Operation, RolloutError> {
         service: r.service,
         fleet: r.fleet,
         after: Duration::from_millis(r.after_ms),
+        drain_timeout: r
+            .drain_timeout_ms
+            .map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_millis),
     })
 }
 

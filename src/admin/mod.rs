@@ -8,12 +8,12 @@
 //!
 //! | Method | Changes things | What |
 //! |---|---|---|
-//! | `Status` | no | Every service's (or one's) fleets, weights, last change, operation in progress, pending retirement, cost window. |
+//! | `Status` | no | Every service's (or one's) fleets, weights, last change, operation in progress, pending retirement, whether each fleet with no weight is drained, cost window. |
 //! | `Proxies` | no | Every connected proxy with sent/ACKed/NACKed versions per type, and the versions each group should be on. |
 //! | `Flip` | **yes** | All traffic to one fleet; streams `Progress` until the outcome. |
 //! | `Shift` | **yes** | Traffic in steps; streams `Progress`. |
 //! | `Rollback` | **yes** | Back to the service's rollback point; streams `Progress`. |
-//! | `Retire` | **yes** | Drop a fleet after a delay; streams `Progress`. |
+//! | `Retire` | **yes** | Drop a fleet after a delay, once every proxy reports it drained; streams `Progress`. |
 //! | `Follow` | no | Streams the `Progress` of an operation already running. |
 //! | `Abort` | **yes** | Stops an operation: ends it before its commit, undoes the step being confirmed. |
 //! | `Verify` | no | Runs a service's checks against one fleet now. |
@@ -32,6 +32,9 @@
 //! - `/metrics`: Prometheus text format 0.0.4; every metric is listed
 //!   in [`crate::metrics`].
 //! - `/healthz`: `200 ok` while the server runs.
+//! - `/v1/services/<service>` (`GET`) and `/v1/gates/flagger` (`POST`):
+//!   the gates orchestrators (Argo Rollouts, Flagger) wait on, JSON; see
+//!   `gates`. Reads, open as the other reads are.
 //!
 //! # Auth
 //!
@@ -51,11 +54,13 @@
 //!   implements it.
 //! - `server`: the gRPC service over a [`Backend`].
 //! - `auth`: tokens.
+//! - `gates`: the HTTP/JSON gates for orchestrators.
 //! - `local_token`: the token the CLI on the same machine uses when the server was given none.
 
 pub(crate) mod auth;
 pub(crate) mod backend;
 pub mod convert;
+pub(crate) mod gates;
 pub(crate) mod local_token;
 pub mod pb;
 pub(crate) mod server;
@@ -77,6 +82,7 @@ use crate::metrics::Metrics;
 pub use auth::Tokens;
 pub(crate) use auth::TokensError;
 pub use backend::Backend;
+pub use gates::GateLimits;
 pub(crate) use server::AdminService;
 
 /// The gRPC services and the HTTP paths, as one router.
@@ -86,12 +92,15 @@ pub(crate) fn routes(
     tokens: Tokens,
     registry: Arc<ProxyRegistry>,
     csds: ClientStatus,
+    gate_limits: GateLimits,
 ) -> Routes {
     let service =
         AdminService::new(backend.clone(), tokens).with_cordons(registry, metrics.clone());
     let grpc = Routes::new(service.into_server()).add_service(csds.into_server());
+    let gates = gates::router(backend.clone(), gate_limits);
     let router = grpc
         .into_axum_router()
+        .merge(gates)
         .route(
             "/metrics",
             get(move || {
@@ -144,6 +153,7 @@ pub async fn serve(
         tokens,
         registry: ProxyRegistry::new(),
         csds,
+        gates: GateLimits::default(),
     };
     serve_tls(listener, limits, None, parts, shutdown).await
 }
@@ -160,6 +170,8 @@ pub(crate) struct Parts {
     pub(crate) registry: Arc<ProxyRegistry>,
     /// CSDS, the same service as on the xDS port.
     pub(crate) csds: ClientStatus,
+    /// Bounds on the gates' requests.
+    pub(crate) gates: GateLimits,
 }
 
 impl std::fmt::Debug for Parts {
@@ -184,6 +196,7 @@ pub(crate) async fn serve_tls(
         tokens,
         registry,
         csds,
+        gates,
     } = parts;
     if tokens.is_empty() {
         tracing::warn!(
@@ -203,7 +216,7 @@ pub(crate) async fn serve_tls(
         // long step) clear of the idle timeout.
         .http2_keepalive_interval(Some(limits.keepalive()))
         .http2_keepalive_timeout(Some(limits.keepalive()))
-        .add_routes(routes(backend, metrics, tokens, registry, csds))
+        .add_routes(routes(backend, metrics, tokens, registry, csds, gates))
         .serve_with_incoming_shutdown(
             Incoming::new(listener, Port::Admin, limits).with_tls(tls),
             async move { stop.wait().await },

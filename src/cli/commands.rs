@@ -34,12 +34,15 @@ pub(crate) enum AdminCommand {
     /// The first thing to look at before and after a change: the live fleet
     /// and the one rollback would go back to, the current weights and
     /// version, how the last change went (and how long proxies took to
-    /// converge), any flip or shift in progress, a pending retirement, and
-    /// the cost window (how long both fleets have been up).
+    /// converge), any flip or shift in progress, a pending retirement,
+    /// whether each fleet with no weight is drained (no proxy reports a
+    /// request in flight to it), and the cost window (how long both fleets
+    /// have been up).
     ///
     /// `-o json` prints stable field names: {version, services: [{name,
-    /// live, previous, weights, retired, retirement, both_fleets_since_unix_ms,
-    /// both_fleets_for_ms, last_change, in_progress}]}.
+    /// live, previous, weights, retired, retirement, drains,
+    /// both_fleets_since_unix_ms, both_fleets_for_ms, last_change,
+    /// in_progress}]}.
     #[command(
         after_long_help = "Examples:\n  teal status\n  teal status web --watch\n  teal status web -o json"
     )]
@@ -146,12 +149,21 @@ pub(crate) enum AdminCommand {
         #[arg(long)]
         skip_checks: bool,
     },
-    /// Retire the old fleet: drop its weight and endpoints, after a delay.
+    /// Retire the old fleet: drop its weight and endpoints, after a delay
+    /// and once no proxy has a request in flight to it.
     ///
     /// The last step once the new fleet has proven itself; it ends the cost
-    /// window of running both. Until the delay is over `teal rollback`
-    /// still works and `teal abort` cancels the retirement.
-    #[command(after_long_help = "Example:\n  teal retire web blue --after 30m")]
+    /// window of running both. After --after, teal waits until every proxy
+    /// routing the service reports no request in progress to the fleet for
+    /// two report intervals in a row (the proxies' load reports, LRS), so
+    /// a long upload or a slow query ends before the endpoints go; progress
+    /// names the proxies still draining and their requests in flight. A
+    /// proxy that reports no load is never taken as drained. Not drained
+    /// within --drain-timeout: refused (exit 1), nothing retired. Until the
+    /// endpoints go, `teal rollback` still works and `teal abort` cancels
+    /// the retirement.
+    #[command(after_long_help = "Examples:\n  teal retire web blue --after 30m\n  \
+        teal retire web blue --drain-timeout 0s   # do not wait for requests in flight")]
     Retire {
         /// The service.
         service: String,
@@ -160,6 +172,11 @@ pub(crate) enum AdminCommand {
         /// How long to wait first (0s to 720h).
         #[arg(long, default_value = "0s", value_parser = parse::after)]
         after: Duration,
+        /// Then how long to wait for the fleet to drain (0s to 24h;
+        /// default: the server's, 5 minutes). 0s retires without waiting
+        /// for requests in flight, as teal did before it read load reports.
+        #[arg(long, value_parser = parse::drain_timeout)]
+        drain_timeout: Option<Duration>,
     },
     /// Stop an operation.
     ///
@@ -259,6 +276,9 @@ pub(crate) enum AdminCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Wait for what the proxies report: `teal wait drained SERVICE FLEET`.
+    #[command(subcommand)]
+    Wait(super::wait::WaitCommand),
     /// Follow an operation already running, until its outcome.
     #[command(after_long_help = "Example:\n  teal follow 42")]
     Follow {
@@ -379,11 +399,13 @@ async fn run(
             service,
             fleet,
             after,
+            drain_timeout,
         } => {
             let r = pb::RetireRequest {
                 service,
                 fleet,
                 after_ms: millis(after),
+                drain_timeout_ms: drain_timeout.map(millis),
             };
             ops::retire(c, r, out, err).await
         }
@@ -391,6 +413,7 @@ async fn run(
         AdminCommand::Cordon { node_id, reason } => ops::cordon(c, node_id, reason, out, err).await,
         AdminCommand::Uncordon { node_id } => ops::uncordon(c, node_id, out, err).await,
         AdminCommand::Follow { id } => ops::follow(c, id, out, err).await,
+        AdminCommand::Wait(cmd) => super::wait::wait(c, cmd, out, err).await,
         AdminCommand::Fleet(cmd) => super::fleet::fleet(c, cmd, out).await,
         AdminCommand::Register {
             service,

@@ -5,11 +5,14 @@
 //!
 //! - `teal status`: `{version, services: [service]}`; a service is
 //!   `{name, live, previous, weights: {fleet: weight}, retired: [fleet],
-//!   retirement: {fleet, at_unix_ms} | null, both_fleets_since_unix_ms,
+//!   retirement: {fleet, at_unix_ms} | null, drains: [drain], both_fleets_since_unix_ms,
 //!   both_fleets_for_ms, last_change: change | null, in_progress: progress | null,
 //!   traffic: [{fleet, requests, errors, requests_per_second, error_ratio,
 //!   share, in_progress, proxies_reporting, proxies_routing, window_ms}]}`
 //!   (`traffic` is empty when no proxy routing the service reports its load);
+//!   a drain (one per fleet with weight 0) is `{fleet, drained, proxies, idle,
+//!   in_flight, draining: [{proxy, in_flight}], draining_count, not_reporting:
+//!   [proxy], not_reporting_count}`;
 //!   with replicas on etcd also `replicas: [{id, admin, leader,
 //!   heartbeat_unix_ms, config_digest, proxies, ineligible}]`.
 //! - a change (also each entry of `teal history`: `{service, entries: [change]}`):
@@ -108,6 +111,21 @@ pub(crate) fn progress(p: &pb::Progress) -> Value {
     })
 }
 
+/// Whether a fleet with no weight is drained, and what holds it.
+pub(crate) fn drain(d: &pb::FleetDrain) -> Value {
+    json!({
+        "fleet": d.fleet,
+        "drained": d.drained,
+        "proxies": d.proxies,
+        "idle": d.idle,
+        "in_flight": d.in_flight,
+        "draining": d.draining.iter().map(|p| json!({"proxy": p.proxy, "in_flight": p.in_flight})).collect::<Vec<_>>(),
+        "draining_count": d.draining_count,
+        "not_reporting": d.not_reporting,
+        "not_reporting_count": d.not_reporting_count,
+    })
+}
+
 /// The status of every service shown.
 pub(crate) fn status(s: &pb::StatusResponse, now: std::time::SystemTime) -> Value {
     let now = unix_ms(now);
@@ -123,6 +141,7 @@ pub(crate) fn status(s: &pb::StatusResponse, now: std::time::SystemTime) -> Valu
                 "weights": split(svc.weights.as_ref()),
                 "retired": svc.retired,
                 "retirement": svc.retirement.as_ref().map(|r| json!({"fleet": r.fleet, "at_unix_ms": r.at_unix_ms})),
+                "drains": svc.drains.iter().map(drain).collect::<Vec<_>>(),
                 "both_fleets_since_unix_ms": svc.both_fleets_since_unix_ms,
                 "both_fleets_for_ms": svc.both_fleets_since_unix_ms.map(|t| (now - t).max(0)),
                 "last_change": svc.last_change.as_ref().map(change),

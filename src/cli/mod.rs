@@ -6,7 +6,8 @@
 //! - `serve`, `validate`, `render`: run teal, check and show a config.
 //! - The admin commands (`commands::AdminCommand`) talk to a running teal
 //!   over its admin API: reads in `read` and `proxies`, changes in `ops`,
-//!   registered fleets' endpoints in `fleet`, the
+//!   registered fleets' endpoints in `fleet`, waiting for a fleet to
+//!   drain in `wait`, the
 //!   connection and exit codes in [`client`], following an operation to
 //!   its outcome in `progress`, `-o json` in `json`, argument parsing
 //!   in `parse`, tables in `table`.
@@ -35,6 +36,7 @@ pub(crate) mod serve_limits;
 pub(crate) mod serve_load_reports;
 pub(crate) mod table;
 pub(crate) mod traffic;
+pub(crate) mod wait;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -77,7 +79,8 @@ const FLOW: &str = "A blue/green release with teal:
   teal flip web                         # all traffic to green, confirmed by every proxy
   teal shift web --steps 10,50,100 --interval 5m   # or gradually
   teal rollback web                     # if green misbehaves
-  teal retire web blue --after 30m      # once green has proven itself
+  teal retire web blue --after 30m      # once green has proven itself and blue has drained
+  teal wait drained web blue            # or: scale blue to zero once no request is in flight
   teal history web
 
   teal cordon edge-17 --reason '...'     # stop waiting for one stuck proxy
@@ -270,6 +273,15 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = crate::kubernetes::KubeLimits::DEFAULT_MAX_ENDPOINTS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub(crate) kube_max_endpoints: usize,
+    /// The least time between two status writes of one HTTPRoute
+    /// (`50ms` to `1m`).
+    #[arg(long, default_value = "250ms", value_parser = status_interval)]
+    pub(crate) kube_status_interval: Duration,
+    /// The `controllerName` of the GatewayClasses teal implements: an
+    /// HTTPRoute's Gateway parent is teal's when its class names this.
+    #[arg(long, default_value = crate::kubernetes::DEFAULT_CONTROLLER_NAME,
+          value_parser = controller_name)]
+    pub(crate) gateway_controller_name: String,
     /// What proxies and other clients may make teal hold.
     #[command(flatten)]
     pub(crate) limits: serve_limits::LimitArgs,
@@ -415,6 +427,36 @@ fn drain(s: &str) -> Result<Duration, String> {
     seconds_in(s, 0.0, 300.0)
 }
 
+fn status_interval(s: &str) -> Result<Duration, String> {
+    seconds_in(s, 0.05, 60.0)
+}
+
+/// A GatewayClass `controllerName`: a domain-prefixed path
+/// (`example.com/name`), as the Gateway API validates it.
+fn controller_name(s: &str) -> Result<String, String> {
+    let ok = s.len() <= 253
+        && s.split_once('/').is_some_and(|(domain, path)| {
+            !domain.is_empty()
+                && domain.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+                })
+                && !path.is_empty()
+                && path
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"/-._~%!$&'()*+,;=:".contains(&c))
+        });
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a controller name: a domain, '/', and a path (teal.dev/gateway-controller)"
+        ))
+    }
+}
+
 impl Cli {
     /// How many characters of one value a log line shows.
     pub fn log_value_chars(&self) -> usize {
@@ -537,9 +579,12 @@ fn serve_command(args: ServeArgs) -> u8 {
         kube: crate::kubernetes::KubeLimits {
             max_slices: args.kube_max_slices,
             max_endpoints: args.kube_max_endpoints,
+            status_interval: args.kube_status_interval,
             ..Default::default()
         },
+        gateway_controller_name: args.gateway_controller_name,
         endpoint_limits: args.limits.endpoint_limits(),
+        gate_limits: args.limits.gate_limits(),
     };
     args.limits
         .apply(&mut opts.xds, &mut opts.admin_connections);
@@ -583,5 +628,31 @@ mod tests {
         assert!(watch_interval("50ms").is_err(), "under 100ms");
         assert!(leader_lease("61s").is_err());
         assert!(departed_hold("25h").is_err());
+        assert_eq!(status_interval("250ms"), Ok(Duration::from_millis(250)));
+        assert!(status_interval("10ms").is_err(), "under 50ms");
+        assert!(status_interval("2m").is_err(), "over a minute");
+    }
+
+    #[test]
+    fn a_gateway_controller_name_is_a_domain_and_a_path() {
+        for ok in [
+            crate::kubernetes::DEFAULT_CONTROLLER_NAME,
+            "example.com/gateway",
+            "a.b-c.io/x/y_z",
+        ] {
+            assert_eq!(controller_name(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "",
+            "teal",
+            "/path",
+            "Teal.dev/x",
+            "teal.dev/",
+            "teal..dev/x",
+            "teal.dev/a b",
+            &format!("teal.dev/{}", "x".repeat(250)),
+        ] {
+            assert!(controller_name(bad).is_err(), "{bad:?}");
+        }
     }
 }

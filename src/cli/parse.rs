@@ -77,6 +77,16 @@ pub(crate) fn after(s: &str) -> Result<Duration, String> {
     duration_in(s, Duration::ZERO, MAX_AFTER)
 }
 
+/// `--drain-timeout` of `teal retire`: 0s (do not wait) to a day.
+pub(crate) fn drain_timeout(s: &str) -> Result<Duration, String> {
+    duration_in(s, Duration::ZERO, MAX_INTERVAL)
+}
+
+/// `--timeout` of `teal wait`: 1s to a day.
+pub(crate) fn wait(s: &str) -> Result<Duration, String> {
+    duration_in(s, Duration::from_secs(1), MAX_INTERVAL)
+}
+
 /// A percentage, 0 to 100.
 fn percent(s: &str, what: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
@@ -179,6 +189,12 @@ mod tests {
         assert!(interval("25h").is_err());
         assert_eq!(after("720h"), Ok(MAX_AFTER));
         assert!(after("721h").expect_err("over").contains("30d 0h"));
+        assert_eq!(drain_timeout("0s"), Ok(Duration::ZERO));
+        assert_eq!(drain_timeout("24h"), Ok(MAX_INTERVAL));
+        assert!(drain_timeout("25h").is_err());
+        assert!(wait("0s").is_err(), "a wait that cannot succeed");
+        assert_eq!(wait("10m"), Ok(Duration::from_secs(600)));
+        assert!(wait("25h").is_err());
     }
 
     #[test]

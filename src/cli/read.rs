@@ -170,6 +170,24 @@ fn service_details(text: &mut String, svc: &pb::ServiceStatus, now: i64) {
             table::utc(r.at_unix_ms)
         ));
     }
+    for d in &svc.drains {
+        // A retired fleet that drained long ago is no news.
+        let retired = svc.retired.contains(&d.fleet);
+        if d.drained && retired {
+            continue;
+        }
+        let fleet = untrusted(&d.fleet);
+        let line = if d.drained {
+            format!(
+                "  drained:     {fleet}: no request in flight ({})",
+                super::wait::drain_text(d)
+            )
+        } else {
+            format!("  draining:    {fleet}: {}", super::wait::drain_text(d))
+        };
+        text.push_str(&line);
+        text.push('\n');
+    }
     if let Some(since) = svc.both_fleets_since_unix_ms {
         text.push_str(&format!(
             "  cost window: more than one fleet up for {} (since {})\n",

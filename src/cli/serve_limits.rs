@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::admin::GateLimits;
 use crate::rollout::registration::EndpointLimits;
 use crate::transport::listener::ConnectionLimits;
 use crate::xds::{CsdsLimits, StreamLimits, XdsServerConfig};
@@ -119,6 +120,14 @@ pub(crate) struct LimitArgs {
     /// (a proxy is forgotten as its stream ends); up to 1h.
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = reconnect_hold)]
     pub(crate) proxy_reconnect_hold: Duration,
+    /// Largest request body the admin port's gates read (Flagger's
+    /// webhook payload), in bytes; a larger one is refused with 413.
+    #[arg(long, default_value_t = GateLimits::DEFAULT_MAX_REQUEST_BYTES as u64, value_parser = clap::value_parser!(u64).range(KIB..=16 * MIB))]
+    pub(crate) max_gate_request_bytes: u64,
+    /// Most gate requests (`/v1/services/<s>`, `/v1/gates/flagger`)
+    /// answered at once; further ones wait for a turn.
+    #[arg(long, default_value_t = GateLimits::DEFAULT_MAX_CONCURRENT as u64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub(crate) max_gate_concurrent: u64,
 }
 
 fn reconnect_hold(s: &str) -> Result<Duration, String> {
@@ -186,6 +195,14 @@ impl LimitArgs {
         xds.proxy_reconnect_hold = self.proxy_reconnect_hold;
     }
 
+    /// The bounds on the admin port's gates.
+    pub(crate) fn gate_limits(&self) -> GateLimits {
+        GateLimits {
+            max_request_bytes: size(self.max_gate_request_bytes),
+            max_concurrent: size(self.max_gate_concurrent),
+        }
+    }
+
     /// The bounds on registered endpoints.
     pub(crate) fn endpoint_limits(&self) -> EndpointLimits {
         EndpointLimits {
@@ -237,6 +254,10 @@ mod tests {
         assert_eq!(xds.csds, defaults.csds);
         assert_eq!(xds.max_connection_age, defaults.max_connection_age);
         assert_eq!(
+            parse(&[]).expect("defaults parse").gate_limits(),
+            GateLimits::default()
+        );
+        assert_eq!(
             admin,
             ConnectionLimits::default_for(crate::transport::listener::Port::Admin)
         );
@@ -254,6 +275,8 @@ mod tests {
             &["--max-request-bytes", "99999999999999"],
             &["--max-xds-connections", "0"],
             &["--max-admin-connections", "-1"],
+            &["--max-gate-request-bytes", "10"],
+            &["--max-gate-concurrent", "0"],
             &["--max-streams-per-connection", "0"],
             &["--handshake-timeout", "0"],
             &["--idle-timeout", "1e20"],

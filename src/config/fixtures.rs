@@ -30,6 +30,8 @@ struct Service {
     fleets: Vec<(String, String)>,
     /// The lines of its `checks:`, if any.
     checks: Option<String>,
+    /// The lines of its `analysis:`, if any.
+    analysis: Option<String>,
 }
 
 /// `web` on blue and green; see the module doc.
@@ -52,6 +54,7 @@ impl ConfigFixture {
             protocol: None,
             fleets: Vec::new(),
             checks: None,
+            analysis: None,
         });
         self
     }
@@ -84,6 +87,13 @@ impl ConfigFixture {
     /// line per check).
     pub(crate) fn checks(mut self, service: &str, checks: &str) -> ConfigFixture {
         self.service_mut(service).checks = Some(checks.to_owned());
+        self
+    }
+
+    /// Gives `service` this `analysis:` (`max_error_ratio: 1%`, a line per
+    /// key).
+    pub(crate) fn analysis(mut self, service: &str, analysis: &str) -> ConfigFixture {
+        self.service_mut(service).analysis = Some(analysis.to_owned());
         self
     }
 
@@ -122,6 +132,9 @@ impl ConfigFixture {
             }
             if let Some(checks) = &s.checks {
                 y.push_str(&format!("    checks:\n{}", indented(checks, 6)));
+            }
+            if let Some(analysis) = &s.analysis {
+                y.push_str(&format!("    analysis:\n{}", indented(analysis, 6)));
             }
         }
         y.push_str(
@@ -197,6 +210,7 @@ mod tests {
             .fleet("api", "blue", "")
             .fleet("web", "green", "endpoints: registered")
             .checks("web", "home: {path: /, timeout: 1s}")
+            .analysis("web", "max_error_ratio: 1%\nwindow: 5s")
             .yaml();
         assert!(
             y.contains("      green:\n        endpoints: registered\n"),
@@ -204,6 +218,10 @@ mod tests {
         );
         assert!(
             y.contains("    checks:\n      home: {path: /, timeout: 1s}\n"),
+            "{y}"
+        );
+        assert!(
+            y.contains("    analysis:\n      max_error_ratio: 1%\n      window: 5s\n"),
             "{y}"
         );
         let api_route = y.find("prefix: /api/").expect("api routed");

@@ -90,8 +90,15 @@ pub use limits::Limits;
 pub(crate) use limits::{DEFAULT_MAX_DEPTH, MAX_MAX_DEPTH};
 #[cfg(test)]
 pub(crate) use model::Fleet;
-pub(crate) use model::{Check, EndpointSource, MAX_ZONE_BYTES, Protocol, Service};
-pub use model::{Config, DEFAULT_SLICE_MANAGER, Endpoint, KubernetesFleet, KubernetesPort};
+#[cfg(feature = "kubernetes")]
+pub(crate) use model::ListenerKind;
+pub(crate) use model::{
+    ANALYSIS_WINDOW, Analysis, Check, EndpointSource, MAX_ZONE_BYTES, Protocol, Service,
+    TooFewRequests,
+};
+pub use model::{
+    Config, DEFAULT_SLICE_MANAGER, Endpoint, KubernetesFleet, KubernetesPort, KubernetesRef, Ratio,
+};
 pub(crate) use overlay::{EndpointOverlay, EndpointSetError, FleetSets, check_endpoints};
 pub(crate) use parse::parse_address;
 pub(crate) use translate::cluster_name;

@@ -43,6 +43,154 @@ pub struct Service {
     /// Requests a rollout sends straight to each endpoint of a fleet before
     /// shifting traffic to it, by name.
     pub(crate) checks: BTreeMap<String, Check>,
+    /// How a rollout judges the traffic a fleet takes after a switch, from
+    /// the proxies' load reports; `None`: it does not.
+    pub(crate) analysis: Option<Analysis>,
+    /// The Gateway API `HTTPRoute` whose weights drive the service's split
+    /// (`kubernetes.route`); while set, only it changes the weights.
+    pub(crate) route: Option<KubernetesRef>,
+}
+
+/// `analysis:` of a service: the error ratio a fleet gaining traffic may
+/// show in the proxies' load reports once a switch is confirmed. At least
+/// one of the two thresholds is set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Analysis {
+    /// The most errors per request completed.
+    pub(crate) max_error_ratio: Option<Ratio>,
+    /// The most points over the ratio the fleets losing traffic showed
+    /// before the switch.
+    pub(crate) max_error_ratio_over_baseline: Option<Ratio>,
+    /// Fewer requests than this in the window are too few to judge
+    /// (default 100).
+    pub(crate) min_requests: u32,
+    /// How long the fleet's traffic is watched after each step (default
+    /// 30s, 1s to 10m).
+    pub(crate) window: Duration,
+    /// What too few requests at the end of the window mean.
+    pub(crate) too_few_requests: TooFewRequests,
+}
+
+/// Shortest and longest `analysis.window`: a report interval or more, and
+/// no longer than an operation should hold a step.
+pub(crate) const ANALYSIS_WINDOW: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(600));
+
+/// What a verdict with too few requests means (`too_few_requests`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum TooFewRequests {
+    /// The step passes, with a warning saying it was not judged.
+    Pass,
+    /// The step fails and is undone.
+    Fail,
+    /// Keep watching until enough requests come, or the operation's
+    /// timeout runs out (then it fails).
+    #[default]
+    Wait,
+}
+
+impl TooFewRequests {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            TooFewRequests::Pass => "pass",
+            TooFewRequests::Fail => "fail",
+            TooFewRequests::Wait => "wait",
+        }
+    }
+}
+
+/// A share of requests, in parts per million: `1%` is 10,000, `0.5%` is
+/// 5,000. Whole numbers keep plans comparable and stored exactly; a
+/// millionth is finer than any threshold worth setting.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct Ratio(u32);
+
+impl Ratio {
+    /// Parts per million in a whole.
+    pub(crate) const WHOLE: u32 = 1_000_000;
+
+    #[cfg(test)]
+    pub(crate) const fn from_ppm(ppm: u32) -> Ratio {
+        Ratio(ppm)
+    }
+
+    pub(crate) fn ppm(self) -> u32 {
+        self.0
+    }
+
+    /// `errors` of `requests`, rounded to the nearest millionth (0 for no
+    /// requests).
+    pub(crate) fn of(errors: u64, requests: u64) -> Ratio {
+        Ratio::from_fraction(errors as f64 / requests.max(1) as f64)
+    }
+
+    /// A fraction from 0 to 1, rounded; out of range is clamped.
+    pub(crate) fn from_fraction(f: f64) -> Ratio {
+        let ppm = (f * f64::from(Ratio::WHOLE)).round();
+        // Clamped first, so the cast cannot truncate (NaN casts to 0).
+        Ratio(ppm.clamp(0.0, f64::from(Ratio::WHOLE)) as u32)
+    }
+
+    /// The sum, at most a whole.
+    pub(crate) fn saturating_add(self, other: Ratio) -> Ratio {
+        Ratio(self.0.saturating_add(other.0).min(Ratio::WHOLE))
+    }
+
+    /// Parses a percentage as the config writes it: `1%`, `0.5%`, at most
+    /// four decimals (a millionth), from 0% to 100%.
+    pub(crate) fn parse_percent(s: &str) -> Result<Ratio, String> {
+        let bad = || format!("expected a percentage such as 1% or 0.5%, found {s:?}");
+        let number = s.strip_suffix('%').ok_or_else(bad)?;
+        let (whole, decimals) = number.split_once('.').unwrap_or((number, ""));
+        let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+        if whole.is_empty() || !digits(whole) || !digits(decimals) || number.ends_with('.') {
+            return Err(bad());
+        }
+        if decimals.len() > 4 {
+            return Err(format!(
+                "{s:?} has more than four decimals (a millionth is the finest)"
+            ));
+        }
+        let whole: u32 = match whole.parse() {
+            Ok(w) if w <= 100 => w,
+            _ => return Err(format!("{s:?} is over 100%")),
+        };
+        let mut frac: u32 = 0;
+        for (i, b) in decimals.bytes().enumerate() {
+            frac += u32::from(b - b'0') * 10u32.pow(3 - i as u32);
+        }
+        let ppm = whole * 10_000 + frac;
+        if ppm > Ratio::WHOLE {
+            return Err(format!("{s:?} is over 100%"));
+        }
+        Ok(Ratio(ppm))
+    }
+}
+
+/// As a percentage with as many decimals as it needs (`1%`, `0.5%`,
+/// `0.0125%`), the way the config writes it.
+impl std::fmt::Display for Ratio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (whole, frac) = (self.0 / 10_000, self.0 % 10_000);
+        if frac == 0 {
+            return write!(f, "{whole}%");
+        }
+        let decimals = format!("{frac:04}");
+        write!(f, "{whole}.{}%", decimals.trim_end_matches('0'))
+    }
 }
 
 /// The endpoints of one fleet.
@@ -191,6 +339,10 @@ pub struct Group {
     /// one whole segment) that may join the group; empty admits any
     /// proxy, with or without a certificate.
     pub(crate) identities: Vec<crate::transport::identity::IdentityPattern>,
+    /// The Gateway API `Gateway` this group implements
+    /// (`kubernetes.gateway`): routes whose parent is that Gateway are the
+    /// group's.
+    pub(crate) gateway: Option<KubernetesRef>,
 }
 
 /// One listener of a group.
@@ -363,6 +515,36 @@ impl std::fmt::Display for KubernetesPort {
             KubernetesPort::Name(n) => f.write_str(n),
             KubernetesPort::Number(n) => write!(f, "{n}"),
         }
+    }
+}
+
+/// A namespaced Kubernetes object by name (`{namespace, name}`), both
+/// checked as Kubernetes checks them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KubernetesRef {
+    /// A DNS label.
+    pub namespace: String,
+    /// A DNS subdomain (lowercase, `.` and `-`, at most 253).
+    pub name: String,
+}
+
+impl std::fmt::Display for KubernetesRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl Service {
+    /// The `HTTPRoute` that drives the service's weights, if one does.
+    pub fn route(&self) -> Option<&KubernetesRef> {
+        self.route.as_ref()
+    }
+}
+
+impl Group {
+    /// The `Gateway` the group implements, if it does.
+    pub fn gateway(&self) -> Option<&KubernetesRef> {
+        self.gateway.as_ref()
     }
 }
 

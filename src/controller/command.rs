@@ -112,6 +112,9 @@ pub(super) enum Command {
     Start {
         op: Operation,
         actor: String,
+        /// The HTTPRoute asking, when one is; only it may change the
+        /// weights of a service it drives.
+        route: Option<crate::config::KubernetesRef>,
         reply: oneshot::Sender<Result<watch::Receiver<Progress>, RolloutError>>,
     },
     Follow {

@@ -31,10 +31,19 @@ async fn on_registry(
     registry: &Arc<ProxyRegistry>,
     store: Arc<MemoryStore>,
 ) -> (Controller, crate::shutdown::ShutdownTrigger) {
+    on_config(registry, store, config()).await
+}
+
+/// [`on_registry`], serving `config`.
+async fn on_config(
+    registry: &Arc<ProxyRegistry>,
+    store: Arc<MemoryStore>,
+    config: Config,
+) -> (Controller, crate::shutdown::ShutdownTrigger) {
     let (writer, _reader) = snapshot_store();
     let (trigger, shutdown) = crate::shutdown::shutdown_channel();
     let (c, _task) = start(
-        config(),
+        config,
         writer,
         store,
         registry.clone(),
@@ -196,11 +205,7 @@ async fn a_restart_serves_the_committed_state_under_the_same_version() {
 #[tokio::test]
 async fn one_operation_per_service_at_a_time() {
     let (c, _t) = controller(Arc::new(MemoryStore::default())).await;
-    let retire = Operation::Retire {
-        service: "api".into(),
-        fleet: "green".into(),
-        after: Duration::from_secs(3600),
-    };
+    let retire = retire("api", "green", Duration::from_secs(3600));
     let rx = c.start(retire, "dave").await.expect("starts");
     let id = rx.borrow().id;
     let busy = c.start(flip("api", true), "erin").await.expect_err("busy");
@@ -262,6 +267,7 @@ fn retire(service: &str, fleet: &str, after: Duration) -> Operation {
         service: service.into(),
         fleet: fleet.into(),
         after,
+        drain_timeout: Duration::from_secs(60),
     }
 }
 
@@ -522,6 +528,8 @@ async fn an_operation_found_in_flight_is_resolved_at_start() {
             timeout: Duration::from_secs(5),
             interval: Duration::ZERO,
             wait_first: false,
+            drain_timeout: Duration::ZERO,
+            analysis: None,
         },
         original: Change {
             split: blue.clone(),
@@ -534,6 +542,7 @@ async fn an_operation_found_in_flight_is_resolved_at_start() {
         confirmed: None,
         wait_until: None,
         warnings: Vec::new(),
+        baseline: None,
     };
     // As `kill -9` left it: green committed, not yet confirmed; web's flip
     // found before its commit.
@@ -674,37 +683,12 @@ async fn a_shift_goes_on_as_planned_after_a_reload_drops_an_unused_fleet() {
 /// look at every proxy again, although no stream changed.
 #[tokio::test]
 async fn a_flip_waiting_on_a_proxy_finishes_when_it_is_cordoned() {
-    use crate::xds::{NodeInfo, StreamEvent, StreamKind};
-
     let registry = ProxyRegistry::new();
     let (c, _trigger) = on_registry(&registry, Arc::new(MemoryStore::default())).await;
 
     // One proxy of the edge group holds the current routes and will never
     // ACK the next ones.
-    let mut stream = registry.register(StreamKind::Aggregated, false);
-    stream.set_node(Some(&NodeInfo {
-        id: "stuck".into(),
-        cluster: "edge".into(),
-        user_agent: "envoy".into(),
-    }));
-    let routes = c
-        .snapshot()
-        .group("edge")
-        .of(ResourceType::Route)
-        .version()
-        .to_owned();
-    stream.record(&[
-        StreamEvent::Sent {
-            ty: ResourceType::Route,
-            version: routes.clone(),
-            nonce: "1".into(),
-            resources: 1,
-        },
-        StreamEvent::Acked {
-            ty: ResourceType::Route,
-            version: routes,
-        },
-    ]);
+    let _stream = synced_edge_proxy(&registry, &c, "stuck");
 
     let mut rx = c.start(flip("api", true), "dave").await.expect("starts");
     tokio::time::timeout(
@@ -1063,4 +1047,404 @@ async fn a_proxy_that_does_not_reconnect_within_the_hold_is_taken_as_gone() {
         history[0]
     );
     assert!(registry.statuses().is_empty(), "the proxy is forgotten");
+}
+
+/// One `edge` proxy, `id`, in sync with the routes served now.
+fn synced_edge_proxy(
+    registry: &Arc<ProxyRegistry>,
+    c: &Controller,
+    id: &str,
+) -> crate::xds::status::StreamHandle {
+    use crate::xds::{NodeInfo, StreamEvent, StreamKind};
+    let mut stream = registry.register(StreamKind::Aggregated, false);
+    stream.set_node(Some(&NodeInfo {
+        id: id.into(),
+        cluster: "edge".into(),
+        user_agent: "envoy".into(),
+    }));
+    let routes = c
+        .snapshot()
+        .group("edge")
+        .of(ResourceType::Route)
+        .version()
+        .to_owned();
+    stream.record(&[
+        StreamEvent::Sent {
+            ty: ResourceType::Route,
+            version: routes.clone(),
+            nonce: "1".into(),
+            resources: 1,
+        },
+        StreamEvent::Acked {
+            ty: ResourceType::Route,
+            version: routes,
+        },
+    ]);
+    stream
+}
+
+/// A report of `in_progress` requests to api's `fleet` on `load`.
+fn report_api(
+    registry: &ProxyRegistry,
+    load: &crate::xds::load::LoadStreamId,
+    fleet: &str,
+    in_progress: u64,
+) {
+    let report = crate::xds::load::ClusterReport {
+        cluster: crate::config::cluster_name("api", fleet),
+        in_progress,
+        ..Default::default()
+    };
+    let taken = registry
+        .loads()
+        .report(load, &[report], std::time::Instant::now());
+    assert_eq!(taken.counted, 1, "{taken:?}");
+}
+
+#[tokio::test]
+async fn a_retirement_waits_until_the_load_reports_say_its_fleet_drained() {
+    let registry = ProxyRegistry::new();
+    registry.loads().configure(Duration::from_millis(20), 1000);
+    let (c, _t) = on_registry(&registry, Arc::new(MemoryStore::default())).await;
+    let flipped = c.start(flip("api", true), "x").await.expect("flip");
+    assert_eq!(outcome(flipped).await, Outcome::Succeeded);
+    // A proxy with one request to blue still in flight.
+    let _stream = synced_edge_proxy(&registry, &c, "edge-1");
+    let load = registry.loads().open("edge-1", "edge");
+    report_api(&registry, &load, "blue", 1);
+    let drains = web_or_api(&c, "api").await.drains;
+    assert_eq!(drains.len(), 1, "{drains:?}");
+    assert_eq!(
+        (drains[0].fleet.as_str(), drains[0].is_drained()),
+        ("blue", false)
+    );
+    assert_eq!(drains[0].draining[0].proxy, "edge-1");
+    assert_eq!(drains[0].in_flight, 1);
+
+    let mut rx = c
+        .start(retire("api", "blue", Duration::ZERO), "x")
+        .await
+        .expect("retire");
+    let p = tokio::time::timeout(
+        Duration::from_secs(5),
+        rx.wait_for(|p| p.phase == Phase::Draining && p.message.contains("edge-1 (1)")),
+    )
+    .await
+    .expect("drains in time")
+    .expect("progress open")
+    .clone();
+    assert_eq!(p.waiting_for, ["edge-1"], "{p:?}");
+    // Many report intervals later, blue is still there: edge-1 has not
+    // said its request ended.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.borrow().phase, Phase::Draining);
+    assert!(web_or_api(&c, "api").await.retired.is_empty());
+    // The request ends: two idle reports and blue goes.
+    report_api(&registry, &load, "blue", 0);
+    report_api(&registry, &load, "blue", 0);
+    assert_eq!(outcome(rx).await, Outcome::Succeeded);
+    let api = web_or_api(&c, "api").await;
+    assert_eq!(api.retired, ["blue"]);
+    assert!(api.drains[0].is_drained(), "{:?}", api.drains);
+}
+
+#[tokio::test]
+async fn a_proxy_that_reports_no_load_holds_a_retirement_until_it_is_refused() {
+    let registry = ProxyRegistry::new();
+    registry.loads().configure(Duration::from_millis(20), 1000);
+    let (c, _t) = on_registry(&registry, Arc::new(MemoryStore::default())).await;
+    let flipped = c.start(flip("api", true), "x").await.expect("flip");
+    assert_eq!(outcome(flipped).await, Outcome::Succeeded);
+    let _quiet = synced_edge_proxy(&registry, &c, "quiet");
+    let drains = web_or_api(&c, "api").await.drains;
+    assert_eq!(drains[0].silent, ["quiet"], "named as not reporting");
+    let op = Operation::Retire {
+        service: "api".into(),
+        fleet: "blue".into(),
+        after: Duration::ZERO,
+        drain_timeout: Duration::from_millis(300),
+    };
+    let rx = c.start(op, "x").await.expect("retire");
+    let out = outcome(rx).await;
+    assert!(
+        matches!(&out, Outcome::Refused { reason: Reason::DrainTimedOut { last: Some(d), .. } }
+            if d.silent == ["quiet"]),
+        "{out:?}"
+    );
+    let reason = out.reason().map(ToString::to_string).unwrap_or_default();
+    assert!(reason.contains("no load reports from quiet"), "{reason}");
+    let api = web_or_api(&c, "api").await;
+    assert!(api.retired.is_empty(), "nothing was retired");
+    let history = c.history("api").await.expect("history");
+    assert!(matches!(history[0].outcome, Outcome::Refused { .. }));
+}
+
+/// A reload that drops the fleet a retirement drains leaves nothing to
+/// drain: no proxy is served that fleet's cluster any more, nor asked to
+/// report it, so the retirement goes on instead of waiting out its drain
+/// timeout for reports that will never come.
+#[tokio::test]
+async fn a_retirement_whose_fleet_a_reload_dropped_does_not_wait_for_its_drain() {
+    let registry = ProxyRegistry::new();
+    registry.loads().configure(Duration::from_millis(20), 1000);
+    let (c, _t) = on_registry(&registry, Arc::new(MemoryStore::default())).await;
+    let stream = synced_edge_proxy(&registry, &c, "edge-1");
+    let load = registry.loads().open("edge-1", "edge");
+    report_api(&registry, &load, "green", 1);
+    let op = Operation::Retire {
+        service: "api".into(),
+        fleet: "green".into(),
+        after: Duration::ZERO,
+        drain_timeout: Duration::from_secs(3600),
+    };
+    let mut rx = c.start(op, "x").await.expect("retire");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        rx.wait_for(|p| p.phase == Phase::Draining && !p.waiting_for.is_empty()),
+    )
+    .await
+    .expect("drains in time")
+    .expect("progress open");
+    c.reload(base().without_fleet("api", "green").config())
+        .await
+        .expect("applied");
+    // The proxy takes the new config (a stream of its own, in sync).
+    drop(stream);
+    let _stream = synced_edge_proxy(&registry, &c, "edge-1");
+    let p = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|p| p.outcome.is_some()))
+        .await
+        .expect("well within its drain timeout")
+        .expect("progress open")
+        .clone();
+    assert_eq!(p.outcome, Some(Outcome::Succeeded), "{p:?}");
+}
+
+/// `api` judged by its traffic: at most `threshold` errors (`max_error_ratio`
+/// or `max_error_ratio_over_baseline`) over a 2 s window, 10 requests
+/// needed; one proxy, `a`, of the edge group, connected and holding the
+/// current routes, with a load stream reporting every 100 ms.
+struct Judged {
+    c: Controller,
+    registry: Arc<ProxyRegistry>,
+    stream: crate::xds::status::StreamHandle,
+    load: crate::xds::load::LoadStreamId,
+    _trigger: crate::shutdown::ShutdownTrigger,
+}
+
+impl Judged {
+    async fn new(threshold: &str) -> Judged {
+        use crate::xds::{NodeInfo, StreamKind};
+        let registry = ProxyRegistry::new();
+        registry.loads().configure(Duration::from_millis(100), 100);
+        let config = base()
+            .analysis("api", &format!("{threshold}\nmin_requests: 10\nwindow: 2s"))
+            .config();
+        let (c, _trigger) = on_config(&registry, Arc::new(MemoryStore::default()), config).await;
+        let mut stream = registry.register(StreamKind::Aggregated, false);
+        stream.set_node(Some(&NodeInfo {
+            id: "a".into(),
+            cluster: "edge".into(),
+            user_agent: "envoy".into(),
+        }));
+        let load = registry.loads().open("a", "edge");
+        let j = Judged {
+            c,
+            registry,
+            stream,
+            load,
+            _trigger,
+        };
+        j.ack_routes();
+        j
+    }
+
+    /// `a` ACKs the routes served now.
+    fn ack_routes(&self) {
+        use crate::xds::StreamEvent;
+        let version = self
+            .c
+            .snapshot()
+            .group("edge")
+            .of(ResourceType::Route)
+            .version()
+            .to_owned();
+        self.stream.record(&[
+            StreamEvent::Sent {
+                ty: ResourceType::Route,
+                version: version.clone(),
+                nonce: version.clone(),
+                resources: 1,
+            },
+            StreamEvent::Acked {
+                ty: ResourceType::Route,
+                version,
+            },
+        ]);
+    }
+
+    /// `a` reports `success` and `errors` requests to api's `fleet`.
+    fn report(&self, fleet: &str, success: u64, errors: u64) {
+        let taken = self.registry.loads().report(
+            &self.load,
+            &[crate::xds::load::ClusterReport {
+                cluster: format!("api-{fleet}"),
+                success,
+                errors,
+                issued: success + errors,
+                in_progress: 0,
+            }],
+            std::time::Instant::now(),
+        );
+        assert_eq!(taken.counted, 1, "{taken:?}");
+    }
+
+    /// Flips api to green, confirms it, and waits for its analysis.
+    async fn flip_to_analysis(&self) -> watch::Receiver<Progress> {
+        let mut rx = self
+            .c
+            .start(flip("api", true), "erin")
+            .await
+            .expect("starts");
+        let wait = Duration::from_secs(10);
+        tokio::time::timeout(wait, rx.wait_for(|p| p.version.is_some()))
+            .await
+            .expect("committed in time")
+            .expect("progress channel open");
+        self.ack_routes();
+        tokio::time::timeout(wait, rx.wait_for(|p| p.phase == Phase::Analysis))
+            .await
+            .expect("analysing in time")
+            .expect("progress channel open");
+        rx
+    }
+}
+
+/// Green failing 10% of what the proxy reports is rolled back well before
+/// the window ends, and the history entry gives the figures.
+#[tokio::test]
+async fn a_flip_whose_traffic_fails_is_rolled_back_with_the_figures() {
+    let j = Judged::new("max_error_ratio: 1%").await;
+    let mut rx = j.flip_to_analysis().await;
+    let started = std::time::Instant::now();
+    j.report("green", 90, 10);
+    let undo = tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|p| p.phase == Phase::RollingBack && p.version.is_some()),
+    )
+    .await
+    .expect("rolling back in time")
+    .expect("progress channel open")
+    .clone();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "failed early, not at the window's end: {:?}",
+        started.elapsed()
+    );
+    j.ack_routes();
+    let ended = outcome(rx).await;
+    let Outcome::RolledBack { reason } = ended else {
+        panic!("rolled back: {ended:?} ({undo:?})");
+    };
+    let text = reason.to_string();
+    assert!(
+        text.starts_with(
+            "green's error ratio was 10%, over the 1% allowed: 10 errors in 100 \
+             requests reported by proxy a, "
+        ),
+        "{text}"
+    );
+    let history = j.c.history("api").await.expect("history");
+    assert_eq!(
+        history[0].outcome.reason().map(|r| r.to_string()),
+        Some(text)
+    );
+    let status = web_or_api(&j.c, "api").await;
+    assert_eq!(status.weights, split(&[("blue", 100), ("green", 0)]));
+}
+
+/// Healthy traffic passes, but only once the window has run; a baseline
+/// measured from blue's reports before the flip lifts the threshold.
+#[tokio::test]
+async fn a_flip_whose_traffic_is_healthy_succeeds_at_the_end_of_its_window() {
+    let j = Judged::new("max_error_ratio_over_baseline: 1%").await;
+    // Blue fails 5% before the flip: 6% is allowed after it.
+    j.report("blue", 95, 5);
+    let rx = j.flip_to_analysis().await;
+    let started = std::time::Instant::now();
+    j.report("green", 945, 55);
+    assert_eq!(outcome(rx).await, Outcome::Succeeded);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "passed before its window ended: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_that_is_reconnecting_is_not_drained() {
+    let registry = ProxyRegistry::new();
+    registry.set_reconnect_hold(Duration::from_secs(30));
+    registry.loads().configure(Duration::from_millis(20), 1000);
+    let (c, _t) = on_registry(&registry, Arc::new(MemoryStore::default())).await;
+    let flipped = c.start(flip("api", true), "x").await.expect("flip");
+    assert_eq!(outcome(flipped).await, Outcome::Succeeded);
+    let stream = synced_edge_proxy(&registry, &c, "edge-1");
+    let load = registry.loads().open("edge-1", "edge");
+    report_api(&registry, &load, "blue", 0);
+    report_api(&registry, &load, "blue", 0);
+    let drains = web_or_api(&c, "api").await.drains;
+    assert!(drains[0].is_drained(), "{drains:?}");
+    // Its xDS stream ends: its requests in flight go on while it
+    // reconnects, so it is not drained until it reports again.
+    drop(stream);
+    let drains = web_or_api(&c, "api").await.drains;
+    assert!(!drains[0].is_drained(), "{drains:?}");
+}
+
+#[tokio::test]
+async fn status_counts_the_proxies_holding_the_routes_served_leaving_cordoned_ones_out() {
+    use crate::xds::{NodeInfo, StreamEvent, StreamKind};
+
+    let registry = ProxyRegistry::new();
+    let (c, _trigger) = on_registry(&registry, Arc::new(MemoryStore::default())).await;
+    let _synced = synced_edge_proxy(&registry, &c, "synced");
+    // A proxy sent the routes that has not ACKed them.
+    let mut behind = registry.register(StreamKind::Aggregated, false);
+    behind.set_node(Some(&NodeInfo {
+        id: "behind".into(),
+        cluster: "edge".into(),
+        user_agent: "envoy".into(),
+    }));
+    let routes = c
+        .snapshot()
+        .group("edge")
+        .of(ResourceType::Route)
+        .version()
+        .to_owned();
+    behind.record(&[StreamEvent::Sent {
+        ty: ResourceType::Route,
+        version: routes,
+        nonce: "1".into(),
+        resources: 1,
+    }]);
+
+    // A proxy that holds the routes and is an endpoints push behind still
+    // routes by the weights: only the routes carry them.
+    let endpoints_behind = synced_edge_proxy(&registry, &c, "endpoints-behind");
+    endpoints_behind.record(&[StreamEvent::Sent {
+        ty: ResourceType::Endpoint,
+        version: "a-later-eds-version".into(),
+        nonce: "2".into(),
+        resources: 1,
+    }]);
+
+    let api = web_or_api(&c, "api").await;
+    assert_eq!((api.applied.acked, api.applied.total), (2, 3));
+    assert_eq!(api.applied.waiting_for, ["behind"]);
+    assert_eq!(api.confirmed, None, "not every proxy holds the weights");
+
+    assert!(c.cordon("behind", "test", "dave").await.expect("cordoned"));
+    let api = web_or_api(&c, "api").await;
+    assert_eq!((api.applied.acked, api.applied.total), (2, 2));
+    assert_eq!(api.confirmed.as_ref(), Some(&api.weights));
 }

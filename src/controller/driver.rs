@@ -19,12 +19,14 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{self, Config, EndpointOverlay, EndpointSource, Weights, WeightsError};
 use crate::metrics::Metrics;
+use crate::rollout::analysis::Baseline;
+use crate::rollout::drain;
 use crate::rollout::machine::{self, Action, Event, Gate, Origin, ProxyView, Rollout};
 use crate::rollout::plan::{self, Change, ServiceView};
 use crate::rollout::registration::Registered;
 use crate::rollout::traffic::{FleetTraffic, ProxyTraffic};
 use crate::rollout::{
-    CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, Reason, Retirement,
+    CheckResult, FleetDrain, HistoryEntry, Operation, Outcome, Phase, Progress, Reason, Retirement,
     RolloutError, ServiceStatus, StatusView, Verb, Version,
 };
 use crate::shutdown::Shutdown;
@@ -488,8 +490,17 @@ impl Driver {
             None => return,
         };
         match cmd {
-            Command::Start { op, actor, reply } => {
+            Command::Start {
+                op,
+                actor,
+                route,
+                reply,
+            } => {
                 let service = op.service().to_owned();
+                if let Err(e) = self.route_may_start(&op, route.as_ref()) {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
                 match self.begin(op, actor).await {
                     Ok((rx, actions)) => {
                         let _ = reply.send(Ok(rx));
@@ -739,11 +750,39 @@ impl Driver {
             rollback_to: st.rollback_to.as_ref(),
             retired: &st.retired,
             has_checks: !svc.checks.is_empty(),
+            analysis: svc.analysis.as_ref().map(Into::into),
         })
     }
 
     /// Plans an operation, saves it as started, and registers it; the
     /// caller then carries out the returned actions.
+    /// While an HTTPRoute drives a service's weights, only that route
+    /// changes them: a flip, shift or rollback from anyone else is refused
+    /// naming the route (a retirement, which moves no traffic, is not).
+    fn route_may_start(
+        &self,
+        op: &Operation,
+        asking: Option<&crate::config::KubernetesRef>,
+    ) -> Result<(), RolloutError> {
+        let Some(driving) = self
+            .config
+            .services
+            .get(op.service())
+            .and_then(|s| s.route())
+        else {
+            return Ok(());
+        };
+        if op.verb() == Verb::Retire || asking == Some(driving) {
+            return Ok(());
+        }
+        Err(RolloutError::Precondition(format!(
+            "the weights of service {:?} follow HTTPRoute {driving} \
+             (services.{}.kubernetes.route): change the route, not the service",
+            op.service(),
+            op.service()
+        )))
+    }
+
     async fn begin(
         &mut self,
         op: Operation,
@@ -751,9 +790,7 @@ impl Driver {
     ) -> Result<(watch::Receiver<Progress>, Vec<Action>), RolloutError> {
         let service = op.service().to_owned();
         if let Some(r) = self.running.get(&service) {
-            let waiting_retirement =
-                r.rollout.verb() == Verb::Retire && r.rollout.phase() == Phase::Waiting;
-            if !(waiting_retirement && op.verb() == Verb::Rollback) {
+            if !(r.rollout.is_pending_retirement() && op.verb() == Verb::Rollback) {
                 return Err(RolloutError::Busy {
                     service,
                     verb: r.rollout.verb(),
@@ -828,17 +865,19 @@ impl Driver {
         actions: Vec<Action>,
     ) -> Result<Vec<Action>, RolloutError> {
         let mut queue = VecDeque::from(actions);
-        while let Some(Action::ObserveProxies) = queue.front() {
+        loop {
+            let event = match queue.front() {
+                Some(Action::ObserveProxies) => Event::Proxies(self.proxy_views(service)),
+                Some(Action::MeasureBaseline { fleets, window }) => {
+                    Event::Baseline(self.baseline(service, fleets.clone(), *window))
+                }
+                _ => break,
+            };
             queue.pop_front();
-            let views = self.proxy_views(service);
             let Some(running) = self.running.get_mut(service) else {
                 return Ok(Vec::new());
             };
-            queue.extend(
-                running
-                    .rollout
-                    .on_event(Event::Proxies(views), Instant::now()),
-            );
+            queue.extend(running.rollout.on_event(event, Instant::now()));
         }
         if let Some(Action::Commit(change)) = queue.front() {
             let change = change.clone();
@@ -978,29 +1017,43 @@ impl Driver {
             .into_iter()
             .map(|p| (p.node.clone(), p))
             .collect();
-        let mut nodes: Vec<Arc<str>> = self
-            .registry
-            .statuses()
-            .iter()
-            .filter(|p| !p.disconnected)
-            .filter_map(|p| p.node.as_ref())
-            .filter(|n| groups.contains(&n.cluster) && !cordoned.contains(&n.id))
-            .map(|n| Arc::from(n.id.as_str()))
-            .collect();
-        nodes.sort_unstable();
-        nodes.dedup();
+        // By node: whether a stream of it is connected. A proxy whose
+        // stream ended and that has not come back yet (see
+        // `ProxyStatus::disconnected`) still counts, as reporting nothing:
+        // its requests in flight go on while it reconnects, so it is not
+        // drained until a new load stream says so.
+        let mut nodes: BTreeMap<Arc<str>, bool> = BTreeMap::new();
+        for p in self.registry.statuses().iter() {
+            let Some(n) = p.node.as_ref() else { continue };
+            if !groups.contains(&n.cluster) || cordoned.contains(&n.id) {
+                continue;
+            }
+            *nodes.entry(Arc::from(n.id.as_str())).or_default() |= !p.disconnected;
+        }
+        let served = self.config.services.get(service).map(|svc| &svc.fleets);
         fleets
             .iter()
             .map(|fleet| {
+                // A fleet the config no longer has is served to no proxy:
+                // its cluster left them all, and none is asked to report
+                // it (a retirement planned before a reload dropped the
+                // fleet has nothing left to drain).
+                if !served.is_some_and(|f| f.contains_key(fleet)) {
+                    return FleetTraffic {
+                        fleet: fleet.clone(),
+                        proxies: Vec::new(),
+                    };
+                }
                 let cluster = config::cluster_name(service, fleet);
                 FleetTraffic {
                     fleet: fleet.clone(),
                     proxies: nodes
                         .iter()
-                        .map(|id| ProxyTraffic {
+                        .map(|(id, connected)| ProxyTraffic {
                             id: id.clone(),
                             load: loads
                                 .get(id)
+                                .filter(|_| *connected)
                                 .and_then(|l| l.clusters.get(&cluster))
                                 .copied(),
                         })
@@ -1008,6 +1061,27 @@ impl Driver {
                 }
             })
             .collect()
+    }
+
+    /// What `service`'s `fleets` did over the last `window` (at most the
+    /// [`WINDOW_BUCKETS`](crate::xds::load::WINDOW_BUCKETS) seconds kept),
+    /// as this replica's proxies reported it.
+    fn baseline(&self, service: &str, fleets: Vec<String>, window: Duration) -> Baseline {
+        let measured = self
+            .registry
+            .loads()
+            .measured(service, window, Instant::now());
+        let (requests, errors) = measured
+            .iter()
+            .filter(|m| fleets.contains(&m.fleet))
+            .fold((0u64, 0u64), |(r, e), m| {
+                (r.saturating_add(m.requests), e.saturating_add(m.errors))
+            });
+        Baseline {
+            fleets,
+            requests,
+            errors,
+        }
     }
 
     /// Feeds one event to a service's operation and carries out what it
@@ -1053,6 +1127,17 @@ impl Driver {
                         }
                         Err(e) => Event::CommitFailed(e.to_string()),
                     }
+                }
+                Action::ObserveTraffic => {
+                    let fleets = self
+                        .running
+                        .get(service)
+                        .map(|r| r.rollout.wants_traffic())
+                        .unwrap_or_default();
+                    Event::Traffic(self.traffic(service, &fleets))
+                }
+                Action::MeasureBaseline { fleets, window } => {
+                    Event::Baseline(self.baseline(service, fleets, window))
                 }
                 Action::Finish(_) => {
                     self.finish(service).await;
@@ -1225,6 +1310,13 @@ impl Driver {
             .filter(|(name, _)| only.is_none_or(|o| o == name.as_str()))
             .map(|(name, st)| {
                 let running = self.running.get(name);
+                let applied = self.applied(name);
+                // With an operation running, what it confirmed; without,
+                // what is served, once every proxy holds it.
+                let confirmed = match running {
+                    Some(r) => Some(r.rollout.confirmed_split().clone()),
+                    None => applied.all().then(|| st.weights.clone()),
+                };
                 ServiceStatus {
                     name: name.clone(),
                     live: plan::live_of(&st.weights).unwrap_or_default().to_owned(),
@@ -1239,10 +1331,25 @@ impl Driver {
                     retirement: running
                         .and_then(|r| r.rollout.retirement(now, wall))
                         .map(|(fleet, at)| Retirement { fleet, at }),
+                    drains: self.drains(name, &st.weights),
                     both_fleets_since: st.both_fleets_since,
                     last_change: self.state.history.get(name).and_then(|h| h.last().cloned()),
                     in_progress: running.map(|r| r.rollout.progress()),
                     traffic: self.measured(name, now),
+                    applied,
+                    confirmed,
+                    // The route's progress is the route task's; the handle
+                    // adds it (`Controller::with_routes`).
+                    route: self
+                        .config
+                        .services
+                        .get(name)
+                        .and_then(|s| s.route())
+                        .map(|r| crate::rollout::RouteView {
+                            namespace: r.namespace.clone(),
+                            name: r.name.clone(),
+                            ..Default::default()
+                        }),
                 }
             })
             .collect();
@@ -1252,9 +1359,26 @@ impl Driver {
         })
     }
 
+    /// Whether each of `service`'s fleets with no weight in `weights` is
+    /// drained, by the load reports.
+    fn drains(&self, service: &str, weights: &crate::rollout::Split) -> Vec<FleetDrain> {
+        let idle: Vec<String> = weights
+            .iter()
+            .filter(|(_, w)| **w == 0)
+            .map(|(f, _)| f.clone())
+            .collect();
+        if idle.is_empty() {
+            return Vec::new();
+        }
+        self.traffic(service, &idle)
+            .iter()
+            .map(|t| drain::judge(t, machine::WAITING_SHOWN))
+            .collect()
+    }
+
     /// What `service`'s proxies are measured against now: the snapshot
     /// served, the version its operation committed, the groups routing it.
-    fn basis(&self, service: &str) -> Basis {
+    pub(super) fn basis(&self, service: &str) -> Basis {
         Basis {
             snapshot: self.writer.current().version().to_owned(),
             committed: self

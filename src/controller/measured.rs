@@ -1,9 +1,13 @@
 //! What `teal status` shows of a service's traffic: per fleet, what the
-//! load reports of the proxies routing it say over [`STATUS_WINDOW`].
+//! load reports of the proxies routing it say over [`STATUS_WINDOW`]; and
+//! how many of those proxies hold what is served.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::rollout::MeasuredFleet;
+use crate::rollout::machine::WAITING_SHOWN;
+use crate::rollout::{Applied, MeasuredFleet};
+use crate::xds::resources::ResourceType;
 
 use super::driver::Driver;
 
@@ -47,5 +51,89 @@ impl Driver {
                 }
             })
             .collect()
+    }
+}
+
+/// One node's part in [`Driver::applied`].
+struct Held {
+    /// Every stream of it counted holds the route configuration served.
+    held: bool,
+    /// The last rejection of the route configuration one of its streams
+    /// sent, if its last answer was one.
+    nack: Option<String>,
+    /// Only streams that ended (held while the proxy reconnects) made it.
+    lingering: bool,
+}
+
+impl Driver {
+    /// How many of the proxies routing `service` (cordoned ones aside)
+    /// hold the weights served now: they ACKed the route configuration
+    /// served to their groups, which is what carries the weights. Only
+    /// routes count: endpoints change with every pod that comes or goes
+    /// (a canary scaling up), and a proxy a push of endpoints behind still
+    /// routes by the weights it ACKed. A proxy whose stream ended and that
+    /// holds its place while it reconnects does not hold them: it will
+    /// confirm again on its new stream. Streams of one node are merged as
+    /// the rollout merges them (a connected stream wins over ended ones).
+    pub(super) fn applied(&self, service: &str) -> Applied {
+        let groups = self.basis(service).groups;
+        let snapshot = self.writer.current();
+        let cordoned = self.registry.cordons().ids();
+        let statuses = self.registry.statuses();
+        let mut nodes: BTreeMap<&str, Held> = BTreeMap::new();
+        for p in statuses.iter() {
+            let Some(node) = &p.node else { continue };
+            if !groups.contains(&node.cluster) || cordoned.contains(&node.id) {
+                continue;
+            }
+            let served = snapshot
+                .group(&node.cluster)
+                .of(ResourceType::Route)
+                .version();
+            let routes = p.of(ResourceType::Route);
+            let part = Held {
+                held: !p.disconnected
+                    && (!routes.subscribed || routes.acked.as_deref() == Some(served)),
+                nack: routes
+                    .nack
+                    .as_ref()
+                    .filter(|_| routes.last_was_nacked())
+                    .map(|n| format!("RDS {}: {}", n.version, n.message)),
+                lingering: p.disconnected,
+            };
+            match nodes.get_mut(node.id.as_str()) {
+                None => {
+                    nodes.insert(&node.id, part);
+                }
+                Some(seen) => match (seen.lingering, part.lingering) {
+                    (true, false) => *seen = part,
+                    (false, true) => {}
+                    _ => {
+                        seen.held &= part.held;
+                        if part.nack.is_some() {
+                            seen.nack = part.nack;
+                        }
+                    }
+                },
+            }
+        }
+        let mut applied = Applied {
+            total: nodes.len(),
+            ..Applied::default()
+        };
+        // By node id, so the first named are the first by id.
+        for (id, node) in nodes {
+            if node.held {
+                applied.acked += 1;
+            } else if applied.waiting_for.len() < WAITING_SHOWN {
+                applied.waiting_for.push(id.to_owned());
+            }
+            if let Some(nack) = node.nack
+                && applied.rejecting.len() < WAITING_SHOWN
+            {
+                applied.rejecting.push((id.to_owned(), nack));
+            }
+        }
+        applied
     }
 }

@@ -39,7 +39,7 @@ use crate::config::Config;
 use crate::config::Endpoint;
 use crate::metrics::Metrics;
 use crate::rollout::{
-    CheckResult, HistoryEntry, Operation, Progress, RolloutError, StatusView, Version,
+    CheckResult, HistoryEntry, Operation, Progress, RolloutError, RouteView, StatusView, Version,
 };
 use crate::shutdown::Shutdown;
 use crate::state::{PersistedState, Revision, StateStore};
@@ -66,6 +66,9 @@ pub struct Controller {
     /// (the driver is already running when `teal serve` sets them).
     endpoint_limits: EndpointLimits,
     leadership: Option<crate::ha::Leadership>,
+    /// What each route task last said of its route, by service; read into
+    /// `status` answers. Locked briefly, never across an await.
+    routes: Arc<std::sync::Mutex<BTreeMap<String, RouteView>>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -151,6 +154,7 @@ pub(crate) async fn start_replica(
         snapshots,
         endpoint_limits: EndpointLimits::default(),
         leadership,
+        routes: Arc::default(),
     };
     if driver.leadership.is_none() {
         driver.resume_operations(&version).await;
@@ -240,21 +244,94 @@ impl Controller {
         .await?
     }
 
+    /// Starts `op` on behalf of `route`, the HTTPRoute that drives the
+    /// service (`services.<s>.kubernetes.route`): the one way to change
+    /// its weights while it does. The actor is `k8s:HTTPRoute/<ns>/<name>`.
+    #[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
+    pub(crate) async fn start_for_route(
+        &self,
+        op: Operation,
+        route: &crate::config::KubernetesRef,
+    ) -> Result<watch::Receiver<Progress>, RolloutError> {
+        let actor = route_actor(route);
+        let route = Some(route.clone());
+        self.ask(|reply| Command::Start {
+            op,
+            actor,
+            route,
+            reply,
+        })
+        .await?
+    }
+
+    /// Records what the task of `service`'s route knows of it, for
+    /// `status` answers (the gates show it).
+    #[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
+    pub(crate) fn set_route_view(&self, service: &str, view: RouteView) {
+        // A poisoned lock only means a panic elsewhere mid-insert; the
+        // map is still a map.
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        routes.insert(service.to_owned(), view);
+    }
+
+    /// `view` with what the route tasks said of each service's route
+    /// (only if it is about the route the config names now).
+    fn with_routes(&self, mut view: StatusView) -> StatusView {
+        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        for s in &mut view.services {
+            if let Some(r) = &mut s.route
+                && let Some(known) = routes.get(&s.name)
+                && known.namespace == r.namespace
+                && known.name == r.name
+            {
+                *r = known.clone();
+            }
+        }
+        view
+    }
+
+    /// Whether this replica carries out changes: it is alone, or it leads.
+    #[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
+    pub(crate) fn leads(&self) -> bool {
+        self.leadership.as_ref().is_none_or(|l| l.is_leader())
+    }
+
     /// The snapshot being served.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshots.peek()
     }
 }
 
+/// How history and logs name a change an HTTPRoute made.
+pub(crate) fn route_actor(route: &crate::config::KubernetesRef) -> String {
+    format!("k8s:HTTPRoute/{}/{}", route.namespace, route.name)
+}
+
 #[tonic::async_trait]
 impl Backend for Controller {
     async fn status(&self, service: Option<&str>) -> Result<StatusView, RolloutError> {
         let service = service.map(str::to_owned);
-        self.ask(|reply| Command::Status { service, reply }).await?
+        let view = self
+            .ask(|reply| Command::Status { service, reply })
+            .await??;
+        Ok(self.with_routes(view))
     }
 
     fn proxies(&self) -> Vec<ProxyStatus> {
         self.registry.proxies()
+    }
+
+    fn leading(&self) -> Result<(), RolloutError> {
+        let Some(l) = &self.leadership else {
+            return Ok(());
+        };
+        match l.role() {
+            crate::ha::Role::Leader => Ok(()),
+            crate::ha::Role::Follower { leader } => Err(RolloutError::NotLeader {
+                leader: Some(leader.admin),
+            }),
+            crate::ha::Role::Unknown => Err(RolloutError::NotLeader { leader: None }),
+        }
     }
 
     fn current_versions(&self) -> BTreeMap<String, PerType<String>> {
@@ -274,8 +351,13 @@ impl Backend for Controller {
         actor: &str,
     ) -> Result<watch::Receiver<Progress>, RolloutError> {
         let actor = actor.to_owned();
-        self.ask(|reply| Command::Start { op, actor, reply })
-            .await?
+        self.ask(|reply| Command::Start {
+            op,
+            actor,
+            route: None,
+            reply,
+        })
+        .await?
     }
 
     async fn follow(&self, id: u64) -> Result<watch::Receiver<Progress>, RolloutError> {

@@ -164,7 +164,8 @@ impl Driver {
         (*stored != ours).then(|| {
             format!(
                 "this replica's checks (digest {ours}) differ from those the stored state was \
-                 committed with (digest {stored}): its config's checks differ from the leader's"
+                 committed with (digest {stored}): its config's checks or traffic analysis \
+                 differ from the leader's"
             )
         })
     }

@@ -10,8 +10,16 @@
 //!   one entry point for endpoints from outside the file
 //!   (`Controller::set_service_endpoints`), all fleets of a service that
 //!   changed in one window in one version.
+//! - `gateway`: the Gateway API kinds teal reads (`HTTPRoute`, `Gateway`,
+//!   `GatewayClass`), only the fields it uses, the rest kept as read.
+//! - `routes`: the pure mapping from an HTTPRoute to a split, and from
+//!   what became of it to the route's status entries.
+//! - `route_watch`: one task per route that drives a service
+//!   (`services.<s>.kubernetes.route`): each generation is a confirmed
+//!   shift through the controller, and its fate goes into the route's
+//!   status.
 //! - `KubeFleets` (here): what `teal serve` holds; it starts the
-//!   watchers a config asks for and follows reloads.
+//!   watchers and route tasks a config asks for and follows reloads.
 //!
 //! The API server is reached with the kubeconfig `KUBECONFIG` names (or
 //! `~/.kube/config`), else the in-cluster service account, as `kubectl`
@@ -19,7 +27,13 @@
 //! `KubeFleets` that does nothing are built (and `teal validate`
 //! refuses `kubernetes` fleets).
 
+#[cfg(feature = "kubernetes")]
+pub mod gateway;
 mod limits;
+#[cfg(feature = "kubernetes")]
+mod route_watch;
+#[cfg(feature = "kubernetes")]
+pub(crate) mod routes;
 #[cfg(feature = "kubernetes")]
 pub mod slices;
 #[cfg(feature = "kubernetes")]
@@ -31,7 +45,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::controller::Controller;
 
-pub use limits::KubeLimits;
+pub use limits::{DEFAULT_CONTROLLER_NAME, KubeLimits};
 
 /// How long starting a watcher waits for its first lists.
 #[cfg(feature = "kubernetes")]
@@ -44,16 +58,42 @@ pub(crate) struct KubeFleets {
     limits: KubeLimits,
     #[cfg(feature = "kubernetes")]
     watchers: Option<watch::Watchers<Controller>>,
+    /// `--gateway-controller-name`.
+    controller_name: String,
+    /// Where the route tasks count their status writes.
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// The HTTPRoute tasks, by service, with the config each was started
+    /// for (a reload that changes it restarts the task).
+    #[cfg(feature = "kubernetes")]
+    routes: std::collections::BTreeMap<String, (Config, tokio::task::JoinHandle<()>)>,
+}
+
+#[cfg(feature = "kubernetes")]
+impl Drop for KubeFleets {
+    fn drop(&mut self) {
+        for (_, task) in self.routes.values() {
+            task.abort();
+        }
+    }
 }
 
 impl KubeFleets {
     /// No watcher yet.
-    pub(crate) fn new(controller: Controller, limits: KubeLimits) -> KubeFleets {
+    pub(crate) fn new(
+        controller: Controller,
+        limits: KubeLimits,
+        controller_name: String,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> KubeFleets {
         KubeFleets {
             controller,
             limits,
             #[cfg(feature = "kubernetes")]
             watchers: None,
+            controller_name,
+            metrics,
+            #[cfg(feature = "kubernetes")]
+            routes: std::collections::BTreeMap::new(),
         }
     }
 
@@ -65,7 +105,9 @@ impl KubeFleets {
     #[cfg(feature = "kubernetes")]
     pub(crate) async fn follow(&mut self, config: &Config) {
         if self.watchers.is_none() {
-            if watch::kubernetes_fleets(config).is_empty() {
+            if watch::kubernetes_fleets(config).is_empty()
+                && config.services.values().all(|s| s.route().is_none())
+            {
                 return;
             }
             match client().await {
@@ -85,6 +127,11 @@ impl KubeFleets {
         let Some(w) = &mut self.watchers else {
             return;
         };
+        let client = w.client();
+        self.follow_routes(client, config);
+        let Some(w) = &mut self.watchers else {
+            return;
+        };
         // Wait (a little) for the first lists: at start, this runs before
         // the xDS port opens, so that proxies (re)connecting to a
         // restarted teal are not sent a live fleet with no endpoints.
@@ -97,10 +144,54 @@ impl KubeFleets {
         }
     }
 
+    /// Starts, restarts and stops the HTTPRoute tasks so that each
+    /// service of `config` with `kubernetes.route` has one. A task is
+    /// restarted when the config changes (its fleets or groups may have).
+    #[cfg(feature = "kubernetes")]
+    fn follow_routes(&mut self, client: kube::Client, config: &Config) {
+        let wanted: std::collections::BTreeMap<&String, &crate::config::KubernetesRef> = config
+            .services
+            .iter()
+            .filter_map(|(name, s)| s.route().map(|r| (name, r)))
+            .collect();
+        self.routes.retain(|service, (started_for, task)| {
+            let keep = wanted.contains_key(service) && started_for == config;
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        let settings = route_watch::RouteSettings {
+            controller_name: self.controller_name.clone(),
+            status_interval: self.limits.status_interval,
+            metrics: self.metrics.clone(),
+        };
+        for (service, route) in wanted {
+            if self.routes.contains_key(service) {
+                continue;
+            }
+            let task = tokio::spawn(route_watch::run_route(
+                client.clone(),
+                service.clone(),
+                route.clone(),
+                config.clone(),
+                settings.clone(),
+                self.controller.clone(),
+            ));
+            self.routes.insert(service.clone(), (config.clone(), task));
+        }
+    }
+
     /// Without the `kubernetes` feature no config has Kubernetes fleets.
     #[cfg(not(feature = "kubernetes"))]
     pub(crate) async fn follow(&mut self, config: &Config) {
-        let _ = (config, &self.controller, self.limits);
+        let _ = (
+            config,
+            &self.controller,
+            self.limits,
+            &self.controller_name,
+            &self.metrics,
+        );
     }
 }
 

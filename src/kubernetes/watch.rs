@@ -419,6 +419,11 @@ impl<S: EndpointSink> Watchers<S> {
         }
     }
 
+    /// The client the watchers use.
+    pub(crate) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     /// Starts, restarts and stops watchers so that each service of
     /// `config` with Kubernetes fleets has one, for exactly those fleets.
     /// A service whose fleets did not change keeps its watcher (and its

@@ -137,11 +137,14 @@ async fn probe(addr: SocketAddr, protocol: Protocol, check: &Check) -> (bool, St
 
 /// `2s`, `1500ms`: a check timeout as the config would spell it.
 /// A short digest of every service's checks and the protocol they are
-/// sent in: what replicas must agree on besides the resources. The
-/// resources' digest (and so the version string) leaves checks out, as
-/// Envoy never sees them; a replica compares this one with the one the
-/// stored state was saved with before it may lead, so a flip runs the
-/// same checks whichever replica runs it.
+/// sent in, and of its traffic analysis: what replicas must agree on
+/// besides the resources. The resources' digest (and so the version
+/// string) leaves both out, as Envoy never sees them; a replica compares
+/// this one with the one the stored state was saved with before it may
+/// lead, so a flip runs the same checks, and is judged by the same
+/// thresholds, whichever replica runs it. A service without an analysis
+/// adds nothing, so the digest of a config without any is what it was
+/// before analyses existed.
 pub(crate) fn digest(config: &Config) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
@@ -151,7 +154,7 @@ pub(crate) fn digest(config: &Config) -> String {
         h.update(bytes);
     };
     for (name, svc) in &config.services {
-        if svc.checks.is_empty() {
+        if svc.checks.is_empty() && svc.analysis.is_none() {
             continue;
         }
         field(name.as_bytes());
@@ -171,6 +174,16 @@ pub(crate) fn digest(config: &Config) -> String {
                 None => field(b""),
             }
             field(&c.timeout.as_nanos().to_le_bytes());
+        }
+        if let Some(a) = &svc.analysis {
+            field(b"analysis");
+            let ratio =
+                |r: Option<crate::config::Ratio>| r.map_or(u64::MAX, |r| u64::from(r.ppm()));
+            field(&ratio(a.max_error_ratio).to_le_bytes());
+            field(&ratio(a.max_error_ratio_over_baseline).to_le_bytes());
+            field(&a.min_requests.to_le_bytes());
+            field(&a.window.as_nanos().to_le_bytes());
+            field(a.too_few_requests.as_str().as_bytes());
         }
     }
     h.finalize()

@@ -84,6 +84,8 @@ fn service(checks: Vec<(&str, Check)>, green: &[SocketAddr]) -> Service {
         health_check: None,
         outlier_detection: None,
         checks: checks.into_iter().map(|(n, c)| (n.to_owned(), c)).collect(),
+        analysis: None,
+        route: None,
     }
 }
 
@@ -510,4 +512,33 @@ fn the_checks_digest_moves_with_every_field_of_every_check() {
         digest_of(&check("path: /, status: 200, timeout: 1s"), "http2")
     );
     assert_eq!(digest_of("", "http1"), digest_of("", "http2"));
+}
+
+/// An analysis moves the digest by each of its fields, with checks or
+/// without; a config without one digests as it did before analyses.
+#[test]
+fn the_checks_digest_moves_with_the_analysis() {
+    let digest_of = |analysis: Option<&str>| {
+        let mut config = fixtures::web();
+        if let Some(a) = analysis {
+            config = config.analysis("web", a);
+        }
+        digest(&config.config())
+    };
+    let none = digest_of(None);
+    // What a config with no checks and no analysis always digested to.
+    assert_eq!(none, "e3b0c44298fc1c14");
+    let base = digest_of(Some("max_error_ratio: 1%"));
+    assert_ne!(base, none);
+    assert_eq!(base, digest_of(Some("max_error_ratio: 1%\nwindow: 30s")));
+    for other in [
+        "max_error_ratio: 2%",
+        "max_error_ratio_over_baseline: 1%",
+        "max_error_ratio: 1%\nmax_error_ratio_over_baseline: 1%",
+        "max_error_ratio: 1%\nmin_requests: 10",
+        "max_error_ratio: 1%\nwindow: 31s",
+        "max_error_ratio: 1%\ntoo_few_requests: pass",
+    ] {
+        assert_ne!(base, digest_of(Some(other)), "{other}");
+    }
 }

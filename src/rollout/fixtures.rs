@@ -22,6 +22,7 @@ pub(crate) fn view<'a>(current: &'a Split, rollback_to: Option<&'a Split>) -> Se
         rollback_to,
         retired: &NONE_RETIRED,
         has_checks: true,
+        analysis: None,
     }
 }
 
@@ -49,6 +50,17 @@ pub(crate) fn shift(steps: ShiftSteps, interval: Duration, skip_checks: bool) ->
         interval,
         skip_checks,
         timeout: Duration::from_secs(10),
+    }
+}
+
+/// Retire `fleet` of web after `after`, waiting up to `drain` for it to
+/// drain.
+pub(crate) fn retire(fleet: &str, after: Duration, drain: Duration) -> Operation {
+    Operation::Retire {
+        service: "web".into(),
+        fleet: fleet.into(),
+        after,
+        drain_timeout: drain,
     }
 }
 

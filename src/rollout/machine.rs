@@ -7,16 +7,39 @@
 //! order of events is a plain test.
 //!
 //! ```text
-//!            ┌───────────────────── every step ─────────────────────┐
-//! start → Preparing → PreChecks → Committing → Confirming → PostChecks ─┬→ Done
-//!            │ NACK,      │ fail,      │ fail      │ NACK,        │ fail  └→ Waiting → next step
-//!            │ timeout    │ timeout    │           │ timeout      │
-//!            ▼            ▼            ▼           ▼              ▼
+//!            ┌───────────────────────────── every step ─────────────────────────────┐
+//! start → Preparing → PreChecks → Committing → Confirming → PostChecks → Analysing ─┬→ Done
+//!            │ NACK,      │ fail,      │ fail      │ NACK,        │ fail       │ fail └→ Waiting → next step
+//!            │ timeout    │ timeout    │           │ timeout      │            │
+//!            ▼            ▼            ▼           ▼              ▼            ▼
 //!         Refused*     Refused*     Refused*    UndoCommitting → Undoing → RolledBack
 //!                                                                  └ timeout, NACK → Unconfirmed
 //! ```
 //! `*` On the first step nothing was committed yet, so the operation is
 //! refused; on a later step of a shift, earlier steps are undone.
+//!
+//! `Analysing` is a step's only for a service with an `analysis`, once
+//! its change is confirmed and its post-checks (if any) passed: the
+//! machine watches the error ratio of the fleets gaining traffic in the
+//! proxies' load reports for the analysis's window
+//! (`super::analysis`), and fails the step as soon as it is over the
+//! threshold with enough requests, as a failed post-check does. Its
+//! baseline, what the fleets losing traffic did before the commit, is
+//! measured just before the commit (`Action::MeasureBaseline`).
+//!
+//! A retirement first waits out its delay (`Waiting`), then, unless told
+//! not to, waits in `Draining` until every proxy routing the service
+//! reports no request in progress to the fleet for two reports in a row
+//! ([`super::drain`]); it asks for those reports with
+//! `Rollout::wants_traffic`. A proxy that reports no load is never taken
+//! as drained. Past its drain timeout the retirement is refused, naming
+//! the proxies still draining and those not reporting; nothing was
+//! committed, so the fleet keeps its endpoints.
+//!
+//! ```text
+//! start → Waiting → Draining ─┬→ Preparing → … (as above)
+//!                             └ timeout → Refused
+//! ```
 //!
 //! A rollback never goes to `UndoCommitting`: a NACK, a timeout or a failed
 //! post-check leaves it in effect and ends it [`Outcome::Unconfirmed`].
@@ -40,6 +63,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::analysis::{Baseline, Verdict, Window};
+use super::drain::{self, FleetDrain};
 use super::plan::{Change, Plan, rollback_point};
 use super::reason::{Proxies, Rejection};
 use super::seen::{Seen, Until};
@@ -49,6 +74,7 @@ use super::{
     CheckResult, MAX_WAIT, Operation, Outcome, Phase, Progress, Reason, RolloutError, Split, Verb,
     Version,
 };
+use crate::config::TooFewRequests;
 
 // Defined beside the sets that hold it; the events name it from here.
 pub(crate) use super::seen::ProxyView;
@@ -94,6 +120,9 @@ pub(crate) enum Event {
     /// What the proxies' load reports say of the fleets
     /// [`Rollout::wants_traffic`] named, one entry per fleet.
     Traffic(Vec<FleetTraffic>),
+    /// What the fleets an [`Action::MeasureBaseline`] named did over its
+    /// window, up to now.
+    Baseline(Baseline),
 }
 
 /// Something the controller must do.
@@ -109,6 +138,21 @@ pub enum Action {
     /// Make this change durable (with `Rollout::record`), publish it,
     /// then send `Event::Committed` (or `Event::CommitFailed`).
     Commit(Change),
+    /// Look at what the proxies' load reports say of the fleets
+    /// `Rollout::wants_traffic` names now and send `Event::Traffic`:
+    /// the machine began judging their traffic, or its window ended, or a
+    /// retirement began waiting for its fleet to drain.
+    ObserveTraffic,
+    /// Sum what these fleets' load reports counted over the last `window`
+    /// and send `Event::Baseline`: the step about to be committed moves
+    /// traffic away from them, and its analysis measures the fleets
+    /// gaining it against that.
+    MeasureBaseline {
+        /// The fleets losing traffic.
+        fleets: Vec<String>,
+        /// How far back.
+        window: Duration,
+    },
     /// The operation is over.
     Finish(Outcome),
 }
@@ -180,6 +224,10 @@ pub struct Record {
     pub(crate) wait_until: Option<SystemTime>,
     #[serde(default)]
     pub(crate) warnings: Vec<String>,
+    /// What the fleets losing traffic in the step in progress did before
+    /// its commit, for its analysis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) baseline: Option<Baseline>,
 }
 
 /// Where the machine is.
@@ -187,6 +235,10 @@ pub struct Record {
 enum State {
     Waiting {
         until: Instant,
+    },
+    /// A retirement waiting for its fleet to drain.
+    Draining {
+        deadline: Instant,
     },
     Preparing {
         deadline: Instant,
@@ -203,6 +255,17 @@ enum State {
     PostChecks {
         version: Version,
         deadline: Instant,
+    },
+    /// Judging the traffic of the fleets gaining it (`Rollout::window`).
+    Analysing {
+        version: Version,
+        /// When the window ends.
+        ends: Instant,
+        /// After the window, how long `too_few_requests: wait` waits for
+        /// enough requests.
+        deadline: Instant,
+        /// The window has ended without a verdict; waiting for more.
+        ended: bool,
     },
     UndoCommitting(Undo),
     Undoing {
@@ -252,8 +315,15 @@ pub struct Rollout {
     waiting_for: Vec<Arc<str>>,
     /// The proxies as last observed.
     seen: Seen,
+    /// What the load reports said of the fleet being drained, last.
+    drain: Option<FleetDrain>,
     checks: Vec<CheckResult>,
     message: String,
+    /// The traffic counted since the step in progress began its analysis.
+    window: Option<Window>,
+    /// What the fleets losing traffic in the step in progress did before
+    /// its commit.
+    baseline: Option<Baseline>,
 }
 
 /// Who and when, for a new operation.
@@ -300,8 +370,9 @@ impl Rollout {
     /// the monotonic and the wall clock.
     ///
     /// - Nothing of the step in progress committed: a retirement waits out
-    ///   the rest of its delay; anything else ends `Interrupted` (earlier
-    ///   steps of a shift stay in effect).
+    ///   the rest of its delay, then for its fleet to drain (again, if it
+    ///   was draining, with its whole drain timeout); anything else ends
+    ///   `Interrupted` (earlier steps of a shift stay in effect).
     /// - The step committed: every proxy must confirm it again (and the
     ///   post-checks pass) within the timeout, or it is undone. A shift
     ///   then ends, `Interrupted` if steps were left.
@@ -318,6 +389,10 @@ impl Rollout {
         let mut rec = rec;
         rec.plan.timeout = rec.plan.timeout.min(MAX_WAIT);
         rec.plan.interval = rec.plan.interval.min(MAX_WAIT);
+        rec.plan.drain_timeout = rec.plan.drain_timeout.min(MAX_WAIT);
+        if let Some(a) = rec.plan.analysis.as_mut() {
+            a.window = a.window.min(crate::config::ANALYSIS_WINDOW.1);
+        }
         let mut r = Rollout::new(
             Origin {
                 id: rec.id,
@@ -334,6 +409,7 @@ impl Rollout {
         r.confirmed = rec.confirmed_version.zip(rec.confirmed);
         r.resumed = true;
         r.warnings = rec.warnings;
+        r.baseline = rec.baseline;
         if !matches!(rec.stage, Stage::Pending) {
             r.last_version = Some(version.clone());
         }
@@ -405,8 +481,11 @@ impl Rollout {
             total: 0,
             waiting_for: Vec::new(),
             seen: Seen::default(),
+            drain: None,
             checks: Vec::new(),
             message: String::new(),
+            window: None,
+            baseline: None,
         }
     }
 
@@ -431,10 +510,12 @@ impl Rollout {
     pub(crate) fn phase(&self) -> Phase {
         match &self.state {
             State::Waiting { .. } => Phase::Waiting,
+            State::Draining { .. } => Phase::Draining,
             State::Preparing { .. } => Phase::Preparing,
             State::PreChecks { .. } => Phase::PreChecks,
             State::Committing | State::Confirming { .. } => Phase::Confirming,
             State::PostChecks { .. } => Phase::PostChecks,
+            State::Analysing { .. } => Phase::Analysis,
             State::UndoCommitting(_) | State::Undoing { .. } => Phase::RollingBack,
             State::Done(_) => Phase::Done,
         }
@@ -442,12 +523,7 @@ impl Rollout {
 
     /// The live view of the operation.
     pub fn progress(&self) -> Progress {
-        let version = match &self.state {
-            State::Confirming { version, .. }
-            | State::PostChecks { version, .. }
-            | State::Undoing { version, .. } => Some(version.clone()),
-            _ => None,
-        };
+        let version = self.version().cloned();
         let target = match &self.state {
             State::UndoCommitting(u) | State::Undoing { undo: u, .. } => u.to.split.clone(),
             _ => self
@@ -476,6 +552,15 @@ impl Rollout {
         }
     }
 
+    /// The split every proxy confirmed last, as far as this operation
+    /// knows: its last confirmed step's, or, before one, the split it
+    /// started from (what was in effect when it began).
+    pub(crate) fn confirmed_split(&self) -> &Split {
+        self.confirmed
+            .as_ref()
+            .map_or(&self.original.split, |(_, change)| &change.split)
+    }
+
     /// How it ended, once it has.
     pub(crate) fn outcome(&self) -> Option<&Outcome> {
         match &self.state {
@@ -488,11 +573,18 @@ impl Rollout {
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         match &self.state {
             State::Waiting { until } => Some(*until),
+            State::Draining { deadline } => Some(*deadline),
             State::Preparing { deadline }
             | State::PreChecks { deadline }
             | State::Confirming { deadline, .. }
             | State::PostChecks { deadline, .. }
             | State::Undoing { deadline, .. } => Some(*deadline),
+            State::Analysing {
+                ends,
+                deadline,
+                ended,
+                ..
+            } => Some(if *ended { *deadline } else { *ends }),
             State::Committing | State::UndoCommitting(_) | State::Done(_) => None,
         }
     }
@@ -509,7 +601,24 @@ impl Rollout {
     /// The fleets whose traffic the machine needs now, as
     /// [`Event::Traffic`] every report interval (empty: none).
     pub(crate) fn wants_traffic(&self) -> Vec<String> {
-        Vec::new()
+        match (&self.state, &self.window) {
+            (State::Draining { .. }, _) => self.retiring().into_iter().collect(),
+            (State::Analysing { .. }, Some(w)) => w.fleets().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The fleet a retirement retires.
+    fn retiring(&self) -> Option<String> {
+        if self.verb != Verb::Retire {
+            return None;
+        }
+        let change = self.plan.steps.first()?;
+        change
+            .retired
+            .difference(&self.original.retired)
+            .next()
+            .cloned()
     }
 
     /// The version being confirmed (a step's or an undo's), if any.
@@ -517,6 +626,7 @@ impl Rollout {
         match &self.state {
             State::Confirming { version, .. }
             | State::PostChecks { version, .. }
+            | State::Analysing { version, .. }
             | State::Undoing { version, .. } => Some(version),
             _ => None,
         }
@@ -532,22 +642,27 @@ impl Rollout {
         matches!(self.state, State::Done(_))
     }
 
+    /// A retirement that has not started its step: waiting out its delay
+    /// or for its fleet to drain. A rollback may still cancel it.
+    pub(crate) fn is_pending_retirement(&self) -> bool {
+        self.verb == Verb::Retire
+            && matches!(self.state, State::Waiting { .. } | State::Draining { .. })
+    }
+
     /// A pending retirement: the fleet, and when it goes (`now` and `wall`
-    /// are the same instant on both clocks).
+    /// are the same instant on both clocks); while it waits for the fleet
+    /// to drain, as soon as it has (`wall`).
     pub(crate) fn retirement(
         &self,
         now: Instant,
         wall: SystemTime,
     ) -> Option<(String, SystemTime)> {
-        let State::Waiting { until } = self.state else {
-            return None;
+        let at = match self.state {
+            State::Waiting { until } => wall + until.saturating_duration_since(now),
+            State::Draining { .. } => wall,
+            _ => return None,
         };
-        if self.verb != Verb::Retire {
-            return None;
-        }
-        let change = self.plan.steps.first()?;
-        let fleet = change.retired.difference(&self.original.retired).next()?;
-        Some((fleet.clone(), wall + until.saturating_duration_since(now)))
+        Some((self.retiring()?, at))
     }
 
     /// First push to last ACK of the last step every proxy confirmed
@@ -600,14 +715,17 @@ impl Rollout {
     /// operation after a crash. `now` and `wall` are the same instant.
     pub(crate) fn record(&self, now: Instant, wall: SystemTime) -> Record {
         let stage = match &self.state {
-            State::Committing | State::Confirming { .. } | State::PostChecks { .. } => {
-                Stage::Applied
-            }
+            State::Committing
+            | State::Confirming { .. }
+            | State::PostChecks { .. }
+            | State::Analysing { .. } => Stage::Applied,
             State::UndoCommitting(u) | State::Undoing { undo: u, .. } => Stage::Undoing(u.clone()),
             _ => Stage::Pending,
         };
         let wait_until = match self.state {
             State::Waiting { until } => Some(wall + until.saturating_duration_since(now)),
+            // Its delay is over: resumed, it drains again at once.
+            State::Draining { .. } => Some(wall),
             _ => None,
         };
         Record {
@@ -624,6 +742,7 @@ impl Rollout {
             confirmed: self.confirmed.as_ref().map(|(_, c)| c.clone()),
             wait_until,
             warnings: self.warnings.clone(),
+            baseline: self.baseline.clone(),
         }
     }
 
@@ -632,9 +751,20 @@ impl Rollout {
     }
 
     /// The fleets gaining traffic in the step in progress: the ones its
-    /// checks look at. A fleet losing traffic is not checked, so a broken
-    /// fleet never blocks moving away from it.
+    /// checks look at, and its analysis judges. A fleet losing traffic is
+    /// not checked, so a broken fleet never blocks moving away from it.
     fn check_fleets(&self) -> Vec<String> {
+        self.moving(|before, after| after > before)
+    }
+
+    /// The fleets losing traffic in the step in progress: its baseline.
+    fn losing_fleets(&self) -> Vec<String> {
+        self.moving(|before, after| after < before)
+    }
+
+    /// The fleets whose weight before the step in progress and in it
+    /// pass `moved`.
+    fn moving(&self, moved: impl Fn(u32, u32) -> bool) -> Vec<String> {
         let before = match self.step {
             1 => &self.original,
             n => self.plan.steps.get(n - 2).unwrap_or(&self.original),
@@ -643,7 +773,7 @@ impl Rollout {
             .map(|c| {
                 c.split
                     .iter()
-                    .filter(|(f, w)| **w > before.split.get(*f).copied().unwrap_or(0))
+                    .filter(|(f, w)| moved(before.split.get(*f).copied().unwrap_or(0), **w))
                     .map(|(f, _)| f.clone())
                     .collect()
             })
@@ -679,7 +809,18 @@ impl Rollout {
         };
         self.message = "committing".into();
         self.state = State::Committing;
-        vec![Action::Commit(change)]
+        self.baseline = None;
+        let losing = self.losing_fleets();
+        match &self.plan.analysis {
+            Some(a) if a.over_baseline.is_some() && !losing.is_empty() => vec![
+                Action::MeasureBaseline {
+                    fleets: losing,
+                    window: a.window,
+                },
+                Action::Commit(change),
+            ],
+            _ => vec![Action::Commit(change)],
+        }
     }
 
     fn confirming(&mut self, version: Version, now: Instant) -> Vec<Action> {
@@ -711,7 +852,7 @@ impl Rollout {
         self.step > 1
             || matches!(
                 self.state,
-                State::Confirming { .. } | State::PostChecks { .. }
+                State::Confirming { .. } | State::PostChecks { .. } | State::Analysing { .. }
             )
     }
 
@@ -887,6 +1028,7 @@ impl Rollout {
         self.observe(&mut event, now);
         match self.state.clone() {
             State::Waiting { until } => self.on_waiting(event, until, now),
+            State::Draining { deadline } => self.on_draining(event, deadline, now),
             State::Preparing { deadline } => self.on_preparing(event, deadline, now),
             State::PreChecks { deadline } => self.on_pre_checks(event, deadline, now),
             State::Committing => self.on_committing(event, now),
@@ -898,6 +1040,12 @@ impl Rollout {
             State::PostChecks { version, deadline } => {
                 self.on_post_checks(event, version, deadline, now)
             }
+            State::Analysing {
+                version,
+                deadline,
+                ends,
+                ended,
+            } => self.on_analysing(event, version, ends, deadline, ended, now),
             State::UndoCommitting(undo) => self.on_undo_committing(event, undo, now),
             State::Undoing {
                 undo,
@@ -910,7 +1058,61 @@ impl Rollout {
 
     fn on_waiting(&mut self, event: Event, until: Instant, now: Instant) -> Vec<Action> {
         match event {
-            Event::Tick if now >= until => self.begin_step(now),
+            Event::Tick if now >= until => self.after_wait(now),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The wait before a step is over: a retirement that waits for its
+    /// fleet to drain starts draining, anything else its step.
+    fn after_wait(&mut self, now: Instant) -> Vec<Action> {
+        if self.verb != Verb::Retire || self.plan.drain_timeout.is_zero() {
+            return self.begin_step(now);
+        }
+        let fleet = self.retiring().unwrap_or_default();
+        self.message = format!("waiting for every proxy to report {fleet} drained");
+        self.drain = None;
+        self.state = State::Draining {
+            deadline: now + self.plan.drain_timeout,
+        };
+        // At once: a fleet idle for long is retired without waiting for
+        // the next report interval.
+        vec![Action::ObserveTraffic]
+    }
+
+    fn on_draining(&mut self, event: Event, deadline: Instant, now: Instant) -> Vec<Action> {
+        match event {
+            Event::Traffic(fleets) => {
+                let fleet = self.retiring();
+                let Some(traffic) = fleets.iter().find(|f| Some(&f.fleet) == fleet.as_ref()) else {
+                    return Vec::new();
+                };
+                let drain = drain::judge(traffic, WAITING_SHOWN);
+                if drain.is_drained() {
+                    // With no proxy at all, none carries anything; the
+                    // step then warns that no proxy confirmed it.
+                    self.drain = Some(drain);
+                    return self.begin_step(now);
+                }
+                self.message = format!("waiting for {} to drain: {drain}", drain.fleet);
+                self.acked = drain.idle;
+                self.total = drain.proxies;
+                self.waiting_for = drain
+                    .not_drained(WAITING_SHOWN)
+                    .into_iter()
+                    .map(Arc::from)
+                    .collect();
+                self.drain = Some(drain);
+                Vec::new()
+            }
+            Event::Tick if now >= deadline => {
+                let reason = Reason::DrainTimedOut {
+                    fleet: self.retiring().unwrap_or_default(),
+                    within: self.plan.drain_timeout,
+                    last: self.drain.take().map(Box::new),
+                };
+                self.fail(reason)
+            }
             _ => Vec::new(),
         }
     }
@@ -974,6 +1176,10 @@ impl Rollout {
 
     fn on_committing(&mut self, event: Event, now: Instant) -> Vec<Action> {
         match event {
+            Event::Baseline(b) => {
+                self.baseline = Some(b);
+                Vec::new()
+            }
             Event::Committed { version } => self.confirming(version, now),
             // Nothing was saved or published: the state is what it was
             // before this step.
@@ -1051,7 +1257,7 @@ impl Rollout {
             version: version.clone(),
             deadline: now + self.plan.timeout,
         };
-        self.checks_or(checking, " after the switch", |r| r.step_done(version, now))
+        self.checks_or(checking, " after the switch", |r| r.analyse(version, now))
     }
 
     fn on_post_checks(
@@ -1066,7 +1272,7 @@ impl Rollout {
                 let failed = failures(&results);
                 self.checks = results;
                 if failed.is_empty() {
-                    return self.step_done(version, now);
+                    return self.analyse(version, now);
                 }
                 Reason::ChecksFailed {
                     after_switch: true,
@@ -1086,6 +1292,136 @@ impl Rollout {
             });
         }
         self.fail(failed)
+    }
+
+    /// The step's change is confirmed and its post-checks passed: judge
+    /// the traffic of the fleets gaining it, when the plan says so (never a
+    /// rollback's), else the step is done.
+    fn analyse(&mut self, version: Version, now: Instant) -> Vec<Action> {
+        let gaining = self.check_fleets();
+        let Some(criteria) = self
+            .plan
+            .analysis
+            .as_ref()
+            .filter(|_| self.verb != Verb::Rollback)
+        else {
+            return self.step_done(version, now);
+        };
+        if gaining.is_empty() {
+            return self.step_done(version, now);
+        }
+        let window = Window::new(&gaining, now, criteria.window);
+        self.message = format!(
+            "watching the traffic of {} for {:?}",
+            gaining.join(", "),
+            criteria.window
+        );
+        self.state = State::Analysing {
+            version,
+            ends: window.ends(),
+            deadline: window.ends() + self.plan.timeout,
+            ended: false,
+        };
+        self.window = Some(window);
+        vec![Action::ObserveTraffic]
+    }
+
+    fn on_analysing(
+        &mut self,
+        event: Event,
+        version: Version,
+        ends: Instant,
+        deadline: Instant,
+        ended: bool,
+        now: Instant,
+    ) -> Vec<Action> {
+        match event {
+            Event::Traffic(traffic) => {
+                if let Some(w) = self.window.as_mut() {
+                    w.observe(&traffic);
+                }
+                self.judge(version, ends, deadline, now)
+            }
+            // Judged on the proxies' counts as they are at the end, not as
+            // the last report interval left them.
+            Event::Tick if !ended && now >= ends => {
+                self.state = State::Analysing {
+                    version,
+                    ends,
+                    deadline,
+                    ended: true,
+                };
+                vec![Action::ObserveTraffic]
+            }
+            Event::Tick if ended && now >= deadline => self.judge(version, ends, deadline, now),
+            _ => Vec::new(),
+        }
+    }
+
+    /// What the window says at `now`, acted on.
+    fn judge(
+        &mut self,
+        version: Version,
+        ends: Instant,
+        deadline: Instant,
+        now: Instant,
+    ) -> Vec<Action> {
+        let (Some(criteria), Some(window)) = (&self.plan.analysis, &self.window) else {
+            return self.step_done(version, now);
+        };
+        let allowed = criteria.allowed(self.baseline.as_ref());
+        let verdict = window.verdict(&allowed, criteria.min_requests, now);
+        let policy = criteria.too_few_requests;
+        let watched = now.saturating_duration_since(window.started());
+        let (fleet, shortfall) = match verdict {
+            Verdict::Fail(figures) => return self.fail(Reason::TrafficErrors(figures)),
+            Verdict::Pass => return self.step_done(version, now),
+            Verdict::Pending => {
+                self.message = format!(
+                    "watching the traffic: {}; {:?} left",
+                    window.summary(),
+                    whole_seconds(ends.saturating_duration_since(now))
+                );
+                return Vec::new();
+            }
+            Verdict::TooFew { fleet, shortfall } => (fleet, shortfall),
+        };
+        match policy {
+            TooFewRequests::Pass => {
+                let warning = format!(
+                    "{fleet}'s traffic could not be judged within {watched:?}: {shortfall}; \
+                     passed, as `too_few_requests: pass` says"
+                );
+                self.warnings.push(warning);
+                self.step_done(version, now)
+            }
+            TooFewRequests::Fail => self.fail(Reason::TrafficUnjudged {
+                fleet,
+                shortfall,
+                within: watched,
+                waited: false,
+            }),
+            TooFewRequests::Wait if now >= deadline => self.fail(Reason::TrafficUnjudged {
+                fleet,
+                shortfall,
+                within: watched,
+                waited: true,
+            }),
+            TooFewRequests::Wait => {
+                self.message = format!(
+                    "{fleet}'s traffic cannot be judged yet: {shortfall}; waiting for more, \
+                     {:?} left",
+                    whole_seconds(deadline.saturating_duration_since(now))
+                );
+                self.state = State::Analysing {
+                    version,
+                    ends,
+                    deadline,
+                    ended: true,
+                };
+                Vec::new()
+            }
+        }
     }
 
     fn on_undo_committing(&mut self, event: Event, undo: Undo, now: Instant) -> Vec<Action> {
@@ -1217,7 +1553,10 @@ impl Rollout {
 
     fn stop(&mut self, by: &str, for_rollback: bool) -> Result<Vec<Action>, RolloutError> {
         match &self.state {
-            State::Waiting { .. } | State::Preparing { .. } | State::PreChecks { .. } => {
+            State::Waiting { .. }
+            | State::Draining { .. }
+            | State::Preparing { .. }
+            | State::PreChecks { .. } => {
                 let reason = Reason::StoppedBeforeCommit {
                     by: by.to_owned(),
                     for_rollback,
@@ -1225,7 +1564,9 @@ impl Rollout {
                 };
                 Ok(self.finish(Outcome::Aborted { reason }))
             }
-            State::Confirming { .. } | State::PostChecks { .. } if self.verb != Verb::Rollback => {
+            State::Confirming { .. } | State::PostChecks { .. } | State::Analysing { .. }
+                if self.verb != Verb::Rollback =>
+            {
                 let to = self
                     .confirmed
                     .as_ref()
@@ -1240,12 +1581,14 @@ impl Rollout {
                     to,
                 }))
             }
-            State::Confirming { .. } | State::PostChecks { .. } => Err(RolloutError::CannotAbort {
-                id: self.id,
-                why: "a rollback is not undone; it ends when every proxy confirms it or \
-                      after its timeout"
-                    .into(),
-            }),
+            State::Confirming { .. } | State::PostChecks { .. } | State::Analysing { .. } => {
+                Err(RolloutError::CannotAbort {
+                    id: self.id,
+                    why: "a rollback is not undone; it ends when every proxy confirms it or \
+                          after its timeout"
+                        .into(),
+                })
+            }
             State::Committing | State::UndoCommitting(_) | State::Undoing { .. } => {
                 Err(RolloutError::CannotAbort {
                     id: self.id,
@@ -1271,10 +1614,10 @@ impl Rollout {
 
     /// teal is shutting down: the operation ends `Aborted` where it is,
     /// and what is committed stays (its rollback point says where
-    /// `teal rollback` goes). A pending retirement is not ended: it is
-    /// saved, and resumes when teal starts again.
+    /// `teal rollback` goes). A pending retirement (waiting or draining)
+    /// is not ended: it is saved, and resumes when teal starts again.
     pub(crate) fn shut_down(&mut self) -> Option<Outcome> {
-        if self.is_done() || (self.verb == Verb::Retire && self.phase() == Phase::Waiting) {
+        if self.is_done() || self.is_pending_retirement() {
             return None;
         }
         let reason = Reason::ShutDown {
@@ -1299,6 +1642,12 @@ fn rejections(seen: &Seen) -> Vec<Rejection> {
                 })
         })
         .collect()
+}
+
+/// `d` rounded up to whole seconds, for what a progress message says is
+/// left.
+fn whole_seconds(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
 fn failures(results: &[CheckResult]) -> Vec<CheckResult> {

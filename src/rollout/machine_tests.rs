@@ -1,7 +1,10 @@
 use super::*;
+use crate::config::Ratio;
 use crate::rollout::ShiftSteps;
+use crate::rollout::analysis::Criteria;
 use crate::rollout::fixtures::*;
 use crate::rollout::plan::{ServiceView, plan};
+use crate::rollout::traffic::ProxyTraffic;
 use proptest::prelude::*;
 use std::collections::BTreeSet;
 
@@ -471,11 +474,7 @@ fn checks_look_only_at_fleets_gaining_traffic() {
 fn a_completed_retirement_of_the_rollback_fleet_ends_rollback() {
     let green_live = green().split;
     let blue = back().split;
-    let retire = Operation::Retire {
-        service: "web".into(),
-        fleet: "blue".into(),
-        after: Duration::from_secs(60),
-    };
+    let retire = retire("blue", Duration::from_secs(60), Duration::ZERO);
     let (r, _) = started_at(&retire, &green_live, Some(&blue));
     let retired = Change {
         split: green_live.clone(),
@@ -534,11 +533,7 @@ fn a_resumed_operation_confirms_its_commit_again_or_is_interrupted() {
 #[test]
 fn a_pending_retirement_survives_a_restart_with_the_rest_of_its_delay() {
     let green_live = green().split;
-    let retire = Operation::Retire {
-        service: "web".into(),
-        fleet: "blue".into(),
-        after: Duration::from_secs(60),
-    };
+    let retire = retire("blue", Duration::from_secs(60), Duration::ZERO);
     let (r, t) = started_at(&retire, &green_live, None);
     let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
     let rec = r.record(t + Duration::from_secs(20), wall);
@@ -585,6 +580,18 @@ struct World {
     checks: Vec<bool>,
     commit_fails: Vec<bool>,
     aborts: Vec<bool>,
+    /// The service's analysis, if it has one: what too few requests mean.
+    analysis: Option<TooFewRequests>,
+    /// What each proxy reports at each look at the traffic: nothing new,
+    /// healthy requests, or failing ones.
+    traffic: Vec<Traffic>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Traffic {
+    Quiet,
+    Healthy,
+    Failing,
 }
 
 fn arb_world() -> impl Strategy<Value = World> {
@@ -594,14 +601,43 @@ fn arb_world() -> impl Strategy<Value = World> {
         prop::collection::vec(prop::bool::weighted(0.85), 32),
         prop::collection::vec(prop::bool::weighted(0.1), 32),
         prop::collection::vec(prop::bool::weighted(0.05), 64),
+        prop::option::of(prop_oneof![
+            Just(TooFewRequests::Pass),
+            Just(TooFewRequests::Fail),
+            Just(TooFewRequests::Wait)
+        ]),
+        prop::collection::vec(
+            prop_oneof![
+                1 => Just(Traffic::Quiet),
+                6 => Just(Traffic::Healthy),
+                1 => Just(Traffic::Failing)
+            ],
+            32,
+        ),
     )
-        .prop_map(|(proxies, fates, checks, commit_fails, aborts)| World {
-            proxies,
-            fates,
-            checks,
-            commit_fails,
-            aborts,
-        })
+        .prop_map(
+            |(proxies, fates, checks, commit_fails, aborts, analysis, traffic)| World {
+                proxies,
+                fates,
+                checks,
+                commit_fails,
+                aborts,
+                analysis,
+                traffic,
+            },
+        )
+}
+
+/// The analysis a simulated service has: 1% at most, or 0.5 points over
+/// the baseline, over 5 s, with 10 requests needed.
+fn sim_criteria(too_few_requests: TooFewRequests) -> Criteria {
+    Criteria {
+        max_error_ratio: Some(Ratio::from_ppm(10_000)),
+        over_baseline: Some(Ratio::from_ppm(5_000)),
+        min_requests: 10,
+        window: Duration::from_secs(5),
+        too_few_requests,
+    }
 }
 
 fn arb_op() -> impl Strategy<Value = Operation> {
@@ -613,11 +649,12 @@ fn arb_op() -> impl Strategy<Value = Operation> {
             Duration::from_secs(pause),
             skip
         )),
-        Just(Operation::Retire {
-            service: "web".into(),
-            fleet: "blue".into(),
-            after: Duration::from_secs(1),
-        }),
+        Just(retire("blue", Duration::from_secs(1), Duration::ZERO)),
+        Just(retire(
+            "blue",
+            Duration::from_secs(1),
+            Duration::from_secs(30)
+        )),
     ]
 }
 
@@ -652,6 +689,7 @@ fn run_one(
         rollback_to: svc.rollback_to.as_ref(),
         retired: &svc.in_effect.retired,
         has_checks: true,
+        analysis: world.analysis.map(sim_criteria),
     };
     let Ok(p) = plan(op, &v) else {
         return Ok(None);
@@ -681,6 +719,8 @@ fn run_one(
     };
     let mut last_commit_fates: Option<Vec<Fate>> = None;
     let mut committed_changes = 0;
+    // Each proxy's load sums since its stream opened.
+    let mut sums = vec![(0u64, 0u64); world.proxies];
     for _ in 0..400 {
         if r.is_done() {
             break;
@@ -691,6 +731,25 @@ fn run_one(
             queue.extend(a);
         }
         let Some(action) = queue.pop_front() else {
+            // A retirement draining its fleet hears from the proxies'
+            // load reports between ticks: idle or not, as drawn.
+            let fleets = r.wants_traffic();
+            if !fleets.is_empty() {
+                let idle = draw(&world.checks, cursor);
+                let traffic = fleets
+                    .into_iter()
+                    .map(|fleet| FleetTraffic {
+                        fleet,
+                        proxies: (0..world.proxies)
+                            .map(|i| traffic(&format!("p{i}"), Some((u64::from(!idle), 2))))
+                            .collect(),
+                    })
+                    .collect();
+                queue.extend(r.on_event(Event::Traffic(traffic), now));
+                if !queue.is_empty() {
+                    continue;
+                }
+            }
             now += Duration::from_secs(11);
             queue.extend(r.on_event(Event::Tick, now));
             continue;
@@ -720,6 +779,47 @@ fn run_one(
                     }
                 }
             }
+            Action::ObserveTraffic => {
+                for (i, sum) in sums.iter_mut().enumerate() {
+                    let t = world.traffic[(*cursor + i) % world.traffic.len()];
+                    let (requests, errors) = match t {
+                        Traffic::Quiet => (0, 0),
+                        Traffic::Healthy => (20, 0),
+                        Traffic::Failing => (20, 10),
+                    };
+                    *sum = (sum.0 + requests, sum.1 + errors);
+                }
+                *cursor += 1;
+                // Empty when an abort moved the machine on since it asked.
+                let fleets = r.wants_traffic();
+                Event::Traffic(
+                    fleets
+                        .into_iter()
+                        .map(|fleet| FleetTraffic {
+                            fleet,
+                            proxies: sums
+                                .iter()
+                                .enumerate()
+                                .map(|(i, (requests, errors))| {
+                                    crate::rollout::traffic::ProxyTraffic {
+                                        id: format!("p{i}").into(),
+                                        load: Some(crate::xds::load::ClusterCounters {
+                                            requests: *requests,
+                                            errors: *errors,
+                                            ..Default::default()
+                                        }),
+                                    }
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                )
+            }
+            Action::MeasureBaseline { fleets, .. } => Event::Baseline(Baseline {
+                fleets,
+                requests: 100,
+                errors: u64::from(draw(&world.checks, cursor)),
+            }),
             Action::Finish(_) => continue,
         };
         queue.extend(r.on_event(event, now));
@@ -736,9 +836,20 @@ fn run_one(
             // One warning when no proxy was there to confirm, one when a
             // rollback went without some.
             let passed_over = r.passed_over().next().is_some();
+            let unjudged = r
+                .progress()
+                .warnings
+                .iter()
+                .filter(|w| w.contains("could not be judged"))
+                .count();
+            prop_assert!(
+                unjudged == 0 || world.analysis == Some(TooFewRequests::Pass),
+                "passed unjudged: {:?}",
+                r.progress().warnings
+            );
             prop_assert_eq!(
                 r.progress().warnings.len(),
-                usize::from(world.proxies == 0) + usize::from(passed_over)
+                usize::from(world.proxies == 0) + usize::from(passed_over) + unjudged
             );
         }
         Outcome::Refused { .. } => {
@@ -819,6 +930,28 @@ fn a_record_asking_for_absurd_waits_is_bounded() {
     rec.plan.timeout = Duration::MAX;
     let (again, _) = Rollout::resume("web", rec, &ver("2-a"), t, SystemTime::UNIX_EPOCH);
     assert_eq!(again.next_deadline(), Some(t + MAX_WAIT));
+
+    // An analysis's window too: at most the longest the config allows.
+    let (r, t) = analysing(criteria(TooFewRequests::Wait), true);
+    let mut rec = r.record(t, SystemTime::UNIX_EPOCH);
+    if let Some(a) = rec.plan.analysis.as_mut() {
+        a.window = Duration::MAX;
+    }
+    let (mut again, _) = Rollout::resume("web", rec, &ver("2-a"), t, SystemTime::UNIX_EPOCH);
+    again.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    assert_eq!(again.phase(), Phase::Analysis);
+    assert_eq!(
+        again.next_deadline(),
+        Some(t + crate::config::ANALYSIS_WINDOW.1)
+    );
+    // A retirement's drain timeout too.
+    let (r, t) = draining();
+    let mut rec = r.record(t, SystemTime::UNIX_EPOCH);
+    rec.plan.drain_timeout = Duration::MAX;
+    let (mut again, _) = Rollout::resume("web", rec, &ver("2-a"), t, SystemTime::UNIX_EPOCH);
+    again.on_event(Event::Tick, t);
+    assert_eq!(again.phase(), Phase::Draining);
+    assert_eq!(again.next_deadline(), Some(t + MAX_WAIT));
 }
 
 /// The simulation above reaches every outcome it can judge: a property
@@ -860,6 +993,12 @@ fn the_simulation_reaches_every_outcome() {
                 seen.insert(match outcome {
                     Outcome::Succeeded => "succeeded",
                     Outcome::Refused { .. } => "refused",
+                    Outcome::RolledBack {
+                        reason: Reason::TrafficErrors(_),
+                    } => "rolled back by its traffic",
+                    Outcome::RolledBack {
+                        reason: Reason::TrafficUnjudged { .. },
+                    } => "rolled back unjudged",
                     Outcome::RolledBack { .. } => "rolled back",
                     Outcome::Aborted { .. } => "aborted",
                     Outcome::Unconfirmed { .. } => "unconfirmed",
@@ -872,6 +1011,8 @@ fn the_simulation_reaches_every_outcome() {
         "succeeded",
         "refused",
         "rolled back",
+        "rolled back by its traffic",
+        "rolled back unjudged",
         "aborted",
         "unconfirmed",
     ] {
@@ -1139,4 +1280,621 @@ fn a_rollback_does_not_wait_for_a_stuck_or_rejecting_proxy_and_names_them() {
     );
     assert!(matches!(&a[..], [Action::Finish(Outcome::Refused { .. })]));
     assert_eq!(r.passed_over().count(), 0);
+}
+
+/// At most 1% errors over 10 s, 100 requests needed.
+fn criteria(too_few_requests: TooFewRequests) -> Criteria {
+    Criteria {
+        max_error_ratio: Some(Ratio::from_ppm(10_000)),
+        over_baseline: None,
+        min_requests: 100,
+        window: Duration::from_secs(10),
+        too_few_requests,
+    }
+}
+
+/// Plans `op` on web at `current` (rollback point `point`), whose
+/// analysis is `c`, and starts it.
+fn started_judged(
+    op: &Operation,
+    current: &Split,
+    point: Option<&Split>,
+    c: Criteria,
+) -> (Rollout, Instant) {
+    let v = ServiceView {
+        analysis: Some(c),
+        ..view(current, point)
+    };
+    let p = plan(op, &v).expect("plan");
+    let t = Instant::now();
+    let (r, a) = Rollout::start(origin(), op, p, v.current(), point.cloned(), t);
+    assert_eq!(a, [Action::ObserveProxies]);
+    (r, t)
+}
+
+/// A flip of web to green whose analysis is `c`, with checks unless
+/// `skip_checks`, at the start of its analysis.
+fn analysing(c: Criteria, skip_checks: bool) -> (Rollout, Instant) {
+    let blue = split(&[("blue", 100), ("green", 0)]);
+    let (mut r, t) = started_judged(&flip(skip_checks), &blue, None, c);
+    let mut a = r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    if !skip_checks {
+        assert_eq!(a, [Action::RunChecks(vec!["green".into()])]);
+        a = r.on_event(Event::Checks(vec![check(true)]), t);
+    }
+    assert_eq!(a, [Action::Commit(green())]);
+    assert_eq!(
+        r.on_event(committed_event("2"), t),
+        [Action::ObserveProxies]
+    );
+    let mut a = r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    if !skip_checks {
+        assert_eq!(
+            a,
+            [Action::RunChecks(vec!["green".into()])],
+            "post-checks first"
+        );
+        a = r.on_event(Event::Checks(vec![check(true)]), t);
+    }
+    assert_eq!(a, [Action::ObserveTraffic]);
+    assert_eq!(r.phase(), Phase::Analysis);
+    assert_eq!(r.wants_traffic(), ["green"]);
+    (r, t)
+}
+
+/// What the proxies report of green: each proxy's sums since its load
+/// stream opened.
+fn green_traffic(proxies: &[(&str, u64, u64)]) -> Event {
+    Event::Traffic(vec![FleetTraffic {
+        fleet: "green".into(),
+        proxies: proxies
+            .iter()
+            .map(
+                |(id, requests, errors)| crate::rollout::traffic::ProxyTraffic {
+                    id: (*id).into(),
+                    load: Some(crate::xds::load::ClusterCounters {
+                        requests: *requests,
+                        errors: *errors,
+                        ..Default::default()
+                    }),
+                },
+            )
+            .collect(),
+    }])
+}
+
+/// Confirms the undo `r` asked for, and returns how it ended.
+fn undone(r: &mut Rollout, t: Instant) -> Outcome {
+    assert_eq!(r.phase(), Phase::RollingBack);
+    assert_eq!(
+        r.on_event(committed_event("3"), t),
+        [Action::ObserveProxies]
+    );
+    let a = r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    let [Action::Finish(outcome)] = &a[..] else {
+        panic!("{a:?}")
+    };
+    outcome.clone()
+}
+
+const SEC: Duration = Duration::from_secs(1);
+
+#[test]
+fn healthy_traffic_passes_once_the_window_ends_on_the_counts_then() {
+    let (mut r, t) = analysing(criteria(TooFewRequests::Wait), false);
+    assert!(
+        r.on_event(green_traffic(&[("a", 7, 7), ("b", 0, 0)]), t)
+            .is_empty()
+    );
+    let a = r.on_event(green_traffic(&[("a", 307, 8), ("b", 300, 2)]), t + 5 * SEC);
+    assert!(a.is_empty(), "a pass waits for the window's end: {a:?}");
+    let p = r.progress();
+    assert_eq!((p.phase, p.version), (Phase::Analysis, Some(ver("2"))));
+    assert!(
+        p.message
+            .contains("green: 0.5% errors in 600 requests from 2 of 2 proxies; 5s left"),
+        "{}",
+        p.message
+    );
+    assert_eq!(r.record(t, SystemTime::UNIX_EPOCH).stage, Stage::Applied);
+    assert_eq!(r.next_deadline(), Some(t + 10 * SEC));
+    assert_eq!(
+        r.on_event(Event::Tick, t + 10 * SEC),
+        [Action::ObserveTraffic]
+    );
+    assert_eq!(
+        r.on_event(green_traffic(&[("a", 407, 8), ("b", 400, 2)]), t + 10 * SEC),
+        [Action::Finish(Outcome::Succeeded)]
+    );
+    assert!(r.progress().warnings.is_empty());
+    assert_eq!(r.rollback_after(&green()), Some(back().split));
+}
+
+#[test]
+fn failing_traffic_rolls_back_at_once_with_the_figures() {
+    let (mut r, t) = analysing(criteria(TooFewRequests::Wait), true);
+    let zero = [("a", 0, 0), ("b", 0, 0), ("c", 0, 0)];
+    assert!(r.on_event(green_traffic(&zero), t).is_empty());
+    // a at 10%, b at 11%, c at 0%: the highest and the lowest left out,
+    // a's 10% is over the 1% allowed.
+    let bad = [("a", 200, 20), ("b", 200, 22), ("c", 200, 0)];
+    assert_eq!(
+        r.on_event(green_traffic(&bad), t + 2 * SEC),
+        [Action::Commit(back())]
+    );
+    let Outcome::RolledBack { reason } = undone(&mut r, t + 2 * SEC) else {
+        panic!("rolled back");
+    };
+    assert_eq!(
+        reason.to_string(),
+        "green's error ratio was 10%, over the 1% allowed: 42 errors in 600 requests reported \
+         by proxies a, b, c, 2s after the switch"
+    );
+    assert_eq!(r.rollback_after(&back()), None, "undone: the point stays");
+}
+
+#[test]
+fn too_few_requests_pass_fail_or_wait_as_the_analysis_says() {
+    let few = [("a", 50, 0)];
+    let end = 10 * SEC;
+
+    let (mut r, t) = analysing(criteria(TooFewRequests::Pass), true);
+    r.on_event(green_traffic(&[("a", 0, 0)]), t);
+    assert_eq!(r.on_event(Event::Tick, t + end), [Action::ObserveTraffic]);
+    assert_eq!(
+        r.on_event(green_traffic(&few), t + end),
+        [Action::Finish(Outcome::Succeeded)]
+    );
+    assert_eq!(
+        r.progress().warnings,
+        [
+            "green's traffic could not be judged within 10s: too few requests (50 from 1 proxy, \
+          100 needed); passed, as `too_few_requests: pass` says"
+        ]
+    );
+
+    let (mut r, t) = analysing(criteria(TooFewRequests::Fail), true);
+    r.on_event(green_traffic(&[("a", 0, 0)]), t);
+    r.on_event(Event::Tick, t + end);
+    assert_eq!(
+        r.on_event(green_traffic(&few), t + end),
+        [Action::Commit(back())]
+    );
+    let outcome = undone(&mut r, t + end);
+    assert!(
+        matches!(
+            &outcome,
+            Outcome::RolledBack {
+                reason: Reason::TrafficUnjudged { waited: false, .. }
+            }
+        ),
+        "{outcome:?}"
+    );
+
+    // Waiting: more requests after the window still decide...
+    let (mut r, t) = analysing(criteria(TooFewRequests::Wait), true);
+    r.on_event(green_traffic(&[("a", 0, 0)]), t);
+    r.on_event(Event::Tick, t + end);
+    assert!(r.on_event(green_traffic(&few), t + end).is_empty());
+    assert_eq!(r.phase(), Phase::Analysis);
+    assert_eq!(r.next_deadline(), Some(t + end + 10 * SEC), "the timeout");
+    assert!(r.progress().message.contains("waiting for more"));
+    assert_eq!(
+        r.on_event(green_traffic(&[("a", 150, 1)]), t + 15 * SEC),
+        [Action::Finish(Outcome::Succeeded)]
+    );
+    // ... until the operation's timeout, which fails it.
+    let (mut r, t) = analysing(criteria(TooFewRequests::Wait), true);
+    r.on_event(green_traffic(&[("a", 0, 0)]), t);
+    r.on_event(Event::Tick, t + end);
+    r.on_event(green_traffic(&few), t + end);
+    assert!(r.on_event(Event::Tick, t + 19 * SEC).is_empty());
+    assert_eq!(
+        r.on_event(Event::Tick, t + 20 * SEC),
+        [Action::Commit(back())]
+    );
+    assert!(
+        r.progress()
+            .message
+            .contains("waited for more until the operation's timeout"),
+        "{}",
+        r.progress().message
+    );
+}
+
+#[test]
+fn a_shift_step_waits_for_its_window_before_the_next_step() {
+    let blue = split(&[("blue", 100), ("green", 0)]);
+    let op = shift(percents(None, &[10, 100]), Duration::ZERO, true);
+    let (mut r, t) = started_judged(&op, &blue, None, criteria(TooFewRequests::Wait));
+    let a = r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    assert!(matches!(&a[..], [Action::Commit(c)] if c.split["green"] == 10));
+    r.on_event(committed_event("2"), t);
+    assert_eq!(
+        r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t),
+        [Action::ObserveTraffic]
+    );
+    assert_eq!((r.phase(), r.progress().step), (Phase::Analysis, 1));
+    r.on_event(green_traffic(&[("a", 0, 0)]), t);
+    assert!(
+        r.on_event(green_traffic(&[("a", 500, 0)]), t + 9 * SEC)
+            .is_empty()
+    );
+    assert_eq!(
+        r.on_event(Event::Tick, t + 10 * SEC),
+        [Action::ObserveTraffic]
+    );
+    assert_eq!(
+        r.on_event(green_traffic(&[("a", 600, 0)]), t + 10 * SEC),
+        [Action::ObserveProxies],
+        "the next step begins only now"
+    );
+    assert_eq!((r.phase(), r.progress().step), (Phase::Preparing, 2));
+}
+
+#[test]
+fn a_rollback_or_a_retirement_is_never_judged_by_its_traffic() {
+    let green_live = green().split;
+    let blue = back().split;
+    let (mut r, t) = started_judged(
+        &rollback(true),
+        &green_live,
+        Some(&blue),
+        criteria(TooFewRequests::Fail),
+    );
+    assert_eq!(r.plan.analysis, None);
+    r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    r.on_event(committed_event("2"), t);
+    assert_eq!(
+        r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t),
+        [Action::Finish(Outcome::Succeeded)]
+    );
+    let retire = retire("blue", SEC, Duration::ZERO);
+    let v = ServiceView {
+        analysis: Some(criteria(TooFewRequests::Fail)),
+        ..view(&green_live, None)
+    };
+    assert_eq!(plan(&retire, &v).expect("plan").analysis, None);
+    assert!(plan(&flip(true), &v).expect("plan").analysis.is_some());
+}
+
+#[test]
+fn a_threshold_over_the_baseline_measures_the_fleets_losing_traffic_before_the_commit() {
+    let c = Criteria {
+        max_error_ratio: None,
+        over_baseline: Some(Ratio::from_ppm(5_000)),
+        ..criteria(TooFewRequests::Wait)
+    };
+    let blue = split(&[("blue", 100), ("green", 0)]);
+    let (mut r, t) = started_judged(&flip(true), &blue, None, c);
+    assert_eq!(
+        r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t),
+        [
+            Action::MeasureBaseline {
+                fleets: vec!["blue".into()],
+                window: 10 * SEC
+            },
+            Action::Commit(green())
+        ]
+    );
+    let baseline = Baseline {
+        fleets: vec!["blue".into()],
+        requests: 1000,
+        errors: 20,
+    };
+    assert!(r.on_event(Event::Baseline(baseline.clone()), t).is_empty());
+    // Saved with the commit, so a restart judges against it too.
+    assert_eq!(r.record(t, SystemTime::UNIX_EPOCH).baseline, Some(baseline));
+    r.on_event(committed_event("2"), t);
+    r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t);
+    r.on_event(green_traffic(&[("a", 0, 0)]), t);
+    // Blue failed 2% before: 2.4% is under the 2.5% allowed, 3% over.
+    assert!(
+        r.on_event(green_traffic(&[("a", 1000, 24)]), t + SEC)
+            .is_empty()
+    );
+    assert_eq!(
+        r.on_event(green_traffic(&[("a", 2000, 54)]), t + 2 * SEC),
+        [Action::Commit(back())]
+    );
+    let Outcome::RolledBack { reason } = undone(&mut r, t) else {
+        panic!("rolled back");
+    };
+    assert!(
+        reason
+            .to_string()
+            .contains("over the 2.5% allowed (blue's 2% before the switch + 0.5 points)"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_resumed_step_is_judged_over_a_whole_window_from_the_restart() {
+    let (r, t) = analysing(criteria(TooFewRequests::Wait), true);
+    let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+    let rec = r.record(t + 8 * SEC, wall);
+    assert_eq!(rec.stage, Stage::Applied);
+    let later = t + 60 * SEC;
+    let (mut again, a) = Rollout::resume("web", rec, &ver("2-abc"), later, wall);
+    assert_eq!(a, [Action::ObserveProxies]);
+    assert_eq!(
+        again.on_event(Event::Proxies(vec![proxy("a", true, true)]), later),
+        [Action::ObserveTraffic]
+    );
+    assert_eq!(again.next_deadline(), Some(later + 10 * SEC));
+    again.on_event(green_traffic(&[("a", 5000, 500)]), later);
+    let a = again.on_event(green_traffic(&[("a", 5200, 500)]), later + SEC);
+    assert!(
+        a.is_empty(),
+        "what came before the restart is not counted: {a:?}"
+    );
+}
+
+#[test]
+fn an_abort_during_the_analysis_undoes_the_step() {
+    let (mut r, t) = analysing(criteria(TooFewRequests::Wait), true);
+    assert_eq!(
+        r.abort("alice", t).expect("abortable"),
+        [Action::Commit(back())]
+    );
+    assert!(matches!(undone(&mut r, t), Outcome::Aborted { .. }));
+}
+
+#[test]
+fn records_carry_the_analysis_and_old_records_load_without_one() {
+    let (r, t) = analysing(criteria(TooFewRequests::Pass), true);
+    let rec = r.record(t, SystemTime::UNIX_EPOCH);
+    let mut json = serde_json::to_value(&rec).expect("serializes");
+    assert_eq!(json["plan"]["analysis"]["window_ms"], 10_000);
+    assert_eq!(json["plan"]["analysis"]["too_few_requests"], "pass");
+    assert_eq!(
+        serde_json::from_value::<Record>(json.clone()).expect("loads"),
+        rec
+    );
+    // As teal wrote it before analyses: no such keys.
+    let plan = json["plan"].as_object_mut().expect("an object");
+    plan.remove("analysis");
+    let old: Record = serde_json::from_value(json).expect("an old record loads");
+    assert_eq!((old.plan.analysis, old.baseline), (None, None));
+}
+
+fn traffic(id: &str, load: Option<(u64, u32)>) -> ProxyTraffic {
+    ProxyTraffic {
+        id: id.into(),
+        load: load.map(
+            |(in_progress, idle_reports)| crate::xds::load::ClusterCounters {
+                in_progress,
+                idle_reports,
+                ..Default::default()
+            },
+        ),
+    }
+}
+
+/// What the load reports say of blue: per proxy, its requests in progress
+/// and idle reports in a row, or `None` when it reports nothing.
+fn blue_reports(proxies: &[(&str, Option<(u64, u32)>)]) -> Event {
+    Event::Traffic(vec![FleetTraffic {
+        fleet: "blue".into(),
+        proxies: proxies.iter().map(|(id, l)| traffic(id, *l)).collect(),
+    }])
+}
+
+/// A retirement of blue (green live), after a minute, draining up to
+/// half a minute; at the end of its delay.
+fn draining() -> (Rollout, Instant) {
+    let green_live = green().split;
+    let op = retire("blue", Duration::from_secs(60), Duration::from_secs(30));
+    let (mut r, t) = started_at(&op, &green_live, None);
+    assert_eq!(r.phase(), Phase::Waiting);
+    assert!(r.wants_traffic().is_empty(), "no reports while it waits");
+    let t = t + Duration::from_secs(60);
+    assert_eq!(
+        r.on_event(Event::Tick, t),
+        [Action::ObserveTraffic],
+        "the reports at once"
+    );
+    assert_eq!(r.phase(), Phase::Draining);
+    assert_eq!(r.wants_traffic(), ["blue"]);
+    assert_eq!(r.next_deadline(), Some(t + Duration::from_secs(30)));
+    (r, t)
+}
+
+fn blue_retired() -> Change {
+    Change {
+        split: green().split,
+        retired: BTreeSet::from(["blue".to_owned()]),
+    }
+}
+
+#[test]
+fn a_retirement_waits_for_every_proxy_to_report_its_fleet_drained() {
+    let (mut r, t) = draining();
+    let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+    assert_eq!(
+        r.retirement(t, wall),
+        Some(("blue".to_owned(), wall)),
+        "pending, as soon as blue drains"
+    );
+    let reports = blue_reports(&[
+        ("a", Some((2, 0))),
+        ("b", Some((0, 1))),
+        ("c", Some((0, 2))),
+        ("d", None),
+    ]);
+    assert!(r.on_event(reports, t + Duration::from_secs(1)).is_empty());
+    let p = r.progress();
+    assert_eq!(p.phase, Phase::Draining);
+    assert_eq!((p.acked, p.total), (1, 4));
+    assert_eq!(p.waiting_for, ["a", "b", "d"]);
+    assert!(
+        p.message.contains("a (2), b (0)") && p.message.contains("no load reports from d"),
+        "{}",
+        p.message
+    );
+    // Another fleet's reports say nothing of blue.
+    let green_only = Event::Traffic(vec![FleetTraffic {
+        fleet: "green".into(),
+        proxies: vec![traffic("a", Some((0, 5)))],
+    }]);
+    assert!(r.on_event(green_only, t).is_empty());
+    assert_eq!(r.phase(), Phase::Draining);
+    // Every proxy idle for two reports: the retirement goes on.
+    let idle = blue_reports(&[
+        ("a", Some((0, 2))),
+        ("b", Some((0, 3))),
+        ("c", Some((0, 4))),
+        ("d", Some((0, 2))),
+    ]);
+    assert_eq!(
+        r.on_event(idle, t + Duration::from_secs(3)),
+        [Action::ObserveProxies]
+    );
+    assert_eq!(r.phase(), Phase::Preparing);
+    assert!(r.wants_traffic().is_empty());
+    assert_eq!(
+        r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t),
+        [Action::Commit(blue_retired())]
+    );
+    r.on_event(committed_event("4"), t);
+    assert_eq!(
+        r.on_event(Event::Proxies(vec![proxy("a", true, true)]), t),
+        [Action::Finish(Outcome::Succeeded)]
+    );
+}
+
+#[test]
+fn a_fleet_not_drained_in_time_is_not_retired_and_the_refusal_names_the_proxies() {
+    let (mut r, t) = draining();
+    let reports = blue_reports(&[("a", Some((3, 0))), ("b", Some((0, 9))), ("d", None)]);
+    assert!(r.on_event(reports, t + Duration::from_secs(1)).is_empty());
+    assert!(
+        r.on_event(Event::Tick, t + Duration::from_secs(29))
+            .is_empty(),
+        "not before its timeout"
+    );
+    let a = r.on_event(Event::Tick, t + Duration::from_secs(30));
+    let [Action::Finish(Outcome::Refused { reason })] = &a[..] else {
+        panic!("refused: {a:?}")
+    };
+    let Reason::DrainTimedOut {
+        fleet,
+        within,
+        last: Some(last),
+    } = reason
+    else {
+        panic!("{reason:?}")
+    };
+    assert_eq!((fleet.as_str(), *within), ("blue", Duration::from_secs(30)));
+    assert_eq!((last.draining_count, last.in_flight), (1, 3));
+    assert_eq!(last.draining[0].proxy, "a");
+    assert_eq!(last.silent, ["d"]);
+    let text = reason.to_string();
+    assert!(
+        text.contains("a (3)") && text.contains("no load reports from d"),
+        "{text}"
+    );
+    assert_eq!(r.last_version(), None, "nothing was committed");
+
+    // No report came in at all (a drain timeout shorter than the report
+    // interval): refused all the same, saying so.
+    let (mut r, t) = draining();
+    let a = r.on_event(Event::Tick, t + Duration::from_secs(30));
+    assert!(
+        matches!(
+            &a[..],
+            [Action::Finish(Outcome::Refused {
+                reason: Reason::DrainTimedOut { last: None, .. }
+            })]
+        ),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn a_proxy_that_reports_no_load_is_never_taken_as_drained() {
+    let (mut r, t) = draining();
+    for i in 1..30 {
+        let reports = blue_reports(&[("a", Some((0, 2 + i))), ("quiet", None)]);
+        assert!(
+            r.on_event(reports, t + Duration::from_secs(u64::from(i)))
+                .is_empty()
+        );
+    }
+    assert_eq!(r.progress().waiting_for, ["quiet"]);
+    let a = r.on_event(Event::Tick, t + Duration::from_secs(30));
+    assert!(
+        matches!(&a[..], [Action::Finish(Outcome::Refused { reason: Reason::DrainTimedOut { last: Some(d), .. } })]
+            if d.silent == ["quiet"] && d.draining.is_empty()),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn a_rollback_or_an_abort_cancels_a_retirement_while_it_drains() {
+    let (mut r, t) = draining();
+    r.on_event(blue_reports(&[("a", Some((1, 0)))]), t);
+    assert!(r.is_pending_retirement(), "a rollback may still cancel it");
+    let a = r.cancel_retirement("carol", t).expect("cancels");
+    assert!(
+        matches!(
+            &a[..],
+            [Action::Finish(Outcome::Aborted {
+                reason: Reason::StoppedBeforeCommit {
+                    for_rollback: true,
+                    ..
+                }
+            })]
+        ),
+        "{a:?}"
+    );
+    assert!(r.wants_traffic().is_empty());
+    assert_eq!(r.last_version(), None);
+
+    let (mut r, t) = draining();
+    let a = r.abort("dave", t).expect("aborts");
+    assert!(matches!(&a[..], [Action::Finish(Outcome::Aborted { .. })]));
+}
+
+#[test]
+fn a_draining_retirement_is_kept_on_shutdown_and_drains_again_after_a_restart() {
+    let (mut r, t) = draining();
+    r.on_event(blue_reports(&[("a", Some((1, 0)))]), t);
+    let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+    let rec = r.record(t, wall);
+    assert_eq!(rec.stage, Stage::Pending);
+    assert_eq!(rec.wait_until, Some(wall), "its delay is over");
+    assert_eq!(rec.plan.drain_timeout, Duration::from_secs(30));
+    assert_eq!(r.shut_down(), None, "saved for the next start, not ended");
+
+    let t2 = t + Duration::from_secs(500);
+    let later = wall + Duration::from_secs(500);
+    let (mut again, a) = Rollout::resume("web", rec, &ver("5-x"), t2, later);
+    assert!(a.is_empty());
+    assert_eq!(again.next_deadline(), Some(t2), "no delay left");
+    assert_eq!(again.on_event(Event::Tick, t2), [Action::ObserveTraffic]);
+    assert_eq!(again.phase(), Phase::Draining);
+    assert_eq!(again.wants_traffic(), ["blue"]);
+    assert_eq!(
+        again.next_deadline(),
+        Some(t2 + Duration::from_secs(30)),
+        "a whole drain timeout again"
+    );
+    assert_eq!(
+        again.on_event(blue_reports(&[("a", Some((0, 2)))]), t2),
+        [Action::ObserveProxies]
+    );
+}
+
+#[test]
+fn a_drain_timeout_of_zero_retires_without_waiting_for_reports() {
+    let green_live = green().split;
+    let op = retire("blue", Duration::from_secs(60), Duration::ZERO);
+    let (mut r, t) = started_at(&op, &green_live, None);
+    assert_eq!(
+        r.on_event(Event::Tick, t + Duration::from_secs(60)),
+        [Action::ObserveProxies]
+    );
+    assert_eq!(r.phase(), Phase::Preparing);
+    assert!(r.wants_traffic().is_empty());
 }

@@ -8,6 +8,10 @@
 //! - `reason`: why an operation did not simply succeed.
 //! - `checks`: the HTTP checks a rollout sends straight to a fleet's
 //!   endpoints.
+//! - [`drain`]: whether a fleet is drained, by the proxies' load reports
+//!   (what they say of it arrives as `traffic`).
+//! - [`confirmation`]: whether a service's current weights are confirmed
+//!   by every proxy, the answer the orchestrators' gates give.
 //! - [`registration`]: endpoints a deploy pipeline or an instance
 //!   registers through the admin API, with TTLs.
 //! - Every service's split, and the rule a split follows, are the
@@ -36,7 +40,10 @@
 //! `plan::rollback_point` is the one rule that moves it; a refused or
 //! undone operation leaves it where it was.
 
+pub(crate) mod analysis;
 pub(crate) mod checks;
+pub mod confirmation;
+pub mod drain;
 #[cfg(test)]
 mod fixtures;
 pub mod machine;
@@ -50,6 +57,9 @@ pub(crate) mod version;
 
 use crate::config::WeightsError;
 
+pub use analysis::Criteria;
+pub use confirmation::{Confirmation, Unconfirmed};
+pub use drain::FleetDrain;
 pub use reason::Reason;
 pub use traffic::MeasuredFleet;
 pub use version::Version;
@@ -71,6 +81,13 @@ pub(crate) const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// ACK when the request does not say (`timeout_ms: 0`; the CLI sends that
 /// when `--timeout` is not given, so this is the only default).
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a retirement waits for every proxy to report the fleet
+/// drained when the request does not say (`drain_timeout_ms` unset; the
+/// CLI leaves it unset when `--drain-timeout` is not given). Long enough
+/// for a slow upload or a long poll, short enough that a proxy that never
+/// reports does not hold a release for an afternoon.
+pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What kind of operation: the verb operators type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -159,7 +176,8 @@ pub enum Operation {
         /// How long to wait for every proxy to ACK.
         timeout: Duration,
     },
-    /// After a delay, drop a fleet's weight and endpoints.
+    /// After a delay, and once every proxy reports no request in
+    /// progress to it, drop a fleet's weight and endpoints.
     Retire {
         /// The service.
         service: String,
@@ -167,6 +185,9 @@ pub enum Operation {
         fleet: String,
         /// How long to wait first; `rollback` still works until then.
         after: Duration,
+        /// How long to wait, after `after`, for every proxy to report the
+        /// fleet drained before refusing; zero retires without waiting.
+        drain_timeout: Duration,
     },
 }
 
@@ -203,8 +224,14 @@ pub enum Phase {
     Confirming,
     /// Running checks after the switch.
     PostChecks,
+    /// Watching the error ratio of the fleets gaining traffic in the
+    /// proxies' load reports, after the switch.
+    Analysis,
     /// Between two steps of a shift, or before a retirement.
     Waiting,
+    /// Before a retirement, after its delay: waiting for every proxy to
+    /// report no request in progress to the fleet.
+    Draining,
     /// Putting every proxy back on the previous weights.
     RollingBack,
     /// Finished; see the outcome.
@@ -219,7 +246,9 @@ impl Phase {
             Phase::PreChecks => "pre-checks",
             Phase::Confirming => "confirming",
             Phase::PostChecks => "post-checks",
+            Phase::Analysis => "analysis",
             Phase::Waiting => "waiting",
+            Phase::Draining => "draining",
             Phase::RollingBack => "rolling-back",
             Phase::Done => "done",
         }
@@ -319,13 +348,14 @@ pub struct Progress {
     pub target: Split,
     /// The version being confirmed, once committed.
     pub version: Option<Version>,
-    /// Proxies that ACKed it.
+    /// Proxies that ACKed it; while draining, proxies that report the
+    /// fleet idle.
     pub acked: usize,
-    /// Proxies that must ACK it.
+    /// Proxies that must ACK it (or report the fleet idle).
     pub total: usize,
-    /// Ids of proxies that have not ACKed yet: the first
-    /// `WAITING_SHOWN` by id (`total - acked`
-    /// counts them all).
+    /// Ids of proxies not done yet (not ACKed; while draining, not
+    /// reporting the fleet idle): the first `WAITING_SHOWN` by id
+    /// (`total - acked` counts them all).
     pub waiting_for: Vec<String>,
     /// Ids of cordoned proxies of the service's groups, which the
     /// operation does not wait for (and whose NACKs do not roll back).
@@ -422,6 +452,9 @@ pub struct ServiceStatus {
     pub retired: Vec<String>,
     /// A pending retirement.
     pub retirement: Option<Retirement>,
+    /// Per fleet with no weight, whether the proxies report it drained,
+    /// in fleet order.
+    pub drains: Vec<FleetDrain>,
     /// Since when more than one fleet has had endpoints (the cost window
     /// of running both fleets); `None` when only one has.
     pub both_fleets_since: Option<SystemTime>,
@@ -431,6 +464,87 @@ pub struct ServiceStatus {
     pub in_progress: Option<Progress>,
     /// What the proxies' load reports say, per fleet.
     pub traffic: Vec<MeasuredFleet>,
+    /// How many of the proxies routing the service hold the weights
+    /// served now.
+    pub applied: Applied,
+    /// The split every proxy confirmed, as far as teal knows: with an
+    /// operation running, its last confirmed step's (or the split it
+    /// started from); otherwise `weights` once every proxy routing the
+    /// service ACKed the routes served, `None` until then.
+    pub confirmed: Option<Split>,
+    /// The HTTPRoute that drives the service's weights, and how far teal
+    /// got with it; `None` when no route does.
+    pub route: Option<RouteView>,
+}
+
+/// The HTTPRoute that drives a service (`services.<s>.kubernetes.route`),
+/// as its task last said.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteView {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The latest generation teal took on; `None` before the first.
+    pub generation: Option<i64>,
+    /// The latest generation whose weights every proxy confirmed.
+    pub confirmed_generation: Option<i64>,
+    /// Where `generation` is; `None` before the first.
+    pub state: Option<RouteState>,
+}
+
+/// Where a route's generation is, as its `teal.dev/Confirmed` condition
+/// (or, when it was not applied, its other conditions) says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteState {
+    /// Being applied.
+    Pending,
+    /// Every proxy confirmed it.
+    Confirmed,
+    /// Applied, then undone.
+    RolledBack,
+    /// Refused before anything ran.
+    Refused,
+    /// Not accepted, or its backends do not resolve: nothing to apply.
+    NotApplied,
+}
+
+impl RouteState {
+    /// The name the gates' JSON uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteState::Pending => "pending",
+            RouteState::Confirmed => "confirmed",
+            RouteState::RolledBack => "rolled_back",
+            RouteState::Refused => "refused",
+            RouteState::NotApplied => "not_applied",
+        }
+    }
+}
+
+/// The proxies routing a service (connected, or holding their place while
+/// they reconnect; cordoned ones left out, as operations leave them out)
+/// against the route configuration served to their groups now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Those that ACKed the route configuration (which carries the
+    /// weights) served to their group, or do not ask for one.
+    pub acked: usize,
+    /// All of them.
+    pub total: usize,
+    /// Ids of those that have not: the first `machine::WAITING_SHOWN` by
+    /// id (`total - acked` counts them all).
+    pub waiting_for: Vec<String>,
+    /// Ids of those whose last answer was a rejection, with it: the first
+    /// `machine::WAITING_SHOWN` by id.
+    pub rejecting: Vec<(String, String)>,
+}
+
+impl Applied {
+    /// Whether every proxy routing the service holds the weights served.
+    pub fn all(&self) -> bool {
+        self.acked == self.total
+    }
 }
 
 /// Everything `teal status` shows.

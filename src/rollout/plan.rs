@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::analysis::Criteria;
 use super::serde_time;
 use super::{MAX_WAIT, Operation, RolloutError, ShiftSteps, Split};
 use crate::config::Weights;
@@ -38,16 +39,27 @@ pub struct Plan {
     pub(crate) interval: Duration,
     /// Wait `interval` before the first step too (retirement).
     pub(crate) wait_first: bool,
+    /// A retirement: after its wait, how long to wait for every proxy to
+    /// report the fleet drained; zero does not wait (and is what a record
+    /// saved before teal waited for drains reads as).
+    #[serde(rename = "drain_timeout_ms", with = "serde_time::millis", default)]
+    pub(crate) drain_timeout: Duration,
+    /// How each step's traffic is judged once it is confirmed; `None`
+    /// (and in plans saved before analyses existed): it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) analysis: Option<Criteria>,
 }
 
 impl Plan {
     /// A plan that sends traffic per `split` in one push (a flip, a
-    /// rollback), after restoring a retired fleet's endpoints if needed.
+    /// rollback), after restoring a retired fleet's endpoints if needed;
+    /// its traffic judged by `analysis`, if any.
     fn one_step(
         service: &ServiceView<'_>,
         split: Split,
         skip_checks: bool,
         timeout: Duration,
+        analysis: Option<Criteria>,
     ) -> Plan {
         Plan {
             steps: service.steps_to(&[split]),
@@ -55,6 +67,8 @@ impl Plan {
             timeout,
             interval: Duration::ZERO,
             wait_first: false,
+            drain_timeout: Duration::ZERO,
+            analysis,
         }
     }
 }
@@ -78,6 +92,9 @@ pub struct ServiceView<'a> {
     /// none has no check phase (nothing to wait for, so a flip commits in
     /// the same turn it starts).
     pub has_checks: bool,
+    /// How the service's traffic is judged after a flip or a shift step
+    /// (its `analysis`), if it is.
+    pub analysis: Option<Criteria>,
 }
 
 impl ServiceView<'_> {
@@ -344,7 +361,14 @@ pub fn plan(op: &Operation, service: &ServiceView<'_>) -> Result<Plan, RolloutEr
         } => {
             check_wait("timeout", *timeout)?;
             let split = flip_split(service, to.as_deref())?;
-            Ok(Plan::one_step(service, split, *skip_checks, *timeout))
+            let analysis = service.analysis.clone();
+            Ok(Plan::one_step(
+                service,
+                split,
+                *skip_checks,
+                *timeout,
+                analysis,
+            ))
         }
         Operation::Shift {
             steps,
@@ -362,6 +386,8 @@ pub fn plan(op: &Operation, service: &ServiceView<'_>) -> Result<Plan, RolloutEr
                 timeout: *timeout,
                 interval: *interval,
                 wait_first: false,
+                drain_timeout: Duration::ZERO,
+                analysis: service.analysis.clone(),
             })
         }
         Operation::Rollback {
@@ -371,16 +397,26 @@ pub fn plan(op: &Operation, service: &ServiceView<'_>) -> Result<Plan, RolloutEr
         } => {
             check_wait("timeout", *timeout)?;
             let split = rollback_split(service)?;
-            Ok(Plan::one_step(service, split, *skip_checks, *timeout))
+            // The way back is not judged: the traffic it restores is what
+            // the service had before.
+            Ok(Plan::one_step(service, split, *skip_checks, *timeout, None))
         }
-        Operation::Retire { fleet, after, .. } => {
+        Operation::Retire {
+            fleet,
+            after,
+            drain_timeout,
+            ..
+        } => {
             check_wait("delay", *after)?;
+            check_wait("drain timeout", *drain_timeout)?;
             Ok(Plan {
                 steps: vec![retirement(service, fleet)?],
                 checks: false,
                 timeout: RETIRE_TIMEOUT,
                 interval: *after,
                 wait_first: true,
+                drain_timeout: *drain_timeout,
+                analysis: None,
             })
         }
     }

@@ -33,11 +33,7 @@ fn planning_refuses_what_cannot_be_done() {
         plan(&to_red, &view(&green_live, None)),
         Err(RolloutError::UnknownFleet { .. })
     ));
-    let retire_live = Operation::Retire {
-        service: "web".into(),
-        fleet: "green".into(),
-        after: Duration::ZERO,
-    };
+    let retire_live = retire("green", Duration::ZERO, Duration::ZERO);
     assert!(matches!(
         plan(&retire_live, &view(&green_live, None)),
         Err(RolloutError::Precondition(_))
@@ -200,6 +196,7 @@ fn sending_traffic_to_a_retired_fleet_restores_its_endpoints_first() {
     let v = ServiceView {
         retired: &retired,
         has_checks: true,
+        analysis: None,
         ..view(&green_live, None)
     };
     let p = plan(&flip(false), &v).expect("plan");
@@ -213,12 +210,31 @@ fn sending_traffic_to_a_retired_fleet_restores_its_endpoints_first() {
             back()
         ]
     );
-    let retire = Operation::Retire {
-        service: "web".into(),
-        fleet: "blue".into(),
-        after: Duration::from_secs(60),
-    };
-    let p = plan(&retire, &view(&green_live, None)).expect("plan");
+    let op = retire("blue", Duration::from_secs(60), Duration::from_secs(90));
+    let p = plan(&op, &view(&green_live, None)).expect("plan");
     assert_eq!(p.steps[0].retired, retired);
     assert!(p.wait_first);
+    assert_eq!(p.drain_timeout, Duration::from_secs(90));
+}
+
+#[test]
+fn a_retirement_bounds_its_drain_timeout_and_an_old_record_does_not_wait_for_drains() {
+    let green_live = green().split;
+    let forever = retire("blue", Duration::ZERO, MAX_WAIT + Duration::from_secs(1));
+    assert!(matches!(
+        plan(&forever, &view(&green_live, None)),
+        Err(RolloutError::Invalid(m)) if m.contains("drain timeout")
+    ));
+    let p = plan(
+        &retire("blue", Duration::ZERO, Duration::from_secs(5)),
+        &view(&green_live, None),
+    )
+    .expect("plan");
+    let mut json = serde_json::to_value(&p).expect("serializes");
+    assert_eq!(json["drain_timeout_ms"], 5000);
+    json.as_object_mut()
+        .expect("an object")
+        .remove("drain_timeout_ms");
+    let old: Plan = serde_json::from_value(json).expect("a plan saved before drains");
+    assert_eq!(old.drain_timeout, Duration::ZERO);
 }

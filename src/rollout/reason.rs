@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::drain::FleetDrain;
 use super::{CheckResult, Phase};
+use crate::config::Ratio;
 
 /// Why an operation was refused, rolled back, aborted, left unconfirmed
 /// or interrupted.
@@ -67,6 +69,17 @@ pub enum Reason {
     },
     /// The plan had no step to apply.
     NothingToDo,
+    /// A retirement's fleet was not reported drained by every proxy in
+    /// time; nothing was retired.
+    DrainTimedOut {
+        /// The fleet.
+        fleet: String,
+        /// The drain timeout.
+        within: Duration,
+        /// What the last load reports said; `None` when none came in.
+        /// Boxed: every reason is carried by value, most of them small.
+        last: Option<Box<FleetDrain>>,
+    },
     /// A proxy rejected the version carrying the change.
     Rejected {
         /// The proxy's node id.
@@ -165,11 +178,97 @@ pub enum Reason {
         /// The proxies that did not confirm.
         waiting: Proxies,
     },
+    /// After the switch, the error ratio of a fleet gaining traffic, as the
+    /// proxies' load reports show it, went over what the service's
+    /// `analysis` allows.
+    TrafficErrors(Box<TrafficFigures>),
+    /// The window ended without a verdict on a fleet's traffic (too few
+    /// requests, or its only two proxies disagree), and the service's
+    /// `analysis` counts that as a failure.
+    TrafficUnjudged {
+        /// The fleet.
+        fleet: String,
+        /// What was missing.
+        shortfall: Shortfall,
+        /// How long its traffic was watched.
+        within: Duration,
+        /// It waited for more (`too_few_requests: wait`) until the
+        /// operation's timeout, rather than failing at the window's end.
+        waited: bool,
+    },
     /// A reason as text, read back from the state (or given by a backend
     /// that only has the text).
     Recorded(String),
 }
 
+/// What a fleet's traffic showed when it was judged, for the reason of a
+/// rollback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrafficFigures {
+    /// The fleet judged.
+    pub(crate) fleet: String,
+    /// Its error ratio as the verdict weighs the proxies (see
+    /// `super::analysis`).
+    pub(crate) ratio: Ratio,
+    /// The most it was allowed.
+    pub(crate) allowed: Allowed,
+    /// Requests completed in the window, as the proxies reported them.
+    pub(crate) requests: u64,
+    /// Of which failed.
+    pub(crate) errors: u64,
+    /// The proxies that reported them.
+    pub(crate) proxies: Proxies,
+    /// How long after the window opened the verdict came.
+    pub(crate) after: Duration,
+}
+
+/// The error ratio a fleet may show, and where that figure comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Allowed {
+    /// The threshold.
+    pub(crate) ratio: Ratio,
+    /// Set when the threshold over the baseline is the one that applies
+    /// (the lower of the two, when both are set).
+    pub(crate) over_baseline: Option<OverBaseline>,
+}
+
+/// A threshold set relative to what the fleets losing traffic did before
+/// the switch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct OverBaseline {
+    /// The fleets losing traffic.
+    pub(crate) fleets: Vec<String>,
+    /// Their error ratio before the switch; `None`: too few requests to
+    /// tell, taken as 0%.
+    pub(crate) baseline: Option<Ratio>,
+    /// The points allowed over it.
+    pub(crate) points: Ratio,
+}
+
+/// Why a fleet's traffic could not be judged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Shortfall {
+    /// Fewer requests than the analysis needs.
+    Requests {
+        /// The requests counted (each proxy's weight capped; see
+        /// `super::analysis`).
+        counted: u64,
+        /// The analysis's `min_requests`.
+        needed: u64,
+        /// How many proxies reported any.
+        proxies: usize,
+    },
+    /// Only two proxies reported, one over the threshold and one not: one
+    /// proxy alone never decides.
+    Disagree {
+        /// The one over, and its ratio.
+        over: (String, Ratio),
+        /// The one not, and its ratio.
+        under: (String, Ratio),
+        /// The threshold.
+        allowed: Ratio,
+    },
+}
 /// Proxies a reason names: the first few by id, and how many more.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Proxies {
@@ -186,6 +285,58 @@ pub struct Rejection {
     pub(crate) proxy: String,
     /// What it rejected and its message.
     pub(crate) why: String,
+}
+
+/// `1% allowed`, and where a threshold over a baseline comes from.
+impl fmt::Display for Allowed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} allowed", self.ratio)?;
+        let Some(o) = &self.over_baseline else {
+            return Ok(());
+        };
+        let fleets = o.fleets.join(" and ");
+        let points = o.points.to_string();
+        let points = points.trim_end_matches('%');
+        match o.baseline {
+            Some(b) => write!(f, " ({fleets}'s {b} before the switch + {points} points)"),
+            None => write!(
+                f,
+                " (too few requests to {fleets} before the switch for a baseline: 0% + \
+                 {points} points)"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Shortfall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Shortfall::Requests {
+                counted,
+                needed,
+                proxies,
+            } => write!(
+                f,
+                "too few requests ({counted} from {proxies} {}, {needed} needed)",
+                if *proxies == 1 { "proxy" } else { "proxies" }
+            ),
+            Shortfall::Disagree {
+                over,
+                under,
+                allowed,
+            } => write!(
+                f,
+                "its only two reporting proxies disagree ({} saw {}, {} saw {}; {allowed} \
+                 allowed) and one proxy alone does not decide",
+                over.0, over.1, under.0, under.1
+            ),
+        }
+    }
+}
+
+/// A duration to the millisecond, for figures.
+fn millis(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl fmt::Display for Proxies {
@@ -281,6 +432,21 @@ impl fmt::Display for Reason {
                 f.write_str("; traffic would go nowhere, so it was not committed")
             }
             Reason::NothingToDo => f.write_str("nothing to do"),
+            Reason::DrainTimedOut {
+                fleet,
+                within,
+                last,
+            } => {
+                write!(f, "fleet {fleet:?} did not drain within {within:?}: ")?;
+                match last {
+                    Some(drain) => write!(f, "{drain}")?,
+                    None => f.write_str("no load report came in")?,
+                }
+                f.write_str(
+                    "; nothing was retired (retry later, or retire without waiting with \
+                     --drain-timeout 0)",
+                )
+            }
             Reason::Rejected { proxy, why } => {
                 write!(f, "proxy {proxy} rejected the change: {why}")
             }
@@ -347,6 +513,40 @@ impl fmt::Display for Reason {
                 "{cause}; put back, but not yet confirmed by every proxy: {waiting}; teal keeps \
                  serving the previous weights to them"
             ),
+            Reason::TrafficErrors(t) => write!(
+                f,
+                "{}'s error ratio was {}, over the {}: {} errors in {} requests \
+                 reported by {} {}, {:?} after the switch",
+                t.fleet,
+                t.ratio,
+                t.allowed,
+                t.errors,
+                t.requests,
+                if t.proxies.named.len() + t.proxies.more == 1 {
+                    "proxy"
+                } else {
+                    "proxies"
+                },
+                t.proxies,
+                millis(t.after)
+            ),
+            Reason::TrafficUnjudged {
+                fleet,
+                shortfall,
+                within,
+                waited,
+            } => {
+                write!(
+                    f,
+                    "{fleet}'s traffic could not be judged within {:?}: {shortfall}",
+                    millis(*within)
+                )?;
+                if *waited {
+                    f.write_str("; waited for more until the operation's timeout")
+                } else {
+                    f.write_str("; `too_few_requests: fail` counts that as a failure")
+                }
+            }
             Reason::Recorded(text) => f.write_str(text),
         }
     }

@@ -99,6 +99,37 @@ fn every_reason_reads_as_it_always_has() {
         ),
         (Reason::NothingToDo, "nothing to do"),
         (
+            Reason::DrainTimedOut {
+                fleet: "blue".into(),
+                within: std::time::Duration::from_secs(300),
+                last: Some(Box::new(FleetDrain {
+                    fleet: "blue".into(),
+                    proxies: 3,
+                    idle: 1,
+                    draining: vec![crate::rollout::drain::Draining {
+                        proxy: "edge-1".into(),
+                        in_flight: 2,
+                    }],
+                    draining_count: 1,
+                    in_flight: 2,
+                    silent: vec!["edge-9".into()],
+                    silent_count: 1,
+                })),
+            },
+            "fleet \"blue\" did not drain within 300s: 1 of 3 proxies idle; requests in \
+             flight on edge-1 (2); no load reports from edge-9; nothing was retired (retry \
+             later, or retire without waiting with --drain-timeout 0)",
+        ),
+        (
+            Reason::DrainTimedOut {
+                fleet: "blue".into(),
+                within: std::time::Duration::from_millis(500),
+                last: None,
+            },
+            "fleet \"blue\" did not drain within 500ms: no load report came in; nothing was \
+             retired (retry later, or retire without waiting with --drain-timeout 0)",
+        ),
+        (
             Reason::Rejected {
                 proxy: "b".into(),
                 why: "RDS 3-ab: bad route".into(),
@@ -221,6 +252,72 @@ fn every_reason_reads_as_it_always_has() {
             },
             "stopped by bob; put back, but not yet confirmed by every proxy: b; teal keeps \
              serving the previous weights to them",
+        ),
+        (
+            Reason::TrafficErrors(Box::new(TrafficFigures {
+                fleet: "green".into(),
+                ratio: Ratio::from_ppm(100_312),
+                allowed: Allowed {
+                    ratio: Ratio::from_ppm(10_000),
+                    over_baseline: None,
+                },
+                requests: 5204,
+                errors: 522,
+                proxies: proxies(&["edge-1", "edge-2"], 18),
+                after: Duration::from_micros(4_212_345),
+            })),
+            "green's error ratio was 10.0312%, over the 1% allowed: 522 errors in 5204 \
+             requests reported by proxies edge-1, edge-2 and 18 more, 4.212s after the switch",
+        ),
+        (
+            Reason::TrafficErrors(Box::new(TrafficFigures {
+                fleet: "green".into(),
+                ratio: Ratio::from_ppm(9_000),
+                allowed: Allowed {
+                    ratio: Ratio::from_ppm(7_000),
+                    over_baseline: Some(OverBaseline {
+                        fleets: vec!["blue".into()],
+                        baseline: Some(Ratio::from_ppm(2_000)),
+                        points: Ratio::from_ppm(5_000),
+                    }),
+                },
+                requests: 1000,
+                errors: 9,
+                proxies: proxies(&["edge-1"], 0),
+                after: Duration::from_secs(30),
+            })),
+            "green's error ratio was 0.9%, over the 0.7% allowed (blue's 0.2% before the \
+             switch + 0.5 points): 9 errors in 1000 requests reported by proxy edge-1, 30s \
+             after the switch",
+        ),
+        (
+            Reason::TrafficUnjudged {
+                fleet: "green".into(),
+                shortfall: Shortfall::Requests {
+                    counted: 12,
+                    needed: 100,
+                    proxies: 2,
+                },
+                within: Duration::from_secs(30),
+                waited: false,
+            },
+            "green's traffic could not be judged within 30s: too few requests (12 from 2 \
+             proxies, 100 needed); `too_few_requests: fail` counts that as a failure",
+        ),
+        (
+            Reason::TrafficUnjudged {
+                fleet: "green".into(),
+                shortfall: Shortfall::Disagree {
+                    over: ("b".into(), Ratio::from_ppm(50_000)),
+                    under: ("a".into(), Ratio::from_ppm(0)),
+                    allowed: Ratio::from_ppm(10_000),
+                },
+                within: Duration::from_secs(90),
+                waited: true,
+            },
+            "green's traffic could not be judged within 90s: its only two reporting proxies \
+             disagree (b saw 5%, a saw 0%; 1% allowed) and one proxy alone does not decide; \
+             waited for more until the operation's timeout",
         ),
         (Reason::Recorded("as it was".into()), "as it was"),
     ];

@@ -241,7 +241,7 @@ impl NameLists {
         let mut ty = None;
         for field in Fields(msg) {
             let (number, value) = field?;
-            let Some(value) = value else { continue };
+            let Wire::Bytes(value) = value else { continue };
             if number == D::TYPE_URL_FIELD {
                 ty = std::str::from_utf8(value)
                     .ok()
@@ -253,7 +253,7 @@ impl NameLists {
                 // A map entry is a message: key (1) and value (2).
                 map.names += 1;
                 for entry_field in Fields(value) {
-                    if let (1 | 2, Some(v)) = entry_field? {
+                    if let (1 | 2, Wire::Bytes(v)) = entry_field? {
                         map.bytes += v.len();
                     }
                 }
@@ -312,15 +312,27 @@ pub(crate) struct WireError {
     what: &'static str,
 }
 
-/// The top-level fields of an encoded message: each field's number and,
-/// for a length-delimited one, its bytes.
+/// One field's value on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wire<'a> {
+    /// A varint (wire type 0).
+    Varint(u64),
+    /// A fixed 32- or 64-bit value (wire types 5 and 1), unread.
+    Fixed,
+    /// A length-delimited field (wire type 2): a string, bytes, a
+    /// message or a packed list.
+    Bytes(&'a [u8]),
+}
+
+/// The top-level fields of an encoded message: each field's number and
+/// value.
 ///
 /// Written here because prost's field-walking functions
 /// (`prost::encoding`) are not public API; the protobuf wire format is
 /// small and stable (<https://protobuf.dev/programming-guides/encoding/>).
 /// Groups (wire types 3 and 4, proto2 only) are refused: no xDS request
 /// has them.
-struct Fields<'a>(&'a [u8]);
+pub(crate) struct Fields<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Fields<'a> {
     fn varint(&mut self) -> Option<u64> {
@@ -342,7 +354,7 @@ impl<'a> Fields<'a> {
         Some(taken)
     }
 
-    fn next_field(&mut self, start: usize) -> Result<(u32, Option<&'a [u8]>), WireError> {
+    fn next_field(&mut self, start: usize) -> Result<(u32, Wire<'a>), WireError> {
         let err = |what| WireError {
             at: start - self.0.len(),
             what,
@@ -354,21 +366,21 @@ impl<'a> Fields<'a> {
             .ok_or_else(|| err("bad field number"))?;
         match key & 7 {
             0 => {
-                self.varint().ok_or_else(|| err("bad varint"))?;
-                Ok((number, None))
+                let v = self.varint().ok_or_else(|| err("bad varint"))?;
+                Ok((number, Wire::Varint(v)))
             }
             1 => {
                 self.take(8).ok_or_else(|| err("truncated fixed64"))?;
-                Ok((number, None))
+                Ok((number, Wire::Fixed))
             }
             2 => {
                 let len = self.varint().ok_or_else(|| err("bad length"))?;
                 let bytes = self.take(len).ok_or_else(|| err("truncated field"))?;
-                Ok((number, Some(bytes)))
+                Ok((number, Wire::Bytes(bytes)))
             }
             5 => {
                 self.take(4).ok_or_else(|| err("truncated fixed32"))?;
-                Ok((number, None))
+                Ok((number, Wire::Fixed))
             }
             _ => Err(err("unsupported wire type")),
         }
@@ -376,7 +388,7 @@ impl<'a> Fields<'a> {
 }
 
 impl<'a> Iterator for Fields<'a> {
-    type Item = Result<(u32, Option<&'a [u8]>), WireError>;
+    type Item = Result<(u32, Wire<'a>), WireError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.0.is_empty() {

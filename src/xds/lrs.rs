@@ -34,12 +34,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::service::load_stats::v3::load_reporting_service_server::{
-    LoadReportingService, LoadReportingServiceServer,
-};
-use envoy_types::pb::envoy::service::load_stats::v3::{LoadStatsRequest, LoadStatsResponse};
+use envoy_types::pb::envoy::service::load_stats::v3::LoadStatsResponse;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::{Body, BoxFuture, Context, Poll, Service, StdError};
+use tonic::server::{Grpc, NamedService, StreamingService};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::shutdown::Shutdown;
@@ -50,6 +49,7 @@ use crate::transport::tls::ConnInfo;
 use super::gate::{admits, lost_serving, next_policy, not_serving, not_serving_now, refused};
 use super::limits::{Limit, OverLimit};
 use super::load::{ClusterReport, LoadStreamId};
+use super::lrs_codec::{LoadReport, LrsCodec, Stats};
 use super::protocol::{NodeInfo, ProtocolError};
 use super::status::{ProxyRegistry, XdsPresence};
 
@@ -74,8 +74,9 @@ pub struct LoadReportConfig {
     /// a few thousand at most.
     pub max_report_clusters: usize,
     /// Most reports one stream may send per second; the rest are
-    /// dropped. Default 20 (see
-    /// [`DEFAULT_MAX_REPORTS_PER_SEC`](super::load::DEFAULT_MAX_REPORTS_PER_SEC)).
+    /// dropped. Default 20: twice what Envoy sends at the shortest
+    /// interval teal asks for (100 ms), so only a client that ignores the
+    /// interval meets it.
     pub max_reports_per_sec: u32,
 }
 
@@ -193,7 +194,8 @@ pub(crate) enum Incoming {
         clusters: Vec<ClusterReport>,
         cut: bool,
     },
-    /// A report naming more clusters than a report may: dropped whole.
+    /// A report naming more clusters than a report may (counted on the
+    /// wire, not decoded): dropped whole.
     TooManyClusters(usize),
 }
 
@@ -217,17 +219,15 @@ pub(crate) enum Notice {
 pub(crate) struct LoadStream {
     node: Option<NodeInfo>,
     max_node_field_bytes: usize,
-    max_clusters: usize,
     /// Per [`Notice`], whether it was logged.
     logged: [bool; 4],
 }
 
 impl LoadStream {
-    pub(crate) fn new(max_node_field_bytes: usize, max_clusters: usize) -> LoadStream {
+    pub(crate) fn new(max_node_field_bytes: usize) -> LoadStream {
         LoadStream {
             node: None,
             max_node_field_bytes,
-            max_clusters,
             logged: [false; 4],
         }
     }
@@ -238,7 +238,7 @@ impl LoadStream {
     }
 
     /// Reads one message: the node of the first, and the report.
-    pub(crate) fn on_request(&mut self, req: &LoadStatsRequest) -> Result<Incoming, LrsError> {
+    pub(crate) fn on_request(&mut self, req: &LoadReport) -> Result<Incoming, LrsError> {
         let first = self.node.is_none();
         match (&self.node, &req.node) {
             (None, Some(n)) => {
@@ -267,27 +267,17 @@ impl LoadStream {
             }
             (Some(_), _) => {}
         }
-        let n = req.cluster_stats.len();
-        if n > self.max_clusters {
-            return Ok(Incoming::TooManyClusters(n));
+        match &req.stats {
+            Stats::TooMany(n) => Ok(Incoming::TooManyClusters(*n)),
+            // Envoy's first message only names the node: it is not a
+            // report (teal has not asked for anything yet), so it says
+            // nothing of what is in progress.
+            Stats::Clusters { clusters, .. } if first && clusters.is_empty() => Ok(Incoming::Hello),
+            Stats::Clusters { clusters, cut } => Ok(Incoming::Report {
+                clusters: clusters.clone(),
+                cut: *cut,
+            }),
         }
-        // Envoy's first message only names the node: it is not a report
-        // (teal has not asked for anything yet), so it says nothing of
-        // what is in progress.
-        if first && n == 0 {
-            return Ok(Incoming::Hello);
-        }
-        let mut cut = false;
-        let clusters = req
-            .cluster_stats
-            .iter()
-            .map(|s| {
-                let (r, c) = ClusterReport::of(s);
-                cut |= c;
-                r
-            })
-            .collect();
-        Ok(Incoming::Report { clusters, cut })
     }
 
     /// True the first time `notice` is asked about on this stream.
@@ -369,11 +359,8 @@ impl LoadReporting {
     }
 
     /// The service to mount on a tonic server.
-    pub(crate) fn into_server(self) -> LoadReportingServiceServer<LoadReporting> {
-        let max = self.shared.config.max_report_bytes;
-        LoadReportingServiceServer::new(self)
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(usize::MAX)
+    pub(crate) fn into_server(self) -> LrsServer {
+        LrsServer { reporting: self }
     }
 }
 
@@ -381,22 +368,73 @@ impl LoadReporting {
 /// waits for a slow reader rather than piling them up.
 const STREAM_QUEUE: usize = 2;
 
-#[tonic::async_trait]
-impl LoadReportingService for LoadReporting {
-    type StreamLoadStatsStream = ReceiverStream<Result<LoadStatsResponse, Status>>;
+/// The service, routed by hand (as the discovery services are) so that it
+/// decodes with [`LrsCodec`] rather than prost's whole messages.
+#[derive(Clone, Debug)]
+pub(crate) struct LrsServer {
+    reporting: LoadReporting,
+}
 
-    async fn stream_load_stats(
-        &self,
-        request: Request<Streaming<LoadStatsRequest>>,
-    ) -> Result<Response<Self::StreamLoadStatsStream>, Status> {
+const SERVICE: &str = "envoy.service.load_stats.v3.LoadReportingService";
+const STREAM_LOAD_STATS: &str = "/envoy.service.load_stats.v3.LoadReportingService/StreamLoadStats";
+
+impl NamedService for LrsServer {
+    const NAME: &'static str = SERVICE;
+}
+
+impl<B> Service<http::Request<B>> for LrsServer
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let shared = self.reporting.shared.clone();
+        if req.uri().path() != STREAM_LOAD_STATS {
+            return Box::pin(
+                async move { Ok(Status::unimplemented("no such method").into_http()) },
+            );
+        }
+        Box::pin(async move {
+            let codec = LrsCodec {
+                max_clusters: shared.config.max_report_clusters,
+            };
+            let mut grpc = Grpc::new(codec)
+                .apply_max_message_size_config(Some(shared.config.max_report_bytes), None);
+            Ok(grpc.streaming(StreamLoadStats { shared }, req).await)
+        })
+    }
+}
+
+/// The one method: `StreamLoadStats`.
+struct StreamLoadStats {
+    shared: Arc<Shared>,
+}
+
+impl StreamingService<LoadReport> for StreamLoadStats {
+    type Response = LoadStatsResponse;
+    type ResponseStream = ReceiverStream<Result<LoadStatsResponse, Status>>;
+    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<LoadReport>>) -> Self::Future {
         let identity = request
             .extensions()
             .get::<ConnInfo>()
             .map(ConnInfo::identity)
             .unwrap_or(PeerIdentity::Unauthenticated);
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        tokio::spawn(run(self.shared.clone(), identity, request.into_inner(), tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+            tokio::spawn(run(shared, identity, request.into_inner(), tx));
+            Ok(Response::new(ReceiverStream::new(rx)))
+        })
     }
 }
 
@@ -422,7 +460,7 @@ impl Drop for Admitted {
 async fn run(
     shared: Arc<Shared>,
     identity: PeerIdentity,
-    mut requests: Streaming<LoadStatsRequest>,
+    mut requests: Streaming<LoadReport>,
     tx: mpsc::Sender<Result<LoadStatsResponse, Status>>,
 ) {
     let mut serving = shared.serving.clone();
@@ -430,10 +468,7 @@ async fn run(
         let _ = tx.send(Err(not_serving())).await;
         return;
     }
-    let mut machine = LoadStream::new(
-        shared.max_node_field_bytes,
-        shared.config.max_report_clusters,
-    );
+    let mut machine = LoadStream::new(shared.max_node_field_bytes);
     let mut policies = shared.identities.watch();
     let mut targets = shared.registry.loads().watch_targets();
     let mut shutdown = shared.shutdown.clone();

@@ -1,5 +1,7 @@
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterStats, UpstreamLocalityStats};
+use envoy_types::pb::envoy::service::load_stats::v3::LoadStatsRequest;
+use prost::Message;
 
 use super::*;
 use crate::xds::fixtures::node;
@@ -19,15 +21,18 @@ fn stats(cluster: &str, success: u64, errors: u64, in_progress: u64) -> ClusterS
     }
 }
 
-fn req(node: Option<Node>, clusters: Vec<ClusterStats>) -> LoadStatsRequest {
-    LoadStatsRequest {
+/// A report as a stream reads it: encoded, then decoded on the wire with
+/// at most 3 clusters kept.
+fn req(node: Option<Node>, clusters: Vec<ClusterStats>) -> LoadReport {
+    let msg = LoadStatsRequest {
         node,
         cluster_stats: clusters,
-    }
+    };
+    crate::xds::lrs_codec::decode(&msg.encode_to_vec(), 3).expect("a load report")
 }
 
 fn stream() -> LoadStream {
-    LoadStream::new(64, 3)
+    LoadStream::new(64)
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! - [`delta`]: the incremental (delta) stream state machine.
 //! - [`limits`]: what one stream may make teal hold, and the errors past it.
 //! - [`status`]: what teal knows of every connected proxy.
-//! - [`load`]: what the proxies' load reports (LRS) say their traffic did.
+//! - `load`: what the proxies' load reports (LRS) say their traffic did.
 //! - `lrs`: LRS, where the proxies send those load reports.
 //! - `csds`: CSDS, that knowledge for mesh tooling, with the resources sent.
 //! - `codec`: the gRPC codec that writes pre-encoded responses.
@@ -32,6 +32,7 @@ pub(crate) mod gate;
 pub mod limits;
 pub(crate) mod load;
 pub(crate) mod lrs;
+pub(crate) mod lrs_codec;
 pub mod protocol;
 pub mod resources;
 pub(crate) mod server;

@@ -1,7 +1,8 @@
 //! Load reports count on every replica: a proxy connected only to a
 //! follower reports its traffic there, and the leader shows it (its last
 //! report in `teal proxies`, its requests in `teal status`'s measured
-//! traffic), as its analysis and drain weigh it.
+//! traffic, and as draining the fleet it has requests in flight to), as
+//! its analysis and drain weigh it.
 
 use std::time::Duration;
 
@@ -104,4 +105,15 @@ async fn the_leader_counts_the_load_reports_of_a_followers_proxy() {
             "after 20 s the leader's measured split does not count the follower's proxy: {blue}"
         );
     }
+    // blue has no weight since the flip: the leader's status names the
+    // follower's proxy as draining it, with its requests in flight.
+    let status = json(admin, &["status", "web"]).await;
+    let drain = status["services"][0]["drains"]
+        .as_array()
+        .and_then(|d| d.iter().find(|f| f["fleet"] == "blue"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no drain for blue: {status}"));
+    assert_eq!(drain["drained"], false, "{drain}");
+    assert_eq!(drain["draining"][0]["proxy"], "far-proxy", "{drain}");
+    assert_eq!(drain["draining"][0]["in_flight"], 3, "{drain}");
 }

@@ -4,63 +4,16 @@
 
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use envoy_types::pb::google::rpc::Status;
 use teal::rollout::{Outcome, Progress};
 use teal::serve::Running;
 use tokio::sync::watch;
 
-use crate::support;
+use crate::support::ads::{Answer, answering_proxy};
 use crate::support::etcd::Etcd;
 use crate::support::replica::{self, InProcessReplica};
 
 /// The leader lease of every replica here.
 const LEASE: Duration = Duration::from_secs(2);
-
-/// What the simulated proxy does with each response.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Answer {
-    Ack,
-    /// Answers nothing until told otherwise.
-    Hold,
-    /// NACKs the next response, then ACKs (the version put back).
-    NackOnce,
-}
-
-/// An ADS proxy on `port` subscribed to every type, answering each
-/// response as `answer` says when it is read.
-async fn proxy(port: u16, answer: watch::Receiver<Answer>) -> tokio::task::JoinHandle<()> {
-    let (tx, mut stream) = support::ads_subscribed_to_all(port, "far-proxy").await;
-    tokio::spawn(async move {
-        let mut answer = answer;
-        let mut acked = std::collections::HashMap::<String, String>::new();
-        let mut nacked = false;
-        while let Ok(Some(response)) = stream.message().await {
-            let Ok(mode) = answer.wait_for(|a| *a != Answer::Hold).await.map(|a| *a) else {
-                return;
-            };
-            let nack = mode == Answer::NackOnce && !nacked;
-            nacked = mode == Answer::NackOnce;
-            if !nack {
-                acked.insert(response.type_url.clone(), response.version_info.clone());
-            }
-            let request = DiscoveryRequest {
-                version_info: acked.get(&response.type_url).cloned().unwrap_or_default(),
-                type_url: response.type_url,
-                response_nonce: response.nonce,
-                error_detail: nack.then(|| Status {
-                    code: 3,
-                    message: "refused by the test".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
-            if tx.send(request).await.is_err() {
-                return;
-            }
-        }
-    })
-}
 
 /// Starts a flip of `web` to `to` on `replica`: its progress.
 async fn flip(replica: &InProcessReplica, to: &str) -> watch::Receiver<Progress> {
@@ -123,7 +76,7 @@ async fn a_flip_waits_for_a_proxy_connected_only_to_a_follower() {
     }
 
     let (answer, answers) = watch::channel(Answer::Ack);
-    let _proxy = proxy(follower.running.xds_addr.port(), answers).await;
+    let _proxy = answering_proxy(follower.running.xds_addr.port(), "far-proxy", answers).await;
     until(&leader, "mirroring the follower's synced proxy", |r| {
         r.registry.proxies().iter().any(|p| {
             p.replica.is_some()

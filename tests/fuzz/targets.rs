@@ -808,6 +808,7 @@ pub(crate) fn admin_convert(data: &[u8]) {
         rollback_to: s.rollback_to.as_ref(),
         retired: &s.retired,
         has_checks: true,
+        analysis: None,
     };
     let plan = match plan(&op, &view) {
         Ok(plan) => plan,

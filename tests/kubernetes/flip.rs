@@ -29,7 +29,7 @@ fn green_pod(i: usize, port: u16, ready: bool) -> serde_json::Value {
     )
 }
 
-async fn cli(admin: u16, args: &[&str]) -> std::process::Output {
+pub(crate) async fn cli(admin: u16, args: &[&str]) -> std::process::Output {
     Command::new(TEAL)
         .args(["--admin", &format!("127.0.0.1:{admin}")])
         .args(args)
@@ -60,7 +60,7 @@ async fn cluster_endpoints(envoy: &Envoy, cluster: &str) -> Vec<String> {
     eps
 }
 
-fn spawn_teal(
+pub(crate) fn spawn_teal(
     dir: &std::path::Path,
     log: &str,
     kubeconfig: &std::path::Path,

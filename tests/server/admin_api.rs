@@ -11,9 +11,10 @@ use std::time::{Duration, SystemTime};
 use teal::admin::Backend;
 use teal::admin::Tokens;
 use teal::metrics::Metrics;
+use teal::rollout::drain::Draining;
 use teal::rollout::{
-    CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, Reason, RolloutError,
-    ServiceStatus, ShiftSteps, Split, StatusView, Verb, Version,
+    CheckResult, FleetDrain, HistoryEntry, Operation, Outcome, Phase, Progress, Reason,
+    RolloutError, ServiceStatus, ShiftSteps, Split, StatusView, Verb, Version,
 };
 use teal::shutdown::{ShutdownTrigger, shutdown_channel};
 use teal::xds::resources::{PerType, ResourceType};
@@ -112,8 +113,25 @@ impl Backend for FakeBackend {
                 weights: split(&[("blue", 100), ("green", 0)]),
                 retired: vec![],
                 retirement: None,
+                // green has no weight, and a long request still in flight.
+                drains: vec![FleetDrain {
+                    fleet: "green".into(),
+                    proxies: 3,
+                    idle: 1,
+                    draining: vec![Draining {
+                        proxy: "edge-2".into(),
+                        in_flight: 2,
+                    }],
+                    draining_count: 1,
+                    in_flight: 2,
+                    silent: vec!["edge-3".into()],
+                    silent_count: 1,
+                }],
                 both_fleets_since: Some(now - Duration::from_secs(600)),
                 traffic: Vec::new(),
+                applied: Default::default(),
+                confirmed: None,
+                route: None,
                 last_change: Some(HistoryEntry {
                     id: 1,
                     verb: Verb::Flip,
@@ -385,6 +403,7 @@ async fn status_json_has_the_documented_fields() {
         "weights",
         "retired",
         "retirement",
+        "drains",
         "both_fleets_since_unix_ms",
         "both_fleets_for_ms",
         "last_change",
@@ -407,6 +426,78 @@ async fn status_json_has_the_documented_fields() {
         "{stdout}"
     );
     assert!(stdout.contains("converged in 340ms"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "draining:    green: 1 of 3 proxies idle; 2 requests in flight on edge-2 (2); \
+             no load reports from edge-3"
+        ),
+        "{stdout}"
+    );
+    let drain = &web["drains"][0];
+    assert_eq!(drain["fleet"], "green");
+    assert_eq!(drain["drained"], false);
+    assert_eq!(drain["draining"][0]["proxy"], "edge-2");
+    assert_eq!(drain["draining"][0]["in_flight"], 2);
+    assert_eq!(drain["not_reporting"][0], "edge-3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_drained_times_out_naming_what_holds_the_fleet_and_refuses_what_cannot_drain() {
+    let admin = start_admin().await;
+    let started = std::time::Instant::now();
+    let out = teal(
+        admin.addr,
+        &["wait", "drained", "web", "green", "--timeout", "1s"],
+    )
+    .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(started.elapsed() >= Duration::from_secs(1), "it waited");
+    assert!(
+        stderr.contains("web green did not drain within 1.0s")
+            && stderr.contains("edge-2 (2)")
+            && stderr.contains("no load reports from edge-3"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("wait drained web green: 1 of 3 proxies idle"),
+        "progress on stderr: {stderr}"
+    );
+    assert!(out.stdout.is_empty());
+    for (fleet, says) in [("blue", "takes 100%"), ("red", "no fleet \"red\"")] {
+        let out = teal(admin.addr, &["wait", "drained", "web", fleet]).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{fleet}: {stderr}");
+        assert!(stderr.contains(says), "{fleet}: {stderr}");
+    }
+    let out = teal(admin.addr, &["wait", "drained", "nope", "blue"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("unknown service"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retire_carries_its_drain_timeout_and_the_server_default_when_not_given() {
+    let admin = start_admin().await;
+    for (args, wanted) in [
+        (vec![], Duration::from_secs(300)),
+        (vec!["--drain-timeout", "0s"], Duration::ZERO),
+        (vec!["--drain-timeout", "90s"], Duration::from_secs(90)),
+    ] {
+        let mut full = vec!["--token", TOKEN, "retire", "web", "green"];
+        full.extend(&args);
+        let out = teal(admin.addr, &full).await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        let last = admin.backend.last.lock().expect("lock").clone();
+        assert!(
+            matches!(last, Some((Operation::Retire { drain_timeout, .. }, _)) if drain_timeout == wanted),
+            "{args:?}: {last:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -506,6 +597,14 @@ async fn bad_durations_and_weights_are_refused_before_sending() {
         (
             vec!["retire", "web", "blue", "--after", "soon"],
             "not a duration",
+        ),
+        (
+            vec!["retire", "web", "blue", "--drain-timeout", "25h"],
+            "out of range",
+        ),
+        (
+            vec!["wait", "drained", "web", "blue", "--timeout", "0s"],
+            "out of range",
         ),
         (vec!["shift", "web", "--weight", "green=150"], "0 to 100"),
         (vec!["shift", "web", "--weight", "green"], "FLEET=WEIGHT"),

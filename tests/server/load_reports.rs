@@ -10,16 +10,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::config::endpoint::v3::{ClusterStats, UpstreamLocalityStats};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use envoy_types::pb::envoy::service::load_stats::v3::load_reporting_service_client::LoadReportingServiceClient;
-use envoy_types::pb::envoy::service::load_stats::v3::{LoadStatsRequest, LoadStatsResponse};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
+use crate::support::lrs::{Lrs, hello, stats};
 use crate::support::pki::{Pair, Pki};
 use crate::support::world::TealProcess;
 use crate::support::{CONVERGE, TOKEN, free_port, http, show, teal_binary, wait_until};
@@ -143,64 +141,6 @@ async fn ads(
         .expect("ADS admitted")
         .expect("an ADS answer");
     (tx, stream)
-}
-
-/// A load stream that sent `first`, and teal's first answer (or why it
-/// refused).
-struct Lrs {
-    tx: mpsc::Sender<LoadStatsRequest>,
-    rx: tonic::Streaming<LoadStatsResponse>,
-}
-
-impl Lrs {
-    async fn open(
-        channel: Channel,
-        first: LoadStatsRequest,
-    ) -> (Lrs, Result<LoadStatsResponse, tonic::Status>) {
-        let (tx, rx) = mpsc::channel(64);
-        tx.send(first).await.expect("queue");
-        let mut rx = LoadReportingServiceClient::new(channel)
-            .stream_load_stats(ReceiverStream::new(rx))
-            .await
-            .expect("open the load stream")
-            .into_inner();
-        let answer = tokio::time::timeout(CONVERGE, rx.message())
-            .await
-            .expect("an answer in time")
-            .and_then(|m| m.ok_or_else(|| tonic::Status::unknown("the stream ended")));
-        (Lrs { tx, rx }, answer)
-    }
-
-    async fn report(&self, clusters: Vec<ClusterStats>) {
-        self.tx
-            .send(LoadStatsRequest {
-                node: None,
-                cluster_stats: clusters,
-            })
-            .await
-            .expect("the load stream is open");
-    }
-}
-
-fn hello(id: &str, group: &str) -> LoadStatsRequest {
-    LoadStatsRequest {
-        node: Some(node(id, group)),
-        cluster_stats: vec![],
-    }
-}
-
-fn stats(cluster: &str, success: u64, errors: u64, in_progress: u64) -> ClusterStats {
-    ClusterStats {
-        cluster_name: cluster.into(),
-        upstream_locality_stats: vec![UpstreamLocalityStats {
-            total_successful_requests: success,
-            total_error_requests: errors,
-            total_issued_requests: success.saturating_add(errors),
-            total_requests_in_progress: in_progress,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
 }
 
 async fn cli_json(admin: u16, args: &[&str]) -> Value {

@@ -16,6 +16,7 @@ mod config_limits;
 mod config_props;
 mod config_render;
 mod fuzz_replay;
+mod gates;
 mod hostile_text;
 mod load_reports;
 mod serve_binary;

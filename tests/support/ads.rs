@@ -164,3 +164,68 @@ pub async fn ads_subscribed_to_all(
         .into_inner();
     (tx, stream)
 }
+
+/// How [`answering_proxy`] answers what it receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Ack,
+    /// Answers nothing until told otherwise.
+    Hold,
+    /// Rejects the next route configuration of a version other than the
+    /// one it holds (the next change of weights), then ACKs everything
+    /// (the version put back too). A response sent again meanwhile is not
+    /// a change, so it cannot take the rejection's place.
+    NackOnce,
+    /// Rejects every route configuration of a version other than the one
+    /// it holds (any change of weights, the way back too), and ACKs the
+    /// rest.
+    NackRouteChanges,
+}
+
+/// A proxy `id` of group `edge` on teal's xDS port `port`, subscribed to
+/// every type, answering each response as `answer` says when it is read.
+pub async fn answering_proxy(
+    port: u16,
+    id: &str,
+    answer: tokio::sync::watch::Receiver<Answer>,
+) -> tokio::task::JoinHandle<()> {
+    let (tx, mut stream) = ads_subscribed_to_all(port, id).await;
+    tokio::spawn(async move {
+        let mut answer = answer;
+        let mut acked = std::collections::HashMap::<String, String>::new();
+        let mut nacked = false;
+        while let Ok(Some(response)) = stream.message().await {
+            let Ok(mode) = answer.wait_for(|a| *a != Answer::Hold).await.map(|a| *a) else {
+                return;
+            };
+            let changed_route = response.type_url.ends_with("RouteConfiguration")
+                && acked
+                    .get(&response.type_url)
+                    .is_some_and(|held| *held != response.version_info);
+            let nack = match mode {
+                Answer::NackOnce => changed_route && !nacked,
+                Answer::NackRouteChanges => changed_route,
+                Answer::Ack | Answer::Hold => false,
+            };
+            // Armed again once the proxy is told anything else.
+            nacked = mode == Answer::NackOnce && (nacked || nack);
+            if !nack {
+                acked.insert(response.type_url.clone(), response.version_info.clone());
+            }
+            let request = DiscoveryRequest {
+                version_info: acked.get(&response.type_url).cloned().unwrap_or_default(),
+                type_url: response.type_url,
+                response_nonce: response.nonce,
+                error_detail: nack.then(|| envoy_types::pb::google::rpc::Status {
+                    code: 3,
+                    message: "refused by the test".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            if tx.send(request).await.is_err() {
+                return;
+            }
+        }
+    })
+}

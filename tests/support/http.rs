@@ -6,7 +6,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,20 +45,33 @@ impl Upstream {
     /// Starts an upstream named `name` on a free port that echoes the
     /// request headers `echo` (see [`Upstream`]).
     pub async fn start_echoing(name: &str, echo: &[&str]) -> Upstream {
-        Upstream::start_inner(name, echo, None, None).await
+        Upstream::start_inner(name, echo, None, None, None).await
     }
 
     /// Starts an upstream named `name` on a free port whose [`HEALTH_PATH`]
     /// answers as `health` says (every other path answers as usual).
     pub async fn start_with_health(name: &str, health: Arc<Health>) -> Upstream {
-        Upstream::start_inner(name, &[], Some(health), None).await
+        Upstream::start_inner(name, &[], Some(health), None, None).await
     }
 
     /// Starts an upstream named `name` on a free port that answers requests
     /// for `path` (exactly, query included) only after `delay`, to keep
     /// requests in flight; every other request is answered at once.
     pub async fn start_slow(name: &str, path: &str, delay: Duration) -> Upstream {
-        Upstream::start_inner(name, &[], None, Some((path.to_owned(), delay))).await
+        Upstream::start_inner(name, &[], None, Some((path.to_owned(), delay)), None).await
+    }
+
+    /// Starts an upstream named `name` on a free port that answers one
+    /// request in `every` with `503 Service Unavailable` (the 1st, the
+    /// `every + 1`th...), on every path but [`HEALTH_PATH`], which answers
+    /// as `health` says: a fleet that passes its checks and fails real
+    /// requests.
+    pub async fn start_failing(name: &str, health: Arc<Health>, every: u64) -> Upstream {
+        let failing = Arc::new(Failing {
+            every: every.max(1),
+            seen: AtomicU64::new(0),
+        });
+        Upstream::start_inner(name, &[], Some(health), None, Some(failing)).await
     }
 
     async fn start_inner(
@@ -66,6 +79,7 @@ impl Upstream {
         echo: &[&str],
         health: Option<Arc<Health>>,
         slow: Option<(String, Duration)>,
+        failing: Option<Arc<Failing>>,
     ) -> Upstream {
         let echo: Vec<String> = echo.iter().map(|h| h.to_ascii_lowercase()).collect();
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -87,6 +101,7 @@ impl Upstream {
                     echo.clone(),
                     health.clone(),
                     slow.clone(),
+                    failing.clone(),
                 ));
                 // Reap finished connections so the set does not grow.
                 while connections.try_join_next().is_some() {}
@@ -150,20 +165,37 @@ impl Health {
     }
 }
 
+/// One request in `every` fails ([`Upstream::start_failing`]), counted
+/// over all of the upstream's connections.
+#[derive(Debug)]
+struct Failing {
+    every: u64,
+    seen: AtomicU64,
+}
+
+impl Failing {
+    fn next_fails(&self) -> bool {
+        self.seen
+            .fetch_add(1, Ordering::SeqCst)
+            .is_multiple_of(self.every)
+    }
+}
+
 /// The prefix of the response headers in which an upstream echoes request
 /// headers: `x-echo-x-teal-fleet` carries the request's `x-teal-fleet`.
 pub const ECHO_PREFIX: &str = "x-echo-";
 
 /// Answers requests on one connection until the peer closes it, echoing
 /// the request headers named in `echo` (lower case), reporting health as
-/// `health` says, and answering a request for the `slow` path only after
-/// its delay.
+/// `health` says, answering a request for the `slow` path only after its
+/// delay, and failing a share of requests as `failing` says.
 async fn serve_connection(
     mut stream: TcpStream,
     body: String,
     echo: Vec<String>,
     health: Option<Arc<Health>>,
     slow: Option<(String, Duration)>,
+    failing: Option<Arc<Failing>>,
 ) {
     let mut buf = Vec::new();
     loop {
@@ -211,6 +243,9 @@ async fn serve_connection(
                 } else {
                     ("503 Service Unavailable", "unhealthy")
                 }
+            }
+            _ if failing.as_ref().is_some_and(|f| f.next_fails()) => {
+                ("503 Service Unavailable", "failing")
             }
             _ => ("200 OK", body.as_str()),
         };
@@ -266,6 +301,19 @@ pub async fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> io::Result<
     request("GET", port, path, headers).await
 }
 
+/// [`get`] that waits up to `timeout` for the whole answer: for a request
+/// an upstream holds open on purpose, longer than [`get`] waits.
+pub async fn get_within(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> io::Result<HttpResponse> {
+    tokio::time::timeout(timeout, request_inner("GET", port, path, headers, ""))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))?
+}
+
 /// `POST path` with an empty body, otherwise like [`get`].
 pub async fn post(port: u16, path: &str, headers: &[(&str, &str)]) -> io::Result<HttpResponse> {
     request("POST", port, path, headers).await
@@ -282,6 +330,22 @@ pub async fn post_json(port: u16, path: &str, body: &str) -> io::Result<HttpResp
             &[("content-type", "application/json")],
             body,
         ),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))?
+}
+
+/// Any `method` with `body` (JSON), otherwise like [`get`].
+pub async fn send_json(
+    method: &str,
+    port: u16,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> io::Result<HttpResponse> {
+    tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        request_inner(method, port, path, &[("content-type", content_type)], body),
     )
     .await
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))?

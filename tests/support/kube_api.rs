@@ -17,8 +17,19 @@
 //!   answers such watches with an HTTP `410 Gone` instead.
 //!
 //! Objects are `discovery.k8s.io/v1` EndpointSlices built as the
-//! EndpointSlice controller writes them ([`slice`]). teal reaches the
-//! server through a kubeconfig file ([`FakeKube::kubeconfig`]).
+//! EndpointSlice controller writes them ([`slice`]), and the Gateway API's
+//! `HTTPRoute`s, `Gateway`s and (cluster-scoped) `GatewayClass`es
+//! ([`route`], [`gateway`], [`gateway_class`]), all with list/watch (label
+//! and `metadata.name` field selectors) and `GET` by name. Like a real API
+//! server it bumps `metadata.generation` when an object's `spec` changes,
+//! keeps `status` apart (written only through `.../status`), and answers a
+//! write carrying a stale `metadata.resourceVersion` with `409 Conflict`:
+//! `PUT` and merge `PATCH` of an object and of its `status`.
+//! [`FakeKube::conflict_status_writes`] makes the next status writes meet
+//! a concurrent change (another writer bumps the version just before), and
+//! [`FakeKube::status_writes`] shows every status write and its answer.
+//! teal reaches the server through a kubeconfig file
+//! ([`FakeKube::kubeconfig`]).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -45,9 +56,66 @@ pub const BOOKMARK_EVERY: Duration = Duration::from_millis(500);
 #[derive(Clone, Debug)]
 struct Change {
     rv: u64,
+    plural: String,
     namespace: String,
     kind: &'static str,
     object: Value,
+}
+
+/// One write to a `.../status` subresource, as answered.
+#[derive(Clone, Debug)]
+pub struct StatusWrite {
+    /// `PATCH` or `PUT`.
+    pub method: String,
+    /// The HTTP status answered (200, or 409 on a conflict).
+    pub code: u16,
+    /// The body sent.
+    pub body: Value,
+    /// When it arrived.
+    pub at: std::time::Instant,
+}
+
+/// (plural, namespace or "" for cluster-scoped, name).
+type Key = (String, String, String);
+
+/// The API group and version, and the kind, of each plural served.
+fn kind_of(plural: &str) -> Option<(&'static str, &'static str)> {
+    match plural {
+        "endpointslices" => Some(("discovery.k8s.io/v1", "EndpointSlice")),
+        "httproutes" => Some(("gateway.networking.k8s.io/v1", "HTTPRoute")),
+        "gateways" => Some(("gateway.networking.k8s.io/v1", "Gateway")),
+        "gatewayclasses" => Some(("gateway.networking.k8s.io/v1", "GatewayClass")),
+        _ => None,
+    }
+}
+
+fn plural_of(kind: &str) -> &'static str {
+    match kind {
+        "EndpointSlice" => "endpointslices",
+        "HTTPRoute" => "httproutes",
+        "Gateway" => "gateways",
+        "GatewayClass" => "gatewayclasses",
+        other => panic!("the fake API server does not serve {other}"),
+    }
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let t = target.as_object_mut().expect("an object");
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
 }
 
 /// What is sent on the live feed: a change, or "end every open watch
@@ -62,8 +130,12 @@ enum Live {
 #[derive(Default)]
 struct Store {
     rv: u64,
-    /// (namespace, name) -> the object as last written.
-    slices: BTreeMap<(String, String), Value>,
+    /// Every object as last written.
+    objects: BTreeMap<Key, Value>,
+    /// Status writes still to meet a concurrent change.
+    conflicts: usize,
+    /// Every status write, in order.
+    status_writes: Vec<StatusWrite>,
     /// Every change since the last compaction.
     history: Vec<Change>,
     /// Watches from a version below this get a 410.
@@ -137,56 +209,59 @@ impl FakeKube {
         path
     }
 
-    /// Creates or replaces a slice (`ADDED` or `MODIFIED`).
-    pub fn apply(&self, mut object: Value) {
+    /// Creates or replaces an object (`ADDED` or `MODIFIED`), as a client
+    /// writing the whole object would: the stored `status` stays, and
+    /// `generation` moves when `spec` changes.
+    pub fn apply(&self, object: Value) {
         let mut st = self.store.lock().expect("store");
-        st.rv += 1;
-        let rv = st.rv;
-        object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let namespace = object["metadata"]["namespace"]
-            .as_str()
-            .expect("namespace")
-            .to_owned();
-        let name = object["metadata"]["name"]
-            .as_str()
-            .expect("name")
-            .to_owned();
-        let kind = if st
-            .slices
-            .insert((namespace.clone(), name), object.clone())
-            .is_some()
-        {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        let change = Change {
-            rv,
-            namespace,
-            kind,
-            object,
-        };
-        st.history.push(change.clone());
+        st.put(object, false);
+        let change = st.history.last().cloned().expect("a change");
         let _ = self.live.send(Live::Change(change));
     }
 
     /// Deletes a slice (`DELETED`, with the object as last seen).
     pub fn delete(&self, namespace: &str, name: &str) {
         let mut st = self.store.lock().expect("store");
-        st.rv += 1;
-        let rv = st.rv;
-        let Some(mut object) = st.slices.remove(&(namespace.to_owned(), name.to_owned())) else {
+        let key = (
+            "endpointslices".to_owned(),
+            namespace.to_owned(),
+            name.to_owned(),
+        );
+        let Some(mut object) = st.objects.remove(&key) else {
             return;
         };
+        st.rv += 1;
+        let rv = st.rv;
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
         let change = Change {
             rv,
+            plural: key.0,
             namespace: namespace.to_owned(),
             kind: "DELETED",
             object,
         };
         st.history.push(change.clone());
         let _ = self.live.send(Live::Change(change));
+    }
+
+    /// The object as stored now.
+    pub fn get(&self, plural: &str, namespace: &str, name: &str) -> Option<Value> {
+        let st = self.store.lock().expect("store");
+        st.objects
+            .get(&(plural.to_owned(), namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// The next `n` status writes meet a concurrent change: just before
+    /// each, another writer changes the object (its version moves), so a
+    /// write carrying the version read is answered 409.
+    pub fn conflict_status_writes(&self, n: usize) {
+        self.store.lock().expect("store").conflicts = n;
+    }
+
+    /// Every status write so far, in order.
+    pub fn status_writes(&self) -> Vec<StatusWrite> {
+        self.store.lock().expect("store").status_writes.clone()
     }
 
     /// Forgets the history (as etcd's compaction does): every open watch
@@ -227,6 +302,97 @@ impl FakeKube {
     pub fn resource_version(&self) -> u64 {
         self.store.lock().expect("store").rv
     }
+}
+
+impl Store {
+    /// Stores `object` (whole, or only its status when `status_only`),
+    /// bumping the version and, on a new `spec`, the generation; records
+    /// the change. The caller broadcasts it.
+    fn put(&mut self, mut object: Value, status_only: bool) -> Value {
+        let plural = plural_of(object["kind"].as_str().expect("kind")).to_owned();
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .expect("name")
+            .to_owned();
+        let key = (plural.clone(), namespace.clone(), name);
+        let before = self.objects.get(&key).cloned();
+        if let Some(before) = &before {
+            if status_only {
+                let status = object["status"].take();
+                object = before.clone();
+                object["status"] = status;
+            } else if object.get("status").is_none() && before.get("status").is_some() {
+                object["status"] = before["status"].clone();
+            }
+            let generation = before["metadata"]["generation"].as_u64().unwrap_or(1);
+            let moved = object.get("spec") != before.get("spec");
+            object["metadata"]["generation"] = json!(generation + u64::from(moved));
+            object["metadata"]["uid"] = before["metadata"]["uid"].clone();
+        } else {
+            object["metadata"]["generation"] = json!(1);
+            object["metadata"]["uid"] = json!(format!("uid-{}", self.rv));
+        }
+        self.rv += 1;
+        object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        self.objects.insert(key, object.clone());
+        self.history.push(Change {
+            rv: self.rv,
+            plural,
+            namespace,
+            kind: if before.is_some() {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            },
+            object: object.clone(),
+        });
+        object
+    }
+}
+
+/// A GatewayClass whose controller is `controller`.
+pub fn gateway_class(name: &str, controller: &str) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "GatewayClass",
+        "metadata": {"name": name},
+        "spec": {"controllerName": controller}
+    })
+}
+
+/// A Gateway of class `class` with one HTTP listener.
+pub fn gateway(namespace: &str, name: &str, class: &str) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"gatewayClassName": class,
+                 "listeners": [{"name": "http", "protocol": "HTTP", "port": 80}]}
+    })
+}
+
+/// An HTTPRoute in `namespace` attached to `parents` (parentRef objects)
+/// whose one rule sends `/` to `backends` (Service name, weight).
+pub fn route(namespace: &str, name: &str, parents: Value, backends: &[(&str, i64)]) -> Value {
+    let refs: Vec<Value> = backends
+        .iter()
+        .map(|(n, w)| json!({"group": "", "kind": "Service", "name": n, "port": 80, "weight": w}))
+        .collect();
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "parentRefs": parents,
+            "hostnames": ["web.example"],
+            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                       "backendRefs": refs}]
+        }
+    })
 }
 
 /// An EndpointSlice of Service `service` in `namespace`, as the
@@ -309,6 +475,17 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Whether `object` passes a field selector (`metadata.name=X`, the only
+/// field teal selects on).
+fn fields(object: &Value, selector: Option<&str>) -> bool {
+    let Some(sel) = selector else { return true };
+    sel.split(',').all(|term| match term.split_once('=') {
+        Some(("metadata.name", v)) => object["metadata"]["name"].as_str() == Some(v),
+        Some(("metadata.namespace", v)) => object["metadata"]["namespace"].as_str() == Some(v),
+        _ => false,
+    })
+}
+
 /// Whether `object` has every label of `selector` (`k=v[,k=v...]`, the
 /// equality-based selectors teal sends).
 fn matches(object: &Value, selector: Option<&str>) -> bool {
@@ -317,6 +494,168 @@ fn matches(object: &Value, selector: Option<&str>) -> bool {
         term.split_once('=')
             .is_some_and(|(k, v)| object["metadata"]["labels"][k].as_str() == Some(v))
     })
+}
+
+/// Where a request goes: `/apis/GROUP/VERSION/[namespaces/NS/]PLURAL[/NAME[/status]]`.
+struct Target {
+    plural: String,
+    namespace: String,
+    name: Option<String>,
+    status: bool,
+}
+
+fn target(path: &str) -> Option<Target> {
+    let rest = path.strip_prefix("/apis/")?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let (group_version, rest) = parts.split_at_checked(2)?;
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] => ((*ns).to_owned(), rest),
+        rest => (String::new(), rest),
+    };
+    let (plural, name, status) = match rest {
+        [plural] => (*plural, None, false),
+        [plural, name] => (*plural, Some((*name).to_owned()), false),
+        [plural, name, "status"] => (*plural, Some((*name).to_owned()), true),
+        _ => return None,
+    };
+    let (api_version, _) = kind_of(plural)?;
+    (group_version.join("/") == api_version).then(|| Target {
+        plural: plural.to_owned(),
+        namespace,
+        name,
+        status,
+    })
+}
+
+fn not_found() -> Response<Body> {
+    full(
+        StatusCode::NOT_FOUND,
+        &status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ),
+    )
+}
+
+/// A `GET`, `PUT` or `PATCH` of one object or of its status.
+async fn one(
+    req: Request<hyper::body::Incoming>,
+    t: Target,
+    name: String,
+    store: Arc<Mutex<Store>>,
+    live: broadcast::Sender<Live>,
+) -> Response<Body> {
+    let method = req.method().clone();
+    let merge = req
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/merge-patch+json"));
+    let key = (t.plural.clone(), t.namespace.clone(), name.clone());
+    if method == hyper::Method::GET {
+        let st = store.lock().expect("store");
+        return match st.objects.get(&key) {
+            Some(o) => full(StatusCode::OK, o),
+            None => full(
+                StatusCode::NOT_FOUND,
+                &status(404, "NotFound", &format!("{} {name:?} not found", t.plural)),
+            ),
+        };
+    }
+    if method != hyper::Method::PUT && method != hyper::Method::PATCH {
+        return full(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &status(405, "MethodNotAllowed", "method not allowed"),
+        );
+    }
+    if method == hyper::Method::PATCH && !merge {
+        return full(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &status(415, "UnsupportedMediaType", "only merge patches are served"),
+        );
+    }
+    let Ok(bytes) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
+        return full(StatusCode::BAD_REQUEST, &status(400, "BadRequest", "body"));
+    };
+    let Ok(body) = serde_json::from_slice::<Value>(&bytes) else {
+        return full(
+            StatusCode::BAD_REQUEST,
+            &status(400, "BadRequest", "not JSON"),
+        );
+    };
+    let mut st = store.lock().expect("store");
+    let Some(current) = st.objects.get(&key).cloned() else {
+        return full(
+            StatusCode::NOT_FOUND,
+            &status(404, "NotFound", &format!("{} {name:?} not found", t.plural)),
+        );
+    };
+    if t.status && st.conflicts > 0 {
+        // Another writer gets there first.
+        st.conflicts -= 1;
+        let mut other = current.clone();
+        other["metadata"]["annotations"]["fake/concurrent-write"] = json!(st.rv.to_string());
+        st.put(other, false);
+        let change = st.history.last().cloned().expect("a change");
+        let _ = live.send(Live::Change(change));
+    }
+    let current = st.objects.get(&key).cloned().expect("still there");
+    let sent_rv = body["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::to_owned);
+    let conflict = sent_rv
+        .is_some_and(|rv| Some(rv.as_str()) != current["metadata"]["resourceVersion"].as_str());
+    let answer = |st: &mut Store, code: u16| {
+        if t.status {
+            st.status_writes.push(StatusWrite {
+                method: method.to_string(),
+                code,
+                body: body.clone(),
+                at: std::time::Instant::now(),
+            });
+        }
+    };
+    if conflict {
+        answer(&mut st, 409);
+        return full(
+            StatusCode::CONFLICT,
+            &status(
+                409,
+                "Conflict",
+                &format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": the object has been \
+                     modified; please apply your changes to the latest version and try again",
+                    t.plural
+                ),
+            ),
+        );
+    }
+    let mut next = if method == hyper::Method::PUT {
+        body.clone()
+    } else {
+        let mut o = current.clone();
+        merge_patch(&mut o, &body);
+        o
+    };
+    for f in ["kind", "apiVersion"] {
+        next[f] = current[f].clone();
+    }
+    next["metadata"]["name"] = current["metadata"]["name"].clone();
+    next["metadata"]["namespace"] = current["metadata"]["namespace"].clone();
+    let written = if t.status {
+        st.put(next, true)
+    } else {
+        // The main resource ignores status.
+        next["status"] = current.get("status").cloned().unwrap_or(Value::Null);
+        if next["status"].is_null() {
+            next.as_object_mut().expect("an object").remove("status");
+        }
+        st.put(next, false)
+    };
+    answer(&mut st, 200);
+    let change = st.history.last().cloned().expect("a change");
+    let _ = live.send(Live::Change(change));
+    full(StatusCode::OK, &written)
 }
 
 async fn answer(
@@ -333,33 +672,33 @@ async fn answer(
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (decode(k), decode(v)))
         .collect();
-    let Some(namespace) = path
-        .strip_prefix("/apis/discovery.k8s.io/v1/namespaces/")
-        .and_then(|rest| rest.strip_suffix("/endpointslices"))
-        .map(str::to_owned)
-    else {
-        return Ok(full(
-            StatusCode::NOT_FOUND,
-            &status(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-            ),
-        ));
+    let Some(t) = target(&path) else {
+        return Ok(not_found());
     };
+    if let Some(name) = t.name.clone() {
+        return Ok(one(req, t, name, store, live).await);
+    }
+    let (plural, namespace) = (t.plural, t.namespace);
+    let field = query.get("fieldSelector").cloned();
     let selector = query.get("labelSelector").cloned();
     if query.get("watch").map(String::as_str) != Some("true") {
         let mut st = store.lock().expect("store");
         st.lists += 1;
         let items: Vec<Value> = st
-            .slices
+            .objects
             .iter()
-            .filter(|((ns, _), o)| *ns == namespace && matches(o, selector.as_deref()))
+            .filter(|((p, ns, _), o)| {
+                *p == plural
+                    && (namespace.is_empty() || *ns == namespace)
+                    && matches(o, selector.as_deref())
+                    && fields(o, field.as_deref())
+            })
             .map(|(_, o)| o.clone())
             .collect();
+        let (api_version, kind) = kind_of(&plural).expect("a served kind");
         let list = json!({
-            "kind": "EndpointSliceList",
-            "apiVersion": "discovery.k8s.io/v1",
+            "kind": format!("{kind}List"),
+            "apiVersion": api_version,
             "metadata": {"resourceVersion": st.rv.to_string()},
             "items": items
         });
@@ -394,7 +733,11 @@ async fn answer(
             .history
             .iter()
             .filter(|c| {
-                c.rv > from && c.namespace == namespace && matches(&c.object, selector.as_deref())
+                c.rv > from
+                    && c.plural == plural
+                    && (namespace.is_empty() || c.namespace == namespace)
+                    && matches(&c.object, selector.as_deref())
+                    && fields(&c.object, field.as_deref())
             })
             .cloned()
             .collect();
@@ -420,7 +763,12 @@ async fn answer(
                 got = feed.recv() => match got {
                     Ok(Live::Change(c)) => {
                         now_rv = now_rv.max(c.rv);
-                        if c.rv <= last || c.namespace != namespace || !matches(&c.object, selector.as_deref()) {
+                        if c.rv <= last
+                            || c.plural != plural
+                            || (!namespace.is_empty() && c.namespace != namespace)
+                            || !matches(&c.object, selector.as_deref())
+                            || !fields(&c.object, field.as_deref())
+                        {
                             continue;
                         }
                         last = c.rv;
@@ -435,8 +783,9 @@ async fn answer(
                     }
                 },
                 _ = tick.tick(), if bookmarks => {
-                    let bm = json!({"type": "BOOKMARK", "object": {"kind": "EndpointSlice",
-                        "apiVersion": "discovery.k8s.io/v1",
+                    let (api_version, kind) = kind_of(&plural).expect("a served kind");
+                    let bm = json!({"type": "BOOKMARK", "object": {"kind": kind,
+                        "apiVersion": api_version,
                         "metadata": {"resourceVersion": now_rv.max(last).to_string()}}});
                     if tx.send(line(bm)).await.is_err() {
                         return;

@@ -1,7 +1,7 @@
 //! `fleets.<name>.kubernetes`: a fleet whose endpoints are a Kubernetes
 //! Service's ready EndpointSlice endpoints.
 
-use crate::config::model::{DEFAULT_SLICE_MANAGER, KubernetesFleet, KubernetesPort};
+use crate::config::model::{DEFAULT_SLICE_MANAGER, KubernetesFleet, KubernetesPort, KubernetesRef};
 use crate::config::yaml::Node;
 
 use super::values::*;
@@ -45,6 +45,83 @@ pub(super) fn kubernetes(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Kub
         port: port?,
         managed_by: managed_by?,
     })
+}
+
+/// `services.<s>.kubernetes`: `{route: {namespace, name}}`, the
+/// `HTTPRoute` that drives the service's weights.
+pub(super) fn service_route(
+    cx: &mut Cx<'_>,
+    node: &Node,
+    path: &str,
+) -> Option<Option<KubernetesRef>> {
+    let f = fields(cx, node, path, &["route"])?;
+    let route = f.required(cx, "route")?;
+    let r = object_ref(cx, route, &f.path("route"))?;
+    feature_needed(cx, node, path)?;
+    Some(Some(r))
+}
+
+/// `groups.<g>.kubernetes`: `{gateway: {namespace, name}}`, the `Gateway`
+/// the group implements.
+pub(super) fn group_gateway(
+    cx: &mut Cx<'_>,
+    node: &Node,
+    path: &str,
+) -> Option<Option<KubernetesRef>> {
+    let f = fields(cx, node, path, &["gateway"])?;
+    let gateway = f.required(cx, "gateway")?;
+    let r = object_ref(cx, gateway, &f.path("gateway"))?;
+    feature_needed(cx, node, path)?;
+    Some(Some(r))
+}
+
+/// Refuses Kubernetes settings in a teal built without the feature.
+fn feature_needed(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<()> {
+    if cfg!(not(feature = "kubernetes")) {
+        cx.err(
+            node.pos,
+            path,
+            "this teal was built without the `kubernetes` feature",
+        );
+        return None;
+    }
+    Some(())
+}
+
+/// `{namespace, name}`: a namespace (a DNS label) and an object name (a
+/// DNS subdomain), which go into URL paths.
+fn object_ref(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<KubernetesRef> {
+    let f = fields(cx, node, path, &["namespace", "name"])?;
+    let namespace = f
+        .required(cx, "namespace")
+        .and_then(|n| label(cx, n, &f.path("namespace"), "namespace"));
+    let name = f.required(cx, "name").and_then(|n| {
+        let s = text(cx, n, &f.path("name"))?;
+        if is_dns_subdomain(&s) {
+            Some(s)
+        } else {
+            cx.err(
+                n.pos,
+                &f.path("name"),
+                format!(
+                    "invalid name {s:?}: a Kubernetes object name is a DNS subdomain (lowercase \
+                     letters, digits, '-' and '.', each part starting and ending with a letter \
+                     or digit, at most 253)"
+                ),
+            );
+            None
+        }
+    });
+    Some(KubernetesRef {
+        namespace: namespace?,
+        name: name?,
+    })
+}
+
+/// A DNS subdomain as Kubernetes checks object names (RFC 1123): DNS
+/// labels joined by `.`, at most 253 in all.
+pub(crate) fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 /// `managed_by`: a label value (it goes into a label selector), or `*`

@@ -74,6 +74,8 @@ fn config(cx: &mut Cx<'_>, root: &Node) -> Option<Config> {
     // Names of every service written, valid or not, so that a route to a
     // broken service is not also reported as a route to a missing one.
     let mut service_names = BTreeSet::new();
+    // Where each service and group was written, for problems between them.
+    let mut at: BTreeMap<String, Pos> = BTreeMap::new();
     if let Some(node) = f.required(cx, "services")
         && let Some(entries) = named(cx, node, "services")
     {
@@ -103,6 +105,7 @@ fn config(cx: &mut Cx<'_>, root: &Node) -> Option<Config> {
                         clusters.insert(cluster, (key.text.clone(), fleet.clone()));
                     }
                 }
+                at.insert(join("services", &key.text), key.pos);
                 services.insert(key.text.clone(), s);
             }
         }
@@ -120,15 +123,60 @@ fn config(cx: &mut Cx<'_>, root: &Node) -> Option<Config> {
                 continue;
             }
             if let Some(g) = group(cx, value, &path, &service_names) {
+                at.insert(join("groups", &key.text), key.pos);
                 groups.insert(key.text.clone(), g);
             }
         }
     }
+    one_owner_each(cx, &services, &groups, &at);
     Some(Config { services, groups })
 }
 
+/// Two services driven by one `HTTPRoute`, or two groups implementing one
+/// `Gateway`, would each take the other's changes: refused.
+fn one_owner_each(
+    cx: &mut Cx<'_>,
+    services: &BTreeMap<String, crate::config::model::Service>,
+    groups: &BTreeMap<String, Group>,
+    at: &BTreeMap<String, Pos>,
+) {
+    let pos = |path: &str| at.get(path).copied().unwrap_or_default();
+    let mut seen = BTreeMap::new();
+    for (name, s) in services {
+        if let Some(r) = s.route()
+            && let Some(other) = seen.insert(r.clone(), name)
+        {
+            let path = join("services", name);
+            cx.err(
+                pos(&path),
+                &join(&path, "kubernetes.route"),
+                format!(
+                    "HTTPRoute {r} already drives service {other:?}; a route drives one service"
+                ),
+            );
+        }
+    }
+    let mut seen = BTreeMap::new();
+    for (name, g) in groups {
+        if let Some(r) = g.gateway()
+            && let Some(other) = seen.insert(r.clone(), name)
+        {
+            let path = join("groups", name);
+            cx.err(
+                pos(&path),
+                &join(&path, "kubernetes.gateway"),
+                format!("Gateway {r} is already implemented by group {other:?}"),
+            );
+        }
+    }
+}
+
 fn group(cx: &mut Cx<'_>, node: &Node, path: &str, services: &BTreeSet<String>) -> Option<Group> {
-    let f = fields(cx, node, path, &["listeners", "identities"])?;
+    let f = fields(cx, node, path, &["listeners", "identities", "kubernetes"])?;
+    let gateway = match f.get("kubernetes") {
+        None => Some(None),
+        Some(n) => kubernetes::group_gateway(cx, n, &f.path("kubernetes")),
+    };
     let identities = match f.get("identities") {
         None => Some(Vec::new()),
         Some(list) => identities(cx, list, &f.path("identities")),
@@ -191,9 +239,11 @@ fn group(cx: &mut Cx<'_>, node: &Node, path: &str, services: &BTreeSet<String>) 
         listeners.insert(key.text.clone(), l);
     }
     let identities = identities?;
+    let gateway = gateway?;
     ok.then_some(Group {
         listeners,
         identities,
+        gateway,
     })
 }
 

@@ -440,3 +440,121 @@ fn zones_are_printable_text() {
     let e = errors(&zoned(&"z".repeat(129)));
     assert!(e.iter().any(|e| e.contains("printable text")), "{e:?}");
 }
+
+/// MINIMAL with `analysis:` set to `body` (lines under the key).
+fn with_analysis(body: &str) -> String {
+    let indented: String = body.lines().map(|l| format!("      {l}\n")).collect();
+    MINIMAL.replace(
+        "    live: blue\n",
+        &format!("    live: blue\n    analysis:\n{indented}"),
+    )
+}
+
+#[test]
+fn an_analysis_takes_defaults_for_all_but_its_threshold() {
+    use crate::config::model::{Ratio, TooFewRequests};
+    let c = parse(&with_analysis("max_error_ratio: 1%"), "t.yaml").expect("valid");
+    let a = c.services["web"].analysis.clone().expect("an analysis");
+    assert_eq!(a.max_error_ratio, Some(Ratio::from_ppm(10_000)));
+    assert_eq!(a.max_error_ratio_over_baseline, None);
+    assert_eq!(a.min_requests, 100);
+    assert_eq!(a.window, Duration::from_secs(30));
+    assert_eq!(a.too_few_requests, TooFewRequests::Wait);
+    assert_eq!(
+        parse(MINIMAL, "t.yaml").expect("valid").services["web"].analysis,
+        None
+    );
+
+    let full = "max_error_ratio: 2.5%\nmax_error_ratio_over_baseline: 0.05%\n\
+                min_requests: 20\nwindow: 10m\ntoo_few_requests: pass";
+    let a = parse(&with_analysis(full), "t.yaml")
+        .expect("valid")
+        .services["web"]
+        .analysis
+        .clone()
+        .expect("an analysis");
+    assert_eq!(a.max_error_ratio, Some(Ratio::from_ppm(25_000)));
+    assert_eq!(a.max_error_ratio_over_baseline, Some(Ratio::from_ppm(500)));
+    assert_eq!(a.min_requests, 20);
+    assert_eq!(a.window, Duration::from_secs(600));
+    assert_eq!(a.too_few_requests, TooFewRequests::Pass);
+}
+
+#[test]
+fn a_bad_analysis_is_reported_key_by_key() {
+    let bad = "max_error_ratio: 1\nmax_error_ratio_over_baseline: 100%\nmin_requests: 0\n\
+               window: 500ms\ntoo_few_requests: maybe\nwatch: everything";
+    assert_eq!(
+        errors(&with_analysis(bad)),
+        [
+            "t.yaml:5:24: services.web.analysis.max_error_ratio: expected a percentage such as \
+             1% or 0.5%, found \"1\"",
+            "t.yaml:6:38: services.web.analysis.max_error_ratio_over_baseline: 100% is no \
+             threshold: no error ratio is over it",
+            "t.yaml:7:21: services.web.analysis.min_requests: 0 is out of range (must be from 1 \
+             to 10000000)",
+            "t.yaml:8:15: services.web.analysis.window: window 500ms is out of range (must be \
+             from 1s to 600s)",
+            "t.yaml:9:25: services.web.analysis.too_few_requests: unknown policy \"maybe\" \
+             (expected pass, fail or wait)",
+            "t.yaml:10:7: services.web.analysis.watch: unknown key \"watch\" (expected one of: \
+             max_error_ratio, max_error_ratio_over_baseline, min_requests, window, \
+             too_few_requests)",
+        ]
+    );
+    assert_eq!(
+        errors(&with_analysis("min_requests: 10")),
+        [
+            "t.yaml:5:7: services.web.analysis: an analysis needs a threshold: max_error_ratio, \
+             max_error_ratio_over_baseline, or both"
+        ]
+    );
+    assert_eq!(
+        errors(&with_analysis("window: 11m\nmax_error_ratio: 1%")),
+        [
+            "t.yaml:5:15: services.web.analysis.window: window 660s is out of range (must be \
+             from 1s to 600s)"
+        ]
+    );
+}
+
+#[test]
+fn percentages_are_read_to_a_millionth_and_shown_as_written() {
+    use crate::config::model::Ratio;
+    for (text, ppm) in [
+        ("0%", 0),
+        ("1%", 10_000),
+        ("0.5%", 5_000),
+        ("0.0001%", 1),
+        ("12.3456%", 123_456),
+        ("100%", 1_000_000),
+        ("007%", 70_000),
+    ] {
+        let r = Ratio::parse_percent(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(r.ppm(), ppm, "{text}");
+    }
+    for (ppm, shown) in [
+        (0, "0%"),
+        (10_000, "1%"),
+        (5_000, "0.5%"),
+        (123_450, "12.345%"),
+    ] {
+        assert_eq!(Ratio::from_ppm(ppm).to_string(), shown);
+    }
+    for bad in [
+        "",
+        "%",
+        "1",
+        "1.%",
+        ".5%",
+        "1.23456%",
+        "-1%",
+        "100.0001%",
+        "101%",
+        "1 %",
+        "1e2%",
+        "99999999999%",
+    ] {
+        assert!(Ratio::parse_percent(bad).is_err(), "{bad:?} accepted");
+    }
+}

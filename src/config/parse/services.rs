@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::config::model::{
-    Check, Endpoint, EndpointSource, Fleet, HealthCheck, MAX_ENDPOINT_WEIGHT, OutlierDetection,
-    Protocol, Retries, Service,
+    ANALYSIS_WINDOW, Analysis, Check, Endpoint, EndpointSource, Fleet, HealthCheck,
+    MAX_ENDPOINT_WEIGHT, OutlierDetection, Protocol, Ratio, Retries, Service, TooFewRequests,
 };
 use crate::config::yaml::{Node, Value};
 
@@ -42,6 +42,8 @@ pub(super) fn service(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Servic
             "health_check",
             "outlier_detection",
             "checks",
+            "analysis",
+            "kubernetes",
         ],
     )?;
     // Every part is read (and its problems reported) before any missing
@@ -62,7 +64,30 @@ pub(super) fn service(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Servic
         .get("outlier_detection")
         .map(|n| outlier_detection(cx, n, &f.path("outlier_detection")));
     let checks = checks(cx, &f);
+    let analysis = f
+        .get("analysis")
+        .map(|n| analysis(cx, n, &f.path("analysis")));
+    let route = match f.get("kubernetes") {
+        None => Some(None),
+        Some(n) => super::kubernetes::service_route(cx, n, &f.path("kubernetes")),
+    };
+    // A route's backends are Services: with no Kubernetes fleet, none of
+    // them could ever be one of this service's fleets.
+    if let (Some(Some(r)), Some(n)) = (&route, f.get("kubernetes"))
+        && fleets_ok
+        && fleets.values().all(|fl| fl.kubernetes().is_none())
+    {
+        cx.err(
+            n.pos,
+            &f.path("kubernetes.route"),
+            format!(
+                "HTTPRoute {r} can drive only fleets whose endpoints come from Kubernetes \
+                 (`kubernetes: {{namespace, service}}`), and this service has none"
+            ),
+        );
+    }
     Some(Service {
+        route: route?,
         fleets: fleets_ok.then_some(fleets)?,
         live: live?,
         protocol: protocol?,
@@ -72,7 +97,113 @@ pub(super) fn service(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Servic
         health_check: health_check.map_or(Some(None), |r| r.map(Some))?,
         outlier_detection: outlier_detection.map_or(Some(None), |r| r.map(Some))?,
         checks: checks?,
+        analysis: analysis.map_or(Some(None), |r| r.map(Some))?,
     })
+}
+
+/// The most `analysis.min_requests` may ask for.
+const MAX_MIN_REQUESTS: u32 = 10_000_000;
+
+/// `analysis`: thresholds on the error ratio a fleet gaining traffic shows
+/// in the proxies' load reports; at least one of the two.
+pub(super) fn analysis(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Analysis> {
+    let f = fields(
+        cx,
+        node,
+        path,
+        &[
+            "max_error_ratio",
+            "max_error_ratio_over_baseline",
+            "min_requests",
+            "window",
+            "too_few_requests",
+        ],
+    )?;
+    let mut threshold = |key: &str| match f.get(key) {
+        None => Some(None),
+        Some(n) => below_whole(cx, n, &f.path(key)).map(Some),
+    };
+    let max = threshold("max_error_ratio");
+    let over = threshold("max_error_ratio_over_baseline");
+    if f.get("max_error_ratio").is_none() && f.get("max_error_ratio_over_baseline").is_none() {
+        cx.err(
+            f.pos,
+            path,
+            "an analysis needs a threshold: max_error_ratio, max_error_ratio_over_baseline, \
+             or both",
+        );
+    }
+    let min_requests = opt_uint(cx, &f, "min_requests", 100, 1, MAX_MIN_REQUESTS);
+    let window = match f.get("window") {
+        None => Some(Duration::from_secs(30)),
+        Some(n) => {
+            let wpath = f.path("window");
+            duration(cx, n, &wpath, false).and_then(|w| {
+                let (lo, hi) = ANALYSIS_WINDOW;
+                if (lo..=hi).contains(&w) {
+                    Some(w)
+                } else {
+                    cx.err(
+                        n.pos,
+                        &wpath,
+                        format!("window {w:?} is out of range (must be from {lo:?} to {hi:?})"),
+                    );
+                    None
+                }
+            })
+        }
+    };
+    let too_few = match f.get("too_few_requests") {
+        None => Some(TooFewRequests::default()),
+        Some(n) => {
+            let tpath = f.path("too_few_requests");
+            match text(cx, n, &tpath).as_deref() {
+                Some("pass") => Some(TooFewRequests::Pass),
+                Some("fail") => Some(TooFewRequests::Fail),
+                Some("wait") => Some(TooFewRequests::Wait),
+                Some(other) => {
+                    cx.err(
+                        n.pos,
+                        &tpath,
+                        format!("unknown policy {other:?} (expected pass, fail or wait)"),
+                    );
+                    None
+                }
+                None => None,
+            }
+        }
+    };
+    let (max, over) = (max?, over?);
+    if max.is_none() && over.is_none() {
+        return None;
+    }
+    Some(Analysis {
+        max_error_ratio: max,
+        max_error_ratio_over_baseline: over,
+        min_requests: min_requests?,
+        window: window?,
+        too_few_requests: too_few?,
+    })
+}
+
+/// A percentage below 100%: no error ratio can be over 100%.
+fn below_whole(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Ratio> {
+    let s = text(cx, node, path)?;
+    match Ratio::parse_percent(&s) {
+        Ok(r) if r.ppm() < Ratio::WHOLE => Some(r),
+        Ok(_) => {
+            cx.err(
+                node.pos,
+                path,
+                "100% is no threshold: no error ratio is over it",
+            );
+            None
+        }
+        Err(e) => {
+            cx.err(node.pos, path, e);
+            None
+        }
+    }
 }
 
 /// `fleets`: the fleets that are right, every name given (for the
