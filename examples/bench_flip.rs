@@ -5,6 +5,7 @@
 //! cargo build --release --bin teal --example bench_flip
 //! cargo run --release --example bench_flip -- --envoys 20 --flips 20 \
 //!     --modes teal,teal-cli,teal-mtls,envoy-file,envoy-file-each
+//! cargo run --release --example bench_flip -- --envoys 20 --flips 20 --modes teal --lrs off
 //! ```
 //!
 //! Two local upstreams answer `blue` and `green`. For each mode, N Envoys
@@ -38,6 +39,14 @@
 //! so Linux's autogroup scheduler gives it a share of the cores as a
 //! container of its own would get; `--teal-session shared` leaves it in the
 //! benchmark's session, one process among N busy Envoys.
+//!
+//! The Envoys teal feeds send it load reports (LRS) as the bundled
+//! bootstraps do; `--lrs off` removes `load_stats_config` from their
+//! bootstraps, to measure what reporting costs a flip. Before the flips,
+//! `--baseline` seconds (default 3) of probe traffic alone measure the
+//! CPU everything takes without a switch; for teal modes teal's own CPU
+//! per second over that span is printed too (with LRS on, mostly the
+//! reports).
 //!
 //! A prober sends `GET /` to every Envoy at `--probe-hz` on a kept-alive
 //! connection. Per flip it reports the data-plane time: from the command
@@ -78,6 +87,8 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
         gap: Duration::from_millis(300),
         teal_own_session: true,
         teal_binary: bench_common::default_teal_binary(),
+        load_reports: true,
+        baseline: Duration::from_secs(3),
     };
     let mut kinds = vec![Kind::Teal, Kind::EnvoyFile];
     let mut it = args.into_iter();
@@ -92,6 +103,14 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
             "--probe-hz" => o.probe_hz = value()?.parse()?,
             "--teal-session" => o.teal_own_session = bench_common::parse_teal_session(&value()?)?,
             "--teal" => o.teal_binary = Some(value()?.into()),
+            "--lrs" => {
+                o.load_reports = match value()?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => anyhow::bail!("--lrs is on or off, not {other:?}"),
+                }
+            }
+            "--baseline" => o.baseline = Duration::from_secs(value()?.parse()?),
             "--modes" => {
                 kinds = value()?
                     .split(',')
@@ -99,17 +118,18 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
                     .collect::<anyhow::Result<_>>()?
             }
             other => anyhow::bail!(
-                "unknown flag {other}; use --envoys N --flips N --probe-hz N --modes teal,teal-cli,teal-mtls,teal-ha,envoy-file,envoy-file-each,envoy-file-teal-routes --teal-session own|shared --teal PATH"
+                "unknown flag {other}; use --envoys N --flips N --probe-hz N --modes teal,teal-cli,teal-mtls,teal-ha,envoy-file,envoy-file-each,envoy-file-teal-routes --teal-session own|shared --teal PATH --lrs on|off --baseline SECONDS"
             ),
         }
     }
     let ups = bench_common::upstreams().await;
     let ports = [ups[0].port, ups[1].port];
     println!(
-        "{} Envoys, {} flips, probe {} Hz per Envoy; load average {}",
+        "{} Envoys, {} flips, probe {} Hz per Envoy; teal's Envoys send load reports: {}; load average {}",
         o.proxies,
         o.switches,
         o.probe_hz,
+        if o.load_reports { "on" } else { "off" },
         load_average()
     );
     println!(
@@ -154,6 +174,21 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
             r.data_plane.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
             load_average()
         );
+        if let Some((cpu, rss)) = r.teal_idle {
+            println!(
+                "  {}: teal CPU {} ms per second over the {:?} of probe traffic before the flips; teal RSS {:.1} MiB",
+                kind.name(),
+                ms(cpu),
+                o.baseline,
+                rss as f64 / 1024.0
+            );
+        }
+        if let Some((reporting, routing, requests)) = r.load_reports {
+            println!(
+                "  {}: {reporting} of {routing} Envoys reporting load; {requests} requests measured over teal's status window",
+                kind.name(),
+            );
+        }
     }
     Ok(())
 }

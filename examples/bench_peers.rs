@@ -49,6 +49,8 @@ async fn bench(args: Vec<String>) -> anyhow::Result<()> {
         gap: Duration::from_millis(500),
         teal_own_session: true,
         teal_binary: bench_common::default_teal_binary(),
+        load_reports: true,
+        baseline: Duration::from_secs(3),
     };
     let mut kinds = vec![Kind::Teal, Kind::EnvoyFile, Kind::Nginx, Kind::Haproxy];
     let mut it = args.into_iter();

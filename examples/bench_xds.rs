@@ -4,6 +4,7 @@
 //! cargo run --release --example bench_xds -- --streams 10000 --pushes 5
 //! cargo run --release --example bench_xds -- --streams 10000 --per-conn 1 --tls
 //! cargo run --release --example bench_xds -- --streams 10000 --pushes 3 --bare
+//! cargo run --release --example bench_xds -- --streams 10000 --pushes 3 --flip --lrs
 //! ```
 //!
 //! With `--tls` the xDS port speaks TLS, with a CA and a server
@@ -37,6 +38,32 @@
 //! the benchmark's command to each client's receipt, and the server CPU
 //! until the flip's outcome (every ACK handled).
 //!
+//! With `--lrs` (which needs `--flip`), each simulated client also
+//! reports its load over LRS, as Envoy with `load_stats_config` does:
+//! once every ADS stream has its routes, each client opens a load stream
+//! on the same HTTP/2 connection as its ADS stream (teal admits a load
+//! stream only for a node with an xDS stream in the same group), and
+//! from then on sends, every interval teal asks for (`--lrs-interval`,
+//! teal's `--load-report-interval`, default 1 s), a report naming every
+//! cluster teal's answer names, each with four successful requests, one
+//! error and one request in progress, through the rest of the run and
+//! the flips. A proxy holds two streams then, so `--per-conn` defaults to
+//! 50 (teal's `--max-streams-per-connection` is 100).
+//!
+//! Before the pushes, the benchmark measures an idle span (`--idle`
+//! seconds, default 10): the server's and the clients' CPU while nothing
+//! changes, which with `--lrs` is the cost of taking the reports; and
+//! whether the clients kept up: reports sent against those due, and how
+//! late the latest was. The server's own count of what it took comes from
+//! `teal status` (the measured traffic of `svc0`). Resident memory is
+//! read with the ADS streams alone, and again once the load streams have
+//! reported for a few intervals: the difference is what a proxy's load
+//! reporting costs the server.
+//!
+//! `BENCH_XDS_WRAP="heaptrack -o FILE"` runs the child under that
+//! command (a heap profiler here); the CPU and memory printed are then
+//! the wrapper's.
+//!
 //! With `--callgrind FILE`, the child runs under `valgrind
 //! --tool=callgrind` with instrumentation off until the first push and on
 //! through the last, then dumps to FILE: an instruction-exact profile of
@@ -47,11 +74,12 @@
 use std::io::{BufRead, Write};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterStats, UpstreamLocalityStats};
 use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, VirtualHost, WeightedCluster, route::Action,
     route_action::ClusterSpecifier, weighted_cluster::ClusterWeight,
@@ -59,6 +87,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::service::discovery::v3::{
     DiscoveryRequest, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
 };
+use envoy_types::pb::envoy::service::load_stats::v3::{LoadStatsRequest, LoadStatsResponse};
 use envoy_types::pb::google::protobuf::UInt32Value;
 use teal::xds::resources::ResourceType;
 use teal::xds::snapshot::{GroupResources, SnapshotInput};
@@ -137,7 +166,12 @@ impl Pipe {
 
     /// Waits for the next push; `false` once the benchmark is done.
     async fn next(&mut self) -> anyhow::Result<bool> {
-        Ok(self.lines.next_line().await?.is_some())
+        Ok(self.next_line().await?.is_some())
+    }
+
+    /// The next command line; `None` once the benchmark is done.
+    async fn next_line(&mut self) -> anyhow::Result<Option<String>> {
+        Ok(self.lines.next_line().await?)
     }
 
     async fn say(&mut self, line: &str) -> anyhow::Result<()> {
@@ -343,25 +377,46 @@ fn teal_config() -> String {
     yaml
 }
 
-/// The server side of `--flip`: `teal serve`, and a flip of `svc0` per
-/// stdin line, answered `flipped <command to outcome µs> <outcome>`.
-async fn serve_teal() -> anyhow::Result<()> {
+/// The server side of `--flip`: `teal serve` asking for load reports
+/// every `interval`, and per stdin line a flip of `svc0` (`flip`),
+/// answered `flipped <command to outcome µs> <outcome>`, or what its
+/// status says of `svc0`'s measured traffic (`traffic`), answered
+/// `traffic <requests reported since teal started> <proxies reporting>
+/// <proxies routing>` (requests summed over the fleets, proxies the
+/// fewest of any fleet).
+async fn serve_teal(interval: Duration) -> anyhow::Result<()> {
     use teal::admin::Backend;
     use teal::rollout::Operation;
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("teal.yaml");
     std::fs::write(&config, teal_config())?;
     let (_trigger, shutdown) = teal::shutdown::shutdown_channel();
-    let running = teal::serve::start(
-        teal::serve::ServeOptions {
-            watch_interval: Duration::from_secs(3600),
-            ..teal::serve::ServeOptions::local(Some(config))
-        },
-        shutdown,
-    )
-    .await?;
+    let mut options = teal::serve::ServeOptions {
+        watch_interval: Duration::from_secs(3600),
+        ..teal::serve::ServeOptions::local(Some(config))
+    };
+    options.xds.load_reports.interval = interval;
+    let running = teal::serve::start(options, shutdown).await?;
     let mut pipe = Pipe::announce(running.xds_addr.port()).await?;
-    while pipe.next().await? {
+    while let Some(command) = pipe.next_line().await? {
+        if command.trim() == "traffic" {
+            let status = running.controller.status(Some("svc0")).await?;
+            let fleets = status
+                .services
+                .first()
+                .map(|s| s.traffic.clone())
+                .unwrap_or_default();
+            let total: u64 = fleets.iter().map(|f| f.total_requests).sum();
+            let reporting = fleets
+                .iter()
+                .map(|f| f.proxies_reporting)
+                .min()
+                .unwrap_or(0);
+            let routing = fleets.iter().map(|f| f.proxies_routing).max().unwrap_or(0);
+            pipe.say(&format!("traffic {total} {reporting} {routing}"))
+                .await?;
+            continue;
+        }
         let start = Instant::now();
         let mut rx = running
             .controller
@@ -394,17 +449,33 @@ struct Args {
     tls: bool,
     flip: bool,
     bare: bool,
+    /// Each client reports its load too.
+    lrs: bool,
+    /// How often teal asks for load reports.
+    lrs_interval: Duration,
+    /// Which node the load messages carry.
+    lrs_node: LrsNode,
+    /// The idle span measured before the pushes.
+    idle: Duration,
     callgrind: Option<std::path::PathBuf>,
 }
+
+/// teal's default `--max-streams-per-connection`: with `--lrs` each
+/// simulated proxy holds two streams (ADS and LRS) on its connection.
+const SERVER_STREAMS_PER_CONN: usize = 100;
 
 fn args() -> anyhow::Result<Args> {
     let mut a = Args {
         streams: 1000,
-        per_conn: 100,
+        per_conn: 0,
         pushes: 5,
         tls: false,
         flip: false,
         bare: false,
+        lrs: false,
+        lrs_interval: Duration::from_secs(1),
+        lrs_node: LrsNode::Envoy,
+        idle: Duration::from_secs(10),
         callgrind: None,
     };
     let mut it = std::env::args().skip(1);
@@ -427,6 +498,18 @@ fn args() -> anyhow::Result<Args> {
             a.bare = true;
             continue;
         }
+        if flag == "--lrs" {
+            a.lrs = true;
+            continue;
+        }
+        if flag == "--lrs-node" {
+            a.lrs_node = match it.next().as_deref() {
+                Some("envoy") => LrsNode::Envoy,
+                Some("first") => LrsNode::First,
+                other => anyhow::bail!("--lrs-node is envoy or first, not {other:?}"),
+            };
+            continue;
+        }
         if flag == "--callgrind" {
             a.callgrind = Some(
                 it.next()
@@ -439,10 +522,32 @@ fn args() -> anyhow::Result<Args> {
             "--streams" => a.streams = value()?,
             "--per-conn" => a.per_conn = value()?.max(1),
             "--pushes" => a.pushes = value()?,
+            "--lrs-interval" => a.lrs_interval = Duration::from_millis(value()? as u64),
+            "--idle" => a.idle = Duration::from_secs(value()? as u64),
             other => anyhow::bail!(
-                "unknown flag {other}; use --streams N --per-conn N --pushes N [--tls | --flip | --bare] [--callgrind FILE]"
+                "unknown flag {other}; use --streams N --per-conn N --pushes N --idle SECONDS [--tls | --flip [--lrs [--lrs-interval MS] [--lrs-node envoy|first]] | --bare] [--callgrind FILE]"
             ),
         }
+    }
+    let streams_per_proxy = if a.lrs { 2 } else { 1 };
+    if a.per_conn == 0 {
+        a.per_conn = SERVER_STREAMS_PER_CONN / streams_per_proxy;
+    }
+    if a.per_conn * streams_per_proxy > SERVER_STREAMS_PER_CONN {
+        anyhow::bail!(
+            "--per-conn {} needs {} streams per connection; teal allows {SERVER_STREAMS_PER_CONN} \
+             (with --lrs each client holds an ADS and a load stream)",
+            a.per_conn,
+            a.per_conn * streams_per_proxy
+        );
+    }
+    if a.lrs && !a.flip {
+        anyhow::bail!(
+            "--lrs needs --flip: only teal serve asks for load reports (its controller names the clusters)"
+        );
+    }
+    if !(100..=60_000).contains(&a.lrs_interval.as_millis()) {
+        anyhow::bail!("--lrs-interval is 100 to 60000 ms, as teal's --load-report-interval");
     }
     if a.bare && (a.tls || a.flip) {
         anyhow::bail!("--bare is the plain publish, without TLS or a flip");
@@ -472,6 +577,24 @@ fn proc_stats(pid: u32) -> anyhow::Result<(u64, Duration)> {
     Ok((rss, Duration::from_millis(ticks * 10)))
 }
 
+/// What the `--flip` child's status says of `svc0`'s traffic: requests
+/// reported since it started, proxies reporting, proxies routing.
+fn traffic(
+    child_in: &mut std::process::ChildStdin,
+    child_out: &mut std::io::BufReader<std::process::ChildStdout>,
+) -> anyhow::Result<(u64, usize, usize)> {
+    child_in.write_all(b"traffic\n")?;
+    child_in.flush()?;
+    let mut line = String::new();
+    child_out.read_line(&mut line)?;
+    match line.split_whitespace().collect::<Vec<_>>()[..] {
+        ["traffic", total, reporting, routing] => {
+            Ok((total.parse()?, reporting.parse()?, routing.parse()?))
+        }
+        _ => anyhow::bail!("unexpected server output {line:?}"),
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -480,20 +603,342 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// What the simulated clients' load streams share: the signal to open
+/// them, and counts the benchmark reads.
+struct LoadClients {
+    /// Which node the load messages carry.
+    node: LrsNode,
+    /// The node's fields but id and group, encoded once for all.
+    node_rest: bytes::Bytes,
+    /// Set when the load streams may open (the ADS streams are synced and
+    /// their memory measured).
+    go: tokio::sync::Notify,
+    opened: AtomicBool,
+    /// Load streams teal answered.
+    admitted: AtomicUsize,
+    /// Load streams that failed (refused, or ended by teal).
+    failed: AtomicUsize,
+    /// Reports sent.
+    sent: AtomicU64,
+    /// Reports sent later than half an interval after they were due.
+    late: AtomicU64,
+    /// The latest any report was, in µs, since the last reset.
+    max_late_us: AtomicU64,
+}
+
+impl LoadClients {
+    fn new(node: LrsNode) -> LoadClients {
+        use prost::Message;
+        LoadClients {
+            node,
+            node_rest: envoy_like_node().encode_to_vec().into(),
+            go: tokio::sync::Notify::new(),
+            opened: AtomicBool::new(false),
+            admitted: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            sent: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            max_late_us: AtomicU64::new(0),
+        }
+    }
+
+    fn open(&self) {
+        self.opened.store(true, Ordering::SeqCst);
+        self.go.notify_waiters();
+    }
+
+    async fn wait_open(&self) {
+        let notified = self.go.notified();
+        if self.opened.load(Ordering::SeqCst) {
+            return;
+        }
+        notified.await;
+    }
+}
+
+fn proto_duration(d: Duration) -> envoy_types::pb::google::protobuf::Duration {
+    envoy_types::pb::google::protobuf::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// Which node a simulated proxy's load messages carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LrsNode {
+    /// Every message carries the whole node, as large as Envoy 1.40's,
+    /// as Envoy sends it (its load reporter puts the node in every
+    /// report; `set_node_on_first_message_only` is for xDS only).
+    Envoy,
+    /// Only the first message names the node, with its id and group
+    /// alone; the reports carry none.
+    First,
+}
+
+/// The extensions Envoy 1.40 lists in its node, measured from its admin
+/// `/server_info` (`envoy/edge.yaml`): 516 of them in 108 categories,
+/// names of 33 bytes and categories of 24 on average, 428 with one type
+/// URL of 64 bytes. Together 60.9 kB of protobuf, in every report: teal
+/// received 61 kB per second from each Envoy reporting every second.
+const ENVOY_EXTENSIONS: usize = 516;
+
+/// A node with Envoy 1.40's fields but its id and group: its build, its
+/// client features, and extensions of the sizes [`ENVOY_EXTENSIONS`]
+/// describes (made up names, the same lengths).
+fn envoy_like_node() -> Node {
+    use envoy_types::pb::envoy::config::core::v3::{BuildVersion, Extension, node};
+    use envoy_types::pb::envoy::r#type::v3::SemanticVersion;
+    let fit = |mut text: String, len: usize| {
+        text.truncate(len);
+        while text.len() < len {
+            text.push('x');
+        }
+        text
+    };
+    let extensions = (0..ENVOY_EXTENSIONS)
+        .map(|i| Extension {
+            name: fit(format!("envoy.filters.bench.extension_{i:04}"), 33),
+            category: fit(format!("envoy.bench.category_{:03}", i % 108), 24),
+            type_urls: if i % 6 == 0 && i / 6 < 88 {
+                vec![]
+            } else {
+                vec![fit(
+                    format!("envoy.extensions.bench.v3.ExtensionConfigurationNumber{i:04}"),
+                    64,
+                )]
+            },
+            ..Default::default()
+        })
+        .collect();
+    let metadata = [
+        ("revision.sha", "9e5580933739775e8bce696a57a2e1bc99368f23"),
+        ("build.type", "RELEASE"),
+        ("revision.status", "Clean"),
+        ("ssl.version", "BoringSSL"),
+    ];
+    Node {
+        user_agent_name: "envoy".into(),
+        user_agent_version_type: Some(node::UserAgentVersionType::UserAgentBuildVersion(
+            BuildVersion {
+                version: Some(SemanticVersion {
+                    major_number: 1,
+                    minor_number: 40,
+                    patch: 0,
+                }),
+                metadata: Some(envoy_types::pb::google::protobuf::Struct {
+                    fields: metadata
+                        .iter()
+                        .map(|(k, v)| {
+                            (
+                                (*k).to_owned(),
+                                envoy_types::pb::google::protobuf::Value {
+                                    kind: Some(
+                                        envoy_types::pb::google::protobuf::value::Kind::StringValue(
+                                            (*v).to_owned(),
+                                        ),
+                                    ),
+                                },
+                            )
+                        })
+                        .collect(),
+                }),
+            },
+        )),
+        extensions,
+        client_features: vec!["envoy.lrs.supports_send_all_clusters".into()],
+        ..Default::default()
+    }
+}
+
+/// A load message as the simulated proxies send it: pieces of one
+/// encoded `LoadStatsRequest`, written one after the other (protobuf
+/// fields concatenate), so what every message repeats is encoded once
+/// for all clients and only copied into each message, as a proxy would.
+struct RawLoadMessage(Vec<bytes::Bytes>);
+
+/// The client's codec for load streams: writes [`RawLoadMessage`]s,
+/// decodes teal's answers with prost.
+#[derive(Clone, Copy, Default)]
+struct RawLoadCodec;
+
+struct RawLoadEncoder;
+
+impl tonic::codec::Encoder for RawLoadEncoder {
+    type Item = RawLoadMessage;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: RawLoadMessage,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        for piece in item.0 {
+            bytes::BufMut::put_slice(dst, &piece);
+        }
+        Ok(())
+    }
+}
+
+impl tonic::codec::Codec for RawLoadCodec {
+    type Encode = RawLoadMessage;
+    type Decode = LoadStatsResponse;
+    type Encoder = RawLoadEncoder;
+    type Decoder = tonic_prost::ProstDecoder<LoadStatsResponse>;
+
+    fn encoder(&mut self) -> RawLoadEncoder {
+        RawLoadEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::default()
+    }
+}
+
+/// The `node` field of a `LoadStatsRequest` for node `id` of group
+/// `bench`, whose other node fields are `rest` (an encoded `Node`): its
+/// header, id and group, to be followed by `rest`.
+fn node_head(id: &str, rest: &[u8]) -> bytes::Bytes {
+    use prost::Message;
+    let named = Node {
+        id: id.to_owned(),
+        cluster: "bench".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut head = Vec::with_capacity(named.len() + 8);
+    prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut head);
+    prost::encoding::encode_varint((named.len() + rest.len()) as u64, &mut head);
+    head.extend_from_slice(&named);
+    head.into()
+}
+
+/// The `cluster_stats` of a report naming `clusters`, each with four
+/// successful requests, one error and one request in progress over
+/// `interval`, encoded.
+fn report_stats(clusters: &[String], interval: Duration) -> bytes::Bytes {
+    use prost::Message;
+    LoadStatsRequest {
+        node: None,
+        cluster_stats: clusters
+            .iter()
+            .map(|c| ClusterStats {
+                cluster_name: c.clone(),
+                upstream_locality_stats: vec![UpstreamLocalityStats {
+                    total_successful_requests: 4,
+                    total_error_requests: 1,
+                    total_issued_requests: 5,
+                    total_requests_in_progress: 1,
+                    ..Default::default()
+                }],
+                load_report_interval: Some(proto_duration(interval)),
+                ..Default::default()
+            })
+            .collect(),
+    }
+    .encode_to_vec()
+    .into()
+}
+
+const STREAM_LOAD_STATS: &str = "/envoy.service.load_stats.v3.LoadReportingService/StreamLoadStats";
+
+/// One simulated proxy's load stream, as Envoy's: opened on the ADS
+/// stream's connection, first message names the node, then a report per
+/// interval teal asks for, naming every cluster teal asks for, until the
+/// benchmark ends. `rest` is the rest of the node ([`envoy_like_node`]
+/// encoded), which every message repeats with [`LrsNode::Envoy`].
+async fn report_load(
+    channel: tonic::transport::Channel,
+    id: String,
+    shared: Arc<LoadClients>,
+) -> anyhow::Result<()> {
+    shared.wait_open().await;
+    let rest = match shared.node {
+        LrsNode::Envoy => shared.node_rest.clone(),
+        LrsNode::First => bytes::Bytes::new(),
+    };
+    let head = node_head(&id, &rest);
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(RawLoadMessage(vec![head.clone(), rest.clone()]))
+        .await?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await?;
+    let mut answers = grpc
+        .streaming(
+            tonic::Request::new(ReceiverStream::new(rx)),
+            http::uri::PathAndQuery::from_static(STREAM_LOAD_STATS),
+            RawLoadCodec,
+        )
+        .await?
+        .into_inner();
+    let mut asked = answers
+        .message()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("teal ended the load stream without an answer"))?;
+    shared.admitted.fetch_add(1, Ordering::Relaxed);
+    let every_report = match shared.node {
+        LrsNode::Envoy => vec![head, rest],
+        LrsNode::First => vec![],
+    };
+    loop {
+        let interval = asked
+            .load_reporting_interval
+            .and_then(|d| {
+                Some(Duration::new(
+                    u64::try_from(d.seconds).ok()?,
+                    u32::try_from(d.nanos).ok()?,
+                ))
+            })
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| anyhow::anyhow!("teal asked for no interval"))?;
+        let stats = report_stats(&asked.clusters, interval);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        // Envoy's report timer is re-armed after each report, so a late
+        // report delays the next rather than bunching them.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                due = tick.tick() => {
+                    let mut pieces = every_report.clone();
+                    pieces.push(stats.clone());
+                    tx.send(RawLoadMessage(pieces)).await?;
+                    shared.sent.fetch_add(1, Ordering::Relaxed);
+                    let late = due.elapsed();
+                    if late > interval / 2 {
+                        shared.late.fetch_add(1, Ordering::Relaxed);
+                    }
+                    shared
+                        .max_late_us
+                        .fetch_max(late.as_micros() as u64, Ordering::Relaxed);
+                }
+                answer = answers.message() => {
+                    asked = answer?
+                        .ok_or_else(|| anyhow::anyhow!("teal ended the load stream"))?;
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// One simulated client: subscribes, ACKs everything, reports when it
-/// receives each route version.
+/// receives each route version; with `load`, opens its load stream once
+/// it has its routes and the benchmark says so.
 async fn client(
-    mut ads: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    channel: tonic::transport::Channel,
     id: usize,
     route: &'static str,
     seen: mpsc::UnboundedSender<(String, Instant)>,
+    load: Option<Arc<LoadClients>>,
 ) -> anyhow::Result<()> {
+    let mut ads =
+        AggregatedDiscoveryServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20);
     let (tx, rx) = mpsc::channel(8);
     let node = Node {
         id: format!("sim-{id}"),
         cluster: "bench".into(),
         ..Default::default()
     };
+    let mut load = load.map(|l| (channel, l));
     let request =
         |ty: ResourceType, names: &[&str], nonce: String, version: String| DiscoveryRequest {
             node: Some(node.clone()),
@@ -527,6 +972,17 @@ async fn client(
             .ok_or_else(|| anyhow::anyhow!("unexpected type {}", resp.type_url))?;
         if ty == ResourceType::Route {
             let _ = seen.send((resp.version_info.clone(), Instant::now()));
+            if let Some((channel, shared)) = load.take() {
+                let node_id = node.id.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = report_load(channel, node_id, shared.clone()).await
+                        && !DONE.load(Ordering::Relaxed)
+                        && shared.failed.fetch_add(1, Ordering::Relaxed) < 3
+                    {
+                        eprintln!("client {id}: load stream: {e}");
+                    }
+                });
+            }
         }
         let names: &[&str] = if ty == ResourceType::Route {
             &[route]
@@ -600,7 +1056,17 @@ async fn run() -> anyhow::Result<()> {
                 .arg(exe);
             c
         }
-        None => std::process::Command::new(exe),
+        // `BENCH_XDS_WRAP="heaptrack -o FILE"` runs the server under a
+        // profiler (the CPU and memory printed are then the wrapper's).
+        None => match std::env::var("BENCH_XDS_WRAP") {
+            Ok(wrap) if !wrap.trim().is_empty() => {
+                let mut words = wrap.split_whitespace();
+                let mut c = std::process::Command::new(words.next().unwrap_or_default());
+                c.args(words).arg(exe);
+                c
+            }
+            _ => std::process::Command::new(exe),
+        },
     };
     command.arg(if args.flip {
         "--serve-teal"
@@ -611,6 +1077,9 @@ async fn run() -> anyhow::Result<()> {
     });
     if args.tls {
         command.arg(tls_dir.path());
+    }
+    if args.flip {
+        command.arg(args.lrs_interval.as_millis().to_string());
     }
     let mut child = command
         .stdin(Stdio::piped())
@@ -625,7 +1094,14 @@ async fn run() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("stdout"))?,
     );
     let mut line = String::new();
-    child_out.read_line(&mut line)?;
+    // A wrapper may say something first (heaptrack does, on stdout).
+    while !line.starts_with("port ") {
+        line.clear();
+        anyhow::ensure!(
+            child_out.read_line(&mut line)? > 0,
+            "the server ended before saying its port"
+        );
+    }
     let port: u16 = line
         .trim()
         .strip_prefix("port ")
@@ -635,6 +1111,20 @@ async fn run() -> anyhow::Result<()> {
     let (rss_before, _) = proc_stats(pid)?;
 
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let load = Arc::new(LoadClients::new(args.lrs_node));
+    if args.lrs {
+        println!(
+            "load reports: every {:?}; {}",
+            args.lrs_interval,
+            match args.lrs_node {
+                LrsNode::Envoy => format!(
+                    "every message carries a node as large as Envoy 1.40's ({} bytes)",
+                    load.node_rest.len()
+                ),
+                LrsNode::First => "only the first message names the node".to_owned(),
+            }
+        );
+    }
     let route = if args.flip { "main" } else { "bench" };
     let conns = args.streams.div_ceil(args.per_conn);
     let started = Instant::now();
@@ -651,13 +1141,12 @@ async fn run() -> anyhow::Result<()> {
                     .await?
             }
         };
-        let ads =
-            AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
         for s in 0..args.per_conn.min(args.streams - c * args.per_conn) {
             let id = c * args.per_conn + s;
-            let (ads, seen_tx) = (ads.clone(), seen_tx.clone());
+            let (channel, seen_tx) = (channel.clone(), seen_tx.clone());
+            let load = args.lrs.then(|| load.clone());
             tokio::spawn(async move {
-                if let Err(e) = client(ads, id, route, seen_tx).await
+                if let Err(e) = client(channel, id, route, seen_tx, load).await
                     && !DONE.load(Ordering::Relaxed)
                 {
                     eprintln!("client {id}: {e}");
@@ -681,6 +1170,100 @@ async fn run() -> anyhow::Result<()> {
         args.streams,
         per_stream / 1024.0
     );
+
+    // Load streams open now, so the memory above is the ADS streams'
+    // alone; both runs then wait the same few intervals.
+    if args.lrs {
+        let opening = Instant::now();
+        load.open();
+        let deadline = opening + Duration::from_secs(120);
+        loop {
+            let answered = load.admitted.load(Ordering::Relaxed);
+            let failed = load.failed.load(Ordering::Relaxed);
+            if answered + failed >= args.streams {
+                println!(
+                    "{answered} load streams admitted, {failed} failed, in {:.2?}",
+                    opening.elapsed()
+                );
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "only {answered} of {} load streams admitted ({failed} failed) within 120 s",
+                args.streams
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    tokio::time::sleep(3 * args.lrs_interval + Duration::from_secs(1)).await;
+    let (rss_settled, _) = proc_stats(pid)?;
+    println!(
+        "server RSS {}: {rss_settled} KiB: {:.1} KiB per proxy ({:+.1} KiB per proxy since the ADS streams alone)",
+        if args.lrs {
+            "once every proxy reported for 3 intervals"
+        } else {
+            "3 intervals later, no load reports"
+        },
+        rss_settled.saturating_sub(rss_before) as f64 / args.streams as f64,
+        (rss_settled as f64 - rss_idle as f64) / args.streams as f64,
+    );
+
+    let mut ask_traffic = |child_out: &mut std::io::BufReader<std::process::ChildStdout>| {
+        if args.flip {
+            traffic(&mut child_in, child_out).map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    if !args.idle.is_zero() {
+        let traffic_before = ask_traffic(&mut child_out)?;
+        let (_, cpu_before) = proc_stats(pid)?;
+        let (_, clients_before) = proc_stats(std::process::id())?;
+        let sent_before = load.sent.load(Ordering::Relaxed);
+        load.late.store(0, Ordering::Relaxed);
+        load.max_late_us.store(0, Ordering::Relaxed);
+        let start = Instant::now();
+        tokio::time::sleep(args.idle).await;
+        let (_, cpu_after) = proc_stats(pid)?;
+        let (_, clients_after) = proc_stats(std::process::id())?;
+        let span = start.elapsed();
+        let sent = load.sent.load(Ordering::Relaxed) - sent_before;
+        let traffic_after = ask_traffic(&mut child_out)?;
+        let cpu = cpu_after.saturating_sub(cpu_before);
+        let per_sec = cpu.as_secs_f64() / span.as_secs_f64();
+        let clients =
+            clients_after.saturating_sub(clients_before).as_secs_f64() / span.as_secs_f64();
+        println!(
+            "idle {:.1?}: server CPU {cpu:?}, {:.1} ms per second ({:.1}% of a core); clients' CPU {:.1} ms per second",
+            span,
+            per_sec * 1e3,
+            per_sec * 100.0,
+            clients * 1e3
+        );
+        if args.lrs {
+            let admitted = load.admitted.load(Ordering::Relaxed);
+            let due = admitted as f64 * span.as_secs_f64() / args.lrs_interval.as_secs_f64();
+            println!(
+                "  load reports: {sent} sent, {due:.0} due ({:.1}%); {} sent over half an interval late, latest {:.1?}; server CPU {:.1} µs per report",
+                sent as f64 * 100.0 / due.max(1.0),
+                load.late.load(Ordering::Relaxed),
+                Duration::from_micros(load.max_late_us.load(Ordering::Relaxed)),
+                cpu.as_secs_f64() * 1e6 / (sent.max(1)) as f64
+            );
+            if let (Some(before), Some(after)) = (traffic_before, traffic_after) {
+                // Each report counts 5 requests for each of svc0's two
+                // fleet clusters.
+                let taken = after.0.saturating_sub(before.0) / 10;
+                println!(
+                    "  teal's status of svc0: {} requests reported over the span, so {taken} reports taken ({:.1}% of those sent); {} of {} proxies reporting",
+                    after.0.saturating_sub(before.0),
+                    taken as f64 * 100.0 / (sent.max(1)) as f64,
+                    after.1,
+                    after.2
+                );
+            }
+        }
+    }
 
     let shared_child_out = Arc::new(std::sync::Mutex::new(child_out));
     let callgrind = |what: &str| -> anyhow::Result<()> {
@@ -763,7 +1346,13 @@ fn main() -> anyhow::Result<()> {
             let tls_dir = std::env::args().nth(2).map(std::path::PathBuf::from);
             return rt.block_on(serve(tls_dir));
         }
-        Some("--serve-teal") => return rt.block_on(serve_teal()),
+        Some("--serve-teal") => {
+            let ms: u64 = std::env::args()
+                .nth(2)
+                .ok_or_else(|| anyhow::anyhow!("--serve-teal needs the report interval in ms"))?
+                .parse()?;
+            return rt.block_on(serve_teal(Duration::from_millis(ms)));
+        }
         Some("--serve-bare") => return rt.block_on(bare::serve()),
         _ => {}
     }

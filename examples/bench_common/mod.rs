@@ -641,15 +641,21 @@ impl System {
         for i in 0..self.ports.len() {
             let group = format!("g{i}");
             let xds = xds_ports[i % xds_ports.len()];
-            let bootstrap = match (&self.pki, client_certs.get(i)) {
-                (Some(pki), Some(pair)) => Some(mtls_bootstrap(&group, xds, pki, pair)?),
-                _ => None,
+            let (node, bootstrap) = match (&self.pki, client_certs.get(i)) {
+                (Some(pki), Some(pair)) => (group.clone(), mtls_bootstrap(&group, xds, pki, pair)?),
+                _ => {
+                    let node = support::envoy::node_id(&group);
+                    let b = support::render_bootstrap(&node, &group, xds, support::Protocol::Sotw);
+                    (node, b)
+                }
+            };
+            let bootstrap = if o.load_reports {
+                bootstrap
+            } else {
+                without_load_reports(&bootstrap)?
             };
             set.spawn(async move {
-                let envoy = match bootstrap {
-                    Some(b) => support::Envoy::start_bootstrap(group.clone(), &group, &b).await,
-                    None => support::Envoy::start_on(xds, &group, support::Protocol::Sotw).await,
-                };
+                let envoy = support::Envoy::start_bootstrap(node, &group, &bootstrap).await;
                 (i, envoy)
             });
             if set.len() >= 4
@@ -814,6 +820,30 @@ impl System {
             self.adopt(quiet(&mut command).spawn()?);
         }
         Ok(())
+    }
+
+    /// For teal: how many of the proxies routing `web` report their load,
+    /// of how many, and the requests measured over the status window, as
+    /// the replica that sees the most reporting says.
+    pub fn load_reports(&mut self) -> anyhow::Result<Option<(usize, usize, u64)>> {
+        let mut best: Option<(usize, usize, u64)> = None;
+        for t in &mut self.teal {
+            t.stdin.write_all(b"traffic\n")?;
+            t.stdin.flush()?;
+            let mut line = String::new();
+            let stdout = &mut t.stdout;
+            tokio::task::block_in_place(|| stdout.read_line(&mut line))?;
+            let said = match line.split_whitespace().collect::<Vec<_>>()[..] {
+                ["traffic", reporting, routing, requests] => {
+                    (reporting.parse()?, routing.parse()?, requests.parse()?)
+                }
+                _ => anyhow::bail!("teal child said {line:?}"),
+            };
+            if best.is_none_or(|b| said.0 > b.0) {
+                best = Some(said);
+            }
+        }
+        Ok(best)
     }
 
     /// Switches every proxy to the other fleet. Returns, for teal, what
@@ -1061,7 +1091,9 @@ where
 /// (or `done <outcome>`, or `done refused <why>` when this replica does
 /// not lead); `last` prints the same for the last history
 /// entry (a flip made through the admin API), command to outcome being
-/// its `finished − started`.
+/// its `finished − started`; `traffic` prints `traffic <proxies reporting
+/// load> <proxies routing web> <requests measured over the status
+/// window>` from the status of `web`.
 pub async fn teal_child(args: &[String]) -> anyhow::Result<()> {
     use teal::admin::Backend;
     use teal::rollout::Operation;
@@ -1113,6 +1145,25 @@ pub async fn teal_child(args: &[String]) -> anyhow::Result<()> {
         line.clear();
         if tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut line).await? == 0 {
             return Ok(());
+        }
+        if line.trim() == "traffic" {
+            let status = controller.status(Some("web")).await?;
+            let fleets = status
+                .services
+                .first()
+                .map(|s| s.traffic.clone())
+                .unwrap_or_default();
+            let reporting = fleets.iter().map(|f| f.proxies_reporting).max();
+            let routing = fleets.iter().map(|f| f.proxies_routing).max();
+            let requests: u64 = fleets.iter().map(|f| f.requests).sum();
+            writeln!(
+                out,
+                "traffic {} {} {requests}",
+                reporting.unwrap_or(0),
+                routing.unwrap_or(0)
+            )?;
+            out.flush()?;
+            continue;
         }
         if line.trim() == "last" {
             let history = controller.history("web").await?;
@@ -1206,6 +1257,12 @@ pub struct RunOptions {
     pub teal_own_session: bool,
     /// The `teal` binary [`Kind::TealCli`] runs.
     pub teal_binary: Option<PathBuf>,
+    /// Whether the Envoys teal feeds send it load reports (LRS), as the
+    /// bundled bootstraps do; off, their `load_stats_config` is removed.
+    pub load_reports: bool,
+    /// How long the CPU of the probe alone, without switches, is measured
+    /// before the switches.
+    pub baseline: Duration,
 }
 
 /// `target/<profile>/teal` next to this example's directory, where `cargo
@@ -1213,6 +1270,30 @@ pub struct RunOptions {
 pub fn default_teal_binary() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     Some(exe.parent()?.parent()?.join("teal"))
+}
+
+/// `bootstrap` without its `cluster_manager` block, whose only setting
+/// in the bundled bootstraps is `load_stats_config`: an Envoy that sends
+/// no load reports, as before teal asked for them.
+fn without_load_reports(bootstrap: &str) -> anyhow::Result<String> {
+    let mut out = String::with_capacity(bootstrap.len());
+    let mut skipping = false;
+    let mut found = 0;
+    for line in bootstrap.split_inclusive('\n') {
+        let top_level = !line.starts_with([' ', '\t', '\n', '#']);
+        if top_level {
+            skipping = line.starts_with("cluster_manager:");
+            found += usize::from(skipping);
+        }
+        if !skipping {
+            out.push_str(line);
+        }
+    }
+    anyhow::ensure!(
+        found == 1 && !out.contains("load_stats_config"),
+        "the bootstrap should hold one top-level cluster_manager block with load_stats_config"
+    );
+    Ok(out)
 }
 
 /// `envoy/edge-mtls.yaml` for node and group `group`, xDS on
@@ -1281,6 +1362,13 @@ pub struct Report {
     /// Resident memory of the proxies alone, KiB, per proxy (Envoy, nginx
     /// master + worker, HAProxy).
     pub rss_per_proxy_kib: u64,
+    /// teal only: its processes' CPU per second of the baseline (probe
+    /// traffic, no switch: what the load reports cost it, if anything),
+    /// and their resident memory, KiB.
+    pub teal_idle: Option<(Duration, u64)>,
+    /// teal only, after the baseline: proxies reporting load, proxies
+    /// routing the service, requests measured over the status window.
+    pub load_reports: Option<(usize, usize, u64)>,
 }
 
 /// Starts `kind`, sends the probe and load, times `switches` switches and
@@ -1311,17 +1399,30 @@ pub async fn run(kind: Kind, upstreams: [u16; 2], o: &RunOptions) -> anyhow::Res
         .skip(usize::from(kind.is_teal()))
         .map(|&p| tree_usage(&[p]).1)
         .sum();
+    let teal_pids: Vec<u32> = sys.teal.iter().map(|t| t.child.id()).collect();
+    let (teal_cpu0, teal_rss) = tree_usage(&teal_pids);
     let base_start = Instant::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(o.baseline).await;
     let (cpu1, _) = tree_usage(&sys.pids);
+    let (teal_cpu1, _) = tree_usage(&teal_pids);
     let t_cpu1 = Instant::now();
-    let base_rate = (cpu1.saturating_sub(cpu0)).as_secs_f64() / base_start.elapsed().as_secs_f64();
+    let base_span = base_start.elapsed().as_secs_f64();
+    let base_rate = (cpu1.saturating_sub(cpu0)).as_secs_f64() / base_span;
 
     let mut report = Report {
         rss_kib: rss,
         rss_per_proxy_kib: proxy_rss / o.proxies.max(1) as u64,
+        teal_idle: (!teal_pids.is_empty()).then(|| {
+            (
+                Duration::from_secs_f64(
+                    teal_cpu1.saturating_sub(teal_cpu0).as_secs_f64() / base_span,
+                ),
+                teal_rss,
+            )
+        }),
         ..Report::default()
     };
+    report.load_reports = sys.load_reports()?;
     let cmd_cpu0 = children_cpu();
     let phase = Instant::now();
     for n in 0..o.switches {
