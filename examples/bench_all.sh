@@ -8,7 +8,7 @@
 # peers (examples/bench_peers_setup.sh installs them). 50 file-based
 # Envoys need fs.inotify.max_user_instances above 128: as root, this
 # script raises it to 1024 for the run and puts the old value back.
-# Takes about 25 minutes on 2 cores. Run nothing else meanwhile.
+# Takes about 30 minutes on 2 cores. Run nothing else meanwhile.
 set -eu
 cd "$(dirname "$0")/.."
 OUT=${1:-bench-out/$(date +%Y%m%d-%H%M%S)}
@@ -37,6 +37,15 @@ done
 for n in 10000 50000; do
   "$B/bench_xds" --streams "$n" --pushes 3 --flip | tee "$OUT/xds-flip-$n.txt"
 done
+# Load reports: the same flips, 50 proxies per connection (each holds an
+# ADS and a load stream), without reports, with Envoy's node in every
+# report, and with the node in the first message only.
+for n in 1000 10000; do
+  for lrs in "" "--lrs" "--lrs --lrs-node first"; do
+    "$B/bench_xds" --streams "$n" --per-conn 50 --pushes 3 --flip $lrs \
+      | tee -a "$OUT/xds-lrs-$n.txt"
+  done
+done
 "$B/bench_cli" --runs 100 | tee "$OUT/cli.txt"
 STATE=$(mktemp -d "$OUT/cli-state.XXXXXX")
 "$B/bench_cli" --runs 100 --state-dir "$STATE" | tee -a "$OUT/cli.txt"
@@ -49,6 +58,10 @@ done
 "$B/bench_flip" --envoys 20 --flips 20 \
   --modes teal,teal-cli,teal-mtls,envoy-file,envoy-file-each \
   | tee "$OUT/flip-20-cli-mtls.txt"
+for lrs in on off; do
+  "$B/bench_flip" --envoys 20 --flips 20 --modes teal --lrs $lrs --baseline 10 \
+    | tee -a "$OUT/flip-20-lrs.txt"
+done
 for args in "--groups 50 --services 1" "--groups 1 --services 1000"; do
   "$B/bench_commit" $args | tee -a "$OUT/commit.txt"
 done

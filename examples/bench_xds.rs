@@ -506,7 +506,10 @@ fn args() -> anyhow::Result<Args> {
             a.lrs_node = match it.next().as_deref() {
                 Some("envoy") => LrsNode::Envoy,
                 Some("first") => LrsNode::First,
-                other => anyhow::bail!("--lrs-node is envoy or first, not {other:?}"),
+                other => anyhow::bail!(
+                    "--lrs-node is envoy or first, not {:?}",
+                    other.unwrap_or_default()
+                ),
             };
             continue;
         }

@@ -3,8 +3,10 @@
 //! traffic did.
 //!
 //! A proxy opens one stream and names its node in the first message
-//! (Envoy names it only there; a later message that names another node
-//! ends the stream). teal admits the stream under the xDS port's rules,
+//! (Envoy 1.40 repeats its whole node, some 61 kB of extensions, in every
+//! report, whatever `set_node_on_first_message_only` says; the codec reads
+//! only its id, group and user agent; a later message that names another
+//! node ends the stream). teal admits the stream under the xDS port's rules,
 //! and more: the node must carry an id and a group (`node.cluster`), its
 //! group's identity policy must admit the connection, and the node must
 //! have an xDS stream connected to this replica in the same group (with
