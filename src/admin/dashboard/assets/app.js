@@ -1,0 +1,2 @@
+// teal dashboard script
+"use strict";
