@@ -722,3 +722,20 @@ async fn a_stream_that_is_read_outlives_the_idle_timeout() {
         .await;
     drop(t.teal);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_says_teal_is_stopping_and_ends_so_teal_can_exit() {
+    let t = serve(&[]).await;
+    let mut events = EventStream::open(t.admin).await.expect("open").stream();
+    events.next_named("status", CONVERGE).await;
+    let stopping = tokio::spawn(t.teal.terminate());
+    let error = events.next_named("error", CONVERGE).await.json();
+    assert_eq!(error, json!({"error": "teal is stopping"}));
+    let end = events.next_within(CONVERGE).await.expect("the stream ends");
+    assert_eq!(end, None, "the stream went on after its error");
+    let status = tokio::time::timeout(CONVERGE, stopping)
+        .await
+        .expect("teal exits with a stream open")
+        .expect("join");
+    assert!(status.success(), "{status}");
+}
