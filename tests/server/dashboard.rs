@@ -450,6 +450,25 @@ async fn streams_are_bounded_and_one_whose_reader_stopped_is_closed_while_flips_
     let mut again = EventStream::open(t.admin).await.expect("open").stream();
     again.next_named("hello", CONVERGE).await;
     assert!(!reader.is_finished(), "the reading stream was closed too");
+
+    // A reader that goes away frees its slot too, once teal next writes
+    // to it (here: the next change).
+    drop(again);
+    let (code, answer) = act(
+        t.admin,
+        "uncordon",
+        Some(TOKEN),
+        r#"{"node_id":"ghost-old-000"}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{answer}");
+    wait_open(1.0).await;
+    EventStream::open(t.admin)
+        .await
+        .expect("open")
+        .stream()
+        .next_named("hello", CONVERGE)
+        .await;
     drop(stalled);
     drop(t.teal);
 }
