@@ -97,9 +97,15 @@ impl Default for EventLimits {
 
 /// What the publisher and the streams share.
 pub(crate) struct Events {
+    /// Where the status and the proxies come from.
     backend: Arc<dyn Backend>,
+    /// The cordons and load reports added to them, as the gRPC reads add
+    /// them.
     registry: Arc<ProxyRegistry>,
+    /// Counts streams open and refused.
     metrics: Arc<Metrics>,
+    /// Only to tell the page, in `hello`, whether acting is possible at
+    /// all.
     tokens: Tokens,
     limits: EventLimits,
     /// One permit per open stream.
@@ -114,6 +120,8 @@ pub(crate) struct Events {
     /// Whether the publisher task runs (it is started by the first stream,
     /// inside the server's runtime).
     started: AtomicBool,
+    /// Ends the publisher and, with a last `error` event, every stream, so
+    /// the server's graceful shutdown is not held up by them.
     shutdown: Shutdown,
 }
 
