@@ -218,6 +218,19 @@ async fn the_event_stream_says_hello_sends_the_state_once_and_follows_a_flip() {
         .await;
     assert_eq!(proxies["proxies"][0]["node_id"], "edge-1");
     assert_eq!(proxies["proxies"][0]["identity"], "unauthenticated");
+    // Which proxies hold the weights, and the split they confirmed: what
+    // the page draws the service's own proxies and its confirmed bar from.
+    let confirmed = events
+        .wait_for("status", CONVERGE, "edge-1 holding web's weights", |s| {
+            s["services"][0]["applied"]["acked"] == 1
+        })
+        .await;
+    let web = &confirmed["services"][0];
+    assert_eq!(web["confirmed_weights"], json!({"blue": 100, "green": 0}));
+    assert_eq!(
+        web["applied"],
+        json!({"acked": 1, "total": 1, "waiting_for": [], "rejecting": [], "groups": ["edge"]})
+    );
 
     // Nothing changes: nothing more is sent (the publisher builds both
     // payloads four times a second).
@@ -246,6 +259,7 @@ async fn the_event_stream_says_hello_sends_the_state_once_and_follows_a_flip() {
         .await;
     let web = &after["services"][0];
     assert_eq!(weights(&after), json!({"blue": 0, "green": 100}));
+    assert_eq!(web["confirmed_weights"], json!({"blue": 0, "green": 100}));
     assert_eq!(web["live"], "green");
     assert_eq!(web["last_change"]["verb"], "flip");
     assert_eq!(after["history"]["web"][0]["id"], web["last_change"]["id"]);
