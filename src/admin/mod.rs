@@ -107,6 +107,7 @@ pub(crate) fn routes(parts: Parts, shutdown: Shutdown) -> Routes {
         metrics: metrics.clone(),
         tokens: tokens.clone(),
         limits: events,
+        max_request_bytes: gates.max_request_bytes,
         shutdown,
     });
     let service =

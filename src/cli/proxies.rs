@@ -166,11 +166,11 @@ mod tests {
     #[test]
     fn states_compare_with_the_group_version() {
         assert_eq!(
-            SyncState::of(&ty("CDS", Some("2"), Some("2"), None).as_str(), Some("2")),
+            SyncState::of(&ty("CDS", Some("2"), Some("2"), None), Some("2")).as_str(),
             "SYNCED"
         );
         assert_eq!(
-            SyncState::of(&ty("CDS", Some("2"), Some("1"), None).as_str(), Some("2")),
+            SyncState::of(&ty("CDS", Some("2"), Some("1"), None), Some("2")).as_str(),
             "STALE"
         );
         assert_eq!(
@@ -178,18 +178,12 @@ mod tests {
             "STALE"
         );
         assert_eq!(
-            SyncState::of(
-                &ty("CDS", Some("2"), Some("1"), Some("2")).as_str(),
-                Some("2")
-            ),
+            SyncState::of(&ty("CDS", Some("2"), Some("1"), Some("2")), Some("2")).as_str(),
             "NACKED"
         );
         // An old NACK no longer counts once a later version was sent.
         assert_eq!(
-            SyncState::of(
-                &ty("CDS", Some("3"), Some("3"), Some("2")).as_str(),
-                Some("3")
-            ),
+            SyncState::of(&ty("CDS", Some("3"), Some("3"), Some("2")), Some("3")).as_str(),
             "SYNCED"
         );
         assert_eq!(
@@ -198,7 +192,7 @@ mod tests {
         );
         // Unknown group: synced means the last version sent was ACKed.
         assert_eq!(
-            SyncState::of(&ty("CDS", Some("2"), Some("2"), None).as_str(), None),
+            SyncState::of(&ty("CDS", Some("2"), Some("2"), None), None).as_str(),
             "SYNCED"
         );
     }

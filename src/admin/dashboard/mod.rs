@@ -18,18 +18,20 @@
 //! browser would attach to a forged cross-site request). No CORS header is
 //! ever sent, so another origin's page cannot send that header at all.
 
+mod actions;
 mod events;
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::body::Body;
+use axum::extract::{Path, State};
 use axum::http::header::{
     CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
     X_FRAME_OPTIONS,
 };
-use axum::http::{HeaderValue, Response};
+use axum::http::{HeaderMap, HeaderValue, Response, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 
 pub use events::EventLimits;
 use events::{EventParts, Events};
@@ -58,11 +60,16 @@ pub(crate) struct DashboardParts {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) tokens: Tokens,
     pub(crate) limits: EventLimits,
+    /// The largest action body read (`--max-gate-request-bytes`).
+    pub(crate) max_request_bytes: usize,
     pub(crate) shutdown: Shutdown,
 }
 
 /// What the handlers share.
 struct Dashboard {
+    backend: Arc<dyn Backend>,
+    tokens: Tokens,
+    max_request_bytes: usize,
     events: Arc<Events>,
 }
 
@@ -76,7 +83,12 @@ pub(crate) fn router(parts: DashboardParts) -> axum::Router {
         limits: parts.limits,
         shutdown: parts.shutdown,
     });
-    let dashboard = Arc::new(Dashboard { events });
+    let dashboard = Arc::new(Dashboard {
+        backend: parts.backend,
+        tokens: parts.tokens,
+        max_request_bytes: parts.max_request_bytes,
+        events,
+    });
     axum::Router::new()
         .route(
             "/",
@@ -94,6 +106,8 @@ pub(crate) fn router(parts: DashboardParts) -> axum::Router {
             "/v1/events",
             get(|State(d): State<Arc<Dashboard>>| async move { d.events.open() }),
         )
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/actions/{verb}", post(action))
         .layer(axum::middleware::map_response(secure))
         .with_state(dashboard)
 }
@@ -106,6 +120,28 @@ fn page(content_type: &'static str, text: &'static str) -> impl IntoResponse {
     )
 }
 
+/// `GET /v1/whoami`: the name of the token the request carries.
+async fn whoami(State(d): State<Arc<Dashboard>>, headers: HeaderMap) -> axum::response::Response {
+    match actions::authorize(&d.tokens, &headers) {
+        Ok(actor) => actions::reply(StatusCode::OK, &serde_json::json!({ "actor": actor })),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// `POST /v1/actions/<verb>`.
+async fn action(
+    State(d): State<Arc<Dashboard>>,
+    Path(verb): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> axum::response::Response {
+    let limit = d.max_request_bytes;
+    match actions::act(&*d.backend, &d.tokens, limit, &verb, &headers, body).await {
+        Ok((status, answer)) => actions::reply(status, &answer),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
 /// Adds the security headers every dashboard answer carries.
 async fn secure<B>(mut response: Response<B>) -> Response<B> {
     let headers = response.headers_mut();
@@ -114,4 +150,64 @@ async fn secure<B>(mut response: Response<B>) -> Response<B> {
     headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What in `html` the policy would block or that would run inline:
+    /// a script without `src`, a style sheet or attribute, an `on...=`
+    /// handler, a `javascript:` URL.
+    fn inline_code(html: &str) -> Vec<String> {
+        let tags = html
+            .split('<')
+            .skip(1)
+            .filter_map(|t| t.split('>').next())
+            .map(str::to_ascii_lowercase);
+        let mut found = Vec::new();
+        for tag in tags {
+            let handler = tag
+                .split_whitespace()
+                .skip(1)
+                .any(|attr| attr.starts_with("on") && attr.contains('='));
+            if (tag.starts_with("script") && !tag.contains(" src="))
+                || tag.starts_with("style")
+                || tag.contains(" style=")
+                || tag.contains("javascript:")
+                || handler
+            {
+                found.push(format!("<{tag}>"));
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn the_page_has_no_inline_script_style_or_handler() {
+        assert_eq!(inline_code(INDEX_HTML), Vec::<String>::new());
+    }
+
+    #[test]
+    fn inline_code_is_found() {
+        for html in [
+            "<script>alert(1)</script>",
+            "<SCRIPT type=module>x</SCRIPT>",
+            "<img src=x onerror=alert(1)>",
+            "<div style=\"color:red\">",
+            "<a href=\"javascript:alert(1)\">",
+            "<style>p{}</style>",
+        ] {
+            assert_eq!(inline_code(html).len(), 1, "{html}");
+        }
+        assert!(inline_code("<script src=\"/assets/app.js\" defer></script>").is_empty());
+    }
+
+    #[test]
+    fn the_policy_allows_nothing_inline_and_no_frames() {
+        assert!(CSP.contains("default-src 'none'"));
+        assert!(CSP.contains("script-src 'self';"));
+        assert!(!CSP.contains("unsafe-inline"));
+        assert!(CSP.contains("frame-ancestors 'none'"));
+    }
 }
