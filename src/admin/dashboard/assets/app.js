@@ -800,7 +800,9 @@ async function post(path, body, what) {
   }
   const answer = await res.json().catch(() => ({}));
   if (res.ok) {
-    const result = answer.id != null ? "started as operation #" + answer.id : answer.changed === false ? "nothing to change, it already was" : "done";
+    let result = "done";
+    if (answer.id != null) result = "started as operation #" + answer.id;
+    else if (answer.changed === false) result = "nothing to change, it already was";
     notice("ok", what + ": " + result);
     return;
   }
@@ -813,9 +815,9 @@ async function post(path, body, what) {
 // What the confirm dialog is about: a summary and the request it sends.
 let pending = null;
 
-function openConfirm(title, action) {
+function openConfirm(action) {
   pending = action;
-  setText($("confirm-title"), title);
+  setText($("confirm-title"), action.title);
   $("shift-fields").hidden = !action.percents;
   $("reason-label").hidden = !action.reason;
   if (action.reason) $("cordon-reason").value = "";
@@ -844,7 +846,9 @@ function proxyCount(name) {
 function parsePercents(text) {
   const parts = text.split(",").map((s) => s.trim()).filter(Boolean);
   const nums = parts.map(Number);
-  if (!nums.length || nums.some((n) => !Number.isInteger(n) || n < 1 || n > 100)) return { problem: "steps are whole percents from 1 to 100, like 10,50,100" };
+  if (!nums.length || nums.some((n) => !Number.isInteger(n) || n < 1 || n > 100)) {
+    return { problem: "steps are whole percents from 1 to 100, like 10,50,100" };
+  }
   if (nums.some((n, i) => i && n <= nums[i - 1])) return { problem: "each step must be more than the one before" };
   return { nums };
 }
@@ -852,7 +856,9 @@ function parsePercents(text) {
 // The wait after each step, as the CLI's --interval (default 30 s there too).
 function parseInterval(text) {
   const s = Number(text);
-  if (text.trim() === "" || !Number.isInteger(s) || s < 0 || s > 86400) return { problem: "the wait is whole seconds, 0 to 86400" };
+  if (text.trim() === "" || !Number.isInteger(s) || s < 0 || s > 86400) {
+    return { problem: "the wait is whole seconds, 0 to 86400" };
+  }
   return { ms: s * 1000 };
 }
 
@@ -860,56 +866,114 @@ function serviceOf(name) {
   return model.status && model.status.services.find((s) => s.name === name);
 }
 
-function actionFor(button) {
-  const kind = button.getAttribute("data-action");
-  const section = button.closest("[data-service]");
-  const svc = section && serviceOf(section.getAttribute("data-service"));
-  const name = svc && svc.name;
-  if (kind === "flip") {
-    const to = button.getAttribute("data-to");
+// What each button asks to confirm: a title, `describe()` (what will move,
+// or the problem with what was typed) and `send()`. `svc` is the service's
+// status as the button was clicked.
+const ACTIONS = {
+  flip(svc, button) {
+    const name = svc.name, to = button.getAttribute("data-to");
     const target = Object.fromEntries(Object.keys(svc.weights).map((f) => [f, f === to ? 100 : 0]));
-    return ["Flip " + name + " to " + to, { describe: () => ({ summary: name + ": " + moveWords(svc.weights, target) + ", on " + proxyCount(name) }), send: () => post("flip", { service: name, to }, "flip of " + name + " to " + to) }];
-  }
-  if (kind === "shift") {
+    return {
+      title: "Flip " + name + " to " + to,
+      describe: () => ({ summary: name + ": " + moveWords(svc.weights, target) + ", on " + proxyCount(name) }),
+      send: () => post("flip", { service: name, to }, "flip of " + name + " to " + to),
+    };
+  },
+  shift(svc) {
+    const name = svc.name;
     const fleets = Object.keys(svc.weights).filter((f) => !svc.retired.includes(f));
     const to = fleets.find((f) => f !== svc.live) || fleets[0];
     const percents = () => parsePercents($("shift-percents").value);
     const interval = () => parseInterval($("shift-interval").value);
-    return ["Shift " + name + " to " + to, {
+    return {
+      title: "Shift " + name + " to " + to,
       percents: true,
       describe: () => {
         const { nums, problem } = percents();
         const wait = interval();
         if (problem || wait.problem) return { summary: name + ": shift to " + to, problem: problem || wait.problem };
-        const last = nums[nums.length - 1];
-        const target = Object.fromEntries(fleets.map((f) => [f, f === to ? last : Math.round(((svc.weights[f] || 0) * (100 - last)) / Math.max(1, 100 - (svc.weights[to] || 0)))]));
-        return { summary: name + ": to " + to + " in steps of " + nums.join("%, ") + "%: " + moveWords(svc.weights, target) + " (about), on " + proxyCount(name) + ", " + wait.ms / 1000 + " s between steps" };
+        const target = shiftTarget(svc.weights, to, nums[nums.length - 1]);
+        return {
+          summary: name + ": to " + to + " in steps of " + nums.join("%, ") + "%: " + moveWords(svc.weights, target) +
+            " (about), on " + proxyCount(name) + ", " + wait.ms / 1000 + " s between steps",
+        };
       },
       send: () => post("shift", { service: name, to, percents: percents().nums, interval_ms: interval().ms }, "shift of " + name + " to " + to),
-    }];
-  }
-  if (kind === "rollback") {
-    return ["Roll " + name + " back", { describe: () => ({ summary: name + ": back to the rollback point " + splitWords(svc.rollback_to) + ": " + moveWords(svc.weights, svc.rollback_to) + ", on " + proxyCount(name) }), send: () => post("rollback", { service: name }, "rollback of " + name) }];
-  }
-  if (kind === "retire") {
-    const fleet = button.getAttribute("data-fleet");
-    return ["Retire " + fleet + " of " + name, { describe: () => ({ summary: name + ": " + fleet + " (weight 0) is retired once drained: its endpoints go from " + proxyCount(name) + " and it takes no traffic until set again" }), send: () => post("retire", { service: name, fleet }, "retirement of " + fleet + " of " + name) }];
-  }
-  if (kind === "abort") {
+    };
+  },
+  rollback(svc) {
+    const name = svc.name;
+    return {
+      title: "Roll " + name + " back",
+      describe: () => ({
+        summary: name + ": back to the rollback point " + splitWords(svc.rollback_to) + ": " +
+          moveWords(svc.weights, svc.rollback_to) + ", on " + proxyCount(name),
+      }),
+      send: () => post("rollback", { service: name }, "rollback of " + name),
+    };
+  },
+  retire(svc, button) {
+    const name = svc.name, fleet = button.getAttribute("data-fleet");
+    return {
+      title: "Retire " + fleet + " of " + name,
+      describe: () => ({
+        summary: name + ": " + fleet + " (weight 0) is retired once drained: its endpoints go from " +
+          proxyCount(name) + " and it takes no traffic until set again",
+      }),
+      send: () => post("retire", { service: name, fleet }, "retirement of " + fleet + " of " + name),
+    };
+  },
+  abort(svc) {
     const op = svc.in_progress;
-    return ["Abort operation #" + op.id, { describe: () => ({ summary: name + ": abort " + op.verb + " " + targetWords(svc.weights, op.target) + " (" + op.phase + "): it ends before its next step; a step being confirmed is undone, earlier steps stay (roll back undoes them)" }), send: () => post("abort", { id: op.id }, "abort of operation #" + op.id) }];
-  }
-  const node = button.closest("[data-node]").getAttribute("data-node");
-  const shown = node.length > 64 ? node.slice(0, 64) + "…" : node;
-  if (kind === "cordon") {
+    return {
+      title: "Abort operation #" + op.id,
+      describe: () => ({
+        summary: svc.name + ": abort " + op.verb + " " + targetWords(svc.weights, op.target) + " (" + op.phase +
+          "): it ends before its next step; a step being confirmed is undone, earlier steps stay (roll back undoes them)",
+      }),
+      send: () => post("abort", { id: op.id }, "abort of operation #" + op.id),
+    };
+  },
+  cordon(node, shown) {
     const reason = () => $("cordon-reason").value.trim();
-    return ["Cordon a proxy", {
+    return {
+      title: "Cordon a proxy",
       reason: true,
-      describe: () => ({ summary: "cordon " + shown + ": operations stop waiting for its ACKs", problem: reason() ? "" : "say why, for the others" }),
+      describe: () => ({
+        summary: "cordon " + shown + ": operations stop waiting for its ACKs and its NACKs no longer roll them back",
+        problem: reason() ? "" : "say why, for the others",
+      }),
       send: () => post("cordon", { node_id: node, reason: reason() }, "cordon of " + shown),
-    }];
+    };
+  },
+  uncordon(node, shown) {
+    return {
+      title: "Uncordon a proxy",
+      describe: () => ({ summary: "uncordon " + shown + ": operations wait for its ACKs again" }),
+      send: () => post("uncordon", { node_id: node }, "uncordon of " + shown),
+    };
+  },
+};
+
+// A shift's last step as a split: `to` at `percent`, the others sharing
+// the rest as they share it now.
+function shiftTarget(weights, to, percent) {
+  const others = Object.keys(weights).filter((f) => f !== to);
+  const rest = others.reduce((n, f) => n + (weights[f] || 0), 0);
+  const target = { [to]: percent };
+  for (const f of others) target[f] = rest ? Math.round(((weights[f] || 0) * (100 - percent)) / rest) : 0;
+  return target;
+}
+
+function actionFor(button) {
+  const kind = button.getAttribute("data-action");
+  const row = button.closest("[data-node]");
+  if (row) {
+    const node = row.getAttribute("data-node");
+    return ACTIONS[kind](node, node.length > 64 ? node.slice(0, 64) + "…" : node);
   }
-  return ["Uncordon a proxy", { describe: () => ({ summary: "uncordon " + shown + ": operations wait for its ACKs again" }), send: () => post("uncordon", { node_id: node }, "uncordon of " + shown) }];
+  const svc = serviceOf(button.closest("[data-service]").getAttribute("data-service"));
+  return svc ? ACTIONS[kind](svc, button) : null;
 }
 
 async function confirmed() {
@@ -927,13 +991,15 @@ function start() {
   document.addEventListener("click", (e) => {
     const b = e.target.closest("button[data-action]");
     if (!b || b.disabled || !canAct()) return;
-    const [title, action] = actionFor(b);
-    openConfirm(title, action);
+    const action = actionFor(b);
+    if (action) openConfirm(action);
   });
   $("confirm-ok").addEventListener("click", confirmed);
   $("confirm-cancel").addEventListener("click", () => $("confirm").close());
   $("confirm").addEventListener("close", () => (pending = null));
-  for (const id of ["shift-percents", "shift-interval", "cordon-reason"]) $(id).addEventListener("input", () => pending && refreshConfirm());
+  for (const id of ["shift-percents", "shift-interval", "cordon-reason"]) {
+    $(id).addEventListener("input", () => pending && refreshConfirm());
+  }
   $("token-use").addEventListener("click", useTypedToken);
   $("token").addEventListener("keydown", (e) => {
     if (e.key === "Enter") useTypedToken();
@@ -946,10 +1012,8 @@ function start() {
   setInterval(() => {
     for (const s of sections.values()) tickCost(s.parts.cost);
   }, 1000);
-  const kept = sessionStorage.getItem(TOKEN_KEY);
-  if (kept) {
-    auth.token = kept;
-  }
+  // A token kept for this tab is checked once the stream says hello.
+  auth.token = sessionStorage.getItem(TOKEN_KEY);
   applyMode();
   connect();
 }
