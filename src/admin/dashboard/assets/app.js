@@ -278,11 +278,14 @@ function learnGroups() {
     const ids = [];
     if (op) ids.push(...op.waiting_for, ...(op.not_waiting_for || []));
     for (const c of changes) ids.push(...c.acks.map((a) => a.proxy), ...(c.not_waited_for || []));
+    let groups = model.groups.get(svc.name);
     const found = ids.map((id) => model.byNode.get(id)).filter(Boolean);
     const versions = [op && op.version, ...changes.map((c) => c.version)].filter(Boolean);
-    for (const p of all) if (versions.some((v) => holds(p, v))) found.push(p);
+    for (const p of all) {
+      // A group once known needs no look at its other proxies.
+      if (!(groups && groups.has(p.group)) && versions.some((v) => holds(p, v))) found.push(p);
+    }
     if (!found.length) continue;
-    let groups = model.groups.get(svc.name);
     if (!groups) model.groups.set(svc.name, (groups = new Set()));
     for (const p of found) groups.add(p.group);
   }
