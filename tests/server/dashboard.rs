@@ -450,6 +450,25 @@ async fn streams_are_bounded_and_one_whose_reader_stopped_is_closed_while_flips_
     let mut again = EventStream::open(t.admin).await.expect("open").stream();
     again.next_named("hello", CONVERGE).await;
     assert!(!reader.is_finished(), "the reading stream was closed too");
+
+    // A reader that goes away frees its slot too, once teal next writes
+    // to it (here: the next change).
+    drop(again);
+    let (code, answer) = act(
+        t.admin,
+        "uncordon",
+        Some(TOKEN),
+        r#"{"node_id":"ghost-old-000"}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{answer}");
+    wait_open(1.0).await;
+    EventStream::open(t.admin)
+        .await
+        .expect("open")
+        .stream()
+        .next_named("hello", CONVERGE)
+        .await;
     drop(stalled);
     drop(t.teal);
 }
@@ -721,4 +740,21 @@ async fn a_stream_that_is_read_outlives_the_idle_timeout() {
         })
         .await;
     drop(t.teal);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_says_teal_is_stopping_and_ends_so_teal_can_exit() {
+    let t = serve(&[]).await;
+    let mut events = EventStream::open(t.admin).await.expect("open").stream();
+    events.next_named("status", CONVERGE).await;
+    let stopping = tokio::spawn(t.teal.terminate());
+    let error = events.next_named("error", CONVERGE).await.json();
+    assert_eq!(error, json!({"error": "teal is stopping"}));
+    let end = events.next_within(CONVERGE).await.expect("the stream ends");
+    assert_eq!(end, None, "the stream went on after its error");
+    let status = tokio::time::timeout(CONVERGE, stopping)
+        .await
+        .expect("teal exits with a stream open")
+        .expect("join");
+    assert!(status.success(), "{status}");
 }

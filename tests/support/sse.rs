@@ -131,7 +131,7 @@ impl EventStream {
                 body: String::from_utf8_lossy(&body).into_owned(),
             });
         }
-        Ok(Opened::Stream(EventStream {
+        let mut events = EventStream {
             stream,
             raw: rest,
             body: Vec::new(),
@@ -139,7 +139,10 @@ impl EventStream {
             retry_ms: None,
             headers,
             last: std::collections::HashMap::new(),
-        }))
+        };
+        // The first events may have come with the head.
+        events.dechunk()?;
+        Ok(Opened::Stream(events))
     }
 
     /// The value of header `name` (lower case).
