@@ -129,8 +129,7 @@ const model = {
   proxies: null,
   byNode: new Map(), // node id -> proxy JSON of the latest proxies event
   clockSkew: 0, // server clock minus ours, from the latest status
-  groups: new Map(), // service -> Set of groups seen routing it
-  confirmed: new Map(), // service -> last split seen confirmed
+  groups: new Map(), // service -> Set of the groups routing it, from its status
 };
 // Raw event data not yet applied: only the latest of each kind is kept, so
 // a slow render skips states instead of queueing them.
@@ -263,31 +262,12 @@ function holds(p, v) {
   });
 }
 
-// The groups that route a service are not in the status (unless a newer
-// teal sends `groups`); they are learnt from the proxies that were served
-// its changes' versions, and those its operations waited for or heard from.
+// The groups that route a service come with its status (`applied.groups`).
 function learnGroups() {
-  const all = model.proxies ? model.proxies.proxies : [];
   for (const svc of model.status.services) {
-    if (Array.isArray(svc.groups)) {
-      model.groups.set(svc.name, new Set(svc.groups));
-      continue;
-    }
-    const op = svc.in_progress;
-    const changes = historyOf(svc);
-    const ids = [];
-    if (op) ids.push(...op.waiting_for, ...(op.not_waiting_for || []));
-    for (const c of changes) ids.push(...c.acks.map((a) => a.proxy), ...(c.not_waited_for || []));
-    let groups = model.groups.get(svc.name);
-    const found = ids.map((id) => model.byNode.get(id)).filter(Boolean);
-    const versions = [op && op.version, ...changes.map((c) => c.version)].filter(Boolean);
-    for (const p of all) {
-      // A group once known needs no look at its other proxies.
-      if (!(groups && groups.has(p.group)) && versions.some((v) => holds(p, v))) found.push(p);
-    }
-    if (!found.length) continue;
-    if (!groups) model.groups.set(svc.name, (groups = new Set()));
-    for (const p of found) groups.add(p.group);
+    const groups = svc.applied && Array.isArray(svc.applied.groups) ? svc.applied.groups : null;
+    if (groups) model.groups.set(svc.name, new Set(groups));
+    else model.groups.delete(svc.name);
   }
 }
 
@@ -370,20 +350,10 @@ function updateSection(s, svc) {
   renderHistory(p, svc);
 }
 
-// The split every proxy holds: the server's word when it sends one, else
-// the weights once every known proxy of the service ACKed them, and while
-// an operation runs the split last seen confirmed before it.
+// The split every proxy routing the service holds, as teal knows it
+// (null until every one ACKed the weights served).
 function confirmedSplit(svc) {
-  if ("confirmed_weights" in svc) return svc.confirmed_weights;
-  const known = model.confirmed.get(svc.name) || null;
-  if (svc.in_progress) return known;
-  // Cordoned proxies are left out, as teal leaves them out of every wait.
-  const proxies = proxiesOf(svc.name).filter((p) => !p.cordoned);
-  if (proxies.length && proxies.every((p) => proxyState(p) === "acked")) {
-    model.confirmed.set(svc.name, svc.weights);
-    return svc.weights;
-  }
-  return known;
+  return svc.confirmed_weights || null;
 }
 
 // One class per fleet: blue and green get their own colours, others a
