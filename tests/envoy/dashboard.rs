@@ -108,18 +108,42 @@ async fn the_dashboard_shows_a_flip_reach_every_proxy_and_acts_only_with_a_token
         &format!("{row}.dataset.state === 'nacked'"),
     )
     .await;
+    // A long message is cut on the row, and whole in its tooltip.
     let shown = page
         .eval(&format!(
-            "{row}.querySelector('[data-field=\"nack\"]').textContent"
+            "(e => [e.textContent, e.title])({row}.querySelector('[data-field=\"nack\"]'))"
         ))
         .await;
-    let shown = shown.as_str().unwrap_or_default();
+    let (text, title) = (squeeze(str_of(&shown[0])), squeeze(str_of(&shown[1])));
+    let whole = squeeze(&nack);
     assert!(
-        squeeze(shown).contains(&squeeze(&nack)),
-        "the page shows {shown:?} for the NACK teal proxies gives as {nack:?}"
+        text.contains(&whole) || (text.ends_with('…') && title.contains(&whole)),
+        "the page shows {shown} for the NACK teal proxies gives as {nack:?}"
     );
 
-    // With the token typed in, the page acts.
+    // A wrong token is refused and not kept; the right one is, and the
+    // page acts.
+    assert_ne!(
+        page.eval("document.querySelector('#notice').dataset.kind")
+            .await,
+        "error"
+    );
+    page.type_into("#token", "not-the-token").await;
+    page.click("#token-use").await;
+    page.wait_until(
+        WAIT,
+        "the page says the token was refused",
+        "document.querySelector('#notice').dataset.kind === 'error'",
+    )
+    .await;
+    let after = page
+        .eval("[document.body.dataset.mode, sessionStorage.length]")
+        .await;
+    assert_eq!(
+        after,
+        json!(["read-only", 0]),
+        "a refused token is not kept"
+    );
     page.type_into("#token", TOKEN).await;
     page.click("#token-use").await;
     page.wait_until(
@@ -220,7 +244,10 @@ async fn the_dashboard_shows_a_flip_reach_every_proxy_and_acts_only_with_a_token
 /// wrong one, from the page and from outside, are refused and change
 /// nothing.
 async fn read_only_refuses_everything(w: &World, page: &Browser) {
-    assert_eq!(page.eval("document.body.dataset.mode").await, "read-only");
+    let mode = page
+        .eval("[document.body.dataset.mode, sessionStorage.length]")
+        .await;
+    assert_eq!(mode, json!(["read-only", 0]), "no token is kept at first");
     let mode = page
         .eval("document.querySelector('#mode').textContent")
         .await;
@@ -357,6 +384,13 @@ async fn flip_from_the_page(
     let cli = tokio::spawn(cli_sees_success(w.admin));
     let clicked = unix_ms();
     page.click("#confirm-ok").await;
+
+    page.wait_until(
+        WAIT,
+        "the page says the flip started",
+        "document.querySelector('#notice').dataset.kind === 'ok'",
+    )
+    .await;
 
     // Mid-flip: the operation's phase shows, the held proxy is pending.
     let operation = format!(
@@ -550,6 +584,10 @@ fn row_js(node: &str) -> String {
 
 fn flip_button(to: &str) -> String {
     format!("section[data-service=\"web\"] button[data-action=\"flip\"][data-to=\"{to}\"]")
+}
+
+fn str_of(v: &Value) -> &str {
+    v.as_str().unwrap_or_default()
 }
 
 /// Whitespace folded, to compare text as the page lays it out.
