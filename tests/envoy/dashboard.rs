@@ -613,6 +613,7 @@ fn screenshots_dir() -> PathBuf {
 
 async fn shot(page: &Browser, dir: &Path, step: &str, full_page: bool) {
     let path = dir.join(format!("{step}.png"));
+    page.settle().await;
     let (width, height) = page.screenshot(&path, full_page).await;
     eprintln!(
         "dashboard: screenshot {} ({width}x{height})",

@@ -409,6 +409,26 @@ impl Browser {
         self.call("Input.insertText", json!({"text": text})).await;
     }
 
+    /// Waits (up to 2 s, then goes on regardless) until no CSS transition
+    /// runs, so that a screenshot shows where bars and colours end up
+    /// rather than half way there. A page that keeps starting transitions
+    /// gets its screenshot anyway.
+    pub async fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            let moving = self
+                .try_eval(
+                    "document.getAnimations().some(a => a instanceof CSSTransition && \
+                     a.playState === 'running')",
+                )
+                .await;
+            if moving != Ok(Value::Bool(true)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Saves a PNG of the page as it shows now to `path` (its whole length
     /// when `full_page`, else the viewport) and returns its size in pixels.
     pub async fn screenshot(&self, path: &Path, full_page: bool) -> (u32, u32) {
