@@ -88,13 +88,15 @@ function moveWords(from, to) {
   return moves.length ? moves.join(", ") : "no weight moves";
 }
 
-// The fleet a split favours, as "to green" or "green 50%".
-function targetWords(split) {
-  const entries = Object.entries(split || {});
+// Where a change goes, as "to green" or "to green 50%": the fleet that
+// gains the most weight from `from` to `target`.
+function targetWords(from, target) {
+  const entries = Object.entries(target || {});
   const total = entries.reduce((n, [, w]) => n + w, 0);
   if (!entries.length || total === 0) return "";
-  const [fleet, w] = entries.reduce((a, b) => (b[1] > a[1] ? b : a));
-  return w === total ? "to " + fleet : fleet + " " + Math.round((100 * w) / total) + "%";
+  const gain = ([f, w]) => w - ((from || {})[f] || 0);
+  const [fleet, w] = entries.reduce((a, b) => (gain(b) > gain(a) || (gain(b) === gain(a) && b[1] > a[1]) ? b : a));
+  return w === total ? "to " + fleet : "to " + fleet + " " + Math.round((100 * w) / total) + "%";
 }
 
 // A proxy's state, as the spec defines it for page and test alike.
@@ -143,7 +145,10 @@ let source = null;
 
 function connect() {
   source = new EventSource("/v1/events");
-  source.addEventListener("open", () => setLive(true));
+  source.addEventListener("open", () => {
+    setLive(true);
+    if ($("notice").dataset.from === "stream") $("notice").hidden = true;
+  });
   for (const kind of ["hello", "status", "proxies"]) {
     source.addEventListener(kind, (e) => {
       queued[kind] = e.data;
@@ -152,7 +157,7 @@ function connect() {
   }
   source.addEventListener("error", (e) => {
     // A server's own `event: error` carries data; a dropped connection not.
-    if (e.data) notice("error", "event stream: " + safeError(e.data));
+    if (e.data) notice("error", "event stream: " + safeError(e.data), "stream");
     setLive(false);
     // EventSource retries by itself after a dropped stream, but gives up
     // for good on a refused one (503 at the stream limit): retry then.
@@ -199,7 +204,8 @@ function render() {
     model.hello = JSON.parse(queued.hello);
     queued.hello = null;
     renderWhere();
-    if (auth.token && !auth.actor) checkToken(auth.token, false);
+    // A new stream may be a restarted teal with other tokens: ask again.
+    if (auth.token) checkToken(auth.token, false);
   }
   if (queued.proxies) {
     model.proxies = JSON.parse(queued.proxies);
@@ -314,7 +320,7 @@ function buildSection(name) {
     el("div", { class: "scroll" }, fleetTable),
     el("dl", { class: "facts" }, el("dt", {}, "Rollback point"), parts.rollback, el("dt", {}, "Cost window"), parts.cost),
     parts.operation, parts.outcome, parts.actions,
-    el("details", { class: "recent" }, el("summary", {}, "Recent changes"), parts.history));
+    el("details", { class: "recent", open: "" }, el("summary", {}, "Recent changes"), parts.history));
   return { root, parts };
 }
 
@@ -386,7 +392,9 @@ function renderBars(p, svc, confirmed) {
       const share = byFleet.get(f) || 0;
       const seg = bar.children[i];
       seg.style.width = share * 100 + "%";
-      setText(seg, share >= 0.12 ? f + " " + Math.round(share * 100) + "%" : "");
+      // Words where they fit; the table below has every number anyway.
+      const n = Math.round(share * 100) + "%";
+      setText(seg, share >= 0.25 ? f + " " + n : share >= 0.1 ? n : "");
     });
     bar.classList.toggle("empty", !split);
     setAttr(bar, "aria-label", label + ": " + (split ? parts.map(([f, x]) => f + " " + Math.round(x * 100) + "%").join(", ") : "unknown"));
@@ -447,7 +455,7 @@ function renderOperation(p, svc) {
   }
   const [title, counts, grid, message] = box.children;
   const step = op.steps > 1 ? ", step " + op.step + "/" + op.steps : "";
-  clip(title, op.verb + " " + targetWords(op.target) + " · " + op.phase + step + " · operation #" + op.id, CUT.text);
+  clip(title, op.verb + " " + targetWords(svc.weights, op.target) + " · " + op.phase + step + " · operation #" + op.id, CUT.text);
   const nacked = renderGrid(p, grid, op);
   const pending = Math.max(0, op.total - op.acked - nacked);
   const words = op.total ? op.acked + "/" + op.total + " ACKed, " + nacked + " NACKed, " + pending + " pending" : "no proxy to wait for yet";
@@ -492,7 +500,7 @@ function renderOutcome(node, c) {
 
 // "succeeded: flip to green, 183 ms" or "refused: flip to green: <reason>"
 function changeWords(c) {
-  let words = c.outcome + ": " + c.verb + " " + targetWords(c.to);
+  let words = c.outcome + ": " + c.verb + " " + targetWords(c.from, c.target || c.to);
   if (c.convergence_ms != null) words += ", " + c.convergence_ms + " ms";
   if (c.reason) words += ": " + c.reason;
   return words;
@@ -563,7 +571,11 @@ function renderProxies() {
   }
   const { total, shown } = model.proxies;
   $("proxies").classList.toggle("no-replica", !list.some((p) => p.replica));
-  let words = (total ?? list.length) + " connected: " + counts.acked + " ACKed, " + counts.pending + " pending, " + counts.nacked + " NACKed";
+  // Rows out of view skip layout only with many of them: a few are cheap,
+  // and skipped rows would come out blank in a whole-page screenshot.
+  $("proxies").classList.toggle("many", list.length > 200);
+  const here = model.hello && model.hello.replica ? " to this replica" : "";
+  let words = (total ?? list.length) + " connected" + here + ": " + counts.acked + " ACKed, " + counts.pending + " pending, " + counts.nacked + " NACKed";
   if (total > shown) words += " (showing " + shown + ": NACKed and pending first)";
   setText($("proxies-summary"), words);
 }
@@ -572,7 +584,7 @@ function buildRow(id) {
   const cells = {};
   const td = (field) => (cells[field] = el("span", { "data-field": field, role: "cell" }));
   const tr = el("div", { "data-node": id, class: "prow", role: "row" },
-    td("node-id"), td("group"), td("state"), td("xds"), td("nack"), td("identity"),
+    td("node-id"), td("state"), td("xds"), td("nack"), td("group"), td("identity"),
     td("replica"), td("cordon"), td("last-report"), td("action"));
   clip(cells["node-id"], id, CUT.id);
   setAttr(cells["node-id"], "title", visible(id.slice(0, CUT.title)));
@@ -706,16 +718,19 @@ function useTypedToken() {
 
 // ---- notices -----------------------------------------------------------
 
-function notice(kind, text) {
+// `from` marks a notice about the stream, taken down once it is back.
+function notice(kind, text, from) {
   const n = $("notice");
   n.dataset.kind = kind;
+  n.dataset.from = from || "";
   clip(n, text, CUT.text * 3);
   n.hidden = false;
 }
 
 // ---- actions -----------------------------------------------------------
 
-async function post(path, body) {
+// Sends one action; `what` names it in the notice ("flip of web").
+async function post(path, body, what) {
   let res;
   try {
     res = await fetch("/v1/actions/" + path, {
@@ -725,17 +740,17 @@ async function post(path, body) {
       cache: "no-store",
     });
   } catch {
-    notice("error", path + ": could not reach teal");
+    notice("error", what + ": could not reach teal");
     return;
   }
   const answer = await res.json().catch(() => ({}));
   if (res.ok) {
-    const what = answer.id != null ? "started as operation #" + answer.id : answer.changed === false ? "nothing to change" : "done";
-    notice("ok", path + ": " + what);
+    const result = answer.id != null ? "started as operation #" + answer.id : answer.changed === false ? "nothing to change, it already was" : "done";
+    notice("ok", what + ": " + result);
     return;
   }
   if (res.status === 401) forgetToken();
-  let text = path + " refused: " + (answer.error || "HTTP " + res.status);
+  let text = what + " refused: " + (answer.error || "HTTP " + res.status);
   if (answer.kind === "not_leader" && answer.leader) text += " (leader: " + answer.leader + ")";
   notice("error", text);
 }
@@ -746,7 +761,7 @@ let pending = null;
 function openConfirm(title, action) {
   pending = action;
   setText($("confirm-title"), title);
-  $("shift-label").hidden = !action.percents;
+  $("shift-fields").hidden = !action.percents;
   $("reason-label").hidden = !action.reason;
   if (action.reason) $("cordon-reason").value = "";
   refreshConfirm();
@@ -775,6 +790,13 @@ function parsePercents(text) {
   return { nums };
 }
 
+// The wait after each step, as the CLI's --interval (default 30 s there too).
+function parseInterval(text) {
+  const s = Number(text);
+  if (text.trim() === "" || !Number.isInteger(s) || s < 0 || s > 86400) return { problem: "the wait is whole seconds, 0 to 86400" };
+  return { ms: s * 1000 };
+}
+
 function serviceOf(name) {
   return model.status && model.status.services.find((s) => s.name === name);
 }
@@ -787,46 +809,48 @@ function actionFor(button) {
   if (kind === "flip") {
     const to = button.getAttribute("data-to");
     const target = Object.fromEntries(Object.keys(svc.weights).map((f) => [f, f === to ? 100 : 0]));
-    return ["Flip " + name + " to " + to, { describe: () => ({ summary: name + ": " + moveWords(svc.weights, target) + ", on " + proxyCount(name) }), send: () => post("flip", { service: name, to }) }];
+    return ["Flip " + name + " to " + to, { describe: () => ({ summary: name + ": " + moveWords(svc.weights, target) + ", on " + proxyCount(name) }), send: () => post("flip", { service: name, to }, "flip of " + name + " to " + to) }];
   }
   if (kind === "shift") {
     const fleets = Object.keys(svc.weights).filter((f) => !svc.retired.includes(f));
     const to = fleets.find((f) => f !== svc.live) || fleets[0];
     const percents = () => parsePercents($("shift-percents").value);
+    const interval = () => parseInterval($("shift-interval").value);
     return ["Shift " + name + " to " + to, {
       percents: true,
       describe: () => {
         const { nums, problem } = percents();
-        if (problem) return { summary: name + ": shift to " + to, problem };
+        const wait = interval();
+        if (problem || wait.problem) return { summary: name + ": shift to " + to, problem: problem || wait.problem };
         const last = nums[nums.length - 1];
         const target = Object.fromEntries(fleets.map((f) => [f, f === to ? last : Math.round(((svc.weights[f] || 0) * (100 - last)) / Math.max(1, 100 - (svc.weights[to] || 0)))]));
-        return { summary: name + ": to " + to + " in steps of " + nums.join("%, ") + "%: " + moveWords(svc.weights, target) + " (about), on " + proxyCount(name) };
+        return { summary: name + ": to " + to + " in steps of " + nums.join("%, ") + "%: " + moveWords(svc.weights, target) + " (about), on " + proxyCount(name) + ", " + wait.ms / 1000 + " s between steps" };
       },
-      send: () => post("shift", { service: name, to, percents: percents().nums }),
+      send: () => post("shift", { service: name, to, percents: percents().nums, interval_ms: interval().ms }, "shift of " + name + " to " + to),
     }];
   }
   if (kind === "rollback") {
-    return ["Roll " + name + " back", { describe: () => ({ summary: name + ": back to the rollback point " + splitWords(svc.rollback_to) + ": " + moveWords(svc.weights, svc.rollback_to) + ", on " + proxyCount(name) }), send: () => post("rollback", { service: name }) }];
+    return ["Roll " + name + " back", { describe: () => ({ summary: name + ": back to the rollback point " + splitWords(svc.rollback_to) + ": " + moveWords(svc.weights, svc.rollback_to) + ", on " + proxyCount(name) }), send: () => post("rollback", { service: name }, "rollback of " + name) }];
   }
   if (kind === "retire") {
     const fleet = button.getAttribute("data-fleet");
-    return ["Retire " + fleet + " of " + name, { describe: () => ({ summary: name + ": " + fleet + " (weight 0) is retired once drained: its endpoints go from " + proxyCount(name) + " and it takes no traffic until set again" }), send: () => post("retire", { service: name, fleet }) }];
+    return ["Retire " + fleet + " of " + name, { describe: () => ({ summary: name + ": " + fleet + " (weight 0) is retired once drained: its endpoints go from " + proxyCount(name) + " and it takes no traffic until set again" }), send: () => post("retire", { service: name, fleet }, "retirement of " + fleet + " of " + name) }];
   }
   if (kind === "abort") {
     const op = svc.in_progress;
-    return ["Abort operation #" + op.id, { describe: () => ({ summary: name + ": abort " + op.verb + " " + targetWords(op.target) + " (" + op.phase + "); teal puts back the weights from before it" }), send: () => post("abort", { id: op.id }) }];
+    return ["Abort operation #" + op.id, { describe: () => ({ summary: name + ": abort " + op.verb + " " + targetWords(svc.weights, op.target) + " (" + op.phase + "): it ends before its next step; a step being confirmed is undone, earlier steps stay (roll back undoes them)" }), send: () => post("abort", { id: op.id }, "abort of operation #" + op.id) }];
   }
   const node = button.closest("[data-node]").getAttribute("data-node");
-  const shown = node.length > CUT.id ? node.slice(0, CUT.id) + "…" : node;
+  const shown = node.length > 64 ? node.slice(0, 64) + "…" : node;
   if (kind === "cordon") {
     const reason = () => $("cordon-reason").value.trim();
     return ["Cordon a proxy", {
       reason: true,
       describe: () => ({ summary: "cordon " + shown + ": operations stop waiting for its ACKs", problem: reason() ? "" : "say why, for the others" }),
-      send: () => post("cordon", { node_id: node, reason: reason() }),
+      send: () => post("cordon", { node_id: node, reason: reason() }, "cordon of " + shown),
     }];
   }
-  return ["Uncordon a proxy", { describe: () => ({ summary: "uncordon " + shown + ": operations wait for its ACKs again" }), send: () => post("uncordon", { node_id: node }) }];
+  return ["Uncordon a proxy", { describe: () => ({ summary: "uncordon " + shown + ": operations wait for its ACKs again" }), send: () => post("uncordon", { node_id: node }, "uncordon of " + shown) }];
 }
 
 async function confirmed() {
@@ -850,7 +874,7 @@ function start() {
   $("confirm-ok").addEventListener("click", confirmed);
   $("confirm-cancel").addEventListener("click", () => $("confirm").close());
   $("confirm").addEventListener("close", () => (pending = null));
-  for (const id of ["shift-percents", "cordon-reason"]) $(id).addEventListener("input", () => pending && refreshConfirm());
+  for (const id of ["shift-percents", "shift-interval", "cordon-reason"]) $(id).addEventListener("input", () => pending && refreshConfirm());
   $("token-use").addEventListener("click", useTypedToken);
   $("token").addEventListener("keydown", (e) => {
     if (e.key === "Enter") useTypedToken();
@@ -866,7 +890,6 @@ function start() {
   const kept = sessionStorage.getItem(TOKEN_KEY);
   if (kept) {
     auth.token = kept;
-    checkToken(kept, false);
   }
   applyMode();
   connect();
