@@ -204,8 +204,7 @@ async fn the_dashboard_shows_a_flip_reach_every_proxy_and_acts_only_with_a_token
     // At a phone's size in dark mode: dark, and nothing wider than the screen.
     page.set_viewport(390, 844, true).await;
     page.set_dark(true).await;
-    page.eval("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
-        .await;
+    page.painted().await;
     let dark = page.eval(BACKGROUND_LUMINANCE).await;
     assert!(
         dark.as_f64().is_some_and(|l| l < 0.4),
@@ -271,7 +270,7 @@ async fn read_only_refuses_everything(w: &World, page: &Browser) {
         "every action is disabled without a token: {buttons:?}"
     );
     page.click(&flip_button("green")).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    page.painted().await;
     assert_eq!(
         page.eval("document.querySelector('dialog#confirm').open")
             .await,

@@ -409,6 +409,13 @@ impl Browser {
         self.call("Input.insertText", json!({"text": text})).await;
     }
 
+    /// Waits until the page has drawn two more frames: whatever the
+    /// events handled so far changed is then on screen.
+    pub async fn painted(&self) {
+        self.eval("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+            .await;
+    }
+
     /// Waits (up to 2 s, then goes on regardless) until no CSS transition
     /// runs, so that a screenshot shows where bars and colours end up
     /// rather than half way there. A page that keeps starting transitions
