@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::process::Command;
 
 use crate::support::ads::{Answer, answering_proxy};
-use crate::support::browser::Browser;
+use crate::support::browser::{Browser, chromium_binary};
 use crate::support::envoy::{node_id, render_bootstrap};
 use crate::support::world::{ConfigSpec, PREFIX_ROUTE, TOKEN, World, bodies};
 use crate::support::{Envoy, Protocol, Traffic, http, show, teal_binary};
@@ -40,6 +40,8 @@ const RE2_AT_1: &str = "layered_runtime:\n  layers:\n    - name: static\n      \
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_a_flip_reach_every_proxy_and_acts_only_with_a_token() {
+    // Without a browser, fail before starting anything.
+    chromium_binary();
     let w = World::start_edited(
         false,
         |ports| ConfigSpec {
