@@ -58,8 +58,9 @@ pub(crate) struct LimitArgs {
     /// oldest connection still in its handshake makes room for a new one.
     #[arg(long, default_value = "10s", value_parser = timeout_seconds)]
     pub(crate) handshake_timeout: Duration,
-    /// How long (`60s`) a connection may send nothing at all (HTTP/2 clients are
-    /// pinged after a third of it).
+    /// How long (`60s`) a connection may send nothing and take nothing
+    /// written to it (HTTP/2 clients are pinged after a third of it; an
+    /// event stream writes at least every 15 s).
     #[arg(long, default_value = "60s", value_parser = timeout_seconds)]
     pub(crate) idle_timeout: Duration,
     /// Largest CSDS request message, in bytes (both ports); a larger one

@@ -696,3 +696,29 @@ async fn every_dashboard_answer_carries_the_security_headers() {
     assert_secure("/v1/whoami", &r.headers);
     drop(t.teal);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_is_read_outlives_the_idle_timeout() {
+    // An HTTP/1.1 event stream sends nothing after its request; taking
+    // what teal writes keeps it alive.
+    let t = serve(&["--handshake-timeout", "1s", "--idle-timeout", "2s"]).await;
+    let mut events = EventStream::open(t.admin).await.expect("open").stream();
+    events.next_named("status", CONVERGE).await;
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        n += 1;
+        let ghost = format!(r#"{{"node_id":"ghost-{n}","reason":"keep talking"}}"#);
+        assert_eq!(act(t.admin, "cordon", Some(TOKEN), &ghost).await.0, 200);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let last = format!("ghost-{n}");
+    events
+        .wait_for("status", CONVERGE, "the last cordon", |s| {
+            s["cordons"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["node_id"] == last.as_str()))
+        })
+        .await;
+    drop(t.teal);
+}
