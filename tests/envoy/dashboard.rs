@@ -102,8 +102,56 @@ async fn the_dashboard_shows_a_flip_reach_every_proxy_and_acts_only_with_a_token
     read_only_refuses_everything(&w, &page).await;
     hostile_text_stays_text(&page).await;
 
-    // The NACKing Envoy's row says so, in Envoy's words as the CLI has them.
-    let row = row_js(&nacker.node_id);
+    the_nack_shows_in_envoys_words(&page, &nacker.node_id, &nack).await;
+    a_typed_token_unlocks_the_actions(&page).await;
+
+    flip_from_the_page(&w, &page, &shots, &answer, &web_proxies).await;
+
+    // The traffic moved to green, and not one request failed across it.
+    traffic
+        .wait_for("an answer from green", |seen| {
+            seen.iter()
+                .any(|a| matches!(a, Ok((200, b)) if b == "green"))
+        })
+        .await;
+    w.wait_weights(&[0, 1, 2], &[("green", 100)]).await;
+    let seen = traffic.stop().await;
+    let bodies = bodies(&seen);
+    assert!(bodies.last().is_some_and(|b| b == "green"), "{bodies:?}");
+    eprintln!(
+        "dashboard: {} requests through the edge and the sidecars, none failed",
+        bodies.len()
+    );
+    page.wait_until(
+        WAIT,
+        "green shows confirmed at 100",
+        &format!(
+            "{}.textContent.includes('100')",
+            field_js("web", "green", "confirmed")
+        ),
+    )
+    .await;
+    shot(&page, &shots, "3-after-flip", true).await;
+
+    phone_in_dark_mode(&page, &shots).await;
+
+    // Nothing the page did broke its own policy or threw.
+    let bad: Vec<String> = page
+        .logged()
+        .into_iter()
+        .filter(|l| l.starts_with("[uncaught]") || l.contains("Content Security Policy"))
+        .collect();
+    assert!(bad.is_empty(), "the page logged: {bad:#?}");
+    assert!(
+        page.eval("typeof window.__pwned").await == "undefined",
+        "the hostile node id ran script"
+    );
+}
+
+/// The NACKing Envoy's row says so, in Envoy's words as `teal proxies`
+/// has them (`nack`).
+async fn the_nack_shows_in_envoys_words(page: &Browser, node: &str, nack: &str) {
+    let row = row_js(node);
     page.wait_until(
         WAIT,
         "the NACKing Envoy shows as nacked",
@@ -117,14 +165,16 @@ async fn the_dashboard_shows_a_flip_reach_every_proxy_and_acts_only_with_a_token
         ))
         .await;
     let (text, title) = (squeeze(str_of(&shown[0])), squeeze(str_of(&shown[1])));
-    let whole = squeeze(&nack);
+    let whole = squeeze(nack);
     assert!(
         text.contains(&whole) || (text.ends_with('…') && title.contains(&whole)),
         "the page shows {shown} for the NACK teal proxies gives as {nack:?}"
     );
+}
 
-    // A wrong token is refused and not kept; the right one is, and the
-    // page acts.
+/// A wrong token is refused and not kept; the right one is kept for the
+/// tab only, and the page acts.
+async fn a_typed_token_unlocks_the_actions(page: &Browser) {
     assert_ne!(
         page.eval("document.querySelector('#notice').dataset.kind")
             .await,
@@ -174,36 +224,11 @@ async fn the_dashboard_shows_a_flip_reach_every_proxy_and_acts_only_with_a_token
         json!({"session": true, "local": 0, "cookie": "", "in_urls": false}),
         "the token lives in sessionStorage only and never in a URL or cookie"
     );
+}
 
-    flip_from_the_page(&w, &page, &shots, &answer, &web_proxies).await;
-
-    // The traffic moved to green, and not one request failed across it.
-    traffic
-        .wait_for("an answer from green", |seen| {
-            seen.iter()
-                .any(|a| matches!(a, Ok((200, b)) if b == "green"))
-        })
-        .await;
-    w.wait_weights(&[0, 1, 2], &[("green", 100)]).await;
-    let seen = traffic.stop().await;
-    let bodies = bodies(&seen);
-    assert!(bodies.last().is_some_and(|b| b == "green"), "{bodies:?}");
-    eprintln!(
-        "dashboard: {} requests through the edge and the sidecars, none failed",
-        bodies.len()
-    );
-    page.wait_until(
-        WAIT,
-        "green shows confirmed at 100",
-        &format!(
-            "{}.textContent.includes('100')",
-            field_js("web", "green", "confirmed")
-        ),
-    )
-    .await;
-    shot(&page, &shots, "3-after-flip", true).await;
-
-    // At a phone's size in dark mode: dark, and nothing wider than the screen.
+/// At a phone's size in dark mode the page is dark and nothing is wider
+/// than the screen; back in light mode it is light.
+async fn phone_in_dark_mode(page: &Browser, shots: &Path) {
     page.set_viewport(390, 844, true).await;
     page.set_dark(true).await;
     page.painted().await;
@@ -219,24 +244,12 @@ async fn the_dashboard_shows_a_flip_reach_every_proxy_and_acts_only_with_a_token
         overflow.as_i64().is_some_and(|o| o <= 1),
         "the page is {overflow} px wider than a phone's screen"
     );
-    shot(&page, &shots, "4-phone-dark", false).await;
+    shot(page, shots, "4-phone-dark", false).await;
     page.set_dark(false).await;
     let light = page.eval(BACKGROUND_LUMINANCE).await;
     assert!(
         light.as_f64().is_some_and(|l| l > 0.6),
         "light mode background: {light}"
-    );
-
-    // Nothing the page did broke its own policy or threw.
-    let bad: Vec<String> = page
-        .logged()
-        .into_iter()
-        .filter(|l| l.starts_with("[uncaught]") || l.contains("Content Security Policy"))
-        .collect();
-    assert!(bad.is_empty(), "the page logged: {bad:#?}");
-    assert!(
-        page.eval("typeof window.__pwned").await == "undefined",
-        "the hostile node id ran script"
     );
 }
 
