@@ -133,6 +133,7 @@ async fn the_dashboard_shows_a_flip_reach_every_proxy_and_acts_only_with_a_token
     .await;
     shot(&page, &shots, "3-after-flip", true).await;
 
+    cordon_from_the_page(&w, &page, &nacker.node_id).await;
     phone_in_dark_mode(&page, &shots).await;
 
     // Nothing the page did broke its own policy or threw.
@@ -223,6 +224,58 @@ async fn a_typed_token_unlocks_the_actions(page: &Browser) {
         kept,
         json!({"session": true, "local": 0, "cookie": "", "in_urls": false}),
         "the token lives in sessionStorage only and never in a URL or cookie"
+    );
+}
+
+/// Cordons proxy `node` from its row with a reason that is an HTML
+/// payload: teal records it as typed, and the page shows it as text.
+async fn cordon_from_the_page(w: &World, page: &Browser, node: &str) {
+    const REASON: &str = "<script>window.__pwned=2</script> bad runtime";
+    let row = row_js(node);
+    page.click(&format!(
+        "[data-node=\"{node}\"] button[data-action=\"cordon\"]"
+    ))
+    .await;
+    page.wait_until(
+        WAIT,
+        "the confirmation is open",
+        "document.querySelector('dialog#confirm').open",
+    )
+    .await;
+    page.type_into("#cordon-reason", REASON).await;
+    let summary = page
+        .eval("document.querySelector('#confirm-summary').textContent")
+        .await;
+    assert!(
+        summary
+            .as_str()
+            .is_some_and(|s| s.contains("cordon") && s.contains(node)),
+        "the confirmation names the proxy: {summary}"
+    );
+    page.click("#confirm-ok").await;
+    page.wait_until(
+        WAIT,
+        "the row shows the cordon and its reason",
+        &format!(
+            "{row}.querySelector('[data-field=\"cordon\"]').textContent.includes({}) && \
+             {row}.querySelector('button[data-action=\"uncordon\"]')",
+            js(REASON)
+        ),
+    )
+    .await;
+    let status = w.json(&["status"]).await;
+    assert_eq!(
+        (
+            &status["cordons"][0]["node_id"],
+            &status["cordons"][0]["reason"]
+        ),
+        (&json!(node), &json!(REASON)),
+        "{status:#}"
+    );
+    assert_eq!(
+        page.eval("document.querySelectorAll('script:not([src])').length")
+            .await,
+        0
     );
 }
 
@@ -464,6 +517,12 @@ async fn flip_from_the_page(
         page_at - cli_at <= PAGE_LAG.as_millis() as i64,
         "the page showed the outcome {} ms after the CLI",
         page_at - cli_at
+    );
+    let history = w.history().await;
+    assert_eq!(
+        (&history[0]["id"], &history[0]["actor"]),
+        (&json!(cli_id), &json!("admin")),
+        "the flip's actor is the token's name: {history:#?}"
     );
     page.wait_until(
         WAIT,
