@@ -3,8 +3,8 @@
 // Everything shown comes from proxies and operators and is hostile text:
 // the DOM is built with createElement, textContent and setAttribute only,
 // never from markup. The server's CSP forbids inline script and style, so
-// widths are set through CSSOM (el.style.width), which it allows.
-"use strict";
+// widths are set through CSSOM (el.style.width), which it allows. A module
+// script: strict, and nothing of it leaks into the page's globals.
 
 const TOKEN_KEY = "teal.token";
 const TYPES = ["CDS", "EDS", "LDS", "RDS"];
@@ -197,33 +197,42 @@ function scheduleRender() {
   setTimeout(once, 250);
 }
 
+// Runs one part of a render; a part that fails (a field this page does not
+// know the shape of) leaves the others to show what they can.
+function part(name, fn) {
+  try {
+    fn();
+  } catch (e) {
+    console.error("teal dashboard: could not show the " + name, e);
+  }
+}
+
 function render() {
   renderPending = false;
   const t0 = performance.now();
-  if (queued.hello) {
-    model.hello = JSON.parse(queued.hello);
-    queued.hello = null;
+  const [hello, proxies, status] = [queued.hello, queued.proxies, queued.status];
+  queued.hello = queued.proxies = queued.status = null;
+  if (hello) part("hello", () => {
+    model.hello = JSON.parse(hello);
     renderWhere();
     // A new stream may be a restarted teal with other tokens: ask again.
     if (auth.token) checkToken(auth.token, false);
-  }
-  if (queued.proxies) {
-    model.proxies = JSON.parse(queued.proxies);
-    queued.proxies = null;
+  });
+  if (proxies) part("proxies", () => {
+    model.proxies = JSON.parse(proxies);
     model.byNode = new Map(model.proxies.proxies.map((p) => [p.node_id, p]));
     renderProxies();
-  }
-  if (queued.status) {
-    model.status = JSON.parse(queued.status);
-    queued.status = null;
+  });
+  if (status) part("status", () => {
+    model.status = JSON.parse(status);
     model.clockSkew = model.status.at_unix_ms - Date.now();
     renderReplicas();
-  }
-  if (model.status) {
+  });
+  if (model.status) part("services", () => {
     learnGroups();
     renderServices();
     document.body.dataset.statusAt = String(model.status.at_unix_ms);
-  }
+  });
   applyMode();
   // Kept to the last one: user-timing entries pile up otherwise.
   performance.clearMeasures("teal-render");
@@ -473,11 +482,11 @@ function renderGrid(p, grid, op) {
   const sig = ids.join("\u0000");
   if (p.sig.grid !== sig) {
     p.sig.grid = sig;
-    p.opGrid = new Map(ids.map((id) => [id, el("span", { class: "sq", title: id.slice(0, CUT.title) })]));
+    p.opGrid = new Map(ids.map((id) => [id, el("span", { class: "sq", title: visible(id.slice(0, CUT.title)) })]));
     grid.replaceChildren(...p.opGrid.values());
     // Smaller squares for more proxies, so a thousand still fit at a glance.
-    grid.classList.toggle("dense", ids.length > 400);
-    grid.classList.toggle("denser", ids.length > 1200);
+    grid.classList.toggle("dense", ids.length > 200);
+    grid.classList.toggle("denser", ids.length > 1000);
   }
   const waiting = new Set(op.waiting_for);
   const skipped = new Set(op.not_waiting_for || []);
@@ -520,28 +529,38 @@ function renderHistory(p, svc) {
   if (!changes.length) p.history.append(el("li", { class: "quiet" }, "No change yet."));
 }
 
+// An action button, disabled unless this page may act. `none` marks one
+// that has nothing to do (no rollback point, an operation already running).
+function actionButton(action, text, attrs, none) {
+  const b = el("button", Object.assign({ type: "button", "data-action": action }, attrs));
+  if (none) b.setAttribute("data-none", "");
+  clip(b, text, CUT.text);
+  b.disabled = !canAct() || !!none;
+  return b;
+}
+
 // Buttons are rebuilt only when what they offer changes, so a click is not
 // lost to a re-render in between.
 function renderActions(p, svc) {
   const fleets = Object.keys(svc.weights).filter((f) => !svc.retired.includes(f));
   const total = Object.values(svc.weights).reduce((a, b) => a + b, 0);
   const flips = fleets.filter((f) => svc.weights[f] < total);
-  const retires = fleets.filter((f) => svc.weights[f] === 0 && !(svc.retirement && svc.retirement.fleet === f));
+  const retiring = svc.retirement && svc.retirement.fleet;
+  const retires = fleets.filter((f) => svc.weights[f] === 0 && f !== retiring);
   const op = svc.in_progress;
-  const sig = JSON.stringify([flips, retires, fleets.length, !!svc.rollback_to, op ? op.id : null]);
+  // teal runs one operation per service at a time, and cannot stop a
+  // rollback or an undo.
+  const busy = !!op;
+  const abortable = op && op.verb !== "rollback" && op.phase !== "rolling-back";
+  const sig = JSON.stringify([flips, retires, fleets.length, !!svc.rollback_to, op && op.id, abortable]);
   if (p.sig.actions === sig) return;
   p.sig.actions = sig;
-  const button = (action, text, attrs) => {
-    const b = el("button", Object.assign({ type: "button", "data-action": action }, attrs || {}));
-    clip(b, text, CUT.text);
-    return b;
-  };
   p.actions.replaceChildren(
-    ...flips.map((f) => button("flip", "Flip to " + f, { "data-to": f })),
-    ...(fleets.length > 1 ? [button("shift", "Shift…")] : []),
-    button("rollback", "Roll back", svc.rollback_to ? {} : { "data-none": "" }),
-    ...retires.map((f) => button("retire", "Retire " + f, { "data-fleet": f })),
-    ...(op ? [button("abort", "Abort #" + op.id, { class: "danger" })] : []));
+    ...flips.map((f) => actionButton("flip", "Flip to " + f, { "data-to": f }, busy)),
+    ...(fleets.length > 1 ? [actionButton("shift", "Shift…", {}, busy)] : []),
+    actionButton("rollback", "Roll back", {}, busy || !svc.rollback_to),
+    ...retires.map((f) => actionButton("retire", "Retire " + f, { "data-fleet": f }, busy)),
+    ...(abortable ? [actionButton("abort", "Abort #" + op.id, { class: "danger" })] : []));
 }
 
 // ---- proxies -----------------------------------------------------------
@@ -643,7 +662,7 @@ function updateRow(row, p) {
   clip(c.cordon, p.cordoned ? "cordoned" + (p.cordon_reason ? ": " + p.cordon_reason : "") : "", CUT.text);
   const action = p.cordoned ? "uncordon" : "cordon";
   if (!c.action.firstChild || c.action.firstChild.getAttribute("data-action") !== action) {
-    c.action.replaceChildren(el("button", { type: "button", "data-action": action, class: "small" }, p.cordoned ? "Uncordon" : "Cordon"));
+    c.action.replaceChildren(actionButton(action, p.cordoned ? "Uncordon" : "Cordon", { class: "small" }));
   }
   return state;
 }
@@ -664,8 +683,16 @@ function canAct() {
   return !!auth.actor && !(model.hello && model.hello.leader === false);
 }
 
+let modeShown = null;
+
+// Says the mode in words and enables the buttons when it changed; buttons
+// made later take it on as they are made (actionButton), so thousands of
+// rows are not swept at every event.
 function applyMode() {
   const act = canAct();
+  const key = [act, auth.actor, !!auth.token, model.hello && model.hello.tokens].join("\u0000");
+  if (modeShown === key) return;
+  modeShown = key;
   document.body.dataset.mode = auth.actor ? "act" : "read-only";
   let words;
   if (auth.actor) words = "Acting as " + auth.actor;
