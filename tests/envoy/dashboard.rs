@@ -284,6 +284,9 @@ async fn cordon_from_the_page(w: &World, page: &Browser, node: &str) {
 async fn phone_in_dark_mode(page: &Browser, shots: &Path) {
     page.set_viewport(390, 844, true).await;
     page.set_dark(true).await;
+    // The shot shows web's section from its top, whatever was scrolled to.
+    page.eval(&format!("{}.scrollIntoView()", service_js("web")))
+        .await;
     page.painted().await;
     let dark = page.eval(BACKGROUND_LUMINANCE).await;
     assert!(
