@@ -203,7 +203,10 @@ function part(name, fn) {
   try {
     fn();
   } catch (e) {
-    console.error("teal dashboard: could not show the " + name, e);
+    // Still reported as uncaught, where a developer (or a test) looks.
+    queueMicrotask(() => {
+      throw new Error("teal dashboard: could not show the " + name + ": " + e.message, { cause: e });
+    });
   }
 }
 
@@ -251,21 +254,37 @@ function renderWhere() {
 
 const sections = new Map(); // service -> {root, parts}
 
-// The groups that route a service are not in the status; they are learnt
-// from the proxies the service's operations waited for or heard from.
+// Whether a proxy was served version `v`. teal gives a change's version
+// only to the groups routing its service, so holding it places the proxy.
+function holds(p, v) {
+  return !!v && TYPES.some((t) => {
+    const ty = p.types && p.types[t];
+    return ty && (ty.expected === v || ty.sent === v || ty.acked === v);
+  });
+}
+
+// The groups that route a service are not in the status (unless a newer
+// teal sends `groups`); they are learnt from the proxies that were served
+// its changes' versions, and those its operations waited for or heard from.
 function learnGroups() {
+  const all = model.proxies ? model.proxies.proxies : [];
   for (const svc of model.status.services) {
-    const ids = [];
-    const p = svc.in_progress;
-    if (p) ids.push(...p.waiting_for, ...(p.not_waiting_for || []));
-    for (const c of historyOf(svc)) ids.push(...c.acks.map((a) => a.proxy), ...(c.not_waited_for || []));
-    let groups = model.groups.get(svc.name);
-    for (const id of ids) {
-      const proxy = model.byNode.get(id);
-      if (!proxy) continue;
-      if (!groups) model.groups.set(svc.name, (groups = new Set()));
-      groups.add(proxy.group);
+    if (Array.isArray(svc.groups)) {
+      model.groups.set(svc.name, new Set(svc.groups));
+      continue;
     }
+    const op = svc.in_progress;
+    const changes = historyOf(svc);
+    const ids = [];
+    if (op) ids.push(...op.waiting_for, ...(op.not_waiting_for || []));
+    for (const c of changes) ids.push(...c.acks.map((a) => a.proxy), ...(c.not_waited_for || []));
+    const found = ids.map((id) => model.byNode.get(id)).filter(Boolean);
+    const versions = [op && op.version, ...changes.map((c) => c.version)].filter(Boolean);
+    for (const p of all) if (versions.some((v) => holds(p, v))) found.push(p);
+    if (!found.length) continue;
+    let groups = model.groups.get(svc.name);
+    if (!groups) model.groups.set(svc.name, (groups = new Set()));
+    for (const p of found) groups.add(p.group);
   }
 }
 
@@ -474,10 +493,19 @@ function renderOperation(p, svc) {
   clip(message, [op.message, ...failed].filter(Boolean).join(" · "), CUT.text * 2);
 }
 
-// One square per proxy of the service, in node id order so squares do not
-// jump as their states change; returns how many are NACKed.
+// The proxies an operation waits for: once it has a version, those served
+// it (and those it names); before, those of the service's groups.
+function proxiesOfOp(op) {
+  if (!op.version) return proxiesOf(op.service);
+  const named = new Set([...op.waiting_for, ...(op.not_waiting_for || [])]);
+  const all = model.proxies ? model.proxies.proxies : [];
+  return all.filter((p) => named.has(p.node_id) || holds(p, op.version));
+}
+
+// One square per proxy of the operation, in node id order so squares do
+// not jump as their states change; returns how many are NACKed.
 function renderGrid(p, grid, op) {
-  const proxies = proxiesOf(op.service);
+  const proxies = proxiesOfOp(op);
   const ids = proxies.map((x) => x.node_id).sort();
   const sig = ids.join("\u0000");
   if (p.sig.grid !== sig) {
@@ -802,8 +830,12 @@ function refreshConfirm() {
   $("confirm-ok").disabled = !!problem;
 }
 
+// How many proxies route a service: teal's own count where the status has
+// one (load reports and drains count them), else those the page knows of.
 function proxyCount(name) {
-  const n = proxiesOf(name).length;
+  const svc = serviceOf(name);
+  const counts = svc ? [...svc.traffic.map((t) => t.proxies_routing), ...svc.drains.map((d) => d.proxies)] : [];
+  const n = counts.length ? Math.max(...counts) : proxiesOf(name).length;
   return n + (n === 1 ? " proxy" : " proxies");
 }
 
