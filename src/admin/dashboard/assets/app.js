@@ -68,6 +68,11 @@ function duration(ms) {
   return Math.floor(s / 86400) + " d " + Math.floor((s % 86400) / 3600) + " h";
 }
 
+// "1 proxy", "3 proxies".
+function count(n, one, many) {
+  return n + " " + (n === 1 ? one : many);
+}
+
 function ago(ms) {
   return duration(ms) + " ago";
 }
@@ -426,10 +431,10 @@ function renderFleets(p, svc, confirmed) {
     setText(conf, confirmed ? pct((confirmed[f] || 0) / ctotal) : "—");
     const t = hasRequests(svc) ? traffic.get(f) : null;
     setText(meas, t ? pct(t.share) : "—");
-    setAttr(meas, "title", t ? t.requests + " requests, " + t.requests_per_second.toFixed(1) + "/s over " + t.window_ms / 1000 + " s, " + t.proxies_reporting + " of " + t.proxies_routing + " proxies reporting" : svc.traffic.length ? "no request in the proxies' last reports" : "no proxy reports load");
+    setAttr(meas, "title", t ? count(t.requests, "request", "requests") + ", " + t.requests_per_second.toFixed(1) + "/s over " + t.window_ms / 1000 + " s, " + t.proxies_reporting + " of " + count(t.proxies_routing, "proxy", "proxies") + " reporting" : svc.traffic.length ? "no request in the proxies' last reports" : "no proxy reports load");
     setText(err, t && t.requests ? pct(t.error_ratio) : "—");
     const d = drains.get(f);
-    setText(drain, !d ? "" : d.drained ? "drained" : d.in_flight + " in flight on " + (d.proxies - d.idle) + " proxies");
+    setText(drain, !d ? "" : d.drained ? "drained" : d.in_flight + " in flight on " + count(d.proxies - d.idle, "proxy", "proxies"));
   }
 }
 
@@ -673,7 +678,7 @@ function renderReplicas() {
   $("replicas-panel").hidden = !replicas.length;
   $("replicas").replaceChildren(...replicas.map((r) => {
     const li = el("li", { "data-replica": r.id, "data-leader": String(!!r.leader), class: "t" });
-    clip(li, r.id + (r.leader ? " (leader)" : "") + " · admin " + r.admin + " · " + r.proxies + " proxies" + (r.ineligible ? " · ineligible: " + r.ineligible : ""), CUT.text);
+    clip(li, r.id + (r.leader ? " (leader)" : "") + " · admin " + r.admin + " · " + count(r.proxies, "proxy", "proxies") + (r.ineligible ? " · ineligible: " + r.ineligible : ""), CUT.text);
     return li;
   }));
 }
@@ -811,7 +816,7 @@ function proxyCount(name) {
   const svc = serviceOf(name);
   const counts = svc ? [...svc.traffic.map((t) => t.proxies_routing), ...svc.drains.map((d) => d.proxies)] : [];
   const n = counts.length ? Math.max(...counts) : proxiesOf(name).length;
-  return n + (n === 1 ? " proxy" : " proxies");
+  return count(n, "proxy", "proxies");
 }
 
 // Percents as the server takes them: whole numbers, rising, the last at
