@@ -628,12 +628,27 @@ function rowSignature(p) {
   return sig;
 }
 
-// The age of a proxy's last load report in whole seconds: finer would
-// rewrite every row at every event.
+// The age of a proxy's last load report now, in whole seconds (finer would
+// rewrite every row every second). teal sends the proxies again only when
+// their xDS state changes or every few seconds, so the age is counted from
+// the event's time, not taken as it was then.
 function reportAge(p) {
   if (!p.load) return "no load stream";
   if (p.load.age_ms == null) return "none yet";
-  return p.load.age_ms < 1000 ? "< 1 s ago" : ago(Math.floor(p.load.age_ms / 1000) * 1000);
+  const at = model.proxies ? model.proxies.at_unix_ms : serverNow();
+  const age = Math.max(0, serverNow() - (at - p.load.age_ms));
+  return age < 1000 ? "< 1 s ago" : ago(Math.floor(age / 1000) * 1000);
+}
+
+// Moves every row's report age on with the clock.
+function tickAges() {
+  if (!model.proxies) return;
+  for (const p of model.proxies.proxies) {
+    const row = rows.get(p.node_id);
+    if (!row) continue;
+    const age = reportAge(p);
+    if (row.age !== age) setText(row.cells["last-report"], (row.age = age));
+  }
 }
 
 function updateRow(row, p) {
@@ -989,6 +1004,7 @@ function start() {
   // The cost window counts up between events.
   setInterval(() => {
     for (const s of sections.values()) tickCost(s.parts.cost);
+    tickAges();
   }, 1000);
   // A token kept for this tab is checked once the stream says hello.
   auth.token = sessionStorage.getItem(TOKEN_KEY);
