@@ -26,6 +26,8 @@
 //! | `teal_load_reporting_proxies` | gauge | `service`, `fleet` | Proxies routing the service whose load reports name the fleet. |
 //! | `teal_load_routing_proxies` | gauge | `service` | Proxies routing the service (connected, not cordoned). |
 //! | `teal_route_status_writes_total` | counter | `result` (`written`, `conflict`, `failed`) | Writes of HTTPRoute status: done, answered 409 (made again from a fresh read), or failed otherwise. |
+//! | `teal_event_streams` | gauge | | Dashboard event streams (`GET /v1/events`) open now. |
+//! | `teal_event_streams_refused_total` | counter | | Event streams refused at `--max-event-streams`. |
 //! | `teal_up` | gauge | | Always 1: the admin API answers. |
 
 use std::sync::atomic::AtomicU64;
@@ -74,6 +76,10 @@ pub struct Metrics {
     convergence: Histogram,
     /// Proxies cordoned now; set whenever the cordons change.
     cordoned: Gauge,
+    /// Dashboard event streams open now.
+    event_streams: Gauge,
+    /// Event streams refused because as many as allowed were open.
+    event_streams_refused: Counter,
     /// HTTPRoute status writes, by result.
     route_status_writes: Family<[(&'static str, &'static str); 1], Counter>,
 }
@@ -123,6 +129,8 @@ impl Metrics {
             by_type,
             convergence: Histogram::new(CONVERGENCE_BUCKETS_MS.map(|ms| ms as f64)),
             cordoned: Gauge::default(),
+            event_streams: Gauge::default(),
+            event_streams_refused: Counter::default(),
             route_status_writes: {
                 // Every result from the start: 0 rather than no series.
                 let family = Family::default();
@@ -177,6 +185,20 @@ impl Metrics {
         self.cordoned.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
+    /// Counts an event stream opening (`true`) or closing (`false`).
+    pub(crate) fn event_stream(&self, open: bool) {
+        if open {
+            self.event_streams.inc();
+        } else {
+            self.event_streams.dec();
+        }
+    }
+
+    /// Counts an event stream refused at the limit.
+    pub(crate) fn event_stream_refused(&self) {
+        self.event_streams_refused.inc();
+    }
+
     /// The page for proxies in `groups` (one entry per stream) and
     /// `services`, with cost windows measured up to `now`.
     pub(crate) fn page(
@@ -201,6 +223,17 @@ impl Metrics {
             "teal_cordoned_proxies",
             "Proxies cordoned: operations do not wait for them",
             self.cordoned.clone(),
+        );
+
+        registry.register(
+            "teal_event_streams",
+            "Dashboard event streams open",
+            self.event_streams.clone(),
+        );
+        registry.register(
+            "teal_event_streams_refused",
+            "Dashboard event streams refused at --max-event-streams",
+            self.event_streams_refused.clone(),
         );
 
         self.register_counters(&mut registry);

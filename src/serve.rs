@@ -84,6 +84,8 @@ pub struct ServeOptions {
     pub endpoint_limits: crate::rollout::registration::EndpointLimits,
     /// Bounds on the gates' requests on the admin port.
     pub gate_limits: admin::GateLimits,
+    /// Bounds on the dashboard's event streams on the admin port.
+    pub event_limits: admin::EventLimits,
 }
 
 impl ServeOptions {
@@ -114,6 +116,7 @@ impl ServeOptions {
             gateway_controller_name: crate::kubernetes::DEFAULT_CONTROLLER_NAME.to_owned(),
             endpoint_limits: Default::default(),
             gate_limits: admin::GateLimits::default(),
+            event_limits: admin::EventLimits::default(),
         }
     }
 }
@@ -469,6 +472,7 @@ pub async fn start(opts: ServeOptions, shutdown: Shutdown) -> Result<Running, Se
             registry: registry.clone(),
             csds: server.client_status(),
             gates: opts.gate_limits,
+            events: opts.event_limits,
         },
         shutdown.clone(),
     ));

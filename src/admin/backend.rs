@@ -52,6 +52,10 @@ pub trait Backend: Send + Sync + 'static {
     fn leading(&self) -> Result<(), RolloutError> {
         Ok(())
     }
+    /// This replica's id; none without replicas.
+    fn replica_id(&self) -> Option<String> {
+        None
+    }
     /// The replicas sharing this one's store (none without replicas).
     async fn replicas(&self) -> Vec<ReplicaRecord> {
         Vec::new()

@@ -60,10 +60,13 @@
 pub(crate) mod auth;
 pub(crate) mod backend;
 pub mod convert;
+pub(crate) mod dashboard;
 pub(crate) mod gates;
+pub(crate) mod json;
 pub(crate) mod local_token;
 pub mod pb;
 pub(crate) mod server;
+pub(crate) mod views;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -82,25 +85,39 @@ use crate::metrics::Metrics;
 pub use auth::Tokens;
 pub(crate) use auth::TokensError;
 pub use backend::Backend;
+pub use dashboard::EventLimits;
 pub use gates::GateLimits;
 pub(crate) use server::AdminService;
 
-/// The gRPC services and the HTTP paths, as one router.
-pub(crate) fn routes(
-    backend: Arc<dyn Backend>,
-    metrics: Arc<Metrics>,
-    tokens: Tokens,
-    registry: Arc<ProxyRegistry>,
-    csds: ClientStatus,
-    gate_limits: GateLimits,
-) -> Routes {
+/// The gRPC services and the HTTP paths, as one router; `shutdown` ends
+/// the dashboard's event streams.
+pub(crate) fn routes(parts: Parts, shutdown: Shutdown) -> Routes {
+    let Parts {
+        backend,
+        metrics,
+        tokens,
+        registry,
+        csds,
+        gates,
+        events,
+    } = parts;
+    let dashboard = dashboard::router(dashboard::DashboardParts {
+        backend: backend.clone(),
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        tokens: tokens.clone(),
+        limits: events,
+        max_request_bytes: gates.max_request_bytes,
+        shutdown,
+    });
     let service =
         AdminService::new(backend.clone(), tokens).with_cordons(registry, metrics.clone());
     let grpc = Routes::new(service.into_server()).add_service(csds.into_server());
-    let gates = gates::router(backend.clone(), gate_limits);
+    let gates = gates::router(backend.clone(), gates);
     let router = grpc
         .into_axum_router()
         .merge(gates)
+        .merge(dashboard)
         .route(
             "/metrics",
             get(move || {
@@ -154,6 +171,7 @@ pub async fn serve(
         registry: ProxyRegistry::new(),
         csds,
         gates: GateLimits::default(),
+        events: EventLimits::default(),
     };
     serve_tls(listener, limits, None, parts, shutdown).await
 }
@@ -172,6 +190,8 @@ pub(crate) struct Parts {
     pub(crate) csds: ClientStatus,
     /// Bounds on the gates' requests.
     pub(crate) gates: GateLimits,
+    /// Bounds on the dashboard's event streams.
+    pub(crate) events: EventLimits,
 }
 
 impl std::fmt::Debug for Parts {
@@ -190,15 +210,7 @@ pub(crate) async fn serve_tls(
     parts: Parts,
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
-    let Parts {
-        backend,
-        metrics,
-        tokens,
-        registry,
-        csds,
-        gates,
-    } = parts;
-    if tokens.is_empty() {
+    if parts.tokens.is_empty() {
         tracing::warn!(
             "admin API has no tokens: flip, shift, rollback, retire and abort are refused \
              (set TEAL_ADMIN_TOKEN or give a tokens file)"
@@ -208,7 +220,7 @@ pub(crate) async fn serve_tls(
         Ok(addr) => tracing::info!(%addr, "admin API listening"),
         Err(e) => tracing::info!(error = %e, "admin API listening (address unknown)"),
     }
-    let mut stop = shutdown;
+    let mut stop = shutdown.clone();
     tonic::transport::Server::builder()
         .accept_http1(true)
         .max_concurrent_streams(limits.max_streams_per_connection)
@@ -216,7 +228,7 @@ pub(crate) async fn serve_tls(
         // long step) clear of the idle timeout.
         .http2_keepalive_interval(Some(limits.keepalive()))
         .http2_keepalive_timeout(Some(limits.keepalive()))
-        .add_routes(routes(backend, metrics, tokens, registry, csds, gates))
+        .add_routes(routes(parts, shutdown.clone()))
         .serve_with_incoming_shutdown(
             Incoming::new(listener, Port::Admin, limits).with_tls(tls),
             async move { stop.wait().await },

@@ -27,6 +27,7 @@ use super::auth::Tokens;
 use super::convert;
 use super::pb;
 use super::pb::admin_server::Admin;
+use super::views;
 
 /// A stream of progress messages, as the generated service wants it.
 pub(crate) type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::Progress, Status>> + Send>>;
@@ -67,21 +68,6 @@ impl AdminService {
         metrics.set_cordoned(registry.cordons().len());
         self.registry = registry;
         self
-    }
-
-    /// The cordons, as messages.
-    fn cordons(&self) -> Vec<pb::CordonInfo> {
-        self.registry
-            .cordons()
-            .all()
-            .into_iter()
-            .map(|(node_id, c)| pb::CordonInfo {
-                node_id,
-                reason: c.reason,
-                actor: c.actor,
-                since_unix_ms: c.since_unix_ms,
-            })
-            .collect()
     }
 
     /// The generated tonic server wrapping this service.
@@ -145,22 +131,8 @@ impl Admin for AdminService {
         let service = request.into_inner().service.filter(|s| !s.is_empty());
         let view = self.backend.status(service.as_deref()).await?;
         let mut response = convert::status_view(&view);
-        response.cordons = self.cordons();
-        response.replicas = self
-            .backend
-            .replicas()
-            .await
-            .into_iter()
-            .map(|r| pb::Replica {
-                id: r.info.id,
-                admin: r.info.admin,
-                leader: r.leader,
-                heartbeat_unix_ms: i64::try_from(r.heartbeat_unix_ms).unwrap_or(i64::MAX),
-                config_digest: r.info.config_digest,
-                proxies: r.proxies,
-                ineligible: r.ineligible.unwrap_or_default(),
-            })
-            .collect();
+        response.cordons = views::cordons(&self.registry);
+        response.replicas = views::replicas(self.backend.replicas().await);
         Ok(Response::new(response))
     }
 
@@ -168,28 +140,10 @@ impl Admin for AdminService {
         &self,
         _request: Request<pb::ProxiesRequest>,
     ) -> Result<Response<pb::ProxiesResponse>, Status> {
-        let proxies = self.backend.proxies();
-        let current = self.backend.current_versions();
-        let mut response = convert::proxies(&proxies, &current);
-        let cordons = self.registry.cordons();
-        let now = std::time::Instant::now();
-        let loads: std::collections::HashMap<Arc<str>, _> = self
-            .registry
-            .loads()
-            .proxies(|_| true)
-            .into_iter()
-            .map(|l| (l.node.clone(), l))
-            .collect();
-        for p in &mut response.proxies {
-            if let Some(c) = cordons.get(&p.node_id) {
-                p.cordoned = true;
-                p.cordon_reason = c.reason;
-            }
-            p.load = loads
-                .get(p.node_id.as_str())
-                .map(|l| convert::load_report(l, now));
-        }
-        Ok(Response::new(response))
+        Ok(Response::new(views::proxies(
+            &*self.backend,
+            &self.registry,
+        )))
     }
 
     type FlipStream = ProgressStream;

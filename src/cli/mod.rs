@@ -9,7 +9,7 @@
 //!   registered fleets' endpoints in `fleet`, waiting for a fleet to
 //!   drain in `wait`, the
 //!   connection and exit codes in [`client`], following an operation to
-//!   its outcome in `progress`, `-o json` in `json`, argument parsing
+//!   its outcome in `progress` (`-o json` in `crate::admin::json`), argument parsing
 //!   in `parse`, tables in `table`.
 //! - [`logging`]: the log on stderr, every value escaped and cut.
 //! - `serve_limits`: the limits flags of `teal serve`.
@@ -25,7 +25,6 @@ pub mod client;
 pub(crate) mod commands;
 pub mod config_commands;
 pub(crate) mod fleet;
-pub(crate) mod json;
 pub mod logging;
 pub(crate) mod ops;
 pub(crate) mod parse;
@@ -585,6 +584,7 @@ fn serve_command(args: ServeArgs) -> u8 {
         gateway_controller_name: args.gateway_controller_name,
         endpoint_limits: args.limits.endpoint_limits(),
         gate_limits: args.limits.gate_limits(),
+        event_limits: args.limits.event_limits(),
     };
     args.limits
         .apply(&mut opts.xds, &mut opts.admin_connections);

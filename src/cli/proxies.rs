@@ -15,37 +15,14 @@
 
 use std::io::Write;
 
-use serde_json::json;
-
-use crate::admin::pb;
+use crate::admin::json::{SyncState, expected, identity};
+use crate::admin::{json, pb};
 
 use super::Output;
 use super::client::{Conn, EX_OK, Failure};
 use super::read::print_json;
 use super::table::{CELL_MAX_CHARS, Table};
 use crate::text::untrusted;
-
-/// Whether a proxy is on the version its group should be on, for one type.
-pub(crate) fn sync_state(t: &pb::TypeStatus, expected: Option<&str>) -> &'static str {
-    let nacked = t
-        .nack
-        .as_ref()
-        .is_some_and(|n| Some(&n.version) == t.sent.as_ref());
-    if t.sent.is_none() {
-        "NOT SENT"
-    } else if nacked {
-        "NACKED"
-    } else if t.acked.is_some() && t.acked.as_deref() == expected.or(t.sent.as_deref()) {
-        "SYNCED"
-    } else {
-        "STALE"
-    }
-}
-
-fn expected<'a>(r: &'a pb::ProxiesResponse, group: &str, ty: usize) -> Option<&'a str> {
-    let v = r.current_versions.get(group)?;
-    Some([&v.cds, &v.eds, &v.lds, &v.rds][ty].as_str()).filter(|s| !s.is_empty())
-}
 
 /// The proxies as a table, followed by every NACK's message (escaped, and
 /// cut at [`crate::text::DEFAULT_MAX_CHARS`]).
@@ -104,17 +81,17 @@ pub(crate) fn proxies_text(r: &pb::ProxiesResponse) -> String {
             );
         }
         for (i, ty) in p.types.iter().enumerate().take(4) {
-            let state = sync_state(ty, expected(r, &p.group, i));
+            let state = SyncState::of(ty, expected(r, &p.group, i));
             let version = match state {
-                "NACKED" => ty.sent.clone(),
+                SyncState::Nacked => ty.sent.clone(),
                 _ => ty.acked.clone(),
             };
+            let name = state.as_str();
             row.push(match (state, version) {
-                ("NOT SENT", _) => state.to_owned(),
-                (_, Some(v)) => format!("{state} {v}"),
-                (_, None) => state.to_owned(),
+                (SyncState::NotSent, _) | (_, None) => name.to_owned(),
+                (_, Some(v)) => format!("{name} {v}"),
             });
-            if let (true, Some(n)) = (state == "NACKED", &ty.nack) {
+            if let (SyncState::Nacked, Some(n)) = (state, &ty.nack) {
                 nacks.push(format!(
                     "{} {} NACKED {}: {}",
                     untrusted(&id).max_chars(CELL_MAX_CHARS),
@@ -141,15 +118,6 @@ pub(crate) fn proxies_text(r: &pb::ProxiesResponse) -> String {
     text
 }
 
-/// The identity to show: `unauthenticated` from a server that sends none.
-fn identity(p: &pb::Proxy) -> &str {
-    if p.identity.is_empty() {
-        "unauthenticated"
-    } else {
-        &p.identity
-    }
-}
-
 pub(crate) async fn proxies(
     conn: &mut Conn,
     output: Output,
@@ -166,27 +134,7 @@ pub(crate) async fn proxies(
         Output::Table => {
             let _ = write!(out, "{}", proxies_text(&r));
         }
-        Output::Json => {
-            let proxies: Vec<_> = r.proxies.iter().map(|p| {
-                let types: serde_json::Map<String, serde_json::Value> = p.types.iter().enumerate().map(|(i, t)| {
-                    let expected = expected(&r, &p.group, i);
-                    (t.r#type.clone(), json!({
-                        "state": sync_state(t, expected),
-                        "sent": t.sent, "acked": t.acked, "expected": expected,
-                        "nack": t.nack.as_ref().map(|n| json!({"version": n.version, "message": n.message, "at_unix_ms": n.at_unix_ms})),
-                    }))
-                }).collect();
-                json!({
-                    "node_id": p.node_id, "group": p.group, "stream_id": p.stream_id, "kind": p.kind,
-                    "delta": p.delta, "user_agent": p.user_agent, "identity": identity(p),
-                    "cordoned": p.cordoned, "cordon_reason": p.cordon_reason,
-                    "replica": (!p.replica.is_empty()).then_some(&p.replica),
-                    "connected_since_unix_ms": p.connected_since_unix_ms, "types": types,
-                    "load": super::traffic::load_json(p.load.as_ref()),
-                })
-            }).collect();
-            print_json(out, &json!({ "proxies": proxies }));
-        }
+        Output::Json => print_json(out, &json::proxies(&r)),
     }
     Ok(EX_OK)
 }
@@ -218,33 +166,33 @@ mod tests {
     #[test]
     fn states_compare_with_the_group_version() {
         assert_eq!(
-            sync_state(&ty("CDS", Some("2"), Some("2"), None), Some("2")),
+            SyncState::of(&ty("CDS", Some("2"), Some("2"), None), Some("2")).as_str(),
             "SYNCED"
         );
         assert_eq!(
-            sync_state(&ty("CDS", Some("2"), Some("1"), None), Some("2")),
+            SyncState::of(&ty("CDS", Some("2"), Some("1"), None), Some("2")).as_str(),
             "STALE"
         );
         assert_eq!(
-            sync_state(&ty("CDS", Some("2"), None, None), Some("2")),
+            SyncState::of(&ty("CDS", Some("2"), None, None), Some("2")).as_str(),
             "STALE"
         );
         assert_eq!(
-            sync_state(&ty("CDS", Some("2"), Some("1"), Some("2")), Some("2")),
+            SyncState::of(&ty("CDS", Some("2"), Some("1"), Some("2")), Some("2")).as_str(),
             "NACKED"
         );
         // An old NACK no longer counts once a later version was sent.
         assert_eq!(
-            sync_state(&ty("CDS", Some("3"), Some("3"), Some("2")), Some("3")),
+            SyncState::of(&ty("CDS", Some("3"), Some("3"), Some("2")), Some("3")).as_str(),
             "SYNCED"
         );
         assert_eq!(
-            sync_state(&ty("CDS", None, None, None), Some("2")),
+            SyncState::of(&ty("CDS", None, None, None), Some("2")).as_str(),
             "NOT SENT"
         );
         // Unknown group: synced means the last version sent was ACKed.
         assert_eq!(
-            sync_state(&ty("CDS", Some("2"), Some("2"), None), None),
+            SyncState::of(&ty("CDS", Some("2"), Some("2"), None), None).as_str(),
             "SYNCED"
         );
     }

@@ -8,10 +8,9 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 
 use crate::admin::convert::{outcome_name, phase_name, unix_ms};
-use crate::admin::pb;
+use crate::admin::{json, pb};
 
 use super::client::{Conn, EX_OK, EX_REFUSED, Failure};
-use super::json;
 use super::parse::human;
 use super::table::{self, Table};
 use crate::text::untrusted;
@@ -79,7 +78,7 @@ pub(crate) async fn status(
             let _ = write!(out, "\x1b[2J\x1b[H");
         }
         match output {
-            Output::Json => print_json(out, &json::status(&s, SystemTime::now())),
+            Output::Json => print_json(out, &json::status(&s, Some(SystemTime::now()))),
             Output::Table => {
                 let _ = write!(out, "{}", status_text(&s, unix_ms(SystemTime::now())));
             }

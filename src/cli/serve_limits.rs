@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::admin::GateLimits;
+use crate::admin::{EventLimits, GateLimits};
 use crate::rollout::registration::EndpointLimits;
 use crate::transport::listener::ConnectionLimits;
 use crate::xds::{CsdsLimits, StreamLimits, XdsServerConfig};
@@ -128,6 +128,18 @@ pub(crate) struct LimitArgs {
     /// answered at once; further ones wait for a turn.
     #[arg(long, default_value_t = GateLimits::DEFAULT_MAX_CONCURRENT as u64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub(crate) max_gate_concurrent: u64,
+    /// Most dashboard event streams (`GET /v1/events`) open at once; one
+    /// more is answered 503.
+    #[arg(long, default_value_t = EventLimits::DEFAULT_MAX_STREAMS as u64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub(crate) max_event_streams: u64,
+    /// How long (`30s`) an event stream may wait for its reader to take a
+    /// frame before it is closed and its slot freed.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = timeout_seconds)]
+    pub(crate) event_stall_timeout: Duration,
+    /// Most proxies listed in a `proxies` event: NACKED ones first, then
+    /// pending ones, then the rest; `total` says how many are connected.
+    #[arg(long, default_value_t = EventLimits::DEFAULT_MAX_PROXIES as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) max_event_proxies: u64,
 }
 
 fn reconnect_hold(s: &str) -> Result<Duration, String> {
@@ -203,6 +215,15 @@ impl LimitArgs {
         }
     }
 
+    /// The bounds on the dashboard's event streams.
+    pub(crate) fn event_limits(&self) -> EventLimits {
+        EventLimits {
+            max_streams: size(self.max_event_streams),
+            stall_timeout: self.event_stall_timeout,
+            max_proxies: size(self.max_event_proxies),
+        }
+    }
+
     /// The bounds on registered endpoints.
     pub(crate) fn endpoint_limits(&self) -> EndpointLimits {
         EndpointLimits {
@@ -258,6 +279,10 @@ mod tests {
             GateLimits::default()
         );
         assert_eq!(
+            parse(&[]).expect("defaults parse").event_limits(),
+            EventLimits::default()
+        );
+        assert_eq!(
             admin,
             ConnectionLimits::default_for(crate::transport::listener::Port::Admin)
         );
@@ -277,6 +302,9 @@ mod tests {
             &["--max-admin-connections", "-1"],
             &["--max-gate-request-bytes", "10"],
             &["--max-gate-concurrent", "0"],
+            &["--max-event-streams", "0"],
+            &["--max-event-proxies", "0"],
+            &["--event-stall-timeout", "0s"],
             &["--max-streams-per-connection", "0"],
             &["--handshake-timeout", "0"],
             &["--idle-timeout", "1e20"],

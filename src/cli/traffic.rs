@@ -2,8 +2,6 @@
 //! reports say: the measured split next to the configured weights, and
 //! each proxy's last report.
 
-use serde_json::{Value, json};
-
 use crate::admin::pb;
 use crate::text::untrusted;
 
@@ -91,27 +89,6 @@ pub(crate) fn measured_lines(svc: &pb::ServiceStatus) -> String {
     text
 }
 
-/// A service's traffic in `teal status -o json`.
-pub(crate) fn traffic_json(svc: &pb::ServiceStatus) -> Value {
-    svc.traffic
-        .iter()
-        .map(|f| {
-            json!({
-                "fleet": f.fleet,
-                "requests": f.requests,
-                "errors": f.errors,
-                "requests_per_second": f.requests_per_second,
-                "error_ratio": f.error_ratio,
-                "share": f.share,
-                "in_progress": f.in_progress,
-                "proxies_reporting": f.proxies_reporting,
-                "proxies_routing": f.proxies_routing,
-                "window_ms": f.window_ms,
-            })
-        })
-        .collect()
-}
-
 /// A proxy's last load report in one table cell: how long ago, and its
 /// sums since its load stream opened.
 pub(crate) fn load_cell(load: Option<&pb::LoadReport>) -> String {
@@ -135,22 +112,6 @@ pub(crate) fn load_cell(load: Option<&pb::LoadReport>) -> String {
         thousands(errors),
         thousands(in_progress)
     )
-}
-
-/// A proxy's load reports in `teal proxies -o json`.
-pub(crate) fn load_json(load: Option<&pb::LoadReport>) -> Value {
-    load.map_or(Value::Null, |l| {
-        json!({
-            "age_ms": l.age_ms,
-            "reports": l.reports,
-            "clusters": l.clusters.iter().map(|c| json!({
-                "cluster": c.cluster,
-                "requests": c.requests,
-                "errors": c.errors,
-                "in_progress": c.in_progress,
-            })).collect::<Vec<_>>(),
-        })
-    })
 }
 
 #[cfg(test)]
@@ -243,6 +204,9 @@ mod tests {
             load_cell(Some(&l)),
             "0.4s ago: 1,234 req, 2 err, 3 in flight"
         );
-        assert_eq!(load_json(Some(&l))["clusters"][1]["in_progress"], 2);
+        assert_eq!(
+            crate::admin::json::load(Some(&l))["clusters"][1]["in_progress"],
+            2
+        );
     }
 }

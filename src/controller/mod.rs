@@ -380,6 +380,10 @@ impl Backend for Controller {
         .await?
     }
 
+    fn replica_id(&self) -> Option<String> {
+        self.leadership.as_ref().map(|l| l.id().to_owned())
+    }
+
     async fn replicas(&self) -> Vec<crate::ha::replicas::ReplicaRecord> {
         match &self.leadership {
             Some(l) => l.replicas().await.unwrap_or_else(|e| {

@@ -98,6 +98,8 @@ pub(crate) struct Leadership {
     eligible: Arc<watch::Sender<Option<String>>>,
     serving: watch::Receiver<bool>,
     client: EtcdClient,
+    /// This replica's id, as its record names it.
+    id: String,
 }
 
 impl Leadership {
@@ -163,6 +165,7 @@ impl Leadership {
             eligible: Arc::new(eligible),
             serving,
             client,
+            id: me.id,
         }
     }
 
@@ -171,6 +174,11 @@ impl Leadership {
     /// closes its streams when this turns false.
     pub(crate) fn serving(&self) -> watch::Receiver<bool> {
         self.serving.clone()
+    }
+
+    /// This replica's id.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
     }
 
     /// The role now.
