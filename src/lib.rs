@@ -13,8 +13,9 @@
 //!   default).
 //! - [`controller`]: runs rollouts: owns the config, the durable state and
 //!   the snapshot writer.
-//! - [`admin`]: the admin API (gRPC), `/metrics` and `/healthz`, over which
-//!   the CLI drives teal, and the [`Backend`](admin::Backend) it runs over.
+//! - [`admin`]: the admin API (gRPC), `/metrics`, `/healthz` and the
+//!   dashboard, over which the CLI and browsers drive teal, and the
+//!   [`Backend`](admin::Backend) it runs over.
 //!   The controller implements that trait, so the admin API sits below the
 //!   controller and knows it only through it.
 //! - [`metrics`]: the counters the controller and the proxy registry

@@ -26,7 +26,7 @@ fn readme_metrics() -> Vec<(String, String, Vec<String>)> {
             (unquote(cells[1]), cells[2].to_owned(), labels)
         })
         .collect();
-    assert_eq!(rows.len(), 16, "{rows:?}");
+    assert_eq!(rows.len(), 18, "{rows:?}");
     rows
 }
 

@@ -227,6 +227,22 @@ pub(crate) fn service_status(s: &ServiceStatus) -> pb::ServiceStatus {
         rollback_to: s.rollback_to.as_ref().map(split),
         drains: s.drains.iter().map(drain).collect(),
         traffic: traffic(&s.traffic),
+        confirmed: s.confirmed.as_ref().map(split),
+        applied: Some(pb::Applied {
+            acked: u32::try_from(s.applied.acked).unwrap_or(u32::MAX),
+            total: u32::try_from(s.applied.total).unwrap_or(u32::MAX),
+            waiting_for: s.applied.waiting_for.clone(),
+            rejecting: s
+                .applied
+                .rejecting
+                .iter()
+                .map(|(proxy, message)| pb::ProxyRejection {
+                    proxy: proxy.clone(),
+                    message: message.clone(),
+                })
+                .collect(),
+            groups: s.applied.groups.clone(),
+        }),
     }
 }
 

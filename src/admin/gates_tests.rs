@@ -38,6 +38,7 @@ fn web(acked: usize) -> ServiceStatus {
             total: 3,
             waiting_for: (acked..3).map(|i| format!("p{i}")).collect(),
             rejecting: Vec::new(),
+            groups: Vec::new(),
         },
         confirmed: (acked == 3).then(|| split(&[("blue", 100), ("green", 0)])),
         route: None,

@@ -6,7 +6,9 @@
 //! absent values are `null`.
 //!
 //! - `teal status`: `{version, services: [service]}`; a service is
-//!   `{name, live, previous, weights: {fleet: weight}, retired: [fleet],
+//!   `{name, live, previous, weights: {fleet: weight}, confirmed_weights:
+//!   {fleet: weight} | null, applied: {acked, total, waiting_for: [proxy],
+//!   rejecting: [{proxy, message}], groups: [group]}, retired: [fleet],
 //!   retirement: {fleet, at_unix_ms} | null, drains: [drain], both_fleets_since_unix_ms,
 //!   both_fleets_for_ms, last_change: change | null, in_progress: progress | null,
 //!   traffic: [{fleet, requests, errors, requests_per_second, error_ratio,
@@ -118,6 +120,17 @@ pub(crate) fn progress(p: &pb::Progress) -> Value {
     })
 }
 
+/// Which proxies routing a service hold the weights served now.
+pub(crate) fn applied(a: &pb::Applied) -> Value {
+    json!({
+        "acked": a.acked,
+        "total": a.total,
+        "waiting_for": a.waiting_for,
+        "rejecting": a.rejecting.iter().map(|r| json!({"proxy": r.proxy, "message": r.message})).collect::<Vec<_>>(),
+        "groups": a.groups,
+    })
+}
+
 /// Whether a fleet with no weight is drained, and what holds it.
 pub(crate) fn drain(d: &pb::FleetDrain) -> Value {
     json!({
@@ -147,6 +160,8 @@ pub(crate) fn status(s: &pb::StatusResponse, now: Option<std::time::SystemTime>)
                 "previous": svc.previous,
                 "rollback_to": svc.rollback_to.as_ref().map(|r| split(Some(r))),
                 "weights": split(svc.weights.as_ref()),
+                "confirmed_weights": svc.confirmed.as_ref().map(|c| split(Some(c))),
+                "applied": svc.applied.as_ref().map(applied),
                 "retired": svc.retired,
                 "retirement": svc.retirement.as_ref().map(|r| json!({"fleet": r.fleet, "at_unix_ms": r.at_unix_ms})),
                 "drains": svc.drains.iter().map(drain).collect::<Vec<_>>(),

@@ -1,6 +1,6 @@
 //! teal's admin API: the gRPC service the `teal` CLI drives, plus
-//! `/metrics` and `/healthz` over plain HTTP, all on one port (the
-//! admin address, `127.0.0.1:18001` by default).
+//! `/metrics`, `/healthz`, the gates and the dashboard over plain HTTP,
+//! all on one port (the admin address, `127.0.0.1:18001` by default).
 //!
 //! # Endpoints
 //!
@@ -44,7 +44,8 @@
 //! `authorization: Bearer <token>` with a token from [`Tokens`] (a tokens
 //! file of `name:token` lines, or `TEAL_ADMIN_TOKEN` as `admin`); the
 //! token's name is recorded as the actor. A missing or unknown token gets
-//! `UNAUTHENTICATED` and the backend is never called.
+//! `UNAUTHENTICATED` (`401` from the dashboard's actions) and the backend
+//! is never called.
 //!
 //! # Modules
 //!
@@ -55,6 +56,10 @@
 //! - `server`: the gRPC service over a [`Backend`].
 //! - `auth`: tokens.
 //! - `gates`: the HTTP/JSON gates for orchestrators.
+//! - `dashboard`: the page, its event stream and its actions.
+//! - `json`: the JSON of `teal ... -o json` and of the event stream.
+//! - `views`: what the API adds to the backend's answers (cordons,
+//!   replicas, load reports), for the gRPC reads and the events alike.
 //! - `local_token`: the token the CLI on the same machine uses when the server was given none.
 
 pub(crate) mod auth;

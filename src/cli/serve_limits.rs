@@ -58,8 +58,9 @@ pub(crate) struct LimitArgs {
     /// oldest connection still in its handshake makes room for a new one.
     #[arg(long, default_value = "10s", value_parser = timeout_seconds)]
     pub(crate) handshake_timeout: Duration,
-    /// How long (`60s`) a connection may send nothing at all (HTTP/2 clients are
-    /// pinged after a third of it).
+    /// How long (`60s`) a connection may send nothing and take nothing
+    /// written to it (HTTP/2 clients are pinged after a third of it; an
+    /// event stream writes at least every 15 s).
     #[arg(long, default_value = "60s", value_parser = timeout_seconds)]
     pub(crate) idle_timeout: Duration,
     /// Largest CSDS request message, in bytes (both ports); a larger one
@@ -120,8 +121,9 @@ pub(crate) struct LimitArgs {
     /// (a proxy is forgotten as its stream ends); up to 1h.
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = reconnect_hold)]
     pub(crate) proxy_reconnect_hold: Duration,
-    /// Largest request body the admin port's gates read (Flagger's
-    /// webhook payload), in bytes; a larger one is refused with 413.
+    /// Largest request body the admin port's gates (Flagger's webhook
+    /// payload) and the dashboard's actions read, in bytes; a larger one
+    /// is refused with 413.
     #[arg(long, default_value_t = GateLimits::DEFAULT_MAX_REQUEST_BYTES as u64, value_parser = clap::value_parser!(u64).range(KIB..=16 * MIB))]
     pub(crate) max_gate_request_bytes: u64,
     /// Most gate requests (`/v1/services/<s>`, `/v1/gates/flagger`)

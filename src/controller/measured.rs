@@ -119,6 +119,7 @@ impl Driver {
         }
         let mut applied = Applied {
             total: nodes.len(),
+            groups: groups.iter().cloned().collect(),
             ..Applied::default()
         };
         // By node id, so the first named are the first by id.

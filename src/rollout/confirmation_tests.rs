@@ -25,6 +25,7 @@ fn service(total: usize, waiting: &[&str]) -> ServiceStatus {
             total,
             waiting_for: waiting.iter().map(|w| (*w).to_owned()).collect(),
             rejecting: Vec::new(),
+            groups: Vec::new(),
         },
         confirmed: None,
         route: None,

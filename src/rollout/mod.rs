@@ -538,6 +538,8 @@ pub struct Applied {
     /// Ids of those whose last answer was a rejection, with it: the first
     /// `machine::WAITING_SHOWN` by id.
     pub rejecting: Vec<(String, String)>,
+    /// The proxy groups that route the service, whose proxies are counted.
+    pub groups: Vec<String>,
 }
 
 impl Applied {

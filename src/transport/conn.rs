@@ -71,10 +71,12 @@ pub struct ConnectionLimits {
     /// `PREFACE_BYTES` bytes. Default 10 s: a real client sends its
     /// hello and preface at once.
     pub handshake_timeout: Duration,
-    /// How long a connection may send nothing at all. Default 60 s. HTTP/2
-    /// clients are pinged after a third of that much silence, and each
-    /// ping must be answered within another third, so a live client never
-    /// gets near it.
+    /// How long a connection may neither send anything nor take anything
+    /// written to it. Default 60 s. HTTP/2 clients are pinged after a
+    /// third of that much silence, and each ping must be answered within
+    /// another third, so a live client never gets near it. A client that
+    /// only reads (an HTTP/1.1 event stream, which sends nothing after its
+    /// request) stays while teal's writes to it go through.
     pub idle_timeout: Duration,
 }
 
@@ -215,8 +217,9 @@ pub(crate) struct Conn {
     /// When the handshake must be done by.
     handshake_deadline: Instant,
     idle_timeout: Duration,
-    /// When the client last sent anything; `None` before its first byte.
-    last_read: Option<Instant>,
+    /// When the client last sent anything, or a write to it last went
+    /// through once its handshake was done; `None` before its first byte.
+    last_active: Option<Instant>,
     slot: Slot,
 }
 
@@ -228,7 +231,7 @@ impl Conn {
             timer: Box::pin(tokio::time::sleep_until(handshake_deadline)),
             handshake_deadline,
             idle_timeout: limits.idle_timeout,
-            last_read: None,
+            last_active: None,
             slot,
         }
     }
@@ -270,8 +273,8 @@ impl Conn {
                 return Poll::Ready(Self::handshake_timed_out());
             }
             // The handshake was done in time: the idle timeout runs from
-            // the last byte (its end, at the latest).
-            let last = *self.last_read.get_or_insert_with(Instant::now);
+            // the last sign of life (the handshake's end, at the latest).
+            let last = *self.last_active.get_or_insert_with(Instant::now);
             let deadline = last + self.idle_timeout;
             if deadline <= Instant::now() {
                 return Poll::Ready(io::Error::new(
@@ -311,7 +314,7 @@ impl AsyncRead for Conn {
                     if handshaking && now >= this.handshake_deadline {
                         return Poll::Ready(Err(Self::handshake_timed_out()));
                     }
-                    this.last_read = Some(now);
+                    this.last_active = Some(now);
                 }
                 Poll::Ready(Ok(()))
             }
@@ -327,13 +330,30 @@ impl AsyncRead for Conn {
     }
 }
 
+impl Conn {
+    /// Counts a write that went through as a sign of life, once the
+    /// handshake is done: a client that stops reading stops taking
+    /// writes once the socket's buffers are full, so this keeps alive
+    /// only a client that reads (and a stream that stops being read has
+    /// its own bound: the event stream's stall timeout).
+    fn wrote(&mut self, written: &Poll<io::Result<usize>>) {
+        if matches!(written, Poll::Ready(Ok(n)) if *n > 0) && !self.slot.handshake.is_handshaking()
+        {
+            self.last_active = Some(Instant::now());
+        }
+    }
+}
+
 impl AsyncWrite for Conn {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.wrote(&written);
+        written
     }
 
     fn poll_write_vectored(
@@ -341,7 +361,10 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.wrote(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

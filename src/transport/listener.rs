@@ -21,8 +21,9 @@
 //! - each connection (`Conn`) must finish its handshake (TLS, then the
 //!   first `PREFACE_BYTES` bytes of its protocol: HTTP/2's whole client
 //!   preface) within [`ConnectionLimits::handshake_timeout`] of being
-//!   accepted, however it spreads its bytes, and then send something at
-//!   least every [`ConnectionLimits::idle_timeout`]; HTTP/2 clients are
+//!   accepted, however it spreads its bytes, and then send something, or
+//!   take something written to it, at least every
+//!   [`ConnectionLimits::idle_timeout`]; HTTP/2 clients are
 //!   pinged after a third of that much silence (see
 //!   `ConnectionLimits::keepalive`), so a live one always answers in
 //!   time;

@@ -15,6 +15,7 @@ mod config_errors;
 mod config_limits;
 mod config_props;
 mod config_render;
+mod dashboard;
 mod fuzz_replay;
 mod gates;
 mod hostile_text;

@@ -351,6 +351,22 @@ pub async fn send_json(
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))?
 }
 
+/// Any `method` with `headers` and `body`, otherwise like [`get`].
+pub async fn send(
+    method: &str,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> io::Result<HttpResponse> {
+    tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        request_inner(method, port, path, headers, body),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request timed out"))?
+}
+
 async fn request(
     method: &str,
     port: u16,

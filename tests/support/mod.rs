@@ -18,7 +18,8 @@
 //! - [`http`]: local upstream servers that answer with their name (and can
 //!   echo request headers back), and a tiny client; [`traffic`]: requests
 //!   sent back to back in the background ([`Traffic`]), to prove a change
-//!   happened without a failed request.
+//!   happened without a failed request; [`sse`]: a reader of the
+//!   dashboard's event stream.
 //! - [`ads`]: ADS clients that stand in for proxies, one or thousands;
 //!   [`lrs`]: a load-report client that stands in for a proxy's.
 //! - [`resources`]: builders for the clusters, endpoints, listeners and
@@ -50,6 +51,7 @@ pub mod pki;
 pub mod ports;
 pub mod replica;
 pub mod resources;
+pub mod sse;
 pub mod teal;
 pub mod traffic;
 pub mod world;

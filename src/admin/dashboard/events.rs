@@ -97,9 +97,15 @@ impl Default for EventLimits {
 
 /// What the publisher and the streams share.
 pub(crate) struct Events {
+    /// Where the status and the proxies come from.
     backend: Arc<dyn Backend>,
+    /// The cordons and load reports added to them, as the gRPC reads add
+    /// them.
     registry: Arc<ProxyRegistry>,
+    /// Counts streams open and refused.
     metrics: Arc<Metrics>,
+    /// Only to tell the page, in `hello`, whether acting is possible at
+    /// all.
     tokens: Tokens,
     limits: EventLimits,
     /// One permit per open stream.
@@ -114,6 +120,8 @@ pub(crate) struct Events {
     /// Whether the publisher task runs (it is started by the first stream,
     /// inside the server's runtime).
     started: AtomicBool,
+    /// Ends the publisher and, with a last `error` event, every stream, so
+    /// the server's graceful shutdown is not held up by them.
     shutdown: Shutdown,
 }
 
@@ -446,83 +454,5 @@ pub(crate) fn keep_first(r: &mut pb::ProxiesResponse, max: usize) -> (usize, usi
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn proxy(node: &str, acked: &str, nack: bool) -> pb::Proxy {
-        let ty = |name: &str| pb::TypeStatus {
-            r#type: name.into(),
-            sent: Some("2".into()),
-            acked: Some(acked.into()),
-            nack: nack.then(|| pb::Nack {
-                version: "2".into(),
-                message: "bad".into(),
-                at_unix_ms: 0,
-            }),
-            ..Default::default()
-        };
-        pb::Proxy {
-            node_id: node.into(),
-            group: "edge".into(),
-            types: vec![ty("CDS"), ty("EDS"), ty("LDS"), ty("RDS")],
-            ..Default::default()
-        }
-    }
-
-    fn response(proxies: Vec<pb::Proxy>) -> pb::ProxiesResponse {
-        let v = pb::TypeVersions {
-            cds: "2".into(),
-            eds: "2".into(),
-            lds: "2".into(),
-            rds: "2".into(),
-        };
-        pb::ProxiesResponse {
-            proxies,
-            current_versions: [("edge".to_owned(), v)].into(),
-        }
-    }
-
-    fn nodes(r: &pb::ProxiesResponse) -> Vec<&str> {
-        r.proxies.iter().map(|p| p.node_id.as_str()).collect()
-    }
-
-    #[test]
-    fn nacked_proxies_come_first_then_pending_then_synced() {
-        let mut r = response(vec![
-            proxy("a-synced", "2", false),
-            proxy("b-stale", "1", false),
-            proxy("c-nacked", "1", true),
-            proxy("a-stale", "1", false),
-            proxy("z-nacked", "1", true),
-        ]);
-        assert_eq!(keep_first(&mut r, 10), (5, 5));
-        assert_eq!(
-            nodes(&r),
-            ["c-nacked", "z-nacked", "a-stale", "b-stale", "a-synced"]
-        );
-        assert_eq!(keep_first(&mut r, 3), (5, 3));
-        assert_eq!(nodes(&r), ["c-nacked", "z-nacked", "a-stale"]);
-    }
-
-    #[test]
-    fn a_frame_is_one_data_line_whatever_the_text() {
-        let f = frame(
-            "proxies",
-            &json!({"message": "line one\nline two\r\n\ndata: x"}),
-        );
-        let text = std::str::from_utf8(&f).expect("utf-8");
-        assert!(text.starts_with("event: proxies\ndata: {"), "{text}");
-        assert!(text.ends_with("}\n\n"), "{text}");
-        assert_eq!(text.matches('\n').count(), 3, "{text}");
-        assert!(!text.contains('\r'));
-    }
-
-    #[test]
-    fn stamping_adds_the_time_and_leaves_the_payload_alone() {
-        let payload = json!({"proxies": []});
-        let data = stamped(&payload, &[("total", json!(3))]);
-        assert_eq!(data["total"], 3);
-        assert!(data["at_unix_ms"].as_i64().is_some_and(|t| t > 0));
-        assert_eq!(payload, json!({"proxies": []}));
-    }
-}
+#[path = "events_tests.rs"]
+mod tests;
