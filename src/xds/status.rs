@@ -413,6 +413,13 @@ impl ProxyRegistry {
         self.len() == 0
     }
 
+    /// How many changes the registry has seen (see
+    /// [`ProxyRegistry::watch`]): equal values mean no stream changed in
+    /// between.
+    pub(crate) fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
     /// A receiver that changes whenever any proxy's state does.
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
@@ -531,6 +538,8 @@ impl StreamHandle {
             Arc::make_mut(p).identity = identity.clone();
         }
         inner.changed(self.id);
+        drop(inner);
+        self.registry.bump();
     }
 
     /// Records the node once it is known.
@@ -557,6 +566,7 @@ impl StreamHandle {
             }
         }
         drop(inner);
+        self.registry.bump();
         self.node_known = true;
         tracing::info!(stream = self.id, node = %node.id, group = %node.cluster, agent = %node.user_agent, "proxy connected");
         self.registry.bump();

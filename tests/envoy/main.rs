@@ -15,6 +15,7 @@ mod cli_promises;
 mod commit_guards;
 mod cordon;
 mod csds;
+mod dashboard;
 mod deploy_pipeline;
 mod drain;
 mod envoy_config;

@@ -22,6 +22,8 @@
 //!   dashboard's event stream.
 //! - [`ads`]: ADS clients that stand in for proxies, one or thousands;
 //!   [`lrs`]: a load-report client that stands in for a proxy's.
+//! - [`browser`]: a real headless Chromium driven over the DevTools
+//!   protocol ([`browser::Browser`]): the dashboard's browser test.
 //! - [`resources`]: builders for the clusters, endpoints, listeners and
 //!   routes the tests serve; [`pki`]: certificates made on the spot.
 //! - [`ports`]: free ports, and the fixed ones one test at a time
@@ -30,8 +32,9 @@
 //! - [`wait_until`], [`Teal::wait_for`], [`Envoy::wait_for_answer`]: waits
 //!   with deadlines that fail with a clear message, never bare sleeps.
 //!
-//! Envoy and etcd must be installed; the tests never skip without them
-//! (see [`envoy::envoy_binary`], [`etcd::etcd_binary`]). Everything
+//! Envoy and etcd (and Chromium, for the dashboard) must be installed;
+//! the tests never skip without them (see [`envoy::envoy_binary`],
+//! [`etcd::etcd_binary`], [`browser::chromium_binary`]). Everything
 //! listens on 127.0.0.1 only.
 //!
 //! Each test binary includes it once, as `#[path = "../support/mod.rs"]
@@ -42,6 +45,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod ads;
+pub mod browser;
 pub mod envoy;
 pub mod etcd;
 pub mod http;

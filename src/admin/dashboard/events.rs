@@ -54,6 +54,12 @@ pub(crate) const INTERVAL: Duration = Duration::from_millis(250);
 /// How often a stream sends a comment line, so proxies and load balancers
 /// between it and the browser do not take it for dead.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// How often the `proxies` payload is built again when no proxy's xDS
+/// state moved: only their load reports' ages and counts change then, and
+/// the page counts ages on from the event's time. Building it costs about
+/// a microsecond per proxy, so doing so every tick would keep a core busy
+/// at tens of thousands of proxies with nothing happening.
+const PROXIES_REFRESH: Duration = Duration::from_secs(5);
 /// How often, at most, the replicas are read (from etcd).
 const REPLICAS_EVERY: Duration = Duration::from_secs(1);
 /// Changes per service in a `status` event's `history`.
@@ -335,6 +341,9 @@ struct Publisher {
     status: Option<Value>,
     /// The last `proxies` published, without its time.
     proxies: Option<Value>,
+    /// The registry's generation when the `proxies` payload was last
+    /// built, and when: it is built again only once either moved on.
+    proxies_built: Option<(u64, Instant)>,
     /// Per service, the id of its last change and its recent history.
     history: HashMap<String, (Option<u64>, Value)>,
     /// The replicas and when they were read.
@@ -353,6 +362,15 @@ impl Publisher {
             }
             Err(e) => tracing::debug!(error = %e, "events: no status this tick"),
         }
+        // Read before building, so a change made meanwhile is seen next tick.
+        let generation = events.registry.generation();
+        if self
+            .proxies_built
+            .is_some_and(|(g, at)| g == generation && at.elapsed() < PROXIES_REFRESH)
+        {
+            return;
+        }
+        self.proxies_built = Some((generation, Instant::now()));
         let mut r = views::proxies(&*events.backend, &events.registry);
         let (total, shown) = keep_first(&mut r, events.limits.max_proxies);
         let proxies = json::proxies(&r);

@@ -96,6 +96,7 @@ struct Counting {
     statuses: AtomicUsize,
     histories: AtomicUsize,
     replicas: AtomicUsize,
+    proxies: AtomicUsize,
 }
 
 fn change(id: u64) -> HistoryEntry {
@@ -144,6 +145,7 @@ impl Backend for Counting {
         })
     }
     fn proxies(&self) -> Vec<ProxyStatus> {
+        self.proxies.fetch_add(1, Ordering::Relaxed);
         Vec::new()
     }
     fn current_versions(&self) -> BTreeMap<String, PerType<String>> {
@@ -176,12 +178,13 @@ impl Backend for Counting {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_publisher_sends_only_changes_and_asks_for_history_only_when_it_moved() {
     let backend = Arc::new(Counting::default());
+    let registry = ProxyRegistry::new();
     let events = Events::new(EventParts {
         backend: backend.clone(),
-        registry: ProxyRegistry::new(),
+        registry: registry.clone(),
         metrics: Arc::new(Metrics::new()),
         tokens: Tokens::none(),
         limits: EventLimits::default(),
@@ -209,6 +212,18 @@ async fn the_publisher_sends_only_changes_and_asks_for_history_only_when_it_move
     assert_eq!(count(&backend.statuses), 4);
     assert_eq!(count(&backend.histories), 1);
     assert_eq!(count(&backend.replicas), 1);
+    // Nor are the proxies listed again while no stream changed...
+    assert_eq!(count(&backend.proxies), 1);
+    // ...but they are at the next tick after one did,
+    registry.notify();
+    publisher.tick(&events).await;
+    assert_eq!(count(&backend.proxies), 2);
+    // and, for their load reports' ages, once the refresh is due.
+    publisher.tick(&events).await;
+    assert_eq!(count(&backend.proxies), 2);
+    tokio::time::advance(PROXIES_REFRESH).await;
+    publisher.tick(&events).await;
+    assert_eq!(count(&backend.proxies), 3);
 
     // The service's last change moved: its history is asked once more.
     *backend.last_change.lock().expect("not poisoned") = Some(7);
