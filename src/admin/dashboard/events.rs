@@ -373,7 +373,8 @@ impl Publisher {
         self.proxies_built = Some((generation, Instant::now()));
         let mut r = views::proxies(&*events.backend, &events.registry);
         let (total, shown) = keep_first(&mut r, events.limits.max_proxies);
-        let proxies = json::proxies(&r);
+        let mut proxies = json::proxies(&r);
+        without_load_clusters(&mut proxies);
         if self.proxies.as_ref() != Some(&proxies) {
             let data = stamped(
                 &proxies,
@@ -435,6 +436,23 @@ impl Publisher {
                 self.replicas = Some((Instant::now(), replicas.clone()));
                 replicas
             }
+        }
+    }
+}
+
+/// Takes each proxy's per-cluster load counters out of a `proxies`
+/// payload. A proxy reports every fleet cluster of its group, so with 10
+/// services they were three quarters of the payload (2.2 MB at 1,000
+/// proxies), and they change with every report; the dashboard shows each
+/// fleet's measured traffic from the `status` event instead, and `teal
+/// proxies -o json` still has them per proxy.
+fn without_load_clusters(payload: &mut Value) {
+    let Some(proxies) = payload.get_mut("proxies").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for p in proxies {
+        if let Some(load) = p.get_mut("load").and_then(Value::as_object_mut) {
+            load.remove("clusters");
         }
     }
 }

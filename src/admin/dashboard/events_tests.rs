@@ -240,3 +240,20 @@ async fn the_publisher_sends_only_changes_and_asks_for_history_only_when_it_move
     assert_eq!(data["services"][0]["last_change"]["id"], 7);
     assert_eq!(data["services"][0]["both_fleets_for_ms"], Value::Null);
 }
+
+#[test]
+fn the_proxies_payload_keeps_a_proxys_report_age_but_not_its_counters_per_cluster() {
+    let mut payload = json!({"proxies": [
+        {"node_id": "edge-1", "load": {"age_ms": 120, "reports": 9,
+            "clusters": [{"cluster": "web-blue", "requests": 4, "errors": 1, "in_progress": 0}]}},
+        {"node_id": "edge-2", "load": null},
+    ]});
+    without_load_clusters(&mut payload);
+    assert_eq!(
+        payload,
+        json!({"proxies": [
+            {"node_id": "edge-1", "load": {"age_ms": 120, "reports": 9}},
+            {"node_id": "edge-2", "load": null},
+        ]})
+    );
+}
