@@ -175,7 +175,7 @@ fn decode(replica: &str, value: &[u8], now: Instant) -> Option<Vec<ProxyLoad>> {
                 replica: Some(replica.to_owned()),
                 reports,
                 last_report: (reports > 0).then_some(now),
-                clusters,
+                clusters: Arc::new(clusters),
             })
         })
         .collect()
@@ -400,7 +400,7 @@ mod tests {
             replica: None,
             reports: 3,
             last_report: Some(Instant::now()),
-            clusters: BTreeMap::from([(
+            clusters: Arc::new(BTreeMap::from([(
                 "api-blue".to_owned(),
                 ClusterCounters {
                     requests: 10,
@@ -408,7 +408,7 @@ mod tests {
                     in_progress,
                     idle_reports: 2,
                 },
-            )]),
+            )])),
         }
     }
 

@@ -150,8 +150,10 @@ pub(crate) struct ProxyLoad {
     /// When the last was taken (`None`: none yet).
     pub(crate) last_report: Option<Instant>,
     /// Per cluster asked for, the sums since the stream opened; a cluster
-    /// appears once a report named it.
-    pub(crate) clusters: BTreeMap<String, ClusterCounters>,
+    /// appears once a report named it. Shared, so a copy of every proxy's
+    /// load (what a status or the dashboard takes, several times a second)
+    /// costs no copy of its clusters; a report changes its own.
+    pub(crate) clusters: Arc<BTreeMap<String, ClusterCounters>>,
 }
 
 /// What became of one report.
@@ -324,8 +326,7 @@ impl LoadStore {
             inner.targets = targets.clone();
             for e in inner.local.values_mut() {
                 let group = e.load.group.clone();
-                e.load
-                    .clusters
+                Arc::make_mut(&mut e.load.clusters)
                     .retain(|c, _| targets.target(&group, c).is_some());
             }
             inner
@@ -366,7 +367,7 @@ impl LoadStore {
                     replica: None,
                     reports: 0,
                     last_report: None,
-                    clusters: BTreeMap::new(),
+                    clusters: Arc::default(),
                 },
                 rate_second: None,
                 rate_count: 0,
@@ -429,8 +430,9 @@ impl LoadStore {
         // Every cluster asked for counts in this report: one it leaves out
         // had nothing to say (no traffic, nothing in progress).
         if let Some(asked) = asked {
+            let counters = Arc::make_mut(&mut e.load.clusters);
             for (cluster, target) in asked {
-                let c = e.load.clusters.entry(cluster.clone()).or_default();
+                let c = counters.entry(cluster.clone()).or_default();
                 let r = clusters.iter().find(|r| &r.cluster == cluster);
                 let (requests, errors, in_progress) = r
                     .map(|r| (r.completed(), r.errors, r.in_progress))
@@ -489,7 +491,7 @@ impl LoadStore {
                 let before: HashMap<&str, &ProxyLoad> =
                     before.iter().map(|p| (&*p.node, p)).collect();
                 for p in inner.remote.get(replica).into_iter().flatten() {
-                    for (cluster, c) in &p.clusters {
+                    for (cluster, c) in p.clusters.iter() {
                         if inner.targets.target(&p.group, cluster).is_none() {
                             continue;
                         }

@@ -194,7 +194,7 @@ fn other_replicas_counts_join_the_windows_by_what_they_grew() {
             replica: Some("r2".into()),
             reports: 1,
             last_report: Some(t0),
-            clusters: BTreeMap::from([(
+            clusters: Arc::new(BTreeMap::from([(
                 "api-green".to_owned(),
                 ClusterCounters {
                     requests,
@@ -202,7 +202,7 @@ fn other_replicas_counts_join_the_windows_by_what_they_grew() {
                     in_progress: 0,
                     idle_reports: 1,
                 },
-            )]),
+            )])),
         }]
     };
     // The first set marks where the counts start.
