@@ -106,6 +106,7 @@ pub(crate) fn routes(parts: Parts, shutdown: Shutdown) -> Routes {
         gates,
         events,
     } = parts;
+    let kick = dashboard::Kick::default();
     let dashboard = dashboard::router(dashboard::DashboardParts {
         backend: backend.clone(),
         registry: registry.clone(),
@@ -114,9 +115,11 @@ pub(crate) fn routes(parts: Parts, shutdown: Shutdown) -> Routes {
         limits: events,
         max_request_bytes: gates.max_request_bytes,
         shutdown,
+        kick: kick.clone(),
     });
-    let service =
-        AdminService::new(backend.clone(), tokens).with_cordons(registry, metrics.clone());
+    let service = AdminService::new(backend.clone(), tokens)
+        .with_cordons(registry, metrics.clone())
+        .with_kick(kick);
     let grpc = Routes::new(service.into_server()).add_service(csds.into_server());
     let gates = gates::router(backend.clone(), gates);
     let router = grpc

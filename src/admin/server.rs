@@ -25,6 +25,7 @@ use super::Metrics;
 
 use super::auth::Tokens;
 use super::convert;
+use super::dashboard::Kick;
 use super::pb;
 use super::pb::admin_server::Admin;
 use super::views;
@@ -39,6 +40,9 @@ pub(crate) struct AdminService {
     /// The proxies, for the cordons in force on this replica (those of
     /// the state it serves; the backend changes them).
     registry: Arc<ProxyRegistry>,
+    /// Tells the dashboard's publisher of each change asked for, so open
+    /// dashboards show it at their next tick.
+    kick: Kick,
 }
 
 impl std::fmt::Debug for AdminService {
@@ -56,7 +60,14 @@ impl AdminService {
             backend,
             tokens: Arc::new(tokens),
             registry: ProxyRegistry::new(),
+            kick: Kick::default(),
         }
+    }
+
+    /// The service telling `kick` of every change asked for.
+    pub(crate) fn with_kick(mut self, kick: Kick) -> Self {
+        self.kick = kick;
+        self
     }
 
     /// The service with the cordons of `registry`, counted in `metrics`.
@@ -85,6 +96,7 @@ impl AdminService {
         let op = op(request.into_inner())?;
         tracing::info!(%actor, verb = %op.verb(), service = op.service(), "admin: operation requested");
         let rx = self.backend.start(op, &actor).await?;
+        self.kick.kick();
         Ok(Response::new(progress_stream(rx)))
     }
 }
@@ -195,6 +207,7 @@ impl Admin for AdminService {
         let id = request.into_inner().id;
         tracing::info!(%actor, id, "admin: abort requested");
         self.backend.abort(id, &actor).await?;
+        self.kick.kick();
         Ok(Response::new(pb::AbortResponse {}))
     }
 
@@ -207,6 +220,7 @@ impl Admin for AdminService {
         // Saved in the state by the backend (a follower refuses, naming
         // the leader), so the cordon holds on whichever replica leads.
         let changed = self.backend.cordon(&r.node_id, &r.reason, &actor).await?;
+        self.kick.kick();
         tracing::info!(%actor, node = %untrusted(&r.node_id), reason = %untrusted(&r.reason), "admin: proxy cordoned");
         Ok(Response::new(pb::CordonResponse { changed }))
     }
@@ -218,6 +232,7 @@ impl Admin for AdminService {
         let actor = self.tokens.authorize(request.metadata())?;
         let r = request.into_inner();
         let changed = self.backend.uncordon(&r.node_id, &actor).await?;
+        self.kick.kick();
         tracing::info!(%actor, node = %untrusted(&r.node_id), "admin: proxy uncordoned");
         Ok(Response::new(pb::UncordonResponse { changed }))
     }

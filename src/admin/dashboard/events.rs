@@ -2,7 +2,10 @@
 //!
 //! One publisher task, started with the first stream, builds the `status`
 //! and `proxies` payloads at most every [`INTERVAL`], only while a stream
-//! is open. Each is encoded once into shared [`Bytes`] and put on a
+//! is open, and only when something may have moved: `status` while an
+//! operation runs, after a change asked through the admin API ([`Kick`]) or
+//! after the proxies' xDS state moved, else every [`STATUS_REFRESH`];
+//! `proxies` after their xDS state moved, else every [`PROXIES_REFRESH`]. Each is encoded once into shared [`Bytes`] and put on a
 //! `watch` channel only when it differs from the last one. Every stream
 //! holds a receiver of each channel, so a slow reader skips states it had
 //! no time for and never holds more than the latest of each; the publisher
@@ -60,6 +63,13 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 /// a microsecond per proxy, so doing so every tick would keep a core busy
 /// at tens of thousands of proxies with nothing happening.
 const PROXIES_REFRESH: Duration = Duration::from_secs(5);
+/// How often the `status` payload is built again when nothing says it
+/// moved: no operation running, no proxy's xDS state changed, no change
+/// asked through the admin API. What is left to catch then (the measured
+/// traffic, which moves with each report; a config reload; an operation
+/// a Kubernetes route started, until its first push) is fine a second
+/// late, and a status walks every proxy of every service.
+const STATUS_REFRESH: Duration = Duration::from_secs(1);
 /// How often, at most, the replicas are read (from etcd).
 const REPLICAS_EVERY: Duration = Duration::from_secs(1);
 /// Changes per service in a `status` event's `history`.
@@ -129,6 +139,8 @@ pub(crate) struct Events {
     /// Ends the publisher and, with a last `error` event, every stream, so
     /// the server's graceful shutdown is not held up by them.
     shutdown: Shutdown,
+    /// Set when a change was asked for through the admin API.
+    kick: Kick,
 }
 
 impl std::fmt::Debug for Events {
@@ -136,6 +148,25 @@ impl std::fmt::Debug for Events {
         f.debug_struct("Events")
             .field("limits", &self.limits)
             .finish_non_exhaustive()
+    }
+}
+
+/// Tells the publisher that a change was asked for (an operation started,
+/// an abort, a cordon), so that its next tick builds the `status` payload
+/// again without waiting for [`STATUS_REFRESH`]. The admin API's gRPC
+/// service and the dashboard's actions both hold one.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Kick(Arc<AtomicBool>);
+
+impl Kick {
+    /// A change was asked for.
+    pub(crate) fn kick(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether one was since the last call.
+    fn take(&self) -> bool {
+        self.0.swap(false, Ordering::AcqRel)
     }
 }
 
@@ -147,6 +178,7 @@ pub(crate) struct EventParts {
     pub(crate) tokens: Tokens,
     pub(crate) limits: EventLimits,
     pub(crate) shutdown: Shutdown,
+    pub(crate) kick: Kick,
 }
 
 impl Events {
@@ -163,6 +195,7 @@ impl Events {
             proxies: watch::Sender::new(Bytes::new()),
             started: AtomicBool::new(false),
             shutdown: parts.shutdown,
+            kick: parts.kick,
         })
     }
 
@@ -339,6 +372,9 @@ async fn publish(events: Arc<Events>) {
 struct Publisher {
     /// The last `status` published, without its time.
     status: Option<Value>,
+    /// The registry's generation when the `status` payload was last
+    /// built, and when.
+    status_built: Option<(u64, Instant)>,
     /// The last `proxies` published, without its time.
     proxies: Option<Value>,
     /// The registry's generation when the `proxies` payload was last
@@ -352,6 +388,24 @@ struct Publisher {
 
 impl Publisher {
     async fn tick(&mut self, events: &Events) {
+        let generation = events.registry.generation();
+        let kicked = events.kick.take();
+        let running = self.status.as_ref().is_some_and(|s| {
+            s["services"]
+                .as_array()
+                .is_some_and(|all| all.iter().any(|svc| !svc["in_progress"].is_null()))
+        });
+        let quiet = self
+            .status_built
+            .is_some_and(|(g, at)| g == generation && at.elapsed() < STATUS_REFRESH);
+        if kicked || running || !quiet {
+            self.status_built = Some((generation, Instant::now()));
+            self.tick_status(events).await;
+        }
+        self.tick_proxies(events, generation);
+    }
+
+    async fn tick_status(&mut self, events: &Events) {
         match self.status(events).await {
             Ok(status) => {
                 if self.status.as_ref() != Some(&status) {
@@ -362,8 +416,11 @@ impl Publisher {
             }
             Err(e) => tracing::debug!(error = %e, "events: no status this tick"),
         }
-        // Read before building, so a change made meanwhile is seen next tick.
-        let generation = events.registry.generation();
+    }
+
+    /// `generation` was read before anything was built, so a change made
+    /// meanwhile is seen at the next tick.
+    fn tick_proxies(&mut self, events: &Events, generation: u64) {
         if self
             .proxies_built
             .is_some_and(|(g, at)| g == generation && at.elapsed() < PROXIES_REFRESH)

@@ -189,6 +189,7 @@ async fn the_publisher_sends_only_changes_and_asks_for_history_only_when_it_move
         tokens: Tokens::none(),
         limits: EventLimits::default(),
         shutdown: Shutdown::never(),
+        kick: Kick::default(),
     });
     let mut status = events.status.subscribe();
     let mut proxies = events.proxies.subscribe();
@@ -202,16 +203,22 @@ async fn the_publisher_sends_only_changes_and_asks_for_history_only_when_it_move
     assert!(first.starts_with(b"event: status\ndata: {"));
     assert_eq!(count(&backend.histories), 1);
 
-    // Nothing changed: nothing is published, history is not asked again,
-    // and the replicas are not read again within a second.
+    // Nothing changed: nothing is published, the status is not asked for
+    // again within a second, nor history, nor the replicas.
     for _ in 0..3 {
         publisher.tick(&events).await;
     }
     assert!(!status.has_changed().expect("open"));
     assert!(!proxies.has_changed().expect("open"));
-    assert_eq!(count(&backend.statuses), 4);
+    assert_eq!(count(&backend.statuses), 1);
     assert_eq!(count(&backend.histories), 1);
     assert_eq!(count(&backend.replicas), 1);
+    // A change asked through the admin API: the next tick asks at once.
+    events.kick.kick();
+    publisher.tick(&events).await;
+    assert_eq!(count(&backend.statuses), 2);
+    publisher.tick(&events).await;
+    assert_eq!(count(&backend.statuses), 2);
     // Nor are the proxies listed again while no stream changed...
     assert_eq!(count(&backend.proxies), 1);
     // ...but they are at the next tick after one did,
@@ -224,9 +231,13 @@ async fn the_publisher_sends_only_changes_and_asks_for_history_only_when_it_move
     tokio::time::advance(PROXIES_REFRESH).await;
     publisher.tick(&events).await;
     assert_eq!(count(&backend.proxies), 3);
+    // The registry moved (and, above, a refresh was due): the status was
+    // asked for again each time.
+    assert_eq!(count(&backend.statuses), 4);
 
     // The service's last change moved: its history is asked once more.
     *backend.last_change.lock().expect("not poisoned") = Some(7);
+    events.kick.kick();
     publisher.tick(&events).await;
     publisher.tick(&events).await;
     assert_eq!(count(&backend.histories), 2);

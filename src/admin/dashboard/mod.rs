@@ -34,6 +34,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
 pub use events::EventLimits;
+pub(crate) use events::Kick;
 use events::{EventParts, Events};
 
 use super::auth::Tokens;
@@ -63,6 +64,8 @@ pub(crate) struct DashboardParts {
     /// The largest action body read (`--max-gate-request-bytes`).
     pub(crate) max_request_bytes: usize,
     pub(crate) shutdown: Shutdown,
+    /// Told of every change asked for here, as the gRPC service tells it.
+    pub(crate) kick: Kick,
 }
 
 /// What the handlers share.
@@ -71,6 +74,7 @@ struct Dashboard {
     tokens: Tokens,
     max_request_bytes: usize,
     events: Arc<Events>,
+    kick: Kick,
 }
 
 /// The dashboard's routes, to merge into the admin port's router.
@@ -82,12 +86,14 @@ pub(crate) fn router(parts: DashboardParts) -> axum::Router {
         tokens: parts.tokens.clone(),
         limits: parts.limits,
         shutdown: parts.shutdown,
+        kick: parts.kick.clone(),
     });
     let dashboard = Arc::new(Dashboard {
         backend: parts.backend,
         tokens: parts.tokens,
         max_request_bytes: parts.max_request_bytes,
         events,
+        kick: parts.kick,
     });
     axum::Router::new()
         .route(
@@ -137,7 +143,10 @@ async fn action(
 ) -> axum::response::Response {
     let limit = d.max_request_bytes;
     match actions::act(&*d.backend, &d.tokens, limit, &verb, &headers, body).await {
-        Ok((status, answer)) => actions::reply(status, &answer),
+        Ok((status, answer)) => {
+            d.kick.kick();
+            actions::reply(status, &answer)
+        }
         Err(refusal) => refusal.into_response(),
     }
 }
