@@ -461,7 +461,7 @@ impl Publisher {
                             entries
                                 .iter()
                                 .take(HISTORY)
-                                .map(|h| json::change(&convert::history_entry(h)))
+                                .map(|h| without_acks(json::change(&convert::history_entry(h))))
                                 .collect(),
                         ),
                         Err(e) => {
@@ -495,6 +495,17 @@ impl Publisher {
             }
         }
     }
+}
+
+/// A change without its `acks` (when each proxy ACKed: one entry per
+/// proxy, so ten changes at 1,000 proxies would be 10,000 entries in every
+/// `status` event); `last_change` keeps them, and `teal history -o json`
+/// has them all.
+fn without_acks(mut change: Value) -> Value {
+    if let Some(fields) = change.as_object_mut() {
+        fields.remove("acks");
+    }
+    change
 }
 
 /// Takes each proxy's per-cluster load counters out of a `proxies`

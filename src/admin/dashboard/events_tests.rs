@@ -248,6 +248,8 @@ async fn the_publisher_sends_only_changes_and_asks_for_history_only_when_it_move
         serde_json::from_str(line.trim_start_matches("data: ")).expect("JSON")
     };
     assert_eq!(data["history"]["web"][0]["id"], 7);
+    assert_eq!(data["history"]["web"][0].get("acks"), None);
+    assert!(data["services"][0]["last_change"]["acks"].is_array());
     assert_eq!(data["services"][0]["last_change"]["id"], 7);
     assert_eq!(data["services"][0]["both_fleets_for_ms"], Value::Null);
 }
