@@ -60,6 +60,15 @@
 //! reported for a few intervals: the difference is what a proxy's load
 //! reporting costs the server.
 //!
+//! With `--dashboards N` (which needs `--flip`), N readers of teal's
+//! event stream (`GET /v1/events` on the admin port, what the dashboard
+//! page reads) are open through the flips, each on a connection of its
+//! own as a browser tab's: per flip the benchmark prints how long after
+//! the command every dashboard had the flip's outcome, and at the end what
+//! they read and teal's memory. `--stuck-dashboards N` adds N connections
+//! that ask for the stream and never read a byte (a frozen tab): teal
+//! must neither hold memory for them without bound nor slow the flip.
+//!
 //! `BENCH_XDS_WRAP="heaptrack -o FILE"` runs the child under that
 //! command (a heap profiler here); the CPU and memory printed are then
 //! the wrapper's.
@@ -95,6 +104,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+
+#[path = "bench_common/dashboards.rs"]
+mod dashboards;
 
 const SERVICES: usize = 10;
 
@@ -398,6 +410,8 @@ async fn serve_teal(interval: Duration) -> anyhow::Result<()> {
     options.xds.load_reports.interval = interval;
     let running = teal::serve::start(options, shutdown).await?;
     let mut pipe = Pipe::announce(running.xds_addr.port()).await?;
+    pipe.say(&format!("admin {}", running.admin_addr.port()))
+        .await?;
     while let Some(command) = pipe.next_line().await? {
         if command.trim() == "traffic" {
             let status = running.controller.status(Some("svc0")).await?;
@@ -430,14 +444,16 @@ async fn serve_teal(interval: Duration) -> anyhow::Result<()> {
                 "bench",
             )
             .await?;
-        let outcome = loop {
-            if let Some(o) = rx.borrow_and_update().outcome.clone() {
-                break o;
+        let (outcome, id) = loop {
+            let p = rx.borrow_and_update().clone();
+            if let Some(o) = p.outcome {
+                break (o, p.id);
             }
             rx.changed().await?;
         };
         let took = start.elapsed().as_micros();
-        pipe.say(&format!("flipped {took} {outcome:?}")).await?;
+        pipe.say(&format!("flipped {took} {outcome:?} id {id}"))
+            .await?;
     }
     Ok(())
 }
@@ -458,6 +474,10 @@ struct Args {
     /// The idle span measured before the pushes.
     idle: Duration,
     callgrind: Option<std::path::PathBuf>,
+    /// Readers of the event stream open through the flips.
+    dashboards: usize,
+    /// Connections that ask for the event stream and never read.
+    stuck_dashboards: usize,
 }
 
 /// teal's default `--max-streams-per-connection`: with `--lrs` each
@@ -477,6 +497,8 @@ fn args() -> anyhow::Result<Args> {
         lrs_node: LrsNode::Envoy,
         idle: Duration::from_secs(10),
         callgrind: None,
+        dashboards: 0,
+        stuck_dashboards: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -527,8 +549,10 @@ fn args() -> anyhow::Result<Args> {
             "--pushes" => a.pushes = value()?,
             "--lrs-interval" => a.lrs_interval = Duration::from_millis(value()? as u64),
             "--idle" => a.idle = Duration::from_secs(value()? as u64),
+            "--dashboards" => a.dashboards = value()?,
+            "--stuck-dashboards" => a.stuck_dashboards = value()?,
             other => anyhow::bail!(
-                "unknown flag {other}; use --streams N --per-conn N --pushes N --idle SECONDS [--tls | --flip [--lrs [--lrs-interval MS] [--lrs-node envoy|first]] | --bare] [--callgrind FILE]"
+                "unknown flag {other}; use --streams N --per-conn N --pushes N --idle SECONDS [--tls | --flip [--lrs [--lrs-interval MS] [--lrs-node envoy|first]] [--dashboards N] [--stuck-dashboards N] | --bare] [--callgrind FILE]"
             ),
         }
     }
@@ -551,6 +575,11 @@ fn args() -> anyhow::Result<Args> {
     }
     if !(100..=60_000).contains(&a.lrs_interval.as_millis()) {
         anyhow::bail!("--lrs-interval is 100 to 60000 ms, as teal's --load-report-interval");
+    }
+    if (a.dashboards > 0 || a.stuck_dashboards > 0) && !a.flip {
+        anyhow::bail!(
+            "--dashboards and --stuck-dashboards need --flip: only teal serve has the admin port"
+        );
     }
     if a.bare && (a.tls || a.flip) {
         anyhow::bail!("--bare is the plain publish, without TLS or a flip");
@@ -1026,6 +1055,44 @@ async fn wait_for(
     Ok((got, last))
 }
 
+/// Waits until every dashboard showed the outcome of the flip the
+/// `flipped ... id N` line names; says when, after the command, the first
+/// and the last did, and keeps the last one's lag after the outcome.
+async fn dashboards_saw(
+    seen: &dashboards::Seen,
+    line: &str,
+    n: usize,
+    start: Instant,
+    lags: &mut Vec<Duration>,
+) -> anyhow::Result<String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (Some(id), Some(outcome_us)) = (
+        words.last().and_then(|w| w.parse::<u64>().ok()),
+        words.get(1).and_then(|w| w.parse::<u64>().ok()),
+    ) else {
+        anyhow::bail!("unexpected server output {line:?}");
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let at = seen.outcome_seen(id);
+        if at.len() >= n {
+            let (first, last) = (at[0] - start, at[at.len() - 1] - start);
+            let outcome = Duration::from_micros(outcome_us);
+            lags.push(last.saturating_sub(outcome));
+            return Ok(format!(
+                "; on every dashboard after {:.1?} (first {:.1?})",
+                last, first
+            ));
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {n} dashboards showed flip {id}'s outcome within 30 s",
+            at.len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn run() -> anyhow::Result<()> {
     let args = args()?;
     let exe = std::env::current_exe()?;
@@ -1110,6 +1177,18 @@ async fn run() -> anyhow::Result<()> {
         .strip_prefix("port ")
         .ok_or_else(|| anyhow::anyhow!("unexpected server output {line:?}"))?
         .parse()?;
+    let admin = if args.flip {
+        line.clear();
+        child_out.read_line(&mut line)?;
+        let port: u16 = line
+            .trim()
+            .strip_prefix("admin ")
+            .ok_or_else(|| anyhow::anyhow!("unexpected server output {line:?}"))?
+            .parse()?;
+        Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+    } else {
+        None
+    };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (rss_before, _) = proc_stats(pid)?;
 
@@ -1268,6 +1347,27 @@ async fn run() -> anyhow::Result<()> {
         }
     }
 
+    let dashboards = Arc::new(dashboards::Seen::default());
+    let mut stuck = Vec::new();
+    if let Some(admin) = admin
+        && args.dashboards + args.stuck_dashboards > 0
+    {
+        let (rss_without, _) = proc_stats(pid)?;
+        dashboards::open(admin, "svc0", args.dashboards, dashboards.clone()).await?;
+        stuck = dashboards::stuck(admin, args.stuck_dashboards).await?;
+        // A few publishing intervals, so every stream has had the state.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (rss_with, _) = proc_stats(pid)?;
+        println!(
+            "{} dashboards and {} stuck ones open: server RSS {rss_without} KiB before, {rss_with} KiB after ({:+} KiB)",
+            args.dashboards,
+            stuck.len(),
+            rss_with as i64 - rss_without as i64
+        );
+    }
+    let dashboards_start = Instant::now();
+    let dashboard_bytes_start = dashboards.bytes.load(Ordering::Relaxed);
+    let mut dashboard_lag = Vec::new();
     let shared_child_out = Arc::new(std::sync::Mutex::new(child_out));
     let callgrind = |what: &str| -> anyhow::Result<()> {
         if args.callgrind.is_some() {
@@ -1309,7 +1409,20 @@ async fn run() -> anyhow::Result<()> {
             // The flip's outcome comes once every ACK is handled: its CPU
             // counts to there.
             (_, cpu_after) = proc_stats(pid)?;
-            format!("; command to outcome {}", line.trim())
+            let mut said = format!("; command to outcome {}", line.trim());
+            if args.dashboards > 0 {
+                said.push_str(
+                    &dashboards_saw(
+                        &dashboards,
+                        &line,
+                        args.dashboards,
+                        start,
+                        &mut dashboard_lag,
+                    )
+                    .await?,
+                );
+            }
+            said
         } else {
             // A publish has no outcome: let the ACKs land, so its CPU
             // counts them too, as a flip's does.
@@ -1336,6 +1449,24 @@ async fn run() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     callgrind("--dump")?;
+    if args.dashboards + args.stuck_dashboards > 0 {
+        let span = dashboards_start.elapsed().as_secs_f64();
+        let bytes = dashboards.bytes.load(Ordering::Relaxed) - dashboard_bytes_start;
+        dashboard_lag.sort();
+        let (rss_end, _) = proc_stats(pid)?;
+        println!(
+            "dashboards: every flip's outcome on all {} of them p50 {:.1?} max {:.1?} after the flip's outcome; each read {:.1} kB/s, {} status and {} proxies events in all; {} streams ended; server RSS at the end {rss_end} KiB with {} stuck",
+            args.dashboards,
+            percentile(&dashboard_lag, 0.5),
+            dashboard_lag.last().copied().unwrap_or_default(),
+            bytes as f64 / 1e3 / span / args.dashboards.max(1) as f64,
+            dashboards.status_events.load(Ordering::Relaxed),
+            dashboards.proxies_events.load(Ordering::Relaxed),
+            dashboards.ended.load(Ordering::Relaxed),
+            stuck.len()
+        );
+    }
+    drop(stuck);
     DONE.store(true, Ordering::Relaxed);
     child.kill()?;
     let _ = child.wait();
