@@ -802,6 +802,7 @@ async fn supervise(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut stop = shutdown;
     let mut driver_done = false;
+    let mut admin_done = false;
     loop {
         tokio::select! {
             // Shutdown first: the driver and the admin API also stop on
@@ -814,6 +815,7 @@ async fn supervise(
                     // It heard the shutdown first: no failure. Its result
                     // (a panic on the way out) still counts.
                     joined("admin API", result)?.map_err(ServeError::Admin)?;
+                    admin_done = true;
                     break;
                 }
                 return admin_result(result);
@@ -854,9 +856,16 @@ async fn supervise(
     }
     tracing::info!("shutting down: draining xDS streams");
     let served = server_result(tasks.xds.await);
+    // The admin API gets a moment more to end its streams: a dashboard's
+    // event stream says that teal is stopping, and without this the
+    // process could exit before that last event left. Not longer: a
+    // `teal follow` stream could hold it open for good.
+    if !admin_done && let Ok(result) = tokio::time::timeout(ADMIN_FAREWELL, &mut tasks.admin).await
+    {
+        joined("admin API", result)?.map_err(ServeError::Admin)?;
+    }
     // The driver stops at once on shutdown; a panic on the way is still
-    // reported. The admin API is not waited for: a `teal follow` stream
-    // could hold it open.
+    // reported.
     if !driver_done {
         joined_driver(tasks.driver.await)?;
     }
@@ -884,6 +893,11 @@ fn admin_result(
         }
     }
 }
+
+/// How long, at most, shutdown waits for the admin API's streams to end
+/// once the xDS streams are drained (the event streams' own farewell is
+/// bounded by a second too).
+const ADMIN_FAREWELL: Duration = Duration::from_secs(1);
 
 /// Most problems of a refused reload that are logged one by one; the
 /// rest are counted. A file can hold a great many (one per repeated key),
