@@ -282,18 +282,7 @@ pub(crate) fn service_json(s: &ServiceStatus) -> Value {
                 "finished_unix_ms": convert::unix_ms(h.finished),
             })
         }),
-        "traffic": pb.traffic.iter().map(|f| json!({
-            "fleet": f.fleet,
-            "requests": f.requests,
-            "errors": f.errors,
-            "requests_per_second": f.requests_per_second,
-            "error_ratio": f.error_ratio,
-            "share": f.share,
-            "in_progress": f.in_progress,
-            "proxies_reporting": f.proxies_reporting,
-            "proxies_routing": f.proxies_routing,
-            "window_ms": f.window_ms,
-        })).collect::<Vec<_>>(),
+        "traffic": super::json::traffic(&pb),
         "drains": s.drains.iter().map(|d| json!({
             "fleet": d.fleet,
             "drained": d.is_drained(),

@@ -13,6 +13,7 @@ mod support;
 mod etcd_auth;
 mod etcd_store;
 mod ha_agreement;
+mod ha_dashboard;
 mod ha_failover;
 mod ha_loads;
 mod ha_rebalance;

@@ -13,44 +13,13 @@ use tokio::sync::watch;
 use crate::support::ads::{Answer, answering_proxy};
 use crate::support::http::{self, HttpResponse};
 use crate::support::sse::{EventStream, Opened};
-use crate::support::world::TealProcess;
+use crate::support::world::{TealProcess, web_on_edge_yaml};
 use crate::support::{CONVERGE, TOKEN, free_port, show, teal_binary};
 
 /// The policy every dashboard answer carries.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
     img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
     frame-ancestors 'none'";
-
-/// `web` (blue, green) routed by group `edge`.
-fn config() -> String {
-    format!(
-        "\
-services:
-  web:
-    live: blue
-    fleets:
-      blue:
-        endpoints: [127.0.0.1:{p1}]
-      green:
-        endpoints: [127.0.0.1:{p2}]
-groups:
-  edge:
-    listeners:
-      public:
-        kind: edge
-        address: 127.0.0.1:{l1}
-        virtual_hosts:
-          site:
-            domains: ['*']
-            routes:
-              - prefix: /
-                service: web
-",
-        p1 = free_port(),
-        p2 = free_port(),
-        l1 = free_port(),
-    )
-}
 
 /// `teal serve` with `extra` flags, on free ports.
 struct Served {
@@ -62,7 +31,7 @@ struct Served {
 
 async fn serve(extra: &[&str]) -> Served {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("teal.yaml"), config()).expect("write the config");
+    std::fs::write(dir.path().join("teal.yaml"), web_on_edge_yaml()).expect("write the config");
     let (xds, admin) = (free_port(), free_port());
     let teal = TealProcess::start_with(dir.path(), xds, admin, extra).await;
     Served {

@@ -12,39 +12,8 @@ use tokio::sync::watch;
 
 use crate::support::ads::{Answer, answering_proxy};
 use crate::support::http::{self, HttpResponse};
-use crate::support::world::TealProcess;
+use crate::support::world::{TealProcess, web_on_edge_yaml};
 use crate::support::{CONVERGE, TOKEN, free_port, show, teal_binary};
-
-/// `web` (blue, green) routed by group `edge`.
-fn config() -> String {
-    format!(
-        "\
-services:
-  web:
-    live: blue
-    fleets:
-      blue:
-        endpoints: [127.0.0.1:{p1}]
-      green:
-        endpoints: [127.0.0.1:{p2}]
-groups:
-  edge:
-    listeners:
-      public:
-        kind: edge
-        address: 127.0.0.1:{l1}
-        virtual_hosts:
-          site:
-            domains: ['*']
-            routes:
-              - prefix: /
-                service: web
-",
-        p1 = free_port(),
-        p2 = free_port(),
-        l1 = free_port(),
-    )
-}
 
 /// `teal shift web --weight green=<percent>` against `admin`, to its end.
 async fn shift(admin: u16, percent: u32) -> std::process::Output {
@@ -140,7 +109,7 @@ async fn wait_web(admin: u16, what: &str, check: impl Fn(&Value) -> bool) -> Val
 async fn the_gates_stay_closed_while_a_shift_step_waits_for_a_proxy_and_open_once_it_acked() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    std::fs::write(dir.join("teal.yaml"), config()).expect("write the config");
+    std::fs::write(dir.join("teal.yaml"), web_on_edge_yaml()).expect("write the config");
     let (xds, admin) = (free_port(), free_port());
     let teal = TealProcess::start_with(dir, xds, admin, &[]).await;
 
@@ -231,7 +200,7 @@ async fn the_gates_stay_closed_while_a_shift_step_waits_for_a_proxy_and_open_onc
 async fn gates_are_reads_open_without_a_token_and_refuse_what_names_no_service() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    std::fs::write(dir.join("teal.yaml"), config()).expect("write the config");
+    std::fs::write(dir.join("teal.yaml"), web_on_edge_yaml()).expect("write the config");
     let (xds, admin) = (free_port(), free_port());
     let teal =
         TealProcess::start_with(dir, xds, admin, &["--max-gate-request-bytes", "1024"]).await;
@@ -289,7 +258,7 @@ async fn gates_are_reads_open_without_a_token_and_refuse_what_names_no_service()
 async fn a_step_a_proxy_rejects_keeps_the_gates_closed_until_a_later_change_lands() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    std::fs::write(dir.join("teal.yaml"), config()).expect("write the config");
+    std::fs::write(dir.join("teal.yaml"), web_on_edge_yaml()).expect("write the config");
     let (xds, admin) = (free_port(), free_port());
     let teal = TealProcess::start_with(dir, xds, admin, &[]).await;
     let (answer, answers) = watch::channel(Answer::Ack);

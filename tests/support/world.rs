@@ -74,6 +74,40 @@ pub struct Ports {
     pub batch: u16,
 }
 
+/// The smallest config with one service to flip: `web` (fleets blue and
+/// green, each one endpoint on a free port nothing listens on) routed by
+/// group `edge` on a free listener port, for tests whose proxies are
+/// simulated.
+pub fn web_on_edge_yaml() -> String {
+    format!(
+        "\
+services:
+  web:
+    live: blue
+    fleets:
+      blue:
+        endpoints: [127.0.0.1:{p1}]
+      green:
+        endpoints: [127.0.0.1:{p2}]
+groups:
+  edge:
+    listeners:
+      public:
+        kind: edge
+        address: 127.0.0.1:{l1}
+        virtual_hosts:
+          site:
+            domains: ['*']
+            routes:
+              - prefix: /
+                service: web
+",
+        p1 = free_port(),
+        p2 = free_port(),
+        l1 = free_port(),
+    )
+}
+
 /// The config text for `spec` on `ports`.
 pub fn config_yaml(spec: &ConfigSpec, ports: &Ports) -> String {
     let fleets = |fleets: &[(String, Vec<u16>)]| -> String {
