@@ -1008,27 +1008,52 @@ impl Driver {
     /// wait for (cordoned ones are left out, as they are from the
     /// confirmation), with its counts, or none when it reports nothing.
     pub(super) fn traffic(&self, service: &str, fleets: &[String]) -> Vec<FleetTraffic> {
-        let groups = self.basis(service).groups;
+        self.traffic_of(&self.proxy_loads(), service, fleets)
+    }
+
+    /// Every proxy operations wait for and every load report, read once,
+    /// for [`Driver::traffic_of`]: a status asks for the traffic of each
+    /// service's fleets, and reading the registry for each of them made a
+    /// status of many services walk every proxy many times over.
+    pub(super) fn proxy_loads(&self) -> ProxyLoads {
         let cordoned = self.registry.cordons().ids();
-        let loads: HashMap<Arc<str>, ProxyLoad> = self
-            .registry
-            .loads()
-            .proxies(|g| groups.contains(g))
-            .into_iter()
-            .map(|p| (p.node.clone(), p))
-            .collect();
-        // By node: whether a stream of it is connected. A proxy whose
-        // stream ended and that has not come back yet (see
+        // Per group, by node: whether a stream of it is connected. A
+        // proxy whose stream ended and that has not come back yet (see
         // `ProxyStatus::disconnected`) still counts, as reporting nothing:
         // its requests in flight go on while it reconnects, so it is not
         // drained until a new load stream says so.
-        let mut nodes: BTreeMap<Arc<str>, bool> = BTreeMap::new();
+        let mut nodes: HashMap<String, BTreeMap<Arc<str>, bool>> = HashMap::new();
         for p in self.registry.statuses().iter() {
             let Some(n) = p.node.as_ref() else { continue };
-            if !groups.contains(&n.cluster) || cordoned.contains(&n.id) {
+            if cordoned.contains(&n.id) {
                 continue;
             }
-            *nodes.entry(Arc::from(n.id.as_str())).or_default() |= !p.disconnected;
+            *nodes
+                .entry(n.cluster.clone())
+                .or_default()
+                .entry(Arc::from(n.id.as_str()))
+                .or_default() |= !p.disconnected;
+        }
+        let mut loads: HashMap<Arc<str>, Vec<ProxyLoad>> = HashMap::new();
+        for p in self.registry.loads().proxies(|_| true) {
+            loads.entry(p.node.clone()).or_default().push(p);
+        }
+        ProxyLoads { nodes, loads }
+    }
+
+    /// [`Driver::traffic`] over proxies and reports read already.
+    pub(super) fn traffic_of(
+        &self,
+        all: &ProxyLoads,
+        service: &str,
+        fleets: &[String],
+    ) -> Vec<FleetTraffic> {
+        let groups = self.basis(service).groups;
+        let mut nodes: BTreeMap<Arc<str>, bool> = BTreeMap::new();
+        for group in &groups {
+            for (id, connected) in all.nodes.get(group).into_iter().flatten() {
+                *nodes.entry(id.clone()).or_default() |= *connected;
+            }
         }
         let served = self.config.services.get(service).map(|svc| &svc.fleets);
         fleets
@@ -1051,8 +1076,8 @@ impl Driver {
                         .iter()
                         .map(|(id, connected)| ProxyTraffic {
                             id: id.clone(),
-                            load: loads
-                                .get(id)
+                            load: all
+                                .load(id, &groups)
                                 .filter(|_| *connected)
                                 .and_then(|l| l.clusters.get(&cluster))
                                 .copied(),
@@ -1303,6 +1328,7 @@ impl Driver {
             return Err(self.unknown_service(s));
         }
         let (now, wall) = (Instant::now(), SystemTime::now());
+        let proxies = self.proxy_loads();
         let services = self
             .state
             .services
@@ -1331,11 +1357,11 @@ impl Driver {
                     retirement: running
                         .and_then(|r| r.rollout.retirement(now, wall))
                         .map(|(fleet, at)| Retirement { fleet, at }),
-                    drains: self.drains(name, &st.weights),
+                    drains: self.drains(&proxies, name, &st.weights),
                     both_fleets_since: st.both_fleets_since,
                     last_change: self.state.history.get(name).and_then(|h| h.last().cloned()),
                     in_progress: running.map(|r| r.rollout.progress()),
-                    traffic: self.measured(name, now),
+                    traffic: self.measured(&proxies, name, now),
                     applied,
                     confirmed,
                     // The route's progress is the route task's; the handle
@@ -1361,7 +1387,12 @@ impl Driver {
 
     /// Whether each of `service`'s fleets with no weight in `weights` is
     /// drained, by the load reports.
-    fn drains(&self, service: &str, weights: &crate::rollout::Split) -> Vec<FleetDrain> {
+    fn drains(
+        &self,
+        proxies: &ProxyLoads,
+        service: &str,
+        weights: &crate::rollout::Split,
+    ) -> Vec<FleetDrain> {
         let idle: Vec<String> = weights
             .iter()
             .filter(|(_, w)| **w == 0)
@@ -1370,7 +1401,7 @@ impl Driver {
         if idle.is_empty() {
             return Vec::new();
         }
-        self.traffic(service, &idle)
+        self.traffic_of(proxies, service, &idle)
             .iter()
             .map(|t| drain::judge(t, machine::WAITING_SHOWN))
             .collect()
@@ -1504,4 +1535,23 @@ fn fitted(config: &Config, service: &str, change: &Change) -> Result<Change, Wei
             .cloned()
             .collect(),
     })
+}
+
+/// The proxies operations wait for (cordoned ones left out) and every load
+/// report, as [`Driver::proxy_loads`] read them.
+pub(super) struct ProxyLoads {
+    /// Per group, by node: whether a stream of it is connected.
+    nodes: HashMap<String, BTreeMap<Arc<str>, bool>>,
+    /// By node: its load reports (one, unless it reports in several groups).
+    loads: HashMap<Arc<str>, Vec<ProxyLoad>>,
+}
+
+impl ProxyLoads {
+    /// `node`'s load as reported in one of `groups`.
+    fn load(&self, node: &str, groups: &BTreeSet<String>) -> Option<&ProxyLoad> {
+        self.loads
+            .get(node)?
+            .iter()
+            .find(|l| groups.contains(&l.group))
+    }
 }

@@ -9,7 +9,7 @@ use crate::rollout::machine::WAITING_SHOWN;
 use crate::rollout::{Applied, MeasuredFleet};
 use crate::xds::resources::ResourceType;
 
-use super::driver::Driver;
+use super::driver::{Driver, ProxyLoads};
 
 /// The window `teal status` measures traffic over: ten reports of every
 /// proxy at the default interval, short enough to show a flip within
@@ -21,7 +21,12 @@ impl Driver {
     /// over the last [`STATUS_WINDOW`] whole seconds (the second under
     /// way is left out, so the window is always ten full seconds), the
     /// proxies that report and those that route the service.
-    pub(super) fn measured(&self, service: &str, now: Instant) -> Vec<MeasuredFleet> {
+    pub(super) fn measured(
+        &self,
+        proxies: &ProxyLoads,
+        service: &str,
+        now: Instant,
+    ) -> Vec<MeasuredFleet> {
         let Some(svc) = self.config.services.get(service) else {
             return Vec::new();
         };
@@ -30,7 +35,7 @@ impl Driver {
         let last_whole_second = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
         let window = loads.measured(service, STATUS_WINDOW, last_whole_second);
         let totals = loads.totals(service);
-        self.traffic(service, &fleets)
+        self.traffic_of(proxies, service, &fleets)
             .into_iter()
             .map(|t| {
                 let counted = window.iter().find(|m| m.fleet == t.fleet);
