@@ -451,6 +451,12 @@ async fn flip_from_the_page(
         ["web", "blue", "green"].iter().all(|s| summary.contains(s)),
         "the confirmation names what will move: {summary:?}"
     );
+    // The proxies routing web (the edge and sidecar groups), not the
+    // NACKing Envoy of group batch, which routes only api.
+    assert!(
+        summary.contains("on 4 proxies"),
+        "the confirmation counts the proxies that will apply it: {summary:?}"
+    );
     let cli = tokio::spawn(cli_sees_success(w.admin));
     let clicked = unix_ms();
     page.click("#confirm-ok").await;

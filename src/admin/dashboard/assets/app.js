@@ -134,7 +134,6 @@ const model = {
   proxies: null,
   byNode: new Map(), // node id -> proxy JSON of the latest proxies event
   clockSkew: 0, // server clock minus ours, from the latest status
-  groups: new Map(), // service -> Set of the groups routing it, from its status
 };
 // Raw event data not yet applied: only the latest of each kind is kept, so
 // a slow render skips states instead of queueing them.
@@ -236,7 +235,6 @@ function render() {
     renderReplicas();
   });
   if (model.status) part("services", () => {
-    learnGroups();
     renderServices();
     document.body.dataset.statusAt = String(model.status.at_unix_ms);
   });
@@ -267,25 +265,18 @@ function holds(p, v) {
   });
 }
 
-// The groups that route a service come with its status (`applied.groups`).
-function learnGroups() {
-  for (const svc of model.status.services) {
-    const groups = svc.applied && Array.isArray(svc.applied.groups) ? svc.applied.groups : null;
-    if (groups) model.groups.set(svc.name, new Set(groups));
-    else model.groups.delete(svc.name);
-  }
-}
-
 function historyOf(svc) {
   const h = model.status.history && model.status.history[svc.name];
   if (h) return h;
   return svc.last_change ? [svc.last_change] : [];
 }
 
-// The proxies routing a service as far as known, else every proxy shown.
+// The proxies of the groups routing a service (its status's
+// `applied.groups`), else every proxy shown.
 function proxiesOf(name) {
   const all = model.proxies ? model.proxies.proxies : [];
-  const groups = model.groups.get(name);
+  const svc = model.status && model.status.services.find((s) => s.name === name);
+  const groups = svc && svc.applied && Array.isArray(svc.applied.groups) ? new Set(svc.applied.groups) : null;
   return groups ? all.filter((p) => groups.has(p.group)) : all;
 }
 
@@ -825,12 +816,11 @@ function refreshConfirm() {
   $("confirm-ok").disabled = !!problem;
 }
 
-// How many proxies route a service: teal's own count where the status has
-// one (load reports and drains count them), else those the page knows of.
+// How many proxies a change of a service waits for: teal's own count
+// (`applied.total`, cordoned proxies left out), else those the page knows of.
 function proxyCount(name) {
   const svc = serviceOf(name);
-  const counts = svc ? [...svc.traffic.map((t) => t.proxies_routing), ...svc.drains.map((d) => d.proxies)] : [];
-  const n = counts.length ? Math.max(...counts) : proxiesOf(name).length;
+  const n = svc && svc.applied ? svc.applied.total : proxiesOf(name).length;
   return count(n, "proxy", "proxies");
 }
 
