@@ -1,6 +1,5 @@
-use std::collections::BTreeMap;
-
 use super::*;
+use crate::rollout::fixtures::service_status;
 
 /// The Metrics table of `docs/cli-and-admin-api.md`: (name, type, labels) per row.
 fn readme_metrics() -> Vec<(String, String, Vec<String>)> {
@@ -32,23 +31,7 @@ fn readme_metrics() -> Vec<(String, String, Vec<String>)> {
 
 fn service(name: &str, weights: &[(&str, u32)], both_since: Option<SystemTime>) -> ServiceStatus {
     ServiceStatus {
-        name: name.into(),
-        live: weights[0].0.into(),
-        previous: None,
-        rollback_to: None,
-        weights: weights
-            .iter()
-            .map(|(f, w)| ((*f).to_owned(), *w))
-            .collect::<BTreeMap<_, _>>(),
-        retired: Vec::new(),
-        retirement: None,
-        drains: vec![],
         both_fleets_since: both_since,
-        applied: Default::default(),
-        confirmed: None,
-        route: None,
-        last_change: None,
-        in_progress: None,
         traffic: weights
             .iter()
             .map(|(f, w)| crate::rollout::MeasuredFleet {
@@ -63,6 +46,7 @@ fn service(name: &str, weights: &[(&str, u32)], both_since: Option<SystemTime>) 
                 total_errors: 5,
             })
             .collect(),
+        ..service_status(name, weights)
     }
 }
 

@@ -8,31 +8,16 @@ use tokio::sync::watch;
 use tower_service::Service;
 
 use super::*;
+use crate::rollout::fixtures::{service_status, split};
 use crate::rollout::{
-    Applied, CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, Reason, Split, Verb,
+    Applied, CheckResult, HistoryEntry, Operation, Outcome, Phase, Progress, Reason, Verb,
 };
 use crate::xds::ProxyStatus;
 use crate::xds::resources::PerType;
 
-fn split(pairs: &[(&str, u32)]) -> Split {
-    pairs.iter().map(|(f, w)| ((*f).to_owned(), *w)).collect()
-}
-
 /// `web`, blue 100, its `acked` of 3 proxies in sync.
 fn web(acked: usize) -> ServiceStatus {
     ServiceStatus {
-        name: "web".into(),
-        live: "blue".into(),
-        previous: None,
-        rollback_to: None,
-        weights: split(&[("blue", 100), ("green", 0)]),
-        retired: Vec::new(),
-        retirement: None,
-        drains: Vec::new(),
-        both_fleets_since: None,
-        last_change: None,
-        in_progress: None,
-        traffic: Vec::new(),
         applied: Applied {
             acked,
             total: 3,
@@ -41,7 +26,7 @@ fn web(acked: usize) -> ServiceStatus {
             groups: Vec::new(),
         },
         confirmed: (acked == 3).then(|| split(&[("blue", 100), ("green", 0)])),
-        route: None,
+        ..service_status("web", &[("blue", 100), ("green", 0)])
     }
 }
 

@@ -1,25 +1,13 @@
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::rollout::fixtures::split;
+use crate::rollout::fixtures::{service_status, split};
 use crate::rollout::{Applied, HistoryEntry, Progress, Reason};
 
 /// `web` at blue 100, every one of its `total` proxies but `waiting`
 /// ACKed.
 fn service(total: usize, waiting: &[&str]) -> ServiceStatus {
     ServiceStatus {
-        name: "web".into(),
-        live: "blue".into(),
-        previous: None,
-        rollback_to: None,
-        weights: split(&[("blue", 100), ("green", 0)]),
-        retired: Vec::new(),
-        retirement: None,
-        drains: Vec::new(),
-        both_fleets_since: None,
-        last_change: None,
-        in_progress: None,
-        traffic: Vec::new(),
         applied: Applied {
             acked: total - waiting.len(),
             total,
@@ -27,8 +15,7 @@ fn service(total: usize, waiting: &[&str]) -> ServiceStatus {
             rejecting: Vec::new(),
             groups: Vec::new(),
         },
-        confirmed: None,
-        route: None,
+        ..service_status("web", &[("blue", 100), ("green", 0)])
     }
 }
 

@@ -1,15 +1,42 @@
-//! Builders shared by the planner's and the machine's tests.
+//! Builders shared by the rollout's tests, and by those of the layers
+//! above that need a service's status.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::plan::{Change, ServiceView};
-use super::{Operation, ShiftSteps, Split};
+use super::{Operation, ServiceStatus, ShiftSteps, Split};
 
 pub(crate) static NONE_RETIRED: BTreeSet<String> = BTreeSet::new();
 
 pub(crate) fn split(pairs: &[(&str, u32)]) -> Split {
     pairs.iter().map(|(f, w)| ((*f).to_owned(), *w)).collect()
+}
+
+/// `name` split as `weights`, its first fleet live, with nothing else to
+/// say: no operation, no change, no proxy, no load report. A test sets
+/// what it looks at on top (`ServiceStatus { applied, ..service_status(..) }`).
+pub(crate) fn service_status(name: &str, weights: &[(&str, u32)]) -> ServiceStatus {
+    ServiceStatus {
+        name: name.into(),
+        live: weights
+            .first()
+            .map(|(f, _)| (*f).to_owned())
+            .unwrap_or_default(),
+        previous: None,
+        rollback_to: None,
+        weights: split(weights),
+        retired: Vec::new(),
+        retirement: None,
+        drains: Vec::new(),
+        both_fleets_since: None,
+        last_change: None,
+        in_progress: None,
+        traffic: Vec::new(),
+        applied: Default::default(),
+        confirmed: None,
+        route: None,
+    }
 }
 
 /// Service `web` with fleets blue and green, split as `current`.

@@ -45,7 +45,7 @@ pub(crate) mod checks;
 pub mod confirmation;
 pub mod drain;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 pub mod machine;
 pub mod plan;
 pub(crate) mod reason;

@@ -4,9 +4,9 @@ use std::sync::atomic::AtomicUsize;
 
 use super::*;
 use crate::ha::replicas::ReplicaRecord;
+use crate::rollout::fixtures::service_status;
 use crate::rollout::{
-    Applied, CheckResult, HistoryEntry, Operation, Outcome, Progress, ServiceStatus, StatusView,
-    Verb,
+    CheckResult, HistoryEntry, Operation, Outcome, Progress, ServiceStatus, StatusView, Verb,
 };
 use crate::xds::ProxyStatus;
 use crate::xds::resources::PerType;
@@ -126,21 +126,8 @@ impl Backend for Counting {
         Ok(StatusView {
             version: None,
             services: vec![ServiceStatus {
-                name: "web".into(),
-                live: "blue".into(),
-                previous: None,
-                rollback_to: None,
-                weights: [("blue".to_owned(), 100)].into_iter().collect(),
-                retired: Vec::new(),
-                retirement: None,
-                drains: Vec::new(),
-                both_fleets_since: None,
                 last_change: last.map(change),
-                in_progress: None,
-                traffic: Vec::new(),
-                applied: Applied::default(),
-                confirmed: None,
-                route: None,
+                ..service_status("web", &[("blue", 100)])
             }],
         })
     }
